@@ -1,0 +1,17 @@
+/* embed.c: token + learned-position embedding, plain-C reference. */
+#include "../kern.h"
+
+#include <string.h>
+
+void kern_embed_ref(float *out, const float *tok_emb, const float *pos_emb,
+                    const int32_t *ids, const int32_t *pos, int n, int d)
+{
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) {
+        const float *t = tok_emb + (size_t)ids[i] * d;
+        const float *p = pos_emb + (size_t)(pos[i] + KERN_OPT_POS_OFFSET) * d;
+        float *o = out + (size_t)i * d;
+        for (int j = 0; j < d; j++)
+            o[j] = t[j] + p[j];
+    }
+}

@@ -1,0 +1,92 @@
+/* sample.c: greedy and temperature/top-p sampling with the raw-logit
+ * log-probability, plain-C reference.
+ *
+ * Top-p follows Hugging Face's TopPLogitsWarper: sort descending, keep the
+ * smallest prefix whose probability mass reaches top_p (always >= 1 token),
+ * renormalise, then invert the CDF at u. */
+#include "../kern.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+static float log_softmax_at(const float *x, int V, int idx)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < V; i++)
+        if (x[i] > mx)
+            mx = x[i];
+    double sum = 0.0;
+    for (int i = 0; i < V; i++)
+        sum += exp((double)x[i] - mx);
+    return (float)((double)x[idx] - mx - log(sum));
+}
+
+static const float *cmp_base;
+
+static int cmp_desc(const void *a, const void *b)
+{
+    int32_t i = *(const int32_t *)a, j = *(const int32_t *)b;
+    float x = cmp_base[i], y = cmp_base[j];
+    if (x != y)
+        return x < y ? 1 : -1;
+    return (i > j) - (i < j); /* stable: lower id first */
+}
+
+int32_t kern_sample_ref(const float *logits, int V, float temperature,
+                        float top_p, double u, float *logprob, void *scratch)
+{
+    int32_t tok = 0;
+    if (temperature <= 0.0f) {
+        for (int i = 1; i < V; i++)
+            if (logits[i] > logits[tok])
+                tok = i;
+    } else {
+        float *prob = scratch;
+        int32_t *order = (int32_t *)(prob + V);
+        float mx = -INFINITY;
+        for (int i = 0; i < V; i++)
+            if (logits[i] / temperature > mx)
+                mx = logits[i] / temperature;
+        double sum = 0.0;
+        for (int i = 0; i < V; i++) {
+            prob[i] = expf(logits[i] / temperature - mx);
+            sum += prob[i];
+        }
+        for (int i = 0; i < V; i++) {
+            prob[i] = (float)(prob[i] / sum);
+            order[i] = i;
+        }
+        /* qsort is not reentrant over cmp_base; callers sample one row at
+         * a time per thread group, so guard it. */
+        #pragma omp critical(kern_sample_sort)
+        {
+            cmp_base = prob;
+            qsort(order, (size_t)V, sizeof *order, cmp_desc);
+        }
+        int keep = V;
+        if (top_p < 1.0f) {
+            double c = 0.0;
+            for (int i = 0; i < V; i++) {
+                c += prob[order[i]];
+                if (c >= top_p) {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        double mass = 0.0;
+        for (int i = 0; i < keep; i++)
+            mass += prob[order[i]];
+        double target = u * mass, c = 0.0;
+        tok = order[keep - 1];
+        for (int i = 0; i < keep; i++) {
+            c += prob[order[i]];
+            if (target < c) {
+                tok = order[i];
+                break;
+            }
+        }
+    }
+    *logprob = log_softmax_at(logits, V, tok);
+    return tok;
+}

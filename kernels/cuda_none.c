@@ -1,0 +1,4 @@
+/* cuda_none.c: the CUDA entry points of a build without nvcc. */
+#include "kern.h"
+
+int kern_cuda_available(void) { return 0; }

@@ -1,0 +1,190 @@
+/* backend_cpu.c: the CPU backend: fp32 storage, OpenBLAS sgemm for the
+ * linear layers, kernels/cpu/ (OpenMP) for everything else. It is the
+ * numerical reference of flexh2o. */
+#include <cblas.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_impl.h"
+#include "err.h"
+
+typedef struct cpu_ctx {
+    int n_threads;
+    float *sample_scratch; /* V floats + V ints, grown on first use */
+    int scratch_v;
+} cpu_ctx;
+
+static void cpu_destroy(void *ctx)
+{
+    cpu_ctx *c = ctx;
+    free(c->sample_scratch);
+    free(c);
+}
+
+static int cpu_alloc(void *ctx, size_t n, void **out)
+{
+    (void)ctx;
+    /* 64-byte alignment for vector loads; zeroed like the CUDA side. */
+    size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, bytes ? bytes : 64);
+    RETURN_IF(!p, -ENOMEM, "cannot allocate %.2f GiB of host memory; lower "
+              "--batch-size or use a smaller model", (double)bytes / (1 << 30));
+    memset(p, 0, bytes);
+    *out = p;
+    return 0;
+}
+
+static void cpu_free(void *ctx, void *p)
+{
+    (void)ctx;
+    free(p);
+}
+
+static int cpu_copy(void *ctx, void *dst, const float *src, size_t n)
+{
+    (void)ctx;
+    memcpy(dst, src, n * sizeof(float));
+    return 0;
+}
+
+static int cpu_copy_out(void *ctx, float *dst, const void *src, size_t n)
+{
+    (void)ctx;
+    memcpy(dst, src, n * sizeof(float));
+    return 0;
+}
+
+static int cpu_embed(void *ctx, void *out, const void *tok_emb,
+                     const void *pos_emb, const int32_t *ids,
+                     const int32_t *pos, int n, int d)
+{
+    (void)ctx;
+    kern_embed_ref(out, tok_emb, pos_emb, ids, pos, n, d);
+    return 0;
+}
+
+static int cpu_layernorm(void *ctx, void *out, const void *x, const void *w,
+                         const void *b, int n, int d, float eps)
+{
+    (void)ctx;
+    kern_layernorm_ref(out, x, w, b, n, d, eps);
+    return 0;
+}
+
+static int cpu_linear(void *ctx, void *y, const void *x, const void *w,
+                      const void *b, int m, int n, int k, int relu)
+{
+    (void)ctx;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k,
+                w, k, 0.0f, y, n);
+    if (b)
+        kern_bias_act_ref(y, b, m, n, relu);
+    return 0;
+}
+
+static int cpu_add(void *ctx, void *y, const void *x, size_t count)
+{
+    (void)ctx;
+    kern_add_ref(y, x, count);
+    return 0;
+}
+
+static int cpu_gather_rows(void *ctx, void *dst, const void *src,
+                           const int32_t *rows, int n, int d)
+{
+    (void)ctx;
+    for (int i = 0; i < n; i++)
+        memcpy((float *)dst + (size_t)i * d, (const float *)src + (size_t)rows[i] * d,
+               sizeof(float) * (size_t)d);
+    return 0;
+}
+
+static int cpu_kv_append(void *ctx, void *kc, void *vc, const void *k,
+                         const void *v, int ldk, const kern_seq *seqs,
+                         int n_seq, int n_head, int head_dim, int cap)
+{
+    (void)ctx;
+    kern_kv_append_ref(kc, vc, k, v, ldk, seqs, n_seq, n_head, head_dim, cap);
+    return 0;
+}
+
+static int cpu_attn(void *ctx, void *out, int ldo, const void *q, int ldq,
+                    const void *kc, const void *vc, const kern_seq *seqs,
+                    int n_seq, int n_head, int head_dim, int cap, float scale,
+                    void *scores)
+{
+    (void)ctx;
+    kern_attn_ref(out, ldo, q, ldq, kc, vc, seqs, n_seq, n_head, head_dim, cap,
+                  scale, scores);
+    return 0;
+}
+
+static int cpu_sample(void *ctx, const void *logits, int n_rows, int V,
+                      const float *temperature, const float *top_p,
+                      const double *u, int32_t *tokens, float *logprobs)
+{
+    cpu_ctx *c = ctx;
+    if (c->scratch_v < V) {
+        free(c->sample_scratch);
+        c->sample_scratch = malloc(sizeof(float) * 2 * (size_t)V);
+        RETURN_IF(!c->sample_scratch, -ENOMEM, "out of memory");
+        c->scratch_v = V;
+    }
+    for (int r = 0; r < n_rows; r++)
+        tokens[r] = kern_sample_ref((const float *)logits + (size_t)r * V, V,
+                                    temperature[r], top_p[r], u[r], &logprobs[r],
+                                    c->sample_scratch);
+    return 0;
+}
+
+static int cpu_sync(void *ctx)
+{
+    (void)ctx;
+    return 0;
+}
+
+static const backend_ops cpu_ops = {
+    .name = "cpu",
+    .elem_size = sizeof(float),
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .alloc_f32 = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy_out,
+    .upload_f32 = cpu_copy,
+    .download_f32 = cpu_copy_out,
+    .embed = cpu_embed,
+    .layernorm = cpu_layernorm,
+    .linear = cpu_linear,
+    .add = cpu_add,
+    .gather_rows = cpu_gather_rows,
+    .kv_append = cpu_kv_append,
+    .attn = cpu_attn,
+    .sample = cpu_sample,
+    .sync = cpu_sync,
+};
+
+int backend_cpu_create(int n_threads, backend *out)
+{
+    cpu_ctx *c = calloc(1, sizeof *c);
+    RETURN_IF(!c, -ENOMEM, "out of memory");
+    if (n_threads > 0) {
+        omp_set_num_threads(n_threads);
+        openblas_set_num_threads(n_threads);
+    }
+    c->n_threads = n_threads > 0 ? n_threads : omp_get_max_threads();
+    out->ops = &cpu_ops;
+    out->ctx = c;
+    return 0;
+}
+
+void backend_destroy(backend *b)
+{
+    if (b && b->ops) {
+        b->ops->destroy(b->ctx);
+        b->ops = NULL;
+        b->ctx = NULL;
+    }
+}

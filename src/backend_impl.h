@@ -1,0 +1,89 @@
+/* backend_impl.h: the compute-backend vtable (ggml-backend-impl style).
+ *
+ * The model code (model_forward.c), the scheduler and the KV policies call
+ * only these ops, so they run unchanged on the CPU backend (fp32, OpenBLAS,
+ * kernels/cpu/) and the CUDA backend (fp16 storage, fp32 accumulation,
+ * cuBLAS, the kernels/<op>.cu files).
+ *
+ * Buffers ("dev" pointers) live in the backend's memory and hold elements of
+ * the backend's storage type (elem_size bytes: 4 on CPU, 2 on CUDA). KV
+ * caches and H2O scores are separate: scores are always fp32. Counts are in
+ * elements. Host arrays (ids, positions, seqs) are plain host memory; a
+ * backend copies what it needs. Every op returns 0 or -errno with the reason
+ * recorded through err_set().
+ */
+#ifndef FH_BACKEND_IMPL_H
+#define FH_BACKEND_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kern.h"
+
+typedef struct backend_ops {
+    const char *name;  /* "cpu" or "cuda" */
+    size_t elem_size;  /* bytes per stored activation/weight element */
+
+    void (*destroy)(void *ctx);
+
+    /* Allocate n elements (of elem_size) or n_f32 fp32 values; zeroed. */
+    int (*alloc)(void *ctx, size_t n, void **out);
+    int (*alloc_f32)(void *ctx, size_t n, void **out);
+    void (*free)(void *ctx, void *p); /* accepts NULL */
+
+    /* dst(n) <- fp32 host src, converted to the storage type. */
+    int (*upload)(void *ctx, void *dst, const float *src, size_t n);
+    /* fp32 host dst(n) <- src, converted from the storage type. */
+    int (*download)(void *ctx, float *dst, const void *src, size_t n);
+    /* fp32 buffers (scores) both ways, unconverted. */
+    int (*upload_f32)(void *ctx, void *dst, const float *src, size_t n);
+    int (*download_f32)(void *ctx, float *dst, const void *src, size_t n);
+
+    /* out(n, d) = tok_emb[ids] + pos_emb[pos + 2]; ids, pos: host (n). */
+    int (*embed)(void *ctx, void *out, const void *tok_emb,
+                 const void *pos_emb, const int32_t *ids, const int32_t *pos,
+                 int n, int d);
+    /* out(n, d) = LayerNorm(x) * w + b; out may equal x. */
+    int (*layernorm)(void *ctx, void *out, const void *x, const void *w,
+                     const void *b, int n, int d, float eps);
+    /* y(m, n) = x(m, k) . w(n, k)^T (+ b(n) unless b is NULL), then ReLU
+     * when relu != 0. w is a Hugging Face Linear weight, (out, in). */
+    int (*linear)(void *ctx, void *y, const void *x, const void *w,
+                  const void *b, int m, int n, int k, int relu);
+    /* y(count) += x(count). */
+    int (*add)(void *ctx, void *y, const void *x, size_t count);
+    /* dst(n, d) = src rows rows[0..n) (host indices). */
+    int (*gather_rows)(void *ctx, void *dst, const void *src,
+                       const int32_t *rows, int n, int d);
+    /* kern_kv_append_ref / kern_attn_ref on backend buffers; seqs: host.
+     * scores (fp32 buffer) may be NULL. */
+    int (*kv_append)(void *ctx, void *kc, void *vc, const void *k,
+                     const void *v, int ldk, const kern_seq *seqs, int n_seq,
+                     int n_head, int head_dim, int cap);
+    int (*attn)(void *ctx, void *out, int ldo, const void *q, int ldq,
+                const void *kc, const void *vc, const kern_seq *seqs,
+                int n_seq, int n_head, int head_dim, int cap, float scale,
+                void *scores);
+    /* Sample one token per row of logits (n_rows, V) (storage type).
+     * temperature, top_p, u: host (n_rows); tokens, logprobs: host out. */
+    int (*sample)(void *ctx, const void *logits, int n_rows, int V,
+                  const float *temperature, const float *top_p,
+                  const double *u, int32_t *tokens, float *logprobs);
+    /* Wait for all work issued so far (not used on the decode path). */
+    int (*sync)(void *ctx);
+} backend_ops;
+
+typedef struct backend {
+    const backend_ops *ops;
+    void *ctx;
+} backend;
+
+/* Create the CPU backend (OpenBLAS + OpenMP, n_threads 0 = all cores).
+ * @return 0, or -errno; destroy with backend_destroy(). */
+int backend_cpu_create(int n_threads, backend *out);
+/* Create the CUDA backend on device `device`. Without a GPU or without a
+ * CUDA build it fails with a message that says to use --device cpu. */
+int backend_cuda_create(int device, backend *out);
+void backend_destroy(backend *b); /* accepts a zeroed struct */
+
+#endif

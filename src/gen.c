@@ -1,0 +1,303 @@
+/* gen.c: the generation loop of one block of sequences.
+ *
+ *   prompts ─► block of batch_size sequences
+ *     prefill: pack whole prompts, up to prefill_rows tokens a pass
+ *              (each sequence's cache gets its prompt K/V), sample token 1
+ *     decode:  one row per unfinished sequence, idle ones skip (n_new 0)
+ *     after every step: write the finished prefix of the block in order
+ */
+#include "gen.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "err.h"
+
+typedef struct seq_state {
+    const prompt *p;
+    int max_new;
+    int n_past;          /* tokens in the cache */
+    int32_t *toks;       /* (max_new) generated */
+    float *lps;          /* (max_new) */
+    int n_gen;
+    int done;            /* 1 = finished, 2 = written */
+    const char *finish;
+    uint64_t rng;
+} seq_state;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static uint64_t splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* FNV-1a of the id, mixed with the seed: the prompt's own random stream. */
+static uint64_t seq_seed(uint64_t seed, const char *id)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const char *c = id; *c; c++)
+        h = (h ^ (uint8_t)*c) * 0x100000001b3ull;
+    uint64_t s = seed ^ h;
+    splitmix(&s);
+    return s;
+}
+
+static int effective_max_new(const prompt *p, const gen_opts *o, int max_pos)
+{
+    int n = p->max_new >= 0 ? p->max_new : o->max_new;
+    if (p->n_ids + n > max_pos)
+        n = max_pos - p->n_ids;
+    return n;
+}
+
+/* Record the sampled token of sequence s; finish it on EOS or length. */
+static void take_token(seq_state *s, int32_t tok, float lp, int eos)
+{
+    s->toks[s->n_gen] = tok;
+    s->lps[s->n_gen] = lp;
+    s->n_gen++;
+    if (tok == eos) {
+        s->done = 1;
+        s->finish = "eos";
+    } else if (s->n_gen >= s->max_new) {
+        s->done = 1;
+        s->finish = "length";
+    }
+}
+
+/* Write the finished prefix of the block, in order. */
+static int flush_done(seq_state *ss, int n, int *next, const tok *t, outfile *out)
+{
+    while (*next < n && ss[*next].done == 1) {
+        seq_state *s = &ss[*next];
+        char *text = NULL;
+        int len = 0;
+        if (t) {
+            len = tok_decode(t, s->toks, (size_t)s->n_gen, &text);
+            FORWARD_IF(len);
+        }
+        int rc = outfile_write(out, s->p->id, text ? text : "", (size_t)len, s->toks,
+                               s->lps, s->n_gen, s->finish);
+        free(text);
+        FORWARD_IF(rc);
+        s->done = 2;
+        (*next)++;
+    }
+    return 0;
+}
+
+typedef struct block_buf {
+    int32_t *ids, *pos, *last, *tokens;  /* (max_rows), (max_rows), (B), (B) */
+    kern_seq *seqs;                      /* (B) */
+    int *members;                        /* (B) sequence of each output row */
+    float *temp, *topp, *lps;            /* (B) */
+    double *u;                           /* (B) */
+} block_buf;
+
+/* Sample one token for each output row and hand it to its sequence. */
+static int sample_rows(model_ctx *mc, block_buf *bb, seq_state *ss, int n_out,
+                       const gen_opts *o)
+{
+    const model_config *c = &mc->m->cfg;
+    for (int i = 0; i < n_out; i++) {
+        seq_state *s = &ss[bb->members[i]];
+        bb->temp[i] = o->temperature;
+        bb->topp[i] = o->top_p;
+        bb->u[i] = (splitmix(&s->rng) >> 11) * 0x1.0p-53;
+    }
+    FORWARD_IF(mc->m->be->ops->sample(mc->m->be->ctx, mc->logits, n_out, c->vocab_size,
+                                      bb->temp, bb->topp, bb->u, bb->tokens, bb->lps));
+    for (int i = 0; i < n_out; i++)
+        take_token(&ss[bb->members[i]], bb->tokens[i], bb->lps[i], c->eos_id);
+    return 0;
+}
+
+static int run_block(model_ctx *mc, block_buf *bb, seq_state *ss, int n,
+                     const gen_opts *o, const tok *t, outfile *out, gen_stats *st)
+{
+    int next = 0;
+    /* prefill, whole prompts packed up to max_rows tokens a pass */
+    double t0 = now_s();
+    for (int first = 0; first < n;) {
+        int rows = 0, n_out = 0, s = first;
+        for (int k = 0; k < n; k++)
+            bb->seqs[k] = (kern_seq){0, 0, ss[k].n_past};
+        while (s < n && (rows == 0 || rows + ss[s].p->n_ids <= mc->max_rows)) {
+            const prompt *p = ss[s].p;
+            if (ss[s].max_new > 0) {
+                bb->seqs[s] = (kern_seq){rows, p->n_ids, 0};
+                for (int j = 0; j < p->n_ids; j++) {
+                    bb->ids[rows + j] = p->ids[j];
+                    bb->pos[rows + j] = j;
+                }
+                rows += p->n_ids;
+                bb->last[n_out] = rows - 1;
+                bb->members[n_out++] = s;
+            }
+            s++;
+        }
+        first = s;
+        if (n_out == 0)
+            continue;
+        FORWARD_IF(model_forward(mc, bb->ids, bb->pos, rows, bb->seqs, n, bb->last, n_out));
+        FORWARD_IF(sample_rows(mc, bb, ss, n_out, o));
+        for (int i = 0; i < n_out; i++)
+            ss[bb->members[i]].n_past = ss[bb->members[i]].p->n_ids;
+        st->prefill_tokens += rows;
+        st->generated += n_out;
+    }
+    for (int k = 0; k < n; k++)
+        if (ss[k].max_new == 0) {
+            ss[k].done = 1;
+            ss[k].finish = "length";
+        }
+    st->prefill_s += now_s() - t0;
+    FORWARD_IF(flush_done(ss, n, &next, t, out));
+
+    /* decode: every unfinished sequence feeds its last token */
+    t0 = now_s();
+    for (;;) {
+        int rows = 0;
+        for (int k = 0; k < n; k++) {
+            seq_state *s = &ss[k];
+            if (s->done) {
+                bb->seqs[k] = (kern_seq){0, 0, s->n_past};
+                continue;
+            }
+            bb->seqs[k] = (kern_seq){rows, 1, s->n_past};
+            bb->ids[rows] = s->toks[s->n_gen - 1];
+            bb->pos[rows] = s->n_past;
+            bb->last[rows] = rows;
+            bb->members[rows] = k;
+            rows++;
+        }
+        if (rows == 0)
+            break;
+        FORWARD_IF(model_forward(mc, bb->ids, bb->pos, rows, bb->seqs, n, bb->last, rows));
+        FORWARD_IF(sample_rows(mc, bb, ss, rows, o));
+        for (int i = 0; i < rows; i++)
+            ss[bb->members[i]].n_past++;
+        st->decode_tokens += rows;
+        st->generated += rows;
+        FORWARD_IF(flush_done(ss, n, &next, t, out));
+    }
+    st->decode_s += now_s() - t0;
+    return 0;
+}
+
+int gen_run(model *m, const tok *t, const prompt_set *ps, outfile *out,
+            const gen_opts *o, gen_stats *st)
+{
+    const model_config *c = &m->cfg;
+    memset(st, 0, sizeof *st);
+    double t_start = now_s();
+    /* pending prompts, in file order */
+    int n_todo = 0, max_prompt = 0, cap = 1, max_new = 1;
+    const prompt **todo = malloc(sizeof *todo * (size_t)(ps->n ? ps->n : 1));
+    RETURN_IF(!todo, -ENOMEM, "out of memory");
+    for (int i = 0; i < ps->n; i++) {
+        if (outfile_has(out, ps->p[i].id))
+            continue;
+        const prompt *p = &ps->p[i];
+        int mn = effective_max_new(p, o, c->max_pos);
+        todo[n_todo++] = p;
+        if (p->n_ids > max_prompt)
+            max_prompt = p->n_ids;
+        if (p->n_ids + mn > cap)
+            cap = p->n_ids + mn;
+        if (mn > max_new)
+            max_new = mn;
+    }
+    int B = o->batch_size < n_todo ? o->batch_size : n_todo;
+    if (B == 0) {
+        free(todo);
+        st->total_s = now_s() - t_start;
+        return 0;
+    }
+    int max_rows = o->prefill_rows > max_prompt ? o->prefill_rows : max_prompt;
+    if (max_rows > B * max_prompt)
+        max_rows = B * max_prompt;
+    if (max_rows < B)
+        max_rows = B;
+
+    model_ctx *mc = NULL;
+    block_buf bb = {0};
+    seq_state *ss = calloc((size_t)B, sizeof *ss);
+    int rc = ss ? model_ctx_create(m, max_rows, B, cap, &mc) : -ENOMEM;
+    if (rc == 0) {
+        bb.ids = malloc(sizeof(int32_t) * (size_t)max_rows);
+        bb.pos = malloc(sizeof(int32_t) * (size_t)max_rows);
+        bb.last = malloc(sizeof(int32_t) * (size_t)B);
+        bb.tokens = malloc(sizeof(int32_t) * (size_t)B);
+        bb.members = malloc(sizeof(int) * (size_t)B);
+        bb.seqs = malloc(sizeof(kern_seq) * (size_t)B);
+        bb.temp = malloc(sizeof(float) * (size_t)B);
+        bb.topp = malloc(sizeof(float) * (size_t)B);
+        bb.lps = malloc(sizeof(float) * (size_t)B);
+        bb.u = malloc(sizeof(double) * (size_t)B);
+        for (int k = 0; k < B; k++) {
+            ss[k].toks = malloc(sizeof(int32_t) * (size_t)max_new);
+            ss[k].lps = malloc(sizeof(float) * (size_t)max_new);
+            if (!ss[k].toks || !ss[k].lps)
+                rc = -ENOMEM;
+        }
+        if (!bb.ids || !bb.pos || !bb.last || !bb.tokens || !bb.members ||
+            !bb.seqs || !bb.temp || !bb.topp || !bb.lps || !bb.u)
+            rc = -ENOMEM;
+        if (rc == -ENOMEM)
+            err_set(__FILE__, __LINE__, "out of memory for a block of %d sequences", B);
+    }
+    double last_report = now_s();
+    for (int first = 0; rc == 0 && first < n_todo; first += B) {
+        int n = n_todo - first < B ? n_todo - first : B;
+        for (int k = 0; k < n; k++) {
+            seq_state *s = &ss[k];
+            s->p = todo[first + k];
+            s->max_new = effective_max_new(s->p, o, c->max_pos);
+            s->n_past = 0;
+            s->n_gen = 0;
+            s->done = 0;
+            s->finish = NULL;
+            s->rng = seq_seed(o->seed, s->p->id);
+        }
+        rc = run_block(mc, &bb, ss, n, o, t, out, st);
+        st->prompts += n;
+        double now = now_s();
+        if (o->progress && (now - last_report > 1.0 || first + n == n_todo)) {
+            double el = now - t_start, rate = st->generated / el;
+            double eta = st->prompts ? el * (n_todo - st->prompts) / st->prompts : 0;
+            err_log("[flexh2o] %ld/%d prompts, %.1f tok/s generated, ETA %.0f s",
+                    st->prompts, n_todo, rate, eta);
+            last_report = now;
+        }
+    }
+    for (int k = 0; ss && k < B; k++) {
+        free(ss[k].toks);
+        free(ss[k].lps);
+    }
+    free(ss);
+    free(bb.ids);
+    free(bb.pos);
+    free(bb.last);
+    free(bb.tokens);
+    free(bb.members);
+    free(bb.seqs);
+    free(bb.temp);
+    free(bb.topp);
+    free(bb.lps);
+    free(bb.u);
+    model_ctx_destroy(mc);
+    free(todo);
+    st->total_s = now_s() - t_start;
+    return rc;
+}

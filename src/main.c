@@ -1,0 +1,339 @@
+/* main.c: the flexh2o command line.
+ *
+ *   flexh2o generate   --model DIR | --dummy NAME  --prompts IN --out OUT ...
+ *   flexh2o tokenize   --model DIR        (stdin lines -> JSON id arrays)
+ *   flexh2o make-model --config NAME --out DIR
+ *
+ * Every failure prints one line "flexh2o: <what>; <what to do>" and exits
+ * non-zero; output already written is never touched.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "fh_config.h"
+#include "gen.h"
+#include "jobio.h"
+#include "model.h"
+#include "tok.h"
+
+static int fail(void)
+{
+    const char *m = err_msg();
+    fprintf(stderr, "flexh2o: %s\n", m[0] ? m : "failed (no message recorded)");
+    if (getenv("FLEXH2O_DEBUG"))
+        fprintf(stderr, "  (at %s)\n", err_where());
+    return 1;
+}
+
+static int usage_error(const char *verb, const char *msg)
+{
+    fprintf(stderr, "flexh2o %s: %s; see flexh2o %s --help\n", verb, msg, verb);
+    return 2;
+}
+
+/* Parse "N" as an int in [lo, hi]. */
+static int parse_int(const char *verb, const char *flag, const char *s, long lo,
+                     long hi, int *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == 0 || *end != 0 || v < lo || v > hi) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s expects an integer in [%ld, %ld], got \"%s\"",
+                 flag, lo, hi, s);
+        return usage_error(verb, msg);
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_float(const char *verb, const char *flag, const char *s, double lo,
+                       double hi, float *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (*s == 0 || *end != 0 || !(v >= lo && v <= hi)) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s expects a number in [%g, %g], got \"%s\"", flag,
+                 lo, hi, s);
+        return usage_error(verb, msg);
+    }
+    *out = (float)v;
+    return 0;
+}
+
+static const char generate_help[] =
+    "usage: flexh2o generate (--model DIR | --dummy NAME) --prompts IN.jsonl --out OUT.jsonl\n"
+    "         [--max-new-tokens N] [--batch-size N] [--temperature T --top-p P --seed S]\n"
+    "         [--device cpu|cuda] [--threads N] [--resume] [--strict] [--quiet]\n"
+    "\n"
+    "  --model DIR          Hugging Face OPT directory (config.json, model.safetensors or\n"
+    "                       shards, vocab.json + merges.txt or tokenizer.json)\n"
+    "  --dummy NAME         random weights of a configs/models shape (opt-125m ... opt-175b)\n"
+    "  --prompts FILE       JSONL: {\"id\"?, \"prompt\" | \"prompt_ids\", \"max_new_tokens\"?}\n"
+    "  --out FILE           JSONL completions, appended and flushed per prompt\n"
+    "  --max-new-tokens N   default 32\n"
+    "  --batch-size N       sequences generated together (default 8)\n"
+    "  --temperature T      0 = greedy (default); --top-p P (default 1), --seed S (default 0)\n"
+    "  --device cpu|cuda    default: cuda when a GPU is present, else cpu\n"
+    "  --resume             skip prompts whose id is already in --out\n"
+    "  --strict             stop at the first bad prompt line instead of skipping it\n";
+
+static int cmd_generate(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},
+        {"dummy", required_argument, 0, 'D'},
+        {"prompts", required_argument, 0, 'p'},
+        {"out", required_argument, 0, 'o'},
+        {"max-new-tokens", required_argument, 0, 'n'},
+        {"batch-size", required_argument, 0, 'b'},
+        {"temperature", required_argument, 0, 't'},
+        {"top-p", required_argument, 0, 'P'},
+        {"seed", required_argument, 0, 's'},
+        {"device", required_argument, 0, 'd'},
+        {"threads", required_argument, 0, 'T'},
+        {"prefill-rows", required_argument, 0, 'R'},
+        {"resume", no_argument, 0, 'r'},
+        {"strict", no_argument, 0, 'S'},
+        {"quiet", no_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    const char *model_dir = NULL, *dummy = NULL, *prompts = NULL, *outp = NULL;
+    const char *device = NULL;
+    int resume = 0, strict = 0, quiet = 0, threads = 0, seed = 0;
+    gen_opts go = {.batch_size = 8, .max_new = 32, .temperature = 0.0f, .top_p = 1.0f,
+                   .prefill_rows = 4096, .progress = 1};
+    int c, rc;
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model_dir = optarg; break;
+        case 'D': dummy = optarg; break;
+        case 'p': prompts = optarg; break;
+        case 'o': outp = optarg; break;
+        case 'n':
+            if ((rc = parse_int("generate", "--max-new-tokens", optarg, 0, 1 << 20, &go.max_new)))
+                return rc;
+            break;
+        case 'b':
+            if ((rc = parse_int("generate", "--batch-size", optarg, 1, 1 << 16, &go.batch_size)))
+                return rc;
+            break;
+        case 't':
+            if ((rc = parse_float("generate", "--temperature", optarg, 0, 100, &go.temperature)))
+                return rc;
+            break;
+        case 'P':
+            if ((rc = parse_float("generate", "--top-p", optarg, 1e-6, 1, &go.top_p)))
+                return rc;
+            break;
+        case 's':
+            if ((rc = parse_int("generate", "--seed", optarg, 0, 2147483647, &seed)))
+                return rc;
+            break;
+        case 'd': device = optarg; break;
+        case 'T':
+            if ((rc = parse_int("generate", "--threads", optarg, 1, 4096, &threads)))
+                return rc;
+            break;
+        case 'R':
+            if ((rc = parse_int("generate", "--prefill-rows", optarg, 1, 1 << 24, &go.prefill_rows)))
+                return rc;
+            break;
+        case 'r': resume = 1; break;
+        case 'S': strict = 1; break;
+        case 'q': quiet = 1; break;
+        case 'h': fputs(generate_help, stdout); return 0;
+        default: {
+            char msg[256];
+            snprintf(msg, sizeof msg, "unknown flag %s", argv[optind - 1]);
+            if (optopt && c == '?')
+                snprintf(msg, sizeof msg, "%s needs a value", argv[optind - 1]);
+            return usage_error("generate", msg);
+        }
+        }
+    }
+    if (optind < argc) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "unexpected argument \"%s\"", argv[optind]);
+        return usage_error("generate", msg);
+    }
+    if (!model_dir == !dummy)
+        return usage_error("generate", "give exactly one of --model DIR or --dummy NAME");
+    if (!prompts || !outp)
+        return usage_error("generate", "--prompts and --out are required");
+    go.seed = (uint64_t)seed;
+    go.progress = !quiet;
+
+    backend be = {0};
+    int want_cuda = device ? strcmp(device, "cuda") == 0 : kern_cuda_available();
+    if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
+        return usage_error("generate", "--device must be cpu or cuda");
+    if (want_cuda)
+        rc = backend_cuda_create(0, &be);
+    else
+        rc = backend_cpu_create(threads, &be);
+    if (rc < 0)
+        return fail();
+
+    model *m = NULL;
+    tok *t = NULL;
+    prompt_set ps = {0};
+    outfile out = {0};
+    gen_stats st;
+    int status = 0;
+    if (model_dir) {
+        rc = model_load_hf(model_dir, &be, &m);
+        if (rc == 0)
+            rc = tok_load(model_dir, &t);
+    } else {
+        model_config cfg;
+        rc = model_config_by_name(dummy, &cfg);
+        if (rc == 0)
+            rc = model_create_dummy(&cfg, &be, 1234, &m);
+    }
+    if (rc == 0)
+        rc = prompts_load(prompts, t, m->cfg.bos_id, m->cfg.vocab_size,
+                          m->cfg.max_pos - 1, strict, &ps);
+    if (rc == 0)
+        rc = outfile_open(outp, resume, &out);
+    if (rc == 0)
+        rc = gen_run(m, t, &ps, &out, &go, &st);
+    if (out.f) {
+        int crc = outfile_close(&out);
+        if (rc == 0)
+            rc = crc;
+    }
+    if (rc < 0) {
+        status = fail();
+    } else {
+        if (!quiet)
+            fprintf(stderr,
+                    "[flexh2o] %ld prompts on %s: prefill %.1f tok/s (%ld tokens), "
+                    "decode %.1f tok/s (%ld tokens), total %.1f generated tok/s in %.2f s\n",
+                    st.prompts, be.ops->name,
+                    st.prefill_s > 0 ? st.prefill_tokens / st.prefill_s : 0.0,
+                    st.prefill_tokens,
+                    st.decode_s > 0 ? st.decode_tokens / st.decode_s : 0.0,
+                    st.decode_tokens, st.total_s > 0 ? st.generated / st.total_s : 0.0,
+                    st.total_s);
+        if (ps.n_bad > 0) {
+            fprintf(stderr, "flexh2o: %d prompt line%s of %s skipped (reported above); "
+                    "fix them and rerun with --resume\n", ps.n_bad,
+                    ps.n_bad > 1 ? "s" : "", prompts);
+            status = 3;
+        }
+    }
+    prompts_free(&ps);
+    tok_destroy(t);
+    model_destroy(m);
+    backend_destroy(&be);
+    return status;
+}
+
+static int cmd_tokenize(int argc, char **argv)
+{
+    const char *dir = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--model") == 0 && i + 1 < argc)
+            dir = argv[++i];
+        else if (strcmp(argv[i], "--help") == 0) {
+            puts("usage: flexh2o tokenize --model DIR < lines.txt\n"
+                 "  prints, per input line, the JSON array of ids generate feeds (BOS first)");
+            return 0;
+        } else {
+            char msg[256];
+            snprintf(msg, sizeof msg, "unknown flag %s", argv[i]);
+            return usage_error("tokenize", msg);
+        }
+    }
+    if (!dir)
+        return usage_error("tokenize", "--model DIR is required");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    model_config cfg;
+    tok *t = NULL;
+    if (model_config_load(path, &cfg) < 0 || tok_load(dir, &t) < 0)
+        return fail();
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    int rc = 0;
+    while ((len = getline(&line, &cap, stdin)) >= 0) {
+        if (len > 0 && line[len - 1] == '\n')
+            len--;
+        int32_t *ids = NULL;
+        int n = tok_encode(t, line, (size_t)len, &ids);
+        if (n < 0) {
+            rc = fail();
+            break;
+        }
+        printf("[%d", cfg.bos_id);
+        for (int i = 0; i < n; i++)
+            printf(", %d", ids[i]);
+        printf("]\n");
+        free(ids);
+    }
+    free(line);
+    tok_destroy(t);
+    return rc;
+}
+
+static int cmd_make_model(int argc, char **argv)
+{
+    const char *name = NULL, *out = NULL;
+    int seed = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+            name = argv[++i];
+        else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
+            out = argv[++i];
+        else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
+            int rc = parse_int("make-model", "--seed", argv[++i], 0, 2147483647, &seed);
+            if (rc)
+                return rc;
+        } else if (strcmp(argv[i], "--help") == 0) {
+            puts("usage: flexh2o make-model --config NAME --out DIR [--seed S]\n"
+                 "  writes a random OPT in Hugging Face format; NAME: tiny (built in),\n"
+                 "  opt-125m ... opt-175b (configs/models), or a config.json path");
+            return 0;
+        } else {
+            char msg[256];
+            snprintf(msg, sizeof msg, "unknown flag %s", argv[i]);
+            return usage_error("make-model", msg);
+        }
+    }
+    if (!name || !out)
+        return usage_error("make-model", "--config NAME and --out DIR are required");
+    model_config cfg;
+    if (model_config_by_name(name, &cfg) < 0 ||
+        model_write_random(&cfg, out, (uint64_t)seed) < 0)
+        return fail();
+    fprintf(stderr, "[flexh2o] wrote %s (%s, %.2f M parameters) to %s\n", name, cfg.name,
+            model_config_params(&cfg) / 1e6, out);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *verb = argc > 1 ? argv[1] : "";
+    if (strcmp(verb, "generate") == 0)
+        return cmd_generate(argc - 1, argv + 1);
+    if (strcmp(verb, "tokenize") == 0)
+        return cmd_tokenize(argc - 1, argv + 1);
+    if (strcmp(verb, "make-model") == 0)
+        return cmd_make_model(argc - 1, argv + 1);
+    if (strcmp(verb, "--version") == 0) {
+        printf("flexh2o %s (CUDA %s)\n", FH_VERSION, FH_HAVE_CUDA ? "built" : "not built");
+        return 0;
+    }
+    fprintf(stderr, "usage: flexh2o <generate|tokenize|make-model> [--help]\n");
+    return strcmp(verb, "--help") == 0 || strcmp(verb, "-h") == 0 ? 0 : 2;
+}

@@ -1,0 +1,400 @@
+/* model.c: OPT weights: Hugging Face loading (with shape checks), random
+ * dummy weights, and writing a random model directory. */
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "err.h"
+#include "safetensors.h"
+#include "tok.h"
+
+/* ------------------------------------------------------------ allocation */
+
+static int alloc_weights(model *m)
+{
+    const model_config *c = &m->cfg;
+    const backend_ops *o = m->be->ops;
+    void *ctx = m->be->ctx;
+    size_t d = (size_t)c->hidden, f = (size_t)c->ffn;
+    m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
+    RETURN_IF(!m->layers, -ENOMEM, "out of memory");
+    FORWARD_IF(o->alloc(ctx, (size_t)c->vocab_size * d, &m->tok_emb));
+    FORWARD_IF(o->alloc(ctx, (size_t)(c->max_pos + 2) * d, &m->pos_emb));
+    FORWARD_IF(o->alloc(ctx, d, &m->lnf_w));
+    FORWARD_IF(o->alloc(ctx, d, &m->lnf_b));
+    if (c->tie_lm_head)
+        m->lm_head = m->tok_emb;
+    else
+        FORWARD_IF(o->alloc(ctx, (size_t)c->vocab_size * d, &m->lm_head));
+    for (int l = 0; l < c->n_layer; l++) {
+        model_layer *L = &m->layers[l];
+        FORWARD_IF(o->alloc(ctx, d, &L->ln1_w));
+        FORWARD_IF(o->alloc(ctx, d, &L->ln1_b));
+        FORWARD_IF(o->alloc(ctx, 3 * d * d, &L->wqkv));
+        FORWARD_IF(o->alloc(ctx, 3 * d, &L->bqkv));
+        FORWARD_IF(o->alloc(ctx, d * d, &L->wo));
+        FORWARD_IF(o->alloc(ctx, d, &L->bo));
+        FORWARD_IF(o->alloc(ctx, d, &L->ln2_w));
+        FORWARD_IF(o->alloc(ctx, d, &L->ln2_b));
+        FORWARD_IF(o->alloc(ctx, f * d, &L->w1));
+        FORWARD_IF(o->alloc(ctx, f, &L->b1));
+        FORWARD_IF(o->alloc(ctx, d * f, &L->w2));
+        FORWARD_IF(o->alloc(ctx, d, &L->b2));
+    }
+    return 0;
+}
+
+void model_destroy(model *m)
+{
+    if (!m)
+        return;
+    const backend_ops *o = m->be ? m->be->ops : NULL;
+    if (o) {
+        void *ctx = m->be->ctx;
+        if (m->lm_head != m->tok_emb)
+            o->free(ctx, m->lm_head);
+        o->free(ctx, m->tok_emb);
+        o->free(ctx, m->pos_emb);
+        o->free(ctx, m->lnf_w);
+        o->free(ctx, m->lnf_b);
+        for (int l = 0; m->layers && l < m->cfg.n_layer; l++) {
+            model_layer *L = &m->layers[l];
+            void *ps[] = {L->ln1_w, L->ln1_b, L->wqkv, L->bqkv, L->wo, L->bo,
+                          L->ln2_w, L->ln2_b, L->w1, L->b1, L->w2, L->b2};
+            for (size_t i = 0; i < sizeof ps / sizeof *ps; i++)
+                o->free(ctx, ps[i]);
+        }
+    }
+    free(m->layers);
+    free(m);
+}
+
+/* ------------------------------------------------------------ HF loading */
+
+typedef struct loader {
+    model *m;
+    st_set *st;
+    const char *prefix; /* "model.decoder." or "decoder." */
+    float *buf;         /* host staging, largest tensor */
+} loader;
+
+/* Load tensor `name` (under the prefix unless absolute) of the expected
+ * shape into dst + offset (elements). */
+static int load_tensor(loader *ld, const char *name, int absolute, int64_t r,
+                       int64_t cdim, void *dst, size_t offset)
+{
+    char full[256];
+    snprintf(full, sizeof full, "%s%s", absolute ? "" : ld->prefix, name);
+    const st_tensor *t = st_find(ld->st, full);
+    RETURN_IF(!t, -EINVAL, "tensor %s missing from the checkpoint; is this an "
+              "OPT model matching config.json?", full);
+    int64_t want[2] = {r, cdim};
+    int nd = cdim > 0 ? 2 : 1;
+    int ok = t->n_dim == nd;
+    for (int i = 0; ok && i < nd; i++)
+        ok = t->shape[i] == want[i];
+    if (!ok) {
+        char got[96] = "", exp[64];
+        for (int i = 0; i < t->n_dim; i++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld",
+                     i ? ", " : "", (long long)t->shape[i]);
+        if (nd == 2)
+            snprintf(exp, sizeof exp, "%lld, %lld", (long long)r, (long long)cdim);
+        else
+            snprintf(exp, sizeof exp, "%lld", (long long)r);
+        RETURN_IF(1, -EINVAL, "%s: tensor %s has shape [%s] but config.json implies "
+                  "[%s]; the checkpoint and config.json disagree", t->file, full,
+                  got, exp);
+    }
+    size_t n = (size_t)r * (size_t)(cdim > 0 ? cdim : 1);
+    st_to_f32(t, ld->buf, n);
+    const backend_ops *o = ld->m->be->ops;
+    return o->upload(ld->m->be->ctx, (char *)dst + offset * o->elem_size, ld->buf, n);
+}
+
+int model_load_hf(const char *dir, backend *be, model **out)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    model_config cfg;
+    struct stat st;
+    RETURN_IF(stat(dir, &st) != 0 || !S_ISDIR(st.st_mode), -ENOENT,
+              "%s: model directory not found; pass a Hugging Face OPT directory "
+              "or create one with flexh2o make-model", dir);
+    FORWARD_IF(model_config_load(path, &cfg));
+    st_set *sts = NULL;
+    FORWARD_IF(st_open_dir(dir, &sts));
+    model *m = calloc(1, sizeof *m);
+    loader ld = {m, sts, "model.decoder.", NULL};
+    int rc = m ? 0 : -ENOMEM;
+    if (rc == 0) {
+        m->cfg = cfg;
+        m->be = be;
+        if (!st_find(sts, "model.decoder.embed_tokens.weight") &&
+            st_find(sts, "decoder.embed_tokens.weight"))
+            ld.prefix = "decoder.";
+        size_t d = (size_t)cfg.hidden;
+        size_t big = (size_t)cfg.vocab_size * d;
+        if ((size_t)cfg.ffn * d > big)
+            big = (size_t)cfg.ffn * d;
+        ld.buf = malloc(sizeof(float) * big);
+        rc = ld.buf ? alloc_weights(m) : -ENOMEM;
+    }
+    int64_t d = cfg.hidden, f = cfg.ffn;
+    if (rc == 0)
+        rc = load_tensor(&ld, "embed_tokens.weight", 0, cfg.vocab_size, d, m->tok_emb, 0);
+    if (rc == 0)
+        rc = load_tensor(&ld, "embed_positions.weight", 0, cfg.max_pos + 2, d, m->pos_emb, 0);
+    if (rc == 0)
+        rc = load_tensor(&ld, "final_layer_norm.weight", 0, d, 0, m->lnf_w, 0);
+    if (rc == 0)
+        rc = load_tensor(&ld, "final_layer_norm.bias", 0, d, 0, m->lnf_b, 0);
+    if (rc == 0 && !cfg.tie_lm_head)
+        rc = load_tensor(&ld, "lm_head.weight", 1, cfg.vocab_size, d, m->lm_head, 0);
+    for (int l = 0; rc == 0 && l < cfg.n_layer; l++) {
+        model_layer *L = &m->layers[l];
+        char n[128];
+#define LT(suffix, r, c, dst, off)                                           \
+        do {                                                                 \
+            snprintf(n, sizeof n, "layers.%d.%s", l, suffix);                \
+            if (rc == 0)                                                     \
+                rc = load_tensor(&ld, n, 0, r, c, dst, off);                 \
+        } while (0)
+        LT("self_attn_layer_norm.weight", d, 0, L->ln1_w, 0);
+        LT("self_attn_layer_norm.bias", d, 0, L->ln1_b, 0);
+        LT("self_attn.q_proj.weight", d, d, L->wqkv, 0);
+        LT("self_attn.k_proj.weight", d, d, L->wqkv, (size_t)(d * d));
+        LT("self_attn.v_proj.weight", d, d, L->wqkv, (size_t)(2 * d * d));
+        LT("self_attn.q_proj.bias", d, 0, L->bqkv, 0);
+        LT("self_attn.k_proj.bias", d, 0, L->bqkv, (size_t)d);
+        LT("self_attn.v_proj.bias", d, 0, L->bqkv, (size_t)(2 * d));
+        LT("self_attn.out_proj.weight", d, d, L->wo, 0);
+        LT("self_attn.out_proj.bias", d, 0, L->bo, 0);
+        LT("final_layer_norm.weight", d, 0, L->ln2_w, 0);
+        LT("final_layer_norm.bias", d, 0, L->ln2_b, 0);
+        LT("fc1.weight", f, d, L->w1, 0);
+        LT("fc1.bias", f, 0, L->b1, 0);
+        LT("fc2.weight", d, f, L->w2, 0);
+        LT("fc2.bias", d, 0, L->b2, 0);
+#undef LT
+    }
+    free(ld.buf);
+    st_close(sts);
+    if (rc < 0) {
+        model_destroy(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+/* ------------------------------------------------------------ random */
+
+static uint64_t splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* N(0, std) by Box-Muller, deterministic in the state. */
+static void fill_normal(float *x, size_t n, float std, uint64_t *s)
+{
+    for (size_t i = 0; i < n; i += 2) {
+        double u1 = ((splitmix(s) >> 11) + 1.0) * 0x1.0p-53;
+        double u2 = (splitmix(s) >> 11) * 0x1.0p-53;
+        double r = sqrt(-2.0 * log(u1)) * std;
+        x[i] = (float)(r * cos(2 * M_PI * u2));
+        if (i + 1 < n)
+            x[i + 1] = (float)(r * sin(2 * M_PI * u2));
+    }
+}
+
+static void fill_const(float *x, size_t n, float v)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = v;
+}
+
+/* The tensors of a model as (name, shape, init) triples, in the order of a
+ * Hugging Face OPTForCausalLM state dict. init: 'n' normal, '1' ones,
+ * '0' zeros. dst: where model_create_dummy puts it (may be NULL). */
+typedef struct wspec {
+    char name[96];
+    int64_t r, c;
+    char init;
+    void *dst;
+    size_t off;
+} wspec;
+
+static int weight_specs(const model_config *cfg, model *m, wspec **out)
+{
+    int n = 4 + 16 * cfg->n_layer;
+    wspec *w = calloc((size_t)n, sizeof *w);
+    RETURN_IF(!w, -ENOMEM, "out of memory");
+    int64_t d = cfg->hidden, f = cfg->ffn;
+    int i = 0;
+#define W(nm, rr, cc, in, ds, of)                                            \
+    do {                                                                     \
+        snprintf(w[i].name, sizeof w[i].name, "model.decoder.%s", nm);       \
+        w[i].r = rr; w[i].c = cc; w[i].init = in;                            \
+        w[i].dst = m ? ds : NULL; w[i].off = of; i++;                        \
+    } while (0)
+    W("embed_tokens.weight", cfg->vocab_size, d, 'n', m->tok_emb, 0);
+    W("embed_positions.weight", cfg->max_pos + 2, d, 'n', m->pos_emb, 0);
+    W("final_layer_norm.weight", d, 0, '1', m->lnf_w, 0);
+    W("final_layer_norm.bias", d, 0, '0', m->lnf_b, 0);
+    for (int l = 0; l < cfg->n_layer; l++) {
+        model_layer *L = m ? &m->layers[l] : NULL;
+        char nm[64];
+#define LW(sfx, rr, cc, in, fld, of)                                         \
+        do {                                                                 \
+            snprintf(nm, sizeof nm, "layers.%d.%s", l, sfx);                 \
+            W(nm, rr, cc, in, L->fld, of);                                   \
+        } while (0)
+        LW("self_attn.k_proj.weight", d, d, 'n', wqkv, (size_t)(d * d));
+        LW("self_attn.k_proj.bias", d, 0, '0', bqkv, (size_t)d);
+        LW("self_attn.v_proj.weight", d, d, 'n', wqkv, (size_t)(2 * d * d));
+        LW("self_attn.v_proj.bias", d, 0, '0', bqkv, (size_t)(2 * d));
+        LW("self_attn.q_proj.weight", d, d, 'n', wqkv, 0);
+        LW("self_attn.q_proj.bias", d, 0, '0', bqkv, 0);
+        LW("self_attn.out_proj.weight", d, d, 'n', wo, 0);
+        LW("self_attn.out_proj.bias", d, 0, '0', bo, 0);
+        LW("self_attn_layer_norm.weight", d, 0, '1', ln1_w, 0);
+        LW("self_attn_layer_norm.bias", d, 0, '0', ln1_b, 0);
+        LW("fc1.weight", f, d, 'n', w1, 0);
+        LW("fc1.bias", f, 0, '0', b1, 0);
+        LW("fc2.weight", d, f, 'n', w2, 0);
+        LW("fc2.bias", d, 0, '0', b2, 0);
+        LW("final_layer_norm.weight", d, 0, '1', ln2_w, 0);
+        LW("final_layer_norm.bias", d, 0, '0', ln2_b, 0);
+#undef LW
+    }
+#undef W
+    *out = w;
+    return i;
+}
+
+static void fill_spec(const wspec *w, float *x, uint64_t *s)
+{
+    size_t n = (size_t)w->r * (size_t)(w->c > 0 ? w->c : 1);
+    if (w->init == 'n')
+        fill_normal(x, n, 0.02f, s);
+    else
+        fill_const(x, n, w->init == '1' ? 1.0f : 0.0f);
+}
+
+int model_create_dummy(const model_config *cfg, backend *be, uint64_t seed,
+                       model **out)
+{
+    model *m = calloc(1, sizeof *m);
+    RETURN_IF(!m, -ENOMEM, "out of memory");
+    m->cfg = *cfg;
+    m->cfg.tie_lm_head = 1;
+    m->be = be;
+    int rc = alloc_weights(m);
+    wspec *w = NULL;
+    int n = rc < 0 ? rc : weight_specs(cfg, m, &w);
+    rc = n < 0 ? n : 0;
+    /* Upload in chunks so a big model needs no second full copy. */
+    size_t chunk = (size_t)1 << 22;
+    float *buf = rc == 0 ? malloc(sizeof(float) * chunk) : NULL;
+    if (rc == 0 && !buf)
+        rc = -ENOMEM;
+    uint64_t s = seed;
+    for (int i = 0; rc == 0 && i < n; i++) {
+        size_t total = (size_t)w[i].r * (size_t)(w[i].c > 0 ? w[i].c : 1);
+        for (size_t at = 0; rc == 0 && at < total; at += chunk) {
+            wspec part = w[i];
+            size_t len = total - at < chunk ? total - at : chunk;
+            part.r = (int64_t)len;
+            part.c = 0;
+            fill_spec(&part, buf, &s);
+            rc = be->ops->upload(be->ctx,
+                                 (char *)w[i].dst + (w[i].off + at) * be->ops->elem_size,
+                                 buf, len);
+        }
+    }
+    free(buf);
+    free(w);
+    if (rc < 0) {
+        model_destroy(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+static int write_text(const char *dir, const char *name, const char *text, size_t len)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    RETURN_IF(!f, -errno, "%s: cannot create (%s)", path, strerror(errno));
+    int ok = fwrite(text, 1, len, f) == len;
+    ok = fclose(f) == 0 && ok;
+    RETURN_IF(!ok, -EIO, "%s: write failed; check free disk space", path);
+    return 0;
+}
+
+int model_write_random(const model_config *cfg, const char *dir, uint64_t seed)
+{
+    RETURN_IF(mkdir(dir, 0755) != 0 && errno != EEXIST, -errno,
+              "%s: cannot create directory (%s)", dir, strerror(errno));
+    wspec *w;
+    int n = weight_specs(cfg, NULL, &w);
+    FORWARD_IF(n);
+    st_out *t = calloc((size_t)n, sizeof *t);
+    int rc = t ? 0 : -ENOMEM;
+    uint64_t s = seed;
+    for (int i = 0; rc == 0 && i < n; i++) {
+        size_t cnt = (size_t)w[i].r * (size_t)(w[i].c > 0 ? w[i].c : 1);
+        float *x = malloc(sizeof(float) * cnt);
+        if (!x) {
+            err_set(__FILE__, __LINE__, "out of memory for tensor %s", w[i].name);
+            rc = -ENOMEM;
+            break;
+        }
+        fill_spec(&w[i], x, &s);
+        t[i].name = w[i].name;
+        t[i].n_dim = w[i].c > 0 ? 2 : 1;
+        t[i].shape[0] = w[i].r;
+        t[i].shape[1] = w[i].c;
+        t[i].data = x;
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (rc == 0)
+        rc = st_write(path, t, n, ST_F32);
+    for (int i = 0; t && i < n; i++)
+        free((float *)t[i].data);
+    free(t);
+    free(w);
+    FORWARD_IF(rc);
+
+    char cj[2048];
+    int len = snprintf(cj, sizeof cj,
+        "{\n  \"_name_or_path\": \"%s\",\n  \"model_type\": \"opt\",\n"
+        "  \"architectures\": [\"OPTForCausalLM\"],\n  \"vocab_size\": %d,\n"
+        "  \"hidden_size\": %d,\n  \"num_hidden_layers\": %d,\n"
+        "  \"num_attention_heads\": %d,\n  \"ffn_dim\": %d,\n"
+        "  \"max_position_embeddings\": %d,\n  \"word_embed_proj_dim\": %d,\n"
+        "  \"do_layer_norm_before\": true,\n  \"activation_function\": \"relu\",\n"
+        "  \"enable_bias\": true,\n  \"layer_norm_elementwise_affine\": true,\n"
+        "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n  \"pad_token_id\": %d,\n"
+        "  \"tie_word_embeddings\": true,\n  \"dropout\": 0.0,\n"
+        "  \"attention_dropout\": 0.0,\n  \"torch_dtype\": \"float32\"\n}\n",
+        cfg->name, cfg->vocab_size, cfg->hidden, cfg->n_layer, cfg->n_head,
+        cfg->ffn, cfg->max_pos, cfg->hidden, cfg->bos_id, cfg->eos_id, cfg->pad_id);
+    FORWARD_IF(write_text(dir, "config.json", cj, (size_t)len));
+    FORWARD_IF(write_text(dir, "vocab.json", tok_embedded_vocab_json,
+                          tok_embedded_vocab_json_len));
+    FORWARD_IF(write_text(dir, "merges.txt", tok_embedded_merges_txt,
+                          tok_embedded_merges_txt_len));
+    return 0;
+}

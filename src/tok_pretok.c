@@ -1,0 +1,181 @@
+/* tok_pretok.c: UTF-8 validation and the GPT-2 pre-tokenizer regex.
+ *
+ * `tokenizers` (ByteLevel, use_regex=true) splits text with Oniguruma and
+ *
+ *   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+ *
+ * The pattern needs no general regex engine: every code point falls in
+ * exactly one of four classes (whitespace, letter, number, other), the
+ * alternatives are tried in order at the start of a piece, and each one is
+ * decided by the first one or two code points:
+ *
+ *   '  + s t m d / re ve ll  -> the contraction (lower case only)
+ *   [space] + L / N / other   -> the run of that class (space only U+0020)
+ *   whitespace run w1..wk     -> k if it ends the text, else k-1 (the last
+ *                                one is left to prefix the next piece:
+ *                                (?!\S) backtracks one code point), or 1
+ *                                when k == 1 (the plain \s+ branch)
+ *
+ * so one left-to-right scan finds each piece in time linear in its length.
+ *
+ * Classes follow Oniguruma's Unicode definitions: \p{L} is general category
+ * L* (Lu Ll Lt Lm Lo), \p{N} is N* (Nd Nl No), both from libutf8proc, and
+ * \s is U+0009..U+000D, U+0085 and the categories Zs Zl Zp, listed below
+ * (Oniguruma's ONIGENC_CTYPE_SPACE; this is also Unicode's White_Space).
+ */
+#include "tok.h"
+
+#include <errno.h>
+#include <utf8proc.h>
+
+enum { CLS_WS, CLS_L, CLS_N, CLS_O };
+
+int tok_utf8_check(const char *s, size_t len, size_t *bad)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < len) {
+        unsigned c = p[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        /* lo..hi: allowed range of the second byte, which is where
+         * overlong forms, surrogates and > U+10FFFF are excluded. */
+        size_t n;
+        unsigned lo = 0x80, hi = 0xbf;
+        if (c >= 0xc2 && c <= 0xdf) {
+            n = 2;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            n = 3;
+            if (c == 0xe0)
+                lo = 0xa0;
+            else if (c == 0xed)
+                hi = 0x9f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            n = 4;
+            if (c == 0xf0)
+                lo = 0x90;
+            else if (c == 0xf4)
+                hi = 0x8f;
+        } else {
+            goto fail;
+        }
+        if (len - i < n || p[i + 1] < lo || p[i + 1] > hi)
+            goto fail;
+        for (size_t k = 2; k < n; k++)
+            if ((p[i + k] & 0xc0) != 0x80)
+                goto fail;
+        i += n;
+    }
+    return 0;
+fail:
+    if (bad)
+        *bad = i;
+    return -EILSEQ;
+}
+
+/* Decode the (valid) character at *i and advance *i past it. */
+static inline uint32_t utf8_next(const unsigned char *p, size_t *i)
+{
+    uint32_t c = p[*i];
+    if (c < 0x80) {
+        *i += 1;
+        return c;
+    }
+    if (c < 0xe0) {
+        c = (c & 0x1f) << 6 | (p[*i + 1] & 0x3f);
+        *i += 2;
+    } else if (c < 0xf0) {
+        c = (c & 0x0f) << 12 | (uint32_t)(p[*i + 1] & 0x3f) << 6 |
+            (p[*i + 2] & 0x3f);
+        *i += 3;
+    } else {
+        c = (c & 0x07) << 18 | (uint32_t)(p[*i + 1] & 0x3f) << 12 |
+            (uint32_t)(p[*i + 2] & 0x3f) << 6 | (p[*i + 3] & 0x3f);
+        *i += 4;
+    }
+    return c;
+}
+
+static int cls_of(uint32_t c)
+{
+    if (c < 0x80) {
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
+            return CLS_L;
+        if (c >= '0' && c <= '9')
+            return CLS_N;
+        if (c == ' ' || (c >= 0x09 && c <= 0x0d))
+            return CLS_WS;
+        return CLS_O;
+    }
+    switch (utf8proc_category((utf8proc_int32_t)c)) {
+    case UTF8PROC_CATEGORY_LU:
+    case UTF8PROC_CATEGORY_LL:
+    case UTF8PROC_CATEGORY_LT:
+    case UTF8PROC_CATEGORY_LM:
+    case UTF8PROC_CATEGORY_LO:
+        return CLS_L;
+    case UTF8PROC_CATEGORY_ND:
+    case UTF8PROC_CATEGORY_NL:
+    case UTF8PROC_CATEGORY_NO:
+        return CLS_N;
+    case UTF8PROC_CATEGORY_ZS: /* U+00A0, U+1680, U+2000..200A, ... */
+    case UTF8PROC_CATEGORY_ZL: /* U+2028 */
+    case UTF8PROC_CATEGORY_ZP: /* U+2029 */
+        return CLS_WS;
+    default:
+        return c == 0x85 ? CLS_WS : CLS_O; /* NEL is Cc but \s */
+    }
+}
+
+size_t tok_pretok_next(const char *s, size_t len, size_t pos)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = pos;
+    uint32_t c0 = utf8_next(p, &i);
+
+    /* 's|'t|'re|'ve|'m|'ll|'d */
+    if (c0 == '\'' && i < len) {
+        unsigned char a = p[i];
+        if (a == 's' || a == 't' || a == 'm' || a == 'd')
+            return i + 1;
+        if (i + 1 < len) {
+            unsigned char b = p[i + 1];
+            if ((b == 'e' && (a == 'r' || a == 'v')) || (a == 'l' && b == 'l'))
+                return i + 2;
+        }
+    }
+
+    /* ' ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+': the class of the first code
+     * point after an optional U+0020 picks the branch. */
+    size_t j = i;
+    uint32_t c = c0;
+    if (c0 == ' ' && i < len)
+        c = utf8_next(p, &j);
+    int k = cls_of(c);
+    if (k != CLS_WS) {
+        size_t e = j;
+        while (e < len) {
+            size_t e2 = e;
+            if (cls_of(utf8_next(p, &e2)) != k)
+                break;
+            e = e2;
+        }
+        return e;
+    }
+
+    /* '\s+(?!\S)|\s+' from pos (c0 is whitespace here: either c0 itself
+     * was classed above, or c0 is U+0020 followed by whitespace). */
+    size_t e = i, last = pos;
+    while (e < len) {
+        size_t e2 = e;
+        if (cls_of(utf8_next(p, &e2)) != CLS_WS)
+            break;
+        last = e;
+        e = e2;
+    }
+    if (e == len)
+        return len;
+    return last > pos ? last : e;
+}

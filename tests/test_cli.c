@@ -1,0 +1,303 @@
+/* test_cli.c: `flexh2o` end to end: generate against the golden tokens,
+ * batching and sampling determinism, resume after a kill, and every bad
+ * input with its one-line message and the output left intact. */
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "fh_config.h"
+#include "model_config.h"
+
+#define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
+
+static char dir[256];
+static char errtext[8192];
+
+static void setup(void)
+{
+    snprintf(dir, sizeof dir, "/tmp/fh_test_cli_XXXXXX");
+    cr_assert(mkdtemp(dir));
+}
+
+static void teardown(void)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+TestSuite(cli, .init = setup, .fini = teardown);
+
+/* Run flexh2o with args (a shell fragment); stderr lands in errtext.
+ * @return the exit status. */
+static int run(const char *fmt, ...)
+{
+    const char *bin = getenv("FLEXH2O_BIN");
+    cr_assert(bin, "FLEXH2O_BIN must point at the flexh2o binary");
+    char args[4096], cmd[8192], errf[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(errf, sizeof errf, "%s/stderr.txt", dir);
+    snprintf(cmd, sizeof cmd, "cd %s && %s %s 2>%s", dir, bin, args, errf);
+    int st = system(cmd);
+    FILE *f = fopen(errf, "r");
+    size_t n = f ? fread(errtext, 1, sizeof errtext - 1, f) : 0;
+    errtext[n] = 0;
+    if (f)
+        fclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void write_file(const char *name, const char *text)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static char *read_out(const char *name)
+{
+    char path[512], *buf;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    cr_assert_eq(fh_read_file(path, &buf, NULL), 0, "%s", err_msg());
+    return buf;
+}
+
+/* Parse a JSONL file into an array of records. */
+static cJSON *records(const char *name)
+{
+    char *buf = read_out(name);
+    cJSON *arr = cJSON_CreateArray();
+    for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+        cJSON *r = cJSON_Parse(line);
+        cr_assert(r, "not JSON: %s", line);
+        cJSON_AddItemToArray(arr, r);
+    }
+    free(buf);
+    return arr;
+}
+
+static const char prompts5[] =
+    "{\"id\": \"a\", \"prompt\": \"Hello world\"}\n"
+    "{\"id\": 7, \"prompt_ids\": [2, 37, 101, 5, 300], \"max_new_tokens\": 8}\n"
+    "{\"prompt\": \"The heavy hitters are kept.\", \"max_new_tokens\": 3}\n"
+    "\n"
+    "{\"id\": \"d\", \"prompt_ids\": [17, 18, 19], \"max_new_tokens\": 0}\n"
+    "{\"id\": \"e\", \"prompt\": \"caf\\u00e9 \\u4e2d\\u6587 \\ud83d\\ude00\"}\n";
+
+Test(cli, generate_matches_golden_and_is_batch_invariant)
+{
+    write_file("p.jsonl", prompts5);
+    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out b1.jsonl "
+                     "--batch-size 1 --max-new-tokens 6 --quiet"), 0, "%s", errtext);
+    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out b4.jsonl "
+                     "--batch-size 4 --max-new-tokens 6 --quiet"), 0, "%s", errtext);
+    char *a = read_out("b1.jsonl"), *b = read_out("b4.jsonl");
+    cr_assert_str_eq(a, b, "batch 4 output differs from batch 1");
+    free(a);
+    free(b);
+    cJSON *r = records("b1.jsonl");
+    cr_assert_eq(cJSON_GetArraySize(r), 5);
+    /* input order, ids as given or the line number */
+    const char *ids[] = {"\"a\"", "7", "3", "\"d\"", "\"e\""};
+    for (int i = 0; i < 5; i++) {
+        char *s = cJSON_PrintUnformatted(cJSON_GetObjectItem(cJSON_GetArrayItem(r, i), "id"));
+        cr_assert_str_eq(s, ids[i]);
+        free(s);
+    }
+    /* record 7 is golden case 1: [2, 37, 101, 5, 300] + 8 greedy tokens */
+    char *g;
+    cr_assert_eq(fh_read_file(FH_SOURCE_ROOT "/tests/fixtures/tiny-opt-golden.json", &g,
+                              NULL), 0);
+    cJSON *gold = cJSON_Parse(g);
+    free(g);
+    cJSON *steps = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(gold, "cases"),
+                                                          1), "steps");
+    cJSON *rec = cJSON_GetArrayItem(r, 1);
+    cJSON *toks = cJSON_GetObjectItem(rec, "tokens"), *lps = cJSON_GetObjectItem(rec, "logprobs");
+    int n = cJSON_GetArraySize(toks);
+    const char *fin = cJSON_GetObjectItem(rec, "finish_reason")->valuestring;
+    int stop = 0; /* golden greedy tokens up to the first EOS */
+    while (stop < 8 && cJSON_GetObjectItem(cJSON_GetArrayItem(steps, stop), "token")->valueint != 2)
+        stop++;
+    cr_assert_eq(n, stop < 8 ? stop + 1 : 8);
+    cr_assert_str_eq(fin, stop < 8 ? "eos" : "length");
+    for (int i = 0; i < n; i++) {
+        cJSON *st = cJSON_GetArrayItem(steps, i);
+        cr_assert_eq(cJSON_GetArrayItem(toks, i)->valueint,
+                     cJSON_GetObjectItem(st, "token")->valueint, "token %d", i);
+        cr_assert_float_eq(cJSON_GetArrayItem(lps, i)->valuedouble,
+                           cJSON_GetObjectItem(st, "logprob")->valuedouble, 1e-4);
+    }
+    cJSON_Delete(gold);
+    /* max_new_tokens 0 and 3 are honoured; completions are valid strings */
+    cJSON *d = cJSON_GetArrayItem(r, 3);
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(d, "tokens")), 0);
+    cr_assert_str_eq(cJSON_GetObjectItem(d, "finish_reason")->valuestring, "length");
+    cJSON *c3 = cJSON_GetArrayItem(r, 2);
+    cr_assert_leq(cJSON_GetArraySize(cJSON_GetObjectItem(c3, "tokens")), 3);
+    for (int i = 0; i < 5; i++)
+        cr_assert(cJSON_IsString(cJSON_GetObjectItem(cJSON_GetArrayItem(r, i), "completion")));
+    cJSON_Delete(r);
+}
+
+Test(cli, sampling_is_seeded_per_prompt)
+{
+    write_file("p.jsonl", prompts5);
+    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out s1.jsonl --quiet "
+                     "--batch-size 1 --temperature 1.5 --top-p 0.95 --seed 7"), 0, "%s", errtext);
+    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out s2.jsonl --quiet "
+                     "--batch-size 3 --temperature 1.5 --top-p 0.95 --seed 7"), 0, "%s", errtext);
+    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out s3.jsonl --quiet "
+                     "--batch-size 3 --temperature 1.5 --top-p 0.95 --seed 8"), 0, "%s", errtext);
+    char *a = read_out("s1.jsonl"), *b = read_out("s2.jsonl"), *c = read_out("s3.jsonl");
+    cr_assert_str_eq(a, b, "same seed, other batch size: outputs differ");
+    cr_assert_str_neq(a, c, "another seed gave the same samples");
+    free(a);
+    free(b);
+    free(c);
+}
+
+Test(cli, resume_after_a_kill_loses_nothing)
+{
+    write_file("p.jsonl", prompts5);
+    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out full.jsonl --quiet"),
+                 0, "%s", errtext);
+    char *full = read_out("full.jsonl");
+    /* a killed job: two complete records and a torn third */
+    char *second = strchr(strchr(full, '\n') + 1, '\n') + 1;
+    size_t keep = (size_t)(second - full) + 10;
+    char *part = strndup(full, keep);
+    write_file("part.jsonl", part);
+    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out part.jsonl --resume"),
+                 0, "%s", errtext);
+    cr_assert(strstr(errtext, "torn last record"), "%s", errtext);
+    char *resumed = read_out("part.jsonl");
+    cr_assert_str_eq(resumed, full);
+    /* resuming a finished job does nothing */
+    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out part.jsonl --resume "
+                     "--quiet"), 0, "%s", errtext);
+    char *again = read_out("part.jsonl");
+    cr_assert_str_eq(again, full);
+    free(full);
+    free(part);
+    free(resumed);
+    free(again);
+}
+
+Test(cli, invalid_json_line_is_reported_and_others_complete)
+{
+    write_file("p.jsonl", "{\"id\": 1, \"prompt\": \"ok\"}\n{\"id\": 2, \"prompt\": \"broken\n"
+                          "{\"id\": 3, \"prompt_ids\": [2, 9]}\n");
+    int st = run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --quiet");
+    cr_assert_eq(st, 3, "exit %d: %s", st, errtext);
+    cr_assert(strstr(errtext, "p.jsonl:2: invalid JSON"), "%s", errtext);
+    cJSON *r = records("o.jsonl");
+    cr_assert_eq(cJSON_GetArraySize(r), 2);
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(r, 1), "id")->valueint, 3);
+    cJSON_Delete(r);
+    /* --strict stops at the bad line, and prior output stays intact */
+    char *before = read_out("o.jsonl");
+    st = run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --resume --strict");
+    cr_assert_eq(st, 1);
+    cr_assert(strstr(errtext, "flexh2o: p.jsonl:2: invalid JSON"), "%s", errtext);
+    char *after = read_out("o.jsonl");
+    cr_assert_str_eq(before, after);
+    free(before);
+    free(after);
+}
+
+Test(cli, bad_prompts_are_reported_by_line)
+{
+    char longp[4096] = "{\"prompt_ids\": [2";
+    for (int i = 0; i < 200; i++)
+        strcat(longp, ", 5");
+    strcat(longp, "]}\n");
+    write_file("long.jsonl", longp);
+    int st = run("generate --model " TINY " --prompts long.jsonl --out o.jsonl --strict");
+    cr_assert_eq(st, 1);
+    cr_assert(strstr(errtext, "long.jsonl:1: the prompt has 201 tokens but the model takes "
+                              "at most 127"), "%s", errtext);
+    write_file("ids.jsonl", "{\"prompt_ids\": [2, 99999]}\n");
+    cr_assert_eq(run("generate --model " TINY " --prompts ids.jsonl --out o2.jsonl --strict"), 1);
+    cr_assert(strstr(errtext, "ids.jsonl:1: prompt_ids[1] is not a token id in [0, 512)"),
+              "%s", errtext);
+    write_file("both.jsonl", "{\"prompt\": \"x\", \"prompt_ids\": [2]}\n");
+    cr_assert_eq(run("generate --model " TINY " --prompts both.jsonl --out o3.jsonl --strict"), 1);
+    cr_assert(strstr(errtext, "give exactly one of \"prompt\""), "%s", errtext);
+}
+
+Test(cli, usage_errors)
+{
+    write_file("p.jsonl", prompts5);
+    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --bogus"), 2);
+    cr_assert(strstr(errtext, "unknown flag --bogus; see flexh2o generate --help"), "%s",
+              errtext);
+    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out o.jsonl "
+                     "--batch-size 0"), 2);
+    cr_assert(strstr(errtext, "--batch-size expects an integer in [1, 65536], got \"0\""),
+              "%s", errtext);
+    cr_assert_eq(run("generate --prompts p.jsonl --out o.jsonl"), 2);
+    cr_assert(strstr(errtext, "give exactly one of --model DIR or --dummy NAME"), "%s", errtext);
+    cr_assert_eq(run("generate --model /nonexistent --prompts p.jsonl --out o.jsonl"), 1);
+    cr_assert(strstr(errtext, "/nonexistent: model directory not found"), "%s", errtext);
+    cr_assert_eq(run("generate --model " TINY " --prompts missing.jsonl --out o.jsonl"), 1);
+    cr_assert(strstr(errtext, "missing.jsonl: cannot open the prompt file"), "%s", errtext);
+    cr_assert_eq(run("frobnicate"), 2);
+    cr_assert(strstr(errtext, "usage: flexh2o <generate|tokenize|make-model>"), "%s", errtext);
+}
+
+Test(cli, existing_output_is_never_overwritten)
+{
+    write_file("p.jsonl", prompts5);
+    write_file("o.jsonl", "{\"id\": \"precious\"}\n");
+    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out o.jsonl"), 1);
+    cr_assert(strstr(errtext, "o.jsonl already exists; pass --resume"), "%s", errtext);
+    char *o = read_out("o.jsonl");
+    cr_assert_str_eq(o, "{\"id\": \"precious\"}\n");
+    free(o);
+}
+
+Test(cli, make_model_then_generate_and_tokenize)
+{
+    cr_assert_eq(run("make-model --config tiny --out m"), 0, "%s", errtext);
+    write_file("p.jsonl", "{\"prompt\": \"Once upon a time\"}\n");
+    cr_assert_eq(run("generate --model m --prompts p.jsonl --out o.jsonl --quiet "
+                     "--max-new-tokens 5"), 0, "%s", errtext);
+    cJSON *r = records("o.jsonl");
+    cr_assert_eq(cJSON_GetArraySize(r), 1);
+    cJSON_Delete(r);
+    write_file("t.txt", "Hello world\n\n");
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "tokenize --model m < %s/t.txt > %s/t.out", dir, dir);
+    cr_assert_eq(run("%s", cmd), 0, "%s", errtext);
+    char *t = read_out("t.out");
+    cr_assert_eq(strncmp(t, "[2, ", 4), 0, "%s", t);
+    cr_assert(strstr(t, "\n[2]\n"), "empty line must give just BOS: %s", t);
+    free(t);
+    cr_assert_eq(run("make-model --config opt-7b --out x"), 1);
+    cr_assert(strstr(errtext, "unknown model shape \"opt-7b\""), "%s", errtext);
+}
+
+Test(cli, dummy_weights_run_without_files)
+{
+    write_file("p.jsonl", "{\"prompt_ids\": [2, 10, 20]}\n{\"prompt\": \"text\"}\n");
+    cr_assert_eq(run("generate --dummy opt-125m --prompts p.jsonl --out o.jsonl "
+                     "--max-new-tokens 2 --quiet"), 3, "%s", errtext);
+    cr_assert(strstr(errtext, "p.jsonl:2: text prompt but the model has no tokenizer"),
+              "%s", errtext);
+    cJSON *r = records("o.jsonl");
+    cr_assert_eq(cJSON_GetArraySize(r), 1);
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(cJSON_GetArrayItem(r, 0), "tokens")), 2);
+    cJSON_Delete(r);
+}
