@@ -118,7 +118,8 @@ static int sample_rows(model_ctx *mc, block_buf *bb, seq_state *ss, int n_out,
     FORWARD_IF(mc->m->be->ops->sample(mc->m->be->ctx, mc->logits, n_out, c->vocab_size,
                                       bb->temp, bb->topp, bb->u, bb->tokens, bb->lps));
     for (int i = 0; i < n_out; i++)
-        take_token(&ss[bb->members[i]], bb->tokens[i], bb->lps[i], c->eos_id);
+        take_token(&ss[bb->members[i]], bb->tokens[i], bb->lps[i],
+                   o->ignore_eos ? -1 : c->eos_id);
     return 0;
 }
 

@@ -16,6 +16,7 @@ typedef struct gen_opts {
     uint64_t seed;
     int prefill_rows;    /* most packed prompt tokens per prefill pass */
     int progress;        /* print a progress line on stderr */
+    int ignore_eos;      /* run to max_new_tokens (benchmarks) */
 } gen_opts;
 
 typedef struct gen_stats {

@@ -81,7 +81,9 @@ static const char generate_help[] =
     "  --temperature T      0 = greedy (default); --top-p P (default 1), --seed S (default 0)\n"
     "  --device cpu|cuda    default: cuda when a GPU is present, else cpu\n"
     "  --resume             skip prompts whose id is already in --out\n"
-    "  --strict             stop at the first bad prompt line instead of skipping it\n";
+    "  --strict             stop at the first bad prompt line instead of skipping it\n"
+    "  --ignore-eos         always generate max_new_tokens (benchmarks)\n"
+    "  --threads N          CPU threads (default: all cores)\n";
 
 static int cmd_generate(int argc, char **argv)
 {
@@ -101,6 +103,7 @@ static int cmd_generate(int argc, char **argv)
         {"resume", no_argument, 0, 'r'},
         {"strict", no_argument, 0, 'S'},
         {"quiet", no_argument, 0, 'q'},
+        {"ignore-eos", no_argument, 0, 'E'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -150,6 +153,7 @@ static int cmd_generate(int argc, char **argv)
         case 'r': resume = 1; break;
         case 'S': strict = 1; break;
         case 'q': quiet = 1; break;
+        case 'E': go.ignore_eos = 1; break;
         case 'h': fputs(generate_help, stdout); return 0;
         default: {
             char msg[256];
