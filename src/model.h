@@ -31,7 +31,7 @@ typedef struct model {
  * model.safetensors or shards). Every tensor is checked against the shape
  * config.json implies. @return 0 or -errno; free with model_destroy(). */
 int model_load_hf(const char *dir, backend *be, model **out);
-/* A model of the given shape with random weights (N(0, 0.02), LayerNorm
+/* A model of the given shape with random weights (uniform, std 0.02; LayerNorm
  * weight 1, bias 0), deterministic in seed: for benchmarks (--dummy). */
 int model_create_dummy(const model_config *cfg, backend *be, uint64_t seed,
                        model **out);

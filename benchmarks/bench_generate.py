@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""CPU throughput of flexh2o against Hugging Face transformers, same machine, same run.
+"""Throughput of flexh2o against Hugging Face transformers, same machine, same run.
 
-    python3 benchmarks/bench_cpu.py [--model opt-125m] [--prompt-len 128] [--gen-len 32]
-                                    [--batches 1,8,32] [--flexh2o build/src/flexh2o]
+    python3 benchmarks/bench_generate.py [--device cpu|cuda] [--model opt-125m]
+        [--prompt-len 128] [--gen-len 32] [--batches 1,8,32] [--flexh2o build/src/flexh2o]
 
-Both sides run the same shape with random ("dummy") weights in fp32 on all
-cores: a batch of B prompts of prompt-len tokens, then gen-len greedy tokens
+Both sides run the same shape with random ("dummy") weights, in fp32 on all
+CPU cores (--device cpu) or in fp16 on the GPU with the whole model resident
+(--device cuda): a batch of B prompts of prompt-len tokens, then gen-len greedy tokens
 with EOS ignored. Reported per batch size:
   prefill tok/s  = B * prompt_len / prefill time
   decode tok/s   = B * (gen_len - 1) / time of the decode steps
@@ -24,7 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_flexh2o(binary, model, B, plen, glen, tmp):
+def run_flexh2o(binary, model, B, plen, glen, tmp, device):
     prompts = os.path.join(tmp, f"p{B}.jsonl")
     out = os.path.join(tmp, f"o{B}.jsonl")
     with open(prompts, "w") as f:
@@ -35,26 +36,38 @@ def run_flexh2o(binary, model, B, plen, glen, tmp):
         os.remove(out)
     r = subprocess.run([binary, "generate", "--dummy", model, "--prompts", prompts, "--out", out,
                         "--batch-size", str(B), "--max-new-tokens", str(glen), "--ignore-eos",
-                        "--device", "cpu"], capture_output=True, text=True)
+                        "--device", device], capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"flexh2o failed: {r.stderr.strip()}")
     m = re.search(r"prefill ([\d.]+) tok/s .*decode ([\d.]+) tok/s", r.stderr)
     return float(m.group(1)), float(m.group(2))
 
 
-def run_hf(model, B, plen, glen):
+_hf_models = {}
+
+
+def run_hf(model, B, plen, glen, device):
     import torch
     from transformers import OPTConfig, OPTForCausalLM
-    cfg = json.load(open(os.path.join(ROOT, "configs", "models", model + ".json")))
-    cfg.pop("_name_or_path", None)
-    torch.manual_seed(0)
-    m = OPTForCausalLM(OPTConfig(**cfg)).eval().float()
+    if model not in _hf_models:
+        cfg = json.load(open(os.path.join(ROOT, "configs", "models", model + ".json")))
+        cfg.pop("_name_or_path", None)
+        torch.manual_seed(0)
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        torch.set_default_dtype(dtype)
+        with torch.device(device):
+            _hf_models[model] = OPTForCausalLM(OPTConfig(**cfg)).eval()
+        torch.set_default_dtype(torch.float32)
+    m = _hf_models[model]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     ids = torch.tensor([[2] + [(i * 131 + j * 17) % 50000 + 4 for j in range(plen - 1)]
-                        for i in range(B)])
+                        for i in range(B)], device=device)
     with torch.inference_mode():
         m(ids[:, :8], use_cache=True)  # warm-up
+        sync()
         t0 = time.perf_counter()
         out = m(ids, use_cache=True)
+        sync()
         t_prefill = time.perf_counter() - t0
         past = out.past_key_values
         tok = out.logits[:, -1].argmax(-1, keepdim=True)
@@ -63,12 +76,14 @@ def run_hf(model, B, plen, glen):
             out = m(tok, past_key_values=past, use_cache=True)
             past = out.past_key_values
             tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        sync()
         t_decode = time.perf_counter() - t0
     return B * plen / t_prefill, B * (glen - 1) / t_decode
 
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--model", default="opt-125m")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--gen-len", type=int, default=32)
@@ -82,16 +97,19 @@ def main():
              f"{torch.get_num_threads()} threads"
     except ImportError:
         hf = None
-    print(f"# {a.model} dummy fp32 on CPU ({os.cpu_count()} cores), prompt {a.prompt_len}, "
+    where = f"CPU ({os.cpu_count()} cores), fp32" if a.device == "cpu" else "GPU, fp16"
+    if hf and a.device == "cuda":
+        hf += ", " + torch.cuda.get_device_name(0)
+    print(f"# {a.model} dummy on {where}, prompt {a.prompt_len}, "
           f"gen {a.gen_len}; peer: {hf or 'transformers not installed (skipped)'}\n")
     print("| batch | flexh2o prefill tok/s | HF prefill tok/s | ratio | "
           "flexh2o decode tok/s | HF decode tok/s | ratio |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for B in [int(x) for x in a.batches.split(",")]:
-            fp, fd = run_flexh2o(a.flexh2o, a.model, B, a.prompt_len, a.gen_len, tmp)
+            fp, fd = run_flexh2o(a.flexh2o, a.model, B, a.prompt_len, a.gen_len, tmp, a.device)
             if hf:
-                hp, hd = run_hf(a.model, B, a.prompt_len, a.gen_len)
+                hp, hd = run_hf(a.model, B, a.prompt_len, a.gen_len, a.device)
                 print(f"| {B} | {fp:.1f} | {hp:.1f} | {fp / hp:.2f}x | {fd:.1f} | {hd:.1f} | "
                       f"{fd / hd:.2f}x |", flush=True)
             else:
