@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "err.h"
 
@@ -733,13 +734,12 @@ int tok_load(const char *dir, tok **out)
     size_t vlen, mlen;
     int rc = read_file(vpath, &vocab, &vlen);
     if (rc == -ENOENT) {
-        if (access(jpath, F_OK) == 0)
-            return load_tokenizer_json(jpath, out);
-        RETURN_IF(1, -ENOENT,
+        RETURN_IF(access(jpath, F_OK) != 0, -ENOENT,
                   "%s: not found, nor tokenizer.json; copy the model's "
                   "tokenizer files (vocab.json and merges.txt, or "
                   "tokenizer.json) into %s",
                   vpath, dir);
+        return load_tokenizer_json(jpath, out);
     }
     RETURN_IF(rc < 0, rc, "%s: cannot read (%s)", vpath, strerror(-rc));
     rc = read_file(mpath, &merges, &mlen);
@@ -749,7 +749,9 @@ int tok_load(const char *dir, tok **out)
                   "%s: not found, but vocab.json is there; copy merges.txt "
                   "of the same tokenizer into %s",
                   mpath, dir);
-        RETURN_IF(1, rc, "%s: cannot read (%s)", mpath, strerror(-rc));
+        err_set(__FILE__, __LINE__, "%s: cannot read (%s)", mpath,
+                strerror(-rc));
+        return rc;
     }
 
     struct tok_src src = {.vocab_name = vpath, .merges_name = mpath};

@@ -40,10 +40,10 @@ typedef struct tok tok;
  * DIR/merges.txt, or, when vocab.json is absent, DIR/tokenizer.json
  * (model.vocab and model.merges; merges as "a b" strings or [a, b] lists).
  * Reads no other file. *out is set on success; free it with tok_destroy.
- * @return 0, or -ENOENT (a file or DIR is missing), -EINVAL (a file is not
- * valid), -ENOTSUP (tokenizer.json describes another kind of tokenizer),
- * -ENOMEM, other -errno from I/O; the message (err_msg) names the file and
- * says what to do. */
+ * @return 0, or -ENOENT (DIR or a file is missing), -ENOTDIR, -EINVAL (a
+ * file is not valid), -ENOTSUP (tokenizer.json describes another kind of
+ * tokenizer), -ENOMEM, other -errno from I/O; the message (err_msg) names
+ * the file and says what to do. On failure *out is NULL. */
 int tok_load(const char *dir, tok **out);
 
 /* Same as tok_load, from the text of vocab.json and merges.txt in memory

@@ -1,0 +1,748 @@
+/* test_tok.c: the tokenizer against Hugging Face `tokenizers`.
+ *
+ * tests/fixtures/tok_golden.jsonl (from gen_tok_golden.py, which checks
+ * that `tokenizers`, `transformers` and GPT-2's own algorithm agree) gives
+ * the exact ids of ~60 texts; every loading path must reproduce them, and
+ * decoding must give the text back.
+ */
+#include <criterion/criterion.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "fh_config.h"
+#include "tok.h"
+
+#define TOK_DIR FH_SOURCE_ROOT "/configs/tokenizer"
+#define GOLDEN FH_SOURCE_ROOT "/tests/fixtures/tok_golden.jsonl"
+
+/* ------------------------------------------------------------ helpers */
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    cr_assert_eq(fread(b, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    b[n] = 0;
+    if (len)
+        *len = (size_t)n;
+    return b;
+}
+
+static void spit(const char *path, const char *text, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f, "cannot create %s", path);
+    cr_assert_eq(fwrite(text, 1, len, f), len);
+    fclose(f);
+}
+
+struct golden {
+    char *text;
+    size_t len;
+    int32_t *ids;
+    int n;
+};
+
+static struct golden *gold;
+static int n_gold;
+
+static void load_golden(void)
+{
+    char *all = slurp(GOLDEN, NULL);
+    n_gold = 0;
+    gold = calloc(256, sizeof *gold);
+    for (char *line = strtok(all, "\n"); line; line = strtok(NULL, "\n")) {
+        cJSON *j = cJSON_Parse(line);
+        cr_assert_not_null(j, "bad golden line %d", n_gold + 1);
+        const cJSON *text = cJSON_GetObjectItem(j, "text");
+        const cJSON *ids = cJSON_GetObjectItem(j, "ids");
+        cr_assert(cJSON_IsString(text) && cJSON_IsArray(ids));
+        cr_assert_lt(n_gold, 256);
+        struct golden *g = &gold[n_gold++];
+        g->text = strdup(text->valuestring);
+        g->len = strlen(g->text);
+        g->n = cJSON_GetArraySize(ids);
+        g->ids = malloc(((size_t)g->n + 1) * sizeof *g->ids);
+        int i = 0;
+        for (const cJSON *c = ids->child; c; c = c->next)
+            g->ids[i++] = (int32_t)c->valueint;
+        cJSON_Delete(j);
+    }
+    free(all);
+    cr_assert_geq(n_gold, 60, "tok_golden.jsonl has %d lines", n_gold);
+}
+
+static void free_golden(void)
+{
+    for (int i = 0; i < n_gold; i++) {
+        free(gold[i].text);
+        free(gold[i].ids);
+    }
+    free(gold);
+}
+
+static tok *load_ok(const char *dir)
+{
+    tok *t = NULL;
+    err_clear();
+    int rc = tok_load(dir, &t);
+    cr_assert_eq(rc, 0, "tok_load(%s) = %d: %s", dir, rc, err_msg());
+    cr_assert_not_null(t);
+    return t;
+}
+
+/* Every golden text encodes to exactly its ids; the first difference is
+ * printed with its index. */
+static void check_golden(const tok *t, const char *how)
+{
+    for (int k = 0; k < n_gold; k++) {
+        const struct golden *g = &gold[k];
+        int32_t *ids = NULL;
+        int n = tok_encode(t, g->text, g->len, &ids);
+        cr_assert_geq(n, 0, "%s: line %d: %s", how, k + 1, err_msg());
+        for (int i = 0; i < n && i < g->n; i++)
+            cr_assert_eq(ids[i], g->ids[i],
+                         "%s: golden line %d (\"%.40s\"): id[%d] = %d, "
+                         "expected %d",
+                         how, k + 1, g->text, i, ids[i], g->ids[i]);
+        cr_assert_eq(n, g->n, "%s: golden line %d (\"%.40s\"): %d ids, "
+                     "expected %d", how, k + 1, g->text, n, g->n);
+        free(ids);
+    }
+}
+
+static char *tmpdir(void)
+{
+    char *d = strdup("/tmp/test_tok_XXXXXX");
+    cr_assert_not_null(mkdtemp(d));
+    return d;
+}
+
+static void rmtree(char *dir)
+{
+    static const char *const names[] = {"vocab.json", "merges.txt",
+                                        "tokenizer.json"};
+    char p[512];
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, names[i]);
+        unlink(p);
+    }
+    cr_assert_eq(rmdir(dir), 0, "cannot remove %s", dir);
+    free(dir);
+}
+
+static void put(const char *dir, const char *name, const char *text,
+                size_t len)
+{
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    spit(p, text, len);
+}
+
+static void putstr(const char *dir, const char *name, const char *text)
+{
+    put(dir, name, text, strlen(text));
+}
+
+static void put_copy(const char *dir, const char *name)
+{
+    char p[512];
+    size_t len;
+    snprintf(p, sizeof p, "%s/%s", TOK_DIR, name);
+    char *text = slurp(p, &len);
+    put(dir, name, text, len);
+    free(text);
+}
+
+/* ------------------------------------------------------------- golden */
+
+TestSuite(tok, .init = load_golden, .fini = free_golden);
+
+Test(tok, golden_vocab_merges)
+{
+    tok *t = load_ok(TOK_DIR);
+    cr_assert_eq(tok_vocab_size(t), 512);
+    check_golden(t, "vocab.json+merges.txt");
+    tok_destroy(t);
+}
+
+Test(tok, golden_embedded)
+{
+    cr_assert_eq(tok_embedded_vocab_json[tok_embedded_vocab_json_len], 0);
+    cr_assert_eq(tok_embedded_merges_txt[tok_embedded_merges_txt_len], 0);
+    /* The embedded copy is byte-identical to the committed files. */
+    size_t vlen, mlen;
+    char *v = slurp(TOK_DIR "/vocab.json", &vlen);
+    char *m = slurp(TOK_DIR "/merges.txt", &mlen);
+    cr_assert_eq(vlen, tok_embedded_vocab_json_len);
+    cr_assert_eq(mlen, tok_embedded_merges_txt_len);
+    cr_assert_eq(memcmp(v, tok_embedded_vocab_json, vlen), 0,
+                 "src/tok_embedded.c is stale: run configs/tokenizer/embed.py");
+    cr_assert_eq(memcmp(m, tok_embedded_merges_txt, mlen), 0,
+                 "src/tok_embedded.c is stale: run configs/tokenizer/embed.py");
+    free(v);
+    free(m);
+
+    tok *t = NULL;
+    int rc = tok_load_mem(tok_embedded_vocab_json, tok_embedded_vocab_json_len,
+                          tok_embedded_merges_txt, tok_embedded_merges_txt_len,
+                          &t);
+    cr_assert_eq(rc, 0, "%s", err_msg());
+    cr_assert_eq(tok_vocab_size(t), 512);
+    check_golden(t, "embedded");
+    tok_destroy(t);
+}
+
+Test(tok, golden_tokenizer_json_list_merges)
+{
+    /* The committed tokenizer.json has merges as ["a", "b"] lists. */
+    char *d = tmpdir();
+    put_copy(d, "tokenizer.json");
+    tok *t = load_ok(d);
+    cr_assert_eq(tok_vocab_size(t), 512);
+    check_golden(t, "tokenizer.json (list merges)");
+    tok_destroy(t);
+    rmtree(d);
+}
+
+Test(tok, golden_tokenizer_json_string_merges)
+{
+    /* Rewrite the merges in the older "a b" string form. */
+    char *text = slurp(TOK_DIR "/tokenizer.json", NULL);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    cJSON *merges = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "model"),
+                                        "merges");
+    cJSON *strs = cJSON_CreateArray();
+    int n = 0;
+    for (cJSON *c = merges->child; c; c = c->next, n++) {
+        char buf[256];
+        cr_assert(cJSON_IsArray(c), "merges[%d] is not a list", n);
+        snprintf(buf, sizeof buf, "%s %s", c->child->valuestring,
+                 c->child->next->valuestring);
+        cJSON_AddItemToArray(strs, cJSON_CreateString(buf));
+    }
+    cr_assert_eq(n, 252);
+    cJSON_ReplaceItemInObject(cJSON_GetObjectItem(root, "model"), "merges",
+                              strs);
+    char *out = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    cr_assert_not_null(strstr(out, "\"merges\":[\"Ġ t\""),
+                       "rewritten merges not in string form");
+    char *d = tmpdir();
+    put(d, "tokenizer.json", out, strlen(out));
+    free(out);
+    tok *t = load_ok(d);
+    check_golden(t, "tokenizer.json (string merges)");
+    tok_destroy(t);
+    rmtree(d);
+}
+
+/* vocab.json + merges.txt win over tokenizer.json when both exist. */
+Test(tok, vocab_json_preferred)
+{
+    char *d = tmpdir();
+    put_copy(d, "vocab.json");
+    put_copy(d, "merges.txt");
+    putstr(d, "tokenizer.json", "not json");
+    tok *t = load_ok(d);
+    check_golden(t, "vocab.json beside a broken tokenizer.json");
+    tok_destroy(t);
+    rmtree(d);
+}
+
+/* ---------------------------------------------------------- round trip */
+
+/* TEXT with the special tokens removed, leftmost longest first, as
+ * decode(encode(text)) must give it. */
+static size_t strip_specials(const char *text, size_t len, char *out)
+{
+    static const char *const sp[] = {"<s>", "<pad>", "</s>", "<unk>"};
+    size_t k = 0;
+    for (size_t i = 0; i < len;) {
+        size_t best = 0;
+        for (int s = 0; s < 4; s++) {
+            size_t l = strlen(sp[s]);
+            if (l > best && l <= len - i && memcmp(text + i, sp[s], l) == 0)
+                best = l;
+        }
+        if (best) {
+            i += best;
+        } else {
+            out[k++] = text[i++];
+        }
+    }
+    return k;
+}
+
+Test(tok, roundtrip_golden)
+{
+    tok *t = load_ok(TOK_DIR);
+    int with_specials = 0;
+    for (int k = 0; k < n_gold; k++) {
+        const struct golden *g = &gold[k];
+        char *want = malloc(g->len + 1);
+        size_t wlen = strip_specials(g->text, g->len, want);
+        with_specials += wlen != g->len;
+        int32_t *ids;
+        int n = tok_encode(t, g->text, g->len, &ids);
+        cr_assert_geq(n, 0);
+        char *s;
+        int m = tok_decode(t, ids, (size_t)n, &s);
+        cr_assert_eq((size_t)m, wlen, "line %d: decoded %d bytes, want %zu",
+                     k + 1, m, wlen);
+        cr_assert_eq(memcmp(s, want, wlen), 0, "line %d: \"%s\" != \"%.*s\"",
+                     k + 1, s, (int)wlen, want);
+        cr_assert_eq(s[m], 0);
+        free(s);
+        free(ids);
+        free(want);
+    }
+    cr_assert_geq(with_specials, 5, "golden set lost its special-token lines");
+    tok_destroy(t);
+}
+
+static uint64_t rng_state = 0x2545f4914f6cdd1dull;
+
+static uint32_t rnd(uint32_t n)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)((rng_state >> 11) % n);
+}
+
+static size_t put_utf8(uint32_t c, char *o)
+{
+    if (c < 0x80) {
+        o[0] = (char)c;
+        return 1;
+    }
+    if (c < 0x800) {
+        o[0] = (char)(0xc0 | c >> 6);
+        o[1] = (char)(0x80 | (c & 0x3f));
+        return 2;
+    }
+    if (c < 0x10000) {
+        o[0] = (char)(0xe0 | c >> 12);
+        o[1] = (char)(0x80 | (c >> 6 & 0x3f));
+        o[2] = (char)(0x80 | (c & 0x3f));
+        return 3;
+    }
+    o[0] = (char)(0xf0 | c >> 18);
+    o[1] = (char)(0x80 | (c >> 12 & 0x3f));
+    o[2] = (char)(0x80 | (c >> 6 & 0x3f));
+    o[3] = (char)(0x80 | (c & 0x3f));
+    return 4;
+}
+
+/* A random code point: ASCII (no '<', so no special token appears by
+ * chance), whitespace, and 2-, 3- and 4-byte characters. */
+static uint32_t random_cp(void)
+{
+    uint32_t c;
+    switch (rnd(6)) {
+    case 0:
+    case 1:
+        do
+            c = 0x20 + rnd(0x5f);
+        while (c == '<');
+        return c;
+    case 2:
+        return " \t\n\r\v\f"[rnd(6)];
+    case 3:
+        return 0x80 + rnd(0x800 - 0x80);
+    case 4:
+        do
+            c = 0x800 + rnd(0x10000 - 0x800);
+        while (c >= 0xd800 && c < 0xe000);
+        return c;
+    default:
+        return 0x10000 + rnd(0x110000 - 0x10000);
+    }
+}
+
+Test(tok, roundtrip_random_utf8)
+{
+    tok *t = load_ok(TOK_DIR);
+    char buf[4 * 300];
+    int four_byte = 0;
+    for (int iter = 0; iter < 3000; iter++) {
+        size_t len = 0;
+        uint32_t n = rnd(300);
+        for (uint32_t i = 0; i < n; i++) {
+            size_t w = put_utf8(random_cp(), buf + len);
+            four_byte += w == 4;
+            len += w;
+        }
+        int32_t *ids;
+        int m = tok_encode(t, buf, len, &ids);
+        cr_assert_geq(m, 0, "iteration %d: %s", iter, err_msg());
+        cr_assert_leq((size_t)m, len);
+        for (int i = 0; i < m; i++)
+            cr_assert(ids[i] >= 4 && ids[i] < 512,
+                      "iteration %d: id %d out of range", iter, ids[i]);
+        char *s;
+        int k = tok_decode(t, ids, (size_t)m, &s);
+        cr_assert_eq((size_t)k, len, "iteration %d", iter);
+        cr_assert_eq(memcmp(s, buf, len), 0, "iteration %d", iter);
+        free(s);
+        free(ids);
+    }
+    cr_assert_gt(four_byte, 1000);
+    tok_destroy(t);
+}
+
+/* One 300 kB word takes the heap BPE path; it must finish, match
+ * `tokenizers` (150000 ids, "l igh t ho use" repeated, from
+ * Tokenizer.from_file(tokenizer.json).encode("lighthouse" * 30000)) and
+ * round-trip. */
+Test(tok, long_word, .timeout = 20)
+{
+    static const int32_t period[5] = {79, 350, 75, 275, 362};
+    tok *t = load_ok(TOK_DIR);
+    size_t len = 300000;
+    char *w = malloc(len);
+    for (size_t i = 0; i < len; i++)
+        w[i] = "lighthouse"[i % 10];
+    int32_t *ids;
+    int n = tok_encode(t, w, len, &ids);
+    cr_assert_eq(n, 150000);
+    for (int i = 0; i < n; i++)
+        cr_assert_eq(ids[i], period[i % 5], "id[%d] = %d", i, ids[i]);
+    char *s;
+    cr_assert_eq(tok_decode(t, ids, (size_t)n, &s), (int)len);
+    cr_assert_eq(memcmp(s, w, len), 0);
+    free(s);
+    free(ids);
+    free(w);
+    tok_destroy(t);
+}
+
+/* --------------------------------------------------- encode and decode */
+
+static int enc(const tok *t, const char *s, int32_t *out, int cap)
+{
+    int32_t *ids;
+    int n = tok_encode(t, s, strlen(s), &ids);
+    cr_assert_geq(n, 0, "encode(\"%s\"): %s", s, err_msg());
+    cr_assert_leq(n, cap);
+    memcpy(out, ids, (size_t)n * sizeof *ids);
+    free(ids);
+    return n;
+}
+
+Test(tok, specials_in_text)
+{
+    tok *t = load_ok(TOK_DIR);
+    int32_t a[16], b[16];
+    cr_assert_eq(enc(t, "</s>", a, 16), 1);
+    cr_assert_eq(a[0], 2);
+    int n = enc(t, "<s><pad></s><unk>", a, 16);
+    cr_assert_eq(n, 4);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(a[i], i);
+    /* The text around a special is tokenized on its own: "x</s>y" is
+     * encode("x"), 2, encode("y"). */
+    n = enc(t, "hello</s> world", a, 16);
+    int n1 = enc(t, "hello", b, 16);
+    int n2 = enc(t, " world", b + n1 + 1, 16 - n1 - 1);
+    b[n1] = 2;
+    cr_assert_eq(n, n1 + 1 + n2);
+    cr_assert_eq(memcmp(a, b, (size_t)n * sizeof *a), 0);
+    /* Near misses are plain text. */
+    n = enc(t, "< /s>", a, 16);
+    for (int i = 0; i < n; i++)
+        cr_assert(a[i] >= 4, "\"< /s>\" gave special id %d", a[i]);
+    tok_destroy(t);
+}
+
+Test(tok, decode_skips)
+{
+    tok *t = load_ok(TOK_DIR);
+    int32_t ids[16];
+    int n = enc(t, "Hello", ids, 8);
+    int32_t mixed[16] = {0, -1, 2, 512, 1, 99999, 3};
+    memcpy(mixed + 7, ids, (size_t)n * sizeof *ids);
+    char *s;
+    int k = tok_decode(t, mixed, (size_t)(7 + n), &s);
+    cr_assert_eq(k, 5);
+    cr_assert_str_eq(s, "Hello");
+    free(s);
+    k = tok_decode(t, NULL, 0, &s);
+    cr_assert_eq(k, 0);
+    cr_assert_str_eq(s, "");
+    free(s);
+    /* Ids cut mid-character decode to the bytes they have: 🦀 (U+1F980)
+     * takes at least 2 ids here, the first a strict prefix. */
+    n = enc(t, "\xf0\x9f\xa6\x80", ids, 8);
+    cr_assert_geq(n, 2);
+    k = tok_decode(t, ids, 1, &s);
+    cr_assert(k >= 1 && k < 4, "first id decodes to %d bytes", k);
+    cr_assert_eq(memcmp(s, "\xf0\x9f\xa6\x80", (size_t)k), 0);
+    free(s);
+    tok_destroy(t);
+}
+
+Test(tok, empty_text)
+{
+    tok *t = load_ok(TOK_DIR);
+    int32_t *ids = NULL;
+    cr_assert_eq(tok_encode(t, "", 0, &ids), 0);
+    cr_assert_not_null(ids, "ids must be allocated even when empty");
+    free(ids);
+    tok_destroy(t);
+}
+
+/* The GPT-2 regex pieces, checked directly. */
+static void pieces(const char *s, const char *const *want, int n_want)
+{
+    size_t len = strlen(s), pos = 0;
+    int k = 0;
+    while (pos < len) {
+        size_t end = tok_pretok_next(s, len, pos);
+        cr_assert_gt(end, pos);
+        cr_assert_lt(k, n_want, "\"%s\": more pieces than expected", s);
+        cr_assert_eq(end - pos, strlen(want[k]), "\"%s\" piece %d: \"%.*s\"",
+                     s, k, (int)(end - pos), s + pos);
+        cr_assert_eq(memcmp(s + pos, want[k], end - pos), 0);
+        pos = end;
+        k++;
+    }
+    cr_assert_eq(k, n_want, "\"%s\": %d pieces, expected %d", s, k, n_want);
+}
+
+#define PIECES(s, ...)                                                   \
+    do {                                                                 \
+        static const char *const w_[] = {__VA_ARGS__};                   \
+        pieces(s, w_, (int)(sizeof w_ / sizeof *w_));                    \
+    } while (0)
+
+Test(tok, pretok_pieces)
+{
+    PIECES("Hello world", "Hello", " world");
+    PIECES("a   b", "a", "  ", " b");
+    PIECES("a\n\nb", "a", "\n", "\n", "b");
+    PIECES("end  ", "end", "  ");
+    PIECES("I'm we'll 'S", "I", "'m", " we", "'ll", " '", "S");
+    PIECES("x!!'s", "x", "!!'", "s");
+    PIECES("abc123 456", "abc", "123", " 456");
+    PIECES("\xc2\xa0\xc2\xa0x", "\xc2\xa0", "\xc2\xa0", "x"); /* NBSP is \s */
+    PIECES("a\xe2\x80\x8b" "b", "a", "\xe2\x80\x8b", "b"); /* ZWSP is not */
+    PIECES("e\xcc\x81t\xc3\xa9", "e", "\xcc\x81", "t\xc3\xa9"); /* Mn */
+    /* Every contraction, lower case only, and only at a piece start. */
+    PIECES("'s't're've'm'll'd", "'s", "'t", "'re", "'ve", "'m", "'ll", "'d");
+    PIECES("'D'LL", "'", "D", "'", "LL");
+    PIECES("'lx 'r", "'", "lx", " '", "r");
+    /* NEL (U+0085) is \s though a control; U+2028 too. */
+    PIECES("a\xc2\x85\xc2\x85" "b", "a", "\xc2\x85", "\xc2\x85", "b");
+    PIECES("\xe2\x80\xa8\xe2\x80\xa8", "\xe2\x80\xa8\xe2\x80\xa8");
+    /* Unicode 16 letters (U+1C89) and digits (U+10D40) as Oniguruma has
+     * them, whatever libutf8proc's Unicode version. */
+    PIECES("a\xe1\xb2\x89" "b", "a\xe1\xb2\x89" "b");
+    PIECES("1\xf0\x90\xb5\x80 x", "1\xf0\x90\xb5\x80", " x");
+}
+
+/* GPT-2's bytes_to_unicode, for the synthetic vocabulary below. */
+static uint32_t byte_cp(unsigned b)
+{
+    unsigned n = 0;
+    for (unsigned x = 0; x < 256; x++) {
+        int keep = (x >= '!' && x <= '~') || (x >= 0xa1 && x <= 0xac) ||
+                   x >= 0xae;
+        if (x == b)
+            return keep ? b : 256 + n;
+        n += !keep;
+    }
+    return 0;
+}
+
+/* A vocabulary built here: ids 0..255 the byte symbols (byte b has id
+ * b), merges "a b" -> 256, and unreachable tokens: specials of which one
+ * is a prefix of another, GPT-2's <|endoftext|>, a fairseq-style filler
+ * that is not markup, and a special after a hole in the ids. */
+Test(tok, synthetic_specials)
+{
+    cJSON *v = cJSON_CreateObject();
+    for (unsigned b = 0; b < 256; b++) {
+        char u[4] = {0};
+        put_utf8(byte_cp(b), u);
+        cJSON_AddNumberToObject(v, u, b);
+    }
+    cJSON_AddNumberToObject(v, "ab", 256);
+    cJSON_AddNumberToObject(v, "<|endoftext|>", 257);
+    cJSON_AddNumberToObject(v, "<s>", 258);
+    cJSON_AddNumberToObject(v, "<s>x>", 259);
+    cJSON_AddNumberToObject(v, "madeupword", 260);
+    cJSON_AddNumberToObject(v, "<hi>", 300);
+    cJSON_AddNumberToObject(v, "x\xe4\xb8\xad", 261); /* x中: not bytes */
+    cJSON_AddNumberToObject(v, "<b", 262);             /* markup-like, */
+    cJSON_AddNumberToObject(v, "<b>", 263);            /* but merged */
+    char *vj = cJSON_PrintUnformatted(v);
+    cJSON_Delete(v);
+    const char *merges = "#version: 0.2\na b\n< b\n<b >\n";
+    tok *t = NULL;
+    err_clear();
+    cr_assert_eq(tok_load_mem(vj, strlen(vj), merges, strlen(merges), &t), 0,
+                 "%s", err_msg());
+    free(vj);
+    cr_assert_eq(tok_vocab_size(t), 301);
+
+    const char *text = "ab<s>x><s><|endoftext|>madeupword<hi>";
+    int32_t *ids;
+    int n = tok_encode(t, text, strlen(text), &ids);
+    static const int32_t want[] = {256, 259, 258, 257, 'm', 'a', 'd', 'e',
+                                   'u', 'p', 'w', 'o', 'r', 'd', 300};
+    cr_assert_eq(n, 15);
+    for (int i = 0; i < n; i++)
+        cr_assert_eq(ids[i], want[i], "id[%d] = %d, want %d", i, ids[i],
+                     want[i]);
+    free(ids);
+
+    /* Specials and holes are skipped; the filler decodes as its text, a
+     * token of non-byte characters as its own UTF-8, and "<b>", made by a
+     * merge, is no special token. */
+    static const int32_t dec[] = {257, 260, 280, 300, 259, 256, 32, 261, 263};
+    char *s;
+    cr_assert_eq(tok_decode(t, dec, 9, &s), 20);
+    cr_assert_str_eq(s, "madeupwordab x\xe4\xb8\xad<b>");
+    free(s);
+    tok_destroy(t);
+}
+
+/* ------------------------------------------------------------- errors */
+
+Test(tok, invalid_utf8)
+{
+    tok *t = load_ok(TOK_DIR);
+    static const struct {
+        const char *s;
+        size_t len, bad;
+    } cases[] = {
+        {"ab\xff", 3, 2},            /* never valid */
+        {"\xc0\x80", 2, 0},          /* overlong NUL */
+        {"x\xe0\x80\xaf", 4, 1},     /* overlong 3-byte */
+        {"\xed\xa0\x80", 3, 0},      /* surrogate U+D800 */
+        {"ok\xf4\x90\x80\x80", 6, 2}, /* U+110000 */
+        {"\xe4\xb8", 2, 0},          /* cut mid-character */
+        {"a\x80z", 3, 1},            /* stray continuation */
+        {"\xf5\x80\x80\x80", 4, 0},  /* lead byte past U+10FFFF */
+        {"x\xf8\x88\x80\x80\x80", 6, 1}, /* 5-byte form */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        int32_t *ids = (int32_t *)&ids; /* must be reset to NULL */
+        err_clear();
+        int rc = tok_encode(t, cases[i].s, cases[i].len, &ids);
+        cr_assert_eq(rc, -EILSEQ, "case %zu: rc %d", i, rc);
+        cr_assert_null(ids, "case %zu", i);
+        char want[64];
+        snprintf(want, sizeof want, "not valid UTF-8 at byte %zu",
+                 cases[i].bad);
+        cr_assert_not_null(strstr(err_msg(), want), "case %zu: \"%s\"", i,
+                           err_msg());
+    }
+    tok_destroy(t);
+}
+
+static void load_fails(const char *dir, int want_rc, const char *want_msg)
+{
+    tok *t = (tok *)&t;
+    err_clear();
+    int rc = tok_load(dir, &t);
+    cr_assert_eq(rc, want_rc, "tok_load(%s) = %d, want %d: %s", dir, rc,
+                 want_rc, err_msg());
+    cr_assert_null(t);
+    cr_assert_not_null(strstr(err_msg(), want_msg),
+                       "message \"%s\" lacks \"%s\"", err_msg(), want_msg);
+}
+
+Test(tok, missing_files)
+{
+    load_fails("/nonexistent/model-dir", -ENOENT, "/nonexistent/model-dir");
+    char *d = tmpdir();
+    char want[512];
+    snprintf(want, sizeof want, "%s/vocab.json: not found", d);
+    load_fails(d, -ENOENT, want);
+    put_copy(d, "vocab.json");
+    snprintf(want, sizeof want, "%s/merges.txt: not found", d);
+    load_fails(d, -ENOENT, want);
+    rmtree(d);
+    load_fails(TOK_DIR "/vocab.json", -ENOTDIR, "not a directory");
+}
+
+Test(tok, corrupt_files)
+{
+    char *d = tmpdir();
+    char want[512];
+    put_copy(d, "merges.txt");
+    putstr(d, "vocab.json", "{\"a\": 1, \"b\" 2}");
+    snprintf(want, sizeof want, "%s/vocab.json: not valid JSON at byte 13", d);
+    load_fails(d, -EINVAL, want);
+
+    putstr(d, "vocab.json", "[1, 2]");
+    load_fails(d, -EINVAL, "not a JSON object");
+
+    putstr(d, "vocab.json", "{\"a\": -3}");
+    load_fails(d, -EINVAL, "token \"a\" has no valid id");
+
+    /* A vocabulary without the byte symbols is not byte-level. */
+    putstr(d, "vocab.json", "{\"a\": 0, \"b\": 1}");
+    load_fails(d, -EINVAL, "no token for byte 0x00");
+
+    /* Merges naming tokens the vocabulary lacks. */
+    put_copy(d, "vocab.json");
+    putstr(d, "merges.txt", "#version: 0.2\nh e\nq zz\n");
+    snprintf(want, sizeof want, "%s/merges.txt line 3: token \"zz\"", d);
+    load_fails(d, -EINVAL, want);
+    putstr(d, "merges.txt", "#version: 0.2\nh e x\n");
+    load_fails(d, -EINVAL, "line 2: expected two tokens");
+    rmtree(d);
+
+    d = tmpdir();
+    putstr(d, "tokenizer.json", "{\"model\": {\"type\": \"Unigram\"}}");
+    load_fails(d, -ENOTSUP, "model.type is \"Unigram\"");
+    putstr(d, "tokenizer.json", "{\"model\": {\"vocab\": {}");
+    snprintf(want, sizeof want, "%s/tokenizer.json: not valid JSON", d);
+    load_fails(d, -EINVAL, want);
+    rmtree(d);
+
+    tok *t = (tok *)&t;
+    err_clear();
+    cr_assert_eq(tok_load_mem("{", 1, "", 0, &t), -EINVAL);
+    cr_assert_null(t);
+    cr_assert_not_null(strstr(err_msg(), "vocab.json: not valid JSON"));
+    tok_destroy(NULL);
+}
+
+Test(tok, tokenizer_json_other_pipelines)
+{
+    char *text = slurp(TOK_DIR "/tokenizer.json", NULL);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    cJSON *pre = cJSON_GetObjectItem(root, "pre_tokenizer");
+    cJSON_ReplaceItemInObject(pre, "add_prefix_space", cJSON_CreateTrue());
+    char *out = cJSON_PrintUnformatted(root);
+    char *d = tmpdir();
+    put(d, "tokenizer.json", out, strlen(out));
+    free(out);
+    load_fails(d, -ENOTSUP, "add_prefix_space=false");
+
+    cJSON_ReplaceItemInObject(root, "pre_tokenizer", cJSON_CreateNull());
+    out = cJSON_PrintUnformatted(root);
+    put(d, "tokenizer.json", out, strlen(out));
+    free(out);
+    load_fails(d, -ENOTSUP, "pre_tokenizer is not ByteLevel");
+    cJSON_Delete(root);
+    rmtree(d);
+}
