@@ -22,13 +22,20 @@ extern "C" {
 /* OPT's learned positions are stored with an offset of 2 rows. */
 #define KERN_OPT_POS_OFFSET 2
 
-/* One sequence of a packed batch: its new rows are rows
- * [row, row + n_new) of q/k/v/out, its cache already holds n_past tokens in
- * slots [0, n_past), and the new tokens go to slots [n_past, n_past+n_new). */
+/* One sequence of a packed batch and the state of its KV slot cache.
+ *
+ * The cache of a sequence has `cap` slots per (layer, head); `budget` of them
+ * may be used (B of DESIGN.md's H2O policy; cap for `full`). Slots hold
+ * tokens in any order; each slot remembers its token position (pos arrays).
+ * New rows of this call are rows [row, row + n_new) of q/k/v/out. */
 typedef struct kern_seq {
-    int32_t row;    /* first packed row of this sequence */
-    int32_t n_new;  /* new tokens this call (prompt length, or 1 in decode) */
-    int32_t n_past; /* slots already filled in this sequence's cache */
+    int32_t row;     /* first packed row of this sequence */
+    int32_t n_new;   /* prefill: prompt length (n_past 0); decode: 1; 0: idle */
+    int32_t n_past;  /* tokens seen before this call = position of the 1st new */
+    int32_t n_slots; /* cache slots in use = min(n_past, budget) */
+    int32_t budget;  /* slots this sequence may keep, <= cap */
+    int32_t sinks;   /* first tokens never evicted */
+    int32_t recent;  /* newest tokens never evicted (the new one included), >= 1 */
 } kern_seq;
 
 /* ---------------------------------------------------------------- CPU refs */
@@ -48,26 +55,6 @@ void kern_bias_act_ref(float *x, const float *b, int n, int d, int relu);
 /* y(count) += x(count). */
 void kern_add_ref(float *y, const float *x, size_t count);
 
-/* Copy the new K and V rows of every sequence into its slot cache.
- * k, v: packed rows (rows, ldk) holding n_head*head_dim values each.
- * kc, vc: (n_seq, n_head, cap, head_dim); sequence s's new token j goes to
- * slot seqs[s].n_past + j. */
-void kern_kv_append_ref(float *kc, float *vc, const float *k, const float *v,
-                        int ldk, const kern_seq *seqs, int n_seq, int n_head,
-                        int head_dim, int cap);
-
-/* Causal attention of the new rows of each sequence over its cache.
- * New token j of sequence s sees slots [0, n_past + j] (its own K/V
- * included, so kern_kv_append_ref runs first). Softmax of q.k * scale.
- * q (rows, ldq), out (rows, ldo): head h occupies columns h*head_dim...
- * scores: NULL, or (n_seq, n_head, cap) fp32 to which every query adds the
- * post-softmax probability it gave each slot (H2O's accumulated attention;
- * in prefill this is the column sum of the causal softmax). */
-void kern_attn_ref(float *out, int ldo, const float *q, int ldq,
-                   const float *kc, const float *vc, const kern_seq *seqs,
-                   int n_seq, int n_head, int head_dim, int cap, float scale,
-                   float *scores);
-
 /* Pick the next token from one row of logits (V).
  * temperature <= 0: greedy (lowest index wins ties). Otherwise the logits
  * are divided by temperature, softmaxed, cut to the smallest set of most
@@ -85,6 +72,61 @@ int32_t kern_sample_ref(const float *logits, int V, float temperature,
  * @return the slot, or -1 when no slot is evictable. */
 int kern_h2o_pick_ref(const float *scores, const int32_t *pos, int n_slots,
                       int sinks, int recent, int32_t newest_pos);
+
+/* ------------------------------------------------ attention + KV slots
+ * One decode step of a layer, per (sequence, head):
+ *
+ *   kern_attn_decode:  p = softmax(q . [K_slots ; k_new] * scale)
+ *                      out = p . [V_slots ; v_new]
+ *                      scores[slot] += p[slot]; self_p = p[new]
+ *   kern_kv_insert:    slot = n_slots < budget ? n_slots : H2O victim
+ *                      K/V[slot] = k/v_new; scores[slot] = self_p; pos[slot] = n_past
+ *
+ * and prefill (n_past 0) is exact causal attention over the prompt's own
+ * rows, whose softmax column sums seed the scores of the tokens kept. */
+
+/* Causal self-attention of each sequence's n_new prompt rows (n_past must be
+ * 0). q, k, v: packed rows with stride ld (head h at columns h*head_dim).
+ * out (rows, ldo). colsum: NULL, or (rows, n_head) fp32 that receives, for
+ * the token of each row, the sum over the queries of its sequence of the
+ * softmax probability they gave it (the column sum of the causal softmax). */
+void kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
+                           const float *v, int ld, const kern_seq *seqs,
+                           int n_seq, int n_head, int head_dim, float scale,
+                           float *colsum);
+
+/* Fill the slot caches from the prompt rows after prefill. Per (sequence,
+ * head): when n_new <= budget every token is kept, in slot = position;
+ * otherwise the first `sinks`, the last `recent` and the `heavy` = budget -
+ * sinks - recent highest colsum of the rest (ties keep the newer token),
+ * stored in position order in slots [0, budget).
+ * kc, vc: (n_seq, n_head, cap, head_dim); scores: NULL or (n_seq, n_head,
+ * cap) fp32 set from colsum; pos: (n_seq, n_head, cap) int32. */
+void kern_kv_prefill_ref(float *kc, float *vc, float *scores, int32_t *pos,
+                         const float *k, const float *v, int ld,
+                         const float *colsum, const kern_seq *seqs, int n_seq,
+                         int n_head, int head_dim, int cap);
+
+/* Decode attention of one new row per active sequence (n_new 1) over its
+ * n_slots cached tokens plus its own new k/v row (not yet in the cache).
+ * scores: NULL or (n_seq, n_head, cap), += the probability of every slot;
+ * self_p: NULL or (n_seq, n_head), = the probability of the new token. */
+void kern_attn_decode_ref(float *out, int ldo, const float *q, const float *k,
+                          const float *v, int ld, const float *kc,
+                          const float *vc, const kern_seq *seqs, int n_seq,
+                          int n_head, int head_dim, int cap, float scale,
+                          float *scores, float *self_p);
+
+/* Store the new token of each active sequence (n_new 1) in its cache: slot
+ * n_slots while n_slots < budget, else the H2O victim of kern_h2o_pick_ref
+ * (newest_pos = n_past; scores NULL counts as all zero, which is window /
+ * StreamingLLM eviction). Sets K/V, pos = n_past and scores = self_p there.
+ * evicted: NULL or (n_seq, n_head) int32 = the evicted position or -1.
+ * The caller then sets n_slots = min(n_slots + 1, budget), n_past += 1. */
+void kern_kv_insert_ref(float *kc, float *vc, float *scores, int32_t *pos,
+                        const float *k, const float *v, int ld,
+                        const float *self_p, const kern_seq *seqs, int n_seq,
+                        int n_head, int head_dim, int cap, int32_t *evicted);
 
 /* ---------------------------------------------------------------- CUDA */
 /* Device pointers are void *: "h" = fp16 (__half), "f" = fp32. stream is a

@@ -100,23 +100,44 @@ static int cpu_gather_rows(void *ctx, void *dst, const void *src,
     return 0;
 }
 
-static int cpu_kv_append(void *ctx, void *kc, void *vc, const void *k,
-                         const void *v, int ldk, const kern_seq *seqs,
-                         int n_seq, int n_head, int head_dim, int cap)
+static int cpu_attn_prefill(void *ctx, void *out, int ldo, const void *q, const void *k,
+                            const void *v, int ld, const kern_seq *seqs, int n_seq,
+                            int n_head, int head_dim, float scale, void *colsum)
 {
     (void)ctx;
-    kern_kv_append_ref(kc, vc, k, v, ldk, seqs, n_seq, n_head, head_dim, cap);
+    kern_attn_prefill_ref(out, ldo, q, k, v, ld, seqs, n_seq, n_head, head_dim, scale, colsum);
     return 0;
 }
 
-static int cpu_attn(void *ctx, void *out, int ldo, const void *q, int ldq,
-                    const void *kc, const void *vc, const kern_seq *seqs,
-                    int n_seq, int n_head, int head_dim, int cap, float scale,
-                    void *scores)
+static int cpu_kv_prefill(void *ctx, void *kc, void *vc, void *scores, void *pos,
+                          const void *k, const void *v, int ld, const void *colsum,
+                          const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap)
 {
     (void)ctx;
-    kern_attn_ref(out, ldo, q, ldq, kc, vc, seqs, n_seq, n_head, head_dim, cap,
-                  scale, scores);
+    kern_kv_prefill_ref(kc, vc, scores, pos, k, v, ld, colsum, seqs, n_seq, n_head, head_dim,
+                        cap);
+    return 0;
+}
+
+static int cpu_attn_decode(void *ctx, void *out, int ldo, const void *q, const void *k,
+                           const void *v, int ld, const void *kc, const void *vc,
+                           const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                           int cap, float scale, void *scores, void *self_p)
+{
+    (void)ctx;
+    kern_attn_decode_ref(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq, n_head, head_dim, cap,
+                         scale, scores, self_p);
+    return 0;
+}
+
+static int cpu_kv_insert(void *ctx, void *kc, void *vc, void *scores, void *pos,
+                         const void *k, const void *v, int ld, const void *self_p,
+                         const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
+                         void *evicted)
+{
+    (void)ctx;
+    kern_kv_insert_ref(kc, vc, scores, pos, k, v, ld, self_p, seqs, n_seq, n_head, head_dim,
+                       cap, evicted);
     return 0;
 }
 
@@ -160,8 +181,10 @@ static const backend_ops cpu_ops = {
     .linear = cpu_linear,
     .add = cpu_add,
     .gather_rows = cpu_gather_rows,
-    .kv_append = cpu_kv_append,
-    .attn = cpu_attn,
+    .attn_prefill = cpu_attn_prefill,
+    .kv_prefill = cpu_kv_prefill,
+    .attn_decode = cpu_attn_decode,
+    .kv_insert = cpu_kv_insert,
     .sample = cpu_sample,
     .sync = cpu_sync,
 };

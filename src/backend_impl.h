@@ -26,7 +26,8 @@ typedef struct backend_ops {
 
     void (*destroy)(void *ctx);
 
-    /* Allocate n elements (of elem_size) or n_f32 fp32 values; zeroed. */
+    /* Allocate n elements (of elem_size), or n 4-byte words (fp32 or int32);
+     * zeroed. */
     int (*alloc)(void *ctx, size_t n, void **out);
     int (*alloc_f32)(void *ctx, size_t n, void **out);
     void (*free)(void *ctx, void *p); /* accepts NULL */
@@ -55,15 +56,25 @@ typedef struct backend_ops {
     /* dst(n, d) = src rows rows[0..n) (host indices). */
     int (*gather_rows)(void *ctx, void *dst, const void *src,
                        const int32_t *rows, int n, int d);
-    /* kern_kv_append_ref / kern_attn_ref on backend buffers; seqs: host.
-     * scores (fp32 buffer) may be NULL. */
-    int (*kv_append)(void *ctx, void *kc, void *vc, const void *k,
-                     const void *v, int ldk, const kern_seq *seqs, int n_seq,
-                     int n_head, int head_dim, int cap);
-    int (*attn)(void *ctx, void *out, int ldo, const void *q, int ldq,
-                const void *kc, const void *vc, const kern_seq *seqs,
-                int n_seq, int n_head, int head_dim, int cap, float scale,
-                void *scores);
+    /* The attention and KV-slot ops of kern.h (kern_attn_prefill_ref,
+     * kern_kv_prefill_ref, kern_attn_decode_ref, kern_kv_insert_ref) on
+     * backend buffers. seqs is host memory; colsum, scores, self_p are fp32
+     * buffers, pos and evicted int32 buffers (alloc_f32 words); any of
+     * colsum, scores, self_p, evicted may be NULL as in kern.h. */
+    int (*attn_prefill)(void *ctx, void *out, int ldo, const void *q, const void *k,
+                        const void *v, int ld, const kern_seq *seqs, int n_seq,
+                        int n_head, int head_dim, float scale, void *colsum);
+    int (*kv_prefill)(void *ctx, void *kc, void *vc, void *scores, void *pos,
+                      const void *k, const void *v, int ld, const void *colsum,
+                      const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap);
+    int (*attn_decode)(void *ctx, void *out, int ldo, const void *q, const void *k,
+                       const void *v, int ld, const void *kc, const void *vc,
+                       const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                       int cap, float scale, void *scores, void *self_p);
+    int (*kv_insert)(void *ctx, void *kc, void *vc, void *scores, void *pos,
+                     const void *k, const void *v, int ld, const void *self_p,
+                     const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
+                     void *evicted);
     /* Sample one token per row of logits (n_rows, V) (storage type).
      * temperature, top_p, u: host (n_rows); tokens, logprobs: host out. */
     int (*sample)(void *ctx, const void *logits, int n_rows, int V,

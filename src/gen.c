@@ -17,7 +17,9 @@
 typedef struct seq_state {
     const prompt *p;
     int max_new;
-    int n_past;          /* tokens in the cache */
+    int n_past;          /* tokens seen (the position of the next one) */
+    int n_slots;         /* KV slots in use, min(n_past, budget) */
+    int budget, sinks, recent; /* KV policy of this sequence (kern_seq) */
     int32_t *toks;       /* (max_new) generated */
     float *lps;          /* (max_new) */
     int n_gen;
@@ -25,6 +27,20 @@ typedef struct seq_state {
     const char *finish;
     uint64_t rng;
 } seq_state;
+
+/* The kern_seq of sequence s for a pass feeding n_new rows from row. */
+static kern_seq seq_desc(const seq_state *s, int row, int n_new)
+{
+    return (kern_seq){.row = row, .n_new = n_new, .n_past = s->n_past, .n_slots = s->n_slots,
+                      .budget = s->budget, .sinks = s->sinks, .recent = s->recent};
+}
+
+/* After a pass that fed n_new tokens of s. */
+static void seq_advance(seq_state *s, int n_new)
+{
+    s->n_past += n_new;
+    s->n_slots = s->n_past < s->budget ? s->n_past : s->budget;
+}
 
 static double now_s(void)
 {
@@ -132,11 +148,11 @@ static int run_block(model_ctx *mc, block_buf *bb, seq_state *ss, int n,
     for (int first = 0; first < n;) {
         int rows = 0, n_out = 0, s = first;
         for (int k = 0; k < n; k++)
-            bb->seqs[k] = (kern_seq){0, 0, ss[k].n_past};
+            bb->seqs[k] = seq_desc(&ss[k], 0, 0);
         while (s < n && (rows == 0 || rows + ss[s].p->n_ids <= mc->max_rows)) {
             const prompt *p = ss[s].p;
             if (ss[s].max_new > 0) {
-                bb->seqs[s] = (kern_seq){rows, p->n_ids, 0};
+                bb->seqs[s] = seq_desc(&ss[s], rows, p->n_ids);
                 for (int j = 0; j < p->n_ids; j++) {
                     bb->ids[rows + j] = p->ids[j];
                     bb->pos[rows + j] = j;
@@ -153,7 +169,7 @@ static int run_block(model_ctx *mc, block_buf *bb, seq_state *ss, int n,
         FORWARD_IF(model_forward(mc, bb->ids, bb->pos, rows, bb->seqs, n, bb->last, n_out));
         FORWARD_IF(sample_rows(mc, bb, ss, n_out, o));
         for (int i = 0; i < n_out; i++)
-            ss[bb->members[i]].n_past = ss[bb->members[i]].p->n_ids;
+            seq_advance(&ss[bb->members[i]], ss[bb->members[i]].p->n_ids);
         st->prefill_tokens += rows;
         st->generated += n_out;
     }
@@ -172,10 +188,10 @@ static int run_block(model_ctx *mc, block_buf *bb, seq_state *ss, int n,
         for (int k = 0; k < n; k++) {
             seq_state *s = &ss[k];
             if (s->done) {
-                bb->seqs[k] = (kern_seq){0, 0, s->n_past};
+                bb->seqs[k] = seq_desc(s, 0, 0);
                 continue;
             }
-            bb->seqs[k] = (kern_seq){rows, 1, s->n_past};
+            bb->seqs[k] = seq_desc(s, rows, 1);
             bb->ids[rows] = s->toks[s->n_gen - 1];
             bb->pos[rows] = s->n_past;
             bb->last[rows] = rows;
@@ -187,7 +203,7 @@ static int run_block(model_ctx *mc, block_buf *bb, seq_state *ss, int n,
         FORWARD_IF(model_forward(mc, bb->ids, bb->pos, rows, bb->seqs, n, bb->last, rows));
         FORWARD_IF(sample_rows(mc, bb, ss, rows, o));
         for (int i = 0; i < rows; i++)
-            ss[bb->members[i]].n_past++;
+            seq_advance(&ss[bb->members[i]], 1);
         st->decode_tokens += rows;
         st->generated += rows;
         FORWARD_IF(flush_done(ss, n, &next, t, out));
@@ -234,7 +250,7 @@ int gen_run(model *m, const tok *t, const prompt_set *ps, outfile *out,
     model_ctx *mc = NULL;
     block_buf bb = {0};
     seq_state *ss = calloc((size_t)B, sizeof *ss);
-    int rc = ss ? model_ctx_create(m, max_rows, B, cap, &mc) : -ENOMEM;
+    int rc = ss ? model_ctx_create(m, max_rows, B, cap, 0, &mc) : -ENOMEM;
     if (rc == 0) {
         bb.ids = malloc(sizeof(int32_t) * (size_t)max_rows);
         bb.pos = malloc(sizeof(int32_t) * (size_t)max_rows);
@@ -266,6 +282,10 @@ int gen_run(model *m, const tok *t, const prompt_set *ps, outfile *out,
             s->p = todo[first + k];
             s->max_new = effective_max_new(s->p, o, c->max_pos);
             s->n_past = 0;
+            s->n_slots = 0;
+            s->budget = cap; /* full: every token keeps its slot */
+            s->sinks = 0;
+            s->recent = 1;
             s->n_gen = 0;
             s->done = 0;
             s->finish = NULL;

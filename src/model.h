@@ -52,17 +52,26 @@ typedef struct model_ctx {
     void *last;                    /* (max_seq, d) last row of each sequence */
     void *logits;                  /* (max_seq, V) */
     void **kc, **vc;               /* per layer (max_seq, n_head, cap, head_dim) */
-    float *scores;                 /* NULL: no H2O scores kept */
+    void **pos;                    /* per layer (max_seq, n_head, cap) int32: token of each slot */
+    void **scores;                 /* per layer (max_seq, n_head, cap) fp32, or NULL: no
+                                    * H2O scores kept (then eviction is by age) */
+    void *colsum;                  /* (max_rows, n_head) fp32 prefill column sums, or NULL */
+    void *self_p;                  /* (max_seq, n_head) fp32 decode self-attention, or NULL */
+    void *evicted;                 /* (max_seq, n_head) int32 evicted positions, or NULL */
 } model_ctx;
 
-int model_ctx_create(model *m, int max_rows, int max_seq, int cap,
+/* with_scores: keep H2O scores (any policy that can evict by score). */
+int model_ctx_create(model *m, int max_rows, int max_seq, int cap, int with_scores,
                      model_ctx **out);
 void model_ctx_destroy(model_ctx *c); /* accepts NULL */
 
 /* One forward pass: rows (ids, pos) packed per sequence as described by
- * seqs (n_new may be 0: that sequence is idle this call), appending their
- * K/V to the cache. Writes the logits of the rows last_rows[0..n_out) to
- * c->logits (n_out, V). @return 0 or -errno. */
+ * seqs (n_new may be 0: that sequence is idle this call). Either every
+ * active sequence is a prefill (n_past 0, whole prompt) or every one is a
+ * decode step (n_new 1); their K/V go to the slot caches (evicting as
+ * kern.h describes once a sequence holds its budget). Writes the logits of
+ * the rows last_rows[0..n_out) to c->logits (n_out, V). The caller advances
+ * n_past and n_slots. @return 0 or -errno. */
 int model_forward(model_ctx *c, const int32_t *ids, const int32_t *pos,
                   int n_rows, const kern_seq *seqs, int n_seq,
                   const int32_t *last_rows, int n_out);

@@ -2,7 +2,10 @@
  *
  *   x = embed(ids) + pos_embed(pos + 2)                 (rows, d)
  *   per layer:  h = LN1(x); qkv = h Wqkv^T + b          (rows, 3d)
- *               append k, v to the slot cache; a = causal attention
+ *               prefill: a = causal attention over the prompt rows,
+ *                        then the kept k, v go to the slot cache
+ *               decode:  a = attention over the slots + the new k, v,
+ *                        then k, v go to a free or evicted slot
  *               x += a Wo^T + bo
  *               h = LN2(x); x += relu(h W1^T + b1) W2^T + b2
  *   logits = LNf(x[last rows]) E^T                       (n_out, V)
@@ -17,7 +20,7 @@
 #include "err.h"
 #include "model.h"
 
-int model_ctx_create(model *m, int max_rows, int max_seq, int cap,
+int model_ctx_create(model *m, int max_rows, int max_seq, int cap, int with_scores,
                      model_ctx **out)
 {
     const model_config *c = &m->cfg;
@@ -33,7 +36,10 @@ int model_ctx_create(model *m, int max_rows, int max_seq, int cap,
     int rc = 0;
     mc->kc = calloc((size_t)c->n_layer, sizeof(void *));
     mc->vc = calloc((size_t)c->n_layer, sizeof(void *));
-    if (!mc->kc || !mc->vc)
+    mc->pos = calloc((size_t)c->n_layer, sizeof(void *));
+    if (with_scores)
+        mc->scores = calloc((size_t)c->n_layer, sizeof(void *));
+    if (!mc->kc || !mc->vc || !mc->pos || (with_scores && !mc->scores))
         rc = -ENOMEM;
     if (rc == 0) rc = o->alloc(ctx, r * d, &mc->x);
     if (rc == 0) rc = o->alloc(ctx, r * d, &mc->h);
@@ -42,11 +48,18 @@ int model_ctx_create(model *m, int max_rows, int max_seq, int cap,
     if (rc == 0) rc = o->alloc(ctx, r * (size_t)c->ffn, &mc->ffn);
     if (rc == 0) rc = o->alloc(ctx, (size_t)max_seq * d, &mc->last);
     if (rc == 0) rc = o->alloc(ctx, (size_t)max_seq * (size_t)c->vocab_size, &mc->logits);
-    size_t kv = (size_t)max_seq * (size_t)c->n_head * (size_t)cap * (size_t)c->head_dim;
+    size_t slots = (size_t)max_seq * (size_t)c->n_head * (size_t)cap;
+    size_t kv = slots * (size_t)c->head_dim;
+    if (rc == 0 && with_scores) rc = o->alloc_f32(ctx, r * (size_t)c->n_head, &mc->colsum);
+    if (rc == 0 && with_scores) rc = o->alloc_f32(ctx, (size_t)max_seq * c->n_head, &mc->self_p);
     for (int l = 0; rc == 0 && l < c->n_layer; l++) {
         rc = o->alloc(ctx, kv, &mc->kc[l]);
         if (rc == 0)
             rc = o->alloc(ctx, kv, &mc->vc[l]);
+        if (rc == 0)
+            rc = o->alloc_f32(ctx, slots, &mc->pos[l]);
+        if (rc == 0 && with_scores)
+            rc = o->alloc_f32(ctx, slots, &mc->scores[l]);
     }
     if (rc < 0) {
         model_ctx_destroy(mc);
@@ -69,14 +82,23 @@ void model_ctx_destroy(model_ctx *mc)
     o->free(ctx, mc->ffn);
     o->free(ctx, mc->last);
     o->free(ctx, mc->logits);
+    o->free(ctx, mc->colsum);
+    o->free(ctx, mc->self_p);
+    o->free(ctx, mc->evicted);
     for (int l = 0; l < mc->m->cfg.n_layer; l++) {
         if (mc->kc)
             o->free(ctx, mc->kc[l]);
         if (mc->vc)
             o->free(ctx, mc->vc[l]);
+        if (mc->pos)
+            o->free(ctx, mc->pos[l]);
+        if (mc->scores)
+            o->free(ctx, mc->scores[l]);
     }
     free(mc->kc);
     free(mc->vc);
+    free(mc->pos);
+    free(mc->scores);
     free(mc);
 }
 
@@ -93,10 +115,21 @@ int model_forward(model_ctx *mc, const int32_t *ids, const int32_t *pos,
               -EINVAL, "internal: batch of %d rows / %d sequences exceeds the "
               "context (%d rows, %d sequences)", n_rows, n_seq, mc->max_rows,
               mc->max_seq);
-    for (int s = 0; s < n_seq; s++)
-        RETURN_IF(seqs[s].n_past + seqs[s].n_new > mc->cap, -EINVAL,
-                  "internal: sequence %d needs %d KV slots, the cache has %d", s,
-                  seqs[s].n_past + seqs[s].n_new, mc->cap);
+    int prefill = -1; /* every active sequence does the same kind of pass */
+    for (int s = 0; s < n_seq; s++) {
+        const kern_seq *q = &seqs[s];
+        if (q->n_new == 0)
+            continue;
+        int is_prefill = q->n_past == 0;
+        RETURN_IF(prefill >= 0 && prefill != is_prefill, -EINVAL,
+                  "internal: prefill and decode sequences mixed in one pass");
+        prefill = is_prefill;
+        RETURN_IF(!is_prefill && q->n_new != 1, -EINVAL, "internal: decode of %d rows", q->n_new);
+        RETURN_IF(q->budget < 1 || q->budget > mc->cap || q->n_slots > q->budget ||
+                  q->recent < 1 || q->sinks + q->recent > q->budget, -EINVAL,
+                  "internal: sequence %d has budget %d (sinks %d, recent %d) for %d slots",
+                  s, q->budget, q->sinks, q->recent, mc->cap);
+    }
     float scale = 1.0f / sqrtf((float)hd);
     size_t es = o->elem_size;
     char *qkv = mc->qkv;
@@ -106,13 +139,20 @@ int model_forward(model_ctx *mc, const int32_t *ids, const int32_t *pos,
         const model_layer *L = &m->layers[l];
         FORWARD_IF(o->layernorm(ctx, mc->h, mc->x, L->ln1_w, L->ln1_b, n_rows, d, c->ln_eps));
         FORWARD_IF(o->linear(ctx, qkv, mc->h, L->wqkv, L->bqkv, n_rows, 3 * d, d, 0));
-        FORWARD_IF(o->kv_append(ctx, mc->kc[l], mc->vc[l], qkv + (size_t)d * es,
-                                qkv + (size_t)2 * d * es, 3 * d, seqs, n_seq, H, hd,
-                                mc->cap));
-        FORWARD_IF(o->attn(ctx, mc->att, d, qkv, 3 * d, mc->kc[l], mc->vc[l], seqs,
-                           n_seq, H, hd, mc->cap, scale,
-                           mc->scores ? mc->scores + (size_t)l * mc->max_seq * H * mc->cap
-                                      : NULL));
+        const char *q = qkv, *k = qkv + (size_t)d * es, *v = qkv + (size_t)2 * d * es;
+        void *sc = mc->scores ? mc->scores[l] : NULL;
+        if (prefill == 1) {
+            FORWARD_IF(o->attn_prefill(ctx, mc->att, d, q, k, v, 3 * d, seqs, n_seq, H, hd,
+                                       scale, mc->colsum));
+            FORWARD_IF(o->kv_prefill(ctx, mc->kc[l], mc->vc[l], sc, mc->pos[l], k, v, 3 * d,
+                                     mc->colsum, seqs, n_seq, H, hd, mc->cap));
+        } else if (prefill == 0) {
+            FORWARD_IF(o->attn_decode(ctx, mc->att, d, q, k, v, 3 * d, mc->kc[l], mc->vc[l],
+                                      seqs, n_seq, H, hd, mc->cap, scale, sc, mc->self_p));
+            FORWARD_IF(o->kv_insert(ctx, mc->kc[l], mc->vc[l], sc, mc->pos[l], k, v, 3 * d,
+                                    mc->self_p, seqs, n_seq, H, hd, mc->cap,
+                                    mc->evicted));
+        }
         FORWARD_IF(o->linear(ctx, mc->h, mc->att, L->wo, L->bo, n_rows, d, d, 0));
         FORWARD_IF(o->add(ctx, mc->x, mc->h, (size_t)n_rows * d));
         FORWARD_IF(o->layernorm(ctx, mc->h, mc->x, L->ln2_w, L->ln2_b, n_rows, d, c->ln_eps));

@@ -72,7 +72,7 @@ static double run_cases(model *m, int batched, float *got, double tol)
     backend *be = m->be;
     int B = batched ? n_cases : 1;
     model_ctx *mc;
-    cr_assert_eq(model_ctx_create(m, 512, B, 128, &mc), 0, "%s", err_msg());
+    cr_assert_eq(model_ctx_create(m, 512, B, 128, 0, &mc), 0, "%s", err_msg());
     float *lg = malloc(sizeof(float) * (size_t)B * vocab);
     double worst = 0;
     for (int first = 0; first < n_cases; first += B) {
@@ -81,7 +81,7 @@ static double run_cases(model *m, int batched, float *got, double tol)
         int rows = 0;
         for (int s = 0; s < B; s++) {
             gcase *k = &cases[first + s];
-            seqs[s] = (kern_seq){rows, k->n_ids, 0};
+            seqs[s] = (kern_seq){.row = rows, .n_new = k->n_ids, .budget = 128, .recent = 1};
             for (int j = 0; j < k->n_ids; j++) {
                 ids[rows] = k->ids[j];
                 pos[rows++] = j;
@@ -114,7 +114,9 @@ static double run_cases(model *m, int batched, float *got, double tol)
                              first + s, step, arg, k->tok[step]);
                 cur[s] = arg;
                 seqs[s].n_past += seqs[s].n_new;
-                seqs[s] = (kern_seq){rows, 1, seqs[s].n_past};
+                seqs[s].n_slots = seqs[s].n_past;
+                seqs[s].row = rows;
+                seqs[s].n_new = 1;
                 ids[rows] = cur[s];
                 pos[rows] = seqs[s].n_past;
                 last[s] = rows++;

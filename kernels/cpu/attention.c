@@ -1,85 +1,208 @@
-/* attention.c: KV-cache append and causal attention over a slot cache,
- * plain-C reference (also the CPU backend's kernel).
+/* attention.c: prefill and decode attention over slot caches, and the two
+ * cache writers, plain-C reference (also the CPU backend's kernels).
  *
  * One (sequence, head) pair per task, so accumulating H2O scores needs no
- * atomics; every query row of that pair runs in order:
- *
- *   for new token j:   p = softmax(q_j . K[0..n_past+j] * scale)
- *                      out_j = p . V[0..n_past+j];  scores[slot] += p[slot]
+ * atomics. Within a pair the sums run in a fixed order, so a sequence's
+ * result does not depend on the other sequences of its batch.
  */
 #include "../kern.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-void kern_kv_append_ref(float *kc, float *vc, const float *k, const float *v,
-                        int ldk, const kern_seq *seqs, int n_seq, int n_head,
-                        int head_dim, int cap)
+static float dot(const float *a, const float *b, int n)
 {
-    #pragma omp parallel for schedule(static)
-    for (int s = 0; s < n_seq; s++) {
-        for (int j = 0; j < seqs[s].n_new; j++) {
-            const float *kr = k + (size_t)(seqs[s].row + j) * ldk;
-            const float *vr = v + (size_t)(seqs[s].row + j) * ldk;
-            int slot = seqs[s].n_past + j;
-            for (int h = 0; h < n_head; h++) {
-                size_t o = (((size_t)s * n_head + h) * cap + slot) * head_dim;
-                memcpy(kc + o, kr + (size_t)h * head_dim, sizeof(float) * head_dim);
-                memcpy(vc + o, vr + (size_t)h * head_dim, sizeof(float) * head_dim);
-            }
-        }
-    }
+    float s = 0.0f;
+    for (int e = 0; e < n; e++)
+        s += a[e] * b[e];
+    return s;
 }
 
-void kern_attn_ref(float *out, int ldo, const float *q, int ldq,
-                   const float *kc, const float *vc, const kern_seq *seqs,
-                   int n_seq, int n_head, int head_dim, int cap, float scale,
-                   float *scores)
+/* Softmax of p[0..n) in place; returns nothing, p sums to 1. */
+static void softmax(float *p, int n)
 {
-    int n_pairs = n_seq * n_head;
+    float mx = -INFINITY, sum = 0.0f;
+    for (int t = 0; t < n; t++)
+        mx = p[t] > mx ? p[t] : mx;
+    for (int t = 0; t < n; t++) {
+        p[t] = expf(p[t] - mx);
+        sum += p[t];
+    }
+    float inv = 1.0f / sum;
+    for (int t = 0; t < n; t++)
+        p[t] *= inv;
+}
+
+void kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
+                           const float *v, int ld, const kern_seq *seqs,
+                           int n_seq, int n_head, int head_dim, float scale,
+                           float *colsum)
+{
+    int n_pairs = n_seq * n_head, max_new = 0;
+    for (int s = 0; s < n_seq; s++)
+        max_new = seqs[s].n_new > max_new ? seqs[s].n_new : max_new;
     #pragma omp parallel
     {
-        float *p = malloc(sizeof(float) * (size_t)cap);
+        float *p = malloc(sizeof(float) * (size_t)(max_new + 1));
         #pragma omp for schedule(dynamic, 1)
         for (int pair = 0; pair < n_pairs; pair++) {
-            int s = pair / n_head, h = pair % n_head;
-            const float *K = kc + ((size_t)s * n_head + h) * cap * head_dim;
-            const float *V = vc + ((size_t)s * n_head + h) * cap * head_dim;
-            float *sc = scores ? scores + ((size_t)s * n_head + h) * cap : NULL;
-            for (int j = 0; j < seqs[s].n_new; j++) {
-                int row = seqs[s].row + j;
-                int n = seqs[s].n_past + j + 1;
-                const float *qr = q + (size_t)row * ldq + (size_t)h * head_dim;
-                float *o = out + (size_t)row * ldo + (size_t)h * head_dim;
-                float mx = -INFINITY;
-                for (int t = 0; t < n; t++) {
-                    const float *kr = K + (size_t)t * head_dim;
-                    float dot = 0.0f;
+            int s = pair / n_head, h = pair % n_head, r0 = seqs[s].row;
+            size_t hc = (size_t)h * head_dim;
+            if (colsum)
+                for (int j = 0; j < seqs[s].n_new; j++)
+                    colsum[(size_t)(r0 + j) * n_head + h] = 0.0f;
+            for (int i = 0; i < seqs[s].n_new; i++) {
+                const float *qr = q + (size_t)(r0 + i) * ld + hc;
+                for (int j = 0; j <= i; j++)
+                    p[j] = dot(qr, k + (size_t)(r0 + j) * ld + hc, head_dim) * scale;
+                softmax(p, i + 1);
+                float *o = out + (size_t)(r0 + i) * ldo + hc;
+                memset(o, 0, sizeof(float) * head_dim);
+                for (int j = 0; j <= i; j++) {
+                    const float *vr = v + (size_t)(r0 + j) * ld + hc;
                     for (int e = 0; e < head_dim; e++)
-                        dot += qr[e] * kr[e];
-                    p[t] = dot * scale;
-                    if (p[t] > mx)
-                        mx = p[t];
-                }
-                float sum = 0.0f;
-                for (int t = 0; t < n; t++) {
-                    p[t] = expf(p[t] - mx);
-                    sum += p[t];
-                }
-                float inv = 1.0f / sum;
-                for (int e = 0; e < head_dim; e++)
-                    o[e] = 0.0f;
-                for (int t = 0; t < n; t++) {
-                    float w = p[t] * inv;
-                    const float *vr = V + (size_t)t * head_dim;
-                    for (int e = 0; e < head_dim; e++)
-                        o[e] += w * vr[e];
-                    if (sc)
-                        sc[t] += w;
+                        o[e] += p[j] * vr[e];
+                    if (colsum)
+                        colsum[(size_t)(r0 + j) * n_head + h] += p[j];
                 }
             }
         }
         free(p);
+    }
+}
+
+/* Which prompt tokens a (sequence, head) keeps when the prompt exceeds the
+ * budget: keep[j] = 1 for the first sinks, the last recent and the heavy
+ * highest colsum of the rest; ties keep the newer token (the older one is
+ * what H2O evicts). cs: colsum of the sequence's rows for this head,
+ * stride n_head, or NULL (all scores equal: the newest are kept). */
+static void prefill_keep(unsigned char *keep, const float *cs, int n_head,
+                         int n, const kern_seq *sq)
+{
+    int heavy = sq->budget - sq->sinks - sq->recent;
+    for (int j = 0; j < n; j++)
+        keep[j] = j < sq->sinks || j >= n - sq->recent;
+    for (int taken = 0; taken < heavy; taken++) {
+        int best = -1;
+        for (int j = sq->sinks; j < n - sq->recent; j++)
+            if (!keep[j] && (best < 0 || (cs ? cs[(size_t)j * n_head] >= cs[(size_t)best * n_head]
+                                               : 1)))
+                best = j;
+        if (best < 0)
+            break;
+        keep[best] = 1;
+    }
+}
+
+void kern_kv_prefill_ref(float *kc, float *vc, float *scores, int32_t *pos,
+                         const float *k, const float *v, int ld,
+                         const float *colsum, const kern_seq *seqs, int n_seq,
+                         int n_head, int head_dim, int cap)
+{
+    int n_pairs = n_seq * n_head, max_new = 0;
+    for (int s = 0; s < n_seq; s++)
+        max_new = seqs[s].n_new > max_new ? seqs[s].n_new : max_new;
+    #pragma omp parallel
+    {
+        unsigned char *keep = malloc((size_t)max_new + 1);
+        #pragma omp for schedule(static)
+        for (int pair = 0; pair < n_pairs; pair++) {
+            int s = pair / n_head, h = pair % n_head, n = seqs[s].n_new;
+            if (n == 0)
+                continue;
+            const float *cs = colsum ? colsum + (size_t)seqs[s].row * n_head + h : NULL;
+            if (n <= seqs[s].budget)
+                memset(keep, 1, (size_t)n);
+            else
+                prefill_keep(keep, cs, n_head, n, &seqs[s]);
+            size_t base = ((size_t)s * n_head + h) * cap;
+            int slot = 0;
+            for (int j = 0; j < n && slot < seqs[s].budget; j++) {
+                if (!keep[j])
+                    continue;
+                size_t src = (size_t)(seqs[s].row + j) * ld + (size_t)h * head_dim;
+                memcpy(kc + (base + slot) * head_dim, k + src, sizeof(float) * head_dim);
+                memcpy(vc + (base + slot) * head_dim, v + src, sizeof(float) * head_dim);
+                pos[base + slot] = j;
+                if (scores)
+                    scores[base + slot] = cs ? cs[(size_t)j * n_head] : 0.0f;
+                slot++;
+            }
+        }
+        free(keep);
+    }
+}
+
+void kern_attn_decode_ref(float *out, int ldo, const float *q, const float *k,
+                          const float *v, int ld, const float *kc,
+                          const float *vc, const kern_seq *seqs, int n_seq,
+                          int n_head, int head_dim, int cap, float scale,
+                          float *scores, float *self_p)
+{
+    int n_pairs = n_seq * n_head;
+    #pragma omp parallel
+    {
+        float *p = malloc(sizeof(float) * (size_t)(cap + 1));
+        #pragma omp for schedule(static)
+        for (int pair = 0; pair < n_pairs; pair++) {
+            int s = pair / n_head, h = pair % n_head;
+            if (seqs[s].n_new == 0)
+                continue;
+            int n = seqs[s].n_slots, row = seqs[s].row;
+            size_t hc = (size_t)h * head_dim, base = ((size_t)s * n_head + h) * cap;
+            const float *qr = q + (size_t)row * ld + hc;
+            for (int t = 0; t < n; t++)
+                p[t] = dot(qr, kc + (base + t) * head_dim, head_dim) * scale;
+            p[n] = dot(qr, k + (size_t)row * ld + hc, head_dim) * scale;
+            softmax(p, n + 1);
+            float *o = out + (size_t)row * ldo + hc;
+            memset(o, 0, sizeof(float) * head_dim);
+            for (int t = 0; t < n; t++) {
+                const float *vr = vc + (base + t) * head_dim;
+                for (int e = 0; e < head_dim; e++)
+                    o[e] += p[t] * vr[e];
+                if (scores)
+                    scores[base + t] += p[t];
+            }
+            const float *vr = v + (size_t)row * ld + hc;
+            for (int e = 0; e < head_dim; e++)
+                o[e] += p[n] * vr[e];
+            if (self_p)
+                self_p[pair] = p[n];
+        }
+        free(p);
+    }
+}
+
+void kern_kv_insert_ref(float *kc, float *vc, float *scores, int32_t *pos,
+                        const float *k, const float *v, int ld,
+                        const float *self_p, const kern_seq *seqs, int n_seq,
+                        int n_head, int head_dim, int cap, int32_t *evicted)
+{
+    int n_pairs = n_seq * n_head;
+    #pragma omp parallel for schedule(static)
+    for (int pair = 0; pair < n_pairs; pair++) {
+        int s = pair / n_head, h = pair % n_head;
+        if (seqs[s].n_new == 0)
+            continue;
+        const kern_seq *sq = &seqs[s];
+        size_t base = ((size_t)s * n_head + h) * cap;
+        int slot = sq->n_slots, gone = -1;
+        if (slot >= sq->budget) {
+            slot = kern_h2o_pick_ref(scores ? scores + base : NULL, pos + base, sq->n_slots,
+                                     sq->sinks, sq->recent, sq->n_past);
+            assert(slot >= 0); /* sinks + recent - 1 < budget slots are protected */
+            gone = pos[base + slot];
+        }
+        size_t src = (size_t)sq->row * ld + (size_t)h * head_dim;
+        memcpy(kc + (base + slot) * head_dim, k + src, sizeof(float) * head_dim);
+        memcpy(vc + (base + slot) * head_dim, v + src, sizeof(float) * head_dim);
+        pos[base + slot] = sq->n_past;
+        if (scores)
+            scores[base + slot] = self_p ? self_p[pair] : 0.0f;
+        if (evicted)
+            evicted[pair] = gone;
     }
 }

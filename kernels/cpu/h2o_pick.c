@@ -9,8 +9,8 @@ int kern_h2o_pick_ref(const float *scores, const int32_t *pos, int n_slots,
     for (int i = 0; i < n_slots; i++) {
         if (pos[i] < sinks || pos[i] > newest_pos - recent)
             continue;
-        if (best < 0 || scores[i] < scores[best] ||
-            (scores[i] == scores[best] && pos[i] < pos[best]))
+        float si = scores ? scores[i] : 0.0f, sb = best < 0 || !scores ? 0.0f : scores[best];
+        if (best < 0 || si < sb || (si == sb && pos[i] < pos[best]))
             best = i;
     }
     return best;
