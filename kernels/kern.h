@@ -129,10 +129,67 @@ void kern_kv_insert_ref(float *kc, float *vc, float *scores, int32_t *pos,
                         int n_head, int head_dim, int cap, int32_t *evicted);
 
 /* ---------------------------------------------------------------- CUDA */
-/* Device pointers are void *: "h" = fp16 (__half), "f" = fp32. stream is a
- * cudaStream_t. Each returns 0, or -EIO with the CUDA error recorded. */
+/* Device pointers are void * for fp16 (__half) data, float * / int32_t *
+ * for fp32 / int32 device data; `seqs` of the CUDA ops is a device copy of
+ * the kern_seq array (the host copy's maxima are passed as arguments).
+ * stream is a cudaStream_t. Each returns 0, or -EIO (-ENOMEM for
+ * allocation) with the failing call kept for kern_cuda_error(). */
 
 int kern_cuda_available(void);
+/* The last CUDA failure of this thread, as "file:line: call: reason". */
+const char *kern_cuda_error(void);
+
+/* dst(n) fp16 <- src(n) fp32 and back, both on the device. */
+int kern_f32_to_f16_cuda(void *dst, const float *src, size_t n, void *stream);
+int kern_f16_to_f32_cuda(float *dst, const void *src, size_t n, void *stream);
+
+/* kern_embed_ref; ids, pos: device (n). */
+int kern_embed_cuda(void *out, const void *tok_emb, const void *pos_emb,
+                    const int32_t *ids, const int32_t *pos, int n, int d,
+                    void *stream);
+/* kern_layernorm_ref; out may be x. */
+int kern_layernorm_cuda(void *out, const void *x, const void *w, const void *b,
+                        int n, int d, float eps, void *stream);
+/* kern_bias_act_ref (b may be NULL: ReLU only) and kern_add_ref. */
+int kern_bias_act_cuda(void *x, const void *b, int n, int d, int relu, void *stream);
+int kern_add_cuda(void *y, const void *x, size_t count, void *stream);
+/* dst(n, d) = src rows rows[0..n); rows: device. */
+int kern_gather_rows_cuda(void *dst, const void *src, const int32_t *rows, int n,
+                          int d, void *stream);
+
+/* kern_attn_prefill_ref. max_new: the largest n_new; work: fp32 (rows,
+ * n_head, 2) for the softmax statistics of every query row (used only
+ * when colsum is not NULL). head_dim % 8 == 0, head_dim <= 256. */
+int kern_attn_prefill_cuda(void *out, int ldo, const void *q, const void *k,
+                           const void *v, int ld, const kern_seq *seqs, int n_seq,
+                           int n_head, int head_dim, float scale, float *colsum,
+                           float *work, int max_new, void *stream);
+/* kern_kv_prefill_ref. max_new: the largest n_new. */
+int kern_kv_prefill_cuda(void *kc, void *vc, float *scores, int32_t *pos,
+                         const void *k, const void *v, int ld, const float *colsum,
+                         const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                         int cap, int max_new, void *stream);
+/* kern_attn_decode_ref (split over chunks of slots, flash-decoding style).
+ * work: kern_attn_decode_work() bytes; max_slots: the largest n_slots. */
+size_t kern_attn_decode_work(int n_seq, int n_head, int head_dim, int cap);
+int kern_attn_decode_cuda(void *out, int ldo, const void *q, const void *k,
+                          const void *v, int ld, const void *kc, const void *vc,
+                          const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                          int cap, float scale, float *scores, float *self_p,
+                          void *work, int max_slots, void *stream);
+/* kern_kv_insert_ref, one warp per (sequence, head). */
+int kern_kv_insert_cuda(void *kc, void *vc, float *scores, int32_t *pos,
+                        const void *k, const void *v, int ld, const float *self_p,
+                        const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                        int cap, int32_t *evicted, void *stream);
+
+/* kern_sample_ref for n_rows rows of fp16 logits (n_rows, V); temperature,
+ * top_p, u, tokens, logprobs: device (n_rows). work: kern_sample_work()
+ * bytes (sorting for top-p; 0 bytes needed when no row samples). */
+size_t kern_sample_work(int n_rows, int V);
+int kern_sample_cuda(const void *logits, int n_rows, int V, const float *temperature,
+                     const float *top_p, const double *u, int32_t *tokens,
+                     float *logprobs, void *work, int any_sampled, void *stream);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,268 @@
+/* bench_kernels.c: CUDA kernels against the device's own ceilings.
+ *
+ *   flexh2o-bench-kernels [--seqs 64] [--tokens 2048] [--heads 32] [--head-dim 128]
+ *
+ * 1. device-to-device copy bandwidth (bytes read + written), the ceiling;
+ * 2. decode attention over 64 sequences x 2048 cached tokens: K and V bytes
+ *    read per call over its time, against that ceiling (target >= 70%),
+ *    with and without H2O score accumulation;
+ * 3. the backend's linear layer (cublasGemmEx + bias/ReLU kernel) against
+ *    cublasGemmEx alone on the same shape: cuBLAS's own rate for the shape.
+ * Each case is checked for finite output first, timed with CUDA events, and
+ * reports the median of the repeats. Prints a Markdown table.
+ */
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_impl.h"
+#include "err.h"
+#include "safetensors.h"
+
+#define CHECK(x)                                                                       \
+    do {                                                                               \
+        cudaError_t e_ = (x);                                                          \
+        if (e_ != cudaSuccess) {                                                       \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x,                 \
+                    cudaGetErrorString(e_));                                           \
+            exit(1);                                                                   \
+        }                                                                              \
+    } while (0)
+#define OK(x)                                                                          \
+    do {                                                                               \
+        if ((x) < 0) {                                                                 \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, err_msg());     \
+            exit(1);                                                                   \
+        }                                                                              \
+    } while (0)
+
+static int cmp_f(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* Fill n halves with random values in [-s, s) by tiling a 1 Mi-element block. */
+static void fill16(void *dst, size_t n, float s, unsigned seed)
+{
+    size_t blk = (size_t)1 << 20;
+    uint16_t *h = malloc(2 * blk);
+    srand(seed);
+    for (size_t i = 0; i < blk; i++)
+        h[i] = st_f32_to_f16(s * (2.0f * rand() / (float)RAND_MAX - 1.0f));
+    for (size_t at = 0; at < n; at += blk)
+        CHECK(cudaMemcpy((char *)dst + 2 * at, h, 2 * (n - at < blk ? n - at : blk),
+                         cudaMemcpyHostToDevice));
+    free(h);
+}
+
+typedef void (*bench_fn)(void *arg);
+
+/* Median milliseconds of `reps` runs of fn after `warm` warm-up runs. */
+static float time_ms(bench_fn fn, void *arg, int warm, int reps)
+{
+    cudaEvent_t a, b;
+    CHECK(cudaEventCreate(&a));
+    CHECK(cudaEventCreate(&b));
+    for (int i = 0; i < warm; i++)
+        fn(arg);
+    float *t = malloc(sizeof(float) * reps);
+    for (int i = 0; i < reps; i++) {
+        CHECK(cudaEventRecord(a, 0));
+        fn(arg);
+        CHECK(cudaEventRecord(b, 0));
+        CHECK(cudaEventSynchronize(b));
+        CHECK(cudaEventElapsedTime(&t[i], a, b));
+    }
+    qsort(t, reps, sizeof *t, cmp_f);
+    float med = t[reps / 2];
+    free(t);
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return med;
+}
+
+typedef struct copy_arg {
+    void *dst, *src;
+    size_t bytes;
+} copy_arg;
+
+static void run_copy(void *p)
+{
+    copy_arg *c = p;
+    CHECK(cudaMemcpyAsync(c->dst, c->src, c->bytes, cudaMemcpyDeviceToDevice, 0));
+}
+
+typedef struct attn_arg {
+    void *out, *qkv, *kc, *vc, *work;
+    float *scores, *self_p;
+    kern_seq *seqs_d;
+    int n_seq, H, hd, cap, slots, with_scores;
+} attn_arg;
+
+static void run_attn(void *p)
+{
+    attn_arg *a = p;
+    int d = a->H * a->hd;
+    if (kern_attn_decode_cuda(a->out, d, a->qkv, (char *)a->qkv + 2 * (size_t)d,
+                              (char *)a->qkv + 4 * (size_t)d, 3 * d, a->kc, a->vc, a->seqs_d,
+                              a->n_seq, a->H, a->hd, a->cap, 0.088f,
+                              a->with_scores ? a->scores : NULL,
+                              a->with_scores ? a->self_p : NULL, a->work, a->slots, 0) < 0) {
+        fprintf(stderr, "decode attention: %s\n", kern_cuda_error());
+        exit(1);
+    }
+}
+
+typedef struct lin_arg {
+    backend *be;
+    cublasHandle_t h;
+    void *y, *x, *w, *b;
+    int m, n, k, ours;
+} lin_arg;
+
+static void run_lin(void *p)
+{
+    lin_arg *l = p;
+    if (l->ours) {
+        OK(l->be->ops->linear(l->be->ctx, l->y, l->x, l->w, l->b, l->m, l->n, l->k, 1));
+    } else {
+        const float one = 1.0f, zero = 0.0f;
+        cublasStatus_t s = cublasGemmEx(l->h, CUBLAS_OP_T, CUBLAS_OP_N, l->n, l->m, l->k, &one,
+                                        l->w, CUDA_R_16F, l->k, l->x, CUDA_R_16F, l->k, &zero,
+                                        l->y, CUDA_R_16F, l->n, CUBLAS_COMPUTE_32F,
+                                        CUBLAS_GEMM_DEFAULT);
+        if (s != CUBLAS_STATUS_SUCCESS) {
+            fprintf(stderr, "cublasGemmEx: %s\n", cublasGetStatusString(s));
+            exit(1);
+        }
+    }
+}
+
+static int all_finite16(const void *p, size_t n)
+{
+    uint16_t *h = malloc(2 * n);
+    CHECK(cudaMemcpy(h, p, 2 * n, cudaMemcpyDeviceToHost));
+    int ok = 1;
+    for (size_t i = 0; i < n && ok; i++)
+        ok = isfinite(st_f16_to_f32(h[i]));
+    free(h);
+    return ok;
+}
+
+int main(int argc, char **argv)
+{
+    int n_seq = 64, tokens = 2048, H = 32, hd = 128;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--seqs")) n_seq = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--tokens")) tokens = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--heads")) H = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--head-dim")) hd = atoi(argv[i + 1]);
+        else {
+            fprintf(stderr, "usage: %s [--seqs N] [--tokens N] [--heads N] [--head-dim N]\n",
+                    argv[0]);
+            return 2;
+        }
+    }
+    backend be;
+    OK(backend_cuda_create(0, &be));
+    struct cudaDeviceProp prop;
+    CHECK(cudaGetDeviceProperties(&prop, 0));
+    printf("## flexh2o kernels on %s\n\n", prop.name);
+
+    /* 1. the ceiling: a 1 GiB device-to-device copy */
+    copy_arg c = {NULL, NULL, (size_t)1 << 30};
+    CHECK(cudaMalloc(&c.dst, c.bytes));
+    CHECK(cudaMalloc(&c.src, c.bytes));
+    fill16(c.src, c.bytes / 2, 1.0f, 1);
+    float ms = time_ms(run_copy, &c, 3, 20);
+    double copy_bw = 2.0 * c.bytes / (ms * 1e-3) / 1e9;
+    printf("| measurement | shape | time (ms) | achieved | ceiling | efficiency |\n");
+    printf("|---|---|---|---|---|---|\n");
+    printf("| D2D copy (read + write) | 1 GiB | %.3f | %.0f GB/s | - | - |\n", ms, copy_bw);
+    CHECK(cudaFree(c.dst));
+    CHECK(cudaFree(c.src));
+
+    /* 2. decode attention */
+    int d = H * hd, cap = tokens + 1;
+    size_t slots = (size_t)n_seq * H * cap;
+    attn_arg a = {.n_seq = n_seq, .H = H, .hd = hd, .cap = cap, .slots = tokens};
+    CHECK(cudaMalloc(&a.kc, 2 * slots * hd));
+    CHECK(cudaMalloc(&a.vc, 2 * slots * hd));
+    CHECK(cudaMalloc(&a.qkv, 2 * (size_t)n_seq * 3 * d));
+    CHECK(cudaMalloc(&a.out, 2 * (size_t)n_seq * d));
+    CHECK(cudaMalloc((void **)&a.scores, 4 * slots));
+    CHECK(cudaMalloc((void **)&a.self_p, 4 * (size_t)n_seq * H));
+    CHECK(cudaMalloc(&a.work, kern_attn_decode_work(n_seq, H, hd, cap)));
+    CHECK(cudaMemset(a.scores, 0, 4 * slots));
+    fill16(a.kc, slots * hd, 1.0f, 2);
+    fill16(a.vc, slots * hd, 1.0f, 3);
+    fill16(a.qkv, (size_t)n_seq * 3 * d, 1.0f, 4);
+    kern_seq *seqs = malloc(sizeof(kern_seq) * n_seq);
+    for (int s = 0; s < n_seq; s++)
+        seqs[s] = (kern_seq){.row = s, .n_new = 1, .n_past = tokens, .n_slots = tokens,
+                             .budget = cap, .sinks = 0, .recent = 1};
+    CHECK(cudaMalloc((void **)&a.seqs_d, sizeof(kern_seq) * n_seq));
+    CHECK(cudaMemcpy(a.seqs_d, seqs, sizeof(kern_seq) * n_seq, cudaMemcpyHostToDevice));
+    double kv_bytes = 2.0 * n_seq * H * (double)tokens * hd * 2;
+    for (int ws = 0; ws < 2; ws++) {
+        a.with_scores = ws;
+        CHECK(cudaMemset(a.out, 0xff, 2 * (size_t)n_seq * d)); /* poison: NaN halves */
+        run_attn(&a);
+        CHECK(cudaDeviceSynchronize());
+        if (!all_finite16(a.out, (size_t)n_seq * d)) {
+            fprintf(stderr, "decode attention left non-finite output\n");
+            return 1;
+        }
+        ms = time_ms(run_attn, &a, 3, 30);
+        double bytes = kv_bytes + (ws ? 8.0 * n_seq * H * tokens : 0);
+        double bw = bytes / (ms * 1e-3) / 1e9;
+        printf("| decode attention%s | %d seqs x %d tokens, %d heads x %d | %.3f | %.0f GB/s "
+               "| %.0f GB/s | %.0f%% |\n", ws ? " + H2O scores" : "", n_seq, tokens, H, hd, ms,
+               bw, copy_bw, 100.0 * bw / copy_bw);
+    }
+    cudaFree(a.kc), cudaFree(a.vc), cudaFree(a.qkv), cudaFree(a.out), cudaFree(a.scores);
+    cudaFree(a.self_p), cudaFree(a.work), cudaFree(a.seqs_d);
+    free(seqs);
+
+    /* 3. linear layers of OPT-6.7B (d 4096, ffn 16384): decode (m 64) and
+     * prefill (m 8192) */
+    int shapes[][3] = {{64, 12288, 4096}, {64, 4096, 4096}, {64, 16384, 4096},
+                       {64, 4096, 16384}, {8192, 12288, 4096}, {8192, 4096, 16384}};
+    lin_arg l = {.be = &be};
+    if (cublasCreate(&l.h) != CUBLAS_STATUS_SUCCESS)
+        return 1;
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        l.m = shapes[i][0], l.n = shapes[i][1], l.k = shapes[i][2];
+        CHECK(cudaMalloc(&l.x, 2 * (size_t)l.m * l.k));
+        CHECK(cudaMalloc(&l.w, 2 * (size_t)l.n * l.k));
+        CHECK(cudaMalloc(&l.b, 2 * (size_t)l.n));
+        CHECK(cudaMalloc(&l.y, 2 * (size_t)l.m * l.n));
+        fill16(l.x, (size_t)l.m * l.k, 1.0f, 5);
+        fill16(l.w, (size_t)l.n * l.k, 0.02f, 6);
+        fill16(l.b, l.n, 0.1f, 7);
+        double flop = 2.0 * l.m * l.n * l.k;
+        l.ours = 0;
+        float t_cublas = time_ms(run_lin, &l, 5, 30);
+        l.ours = 1;
+        run_lin(&l);
+        CHECK(cudaDeviceSynchronize());
+        if (!all_finite16(l.y, (size_t)l.m * l.n)) {
+            fprintf(stderr, "linear left non-finite output\n");
+            return 1;
+        }
+        float t_ours = time_ms(run_lin, &l, 5, 30);
+        double wbw = 2.0 * l.n * l.k / (t_ours * 1e-3) / 1e9;
+        printf("| linear + bias + ReLU vs cublasGemmEx | m %d, n %d, k %d | %.3f (cuBLAS %.3f) "
+               "| %.1f TFLOP/s, weights %.0f GB/s | cuBLAS %.1f TFLOP/s | %.0f%% |\n", l.m, l.n,
+               l.k, t_ours, t_cublas, flop / (t_ours * 1e-3) / 1e12, wbw,
+               flop / (t_cublas * 1e-3) / 1e12, 100.0 * t_cublas / t_ours);
+        cudaFree(l.x), cudaFree(l.w), cudaFree(l.b), cudaFree(l.y);
+    }
+    cublasDestroy(l.h);
+    backend_destroy(&be);
+    return 0;
+}

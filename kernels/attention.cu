@@ -1,0 +1,361 @@
+/* attention.cu: prefill and decode attention over fp16 K/V, fp32 math.
+ *
+ * Work is split into groups of G lanes that each own one key row; a lane
+ * holds 8 of the head_dim values (one 16-byte load), so a warp reads 32/G
+ * rows at once with fully used 16-byte accesses.
+ *
+ * Prefill (per query row, one warp):     online softmax over keys j <= i,
+ *   out_i = sum_j p_ij v_j                 (flash style, one pass)
+ *   stats (m_i, l_i) kept when column sums are wanted, then
+ * column sums (per key row, one warp):   colsum_j = sum_{i >= j} p_ij
+ *
+ * Decode (per (sequence, head), split over chunks of CHUNK slots):
+ *   pass 1: s_t = q.k_t * scale -> work; per-chunk (max, sum exp)
+ *   pass 2: M, L from all chunks; p_t = exp(s_t - M) / L;
+ *           scores[t] += p_t (slot t owned by one group: no atomics);
+ *           partial out of the chunk = sum_t p_t v_t
+ *   pass 3: out = sum over chunks of the partials, in chunk order
+ * The new token is virtual slot n_slots (its k, v come from the qkv rows).
+ * Every sum has a fixed order, so a sequence's result depends neither on
+ * the run nor on the rest of its batch.
+ */
+#include <float.h>
+
+#include "cuda_util.cuh"
+
+#define WARPS 4
+#define CHUNK 256
+
+/* Merge the online-softmax states of the groups of a warp (xor over group
+ * offsets), so every lane ends with the state over all keys of the warp. */
+template <int G>
+__device__ __forceinline__ void warp_merge(float &m, float &l, float o[8])
+{
+#pragma unroll
+    for (int off = G; off < 32; off *= 2) {
+        float m2 = __shfl_xor_sync(0xffffffffu, m, off);
+        float l2 = __shfl_xor_sync(0xffffffffu, l, off);
+        float mn = fmaxf(m, m2);
+        float a = m == -INFINITY ? 0.0f : __expf(m - mn);
+        float b = m2 == -INFINITY ? 0.0f : __expf(m2 - mn);
+        l = l * a + l2 * b;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            float o2 = __shfl_xor_sync(0xffffffffu, o[i], off);
+            o[i] = o[i] * a + o2 * b;
+        }
+        m = mn;
+    }
+}
+
+template <int G>
+__global__ void prefill_attn(__half *out, int ldo, const __half *q, const __half *k,
+                             const __half *v, int ld, const kern_seq *seqs, int n_head, int hd,
+                             float scale, float *stats)
+{
+    int pair = blockIdx.y, s = pair / n_head, h = pair % n_head;
+    int i = blockIdx.x * WARPS + threadIdx.x / 32;
+    kern_seq sq = seqs[s];
+    if (i >= sq.n_new)
+        return; /* whole warp leaves together */
+    int lane = threadIdx.x % 32, grp = lane / G, gl = lane % G, hd8 = hd / 8;
+    const int R = 32 / G;
+    size_t hc = (size_t)h * hd;
+    float qf[8] = {0};
+    if (gl < hd8)
+        load8(q + (size_t)(sq.row + i) * ld + hc + gl * 8, qf);
+    float m = -INFINITY, l = 0.0f, o[8] = {0};
+    for (int j = grp; j <= i; j += R) {
+        size_t r = (size_t)(sq.row + j) * ld + hc;
+        float sc = group_dot<G>(qf, k + r, gl, hd8) * scale;
+        float mn = fmaxf(m, sc), a = __expf(m - mn), p = __expf(sc - mn);
+        l = l * a + p;
+        float vf[8] = {0};
+        if (gl < hd8)
+            load8(v + r + gl * 8, vf);
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            o[e] = o[e] * a + p * vf[e];
+        m = mn;
+    }
+    warp_merge<G>(m, l, o);
+    if (grp == 0 && gl < hd8) {
+        float inv = 1.0f / l;
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            o[e] *= inv;
+        store8(out + (size_t)(sq.row + i) * ldo + hc + gl * 8, o);
+    }
+    if (stats && lane == 0) {
+        stats[((size_t)(sq.row + i) * n_head + h) * 2] = m;
+        stats[((size_t)(sq.row + i) * n_head + h) * 2 + 1] = l;
+    }
+}
+
+template <int G>
+__global__ void prefill_colsum(float *colsum, const __half *q, const __half *k, int ld,
+                               const kern_seq *seqs, int n_head, int hd, float scale,
+                               const float *stats)
+{
+    int pair = blockIdx.y, s = pair / n_head, h = pair % n_head;
+    int j = blockIdx.x * WARPS + threadIdx.x / 32;
+    kern_seq sq = seqs[s];
+    if (j >= sq.n_new)
+        return;
+    int lane = threadIdx.x % 32, grp = lane / G, gl = lane % G, hd8 = hd / 8;
+    const int R = 32 / G;
+    size_t hc = (size_t)h * hd;
+    float kf[8] = {0};
+    if (gl < hd8)
+        load8(k + (size_t)(sq.row + j) * ld + hc + gl * 8, kf);
+    float sum = 0.0f;
+    for (int i = j + grp; i < sq.n_new; i += R) {
+        size_t r = (size_t)(sq.row + i);
+        float sc = group_dot<G>(kf, q + r * ld + hc, gl, hd8) * scale;
+        const float *st = stats + (r * n_head + h) * 2;
+        sum += __expf(sc - st[0]) / st[1];
+    }
+    /* one value per group (lane gl == 0 holds it like the others); add the
+     * groups in xor order */
+#pragma unroll
+    for (int off = G; off < 32; off *= 2)
+        sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane == 0)
+        colsum[(size_t)(sq.row + j) * n_head + h] = sum;
+}
+
+template <int G>
+static int launch_prefill(void *out, int ldo, const void *q, const void *k, const void *v,
+                          int ld, const kern_seq *seqs, int n_seq, int n_head, int hd,
+                          float scale, float *colsum, float *work, int max_new,
+                          cudaStream_t st)
+{
+    dim3 grid(kblocks((size_t)max_new, WARPS), (unsigned)(n_seq * n_head));
+    prefill_attn<G><<<grid, 32 * WARPS, 0, st>>>((__half *)out, ldo, (const __half *)q,
+                                                 (const __half *)k, (const __half *)v, ld,
+                                                 seqs, n_head, hd, scale,
+                                                 colsum ? work : NULL);
+    KLAUNCHED();
+    if (colsum) {
+        prefill_colsum<G><<<grid, 32 * WARPS, 0, st>>>(colsum, (const __half *)q,
+                                                       (const __half *)k, ld, seqs, n_head,
+                                                       hd, scale, work);
+        KLAUNCHED();
+    }
+    return 0;
+}
+
+extern "C" int kern_attn_prefill_cuda(void *out, int ldo, const void *q, const void *k,
+                                      const void *v, int ld, const kern_seq *seqs, int n_seq,
+                                      int n_head, int head_dim, float scale, float *colsum,
+                                      float *work, int max_new, void *stream)
+{
+    if (max_new == 0 || n_seq == 0)
+        return 0;
+    if (head_dim % 8 || head_dim > 256)
+        return -EINVAL;
+    return KERN_DISPATCH_G(head_dim, launch_prefill, out, ldo, q, k, v, ld, seqs, n_seq,
+                           n_head, head_dim, scale, colsum, work, max_new, kstream(stream));
+}
+
+/* ------------------------------------------------------------- decode */
+
+/* Work layout of one decode call, for n_pairs (sequence, head) pairs. */
+struct decode_work {
+    float *logit;   /* (n_pairs, cap + 1) */
+    float *stat;    /* (n_pairs, n_chunks, 2) max, sum exp */
+    float *partial; /* (n_pairs, n_chunks, hd) */
+};
+
+static int n_chunks_for(int cap) { return (cap + 1 + CHUNK - 1) / CHUNK; }
+
+static decode_work carve(void *work, int n_pairs, int cap)
+{
+    decode_work w;
+    size_t nc = (size_t)n_chunks_for(cap);
+    w.logit = (float *)work;
+    w.stat = w.logit + (size_t)n_pairs * (cap + 1);
+    w.partial = w.stat + (size_t)n_pairs * nc * 2;
+    return w;
+}
+
+extern "C" size_t kern_attn_decode_work(int n_seq, int n_head, int head_dim, int cap)
+{
+    size_t np = (size_t)n_seq * n_head, nc = (size_t)n_chunks_for(cap);
+    return sizeof(float) * (np * (cap + 1) + np * nc * 2 + np * nc * head_dim);
+}
+
+/* Row t of the virtual cache: a slot, or the new token at t == n. */
+__device__ __forceinline__ const __half *vrow(const __half *cache, const __half *fresh, size_t base,
+                                            int t, int n, int hd)
+{
+    return t < n ? cache + (base + t) * hd : fresh;
+}
+
+template <int G>
+__global__ void decode_pass1(const __half *q, const __half *k, int ld, const __half *kc,
+                             const kern_seq *seqs, int n_head, int hd, int cap, float scale,
+                             decode_work w)
+{
+    __shared__ float red[WARPS][2];
+    int pair = blockIdx.y, s = pair / n_head, h = pair % n_head, c = blockIdx.x;
+    kern_seq sq = seqs[s];
+    if (sq.n_new == 0)
+        return;
+    int n = sq.n_slots, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int grp = lane / G, gl = lane % G, hd8 = hd / 8;
+    const int R = 32 / G;
+    size_t hc = (size_t)h * hd, base = (size_t)pair * cap;
+    float qf[8] = {0};
+    if (gl < hd8)
+        load8(q + (size_t)sq.row * ld + hc + gl * 8, qf);
+    const __half *knew = k + (size_t)sq.row * ld + hc;
+    float m = -INFINITY, l = 0.0f;
+    int end = min(c * CHUNK + CHUNK, n + 1);
+    for (int t = c * CHUNK + warp * R + grp; t < end; t += WARPS * R) {
+        float sc = group_dot<G>(qf, vrow(kc, knew, base, t, n, hd), gl, hd8) * scale;
+        if (gl == 0)
+            w.logit[(size_t)pair * (cap + 1) + t] = sc;
+        float mn = fmaxf(m, sc);
+        l = l * __expf(m - mn) + __expf(sc - mn);
+        m = mn;
+    }
+    /* merge the groups of the warp, then the warps of the block */
+#pragma unroll
+    for (int off = G; off < 32; off *= 2) {
+        float m2 = __shfl_xor_sync(0xffffffffu, m, off);
+        float l2 = __shfl_xor_sync(0xffffffffu, l, off);
+        float mn = fmaxf(m, m2);
+        l = (m == -INFINITY ? 0.0f : l * __expf(m - mn)) +
+            (m2 == -INFINITY ? 0.0f : l2 * __expf(m2 - mn));
+        m = mn;
+    }
+    if (lane == 0) {
+        red[warp][0] = m;
+        red[warp][1] = l;
+    }
+    __syncthreads(); /* all warp states written */
+    if (threadIdx.x == 0) {
+        float M = -INFINITY, L = 0.0f;
+        for (int i = 0; i < WARPS; i++)
+            M = fmaxf(M, red[i][0]);
+        for (int i = 0; i < WARPS; i++)
+            L += red[i][0] == -INFINITY ? 0.0f : red[i][1] * __expf(red[i][0] - M);
+        float *st = w.stat + ((size_t)pair * gridDim.x + c) * 2;
+        st[0] = M;
+        st[1] = L;
+    }
+}
+
+template <int G>
+__global__ void decode_pass2(const __half *v, int ld, const __half *vc, const kern_seq *seqs,
+                             int n_head, int hd, int cap, float *scores, float *self_p,
+                             decode_work w)
+{
+    extern __shared__ float acc[]; /* (WARPS * 32 / G, hd) */
+    int pair = blockIdx.y, s = pair / n_head, h = pair % n_head, c = blockIdx.x;
+    kern_seq sq = seqs[s];
+    if (sq.n_new == 0)
+        return;
+    int n = sq.n_slots, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    int grp = lane / G, gl = lane % G, hd8 = hd / 8;
+    const int R = 32 / G;
+    size_t base = (size_t)pair * cap;
+    /* global max and sum over the chunks, the same order in every block */
+    float M = -INFINITY, L = 0.0f;
+    const float *st = w.stat + (size_t)pair * gridDim.x * 2;
+    int used = (n + 1 + CHUNK - 1) / CHUNK;
+    for (int i = 0; i < used; i++)
+        M = fmaxf(M, st[2 * i]);
+    for (int i = 0; i < used; i++)
+        L += st[2 * i + 1] * __expf(st[2 * i] - M);
+    float invL = 1.0f / L;
+    const __half *vnew = v + (size_t)sq.row * ld + (size_t)h * hd;
+    float o[8] = {0};
+    int end = min(c * CHUNK + CHUNK, n + 1);
+    for (int t = c * CHUNK + warp * R + grp; t < end; t += WARPS * R) {
+        float p = __expf(w.logit[(size_t)pair * (cap + 1) + t] - M) * invL;
+        if (gl == 0) {
+            if (t < n) {
+                if (scores)
+                    scores[base + t] += p;
+            } else if (self_p) {
+                self_p[pair] = p;
+            }
+        }
+        if (gl < hd8) {
+            float vf[8];
+            load8(vrow(vc, vnew, base, t, n, hd) + gl * 8, vf);
+#pragma unroll
+            for (int e = 0; e < 8; e++)
+                o[e] += p * vf[e];
+        }
+    }
+    int g_all = warp * R + grp;
+    if (gl < hd8)
+        for (int e = 0; e < 8; e++)
+            acc[(size_t)g_all * hd + gl * 8 + e] = o[e];
+    __syncthreads(); /* every group's partial is in acc */
+    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+        float sum = 0.0f;
+        for (int g = 0; g < WARPS * R; g++)
+            sum += acc[(size_t)g * hd + e];
+        w.partial[((size_t)pair * gridDim.x + c) * hd + e] = sum;
+    }
+}
+
+__global__ void decode_pass3(__half *out, int ldo, const kern_seq *seqs, int n_head, int hd,
+                             int n_chunks, decode_work w)
+{
+    int pair = blockIdx.x, s = pair / n_head, h = pair % n_head;
+    kern_seq sq = seqs[s];
+    if (sq.n_new == 0)
+        return;
+    int used = (sq.n_slots + 1 + CHUNK - 1) / CHUNK;
+    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+        float sum = 0.0f;
+        for (int c = 0; c < used; c++)
+            sum += w.partial[((size_t)pair * n_chunks + c) * hd + e];
+        out[(size_t)sq.row * ldo + (size_t)h * hd + e] = __float2half_rn(sum);
+    }
+}
+
+template <int G>
+static int launch_decode(void *out, int ldo, const void *q, const void *k, const void *v,
+                         int ld, const void *kc, const void *vc, const kern_seq *seqs,
+                         int n_seq, int n_head, int hd, int cap, float scale, float *scores,
+                         float *self_p, void *work, int max_slots, cudaStream_t st)
+{
+    decode_work w = carve(work, n_seq * n_head, cap);
+    /* the grid covers the longest sequence (chunks past a shorter one's
+     * slots do no work); stats and partials use n_chunks as their stride */
+    int n_chunks = (max_slots + 1 + CHUNK - 1) / CHUNK;
+    dim3 grid((unsigned)n_chunks, (unsigned)(n_seq * n_head));
+    decode_pass1<G><<<grid, 32 * WARPS, 0, st>>>((const __half *)q, (const __half *)k, ld,
+                                                 (const __half *)kc, seqs, n_head, hd, cap,
+                                                 scale, w);
+    KLAUNCHED();
+    size_t smem = sizeof(float) * (size_t)WARPS * (32 / G) * hd;
+    decode_pass2<G><<<grid, 32 * WARPS, smem, st>>>((const __half *)v, ld, (const __half *)vc,
+                                                    seqs, n_head, hd, cap, scores, self_p, w);
+    KLAUNCHED();
+    decode_pass3<<<n_seq * n_head, hd < 128 ? 128 : hd, 0, st>>>((__half *)out, ldo, seqs,
+                                                                 n_head, hd, n_chunks, w);
+    KLAUNCHED();
+    return 0;
+}
+
+extern "C" int kern_attn_decode_cuda(void *out, int ldo, const void *q, const void *k,
+                                     const void *v, int ld, const void *kc, const void *vc,
+                                     const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                                     int cap, float scale, float *scores, float *self_p,
+                                     void *work, int max_slots, void *stream)
+{
+    if (n_seq == 0)
+        return 0;
+    if (head_dim % 8 || head_dim > 256)
+        return -EINVAL;
+    return KERN_DISPATCH_G(head_dim, launch_decode, out, ldo, q, k, v, ld, kc, vc, seqs, n_seq,
+                           n_head, head_dim, cap, scale, scores, self_p, work, max_slots,
+                           kstream(stream));
+}

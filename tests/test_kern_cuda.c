@@ -1,0 +1,394 @@
+/* test_kern_cuda.c: every CUDA op against its plain-C reference, through
+ * the two backends (the CPU backend runs the references of kernels/cpu/),
+ * over a range of shapes; then the GPU's greedy tokens against the CPU's on
+ * the golden tiny model. Inputs are rounded to fp16 first, so both sides
+ * see the same numbers; outputs must agree within atol + |ref| * rtol.
+ * Without a GPU (or a CUDA build) every test is skipped, saying why. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_impl.h"
+#include "err.h"
+#include "fh_config.h"
+#include "model.h"
+#include "safetensors.h"
+
+static backend cpu, gpu;
+
+static void setup(void)
+{
+    err_clear();
+    cr_assert_eq(backend_cpu_create(0, &cpu), 0);
+    if (!kern_cuda_available() || backend_cuda_create(0, &gpu) < 0) {
+        backend_destroy(&cpu);
+        const char *why = FH_HAVE_CUDA ? "no CUDA GPU found" : "built without CUDA";
+        fprintf(stderr, "SKIP kern_cuda: %s; the CUDA kernels are compiled but not run\n", why);
+        cr_skip_test("%s; the CUDA kernels are compiled but not run", why);
+    }
+}
+
+static void teardown(void)
+{
+    backend_destroy(&gpu);
+    backend_destroy(&cpu);
+}
+
+TestSuite(kern_cuda, .init = setup, .fini = teardown);
+
+static uint64_t rng = 88172645463325252ull;
+static float frand(void) /* uniform in [-1, 1) */
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((rng >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+}
+
+/* n random values of scale `s`, rounded to fp16. Caller frees. */
+static float *rand16(size_t n, float s)
+{
+    float *x = malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++)
+        x[i] = st_f16_to_f32(st_f32_to_f16(frand() * s));
+    return x;
+}
+
+/* The same host data in both backends. */
+typedef struct pair {
+    void *c, *g;
+    size_t n;
+    int words; /* 4-byte words (fp32 / int32) rather than storage elements */
+} pair;
+
+static pair put(const float *x, size_t n)
+{
+    pair p = {NULL, NULL, n, 0};
+    cr_assert_eq(cpu.ops->alloc(cpu.ctx, n, &p.c), 0);
+    cr_assert_eq(gpu.ops->alloc(gpu.ctx, n, &p.g), 0, "%s", err_msg());
+    if (x) {
+        cpu.ops->upload(cpu.ctx, p.c, x, n);
+        cr_assert_eq(gpu.ops->upload(gpu.ctx, p.g, x, n), 0, "%s", err_msg());
+    }
+    return p;
+}
+
+static pair put_words(const void *x, size_t n)
+{
+    pair p = {NULL, NULL, n, 1};
+    cr_assert_eq(cpu.ops->alloc_f32(cpu.ctx, n, &p.c), 0);
+    cr_assert_eq(gpu.ops->alloc_f32(gpu.ctx, n, &p.g), 0, "%s", err_msg());
+    if (x) {
+        cpu.ops->upload_f32(cpu.ctx, p.c, x, n);
+        gpu.ops->upload_f32(gpu.ctx, p.g, x, n);
+    }
+    return p;
+}
+
+static void drop(pair *p)
+{
+    cpu.ops->free(cpu.ctx, p->c);
+    gpu.ops->free(gpu.ctx, p->g);
+}
+
+/* Compare the two sides; print the first mismatches with their index. */
+static void expect_close(const char *what, pair p, double atol, double rtol)
+{
+    float *a = malloc(sizeof(float) * p.n), *b = malloc(sizeof(float) * p.n);
+    if (p.words) {
+        cpu.ops->download_f32(cpu.ctx, a, p.c, p.n);
+        gpu.ops->download_f32(gpu.ctx, b, p.g, p.n);
+    } else {
+        cpu.ops->download(cpu.ctx, a, p.c, p.n);
+        cr_assert_eq(gpu.ops->download(gpu.ctx, b, p.g, p.n), 0, "%s", err_msg());
+    }
+    size_t bad = 0, first = 0;
+    double worst = 0;
+    for (size_t i = 0; i < p.n; i++) {
+        double e = fabs((double)a[i] - b[i]), tol = atol + fabs(a[i]) * rtol;
+        if (!(e <= tol)) {
+            if (bad < 5)
+                fprintf(stderr, "%s[%zu]: cuda %.6g ref %.6g\n", what, i, b[i], a[i]);
+            if (!bad)
+                first = i;
+            bad++;
+        }
+        worst = fmax(worst, e);
+    }
+    cr_assert_eq(bad, 0, "%s: %zu of %zu values off (first at %zu), worst |diff| %.3g", what,
+                 bad, p.n, first, worst);
+    free(a);
+    free(b);
+}
+
+static void expect_equal_words(const char *what, pair p)
+{
+    int32_t *a = malloc(4 * p.n), *b = malloc(4 * p.n);
+    cpu.ops->download_f32(cpu.ctx, (float *)a, p.c, p.n);
+    gpu.ops->download_f32(gpu.ctx, (float *)b, p.g, p.n);
+    for (size_t i = 0; i < p.n; i++)
+        cr_assert_eq(a[i], b[i], "%s[%zu]: cuda %d ref %d", what, i, b[i], a[i]);
+    free(a);
+    free(b);
+}
+
+#define EPS16 (1.0 / 1024)
+
+Test(kern_cuda, embed_layernorm_bias_add_gather)
+{
+    int dims[] = {64, 768, 2560};
+    for (int di = 0; di < 3; di++) {
+        int d = dims[di], V = 300, P = 130, n = 37;
+        float *te = rand16((size_t)V * d, 1), *pe = rand16((size_t)P * d, 1);
+        int32_t ids[37], pos[37], rows[5] = {36, 0, 5, 5, 20};
+        for (int i = 0; i < n; i++) {
+            ids[i] = (i * 37 + 11) % V;
+            pos[i] = (i * 7) % (P - 2);
+        }
+        pair T = put(te, (size_t)V * d), Pe = put(pe, (size_t)P * d), out = put(NULL, (size_t)n * d);
+        cpu.ops->embed(cpu.ctx, out.c, T.c, Pe.c, ids, pos, n, d);
+        cr_assert_eq(gpu.ops->embed(gpu.ctx, out.g, T.g, Pe.g, ids, pos, n, d), 0, "%s",
+                     err_msg());
+        expect_close("embed", out, 1e-6, EPS16);
+
+        float *w = rand16((size_t)d, 1), *b = rand16((size_t)d, 0.5f);
+        pair W = put(w, d), Bb = put(b, d), ln = put(NULL, (size_t)n * d);
+        cpu.ops->layernorm(cpu.ctx, ln.c, out.c, W.c, Bb.c, n, d, 1e-5f);
+        gpu.ops->layernorm(gpu.ctx, ln.g, out.g, W.g, Bb.g, n, d, 1e-5f);
+        expect_close("layernorm", ln, 2e-3, 2 * EPS16);
+
+        /* add, and the in-place form used by the model (out == x) */
+        cpu.ops->add(cpu.ctx, ln.c, out.c, (size_t)n * d);
+        gpu.ops->add(gpu.ctx, ln.g, out.g, (size_t)n * d);
+        expect_close("add", ln, 2e-3, 2 * EPS16);
+        cpu.ops->layernorm(cpu.ctx, ln.c, ln.c, W.c, Bb.c, n, d, 1e-5f);
+        gpu.ops->layernorm(gpu.ctx, ln.g, ln.g, W.g, Bb.g, n, d, 1e-5f);
+        expect_close("layernorm in place", ln, 4e-3, 4 * EPS16);
+
+        pair g = put(NULL, (size_t)5 * d);
+        cpu.ops->gather_rows(cpu.ctx, g.c, ln.c, rows, 5, d);
+        gpu.ops->gather_rows(gpu.ctx, g.g, ln.g, rows, 5, d);
+        expect_close("gather_rows", g, 4e-3, 4 * EPS16);
+        drop(&T), drop(&Pe), drop(&out), drop(&W), drop(&Bb), drop(&ln), drop(&g);
+        free(te), free(pe), free(w), free(b);
+    }
+}
+
+Test(kern_cuda, linear_bias_relu_cublas)
+{
+    /* (m, n, k): decode-like, prefill-like, odd sizes */
+    int shapes[][3] = {{1, 768, 768}, {7, 3072, 768}, {64, 768, 3072}, {300, 96, 40}};
+    for (int si = 0; si < 4; si++) {
+        int m = shapes[si][0], n = shapes[si][1], k = shapes[si][2];
+        float s = 1.0f / sqrtf((float)k);
+        float *x = rand16((size_t)m * k, 1), *w = rand16((size_t)n * k, s), *b = rand16(n, 0.5f);
+        pair X = put(x, (size_t)m * k), W = put(w, (size_t)n * k), Bb = put(b, n);
+        for (int relu = 0; relu < 2; relu++) {
+            pair Y = put(NULL, (size_t)m * n);
+            cpu.ops->linear(cpu.ctx, Y.c, X.c, W.c, Bb.c, m, n, k, relu);
+            cr_assert_eq(gpu.ops->linear(gpu.ctx, Y.g, X.g, W.g, Bb.g, m, n, k, relu), 0, "%s",
+                         err_msg());
+            expect_close(relu ? "linear+relu" : "linear", Y, 2e-3, 2 * EPS16);
+            drop(&Y);
+        }
+        drop(&X), drop(&W), drop(&Bb);
+        free(x), free(w), free(b);
+    }
+}
+
+/* A packed prefill batch: sequences of the given lengths. */
+static int pack(kern_seq *seqs, const int *len, int n_seq, int budget, int sinks, int recent)
+{
+    int rows = 0;
+    for (int s = 0; s < n_seq; s++) {
+        seqs[s] = (kern_seq){.row = rows, .n_new = len[s], .budget = budget, .sinks = sinks,
+                             .recent = recent};
+        rows += len[s];
+    }
+    return rows;
+}
+
+Test(kern_cuda, prefill_attention_colsum_and_kv_fill)
+{
+    int hds[] = {16, 64, 80, 128};
+    int len[] = {1, 17, 0, 300, 70};
+    for (int hi = 0; hi < 4; hi++) {
+        int hd = hds[hi], H = 3, d = H * hd, n_seq = 5, cap = 320;
+        kern_seq seqs[5];
+        /* budget 40 < 70 and 300: the H2O selection runs; 1 and 17 fit */
+        int rows = pack(seqs, len, n_seq, 40, 2, 12);
+        float *qkv = rand16((size_t)rows * 3 * d, 1.5f);
+        pair QKV = put(qkv, (size_t)rows * 3 * d), out = put(NULL, (size_t)rows * d);
+        pair cs = put_words(NULL, (size_t)rows * H);
+        float scale = 1.0f / sqrtf((float)hd);
+        char *qc = QKV.c, *qg = QKV.g;
+        cpu.ops->attn_prefill(cpu.ctx, out.c, d, qc, qc + 4 * (size_t)d, qc + 8 * (size_t)d,
+                              3 * d, seqs, n_seq, H, hd, scale, cs.c);
+        cr_assert_eq(gpu.ops->attn_prefill(gpu.ctx, out.g, d, qg, qg + 2 * (size_t)d,
+                                           qg + 4 * (size_t)d, 3 * d, seqs, n_seq, H, hd, scale,
+                                           cs.g), 0, "%s", err_msg());
+        expect_close("prefill out", out, 2e-3, 4 * EPS16);
+        expect_close("prefill colsum", cs, 1e-4, 1e-3);
+
+        /* kv fill from the same column sums on both sides (the reference's),
+         * so the kept sets must agree exactly */
+        float *csv = malloc(sizeof(float) * (size_t)rows * H);
+        cpu.ops->download_f32(cpu.ctx, csv, cs.c, (size_t)rows * H);
+        gpu.ops->upload_f32(gpu.ctx, cs.g, csv, (size_t)rows * H);
+        size_t slots = (size_t)n_seq * H * cap;
+        pair kc = put(NULL, slots * hd), vc = put(NULL, slots * hd);
+        pair sc = put_words(NULL, slots), ps = put_words(NULL, slots);
+        cpu.ops->kv_prefill(cpu.ctx, kc.c, vc.c, sc.c, ps.c, qc + 4 * (size_t)d,
+                            qc + 8 * (size_t)d, 3 * d, cs.c, seqs, n_seq, H, hd, cap);
+        cr_assert_eq(gpu.ops->kv_prefill(gpu.ctx, kc.g, vc.g, sc.g, ps.g, qg + 2 * (size_t)d,
+                                         qg + 4 * (size_t)d, 3 * d, cs.g, seqs, n_seq, H, hd,
+                                         cap), 0, "%s", err_msg());
+        expect_close("kv_prefill K", kc, 0, 0);
+        expect_close("kv_prefill V", vc, 0, 0);
+        expect_equal_words("kv_prefill pos", ps);
+        expect_close("kv_prefill scores", sc, 0, 0);
+        drop(&QKV), drop(&out), drop(&cs), drop(&kc), drop(&vc), drop(&sc), drop(&ps);
+        free(qkv), free(csv);
+    }
+}
+
+Test(kern_cuda, decode_attention_scores_and_h2o_insert)
+{
+    int hds[] = {16, 64, 128};
+    /* slots in use per sequence: empty, small, across chunk edges (256) */
+    int used[] = {0, 5, 255, 256, 600, 3};
+    for (int hi = 0; hi < 3; hi++) {
+        int hd = hds[hi], H = 2, d = H * hd, n_seq = 6, cap = 601;
+        kern_seq seqs[6];
+        for (int s = 0; s < n_seq; s++)
+            seqs[s] = (kern_seq){.row = s, .n_new = s == 5 ? 0 : 1, .n_past = used[s] + 7,
+                                 .n_slots = used[s], .budget = used[s] ? used[s] : 1,
+                                 .sinks = used[s] > 8 ? 2 : 0, .recent = used[s] > 8 ? 4 : 1};
+        size_t slots = (size_t)n_seq * H * cap;
+        float *kv = rand16(slots * hd * 2, 1.5f), *qkv = rand16((size_t)n_seq * 3 * d, 1.5f);
+        float *s0 = malloc(sizeof(float) * slots);
+        int32_t *p0 = malloc(sizeof(int32_t) * slots);
+        for (size_t i = 0; i < slots; i++) {
+            /* scores with exact ties (multiples of 1/8) */
+            s0[i] = (float)((i * 2654435761u) % 13) / 8.0f;
+            p0[i] = 0;
+        }
+        /* positions: a shuffle of 0..n-1 per (sequence, head) */
+        for (int pr = 0; pr < n_seq * H; pr++) {
+            int n = used[pr / H];
+            for (int t = 0; t < n; t++)
+                p0[(size_t)pr * cap + t] = t; /* start from identity */
+            for (int t = n - 1; t > 0; t--) { /* Fisher-Yates with the test rng */
+                int j = (int)((frand() + 1.0f) * 0.5f * (t + 1)) % (t + 1);
+                int32_t tmp = p0[(size_t)pr * cap + t];
+                p0[(size_t)pr * cap + t] = p0[(size_t)pr * cap + j];
+                p0[(size_t)pr * cap + j] = tmp;
+            }
+        }
+        pair K = put(kv, slots * hd), Vv = put(kv + slots * hd, slots * hd);
+        pair QKV = put(qkv, (size_t)n_seq * 3 * d), out = put(NULL, (size_t)n_seq * d);
+        pair sc = put_words(s0, slots), ps = put_words(p0, slots);
+        pair self = put_words(NULL, (size_t)n_seq * H), ev = put_words(NULL, (size_t)n_seq * H);
+        float scale = 1.0f / sqrtf((float)hd);
+        char *qc = QKV.c, *qg = QKV.g;
+        cpu.ops->attn_decode(cpu.ctx, out.c, d, qc, qc + 4 * (size_t)d, qc + 8 * (size_t)d,
+                             3 * d, K.c, Vv.c, seqs, n_seq, H, hd, cap, scale, sc.c, self.c);
+        cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, out.g, d, qg, qg + 2 * (size_t)d,
+                                          qg + 4 * (size_t)d, 3 * d, K.g, Vv.g, seqs, n_seq, H,
+                                          hd, cap, scale, sc.g, self.g), 0, "%s", err_msg());
+        expect_close("decode out", out, 2e-3, 4 * EPS16);
+        expect_close("decode scores", sc, 1e-5, 1e-5);
+        expect_close("decode self_p", self, 1e-5, 1e-3);
+        /* insert from identical scores on both sides: the same victims */
+        float *sv = malloc(sizeof(float) * slots), *spv = malloc(sizeof(float) * n_seq * H);
+        cpu.ops->download_f32(cpu.ctx, sv, sc.c, slots);
+        gpu.ops->upload_f32(gpu.ctx, sc.g, sv, slots);
+        cpu.ops->download_f32(cpu.ctx, spv, self.c, (size_t)n_seq * H);
+        gpu.ops->upload_f32(gpu.ctx, self.g, spv, (size_t)n_seq * H);
+        cpu.ops->kv_insert(cpu.ctx, K.c, Vv.c, sc.c, ps.c, qc + 4 * (size_t)d,
+                           qc + 8 * (size_t)d, 3 * d, self.c, seqs, n_seq, H, hd, cap, ev.c);
+        cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, K.g, Vv.g, sc.g, ps.g, qg + 2 * (size_t)d,
+                                        qg + 4 * (size_t)d, 3 * d, self.g, seqs, n_seq, H, hd,
+                                        cap, ev.g), 0, "%s", err_msg());
+        expect_equal_words("evicted", ev);
+        expect_equal_words("pos after insert", ps);
+        expect_close("K after insert", K, 0, 0);
+        expect_close("V after insert", Vv, 0, 0);
+        expect_close("scores after insert", sc, 0, 0);
+        drop(&K), drop(&Vv), drop(&QKV), drop(&out), drop(&sc), drop(&ps), drop(&self);
+        drop(&ev);
+        free(kv), free(qkv), free(s0), free(p0), free(sv), free(spv);
+    }
+}
+
+Test(kern_cuda, sampling_greedy_and_top_p)
+{
+    int Vs[] = {512, 50272};
+    for (int vi = 0; vi < 2; vi++) {
+        int V = Vs[vi], n = 6;
+        float *lg = rand16((size_t)n * V, 6.0f);
+        lg[3] = lg[7] = 40.0f; /* a tie in row 0: the lower id wins */
+        pair L = put(lg, (size_t)n * V);
+        float temp[6] = {0, 0.7f, 1.0f, 1.5f, 0.9f, 0}, topp[6] = {1, 0.9f, 1, 0.5f, 0.99f, 1};
+        double u[6] = {0.5, 0.1, 0.99, 0.3, 0.75, 0.2};
+        int32_t tc[6], tg[6];
+        float lc[6], lgp[6];
+        cpu.ops->sample(cpu.ctx, L.c, n, V, temp, topp, u, tc, lc);
+        cr_assert_eq(gpu.ops->sample(gpu.ctx, L.g, n, V, temp, topp, u, tg, lgp), 0, "%s",
+                     err_msg());
+        cr_assert_eq(tc[0], 3);
+        for (int i = 0; i < n; i++) {
+            cr_assert_eq(tg[i], tc[i], "V %d row %d: cuda token %d, reference %d", V, i, tg[i],
+                         tc[i]);
+            cr_assert_float_eq(lgp[i], lc[i], 1e-3 + fabsf(lc[i]) * 1e-4, "row %d logprob", i);
+        }
+        drop(&L);
+        free(lg);
+    }
+}
+
+/* End to end: greedy generation of the golden prompts on the GPU gives the
+ * CPU's tokens, through the CLI. */
+Test(kern_cuda, tiny_model_greedy_tokens_equal_cpu)
+{
+    const char *bin = getenv("FLEXH2O_BIN");
+    cr_assert(bin, "FLEXH2O_BIN must point at the flexh2o binary");
+    char dir[] = "/tmp/fh_kcuda_XXXXXX", cmd[2048];
+    cr_assert(mkdtemp(dir));
+    snprintf(cmd, sizeof cmd,
+             "printf '%%s\\n' '{\"prompt_ids\": [2, 37, 101, 5, 300]}' "
+             "'{\"prompt\": \"Hello world, the heavy hitters\"}' '{\"prompt_ids\": [2, 9]}' "
+             "> %s/p.jsonl", dir);
+    cr_assert_eq(system(cmd), 0);
+    const char *dev[] = {"cpu", "cuda"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof cmd,
+                 "%s generate --model %s/tests/fixtures/tiny-opt --prompts %s/p.jsonl --out "
+                 "%s/%s.jsonl --max-new-tokens 12 --batch-size 3 --quiet --device %s", bin,
+                 FH_SOURCE_ROOT, dir, dir, dev[i], dev[i]);
+        cr_assert_eq(system(cmd), 0, "%s failed", cmd);
+    }
+    char *a, *b, pa[300], pb[300];
+    snprintf(pa, sizeof pa, "%s/cpu.jsonl", dir);
+    snprintf(pb, sizeof pb, "%s/cuda.jsonl", dir);
+    cr_assert_eq(fh_read_file(pa, &a, NULL), 0);
+    cr_assert_eq(fh_read_file(pb, &b, NULL), 0);
+    /* compare the "tokens" arrays line by line */
+    char *la = a, *lb = b;
+    for (int line = 0; line < 3; line++) {
+        char *ta = strstr(la, "\"tokens\":"), *tb = strstr(lb, "\"tokens\":");
+        cr_assert(ta && tb);
+        size_t na = strcspn(ta, "]"), nb = strcspn(tb, "]");
+        cr_assert(na == nb && !strncmp(ta, tb, na), "prompt %d: cpu %.*s, cuda %.*s", line,
+                  (int)na, ta, (int)nb, tb);
+        la = strchr(ta, '\n');
+        lb = strchr(tb, '\n');
+        cr_assert(la && lb);
+    }
+    free(a);
+    free(b);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+}
