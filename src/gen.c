@@ -5,11 +5,18 @@
  *              (each sequence's cache gets its prompt K/V), sample token 1
  *     decode:  one row per unfinished sequence, idle ones skip (n_new 0)
  *     after every step: write the finished prefix of the block in order
+ *
+ * KV policy: every sequence carries its own budget/sinks/recent (from
+ * kv_policy_split) in its kern_seq; the kernels keep, evict and score by
+ * them. --trace-evictions and --stats read the cache back after a pass,
+ * and only when asked: nothing else leaves the backend per step.
  */
 #include "gen.h"
 
+#include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "err.h"
@@ -118,7 +125,97 @@ typedef struct block_buf {
     int *members;                        /* (B) sequence of each output row */
     float *temp, *topp, *lps;            /* (B) */
     double *u;                           /* (B) */
+    /* read-back buffers, allocated only for --trace-evictions / --stats */
+    int32_t *ev;                         /* (n_layer, B, n_head) evicted positions */
+    int32_t *slot_pos;                   /* (n_head, cap) positions of one sequence */
+    unsigned char *kept;                 /* (max prompt) */
+    float *scores;                       /* (B, n_head, cap) one layer's scores */
 } block_buf;
+
+#define TRACE_FMT "{\"id\": %s, \"layer\": %d, \"head\": %d, \"step\": %d, \"pos\": %d}\n"
+
+static int trace_flush(FILE *f)
+{
+    RETURN_IF(ferror(f) || fflush(f) != 0, -EIO,
+              "cannot write the --trace-evictions file (%s); free space and rerun",
+              strerror(errno));
+    return 0;
+}
+
+/* --trace-evictions after a prefill pass: the prompt tokens that sequence k
+ * (slot k of the block) did not keep, per layer and head. */
+static int trace_prefill(model_ctx *mc, block_buf *bb, const seq_state *s, int k, FILE *f)
+{
+    const model_config *c = &mc->m->cfg;
+    const backend_ops *o = mc->m->be->ops;
+    size_t per_seq = (size_t)c->n_head * mc->cap;
+    int n = s->p->n_ids;
+    for (int l = 0; l < c->n_layer; l++) {
+        FORWARD_IF(o->download_f32(mc->m->be->ctx, (float *)bb->slot_pos,
+                                   (const char *)mc->pos[l] + (size_t)k * per_seq * 4,
+                                   per_seq));
+        for (int h = 0; h < c->n_head; h++) {
+            memset(bb->kept, 0, (size_t)n);
+            for (int t = 0; t < s->budget; t++)
+                bb->kept[bb->slot_pos[(size_t)h * mc->cap + t]] = 1;
+            for (int j = 0; j < n; j++)
+                if (!bb->kept[j])
+                    fprintf(f, TRACE_FMT, s->p->id, l, h, 0, j);
+        }
+    }
+    return trace_flush(f);
+}
+
+/* --trace-evictions after a decode pass (before the sequences advance):
+ * what each active sequence evicted, per layer and head. */
+static int trace_decode(model_ctx *mc, block_buf *bb, const seq_state *ss, int n, FILE *f)
+{
+    const model_config *c = &mc->m->cfg;
+    const backend_ops *o = mc->m->be->ops;
+    int H = c->n_head;
+    FORWARD_IF(o->download_f32(mc->m->be->ctx, (float *)bb->ev, mc->evicted,
+                               (size_t)c->n_layer * mc->max_seq * H));
+    for (int l = 0; l < c->n_layer; l++)
+        for (int k = 0; k < n; k++) {
+            if (bb->seqs[k].n_new == 0)
+                continue;
+            int step = bb->seqs[k].n_past - ss[k].p->n_ids + 1;
+            for (int h = 0; h < H; h++) {
+                int32_t e = bb->ev[((size_t)l * mc->max_seq + k) * H + h];
+                if (e >= 0)
+                    fprintf(f, TRACE_FMT, ss[k].p->id, l, h, step, e);
+            }
+        }
+    return trace_flush(f);
+}
+
+/* --stats after a pass (the sequences advanced): add, per layer, the kept
+ * attention mass of every (member sequence, head): the scores still in the
+ * cache over the queries so far (each query hands out probability 1). */
+static int kv_stats_pass(model_ctx *mc, block_buf *bb, const seq_state *ss, int n,
+                         int n_out, gen_stats *st)
+{
+    const model_config *c = &mc->m->cfg;
+    const backend_ops *o = mc->m->be->ops;
+    int H = c->n_head;
+    for (int l = 0; l < c->n_layer; l++) {
+        FORWARD_IF(o->download_f32(mc->m->be->ctx, bb->scores, mc->scores[l],
+                                   (size_t)n * H * mc->cap));
+        for (int i = 0; i < n_out; i++) {
+            int k = bb->members[i];
+            const seq_state *s = &ss[k];
+            for (int h = 0; h < H; h++) {
+                const float *sc = bb->scores + ((size_t)k * H + h) * mc->cap;
+                double kept = 0;
+                for (int t = 0; t < s->n_slots; t++)
+                    kept += sc[t];
+                st->kept_mass[l] += kept / s->n_past;
+            }
+        }
+    }
+    st->kept_samples += (long)n_out * H;
+    return 0;
+}
 
 /* Sample one token for each output row and hand it to its sequence. */
 static int sample_rows(model_ctx *mc, block_buf *bb, seq_state *ss, int n_out,
@@ -168,8 +265,14 @@ static int run_block(model_ctx *mc, block_buf *bb, seq_state *ss, int n,
             continue;
         FORWARD_IF(model_forward(mc, bb->ids, bb->pos, rows, bb->seqs, n, bb->last, n_out));
         FORWARD_IF(sample_rows(mc, bb, ss, n_out, o));
-        for (int i = 0; i < n_out; i++)
-            seq_advance(&ss[bb->members[i]], ss[bb->members[i]].p->n_ids);
+        for (int i = 0; i < n_out; i++) {
+            seq_state *sq = &ss[bb->members[i]];
+            seq_advance(sq, sq->p->n_ids);
+            if (o->trace && sq->p->n_ids > sq->budget)
+                FORWARD_IF(trace_prefill(mc, bb, sq, bb->members[i], o->trace));
+        }
+        if (o->kv_stats)
+            FORWARD_IF(kv_stats_pass(mc, bb, ss, n, n_out, st));
         st->prefill_tokens += rows;
         st->generated += n_out;
     }
@@ -201,9 +304,13 @@ static int run_block(model_ctx *mc, block_buf *bb, seq_state *ss, int n,
         if (rows == 0)
             break;
         FORWARD_IF(model_forward(mc, bb->ids, bb->pos, rows, bb->seqs, n, bb->last, rows));
+        if (o->trace)
+            FORWARD_IF(trace_decode(mc, bb, ss, n, o->trace));
         FORWARD_IF(sample_rows(mc, bb, ss, rows, o));
         for (int i = 0; i < rows; i++)
             seq_advance(&ss[bb->members[i]], 1);
+        if (o->kv_stats)
+            FORWARD_IF(kv_stats_pass(mc, bb, ss, n, rows, st));
         st->decode_tokens += rows;
         st->generated += rows;
         FORWARD_IF(flush_done(ss, n, &next, t, out));
@@ -212,11 +319,81 @@ static int run_block(model_ctx *mc, block_buf *bb, seq_state *ss, int n,
     return 0;
 }
 
+int gen_check(const model_config *c, const prompt_set *ps, const gen_opts *o)
+{
+    FORWARD_IF(kv_policy_check(&o->kv));
+    for (int i = 0; i < ps->n; i++) {
+        const prompt *p = &ps->p[i];
+        kv_split sp;
+        FORWARD_IF(kv_policy_split(&o->kv, p->n_ids, effective_max_new(p, o, c->max_pos),
+                                   p->line, &sp));
+    }
+    return 0;
+}
+
+void gen_stats_free(gen_stats *st)
+{
+    free(st->kept_mass);
+    st->kept_mass = NULL;
+}
+
+void gen_stats_print(FILE *f, const gen_stats *st, const gen_opts *o)
+{
+    fprintf(f, "[flexh2o] --stats, --kv-policy %s: kept attention mass per layer, mean of "
+            "%ld (sequence, head, pass) samples\n", kv_policy_name(o->kv.kind),
+            st->kept_samples);
+    for (int l = 0; st->kept_mass && st->kept_samples > 0 && l < st->n_layer; l++)
+        fprintf(f, "layer %d: %.6f\n", l, st->kept_mass[l]);
+}
+
+int gen_trace_open(const char *path, int resume, const outfile *out, FILE **f)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0 || sb.st_size == 0) {
+        *f = fopen(path, "w");
+        RETURN_IF(!*f, -errno, "%s: cannot create the eviction trace (%s)", path,
+                  strerror(errno));
+        return 0;
+    }
+    RETURN_IF(!resume, -EEXIST, "%s already exists; pass --resume to continue it, or "
+              "remove it", path);
+    char *buf = NULL;
+    size_t len = 0;
+    FORWARD_IF(fh_read_file(path, &buf, &len));
+    /* keep the complete lines of prompts whose completion is on file */
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *w = fopen(tmp, "w");
+    if (!w)
+        free(buf);
+    RETURN_IF(!w, -errno, "%s: cannot rewrite the eviction trace (%s)", tmp, strerror(errno));
+    for (char *line = buf, *nl; (nl = memchr(line, '\n', len - (size_t)(line - buf)));
+         line = nl + 1) {
+        *nl = 0;
+        cJSON *r = cJSON_Parse(line);
+        const cJSON *idv = r ? cJSON_GetObjectItem(r, "id") : NULL;
+        char *id = idv ? cJSON_PrintUnformatted(idv) : NULL;
+        if (id && outfile_has(out, id))
+            fprintf(w, "%s\n", line);
+        free(id);
+        cJSON_Delete(r);
+    }
+    free(buf);
+    int bad = ferror(w);
+    bad |= fclose(w) != 0;
+    RETURN_IF(bad || rename(tmp, path) != 0, -EIO, "%s: cannot rewrite the eviction "
+              "trace (%s)", path, strerror(errno));
+    *f = fopen(path, "a");
+    RETURN_IF(!*f, -errno, "%s: cannot open the eviction trace (%s)", path, strerror(errno));
+    return 0;
+}
+
 int gen_run(model *m, const tok *t, const prompt_set *ps, outfile *out,
             const gen_opts *o, gen_stats *st)
 {
     const model_config *c = &m->cfg;
     memset(st, 0, sizeof *st);
+    FORWARD_IF(gen_check(c, ps, o));
     double t_start = now_s();
     /* pending prompts, in file order */
     int n_todo = 0, max_prompt = 0, cap = 1, max_new = 1;
@@ -227,11 +404,15 @@ int gen_run(model *m, const tok *t, const prompt_set *ps, outfile *out,
             continue;
         const prompt *p = &ps->p[i];
         int mn = effective_max_new(p, o, c->max_pos);
+        kv_split sp;
+        kv_policy_split(&o->kv, p->n_ids, mn, p->line, &sp); /* checked above */
         todo[n_todo++] = p;
         if (p->n_ids > max_prompt)
             max_prompt = p->n_ids;
-        if (p->n_ids + mn > cap)
-            cap = p->n_ids + mn;
+        /* the cache holds the largest budget, not the longest sequence:
+         * that is where an evicting policy saves its memory */
+        if (sp.budget > cap)
+            cap = sp.budget;
         if (mn > max_new)
             max_new = mn;
     }
@@ -250,7 +431,9 @@ int gen_run(model *m, const tok *t, const prompt_set *ps, outfile *out,
     model_ctx *mc = NULL;
     block_buf bb = {0};
     seq_state *ss = calloc((size_t)B, sizeof *ss);
-    int rc = ss ? model_ctx_create(m, max_rows, B, cap, 0, &mc) : -ENOMEM;
+    int flags = (kv_policy_needs_scores(&o->kv) || o->kv_stats ? MODEL_CTX_SCORES : 0) |
+                (o->trace ? MODEL_CTX_EVICTED : 0);
+    int rc = ss ? model_ctx_create(m, max_rows, B, cap, flags, &mc) : -ENOMEM;
     if (rc == 0) {
         bb.ids = malloc(sizeof(int32_t) * (size_t)max_rows);
         bb.pos = malloc(sizeof(int32_t) * (size_t)max_rows);
@@ -271,6 +454,21 @@ int gen_run(model *m, const tok *t, const prompt_set *ps, outfile *out,
         if (!bb.ids || !bb.pos || !bb.last || !bb.tokens || !bb.members ||
             !bb.seqs || !bb.temp || !bb.topp || !bb.lps || !bb.u)
             rc = -ENOMEM;
+        size_t heads = (size_t)c->n_head;
+        if (o->trace) {
+            bb.ev = malloc(sizeof(int32_t) * (size_t)c->n_layer * B * heads);
+            bb.slot_pos = malloc(sizeof(int32_t) * heads * cap);
+            bb.kept = malloc((size_t)max_prompt);
+            if (!bb.ev || !bb.slot_pos || !bb.kept)
+                rc = -ENOMEM;
+        }
+        if (o->kv_stats) {
+            bb.scores = malloc(sizeof(float) * (size_t)B * heads * cap);
+            st->kept_mass = calloc((size_t)c->n_layer, sizeof(double));
+            st->n_layer = c->n_layer;
+            if (!bb.scores || !st->kept_mass)
+                rc = -ENOMEM;
+        }
         if (rc == -ENOMEM)
             err_set(__FILE__, __LINE__, "out of memory for a block of %d sequences", B);
     }
@@ -283,9 +481,11 @@ int gen_run(model *m, const tok *t, const prompt_set *ps, outfile *out,
             s->max_new = effective_max_new(s->p, o, c->max_pos);
             s->n_past = 0;
             s->n_slots = 0;
-            s->budget = cap; /* full: every token keeps its slot */
-            s->sinks = 0;
-            s->recent = 1;
+            kv_split sp;
+            kv_policy_split(&o->kv, s->p->n_ids, s->max_new, s->p->line, &sp);
+            s->budget = sp.budget;
+            s->sinks = sp.sinks;
+            s->recent = sp.recent;
             s->n_gen = 0;
             s->done = 0;
             s->finish = NULL;
@@ -317,7 +517,14 @@ int gen_run(model *m, const tok *t, const prompt_set *ps, outfile *out,
     free(bb.topp);
     free(bb.lps);
     free(bb.u);
+    free(bb.ev);
+    free(bb.slot_pos);
+    free(bb.kept);
+    free(bb.scores);
     model_ctx_destroy(mc);
+    if (st->kept_mass && st->kept_samples > 0)
+        for (int l = 0; l < st->n_layer; l++)
+            st->kept_mass[l] /= (double)st->kept_samples;
     free(todo);
     st->total_s = now_s() - t_start;
     return rc;

@@ -3,8 +3,10 @@
 #define FH_GEN_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "jobio.h"
+#include "kv_policy.h"
 #include "model.h"
 #include "tok.h"
 
@@ -17,20 +19,61 @@ typedef struct gen_opts {
     int prefill_rows;    /* most packed prompt tokens per prefill pass */
     int progress;        /* print a progress line on stderr */
     int ignore_eos;      /* run to max_new_tokens (benchmarks) */
+    kv_policy kv;        /* KV policy and budget; all zero = full */
+    FILE *trace;         /* --trace-evictions: one JSONL line per dropped token
+                          * (see gen_run), or NULL; caller-owned */
+    int kv_stats;        /* --stats: measure the kept attention mass per layer */
 } gen_opts;
 
 typedef struct gen_stats {
     long prompts, prefill_tokens, decode_tokens, generated;
     double prefill_s, decode_s, total_s;
+    /* --stats only: per layer, the mean over samples of the kept attention
+     * mass (see gen_run); (n_layer) malloc'd, free with gen_stats_free() */
+    double *kept_mass;
+    long kept_samples;   /* samples behind each mean: (sequence, head, pass) */
+    int n_layer;
 } gen_stats;
+
+/* Check the KV split of every prompt of ps under o->kv (kv_policy_split),
+ * before anything runs, so that a budget that leaves some prompt no recent
+ * slot stops the job with nothing written. @return 0 or -EINVAL. */
+int gen_check(const model_config *c, const prompt_set *ps, const gen_opts *o);
 
 /* Generate for every prompt of ps whose id is not yet in out, in file
  * order, appending one record per prompt as soon as it and all before it
  * are done. A prompt's output does not depend on its batch: positions,
  * cache slots and the sampler's random stream (seeded by seed and the id)
  * are its own. t may be NULL (completions are then empty strings).
+ *
+ * KV policy: each prompt gets its own budget and split (kv_policy_split),
+ * so its output does not depend on its batch either; the cache of the job
+ * has, per sequence, layer and head, as many slots as the largest budget.
+ *
+ * o->trace gets, per (prompt, layer, head), one line for every token that
+ * leaves the cache:
+ *   {"id": <prompt id>, "layer": l, "head": h, "step": s, "pos": p}
+ * step 0: dropped at prefill (the prompt exceeded the budget); step s >= 1:
+ * evicted when the s-th generated token (position prompt_len + s - 1) was
+ * inserted. Lines of one pass are in (layer, sequence, head, pos) order.
+ *
+ * o->kv_stats: after the prefill and after every decode step, for each
+ * sequence, layer and head, kept = (sum of the H2O scores of the tokens in
+ * the cache) / (number of queries so far). Every query hands out
+ * probability 1, so this is the share of all attention paid so far that
+ * went to tokens still cached (1 for full); st->kept_mass[l] is its mean.
  * @return 0 or -errno; records written before a failure stay. */
 int gen_run(model *m, const tok *t, const prompt_set *ps, outfile *out,
             const gen_opts *o, gen_stats *st);
+void gen_stats_free(gen_stats *st); /* accepts a zeroed struct */
+
+/* Print st->kept_mass, one "layer L: M" line per layer (--stats). */
+void gen_stats_print(FILE *f, const gen_stats *st, const gen_opts *o);
+
+/* Open the --trace-evictions file for appending. Without resume an
+ * existing non-empty file is refused; with resume only its complete lines
+ * of prompts already in out are kept (the others are generated again).
+ * @return 0 or -errno; the caller fcloses *f. */
+int gen_trace_open(const char *path, int resume, const outfile *out, FILE **f);
 
 #endif

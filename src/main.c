@@ -83,7 +83,22 @@ static const char generate_help[] =
     "  --resume             skip prompts whose id is already in --out\n"
     "  --strict             stop at the first bad prompt line instead of skipping it\n"
     "  --ignore-eos         always generate max_new_tokens (benchmarks)\n"
-    "  --threads N          CPU threads (default: all cores)\n";
+    "  --threads N          CPU threads (default: all cores)\n"
+    "\n"
+    "KV cache policy (DESIGN.md \"H2O KV policy\"; B slots per sequence, layer and head):\n"
+    "  --kv-policy P        full (default), h2o, window (the B newest tokens) or\n"
+    "                       streaming (--sinks first tokens + the newest)\n"
+    "  --kv-ratio R         B = ceil(R x (prompt tokens + max new tokens)) per prompt, R in (0, 1]\n"
+    "  --kv-budget B        B slots for every prompt (give one of --kv-ratio, --kv-budget)\n"
+    "  --sinks N            first tokens never evicted (h2o, streaming; default 0)\n"
+    "  --hh-share S         h2o: heavy = floor((B - sinks) x S), recent = B - sinks - heavy\n"
+    "                       (default 0.5); recent must be >= 1\n"
+    "  --trace-evictions F  JSONL, one line per token leaving a cache: {\"id\", \"layer\",\n"
+    "                       \"head\", \"step\", \"pos\"}; step 0 = dropped at prefill, step s =\n"
+    "                       evicted when generated token s was inserted (--resume appends)\n"
+    "  --stats              print per layer the kept attention mass: the mean, over\n"
+    "                       sequences, heads and passes, of (accumulated attention of the\n"
+    "                       cached tokens) / (queries so far); 1 = nothing attended was lost\n";
 
 static int cmd_generate(int argc, char **argv)
 {
@@ -104,14 +119,21 @@ static int cmd_generate(int argc, char **argv)
         {"strict", no_argument, 0, 'S'},
         {"quiet", no_argument, 0, 'q'},
         {"ignore-eos", no_argument, 0, 'E'},
+        {"kv-policy", required_argument, 0, 'K'},
+        {"kv-ratio", required_argument, 0, 'Q'},
+        {"kv-budget", required_argument, 0, 'B'},
+        {"sinks", required_argument, 0, 'k'},
+        {"hh-share", required_argument, 0, 'H'},
+        {"trace-evictions", required_argument, 0, 'V'},
+        {"stats", no_argument, 0, 'X'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     const char *model_dir = NULL, *dummy = NULL, *prompts = NULL, *outp = NULL;
-    const char *device = NULL;
+    const char *device = NULL, *trace_path = NULL;
     int resume = 0, strict = 0, quiet = 0, threads = 0, seed = 0;
     gen_opts go = {.batch_size = 8, .max_new = 32, .temperature = 0.0f, .top_p = 1.0f,
-                   .prefill_rows = 4096, .progress = 1};
+                   .prefill_rows = 4096, .progress = 1, .kv = {.hh_share = 0.5}};
     int c, rc;
     opterr = 0;
     optind = 1;
@@ -154,6 +176,34 @@ static int cmd_generate(int argc, char **argv)
         case 'S': strict = 1; break;
         case 'q': quiet = 1; break;
         case 'E': go.ignore_eos = 1; break;
+        case 'K':
+            if (kv_policy_parse(optarg, &go.kv.kind) < 0)
+                return usage_error("generate", err_msg());
+            break;
+        case 'Q': {
+            float r;
+            if ((rc = parse_float("generate", "--kv-ratio", optarg, 1e-9, 1, &r)))
+                return rc;
+            go.kv.ratio = r;
+            break;
+        }
+        case 'B':
+            if ((rc = parse_int("generate", "--kv-budget", optarg, 1, 1 << 24, &go.kv.budget)))
+                return rc;
+            break;
+        case 'k':
+            if ((rc = parse_int("generate", "--sinks", optarg, 0, 1 << 24, &go.kv.sinks)))
+                return rc;
+            break;
+        case 'H': {
+            float sh;
+            if ((rc = parse_float("generate", "--hh-share", optarg, 0, 1, &sh)))
+                return rc;
+            go.kv.hh_share = sh;
+            break;
+        }
+        case 'V': trace_path = optarg; break;
+        case 'X': go.kv_stats = 1; break;
         case 'h': fputs(generate_help, stdout); return 0;
         default: {
             char msg[256];
@@ -175,6 +225,8 @@ static int cmd_generate(int argc, char **argv)
         return usage_error("generate", "--prompts and --out are required");
     go.seed = (uint64_t)seed;
     go.progress = !quiet;
+    if (kv_policy_check(&go.kv) < 0)
+        return usage_error("generate", err_msg());
 
     backend be = {0};
     int want_cuda = device ? strcmp(device, "cuda") == 0 : kern_cuda_available();
@@ -191,8 +243,8 @@ static int cmd_generate(int argc, char **argv)
     tok *t = NULL;
     prompt_set ps = {0};
     outfile out = {0};
-    gen_stats st;
-    int status = 0;
+    gen_stats st = {0};
+    int status = 0, kv_usage = 0;
     if (model_dir) {
         rc = model_load_hf(model_dir, &be, &m);
         if (rc == 0)
@@ -206,18 +258,28 @@ static int cmd_generate(int argc, char **argv)
     if (rc == 0)
         rc = prompts_load(prompts, t, m->cfg.bos_id, m->cfg.vocab_size,
                           m->cfg.max_pos - 1, strict, &ps);
+    if (rc == 0 && (rc = gen_check(&m->cfg, &ps, &go)) < 0)
+        kv_usage = 1; /* a budget too small for a prompt: fix the flags */
     if (rc == 0)
         rc = outfile_open(outp, resume, &out);
+    if (rc == 0 && trace_path)
+        rc = gen_trace_open(trace_path, resume, &out, &go.trace);
     if (rc == 0)
         rc = gen_run(m, t, &ps, &out, &go, &st);
+    if (go.trace && fclose(go.trace) != 0 && rc == 0) {
+        err_set(__FILE__, __LINE__, "%s: closing failed", trace_path);
+        rc = -EIO;
+    }
     if (out.f) {
         int crc = outfile_close(&out);
         if (rc == 0)
             rc = crc;
     }
     if (rc < 0) {
-        status = fail();
+        status = kv_usage ? usage_error("generate", err_msg()) : fail();
     } else {
+        if (go.kv_stats)
+            gen_stats_print(stdout, &st, &go);
         if (!quiet)
             fprintf(stderr,
                     "[flexh2o] %ld prompts on %s: prefill %.1f tok/s (%ld tokens), "
@@ -235,6 +297,7 @@ static int cmd_generate(int argc, char **argv)
             status = 3;
         }
     }
+    gen_stats_free(&st);
     prompts_free(&ps);
     tok_destroy(t);
     model_destroy(m);

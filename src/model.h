@@ -57,11 +57,18 @@ typedef struct model_ctx {
                                     * H2O scores kept (then eviction is by age) */
     void *colsum;                  /* (max_rows, n_head) fp32 prefill column sums, or NULL */
     void *self_p;                  /* (max_seq, n_head) fp32 decode self-attention, or NULL */
-    void *evicted;                 /* (max_seq, n_head) int32 evicted positions, or NULL */
+    void *evicted;                 /* (n_layer, max_seq, n_head) int32: the position each
+                                    * (layer, sequence, head) evicted in the last decode
+                                    * pass, -1 for none; NULL unless MODEL_CTX_EVICTED */
 } model_ctx;
 
-/* with_scores: keep H2O scores (any policy that can evict by score). */
-int model_ctx_create(model *m, int max_rows, int max_seq, int cap, int with_scores,
+/* model_ctx_create flags. */
+#define MODEL_CTX_SCORES 1  /* keep H2O scores (h2o eviction, --stats) */
+#define MODEL_CTX_EVICTED 2 /* record evicted positions (--trace-evictions) */
+
+/* flags: MODEL_CTX_* or'ed (0: no scores, eviction by age only).
+ * @return 0 or -errno; free with model_ctx_destroy(). */
+int model_ctx_create(model *m, int max_rows, int max_seq, int cap, int flags,
                      model_ctx **out);
 void model_ctx_destroy(model_ctx *c); /* accepts NULL */
 

@@ -20,9 +20,10 @@
 #include "err.h"
 #include "model.h"
 
-int model_ctx_create(model *m, int max_rows, int max_seq, int cap, int with_scores,
+int model_ctx_create(model *m, int max_rows, int max_seq, int cap, int flags,
                      model_ctx **out)
 {
+    int with_scores = flags & MODEL_CTX_SCORES;
     const model_config *c = &m->cfg;
     const backend_ops *o = m->be->ops;
     void *ctx = m->be->ctx;
@@ -52,6 +53,8 @@ int model_ctx_create(model *m, int max_rows, int max_seq, int cap, int with_scor
     size_t kv = slots * (size_t)c->head_dim;
     if (rc == 0 && with_scores) rc = o->alloc_f32(ctx, r * (size_t)c->n_head, &mc->colsum);
     if (rc == 0 && with_scores) rc = o->alloc_f32(ctx, (size_t)max_seq * c->n_head, &mc->self_p);
+    if (rc == 0 && (flags & MODEL_CTX_EVICTED))
+        rc = o->alloc_f32(ctx, (size_t)c->n_layer * max_seq * c->n_head, &mc->evicted);
     for (int l = 0; rc == 0 && l < c->n_layer; l++) {
         rc = o->alloc(ctx, kv, &mc->kc[l]);
         if (rc == 0)
@@ -141,6 +144,7 @@ int model_forward(model_ctx *mc, const int32_t *ids, const int32_t *pos,
         FORWARD_IF(o->linear(ctx, qkv, mc->h, L->wqkv, L->bqkv, n_rows, 3 * d, d, 0));
         const char *q = qkv, *k = qkv + (size_t)d * es, *v = qkv + (size_t)2 * d * es;
         void *sc = mc->scores ? mc->scores[l] : NULL;
+        void *ev = mc->evicted ? (char *)mc->evicted + (size_t)l * mc->max_seq * H * 4 : NULL;
         if (prefill == 1) {
             FORWARD_IF(o->attn_prefill(ctx, mc->att, d, q, k, v, 3 * d, seqs, n_seq, H, hd,
                                        scale, mc->colsum));
@@ -150,8 +154,7 @@ int model_forward(model_ctx *mc, const int32_t *ids, const int32_t *pos,
             FORWARD_IF(o->attn_decode(ctx, mc->att, d, q, k, v, 3 * d, mc->kc[l], mc->vc[l],
                                       seqs, n_seq, H, hd, mc->cap, scale, sc, mc->self_p));
             FORWARD_IF(o->kv_insert(ctx, mc->kc[l], mc->vc[l], sc, mc->pos[l], k, v, 3 * d,
-                                    mc->self_p, seqs, n_seq, H, hd, mc->cap,
-                                    mc->evicted));
+                                    mc->self_p, seqs, n_seq, H, hd, mc->cap, ev));
         }
         FORWARD_IF(o->linear(ctx, mc->h, mc->att, L->wo, L->bo, n_rows, d, d, 0));
         FORWARD_IF(o->add(ctx, mc->x, mc->h, (size_t)n_rows * d));
