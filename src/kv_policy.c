@@ -31,7 +31,8 @@ static void split_of(const kv_policy *kp, int b, kv_split *s)
 {
     s->budget = b;
     s->sinks = kp->kind == KV_POLICY_WINDOW ? 0 : kp->sinks;
-    s->heavy = kp->kind == KV_POLICY_H2O ? (int)floor((b - s->sinks) * kp->hh_share) : 0;
+    /* the 1e-9 keeps 0.29 * 100 = 28.999999999999996 at 29 */
+    s->heavy = kp->kind == KV_POLICY_H2O ? (int)floor((b - s->sinks) * kp->hh_share + 1e-9) : 0;
     if (s->heavy < 0)
         s->heavy = 0;
     s->recent = b - s->sinks - s->heavy;

@@ -184,7 +184,7 @@ static int cmd_generate(int argc, char **argv)
             float r;
             if ((rc = parse_float("generate", "--kv-ratio", optarg, 1e-9, 1, &r)))
                 return rc;
-            go.kv.ratio = r;
+            go.kv.ratio = strtod(optarg, NULL); /* not r: 0.3f x 20 would round up to 7 */
             break;
         }
         case 'B':
@@ -199,7 +199,7 @@ static int cmd_generate(int argc, char **argv)
             float sh;
             if ((rc = parse_float("generate", "--hh-share", optarg, 0, 1, &sh)))
                 return rc;
-            go.kv.hh_share = sh;
+            go.kv.hh_share = strtod(optarg, NULL); /* as typed: 0.7f x 10 floors to 6 */
             break;
         }
         case 'V': trace_path = optarg; break;
