@@ -413,9 +413,12 @@ int gen_run(model *m, const tok *t, const prompt_set *ps, outfile *out,
          * that is where an evicting policy saves its memory */
         if (sp.budget > cap)
             cap = sp.budget;
+        if (p->n_ids + mn > st->kv_slots_full)
+            st->kv_slots_full = p->n_ids + mn;
         if (mn > max_new)
             max_new = mn;
     }
+    st->kv_slots = cap;
     int B = o->batch_size < n_todo ? o->batch_size : n_todo;
     if (B == 0) {
         free(todo);

@@ -32,6 +32,8 @@ typedef struct gen_stats {
      * mass (see gen_run); (n_layer) malloc'd, free with gen_stats_free() */
     double *kept_mass;
     long kept_samples;   /* samples behind each mean: (sequence, head, pass) */
+    int kv_slots;        /* KV slots per (sequence, layer, head): the largest budget */
+    int kv_slots_full;   /* what `full` would have needed: the longest prompt + max_new */
     int n_layer;
 } gen_stats;
 

@@ -290,6 +290,10 @@ static int cmd_generate(int argc, char **argv)
                     st.decode_s > 0 ? st.decode_tokens / st.decode_s : 0.0,
                     st.decode_tokens, st.total_s > 0 ? st.generated / st.total_s : 0.0,
                     st.total_s);
+        if (!quiet && go.kv.kind != KV_POLICY_FULL && st.kv_slots > 0)
+            fprintf(stderr, "[flexh2o] --kv-policy %s: KV cache of %d slots per sequence, "
+                    "layer and head (full: %d)\n", kv_policy_name(go.kv.kind), st.kv_slots,
+                    st.kv_slots_full);
         if (ps.n_bad > 0) {
             fprintf(stderr, "flexh2o: %d prompt line%s of %s skipped (reported above); "
                     "fix them and rerun with --resume\n", ps.n_bad,

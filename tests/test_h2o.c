@@ -546,6 +546,10 @@ static int run(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
     va_end(ap);
+    /* the reference semantics are checked on the fp32 CPU backend, also
+     * where a GPU is present */
+    if (strncmp(args, "generate ", 9) == 0)
+        strncat(args, " --device cpu", sizeof args - strlen(args) - 1);
     /* passive: the tests run side by side on few cores, and spinning
      * OpenMP workers of one run would starve the others */
     snprintf(cmd, sizeof cmd, "cd %s && OMP_WAIT_POLICY=passive %s %s >stdout.txt 2>stderr.txt",
@@ -802,6 +806,11 @@ Test(h2o_cli, window_equals_streaming_without_sinks_and_h2o_differs)
                  errtext);
     cr_assert_eq(run("%s --out h.jsonl --kv-policy h2o --kv-budget 5", base), 0, "%s",
                  errtext);
+    /* the cache holds the largest budget, ceil(0.25 x 29) = 8, not 20 + 9 */
+    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --ignore-eos --out h2.jsonl "
+                     "--kv-policy h2o --kv-ratio 0.25"), 0, "%s", errtext);
+    cr_assert(strstr(errtext, "--kv-policy h2o: KV cache of 8 slots per sequence, layer and "
+                              "head (full: 29)"), "%s", errtext);
     char *w = read_file("w.jsonl"), *s = read_file("s.jsonl"), *h = read_file("h.jsonl");
     cr_assert_str_eq(w, s);
     cr_assert_str_neq(w, h, "h2o kept the same tokens as the window");
