@@ -26,12 +26,13 @@ set -- $steps
 while [ $# -gt 0 ]; do
   case $1 in
     test)
-      meson test -C build-gpu --print-errorlogs > "$OUT/test.log" 2>&1 || true
+      timeout -s INT 240 meson test -C build-gpu --print-errorlogs --timeout-multiplier 0.5 \
+        > "$OUT/test.log" 2>&1 || true
       cp build-gpu/meson-logs/testlog.txt "$OUT/testlog.txt"
       grep -E "^ *[0-9]+/[0-9]+ |^Ok|^Fail|^Skipped" "$OUT/test.log"
       ;;
     kernels)
-      build-gpu/benchmarks/flexh2o-bench-kernels | tee "$OUT/kernels.md"
+      timeout 120 build-gpu/benchmarks/flexh2o-bench-kernels | tee "$OUT/kernels.md"
       ;;
     generate)
       shift
@@ -40,6 +41,15 @@ while [ $# -gt 0 ]; do
           --gen-len 32 --batches 1,16,64 --flexh2o build-gpu/src/flexh2o \
           | tee "$OUT/generate-$m.md"
       done
+      ;;
+    smoke)
+      # one tiny generation on the GPU, stderr shown, bounded in time
+      printf '%s\n' '{"prompt_ids": [2, 37, 101, 5, 300]}' '{"prompt": "Hello"}' > /tmp/p.jsonl
+      rm -f /tmp/o.jsonl
+      timeout 60 build-gpu/src/flexh2o generate --model tests/fixtures/tiny-opt \
+        --prompts /tmp/p.jsonl --out /tmp/o.jsonl --max-new-tokens 6 --device cuda; echo "rc $?"
+      cat /tmp/o.jsonl || true
+      timeout 120 build-gpu/tests/test_kern_cuda --verbose 2>&1 | tail -40
       ;;
     *) echo "unknown step $1"; exit 2 ;;
   esac
