@@ -65,9 +65,15 @@ __global__ void prefill_attn(__half *out, int ldo, const __half *q, const __half
     if (gl < hd8)
         load8(q + (size_t)(sq.row + i) * ld + hc + gl * 8, qf);
     float m = -INFINITY, l = 0.0f, o[8] = {0};
-    for (int j = grp; j <= i; j += R) {
-        size_t r = (size_t)(sq.row + j) * ld + hc;
+    /* the loop bound is the same for the whole warp: group_dot shuffles
+     * over all 32 lanes, so groups past the end compute on a valid row and
+     * discard the result */
+    for (int j0 = 0; j0 <= i; j0 += R) {
+        int j = j0 + grp;
+        size_t r = (size_t)(sq.row + (j <= i ? j : i)) * ld + hc;
         float sc = group_dot<G>(qf, k + r, gl, hd8) * scale;
+        if (j > i)
+            continue;
         float mn = fmaxf(m, sc), a = __expf(m - mn), p = __expf(sc - mn);
         l = l * a + p;
         float vf[8] = {0};
@@ -109,11 +115,13 @@ __global__ void prefill_colsum(float *colsum, const __half *q, const __half *k, 
     if (gl < hd8)
         load8(k + (size_t)(sq.row + j) * ld + hc + gl * 8, kf);
     float sum = 0.0f;
-    for (int i = j + grp; i < sq.n_new; i += R) {
-        size_t r = (size_t)(sq.row + i);
+    for (int i0 = j; i0 < sq.n_new; i0 += R) { /* warp-uniform bound, see above */
+        int i = i0 + grp;
+        size_t r = (size_t)(sq.row + (i < sq.n_new ? i : i0));
         float sc = group_dot<G>(kf, q + r * ld + hc, gl, hd8) * scale;
         const float *st = stats + (r * n_head + h) * 2;
-        sum += __expf(sc - st[0]) / st[1];
+        if (i < sq.n_new)
+            sum += __expf(sc - st[0]) / st[1];
     }
     /* one value per group (lane gl == 0 holds it like the others); add the
      * groups in xor order */
@@ -212,8 +220,12 @@ __global__ void decode_pass1(const __half *q, const __half *k, int ld, const __h
     const __half *knew = k + (size_t)sq.row * ld + hc;
     float m = -INFINITY, l = 0.0f;
     int end = min(c * CHUNK + CHUNK, n + 1);
-    for (int t = c * CHUNK + warp * R + grp; t < end; t += WARPS * R) {
-        float sc = group_dot<G>(qf, vrow(kc, knew, base, t, n, hd), gl, hd8) * scale;
+    for (int t0 = c * CHUNK + warp * R; t0 < end; t0 += WARPS * R) { /* warp-uniform */
+        int t = t0 + grp;
+        float sc = group_dot<G>(qf, vrow(kc, knew, base, t < end ? t : t0, n, hd), gl, hd8) *
+                   scale;
+        if (t >= end)
+            continue;
         if (gl == 0)
             w.logit[(size_t)pair * (cap + 1) + t] = sc;
         float mn = fmaxf(m, sc);
