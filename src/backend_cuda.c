@@ -97,7 +97,9 @@ static void cuda_destroy(void *ctx)
     free(c);
 }
 
-static int cuda_alloc_bytes(size_t bytes, void **out)
+/* The zeroing is queued on the compute stream: a plain cudaMemset would go
+ * to the legacy stream, which a non-blocking stream does not wait for. */
+static int cuda_alloc_bytes(cuda_ctx *c, size_t bytes, void **out)
 {
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, bytes ? bytes : 16);
@@ -109,21 +111,19 @@ static int cuda_alloc_bytes(size_t bytes, void **out)
                   "lower --batch-size, use a smaller model or --device cpu",
                   bytes / 1048576.0, free_b / 1048576.0, total_b / 1048576.0);
     }
-    CK(cudaMemset(p, 0, bytes ? bytes : 16));
+    CK(cudaMemsetAsync(p, 0, bytes ? bytes : 16, c->stream));
     *out = p;
     return 0;
 }
 
 static int cuda_alloc(void *ctx, size_t n, void **out)
 {
-    (void)ctx;
-    return cuda_alloc_bytes(n * 2, out);
+    return cuda_alloc_bytes(ctx, n * 2, out);
 }
 
 static int cuda_alloc_f32(void *ctx, size_t n, void **out)
 {
-    (void)ctx;
-    return cuda_alloc_bytes(n * 4, out);
+    return cuda_alloc_bytes(ctx, n * 4, out);
 }
 
 static void cuda_free(void *ctx, void *p)
