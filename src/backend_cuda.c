@@ -392,7 +392,7 @@ int backend_cuda_create(int device, backend *out)
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        RETURN_IF(1, -ENODEV, "no usable CUDA GPU (%s); use --device cpu",
+        RETURN_IF(1, -ENODEV, "no CUDA GPU found (%s); use --device cpu",
                   cudaGetErrorString(e));
     }
     RETURN_IF(n == 0, -ENODEV, "no CUDA GPU found; use --device cpu");

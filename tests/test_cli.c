@@ -11,6 +11,7 @@
 
 #include "err.h"
 #include "fh_config.h"
+#include "kern.h"
 #include "model_config.h"
 
 #define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
@@ -285,6 +286,27 @@ Test(cli, usage_errors)
     cr_assert(strstr(errtext, "missing.jsonl: cannot open the prompt file"), "%s", errtext);
     cr_assert_eq(run("frobnicate"), 2);
     cr_assert(strstr(errtext, "usage: flexh2o <generate|tokenize|make-model>"), "%s", errtext);
+}
+
+Test(cli, cuda_without_a_gpu_says_so_and_cpu_still_works)
+{
+    if (kern_cuda_available())
+        cr_skip_test("a GPU is present: the no-GPU message cannot be provoked here");
+    write_file("p.jsonl", "{\"prompt_ids\": [2, 9]}\n");
+    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --device cuda"),
+                 1);
+    cr_assert(strstr(errtext, FH_HAVE_CUDA ? "no CUDA GPU found" : "built without CUDA"), "%s",
+              errtext);
+    cr_assert(strstr(errtext, "--device cpu"), "%s", errtext);
+    char out[300];
+    snprintf(out, sizeof out, "%s/o.jsonl", dir);
+    cr_assert_eq(access(out, F_OK), -1, "nothing may be written when set-up fails");
+    /* the default device falls back to the CPU */
+    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --quiet "
+                     "--max-new-tokens 2 --device cpu"), 0, "%s", errtext);
+    cJSON *r = records("o.jsonl");
+    cr_assert_eq(cJSON_GetArraySize(r), 1);
+    cJSON_Delete(r);
 }
 
 Test(cli, existing_output_is_never_overwritten)
