@@ -1,6 +1,11 @@
 /* backend_cuda.c: the CUDA backend: fp16 storage, fp32 accumulation,
  * cuBLAS (tensor cores) for the linear layers, kernels/<op>.cu for the rest.
  *
+ * Linear layers go through cuBLASLt with the bias (+ ReLU) fused into the
+ * matrix product's epilogue; the plan of each (m, n, k, epilogue) is found
+ * once by cuBLASLt's heuristic and cached. Where cuBLASLt offers no plan,
+ * cublasGemmEx and a bias/ReLU kernel do the same.
+ *
  * Everything runs on one compute stream in issue order. Host arrays the ops
  * take (ids, positions, kern_seq) are copied to device staging buffers on
  * that stream; a kern_seq array equal to the last one sent is not sent
@@ -9,6 +14,7 @@
  * allocate after its first step. The only host wait per step is for the
  * sampled tokens.
  */
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -47,8 +53,23 @@ typedef struct grow_buf {
     size_t bytes;
 } grow_buf;
 
+/* A cached cuBLASLt plan for y(m, n) = x(m, k) w(n, k)^T (+ b, ReLU). */
+typedef struct lt_plan {
+    int m, n, k, epi, usable;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+} lt_plan;
+
+#define LT_PLANS 64
+#define LT_WORKSPACE ((size_t)32 << 20)
+
 typedef struct cuda_ctx {
     int device;
+    cublasLtHandle_t lt;
+    lt_plan plans[LT_PLANS];
+    int n_plans;
+    void *lt_work;       /* LT_WORKSPACE bytes */
     cudaStream_t stream;
     cublasHandle_t blas;
     grow_buf ids, pos, rows, seqs, work, samp;
@@ -89,6 +110,16 @@ static void cuda_destroy(void *ctx)
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         cudaFree(bufs[i]->p);
     cudaFreeHost(c->pinned);
+    for (int i = 0; i < c->n_plans; i++) {
+        lt_plan *p = &c->plans[i];
+        cublasLtMatrixLayoutDestroy(p->a);
+        cublasLtMatrixLayoutDestroy(p->b);
+        cublasLtMatrixLayoutDestroy(p->c);
+        cublasLtMatmulDescDestroy(p->op);
+    }
+    cudaFree(c->lt_work);
+    if (c->lt)
+        cublasLtDestroy(c->lt);
     if (c->blas)
         cublasDestroy(c->blas);
     if (c->stream)
@@ -228,8 +259,67 @@ static int cuda_layernorm(void *ctx, void *out, const void *x, const void *w, co
 }
 
 /* y(m, n) = x(m, k) w(n, k)^T: in cuBLAS's column-major terms
- * Y^T(n, m) = W^T . X^T, i.e. op(A) = T on w (ld k), B = x (ld k). fp16 in
- * and out, fp32 compute (tensor cores). */
+ * Y^T(n, m) = W^T . X^T, i.e. op(A) = T on w (ld k), B = x (ld k); the
+ * bias runs along Y^T's rows, which is what cuBLASLt's bias epilogue adds.
+ * fp16 in and out, fp32 compute (tensor cores). */
+#define LK(call)                                                                       \
+    do {                                                                               \
+        cublasStatus_t lk_s_ = (call);                                                 \
+        RETURN_IF(lk_s_ != CUBLAS_STATUS_SUCCESS, -EIO, "cuBLASLt: %s: %s", #call,     \
+                  cublasGetStatusString(lk_s_));                                       \
+    } while (0)
+
+static int lt_plan_make(cuda_ctx *c, lt_plan *p)
+{
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cublasLtEpilogue_t epi = p->epi == 3   ? CUBLASLT_EPILOGUE_RELU_BIAS
+                             : p->epi == 1 ? CUBLASLT_EPILOGUE_BIAS
+                             : p->epi == 2 ? CUBLASLT_EPILOGUE_RELU
+                                           : CUBLASLT_EPILOGUE_DEFAULT;
+    LK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    LK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    LK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    LK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16F, (uint64_t)p->k, (uint64_t)p->n, p->k));
+    LK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16F, (uint64_t)p->k, (uint64_t)p->m, p->k));
+    LK(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_16F, (uint64_t)p->n, (uint64_t)p->m, p->n));
+    cublasLtMatmulPreference_t pref;
+    LK(cublasLtMatmulPreferenceCreate(&pref));
+    size_t ws = LT_WORKSPACE;
+    cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->a, p->b, p->c, p->c, pref, 1, &res,
+                                            &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    p->usable = st == CUBLAS_STATUS_SUCCESS && found > 0;
+    if (p->usable)
+        p->algo = res.algo;
+    return 0;
+}
+
+static lt_plan *lt_plan_get(cuda_ctx *c, int m, int n, int k, int epi)
+{
+    for (int i = 0; i < c->n_plans; i++) {
+        lt_plan *p = &c->plans[i];
+        if (p->m == m && p->n == n && p->k == k && p->epi == epi)
+            return p;
+    }
+    if (c->n_plans == LT_PLANS)
+        return NULL; /* a job with this many shapes takes the GemmEx path */
+    lt_plan *p = &c->plans[c->n_plans];
+    memset(p, 0, sizeof *p);
+    p->m = m, p->n = n, p->k = k, p->epi = epi;
+    if (lt_plan_make(c, p) < 0) {
+        err_clear();
+        return NULL;
+    }
+    c->n_plans++;
+    return p;
+}
+
 static int cuda_linear(void *ctx, void *y, const void *x, const void *w, const void *b, int m,
                        int n, int k, int relu)
 {
@@ -237,6 +327,15 @@ static int cuda_linear(void *ctx, void *y, const void *x, const void *w, const v
     if (m == 0)
         return 0;
     const float one = 1.0f, zero = 0.0f;
+    lt_plan *p = lt_plan_get(c, m, n, k, (b ? 1 : 0) | (relu ? 2 : 0));
+    if (p && p->usable) {
+        if (b)
+            LK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b,
+                                              sizeof b));
+        LK(cublasLtMatmul(c->lt, p->op, &one, w, p->a, x, p->b, &zero, y, p->c, y, p->c,
+                          &p->algo, c->lt_work, LT_WORKSPACE, c->stream));
+        return 0;
+    }
     CB(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, w, CUDA_R_16F, k, x,
                     CUDA_R_16F, k, &zero, y, CUDA_R_16F, n, CUBLAS_COMPUTE_32F,
                     CUBLAS_GEMM_DEFAULT));
@@ -407,6 +506,8 @@ int backend_cuda_create(int device, backend *out)
         e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
     if (e == cudaSuccess)
         e = cudaHostAlloc(&c->pinned, PINNED_BYTES, cudaHostAllocDefault);
+    if (e == cudaSuccess)
+        e = cudaMalloc(&c->lt_work, LT_WORKSPACE);
     if (e != cudaSuccess) {
         err_set(__FILE__, __LINE__, "CUDA set-up on device %d failed: %s", device,
                 cudaGetErrorString(e));
@@ -416,6 +517,8 @@ int backend_cuda_create(int device, backend *out)
         cublasStatus_t s = cublasCreate(&c->blas);
         if (s == CUBLAS_STATUS_SUCCESS)
             s = cublasSetStream(c->blas, c->stream);
+        if (s == CUBLAS_STATUS_SUCCESS)
+            s = cublasLtCreate(&c->lt);
         if (s != CUBLAS_STATUS_SUCCESS) {
             err_set(__FILE__, __LINE__, "cuBLAS set-up failed: %s", cublasGetStatusString(s));
             rc = -EIO;
