@@ -371,3 +371,97 @@ extern "C" int kern_attn_decode_cuda(void *out, int ldo, const void *q, const vo
                            n_head, head_dim, cap, scale, scores, self_p, work, max_slots,
                            kstream(stream));
 }
+
+/* ------------------------------------------- prefill through the GEMMs
+ * The backend computes S = scale Q K^T per head with a batched GEMM into
+ * fp32, then these two kernels make P = causal softmax(S) (fp16, zeros above
+ * the diagonal, ready for the P V GEMM) and the column sums of P in fp32
+ * from S itself, so the H2O scores do not see P's fp16 rounding. */
+
+#define SM_THREADS 256
+
+/* One block per (head, query row i): P[i][j] = exp(S[i][j] - m) / l, j <= i. */
+__global__ void prefill_softmax(const float *S, __half *P, float *stats, int n)
+{
+    __shared__ float red[SM_THREADS / 32];
+    __shared__ float bc;
+    int i = blockIdx.x, h = blockIdx.y;
+    const float *s = S + ((size_t)h * n + i) * n;
+    __half *p = P + ((size_t)h * n + i) * n;
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j <= i; j += SM_THREADS)
+        m = fmaxf(m, s[j]);
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2)
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    if (threadIdx.x % 32 == 0)
+        red[threadIdx.x / 32] = m;
+    __syncthreads(); /* warp maxima written */
+    if (threadIdx.x == 0) {
+        float t = -INFINITY;
+        for (int w = 0; w < SM_THREADS / 32; w++)
+            t = fmaxf(t, red[w]);
+        bc = t;
+    }
+    __syncthreads(); /* the row max is in bc; red free again */
+    m = bc;
+    float l = 0.0f;
+    for (int j = threadIdx.x; j <= i; j += SM_THREADS)
+        l += __expf(s[j] - m);
+    l = group_sum<32>(l);
+    if (threadIdx.x % 32 == 0)
+        red[threadIdx.x / 32] = l;
+    __syncthreads(); /* warp sums written */
+    if (threadIdx.x == 0) {
+        float t = 0.0f;
+        for (int w = 0; w < SM_THREADS / 32; w++)
+            t += red[w];
+        bc = t;
+        if (stats) {
+            stats[((size_t)h * n + i) * 2] = m;
+            stats[((size_t)h * n + i) * 2 + 1] = t;
+        }
+    }
+    __syncthreads(); /* the row sum is in bc */
+    float inv = 1.0f / bc;
+    for (int j = threadIdx.x; j < n; j += SM_THREADS)
+        p[j] = __float2half_rn(j <= i ? __expf(s[j] - m) * inv : 0.0f);
+}
+
+/* colsum[(row0 + j) * n_head + h0 + h] = sum_{i >= j} exp(S[i][j] - m_i) / l_i;
+ * one thread per column j (consecutive threads read consecutive columns). */
+__global__ void prefill_colsum_gemm(const float *S, const float *stats, float *colsum, int n,
+                                    int row0, int n_head, int h0)
+{
+    int j = blockIdx.x * blockDim.x + threadIdx.x, h = blockIdx.y;
+    if (j >= n)
+        return;
+    const float *s = S + (size_t)h * n * n;
+    const float *st = stats + (size_t)h * n * 2;
+    float sum = 0.0f;
+    for (int i = j; i < n; i++)
+        sum += __expf(s[(size_t)i * n + j] - st[2 * i]) / st[2 * i + 1];
+    colsum[(size_t)(row0 + j) * n_head + h0 + h] = sum;
+}
+
+extern "C" int kern_prefill_softmax_cuda(const float *S, void *P, float *stats, int n, int heads,
+                                         void *stream)
+{
+    if (n == 0 || heads == 0)
+        return 0;
+    prefill_softmax<<<dim3((unsigned)n, (unsigned)heads), SM_THREADS, 0, kstream(stream)>>>(
+        S, (__half *)P, stats, n);
+    KLAUNCHED();
+    return 0;
+}
+
+extern "C" int kern_prefill_colsum_cuda(const float *S, const float *stats, float *colsum, int n,
+                                        int heads, int row0, int n_head, int h0, void *stream)
+{
+    if (n == 0 || heads == 0)
+        return 0;
+    prefill_colsum_gemm<<<dim3(kblocks((size_t)n, 128), (unsigned)heads), 128, 0,
+                          kstream(stream)>>>(S, stats, colsum, n, row0, n_head, h0);
+    KLAUNCHED();
+    return 0;
+}

@@ -164,6 +164,17 @@ int kern_attn_prefill_cuda(void *out, int ldo, const void *q, const void *k,
                            const void *v, int ld, const kern_seq *seqs, int n_seq,
                            int n_head, int head_dim, float scale, float *colsum,
                            float *work, int max_new, void *stream);
+/* The tensor-core form of prefill attention, per sequence of n tokens and a
+ * group of `heads` heads: the caller forms S (heads, n, n) fp32 = scale Q K^T
+ * with a batched GEMM; kern_prefill_softmax_cuda writes P (heads, n, n) fp16
+ * = causal softmax(S) (zeros above the diagonal) and, when stats is not
+ * NULL, (heads, n, 2) row max and sum; kern_prefill_colsum_cuda then writes
+ * the column sums of the softmax, from S in fp32, to colsum[(row0 + j) *
+ * n_head + h0 + h]; the caller forms out = P V with a second GEMM. */
+int kern_prefill_softmax_cuda(const float *S, void *P, float *stats, int n, int heads,
+                              void *stream);
+int kern_prefill_colsum_cuda(const float *S, const float *stats, float *colsum, int n,
+                             int heads, int row0, int n_head, int h0, void *stream);
 /* kern_kv_prefill_ref. max_new: the largest n_new. */
 int kern_kv_prefill_cuda(void *kc, void *vc, float *scores, int32_t *pos,
                          const void *k, const void *v, int ld, const float *colsum,

@@ -370,21 +370,87 @@ static int max_of(const kern_seq *seqs, int n_seq, int field_slots)
     return mx;
 }
 
+/* Prefill attention. Prompts of PREFILL_GEMM_MIN tokens or more take the
+ * tensor cores: per sequence and group of heads, S = scale Q K^T (batched
+ * GEMM, fp32 out), P = causal softmax(S) and the column sums (kernels), out
+ * = P V (batched GEMM); the groups keep S and P under PREFILL_WORK bytes.
+ * Shorter prompts, where a GEMM launch costs more than it saves, take the
+ * one-warp-per-query kernel. */
+#define PREFILL_GEMM_MIN 64
+#define PREFILL_WORK ((size_t)256 << 20)
+
+static int prefill_gemm(cuda_ctx *c, void *out, int ldo, const void *q, const void *k,
+                        const void *v, int ld, const kern_seq *sq, int n_head, int hd,
+                        float scale, void *colsum)
+{
+    int n = sq->n_new;
+    size_t per_head = (size_t)n * n * 6 + (size_t)n * 8;
+    int hg = (int)(PREFILL_WORK / per_head);
+    hg = hg < 1 ? 1 : hg > n_head ? n_head : hg;
+    FORWARD_IF(grow(&c->work, per_head * (size_t)hg));
+    float *S = c->work.p;
+    void *P = S + (size_t)hg * n * n;
+    float *stats = (float *)((char *)P + (size_t)hg * n * n * 2);
+    const float one = 1.0f, zero = 0.0f;
+    for (int h0 = 0; h0 < n_head; h0 += hg) {
+        int g = n_head - h0 < hg ? n_head - h0 : hg;
+        size_t at = ((size_t)sq->row * ld + (size_t)h0 * hd) * 2; /* bytes */
+        /* S^cm(j, i) = k_j . q_i, i.e. row-major S[i][j] */
+        CB(cublasGemmStridedBatchedEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, n, hd, &scale,
+                                      (const char *)k + at, CUDA_R_16F, ld, hd,
+                                      (const char *)q + at, CUDA_R_16F, ld, hd, &zero, S,
+                                      CUDA_R_32F, n, (long long)n * n, g, CUBLAS_COMPUTE_32F,
+                                      CUBLAS_GEMM_DEFAULT));
+        KF(kern_prefill_softmax_cuda(S, P, colsum ? stats : NULL, n, g, c->stream));
+        if (colsum)
+            KF(kern_prefill_colsum_cuda(S, stats, colsum, n, g, sq->row, n_head, h0,
+                                        c->stream));
+        /* out^cm(e, i) = sum_j v^cm(e, j) P^cm(j, i) */
+        CB(cublasGemmStridedBatchedEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, n, n, &one,
+                                      (const char *)v + at, CUDA_R_16F, ld, hd, P, CUDA_R_16F,
+                                      n, (long long)n * n, &zero,
+                                      (char *)out + ((size_t)sq->row * ldo + (size_t)h0 * hd) * 2,
+                                      CUDA_R_16F, ldo, hd, g, CUBLAS_COMPUTE_32F,
+                                      CUBLAS_GEMM_DEFAULT));
+    }
+    return 0;
+}
+
 static int cuda_attn_prefill(void *ctx, void *out, int ldo, const void *q, const void *k,
                              const void *v, int ld, const kern_seq *seqs, int n_seq, int n_head,
                              int head_dim, float scale, void *colsum)
 {
     cuda_ctx *c = ctx;
-    int rows = 0;
-    for (int s = 0; s < n_seq; s++)
+    int rows = 0, n_short = 0;
+    kern_seq *sh = malloc(sizeof(kern_seq) * (size_t)(n_seq ? n_seq : 1));
+    RETURN_IF(!sh, -ENOMEM, "out of memory");
+    for (int s = 0; s < n_seq; s++) {
         if (seqs[s].row + seqs[s].n_new > rows)
             rows = seqs[s].row + seqs[s].n_new;
-    FORWARD_IF(stage_seqs(c, seqs, n_seq));
-    if (colsum)
-        FORWARD_IF(grow(&c->work, sizeof(float) * 2 * (size_t)rows * n_head));
-    KF(kern_attn_prefill_cuda(out, ldo, q, k, v, ld, c->seqs.p, n_seq, n_head, head_dim, scale,
-                              colsum, c->work.p, max_of(seqs, n_seq, 0), c->stream));
-    return 0;
+        sh[s] = seqs[s];
+        if (seqs[s].n_new >= PREFILL_GEMM_MIN)
+            sh[s].n_new = 0; /* the GEMM path's */
+        else
+            n_short += seqs[s].n_new > 0;
+    }
+    int rc = 0;
+    for (int s = 0; rc == 0 && s < n_seq; s++)
+        if (seqs[s].n_new >= PREFILL_GEMM_MIN)
+            rc = prefill_gemm(c, out, ldo, q, k, v, ld, &seqs[s], n_head, head_dim, scale,
+                              colsum);
+    if (rc == 0 && n_short) {
+        rc = stage_seqs(c, sh, n_seq);
+        if (rc == 0 && colsum)
+            rc = grow(&c->work, sizeof(float) * 2 * (size_t)rows * n_head);
+        if (rc == 0 && kern_attn_prefill_cuda(out, ldo, q, k, v, ld, c->seqs.p, n_seq, n_head,
+                                              head_dim, scale, colsum, c->work.p,
+                                              max_of(sh, n_seq, 0), c->stream) < 0) {
+            err_set(__FILE__, __LINE__, "CUDA prefill attention: %s", kern_cuda_error());
+            rc = -EIO;
+        }
+    }
+    free(sh);
+    return rc;
 }
 
 static int cuda_kv_prefill(void *ctx, void *kc, void *vc, void *scores, void *pos,
