@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cli_harness.h"
 #include "err.h"
 #include "fh_config.h"
 #include "kern.h"
@@ -16,71 +17,10 @@
 
 #define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
 
-static char dir[256];
-static char errtext[8192];
-
-static void setup(void)
-{
-    snprintf(dir, sizeof dir, "/tmp/fh_test_cli_XXXXXX");
-    cr_assert(mkdtemp(dir));
-}
-
-static void teardown(void)
-{
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    cr_assert_eq(system(cmd), 0);
-}
-
-TestSuite(cli, .init = setup, .fini = teardown);
-
-/* Run flexh2o with args (a shell fragment); stderr lands in errtext.
- * @return the exit status. */
-static int run(const char *fmt, ...)
-{
-    const char *bin = getenv("FLEXH2O_BIN");
-    cr_assert(bin, "FLEXH2O_BIN must point at the flexh2o binary");
-    char args[4096], cmd[8192], errf[300];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    /* these are CPU-engine tests: pin the device even where a GPU exists */
-    if (!strncmp(args, "generate", 8) && !strstr(args, "--device"))
-        strncat(args, " --device cpu", sizeof args - strlen(args) - 1);
-    snprintf(errf, sizeof errf, "%s/stderr.txt", dir);
-    snprintf(cmd, sizeof cmd, "cd %s && %s %s 2>%s", dir, bin, args, errf);
-    int st = system(cmd);
-    FILE *f = fopen(errf, "r");
-    size_t n = f ? fread(errtext, 1, sizeof errtext - 1, f) : 0;
-    errtext[n] = 0;
-    if (f)
-        fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static void write_file(const char *name, const char *text)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
-    cr_assert(f);
-    fputs(text, f);
-    fclose(f);
-}
-
-static char *read_out(const char *name)
-{
-    char path[512], *buf;
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    cr_assert_eq(fh_read_file(path, &buf, NULL), 0, "%s", err_msg());
-    return buf;
-}
-
 /* Parse a JSONL file into an array of records. */
 static cJSON *records(const char *name)
 {
-    char *buf = read_out(name);
+    char *buf = cli_read(name);
     cJSON *arr = cJSON_CreateArray();
     for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
         cJSON *r = cJSON_Parse(line);
@@ -128,13 +68,15 @@ static const char prompts5[] =
     "{\"id\": \"d\", \"prompt_ids\": [17, 18, 19], \"max_new_tokens\": 0}\n"
     "{\"id\": \"e\", \"prompt\": \"caf\\u00e9 \\u4e2d\\u6587 \\ud83d\\ude00\"}\n";
 
+TestSuite(cli, .init = cli_setup, .fini = cli_teardown);
+
 Test(cli, generate_matches_golden_and_is_batch_invariant)
 {
-    write_file("p.jsonl", prompts5);
-    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out b1.jsonl "
-                     "--batch-size 1 --max-new-tokens 6 --quiet"), 0, "%s", errtext);
-    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out b4.jsonl "
-                     "--batch-size 4 --max-new-tokens 6 --quiet"), 0, "%s", errtext);
+    cli_write("p.jsonl", prompts5);
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out b1.jsonl "
+                     "--batch-size 1 --max-new-tokens 6 --quiet"), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out b4.jsonl "
+                     "--batch-size 4 --max-new-tokens 6 --quiet"), 0, "%s", cli_err);
     assert_same_outputs("b1.jsonl", "b4.jsonl", 1e-4);
     cJSON *r = records("b1.jsonl");
     cr_assert_eq(cJSON_GetArraySize(r), 5);
@@ -183,15 +125,15 @@ Test(cli, generate_matches_golden_and_is_batch_invariant)
 
 Test(cli, sampling_is_seeded_per_prompt)
 {
-    write_file("p.jsonl", prompts5);
-    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out s1.jsonl --quiet "
-                     "--batch-size 1 --temperature 1.5 --top-p 0.95 --seed 7"), 0, "%s", errtext);
-    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out s2.jsonl --quiet "
-                     "--batch-size 3 --temperature 1.5 --top-p 0.95 --seed 7"), 0, "%s", errtext);
-    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out s3.jsonl --quiet "
-                     "--batch-size 3 --temperature 1.5 --top-p 0.95 --seed 8"), 0, "%s", errtext);
+    cli_write("p.jsonl", prompts5);
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out s1.jsonl --quiet "
+                     "--batch-size 1 --temperature 1.5 --top-p 0.95 --seed 7"), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out s2.jsonl --quiet "
+                     "--batch-size 3 --temperature 1.5 --top-p 0.95 --seed 7"), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out s3.jsonl --quiet "
+                     "--batch-size 3 --temperature 1.5 --top-p 0.95 --seed 8"), 0, "%s", cli_err);
     assert_same_outputs("s1.jsonl", "s2.jsonl", 1e-4);
-    char *a = read_out("s1.jsonl"), *c = read_out("s3.jsonl");
+    char *a = cli_read("s1.jsonl"), *c = cli_read("s3.jsonl");
     cr_assert_str_neq(a, c, "another seed gave the same samples");
     free(a);
     free(c);
@@ -199,26 +141,26 @@ Test(cli, sampling_is_seeded_per_prompt)
 
 Test(cli, resume_after_a_kill_loses_nothing)
 {
-    write_file("p.jsonl", prompts5);
-    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out full.jsonl --quiet"),
-                 0, "%s", errtext);
-    char *full = read_out("full.jsonl");
+    cli_write("p.jsonl", prompts5);
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out full.jsonl --quiet"),
+                 0, "%s", cli_err);
+    char *full = cli_read("full.jsonl");
     /* a killed job: two complete records and a torn third */
     char *second = strchr(strchr(full, '\n') + 1, '\n') + 1;
     size_t keep = (size_t)(second - full) + 10;
     char *part = strndup(full, keep);
-    write_file("part.jsonl", part);
-    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out part.jsonl --resume"),
-                 0, "%s", errtext);
-    cr_assert(strstr(errtext, "torn last record"), "%s", errtext);
-    char *resumed = read_out("part.jsonl");
+    cli_write("part.jsonl", part);
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out part.jsonl --resume"),
+                 0, "%s", cli_err);
+    cr_assert(strstr(cli_err, "torn last record"), "%s", cli_err);
+    char *resumed = cli_read("part.jsonl");
     cr_assert_eq(strncmp(resumed, full, (size_t)(second - full)), 0,
                  "the two complete records were not kept as written");
     assert_same_outputs("part.jsonl", "full.jsonl", 1e-4);
     /* resuming a finished job does nothing */
-    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out part.jsonl --resume "
-                     "--quiet"), 0, "%s", errtext);
-    char *again = read_out("part.jsonl");
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out part.jsonl --resume "
+                     "--quiet"), 0, "%s", cli_err);
+    char *again = cli_read("part.jsonl");
     cr_assert_str_eq(again, resumed);
     free(full);
     free(part);
@@ -228,21 +170,21 @@ Test(cli, resume_after_a_kill_loses_nothing)
 
 Test(cli, invalid_json_line_is_reported_and_others_complete)
 {
-    write_file("p.jsonl", "{\"id\": 1, \"prompt\": \"ok\"}\n{\"id\": 2, \"prompt\": \"broken\n"
+    cli_write("p.jsonl", "{\"id\": 1, \"prompt\": \"ok\"}\n{\"id\": 2, \"prompt\": \"broken\n"
                           "{\"id\": 3, \"prompt_ids\": [2, 9]}\n");
-    int st = run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --quiet");
-    cr_assert_eq(st, 3, "exit %d: %s", st, errtext);
-    cr_assert(strstr(errtext, "p.jsonl:2: invalid JSON"), "%s", errtext);
+    int st = cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --quiet");
+    cr_assert_eq(st, 3, "exit %d: %s", st, cli_err);
+    cr_assert(strstr(cli_err, "p.jsonl:2: invalid JSON"), "%s", cli_err);
     cJSON *r = records("o.jsonl");
     cr_assert_eq(cJSON_GetArraySize(r), 2);
     cr_assert_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(r, 1), "id")->valueint, 3);
     cJSON_Delete(r);
     /* --strict stops at the bad line, and prior output stays intact */
-    char *before = read_out("o.jsonl");
-    st = run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --resume --strict");
+    char *before = cli_read("o.jsonl");
+    st = cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --resume --strict");
     cr_assert_eq(st, 1);
-    cr_assert(strstr(errtext, "flexh2o: p.jsonl:2: invalid JSON"), "%s", errtext);
-    char *after = read_out("o.jsonl");
+    cr_assert(strstr(cli_err, "flexh2o: p.jsonl:2: invalid JSON"), "%s", cli_err);
+    char *after = cli_read("o.jsonl");
     cr_assert_str_eq(before, after);
     free(before);
     free(after);
@@ -254,56 +196,56 @@ Test(cli, bad_prompts_are_reported_by_line)
     for (int i = 0; i < 200; i++)
         strcat(longp, ", 5");
     strcat(longp, "]}\n");
-    write_file("long.jsonl", longp);
-    int st = run("generate --model " TINY " --prompts long.jsonl --out o.jsonl --strict");
+    cli_write("long.jsonl", longp);
+    int st = cli_run("generate --model " TINY " --prompts long.jsonl --out o.jsonl --strict");
     cr_assert_eq(st, 1);
-    cr_assert(strstr(errtext, "long.jsonl:1: the prompt has 201 tokens but the model takes "
-                              "at most 127"), "%s", errtext);
-    write_file("ids.jsonl", "{\"prompt_ids\": [2, 99999]}\n");
-    cr_assert_eq(run("generate --model " TINY " --prompts ids.jsonl --out o2.jsonl --strict"), 1);
-    cr_assert(strstr(errtext, "ids.jsonl:1: prompt_ids[1] is not a token id in [0, 512)"),
-              "%s", errtext);
-    write_file("both.jsonl", "{\"prompt\": \"x\", \"prompt_ids\": [2]}\n");
-    cr_assert_eq(run("generate --model " TINY " --prompts both.jsonl --out o3.jsonl --strict"), 1);
-    cr_assert(strstr(errtext, "give exactly one of \"prompt\""), "%s", errtext);
+    cr_assert(strstr(cli_err, "long.jsonl:1: the prompt has 201 tokens but the model takes "
+                              "at most 127"), "%s", cli_err);
+    cli_write("ids.jsonl", "{\"prompt_ids\": [2, 99999]}\n");
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts ids.jsonl --out o2.jsonl --strict"), 1);
+    cr_assert(strstr(cli_err, "ids.jsonl:1: prompt_ids[1] is not a token id in [0, 512)"),
+              "%s", cli_err);
+    cli_write("both.jsonl", "{\"prompt\": \"x\", \"prompt_ids\": [2]}\n");
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts both.jsonl --out o3.jsonl --strict"), 1);
+    cr_assert(strstr(cli_err, "give exactly one of \"prompt\""), "%s", cli_err);
 }
 
 Test(cli, usage_errors)
 {
-    write_file("p.jsonl", prompts5);
-    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --bogus"), 2);
-    cr_assert(strstr(errtext, "unknown flag --bogus; see flexh2o generate --help"), "%s",
-              errtext);
-    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out o.jsonl "
+    cli_write("p.jsonl", prompts5);
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --bogus"), 2);
+    cr_assert(strstr(cli_err, "unknown flag --bogus; see flexh2o generate --help"), "%s",
+              cli_err);
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl "
                      "--batch-size 0"), 2);
-    cr_assert(strstr(errtext, "--batch-size expects an integer in [1, 65536], got \"0\""),
-              "%s", errtext);
-    cr_assert_eq(run("generate --prompts p.jsonl --out o.jsonl"), 2);
-    cr_assert(strstr(errtext, "give exactly one of --model DIR or --dummy NAME"), "%s", errtext);
-    cr_assert_eq(run("generate --model /nonexistent --prompts p.jsonl --out o.jsonl"), 1);
-    cr_assert(strstr(errtext, "/nonexistent: model directory not found"), "%s", errtext);
-    cr_assert_eq(run("generate --model " TINY " --prompts missing.jsonl --out o.jsonl"), 1);
-    cr_assert(strstr(errtext, "missing.jsonl: cannot open the prompt file"), "%s", errtext);
-    cr_assert_eq(run("frobnicate"), 2);
-    cr_assert(strstr(errtext, "usage: flexh2o <generate|tokenize|make-model>"), "%s", errtext);
+    cr_assert(strstr(cli_err, "--batch-size expects an integer in [1, 65536], got \"0\""),
+              "%s", cli_err);
+    cr_assert_eq(cli_run("generate --prompts p.jsonl --out o.jsonl"), 2);
+    cr_assert(strstr(cli_err, "give exactly one of --model DIR or --dummy NAME"), "%s", cli_err);
+    cr_assert_eq(cli_run("generate --model /nonexistent --prompts p.jsonl --out o.jsonl"), 1);
+    cr_assert(strstr(cli_err, "/nonexistent: model directory not found"), "%s", cli_err);
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts missing.jsonl --out o.jsonl"), 1);
+    cr_assert(strstr(cli_err, "missing.jsonl: cannot open the prompt file"), "%s", cli_err);
+    cr_assert_eq(cli_run("frobnicate"), 2);
+    cr_assert(strstr(cli_err, "usage: flexh2o <generate|tokenize|make-model>"), "%s", cli_err);
 }
 
 Test(cli, cuda_without_a_gpu_says_so_and_cpu_still_works)
 {
     if (kern_cuda_available())
         cr_skip_test("a GPU is present: the no-GPU message cannot be provoked here");
-    write_file("p.jsonl", "{\"prompt_ids\": [2, 9]}\n");
-    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --device cuda"),
+    cli_write("p.jsonl", "{\"prompt_ids\": [2, 9]}\n");
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --device cuda"),
                  1);
-    cr_assert(strstr(errtext, FH_HAVE_CUDA ? "no CUDA GPU found" : "built without CUDA"), "%s",
-              errtext);
-    cr_assert(strstr(errtext, "--device cpu"), "%s", errtext);
+    cr_assert(strstr(cli_err, FH_HAVE_CUDA ? "no CUDA GPU found" : "built without CUDA"), "%s",
+              cli_err);
+    cr_assert(strstr(cli_err, "--device cpu"), "%s", cli_err);
     char out[300];
-    snprintf(out, sizeof out, "%s/o.jsonl", dir);
+    snprintf(out, sizeof out, "%s/o.jsonl", cli_dir);
     cr_assert_eq(access(out, F_OK), -1, "nothing may be written when set-up fails");
     /* the default device falls back to the CPU */
-    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --quiet "
-                     "--max-new-tokens 2 --device cpu"), 0, "%s", errtext);
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --quiet "
+                     "--max-new-tokens 2 --device cpu"), 0, "%s", cli_err);
     cJSON *r = records("o.jsonl");
     cr_assert_eq(cJSON_GetArraySize(r), 1);
     cJSON_Delete(r);
@@ -311,43 +253,43 @@ Test(cli, cuda_without_a_gpu_says_so_and_cpu_still_works)
 
 Test(cli, existing_output_is_never_overwritten)
 {
-    write_file("p.jsonl", prompts5);
-    write_file("o.jsonl", "{\"id\": \"precious\"}\n");
-    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out o.jsonl"), 1);
-    cr_assert(strstr(errtext, "o.jsonl already exists; pass --resume"), "%s", errtext);
-    char *o = read_out("o.jsonl");
+    cli_write("p.jsonl", prompts5);
+    cli_write("o.jsonl", "{\"id\": \"precious\"}\n");
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl"), 1);
+    cr_assert(strstr(cli_err, "o.jsonl already exists; pass --resume"), "%s", cli_err);
+    char *o = cli_read("o.jsonl");
     cr_assert_str_eq(o, "{\"id\": \"precious\"}\n");
     free(o);
 }
 
 Test(cli, make_model_then_generate_and_tokenize)
 {
-    cr_assert_eq(run("make-model --config tiny --out m"), 0, "%s", errtext);
-    write_file("p.jsonl", "{\"prompt\": \"Once upon a time\"}\n");
-    cr_assert_eq(run("generate --model m --prompts p.jsonl --out o.jsonl --quiet "
-                     "--max-new-tokens 5"), 0, "%s", errtext);
+    cr_assert_eq(cli_run("make-model --config tiny --out m"), 0, "%s", cli_err);
+    cli_write("p.jsonl", "{\"prompt\": \"Once upon a time\"}\n");
+    cr_assert_eq(cli_run("generate --model m --prompts p.jsonl --out o.jsonl --quiet "
+                     "--max-new-tokens 5"), 0, "%s", cli_err);
     cJSON *r = records("o.jsonl");
     cr_assert_eq(cJSON_GetArraySize(r), 1);
     cJSON_Delete(r);
-    write_file("t.txt", "Hello world\n\n");
+    cli_write("t.txt", "Hello world\n\n");
     char cmd[600];
-    snprintf(cmd, sizeof cmd, "tokenize --model m < %s/t.txt > %s/t.out", dir, dir);
-    cr_assert_eq(run("%s", cmd), 0, "%s", errtext);
-    char *t = read_out("t.out");
+    snprintf(cmd, sizeof cmd, "tokenize --model m < %s/t.txt", cli_dir);
+    cr_assert_eq(cli_run("%s", cmd), 0, "%s", cli_err);
+    char *t = cli_read("stdout.txt");
     cr_assert_eq(strncmp(t, "[2, ", 4), 0, "%s", t);
     cr_assert(strstr(t, "\n[2]\n"), "empty line must give just BOS: %s", t);
     free(t);
-    cr_assert_eq(run("make-model --config opt-7b --out x"), 1);
-    cr_assert(strstr(errtext, "unknown model shape \"opt-7b\""), "%s", errtext);
+    cr_assert_eq(cli_run("make-model --config opt-7b --out x"), 1);
+    cr_assert(strstr(cli_err, "unknown model shape \"opt-7b\""), "%s", cli_err);
 }
 
 Test(cli, dummy_weights_run_without_files)
 {
-    write_file("p.jsonl", "{\"prompt_ids\": [2, 10, 20]}\n{\"prompt\": \"text\"}\n");
-    cr_assert_eq(run("generate --dummy opt-125m --prompts p.jsonl --out o.jsonl "
-                     "--max-new-tokens 2 --quiet"), 3, "%s", errtext);
-    cr_assert(strstr(errtext, "p.jsonl:2: text prompt but the model has no tokenizer"),
-              "%s", errtext);
+    cli_write("p.jsonl", "{\"prompt_ids\": [2, 10, 20]}\n{\"prompt\": \"text\"}\n");
+    cr_assert_eq(cli_run("generate --dummy opt-125m --prompts p.jsonl --out o.jsonl "
+                     "--max-new-tokens 2 --quiet"), 3, "%s", cli_err);
+    cr_assert(strstr(cli_err, "p.jsonl:2: text prompt but the model has no tokenizer"),
+              "%s", cli_err);
     cJSON *r = records("o.jsonl");
     cr_assert_eq(cJSON_GetArraySize(r), 1);
     cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(cJSON_GetArrayItem(r, 0), "tokens")), 2);

@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cli_harness.h"
 #include "err.h"
 #include "fh_config.h"
 #include "kern.h"
@@ -516,82 +517,7 @@ static void ref_generate(const char *id, const int32_t *ids, int n, int max_new,
 
 /* --------------------------------------------------------- CLI helpers */
 
-static char dir[256];
-static char errtext[8192];
-static const char *device = "cpu"; /* --device of the generate runs */
-
-static void setup(void)
-{
-    err_clear();
-    snprintf(dir, sizeof dir, "/tmp/fh_test_h2o_XXXXXX");
-    cr_assert(mkdtemp(dir));
-}
-
-static void teardown(void)
-{
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    cr_assert_eq(system(cmd), 0);
-}
-
-TestSuite(h2o_cli, .init = setup, .fini = teardown);
-
-/* Run flexh2o (args: a shell fragment) in dir; stdout to stdout.txt,
- * stderr into errtext. @return the exit status. */
-static int run(const char *fmt, ...)
-{
-    const char *bin = getenv("FLEXH2O_BIN");
-    cr_assert(bin, "FLEXH2O_BIN must point at the flexh2o binary");
-    char args[4096], cmd[8192];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    /* the reference semantics are checked on the fp32 CPU backend, also
-     * where a GPU is present (unless a test asks for cuda) */
-    if (strncmp(args, "generate ", 9) == 0) {
-        strncat(args, " --device ", sizeof args - strlen(args) - 1);
-        strncat(args, device, sizeof args - strlen(args) - 1);
-    }
-    /* passive: the tests run side by side on few cores, and spinning
-     * OpenMP workers of one run would starve the others */
-    snprintf(cmd, sizeof cmd, "cd %s && OMP_WAIT_POLICY=passive %s %s >stdout.txt 2>stderr.txt",
-             dir, bin, args);
-    int st = system(cmd);
-    char path[512];
-    snprintf(path, sizeof path, "%s/stderr.txt", dir);
-    FILE *f = fopen(path, "r");
-    size_t n = f ? fread(errtext, 1, sizeof errtext - 1, f) : 0;
-    errtext[n] = 0;
-    if (f)
-        fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static void write_file(const char *name, const char *text)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
-    cr_assert(f);
-    fputs(text, f);
-    fclose(f);
-}
-
-static char *read_file(const char *name)
-{
-    char path[512], *buf;
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    cr_assert_eq(fh_read_file(path, &buf, NULL), 0, "%s", err_msg());
-    return buf;
-}
-
-static int file_exists(const char *name)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    return access(path, F_OK) == 0;
-}
+TestSuite(h2o_cli, .init = cli_setup, .fini = cli_teardown);
 
 /* The prompts of the engine-vs-reference runs: lengths 12, 5 and 20, the
  * second shorter than most budgets, so some prefills drop and some fill. */
@@ -622,7 +548,7 @@ static void write_prompts(const char *name)
         o += (size_t)snprintf(buf + o, sizeof buf - o, "], \"max_new_tokens\": %d}\n",
                               prompts[i].max_new);
     }
-    write_file(name, buf);
+    cli_write(name, buf);
 }
 
 static int ev_cmp(const void *pa, const void *pb)
@@ -643,7 +569,7 @@ static int ev_cmp(const void *pa, const void *pb)
 /* Parse a --trace-evictions file, checking every line's form. */
 static ref_ev *read_trace(const char *name, int *n_out)
 {
-    char *buf = read_file(name);
+    char *buf = cli_read(name);
     int cap = 256, n = 0;
     ref_ev *ev = malloc(sizeof(ref_ev) * (size_t)cap);
     int lineno = 0;
@@ -696,11 +622,11 @@ static int check_policy(const ref_pol *pol, int bs)
     static int run_no;
     snprintf(out, sizeof out, "o%d.jsonl", run_no);
     snprintf(trace, sizeof trace, "t%d.jsonl", run_no++);
-    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --out %s --quiet "
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out %s --quiet "
                      "--ignore-eos --batch-size %d --kv-policy %s %s --sinks %d "
                      "--hh-share %d.%02d --trace-evictions %s --stats", out, bs, pol->name,
                      flags, pol->sinks, pol->share_pct / 100, pol->share_pct % 100, trace),
-                 0, "%s %s: %s", pol->name, flags, errtext);
+                 0, "%s %s: %s", pol->name, flags, cli_err);
 
     ref_out ro[N_PROMPTS];
     memset(ro, 0, sizeof ro);
@@ -719,7 +645,7 @@ static int check_policy(const ref_pol *pol, int bs)
     }
 
     /* tokens and logprobs */
-    char *buf = read_file(out);
+    char *buf = cli_read(out);
     int rec = 0;
     for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"), rec++) {
         cr_assert_lt(rec, N_PROMPTS);
@@ -757,7 +683,7 @@ static int check_policy(const ref_pol *pol, int bs)
                  flags, n_tr, all.n_ev);
 
     /* --stats: the kept attention mass per layer */
-    char *so = read_file("stdout.txt");
+    char *so = cli_read("stdout.txt");
     for (int l = 0; l < R.c.n_layer; l++) {
         char key[32];
         snprintf(key, sizeof key, "layer %d: ", l);
@@ -803,18 +729,18 @@ Test(h2o_cli, window_equals_streaming_without_sinks_and_h2o_differs)
 {
     write_prompts("p.jsonl");
     const char *base = "generate --model " TINY " --prompts p.jsonl --quiet --ignore-eos";
-    cr_assert_eq(run("%s --out w.jsonl --kv-policy window --kv-budget 5", base), 0, "%s",
-                 errtext);
-    cr_assert_eq(run("%s --out s.jsonl --kv-policy streaming --kv-budget 5", base), 0, "%s",
-                 errtext);
-    cr_assert_eq(run("%s --out h.jsonl --kv-policy h2o --kv-budget 5", base), 0, "%s",
-                 errtext);
+    cr_assert_eq(cli_run("%s --out w.jsonl --kv-policy window --kv-budget 5", base), 0, "%s",
+                 cli_err);
+    cr_assert_eq(cli_run("%s --out s.jsonl --kv-policy streaming --kv-budget 5", base), 0, "%s",
+                 cli_err);
+    cr_assert_eq(cli_run("%s --out h.jsonl --kv-policy h2o --kv-budget 5", base), 0, "%s",
+                 cli_err);
     /* the cache holds the largest budget, ceil(0.25 x 29) = 8, not 20 + 9 */
-    cr_assert_eq(run("generate --model " TINY " --prompts p.jsonl --ignore-eos --out h2.jsonl "
-                     "--kv-policy h2o --kv-ratio 0.25"), 0, "%s", errtext);
-    cr_assert(strstr(errtext, "--kv-policy h2o: KV cache of 8 slots per sequence, layer and "
-                              "head (full: 29)"), "%s", errtext);
-    char *w = read_file("w.jsonl"), *s = read_file("s.jsonl"), *h = read_file("h.jsonl");
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --ignore-eos --out h2.jsonl "
+                     "--kv-policy h2o --kv-ratio 0.25"), 0, "%s", cli_err);
+    cr_assert(strstr(cli_err, "--kv-policy h2o: KV cache of 8 slots per sequence, layer and "
+                              "head (full: 29)"), "%s", cli_err);
+    char *w = cli_read("w.jsonl"), *s = cli_read("s.jsonl"), *h = cli_read("h.jsonl");
     cr_assert_str_eq(w, s);
     cr_assert_str_neq(w, h, "h2o kept the same tokens as the window");
     free(w);
@@ -828,7 +754,7 @@ Test(h2o_cli, budget_covering_everything_is_full)
 {
     write_prompts("p.jsonl");
     const char *base = "generate --model " TINY " --prompts p.jsonl --quiet --batch-size 2";
-    cr_assert_eq(run("%s --out full.jsonl", base), 0, "%s", errtext);
+    cr_assert_eq(cli_run("%s --out full.jsonl", base), 0, "%s", cli_err);
     /* largest prompt + max_new is 20 + 9 = 29 */
     const char *variants[] = {
         "--kv-policy h2o --kv-budget 29 --trace-evictions t1.jsonl",
@@ -836,25 +762,25 @@ Test(h2o_cli, budget_covering_everything_is_full)
         "--kv-policy window --kv-ratio 1",
         "--kv-policy streaming --kv-ratio 1 --sinks 2 --trace-evictions t2.jsonl",
     };
-    char *full = read_file("full.jsonl");
+    char *full = cli_read("full.jsonl");
     for (int i = 0; i < 4; i++) {
         char out[32];
         snprintf(out, sizeof out, "v%d.jsonl", i);
-        cr_assert_eq(run("%s --out %s %s", base, out, variants[i]), 0, "%s: %s", variants[i],
-                     errtext);
-        char *v = read_file(out);
+        cr_assert_eq(cli_run("%s --out %s %s", base, out, variants[i]), 0, "%s: %s", variants[i],
+                     cli_err);
+        char *v = cli_read(out);
         cr_assert_str_eq(v, full, "%s differs from full", variants[i]);
         free(v);
     }
-    char *t1 = read_file("t1.jsonl"), *t2 = read_file("t2.jsonl");
+    char *t1 = cli_read("t1.jsonl"), *t2 = cli_read("t2.jsonl");
     cr_assert_str_eq(t1, "", "nothing may be evicted: %s", t1);
     cr_assert_str_eq(t2, "");
     free(t1);
     free(t2);
     free(full);
     /* full keeps all attention mass */
-    cr_assert_eq(run("%s --out s.jsonl --stats", base), 0, "%s", errtext);
-    char *so = read_file("stdout.txt");
+    cr_assert_eq(cli_run("%s --out s.jsonl --stats", base), 0, "%s", cli_err);
+    char *so = cli_read("stdout.txt");
     for (int l = 0; l < 3; l++) {
         char key[32];
         snprintf(key, sizeof key, "layer %d: ", l);
@@ -895,16 +821,16 @@ Test(h2o_cli, flag_errors_exit_2_with_a_message)
         {"--prompts p20.jsonl --kv-policy streaming --kv-ratio 0.3 --sinks 6",
          "--kv-ratio 0.3 gives a budget of 6, which leaves recent = 0 after --sinks 6"},
     };
-    write_file("p20.jsonl", "{\"prompt_ids\": [2, 3, 4, 5, 6, 7, 8, 9, 10, 11], "
+    cli_write("p20.jsonl", "{\"prompt_ids\": [2, 3, 4, 5, 6, 7, 8, 9, 10, 11], "
                             "\"max_new_tokens\": 10}\n");
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        int st = run("%s %s", base, bad[i].flags);
-        cr_assert_eq(st, 2, "%s: exit %d: %s", bad[i].flags, st, errtext);
-        cr_assert(strstr(errtext, bad[i].msg), "%s: %s", bad[i].flags, errtext);
-        cr_assert(strstr(errtext, "see flexh2o generate --help"), "%s", errtext);
-        cr_assert(!strchr(errtext, '\n') || strchr(errtext, '\n')[1] == 0,
-                  "one line only: %s", errtext);
-        cr_assert(!file_exists("o.jsonl"), "%s: output written", bad[i].flags);
+        int st = cli_run("%s %s", base, bad[i].flags);
+        cr_assert_eq(st, 2, "%s: exit %d: %s", bad[i].flags, st, cli_err);
+        cr_assert(strstr(cli_err, bad[i].msg), "%s: %s", bad[i].flags, cli_err);
+        cr_assert(strstr(cli_err, "see flexh2o generate --help"), "%s", cli_err);
+        cr_assert(!strchr(cli_err, '\n') || strchr(cli_err, '\n')[1] == 0,
+                  "one line only: %s", cli_err);
+        cr_assert(!cli_exists("o.jsonl"), "%s: output written", bad[i].flags);
     }
 }
 
@@ -916,24 +842,24 @@ Test(h2o_cli, trace_is_refused_if_present_and_resumed_per_prompt)
     write_prompts("p.jsonl");
     const char *base = "generate --model " TINY " --prompts p.jsonl --quiet --ignore-eos "
                        "--kv-policy h2o --kv-budget 6 --batch-size 1";
-    cr_assert_eq(run("%s --out a.jsonl --trace-evictions ta.jsonl", base), 0, "%s", errtext);
+    cr_assert_eq(cli_run("%s --out a.jsonl --trace-evictions ta.jsonl", base), 0, "%s", cli_err);
     /* an existing trace is not overwritten */
-    cr_assert_eq(run("%s --out b.jsonl --trace-evictions ta.jsonl", base), 1);
-    cr_assert(strstr(errtext, "ta.jsonl already exists; pass --resume"), "%s", errtext);
+    cr_assert_eq(cli_run("%s --out b.jsonl --trace-evictions ta.jsonl", base), 1);
+    cr_assert(strstr(cli_err, "ta.jsonl already exists; pass --resume"), "%s", cli_err);
     /* a killed job: p1 finished, p2 half traced and torn */
-    char *full_out = read_file("a.jsonl"), *full_tr = read_file("ta.jsonl");
+    char *full_out = cli_read("a.jsonl"), *full_tr = cli_read("ta.jsonl");
     char *nl = strchr(full_out, '\n');
     nl[1] = 0;
-    write_file("c.jsonl", full_out);
+    cli_write("c.jsonl", full_out);
     char *p2 = strstr(full_tr, "\"p2\"");
     cr_assert(p2);
     char *cut = strstr(p2, "\"p3\"");
     size_t start = (size_t)(p2 - full_tr), end = cut ? (size_t)(cut - full_tr) : strlen(full_tr);
     size_t keep = start + (end - start) / 2;
     char *torn = strndup(full_tr, keep);
-    write_file("tc.jsonl", torn);
-    cr_assert_eq(run("%s --out c.jsonl --trace-evictions tc.jsonl --resume", base), 0, "%s",
-                 errtext);
+    cli_write("tc.jsonl", torn);
+    cr_assert_eq(cli_run("%s --out c.jsonl --trace-evictions tc.jsonl --resume", base), 0, "%s",
+                 cli_err);
     int na, nc;
     ref_ev *a = read_trace("ta.jsonl", &na), *c = read_trace("tc.jsonl", &nc);
     cr_assert_eq(na, nc);
@@ -968,10 +894,11 @@ Test(h2o_cli, cuda_backend_follows_the_same_policies, .timeout = 120)
     for (int i = 0; i < 3; i++) {
         double mass[2][8];
         for (int g = 0; g < 2; g++) {
-            device = g ? "cuda" : "cpu";
-            cr_assert_eq(run("%s %s --out o%d%d.jsonl --trace-evictions t%d%d.jsonl", base,
-                             pols[i], i, g, i, g), 0, "%s on %s: %s", pols[i], device, errtext);
-            char *so = read_file("stdout.txt");
+            cli_device = g ? "cuda" : "cpu";
+            cr_assert_eq(cli_run("%s %s --out o%d%d.jsonl --trace-evictions t%d%d.jsonl", base,
+                                 pols[i], i, g, i, g),
+                         0, "%s on %s: %s", pols[i], cli_device, cli_err);
+            char *so = cli_read("stdout.txt");
             for (int l = 0; l < R.c.n_layer; l++) {
                 char key[32];
                 snprintf(key, sizeof key, "layer %d: ", l);
@@ -981,7 +908,7 @@ Test(h2o_cli, cuda_backend_follows_the_same_policies, .timeout = 120)
             }
             free(so);
         }
-        device = "cpu";
+        cli_device = "cpu";
         char ta[32], tb[32];
         snprintf(ta, sizeof ta, "t%d0.jsonl", i);
         snprintf(tb, sizeof tb, "t%d1.jsonl", i);

@@ -1,0 +1,83 @@
+/* cli_harness.c: see cli_harness.h. */
+#include "cli_harness.h"
+
+#include <criterion/criterion.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "model_config.h"
+
+char cli_dir[256];
+char cli_err[8192];
+const char *cli_device = "cpu";
+
+void cli_setup(void)
+{
+    err_clear();
+    cli_device = "cpu";
+    snprintf(cli_dir, sizeof cli_dir, "/tmp/fh_test_cli_XXXXXX");
+    cr_assert(mkdtemp(cli_dir));
+}
+
+void cli_teardown(void)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", cli_dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+int cli_run(const char *fmt, ...)
+{
+    const char *bin = getenv("FLEXH2O_BIN");
+    cr_assert(bin, "FLEXH2O_BIN must point at the flexh2o binary");
+    char args[4096], cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    if (!strncmp(args, "generate", 8) && !strstr(args, "--device")) {
+        strncat(args, " --device ", sizeof args - strlen(args) - 1);
+        strncat(args, cli_device, sizeof args - strlen(args) - 1);
+    }
+    snprintf(cmd, sizeof cmd, "cd %s && OMP_WAIT_POLICY=passive %s %s >stdout.txt 2>stderr.txt",
+             cli_dir, bin, args);
+    int st = system(cmd);
+    char path[512];
+    snprintf(path, sizeof path, "%s/stderr.txt", cli_dir);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(cli_err, 1, sizeof cli_err - 1, f) : 0;
+    cli_err[n] = 0;
+    if (f)
+        fclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+void cli_write(const char *name, const char *text)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", cli_dir, name);
+    FILE *f = fopen(path, "w");
+    cr_assert(f, "cannot write %s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+char *cli_read(const char *name)
+{
+    char path[512], *buf;
+    snprintf(path, sizeof path, "%s/%s", cli_dir, name);
+    cr_assert_eq(fh_read_file(path, &buf, NULL), 0, "%s", err_msg());
+    return buf;
+}
+
+int cli_exists(const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", cli_dir, name);
+    return access(path, F_OK) == 0;
+}

@@ -1,0 +1,30 @@
+/* cli_harness.h: running the flexh2o binary (FLEXH2O_BIN) from a Criterion
+ * test inside a scratch directory, shared by the tests that drive the CLI.
+ *
+ * cli_setup() makes the directory (cli_dir) and cli_teardown() removes it:
+ * use them as a suite's .init / .fini. */
+#ifndef FH_CLI_HARNESS_H
+#define FH_CLI_HARNESS_H
+
+extern char cli_dir[256];     /* the scratch directory of the running test */
+extern char cli_err[8192];    /* stderr of the last cli_run */
+extern const char *cli_device; /* --device given to generate runs ("cpu") */
+
+void cli_setup(void);
+void cli_teardown(void);
+
+/* Run `flexh2o <args>` (printf-style shell fragment) in cli_dir: stdout to
+ * cli_dir/stdout.txt, stderr into cli_err. A generate run without --device
+ * gets --device cli_device, so CPU-engine tests stay on the CPU where a GPU
+ * is present; OpenMP waits passively (tests share few cores).
+ * @return the exit status, or -1 when the process did not exit. */
+int cli_run(const char *fmt, ...);
+
+/* Write text to cli_dir/name. */
+void cli_write(const char *name, const char *text);
+/* The contents of cli_dir/name (NUL-terminated); the caller frees. */
+char *cli_read(const char *name);
+/* 1 when cli_dir/name exists. */
+int cli_exists(const char *name);
+
+#endif
