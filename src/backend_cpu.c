@@ -165,6 +165,37 @@ static int cpu_sync(void *ctx)
     return 0;
 }
 
+/* Host tier: 4096-aligned (O_DIRECT-ready) and zeroed. */
+static int cpu_host_alloc(void *ctx, size_t bytes, void **out)
+{
+    (void)ctx;
+    size_t n = (bytes + 4095) & ~(size_t)4095;
+    void *p = aligned_alloc(4096, n ? n : 4096);
+    RETURN_IF(!p, -ENOMEM, "cannot allocate %.2f GiB of host memory; lower "
+              "--cpu-mem use (move KV or weights to disk) or the batch size",
+              (double)n / (1 << 30));
+    memset(p, 0, n);
+    *out = p;
+    return 0;
+}
+
+/* "GPU" and host are the same memory here: every direction is a memcpy. */
+static int cpu_copy_bytes(void *ctx, void *dst, const void *src, size_t bytes)
+{
+    (void)ctx;
+    memcpy(dst, src, bytes);
+    return 0;
+}
+
+/* Compute runs synchronously in the calling thread: once an op returned,
+ * its results are in memory, so there is nothing to mark or wait for. */
+static int cpu_mark(void *ctx, int slot)
+{
+    (void)ctx;
+    (void)slot;
+    return 0;
+}
+
 static const backend_ops cpu_ops = {
     .name = "cpu",
     .elem_size = sizeof(float),
@@ -187,6 +218,13 @@ static const backend_ops cpu_ops = {
     .kv_insert = cpu_kv_insert,
     .sample = cpu_sample,
     .sync = cpu_sync,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_free,
+    .copy_h2d = cpu_copy_bytes,
+    .copy_d2h = cpu_copy_bytes,
+    .copy_d2d = cpu_copy_bytes,
+    .mark = cpu_mark,
+    .mark_wait = cpu_mark,
 };
 
 int backend_cpu_create(int n_threads, backend *out)

@@ -76,6 +76,8 @@ typedef struct cuda_ctx {
     kern_seq *seqs_host; /* what seqs holds now */
     size_t seqs_n;
     void *pinned;        /* PINNED_BYTES staging for upload/download */
+    cudaStream_t h2d, d2h;            /* copy streams of the offloading scheduler */
+    cudaEvent_t marks[BACKEND_MARKS]; /* compute-stream markers (mark / mark_wait) */
     grow_buf f32tmp;     /* device fp32 staging for conversions */
 } cuda_ctx;
 
@@ -124,6 +126,13 @@ static void cuda_destroy(void *ctx)
         cublasDestroy(c->blas);
     if (c->stream)
         cudaStreamDestroy(c->stream);
+    if (c->h2d)
+        cudaStreamDestroy(c->h2d);
+    if (c->d2h)
+        cudaStreamDestroy(c->d2h);
+    for (int i = 0; i < BACKEND_MARKS; i++)
+        if (c->marks[i])
+            cudaEventDestroy(c->marks[i]);
     free(c->seqs_host);
     free(c);
 }
@@ -527,6 +536,79 @@ static int cuda_sync(void *ctx)
     return 0;
 }
 
+/* ---- byte movement for the offloading scheduler ----
+ * Copies run on a stream of their direction, so that a load, a store and
+ * the compute of the current GPU batch proceed together; the calling thread
+ * (the scheduler's loader or storer) waits for its own copy only. The CUDA
+ * current device is per thread: each entry point sets it. */
+static int cuda_host_alloc(void *ctx, size_t bytes, void **out)
+{
+    cuda_ctx *c = ctx;
+    CK(cudaSetDevice(c->device));
+    void *p = NULL;
+    cudaError_t e = cudaHostAlloc(&p, bytes ? bytes : 16, cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        RETURN_IF(1, -ENOMEM, "cannot pin %.2f GiB of host memory (%s); lower --cpu-mem use "
+                  "(move KV or weights to disk) or pass --no-pin-weight",
+                  (double)bytes / (1 << 30), cudaGetErrorString(e));
+    }
+    memset(p, 0, bytes);
+    *out = p;
+    return 0;
+}
+
+static void cuda_host_free(void *ctx, void *p)
+{
+    (void)ctx;
+    if (p)
+        cudaFreeHost(p);
+}
+
+static int cuda_copy_on(cuda_ctx *c, cudaStream_t st, void *dst, const void *src,
+                        size_t bytes, enum cudaMemcpyKind kind)
+{
+    if (bytes == 0)
+        return 0;
+    CK(cudaSetDevice(c->device));
+    CK(cudaMemcpyAsync(dst, src, bytes, kind, st));
+    CK(cudaStreamSynchronize(st)); /* the caller hands the bytes on when it returns */
+    return 0;
+}
+
+static int cuda_copy_h2d(void *ctx, void *dev, const void *host, size_t bytes)
+{
+    cuda_ctx *c = ctx;
+    return cuda_copy_on(c, c->h2d, dev, host, bytes, cudaMemcpyHostToDevice);
+}
+
+static int cuda_copy_d2h(void *ctx, void *host, const void *dev, size_t bytes)
+{
+    cuda_ctx *c = ctx;
+    return cuda_copy_on(c, c->d2h, host, dev, bytes, cudaMemcpyDeviceToHost);
+}
+
+static int cuda_copy_d2d(void *ctx, void *dst, const void *src, size_t bytes)
+{
+    cuda_ctx *c = ctx;
+    return cuda_copy_on(c, c->h2d, dst, src, bytes, cudaMemcpyDeviceToDevice);
+}
+
+static int cuda_mark(void *ctx, int slot)
+{
+    cuda_ctx *c = ctx;
+    CK(cudaEventRecord(c->marks[slot], c->stream));
+    return 0;
+}
+
+static int cuda_mark_wait(void *ctx, int slot)
+{
+    cuda_ctx *c = ctx;
+    CK(cudaSetDevice(c->device));
+    CK(cudaEventSynchronize(c->marks[slot])); /* compute done with that buffer */
+    return 0;
+}
+
 static const backend_ops cuda_ops = {
     .name = "cuda",
     .elem_size = 2,
@@ -549,6 +631,13 @@ static const backend_ops cuda_ops = {
     .kv_insert = cuda_kv_insert,
     .sample = cuda_sample,
     .sync = cuda_sync,
+    .host_alloc = cuda_host_alloc,
+    .host_free = cuda_host_free,
+    .copy_h2d = cuda_copy_h2d,
+    .copy_d2h = cuda_copy_d2h,
+    .copy_d2d = cuda_copy_d2d,
+    .mark = cuda_mark,
+    .mark_wait = cuda_mark_wait,
 };
 
 int backend_cuda_create(int device, backend *out)
@@ -570,6 +659,12 @@ int backend_cuda_create(int device, backend *out)
     e = cudaSetDevice(device);
     if (e == cudaSuccess)
         e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
+    if (e == cudaSuccess)
+        e = cudaStreamCreateWithFlags(&c->h2d, cudaStreamNonBlocking);
+    if (e == cudaSuccess)
+        e = cudaStreamCreateWithFlags(&c->d2h, cudaStreamNonBlocking);
+    for (int i = 0; e == cudaSuccess && i < BACKEND_MARKS; i++)
+        e = cudaEventCreateWithFlags(&c->marks[i], cudaEventDisableTiming);
     if (e == cudaSuccess)
         e = cudaHostAlloc(&c->pinned, PINNED_BYTES, cudaHostAllocDefault);
     if (e == cudaSuccess)

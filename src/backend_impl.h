@@ -82,7 +82,34 @@ typedef struct backend_ops {
                   const double *u, int32_t *tokens, float *logprobs);
     /* Wait for all work issued so far (not used on the decode path). */
     int (*sync)(void *ctx);
+
+    /* ---- raw byte movement for the offloading scheduler (scheduler/) ----
+     * "Host tier" memory: pinned (page-locked) on CUDA so that copies can run
+     * asynchronously at full link speed, plain 4096-aligned memory on the
+     * CPU backend. bytes may be 0. Zeroed. Free with host_free. */
+    int (*host_alloc)(void *ctx, size_t bytes, void **out);
+    void (*host_free)(void *ctx, void *p); /* accepts NULL */
+    /* Raw byte copies (no type conversion) between backend buffers (dev)
+     * and host memory (pinned or not). They block the calling thread until
+     * the bytes have arrived, run on a copy stream of their direction (not
+     * the compute stream) and do NOT wait for compute issued by another
+     * thread: a caller that reads or overwrites a buffer that compute uses
+     * orders itself with mark / mark_wait. Any thread may call them. */
+    int (*copy_h2d)(void *ctx, void *dev, const void *host, size_t bytes);
+    int (*copy_d2h)(void *ctx, void *host, const void *dev, size_t bytes);
+    int (*copy_d2d)(void *ctx, void *dst, const void *src, size_t bytes);
+    /* Compute-stream markers ("events"): mark records marker `slot` (0 ..
+     * BACKEND_MARKS-1) after all compute issued so far by the compute
+     * thread; mark_wait blocks the calling thread (any thread) until the
+     * compute before the last mark of that slot has finished. Marking a
+     * slot again replaces it. On the CPU backend compute is synchronous, so
+     * both are no-ops. */
+    int (*mark)(void *ctx, int slot);
+    int (*mark_wait)(void *ctx, int slot);
 } backend_ops;
+
+/* Markers a backend provides for mark / mark_wait. */
+#define BACKEND_MARKS 8
 
 typedef struct backend {
     const backend_ops *ops;

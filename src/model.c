@@ -11,6 +11,74 @@
 #include "safetensors.h"
 #include "tok.h"
 
+/* ------------------------------------------------------------ layer blobs */
+
+size_t model_layer_layout(const model_config *c, size_t es, size_t off[MT_COUNT],
+                          size_t n[MT_COUNT])
+{
+    size_t d = (size_t)c->hidden, f = (size_t)c->ffn;
+    const size_t cnt[MT_COUNT] = {
+        [MT_LN1_W] = d, [MT_LN1_B] = d, [MT_BQKV] = 3 * d, [MT_BO] = d,
+        [MT_LN2_W] = d, [MT_LN2_B] = d, [MT_B1] = f, [MT_B2] = d,
+        [MT_WQKV] = 3 * d * d, [MT_WO] = d * d, [MT_W1] = f * d, [MT_W2] = d * f,
+    };
+    size_t at = 0;
+    for (int t = 0; t < MT_COUNT; t++) {
+        if (off)
+            off[t] = at;
+        if (n)
+            n[t] = cnt[t];
+        at += (cnt[t] * es + 255) & ~(size_t)255;
+    }
+    return at;
+}
+
+void **model_layer_field(model_layer *L, int t)
+{
+    switch (t) {
+    case MT_LN1_W: return &L->ln1_w;
+    case MT_LN1_B: return &L->ln1_b;
+    case MT_BQKV: return &L->bqkv;
+    case MT_BO: return &L->bo;
+    case MT_LN2_W: return &L->ln2_w;
+    case MT_LN2_B: return &L->ln2_b;
+    case MT_B1: return &L->b1;
+    case MT_B2: return &L->b2;
+    case MT_WQKV: return &L->wqkv;
+    case MT_WO: return &L->wo;
+    case MT_W1: return &L->w1;
+    default: return &L->w2;
+    }
+}
+
+void model_layer_bind(model_layer *L, const model_config *c, size_t es, void *base)
+{
+    size_t off[MT_COUNT];
+    model_layer_layout(c, es, off, NULL);
+    for (int t = 0; t < MT_COUNT; t++)
+        *model_layer_field(L, t) = (char *)base + off[t];
+}
+
+/* dst + offset (elements) <- n fp32 values: through the backend, or, for a
+ * layer tensor of a model loaded with a sink, into the host blob in the
+ * backend's storage type. */
+static int put_f32(model *m, void *dst, size_t offset, const float *src, size_t n)
+{
+    const backend_ops *o = m->be->ops;
+    char *p = (char *)dst + offset * o->elem_size;
+    char *b = m->blob;
+    if (!(m->sink && p >= b && p < b + m->blob_bytes))
+        return o->upload(m->be->ctx, p, src, n);
+    if (o->elem_size == sizeof(float)) {
+        memcpy(p, src, n * sizeof(float));
+    } else {
+        uint16_t *h = (uint16_t *)p;
+        for (size_t i = 0; i < n; i++)
+            h[i] = st_f32_to_f16(src[i]);
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------ allocation */
 
 static int alloc_weights(model *m)
@@ -29,6 +97,17 @@ static int alloc_weights(model *m)
         m->lm_head = m->tok_emb;
     else
         FORWARD_IF(o->alloc(ctx, (size_t)c->vocab_size * d, &m->lm_head));
+    if (m->sink) {
+        /* one host blob, reused by every layer; handed to the sink */
+        m->blob_bytes = (model_layer_layout(c, o->elem_size, NULL, NULL) + 4095) & ~(size_t)4095;
+        m->blob = aligned_alloc(4096, m->blob_bytes);
+        RETURN_IF(!m->blob, -ENOMEM, "out of host memory for a layer (%.1f MiB)",
+                  m->blob_bytes / 1048576.0);
+        memset(m->blob, 0, m->blob_bytes);
+        for (int l = 0; l < c->n_layer; l++)
+            model_layer_bind(&m->layers[l], c, o->elem_size, m->blob);
+        return 0;
+    }
     for (int l = 0; l < c->n_layer; l++) {
         model_layer *L = &m->layers[l];
         FORWARD_IF(o->alloc(ctx, d, &L->ln1_w));
@@ -60,7 +139,7 @@ void model_destroy(model *m)
         o->free(ctx, m->pos_emb);
         o->free(ctx, m->lnf_w);
         o->free(ctx, m->lnf_b);
-        for (int l = 0; m->layers && l < m->cfg.n_layer; l++) {
+        for (int l = 0; !m->sink && m->layers && l < m->cfg.n_layer; l++) {
             model_layer *L = &m->layers[l];
             void *ps[] = {L->ln1_w, L->ln1_b, L->wqkv, L->bqkv, L->wo, L->bo,
                           L->ln2_w, L->ln2_b, L->w1, L->b1, L->w2, L->b2};
@@ -69,6 +148,7 @@ void model_destroy(model *m)
         }
     }
     free(m->layers);
+    free(m->blob);
     free(m);
 }
 
@@ -111,11 +191,16 @@ static int load_tensor(loader *ld, const char *name, int absolute, int64_t r,
     }
     size_t n = (size_t)r * (size_t)(cdim > 0 ? cdim : 1);
     st_to_f32(t, ld->buf, n);
-    const backend_ops *o = ld->m->be->ops;
-    return o->upload(ld->m->be->ctx, (char *)dst + offset * o->elem_size, ld->buf, n);
+    return put_f32(ld->m, dst, offset, ld->buf, n);
 }
 
 int model_load_hf(const char *dir, backend *be, model **out)
+{
+    return model_load_hf_sink(dir, be, NULL, NULL, out);
+}
+
+int model_load_hf_sink(const char *dir, backend *be, model_layer_sink sink, void *ud,
+                       model **out)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -133,6 +218,8 @@ int model_load_hf(const char *dir, backend *be, model **out)
     if (rc == 0) {
         m->cfg = cfg;
         m->be = be;
+        m->sink = sink;
+        m->sink_ud = ud;
         if (!st_find(sts, "model.decoder.embed_tokens.weight") &&
             st_find(sts, "decoder.embed_tokens.weight"))
             ld.prefix = "decoder.";
@@ -180,6 +267,8 @@ int model_load_hf(const char *dir, backend *be, model **out)
         LT("fc2.weight", d, f, L->w2, 0);
         LT("fc2.bias", d, 0, L->b2, 0);
 #undef LT
+        if (rc == 0 && sink)
+            rc = sink(ud, l, m->blob, -1, 0);
     }
     free(ld.buf);
     st_close(sts);
@@ -294,11 +383,19 @@ static void fill_spec(const wspec *w, float *x, uint64_t *s)
 int model_create_dummy(const model_config *cfg, backend *be, uint64_t seed,
                        model **out)
 {
+    return model_create_dummy_sink(cfg, be, seed, NULL, NULL, out);
+}
+
+int model_create_dummy_sink(const model_config *cfg, backend *be, uint64_t seed,
+                            model_layer_sink sink, void *ud, model **out)
+{
     model *m = calloc(1, sizeof *m);
     RETURN_IF(!m, -ENOMEM, "out of memory");
     m->cfg = *cfg;
     m->cfg.tie_lm_head = 1;
     m->be = be;
+    m->sink = sink;
+    m->sink_ud = ud;
     int rc = alloc_weights(m);
     wspec *w = NULL;
     int n = rc < 0 ? rc : weight_specs(cfg, m, &w);
@@ -317,10 +414,11 @@ int model_create_dummy(const model_config *cfg, backend *be, uint64_t seed,
             part.r = (int64_t)len;
             part.c = 0;
             fill_spec(&part, buf, &s);
-            rc = be->ops->upload(be->ctx,
-                                 (char *)w[i].dst + (w[i].off + at) * be->ops->elem_size,
-                                 buf, len);
+            rc = put_f32(m, w[i].dst, w[i].off + at, buf, len);
         }
+        /* the 16 tensors of each layer follow the 4 global ones */
+        if (rc == 0 && sink && i >= 4 && (i - 4) % 16 == 15)
+            rc = sink(ud, (i - 4) / 16, m->blob, -1, 0);
     }
     free(buf);
     free(w);

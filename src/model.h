@@ -17,6 +17,34 @@ typedef struct model_layer {
     void *w2, *b2;        /* (d, ffn), (d) fc2 */
 } model_layer;
 
+/* The tensors of a layer, in the order of a layer blob (model_layer_layout):
+ * the small ones first, so that a weight split across tiers keeps them on
+ * the GPU with the first share. */
+enum model_tensor {
+    MT_LN1_W, MT_LN1_B, MT_BQKV, MT_BO, MT_LN2_W, MT_LN2_B, MT_B1, MT_B2,
+    MT_WQKV, MT_WO, MT_W1, MT_W2, MT_COUNT
+};
+
+/* A layer as one contiguous blob of storage elements (es bytes each): the
+ * unit that the offloading scheduler moves and that a weight store keeps
+ * per segment. off[t]: byte offset of tensor t (256-aligned); n[t]: its
+ * element count (either may be NULL). @return the blob's bytes. */
+size_t model_layer_layout(const model_config *c, size_t es, size_t off[MT_COUNT],
+                          size_t n[MT_COUNT]);
+/* The field of L that holds tensor t. */
+void **model_layer_field(model_layer *L, int t);
+/* Point every field of L at its place in the blob at base. */
+void model_layer_bind(model_layer *L, const model_config *c, size_t es, void *base);
+
+/* Receives each layer of a model being loaded when its weights go to the
+ * offloading scheduler instead of the backend: blob (host memory, 4096-
+ * aligned, the backend's storage type, model_layer_layout order) is valid
+ * during the call only. fd >= 0: the same bytes are in that file at
+ * file_offset (a weight store of the backend's storage type), so the
+ * scheduler can stream the disk share from there. @return 0 or -errno. */
+typedef int (*model_layer_sink)(void *ud, int layer, const void *blob, int fd,
+                                uint64_t file_offset);
+
 typedef struct model {
     model_config cfg;
     backend *be;          /* not owned */
@@ -24,7 +52,12 @@ typedef struct model {
     void *pos_emb;        /* (max_pos + 2, d) embed_positions */
     void *lnf_w, *lnf_b;  /* (d) decoder.final_layer_norm */
     void *lm_head;        /* (V, d); == tok_emb when tied */
-    model_layer *layers;  /* (n_layer) */
+    model_layer *layers;  /* (n_layer); all NULL fields when loaded with a sink */
+    /* loading with a sink (model.c internal) */
+    model_layer_sink sink;
+    void *sink_ud;
+    void *blob;           /* host blob of the layer being loaded */
+    size_t blob_bytes;
 } model;
 
 /* Load an OPT model from a Hugging Face directory (config.json +
@@ -35,6 +68,26 @@ int model_load_hf(const char *dir, backend *be, model **out);
  * weight 1, bias 0), deterministic in seed: for benchmarks (--dummy). */
 int model_create_dummy(const model_config *cfg, backend *be, uint64_t seed,
                        model **out);
+/* The same, handing every layer to sink (see model_layer_sink) instead of
+ * allocating it on the backend; the embeddings and the final LayerNorm are
+ * on the backend. */
+int model_load_hf_sink(const char *dir, backend *be, model_layer_sink sink, void *ud,
+                       model **out);
+int model_create_dummy_sink(const model_config *cfg, backend *be, uint64_t seed,
+                            model_layer_sink sink, void *ud, model **out);
+/* A flexh2o weight store (`flexh2o convert`): the embeddings and final
+ * LayerNorm go to the backend, every layer (checksum verified) to sink; fd
+ * and offset are passed when the store's dtype is the backend's storage
+ * type. disk: the engine to read with (NULL: pread). */
+struct off_disk;
+int model_load_store(const char *path, backend *be, struct off_disk *disk,
+                     model_layer_sink sink, void *ud, model **out);
+/* Convert a Hugging Face directory into a weight store of dtype
+ * OFF_DTYPE_F16 or OFF_DTYPE_F32 at out_path (`flexh2o convert`). */
+int model_convert(const char *hf_dir, const char *out_path, uint32_t dtype);
+/* The config of a model source without loading weights: a Hugging Face
+ * directory, a weight store file. */
+int model_config_of(const char *path, model_config *out);
 void model_destroy(model *m); /* accepts NULL */
 
 /* Write a random model of shape cfg as a Hugging Face directory
@@ -71,6 +124,41 @@ typedef struct model_ctx {
 int model_ctx_create(model *m, int max_rows, int max_seq, int cap, int flags,
                      model_ctx **out);
 void model_ctx_destroy(model_ctx *c); /* accepts NULL */
+
+/* The KV cache of sequences [seq0, seq0 + n) of a batch, kept together in
+ * one place (a tier's home or a staging buffer of the scheduler). */
+typedef struct model_kv {
+    void *kc, *vc;  /* (n, n_head, cap, head_dim) storage type */
+    void *pos;      /* (n, n_head, cap) int32 */
+    void *scores;   /* (n, n_head, cap) fp32, or NULL */
+    int seq0, n;
+} model_kv;
+
+/* Per-pass scratch on the backend, shared by the layers and batches. */
+typedef struct model_scratch {
+    void *h, *qkv, *att, *ffn; /* (rows, d), (rows, 3d), (rows, d), (rows, ffn) */
+    void *colsum;              /* (rows, n_head) fp32, or NULL */
+    void *self_p;              /* (n_seq, n_head) fp32, or NULL */
+} model_scratch;
+
+enum { MODEL_PASS_IDLE = 0, MODEL_PASS_PREFILL = 1, MODEL_PASS_DECODE = 2 };
+/* Which pass seqs describe: every active sequence a prefill (n_past 0,
+ * whole prompt) or every one a decode step (n_new 1), budgets within cap.
+ * @return MODEL_PASS_* or -EINVAL. */
+int model_pass_kind(const kern_seq *seqs, int n_seq, int cap);
+
+/* x(n_rows, d) = embeddings of (ids, pos) (host arrays). */
+int model_embed(model *m, void *x, const int32_t *ids, const int32_t *pos, int n_rows);
+/* Layer L (weights wherever they are) over x(n_rows, d) in place, for the
+ * sequences seqs (rows relative to x), whose caches are the n_kv segments
+ * kv (covering every sequence that has rows). evicted: (n_seq, n_head)
+ * int32 or NULL. kind: model_pass_kind(seqs). @return 0 or -errno. */
+int model_layer_forward(model *m, const model_layer *L, int kind, void *x, int n_rows,
+                        const kern_seq *seqs, int n_seq, const model_kv *kv, int n_kv,
+                        int cap, const model_scratch *s, void *evicted);
+/* logits(n_out, V) = LNf(x[last_rows]) E^T; last: (n_out, d) scratch. */
+int model_head(model *m, void *logits, void *last, const void *x,
+               const int32_t *last_rows, int n_out);
 
 /* One forward pass: rows (ids, pos) packed per sequence as described by
  * seqs (n_new may be 0: that sequence is idle this call). Either every

@@ -105,67 +105,112 @@ void model_ctx_destroy(model_ctx *mc)
     free(mc);
 }
 
+int model_pass_kind(const kern_seq *seqs, int n_seq, int cap)
+{
+    int kind = MODEL_PASS_IDLE;
+    for (int s = 0; s < n_seq; s++) {
+        const kern_seq *q = &seqs[s];
+        if (q->n_new == 0)
+            continue;
+        int k = q->n_past == 0 ? MODEL_PASS_PREFILL : MODEL_PASS_DECODE;
+        RETURN_IF(kind != MODEL_PASS_IDLE && kind != k, -EINVAL,
+                  "internal: prefill and decode sequences mixed in one pass");
+        kind = k;
+        RETURN_IF(k == MODEL_PASS_DECODE && q->n_new != 1, -EINVAL,
+                  "internal: decode of %d rows", q->n_new);
+        RETURN_IF(q->budget < 1 || q->budget > cap || q->n_slots > q->budget ||
+                  q->recent < 1 || q->sinks + q->recent > q->budget, -EINVAL,
+                  "internal: sequence %d has budget %d (sinks %d, recent %d) for %d slots",
+                  s, q->budget, q->sinks, q->recent, cap);
+    }
+    return kind;
+}
+
+int model_embed(model *m, void *x, const int32_t *ids, const int32_t *pos, int n_rows)
+{
+    return m->be->ops->embed(m->be->ctx, x, m->tok_emb, m->pos_emb, ids, pos, n_rows,
+                             m->cfg.hidden);
+}
+
+int model_layer_forward(model *m, const model_layer *L, int kind, void *x, int n_rows,
+                        const kern_seq *seqs, int n_seq, const model_kv *kv, int n_kv,
+                        int cap, const model_scratch *sc, void *evicted)
+{
+    const model_config *c = &m->cfg;
+    const backend_ops *o = m->be->ops;
+    void *ctx = m->be->ctx;
+    int d = c->hidden, H = c->n_head, hd = c->head_dim;
+    float scale = 1.0f / sqrtf((float)hd);
+    size_t es = o->elem_size;
+    char *qkv = sc->qkv;
+    const char *q = qkv, *k = qkv + (size_t)d * es, *v = qkv + (size_t)2 * d * es;
+
+    FORWARD_IF(o->layernorm(ctx, sc->h, x, L->ln1_w, L->ln1_b, n_rows, d, c->ln_eps));
+    FORWARD_IF(o->linear(ctx, qkv, sc->h, L->wqkv, L->bqkv, n_rows, 3 * d, d, 0));
+    if (kind == MODEL_PASS_PREFILL)
+        FORWARD_IF(o->attn_prefill(ctx, sc->att, d, q, k, v, 3 * d, seqs, n_seq, H, hd,
+                                   scale, sc->colsum));
+    /* attention and cache updates per KV segment: the kernels index
+     * sequences from the segment's first one, rows stay absolute */
+    for (int i = 0; i < n_kv; i++) {
+        const model_kv *g = &kv[i];
+        const kern_seq *sq = seqs + g->seq0;
+        char *self_p = sc->self_p ? (char *)sc->self_p + (size_t)g->seq0 * H * 4 : NULL;
+        char *ev = evicted ? (char *)evicted + (size_t)g->seq0 * H * 4 : NULL;
+        if (g->n == 0)
+            continue;
+        if (kind == MODEL_PASS_PREFILL) {
+            FORWARD_IF(o->kv_prefill(ctx, g->kc, g->vc, g->scores, g->pos, k, v, 3 * d,
+                                     sc->colsum, sq, g->n, H, hd, cap));
+        } else if (kind == MODEL_PASS_DECODE) {
+            FORWARD_IF(o->attn_decode(ctx, sc->att, d, q, k, v, 3 * d, g->kc, g->vc, sq, g->n,
+                                      H, hd, cap, scale, g->scores, self_p));
+            FORWARD_IF(o->kv_insert(ctx, g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, self_p,
+                                    sq, g->n, H, hd, cap, ev));
+        }
+    }
+    FORWARD_IF(o->linear(ctx, sc->h, sc->att, L->wo, L->bo, n_rows, d, d, 0));
+    FORWARD_IF(o->add(ctx, x, sc->h, (size_t)n_rows * d));
+    FORWARD_IF(o->layernorm(ctx, sc->h, x, L->ln2_w, L->ln2_b, n_rows, d, c->ln_eps));
+    FORWARD_IF(o->linear(ctx, sc->ffn, sc->h, L->w1, L->b1, n_rows, c->ffn, d, 1));
+    FORWARD_IF(o->linear(ctx, sc->h, sc->ffn, L->w2, L->b2, n_rows, d, c->ffn, 0));
+    return o->add(ctx, x, sc->h, (size_t)n_rows * d);
+}
+
+int model_head(model *m, void *logits, void *last, const void *x,
+               const int32_t *last_rows, int n_out)
+{
+    const model_config *c = &m->cfg;
+    const backend_ops *o = m->be->ops;
+    void *ctx = m->be->ctx;
+    if (n_out == 0)
+        return 0;
+    FORWARD_IF(o->gather_rows(ctx, last, x, last_rows, n_out, c->hidden));
+    FORWARD_IF(o->layernorm(ctx, last, last, m->lnf_w, m->lnf_b, n_out, c->hidden, c->ln_eps));
+    return o->linear(ctx, logits, last, m->lm_head, NULL, n_out, c->vocab_size, c->hidden, 0);
+}
+
 int model_forward(model_ctx *mc, const int32_t *ids, const int32_t *pos,
                   int n_rows, const kern_seq *seqs, int n_seq,
                   const int32_t *last_rows, int n_out)
 {
     model *m = mc->m;
     const model_config *c = &m->cfg;
-    const backend_ops *o = m->be->ops;
-    void *ctx = m->be->ctx;
-    int d = c->hidden, H = c->n_head, hd = c->head_dim;
+    int H = c->n_head;
     RETURN_IF(n_rows > mc->max_rows || n_seq > mc->max_seq || n_out > mc->max_seq,
               -EINVAL, "internal: batch of %d rows / %d sequences exceeds the "
               "context (%d rows, %d sequences)", n_rows, n_seq, mc->max_rows,
               mc->max_seq);
-    int prefill = -1; /* every active sequence does the same kind of pass */
-    for (int s = 0; s < n_seq; s++) {
-        const kern_seq *q = &seqs[s];
-        if (q->n_new == 0)
-            continue;
-        int is_prefill = q->n_past == 0;
-        RETURN_IF(prefill >= 0 && prefill != is_prefill, -EINVAL,
-                  "internal: prefill and decode sequences mixed in one pass");
-        prefill = is_prefill;
-        RETURN_IF(!is_prefill && q->n_new != 1, -EINVAL, "internal: decode of %d rows", q->n_new);
-        RETURN_IF(q->budget < 1 || q->budget > mc->cap || q->n_slots > q->budget ||
-                  q->recent < 1 || q->sinks + q->recent > q->budget, -EINVAL,
-                  "internal: sequence %d has budget %d (sinks %d, recent %d) for %d slots",
-                  s, q->budget, q->sinks, q->recent, mc->cap);
-    }
-    float scale = 1.0f / sqrtf((float)hd);
-    size_t es = o->elem_size;
-    char *qkv = mc->qkv;
-
-    FORWARD_IF(o->embed(ctx, mc->x, m->tok_emb, m->pos_emb, ids, pos, n_rows, d));
+    int kind = model_pass_kind(seqs, n_seq, mc->cap);
+    FORWARD_IF(kind);
+    model_scratch sc = {mc->h, mc->qkv, mc->att, mc->ffn, mc->colsum, mc->self_p};
+    FORWARD_IF(model_embed(m, mc->x, ids, pos, n_rows));
     for (int l = 0; l < c->n_layer; l++) {
-        const model_layer *L = &m->layers[l];
-        FORWARD_IF(o->layernorm(ctx, mc->h, mc->x, L->ln1_w, L->ln1_b, n_rows, d, c->ln_eps));
-        FORWARD_IF(o->linear(ctx, qkv, mc->h, L->wqkv, L->bqkv, n_rows, 3 * d, d, 0));
-        const char *q = qkv, *k = qkv + (size_t)d * es, *v = qkv + (size_t)2 * d * es;
-        void *sc = mc->scores ? mc->scores[l] : NULL;
+        model_kv kv = {mc->kc[l], mc->vc[l], mc->pos[l], mc->scores ? mc->scores[l] : NULL,
+                       0, n_seq};
         void *ev = mc->evicted ? (char *)mc->evicted + (size_t)l * mc->max_seq * H * 4 : NULL;
-        if (prefill == 1) {
-            FORWARD_IF(o->attn_prefill(ctx, mc->att, d, q, k, v, 3 * d, seqs, n_seq, H, hd,
-                                       scale, mc->colsum));
-            FORWARD_IF(o->kv_prefill(ctx, mc->kc[l], mc->vc[l], sc, mc->pos[l], k, v, 3 * d,
-                                     mc->colsum, seqs, n_seq, H, hd, mc->cap));
-        } else if (prefill == 0) {
-            FORWARD_IF(o->attn_decode(ctx, mc->att, d, q, k, v, 3 * d, mc->kc[l], mc->vc[l],
-                                      seqs, n_seq, H, hd, mc->cap, scale, sc, mc->self_p));
-            FORWARD_IF(o->kv_insert(ctx, mc->kc[l], mc->vc[l], sc, mc->pos[l], k, v, 3 * d,
-                                    mc->self_p, seqs, n_seq, H, hd, mc->cap, ev));
-        }
-        FORWARD_IF(o->linear(ctx, mc->h, mc->att, L->wo, L->bo, n_rows, d, d, 0));
-        FORWARD_IF(o->add(ctx, mc->x, mc->h, (size_t)n_rows * d));
-        FORWARD_IF(o->layernorm(ctx, mc->h, mc->x, L->ln2_w, L->ln2_b, n_rows, d, c->ln_eps));
-        FORWARD_IF(o->linear(ctx, mc->ffn, mc->h, L->w1, L->b1, n_rows, c->ffn, d, 1));
-        FORWARD_IF(o->linear(ctx, mc->h, mc->ffn, L->w2, L->b2, n_rows, d, c->ffn, 0));
-        FORWARD_IF(o->add(ctx, mc->x, mc->h, (size_t)n_rows * d));
+        FORWARD_IF(model_layer_forward(m, &m->layers[l], kind, mc->x, n_rows, seqs, n_seq,
+                                       &kv, 1, mc->cap, &sc, ev));
     }
-    if (n_out == 0)
-        return 0;
-    FORWARD_IF(o->gather_rows(ctx, mc->last, mc->x, last_rows, n_out, d));
-    FORWARD_IF(o->layernorm(ctx, mc->last, mc->last, m->lnf_w, m->lnf_b, n_out, d, c->ln_eps));
-    return o->linear(ctx, mc->logits, mc->last, m->lm_head, NULL, n_out, c->vocab_size, d, 0);
+    return model_head(m, mc->logits, mc->last, mc->x, last_rows, n_out);
 }

@@ -1,0 +1,154 @@
+/* off.h: the offload tiers' storage layer: the disk engine (io_uring with a
+ * pread/pwrite fallback) and the versioned weight store file.
+ *
+ * offload/ knows bytes, files and segments, never models or schedules
+ * (scheduler/ drives it). Every call returns 0 (or a count) or -errno with
+ * one message recorded through err_set() (src/err.h) that names the file,
+ * the segment and what to do.
+ */
+#ifndef FH_OFF_H
+#define FH_OFF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Alignment of every O_DIRECT buffer, file offset and length. */
+#define OFF_ALIGN 4096u
+static inline uint64_t off_align_up(uint64_t n)
+{
+    return (n + OFF_ALIGN - 1) & ~(uint64_t)(OFF_ALIGN - 1);
+}
+
+/* ------------------------------------------------------------ disk engine
+ *
+ * One engine thread owns an io_uring (queue depth >= 32) and performs the
+ * requests that any number of caller threads hand it; off_disk_rw blocks
+ * its caller until all of that call's requests are complete. Large
+ * requests are cut into chunks (at most 1 MiB) so that the queue stays deep;
+ * short reads and writes are resumed. Buffers passed to off_disk_register
+ * are registered with the ring once and then used with READ_FIXED /
+ * WRITE_FIXED whenever a request lies inside one of them.
+ *
+ * Where io_uring cannot be set up (seccomp in a container, an old kernel,
+ * or FLEXH2O_NO_URING=1 in the environment) the engine says so once through
+ * err_log() and runs the same requests on pread/pwrite worker threads.
+ */
+typedef struct off_disk off_disk;
+
+typedef struct off_io {
+    int fd;
+    int write;        /* 0: read file -> buf, 1: write buf -> file */
+    void *buf;        /* OFF_ALIGN-aligned when the file is O_DIRECT */
+    size_t len;       /* multiple of OFF_ALIGN when the file is O_DIRECT */
+    uint64_t offset;  /* file offset, multiple of OFF_ALIGN when O_DIRECT */
+} off_io;
+
+/* queue_depth: at least 32 (smaller values are raised to 32).
+ * @return 0 or -errno; destroy with off_disk_destroy(). */
+int off_disk_create(int queue_depth, off_disk **out);
+void off_disk_destroy(off_disk *d); /* accepts NULL; waits for the thread */
+/* "io_uring" or "pread/pwrite threads". */
+const char *off_disk_kind(const off_disk *d);
+/* Register n buffers for fixed-buffer I/O; call once, before any I/O
+ * (a second call replaces the set). A no-op on the fallback path.
+ * @return 0 or -errno (failure to register is not fatal: the engine logs it
+ * once and uses plain reads/writes; it returns 0 then). */
+int off_disk_register(off_disk *d, void *const *bufs, const size_t *lens, int n);
+/* Perform the n requests (in any order, concurrently) and wait for all.
+ * what: a short description for error messages ("KV of layer 3, batch 1").
+ * An error (EIO, ENOSPC, a read past the end of the file) names the file
+ * descriptor's path (see off_file_open), the offset and `what`.
+ * @return 0 or -errno. */
+int off_disk_rw(off_disk *d, const off_io *ios, int n, const char *what);
+/* Bytes read and written so far, and the seconds requests were in flight
+ * (wall time with at least one request pending), for the summary. */
+void off_disk_counters(const off_disk *d, uint64_t *read, uint64_t *written,
+                       double *busy_s);
+
+/* Open (or with create, create/truncate) a file for the engine: O_DIRECT
+ * where the file system supports it (a plain open otherwise, *direct = 0),
+ * and with create, space reserved up front with fallocate (posix_fallocate
+ * where fallocate is unsupported) so that a full disk fails here, with the
+ * size asked and the space free in the message, instead of halfway through
+ * a job. The path is remembered for error messages.
+ * @return the fd (>= 0) or -errno; close with off_file_close(). */
+int off_file_open(const char *path, int create, uint64_t size, int *direct);
+void off_file_close(int fd); /* accepts -1 */
+/* The path an fd was opened with ("?" when unknown). */
+const char *off_file_path(int fd);
+
+/* OFF_ALIGN-aligned, zeroed host memory (plain; the scheduler pins through
+ * the backend instead). Free with free(). NULL on failure. */
+void *off_alloc_aligned(size_t bytes);
+
+/* ------------------------------------------------------------ weight store
+ *
+ * A versioned file of named segments, each at an OFF_ALIGN-aligned offset
+ * and padded to a multiple of OFF_ALIGN, so that O_DIRECT reads any segment
+ * straight into an aligned buffer:
+ *
+ *   header (OFF_ALIGN multiple):
+ *     magic "FLXH2OST", u32 version (OFF_STORE_VERSION), u32 dtype
+ *     (OFF_DTYPE_*), u32 n_segments, u32 config length,
+ *     config (the model's config.json text, NUL-free),
+ *     n_segments x {name[48], u64 offset, u64 length, u64 xxh64}
+ *     u64 xxh64 of the header bytes before it
+ *   segments
+ *
+ * All integers little-endian. length is the payload length (unpadded);
+ * xxh64 (seed 0) covers the payload. A header that fails its checksum, an
+ * unknown version, or a file shorter than its last segment is refused with a
+ * message that says to run `flexh2o convert` again.
+ */
+#define OFF_STORE_MAGIC "FLXH2OST"
+#define OFF_STORE_VERSION 1u
+#define OFF_DTYPE_F32 1u
+#define OFF_DTYPE_F16 2u
+#define OFF_SEG_NAME 48
+
+typedef struct off_seg {
+    char name[OFF_SEG_NAME];
+    uint64_t offset, length, xxh;
+} off_seg;
+
+typedef struct off_store {
+    char *path;
+    int fd, direct;
+    uint32_t version, dtype;
+    char *config_json;  /* NUL-terminated copy */
+    int n_seg;
+    off_seg *seg;
+    uint64_t file_size;
+} off_store;
+
+/* 1 if the file at path starts with OFF_STORE_MAGIC, 0 if not (or it is a
+ * directory / cannot be read). */
+int off_store_probe(const char *path);
+/* Open and validate the header. @return 0 or -errno. */
+int off_store_open(const char *path, off_store *s);
+void off_store_close(off_store *s); /* accepts a zeroed struct */
+/* Index of the segment called name, or -1. */
+int off_store_find(const off_store *s, const char *name);
+/* Read segment i whole into buf (OFF_ALIGN-aligned, at least
+ * off_align_up(length) bytes) through d (or pread when d is NULL) and
+ * verify its checksum: a mismatch says "<path>: segment <name> is corrupt
+ * (checksum ...); run flexh2o convert again". @return 0 or -errno. */
+int off_store_read_seg(const off_store *s, off_disk *d, int i, void *buf);
+
+/* Writer: segment lengths are fixed up front, payloads are written in any
+ * order, the header (with checksums) last; the file appears under its name
+ * only on off_store_writer_finish (written as path.tmp, fsync'ed, renamed),
+ * so an interrupted convert never leaves a file that looks complete. */
+typedef struct off_store_writer off_store_writer;
+int off_store_writer_open(const char *path, uint32_t dtype, const char *config_json,
+                          int n_seg, const char *const *names, const uint64_t *lengths,
+                          off_store_writer **out);
+/* Offset segment i will have in the file (for callers that stream it). */
+uint64_t off_store_writer_offset(const off_store_writer *w, int i);
+/* Write segment i's payload (length bytes as declared). */
+int off_store_writer_put(off_store_writer *w, int i, const void *data);
+/* Every segment must have been put. @return 0 or -errno; frees w. */
+int off_store_writer_finish(off_store_writer *w);
+void off_store_writer_abort(off_store_writer *w); /* removes path.tmp; NULL ok */
+
+#endif

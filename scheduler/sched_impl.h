@@ -1,0 +1,156 @@
+/* sched_impl.h: the scheduler's internals shared by sched_plan.c,
+ * sched_io.c and sched.c (not a public header).
+ *
+ * Where things live (per policy, see sched_plan.c for the sizes):
+ *
+ *   weights of layer l: one blob (model_layer_layout) cut at tensor
+ *     boundaries into [0, w_gpu) GPU home | [w_gpu, w_cpu) CPU home |
+ *     [w_cpu, blob) disk (weights.bin in --offload-dir, or the store)
+ *   KV of (layer l, GPU batch k): sequences [0, g) GPU home | [g, g + c)
+ *     CPU home | [g + c, gbs) disk (kv.bin), each a "record"
+ *     [kc | vc | pos | scores] of its sequences
+ *   activations x of GPU batch k: (max_rows, d) on one tier
+ *
+ * Anything not on the GPU tier is copied into a GPU staging slot (two per
+ * kind, so that the next item loads while this one computes) and, when it
+ * changed, stored back to its home after the compute.
+ */
+#ifndef FH_SCHED_IMPL_H
+#define FH_SCHED_IMPL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "backend_impl.h"
+#include "model.h"
+#include "off.h"
+#include "sched.h"
+
+/* Byte layout of a KV record of n sequences (sub-arrays 256-aligned). */
+typedef struct kv_layout {
+    size_t kc, vc, pos, scores; /* offsets; scores == SIZE_MAX: none */
+    size_t bytes;
+} kv_layout;
+
+/* Geometry derived from (config, elem size, policy, shape): sched_geom(). */
+typedef struct sched_geom {
+    size_t es;
+    int L, H, hd, d, V;
+    int gbs, K, block;
+    size_t blob;           /* layer blob bytes */
+    size_t w_gpu, w_cpu;   /* blob cut points (bytes) */
+    size_t globals;        /* embeddings + final LayerNorm (+ untied head) bytes */
+    int kv_n[SCHED_TIERS]; /* sequences of a GPU batch per tier */
+    int kv_seq0[SCHED_TIERS];
+    kv_layout kv[SCHED_TIERS];
+    size_t kv_disk_stride; /* bytes per (l, k) record in kv.bin (aligned) */
+    int act_tier;
+    size_t x_bytes;        /* (max_rows, d) */
+    size_t x_disk_stride;
+    size_t w_disk_span;    /* aligned bytes read for a layer's disk share */
+    size_t host_stage;     /* bytes of each I/O lane's host staging buffer */
+} sched_geom;
+
+void sched_geom_init(sched_geom *g, const model_config *c, size_t es, const sched_policy *p,
+                     const sched_shape *sh);
+kv_layout sched_kv_layout(const sched_geom *g, int n, int cap, int scores);
+
+/* ---- I/O lanes: a thread with a FIFO of transfer tasks (sched_io.c) ---- */
+
+enum task_kind { TASK_LOAD, TASK_STORE };
+
+typedef struct sched_task {
+    int kind;              /* TASK_LOAD: home -> stage; TASK_STORE: stage -> home */
+    int tier;              /* SCHED_CPU or SCHED_DISK: where the home is */
+    void *stage;           /* the GPU-side buffer (host memory when stage_host) */
+    int stage_host;        /* stage is host memory (CPU attention) */
+    void *host;            /* SCHED_CPU: the home */
+    int fd;                /* SCHED_DISK: the home file, at file_off */
+    uint64_t file_off;     /* OFF_ALIGN-aligned; the payload starts delta bytes in */
+    size_t delta;
+    size_t bytes;          /* payload */
+    int mark;              /* compute marker to wait for first, -1: none */
+    int dep_lane;          /* wait for that lane's task dep_ticket first, -1: none */
+    uint64_t dep_ticket;
+    /* trace */
+    const char *name;
+    int layer, batch, step;
+} sched_task;
+
+#define LANE_QUEUE 64
+
+typedef struct sched_lane {
+    struct sched *s;
+    int id, track;          /* lane index (0 loader, 1 storer), trace track */
+    int threaded;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    sched_task q[LANE_QUEUE];
+    uint64_t issued, done;  /* tickets: task i is done when done >= i */
+    int stop, failed;
+    char msg[1024];
+    void *stage;            /* host staging for disk transfers (aligned) */
+} sched_lane;
+
+struct sched {
+    backend *be;
+    model *m;
+    model_config cfg;
+    sched_policy pol;
+    sched_shape sh;
+    sched_geom g;
+    sched_plan plan;
+    sched_trace *trace;
+    off_disk *disk;
+
+    /* weights */
+    void **w_gpu;          /* (L) GPU home of [0, w_gpu) */
+    void *w_cpu_arena;     /* (L, w_cpu - w_gpu) CPU home */
+    int w_cpu_pinned;
+    int w_fd;              /* disk share: weights.bin or the store */
+    int w_fd_owned;
+    uint64_t *w_off;       /* (L) file offset of each layer blob */
+    void *w_stage[2];      /* GPU slots for [w_gpu, blob) */
+    model_layer *w_view[2];/* (L) per slot: the layer's fields, resident or staged */
+    model_layer *w_res;    /* (L) views when the whole layer is resident */
+    int w_slot_of[2];      /* layer in each slot, -1: none */
+    uint64_t w_ticket[2];  /* loader ticket of each slot's load */
+    int w_next;            /* slot the next weight load goes to */
+
+    /* KV */
+    void **kv_gpu;         /* (L * K) GPU homes */
+    void *kv_cpu_arena;    /* (L * K) CPU homes */
+    int kv_fd;
+    void *kv_stage[2][SCHED_TIERS]; /* per slot: staging of the CPU / disk segments */
+
+    /* activations */
+    void *x_home_arena;    /* GPU or CPU arena of K x x_bytes */
+    int x_fd;
+    void *x_stage[2];
+
+    /* per-pass work */
+    int pass_kind;         /* MODEL_PASS_* of the pass running */
+    model_scratch scr;
+    void *last, *logits, *evicted;
+    kern_seq *bseq;        /* (block) sequences rebased per batch */
+    int32_t *blast;        /* (block) */
+
+    sched_lane lane[2];    /* 0: loads (h2d), 1: stores (d2h) */
+    sched_link links[SCHED_LINKS];
+    pthread_mutex_t link_mu;
+};
+
+int sched_lanes_start(struct sched *s);
+void sched_lanes_stop(struct sched *s);
+/* Queue t on lane (or run it now without overlap). @return its ticket or
+ * -errno. */
+int64_t sched_lane_submit(sched_lane *l, const sched_task *t);
+/* Wait until the lane finished ticket. @return 0 or -errno (the lane's
+ * failure, with its message re-recorded in this thread). */
+int sched_lane_wait(sched_lane *l, uint64_t ticket);
+/* Run one task in the calling thread (used by the lanes). */
+int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t);
+void sched_link_add(struct sched *s, int link, uint64_t bytes, double secs);
+
+#endif

@@ -1,0 +1,197 @@
+/* sched_io.c: the two I/O lanes of the scheduler.
+ *
+ *   compute thread ──submit──► lane 0 (loads):  [disk ─io_uring─► host stage] ─h2d─► GPU stage
+ *                  ──submit──► lane 1 (stores): GPU stage ─d2h─► [host stage ─io_uring─► disk]
+ *
+ * Each lane is a thread with a FIFO of tasks and a "done" ticket counter;
+ * the compute thread waits for the ticket of exactly the task it needs.
+ * A task may first wait for a compute marker (the compute that last used
+ * or produced its GPU buffer) and for a ticket of the other lane (a load
+ * into a staging slot waits for the store that empties it). Without
+ * --overlap a lane has no thread: submit runs the task at once.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "sched_impl.h"
+
+void sched_link_add(struct sched *s, int link, uint64_t bytes, double secs)
+{
+    pthread_mutex_lock(&s->link_mu);
+    s->links[link].bytes += bytes;
+    s->links[link].busy_s += secs;
+    pthread_mutex_unlock(&s->link_mu);
+}
+
+static void trace_task(struct sched *s, const sched_task *t, int track, const char *name,
+                       const char *cat, const char *tier, uint64_t bytes, double t0)
+{
+    sched_event e = {name, cat, track, t0, sched_trace_now(), tier, bytes, t->layer,
+                     t->batch, t->step};
+    sched_trace_add(s->trace, &e);
+}
+
+int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
+{
+    const backend_ops *o = s->be->ops;
+    void *ctx = s->be->ctx;
+    if (t->mark >= 0)
+        FORWARD_IF(o->mark_wait(ctx, t->mark)); /* compute is done with the GPU buffer */
+    if (t->dep_lane >= 0)
+        FORWARD_IF(sched_lane_wait(&s->lane[t->dep_lane], t->dep_ticket));
+    const char *cat = t->kind == TASK_LOAD ? "load" : "store";
+    const char *tier = t->tier == SCHED_CPU ? "cpu" : "disk";
+    double t0 = sched_trace_now();
+    if (t->tier == SCHED_CPU) {
+        if (t->stage_host)
+            memcpy(t->kind == TASK_LOAD ? t->stage : t->host,
+                   t->kind == TASK_LOAD ? t->host : t->stage, t->bytes);
+        else if (t->kind == TASK_LOAD)
+            FORWARD_IF(o->copy_h2d(ctx, t->stage, t->host, t->bytes));
+        else
+            FORWARD_IF(o->copy_d2h(ctx, t->host, t->stage, t->bytes));
+        double t1 = sched_trace_now();
+        if (!t->stage_host)
+            sched_link_add(s, t->kind == TASK_LOAD ? SCHED_LINK_CPU_GPU : SCHED_LINK_GPU_CPU,
+                           t->bytes, t1 - t0);
+        trace_task(s, t, l->track, t->name, cat, tier, t->bytes, t0);
+        return 0;
+    }
+    /* disk: through the lane's aligned host stage */
+    size_t span = off_align_up(t->delta + t->bytes);
+    off_io io = {t->fd, t->kind == TASK_STORE, l->stage, span, t->file_off};
+    char what[96];
+    snprintf(what, sizeof what, "%s of layer %d, batch %d", t->name, t->layer, t->batch);
+    if (t->kind == TASK_LOAD) {
+        FORWARD_IF(off_disk_rw(s->disk, &io, 1, what));
+        double t1 = sched_trace_now();
+        sched_link_add(s, SCHED_LINK_DISK_CPU, span, t1 - t0);
+        trace_task(s, t, TRACK_DISK, "disk read", cat, tier, span, t0);
+        if (t->stage_host) {
+            memcpy(t->stage, (char *)l->stage + t->delta, t->bytes);
+        } else {
+            FORWARD_IF(o->copy_h2d(ctx, t->stage, (char *)l->stage + t->delta, t->bytes));
+            sched_link_add(s, SCHED_LINK_CPU_GPU, t->bytes, sched_trace_now() - t1);
+        }
+    } else {
+        /* stores are whole records: delta is 0 and the padding is zero */
+        if (t->stage_host) {
+            memcpy(l->stage, t->stage, t->bytes);
+        } else {
+            FORWARD_IF(o->copy_d2h(ctx, l->stage, t->stage, t->bytes));
+            sched_link_add(s, SCHED_LINK_GPU_CPU, t->bytes, sched_trace_now() - t0);
+        }
+        memset((char *)l->stage + t->bytes, 0, span - t->bytes);
+        double t1 = sched_trace_now();
+        FORWARD_IF(off_disk_rw(s->disk, &io, 1, what));
+        sched_link_add(s, SCHED_LINK_CPU_DISK, span, sched_trace_now() - t1);
+        trace_task(s, t, TRACK_DISK, "disk write", cat, tier, span, t1);
+    }
+    trace_task(s, t, l->track, t->name, cat, tier, t->bytes, t0);
+    return 0;
+}
+
+static void *lane_main(void *arg)
+{
+    sched_lane *l = arg;
+    pthread_mutex_lock(&l->mu);
+    for (;;) {
+        while (!l->stop && l->done == l->issued)
+            pthread_cond_wait(&l->cv, &l->mu);
+        if (l->stop && l->done == l->issued)
+            break;
+        sched_task t = l->q[l->done % LANE_QUEUE];
+        int failed = l->failed;
+        pthread_mutex_unlock(&l->mu);
+        int rc = failed ? -EIO : sched_task_run(l->s, l, &t);
+        pthread_mutex_lock(&l->mu);
+        if (rc < 0 && !l->failed) {
+            l->failed = rc;
+            snprintf(l->msg, sizeof l->msg, "%s", err_msg()[0] ? err_msg() : "I/O failed");
+        }
+        l->done++;
+        pthread_cond_broadcast(&l->cv);
+    }
+    pthread_mutex_unlock(&l->mu);
+    return NULL;
+}
+
+int sched_lanes_start(struct sched *s)
+{
+    for (int i = 0; i < 2; i++) {
+        sched_lane *l = &s->lane[i];
+        l->s = s;
+        l->id = i;
+        l->track = i == 0 ? TRACK_H2D : TRACK_D2H;
+        pthread_mutex_init(&l->mu, NULL);
+        pthread_cond_init(&l->cv, NULL);
+        if (s->g.host_stage) {
+            l->stage = NULL;
+            FORWARD_IF(s->be->ops->host_alloc(s->be->ctx, s->g.host_stage, &l->stage));
+            RETURN_IF(((uintptr_t)l->stage & (OFF_ALIGN - 1)) != 0, -EINVAL,
+                      "internal: host staging buffer is not %u-aligned", OFF_ALIGN);
+        }
+        if (s->pol.overlap) {
+            int e = pthread_create(&l->thread, NULL, lane_main, l);
+            RETURN_IF(e != 0, -e, "cannot start an I/O thread (%s)", strerror(e));
+            l->threaded = 1;
+        }
+    }
+    return 0;
+}
+
+void sched_lanes_stop(struct sched *s)
+{
+    for (int i = 0; i < 2; i++) {
+        sched_lane *l = &s->lane[i];
+        if (!l->s)
+            continue;
+        if (l->threaded) {
+            pthread_mutex_lock(&l->mu);
+            l->stop = 1;
+            pthread_cond_broadcast(&l->cv);
+            pthread_mutex_unlock(&l->mu);
+            pthread_join(l->thread, NULL);
+            l->threaded = 0;
+        }
+        s->be->ops->host_free(s->be->ctx, l->stage);
+        l->stage = NULL;
+        pthread_mutex_destroy(&l->mu);
+        pthread_cond_destroy(&l->cv);
+        l->s = NULL;
+    }
+}
+
+int64_t sched_lane_submit(sched_lane *l, const sched_task *t)
+{
+    if (!l->threaded) {
+        FORWARD_IF(sched_task_run(l->s, l, t));
+        l->issued++;
+        l->done++;
+        return (int64_t)l->done;
+    }
+    pthread_mutex_lock(&l->mu);
+    while (l->issued - l->done >= LANE_QUEUE) /* full: wait for the oldest */
+        pthread_cond_wait(&l->cv, &l->mu);
+    l->q[l->issued % LANE_QUEUE] = *t;
+    uint64_t ticket = ++l->issued;
+    pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+    return (int64_t)ticket;
+}
+
+int sched_lane_wait(sched_lane *l, uint64_t ticket)
+{
+    if (!l->threaded)
+        return 0; /* ran at submit */
+    pthread_mutex_lock(&l->mu);
+    while (l->done < ticket && !l->failed)
+        pthread_cond_wait(&l->cv, &l->mu);
+    int failed = l->failed;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", l->msg);
+    pthread_mutex_unlock(&l->mu);
+    RETURN_IF(failed, failed, "%s", msg);
+    return 0;
+}

@@ -1,0 +1,173 @@
+/* sched_plan.c: where every byte of a policy lives, before anything is
+ * allocated: the geometry of the tiers (cut points of a layer blob, KV
+ * records per tier, staging sizes) and the per-tier totals that the caps
+ * are checked against.
+ *
+ * The weight cut follows FlexGen's rule: a tensor goes to the tier in
+ * whose percentage band its midpoint (by bytes, in blob order) falls, so
+ * each tier holds a contiguous range of the blob.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "err.h"
+#include "sched_impl.h"
+
+#define A256(x) (((x) + 255) & ~(size_t)255)
+
+kv_layout sched_kv_layout(const sched_geom *g, int n, int cap, int scores)
+{
+    kv_layout k;
+    size_t slots = (size_t)n * g->H * cap;
+    k.kc = 0;
+    k.vc = A256(slots * g->hd * g->es);
+    k.pos = k.vc + A256(slots * g->hd * g->es);
+    k.scores = scores ? k.pos + A256(slots * 4) : SIZE_MAX;
+    k.bytes = k.pos + A256(slots * 4) + (scores ? A256(slots * 4) : 0);
+    if (n == 0)
+        k.bytes = 0;
+    return k;
+}
+
+void sched_geom_init(sched_geom *g, const model_config *c, size_t es, const sched_policy *p,
+                     const sched_shape *sh)
+{
+    memset(g, 0, sizeof *g);
+    g->es = es;
+    g->L = c->n_layer;
+    g->H = c->n_head;
+    g->hd = c->head_dim;
+    g->d = c->hidden;
+    g->V = c->vocab_size;
+    g->gbs = p->gpu_batch_size;
+    g->K = p->num_gpu_batches;
+    g->block = g->gbs * g->K;
+
+    size_t off[MT_COUNT], n[MT_COUNT];
+    g->blob = model_layer_layout(c, es, off, n);
+    g->w_gpu = 0;
+    g->w_cpu = 0;
+    for (int t = 0; t < MT_COUNT; t++) {
+        size_t end = t + 1 < MT_COUNT ? off[t + 1] : g->blob;
+        double mid = 100.0 * ((double)off[t] + 0.5 * (double)(n[t] * es)) / (double)g->blob;
+        if (mid < p->wg)
+            g->w_gpu = g->w_cpu = end;
+        else if (mid < p->wg + p->wc)
+            g->w_cpu = end;
+    }
+    size_t d = (size_t)c->hidden;
+    g->globals = ((size_t)c->vocab_size * d * (c->tie_lm_head ? 1 : 2) +
+                  (size_t)(c->max_pos + 2) * d + 2 * d) * es;
+
+    int nt[SCHED_TIERS];
+    sched_split(g->gbs, p->cg, p->cc, &nt[SCHED_GPU], &nt[SCHED_CPU], &nt[SCHED_DISK]);
+    for (int t = 0, at = 0; t < SCHED_TIERS; t++) {
+        g->kv_n[t] = nt[t];
+        g->kv_seq0[t] = at;
+        at += nt[t];
+        g->kv[t] = sched_kv_layout(g, nt[t], sh->cap, sh->scores);
+    }
+    g->kv_disk_stride = off_align_up(g->kv[SCHED_DISK].bytes);
+    g->act_tier = p->hg >= 100 ? SCHED_GPU : p->hc >= 100 ? SCHED_CPU : SCHED_DISK;
+    g->x_bytes = A256((size_t)sh->max_rows * d * es);
+    g->x_disk_stride = off_align_up(g->x_bytes);
+    g->w_disk_span = g->w_cpu < g->blob
+                         ? off_align_up(g->blob) - (g->w_cpu & ~(size_t)(OFF_ALIGN - 1)) : 0;
+    size_t st = g->w_disk_span;
+    if (g->kv_disk_stride > st)
+        st = g->kv_disk_stride;
+    if (g->act_tier == SCHED_DISK && g->x_disk_stride > st)
+        st = g->x_disk_stride;
+    g->host_stage = st;
+}
+
+int sched_plan_compute(const model_config *c, size_t es, const sched_policy *p,
+                       const sched_shape *sh, sched_plan *out)
+{
+    FORWARD_IF(sched_policy_check(p));
+    RETURN_IF(sh->max_rows < 1 || sh->cap < 1, -EINVAL,
+              "internal: plan for %d rows and %d KV slots", sh->max_rows, sh->cap);
+    sched_geom g;
+    sched_geom_init(&g, c, es, p, sh);
+    memset(out, 0, sizeof *out);
+    out->block = g.block;
+    uint64_t L = (uint64_t)g.L, K = (uint64_t)g.K;
+    uint64_t(*b)[SCHED_PARTS] = out->bytes;
+    int cpu_attn = p->cpu_attention;
+
+    b[SCHED_GPU][SCHED_WEIGHTS] = L * g.w_gpu + g.globals;
+    b[SCHED_CPU][SCHED_WEIGHTS] = L * (g.w_cpu - g.w_gpu);
+    b[SCHED_DISK][SCHED_WEIGHTS] = g.w_cpu < g.blob && !sh->weights_on_disk_already
+                                       ? L * off_align_up(g.blob) : 0;
+
+    for (int t = 0; t < SCHED_TIERS; t++)
+        b[t][SCHED_KV] = t == SCHED_DISK ? L * K * g.kv_disk_stride : L * K * g.kv[t].bytes;
+    b[g.act_tier][SCHED_ACT] = K * (g.act_tier == SCHED_DISK ? g.x_disk_stride : g.x_bytes);
+
+    uint64_t stage = 0;
+    if (g.w_gpu < g.blob)
+        stage += 2 * (uint64_t)(g.blob - g.w_gpu);
+    if (!cpu_attn)
+        stage += 2 * (uint64_t)(g.kv[SCHED_CPU].bytes + g.kv[SCHED_DISK].bytes);
+    if (g.act_tier != SCHED_GPU)
+        stage += 2 * (uint64_t)g.x_bytes;
+    b[SCHED_GPU][SCHED_STAGE] = stage;
+    b[SCHED_CPU][SCHED_STAGE] = 2 * (uint64_t)g.host_stage +
+                                (cpu_attn ? 2 * (uint64_t)g.kv[SCHED_DISK].bytes : 0);
+
+    size_t R = (size_t)sh->max_rows, d = (size_t)c->hidden, H = (size_t)c->n_head;
+    size_t B = (size_t)g.block;
+    uint64_t work = A256(R * d * es) * 2 + A256(R * 3 * d * es) + A256(R * (size_t)c->ffn * es) +
+                    A256(B * d * es) + A256(B * (size_t)c->vocab_size * es);
+    if (sh->scores)
+        work += A256(R * H * 4) + A256(B * H * 4);
+    if (sh->evicted)
+        work += A256(L * B * H * 4);
+    b[SCHED_GPU][SCHED_WORK] = work;
+
+    for (int t = 0; t < SCHED_TIERS; t++)
+        for (int q = 0; q < SCHED_PARTS; q++)
+            out->total[t] += b[t][q];
+    return 0;
+}
+
+static double gib(uint64_t x) { return (double)x / (double)(1ull << 30); }
+
+int sched_plan_check(const sched_plan *pl, const sched_policy *p, uint64_t gpu_cap,
+                     uint64_t cpu_cap, uint64_t disk_free)
+{
+    const uint64_t(*b)[SCHED_PARTS] = pl->bytes;
+    char blk[64];
+    snprintf(blk, sizeof blk, "%dx%d", p->gpu_batch_size, p->num_gpu_batches);
+    RETURN_IF(gpu_cap && pl->total[SCHED_GPU] > gpu_cap, -ENOSPC,
+              "cannot fit block %s: the GPU tier needs %.2f GiB (weights %.2f, KV %.2f, "
+              "activations %.2f, staging %.2f, work %.2f), --gpu-mem is %.2f GiB; lower "
+              "--percent wg or cg, or --gpu-batch-size", blk, gib(pl->total[SCHED_GPU]),
+              gib(b[0][SCHED_WEIGHTS]), gib(b[0][SCHED_KV]), gib(b[0][SCHED_ACT]),
+              gib(b[0][SCHED_STAGE]), gib(b[0][SCHED_WORK]), gib(gpu_cap));
+    RETURN_IF(cpu_cap && pl->total[SCHED_CPU] > cpu_cap, -ENOSPC,
+              "cannot fit block %s: the CPU tier needs %.2f GiB (weights %.2f, KV %.2f, "
+              "activations %.2f, staging %.2f), --cpu-mem is %.2f GiB; move weights or KV "
+              "to disk (--percent) or lower --gpu-batch-size / --num-gpu-batches", blk,
+              gib(pl->total[SCHED_CPU]), gib(b[1][SCHED_WEIGHTS]), gib(b[1][SCHED_KV]),
+              gib(b[1][SCHED_ACT]), gib(b[1][SCHED_STAGE]), gib(cpu_cap));
+    RETURN_IF(pl->total[SCHED_DISK] && disk_free && pl->total[SCHED_DISK] > disk_free,
+              -ENOSPC, "cannot fit block %s: the disk tier needs %.2f GiB in %s (weights "
+              "%.2f, KV %.2f, activations %.2f), %.2f GiB free; free space, choose another "
+              "--offload-dir or put less on disk", blk, gib(pl->total[SCHED_DISK]),
+              p->offload_dir, gib(b[2][SCHED_WEIGHTS]), gib(b[2][SCHED_KV]),
+              gib(b[2][SCHED_ACT]), gib(disk_free));
+    return 0;
+}
+
+void sched_plan_print(FILE *f, const sched_plan *pl)
+{
+    static const char *tier[SCHED_TIERS] = {"gpu", "cpu", "disk"};
+    fprintf(f, "[flexh2o] plan (GiB)  %-6s %8s %8s %8s %8s %8s %8s\n", "tier", "weights",
+            "KV", "act", "staging", "work", "total");
+    for (int t = 0; t < SCHED_TIERS; t++)
+        fprintf(f, "[flexh2o] plan        %-6s %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f\n", tier[t],
+                gib(pl->bytes[t][SCHED_WEIGHTS]), gib(pl->bytes[t][SCHED_KV]),
+                gib(pl->bytes[t][SCHED_ACT]), gib(pl->bytes[t][SCHED_STAGE]),
+                gib(pl->bytes[t][SCHED_WORK]), gib(pl->total[t]));
+}
