@@ -375,7 +375,9 @@ static void *x_home(sched *s, int k)
     return (char *)s->x_home_arena + (size_t)k * s->g.x_bytes;
 }
 
-/* Tickets of the loads and stores of one item (layer, batch) in a slot. */
+/* Tickets of a stage slot: the load of the item it holds now, and the
+ * last store issued from it by any item (an item without I/O must not
+ * break the chain: the next load into the slot waits for that store). */
 typedef struct item_io {
     uint64_t load, store;
     int has_store;
@@ -423,7 +425,6 @@ static int load_item(sched *s, int l, const batch_desc *b, int v, int step, item
         FORWARD_IF((int)((ticket = sched_lane_submit(&s->lane[0], &t)) < 0 ? ticket : 0));
     }
     io->load = ticket < 0 ? 0 : (uint64_t)ticket;
-    io->has_store = 0;
     return 0;
 }
 
@@ -461,8 +462,10 @@ static int store_item(sched *s, int l, const batch_desc *b, int v, int step, ite
         t.file_off = (uint64_t)b->k * g->x_disk_stride;
         FORWARD_IF((int)((ticket = sched_lane_submit(&s->lane[1], &t)) < 0 ? ticket : 0));
     }
-    io->has_store = ticket >= 0;
-    io->store = ticket < 0 ? 0 : (uint64_t)ticket;
+    if (ticket >= 0) {
+        io->has_store = 1;
+        io->store = (uint64_t)ticket;
+    }
     return 0;
 }
 
@@ -588,6 +591,10 @@ int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
         }
         if (rc == 0)
             rc = sched_lane_wait(&s->lane[0], io[v].load);
+        /* a compute that fills the slot without a load (prefill KV, the
+         * embedding of layer 0) must not overwrite what a store still reads */
+        if (rc == 0 && io[v].has_store)
+            rc = sched_lane_wait(&s->lane[1], io[v].store);
         if (rc == 0 && i + 1 < n_items)
             rc = load_item(s, (i + 1) / nb, &bs[(i + 1) % nb], v ^ 1, step, &io[v ^ 1],
                            &io[v ^ 1]);

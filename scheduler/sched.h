@@ -120,6 +120,7 @@ int sched_trace_write(const sched_trace *t, const char *path);
  * this, once: nothing on the decode path allocates.
  */
 struct model_config;
+struct kern_seq;
 struct model;
 struct backend;
 

@@ -119,6 +119,30 @@ static int flush_done(seq_state *ss, int n, int *next, const tok *t, outfile *ou
     return 0;
 }
 
+/* What the block loop needs of the job. */
+typedef struct gen_ctx {
+    model *m;
+    const model_config *c;
+    sched *sc;
+    int gbs, block, max_rows, cap;
+    int n_todo;
+    double t_start, last_report;
+    int progress;
+} gen_ctx;
+
+/* The progress line on stderr, at most once a second (force: now). */
+static void gen_progress(gen_ctx *gc, const gen_stats *st, int force)
+{
+    double now = now_s();
+    if (!gc->progress || (!force && now - gc->last_report < 1.0))
+        return;
+    double el = now - gc->t_start, rate = el > 0 ? st->generated / el : 0;
+    double eta = st->prompts ? el * (gc->n_todo - st->prompts) / st->prompts : 0;
+    err_log("[flexh2o] %ld/%d prompts done, %.1f tok/s generated, ETA %s%.0f s",
+            st->prompts, gc->n_todo, rate, st->prompts ? "" : "> ", eta);
+    gc->last_report = now;
+}
+
 typedef struct block_buf {
     int32_t *ids, *pos, *last, *tokens;  /* (max_rows), (max_rows), (B), (B) */
     kern_seq *seqs;                      /* (B) */
@@ -144,20 +168,16 @@ static int trace_flush(FILE *f)
 
 /* --trace-evictions after a prefill pass: the prompt tokens that sequence k
  * (slot k of the block) did not keep, per layer and head. */
-static int trace_prefill(model_ctx *mc, block_buf *bb, const seq_state *s, int k, FILE *f)
+static int trace_prefill(gen_ctx *gc, block_buf *bb, const seq_state *s, int k, FILE *f)
 {
-    const model_config *c = &mc->m->cfg;
-    const backend_ops *o = mc->m->be->ops;
-    size_t per_seq = (size_t)c->n_head * mc->cap;
+    const model_config *c = gc->c;
     int n = s->p->n_ids;
     for (int l = 0; l < c->n_layer; l++) {
-        FORWARD_IF(o->download_f32(mc->m->be->ctx, (float *)bb->slot_pos,
-                                   (const char *)mc->pos[l] + (size_t)k * per_seq * 4,
-                                   per_seq));
+        FORWARD_IF(sched_read_kv(gc->sc, l, k, 0, bb->slot_pos));
         for (int h = 0; h < c->n_head; h++) {
             memset(bb->kept, 0, (size_t)n);
             for (int t = 0; t < s->budget; t++)
-                bb->kept[bb->slot_pos[(size_t)h * mc->cap + t]] = 1;
+                bb->kept[bb->slot_pos[(size_t)h * gc->cap + t]] = 1;
             for (int j = 0; j < n; j++)
                 if (!bb->kept[j])
                     fprintf(f, TRACE_FMT, s->p->id, l, h, 0, j);
@@ -168,20 +188,18 @@ static int trace_prefill(model_ctx *mc, block_buf *bb, const seq_state *s, int k
 
 /* --trace-evictions after a decode pass (before the sequences advance):
  * what each active sequence evicted, per layer and head. */
-static int trace_decode(model_ctx *mc, block_buf *bb, const seq_state *ss, int n, FILE *f)
+static int trace_decode(gen_ctx *gc, block_buf *bb, const seq_state *ss, int n, FILE *f)
 {
-    const model_config *c = &mc->m->cfg;
-    const backend_ops *o = mc->m->be->ops;
+    const model_config *c = gc->c;
     int H = c->n_head;
-    FORWARD_IF(o->download_f32(mc->m->be->ctx, (float *)bb->ev, mc->evicted,
-                               (size_t)c->n_layer * mc->max_seq * H));
+    FORWARD_IF(sched_read_evicted(gc->sc, bb->ev));
     for (int l = 0; l < c->n_layer; l++)
         for (int k = 0; k < n; k++) {
             if (bb->seqs[k].n_new == 0)
                 continue;
             int step = bb->seqs[k].n_past - ss[k].p->n_ids + 1;
             for (int h = 0; h < H; h++) {
-                int32_t e = bb->ev[((size_t)l * mc->max_seq + k) * H + h];
+                int32_t e = bb->ev[((size_t)l * gc->block + k) * H + h];
                 if (e >= 0)
                     fprintf(f, TRACE_FMT, ss[k].p->id, l, h, step, e);
             }
@@ -192,20 +210,18 @@ static int trace_decode(model_ctx *mc, block_buf *bb, const seq_state *ss, int n
 /* --stats after a pass (the sequences advanced): add, per layer, the kept
  * attention mass of every (member sequence, head): the scores still in the
  * cache over the queries so far (each query hands out probability 1). */
-static int kv_stats_pass(model_ctx *mc, block_buf *bb, const seq_state *ss, int n,
-                         int n_out, gen_stats *st)
+static int kv_stats_pass(gen_ctx *gc, block_buf *bb, const seq_state *ss, int n_out,
+                         gen_stats *st)
 {
-    const model_config *c = &mc->m->cfg;
-    const backend_ops *o = mc->m->be->ops;
+    const model_config *c = gc->c;
     int H = c->n_head;
     for (int l = 0; l < c->n_layer; l++) {
-        FORWARD_IF(o->download_f32(mc->m->be->ctx, bb->scores, mc->scores[l],
-                                   (size_t)n * H * mc->cap));
         for (int i = 0; i < n_out; i++) {
             int k = bb->members[i];
             const seq_state *s = &ss[k];
+            FORWARD_IF(sched_read_kv(gc->sc, l, k, 1, bb->scores));
             for (int h = 0; h < H; h++) {
-                const float *sc = bb->scores + ((size_t)k * H + h) * mc->cap;
+                const float *sc = bb->scores + (size_t)h * gc->cap;
                 double kept = 0;
                 for (int t = 0; t < s->n_slots; t++)
                     kept += sc[t];
@@ -218,17 +234,18 @@ static int kv_stats_pass(model_ctx *mc, block_buf *bb, const seq_state *ss, int 
 }
 
 /* Sample one token for each output row and hand it to its sequence. */
-static int sample_rows(model_ctx *mc, block_buf *bb, seq_state *ss, int n_out,
+static int sample_rows(gen_ctx *gc, block_buf *bb, seq_state *ss, int n_out,
                        const gen_opts *o)
 {
-    const model_config *c = &mc->m->cfg;
+    const model_config *c = gc->c;
+    const backend *be = gc->m->be;
     for (int i = 0; i < n_out; i++) {
         seq_state *s = &ss[bb->members[i]];
         bb->temp[i] = o->temperature;
         bb->topp[i] = o->top_p;
         bb->u[i] = (splitmix(&s->rng) >> 11) * 0x1.0p-53;
     }
-    FORWARD_IF(mc->m->be->ops->sample(mc->m->be->ctx, mc->logits, n_out, c->vocab_size,
+    FORWARD_IF(be->ops->sample(be->ctx, sched_logits(gc->sc), n_out, c->vocab_size,
                                       bb->temp, bb->topp, bb->u, bb->tokens, bb->lps));
     for (int i = 0; i < n_out; i++)
         take_token(&ss[bb->members[i]], bb->tokens[i], bb->lps[i],
@@ -236,18 +253,25 @@ static int sample_rows(model_ctx *mc, block_buf *bb, seq_state *ss, int n_out,
     return 0;
 }
 
-static int run_block(model_ctx *mc, block_buf *bb, seq_state *ss, int n,
+static int run_block(gen_ctx *gc, block_buf *bb, seq_state *ss, int n,
                      const gen_opts *o, const tok *t, outfile *out, gen_stats *st)
 {
-    int next = 0;
-    /* prefill, whole prompts packed up to max_rows tokens a pass */
+    int next = 0, gbs = gc->gbs;
+    /* prefill: whole prompts packed in sequence order; each GPU batch
+     * brings at most max_rows tokens to a pass */
     double t0 = now_s();
     for (int first = 0; first < n;) {
-        int rows = 0, n_out = 0, s = first;
+        int rows = 0, n_out = 0, s = first, batch_rows = 0;
         for (int k = 0; k < n; k++)
             bb->seqs[k] = seq_desc(&ss[k], 0, 0);
-        while (s < n && (rows == 0 || rows + ss[s].p->n_ids <= mc->max_rows)) {
+        while (s < n) {
             const prompt *p = ss[s].p;
+            if (s % gbs == 0 || s == first)
+                batch_rows = 0;
+            int len = ss[s].max_new > 0 ? p->n_ids : 0;
+            if (batch_rows > 0 && batch_rows + len > gc->max_rows)
+                break;
+            batch_rows += len;
             if (ss[s].max_new > 0) {
                 bb->seqs[s] = seq_desc(&ss[s], rows, p->n_ids);
                 for (int j = 0; j < p->n_ids; j++) {
@@ -263,16 +287,17 @@ static int run_block(model_ctx *mc, block_buf *bb, seq_state *ss, int n,
         first = s;
         if (n_out == 0)
             continue;
-        FORWARD_IF(model_forward(mc, bb->ids, bb->pos, rows, bb->seqs, n, bb->last, n_out));
-        FORWARD_IF(sample_rows(mc, bb, ss, n_out, o));
+        FORWARD_IF(sched_forward(gc->sc, bb->ids, bb->pos, rows, bb->seqs, n, bb->last, n_out,
+                                 0));
+        FORWARD_IF(sample_rows(gc, bb, ss, n_out, o));
         for (int i = 0; i < n_out; i++) {
             seq_state *sq = &ss[bb->members[i]];
             seq_advance(sq, sq->p->n_ids);
             if (o->trace && sq->p->n_ids > sq->budget)
-                FORWARD_IF(trace_prefill(mc, bb, sq, bb->members[i], o->trace));
+                FORWARD_IF(trace_prefill(gc, bb, sq, bb->members[i], o->trace));
         }
         if (o->kv_stats)
-            FORWARD_IF(kv_stats_pass(mc, bb, ss, n, n_out, st));
+            FORWARD_IF(kv_stats_pass(gc, bb, ss, n_out, st));
         st->prefill_tokens += rows;
         st->generated += n_out;
     }
@@ -286,7 +311,7 @@ static int run_block(model_ctx *mc, block_buf *bb, seq_state *ss, int n,
 
     /* decode: every unfinished sequence feeds its last token */
     t0 = now_s();
-    for (;;) {
+    for (int step = 1;; step++) {
         int rows = 0;
         for (int k = 0; k < n; k++) {
             seq_state *s = &ss[k];
@@ -303,14 +328,16 @@ static int run_block(model_ctx *mc, block_buf *bb, seq_state *ss, int n,
         }
         if (rows == 0)
             break;
-        FORWARD_IF(model_forward(mc, bb->ids, bb->pos, rows, bb->seqs, n, bb->last, rows));
+        FORWARD_IF(sched_forward(gc->sc, bb->ids, bb->pos, rows, bb->seqs, n, bb->last, rows,
+                                 step));
         if (o->trace)
-            FORWARD_IF(trace_decode(mc, bb, ss, n, o->trace));
-        FORWARD_IF(sample_rows(mc, bb, ss, rows, o));
+            FORWARD_IF(trace_decode(gc, bb, ss, n, o->trace));
+        FORWARD_IF(sample_rows(gc, bb, ss, rows, o));
         for (int i = 0; i < rows; i++)
             seq_advance(&ss[bb->members[i]], 1);
         if (o->kv_stats)
-            FORWARD_IF(kv_stats_pass(mc, bb, ss, n, rows, st));
+            FORWARD_IF(kv_stats_pass(gc, bb, ss, rows, st));
+        gen_progress(gc, st, 0);
         st->decode_tokens += rows;
         st->generated += rows;
         FORWARD_IF(flush_done(ss, n, &next, t, out));
@@ -388,15 +415,49 @@ int gen_trace_open(const char *path, int resume, const outfile *out, FILE **f)
     return 0;
 }
 
-int gen_run(model *m, const tok *t, const prompt_set *ps, outfile *out,
+void gen_shape(const model_config *c, const prompt_set *ps, const outfile *out,
+               const gen_opts *o, int gbs, sched_shape *sh)
+{
+    int max_prompt = 1, cap = 1;
+    for (int i = 0; i < ps->n; i++) {
+        const prompt *p = &ps->p[i];
+        if (out && outfile_has(out, p->id))
+            continue;
+        kv_split sp;
+        if (kv_policy_split(&o->kv, p->n_ids, effective_max_new(p, o, c->max_pos), p->line,
+                            &sp) < 0)
+            continue; /* gen_check refuses it */
+        if (p->n_ids > max_prompt)
+            max_prompt = p->n_ids;
+        /* the cache holds the largest budget, not the longest sequence:
+         * that is where an evicting policy saves its memory */
+        if (sp.budget > cap)
+            cap = sp.budget;
+    }
+    int rows = o->prefill_rows > max_prompt ? o->prefill_rows : max_prompt;
+    if (rows > gbs * max_prompt)
+        rows = gbs * max_prompt;
+    if (rows < gbs)
+        rows = gbs;
+    memset(sh, 0, sizeof *sh);
+    sh->max_rows = rows;
+    sh->cap = cap;
+    sh->scores = kv_policy_needs_scores(&o->kv) || o->kv_stats;
+    sh->evicted = o->trace != NULL;
+}
+
+int gen_run(model *m, sched *sc, const tok *t, const prompt_set *ps, outfile *out,
             const gen_opts *o, gen_stats *st)
 {
     const model_config *c = &m->cfg;
     memset(st, 0, sizeof *st);
     FORWARD_IF(gen_check(c, ps, o));
-    double t_start = now_s();
+    gen_ctx gc = {.m = m, .c = c, .sc = sc, .gbs = sched_get_policy(sc)->gpu_batch_size,
+                  .block = sched_block(sc), .max_rows = sched_max_rows(sc),
+                  .t_start = now_s(), .progress = o->progress};
+    gc.last_report = gc.t_start;
     /* pending prompts, in file order */
-    int n_todo = 0, max_prompt = 0, cap = 1, max_new = 1;
+    int n_todo = 0, max_prompt = 0, max_new = 1;
     const prompt **todo = malloc(sizeof *todo * (size_t)(ps->n ? ps->n : 1));
     RETURN_IF(!todo, -ENOMEM, "out of memory");
     for (int i = 0; i < ps->n; i++) {
@@ -409,34 +470,26 @@ int gen_run(model *m, const tok *t, const prompt_set *ps, outfile *out,
         todo[n_todo++] = p;
         if (p->n_ids > max_prompt)
             max_prompt = p->n_ids;
-        /* the cache holds the largest budget, not the longest sequence:
-         * that is where an evicting policy saves its memory */
-        if (sp.budget > cap)
-            cap = sp.budget;
+        if (sp.budget > gc.cap)
+            gc.cap = sp.budget;
         if (p->n_ids + mn > st->kv_slots_full)
             st->kv_slots_full = p->n_ids + mn;
         if (mn > max_new)
             max_new = mn;
     }
-    st->kv_slots = cap;
-    int B = o->batch_size < n_todo ? o->batch_size : n_todo;
+    gc.n_todo = n_todo;
+    st->kv_slots = gc.cap;
+    int B = gc.block < n_todo ? gc.block : n_todo;
     if (B == 0) {
         free(todo);
-        st->total_s = now_s() - t_start;
+        st->total_s = now_s() - gc.t_start;
         return 0;
     }
-    int max_rows = o->prefill_rows > max_prompt ? o->prefill_rows : max_prompt;
-    if (max_rows > B * max_prompt)
-        max_rows = B * max_prompt;
-    if (max_rows < B)
-        max_rows = B;
+    int max_rows = B * max_prompt;
 
-    model_ctx *mc = NULL;
     block_buf bb = {0};
     seq_state *ss = calloc((size_t)B, sizeof *ss);
-    int flags = (kv_policy_needs_scores(&o->kv) || o->kv_stats ? MODEL_CTX_SCORES : 0) |
-                (o->trace ? MODEL_CTX_EVICTED : 0);
-    int rc = ss ? model_ctx_create(m, max_rows, B, cap, flags, &mc) : -ENOMEM;
+    int rc = ss ? 0 : -ENOMEM;
     if (rc == 0) {
         bb.ids = malloc(sizeof(int32_t) * (size_t)max_rows);
         bb.pos = malloc(sizeof(int32_t) * (size_t)max_rows);
@@ -459,14 +512,14 @@ int gen_run(model *m, const tok *t, const prompt_set *ps, outfile *out,
             rc = -ENOMEM;
         size_t heads = (size_t)c->n_head;
         if (o->trace) {
-            bb.ev = malloc(sizeof(int32_t) * (size_t)c->n_layer * B * heads);
-            bb.slot_pos = malloc(sizeof(int32_t) * heads * cap);
+            bb.ev = malloc(sizeof(int32_t) * (size_t)c->n_layer * gc.block * heads);
+            bb.slot_pos = malloc(sizeof(int32_t) * heads * gc.cap);
             bb.kept = malloc((size_t)max_prompt);
             if (!bb.ev || !bb.slot_pos || !bb.kept)
                 rc = -ENOMEM;
         }
         if (o->kv_stats) {
-            bb.scores = malloc(sizeof(float) * (size_t)B * heads * cap);
+            bb.scores = malloc(sizeof(float) * heads * gc.cap);
             st->kept_mass = calloc((size_t)c->n_layer, sizeof(double));
             st->n_layer = c->n_layer;
             if (!bb.scores || !st->kept_mass)
@@ -475,7 +528,6 @@ int gen_run(model *m, const tok *t, const prompt_set *ps, outfile *out,
         if (rc == -ENOMEM)
             err_set(__FILE__, __LINE__, "out of memory for a block of %d sequences", B);
     }
-    double last_report = now_s();
     for (int first = 0; rc == 0 && first < n_todo; first += B) {
         int n = n_todo - first < B ? n_todo - first : B;
         for (int k = 0; k < n; k++) {
@@ -494,16 +546,9 @@ int gen_run(model *m, const tok *t, const prompt_set *ps, outfile *out,
             s->finish = NULL;
             s->rng = seq_seed(o->seed, s->p->id);
         }
-        rc = run_block(mc, &bb, ss, n, o, t, out, st);
+        rc = run_block(&gc, &bb, ss, n, o, t, out, st);
         st->prompts += n;
-        double now = now_s();
-        if (o->progress && (now - last_report > 1.0 || first + n == n_todo)) {
-            double el = now - t_start, rate = st->generated / el;
-            double eta = st->prompts ? el * (n_todo - st->prompts) / st->prompts : 0;
-            err_log("[flexh2o] %ld/%d prompts, %.1f tok/s generated, ETA %.0f s",
-                    st->prompts, n_todo, rate, eta);
-            last_report = now;
-        }
+        gen_progress(&gc, st, first + n == n_todo);
     }
     for (int k = 0; ss && k < B; k++) {
         free(ss[k].toks);
@@ -524,11 +569,10 @@ int gen_run(model *m, const tok *t, const prompt_set *ps, outfile *out,
     free(bb.slot_pos);
     free(bb.kept);
     free(bb.scores);
-    model_ctx_destroy(mc);
     if (st->kept_mass && st->kept_samples > 0)
         for (int l = 0; l < st->n_layer; l++)
             st->kept_mass[l] /= (double)st->kept_samples;
     free(todo);
-    st->total_s = now_s() - t_start;
+    st->total_s = now_s() - gc.t_start;
     return rc;
 }

@@ -8,15 +8,16 @@
 #include "jobio.h"
 #include "kv_policy.h"
 #include "model.h"
+#include "sched.h"
 #include "tok.h"
 
 typedef struct gen_opts {
-    int batch_size;      /* sequences per block */
+    int batch_size;      /* sequences per GPU batch (the policy's gpu_batch_size) */
     int max_new;         /* default max_new_tokens */
     float temperature;   /* 0 = greedy */
     float top_p;         /* 1 = off */
     uint64_t seed;
-    int prefill_rows;    /* most packed prompt tokens per prefill pass */
+    int prefill_rows;    /* most packed prompt tokens of one GPU batch per prefill pass */
     int progress;        /* print a progress line on stderr */
     int ignore_eos;      /* run to max_new_tokens (benchmarks) */
     kv_policy kv;        /* KV policy and budget; all zero = full */
@@ -37,13 +38,21 @@ typedef struct gen_stats {
     int n_layer;
 } gen_stats;
 
+/* The shape the scheduler must be planned for (sched_shape) to run ps
+ * with o in GPU batches of gbs sequences: rows of a GPU batch's prefill
+ * pass, KV slots (the largest budget), scores and eviction records.
+ * Prompts already in out (resume) do not count; out may be NULL. */
+void gen_shape(const model_config *c, const prompt_set *ps, const outfile *out,
+               const gen_opts *o, int gbs, sched_shape *sh);
+
 /* Check the KV split of every prompt of ps under o->kv (kv_policy_split),
  * before anything runs, so that a budget that leaves some prompt no recent
  * slot stops the job with nothing written. @return 0 or -EINVAL. */
 int gen_check(const model_config *c, const prompt_set *ps, const gen_opts *o);
 
 /* Generate for every prompt of ps whose id is not yet in out, in file
- * order, appending one record per prompt as soon as it and all before it
+ * order, in blocks of sched_block(sc) sequences run by the scheduler sc
+ * (planned with gen_shape; m attached), appending one record per prompt as soon as it and all before it
  * are done. A prompt's output does not depend on its batch: positions,
  * cache slots and the sampler's random stream (seeded by seed and the id)
  * are its own. t may be NULL (completions are then empty strings).
@@ -65,7 +74,7 @@ int gen_check(const model_config *c, const prompt_set *ps, const gen_opts *o);
  * probability 1, so this is the share of all attention paid so far that
  * went to tokens still cached (1 for full); st->kept_mass[l] is its mean.
  * @return 0 or -errno; records written before a failure stay. */
-int gen_run(model *m, const tok *t, const prompt_set *ps, outfile *out,
+int gen_run(model *m, sched *sc, const tok *t, const prompt_set *ps, outfile *out,
             const gen_opts *o, gen_stats *st);
 void gen_stats_free(gen_stats *st); /* accepts a zeroed struct */
 

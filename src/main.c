@@ -18,6 +18,8 @@
 #include "gen.h"
 #include "jobio.h"
 #include "model.h"
+#include "off.h"
+#include "sched.h"
 #include "tok.h"
 
 static int fail(void)
@@ -98,7 +100,24 @@ static const char generate_help[] =
     "                       evicted when generated token s was inserted (--resume appends)\n"
     "  --stats              print per layer the kept attention mass: the mean, over\n"
     "                       sequences, heads and passes, of (accumulated attention of the\n"
-    "                       cached tokens) / (queries so far); 1 = nothing attended was lost\n";
+    "                       cached tokens) / (queries so far); 1 = nothing attended was lost\n"
+    "\n"
+    "Offloading (DESIGN.md \"Policy\", \"Zig-zag block schedule\"; flags override --policy):\n"
+    "  --policy FILE        JSON policy (configs/policies/*.json)\n"
+    "  --gpu-batch-size N   sequences per GPU batch (same as --batch-size)\n"
+    "  --num-gpu-batches N  GPU batches per block (default 1); a layer's weights are\n"
+    "                       loaded once per block and reused by each GPU batch\n"
+    "  --percent WG WC CG CC HG HC  weights, KV cache, activations on the GPU and the CPU\n"
+    "                       in percent; the rest on disk (default 100 0 100 0 100 0)\n"
+    "  --gpu-mem SIZE       GPU-tier cap, e.g. 16G (default: what the device has; none on cpu)\n"
+    "  --cpu-mem SIZE       CPU-tier cap (default: MemAvailable)\n"
+    "  --offload-dir DIR    disk tier (weights.bin, kv.bin, act.bin are created there)\n"
+    "  --overlap | --no-overlap  I/O threads overlap compute (default on)\n"
+    "  --pin-weight | --no-pin-weight  pinned memory for CPU-tier weights (default on)\n"
+    "  --cpu-attention      decode attention over CPU-tier KV runs where it lives\n"
+    "  --plan               print the memory plan of every tier and exit\n"
+    "  --trace FILE         Chrome trace-event JSON of every load, store and compute\n"
+    "                       (open in https://ui.perfetto.dev)\n";
 
 static int cmd_generate(int argc, char **argv)
 {
@@ -126,12 +145,32 @@ static int cmd_generate(int argc, char **argv)
         {"hh-share", required_argument, 0, 'H'},
         {"trace-evictions", required_argument, 0, 'V'},
         {"stats", no_argument, 0, 'X'},
+        {"policy", required_argument, 0, 1000},
+        {"gpu-batch-size", required_argument, 0, 1013},
+        {"num-gpu-batches", required_argument, 0, 1001},
+        {"percent", required_argument, 0, 1002},
+        {"gpu-mem", required_argument, 0, 1003},
+        {"cpu-mem", required_argument, 0, 1004},
+        {"offload-dir", required_argument, 0, 1005},
+        {"overlap", no_argument, 0, 1006},
+        {"no-overlap", no_argument, 0, 1007},
+        {"pin-weight", no_argument, 0, 1008},
+        {"no-pin-weight", no_argument, 0, 1009},
+        {"cpu-attention", no_argument, 0, 1010},
+        {"trace", required_argument, 0, 1011},
+        {"plan", no_argument, 0, 1012},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     const char *model_dir = NULL, *dummy = NULL, *prompts = NULL, *outp = NULL;
-    const char *device = NULL, *trace_path = NULL;
-    int resume = 0, strict = 0, quiet = 0, threads = 0, seed = 0;
+    const char *device = NULL, *trace_path = NULL, *policy_path = NULL, *sched_trace_path = NULL;
+    int resume = 0, strict = 0, quiet = 0, threads = 0, seed = 0, plan_only = 0;
+    /* policy flags, applied over --policy FILE whatever their order */
+    sched_policy cli;
+    sched_policy_default(&cli);
+    unsigned given = 0;
+    enum { G_GBS = 1, G_NGB = 2, G_PCT = 4, G_GMEM = 8, G_CMEM = 16, G_DIR = 32, G_OVL = 64,
+           G_PIN = 128, G_CATT = 256 };
     gen_opts go = {.batch_size = 8, .max_new = 32, .temperature = 0.0f, .top_p = 1.0f,
                    .prefill_rows = 4096, .progress = 1, .kv = {.hh_share = 0.5}};
     int c, rc;
@@ -148,9 +187,52 @@ static int cmd_generate(int argc, char **argv)
                 return rc;
             break;
         case 'b':
-            if ((rc = parse_int("generate", "--batch-size", optarg, 1, 1 << 16, &go.batch_size)))
+        case 1013:
+            if ((rc = parse_int("generate", c == 'b' ? "--batch-size" : "--gpu-batch-size",
+                                optarg, 1, 1 << 16, &cli.gpu_batch_size)))
                 return rc;
+            given |= G_GBS;
             break;
+        case 1000: policy_path = optarg; break;
+        case 1001:
+            if ((rc = parse_int("generate", "--num-gpu-batches", optarg, 1, 1 << 16,
+                                &cli.num_gpu_batches)))
+                return rc;
+            given |= G_NGB;
+            break;
+        case 1002: {
+            /* six values: "--percent 20 80 0 100 0 100" or "--percent 20,80,0,100,0,100" */
+            const char *args[6] = {optarg};
+            int n = 1;
+            if (!strchr(optarg, ',') && !strchr(optarg, ' '))
+                while (n < 6 && optind < argc && argv[optind][0] != '-')
+                    args[n++] = argv[optind++];
+            if (sched_policy_parse_percent(args, n, &cli) < 0)
+                return usage_error("generate", err_msg());
+            given |= G_PCT;
+            break;
+        }
+        case 1003:
+            if (sched_parse_size("--gpu-mem", optarg, &cli.gpu_mem) < 0)
+                return usage_error("generate", err_msg());
+            given |= G_GMEM;
+            break;
+        case 1004:
+            if (sched_parse_size("--cpu-mem", optarg, &cli.cpu_mem) < 0)
+                return usage_error("generate", err_msg());
+            given |= G_CMEM;
+            break;
+        case 1005:
+            snprintf(cli.offload_dir, sizeof cli.offload_dir, "%s", optarg);
+            given |= G_DIR;
+            break;
+        case 1006: cli.overlap = 1; given |= G_OVL; break;
+        case 1007: cli.overlap = 0; given |= G_OVL; break;
+        case 1008: cli.pin_weight = 1; given |= G_PIN; break;
+        case 1009: cli.pin_weight = 0; given |= G_PIN; break;
+        case 1010: cli.cpu_attention = 1; given |= G_CATT; break;
+        case 1011: sched_trace_path = optarg; break;
+        case 1012: plan_only = 1; break;
         case 't':
             if ((rc = parse_float("generate", "--temperature", optarg, 0, 100, &go.temperature)))
                 return rc;
@@ -227,6 +309,25 @@ static int cmd_generate(int argc, char **argv)
     go.progress = !quiet;
     if (kv_policy_check(&go.kv) < 0)
         return usage_error("generate", err_msg());
+    sched_policy pol;
+    sched_policy_default(&pol);
+    if (policy_path && sched_policy_load(policy_path, &pol) < 0)
+        return usage_error("generate", err_msg());
+    if (given & G_GBS) pol.gpu_batch_size = cli.gpu_batch_size;
+    if (given & G_NGB) pol.num_gpu_batches = cli.num_gpu_batches;
+    if (given & G_PCT) {
+        pol.wg = cli.wg; pol.wc = cli.wc; pol.cg = cli.cg;
+        pol.cc = cli.cc; pol.hg = cli.hg; pol.hc = cli.hc;
+    }
+    if (given & G_GMEM) pol.gpu_mem = cli.gpu_mem;
+    if (given & G_CMEM) pol.cpu_mem = cli.cpu_mem;
+    if (given & G_DIR) memcpy(pol.offload_dir, cli.offload_dir, sizeof pol.offload_dir);
+    if (given & G_OVL) pol.overlap = cli.overlap;
+    if (given & G_PIN) pol.pin_weight = cli.pin_weight;
+    if (given & G_CATT) pol.cpu_attention = cli.cpu_attention;
+    if (sched_policy_check(&pol) < 0)
+        return usage_error("generate", err_msg());
+    go.batch_size = pol.gpu_batch_size;
 
     backend be = {0};
     int want_cuda = device ? strcmp(device, "cuda") == 0 : kern_cuda_available();
@@ -244,28 +345,62 @@ static int cmd_generate(int argc, char **argv)
     prompt_set ps = {0};
     outfile out = {0};
     gen_stats st = {0};
-    int status = 0, kv_usage = 0;
+    sched *sc = NULL;
+    sched_trace *strace = NULL;
+    model_config cfg;
+    uint32_t store_dtype = 0;
+    int status = 0, kv_usage = 0, is_store = 0;
     if (model_dir) {
-        rc = model_load_hf(model_dir, &be, &m);
+        rc = model_config_of(model_dir, &cfg);
         if (rc == 0)
+            rc = is_store = model_store_dtype(model_dir, &store_dtype);
+        if (rc >= 0)
             rc = tok_load(model_dir, &t);
     } else {
-        model_config cfg;
         rc = model_config_by_name(dummy, &cfg);
-        if (rc == 0)
-            rc = model_create_dummy(&cfg, &be, 1234, &m);
+        cfg.tie_lm_head = 1; /* as model_create_dummy builds it */
     }
     if (rc == 0)
-        rc = prompts_load(prompts, t, m->cfg.bos_id, m->cfg.vocab_size,
-                          m->cfg.max_pos - 1, strict, &ps);
-    if (rc == 0 && (rc = gen_check(&m->cfg, &ps, &go)) < 0)
+        rc = prompts_load(prompts, t, cfg.bos_id, cfg.vocab_size, cfg.max_pos - 1, strict, &ps);
+    if (rc == 0 && (rc = gen_check(&cfg, &ps, &go)) < 0)
         kv_usage = 1; /* a budget too small for a prompt: fix the flags */
-    if (rc == 0)
+    if (rc == 0 && !plan_only)
         rc = outfile_open(outp, resume, &out);
-    if (rc == 0 && trace_path)
+    if (rc == 0 && trace_path && !plan_only)
         rc = gen_trace_open(trace_path, resume, &out, &go.trace);
-    if (rc == 0)
-        rc = gen_run(m, t, &ps, &out, &go, &st);
+    if (rc == 0 && sched_trace_path)
+        rc = sched_trace_create(&strace);
+    sched_shape sh;
+    if (rc == 0) {
+        gen_shape(&cfg, &ps, out.f ? &out : NULL, &go, pol.gpu_batch_size, &sh);
+        sh.weights_on_disk_already =
+            is_store && (store_dtype == OFF_DTYPE_F16 ? 2u : 4u) == be.ops->elem_size;
+        if (plan_only) {
+            sched_plan pl;
+            rc = sched_plan_compute(&cfg, be.ops->elem_size, &pol, &sh, &pl);
+            if (rc == 0)
+                sched_plan_print(stdout, &pl);
+        } else {
+            rc = sched_create(&be, &cfg, &pol, &sh, strace, &sc);
+        }
+    }
+    if (rc == 0 && !plan_only) {
+        if (is_store)
+            rc = model_load_store(model_dir, &be, NULL, sched_layer_sink, sc, &m);
+        else if (model_dir)
+            rc = model_load_hf_sink(model_dir, &be, sched_layer_sink, sc, &m);
+        else
+            rc = model_create_dummy_sink(&cfg, &be, 1234, sched_layer_sink, sc, &m);
+    }
+    if (rc == 0 && !plan_only) {
+        sched_attach(sc, m);
+        rc = gen_run(m, sc, t, &ps, &out, &go, &st);
+    }
+    if (strace && sched_trace_path) {
+        int trc = sched_trace_write(strace, sched_trace_path);
+        if (rc == 0)
+            rc = trc;
+    }
     if (go.trace && fclose(go.trace) != 0 && rc == 0) {
         err_set(__FILE__, __LINE__, "%s: closing failed", trace_path);
         rc = -EIO;
@@ -290,6 +425,8 @@ static int cmd_generate(int argc, char **argv)
                     st.decode_s > 0 ? st.decode_tokens / st.decode_s : 0.0,
                     st.decode_tokens, st.total_s > 0 ? st.generated / st.total_s : 0.0,
                     st.total_s);
+        if (!quiet && sc)
+            sched_summary_print(sc, stderr);
         if (!quiet && go.kv.kind != KV_POLICY_FULL && st.kv_slots > 0)
             fprintf(stderr, "[flexh2o] --kv-policy %s: KV cache of %d slots per sequence, "
                     "layer and head (full: %d)\n", kv_policy_name(go.kv.kind), st.kv_slots,
@@ -304,7 +441,9 @@ static int cmd_generate(int argc, char **argv)
     gen_stats_free(&st);
     prompts_free(&ps);
     tok_destroy(t);
+    sched_destroy(sc); /* before the model: its store may be streamed from */
     model_destroy(m);
+    sched_trace_destroy(strace);
     backend_destroy(&be);
     return status;
 }
@@ -392,6 +531,47 @@ static int cmd_make_model(int argc, char **argv)
     return 0;
 }
 
+static int cmd_convert(int argc, char **argv)
+{
+    const char *in = NULL, *out = NULL;
+    uint32_t dtype = OFF_DTYPE_F16;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--model") == 0 && i + 1 < argc) {
+            in = argv[++i];
+        } else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) {
+            out = argv[++i];
+        } else if (strcmp(argv[i], "--dtype") == 0 && i + 1 < argc) {
+            const char *d = argv[++i];
+            if (strcmp(d, "f16") == 0)
+                dtype = OFF_DTYPE_F16;
+            else if (strcmp(d, "f32") == 0)
+                dtype = OFF_DTYPE_F32;
+            else
+                return usage_error("convert", "--dtype must be f16 (the GPU's) or f32 (the "
+                                   "CPU backend's)");
+        } else if (strcmp(argv[i], "--help") == 0) {
+            puts("usage: flexh2o convert --model HF_DIR --out STORE [--dtype f16|f32]\n"
+                 "  writes STORE/model.flxh2o (4 KiB-aligned, checksummed per-layer segments\n"
+                 "  that the disk tier streams with O_DIRECT) plus config.json and the\n"
+                 "  tokenizer files; then: flexh2o generate --model STORE ...\n"
+                 "  --dtype: storage type (default f16, the CUDA backend's; f32 streams\n"
+                 "  without conversion on the CPU backend)");
+            return 0;
+        } else {
+            char msg[256];
+            snprintf(msg, sizeof msg, "unknown flag %s", argv[i]);
+            return usage_error("convert", msg);
+        }
+    }
+    if (!in || !out)
+        return usage_error("convert", "--model HF_DIR and --out STORE are required");
+    if (model_convert(in, out, dtype) < 0)
+        return fail();
+    fprintf(stderr, "[flexh2o] wrote the weight store %s/model.flxh2o (%s)\n", out,
+            dtype == OFF_DTYPE_F16 ? "f16" : "f32");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *verb = argc > 1 ? argv[1] : "";
@@ -401,10 +581,12 @@ int main(int argc, char **argv)
         return cmd_tokenize(argc - 1, argv + 1);
     if (strcmp(verb, "make-model") == 0)
         return cmd_make_model(argc - 1, argv + 1);
+    if (strcmp(verb, "convert") == 0)
+        return cmd_convert(argc - 1, argv + 1);
     if (strcmp(verb, "--version") == 0) {
         printf("flexh2o %s (CUDA %s)\n", FH_VERSION, FH_HAVE_CUDA ? "built" : "not built");
         return 0;
     }
-    fprintf(stderr, "usage: flexh2o <generate|tokenize|make-model> [--help]\n");
+    fprintf(stderr, "usage: flexh2o <generate|convert|tokenize|make-model> [--help]\n");
     return strcmp(verb, "--help") == 0 || strcmp(verb, "-h") == 0 ? 0 : 2;
 }

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "err.h"
+#include "off.h"
 #include "safetensors.h"
 #include "tok.h"
 
@@ -81,7 +82,7 @@ static int put_f32(model *m, void *dst, size_t offset, const float *src, size_t 
 
 /* ------------------------------------------------------------ allocation */
 
-static int alloc_weights(model *m)
+int model_alloc_weights(model *m)
 {
     const model_config *c = &m->cfg;
     const backend_ops *o = m->be->ops;
@@ -149,6 +150,10 @@ void model_destroy(model *m)
     }
     free(m->layers);
     free(m->blob);
+    if (m->store) {
+        off_store_close(m->store);
+        free(m->store);
+    }
     free(m);
 }
 
@@ -228,7 +233,7 @@ int model_load_hf_sink(const char *dir, backend *be, model_layer_sink sink, void
         if ((size_t)cfg.ffn * d > big)
             big = (size_t)cfg.ffn * d;
         ld.buf = malloc(sizeof(float) * big);
-        rc = ld.buf ? alloc_weights(m) : -ENOMEM;
+        rc = ld.buf ? model_alloc_weights(m) : -ENOMEM;
     }
     int64_t d = cfg.hidden, f = cfg.ffn;
     if (rc == 0)
@@ -396,7 +401,7 @@ int model_create_dummy_sink(const model_config *cfg, backend *be, uint64_t seed,
     m->be = be;
     m->sink = sink;
     m->sink_ud = ud;
-    int rc = alloc_weights(m);
+    int rc = model_alloc_weights(m);
     wspec *w = NULL;
     int n = rc < 0 ? rc : weight_specs(cfg, m, &w);
     rc = n < 0 ? n : 0;

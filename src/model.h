@@ -58,7 +58,13 @@ typedef struct model {
     void *sink_ud;
     void *blob;           /* host blob of the layer being loaded */
     size_t blob_bytes;
+    struct off_store *store; /* the weight store streamed from, or NULL (owned) */
 } model;
+
+/* Allocate the backend tensors of m (m->cfg, m->be, m->sink set): all of
+ * them, or with a sink only the global ones plus the host layer blob.
+ * (model.c internal, shared with model_store.c) */
+int model_alloc_weights(model *m);
 
 /* Load an OPT model from a Hugging Face directory (config.json +
  * model.safetensors or shards). Every tensor is checked against the shape
@@ -88,6 +94,8 @@ int model_convert(const char *hf_dir, const char *out_path, uint32_t dtype);
 /* The config of a model source without loading weights: a Hugging Face
  * directory, a weight store file. */
 int model_config_of(const char *path, model_config *out);
+/* 1 (and *dtype) if path is a weight store directory, 0 if not, or -errno. */
+int model_store_dtype(const char *path, uint32_t *dtype);
 void model_destroy(model *m); /* accepts NULL */
 
 /* Write a random model of shape cfg as a Hugging Face directory

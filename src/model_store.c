@@ -1,0 +1,296 @@
+/* model_store.c: the flexh2o weight store of a model (`flexh2o convert`)
+ * and loading from it.
+ *
+ * A store is a directory: model.flxh2o (offload/off.h's segment file, one
+ * segment per global tensor and one layer blob per layer, model_layer_layout
+ * order, in fp16 or fp32) beside copies of config.json and the tokenizer
+ * files, so that `generate --model STORE` needs nothing else. The disk
+ * share of a layer streams straight from the segment with O_DIRECT when
+ * the store's dtype is the backend's storage type.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "err.h"
+#include "model.h"
+#include "off.h"
+#include "safetensors.h"
+
+#define STORE_FILE "model.flxh2o"
+
+static const char *const global_names[] = {"tok_emb", "pos_emb", "lnf_w", "lnf_b", "lm_head"};
+
+static size_t dtype_size(uint32_t dt) { return dt == OFF_DTYPE_F16 ? 2 : 4; }
+
+/* dst (dst_es bytes per element) <- src (src_es), n elements. */
+static void convert(void *dst, size_t dst_es, const void *src, size_t src_es, size_t n)
+{
+    if (dst_es == src_es) {
+        memcpy(dst, src, n * dst_es);
+    } else if (dst_es == 2) {
+        const float *f = src;
+        uint16_t *h = dst;
+        for (size_t i = 0; i < n; i++)
+            h[i] = st_f32_to_f16(f[i]);
+    } else {
+        const uint16_t *h = src;
+        float *f = dst;
+        for (size_t i = 0; i < n; i++)
+            f[i] = st_f16_to_f32(h[i]);
+    }
+}
+
+/* A layer blob of one element size in the layout of another. */
+static void convert_blob(const model_config *c, void *dst, size_t dst_es, const void *src,
+                         size_t src_es)
+{
+    size_t od[MT_COUNT], os[MT_COUNT], n[MT_COUNT];
+    model_layer_layout(c, dst_es, od, n);
+    model_layer_layout(c, src_es, os, NULL);
+    for (int t = 0; t < MT_COUNT; t++)
+        convert((char *)dst + od[t], dst_es, (const char *)src + os[t], src_es, n[t]);
+}
+
+int model_config_of(const char *path, model_config *out)
+{
+    char p[4096];
+    snprintf(p, sizeof p, "%s/%s", path, STORE_FILE);
+    if (off_store_probe(p) == 1) {
+        off_store s = {0};
+        FORWARD_IF(off_store_open(p, &s));
+        int rc = model_config_parse(s.config_json, strlen(s.config_json), p, out);
+        off_store_close(&s);
+        return rc;
+    }
+    struct stat st;
+    RETURN_IF(stat(path, &st) != 0 || !S_ISDIR(st.st_mode), -ENOENT,
+              "%s: model directory not found; pass a Hugging Face OPT directory, a store "
+              "from flexh2o convert, or create one with flexh2o make-model", path);
+    snprintf(p, sizeof p, "%s/config.json", path);
+    return model_config_load(p, out);
+}
+
+int model_store_dtype(const char *path, uint32_t *dtype)
+{
+    char p[4096];
+    snprintf(p, sizeof p, "%s/%s", path, STORE_FILE);
+    if (off_store_probe(p) != 1)
+        return 0;
+    off_store s = {0};
+    FORWARD_IF(off_store_open(p, &s));
+    *dtype = s.dtype;
+    off_store_close(&s);
+    return 1;
+}
+
+/* ------------------------------------------------------------ convert */
+
+typedef struct conv {
+    off_store_writer *w;
+    const model_config *c;
+    uint32_t dtype;
+    void *blob;       /* (layer blob in dtype) */
+    int first_layer;  /* segment index of layer 0 */
+} conv;
+
+static int conv_sink(void *ud, int layer, const void *blob, int fd, uint64_t off)
+{
+    (void)fd;
+    (void)off;
+    conv *cv = ud;
+    convert_blob(cv->c, cv->blob, dtype_size(cv->dtype), blob, sizeof(float));
+    return off_store_writer_put(cv->w, cv->first_layer + layer, cv->blob);
+}
+
+static int copy_file(const char *from_dir, const char *to_dir, const char *name)
+{
+    char a[4096], b[4096];
+    snprintf(a, sizeof a, "%s/%s", from_dir, name);
+    snprintf(b, sizeof b, "%s/%s", to_dir, name);
+    char *buf = NULL;
+    size_t len = 0;
+    struct stat st;
+    if (stat(a, &st) != 0)
+        return 0; /* optional */
+    FORWARD_IF(fh_read_file(a, &buf, &len));
+    FILE *f = fopen(b, "wb");
+    int ok = f && fwrite(buf, 1, len, f) == len;
+    ok = f && fclose(f) == 0 && ok;
+    free(buf);
+    RETURN_IF(!ok, -EIO, "%s: cannot write (%s); check the --out directory and free space", b,
+              strerror(errno));
+    return 0;
+}
+
+int model_convert(const char *hf_dir, const char *out_dir, uint32_t dtype)
+{
+    model_config c;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", hf_dir);
+    FORWARD_IF(model_config_of(hf_dir, &c));
+    RETURN_IF(mkdir(out_dir, 0755) != 0 && errno != EEXIST, -errno,
+              "%s: cannot create the store directory (%s)", out_dir, strerror(errno));
+    char *cj = NULL;
+    size_t cj_len = 0;
+    FORWARD_IF(fh_read_file(path, &cj, &cj_len));
+    size_t es = dtype_size(dtype), d = (size_t)c.hidden;
+    int n_glob = c.tie_lm_head ? 4 : 5, n_seg = n_glob + c.n_layer;
+    const char **names = calloc((size_t)n_seg, sizeof *names);
+    char (*lnames)[OFF_SEG_NAME] = calloc((size_t)c.n_layer, OFF_SEG_NAME);
+    uint64_t *lens = calloc((size_t)n_seg, sizeof *lens);
+    conv cv = {.c = &c, .dtype = dtype, .first_layer = n_glob};
+    size_t blob = model_layer_layout(&c, es, NULL, NULL);
+    cv.blob = off_alloc_aligned(off_align_up(blob));
+    int rc = names && lnames && lens && cv.blob ? 0 : -ENOMEM;
+    if (rc == -ENOMEM)
+        err_set(__FILE__, __LINE__, "out of memory");
+    const size_t glen[5] = {(size_t)c.vocab_size * d, (size_t)(c.max_pos + 2) * d, d, d,
+                            (size_t)c.vocab_size * d};
+    for (int i = 0; rc == 0 && i < n_seg; i++) {
+        if (i < n_glob) {
+            names[i] = global_names[i];
+            lens[i] = glen[i] * es;
+        } else {
+            snprintf(lnames[i - n_glob], OFF_SEG_NAME, "layer.%d", i - n_glob);
+            names[i] = lnames[i - n_glob];
+            lens[i] = blob;
+        }
+    }
+    snprintf(path, sizeof path, "%s/%s", out_dir, STORE_FILE);
+    if (rc == 0)
+        rc = off_store_writer_open(path, dtype, cj, n_seg, names, lens, &cv.w);
+    /* load through the CPU backend: layers arrive as fp32 blobs, the
+     * global tensors stay on it and are read back */
+    backend be = {0};
+    model *m = NULL;
+    if (rc == 0)
+        rc = backend_cpu_create(0, &be);
+    if (rc == 0)
+        rc = model_load_hf_sink(hf_dir, &be, conv_sink, &cv, &m);
+    const void *gp[5] = {m ? m->tok_emb : NULL, m ? m->pos_emb : NULL, m ? m->lnf_w : NULL,
+                         m ? m->lnf_b : NULL, m ? m->lm_head : NULL};
+    for (int i = 0; rc == 0 && i < n_glob; i++) {
+        void *buf = malloc(glen[i] * es);
+        if (!buf) {
+            err_set(__FILE__, __LINE__, "out of memory");
+            rc = -ENOMEM;
+            break;
+        }
+        convert(buf, es, gp[i], sizeof(float), glen[i]); /* CPU backend: fp32 host memory */
+        rc = off_store_writer_put(cv.w, i, buf);
+        free(buf);
+    }
+    if (rc == 0) {
+        rc = off_store_writer_finish(cv.w);
+        cv.w = NULL;
+    }
+    off_store_writer_abort(cv.w);
+    model_destroy(m);
+    backend_destroy(&be);
+    const char *files[] = {"config.json", "vocab.json", "merges.txt", "tokenizer.json"};
+    for (size_t i = 0; rc == 0 && i < sizeof files / sizeof *files; i++)
+        rc = copy_file(hf_dir, out_dir, files[i]);
+    free(cj);
+    free(names);
+    free(lnames);
+    free(lens);
+    free(cv.blob);
+    return rc;
+}
+
+/* ------------------------------------------------------------ loading */
+
+int model_load_store(const char *dir, backend *be, struct off_disk *disk,
+                     model_layer_sink sink, void *ud, model **out)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, STORE_FILE);
+    model *m = calloc(1, sizeof *m);
+    off_store *st = calloc(1, sizeof *st);
+    int rc = m && st ? 0 : -ENOMEM;
+    if (rc < 0)
+        err_set(__FILE__, __LINE__, "out of memory");
+    if (rc == 0) {
+        m->store = st;
+        rc = off_store_open(path, st);
+    }
+    if (rc == 0)
+        rc = model_config_parse(st->config_json, strlen(st->config_json), path, &m->cfg);
+    const model_config *c = &m->cfg;
+    size_t ses = dtype_size(st->dtype), bes = be->ops->elem_size;
+    if (rc == 0 && st->dtype != OFF_DTYPE_F16 && st->dtype != OFF_DTYPE_F32) {
+        err_set(__FILE__, __LINE__, "%s: unknown dtype %u; run flexh2o convert again", path,
+                st->dtype);
+        rc = -EINVAL;
+    }
+    if (rc == 0) {
+        m->be = be;
+        m->sink = sink;
+        m->sink_ud = ud;
+        rc = model_alloc_weights(m);
+    }
+    int n_glob = c->tie_lm_head ? 4 : 5;
+    void *dst[5] = {m->tok_emb, m->pos_emb, m->lnf_w, m->lnf_b, m->lm_head};
+    size_t seg_max = 0;
+    for (int i = 0; rc == 0 && i < st->n_seg; i++)
+        if (st->seg[i].length > seg_max)
+            seg_max = st->seg[i].length;
+    void *buf = rc == 0 ? off_alloc_aligned(off_align_up(seg_max)) : NULL;
+    float *f32 = NULL;
+    if (rc == 0 && !buf) {
+        err_set(__FILE__, __LINE__, "out of memory for a segment of %s", path);
+        rc = -ENOMEM;
+    }
+    for (int i = 0; rc == 0 && i < n_glob; i++) {
+        int s = off_store_find(st, global_names[i]);
+        if (s < 0) {
+            err_set(__FILE__, __LINE__, "%s: segment %s missing; run flexh2o convert again",
+                    path, global_names[i]);
+            rc = -EINVAL;
+            break;
+        }
+        size_t n = st->seg[s].length / ses;
+        rc = off_store_read_seg(st, disk, s, buf);
+        float *tmp = rc == 0 ? realloc(f32, n * sizeof(float)) : NULL;
+        if (rc == 0 && !tmp) {
+            err_set(__FILE__, __LINE__, "out of memory");
+            rc = -ENOMEM;
+        }
+        if (rc == 0) {
+            f32 = tmp;
+            convert(f32, sizeof(float), buf, ses, n);
+            rc = be->ops->upload(be->ctx, dst[i], f32, n);
+        }
+    }
+    size_t want = model_layer_layout(c, ses, NULL, NULL);
+    for (int l = 0; rc == 0 && l < c->n_layer; l++) {
+        char name[OFF_SEG_NAME];
+        snprintf(name, sizeof name, "layer.%d", l);
+        int s = off_store_find(st, name);
+        if (s < 0 || st->seg[s].length != want) {
+            err_set(__FILE__, __LINE__, "%s: segment %s %s; run flexh2o convert again", path,
+                    name, s < 0 ? "is missing" : "has the wrong size for config.json");
+            rc = -EINVAL;
+            break;
+        }
+        rc = off_store_read_seg(st, disk, s, buf);
+        if (rc == 0 && ses == bes) {
+            rc = sink(ud, l, buf, st->fd, st->seg[s].offset);
+        } else if (rc == 0) {
+            convert_blob(c, m->blob, bes, buf, ses);
+            rc = sink(ud, l, m->blob, -1, 0);
+        }
+    }
+    free(buf);
+    free(f32);
+    if (rc < 0) {
+        if (!m)
+            free(st);
+        model_destroy(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
