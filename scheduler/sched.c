@@ -595,7 +595,11 @@ int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
          * embedding of layer 0) must not overwrite what a store still reads */
         if (rc == 0 && io[v].has_store)
             rc = sched_lane_wait(&s->lane[1], io[v].store);
-        if (rc == 0 && i + 1 < n_items)
+        /* with one GPU batch the next item is the same batch one layer up:
+         * its activations are what this item stores, so its load goes after
+         * that store (below) */
+        int late = nb == 1;
+        if (rc == 0 && i + 1 < n_items && !late)
             rc = load_item(s, (i + 1) / nb, &bs[(i + 1) % nb], v ^ 1, step, &io[v ^ 1],
                            &io[v ^ 1]);
         if (rc == 0)
@@ -606,6 +610,11 @@ int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
             rc = s->be->ops->mark(s->be->ctx, MARK_W(s->w_slot_of[0] == l ? 0 : 1));
         if (rc == 0)
             rc = store_item(s, l, b, v, step, &io[v]);
+        /* the lane stores in order: waiting for this item's store covers
+         * the older ones from slot v ^ 1 */
+        if (rc == 0 && i + 1 < n_items && late)
+            rc = load_item(s, (i + 1) / nb, &bs[(i + 1) % nb], v ^ 1, step, &io[v ^ 1],
+                           &io[v]);
     }
     /* the pass ends when its stores are home (the next pass and the KV
      * readers see them); the prefetch of layer 0 may still run */

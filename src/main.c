@@ -364,15 +364,16 @@ static int cmd_generate(int argc, char **argv)
         rc = prompts_load(prompts, t, cfg.bos_id, cfg.vocab_size, cfg.max_pos - 1, strict, &ps);
     if (rc == 0 && (rc = gen_check(&cfg, &ps, &go)) < 0)
         kv_usage = 1; /* a budget too small for a prompt: fix the flags */
-    if (rc == 0 && !plan_only)
+    /* the output is opened early only to resume it (the plan then skips
+     * what is done); a new one appears only once the policy fits */
+    if (rc == 0 && !plan_only && resume && access(outp, F_OK) == 0)
         rc = outfile_open(outp, resume, &out);
-    if (rc == 0 && trace_path && !plan_only)
-        rc = gen_trace_open(trace_path, resume, &out, &go.trace);
     if (rc == 0 && sched_trace_path)
         rc = sched_trace_create(&strace);
     sched_shape sh;
     if (rc == 0) {
         gen_shape(&cfg, &ps, out.f ? &out : NULL, &go, pol.gpu_batch_size, &sh);
+        sh.evicted = trace_path != NULL; /* the file is opened below */
         sh.weights_on_disk_already =
             is_store && (store_dtype == OFF_DTYPE_F16 ? 2u : 4u) == be.ops->elem_size;
         if (plan_only) {
@@ -384,6 +385,10 @@ static int cmd_generate(int argc, char **argv)
             rc = sched_create(&be, &cfg, &pol, &sh, strace, &sc);
         }
     }
+    if (rc == 0 && !plan_only && !out.f)
+        rc = outfile_open(outp, resume, &out);
+    if (rc == 0 && trace_path && !plan_only)
+        rc = gen_trace_open(trace_path, resume, &out, &go.trace);
     if (rc == 0 && !plan_only) {
         if (is_store)
             rc = model_load_store(model_dir, &be, NULL, sched_layer_sink, sc, &m);

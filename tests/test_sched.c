@@ -1,0 +1,356 @@
+/* test_sched.c: the offloading scheduler on the CPU backend (where the
+ * "GPU" tier is a capped host arena): every placement of weights, KV cache
+ * and activations, CPU attention, overlap on and off and several block
+ * shapes give output byte-identical to the all-resident run of the same
+ * block shape; the trace shows loads overlapping compute; the weight store
+ * streams and detects corruption; the pread fallback works; policies that
+ * cannot fit are refused before anything runs. */
+#include <criterion/criterion.h>
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli_harness.h"
+#include "err.h"
+#include "fh_config.h"
+#include "sched.h"
+
+#define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
+#define POLICIES FH_SOURCE_ROOT "/configs/policies"
+
+/* Mixed lengths, one prompt of 1 token, an odd count (a partial block). */
+static const char prompts[] =
+    "{\"id\": \"a\", \"prompt\": \"Hello there, how are you\"}\n"
+    "{\"id\": \"b\", \"prompt\": \"x\"}\n"
+    "{\"id\": \"c\", \"prompt\": \"The quick brown fox jumps over the lazy dog and more\"}\n"
+    "{\"id\": \"d\", \"prompt\": \"one two\"}\n"
+    "{\"id\": \"e\", \"prompt\": \"the sixth prompt is longer than the fifth\"}\n"
+    "{\"id\": \"f\", \"prompt\": \"short\"}\n"
+    "{\"id\": \"g\", \"prompt_ids\": [2, 100, 200, 300]}\n";
+
+TestSuite(sched, .init = cli_setup, .fini = cli_teardown, .timeout = 240);
+
+static int n_run;
+
+/* Run generate on prompts.jsonl with the block shape and extra flags; the
+ * output goes to a fresh file whose name is returned (static buffer). */
+static const char *gen(const char *shape, const char *extra)
+{
+    static char out[64];
+    snprintf(out, sizeof out, "o%d.jsonl", n_run++);
+    int st = cli_run("generate --model " TINY " --prompts prompts.jsonl --out %s "
+                     "--max-new-tokens 10 %s %s --offload-dir off --quiet", out, shape, extra);
+    cr_assert_eq(st, 0, "generate %s %s failed: %s", shape, extra, cli_err);
+    return out;
+}
+
+static void assert_same(const char *a, const char *b, const char *what)
+{
+    char *x = cli_read(a), *y = cli_read(b);
+    cr_assert(x && y && strlen(x) > 100);
+    cr_assert_str_eq(x, y, "%s differs from the all-resident run", what);
+    free(x);
+    free(y);
+}
+
+static void setup_files(void)
+{
+    cli_write("prompts.jsonl", prompts);
+    cr_assert_eq(cli_run("generate --help"), 0); /* the binary is there */
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "mkdir -p %s/off", cli_dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+Test(sched, every_placement_equals_all_resident)
+{
+    setup_files();
+    static const char *shapes[] = {"--gpu-batch-size 2 --num-gpu-batches 2",
+                                   "--gpu-batch-size 1 --num-gpu-batches 3",
+                                   "--gpu-batch-size 3 --num-gpu-batches 1"};
+    static const char *policies[] = {
+        "--percent 0 0 100 0 100 0",      /* weights on disk */
+        "--percent 30 30 100 0 100 0",    /* weights over three tiers */
+        "--percent 100 0 0 0 100 0",      /* KV on disk */
+        "--percent 100 0 0 100 100 0",    /* KV on the CPU */
+        "--percent 100 0 34 33 100 0",    /* KV over three tiers */
+        "--percent 100 0 100 0 0 100",    /* activations on the CPU */
+        "--percent 100 0 100 0 0 0",      /* activations on disk */
+        "--percent 20 30 34 33 0 100",    /* everything split */
+    };
+    static const char *modes[] = {"--overlap", "--no-overlap", "--cpu-attention",
+                                  "--cpu-attention --no-overlap --no-pin-weight"};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        char base[64];
+        snprintf(base, sizeof base, "%s", gen(shapes[s], ""));
+        for (size_t p = 0; p < sizeof policies / sizeof *policies; p++)
+            for (size_t m = 0; m < sizeof modes / sizeof *modes; m++) {
+                /* the full matrix on the first shape, a diagonal on the others */
+                if (s > 0 && m != p % 4)
+                    continue;
+                char extra[256], what[512];
+                snprintf(extra, sizeof extra, "%s %s", policies[p], modes[m]);
+                snprintf(what, sizeof what, "%s %s", shapes[s], extra);
+                assert_same(base, gen(shapes[s], extra), what);
+            }
+    }
+}
+
+Test(sched, h2o_on_every_tier_equals_all_resident)
+{
+    setup_files();
+    const char *shape = "--gpu-batch-size 2 --num-gpu-batches 2 --kv-policy h2o "
+                        "--kv-ratio 0.5 --sinks 1";
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts prompts.jsonl --out base.jsonl "
+                         "--max-new-tokens 10 %s --trace-evictions ev0.jsonl --quiet", shape), 0,
+                 "%s", cli_err);
+    static const char *policies[] = {"--percent 100 0 0 0 100 0",
+                                     "--percent 100 0 34 33 100 0 --cpu-attention",
+                                     "--percent 0 50 0 100 0 100 --no-overlap",
+                                     "--percent 50 0 50 0 0 0 --cpu-attention"};
+    for (size_t p = 0; p < sizeof policies / sizeof *policies; p++) {
+        cr_assert_eq(cli_run("generate --model " TINY " --prompts prompts.jsonl --out h%zu.jsonl "
+                             "--max-new-tokens 10 %s %s --offload-dir off "
+                             "--trace-evictions ev%zu.jsonl --quiet", p, shape, policies[p],
+                             p + 1), 0, "%s", cli_err);
+        char out[32], ev[32];
+        snprintf(out, sizeof out, "h%zu.jsonl", p);
+        snprintf(ev, sizeof ev, "ev%zu.jsonl", p + 1);
+        assert_same("base.jsonl", out, policies[p]);
+        assert_same("ev0.jsonl", ev, policies[p]); /* the same tokens leave the cache */
+    }
+}
+
+/* Events of one track from a trace file: (t0, t1) pairs in microseconds. */
+static int track_events(const cJSON *evs, int tid, const char *cat, double (*iv)[2], int max)
+{
+    int n = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, evs) {
+        const cJSON *ph = cJSON_GetObjectItem(e, "ph");
+        if (!cJSON_IsString(ph) || strcmp(ph->valuestring, "X") != 0)
+            continue;
+        if (cJSON_GetObjectItem(e, "tid")->valueint != tid)
+            continue;
+        if (strcmp(cJSON_GetObjectItem(e, "cat")->valuestring, cat) != 0)
+            continue;
+        const cJSON *args = cJSON_GetObjectItem(e, "args");
+        cr_assert(cJSON_GetObjectItem(args, "layer"), "every event names its layer");
+        if (strcmp(cat, "compute") != 0)
+            cr_assert(cJSON_GetObjectItem(args, "tier") && cJSON_GetObjectItem(args, "bytes"),
+                      "every transfer names its tier and bytes");
+        if (n < max) {
+            iv[n][0] = cJSON_GetObjectItem(e, "ts")->valuedouble;
+            iv[n][1] = iv[n][0] + cJSON_GetObjectItem(e, "dur")->valuedouble;
+            n++;
+        }
+    }
+    return n;
+}
+
+/* Loads (track 2) whose interval intersects some compute (track 1). */
+static int overlapping_loads(const char *file)
+{
+    char *text = cli_read(file);
+    cr_assert(text, "%s missing", file);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    cr_assert(root, "%s is not JSON", file);
+    const cJSON *evs = cJSON_GetObjectItem(root, "traceEvents");
+    cr_assert(cJSON_IsArray(evs));
+    static double comp[20000][2], load[20000][2];
+    int nc = track_events(evs, 1, "compute", comp, 20000);
+    int nl = track_events(evs, 2, "load", load, 20000);
+    cr_assert(nc > 0 && nl > 0, "compute %d, loads %d", nc, nl);
+    int over = 0;
+    for (int i = 0; i < nl; i++)
+        for (int j = 0; j < nc; j++)
+            if (load[i][0] < comp[j][1] && comp[j][0] < load[i][1]) {
+                over++;
+                break;
+            }
+    cJSON_Delete(root);
+    return over;
+}
+
+Test(sched, trace_shows_loads_overlapping_compute)
+{
+    setup_files();
+    const char *shape = "--gpu-batch-size 2 --num-gpu-batches 2 --percent 0 0 0 0 0 100";
+    gen(shape, "--overlap --trace t1.json");
+    gen(shape, "--no-overlap --trace t0.json");
+    int with = overlapping_loads("t1.json"), without = overlapping_loads("t0.json");
+    cr_assert_gt(with, 0, "no load overlapped a compute with --overlap");
+    cr_assert_eq(without, 0, "%d loads overlapped compute with --no-overlap", without);
+}
+
+Test(sched, weight_store_streams_and_detects_corruption)
+{
+    setup_files();
+    const char *shape = "--gpu-batch-size 2 --num-gpu-batches 2";
+    const char *base = gen(shape, "");
+    char b[64];
+    snprintf(b, sizeof b, "%s", base);
+    cr_assert_eq(cli_run("convert --model " TINY " --out store --dtype f32"), 0, "%s", cli_err);
+    cr_assert(cli_exists("store/model.flxh2o") && cli_exists("store/vocab.json"));
+    cr_assert_eq(cli_run("generate --model store --prompts prompts.jsonl --out s.jsonl "
+                         "--max-new-tokens 10 %s --percent 10 20 100 0 100 0 --offload-dir off "
+                         "--quiet", shape), 0, "%s", cli_err);
+    assert_same(b, "s.jsonl", "weights streamed from the store");
+    cr_assert(!cli_exists("off/weights.bin"), "the disk share must stream from the store");
+
+    /* an f16 store on the CPU backend is converted on load: it runs */
+    cr_assert_eq(cli_run("convert --model " TINY " --out store16"), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("generate --model store16 --prompts prompts.jsonl --out s16.jsonl "
+                         "--max-new-tokens 4 --quiet"), 0, "%s", cli_err);
+
+    /* flip one byte in the middle of the file: a layer segment */
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "cd %s && python3 -c \"import os; p='store/model.flxh2o'; "
+             "n=os.path.getsize(p); f=open(p,'r+b'); f.seek(n//2); c=f.read(1); f.seek(n//2); "
+             "f.write(bytes([c[0]^0x40])); f.close()\"", cli_dir);
+    cr_assert_eq(system(cmd), 0);
+    cli_write("keep.jsonl", "{\"id\": \"old\", \"completion\": \"kept\"}\n");
+    int st = cli_run("generate --model store --prompts prompts.jsonl --out keep.jsonl --resume "
+                     "--max-new-tokens 4 --quiet");
+    cr_assert_eq(st, 1);
+    cr_assert(strstr(cli_err, "segment layer.") && strstr(cli_err, "corrupt"), "%s", cli_err);
+    char *kept = cli_read("keep.jsonl");
+    cr_assert_str_eq(kept, "{\"id\": \"old\", \"completion\": \"kept\"}\n");
+    free(kept);
+}
+
+Test(sched, pread_fallback_when_io_uring_is_refused)
+{
+    setup_files();
+    const char *shape = "--gpu-batch-size 2 --num-gpu-batches 2";
+    char b[64];
+    snprintf(b, sizeof b, "%s", gen(shape, ""));
+    setenv("FLEXH2O_NO_URING", "1", 1);
+    int st = cli_run("generate --model " TINY " --prompts prompts.jsonl --out fb.jsonl "
+                     "--max-new-tokens 10 %s --percent 0 50 0 50 0 100 --offload-dir off", shape);
+    unsetenv("FLEXH2O_NO_URING");
+    cr_assert_eq(st, 0, "%s", cli_err);
+    cr_assert(strstr(cli_err, "pread/pwrite"), "the fallback must say so: %s", cli_err);
+    assert_same(b, "fb.jsonl", "the pread/pwrite fallback");
+}
+
+Test(sched, policies_that_cannot_run_are_refused_first)
+{
+    setup_files();
+    cli_write("keep.jsonl", "{\"id\": \"old\"}\n");
+    int st = cli_run("generate --model " TINY " --prompts prompts.jsonl --out keep.jsonl "
+                     "--resume --gpu-batch-size 2 --num-gpu-batches 2 --gpu-mem 64K");
+    cr_assert_eq(st, 1);
+    cr_assert(strstr(cli_err, "cannot fit block 2x2: the GPU tier needs") &&
+              strstr(cli_err, "--gpu-mem is"), "%s", cli_err);
+    char *k = cli_read("keep.jsonl");
+    cr_assert_str_eq(k, "{\"id\": \"old\"}\n");
+    free(k);
+    st = cli_run("generate --model " TINY " --prompts prompts.jsonl --out x.jsonl "
+                 "--percent 0 100 100 0 100 0 --cpu-mem 1K");
+    cr_assert_eq(st, 1);
+    cr_assert(strstr(cli_err, "the CPU tier needs"), "%s", cli_err);
+    st = cli_run("generate --model " TINY " --prompts prompts.jsonl --out x.jsonl "
+                 "--percent 0 0 100 0 100 0");
+    cr_assert_eq(st, 2);
+    cr_assert(strstr(cli_err, "no --offload-dir was given"), "%s", cli_err);
+    st = cli_run("generate --model " TINY " --prompts prompts.jsonl --out x.jsonl "
+                 "--percent 60 60 100 0 100 0");
+    cr_assert_eq(st, 2);
+    cr_assert(strstr(cli_err, "weights on GPU + CPU is 120%"), "%s", cli_err);
+    st = cli_run("generate --model " TINY " --prompts prompts.jsonl --out x.jsonl "
+                 "--percent 100 0 100 0 50 50");
+    cr_assert_eq(st, 2);
+    cr_assert(strstr(cli_err, "activations cannot be split"), "%s", cli_err);
+    st = cli_run("generate --model " TINY " --prompts prompts.jsonl --out x.jsonl "
+                 "--percent 100 0 100");
+    cr_assert_eq(st, 2);
+    cr_assert(strstr(cli_err, "--percent takes six numbers"), "%s", cli_err);
+    st = cli_run("generate --model " TINY " --prompts prompts.jsonl --out x.jsonl "
+                 "--percent 0 0 100 0 100 0 --offload-dir nowhere");
+    cr_assert_eq(st, 1);
+    cr_assert(strstr(cli_err, "--offload-dir nowhere is not a directory"), "%s", cli_err);
+    cli_write("bad.json", "{\"gpu_batch_size\": 4, \"percnt\": [1]}");
+    st = cli_run("generate --model " TINY " --prompts prompts.jsonl --out x.jsonl "
+                 "--policy bad.json");
+    cr_assert_eq(st, 2);
+    cr_assert(strstr(cli_err, "bad.json: unknown field \"percnt\""), "%s", cli_err);
+    cr_assert(!cli_exists("x.jsonl"), "a refused policy must not create the output");
+}
+
+Test(sched, policy_file_and_plan)
+{
+    setup_files();
+    char b[64];
+    snprintf(b, sizeof b, "%s", gen("--gpu-batch-size 4 --num-gpu-batches 2", ""));
+    /* the preset uses every tier; flags override its offload_dir */
+    gen("--policy " POLICIES "/cpu-small.json", "");
+    char o[64];
+    snprintf(o, sizeof o, "o%d.jsonl", n_run - 1);
+    assert_same(b, o, "configs/policies/cpu-small.json");
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts prompts.jsonl --out p.jsonl "
+                         "--policy " POLICIES "/cpu-small.json --offload-dir off --plan"), 0,
+                 "%s", cli_err);
+    char *plan = cli_read("stdout.txt");
+    cr_assert(strstr(plan, "plan") && strstr(plan, "gpu") && strstr(plan, "disk"), "%s", plan);
+    free(plan);
+    cr_assert(!cli_exists("p.jsonl"), "--plan runs nothing");
+}
+
+/* ---- policy unit tests ---- */
+
+Test(policy, sizes_percent_split_and_presets)
+{
+    uint64_t v;
+    cr_assert_eq(sched_parse_size("--gpu-mem", "16G", &v), 0);
+    cr_assert_eq(v, 16ull << 30);
+    cr_assert_eq(sched_parse_size("--gpu-mem", "1.5GiB", &v), 0);
+    cr_assert_eq(v, 3ull << 29);
+    cr_assert_eq(sched_parse_size("--gpu-mem", "512M", &v), 0);
+    cr_assert_eq(v, 512ull << 20);
+    cr_assert_eq(sched_parse_size("--gpu-mem", "4096", &v), 0);
+    cr_assert_eq(v, 4096);
+    err_clear();
+    cr_assert_eq(sched_parse_size("--gpu-mem", "16X", &v), -EINVAL);
+    cr_assert(strstr(err_msg(), "--gpu-mem must be a size like 16G"), "%s", err_msg());
+    err_clear();
+
+    sched_policy p;
+    sched_policy_default(&p);
+    const char *one[] = {"20,80,0,100,0,100"};
+    cr_assert_eq(sched_policy_parse_percent(one, 1, &p), 0);
+    cr_assert(p.wg == 20 && p.wc == 80 && p.cg == 0 && p.cc == 100 && p.hg == 0 && p.hc == 100);
+    const char *six[] = {"1", "2", "3", "4", "100", "0"};
+    cr_assert_eq(sched_policy_parse_percent(six, 6, &p), 0);
+    cr_assert(p.wg == 1 && p.hc == 0);
+
+    for (int n = 0; n <= 9; n++) {
+        int a, b, c;
+        sched_split(n, 33, 33, &a, &b, &c);
+        cr_assert(a >= 0 && b >= 0 && c >= 0 && a + b + c == n, "n %d: %d %d %d", n, a, b, c);
+        sched_split(n, 100, 0, &a, &b, &c);
+        cr_assert(a == n && b == 0 && c == 0);
+        sched_split(n, 0, 0, &a, &b, &c);
+        cr_assert(c == n);
+    }
+
+    static const char *presets[] = {"all-gpu", "opt-6.7b-t4", "opt-30b-t4", "opt-175b-t4",
+                                    "cpu-small"};
+    for (size_t i = 0; i < sizeof presets / sizeof *presets; i++) {
+        char path[512];
+        snprintf(path, sizeof path, POLICIES "/%s.json", presets[i]);
+        sched_policy_default(&p);
+        cr_assert_eq(sched_policy_load(path, &p), 0, "%s", err_msg());
+        cr_assert_eq(sched_policy_check(&p), 0, "%s: %s", path, err_msg());
+    }
+    sched_policy_default(&p);
+    sched_policy_load(POLICIES "/opt-30b-t4.json", &p);
+    cr_assert(p.gpu_batch_size == 48 && p.num_gpu_batches == 3 && p.wg == 20 && p.wc == 80 &&
+              p.cpu_attention && p.gpu_mem == 16ull << 30);
+    char d[256];
+    sched_policy_describe(&p, d, sizeof d);
+    cr_assert_str_eq(d, "block 48x3, weights 20/80/0, KV 0/100/0, act 0/100/0, overlap, "
+                        "cpu-attention");
+}
