@@ -208,4 +208,20 @@ void sched_summary_print(const sched *s, FILE *f);
 /* "io_uring", "pread/pwrite threads" or "none" (no disk tier). */
 const char *sched_disk_kind(const sched *s);
 
+/* ------------------------------------------------------------ calibrate */
+
+/* Measured link speeds in GB/s (10^9 bytes per second). */
+typedef struct sched_calib {
+    double h2d, d2h;              /* backend copies host -> "GPU", back */
+    double dram;                  /* host memory (memcpy, read + write) */
+    double disk_read, disk_write; /* disk engine on the --offload-dir; 0: not measured */
+    const char *disk_kind;        /* "io_uring" / "pread/pwrite threads" */
+    int direct;                   /* the file was opened with O_DIRECT */
+} sched_calib;
+
+/* Measure with transfers of `bytes` (0: 1 GiB); dir NULL skips the disk.
+ * A scratch file dir/calibrate.bin is created and removed. @return 0 or
+ * -errno. */
+int sched_calibrate(struct backend *be, const char *dir, uint64_t bytes, sched_calib *out);
+
 #endif

@@ -577,6 +577,51 @@ static int cmd_convert(int argc, char **argv)
     return 0;
 }
 
+static int cmd_calibrate(int argc, char **argv)
+{
+    const char *dir = NULL, *device = NULL;
+    uint64_t bytes = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--offload-dir") == 0 && i + 1 < argc) {
+            dir = argv[++i];
+        } else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc) {
+            device = argv[++i];
+        } else if (strcmp(argv[i], "--bytes") == 0 && i + 1 < argc) {
+            if (sched_parse_size("--bytes", argv[++i], &bytes) < 0)
+                return usage_error("calibrate", err_msg());
+        } else if (strcmp(argv[i], "--help") == 0) {
+            puts("usage: flexh2o calibrate [--offload-dir DIR] [--device cpu|cuda] [--bytes 1G]\n"
+                 "  prints the measured link speeds (GB/s) the throughput bound uses, as JSON:\n"
+                 "  host->device, device->host, host memory, disk read/write (disk engine,\n"
+                 "  O_DIRECT) when --offload-dir is given");
+            return 0;
+        } else {
+            char msg[256];
+            snprintf(msg, sizeof msg, "unknown flag %s", argv[i]);
+            return usage_error("calibrate", msg);
+        }
+    }
+    backend be = {0};
+    int want_cuda = device ? strcmp(device, "cuda") == 0 : kern_cuda_available();
+    int rc = want_cuda ? backend_cuda_create(0, &be) : backend_cpu_create(0, &be);
+    sched_calib cb;
+    if (rc == 0)
+        rc = sched_calibrate(&be, dir, bytes, &cb);
+    if (rc < 0) {
+        backend_destroy(&be);
+        return fail();
+    }
+    printf("{\"device\": \"%s\", \"h2d_GBps\": %.3f, \"d2h_GBps\": %.3f, \"dram_GBps\": %.3f",
+           be.ops->name, cb.h2d, cb.d2h, cb.dram);
+    if (dir)
+        printf(", \"disk_read_GBps\": %.3f, \"disk_write_GBps\": %.3f, \"disk_engine\": \"%s\", "
+               "\"o_direct\": %s", cb.disk_read, cb.disk_write, cb.disk_kind,
+               cb.direct ? "true" : "false");
+    printf("}\n");
+    backend_destroy(&be);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *verb = argc > 1 ? argv[1] : "";
@@ -588,10 +633,12 @@ int main(int argc, char **argv)
         return cmd_make_model(argc - 1, argv + 1);
     if (strcmp(verb, "convert") == 0)
         return cmd_convert(argc - 1, argv + 1);
+    if (strcmp(verb, "calibrate") == 0)
+        return cmd_calibrate(argc - 1, argv + 1);
     if (strcmp(verb, "--version") == 0) {
         printf("flexh2o %s (CUDA %s)\n", FH_VERSION, FH_HAVE_CUDA ? "built" : "not built");
         return 0;
     }
-    fprintf(stderr, "usage: flexh2o <generate|convert|tokenize|make-model> [--help]\n");
+    fprintf(stderr, "usage: flexh2o <generate|convert|calibrate|tokenize|make-model> [--help]\n");
     return strcmp(verb, "--help") == 0 || strcmp(verb, "-h") == 0 ? 0 : 2;
 }

@@ -227,7 +227,7 @@ Test(cli, usage_errors)
     cr_assert_eq(cli_run("generate --model " TINY " --prompts missing.jsonl --out o.jsonl"), 1);
     cr_assert(strstr(cli_err, "missing.jsonl: cannot open the prompt file"), "%s", cli_err);
     cr_assert_eq(cli_run("frobnicate"), 2);
-    cr_assert(strstr(cli_err, "usage: flexh2o <generate|convert|tokenize|make-model>"), "%s", cli_err);
+    cr_assert(strstr(cli_err, "usage: flexh2o <generate|convert|calibrate|tokenize|make-model>"), "%s", cli_err);
 }
 
 Test(cli, cuda_without_a_gpu_says_so_and_cpu_still_works)

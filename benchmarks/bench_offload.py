@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Offloaded decode throughput against the bound of DESIGN.md, same machine, same run.
+
+    python3 benchmarks/bench_offload.py --model opt-1.3b --device cpu \
+        --percent "0 0 100 0 100 0" --gpu-batch-size 8 --num-gpu-batches 2 \
+        --prompt-len 32 --gen-len 8 --offload-dir /tmp/off [--gpu-mem 16G] [--cpu-attention]
+        [--kv "--kv-policy h2o --kv-ratio 0.2"] [--flexh2o build/src/flexh2o]
+
+Steps, all measured in this run (nothing extrapolated):
+  1. `flexh2o calibrate`: disk read/write (disk engine, O_DIRECT), host->device,
+     device->host, host memory, in GB/s.
+  2. `flexh2o generate --plan`: the bytes of every tier under the policy.
+  3. the policy's run, and the same block shape all-resident (--percent 100 0 100 0
+     100 0) as the compute floor, both with --dummy weights and EOS ignored.
+Bound (DESIGN.md "Throughput bound"), per decode step of the block:
+  T_step >= max(W_cpu+W_disk + KV_cpu+KV_disk) / BW_h2d, (W_disk + KV_disk) / BW_disk,
+               KV_out / BW_d2h, compute)
+where compute = the all-resident run's step time (the same kernels and block, no
+transfers) - a measured floor, not a datasheet FLOP rate. The KV terms count
+the cache of the whole block (a decode step reads all of it). On the CPU
+backend "h2d" is a memcpy into the compute arena. T_prefill likewise with the
+all-resident prefill time. Efficiency = measured / bound, for decode tok/s and
+for the whole generation (N*n / (T_prefill + (n-1) T_step)).
+Prints Markdown.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sh(cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr.strip()}")
+    return r
+
+
+def plan(a, base, percent):
+    r = sh(base + ["--percent"] + percent.split() + ["--plan"])
+    tiers = {}
+    for line in r.stdout.splitlines():
+        m = re.match(r"\[flexh2o\] plan\s+(gpu|cpu|disk)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+"
+                     r"([\d.]+)\s+([\d.]+)\s+([\d.]+)", line)
+        if m:
+            v = [float(x) * 2**30 for x in m.groups()[1:]]
+            tiers[m.group(1)] = dict(weights=v[0], kv=v[1], act=v[2], stage=v[3], work=v[4],
+                                     total=v[5])
+    return tiers
+
+
+def run(base, percent, extra):
+    r = sh(base + ["--percent"] + percent.split() + extra)
+    m = re.search(r"prefill ([\d.]+) tok/s \((\d+) tokens\), decode ([\d.]+) tok/s \((\d+) "
+                  r"tokens\), total ([\d.]+) generated tok/s in ([\d.]+) s", r.stderr)
+    if not m:
+        sys.exit("no summary line:\n" + r.stderr)
+    links = {l.group(1): (float(l.group(2)), float(l.group(3)))
+             for l in re.finditer(r"link (\S+)\s+([\d.]+) GiB moved,\s+([\d.]+) GB/s", r.stderr)}
+    return dict(prefill_tps=float(m.group(1)), prefill_tokens=int(m.group(2)),
+                decode_tps=float(m.group(3)), decode_tokens=int(m.group(4)),
+                total_tps=float(m.group(5)), total_s=float(m.group(6)), links=links,
+                stderr=r.stderr)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="opt-1.3b")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--percent", default="0 0 100 0 100 0")
+    ap.add_argument("--gpu-batch-size", type=int, default=8)
+    ap.add_argument("--num-gpu-batches", type=int, default=2)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--gen-len", type=int, default=8)
+    ap.add_argument("--offload-dir", default="/tmp/flexh2o-offload")
+    ap.add_argument("--gpu-mem", default=None)
+    ap.add_argument("--cpu-attention", action="store_true")
+    ap.add_argument("--kv", default="", help="extra KV-policy flags for both runs")
+    ap.add_argument("--flexh2o", default=os.path.join(ROOT, "build", "src", "flexh2o"))
+    a = ap.parse_args()
+    os.makedirs(a.offload_dir, exist_ok=True)
+    N = a.gpu_batch_size * a.num_gpu_batches
+    cal = json.loads(sh([a.flexh2o, "calibrate", "--device", a.device, "--offload-dir",
+                         a.offload_dir, "--bytes", "1G"]).stdout)
+    tmp = tempfile.mkdtemp()
+    prompts = os.path.join(tmp, "p.jsonl")
+    with open(prompts, "w") as f:
+        for i in range(N):
+            ids = [2] + [(i * 131 + j * 17) % 50000 + 4 for j in range(a.prompt_len - 1)]
+            f.write(json.dumps({"id": i, "prompt_ids": ids}) + "\n")
+
+    def base(tag):
+        out = os.path.join(tmp, tag + ".jsonl")
+        cmd = [a.flexh2o, "generate", "--dummy", a.model, "--prompts", prompts, "--out", out,
+               "--device", a.device, "--gpu-batch-size", str(a.gpu_batch_size),
+               "--num-gpu-batches", str(a.num_gpu_batches), "--max-new-tokens", str(a.gen_len),
+               "--ignore-eos", "--offload-dir", a.offload_dir] + a.kv.split()
+        if a.gpu_mem:
+            cmd += ["--gpu-mem", a.gpu_mem]
+        return cmd
+
+    extra = ["--cpu-attention"] if a.cpu_attention else []
+    tiers = plan(a, base("plan"), a.percent)
+    off = run(base("off"), a.percent, extra)
+    res = run(base("res") if not a.gpu_mem else [x for x in base("res")], "100 0 100 0 100 0",
+              [])
+    n = a.gen_len
+    steps = n - 1
+    t_step = N / off["decode_tps"]
+    t_step_res = N / res["decode_tps"]
+    t_pre = off["prefill_tokens"] / off["prefill_tps"]
+    t_pre_res = res["prefill_tokens"] / res["prefill_tps"]
+    w_cpu, w_disk = tiers["cpu"]["weights"], tiers["disk"]["weights"]
+    kv_cpu, kv_disk = tiers["cpu"]["kv"], tiers["disk"]["kv"]
+    bw_h2d, bw_d2h = cal["h2d_GBps"] * 1e9, cal["d2h_GBps"] * 1e9
+    bw_disk = cal["disk_read_GBps"] * 1e9
+    kv_link_in = 0 if a.cpu_attention else kv_cpu + kv_disk
+    terms = {
+        "h2d (W_cpu+W_disk+KV in)": (w_cpu + w_disk + kv_link_in) / bw_h2d,
+        "d2h (KV out)": kv_link_in / bw_d2h,
+        "disk (W_disk+KV_disk)": (w_disk + kv_disk) / bw_disk,
+        "compute (all-resident step)": t_step_res,
+    }
+    bound_step = max(terms.values())
+    pre_terms = {"h2d": (w_cpu + w_disk) / bw_h2d, "disk": w_disk / bw_disk,
+                 "compute (all-resident prefill)": t_pre_res}
+    bound_pre = max(pre_terms.values())
+    bound_tps = N * n / (bound_pre + steps * bound_step)
+    meas_tps = N * n / (t_pre + steps * t_step)
+    print(f"## {a.model} {a.device}, block {a.gpu_batch_size}x{a.num_gpu_batches}, "
+          f"prompt {a.prompt_len}, gen {n}, --percent {a.percent}"
+          f"{' --cpu-attention' if a.cpu_attention else ''} {a.kv}\n")
+    print("calibration (GB/s): " + ", ".join(f"{k} {v}" for k, v in cal.items()) + "\n")
+    print("| tier | weights GiB | KV GiB | act GiB | staging GiB | work GiB |")
+    print("|---|---|---|---|---|---|")
+    for t in ("gpu", "cpu", "disk"):
+        v = tiers[t]
+        print(f"| {t} | {v['weights']/2**30:.3f} | {v['kv']/2**30:.3f} | {v['act']/2**30:.3f} "
+              f"| {v['stage']/2**30:.3f} | {v['work']/2**30:.3f} |")
+    print("\nbound terms of one decode step (s): " +
+          ", ".join(f"{k} {v:.3f}" for k, v in terms.items()))
+    print("\n| run | prefill s | decode step s | decode tok/s | total tok/s |")
+    print("|---|---|---|---|---|")
+    print(f"| all-resident (compute floor) | {t_pre_res:.2f} | {t_step_res:.3f} | "
+          f"{res['decode_tps']:.2f} | {N*n/(t_pre_res+steps*t_step_res):.2f} |")
+    print(f"| offloaded | {t_pre:.2f} | {t_step:.3f} | {off['decode_tps']:.2f} | {meas_tps:.2f} |")
+    print(f"| bound | {bound_pre:.2f} | {bound_step:.3f} | {N/bound_step:.2f} | {bound_tps:.2f} |")
+    print(f"\ndecode efficiency {100*bound_step/t_step:.0f}% of the bound; whole generation "
+          f"{100*meas_tps/bound_tps:.0f}%\n")
+    print("links of the offloaded run: " + ", ".join(
+        f"{k} {v[0]:.2f} GiB at {v[1]:.2f} GB/s" for k, v in off["links"].items()))
+
+
+if __name__ == "__main__":
+    main()
