@@ -133,7 +133,7 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
     if (rc == 0)
         rc = alloc_host(s, (size_t)L * (g->w_cpu - g->w_gpu), p->pin_weight, &s->w_cpu_arena);
     for (int i = 0; rc == 0 && i < 2 && g->w_gpu < g->blob; i++)
-        rc = alloc_gpu(s, g->blob - g->w_gpu, &s->w_stage[i]);
+        rc = alloc_gpu(s, off_align_up(g->blob) - g->w_stage_from, &s->w_stage[i]);
     if (rc == 0 && g->w_cpu < g->blob && !sh->weights_on_disk_already) {
         rc = open_disk_file(s, "weights.bin", (uint64_t)L * off_align_up(g->blob), &s->w_fd);
         s->w_fd_owned = 1;
@@ -141,7 +141,10 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
             s->w_off[l] = (uint64_t)l * off_align_up(g->blob);
     }
     /* the layer views: the fields of a resident share point at the GPU home,
-     * the others into the weight slot */
+     * the others into the weight slot, which holds the blob's bytes from
+     * w_stage_from (w_gpu rounded down to OFF_ALIGN) so that the disk share
+     * lands there aligned, straight from the disk where the slot is host
+     * memory */
     size_t off[MT_COUNT];
     model_layer_layout(c, g->es, off, NULL);
     for (int l = 0; rc == 0 && l < L; l++)
@@ -149,7 +152,7 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
             for (int v = 0; v < 2; v++)
                 *model_layer_field(&s->w_view[v][l], t) =
                     off[t] < g->w_gpu ? (char *)s->w_gpu[l] + off[t]
-                                      : (char *)s->w_stage[v] + (off[t] - g->w_gpu);
+                                      : (char *)s->w_stage[v] + (off[t] - g->w_stage_from);
 
     /* KV */
     for (int i = 0; rc == 0 && i < L * K; i++)
@@ -162,9 +165,10 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
         if (!p->cpu_attention)
             rc = alloc_gpu(s, g->kv[SCHED_CPU].bytes, &s->kv_stage[v][SCHED_CPU]);
         if (rc == 0 && p->cpu_attention)
-            rc = alloc_host(s, g->kv[SCHED_DISK].bytes, 1, &s->kv_stage[v][SCHED_DISK]);
+            rc = alloc_host(s, off_align_up(g->kv[SCHED_DISK].bytes), 1,
+                            &s->kv_stage[v][SCHED_DISK]);
         else if (rc == 0)
-            rc = alloc_gpu(s, g->kv[SCHED_DISK].bytes, &s->kv_stage[v][SCHED_DISK]);
+            rc = alloc_gpu(s, off_align_up(g->kv[SCHED_DISK].bytes), &s->kv_stage[v][SCHED_DISK]);
     }
 
     /* activations */
@@ -175,7 +179,7 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
     if (rc == 0 && g->act_tier == SCHED_DISK)
         rc = open_disk_file(s, "act.bin", (uint64_t)K * g->x_disk_stride, &s->x_fd);
     for (int v = 0; rc == 0 && v < 2 && g->act_tier != SCHED_GPU; v++)
-        rc = alloc_gpu(s, g->x_bytes, &s->x_stage[v]);
+        rc = alloc_gpu(s, off_align_up(g->x_bytes), &s->x_stage[v]);
 
     /* work space */
     size_t R = (size_t)sh->max_rows, d = (size_t)g->d, H = (size_t)g->H, es = g->es;
@@ -319,7 +323,7 @@ static int load_weights(sched *s, int l, int step)
     int64_t ticket = 0;
     if (g->w_cpu > g->w_gpu) {
         t.tier = SCHED_CPU;
-        t.stage = s->w_stage[v];
+        t.stage = (char *)s->w_stage[v] + (g->w_gpu - g->w_stage_from);
         t.host = (char *)s->w_cpu_arena + (size_t)l * (g->w_cpu - g->w_gpu);
         t.bytes = g->w_cpu - g->w_gpu;
         ticket = sched_lane_submit(&s->lane[0], &t);
@@ -328,10 +332,10 @@ static int load_weights(sched *s, int l, int step)
     if (g->w_cpu < g->blob) {
         size_t from = g->w_cpu & ~(size_t)(OFF_ALIGN - 1);
         t.tier = SCHED_DISK;
-        t.stage = (char *)s->w_stage[v] + (g->w_cpu - g->w_gpu);
+        t.stage = (char *)s->w_stage[v] + (g->w_cpu - g->w_stage_from);
         t.fd = s->w_fd;
         t.file_off = s->w_off[l] + from;
-        t.delta = g->w_cpu - from;
+        t.delta = g->w_cpu - from; /* the bytes before w_cpu are the blob's own */
         t.bytes = g->blob - g->w_cpu;
         ticket = sched_lane_submit(&s->lane[0], &t);
         FORWARD_IF((int)(ticket < 0 ? ticket : 0));

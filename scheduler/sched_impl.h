@@ -39,6 +39,8 @@ typedef struct sched_geom {
     int gbs, K, block;
     size_t blob;           /* layer blob bytes */
     size_t w_gpu, w_cpu;   /* blob cut points (bytes) */
+    size_t w_stage_from;   /* w_gpu rounded down to OFF_ALIGN: a weight slot holds
+                            * the blob's bytes [w_stage_from, align_up(blob)) */
     size_t globals;        /* embeddings + final LayerNorm (+ untied head) bytes */
     int kv_n[SCHED_TIERS]; /* sequences of a GPU batch per tier */
     int kv_seq0[SCHED_TIERS];

@@ -58,9 +58,14 @@ int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
         trace_task(s, t, l->track, t->name, cat, tier, t->bytes, t0);
         return 0;
     }
-    /* disk: through the lane's aligned host stage */
+    /* disk: straight into / out of the stage where it is host memory and
+     * aligned (the CPU backend, CPU attention), else through the lane's
+     * aligned host stage and a copy */
     size_t span = off_align_up(t->delta + t->bytes);
-    off_io io = {t->fd, t->kind == TASK_STORE, l->stage, span, t->file_off};
+    char *direct = (char *)t->stage - t->delta;
+    if (!(t->stage_host || o->host_visible) || ((uintptr_t)direct & (OFF_ALIGN - 1)))
+        direct = NULL;
+    off_io io = {t->fd, t->kind == TASK_STORE, direct ? direct : l->stage, span, t->file_off};
     char what[96];
     snprintf(what, sizeof what, "%s of layer %d, batch %d", t->name, t->layer, t->batch);
     if (t->kind == TASK_LOAD) {
@@ -68,21 +73,27 @@ int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
         double t1 = sched_trace_now();
         sched_link_add(s, SCHED_LINK_DISK_CPU, span, t1 - t0);
         trace_task(s, t, TRACK_DISK, "disk read", cat, tier, span, t0);
-        if (t->stage_host) {
+        if (direct) {
+            /* in place */
+        } else if (t->stage_host) {
             memcpy(t->stage, (char *)l->stage + t->delta, t->bytes);
         } else {
             FORWARD_IF(o->copy_h2d(ctx, t->stage, (char *)l->stage + t->delta, t->bytes));
             sched_link_add(s, SCHED_LINK_CPU_GPU, t->bytes, sched_trace_now() - t1);
         }
     } else {
-        /* stores are whole records: delta is 0 and the padding is zero */
-        if (t->stage_host) {
+        /* stores are whole records (delta 0); the stage buffers are padded
+         * to OFF_ALIGN, and what the padding holds is never read back */
+        if (direct) {
+            /* from the stage itself */
+        } else if (t->stage_host) {
             memcpy(l->stage, t->stage, t->bytes);
         } else {
             FORWARD_IF(o->copy_d2h(ctx, l->stage, t->stage, t->bytes));
             sched_link_add(s, SCHED_LINK_GPU_CPU, t->bytes, sched_trace_now() - t0);
         }
-        memset((char *)l->stage + t->bytes, 0, span - t->bytes);
+        if (!direct)
+            memset((char *)l->stage + t->bytes, 0, span - t->bytes);
         double t1 = sched_trace_now();
         FORWARD_IF(off_disk_rw(s->disk, &io, 1, what));
         sched_link_add(s, SCHED_LINK_CPU_DISK, span, sched_trace_now() - t1);

@@ -55,6 +55,7 @@ void sched_geom_init(sched_geom *g, const model_config *c, size_t es, const sche
         else if (mid < p->wg + p->wc)
             g->w_cpu = end;
     }
+    g->w_stage_from = g->w_gpu & ~(size_t)(OFF_ALIGN - 1);
     size_t d = (size_t)c->hidden;
     g->globals = ((size_t)c->vocab_size * d * (c->tie_lm_head ? 1 : 2) +
                   (size_t)(c->max_pos + 2) * d + 2 * d) * es;
@@ -106,14 +107,14 @@ int sched_plan_compute(const model_config *c, size_t es, const sched_policy *p,
 
     uint64_t stage = 0;
     if (g.w_gpu < g.blob)
-        stage += 2 * (uint64_t)(g.blob - g.w_gpu);
+        stage += 2 * (off_align_up(g.blob) - g.w_stage_from);
     if (!cpu_attn)
-        stage += 2 * (uint64_t)(g.kv[SCHED_CPU].bytes + g.kv[SCHED_DISK].bytes);
+        stage += 2 * (uint64_t)(g.kv[SCHED_CPU].bytes + off_align_up(g.kv[SCHED_DISK].bytes));
     if (g.act_tier != SCHED_GPU)
-        stage += 2 * (uint64_t)g.x_bytes;
+        stage += 2 * off_align_up(g.x_bytes);
     b[SCHED_GPU][SCHED_STAGE] = stage;
     b[SCHED_CPU][SCHED_STAGE] = 2 * (uint64_t)g.host_stage +
-                                (cpu_attn ? 2 * (uint64_t)g.kv[SCHED_DISK].bytes : 0);
+                                (cpu_attn ? 2 * off_align_up(g.kv[SCHED_DISK].bytes) : 0);
 
     size_t R = (size_t)sh->max_rows, d = (size_t)c->hidden, H = (size_t)c->n_head;
     size_t B = (size_t)g.block;

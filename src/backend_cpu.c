@@ -25,9 +25,12 @@ static void cpu_destroy(void *ctx)
 static int cpu_alloc(void *ctx, size_t n, void **out)
 {
     (void)ctx;
-    /* 64-byte alignment for vector loads; zeroed like the CUDA side. */
-    size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
-    void *p = aligned_alloc(64, bytes ? bytes : 64);
+    /* 64-byte alignment for vector loads, 4096 for big buffers (the disk
+     * engine reads O_DIRECT straight into staging buffers); zeroed like the
+     * CUDA side. */
+    size_t align = n * sizeof(float) >= (64u << 10) ? 4096 : 64;
+    size_t bytes = (n * sizeof(float) + align - 1) & ~(align - 1);
+    void *p = aligned_alloc(align, bytes ? bytes : align);
     RETURN_IF(!p, -ENOMEM, "cannot allocate %.2f GiB of host memory; lower "
               "--batch-size or use a smaller model", (double)bytes / (1 << 30));
     memset(p, 0, bytes);
@@ -199,6 +202,7 @@ static int cpu_mark(void *ctx, int slot)
 static const backend_ops cpu_ops = {
     .name = "cpu",
     .elem_size = sizeof(float),
+    .host_visible = 1,
     .destroy = cpu_destroy,
     .alloc = cpu_alloc,
     .alloc_f32 = cpu_alloc,

@@ -23,6 +23,8 @@
 typedef struct backend_ops {
     const char *name;  /* "cpu" or "cuda" */
     size_t elem_size;  /* bytes per stored activation/weight element */
+    int host_visible;  /* 1: backend buffers are host memory (CPU backend), so
+                        * the disk engine may read and write them directly */
 
     void (*destroy)(void *ctx);
 
