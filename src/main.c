@@ -381,6 +381,9 @@ static int cmd_generate(int argc, char **argv)
             rc = sched_plan_compute(&cfg, be.ops->elem_size, &pol, &sh, &pl);
             if (rc == 0)
                 sched_plan_print(stdout, &pl);
+            /* the caps given (not the machine's): exit 1 when it cannot fit */
+            if (rc == 0)
+                rc = sched_plan_check(&pl, &pol, pol.gpu_mem, pol.cpu_mem, 0);
         } else {
             rc = sched_create(&be, &cfg, &pol, &sh, strace, &sc);
         }
