@@ -387,86 +387,72 @@ typedef struct item_io {
     int has_store;
 } item_io;
 
-/* Issue the loads of item (l, b) into stage slot v. */
+/* Submit the transfers of item (l, b) between stage slot v and the homes on
+ * lane `lane` (0: loads, 1: stores), t carrying kind, marker and dependency:
+ * the KV segments on the CPU (unless CPU attention computes them there) and
+ * on disk, then the activations when they live off the GPU and cross this
+ * layer boundary (want_act). @return the last ticket, 0 for none, or -errno. */
+static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch_desc *b,
+                           int v, int want_kv, int want_act)
+{
+    const sched_geom *g = &s->g;
+    int64_t ticket = 0;
+    for (int tier = SCHED_CPU; want_kv && tier <= SCHED_DISK; tier++) {
+        if (!b->active[tier] || (tier == SCHED_CPU && s->pol.cpu_attention))
+            continue;
+        t->name = "KV";
+        t->tier = tier;
+        t->stage = s->kv_stage[v][tier];
+        t->stage_host = s->pol.cpu_attention;
+        t->bytes = g->kv[tier].bytes;
+        t->host = tier == SCHED_CPU ? kv_home(s, tier, l, b->k) : NULL;
+        t->fd = s->kv_fd;
+        t->file_off = ((uint64_t)l * g->K + b->k) * g->kv_disk_stride;
+        if ((ticket = sched_lane_submit(&s->lane[lane], t)) < 0)
+            return ticket;
+    }
+    if (g->act_tier != SCHED_GPU && want_act) {
+        t->name = "activations";
+        t->tier = g->act_tier;
+        t->stage = s->x_stage[v];
+        t->stage_host = 0;
+        t->bytes = (size_t)b->n_rows * g->d * g->es;
+        t->host = g->act_tier == SCHED_CPU ? x_home(s, b->k) : NULL;
+        t->fd = s->x_fd;
+        t->file_off = (uint64_t)b->k * g->x_disk_stride;
+        if ((ticket = sched_lane_submit(&s->lane[lane], t)) < 0)
+            return ticket;
+    }
+    return ticket;
+}
+
+/* Issue the loads of item (l, b) into stage slot v. A prefill writes the
+ * whole cache, so only a decode loads KV; layer 0 embeds, so it loads no
+ * activations. */
 static int load_item(sched *s, int l, const batch_desc *b, int v, int step, item_io *io,
                      const item_io *prev_in_slot)
 {
-    const sched_geom *g = &s->g;
     sched_task t = {.kind = TASK_LOAD, .mark = MARK_IO(v), .dep_lane = -1, .layer = l,
                     .batch = b->k, .step = step};
     if (prev_in_slot && prev_in_slot->has_store) {
         t.dep_lane = 1; /* the store that empties this slot comes first */
         t.dep_ticket = prev_in_slot->store;
     }
-    int64_t ticket = -1;
-    for (int tier = SCHED_CPU; tier <= SCHED_DISK; tier++) {
-        /* a prefill writes the whole cache: nothing to load */
-        if (!b->active[tier] || (tier == SCHED_CPU && s->pol.cpu_attention) ||
-            s->pass_kind == MODEL_PASS_PREFILL)
-            continue;
-        t.name = "KV";
-        t.tier = tier;
-        t.stage = s->kv_stage[v][tier];
-        t.stage_host = s->pol.cpu_attention;
-        t.bytes = g->kv[tier].bytes;
-        if (tier == SCHED_CPU) {
-            t.host = kv_home(s, tier, l, b->k);
-        } else {
-            t.fd = s->kv_fd;
-            t.file_off = ((uint64_t)l * g->K + b->k) * g->kv_disk_stride;
-        }
-        FORWARD_IF((int)((ticket = sched_lane_submit(&s->lane[0], &t)) < 0 ? ticket : 0));
-    }
-    if (g->act_tier != SCHED_GPU && l > 0) {
-        t.name = "activations";
-        t.tier = g->act_tier;
-        t.stage = s->x_stage[v];
-        t.stage_host = 0;
-        t.bytes = (size_t)b->n_rows * g->d * g->es;
-        t.host = g->act_tier == SCHED_CPU ? x_home(s, b->k) : NULL;
-        t.fd = s->x_fd;
-        t.file_off = (uint64_t)b->k * g->x_disk_stride;
-        FORWARD_IF((int)((ticket = sched_lane_submit(&s->lane[0], &t)) < 0 ? ticket : 0));
-    }
-    io->load = ticket < 0 ? 0 : (uint64_t)ticket;
+    int64_t ticket = submit_item(s, 0, &t, l, b, v, s->pass_kind == MODEL_PASS_DECODE, l > 0);
+    FORWARD_IF((int)(ticket < 0 ? ticket : 0));
+    io->load = (uint64_t)ticket;
     return 0;
 }
 
-/* Issue the stores of item (l, b) from stage slot v, after its compute. */
+/* Issue the stores of item (l, b) from stage slot v, after its compute
+ * (the activations of the last layer go nowhere). */
 static int store_item(sched *s, int l, const batch_desc *b, int v, int step, item_io *io)
 {
-    const sched_geom *g = &s->g;
     sched_task t = {.kind = TASK_STORE, .mark = MARK_IO(v), .dep_lane = -1, .layer = l,
                     .batch = b->k, .step = step};
-    int64_t ticket = -1;
-    for (int tier = SCHED_CPU; tier <= SCHED_DISK; tier++) {
-        if (!b->active[tier] || (tier == SCHED_CPU && s->pol.cpu_attention))
-            continue;
-        t.name = "KV";
-        t.tier = tier;
-        t.stage = s->kv_stage[v][tier];
-        t.stage_host = s->pol.cpu_attention;
-        t.bytes = g->kv[tier].bytes;
-        if (tier == SCHED_CPU) {
-            t.host = kv_home(s, tier, l, b->k);
-        } else {
-            t.fd = s->kv_fd;
-            t.file_off = ((uint64_t)l * g->K + b->k) * g->kv_disk_stride;
-        }
-        FORWARD_IF((int)((ticket = sched_lane_submit(&s->lane[1], &t)) < 0 ? ticket : 0));
-    }
-    if (g->act_tier != SCHED_GPU && l + 1 < g->L) {
-        t.name = "activations";
-        t.tier = g->act_tier;
-        t.stage = s->x_stage[v];
-        t.stage_host = 0;
-        t.bytes = (size_t)b->n_rows * g->d * g->es;
-        t.host = g->act_tier == SCHED_CPU ? x_home(s, b->k) : NULL;
-        t.fd = s->x_fd;
-        t.file_off = (uint64_t)b->k * g->x_disk_stride;
-        FORWARD_IF((int)((ticket = sched_lane_submit(&s->lane[1], &t)) < 0 ? ticket : 0));
-    }
-    if (ticket >= 0) {
+    int64_t ticket = submit_item(s, 1, &t, l, b, v, 1, l + 1 < s->g.L);
+    FORWARD_IF((int)(ticket < 0 ? ticket : 0));
+    if (ticket > 0) {
         io->has_store = 1;
         io->store = (uint64_t)ticket;
     }
