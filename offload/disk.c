@@ -251,12 +251,14 @@ int off_file_open(const char *path, int create, uint64_t size, int *direct)
             close(fd);
             unlink(path); /* we created it: leave nothing half made */
             if (e == ENOSPC || e == EFBIG || e == EDQUOT) {
-                snprintf(want, sizeof want, "%.2f", (double)size / (1u << 30));
+                snprintf(want, sizeof want, "%.2f GiB", (double)size / (1u << 30));
+                if (size < (1u << 30))
+                    snprintf(want, sizeof want, "%.2f MiB", (double)size / (1u << 20));
                 snprintf(have, sizeof have, "%.2f", (double)avail / (1u << 30));
                 RETURN_IF(1, -e,
-                          "cannot reserve %s GiB for %s (%s GiB free); free space or choose "
+                          "cannot reserve %s for %s (%s GiB free; %s); free space or choose "
                           "another --offload-dir",
-                          want, path, have);
+                          want, path, have, strerror(e));
             }
             RETURN_IF(1, -e, "%s: cannot reserve %s (%s); choose another --offload-dir", path,
                       fmt_bytes(want, sizeof want, size), strerror(e));

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "cli_harness.h"
 #include "err.h"
@@ -278,6 +279,28 @@ Test(sched, policies_that_cannot_run_are_refused_first)
     cr_assert_eq(st, 2);
     cr_assert(strstr(cli_err, "bad.json: unknown field \"percnt\""), "%s", cli_err);
     cr_assert(!cli_exists("x.jsonl"), "a refused policy must not create the output");
+}
+
+Test(sched, full_disk_is_refused_and_output_kept)
+{
+    setup_files();
+    cli_write("keep.jsonl", "{\"id\": \"old\"}\n");
+    /* a file-size limit below what kv.bin needs stands in for a full disk */
+    struct rlimit old, lim;
+    getrlimit(RLIMIT_FSIZE, &old);
+    lim = old;
+    lim.rlim_cur = 64 << 10;
+    cr_assert_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    int st = cli_run("generate --model " TINY " --prompts prompts.jsonl --out keep.jsonl "
+                     "--resume --max-new-tokens 4 --percent 100 0 0 0 100 0 --offload-dir off");
+    setrlimit(RLIMIT_FSIZE, &old);
+    cr_assert_eq(st, 1, "%s", cli_err);
+    cr_assert(strstr(cli_err, "cannot reserve") && strstr(cli_err, "off/kv.bin") &&
+              strstr(cli_err, "choose another --offload-dir"), "%s", cli_err);
+    char *k = cli_read("keep.jsonl");
+    cr_assert_str_eq(k, "{\"id\": \"old\"}\n");
+    free(k);
+    cr_assert(!cli_exists("off/kv.bin"), "a failed reservation leaves no file");
 }
 
 Test(sched, policy_file_and_plan)
