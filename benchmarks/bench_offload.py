@@ -107,8 +107,12 @@ def main():
     extra = ["--cpu-attention"] if a.cpu_attention else []
     tiers = plan(a, base("plan"), a.percent)
     off = run(base("off"), a.percent, extra)
-    res = run(base("res") if not a.gpu_mem else [x for x in base("res")], "100 0 100 0 100 0",
-              [])
+    # the compute floor runs without the cap: it measures the kernels, not a policy
+    res_cmd = base("res")
+    if a.gpu_mem:
+        i = res_cmd.index("--gpu-mem")
+        del res_cmd[i:i + 2]
+    res = run(res_cmd, "100 0 100 0 100 0", [])
     n = a.gen_len
     steps = n - 1
     t_step = N / off["decode_tps"]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gpu_session.sh: everything a lent GPU machine does for flexh2o, in one call.
 #
-#   bash benchmarks/gpu_session.sh [test] [kernels] [generate MODELS] ...
+#   bash benchmarks/gpu_session.sh [test] [kernels] [generate MODELS] [offload] [h2o] ...
 #
 # Builds with the carried Debian libraries (.deps, see ../shared/tools/gpu-deps),
 # runs the whole test suite (the gpu suite included), the kernel benchmark and
@@ -41,6 +41,25 @@ while [ $# -gt 0 ]; do
           --gen-len 32 --batches 1,16,64 --flexh2o build-gpu/src/flexh2o \
           | tee "$OUT/generate-$m.md" || true
       done
+      ;;
+    offload)
+      # issue 3: OPT-6.7B and OPT-30B dummy under a 16 GB GPU cap, prompt 512 + gen 32,
+      # against DESIGN's bound (weights 20/80 and KV on the CPU for 30B, as FlexGen on a T4)
+      mkdir -p /tmp/flexh2o-offload
+      timeout 280 python3 benchmarks/bench_offload.py --device cuda --model opt-6.7b \
+        --percent "50 50 100 0 100 0" --gpu-batch-size 8 --num-gpu-batches 2 \
+        --prompt-len 512 --gen-len 32 --gpu-mem 16G --offload-dir /tmp/flexh2o-offload \
+        --flexh2o build-gpu/src/flexh2o | tee "$OUT/offload-opt-6.7b.md" || true
+      timeout 280 python3 benchmarks/bench_offload.py --device cuda --model opt-30b \
+        --percent "20 80 0 100 0 100" --gpu-batch-size 48 --num-gpu-batches 3 \
+        --prompt-len 512 --gen-len 32 --gpu-mem 16G --offload-dir /tmp/flexh2o-offload \
+        --flexh2o build-gpu/src/flexh2o | tee "$OUT/offload-opt-30b.md" || true
+      ;;
+    h2o)
+      # issue 4: largest block and throughput, H2O 20% vs full, same 16 GB cap
+      timeout 280 python3 benchmarks/bench_h2o_block.py --device cuda --model opt-6.7b \
+        --gpu-mem 16G --prompt-len 512 --gen-len 32 --max-batch 512 \
+        --flexh2o build-gpu/src/flexh2o | tee "$OUT/h2o-block-opt-6.7b.md" || true
       ;;
     smoke)
       # one tiny generation on the GPU, stderr shown, bounded in time
