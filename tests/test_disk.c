@@ -378,7 +378,7 @@ Test(disk, reserve_impossible_size)
     cr_assert_lt(fd, 0, "reserved 1 PiB in %s", scratch);
     const char *m = err_msg();
     cr_assert(strstr(m, "cannot reserve 1048576.00 GiB for"), "unclear message: %s", m);
-    cr_assert(strstr(m, path) && strstr(m, "GiB free)") && strstr(m, "--offload-dir"),
+    cr_assert(strstr(m, path) && strstr(m, "GiB free;") && strstr(m, "--offload-dir"),
               "unclear message: %s", m);
     cr_assert_neq(access(path, F_OK), 0, "a failed reservation left %s behind", path);
 }
