@@ -128,6 +128,22 @@ void kern_kv_insert_ref(float *kc, float *vc, float *scores, int32_t *pos,
                         const float *self_p, const kern_seq *seqs, int n_seq,
                         int n_head, int head_dim, int cap, int32_t *evicted);
 
+/* The same three ops over fp16 caches (uint16_t fp16 bits: the CUDA
+ * backend's KV) in host memory, everything else fp32 and host: CPU
+ * attention (--cpu-attention) over host-resident KV, reading the cache in
+ * place. */
+void kern_attn_decode_h16(float *out, int ldo, const float *q, const float *k,
+                          const float *v, int ld, const uint16_t *kc, const uint16_t *vc,
+                          const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                          int cap, float scale, float *scores, float *self_p);
+void kern_kv_prefill_h16(uint16_t *kc, uint16_t *vc, float *scores, int32_t *pos,
+                         const float *k, const float *v, int ld, const float *colsum,
+                         const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap);
+void kern_kv_insert_h16(uint16_t *kc, uint16_t *vc, float *scores, int32_t *pos,
+                        const float *k, const float *v, int ld, const float *self_p,
+                        const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
+                        int32_t *evicted);
+
 /* ---------------------------------------------------------------- CUDA */
 /* Device pointers are void * for fp16 (__half) data, float * / int32_t *
  * for fp32 / int32 device data; `seqs` of the CUDA ops is a device copy of

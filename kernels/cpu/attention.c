@@ -1,6 +1,6 @@
 /* attention.c: prefill and decode attention over slot caches, plain-C
- * reference (also the CPU backend's kernels; the cache writers are in
- * kv_slots.c).
+ * reference (also the CPU backend's kernels). Decode attention and the
+ * cache writers are in slots.c.
  *
  * One (sequence, head) pair per task, so accumulating H2O scores needs no
  * atomics. Within a pair the sums run in a fixed order, so a sequence's
@@ -12,28 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static float dot(const float *a, const float *b, int n)
-{
-    float s = 0.0f;
-    for (int e = 0; e < n; e++)
-        s += a[e] * b[e];
-    return s;
-}
-
-/* Softmax of p[0..n) in place; returns nothing, p sums to 1. */
-static void softmax(float *p, int n)
-{
-    float mx = -INFINITY, sum = 0.0f;
-    for (int t = 0; t < n; t++)
-        mx = p[t] > mx ? p[t] : mx;
-    for (int t = 0; t < n; t++) {
-        p[t] = expf(p[t] - mx);
-        sum += p[t];
-    }
-    float inv = 1.0f / sum;
-    for (int t = 0; t < n; t++)
-        p[t] *= inv;
-}
+#include "cpu_common.h"
 
 void kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
                            const float *v, int ld, const kern_seq *seqs,
@@ -68,47 +47,6 @@ void kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
                         colsum[(size_t)(r0 + j) * n_head + h] += p[j];
                 }
             }
-        }
-        free(p);
-    }
-}
-
-void kern_attn_decode_ref(float *out, int ldo, const float *q, const float *k,
-                          const float *v, int ld, const float *kc,
-                          const float *vc, const kern_seq *seqs, int n_seq,
-                          int n_head, int head_dim, int cap, float scale,
-                          float *scores, float *self_p)
-{
-    int n_pairs = n_seq * n_head;
-    #pragma omp parallel
-    {
-        float *p = malloc(sizeof(float) * (size_t)(cap + 1));
-        #pragma omp for schedule(static)
-        for (int pair = 0; pair < n_pairs; pair++) {
-            int s = pair / n_head, h = pair % n_head;
-            if (seqs[s].n_new == 0)
-                continue;
-            int n = seqs[s].n_slots, row = seqs[s].row;
-            size_t hc = (size_t)h * head_dim, base = ((size_t)s * n_head + h) * cap;
-            const float *qr = q + (size_t)row * ld + hc;
-            for (int t = 0; t < n; t++)
-                p[t] = dot(qr, kc + (base + t) * head_dim, head_dim) * scale;
-            p[n] = dot(qr, k + (size_t)row * ld + hc, head_dim) * scale;
-            softmax(p, n + 1);
-            float *o = out + (size_t)row * ldo + hc;
-            memset(o, 0, sizeof(float) * head_dim);
-            for (int t = 0; t < n; t++) {
-                const float *vr = vc + (base + t) * head_dim;
-                for (int e = 0; e < head_dim; e++)
-                    o[e] += p[t] * vr[e];
-                if (scores)
-                    scores[base + t] += p[t];
-            }
-            const float *vr = v + (size_t)row * ld + hc;
-            for (int e = 0; e < head_dim; e++)
-                o[e] += p[n] * vr[e];
-            if (self_p)
-                self_p[pair] = p[n];
         }
         free(p);
     }

@@ -1,0 +1,138 @@
+/* slot_ops.h: decode attention over a slot cache and the cache writers, as
+ * a template over the cache's element type (internal; included by slots.c):
+ *
+ *   SLOT_T        cache element (float, or uint16_t holding fp16 bits)
+ *   SLOT_LD(p)    float of *p
+ *   SLOT_ST(p, x) *p = x
+ *   SLOT_FN(n)    the function name for base name n
+ *
+ * Queries, new k/v rows, outputs, scores and column sums are fp32 whatever
+ * the cache holds: the fp16 instance is what CPU attention runs over the
+ * CUDA backend's host-resident KV, reading it in place (no fp32 copy of the
+ * cache). One (sequence, head) pair per task, so the H2O scores need no
+ * atomics, and within a pair the sums run in a fixed order.
+ */
+
+static float SLOT_FN(dot_cache)(const float *q, const SLOT_T *c, int n)
+{
+    float s = 0.0f;
+    for (int e = 0; e < n; e++)
+        s += q[e] * SLOT_LD(&c[e]);
+    return s;
+}
+
+static void SLOT_FN(put_row)(SLOT_T *dst, const float *src, int n)
+{
+    for (int e = 0; e < n; e++)
+        SLOT_ST(&dst[e], src[e]);
+}
+
+void SLOT_FN(kern_attn_decode)(float *out, int ldo, const float *q, const float *k,
+                               const float *v, int ld, const SLOT_T *kc, const SLOT_T *vc,
+                               const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                               int cap, float scale, float *scores, float *self_p)
+{
+    int n_pairs = n_seq * n_head;
+    #pragma omp parallel
+    {
+        float *p = malloc(sizeof(float) * (size_t)(cap + 1));
+        #pragma omp for schedule(static)
+        for (int pair = 0; pair < n_pairs; pair++) {
+            int s = pair / n_head, h = pair % n_head;
+            if (seqs[s].n_new == 0)
+                continue;
+            int n = seqs[s].n_slots, row = seqs[s].row;
+            size_t hc = (size_t)h * head_dim, base = ((size_t)s * n_head + h) * cap;
+            const float *qr = q + (size_t)row * ld + hc;
+            for (int t = 0; t < n; t++)
+                p[t] = SLOT_FN(dot_cache)(qr, kc + (base + t) * head_dim, head_dim) * scale;
+            p[n] = dot(qr, k + (size_t)row * ld + hc, head_dim) * scale;
+            softmax(p, n + 1);
+            float *o = out + (size_t)row * ldo + hc;
+            memset(o, 0, sizeof(float) * head_dim);
+            for (int t = 0; t < n; t++) {
+                const SLOT_T *vr = vc + (base + t) * head_dim;
+                for (int e = 0; e < head_dim; e++)
+                    o[e] += p[t] * SLOT_LD(&vr[e]);
+                if (scores)
+                    scores[base + t] += p[t];
+            }
+            const float *vr = v + (size_t)row * ld + hc;
+            for (int e = 0; e < head_dim; e++)
+                o[e] += p[n] * vr[e];
+            if (self_p)
+                self_p[pair] = p[n];
+        }
+        free(p);
+    }
+}
+
+void SLOT_FN(kern_kv_prefill)(SLOT_T *kc, SLOT_T *vc, float *scores, int32_t *pos,
+                              const float *k, const float *v, int ld, const float *colsum,
+                              const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                              int cap)
+{
+    int n_pairs = n_seq * n_head, max_new = 0;
+    for (int s = 0; s < n_seq; s++)
+        max_new = seqs[s].n_new > max_new ? seqs[s].n_new : max_new;
+    #pragma omp parallel
+    {
+        unsigned char *keep = malloc((size_t)max_new + 1);
+        #pragma omp for schedule(static)
+        for (int pair = 0; pair < n_pairs; pair++) {
+            int s = pair / n_head, h = pair % n_head, n = seqs[s].n_new;
+            if (n == 0)
+                continue;
+            const float *cs = colsum ? colsum + (size_t)seqs[s].row * n_head + h : NULL;
+            if (n <= seqs[s].budget)
+                memset(keep, 1, (size_t)n);
+            else
+                prefill_keep(keep, cs, n_head, n, &seqs[s]);
+            size_t base = ((size_t)s * n_head + h) * cap;
+            int slot = 0;
+            for (int j = 0; j < n && slot < seqs[s].budget; j++) {
+                if (!keep[j])
+                    continue;
+                size_t src = (size_t)(seqs[s].row + j) * ld + (size_t)h * head_dim;
+                SLOT_FN(put_row)(kc + (base + slot) * head_dim, k + src, head_dim);
+                SLOT_FN(put_row)(vc + (base + slot) * head_dim, v + src, head_dim);
+                pos[base + slot] = j;
+                if (scores)
+                    scores[base + slot] = cs ? cs[(size_t)j * n_head] : 0.0f;
+                slot++;
+            }
+        }
+        free(keep);
+    }
+}
+
+void SLOT_FN(kern_kv_insert)(SLOT_T *kc, SLOT_T *vc, float *scores, int32_t *pos,
+                             const float *k, const float *v, int ld, const float *self_p,
+                             const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                             int cap, int32_t *evicted)
+{
+    int n_pairs = n_seq * n_head;
+    #pragma omp parallel for schedule(static)
+    for (int pair = 0; pair < n_pairs; pair++) {
+        int s = pair / n_head, h = pair % n_head;
+        if (seqs[s].n_new == 0)
+            continue;
+        const kern_seq *sq = &seqs[s];
+        size_t base = ((size_t)s * n_head + h) * cap;
+        int slot = sq->n_slots, gone = -1;
+        if (slot >= sq->budget) {
+            slot = kern_h2o_pick_ref(scores ? scores + base : NULL, pos + base, sq->n_slots,
+                                     sq->sinks, sq->recent, sq->n_past);
+            assert(slot >= 0); /* sinks + recent - 1 < budget slots are protected */
+            gone = pos[base + slot];
+        }
+        size_t src = (size_t)sq->row * ld + (size_t)h * head_dim;
+        SLOT_FN(put_row)(kc + (base + slot) * head_dim, k + src, head_dim);
+        SLOT_FN(put_row)(vc + (base + slot) * head_dim, v + src, head_dim);
+        pos[base + slot] = sq->n_past;
+        if (scores)
+            scores[base + slot] = self_p ? self_p[pair] : 0.0f;
+        if (evicted)
+            evicted[pair] = gone;
+    }
+}
