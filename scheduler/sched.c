@@ -78,9 +78,6 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
 {
     sched_plan pl;
     FORWARD_IF(sched_plan_compute(c, be->ops->elem_size, p, sh, &pl));
-    RETURN_IF(p->cpu_attention && strcmp(be->ops->name, "cpu") != 0, -ENOTSUP,
-              "--cpu-attention is not available on the %s backend yet; drop it (KV on the "
-              "CPU tier is then streamed to the GPU) or use --device cpu", be->ops->name);
     uint64_t disk_free = 0;
     if (pl.total[SCHED_DISK]) {
         struct stat st;
@@ -193,6 +190,20 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
     if (rc == 0 && sh->scores) rc = alloc_gpu(s, R * H * 4, &s->scr.colsum);
     if (rc == 0 && sh->scores) rc = alloc_gpu(s, B * H * 4, &s->scr.self_p);
     if (rc == 0 && sh->evicted) rc = alloc_gpu(s, (size_t)L * B * H * 4, &s->evicted);
+    if (rc == 0 && p->cpu_attention && !be->ops->host_visible) {
+        /* host scratch of CPU attention (model_forward.c host_segment) */
+        s->scr.h_qkv = malloc(sizeof(float) * R * 3 * d);
+        s->scr.h_att = malloc(sizeof(float) * R * d);
+        s->scr.h_colsum = malloc(sizeof(float) * R * H);
+        s->scr.h_self = malloc(sizeof(float) * (size_t)g->gbs * H);
+        s->scr.h_ev = malloc(sizeof(int32_t) * (size_t)g->gbs * H);
+        s->scr.h_seqs = malloc(sizeof(kern_seq) * (size_t)g->gbs);
+        if (!s->scr.h_qkv || !s->scr.h_att || !s->scr.h_colsum || !s->scr.h_self ||
+            !s->scr.h_ev || !s->scr.h_seqs) {
+            err_set(__FILE__, __LINE__, "out of host memory for CPU attention scratch");
+            rc = -ENOMEM;
+        }
+    }
 
     /* the disk engine and the I/O lanes */
     if (rc == 0 && (s->w_fd >= 0 || s->kv_fd >= 0 || s->x_fd >= 0 ||
@@ -248,6 +259,12 @@ void sched_destroy(sched *s)
                     s->scr.self_p, s->last, s->logits, s->evicted};
     for (size_t i = 0; i < sizeof work / sizeof *work; i++)
         o->free(ctx, work[i]);
+    free(s->scr.h_qkv);
+    free(s->scr.h_att);
+    free(s->scr.h_colsum);
+    free(s->scr.h_self);
+    free(s->scr.h_ev);
+    free(s->scr.h_seqs);
     if (s->w_fd_owned)
         off_file_close(s->w_fd);
     off_file_close(s->kv_fd);
@@ -482,9 +499,12 @@ static int compute_item(sched *s, int l, const batch_desc *b, int v, int kind,
         char *base = t == SCHED_GPU || (t == SCHED_CPU && s->pol.cpu_attention)
                          ? kv_home(s, t, l, b->k) : s->kv_stage[v][t];
         const kv_layout *kl = &g->kv[t];
+        /* with CPU attention the CPU and disk segments are host memory: on a
+         * backend whose buffers are not, CPU threads compute them */
+        int host = t != SCHED_GPU && s->pol.cpu_attention && !s->be->ops->host_visible;
         kv[n_kv++] = (model_kv){base + kl->kc, base + kl->vc, base + kl->pos,
                                 kl->scores == SIZE_MAX ? NULL : base + kl->scores,
-                                g->kv_seq0[t], n};
+                                g->kv_seq0[t], n, host};
     }
     if (l == 0)
         FORWARD_IF(model_embed(m, x, ids + b->r0, pos + b->r0, b->n_rows));

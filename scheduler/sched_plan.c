@@ -125,6 +125,8 @@ int sched_plan_compute(const model_config *c, size_t es, const sched_policy *p,
     if (sh->evicted)
         work += A256(L * B * H * 4);
     b[SCHED_GPU][SCHED_WORK] = work;
+    if (cpu_attn && es != sizeof(float)) /* host scratch of CPU attention (CUDA) */
+        b[SCHED_CPU][SCHED_WORK] = R * 4 * (3 * d + d + H) + (size_t)g.gbs * (H * 8 + 28);
 
     for (int t = 0; t < SCHED_TIERS; t++)
         for (int q = 0; q < SCHED_PARTS; q++)

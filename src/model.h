@@ -140,6 +140,10 @@ typedef struct model_kv {
     void *pos;      /* (n, n_head, cap) int32 */
     void *scores;   /* (n, n_head, cap) fp32, or NULL */
     int seq0, n;
+    int host;       /* 1: fp16 caches in host memory of a backend whose buffers are
+                     * not (CUDA): attention and cache writes run on CPU threads
+                     * (kern_*_h16) over the cache in place; only q/k/v rows and the
+                     * attention output cross the link */
 } model_kv;
 
 /* Per-pass scratch on the backend, shared by the layers and batches. */
@@ -147,6 +151,11 @@ typedef struct model_scratch {
     void *h, *qkv, *att, *ffn; /* (rows, d), (rows, 3d), (rows, d), (rows, ffn) */
     void *colsum;              /* (rows, n_head) fp32, or NULL */
     void *self_p;              /* (n_seq, n_head) fp32, or NULL */
+    /* host scratch for model_kv.host segments (NULL when there are none) */
+    float *h_qkv, *h_att;      /* (rows, 3d), (rows, d) */
+    float *h_colsum, *h_self;  /* (rows, n_head), (n_seq, n_head) */
+    int32_t *h_ev;             /* (n_seq, n_head) */
+    kern_seq *h_seqs;          /* (n_seq) */
 } model_scratch;
 
 enum { MODEL_PASS_IDLE = 0, MODEL_PASS_PREFILL = 1, MODEL_PASS_DECODE = 2 };

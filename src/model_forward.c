@@ -132,6 +132,56 @@ int model_embed(model *m, void *x, const int32_t *ids, const int32_t *pos, int n
                              m->cfg.hidden);
 }
 
+/* CPU attention for segment g whose fp16 cache is host memory: the q/k/v
+ * rows of its sequences come down, kern_*_h16 run over the cache in place,
+ * the attention output goes back up (decode). Rows of a segment's active
+ * sequences are contiguous: rows are packed in sequence order. */
+static int host_segment(model *m, int kind, const model_kv *g, const kern_seq *seqs,
+                        int cap, const model_scratch *sc, void *evicted, float scale)
+{
+    const model_config *c = &m->cfg;
+    const backend_ops *o = m->be->ops;
+    void *ctx = m->be->ctx;
+    int d = c->hidden, H = c->n_head, hd = c->head_dim, r0 = -1, r1 = 0;
+    size_t es = o->elem_size;
+    for (int i = 0; i < g->n; i++) {
+        kern_seq q = seqs[g->seq0 + i];
+        if (q.n_new && (r0 < 0 || q.row < r0))
+            r0 = q.row;
+        if (q.n_new && q.row + q.n_new > r1)
+            r1 = q.row + q.n_new;
+    }
+    if (r0 < 0)
+        return 0; /* nothing of this segment in the pass */
+    for (int i = 0; i < g->n; i++) {
+        sc->h_seqs[i] = seqs[g->seq0 + i];
+        sc->h_seqs[i].row = sc->h_seqs[i].n_new ? sc->h_seqs[i].row - r0 : 0;
+    }
+    size_t rows = (size_t)(r1 - r0);
+    FORWARD_IF(o->download(ctx, sc->h_qkv, (const char *)sc->qkv + (size_t)r0 * 3 * d * es,
+                           rows * 3 * d));
+    const float *q = sc->h_qkv, *k = q + d, *v = q + 2 * d;
+    if (kind == MODEL_PASS_PREFILL) {
+        const float *cs = NULL;
+        if (sc->colsum) {
+            FORWARD_IF(o->download_f32(ctx, sc->h_colsum,
+                                       (const char *)sc->colsum + (size_t)r0 * H * 4, rows * H));
+            cs = sc->h_colsum;
+        }
+        kern_kv_prefill_h16(g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, cs, sc->h_seqs, g->n,
+                            H, hd, cap);
+        return 0;
+    }
+    kern_attn_decode_h16(sc->h_att, d, q, k, v, 3 * d, g->kc, g->vc, sc->h_seqs, g->n, H, hd,
+                         cap, scale, g->scores, sc->h_self);
+    kern_kv_insert_h16(g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, sc->h_self, sc->h_seqs,
+                       g->n, H, hd, cap, evicted ? sc->h_ev : NULL);
+    if (evicted)
+        FORWARD_IF(o->upload_f32(ctx, (char *)evicted + (size_t)g->seq0 * H * 4,
+                                 (const float *)sc->h_ev, (size_t)g->n * H));
+    return o->upload(ctx, (char *)sc->att + (size_t)r0 * d * es, sc->h_att, rows * d);
+}
+
 int model_layer_forward(model *m, const model_layer *L, int kind, void *x, int n_rows,
                         const kern_seq *seqs, int n_seq, const model_kv *kv, int n_kv,
                         int cap, const model_scratch *sc, void *evicted)
@@ -159,6 +209,10 @@ int model_layer_forward(model *m, const model_layer *L, int kind, void *x, int n
         char *ev = evicted ? (char *)evicted + (size_t)g->seq0 * H * 4 : NULL;
         if (g->n == 0)
             continue;
+        if (g->host) {
+            FORWARD_IF(host_segment(m, kind, g, seqs, cap, sc, evicted, scale));
+            continue;
+        }
         if (kind == MODEL_PASS_PREFILL) {
             FORWARD_IF(o->kv_prefill(ctx, g->kc, g->vc, g->scores, g->pos, k, v, 3 * d,
                                      sc->colsum, sq, g->n, H, hd, cap));
@@ -203,11 +257,12 @@ int model_forward(model_ctx *mc, const int32_t *ids, const int32_t *pos,
               mc->max_seq);
     int kind = model_pass_kind(seqs, n_seq, mc->cap);
     FORWARD_IF(kind);
-    model_scratch sc = {mc->h, mc->qkv, mc->att, mc->ffn, mc->colsum, mc->self_p};
+    model_scratch sc = {.h = mc->h, .qkv = mc->qkv, .att = mc->att, .ffn = mc->ffn,
+                        .colsum = mc->colsum, .self_p = mc->self_p};
     FORWARD_IF(model_embed(m, mc->x, ids, pos, n_rows));
     for (int l = 0; l < c->n_layer; l++) {
         model_kv kv = {mc->kc[l], mc->vc[l], mc->pos[l], mc->scores ? mc->scores[l] : NULL,
-                       0, n_seq};
+                       0, n_seq, 0};
         void *ev = mc->evicted ? (char *)mc->evicted + (size_t)l * mc->max_seq * H * 4 : NULL;
         FORWARD_IF(model_layer_forward(m, &m->layers[l], kind, mc->x, n_rows, seqs, n_seq,
                                        &kv, 1, mc->cap, &sc, ev));

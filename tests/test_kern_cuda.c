@@ -351,6 +351,30 @@ Test(kern_cuda, sampling_greedy_and_top_p)
 
 /* End to end: greedy generation of the golden prompts on the GPU gives the
  * CPU's tokens, through the CLI. */
+/* The "tokens" arrays of two output files, line by line. */
+static void assert_same_tokens(const char *pa, const char *pb, int lines, const char *what)
+{
+    char *a, *b;
+    cr_assert_eq(fh_read_file(pa, &a, NULL), 0);
+    cr_assert_eq(fh_read_file(pb, &b, NULL), 0);
+    char *la = a, *lb = b;
+    for (int line = 0; line < lines; line++) {
+        char *ta = strstr(la, "\"tokens\":"), *tb = strstr(lb, "\"tokens\":");
+        cr_assert(ta && tb);
+        size_t na = strcspn(ta, "]"), nb = strcspn(tb, "]");
+        cr_assert(na == nb && !strncmp(ta, tb, na), "%s, prompt %d: cpu %.*s, cuda %.*s", what,
+                  line, (int)na, ta, (int)nb, tb);
+        la = strchr(ta, '\n');
+        lb = strchr(tb, '\n');
+        cr_assert(la && lb);
+    }
+    free(a);
+    free(b);
+}
+
+/* End to end on the golden tiny model: the GPU's greedy tokens equal the
+ * CPU's, all-resident and through the offloading scheduler (weights, KV and
+ * activations over three tiers, CPU attention over the fp16 host KV, H2O). */
 Test(kern_cuda, tiny_model_greedy_tokens_equal_cpu)
 {
     const char *bin = getenv("FLEXH2O_BIN");
@@ -360,35 +384,30 @@ Test(kern_cuda, tiny_model_greedy_tokens_equal_cpu)
     snprintf(cmd, sizeof cmd,
              "printf '%%s\\n' '{\"prompt_ids\": [2, 37, 101, 5, 300]}' "
              "'{\"prompt\": \"Hello world, the heavy hitters\"}' '{\"prompt_ids\": [2, 9]}' "
-             "> %s/p.jsonl", dir);
+             "> %s/p.jsonl && mkdir %s/off", dir, dir);
     cr_assert_eq(system(cmd), 0);
+    static const char *variants[] = {
+        "--batch-size 3",
+        "--gpu-batch-size 2 --num-gpu-batches 2 --percent 30 30 34 33 0 100",
+        "--gpu-batch-size 2 --num-gpu-batches 2 --percent 30 30 0 50 100 0 --cpu-attention",
+        "--gpu-batch-size 2 --num-gpu-batches 2 --percent 100 0 0 100 100 0 --cpu-attention "
+        "--kv-policy h2o --kv-ratio 0.5",
+    };
     const char *dev[] = {"cpu", "cuda"};
-    for (int i = 0; i < 2; i++) {
-        snprintf(cmd, sizeof cmd,
-                 "%s generate --model %s/tests/fixtures/tiny-opt --prompts %s/p.jsonl --out "
-                 "%s/%s.jsonl --max-new-tokens 12 --batch-size 3 --quiet --device %s", bin,
-                 FH_SOURCE_ROOT, dir, dir, dev[i], dev[i]);
-        cr_assert_eq(system(cmd), 0, "%s failed", cmd);
+    for (size_t v = 0; v < sizeof variants / sizeof *variants; v++) {
+        for (int i = 0; i < 2; i++) {
+            snprintf(cmd, sizeof cmd,
+                     "%s generate --model %s/tests/fixtures/tiny-opt --prompts %s/p.jsonl "
+                     "--out %s/%s%zu.jsonl --max-new-tokens 12 --quiet --device %s %s "
+                     "--offload-dir %s/off", bin, FH_SOURCE_ROOT, dir, dir, dev[i], v, dev[i],
+                     variants[v], dir);
+            cr_assert_eq(system(cmd), 0, "%s failed", cmd);
+        }
+        char pa[300], pb[300];
+        snprintf(pa, sizeof pa, "%s/cpu%zu.jsonl", dir, v);
+        snprintf(pb, sizeof pb, "%s/cuda%zu.jsonl", dir, v);
+        assert_same_tokens(pa, pb, 3, variants[v]);
     }
-    char *a, *b, pa[300], pb[300];
-    snprintf(pa, sizeof pa, "%s/cpu.jsonl", dir);
-    snprintf(pb, sizeof pb, "%s/cuda.jsonl", dir);
-    cr_assert_eq(fh_read_file(pa, &a, NULL), 0);
-    cr_assert_eq(fh_read_file(pb, &b, NULL), 0);
-    /* compare the "tokens" arrays line by line */
-    char *la = a, *lb = b;
-    for (int line = 0; line < 3; line++) {
-        char *ta = strstr(la, "\"tokens\":"), *tb = strstr(lb, "\"tokens\":");
-        cr_assert(ta && tb);
-        size_t na = strcspn(ta, "]"), nb = strcspn(tb, "]");
-        cr_assert(na == nb && !strncmp(ta, tb, na), "prompt %d: cpu %.*s, cuda %.*s", line,
-                  (int)na, ta, (int)nb, tb);
-        la = strchr(ta, '\n');
-        lb = strchr(tb, '\n');
-        cr_assert(la && lb);
-    }
-    free(a);
-    free(b);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     cr_assert_eq(system(cmd), 0);
 }
