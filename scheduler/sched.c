@@ -205,6 +205,11 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
         }
     }
 
+    /* the backend zeroes new buffers on its compute stream: let that finish
+     * before the copy streams write into them */
+    if (rc == 0)
+        rc = be->ops->sync(be->ctx);
+
     /* the disk engine and the I/O lanes */
     if (rc == 0 && (s->w_fd >= 0 || s->kv_fd >= 0 || s->x_fd >= 0 ||
                     sh->weights_on_disk_already))
