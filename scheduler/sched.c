@@ -29,6 +29,14 @@
 #define MARK_W(slot) (slot)         /* last compute reading weight slot */
 #define MARK_IO(slot) (2 + (slot))  /* last compute on KV/activation stage slot */
 
+/* What one GPU batch brings to this pass. */
+typedef struct batch_desc {
+    int k, n_seq;           /* batch index, sequences in it (of this block) */
+    int r0, n_rows;         /* its rows of the packed pass */
+    int o0, n_out;          /* its output rows */
+    int active[SCHED_TIERS];/* any active sequence in that KV segment */
+} batch_desc;
+
 static int alloc_gpu(sched *s, size_t bytes, void **out)
 {
     *out = NULL;
@@ -77,7 +85,8 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
                  const sched_shape *sh, sched_trace *trace, sched **out)
 {
     sched_plan pl;
-    FORWARD_IF(sched_plan_compute(c, be->ops->elem_size, p, sh, &pl));
+    sched_geom geom;
+    FORWARD_IF(sched_plan_geom(c, be->ops->elem_size, p, sh, &geom, &pl));
     uint64_t disk_free = 0;
     if (pl.total[SCHED_DISK]) {
         struct stat st;
@@ -106,21 +115,21 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
                                                   "cpu->disk"};
     for (int i = 0; i < SCHED_LINKS; i++)
         s->links[i].name = link_names[i];
+    s->g = geom;
     sched_geom *g = &s->g;
-    sched_geom_init(g, c, be->ops->elem_size, p, sh);
     int L = g->L, K = g->K, rc = 0;
 
     /* weights */
     s->w_gpu = calloc((size_t)L, sizeof(void *));
     s->w_off = calloc((size_t)L, sizeof(uint64_t));
-    s->w_res = calloc((size_t)L, sizeof(model_layer));
     s->w_view[0] = calloc((size_t)L, sizeof(model_layer));
     s->w_view[1] = calloc((size_t)L, sizeof(model_layer));
     s->kv_gpu = calloc((size_t)L * K, sizeof(void *));
     s->bseq = calloc((size_t)g->block, sizeof(kern_seq));
+    s->bdesc = calloc((size_t)K, sizeof(batch_desc));
     s->blast = calloc((size_t)g->block, sizeof(int32_t));
-    if (!s->w_gpu || !s->w_off || !s->w_res || !s->w_view[0] || !s->w_view[1] || !s->kv_gpu ||
-        !s->bseq || !s->blast) {
+    if (!s->w_gpu || !s->w_off || !s->w_view[0] || !s->w_view[1] || !s->kv_gpu ||
+        !s->bseq || !s->bdesc || !s->blast) {
         err_set(__FILE__, __LINE__, "out of memory");
         rc = -ENOMEM;
     }
@@ -277,11 +286,11 @@ void sched_destroy(sched *s)
     pthread_mutex_destroy(&s->link_mu);
     free(s->w_gpu);
     free(s->w_off);
-    free(s->w_res);
     free(s->w_view[0]);
     free(s->w_view[1]);
     free(s->kv_gpu);
     free(s->bseq);
+    free(s->bdesc);
     free(s->blast);
     free(s);
 }
@@ -321,17 +330,10 @@ const sched_policy *sched_get_policy(const sched *s) { return &s->pol; }
 const void *sched_logits(const sched *s) { return s->logits; }
 int sched_max_rows(const sched *s) { return s->sh.max_rows; }
 int sched_block(const sched *s) { return s->g.block; }
+int sched_cap(const sched *s) { return s->sh.cap; }
 const char *sched_disk_kind(const sched *s) { return s->disk ? off_disk_kind(s->disk) : "none"; }
 
 /* ------------------------------------------------------------ one pass */
-
-/* What one GPU batch brings to this pass. */
-typedef struct batch_desc {
-    int k, n_seq;           /* batch index, sequences in it (of this block) */
-    int r0, n_rows;         /* its rows of the packed pass */
-    int o0, n_out;          /* its output rows */
-    int active[SCHED_TIERS];/* any active sequence in that KV segment */
-} batch_desc;
 
 /* Issue the load of the weights of layer l into the next slot. */
 static int load_weights(sched *s, int l, int step)
@@ -366,6 +368,15 @@ static int load_weights(sched *s, int l, int step)
     return 0;
 }
 
+/* The weight slot holding (or loading) layer l, issuing its load when no
+ * slot has it. @return the slot or -errno. */
+static int weights_slot(sched *s, int l, int step)
+{
+    if (s->w_slot_of[0] != l && s->w_slot_of[1] != l)
+        FORWARD_IF(load_weights(s, l, step));
+    return s->w_slot_of[0] == l ? 0 : 1;
+}
+
 /* The weights of layer l for compute: resident, or the slot holding it. */
 static int weights_of(sched *s, int l, int step, const model_layer **out)
 {
@@ -374,11 +385,8 @@ static int weights_of(sched *s, int l, int step, const model_layer **out)
         *out = &s->w_view[0][l];
         return 0;
     }
-    int v = s->w_slot_of[0] == l ? 0 : s->w_slot_of[1] == l ? 1 : -1;
-    if (v < 0) {
-        FORWARD_IF(load_weights(s, l, step));
-        v = s->w_slot_of[0] == l ? 0 : 1;
-    }
+    int v = weights_slot(s, l, step);
+    FORWARD_IF(v);
     FORWARD_IF(sched_lane_wait(&s->lane[0], s->w_ticket[v]));
     *out = &s->w_view[v][l];
     return 0;
@@ -544,9 +552,7 @@ int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
     s->pass_kind = kind;
 
     /* split the pass into its GPU batches: rows are packed in sequence order */
-    batch_desc bd[256];
-    batch_desc *bs = g->K <= 256 ? bd : malloc(sizeof *bs * (size_t)g->K);
-    RETURN_IF(!bs, -ENOMEM, "out of memory");
+    batch_desc *bs = s->bdesc;
     int nb = 0, o_at = 0;
     for (int k = 0; k * g->gbs < n_seq; k++) {
         batch_desc b = {.k = k, .n_seq = n_seq - k * g->gbs};
@@ -569,12 +575,9 @@ int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
             continue; /* nothing of this batch in the pass */
         b.r0 = r0;
         b.n_rows = r1 - r0;
-        if (b.n_rows > s->sh.max_rows) {
-            if (bs != bd)
-                free(bs);
-            RETURN_IF(1, -EINVAL, "internal: GPU batch %d brings %d rows, the plan has %d",
-                      k, b.n_rows, s->sh.max_rows);
-        }
+        RETURN_IF(b.n_rows > s->sh.max_rows, -EINVAL,
+                  "internal: GPU batch %d brings %d rows, the plan has %d", k, b.n_rows,
+                  s->sh.max_rows);
         for (int i = 0; i < b.n_seq; i++) {
             kern_seq q = seqs[k * g->gbs + i];
             q.row = q.n_new ? q.row - r0 : 0;
@@ -598,11 +601,10 @@ int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
         /* the next layer's weights start loading with the first batch of a
          * layer; during the last layer, layer 0 of the next pass */
         if (i % nb == 0 && g->w_gpu < g->blob) {
-            const model_layer *cur;
-            rc = weights_of(s, l, step, &cur);
-            int nl = l + 1 < g->L ? l + 1 : 0;
-            if (rc == 0 && s->w_slot_of[0] != nl && s->w_slot_of[1] != nl)
-                rc = load_weights(s, nl, step);
+            rc = weights_slot(s, l, step);
+            if (rc >= 0)
+                rc = weights_slot(s, l + 1 < g->L ? l + 1 : 0, step);
+            rc = rc < 0 ? rc : 0;
         }
         if (rc == 0)
             rc = sched_lane_wait(&s->lane[0], io[v].load);
@@ -640,8 +642,6 @@ int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
         sched_lane_wait(&s->lane[0], s->lane[0].issued);
         sched_lane_wait(&s->lane[1], s->lane[1].issued);
     }
-    if (bs != bd)
-        free(bs);
     return rc;
 }
 

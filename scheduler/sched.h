@@ -186,6 +186,8 @@ const void *sched_logits(const sched *s);
 /* Most rows one GPU batch may bring to a pass, and the block size. */
 int sched_max_rows(const sched *s);
 int sched_block(const sched *s);
+/* KV slots per (sequence, layer, head) the plan has (sched_shape.cap). */
+int sched_cap(const sched *s);
 /* Read the slot positions (what = 0, int32) or H2O scores (what = 1, fp32)
  * of sequence seq of the block for layer l: (n_head, cap) into out, from
  * whichever tier holds them. @return 0 or -errno. */

@@ -56,6 +56,9 @@ typedef struct sched_geom {
 void sched_geom_init(sched_geom *g, const model_config *c, size_t es, const sched_policy *p,
                      const sched_shape *sh);
 kv_layout sched_kv_layout(const sched_geom *g, int n, int cap, int scores);
+/* sched_plan_compute that also hands back the geometry it planned. */
+int sched_plan_geom(const model_config *c, size_t es, const sched_policy *p,
+                    const sched_shape *sh, sched_geom *g, sched_plan *out);
 
 /* ---- I/O lanes: a thread with a FIFO of transfer tasks (sched_io.c) ---- */
 
@@ -115,7 +118,6 @@ struct sched {
     uint64_t *w_off;       /* (L) file offset of each layer blob */
     void *w_stage[2];      /* GPU slots for [w_gpu, blob) */
     model_layer *w_view[2];/* (L) per slot: the layer's fields, resident or staged */
-    model_layer *w_res;    /* (L) views when the whole layer is resident */
     int w_slot_of[2];      /* layer in each slot, -1: none */
     uint64_t w_ticket[2];  /* loader ticket of each slot's load */
     int w_next;            /* slot the next weight load goes to */
@@ -136,6 +138,7 @@ struct sched {
     model_scratch scr;
     void *last, *logits, *evicted;
     kern_seq *bseq;        /* (block) sequences rebased per batch */
+    struct batch_desc *bdesc; /* (K) the GPU batches of the pass */
     int32_t *blast;        /* (block) */
 
     sched_lane lane[2];    /* 0: loads (h2d), 1: stores (d2h) */

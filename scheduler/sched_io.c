@@ -43,28 +43,25 @@ int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
     const char *cat = t->kind == TASK_LOAD ? "load" : "store";
     const char *tier = t->tier == SCHED_CPU ? "cpu" : "disk";
     double t0 = sched_trace_now();
-    if (t->tier == SCHED_CPU) {
-        if (t->stage_host)
-            memcpy(t->kind == TASK_LOAD ? t->stage : t->host,
-                   t->kind == TASK_LOAD ? t->host : t->stage, t->bytes);
-        else if (t->kind == TASK_LOAD)
+    if (t->tier == SCHED_CPU) { /* (CPU attention computes CPU-tier KV in place: no task) */
+        if (t->kind == TASK_LOAD)
             FORWARD_IF(o->copy_h2d(ctx, t->stage, t->host, t->bytes));
         else
             FORWARD_IF(o->copy_d2h(ctx, t->host, t->stage, t->bytes));
-        double t1 = sched_trace_now();
-        if (!t->stage_host)
-            sched_link_add(s, t->kind == TASK_LOAD ? SCHED_LINK_CPU_GPU : SCHED_LINK_GPU_CPU,
-                           t->bytes, t1 - t0);
+        sched_link_add(s, t->kind == TASK_LOAD ? SCHED_LINK_CPU_GPU : SCHED_LINK_GPU_CPU,
+                       t->bytes, sched_trace_now() - t0);
         trace_task(s, t, l->track, t->name, cat, tier, t->bytes, t0);
         return 0;
     }
     /* disk: straight into / out of the stage where it is host memory and
-     * aligned (the CPU backend, CPU attention), else through the lane's
-     * aligned host stage and a copy */
+     * aligned (the CPU backend; CPU attention's host stages, which are
+     * always aligned), else through the lane's aligned host stage and a copy */
     size_t span = off_align_up(t->delta + t->bytes);
     char *direct = (char *)t->stage - t->delta;
     if (!(t->stage_host || o->host_visible) || ((uintptr_t)direct & (OFF_ALIGN - 1)))
         direct = NULL;
+    RETURN_IF(t->stage_host && !direct, -EINVAL,
+              "internal: host staging buffer is not %u-aligned", OFF_ALIGN);
     off_io io = {t->fd, t->kind == TASK_STORE, direct ? direct : l->stage, span, t->file_off};
     char what[96];
     snprintf(what, sizeof what, "%s of layer %d, batch %d", t->name, t->layer, t->batch);
@@ -73,27 +70,18 @@ int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
         double t1 = sched_trace_now();
         sched_link_add(s, SCHED_LINK_DISK_CPU, span, t1 - t0);
         trace_task(s, t, TRACK_DISK, "disk read", cat, tier, span, t0);
-        if (direct) {
-            /* in place */
-        } else if (t->stage_host) {
-            memcpy(t->stage, (char *)l->stage + t->delta, t->bytes);
-        } else {
+        if (!direct) {
             FORWARD_IF(o->copy_h2d(ctx, t->stage, (char *)l->stage + t->delta, t->bytes));
             sched_link_add(s, SCHED_LINK_CPU_GPU, t->bytes, sched_trace_now() - t1);
         }
     } else {
         /* stores are whole records (delta 0); the stage buffers are padded
          * to OFF_ALIGN, and what the padding holds is never read back */
-        if (direct) {
-            /* from the stage itself */
-        } else if (t->stage_host) {
-            memcpy(l->stage, t->stage, t->bytes);
-        } else {
+        if (!direct) {
             FORWARD_IF(o->copy_d2h(ctx, l->stage, t->stage, t->bytes));
             sched_link_add(s, SCHED_LINK_GPU_CPU, t->bytes, sched_trace_now() - t0);
-        }
-        if (!direct)
             memset((char *)l->stage + t->bytes, 0, span - t->bytes);
+        }
         double t1 = sched_trace_now();
         FORWARD_IF(off_disk_rw(s->disk, &io, 1, what));
         sched_link_add(s, SCHED_LINK_CPU_DISK, span, sched_trace_now() - t1);

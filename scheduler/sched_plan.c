@@ -85,11 +85,18 @@ void sched_geom_init(sched_geom *g, const model_config *c, size_t es, const sche
 int sched_plan_compute(const model_config *c, size_t es, const sched_policy *p,
                        const sched_shape *sh, sched_plan *out)
 {
+    sched_geom g;
+    return sched_plan_geom(c, es, p, sh, &g, out);
+}
+
+int sched_plan_geom(const model_config *c, size_t es, const sched_policy *p,
+                    const sched_shape *sh, sched_geom *gp, sched_plan *out)
+{
     FORWARD_IF(sched_policy_check(p));
     RETURN_IF(sh->max_rows < 1 || sh->cap < 1, -EINVAL,
               "internal: plan for %d rows and %d KV slots", sh->max_rows, sh->cap);
-    sched_geom g;
-    sched_geom_init(&g, c, es, p, sh);
+    sched_geom_init(gp, c, es, p, sh);
+    const sched_geom g = *gp;
     memset(out, 0, sizeof *out);
     out->block = g.block;
     uint64_t L = (uint64_t)g.L, K = (uint64_t)g.K;

@@ -454,7 +454,7 @@ int gen_run(model *m, sched *sc, const tok *t, const prompt_set *ps, outfile *ou
     FORWARD_IF(gen_check(c, ps, o));
     gen_ctx gc = {.m = m, .c = c, .sc = sc, .gbs = sched_get_policy(sc)->gpu_batch_size,
                   .block = sched_block(sc), .max_rows = sched_max_rows(sc),
-                  .t_start = now_s(), .progress = o->progress};
+                  .cap = sched_cap(sc), .t_start = now_s(), .progress = o->progress};
     gc.last_report = gc.t_start;
     /* pending prompts, in file order */
     int n_todo = 0, max_prompt = 0, max_new = 1;
@@ -465,13 +465,9 @@ int gen_run(model *m, sched *sc, const tok *t, const prompt_set *ps, outfile *ou
             continue;
         const prompt *p = &ps->p[i];
         int mn = effective_max_new(p, o, c->max_pos);
-        kv_split sp;
-        kv_policy_split(&o->kv, p->n_ids, mn, p->line, &sp); /* checked above */
         todo[n_todo++] = p;
         if (p->n_ids > max_prompt)
             max_prompt = p->n_ids;
-        if (sp.budget > gc.cap)
-            gc.cap = sp.budget;
         if (p->n_ids + mn > st->kv_slots_full)
             st->kv_slots_full = p->n_ids + mn;
         if (mn > max_new)

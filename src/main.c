@@ -69,6 +69,17 @@ static int parse_float(const char *verb, const char *flag, const char *s, double
     return 0;
 }
 
+/* The backend --device names (default: cuda when a GPU is present). @return
+ * 0, or the exit status of the error already printed. */
+static int open_backend(const char *verb, const char *device, int threads, backend *be)
+{
+    if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
+        return usage_error(verb, "--device must be cpu or cuda");
+    int want_cuda = device ? strcmp(device, "cuda") == 0 : kern_cuda_available();
+    int rc = want_cuda ? backend_cuda_create(0, be) : backend_cpu_create(threads, be);
+    return rc < 0 ? fail() : 0;
+}
+
 static const char generate_help[] =
     "usage: flexh2o generate (--model DIR | --dummy NAME) --prompts IN.jsonl --out OUT.jsonl\n"
     "         [--max-new-tokens N] [--batch-size N] [--temperature T --top-p P --seed S]\n"
@@ -331,15 +342,8 @@ static int cmd_generate(int argc, char **argv)
     go.batch_size = pol.gpu_batch_size;
 
     backend be = {0};
-    int want_cuda = device ? strcmp(device, "cuda") == 0 : kern_cuda_available();
-    if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
-        return usage_error("generate", "--device must be cpu or cuda");
-    if (want_cuda)
-        rc = backend_cuda_create(0, &be);
-    else
-        rc = backend_cpu_create(threads, &be);
-    if (rc < 0)
-        return fail();
+    if ((rc = open_backend("generate", device, threads, &be)))
+        return rc;
 
     model *m = NULL;
     tok *t = NULL;
@@ -606,12 +610,11 @@ static int cmd_calibrate(int argc, char **argv)
         }
     }
     backend be = {0};
-    int want_cuda = device ? strcmp(device, "cuda") == 0 : kern_cuda_available();
-    int rc = want_cuda ? backend_cuda_create(0, &be) : backend_cpu_create(0, &be);
+    int rc = open_backend("calibrate", device, 0, &be);
+    if (rc)
+        return rc;
     sched_calib cb;
-    if (rc == 0)
-        rc = sched_calibrate(&be, dir, bytes, &cb);
-    if (rc < 0) {
+    if ((rc = sched_calibrate(&be, dir, bytes, &cb)) < 0) {
         backend_destroy(&be);
         return fail();
     }

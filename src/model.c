@@ -70,14 +70,25 @@ static int put_f32(model *m, void *dst, size_t offset, const float *src, size_t 
     char *b = m->blob;
     if (!(m->sink && p >= b && p < b + m->blob_bytes))
         return o->upload(m->be->ctx, p, src, n);
-    if (o->elem_size == sizeof(float)) {
-        memcpy(p, src, n * sizeof(float));
-    } else {
-        uint16_t *h = (uint16_t *)p;
-        for (size_t i = 0; i < n; i++)
-            h[i] = st_f32_to_f16(src[i]);
-    }
+    model_convert_elems(p, o->elem_size, src, sizeof(float), n);
     return 0;
+}
+
+void model_convert_elems(void *dst, size_t dst_es, const void *src, size_t src_es, size_t n)
+{
+    if (dst_es == src_es) {
+        memcpy(dst, src, n * dst_es);
+    } else if (dst_es == 2) {
+        const float *f = src;
+        uint16_t *h = dst;
+        for (size_t i = 0; i < n; i++)
+            h[i] = st_f32_to_f16(f[i]);
+    } else {
+        const uint16_t *h = src;
+        float *f = dst;
+        for (size_t i = 0; i < n; i++)
+            f[i] = st_f16_to_f32(h[i]);
+    }
 }
 
 /* ------------------------------------------------------------ allocation */

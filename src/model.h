@@ -33,6 +33,9 @@ size_t model_layer_layout(const model_config *c, size_t es, size_t off[MT_COUNT]
                           size_t n[MT_COUNT]);
 /* The field of L that holds tensor t. */
 void **model_layer_field(model_layer *L, int t);
+/* dst (n elements of dst_es bytes) <- src (src_es bytes each): fp32 and
+ * fp16 (uint16_t bits, round to nearest even) either way, or a copy. */
+void model_convert_elems(void *dst, size_t dst_es, const void *src, size_t src_es, size_t n);
 /* Point every field of L at its place in the blob at base. */
 void model_layer_bind(model_layer *L, const model_config *c, size_t es, void *base);
 

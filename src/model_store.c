@@ -24,24 +24,6 @@ static const char *const global_names[] = {"tok_emb", "pos_emb", "lnf_w", "lnf_b
 
 static size_t dtype_size(uint32_t dt) { return dt == OFF_DTYPE_F16 ? 2 : 4; }
 
-/* dst (dst_es bytes per element) <- src (src_es), n elements. */
-static void convert(void *dst, size_t dst_es, const void *src, size_t src_es, size_t n)
-{
-    if (dst_es == src_es) {
-        memcpy(dst, src, n * dst_es);
-    } else if (dst_es == 2) {
-        const float *f = src;
-        uint16_t *h = dst;
-        for (size_t i = 0; i < n; i++)
-            h[i] = st_f32_to_f16(f[i]);
-    } else {
-        const uint16_t *h = src;
-        float *f = dst;
-        for (size_t i = 0; i < n; i++)
-            f[i] = st_f16_to_f32(h[i]);
-    }
-}
-
 /* A layer blob of one element size in the layout of another. */
 static void convert_blob(const model_config *c, void *dst, size_t dst_es, const void *src,
                          size_t src_es)
@@ -50,7 +32,7 @@ static void convert_blob(const model_config *c, void *dst, size_t dst_es, const 
     model_layer_layout(c, dst_es, od, n);
     model_layer_layout(c, src_es, os, NULL);
     for (int t = 0; t < MT_COUNT; t++)
-        convert((char *)dst + od[t], dst_es, (const char *)src + os[t], src_es, n[t]);
+        model_convert_elems((char *)dst + od[t], dst_es, (const char *)src + os[t], src_es, n[t]);
 }
 
 int model_config_of(const char *path, model_config *out)
@@ -178,7 +160,8 @@ int model_convert(const char *hf_dir, const char *out_dir, uint32_t dtype)
             rc = -ENOMEM;
             break;
         }
-        convert(buf, es, gp[i], sizeof(float), glen[i]); /* CPU backend: fp32 host memory */
+        /* the CPU backend holds fp32 in host memory */
+        model_convert_elems(buf, es, gp[i], sizeof(float), glen[i]);
         rc = off_store_writer_put(cv.w, i, buf);
         free(buf);
     }
@@ -260,7 +243,7 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk,
         }
         if (rc == 0) {
             f32 = tmp;
-            convert(f32, sizeof(float), buf, ses, n);
+            model_convert_elems(f32, sizeof(float), buf, ses, n);
             rc = be->ops->upload(be->ctx, dst[i], f32, n);
         }
     }
