@@ -226,6 +226,11 @@ Test(cli, usage_errors)
     cr_assert(strstr(cli_err, "/nonexistent: model directory not found"), "%s", cli_err);
     cr_assert_eq(cli_run("generate --model " TINY " --prompts missing.jsonl --out o.jsonl"), 1);
     cr_assert(strstr(cli_err, "missing.jsonl: cannot open the prompt file"), "%s", cli_err);
+    cr_assert_eq(cli_run("calibrate --device tpu"), 2);
+    cr_assert(strstr(cli_err, "flexh2o calibrate: --device must be cpu or cuda"), "%s", cli_err);
+    cr_assert_eq(cli_run("convert --model " TINY " --out st --dtype bf16"), 2);
+    cr_assert(strstr(cli_err, "--dtype must be f16 (the GPU's) or f32"), "%s", cli_err);
+    cr_assert(!cli_exists("st"), "a refused convert must not create the store");
     cr_assert_eq(cli_run("frobnicate"), 2);
     cr_assert(strstr(cli_err, "usage: flexh2o <generate|convert|calibrate|tokenize|make-model>"), "%s", cli_err);
 }
