@@ -4,7 +4,7 @@
     python3 benchmarks/bench_offload.py --model opt-1.3b --device cpu \
         --percent "0 0 100 0 100 0" --gpu-batch-size 8 --num-gpu-batches 2 \
         --prompt-len 32 --gen-len 8 --offload-dir /tmp/off [--gpu-mem 16G] [--cpu-attention]
-        [--kv "--kv-policy h2o --kv-ratio 0.2"] [--flexh2o build/src/flexh2o]
+        [--kv "--kv-policy h2o --kv-ratio 0.2"] [--threads N] [--flexh2o build/src/flexh2o]
 
 Steps, all measured in this run (nothing extrapolated):
   1. `flexh2o calibrate`: disk read/write (disk engine, O_DIRECT), host->device,
@@ -21,6 +21,9 @@ the cache of the whole block (a decode step reads all of it). On the CPU
 backend "h2d" is a memcpy into the compute arena. T_prefill likewise with the
 all-resident prefill time. Efficiency = measured / bound, for decode tok/s and
 for the whole generation (N*n / (T_prefill + (n-1) T_step)).
+--threads N gives the offloaded run N compute threads (on a small CPU machine the
+disk I/O needs a core of its own); the floor always uses every core, so the bound
+stays the fastest all-resident compute.
 Prints Markdown.
 """
 import argparse
@@ -81,6 +84,8 @@ def main():
     ap.add_argument("--gpu-mem", default=None)
     ap.add_argument("--cpu-attention", action="store_true")
     ap.add_argument("--kv", default="", help="extra KV-policy flags for both runs")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="compute threads of the offloaded run (default: every core)")
     ap.add_argument("--flexh2o", default=os.path.join(ROOT, "build", "src", "flexh2o"))
     a = ap.parse_args()
     os.makedirs(a.offload_dir, exist_ok=True)
@@ -105,6 +110,8 @@ def main():
         return cmd
 
     extra = ["--cpu-attention"] if a.cpu_attention else []
+    if a.threads:
+        extra += ["--threads", str(a.threads)]
     tiers = plan(a, base("plan"), a.percent)
     off = run(base("off"), a.percent, extra)
     # the compute floor runs without the cap: it measures the kernels, not a policy
@@ -138,7 +145,8 @@ def main():
     meas_tps = N * n / (t_pre + steps * t_step)
     print(f"## {a.model} {a.device}, block {a.gpu_batch_size}x{a.num_gpu_batches}, "
           f"prompt {a.prompt_len}, gen {n}, --percent {a.percent}"
-          f"{' --cpu-attention' if a.cpu_attention else ''} {a.kv}\n")
+          f"{' --cpu-attention' if a.cpu_attention else ''}"
+          f"{f' --threads {a.threads}' if a.threads else ''} {a.kv}\n")
     print("calibration (GB/s): " + ", ".join(f"{k} {v}" for k, v in cal.items()) + "\n")
     print("| tier | weights GiB | KV GiB | act GiB | staging GiB | work GiB |")
     print("|---|---|---|---|---|---|")

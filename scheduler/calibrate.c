@@ -1,25 +1,65 @@
-/* calibrate.c: measured link speeds for the throughput bound of DESIGN.md
- * (`flexh2o calibrate`): disk read and write through the disk engine
- * (O_DIRECT, the engine's queue depth, 1 MiB chunks), host -> GPU and
- * GPU -> host through the backend's copy ops, and host memory bandwidth.
- * Each figure is the best of a few repetitions of a transfer of `bytes`.
+/* calibrate.c: the hardware profile behind the throughput bound of
+ * DESIGN.md and the policy search (`flexh2o calibrate`): disk read and
+ * write through the disk engine (O_DIRECT, the engine's queue depth, 1 MiB
+ * chunks), host -> GPU and GPU -> host through the backend's copy ops,
+ * host memory and device memory bandwidth, and the backend's GEMM rate.
+ * Each figure is the best of a few repetitions. Profiles are saved and
+ * read back as one JSON object (configs/hardware/).
  */
+#include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "backend_impl.h"
 #include "err.h"
+#include "model_config.h"
 #include "off.h"
 #include "sched.h"
 
 static double best(double a, double b) { return a > b ? a : b; }
+
+/* Device memory (a device-to-device copy reads and writes every byte) and
+ * the rate of the backend's linear on an (S, S) x (S, S) problem: S = 8192
+ * in fp16 on a GPU, 1024 in fp32 on the CPU. */
+static int measure_device(struct backend *be, void *dev, uint64_t bytes, sched_calib *out)
+{
+    const backend_ops *o = be->ops;
+    size_t half = (size_t)(bytes / 2) & ~(size_t)255;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = sched_trace_now();
+        FORWARD_IF(o->copy_d2d(be->ctx, (char *)dev + half, dev, half));
+        out->dev_mem = best(out->dev_mem, 2.0 * half / (sched_trace_now() - t0) / 1e9);
+    }
+    int S = o->elem_size == 2 ? 8192 : 1024;
+    void *x = NULL, *w = NULL, *y = NULL;
+    size_t n = (size_t)S * S;
+    int rc = o->alloc(be->ctx, n, &x);
+    if (rc == 0)
+        rc = o->alloc(be->ctx, n, &w);
+    if (rc == 0)
+        rc = o->alloc(be->ctx, n, &y);
+    for (int rep = 0; rc == 0 && rep < 4; rep++) { /* the first one warms up */
+        double t0 = sched_trace_now();
+        rc = o->linear(be->ctx, y, x, w, NULL, S, S, S, 0);
+        if (rc == 0)
+            rc = o->sync(be->ctx);
+        double t = sched_trace_now() - t0;
+        if (rc == 0 && rep > 0)
+            out->gemm = best(out->gemm, 2.0 * S * S * (double)S / t / 1e12);
+    }
+    o->free(be->ctx, x);
+    o->free(be->ctx, w);
+    o->free(be->ctx, y);
+    return rc;
+}
 
 int sched_calibrate(struct backend *be, const char *dir, uint64_t bytes, sched_calib *out)
 {
     memset(out, 0, sizeof *out);
     bytes = off_align_up(bytes ? bytes : (uint64_t)1 << 30);
     const backend_ops *o = be->ops;
+    snprintf(out->device, sizeof out->device, "%s", o->name);
     void *host = NULL, *dev = NULL, *host2 = off_alloc_aligned(bytes);
     RETURN_IF(!host2, -ENOMEM, "out of memory for %.1f GiB of calibration buffers",
               bytes / 1073741824.0);
@@ -40,6 +80,8 @@ int sched_calibrate(struct backend *be, const char *dir, uint64_t bytes, sched_c
         out->d2h = best(out->d2h, bytes / (t2 - t1) / 1e9);
         out->dram = best(out->dram, 2.0 * bytes / (t3 - t2) / 1e9); /* read + write */
     }
+    if (rc == 0)
+        rc = measure_device(be, dev, bytes, out);
     if (rc == 0 && dir) {
         char path[1200];
         snprintf(path, sizeof path, "%s/calibrate.bin", dir);
@@ -47,7 +89,7 @@ int sched_calibrate(struct backend *be, const char *dir, uint64_t bytes, sched_c
         int direct = 0, fd = off_file_open(path, 1, bytes, &direct);
         rc = fd < 0 ? fd : off_disk_create(64, &d);
         if (rc == 0) {
-            out->disk_kind = off_disk_kind(d);
+            snprintf(out->disk_kind, sizeof out->disk_kind, "%s", off_disk_kind(d));
             out->direct = direct;
         }
         for (int rep = 0; rc == 0 && rep < 3; rep++) {
@@ -70,5 +112,72 @@ int sched_calibrate(struct backend *be, const char *dir, uint64_t bytes, sched_c
     o->host_free(be->ctx, host);
     o->free(be->ctx, dev);
     free(host2);
+    return rc;
+}
+
+void sched_calib_print(FILE *f, const sched_calib *cb)
+{
+    fprintf(f, "{\"device\": \"%s\", \"h2d_GBps\": %.3f, \"d2h_GBps\": %.3f, "
+            "\"dram_GBps\": %.3f, \"dev_mem_GBps\": %.3f, \"gemm_TFLOPs\": %.4f",
+            cb->device, cb->h2d, cb->d2h, cb->dram, cb->dev_mem, cb->gemm);
+    if (cb->disk_read > 0)
+        fprintf(f, ", \"disk_read_GBps\": %.3f, \"disk_write_GBps\": %.3f, "
+                "\"disk_engine\": \"%s\", \"o_direct\": %s", cb->disk_read, cb->disk_write,
+                cb->disk_kind, cb->direct ? "true" : "false");
+    fprintf(f, "}\n");
+}
+
+static int load_rate(const char *path, const cJSON *root, const char *key, int required,
+                     double *out)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, key);
+    RETURN_IF(!it && required, -EINVAL, "%s: no field \"%s\"; a hardware profile is what "
+              "`flexh2o calibrate --out FILE` writes", path, key);
+    if (!it)
+        return 0;
+    RETURN_IF(!cJSON_IsNumber(it) || !(it->valuedouble > 0) || it->valuedouble > 1e9,
+              -EINVAL, "%s: field \"%s\" must be a positive number; measure it again with "
+              "`flexh2o calibrate --out FILE`", path, key);
+    *out = it->valuedouble;
+    return 0;
+}
+
+int sched_calib_load(const char *path, sched_calib *out)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FORWARD_IF(fh_read_file(path, &text, &len));
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    RETURN_IF(!root || !cJSON_IsObject(root), -EINVAL, "%s: not a JSON object; a hardware "
+              "profile is what `flexh2o calibrate --out FILE` writes", path);
+    sched_calib cb;
+    memset(&cb, 0, sizeof cb);
+    const cJSON *dev = cJSON_GetObjectItemCaseSensitive(root, "device");
+    int rc = 0;
+    if (!cJSON_IsString(dev) || (strcmp(dev->valuestring, "cpu") != 0 &&
+                                 strcmp(dev->valuestring, "cuda") != 0)) {
+        err_set(__FILE__, __LINE__, "%s: field \"device\" must be \"cpu\" or \"cuda\"",
+                path);
+        rc = -EINVAL;
+    } else {
+        snprintf(cb.device, sizeof cb.device, "%s", dev->valuestring);
+    }
+    static const char *req[] = {"h2d_GBps", "d2h_GBps", "dram_GBps", "dev_mem_GBps",
+                                "gemm_TFLOPs"};
+    double *dst[] = {&cb.h2d, &cb.d2h, &cb.dram, &cb.dev_mem, &cb.gemm};
+    for (int i = 0; rc == 0 && i < 5; i++)
+        rc = load_rate(path, root, req[i], 1, dst[i]);
+    if (rc == 0)
+        rc = load_rate(path, root, "disk_read_GBps", 0, &cb.disk_read);
+    if (rc == 0 && cb.disk_read > 0)
+        rc = load_rate(path, root, "disk_write_GBps", 1, &cb.disk_write);
+    const cJSON *eng = cJSON_GetObjectItemCaseSensitive(root, "disk_engine");
+    if (rc == 0 && cJSON_IsString(eng))
+        snprintf(cb.disk_kind, sizeof cb.disk_kind, "%s", eng->valuestring);
+    cb.direct = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "o_direct"));
+    cJSON_Delete(root);
+    if (rc == 0)
+        *out = cb;
     return rc;
 }

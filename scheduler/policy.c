@@ -7,12 +7,14 @@
  * activation split) is sched_policy_check's job, so that a policy file and
  * command-line flags layered over it are judged once, as a whole. */
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "err.h"
 #include "model_config.h"
@@ -319,4 +321,40 @@ void sched_split(int n, double g, double c, int *n_gpu, int *n_cpu, int *n_disk)
     *n_gpu = (int)a;
     *n_cpu = (int)b - (int)a;
     *n_disk = n - (int)b;
+}
+
+/* ------------------------------------------------------------ write */
+
+int sched_policy_write(const char *path, const sched_policy *p)
+{
+    char tmp[1200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    RETURN_IF(!f, -errno, "%s: cannot write the policy (%s)", tmp, strerror(errno));
+    fprintf(f, "{\n  \"gpu_batch_size\": %d,\n  \"num_gpu_batches\": %d,\n"
+            "  \"percent\": [%.10g, %.10g, %.10g, %.10g, %.10g, %.10g],\n  \"overlap\": %s,\n"
+            "  \"pin_weight\": %s,\n  \"cpu_attention\": %s",
+            p->gpu_batch_size, p->num_gpu_batches, p->wg, p->wc, p->cg, p->cc, p->hg, p->hc,
+            p->overlap ? "true" : "false", p->pin_weight ? "true" : "false",
+            p->cpu_attention ? "true" : "false");
+    if (p->gpu_mem)
+        fprintf(f, ",\n  \"gpu_mem\": %llu", (unsigned long long)p->gpu_mem);
+    if (p->cpu_mem)
+        fprintf(f, ",\n  \"cpu_mem\": %llu", (unsigned long long)p->cpu_mem);
+    if (p->offload_dir[0]) {
+        cJSON *s = cJSON_CreateString(p->offload_dir); /* quoted and escaped */
+        char *q = s ? cJSON_PrintUnformatted(s) : NULL;
+        fprintf(f, ",\n  \"offload_dir\": %s", q ? q : "\"\"");
+        cJSON_free(q);
+        cJSON_Delete(s);
+    }
+    fprintf(f, "\n}\n");
+    int bad = ferror(f);
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        RETURN_IF(1, -EIO, "%s: cannot write the policy (%s)", path, strerror(e));
+    }
+    return 0;
 }

@@ -58,7 +58,7 @@ static int alloc_host(sched *s, size_t bytes, int pinned, void **out)
     return 0;
 }
 
-static uint64_t mem_available(void)
+uint64_t sched_mem_available(void)
 {
     FILE *f = fopen("/proc/meminfo", "r");
     char line[256];
@@ -69,6 +69,18 @@ static uint64_t mem_available(void)
     if (f)
         fclose(f);
     return (uint64_t)kb * 1024;
+}
+
+int sched_disk_free(const char *dir, uint64_t *out)
+{
+    struct stat st;
+    *out = 0;
+    RETURN_IF(stat(dir, &st) != 0 || !S_ISDIR(st.st_mode), -ENOENT,
+              "--offload-dir %s is not a directory; create it (on a fast local disk)", dir);
+    struct statvfs vs;
+    if (statvfs(dir, &vs) == 0)
+        *out = (uint64_t)vs.f_bavail * vs.f_frsize;
+    return 0;
 }
 
 static int open_disk_file(sched *s, const char *name, uint64_t size, int *fd)
@@ -88,16 +100,9 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
     sched_geom geom;
     FORWARD_IF(sched_plan_geom(c, be->ops->elem_size, p, sh, &geom, &pl));
     uint64_t disk_free = 0;
-    if (pl.total[SCHED_DISK]) {
-        struct stat st;
-        RETURN_IF(stat(p->offload_dir, &st) != 0 || !S_ISDIR(st.st_mode), -ENOENT,
-                  "--offload-dir %s is not a directory; create it (on a fast local disk)",
-                  p->offload_dir);
-        struct statvfs vs;
-        if (statvfs(p->offload_dir, &vs) == 0)
-            disk_free = (uint64_t)vs.f_bavail * vs.f_frsize;
-    }
-    uint64_t cpu_cap = p->cpu_mem ? p->cpu_mem : mem_available();
+    if (pl.total[SCHED_DISK])
+        FORWARD_IF(sched_disk_free(p->offload_dir, &disk_free));
+    uint64_t cpu_cap = p->cpu_mem ? p->cpu_mem : sched_mem_available();
     FORWARD_IF(sched_plan_check(&pl, p, p->gpu_mem, cpu_cap, disk_free));
 
     sched *s = calloc(1, sizeof *s);

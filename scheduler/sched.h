@@ -153,6 +153,13 @@ int sched_plan_check(const sched_plan *pl, const sched_policy *p, uint64_t gpu_c
 /* Print the plan as a small table (one line per tier). */
 void sched_plan_print(FILE *f, const sched_plan *pl);
 
+/* MemAvailable of /proc/meminfo in bytes (0 when unreadable): the CPU-tier
+ * cap when --cpu-mem is not given. */
+uint64_t sched_mem_available(void);
+/* Free bytes for the disk tier in dir; a dir that is not a directory is
+ * -ENOENT with a message saying to create it. @return 0 or -errno. */
+int sched_disk_free(const char *dir, uint64_t *out);
+
 /* ------------------------------------------------------------ scheduler */
 typedef struct sched sched;
 
@@ -212,18 +219,114 @@ const char *sched_disk_kind(const sched *s);
 
 /* ------------------------------------------------------------ calibrate */
 
-/* Measured link speeds in GB/s (10^9 bytes per second). */
+/* A hardware profile: measured link speeds in GB/s (10^9 bytes per
+ * second) and compute rates of one backend on one machine. */
 typedef struct sched_calib {
+    char device[16];              /* backend: "cpu" / "cuda" */
     double h2d, d2h;              /* backend copies host -> "GPU", back */
     double dram;                  /* host memory (memcpy, read + write) */
     double disk_read, disk_write; /* disk engine on the --offload-dir; 0: not measured */
-    const char *disk_kind;        /* "io_uring" / "pread/pwrite threads" */
+    char disk_kind[32];           /* "io_uring" / "pread/pwrite threads" / "" */
     int direct;                   /* the file was opened with O_DIRECT */
+    double dev_mem;               /* device memory, copy read + write (GB/s) */
+    double gemm;                  /* backend linear at a large square shape (TFLOP/s) */
 } sched_calib;
 
 /* Measure with transfers of `bytes` (0: 1 GiB); dir NULL skips the disk.
  * A scratch file dir/calibrate.bin is created and removed. @return 0 or
  * -errno. */
 int sched_calibrate(struct backend *be, const char *dir, uint64_t bytes, sched_calib *out);
+/* The profile as one JSON object on one line (what `flexh2o calibrate`
+ * prints and `--out` saves): {"device": "cpu", "h2d_GBps": .., "d2h_GBps":
+ * .., "dram_GBps": .., "dev_mem_GBps": .., "gemm_TFLOPs": .., and, when the
+ * disk was measured, "disk_read_GBps", "disk_write_GBps", "disk_engine",
+ * "o_direct"}. */
+void sched_calib_print(FILE *f, const sched_calib *cb);
+/* Read a profile written by sched_calib_print (configs/hardware/). A
+ * missing or non-positive rate is refused naming the file and the field.
+ * @return 0 or -errno. */
+int sched_calib_load(const char *path, sched_calib *out);
+
+/* ------------------------------------------------------------ cost model
+ *
+ * DESIGN.md "Throughput bound" evaluated for a policy before running it:
+ * per decode step of the block (all layers) and for the prefill, each term
+ * is bytes over a measured rate; the step takes at least the largest.
+ * Terms beyond DESIGN's formula, each a true lower bound too: disk writes
+ * (KV and activations stored to disk every step), the q/k/v rows and
+ * attention outputs that cross the link with CPU attention, activations
+ * moved when they live off the GPU, and device memory counted as every
+ * weight byte read by every GPU batch plus the KV computed on the device.
+ */
+enum sched_cost_term {
+    COST_H2D,        /* host -> GPU link */
+    COST_D2H,        /* GPU -> host link */
+    COST_DISK_READ,
+    COST_DISK_WRITE,
+    COST_DRAM,       /* CPU attention reading host KV */
+    COST_FLOPS,      /* 2 x params x tokens / gemm rate */
+    COST_DEV_MEM,    /* device memory traffic */
+    COST_TERMS
+};
+const char *sched_cost_term_name(int term); /* "h2d", "d2h", "disk read", ... */
+
+typedef struct sched_cost {
+    double step[COST_TERMS];    /* seconds per term, one decode step of the block */
+    double prefill[COST_TERMS]; /* seconds per term, the prefill of the block */
+    double step_s, prefill_s;   /* the largest term of each */
+    int step_limit, prefill_limit; /* which term that is */
+    double tok_s;               /* block x gen / (prefill_s + (gen - 1) x step_s) */
+} sched_cost;
+
+/* Evaluate policy p (block shape sh, prompts of prompt_len tokens, gen_len
+ * new tokens each) on hardware hw. A rate of 0 with bytes to move makes the
+ * term infinite (a disk that was not measured). @return 0 or -EINVAL. */
+int sched_cost_eval(const struct model_config *c, size_t es, const sched_policy *p,
+                    const sched_shape *sh, int prompt_len, int gen_len, const sched_calib *hw,
+                    sched_cost *out);
+
+/* ------------------------------------------------------------ policy search
+ *
+ * FlexGen's search: for every block shape (GPU batch size x number of GPU
+ * batches), activation tier and CPU-attention choice, a linear program
+ * (GLPK) places weights and KV over the tiers to minimise
+ * T_prefill + (gen - 1) x T_step under the memory caps; its solution is
+ * rounded to whole percentages, checked against the exact plan
+ * (sched_plan_compute: tensor-boundary cuts, per-sequence KV split,
+ * alignment) and re-solved with tighter caps until it fits, then scored
+ * with sched_cost_eval. Candidates come back best first.
+ */
+typedef struct sched_search_opts {
+    int prompt_len, gen_len;
+    int prefill_rows;        /* generate's --prefill-rows (default 4096) */
+    int kv_cap;              /* KV slots per sequence: the budget (prompt + gen for full) */
+    int scores;              /* the KV policy keeps H2O scores */
+    int max_block;           /* largest block tried (e.g. the number of prompts) */
+    int max_gpu_batches;     /* largest num_gpu_batches tried */
+    const int *gbs_list;     /* GPU batch sizes to try; NULL: 1, 2, 4, 8, 12, 16, 24, ... */
+    int n_gbs;
+    int cpu_attention;       /* -1: try both, 0 / 1: only that */
+    uint64_t gpu_cap, cpu_cap; /* bytes; both required */
+    uint64_t disk_cap;       /* bytes free in offload_dir; 0: no disk tier */
+} sched_search_opts;
+
+typedef struct sched_candidate {
+    sched_policy pol;
+    sched_plan plan;
+    sched_cost cost;
+} sched_candidate;
+
+/* Search policies for model c (es-byte elements); base gives the fields
+ * the search does not choose (overlap, pin_weight, offload_dir, caps). Up
+ * to n_out best candidates go to out, *n_found says how many. No policy
+ * fitting is -ENOSPC with a message saying what the smallest one needs.
+ * @return 0 or -errno. */
+int sched_search(const struct model_config *c, size_t es, const sched_policy *base,
+                 const sched_search_opts *o, const sched_calib *hw, sched_candidate *out,
+                 int n_out, int *n_found);
+
+/* Write policy p as a JSON policy file (sched_policy_load reads it back),
+ * atomically. @return 0 or -errno naming the path. */
+int sched_policy_write(const char *path, const sched_policy *p);
 
 #endif

@@ -7,6 +7,7 @@
  * Every failure prints one line "flexh2o: <what>; <what to do>" and exits
  * non-zero; output already written is never touched.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -587,11 +588,13 @@ static int cmd_convert(int argc, char **argv)
 
 static int cmd_calibrate(int argc, char **argv)
 {
-    const char *dir = NULL, *device = NULL;
+    const char *dir = NULL, *device = NULL, *outp = NULL;
     uint64_t bytes = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--offload-dir") == 0 && i + 1 < argc) {
             dir = argv[++i];
+        } else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) {
+            outp = argv[++i];
         } else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc) {
             device = argv[++i];
         } else if (strcmp(argv[i], "--bytes") == 0 && i + 1 < argc) {
@@ -599,9 +602,12 @@ static int cmd_calibrate(int argc, char **argv)
                 return usage_error("calibrate", err_msg());
         } else if (strcmp(argv[i], "--help") == 0) {
             puts("usage: flexh2o calibrate [--offload-dir DIR] [--device cpu|cuda] [--bytes 1G]\n"
-                 "  prints the measured link speeds (GB/s) the throughput bound uses, as JSON:\n"
-                 "  host->device, device->host, host memory, disk read/write (disk engine,\n"
-                 "  O_DIRECT) when --offload-dir is given");
+                 "                         [--out PROFILE.json]\n"
+                 "  prints the hardware profile the throughput bound and `flexh2o search` use,\n"
+                 "  as JSON: host->device, device->host, host memory and device memory\n"
+                 "  (GB/s), the backend's GEMM rate (TFLOP/s), and disk read/write (disk\n"
+                 "  engine, O_DIRECT) when --offload-dir is given; --out also saves it\n"
+                 "  (configs/hardware/ keeps measured profiles)");
             return 0;
         } else {
             char msg[256];
@@ -618,14 +624,264 @@ static int cmd_calibrate(int argc, char **argv)
         backend_destroy(&be);
         return fail();
     }
-    printf("{\"device\": \"%s\", \"h2d_GBps\": %.3f, \"d2h_GBps\": %.3f, \"dram_GBps\": %.3f",
-           be.ops->name, cb.h2d, cb.d2h, cb.dram);
-    if (dir)
-        printf(", \"disk_read_GBps\": %.3f, \"disk_write_GBps\": %.3f, \"disk_engine\": \"%s\", "
-               "\"o_direct\": %s", cb.disk_read, cb.disk_write, cb.disk_kind,
-               cb.direct ? "true" : "false");
-    printf("}\n");
     backend_destroy(&be);
+    sched_calib_print(stdout, &cb);
+    if (outp) {
+        FILE *f = fopen(outp, "w");
+        if (!f) {
+            fprintf(stderr, "flexh2o: %s: cannot write the profile (%s)\n", outp,
+                    strerror(errno));
+            return 1;
+        }
+        sched_calib_print(f, &cb);
+        if (fclose(f) != 0) {
+            fprintf(stderr, "flexh2o: %s: cannot write the profile (%s)\n", outp,
+                    strerror(errno));
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static const char search_help[] =
+    "usage: flexh2o search (--model DIR | --dummy NAME) --prompt-len N --gen-len N\n"
+    "         --gpu-mem SIZE [--cpu-mem SIZE] [--offload-dir DIR] [--hardware FILE]\n"
+    "         [--device cpu|cuda] [--out POLICY.json] [--top N] [--max-block N]\n"
+    "         [--max-gpu-batches N] [--cpu-attention | --no-cpu-attention]\n"
+    "         [--kv-policy P --kv-ratio R | --kv-budget B --sinks N --hh-share S]\n\n"
+    "Finds the offloading policy (block shape, --percent, CPU attention) with the\n"
+    "highest throughput bound (DESIGN.md) that fits the caps: a linear program per\n"
+    "block shape (GLPK), checked against the exact memory plan. Prints the best\n"
+    "candidates and the plan of the first; --out saves it for generate --policy.\n\n"
+    "  --prompt-len N, --gen-len N  the job's prompt and generation lengths\n"
+    "  --gpu-mem SIZE       GPU-tier cap, e.g. 16G (required)\n"
+    "  --cpu-mem SIZE       CPU-tier cap (default: MemAvailable)\n"
+    "  --offload-dir DIR    allows the disk tier (its free space is the cap)\n"
+    "  --hardware FILE      profile from `flexh2o calibrate --out FILE` (default:\n"
+    "                       measure now, the disk in --offload-dir included)\n"
+    "  --device cpu|cuda    the backend the policy is for (element size; default:\n"
+    "                       the profile's, else cuda when a GPU is present)\n"
+    "  --top N              candidates printed (default 5)\n"
+    "  --max-block N        largest block tried, e.g. the number of prompts (default 1024)\n"
+    "  --max-gpu-batches N  largest --num-gpu-batches tried (default 16)\n"
+    "  --prefill-rows N     as for generate (default 4096)\n"
+    "  KV policy flags as for generate: the cache holds the budget, not the length\n";
+
+static int cmd_search(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},
+        {"dummy", required_argument, 0, 'D'},
+        {"prompt-len", required_argument, 0, 'p'},
+        {"gen-len", required_argument, 0, 'n'},
+        {"gpu-mem", required_argument, 0, 'g'},
+        {"cpu-mem", required_argument, 0, 'c'},
+        {"offload-dir", required_argument, 0, 'o'},
+        {"hardware", required_argument, 0, 'w'},
+        {"device", required_argument, 0, 'd'},
+        {"out", required_argument, 0, 'O'},
+        {"top", required_argument, 0, 't'},
+        {"max-block", required_argument, 0, 'b'},
+        {"max-gpu-batches", required_argument, 0, 'k'},
+        {"prefill-rows", required_argument, 0, 'R'},
+        {"cpu-attention", no_argument, 0, 'a'},
+        {"no-cpu-attention", no_argument, 0, 'A'},
+        {"kv-policy", required_argument, 0, 'K'},
+        {"kv-ratio", required_argument, 0, 'Q'},
+        {"kv-budget", required_argument, 0, 'B'},
+        {"sinks", required_argument, 0, 'S'},
+        {"hh-share", required_argument, 0, 'H'},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    const char *model_dir = NULL, *dummy = NULL, *hw_path = NULL, *device = NULL,
+               *outp = NULL;
+    int top = 5, rc, c;
+    kv_policy kv = {.hh_share = 0.5};
+    sched_search_opts so = {.prefill_rows = 4096, .max_block = 1024, .max_gpu_batches = 16,
+                            .cpu_attention = -1};
+    sched_policy base;
+    sched_policy_default(&base);
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model_dir = optarg; break;
+        case 'D': dummy = optarg; break;
+        case 'p':
+            if ((rc = parse_int("search", "--prompt-len", optarg, 1, 1 << 20, &so.prompt_len)))
+                return rc;
+            break;
+        case 'n':
+            if ((rc = parse_int("search", "--gen-len", optarg, 1, 1 << 20, &so.gen_len)))
+                return rc;
+            break;
+        case 'g':
+            if (sched_parse_size("--gpu-mem", optarg, &so.gpu_cap) < 0)
+                return usage_error("search", err_msg());
+            break;
+        case 'c':
+            if (sched_parse_size("--cpu-mem", optarg, &so.cpu_cap) < 0)
+                return usage_error("search", err_msg());
+            break;
+        case 'o': snprintf(base.offload_dir, sizeof base.offload_dir, "%s", optarg); break;
+        case 'w': hw_path = optarg; break;
+        case 'd': device = optarg; break;
+        case 'O': outp = optarg; break;
+        case 't':
+            if ((rc = parse_int("search", "--top", optarg, 1, 100, &top)))
+                return rc;
+            break;
+        case 'b':
+            if ((rc = parse_int("search", "--max-block", optarg, 1, 1 << 16, &so.max_block)))
+                return rc;
+            break;
+        case 'k':
+            if ((rc = parse_int("search", "--max-gpu-batches", optarg, 1, 1024,
+                                &so.max_gpu_batches)))
+                return rc;
+            break;
+        case 'R':
+            if ((rc = parse_int("search", "--prefill-rows", optarg, 1, 1 << 24,
+                                &so.prefill_rows)))
+                return rc;
+            break;
+        case 'a': so.cpu_attention = 1; break;
+        case 'A': so.cpu_attention = 0; break;
+        case 'K':
+            if (kv_policy_parse(optarg, &kv.kind) < 0)
+                return usage_error("search", err_msg());
+            break;
+        case 'Q': {
+            float r;
+            if ((rc = parse_float("search", "--kv-ratio", optarg, 1e-9, 1, &r)))
+                return rc;
+            kv.ratio = strtod(optarg, NULL);
+            break;
+        }
+        case 'B':
+            if ((rc = parse_int("search", "--kv-budget", optarg, 1, 1 << 24, &kv.budget)))
+                return rc;
+            break;
+        case 'S':
+            if ((rc = parse_int("search", "--sinks", optarg, 0, 1 << 24, &kv.sinks)))
+                return rc;
+            break;
+        case 'H': {
+            float sh;
+            if ((rc = parse_float("search", "--hh-share", optarg, 0, 1, &sh)))
+                return rc;
+            kv.hh_share = strtod(optarg, NULL);
+            break;
+        }
+        case 'h': fputs(search_help, stdout); return 0;
+        default: {
+            char msg[256];
+            snprintf(msg, sizeof msg, "unknown flag %s", argv[optind - 1]);
+            if (optopt && c == '?')
+                snprintf(msg, sizeof msg, "%s needs a value", argv[optind - 1]);
+            return usage_error("search", msg);
+        }
+        }
+    }
+    if (optind < argc) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "unexpected argument \"%s\"", argv[optind]);
+        return usage_error("search", msg);
+    }
+    if (!model_dir == !dummy)
+        return usage_error("search", "give exactly one of --model DIR or --dummy NAME");
+    if (!so.prompt_len || !so.gen_len)
+        return usage_error("search", "--prompt-len and --gen-len are required");
+    if (!so.gpu_cap)
+        return usage_error("search", "--gpu-mem is required (the GPU-tier cap to fit)");
+    if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
+        return usage_error("search", "--device must be cpu or cuda");
+    if (kv_policy_check(&kv) < 0)
+        return usage_error("search", err_msg());
+    kv_split sp;
+    if (kv_policy_split(&kv, so.prompt_len, so.gen_len, 0, &sp) < 0)
+        return usage_error("search", err_msg());
+    so.kv_cap = sp.budget;
+    so.scores = kv_policy_needs_scores(&kv);
+    if (!so.cpu_cap)
+        so.cpu_cap = sched_mem_available();
+    if (base.offload_dir[0] && sched_disk_free(base.offload_dir, &so.disk_cap) < 0)
+        return usage_error("search", err_msg());
+    base.gpu_mem = so.gpu_cap;
+    base.cpu_mem = so.cpu_cap;
+
+    model_config cfg;
+    rc = model_dir ? model_config_of(model_dir, &cfg) : model_config_by_name(dummy, &cfg);
+    if (rc < 0)
+        return fail();
+    if (dummy)
+        cfg.tie_lm_head = 1; /* as model_create_dummy builds it */
+
+    sched_calib hw;
+    if (hw_path) {
+        if (sched_calib_load(hw_path, &hw) < 0)
+            return usage_error("search", err_msg());
+        if (device && strcmp(device, hw.device) != 0) {
+            char msg[1400];
+            snprintf(msg, sizeof msg, "--device %s but %s was measured on %s; calibrate "
+                     "that device or drop --device", device, hw_path, hw.device);
+            return usage_error("search", msg);
+        }
+    } else {
+        backend be = {0};
+        if ((rc = open_backend("search", device, 0, &be)))
+            return rc;
+        fprintf(stderr, "[flexh2o] measuring the hardware (save it with flexh2o calibrate "
+                        "--out FILE and pass --hardware FILE next time)\n");
+        rc = sched_calibrate(&be, base.offload_dir[0] ? base.offload_dir : NULL, 0, &hw);
+        backend_destroy(&be);
+        if (rc < 0)
+            return fail();
+    }
+    size_t es = strcmp(hw.device, "cuda") == 0 ? 2 : 4;
+
+    sched_candidate *best = calloc((size_t)top, sizeof *best);
+    if (!best) {
+        fprintf(stderr, "flexh2o: out of memory\n");
+        return 1;
+    }
+    int n = 0;
+    rc = sched_search(&cfg, es, &base, &so, &hw, best, top, &n);
+    if (rc < 0) {
+        free(best);
+        return fail();
+    }
+    printf("[flexh2o] search: %s on %s (%zu-byte elements), prompt %d + gen %d, %d KV slots "
+           "per sequence (%s); caps gpu %.2f GiB, cpu %.2f GiB, disk %s\n", cfg.name,
+           hw.device, es, so.prompt_len, so.gen_len, so.kv_cap, kv_policy_name(kv.kind),
+           so.gpu_cap / 1073741824.0, so.cpu_cap / 1073741824.0,
+           so.disk_cap ? base.offload_dir : "none");
+    printf("[flexh2o] hardware (%s): h2d %.2f, d2h %.2f, host memory %.2f, device memory "
+           "%.2f GB/s, GEMM %.3f TFLOP/s", hw_path ? hw_path : "measured now", hw.h2d, hw.d2h,
+           hw.dram, hw.dev_mem, hw.gemm);
+    if (hw.disk_read > 0)
+        printf(", disk read %.2f / write %.2f GB/s", hw.disk_read, hw.disk_write);
+    printf("\n rank  gbs x K    block     wg     wc     cg     cc   hg   hc  cpu-attn  "
+           "bound tok/s   step s  prefill s  step limited by\n");
+    for (int i = 0; i < n; i++) {
+        const sched_policy *p = &best[i].pol;
+        const sched_cost *q = &best[i].cost;
+        printf(" %4d  %4d x %-3d %6d %6.4g %6.4g %6.4g %6.4g %4g %4g  %-8s  %11.2f  %7.3f  %9.2f  "
+               "%s\n",
+               i + 1, p->gpu_batch_size, p->num_gpu_batches, best[i].plan.block, p->wg, p->wc,
+               p->cg, p->cc, p->hg, p->hc, p->cpu_attention ? "yes" : "no", q->tok_s, q->step_s,
+               q->prefill_s, sched_cost_term_name(q->step_limit));
+    }
+    sched_plan_print(stdout, &best[0].plan);
+    if (outp) {
+        if (sched_policy_write(outp, &best[0].pol) < 0) {
+            free(best);
+            return fail();
+        }
+        printf("[flexh2o] wrote %s: flexh2o generate --policy %s ...\n", outp, outp);
+    }
+    free(best);
     return 0;
 }
 
@@ -645,10 +901,12 @@ int main(int argc, char **argv)
         return cmd_convert(argc - 1, argv + 1);
     if (strcmp(verb, "calibrate") == 0)
         return cmd_calibrate(argc - 1, argv + 1);
+    if (strcmp(verb, "search") == 0)
+        return cmd_search(argc - 1, argv + 1);
     if (strcmp(verb, "--version") == 0) {
         printf("flexh2o %s (CUDA %s)\n", FH_VERSION, FH_HAVE_CUDA ? "built" : "not built");
         return 0;
     }
-    fprintf(stderr, "usage: flexh2o <generate|convert|calibrate|tokenize|make-model> [--help]\n");
+    fprintf(stderr, "usage: flexh2o <generate|search|convert|calibrate|tokenize|make-model> [--help]\n");
     return strcmp(verb, "--help") == 0 || strcmp(verb, "-h") == 0 ? 0 : 2;
 }

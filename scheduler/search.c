@@ -1,0 +1,688 @@
+/* search.c: the cost model (DESIGN.md "Throughput bound") and the policy
+ * search over it (FlexGen section 4.2: a linear program per block shape,
+ * solved here with GLPK).
+ *
+ * Linear model, fractions f in [0, 1] (w: weights, c: KV; g: GPU, c: CPU;
+ * the rest on disk), for one block of N = gbs x K sequences, L layers,
+ * W = L x blob bytes of layer weights, KV = L x K x kvrec bytes of cache:
+ *
+ *   GPU  fwg W + globals + fcg KV + 2 (1 - fwg) blob [weight slots]
+ *        + 2 (1 - fcg) kvrec [KV slots, without CPU attention] + act + work
+ *   CPU  fwc W + fcc KV + 2 hs [I/O lanes' stages] + 2 (1-fcg-fcc) kvrec
+ *        [disk KV stages, with CPU attention] + act
+ *        hs >= (1-fwg-fwc) blob, (1-fcg-fcc) kvrec, activations on disk
+ *   disk (1 - fwg - fwc) W + (1 - fcg - fcc) KV + act
+ *   T_step >= every per-step term of sched_cost_eval (each linear in f),
+ *   T_prefill likewise; minimise T_prefill + (gen - 1) T_step.
+ *
+ * The LP's fractions become whole percentages; the exact plan (tensor
+ * boundaries, whole sequences, alignment) then decides: a tier that
+ * overflows shrinks its cap in the LP by the overflow and the LP runs
+ * again. The candidate is scored by sched_cost_eval on its exact plan.
+ */
+#include <glpk.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "sched_impl.h"
+
+/* ------------------------------------------------------------ cost model */
+
+const char *sched_cost_term_name(int t)
+{
+    static const char *names[COST_TERMS] = {"h2d",         "d2h",     "disk read",
+                                            "disk write",  "host memory (CPU attention)",
+                                            "compute",     "device memory"};
+    return t >= 0 && t < COST_TERMS ? names[t] : "?";
+}
+
+/* bytes over a rate in GB/s; an unmeasured rate with bytes to move is
+ * infinitely slow */
+static double secs(double bytes, double gbps)
+{
+    if (bytes <= 0)
+        return 0;
+    return gbps > 0 ? bytes / (gbps * 1e9) : INFINITY;
+}
+
+/* Prefill passes over a block: generate packs whole prompts, up to
+ * max_rows rows per GPU batch and pass (gen.c gen_shape). */
+static int prefill_passes(const sched_shape *sh, int gbs, int prompt_len)
+{
+    int per = sh->max_rows / prompt_len;
+    if (per < 1)
+        per = 1;
+    return (gbs + per - 1) / per;
+}
+
+/* Multiply-accumulate parameters of one token's pass (layers + head). */
+static double matmul_params(const model_config *c)
+{
+    double d = c->hidden, f = c->ffn;
+    return c->n_layer * (4 * d * d + 2 * d * f) + (double)c->vocab_size * d;
+}
+
+static void take_max(const double *t, double *out, int *which)
+{
+    *out = 0;
+    *which = 0;
+    for (int i = 0; i < COST_TERMS; i++)
+        if (t[i] > *out) {
+            *out = t[i];
+            *which = i;
+        }
+}
+
+int sched_cost_eval(const model_config *c, size_t es, const sched_policy *p,
+                    const sched_shape *sh, int prompt_len, int gen_len, const sched_calib *hw,
+                    sched_cost *out)
+{
+    RETURN_IF(prompt_len < 1 || gen_len < 1, -EINVAL,
+              "cost model: prompt length %d and generation length %d must be >= 1",
+              prompt_len, gen_len);
+    sched_geom g;
+    sched_plan pl;
+    FORWARD_IF(sched_plan_geom(c, es, p, sh, &g, &pl));
+    memset(out, 0, sizeof *out);
+    double L = g.L, K = g.K, N = g.block, gbs = g.gbs, s = prompt_len;
+    double w_off = L * (double)(g.blob - g.w_gpu);        /* crosses h2d each load */
+    double w_disk = L * (double)g.w_disk_span;             /* read from disk each load */
+    double W_all = L * (double)g.blob + (double)c->vocab_size * c->hidden * es;
+    double kv_g = L * K * g.kv[SCHED_GPU].bytes, kv_c = L * K * g.kv[SCHED_CPU].bytes;
+    double kv_d = L * K * g.kv[SCHED_DISK].bytes, kv_d_io = L * K * g.kv_disk_stride;
+    int attn = p->cpu_attention;
+    double host_seqs = K * (g.kv_n[SCHED_CPU] + g.kv_n[SCHED_DISK]);
+    double row = (double)g.d * es;
+    /* activations off the GPU: loaded before and stored after each
+     * (layer, batch) but layer 0's load and the last layer's store */
+    double x_step = g.act_tier != SCHED_GPU ? (L - 1) * K * gbs * row : 0;
+    double x_pre = g.act_tier != SCHED_GPU ? (L - 1) * K * gbs * s * row : 0;
+    double x_step_disk = g.act_tier == SCHED_DISK ? (L - 1) * K * off_align_up(gbs * row) : 0;
+    double x_pre_disk = g.act_tier == SCHED_DISK
+                            ? (L - 1) * K * (double)off_align_up((size_t)(gbs * s * row)) : 0;
+    double kv_link = attn ? 0 : kv_c + kv_d;
+    double flops = hw->gemm * 1e12, params = matmul_params(c);
+
+    double *t = out->step;
+    t[COST_H2D] = secs(w_off + kv_link + (attn ? L * host_seqs * row : 0) + x_step, hw->h2d);
+    t[COST_D2H] = secs(kv_link + (attn ? 3 * L * host_seqs * row : 0) + x_step, hw->d2h);
+    t[COST_DISK_READ] = secs(w_disk + (g.kv_n[SCHED_DISK] ? kv_d_io : 0) + x_step_disk,
+                             hw->disk_read);
+    t[COST_DISK_WRITE] = secs((g.kv_n[SCHED_DISK] ? kv_d_io : 0) + x_step_disk, hw->disk_write);
+    t[COST_DRAM] = attn ? secs(kv_c + kv_d, hw->dram) : 0;
+    t[COST_FLOPS] = flops > 0 ? 2 * params * N / flops : INFINITY;
+    t[COST_DEV_MEM] = secs(K * W_all + kv_g + kv_link, hw->dev_mem);
+
+    int np = prefill_passes(sh, g.gbs, prompt_len);
+    double *q = out->prefill;
+    q[COST_H2D] = secs(np * w_off + x_pre, hw->h2d);
+    /* the prompt's KV goes home once: whole records, or with CPU attention
+     * the k and v rows of the host sequences */
+    q[COST_D2H] = secs((attn ? 2 * L * host_seqs * s * row : kv_c + kv_d) + x_pre, hw->d2h);
+    q[COST_DISK_READ] = secs(np * w_disk + x_pre_disk, hw->disk_read);
+    q[COST_DISK_WRITE] = secs((g.kv_n[SCHED_DISK] ? kv_d_io : 0) + x_pre_disk, hw->disk_write);
+    q[COST_FLOPS] = flops > 0 ? 2 * params * N * s / flops : INFINITY;
+    q[COST_DEV_MEM] = secs(np * K * W_all + kv_g + kv_c + kv_d, hw->dev_mem);
+
+    take_max(out->step, &out->step_s, &out->step_limit);
+    take_max(out->prefill, &out->prefill_s, &out->prefill_limit);
+    double total = out->prefill_s + (gen_len - 1) * out->step_s;
+    out->tok_s = total > 0 && isfinite(total) ? N * gen_len / total : 0;
+    return 0;
+}
+
+/* ------------------------------------------------------------ the LP */
+
+enum { V_WG = 1, V_WC, V_CG, V_CC, V_HS, V_TP, V_TS, N_VARS = V_TS };
+
+typedef struct lp_in {
+    /* per-candidate constants (bytes, or seconds per byte) */
+    double W, W_al, blob_al, kv_all, kvrec, globals, work_gpu, work_cpu, x_res, x_stage;
+    double x_step, x_pre, x_step_disk, x_pre_disk, cross_row;
+    int act, attn, disk, np, gen, s;
+    double gpu_cap, cpu_cap, disk_cap;
+    double ts_min, tp_min;     /* the terms that do not depend on placement */
+    int fix_w;                 /* weights placed already: fwg, fwc */
+    double fwg, fwc;
+    const sched_calib *hw;
+} lp_in;
+
+typedef struct lp_out {
+    double f[N_VARS + 1];
+} lp_out;
+
+/* Add row a . x (type, lb, ub); a is dense over the variables. */
+static void add_row(glp_prob *lp, int type, double lb, double ub, const double *a)
+{
+    int ind[N_VARS + 1], n = 0;
+    double val[N_VARS + 1];
+    for (int j = 1; j <= N_VARS; j++)
+        if (a[j] != 0) {
+            n++;
+            ind[n] = j;
+            val[n] = a[j];
+        }
+    int r = glp_add_rows(lp, 1);
+    glp_set_row_bnds(lp, r, type, lb, ub);
+    glp_set_mat_row(lp, r, n, ind, val);
+}
+
+/* A time row: const + a . f <= t (t = V_TS or V_TP), in seconds. The rate
+ * is GB/s; without a rate the bytes must be zero. */
+static void time_row(glp_prob *lp, int tvar, double rate, double cst, const double *coef)
+{
+    if (!(rate > 0))
+        return; /* only reachable with no bytes on that link (no disk tier) */
+    double a[N_VARS + 1] = {0};
+    double k = 1.0 / (rate * 1e9);
+    for (int j = 1; j <= N_VARS; j++)
+        a[j] = coef[j] * k;
+    a[tvar] = -1;
+    add_row(lp, GLP_UP, 0, -cst * k, a);
+}
+
+static int lp_solve(const lp_in *in, lp_out *o)
+{
+    const sched_calib *hw = in->hw;
+    glp_prob *lp = glp_create_prob();
+    glp_set_obj_dir(lp, GLP_MIN);
+    glp_add_cols(lp, N_VARS);
+    for (int j = V_WG; j <= V_CC; j++)
+        glp_set_col_bnds(lp, j, GLP_DB, 0, 1);
+    if (in->fix_w) {
+        glp_set_col_bnds(lp, V_WG, GLP_FX, in->fwg, in->fwg);
+        glp_set_col_bnds(lp, V_WC, GLP_FX, in->fwc, in->fwc);
+    }
+    glp_set_col_bnds(lp, V_HS, GLP_LO, 0, 0);
+    glp_set_col_bnds(lp, V_TP, GLP_LO, in->tp_min, 0);
+    glp_set_col_bnds(lp, V_TS, GLP_LO, in->ts_min, 0);
+    glp_set_obj_coef(lp, V_TP, 1);
+    glp_set_obj_coef(lp, V_TS, in->gen - 1);
+    /* where the bound is flat (compute-bound), keep things close: GPU over
+     * CPU over disk, by a weight far below any term that matters */
+    double eps = 1e-4 * (in->tp_min + (in->gen - 1) * in->ts_min + 1e-9);
+    glp_set_obj_coef(lp, V_WG, -2 * eps);
+    glp_set_obj_coef(lp, V_WC, -eps);
+    glp_set_obj_coef(lp, V_CG, -2 * eps);
+    glp_set_obj_coef(lp, V_CC, -eps);
+
+    /* shares: at most 100 %, exactly 100 % without a disk tier */
+    double a[N_VARS + 1] = {0};
+    int share = in->disk ? GLP_UP : GLP_FX;
+    a[V_WG] = a[V_WC] = 1;
+    add_row(lp, share, 1, 1, a);
+    memset(a, 0, sizeof a);
+    a[V_CG] = a[V_CC] = 1;
+    add_row(lp, share, 1, 1, a);
+
+    /* GPU tier */
+    memset(a, 0, sizeof a);
+    a[V_WG] = in->W - 2 * in->blob_al;
+    a[V_CG] = in->kv_all - (in->attn ? 0 : 2 * in->kvrec);
+    double cst = in->globals + 2 * in->blob_al + (in->attn ? 0 : 2 * in->kvrec) +
+                 (in->act == SCHED_GPU ? in->x_res : 2 * in->x_stage) + in->work_gpu;
+    add_row(lp, GLP_UP, 0, in->gpu_cap - cst, a);
+
+    /* CPU tier */
+    memset(a, 0, sizeof a);
+    a[V_WC] = in->W;
+    a[V_CC] = in->kv_all;
+    a[V_HS] = 2;
+    cst = (in->act == SCHED_CPU ? in->x_res : 0) + in->work_cpu;
+    if (in->attn) { /* + 2 (1 - fcg - fcc) kvrec */
+        a[V_CG] -= 2 * in->kvrec;
+        a[V_CC] -= 2 * in->kvrec;
+        cst += 2 * in->kvrec;
+    }
+    add_row(lp, GLP_UP, 0, in->cpu_cap - cst, a);
+    /* hs >= each disk transfer's span */
+    memset(a, 0, sizeof a);
+    a[V_HS] = 1;
+    a[V_WG] = a[V_WC] = in->blob_al;
+    add_row(lp, GLP_LO, in->blob_al, 0, a);
+    memset(a, 0, sizeof a);
+    a[V_HS] = 1;
+    a[V_CG] = a[V_CC] = in->kvrec;
+    add_row(lp, GLP_LO, in->kvrec, 0, a);
+    if (in->act == SCHED_DISK) {
+        memset(a, 0, sizeof a);
+        a[V_HS] = 1;
+        add_row(lp, GLP_LO, in->x_stage, 0, a);
+    }
+
+    /* disk tier */
+    if (in->disk) {
+        memset(a, 0, sizeof a);
+        a[V_WG] = a[V_WC] = -in->W_al;
+        a[V_CG] = a[V_CC] = -in->kv_all;
+        cst = in->W_al + in->kv_all + (in->act == SCHED_DISK ? in->x_res : 0);
+        add_row(lp, GLP_UP, 0, in->disk_cap - cst, a);
+    }
+
+    /* decode step terms (bytes as const + coef . f) */
+    double kv_link_c = in->attn ? 0 : in->kv_all; /* (1 - fcg) KV crosses */
+    double up = in->attn ? in->cross_row : 0, down = in->attn ? 3 * in->cross_row : 0;
+    double c_h2d[N_VARS + 1] = {0}, c_d2h[N_VARS + 1] = {0}, c_dr[N_VARS + 1] = {0},
+           c_dw[N_VARS + 1] = {0}, c_dram[N_VARS + 1] = {0};
+    c_h2d[V_WG] = -in->W;
+    c_h2d[V_CG] = -(kv_link_c + up);
+    time_row(lp, V_TS, hw->h2d, in->W + kv_link_c + up + in->x_step, c_h2d);
+    c_d2h[V_CG] = -(kv_link_c + down);
+    time_row(lp, V_TS, hw->d2h, kv_link_c + down + in->x_step, c_d2h);
+    if (in->disk) {
+        c_dr[V_WG] = c_dr[V_WC] = -in->W_al;
+        c_dr[V_CG] = c_dr[V_CC] = -in->kv_all;
+        time_row(lp, V_TS, hw->disk_read, in->W_al + in->kv_all + in->x_step_disk, c_dr);
+        c_dw[V_CG] = c_dw[V_CC] = -in->kv_all;
+        time_row(lp, V_TS, hw->disk_write, in->kv_all + in->x_step_disk, c_dw);
+    }
+    if (in->attn) {
+        c_dram[V_CG] = -in->kv_all;
+        time_row(lp, V_TS, hw->dram, in->kv_all, c_dram);
+    }
+
+    /* prefill terms */
+    double np = in->np;
+    double p_h2d[N_VARS + 1] = {0}, p_d2h[N_VARS + 1] = {0}, p_dr[N_VARS + 1] = {0},
+           p_dw[N_VARS + 1] = {0};
+    p_h2d[V_WG] = -np * in->W;
+    time_row(lp, V_TP, hw->h2d, np * in->W + in->x_pre, p_h2d);
+    /* the prompt's KV of the host sequences: whole records, or with CPU
+     * attention their k and v rows */
+    double kv_pre = in->attn ? 2 * in->cross_row * in->s : in->kv_all;
+    p_d2h[V_CG] = -kv_pre;
+    time_row(lp, V_TP, hw->d2h, kv_pre + in->x_pre, p_d2h);
+    if (in->disk) {
+        p_dr[V_WG] = p_dr[V_WC] = -np * in->W_al;
+        time_row(lp, V_TP, hw->disk_read, np * in->W_al + in->x_pre_disk, p_dr);
+        p_dw[V_CG] = p_dw[V_CC] = -in->kv_all;
+        time_row(lp, V_TP, hw->disk_write, in->kv_all + in->x_pre_disk, p_dw);
+    }
+
+    glp_smcp parm;
+    glp_init_smcp(&parm);
+    parm.msg_lev = GLP_MSG_OFF;
+    parm.presolve = GLP_ON;
+    int rc = glp_simplex(lp, &parm);
+    int ok = rc == 0 && glp_get_status(lp) == GLP_OPT;
+    if (ok)
+        for (int j = 1; j <= N_VARS; j++)
+            o->f[j] = glp_get_col_prim(lp, j);
+    glp_delete_prob(lp);
+    return ok ? 0 : -ENOSPC;
+}
+
+/* ------------------------------------------------------------ search */
+
+static const int default_gbs[] = {1,   2,   4,   8,   12,  16,  20,  24,  28,  32,
+                                  40,  48,  56,  64,  80,  96,  112, 128, 160, 192,
+                                  224, 256, 320, 384, 448, 512, 640, 768, 896, 1024};
+
+/* The shape generate would plan for a GPU batch of gbs (gen.c gen_shape). */
+static sched_shape search_shape(const sched_search_opts *o, int gbs)
+{
+    sched_shape sh = {0};
+    int rows = o->prefill_rows > o->prompt_len ? o->prefill_rows : o->prompt_len;
+    if ((long long)rows > (long long)gbs * o->prompt_len)
+        rows = gbs * o->prompt_len;
+    if (rows < gbs)
+        rows = gbs;
+    sh.max_rows = rows;
+    sh.cap = o->kv_cap;
+    sh.scores = o->scores;
+    return sh;
+}
+
+/* Seconds of transfers and compute of a candidate, summed over the
+ * terms: among equal bounds, the one that moves less is the safer bet. */
+static double busy(const sched_cost *c)
+{
+    double b = 0;
+    for (int i = 0; i < COST_TERMS; i++)
+        b += c->step[i] + c->prefill[i];
+    return b;
+}
+
+/* a ranks before b */
+static int better(const sched_candidate *a, const sched_candidate *b)
+{
+    double ta = a->cost.tok_s, tb = b->cost.tok_s;
+    if (fabs(ta - tb) > 1e-9 * (ta > tb ? ta : tb))
+        return ta > tb;
+    return busy(&a->cost) < busy(&b->cost);
+}
+
+/* Insert cand into the best-first list out (n of cap). */
+static void keep_best(sched_candidate *out, int cap, int *n, const sched_candidate *cand)
+{
+    int at = *n;
+    while (at > 0 && better(cand, &out[at - 1]))
+        at--;
+    if (at >= cap)
+        return;
+    int last = *n < cap ? *n : cap - 1;
+    memmove(&out[at + 1], &out[at], (size_t)(last - at) * sizeof *out);
+    out[at] = *cand;
+    if (*n < cap)
+        (*n)++;
+}
+
+static int same_policy(const sched_policy *a, const sched_policy *b)
+{
+    return a->gpu_batch_size == b->gpu_batch_size && a->num_gpu_batches == b->num_gpu_batches &&
+           a->wg == b->wg && a->wc == b->wc && a->cg == b->cg && a->cc == b->cc &&
+           a->hg == b->hg && a->hc == b->hc && a->cpu_attention == b->cpu_attention;
+}
+
+/* ---- discrete placements ----
+ * Weights move as whole tensors (the midpoint rule of sched_geom_init), so
+ * a layer can be cut at a handful of tensor boundaries only; the search
+ * enumerates those cuts and lets the LP place the KV for each. */
+
+#define MAX_LEVELS (MT_COUNT + 1)
+
+typedef struct wlevels {
+    int n;
+    double f[MAX_LEVELS];  /* cut as a fraction of the blob */
+    double pct[MAX_LEVELS]; /* a percentage that makes the midpoint rule cut there */
+} wlevels;
+
+/* The roundest number in (lo, hi]: whole, then one or two decimals. */
+static double roundest(double lo, double hi)
+{
+    for (double scale = 1; scale <= 100; scale *= 10) {
+        double v = ceil(lo * scale + 1e-9) / scale;
+        if (v > lo && v <= hi)
+            return v;
+    }
+    return hi;
+}
+
+static void weight_levels(const model_config *c, size_t es, wlevels *w)
+{
+    size_t off[MT_COUNT], n[MT_COUNT];
+    double blob = (double)model_layer_layout(c, es, off, n);
+    double mid[MT_COUNT];
+    for (int t = 0; t < MT_COUNT; t++)
+        mid[t] = 100.0 * ((double)off[t] + 0.5 * (double)(n[t] * es)) / blob;
+    w->n = 0;
+    w->f[w->n] = 0;
+    w->pct[w->n++] = 0;
+    for (int t = 0; t < MT_COUNT; t++) {
+        double end = t + 1 < MT_COUNT ? (double)off[t + 1] / blob : 1.0;
+        /* tiny tensors (LayerNorm, biases) are not worth a level of their own */
+        if (t + 1 < MT_COUNT && end - w->f[w->n - 1] < 0.005)
+            continue;
+        w->f[w->n] = end;
+        /* share s puts tensors 0..t there when mid[t] < s <= mid[t + 1] */
+        w->pct[w->n++] = t + 1 < MT_COUNT ? roundest(mid[t], mid[t + 1]) : 100;
+    }
+}
+
+typedef struct search_ctx {
+    const model_config *c;
+    size_t es;
+    const sched_policy *base;
+    const sched_search_opts *o;
+    const sched_calib *hw;
+    wlevels wl;
+    sched_candidate *out;
+    int n_out, n;
+} search_ctx;
+
+/* Plan p exactly; when it fits, score it and keep the better of it and
+ * *best (has_best says whether *best holds one). @return 1 when it fits;
+ * over[] has each tier's overflow (bytes, <= 0 where it fits). */
+static int try_exact(const search_ctx *x, const sched_policy *p, const sched_shape *sh,
+                      sched_candidate *best, int *has_best, double over[SCHED_TIERS])
+{
+    const sched_search_opts *o = x->o;
+    sched_candidate cand;
+    over[0] = over[1] = over[2] = 0;
+    if (sched_plan_compute(x->c, x->es, p, sh, &cand.plan) < 0)
+        return 0;
+    over[0] = (double)cand.plan.total[SCHED_GPU] - (double)o->gpu_cap;
+    over[1] = (double)cand.plan.total[SCHED_CPU] - (double)o->cpu_cap;
+    over[2] = o->disk_cap ? (double)cand.plan.total[SCHED_DISK] - (double)o->disk_cap : 0;
+    if (over[0] > 0 || over[1] > 0 || over[2] > 0)
+        return 0;
+    cand.pol = *p;
+    if (sched_cost_eval(x->c, x->es, p, sh, o->prompt_len, o->gen_len, x->hw, &cand.cost) < 0)
+        return 0;
+    if (!*has_best || better(&cand, best)) {
+        *best = cand;
+        *has_best = 1;
+    }
+    return 1;
+}
+
+/* The KV split of the LP (fractions of a GPU batch) as whole sequences:
+ * the four roundings around it. */
+static int kv_roundings(double fg, double fc, int gbs, int disk, double cg[4], double cc[4])
+{
+    double a = fg * gbs, b = (fg + fc) * gbs;
+    int ga[2] = {(int)floor(a + 1e-9), (int)ceil(a - 1e-9)};
+    int gb[2] = {(int)floor(b + 1e-9), (int)ceil(b - 1e-9)};
+    int n = 0;
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++) {
+            int ng = ga[i] < 0 ? 0 : ga[i] > gbs ? gbs : ga[i];
+            int ngc = disk ? gb[j] : gbs;
+            ngc = ngc < ng ? ng : ngc > gbs ? gbs : ngc;
+            double g = 100.0 * ng / gbs, cpu = 100.0 * (ngc - ng) / gbs;
+            int dup = 0;
+            for (int k = 0; k < n; k++)
+                dup |= cg[k] == g && cc[k] == cpu;
+            if (!dup) {
+                cg[n] = g;
+                cc[n++] = cpu;
+            }
+        }
+    return n;
+}
+
+/* One block shape, activation tier and CPU-attention choice: the LP over
+ * all placements first (a bound: a shape that cannot beat the candidates
+ * kept is dropped), then every weight cut with the KV placed by the LP and
+ * rounded to whole sequences, each planned exactly. */
+static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
+{
+    const model_config *c = x->c;
+    const sched_search_opts *o = x->o;
+    size_t es = x->es;
+    sched_shape sh = search_shape(o, gbs);
+    sched_policy p = *x->base;
+    p.gpu_batch_size = gbs;
+    p.num_gpu_batches = K;
+    p.cpu_attention = attn;
+    p.hg = act == SCHED_GPU ? 100 : 0;
+    p.hc = act == SCHED_CPU ? 100 : 0;
+    p.wg = p.cg = 100;
+    p.wc = p.cc = 0;
+    if (!o->disk_cap)
+        p.offload_dir[0] = '\0';
+    else if (!p.offload_dir[0])
+        snprintf(p.offload_dir, sizeof p.offload_dir, "."); /* the checks want one */
+
+    sched_geom g;
+    sched_plan pl;
+    if (sched_plan_geom(c, es, &p, &sh, &g, &pl) < 0)
+        return;
+    sched_plan pl_attn; /* the CPU work of CPU attention (fp16 backends) */
+    sched_policy p_attn = p;
+    p_attn.wg = 0;
+    p_attn.wc = 100;
+    p_attn.cg = 0;
+    p_attn.cc = 100;
+    if (attn && sched_plan_compute(c, es, &p_attn, &sh, &pl_attn) < 0)
+        return;
+    double L = g.L, row = (double)g.d * es;
+    kv_layout rec = sched_kv_layout(&g, g.gbs, sh.cap, sh.scores);
+    lp_in in = {
+        .W = L * g.blob,
+        .W_al = L * off_align_up(g.blob),
+        .blob_al = (double)off_align_up(g.blob),
+        .kv_all = L * K * (double)rec.bytes,
+        .kvrec = (double)off_align_up(rec.bytes),
+        .globals = (double)g.globals,
+        .work_gpu = (double)pl.bytes[SCHED_GPU][SCHED_WORK],
+        .work_cpu = attn ? (double)pl_attn.bytes[SCHED_CPU][SCHED_WORK] : 0,
+        .x_res = K * (double)(act == SCHED_DISK ? g.x_disk_stride : g.x_bytes),
+        .x_stage = (double)off_align_up(g.x_bytes),
+        .x_step = act != SCHED_GPU ? (L - 1) * K * gbs * row : 0,
+        .x_pre = act != SCHED_GPU ? (L - 1) * K * gbs * (double)o->prompt_len * row : 0,
+        .x_step_disk = act == SCHED_DISK ? (L - 1) * K * off_align_up(gbs * row) : 0,
+        .x_pre_disk = act == SCHED_DISK
+                          ? (L - 1) * K *
+                                (double)off_align_up((size_t)gbs * o->prompt_len * g.d * es)
+                          : 0,
+        .cross_row = L * K * gbs * row,
+        .act = act,
+        .attn = attn,
+        .disk = o->disk_cap > 0,
+        .np = prefill_passes(&sh, gbs, o->prompt_len),
+        .gen = o->gen_len,
+        .s = o->prompt_len,
+        .gpu_cap = (double)o->gpu_cap,
+        .cpu_cap = (double)o->cpu_cap,
+        .disk_cap = (double)o->disk_cap,
+        .hw = x->hw,
+    };
+    /* the terms no placement changes: compute and device memory */
+    sched_cost c0;
+    if (sched_cost_eval(c, es, &p, &sh, o->prompt_len, o->gen_len, x->hw, &c0) < 0)
+        return;
+    in.ts_min = c0.step[COST_FLOPS] > c0.step[COST_DEV_MEM] ? c0.step[COST_FLOPS]
+                                                             : c0.step[COST_DEV_MEM];
+    in.tp_min = c0.prefill[COST_FLOPS];
+
+    /* the relaxation: no placement of this shape does better than this */
+    lp_out lo;
+    if (lp_solve(&in, &lo) < 0)
+        return;
+    double bound = (double)g.block * o->gen_len / (lo.f[V_TP] + (o->gen_len - 1) * lo.f[V_TS]);
+    if (x->n == x->n_out && bound < 0.98 * x->out[x->n - 1].cost.tok_s)
+        return;
+
+    const wlevels *wl = &x->wl;
+    sched_candidate best;
+    int has_best = 0;
+    for (int a = 0; a < wl->n; a++)
+        for (int b = a; b < wl->n; b++) {
+            if (!in.disk && b != wl->n - 1)
+                continue; /* no disk: every weight on the GPU or the CPU */
+            /* quick refusals before any LP */
+            if (L * wl->f[a] * g.blob + g.globals > o->gpu_cap ||
+                L * (wl->f[b] - wl->f[a]) * g.blob > o->cpu_cap)
+                continue;
+            lp_in fin = in;
+            fin.fix_w = 1;
+            fin.fwg = wl->f[a];
+            fin.fwc = wl->f[b] - wl->f[a];
+            p.wg = wl->pct[a];
+            p.wc = wl->pct[b] - wl->pct[a];
+            for (int iter = 0; iter < 4; iter++) {
+                if (lp_solve(&fin, &lo) < 0)
+                    break;
+                if (getenv("FLEXH2O_SEARCH_DEBUG"))
+                    fprintf(stderr, "gbs %d K %d act %d attn %d w %g/%g iter %d: cg %.4f "
+                            "cc %.4f tp %.4g ts %.4g\n", gbs, K, act, attn, p.wg, p.wc, iter,
+                            lo.f[V_CG], lo.f[V_CC], lo.f[V_TP], lo.f[V_TS]);
+                double cg[4], cc[4], over[SCHED_TIERS], worst[SCHED_TIERS] = {0};
+                int nk = kv_roundings(lo.f[V_CG], lo.f[V_CC], gbs, in.disk, cg, cc);
+                int fitted = 0;
+                for (int k = 0; k < nk; k++) {
+                    p.cg = cg[k];
+                    p.cc = cc[k];
+                    if (attn && p.cg >= 100)
+                        continue; /* no host KV: the policy without CPU attention */
+                    fitted |= try_exact(x, &p, &sh, &best, &has_best, over);
+                    for (int t = 0; t < SCHED_TIERS; t++)
+                        if (over[t] > worst[t])
+                            worst[t] = over[t];
+                }
+                if (fitted)
+                    break;
+                /* tighten what overflowed by the overflow (and a little more) */
+                double *caps[SCHED_TIERS] = {&fin.gpu_cap, &fin.cpu_cap, &fin.disk_cap};
+                for (int t = 0; t < SCHED_TIERS; t++)
+                    if (worst[t] > 0)
+                        *caps[t] -= worst[t] + (double)(1 << 20) * (iter + 1);
+            }
+        }
+    if (!has_best)
+        return;
+    if (!o->disk_cap)
+        best.pol.offload_dir[0] = '\0';
+    else
+        memcpy(best.pol.offload_dir, x->base->offload_dir, sizeof best.pol.offload_dir);
+    for (int j = 0; j < x->n; j++)
+        if (same_policy(&x->out[j].pol, &best.pol))
+            return;
+    keep_best(x->out, x->n_out, &x->n, &best);
+}
+
+int sched_search(const model_config *c, size_t es, const sched_policy *base,
+                 const sched_search_opts *o, const sched_calib *hw, sched_candidate *out,
+                 int n_out, int *n_found)
+{
+    *n_found = 0;
+    RETURN_IF(o->prompt_len < 1 || o->gen_len < 1, -EINVAL,
+              "search: give --prompt-len and --gen-len (at least 1 each)");
+    RETURN_IF(!o->gpu_cap || !o->cpu_cap, -EINVAL,
+              "search: give --gpu-mem and --cpu-mem (the caps the policy must fit)");
+    RETURN_IF(o->kv_cap < 1, -EINVAL, "internal: search with %d KV slots", o->kv_cap);
+    RETURN_IF(!(hw->h2d > 0 && hw->d2h > 0 && hw->dram > 0 && hw->dev_mem > 0 && hw->gemm > 0),
+              -EINVAL, "search: the hardware profile lacks a rate; measure it with "
+              "`flexh2o calibrate --out FILE`");
+    RETURN_IF(o->disk_cap && !(hw->disk_read > 0 && hw->disk_write > 0), -EINVAL,
+              "search: the hardware profile has no disk rates; calibrate with --offload-dir "
+              "on the disk the search may use, or search without --offload-dir");
+    RETURN_IF(n_out < 1, -EINVAL, "internal: search for %d candidates", n_out);
+    const int *gl = o->gbs_list ? o->gbs_list : default_gbs;
+    int ng = o->gbs_list ? o->n_gbs : (int)(sizeof default_gbs / sizeof *default_gbs);
+    int maxk = o->max_gpu_batches > 0 ? o->max_gpu_batches : 16;
+    int max_block = o->max_block > 0 ? o->max_block : 1024;
+    search_ctx x = {.c = c, .es = es, .base = base, .o = o, .hw = hw, .out = out,
+                    .n_out = n_out};
+    weight_levels(c, es, &x.wl);
+    int quiet = !err_msg()[0];
+    /* large blocks first: they usually win, and a good early candidate lets
+     * the bound drop the shapes that cannot beat it */
+    for (int i = ng - 1; i >= 0; i--) {
+        int gbs = gl[i];
+        for (int K = maxk; K >= 1; K--) {
+            if ((long long)gbs * K > max_block)
+                continue;
+            for (int act = SCHED_GPU; act <= (o->disk_cap ? SCHED_DISK : SCHED_CPU); act++)
+                for (int attn = 0; attn <= 1; attn++)
+                    if (o->cpu_attention < 0 || attn == o->cpu_attention)
+                        solve_shape(&x, gbs, K, act, attn);
+        }
+    }
+    if (quiet)
+        err_clear(); /* candidates refused on the way are not errors */
+    if (x.n == 0) {
+        /* say what the smallest block needs with everything offloaded */
+        sched_policy p = *base;
+        p.gpu_batch_size = p.num_gpu_batches = 1;
+        p.wg = p.cg = p.hg = 0;
+        p.wc = p.cc = p.hc = o->disk_cap ? 0 : 100;
+        if (!p.offload_dir[0])
+            snprintf(p.offload_dir, sizeof p.offload_dir, ".");
+        sched_shape sh = search_shape(o, 1);
+        sched_plan pl;
+        FORWARD_IF(sched_plan_compute(c, es, &p, &sh, &pl));
+        RETURN_IF(1, -ENOSPC, "no policy fits: even one sequence with %s offloaded needs "
+                  "%.2f GiB on the GPU tier (--gpu-mem %.2f GiB) and %.2f GiB on the CPU tier "
+                  "(--cpu-mem %.2f GiB); raise the caps%s", o->disk_cap ? "everything" :
+                  "weights and KV", pl.total[SCHED_GPU] / 1073741824.0,
+                  o->gpu_cap / 1073741824.0, pl.total[SCHED_CPU] / 1073741824.0,
+                  o->cpu_cap / 1073741824.0, o->disk_cap ? "" : " or give --offload-dir");
+    }
+    *n_found = x.n;
+    return 0;
+}

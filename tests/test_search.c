@@ -1,0 +1,485 @@
+/* test_search.c: the cost model and the policy search (scheduler/search.c),
+ * hardware profiles (scheduler/calibrate.c) and policy files written by the
+ * search (scheduler/policy.c):
+ *   - the cost terms of two policies worked out from plan bytes by hand;
+ *   - the search against a brute-force reference: every policy on a grid of
+ *     percentages, block shapes, activation tiers and CPU-attention choices,
+ *     planned exactly and scored by the same cost model; the LP's pick must
+ *     fit its caps and be within 2 % of the grid's best, over four cap
+ *     settings (GPU tight, GPU and CPU tight with a disk, no disk, H2O);
+ *   - what the search must do in plain cases (everything fits: all on the
+ *     GPU; no disk tier: nothing on disk; an H2O budget: faster; nothing
+ *     fits: a message with the numbers);
+ *   - profiles and policy files written and read back, bad ones refused;
+ *   - the CLI: calibrate --out, search --out, generate --policy of the pick.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli_harness.h"
+#include "err.h"
+#include "model_config.h"
+#include "sched.h"
+
+TestSuite(search, .init = cli_setup, .fini = cli_teardown);
+
+#define GiB (1ull << 30)
+#define MiB (1ull << 20)
+
+/* A T4-like machine in round numbers (the tests need rates, not this host's) */
+static sched_calib t4_like(void)
+{
+    sched_calib hw = {.device = "cuda", .h2d = 12, .d2h = 12, .dram = 40, .dev_mem = 250,
+                      .gemm = 40, .disk_read = 2, .disk_write = 1.5,
+                      .disk_kind = "io_uring", .direct = 1};
+    return hw;
+}
+
+static model_config opt(const char *name)
+{
+    model_config c;
+    cr_assert_eq(model_config_by_name(name, &c), 0, "%s", err_msg());
+    c.tie_lm_head = 1;
+    return c;
+}
+
+static sched_policy pol(int gbs, int K, double wg, double wc, double cg, double cc, double hg,
+                        double hc, int attn)
+{
+    sched_policy p;
+    sched_policy_default(&p);
+    p.gpu_batch_size = gbs;
+    p.num_gpu_batches = K;
+    p.wg = wg, p.wc = wc, p.cg = cg, p.cc = cc, p.hg = hg, p.hc = hc;
+    p.cpu_attention = attn;
+    snprintf(p.offload_dir, sizeof p.offload_dir, "/tmp");
+    return p;
+}
+
+/* The shape generate plans (gen.c gen_shape) for prompts of s tokens. */
+static sched_shape shape(int gbs, int s, int cap, int scores)
+{
+    sched_shape sh = {0};
+    int rows = 4096 > s ? 4096 : s;
+    if (rows > gbs * s)
+        rows = gbs * s;
+    if (rows < gbs)
+        rows = gbs;
+    sh.max_rows = rows;
+    sh.cap = cap;
+    sh.scores = scores;
+    return sh;
+}
+
+static int fits(const sched_plan *pl, uint64_t g, uint64_t c, uint64_t d)
+{
+    return pl->total[SCHED_GPU] <= g && pl->total[SCHED_CPU] <= c &&
+           (!d ? pl->total[SCHED_DISK] == 0 : pl->total[SCHED_DISK] <= d);
+}
+
+/* ------------------------------------------------------------ cost model */
+
+Test(search, cost_terms_from_plan_bytes)
+{
+    model_config c = opt("opt-1.3b");
+    sched_calib hw = t4_like();
+    const int s = 64, n = 16;
+    sched_shape sh = shape(8, s, s + n, 0);
+    sched_plan all, disk;
+    sched_policy pa = pol(8, 2, 100, 0, 100, 0, 100, 0, 0);
+    sched_policy pd = pol(8, 2, 0, 0, 100, 0, 100, 0, 0);
+    cr_assert_eq(sched_plan_compute(&c, 2, &pa, &sh, &all), 0);
+    cr_assert_eq(sched_plan_compute(&c, 2, &pd, &sh, &disk), 0);
+    /* the layer weights: what leaves the GPU tier when they go to disk */
+    double W = (double)all.bytes[SCHED_GPU][SCHED_WEIGHTS] -
+               (double)disk.bytes[SCHED_GPU][SCHED_WEIGHTS];
+    cr_assert(W > 2.0 * GiB, "opt-1.3b fp16 layers are 2.4 GB, got %.0f", W);
+
+    sched_cost ca, cd;
+    cr_assert_eq(sched_cost_eval(&c, 2, &pa, &sh, s, n, &hw, &ca), 0, "%s", err_msg());
+    cr_assert_eq(sched_cost_eval(&c, 2, &pd, &sh, s, n, &hw, &cd), 0, "%s", err_msg());
+    /* all resident: nothing crosses a link */
+    for (int t = COST_H2D; t <= COST_DRAM; t++)
+        cr_assert_eq(ca.step[t], 0, "term %s = %g", sched_cost_term_name(t), ca.step[t]);
+    cr_assert(ca.step[COST_FLOPS] > 0 && ca.step[COST_DEV_MEM] > 0);
+    /* weights on disk: every step reads them (a whole aligned blob a layer,
+     * which is what the disk tier reserves) and moves them to the GPU */
+    double rd = (double)disk.bytes[SCHED_DISK][SCHED_WEIGHTS] / (hw.disk_read * 1e9);
+    cr_assert(fabs(cd.step[COST_DISK_READ] - rd) < 1e-9 * rd, "%g vs %g",
+              cd.step[COST_DISK_READ], rd);
+    double up = W / (hw.h2d * 1e9);
+    cr_assert(fabs(cd.step[COST_H2D] - up) < 1e-9 * up, "%g vs %g", cd.step[COST_H2D], up);
+    cr_assert_eq(cd.step[COST_DISK_WRITE], 0, "weights are never written back");
+    cr_assert_eq(cd.step_limit, COST_DISK_READ, "2 GB/s disk bounds it, got %s",
+                 sched_cost_term_name(cd.step_limit));
+    cr_assert_eq(cd.step_s, cd.step[COST_DISK_READ]);
+    /* the same compute either way, and the throughput formula of DESIGN.md */
+    cr_assert_eq(ca.step[COST_FLOPS], cd.step[COST_FLOPS]);
+    double N = 16;
+    cr_assert(fabs(cd.tok_s - N * n / (cd.prefill_s + (n - 1) * cd.step_s)) < 1e-9 * cd.tok_s);
+    cr_assert(ca.tok_s > 5 * cd.tok_s, "resident %g vs disk %g tok/s", ca.tok_s, cd.tok_s);
+
+    /* KV on disk is written back every step: a disk-write term */
+    sched_policy pk = pol(8, 2, 100, 0, 0, 0, 100, 0, 0);
+    sched_plan kd;
+    sched_cost ck;
+    cr_assert_eq(sched_plan_compute(&c, 2, &pk, &sh, &kd), 0);
+    cr_assert_eq(sched_cost_eval(&c, 2, &pk, &sh, s, n, &hw, &ck), 0);
+    double wr = (double)kd.bytes[SCHED_DISK][SCHED_KV] / (hw.disk_write * 1e9);
+    cr_assert(fabs(ck.step[COST_DISK_WRITE] - wr) < 1e-9 * wr, "%g vs %g",
+              ck.step[COST_DISK_WRITE], wr);
+    /* with CPU attention, CPU-tier KV does not cross the link but is read
+     * from host memory */
+    sched_policy pc = pol(8, 2, 100, 0, 0, 100, 100, 0, 1);
+    sched_plan kc;
+    sched_cost cc;
+    cr_assert_eq(sched_plan_compute(&c, 2, &pc, &sh, &kc), 0);
+    cr_assert_eq(sched_cost_eval(&c, 2, &pc, &sh, s, n, &hw, &cc), 0);
+    double host = (double)kc.bytes[SCHED_CPU][SCHED_KV] / (hw.dram * 1e9);
+    cr_assert(fabs(cc.step[COST_DRAM] - host) < 1e-9 * host, "%g vs %g", cc.step[COST_DRAM],
+              host);
+    pc.cpu_attention = 0;
+    cr_assert_eq(sched_cost_eval(&c, 2, &pc, &sh, s, n, &hw, &cc), 0);
+    cr_assert_eq(cc.step[COST_DRAM], 0);
+    double kv_up = (double)kc.bytes[SCHED_CPU][SCHED_KV] / (hw.h2d * 1e9);
+    cr_assert(fabs(cc.step[COST_H2D] - kv_up) < 1e-9 * kv_up, "%g vs %g", cc.step[COST_H2D],
+              kv_up);
+}
+
+/* ------------------------------------------------------------ vs brute force */
+
+typedef struct scenario {
+    const char *model;
+    int s, n, cap, scores;
+    uint64_t gpu, cpu, disk;
+} scenario;
+
+static const int grid_gbs[] = {4, 16};
+
+/* The best policy of the grid: weights in 5 % steps, KV in 10 % steps. */
+static double grid_best(const scenario *sc, const sched_calib *hw, sched_policy *best)
+{
+    model_config c = opt(sc->model);
+    double top = 0;
+    for (int gi = 0; gi < 2; gi++)
+        for (int K = 1; K <= 2; K++) {
+            int gbs = grid_gbs[gi];
+            sched_shape sh = shape(gbs, sc->s, sc->cap, sc->scores);
+            for (int act = 0; act < (sc->disk ? 3 : 2); act++)
+                for (int attn = 0; attn <= 1; attn++)
+                    for (int wg = 0; wg <= 100; wg += 5)
+                        for (int wc = 0; wg + wc <= 100; wc += 5) {
+                            if (!sc->disk && wg + wc != 100)
+                                continue;
+                            for (int cg = 0; cg <= 100; cg += 10)
+                                for (int cc = 0; cg + cc <= 100; cc += 10) {
+                                    if (!sc->disk && cg + cc != 100)
+                                        continue;
+                                    sched_policy p = pol(gbs, K, wg, wc, cg, cc,
+                                                         act == 0 ? 100 : 0,
+                                                         act == 1 ? 100 : 0, attn);
+                                    sched_plan pl;
+                                    sched_cost q;
+                                    if (sched_plan_compute(&c, 2, &p, &sh, &pl) < 0 ||
+                                        !fits(&pl, sc->gpu, sc->cpu, sc->disk))
+                                        continue;
+                                    cr_assert_eq(sched_cost_eval(&c, 2, &p, &sh, sc->s, sc->n,
+                                                                 hw, &q), 0);
+                                    if (q.tok_s > top) {
+                                        top = q.tok_s;
+                                        *best = p;
+                                    }
+                                }
+                        }
+        }
+    return top;
+}
+
+static void check_against_grid(const scenario *sc)
+{
+    model_config c = opt(sc->model);
+    sched_calib hw = t4_like();
+    sched_policy base = pol(1, 1, 100, 0, 100, 0, 100, 0, 0);
+    if (!sc->disk)
+        base.offload_dir[0] = '\0';
+    sched_search_opts o = {.prompt_len = sc->s, .gen_len = sc->n, .prefill_rows = 4096,
+                           .kv_cap = sc->cap, .scores = sc->scores, .max_block = 64,
+                           .max_gpu_batches = 2, .gbs_list = grid_gbs, .n_gbs = 2,
+                           .cpu_attention = -1, .gpu_cap = sc->gpu, .cpu_cap = sc->cpu,
+                           .disk_cap = sc->disk};
+    sched_candidate cand[4];
+    int n = 0;
+    cr_assert_eq(sched_search(&c, 2, &base, &o, &hw, cand, 4, &n), 0, "%s", err_msg());
+    cr_assert(n >= 1);
+    sched_policy gp;
+    double ref = grid_best(sc, &hw, &gp);
+    cr_assert(ref > 0, "the grid found nothing that fits: a bad scenario");
+    const sched_candidate *b = &cand[0];
+    char got[256], want[256];
+    sched_policy_describe(&b->pol, got, sizeof got);
+    sched_policy_describe(&gp, want, sizeof want);
+    /* the pick fits, is scored by the model, and is as good as brute force */
+    sched_shape sh = shape(b->pol.gpu_batch_size, sc->s, sc->cap, sc->scores);
+    sched_plan pl;
+    sched_cost q;
+    cr_assert_eq(sched_plan_compute(&c, 2, &b->pol, &sh, &pl), 0);
+    cr_assert(fits(&pl, sc->gpu, sc->cpu, sc->disk), "the pick (%s) does not fit", got);
+    cr_assert_eq(sched_policy_check(&b->pol), 0, "%s", err_msg());
+    cr_assert_eq(sched_cost_eval(&c, 2, &b->pol, &sh, sc->s, sc->n, &hw, &q), 0);
+    cr_assert(fabs(q.tok_s - b->cost.tok_s) <= 1e-12 * q.tok_s);
+    cr_assert(b->cost.tok_s >= 0.98 * ref, "search %.3f tok/s (%s) < grid %.3f tok/s (%s)",
+              b->cost.tok_s, got, ref, want);
+    for (int i = 1; i < n; i++)
+        cr_assert(cand[i].cost.tok_s <= cand[i - 1].cost.tok_s, "not best first");
+}
+
+Test(search, matches_brute_force_gpu_tight)
+{
+    /* opt-125m fp16 (0.25 GB): half of it fits beside the KV */
+    scenario sc = {"opt-125m", 128, 32, 160, 0, 200 * MiB, 4 * GiB, 64 * GiB};
+    check_against_grid(&sc);
+}
+
+Test(search, matches_brute_force_gpu_and_cpu_tight)
+{
+    scenario sc = {"opt-1.3b", 256, 32, 288, 0, 1 * GiB, 1536 * MiB, 64 * GiB};
+    check_against_grid(&sc);
+}
+
+Test(search, matches_brute_force_without_disk)
+{
+    scenario sc = {"opt-125m", 128, 64, 192, 0, 160 * MiB, 1 * GiB, 0};
+    check_against_grid(&sc);
+}
+
+Test(search, matches_brute_force_h2o)
+{
+    scenario sc = {"opt-1.3b", 256, 32, 58, 1, 1 * GiB, 2 * GiB, 64 * GiB};
+    check_against_grid(&sc);
+}
+
+/* ------------------------------------------------------------ plain cases */
+
+static int run_search(const char *model, uint64_t gpu, uint64_t cpu, uint64_t disk, int cap,
+                      int scores, sched_candidate *best)
+{
+    model_config c = opt(model);
+    sched_calib hw = t4_like();
+    sched_policy base = pol(1, 1, 100, 0, 100, 0, 100, 0, 0);
+    if (!disk)
+        base.offload_dir[0] = '\0';
+    sched_search_opts o = {.prompt_len = 512, .gen_len = 32, .prefill_rows = 4096,
+                           .kv_cap = cap, .scores = scores, .max_block = 256,
+                           .max_gpu_batches = 8, .cpu_attention = -1, .gpu_cap = gpu,
+                           .cpu_cap = cpu, .disk_cap = disk};
+    int n = 0;
+    int rc = sched_search(&c, 2, &base, &o, &hw, best, 1, &n);
+    if (rc == 0)
+        cr_assert_eq(n, 1);
+    return rc;
+}
+
+Test(search, everything_fits_stays_on_the_gpu)
+{
+    sched_candidate b;
+    cr_assert_eq(run_search("opt-125m", 64 * GiB, 64 * GiB, 0, 544, 0, &b), 0, "%s", err_msg());
+    cr_assert(b.pol.wg == 100 && b.pol.cg == 100 && b.pol.hg == 100 && !b.pol.cpu_attention,
+              "wg %g cg %g hg %g attn %d", b.pol.wg, b.pol.cg, b.pol.hg, b.pol.cpu_attention);
+    cr_assert_eq(b.plan.total[SCHED_CPU], 0);
+}
+
+Test(search, no_disk_tier_puts_nothing_on_disk)
+{
+    /* opt-1.3b fp16 is 2.6 GB: the GPU cap holds a fraction */
+    sched_candidate b;
+    cr_assert_eq(run_search("opt-1.3b", 1 * GiB, 16 * GiB, 0, 544, 0, &b), 0, "%s", err_msg());
+    cr_assert(b.pol.wg + b.pol.wc == 100 && b.pol.cg + b.pol.cc == 100 && b.pol.hg + b.pol.hc ==
+              100, "disk shares with no disk tier");
+    cr_assert(b.pol.wc > 0, "the weights cannot all fit on a 1 GiB GPU");
+    cr_assert_eq(b.plan.total[SCHED_DISK], 0);
+    cr_assert_eq(b.pol.offload_dir[0], 0);
+    cr_assert(b.plan.total[SCHED_GPU] <= 1 * GiB);
+}
+
+Test(search, cpu_too_small_spills_weights_to_disk)
+{
+    sched_candidate b;
+    cr_assert_eq(run_search("opt-1.3b", 1 * GiB, 1536 * MiB, 64 * GiB, 544, 0, &b), 0, "%s",
+                 err_msg());
+    cr_assert(b.pol.wg + b.pol.wc < 100, "2.6 GB of weights in 1 + 1.5 GiB caps: some on disk");
+    cr_assert(b.plan.total[SCHED_CPU] <= 1536 * MiB && b.plan.total[SCHED_GPU] <= 1 * GiB);
+    cr_assert_str_eq(b.pol.offload_dir, "/tmp");
+}
+
+Test(search, h2o_budget_raises_the_bound)
+{
+    /* KV-bound: OPT-1.3B with 512 + 32 tokens, no disk; H2O keeps 20 % */
+    sched_candidate full, h2o;
+    cr_assert_eq(run_search("opt-1.3b", 4 * GiB, 8 * GiB, 0, 544, 0, &full), 0, "%s",
+                 err_msg());
+    cr_assert_eq(run_search("opt-1.3b", 4 * GiB, 8 * GiB, 0, 109, 1, &h2o), 0, "%s",
+                 err_msg());
+    cr_assert(h2o.cost.tok_s > 1.5 * full.cost.tok_s, "h2o %.2f vs full %.2f tok/s",
+              h2o.cost.tok_s, full.cost.tok_s);
+    cr_assert(h2o.plan.block > full.plan.block, "h2o block %d vs full %d", h2o.plan.block,
+              full.plan.block);
+}
+
+Test(search, nothing_fits_says_what_it_needs)
+{
+    sched_candidate b;
+    err_clear();
+    cr_assert_eq(run_search("opt-1.3b", 8 * MiB, 64 * GiB, 64 * GiB, 544, 0, &b), -ENOSPC);
+    cr_assert(strstr(err_msg(), "no policy fits: even one sequence with everything offloaded "
+                                "needs"), "%s", err_msg());
+    cr_assert(strstr(err_msg(), "(--gpu-mem 0.01 GiB)"), "%s", err_msg());
+}
+
+Test(search, refuses_a_profile_without_disk_rates)
+{
+    model_config c = opt("opt-125m");
+    sched_calib hw = t4_like();
+    hw.disk_read = hw.disk_write = 0;
+    sched_policy base = pol(1, 1, 100, 0, 100, 0, 100, 0, 0);
+    sched_search_opts o = {.prompt_len = 8, .gen_len = 8, .prefill_rows = 4096, .kv_cap = 16,
+                           .max_block = 8, .max_gpu_batches = 1, .cpu_attention = -1,
+                           .gpu_cap = GiB, .cpu_cap = GiB, .disk_cap = GiB};
+    sched_candidate b;
+    int n;
+    cr_assert_eq(sched_search(&c, 2, &base, &o, &hw, &b, 1, &n), -EINVAL);
+    cr_assert(strstr(err_msg(), "the hardware profile has no disk rates; calibrate with "
+                                "--offload-dir"), "%s", err_msg());
+}
+
+/* ------------------------------------------------------------ files */
+
+Test(search, profile_round_trip_and_refusals)
+{
+    sched_calib hw = t4_like(), back;
+    char path[512];
+    snprintf(path, sizeof path, "%s/hw.json", cli_dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    sched_calib_print(f, &hw);
+    fclose(f);
+    cr_assert_eq(sched_calib_load(path, &back), 0, "%s", err_msg());
+    cr_assert_str_eq(back.device, "cuda");
+    cr_assert_str_eq(back.disk_kind, "io_uring");
+    double a[] = {hw.h2d, hw.d2h, hw.dram, hw.dev_mem, hw.gemm, hw.disk_read, hw.disk_write};
+    double b[] = {back.h2d, back.d2h, back.dram, back.dev_mem, back.gemm, back.disk_read,
+                  back.disk_write};
+    for (int i = 0; i < 7; i++)
+        cr_assert(fabs(a[i] - b[i]) < 1e-3, "rate %d: %g vs %g", i, a[i], b[i]);
+
+    cli_write("nogemm.json", "{\"device\": \"cpu\", \"h2d_GBps\": 1, \"d2h_GBps\": 1, "
+                             "\"dram_GBps\": 1, \"dev_mem_GBps\": 1}");
+    snprintf(path, sizeof path, "%s/nogemm.json", cli_dir);
+    err_clear();
+    cr_assert_eq(sched_calib_load(path, &back), -EINVAL);
+    cr_assert(strstr(err_msg(), "nogemm.json: no field \"gemm_TFLOPs\"; a hardware profile is "
+                                "what `flexh2o calibrate --out FILE` writes"), "%s", err_msg());
+    cli_write("neg.json", "{\"device\": \"cpu\", \"h2d_GBps\": -1, \"d2h_GBps\": 1, "
+                          "\"dram_GBps\": 1, \"dev_mem_GBps\": 1, \"gemm_TFLOPs\": 1}");
+    snprintf(path, sizeof path, "%s/neg.json", cli_dir);
+    err_clear();
+    cr_assert_eq(sched_calib_load(path, &back), -EINVAL);
+    cr_assert(strstr(err_msg(), "neg.json: field \"h2d_GBps\" must be a positive number"), "%s",
+              err_msg());
+    cli_write("tpu.json", "{\"device\": \"tpu\"}");
+    snprintf(path, sizeof path, "%s/tpu.json", cli_dir);
+    err_clear();
+    cr_assert_eq(sched_calib_load(path, &back), -EINVAL);
+    cr_assert(strstr(err_msg(), "field \"device\" must be \"cpu\" or \"cuda\""), "%s",
+              err_msg());
+    cli_write("junk.json", "[1, 2");
+    snprintf(path, sizeof path, "%s/junk.json", cli_dir);
+    err_clear();
+    cr_assert_eq(sched_calib_load(path, &back), -EINVAL);
+    cr_assert(strstr(err_msg(), "junk.json: not a JSON object"), "%s", err_msg());
+}
+
+Test(search, policy_file_round_trip)
+{
+    sched_policy p = pol(48, 3, 20, 80, 0, 100, 0, 100, 1), q;
+    p.overlap = 0;
+    p.gpu_mem = 16 * GiB;
+    p.cpu_mem = 200 * GiB;
+    snprintf(p.offload_dir, sizeof p.offload_dir, "/nvme/with \"quotes\"");
+    char path[512];
+    snprintf(path, sizeof path, "%s/p.json", cli_dir);
+    cr_assert_eq(sched_policy_write(path, &p), 0, "%s", err_msg());
+    sched_policy_default(&q);
+    cr_assert_eq(sched_policy_load(path, &q), 0, "%s", err_msg());
+    cr_assert(p.gpu_batch_size == q.gpu_batch_size && p.num_gpu_batches == q.num_gpu_batches);
+    cr_assert(p.wg == q.wg && p.wc == q.wc && p.cg == q.cg && p.cc == q.cc && p.hg == q.hg &&
+              p.hc == q.hc);
+    cr_assert(p.overlap == q.overlap && p.pin_weight == q.pin_weight &&
+              p.cpu_attention == q.cpu_attention);
+    cr_assert(p.gpu_mem == q.gpu_mem && p.cpu_mem == q.cpu_mem);
+    cr_assert_str_eq(q.offload_dir, p.offload_dir);
+    err_clear();
+    cr_assert(sched_policy_write("/nonexistent/dir/p.json", &p) < 0);
+    cr_assert(strstr(err_msg(), "cannot write the policy"), "%s", err_msg());
+}
+
+/* ------------------------------------------------------------ CLI */
+
+Test(search, cli_calibrate_search_generate)
+{
+    cr_assert_eq(cli_run("calibrate --device cpu --bytes 64M --offload-dir . --out hw.json"), 0,
+                 "%s", cli_err);
+    char *hw = cli_read("hw.json");
+    cr_assert(strstr(hw, "\"gemm_TFLOPs\"") && strstr(hw, "\"disk_read_GBps\""), "%s", hw);
+    free(hw);
+    /* opt-125m fp32 is 0.5 GB: a 300 MiB GPU tier forces offloading */
+    cr_assert_eq(cli_run("search --dummy opt-125m --device cpu --hardware hw.json "
+                         "--prompt-len 8 --gen-len 4 --gpu-mem 300M --cpu-mem 2G "
+                         "--max-block 8 --top 3 --out pol.json"), 0, "%s", cli_err);
+    char *out = cli_read("stdout.txt");
+    cr_assert(strstr(out, " rank  gbs x K"), "%s", out);
+    cr_assert(strstr(out, "[flexh2o] plan        gpu"), "%s", out);
+    cr_assert(strstr(out, "[flexh2o] wrote pol.json"), "%s", out);
+    free(out);
+    cli_write("p.jsonl", "{\"prompt_ids\": [2, 9, 30, 31, 32, 33, 34, 35]}\n"
+                         "{\"prompt_ids\": [2, 7, 8]}\n");
+    cr_assert_eq(cli_run("generate --dummy opt-125m --policy pol.json --prompts p.jsonl "
+                         "--out o.jsonl --max-new-tokens 4 --ignore-eos --quiet --plan"), 0,
+                 "%s", cli_err);
+    cr_assert_eq(cli_run("generate --dummy opt-125m --policy pol.json --prompts p.jsonl "
+                         "--out o.jsonl --max-new-tokens 4 --ignore-eos --quiet"), 0,
+                 "%s", cli_err);
+    char *o = cli_read("o.jsonl");
+    int lines = 0;
+    for (const char *c = o; *c; c++)
+        lines += *c == '\n';
+    cr_assert_eq(lines, 2, "%s", o);
+    free(o);
+}
+
+Test(search, cli_refusals)
+{
+    cr_assert_eq(cli_run("search --dummy opt-125m --prompt-len 8 --gen-len 4"), 2);
+    cr_assert(strstr(cli_err, "flexh2o search: --gpu-mem is required"), "%s", cli_err);
+    cr_assert_eq(cli_run("search --dummy opt-125m --gpu-mem 1G"), 2);
+    cr_assert(strstr(cli_err, "--prompt-len and --gen-len are required"), "%s", cli_err);
+    cr_assert_eq(cli_run("search --dummy opt-125m --gpu-mem 1G --prompt-len 8 --gen-len 4 "
+                         "--hardware missing.json"), 2);
+    cr_assert(strstr(cli_err, "missing.json"), "%s", cli_err);
+    cli_write("hw.json", "{\"device\": \"cuda\", \"h2d_GBps\": 1, \"d2h_GBps\": 1, "
+                         "\"dram_GBps\": 1, \"dev_mem_GBps\": 1, \"gemm_TFLOPs\": 1}");
+    cr_assert_eq(cli_run("search --dummy opt-125m --gpu-mem 1G --prompt-len 8 --gen-len 4 "
+                         "--hardware hw.json --device cpu"), 2);
+    cr_assert(strstr(cli_err, "--device cpu but hw.json was measured on cuda"), "%s", cli_err);
+    cr_assert_eq(cli_run("search --dummy opt-125m --gpu-mem 1G --prompt-len 8 --gen-len 4 "
+                         "--hardware hw.json --offload-dir nowhere"), 2);
+    cr_assert(strstr(cli_err, "--offload-dir nowhere is not a directory"), "%s", cli_err);
+    cr_assert_eq(cli_run("search --dummy opt-125m --gpu-mem 1G --prompt-len 8 --gen-len 4 "
+                         "--hardware hw.json --kv-policy h2o"), 2);
+    cr_assert(strstr(cli_err, "--kv-ratio"), "%s", cli_err);
+    cr_assert_eq(cli_run("search --dummy opt-125m --gpu-mem 1M --cpu-mem 1G --prompt-len 8 "
+                         "--gen-len 4 --hardware hw.json"), 1);
+    cr_assert(strstr(cli_err, "flexh2o: no policy fits"), "%s", cli_err);
+}
