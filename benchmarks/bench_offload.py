@@ -5,6 +5,7 @@
         --percent "0 0 100 0 100 0" --gpu-batch-size 8 --num-gpu-batches 2 \
         --prompt-len 32 --gen-len 8 --offload-dir /tmp/off [--gpu-mem 16G] [--cpu-attention]
         [--kv "--kv-policy h2o --kv-ratio 0.2"] [--threads N] [--flexh2o build/src/flexh2o]
+    python3 benchmarks/bench_offload.py --policy policy.json ...   # e.g. what `flexh2o search` wrote
 
 Steps, all measured in this run (nothing extrapolated):
   1. `flexh2o calibrate`: disk read/write (disk engine, O_DIRECT), host->device,
@@ -84,10 +85,19 @@ def main():
     ap.add_argument("--gpu-mem", default=None)
     ap.add_argument("--cpu-attention", action="store_true")
     ap.add_argument("--kv", default="", help="extra KV-policy flags for both runs")
+    ap.add_argument("--policy", default=None,
+                    help="take block shape, --percent and CPU attention from a policy file")
     ap.add_argument("--threads", type=int, default=0,
                     help="compute threads of the offloaded run (default: every core)")
     ap.add_argument("--flexh2o", default=os.path.join(ROOT, "build", "src", "flexh2o"))
     a = ap.parse_args()
+    if a.policy:
+        pol = json.load(open(a.policy))
+        a.gpu_batch_size = pol.get("gpu_batch_size", a.gpu_batch_size)
+        a.num_gpu_batches = pol.get("num_gpu_batches", a.num_gpu_batches)
+        if "percent" in pol:
+            a.percent = " ".join(f"{v:g}" for v in pol["percent"])
+        a.cpu_attention = pol.get("cpu_attention", a.cpu_attention)
     os.makedirs(a.offload_dir, exist_ok=True)
     N = a.gpu_batch_size * a.num_gpu_batches
     cal = json.loads(sh([a.flexh2o, "calibrate", "--device", a.device, "--offload-dir",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gpu_session.sh: everything a lent GPU machine does for flexh2o, in one call.
 #
-#   bash benchmarks/gpu_session.sh [test] [kernels] [generate MODELS] [offload] [h2o] ...
+#   bash benchmarks/gpu_session.sh [test] [kernels] [generate MODELS] [offload] [h2o] [search] ...
 #
 # Builds with the carried Debian libraries (.deps, see ../shared/tools/gpu-deps),
 # runs the whole test suite (the gpu suite included), the kernel benchmark and
@@ -60,6 +60,23 @@ while [ $# -gt 0 ]; do
       timeout 280 python3 benchmarks/bench_h2o_block.py --device cuda --model opt-6.7b \
         --gpu-mem 16G --prompt-len 512 --gen-len 32 --max-batch 512 \
         --flexh2o build-gpu/src/flexh2o | tee "$OUT/h2o-block-opt-6.7b.md" || true
+      ;;
+    search)
+      # the policy search on this GPU: calibrate, search OPT-6.7B and OPT-30B under a
+      # 16 GB cap, then run each pick against the bound (bench_offload --policy)
+      mkdir -p /tmp/flexh2o-offload
+      build-gpu/src/flexh2o calibrate --device cuda --offload-dir /tmp/flexh2o-offload \
+        --out "$OUT/hw.json" || true
+      for m in opt-6.7b opt-30b; do
+        build-gpu/src/flexh2o search --dummy $m --device cuda --hardware "$OUT/hw.json" \
+          --prompt-len 512 --gen-len 32 --gpu-mem 16G --cpu-mem 100G \
+          --offload-dir /tmp/flexh2o-offload --max-block 256 --out "$OUT/policy-$m.json" \
+          | tee "$OUT/search-$m.txt" || continue
+        timeout 280 python3 benchmarks/bench_offload.py --device cuda --model $m \
+          --policy "$OUT/policy-$m.json" --prompt-len 512 --gen-len 32 --gpu-mem 16G \
+          --offload-dir /tmp/flexh2o-offload --flexh2o build-gpu/src/flexh2o \
+          | tee "$OUT/offload-searched-$m.md" || true
+      done
       ;;
     smoke)
       # one tiny generation on the GPU, stderr shown, bounded in time
