@@ -22,16 +22,13 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import FLEXH2O, ROOT, prompt_ids, write_prompts
 
 
 def run_flexh2o(binary, model, B, plen, glen, tmp, device):
     prompts = os.path.join(tmp, f"p{B}.jsonl")
     out = os.path.join(tmp, f"o{B}.jsonl")
-    with open(prompts, "w") as f:
-        for i in range(B):
-            ids = [2] + [(i * 131 + j * 17) % 50000 + 4 for j in range(plen - 1)]
-            f.write(json.dumps({"id": i, "prompt_ids": ids}) + "\n")
+    write_prompts(prompts, B, plen)
     if os.path.exists(out):
         os.remove(out)
     r = subprocess.run([binary, "generate", "--dummy", model, "--prompts", prompts, "--out", out,
@@ -60,7 +57,7 @@ def run_hf(model, B, plen, glen, device):
         torch.set_default_dtype(torch.float32)
     m = _hf_models[model]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    ids = torch.tensor([[2] + [(i * 131 + j * 17) % 50000 + 4 for j in range(plen - 1)]
+    ids = torch.tensor([prompt_ids(i, plen)
                         for i in range(B)], device=device)
     with torch.inference_mode():
         m(ids[:, :8], use_cache=True)  # warm-up
@@ -88,7 +85,7 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--gen-len", type=int, default=32)
     ap.add_argument("--batches", default="1,8,32")
-    ap.add_argument("--flexh2o", default=os.path.join(ROOT, "build", "src", "flexh2o"))
+    ap.add_argument("--flexh2o", default=FLEXH2O)
     a = ap.parse_args()
     try:
         import torch

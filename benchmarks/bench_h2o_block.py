@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import FLEXH2O, sh, summary, write_prompts
 
 
 def main():
@@ -33,15 +33,12 @@ def main():
     ap.add_argument("--percent", default="100 0 100 0 100 0")
     ap.add_argument("--offload-dir", default="/tmp/flexh2o-offload")
     ap.add_argument("--max-batch", type=int, default=256)
-    ap.add_argument("--flexh2o", default=os.path.join(ROOT, "build", "src", "flexh2o"))
+    ap.add_argument("--flexh2o", default=FLEXH2O)
     a = ap.parse_args()
     os.makedirs(a.offload_dir, exist_ok=True)
     tmp = tempfile.mkdtemp()
     prompts = os.path.join(tmp, "p.jsonl")
-    with open(prompts, "w") as f:
-        for i in range(a.max_batch):
-            ids = [2] + [(i * 131 + j * 17) % 50000 + 4 for j in range(a.prompt_len - 1)]
-            f.write(json.dumps({"id": i, "prompt_ids": ids}) + "\n")
+    write_prompts(prompts, a.max_batch, a.prompt_len)
     policies = {"full": [], f"h2o {a.kv_ratio}": ["--kv-policy", "h2o", "--kv-ratio", a.kv_ratio]}
 
     def cmd(kv, B, out, n_prompts):

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import FLEXH2O, sh, summary, write_prompts
 
 
 def generate(a, prompts, threads):
@@ -33,14 +33,9 @@ def generate(a, prompts, threads):
            "--ignore-eos"]
     if threads:
         cmd += ["--threads", str(threads)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr.strip()}")
+    res = summary(sh(cmd).stderr)
     os.unlink(out)
-    m = re.search(r"prefill ([\d.]+) tok/s .*decode ([\d.]+) tok/s", r.stderr)
-    if not m:
-        sys.exit("no summary line:\n" + r.stderr)
-    return float(m.group(1)), float(m.group(2))
+    return res["prefill_tps"], res["decode_tps"]
 
 
 def main():
@@ -55,16 +50,13 @@ def main():
                     help="size of the file the reader loops over")
     ap.add_argument("--threads", default="0,1",
                     help="compute thread counts to try, 0 = every core")
-    ap.add_argument("--flexh2o", default=os.path.join(ROOT, "build", "src", "flexh2o"))
+    ap.add_argument("--flexh2o", default=FLEXH2O)
     a = ap.parse_args()
     os.makedirs(a.offload_dir, exist_ok=True)
     N = a.gpu_batch_size * a.num_gpu_batches
     tmp = tempfile.mkdtemp()
     prompts = os.path.join(tmp, "p.jsonl")
-    with open(prompts, "w") as f:
-        for i in range(N):
-            ids = [2] + [(i * 131 + j * 17) % 50000 + 4 for j in range(a.prompt_len - 1)]
-            f.write(json.dumps({"id": i, "prompt_ids": ids}) + "\n")
+    write_prompts(prompts, N, a.prompt_len)
     blob = os.path.join(a.offload_dir, "interference.bin")
     mib = int(a.read_gib * 1024)
     subprocess.run(["dd", "if=/dev/urandom", f"of={blob}", "bs=1M", f"count={mib}",

@@ -35,14 +35,7 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def sh(cmd):
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr.strip()}")
-    return r
+from benchlib import FLEXH2O, sh, summary, write_prompts
 
 
 def plan(a, base, percent):
@@ -60,16 +53,9 @@ def plan(a, base, percent):
 
 def run(base, percent, extra):
     r = sh(base + ["--percent"] + percent.split() + extra)
-    m = re.search(r"prefill ([\d.]+) tok/s \((\d+) tokens\), decode ([\d.]+) tok/s \((\d+) "
-                  r"tokens\), total ([\d.]+) generated tok/s in ([\d.]+) s", r.stderr)
-    if not m:
-        sys.exit("no summary line:\n" + r.stderr)
     links = {l.group(1): (float(l.group(2)), float(l.group(3)))
              for l in re.finditer(r"link (\S+)\s+([\d.]+) GiB moved,\s+([\d.]+) GB/s", r.stderr)}
-    return dict(prefill_tps=float(m.group(1)), prefill_tokens=int(m.group(2)),
-                decode_tps=float(m.group(3)), decode_tokens=int(m.group(4)),
-                total_tps=float(m.group(5)), total_s=float(m.group(6)), links=links,
-                stderr=r.stderr)
+    return dict(summary(r.stderr), links=links, stderr=r.stderr)
 
 
 def main():
@@ -89,7 +75,7 @@ def main():
                     help="take block shape, --percent and CPU attention from a policy file")
     ap.add_argument("--threads", type=int, default=0,
                     help="compute threads of the offloaded run (default: every core)")
-    ap.add_argument("--flexh2o", default=os.path.join(ROOT, "build", "src", "flexh2o"))
+    ap.add_argument("--flexh2o", default=FLEXH2O)
     a = ap.parse_args()
     if a.policy:
         pol = json.load(open(a.policy))
@@ -104,10 +90,7 @@ def main():
                          a.offload_dir, "--bytes", "1G"]).stdout)
     tmp = tempfile.mkdtemp()
     prompts = os.path.join(tmp, "p.jsonl")
-    with open(prompts, "w") as f:
-        for i in range(N):
-            ids = [2] + [(i * 131 + j * 17) % 50000 + 4 for j in range(a.prompt_len - 1)]
-            f.write(json.dumps({"id": i, "prompt_ids": ids}) + "\n")
+    write_prompts(prompts, N, a.prompt_len)
 
     def base(tag):
         out = os.path.join(tmp, tag + ".jsonl")

@@ -8,8 +8,8 @@
 Steps, all in this run:
   1. `flexh2o calibrate --out`: the hardware profile (unless --hardware is given);
   2. `flexh2o search`: its --top candidates, each with the bound it predicts;
-  3. peers: hand-written policies that fit the same caps - every weight on disk,
-     and the weights split GPU/CPU/disk by hand - at the search's block shape;
+  3. peers at the search's block shape: its KV and activation placement with the
+     weights all on disk or a third on the CPU, and a placement by hand;
   4. every policy generates the same block of prompts (--dummy weights, EOS
      ignored); measured decode and total tok/s next to the prediction.
 The search did its job when its first pick is the fastest measured policy (or
@@ -23,14 +23,7 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def sh(cmd):
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr.strip()}")
-    return r
+from benchlib import FLEXH2O, sh, summary, write_prompts
 
 
 def main():
@@ -45,7 +38,7 @@ def main():
     ap.add_argument("--max-block", type=int, default=16)
     ap.add_argument("--top", type=int, default=3)
     ap.add_argument("--hardware", default=None)
-    ap.add_argument("--flexh2o", default=os.path.join(ROOT, "build", "src", "flexh2o"))
+    ap.add_argument("--flexh2o", default=FLEXH2O)
     a = ap.parse_args()
     os.makedirs(a.offload_dir, exist_ok=True)
     tmp = tempfile.mkdtemp()
@@ -69,18 +62,19 @@ def main():
     if not rows:
         sys.exit("no candidates in:\n" + r.stdout)
     best = rows[0]
-    peers = [("every weight on disk", ["0", "0", "100", "0", "100", "0"]),
-             ("weights 10/50/40 by hand", ["10", "50", "40", "60", "100", "0"])]
+    # peers: the pick's KV and activations with other weight placements, and a
+    # placement by hand
+    kv_act = best["pct"][2:]
+    peers = [("the pick, every weight on disk", ["0", "0"] + kv_act),
+             ("the pick, weights 0/34/66", ["0", "34"] + kv_act),
+             ("by hand: 10/40/50, KV 50/50", ["10", "40", "50", "50", "100", "0"])]
     for name, pct in peers:
         rows.append(dict(name=name, gbs=best["gbs"], k=best["k"], pct=pct, attn=False,
                          pred=None))
 
     N = best["gbs"] * best["k"]
     prompts = os.path.join(tmp, "p.jsonl")
-    with open(prompts, "w") as f:
-        for i in range(N):
-            ids = [2] + [(i * 131 + j * 17) % 50000 + 4 for j in range(a.prompt_len - 1)]
-            f.write(json.dumps({"id": i, "prompt_ids": ids}) + "\n")
+    write_prompts(prompts, N, a.prompt_len)
     print(f"## policy search on {a.device}: {a.model}, prompt {a.prompt_len} + gen {a.gen_len}, "
           f"--gpu-mem {a.gpu_mem} --cpu-mem {a.cpu_mem}, block <= {a.max_block}\n")
     print("hardware profile: " + open(hw).read().strip() + "\n")
@@ -103,8 +97,8 @@ def main():
             print(f"| {row['name']} | {row['gbs']}x{row['k']} | {' '.join(row['pct'])} | "
                   f"{'yes' if row['attn'] else 'no'} | - | refused: {msg} | | |")
             continue
-        m = re.search(r"decode ([\d.]+) tok/s .*total ([\d.]+) generated tok/s", p.stderr)
-        dec, tot = float(m.group(1)), float(m.group(2))
+        res = summary(p.stderr)
+        dec, tot = res["decode_tps"], res["total_tps"]
         pred = f"{row['pred']:.2f}" if row["pred"] else "-"
         ratio = f"{tot / row['pred']:.2f}" if row["pred"] else "-"
         print(f"| {row['name']} | {row['gbs']}x{row['k']} | {' '.join(row['pct'])} | "

@@ -81,6 +81,49 @@ static int open_backend(const char *verb, const char *device, int threads, backe
     return rc < 0 ? fail() : 0;
 }
 
+/* The KV-policy flags generate and search share (option codes K Q B k H).
+ * @return -1 when c is not one of them, else 0 or a usage error's status. */
+static int kv_flag(const char *verb, int c, const char *arg, kv_policy *kv)
+{
+    int rc = 0;
+    float f;
+    switch (c) {
+    case 'K':
+        return kv_policy_parse(arg, &kv->kind) < 0 ? usage_error(verb, err_msg()) : 0;
+    case 'Q':
+        if ((rc = parse_float(verb, "--kv-ratio", arg, 1e-9, 1, &f)) == 0)
+            kv->ratio = strtod(arg, NULL); /* not f: 0.3f x 20 would round up to 7 */
+        return rc;
+    case 'B': return parse_int(verb, "--kv-budget", arg, 1, 1 << 24, &kv->budget);
+    case 'k': return parse_int(verb, "--sinks", arg, 0, 1 << 24, &kv->sinks);
+    case 'H':
+        if ((rc = parse_float(verb, "--hh-share", arg, 0, 1, &f)) == 0)
+            kv->hh_share = strtod(arg, NULL); /* as typed: 0.7f x 10 floors to 6 */
+        return rc;
+    default: return -1;
+    }
+}
+
+/* getopt_long's complaint about argv[optind - 1] as a usage error. */
+static int bad_flag(const char *verb, int c, char **argv)
+{
+    char msg[256];
+    snprintf(msg, sizeof msg, "unknown flag %s", argv[optind - 1]);
+    if (optopt && c == '?')
+        snprintf(msg, sizeof msg, "%s needs a value", argv[optind - 1]);
+    return usage_error(verb, msg);
+}
+
+/* A word left after the flags: a usage error (status 2), else 0. */
+static int extra_args(const char *verb, int argc, char **argv)
+{
+    if (optind >= argc)
+        return 0;
+    char msg[256];
+    snprintf(msg, sizeof msg, "unexpected argument \"%s\"", argv[optind]);
+    return usage_error(verb, msg);
+}
+
 static const char generate_help[] =
     "usage: flexh2o generate (--model DIR | --dummy NAME) --prompts IN.jsonl --out OUT.jsonl\n"
     "         [--max-new-tokens N] [--batch-size N] [--temperature T --top-p P --seed S]\n"
@@ -271,49 +314,18 @@ static int cmd_generate(int argc, char **argv)
         case 'S': strict = 1; break;
         case 'q': quiet = 1; break;
         case 'E': go.ignore_eos = 1; break;
-        case 'K':
-            if (kv_policy_parse(optarg, &go.kv.kind) < 0)
-                return usage_error("generate", err_msg());
-            break;
-        case 'Q': {
-            float r;
-            if ((rc = parse_float("generate", "--kv-ratio", optarg, 1e-9, 1, &r)))
-                return rc;
-            go.kv.ratio = strtod(optarg, NULL); /* not r: 0.3f x 20 would round up to 7 */
-            break;
-        }
-        case 'B':
-            if ((rc = parse_int("generate", "--kv-budget", optarg, 1, 1 << 24, &go.kv.budget)))
+        case 'K': case 'Q': case 'B': case 'k': case 'H':
+            if ((rc = kv_flag("generate", c, optarg, &go.kv)))
                 return rc;
             break;
-        case 'k':
-            if ((rc = parse_int("generate", "--sinks", optarg, 0, 1 << 24, &go.kv.sinks)))
-                return rc;
-            break;
-        case 'H': {
-            float sh;
-            if ((rc = parse_float("generate", "--hh-share", optarg, 0, 1, &sh)))
-                return rc;
-            go.kv.hh_share = strtod(optarg, NULL); /* as typed: 0.7f x 10 floors to 6 */
-            break;
-        }
         case 'V': trace_path = optarg; break;
         case 'X': go.kv_stats = 1; break;
         case 'h': fputs(generate_help, stdout); return 0;
-        default: {
-            char msg[256];
-            snprintf(msg, sizeof msg, "unknown flag %s", argv[optind - 1]);
-            if (optopt && c == '?')
-                snprintf(msg, sizeof msg, "%s needs a value", argv[optind - 1]);
-            return usage_error("generate", msg);
-        }
+        default: return bad_flag("generate", c, argv);
         }
     }
-    if (optind < argc) {
-        char msg[256];
-        snprintf(msg, sizeof msg, "unexpected argument \"%s\"", argv[optind]);
-        return usage_error("generate", msg);
-    }
+    if ((rc = extra_args("generate", argc, argv)))
+        return rc;
     if (!model_dir == !dummy)
         return usage_error("generate", "give exactly one of --model DIR or --dummy NAME");
     if (!prompts || !outp)
@@ -682,14 +694,14 @@ static int cmd_search(int argc, char **argv)
         {"out", required_argument, 0, 'O'},
         {"top", required_argument, 0, 't'},
         {"max-block", required_argument, 0, 'b'},
-        {"max-gpu-batches", required_argument, 0, 'k'},
+        {"max-gpu-batches", required_argument, 0, 'G'},
         {"prefill-rows", required_argument, 0, 'R'},
         {"cpu-attention", no_argument, 0, 'a'},
         {"no-cpu-attention", no_argument, 0, 'A'},
         {"kv-policy", required_argument, 0, 'K'},
         {"kv-ratio", required_argument, 0, 'Q'},
         {"kv-budget", required_argument, 0, 'B'},
-        {"sinks", required_argument, 0, 'S'},
+        {"sinks", required_argument, 0, 'k'},
         {"hh-share", required_argument, 0, 'H'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
@@ -736,7 +748,7 @@ static int cmd_search(int argc, char **argv)
             if ((rc = parse_int("search", "--max-block", optarg, 1, 1 << 16, &so.max_block)))
                 return rc;
             break;
-        case 'k':
+        case 'G':
             if ((rc = parse_int("search", "--max-gpu-batches", optarg, 1, 1024,
                                 &so.max_gpu_batches)))
                 return rc;
@@ -748,47 +760,16 @@ static int cmd_search(int argc, char **argv)
             break;
         case 'a': so.cpu_attention = 1; break;
         case 'A': so.cpu_attention = 0; break;
-        case 'K':
-            if (kv_policy_parse(optarg, &kv.kind) < 0)
-                return usage_error("search", err_msg());
-            break;
-        case 'Q': {
-            float r;
-            if ((rc = parse_float("search", "--kv-ratio", optarg, 1e-9, 1, &r)))
-                return rc;
-            kv.ratio = strtod(optarg, NULL);
-            break;
-        }
-        case 'B':
-            if ((rc = parse_int("search", "--kv-budget", optarg, 1, 1 << 24, &kv.budget)))
+        case 'K': case 'Q': case 'B': case 'k': case 'H':
+            if ((rc = kv_flag("search", c, optarg, &kv)))
                 return rc;
             break;
-        case 'S':
-            if ((rc = parse_int("search", "--sinks", optarg, 0, 1 << 24, &kv.sinks)))
-                return rc;
-            break;
-        case 'H': {
-            float sh;
-            if ((rc = parse_float("search", "--hh-share", optarg, 0, 1, &sh)))
-                return rc;
-            kv.hh_share = strtod(optarg, NULL);
-            break;
-        }
         case 'h': fputs(search_help, stdout); return 0;
-        default: {
-            char msg[256];
-            snprintf(msg, sizeof msg, "unknown flag %s", argv[optind - 1]);
-            if (optopt && c == '?')
-                snprintf(msg, sizeof msg, "%s needs a value", argv[optind - 1]);
-            return usage_error("search", msg);
-        }
+        default: return bad_flag("search", c, argv);
         }
     }
-    if (optind < argc) {
-        char msg[256];
-        snprintf(msg, sizeof msg, "unexpected argument \"%s\"", argv[optind]);
-        return usage_error("search", msg);
-    }
+    if ((rc = extra_args("search", argc, argv)))
+        return rc;
     if (!model_dir == !dummy)
         return usage_error("search", "give exactly one of --model DIR or --dummy NAME");
     if (!so.prompt_len || !so.gen_len)
