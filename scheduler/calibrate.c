@@ -20,8 +20,9 @@
 static double best(double a, double b) { return a > b ? a : b; }
 
 /* Device memory (a device-to-device copy reads and writes every byte) and
- * the rate of the backend's linear on an (S, S) x (S, S) problem: S = 8192
- * in fp16 on a GPU, 1024 in fp32 on the CPU. */
+ * the rate of the backend's linear y(m, S) = x(m, S) . w(S, S)^T for m from
+ * one row (a decode GEMV, bound by reading w) up to m = S: S = 8192 in fp16
+ * on a GPU, 2048 in fp32 on the CPU. Each shape is timed over at least 20 ms. */
 static int measure_device(struct backend *be, void *dev, uint64_t bytes, sched_calib *out)
 {
     const backend_ops *o = be->ops;
@@ -31,7 +32,8 @@ static int measure_device(struct backend *be, void *dev, uint64_t bytes, sched_c
         FORWARD_IF(o->copy_d2d(be->ctx, (char *)dev + half, dev, half));
         out->dev_mem = best(out->dev_mem, 2.0 * half / (sched_trace_now() - t0) / 1e9);
     }
-    int S = o->elem_size == 2 ? 8192 : 1024;
+    int S = o->elem_size == 2 ? 8192 : 2048;
+    const int rows[SCHED_GEMM_SHAPES] = {1, 4, 16, 64, 256, 1024, S};
     void *x = NULL, *w = NULL, *y = NULL;
     size_t n = (size_t)S * S;
     int rc = o->alloc(be->ctx, n, &x);
@@ -39,15 +41,26 @@ static int measure_device(struct backend *be, void *dev, uint64_t bytes, sched_c
         rc = o->alloc(be->ctx, n, &w);
     if (rc == 0)
         rc = o->alloc(be->ctx, n, &y);
-    for (int rep = 0; rc == 0 && rep < 4; rep++) { /* the first one warms up */
-        double t0 = sched_trace_now();
+    if (rc == 0) /* warm-up: library start-up, plans, clocks */
         rc = o->linear(be->ctx, y, x, w, NULL, S, S, S, 0);
-        if (rc == 0)
-            rc = o->sync(be->ctx);
-        double t = sched_trace_now() - t0;
-        if (rc == 0 && rep > 0)
-            out->gemm = best(out->gemm, 2.0 * S * S * (double)S / t / 1e12);
+    if (rc == 0)
+        rc = o->sync(be->ctx);
+    out->n_gemm = 0;
+    for (int i = 0; rc == 0 && i < SCHED_GEMM_SHAPES; i++) {
+        int m = rows[i], reps = 0;
+        double t0 = sched_trace_now(), t = 0;
+        while (rc == 0 && (reps < 3 || t < 0.02)) {
+            rc = o->linear(be->ctx, y, x, w, NULL, m, S, S, 0);
+            if (rc == 0)
+                rc = o->sync(be->ctx);
+            reps++;
+            t = sched_trace_now() - t0;
+        }
+        out->gemm_rows[out->n_gemm] = m;
+        out->gemm_at[out->n_gemm++] = 2.0 * m * S * (double)S * reps / t / 1e12;
     }
+    if (rc == 0)
+        out->gemm = out->gemm_at[out->n_gemm - 1];
     o->free(be->ctx, x);
     o->free(be->ctx, w);
     o->free(be->ctx, y);
@@ -120,6 +133,15 @@ void sched_calib_print(FILE *f, const sched_calib *cb)
     fprintf(f, "{\"device\": \"%s\", \"h2d_GBps\": %.3f, \"d2h_GBps\": %.3f, "
             "\"dram_GBps\": %.3f, \"dev_mem_GBps\": %.3f, \"gemm_TFLOPs\": %.4f",
             cb->device, cb->h2d, cb->d2h, cb->dram, cb->dev_mem, cb->gemm);
+    if (cb->n_gemm > 0) {
+        fprintf(f, ", \"gemm_rows\": [");
+        for (int i = 0; i < cb->n_gemm; i++)
+            fprintf(f, "%s%d", i ? ", " : "", cb->gemm_rows[i]);
+        fprintf(f, "], \"gemm_TFLOPs_at\": [");
+        for (int i = 0; i < cb->n_gemm; i++)
+            fprintf(f, "%s%.4f", i ? ", " : "", cb->gemm_at[i]);
+        fprintf(f, "]");
+    }
     if (cb->disk_read > 0)
         fprintf(f, ", \"disk_read_GBps\": %.3f, \"disk_write_GBps\": %.3f, "
                 "\"disk_engine\": \"%s\", \"o_direct\": %s", cb->disk_read, cb->disk_write,
@@ -139,6 +161,32 @@ static int load_rate(const char *path, const cJSON *root, const char *key, int r
               -EINVAL, "%s: field \"%s\" must be a positive number; measure it again with "
               "`flexh2o calibrate --out FILE`", path, key);
     *out = it->valuedouble;
+    return 0;
+}
+
+/* "gemm_rows" and "gemm_TFLOPs_at": optional, together, increasing rows. */
+static int load_gemm_shapes(const char *path, const cJSON *root, sched_calib *cb)
+{
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "gemm_rows");
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "gemm_TFLOPs_at");
+    if (!r && !v)
+        return 0;
+    int n = cJSON_IsArray(r) ? cJSON_GetArraySize(r) : -1;
+    RETURN_IF(n < 1 || n > SCHED_GEMM_SHAPES || !cJSON_IsArray(v) ||
+              cJSON_GetArraySize(v) != n, -EINVAL, "%s: \"gemm_rows\" and \"gemm_TFLOPs_at\" "
+              "must be arrays of the same length (1 to %d); measure again with `flexh2o "
+              "calibrate --out FILE`", path, SCHED_GEMM_SHAPES);
+    const cJSON *a = r->child, *b = v->child;
+    for (int i = 0; i < n; i++, a = a->next, b = b->next) {
+        RETURN_IF(!cJSON_IsNumber(a) || a->valuedouble < 1 || a->valuedouble > 1e7 ||
+                  (i > 0 && a->valuedouble <= cb->gemm_rows[i - 1]) ||
+                  !cJSON_IsNumber(b) || !(b->valuedouble > 0), -EINVAL,
+                  "%s: \"gemm_rows\" must increase from 1 and every rate in "
+                  "\"gemm_TFLOPs_at\" must be positive (item %d)", path, i + 1);
+        cb->gemm_rows[i] = (int)a->valuedouble;
+        cb->gemm_at[i] = b->valuedouble;
+    }
+    cb->n_gemm = n;
     return 0;
 }
 
@@ -172,6 +220,8 @@ int sched_calib_load(const char *path, sched_calib *out)
         rc = load_rate(path, root, "disk_read_GBps", 0, &cb.disk_read);
     if (rc == 0 && cb.disk_read > 0)
         rc = load_rate(path, root, "disk_write_GBps", 1, &cb.disk_write);
+    if (rc == 0)
+        rc = load_gemm_shapes(path, root, &cb);
     const cJSON *eng = cJSON_GetObjectItemCaseSensitive(root, "disk_engine");
     if (rc == 0 && cJSON_IsString(eng))
         snprintf(cb.disk_kind, sizeof cb.disk_kind, "%s", eng->valuestring);

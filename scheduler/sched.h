@@ -219,6 +219,8 @@ const char *sched_disk_kind(const sched *s);
 
 /* ------------------------------------------------------------ calibrate */
 
+#define SCHED_GEMM_SHAPES 7
+
 /* A hardware profile: measured link speeds in GB/s (10^9 bytes per
  * second) and compute rates of one backend on one machine. */
 typedef struct sched_calib {
@@ -230,6 +232,9 @@ typedef struct sched_calib {
     int direct;                   /* the file was opened with O_DIRECT */
     double dev_mem;               /* device memory, copy read + write (GB/s) */
     double gemm;                  /* backend linear at a large square shape (TFLOP/s) */
+    int n_gemm;                   /* linear with m rows against a square weight: */
+    int gemm_rows[SCHED_GEMM_SHAPES]; /* m, increasing (decode GEMMs have m = gbs) */
+    double gemm_at[SCHED_GEMM_SHAPES]; /* TFLOP/s at each */
 } sched_calib;
 
 /* Measure with transfers of `bytes` (0: 1 GiB); dir NULL skips the disk.
@@ -238,9 +243,9 @@ typedef struct sched_calib {
 int sched_calibrate(struct backend *be, const char *dir, uint64_t bytes, sched_calib *out);
 /* The profile as one JSON object on one line (what `flexh2o calibrate`
  * prints and `--out` saves): {"device": "cpu", "h2d_GBps": .., "d2h_GBps":
- * .., "dram_GBps": .., "dev_mem_GBps": .., "gemm_TFLOPs": .., and, when the
- * disk was measured, "disk_read_GBps", "disk_write_GBps", "disk_engine",
- * "o_direct"}. */
+ * .., "dram_GBps": .., "dev_mem_GBps": .., "gemm_TFLOPs": .., "gemm_rows":
+ * [1, 4, ..], "gemm_TFLOPs_at": [..], and, when the disk was measured,
+ * "disk_read_GBps", "disk_write_GBps", "disk_engine", "o_direct"}. */
 void sched_calib_print(FILE *f, const sched_calib *cb);
 /* Read a profile written by sched_calib_print (configs/hardware/). A
  * missing or non-positive rate is refused naming the file and the field.
@@ -252,6 +257,9 @@ int sched_calib_load(const char *path, sched_calib *out);
  * DESIGN.md "Throughput bound" evaluated for a policy before running it:
  * per decode step of the block (all layers) and for the prefill, each term
  * is bytes over a measured rate; the step takes at least the largest.
+ * The compute term divides by the GEMM rate measured at the rows a GEMM
+ * has (a GPU batch's gbs when decoding, a pass's rows when prefilling),
+ * interpolated between the profile's shapes.
  * Terms beyond DESIGN's formula, each a true lower bound too: disk writes
  * (KV and activations stored to disk every step), the q/k/v rows and
  * attention outputs that cross the link with CPU attention, activations

@@ -65,6 +65,26 @@ static double matmul_params(const model_config *c)
     return c->n_layer * (4 * d * d + 2 * d * f) + (double)c->vocab_size * d;
 }
 
+/* The GEMM rate (FLOP/s) of a product with `rows` rows: the profile's
+ * shapes interpolated in log(rows); below the first, the rate falls with
+ * the rows (the weights are read whatever m is); above the last, the last. */
+static double gemm_rate(const sched_calib *hw, double rows)
+{
+    int n = hw->n_gemm;
+    if (n < 1)
+        return hw->gemm * 1e12;
+    const int *r = hw->gemm_rows;
+    const double *v = hw->gemm_at;
+    if (rows <= r[0])
+        return v[0] * 1e12 * rows / r[0];
+    for (int i = 1; i < n; i++)
+        if (rows <= r[i]) {
+            double t = log(rows / r[i - 1]) / log((double)r[i] / r[i - 1]);
+            return (v[i - 1] + t * (v[i] - v[i - 1])) * 1e12;
+        }
+    return v[n - 1] * 1e12;
+}
+
 static void take_max(const double *t, double *out, int *which)
 {
     *out = 0;
@@ -104,7 +124,10 @@ int sched_cost_eval(const model_config *c, size_t es, const sched_policy *p,
     double x_pre_disk = g.act_tier == SCHED_DISK
                             ? (L - 1) * K * (double)off_align_up((size_t)(gbs * s * row)) : 0;
     double kv_link = attn ? 0 : kv_c + kv_d;
-    double flops = hw->gemm * 1e12, params = matmul_params(c);
+    double params = matmul_params(c);
+    int np = prefill_passes(sh, g.gbs, prompt_len);
+    double f_step = gemm_rate(hw, gbs);
+    double f_pre = gemm_rate(hw, sh->max_rows < gbs * s ? sh->max_rows : gbs * s);
 
     double *t = out->step;
     t[COST_H2D] = secs(w_off + kv_link + (attn ? L * host_seqs * row : 0) + x_step, hw->h2d);
@@ -113,10 +136,9 @@ int sched_cost_eval(const model_config *c, size_t es, const sched_policy *p,
                              hw->disk_read);
     t[COST_DISK_WRITE] = secs((g.kv_n[SCHED_DISK] ? kv_d_io : 0) + x_step_disk, hw->disk_write);
     t[COST_DRAM] = attn ? secs(kv_c + kv_d, hw->dram) : 0;
-    t[COST_FLOPS] = flops > 0 ? 2 * params * N / flops : INFINITY;
+    t[COST_FLOPS] = f_step > 0 ? 2 * params * N / f_step : INFINITY;
     t[COST_DEV_MEM] = secs(K * W_all + kv_g + kv_link, hw->dev_mem);
 
-    int np = prefill_passes(sh, g.gbs, prompt_len);
     double *q = out->prefill;
     q[COST_H2D] = secs(np * w_off + x_pre, hw->h2d);
     /* the prompt's KV goes home once: whole records, or with CPU attention
@@ -124,7 +146,7 @@ int sched_cost_eval(const model_config *c, size_t es, const sched_policy *p,
     q[COST_D2H] = secs((attn ? 2 * L * host_seqs * s * row : kv_c + kv_d) + x_pre, hw->d2h);
     q[COST_DISK_READ] = secs(np * w_disk + x_pre_disk, hw->disk_read);
     q[COST_DISK_WRITE] = secs((g.kv_n[SCHED_DISK] ? kv_d_io : 0) + x_pre_disk, hw->disk_write);
-    q[COST_FLOPS] = flops > 0 ? 2 * params * N * s / flops : INFINITY;
+    q[COST_FLOPS] = f_pre > 0 ? 2 * params * N * s / f_pre : INFINITY;
     q[COST_DEV_MEM] = secs(np * K * W_all + kv_g + kv_c + kv_d, hw->dev_mem);
 
     take_max(out->step, &out->step_s, &out->step_limit);

@@ -149,6 +149,36 @@ Test(search, cost_terms_from_plan_bytes)
               kv_up);
 }
 
+Test(search, compute_term_uses_the_rate_at_the_batch_rows)
+{
+    model_config c = opt("opt-1.3b");
+    sched_calib hw = t4_like();
+    hw.n_gemm = 3;
+    int rows[] = {1, 16, 256};
+    double at[] = {0.5, 8, 40};
+    memcpy(hw.gemm_rows, rows, sizeof rows);
+    memcpy(hw.gemm_at, at, sizeof at);
+    double d = c.hidden, f = c.ffn;
+    double P = c.n_layer * (4 * d * d + 2 * d * f) + (double)c.vocab_size * d;
+    /* gbs 16: a measured shape; 4: halfway in log(rows) between 1 and 16;
+     * 512: past the last shape */
+    const int gbs[] = {16, 4, 512};
+    const double rate[] = {8e12, 4.25e12, 40e12};
+    for (int i = 0; i < 3; i++) {
+        sched_policy p = pol(gbs[i], 1, 100, 0, 100, 0, 100, 0, 0);
+        sched_shape sh = shape(gbs[i], 64, 80, 0);
+        sched_cost q;
+        cr_assert_eq(sched_cost_eval(&c, 2, &p, &sh, 64, 16, &hw, &q), 0, "%s", err_msg());
+        double want = 2 * P * gbs[i] / rate[i];
+        cr_assert(fabs(q.step[COST_FLOPS] - want) < 1e-9 * want, "gbs %d: %g vs %g s", gbs[i],
+                  q.step[COST_FLOPS], want);
+        /* the prefill's GEMMs have the pass's rows: gbs x 64 >= 256 here */
+        double pw = 2 * P * gbs[i] * 64 / 40e12;
+        cr_assert(fabs(q.prefill[COST_FLOPS] - pw) < 1e-9 * pw, "gbs %d prefill: %g vs %g s",
+                  gbs[i], q.prefill[COST_FLOPS], pw);
+    }
+}
+
 /* ------------------------------------------------------------ vs brute force */
 
 typedef struct scenario {
@@ -359,6 +389,9 @@ Test(search, refuses_a_profile_without_disk_rates)
 Test(search, profile_round_trip_and_refusals)
 {
     sched_calib hw = t4_like(), back;
+    hw.n_gemm = 2;
+    hw.gemm_rows[0] = 1, hw.gemm_rows[1] = 64;
+    hw.gemm_at[0] = 0.25, hw.gemm_at[1] = 12.5;
     char path[512];
     snprintf(path, sizeof path, "%s/hw.json", cli_dir);
     FILE *f = fopen(path, "w");
@@ -373,6 +406,15 @@ Test(search, profile_round_trip_and_refusals)
                   back.disk_write};
     for (int i = 0; i < 7; i++)
         cr_assert(fabs(a[i] - b[i]) < 1e-3, "rate %d: %g vs %g", i, a[i], b[i]);
+    cr_assert(back.n_gemm == 2 && back.gemm_rows[1] == 64 && back.gemm_at[1] == 12.5);
+
+    cli_write("rows.json", "{\"device\": \"cpu\", \"h2d_GBps\": 1, \"d2h_GBps\": 1, "
+                           "\"dram_GBps\": 1, \"dev_mem_GBps\": 1, \"gemm_TFLOPs\": 1, "
+                           "\"gemm_rows\": [1, 64, 16], \"gemm_TFLOPs_at\": [1, 2, 3]}");
+    snprintf(path, sizeof path, "%s/rows.json", cli_dir);
+    err_clear();
+    cr_assert_eq(sched_calib_load(path, &back), -EINVAL);
+    cr_assert(strstr(err_msg(), "\"gemm_rows\" must increase from 1"), "%s", err_msg());
 
     cli_write("nogemm.json", "{\"device\": \"cpu\", \"h2d_GBps\": 1, \"d2h_GBps\": 1, "
                              "\"dram_GBps\": 1, \"dev_mem_GBps\": 1}");
@@ -432,7 +474,8 @@ Test(search, cli_calibrate_search_generate)
     cr_assert_eq(cli_run("calibrate --device cpu --bytes 64M --offload-dir . --out hw.json"), 0,
                  "%s", cli_err);
     char *hw = cli_read("hw.json");
-    cr_assert(strstr(hw, "\"gemm_TFLOPs\"") && strstr(hw, "\"disk_read_GBps\""), "%s", hw);
+    cr_assert(strstr(hw, "\"gemm_TFLOPs\"") && strstr(hw, "\"disk_read_GBps\"") &&
+              strstr(hw, "\"gemm_rows\": [1, 4, 16, 64, 256, 1024, 2048]"), "%s", hw);
     free(hw);
     /* opt-125m fp32 is 0.5 GB: a 300 MiB GPU tier forces offloading */
     cr_assert_eq(cli_run("search --dummy opt-125m --device cpu --hardware hw.json "
