@@ -15,10 +15,15 @@
  *   T_step >= every per-step term of sched_cost_eval (each linear in f),
  *   T_prefill likewise; minimise T_prefill + (gen - 1) T_step.
  *
- * The LP's fractions become whole percentages; the exact plan (tensor
- * boundaries, whole sequences, alignment) then decides: a tier that
- * overflows shrinks its cap in the LP by the overflow and the LP runs
- * again. The candidate is scored by sched_cost_eval on its exact plan.
+ * Per (block shape, activation tier, CPU attention): the LP over every
+ * variable bounds what the shape can do and drops it when it cannot beat
+ * the candidates kept. Weights move as whole tensors (the midpoint rule),
+ * so each of the few tensor-boundary cuts is then fixed in turn and the LP
+ * places the KV; its split is rounded to whole sequences and the exact
+ * plan (alignment, staging) decides: a tier that overflows shrinks its cap
+ * in the LP by the overflow and the LP runs again. Candidates are scored
+ * by sched_cost_eval on their exact plan.
+ * FLEXH2O_SEARCH_DEBUG=1 prints every LP solution on stderr.
  */
 #include <glpk.h>
 #include <math.h>
@@ -161,7 +166,10 @@ int sched_cost_eval(const model_config *c, size_t es, const sched_policy *p,
 enum { V_WG = 1, V_WC, V_CG, V_CC, V_HS, V_TP, V_TS, N_VARS = V_TS };
 
 typedef struct lp_in {
-    /* per-candidate constants (bytes, or seconds per byte) */
+    /* bytes: layer weights (W, W_al aligned), one blob, the block's KV and
+     * one GPU batch's record, embeddings + head, GPU / CPU work buffers,
+     * resident and staged activations, activations moved per step and per
+     * prefill (link, disk), one d-row per (layer, sequence) */
     double W, W_al, blob_al, kv_all, kvrec, globals, work_gpu, work_cpu, x_res, x_stage;
     double x_step, x_pre, x_step_disk, x_pre_disk, cross_row;
     int act, attn, disk, np, gen, s;
