@@ -682,8 +682,12 @@ int sched_search(const model_config *c, size_t es, const sched_policy *base,
     int quiet = !err_msg()[0];
     /* large blocks first: they usually win, and a good early candidate lets
      * the bound drop the shapes that cannot beat it */
-    for (int i = ng - 1; i >= 0; i--) {
-        int gbs = gl[i];
+    /* the job's own size is a GPU batch size worth trying too */
+    int with_max = o->max_block > 0 && o->max_block <= 65536;
+    for (int i = 0; i < ng && with_max; i++)
+        with_max = gl[i] != max_block;
+    for (int i = ng - 1 + with_max; i >= 0; i--) {
+        int gbs = i == ng ? max_block : gl[i];
         for (int K = maxk; K >= 1; K--) {
             if ((long long)gbs * K > max_block)
                 continue;

@@ -656,7 +656,8 @@ static int cmd_calibrate(int argc, char **argv)
 }
 
 static const char search_help[] =
-    "usage: flexh2o search (--model DIR | --dummy NAME) --prompt-len N --gen-len N\n"
+    "usage: flexh2o search (--model DIR | --dummy NAME)\n"
+    "         (--prompt-len N --gen-len N | --prompts FILE [--max-new-tokens N])\n"
     "         --gpu-mem SIZE [--cpu-mem SIZE] [--offload-dir DIR] [--hardware FILE]\n"
     "         [--device cpu|cuda] [--out POLICY.json] [--top N] [--max-block N]\n"
     "         [--max-gpu-batches N] [--cpu-attention | --no-cpu-attention]\n"
@@ -666,6 +667,9 @@ static const char search_help[] =
     "block shape (GLPK), checked against the exact memory plan. Prints the best\n"
     "candidates and the plan of the first; --out saves it for generate --policy.\n\n"
     "  --prompt-len N, --gen-len N  the job's prompt and generation lengths\n"
+    "  --prompts FILE       or take them from the job's prompt file: its longest prompt,\n"
+    "                       its longest generation (--max-new-tokens N, default 32, or\n"
+    "                       the line's max_new_tokens) and blocks of at most its size\n"
     "  --gpu-mem SIZE       GPU-tier cap, e.g. 16G (required)\n"
     "  --cpu-mem SIZE       CPU-tier cap (default: MemAvailable)\n"
     "  --offload-dir DIR    allows the disk tier (its free space is the cap)\n"
@@ -679,6 +683,47 @@ static const char search_help[] =
     "  --prefill-rows N     as for generate (default 4096)\n"
     "  KV policy flags as for generate: the cache holds the budget, not the length\n";
 
+/* The lengths a search plans for, from the job's prompt file: the longest
+ * prompt, the longest generation, the largest KV budget, and no block
+ * larger than the job. @return 0 or the exit status of the error printed. */
+static int job_lengths(const model_config *cfg, const char *model_dir, const char *path,
+                       int max_new, const kv_policy *kv, sched_search_opts *so, int *n_out)
+{
+    tok *t = NULL;
+    prompt_set ps = {0};
+    int rc = model_dir ? tok_load(model_dir, &t) : 0;
+    if (rc == 0)
+        rc = prompts_load(path, t, cfg->bos_id, cfg->vocab_size, cfg->max_pos - 1, 0, &ps);
+    for (int i = 0; rc == 0 && i < ps.n; i++) {
+        const prompt *p = &ps.p[i];
+        int n = p->max_new >= 0 ? p->max_new : max_new;
+        if (p->n_ids + n > cfg->max_pos)
+            n = cfg->max_pos - p->n_ids;
+        kv_split sp;
+        rc = kv_policy_split(kv, p->n_ids, n, p->line, &sp);
+        if (rc == 0) {
+            so->prompt_len = p->n_ids > so->prompt_len ? p->n_ids : so->prompt_len;
+            so->gen_len = n > so->gen_len ? n : so->gen_len;
+            so->kv_cap = sp.budget > so->kv_cap ? sp.budget : so->kv_cap;
+        }
+    }
+    if (rc == 0 && ps.n == 0) {
+        err_set(__FILE__, __LINE__, "%s: no valid prompt to plan for", path);
+        rc = -EINVAL;
+    }
+    if (rc == 0 && so->gen_len < 1) {
+        err_set(__FILE__, __LINE__, "%s: no prompt generates a token (--max-new-tokens 0)",
+                path);
+        rc = -EINVAL;
+    }
+    if (rc == 0 && ps.n < so->max_block)
+        so->max_block = ps.n;
+    *n_out = ps.n;
+    prompts_free(&ps);
+    tok_destroy(t);
+    return rc < 0 ? fail() : 0;
+}
+
 static int cmd_search(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -686,6 +731,8 @@ static int cmd_search(int argc, char **argv)
         {"dummy", required_argument, 0, 'D'},
         {"prompt-len", required_argument, 0, 'p'},
         {"gen-len", required_argument, 0, 'n'},
+        {"prompts", required_argument, 0, 'P'},
+        {"max-new-tokens", required_argument, 0, 'N'},
         {"gpu-mem", required_argument, 0, 'g'},
         {"cpu-mem", required_argument, 0, 'c'},
         {"offload-dir", required_argument, 0, 'o'},
@@ -707,8 +754,8 @@ static int cmd_search(int argc, char **argv)
         {0, 0, 0, 0},
     };
     const char *model_dir = NULL, *dummy = NULL, *hw_path = NULL, *device = NULL,
-               *outp = NULL;
-    int top = 5, rc, c;
+               *outp = NULL, *prompts = NULL;
+    int top = 5, rc, c, max_new = 32;
     kv_policy kv = {.hh_share = 0.5};
     sched_search_opts so = {.prefill_rows = 4096, .max_block = 1024, .max_gpu_batches = 16,
                             .cpu_attention = -1};
@@ -726,6 +773,11 @@ static int cmd_search(int argc, char **argv)
             break;
         case 'n':
             if ((rc = parse_int("search", "--gen-len", optarg, 1, 1 << 20, &so.gen_len)))
+                return rc;
+            break;
+        case 'P': prompts = optarg; break;
+        case 'N':
+            if ((rc = parse_int("search", "--max-new-tokens", optarg, 0, 1 << 20, &max_new)))
                 return rc;
             break;
         case 'g':
@@ -772,18 +824,18 @@ static int cmd_search(int argc, char **argv)
         return rc;
     if (!model_dir == !dummy)
         return usage_error("search", "give exactly one of --model DIR or --dummy NAME");
-    if (!so.prompt_len || !so.gen_len)
-        return usage_error("search", "--prompt-len and --gen-len are required");
+    if (prompts && (so.prompt_len || so.gen_len))
+        return usage_error("search", "give --prompts FILE or --prompt-len and --gen-len, "
+                                     "not both");
+    if (!prompts && (!so.prompt_len || !so.gen_len))
+        return usage_error("search", "--prompt-len and --gen-len are required (or --prompts "
+                                     "FILE)");
     if (!so.gpu_cap)
         return usage_error("search", "--gpu-mem is required (the GPU-tier cap to fit)");
     if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
         return usage_error("search", "--device must be cpu or cuda");
     if (kv_policy_check(&kv) < 0)
         return usage_error("search", err_msg());
-    kv_split sp;
-    if (kv_policy_split(&kv, so.prompt_len, so.gen_len, 0, &sp) < 0)
-        return usage_error("search", err_msg());
-    so.kv_cap = sp.budget;
     so.scores = kv_policy_needs_scores(&kv);
     if (!so.cpu_cap)
         so.cpu_cap = sched_mem_available();
@@ -798,6 +850,15 @@ static int cmd_search(int argc, char **argv)
         return fail();
     if (dummy)
         cfg.tie_lm_head = 1; /* as model_create_dummy builds it */
+    int n_prompts = 0;
+    if (prompts && (rc = job_lengths(&cfg, model_dir, prompts, max_new, &kv, &so, &n_prompts)))
+        return rc;
+    if (!prompts) {
+        kv_split sp;
+        if (kv_policy_split(&kv, so.prompt_len, so.gen_len, 0, &sp) < 0)
+            return usage_error("search", err_msg());
+        so.kv_cap = sp.budget;
+    }
 
     sched_calib hw;
     if (hw_path) {
@@ -838,6 +899,9 @@ static int cmd_search(int argc, char **argv)
            hw.device, es, so.prompt_len, so.gen_len, so.kv_cap, kv_policy_name(kv.kind),
            so.gpu_cap / 1073741824.0, so.cpu_cap / 1073741824.0,
            so.disk_cap ? base.offload_dir : "none");
+    if (prompts)
+        printf("[flexh2o] job: %d prompts in %s; the longest prompt and generation above, "
+               "blocks of at most %d\n", n_prompts, prompts, so.max_block);
     printf("[flexh2o] hardware (%s): h2d %.2f, d2h %.2f, host memory %.2f, device memory "
            "%.2f GB/s, GEMM %.3f TFLOP/s", hw_path ? hw_path : "measured now", hw.h2d, hw.d2h,
            hw.dram, hw.dev_mem, hw.gemm);

@@ -502,6 +502,37 @@ Test(search, cli_calibrate_search_generate)
     free(o);
 }
 
+Test(search, cli_takes_the_lengths_from_the_prompt_file)
+{
+    cli_write("hw.json", "{\"device\": \"cpu\", \"h2d_GBps\": 10, \"d2h_GBps\": 10, "
+                         "\"dram_GBps\": 20, \"dev_mem_GBps\": 20, \"gemm_TFLOPs\": 0.1}");
+    cli_write("p.jsonl", "{\"prompt_ids\": [2, 9, 30, 31, 32]}\n"
+                         "{\"prompt_ids\": [2, 9, 30, 31, 32, 33, 34, 35, 36], "
+                         "\"max_new_tokens\": 3}\n"
+                         "{\"prompt_ids\": [2, 7, 8], \"max_new_tokens\": 6}\n");
+    /* longest prompt 9, longest generation max(4, 3, 6) = 6; H2O 50 %: the
+     * largest budget is ceil(0.5 x 12) = 6 (9 + 3) */
+    cr_assert_eq(cli_run("search --dummy opt-125m --device cpu --hardware hw.json --prompts "
+                         "p.jsonl --max-new-tokens 4 --gpu-mem 4G --cpu-mem 4G "
+                         "--kv-policy h2o --kv-ratio 0.5"), 0, "%s", cli_err);
+    char *out = cli_read("stdout.txt");
+    cr_assert(strstr(out, "prompt 9 + gen 6, 6 KV slots per sequence (h2o)"), "%s", out);
+    cr_assert(strstr(out, "[flexh2o] job: 3 prompts in p.jsonl"), "%s", out);
+    /* everything fits: the whole job (3 prompts, a size not in the default
+     * list) as one GPU batch, and no block larger than the job */
+    cr_assert(strstr(out, "\n    1     3 x 1        3 "), "%s", out);
+    cr_assert(!strstr(out, "    4 x ") && !strstr(out, " x 4 "), "%s", out);
+    free(out);
+    cr_assert_eq(cli_run("search --dummy opt-125m --hardware hw.json --prompts p.jsonl "
+                         "--prompt-len 8 --gpu-mem 1G"), 2);
+    cr_assert(strstr(cli_err, "give --prompts FILE or --prompt-len and --gen-len, not both"),
+              "%s", cli_err);
+    cli_write("bad.jsonl", "{\"nothing\": 1}\n");
+    cr_assert_eq(cli_run("search --dummy opt-125m --hardware hw.json --prompts bad.jsonl "
+                         "--gpu-mem 1G"), 1);
+    cr_assert(strstr(cli_err, "bad.jsonl: no valid prompt to plan for"), "%s", cli_err);
+}
+
 Test(search, cli_refusals)
 {
     cr_assert_eq(cli_run("search --dummy opt-125m --prompt-len 8 --gen-len 4"), 2);
