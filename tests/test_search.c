@@ -386,6 +386,18 @@ Test(search, refuses_a_profile_without_disk_rates)
 
 /* ------------------------------------------------------------ files */
 
+/* A profile file with text must be refused with msg in the message. */
+static void refused_profile(const char *name, const char *text, const char *msg)
+{
+    char path[512];
+    sched_calib back;
+    cli_write(name, text);
+    snprintf(path, sizeof path, "%s/%s", cli_dir, name);
+    err_clear();
+    cr_assert_eq(sched_calib_load(path, &back), -EINVAL, "%s was accepted", name);
+    cr_assert(strstr(err_msg(), msg), "%s: \"%s\" lacks \"%s\"", name, err_msg(), msg);
+}
+
 Test(search, profile_round_trip_and_refusals)
 {
     sched_calib hw = t4_like(), back;
@@ -408,39 +420,20 @@ Test(search, profile_round_trip_and_refusals)
         cr_assert(fabs(a[i] - b[i]) < 1e-3, "rate %d: %g vs %g", i, a[i], b[i]);
     cr_assert(back.n_gemm == 2 && back.gemm_rows[1] == 64 && back.gemm_at[1] == 12.5);
 
-    cli_write("rows.json", "{\"device\": \"cpu\", \"h2d_GBps\": 1, \"d2h_GBps\": 1, "
-                           "\"dram_GBps\": 1, \"dev_mem_GBps\": 1, \"gemm_TFLOPs\": 1, "
-                           "\"gemm_rows\": [1, 64, 16], \"gemm_TFLOPs_at\": [1, 2, 3]}");
-    snprintf(path, sizeof path, "%s/rows.json", cli_dir);
-    err_clear();
-    cr_assert_eq(sched_calib_load(path, &back), -EINVAL);
-    cr_assert(strstr(err_msg(), "\"gemm_rows\" must increase from 1"), "%s", err_msg());
-
-    cli_write("nogemm.json", "{\"device\": \"cpu\", \"h2d_GBps\": 1, \"d2h_GBps\": 1, "
-                             "\"dram_GBps\": 1, \"dev_mem_GBps\": 1}");
-    snprintf(path, sizeof path, "%s/nogemm.json", cli_dir);
-    err_clear();
-    cr_assert_eq(sched_calib_load(path, &back), -EINVAL);
-    cr_assert(strstr(err_msg(), "nogemm.json: no field \"gemm_TFLOPs\"; a hardware profile is "
-                                "what `flexh2o calibrate --out FILE` writes"), "%s", err_msg());
-    cli_write("neg.json", "{\"device\": \"cpu\", \"h2d_GBps\": -1, \"d2h_GBps\": 1, "
-                          "\"dram_GBps\": 1, \"dev_mem_GBps\": 1, \"gemm_TFLOPs\": 1}");
-    snprintf(path, sizeof path, "%s/neg.json", cli_dir);
-    err_clear();
-    cr_assert_eq(sched_calib_load(path, &back), -EINVAL);
-    cr_assert(strstr(err_msg(), "neg.json: field \"h2d_GBps\" must be a positive number"), "%s",
-              err_msg());
-    cli_write("tpu.json", "{\"device\": \"tpu\"}");
-    snprintf(path, sizeof path, "%s/tpu.json", cli_dir);
-    err_clear();
-    cr_assert_eq(sched_calib_load(path, &back), -EINVAL);
-    cr_assert(strstr(err_msg(), "field \"device\" must be \"cpu\" or \"cuda\""), "%s",
-              err_msg());
-    cli_write("junk.json", "[1, 2");
-    snprintf(path, sizeof path, "%s/junk.json", cli_dir);
-    err_clear();
-    cr_assert_eq(sched_calib_load(path, &back), -EINVAL);
-    cr_assert(strstr(err_msg(), "junk.json: not a JSON object"), "%s", err_msg());
+    refused_profile("rows.json", "{\"device\": \"cpu\", \"h2d_GBps\": 1, \"d2h_GBps\": 1, "
+                    "\"dram_GBps\": 1, \"dev_mem_GBps\": 1, \"gemm_TFLOPs\": 1, "
+                    "\"gemm_rows\": [1, 64, 16], \"gemm_TFLOPs_at\": [1, 2, 3]}",
+                    "\"gemm_rows\" must increase from 1");
+    refused_profile("nogemm.json", "{\"device\": \"cpu\", \"h2d_GBps\": 1, \"d2h_GBps\": 1, "
+                    "\"dram_GBps\": 1, \"dev_mem_GBps\": 1}",
+                    "nogemm.json: no field \"gemm_TFLOPs\"; a hardware profile is what "
+                    "`flexh2o calibrate --out FILE` writes");
+    refused_profile("neg.json", "{\"device\": \"cpu\", \"h2d_GBps\": -1, \"d2h_GBps\": 1, "
+                    "\"dram_GBps\": 1, \"dev_mem_GBps\": 1, \"gemm_TFLOPs\": 1}",
+                    "neg.json: field \"h2d_GBps\" must be a positive number");
+    refused_profile("tpu.json", "{\"device\": \"tpu\"}",
+                    "field \"device\" must be \"cpu\" or \"cuda\"");
+    refused_profile("junk.json", "[1, 2", "junk.json: not a JSON object");
 }
 
 Test(search, policy_file_round_trip)
