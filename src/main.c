@@ -681,6 +681,8 @@ static const char search_help[] =
     "  --max-block N        largest block tried, e.g. the number of prompts (default 1024)\n"
     "  --max-gpu-batches N  largest --num-gpu-batches tried (default 16)\n"
     "  --prefill-rows N     as for generate (default 4096)\n"
+    "  --cpu-attention | --no-cpu-attention  only policies with / without it (default:\n"
+    "                       both are tried)\n"
     "  KV policy flags as for generate: the cache holds the budget, not the length\n";
 
 /* The lengths a search plans for, from the job's prompt file: the longest
