@@ -141,6 +141,11 @@ typedef struct sched_plan {
     int block;                                /* gpu_batch_size x num_gpu_batches */
 } sched_plan;
 
+/* Rows of a GPU batch's prefill pass: whole prompts packed up to
+ * prefill_rows tokens (at least the longest prompt, at most the batch's
+ * prompts together, at least one row per sequence). */
+int sched_prefill_rows(int prefill_rows, int max_prompt, int gbs);
+
 /* Compute the plan of policy p for model c stored with es-byte elements.
  * @return 0 or -EINVAL (a shape the scheduler cannot run). */
 int sched_plan_compute(const struct model_config *c, size_t es, const sched_policy *p,

@@ -15,6 +15,16 @@
 
 #define A256(x) (((x) + 255) & ~(size_t)255)
 
+int sched_prefill_rows(int prefill_rows, int max_prompt, int gbs)
+{
+    long long rows = prefill_rows > max_prompt ? prefill_rows : max_prompt;
+    if (rows > (long long)gbs * max_prompt)
+        rows = (long long)gbs * max_prompt;
+    if (rows < gbs)
+        rows = gbs;
+    return (int)rows;
+}
+
 kv_layout sched_kv_layout(const sched_geom *g, int n, int cap, int scores)
 {
     kv_layout k;

@@ -90,6 +90,29 @@ static double gemm_rate(const sched_calib *hw, double rows)
     return v[n - 1] * 1e12;
 }
 
+/* Bytes the activations move when they live off the GPU: loaded before
+ * and stored after each (layer, batch) but layer 0's load and the last
+ * layer's store; per decode step and per prefill, over the link and, on
+ * the disk tier, in aligned spans. Each direction moves this much. */
+typedef struct act_io {
+    double step, pre, step_disk, pre_disk;
+} act_io;
+
+static act_io act_moves(const sched_geom *g, int prompt_len)
+{
+    act_io a = {0};
+    if (g->act_tier == SCHED_GPU)
+        return a;
+    double n = (double)(g->L - 1) * g->K, row = (double)g->d * g->es;
+    a.step = n * g->gbs * row;
+    a.pre = n * g->gbs * prompt_len * row;
+    if (g->act_tier == SCHED_DISK) {
+        a.step_disk = n * off_align_up((size_t)g->gbs * g->d * g->es);
+        a.pre_disk = n * off_align_up((size_t)g->gbs * prompt_len * g->d * g->es);
+    }
+    return a;
+}
+
 static void take_max(const double *t, double *out, int *which)
 {
     *out = 0;
@@ -121,13 +144,7 @@ int sched_cost_eval(const model_config *c, size_t es, const sched_policy *p,
     int attn = p->cpu_attention;
     double host_seqs = K * (g.kv_n[SCHED_CPU] + g.kv_n[SCHED_DISK]);
     double row = (double)g.d * es;
-    /* activations off the GPU: loaded before and stored after each
-     * (layer, batch) but layer 0's load and the last layer's store */
-    double x_step = g.act_tier != SCHED_GPU ? (L - 1) * K * gbs * row : 0;
-    double x_pre = g.act_tier != SCHED_GPU ? (L - 1) * K * gbs * s * row : 0;
-    double x_step_disk = g.act_tier == SCHED_DISK ? (L - 1) * K * off_align_up(gbs * row) : 0;
-    double x_pre_disk = g.act_tier == SCHED_DISK
-                            ? (L - 1) * K * (double)off_align_up((size_t)(gbs * s * row)) : 0;
+    act_io x = act_moves(&g, prompt_len);
     double kv_link = attn ? 0 : kv_c + kv_d;
     double params = matmul_params(c);
     int np = prefill_passes(sh, g.gbs, prompt_len);
@@ -135,22 +152,22 @@ int sched_cost_eval(const model_config *c, size_t es, const sched_policy *p,
     double f_pre = gemm_rate(hw, sh->max_rows < gbs * s ? sh->max_rows : gbs * s);
 
     double *t = out->step;
-    t[COST_H2D] = secs(w_off + kv_link + (attn ? L * host_seqs * row : 0) + x_step, hw->h2d);
-    t[COST_D2H] = secs(kv_link + (attn ? 3 * L * host_seqs * row : 0) + x_step, hw->d2h);
-    t[COST_DISK_READ] = secs(w_disk + (g.kv_n[SCHED_DISK] ? kv_d_io : 0) + x_step_disk,
+    t[COST_H2D] = secs(w_off + kv_link + (attn ? L * host_seqs * row : 0) + x.step, hw->h2d);
+    t[COST_D2H] = secs(kv_link + (attn ? 3 * L * host_seqs * row : 0) + x.step, hw->d2h);
+    t[COST_DISK_READ] = secs(w_disk + (g.kv_n[SCHED_DISK] ? kv_d_io : 0) + x.step_disk,
                              hw->disk_read);
-    t[COST_DISK_WRITE] = secs((g.kv_n[SCHED_DISK] ? kv_d_io : 0) + x_step_disk, hw->disk_write);
+    t[COST_DISK_WRITE] = secs((g.kv_n[SCHED_DISK] ? kv_d_io : 0) + x.step_disk, hw->disk_write);
     t[COST_DRAM] = attn ? secs(kv_c + kv_d, hw->dram) : 0;
     t[COST_FLOPS] = f_step > 0 ? 2 * params * N / f_step : INFINITY;
     t[COST_DEV_MEM] = secs(K * W_all + kv_g + kv_link, hw->dev_mem);
 
     double *q = out->prefill;
-    q[COST_H2D] = secs(np * w_off + x_pre, hw->h2d);
+    q[COST_H2D] = secs(np * w_off + x.pre, hw->h2d);
     /* the prompt's KV goes home once: whole records, or with CPU attention
      * the k and v rows of the host sequences */
-    q[COST_D2H] = secs((attn ? 2 * L * host_seqs * s * row : kv_c + kv_d) + x_pre, hw->d2h);
-    q[COST_DISK_READ] = secs(np * w_disk + x_pre_disk, hw->disk_read);
-    q[COST_DISK_WRITE] = secs((g.kv_n[SCHED_DISK] ? kv_d_io : 0) + x_pre_disk, hw->disk_write);
+    q[COST_D2H] = secs((attn ? 2 * L * host_seqs * s * row : kv_c + kv_d) + x.pre, hw->d2h);
+    q[COST_DISK_READ] = secs(np * w_disk + x.pre_disk, hw->disk_read);
+    q[COST_DISK_WRITE] = secs((g.kv_n[SCHED_DISK] ? kv_d_io : 0) + x.pre_disk, hw->disk_write);
     q[COST_FLOPS] = f_pre > 0 ? 2 * params * N * s / f_pre : INFINITY;
     q[COST_DEV_MEM] = secs(np * K * W_all + kv_g + kv_c + kv_d, hw->dev_mem);
 
@@ -351,16 +368,11 @@ static const int default_gbs[] = {1,   2,   4,   8,   12,  16,  20,  24,  28,  3
                                   40,  48,  56,  64,  80,  96,  112, 128, 160, 192,
                                   224, 256, 320, 384, 448, 512, 640, 768, 896, 1024};
 
-/* The shape generate would plan for a GPU batch of gbs (gen.c gen_shape). */
+/* The shape generate plans for a GPU batch of gbs (gen.c gen_shape). */
 static sched_shape search_shape(const sched_search_opts *o, int gbs)
 {
     sched_shape sh = {0};
-    int rows = o->prefill_rows > o->prompt_len ? o->prefill_rows : o->prompt_len;
-    if ((long long)rows > (long long)gbs * o->prompt_len)
-        rows = gbs * o->prompt_len;
-    if (rows < gbs)
-        rows = gbs;
-    sh.max_rows = rows;
+    sh.max_rows = sched_prefill_rows(o->prefill_rows, o->prompt_len, gbs);
     sh.cap = o->kv_cap;
     sh.scores = o->scores;
     return sh;
@@ -550,6 +562,7 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
     if (attn && sched_plan_compute(c, es, &p_attn, &sh, &pl_attn) < 0)
         return;
     double L = g.L, row = (double)g.d * es;
+    act_io xm = act_moves(&g, o->prompt_len);
     kv_layout rec = sched_kv_layout(&g, g.gbs, sh.cap, sh.scores);
     lp_in in = {
         .W = L * g.blob,
@@ -562,13 +575,10 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
         .work_cpu = attn ? (double)pl_attn.bytes[SCHED_CPU][SCHED_WORK] : 0,
         .x_res = K * (double)(act == SCHED_DISK ? g.x_disk_stride : g.x_bytes),
         .x_stage = (double)off_align_up(g.x_bytes),
-        .x_step = act != SCHED_GPU ? (L - 1) * K * gbs * row : 0,
-        .x_pre = act != SCHED_GPU ? (L - 1) * K * gbs * (double)o->prompt_len * row : 0,
-        .x_step_disk = act == SCHED_DISK ? (L - 1) * K * off_align_up(gbs * row) : 0,
-        .x_pre_disk = act == SCHED_DISK
-                          ? (L - 1) * K *
-                                (double)off_align_up((size_t)gbs * o->prompt_len * g.d * es)
-                          : 0,
+        .x_step = xm.step,
+        .x_pre = xm.pre,
+        .x_step_disk = xm.step_disk,
+        .x_pre_disk = xm.pre_disk,
         .cross_row = L * K * gbs * row,
         .act = act,
         .attn = attn,

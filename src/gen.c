@@ -75,7 +75,7 @@ static uint64_t seq_seed(uint64_t seed, const char *id)
     return s;
 }
 
-static int effective_max_new(const prompt *p, const gen_opts *o, int max_pos)
+int gen_max_new(const prompt *p, const gen_opts *o, int max_pos)
 {
     int n = p->max_new >= 0 ? p->max_new : o->max_new;
     if (p->n_ids + n > max_pos)
@@ -352,7 +352,7 @@ int gen_check(const model_config *c, const prompt_set *ps, const gen_opts *o)
     for (int i = 0; i < ps->n; i++) {
         const prompt *p = &ps->p[i];
         kv_split sp;
-        FORWARD_IF(kv_policy_split(&o->kv, p->n_ids, effective_max_new(p, o, c->max_pos),
+        FORWARD_IF(kv_policy_split(&o->kv, p->n_ids, gen_max_new(p, o, c->max_pos),
                                    p->line, &sp));
     }
     return 0;
@@ -424,7 +424,7 @@ void gen_shape(const model_config *c, const prompt_set *ps, const outfile *out,
         if (out && outfile_has(out, p->id))
             continue;
         kv_split sp;
-        if (kv_policy_split(&o->kv, p->n_ids, effective_max_new(p, o, c->max_pos), p->line,
+        if (kv_policy_split(&o->kv, p->n_ids, gen_max_new(p, o, c->max_pos), p->line,
                             &sp) < 0)
             continue; /* gen_check refuses it */
         if (p->n_ids > max_prompt)
@@ -434,13 +434,8 @@ void gen_shape(const model_config *c, const prompt_set *ps, const outfile *out,
         if (sp.budget > cap)
             cap = sp.budget;
     }
-    int rows = o->prefill_rows > max_prompt ? o->prefill_rows : max_prompt;
-    if (rows > gbs * max_prompt)
-        rows = gbs * max_prompt;
-    if (rows < gbs)
-        rows = gbs;
     memset(sh, 0, sizeof *sh);
-    sh->max_rows = rows;
+    sh->max_rows = sched_prefill_rows(o->prefill_rows, max_prompt, gbs);
     sh->cap = cap;
     sh->scores = kv_policy_needs_scores(&o->kv) || o->kv_stats;
     sh->evicted = o->trace != NULL;
@@ -464,7 +459,7 @@ int gen_run(model *m, sched *sc, const tok *t, const prompt_set *ps, outfile *ou
         if (outfile_has(out, ps->p[i].id))
             continue;
         const prompt *p = &ps->p[i];
-        int mn = effective_max_new(p, o, c->max_pos);
+        int mn = gen_max_new(p, o, c->max_pos);
         todo[n_todo++] = p;
         if (p->n_ids > max_prompt)
             max_prompt = p->n_ids;
@@ -529,7 +524,7 @@ int gen_run(model *m, sched *sc, const tok *t, const prompt_set *ps, outfile *ou
         for (int k = 0; k < n; k++) {
             seq_state *s = &ss[k];
             s->p = todo[first + k];
-            s->max_new = effective_max_new(s->p, o, c->max_pos);
+            s->max_new = gen_max_new(s->p, o, c->max_pos);
             s->n_past = 0;
             s->n_slots = 0;
             kv_split sp;

@@ -45,6 +45,10 @@ typedef struct gen_stats {
 void gen_shape(const model_config *c, const prompt_set *ps, const outfile *out,
                const gen_opts *o, int gbs, sched_shape *sh);
 
+/* Tokens prompt p may generate: its max_new_tokens or o->max_new, no more
+ * than the model's positions leave after the prompt. */
+int gen_max_new(const prompt *p, const gen_opts *o, int max_pos);
+
 /* Check the KV split of every prompt of ps under o->kv (kv_policy_split),
  * before anything runs, so that a budget that leaves some prompt no recent
  * slot stops the job with nothing written. @return 0 or -EINVAL. */

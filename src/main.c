@@ -104,13 +104,20 @@ static int kv_flag(const char *verb, int c, const char *arg, kv_policy *kv)
     }
 }
 
+static int unknown_flag(const char *verb, const char *flag)
+{
+    char msg[256];
+    snprintf(msg, sizeof msg, "unknown flag %s", flag);
+    return usage_error(verb, msg);
+}
+
 /* getopt_long's complaint about argv[optind - 1] as a usage error. */
 static int bad_flag(const char *verb, int c, char **argv)
 {
+    if (!(optopt && c == '?'))
+        return unknown_flag(verb, argv[optind - 1]);
     char msg[256];
-    snprintf(msg, sizeof msg, "unknown flag %s", argv[optind - 1]);
-    if (optopt && c == '?')
-        snprintf(msg, sizeof msg, "%s needs a value", argv[optind - 1]);
+    snprintf(msg, sizeof msg, "%s needs a value", argv[optind - 1]);
     return usage_error(verb, msg);
 }
 
@@ -485,9 +492,7 @@ static int cmd_tokenize(int argc, char **argv)
                  "  prints, per input line, the JSON array of ids generate feeds (BOS first)");
             return 0;
         } else {
-            char msg[256];
-            snprintf(msg, sizeof msg, "unknown flag %s", argv[i]);
-            return usage_error("tokenize", msg);
+            return unknown_flag("tokenize", argv[i]);
         }
     }
     if (!dir)
@@ -541,9 +546,7 @@ static int cmd_make_model(int argc, char **argv)
                  "  opt-125m ... opt-175b (configs/models), or a config.json path");
             return 0;
         } else {
-            char msg[256];
-            snprintf(msg, sizeof msg, "unknown flag %s", argv[i]);
-            return usage_error("make-model", msg);
+            return unknown_flag("make-model", argv[i]);
         }
     }
     if (!name || !out)
@@ -584,9 +587,7 @@ static int cmd_convert(int argc, char **argv)
                  "  without conversion on the CPU backend)");
             return 0;
         } else {
-            char msg[256];
-            snprintf(msg, sizeof msg, "unknown flag %s", argv[i]);
-            return usage_error("convert", msg);
+            return unknown_flag("convert", argv[i]);
         }
     }
     if (!in || !out)
@@ -622,9 +623,7 @@ static int cmd_calibrate(int argc, char **argv)
                  "  (configs/hardware/ keeps measured profiles)");
             return 0;
         } else {
-            char msg[256];
-            snprintf(msg, sizeof msg, "unknown flag %s", argv[i]);
-            return usage_error("calibrate", msg);
+            return unknown_flag("calibrate", argv[i]);
         }
     }
     backend be = {0};
@@ -693,21 +692,22 @@ static int job_lengths(const model_config *cfg, const char *model_dir, const cha
 {
     tok *t = NULL;
     prompt_set ps = {0};
+    gen_opts go = {.max_new = max_new, .prefill_rows = so->prefill_rows, .kv = *kv};
     int rc = model_dir ? tok_load(model_dir, &t) : 0;
     if (rc == 0)
         rc = prompts_load(path, t, cfg->bos_id, cfg->vocab_size, cfg->max_pos - 1, 0, &ps);
+    if (rc == 0)
+        rc = gen_check(cfg, &ps, &go); /* every prompt's KV split */
     for (int i = 0; rc == 0 && i < ps.n; i++) {
         const prompt *p = &ps.p[i];
-        int n = p->max_new >= 0 ? p->max_new : max_new;
-        if (p->n_ids + n > cfg->max_pos)
-            n = cfg->max_pos - p->n_ids;
-        kv_split sp;
-        rc = kv_policy_split(kv, p->n_ids, n, p->line, &sp);
-        if (rc == 0) {
-            so->prompt_len = p->n_ids > so->prompt_len ? p->n_ids : so->prompt_len;
-            so->gen_len = n > so->gen_len ? n : so->gen_len;
-            so->kv_cap = sp.budget > so->kv_cap ? sp.budget : so->kv_cap;
-        }
+        int n = gen_max_new(p, &go, cfg->max_pos);
+        so->prompt_len = p->n_ids > so->prompt_len ? p->n_ids : so->prompt_len;
+        so->gen_len = n > so->gen_len ? n : so->gen_len;
+    }
+    if (rc == 0) { /* the largest budget, as generate plans it */
+        sched_shape sh;
+        gen_shape(cfg, &ps, NULL, &go, 1, &sh);
+        so->kv_cap = sh.cap;
     }
     if (rc == 0 && ps.n == 0) {
         err_set(__FILE__, __LINE__, "%s: no valid prompt to plan for", path);

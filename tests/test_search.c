@@ -63,12 +63,7 @@ static sched_policy pol(int gbs, int K, double wg, double wc, double cg, double 
 static sched_shape shape(int gbs, int s, int cap, int scores)
 {
     sched_shape sh = {0};
-    int rows = 4096 > s ? 4096 : s;
-    if (rows > gbs * s)
-        rows = gbs * s;
-    if (rows < gbs)
-        rows = gbs;
-    sh.max_rows = rows;
+    sh.max_rows = sched_prefill_rows(4096, s, gbs);
     sh.cap = cap;
     sh.scores = scores;
     return sh;
