@@ -2,10 +2,12 @@
 #include "cli_harness.h"
 
 #include <criterion/criterion.h>
+#include <ftw.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,12 +26,18 @@ void cli_setup(void)
     cr_assert(mkdtemp(cli_dir));
 }
 
-void cli_teardown(void)
+static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
 {
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", cli_dir);
-    cr_assert_eq(system(cmd), 0);
+    (void)st, (void)flag, (void)ftw;
+    return remove(p);
 }
+
+int scratch_remove(const char *dir)
+{
+    return nftw(dir, rm_one, 8, FTW_DEPTH | FTW_PHYS) == 0 ? 0 : -1;
+}
+
+void cli_teardown(void) { cr_assert_eq(scratch_remove(cli_dir), 0, "cannot remove %s", cli_dir); }
 
 int cli_run(const char *fmt, ...)
 {

@@ -2,7 +2,8 @@
  * test inside a scratch directory, shared by the tests that drive the CLI.
  *
  * cli_setup() makes the directory (cli_dir) and cli_teardown() removes it:
- * use them as a suite's .init / .fini. */
+ * use them as a suite's .init / .fini. Suites with scratch directories of
+ * their own remove them with scratch_remove(). */
 #ifndef FH_CLI_HARNESS_H
 #define FH_CLI_HARNESS_H
 
@@ -12,6 +13,10 @@ extern const char *cli_device; /* --device given to generate runs ("cpu") */
 
 void cli_setup(void);
 void cli_teardown(void);
+
+/* Remove dir and everything below it (any test's scratch directory).
+ * @return 0 or -1. */
+int scratch_remove(const char *dir);
 
 /* Run `flexh2o <args>` (printf-style shell fragment) in cli_dir: stdout to
  * cli_dir/stdout.txt, stderr into cli_err. A generate run without --device

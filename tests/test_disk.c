@@ -3,7 +3,6 @@
  * that name the file, space reservation, and the counters. */
 #include <criterion/criterion.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,18 +12,13 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "cli_harness.h"
 #include "err.h"
 #include "fh_config.h"
 #include "off.h"
 
 static char scratch[64];    /* on /tmp: a real file system, O_DIRECT works */
 static char shm[64];        /* on /dev/shm: tmpfs, no O_DIRECT */
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(p);
-}
 
 static void setup(void)
 {
@@ -38,9 +32,9 @@ static void setup(void)
 
 static void teardown(void)
 {
-    nftw(scratch, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+    scratch_remove(scratch);
     if (strcmp(shm, scratch) != 0)
-        nftw(shm, rm_one, 8, FTW_DEPTH | FTW_PHYS);
+        scratch_remove(shm);
 }
 
 TestSuite(disk, .init = setup, .fini = teardown);

@@ -6,7 +6,6 @@
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <dirent.h>
-#include <ftw.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -15,18 +14,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cli_harness.h"
 #include "err.h"
 #include "fh_config.h"
 #include "model_config.h"
 #include "sched.h"
 
 static char scratch[64];
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(p);
-}
 
 static void setup(void)
 {
@@ -35,7 +29,7 @@ static void setup(void)
     err_clear();
 }
 
-static void teardown(void) { nftw(scratch, rm_one, 8, FTW_DEPTH | FTW_PHYS); }
+static void teardown(void) { scratch_remove(scratch); }
 
 TestSuite(policy, .init = setup, .fini = teardown);
 

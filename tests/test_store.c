@@ -3,7 +3,6 @@
  * message that names the file (and the segment) and says what to do. */
 #include <criterion/criterion.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,17 +10,12 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "cli_harness.h"
 #include "err.h"
 #include "off.h"
 
 static char scratch[64];
 static char path[128];
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    return remove(p);
-}
 
 static void setup(void)
 {
@@ -31,7 +25,7 @@ static void setup(void)
     err_clear();
 }
 
-static void teardown(void) { nftw(scratch, rm_one, 8, FTW_DEPTH | FTW_PHYS); }
+static void teardown(void) { scratch_remove(scratch); }
 
 TestSuite(store, .init = setup, .fini = teardown);
 
