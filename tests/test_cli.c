@@ -238,7 +238,7 @@ Test(cli, usage_errors)
 Test(cli, cuda_without_a_gpu_says_so_and_cpu_still_works)
 {
     if (kern_cuda_available())
-        cr_skip_test("a GPU is present: the no-GPU message cannot be provoked here");
+        cli_skip("a GPU is present: the no-GPU message cannot be provoked here");
     cli_write("p.jsonl", "{\"prompt_ids\": [2, 9]}\n");
     cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --device cuda"),
                  1);

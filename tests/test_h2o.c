@@ -882,7 +882,7 @@ Test(h2o_cli, trace_is_refused_if_present_and_resumed_per_prompt)
 Test(h2o_cli, cuda_backend_follows_the_same_policies, .timeout = 120)
 {
     if (!FH_HAVE_CUDA || !kern_cuda_available())
-        cr_skip_test("no CUDA build or no GPU: the CUDA backend's KV policies are not checked "
+        cli_skip("no CUDA build or no GPU: the CUDA backend's KV policies are not checked "
                      "here (they are on a GPU machine)");
     ref_load();
     write_prompts("p.jsonl");
