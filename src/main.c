@@ -637,19 +637,13 @@ static int cmd_calibrate(int argc, char **argv)
     }
     backend_destroy(&be);
     sched_calib_print(stdout, &cb);
-    if (outp) {
-        FILE *f = fopen(outp, "w");
-        if (!f) {
-            fprintf(stderr, "flexh2o: %s: cannot write the profile (%s)\n", outp,
-                    strerror(errno));
-            return 1;
-        }
+    FILE *f = outp ? fopen(outp, "w") : NULL;
+    if (f)
         sched_calib_print(f, &cb);
-        if (fclose(f) != 0) {
-            fprintf(stderr, "flexh2o: %s: cannot write the profile (%s)\n", outp,
-                    strerror(errno));
-            return 1;
-        }
+    if (outp && (!f || fclose(f) != 0)) {
+        fprintf(stderr, "flexh2o: %s: cannot write the profile (%s); choose a writable "
+                "path\n", outp, strerror(errno));
+        return 1;
     }
     return 0;
 }

@@ -523,6 +523,9 @@ Test(search, cli_takes_the_lengths_from_the_prompt_file)
 
 Test(search, cli_refusals)
 {
+    cr_assert_eq(cli_run("calibrate --device cpu --bytes 16M --out nowhere/hw.json"), 1);
+    cr_assert(strstr(cli_err, "flexh2o: nowhere/hw.json: cannot write the profile (No such "
+                              "file or directory); choose a writable path"), "%s", cli_err);
     cr_assert_eq(cli_run("search --dummy opt-125m --prompt-len 8 --gen-len 4"), 2);
     cr_assert(strstr(cli_err, "flexh2o search: --gpu-mem is required"), "%s", cli_err);
     cr_assert_eq(cli_run("search --dummy opt-125m --gpu-mem 1G"), 2);
