@@ -144,6 +144,58 @@ void kern_kv_insert_h16(uint16_t *kc, uint16_t *vc, float *scores, int32_t *pos,
                         const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
                         int32_t *evicted);
 
+/* ------------------------------------------------ 4-bit group quantization
+ * DESIGN.md "compress_weight / compress_cache": 4 bits, groups of
+ * KERN_Q4_GROUP consecutive values of a row, asymmetric min/max, fp16 scale
+ * and min per group. A row of n values is ceil(n / 64) blocks of
+ * KERN_Q4_BLOCK bytes (the last group of a row may be short; its unused
+ * codes are 0):
+ *
+ *   bytes 0-1  scale (fp16)    bytes 2-3  min (fp16)
+ *   bytes 4-35 codes: value 2i in the low nibble of byte 4 + i, 2i + 1 in
+ *              the high nibble
+ *
+ * Quantize a group: mn, mx = its min and max; scale = fp16((mx - mn) / 15),
+ * min = fp16(mn); code = clamp(rint((x - min) / scale), 0, 15) (0 when scale
+ * is 0). Dequantize: x = min + code * scale, in fp32 without contraction
+ * (the CUDA kernels give the same bits). A slot of a 4-bit KV cache is one
+ * row of head_dim values; a weight matrix (out, in) is `out` rows of `in`. */
+#define KERN_Q4_GROUP 64
+#define KERN_Q4_BLOCK 36
+
+static inline size_t kern_q4_row_bytes(int n)
+{
+    return (size_t)((n + KERN_Q4_GROUP - 1) / KERN_Q4_GROUP) * KERN_Q4_BLOCK;
+}
+
+/* dst(rows, kern_q4_row_bytes(n)) <- src(rows, n): fp32 (_ref) or fp16 bits
+ * (_h16), both quantized from the fp32 value. */
+void kern_q4_quantize_ref(uint8_t *dst, const float *src, size_t rows, int n);
+void kern_q4_quantize_h16(uint8_t *dst, const uint16_t *src, size_t rows, int n);
+/* dst(rows, n) fp32 <- src(rows, kern_q4_row_bytes(n)). */
+void kern_q4_dequant_ref(float *dst, const uint8_t *src, size_t rows, int n);
+/* One row of n values: dst(kern_q4_row_bytes(n)) <- src(n), and back. */
+void kern_q4_quantize_row(uint8_t *dst, const float *src, int n);
+void kern_q4_dequant_row(float *dst, const uint8_t *src, int n);
+
+/* The slot-cache ops over 4-bit caches kc, vc ((n_seq, n_head, cap) rows of
+ * kern_q4_row_bytes(head_dim) bytes) in host memory, everything else fp32
+ * and host: the CPU backend's compressed KV, and CPU attention over the
+ * CUDA backend's host-resident compressed KV. Each equals the fp32 op run
+ * on the dequantized cache, with the rows it writes quantized
+ * (head_dim <= 1024). */
+void kern_attn_decode_q4(float *out, int ldo, const float *q, const float *k,
+                         const float *v, int ld, const uint8_t *kc, const uint8_t *vc,
+                         const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                         int cap, float scale, float *scores, float *self_p);
+void kern_kv_prefill_q4(uint8_t *kc, uint8_t *vc, float *scores, int32_t *pos,
+                        const float *k, const float *v, int ld, const float *colsum,
+                        const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap);
+void kern_kv_insert_q4(uint8_t *kc, uint8_t *vc, float *scores, int32_t *pos,
+                       const float *k, const float *v, int ld, const float *self_p,
+                       const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
+                       int32_t *evicted);
+
 /* ---------------------------------------------------------------- CUDA */
 /* Device pointers are void * for fp16 (__half) data, float * / int32_t *
  * for fp32 / int32 device data; `seqs` of the CUDA ops is a device copy of

@@ -212,6 +212,10 @@ static int load_field(const char *path, const cJSON *it, sched_policy *q)
         return load_bool(path, it, &q->pin_weight);
     if (strcmp(k, "cpu_attention") == 0)
         return load_bool(path, it, &q->cpu_attention);
+    if (strcmp(k, "compress_weight") == 0)
+        return load_bool(path, it, &q->compress_weight);
+    if (strcmp(k, "compress_cache") == 0)
+        return load_bool(path, it, &q->compress_cache);
     if (strcmp(k, "gpu_mem") == 0)
         return load_size(path, it, &q->gpu_mem);
     if (strcmp(k, "cpu_mem") == 0)
@@ -221,8 +225,9 @@ static int load_field(const char *path, const cJSON *it, sched_policy *q)
     if (k[0] == '_') /* "_comment" and the like: notes for the reader */
         return 0;
     RETURN_IF(1, -EINVAL, "%s: unknown field \"%s\"; expected one of gpu_batch_size, "
-              "num_gpu_batches, percent, overlap, pin_weight, cpu_attention, gpu_mem, "
-              "cpu_mem, offload_dir (or a \"_comment\")", path, k);
+              "num_gpu_batches, percent, overlap, pin_weight, cpu_attention, "
+              "compress_weight, compress_cache, gpu_mem, cpu_mem, offload_dir (or a "
+              "\"_comment\")", path, k);
 }
 
 int sched_policy_load(const char *path, sched_policy *p)
@@ -298,12 +303,14 @@ static double disk_share(double g, double c)
 
 void sched_policy_describe(const sched_policy *p, char *buf, size_t len)
 {
-    snprintf(buf, len, "block %dx%d, weights %g/%g/%g, KV %g/%g/%g, act %g/%g/%g%s%s%s",
+    snprintf(buf, len, "block %dx%d, weights %g/%g/%g, KV %g/%g/%g, act %g/%g/%g%s%s%s%s%s",
              p->gpu_batch_size, p->num_gpu_batches, p->wg, p->wc, disk_share(p->wg, p->wc),
              p->cg, p->cc, disk_share(p->cg, p->cc), p->hg, p->hc, disk_share(p->hg, p->hc),
              p->overlap ? ", overlap" : ", no overlap",
              p->cpu_attention ? ", cpu-attention" : "",
-             p->wc > 0 && !p->pin_weight ? ", unpinned weights" : "");
+             p->wc > 0 && !p->pin_weight ? ", unpinned weights" : "",
+             p->compress_weight ? ", 4-bit weights" : "",
+             p->compress_cache ? ", 4-bit KV" : "");
 }
 
 /* Rounding a cumulative share (GPU, then GPU + CPU) rather than each share
@@ -333,10 +340,12 @@ int sched_policy_write(const char *path, const sched_policy *p)
     RETURN_IF(!f, -errno, "%s: cannot write the policy (%s)", tmp, strerror(errno));
     fprintf(f, "{\n  \"gpu_batch_size\": %d,\n  \"num_gpu_batches\": %d,\n"
             "  \"percent\": [%.10g, %.10g, %.10g, %.10g, %.10g, %.10g],\n  \"overlap\": %s,\n"
-            "  \"pin_weight\": %s,\n  \"cpu_attention\": %s",
+            "  \"pin_weight\": %s,\n  \"cpu_attention\": %s,\n  \"compress_weight\": %s,\n"
+            "  \"compress_cache\": %s",
             p->gpu_batch_size, p->num_gpu_batches, p->wg, p->wc, p->cg, p->cc, p->hg, p->hc,
             p->overlap ? "true" : "false", p->pin_weight ? "true" : "false",
-            p->cpu_attention ? "true" : "false");
+            p->cpu_attention ? "true" : "false", p->compress_weight ? "true" : "false",
+            p->compress_cache ? "true" : "false");
     if (p->gpu_mem)
         fprintf(f, ",\n  \"gpu_mem\": %llu", (unsigned long long)p->gpu_mem);
     if (p->cpu_mem)

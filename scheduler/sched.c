@@ -104,6 +104,12 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
         FORWARD_IF(sched_disk_free(p->offload_dir, &disk_free));
     uint64_t cpu_cap = p->cpu_mem ? p->cpu_mem : sched_mem_available();
     FORWARD_IF(sched_plan_check(&pl, p, p->gpu_mem, cpu_cap, disk_free));
+    const backend_ops *o = be->ops;
+    RETURN_IF(p->compress_weight && !o->dequant_q4, -ENOTSUP, "--compress-weight is not "
+              "available on the %s backend; drop it or use --device cpu", o->name);
+    RETURN_IF(p->compress_cache && !(o->kv_prefill_q4 && o->attn_decode_q4 && o->kv_insert_q4),
+              -ENOTSUP, "--compress-cache is not available on the %s backend; drop it or "
+              "use --device cpu", o->name);
 
     sched *s = calloc(1, sizeof *s);
     RETURN_IF(!s, -ENOMEM, "out of memory");
@@ -157,13 +163,23 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
      * lands there aligned, straight from the disk where the slot is host
      * memory */
     size_t off[MT_COUNT];
-    model_layer_layout(c, g->es, off, NULL);
+    model_layer_layout_q(c, g->es, g->wq, off, NULL);
     for (int l = 0; rc == 0 && l < L; l++)
-        for (int t = 0; t < MT_COUNT; t++)
-            for (int v = 0; v < 2; v++)
+        for (int v = 0; v < 2; v++) {
+            s->w_view[v][l].wq = g->wq;
+            for (int t = 0; t < MT_COUNT; t++)
                 *model_layer_field(&s->w_view[v][l], t) =
                     off[t] < g->w_gpu ? (char *)s->w_gpu[l] + off[t]
                                       : (char *)s->w_stage[v] + (off[t] - g->w_stage_from);
+        }
+    /* compressed weights: each layer is quantized on the host as it loads */
+    if (rc == 0 && g->wq) {
+        s->q_blob = off_alloc_aligned(off_align_up(g->blob));
+        if (!s->q_blob) {
+            err_set(__FILE__, __LINE__, "out of host memory for a compressed layer");
+            rc = -ENOMEM;
+        }
+    }
 
     /* KV */
     for (int i = 0; rc == 0 && i < L * K; i++)
@@ -199,6 +215,7 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
     if (rc == 0) rc = alloc_gpu(s, R * 3 * d * es, &s->scr.qkv);
     if (rc == 0) rc = alloc_gpu(s, R * d * es, &s->scr.att);
     if (rc == 0) rc = alloc_gpu(s, R * (size_t)c->ffn * es, &s->scr.ffn);
+    if (rc == 0) rc = alloc_gpu(s, g->w_max * es, &s->scr.w);
     if (rc == 0) rc = alloc_gpu(s, B * d * es, &s->last);
     if (rc == 0) rc = alloc_gpu(s, B * (size_t)g->V * es, &s->logits);
     if (rc == 0 && sh->scores) rc = alloc_gpu(s, R * H * 4, &s->scr.colsum);
@@ -274,7 +291,8 @@ void sched_destroy(sched *s)
         o->free(ctx, s->x_home_arena);
     else
         o->host_free(ctx, s->x_home_arena);
-    void *work[] = {s->scr.h, s->scr.qkv, s->scr.att, s->scr.ffn, s->scr.colsum,
+    free(s->q_blob);
+    void *work[] = {s->scr.h, s->scr.qkv, s->scr.att, s->scr.ffn, s->scr.w, s->scr.colsum,
                     s->scr.self_p, s->last, s->logits, s->evicted};
     for (size_t i = 0; i < sizeof work / sizeof *work; i++)
         o->free(ctx, work[i]);
@@ -306,6 +324,11 @@ int sched_layer_sink(void *ptr, int l, const void *blob, int fd, uint64_t file_o
     const sched_geom *g = &s->g;
     const backend_ops *o = s->be->ops;
     const char *b = blob;
+    if (g->wq) { /* compress_weight: every tier holds the 4-bit blob */
+        model_layer_quantize(&s->cfg, g->es, s->q_blob, blob);
+        b = s->q_blob;
+        fd = -1; /* the store holds the plain blob */
+    }
     if (g->w_gpu)
         FORWARD_IF(o->copy_h2d(s->be->ctx, s->w_gpu[l], b, g->w_gpu));
     if (g->w_cpu > g->w_gpu)
@@ -313,7 +336,7 @@ int sched_layer_sink(void *ptr, int l, const void *blob, int fd, uint64_t file_o
                g->w_cpu - g->w_gpu);
     if (g->w_cpu == g->blob)
         return 0;
-    if (fd >= 0) { /* streamed from the weight store itself */
+    if (fd >= 0 && s->sh.weights_on_disk_already) { /* streamed from the weight store */
         s->w_fd = fd;
         s->w_off[l] = file_offset;
         return 0;
@@ -522,7 +545,7 @@ static int compute_item(sched *s, int l, const batch_desc *b, int v, int kind,
         int host = t != SCHED_GPU && s->pol.cpu_attention && !s->be->ops->host_visible;
         kv[n_kv++] = (model_kv){base + kl->kc, base + kl->vc, base + kl->pos,
                                 kl->scores == SIZE_MAX ? NULL : base + kl->scores,
-                                g->kv_seq0[t], n, host};
+                                g->kv_seq0[t], n, host, g->kvq};
     }
     if (l == 0)
         FORWARD_IF(model_embed(m, x, ids + b->r0, pos + b->r0, b->n_rows));

@@ -25,6 +25,11 @@ typedef struct sched_policy {
     int pin_weight;       /* 1 (default): CPU-tier weights in pinned memory */
     int cpu_attention;    /* 0 (default): decode attention over CPU-tier KV
                            * runs on CPU threads where that KV lives */
+    int compress_weight;  /* 0 (default): 1 = the layers' weight matrices are kept
+                           * and moved as 4-bit groups (kern.h), expanded on the
+                           * GPU tier just before each GEMM */
+    int compress_cache;   /* 0 (default): 1 = the KV cache is kept and moved as
+                           * 4-bit groups of head_dim rows */
     uint64_t gpu_mem;     /* GPU-tier cap in bytes; 0 = the device's free memory
                            * (on the CPU backend: no cap) */
     uint64_t cpu_mem;     /* CPU-tier cap in bytes; 0 = MemAvailable */
@@ -50,6 +55,7 @@ int sched_policy_parse_percent(const char *const *args, int n, sched_policy *p);
  *   {"gpu_batch_size": 32, "num_gpu_batches": 4,
  *    "percent": [20, 80, 0, 100, 0, 100],
  *    "overlap": true, "pin_weight": true, "cpu_attention": true,
+ *    "compress_weight": false, "compress_cache": false,
  *    "gpu_mem": "16G" | 17179869184, "cpu_mem": "200G", "offload_dir": "/nvme/x"}
  * An unknown field, a wrong type or a bad value is refused naming the file
  * and the field. @return 0 or -errno. */

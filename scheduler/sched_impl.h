@@ -9,6 +9,9 @@
  *   KV of (layer l, GPU batch k): sequences [0, g) GPU home | [g, g + c)
  *     CPU home | [g + c, gbs) disk (kv.bin), each a "record"
  *     [kc | vc | pos | scores] of its sequences
+ *   compress_weight / compress_cache: the matrices of a blob / kc and vc of
+ *     a record are 4-bit rows (kern.h) on every tier, so every tier and
+ *     link carries the compressed bytes; they expand only on the GPU tier
  *   activations x of GPU batch k: (max_rows, d) on one tier
  *
  * Anything not on the GPU tier is copied into a GPU staging slot (two per
@@ -37,7 +40,9 @@ typedef struct sched_geom {
     size_t es;
     int L, H, hd, d, V;
     int gbs, K, block;
-    size_t blob;           /* layer blob bytes */
+    int wq, kvq;           /* compress_weight, compress_cache */
+    size_t w_max;          /* elements of the largest weight matrix when wq, else 0 */
+    size_t blob;           /* layer blob bytes (model_layer_layout_q) */
     size_t w_gpu, w_cpu;   /* blob cut points (bytes) */
     size_t w_stage_from;   /* w_gpu rounded down to OFF_ALIGN: a weight slot holds
                             * the blob's bytes [w_stage_from, align_up(blob)) */
@@ -56,6 +61,11 @@ typedef struct sched_geom {
 void sched_geom_init(sched_geom *g, const model_config *c, size_t es, const sched_policy *p,
                      const sched_shape *sh);
 kv_layout sched_kv_layout(const sched_geom *g, int n, int cap, int scores);
+/* FlexGen's midpoint rule: mid[t] = the midpoint of tensor t of a layer blob
+ * (4-bit matrices when wq) in percent of the blob, off[t] its offset.
+ * @return the blob's bytes. */
+size_t sched_weight_mids(const model_config *c, size_t es, int wq, size_t off[MT_COUNT],
+                         double mid[MT_COUNT]);
 /* sched_plan_compute that also hands back the geometry it planned. */
 int sched_plan_geom(const model_config *c, size_t es, const sched_policy *p,
                     const sched_shape *sh, sched_geom *g, sched_plan *out);
@@ -117,6 +127,7 @@ struct sched {
     int w_fd_owned;
     uint64_t *w_off;       /* (L) file offset of each layer blob */
     void *w_stage[2];      /* GPU slots for [w_gpu, blob) */
+    void *q_blob;          /* host: the layer being quantized (compress_weight) */
     model_layer *w_view[2];/* (L) per slot: the layer's fields, resident or staged */
     int w_slot_of[2];      /* layer in each slot, -1: none */
     uint64_t w_ticket[2];  /* loader ticket of each slot's load */

@@ -25,13 +25,23 @@ int sched_prefill_rows(int prefill_rows, int max_prompt, int gbs)
     return (int)rows;
 }
 
+size_t sched_weight_mids(const model_config *c, size_t es, int wq, size_t off[MT_COUNT],
+                         double mid[MT_COUNT])
+{
+    size_t bytes[MT_COUNT], blob = model_layer_layout_q(c, es, wq, off, bytes);
+    for (int t = 0; t < MT_COUNT; t++)
+        mid[t] = 100.0 * ((double)off[t] + 0.5 * (double)bytes[t]) / (double)blob;
+    return blob;
+}
+
 kv_layout sched_kv_layout(const sched_geom *g, int n, int cap, int scores)
 {
     kv_layout k;
     size_t slots = (size_t)n * g->H * cap;
+    size_t row = g->kvq ? kern_q4_row_bytes(g->hd) : (size_t)g->hd * g->es;
     k.kc = 0;
-    k.vc = A256(slots * g->hd * g->es);
-    k.pos = k.vc + A256(slots * g->hd * g->es);
+    k.vc = A256(slots * row);
+    k.pos = k.vc + A256(slots * row);
     k.scores = scores ? k.pos + A256(slots * 4) : SIZE_MAX;
     k.bytes = k.pos + A256(slots * 4) + (scores ? A256(slots * 4) : 0);
     if (n == 0)
@@ -53,17 +63,26 @@ void sched_geom_init(sched_geom *g, const model_config *c, size_t es, const sche
     g->K = p->num_gpu_batches;
     g->block = g->gbs * g->K;
 
-    size_t off[MT_COUNT], n[MT_COUNT];
-    g->blob = model_layer_layout(c, es, off, n);
+    g->wq = p->compress_weight;
+    g->kvq = p->compress_cache;
+    size_t off[MT_COUNT];
+    double mid[MT_COUNT];
+    g->blob = sched_weight_mids(c, es, g->wq, off, mid);
     g->w_gpu = 0;
     g->w_cpu = 0;
     for (int t = 0; t < MT_COUNT; t++) {
         size_t end = t + 1 < MT_COUNT ? off[t + 1] : g->blob;
-        double mid = 100.0 * ((double)off[t] + 0.5 * (double)(n[t] * es)) / (double)g->blob;
-        if (mid < p->wg)
+        if (mid[t] < p->wg)
             g->w_gpu = g->w_cpu = end;
-        else if (mid < p->wg + p->wc)
+        else if (mid[t] < p->wg + p->wc)
             g->w_cpu = end;
+    }
+    g->w_max = 0;
+    for (int t = 0; g->wq && t < MT_COUNT; t++) {
+        int cols;
+        size_t rows = model_tensor_rows(c, t, &cols);
+        if (rows * (size_t)cols > g->w_max)
+            g->w_max = rows * (size_t)cols;
     }
     g->w_stage_from = g->w_gpu & ~(size_t)(OFF_ALIGN - 1);
     size_t d = (size_t)c->hidden;
@@ -141,9 +160,12 @@ int sched_plan_geom(const model_config *c, size_t es, const sched_policy *p,
         work += A256(R * H * 4) + A256(B * H * 4);
     if (sh->evicted)
         work += A256(L * B * H * 4);
+    work += A256(g.w_max * es); /* a matrix expanded from 4 bits */
     b[SCHED_GPU][SCHED_WORK] = work;
     if (cpu_attn && es != sizeof(float)) /* host scratch of CPU attention (CUDA) */
         b[SCHED_CPU][SCHED_WORK] = R * 4 * (3 * d + d + H) + (size_t)g.gbs * (H * 8 + 28);
+    if (g.wq) /* the layer being quantized while the model loads */
+        b[SCHED_CPU][SCHED_WORK] += off_align_up(g.blob);
 
     for (int t = 0; t < SCHED_TIERS; t++)
         for (int q = 0; q < SCHED_PARTS; q++)

@@ -139,6 +139,12 @@ int sched_cost_eval(const model_config *c, size_t es, const sched_policy *p,
     double w_off = L * (double)(g.blob - g.w_gpu);        /* crosses h2d each load */
     double w_disk = L * (double)g.w_disk_span;             /* read from disk each load */
     double W_all = L * (double)g.blob + (double)c->vocab_size * c->hidden * es;
+    /* 4-bit matrices are expanded before each GEMM: written once, read
+     * once more in the storage type */
+    for (int t = 0; g.wq && t < MT_COUNT; t++) {
+        int cols;
+        W_all += 2.0 * L * (double)model_tensor_rows(c, t, &cols) * cols * (double)es;
+    }
     double kv_g = L * K * g.kv[SCHED_GPU].bytes, kv_c = L * K * g.kv[SCHED_CPU].bytes;
     double kv_d = L * K * g.kv[SCHED_DISK].bytes, kv_d_io = L * K * g.kv_disk_stride;
     int attn = p->cpu_attention;
@@ -443,13 +449,11 @@ static double roundest(double lo, double hi)
     return hi;
 }
 
-static void weight_levels(const model_config *c, size_t es, wlevels *w)
+static void weight_levels(const model_config *c, size_t es, int wq, wlevels *w)
 {
-    size_t off[MT_COUNT], n[MT_COUNT];
-    double blob = (double)model_layer_layout(c, es, off, n);
+    size_t off[MT_COUNT];
     double mid[MT_COUNT];
-    for (int t = 0; t < MT_COUNT; t++)
-        mid[t] = 100.0 * ((double)off[t] + 0.5 * (double)(n[t] * es)) / blob;
+    double blob = (double)sched_weight_mids(c, es, wq, off, mid);
     w->n = 0;
     w->f[w->n] = 0;
     w->pct[w->n++] = 0;
@@ -688,7 +692,7 @@ int sched_search(const model_config *c, size_t es, const sched_policy *base,
     int max_block = o->max_block > 0 ? o->max_block : 1024;
     search_ctx x = {.c = c, .es = es, .base = base, .o = o, .hw = hw, .out = out,
                     .n_out = n_out};
-    weight_levels(c, es, &x.wl);
+    weight_levels(c, es, base->compress_weight, &x.wl);
     int quiet = !err_msg()[0];
     /* large blocks first: they usually win, and a good early candidate lets
      * the bound drop the shapes that cannot beat it */

@@ -144,6 +144,45 @@ static int cpu_kv_insert(void *ctx, void *kc, void *vc, void *scores, void *pos,
     return 0;
 }
 
+static int cpu_dequant_q4(void *ctx, void *dst, const void *src, size_t rows, int n)
+{
+    (void)ctx;
+    kern_q4_dequant_ref(dst, src, rows, n);
+    return 0;
+}
+
+static int cpu_kv_prefill_q4(void *ctx, void *kc, void *vc, void *scores, void *pos,
+                             const void *k, const void *v, int ld, const void *colsum,
+                             const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap)
+{
+    (void)ctx;
+    kern_kv_prefill_q4(kc, vc, scores, pos, k, v, ld, colsum, seqs, n_seq, n_head, head_dim,
+                       cap);
+    return 0;
+}
+
+static int cpu_attn_decode_q4(void *ctx, void *out, int ldo, const void *q, const void *k,
+                              const void *v, int ld, const void *kc, const void *vc,
+                              const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                              int cap, float scale, void *scores, void *self_p)
+{
+    (void)ctx;
+    kern_attn_decode_q4(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq, n_head, head_dim, cap,
+                        scale, scores, self_p);
+    return 0;
+}
+
+static int cpu_kv_insert_q4(void *ctx, void *kc, void *vc, void *scores, void *pos,
+                            const void *k, const void *v, int ld, const void *self_p,
+                            const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
+                            void *evicted)
+{
+    (void)ctx;
+    kern_kv_insert_q4(kc, vc, scores, pos, k, v, ld, self_p, seqs, n_seq, n_head, head_dim,
+                      cap, evicted);
+    return 0;
+}
+
 static int cpu_sample(void *ctx, const void *logits, int n_rows, int V,
                       const float *temperature, const float *top_p,
                       const double *u, int32_t *tokens, float *logprobs)
@@ -220,6 +259,10 @@ static const backend_ops cpu_ops = {
     .kv_prefill = cpu_kv_prefill,
     .attn_decode = cpu_attn_decode,
     .kv_insert = cpu_kv_insert,
+    .dequant_q4 = cpu_dequant_q4,
+    .kv_prefill_q4 = cpu_kv_prefill_q4,
+    .attn_decode_q4 = cpu_attn_decode_q4,
+    .kv_insert_q4 = cpu_kv_insert_q4,
     .sample = cpu_sample,
     .sync = cpu_sync,
     .host_alloc = cpu_host_alloc,

@@ -77,6 +77,26 @@ typedef struct backend_ops {
                      const void *k, const void *v, int ld, const void *self_p,
                      const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
                      void *evicted);
+    /* ---- 4-bit compression (DESIGN.md compress_weight / compress_cache) ----
+     * dst(rows, n) in the storage type <- src: rows of kern_q4_row_bytes(n)
+     * bytes (kern.h's format), both backend buffers (a compressed weight
+     * matrix is expanded just before its GEMM). */
+    int (*dequant_q4)(void *ctx, void *dst, const void *src, size_t rows, int n);
+    /* kv_prefill, attn_decode and kv_insert over 4-bit caches kc, vc
+     * ((n_seq, n_head, cap) rows of kern_q4_row_bytes(head_dim) bytes), same
+     * arguments otherwise. Each equals the plain op over the dequantized
+     * cache with the rows it writes quantized. */
+    int (*kv_prefill_q4)(void *ctx, void *kc, void *vc, void *scores, void *pos,
+                         const void *k, const void *v, int ld, const void *colsum,
+                         const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap);
+    int (*attn_decode_q4)(void *ctx, void *out, int ldo, const void *q, const void *k,
+                          const void *v, int ld, const void *kc, const void *vc,
+                          const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                          int cap, float scale, void *scores, void *self_p);
+    int (*kv_insert_q4)(void *ctx, void *kc, void *vc, void *scores, void *pos,
+                        const void *k, const void *v, int ld, const void *self_p,
+                        const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
+                        void *evicted);
     /* Sample one token per row of logits (n_rows, V) (storage type).
      * temperature, top_p, u: host (n_rows); tokens, logprobs: host out. */
     int (*sample)(void *ctx, const void *logits, int n_rows, int V,

@@ -178,6 +178,9 @@ static const char generate_help[] =
     "  --overlap | --no-overlap  I/O threads overlap compute (default on)\n"
     "  --pin-weight | --no-pin-weight  pinned memory for CPU-tier weights (default on)\n"
     "  --cpu-attention      decode attention over CPU-tier KV runs where it lives\n"
+    "  --compress-weight    keep and move the weight matrices as 4-bit groups (64 values,\n"
+    "                       fp16 scale + min); each expands just before its GEMM\n"
+    "  --compress-cache     keep and move the KV cache as 4-bit groups\n"
     "  --plan               print the memory plan of every tier and exit\n"
     "  --trace FILE         Chrome trace-event JSON of every load, store and compute\n"
     "                       (open in https://ui.perfetto.dev)\n";
@@ -220,6 +223,8 @@ static int cmd_generate(int argc, char **argv)
         {"pin-weight", no_argument, 0, 1008},
         {"no-pin-weight", no_argument, 0, 1009},
         {"cpu-attention", no_argument, 0, 1010},
+        {"compress-weight", no_argument, 0, 1014},
+        {"compress-cache", no_argument, 0, 1015},
         {"trace", required_argument, 0, 1011},
         {"plan", no_argument, 0, 1012},
         {"help", no_argument, 0, 'h'},
@@ -233,7 +238,7 @@ static int cmd_generate(int argc, char **argv)
     sched_policy_default(&cli);
     unsigned given = 0;
     enum { G_GBS = 1, G_NGB = 2, G_PCT = 4, G_GMEM = 8, G_CMEM = 16, G_DIR = 32, G_OVL = 64,
-           G_PIN = 128, G_CATT = 256 };
+           G_PIN = 128, G_CATT = 256, G_CW = 512, G_CC = 1024 };
     gen_opts go = {.batch_size = 8, .max_new = 32, .temperature = 0.0f, .top_p = 1.0f,
                    .prefill_rows = 4096, .progress = 1, .kv = {.hh_share = 0.5}};
     int c, rc;
@@ -294,6 +299,8 @@ static int cmd_generate(int argc, char **argv)
         case 1008: cli.pin_weight = 1; given |= G_PIN; break;
         case 1009: cli.pin_weight = 0; given |= G_PIN; break;
         case 1010: cli.cpu_attention = 1; given |= G_CATT; break;
+        case 1014: cli.compress_weight = 1; given |= G_CW; break;
+        case 1015: cli.compress_cache = 1; given |= G_CC; break;
         case 1011: sched_trace_path = optarg; break;
         case 1012: plan_only = 1; break;
         case 't':
@@ -357,6 +364,8 @@ static int cmd_generate(int argc, char **argv)
     if (given & G_OVL) pol.overlap = cli.overlap;
     if (given & G_PIN) pol.pin_weight = cli.pin_weight;
     if (given & G_CATT) pol.cpu_attention = cli.cpu_attention;
+    if (given & G_CW) pol.compress_weight = cli.compress_weight;
+    if (given & G_CC) pol.compress_cache = cli.compress_cache;
     if (sched_policy_check(&pol) < 0)
         return usage_error("generate", err_msg());
     go.batch_size = pol.gpu_batch_size;
@@ -399,8 +408,11 @@ static int cmd_generate(int argc, char **argv)
     if (rc == 0) {
         gen_shape(&cfg, &ps, out.f ? &out : NULL, &go, pol.gpu_batch_size, &sh);
         sh.evicted = trace_path != NULL; /* the file is opened below */
-        sh.weights_on_disk_already =
-            is_store && (store_dtype == OFF_DTYPE_F16 ? 2u : 4u) == be.ops->elem_size;
+        /* a store of the backend's type streams its own disk share, unless the
+         * weights are compressed (then weights.bin holds the 4-bit layers) */
+        sh.weights_on_disk_already = is_store && !pol.compress_weight &&
+                                     (store_dtype == OFF_DTYPE_F16 ? 2u : 4u) ==
+                                         be.ops->elem_size;
         if (plan_only) {
             sched_plan pl;
             rc = sched_plan_compute(&cfg, be.ops->elem_size, &pol, &sh, &pl);
@@ -654,6 +666,7 @@ static const char search_help[] =
     "         --gpu-mem SIZE [--cpu-mem SIZE] [--offload-dir DIR] [--hardware FILE]\n"
     "         [--device cpu|cuda] [--out POLICY.json] [--top N] [--max-block N]\n"
     "         [--max-gpu-batches N] [--cpu-attention | --no-cpu-attention]\n"
+    "         [--compress-weight] [--compress-cache]\n"
     "         [--kv-policy P --kv-ratio R | --kv-budget B --sinks N --hh-share S]\n\n"
     "Finds the offloading policy (block shape, --percent, CPU attention) with the\n"
     "highest throughput bound (DESIGN.md) that fits the caps: a linear program per\n"
@@ -676,6 +689,7 @@ static const char search_help[] =
     "  --prefill-rows N     as for generate (default 4096)\n"
     "  --cpu-attention | --no-cpu-attention  only policies with / without it (default:\n"
     "                       both are tried)\n"
+    "  --compress-weight, --compress-cache  plan for 4-bit weights / KV (as generate)\n"
     "  KV policy flags as for generate: the cache holds the budget, not the length\n";
 
 /* The lengths a search plans for, from the job's prompt file: the longest
@@ -741,6 +755,8 @@ static int cmd_search(int argc, char **argv)
         {"prefill-rows", required_argument, 0, 'R'},
         {"cpu-attention", no_argument, 0, 'a'},
         {"no-cpu-attention", no_argument, 0, 'A'},
+        {"compress-weight", no_argument, 0, 'W'},
+        {"compress-cache", no_argument, 0, 'C'},
         {"kv-policy", required_argument, 0, 'K'},
         {"kv-ratio", required_argument, 0, 'Q'},
         {"kv-budget", required_argument, 0, 'B'},
@@ -808,6 +824,8 @@ static int cmd_search(int argc, char **argv)
             break;
         case 'a': so.cpu_attention = 1; break;
         case 'A': so.cpu_attention = 0; break;
+        case 'W': base.compress_weight = 1; break;
+        case 'C': base.compress_cache = 1; break;
         case 'K': case 'Q': case 'B': case 'k': case 'H':
             if ((rc = kv_flag("search", c, optarg, &kv)))
                 return rc;
@@ -890,9 +908,11 @@ static int cmd_search(int argc, char **argv)
         free(best);
         return fail();
     }
-    printf("[flexh2o] search: %s on %s (%zu-byte elements), prompt %d + gen %d, %d KV slots "
-           "per sequence (%s); caps gpu %.2f GiB, cpu %.2f GiB, disk %s\n", cfg.name,
-           hw.device, es, so.prompt_len, so.gen_len, so.kv_cap, kv_policy_name(kv.kind),
+    printf("[flexh2o] search: %s on %s (%zu-byte elements%s%s), prompt %d + gen %d, %d KV "
+           "slots per sequence (%s); caps gpu %.2f GiB, cpu %.2f GiB, disk %s\n", cfg.name,
+           hw.device, es, base.compress_weight ? ", 4-bit weights" : "",
+           base.compress_cache ? ", 4-bit KV" : "", so.prompt_len, so.gen_len, so.kv_cap,
+           kv_policy_name(kv.kind),
            so.gpu_cap / 1073741824.0, so.cpu_cap / 1073741824.0,
            so.disk_cap ? base.offload_dir : "none");
     if (prompts)

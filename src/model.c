@@ -14,8 +14,20 @@
 
 /* ------------------------------------------------------------ layer blobs */
 
-size_t model_layer_layout(const model_config *c, size_t es, size_t off[MT_COUNT],
-                          size_t n[MT_COUNT])
+size_t model_tensor_rows(const model_config *c, int t, int *cols)
+{
+    size_t d = (size_t)c->hidden, f = (size_t)c->ffn;
+    switch (t) {
+    case MT_WQKV: *cols = c->hidden; return 3 * d;
+    case MT_WO: *cols = c->hidden; return d;
+    case MT_W1: *cols = c->hidden; return f;
+    case MT_W2: *cols = c->ffn; return d;
+    default: *cols = 0; return 0;
+    }
+}
+
+size_t model_layer_layout_q(const model_config *c, size_t es, int wq, size_t off[MT_COUNT],
+                            size_t bytes[MT_COUNT])
 {
     size_t d = (size_t)c->hidden, f = (size_t)c->ffn;
     const size_t cnt[MT_COUNT] = {
@@ -25,13 +37,44 @@ size_t model_layer_layout(const model_config *c, size_t es, size_t off[MT_COUNT]
     };
     size_t at = 0;
     for (int t = 0; t < MT_COUNT; t++) {
+        int cols;
+        size_t rows = model_tensor_rows(c, t, &cols);
+        size_t b = wq && rows ? rows * kern_q4_row_bytes(cols) : cnt[t] * es;
         if (off)
             off[t] = at;
-        if (n)
-            n[t] = cnt[t];
-        at += (cnt[t] * es + 255) & ~(size_t)255;
+        if (bytes)
+            bytes[t] = b;
+        at += (b + 255) & ~(size_t)255;
     }
     return at;
+}
+
+size_t model_layer_layout(const model_config *c, size_t es, size_t off[MT_COUNT],
+                          size_t n[MT_COUNT])
+{
+    size_t bytes[MT_COUNT], at = model_layer_layout_q(c, es, 0, off, bytes);
+    for (int t = 0; n && t < MT_COUNT; t++)
+        n[t] = bytes[t] / es;
+    return at;
+}
+
+void model_layer_quantize(const model_config *c, size_t es, void *dst, const void *src)
+{
+    size_t so[MT_COUNT], n[MT_COUNT], qo[MT_COUNT];
+    model_layer_layout(c, es, so, n);
+    model_layer_layout_q(c, es, 1, qo, NULL);
+    for (int t = 0; t < MT_COUNT; t++) {
+        int cols;
+        size_t rows = model_tensor_rows(c, t, &cols);
+        const char *s = (const char *)src + so[t];
+        uint8_t *q = (uint8_t *)dst + qo[t];
+        if (!rows)
+            memcpy(q, s, n[t] * es);
+        else if (es == sizeof(float))
+            kern_q4_quantize_ref(q, (const float *)s, rows, cols);
+        else
+            kern_q4_quantize_h16(q, (const uint16_t *)s, rows, cols);
+    }
 }
 
 void **model_layer_field(model_layer *L, int t)

@@ -15,6 +15,8 @@ typedef struct model_layer {
     void *ln2_w, *ln2_b;  /* (d) final_layer_norm of the block */
     void *w1, *b1;        /* (ffn, d), (ffn) fc1 */
     void *w2, *b2;        /* (d, ffn), (d) fc2 */
+    int wq;               /* the four matrices are 4-bit rows (compress_weight):
+                           * each is expanded into model_scratch.w before its GEMM */
 } model_layer;
 
 /* The tensors of a layer, in the order of a layer blob (model_layer_layout):
@@ -31,6 +33,16 @@ enum model_tensor {
  * element count (either may be NULL). @return the blob's bytes. */
 size_t model_layer_layout(const model_config *c, size_t es, size_t off[MT_COUNT],
                           size_t n[MT_COUNT]);
+/* The same with the four weight matrices as 4-bit rows when wq != 0
+ * (kern.h's format; the vectors stay in the storage type): off[t] as
+ * above, bytes[t] the bytes of tensor t (either may be NULL). */
+size_t model_layer_layout_q(const model_config *c, size_t es, int wq, size_t off[MT_COUNT],
+                            size_t bytes[MT_COUNT]);
+/* Rows of weight matrix t, *cols its row length; 0 when t is a vector. */
+size_t model_tensor_rows(const model_config *c, int t, int *cols);
+/* dst (a model_layer_layout_q(wq = 1) blob) <- src (a plain blob of es-byte
+ * elements): matrices quantized, vectors copied. */
+void model_layer_quantize(const model_config *c, size_t es, void *dst, const void *src);
 /* The field of L that holds tensor t. */
 void **model_layer_field(model_layer *L, int t);
 /* dst (n elements of dst_es bytes) <- src (src_es bytes each): fp32 and
@@ -147,11 +159,15 @@ typedef struct model_kv {
                      * not (CUDA): attention and cache writes run on CPU threads
                      * (kern_*_h16) over the cache in place; only q/k/v rows and the
                      * attention output cross the link */
+    int q4;         /* kc, vc are 4-bit rows (compress_cache): kern_q4_row_bytes(head_dim)
+                     * bytes per slot */
 } model_kv;
 
 /* Per-pass scratch on the backend, shared by the layers and batches. */
 typedef struct model_scratch {
     void *h, *qkv, *att, *ffn; /* (rows, d), (rows, 3d), (rows, d), (rows, ffn) */
+    void *w;                   /* the largest weight matrix, expanded from 4-bit rows
+                                * (layers with wq), or NULL */
     void *colsum;              /* (rows, n_head) fp32, or NULL */
     void *self_p;              /* (n_seq, n_head) fp32, or NULL */
     /* host scratch for model_kv.host segments (NULL when there are none) */

@@ -10,6 +10,10 @@
  *               h = LN2(x); x += relu(h W1^T + b1) W2^T + b2
  *   logits = LNf(x[last rows]) E^T                       (n_out, V)
  *
+ * With compress_weight a layer's matrices are 4-bit rows, each expanded into
+ * a scratch matrix just before its GEMM; with compress_cache the KV slots
+ * are 4-bit rows and the slot ops have 4-bit versions (kern.h).
+ *
  * Pre-LayerNorm OPT (every size but 350m). Rows of different sequences
  * never mix except in the linear layers, which act row by row, so a
  * sequence's output does not depend on what else is in the batch.
@@ -168,18 +172,44 @@ static int host_segment(model *m, int kind, const model_kv *g, const kern_seq *s
                                        (const char *)sc->colsum + (size_t)r0 * H * 4, rows * H));
             cs = sc->h_colsum;
         }
-        kern_kv_prefill_h16(g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, cs, sc->h_seqs, g->n,
-                            H, hd, cap);
+        if (g->q4)
+            kern_kv_prefill_q4(g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, cs, sc->h_seqs,
+                               g->n, H, hd, cap);
+        else
+            kern_kv_prefill_h16(g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, cs, sc->h_seqs,
+                                g->n, H, hd, cap);
         return 0;
     }
-    kern_attn_decode_h16(sc->h_att, d, q, k, v, 3 * d, g->kc, g->vc, sc->h_seqs, g->n, H, hd,
-                         cap, scale, g->scores, sc->h_self);
-    kern_kv_insert_h16(g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, sc->h_self, sc->h_seqs,
-                       g->n, H, hd, cap, evicted ? sc->h_ev : NULL);
+    int32_t *ev = evicted ? sc->h_ev : NULL;
+    if (g->q4) {
+        kern_attn_decode_q4(sc->h_att, d, q, k, v, 3 * d, g->kc, g->vc, sc->h_seqs, g->n, H, hd,
+                            cap, scale, g->scores, sc->h_self);
+        kern_kv_insert_q4(g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, sc->h_self, sc->h_seqs,
+                          g->n, H, hd, cap, ev);
+    } else {
+        kern_attn_decode_h16(sc->h_att, d, q, k, v, 3 * d, g->kc, g->vc, sc->h_seqs, g->n, H,
+                             hd, cap, scale, g->scores, sc->h_self);
+        kern_kv_insert_h16(g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, sc->h_self,
+                           sc->h_seqs, g->n, H, hd, cap, ev);
+    }
     if (evicted)
         FORWARD_IF(o->upload_f32(ctx, (char *)evicted + (size_t)g->seq0 * H * 4,
                                  (const float *)sc->h_ev, (size_t)g->n * H));
     return o->upload(ctx, (char *)sc->att + (size_t)r0 * d * es, sc->h_att, rows * d);
+}
+
+/* y(rows, n) = x W^T + b for a matrix w of layer L: expanded from its
+ * 4-bit rows into sc->w first when the layer is compressed. */
+static int layer_linear(model *m, const model_layer *L, const model_scratch *sc, void *y,
+                        const void *x, const void *w, const void *b, int rows, int n, int k,
+                        int relu)
+{
+    const backend_ops *o = m->be->ops;
+    if (L->wq) {
+        FORWARD_IF(o->dequant_q4(m->be->ctx, sc->w, w, (size_t)n, k));
+        w = sc->w;
+    }
+    return o->linear(m->be->ctx, y, x, w, b, rows, n, k, relu);
 }
 
 int model_layer_forward(model *m, const model_layer *L, int kind, void *x, int n_rows,
@@ -196,7 +226,7 @@ int model_layer_forward(model *m, const model_layer *L, int kind, void *x, int n
     const char *q = qkv, *k = qkv + (size_t)d * es, *v = qkv + (size_t)2 * d * es;
 
     FORWARD_IF(o->layernorm(ctx, sc->h, x, L->ln1_w, L->ln1_b, n_rows, d, c->ln_eps));
-    FORWARD_IF(o->linear(ctx, qkv, sc->h, L->wqkv, L->bqkv, n_rows, 3 * d, d, 0));
+    FORWARD_IF(layer_linear(m, L, sc, qkv, sc->h, L->wqkv, L->bqkv, n_rows, 3 * d, d, 0));
     if (kind == MODEL_PASS_PREFILL)
         FORWARD_IF(o->attn_prefill(ctx, sc->att, d, q, k, v, 3 * d, seqs, n_seq, H, hd,
                                    scale, sc->colsum));
@@ -213,21 +243,25 @@ int model_layer_forward(model *m, const model_layer *L, int kind, void *x, int n
             FORWARD_IF(host_segment(m, kind, g, seqs, cap, sc, evicted, scale));
             continue;
         }
+        /* 4-bit caches (compress_cache) have their own ops, same arguments */
         if (kind == MODEL_PASS_PREFILL) {
-            FORWARD_IF(o->kv_prefill(ctx, g->kc, g->vc, g->scores, g->pos, k, v, 3 * d,
-                                     sc->colsum, sq, g->n, H, hd, cap));
+            FORWARD_IF((g->q4 ? o->kv_prefill_q4 : o->kv_prefill)(
+                ctx, g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, sc->colsum, sq, g->n, H, hd,
+                cap));
         } else if (kind == MODEL_PASS_DECODE) {
-            FORWARD_IF(o->attn_decode(ctx, sc->att, d, q, k, v, 3 * d, g->kc, g->vc, sq, g->n,
-                                      H, hd, cap, scale, g->scores, self_p));
-            FORWARD_IF(o->kv_insert(ctx, g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, self_p,
-                                    sq, g->n, H, hd, cap, ev));
+            FORWARD_IF((g->q4 ? o->attn_decode_q4 : o->attn_decode)(
+                ctx, sc->att, d, q, k, v, 3 * d, g->kc, g->vc, sq, g->n, H, hd, cap, scale,
+                g->scores, self_p));
+            FORWARD_IF((g->q4 ? o->kv_insert_q4 : o->kv_insert)(
+                ctx, g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, self_p, sq, g->n, H, hd, cap,
+                ev));
         }
     }
-    FORWARD_IF(o->linear(ctx, sc->h, sc->att, L->wo, L->bo, n_rows, d, d, 0));
+    FORWARD_IF(layer_linear(m, L, sc, sc->h, sc->att, L->wo, L->bo, n_rows, d, d, 0));
     FORWARD_IF(o->add(ctx, x, sc->h, (size_t)n_rows * d));
     FORWARD_IF(o->layernorm(ctx, sc->h, x, L->ln2_w, L->ln2_b, n_rows, d, c->ln_eps));
-    FORWARD_IF(o->linear(ctx, sc->ffn, sc->h, L->w1, L->b1, n_rows, c->ffn, d, 1));
-    FORWARD_IF(o->linear(ctx, sc->h, sc->ffn, L->w2, L->b2, n_rows, d, c->ffn, 0));
+    FORWARD_IF(layer_linear(m, L, sc, sc->ffn, sc->h, L->w1, L->b1, n_rows, c->ffn, d, 1));
+    FORWARD_IF(layer_linear(m, L, sc, sc->h, sc->ffn, L->w2, L->b2, n_rows, d, c->ffn, 0));
     return o->add(ctx, x, sc->h, (size_t)n_rows * d);
 }
 
@@ -262,7 +296,7 @@ int model_forward(model_ctx *mc, const int32_t *ids, const int32_t *pos,
     FORWARD_IF(model_embed(m, mc->x, ids, pos, n_rows));
     for (int l = 0; l < c->n_layer; l++) {
         model_kv kv = {mc->kc[l], mc->vc[l], mc->pos[l], mc->scores ? mc->scores[l] : NULL,
-                       0, n_seq, 0};
+                       0, n_seq, 0, 0};
         void *ev = mc->evicted ? (char *)mc->evicted + (size_t)l * mc->max_seq * H * 4 : NULL;
         FORWARD_IF(model_layer_forward(m, &m->layers[l], kind, mc->x, n_rows, seqs, n_seq,
                                        &kv, 1, mc->cap, &sc, ev));

@@ -1,10 +1,13 @@
 /* slot_ops.h: decode attention over a slot cache and the cache writers, as
- * a template over the cache's element type (internal; included by slots.c):
+ * a template over the cache's row format (internal; included by slots.c):
  *
- *   SLOT_T        cache element (float, or uint16_t holding fp16 bits)
- *   SLOT_LD(p)    float of *p
- *   SLOT_ST(p, x) *p = x
- *   SLOT_FN(n)    the function name for base name n
+ *   SLOT_T           cache storage unit (float, uint16_t fp16 bits, or
+ *                    uint8_t for 4-bit rows)
+ *   SLOT_FN(n)       the function name for base name n
+ *   SLOT_ROW(c, i, n) pointer to row i (n values) of cache c
+ *   and, per row of n values, three static helpers named through SLOT_FN:
+ *   dot_cache(q, row, n) = q . row,  axpy_row(o, p, row, n): o += p row,
+ *   put_row(row, src, n): row = src
  *
  * Queries, new k/v rows, outputs, scores and column sums are fp32 whatever
  * the cache holds: the fp16 instance is what CPU attention runs over the
@@ -12,20 +15,6 @@
  * cache). One (sequence, head) pair per task, so the H2O scores need no
  * atomics, and within a pair the sums run in a fixed order.
  */
-
-static float SLOT_FN(dot_cache)(const float *q, const SLOT_T *c, int n)
-{
-    float s = 0.0f;
-    for (int e = 0; e < n; e++)
-        s += q[e] * SLOT_LD(&c[e]);
-    return s;
-}
-
-static void SLOT_FN(put_row)(SLOT_T *dst, const float *src, int n)
-{
-    for (int e = 0; e < n; e++)
-        SLOT_ST(&dst[e], src[e]);
-}
 
 void SLOT_FN(kern_attn_decode)(float *out, int ldo, const float *q, const float *k,
                                const float *v, int ld, const SLOT_T *kc, const SLOT_T *vc,
@@ -45,15 +34,13 @@ void SLOT_FN(kern_attn_decode)(float *out, int ldo, const float *q, const float 
             size_t hc = (size_t)h * head_dim, base = ((size_t)s * n_head + h) * cap;
             const float *qr = q + (size_t)row * ld + hc;
             for (int t = 0; t < n; t++)
-                p[t] = SLOT_FN(dot_cache)(qr, kc + (base + t) * head_dim, head_dim) * scale;
+                p[t] = SLOT_FN(dot_cache)(qr, SLOT_ROW(kc, base + t, head_dim), head_dim) * scale;
             p[n] = dot(qr, k + (size_t)row * ld + hc, head_dim) * scale;
             softmax(p, n + 1);
             float *o = out + (size_t)row * ldo + hc;
             memset(o, 0, sizeof(float) * head_dim);
             for (int t = 0; t < n; t++) {
-                const SLOT_T *vr = vc + (base + t) * head_dim;
-                for (int e = 0; e < head_dim; e++)
-                    o[e] += p[t] * SLOT_LD(&vr[e]);
+                SLOT_FN(axpy_row)(o, p[t], SLOT_ROW(vc, base + t, head_dim), head_dim);
                 if (scores)
                     scores[base + t] += p[t];
             }
@@ -94,8 +81,8 @@ void SLOT_FN(kern_kv_prefill)(SLOT_T *kc, SLOT_T *vc, float *scores, int32_t *po
                 if (!keep[j])
                     continue;
                 size_t src = (size_t)(seqs[s].row + j) * ld + (size_t)h * head_dim;
-                SLOT_FN(put_row)(kc + (base + slot) * head_dim, k + src, head_dim);
-                SLOT_FN(put_row)(vc + (base + slot) * head_dim, v + src, head_dim);
+                SLOT_FN(put_row)(SLOT_ROW(kc, base + slot, head_dim), k + src, head_dim);
+                SLOT_FN(put_row)(SLOT_ROW(vc, base + slot, head_dim), v + src, head_dim);
                 pos[base + slot] = j;
                 if (scores)
                     scores[base + slot] = cs ? cs[(size_t)j * n_head] : 0.0f;
@@ -127,8 +114,8 @@ void SLOT_FN(kern_kv_insert)(SLOT_T *kc, SLOT_T *vc, float *scores, int32_t *pos
             gone = pos[base + slot];
         }
         size_t src = (size_t)sq->row * ld + (size_t)h * head_dim;
-        SLOT_FN(put_row)(kc + (base + slot) * head_dim, k + src, head_dim);
-        SLOT_FN(put_row)(vc + (base + slot) * head_dim, v + src, head_dim);
+        SLOT_FN(put_row)(SLOT_ROW(kc, base + slot, head_dim), k + src, head_dim);
+        SLOT_FN(put_row)(SLOT_ROW(vc, base + slot, head_dim), v + src, head_dim);
         pos[base + slot] = sq->n_past;
         if (scores)
             scores[base + slot] = self_p ? self_p[pair] : 0.0f;

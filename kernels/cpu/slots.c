@@ -2,8 +2,9 @@
  * attention and of kv_slots.cu: attention of each decode step over the kept
  * slots, the prompt's kept tokens after prefill, and each decode step's new
  * token into a free slot or over the H2O victim (kern_h2o_pick_ref). The
- * bodies are slot_ops.h, instantiated for fp32 caches (the _ref functions)
- * and for fp16 caches in host memory (the _h16 functions of CPU attention).
+ * bodies are slot_ops.h, instantiated for fp32 caches (the _ref functions),
+ * fp16 caches in host memory (the _h16 functions of CPU attention) and
+ * 4-bit caches (the _q4 functions of compress_cache).
  */
 #include "../kern.h"
 
@@ -36,15 +37,36 @@ static void prefill_keep(unsigned char *keep, const float *cs, int n_head,
     }
 }
 
+/* Row helpers of a cache of plain elements read with LD and written with
+ * ST (the fp32 and fp16 instances). */
+#define SLOT_ELEMENT_HELPERS(FN, T, LD, ST)                                  \
+    static float FN(dot_cache)(const float *q, const T *c, int n)             \
+    {                                                                         \
+        float s = 0.0f;                                                       \
+        for (int e = 0; e < n; e++)                                           \
+            s += q[e] * LD(&c[e]);                                            \
+        return s;                                                             \
+    }                                                                         \
+    static void FN(axpy_row)(float *o, float p, const T *c, int n)            \
+    {                                                                         \
+        for (int e = 0; e < n; e++)                                           \
+            o[e] += p * LD(&c[e]);                                            \
+    }                                                                         \
+    static void FN(put_row)(T *dst, const float *src, int n)                  \
+    {                                                                         \
+        for (int e = 0; e < n; e++)                                           \
+            ST(&dst[e], src[e]);                                              \
+    }
+
 /* fp32 caches: the reference and the CPU backend */
+static inline float f32_ld(const float *p) { return *p; }
+static inline void f32_st(float *p, float x) { *p = x; }
 #define SLOT_T float
-#define SLOT_LD(p) (*(p))
-#define SLOT_ST(p, x) (*(p) = (x))
 #define SLOT_FN(n) n##_ref
+#define SLOT_ROW(c, i, n) ((c) + (size_t)(i) * (size_t)(n))
+SLOT_ELEMENT_HELPERS(SLOT_FN, float, f32_ld, f32_st)
 #include "slot_ops.h"
 #undef SLOT_T
-#undef SLOT_LD
-#undef SLOT_ST
 #undef SLOT_FN
 
 /* fp16 caches (the CUDA backend's storage type) in host memory */
@@ -62,7 +84,38 @@ static inline void h16_st(uint16_t *p, float x)
 }
 
 #define SLOT_T uint16_t
-#define SLOT_LD(p) h16_ld(p)
-#define SLOT_ST(p, x) h16_st((p), (x))
 #define SLOT_FN(n) n##_h16
+SLOT_ELEMENT_HELPERS(SLOT_FN, uint16_t, h16_ld, h16_st)
+#include "slot_ops.h"
+#undef SLOT_T
+#undef SLOT_FN
+#undef SLOT_ROW
+
+/* 4-bit caches (compress_cache): a row is dequantized into fp32 and then
+ * used exactly as the fp32 instance uses a row, so the result is the fp32
+ * op's over the dequantized cache; a written row is quantized. */
+#define Q4_MAX_HD 1024
+
+static float dot_cache_q4(const float *q, const uint8_t *c, int n)
+{
+    float row[Q4_MAX_HD];
+    kern_q4_dequant_row(row, c, n);
+    return dot_cache_ref(q, row, n);
+}
+
+static void axpy_row_q4(float *o, float p, const uint8_t *c, int n)
+{
+    float row[Q4_MAX_HD];
+    kern_q4_dequant_row(row, c, n);
+    axpy_row_ref(o, p, row, n);
+}
+
+static void put_row_q4(uint8_t *dst, const float *src, int n)
+{
+    kern_q4_quantize_row(dst, src, n);
+}
+
+#define SLOT_T uint8_t
+#define SLOT_FN(n) n##_q4
+#define SLOT_ROW(c, i, n) ((c) + (size_t)(i) * kern_q4_row_bytes(n))
 #include "slot_ops.h"
