@@ -5,6 +5,7 @@
         --percent "0 0 100 0 100 0" --gpu-batch-size 8 --num-gpu-batches 2 \
         --prompt-len 32 --gen-len 8 --offload-dir /tmp/off [--gpu-mem 16G] [--cpu-attention]
         [--kv "--kv-policy h2o --kv-ratio 0.2"] [--threads N] [--flexh2o build/src/flexh2o]
+        [--compress none|weight|cache|both]
     python3 benchmarks/bench_offload.py --policy policy.json ...   # e.g. what `flexh2o search` wrote
 
 Steps, all measured in this run (nothing extrapolated):
@@ -58,6 +59,10 @@ def run(base, percent, extra):
     return dict(summary(r.stderr), links=links, stderr=r.stderr)
 
 
+COMPRESS = {"none": [], "weight": ["--compress-weight"], "cache": ["--compress-cache"],
+            "both": ["--compress-weight", "--compress-cache"]}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="opt-1.3b")
@@ -71,6 +76,8 @@ def main():
     ap.add_argument("--gpu-mem", default=None)
     ap.add_argument("--cpu-attention", action="store_true")
     ap.add_argument("--kv", default="", help="extra KV-policy flags for both runs")
+    ap.add_argument("--compress", default="none", choices=list(COMPRESS),
+                    help="4-bit weights and/or KV, for the plan, the run and the floor")
     ap.add_argument("--policy", default=None,
                     help="take block shape, --percent and CPU attention from a policy file")
     ap.add_argument("--threads", type=int, default=0,
@@ -97,7 +104,8 @@ def main():
         cmd = [a.flexh2o, "generate", "--dummy", a.model, "--prompts", prompts, "--out", out,
                "--device", a.device, "--gpu-batch-size", str(a.gpu_batch_size),
                "--num-gpu-batches", str(a.num_gpu_batches), "--max-new-tokens", str(a.gen_len),
-               "--ignore-eos", "--offload-dir", a.offload_dir] + a.kv.split()
+               "--ignore-eos", "--offload-dir", a.offload_dir] + a.kv.split() + \
+            COMPRESS[a.compress]
         if a.gpu_mem:
             cmd += ["--gpu-mem", a.gpu_mem]
         return cmd
@@ -139,7 +147,8 @@ def main():
     print(f"## {a.model} {a.device}, block {a.gpu_batch_size}x{a.num_gpu_batches}, "
           f"prompt {a.prompt_len}, gen {n}, --percent {a.percent}"
           f"{' --cpu-attention' if a.cpu_attention else ''}"
-          f"{f' --threads {a.threads}' if a.threads else ''} {a.kv}\n")
+          f"{f' --threads {a.threads}' if a.threads else ''} {a.kv}"
+          f"{' ' + ' '.join(COMPRESS[a.compress]) if a.compress != 'none' else ''}\n")
     print("calibration (GB/s): " + ", ".join(f"{k} {v}" for k, v in cal.items()) + "\n")
     print("| tier | weights GiB | KV GiB | act GiB | staging GiB | work GiB |")
     print("|---|---|---|---|---|---|")

@@ -270,6 +270,35 @@ int kern_sample_cuda(const void *logits, int n_rows, int V, const float *tempera
                      const float *top_p, const double *u, int32_t *tokens,
                      float *logprobs, void *work, int any_sampled, void *stream);
 
+/* 4-bit compression (kernels/q4.cu). Results equal the CPU ops': values
+ * dequantized bit for bit, blocks written byte for byte (finite inputs). */
+/* dst(rows, n) fp16 <- src(rows, kern_q4_row_bytes(n)): the fp32 value of
+ * kern_q4_dequant_ref rounded to fp16 (a weight matrix before its GEMM).
+ * Any n and alignment; fast when n % 8 == 0, dst 16- and src 4-byte
+ * aligned. */
+int kern_q4_dequant_cuda(void *dst, const void *src, size_t rows, int n, void *stream);
+/* kern_kv_prefill_cuda, kern_attn_decode_cuda and kern_kv_insert_cuda over
+ * 4-bit caches kc, vc ((n_seq, n_head, cap) rows of
+ * kern_q4_row_bytes(head_dim) bytes): the same selections and evictions,
+ * new fp16 rows quantized from their fp32 value; decode reads the cache in
+ * place. head_dim % 8 == 0, head_dim <= 256 (a short last group is fine);
+ * kc, vc 4-byte aligned (-EIO otherwise). work of decode:
+ * kern_attn_decode_q4_work() bytes. */
+int kern_kv_prefill_q4_cuda(void *kc, void *vc, float *scores, int32_t *pos,
+                            const void *k, const void *v, int ld, const float *colsum,
+                            const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                            int cap, int max_new, void *stream);
+size_t kern_attn_decode_q4_work(int n_seq, int n_head, int head_dim, int cap);
+int kern_attn_decode_q4_cuda(void *out, int ldo, const void *q, const void *k,
+                             const void *v, int ld, const void *kc, const void *vc,
+                             const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                             int cap, float scale, float *scores, float *self_p,
+                             void *work, int max_slots, void *stream);
+int kern_kv_insert_q4_cuda(void *kc, void *vc, float *scores, int32_t *pos,
+                           const void *k, const void *v, int ld, const float *self_p,
+                           const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                           int cap, int32_t *evicted, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -498,6 +498,52 @@ static int cuda_kv_insert(void *ctx, void *kc, void *vc, void *scores, void *pos
     return 0;
 }
 
+/* 4-bit compression: a compressed weight matrix is expanded into fp16
+ * just before its GEMM; 4-bit KV has its own slot ops (kernels/q4.cu). */
+static int cuda_dequant_q4(void *ctx, void *dst, const void *src, size_t rows, int n)
+{
+    cuda_ctx *c = ctx;
+    KF(kern_q4_dequant_cuda(dst, src, rows, n, c->stream));
+    return 0;
+}
+
+static int cuda_kv_prefill_q4(void *ctx, void *kc, void *vc, void *scores, void *pos,
+                              const void *k, const void *v, int ld, const void *colsum,
+                              const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap)
+{
+    cuda_ctx *c = ctx;
+    FORWARD_IF(stage_seqs(c, seqs, n_seq));
+    KF(kern_kv_prefill_q4_cuda(kc, vc, scores, pos, k, v, ld, colsum, c->seqs.p, n_seq, n_head,
+                               head_dim, cap, max_of(seqs, n_seq, 0), c->stream));
+    return 0;
+}
+
+static int cuda_attn_decode_q4(void *ctx, void *out, int ldo, const void *q, const void *k,
+                               const void *v, int ld, const void *kc, const void *vc,
+                               const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                               int cap, float scale, void *scores, void *self_p)
+{
+    cuda_ctx *c = ctx;
+    FORWARD_IF(stage_seqs(c, seqs, n_seq));
+    FORWARD_IF(grow(&c->work, kern_attn_decode_q4_work(n_seq, n_head, head_dim, cap)));
+    KF(kern_attn_decode_q4_cuda(out, ldo, q, k, v, ld, kc, vc, c->seqs.p, n_seq, n_head,
+                                head_dim, cap, scale, scores, self_p, c->work.p,
+                                max_of(seqs, n_seq, 1), c->stream));
+    return 0;
+}
+
+static int cuda_kv_insert_q4(void *ctx, void *kc, void *vc, void *scores, void *pos,
+                             const void *k, const void *v, int ld, const void *self_p,
+                             const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
+                             void *evicted)
+{
+    cuda_ctx *c = ctx;
+    FORWARD_IF(stage_seqs(c, seqs, n_seq));
+    KF(kern_kv_insert_q4_cuda(kc, vc, scores, pos, k, v, ld, self_p, c->seqs.p, n_seq, n_head,
+                              head_dim, cap, evicted, c->stream));
+    return 0;
+}
+
 /* Sampling: the per-row parameters go up, tokens and logprobs come back;
  * this is the decode step's one host wait. Layout of samp: temperature,
  * top_p (n floats each), u (n doubles), tokens (n int32), logprobs (n f32),
@@ -629,6 +675,10 @@ static const backend_ops cuda_ops = {
     .kv_prefill = cuda_kv_prefill,
     .attn_decode = cuda_attn_decode,
     .kv_insert = cuda_kv_insert,
+    .dequant_q4 = cuda_dequant_q4,
+    .kv_prefill_q4 = cuda_kv_prefill_q4,
+    .attn_decode_q4 = cuda_attn_decode_q4,
+    .kv_insert_q4 = cuda_kv_insert_q4,
     .sample = cuda_sample,
     .sync = cuda_sync,
     .host_alloc = cuda_host_alloc,

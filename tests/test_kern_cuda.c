@@ -323,6 +323,320 @@ Test(kern_cuda, decode_attention_scores_and_h2o_insert)
     }
 }
 
+/* ------------------------------------------------ 4-bit compression
+ * The CUDA q4 ops against the CPU backend's (kern_q4_dequant_ref and the
+ * _q4 slot ops): dequantized values and written blocks must be identical,
+ * attention within the fp16 decode test's tolerance. */
+
+/* A 4-bit buffer of `bytes` bytes (a multiple of 4) on both sides, raw. */
+static pair put_q4(const uint8_t *x, size_t bytes)
+{
+    cr_assert_eq(bytes % 4, 0);
+    return put_words(x, bytes / 4);
+}
+
+/* Two 4-bit buffers of rows of rb bytes must hold the same bytes; print
+ * the first differences as (row, block, byte in block). */
+static void expect_equal_q4(const char *what, pair p, size_t rb)
+{
+    size_t bytes = p.n * 4;
+    uint8_t *a = malloc(bytes), *b = malloc(bytes);
+    cpu.ops->download_f32(cpu.ctx, (float *)a, p.c, p.n);
+    cr_assert_eq(gpu.ops->download_f32(gpu.ctx, (float *)b, p.g, p.n), 0, "%s", err_msg());
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < bytes; i++) {
+        if (a[i] == b[i])
+            continue;
+        if (bad < 5)
+            fprintf(stderr, "%s: row %zu block %zu byte %zu: cuda 0x%02x ref 0x%02x\n", what,
+                    i / rb, i % rb / KERN_Q4_BLOCK, i % rb % KERN_Q4_BLOCK, b[i], a[i]);
+        if (!bad)
+            first = i;
+        bad++;
+    }
+    cr_assert_eq(bad, 0, "%s: %zu of %zu bytes differ (first at row %zu, byte %zu)", what, bad,
+                 bytes, first / rb, first % rb);
+    free(a);
+    free(b);
+}
+
+/* Give some groups of a row of n values the shapes where quantization has
+ * edges: kind 1 a constant group (scale 0), 2 and 3 a zero minimum met as
+ * +0 then -0 and as -0 then +0 (the first one is the min, sign included),
+ * 4 a zero maximum likewise, 5 a group of signed zeros only. Kind 0 and
+ * others: unchanged. The last group (short when n % 64) gets the shape. */
+static void q4_edge_row(float *x, int n, int kind)
+{
+    int g0 = (n - 1) / KERN_Q4_GROUP * KERN_Q4_GROUP, m = n - g0;
+    float *g = x + g0;
+    switch (kind) {
+    case 1:
+        for (int i = 1; i < m; i++)
+            g[i] = g[0];
+        break;
+    case 2:
+    case 3:
+        for (int i = 0; i < m; i++)
+            g[i] = fabsf(g[i]) + 0.25f;
+        g[1] = kind == 2 ? 0.0f : -0.0f;
+        g[m - 1] = kind == 2 ? -0.0f : 0.0f;
+        break;
+    case 4:
+        for (int i = 0; i < m; i++)
+            g[i] = -fabsf(g[i]) - 0.25f;
+        g[0] = -0.0f;
+        g[m - 1] = 0.0f;
+        break;
+    case 5:
+        for (int i = 0; i < m; i++)
+            g[i] = i % 3 ? 0.0f : -0.0f;
+        break;
+    default:
+        break;
+    }
+}
+
+Test(kern_cuda, q4_dequant_bits_equal_reference)
+{
+    /* (rows, n, dst offset in elements): whole groups (the flat path),
+     * short last groups, n < 64, n % 8 != 0 and a misaligned destination
+     * (the byte-wise path), a big matrix */
+    int cases[][3] = {{37, 64, 0},  {29, 200, 0}, {16, 4096, 0}, {5, 16, 0}, {1, 8, 0},
+                      {9, 100, 0},  {11, 200, 1}, {7, 72, 0},    {96, 7168, 0}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        int rows = cases[ci][0], n = cases[ci][1], off = cases[ci][2];
+        size_t rb = kern_q4_row_bytes(n), count = (size_t)rows * n, tail = 8;
+        for (int pass = 0; pass < 2; pass++) {
+            uint8_t *q = malloc(rows * rb);
+            if (pass == 0) {
+                /* quantized data: row scales from 1e-3 to 1e3, edge groups */
+                float *x = malloc(sizeof(float) * count);
+                for (int r = 0; r < rows; r++) {
+                    float s = powf(10.0f, (float)(r % 7) - 3.0f);
+                    for (int i = 0; i < n; i++)
+                        x[(size_t)r * n + i] = frand() * s + (r % 3 == 1 ? s : 0.0f);
+                    q4_edge_row(x + (size_t)r * n, n, r % 6);
+                }
+                kern_q4_quantize_ref(q, x, (size_t)rows, n);
+                free(x);
+            } else {
+                /* arbitrary blocks: random codes, random finite fp16 scale
+                 * and min of any sign and size (subnormals included) */
+                for (size_t i = 0; i < rows * rb; i++)
+                    q[i] = (uint8_t)(frand() * 128.0f + 128.0f);
+                for (size_t b = 0; b < rows * rb; b += KERN_Q4_BLOCK)
+                    for (int h = 0; h < 2; h++)
+                        if ((q[b + 2 * h + 1] & 0x7c) == 0x7c)
+                            q[b + 2 * h + 1] &= 0xbf; /* exponent 31 (inf, NaN) -> 15 */
+            }
+            pair Q = put_q4(q, rows * rb), out = put(NULL, count + off + tail);
+            cpu.ops->dequant_q4(cpu.ctx, (float *)out.c + off, Q.c, (size_t)rows, n);
+            cr_assert_eq(gpu.ops->dequant_q4(gpu.ctx, (char *)out.g + 2 * (size_t)off, Q.g,
+                                             (size_t)rows, n), 0, "%s", err_msg());
+            float *a = malloc(sizeof(float) * out.n), *b = malloc(sizeof(float) * out.n);
+            cpu.ops->download(cpu.ctx, a, out.c, out.n);
+            cr_assert_eq(gpu.ops->download(gpu.ctx, b, out.g, out.n), 0, "%s", err_msg());
+            /* fp16 bits: the GPU's value is an fp16, the reference's fp32
+             * rounded to nearest even; the guard elements stay zero */
+            size_t bad = 0;
+            for (size_t i = 0; i < out.n; i++) {
+                uint16_t want = i < (size_t)off || i >= off + count ? 0 : st_f32_to_f16(a[i]);
+                uint16_t got = st_f32_to_f16(b[i]);
+                if (want != got && bad++ < 5)
+                    fprintf(stderr, "q4 dequant rows %d n %d pass %d: [%zu] (row %zu col %zu): "
+                            "cuda 0x%04x ref 0x%04x\n", rows, n, pass, i,
+                            (i - off) / n, (i - off) % n, got, want);
+            }
+            cr_assert_eq(bad, 0, "q4 dequant rows %d n %d offset %d pass %d: %zu of %zu values "
+                         "differ", rows, n, off, pass, bad, count);
+            drop(&Q), drop(&out);
+            free(q), free(a), free(b);
+        }
+    }
+}
+
+/* One decode step over 4-bit caches on both sides: attention (out, scores,
+ * self_p within the fp16 decode test's tolerance), then the insert from the
+ * reference's scores and self_p, which must write the same blocks,
+ * positions, scores and victims. qkv: host (n_seq, 3 d), fp16 values.
+ * @return the number of evictions. */
+static int q4_decode_step(const char *tag, pair K, pair V, pair sc, pair ps, const float *qkv,
+                          const kern_seq *seqs, int n_seq, int H, int hd, int cap)
+{
+    int d = H * hd;
+    size_t slots = (size_t)n_seq * H * cap, rb = kern_q4_row_bytes(hd);
+    pair QKV = put(qkv, (size_t)n_seq * 3 * d), out = put(NULL, (size_t)n_seq * d);
+    pair self = put_words(NULL, (size_t)n_seq * H), ev = put_words(NULL, (size_t)n_seq * H);
+    float scale = 1.0f / sqrtf((float)hd);
+    char *qc = QKV.c, *qg = QKV.g, what[96];
+    cpu.ops->attn_decode_q4(cpu.ctx, out.c, d, qc, qc + 4 * (size_t)d, qc + 8 * (size_t)d,
+                            3 * d, K.c, V.c, seqs, n_seq, H, hd, cap, scale, sc.c, self.c);
+    cr_assert_eq(gpu.ops->attn_decode_q4(gpu.ctx, out.g, d, qg, qg + 2 * (size_t)d,
+                                         qg + 4 * (size_t)d, 3 * d, K.g, V.g, seqs, n_seq, H,
+                                         hd, cap, scale, sc.g, self.g), 0, "%s", err_msg());
+    snprintf(what, sizeof what, "%s q4 decode out", tag);
+    expect_close(what, out, 2e-3, 4 * EPS16);
+    snprintf(what, sizeof what, "%s q4 decode scores", tag);
+    expect_close(what, sc, 1e-5, 1e-5);
+    snprintf(what, sizeof what, "%s q4 decode self_p", tag);
+    expect_close(what, self, 1e-5, 1e-3);
+    /* insert from identical scores on both sides: the same victims */
+    float *sv = malloc(sizeof(float) * slots), *spv = malloc(sizeof(float) * n_seq * H);
+    cpu.ops->download_f32(cpu.ctx, sv, sc.c, slots);
+    gpu.ops->upload_f32(gpu.ctx, sc.g, sv, slots);
+    cpu.ops->download_f32(cpu.ctx, spv, self.c, (size_t)n_seq * H);
+    gpu.ops->upload_f32(gpu.ctx, self.g, spv, (size_t)n_seq * H);
+    cpu.ops->kv_insert_q4(cpu.ctx, K.c, V.c, sc.c, ps.c, qc + 4 * (size_t)d, qc + 8 * (size_t)d,
+                          3 * d, self.c, seqs, n_seq, H, hd, cap, ev.c);
+    cr_assert_eq(gpu.ops->kv_insert_q4(gpu.ctx, K.g, V.g, sc.g, ps.g, qg + 2 * (size_t)d,
+                                       qg + 4 * (size_t)d, 3 * d, self.g, seqs, n_seq, H, hd,
+                                       cap, ev.g), 0, "%s", err_msg());
+    snprintf(what, sizeof what, "%s q4 evicted", tag);
+    expect_equal_words(what, ev);
+    snprintf(what, sizeof what, "%s q4 pos after insert", tag);
+    expect_equal_words(what, ps);
+    snprintf(what, sizeof what, "%s q4 K after insert", tag);
+    expect_equal_q4(what, K, rb);
+    snprintf(what, sizeof what, "%s q4 V after insert", tag);
+    expect_equal_q4(what, V, rb);
+    snprintf(what, sizeof what, "%s q4 scores after insert", tag);
+    expect_close(what, sc, 0, 0);
+    int32_t *e = malloc(sizeof(int32_t) * n_seq * H);
+    cpu.ops->download_f32(cpu.ctx, (float *)e, ev.c, (size_t)n_seq * H);
+    int evictions = 0;
+    for (int i = 0; i < n_seq * H; i++)
+        evictions += seqs[i / H].n_new && e[i] >= 0;
+    drop(&QKV), drop(&out), drop(&self), drop(&ev);
+    free(sv), free(spv), free(e);
+    return evictions;
+}
+
+/* The k and v parts of packed qkv rows (n_rows, 3 d) get q4_edge_row's
+ * shapes, per (row, head), so the writers meet them; rounded to fp16 again
+ * so that both sides still see the same values. */
+static void q4_edge_kv(float *qkv, int n_rows, int H, int hd)
+{
+    int d = H * hd;
+    for (int r = 0; r < n_rows; r++)
+        for (int h = 0; h < H; h++)
+            for (int part = 1; part < 3; part++) {
+                float *x = qkv + (size_t)r * 3 * d + (size_t)part * d + (size_t)h * hd;
+                q4_edge_row(x, hd, (r + h + part) % 7);
+                for (int e = 0; e < hd; e++)
+                    x[e] = st_f16_to_f32(st_f32_to_f16(x[e]));
+            }
+}
+
+/* Prefill fill of 4-bit caches (the H2O selection engaged: budget 40 <
+ * prompts of 70 and 150), then decode steps with eviction, over mixed
+ * sequences (an idle one, prompts that fit), for head_dim with whole and
+ * short last groups. */
+Test(kern_cuda, q4_kv_prefill_then_decode_steps_with_h2o)
+{
+    int hds[] = {16, 64, 80, 128, 200};
+    int len[] = {1, 17, 0, 150, 70};
+    for (int hi = 0; hi < 5; hi++) {
+        int hd = hds[hi], H = 3, d = H * hd, n_seq = 5, cap = 48, budget = 40, steps = 6;
+        kern_seq seqs[5];
+        int rows = pack(seqs, len, n_seq, budget, 2, 12);
+        float *qkv = rand16((size_t)rows * 3 * d, 1.5f);
+        q4_edge_kv(qkv, rows, H, hd);
+        /* column sums with exact ties (multiples of 1/8), the same on both
+         * sides, so the kept sets must agree */
+        float *cs = malloc(sizeof(float) * (size_t)rows * H);
+        for (size_t i = 0; i < (size_t)rows * H; i++)
+            cs[i] = (float)((i * 2654435761u) % 13) / 8.0f;
+        pair QKV = put(qkv, (size_t)rows * 3 * d), CS = put_words(cs, (size_t)rows * H);
+        size_t slots = (size_t)n_seq * H * cap, rb = kern_q4_row_bytes(hd);
+        pair kc = put_q4(NULL, slots * rb), vc = put_q4(NULL, slots * rb);
+        pair sc = put_words(NULL, slots), ps = put_words(NULL, slots);
+        char *qc = QKV.c, *qg = QKV.g, tag[64], what[96];
+        cpu.ops->kv_prefill_q4(cpu.ctx, kc.c, vc.c, sc.c, ps.c, qc + 4 * (size_t)d,
+                               qc + 8 * (size_t)d, 3 * d, CS.c, seqs, n_seq, H, hd, cap);
+        cr_assert_eq(gpu.ops->kv_prefill_q4(gpu.ctx, kc.g, vc.g, sc.g, ps.g, qg + 2 * (size_t)d,
+                                            qg + 4 * (size_t)d, 3 * d, CS.g, seqs, n_seq, H, hd,
+                                            cap), 0, "%s", err_msg());
+        snprintf(tag, sizeof tag, "hd %d prefill", hd);
+        snprintf(what, sizeof what, "%s K", tag);
+        expect_equal_q4(what, kc, rb);
+        snprintf(what, sizeof what, "%s V", tag);
+        expect_equal_q4(what, vc, rb);
+        snprintf(what, sizeof what, "%s pos", tag);
+        expect_equal_words(what, ps);
+        snprintf(what, sizeof what, "%s scores", tag);
+        expect_close(what, sc, 0, 0);
+
+        int evictions = 0;
+        for (int t = 0; t < steps; t++) {
+            kern_seq dec[5];
+            for (int s = 0; s < n_seq; s++) {
+                int past = len[s] + t;
+                dec[s] = (kern_seq){.row = s, .n_new = len[s] ? 1 : 0, .n_past = past,
+                                    .n_slots = past < budget ? past : budget, .budget = budget,
+                                    .sinks = 2, .recent = 12};
+            }
+            float *step_qkv = rand16((size_t)n_seq * 3 * d, 1.5f);
+            q4_edge_kv(step_qkv, n_seq, H, hd);
+            snprintf(tag, sizeof tag, "hd %d step %d", hd, t);
+            evictions += q4_decode_step(tag, kc, vc, sc, ps, step_qkv, dec, n_seq, H, hd, cap);
+            free(step_qkv);
+        }
+        /* prompts 150 and 70 over budget 40: every step evicts, per head */
+        cr_assert_eq(evictions, steps * 2 * H, "hd %d: %d evictions", hd, evictions);
+        drop(&QKV), drop(&CS), drop(&kc), drop(&vc), drop(&sc), drop(&ps);
+        free(qkv), free(cs);
+    }
+}
+
+/* Decode over 4-bit caches across the chunk edges (255, 256, 600 slots),
+ * positions shuffled, scores with ties, then the H2O insert. */
+Test(kern_cuda, q4_decode_attention_across_chunks_and_insert)
+{
+    int hds[] = {16, 64, 128, 200};
+    int used[] = {0, 5, 255, 256, 600, 3};
+    for (int hi = 0; hi < 4; hi++) {
+        int hd = hds[hi], H = 2, d = H * hd, n_seq = 6, cap = 601;
+        kern_seq seqs[6];
+        for (int s = 0; s < n_seq; s++)
+            seqs[s] = (kern_seq){.row = s, .n_new = s == 5 ? 0 : 1, .n_past = used[s] + 7,
+                                 .n_slots = used[s], .budget = used[s] ? used[s] : 1,
+                                 .sinks = used[s] > 8 ? 2 : 0, .recent = used[s] > 8 ? 4 : 1};
+        size_t slots = (size_t)n_seq * H * cap, rb = kern_q4_row_bytes(hd);
+        float *kv = rand16(slots * hd * 2, 1.5f);
+        for (size_t r = 0; r < slots * 2; r++)
+            q4_edge_row(kv + r * hd, hd, (int)(r % 9));
+        uint8_t *kq = malloc(slots * rb * 2);
+        kern_q4_quantize_ref(kq, kv, slots * 2, hd);
+        float *s0 = malloc(sizeof(float) * slots);
+        int32_t *p0 = calloc(slots, sizeof(int32_t));
+        for (size_t i = 0; i < slots; i++)
+            s0[i] = (float)((i * 2654435761u) % 13) / 8.0f; /* exact ties */
+        for (int pr = 0; pr < n_seq * H; pr++) { /* a shuffle of 0..n-1 per pair */
+            int n = used[pr / H];
+            int32_t *p = p0 + (size_t)pr * cap;
+            for (int t = 0; t < n; t++)
+                p[t] = t;
+            for (int t = n - 1; t > 0; t--) {
+                int j = (int)((frand() + 1.0f) * 0.5f * (t + 1)) % (t + 1);
+                int32_t tmp = p[t];
+                p[t] = p[j];
+                p[j] = tmp;
+            }
+        }
+        pair K = put_q4(kq, slots * rb), V = put_q4(kq + slots * rb, slots * rb);
+        pair sc = put_words(s0, slots), ps = put_words(p0, slots);
+        float *qkv = rand16((size_t)n_seq * 3 * d, 1.5f);
+        q4_edge_kv(qkv, n_seq, H, hd);
+        char tag[64];
+        snprintf(tag, sizeof tag, "hd %d", hd);
+        /* the sequences of 5, 255, 256 and 600 slots are at their budget */
+        int ev = q4_decode_step(tag, K, V, sc, ps, qkv, seqs, n_seq, H, hd, cap);
+        cr_assert_eq(ev, 4 * H, "hd %d: %d evictions", hd, ev);
+        drop(&K), drop(&V), drop(&sc), drop(&ps);
+        free(kv), free(kq), free(s0), free(p0), free(qkv);
+    }
+}
+
 Test(kern_cuda, sampling_greedy_and_top_p)
 {
     int Vs[] = {512, 50272};

@@ -5,6 +5,7 @@
  * evictions must be identical, and the fp16 caches must hold the rounding
  * of what the reference wrote. */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -98,4 +99,481 @@ Test(kern_host, h16_slot_ops_equal_the_reference)
     cr_assert_gt(evicted, 0, "the test must reach evictions");
     free(qkv); free(colsum); free(kc); free(vc); free(sc); free(kh); free(vh); free(sh);
     free(pos); free(posh); free(out); free(outh); free(row);
+}
+
+/* ==========================================================================
+ * 4-bit group quantization (kern.h "4-bit group quantization"): the block
+ * format worked by hand, the error bound and the per-group fields on random
+ * rows, the fp16 / row-at-a-time entry points against kern_q4_quantize_ref,
+ * and the slot ops over 4-bit caches against the fp32 reference run on the
+ * dequantized caches (kern.h: "each equals the fp32 op run on the
+ * dequantized cache, with the rows it writes quantized").
+ * ========================================================================== */
+
+/* fp16 bits of a block field (bytes off, off + 1; the host is little-endian) */
+static uint16_t q4_u16(const uint8_t *blk, int off)
+{
+    return (uint16_t)(blk[off] | blk[off + 1] << 8);
+}
+
+/* code of value i of a block: low nibble = even value */
+static int q4_code(const uint8_t *blk, int i)
+{
+    return (blk[4 + i / 2] >> (4 * (i & 1))) & 15;
+}
+
+Test(kern_host, q4_hand_worked_blocks)
+{
+    /* a row of 3 groups (64 + 64 + 6 values) = 3 blocks of 36 bytes */
+    enum { N = 134 };
+    cr_assert_eq(kern_q4_row_bytes(64), 36);
+    cr_assert_eq(kern_q4_row_bytes(65), 72);
+    cr_assert_eq(kern_q4_row_bytes(N), 108);
+    float x[N], y[N];
+    int code[N];
+    /* group 0: x = -2 + 0.5 c with c = 7 i mod 16 (all of 0..15 occur): min -2
+     * (fp16 0xc000), max 5.5, scale 7.5 / 15 = 0.5 (fp16 0x3800), codes c */
+    for (int i = 0; i < 64; i++) {
+        code[i] = (7 * i) % 16;
+        x[i] = -2.0f + 0.5f * (float)code[i];
+    }
+    /* group 1: min 1, max 16, scale 1 (fp16 0x3c00 both); rounding to nearest,
+     * ties to even: 3.4 -> 2, 3.6 -> 3, 3.5 -> 2.5 -> 2, 4.5 -> 3.5 -> 4 */
+    const float g1[6] = {1.0f, 16.0f, 3.4f, 3.6f, 3.5f, 4.5f};
+    const int c1[6] = {0, 15, 2, 3, 2, 4};
+    const float y1[6] = {1.0f, 16.0f, 3.0f, 4.0f, 3.0f, 5.0f};
+    for (int i = 0; i < 64; i++) {
+        x[64 + i] = i < 6 ? g1[i] : 8.0f; /* 8 -> code 7 */
+        code[64 + i] = i < 6 ? c1[i] : 7;
+    }
+    /* group 2 (short, 6 values): min 10 (fp16 0x4900), max 13.75, scale
+     * 3.75 / 15 = 0.25 (fp16 0x3400); codes 0 1 2 15 4 8 */
+    const float g2[6] = {10.0f, 10.25f, 10.5f, 13.75f, 11.0f, 12.0f};
+    const int c2[6] = {0, 1, 2, 15, 4, 8};
+    for (int i = 0; i < 6; i++) {
+        x[128 + i] = g2[i];
+        code[128 + i] = c2[i];
+    }
+
+    uint8_t b[108];
+    memset(b, 0xff, sizeof b); /* the padding codes must be written, not left */
+    kern_q4_quantize_row(b, x, N);
+    cr_assert(b[0] == 0x00 && b[1] == 0x38, "group 0 scale %02x%02x", b[1], b[0]);
+    cr_assert(b[2] == 0x00 && b[3] == 0xc0, "group 0 min %02x%02x", b[3], b[2]);
+    cr_assert_eq(b[4], 0x70, "codes 0, 7 -> byte 0x70, got %02x", b[4]);
+    cr_assert_eq(b[5], 0x5e, "codes 14, 5 -> byte 0x5e, got %02x", b[5]);
+    for (int i = 0; i < 32; i++)
+        cr_assert_eq(b[4 + i], code[2 * i] | code[2 * i + 1] << 4, "group 0 byte %d", 4 + i);
+    const uint8_t *b1 = b + 36, *b2 = b + 72;
+    cr_assert(q4_u16(b1, 0) == 0x3c00 && q4_u16(b1, 2) == 0x3c00, "group 1 scale %04x min %04x",
+              q4_u16(b1, 0), q4_u16(b1, 2));
+    for (int i = 0; i < 64; i++)
+        cr_assert_eq(q4_code(b1, i), code[64 + i], "group 1 value %d: code %d", i,
+                     q4_code(b1, i));
+    cr_assert(q4_u16(b2, 0) == 0x3400 && q4_u16(b2, 2) == 0x4900, "group 2 scale %04x min %04x",
+              q4_u16(b2, 0), q4_u16(b2, 2));
+    cr_assert(b2[4] == 0x10 && b2[5] == 0xf2 && b2[6] == 0x84, "group 2 codes %02x %02x %02x",
+              b2[4], b2[5], b2[6]);
+    for (int i = 7; i < 36; i++)
+        cr_assert_eq(b2[i], 0, "group 2 padding byte %d = %02x", i, b2[i]);
+
+    for (int i = 0; i < N; i++)
+        y[i] = -99.0f;
+    kern_q4_dequant_row(y, b, N);
+    for (int i = 0; i < 64; i++)
+        cr_assert_eq(y[i], x[i], "group 0 value %d: %g != %g", i, y[i], x[i]);
+    for (int i = 0; i < 64; i++)
+        cr_assert_eq(y[64 + i], i < 6 ? y1[i] : 8.0f, "group 1 value %d: %g", i, y[64 + i]);
+    for (int i = 0; i < 6; i++)
+        cr_assert_eq(y[128 + i], g2[i], "group 2 value %d: %g", i, y[128 + i]);
+}
+
+/* lengths: one full group, a short last group (even and odd), many groups */
+static const int q4_lens[] = {64, 100, 71, 1024};
+
+/* row r of a random matrix: values off + amp * U(-1, 1) of various ranges */
+static void q4_random_rows(float *x, int rows, int n, uint64_t *seed)
+{
+    static const float off[] = {0.0f, 0.5f, -1.0f, 0.0f, 2.0f, 0.0f};
+    static const float amp[] = {1.0f, 0.25f, 3.0f, 0.01f, 1.0f, 100.0f};
+    for (int r = 0; r < rows; r++)
+        for (int i = 0; i < n; i++)
+            x[(size_t)r * n + i] = off[r % 6] + amp[r % 6] * rnd(seed);
+}
+
+Test(kern_host, q4_error_bound_on_random_rows)
+{
+    enum { R = 6 };
+    uint64_t seed = 2024;
+    for (size_t li = 0; li < sizeof q4_lens / sizeof q4_lens[0]; li++) {
+        int n = q4_lens[li];
+        size_t rb = kern_q4_row_bytes(n);
+        float *x = malloc(sizeof(float) * R * n), *y = malloc(sizeof(float) * R * n);
+        uint8_t *q = malloc(R * rb);
+        q4_random_rows(x, R, n, &seed);
+        memset(q, 0xff, R * rb);
+        kern_q4_quantize_ref(q, x, R, n);
+        kern_q4_dequant_ref(y, q, R, n);
+        for (int r = 0; r < R; r++)
+            for (int g0 = 0; g0 < n; g0 += 64) {
+                int m = n - g0 < 64 ? n - g0 : 64;
+                const float *xg = x + (size_t)r * n + g0, *yg = y + (size_t)r * n + g0;
+                const uint8_t *blk = q + r * rb + (size_t)(g0 / 64) * 36;
+                float mn = xg[0], mx = xg[0];
+                for (int i = 1; i < m; i++) {
+                    mn = fminf(mn, xg[i]);
+                    mx = fmaxf(mx, xg[i]);
+                }
+                /* the fields: scale = fp16((mx - mn) / 15), min = fp16(mn) */
+                cr_assert_eq(q4_u16(blk, 0), f2h((mx - mn) / 15.0f),
+                             "n %d row %d group %d: scale", n, r, g0 / 64);
+                cr_assert_eq(q4_u16(blk, 2), f2h(mn), "n %d row %d group %d: min", n, r, g0 / 64);
+                float sr = h2f(q4_u16(blk, 0)), mr = h2f(q4_u16(blk, 2));
+                cr_assert_gt(sr, 0.0f, "random groups are not constant");
+                float bound = sr / 2 + 1e-6f * (fabsf(mr) + 15.0f * sr);
+                float ymn = yg[0], ymx = yg[0];
+                for (int i = 0; i < m; i++) {
+                    float c = rintf((xg[i] - mr) / sr);
+                    int want = c < 0.0f ? 0 : c > 15.0f ? 15 : (int)c;
+                    cr_assert_eq(q4_code(blk, i), want, "n %d row %d value %d: code", n, r,
+                                 g0 + i);
+                    cr_assert_leq(fabsf(yg[i] - xg[i]), bound,
+                                  "n %d row %d value %d: %g -> %g (scale %g)", n, r, g0 + i,
+                                  xg[i], yg[i], sr);
+                    ymn = fminf(ymn, yg[i]);
+                    ymx = fmaxf(ymx, yg[i]);
+                }
+                cr_assert_leq(fabsf(ymn - mn), bound, "n %d row %d group %d: min %g -> %g", n,
+                              r, g0 / 64, mn, ymn);
+                cr_assert_leq(fabsf(ymx - mx), bound, "n %d row %d group %d: max %g -> %g", n,
+                              r, g0 / 64, mx, ymx);
+                for (int i = m; i < 64; i++)
+                    cr_assert_eq(q4_code(blk, i), 0, "n %d row %d: padding code %d", n, r, i);
+            }
+        free(x); free(y); free(q);
+    }
+}
+
+Test(kern_host, q4_constant_groups_dequantize_to_their_min)
+{
+    /* row of 100: a random group, then 36 values 0.3 (fp16 0x34cd =
+     * 0.300048828125); row of 64 values -1.5 (fp16 0xbe00); row of 64
+     * alternating 1 and the next float (scale 2^-23 / 15 rounds to fp16 0:
+     * all codes 0, value 1) */
+    float a[100], b[64], c[64], y[100];
+    uint64_t seed = 5;
+    for (int i = 0; i < 64; i++) {
+        a[i] = rnd(&seed);
+        b[i] = -1.5f;
+        c[i] = i & 1 ? nextafterf(1.0f, 2.0f) : 1.0f;
+    }
+    for (int i = 64; i < 100; i++)
+        a[i] = 0.3f;
+    uint8_t qa[72], qb[36], qc[36];
+    memset(qa, 0xff, sizeof qa);
+    memset(qb, 0xff, sizeof qb);
+    memset(qc, 0xff, sizeof qc);
+    kern_q4_quantize_row(qa, a, 100);
+    kern_q4_quantize_row(qb, b, 64);
+    kern_q4_quantize_row(qc, c, 64);
+    const uint8_t *blk[3] = {qa + 36, qb, qc};
+    const uint16_t min_bits[3] = {0x34cd, 0xbe00, 0x3c00};
+    for (int k = 0; k < 3; k++) {
+        cr_assert_eq(q4_u16(blk[k], 0), 0, "case %d: scale %04x", k, q4_u16(blk[k], 0));
+        cr_assert_eq(q4_u16(blk[k], 2), min_bits[k], "case %d: min %04x", k, q4_u16(blk[k], 2));
+        for (int i = 4; i < 36; i++)
+            cr_assert_eq(blk[k][i], 0, "case %d: code byte %d = %02x", k, i, blk[k][i]);
+    }
+    kern_q4_dequant_row(y, qa, 100);
+    for (int i = 64; i < 100; i++)
+        cr_assert_eq(y[i], 0.300048828125f, "value %d: %.9g", i, y[i]);
+    kern_q4_dequant_row(y, qb, 64);
+    for (int i = 0; i < 64; i++)
+        cr_assert_eq(y[i], -1.5f, "value %d: %g", i, y[i]);
+    kern_q4_dequant_row(y, qc, 64);
+    for (int i = 0; i < 64; i++)
+        cr_assert_eq(y[i], 1.0f, "value %d: %.9g", i, y[i]);
+}
+
+Test(kern_host, q4_h16_quantizes_like_ref_on_the_same_values)
+{
+    enum { R = 7 };
+    uint64_t seed = 99;
+    for (size_t li = 0; li < sizeof q4_lens / sizeof q4_lens[0]; li++) {
+        int n = q4_lens[li];
+        size_t rb = kern_q4_row_bytes(n);
+        float *x = malloc(sizeof(float) * R * n);
+        uint16_t *h = malloc(sizeof(uint16_t) * R * n);
+        uint8_t *qh = malloc(R * rb), *qf = malloc(R * rb);
+        q4_random_rows(x, R, n, &seed);
+        for (int i = 0; i < n; i++)
+            x[(size_t)6 * n + i] = 0.3f; /* a constant row too */
+        for (size_t i = 0; i < (size_t)R * n; i++) {
+            h[i] = f2h(x[i]);
+            x[i] = h2f(h[i]);
+        }
+        memset(qh, 0xff, R * rb);
+        memset(qf, 0xff, R * rb);
+        kern_q4_quantize_h16(qh, h, R, n);
+        kern_q4_quantize_ref(qf, x, R, n);
+        for (size_t i = 0; i < R * rb; i++)
+            cr_assert_eq(qh[i], qf[i], "n %d: byte %zu (row %zu): %02x != %02x", n, i, i / rb,
+                         qh[i], qf[i]);
+        free(x); free(h); free(qh); free(qf);
+    }
+}
+
+Test(kern_host, q4_rows_equal_row_by_row)
+{
+    enum { R = 9 };
+    uint64_t seed = 4;
+    for (size_t li = 0; li < sizeof q4_lens / sizeof q4_lens[0]; li++) {
+        int n = q4_lens[li];
+        size_t rb = kern_q4_row_bytes(n);
+        float *x = malloc(sizeof(float) * R * n), *ya = malloc(sizeof(float) * R * n),
+              *yb = malloc(sizeof(float) * R * n);
+        uint8_t *qa = malloc(R * rb), *qb = malloc(R * rb);
+        q4_random_rows(x, R, n, &seed);
+        memset(qa, 0xff, R * rb);
+        memset(qb, 0x00, R * rb);
+        kern_q4_quantize_ref(qa, x, R, n);
+        for (int r = 0; r < R; r++)
+            kern_q4_quantize_row(qb + r * rb, x + (size_t)r * n, n);
+        cr_assert_eq(memcmp(qa, qb, R * rb), 0, "n %d: quantize_ref != quantize_row", n);
+        for (size_t i = 0; i < (size_t)R * n; i++) {
+            ya[i] = -7.0f;
+            yb[i] = 7.0f;
+        }
+        kern_q4_dequant_ref(ya, qa, R, n);
+        for (int r = 0; r < R; r++)
+            kern_q4_dequant_row(yb + (size_t)r * n, qa + r * rb, n);
+        cr_assert_eq(memcmp(ya, yb, sizeof(float) * R * n), 0,
+                     "n %d: dequant_ref != dequant_row", n);
+        free(x); free(ya); free(yb); free(qa); free(qb);
+    }
+}
+
+/* Every slot of a 4-bit cache of `slots` rows of hd values: a quantized
+ * random row. */
+static void q4_fill_cache(uint8_t *c, size_t slots, int hd, uint64_t *seed)
+{
+    float row[1024];
+    size_t rb = kern_q4_row_bytes(hd);
+    for (size_t i = 0; i < slots; i++) {
+        for (int e = 0; e < hd; e++)
+            row[e] = rnd(seed);
+        kern_q4_quantize_row(c + i * rb, row, hd);
+    }
+}
+
+/* Decode steps over random 4-bit caches: sequence 0 full (budget = cap,
+ * evicting every step), sequence 1 with free slots that fills up and then
+ * evicts, sequence 2 idle (n_new 0). Each step compares kern_attn_decode_q4
+ * and kern_kv_insert_q4 with the fp32 ops on the dequantized caches; every
+ * third step runs without scores / self_p (window eviction). */
+static void q4_decode_insert_case(int HD)
+{
+    enum { NS = 3, H = 2, CAP = 10, STEPS = 6 };
+    const int d = H * HD, ld = 3 * d;
+    const size_t slots = (size_t)NS * H * CAP, rb = kern_q4_row_bytes(HD);
+    const float scale = 1.0f / sqrtf((float)HD);
+    uint64_t seed = 1000 + (uint64_t)HD;
+    const int n_past[NS] = {25, 4, 6}, budget[NS] = {CAP, 7, 6};
+    const int sinks[NS] = {2, 1, 1}, recent[NS] = {3, 2, 2};
+    kern_seq sq[NS];
+    for (int s = 0; s < NS; s++)
+        sq[s] = (kern_seq){.row = s, .n_new = s == 2 ? 0 : 1, .n_past = n_past[s],
+                           .n_slots = n_past[s] < budget[s] ? n_past[s] : budget[s],
+                           .budget = budget[s], .sinks = sinks[s], .recent = recent[s]};
+
+    uint8_t *kq = malloc(slots * rb), *vq = malloc(slots * rb);
+    uint8_t *kx = malloc(slots * rb), *vx = malloc(slots * rb); /* expected */
+    float *kf = malloc(sizeof(float) * slots * HD), *vf = malloc(sizeof(float) * slots * HD);
+    float *sf = malloc(sizeof(float) * slots), *sqs = malloc(sizeof(float) * slots);
+    int32_t *pf = malloc(sizeof(int32_t) * slots), *pq = malloc(sizeof(int32_t) * slots);
+    q4_fill_cache(kq, slots, HD, &seed);
+    q4_fill_cache(vq, slots, HD, &seed);
+    for (size_t i = 0; i < slots; i++) {
+        sf[i] = (float)((i * 5) % 7) * 0.125f; /* ties included */
+        pf[i] = -1;
+    }
+    /* the slots in use hold distinct earlier positions, in shuffled order */
+    for (int s = 0; s < NS; s++)
+        for (int h = 0; h < H; h++) {
+            int perm[64];
+            for (int j = 0; j < n_past[s]; j++)
+                perm[j] = j;
+            for (int j = n_past[s] - 1; j > 0; j--) {
+                seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+                int o = (int)((seed >> 33) % (uint64_t)(j + 1)), t = perm[j];
+                perm[j] = perm[o];
+                perm[o] = t;
+            }
+            for (int t = 0; t < sq[s].n_slots; t++)
+                pf[((size_t)s * H + h) * CAP + t] = perm[t];
+        }
+    memcpy(sqs, sf, sizeof(float) * slots);
+    memcpy(pq, pf, sizeof(int32_t) * slots);
+
+    float *row = malloc(sizeof(float) * NS * ld);
+    float *of = malloc(sizeof(float) * NS * d), *oq = malloc(sizeof(float) * NS * d);
+    float self_f[NS * H], self_q[NS * H];
+    int32_t ev_f[NS * H], ev_q[NS * H];
+    int evictions = 0, appends = 0;
+    for (int step = 0; step < STEPS; step++) {
+        int with_scores = step % 3 != 2;
+        for (int i = 0; i < NS * ld; i++)
+            row[i] = rnd(&seed);
+        kern_q4_dequant_ref(kf, kq, slots, HD);
+        kern_q4_dequant_ref(vf, vq, slots, HD);
+        for (int i = 0; i < NS * d; i++)
+            of[i] = oq[i] = 12345.0f;
+        for (int i = 0; i < NS * H; i++) {
+            self_f[i] = self_q[i] = -1.0f;
+            ev_f[i] = ev_q[i] = -9;
+        }
+        kern_attn_decode_ref(of, d, row, row + d, row + 2 * d, ld, kf, vf, sq, NS, H, HD, CAP,
+                             scale, with_scores ? sf : NULL, with_scores ? self_f : NULL);
+        kern_attn_decode_q4(oq, d, row, row + d, row + 2 * d, ld, kq, vq, sq, NS, H, HD, CAP,
+                            scale, with_scores ? sqs : NULL, with_scores ? self_q : NULL);
+        cr_assert_eq(memcmp(of, oq, sizeof(float) * NS * d), 0, "hd %d step %d: output", HD,
+                     step);
+        cr_assert_eq(memcmp(sf, sqs, sizeof(float) * slots), 0, "hd %d step %d: scores", HD,
+                     step);
+        cr_assert_eq(memcmp(self_f, self_q, sizeof self_f), 0, "hd %d step %d: self_p", HD,
+                     step);
+
+        memcpy(kx, kq, slots * rb);
+        memcpy(vx, vq, slots * rb);
+        kern_kv_insert_ref(kf, vf, with_scores ? sf : NULL, pf, row + d, row + 2 * d, ld,
+                           with_scores ? self_f : NULL, sq, NS, H, HD, CAP, ev_f);
+        kern_kv_insert_q4(kq, vq, with_scores ? sqs : NULL, pq, row + d, row + 2 * d, ld,
+                          with_scores ? self_q : NULL, sq, NS, H, HD, CAP, ev_q);
+        cr_assert_eq(memcmp(pf, pq, sizeof(int32_t) * slots), 0, "hd %d step %d: positions", HD,
+                     step);
+        cr_assert_eq(memcmp(sf, sqs, sizeof(float) * slots), 0, "hd %d step %d: scores", HD,
+                     step);
+        cr_assert_eq(memcmp(ev_f, ev_q, sizeof ev_f), 0, "hd %d step %d: evictions", HD, step);
+        /* expected caches: the old bytes, with the slot the reference wrote
+         * (the one now holding position n_past) = the quantized new row */
+        for (int s = 0; s < NS; s++) {
+            if (sq[s].n_new == 0)
+                continue;
+            for (int h = 0; h < H; h++) {
+                size_t base = ((size_t)s * H + h) * CAP;
+                int slot = -1;
+                for (int t = 0; t < CAP; t++)
+                    if (pf[base + t] == sq[s].n_past) {
+                        cr_assert_eq(slot, -1, "hd %d step %d: position twice", HD, step);
+                        slot = t;
+                    }
+                cr_assert_geq(slot, 0, "hd %d step %d: new token not stored", HD, step);
+                size_t src = (size_t)sq[s].row * ld + (size_t)h * HD;
+                kern_q4_quantize_row(kx + (base + slot) * rb, row + d + src, HD);
+                kern_q4_quantize_row(vx + (base + slot) * rb, row + 2 * d + src, HD);
+                evictions += ev_f[s * H + h] >= 0;
+                appends += ev_f[s * H + h] < 0;
+            }
+        }
+        for (size_t i = 0; i < slots * rb; i++) {
+            cr_assert_eq(kq[i], kx[i], "hd %d step %d: K byte %zu (slot %zu)", HD, step, i,
+                         i / rb);
+            cr_assert_eq(vq[i], vx[i], "hd %d step %d: V byte %zu (slot %zu)", HD, step, i,
+                         i / rb);
+        }
+        for (int s = 0; s < NS; s++)
+            if (sq[s].n_new) {
+                sq[s].n_slots = sq[s].n_slots + 1 < sq[s].budget ? sq[s].n_slots + 1
+                                                                 : sq[s].budget;
+                sq[s].n_past++;
+            }
+    }
+    cr_assert_gt(evictions, 0, "hd %d: the test must reach evictions", HD);
+    cr_assert_gt(appends, 0, "hd %d: the test must fill free slots", HD);
+    free(kq); free(vq); free(kx); free(vx); free(kf); free(vf); free(sf); free(sqs);
+    free(pf); free(pq); free(row); free(of); free(oq);
+}
+
+Test(kern_host, q4_decode_and_insert_equal_the_reference_on_dequantized_caches)
+{
+    q4_decode_insert_case(64);  /* one full group per row */
+    q4_decode_insert_case(48);  /* one short group */
+    q4_decode_insert_case(100); /* a full and a short group */
+}
+
+/* Prefill of three prompts: 14 tokens over budget 8 (H2O keep-selection),
+ * 5 tokens within budget 7, and an idle sequence; with colsum, and without
+ * (all scores equal: the newest are kept). */
+static void q4_prefill_case(int HD, int with_colsum)
+{
+    enum { NS = 3, H = 2, CAP = 10 };
+    const int d = H * HD, ld = 3 * d;
+    const size_t slots = (size_t)NS * H * CAP, rb = kern_q4_row_bytes(HD);
+    uint64_t seed = 77 + (uint64_t)HD;
+    const int lens[NS] = {14, 5, 0}, budget[NS] = {8, 7, 6};
+    const int sinks[NS] = {2, 1, 1}, recent[NS] = {3, 2, 2};
+    kern_seq sq[NS];
+    int rows = 0;
+    for (int s = 0; s < NS; rows += lens[s], s++)
+        sq[s] = (kern_seq){.row = rows, .n_new = lens[s], .n_past = 0, .n_slots = 0,
+                           .budget = budget[s], .sinks = sinks[s], .recent = recent[s]};
+    float *qkv = malloc(sizeof(float) * (size_t)rows * ld);
+    for (int i = 0; i < rows * ld; i++)
+        qkv[i] = rnd(&seed);
+    float *colsum = malloc(sizeof(float) * (size_t)rows * H);
+    for (int i = 0; i < rows * H; i++)
+        colsum[i] = (float)((i * 37) % 11) * 0.25f; /* ties included */
+    const float *cs = with_colsum ? colsum : NULL;
+
+    uint8_t *kq = malloc(slots * rb), *vq = malloc(slots * rb);
+    uint8_t *kx = malloc(slots * rb), *vx = malloc(slots * rb);
+    float *kf = calloc(slots * HD, sizeof(float)), *vf = calloc(slots * HD, sizeof(float));
+    float *sf = malloc(sizeof(float) * slots), *sqs = malloc(sizeof(float) * slots);
+    int32_t *pf = malloc(sizeof(int32_t) * slots), *pq = malloc(sizeof(int32_t) * slots);
+    memset(kq, 0xa5, slots * rb);
+    memset(vq, 0x5a, slots * rb);
+    memcpy(kx, kq, slots * rb);
+    memcpy(vx, vq, slots * rb);
+    for (size_t i = 0; i < slots; i++) {
+        sf[i] = sqs[i] = -3.0f;
+        pf[i] = pq[i] = -5;
+    }
+    kern_kv_prefill_ref(kf, vf, sf, pf, qkv + d, qkv + 2 * d, ld, cs, sq, NS, H, HD, CAP);
+    kern_kv_prefill_q4(kq, vq, sqs, pq, qkv + d, qkv + 2 * d, ld, cs, sq, NS, H, HD, CAP);
+    cr_assert_eq(memcmp(pf, pq, sizeof(int32_t) * slots), 0, "hd %d colsum %d: positions", HD,
+                 with_colsum);
+    cr_assert_eq(memcmp(sf, sqs, sizeof(float) * slots), 0, "hd %d colsum %d: scores", HD,
+                 with_colsum);
+    int selected = 0;
+    for (int s = 0; s < NS; s++)
+        for (int h = 0; h < H; h++) {
+            size_t base = ((size_t)s * H + h) * CAP;
+            int kept = lens[s] < budget[s] ? lens[s] : budget[s];
+            for (int t = 0; t < kept; t++) {
+                int j = pf[base + t];
+                cr_assert(j >= 0 && j < lens[s], "hd %d: seq %d slot %d position %d", HD, s, t, j);
+                selected += j != t; /* a token dropped before this one */
+                size_t src = (size_t)(sq[s].row + j) * ld + (size_t)h * HD;
+                kern_q4_quantize_row(kx + (base + t) * rb, qkv + d + src, HD);
+                kern_q4_quantize_row(vx + (base + t) * rb, qkv + 2 * d + src, HD);
+            }
+        }
+    cr_assert_gt(selected, 0, "hd %d: the test must use the keep-selection", HD);
+    for (size_t i = 0; i < slots * rb; i++) {
+        cr_assert_eq(kq[i], kx[i], "hd %d colsum %d: K byte %zu (slot %zu)", HD, with_colsum, i,
+                     i / rb);
+        cr_assert_eq(vq[i], vx[i], "hd %d colsum %d: V byte %zu (slot %zu)", HD, with_colsum, i,
+                     i / rb);
+    }
+    free(qkv); free(colsum); free(kq); free(vq); free(kx); free(vx); free(kf); free(vf);
+    free(sf); free(sqs); free(pf); free(pq);
+}
+
+Test(kern_host, q4_prefill_equals_the_reference_and_stores_the_kept_rows)
+{
+    for (int c = 0; c <= 1; c++) {
+        q4_prefill_case(64, c);
+        q4_prefill_case(48, c);
+        q4_prefill_case(100, c);
+    }
 }

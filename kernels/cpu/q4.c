@@ -44,7 +44,7 @@ static void quantize_group(uint8_t *blk, const float *x, int m)
         return; /* constant group (or a scale below fp16's range): all at min */
     for (int i = 0; i < m; i++) {
         float c = rintf((x[i] - mnr) / sc);
-        int q = c < 0.0f ? 0 : c > 15.0f ? 15 : (int)c;
+        int q = c > 0.0f ? (c < 15.0f ? (int)c : 15) : 0; /* NaN: 0 */
         codes[i / 2] |= (uint8_t)(q << (4 * (i & 1)));
     }
 }
