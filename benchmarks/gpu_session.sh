@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # gpu_session.sh: everything a lent GPU machine does for flexh2o, in one call.
 #
-#   bash benchmarks/gpu_session.sh [test] [kernels] [generate MODELS] [offload] [h2o] [search] ...
+#   bash benchmarks/gpu_session.sh [test] [kernels] [generate MODELS] [offload] [h2o] [search]
+#        [compress] ...
 #
 # Builds with the carried Debian libraries (.deps, see ../shared/tools/gpu-deps),
 # runs the whole test suite (the gpu suite included), the kernel benchmark and
@@ -77,6 +78,25 @@ while [ $# -gt 0 ]; do
           --offload-dir /tmp/flexh2o-offload --flexh2o build-gpu/src/flexh2o \
           | tee "$OUT/offload-searched-$m.md" || true
       done
+      ;;
+    compress)
+      # 4-bit compression: OPT-6.7B, same policy and cap with and without it (one
+      # invocation); OPT-30B with the policy the search picks for 4-bit weights + KV
+      mkdir -p /tmp/flexh2o-offload
+      timeout 400 python3 benchmarks/bench_compress.py --device cuda --model opt-6.7b \
+        --percent "50 50 100 0 100 0" --gpu-batch-size 8 --num-gpu-batches 2 \
+        --prompt-len 512 --gen-len 32 --gpu-mem 16G --offload-dir /tmp/flexh2o-offload \
+        --flexh2o build-gpu/src/flexh2o | tee "$OUT/compress-opt-6.7b.md" || true
+      [ -f "$OUT/hw.json" ] || build-gpu/src/flexh2o calibrate --device cuda \
+        --offload-dir /tmp/flexh2o-offload --out "$OUT/hw.json" || true
+      build-gpu/src/flexh2o search --dummy opt-30b --device cuda --hardware "$OUT/hw.json" \
+        --prompt-len 512 --gen-len 32 --gpu-mem 16G --cpu-mem 100G --compress-weight \
+        --compress-cache --offload-dir /tmp/flexh2o-offload --max-block 256 \
+        --out "$OUT/policy-opt-30b-4bit.json" | tee "$OUT/search-opt-30b-4bit.txt" \
+        && timeout 280 python3 benchmarks/bench_offload.py --device cuda --model opt-30b \
+          --policy "$OUT/policy-opt-30b-4bit.json" --compress both --prompt-len 512 \
+          --gen-len 32 --gpu-mem 16G --offload-dir /tmp/flexh2o-offload \
+          --flexh2o build-gpu/src/flexh2o | tee "$OUT/offload-opt-30b-4bit.md" || true
       ;;
     smoke)
       # one tiny generation on the GPU, stderr shown, bounded in time
