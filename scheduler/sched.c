@@ -215,7 +215,8 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
     if (rc == 0) rc = alloc_gpu(s, R * 3 * d * es, &s->scr.qkv);
     if (rc == 0) rc = alloc_gpu(s, R * d * es, &s->scr.att);
     if (rc == 0) rc = alloc_gpu(s, R * (size_t)c->ffn * es, &s->scr.ffn);
-    if (rc == 0) rc = alloc_gpu(s, g->w_max * es, &s->scr.w);
+    if (rc == 0) rc = alloc_gpu(s, g->w_exp * es, &s->scr.w);
+    s->scr.w_all = g->K > 1;
     if (rc == 0) rc = alloc_gpu(s, B * d * es, &s->last);
     if (rc == 0) rc = alloc_gpu(s, B * (size_t)g->V * es, &s->logits);
     if (rc == 0 && sh->scores) rc = alloc_gpu(s, R * H * 4, &s->scr.colsum);

@@ -41,7 +41,8 @@ typedef struct sched_geom {
     int L, H, hd, d, V;
     int gbs, K, block;
     int wq, kvq;           /* compress_weight, compress_cache */
-    size_t w_max;          /* elements of the largest weight matrix when wq, else 0 */
+    size_t w_exp;          /* elements of the scratch that 4-bit matrices expand into:
+                            * a layer's four (K > 1) or the largest one; 0 without wq */
     size_t blob;           /* layer blob bytes (model_layer_layout_q) */
     size_t w_gpu, w_cpu;   /* blob cut points (bytes) */
     size_t w_stage_from;   /* w_gpu rounded down to OFF_ALIGN: a weight slot holds

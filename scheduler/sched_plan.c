@@ -77,12 +77,17 @@ void sched_geom_init(sched_geom *g, const model_config *c, size_t es, const sche
         else if (mid[t] < p->wg + p->wc)
             g->w_cpu = end;
     }
-    g->w_max = 0;
+    /* the expansion of 4-bit matrices: with several GPU batches a layer's
+     * four matrices are expanded once and reused by each batch, with one
+     * batch only the matrix of the GEMM at hand is */
+    g->w_exp = 0;
     for (int t = 0; g->wq && t < MT_COUNT; t++) {
         int cols;
-        size_t rows = model_tensor_rows(c, t, &cols);
-        if (rows * (size_t)cols > g->w_max)
-            g->w_max = rows * (size_t)cols;
+        size_t n = model_tensor_rows(c, t, &cols) * (size_t)cols;
+        if (g->K > 1)
+            g->w_exp += n;
+        else if (n > g->w_exp)
+            g->w_exp = n;
     }
     g->w_stage_from = g->w_gpu & ~(size_t)(OFF_ALIGN - 1);
     size_t d = (size_t)c->hidden;
@@ -160,7 +165,7 @@ int sched_plan_geom(const model_config *c, size_t es, const sched_policy *p,
         work += A256(R * H * 4) + A256(B * H * 4);
     if (sh->evicted)
         work += A256(L * B * H * 4);
-    work += A256(g.w_max * es); /* a matrix expanded from 4 bits */
+    work += A256(g.w_exp * es); /* matrices expanded from 4 bits */
     b[SCHED_GPU][SCHED_WORK] = work;
     if (cpu_attn && es != sizeof(float)) /* host scratch of CPU attention (CUDA) */
         b[SCHED_CPU][SCHED_WORK] = R * 4 * (3 * d + d + H) + (size_t)g.gbs * (H * 8 + 28);

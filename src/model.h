@@ -16,7 +16,8 @@ typedef struct model_layer {
     void *w1, *b1;        /* (ffn, d), (ffn) fc1 */
     void *w2, *b2;        /* (d, ffn), (d) fc2 */
     int wq;               /* the four matrices are 4-bit rows (compress_weight):
-                           * each is expanded into model_scratch.w before its GEMM */
+                           * expanded into model_scratch.w before their GEMMs; views of
+                           * the same layer must be the same struct (the reuse key) */
 } model_layer;
 
 /* The tensors of a layer, in the order of a layer blob (model_layer_layout):
@@ -166,8 +167,12 @@ typedef struct model_kv {
 /* Per-pass scratch on the backend, shared by the layers and batches. */
 typedef struct model_scratch {
     void *h, *qkv, *att, *ffn; /* (rows, d), (rows, 3d), (rows, d), (rows, ffn) */
-    void *w;                   /* the largest weight matrix, expanded from 4-bit rows
-                                * (layers with wq), or NULL */
+    void *w;                   /* weight matrices expanded from 4-bit rows (layers with
+                                * wq), or NULL: the largest one, expanded per GEMM, or
+                                * with w_all a whole layer's four, expanded once and
+                                * reused while the layer stays the same */
+    int w_all;
+    const model_layer *w_layer; /* the layer whose matrices w holds (w_all), or NULL */
     void *colsum;              /* (rows, n_head) fp32, or NULL */
     void *self_p;              /* (n_seq, n_head) fp32, or NULL */
     /* host scratch for model_kv.host segments (NULL when there are none) */
@@ -191,7 +196,7 @@ int model_embed(model *m, void *x, const int32_t *ids, const int32_t *pos, int n
  * int32 or NULL. kind: model_pass_kind(seqs). @return 0 or -errno. */
 int model_layer_forward(model *m, const model_layer *L, int kind, void *x, int n_rows,
                         const kern_seq *seqs, int n_seq, const model_kv *kv, int n_kv,
-                        int cap, const model_scratch *s, void *evicted);
+                        int cap, model_scratch *s, void *evicted);
 /* logits(n_out, V) = LNf(x[last_rows]) E^T; last: (n_out, d) scratch. */
 int model_head(model *m, void *logits, void *last, const void *x,
                const int32_t *last_rows, int n_out);

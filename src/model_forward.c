@@ -198,23 +198,44 @@ static int host_segment(model *m, int kind, const model_kv *g, const kern_seq *s
     return o->upload(ctx, (char *)sc->att + (size_t)r0 * d * es, sc->h_att, rows * d);
 }
 
-/* y(rows, n) = x W^T + b for a matrix w of layer L: expanded from its
- * 4-bit rows into sc->w first when the layer is compressed. */
-static int layer_linear(model *m, const model_layer *L, const model_scratch *sc, void *y,
-                        const void *x, const void *w, const void *b, int rows, int n, int k,
-                        int relu)
+/* The four matrices of a layer in the order of an expanded layer. */
+static const int layer_mats[4] = {MT_WQKV, MT_WO, MT_W1, MT_W2};
+
+/* y(rows, n) = x W^T + b for matrix t of layer L, expanded from its 4-bit
+ * rows first when the layer is compressed: into sc->w for this GEMM, or
+ * (w_all) with the rest of the layer when the layer is not there yet. */
+static int layer_linear(model *m, const model_layer *L, model_scratch *sc, int t, void *y,
+                        const void *x, const void *b, int rows, int n, int k, int relu)
 {
     const backend_ops *o = m->be->ops;
-    if (L->wq) {
+    const model_config *c = &m->cfg;
+    const void *w = *model_layer_field((model_layer *)L, t);
+    if (L->wq && !sc->w_all) {
         FORWARD_IF(o->dequant_q4(m->be->ctx, sc->w, w, (size_t)n, k));
         w = sc->w;
+    } else if (L->wq) {
+        size_t at = 0, here = 0;
+        for (int i = 0; i < 4; i++) {
+            int cols;
+            size_t r = model_tensor_rows(c, layer_mats[i], &cols);
+            char *dst = (char *)sc->w + at * o->elem_size;
+            if (sc->w_layer != L)
+                FORWARD_IF(o->dequant_q4(m->be->ctx, dst,
+                                         *model_layer_field((model_layer *)L, layer_mats[i]),
+                                         r, cols));
+            if (layer_mats[i] == t)
+                here = at;
+            at += r * (size_t)cols;
+        }
+        sc->w_layer = L;
+        w = (char *)sc->w + here * o->elem_size;
     }
     return o->linear(m->be->ctx, y, x, w, b, rows, n, k, relu);
 }
 
 int model_layer_forward(model *m, const model_layer *L, int kind, void *x, int n_rows,
                         const kern_seq *seqs, int n_seq, const model_kv *kv, int n_kv,
-                        int cap, const model_scratch *sc, void *evicted)
+                        int cap, model_scratch *sc, void *evicted)
 {
     const model_config *c = &m->cfg;
     const backend_ops *o = m->be->ops;
@@ -226,7 +247,7 @@ int model_layer_forward(model *m, const model_layer *L, int kind, void *x, int n
     const char *q = qkv, *k = qkv + (size_t)d * es, *v = qkv + (size_t)2 * d * es;
 
     FORWARD_IF(o->layernorm(ctx, sc->h, x, L->ln1_w, L->ln1_b, n_rows, d, c->ln_eps));
-    FORWARD_IF(layer_linear(m, L, sc, qkv, sc->h, L->wqkv, L->bqkv, n_rows, 3 * d, d, 0));
+    FORWARD_IF(layer_linear(m, L, sc, MT_WQKV, qkv, sc->h, L->bqkv, n_rows, 3 * d, d, 0));
     if (kind == MODEL_PASS_PREFILL)
         FORWARD_IF(o->attn_prefill(ctx, sc->att, d, q, k, v, 3 * d, seqs, n_seq, H, hd,
                                    scale, sc->colsum));
@@ -257,11 +278,11 @@ int model_layer_forward(model *m, const model_layer *L, int kind, void *x, int n
                 ev));
         }
     }
-    FORWARD_IF(layer_linear(m, L, sc, sc->h, sc->att, L->wo, L->bo, n_rows, d, d, 0));
+    FORWARD_IF(layer_linear(m, L, sc, MT_WO, sc->h, sc->att, L->bo, n_rows, d, d, 0));
     FORWARD_IF(o->add(ctx, x, sc->h, (size_t)n_rows * d));
     FORWARD_IF(o->layernorm(ctx, sc->h, x, L->ln2_w, L->ln2_b, n_rows, d, c->ln_eps));
-    FORWARD_IF(layer_linear(m, L, sc, sc->ffn, sc->h, L->w1, L->b1, n_rows, c->ffn, d, 1));
-    FORWARD_IF(layer_linear(m, L, sc, sc->h, sc->ffn, L->w2, L->b2, n_rows, d, c->ffn, 0));
+    FORWARD_IF(layer_linear(m, L, sc, MT_W1, sc->ffn, sc->h, L->b1, n_rows, c->ffn, d, 1));
+    FORWARD_IF(layer_linear(m, L, sc, MT_W2, sc->h, sc->ffn, L->b2, n_rows, d, c->ffn, 0));
     return o->add(ctx, x, sc->h, (size_t)n_rows * d);
 }
 

@@ -94,6 +94,8 @@ Test(compress, matches_transformers_with_the_same_round_trips)
      * neighbouring code: a looser bound */
     static const struct { const char *mode, *flags; double tol; } modes[] = {
         {"weight", "--compress-weight", 1e-4},
+        /* several GPU batches: a layer's matrices are expanded once, reused */
+        {"weight", "--compress-weight --gpu-batch-size 2 --num-gpu-batches 3", 1e-4},
         {"cache", "--compress-cache", 5e-3},
         {"both", "--compress-weight --compress-cache", 5e-3},
     };
