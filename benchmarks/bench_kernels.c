@@ -7,7 +7,11 @@
  *    read per call over its time, against that ceiling (target >= 70%),
  *    with and without H2O score accumulation;
  * 3. the backend's linear layer (cublasGemmEx + bias/ReLU kernel) against
- *    cublasGemmEx alone on the same shape: cuBLAS's own rate for the shape.
+ *    cublasGemmEx alone on the same shape: cuBLAS's own rate for the shape;
+ * 4. 4-bit compression (kernels/q4.cu): the expansion of an OPT-30B fc1
+ *    matrix (4-bit bytes read + fp16 bytes written) against the copy
+ *    ceiling, and decode attention of case 2 over a 4-bit cache (its bytes
+ *    read) against the ceiling and against the fp16 cache's time.
  * Each case is checked for finite output first, then timed as the median
  * over repeats of 20 back-to-back runs closed by a device sync. Prints a Markdown table.
  */
@@ -149,6 +153,57 @@ static void run_lin(void *p)
     }
 }
 
+/* rows x n values of valid 4-bit blocks (scale 1/64, min -0.125, random
+ * codes) on the device. */
+static void *fill_q4(size_t rows, int n, unsigned seed)
+{
+    size_t bytes = rows * kern_q4_row_bytes(n);
+    uint8_t *h = malloc(bytes);
+    uint32_t x = seed * 2654435761u + 1;
+    for (size_t i = 0; i < bytes; i += KERN_Q4_BLOCK) {
+        h[i] = 0x00, h[i + 1] = 0x24; /* fp16 1/64 */
+        h[i + 2] = 0x00, h[i + 3] = 0xb0; /* fp16 -0.125 */
+        for (int j = 4; j < KERN_Q4_BLOCK; j++) {
+            x = x * 1664525u + 1013904223u;
+            h[i + j] = (uint8_t)(x >> 24);
+        }
+    }
+    void *d;
+    CHECK(cudaMalloc(&d, bytes));
+    CHECK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+    free(h);
+    return d;
+}
+
+typedef struct deq_arg {
+    void *dst, *src;
+    size_t rows;
+    int n;
+} deq_arg;
+
+static void run_deq(void *p)
+{
+    deq_arg *q = p;
+    if (kern_q4_dequant_cuda(q->dst, q->src, q->rows, q->n, 0) < 0) {
+        fprintf(stderr, "q4 dequant: %s\n", kern_cuda_error());
+        exit(1);
+    }
+}
+
+static void run_attn_q4(void *p)
+{
+    attn_arg *a = p;
+    int d = a->H * a->hd;
+    if (kern_attn_decode_q4_cuda(a->out, d, a->qkv, (char *)a->qkv + 2 * (size_t)d,
+                                 (char *)a->qkv + 4 * (size_t)d, 3 * d, a->kc, a->vc,
+                                 a->seqs_d, a->n_seq, a->H, a->hd, a->cap, 0.088f,
+                                 a->with_scores ? a->scores : NULL,
+                                 a->with_scores ? a->self_p : NULL, a->work, a->slots, 0) < 0) {
+        fprintf(stderr, "4-bit decode attention: %s\n", kern_cuda_error());
+        exit(1);
+    }
+}
+
 static int all_finite16(const void *p, size_t n)
 {
     uint16_t *h = malloc(2 * n);
@@ -215,6 +270,7 @@ int main(int argc, char **argv)
     CHECK(cudaMalloc((void **)&a.seqs_d, sizeof(kern_seq) * n_seq));
     CHECK(cudaMemcpy(a.seqs_d, seqs, sizeof(kern_seq) * n_seq, cudaMemcpyHostToDevice));
     double kv_bytes = 2.0 * n_seq * H * (double)tokens * hd * 2;
+    float ms_fp16[2] = {0, 0};
     for (int ws = 0; ws < 2; ws++) {
         a.with_scores = ws;
         CHECK(cudaMemset(a.out, 0xff, 2 * (size_t)n_seq * d)); /* poison: NaN halves */
@@ -224,16 +280,55 @@ int main(int argc, char **argv)
             fprintf(stderr, "decode attention left non-finite output\n");
             return 1;
         }
-        ms = time_ms(run_attn, &a, 3, 30);
+        ms = ms_fp16[ws] = time_ms(run_attn, &a, 3, 30);
         double bytes = kv_bytes + (ws ? 8.0 * n_seq * H * tokens : 0);
         double bw = bytes / (ms * 1e-3) / 1e9;
         printf("| decode attention%s | %d seqs x %d tokens, %d heads x %d | %.3f | %.0f GB/s "
                "| %.0f GB/s | %.0f%% |\n", ws ? " + H2O scores" : "", n_seq, tokens, H, hd, ms,
                bw, copy_bw, 100.0 * bw / copy_bw);
     }
+    cudaFree(a.kc), cudaFree(a.vc), cudaFree(a.work);
+
+    /* 4b. the same attention over a 4-bit cache */
+    a.kc = fill_q4(slots, hd, 8);
+    a.vc = fill_q4(slots, hd, 9);
+    CHECK(cudaMalloc(&a.work, kern_attn_decode_q4_work(n_seq, H, hd, cap)));
+    double kv_q4 = 2.0 * n_seq * H * (double)tokens * kern_q4_row_bytes(hd);
+    for (int ws = 0; ws < 2; ws++) {
+        a.with_scores = ws;
+        CHECK(cudaMemset(a.out, 0xff, 2 * (size_t)n_seq * d));
+        run_attn_q4(&a);
+        CHECK(cudaDeviceSynchronize());
+        if (!all_finite16(a.out, (size_t)n_seq * d)) {
+            fprintf(stderr, "4-bit decode attention left non-finite output\n");
+            return 1;
+        }
+        ms = time_ms(run_attn_q4, &a, 3, 30);
+        double bw = (kv_q4 + (ws ? 8.0 * n_seq * H * tokens : 0)) / (ms * 1e-3) / 1e9;
+        printf("| decode attention, 4-bit KV%s (fp16: %.3f ms) | %d seqs x %d tokens, %d heads "
+               "x %d | %.3f | %.0f GB/s | %.0f GB/s | %.0f%% |\n", ws ? " + H2O scores" : "",
+               ms_fp16[ws], n_seq, tokens, H, hd, ms, bw, copy_bw, 100.0 * bw / copy_bw);
+    }
     cudaFree(a.kc), cudaFree(a.vc), cudaFree(a.qkv), cudaFree(a.out), cudaFree(a.scores);
     cudaFree(a.self_p), cudaFree(a.work), cudaFree(a.seqs_d);
     free(seqs);
+
+    /* 4a. expanding a 4-bit OPT-30B fc1 (28672 x 7168) into fp16 */
+    deq_arg q = {.rows = 28672, .n = 7168};
+    q.src = fill_q4(q.rows, q.n, 10);
+    CHECK(cudaMalloc(&q.dst, 2 * q.rows * (size_t)q.n));
+    run_deq(&q);
+    CHECK(cudaDeviceSynchronize());
+    if (!all_finite16(q.dst, q.rows * (size_t)q.n)) {
+        fprintf(stderr, "q4 dequant left non-finite output\n");
+        return 1;
+    }
+    ms = time_ms(run_deq, &q, 3, 20);
+    double qb = (double)q.rows * kern_q4_row_bytes(q.n) + 2.0 * q.rows * q.n;
+    printf("| 4-bit expansion (read 4-bit + write fp16) | %zu x %d | %.3f | %.0f GB/s | %.0f GB/s "
+           "| %.0f%% |\n", q.rows, q.n, ms, qb / (ms * 1e-3) / 1e9, copy_bw,
+           100.0 * qb / (ms * 1e-3) / 1e9 / copy_bw);
+    cudaFree(q.src), cudaFree(q.dst);
 
     /* 3. linear layers of OPT-6.7B (d 4096, ffn 16384): decode (m 64) and
      * prefill (m 8192) */
