@@ -104,6 +104,9 @@ void *off_alloc_aligned(size_t bytes);
 #define OFF_STORE_VERSION 1u
 #define OFF_DTYPE_F32 1u
 #define OFF_DTYPE_F16 2u
+/* or'ed into the dtype: the layers' weight matrices are 4-bit groups
+ * (kernels/kern.h's format; the vectors and the globals in the base dtype) */
+#define OFF_DTYPE_Q4 0x100u
 #define OFF_SEG_NAME 48
 
 typedef struct off_seg {

@@ -319,13 +319,16 @@ void sched_destroy(sched *s)
     free(s);
 }
 
-int sched_layer_sink(void *ptr, int l, const void *blob, int fd, uint64_t file_offset)
+int sched_layer_sink(void *ptr, int l, const void *blob, int wq, int fd,
+                     uint64_t file_offset)
 {
     sched *s = ptr;
     const sched_geom *g = &s->g;
     const backend_ops *o = s->be->ops;
     const char *b = blob;
-    if (g->wq) { /* compress_weight: every tier holds the 4-bit blob */
+    RETURN_IF(wq && !g->wq, -EINVAL, "the weights are 4-bit (a store written by convert "
+              "--compress-weight); run with --compress-weight");
+    if (g->wq && !wq) { /* compress_weight: every tier holds the 4-bit blob */
         model_layer_quantize(&s->cfg, g->es, s->q_blob, blob);
         b = s->q_blob;
         fd = -1; /* the store holds the plain blob */

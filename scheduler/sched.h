@@ -182,7 +182,7 @@ int sched_create(struct backend *be, const struct model_config *c, const sched_p
                  const sched_shape *sh, sched_trace *trace, sched **out);
 void sched_destroy(sched *s); /* accepts NULL */
 /* A model_layer_sink (model.h): places a layer's blob in its tiers. */
-int sched_layer_sink(void *sched_ptr, int layer, const void *blob, int fd,
+int sched_layer_sink(void *sched_ptr, int layer, const void *blob, int wq, int fd,
                      uint64_t file_offset);
 /* Attach the loaded model (its embeddings, LayerNorm and head). */
 void sched_attach(sched *s, struct model *m);

@@ -394,6 +394,8 @@ static int cmd_generate(int argc, char **argv)
         rc = model_config_by_name(dummy, &cfg);
         cfg.tie_lm_head = 1; /* as model_create_dummy builds it */
     }
+    if (rc == 0 && is_store == 1 && (store_dtype & OFF_DTYPE_Q4))
+        pol.compress_weight = 1; /* a 4-bit store runs as 4-bit weights */
     if (rc == 0)
         rc = prompts_load(prompts, t, cfg.bos_id, cfg.vocab_size, cfg.max_pos - 1, strict, &ps);
     if (rc == 0 && (rc = gen_check(&cfg, &ps, &go)) < 0)
@@ -408,11 +410,12 @@ static int cmd_generate(int argc, char **argv)
     if (rc == 0) {
         gen_shape(&cfg, &ps, out.f ? &out : NULL, &go, pol.gpu_batch_size, &sh);
         sh.evicted = trace_path != NULL; /* the file is opened below */
-        /* a store of the backend's type streams its own disk share, unless the
-         * weights are compressed (then weights.bin holds the 4-bit layers) */
-        sh.weights_on_disk_already = is_store && !pol.compress_weight &&
-                                     (store_dtype == OFF_DTYPE_F16 ? 2u : 4u) ==
-                                         be.ops->elem_size;
+        /* a store of the backend's type streams its own disk share when it
+         * holds the layers as they run (4-bit or not); otherwise weights.bin
+         * gets the disk share */
+        sh.weights_on_disk_already =
+            is_store && pol.compress_weight == !!(store_dtype & OFF_DTYPE_Q4) &&
+            ((store_dtype & ~OFF_DTYPE_Q4) == OFF_DTYPE_F16 ? 2u : 4u) == be.ops->elem_size;
         if (plan_only) {
             sched_plan pl;
             rc = sched_plan_compute(&cfg, be.ops->elem_size, &pol, &sh, &pl);
@@ -575,7 +578,7 @@ static int cmd_make_model(int argc, char **argv)
 static int cmd_convert(int argc, char **argv)
 {
     const char *in = NULL, *out = NULL;
-    uint32_t dtype = OFF_DTYPE_F16;
+    uint32_t dtype = OFF_DTYPE_F16, q4 = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--model") == 0 && i + 1 < argc) {
             in = argv[++i];
@@ -590,13 +593,18 @@ static int cmd_convert(int argc, char **argv)
             else
                 return usage_error("convert", "--dtype must be f16 (the GPU's) or f32 (the "
                                    "CPU backend's)");
+        } else if (strcmp(argv[i], "--compress-weight") == 0) {
+            q4 = OFF_DTYPE_Q4;
         } else if (strcmp(argv[i], "--help") == 0) {
             puts("usage: flexh2o convert --model HF_DIR --out STORE [--dtype f16|f32]\n"
+                 "         [--compress-weight]\n"
                  "  writes STORE/model.flxh2o (4 KiB-aligned, checksummed per-layer segments\n"
                  "  that the disk tier streams with O_DIRECT) plus config.json and the\n"
                  "  tokenizer files; then: flexh2o generate --model STORE ...\n"
                  "  --dtype: storage type (default f16, the CUDA backend's; f32 streams\n"
-                 "  without conversion on the CPU backend)");
+                 "  without conversion on the CPU backend)\n"
+                 "  --compress-weight: the layers' matrices as 4-bit groups (kernels/kern.h);\n"
+                 "  such a store runs with --compress-weight and streams its disk share");
             return 0;
         } else {
             return unknown_flag("convert", argv[i]);
@@ -604,10 +612,10 @@ static int cmd_convert(int argc, char **argv)
     }
     if (!in || !out)
         return usage_error("convert", "--model HF_DIR and --out STORE are required");
-    if (model_convert(in, out, dtype) < 0)
+    if (model_convert(in, out, dtype | q4) < 0)
         return fail();
-    fprintf(stderr, "[flexh2o] wrote the weight store %s/model.flxh2o (%s)\n", out,
-            dtype == OFF_DTYPE_F16 ? "f16" : "f32");
+    fprintf(stderr, "[flexh2o] wrote the weight store %s/model.flxh2o (%s%s)\n", out,
+            dtype == OFF_DTYPE_F16 ? "f16" : "f32", q4 ? ", 4-bit matrices" : "");
     return 0;
 }
 

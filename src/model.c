@@ -327,7 +327,7 @@ int model_load_hf_sink(const char *dir, backend *be, model_layer_sink sink, void
         LT("fc2.bias", d, 0, L->b2, 0);
 #undef LT
         if (rc == 0 && sink)
-            rc = sink(ud, l, m->blob, -1, 0);
+            rc = sink(ud, l, m->blob, 0, -1, 0);
     }
     free(ld.buf);
     st_close(sts);
@@ -477,7 +477,7 @@ int model_create_dummy_sink(const model_config *cfg, backend *be, uint64_t seed,
         }
         /* the 16 tensors of each layer follow the 4 global ones */
         if (rc == 0 && sink && i >= 4 && (i - 4) % 16 == 15)
-            rc = sink(ud, (i - 4) / 16, m->blob, -1, 0);
+            rc = sink(ud, (i - 4) / 16, m->blob, 0, -1, 0);
     }
     free(buf);
     free(w);

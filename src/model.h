@@ -54,11 +54,12 @@ void model_layer_bind(model_layer *L, const model_config *c, size_t es, void *ba
 
 /* Receives each layer of a model being loaded when its weights go to the
  * offloading scheduler instead of the backend: blob (host memory, 4096-
- * aligned, the backend's storage type, model_layer_layout order) is valid
- * during the call only. fd >= 0: the same bytes are in that file at
- * file_offset (a weight store of the backend's storage type), so the
+ * aligned, the backend's storage type, model_layer_layout_q(wq) order) is
+ * valid during the call only; wq: its matrices are already 4-bit (a store
+ * from convert --compress-weight). fd >= 0: the same bytes are in that file
+ * at file_offset (a weight store of the backend's storage type), so the
  * scheduler can stream the disk share from there. @return 0 or -errno. */
-typedef int (*model_layer_sink)(void *ud, int layer, const void *blob, int fd,
+typedef int (*model_layer_sink)(void *ud, int layer, const void *blob, int wq, int fd,
                                 uint64_t file_offset);
 
 typedef struct model {
@@ -105,7 +106,8 @@ struct off_disk;
 int model_load_store(const char *path, backend *be, struct off_disk *disk,
                      model_layer_sink sink, void *ud, model **out);
 /* Convert a Hugging Face directory into a weight store of dtype
- * OFF_DTYPE_F16 or OFF_DTYPE_F32 at out_path (`flexh2o convert`). */
+ * OFF_DTYPE_F16 or OFF_DTYPE_F32, or'ed with OFF_DTYPE_Q4 for 4-bit layer
+ * matrices, at out_path (`flexh2o convert`). */
 int model_convert(const char *hf_dir, const char *out_path, uint32_t dtype);
 /* The config of a model source without loading weights: a Hugging Face
  * directory, a weight store file. */

@@ -3,8 +3,8 @@
  *
  * A store is a directory: model.flxh2o (offload/off.h's segment file, one
  * segment per global tensor and one layer blob per layer, model_layer_layout
- * order, in fp16 or fp32) beside copies of config.json and the tokenizer
- * files, so that `generate --model STORE` needs nothing else. The disk
+ * order, in fp16 or fp32, the matrices optionally 4-bit) beside copies of
+ * config.json and the tokenizer files, so that `generate --model STORE` needs nothing else. The disk
  * share of a layer streams straight from the segment with O_DIRECT when
  * the store's dtype is the backend's storage type.
  */
@@ -22,17 +22,28 @@
 
 static const char *const global_names[] = {"tok_emb", "pos_emb", "lnf_w", "lnf_b", "lm_head"};
 
-static size_t dtype_size(uint32_t dt) { return dt == OFF_DTYPE_F16 ? 2 : 4; }
-
-/* A layer blob of one element size in the layout of another. */
-static void convert_blob(const model_config *c, void *dst, size_t dst_es, const void *src,
-                         size_t src_es)
+static size_t dtype_size(uint32_t dt)
 {
-    size_t od[MT_COUNT], os[MT_COUNT], n[MT_COUNT];
-    model_layer_layout(c, dst_es, od, n);
-    model_layer_layout(c, src_es, os, NULL);
-    for (int t = 0; t < MT_COUNT; t++)
-        model_convert_elems((char *)dst + od[t], dst_es, (const char *)src + os[t], src_es, n[t]);
+    return (dt & ~OFF_DTYPE_Q4) == OFF_DTYPE_F16 ? 2 : 4;
+}
+
+/* A layer blob of one element size in the layout of another; with wq both
+ * are 4-bit blobs, whose matrices are copied as they are. */
+static void convert_blob(const model_config *c, int wq, void *dst, size_t dst_es,
+                         const void *src, size_t src_es)
+{
+    size_t od[MT_COUNT], os[MT_COUNT], nb[MT_COUNT], n[MT_COUNT];
+    model_layer_layout(c, dst_es, NULL, n);
+    model_layer_layout_q(c, dst_es, wq, od, nb);
+    model_layer_layout_q(c, src_es, wq, os, NULL);
+    for (int t = 0; t < MT_COUNT; t++) {
+        int cols;
+        if (wq && model_tensor_rows(c, t, &cols))
+            memcpy((char *)dst + od[t], (const char *)src + os[t], nb[t]);
+        else
+            model_convert_elems((char *)dst + od[t], dst_es, (const char *)src + os[t],
+                                src_es, n[t]);
+    }
 }
 
 int model_config_of(const char *path, model_config *out)
@@ -74,16 +85,22 @@ typedef struct conv {
     const model_config *c;
     uint32_t dtype;
     void *blob;       /* (layer blob in dtype) */
+    void *qblob;      /* (the same, 4-bit) with OFF_DTYPE_Q4, else NULL */
     int first_layer;  /* segment index of layer 0 */
 } conv;
 
-static int conv_sink(void *ud, int layer, const void *blob, int fd, uint64_t off)
+static int conv_sink(void *ud, int layer, const void *blob, int wq, int fd, uint64_t off)
 {
+    (void)wq; /* fp32 blobs from the Hugging Face loader */
     (void)fd;
     (void)off;
     conv *cv = ud;
-    convert_blob(cv->c, cv->blob, dtype_size(cv->dtype), blob, sizeof(float));
-    return off_store_writer_put(cv->w, cv->first_layer + layer, cv->blob);
+    size_t es = dtype_size(cv->dtype);
+    convert_blob(cv->c, 0, cv->blob, es, blob, sizeof(float));
+    if (cv->qblob)
+        model_layer_quantize(cv->c, es, cv->qblob, cv->blob);
+    return off_store_writer_put(cv->w, cv->first_layer + layer,
+                                cv->qblob ? cv->qblob : cv->blob);
 }
 
 static int copy_file(const char *from_dir, const char *to_dir, const char *name)
@@ -124,8 +141,12 @@ int model_convert(const char *hf_dir, const char *out_dir, uint32_t dtype)
     uint64_t *lens = calloc((size_t)n_seg, sizeof *lens);
     conv cv = {.c = &c, .dtype = dtype, .first_layer = n_glob};
     size_t blob = model_layer_layout(&c, es, NULL, NULL);
+    size_t qblob = model_layer_layout_q(&c, es, 1, NULL, NULL);
     cv.blob = off_alloc_aligned(off_align_up(blob));
-    int rc = names && lnames && lens && cv.blob ? 0 : -ENOMEM;
+    if (dtype & OFF_DTYPE_Q4)
+        cv.qblob = off_alloc_aligned(off_align_up(qblob));
+    int rc = names && lnames && lens && cv.blob && (cv.qblob || !(dtype & OFF_DTYPE_Q4))
+                 ? 0 : -ENOMEM;
     if (rc == -ENOMEM)
         err_set(__FILE__, __LINE__, "out of memory");
     const size_t glen[5] = {(size_t)c.vocab_size * d, (size_t)(c.max_pos + 2) * d, d, d,
@@ -137,7 +158,7 @@ int model_convert(const char *hf_dir, const char *out_dir, uint32_t dtype)
         } else {
             snprintf(lnames[i - n_glob], OFF_SEG_NAME, "layer.%d", i - n_glob);
             names[i] = lnames[i - n_glob];
-            lens[i] = blob;
+            lens[i] = dtype & OFF_DTYPE_Q4 ? qblob : blob;
         }
     }
     snprintf(path, sizeof path, "%s/%s", out_dir, STORE_FILE);
@@ -180,6 +201,7 @@ int model_convert(const char *hf_dir, const char *out_dir, uint32_t dtype)
     free(lnames);
     free(lens);
     free(cv.blob);
+    free(cv.qblob);
     return rc;
 }
 
@@ -203,7 +225,9 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk,
         rc = model_config_parse(st->config_json, strlen(st->config_json), path, &m->cfg);
     const model_config *c = &m->cfg;
     size_t ses = dtype_size(st->dtype), bes = be->ops->elem_size;
-    if (rc == 0 && st->dtype != OFF_DTYPE_F16 && st->dtype != OFF_DTYPE_F32) {
+    uint32_t base = st->dtype & ~OFF_DTYPE_Q4;
+    int wq = (st->dtype & OFF_DTYPE_Q4) != 0;
+    if (rc == 0 && base != OFF_DTYPE_F16 && base != OFF_DTYPE_F32) {
         err_set(__FILE__, __LINE__, "%s: unknown dtype %u; run flexh2o convert again", path,
                 st->dtype);
         rc = -EINVAL;
@@ -247,7 +271,7 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk,
             rc = be->ops->upload(be->ctx, dst[i], f32, n);
         }
     }
-    size_t want = model_layer_layout(c, ses, NULL, NULL);
+    size_t want = model_layer_layout_q(c, ses, wq, NULL, NULL);
     for (int l = 0; rc == 0 && l < c->n_layer; l++) {
         char name[OFF_SEG_NAME];
         snprintf(name, sizeof name, "layer.%d", l);
@@ -260,10 +284,10 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk,
         }
         rc = off_store_read_seg(st, disk, s, buf);
         if (rc == 0 && ses == bes) {
-            rc = sink(ud, l, buf, st->fd, st->seg[s].offset);
+            rc = sink(ud, l, buf, wq, st->fd, st->seg[s].offset);
         } else if (rc == 0) {
-            convert_blob(c, m->blob, bes, buf, ses);
-            rc = sink(ud, l, m->blob, -1, 0);
+            convert_blob(c, wq, m->blob, bes, buf, ses);
+            rc = sink(ud, l, m->blob, wq, -1, 0);
         }
     }
     free(buf);

@@ -300,3 +300,46 @@ Test(compress, policy_files_and_search_carry_the_flags)
     cr_assert_eq(cli_run("generate --model " TINY " --prompts prompts.jsonl --out s.jsonl "
                          "--max-new-tokens 4 --policy best.json --quiet"), 0, "%s", cli_err);
 }
+
+Test(compress, four_bit_store_streams_its_disk_share)
+{
+    setup_files();
+    char base[64];
+    snprintf(base, sizeof base, "%s", gen("--compress-weight"));
+    cr_assert_eq(cli_run("convert --model " TINY " --out plain --dtype f32"), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("convert --model " TINY " --out q4 --dtype f32 --compress-weight"), 0,
+                 "%s", cli_err);
+    char path[600];
+    snprintf(path, sizeof path, "%s/plain/model.flxh2o", cli_dir);
+    FILE *f = fopen(path, "rb");
+    cr_assert(f);
+    fseek(f, 0, SEEK_END);
+    long plain = ftell(f);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/q4/model.flxh2o", cli_dir);
+    f = fopen(path, "rb");
+    cr_assert(f);
+    fseek(f, 0, SEEK_END);
+    long q4 = ftell(f);
+    fclose(f);
+    cr_assert_lt(q4, plain * 6 / 10, "4-bit store %ld bytes, plain %ld", q4, plain);
+
+    /* no --compress-weight: the store's 4-bit layers imply it; the disk
+     * share streams from the store (the same codes as quantizing on load) */
+    cr_assert_eq(cli_run("generate --model q4 --prompts prompts.jsonl --out s.jsonl "
+                         "--max-new-tokens 10 --gpu-batch-size 2 --num-gpu-batches 2 "
+                         "--percent 10 20 100 0 100 0 --offload-dir off --quiet"), 0, "%s",
+                 cli_err);
+    assert_same(base, "s.jsonl", "a 4-bit f32 store with weights on disk");
+    cr_assert(!cli_exists("off/weights.bin"), "the disk share must stream from the store");
+
+    /* an f16 4-bit store on the CPU backend: vectors converted on load */
+    cr_assert_eq(cli_run("convert --model " TINY " --out q16 --compress-weight"), 0, "%s",
+                 cli_err);
+    cr_assert_eq(cli_run("generate --model q16 --prompts prompts.jsonl --out s16.jsonl "
+                         "--max-new-tokens 4 --percent 50 50 100 0 100 0 --quiet"), 0, "%s",
+                 cli_err);
+    char *out = cli_read("s16.jsonl");
+    cr_assert(out && strstr(out, "\"id\":\"e\""), "%s", out ? out : "");
+    free(out);
+}
