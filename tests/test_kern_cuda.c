@@ -725,3 +725,55 @@ Test(kern_cuda, tiny_model_greedy_tokens_equal_cpu)
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     cr_assert_eq(system(cmd), 0);
 }
+
+/* 4-bit weights and KV on the GPU: every placement whose attention runs on
+ * the GPU gives the bytes of the compressed all-resident run (the same
+ * kernels per sequence, the same GEMM rows), and CPU attention over the
+ * 4-bit host cache runs and generates every token. */
+Test(kern_cuda, tiny_model_4bit_placements_equal_all_resident)
+{
+    const char *bin = getenv("FLEXH2O_BIN");
+    cr_assert(bin, "FLEXH2O_BIN must point at the flexh2o binary");
+    char dir[] = "/tmp/fh_kcuda_XXXXXX", cmd[2048];
+    cr_assert(mkdtemp(dir));
+    snprintf(cmd, sizeof cmd,
+             "printf '%%s\\n' '{\"prompt_ids\": [2, 37, 101, 5, 300]}' "
+             "'{\"prompt\": \"Hello world, the heavy hitters\"}' '{\"prompt_ids\": [2, 9]}' "
+             "'{\"prompt\": \"four\"}' > %s/p.jsonl && mkdir %s/off", dir, dir);
+    cr_assert_eq(system(cmd), 0);
+    static const char *variants[] = {
+        "",
+        "--percent 30 30 34 33 0 100",
+        "--percent 0 0 0 0 100 0",
+        "--percent 0 100 0 100 100 0 --no-overlap",
+        "--percent 50 50 0 100 100 0 --cpu-attention",
+    };
+    char base[400], *want = NULL;
+    for (size_t v = 0; v < sizeof variants / sizeof *variants; v++) {
+        snprintf(cmd, sizeof cmd,
+                 "%s generate --model %s/tests/fixtures/tiny-opt --prompts %s/p.jsonl "
+                 "--out %s/q%zu.jsonl --max-new-tokens 12 --ignore-eos --quiet --device cuda "
+                 "--gpu-batch-size 2 --num-gpu-batches 2 --compress-weight --compress-cache "
+                 "--kv-policy h2o --kv-ratio 0.5 --offload-dir %s/off %s", bin, FH_SOURCE_ROOT,
+                 dir, dir, v, dir, variants[v]);
+        cr_assert_eq(system(cmd), 0, "%s failed", cmd);
+        snprintf(base, sizeof base, "%s/q%zu.jsonl", dir, v);
+        FILE *f = fopen(base, "rb");
+        cr_assert(f);
+        static char got[1 << 16];
+        size_t n = fread(got, 1, sizeof got - 1, f);
+        fclose(f);
+        got[n] = '\0';
+        int lines = 0;
+        for (size_t i = 0; i < n; i++)
+            lines += got[i] == '\n';
+        cr_assert_eq(lines, 4, "%s: %d lines", variants[v], lines);
+        if (v == 0)
+            want = strdup(got);
+        else if (!strstr(variants[v], "--cpu-attention"))
+            cr_assert_str_eq(got, want, "4-bit %s differs from all-resident", variants[v]);
+    }
+    free(want);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+}
