@@ -27,7 +27,8 @@ typedef struct sched_policy {
                            * runs on CPU threads where that KV lives */
     int compress_weight;  /* 0 (default): 1 = the layers' weight matrices are kept
                            * and moved as 4-bit groups (kern.h), expanded on the
-                           * GPU tier just before each GEMM */
+                           * GPU tier before their GEMMs (once per layer and block
+                           * when there are several GPU batches) */
     int compress_cache;   /* 0 (default): 1 = the KV cache is kept and moved as
                            * 4-bit groups of head_dim rows */
     uint64_t gpu_mem;     /* GPU-tier cap in bytes; 0 = the device's free memory
