@@ -689,17 +689,27 @@ static void assert_same_tokens(const char *pa, const char *pb, int lines, const 
 /* End to end on the golden tiny model: the GPU's greedy tokens equal the
  * CPU's, all-resident and through the offloading scheduler (weights, KV and
  * activations over three tiers, CPU attention over the fp16 host KV, H2O). */
-Test(kern_cuda, tiny_model_greedy_tokens_equal_cpu)
+/* A scratch directory (dir: "/tmp/fh_kcuda_XXXXXX") with p.jsonl (the three
+ * prompts of the end-to-end tests, then `more` lines) and off/. @return
+ * the flexh2o binary. */
+static const char *tiny_job(char *dir, const char *more)
 {
     const char *bin = getenv("FLEXH2O_BIN");
     cr_assert(bin, "FLEXH2O_BIN must point at the flexh2o binary");
-    char dir[] = "/tmp/fh_kcuda_XXXXXX", cmd[2048];
     cr_assert(mkdtemp(dir));
+    char cmd[1024];
     snprintf(cmd, sizeof cmd,
              "printf '%%s\\n' '{\"prompt_ids\": [2, 37, 101, 5, 300]}' "
              "'{\"prompt\": \"Hello world, the heavy hitters\"}' '{\"prompt_ids\": [2, 9]}' "
-             "> %s/p.jsonl && mkdir %s/off", dir, dir);
+             "%s > %s/p.jsonl && mkdir %s/off", more, dir, dir);
     cr_assert_eq(system(cmd), 0);
+    return bin;
+}
+
+Test(kern_cuda, tiny_model_greedy_tokens_equal_cpu)
+{
+    char dir[] = "/tmp/fh_kcuda_XXXXXX", cmd[2048];
+    const char *bin = tiny_job(dir, "");
     static const char *variants[] = {
         "--batch-size 3",
         "--gpu-batch-size 2 --num-gpu-batches 2 --percent 30 30 34 33 0 100",
@@ -732,15 +742,8 @@ Test(kern_cuda, tiny_model_greedy_tokens_equal_cpu)
  * 4-bit host cache runs and generates every token. */
 Test(kern_cuda, tiny_model_4bit_placements_equal_all_resident)
 {
-    const char *bin = getenv("FLEXH2O_BIN");
-    cr_assert(bin, "FLEXH2O_BIN must point at the flexh2o binary");
     char dir[] = "/tmp/fh_kcuda_XXXXXX", cmd[2048];
-    cr_assert(mkdtemp(dir));
-    snprintf(cmd, sizeof cmd,
-             "printf '%%s\\n' '{\"prompt_ids\": [2, 37, 101, 5, 300]}' "
-             "'{\"prompt\": \"Hello world, the heavy hitters\"}' '{\"prompt_ids\": [2, 9]}' "
-             "'{\"prompt\": \"four\"}' > %s/p.jsonl && mkdir %s/off", dir, dir);
-    cr_assert_eq(system(cmd), 0);
+    const char *bin = tiny_job(dir, "'{\"prompt\": \"four\"}'");
     static const char *variants[] = {
         "",
         "--percent 30 30 34 33 0 100",
