@@ -107,6 +107,12 @@ void *off_alloc_aligned(size_t bytes);
 /* or'ed into the dtype: the layers' weight matrices are 4-bit groups
  * (kernels/kern.h's format; the vectors and the globals in the base dtype) */
 #define OFF_DTYPE_Q4 0x100u
+
+/* Bytes per element of a store's base dtype (its vectors and globals). */
+static inline size_t off_dtype_size(uint32_t dtype)
+{
+    return (dtype & ~OFF_DTYPE_Q4) == OFF_DTYPE_F16 ? 2 : 4;
+}
 #define OFF_SEG_NAME 48
 
 typedef struct off_seg {

@@ -80,15 +80,8 @@ void sched_geom_init(sched_geom *g, const model_config *c, size_t es, const sche
     /* the expansion of 4-bit matrices: with several GPU batches a layer's
      * four matrices are expanded once and reused by each batch, with one
      * batch only the matrix of the GEMM at hand is */
-    g->w_exp = 0;
-    for (int t = 0; g->wq && t < MT_COUNT; t++) {
-        int cols;
-        size_t n = model_tensor_rows(c, t, &cols) * (size_t)cols;
-        if (g->K > 1)
-            g->w_exp += n;
-        else if (n > g->w_exp)
-            g->w_exp = n;
-    }
+    size_t largest, all = model_layer_matrix_elems(c, &largest);
+    g->w_exp = !g->wq ? 0 : g->K > 1 ? all : largest;
     g->w_stage_from = g->w_gpu & ~(size_t)(OFF_ALIGN - 1);
     size_t d = (size_t)c->hidden;
     g->globals = ((size_t)c->vocab_size * d * (c->tie_lm_head ? 1 : 2) +

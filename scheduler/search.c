@@ -139,12 +139,10 @@ int sched_cost_eval(const model_config *c, size_t es, const sched_policy *p,
     double w_off = L * (double)(g.blob - g.w_gpu);        /* crosses h2d each load */
     double w_disk = L * (double)g.w_disk_span;             /* read from disk each load */
     double W_all = L * (double)g.blob + (double)c->vocab_size * c->hidden * es;
-    /* 4-bit matrices are expanded before each GEMM: written once, read
+    /* 4-bit matrices are expanded before their GEMMs: written once, read
      * once more in the storage type */
-    for (int t = 0; g.wq && t < MT_COUNT; t++) {
-        int cols;
-        W_all += 2.0 * L * (double)model_tensor_rows(c, t, &cols) * cols * (double)es;
-    }
+    if (g.wq)
+        W_all += 2.0 * L * (double)model_layer_matrix_elems(c, NULL) * (double)es;
     double kv_g = L * K * g.kv[SCHED_GPU].bytes, kv_c = L * K * g.kv[SCHED_CPU].bytes;
     double kv_d = L * K * g.kv[SCHED_DISK].bytes, kv_d_io = L * K * g.kv_disk_stride;
     int attn = p->cpu_attention;

@@ -415,7 +415,7 @@ static int cmd_generate(int argc, char **argv)
          * gets the disk share */
         sh.weights_on_disk_already =
             is_store && pol.compress_weight == !!(store_dtype & OFF_DTYPE_Q4) &&
-            ((store_dtype & ~OFF_DTYPE_Q4) == OFF_DTYPE_F16 ? 2u : 4u) == be.ops->elem_size;
+            off_dtype_size(store_dtype) == be.ops->elem_size;
         if (plan_only) {
             sched_plan pl;
             rc = sched_plan_compute(&cfg, be.ops->elem_size, &pol, &sh, &pl);

@@ -30,16 +30,18 @@ size_t model_layer_layout_q(const model_config *c, size_t es, int wq, size_t off
                             size_t bytes[MT_COUNT])
 {
     size_t d = (size_t)c->hidden, f = (size_t)c->ffn;
+    /* the vectors; the matrices' shapes are model_tensor_rows' */
     const size_t cnt[MT_COUNT] = {
         [MT_LN1_W] = d, [MT_LN1_B] = d, [MT_BQKV] = 3 * d, [MT_BO] = d,
         [MT_LN2_W] = d, [MT_LN2_B] = d, [MT_B1] = f, [MT_B2] = d,
-        [MT_WQKV] = 3 * d * d, [MT_WO] = d * d, [MT_W1] = f * d, [MT_W2] = d * f,
     };
     size_t at = 0;
     for (int t = 0; t < MT_COUNT; t++) {
         int cols;
         size_t rows = model_tensor_rows(c, t, &cols);
-        size_t b = wq && rows ? rows * kern_q4_row_bytes(cols) : cnt[t] * es;
+        size_t b = !rows ? cnt[t] * es
+                 : wq    ? rows * kern_q4_row_bytes(cols)
+                         : rows * (size_t)cols * es;
         if (off)
             off[t] = at;
         if (bytes)
@@ -56,6 +58,20 @@ size_t model_layer_layout(const model_config *c, size_t es, size_t off[MT_COUNT]
     for (int t = 0; n && t < MT_COUNT; t++)
         n[t] = bytes[t] / es;
     return at;
+}
+
+size_t model_layer_matrix_elems(const model_config *c, size_t *largest)
+{
+    size_t sum = 0, big = 0;
+    for (int t = 0; t < MT_COUNT; t++) {
+        int cols;
+        size_t n = model_tensor_rows(c, t, &cols) * (size_t)cols;
+        sum += n;
+        big = n > big ? n : big;
+    }
+    if (largest)
+        *largest = big;
+    return sum;
 }
 
 void model_layer_quantize(const model_config *c, size_t es, void *dst, const void *src)

@@ -41,6 +41,9 @@ size_t model_layer_layout_q(const model_config *c, size_t es, int wq, size_t off
                             size_t bytes[MT_COUNT]);
 /* Rows of weight matrix t, *cols its row length; 0 when t is a vector. */
 size_t model_tensor_rows(const model_config *c, int t, int *cols);
+/* Values in the four matrices of a layer; *largest (may be NULL): in the
+ * largest one. */
+size_t model_layer_matrix_elems(const model_config *c, size_t *largest);
 /* dst (a model_layer_layout_q(wq = 1) blob) <- src (a plain blob of es-byte
  * elements): matrices quantized, vectors copied. */
 void model_layer_quantize(const model_config *c, size_t es, void *dst, const void *src);

@@ -198,37 +198,50 @@ static int host_segment(model *m, int kind, const model_kv *g, const kern_seq *s
     return o->upload(ctx, (char *)sc->att + (size_t)r0 * d * es, sc->h_att, rows * d);
 }
 
-/* The four matrices of a layer in the order of an expanded layer. */
-static const int layer_mats[4] = {MT_WQKV, MT_WO, MT_W1, MT_W2};
+/* Where matrix t of an expanded layer starts in sc->w (w_all): the
+ * matrices in tensor order, MT_WQKV .. MT_W2. @return bytes. */
+static size_t expanded_at(const model_config *c, size_t es, int t)
+{
+    size_t at = 0;
+    for (int i = MT_WQKV; i < t; i++) {
+        int cols;
+        at += model_tensor_rows(c, i, &cols) * (size_t)cols;
+    }
+    return at * es;
+}
 
-/* y(rows, n) = x W^T + b for matrix t of layer L, expanded from its 4-bit
- * rows first when the layer is compressed: into sc->w for this GEMM, or
- * (w_all) with the rest of the layer when the layer is not there yet. */
-static int layer_linear(model *m, const model_layer *L, model_scratch *sc, int t, void *y,
-                        const void *x, const void *b, int rows, int n, int k, int relu)
+/* w_all: expand the four 4-bit matrices of L into sc->w unless they are
+ * there already (the GPU batches of a block share the layer). */
+static int expand_layer(model *m, const model_layer *L, model_scratch *sc)
+{
+    if (sc->w_layer == L)
+        return 0;
+    const void *w[] = {L->wqkv, L->wo, L->w1, L->w2};
+    for (int t = MT_WQKV; t <= MT_W2; t++) {
+        int cols;
+        size_t rows = model_tensor_rows(&m->cfg, t, &cols);
+        FORWARD_IF(m->be->ops->dequant_q4(m->be->ctx,
+                                          (char *)sc->w + expanded_at(&m->cfg,
+                                                                      m->be->ops->elem_size, t),
+                                          w[t - MT_WQKV], rows, cols));
+    }
+    sc->w_layer = L;
+    return 0;
+}
+
+/* y(rows, n) = x W^T + b for matrix t (held at w) of layer L; a 4-bit
+ * matrix is taken from the expanded layer (w_all) or expanded into sc->w
+ * for this GEMM. */
+static int layer_linear(model *m, const model_layer *L, const model_scratch *sc, int t,
+                        void *y, const void *x, const void *w, const void *b, int rows, int n,
+                        int k, int relu)
 {
     const backend_ops *o = m->be->ops;
-    const model_config *c = &m->cfg;
-    const void *w = *model_layer_field((model_layer *)L, t);
-    if (L->wq && !sc->w_all) {
+    if (L->wq && sc->w_all) {
+        w = (const char *)sc->w + expanded_at(&m->cfg, o->elem_size, t);
+    } else if (L->wq) {
         FORWARD_IF(o->dequant_q4(m->be->ctx, sc->w, w, (size_t)n, k));
         w = sc->w;
-    } else if (L->wq) {
-        size_t at = 0, here = 0;
-        for (int i = 0; i < 4; i++) {
-            int cols;
-            size_t r = model_tensor_rows(c, layer_mats[i], &cols);
-            char *dst = (char *)sc->w + at * o->elem_size;
-            if (sc->w_layer != L)
-                FORWARD_IF(o->dequant_q4(m->be->ctx, dst,
-                                         *model_layer_field((model_layer *)L, layer_mats[i]),
-                                         r, cols));
-            if (layer_mats[i] == t)
-                here = at;
-            at += r * (size_t)cols;
-        }
-        sc->w_layer = L;
-        w = (char *)sc->w + here * o->elem_size;
     }
     return o->linear(m->be->ctx, y, x, w, b, rows, n, k, relu);
 }
@@ -246,8 +259,11 @@ int model_layer_forward(model *m, const model_layer *L, int kind, void *x, int n
     char *qkv = sc->qkv;
     const char *q = qkv, *k = qkv + (size_t)d * es, *v = qkv + (size_t)2 * d * es;
 
+    if (L->wq && sc->w_all)
+        FORWARD_IF(expand_layer(m, L, sc));
     FORWARD_IF(o->layernorm(ctx, sc->h, x, L->ln1_w, L->ln1_b, n_rows, d, c->ln_eps));
-    FORWARD_IF(layer_linear(m, L, sc, MT_WQKV, qkv, sc->h, L->bqkv, n_rows, 3 * d, d, 0));
+    FORWARD_IF(layer_linear(m, L, sc, MT_WQKV, qkv, sc->h, L->wqkv, L->bqkv, n_rows, 3 * d, d,
+                            0));
     if (kind == MODEL_PASS_PREFILL)
         FORWARD_IF(o->attn_prefill(ctx, sc->att, d, q, k, v, 3 * d, seqs, n_seq, H, hd,
                                    scale, sc->colsum));
@@ -278,11 +294,11 @@ int model_layer_forward(model *m, const model_layer *L, int kind, void *x, int n
                 ev));
         }
     }
-    FORWARD_IF(layer_linear(m, L, sc, MT_WO, sc->h, sc->att, L->bo, n_rows, d, d, 0));
+    FORWARD_IF(layer_linear(m, L, sc, MT_WO, sc->h, sc->att, L->wo, L->bo, n_rows, d, d, 0));
     FORWARD_IF(o->add(ctx, x, sc->h, (size_t)n_rows * d));
     FORWARD_IF(o->layernorm(ctx, sc->h, x, L->ln2_w, L->ln2_b, n_rows, d, c->ln_eps));
-    FORWARD_IF(layer_linear(m, L, sc, MT_W1, sc->ffn, sc->h, L->b1, n_rows, c->ffn, d, 1));
-    FORWARD_IF(layer_linear(m, L, sc, MT_W2, sc->h, sc->ffn, L->b2, n_rows, d, c->ffn, 0));
+    FORWARD_IF(layer_linear(m, L, sc, MT_W1, sc->ffn, sc->h, L->w1, L->b1, n_rows, c->ffn, d, 1));
+    FORWARD_IF(layer_linear(m, L, sc, MT_W2, sc->h, sc->ffn, L->w2, L->b2, n_rows, d, c->ffn, 0));
     return o->add(ctx, x, sc->h, (size_t)n_rows * d);
 }
 

@@ -4,9 +4,10 @@
  * A store is a directory: model.flxh2o (offload/off.h's segment file, one
  * segment per global tensor and one layer blob per layer, model_layer_layout
  * order, in fp16 or fp32, the matrices optionally 4-bit) beside copies of
- * config.json and the tokenizer files, so that `generate --model STORE` needs nothing else. The disk
- * share of a layer streams straight from the segment with O_DIRECT when
- * the store's dtype is the backend's storage type.
+ * config.json and the tokenizer files, so that `generate --model STORE`
+ * needs nothing else. The disk share of a layer streams straight from the
+ * segment with O_DIRECT when the store's dtype is the backend's storage
+ * type.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,11 +22,6 @@
 #define STORE_FILE "model.flxh2o"
 
 static const char *const global_names[] = {"tok_emb", "pos_emb", "lnf_w", "lnf_b", "lm_head"};
-
-static size_t dtype_size(uint32_t dt)
-{
-    return (dt & ~OFF_DTYPE_Q4) == OFF_DTYPE_F16 ? 2 : 4;
-}
 
 /* A layer blob of one element size in the layout of another; with wq both
  * are 4-bit blobs, whose matrices are copied as they are. */
@@ -95,7 +91,7 @@ static int conv_sink(void *ud, int layer, const void *blob, int wq, int fd, uint
     (void)fd;
     (void)off;
     conv *cv = ud;
-    size_t es = dtype_size(cv->dtype);
+    size_t es = off_dtype_size(cv->dtype);
     convert_blob(cv->c, 0, cv->blob, es, blob, sizeof(float));
     if (cv->qblob)
         model_layer_quantize(cv->c, es, cv->qblob, cv->blob);
@@ -134,7 +130,7 @@ int model_convert(const char *hf_dir, const char *out_dir, uint32_t dtype)
     char *cj = NULL;
     size_t cj_len = 0;
     FORWARD_IF(fh_read_file(path, &cj, &cj_len));
-    size_t es = dtype_size(dtype), d = (size_t)c.hidden;
+    size_t es = off_dtype_size(dtype), d = (size_t)c.hidden;
     int n_glob = c.tie_lm_head ? 4 : 5, n_seg = n_glob + c.n_layer;
     const char **names = calloc((size_t)n_seg, sizeof *names);
     char (*lnames)[OFF_SEG_NAME] = calloc((size_t)c.n_layer, OFF_SEG_NAME);
@@ -224,7 +220,7 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk,
     if (rc == 0)
         rc = model_config_parse(st->config_json, strlen(st->config_json), path, &m->cfg);
     const model_config *c = &m->cfg;
-    size_t ses = dtype_size(st->dtype), bes = be->ops->elem_size;
+    size_t ses = off_dtype_size(st->dtype), bes = be->ops->elem_size;
     uint32_t base = st->dtype & ~OFF_DTYPE_Q4;
     int wq = (st->dtype & OFF_DTYPE_Q4) != 0;
     if (rc == 0 && base != OFF_DTYPE_F16 && base != OFF_DTYPE_F32) {

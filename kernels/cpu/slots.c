@@ -98,6 +98,7 @@ SLOT_ELEMENT_HELPERS(SLOT_FN, uint16_t, h16_ld, h16_st)
 
 static float dot_cache_q4(const float *q, const uint8_t *c, int n)
 {
+    assert(n <= Q4_MAX_HD);
     float row[Q4_MAX_HD];
     kern_q4_dequant_row(row, c, n);
     return dot_cache_ref(q, row, n);
@@ -105,6 +106,7 @@ static float dot_cache_q4(const float *q, const uint8_t *c, int n)
 
 static void axpy_row_q4(float *o, float p, const uint8_t *c, int n)
 {
+    assert(n <= Q4_MAX_HD);
     float row[Q4_MAX_HD];
     kern_q4_dequant_row(row, c, n);
     axpy_row_ref(o, p, row, n);
