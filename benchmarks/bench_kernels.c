@@ -23,7 +23,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "backend_impl.h"
+#include "backend.h"
 #include "err.h"
 #include "safetensors.h"
 

@@ -3,7 +3,7 @@
  *
  * offload/ knows bytes, files and segments, never models or schedules
  * (scheduler/ drives it). Every call returns 0 (or a count) or -errno with
- * one message recorded through err_set() (src/err.h) that names the file,
+ * one message recorded through err_set() (kernels/err.h) that names the file,
  * the segment and what to do.
  */
 #ifndef FH_OFF_H
@@ -159,5 +159,17 @@ int off_store_writer_put(off_store_writer *w, int i, const void *data);
 /* Every segment must have been put. @return 0 or -errno; frees w. */
 int off_store_writer_finish(off_store_writer *w);
 void off_store_writer_abort(off_store_writer *w); /* removes path.tmp; NULL ok */
+
+/* ------------------------------------------------------------ files and capacity */
+
+/* Read a whole file into a NUL-terminated malloc'd buffer (caller frees).
+ * @return 0, or -errno with a message naming the path. */
+int off_read_file(const char *path, char **out, size_t *len);
+/* MemAvailable of /proc/meminfo in bytes (0 when unreadable): the CPU-tier
+ * cap when --cpu-mem is not given. */
+uint64_t off_mem_available(void);
+/* Free bytes for the disk tier in dir; a dir that is not a directory is
+ * -ENOENT with a message saying to create it. @return 0 or -errno. */
+int off_disk_free(const char *dir, uint64_t *out);
 
 #endif

@@ -11,11 +11,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend_impl.h"
+#include "backend.h"
 #include "err.h"
-#include "model_config.h"
 #include "off.h"
-#include "sched.h"
+#include "scheduler.h"
 
 static double best(double a, double b) { return a > b ? a : b; }
 
@@ -194,7 +193,7 @@ int sched_calib_load(const char *path, sched_calib *out)
 {
     char *text = NULL;
     size_t len = 0;
-    FORWARD_IF(fh_read_file(path, &text, &len));
+    FORWARD_IF(off_read_file(path, &text, &len));
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
     RETURN_IF(!root || !cJSON_IsObject(root), -EINVAL, "%s: not a JSON object; a hardware "

@@ -17,8 +17,8 @@
 #include <unistd.h>
 
 #include "err.h"
-#include "model_config.h"
-#include "sched.h"
+#include "off.h"
+#include "scheduler.h"
 
 void sched_policy_default(sched_policy *p)
 {
@@ -234,7 +234,7 @@ int sched_policy_load(const char *path, sched_policy *p)
 {
     char *text = NULL;
     size_t len = 0;
-    FORWARD_IF(fh_read_file(path, &text, &len));
+    FORWARD_IF(off_read_file(path, &text, &len));
     const char *errp = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &errp, 0);
     size_t at = root || !errp ? 0 : (size_t)(errp - text);

@@ -11,15 +11,13 @@
  *        mark the compute; issue: store KV + activations of (j, k) home
  *
  * Items i run in that order; loads run on lane 0 and stores on lane 1
- * (sched_io.c) while the compute thread works, so I/O of the neighbours
+ * (lanes.c) while the compute thread works, so I/O of the neighbours
  * overlaps the compute of the current item. The weights of layer 0 for
  * the next pass load during the last layer. Every buffer is allocated at
  * sched_create from the plan; a pass allocates nothing.
  */
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "err.h"
@@ -58,31 +56,6 @@ static int alloc_host(sched *s, size_t bytes, int pinned, void **out)
     return 0;
 }
 
-uint64_t sched_mem_available(void)
-{
-    FILE *f = fopen("/proc/meminfo", "r");
-    char line[256];
-    unsigned long long kb = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return (uint64_t)kb * 1024;
-}
-
-int sched_disk_free(const char *dir, uint64_t *out)
-{
-    struct stat st;
-    *out = 0;
-    RETURN_IF(stat(dir, &st) != 0 || !S_ISDIR(st.st_mode), -ENOENT,
-              "--offload-dir %s is not a directory; create it (on a fast local disk)", dir);
-    struct statvfs vs;
-    if (statvfs(dir, &vs) == 0)
-        *out = (uint64_t)vs.f_bavail * vs.f_frsize;
-    return 0;
-}
-
 static int open_disk_file(sched *s, const char *name, uint64_t size, int *fd)
 {
     char path[1200];
@@ -93,16 +66,16 @@ static int open_disk_file(sched *s, const char *name, uint64_t size, int *fd)
     return 0;
 }
 
-int sched_create(backend *be, const model_config *c, const sched_policy *p,
+int sched_create(backend *be, const sched_model *m, const sched_policy *p,
                  const sched_shape *sh, sched_trace *trace, sched **out)
 {
     sched_plan pl;
     sched_geom geom;
-    FORWARD_IF(sched_plan_geom(c, be->ops->elem_size, p, sh, &geom, &pl));
+    FORWARD_IF(sched_plan_geom(m, be->ops->elem_size, p, sh, &geom, &pl));
     uint64_t disk_free = 0;
     if (pl.total[SCHED_DISK])
-        FORWARD_IF(sched_disk_free(p->offload_dir, &disk_free));
-    uint64_t cpu_cap = p->cpu_mem ? p->cpu_mem : sched_mem_available();
+        FORWARD_IF(off_disk_free(p->offload_dir, &disk_free));
+    uint64_t cpu_cap = p->cpu_mem ? p->cpu_mem : off_mem_available();
     FORWARD_IF(sched_plan_check(&pl, p, p->gpu_mem, cpu_cap, disk_free));
     const backend_ops *o = be->ops;
     RETURN_IF(p->compress_weight && !o->dequant_q4, -ENOTSUP, "--compress-weight is not "
@@ -114,7 +87,11 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
     sched *s = calloc(1, sizeof *s);
     RETURN_IF(!s, -ENOMEM, "out of memory");
     s->be = be;
-    s->cfg = *c;
+    s->mdl = *m;
+    s->mdl.ctx = NULL;
+    s->mdl.embed = NULL;
+    s->mdl.layer = NULL;
+    s->mdl.head = NULL;
     s->pol = *p;
     s->sh = *sh;
     s->plan = pl;
@@ -133,8 +110,8 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
     /* weights */
     s->w_gpu = calloc((size_t)L, sizeof(void *));
     s->w_off = calloc((size_t)L, sizeof(uint64_t));
-    s->w_view[0] = calloc((size_t)L, sizeof(model_layer));
-    s->w_view[1] = calloc((size_t)L, sizeof(model_layer));
+    s->w_view[0] = calloc((size_t)L, sizeof(sched_layer));
+    s->w_view[1] = calloc((size_t)L, sizeof(sched_layer));
     s->kv_gpu = calloc((size_t)L * K, sizeof(void *));
     s->bseq = calloc((size_t)g->block, sizeof(kern_seq));
     s->bdesc = calloc((size_t)K, sizeof(batch_desc));
@@ -162,13 +139,13 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
      * w_stage_from (w_gpu rounded down to OFF_ALIGN) so that the disk share
      * lands there aligned, straight from the disk where the slot is host
      * memory */
-    size_t off[MT_COUNT];
-    model_layer_layout_q(c, g->es, g->wq, off, NULL);
+    size_t off[SCHED_MAX_TENSORS];
+    sched_blob_layout(m, g->es, g->wq, off, NULL);
     for (int l = 0; rc == 0 && l < L; l++)
         for (int v = 0; v < 2; v++) {
             s->w_view[v][l].wq = g->wq;
-            for (int t = 0; t < MT_COUNT; t++)
-                *model_layer_field(&s->w_view[v][l], t) =
+            for (int t = 0; t < m->n_tensors; t++)
+                s->w_view[v][l].t[t] =
                     off[t] < g->w_gpu ? (char *)s->w_gpu[l] + off[t]
                                       : (char *)s->w_stage[v] + (off[t] - g->w_stage_from);
         }
@@ -210,25 +187,25 @@ int sched_create(backend *be, const model_config *c, const sched_policy *p,
 
     /* work space */
     size_t R = (size_t)sh->max_rows, d = (size_t)g->d, H = (size_t)g->H, es = g->es;
-    size_t B = (size_t)g->block;
+    size_t KVH = (size_t)g->KVH, B = (size_t)g->block;
     if (rc == 0) rc = alloc_gpu(s, R * d * es, &s->scr.h);
-    if (rc == 0) rc = alloc_gpu(s, R * 3 * d * es, &s->scr.qkv);
+    if (rc == 0) rc = alloc_gpu(s, R * g->qkv * es, &s->scr.qkv);
     if (rc == 0) rc = alloc_gpu(s, R * d * es, &s->scr.att);
-    if (rc == 0) rc = alloc_gpu(s, R * (size_t)c->ffn * es, &s->scr.ffn);
+    if (rc == 0) rc = alloc_gpu(s, R * (size_t)m->ffn * es, &s->scr.ffn);
     if (rc == 0) rc = alloc_gpu(s, g->w_exp * es, &s->scr.w);
     s->scr.w_all = g->K > 1;
     if (rc == 0) rc = alloc_gpu(s, B * d * es, &s->last);
     if (rc == 0) rc = alloc_gpu(s, B * (size_t)g->V * es, &s->logits);
     if (rc == 0 && sh->scores) rc = alloc_gpu(s, R * H * 4, &s->scr.colsum);
     if (rc == 0 && sh->scores) rc = alloc_gpu(s, B * H * 4, &s->scr.self_p);
-    if (rc == 0 && sh->evicted) rc = alloc_gpu(s, (size_t)L * B * H * 4, &s->evicted);
+    if (rc == 0 && sh->evicted) rc = alloc_gpu(s, (size_t)L * B * KVH * 4, &s->evicted);
     if (rc == 0 && p->cpu_attention && !be->ops->host_visible) {
-        /* host scratch of CPU attention (model_forward.c host_segment) */
-        s->scr.h_qkv = malloc(sizeof(float) * R * 3 * d);
+        /* host scratch of CPU attention (sched_kv.host segments) */
+        s->scr.h_qkv = malloc(sizeof(float) * R * g->qkv);
         s->scr.h_att = malloc(sizeof(float) * R * d);
         s->scr.h_colsum = malloc(sizeof(float) * R * H);
         s->scr.h_self = malloc(sizeof(float) * (size_t)g->gbs * H);
-        s->scr.h_ev = malloc(sizeof(int32_t) * (size_t)g->gbs * H);
+        s->scr.h_ev = malloc(sizeof(int32_t) * (size_t)g->gbs * KVH);
         s->scr.h_seqs = malloc(sizeof(kern_seq) * (size_t)g->gbs);
         if (!s->scr.h_qkv || !s->scr.h_att || !s->scr.h_colsum || !s->scr.h_self ||
             !s->scr.h_ev || !s->scr.h_seqs) {
@@ -329,7 +306,7 @@ int sched_layer_sink(void *ptr, int l, const void *blob, int wq, int fd,
     RETURN_IF(wq && !g->wq, -EINVAL, "the weights are 4-bit (a store written by convert "
               "--compress-weight); run with --compress-weight");
     if (g->wq && !wq) { /* compress_weight: every tier holds the 4-bit blob */
-        model_layer_quantize(&s->cfg, g->es, s->q_blob, blob);
+        sched_blob_quantize(&s->mdl, g->es, s->q_blob, blob);
         b = s->q_blob;
         fd = -1; /* the store holds the plain blob */
     }
@@ -356,8 +333,18 @@ int sched_layer_sink(void *ptr, int l, const void *blob, int wq, int fd,
     return off_disk_rw(s->disk, &io, 1, what);
 }
 
-void sched_attach(sched *s, model *m) { s->m = m; }
-const sched_plan *sched_get_plan(const sched *s) { return &s->plan; }
+int sched_attach(sched *s, const sched_model *m)
+{
+    const sched_model *c = &s->mdl;
+    RETURN_IF(m->n_layer != c->n_layer || m->n_head != c->n_head ||
+              m->n_kv_head != c->n_kv_head || m->head_dim != c->head_dim ||
+              m->hidden != c->hidden || m->vocab != c->vocab || m->ffn != c->ffn ||
+              m->n_tensors != c->n_tensors || !m->embed || !m->layer || !m->head, -EINVAL,
+              "internal: the model attached is not the shape the scheduler was planned for");
+    s->mdl = *m;
+    s->attached = 1;
+    return 0;
+}
 const sched_policy *sched_get_policy(const sched *s) { return &s->pol; }
 const void *sched_logits(const sched *s) { return s->logits; }
 int sched_max_rows(const sched *s) { return s->sh.max_rows; }
@@ -410,7 +397,7 @@ static int weights_slot(sched *s, int l, int step)
 }
 
 /* The weights of layer l for compute: resident, or the slot holding it. */
-static int weights_of(sched *s, int l, int step, const model_layer **out)
+static int weights_of(sched *s, int l, int step, const sched_layer **out)
 {
     const sched_geom *g = &s->g;
     if (g->w_gpu == g->blob) {
@@ -500,7 +487,7 @@ static int load_item(sched *s, int l, const batch_desc *b, int v, int step, item
         t.dep_lane = 1; /* the store that empties this slot comes first */
         t.dep_ticket = prev_in_slot->store;
     }
-    int64_t ticket = submit_item(s, 0, &t, l, b, v, s->pass_kind == MODEL_PASS_DECODE, l > 0);
+    int64_t ticket = submit_item(s, 0, &t, l, b, v, s->pass_kind == SCHED_PASS_DECODE, l > 0);
     FORWARD_IF((int)(ticket < 0 ? ticket : 0));
     io->load = (uint64_t)ticket;
     return 0;
@@ -527,13 +514,13 @@ static int compute_item(sched *s, int l, const batch_desc *b, int v, int kind,
                         int step)
 {
     const sched_geom *g = &s->g;
-    model *m = s->m;
+    const sched_model *m = &s->mdl;
     double t0 = sched_trace_now();
     void *x = g->act_tier == SCHED_GPU ? x_home(s, b->k) : s->x_stage[v];
-    const model_layer *L;
+    const sched_layer *L;
     FORWARD_IF(weights_of(s, l, step, &L));
     kern_seq *seqs = s->bseq + (size_t)b->k * g->gbs;
-    model_kv kv[SCHED_TIERS];
+    sched_kv kv[SCHED_TIERS];
     int n_kv = 0;
     for (int t = 0; t < SCHED_TIERS; t++) {
         int n = b->n_seq - g->kv_seq0[t];
@@ -547,22 +534,22 @@ static int compute_item(sched *s, int l, const batch_desc *b, int v, int kind,
         /* with CPU attention the CPU and disk segments are host memory: on a
          * backend whose buffers are not, CPU threads compute them */
         int host = t != SCHED_GPU && s->pol.cpu_attention && !s->be->ops->host_visible;
-        kv[n_kv++] = (model_kv){base + kl->kc, base + kl->vc, base + kl->pos,
+        kv[n_kv++] = (sched_kv){base + kl->kc, base + kl->vc, base + kl->pos,
                                 kl->scores == SIZE_MAX ? NULL : base + kl->scores,
                                 g->kv_seq0[t], n, host, g->kvq};
     }
     if (l == 0)
-        FORWARD_IF(model_embed(m, x, ids + b->r0, pos + b->r0, b->n_rows));
+        FORWARD_IF(m->embed(m->ctx, x, ids + b->r0, pos + b->r0, b->n_rows));
     void *ev = s->evicted ? (char *)s->evicted +
-                                ((size_t)l * g->block + (size_t)b->k * g->gbs) * g->H * 4
+                                ((size_t)l * g->block + (size_t)b->k * g->gbs) * g->KVH * 4
                           : NULL;
-    FORWARD_IF(model_layer_forward(m, L, kind, x, b->n_rows, seqs, b->n_seq, kv, n_kv,
-                                   s->sh.cap, &s->scr, ev));
+    FORWARD_IF(m->layer(m->ctx, l, L, kind, x, b->n_rows, seqs, b->n_seq, kv, n_kv, s->sh.cap,
+                        &s->scr, ev));
     if (l == g->L - 1 && b->n_out > 0) {
         for (int i = 0; i < b->n_out; i++)
             s->blast[i] = last_rows[b->o0 + i] - b->r0;
-        FORWARD_IF(model_head(m, (char *)s->logits + (size_t)b->o0 * g->V * g->es, s->last, x,
-                              s->blast, b->n_out));
+        FORWARD_IF(m->head(m->ctx, (char *)s->logits + (size_t)b->o0 * g->V * g->es, s->last,
+                           x, s->blast, b->n_out));
     }
     sched_event e = {"compute", "compute", TRACK_COMPUTE, t0, sched_trace_now(), "gpu", 0, l,
                      b->k, step};
@@ -577,9 +564,10 @@ int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
     const sched_geom *g = &s->g;
     RETURN_IF(n_seq > g->block || n_out > g->block, -EINVAL,
               "internal: pass of %d sequences for a block of %d", n_seq, g->block);
-    int kind = model_pass_kind(seqs, n_seq, s->sh.cap);
+    RETURN_IF(!s->attached, -EINVAL, "internal: sched_forward before sched_attach");
+    int kind = sched_pass_kind(seqs, n_seq, s->sh.cap);
     FORWARD_IF(kind);
-    if (kind == MODEL_PASS_IDLE)
+    if (kind == SCHED_PASS_IDLE)
         return 0;
     s->pass_kind = kind;
 
@@ -687,7 +675,7 @@ int sched_read_kv(sched *s, int l, int seq, int what, void *out)
         t++;
     const kv_layout *kl = &g->kv[t];
     RETURN_IF(what == 1 && kl->scores == SIZE_MAX, -EINVAL, "internal: no scores kept");
-    size_t per = (size_t)g->H * s->sh.cap * 4;
+    size_t per = (size_t)g->KVH * s->sh.cap * 4;
     size_t at = (what == 0 ? kl->pos : kl->scores) + (size_t)(i - g->kv_seq0[t]) * per;
     if (t == SCHED_GPU)
         return s->be->ops->download_f32(s->be->ctx, out, (char *)kv_home(s, t, l, k) + at,
@@ -711,7 +699,7 @@ int sched_read_evicted(sched *s, int32_t *out)
 {
     RETURN_IF(!s->evicted, -EINVAL, "internal: evictions are not recorded");
     return s->be->ops->download_f32(s->be->ctx, (float *)out, s->evicted,
-                                    (size_t)s->g.L * s->g.block * s->g.H);
+                                    (size_t)s->g.L * s->g.block * s->g.KVH);
 }
 
 /* ------------------------------------------------------------ summary */

@@ -1,9 +1,9 @@
 /* sched_impl.h: the scheduler's internals shared by sched_plan.c,
- * sched_io.c and sched.c (not a public header).
+ * lanes.c and sched.c (not a public header).
  *
  * Where things live (per policy, see sched_plan.c for the sizes):
  *
- *   weights of layer l: one blob (model_layer_layout) cut at tensor
+ *   weights of layer l: one blob (sched_blob_layout) cut at tensor
  *     boundaries into [0, w_gpu) GPU home | [w_gpu, w_cpu) CPU home |
  *     [w_cpu, blob) disk (weights.bin in --offload-dir, or the store)
  *   KV of (layer l, GPU batch k): sequences [0, g) GPU home | [g, g + c)
@@ -24,10 +24,8 @@
 #include <pthread.h>
 #include <stdint.h>
 
-#include "backend_impl.h"
-#include "model.h"
 #include "off.h"
-#include "sched.h"
+#include "scheduler.h"
 
 /* Byte layout of a KV record of n sequences (sub-arrays 256-aligned). */
 typedef struct kv_layout {
@@ -38,12 +36,13 @@ typedef struct kv_layout {
 /* Geometry derived from (config, elem size, policy, shape): sched_geom(). */
 typedef struct sched_geom {
     size_t es;
-    int L, H, hd, d, V;
+    int L, H, KVH, hd, d, V;  /* layers, heads, KV heads, head_dim, hidden, vocab */
+    size_t qkv;            /* width of the fused q/k/v rows */
     int gbs, K, block;
     int wq, kvq;           /* compress_weight, compress_cache */
     size_t w_exp;          /* elements of the scratch that 4-bit matrices expand into:
                             * a layer's four (K > 1) or the largest one; 0 without wq */
-    size_t blob;           /* layer blob bytes (model_layer_layout_q) */
+    size_t blob;           /* layer blob bytes (sched_blob_layout) */
     size_t w_gpu, w_cpu;   /* blob cut points (bytes) */
     size_t w_stage_from;   /* w_gpu rounded down to OFF_ALIGN: a weight slot holds
                             * the blob's bytes [w_stage_from, align_up(blob)) */
@@ -59,19 +58,19 @@ typedef struct sched_geom {
     size_t host_stage;     /* bytes of each I/O lane's host staging buffer */
 } sched_geom;
 
-void sched_geom_init(sched_geom *g, const model_config *c, size_t es, const sched_policy *p,
+void sched_geom_init(sched_geom *g, const sched_model *m, size_t es, const sched_policy *p,
                      const sched_shape *sh);
 kv_layout sched_kv_layout(const sched_geom *g, int n, int cap, int scores);
 /* FlexGen's midpoint rule: mid[t] = the midpoint of tensor t of a layer blob
  * (4-bit matrices when wq) in percent of the blob, off[t] its offset.
  * @return the blob's bytes. */
-size_t sched_weight_mids(const model_config *c, size_t es, int wq, size_t off[MT_COUNT],
-                         double mid[MT_COUNT]);
+size_t sched_weight_mids(const sched_model *m, size_t es, int wq,
+                         size_t off[SCHED_MAX_TENSORS], double mid[SCHED_MAX_TENSORS]);
 /* sched_plan_compute that also hands back the geometry it planned. */
-int sched_plan_geom(const model_config *c, size_t es, const sched_policy *p,
+int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
                     const sched_shape *sh, sched_geom *g, sched_plan *out);
 
-/* ---- I/O lanes: a thread with a FIFO of transfer tasks (sched_io.c) ---- */
+/* ---- I/O lanes: a thread with a FIFO of transfer tasks (lanes.c) ---- */
 
 enum task_kind { TASK_LOAD, TASK_STORE };
 
@@ -111,8 +110,8 @@ typedef struct sched_lane {
 
 struct sched {
     backend *be;
-    model *m;
-    model_config cfg;
+    sched_model mdl;       /* shape from sched_create, callbacks from sched_attach */
+    int attached;
     sched_policy pol;
     sched_shape sh;
     sched_geom g;
@@ -129,7 +128,7 @@ struct sched {
     uint64_t *w_off;       /* (L) file offset of each layer blob */
     void *w_stage[2];      /* GPU slots for [w_gpu, blob) */
     void *q_blob;          /* host: the layer being quantized (compress_weight) */
-    model_layer *w_view[2];/* (L) per slot: the layer's fields, resident or staged */
+    sched_layer *w_view[2];/* (L) per slot: the layer's tensors, resident or staged */
     int w_slot_of[2];      /* layer in each slot, -1: none */
     uint64_t w_ticket[2];  /* loader ticket of each slot's load */
     int w_next;            /* slot the next weight load goes to */
@@ -146,8 +145,8 @@ struct sched {
     void *x_stage[2];
 
     /* per-pass work */
-    int pass_kind;         /* MODEL_PASS_* of the pass running */
-    model_scratch scr;
+    int pass_kind;         /* SCHED_PASS_* of the pass running */
+    sched_scratch scr;
     void *last, *logits, *evicted;
     kern_seq *bseq;        /* (block) sequences rebased per batch */
     struct batch_desc *bdesc; /* (K) the GPU batches of the pass */

@@ -25,11 +25,11 @@ int sched_prefill_rows(int prefill_rows, int max_prompt, int gbs)
     return (int)rows;
 }
 
-size_t sched_weight_mids(const model_config *c, size_t es, int wq, size_t off[MT_COUNT],
-                         double mid[MT_COUNT])
+size_t sched_weight_mids(const sched_model *m, size_t es, int wq,
+                         size_t off[SCHED_MAX_TENSORS], double mid[SCHED_MAX_TENSORS])
 {
-    size_t bytes[MT_COUNT], blob = model_layer_layout_q(c, es, wq, off, bytes);
-    for (int t = 0; t < MT_COUNT; t++)
+    size_t bytes[SCHED_MAX_TENSORS], blob = sched_blob_layout(m, es, wq, off, bytes);
+    for (int t = 0; t < m->n_tensors; t++)
         mid[t] = 100.0 * ((double)off[t] + 0.5 * (double)bytes[t]) / (double)blob;
     return blob;
 }
@@ -37,7 +37,7 @@ size_t sched_weight_mids(const model_config *c, size_t es, int wq, size_t off[MT
 kv_layout sched_kv_layout(const sched_geom *g, int n, int cap, int scores)
 {
     kv_layout k;
-    size_t slots = (size_t)n * g->H * cap;
+    size_t slots = (size_t)n * g->KVH * cap;
     size_t row = g->kvq ? kern_q4_row_bytes(g->hd) : (size_t)g->hd * g->es;
     k.kc = 0;
     k.vc = A256(slots * row);
@@ -49,43 +49,44 @@ kv_layout sched_kv_layout(const sched_geom *g, int n, int cap, int scores)
     return k;
 }
 
-void sched_geom_init(sched_geom *g, const model_config *c, size_t es, const sched_policy *p,
+void sched_geom_init(sched_geom *g, const sched_model *m, size_t es, const sched_policy *p,
                      const sched_shape *sh)
 {
     memset(g, 0, sizeof *g);
     g->es = es;
-    g->L = c->n_layer;
-    g->H = c->n_head;
-    g->hd = c->head_dim;
-    g->d = c->hidden;
-    g->V = c->vocab_size;
+    g->L = m->n_layer;
+    g->H = m->n_head;
+    g->KVH = m->n_kv_head;
+    g->hd = m->head_dim;
+    g->d = m->hidden;
+    g->V = m->vocab;
+    g->qkv = sched_qkv_dim(m);
     g->gbs = p->gpu_batch_size;
     g->K = p->num_gpu_batches;
     g->block = g->gbs * g->K;
 
     g->wq = p->compress_weight;
     g->kvq = p->compress_cache;
-    size_t off[MT_COUNT];
-    double mid[MT_COUNT];
-    g->blob = sched_weight_mids(c, es, g->wq, off, mid);
+    size_t off[SCHED_MAX_TENSORS];
+    double mid[SCHED_MAX_TENSORS];
+    g->blob = sched_weight_mids(m, es, g->wq, off, mid);
     g->w_gpu = 0;
     g->w_cpu = 0;
-    for (int t = 0; t < MT_COUNT; t++) {
-        size_t end = t + 1 < MT_COUNT ? off[t + 1] : g->blob;
+    for (int t = 0; t < m->n_tensors; t++) {
+        size_t end = t + 1 < m->n_tensors ? off[t + 1] : g->blob;
         if (mid[t] < p->wg)
             g->w_gpu = g->w_cpu = end;
         else if (mid[t] < p->wg + p->wc)
             g->w_cpu = end;
     }
     /* the expansion of 4-bit matrices: with several GPU batches a layer's
-     * four matrices are expanded once and reused by each batch, with one
+     * matrices are expanded once and reused by each batch, with one
      * batch only the matrix of the GEMM at hand is */
-    size_t largest, all = model_layer_matrix_elems(c, &largest);
+    size_t largest, all = sched_blob_matrix_elems(m, &largest);
     g->w_exp = !g->wq ? 0 : g->K > 1 ? all : largest;
     g->w_stage_from = g->w_gpu & ~(size_t)(OFF_ALIGN - 1);
-    size_t d = (size_t)c->hidden;
-    g->globals = ((size_t)c->vocab_size * d * (c->tie_lm_head ? 1 : 2) +
-                  (size_t)(c->max_pos + 2) * d + 2 * d) * es;
+    size_t d = (size_t)m->hidden;
+    g->globals = m->globals * es;
 
     int nt[SCHED_TIERS];
     sched_split(g->gbs, p->cg, p->cc, &nt[SCHED_GPU], &nt[SCHED_CPU], &nt[SCHED_DISK]);
@@ -109,20 +110,23 @@ void sched_geom_init(sched_geom *g, const model_config *c, size_t es, const sche
     g->host_stage = st;
 }
 
-int sched_plan_compute(const model_config *c, size_t es, const sched_policy *p,
+int sched_plan_compute(const sched_model *m, size_t es, const sched_policy *p,
                        const sched_shape *sh, sched_plan *out)
 {
     sched_geom g;
-    return sched_plan_geom(c, es, p, sh, &g, out);
+    return sched_plan_geom(m, es, p, sh, &g, out);
 }
 
-int sched_plan_geom(const model_config *c, size_t es, const sched_policy *p,
+int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
                     const sched_shape *sh, sched_geom *gp, sched_plan *out)
 {
     FORWARD_IF(sched_policy_check(p));
     RETURN_IF(sh->max_rows < 1 || sh->cap < 1, -EINVAL,
               "internal: plan for %d rows and %d KV slots", sh->max_rows, sh->cap);
-    sched_geom_init(gp, c, es, p, sh);
+    RETURN_IF(m->n_tensors < 1 || m->n_tensors > SCHED_MAX_TENSORS || m->n_kv_head < 1 ||
+              m->n_head % m->n_kv_head, -EINVAL, "internal: a model of %d layer tensors and "
+              "%d heads over %d KV heads", m->n_tensors, m->n_head, m->n_kv_head);
+    sched_geom_init(gp, m, es, p, sh);
     const sched_geom g = *gp;
     memset(out, 0, sizeof *out);
     out->block = g.block;
@@ -150,18 +154,18 @@ int sched_plan_geom(const model_config *c, size_t es, const sched_policy *p,
     b[SCHED_CPU][SCHED_STAGE] = 2 * (uint64_t)g.host_stage +
                                 (cpu_attn ? 2 * off_align_up(g.kv[SCHED_DISK].bytes) : 0);
 
-    size_t R = (size_t)sh->max_rows, d = (size_t)c->hidden, H = (size_t)c->n_head;
-    size_t B = (size_t)g.block;
-    uint64_t work = A256(R * d * es) * 2 + A256(R * 3 * d * es) + A256(R * (size_t)c->ffn * es) +
-                    A256(B * d * es) + A256(B * (size_t)c->vocab_size * es);
+    size_t R = (size_t)sh->max_rows, d = (size_t)m->hidden, H = (size_t)m->n_head;
+    size_t KVH = (size_t)m->n_kv_head, B = (size_t)g.block;
+    uint64_t work = A256(R * d * es) * 2 + A256(R * g.qkv * es) + A256(R * (size_t)m->ffn * es) +
+                    A256(B * d * es) + A256(B * (size_t)m->vocab * es);
     if (sh->scores)
         work += A256(R * H * 4) + A256(B * H * 4);
     if (sh->evicted)
-        work += A256(L * B * H * 4);
+        work += A256(L * B * KVH * 4);
     work += A256(g.w_exp * es); /* matrices expanded from 4 bits */
     b[SCHED_GPU][SCHED_WORK] = work;
     if (cpu_attn && es != sizeof(float)) /* host scratch of CPU attention (CUDA) */
-        b[SCHED_CPU][SCHED_WORK] = R * 4 * (3 * d + d + H) + (size_t)g.gbs * (H * 8 + 28);
+        b[SCHED_CPU][SCHED_WORK] = R * 4 * (g.qkv + d + H) + (size_t)g.gbs * (H * 4 + KVH * 4 + 28);
     if (g.wq) /* the layer being quantized while the model loads */
         b[SCHED_CPU][SCHED_WORK] += off_align_up(g.blob);
 

@@ -63,13 +63,6 @@ static int prefill_passes(const sched_shape *sh, int gbs, int prompt_len)
     return (gbs + per - 1) / per;
 }
 
-/* Multiply-accumulate parameters of one token's pass (layers + head). */
-static double matmul_params(const model_config *c)
-{
-    double d = c->hidden, f = c->ffn;
-    return c->n_layer * (4 * d * d + 2 * d * f) + (double)c->vocab_size * d;
-}
-
 /* The GEMM rate (FLOP/s) of a product with `rows` rows: the profile's
  * shapes interpolated in log(rows); below the first, the rate falls with
  * the rows (the weights are read whatever m is); above the last, the last. */
@@ -124,7 +117,7 @@ static void take_max(const double *t, double *out, int *which)
         }
 }
 
-int sched_cost_eval(const model_config *c, size_t es, const sched_policy *p,
+int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
                     const sched_shape *sh, int prompt_len, int gen_len, const sched_calib *hw,
                     sched_cost *out)
 {
@@ -138,11 +131,11 @@ int sched_cost_eval(const model_config *c, size_t es, const sched_policy *p,
     double L = g.L, K = g.K, N = g.block, gbs = g.gbs, s = prompt_len;
     double w_off = L * (double)(g.blob - g.w_gpu);        /* crosses h2d each load */
     double w_disk = L * (double)g.w_disk_span;             /* read from disk each load */
-    double W_all = L * (double)g.blob + (double)c->vocab_size * c->hidden * es;
+    double W_all = L * (double)g.blob + (double)c->vocab * c->hidden * es;
     /* 4-bit matrices are expanded before their GEMMs: written once, read
      * once more in the storage type */
     if (g.wq)
-        W_all += 2.0 * L * (double)model_layer_matrix_elems(c, NULL) * (double)es;
+        W_all += 2.0 * L * (double)sched_blob_matrix_elems(c, NULL) * (double)es;
     double kv_g = L * K * g.kv[SCHED_GPU].bytes, kv_c = L * K * g.kv[SCHED_CPU].bytes;
     double kv_d = L * K * g.kv[SCHED_DISK].bytes, kv_d_io = L * K * g.kv_disk_stride;
     int attn = p->cpu_attention;
@@ -150,7 +143,7 @@ int sched_cost_eval(const model_config *c, size_t es, const sched_policy *p,
     double row = (double)g.d * es;
     act_io x = act_moves(&g, prompt_len);
     double kv_link = attn ? 0 : kv_c + kv_d;
-    double params = matmul_params(c);
+    double params = sched_matmul_params(c);
     int np = prefill_passes(sh, g.gbs, prompt_len);
     double f_step = gemm_rate(hw, gbs);
     double f_pre = gemm_rate(hw, sh->max_rows < gbs * s ? sh->max_rows : gbs * s);
@@ -428,7 +421,7 @@ static int same_policy(const sched_policy *a, const sched_policy *b)
  * a layer can be cut at a handful of tensor boundaries only; the search
  * enumerates those cuts and lets the LP place the KV for each. */
 
-#define MAX_LEVELS (MT_COUNT + 1)
+#define MAX_LEVELS (SCHED_MAX_TENSORS + 1)
 
 typedef struct wlevels {
     int n;
@@ -447,27 +440,27 @@ static double roundest(double lo, double hi)
     return hi;
 }
 
-static void weight_levels(const model_config *c, size_t es, int wq, wlevels *w)
+static void weight_levels(const sched_model *c, size_t es, int wq, wlevels *w)
 {
-    size_t off[MT_COUNT];
-    double mid[MT_COUNT];
+    size_t off[SCHED_MAX_TENSORS];
+    double mid[SCHED_MAX_TENSORS];
     double blob = (double)sched_weight_mids(c, es, wq, off, mid);
     w->n = 0;
     w->f[w->n] = 0;
     w->pct[w->n++] = 0;
-    for (int t = 0; t < MT_COUNT; t++) {
-        double end = t + 1 < MT_COUNT ? (double)off[t + 1] / blob : 1.0;
+    for (int t = 0; t < c->n_tensors; t++) {
+        double end = t + 1 < c->n_tensors ? (double)off[t + 1] / blob : 1.0;
         /* tiny tensors (LayerNorm, biases) are not worth a level of their own */
-        if (t + 1 < MT_COUNT && end - w->f[w->n - 1] < 0.005)
+        if (t + 1 < c->n_tensors && end - w->f[w->n - 1] < 0.005)
             continue;
         w->f[w->n] = end;
         /* share s puts tensors 0..t there when mid[t] < s <= mid[t + 1] */
-        w->pct[w->n++] = t + 1 < MT_COUNT ? roundest(mid[t], mid[t + 1]) : 100;
+        w->pct[w->n++] = t + 1 < c->n_tensors ? roundest(mid[t], mid[t + 1]) : 100;
     }
 }
 
 typedef struct search_ctx {
-    const model_config *c;
+    const sched_model *c;
     size_t es;
     const sched_policy *base;
     const sched_search_opts *o;
@@ -534,7 +527,7 @@ static int kv_roundings(double fg, double fc, int gbs, int disk, double cg[4], d
  * rounded to whole sequences, each planned exactly. */
 static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
 {
-    const model_config *c = x->c;
+    const sched_model *c = x->c;
     const sched_search_opts *o = x->o;
     size_t es = x->es;
     sched_shape sh = search_shape(o, gbs);
@@ -667,7 +660,7 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
     keep_best(x->out, x->n_out, &x->n, &best);
 }
 
-int sched_search(const model_config *c, size_t es, const sched_policy *base,
+int sched_search(const sched_model *c, size_t es, const sched_policy *base,
                  const sched_search_opts *o, const sched_calib *hw, sched_candidate *out,
                  int n_out, int *n_found)
 {

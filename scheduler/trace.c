@@ -17,7 +17,7 @@
 #include <time.h>
 
 #include "err.h"
-#include "sched.h"
+#include "scheduler.h"
 
 struct sched_trace {
     pthread_mutex_t mu; /* guards ev, n, cap */

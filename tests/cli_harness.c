@@ -12,6 +12,8 @@
 #include <unistd.h>
 
 #include "err.h"
+#include "model.h"
+#include "off.h"
 #include "model_config.h"
 
 char cli_dir[256];
@@ -79,7 +81,7 @@ char *cli_read(const char *name)
 {
     char path[512], *buf;
     snprintf(path, sizeof path, "%s/%s", cli_dir, name);
-    cr_assert_eq(fh_read_file(path, &buf, NULL), 0, "%s", err_msg());
+    cr_assert_eq(off_read_file(path, &buf, NULL), 0, "%s", err_msg());
     return buf;
 }
 
@@ -88,4 +90,11 @@ int cli_exists(const char *name)
     char path[512];
     snprintf(path, sizeof path, "%s/%s", cli_dir, name);
     return access(path, F_OK) == 0;
+}
+
+const sched_model *shape_of(const model_config *c)
+{
+    static sched_model m;
+    model_sched_shape(c, &m);
+    return &m;
 }

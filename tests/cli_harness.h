@@ -40,4 +40,10 @@ char *cli_read(const char *name);
 /* 1 when cli_dir/name exists. */
 int cli_exists(const char *name);
 
+/* The scheduler's view of model shape c (model_sched_shape), in a buffer
+ * of the calling test that the next call overwrites. */
+struct model_config;
+struct sched_model;
+const struct sched_model *shape_of(const struct model_config *c);
+
 #endif

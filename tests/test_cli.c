@@ -11,6 +11,7 @@
 
 #include "cli_harness.h"
 #include "err.h"
+#include "off.h"
 #include "fh_config.h"
 #include "kern.h"
 #include "model_config.h"
@@ -89,7 +90,7 @@ Test(cli, generate_matches_golden_and_is_batch_invariant)
     }
     /* record 7 is golden case 1: [2, 37, 101, 5, 300] + 8 greedy tokens */
     char *g;
-    cr_assert_eq(fh_read_file(FH_SOURCE_ROOT "/tests/fixtures/tiny-opt-golden.json", &g,
+    cr_assert_eq(off_read_file(FH_SOURCE_ROOT "/tests/fixtures/tiny-opt-golden.json", &g,
                               NULL), 0);
     cJSON *gold = cJSON_Parse(g);
     free(g);

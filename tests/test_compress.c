@@ -27,7 +27,7 @@
 #include "fh_config.h"
 #include "kern.h"
 #include "model_config.h"
-#include "sched.h"
+#include "scheduler.h"
 
 #define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
 #define GOLDEN FH_SOURCE_ROOT "/tests/fixtures/tiny-opt-q4-golden.json"
@@ -235,9 +235,9 @@ Test(compress, plan_shrinks_by_the_format_ratio)
     p.gpu_batch_size = 4;
     sched_shape sh = {.max_rows = 512, .cap = 544, .scores = 1};
     sched_plan plain, q;
-    cr_assert_eq(sched_plan_compute(&c, 2, &p, &sh, &plain), 0);
+    cr_assert_eq(sched_plan_compute(shape_of(&c), 2, &p, &sh, &plain), 0);
     p.compress_weight = p.compress_cache = 1;
-    cr_assert_eq(sched_plan_compute(&c, 2, &p, &sh, &q), 0);
+    cr_assert_eq(sched_plan_compute(shape_of(&c), 2, &p, &sh, &q), 0);
 
     /* weights: per layer 12 d^2 matrix values at 36 bytes per 64 instead of
      * 2 bytes each, the vectors (9 d + ffn values) and the globals as they were */

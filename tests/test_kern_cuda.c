@@ -10,8 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend_impl.h"
+#include "backend.h"
 #include "err.h"
+#include "off.h"
 #include "fh_config.h"
 #include "model.h"
 #include "safetensors.h"
@@ -669,8 +670,8 @@ Test(kern_cuda, sampling_greedy_and_top_p)
 static void assert_same_tokens(const char *pa, const char *pb, int lines, const char *what)
 {
     char *a, *b;
-    cr_assert_eq(fh_read_file(pa, &a, NULL), 0);
-    cr_assert_eq(fh_read_file(pb, &b, NULL), 0);
+    cr_assert_eq(off_read_file(pa, &a, NULL), 0);
+    cr_assert_eq(off_read_file(pb, &b, NULL), 0);
     char *la = a, *lb = b;
     for (int line = 0; line < lines; line++) {
         char *ta = strstr(la, "\"tokens\":"), *tb = strstr(lb, "\"tokens\":");

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "err.h"
+#include "off.h"
 #include "fh_config.h"
 #include "model.h"
 #include "safetensors.h"
@@ -33,7 +34,7 @@ static void load_golden(void)
 {
     char *buf;
     size_t len;
-    cr_assert_eq(fh_read_file(GOLDEN, &buf, &len), 0, "%s", err_msg());
+    cr_assert_eq(off_read_file(GOLDEN, &buf, &len), 0, "%s", err_msg());
     cJSON *g = cJSON_Parse(buf);
     free(buf);
     cr_assert(g);
@@ -202,7 +203,7 @@ static void copy_file(const char *from, const char *to)
 {
     char *buf;
     size_t len;
-    cr_assert_eq(fh_read_file(from, &buf, &len), 0, "%s", err_msg());
+    cr_assert_eq(off_read_file(from, &buf, &len), 0, "%s", err_msg());
     FILE *f = fopen(to, "wb");
     cr_assert(f);
     cr_assert_eq(fwrite(buf, 1, len, f), len);
@@ -339,7 +340,7 @@ Test(model, shape_mismatch_names_tensor)
     /* config.json claims a wider FFN than the checkpoint has */
     char *cfg;
     size_t len;
-    cr_assert_eq(fh_read_file(TINY "/config.json", &cfg, &len), 0);
+    cr_assert_eq(off_read_file(TINY "/config.json", &cfg, &len), 0);
     char *p = strstr(cfg, "\"ffn_dim\": 256");
     cr_assert(p);
     memcpy(p, "\"ffn_dim\": 128", 14);

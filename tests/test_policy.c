@@ -16,9 +16,10 @@
 
 #include "cli_harness.h"
 #include "err.h"
+#include "off.h"
 #include "fh_config.h"
 #include "model_config.h"
-#include "sched.h"
+#include "scheduler.h"
 
 static char scratch[64];
 
@@ -461,7 +462,7 @@ static cJSON *read_json(const char *path)
 {
     char *text = NULL;
     size_t len = 0;
-    cr_assert_eq(fh_read_file(path, &text, &len), 0, "%s", err_msg());
+    cr_assert_eq(off_read_file(path, &text, &len), 0, "%s", err_msg());
     cJSON *j = cJSON_ParseWithLength(text, len);
     cr_assert(j, "%s is not JSON: %.200s", path, text);
     free(text);

@@ -15,7 +15,7 @@
 #include "cli_harness.h"
 #include "err.h"
 #include "fh_config.h"
-#include "sched.h"
+#include "scheduler.h"
 
 #define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
 #define POLICIES FH_SOURCE_ROOT "/configs/policies"

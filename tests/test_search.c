@@ -22,7 +22,7 @@
 #include "cli_harness.h"
 #include "err.h"
 #include "model_config.h"
-#include "sched.h"
+#include "scheduler.h"
 
 TestSuite(search, .init = cli_setup, .fini = cli_teardown);
 
@@ -86,16 +86,16 @@ Test(search, cost_terms_from_plan_bytes)
     sched_plan all, disk;
     sched_policy pa = pol(8, 2, 100, 0, 100, 0, 100, 0, 0);
     sched_policy pd = pol(8, 2, 0, 0, 100, 0, 100, 0, 0);
-    cr_assert_eq(sched_plan_compute(&c, 2, &pa, &sh, &all), 0);
-    cr_assert_eq(sched_plan_compute(&c, 2, &pd, &sh, &disk), 0);
+    cr_assert_eq(sched_plan_compute(shape_of(&c), 2, &pa, &sh, &all), 0);
+    cr_assert_eq(sched_plan_compute(shape_of(&c), 2, &pd, &sh, &disk), 0);
     /* the layer weights: what leaves the GPU tier when they go to disk */
     double W = (double)all.bytes[SCHED_GPU][SCHED_WEIGHTS] -
                (double)disk.bytes[SCHED_GPU][SCHED_WEIGHTS];
     cr_assert(W > 2.0 * GiB, "opt-1.3b fp16 layers are 2.4 GB, got %.0f", W);
 
     sched_cost ca, cd;
-    cr_assert_eq(sched_cost_eval(&c, 2, &pa, &sh, s, n, &hw, &ca), 0, "%s", err_msg());
-    cr_assert_eq(sched_cost_eval(&c, 2, &pd, &sh, s, n, &hw, &cd), 0, "%s", err_msg());
+    cr_assert_eq(sched_cost_eval(shape_of(&c), 2, &pa, &sh, s, n, &hw, &ca), 0, "%s", err_msg());
+    cr_assert_eq(sched_cost_eval(shape_of(&c), 2, &pd, &sh, s, n, &hw, &cd), 0, "%s", err_msg());
     /* all resident: nothing crosses a link */
     for (int t = COST_H2D; t <= COST_DRAM; t++)
         cr_assert_eq(ca.step[t], 0, "term %s = %g", sched_cost_term_name(t), ca.step[t]);
@@ -121,8 +121,8 @@ Test(search, cost_terms_from_plan_bytes)
     sched_policy pk = pol(8, 2, 100, 0, 0, 0, 100, 0, 0);
     sched_plan kd;
     sched_cost ck;
-    cr_assert_eq(sched_plan_compute(&c, 2, &pk, &sh, &kd), 0);
-    cr_assert_eq(sched_cost_eval(&c, 2, &pk, &sh, s, n, &hw, &ck), 0);
+    cr_assert_eq(sched_plan_compute(shape_of(&c), 2, &pk, &sh, &kd), 0);
+    cr_assert_eq(sched_cost_eval(shape_of(&c), 2, &pk, &sh, s, n, &hw, &ck), 0);
     double wr = (double)kd.bytes[SCHED_DISK][SCHED_KV] / (hw.disk_write * 1e9);
     cr_assert(fabs(ck.step[COST_DISK_WRITE] - wr) < 1e-9 * wr, "%g vs %g",
               ck.step[COST_DISK_WRITE], wr);
@@ -131,13 +131,13 @@ Test(search, cost_terms_from_plan_bytes)
     sched_policy pc = pol(8, 2, 100, 0, 0, 100, 100, 0, 1);
     sched_plan kc;
     sched_cost cc;
-    cr_assert_eq(sched_plan_compute(&c, 2, &pc, &sh, &kc), 0);
-    cr_assert_eq(sched_cost_eval(&c, 2, &pc, &sh, s, n, &hw, &cc), 0);
+    cr_assert_eq(sched_plan_compute(shape_of(&c), 2, &pc, &sh, &kc), 0);
+    cr_assert_eq(sched_cost_eval(shape_of(&c), 2, &pc, &sh, s, n, &hw, &cc), 0);
     double host = (double)kc.bytes[SCHED_CPU][SCHED_KV] / (hw.dram * 1e9);
     cr_assert(fabs(cc.step[COST_DRAM] - host) < 1e-9 * host, "%g vs %g", cc.step[COST_DRAM],
               host);
     pc.cpu_attention = 0;
-    cr_assert_eq(sched_cost_eval(&c, 2, &pc, &sh, s, n, &hw, &cc), 0);
+    cr_assert_eq(sched_cost_eval(shape_of(&c), 2, &pc, &sh, s, n, &hw, &cc), 0);
     cr_assert_eq(cc.step[COST_DRAM], 0);
     double kv_up = (double)kc.bytes[SCHED_CPU][SCHED_KV] / (hw.h2d * 1e9);
     cr_assert(fabs(cc.step[COST_H2D] - kv_up) < 1e-9 * kv_up, "%g vs %g", cc.step[COST_H2D],
@@ -163,7 +163,7 @@ Test(search, compute_term_uses_the_rate_at_the_batch_rows)
         sched_policy p = pol(gbs[i], 1, 100, 0, 100, 0, 100, 0, 0);
         sched_shape sh = shape(gbs[i], 64, 80, 0);
         sched_cost q;
-        cr_assert_eq(sched_cost_eval(&c, 2, &p, &sh, 64, 16, &hw, &q), 0, "%s", err_msg());
+        cr_assert_eq(sched_cost_eval(shape_of(&c), 2, &p, &sh, 64, 16, &hw, &q), 0, "%s", err_msg());
         double want = 2 * P * gbs[i] / rate[i];
         cr_assert(fabs(q.step[COST_FLOPS] - want) < 1e-9 * want, "gbs %d: %g vs %g s", gbs[i],
                   q.step[COST_FLOPS], want);
@@ -208,10 +208,10 @@ static double grid_best(const scenario *sc, const sched_calib *hw, sched_policy 
                                                          act == 1 ? 100 : 0, attn);
                                     sched_plan pl;
                                     sched_cost q;
-                                    if (sched_plan_compute(&c, 2, &p, &sh, &pl) < 0 ||
+                                    if (sched_plan_compute(shape_of(&c), 2, &p, &sh, &pl) < 0 ||
                                         !fits(&pl, sc->gpu, sc->cpu, sc->disk))
                                         continue;
-                                    cr_assert_eq(sched_cost_eval(&c, 2, &p, &sh, sc->s, sc->n,
+                                    cr_assert_eq(sched_cost_eval(shape_of(&c), 2, &p, &sh, sc->s, sc->n,
                                                                  hw, &q), 0);
                                     if (q.tok_s > top) {
                                         top = q.tok_s;
@@ -237,7 +237,7 @@ static void check_against_grid(const scenario *sc)
                            .disk_cap = sc->disk};
     sched_candidate cand[4];
     int n = 0;
-    cr_assert_eq(sched_search(&c, 2, &base, &o, &hw, cand, 4, &n), 0, "%s", err_msg());
+    cr_assert_eq(sched_search(shape_of(&c), 2, &base, &o, &hw, cand, 4, &n), 0, "%s", err_msg());
     cr_assert(n >= 1);
     sched_policy gp;
     double ref = grid_best(sc, &hw, &gp);
@@ -250,10 +250,10 @@ static void check_against_grid(const scenario *sc)
     sched_shape sh = shape(b->pol.gpu_batch_size, sc->s, sc->cap, sc->scores);
     sched_plan pl;
     sched_cost q;
-    cr_assert_eq(sched_plan_compute(&c, 2, &b->pol, &sh, &pl), 0);
+    cr_assert_eq(sched_plan_compute(shape_of(&c), 2, &b->pol, &sh, &pl), 0);
     cr_assert(fits(&pl, sc->gpu, sc->cpu, sc->disk), "the pick (%s) does not fit", got);
     cr_assert_eq(sched_policy_check(&b->pol), 0, "%s", err_msg());
-    cr_assert_eq(sched_cost_eval(&c, 2, &b->pol, &sh, sc->s, sc->n, &hw, &q), 0);
+    cr_assert_eq(sched_cost_eval(shape_of(&c), 2, &b->pol, &sh, sc->s, sc->n, &hw, &q), 0);
     cr_assert(fabs(q.tok_s - b->cost.tok_s) <= 1e-12 * q.tok_s);
     cr_assert(b->cost.tok_s >= 0.98 * ref, "search %.3f tok/s (%s) < grid %.3f tok/s (%s)",
               b->cost.tok_s, got, ref, want);
@@ -301,7 +301,7 @@ static int run_search(const char *model, uint64_t gpu, uint64_t cpu, uint64_t di
                            .max_gpu_batches = 8, .cpu_attention = -1, .gpu_cap = gpu,
                            .cpu_cap = cpu, .disk_cap = disk};
     int n = 0;
-    int rc = sched_search(&c, 2, &base, &o, &hw, best, 1, &n);
+    int rc = sched_search(shape_of(&c), 2, &base, &o, &hw, best, 1, &n);
     if (rc == 0)
         cr_assert_eq(n, 1);
     return rc;
@@ -374,7 +374,7 @@ Test(search, refuses_a_profile_without_disk_rates)
                            .gpu_cap = GiB, .cpu_cap = GiB, .disk_cap = GiB};
     sched_candidate b;
     int n;
-    cr_assert_eq(sched_search(&c, 2, &base, &o, &hw, &b, 1, &n), -EINVAL);
+    cr_assert_eq(sched_search(shape_of(&c), 2, &base, &o, &hw, &b, 1, &n), -EINVAL);
     cr_assert(strstr(err_msg(), "the hardware profile has no disk rates; calibrate with "
                                 "--offload-dir"), "%s", err_msg());
 }

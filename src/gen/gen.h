@@ -8,7 +8,7 @@
 #include "jobio.h"
 #include "kv_policy.h"
 #include "model.h"
-#include "sched.h"
+#include "scheduler.h"
 #include "tok.h"
 
 typedef struct gen_opts {

@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "err.h"
+#include "off.h"
 
 typedef struct seq_state {
     const prompt *p;
@@ -386,7 +387,7 @@ int gen_trace_open(const char *path, int resume, const outfile *out, FILE **f)
               "remove it", path);
     char *buf = NULL;
     size_t len = 0;
-    FORWARD_IF(fh_read_file(path, &buf, &len));
+    FORWARD_IF(off_read_file(path, &buf, &len));
     /* keep the complete lines of prompts whose completion is on file */
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);

@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend_impl.h"
+#include "backend.h"
 #include "err.h"
 
 /* Check a CUDA runtime call, keeping the statement as text. */

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend_impl.h"
+#include "backend.h"
 #include "err.h"
 
 typedef struct cpu_ctx {

@@ -38,8 +38,4 @@ int model_config_by_name(const char *name, model_config *cfg);
 /* Parameter count (weights + biases + embeddings). */
 size_t model_config_params(const model_config *cfg);
 
-/* Read a whole file into a NUL-terminated malloc'd buffer (caller frees).
- * @return 0, or -errno with a message naming the path. */
-int fh_read_file(const char *path, char **out, size_t *len);
-
 #endif

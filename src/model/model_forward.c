@@ -109,29 +109,9 @@ void model_ctx_destroy(model_ctx *mc)
     free(mc);
 }
 
-int model_pass_kind(const kern_seq *seqs, int n_seq, int cap)
+int model_embed(void *mp, void *x, const int32_t *ids, const int32_t *pos, int n_rows)
 {
-    int kind = MODEL_PASS_IDLE;
-    for (int s = 0; s < n_seq; s++) {
-        const kern_seq *q = &seqs[s];
-        if (q->n_new == 0)
-            continue;
-        int k = q->n_past == 0 ? MODEL_PASS_PREFILL : MODEL_PASS_DECODE;
-        RETURN_IF(kind != MODEL_PASS_IDLE && kind != k, -EINVAL,
-                  "internal: prefill and decode sequences mixed in one pass");
-        kind = k;
-        RETURN_IF(k == MODEL_PASS_DECODE && q->n_new != 1, -EINVAL,
-                  "internal: decode of %d rows", q->n_new);
-        RETURN_IF(q->budget < 1 || q->budget > cap || q->n_slots > q->budget ||
-                  q->recent < 1 || q->sinks + q->recent > q->budget, -EINVAL,
-                  "internal: sequence %d has budget %d (sinks %d, recent %d) for %d slots",
-                  s, q->budget, q->sinks, q->recent, cap);
-    }
-    return kind;
-}
-
-int model_embed(model *m, void *x, const int32_t *ids, const int32_t *pos, int n_rows)
-{
+    model *m = mp;
     return m->be->ops->embed(m->be->ctx, x, m->tok_emb, m->pos_emb, ids, pos, n_rows,
                              m->cfg.hidden);
 }
@@ -140,8 +120,8 @@ int model_embed(model *m, void *x, const int32_t *ids, const int32_t *pos, int n
  * rows of its sequences come down, kern_*_h16 run over the cache in place,
  * the attention output goes back up (decode). Rows of a segment's active
  * sequences are contiguous: rows are packed in sequence order. */
-static int host_segment(model *m, int kind, const model_kv *g, const kern_seq *seqs,
-                        int cap, const model_scratch *sc, void *evicted, float scale)
+static int host_segment(model *m, int kind, const sched_kv *g, const kern_seq *seqs,
+                        int cap, const sched_scratch *sc, void *evicted, float scale)
 {
     const model_config *c = &m->cfg;
     const backend_ops *o = m->be->ops;
@@ -165,7 +145,7 @@ static int host_segment(model *m, int kind, const model_kv *g, const kern_seq *s
     FORWARD_IF(o->download(ctx, sc->h_qkv, (const char *)sc->qkv + (size_t)r0 * 3 * d * es,
                            rows * 3 * d));
     const float *q = sc->h_qkv, *k = q + d, *v = q + 2 * d;
-    if (kind == MODEL_PASS_PREFILL) {
+    if (kind == SCHED_PASS_PREFILL) {
         const float *cs = NULL;
         if (sc->colsum) {
             FORWARD_IF(o->download_f32(ctx, sc->h_colsum,
@@ -212,11 +192,11 @@ static size_t expanded_at(const model_config *c, size_t es, int t)
 
 /* w_all: expand the four 4-bit matrices of L into sc->w unless they are
  * there already (the GPU batches of a block share the layer). */
-static int expand_layer(model *m, const model_layer *L, model_scratch *sc)
+static int expand_layer(model *m, const model_layer *L, sched_scratch *sc)
 {
     if (sc->w_layer == L)
         return 0;
-    const void *w[] = {L->wqkv, L->wo, L->w1, L->w2};
+    const void *w[] = {L->t[MT_WQKV], L->t[MT_WO], L->t[MT_W1], L->t[MT_W2]};
     for (int t = MT_WQKV; t <= MT_W2; t++) {
         int cols;
         size_t rows = model_tensor_rows(&m->cfg, t, &cols);
@@ -232,7 +212,7 @@ static int expand_layer(model *m, const model_layer *L, model_scratch *sc)
 /* y(rows, n) = x W^T + b for matrix t (held at w) of layer L; a 4-bit
  * matrix is taken from the expanded layer (w_all) or expanded into sc->w
  * for this GEMM. */
-static int layer_linear(model *m, const model_layer *L, const model_scratch *sc, int t,
+static int layer_linear(model *m, const model_layer *L, const sched_scratch *sc, int t,
                         void *y, const void *x, const void *w, const void *b, int rows, int n,
                         int k, int relu)
 {
@@ -246,10 +226,12 @@ static int layer_linear(model *m, const model_layer *L, const model_scratch *sc,
     return o->linear(m->be->ctx, y, x, w, b, rows, n, k, relu);
 }
 
-int model_layer_forward(model *m, const model_layer *L, int kind, void *x, int n_rows,
-                        const kern_seq *seqs, int n_seq, const model_kv *kv, int n_kv,
-                        int cap, model_scratch *sc, void *evicted)
+int model_layer_forward(void *mp, int layer, const model_layer *L, int kind, void *x,
+                        int n_rows, const kern_seq *seqs, int n_seq, const sched_kv *kv,
+                        int n_kv, int cap, sched_scratch *sc, void *evicted)
 {
+    (void)layer;
+    model *m = mp;
     const model_config *c = &m->cfg;
     const backend_ops *o = m->be->ops;
     void *ctx = m->be->ctx;
@@ -261,16 +243,16 @@ int model_layer_forward(model *m, const model_layer *L, int kind, void *x, int n
 
     if (L->wq && sc->w_all)
         FORWARD_IF(expand_layer(m, L, sc));
-    FORWARD_IF(o->layernorm(ctx, sc->h, x, L->ln1_w, L->ln1_b, n_rows, d, c->ln_eps));
-    FORWARD_IF(layer_linear(m, L, sc, MT_WQKV, qkv, sc->h, L->wqkv, L->bqkv, n_rows, 3 * d, d,
+    FORWARD_IF(o->layernorm(ctx, sc->h, x, L->t[MT_LN1_W], L->t[MT_LN1_B], n_rows, d, c->ln_eps));
+    FORWARD_IF(layer_linear(m, L, sc, MT_WQKV, qkv, sc->h, L->t[MT_WQKV], L->t[MT_BQKV], n_rows, 3 * d, d,
                             0));
-    if (kind == MODEL_PASS_PREFILL)
+    if (kind == SCHED_PASS_PREFILL)
         FORWARD_IF(o->attn_prefill(ctx, sc->att, d, q, k, v, 3 * d, seqs, n_seq, H, hd,
                                    scale, sc->colsum));
     /* attention and cache updates per KV segment: the kernels index
      * sequences from the segment's first one, rows stay absolute */
     for (int i = 0; i < n_kv; i++) {
-        const model_kv *g = &kv[i];
+        const sched_kv *g = &kv[i];
         const kern_seq *sq = seqs + g->seq0;
         char *self_p = sc->self_p ? (char *)sc->self_p + (size_t)g->seq0 * H * 4 : NULL;
         char *ev = evicted ? (char *)evicted + (size_t)g->seq0 * H * 4 : NULL;
@@ -281,11 +263,11 @@ int model_layer_forward(model *m, const model_layer *L, int kind, void *x, int n
             continue;
         }
         /* 4-bit caches (compress_cache) have their own ops, same arguments */
-        if (kind == MODEL_PASS_PREFILL) {
+        if (kind == SCHED_PASS_PREFILL) {
             FORWARD_IF((g->q4 ? o->kv_prefill_q4 : o->kv_prefill)(
                 ctx, g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, sc->colsum, sq, g->n, H, hd,
                 cap));
-        } else if (kind == MODEL_PASS_DECODE) {
+        } else if (kind == SCHED_PASS_DECODE) {
             FORWARD_IF((g->q4 ? o->attn_decode_q4 : o->attn_decode)(
                 ctx, sc->att, d, q, k, v, 3 * d, g->kc, g->vc, sq, g->n, H, hd, cap, scale,
                 g->scores, self_p));
@@ -294,17 +276,18 @@ int model_layer_forward(model *m, const model_layer *L, int kind, void *x, int n
                 ev));
         }
     }
-    FORWARD_IF(layer_linear(m, L, sc, MT_WO, sc->h, sc->att, L->wo, L->bo, n_rows, d, d, 0));
+    FORWARD_IF(layer_linear(m, L, sc, MT_WO, sc->h, sc->att, L->t[MT_WO], L->t[MT_BO], n_rows, d, d, 0));
     FORWARD_IF(o->add(ctx, x, sc->h, (size_t)n_rows * d));
-    FORWARD_IF(o->layernorm(ctx, sc->h, x, L->ln2_w, L->ln2_b, n_rows, d, c->ln_eps));
-    FORWARD_IF(layer_linear(m, L, sc, MT_W1, sc->ffn, sc->h, L->w1, L->b1, n_rows, c->ffn, d, 1));
-    FORWARD_IF(layer_linear(m, L, sc, MT_W2, sc->h, sc->ffn, L->w2, L->b2, n_rows, d, c->ffn, 0));
+    FORWARD_IF(o->layernorm(ctx, sc->h, x, L->t[MT_LN2_W], L->t[MT_LN2_B], n_rows, d, c->ln_eps));
+    FORWARD_IF(layer_linear(m, L, sc, MT_W1, sc->ffn, sc->h, L->t[MT_W1], L->t[MT_B1], n_rows, c->ffn, d, 1));
+    FORWARD_IF(layer_linear(m, L, sc, MT_W2, sc->h, sc->ffn, L->t[MT_W2], L->t[MT_B2], n_rows, d, c->ffn, 0));
     return o->add(ctx, x, sc->h, (size_t)n_rows * d);
 }
 
-int model_head(model *m, void *logits, void *last, const void *x,
+int model_head(void *mp, void *logits, void *last, const void *x,
                const int32_t *last_rows, int n_out)
 {
+    model *m = mp;
     const model_config *c = &m->cfg;
     const backend_ops *o = m->be->ops;
     void *ctx = m->be->ctx;
@@ -326,16 +309,16 @@ int model_forward(model_ctx *mc, const int32_t *ids, const int32_t *pos,
               -EINVAL, "internal: batch of %d rows / %d sequences exceeds the "
               "context (%d rows, %d sequences)", n_rows, n_seq, mc->max_rows,
               mc->max_seq);
-    int kind = model_pass_kind(seqs, n_seq, mc->cap);
+    int kind = sched_pass_kind(seqs, n_seq, mc->cap);
     FORWARD_IF(kind);
-    model_scratch sc = {.h = mc->h, .qkv = mc->qkv, .att = mc->att, .ffn = mc->ffn,
+    sched_scratch sc = {.h = mc->h, .qkv = mc->qkv, .att = mc->att, .ffn = mc->ffn,
                         .colsum = mc->colsum, .self_p = mc->self_p};
     FORWARD_IF(model_embed(m, mc->x, ids, pos, n_rows));
     for (int l = 0; l < c->n_layer; l++) {
-        model_kv kv = {mc->kc[l], mc->vc[l], mc->pos[l], mc->scores ? mc->scores[l] : NULL,
+        sched_kv kv = {mc->kc[l], mc->vc[l], mc->pos[l], mc->scores ? mc->scores[l] : NULL,
                        0, n_seq, 0, 0};
         void *ev = mc->evicted ? (char *)mc->evicted + (size_t)l * mc->max_seq * H * 4 : NULL;
-        FORWARD_IF(model_layer_forward(m, &m->layers[l], kind, mc->x, n_rows, seqs, n_seq,
+        FORWARD_IF(model_layer_forward(m, l, &m->layers[l], kind, mc->x, n_rows, seqs, n_seq,
                                        &kv, 1, mc->cap, &sc, ev));
     }
     return model_head(m, mc->logits, mc->last, mc->x, last_rows, n_out);

@@ -26,29 +26,47 @@ size_t model_tensor_rows(const model_config *c, int t, int *cols)
     }
 }
 
-size_t model_layer_layout_q(const model_config *c, size_t es, int wq, size_t off[MT_COUNT],
-                            size_t bytes[MT_COUNT])
+void model_sched_shape(const model_config *c, sched_model *out)
 {
+    memset(out, 0, sizeof *out);
     size_t d = (size_t)c->hidden, f = (size_t)c->ffn;
+    out->n_layer = c->n_layer;
+    out->n_head = c->n_head;
+    out->n_kv_head = c->n_head;
+    out->head_dim = c->head_dim;
+    out->hidden = c->hidden;
+    out->vocab = c->vocab_size;
+    out->ffn = c->ffn;
+    out->globals = (size_t)c->vocab_size * d * (c->tie_lm_head ? 1 : 2) +
+                   (size_t)(c->max_pos + 2) * d + 2 * d;
     /* the vectors; the matrices' shapes are model_tensor_rows' */
     const size_t cnt[MT_COUNT] = {
         [MT_LN1_W] = d, [MT_LN1_B] = d, [MT_BQKV] = 3 * d, [MT_BO] = d,
         [MT_LN2_W] = d, [MT_LN2_B] = d, [MT_B1] = f, [MT_B2] = d,
     };
-    size_t at = 0;
+    out->n_tensors = MT_COUNT;
     for (int t = 0; t < MT_COUNT; t++) {
         int cols;
         size_t rows = model_tensor_rows(c, t, &cols);
-        size_t b = !rows ? cnt[t] * es
-                 : wq    ? rows * kern_q4_row_bytes(cols)
-                         : rows * (size_t)cols * es;
-        if (off)
-            off[t] = at;
-        if (bytes)
-            bytes[t] = b;
-        at += (b + 255) & ~(size_t)255;
+        out->tensors[t] = rows ? (sched_tensor){rows, cols} : (sched_tensor){cnt[t], 0};
     }
-    return at;
+}
+
+void model_sched_bind(model *m, sched_model *out)
+{
+    model_sched_shape(&m->cfg, out);
+    out->ctx = m;
+    out->embed = model_embed;
+    out->layer = model_layer_forward;
+    out->head = model_head;
+}
+
+size_t model_layer_layout_q(const model_config *c, size_t es, int wq, size_t off[MT_COUNT],
+                            size_t bytes[MT_COUNT])
+{
+    sched_model sm;
+    model_sched_shape(c, &sm);
+    return sched_blob_layout(&sm, es, wq, off, bytes);
 }
 
 size_t model_layer_layout(const model_config *c, size_t es, size_t off[MT_COUNT],
@@ -60,56 +78,14 @@ size_t model_layer_layout(const model_config *c, size_t es, size_t off[MT_COUNT]
     return at;
 }
 
-size_t model_layer_matrix_elems(const model_config *c, size_t *largest)
-{
-    size_t sum = 0, big = 0;
-    for (int t = 0; t < MT_COUNT; t++) {
-        int cols;
-        size_t n = model_tensor_rows(c, t, &cols) * (size_t)cols;
-        sum += n;
-        big = n > big ? n : big;
-    }
-    if (largest)
-        *largest = big;
-    return sum;
-}
-
 void model_layer_quantize(const model_config *c, size_t es, void *dst, const void *src)
 {
-    size_t so[MT_COUNT], n[MT_COUNT], qo[MT_COUNT];
-    model_layer_layout(c, es, so, n);
-    model_layer_layout_q(c, es, 1, qo, NULL);
-    for (int t = 0; t < MT_COUNT; t++) {
-        int cols;
-        size_t rows = model_tensor_rows(c, t, &cols);
-        const char *s = (const char *)src + so[t];
-        uint8_t *q = (uint8_t *)dst + qo[t];
-        if (!rows)
-            memcpy(q, s, n[t] * es);
-        else if (es == sizeof(float))
-            kern_q4_quantize_ref(q, (const float *)s, rows, cols);
-        else
-            kern_q4_quantize_h16(q, (const uint16_t *)s, rows, cols);
-    }
+    sched_model sm;
+    model_sched_shape(c, &sm);
+    sched_blob_quantize(&sm, es, dst, src);
 }
 
-void **model_layer_field(model_layer *L, int t)
-{
-    switch (t) {
-    case MT_LN1_W: return &L->ln1_w;
-    case MT_LN1_B: return &L->ln1_b;
-    case MT_BQKV: return &L->bqkv;
-    case MT_BO: return &L->bo;
-    case MT_LN2_W: return &L->ln2_w;
-    case MT_LN2_B: return &L->ln2_b;
-    case MT_B1: return &L->b1;
-    case MT_B2: return &L->b2;
-    case MT_WQKV: return &L->wqkv;
-    case MT_WO: return &L->wo;
-    case MT_W1: return &L->w1;
-    default: return &L->w2;
-    }
-}
+void **model_layer_field(model_layer *L, int t) { return &L->t[t]; }
 
 void model_layer_bind(model_layer *L, const model_config *c, size_t es, void *base)
 {
@@ -157,7 +133,7 @@ int model_alloc_weights(model *m)
     const model_config *c = &m->cfg;
     const backend_ops *o = m->be->ops;
     void *ctx = m->be->ctx;
-    size_t d = (size_t)c->hidden, f = (size_t)c->ffn;
+    size_t d = (size_t)c->hidden;
     m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
     RETURN_IF(!m->layers, -ENOMEM, "out of memory");
     FORWARD_IF(o->alloc(ctx, (size_t)c->vocab_size * d, &m->tok_emb));
@@ -179,21 +155,12 @@ int model_alloc_weights(model *m)
             model_layer_bind(&m->layers[l], c, o->elem_size, m->blob);
         return 0;
     }
-    for (int l = 0; l < c->n_layer; l++) {
-        model_layer *L = &m->layers[l];
-        FORWARD_IF(o->alloc(ctx, d, &L->ln1_w));
-        FORWARD_IF(o->alloc(ctx, d, &L->ln1_b));
-        FORWARD_IF(o->alloc(ctx, 3 * d * d, &L->wqkv));
-        FORWARD_IF(o->alloc(ctx, 3 * d, &L->bqkv));
-        FORWARD_IF(o->alloc(ctx, d * d, &L->wo));
-        FORWARD_IF(o->alloc(ctx, d, &L->bo));
-        FORWARD_IF(o->alloc(ctx, d, &L->ln2_w));
-        FORWARD_IF(o->alloc(ctx, d, &L->ln2_b));
-        FORWARD_IF(o->alloc(ctx, f * d, &L->w1));
-        FORWARD_IF(o->alloc(ctx, f, &L->b1));
-        FORWARD_IF(o->alloc(ctx, d * f, &L->w2));
-        FORWARD_IF(o->alloc(ctx, d, &L->b2));
-    }
+    sched_model sm;
+    model_sched_shape(c, &sm);
+    for (int l = 0; l < c->n_layer; l++)
+        for (int t = 0; t < sm.n_tensors; t++)
+            FORWARD_IF(o->alloc(ctx, sm.tensors[t].rows * (size_t)(sm.tensors[t].cols ? sm.tensors[t].cols : 1),
+                                &m->layers[l].t[t]));
     return 0;
 }
 
@@ -211,11 +178,8 @@ void model_destroy(model *m)
         o->free(ctx, m->lnf_w);
         o->free(ctx, m->lnf_b);
         for (int l = 0; !m->sink && m->layers && l < m->cfg.n_layer; l++) {
-            model_layer *L = &m->layers[l];
-            void *ps[] = {L->ln1_w, L->ln1_b, L->wqkv, L->bqkv, L->wo, L->bo,
-                          L->ln2_w, L->ln2_b, L->w1, L->b1, L->w2, L->b2};
-            for (size_t i = 0; i < sizeof ps / sizeof *ps; i++)
-                o->free(ctx, ps[i]);
+            for (int t = 0; t < MT_COUNT; t++)
+                o->free(ctx, m->layers[l].t[t]);
         }
     }
     free(m->layers);
@@ -325,22 +289,22 @@ int model_load_hf_sink(const char *dir, backend *be, model_layer_sink sink, void
             if (rc == 0)                                                     \
                 rc = load_tensor(&ld, n, 0, r, c, dst, off);                 \
         } while (0)
-        LT("self_attn_layer_norm.weight", d, 0, L->ln1_w, 0);
-        LT("self_attn_layer_norm.bias", d, 0, L->ln1_b, 0);
-        LT("self_attn.q_proj.weight", d, d, L->wqkv, 0);
-        LT("self_attn.k_proj.weight", d, d, L->wqkv, (size_t)(d * d));
-        LT("self_attn.v_proj.weight", d, d, L->wqkv, (size_t)(2 * d * d));
-        LT("self_attn.q_proj.bias", d, 0, L->bqkv, 0);
-        LT("self_attn.k_proj.bias", d, 0, L->bqkv, (size_t)d);
-        LT("self_attn.v_proj.bias", d, 0, L->bqkv, (size_t)(2 * d));
-        LT("self_attn.out_proj.weight", d, d, L->wo, 0);
-        LT("self_attn.out_proj.bias", d, 0, L->bo, 0);
-        LT("final_layer_norm.weight", d, 0, L->ln2_w, 0);
-        LT("final_layer_norm.bias", d, 0, L->ln2_b, 0);
-        LT("fc1.weight", f, d, L->w1, 0);
-        LT("fc1.bias", f, 0, L->b1, 0);
-        LT("fc2.weight", d, f, L->w2, 0);
-        LT("fc2.bias", d, 0, L->b2, 0);
+        LT("self_attn_layer_norm.weight", d, 0, L->t[MT_LN1_W], 0);
+        LT("self_attn_layer_norm.bias", d, 0, L->t[MT_LN1_B], 0);
+        LT("self_attn.q_proj.weight", d, d, L->t[MT_WQKV], 0);
+        LT("self_attn.k_proj.weight", d, d, L->t[MT_WQKV], (size_t)(d * d));
+        LT("self_attn.v_proj.weight", d, d, L->t[MT_WQKV], (size_t)(2 * d * d));
+        LT("self_attn.q_proj.bias", d, 0, L->t[MT_BQKV], 0);
+        LT("self_attn.k_proj.bias", d, 0, L->t[MT_BQKV], (size_t)d);
+        LT("self_attn.v_proj.bias", d, 0, L->t[MT_BQKV], (size_t)(2 * d));
+        LT("self_attn.out_proj.weight", d, d, L->t[MT_WO], 0);
+        LT("self_attn.out_proj.bias", d, 0, L->t[MT_BO], 0);
+        LT("final_layer_norm.weight", d, 0, L->t[MT_LN2_W], 0);
+        LT("final_layer_norm.bias", d, 0, L->t[MT_LN2_B], 0);
+        LT("fc1.weight", f, d, L->t[MT_W1], 0);
+        LT("fc1.bias", f, 0, L->t[MT_B1], 0);
+        LT("fc2.weight", d, f, L->t[MT_W2], 0);
+        LT("fc2.bias", d, 0, L->t[MT_B2], 0);
 #undef LT
         if (rc == 0 && sink)
             rc = sink(ud, l, m->blob, 0, -1, 0);
@@ -423,22 +387,22 @@ static int weight_specs(const model_config *cfg, model *m, wspec **out)
             snprintf(nm, sizeof nm, "layers.%d.%s", l, sfx);                 \
             W(nm, rr, cc, in, L->fld, of);                                   \
         } while (0)
-        LW("self_attn.k_proj.weight", d, d, 'n', wqkv, (size_t)(d * d));
-        LW("self_attn.k_proj.bias", d, 0, '0', bqkv, (size_t)d);
-        LW("self_attn.v_proj.weight", d, d, 'n', wqkv, (size_t)(2 * d * d));
-        LW("self_attn.v_proj.bias", d, 0, '0', bqkv, (size_t)(2 * d));
-        LW("self_attn.q_proj.weight", d, d, 'n', wqkv, 0);
-        LW("self_attn.q_proj.bias", d, 0, '0', bqkv, 0);
-        LW("self_attn.out_proj.weight", d, d, 'n', wo, 0);
-        LW("self_attn.out_proj.bias", d, 0, '0', bo, 0);
-        LW("self_attn_layer_norm.weight", d, 0, '1', ln1_w, 0);
-        LW("self_attn_layer_norm.bias", d, 0, '0', ln1_b, 0);
-        LW("fc1.weight", f, d, 'n', w1, 0);
-        LW("fc1.bias", f, 0, '0', b1, 0);
-        LW("fc2.weight", d, f, 'n', w2, 0);
-        LW("fc2.bias", d, 0, '0', b2, 0);
-        LW("final_layer_norm.weight", d, 0, '1', ln2_w, 0);
-        LW("final_layer_norm.bias", d, 0, '0', ln2_b, 0);
+        LW("self_attn.k_proj.weight", d, d, 'n', t[MT_WQKV], (size_t)(d * d));
+        LW("self_attn.k_proj.bias", d, 0, '0', t[MT_BQKV], (size_t)d);
+        LW("self_attn.v_proj.weight", d, d, 'n', t[MT_WQKV], (size_t)(2 * d * d));
+        LW("self_attn.v_proj.bias", d, 0, '0', t[MT_BQKV], (size_t)(2 * d));
+        LW("self_attn.q_proj.weight", d, d, 'n', t[MT_WQKV], 0);
+        LW("self_attn.q_proj.bias", d, 0, '0', t[MT_BQKV], 0);
+        LW("self_attn.out_proj.weight", d, d, 'n', t[MT_WO], 0);
+        LW("self_attn.out_proj.bias", d, 0, '0', t[MT_BO], 0);
+        LW("self_attn_layer_norm.weight", d, 0, '1', t[MT_LN1_W], 0);
+        LW("self_attn_layer_norm.bias", d, 0, '0', t[MT_LN1_B], 0);
+        LW("fc1.weight", f, d, 'n', t[MT_W1], 0);
+        LW("fc1.bias", f, 0, '0', t[MT_B1], 0);
+        LW("fc2.weight", d, f, 'n', t[MT_W2], 0);
+        LW("fc2.bias", d, 0, '0', t[MT_B2], 0);
+        LW("final_layer_norm.weight", d, 0, '1', t[MT_LN2_W], 0);
+        LW("final_layer_norm.bias", d, 0, '0', t[MT_LN2_B], 0);
 #undef LW
     }
 #undef W

@@ -11,9 +11,6 @@
  *
  * and when B >= prompt_len + max_new nothing is ever evicted: that prompt
  * runs exactly as `full` (its slots are then prompt_len + max_new).
- *
- * This lives in src/ for now; DESIGN.md puts KV policies under scheduler/,
- * where it moves once that folder's build is settled.
  */
 #ifndef FH_KV_POLICY_H
 #define FH_KV_POLICY_H

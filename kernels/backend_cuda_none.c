@@ -1,5 +1,5 @@
 /* backend_cuda_none.c: backend_cuda_create() of a build without nvcc. */
-#include "backend_impl.h"
+#include "backend.h"
 #include "err.h"
 
 int backend_cuda_create(int device, backend *out)

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "err.h"
+#include "off.h"
 #include "fh_config.h"
 
 /* The embedded default model of `flexh2o make-model --config tiny`: small
@@ -23,35 +24,6 @@ static const char tiny_config[] =
     "\"eos_token_id\":2,\"pad_token_id\":1,\"tie_word_embeddings\":true,"
     "\"dropout\":0.0,\"attention_dropout\":0.0,\"init_std\":0.02,"
     "\"torch_dtype\":\"float32\"}";
-
-int fh_read_file(const char *path, char **out, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    RETURN_IF(!f, -errno, "%s: cannot open (%s)", path, strerror(errno));
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fclose(f);
-        RETURN_IF(1, -EINVAL, "%s: not a regular file", path);
-    }
-    char *buf = malloc((size_t)st.st_size + 1);
-    if (!buf) {
-        fclose(f);
-        RETURN_IF(1, -ENOMEM, "%s: out of memory reading %lld bytes", path,
-                  (long long)st.st_size);
-    }
-    size_t n = fread(buf, 1, (size_t)st.st_size, f);
-    fclose(f);
-    if (n != (size_t)st.st_size) {
-        free(buf);
-        RETURN_IF(1, -EIO, "%s: short read (%zu of %lld bytes)", path, n,
-                  (long long)st.st_size);
-    }
-    buf[n] = 0;
-    *out = buf;
-    if (len)
-        *len = n;
-    return 0;
-}
 
 static int get_int(const cJSON *o, const char *key, int def, int *out,
                    const char *what)
@@ -155,7 +127,7 @@ int model_config_load(const char *path, model_config *cfg)
 {
     char *buf;
     size_t len;
-    FORWARD_IF(fh_read_file(path, &buf, &len));
+    FORWARD_IF(off_read_file(path, &buf, &len));
     int rc = model_config_parse(buf, len, path, cfg);
     free(buf);
     return rc;

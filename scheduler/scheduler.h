@@ -1,9 +1,13 @@
-/* sched.h: the offloading policy, the Chrome trace recorder and the
- * zig-zag block scheduler (DESIGN.md "Policy", "Zig-zag block schedule").
+/* scheduler.h: the offloading policy, the KV policies, the layer blob
+ * format, the Chrome trace recorder, the zig-zag block scheduler, the
+ * cost model, calibration and the policy search (DESIGN.md "Policy",
+ * "Zig-zag block schedule").
  *
- * scheduler/ drives offload/ (disk engine, weight store) and the backend;
- * src/ wires it to the CLI. Calls return 0 or -errno with one message
- * recorded through err_set() (src/err.h).
+ * scheduler/ sits above kernels/ (backends, kernels, err) and offload/
+ * (disk engine, store, files) and below src/. It sees a model only through
+ * a sched_model: shape data, the tensor table of a layer blob and three
+ * callbacks (embed, layer, head) that src/model implements. Calls return 0
+ * or -errno with one message recorded through err_set() (kernels/err.h).
  */
 #ifndef FH_SCHED_H
 #define FH_SCHED_H
@@ -11,6 +15,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+
+#include "backend.h"
+#include "kv_policy.h"
 
 /* ------------------------------------------------------------ policy */
 
@@ -120,16 +127,121 @@ size_t sched_trace_count(const sched_trace *t);
  * -errno with a message naming the path. */
 int sched_trace_write(const sched_trace *t, const char *path);
 
+/* ------------------------------------------------------------ the model seam
+ *
+ * What the scheduler knows of a model. The data part (shape and the tensor
+ * table of a layer blob) is all that planning, the cost model and the
+ * search need; running passes also needs the three callbacks, which compute
+ * on the backend the scheduler was created with.
+ *
+ * A layer blob is the unit the scheduler moves between tiers: the layer's
+ * tensors in table order, each starting 256-byte aligned, in the backend's
+ * storage type; with compress_weight the matrices are 4-bit rows (kern.h's
+ * format, groups along a row) and the vectors stay as they are. The model
+ * orders its table so that the small tensors come first (a weight split
+ * across tiers then keeps them on the GPU with the first share).
+ */
+#define SCHED_MAX_TENSORS 24
+
+typedef struct sched_tensor {
+    size_t rows;  /* a matrix's rows, or a vector's element count */
+    int cols;     /* a matrix's row length; 0: a vector */
+} sched_tensor;
+
+/* A layer's tensors where they are for this pass (resident or staged). The
+ * scheduler keeps one per (weight slot, layer): its address identifies the
+ * layer's copy, so a model may cache work on it (4-bit expansion). */
+typedef struct sched_layer {
+    void *t[SCHED_MAX_TENSORS];
+    int wq;       /* the matrices are 4-bit rows */
+} sched_layer;
+
+/* The KV cache of sequences [seq0, seq0 + n) of a GPU batch, kept together
+ * in one place (a tier's home or a staging buffer). */
+typedef struct sched_kv {
+    void *kc, *vc;  /* (n, kv_heads, cap, head_dim) storage type, or 4-bit rows */
+    void *pos;      /* (n, kv_heads, cap) int32 */
+    void *scores;   /* (n, kv_heads, cap) fp32, or NULL */
+    int seq0, n;
+    int host;       /* 1: caches in host memory of a backend whose buffers are not
+                     * (CUDA with CPU attention): attention and cache writes run on
+                     * CPU threads over the cache in place; only q/k/v rows and the
+                     * attention output cross the link */
+    int q4;         /* kc, vc are 4-bit rows (compress_cache): kern_q4_row_bytes(head_dim)
+                     * bytes per slot */
+} sched_kv;
+
+/* Per-pass scratch on the backend, sized from the plan, shared by the
+ * layers and batches. */
+typedef struct sched_scratch {
+    void *h, *qkv, *att, *ffn; /* (rows, d), (rows, qkv_dim), (rows, d), (rows, ffn) */
+    void *w;                   /* weight matrices expanded from 4-bit rows (layers with
+                                * wq), or NULL: the largest one, expanded per GEMM, or
+                                * with w_all a whole layer's, expanded once and reused
+                                * while the layer stays the same */
+    int w_all;
+    const sched_layer *w_layer; /* the layer whose matrices w holds (w_all), or NULL */
+    void *colsum;              /* (rows, heads) fp32, or NULL */
+    void *self_p;              /* (n_seq, heads) fp32, or NULL */
+    /* host scratch for sched_kv.host segments (NULL when there are none) */
+    float *h_qkv, *h_att;      /* (rows, qkv_dim), (rows, d) */
+    float *h_colsum, *h_self;  /* (rows, heads), (n_seq, heads) */
+    int32_t *h_ev;             /* (n_seq, kv_heads) */
+    kern_seq *h_seqs;          /* (n_seq) */
+} sched_scratch;
+
+enum { SCHED_PASS_IDLE = 0, SCHED_PASS_PREFILL = 1, SCHED_PASS_DECODE = 2 };
+/* Which pass seqs describe: every active sequence a prefill (n_past 0,
+ * whole prompt) or every one a decode step (n_new 1), budgets within cap.
+ * @return SCHED_PASS_* or -EINVAL. */
+int sched_pass_kind(const kern_seq *seqs, int n_seq, int cap);
+
+typedef struct sched_model {
+    int n_layer, n_head, n_kv_head, head_dim;
+    int hidden;           /* d: rows of activations are d wide */
+    int vocab;            /* V: logits per output row */
+    int ffn;              /* columns of the MLP scratch */
+    size_t globals;       /* elements of the tensors outside the layers (embeddings,
+                           * final norm, untied head): on the GPU tier */
+    int n_tensors;
+    sched_tensor tensors[SCHED_MAX_TENSORS]; /* a layer blob, in blob order */
+
+    void *ctx;            /* the callbacks' first argument */
+    /* x(n_rows, d) = embeddings of (ids, pos) (host arrays) */
+    int (*embed)(void *ctx, void *x, const int32_t *ids, const int32_t *pos, int n_rows);
+    /* layer `layer` (tensors at L) over x(n_rows, d) in place, for sequences seqs
+     * (rows relative to x) whose caches are the n_kv segments kv; evicted:
+     * (n_seq, kv_heads) int32 or NULL; kind: SCHED_PASS_* */
+    int (*layer)(void *ctx, int layer, const sched_layer *L, int kind, void *x, int n_rows,
+                 const kern_seq *seqs, int n_seq, const sched_kv *kv, int n_kv, int cap,
+                 sched_scratch *s, void *evicted);
+    /* logits(n_out, V) = head(x[last_rows]); last: (n_out, d) scratch */
+    int (*head)(void *ctx, void *logits, void *last, const void *x, const int32_t *last_rows,
+                int n_out);
+} sched_model;
+
+/* Width of the fused q/k/v rows: (n_head + 2 n_kv_head) x head_dim. */
+size_t sched_qkv_dim(const sched_model *m);
+/* Layout of a layer blob with es-byte elements (4-bit matrices when wq):
+ * off[t] the byte offset of tensor t (256-aligned), bytes[t] its bytes
+ * (either may be NULL; arrays of m->n_tensors). @return the blob's bytes. */
+size_t sched_blob_layout(const sched_model *m, size_t es, int wq, size_t *off, size_t *bytes);
+/* Values in the matrices of a layer; *largest (may be NULL): in the
+ * largest one. */
+size_t sched_blob_matrix_elems(const sched_model *m, size_t *largest);
+/* dst (a wq = 1 blob) <- src (a plain blob of es-byte elements, 4 or 2):
+ * matrices quantized, vectors copied. */
+void sched_blob_quantize(const sched_model *m, size_t es, void *dst, const void *src);
+/* Parameters multiplied per token of a pass (layers + head), for the
+ * compute term. */
+double sched_matmul_params(const sched_model *m);
+
 /* ------------------------------------------------------------ plan
  *
  * What every tier must hold for a policy, computed before anything is
  * allocated or loaded (sizes in bytes). The scheduler allocates exactly
  * this, once: nothing on the decode path allocates.
  */
-struct model_config;
-struct kern_seq;
-struct model;
-struct backend;
 
 typedef struct sched_shape {
     int max_rows;   /* most packed tokens of one GPU batch in one pass */
@@ -155,7 +267,7 @@ int sched_prefill_rows(int prefill_rows, int max_prompt, int gbs);
 
 /* Compute the plan of policy p for model c stored with es-byte elements.
  * @return 0 or -EINVAL (a shape the scheduler cannot run). */
-int sched_plan_compute(const struct model_config *c, size_t es, const sched_policy *p,
+int sched_plan_compute(const sched_model *m, size_t es, const sched_policy *p,
                        const sched_shape *sh, sched_plan *out);
 /* Check the plan against the caps (gpu_cap, cpu_cap, disk_free: 0 = none)
  * and refuse a policy that cannot fit with what it needs, the cap, and
@@ -165,40 +277,42 @@ int sched_plan_check(const sched_plan *pl, const sched_policy *p, uint64_t gpu_c
 /* Print the plan as a small table (one line per tier). */
 void sched_plan_print(FILE *f, const sched_plan *pl);
 
-/* MemAvailable of /proc/meminfo in bytes (0 when unreadable): the CPU-tier
- * cap when --cpu-mem is not given. */
-uint64_t sched_mem_available(void);
-/* Free bytes for the disk tier in dir; a dir that is not a directory is
- * -ENOENT with a message saying to create it. @return 0 or -errno. */
-int sched_disk_free(const char *dir, uint64_t *out);
-
 /* ------------------------------------------------------------ scheduler */
 typedef struct sched sched;
 
-/* Plan, check against the caps and allocate every tier for model shape
- * (m->cfg) on m's backend; weights then arrive through sched_layer_sink
- * (pass it to model_load_*_sink). trace may be NULL (not owned).
+/* Plan, check against the caps and allocate every tier for model shape m
+ * (its data part; the callbacks come with sched_attach) on backend be;
+ * weights then arrive through sched_layer_sink (pass it to the model
+ * loader). trace may be NULL (not owned).
  * @return 0 or -errno; destroy with sched_destroy(). */
-int sched_create(struct backend *be, const struct model_config *c, const sched_policy *p,
+int sched_create(backend *be, const sched_model *m, const sched_policy *p,
                  const sched_shape *sh, sched_trace *trace, sched **out);
 void sched_destroy(sched *s); /* accepts NULL */
-/* A model_layer_sink (model.h): places a layer's blob in its tiers. */
+/* Receives each layer blob of the model being loaded (host memory, valid
+ * during the call only, sched_blob_layout order; wq: its matrices are
+ * already 4-bit) and places it in its tiers. fd >= 0: the same bytes are
+ * in that file at file_offset (a weight store of the backend's storage
+ * type), so the disk share can stream from there. @return 0 or -errno. */
 int sched_layer_sink(void *sched_ptr, int layer, const void *blob, int wq, int fd,
                      uint64_t file_offset);
-/* Attach the loaded model (its embeddings, LayerNorm and head). */
-void sched_attach(sched *s, struct model *m);
-const sched_plan *sched_get_plan(const sched *s);
+/* Attach the loaded model's callbacks (m must have the shape the scheduler
+ * was created for). @return 0 or -EINVAL. */
+int sched_attach(sched *s, const sched_model *m);
 const sched_policy *sched_get_policy(const sched *s);
 
-/* One forward pass over a block of n_seq (<= block) sequences, as
- * model_forward (model.h) describes it, run as the zig-zag schedule: layer
+/* One forward pass over a block of n_seq (<= block) sequences: rows (ids,
+ * pos) packed per sequence as seqs describe them (n_new may be 0: idle this
+ * pass); either every active sequence is a prefill (n_past 0, whole prompt)
+ * or every one a decode step (n_new 1), and their K/V go to the slot caches
+ * (evicting as kern.h describes once a sequence holds its budget; the
+ * caller advances n_past and n_slots). Run as the zig-zag schedule: layer
  * by layer, and within a layer GPU batch by GPU batch (sequences [k x gbs,
  * (k+1) x gbs)), loading the next layer's weights and the next batch's KV
  * and activations while the current one computes. Rows must be packed in
  * sequence order. step: 0 for prefill, the decode step otherwise (trace).
  * Logits of the rows last_rows go to sched_logits(). @return 0 or -errno. */
 int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
-                  const struct kern_seq *seqs, int n_seq, const int32_t *last_rows,
+                  const kern_seq *seqs, int n_seq, const int32_t *last_rows,
                   int n_out, int step);
 /* Backend buffer of the last pass's logits (n_out, V), storage type. */
 const void *sched_logits(const sched *s);
@@ -252,7 +366,7 @@ typedef struct sched_calib {
 /* Measure with transfers of `bytes` (0: 1 GiB); dir NULL skips the disk.
  * A scratch file dir/calibrate.bin is created and removed. @return 0 or
  * -errno. */
-int sched_calibrate(struct backend *be, const char *dir, uint64_t bytes, sched_calib *out);
+int sched_calibrate(backend *be, const char *dir, uint64_t bytes, sched_calib *out);
 /* The profile as one JSON object on one line (what `flexh2o calibrate`
  * prints and `--out` saves): {"device": "cpu", "h2d_GBps": .., "d2h_GBps":
  * .., "dram_GBps": .., "dev_mem_GBps": .., "gemm_TFLOPs": .., "gemm_rows":
@@ -301,7 +415,7 @@ typedef struct sched_cost {
 /* Evaluate policy p (block shape sh, prompts of prompt_len tokens, gen_len
  * new tokens each) on hardware hw. A rate of 0 with bytes to move makes the
  * term infinite (a disk that was not measured). @return 0 or -EINVAL. */
-int sched_cost_eval(const struct model_config *c, size_t es, const sched_policy *p,
+int sched_cost_eval(const sched_model *m, size_t es, const sched_policy *p,
                     const sched_shape *sh, int prompt_len, int gen_len, const sched_calib *hw,
                     sched_cost *out);
 
@@ -341,7 +455,7 @@ typedef struct sched_candidate {
  * to n_out best candidates go to out, *n_found says how many. No policy
  * fitting is -ENOSPC with a message saying what the smallest one needs.
  * @return 0 or -errno. */
-int sched_search(const struct model_config *c, size_t es, const sched_policy *base,
+int sched_search(const sched_model *m, size_t es, const sched_policy *base,
                  const sched_search_opts *o, const sched_calib *hw, sched_candidate *out,
                  int n_out, int *n_found);
 

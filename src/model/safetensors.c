@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "err.h"
+#include "off.h"
 #include "model_config.h"
 
 typedef struct st_file {
@@ -170,7 +171,7 @@ int st_open_dir(const char *dir, st_set **out)
               dir);
     char *buf;
     size_t len;
-    FORWARD_IF(fh_read_file(path, &buf, &len));
+    FORWARD_IF(off_read_file(path, &buf, &len));
     cJSON *idx = cJSON_ParseWithLength(buf, len);
     free(buf);
     const cJSON *wm = cJSON_GetObjectItemCaseSensitive(idx, "weight_map");

@@ -1,4 +1,4 @@
-/* sched_io.c: the two I/O lanes of the scheduler.
+/* lanes.c: the two I/O lanes of the scheduler.
  *
  *   compute thread ──submit──► lane 0 (loads):  [disk ─io_uring─► host stage] ─h2d─► GPU stage
  *                  ──submit──► lane 1 (stores): GPU stage ─d2h─► [host stage ─io_uring─► disk]

@@ -109,7 +109,7 @@ static int copy_file(const char *from_dir, const char *to_dir, const char *name)
     struct stat st;
     if (stat(a, &st) != 0)
         return 0; /* optional */
-    FORWARD_IF(fh_read_file(a, &buf, &len));
+    FORWARD_IF(off_read_file(a, &buf, &len));
     FILE *f = fopen(b, "wb");
     int ok = f && fwrite(buf, 1, len, f) == len;
     ok = f && fclose(f) == 0 && ok;
@@ -129,7 +129,7 @@ int model_convert(const char *hf_dir, const char *out_dir, uint32_t dtype)
               "%s: cannot create the store directory (%s)", out_dir, strerror(errno));
     char *cj = NULL;
     size_t cj_len = 0;
-    FORWARD_IF(fh_read_file(path, &cj, &cj_len));
+    FORWARD_IF(off_read_file(path, &cj, &cj_len));
     size_t es = off_dtype_size(dtype), d = (size_t)c.hidden;
     int n_glob = c.tie_lm_head ? 4 : 5, n_seg = n_glob + c.n_layer;
     const char **names = calloc((size_t)n_seg, sizeof *names);

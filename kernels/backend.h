@@ -1,4 +1,4 @@
-/* backend_impl.h: the compute-backend vtable (ggml-backend-impl style).
+/* backend.h: the compute-backend vtable (ggml-backend-impl style).
  *
  * The model code (model_forward.c), the scheduler and the KV policies call
  * only these ops, so they run unchanged on the CPU backend (fp32, OpenBLAS,

@@ -5,28 +5,32 @@
 
 #include <stdint.h>
 
-#include "backend_impl.h"
+#include "backend.h"
 #include "model_config.h"
+#include "scheduler.h"
 
-typedef struct model_layer {
-    void *ln1_w, *ln1_b;  /* (d) self_attn_layer_norm */
-    void *wqkv, *bqkv;    /* (3d, d), (3d): q, k, v projections stacked */
-    void *wo, *bo;        /* (d, d), (d) out_proj */
-    void *ln2_w, *ln2_b;  /* (d) final_layer_norm of the block */
-    void *w1, *b1;        /* (ffn, d), (ffn) fc1 */
-    void *w2, *b2;        /* (d, ffn), (d) fc2 */
-    int wq;               /* the four matrices are 4-bit rows (compress_weight):
-                           * expanded into model_scratch.w before their GEMMs; views of
-                           * the same layer must be the same struct (the reuse key) */
-} model_layer;
+/* A layer's tensors (t[MT_*]) wherever they are; wq: the four matrices are
+ * 4-bit rows (compress_weight), expanded into sched_scratch.w before their
+ * GEMMs; views of the same layer must be the same struct (the reuse key). */
+typedef sched_layer model_layer;
 
-/* The tensors of a layer, in the order of a layer blob (model_layer_layout):
+/* The tensors of an OPT layer, in the order of a layer blob:
  * the small ones first, so that a weight split across tiers keeps them on
- * the GPU with the first share. */
+ * the GPU with the first share.
+ *   LN1 (d) self_attn_layer_norm; WQKV (3d, d), BQKV (3d): q, k, v stacked;
+ *   WO (d, d), BO (d) out_proj; LN2 (d) final_layer_norm of the block;
+ *   W1 (ffn, d), B1 (ffn) fc1; W2 (d, ffn), B2 (d) fc2 */
 enum model_tensor {
     MT_LN1_W, MT_LN1_B, MT_BQKV, MT_BO, MT_LN2_W, MT_LN2_B, MT_B1, MT_B2,
     MT_WQKV, MT_WO, MT_W1, MT_W2, MT_COUNT
 };
+
+/* The scheduler's view of shape c (sched_model's data part: shape, layer
+ * tensor table, global elements; no callbacks). */
+void model_sched_shape(const model_config *c, sched_model *out);
+/* The same with the callbacks computing on m (ctx = m). */
+struct model;
+void model_sched_bind(struct model *m, sched_model *out);
 
 /* A layer as one contiguous blob of storage elements (es bytes each): the
  * unit that the offloading scheduler moves and that a weight store keeps
@@ -41,9 +45,6 @@ size_t model_layer_layout_q(const model_config *c, size_t es, int wq, size_t off
                             size_t bytes[MT_COUNT]);
 /* Rows of weight matrix t, *cols its row length; 0 when t is a vector. */
 size_t model_tensor_rows(const model_config *c, int t, int *cols);
-/* Values in the four matrices of a layer; *largest (may be NULL): in the
- * largest one. */
-size_t model_layer_matrix_elems(const model_config *c, size_t *largest);
 /* dst (a model_layer_layout_q(wq = 1) blob) <- src (a plain blob of es-byte
  * elements): matrices quantized, vectors copied. */
 void model_layer_quantize(const model_config *c, size_t es, void *dst, const void *src);
@@ -154,57 +155,16 @@ int model_ctx_create(model *m, int max_rows, int max_seq, int cap, int flags,
                      model_ctx **out);
 void model_ctx_destroy(model_ctx *c); /* accepts NULL */
 
-/* The KV cache of sequences [seq0, seq0 + n) of a batch, kept together in
- * one place (a tier's home or a staging buffer of the scheduler). */
-typedef struct model_kv {
-    void *kc, *vc;  /* (n, n_head, cap, head_dim) storage type */
-    void *pos;      /* (n, n_head, cap) int32 */
-    void *scores;   /* (n, n_head, cap) fp32, or NULL */
-    int seq0, n;
-    int host;       /* 1: fp16 caches in host memory of a backend whose buffers are
-                     * not (CUDA): attention and cache writes run on CPU threads
-                     * (kern_*_h16) over the cache in place; only q/k/v rows and the
-                     * attention output cross the link */
-    int q4;         /* kc, vc are 4-bit rows (compress_cache): kern_q4_row_bytes(head_dim)
-                     * bytes per slot */
-} model_kv;
-
-/* Per-pass scratch on the backend, shared by the layers and batches. */
-typedef struct model_scratch {
-    void *h, *qkv, *att, *ffn; /* (rows, d), (rows, 3d), (rows, d), (rows, ffn) */
-    void *w;                   /* weight matrices expanded from 4-bit rows (layers with
-                                * wq), or NULL: the largest one, expanded per GEMM, or
-                                * with w_all a whole layer's four, expanded once and
-                                * reused while the layer stays the same */
-    int w_all;
-    const model_layer *w_layer; /* the layer whose matrices w holds (w_all), or NULL */
-    void *colsum;              /* (rows, n_head) fp32, or NULL */
-    void *self_p;              /* (n_seq, n_head) fp32, or NULL */
-    /* host scratch for model_kv.host segments (NULL when there are none) */
-    float *h_qkv, *h_att;      /* (rows, 3d), (rows, d) */
-    float *h_colsum, *h_self;  /* (rows, n_head), (n_seq, n_head) */
-    int32_t *h_ev;             /* (n_seq, n_head) */
-    kern_seq *h_seqs;          /* (n_seq) */
-} model_scratch;
-
-enum { MODEL_PASS_IDLE = 0, MODEL_PASS_PREFILL = 1, MODEL_PASS_DECODE = 2 };
-/* Which pass seqs describe: every active sequence a prefill (n_past 0,
- * whole prompt) or every one a decode step (n_new 1), budgets within cap.
- * @return MODEL_PASS_* or -EINVAL. */
-int model_pass_kind(const kern_seq *seqs, int n_seq, int cap);
-
 /* x(n_rows, d) = embeddings of (ids, pos) (host arrays). */
-int model_embed(model *m, void *x, const int32_t *ids, const int32_t *pos, int n_rows);
-/* Layer L (weights wherever they are) over x(n_rows, d) in place, for the
- * sequences seqs (rows relative to x), whose caches are the n_kv segments
- * kv (covering every sequence that has rows). evicted: (n_seq, n_head)
- * int32 or NULL. kind: model_pass_kind(seqs). @return 0 or -errno. */
-int model_layer_forward(model *m, const model_layer *L, int kind, void *x, int n_rows,
-                        const kern_seq *seqs, int n_seq, const model_kv *kv, int n_kv,
-                        int cap, model_scratch *s, void *evicted);
+int model_embed(void *m, void *x, const int32_t *ids, const int32_t *pos, int n_rows);
+/* Layer `layer` of m (tensors at L, wherever they are) over x(n_rows, d) in
+ * place: sched_model.layer. */
+int model_layer_forward(void *m, int layer, const model_layer *L, int kind, void *x,
+                        int n_rows, const kern_seq *seqs, int n_seq, const sched_kv *kv,
+                        int n_kv, int cap, sched_scratch *s, void *evicted);
 /* logits(n_out, V) = LNf(x[last_rows]) E^T; last: (n_out, d) scratch. */
-int model_head(model *m, void *logits, void *last, const void *x,
-               const int32_t *last_rows, int n_out);
+int model_head(void *m, void *logits, void *last, const void *x, const int32_t *last_rows,
+               int n_out);
 
 /* One forward pass: rows (ids, pos) packed per sequence as described by
  * seqs (n_new may be 0: that sequence is idle this call). Either every

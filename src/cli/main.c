@@ -21,7 +21,7 @@
 #include "jobio.h"
 #include "model.h"
 #include "off.h"
-#include "sched.h"
+#include "scheduler.h"
 #include "tok.h"
 
 static int fail(void)
@@ -407,6 +407,8 @@ static int cmd_generate(int argc, char **argv)
     if (rc == 0 && sched_trace_path)
         rc = sched_trace_create(&strace);
     sched_shape sh;
+    sched_model shape;
+    model_sched_shape(&cfg, &shape);
     if (rc == 0) {
         gen_shape(&cfg, &ps, out.f ? &out : NULL, &go, pol.gpu_batch_size, &sh);
         sh.evicted = trace_path != NULL; /* the file is opened below */
@@ -418,14 +420,14 @@ static int cmd_generate(int argc, char **argv)
             off_dtype_size(store_dtype) == be.ops->elem_size;
         if (plan_only) {
             sched_plan pl;
-            rc = sched_plan_compute(&cfg, be.ops->elem_size, &pol, &sh, &pl);
+            rc = sched_plan_compute(&shape, be.ops->elem_size, &pol, &sh, &pl);
             if (rc == 0)
                 sched_plan_print(stdout, &pl);
             /* the caps given (not the machine's): exit 1 when it cannot fit */
             if (rc == 0)
                 rc = sched_plan_check(&pl, &pol, pol.gpu_mem, pol.cpu_mem, 0);
         } else {
-            rc = sched_create(&be, &cfg, &pol, &sh, strace, &sc);
+            rc = sched_create(&be, &shape, &pol, &sh, strace, &sc);
         }
     }
     if (rc == 0 && !plan_only && !out.f)
@@ -441,9 +443,12 @@ static int cmd_generate(int argc, char **argv)
             rc = model_create_dummy_sink(&cfg, &be, 1234, sched_layer_sink, sc, &m);
     }
     if (rc == 0 && !plan_only) {
-        sched_attach(sc, m);
-        rc = gen_run(m, sc, t, &ps, &out, &go, &st);
+        sched_model bound;
+        model_sched_bind(m, &bound);
+        rc = sched_attach(sc, &bound);
     }
+    if (rc == 0 && !plan_only)
+        rc = gen_run(m, sc, t, &ps, &out, &go, &st);
     if (strace && sched_trace_path) {
         int trc = sched_trace_write(strace, sched_trace_path);
         if (rc == 0)
@@ -860,8 +865,8 @@ static int cmd_search(int argc, char **argv)
         return usage_error("search", err_msg());
     so.scores = kv_policy_needs_scores(&kv);
     if (!so.cpu_cap)
-        so.cpu_cap = sched_mem_available();
-    if (base.offload_dir[0] && sched_disk_free(base.offload_dir, &so.disk_cap) < 0)
+        so.cpu_cap = off_mem_available();
+    if (base.offload_dir[0] && off_disk_free(base.offload_dir, &so.disk_cap) < 0)
         return usage_error("search", err_msg());
     base.gpu_mem = so.gpu_cap;
     base.cpu_mem = so.cpu_cap;
@@ -911,7 +916,9 @@ static int cmd_search(int argc, char **argv)
         return 1;
     }
     int n = 0;
-    rc = sched_search(&cfg, es, &base, &so, &hw, best, top, &n);
+    sched_model shape;
+    model_sched_shape(&cfg, &shape);
+    rc = sched_search(&shape, es, &base, &so, &hw, best, top, &n);
     if (rc < 0) {
         free(best);
         return fail();
