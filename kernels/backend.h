@@ -1,6 +1,6 @@
 /* backend.h: the compute-backend vtable (ggml-backend-impl style).
  *
- * The model code (model_forward.c), the scheduler and the KV policies call
+ * The model code (src/model/), the scheduler and the KV policies call
  * only these ops, so they run unchanged on the CPU backend (fp32, OpenBLAS,
  * kernels/cpu/) and the CUDA backend (fp16 storage, fp32 accumulation,
  * cuBLAS, the kernels/<op>.cu files).

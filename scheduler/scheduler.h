@@ -196,6 +196,32 @@ enum { SCHED_PASS_IDLE = 0, SCHED_PASS_PREFILL = 1, SCHED_PASS_DECODE = 2 };
  * @return SCHED_PASS_* or -EINVAL. */
 int sched_pass_kind(const kern_seq *seqs, int n_seq, int cap);
 
+/* One layer of one GPU batch, as the scheduler hands it to the model's
+ * layer callback: the rows, the sequences, the scratch, and the KV
+ * segments that sched_attend runs attention over, wherever they live. */
+typedef struct sched_pass {
+    backend *be;
+    int kind;                /* SCHED_PASS_PREFILL or SCHED_PASS_DECODE */
+    int n_rows;              /* rows of x */
+    const kern_seq *seqs;    /* rows relative to x */
+    int n_seq;
+    int n_head, n_kv_head, head_dim, hidden;
+    int cap;                 /* KV slots per (sequence, KV head) */
+    sched_scratch *scr;
+    const sched_kv *kv;      /* segments covering every sequence with rows */
+    int n_kv;
+    void *evicted;           /* (n_seq, kv_heads) int32, or NULL */
+} sched_pass;
+
+/* Attention of the pass over fused q/k/v rows (qkv: (n_rows, qkv_dim), q
+ * then k then v; scale 1/sqrt(head_dim)) into att (n_rows, hidden):
+ * prefill is exact over each prompt and writes the kept tokens to the
+ * caches; decode attends over the kept slots plus the new token and writes
+ * it into a free or evicted slot. Each KV segment is computed where it
+ * lives: by the backend, or by CPU threads over a host cache (CPU
+ * attention), whose rows cross the link. @return 0 or -errno. */
+int sched_attend(const sched_pass *p, const void *qkv, void *att);
+
 typedef struct sched_model {
     int n_layer, n_head, n_kv_head, head_dim;
     int hidden;           /* d: rows of activations are d wide */
@@ -209,12 +235,9 @@ typedef struct sched_model {
     void *ctx;            /* the callbacks' first argument */
     /* x(n_rows, d) = embeddings of (ids, pos) (host arrays) */
     int (*embed)(void *ctx, void *x, const int32_t *ids, const int32_t *pos, int n_rows);
-    /* layer `layer` (tensors at L) over x(n_rows, d) in place, for sequences seqs
-     * (rows relative to x) whose caches are the n_kv segments kv; evicted:
-     * (n_seq, kv_heads) int32 or NULL; kind: SCHED_PASS_* */
-    int (*layer)(void *ctx, int layer, const sched_layer *L, int kind, void *x, int n_rows,
-                 const kern_seq *seqs, int n_seq, const sched_kv *kv, int n_kv, int cap,
-                 sched_scratch *s, void *evicted);
+    /* layer `layer` (tensors at L) over x(p->n_rows, d) in place; its attention
+     * is sched_attend(p, ...) */
+    int (*layer)(void *ctx, int layer, const sched_layer *L, const sched_pass *p, void *x);
     /* logits(n_out, V) = head(x[last_rows]); last: (n_out, d) scratch */
     int (*head)(void *ctx, void *logits, void *last, const void *x, const int32_t *last_rows,
                 int n_out);

@@ -1,6 +1,8 @@
 /* test_model.c: the CPU engine against Hugging Face transformers (golden
  * file from tests/fixtures/gen_model_golden.py), batching invariance, and
- * the loader on every checkpoint form and on bad checkpoints. */
+ * the loader on every checkpoint form and on bad checkpoints. The engine
+ * runs the production path: the model loaded through a scheduler's layer
+ * sink and every pass through sched_forward. */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <math.h>
@@ -15,6 +17,7 @@
 #include "fh_config.h"
 #include "model.h"
 #include "safetensors.h"
+#include "scheduler.h"
 
 #define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
 #define GOLDEN FH_SOURCE_ROOT "/tests/fixtures/tiny-opt-golden.json"
@@ -64,16 +67,60 @@ static void load_golden(void)
     cr_assert_geq(n_cases, 4);
 }
 
+static backend be;
+
+/* A layer sink that keeps nothing: for tests of the loader alone. */
+static int discard_sink(void *ud, int layer, const void *blob, int wq, int fd, uint64_t off)
+{
+    (void)ud, (void)layer, (void)blob, (void)wq, (void)fd, (void)off;
+    return 0;
+}
+
+static int load_only(const char *dir, model **m)
+{
+    return model_load_hf_sink(dir, &be, discard_sink, NULL, m);
+}
+
+/* The production path for a block of `block` sequences: a scheduler with
+ * everything on the "GPU" tier (the CPU backend's memory), the model loaded
+ * through its sink. */
+typedef struct engine {
+    sched *s;
+    model *m;
+} engine;
+
+static void engine_open(const char *dir, int block, engine *e)
+{
+    model_config c;
+    cr_assert_eq(model_config_of(dir, &c), 0, "%s", err_msg());
+    sched_model shape, bound;
+    model_sched_shape(&c, &shape);
+    sched_policy p;
+    sched_policy_default(&p);
+    p.gpu_batch_size = block;
+    sched_shape sh = {.max_rows = 512, .cap = 128};
+    cr_assert_eq(sched_create(&be, &shape, &p, &sh, NULL, &e->s), 0, "%s", err_msg());
+    cr_assert_eq(model_load_hf_sink(dir, &be, sched_layer_sink, e->s, &e->m), 0, "%s",
+                 err_msg());
+    model_sched_bind(e->m, &bound);
+    cr_assert_eq(sched_attach(e->s, &bound), 0, "%s", err_msg());
+}
+
+static void engine_close(engine *e)
+{
+    sched_destroy(e->s);
+    model_destroy(e->m);
+}
+
 /* Greedy-generate the golden cases with the engine, all of them in one
  * batch (batched) or one at a time, checking every step's logits against
  * the golden file; returns the worst logit error. got (n_cases, n_new, V)
  * receives the logits when non-NULL. */
-static double run_cases(model *m, int batched, float *got, double tol)
+static double run_cases(const char *dir, int batched, float *got, double tol)
 {
-    backend *be = m->be;
     int B = batched ? n_cases : 1;
-    model_ctx *mc;
-    cr_assert_eq(model_ctx_create(m, 512, B, 128, 0, &mc), 0, "%s", err_msg());
+    engine e;
+    engine_open(dir, B, &e);
     float *lg = malloc(sizeof(float) * (size_t)B * vocab);
     double worst = 0;
     for (int first = 0; first < n_cases; first += B) {
@@ -90,9 +137,9 @@ static double run_cases(model *m, int batched, float *got, double tol)
             last[s] = rows - 1;
         }
         for (int step = 0; step < cases[first].n_new; step++) {
-            cr_assert_eq(model_forward(mc, ids, pos, rows, seqs, B, last, B), 0, "%s",
+            cr_assert_eq(sched_forward(e.s, ids, pos, rows, seqs, B, last, B, step), 0, "%s",
                          err_msg());
-            be->ops->download(be->ctx, lg, mc->logits, (size_t)B * vocab);
+            be.ops->download(be.ctx, lg, sched_logits(e.s), (size_t)B * vocab);
             rows = 0;
             for (int s = 0; s < B; s++) {
                 gcase *k = &cases[first + s];
@@ -125,11 +172,10 @@ static double run_cases(model *m, int batched, float *got, double tol)
         }
     }
     free(lg);
-    model_ctx_destroy(mc);
+    engine_close(&e);
     return worst;
 }
 
-static backend be;
 static void setup(void)
 {
     err_clear();
@@ -149,28 +195,22 @@ TestSuite(model, .init = setup, .fini = teardown);
 
 Test(model, golden_logits_single_prompt)
 {
-    model *m;
-    cr_assert_eq(model_load_hf(TINY, &be, &m), 0, "%s", err_msg());
-    double worst = run_cases(m, 0, NULL, 1e-4);
+    double worst = run_cases(TINY, 0, NULL, 1e-4);
     cr_log_info("worst |logit - transformers| = %.3g", worst);
-    model_destroy(m);
 }
 
 Test(model, batched_equals_single)
 {
-    model *m;
-    cr_assert_eq(model_load_hf(TINY, &be, &m), 0, "%s", err_msg());
     size_t n = (size_t)n_cases * 16 * vocab;
     float *a = calloc(n, sizeof(float)), *b = calloc(n, sizeof(float));
-    run_cases(m, 0, a, 1e-4);
-    run_cases(m, 1, b, 1e-4);
+    run_cases(TINY, 0, a, 1e-4);
+    run_cases(TINY, 1, b, 1e-4);
     double worst = 0;
     for (size_t i = 0; i < n; i++)
         worst = fmax(worst, fabs((double)a[i] - b[i]));
     cr_assert_leq(worst, 1e-5, "batched differs from single by %.3g", worst);
     free(a);
     free(b);
-    model_destroy(m);
 }
 
 Test(model, golden_logprobs_match)
@@ -288,13 +328,13 @@ Test(model, loads_f16_bf16_and_shards)
     struct { st_dtype dt; int sharded; double tol; } v[] = {
         {ST_F32, 1, 1e-4}, {ST_F16, 0, 0.05}, {ST_BF16, 1, 0.5}};
     model *ref;
-    cr_assert_eq(model_load_hf(TINY, &be, &ref), 0, "%s", err_msg());
+    cr_assert_eq(load_only(TINY, &ref), 0, "%s", err_msg());
     size_t n_emb = (size_t)ref->cfg.vocab_size * ref->cfg.hidden;
     for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
         make_tmp();
         resave(v[i].dt, v[i].sharded);
         model *m;
-        cr_assert_eq(model_load_hf(tmpdir, &be, &m), 0, "%s", err_msg());
+        cr_assert_eq(load_only(tmpdir, &m), 0, "%s", err_msg());
         /* the weights are the fixture's, rounded to the stored dtype */
         const float *a = ref->tok_emb, *b = m->tok_emb;
         double worst = 0;
@@ -303,7 +343,7 @@ Test(model, loads_f16_bf16_and_shards)
         double eps = v[i].dt == ST_F32 ? 0 : v[i].dt == ST_F16 ? 1e-3 : 8e-3;
         cr_assert_leq(worst, eps, "dtype %d: relative weight error %g", v[i].dt, worst);
         if (v[i].dt == ST_F32)
-            run_cases(m, 1, NULL, v[i].tol); /* shards give the golden logits */
+            run_cases(tmpdir, 1, NULL, v[i].tol); /* shards give the golden logits */
         model_destroy(m);
         rm_tmp();
     }
@@ -323,7 +363,7 @@ Test(model, truncated_safetensors_is_reported)
     cr_assert_eq(truncate(path, st.st_size - 1000), 0);
     model *m = NULL;
     err_clear();
-    int rc = model_load_hf(tmpdir, &be, &m);
+    int rc = load_only(tmpdir, &m);
     cr_assert_eq(rc, -EINVAL);
     cr_assert_null(m);
     cr_assert(strstr(err_msg(), "model.safetensors: truncated"), "msg: %s", err_msg());
@@ -351,7 +391,7 @@ Test(model, shape_mismatch_names_tensor)
     free(cfg);
     model *m = NULL;
     err_clear();
-    cr_assert_eq(model_load_hf(tmpdir, &be, &m), -EINVAL);
+    cr_assert_eq(load_only(tmpdir, &m), -EINVAL);
     cr_assert(strstr(err_msg(), "tensor model.decoder.layers.0.fc1.weight has shape "
                                 "[256, 64] but config.json implies [128, 64]"),
               "msg: %s", err_msg());
@@ -362,7 +402,7 @@ Test(model, missing_files_are_reported)
 {
     model *m = NULL;
     err_clear();
-    cr_assert_eq(model_load_hf("/nonexistent/model", &be, &m), -ENOENT);
+    cr_assert_eq(load_only("/nonexistent/model", &m), -ENOENT);
     cr_assert(strstr(err_msg(), "/nonexistent/model: model directory not found"), "%s",
               err_msg());
     make_tmp();
@@ -370,14 +410,14 @@ Test(model, missing_files_are_reported)
     snprintf(path, sizeof path, "%s/config.json", tmpdir);
     copy_file(TINY "/config.json", path);
     err_clear();
-    cr_assert_eq(model_load_hf(tmpdir, &be, &m), -ENOENT);
+    cr_assert_eq(load_only(tmpdir, &m), -ENOENT);
     cr_assert(strstr(err_msg(), "no model.safetensors"), "%s", err_msg());
     /* corrupt config.json */
     FILE *f = fopen(path, "w");
     fputs("{\"hidden_size\": 64,", f);
     fclose(f);
     err_clear();
-    cr_assert_eq(model_load_hf(tmpdir, &be, &m), -EINVAL);
+    cr_assert_eq(load_only(tmpdir, &m), -EINVAL);
     cr_assert(strstr(err_msg(), "config.json: not valid JSON"), "%s", err_msg());
     rm_tmp();
 }

@@ -29,12 +29,13 @@ static void convert_blob(const model_config *c, int wq, void *dst, size_t dst_es
                          const void *src, size_t src_es)
 {
     size_t od[MT_COUNT], os[MT_COUNT], nb[MT_COUNT], n[MT_COUNT];
+    sched_model sm;
+    model_sched_shape(c, &sm);
     model_layer_layout(c, dst_es, NULL, n);
     model_layer_layout_q(c, dst_es, wq, od, nb);
     model_layer_layout_q(c, src_es, wq, os, NULL);
-    for (int t = 0; t < MT_COUNT; t++) {
-        int cols;
-        if (wq && model_tensor_rows(c, t, &cols))
+    for (int t = 0; t < sm.n_tensors; t++) {
+        if (wq && sm.tensors[t].cols)
             memcpy((char *)dst + od[t], (const char *)src + os[t], nb[t]);
         else
             model_convert_elems((char *)dst + od[t], dst_es, (const char *)src + os[t],
