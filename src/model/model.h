@@ -136,11 +136,6 @@ void **model_global(model *m, int g);
 int model_linear(model *m, const model_layer *L, sched_scratch *sc, int t, void *y,
                  const void *x, const void *b, int rows, int n, int k, int relu);
 
-/* Allocate the backend tensors of m (m->cfg, m->be, m->sink set): all of
- * them, or with a sink only the global ones plus the host layer blob.
- * (model.c internal, shared with model_store.c) */
-int model_alloc_weights(model *m);
-
 /* Load a model from a Hugging Face directory (config.json +
  * model.safetensors or shards), handing every layer to sink (see
  * model_layer_sink); the global tensors go to the backend. Every tensor is

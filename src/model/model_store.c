@@ -15,7 +15,7 @@
 #include <sys/stat.h>
 
 #include "err.h"
-#include "model.h"
+#include "model_impl.h"
 #include "off.h"
 #include "safetensors.h"
 

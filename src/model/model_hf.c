@@ -1,0 +1,105 @@
+/* model_hf.c: loading a Hugging Face checkpoint directory (config.json +
+ * model.safetensors or shards), every tensor checked against the shape
+ * config.json implies. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "err.h"
+#include "model_impl.h"
+#include "safetensors.h"
+
+/* ------------------------------------------------------------ HF loading */
+
+typedef struct loader {
+    model *m;
+    st_set *st;
+    const char *prefix; /* what "model.decoder." is in this checkpoint ("decoder.") */
+    float *buf;         /* host staging, largest tensor */
+} loader;
+
+/* Load checkpoint tensor w (its name under the checkpoint's prefix), of
+ * the shape w gives, into its destination. */
+static int load_tensor(loader *ld, const model_hf_tensor *w)
+{
+    char full[256];
+    const char *std = "model.decoder.";
+    if (strncmp(w->name, std, strlen(std)) == 0)
+        snprintf(full, sizeof full, "%s%s", ld->prefix, w->name + strlen(std));
+    else
+        snprintf(full, sizeof full, "%s", w->name);
+    const st_tensor *t = st_find(ld->st, full);
+    RETURN_IF(!t, -EINVAL, "tensor %s missing from the checkpoint; is this an "
+              "%s model matching config.json?", full, model_arch_of(&ld->m->cfg)->name);
+    int64_t want[2] = {w->rows, w->cols};
+    int nd = w->cols > 0 ? 2 : 1;
+    int ok = t->n_dim == nd;
+    for (int i = 0; ok && i < nd; i++)
+        ok = t->shape[i] == want[i];
+    if (!ok) {
+        char got[96] = "", exp[64];
+        for (int i = 0; i < t->n_dim; i++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld",
+                     i ? ", " : "", (long long)t->shape[i]);
+        if (nd == 2)
+            snprintf(exp, sizeof exp, "%lld, %lld", (long long)w->rows, (long long)w->cols);
+        else
+            snprintf(exp, sizeof exp, "%lld", (long long)w->rows);
+        RETURN_IF(1, -EINVAL, "%s: tensor %s has shape [%s] but config.json implies "
+                  "[%s]; the checkpoint and config.json disagree", t->file, full,
+                  got, exp);
+    }
+    size_t n = (size_t)w->rows * (size_t)(w->cols > 0 ? w->cols : 1);
+    st_to_f32(t, ld->buf, n);
+    return model_put_f32(ld->m, w, 0, ld->buf, n);
+}
+
+int model_load_hf_sink(const char *dir, backend *be, model_layer_sink sink, void *ud,
+                       model **out)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    model_config cfg;
+    struct stat st;
+    RETURN_IF(stat(dir, &st) != 0 || !S_ISDIR(st.st_mode), -ENOENT,
+              "%s: model directory not found; pass a Hugging Face OPT directory "
+              "or create one with flexh2o make-model", dir);
+    FORWARD_IF(model_config_load(path, &cfg));
+    st_set *sts = NULL;
+    FORWARD_IF(st_open_dir(dir, &sts));
+    model *m = NULL;
+    model_hf_tensor *w = NULL;
+    int n = 0;
+    int rc = model_begin(&cfg, be, sink, ud, &m, &w, &n);
+    loader ld = {m, sts, "model.decoder.", NULL};
+    if (rc == 0) {
+        if (!st_find(sts, "model.decoder.embed_tokens.weight") &&
+            st_find(sts, "decoder.embed_tokens.weight"))
+            ld.prefix = "decoder.";
+        size_t big = 0;
+        for (int i = 0; i < n; i++) {
+            size_t c = (size_t)w[i].rows * (size_t)(w[i].cols ? w[i].cols : 1);
+            big = c > big ? c : big;
+        }
+        ld.buf = malloc(sizeof(float) * big);
+        if (!ld.buf) {
+            err_set(__FILE__, __LINE__, "out of memory for a tensor of %zu values", big);
+            rc = -ENOMEM;
+        }
+    }
+    for (int i = 0; rc == 0 && i < n; i++) {
+        rc = load_tensor(&ld, &w[i]);
+        if (rc == 0)
+            rc = model_layer_done(m, w, n, i);
+    }
+    free(ld.buf);
+    free(w);
+    st_close(sts);
+    if (rc < 0) {
+        model_destroy(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}

@@ -1,0 +1,168 @@
+/* model_weights.c: a model's weights: the layer blob layout (the
+ * scheduler's format over the family's table), the global tensors on the
+ * backend, and the loading protocol every source shares (tensor by tensor
+ * into the globals or the host layer blob, each finished layer to the
+ * sink). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "model_impl.h"
+#include "off.h"
+#include "safetensors.h"
+
+/* ------------------------------------------------------------ layer blobs */
+
+size_t model_layer_layout_q(const model_config *c, size_t es, int wq, size_t off[MT_COUNT],
+                            size_t bytes[MT_COUNT])
+{
+    sched_model sm;
+    model_sched_shape(c, &sm);
+    return sched_blob_layout(&sm, es, wq, off, bytes);
+}
+
+size_t model_layer_layout(const model_config *c, size_t es, size_t off[MT_COUNT],
+                          size_t n[MT_COUNT])
+{
+    size_t bytes[MT_COUNT], at = model_layer_layout_q(c, es, 0, off, bytes);
+    for (int t = 0; n && t < MT_COUNT; t++)
+        n[t] = bytes[t] / es;
+    return at;
+}
+
+void model_layer_quantize(const model_config *c, size_t es, void *dst, const void *src)
+{
+    sched_model sm;
+    model_sched_shape(c, &sm);
+    sched_blob_quantize(&sm, es, dst, src);
+}
+
+void model_convert_elems(void *dst, size_t dst_es, const void *src, size_t src_es, size_t n)
+{
+    if (dst_es == src_es) {
+        memcpy(dst, src, n * dst_es);
+    } else if (dst_es == 2) {
+        const float *f = src;
+        uint16_t *h = dst;
+        for (size_t i = 0; i < n; i++)
+            h[i] = st_f32_to_f16(f[i]);
+    } else {
+        const uint16_t *h = src;
+        float *f = dst;
+        for (size_t i = 0; i < n; i++)
+            f[i] = st_f16_to_f32(h[i]);
+    }
+}
+
+void **model_global(model *m, int g)
+{
+    switch (g) {
+    case MODEL_G_TOK_EMB: return &m->tok_emb;
+    case MODEL_G_POS_EMB: return &m->pos_emb;
+    case MODEL_G_NORM_W: return &m->lnf_w;
+    case MODEL_G_NORM_B: return &m->lnf_b;
+    default: return &m->lm_head;
+    }
+}
+
+/* ------------------------------------------------------------ allocation */
+
+int model_alloc_weights(model *m)
+{
+    const model_config *c = &m->cfg;
+    const backend_ops *o = m->be->ops;
+    void *ctx = m->be->ctx;
+    RETURN_IF(!m->sink, -EINVAL, "internal: a model loads its layers into a sink");
+    model_sched_shape(c, &m->shape);
+    /* the global tensors, as the family's checkpoint table has them */
+    int n = model_arch_of(c)->tensors(c, NULL);
+    model_hf_tensor *w = calloc((size_t)n, sizeof *w);
+    RETURN_IF(!w, -ENOMEM, "out of memory");
+    model_arch_of(c)->tensors(c, w);
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < n; i++)
+        if (w[i].layer < 0 && !*model_global(m, w[i].dst))
+            rc = o->alloc(ctx, (size_t)w[i].rows * (size_t)(w[i].cols ? w[i].cols : 1),
+                          model_global(m, w[i].dst));
+    free(w);
+    FORWARD_IF(rc);
+    if (c->tie_lm_head)
+        m->lm_head = m->tok_emb;
+    /* one host blob, reused by every layer; handed to the sink */
+    m->blob_bytes = (model_layer_layout(c, o->elem_size, NULL, NULL) + 4095) & ~(size_t)4095;
+    m->blob = aligned_alloc(4096, m->blob_bytes);
+    RETURN_IF(!m->blob, -ENOMEM, "out of host memory for a layer (%.1f MiB)",
+              m->blob_bytes / 1048576.0);
+    memset(m->blob, 0, m->blob_bytes);
+    size_t off[MT_COUNT];
+    model_layer_layout(c, o->elem_size, off, NULL);
+    for (int t = 0; t < m->shape.n_tensors; t++)
+        m->blob_view.t[t] = (char *)m->blob + off[t];
+    return 0;
+}
+
+void model_destroy(model *m)
+{
+    if (!m)
+        return;
+    const backend_ops *o = m->be ? m->be->ops : NULL;
+    if (o) {
+        void *ctx = m->be->ctx;
+        if (m->lm_head != m->tok_emb)
+            o->free(ctx, m->lm_head);
+        o->free(ctx, m->tok_emb);
+        o->free(ctx, m->pos_emb);
+        o->free(ctx, m->lnf_w);
+        o->free(ctx, m->lnf_b);
+    }
+    free(m->blob);
+    if (m->store) {
+        off_store_close(m->store);
+        free(m->store);
+    }
+    free(m);
+}
+
+/* dst + offset (elements) <- n fp32 values of tensor w: a global through
+ * the backend, a layer tensor into the host blob in the backend's storage
+ * type. */
+int model_put_f32(model *m, const model_hf_tensor *w, size_t offset, const float *src,
+                   size_t n)
+{
+    const backend_ops *o = m->be->ops;
+    size_t at = (w->offset + offset) * o->elem_size;
+    if (w->layer < 0)
+        return o->upload(m->be->ctx, (char *)*model_global(m, w->dst) + at, src, n);
+    model_convert_elems((char *)m->blob_view.t[w->dst] + at, o->elem_size, src, sizeof(float),
+                        n);
+    return 0;
+}
+
+/* A new model of config c loading into sink, with its tensor table. */
+int model_begin(const model_config *c, backend *be, model_layer_sink sink, void *ud,
+                       model **out, model_hf_tensor **w, int *n)
+{
+    model *m = calloc(1, sizeof *m);
+    RETURN_IF(!m, -ENOMEM, "out of memory");
+    m->cfg = *c;
+    m->be = be;
+    m->sink = sink;
+    m->sink_ud = ud;
+    *out = m;
+    FORWARD_IF(model_alloc_weights(m));
+    *n = model_arch_of(c)->tensors(c, NULL);
+    *w = calloc((size_t)*n, sizeof **w);
+    RETURN_IF(!*w, -ENOMEM, "out of memory");
+    model_arch_of(c)->tensors(c, *w);
+    return 0;
+}
+
+/* After tensor i of the table: hand the layer to the sink when it was the
+ * last tensor of its layer. */
+int model_layer_done(model *m, const model_hf_tensor *w, int n, int i)
+{
+    if (w[i].layer < 0 || (i + 1 < n && w[i + 1].layer == w[i].layer))
+        return 0;
+    return m->sink(m->sink_ud, w[i].layer, m->blob, 0, -1, 0);
+}
