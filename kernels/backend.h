@@ -113,25 +113,36 @@ typedef struct backend_ops {
     void (*host_free)(void *ctx, void *p); /* accepts NULL */
     /* Raw byte copies (no type conversion) between backend buffers (dev)
      * and host memory (pinned or not). They block the calling thread until
-     * the bytes have arrived, run on a copy stream of their direction (not
-     * the compute stream) and do NOT wait for compute issued by another
+     * the bytes have arrived, run on the copy queue of their direction (not
+     * the compute queue) and do NOT wait for compute issued by another
      * thread: a caller that reads or overwrites a buffer that compute uses
-     * orders itself with mark / mark_wait. Any thread may call them. */
+     * orders itself with the events below. Any thread may call them. */
     int (*copy_h2d)(void *ctx, void *dev, const void *host, size_t bytes);
     int (*copy_d2h)(void *ctx, void *host, const void *dev, size_t bytes);
     int (*copy_d2d)(void *ctx, void *dst, const void *src, size_t bytes);
-    /* Compute-stream markers ("events"): mark records marker `slot` (0 ..
-     * BACKEND_MARKS-1) after all compute issued so far by the compute
-     * thread; mark_wait blocks the calling thread (any thread) until the
-     * compute before the last mark of that slot has finished. Marking a
-     * slot again replaces it. On the CPU backend compute is synchronous, so
-     * both are no-ops. */
-    int (*mark)(void *ctx, int slot);
-    int (*mark_wait)(void *ctx, int slot);
+    /* The same without waiting: enqueued on queue BACKEND_Q_H2D (host ->
+     * dev) or BACKEND_Q_D2H (dev -> host) behind what that queue holds; the
+     * host memory must stay as it is until an event recorded after the copy
+     * has completed (pinned host memory makes it truly asynchronous). */
+    int (*copy_async)(void *ctx, int queue, void *dst, const void *src, size_t bytes);
+    /* Events, ordered on the device (CUDA events; ggml's event_record /
+     * event_wait): event_record records event `ev` (0 .. BACKEND_EVENTS-1)
+     * after everything issued so far to `queue`; event_wait makes `queue`
+     * wait, on the device, for the last record of ev (a never-recorded event
+     * is no wait); event_sync blocks the calling thread until the last
+     * record of ev has completed. Recording an event again replaces it.
+     * Compute ops are on BACKEND_Q_COMPUTE and are issued by one thread. On
+     * the CPU backend every op has finished when it returns, so all three
+     * are no-ops. */
+    int (*event_record)(void *ctx, int queue, int ev);
+    int (*event_wait)(void *ctx, int queue, int ev);
+    int (*event_sync)(void *ctx, int ev);
 } backend_ops;
 
-/* Markers a backend provides for mark / mark_wait. */
-#define BACKEND_MARKS 8
+/* The queues (CUDA streams) of event_record / event_wait and copy_async. */
+enum { BACKEND_Q_COMPUTE, BACKEND_Q_H2D, BACKEND_Q_D2H, BACKEND_QUEUES };
+/* Events a backend provides. */
+#define BACKEND_EVENTS 16
 
 typedef struct backend {
     const backend_ops *ops;

@@ -77,7 +77,7 @@ typedef struct cuda_ctx {
     size_t seqs_n;
     void *pinned;        /* PINNED_BYTES staging for upload/download */
     cudaStream_t h2d, d2h;            /* copy streams of the offloading scheduler */
-    cudaEvent_t marks[BACKEND_MARKS]; /* compute-stream markers (mark / mark_wait) */
+    cudaEvent_t events[BACKEND_EVENTS]; /* event_record / event_wait / event_sync */
     grow_buf f32tmp;     /* device fp32 staging for conversions */
 } cuda_ctx;
 
@@ -130,9 +130,9 @@ static void cuda_destroy(void *ctx)
         cudaStreamDestroy(c->h2d);
     if (c->d2h)
         cudaStreamDestroy(c->d2h);
-    for (int i = 0; i < BACKEND_MARKS; i++)
-        if (c->marks[i])
-            cudaEventDestroy(c->marks[i]);
+    for (int i = 0; i < BACKEND_EVENTS; i++)
+        if (c->events[i])
+            cudaEventDestroy(c->events[i]);
     free(c->seqs_host);
     free(c);
 }
@@ -640,18 +640,44 @@ static int cuda_copy_d2d(void *ctx, void *dst, const void *src, size_t bytes)
     return cuda_copy_on(c, c->h2d, dst, src, bytes, cudaMemcpyDeviceToDevice);
 }
 
-static int cuda_mark(void *ctx, int slot)
+static cudaStream_t cuda_queue(cuda_ctx *c, int queue)
+{
+    return queue == BACKEND_Q_H2D ? c->h2d : queue == BACKEND_Q_D2H ? c->d2h : c->stream;
+}
+
+static int cuda_copy_async(void *ctx, int queue, void *dst, const void *src, size_t bytes)
 {
     cuda_ctx *c = ctx;
-    CK(cudaEventRecord(c->marks[slot], c->stream));
+    if (bytes == 0)
+        return 0;
+    CK(cudaSetDevice(c->device));
+    CK(cudaMemcpyAsync(dst, src, bytes,
+                       queue == BACKEND_Q_D2H ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice,
+                       cuda_queue(c, queue)));
     return 0;
 }
 
-static int cuda_mark_wait(void *ctx, int slot)
+static int cuda_event_record(void *ctx, int queue, int ev)
 {
     cuda_ctx *c = ctx;
     CK(cudaSetDevice(c->device));
-    CK(cudaEventSynchronize(c->marks[slot])); /* compute done with that buffer */
+    CK(cudaEventRecord(c->events[ev], cuda_queue(c, queue)));
+    return 0;
+}
+
+static int cuda_event_wait(void *ctx, int queue, int ev)
+{
+    cuda_ctx *c = ctx;
+    CK(cudaSetDevice(c->device));
+    CK(cudaStreamWaitEvent(cuda_queue(c, queue), c->events[ev], 0));
+    return 0;
+}
+
+static int cuda_event_sync(void *ctx, int ev)
+{
+    cuda_ctx *c = ctx;
+    CK(cudaSetDevice(c->device));
+    CK(cudaEventSynchronize(c->events[ev]));
     return 0;
 }
 
@@ -686,8 +712,10 @@ static const backend_ops cuda_ops = {
     .copy_h2d = cuda_copy_h2d,
     .copy_d2h = cuda_copy_d2h,
     .copy_d2d = cuda_copy_d2d,
-    .mark = cuda_mark,
-    .mark_wait = cuda_mark_wait,
+    .copy_async = cuda_copy_async,
+    .event_record = cuda_event_record,
+    .event_wait = cuda_event_wait,
+    .event_sync = cuda_event_sync,
 };
 
 int backend_cuda_create(int device, backend *out)
@@ -713,8 +741,8 @@ int backend_cuda_create(int device, backend *out)
         e = cudaStreamCreateWithFlags(&c->h2d, cudaStreamNonBlocking);
     if (e == cudaSuccess)
         e = cudaStreamCreateWithFlags(&c->d2h, cudaStreamNonBlocking);
-    for (int i = 0; e == cudaSuccess && i < BACKEND_MARKS; i++)
-        e = cudaEventCreateWithFlags(&c->marks[i], cudaEventDisableTiming);
+    for (int i = 0; e == cudaSuccess && i < BACKEND_EVENTS; i++)
+        e = cudaEventCreateWithFlags(&c->events[i], cudaEventDisableTiming);
     if (e == cudaSuccess)
         e = cudaHostAlloc(&c->pinned, PINNED_BYTES, cudaHostAllocDefault);
     if (e == cudaSuccess)

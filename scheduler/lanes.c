@@ -3,6 +3,9 @@
  *   compute thread ──submit──► lane 0 (loads):  [disk ─io_uring─► host stage] ─h2d─► GPU stage
  *                  ──submit──► lane 1 (stores): GPU stage ─d2h─► [host stage ─io_uring─► disk]
  *
+ * (Where the scheduler orders CPU-tier transfers on the device, sched.c
+ * issues those itself with copy_async and events; the lanes keep the disk.)
+ *
  * Each lane is a thread with a FIFO of tasks and a "done" ticket counter;
  * the compute thread waits for the ticket of exactly the task it needs.
  * A task may first wait for a compute marker (the compute that last used
@@ -37,7 +40,7 @@ int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
     const backend_ops *o = s->be->ops;
     void *ctx = s->be->ctx;
     if (t->mark >= 0)
-        FORWARD_IF(o->mark_wait(ctx, t->mark)); /* compute is done with the GPU buffer */
+        FORWARD_IF(o->event_sync(ctx, t->mark)); /* compute is done with the GPU buffer */
     if (t->dep_lane >= 0)
         FORWARD_IF(sched_lane_wait(&s->lane[t->dep_lane], t->dep_ticket));
     const char *cat = t->kind == TASK_LOAD ? "load" : "store";

@@ -12,7 +12,13 @@
  *
  * Items i run in that order; loads run on lane 0 and stores on lane 1
  * (lanes.c) while the compute thread works, so I/O of the neighbours
- * overlaps the compute of the current item. The weights of layer 0 for
+ * overlaps the compute of the current item. On a backend with its own
+ * copy queues (CUDA) the transfers of CPU-tier homes are instead ordered on
+ * the device: the compute thread enqueues them (copy_async) between events
+ * (a load waits for the compute that last used its slot and for the store
+ * that empties it; a compute waits for its loads; a store waits for its
+ * compute), so it never blocks on them and the compute queue runs ahead of
+ * its inputs. Disk transfers stay on the lanes. The weights of layer 0 for
  * the next pass load during the last layer. Every buffer is allocated at
  * sched_create from the plan; a pass allocates nothing.
  */
@@ -23,9 +29,6 @@
 #include "err.h"
 #include "sched_impl.h"
 
-/* compute markers (backend mark / mark_wait) */
-#define MARK_W(slot) (slot)         /* last compute reading weight slot */
-#define MARK_IO(slot) (2 + (slot))  /* last compute on KV/activation stage slot */
 
 /* What one GPU batch brings to this pass. */
 typedef struct batch_desc {
@@ -66,6 +69,18 @@ static int open_disk_file(sched *s, const char *name, uint64_t size, int *fd)
     return 0;
 }
 
+int sched_io_order_device(const backend *be)
+{
+    const char *e = getenv("FLEXH2O_IO_ORDER");
+    if (e && strcmp(e, "host") == 0)
+        return 0;
+    if (e && strcmp(e, "device") == 0)
+        return 1;
+    /* a backend whose buffers are host memory computes in the calling
+     * thread: its lanes overlap the copies, the compute thread cannot */
+    return !be->ops->host_visible;
+}
+
 int sched_create(backend *be, const sched_model *m, const sched_policy *p,
                  const sched_shape *sh, sched_trace *trace, sched **out)
 {
@@ -98,6 +113,7 @@ int sched_create(backend *be, const sched_model *m, const sched_policy *p,
     s->trace = trace;
     s->w_fd = s->kv_fd = s->x_fd = -1;
     s->w_slot_of[0] = s->w_slot_of[1] = -1;
+    s->dev_order = sched_io_order_device(be);
     pthread_mutex_init(&s->link_mu, NULL);
     static const char *link_names[SCHED_LINKS] = {"disk->cpu", "cpu->gpu", "gpu->cpu",
                                                   "cpu->disk"};
@@ -246,6 +262,7 @@ void sched_destroy(sched *s)
     off_disk_destroy(s->disk);
     const backend_ops *o = s->be->ops;
     void *ctx = s->be->ctx;
+    o->sync(ctx); /* nothing queued may still use a buffer freed below */
     int L = s->g.L, K = s->g.K;
     for (int l = 0; s->w_gpu && l < L; l++)
         o->free(ctx, s->w_gpu[l]);
@@ -354,6 +371,27 @@ const char *sched_disk_kind(const sched *s) { return s->disk ? off_disk_kind(s->
 
 /* ------------------------------------------------------------ one pass */
 
+/* Issue transfer t between a CPU-tier home and its GPU stage on the
+ * device's copy queue (dev_order): a load first waits (on the device) for
+ * the compute that last used the stage (t->mark) and for the stores from
+ * stage slot dep_slot (-1: none), a store for the compute that produced
+ * it; event ev is recorded after the copy. */
+static int issue_async(sched *s, const sched_task *t, int ev, int dep_slot)
+{
+    const backend_ops *o = s->be->ops;
+    void *ctx = s->be->ctx;
+    int load = t->kind == TASK_LOAD, q = load ? BACKEND_Q_H2D : BACKEND_Q_D2H;
+    if (t->mark >= 0)
+        FORWARD_IF(o->event_wait(ctx, q, t->mark));
+    if (dep_slot >= 0)
+        FORWARD_IF(o->event_wait(ctx, q, EV_STORE_IO(dep_slot)));
+    FORWARD_IF(load ? o->copy_async(ctx, q, t->stage, t->host, t->bytes)
+                    : o->copy_async(ctx, q, t->host, t->stage, t->bytes));
+    FORWARD_IF(o->event_record(ctx, q, ev));
+    sched_link_add(s, load ? SCHED_LINK_CPU_GPU : SCHED_LINK_GPU_CPU, t->bytes, 0);
+    return 0;
+}
+
 /* Issue the load of the weights of layer l into the next slot. */
 static int load_weights(sched *s, int l, int step)
 {
@@ -361,16 +399,22 @@ static int load_weights(sched *s, int l, int step)
     int v = s->w_next;
     s->w_next ^= 1;
     s->w_slot_of[v] = l;
-    sched_task t = {.kind = TASK_LOAD, .mark = MARK_W(v), .dep_lane = -1, .name = "weights",
+    sched_task t = {.kind = TASK_LOAD, .mark = EV_COMPUTE_W(v), .dep_lane = -1, .name = "weights",
                     .layer = l, .batch = -1, .step = step};
     int64_t ticket = 0;
+    s->w_async[v] = 0;
     if (g->w_cpu > g->w_gpu) {
         t.tier = SCHED_CPU;
         t.stage = (char *)s->w_stage[v] + (g->w_gpu - g->w_stage_from);
         t.host = (char *)s->w_cpu_arena + (size_t)l * (g->w_cpu - g->w_gpu);
         t.bytes = g->w_cpu - g->w_gpu;
-        ticket = sched_lane_submit(&s->lane[0], &t);
-        FORWARD_IF((int)(ticket < 0 ? ticket : 0));
+        if (s->dev_order) {
+            FORWARD_IF(issue_async(s, &t, EV_LOAD_W(v), -1));
+            s->w_async[v] = 1;
+        } else {
+            ticket = sched_lane_submit(&s->lane[0], &t);
+            FORWARD_IF((int)(ticket < 0 ? ticket : 0));
+        }
     }
     if (g->w_cpu < g->blob) {
         size_t from = g->w_cpu & ~(size_t)(OFF_ALIGN - 1);
@@ -407,6 +451,8 @@ static int weights_of(sched *s, int l, int step, const sched_layer **out)
     int v = weights_slot(s, l, step);
     FORWARD_IF(v);
     FORWARD_IF(sched_lane_wait(&s->lane[0], s->w_ticket[v]));
+    if (s->w_async[v])
+        FORWARD_IF(s->be->ops->event_wait(s->be->ctx, BACKEND_Q_COMPUTE, EV_LOAD_W(v)));
     *out = &s->w_view[v][l];
     return 0;
 }
@@ -434,6 +480,7 @@ static void *x_home(sched *s, int k)
 typedef struct item_io {
     uint64_t load, store;
     int has_store;
+    int slot;               /* the stage slot these tickets belong to */
 } item_io;
 
 /* Submit the transfers of item (l, b) between stage slot v and the homes on
@@ -442,10 +489,11 @@ typedef struct item_io {
  * on disk, then the activations when they live off the GPU and cross this
  * layer boundary (want_act). @return the last ticket, 0 for none, or -errno. */
 static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch_desc *b,
-                           int v, int want_kv, int want_act)
+                           int v, int want_kv, int want_act, int dep_slot, int *n_async)
 {
     const sched_geom *g = &s->g;
     int64_t ticket = 0;
+    *n_async = 0;
     for (int tier = SCHED_CPU; want_kv && tier <= SCHED_DISK; tier++) {
         if (!b->active[tier] || (tier == SCHED_CPU && s->pol.cpu_attention))
             continue;
@@ -457,8 +505,14 @@ static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch
         t->host = tier == SCHED_CPU ? kv_home(s, tier, l, b->k) : NULL;
         t->fd = s->kv_fd;
         t->file_off = ((uint64_t)l * g->K + b->k) * g->kv_disk_stride;
-        if ((ticket = sched_lane_submit(&s->lane[lane], t)) < 0)
+        if (s->dev_order && tier == SCHED_CPU) {
+            int rc = issue_async(s, t, lane == 0 ? EV_LOAD_IO(v) : EV_STORE_IO(v), dep_slot);
+            if (rc < 0)
+                return rc;
+            ++*n_async;
+        } else if ((ticket = sched_lane_submit(&s->lane[lane], t)) < 0) {
             return ticket;
+        }
     }
     if (g->act_tier != SCHED_GPU && want_act) {
         t->name = "activations";
@@ -469,8 +523,14 @@ static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch
         t->host = g->act_tier == SCHED_CPU ? x_home(s, b->k) : NULL;
         t->fd = s->x_fd;
         t->file_off = (uint64_t)b->k * g->x_disk_stride;
-        if ((ticket = sched_lane_submit(&s->lane[lane], t)) < 0)
+        if (s->dev_order && g->act_tier == SCHED_CPU) {
+            int rc = issue_async(s, t, lane == 0 ? EV_LOAD_IO(v) : EV_STORE_IO(v), dep_slot);
+            if (rc < 0)
+                return rc;
+            ++*n_async;
+        } else if ((ticket = sched_lane_submit(&s->lane[lane], t)) < 0) {
             return ticket;
+        }
     }
     return ticket;
 }
@@ -481,13 +541,15 @@ static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch
 static int load_item(sched *s, int l, const batch_desc *b, int v, int step, item_io *io,
                      const item_io *prev_in_slot)
 {
-    sched_task t = {.kind = TASK_LOAD, .mark = MARK_IO(v), .dep_lane = -1, .layer = l,
+    sched_task t = {.kind = TASK_LOAD, .mark = EV_COMPUTE_IO(v), .dep_lane = -1, .layer = l,
                     .batch = b->k, .step = step};
     if (prev_in_slot && prev_in_slot->has_store) {
         t.dep_lane = 1; /* the store that empties this slot comes first */
         t.dep_ticket = prev_in_slot->store;
     }
-    int64_t ticket = submit_item(s, 0, &t, l, b, v, s->pass_kind == SCHED_PASS_DECODE, l > 0);
+    int n_async;
+    int64_t ticket = submit_item(s, 0, &t, l, b, v, s->pass_kind == SCHED_PASS_DECODE, l > 0,
+                                 prev_in_slot ? prev_in_slot->slot : -1, &n_async);
     FORWARD_IF((int)(ticket < 0 ? ticket : 0));
     io->load = (uint64_t)ticket;
     return 0;
@@ -497,9 +559,10 @@ static int load_item(sched *s, int l, const batch_desc *b, int v, int step, item
  * (the activations of the last layer go nowhere). */
 static int store_item(sched *s, int l, const batch_desc *b, int v, int step, item_io *io)
 {
-    sched_task t = {.kind = TASK_STORE, .mark = MARK_IO(v), .dep_lane = -1, .layer = l,
+    sched_task t = {.kind = TASK_STORE, .mark = EV_COMPUTE_IO(v), .dep_lane = -1, .layer = l,
                     .batch = b->k, .step = step};
-    int64_t ticket = submit_item(s, 1, &t, l, b, v, 1, l + 1 < s->g.L);
+    int n_async;
+    int64_t ticket = submit_item(s, 1, &t, l, b, v, 1, l + 1 < s->g.L, -1, &n_async);
     FORWARD_IF((int)(ticket < 0 ? ticket : 0));
     if (ticket > 0) {
         io->has_store = 1;
@@ -613,8 +676,14 @@ int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
 
     /* the zig-zag walk over items (layer, batch) */
     int rc = 0, n_items = g->L * nb;
-    item_io io[2] = {{0}};
-    if (n_items > 0)
+    item_io io[2] = {{.slot = 0}, {.slot = 1}};
+    const backend_ops *o = s->be->ops;
+    void *ctx = s->be->ctx;
+    /* device-ordered: the previous pass's stores reach their homes before
+     * this pass loads from them */
+    for (int v = 0; s->dev_order && v < 2; v++)
+        rc = rc ? rc : o->event_wait(ctx, BACKEND_Q_H2D, EV_STORE_IO(v));
+    if (rc == 0 && n_items > 0)
         rc = load_item(s, 0, &bs[0], 0, step, &io[0], NULL);
     for (int i = 0; rc == 0 && i < n_items; i++) {
         int l = i / nb, v = i % 2;
@@ -640,12 +709,19 @@ int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
         if (rc == 0 && i + 1 < n_items && !late)
             rc = load_item(s, (i + 1) / nb, &bs[(i + 1) % nb], v ^ 1, step, &io[v ^ 1],
                            &io[v ^ 1]);
+        /* device-ordered: the compute waits for its loads and for the
+         * stores that empty its slot, on the device */
+        if (rc == 0 && s->dev_order)
+            rc = o->event_wait(ctx, BACKEND_Q_COMPUTE, EV_LOAD_IO(v));
+        if (rc == 0 && s->dev_order)
+            rc = o->event_wait(ctx, BACKEND_Q_COMPUTE, EV_STORE_IO(v));
         if (rc == 0)
             rc = compute_item(s, l, b, v, kind, ids, pos, last_rows, step);
         if (rc == 0)
-            rc = s->be->ops->mark(s->be->ctx, MARK_IO(v));
+            rc = o->event_record(ctx, BACKEND_Q_COMPUTE, EV_COMPUTE_IO(v));
         if (rc == 0 && i % nb == nb - 1 && g->w_gpu < g->blob)
-            rc = s->be->ops->mark(s->be->ctx, MARK_W(s->w_slot_of[0] == l ? 0 : 1));
+            rc = o->event_record(ctx, BACKEND_Q_COMPUTE,
+                                 EV_COMPUTE_W(s->w_slot_of[0] == l ? 0 : 1));
         if (rc == 0)
             rc = store_item(s, l, b, v, step, &io[v]);
         /* the lane stores in order: waiting for this item's store covers
@@ -659,9 +735,11 @@ int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
     if (rc == 0 && s->lane[1].issued)
         rc = sched_lane_wait(&s->lane[1], s->lane[1].issued);
     if (rc < 0) {
-        /* let the lanes drain before the buffers may go */
+        /* let the lanes and the copy queues drain before the buffers may go */
         sched_lane_wait(&s->lane[0], s->lane[0].issued);
         sched_lane_wait(&s->lane[1], s->lane[1].issued);
+        if (s->dev_order)
+            o->sync(ctx);
     }
     return rc;
 }
@@ -671,6 +749,8 @@ int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
 int sched_read_kv(sched *s, int l, int seq, int what, void *out)
 {
     const sched_geom *g = &s->g;
+    for (int v = 0; s->dev_order && v < 2; v++) /* device-ordered stores are home */
+        FORWARD_IF(s->be->ops->event_sync(s->be->ctx, EV_STORE_IO(v)));
     int k = seq / g->gbs, i = seq % g->gbs, t = 0;
     while (t < SCHED_TIERS - 1 && i >= g->kv_seq0[t] + g->kv_n[t])
         t++;
@@ -716,15 +796,19 @@ void sched_summary_print(const sched *s, FILE *f)
 {
     char pol[256];
     sched_policy_describe(&s->pol, pol, sizeof pol);
-    fprintf(f, "[flexh2o] policy: %s; disk I/O: %s\n", pol, sched_disk_kind(s));
+    fprintf(f, "[flexh2o] policy: %s; disk I/O: %s; CPU-tier copies: %s\n", pol,
+            sched_disk_kind(s), s->dev_order ? "device-ordered" : "I/O threads");
     fprintf(f, "[flexh2o] peak memory: gpu %.3f GiB, cpu %.3f GiB, disk %.3f GiB\n",
             s->plan.total[SCHED_GPU] / 1073741824.0, s->plan.total[SCHED_CPU] / 1073741824.0,
             s->plan.total[SCHED_DISK] / 1073741824.0);
     sched_link ln[SCHED_LINKS];
     sched_links(s, ln);
     for (int i = 0; i < SCHED_LINKS; i++)
-        if (ln[i].bytes)
+        if (ln[i].bytes && ln[i].busy_s > 0)
             fprintf(f, "[flexh2o] link %-9s %10.3f GiB moved, %7.2f GB/s while busy (%.2f s)\n",
-                    ln[i].name, ln[i].bytes / 1073741824.0,
-                    ln[i].busy_s > 0 ? ln[i].bytes / ln[i].busy_s / 1e9 : 0.0, ln[i].busy_s);
+                    ln[i].name, ln[i].bytes / 1073741824.0, ln[i].bytes / ln[i].busy_s / 1e9,
+                    ln[i].busy_s);
+        else if (ln[i].bytes) /* device-ordered copies only: the host did not time them */
+            fprintf(f, "[flexh2o] link %-9s %10.3f GiB moved, not timed (device-ordered)\n",
+                    ln[i].name, ln[i].bytes / 1073741824.0);
 }

@@ -70,6 +70,13 @@ size_t sched_weight_mids(const sched_model *m, size_t es, int wq,
 int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
                     const sched_shape *sh, sched_geom *g, sched_plan *out);
 
+/* Backend events (event_record / event_wait / event_sync). */
+#define EV_COMPUTE_W(w) (w)        /* last compute reading weight slot w */
+#define EV_COMPUTE_IO(v) (2 + (v)) /* last compute on KV / activation stage slot v */
+#define EV_LOAD_W(w) (4 + (w))     /* device-ordered load of weight slot w's CPU share */
+#define EV_LOAD_IO(v) (6 + (v))    /* device-ordered loads into stage slot v */
+#define EV_STORE_IO(v) (8 + (v))   /* device-ordered stores from stage slot v */
+
 /* ---- I/O lanes: a thread with a FIFO of transfer tasks (lanes.c) ---- */
 
 enum task_kind { TASK_LOAD, TASK_STORE };
@@ -84,7 +91,7 @@ typedef struct sched_task {
     uint64_t file_off;     /* OFF_ALIGN-aligned; the payload starts delta bytes in */
     size_t delta;
     size_t bytes;          /* payload */
-    int mark;              /* compute marker to wait for first, -1: none */
+    int mark;              /* compute event to wait for first (EV_COMPUTE_*), -1: none */
     int dep_lane;          /* wait for that lane's task dep_ticket first, -1: none */
     uint64_t dep_ticket;
     /* trace */
@@ -152,6 +159,9 @@ struct sched {
     struct batch_desc *bdesc; /* (K) the GPU batches of the pass */
     int32_t *blast;        /* (block) */
 
+    int dev_order;         /* CPU-tier transfers are ordered on the device (copy_async +
+                            * events) instead of by the lanes' host threads */
+    int w_async[2];        /* weight slot's CPU share was loaded device-ordered */
     sched_lane lane[2];    /* 0: loads (h2d), 1: stores (d2h) */
     sched_link links[SCHED_LINKS];
     pthread_mutex_t link_mu;

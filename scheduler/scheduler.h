@@ -311,6 +311,11 @@ typedef struct sched sched;
 int sched_create(backend *be, const sched_model *m, const sched_policy *p,
                  const sched_shape *sh, sched_trace *trace, sched **out);
 void sched_destroy(sched *s); /* accepts NULL */
+/* 1 when a scheduler on be orders the transfers of CPU-tier homes on the
+ * device (copy queues + events; the default where the backend's buffers
+ * are not host memory), 0 when its I/O threads do. FLEXH2O_IO_ORDER=host
+ * or =device in the environment overrides it (for comparisons and tests). */
+int sched_io_order_device(const backend *be);
 /* Receives each layer blob of the model being loaded (host memory, valid
  * during the call only, sched_blob_layout order; wq: its matrices are
  * already 4-bit) and places it in its tiers. fd >= 0: the same bytes are

@@ -98,6 +98,40 @@ Test(sched, every_placement_equals_all_resident)
     }
 }
 
+/* CPU-tier transfers ordered by device events (the CUDA default; on the
+ * CPU backend by FLEXH2O_IO_ORDER=device, where copies and events run in
+ * issue order) give the same tokens as the I/O threads do. */
+Test(sched, device_ordered_transfers_equal_all_resident)
+{
+    setup_files();
+    static const char *policies[] = {
+        "--percent 30 30 100 0 100 0",   /* weights over three tiers */
+        "--percent 100 0 0 100 100 0",   /* KV on the CPU */
+        "--percent 100 0 34 33 0 100",   /* KV over three tiers, activations on the CPU */
+        "--percent 20 30 34 33 0 100 --cpu-attention",
+        "--percent 0 50 0 100 0 100 --no-overlap --kv-policy h2o --kv-ratio 0.5 --sinks 1",
+    };
+    const char *shape = "--gpu-batch-size 2 --num-gpu-batches 2";
+    char base[64];
+    snprintf(base, sizeof base, "%s", gen(shape, ""));
+    char h2o[64];
+    snprintf(h2o, sizeof h2o, "%s", gen(shape, "--kv-policy h2o --kv-ratio 0.5 --sinks 1"));
+    setenv("FLEXH2O_IO_ORDER", "device", 1);
+    for (size_t p = 0; p < sizeof policies / sizeof *policies; p++)
+        assert_same(strstr(policies[p], "h2o") ? h2o : base, gen(shape, policies[p]),
+                    policies[p]);
+    /* the run says which ordering it used */
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts prompts.jsonl --out s.jsonl "
+                         "--max-new-tokens 2 %s --percent 100 0 0 100 100 0", shape), 0, "%s",
+                 cli_err);
+    cr_assert(strstr(cli_err, "CPU-tier copies: device-ordered"), "%s", cli_err);
+    unsetenv("FLEXH2O_IO_ORDER");
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts prompts.jsonl --out t.jsonl "
+                         "--max-new-tokens 2 %s --percent 100 0 0 100 100 0", shape), 0, "%s",
+                 cli_err);
+    cr_assert(strstr(cli_err, "CPU-tier copies: I/O threads"), "%s", cli_err);
+}
+
 Test(sched, h2o_on_every_tier_equals_all_resident)
 {
     setup_files();

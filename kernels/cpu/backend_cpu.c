@@ -229,13 +229,26 @@ static int cpu_copy_bytes(void *ctx, void *dst, const void *src, size_t bytes)
     return 0;
 }
 
-/* Compute runs synchronously in the calling thread: once an op returned,
- * its results are in memory, so there is nothing to mark or wait for. */
-static int cpu_mark(void *ctx, int slot)
+static int cpu_copy_async(void *ctx, int queue, void *dst, const void *src, size_t bytes)
+{
+    (void)queue;
+    return cpu_copy_bytes(ctx, dst, src, bytes);
+}
+
+/* Compute and copies run synchronously in the calling thread: once an op
+ * returned, its results are in memory, so there is nothing to record or
+ * wait for. */
+static int cpu_event(void *ctx, int queue, int ev)
 {
     (void)ctx;
-    (void)slot;
+    (void)queue;
+    (void)ev;
     return 0;
+}
+
+static int cpu_event_sync(void *ctx, int ev)
+{
+    return cpu_event(ctx, BACKEND_Q_COMPUTE, ev);
 }
 
 static const backend_ops cpu_ops = {
@@ -270,8 +283,10 @@ static const backend_ops cpu_ops = {
     .copy_h2d = cpu_copy_bytes,
     .copy_d2h = cpu_copy_bytes,
     .copy_d2d = cpu_copy_bytes,
-    .mark = cpu_mark,
-    .mark_wait = cpu_mark,
+    .copy_async = cpu_copy_async,
+    .event_record = cpu_event,
+    .event_wait = cpu_event,
+    .event_sync = cpu_event_sync,
 };
 
 int backend_cpu_create(int n_threads, backend *out)
