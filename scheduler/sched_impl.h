@@ -77,6 +77,14 @@ int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
 #define EV_LOAD_IO(v) (6 + (v))    /* device-ordered loads into stage slot v */
 #define EV_STORE_IO(v) (8 + (v))   /* device-ordered stores from stage slot v */
 
+/* What one GPU batch brings to this pass. */
+typedef struct batch_desc {
+    int k, n_seq;           /* batch index, sequences in it (of this block) */
+    int r0, n_rows;         /* its rows of the packed pass */
+    int o0, n_out;          /* its output rows */
+    int active[SCHED_TIERS];/* any active sequence in that KV segment */
+} batch_desc;
+
 /* ---- I/O lanes: a thread with a FIFO of transfer tasks (lanes.c) ---- */
 
 enum task_kind { TASK_LOAD, TASK_STORE };
@@ -156,7 +164,7 @@ struct sched {
     sched_scratch scr;
     void *last, *logits, *evicted;
     kern_seq *bseq;        /* (block) sequences rebased per batch */
-    struct batch_desc *bdesc; /* (K) the GPU batches of the pass */
+    struct batch_desc *bdesc; /* (K) the GPU batches of the pass (zigzag.c) */
     int32_t *blast;        /* (block) */
 
     int dev_order;         /* CPU-tier transfers are ordered on the device (copy_async +
@@ -166,6 +174,11 @@ struct sched {
     sched_link links[SCHED_LINKS];
     pthread_mutex_t link_mu;
 };
+
+/* The home of the KV segment of tier t (GPU or CPU) of (layer l, GPU
+ * batch k); the activations' home of GPU batch k (GPU or CPU tier). */
+void *sched_kv_home(struct sched *s, int t, int l, int k);
+void *sched_x_home(struct sched *s, int k);
 
 int sched_lanes_start(struct sched *s);
 void sched_lanes_stop(struct sched *s);

@@ -1,0 +1,386 @@
+/* zigzag.c: one pass of the zig-zag block scheduler.
+ *
+ * One pass (prefill, or one decode step) over a block of K GPU batches:
+ *
+ *   for layer j:                          weights of j: resident, or in slot w
+ *     for GPU batch k (active ones):
+ *        wait: weights of j, KV + activations of (j, k) in stage slot i % 2
+ *        issue: weights of j + 1 (once per layer, into the other weight slot)
+ *               KV + activations of the next item into slot (i + 1) % 2
+ *        compute layer j on batch k (embedding before layer 0, head after L-1)
+ *        mark the compute; issue: store KV + activations of (j, k) home
+ *
+ * Items i run in that order; loads run on lane 0 and stores on lane 1
+ * (lanes.c) while the compute thread works, so I/O of the neighbours
+ * overlaps the compute of the current item. On a backend with its own
+ * copy queues (CUDA) the transfers of CPU-tier homes are instead ordered on
+ * the device: the compute thread enqueues them (copy_async) between events
+ * (a load waits for the compute that last used its slot and for the store
+ * that empties it; a compute waits for its loads; a store waits for its
+ * compute), so it never blocks on them and the compute queue runs ahead of
+ * its inputs. Disk transfers stay on the lanes. The weights of layer 0 for
+ * the next pass load during the last layer. Every buffer is allocated at
+ * sched_create from the plan; a pass allocates nothing.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "sched_impl.h"
+
+
+/* Issue transfer t between a CPU-tier home and its GPU stage on the
+ * device's copy queue (dev_order): a load first waits (on the device) for
+ * the compute that last used the stage (t->mark) and for the stores from
+ * stage slot dep_slot (-1: none), a store for the compute that produced
+ * it; event ev is recorded after the copy. */
+static int issue_async(sched *s, const sched_task *t, int ev, int dep_slot)
+{
+    const backend_ops *o = s->be->ops;
+    void *ctx = s->be->ctx;
+    int load = t->kind == TASK_LOAD, q = load ? BACKEND_Q_H2D : BACKEND_Q_D2H;
+    if (t->mark >= 0)
+        FORWARD_IF(o->event_wait(ctx, q, t->mark));
+    if (dep_slot >= 0)
+        FORWARD_IF(o->event_wait(ctx, q, EV_STORE_IO(dep_slot)));
+    FORWARD_IF(load ? o->copy_async(ctx, q, t->stage, t->host, t->bytes)
+                    : o->copy_async(ctx, q, t->host, t->stage, t->bytes));
+    FORWARD_IF(o->event_record(ctx, q, ev));
+    sched_link_add(s, load ? SCHED_LINK_CPU_GPU : SCHED_LINK_GPU_CPU, t->bytes, 0);
+    return 0;
+}
+
+/* Issue the load of the weights of layer l into the next slot. */
+static int load_weights(sched *s, int l, int step)
+{
+    const sched_geom *g = &s->g;
+    int v = s->w_next;
+    s->w_next ^= 1;
+    s->w_slot_of[v] = l;
+    sched_task t = {.kind = TASK_LOAD, .mark = EV_COMPUTE_W(v), .dep_lane = -1, .name = "weights",
+                    .layer = l, .batch = -1, .step = step};
+    int64_t ticket = 0;
+    s->w_async[v] = 0;
+    if (g->w_cpu > g->w_gpu) {
+        t.tier = SCHED_CPU;
+        t.stage = (char *)s->w_stage[v] + (g->w_gpu - g->w_stage_from);
+        t.host = (char *)s->w_cpu_arena + (size_t)l * (g->w_cpu - g->w_gpu);
+        t.bytes = g->w_cpu - g->w_gpu;
+        if (s->dev_order) {
+            FORWARD_IF(issue_async(s, &t, EV_LOAD_W(v), -1));
+            s->w_async[v] = 1;
+        } else {
+            ticket = sched_lane_submit(&s->lane[0], &t);
+            FORWARD_IF((int)(ticket < 0 ? ticket : 0));
+        }
+    }
+    if (g->w_cpu < g->blob) {
+        size_t from = g->w_cpu & ~(size_t)(OFF_ALIGN - 1);
+        t.tier = SCHED_DISK;
+        t.stage = (char *)s->w_stage[v] + (g->w_cpu - g->w_stage_from);
+        t.fd = s->w_fd;
+        t.file_off = s->w_off[l] + from;
+        t.delta = g->w_cpu - from; /* the bytes before w_cpu are the blob's own */
+        t.bytes = g->blob - g->w_cpu;
+        ticket = sched_lane_submit(&s->lane[0], &t);
+        FORWARD_IF((int)(ticket < 0 ? ticket : 0));
+    }
+    s->w_ticket[v] = (uint64_t)ticket;
+    return 0;
+}
+
+/* The weight slot holding (or loading) layer l, issuing its load when no
+ * slot has it. @return the slot or -errno. */
+static int weights_slot(sched *s, int l, int step)
+{
+    if (s->w_slot_of[0] != l && s->w_slot_of[1] != l)
+        FORWARD_IF(load_weights(s, l, step));
+    return s->w_slot_of[0] == l ? 0 : 1;
+}
+
+/* The weights of layer l for compute: resident, or the slot holding it. */
+static int weights_of(sched *s, int l, int step, const sched_layer **out)
+{
+    const sched_geom *g = &s->g;
+    if (g->w_gpu == g->blob) {
+        *out = &s->w_view[0][l];
+        return 0;
+    }
+    int v = weights_slot(s, l, step);
+    FORWARD_IF(v);
+    FORWARD_IF(sched_lane_wait(&s->lane[0], s->w_ticket[v]));
+    if (s->w_async[v])
+        FORWARD_IF(s->be->ops->event_wait(s->be->ctx, BACKEND_Q_COMPUTE, EV_LOAD_W(v)));
+    *out = &s->w_view[v][l];
+    return 0;
+}
+
+/* Tickets of a stage slot: the load of the item it holds now, and the
+ * last store issued from it by any item (an item without I/O must not
+ * break the chain: the next load into the slot waits for that store). */
+typedef struct item_io {
+    uint64_t load, store;
+    int has_store;
+    int slot;               /* the stage slot these tickets belong to */
+} item_io;
+
+/* Submit the transfers of item (l, b) between stage slot v and the homes on
+ * lane `lane` (0: loads, 1: stores), t carrying kind, marker and dependency:
+ * the KV segments on the CPU (unless CPU attention computes them there) and
+ * on disk, then the activations when they live off the GPU and cross this
+ * layer boundary (want_act). @return the last ticket, 0 for none, or -errno. */
+static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch_desc *b,
+                           int v, int want_kv, int want_act, int dep_slot, int *n_async)
+{
+    const sched_geom *g = &s->g;
+    int64_t ticket = 0;
+    *n_async = 0;
+    for (int tier = SCHED_CPU; want_kv && tier <= SCHED_DISK; tier++) {
+        if (!b->active[tier] || (tier == SCHED_CPU && s->pol.cpu_attention))
+            continue;
+        t->name = "KV";
+        t->tier = tier;
+        t->stage = s->kv_stage[v][tier];
+        t->stage_host = s->pol.cpu_attention;
+        t->bytes = g->kv[tier].bytes;
+        t->host = tier == SCHED_CPU ? sched_kv_home(s, tier, l, b->k) : NULL;
+        t->fd = s->kv_fd;
+        t->file_off = ((uint64_t)l * g->K + b->k) * g->kv_disk_stride;
+        if (s->dev_order && tier == SCHED_CPU) {
+            int rc = issue_async(s, t, lane == 0 ? EV_LOAD_IO(v) : EV_STORE_IO(v), dep_slot);
+            if (rc < 0)
+                return rc;
+            ++*n_async;
+        } else if ((ticket = sched_lane_submit(&s->lane[lane], t)) < 0) {
+            return ticket;
+        }
+    }
+    if (g->act_tier != SCHED_GPU && want_act) {
+        t->name = "activations";
+        t->tier = g->act_tier;
+        t->stage = s->x_stage[v];
+        t->stage_host = 0;
+        t->bytes = (size_t)b->n_rows * g->d * g->es;
+        t->host = g->act_tier == SCHED_CPU ? sched_x_home(s, b->k) : NULL;
+        t->fd = s->x_fd;
+        t->file_off = (uint64_t)b->k * g->x_disk_stride;
+        if (s->dev_order && g->act_tier == SCHED_CPU) {
+            int rc = issue_async(s, t, lane == 0 ? EV_LOAD_IO(v) : EV_STORE_IO(v), dep_slot);
+            if (rc < 0)
+                return rc;
+            ++*n_async;
+        } else if ((ticket = sched_lane_submit(&s->lane[lane], t)) < 0) {
+            return ticket;
+        }
+    }
+    return ticket;
+}
+
+/* Issue the loads of item (l, b) into stage slot v. A prefill writes the
+ * whole cache, so only a decode loads KV; layer 0 embeds, so it loads no
+ * activations. */
+static int load_item(sched *s, int l, const batch_desc *b, int v, int step, item_io *io,
+                     const item_io *prev_in_slot)
+{
+    sched_task t = {.kind = TASK_LOAD, .mark = EV_COMPUTE_IO(v), .dep_lane = -1, .layer = l,
+                    .batch = b->k, .step = step};
+    if (prev_in_slot && prev_in_slot->has_store) {
+        t.dep_lane = 1; /* the store that empties this slot comes first */
+        t.dep_ticket = prev_in_slot->store;
+    }
+    int n_async;
+    int64_t ticket = submit_item(s, 0, &t, l, b, v, s->pass_kind == SCHED_PASS_DECODE, l > 0,
+                                 prev_in_slot ? prev_in_slot->slot : -1, &n_async);
+    FORWARD_IF((int)(ticket < 0 ? ticket : 0));
+    io->load = (uint64_t)ticket;
+    return 0;
+}
+
+/* Issue the stores of item (l, b) from stage slot v, after its compute
+ * (the activations of the last layer go nowhere). */
+static int store_item(sched *s, int l, const batch_desc *b, int v, int step, item_io *io)
+{
+    sched_task t = {.kind = TASK_STORE, .mark = EV_COMPUTE_IO(v), .dep_lane = -1, .layer = l,
+                    .batch = b->k, .step = step};
+    int n_async;
+    int64_t ticket = submit_item(s, 1, &t, l, b, v, 1, l + 1 < s->g.L, -1, &n_async);
+    FORWARD_IF((int)(ticket < 0 ? ticket : 0));
+    if (ticket > 0) {
+        io->has_store = 1;
+        io->store = (uint64_t)ticket;
+    }
+    return 0;
+}
+
+/* Compute item (l, b) whose inputs are in slot v. */
+static int compute_item(sched *s, int l, const batch_desc *b, int v, int kind,
+                        const int32_t *ids, const int32_t *pos, const int32_t *last_rows,
+                        int step)
+{
+    const sched_geom *g = &s->g;
+    const sched_model *m = &s->mdl;
+    double t0 = sched_trace_now();
+    void *x = g->act_tier == SCHED_GPU ? sched_x_home(s, b->k) : s->x_stage[v];
+    const sched_layer *L;
+    FORWARD_IF(weights_of(s, l, step, &L));
+    kern_seq *seqs = s->bseq + (size_t)b->k * g->gbs;
+    sched_kv kv[SCHED_TIERS];
+    int n_kv = 0;
+    for (int t = 0; t < SCHED_TIERS; t++) {
+        int n = b->n_seq - g->kv_seq0[t];
+        if (n > g->kv_n[t])
+            n = g->kv_n[t];
+        if (n <= 0 || !b->active[t])
+            continue;
+        char *base = t == SCHED_GPU || (t == SCHED_CPU && s->pol.cpu_attention)
+                         ? sched_kv_home(s, t, l, b->k) : s->kv_stage[v][t];
+        const kv_layout *kl = &g->kv[t];
+        /* with CPU attention the CPU and disk segments are host memory: on a
+         * backend whose buffers are not, CPU threads compute them */
+        int host = t != SCHED_GPU && s->pol.cpu_attention && !s->be->ops->host_visible;
+        kv[n_kv++] = (sched_kv){base + kl->kc, base + kl->vc, base + kl->pos,
+                                kl->scores == SIZE_MAX ? NULL : base + kl->scores,
+                                g->kv_seq0[t], n, host, g->kvq};
+    }
+    if (l == 0)
+        FORWARD_IF(m->embed(m->ctx, x, ids + b->r0, pos + b->r0, b->n_rows));
+    void *ev = s->evicted ? (char *)s->evicted +
+                                ((size_t)l * g->block + (size_t)b->k * g->gbs) * g->KVH * 4
+                          : NULL;
+    sched_pass pass = {s->be, kind, b->n_rows, seqs, b->n_seq, g->H, g->KVH, g->hd, g->d,
+                       s->sh.cap, &s->scr, kv, n_kv, ev};
+    FORWARD_IF(m->layer(m->ctx, l, L, &pass, x));
+    if (l == g->L - 1 && b->n_out > 0) {
+        for (int i = 0; i < b->n_out; i++)
+            s->blast[i] = last_rows[b->o0 + i] - b->r0;
+        FORWARD_IF(m->head(m->ctx, (char *)s->logits + (size_t)b->o0 * g->V * g->es, s->last,
+                           x, s->blast, b->n_out));
+    }
+    sched_event e = {"compute", "compute", TRACK_COMPUTE, t0, sched_trace_now(), "gpu", 0, l,
+                     b->k, step};
+    sched_trace_add(s->trace, &e);
+    return 0;
+}
+
+int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
+                  const kern_seq *seqs, int n_seq, const int32_t *last_rows, int n_out,
+                  int step)
+{
+    const sched_geom *g = &s->g;
+    RETURN_IF(n_seq > g->block || n_out > g->block, -EINVAL,
+              "internal: pass of %d sequences for a block of %d", n_seq, g->block);
+    RETURN_IF(!s->attached, -EINVAL, "internal: sched_forward before sched_attach");
+    int kind = sched_pass_kind(seqs, n_seq, s->sh.cap);
+    FORWARD_IF(kind);
+    if (kind == SCHED_PASS_IDLE)
+        return 0;
+    s->pass_kind = kind;
+
+    /* split the pass into its GPU batches: rows are packed in sequence order */
+    batch_desc *bs = s->bdesc;
+    int nb = 0, o_at = 0;
+    for (int k = 0; k * g->gbs < n_seq; k++) {
+        batch_desc b = {.k = k, .n_seq = n_seq - k * g->gbs};
+        if (b.n_seq > g->gbs)
+            b.n_seq = g->gbs;
+        int r0 = n_rows, r1 = 0;
+        for (int i = 0; i < b.n_seq; i++) {
+            const kern_seq *q = &seqs[k * g->gbs + i];
+            if (q->n_new == 0)
+                continue;
+            if (q->row < r0)
+                r0 = q->row;
+            if (q->row + q->n_new > r1)
+                r1 = q->row + q->n_new;
+            for (int t = 0; t < SCHED_TIERS; t++)
+                if (i >= g->kv_seq0[t] && i < g->kv_seq0[t] + g->kv_n[t])
+                    b.active[t] = 1;
+        }
+        if (r1 == 0)
+            continue; /* nothing of this batch in the pass */
+        b.r0 = r0;
+        b.n_rows = r1 - r0;
+        RETURN_IF(b.n_rows > s->sh.max_rows, -EINVAL,
+                  "internal: GPU batch %d brings %d rows, the plan has %d", k, b.n_rows,
+                  s->sh.max_rows);
+        for (int i = 0; i < b.n_seq; i++) {
+            kern_seq q = seqs[k * g->gbs + i];
+            q.row = q.n_new ? q.row - r0 : 0;
+            s->bseq[k * g->gbs + i] = q;
+        }
+        b.o0 = o_at;
+        while (o_at < n_out && last_rows[o_at] < r1)
+            o_at++;
+        b.n_out = o_at - b.o0;
+        bs[nb++] = b;
+    }
+
+    /* the zig-zag walk over items (layer, batch) */
+    int rc = 0, n_items = g->L * nb;
+    item_io io[2] = {{.slot = 0}, {.slot = 1}};
+    const backend_ops *o = s->be->ops;
+    void *ctx = s->be->ctx;
+    /* device-ordered: the previous pass's stores reach their homes before
+     * this pass loads from them */
+    for (int v = 0; s->dev_order && v < 2; v++)
+        rc = rc ? rc : o->event_wait(ctx, BACKEND_Q_H2D, EV_STORE_IO(v));
+    if (rc == 0 && n_items > 0)
+        rc = load_item(s, 0, &bs[0], 0, step, &io[0], NULL);
+    for (int i = 0; rc == 0 && i < n_items; i++) {
+        int l = i / nb, v = i % 2;
+        const batch_desc *b = &bs[i % nb];
+        /* the next layer's weights start loading with the first batch of a
+         * layer; during the last layer, layer 0 of the next pass */
+        if (i % nb == 0 && g->w_gpu < g->blob) {
+            rc = weights_slot(s, l, step);
+            if (rc >= 0)
+                rc = weights_slot(s, l + 1 < g->L ? l + 1 : 0, step);
+            rc = rc < 0 ? rc : 0;
+        }
+        if (rc == 0)
+            rc = sched_lane_wait(&s->lane[0], io[v].load);
+        /* a compute that fills the slot without a load (prefill KV, the
+         * embedding of layer 0) must not overwrite what a store still reads */
+        if (rc == 0 && io[v].has_store)
+            rc = sched_lane_wait(&s->lane[1], io[v].store);
+        /* with one GPU batch the next item is the same batch one layer up:
+         * its activations are what this item stores, so its load goes after
+         * that store (below) */
+        int late = nb == 1;
+        if (rc == 0 && i + 1 < n_items && !late)
+            rc = load_item(s, (i + 1) / nb, &bs[(i + 1) % nb], v ^ 1, step, &io[v ^ 1],
+                           &io[v ^ 1]);
+        /* device-ordered: the compute waits for its loads and for the
+         * stores that empty its slot, on the device */
+        if (rc == 0 && s->dev_order)
+            rc = o->event_wait(ctx, BACKEND_Q_COMPUTE, EV_LOAD_IO(v));
+        if (rc == 0 && s->dev_order)
+            rc = o->event_wait(ctx, BACKEND_Q_COMPUTE, EV_STORE_IO(v));
+        if (rc == 0)
+            rc = compute_item(s, l, b, v, kind, ids, pos, last_rows, step);
+        if (rc == 0)
+            rc = o->event_record(ctx, BACKEND_Q_COMPUTE, EV_COMPUTE_IO(v));
+        if (rc == 0 && i % nb == nb - 1 && g->w_gpu < g->blob)
+            rc = o->event_record(ctx, BACKEND_Q_COMPUTE,
+                                 EV_COMPUTE_W(s->w_slot_of[0] == l ? 0 : 1));
+        if (rc == 0)
+            rc = store_item(s, l, b, v, step, &io[v]);
+        /* the lane stores in order: waiting for this item's store covers
+         * the older ones from slot v ^ 1 */
+        if (rc == 0 && i + 1 < n_items && late)
+            rc = load_item(s, (i + 1) / nb, &bs[(i + 1) % nb], v ^ 1, step, &io[v ^ 1],
+                           &io[v]);
+    }
+    /* the pass ends when its stores are home (the next pass and the KV
+     * readers see them); the prefetch of layer 0 may still run */
+    if (rc == 0 && s->lane[1].issued)
+        rc = sched_lane_wait(&s->lane[1], s->lane[1].issued);
+    if (rc < 0) {
+        /* let the lanes and the copy queues drain before the buffers may go */
+        sched_lane_wait(&s->lane[0], s->lane[0].issued);
+        sched_lane_wait(&s->lane[1], s->lane[1].issued);
+        if (s->dev_order)
+            o->sync(ctx);
+    }
+    return rc;
+}
