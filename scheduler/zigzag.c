@@ -124,17 +124,32 @@ typedef struct item_io {
     int slot;               /* the stage slot these tickets belong to */
 } item_io;
 
+/* One transfer of stage slot v on lane `lane` (0: loads, 1: stores): a
+ * CPU-tier one device-ordered where the scheduler does that (issue_async,
+ * after the stores from slot dep_slot), the others on the lane, whose
+ * ticket goes to *ticket. @return 0 or -errno. */
+static int submit_one(sched *s, int lane, const sched_task *t, int v, int dep_slot,
+                      int64_t *ticket)
+{
+    if (s->dev_order && t->tier == SCHED_CPU)
+        return issue_async(s, t, lane == 0 ? EV_LOAD_IO(v) : EV_STORE_IO(v), dep_slot);
+    int64_t k = sched_lane_submit(&s->lane[lane], t);
+    if (k < 0)
+        return (int)k;
+    *ticket = k;
+    return 0;
+}
+
 /* Submit the transfers of item (l, b) between stage slot v and the homes on
  * lane `lane` (0: loads, 1: stores), t carrying kind, marker and dependency:
  * the KV segments on the CPU (unless CPU attention computes them there) and
  * on disk, then the activations when they live off the GPU and cross this
  * layer boundary (want_act). @return the last ticket, 0 for none, or -errno. */
 static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch_desc *b,
-                           int v, int want_kv, int want_act, int dep_slot, int *n_async)
+                           int v, int want_kv, int want_act, int dep_slot)
 {
     const sched_geom *g = &s->g;
     int64_t ticket = 0;
-    *n_async = 0;
     for (int tier = SCHED_CPU; want_kv && tier <= SCHED_DISK; tier++) {
         if (!b->active[tier] || (tier == SCHED_CPU && s->pol.cpu_attention))
             continue;
@@ -146,14 +161,9 @@ static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch
         t->host = tier == SCHED_CPU ? sched_kv_home(s, tier, l, b->k) : NULL;
         t->fd = s->kv_fd;
         t->file_off = ((uint64_t)l * g->K + b->k) * g->kv_disk_stride;
-        if (s->dev_order && tier == SCHED_CPU) {
-            int rc = issue_async(s, t, lane == 0 ? EV_LOAD_IO(v) : EV_STORE_IO(v), dep_slot);
-            if (rc < 0)
-                return rc;
-            ++*n_async;
-        } else if ((ticket = sched_lane_submit(&s->lane[lane], t)) < 0) {
-            return ticket;
-        }
+        int rc = submit_one(s, lane, t, v, dep_slot, &ticket);
+        if (rc < 0)
+            return rc;
     }
     if (g->act_tier != SCHED_GPU && want_act) {
         t->name = "activations";
@@ -164,14 +174,9 @@ static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch
         t->host = g->act_tier == SCHED_CPU ? sched_x_home(s, b->k) : NULL;
         t->fd = s->x_fd;
         t->file_off = (uint64_t)b->k * g->x_disk_stride;
-        if (s->dev_order && g->act_tier == SCHED_CPU) {
-            int rc = issue_async(s, t, lane == 0 ? EV_LOAD_IO(v) : EV_STORE_IO(v), dep_slot);
-            if (rc < 0)
-                return rc;
-            ++*n_async;
-        } else if ((ticket = sched_lane_submit(&s->lane[lane], t)) < 0) {
-            return ticket;
-        }
+        int rc = submit_one(s, lane, t, v, dep_slot, &ticket);
+        if (rc < 0)
+            return rc;
     }
     return ticket;
 }
@@ -188,9 +193,8 @@ static int load_item(sched *s, int l, const batch_desc *b, int v, int step, item
         t.dep_lane = 1; /* the store that empties this slot comes first */
         t.dep_ticket = prev_in_slot->store;
     }
-    int n_async;
     int64_t ticket = submit_item(s, 0, &t, l, b, v, s->pass_kind == SCHED_PASS_DECODE, l > 0,
-                                 prev_in_slot ? prev_in_slot->slot : -1, &n_async);
+                                 prev_in_slot ? prev_in_slot->slot : -1);
     FORWARD_IF((int)(ticket < 0 ? ticket : 0));
     io->load = (uint64_t)ticket;
     return 0;
@@ -202,8 +206,7 @@ static int store_item(sched *s, int l, const batch_desc *b, int v, int step, ite
 {
     sched_task t = {.kind = TASK_STORE, .mark = EV_COMPUTE_IO(v), .dep_lane = -1, .layer = l,
                     .batch = b->k, .step = step};
-    int n_async;
-    int64_t ticket = submit_item(s, 1, &t, l, b, v, 1, l + 1 < s->g.L, -1, &n_async);
+    int64_t ticket = submit_item(s, 1, &t, l, b, v, 1, l + 1 < s->g.L, -1);
     FORWARD_IF((int)(ticket < 0 ? ticket : 0));
     if (ticket > 0) {
         io->has_store = 1;
