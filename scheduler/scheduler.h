@@ -398,6 +398,10 @@ int sched_calibrate(backend *be, const char *dir, uint64_t bytes, sched_calib *o
  * [1, 4, ..], "gemm_TFLOPs_at": [..], and, when the disk was measured,
  * "disk_read_GBps", "disk_write_GBps", "disk_engine", "o_direct"}. */
 void sched_calib_print(FILE *f, const sched_calib *cb);
+/* Write that line to path (created or truncated in place, so a device
+ * such as /dev/stdout works too). @return 0 or -errno with a message
+ * naming the path and what to do. */
+int sched_calib_write(const char *path, const sched_calib *cb);
 /* Read a profile written by sched_calib_print (configs/hardware/). A
  * missing or non-positive rate is refused naming the file and the field.
  * @return 0 or -errno. */
@@ -483,6 +487,12 @@ typedef struct sched_candidate {
 int sched_search(const sched_model *m, size_t es, const sched_policy *base,
                  const sched_search_opts *o, const sched_calib *hw, sched_candidate *out,
                  int n_out, int *n_found);
+
+/* The candidates as a table, one line per candidate, best first, under a
+ * header line: rank, block shape (gbs x K) and size, the six percentages,
+ * CPU attention, the throughput bound, the step and prefill times and the
+ * term that limits a step. */
+void sched_search_print(FILE *f, const sched_candidate *c, int n);
 
 /* Write policy p as a JSON policy file (sched_policy_load reads it back),
  * atomically. @return 0 or -errno naming the path. */
