@@ -7,6 +7,7 @@
  * read back as one JSON object (configs/hardware/).
  */
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -146,6 +147,24 @@ void sched_calib_print(FILE *f, const sched_calib *cb)
                 "\"disk_engine\": \"%s\", \"o_direct\": %s", cb->disk_read, cb->disk_write,
                 cb->disk_kind, cb->direct ? "true" : "false");
     fprintf(f, "}\n");
+}
+
+int sched_calib_write(const char *path, const sched_calib *cb)
+{
+    /* in place, not path.tmp + rename: the profile is small and regenerated
+     * by rerunning calibrate, and --out /dev/stdout should work */
+    errno = 0;
+    FILE *f = fopen(path, "w");
+    int bad = !f;
+    if (f) {
+        sched_calib_print(f, cb);
+        bad = ferror(f);
+        bad |= fclose(f) != 0;
+    }
+    int e = errno ? errno : EIO;
+    RETURN_IF(bad, -e, "%s: cannot write the profile (%s); choose a writable path", path,
+              strerror(e));
+    return 0;
 }
 
 static int load_rate(const char *path, const cJSON *root, const char *key, int required,

@@ -257,6 +257,43 @@ int sched_policy_load(const char *path, sched_policy *p)
     return rc;
 }
 
+/* ------------------------------------------------------------ apply */
+
+int sched_policy_apply(sched_policy *p, const sched_policy *flags, unsigned given)
+{
+    RETURN_IF(given & ~(unsigned)SCHED_POLICY_ALL, -EINVAL,
+              "sched_policy_apply: unknown field bits 0x%x", given & ~(unsigned)SCHED_POLICY_ALL);
+    if (given & SCHED_POLICY_GPU_BATCH_SIZE)
+        p->gpu_batch_size = flags->gpu_batch_size;
+    if (given & SCHED_POLICY_NUM_GPU_BATCHES)
+        p->num_gpu_batches = flags->num_gpu_batches;
+    if (given & SCHED_POLICY_PERCENT) {
+        p->wg = flags->wg;
+        p->wc = flags->wc;
+        p->cg = flags->cg;
+        p->cc = flags->cc;
+        p->hg = flags->hg;
+        p->hc = flags->hc;
+    }
+    if (given & SCHED_POLICY_GPU_MEM)
+        p->gpu_mem = flags->gpu_mem;
+    if (given & SCHED_POLICY_CPU_MEM)
+        p->cpu_mem = flags->cpu_mem;
+    if (given & SCHED_POLICY_OFFLOAD_DIR)
+        memcpy(p->offload_dir, flags->offload_dir, sizeof p->offload_dir);
+    if (given & SCHED_POLICY_OVERLAP)
+        p->overlap = flags->overlap;
+    if (given & SCHED_POLICY_PIN_WEIGHT)
+        p->pin_weight = flags->pin_weight;
+    if (given & SCHED_POLICY_CPU_ATTENTION)
+        p->cpu_attention = flags->cpu_attention;
+    if (given & SCHED_POLICY_COMPRESS_WEIGHT)
+        p->compress_weight = flags->compress_weight;
+    if (given & SCHED_POLICY_COMPRESS_CACHE)
+        p->compress_cache = flags->compress_cache;
+    return 0;
+}
+
 /* ------------------------------------------------------------ check */
 
 int sched_policy_check(const sched_policy *p)

@@ -69,6 +69,31 @@ int sched_policy_parse_percent(const char *const *args, int n, sched_policy *p);
  * and the field. @return 0 or -errno. */
 int sched_policy_load(const char *path, sched_policy *p);
 
+/* The fields of a sched_policy as bits, for saying which ones a caller
+ * set (the CLI's flags over a --policy FILE). SCHED_POLICY_PERCENT covers
+ * the six placement percentages together. */
+enum sched_policy_field {
+    SCHED_POLICY_GPU_BATCH_SIZE = 1u << 0,
+    SCHED_POLICY_NUM_GPU_BATCHES = 1u << 1,
+    SCHED_POLICY_PERCENT = 1u << 2,
+    SCHED_POLICY_GPU_MEM = 1u << 3,
+    SCHED_POLICY_CPU_MEM = 1u << 4,
+    SCHED_POLICY_OFFLOAD_DIR = 1u << 5,
+    SCHED_POLICY_OVERLAP = 1u << 6,
+    SCHED_POLICY_PIN_WEIGHT = 1u << 7,
+    SCHED_POLICY_CPU_ATTENTION = 1u << 8,
+    SCHED_POLICY_COMPRESS_WEIGHT = 1u << 9,
+    SCHED_POLICY_COMPRESS_CACHE = 1u << 10,
+    SCHED_POLICY_ALL = (1u << 11) - 1,
+};
+
+/* Copy the fields of flags named by given (enum sched_policy_field bits)
+ * over *p; the others stay. This is how `generate` lays the flags given on
+ * the command line over a policy file, whatever their order. Nothing is
+ * checked (see sched_policy_check). @return 0, or -EINVAL for a bit
+ * outside SCHED_POLICY_ALL (then *p is unchanged). */
+int sched_policy_apply(sched_policy *p, const sched_policy *flags, unsigned given);
+
 /* Check: every percentage in [0, 100]; wg+wc, cg+cc, hg+hc each <= 100;
  * activations not split (each of hg, hc is 0 or 100); batch sizes >= 1; a
  * disk share (of weights, KV or activations) needs offload_dir. The message
@@ -401,6 +426,10 @@ int sched_calibrate(backend *be, const char *dir, uint64_t bytes, sched_calib *o
  * [1, 4, ..], "gemm_TFLOPs_at": [..], and, when the disk was measured,
  * "disk_read_GBps", "disk_write_GBps", "disk_engine", "o_direct"}. */
 void sched_calib_print(FILE *f, const sched_calib *cb);
+/* Write that line to path (created or truncated in place, so a device
+ * such as /dev/stdout works too). @return 0 or -errno with a message
+ * naming the path and what to do. */
+int sched_calib_write(const char *path, const sched_calib *cb);
 /* Read a profile written by sched_calib_print (configs/hardware/). A
  * missing or non-positive rate is refused naming the file and the field.
  * @return 0 or -errno. */
@@ -486,6 +515,12 @@ typedef struct sched_candidate {
 int sched_search(const sched_model *m, size_t es, const sched_policy *base,
                  const sched_search_opts *o, const sched_calib *hw, sched_candidate *out,
                  int n_out, int *n_found);
+
+/* The candidates as a table, one line per candidate, best first, under a
+ * header line: rank, block shape (gbs x K) and size, the six percentages,
+ * CPU attention, the throughput bound, the step and prefill times and the
+ * term that limits a step. */
+void sched_search_print(FILE *f, const sched_candidate *c, int n);
 
 /* Write policy p as a JSON policy file (sched_policy_load reads it back),
  * atomically. @return 0 or -errno naming the path. */

@@ -725,3 +725,20 @@ int sched_search(const sched_model *c, size_t es, const sched_policy *base,
     *n_found = x.n;
     return 0;
 }
+
+/* ------------------------------------------------------------ report */
+
+void sched_search_print(FILE *f, const sched_candidate *c, int n)
+{
+    fprintf(f, " rank  gbs x K    block     wg     wc     cg     cc   hg   hc  cpu-attn  "
+            "bound tok/s   step s  prefill s  step limited by\n");
+    for (int i = 0; i < n; i++) {
+        const sched_policy *p = &c[i].pol;
+        const sched_cost *q = &c[i].cost;
+        fprintf(f, " %4d  %4d x %-3d %6d %6.4g %6.4g %6.4g %6.4g %4g %4g  %-8s  %11.2f  "
+                "%7.3f  %9.2f  %s\n",
+                i + 1, p->gpu_batch_size, p->num_gpu_batches, c[i].plan.block, p->wg, p->wc,
+                p->cg, p->cc, p->hg, p->hc, p->cpu_attention ? "yes" : "no", q->tok_s,
+                q->step_s, q->prefill_s, sched_cost_term_name(q->step_limit));
+    }
+}

@@ -6,6 +6,7 @@
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -291,6 +292,89 @@ Test(policy, load_overrides_only_given_fields)
     cr_assert_eq(p.pin_weight, 1);
     cr_assert_str_eq(p.offload_dir, "/nvme/x");
     assert_pct(&p, 100, 0, 100, 0, 100, 0);
+}
+
+/* Every field of a and b equal (not memcmp: the struct has padding). */
+static int same_policy(const sched_policy *a, const sched_policy *b)
+{
+    return a->gpu_batch_size == b->gpu_batch_size && a->num_gpu_batches == b->num_gpu_batches &&
+           a->wg == b->wg && a->wc == b->wc && a->cg == b->cg && a->cc == b->cc &&
+           a->hg == b->hg && a->hc == b->hc && a->overlap == b->overlap &&
+           a->pin_weight == b->pin_weight && a->cpu_attention == b->cpu_attention &&
+           a->compress_weight == b->compress_weight && a->compress_cache == b->compress_cache &&
+           a->gpu_mem == b->gpu_mem && a->cpu_mem == b->cpu_mem &&
+           strcmp(a->offload_dir, b->offload_dir) == 0;
+}
+
+/* The flags generate lays over a policy file: only the fields named, the
+ * six percentages as one, whatever was in the file otherwise. */
+Test(policy, apply_overrides_only_the_fields_given)
+{
+    sched_policy file, flags;
+    sched_policy_default(&file);
+    file.gpu_batch_size = 32;
+    file.num_gpu_batches = 4;
+    file.wg = 20, file.wc = 80, file.cg = 0, file.cc = 100, file.hg = 0, file.hc = 100;
+    file.overlap = 0;
+    file.gpu_mem = 16ull << 30;
+    snprintf(file.offload_dir, sizeof file.offload_dir, "/nvme/file");
+    sched_policy_default(&flags);
+    flags.gpu_batch_size = 5;
+    flags.num_gpu_batches = 7;
+    flags.wg = 50, flags.wc = 50, flags.cg = 10, flags.cc = 90, flags.hg = 100, flags.hc = 0;
+    flags.gpu_mem = 1ull << 30;
+    flags.cpu_mem = 2ull << 30;
+    flags.overlap = 1;
+    flags.pin_weight = 0;
+    flags.cpu_attention = flags.compress_weight = flags.compress_cache = 1;
+    snprintf(flags.offload_dir, sizeof flags.offload_dir, "/nvme/flag");
+
+    sched_policy p = file;
+    cr_assert_eq(sched_policy_apply(&p, &flags, 0), 0);
+    cr_assert(same_policy(&p, &file), "no bits given changed the policy");
+
+    p = file;
+    cr_assert_eq(sched_policy_apply(&p, &flags, SCHED_POLICY_GPU_BATCH_SIZE |
+                                                    SCHED_POLICY_PERCENT |
+                                                    SCHED_POLICY_CPU_MEM |
+                                                    SCHED_POLICY_PIN_WEIGHT), 0);
+    cr_assert_eq(p.gpu_batch_size, 5);
+    cr_assert_eq(p.num_gpu_batches, 4, "not given: the file's");
+    assert_pct(&p, 50, 50, 10, 90, 100, 0);
+    cr_assert_eq(p.gpu_mem, 16ull << 30);
+    cr_assert_eq(p.cpu_mem, 2ull << 30);
+    cr_assert_eq(p.overlap, 0);
+    cr_assert_eq(p.pin_weight, 0);
+    cr_assert_eq(p.cpu_attention, 0);
+    cr_assert_str_eq(p.offload_dir, "/nvme/file");
+
+    p = file;
+    cr_assert_eq(sched_policy_apply(&p, &flags, SCHED_POLICY_ALL), 0);
+    cr_assert(same_policy(&p, &flags), "every bit given: the flags' policy");
+
+    /* one bit each: exactly that field moves */
+    static const unsigned bits[] = {
+        SCHED_POLICY_GPU_BATCH_SIZE, SCHED_POLICY_NUM_GPU_BATCHES, SCHED_POLICY_PERCENT,
+        SCHED_POLICY_GPU_MEM, SCHED_POLICY_CPU_MEM, SCHED_POLICY_OFFLOAD_DIR,
+        SCHED_POLICY_OVERLAP, SCHED_POLICY_PIN_WEIGHT, SCHED_POLICY_CPU_ATTENTION,
+        SCHED_POLICY_COMPRESS_WEIGHT, SCHED_POLICY_COMPRESS_CACHE};
+    unsigned all = 0;
+    for (size_t i = 0; i < sizeof bits / sizeof bits[0]; i++) {
+        all |= bits[i];
+        p = file;
+        cr_assert_eq(sched_policy_apply(&p, &flags, bits[i]), 0);
+        cr_assert(!same_policy(&p, &file), "bit 0x%x changed nothing", bits[i]);
+        cr_assert(!same_policy(&p, &flags), "bit 0x%x changed everything", bits[i]);
+        sched_policy q = flags;
+        cr_assert_eq(sched_policy_apply(&q, &file, SCHED_POLICY_ALL & ~bits[i]), 0);
+        cr_assert(same_policy(&p, &q), "bit 0x%x: more than its field", bits[i]);
+    }
+    cr_assert_eq(all, SCHED_POLICY_ALL, "a field bit without a case here");
+
+    p = file;
+    cr_assert_eq(sched_policy_apply(&p, &flags, SCHED_POLICY_ALL + 1u), -EINVAL);
+    assert_msg("unknown field bits");
+    cr_assert(same_policy(&p, &file), "a refused call changed the policy");
 }
 
 Test(policy, load_refusals)

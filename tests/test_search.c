@@ -14,6 +14,7 @@
  *   - the CLI: calibrate --out, search --out, generate --policy of the pick.
  */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -353,6 +354,49 @@ Test(search, h2o_budget_raises_the_bound)
               full.plan.block);
 }
 
+Test(search, print_lists_the_candidates_best_first)
+{
+    model_config c = opt("opt-1.3b");
+    sched_calib hw = t4_like();
+    sched_policy base = pol(1, 1, 100, 0, 100, 0, 100, 0, 0);
+    base.offload_dir[0] = '\0';
+    sched_search_opts o = {.prompt_len = 512, .gen_len = 32, .prefill_rows = 4096,
+                           .kv_cap = 544, .max_block = 64, .max_gpu_batches = 4,
+                           .cpu_attention = -1, .gpu_cap = 1 * GiB, .cpu_cap = 16 * GiB};
+    sched_candidate best[3];
+    int n = 0;
+    cr_assert_eq(sched_search(shape_of(&c), 2, &base, &o, &hw, best, 3, &n), 0, "%s",
+                 err_msg());
+    cr_assert_eq(n, 3);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cr_assert(f);
+    sched_search_print(f, best, n);
+    fclose(f);
+    const char *head = " rank  gbs x K    block     wg     wc     cg     cc   hg   hc  cpu-attn  "
+                       "bound tok/s   step s  prefill s  step limited by\n";
+    cr_assert_eq(strncmp(text, head, strlen(head)), 0, "%s", text);
+    const char *line = text + strlen(head);
+    for (int i = 0; i < n; i++) {
+        const sched_policy *p = &best[i].pol;
+        char want[256];
+        snprintf(want, sizeof want, " %4d  %4d x %-3d %6d %6.4g %6.4g %6.4g %6.4g %4g %4g  %-8s"
+                 "  %11.2f  %7.3f  %9.2f  %s\n", i + 1, p->gpu_batch_size, p->num_gpu_batches,
+                 best[i].plan.block, p->wg, p->wc, p->cg, p->cc, p->hg, p->hc,
+                 p->cpu_attention ? "yes" : "no", best[i].cost.tok_s, best[i].cost.step_s,
+                 best[i].cost.prefill_s, sched_cost_term_name(best[i].cost.step_limit));
+        cr_assert_eq(strncmp(line, want, strlen(want)), 0, "line %d: \"%s\" in\n%s", i + 1,
+                     want, text);
+        line += strlen(want);
+        if (i > 0)
+            cr_assert_geq(best[i - 1].cost.tok_s, best[i].cost.tok_s * (1 - 1e-9),
+                          "not best first");
+    }
+    cr_assert_eq(*line, '\0', "more than %d lines:\n%s", n, text);
+    free(text);
+}
+
 Test(search, nothing_fits_says_what_it_needs)
 {
     sched_candidate b;
@@ -401,10 +445,7 @@ Test(search, profile_round_trip_and_refusals)
     hw.gemm_at[0] = 0.25, hw.gemm_at[1] = 12.5;
     char path[512];
     snprintf(path, sizeof path, "%s/hw.json", cli_dir);
-    FILE *f = fopen(path, "w");
-    cr_assert(f);
-    sched_calib_print(f, &hw);
-    fclose(f);
+    cr_assert_eq(sched_calib_write(path, &hw), 0, "%s", err_msg());
     cr_assert_eq(sched_calib_load(path, &back), 0, "%s", err_msg());
     cr_assert_str_eq(back.device, "cuda");
     cr_assert_str_eq(back.disk_kind, "io_uring");
@@ -429,6 +470,10 @@ Test(search, profile_round_trip_and_refusals)
     refused_profile("tpu.json", "{\"device\": \"tpu\"}",
                     "field \"device\" must be \"cpu\" or \"cuda\"");
     refused_profile("junk.json", "[1, 2", "junk.json: not a JSON object");
+    err_clear();
+    cr_assert_eq(sched_calib_write("/nonexistent/dir/hw.json", &hw), -ENOENT);
+    cr_assert(strstr(err_msg(), "/nonexistent/dir/hw.json: cannot write the profile (No such "
+                                "file or directory); choose a writable path"), "%s", err_msg());
 }
 
 Test(search, policy_file_round_trip)

@@ -1,0 +1,245 @@
+/* cli_args.c: error reports, flag values and the option-table parser the
+ * verbs share (cli_args.h). */
+#include <assert.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli_args.h"
+#include "err.h"
+
+/* ------------------------------------------------------------ errors */
+
+int cli_error(int status, const char *fmt, ...)
+{
+    char msg[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "flexh2o: %s\n", msg);
+    return status;
+}
+
+int cli_fail(void)
+{
+    const char *m = err_msg();
+    cli_error(1, "%s", m[0] ? m : "failed (no message recorded)");
+    if (getenv("FLEXH2O_DEBUG"))
+        fprintf(stderr, "  (at %s)\n", err_where());
+    return 1;
+}
+
+int cli_usage(const char *verb, const char *fmt, ...)
+{
+    char msg[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "flexh2o %s: %s; see flexh2o %s --help\n", verb, msg, verb);
+    return 2;
+}
+
+int cli_usage_err(const char *verb)
+{
+    return cli_usage(verb, "%s", err_msg());
+}
+
+int cli_unknown_flag(const char *verb, const char *flag)
+{
+    return cli_usage(verb, "unknown flag %s", flag);
+}
+
+/* ------------------------------------------------------------ values */
+
+int cli_parse_int(const char *verb, const char *flag, const char *s, long lo, long hi,
+                  int *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == 0 || *end != 0 || v < lo || v > hi)
+        return cli_usage(verb, "%s expects an integer in [%ld, %ld], got \"%s\"", flag, lo, hi,
+                         s);
+    *out = (int)v;
+    return 0;
+}
+
+int cli_parse_float(const char *verb, const char *flag, const char *s, double lo, double hi,
+                    float *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (*s == 0 || *end != 0 || !(v >= lo && v <= hi))
+        return cli_usage(verb, "%s expects a number in [%g, %g], got \"%s\"", flag, lo, hi, s);
+    *out = (float)v;
+    return 0;
+}
+
+int cli_open_backend(const char *verb, const char *device, int threads, backend *be)
+{
+    if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
+        return cli_usage(verb, "--device must be cpu or cuda");
+    int want_cuda = device ? strcmp(device, "cuda") == 0 : kern_cuda_available();
+    int rc = want_cuda ? backend_cuda_create(0, be) : backend_cpu_create(threads, be);
+    return rc < 0 ? cli_fail() : 0;
+}
+
+/* ------------------------------------------------------------ setters */
+
+/* "--name" of o, for messages. */
+static const char *flag_of(const cli_opt *o, char *buf, size_t len)
+{
+    snprintf(buf, len, "--%s", o->name);
+    return buf;
+}
+
+int cli_set_str(const cli_argv *a, const cli_opt *o, const char *arg, void *field)
+{
+    (void)a;
+    (void)o;
+    *(const char **)field = arg;
+    return 0;
+}
+
+int cli_set_int(const cli_argv *a, const cli_opt *o, const char *arg, void *field)
+{
+    char flag[64];
+    return cli_parse_int(a->verb, flag_of(o, flag, sizeof flag), arg, (long)o->lo, (long)o->hi,
+                         field);
+}
+
+int cli_set_float(const cli_argv *a, const cli_opt *o, const char *arg, void *field)
+{
+    char flag[64];
+    return cli_parse_float(a->verb, flag_of(o, flag, sizeof flag), arg, o->lo, o->hi, field);
+}
+
+int cli_set_exact(const cli_argv *a, const cli_opt *o, const char *arg, void *field)
+{
+    float f;
+    int rc = cli_set_float(a, o, arg, &f);
+    if (rc == 0)
+        *(double *)field = strtod(arg, NULL); /* not f: 0.3f x 20 would round up to 7 */
+    return rc;
+}
+
+int cli_set_size(const cli_argv *a, const cli_opt *o, const char *arg, void *field)
+{
+    char flag[64];
+    if (sched_parse_size(flag_of(o, flag, sizeof flag), arg, field) < 0)
+        return cli_usage_err(a->verb);
+    return 0;
+}
+
+int cli_set_switch(const cli_argv *a, const cli_opt *o, const char *arg, void *field)
+{
+    (void)a;
+    (void)arg;
+    *(int *)field = o->value;
+    return 0;
+}
+
+static int set_kv_policy(const cli_argv *a, const cli_opt *o, const char *arg, void *field)
+{
+    (void)o;
+    return kv_policy_parse(arg, field) < 0 ? cli_usage_err(a->verb) : 0;
+}
+
+static int set_dir(const cli_argv *a, const cli_opt *o, const char *arg, void *field)
+{
+    (void)a;
+    (void)o;
+    snprintf(field, sizeof ((sched_policy *)0)->offload_dir, "%s", arg);
+    return 0;
+}
+
+static int set_help(const cli_argv *a, const cli_opt *o, const char *arg, void *field)
+{
+    (void)a;
+    (void)o;
+    (void)arg;
+    (void)field;
+    return CLI_HELP;
+}
+
+/* ------------------------------------------------------------ the shared table */
+
+void cli_common_init(cli_common *c)
+{
+    *c = (cli_common){.max_new = 32, .prefill_rows = 4096, .kv = {.hh_share = 0.5}};
+    sched_policy_default(&c->pol);
+}
+
+#define C(f) offsetof(cli_common, f)
+static const cli_opt shared_opts[] = {
+    CLI_STR("model", C(model_dir)),
+    CLI_STR("dummy", C(dummy)),
+    CLI_STR("prompts", C(prompts)),
+    CLI_STR("out", C(out)),
+    CLI_STR("device", C(device)),
+    CLI_INT("max-new-tokens", C(max_new), 0, 1 << 20, 0),
+    CLI_INT("prefill-rows", C(prefill_rows), 1, 1 << 24, 0),
+    {"kv-policy", required_argument, set_kv_policy, C(kv.kind), 0, 0, 0, 0},
+    {"kv-ratio", required_argument, cli_set_exact, C(kv.ratio), 1e-9, 1, 0, 0},
+    CLI_INT("kv-budget", C(kv.budget), 1, 1 << 24, 0),
+    CLI_INT("sinks", C(kv.sinks), 0, 1 << 24, 0),
+    {"hh-share", required_argument, cli_set_exact, C(kv.hh_share), 0, 1, 0, 0},
+    {"gpu-mem", required_argument, cli_set_size, C(pol.gpu_mem), 0, 0, 0, SCHED_POLICY_GPU_MEM},
+    {"cpu-mem", required_argument, cli_set_size, C(pol.cpu_mem), 0, 0, 0, SCHED_POLICY_CPU_MEM},
+    {"offload-dir", required_argument, set_dir, C(pol.offload_dir), 0, 0, 0,
+     SCHED_POLICY_OFFLOAD_DIR},
+    CLI_SWITCH("cpu-attention", C(pol.cpu_attention), 1, SCHED_POLICY_CPU_ATTENTION),
+    CLI_SWITCH("compress-weight", C(pol.compress_weight), 1, SCHED_POLICY_COMPRESS_WEIGHT),
+    CLI_SWITCH("compress-cache", C(pol.compress_cache), 1, SCHED_POLICY_COMPRESS_CACHE),
+    {"help", no_argument, set_help, 0, 0, 0, 0, 0},
+};
+#undef C
+
+/* ------------------------------------------------------------ parser */
+
+#define N_SHARED ((int)(sizeof shared_opts / sizeof shared_opts[0]))
+#define MAX_OPTS 64
+#define VAL0 256 /* getopt_long's value of option i is VAL0 + i, clear of '?' */
+
+/* getopt_long's complaint about argv[optind - 1] as a usage error. */
+static int bad_flag(const char *verb, int c, char **argv)
+{
+    if (!(optopt && c == '?'))
+        return cli_unknown_flag(verb, argv[optind - 1]);
+    return cli_usage(verb, "%s needs a value", argv[optind - 1]);
+}
+
+int cli_parse(const char *verb, int argc, char **argv, const cli_opt *own, int n, void *dst,
+              cli_common *c)
+{
+    const cli_opt *tab[MAX_OPTS];
+    void *base[MAX_OPTS];
+    struct option lo[MAX_OPTS + 1];
+    int total = N_SHARED + n;
+    assert(total <= MAX_OPTS);
+    for (int i = 0; i < total; i++) {
+        tab[i] = i < N_SHARED ? &shared_opts[i] : &own[i - N_SHARED];
+        base[i] = i < N_SHARED ? (void *)c : dst;
+        lo[i] = (struct option){tab[i]->name, tab[i]->has_arg, NULL, VAL0 + i};
+    }
+    lo[total] = (struct option){0, 0, 0, 0};
+    cli_argv a = {verb, argc, argv};
+    int ch;
+    opterr = 0;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        if (ch < VAL0 || ch >= VAL0 + total)
+            return bad_flag(verb, ch, argv);
+        const cli_opt *o = tab[ch - VAL0];
+        int rc = o->set(&a, o, optarg, (char *)base[ch - VAL0] + o->off);
+        if (rc)
+            return rc;
+        c->given |= o->given;
+    }
+    if (optind < argc)
+        return cli_usage(verb, "unexpected argument \"%s\"", argv[optind]);
+    return 0;
+}

@@ -1,0 +1,124 @@
+/* cli_args.h: what the verbs of the command line share.
+ *
+ *   - One way to report an error, two kinds of it. What failed is printed
+ *     by cli_error() as "flexh2o: <what>; <what to do>"; a library failure
+ *     is recorded with err_set() and printed by cli_fail() (exit status 1;
+ *     3 for prompt lines skipped). A command line that cannot run is a usage
+ *     error, "flexh2o VERB: <what>; see flexh2o VERB --help" (exit status 2).
+ *   - Flag values: integers and numbers in a range, the --device backend.
+ *   - One option table (cli_opt) per verb, parsed by cli_parse() together
+ *     with the table of the flags generate and search both take, which fill
+ *     a cli_common.
+ */
+#ifndef FH_CLI_ARGS_H
+#define FH_CLI_ARGS_H
+
+#include <getopt.h>
+#include <stddef.h>
+
+#include "backend.h"
+#include "kv_policy.h"
+#include "scheduler.h"
+
+/* ------------------------------------------------------------ errors */
+
+/* Print "flexh2o: <fmt ...>". @return status. */
+int cli_error(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Print the error recorded with err_set() as cli_error does (and, with
+ * FLEXH2O_DEBUG set, where it was recorded). @return 1. */
+int cli_fail(void);
+/* Print "flexh2o VERB: <fmt ...>; see flexh2o VERB --help". @return 2. */
+int cli_usage(const char *verb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The error recorded with err_set() (a bad value) as a usage error. @return 2. */
+int cli_usage_err(const char *verb);
+/* "unknown flag FLAG" as a usage error. @return 2. */
+int cli_unknown_flag(const char *verb, const char *flag);
+
+/* ------------------------------------------------------------ values */
+
+/* Parse s, the value of flag, as an integer / a number in [lo, hi] into
+ * *out. @return 0, or the status of the usage error printed. */
+int cli_parse_int(const char *verb, const char *flag, const char *s, long lo, long hi,
+                  int *out);
+int cli_parse_float(const char *verb, const char *flag, const char *s, double lo, double hi,
+                    float *out);
+
+/* The backend --device names (NULL: cuda when a GPU is present, else the
+ * CPU with threads threads, 0 = all cores). @return 0 or the exit status of
+ * the error printed; the caller destroys *be. */
+int cli_open_backend(const char *verb, const char *device, int threads, backend *be);
+
+/* ------------------------------------------------------------ option tables */
+
+/* The flags generate and search both take (their parsing is shared). */
+typedef struct cli_common {
+    const char *model_dir;  /* --model DIR */
+    const char *dummy;      /* --dummy NAME */
+    const char *prompts;    /* --prompts FILE */
+    const char *out;        /* --out FILE */
+    const char *device;     /* --device cpu|cuda, or NULL */
+    int max_new;            /* --max-new-tokens (default 32) */
+    int prefill_rows;       /* --prefill-rows (default 4096) */
+    kv_policy kv;           /* --kv-policy, --kv-ratio, --kv-budget, --sinks, --hh-share */
+    sched_policy pol;       /* the policy flags; only the fields in given were set */
+    unsigned given;         /* enum sched_policy_field bits: the policy flags given */
+} cli_common;
+
+/* The defaults above (and sched_policy_default for pol). */
+void cli_common_init(cli_common *c);
+
+typedef struct cli_opt cli_opt;
+
+/* The command line a table is parsed from (for flags that take several
+ * words, such as --percent). */
+typedef struct cli_argv {
+    const char *verb;
+    int argc;
+    char **argv;
+} cli_argv;
+
+/* Store the value arg of flag o (NULL for a flag without one) into field,
+ * the verb's struct at o->off. @return 0, CLI_HELP, or the exit status of
+ * the usage error printed. */
+typedef int (*cli_set_fn)(const cli_argv *a, const cli_opt *o, const char *arg, void *field);
+
+struct cli_opt {
+    const char *name;   /* the long flag without "--" */
+    int has_arg;        /* no_argument or required_argument */
+    cli_set_fn set;
+    size_t off;         /* offset of the field set in the struct the table fills */
+    double lo, hi;      /* cli_set_int, cli_set_float, cli_set_exact: the range */
+    int value;          /* cli_set_switch: what it stores */
+    unsigned given;     /* enum sched_policy_field bits the flag sets in cli_common.pol */
+};
+
+/* A flag's value: a string (const char *), an int, a float, a double kept
+ * as typed (checked as a float: 0.3 x 20 must give 6, not 7), a size
+ * (uint64_t, sched_parse_size); a switch stores o->value into an int. */
+int cli_set_str(const cli_argv *a, const cli_opt *o, const char *arg, void *field);
+int cli_set_int(const cli_argv *a, const cli_opt *o, const char *arg, void *field);
+int cli_set_float(const cli_argv *a, const cli_opt *o, const char *arg, void *field);
+int cli_set_exact(const cli_argv *a, const cli_opt *o, const char *arg, void *field);
+int cli_set_size(const cli_argv *a, const cli_opt *o, const char *arg, void *field);
+int cli_set_switch(const cli_argv *a, const cli_opt *o, const char *arg, void *field);
+
+#define CLI_STR(name, off) {name, required_argument, cli_set_str, off, 0, 0, 0, 0}
+#define CLI_INT(name, off, lo, hi, given) \
+    {name, required_argument, cli_set_int, off, lo, hi, 0, given}
+#define CLI_FLOAT(name, off, lo, hi) {name, required_argument, cli_set_float, off, lo, hi, 0, 0}
+#define CLI_SWITCH(name, off, value, given) \
+    {name, no_argument, cli_set_switch, off, 0, 0, value, given}
+
+/* What a setter returns for --help: cli_parse stops and returns it. */
+#define CLI_HELP (-1)
+
+/* Parse argv (argv[0] is the verb) against the shared table, which fills
+ * c, and the verb's own table (n entries), which fills dst; policy flags
+ * add their bits to c->given. Flags may be abbreviated while unambiguous
+ * and come in any order; a word left after them is a usage error.
+ * @return 0, CLI_HELP (--help was given: print the help, exit 0), or the
+ * exit status of the usage error printed. */
+int cli_parse(const char *verb, int argc, char **argv, const cli_opt *own, int n, void *dst,
+              cli_common *c);
+
+#endif

@@ -1,0 +1,56 @@
+/* cmd_calibrate.c: `flexh2o calibrate`, the hardware profile behind the
+ * throughput bound and `flexh2o search` (scheduler/calibrate.c measures,
+ * prints and saves it). */
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "cli_args.h"
+#include "err.h"
+#include "scheduler.h"
+
+static const char calibrate_help[] =
+    "usage: flexh2o calibrate [--offload-dir DIR] [--device cpu|cuda] [--bytes 1G]\n"
+    "                         [--out PROFILE.json]\n"
+    "  prints the hardware profile the throughput bound and `flexh2o search` use,\n"
+    "  as JSON: host->device, device->host, host memory and device memory\n"
+    "  (GB/s), the backend's GEMM rate (TFLOP/s), and disk read/write (disk\n"
+    "  engine, O_DIRECT) when --offload-dir is given; --out also saves it\n"
+    "  (configs/hardware/ keeps measured profiles)";
+
+int cli_calibrate(int argc, char **argv)
+{
+    const char *dir = NULL, *device = NULL, *outp = NULL;
+    uint64_t bytes = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--offload-dir") == 0 && i + 1 < argc) {
+            dir = argv[++i];
+        } else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) {
+            outp = argv[++i];
+        } else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc) {
+            device = argv[++i];
+        } else if (strcmp(argv[i], "--bytes") == 0 && i + 1 < argc) {
+            if (sched_parse_size("--bytes", argv[++i], &bytes) < 0)
+                return cli_usage_err("calibrate");
+        } else if (strcmp(argv[i], "--help") == 0) {
+            puts(calibrate_help);
+            return 0;
+        } else {
+            return cli_unknown_flag("calibrate", argv[i]);
+        }
+    }
+    backend be = {0};
+    int rc = cli_open_backend("calibrate", device, 0, &be);
+    if (rc)
+        return rc;
+    sched_calib cb;
+    rc = sched_calibrate(&be, dir, bytes, &cb);
+    backend_destroy(&be);
+    if (rc < 0)
+        return cli_fail();
+    sched_calib_print(stdout, &cb);
+    if (outp && sched_calib_write(outp, &cb) < 0)
+        return cli_fail();
+    return 0;
+}

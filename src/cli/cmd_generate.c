@@ -1,0 +1,380 @@
+/* cmd_generate.c: `flexh2o generate`, batch generation over a prompt file.
+ *
+ *   parse the flags (generate_parse)
+ *     -> the policy: --policy FILE with the flags laid over it (generate_policy)
+ *     -> the backend (--device)
+ *     -> the model source: a weight store, a Hugging Face directory or
+ *        random weights (open_model_source), the prompts, the KV check
+ *     -> --plan: print the memory plan and stop (generate_plan), or
+ *        the scheduler, the output, the weights into the scheduler, gen_run
+ *     -> close the traces and the output (generate_close)
+ *     -> the error, or the summary (generate_summary); release (generate_free)
+ *
+ * Output already written is never touched: the output file is created
+ * only once the policy fits, and a resumed one is only appended to.
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "cli_args.h"
+#include "err.h"
+#include "gen.h"
+#include "jobio.h"
+#include "model.h"
+#include "off.h"
+#include "scheduler.h"
+#include "tok.h"
+
+static const char generate_help[] =
+    "usage: flexh2o generate (--model DIR | --dummy NAME) --prompts IN.jsonl --out OUT.jsonl\n"
+    "         [--max-new-tokens N] [--batch-size N] [--temperature T --top-p P --seed S]\n"
+    "         [--device cpu|cuda] [--threads N] [--resume] [--strict] [--quiet]\n"
+    "\n"
+    "  --model DIR          Hugging Face OPT directory (config.json, model.safetensors or\n"
+    "                       shards, vocab.json + merges.txt or tokenizer.json)\n"
+    "  --dummy NAME         random weights of a configs/models shape (opt-125m ... opt-175b)\n"
+    "  --prompts FILE       JSONL: {\"id\"?, \"prompt\" | \"prompt_ids\", \"max_new_tokens\"?}\n"
+    "  --out FILE           JSONL completions, appended and flushed per prompt\n"
+    "  --max-new-tokens N   default 32\n"
+    "  --batch-size N       sequences generated together (default 8)\n"
+    "  --temperature T      0 = greedy (default); --top-p P (default 1), --seed S (default 0)\n"
+    "  --device cpu|cuda    default: cuda when a GPU is present, else cpu\n"
+    "  --resume             skip prompts whose id is already in --out\n"
+    "  --strict             stop at the first bad prompt line instead of skipping it\n"
+    "  --ignore-eos         always generate max_new_tokens (benchmarks)\n"
+    "  --threads N          CPU threads (default: all cores)\n"
+    "  --prefill-rows N     most prompt tokens of a GPU batch in one prefill pass (default 4096)\n"
+    "\n"
+    "KV cache policy (DESIGN.md \"H2O KV policy\"; B slots per sequence, layer and head):\n"
+    "  --kv-policy P        full (default), h2o, window (the B newest tokens) or\n"
+    "                       streaming (--sinks first tokens + the newest)\n"
+    "  --kv-ratio R         B = ceil(R x (prompt tokens + max new tokens)) per prompt, R in (0, 1]\n"
+    "  --kv-budget B        B slots for every prompt (give one of --kv-ratio, --kv-budget)\n"
+    "  --sinks N            first tokens never evicted (h2o, streaming; default 0)\n"
+    "  --hh-share S         h2o: heavy = floor((B - sinks) x S), recent = B - sinks - heavy\n"
+    "                       (default 0.5); recent must be >= 1\n"
+    "  --trace-evictions F  JSONL, one line per token leaving a cache: {\"id\", \"layer\",\n"
+    "                       \"head\", \"step\", \"pos\"}; step 0 = dropped at prefill, step s =\n"
+    "                       evicted when generated token s was inserted (--resume appends)\n"
+    "  --stats              print per layer the kept attention mass: the mean, over\n"
+    "                       sequences, heads and passes, of (accumulated attention of the\n"
+    "                       cached tokens) / (queries so far); 1 = nothing attended was lost\n"
+    "\n"
+    "Offloading (DESIGN.md \"Policy\", \"Zig-zag block schedule\"; flags override --policy):\n"
+    "  --policy FILE        JSON policy (configs/policies/*.json)\n"
+    "  --gpu-batch-size N   sequences per GPU batch (same as --batch-size)\n"
+    "  --num-gpu-batches N  GPU batches per block (default 1); a layer's weights are\n"
+    "                       loaded once per block and reused by each GPU batch\n"
+    "  --percent WG WC CG CC HG HC  weights, KV cache, activations on the GPU and the CPU\n"
+    "                       in percent; the rest on disk (default 100 0 100 0 100 0)\n"
+    "  --gpu-mem SIZE       GPU-tier cap, e.g. 16G (default: what the device has; none on cpu)\n"
+    "  --cpu-mem SIZE       CPU-tier cap (default: MemAvailable)\n"
+    "  --offload-dir DIR    disk tier (weights.bin, kv.bin, act.bin are created there)\n"
+    "  --overlap | --no-overlap  I/O threads overlap compute (default on)\n"
+    "  --pin-weight | --no-pin-weight  pinned memory for CPU-tier weights (default on)\n"
+    "  --cpu-attention      decode attention over CPU-tier KV runs where it lives\n"
+    "  --compress-weight    keep and move the weight matrices as 4-bit groups (64 values,\n"
+    "                       fp16 scale + min); each expands just before its GEMM\n"
+    "  --compress-cache     keep and move the KV cache as 4-bit groups\n"
+    "  --plan               print the memory plan of every tier and exit\n"
+    "  --trace FILE         Chrome trace-event JSON of every load, store and compute\n"
+    "                       (open in https://ui.perfetto.dev)\n";
+
+/* ------------------------------------------------------------ flags */
+
+typedef struct gen_args {
+    cli_common c;             /* the flags shared with search */
+    const char *policy_path;  /* --policy FILE */
+    const char *evict_path;   /* --trace-evictions FILE */
+    const char *trace_path;   /* --trace FILE (Chrome trace of the scheduler) */
+    int resume, strict, quiet, threads, seed, plan_only;
+    gen_opts go;              /* sampling and the rest gen_run takes */
+} gen_args;
+
+/* --percent: six values, "--percent 20 80 0 100 0 100" or "--percent
+ * 20,80,0,100,0,100"; the separate form takes the words after the flag. */
+static int set_percent(const cli_argv *a, const cli_opt *o, const char *arg, void *field)
+{
+    (void)o;
+    const char *args[6] = {arg};
+    int n = 1;
+    if (!strchr(arg, ',') && !strchr(arg, ' '))
+        while (n < 6 && optind < a->argc && a->argv[optind][0] != '-')
+            args[n++] = a->argv[optind++];
+    if (sched_policy_parse_percent(args, n, field) < 0)
+        return cli_usage_err(a->verb);
+    return 0;
+}
+
+#define G(f) offsetof(gen_args, f)
+static const cli_opt generate_opts[] = {
+    CLI_INT("batch-size", G(c.pol.gpu_batch_size), 1, 1 << 16, SCHED_POLICY_GPU_BATCH_SIZE),
+    CLI_INT("gpu-batch-size", G(c.pol.gpu_batch_size), 1, 1 << 16,
+            SCHED_POLICY_GPU_BATCH_SIZE),
+    CLI_INT("num-gpu-batches", G(c.pol.num_gpu_batches), 1, 1 << 16,
+            SCHED_POLICY_NUM_GPU_BATCHES),
+    {"percent", required_argument, set_percent, G(c.pol), 0, 0, 0, SCHED_POLICY_PERCENT},
+    CLI_SWITCH("overlap", G(c.pol.overlap), 1, SCHED_POLICY_OVERLAP),
+    CLI_SWITCH("no-overlap", G(c.pol.overlap), 0, SCHED_POLICY_OVERLAP),
+    CLI_SWITCH("pin-weight", G(c.pol.pin_weight), 1, SCHED_POLICY_PIN_WEIGHT),
+    CLI_SWITCH("no-pin-weight", G(c.pol.pin_weight), 0, SCHED_POLICY_PIN_WEIGHT),
+    CLI_STR("policy", G(policy_path)),
+    CLI_STR("trace", G(trace_path)),
+    CLI_SWITCH("plan", G(plan_only), 1, 0),
+    CLI_FLOAT("temperature", G(go.temperature), 0, 100),
+    CLI_FLOAT("top-p", G(go.top_p), 1e-6, 1),
+    CLI_INT("seed", G(seed), 0, 2147483647, 0),
+    CLI_INT("threads", G(threads), 1, 4096, 0),
+    CLI_SWITCH("resume", G(resume), 1, 0),
+    CLI_SWITCH("strict", G(strict), 1, 0),
+    CLI_SWITCH("quiet", G(quiet), 1, 0),
+    CLI_SWITCH("ignore-eos", G(go.ignore_eos), 1, 0),
+    CLI_STR("trace-evictions", G(evict_path)),
+    CLI_SWITCH("stats", G(go.kv_stats), 1, 0),
+};
+#undef G
+
+/* The flags into *a. @return 0, CLI_HELP or the exit status of the usage
+ * error printed. */
+static int generate_parse(int argc, char **argv, gen_args *a)
+{
+    *a = (gen_args){.go = {.temperature = 0.0f, .top_p = 1.0f, .progress = 1}};
+    cli_common_init(&a->c);
+    int rc = cli_parse("generate", argc, argv, generate_opts,
+                       (int)(sizeof generate_opts / sizeof generate_opts[0]), a, &a->c);
+    if (rc)
+        return rc;
+    if (!a->c.model_dir == !a->c.dummy)
+        return cli_usage("generate", "give exactly one of --model DIR or --dummy NAME");
+    if (!a->c.prompts || !a->c.out)
+        return cli_usage("generate", "--prompts and --out are required");
+    a->go.seed = (uint64_t)a->seed;
+    a->go.progress = !a->quiet;
+    a->go.max_new = a->c.max_new;
+    a->go.prefill_rows = a->c.prefill_rows;
+    a->go.kv = a->c.kv;
+    if (kv_policy_check(&a->go.kv) < 0)
+        return cli_usage_err("generate");
+    return 0;
+}
+
+/* The policy: the defaults, --policy FILE over them, the flags given over
+ * that (whatever their order), checked. @return 0 or the exit status of
+ * the usage error printed. */
+static int generate_policy(gen_args *a, sched_policy *pol)
+{
+    sched_policy_default(pol);
+    if (a->policy_path && sched_policy_load(a->policy_path, pol) < 0)
+        return cli_usage_err("generate");
+    if (sched_policy_apply(pol, &a->c.pol, a->c.given) < 0 || sched_policy_check(pol) < 0)
+        return cli_usage_err("generate");
+    a->go.batch_size = pol->gpu_batch_size;
+    return 0;
+}
+
+/* ------------------------------------------------------------ the model */
+
+/* Where the model comes from: a weight store (`flexh2o convert`) or a
+ * Hugging Face directory (--model DIR), or random weights (--dummy NAME). */
+typedef struct model_source {
+    const char *dir;        /* --model DIR; NULL: --dummy */
+    model_config cfg;
+    tok *t;                 /* dir's tokenizer; NULL for --dummy */
+    int is_store;           /* dir is a weight store */
+    uint32_t store_dtype;   /* its OFF_DTYPE_* (is_store) */
+} model_source;
+
+/* The config and tokenizer of the model, without its weights. @return 0
+ * or -errno; the caller destroys src->t. */
+static int open_model_source(const char *dir, const char *dummy, model_source *src)
+{
+    src->dir = dir;
+    if (!dir) {
+        int rc = model_config_by_name(dummy, &src->cfg);
+        src->cfg.tie_lm_head = 1; /* as model_create_dummy builds it */
+        return rc;
+    }
+    FORWARD_IF(model_config_of(dir, &src->cfg));
+    int rc = model_store_dtype(dir, &src->store_dtype);
+    FORWARD_IF(rc);
+    src->is_store = rc;
+    return tok_load(dir, &src->t);
+}
+
+/* Load the weights, each layer through the scheduler's sink. @return 0 or
+ * -errno. */
+static int load_model_source(const model_source *src, backend *be, sched *sc, model **m)
+{
+    if (src->is_store)
+        return model_load_store(src->dir, be, NULL, sched_layer_sink, sc, m);
+    if (src->dir)
+        return model_load_hf_sink(src->dir, be, sched_layer_sink, sc, m);
+    return model_create_dummy_sink(&src->cfg, be, 1234, sched_layer_sink, sc, m);
+}
+
+/* ------------------------------------------------------------ the run */
+
+/* What a generate run holds; generate_close and generate_free release it
+ * whichever step failed. */
+typedef struct gen_job {
+    backend be;
+    model_source src;
+    prompt_set ps;
+    outfile out;
+    sched_trace *strace;
+    sched *sc;
+    model *m;
+    gen_stats st;
+    int kv_usage;   /* the failure is a KV budget too small for a prompt: fix the flags */
+} gen_job;
+
+/* The shape to plan for. A store of the backend's type streams its own
+ * disk share when it holds the layers as they run (4-bit or not);
+ * otherwise weights.bin gets the disk share. */
+static void generate_shape(const gen_args *a, const sched_policy *pol, const gen_job *j,
+                           sched_shape *sh)
+{
+    gen_shape(&j->src.cfg, &j->ps, j->out.f ? &j->out : NULL, &a->go, pol->gpu_batch_size, sh);
+    sh->evicted = a->evict_path != NULL; /* the file is opened later */
+    sh->weights_on_disk_already =
+        j->src.is_store && pol->compress_weight == !!(j->src.store_dtype & OFF_DTYPE_Q4) &&
+        off_dtype_size(j->src.store_dtype) == j->be.ops->elem_size;
+}
+
+/* --plan: print the plan; exit 1 when it cannot fit the caps given (not
+ * the machine's). @return 0 or -errno. */
+static int generate_plan(const sched_model *shape, size_t es, const sched_policy *pol,
+                         const sched_shape *sh)
+{
+    sched_plan pl;
+    FORWARD_IF(sched_plan_compute(shape, es, pol, sh, &pl));
+    sched_plan_print(stdout, &pl);
+    return sched_plan_check(&pl, pol, pol->gpu_mem, pol->cpu_mem, 0);
+}
+
+/* Every step from the model source to the last prompt generated (or the
+ * plan printed). The output is opened early only to resume it (the plan
+ * then skips what is done); a new one appears only once the policy fits.
+ * @return 0 or -errno. */
+static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
+{
+    const model_config *cfg = &j->src.cfg;
+    FORWARD_IF(open_model_source(a->c.model_dir, a->c.dummy, &j->src));
+    if (j->src.is_store && (j->src.store_dtype & OFF_DTYPE_Q4))
+        pol->compress_weight = 1; /* a 4-bit store runs as 4-bit weights */
+    FORWARD_IF(prompts_load(a->c.prompts, j->src.t, cfg->bos_id, cfg->vocab_size,
+                            cfg->max_pos - 1, a->strict, &j->ps));
+    int rc = gen_check(cfg, &j->ps, &a->go);
+    j->kv_usage = rc < 0;
+    FORWARD_IF(rc);
+    if (!a->plan_only && a->resume && access(a->c.out, F_OK) == 0)
+        FORWARD_IF(outfile_open(a->c.out, a->resume, &j->out));
+    if (a->trace_path)
+        FORWARD_IF(sched_trace_create(&j->strace));
+    sched_shape sh;
+    sched_model shape;
+    model_sched_shape(cfg, &shape);
+    generate_shape(a, pol, j, &sh);
+    if (a->plan_only)
+        return generate_plan(&shape, j->be.ops->elem_size, pol, &sh);
+    FORWARD_IF(sched_create(&j->be, &shape, pol, &sh, j->strace, &j->sc));
+    if (!j->out.f)
+        FORWARD_IF(outfile_open(a->c.out, a->resume, &j->out));
+    if (a->evict_path)
+        FORWARD_IF(gen_trace_open(a->evict_path, a->resume, &j->out, &a->go.trace));
+    FORWARD_IF(load_model_source(&j->src, &j->be, j->sc, &j->m));
+    sched_model bound;
+    model_sched_bind(j->m, &bound);
+    FORWARD_IF(sched_attach(j->sc, &bound));
+    return gen_run(j->m, j->sc, j->src.t, &j->ps, &j->out, &a->go, &j->st);
+}
+
+/* Write the scheduler trace (what ran, also after a failure) and close the
+ * eviction trace and the output (outfile_close: 0 when it was not open). @return rc, or the first failure here
+ * when rc is 0. */
+static int generate_close(gen_args *a, gen_job *j, int rc)
+{
+    if (j->strace && a->trace_path) {
+        int trc = sched_trace_write(j->strace, a->trace_path);
+        if (rc == 0)
+            rc = trc;
+    }
+    if (a->go.trace && fclose(a->go.trace) != 0 && rc == 0) {
+        err_set(__FILE__, __LINE__, "%s: closing failed", a->evict_path);
+        rc = -EIO;
+    }
+    /* also after a failed outfile_open: it leaves the path to free */
+    int crc = outfile_close(&j->out);
+    if (rc == 0)
+        rc = crc;
+    return rc;
+}
+
+/* Speeds, the scheduler's summary and the KV cache size on stderr (unless
+ * --quiet), --stats on stdout. @return 0, or 3 when prompt lines were
+ * skipped. */
+static int generate_summary(const gen_args *a, const gen_job *j)
+{
+    const gen_stats *st = &j->st;
+    if (a->go.kv_stats)
+        gen_stats_print(stdout, st, &a->go);
+    if (!a->quiet)
+        fprintf(stderr,
+                "[flexh2o] %ld prompts on %s: prefill %.1f tok/s (%ld tokens), "
+                "decode %.1f tok/s (%ld tokens), total %.1f generated tok/s in %.2f s\n",
+                st->prompts, j->be.ops->name,
+                st->prefill_s > 0 ? st->prefill_tokens / st->prefill_s : 0.0,
+                st->prefill_tokens, st->decode_s > 0 ? st->decode_tokens / st->decode_s : 0.0,
+                st->decode_tokens, st->total_s > 0 ? st->generated / st->total_s : 0.0,
+                st->total_s);
+    if (!a->quiet && j->sc)
+        sched_summary_print(j->sc, stderr);
+    if (!a->quiet && a->go.kv.kind != KV_POLICY_FULL && st->kv_slots > 0)
+        fprintf(stderr, "[flexh2o] --kv-policy %s: KV cache of %d slots per sequence, "
+                "layer and head (full: %d)\n", kv_policy_name(a->go.kv.kind), st->kv_slots,
+                st->kv_slots_full);
+    if (j->ps.n_bad > 0)
+        return cli_error(3, "%d prompt line%s of %s skipped (reported above); fix them and "
+                         "rerun with --resume", j->ps.n_bad, j->ps.n_bad > 1 ? "s" : "",
+                         a->c.prompts);
+    return 0;
+}
+
+static void generate_free(gen_job *j)
+{
+    gen_stats_free(&j->st);
+    prompts_free(&j->ps);
+    tok_destroy(j->src.t);
+    sched_destroy(j->sc); /* before the model: its store may be streamed from */
+    model_destroy(j->m);
+    sched_trace_destroy(j->strace);
+    backend_destroy(&j->be);
+}
+
+int cli_generate(int argc, char **argv)
+{
+    gen_args a;
+    int rc = generate_parse(argc, argv, &a);
+    if (rc == CLI_HELP) {
+        fputs(generate_help, stdout);
+        return 0;
+    }
+    sched_policy pol;
+    if (rc || (rc = generate_policy(&a, &pol)))
+        return rc;
+    gen_job j = {0};
+    if ((rc = cli_open_backend("generate", a.c.device, a.threads, &j.be)))
+        return rc;
+    rc = generate_close(&a, &j, generate_run(&a, &pol, &j));
+    int status;
+    if (rc < 0)
+        status = j.kv_usage ? cli_usage_err("generate") : cli_fail();
+    else
+        status = generate_summary(&a, &j);
+    generate_free(&j);
+    return status;
+}

@@ -1,0 +1,139 @@
+/* cmd_model.c: the verbs that make or read a model without running it:
+ * `flexh2o convert` (a Hugging Face directory into a weight store),
+ * `flexh2o make-model` (a random OPT in Hugging Face format) and
+ * `flexh2o tokenize` (text lines into the ids generate feeds). */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "cli.h"
+#include "cli_args.h"
+#include "model.h"
+#include "model_config.h"
+#include "off.h"
+#include "tok.h"
+
+int cli_tokenize(int argc, char **argv)
+{
+    const char *dir = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--model") == 0 && i + 1 < argc)
+            dir = argv[++i];
+        else if (strcmp(argv[i], "--help") == 0) {
+            puts("usage: flexh2o tokenize --model DIR < lines.txt\n"
+                 "  prints, per input line, the JSON array of ids generate feeds (BOS first)");
+            return 0;
+        } else {
+            return cli_unknown_flag("tokenize", argv[i]);
+        }
+    }
+    if (!dir)
+        return cli_usage("tokenize", "--model DIR is required");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    model_config cfg;
+    tok *t = NULL;
+    if (model_config_load(path, &cfg) < 0 || tok_load(dir, &t) < 0)
+        return cli_fail();
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    int rc = 0;
+    while ((len = getline(&line, &cap, stdin)) >= 0) {
+        if (len > 0 && line[len - 1] == '\n')
+            len--;
+        int32_t *ids = NULL;
+        int n = tok_encode(t, line, (size_t)len, &ids);
+        if (n < 0) {
+            rc = cli_fail();
+            break;
+        }
+        printf("[%d", cfg.bos_id);
+        for (int i = 0; i < n; i++)
+            printf(", %d", ids[i]);
+        printf("]\n");
+        free(ids);
+    }
+    free(line);
+    tok_destroy(t);
+    return rc;
+}
+
+int cli_make_model(int argc, char **argv)
+{
+    const char *name = NULL, *out = NULL;
+    int seed = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+            name = argv[++i];
+        else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
+            out = argv[++i];
+        else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
+            int rc = cli_parse_int("make-model", "--seed", argv[++i], 0, 2147483647, &seed);
+            if (rc)
+                return rc;
+        } else if (strcmp(argv[i], "--help") == 0) {
+            puts("usage: flexh2o make-model --config NAME --out DIR [--seed S]\n"
+                 "  writes a random OPT in Hugging Face format; NAME: tiny (built in),\n"
+                 "  opt-125m ... opt-175b (configs/models), or a config.json path");
+            return 0;
+        } else {
+            return cli_unknown_flag("make-model", argv[i]);
+        }
+    }
+    if (!name || !out)
+        return cli_usage("make-model", "--config NAME and --out DIR are required");
+    model_config cfg;
+    if (model_config_by_name(name, &cfg) < 0 ||
+        model_write_random(&cfg, out, (uint64_t)seed) < 0)
+        return cli_fail();
+    fprintf(stderr, "[flexh2o] wrote %s (%s, %.2f M parameters) to %s\n", name, cfg.name,
+            model_config_params(&cfg) / 1e6, out);
+    return 0;
+}
+
+int cli_convert(int argc, char **argv)
+{
+    const char *in = NULL, *out = NULL;
+    uint32_t dtype = OFF_DTYPE_F16, q4 = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--model") == 0 && i + 1 < argc) {
+            in = argv[++i];
+        } else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) {
+            out = argv[++i];
+        } else if (strcmp(argv[i], "--dtype") == 0 && i + 1 < argc) {
+            const char *d = argv[++i];
+            if (strcmp(d, "f16") == 0)
+                dtype = OFF_DTYPE_F16;
+            else if (strcmp(d, "f32") == 0)
+                dtype = OFF_DTYPE_F32;
+            else
+                return cli_usage("convert", "--dtype must be f16 (the GPU's) or f32 (the "
+                                   "CPU backend's)");
+        } else if (strcmp(argv[i], "--compress-weight") == 0) {
+            q4 = OFF_DTYPE_Q4;
+        } else if (strcmp(argv[i], "--help") == 0) {
+            puts("usage: flexh2o convert --model HF_DIR --out STORE [--dtype f16|f32]\n"
+                 "         [--compress-weight]\n"
+                 "  writes STORE/model.flxh2o (4 KiB-aligned, checksummed per-layer segments\n"
+                 "  that the disk tier streams with O_DIRECT) plus config.json and the\n"
+                 "  tokenizer files; then: flexh2o generate --model STORE ...\n"
+                 "  --dtype: storage type (default f16, the CUDA backend's; f32 streams\n"
+                 "  without conversion on the CPU backend)\n"
+                 "  --compress-weight: the layers' matrices as 4-bit groups (kernels/kern.h);\n"
+                 "  such a store runs with --compress-weight and streams its disk share");
+            return 0;
+        } else {
+            return cli_unknown_flag("convert", argv[i]);
+        }
+    }
+    if (!in || !out)
+        return cli_usage("convert", "--model HF_DIR and --out STORE are required");
+    if (model_convert(in, out, dtype | q4) < 0)
+        return cli_fail();
+    fprintf(stderr, "[flexh2o] wrote the weight store %s/model.flxh2o (%s%s)\n", out,
+            dtype == OFF_DTYPE_F16 ? "f16" : "f32", q4 ? ", 4-bit matrices" : "");
+    return 0;
+}

@@ -1,0 +1,270 @@
+/* cmd_search.c: `flexh2o search`, the offloading policy with the highest
+ * throughput bound that fits the caps (scheduler/search.c).
+ *
+ *   parse the flags (search_parse) -> the lengths to plan for: the flags or
+ *   the job's prompt file (job_lengths) -> the hardware profile: a file or
+ *   measured now (search_profile) -> sched_search -> the report
+ *   (search_report) -> --out: the best policy as a policy file
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "cli_args.h"
+#include "err.h"
+#include "gen.h"
+#include "jobio.h"
+#include "model.h"
+#include "off.h"
+#include "scheduler.h"
+#include "tok.h"
+
+static const char search_help[] =
+    "usage: flexh2o search (--model DIR | --dummy NAME)\n"
+    "         (--prompt-len N --gen-len N | --prompts FILE [--max-new-tokens N])\n"
+    "         --gpu-mem SIZE [--cpu-mem SIZE] [--offload-dir DIR] [--hardware FILE]\n"
+    "         [--device cpu|cuda] [--out POLICY.json] [--top N] [--max-block N]\n"
+    "         [--max-gpu-batches N] [--cpu-attention | --no-cpu-attention]\n"
+    "         [--compress-weight] [--compress-cache]\n"
+    "         [--kv-policy P --kv-ratio R | --kv-budget B --sinks N --hh-share S]\n\n"
+    "Finds the offloading policy (block shape, --percent, CPU attention) with the\n"
+    "highest throughput bound (DESIGN.md) that fits the caps: a linear program per\n"
+    "block shape (GLPK), checked against the exact memory plan. Prints the best\n"
+    "candidates and the plan of the first; --out saves it for generate --policy.\n\n"
+    "  --prompt-len N, --gen-len N  the job's prompt and generation lengths\n"
+    "  --prompts FILE       or take them from the job's prompt file: its longest prompt,\n"
+    "                       its longest generation (--max-new-tokens N, default 32, or\n"
+    "                       the line's max_new_tokens) and blocks of at most its size\n"
+    "  --gpu-mem SIZE       GPU-tier cap, e.g. 16G (required)\n"
+    "  --cpu-mem SIZE       CPU-tier cap (default: MemAvailable)\n"
+    "  --offload-dir DIR    allows the disk tier (its free space is the cap)\n"
+    "  --hardware FILE      profile from `flexh2o calibrate --out FILE` (default:\n"
+    "                       measure now, the disk in --offload-dir included)\n"
+    "  --device cpu|cuda    the backend the policy is for (element size; default:\n"
+    "                       the profile's, else cuda when a GPU is present)\n"
+    "  --top N              candidates printed (default 5)\n"
+    "  --max-block N        largest block tried, e.g. the number of prompts (default 1024)\n"
+    "  --max-gpu-batches N  largest --num-gpu-batches tried (default 16)\n"
+    "  --prefill-rows N     as for generate (default 4096)\n"
+    "  --cpu-attention | --no-cpu-attention  only policies with / without it (default:\n"
+    "                       both are tried)\n"
+    "  --compress-weight, --compress-cache  plan for 4-bit weights / KV (as generate)\n"
+    "  KV policy flags as for generate: the cache holds the budget, not the length\n";
+
+/* ------------------------------------------------------------ flags */
+
+typedef struct search_args {
+    cli_common c;            /* the flags shared with generate */
+    const char *hw_path;     /* --hardware FILE */
+    int top;                 /* --top N */
+    sched_search_opts so;    /* lengths, block limits; the caps once parsed */
+    sched_policy base;       /* what the search does not choose (sched_search) */
+} search_args;
+
+#define S(f) offsetof(search_args, f)
+static const cli_opt search_opts[] = {
+    CLI_INT("prompt-len", S(so.prompt_len), 1, 1 << 20, 0),
+    CLI_INT("gen-len", S(so.gen_len), 1, 1 << 20, 0),
+    CLI_STR("hardware", S(hw_path)),
+    CLI_INT("top", S(top), 1, 100, 0),
+    CLI_INT("max-block", S(so.max_block), 1, 1 << 16, 0),
+    CLI_INT("max-gpu-batches", S(so.max_gpu_batches), 1, 1024, 0),
+    CLI_SWITCH("no-cpu-attention", S(c.pol.cpu_attention), 0, SCHED_POLICY_CPU_ATTENTION),
+};
+#undef S
+
+/* The flags, checked, into a->so and a->base; the caps filled in. @return
+ * 0, CLI_HELP or the exit status of the usage error printed. */
+static int search_parse(int argc, char **argv, search_args *a)
+{
+    *a = (search_args){.top = 5, .so = {.max_block = 1024, .max_gpu_batches = 16}};
+    cli_common_init(&a->c);
+    int rc = cli_parse("search", argc, argv, search_opts,
+                       (int)(sizeof search_opts / sizeof search_opts[0]), a, &a->c);
+    if (rc)
+        return rc;
+    const cli_common *c = &a->c;
+    sched_search_opts *so = &a->so;
+    if (!c->model_dir == !c->dummy)
+        return cli_usage("search", "give exactly one of --model DIR or --dummy NAME");
+    if (c->prompts && (so->prompt_len || so->gen_len))
+        return cli_usage("search", "give --prompts FILE or --prompt-len and --gen-len, not both");
+    if (!c->prompts && (!so->prompt_len || !so->gen_len))
+        return cli_usage("search", "--prompt-len and --gen-len are required (or --prompts FILE)");
+    if (!c->pol.gpu_mem)
+        return cli_usage("search", "--gpu-mem is required (the GPU-tier cap to fit)");
+    if (c->device && strcmp(c->device, "cpu") != 0 && strcmp(c->device, "cuda") != 0)
+        return cli_usage("search", "--device must be cpu or cuda");
+    if (kv_policy_check(&c->kv) < 0)
+        return cli_usage_err("search");
+    so->prefill_rows = c->prefill_rows;
+    so->scores = kv_policy_needs_scores(&c->kv);
+    so->cpu_attention = c->given & SCHED_POLICY_CPU_ATTENTION ? c->pol.cpu_attention : -1;
+    so->gpu_cap = c->pol.gpu_mem;
+    so->cpu_cap = c->pol.cpu_mem ? c->pol.cpu_mem : off_mem_available();
+    sched_policy_default(&a->base);
+    sched_policy_apply(&a->base, &c->pol, c->given & (SCHED_POLICY_OFFLOAD_DIR |
+                                                      SCHED_POLICY_COMPRESS_WEIGHT |
+                                                      SCHED_POLICY_COMPRESS_CACHE));
+    if (a->base.offload_dir[0] && off_disk_free(a->base.offload_dir, &so->disk_cap) < 0)
+        return cli_usage_err("search");
+    a->base.gpu_mem = so->gpu_cap;
+    a->base.cpu_mem = so->cpu_cap;
+    return 0;
+}
+
+/* ------------------------------------------------------------ the job */
+
+/* The lengths a search plans for, from the job's prompt file: the longest
+ * prompt, the longest generation, the largest KV budget, and no block
+ * larger than the job. @return 0 or the exit status of the error printed. */
+static int job_lengths(const model_config *cfg, const cli_common *c, sched_search_opts *so,
+                       int *n_out)
+{
+    tok *t = NULL;
+    prompt_set ps = {0};
+    gen_opts go = {.max_new = c->max_new, .prefill_rows = so->prefill_rows, .kv = c->kv};
+    int rc = c->model_dir ? tok_load(c->model_dir, &t) : 0;
+    if (rc == 0)
+        rc = prompts_load(c->prompts, t, cfg->bos_id, cfg->vocab_size, cfg->max_pos - 1, 0, &ps);
+    if (rc == 0)
+        rc = gen_check(cfg, &ps, &go); /* every prompt's KV split */
+    for (int i = 0; rc == 0 && i < ps.n; i++) {
+        const prompt *p = &ps.p[i];
+        int n = gen_max_new(p, &go, cfg->max_pos);
+        so->prompt_len = p->n_ids > so->prompt_len ? p->n_ids : so->prompt_len;
+        so->gen_len = n > so->gen_len ? n : so->gen_len;
+    }
+    if (rc == 0) { /* the largest budget, as generate plans it */
+        sched_shape sh;
+        gen_shape(cfg, &ps, NULL, &go, 1, &sh);
+        so->kv_cap = sh.cap;
+    }
+    if (rc == 0 && ps.n == 0) {
+        err_set(__FILE__, __LINE__, "%s: no valid prompt to plan for", c->prompts);
+        rc = -EINVAL;
+    }
+    if (rc == 0 && so->gen_len < 1) {
+        err_set(__FILE__, __LINE__, "%s: no prompt generates a token (--max-new-tokens 0)",
+                c->prompts);
+        rc = -EINVAL;
+    }
+    if (rc == 0 && ps.n < so->max_block)
+        so->max_block = ps.n;
+    *n_out = ps.n;
+    prompts_free(&ps);
+    tok_destroy(t);
+    return rc < 0 ? cli_fail() : 0;
+}
+
+/* The hardware profile: --hardware FILE (measured on --device, when given),
+ * or measured now, the disk in --offload-dir included. @return 0 or the
+ * exit status of the error printed. */
+static int search_profile(const search_args *a, sched_calib *hw)
+{
+    const char *device = a->c.device, *dir = a->base.offload_dir;
+    if (a->hw_path) {
+        if (sched_calib_load(a->hw_path, hw) < 0)
+            return cli_usage_err("search");
+        if (device && strcmp(device, hw->device) != 0)
+            return cli_usage("search", "--device %s but %s was measured on %s; calibrate that "
+                             "device or drop --device", device, a->hw_path, hw->device);
+        return 0;
+    }
+    backend be = {0};
+    int rc = cli_open_backend("search", device, 0, &be);
+    if (rc)
+        return rc;
+    fprintf(stderr, "[flexh2o] measuring the hardware (save it with flexh2o calibrate "
+                    "--out FILE and pass --hardware FILE next time)\n");
+    rc = sched_calibrate(&be, dir[0] ? dir : NULL, 0, hw);
+    backend_destroy(&be);
+    return rc < 0 ? cli_fail() : 0;
+}
+
+/* What was searched for, on what, then the candidates and the plan of the
+ * best. */
+static void search_report(const search_args *a, const model_config *cfg, const sched_calib *hw,
+                          size_t es, int n_prompts, const sched_candidate *best, int n)
+{
+    const sched_search_opts *so = &a->so;
+    printf("[flexh2o] search: %s on %s (%zu-byte elements%s%s), prompt %d + gen %d, %d KV "
+           "slots per sequence (%s); caps gpu %.2f GiB, cpu %.2f GiB, disk %s\n", cfg->name,
+           hw->device, es, a->base.compress_weight ? ", 4-bit weights" : "",
+           a->base.compress_cache ? ", 4-bit KV" : "", so->prompt_len, so->gen_len, so->kv_cap,
+           kv_policy_name(a->c.kv.kind), so->gpu_cap / 1073741824.0,
+           so->cpu_cap / 1073741824.0, so->disk_cap ? a->base.offload_dir : "none");
+    if (a->c.prompts)
+        printf("[flexh2o] job: %d prompts in %s; the longest prompt and generation above, "
+               "blocks of at most %d\n", n_prompts, a->c.prompts, so->max_block);
+    printf("[flexh2o] hardware (%s): h2d %.2f, d2h %.2f, host memory %.2f, device memory "
+           "%.2f GB/s, GEMM %.3f TFLOP/s", a->hw_path ? a->hw_path : "measured now", hw->h2d,
+           hw->d2h, hw->dram, hw->dev_mem, hw->gemm);
+    if (hw->disk_read > 0)
+        printf(", disk read %.2f / write %.2f GB/s", hw->disk_read, hw->disk_write);
+    printf("\n");
+    sched_search_print(stdout, best, n);
+    sched_plan_print(stdout, &best[0].plan);
+}
+
+/* ------------------------------------------------------------ the verb */
+
+/* Search with the model's shape, report, and save the best with --out.
+ * @return the exit status. */
+static int search_run(search_args *a, const model_config *cfg, const sched_calib *hw,
+                      int n_prompts)
+{
+    size_t es = strcmp(hw->device, "cuda") == 0 ? 2 : 4;
+    sched_candidate *best = calloc((size_t)a->top, sizeof *best);
+    if (!best)
+        return cli_error(1, "out of memory");
+    int n = 0, status = 0;
+    sched_model shape;
+    model_sched_shape(cfg, &shape);
+    if (sched_search(&shape, es, &a->base, &a->so, hw, best, a->top, &n) < 0) {
+        status = cli_fail();
+    } else {
+        search_report(a, cfg, hw, es, n_prompts, best, n);
+        if (a->c.out && sched_policy_write(a->c.out, &best[0].pol) < 0)
+            status = cli_fail();
+        else if (a->c.out)
+            printf("[flexh2o] wrote %s: flexh2o generate --policy %s ...\n", a->c.out, a->c.out);
+    }
+    free(best);
+    return status;
+}
+
+int cli_search(int argc, char **argv)
+{
+    search_args a;
+    int rc = search_parse(argc, argv, &a);
+    if (rc == CLI_HELP) {
+        fputs(search_help, stdout);
+        return 0;
+    }
+    if (rc)
+        return rc;
+    const cli_common *c = &a.c;
+    model_config cfg;
+    rc = c->model_dir ? model_config_of(c->model_dir, &cfg) : model_config_by_name(c->dummy, &cfg);
+    if (rc < 0)
+        return cli_fail();
+    if (c->dummy)
+        cfg.tie_lm_head = 1; /* as model_create_dummy builds it */
+    int n_prompts = 0;
+    if (c->prompts && (rc = job_lengths(&cfg, c, &a.so, &n_prompts)))
+        return rc;
+    if (!c->prompts) {
+        kv_split sp;
+        if (kv_policy_split(&c->kv, a.so.prompt_len, a.so.gen_len, 0, &sp) < 0)
+            return cli_usage_err("search");
+        a.so.kv_cap = sp.budget;
+    }
+    sched_calib hw;
+    if ((rc = search_profile(&a, &hw)))
+        return rc;
+    return search_run(&a, &cfg, &hw, n_prompts);
+}
