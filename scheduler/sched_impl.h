@@ -85,6 +85,19 @@ typedef struct batch_desc {
     int active[SCHED_TIERS];/* any active sequence in that KV segment */
 } batch_desc;
 
+/* ---- the cost model's pieces the search shares (cost.c) ---- */
+
+/* Bytes the activations move when they live off the GPU: loaded before
+ * and stored after each (layer, batch) but layer 0's load and the last
+ * layer's store; per decode step and per prefill, over the link and, on
+ * the disk tier, in aligned spans. Each direction moves this much. */
+typedef struct act_io {
+    double step, pre, step_disk, pre_disk;
+} act_io;
+act_io sched_act_moves(const sched_geom *g, int prompt_len);
+/* Prefill passes of one GPU batch of gbs prompts of prompt_len tokens. */
+int sched_prefill_passes(const sched_shape *sh, int gbs, int prompt_len);
+
 /* ---- I/O lanes: a thread with a FIFO of transfer tasks (lanes.c) ---- */
 
 enum task_kind { TASK_LOAD, TASK_STORE };
