@@ -249,26 +249,13 @@ char *utf8_sanitize(const char *s, size_t len, size_t *out_len)
     if (!out)
         return NULL;
     size_t o = 0, i = 0;
-    const unsigned char *u = (const unsigned char *)s;
     while (i < len) {
-        unsigned c = u[i];
-        size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        int ok = n > 0 && i + n <= len;
-        for (size_t k = 1; ok && k < n; k++)
-            ok = (u[i + k] & 0xc0) == 0x80;
-        if (ok && n > 1) { /* reject overlongs, surrogates, > U+10FFFF */
-            uint32_t cp = c & (0xff >> (n + 1));
-            for (size_t k = 1; k < n; k++)
-                cp = cp << 6 | (u[i + k] & 0x3f);
-            static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
-            ok = cp >= min[n] && cp <= 0x10ffff && (cp < 0xd800 || cp > 0xdfff);
-        }
-        if (ok && c == 0)
-            ok = 0; /* NUL cannot travel in a C string */
-        if (ok) {
-            memcpy(out + o, u + i, n);
-            o += n;
-            i += n;
+        uint32_t cp;
+        int n = tok_utf8_char(s + i, len - i, &cp);
+        if (n > 0 && cp != 0) { /* NUL cannot travel in a C string */
+            memcpy(out + o, s + i, (size_t)n);
+            o += (size_t)n;
+            i += (size_t)n;
         } else {
             memcpy(out + o, "\xef\xbf\xbd", 3);
             o += 3;

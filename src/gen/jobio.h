@@ -57,8 +57,10 @@ int outfile_write(outfile *o, const char *id, const char *text, size_t len,
 /* fsync and close. @return 0 or -errno. */
 int outfile_close(outfile *o);
 
-/* Copy of s[0..len) with every invalid UTF-8 sequence replaced by U+FFFD,
- * NUL-terminated; caller frees. */
+/* Copy of s[0..len) with each byte that does not start a valid UTF-8
+ * character (tok_utf8_char) and each NUL replaced by U+FFFD, NUL-terminated;
+ * *out_len (may be NULL) gets its length. @return the copy, which the
+ * caller frees, or NULL when out of memory. */
 char *utf8_sanitize(const char *s, size_t len, size_t *out_len);
 
 #endif

@@ -254,25 +254,19 @@ static int is_markup(const char *s, size_t len)
 static size_t token_bytes(const char *s, size_t len, const int16_t *inv,
                           char *out)
 {
-    size_t n = 0;
-    if (tok_utf8_check(s, len, NULL) == 0) {
-        const unsigned char *p = (const unsigned char *)s;
-        size_t i = 0;
-        while (i < len) {
-            uint32_t c = p[i];
-            size_t w = c < 0x80 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
-            if (w == 2)
-                c = (c & 0x1f) << 6 | (p[i + 1] & 0x3f);
-            if (w > 2 || c >= CP_BYTE_MAX || inv[c] < 0)
-                break;
-            if (out)
-                out[n] = (char)inv[c];
-            n++;
-            i += w;
-        }
-        if (i == len)
-            return n;
+    size_t n = 0, i = 0;
+    while (i < len) {
+        uint32_t c;
+        int w = tok_utf8_char(s + i, len - i, &c);
+        if (w < 0 || c >= CP_BYTE_MAX || inv[c] < 0)
+            break;
+        if (out)
+            out[n] = (char)inv[c];
+        n++;
+        i += (size_t)w;
     }
+    if (i == len)
+        return n;
     if (out)
         memcpy(out, s, len);
     return len;
