@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <xxhash.h>
 
 #include "err.h"
 #include "off.h"
@@ -65,15 +66,11 @@ static uint64_t splitmix(uint64_t *s)
     return z ^ (z >> 31);
 }
 
-/* FNV-1a of the id, mixed with the seed: the prompt's own random stream. */
+/* The prompt's own random stream: the id (compact JSON) hashed with the
+ * seed, so that a prompt draws the same numbers in any batch and order. */
 static uint64_t seq_seed(uint64_t seed, const char *id)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (const char *c = id; *c; c++)
-        h = (h ^ (uint8_t)*c) * 0x100000001b3ull;
-    uint64_t s = seed ^ h;
-    splitmix(&s);
-    return s;
+    return XXH3_64bits_withSeed(id, strlen(id), seed);
 }
 
 int gen_max_new(const prompt *p, const gen_opts *o, int max_pos)

@@ -29,6 +29,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "err.h"
 
@@ -156,10 +157,7 @@ struct str_map {
 
 static uint64_t str_hash(const char *s, size_t len)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-    return h ^ h >> 29;
+    return XXH3_64bits(s, len);
 }
 
 static int str_map_init(struct str_map *m, size_t n)
