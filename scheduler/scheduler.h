@@ -367,12 +367,15 @@ typedef struct sched_calib {
  * A scratch file dir/calibrate.bin is created and removed. @return 0 or
  * -errno. */
 int sched_calibrate(backend *be, const char *dir, uint64_t bytes, sched_calib *out);
-/* The profile as one JSON object on one line (what `flexh2o calibrate`
- * prints and `--out` saves): {"device": "cpu", "h2d_GBps": .., "d2h_GBps":
- * .., "dram_GBps": .., "dev_mem_GBps": .., "gemm_TFLOPs": .., "gemm_rows":
- * [1, 4, ..], "gemm_TFLOPs_at": [..], and, when the disk was measured,
- * "disk_read_GBps", "disk_write_GBps", "disk_engine", "o_direct"}. */
-void sched_calib_print(FILE *f, const sched_calib *cb);
+/* Write the profile to f as one compact JSON object on one line (what
+ * `flexh2o calibrate` prints and `--out` saves; cJSON, so
+ * sched_calib_load reads it back): {"device":"cpu","h2d_GBps":..,
+ * "d2h_GBps":..,"dram_GBps":..,"dev_mem_GBps":..,"gemm_TFLOPs":..,
+ * "gemm_rows":[1,4,..],"gemm_TFLOPs_at":[..], and, when the disk was
+ * measured, "disk_read_GBps","disk_write_GBps","disk_engine","o_direct"};
+ * rates to 3 decimals, TFLOP/s to 4. Write errors show in ferror(f).
+ * @return 0 or -ENOMEM. */
+int sched_calib_print(FILE *f, const sched_calib *cb);
 /* Read a profile written by sched_calib_print (configs/hardware/). A
  * missing or non-positive rate is refused naming the file and the field.
  * @return 0 or -errno. */

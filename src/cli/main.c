@@ -661,10 +661,13 @@ static int cmd_calibrate(int argc, char **argv)
         return fail();
     }
     backend_destroy(&be);
-    sched_calib_print(stdout, &cb);
+    if (sched_calib_print(stdout, &cb) < 0)
+        return fail();
     FILE *f = outp ? fopen(outp, "w") : NULL;
-    if (f)
-        sched_calib_print(f, &cb);
+    if (f && sched_calib_print(f, &cb) < 0) {
+        fclose(f);
+        return fail();
+    }
     if (outp && (!f || fclose(f) != 0)) {
         fprintf(stderr, "flexh2o: %s: cannot write the profile (%s); choose a writable "
                 "path\n", outp, strerror(errno));
