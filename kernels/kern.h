@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -24,6 +25,27 @@ extern "C" {
 #define KERN_OPT_POS_OFFSET 2
 
 /* ------------------------------------------------------- scalar helpers */
+
+/* Seconds on the monotonic clock (CLOCK_MONOTONIC): the one clock of
+ * flexh2o's timings (generate's statistics, the disk engine's busy time,
+ * the scheduler's trace). Only differences mean anything. */
+static inline double kern_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* SplitMix64 (Steele, Lea, Flood 2014): advance *state and return the next
+ * 64 random bits. Seeded streams (dummy weights, sampling) are sequences of
+ * it, so they depend on the seed alone. */
+static inline uint64_t kern_splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
 
 #ifndef __cplusplus /* C only: _Float16 is a C type here; CUDA code uses __half */
 /* IEEE binary16 <-> binary32, for fp16 data held as uint16_t on the host

@@ -117,7 +117,7 @@ typedef struct sched_event {
 /* @return 0 or -ENOMEM. */
 int sched_trace_create(sched_trace **out);
 void sched_trace_destroy(sched_trace *t); /* accepts NULL */
-/* Monotonic seconds (CLOCK_MONOTONIC); the same clock as the events. */
+/* Monotonic seconds, the clock of the events: kern_now_s (kern.h). */
 double sched_trace_now(void);
 /* Record one event (t may be NULL: then nothing happens). */
 void sched_trace_add(sched_trace *t, const sched_event *e);
