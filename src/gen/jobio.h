@@ -37,8 +37,12 @@ void prompts_free(prompt_set *ps);
 typedef struct outfile {
     FILE *f;
     char *path;
-    char **done;     /* (n_done) ids already in the file (resume) */
-    int n_done;
+    /* the ids of the records in the file (read on resume, added per
+     * write): a hash set, XXH3 + linear probing, at most half full, so
+     * that outfile_has is O(1) per prompt */
+    char **done;     /* (done_mask + 1) owned ids, NULL = free slot */
+    size_t done_mask;
+    int n_done;      /* distinct ids */
 } outfile;
 
 /* Open the completions file. Without resume an existing non-empty file is
