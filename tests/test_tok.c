@@ -210,6 +210,7 @@ Test(tok, golden_tokenizer_json_list_merges)
     char *d = tmpdir();
     put_copy(d, "tokenizer.json");
     tok *t = load_ok(d);
+    cr_assert_str_empty(err_msg(), "the missing vocab.json left \"%s\"", err_msg());
     cr_assert_eq(tok_vocab_size(t), 512);
     check_golden(t, "tokenizer.json (list merges)");
     tok_destroy(t);
@@ -710,6 +711,13 @@ Test(tok, missing_files)
     put_copy(d, "vocab.json");
     snprintf(want, sizeof want, "%s/merges.txt: not found", d);
     load_fails(d, -ENOENT, want);
+    /* present but unreadable: the reader's message names the file */
+    char sub[512];
+    snprintf(sub, sizeof sub, "%s/merges.txt", d);
+    cr_assert_eq(mkdir(sub, 0700), 0);
+    snprintf(want, sizeof want, "%s/merges.txt: not a regular file", d);
+    load_fails(d, -EINVAL, want);
+    cr_assert_eq(rmdir(sub), 0);
     rmtree(d);
     load_fails(TOK_DIR "/vocab.json", -ENOTDIR, "not a directory");
 }

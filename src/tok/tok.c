@@ -32,6 +32,7 @@
 #include <xxhash.h>
 
 #include "err.h"
+#include "off.h"
 
 /* Largest id accepted: bounds the per-id arrays a corrupt file can ask for
  * (largest real vocabularies are ~256k). */
@@ -644,46 +645,14 @@ int tok_load_mem(const char *vocab_json, size_t vocab_len,
     return rc;
 }
 
-/* Read all of PATH into a malloc'd, NUL-terminated *buf. @return 0 or
- * -errno, recording no message (the caller knows what the file is for). */
-static int read_file(const char *path, char **buf, size_t *len)
-{
-    *buf = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return -errno;
-    int rc = 0;
-    char *b = NULL;
-    long n = -1;
-    if (fseek(f, 0, SEEK_END) == 0)
-        n = ftell(f);
-    if (n < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        rc = -EIO;
-    } else if (!(b = malloc((size_t)n + 1))) {
-        rc = -ENOMEM;
-    } else if (fread(b, 1, (size_t)n, f) != (size_t)n) {
-        rc = ferror(f) ? -EIO : -EAGAIN; /* EAGAIN: file shrank meanwhile */
-    }
-    fclose(f);
-    if (rc < 0) {
-        free(b);
-        return rc;
-    }
-    b[n] = 0;
-    *buf = b;
-    *len = (size_t)n;
-    return 0;
-}
-
 static int load_tokenizer_json(const char *path, tok **out)
 {
     char *text;
     size_t len;
-    int rc = read_file(path, &text, &len);
-    RETURN_IF(rc < 0, rc, "%s: cannot read (%s)", path, strerror(-rc));
+    FORWARD_IF(off_read_file(path, &text, &len)); /* its message names the path */
     struct tok_src src = {.vocab_name = path, .merges_name = path};
     cJSON *root = parse_json(text, len, path);
-    rc = root ? check_tokenizer_json(root, path) : -EINVAL;
+    int rc = root ? check_tokenizer_json(root, path) : -EINVAL;
     if (rc == 0) {
         const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
         rc = vocab_from_json(cJSON_GetObjectItemCaseSensitive(model, "vocab"),
@@ -724,8 +693,12 @@ int tok_load(const char *dir, tok **out)
 
     char *vocab, *merges;
     size_t vlen, mlen;
-    int rc = read_file(vpath, &vocab, &vlen);
+    /* off_read_file's message names the path; a missing file's is
+     * replaced (err_clear: the first message wins) by one that says what to
+     * copy, or dropped when tokenizer.json stands in for the pair */
+    int rc = off_read_file(vpath, &vocab, &vlen);
     if (rc == -ENOENT) {
+        err_clear();
         RETURN_IF(access(jpath, F_OK) != 0, -ENOENT,
                   "%s: not found, nor tokenizer.json; copy the model's "
                   "tokenizer files (vocab.json and merges.txt, or "
@@ -733,16 +706,16 @@ int tok_load(const char *dir, tok **out)
                   vpath, dir);
         return load_tokenizer_json(jpath, out);
     }
-    RETURN_IF(rc < 0, rc, "%s: cannot read (%s)", vpath, strerror(-rc));
-    rc = read_file(mpath, &merges, &mlen);
+    FORWARD_IF(rc);
+    rc = off_read_file(mpath, &merges, &mlen);
     if (rc < 0) {
         free(vocab);
+        if (rc == -ENOENT)
+            err_clear();
         RETURN_IF(rc == -ENOENT, rc,
                   "%s: not found, but vocab.json is there; copy merges.txt "
                   "of the same tokenizer into %s",
                   mpath, dir);
-        err_set(__FILE__, __LINE__, "%s: cannot read (%s)", mpath,
-                strerror(-rc));
         return rc;
     }
 
