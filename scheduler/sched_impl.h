@@ -165,8 +165,5 @@ int64_t sched_lane_submit(sched_lane *l, const sched_task *t);
 /* Wait until the lane finished ticket. @return 0 or -errno (the lane's
  * failure, with its message re-recorded in this thread). */
 int sched_lane_wait(sched_lane *l, uint64_t ticket);
-/* Run one task in the calling thread (used by the lanes). */
-int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t);
-void sched_link_add(struct sched *s, int link, uint64_t bytes, double secs);
 
 #endif

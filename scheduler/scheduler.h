@@ -340,8 +340,6 @@ enum { SCHED_LINK_DISK_CPU, SCHED_LINK_CPU_GPU, SCHED_LINK_GPU_CPU, SCHED_LINK_C
 void sched_links(const sched *s, sched_link out[SCHED_LINKS]);
 /* The summary block: peak memory per tier and each link's bytes and GB/s. */
 void sched_summary_print(const sched *s, FILE *f);
-/* "io_uring", "pread/pwrite threads" or "none" (no disk tier). */
-const char *sched_disk_kind(const sched *s);
 
 /* ------------------------------------------------------------ calibrate */
 
