@@ -25,7 +25,7 @@
 
 #include "backend.h"
 #include "err.h"
-#include "safetensors.h"
+#include "kern.h"
 
 #define CHECK(x)                                                                       \
     do {                                                                               \
@@ -57,7 +57,7 @@ static void fill16(void *dst, size_t n, float s, unsigned seed)
     uint16_t *h = malloc(2 * blk);
     srand(seed);
     for (size_t i = 0; i < blk; i++)
-        h[i] = st_f32_to_f16(s * (2.0f * rand() / (float)RAND_MAX - 1.0f));
+        h[i] = kern_f32_to_f16(s * (2.0f * rand() / (float)RAND_MAX - 1.0f));
     for (size_t at = 0; at < n; at += blk)
         CHECK(cudaMemcpy((char *)dst + 2 * at, h, 2 * (n - at < blk ? n - at : blk),
                          cudaMemcpyHostToDevice));
@@ -210,7 +210,7 @@ static int all_finite16(const void *p, size_t n)
     CHECK(cudaMemcpy(h, p, 2 * n, cudaMemcpyDeviceToHost));
     int ok = 1;
     for (size_t i = 0; i < n && ok; i++)
-        ok = isfinite(st_f16_to_f32(h[i]));
+        ok = isfinite(kern_f16_to_f32(h[i]));
     free(h);
     return ok;
 }

@@ -14,6 +14,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+#include <time.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -21,6 +23,52 @@ extern "C" {
 
 /* OPT's learned positions are stored with an offset of 2 rows. */
 #define KERN_OPT_POS_OFFSET 2
+
+/* ------------------------------------------------------- scalar helpers */
+
+/* Seconds on the monotonic clock (CLOCK_MONOTONIC): the one clock of
+ * flexh2o's timings (generate's statistics, the disk engine's busy time,
+ * the scheduler's trace). Only differences mean anything. */
+static inline double kern_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* SplitMix64 (Steele, Lea, Flood 2014): advance *state and return the next
+ * 64 random bits. Seeded streams (dummy weights, sampling) are sequences of
+ * it, so they depend on the seed alone. */
+static inline uint64_t kern_splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+#ifndef __cplusplus /* C only: _Float16 is a C type here; CUDA code uses __half */
+/* IEEE binary16 <-> binary32, for fp16 data held as uint16_t on the host
+ * (safetensors F16, the CUDA backend's storage type, the 4-bit group
+ * scales). _Float16 is GCC's (x86-64: F16C instructions with -march
+ * support, else libgcc): fp32 -> fp16 rounds to nearest even, as CUDA's
+ * __float2half_rn does, and overflows to infinity; fp16 -> fp32 is exact.
+ * A NaN stays a NaN (quieted, payload kept). The one converter of the tree. */
+static inline uint16_t kern_f32_to_f16(float x)
+{
+    _Float16 h = (_Float16)x;
+    uint16_t bits;
+    memcpy(&bits, &h, sizeof bits);
+    return bits;
+}
+
+static inline float kern_f16_to_f32(uint16_t bits)
+{
+    _Float16 h;
+    memcpy(&h, &bits, sizeof h);
+    return (float)h;
+}
+#endif
 
 /* One sequence of a packed batch and the state of its KV slot cache.
  *

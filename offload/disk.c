@@ -33,11 +33,11 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "err.h"
 #include "fh_config.h"
+#include "kern.h"
 
 #if FH_HAVE_URING
 #include <liburing.h>
@@ -104,13 +104,6 @@ struct off_disk {
     int n_free;
 #endif
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* "512 B", "1.0 MiB", "3.25 GiB": sizes in messages. */
 static const char *fmt_bytes(char *out, size_t cap, uint64_t n)
@@ -360,7 +353,7 @@ static int take_chunk_locked(off_disk *d, chunk *ch)
             d->tail = c;
         }
         if (d->active++ == 0)
-            d->busy_since = now_s();
+            d->busy_since = kern_now_s();
         return 1;
     }
     return 0;
@@ -396,7 +389,7 @@ static void complete_chunk_locked(off_disk *d, chunk *ch, int res)
     else
         d->bytes_read += ch->done;
     if (--d->active == 0)
-        d->busy_s += now_s() - d->busy_since;
+        d->busy_s += kern_now_s() - d->busy_since;
 
     if (res != 0 && !c->err) {
         char sz[32];
@@ -784,6 +777,6 @@ void off_disk_counters(const off_disk *d, uint64_t *read, uint64_t *written, dou
     if (written)
         *written = d->bytes_written;
     if (busy_s)
-        *busy_s = d->busy_s + (d->active ? now_s() - d->busy_since : 0);
+        *busy_s = d->busy_s + (d->active ? kern_now_s() - d->busy_since : 0);
     pthread_mutex_unlock(&m->mu);
 }

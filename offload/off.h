@@ -152,8 +152,6 @@ typedef struct off_store_writer off_store_writer;
 int off_store_writer_open(const char *path, uint32_t dtype, const char *config_json,
                           int n_seg, const char *const *names, const uint64_t *lengths,
                           off_store_writer **out);
-/* Offset segment i will have in the file (for callers that stream it). */
-uint64_t off_store_writer_offset(const off_store_writer *w, int i);
 /* Write segment i's payload (length bytes as declared). */
 int off_store_writer_put(off_store_writer *w, int i, const void *data);
 /* Every segment must have been put. @return 0 or -errno; frees w. */

@@ -368,11 +368,6 @@ int off_store_writer_open(const char *path, uint32_t dtype, const char *config_j
     return 0;
 }
 
-uint64_t off_store_writer_offset(const off_store_writer *w, int i)
-{
-    return w && i >= 0 && i < w->n_seg ? w->seg[i].offset : 0;
-}
-
 static int write_at(off_store_writer *w, const void *buf, size_t n, uint64_t off,
                     const char *what)
 {

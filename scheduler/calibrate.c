@@ -8,6 +8,7 @@
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -128,25 +129,42 @@ int sched_calibrate(struct backend *be, const char *dir, uint64_t bytes, sched_c
     return rc;
 }
 
-void sched_calib_print(FILE *f, const sched_calib *cb)
+/* A measured rate as written: to `digits` decimals (a profile carries no
+ * more precision than the measurement has; cJSON prints the shortest form). */
+static cJSON *rate(double x, int digits)
 {
-    fprintf(f, "{\"device\": \"%s\", \"h2d_GBps\": %.3f, \"d2h_GBps\": %.3f, "
-            "\"dram_GBps\": %.3f, \"dev_mem_GBps\": %.3f, \"gemm_TFLOPs\": %.4f",
-            cb->device, cb->h2d, cb->d2h, cb->dram, cb->dev_mem, cb->gemm);
-    if (cb->n_gemm > 0) {
-        fprintf(f, ", \"gemm_rows\": [");
-        for (int i = 0; i < cb->n_gemm; i++)
-            fprintf(f, "%s%d", i ? ", " : "", cb->gemm_rows[i]);
-        fprintf(f, "], \"gemm_TFLOPs_at\": [");
-        for (int i = 0; i < cb->n_gemm; i++)
-            fprintf(f, "%s%.4f", i ? ", " : "", cb->gemm_at[i]);
-        fprintf(f, "]");
+    double u = digits == 3 ? 1e3 : 1e4;
+    return cJSON_CreateNumber(round(x * u) / u);
+}
+
+int sched_calib_print(FILE *f, const sched_calib *cb)
+{
+    cJSON *r = cJSON_CreateObject();
+    int ok = r && cJSON_AddStringToObject(r, "device", cb->device) &&
+             cJSON_AddItemToObject(r, "h2d_GBps", rate(cb->h2d, 3)) &&
+             cJSON_AddItemToObject(r, "d2h_GBps", rate(cb->d2h, 3)) &&
+             cJSON_AddItemToObject(r, "dram_GBps", rate(cb->dram, 3)) &&
+             cJSON_AddItemToObject(r, "dev_mem_GBps", rate(cb->dev_mem, 3)) &&
+             cJSON_AddItemToObject(r, "gemm_TFLOPs", rate(cb->gemm, 4));
+    if (ok && cb->n_gemm > 0) {
+        cJSON *rows = cJSON_AddArrayToObject(r, "gemm_rows");
+        cJSON *at = cJSON_AddArrayToObject(r, "gemm_TFLOPs_at");
+        ok = rows && at;
+        for (int i = 0; ok && i < cb->n_gemm; i++)
+            ok = cJSON_AddItemToArray(rows, cJSON_CreateNumber(cb->gemm_rows[i])) &&
+                 cJSON_AddItemToArray(at, rate(cb->gemm_at[i], 4));
     }
-    if (cb->disk_read > 0)
-        fprintf(f, ", \"disk_read_GBps\": %.3f, \"disk_write_GBps\": %.3f, "
-                "\"disk_engine\": \"%s\", \"o_direct\": %s", cb->disk_read, cb->disk_write,
-                cb->disk_kind, cb->direct ? "true" : "false");
-    fprintf(f, "}\n");
+    if (ok && cb->disk_read > 0)
+        ok = cJSON_AddItemToObject(r, "disk_read_GBps", rate(cb->disk_read, 3)) &&
+             cJSON_AddItemToObject(r, "disk_write_GBps", rate(cb->disk_write, 3)) &&
+             cJSON_AddStringToObject(r, "disk_engine", cb->disk_kind) &&
+             cJSON_AddBoolToObject(r, "o_direct", cb->direct);
+    char *js = ok ? cJSON_PrintUnformatted(r) : NULL;
+    cJSON_Delete(r);
+    RETURN_IF(!js, -ENOMEM, "out of memory writing the hardware profile");
+    fprintf(f, "%s\n", js);
+    cJSON_free(js);
+    return 0;
 }
 
 int sched_calib_write(const char *path, const sched_calib *cb)
@@ -157,7 +175,11 @@ int sched_calib_write(const char *path, const sched_calib *cb)
     FILE *f = fopen(path, "w");
     int bad = !f;
     if (f) {
-        sched_calib_print(f, cb);
+        int rc = sched_calib_print(f, cb);
+        if (rc < 0) {
+            fclose(f);
+            return rc;
+        }
         bad = ferror(f);
         bad |= fclose(f) != 0;
     }

@@ -19,6 +19,7 @@
 #include "err.h"
 #include "sched_impl.h"
 
+/* Count bytes moved over a link in secs (sched_links reports them). */
 void sched_link_add(struct sched *s, int link, uint64_t bytes, double secs)
 {
     pthread_mutex_lock(&s->link_mu);
@@ -35,7 +36,9 @@ static void trace_task(struct sched *s, const sched_task *t, int track, const ch
     sched_trace_add(s->trace, &e);
 }
 
-int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
+/* Run one task in the calling thread (a lane's, or the compute thread's
+ * without overlap). */
+static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
 {
     const backend_ops *o = s->be->ops;
     void *ctx = s->be->ctx;

@@ -373,28 +373,29 @@ int sched_policy_write(const char *path, const sched_policy *p)
 {
     char tmp[1200];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    /* the fields sched_policy_load reads; sizes in bytes (exact below 2^53) */
+    const double pct[6] = {p->wg, p->wc, p->cg, p->cc, p->hg, p->hc};
+    cJSON *r = cJSON_CreateObject();
+    int ok = r && cJSON_AddNumberToObject(r, "gpu_batch_size", p->gpu_batch_size) &&
+             cJSON_AddNumberToObject(r, "num_gpu_batches", p->num_gpu_batches) &&
+             cJSON_AddItemToObject(r, "percent", cJSON_CreateDoubleArray(pct, 6)) &&
+             cJSON_AddBoolToObject(r, "overlap", p->overlap) &&
+             cJSON_AddBoolToObject(r, "pin_weight", p->pin_weight) &&
+             cJSON_AddBoolToObject(r, "cpu_attention", p->cpu_attention) &&
+             cJSON_AddBoolToObject(r, "compress_weight", p->compress_weight) &&
+             cJSON_AddBoolToObject(r, "compress_cache", p->compress_cache) &&
+             (!p->gpu_mem || cJSON_AddNumberToObject(r, "gpu_mem", (double)p->gpu_mem)) &&
+             (!p->cpu_mem || cJSON_AddNumberToObject(r, "cpu_mem", (double)p->cpu_mem)) &&
+             (!p->offload_dir[0] || cJSON_AddStringToObject(r, "offload_dir", p->offload_dir));
+    char *js = ok ? cJSON_Print(r) : NULL;
+    cJSON_Delete(r);
+    RETURN_IF(!js, -ENOMEM, "out of memory writing the policy %s", path);
     FILE *f = fopen(tmp, "w");
-    RETURN_IF(!f, -errno, "%s: cannot write the policy (%s)", tmp, strerror(errno));
-    fprintf(f, "{\n  \"gpu_batch_size\": %d,\n  \"num_gpu_batches\": %d,\n"
-            "  \"percent\": [%.10g, %.10g, %.10g, %.10g, %.10g, %.10g],\n  \"overlap\": %s,\n"
-            "  \"pin_weight\": %s,\n  \"cpu_attention\": %s,\n  \"compress_weight\": %s,\n"
-            "  \"compress_cache\": %s",
-            p->gpu_batch_size, p->num_gpu_batches, p->wg, p->wc, p->cg, p->cc, p->hg, p->hc,
-            p->overlap ? "true" : "false", p->pin_weight ? "true" : "false",
-            p->cpu_attention ? "true" : "false", p->compress_weight ? "true" : "false",
-            p->compress_cache ? "true" : "false");
-    if (p->gpu_mem)
-        fprintf(f, ",\n  \"gpu_mem\": %llu", (unsigned long long)p->gpu_mem);
-    if (p->cpu_mem)
-        fprintf(f, ",\n  \"cpu_mem\": %llu", (unsigned long long)p->cpu_mem);
-    if (p->offload_dir[0]) {
-        cJSON *s = cJSON_CreateString(p->offload_dir); /* quoted and escaped */
-        char *q = s ? cJSON_PrintUnformatted(s) : NULL;
-        fprintf(f, ",\n  \"offload_dir\": %s", q ? q : "\"\"");
-        cJSON_free(q);
-        cJSON_Delete(s);
-    }
-    fprintf(f, "\n}\n");
+    int e = errno;
+    if (f)
+        fprintf(f, "%s\n", js);
+    cJSON_free(js);
+    RETURN_IF(!f, -e, "%s: cannot write the policy (%s)", tmp, strerror(e));
     int bad = ferror(f);
     bad |= fclose(f) != 0;
     if (bad || rename(tmp, path) != 0) {

@@ -375,7 +375,11 @@ const void *sched_logits(const sched *s) { return s->logits; }
 int sched_max_rows(const sched *s) { return s->sh.max_rows; }
 int sched_block(const sched *s) { return s->g.block; }
 int sched_cap(const sched *s) { return s->sh.cap; }
-const char *sched_disk_kind(const sched *s) { return s->disk ? off_disk_kind(s->disk) : "none"; }
+/* "io_uring", "pread/pwrite threads" or "none" (no disk tier). */
+static const char *sched_disk_kind(const sched *s)
+{
+    return s->disk ? off_disk_kind(s->disk) : "none";
+}
 
 /* ------------------------------------------------------------ homes */
 

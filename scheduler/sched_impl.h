@@ -193,6 +193,9 @@ struct sched {
 void *sched_kv_home(struct sched *s, int t, int l, int k);
 void *sched_x_home(struct sched *s, int k);
 
+/* Account bytes moved over link (SCHED_LINK_*) in secs (0: not timed). */
+void sched_link_add(struct sched *s, int link, uint64_t bytes, double secs);
+
 int sched_lanes_start(struct sched *s);
 void sched_lanes_stop(struct sched *s);
 /* Queue t on lane (or run it now without overlap). @return its ticket or
@@ -201,8 +204,5 @@ int64_t sched_lane_submit(sched_lane *l, const sched_task *t);
 /* Wait until the lane finished ticket. @return 0 or -errno (the lane's
  * failure, with its message re-recorded in this thread). */
 int sched_lane_wait(sched_lane *l, uint64_t ticket);
-/* Run one task in the calling thread (used by the lanes). */
-int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t);
-void sched_link_add(struct sched *s, int link, uint64_t bytes, double secs);
 
 #endif

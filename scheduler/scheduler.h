@@ -142,7 +142,7 @@ typedef struct sched_event {
 /* @return 0 or -ENOMEM. */
 int sched_trace_create(sched_trace **out);
 void sched_trace_destroy(sched_trace *t); /* accepts NULL */
-/* Monotonic seconds (CLOCK_MONOTONIC); the same clock as the events. */
+/* Monotonic seconds, the clock of the events: kern_now_s (kern.h). */
 double sched_trace_now(void);
 /* Record one event (t may be NULL: then nothing happens). */
 void sched_trace_add(sched_trace *t, const sched_event *e);
@@ -393,8 +393,6 @@ enum { SCHED_LINK_DISK_CPU, SCHED_LINK_CPU_GPU, SCHED_LINK_GPU_CPU, SCHED_LINK_C
 void sched_links(const sched *s, sched_link out[SCHED_LINKS]);
 /* The summary block: peak memory per tier and each link's bytes and GB/s. */
 void sched_summary_print(const sched *s, FILE *f);
-/* "io_uring", "pread/pwrite threads" or "none" (no disk tier). */
-const char *sched_disk_kind(const sched *s);
 
 /* ------------------------------------------------------------ calibrate */
 
@@ -420,12 +418,15 @@ typedef struct sched_calib {
  * A scratch file dir/calibrate.bin is created and removed. @return 0 or
  * -errno. */
 int sched_calibrate(backend *be, const char *dir, uint64_t bytes, sched_calib *out);
-/* The profile as one JSON object on one line (what `flexh2o calibrate`
- * prints and `--out` saves): {"device": "cpu", "h2d_GBps": .., "d2h_GBps":
- * .., "dram_GBps": .., "dev_mem_GBps": .., "gemm_TFLOPs": .., "gemm_rows":
- * [1, 4, ..], "gemm_TFLOPs_at": [..], and, when the disk was measured,
- * "disk_read_GBps", "disk_write_GBps", "disk_engine", "o_direct"}. */
-void sched_calib_print(FILE *f, const sched_calib *cb);
+/* Write the profile to f as one compact JSON object on one line (what
+ * `flexh2o calibrate` prints and `--out` saves; cJSON, so
+ * sched_calib_load reads it back): {"device":"cpu","h2d_GBps":..,
+ * "d2h_GBps":..,"dram_GBps":..,"dev_mem_GBps":..,"gemm_TFLOPs":..,
+ * "gemm_rows":[1,4,..],"gemm_TFLOPs_at":[..], and, when the disk was
+ * measured, "disk_read_GBps","disk_write_GBps","disk_engine","o_direct"};
+ * rates to 3 decimals, TFLOP/s to 4. Write errors show in ferror(f).
+ * @return 0 or -ENOMEM. */
+int sched_calib_print(FILE *f, const sched_calib *cb);
 /* Write that line to path (created or truncated in place, so a device
  * such as /dev/stdout works too). @return 0 or -errno with a message
  * naming the path and what to do. */

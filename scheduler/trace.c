@@ -14,9 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "err.h"
+#include "kern.h"
 #include "scheduler.h"
 
 struct sched_trace {
@@ -28,9 +28,7 @@ struct sched_trace {
 
 double sched_trace_now(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    return kern_now_s();
 }
 
 int sched_trace_create(sched_trace **out)

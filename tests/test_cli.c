@@ -169,6 +169,50 @@ Test(cli, resume_after_a_kill_loses_nothing)
     free(again);
 }
 
+/* Resuming a job with 20000 of its 20004 prompts done: generate runs the
+ * other four, in file order, and leaves the done records as they were
+ * (outfile_has is asked once per prompt, by the shape, the run and the
+ * trace: a set, not a scan of the file's ids). */
+Test(cli, resume_with_many_done_prompts_runs_only_the_rest)
+{
+    enum { N = 20004, DONE = 20000 };
+    char *p = malloc((size_t)N * 64), *o = malloc((size_t)DONE * 128);
+    cr_assert(p && o);
+    size_t np = 0, no = 0;
+    for (int i = 0; i < N; i++) {
+        char id[32];
+        if (i % 3)
+            snprintf(id, sizeof id, "%d", i);
+        else
+            snprintf(id, sizeof id, "\"q%d\"", i);
+        np += (size_t)sprintf(p + np, "{\"id\": %s, \"prompt_ids\": [2, %d]}\n", id, 4 + i % 500);
+        /* done: every id but 4 spread over the file */
+        if (i != 1 && i != 9999 && i != 10002 && i != N - 1)
+            no += (size_t)sprintf(o + no, "{\"id\":%s,\"completion\":\"\",\"tokens\":[],"
+                                  "\"logprobs\":[],\"finish_reason\":\"length\"}\n", id);
+    }
+    cli_write("many.jsonl", p);
+    cli_write("done.jsonl", o);
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts many.jsonl --out done.jsonl "
+                         "--resume --max-new-tokens 2 --ignore-eos --quiet"), 0, "%s", cli_err);
+    char *after = cli_read("done.jsonl");
+    cr_assert_eq(strncmp(after, o, no), 0, "the done records were not kept as written");
+    cJSON *r = records("done.jsonl");
+    cr_assert_eq(cJSON_GetArraySize(r), N);
+    const char *want[] = {"1", "\"q9999\"", "\"q10002\"", "20003"};
+    for (int i = 0; i < 4; i++) {
+        cJSON *rec = cJSON_GetArrayItem(r, DONE + i);
+        char *id = cJSON_PrintUnformatted(cJSON_GetObjectItem(rec, "id"));
+        cr_assert_str_eq(id, want[i], "new record %d", i);
+        cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(rec, "tokens")), 2);
+        free(id);
+    }
+    cJSON_Delete(r);
+    free(after);
+    free(p);
+    free(o);
+}
+
 Test(cli, invalid_json_line_is_reported_and_others_complete)
 {
     cli_write("p.jsonl", "{\"id\": 1, \"prompt\": \"ok\"}\n{\"id\": 2, \"prompt\": \"broken\n"

@@ -12,10 +12,10 @@
 
 #include "backend.h"
 #include "err.h"
+#include "kern.h"
 #include "off.h"
 #include "fh_config.h"
 #include "model.h"
-#include "safetensors.h"
 
 static backend cpu, gpu;
 
@@ -53,7 +53,7 @@ static float *rand16(size_t n, float s)
 {
     float *x = malloc(sizeof(float) * (n ? n : 1));
     for (size_t i = 0; i < n; i++)
-        x[i] = st_f16_to_f32(st_f32_to_f16(frand() * s));
+        x[i] = kern_f16_to_f32(kern_f32_to_f16(frand() * s));
     return x;
 }
 
@@ -441,8 +441,8 @@ Test(kern_cuda, q4_dequant_bits_equal_reference)
              * rounded to nearest even; the guard elements stay zero */
             size_t bad = 0;
             for (size_t i = 0; i < out.n; i++) {
-                uint16_t want = i < (size_t)off || i >= off + count ? 0 : st_f32_to_f16(a[i]);
-                uint16_t got = st_f32_to_f16(b[i]);
+                uint16_t want = i < (size_t)off || i >= off + count ? 0 : kern_f32_to_f16(a[i]);
+                uint16_t got = kern_f32_to_f16(b[i]);
                 if (want != got && bad++ < 5)
                     fprintf(stderr, "q4 dequant rows %d n %d pass %d: [%zu] (row %zu col %zu): "
                             "cuda 0x%04x ref 0x%04x\n", rows, n, pass, i,
@@ -524,7 +524,7 @@ static void q4_edge_kv(float *qkv, int n_rows, int H, int hd)
                 float *x = qkv + (size_t)r * 3 * d + (size_t)part * d + (size_t)h * hd;
                 q4_edge_row(x, hd, (r + h + part) % 7);
                 for (int e = 0; e < hd; e++)
-                    x[e] = st_f16_to_f32(st_f32_to_f16(x[e]));
+                    x[e] = kern_f16_to_f32(kern_f32_to_f16(x[e]));
             }
 }
 

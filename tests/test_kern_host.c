@@ -11,25 +11,51 @@
 
 #include "kern.h"
 
-static float h2f(uint16_t u)
-{
-    _Float16 h;
-    memcpy(&h, &u, 2);
-    return (float)h;
-}
-
-static uint16_t f2h(float x)
-{
-    _Float16 h = (_Float16)x;
-    uint16_t u;
-    memcpy(&u, &h, 2);
-    return u;
-}
-
 static float rnd(uint64_t *s)
 {
     *s = *s * 6364136223846793005ull + 1442695040888963407ull;
     return (float)((int64_t)(*s >> 11) * 0x1.0p-52 - 1.0);
+}
+
+/* kern.h's fp16 converter: round to nearest even (ties, subnormals, the
+ * overflow edge), exact the other way, and every fp16 value round-trips. */
+Test(kern_host, f16_conversion_rounds_to_nearest_even)
+{
+    static const struct {
+        float x;
+        uint16_t h;
+    } want[] = {
+        {1.0f, 0x3c00},
+        {1.0f + 0x1p-11f, 0x3c00},          /* tie: stays even */
+        {1.0f + 0x1p-11f + 0x1p-20f, 0x3c01}, /* above the tie */
+        {1.0f + 0x3p-11f, 0x3c02},          /* tie: up to even */
+        {-2.5f, 0xc100},
+        {65504.0f, 0x7bff},                 /* largest finite */
+        {65519.99f, 0x7bff},
+        {65520.0f, 0x7c00},                 /* tie with 2^16: overflows to inf */
+        {0x1p-24f, 0x0001},                 /* smallest subnormal */
+        {0x1p-25f, 0x0000},                 /* tie: to even, zero */
+        {0x1p-25f + 0x1p-40f, 0x0001},
+        {0x3p-25f, 0x0002},                 /* subnormal tie: up to even */
+        {0x1p-14f, 0x0400},                 /* smallest normal */
+        {-0.0f, 0x8000},
+        {INFINITY, 0x7c00},
+        {-INFINITY, 0xfc00},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++)
+        cr_assert_eq(kern_f32_to_f16(want[i].x), want[i].h, "%a: 0x%04x, want 0x%04x",
+                     (double)want[i].x, kern_f32_to_f16(want[i].x), want[i].h);
+    uint16_t nan = kern_f32_to_f16(NAN);
+    cr_assert((nan & 0x7c00) == 0x7c00 && (nan & 0x03ff) != 0, "NaN became 0x%04x", nan);
+    cr_assert_eq(kern_f16_to_f32(0x0001), 0x1p-24f);
+    cr_assert_eq(kern_f16_to_f32(0x7bff), 65504.0f);
+    cr_assert_eq(kern_f16_to_f32(0x3555), 0x1.554p-2f);
+    cr_assert(isnan(kern_f16_to_f32(0x7e00)));
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        if ((h & 0x7c00) == 0x7c00 && (h & 0x03ff))
+            continue; /* NaN */
+        cr_assert_eq(kern_f32_to_f16(kern_f16_to_f32((uint16_t)h)), h, "0x%04x", h);
+    }
 }
 
 Test(kern_host, h16_slot_ops_equal_the_reference)
@@ -42,7 +68,7 @@ Test(kern_host, h16_slot_ops_equal_the_reference)
     int rows = lens[0] + lens[1] + lens[2];
     float *qkv = malloc(sizeof(float) * (size_t)rows * ld);
     for (int i = 0; i < rows * ld; i++)
-        qkv[i] = h2f(f2h(rnd(&seed))); /* k, v exactly representable in fp16 */
+        qkv[i] = kern_f16_to_f32(kern_f32_to_f16(rnd(&seed))); /* k, v exact in fp16 */
     float *colsum = malloc(sizeof(float) * (size_t)rows * H);
     for (int i = 0; i < rows * H; i++)
         colsum[i] = (float)((i * 37) % 11) * 0.25f; /* ties included */
@@ -60,7 +86,7 @@ Test(kern_host, h16_slot_ops_equal_the_reference)
     cr_assert_eq(memcmp(pos, posh, slots * 4), 0, "prefill kept different tokens");
     cr_assert_eq(memcmp(sc, sh, slots * 4), 0, "prefill scores differ");
     for (size_t i = 0; i < slots * HD; i++)
-        cr_assert(kh[i] == f2h(kc[i]) && vh[i] == f2h(vc[i]), "cache element %zu", i);
+        cr_assert(kh[i] == kern_f32_to_f16(kc[i]) && vh[i] == kern_f32_to_f16(vc[i]), "cache element %zu", i);
 
     /* decode steps: one new row per sequence, evicting once full */
     float *out = malloc(sizeof(float) * NS * d), *outh = malloc(sizeof(float) * NS * d);
@@ -69,7 +95,7 @@ Test(kern_host, h16_slot_ops_equal_the_reference)
     float *row = malloc(sizeof(float) * NS * ld);
     for (int step = 0; step < 6; step++) {
         for (int i = 0; i < NS * ld; i++)
-            row[i] = h2f(f2h(rnd(&seed)));
+            row[i] = kern_f16_to_f32(kern_f32_to_f16(rnd(&seed)));
         for (int s = 0; s < NS; s++) {
             sq[s].row = s;
             sq[s].n_new = 1;
@@ -90,7 +116,7 @@ Test(kern_host, h16_slot_ops_equal_the_reference)
         cr_assert_eq(memcmp(ev, evh, sizeof ev), 0, "step %d: evictions", step);
         cr_assert_eq(memcmp(pos, posh, slots * 4), 0, "step %d: positions", step);
         for (size_t i = 0; i < slots * HD; i++)
-            cr_assert(kh[i] == f2h(kc[i]) && vh[i] == f2h(vc[i]), "step %d: element %zu",
+            cr_assert(kh[i] == kern_f32_to_f16(kc[i]) && vh[i] == kern_f32_to_f16(vc[i]), "step %d: element %zu",
                       step, i);
     }
     int evicted = 0;
@@ -225,10 +251,10 @@ Test(kern_host, q4_error_bound_on_random_rows)
                     mx = fmaxf(mx, xg[i]);
                 }
                 /* the fields: scale = fp16((mx - mn) / 15), min = fp16(mn) */
-                cr_assert_eq(q4_u16(blk, 0), f2h((mx - mn) / 15.0f),
+                cr_assert_eq(q4_u16(blk, 0), kern_f32_to_f16((mx - mn) / 15.0f),
                              "n %d row %d group %d: scale", n, r, g0 / 64);
-                cr_assert_eq(q4_u16(blk, 2), f2h(mn), "n %d row %d group %d: min", n, r, g0 / 64);
-                float sr = h2f(q4_u16(blk, 0)), mr = h2f(q4_u16(blk, 2));
+                cr_assert_eq(q4_u16(blk, 2), kern_f32_to_f16(mn), "n %d row %d group %d: min", n, r, g0 / 64);
+                float sr = kern_f16_to_f32(q4_u16(blk, 0)), mr = kern_f16_to_f32(q4_u16(blk, 2));
                 cr_assert_gt(sr, 0.0f, "random groups are not constant");
                 float bound = sr / 2 + 1e-6f * (fabsf(mr) + 15.0f * sr);
                 float ymn = yg[0], ymx = yg[0];
@@ -309,8 +335,8 @@ Test(kern_host, q4_h16_quantizes_like_ref_on_the_same_values)
         for (int i = 0; i < n; i++)
             x[(size_t)6 * n + i] = 0.3f; /* a constant row too */
         for (size_t i = 0; i < (size_t)R * n; i++) {
-            h[i] = f2h(x[i]);
-            x[i] = h2f(h[i]);
+            h[i] = kern_f32_to_f16(x[i]);
+            x[i] = kern_f16_to_f32(h[i]);
         }
         memset(qh, 0xff, R * rb);
         memset(qf, 0xff, R * rb);

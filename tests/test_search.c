@@ -508,7 +508,7 @@ Test(search, cli_calibrate_search_generate)
                  "%s", cli_err);
     char *hw = cli_read("hw.json");
     cr_assert(strstr(hw, "\"gemm_TFLOPs\"") && strstr(hw, "\"disk_read_GBps\"") &&
-              strstr(hw, "\"gemm_rows\": [1, 4, 16, 64, 256, 1024, 2048]"), "%s", hw);
+              strstr(hw, "\"gemm_rows\":[1,4,16,64,256,1024,2048]"), "%s", hw);
     free(hw);
     /* opt-125m fp32 is 0.5 GB: a 300 MiB GPU tier forces offloading */
     cr_assert_eq(cli_run("search --dummy opt-125m --device cpu --hardware hw.json "

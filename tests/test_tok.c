@@ -210,6 +210,7 @@ Test(tok, golden_tokenizer_json_list_merges)
     char *d = tmpdir();
     put_copy(d, "tokenizer.json");
     tok *t = load_ok(d);
+    cr_assert_str_empty(err_msg(), "the missing vocab.json left \"%s\"", err_msg());
     cr_assert_eq(tok_vocab_size(t), 512);
     check_golden(t, "tokenizer.json (list merges)");
     tok_destroy(t);
@@ -655,6 +656,39 @@ Test(tok, invalid_utf8)
     tok_destroy(t);
 }
 
+Test(tok, utf8_char_decodes_each_length_and_refuses_a_cut)
+{
+    static const struct {
+        const char *s;
+        size_t len;
+        int n;
+        uint32_t cp;
+    } cases[] = {
+        {"\x00", 1, 1, 0},
+        {"\x7f", 1, 1, 0x7f},
+        {"\xc2\x80", 2, 2, 0x80},
+        {"\xdf\xbfz", 3, 2, 0x7ff},
+        {"\xe0\xa0\x80", 3, 3, 0x800},
+        {"\xed\x9f\xbf", 3, 3, 0xd7ff},         /* last before the surrogates */
+        {"\xee\x80\x80", 3, 3, 0xe000},         /* first after them */
+        {"\xef\xbf\xbf", 3, 3, 0xffff},
+        {"\xf0\x90\x80\x80", 4, 4, 0x10000},
+        {"\xf4\x8f\xbf\xbf", 4, 4, 0x10ffff},
+        {"\xe4\xb8\xad", 2, -EILSEQ, 0},        /* cut by len */
+        {"\xc3\xa9", 1, -EILSEQ, 0},
+        {"\xc1\xbf", 2, -EILSEQ, 0},             /* overlong U+007F */
+        {"\xf0\x8f\xbf\xbf", 4, -EILSEQ, 0},   /* overlong U+FFFF */
+        {"\xed\xbf\xbf", 3, -EILSEQ, 0},        /* surrogate U+DFFF */
+        {"\xbf", 1, -EILSEQ, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        uint32_t cp = 0xdead;
+        int n = tok_utf8_char(cases[i].s, cases[i].len, &cp);
+        cr_assert_eq(n, cases[i].n, "case %zu: %d", i, n);
+        cr_assert_eq(cp, n > 0 ? cases[i].cp : 0xdead, "case %zu: U+%04X", i, cp);
+    }
+}
+
 static void load_fails(const char *dir, int want_rc, const char *want_msg)
 {
     tok *t = (tok *)&t;
@@ -677,6 +711,13 @@ Test(tok, missing_files)
     put_copy(d, "vocab.json");
     snprintf(want, sizeof want, "%s/merges.txt: not found", d);
     load_fails(d, -ENOENT, want);
+    /* present but unreadable: the reader's message names the file */
+    char sub[512];
+    snprintf(sub, sizeof sub, "%s/merges.txt", d);
+    cr_assert_eq(mkdir(sub, 0700), 0);
+    snprintf(want, sizeof want, "%s/merges.txt: not a regular file", d);
+    load_fails(d, -EINVAL, want);
+    cr_assert_eq(rmdir(sub), 0);
     rmtree(d);
     load_fails(TOK_DIR "/vocab.json", -ENOTDIR, "not a directory");
 }

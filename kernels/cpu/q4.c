@@ -11,21 +11,6 @@
 #include <math.h>
 #include <string.h>
 
-static inline float f16_to_f32(uint16_t bits)
-{
-    _Float16 h;
-    memcpy(&h, &bits, 2);
-    return (float)h;
-}
-
-static inline uint16_t f32_to_f16(float x)
-{
-    _Float16 h = (_Float16)x; /* round to nearest even, like __float2half_rn */
-    uint16_t bits;
-    memcpy(&bits, &h, 2);
-    return bits;
-}
-
 /* Quantize m <= 64 values into one block. */
 static void quantize_group(uint8_t *blk, const float *x, int m)
 {
@@ -34,8 +19,8 @@ static void quantize_group(uint8_t *blk, const float *x, int m)
         mn = x[i] < mn ? x[i] : mn;
         mx = x[i] > mx ? x[i] : mx;
     }
-    uint16_t hs = f32_to_f16((mx - mn) / 15.0f), hm = f32_to_f16(mn);
-    float sc = f16_to_f32(hs), mnr = f16_to_f32(hm);
+    uint16_t hs = kern_f32_to_f16((mx - mn) / 15.0f), hm = kern_f32_to_f16(mn);
+    float sc = kern_f16_to_f32(hs), mnr = kern_f16_to_f32(hm);
     memcpy(blk, &hs, 2);
     memcpy(blk + 2, &hm, 2);
     uint8_t *codes = blk + 4;
@@ -55,7 +40,7 @@ void kern_q4_dequant_row(float *dst, const uint8_t *src, int n)
         uint16_t hs, hm;
         memcpy(&hs, src, 2);
         memcpy(&hm, src + 2, 2);
-        float sc = f16_to_f32(hs), mn = f16_to_f32(hm);
+        float sc = kern_f16_to_f32(hs), mn = kern_f16_to_f32(hm);
         int m = n - g0 < KERN_Q4_GROUP ? n - g0 : KERN_Q4_GROUP;
         for (int i = 0; i < m; i++) {
             int q = (src[4 + i / 2] >> (4 * (i & 1))) & 15;
@@ -88,7 +73,7 @@ void kern_q4_quantize_h16(uint8_t *dst, const uint16_t *src, size_t rows, int n)
             int m = n - g0 < KERN_Q4_GROUP ? n - g0 : KERN_Q4_GROUP;
             float x[KERN_Q4_GROUP];
             for (int i = 0; i < m; i++)
-                x[i] = f16_to_f32(src[r * (size_t)n + g0 + i]);
+                x[i] = kern_f16_to_f32(src[r * (size_t)n + g0 + i]);
             quantize_group(dst + r * rb + (size_t)(g0 / KERN_Q4_GROUP) * KERN_Q4_BLOCK, x, m);
         }
 }

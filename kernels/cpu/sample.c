@@ -21,12 +21,12 @@ static float log_softmax_at(const float *x, int V, int idx)
     return (float)((double)x[idx] - mx - log(sum));
 }
 
-static const float *cmp_base;
-
-static int cmp_desc(const void *a, const void *b)
+/* qsort_r comparator over token ids: prob descending. */
+static int cmp_desc(const void *a, const void *b, void *prob)
 {
     int32_t i = *(const int32_t *)a, j = *(const int32_t *)b;
-    float x = cmp_base[i], y = cmp_base[j];
+    const float *p = prob;
+    float x = p[i], y = p[j];
     if (x != y)
         return x < y ? 1 : -1;
     return (i > j) - (i < j); /* stable: lower id first */
@@ -56,13 +56,7 @@ int32_t kern_sample_ref(const float *logits, int V, float temperature,
             prob[i] = (float)(prob[i] / sum);
             order[i] = i;
         }
-        /* qsort is not reentrant over cmp_base; callers sample one row at
-         * a time per thread group, so guard it. */
-        #pragma omp critical(kern_sample_sort)
-        {
-            cmp_base = prob;
-            qsort(order, (size_t)V, sizeof *order, cmp_desc);
-        }
+        qsort_r(order, (size_t)V, sizeof *order, cmp_desc, prob); /* glibc's */
         int keep = V;
         if (top_p < 1.0f) {
             double c = 0.0;

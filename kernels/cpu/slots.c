@@ -70,18 +70,8 @@ SLOT_ELEMENT_HELPERS(SLOT_FN, float, f32_ld, f32_st)
 #undef SLOT_FN
 
 /* fp16 caches (the CUDA backend's storage type) in host memory */
-static inline float h16_ld(const uint16_t *p)
-{
-    _Float16 h;
-    memcpy(&h, p, 2);
-    return (float)h;
-}
-
-static inline void h16_st(uint16_t *p, float x)
-{
-    _Float16 h = (_Float16)x; /* round to nearest even, like __float2half */
-    memcpy(p, &h, 2);
-}
+static inline float h16_ld(const uint16_t *p) { return kern_f16_to_f32(*p); }
+static inline void h16_st(uint16_t *p, float x) { *p = kern_f32_to_f16(x); }
 
 #define SLOT_T uint16_t
 #define SLOT_FN(n) n##_h16

@@ -49,8 +49,7 @@ int cli_calibrate(int argc, char **argv)
     backend_destroy(&be);
     if (rc < 0)
         return cli_fail();
-    sched_calib_print(stdout, &cb);
-    if (outp && sched_calib_write(outp, &cb) < 0)
+    if (sched_calib_print(stdout, &cb) < 0 || (outp && sched_calib_write(outp, &cb) < 0))
         return cli_fail();
     return 0;
 }

@@ -17,9 +17,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
+#include <xxhash.h>
 
 #include "err.h"
+#include "kern.h"
 #include "off.h"
 
 typedef struct seq_state {
@@ -50,30 +51,11 @@ static void seq_advance(seq_state *s, int n_new)
     s->n_slots = s->n_past < s->budget ? s->n_past : s->budget;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-/* FNV-1a of the id, mixed with the seed: the prompt's own random stream. */
+/* The prompt's own random stream: the id (compact JSON) hashed with the
+ * seed, so that a prompt draws the same numbers in any batch and order. */
 static uint64_t seq_seed(uint64_t seed, const char *id)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (const char *c = id; *c; c++)
-        h = (h ^ (uint8_t)*c) * 0x100000001b3ull;
-    uint64_t s = seed ^ h;
-    splitmix(&s);
-    return s;
+    return XXH3_64bits_withSeed(id, strlen(id), seed);
 }
 
 int gen_max_new(const prompt *p, const gen_opts *o, int max_pos)
@@ -134,7 +116,7 @@ typedef struct gen_ctx {
 /* The progress line on stderr, at most once a second (force: now). */
 static void gen_progress(gen_ctx *gc, const gen_stats *st, int force)
 {
-    double now = now_s();
+    double now = kern_now_s();
     if (!gc->progress || (!force && now - gc->last_report < 1.0))
         return;
     double el = now - gc->t_start, rate = el > 0 ? st->generated / el : 0;
@@ -244,7 +226,7 @@ static int sample_rows(gen_ctx *gc, block_buf *bb, seq_state *ss, int n_out,
         seq_state *s = &ss[bb->members[i]];
         bb->temp[i] = o->temperature;
         bb->topp[i] = o->top_p;
-        bb->u[i] = (splitmix(&s->rng) >> 11) * 0x1.0p-53;
+        bb->u[i] = (kern_splitmix64(&s->rng) >> 11) * 0x1.0p-53;
     }
     FORWARD_IF(be->ops->sample(be->ctx, sched_logits(gc->sc), n_out, c->vocab_size,
                                       bb->temp, bb->topp, bb->u, bb->tokens, bb->lps));
@@ -260,7 +242,7 @@ static int run_block(gen_ctx *gc, block_buf *bb, seq_state *ss, int n,
     int next = 0, gbs = gc->gbs;
     /* prefill: whole prompts packed in sequence order; each GPU batch
      * brings at most max_rows tokens to a pass */
-    double t0 = now_s();
+    double t0 = kern_now_s();
     for (int first = 0; first < n;) {
         int rows = 0, n_out = 0, s = first, batch_rows = 0;
         for (int k = 0; k < n; k++)
@@ -307,11 +289,11 @@ static int run_block(gen_ctx *gc, block_buf *bb, seq_state *ss, int n,
             ss[k].done = 1;
             ss[k].finish = "length";
         }
-    st->prefill_s += now_s() - t0;
+    st->prefill_s += kern_now_s() - t0;
     FORWARD_IF(flush_done(ss, n, &next, t, out));
 
     /* decode: every unfinished sequence feeds its last token */
-    t0 = now_s();
+    t0 = kern_now_s();
     for (int step = 1;; step++) {
         int rows = 0;
         for (int k = 0; k < n; k++) {
@@ -343,7 +325,7 @@ static int run_block(gen_ctx *gc, block_buf *bb, seq_state *ss, int n,
         st->generated += rows;
         FORWARD_IF(flush_done(ss, n, &next, t, out));
     }
-    st->decode_s += now_s() - t0;
+    st->decode_s += kern_now_s() - t0;
     return 0;
 }
 
@@ -450,7 +432,7 @@ int gen_run(model *m, sched *sc, const tok *t, const prompt_set *ps, outfile *ou
     FORWARD_IF(gen_check(c, ps, o));
     gen_ctx gc = {.m = m, .c = c, .sc = sc, .gbs = sched_get_policy(sc)->gpu_batch_size,
                   .block = sched_block(sc), .max_rows = sched_max_rows(sc),
-                  .cap = sched_cap(sc), .t_start = now_s(), .progress = o->progress};
+                  .cap = sched_cap(sc), .t_start = kern_now_s(), .progress = o->progress};
     gc.last_report = gc.t_start;
     /* pending prompts, in file order */
     int n_todo = 0, max_prompt = 0, max_new = 1;
@@ -474,7 +456,7 @@ int gen_run(model *m, sched *sc, const tok *t, const prompt_set *ps, outfile *ou
     int B = gc.block < n_todo ? gc.block : n_todo;
     if (B == 0) {
         free(todo);
-        st->total_s = now_s() - gc.t_start;
+        st->total_s = kern_now_s() - gc.t_start;
         return 0;
     }
     int max_rows = B * max_prompt;
@@ -565,6 +547,6 @@ int gen_run(model *m, sched *sc, const tok *t, const prompt_set *ps, outfile *ou
         for (int l = 0; l < st->n_layer; l++)
             st->kept_mass[l] /= (double)st->kept_samples;
     free(todo);
-    st->total_s = now_s() - gc.t_start;
+    st->total_s = kern_now_s() - gc.t_start;
     return rc;
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "err.h"
 
@@ -162,13 +163,34 @@ void prompts_free(prompt_set *ps)
 
 /* ------------------------------------------------------------ output */
 
+/* The slot of id in the done set: where it is, or the free slot where it
+ * belongs. The set always has a free slot (at most half full). */
+static size_t done_slot(char *const *done, size_t mask, const char *id)
+{
+    size_t i = (size_t)XXH3_64bits(id, strlen(id)) & mask;
+    while (done[i] && strcmp(done[i], id) != 0)
+        i = (i + 1) & mask;
+    return i;
+}
+
 static int add_done(outfile *o, const char *id)
 {
-    char **nd = realloc(o->done, sizeof *nd * (size_t)(o->n_done + 1));
-    RETURN_IF(!nd, -ENOMEM, "out of memory");
-    o->done = nd;
-    o->done[o->n_done] = strdup(id);
-    RETURN_IF(!o->done[o->n_done], -ENOMEM, "out of memory");
+    if (!o->done || 2 * ((size_t)o->n_done + 1) > o->done_mask + 1) {
+        size_t cap = o->done ? 2 * (o->done_mask + 1) : 64;
+        char **nd = calloc(cap, sizeof *nd);
+        RETURN_IF(!nd, -ENOMEM, "out of memory for %d completed ids", o->n_done + 1);
+        for (size_t i = 0; o->done && i <= o->done_mask; i++)
+            if (o->done[i])
+                nd[done_slot(nd, cap - 1, o->done[i])] = o->done[i];
+        free(o->done);
+        o->done = nd;
+        o->done_mask = cap - 1;
+    }
+    size_t i = done_slot(o->done, o->done_mask, id);
+    if (o->done[i])
+        return 0; /* already there */
+    o->done[i] = strdup(id);
+    RETURN_IF(!o->done[i], -ENOMEM, "out of memory");
     o->n_done++;
     return 0;
 }
@@ -237,10 +259,7 @@ int outfile_open(const char *path, int resume, outfile *o)
 
 int outfile_has(const outfile *o, const char *id)
 {
-    for (int i = 0; i < o->n_done; i++)
-        if (strcmp(o->done[i], id) == 0)
-            return 1;
-    return 0;
+    return o->done && o->done[done_slot(o->done, o->done_mask, id)] != NULL;
 }
 
 char *utf8_sanitize(const char *s, size_t len, size_t *out_len)
@@ -249,26 +268,13 @@ char *utf8_sanitize(const char *s, size_t len, size_t *out_len)
     if (!out)
         return NULL;
     size_t o = 0, i = 0;
-    const unsigned char *u = (const unsigned char *)s;
     while (i < len) {
-        unsigned c = u[i];
-        size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        int ok = n > 0 && i + n <= len;
-        for (size_t k = 1; ok && k < n; k++)
-            ok = (u[i + k] & 0xc0) == 0x80;
-        if (ok && n > 1) { /* reject overlongs, surrogates, > U+10FFFF */
-            uint32_t cp = c & (0xff >> (n + 1));
-            for (size_t k = 1; k < n; k++)
-                cp = cp << 6 | (u[i + k] & 0x3f);
-            static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
-            ok = cp >= min[n] && cp <= 0x10ffff && (cp < 0xd800 || cp > 0xdfff);
-        }
-        if (ok && c == 0)
-            ok = 0; /* NUL cannot travel in a C string */
-        if (ok) {
-            memcpy(out + o, u + i, n);
-            o += n;
-            i += n;
+        uint32_t cp;
+        int n = tok_utf8_char(s + i, len - i, &cp);
+        if (n > 0 && cp != 0) { /* NUL cannot travel in a C string */
+            memcpy(out + o, s + i, (size_t)n);
+            o += (size_t)n;
+            i += (size_t)n;
         } else {
             memcpy(out + o, "\xef\xbf\xbd", 3);
             o += 3;
@@ -334,7 +340,7 @@ int outfile_close(outfile *o)
         if (rc < 0)
             err_set(__FILE__, __LINE__, "%s: closing failed (%s)", o->path, strerror(-rc));
     }
-    for (int i = 0; i < o->n_done; i++)
+    for (size_t i = 0; o->done && i <= o->done_mask; i++)
         free(o->done[i]);
     free(o->done);
     free(o->path);

@@ -37,8 +37,12 @@ void prompts_free(prompt_set *ps);
 typedef struct outfile {
     FILE *f;
     char *path;
-    char **done;     /* (n_done) ids already in the file (resume) */
-    int n_done;
+    /* the ids of the records in the file (read on resume, added per
+     * write): a hash set, XXH3 + linear probing, at most half full, so
+     * that outfile_has is O(1) per prompt */
+    char **done;     /* (done_mask + 1) owned ids, NULL = free slot */
+    size_t done_mask;
+    int n_done;      /* distinct ids */
 } outfile;
 
 /* Open the completions file. Without resume an existing non-empty file is
@@ -57,8 +61,10 @@ int outfile_write(outfile *o, const char *id, const char *text, size_t len,
 /* fsync and close. @return 0 or -errno. */
 int outfile_close(outfile *o);
 
-/* Copy of s[0..len) with every invalid UTF-8 sequence replaced by U+FFFD,
- * NUL-terminated; caller frees. */
+/* Copy of s[0..len) with each byte that does not start a valid UTF-8
+ * character (tok_utf8_char) and each NUL replaced by U+FFFD, NUL-terminated;
+ * *out_len (may be NULL) gets its length. @return the copy, which the
+ * caller frees, or NULL when out of memory. */
 char *utf8_sanitize(const char *s, size_t len, size_t *out_len);
 
 #endif

@@ -14,14 +14,6 @@
 
 /* ------------------------------------------------------------ random */
 
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 /* Uniform(-a, a) with a = std * sqrt(3) (so the standard deviation is std),
  * in parallel blocks each seeded by (seed, block): the values depend only on
  * the seed, not on the thread count, and an OPT-30B fills in seconds. */
@@ -34,7 +26,7 @@ static void fill_random(float *x, size_t n, float std, uint64_t seed)
         uint64_t s = seed ^ (b * 0xd1b54a32d192ed03ull);
         size_t end = (b + 1) * blk < n ? (b + 1) * blk : n;
         for (size_t i = b * blk; i < end; i++)
-            x[i] = a * (float)((int64_t)(splitmix(&s) >> 11) * 0x1.0p-52 - 1.0);
+            x[i] = a * (float)((int64_t)(kern_splitmix64(&s) >> 11) * 0x1.0p-52 - 1.0);
     }
 }
 
@@ -48,7 +40,7 @@ static void fill_const(float *x, size_t n, float v)
 static void fill_init(char init, float *x, size_t n, uint64_t *s)
 {
     if (init == 'n')
-        fill_random(x, n, 0.02f, splitmix(s));
+        fill_random(x, n, 0.02f, kern_splitmix64(s));
     else
         fill_const(x, n, init == '1' ? 1.0f : 0.0f);
 }

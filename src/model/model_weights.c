@@ -46,12 +46,12 @@ void model_convert_elems(void *dst, size_t dst_es, const void *src, size_t src_e
         const float *f = src;
         uint16_t *h = dst;
         for (size_t i = 0; i < n; i++)
-            h[i] = st_f32_to_f16(f[i]);
+            h[i] = kern_f32_to_f16(f[i]);
     } else {
         const uint16_t *h = src;
         float *f = dst;
         for (size_t i = 0; i < n; i++)
-            f[i] = st_f16_to_f32(h[i]);
+            f[i] = kern_f16_to_f32(h[i]);
     }
 }
 

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "err.h"
+#include "kern.h"
 #include "off.h"
 #include "model_config.h"
 
@@ -243,58 +244,6 @@ const st_tensor *st_find(const st_set *s, const char *name)
     return NULL;
 }
 
-uint16_t st_f32_to_f16(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint32_t sign = (x >> 16) & 0x8000u;
-    int32_t exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
-    uint32_t man = x & 0x7fffffu;
-    if (((x >> 23) & 0xff) == 0xff) /* inf / nan */
-        return (uint16_t)(sign | 0x7c00u | (man ? 0x200u : 0));
-    if (exp >= 31)
-        return (uint16_t)(sign | 0x7c00u);
-    if (exp <= 0) {
-        if (exp < -10)
-            return (uint16_t)sign;
-        man |= 0x800000u;
-        int shift = 14 - exp;
-        uint32_t h = man >> shift, rem = man & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (h & 1)))
-            h++;
-        return (uint16_t)(sign | h);
-    }
-    uint32_t h = (uint32_t)exp << 10 | man >> 13, rem = man & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (h & 1)))
-        h++; /* may carry into the exponent, which is right */
-    return (uint16_t)(sign | h);
-}
-
-float st_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ffu;
-    uint32_t x;
-    if (exp == 0) {
-        if (man == 0) {
-            x = sign;
-        } else { /* subnormal: normalise */
-            exp = 127 - 15 + 1;
-            while (!(man & 0x400u)) {
-                man <<= 1;
-                exp--;
-            }
-            x = sign | exp << 23 | (man & 0x3ffu) << 13;
-        }
-    } else if (exp == 31) {
-        x = sign | 0x7f800000u | man << 13;
-    } else {
-        x = sign | (exp + 127 - 15) << 23 | man << 13;
-    }
-    float f;
-    memcpy(&f, &x, 4);
-    return f;
-}
-
 uint16_t st_f32_to_bf16(float f)
 {
     uint32_t x;
@@ -324,7 +273,7 @@ void st_to_f32(const st_tensor *t, float *dst, size_t n)
         for (size_t i = 0; i < n; i++) {
             uint16_t h;
             memcpy(&h, p + 2 * i, 2);
-            dst[i] = st_f16_to_f32(h);
+            dst[i] = kern_f16_to_f32(h);
         }
         break;
     case ST_BF16:
@@ -386,7 +335,7 @@ int st_write(const char *path, const st_out *tensors, int n, st_dtype dtype)
         for (size_t j = 0; j < cnt && ok; j += 4096) {
             size_t m = cnt - j < 4096 ? cnt - j : 4096;
             for (size_t k = 0; k < m; k++)
-                buf[k] = dtype == ST_F16 ? st_f32_to_f16(tensors[i].data[j + k])
+                buf[k] = dtype == ST_F16 ? kern_f32_to_f16(tensors[i].data[j + k])
                                          : st_f32_to_bf16(tensors[i].data[j + k]);
             ok = fwrite(buf, 2, m, f) == m;
         }

@@ -45,9 +45,8 @@ typedef struct st_out {
 } st_out;
 int st_write(const char *path, const st_out *tensors, int n, st_dtype dtype);
 
-/* fp16 / bf16 conversions (round to nearest even). */
-uint16_t st_f32_to_f16(float f);
-float st_f16_to_f32(uint16_t h);
+/* bf16 conversions (round to nearest even; fp16: kern_f32_to_f16 and
+ * kern_f16_to_f32 of kern.h). */
 uint16_t st_f32_to_bf16(float f);
 float st_bf16_to_f32(uint16_t h);
 

@@ -29,8 +29,10 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "err.h"
+#include "off.h"
 
 /* Largest id accepted: bounds the per-id arrays a corrupt file can ask for
  * (largest real vocabularies are ~256k). */
@@ -156,10 +158,7 @@ struct str_map {
 
 static uint64_t str_hash(const char *s, size_t len)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-    return h ^ h >> 29;
+    return XXH3_64bits(s, len);
 }
 
 static int str_map_init(struct str_map *m, size_t n)
@@ -254,25 +253,19 @@ static int is_markup(const char *s, size_t len)
 static size_t token_bytes(const char *s, size_t len, const int16_t *inv,
                           char *out)
 {
-    size_t n = 0;
-    if (tok_utf8_check(s, len, NULL) == 0) {
-        const unsigned char *p = (const unsigned char *)s;
-        size_t i = 0;
-        while (i < len) {
-            uint32_t c = p[i];
-            size_t w = c < 0x80 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
-            if (w == 2)
-                c = (c & 0x1f) << 6 | (p[i + 1] & 0x3f);
-            if (w > 2 || c >= CP_BYTE_MAX || inv[c] < 0)
-                break;
-            if (out)
-                out[n] = (char)inv[c];
-            n++;
-            i += w;
-        }
-        if (i == len)
-            return n;
+    size_t n = 0, i = 0;
+    while (i < len) {
+        uint32_t c;
+        int w = tok_utf8_char(s + i, len - i, &c);
+        if (w < 0 || c >= CP_BYTE_MAX || inv[c] < 0)
+            break;
+        if (out)
+            out[n] = (char)inv[c];
+        n++;
+        i += (size_t)w;
     }
+    if (i == len)
+        return n;
     if (out)
         memcpy(out, s, len);
     return len;
@@ -652,46 +645,14 @@ int tok_load_mem(const char *vocab_json, size_t vocab_len,
     return rc;
 }
 
-/* Read all of PATH into a malloc'd, NUL-terminated *buf. @return 0 or
- * -errno, recording no message (the caller knows what the file is for). */
-static int read_file(const char *path, char **buf, size_t *len)
-{
-    *buf = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return -errno;
-    int rc = 0;
-    char *b = NULL;
-    long n = -1;
-    if (fseek(f, 0, SEEK_END) == 0)
-        n = ftell(f);
-    if (n < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        rc = -EIO;
-    } else if (!(b = malloc((size_t)n + 1))) {
-        rc = -ENOMEM;
-    } else if (fread(b, 1, (size_t)n, f) != (size_t)n) {
-        rc = ferror(f) ? -EIO : -EAGAIN; /* EAGAIN: file shrank meanwhile */
-    }
-    fclose(f);
-    if (rc < 0) {
-        free(b);
-        return rc;
-    }
-    b[n] = 0;
-    *buf = b;
-    *len = (size_t)n;
-    return 0;
-}
-
 static int load_tokenizer_json(const char *path, tok **out)
 {
     char *text;
     size_t len;
-    int rc = read_file(path, &text, &len);
-    RETURN_IF(rc < 0, rc, "%s: cannot read (%s)", path, strerror(-rc));
+    FORWARD_IF(off_read_file(path, &text, &len)); /* its message names the path */
     struct tok_src src = {.vocab_name = path, .merges_name = path};
     cJSON *root = parse_json(text, len, path);
-    rc = root ? check_tokenizer_json(root, path) : -EINVAL;
+    int rc = root ? check_tokenizer_json(root, path) : -EINVAL;
     if (rc == 0) {
         const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
         rc = vocab_from_json(cJSON_GetObjectItemCaseSensitive(model, "vocab"),
@@ -732,8 +693,12 @@ int tok_load(const char *dir, tok **out)
 
     char *vocab, *merges;
     size_t vlen, mlen;
-    int rc = read_file(vpath, &vocab, &vlen);
+    /* off_read_file's message names the path; a missing file's is
+     * replaced (err_clear: the first message wins) by one that says what to
+     * copy, or dropped when tokenizer.json stands in for the pair */
+    int rc = off_read_file(vpath, &vocab, &vlen);
     if (rc == -ENOENT) {
+        err_clear();
         RETURN_IF(access(jpath, F_OK) != 0, -ENOENT,
                   "%s: not found, nor tokenizer.json; copy the model's "
                   "tokenizer files (vocab.json and merges.txt, or "
@@ -741,16 +706,16 @@ int tok_load(const char *dir, tok **out)
                   vpath, dir);
         return load_tokenizer_json(jpath, out);
     }
-    RETURN_IF(rc < 0, rc, "%s: cannot read (%s)", vpath, strerror(-rc));
-    rc = read_file(mpath, &merges, &mlen);
+    FORWARD_IF(rc);
+    rc = off_read_file(mpath, &merges, &mlen);
     if (rc < 0) {
         free(vocab);
+        if (rc == -ENOENT)
+            err_clear();
         RETURN_IF(rc == -ENOENT, rc,
                   "%s: not found, but vocab.json is there; copy merges.txt "
                   "of the same tokenizer into %s",
                   mpath, dir);
-        err_set(__FILE__, __LINE__, "%s: cannot read (%s)", mpath,
-                strerror(-rc));
         return rc;
     }
 

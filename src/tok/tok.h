@@ -85,10 +85,16 @@ int tok_decode(const tok *t, const int32_t *ids, size_t n, char **out);
  * start a character. @return an offset in (POS, LEN]. */
 size_t tok_pretok_next(const char *s, size_t len, size_t pos);
 
-/* @return 0 when S[0..LEN) is valid UTF-8 (no overlong forms, surrogates
- * or code points past U+10FFFF), else -EILSEQ with *bad (may be NULL) set
- * to the offset of the first byte of the first invalid sequence. Records
- * no message. */
+/* The one UTF-8 decoder of flexh2o (libutf8proc's utf8proc_iterate): the
+ * character that starts S[0..LEN), LEN > 0, with its code point in *CP.
+ * Overlong forms, surrogates, code points past U+10FFFF, stray
+ * continuation bytes and a sequence cut by LEN are invalid. @return its
+ * byte length (1 to 4), or -EILSEQ (*CP untouched). Records no message. */
+int tok_utf8_char(const char *s, size_t len, uint32_t *cp);
+
+/* @return 0 when S[0..LEN) is valid UTF-8 (every character passes
+ * tok_utf8_char), else -EILSEQ with *bad (may be NULL) set to the offset
+ * of the first byte of the first invalid sequence. Records no message. */
 int tok_utf8_check(const char *s, size_t len, size_t *bad);
 
 /* ---------------------------------------------------------- embedded */

@@ -72,72 +72,47 @@ static int unicode16_cls(uint32_t c)
     return CLS_O;
 }
 
-int tok_utf8_check(const char *s, size_t len, size_t *bad)
+int tok_utf8_char(const char *s, size_t len, uint32_t *cp)
 {
     const unsigned char *p = (const unsigned char *)s;
-    size_t i = 0;
-    while (i < len) {
-        unsigned c = p[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        /* lo..hi: allowed range of the second byte, which is where
-         * overlong forms, surrogates and > U+10FFFF are excluded. */
-        size_t n;
-        unsigned lo = 0x80, hi = 0xbf;
-        if (c >= 0xc2 && c <= 0xdf) {
-            n = 2;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            n = 3;
-            if (c == 0xe0)
-                lo = 0xa0;
-            else if (c == 0xed)
-                hi = 0x9f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            n = 4;
-            if (c == 0xf0)
-                lo = 0x90;
-            else if (c == 0xf4)
-                hi = 0x8f;
-        } else {
-            goto fail;
-        }
-        if (len - i < n || p[i + 1] < lo || p[i + 1] > hi)
-            goto fail;
-        for (size_t k = 2; k < n; k++)
-            if ((p[i + k] & 0xc0) != 0x80)
-                goto fail;
-        i += n;
+    if (len > 0 && p[0] < 0x80) { /* ASCII without the library call */
+        *cp = p[0];
+        return 1;
     }
-    return 0;
-fail:
-    if (bad)
-        *bad = i;
-    return -EILSEQ;
+    /* a character has at most 4 bytes; a larger len could turn negative,
+     * which utf8proc reads as "NUL-terminated" */
+    utf8proc_int32_t c;
+    utf8proc_ssize_t n = utf8proc_iterate(p, len < 4 ? (utf8proc_ssize_t)len : 4, &c);
+    if (n <= 0)
+        return -EILSEQ;
+    *cp = (uint32_t)c;
+    return (int)n;
 }
 
-/* Decode the (valid) character at *i and advance *i past it. */
-static inline uint32_t utf8_next(const unsigned char *p, size_t *i)
+int tok_utf8_check(const char *s, size_t len, size_t *bad)
 {
-    uint32_t c = p[*i];
-    if (c < 0x80) {
-        *i += 1;
-        return c;
+    uint32_t c;
+    for (size_t i = 0; i < len;) {
+        int n = tok_utf8_char(s + i, len - i, &c);
+        if (n < 0) {
+            if (bad)
+                *bad = i;
+            return -EILSEQ;
+        }
+        i += (size_t)n;
     }
-    if (c < 0xe0) {
-        c = (c & 0x1f) << 6 | (p[*i + 1] & 0x3f);
-        *i += 2;
-    } else if (c < 0xf0) {
-        c = (c & 0x0f) << 12 | (uint32_t)(p[*i + 1] & 0x3f) << 6 |
-            (p[*i + 2] & 0x3f);
-        *i += 3;
-    } else {
-        c = (c & 0x07) << 18 | (uint32_t)(p[*i + 1] & 0x3f) << 12 |
-            (uint32_t)(p[*i + 2] & 0x3f) << 6 | (p[*i + 3] & 0x3f);
-        *i += 4;
-    }
-    return c;
+    return 0;
+}
+
+/* Decode the character at *i of the valid text p[0..len) and advance *i
+ * past it (an invalid byte, which a caller breaking the contract could
+ * pass, is read as U+FFFD and skipped). */
+static inline uint32_t utf8_next(const unsigned char *p, size_t len, size_t *i)
+{
+    uint32_t c;
+    int n = tok_utf8_char((const char *)p + *i, len - *i, &c);
+    *i += n > 0 ? (size_t)n : 1;
+    return n > 0 ? c : 0xfffd;
 }
 
 static int cls_of(uint32_t c)
@@ -177,7 +152,7 @@ size_t tok_pretok_next(const char *s, size_t len, size_t pos)
 {
     const unsigned char *p = (const unsigned char *)s;
     size_t i = pos;
-    uint32_t c0 = utf8_next(p, &i);
+    uint32_t c0 = utf8_next(p, len, &i);
 
     /* 's|'t|'re|'ve|'m|'ll|'d */
     if (c0 == '\'' && i < len) {
@@ -196,13 +171,13 @@ size_t tok_pretok_next(const char *s, size_t len, size_t pos)
     size_t j = i;
     uint32_t c = c0;
     if (c0 == ' ' && i < len)
-        c = utf8_next(p, &j);
+        c = utf8_next(p, len, &j);
     int k = cls_of(c);
     if (k != CLS_WS) {
         size_t e = j;
         while (e < len) {
             size_t e2 = e;
-            if (cls_of(utf8_next(p, &e2)) != k)
+            if (cls_of(utf8_next(p, len, &e2)) != k)
                 break;
             e = e2;
         }
@@ -214,7 +189,7 @@ size_t tok_pretok_next(const char *s, size_t len, size_t pos)
     size_t e = i, last = pos;
     while (e < len) {
         size_t e2 = e;
-        if (cls_of(utf8_next(p, &e2)) != CLS_WS)
+        if (cls_of(utf8_next(p, len, &e2)) != CLS_WS)
             break;
         last = e;
         e = e2;
