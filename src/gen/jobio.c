@@ -247,14 +247,21 @@ int outfile_open(const char *path, int resume, outfile *o)
     o->path = strdup(path);
     RETURN_IF(!o->path, -ENOMEM, "out of memory");
     struct stat st;
-    if (!resume && stat(path, &st) == 0 && st.st_size > 0)
-        RETURN_IF(1, -EEXIST, "%s already exists; pass --resume to continue that job "
-                  "or choose another --out", path);
-    if (resume)
-        FORWARD_IF(scan_existing(o));
-    o->f = fopen(path, "ab");
-    RETURN_IF(!o->f, -errno, "%s: cannot open for writing (%s)", path, strerror(errno));
-    return 0;
+    int rc = 0;
+    if (!resume && stat(path, &st) == 0 && st.st_size > 0) {
+        err_set(__FILE__, __LINE__, "%s already exists; pass --resume to continue that job "
+                "or choose another --out", path);
+        rc = -EEXIST;
+    }
+    if (rc == 0 && resume)
+        rc = scan_existing(o);
+    if (rc == 0 && !(o->f = fopen(path, "ab"))) {
+        rc = -errno;
+        err_set(__FILE__, __LINE__, "%s: cannot open for writing (%s)", path, strerror(errno));
+    }
+    if (rc < 0)
+        outfile_close(o); /* frees what was set up; the file itself is untouched */
+    return rc;
 }
 
 int outfile_has(const outfile *o, const char *id)

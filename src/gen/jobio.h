@@ -48,7 +48,7 @@ typedef struct outfile {
 /* Open the completions file. Without resume an existing non-empty file is
  * refused (nothing is overwritten); with resume the ids already present are
  * read, a torn last line (a killed job) is cut off, and new records are
- * appended. @return 0 or -errno. */
+ * appended. @return 0 or -errno (then o holds nothing to close). */
 int outfile_open(const char *path, int resume, outfile *o);
 /* 1 when a record with this id (compact JSON) is already in the file. */
 int outfile_has(const outfile *o, const char *id);
