@@ -5,7 +5,7 @@
         --percent "0 0 100 0 100 0" --gpu-batch-size 8 --num-gpu-batches 2 \
         --prompt-len 32 --gen-len 8 --offload-dir /tmp/off [--gpu-mem 16G] [--cpu-attention]
         [--kv "--kv-policy h2o --kv-ratio 0.2"] [--threads N] [--flexh2o build/src/flexh2o]
-        [--compress none|weight|cache|both]
+        [--compress none|weight|cache|both] [--io-order-ab]
     python3 benchmarks/bench_offload.py --policy policy.json ...   # e.g. what `flexh2o search` wrote
 
 Steps, all measured in this run (nothing extrapolated):
@@ -26,6 +26,9 @@ for the whole generation (N*n / (T_prefill + (n-1) T_step)).
 --threads N gives the offloaded run N compute threads (on a small CPU machine the
 disk I/O needs a core of its own); the floor always uses every core, so the bound
 stays the fastest all-resident compute.
+--io-order-ab runs the offloaded policy a second time with FLEXH2O_IO_ORDER=host (CPU-tier
+copies ordered by the I/O threads, the earlier design) as the peer of the default
+(device-ordered on CUDA) and prints both with their ratio.
 Prints Markdown.
 """
 import argparse
@@ -52,8 +55,8 @@ def plan(a, base, percent):
     return tiers
 
 
-def run(base, percent, extra):
-    r = sh(base + ["--percent"] + percent.split() + extra)
+def run(base, percent, extra, env=None):
+    r = sh(base + ["--percent"] + percent.split() + extra, env)
     links = {l.group(1): (float(l.group(2)), float(l.group(3)))
              for l in re.finditer(r"link (\S+)\s+([\d.]+) GiB moved,\s+([\d.]+) GB/s", r.stderr)}
     return dict(summary(r.stderr), links=links, stderr=r.stderr)
@@ -82,6 +85,8 @@ def main():
                     help="take block shape, --percent and CPU attention from a policy file")
     ap.add_argument("--threads", type=int, default=0,
                     help="compute threads of the offloaded run (default: every core)")
+    ap.add_argument("--io-order-ab", action="store_true",
+                    help="also run the policy with FLEXH2O_IO_ORDER=host as the peer")
     ap.add_argument("--flexh2o", default=FLEXH2O)
     a = ap.parse_args()
     if a.policy:
@@ -115,6 +120,8 @@ def main():
         extra += ["--threads", str(a.threads)]
     tiers = plan(a, base("plan"), a.percent)
     off = run(base("off"), a.percent, extra)
+    host = run(base("host"), a.percent, extra, {"FLEXH2O_IO_ORDER": "host"}) \
+        if a.io_order_ab else None
     # the compute floor runs without the cap: it measures the kernels, not a policy
     res_cmd = base("res")
     if a.gpu_mem:
@@ -162,10 +169,20 @@ def main():
     print("|---|---|---|---|---|")
     print(f"| all-resident (compute floor) | {t_pre_res:.2f} | {t_step_res:.3f} | "
           f"{res['decode_tps']:.2f} | {N*n/(t_pre_res+steps*t_step_res):.2f} |")
-    print(f"| offloaded | {t_pre:.2f} | {t_step:.3f} | {off['decode_tps']:.2f} | {meas_tps:.2f} |")
+    order = re.search(r"CPU-tier copies: ([\w -]+)", off["stderr"])
+    print(f"| offloaded ({order.group(1) if order else '?'}) | {t_pre:.2f} | {t_step:.3f} | "
+          f"{off['decode_tps']:.2f} | {meas_tps:.2f} |")
+    if host:
+        h_step = N / host["decode_tps"]
+        h_pre = host["prefill_tokens"] / host["prefill_tps"]
+        print(f"| offloaded (FLEXH2O_IO_ORDER=host) | {h_pre:.2f} | {h_step:.3f} | "
+              f"{host['decode_tps']:.2f} | {N*n/(h_pre+steps*h_step):.2f} |")
     print(f"| bound | {bound_pre:.2f} | {bound_step:.3f} | {N/bound_step:.2f} | {bound_tps:.2f} |")
     print(f"\ndecode efficiency {100*bound_step/t_step:.0f}% of the bound; whole generation "
           f"{100*meas_tps/bound_tps:.0f}%\n")
+    if host:
+        print(f"default / FLEXH2O_IO_ORDER=host, decode tok/s: "
+              f"{off['decode_tps'] / host['decode_tps']:.2f}x (same run)\n")
     print("links of the offloaded run: " + ", ".join(
         f"{k} {v[0]:.2f} GiB at {v[1]:.2f} GB/s" for k, v in off["links"].items()))
 

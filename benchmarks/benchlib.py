@@ -11,9 +11,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLEXH2O = os.path.join(ROOT, "build", "src", "flexh2o")
 
 
-def sh(cmd):
-    """Run cmd; exit with its stderr when it fails."""
-    r = subprocess.run(cmd, capture_output=True, text=True)
+def sh(cmd, env=None):
+    """Run cmd (with these variables added to the environment); exit with its stderr
+    when it fails."""
+    r = subprocess.run(cmd, capture_output=True, text=True,
+                       env=dict(os.environ, **env) if env else None)
     if r.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr.strip()}")
     return r
