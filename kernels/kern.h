@@ -49,7 +49,7 @@ void kern_embed_ref(float *out, const float *tok_emb, const float *pos_emb,
 void kern_layernorm_ref(float *out, const float *x, const float *w,
                         const float *b, int n, int d, float eps);
 
-/* x(n, d) += b(d), then ReLU when relu != 0. */
+/* x(n, d) += b(d) (b may be NULL: no bias), then ReLU when relu != 0. */
 void kern_bias_act_ref(float *x, const float *b, int n, int d, int relu);
 
 /* y(count) += x(count). */
@@ -83,17 +83,21 @@ int kern_h2o_pick_ref(const float *scores, const int32_t *pos, int n_slots,
  *                      K/V[slot] = k/v_new; scores[slot] = self_p; pos[slot] = n_past
  *
  * and prefill (n_past 0) is exact causal attention over the prompt's own
- * rows, whose softmax column sums seed the scores of the tokens kept. */
+ * rows, whose softmax column sums seed the scores of the tokens kept.
+ *
+ * The ops that need per-thread scratch (a row of probabilities, a row of
+ * keep flags) allocate it once per call, before their OpenMP region, and
+ * return -ENOMEM when that fails (else 0); the caller reports it. */
 
 /* Causal self-attention of each sequence's n_new prompt rows (n_past must be
  * 0). q, k, v: packed rows with stride ld (head h at columns h*head_dim).
  * out (rows, ldo). colsum: NULL, or (rows, n_head) fp32 that receives, for
  * the token of each row, the sum over the queries of its sequence of the
  * softmax probability they gave it (the column sum of the causal softmax). */
-void kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
-                           const float *v, int ld, const kern_seq *seqs,
-                           int n_seq, int n_head, int head_dim, float scale,
-                           float *colsum);
+int kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
+                          const float *v, int ld, const kern_seq *seqs,
+                          int n_seq, int n_head, int head_dim, float scale,
+                          float *colsum);
 
 /* Fill the slot caches from the prompt rows after prefill. Per (sequence,
  * head): when n_new <= budget every token is kept, in slot = position;
@@ -102,20 +106,20 @@ void kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
  * stored in position order in slots [0, budget).
  * kc, vc: (n_seq, n_head, cap, head_dim); scores: NULL or (n_seq, n_head,
  * cap) fp32 set from colsum; pos: (n_seq, n_head, cap) int32. */
-void kern_kv_prefill_ref(float *kc, float *vc, float *scores, int32_t *pos,
-                         const float *k, const float *v, int ld,
-                         const float *colsum, const kern_seq *seqs, int n_seq,
-                         int n_head, int head_dim, int cap);
+int kern_kv_prefill_ref(float *kc, float *vc, float *scores, int32_t *pos,
+                        const float *k, const float *v, int ld,
+                        const float *colsum, const kern_seq *seqs, int n_seq,
+                        int n_head, int head_dim, int cap);
 
 /* Decode attention of one new row per active sequence (n_new 1) over its
  * n_slots cached tokens plus its own new k/v row (not yet in the cache).
  * scores: NULL or (n_seq, n_head, cap), += the probability of every slot;
  * self_p: NULL or (n_seq, n_head), = the probability of the new token. */
-void kern_attn_decode_ref(float *out, int ldo, const float *q, const float *k,
-                          const float *v, int ld, const float *kc,
-                          const float *vc, const kern_seq *seqs, int n_seq,
-                          int n_head, int head_dim, int cap, float scale,
-                          float *scores, float *self_p);
+int kern_attn_decode_ref(float *out, int ldo, const float *q, const float *k,
+                         const float *v, int ld, const float *kc,
+                         const float *vc, const kern_seq *seqs, int n_seq,
+                         int n_head, int head_dim, int cap, float scale,
+                         float *scores, float *self_p);
 
 /* Store the new token of each active sequence (n_new 1) in its cache: slot
  * n_slots while n_slots < budget, else the H2O victim of kern_h2o_pick_ref
@@ -132,13 +136,13 @@ void kern_kv_insert_ref(float *kc, float *vc, float *scores, int32_t *pos,
  * backend's KV) in host memory, everything else fp32 and host: CPU
  * attention (--cpu-attention) over host-resident KV, reading the cache in
  * place. */
-void kern_attn_decode_h16(float *out, int ldo, const float *q, const float *k,
-                          const float *v, int ld, const uint16_t *kc, const uint16_t *vc,
-                          const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                          int cap, float scale, float *scores, float *self_p);
-void kern_kv_prefill_h16(uint16_t *kc, uint16_t *vc, float *scores, int32_t *pos,
-                         const float *k, const float *v, int ld, const float *colsum,
-                         const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap);
+int kern_attn_decode_h16(float *out, int ldo, const float *q, const float *k,
+                         const float *v, int ld, const uint16_t *kc, const uint16_t *vc,
+                         const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                         int cap, float scale, float *scores, float *self_p);
+int kern_kv_prefill_h16(uint16_t *kc, uint16_t *vc, float *scores, int32_t *pos,
+                        const float *k, const float *v, int ld, const float *colsum,
+                        const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap);
 void kern_kv_insert_h16(uint16_t *kc, uint16_t *vc, float *scores, int32_t *pos,
                         const float *k, const float *v, int ld, const float *self_p,
                         const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
@@ -184,13 +188,13 @@ void kern_q4_dequant_row(float *dst, const uint8_t *src, int n);
  * CUDA backend's host-resident compressed KV. Each equals the fp32 op run
  * on the dequantized cache, with the rows it writes quantized
  * (head_dim <= 1024). */
-void kern_attn_decode_q4(float *out, int ldo, const float *q, const float *k,
-                         const float *v, int ld, const uint8_t *kc, const uint8_t *vc,
-                         const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                         int cap, float scale, float *scores, float *self_p);
-void kern_kv_prefill_q4(uint8_t *kc, uint8_t *vc, float *scores, int32_t *pos,
-                        const float *k, const float *v, int ld, const float *colsum,
-                        const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap);
+int kern_attn_decode_q4(float *out, int ldo, const float *q, const float *k,
+                        const float *v, int ld, const uint8_t *kc, const uint8_t *vc,
+                        const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                        int cap, float scale, float *scores, float *self_p);
+int kern_kv_prefill_q4(uint8_t *kc, uint8_t *vc, float *scores, int32_t *pos,
+                       const float *k, const float *v, int ld, const float *colsum,
+                       const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap);
 void kern_kv_insert_q4(uint8_t *kc, uint8_t *vc, float *scores, int32_t *pos,
                        const float *k, const float *v, int ld, const float *self_p,
                        const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,

@@ -172,23 +172,25 @@ static int host_segment(model *m, int kind, const model_kv *g, const kern_seq *s
                                        (const char *)sc->colsum + (size_t)r0 * H * 4, rows * H));
             cs = sc->h_colsum;
         }
-        if (g->q4)
-            kern_kv_prefill_q4(g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, cs, sc->h_seqs,
-                               g->n, H, hd, cap);
-        else
-            kern_kv_prefill_h16(g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, cs, sc->h_seqs,
-                                g->n, H, hd, cap);
+        int rc = g->q4 ? kern_kv_prefill_q4(g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, cs,
+                                            sc->h_seqs, g->n, H, hd, cap)
+                       : kern_kv_prefill_h16(g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, cs,
+                                             sc->h_seqs, g->n, H, hd, cap);
+        RETURN_IF(rc < 0, rc, "out of host memory for the scratch of CPU attention's KV "
+                  "prefill; lower --gpu-batch-size or the prompt length");
         return 0;
     }
     int32_t *ev = evicted ? sc->h_ev : NULL;
+    int rc = g->q4 ? kern_attn_decode_q4(sc->h_att, d, q, k, v, 3 * d, g->kc, g->vc, sc->h_seqs,
+                                         g->n, H, hd, cap, scale, g->scores, sc->h_self)
+                   : kern_attn_decode_h16(sc->h_att, d, q, k, v, 3 * d, g->kc, g->vc, sc->h_seqs,
+                                          g->n, H, hd, cap, scale, g->scores, sc->h_self);
+    RETURN_IF(rc < 0, rc, "out of host memory for the scratch of CPU decode attention; lower "
+              "--gpu-batch-size");
     if (g->q4) {
-        kern_attn_decode_q4(sc->h_att, d, q, k, v, 3 * d, g->kc, g->vc, sc->h_seqs, g->n, H, hd,
-                            cap, scale, g->scores, sc->h_self);
         kern_kv_insert_q4(g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, sc->h_self, sc->h_seqs,
                           g->n, H, hd, cap, ev);
     } else {
-        kern_attn_decode_h16(sc->h_att, d, q, k, v, 3 * d, g->kc, g->vc, sc->h_seqs, g->n, H,
-                             hd, cap, scale, g->scores, sc->h_self);
         kern_kv_insert_h16(g->kc, g->vc, g->scores, g->pos, k, v, 3 * d, sc->h_self,
                            sc->h_seqs, g->n, H, hd, cap, ev);
     }
