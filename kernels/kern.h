@@ -204,11 +204,16 @@ void kern_kv_insert_q4(uint8_t *kc, uint8_t *vc, float *scores, int32_t *pos,
 /* Device pointers are void * for fp16 (__half) data, float * / int32_t *
  * for fp32 / int32 device data; `seqs` of the CUDA ops is a device copy of
  * the kern_seq array (the host copy's maxima are passed as arguments).
- * stream is a cudaStream_t. Each returns 0, or -EIO (-ENOMEM for
- * allocation) with the failing call kept for kern_cuda_error(). */
+ * stream is a cudaStream_t. Each returns 0; -EINVAL for a shape or buffer
+ * it does not support (the message says which); -EIO, or -ENOMEM when the
+ * device is out of memory, for a failed CUDA call. The reason is kept for
+ * kern_cuda_error(). Any batch size fits the launch geometry: the ops take
+ * up to 2^31 - 1 (sequence, head) pairs and prompts and caches of any
+ * length. */
 
 int kern_cuda_available(void);
-/* The last CUDA failure of this thread, as "file:line: call: reason". */
+/* Why the last failing CUDA op of this thread failed, as "file:line:
+ * message" (for a CUDA call: "file:line: call: reason"). */
 const char *kern_cuda_error(void);
 
 /* dst(n) fp16 <- src(n) fp32 and back, both on the device. */
@@ -236,17 +241,23 @@ int kern_attn_prefill_cuda(void *out, int ldo, const void *q, const void *k,
                            const void *v, int ld, const kern_seq *seqs, int n_seq,
                            int n_head, int head_dim, float scale, float *colsum,
                            float *work, int max_new, void *stream);
-/* The tensor-core form of prefill attention, per sequence of n tokens and a
- * group of `heads` heads: the caller forms S (heads, n, n) fp32 = scale Q K^T
- * with a batched GEMM; kern_prefill_softmax_cuda writes P (heads, n, n) fp16
- * = causal softmax(S) (zeros above the diagonal) and, when stats is not
- * NULL, (heads, n, 2) row max and sum; kern_prefill_colsum_cuda then writes
- * the column sums of the softmax, from S in fp32, to colsum[(row0 + j) *
- * n_head + h0 + h]; the caller forms out = P V with a second GEMM. */
-int kern_prefill_softmax_cuda(const float *S, void *P, float *stats, int n, int heads,
-                              void *stream);
-int kern_prefill_colsum_cuda(const float *S, const float *stats, float *colsum, int n,
-                             int heads, int row0, int n_head, int h0, void *stream);
+/* The tensor-core form of prefill attention, per sequence of n tokens, a
+ * group of `heads` heads and a block of `rows` query rows i0 .. i0 + rows - 1
+ * (the whole prompt: i0 0, rows n): the caller forms S (heads, rows, cols)
+ * fp32 = scale Q K^T against the keys 0 .. cols - 1 (cols = i0 + rows: the
+ * keys the block's causal rows see) with a batched GEMM;
+ * kern_prefill_softmax_cuda writes P (heads, rows, cols) fp16 = causal
+ * softmax(S) (zeros above the diagonal) and, when stats is not NULL,
+ * (heads, rows, 2) row max and sum; kern_prefill_colsum_cuda then adds the
+ * block's column sums of the softmax, from S in fp32, to colsum[(row0 + j)
+ * * n_head + h0 + h] (storing them for the columns j >= i0, which start in
+ * this block); the caller forms the block's out = P V with a second GEMM.
+ * Blocks must come in order of i0, each starting where the last ended. */
+int kern_prefill_softmax_cuda(const float *S, void *P, float *stats, int rows, int cols,
+                              int i0, int heads, void *stream);
+int kern_prefill_colsum_cuda(const float *S, const float *stats, float *colsum, int rows,
+                             int cols, int i0, int heads, int row0, int n_head, int h0,
+                             void *stream);
 /* kern_kv_prefill_ref. max_new: the largest n_new. */
 int kern_kv_prefill_cuda(void *kc, void *vc, float *scores, int32_t *pos,
                          const void *k, const void *v, int ld, const float *colsum,
@@ -286,7 +297,7 @@ int kern_q4_dequant_cuda(void *dst, const void *src, size_t rows, int n, void *s
  * kern_q4_row_bytes(head_dim) bytes): the same selections and evictions,
  * new fp16 rows quantized from their fp32 value; decode reads the cache in
  * place. head_dim % 8 == 0, head_dim <= 256 (a short last group is fine);
- * kc, vc 4-byte aligned (-EIO otherwise). work of decode:
+ * kc, vc 4-byte aligned (-EINVAL otherwise). work of decode:
  * kern_attn_decode_q4_work() bytes. */
 int kern_kv_prefill_q4_cuda(void *kc, void *vc, float *scores, int32_t *pos,
                             const void *k, const void *v, int ld, const float *colsum,
