@@ -20,6 +20,15 @@ void kern_cuda_fail(const char *file, int line, const char *fmt, ...)
 
 extern "C" const char *kern_cuda_error(void) { return last_error; }
 
+static unsigned grid_y_max = KERN_GRID_Y_MAX;
+
+unsigned kern_grid_y_max(void) { return grid_y_max; }
+
+extern "C" void kern_cuda_set_grid_y_max(unsigned mx)
+{
+    grid_y_max = mx == 0 || mx > KERN_GRID_Y_MAX ? KERN_GRID_Y_MAX : mx;
+}
+
 extern "C" int kern_cuda_available(void)
 {
     int n = 0;

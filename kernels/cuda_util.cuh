@@ -46,9 +46,11 @@ void kern_cuda_fail(const char *file, int line, const char *fmt, ...)
  * (chunks of slots or of query rows) with a stride of gridDim.y, so any
  * batch fits. kgrid_y gives the y extent for n blocks' worth of work. */
 #define KERN_GRID_Y_MAX 65535u
+unsigned kern_grid_y_max(void); /* KERN_GRID_Y_MAX, or kern_cuda_set_grid_y_max's */
 static inline unsigned kgrid_y(size_t n)
 {
-    return n == 0 ? 1u : n < KERN_GRID_Y_MAX ? (unsigned)n : KERN_GRID_Y_MAX;
+    unsigned mx = kern_grid_y_max();
+    return n == 0 ? 1u : n < mx ? (unsigned)n : mx;
 }
 /* The (sequence, head) pairs of a call must fit gridDim.x and an int. */
 #define KCHECK_PAIRS(n_seq, n_head)                                                    \

@@ -215,6 +215,11 @@ int kern_cuda_available(void);
 /* Why the last failing CUDA op of this thread failed, as "file:line:
  * message" (for a CUDA call: "file:line: call: reason"). */
 const char *kern_cuda_error(void);
+/* Lower the y extent of the attention grids below CUDA's 65535 (0: back to
+ * 65535). The kernels then loop over more y indices per block: the tests
+ * run that loop with small shapes this way. Not thread-safe: set it before
+ * launching. */
+void kern_cuda_set_grid_y_max(unsigned max);
 
 /* dst(n) fp16 <- src(n) fp32 and back, both on the device. */
 int kern_f32_to_f16_cuda(void *dst, const float *src, size_t n, void *stream);
