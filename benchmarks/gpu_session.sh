@@ -5,15 +5,25 @@
 #        [compress] ...
 #
 # Builds with the carried Debian libraries (.deps, see ../shared/tools/gpu-deps),
-# runs the whole test suite (the gpu suite included), the kernel benchmark and
-# the end-to-end comparison with PyTorch + transformers, writing logs and
-# Markdown tables under $OUT (default benchmarks/results/local).
+# runs the whole test suite (the gpu suite under compute-sanitizer), the kernel
+# benchmark and the end-to-end comparison with PyTorch + transformers, writing
+# logs and Markdown tables under $OUT (default benchmarks/results/local).
+#
+# The test step fails the session: a failing test, a gpu-suite program whose
+# every test skipped (on a GPU machine that means the GPU was not used), a
+# sanitizer error, a missing compute-sanitizer or a stage cut short by its time
+# cap makes the script end with a non-zero status and a FAILED list. Time caps
+# (GPU-machine seconds): build as it takes (~1-2 min), test <= 480 (fast suite
+# 150, memcheck over test_kern_cuda 120 and test_gpu_e2e 120, racecheck over
+# the kernel tests 90; typically ~4 min in all), kernels <= 90: the default
+# `test kernels` stays within ~10 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/local}
 mkdir -p "$OUT"
 [ -f .deps/env.sh ] && source .deps/env.sh
-export PATH=/opt/torch/.venv/bin:$PATH   # meson, ninja, python with torch there
+# meson, ninja and python with torch in the venv; compute-sanitizer in the toolkit
+export PATH=/opt/torch/.venv/bin:$PATH:/usr/local/cuda/bin
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
   | tee "$OUT/gpu.txt"
 if [ ! -f build-gpu/build.ninja ]; then
@@ -24,16 +34,78 @@ ninja -C build-gpu > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 
 echo "build ok"
 steps=${*:-test kernels}
 set -- $steps
+
+failed=() # the stages that failed, listed at the end
+fail() { failed+=("$1"); echo "FAILED: $1" >&2; }
+
+# capped SECONDS LOG WHAT CMD...: run CMD (output to LOG) within SECONDS;
+# sets $rc (124: cut short). Never stops the script itself.
+capped() {
+  local secs=$1 log=$2 what=$3
+  shift 3
+  rc=0
+  timeout -k 10 -s INT "$secs" "$@" > "$log" 2>&1 || rc=$?
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    fail "$what: cut short after $secs s (see $log)"
+    rc=124
+  fi
+}
+
+# gpu_test WHAT SECONDS SANITIZER_LOG CMD...: one gpu-suite program (Criterion,
+# --verbose) under a sanitizer or none (SANITIZER_LOG -); its output goes to
+# $OUT/WHAT.out. Exit 77 means every test skipped: here that is a failure.
+gpu_test() {
+  local what=$1 secs=$2 slog=$3
+  shift 3
+  capped "$secs" "$OUT/$what.out" "$what" "$@"
+  case $rc in
+    0) ;;
+    124) ;;
+    77) fail "$what: every test skipped on a GPU machine (see $OUT/$what.out)" ;;
+    86) fail "$what: sanitizer errors (see $slog)" ;;
+    *) fail "$what: tests failed, exit status $rc (see $OUT/$what.out)" ;;
+  esac
+  grep -E "^\[(FAIL|SKIP)\]|Synthesis" "$OUT/$what.out" || true
+  if [ "$slog" != - ] && [ -f "$slog" ]; then
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$slog" | sort | uniq -c || true
+    if grep -qE "ERROR SUMMARY: [1-9]" "$slog"; then
+      [ "$rc" -eq 86 ] || fail "$what: sanitizer errors (see $slog)"
+    fi
+  fi
+}
 while [ $# -gt 0 ]; do
   case $1 in
     test)
-      timeout -s INT 240 meson test -C build-gpu --print-errorlogs --timeout-multiplier 0.5 \
-        > "$OUT/test.log" 2>&1 || true
-      cp build-gpu/meson-logs/testlog.txt "$OUT/testlog.txt"
-      grep -E "^ *[0-9]+/[0-9]+ |^Ok|^Fail|^Skipped" "$OUT/test.log"
+      # 1. the fast suite (the CPU engine), plain
+      capped 150 "$OUT/test.log" "fast suite" \
+        meson test -C build-gpu --suite fast --print-errorlogs
+      [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ] || fail "fast suite: exit status $rc (see $OUT/test.log)"
+      cp build-gpu/meson-logs/testlog.txt "$OUT/testlog.txt" || true
+      grep -E "^ *[0-9]+/[0-9]+ |^Ok|^Fail|^Skipped|^Timeout" "$OUT/test.log" || true
+      # 2. the gpu suite (every CUDA test) under memcheck, then the kernel tests
+      #    that use shared memory and barriers under racecheck. API errors are
+      #    the tests' to check (the no-GPU test provokes one on purpose), and
+      #    Criterion's runner and the CPU runs of flexh2o never start CUDA.
+      export FLEXH2O_BIN=$PWD/build-gpu/src/flexh2o OMP_NUM_THREADS=2
+      if command -v compute-sanitizer > /dev/null; then
+        cs=(compute-sanitizer --require-cuda-init no --check-exit-code no --report-api-errors no
+            --error-exitcode 86 --print-limit 50)
+        for t in kern_cuda gpu_e2e; do
+          gpu_test "memcheck-$t" 120 "$OUT/memcheck-$t.log" "${cs[@]}" --tool memcheck \
+            --log-file "$OUT/memcheck-$t.log" "build-gpu/tests/test_$t" --verbose
+        done
+        gpu_test racecheck-kern_cuda 90 "$OUT/racecheck-kern_cuda.log" "${cs[@]}" \
+          --tool racecheck --log-file "$OUT/racecheck-kern_cuda.log" build-gpu/tests/test_kern_cuda \
+          --verbose --filter 'kern_cuda/@(attention_y_loops*|prefill_attention*|prompt_above*|q4_kv_prefill*|sampling*|embed_layernorm*)'
+      else
+        fail "compute-sanitizer not found (put the CUDA toolkit's bin on PATH): the gpu suite ran without it"
+        for t in kern_cuda gpu_e2e; do
+          gpu_test "plain-$t" 120 - "build-gpu/tests/test_$t" --verbose
+        done
+      fi
       ;;
     kernels)
-      timeout 120 build-gpu/benchmarks/flexh2o-bench-kernels | tee "$OUT/kernels.md" || true
+      timeout 90 build-gpu/benchmarks/flexh2o-bench-kernels | tee "$OUT/kernels.md" || true
       ;;
     generate)
       shift
@@ -113,3 +185,9 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "gpu_session: FAILED (${#failed[@]}):" >&2
+  printf '  %s\n' "${failed[@]}" >&2
+  exit 1
+fi
+echo "gpu_session: every step passed"

@@ -4,6 +4,11 @@
  * holds 8 of the head_dim values (one 16-byte load), so a warp reads 32/G
  * rows at once with fully used 16-byte accesses.
  *
+ * Launch geometry: the (sequence, head) pairs are gridDim.x (up to 2^31 - 1);
+ * blocks of query rows (prefill) or chunks of slots (decode) are the y index,
+ * looped over with a stride of gridDim.y (at most 65535), so any batch and
+ * any prompt or cache length fits.
+ *
  * Prefill (per query row, one warp):     online softmax over keys j <= i,
  *   out_i = sum_j p_ij v_j                 (flash style, one pass)
  *   stats (m_i, l_i) kept when column sums are wanted, then
@@ -48,16 +53,12 @@ __device__ __forceinline__ void warp_merge(float &m, float &l, float o[8])
     }
 }
 
+/* Query row i of pair (s, h), one warp: online softmax over keys j <= i. */
 template <int G>
-__global__ void prefill_attn(__half *out, int ldo, const __half *q, const __half *k,
-                             const __half *v, int ld, const kern_seq *seqs, int n_head, int hd,
-                             float scale, float *stats)
+__device__ void prefill_row(__half *out, int ldo, const __half *q, const __half *k,
+                            const __half *v, int ld, const kern_seq &sq, int n_head, int h,
+                            int hd, float scale, float *stats, int i)
 {
-    int pair = blockIdx.y, s = pair / n_head, h = pair % n_head;
-    int i = blockIdx.x * WARPS + threadIdx.x / 32;
-    kern_seq sq = seqs[s];
-    if (i >= sq.n_new)
-        return; /* whole warp leaves together */
     int lane = threadIdx.x % 32, grp = lane / G, gl = lane % G, hd8 = hd / 8;
     const int R = 32 / G;
     size_t hc = (size_t)h * hd;
@@ -98,16 +99,29 @@ __global__ void prefill_attn(__half *out, int ldo, const __half *q, const __half
     }
 }
 
+/* Pair blockIdx.x; warp w of the block takes query row qb * WARPS + w for
+ * the row blocks qb = blockIdx.y, blockIdx.y + gridDim.y, ... < n_qb. */
 template <int G>
-__global__ void prefill_colsum(float *colsum, const __half *q, const __half *k, int ld,
-                               const kern_seq *seqs, int n_head, int hd, float scale,
-                               const float *stats)
+__global__ void prefill_attn(__half *out, int ldo, const __half *q, const __half *k,
+                             const __half *v, int ld, const kern_seq *seqs, int n_head, int hd,
+                             float scale, float *stats, int n_qb)
 {
-    int pair = blockIdx.y, s = pair / n_head, h = pair % n_head;
-    int j = blockIdx.x * WARPS + threadIdx.x / 32;
-    kern_seq sq = seqs[s];
-    if (j >= sq.n_new)
-        return;
+    int pair = blockIdx.x, h = pair % n_head;
+    kern_seq sq = seqs[pair / n_head];
+    for (int qb = blockIdx.y; qb < n_qb; qb += gridDim.y) {
+        int i = qb * WARPS + threadIdx.x / 32;
+        if (i >= sq.n_new)
+            break; /* the whole warp leaves together; later blocks have larger i */
+        prefill_row<G>(out, ldo, q, k, v, ld, sq, n_head, h, hd, scale, stats, i);
+    }
+}
+
+/* Column j of pair (s, h), one warp: colsum_j = sum_{i >= j} p_ij. */
+template <int G>
+__device__ void prefill_col(float *colsum, const __half *q, const __half *k, int ld,
+                            const kern_seq &sq, int n_head, int h, int hd, float scale,
+                            const float *stats, int j)
+{
     int lane = threadIdx.x % 32, grp = lane / G, gl = lane % G, hd8 = hd / 8;
     const int R = 32 / G;
     size_t hc = (size_t)h * hd;
@@ -115,7 +129,7 @@ __global__ void prefill_colsum(float *colsum, const __half *q, const __half *k, 
     if (gl < hd8)
         load8(k + (size_t)(sq.row + j) * ld + hc + gl * 8, kf);
     float sum = 0.0f;
-    for (int i0 = j; i0 < sq.n_new; i0 += R) { /* warp-uniform bound, see above */
+    for (int i0 = j; i0 < sq.n_new; i0 += R) { /* warp-uniform bound, see prefill_row */
         int i = i0 + grp;
         size_t r = (size_t)(sq.row + (i < sq.n_new ? i : i0));
         float sc = group_dot<G>(kf, q + r * ld + hc, gl, hd8) * scale;
@@ -132,22 +146,39 @@ __global__ void prefill_colsum(float *colsum, const __half *q, const __half *k, 
         colsum[(size_t)(sq.row + j) * n_head + h] = sum;
 }
 
+/* The grid of prefill_attn, one warp per key row j. */
+template <int G>
+__global__ void prefill_colsum(float *colsum, const __half *q, const __half *k, int ld,
+                               const kern_seq *seqs, int n_head, int hd, float scale,
+                               const float *stats, int n_qb)
+{
+    int pair = blockIdx.x, h = pair % n_head;
+    kern_seq sq = seqs[pair / n_head];
+    for (int qb = blockIdx.y; qb < n_qb; qb += gridDim.y) {
+        int j = qb * WARPS + threadIdx.x / 32;
+        if (j >= sq.n_new)
+            break; /* the whole warp leaves together */
+        prefill_col<G>(colsum, q, k, ld, sq, n_head, h, hd, scale, stats, j);
+    }
+}
+
 template <int G>
 static int launch_prefill(void *out, int ldo, const void *q, const void *k, const void *v,
                           int ld, const kern_seq *seqs, int n_seq, int n_head, int hd,
                           float scale, float *colsum, float *work, int max_new,
                           cudaStream_t st)
 {
-    dim3 grid(kblocks((size_t)max_new, WARPS), (unsigned)(n_seq * n_head));
+    int n_qb = (int)kblocks((size_t)max_new, WARPS);
+    dim3 grid((unsigned)(n_seq * n_head), kgrid_y((size_t)n_qb));
     prefill_attn<G><<<grid, 32 * WARPS, 0, st>>>((__half *)out, ldo, (const __half *)q,
                                                  (const __half *)k, (const __half *)v, ld,
                                                  seqs, n_head, hd, scale,
-                                                 colsum ? work : NULL);
+                                                 colsum ? work : NULL, n_qb);
     KLAUNCHED();
     if (colsum) {
         prefill_colsum<G><<<grid, 32 * WARPS, 0, st>>>(colsum, (const __half *)q,
                                                        (const __half *)k, ld, seqs, n_head,
-                                                       hd, scale, work);
+                                                       hd, scale, work, n_qb);
         KLAUNCHED();
     }
     return 0;
@@ -160,8 +191,8 @@ extern "C" int kern_attn_prefill_cuda(void *out, int ldo, const void *q, const v
 {
     if (max_new == 0 || n_seq == 0)
         return 0;
-    if (head_dim % 8 || head_dim > 256)
-        return -EINVAL;
+    KCHECK_HEAD_DIM(head_dim);
+    KCHECK_PAIRS(n_seq, n_head);
     return KERN_DISPATCH_G(head_dim, launch_prefill, out, ldo, q, k, v, ld, seqs, n_seq,
                            n_head, head_dim, scale, colsum, work, max_new, kstream(stream));
 }
@@ -200,13 +231,15 @@ __device__ __forceinline__ const __half *vrow(const __half *cache, const __half 
     return t < n ? cache + (base + t) * hd : fresh;
 }
 
+/* Pass 1, block (pair, chunk c) for c = blockIdx.y, blockIdx.y + gridDim.y,
+ * ... < n_chunks: the logits of the chunk's slots and its (max, sum exp). */
 template <int G>
 __global__ void decode_pass1(const __half *q, const __half *k, int ld, const __half *kc,
                              const kern_seq *seqs, int n_head, int hd, int cap, float scale,
-                             decode_work w)
+                             decode_work w, int n_chunks)
 {
     __shared__ float red[WARPS][2];
-    int pair = blockIdx.y, s = pair / n_head, h = pair % n_head, c = blockIdx.x;
+    int pair = blockIdx.x, s = pair / n_head, h = pair % n_head;
     kern_seq sq = seqs[s];
     if (sq.n_new == 0)
         return;
@@ -218,54 +251,60 @@ __global__ void decode_pass1(const __half *q, const __half *k, int ld, const __h
     if (gl < hd8)
         load8(q + (size_t)sq.row * ld + hc + gl * 8, qf);
     const __half *knew = k + (size_t)sq.row * ld + hc;
-    float m = -INFINITY, l = 0.0f;
-    int end = min(c * CHUNK + CHUNK, n + 1);
-    for (int t0 = c * CHUNK + warp * R; t0 < end; t0 += WARPS * R) { /* warp-uniform */
-        int t = t0 + grp;
-        float sc = group_dot<G>(qf, vrow(kc, knew, base, t < end ? t : t0, n, hd), gl, hd8) *
-                   scale;
-        if (t >= end)
-            continue;
-        if (gl == 0)
-            w.logit[(size_t)pair * (cap + 1) + t] = sc;
-        float mn = fmaxf(m, sc);
-        l = l * __expf(m - mn) + __expf(sc - mn);
-        m = mn;
-    }
-    /* merge the groups of the warp, then the warps of the block */
+    for (int c = blockIdx.y; c < n_chunks; c += gridDim.y) {
+        float m = -INFINITY, l = 0.0f;
+        int end = min(c * CHUNK + CHUNK, n + 1);
+        for (int t0 = c * CHUNK + warp * R; t0 < end; t0 += WARPS * R) { /* warp-uniform */
+            int t = t0 + grp;
+            float sc =
+                group_dot<G>(qf, vrow(kc, knew, base, t < end ? t : t0, n, hd), gl, hd8) * scale;
+            if (t >= end)
+                continue;
+            if (gl == 0)
+                w.logit[(size_t)pair * (cap + 1) + t] = sc;
+            float mn = fmaxf(m, sc);
+            l = l * __expf(m - mn) + __expf(sc - mn);
+            m = mn;
+        }
+        /* merge the groups of the warp, then the warps of the block */
 #pragma unroll
-    for (int off = G; off < 32; off *= 2) {
-        float m2 = __shfl_xor_sync(0xffffffffu, m, off);
-        float l2 = __shfl_xor_sync(0xffffffffu, l, off);
-        float mn = fmaxf(m, m2);
-        l = (m == -INFINITY ? 0.0f : l * __expf(m - mn)) +
-            (m2 == -INFINITY ? 0.0f : l2 * __expf(m2 - mn));
-        m = mn;
-    }
-    if (lane == 0) {
-        red[warp][0] = m;
-        red[warp][1] = l;
-    }
-    __syncthreads(); /* all warp states written */
-    if (threadIdx.x == 0) {
-        float M = -INFINITY, L = 0.0f;
-        for (int i = 0; i < WARPS; i++)
-            M = fmaxf(M, red[i][0]);
-        for (int i = 0; i < WARPS; i++)
-            L += red[i][0] == -INFINITY ? 0.0f : red[i][1] * __expf(red[i][0] - M);
-        float *st = w.stat + ((size_t)pair * gridDim.x + c) * 2;
-        st[0] = M;
-        st[1] = L;
+        for (int off = G; off < 32; off *= 2) {
+            float m2 = __shfl_xor_sync(0xffffffffu, m, off);
+            float l2 = __shfl_xor_sync(0xffffffffu, l, off);
+            float mn = fmaxf(m, m2);
+            l = (m == -INFINITY ? 0.0f : l * __expf(m - mn)) +
+                (m2 == -INFINITY ? 0.0f : l2 * __expf(m2 - mn));
+            m = mn;
+        }
+        if (lane == 0) {
+            red[warp][0] = m;
+            red[warp][1] = l;
+        }
+        __syncthreads(); /* all warp states written */
+        if (threadIdx.x == 0) {
+            float M = -INFINITY, L = 0.0f;
+            for (int i = 0; i < WARPS; i++)
+                M = fmaxf(M, red[i][0]);
+            for (int i = 0; i < WARPS; i++)
+                L += red[i][0] == -INFINITY ? 0.0f : red[i][1] * __expf(red[i][0] - M);
+            float *st = w.stat + ((size_t)pair * n_chunks + c) * 2;
+            st[0] = M;
+            st[1] = L;
+        }
+        if (c + gridDim.y < n_chunks) /* block-uniform */
+            __syncthreads(); /* thread 0 has read red before the next chunk rewrites it */
     }
 }
 
+/* Pass 2, the grid of pass 1: probabilities, H2O scores and the chunk's
+ * partial output. */
 template <int G>
 __global__ void decode_pass2(const __half *v, int ld, const __half *vc, const kern_seq *seqs,
                              int n_head, int hd, int cap, float *scores, float *self_p,
-                             decode_work w)
+                             decode_work w, int n_chunks)
 {
     extern __shared__ float acc[]; /* (WARPS * 32 / G, hd) */
-    int pair = blockIdx.y, s = pair / n_head, h = pair % n_head, c = blockIdx.x;
+    int pair = blockIdx.x, s = pair / n_head, h = pair % n_head;
     kern_seq sq = seqs[s];
     if (sq.n_new == 0)
         return;
@@ -275,7 +314,7 @@ __global__ void decode_pass2(const __half *v, int ld, const __half *vc, const ke
     size_t base = (size_t)pair * cap;
     /* global max and sum over the chunks, the same order in every block */
     float M = -INFINITY, L = 0.0f;
-    const float *st = w.stat + (size_t)pair * gridDim.x * 2;
+    const float *st = w.stat + (size_t)pair * n_chunks * 2;
     int used = (n + 1 + CHUNK - 1) / CHUNK;
     for (int i = 0; i < used; i++)
         M = fmaxf(M, st[2 * i]);
@@ -283,39 +322,44 @@ __global__ void decode_pass2(const __half *v, int ld, const __half *vc, const ke
         L += st[2 * i + 1] * __expf(st[2 * i] - M);
     float invL = 1.0f / L;
     const __half *vnew = v + (size_t)sq.row * ld + (size_t)h * hd;
-    float o[8] = {0};
-    int end = min(c * CHUNK + CHUNK, n + 1);
-    for (int t = c * CHUNK + warp * R + grp; t < end; t += WARPS * R) {
-        float p = __expf(w.logit[(size_t)pair * (cap + 1) + t] - M) * invL;
-        if (gl == 0) {
-            if (t < n) {
-                if (scores)
-                    scores[base + t] += p;
-            } else if (self_p) {
-                self_p[pair] = p;
+    for (int c = blockIdx.y; c < n_chunks; c += gridDim.y) {
+        float o[8] = {0};
+        int end = min(c * CHUNK + CHUNK, n + 1);
+        for (int t = c * CHUNK + warp * R + grp; t < end; t += WARPS * R) {
+            float p = __expf(w.logit[(size_t)pair * (cap + 1) + t] - M) * invL;
+            if (gl == 0) {
+                if (t < n) {
+                    if (scores)
+                        scores[base + t] += p; /* slot t belongs to this group alone */
+                } else if (self_p) {
+                    self_p[pair] = p;
+                }
+            }
+            if (gl < hd8) {
+                float vf[8];
+                load8(vrow(vc, vnew, base, t, n, hd) + gl * 8, vf);
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    o[e] += p * vf[e];
             }
         }
-        if (gl < hd8) {
-            float vf[8];
-            load8(vrow(vc, vnew, base, t, n, hd) + gl * 8, vf);
-#pragma unroll
+        int g_all = warp * R + grp;
+        if (gl < hd8)
             for (int e = 0; e < 8; e++)
-                o[e] += p * vf[e];
+                acc[(size_t)g_all * hd + gl * 8 + e] = o[e];
+        __syncthreads(); /* every group's partial is in acc */
+        for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+            float sum = 0.0f;
+            for (int g = 0; g < WARPS * R; g++)
+                sum += acc[(size_t)g * hd + e];
+            w.partial[((size_t)pair * n_chunks + c) * hd + e] = sum;
         }
-    }
-    int g_all = warp * R + grp;
-    if (gl < hd8)
-        for (int e = 0; e < 8; e++)
-            acc[(size_t)g_all * hd + gl * 8 + e] = o[e];
-    __syncthreads(); /* every group's partial is in acc */
-    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
-        float sum = 0.0f;
-        for (int g = 0; g < WARPS * R; g++)
-            sum += acc[(size_t)g * hd + e];
-        w.partial[((size_t)pair * gridDim.x + c) * hd + e] = sum;
+        if (c + gridDim.y < n_chunks) /* block-uniform */
+            __syncthreads(); /* acc read by all before the next chunk rewrites it */
     }
 }
 
+/* Pass 3, one block per pair: out = the chunks' partials in chunk order. */
 __global__ void decode_pass3(__half *out, int ldo, const kern_seq *seqs, int n_head, int hd,
                              int n_chunks, decode_work w)
 {
@@ -338,21 +382,23 @@ static int launch_decode(void *out, int ldo, const void *q, const void *k, const
                          int n_seq, int n_head, int hd, int cap, float scale, float *scores,
                          float *self_p, void *work, int max_slots, cudaStream_t st)
 {
-    decode_work w = carve(work, n_seq * n_head, cap);
+    unsigned pairs = (unsigned)(n_seq * n_head);
+    decode_work w = carve(work, (int)pairs, cap);
     /* the grid covers the longest sequence (chunks past a shorter one's
      * slots do no work); stats and partials use n_chunks as their stride */
     int n_chunks = (max_slots + 1 + CHUNK - 1) / CHUNK;
-    dim3 grid((unsigned)n_chunks, (unsigned)(n_seq * n_head));
+    dim3 grid(pairs, kgrid_y((size_t)n_chunks));
     decode_pass1<G><<<grid, 32 * WARPS, 0, st>>>((const __half *)q, (const __half *)k, ld,
                                                  (const __half *)kc, seqs, n_head, hd, cap,
-                                                 scale, w);
+                                                 scale, w, n_chunks);
     KLAUNCHED();
     size_t smem = sizeof(float) * (size_t)WARPS * (32 / G) * hd;
     decode_pass2<G><<<grid, 32 * WARPS, smem, st>>>((const __half *)v, ld, (const __half *)vc,
-                                                    seqs, n_head, hd, cap, scores, self_p, w);
+                                                    seqs, n_head, hd, cap, scores, self_p, w,
+                                                    n_chunks);
     KLAUNCHED();
-    decode_pass3<<<n_seq * n_head, hd < 128 ? 128 : hd, 0, st>>>((__half *)out, ldo, seqs,
-                                                                 n_head, hd, n_chunks, w);
+    decode_pass3<<<pairs, hd < 128 ? 128 : hd, 0, st>>>((__half *)out, ldo, seqs, n_head, hd,
+                                                        n_chunks, w);
     KLAUNCHED();
     return 0;
 }
@@ -365,8 +411,9 @@ extern "C" int kern_attn_decode_cuda(void *out, int ldo, const void *q, const vo
 {
     if (n_seq == 0)
         return 0;
-    if (head_dim % 8 || head_dim > 256)
-        return -EINVAL;
+    KCHECK_HEAD_DIM(head_dim);
+    KCHECK_PAIRS(n_seq, n_head);
+    KRETURN_IF(max_slots > cap, -EINVAL, "max_slots %d > cap %d", max_slots, cap);
     return KERN_DISPATCH_G(head_dim, launch_decode, out, ldo, q, k, v, ld, kc, vc, seqs, n_seq,
                            n_head, head_dim, cap, scale, scores, self_p, work, max_slots,
                            kstream(stream));
@@ -376,92 +423,114 @@ extern "C" int kern_attn_decode_cuda(void *out, int ldo, const void *q, const vo
  * The backend computes S = scale Q K^T per head with a batched GEMM into
  * fp32, then these two kernels make P = causal softmax(S) (fp16, zeros above
  * the diagonal, ready for the P V GEMM) and the column sums of P in fp32
- * from S itself, so the H2O scores do not see P's fp16 rounding. */
+ * from S itself, so the H2O scores do not see P's fp16 rounding. A long
+ * prompt is done in blocks of query rows (S (rows, cols) holds the queries
+ * i0 .. i0 + rows - 1 against the keys 0 .. cols - 1 = i0 + rows - 1); the
+ * column sums then add up over the blocks, in block order. */
 
 #define SM_THREADS 256
 
-/* One block per (head, query row i): P[i][j] = exp(S[i][j] - m) / l, j <= i. */
-__global__ void prefill_softmax(const float *S, __half *P, float *stats, int n)
+/* Block (query row r, head h) for h = blockIdx.y, blockIdx.y + gridDim.y,
+ * ...: P[r][j] = exp(S[r][j] - m) / l for keys j <= i = i0 + r, else 0. */
+__global__ void prefill_softmax(const float *S, __half *P, float *stats, int rows, int cols,
+                                int i0, int heads)
 {
     __shared__ float red[SM_THREADS / 32];
     __shared__ float bc;
-    int i = blockIdx.x, h = blockIdx.y;
-    const float *s = S + ((size_t)h * n + i) * n;
-    __half *p = P + ((size_t)h * n + i) * n;
-    float m = -INFINITY;
-    for (int j = threadIdx.x; j <= i; j += SM_THREADS)
-        m = fmaxf(m, s[j]);
+    int r = blockIdx.x, i = i0 + r;
+    for (int h = blockIdx.y; h < heads; h += gridDim.y) {
+        const float *s = S + ((size_t)h * rows + r) * cols;
+        __half *p = P + ((size_t)h * rows + r) * cols;
+        float m = -INFINITY;
+        for (int j = threadIdx.x; j <= i; j += SM_THREADS)
+            m = fmaxf(m, s[j]);
 #pragma unroll
-    for (int off = 16; off > 0; off /= 2)
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    if (threadIdx.x % 32 == 0)
-        red[threadIdx.x / 32] = m;
-    __syncthreads(); /* warp maxima written */
-    if (threadIdx.x == 0) {
-        float t = -INFINITY;
-        for (int w = 0; w < SM_THREADS / 32; w++)
-            t = fmaxf(t, red[w]);
-        bc = t;
-    }
-    __syncthreads(); /* the row max is in bc; red free again */
-    m = bc;
-    float l = 0.0f;
-    for (int j = threadIdx.x; j <= i; j += SM_THREADS)
-        l += __expf(s[j] - m);
-    l = group_sum<32>(l);
-    if (threadIdx.x % 32 == 0)
-        red[threadIdx.x / 32] = l;
-    __syncthreads(); /* warp sums written */
-    if (threadIdx.x == 0) {
-        float t = 0.0f;
-        for (int w = 0; w < SM_THREADS / 32; w++)
-            t += red[w];
-        bc = t;
-        if (stats) {
-            stats[((size_t)h * n + i) * 2] = m;
-            stats[((size_t)h * n + i) * 2 + 1] = t;
+        for (int off = 16; off > 0; off /= 2)
+            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+        if (threadIdx.x % 32 == 0)
+            red[threadIdx.x / 32] = m;
+        __syncthreads(); /* warp maxima written */
+        if (threadIdx.x == 0) {
+            float t = -INFINITY;
+            for (int w = 0; w < SM_THREADS / 32; w++)
+                t = fmaxf(t, red[w]);
+            bc = t;
         }
+        __syncthreads(); /* the row max is in bc; red free again */
+        m = bc;
+        float l = 0.0f;
+        for (int j = threadIdx.x; j <= i; j += SM_THREADS)
+            l += __expf(s[j] - m);
+        l = group_sum<32>(l);
+        if (threadIdx.x % 32 == 0)
+            red[threadIdx.x / 32] = l;
+        __syncthreads(); /* warp sums written */
+        if (threadIdx.x == 0) {
+            float t = 0.0f;
+            for (int w = 0; w < SM_THREADS / 32; w++)
+                t += red[w];
+            bc = t;
+            if (stats) {
+                stats[((size_t)h * rows + r) * 2] = m;
+                stats[((size_t)h * rows + r) * 2 + 1] = t;
+            }
+        }
+        __syncthreads(); /* the row sum is in bc */
+        float inv = 1.0f / bc;
+        for (int j = threadIdx.x; j < cols; j += SM_THREADS)
+            p[j] = __float2half_rn(j <= i ? __expf(s[j] - m) * inv : 0.0f);
+        if (h + gridDim.y < heads) /* block-uniform */
+            __syncthreads(); /* bc read by all before the next head's thread 0 rewrites it */
     }
-    __syncthreads(); /* the row sum is in bc */
-    float inv = 1.0f / bc;
-    for (int j = threadIdx.x; j < n; j += SM_THREADS)
-        p[j] = __float2half_rn(j <= i ? __expf(s[j] - m) * inv : 0.0f);
 }
 
-/* colsum[(row0 + j) * n_head + h0 + h] = sum_{i >= j} exp(S[i][j] - m_i) / l_i;
- * one thread per column j (consecutive threads read consecutive columns). */
-__global__ void prefill_colsum_gemm(const float *S, const float *stats, float *colsum, int n,
-                                    int row0, int n_head, int h0)
+/* colsum[(row0 + j) * n_head + h0 + h] = sum over the block's rows r with
+ * i0 + r >= j of exp(S[r][j] - m_r) / l_r, added to what earlier blocks of
+ * rows left there (j < i0) or stored (j >= i0: the column starts here); one
+ * thread per column j (consecutive threads read consecutive columns). */
+__global__ void prefill_colsum_gemm(const float *S, const float *stats, float *colsum, int rows,
+                                    int cols, int i0, int heads, int row0, int n_head, int h0)
 {
-    int j = blockIdx.x * blockDim.x + threadIdx.x, h = blockIdx.y;
-    if (j >= n)
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= cols)
         return;
-    const float *s = S + (size_t)h * n * n;
-    const float *st = stats + (size_t)h * n * 2;
-    float sum = 0.0f;
-    for (int i = j; i < n; i++)
-        sum += __expf(s[(size_t)i * n + j] - st[2 * i]) / st[2 * i + 1];
-    colsum[(size_t)(row0 + j) * n_head + h0 + h] = sum;
+    for (int h = blockIdx.y; h < heads; h += gridDim.y) {
+        const float *s = S + (size_t)h * rows * cols;
+        const float *st = stats + (size_t)h * rows * 2;
+        float sum = 0.0f;
+        for (int r = j > i0 ? j - i0 : 0; r < rows; r++)
+            sum += __expf(s[(size_t)r * cols + j] - st[2 * r]) / st[2 * r + 1];
+        float *cs = colsum + (size_t)(row0 + j) * n_head + h0 + h;
+        *cs = j < i0 ? *cs + sum : sum;
+    }
 }
 
-extern "C" int kern_prefill_softmax_cuda(const float *S, void *P, float *stats, int n, int heads,
-                                         void *stream)
+extern "C" int kern_prefill_softmax_cuda(const float *S, void *P, float *stats, int rows,
+                                         int cols, int i0, int heads, void *stream)
 {
-    if (n == 0 || heads == 0)
+    if (rows == 0 || heads == 0)
         return 0;
-    prefill_softmax<<<dim3((unsigned)n, (unsigned)heads), SM_THREADS, 0, kstream(stream)>>>(
-        S, (__half *)P, stats, n);
+    KRETURN_IF(i0 < 0 || cols < i0 + rows, -EINVAL,
+               "prefill softmax: rows %d from query %d need %d key columns, S has %d", rows, i0,
+               i0 + rows, cols);
+    prefill_softmax<<<dim3((unsigned)rows, kgrid_y((size_t)heads)), SM_THREADS, 0,
+                      kstream(stream)>>>(S, (__half *)P, stats, rows, cols, i0, heads);
     KLAUNCHED();
     return 0;
 }
 
-extern "C" int kern_prefill_colsum_cuda(const float *S, const float *stats, float *colsum, int n,
-                                        int heads, int row0, int n_head, int h0, void *stream)
+extern "C" int kern_prefill_colsum_cuda(const float *S, const float *stats, float *colsum,
+                                        int rows, int cols, int i0, int heads, int row0,
+                                        int n_head, int h0, void *stream)
 {
-    if (n == 0 || heads == 0)
+    if (rows == 0 || heads == 0)
         return 0;
-    prefill_colsum_gemm<<<dim3(kblocks((size_t)n, 128), (unsigned)heads), 128, 0,
-                          kstream(stream)>>>(S, stats, colsum, n, row0, n_head, h0);
+    KRETURN_IF(i0 < 0 || cols < i0 + rows, -EINVAL,
+               "prefill column sums: rows %d from query %d need %d key columns, S has %d",
+               rows, i0, i0 + rows, cols);
+    prefill_colsum_gemm<<<dim3(kblocks((size_t)cols, 128), kgrid_y((size_t)heads)), 128, 0,
+                          kstream(stream)>>>(S, stats, colsum, rows, cols, i0, heads, row0,
+                                             n_head, h0);
     KLAUNCHED();
     return 0;
 }

@@ -2,9 +2,16 @@
  * cuBLAS (tensor cores) for the linear layers, kernels/<op>.cu for the rest.
  *
  * Linear layers go through cuBLASLt with the bias (+ ReLU) fused into the
- * matrix product's epilogue; the plan of each (m, n, k, epilogue) is found
- * once by cuBLASLt's heuristic and cached. Where cuBLASLt offers no plan,
+ * matrix product's epilogue. A plan holds the descriptors of one (n, k,
+ * epilogue), whatever the row count m, which is set on the layouts per
+ * call; the algorithm cuBLASLt's heuristic picks for each m is cached in the
+ * plan (the last LT_ALGOS row counts). Plans and algorithms are replaced
+ * when their tables are full, so a job with many shapes never loses the
+ * fused epilogue. Only where cuBLASLt has no algorithm for a shape do
  * cublasGemmEx and a bias/ReLU kernel do the same.
+ *
+ * Every CUDA, cuBLAS(Lt) and kernels/ status goes through one checking
+ * macro, CK, which keeps the failing statement as text.
  *
  * Everything runs on one compute stream in issue order. Host arrays the ops
  * take (ids, positions, kern_seq) are copied to device staging buffers on
@@ -24,27 +31,46 @@
 #include "backend.h"
 #include "err.h"
 
-/* Check a CUDA runtime call, keeping the statement as text. */
+/* A failed status of a CUDA runtime, cuBLAS(Lt) or kernels/ call, for CK. */
+typedef struct cu_status {
+    int rc;          /* 0, or the -errno to return */
+    const char *lib; /* which library failed */
+    const char *why; /* its reason */
+} cu_status;
+
+static cu_status cu_runtime(cudaError_t e)
+{
+    if (e == cudaSuccess)
+        return (cu_status){0, NULL, NULL};
+    cudaGetLastError(); /* reported here: a non-sticky error must not resurface later */
+    return (cu_status){e == cudaErrorMemoryAllocation ? -ENOMEM : -EIO, "CUDA",
+                       cudaGetErrorString(e)};
+}
+
+static cu_status cu_blas(cublasStatus_t s)
+{
+    if (s == CUBLAS_STATUS_SUCCESS)
+        return (cu_status){0, NULL, NULL};
+    return (cu_status){s == CUBLAS_STATUS_ALLOC_FAILED ? -ENOMEM : -EIO, "cuBLAS",
+                       cublasGetStatusString(s)};
+}
+
+/* kernels/ entry points return 0 or -errno and keep their reason. */
+static cu_status cu_kernel(int rc)
+{
+    if (rc >= 0)
+        return (cu_status){0, NULL, NULL};
+    return (cu_status){rc, "CUDA kernel", kern_cuda_error()};
+}
+
+/* The one check of a CUDA runtime (cudaError_t), cuBLAS or cuBLASLt
+ * (cublasStatus_t) or kernels/ (int) status: on failure record "library:
+ * statement: reason" and return its -errno. */
 #define CK(call)                                                                       \
     do {                                                                               \
-        cudaError_t ck_e_ = (call);                                                    \
-        RETURN_IF(ck_e_ != cudaSuccess, ck_e_ == cudaErrorMemoryAllocation ? -ENOMEM : -EIO, \
-                  "CUDA: %s: %s", #call, cudaGetErrorString(ck_e_));                   \
-    } while (0)
-/* Check a cuBLAS call. */
-#define CB(call)                                                                       \
-    do {                                                                               \
-        cublasStatus_t cb_s_ = (call);                                                 \
-        RETURN_IF(cb_s_ != CUBLAS_STATUS_SUCCESS, -EIO, "cuBLAS: %s: %s", #call,       \
-                  cublasGetStatusString(cb_s_));                                       \
-    } while (0)
-/* Forward a kern_*_cuda failure with the kernel's own record. */
-#define KF(call)                                                                       \
-    do {                                                                               \
-        int kf_rc_ = (call);                                                           \
-        RETURN_IF(kf_rc_ < 0, kf_rc_, "CUDA kernel %s: %s", #call,                     \
-                  kf_rc_ == -EINVAL ? "unsupported shape (head_dim must be a multiple " \
-                                      "of 8, at most 256)" : kern_cuda_error());       \
+        cu_status ck_s_ = _Generic((call), cudaError_t: cu_runtime,                    \
+                                   cublasStatus_t: cu_blas, int: cu_kernel)(call);     \
+        RETURN_IF(ck_s_.rc < 0, ck_s_.rc, "%s: %s: %s", ck_s_.lib, #call, ck_s_.why);   \
     } while (0)
 
 /* A device buffer that grows to the largest size asked. */
@@ -53,22 +79,33 @@ typedef struct grow_buf {
     size_t bytes;
 } grow_buf;
 
-/* A cached cuBLASLt plan for y(m, n) = x(m, k) w(n, k)^T (+ b, ReLU). */
+/* cuBLASLt's algorithm for one row count m of a plan. */
+typedef struct lt_algo {
+    int m, usable; /* usable 0: cuBLASLt has none for this shape */
+    cublasLtMatmulAlgo_t algo;
+} lt_algo;
+
+#define LT_PLANS 32
+#define LT_ALGOS 64
+#define LT_WORKSPACE ((size_t)32 << 20)
+
+/* A cuBLASLt plan for y(m, n) = x(m, k) w(n, k)^T (+ b, ReLU), any m: the
+ * descriptors (a: w, b: x, c: y; b's and c's column count is m, set per
+ * call) and the algorithms of the row counts seen. */
 typedef struct lt_plan {
-    int m, n, k, epi, usable;
+    int n, k, epi, live; /* live: the descriptors exist */
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, c;
-    cublasLtMatmulAlgo_t algo;
+    lt_algo algos[LT_ALGOS];
+    int n_algos, next_algo; /* entries filled; the one a new row count replaces */
 } lt_plan;
-
-#define LT_PLANS 64
-#define LT_WORKSPACE ((size_t)32 << 20)
 
 typedef struct cuda_ctx {
     int device;
     cublasLtHandle_t lt;
     lt_plan plans[LT_PLANS];
-    int n_plans;
+    int next_plan;       /* the plan a new (n, k, epilogue) replaces */
+    cublasLtMatmulPreference_t lt_pref; /* workspace limit of the heuristic */
     void *lt_work;       /* LT_WORKSPACE bytes */
     cudaStream_t stream;
     cublasHandle_t blas;
@@ -83,6 +120,26 @@ typedef struct cuda_ctx {
 
 #define PINNED_BYTES ((size_t)32 << 20)
 
+/* cudaMalloc with a message a user can act on: running out of memory
+ * says how much `what` asked and how much is free, with `advice`; any other
+ * failure says what failed. */
+static int dev_malloc(void **p, size_t bytes, const char *what, const char *advice)
+{
+    cudaError_t e = cudaMalloc(p, bytes);
+    if (e == cudaErrorMemoryAllocation) {
+        cudaGetLastError(); /* not sticky: clear it for the next check */
+        size_t free_b = 0, total_b = 0;
+        cudaMemGetInfo(&free_b, &total_b);
+        RETURN_IF(1, -ENOMEM, "out of GPU memory: asked %.1f MiB for %s, %.1f MiB free of "
+                  "%.1f MiB; %s", bytes / 1048576.0, what, free_b / 1048576.0,
+                  total_b / 1048576.0, advice);
+    }
+    /* any other failure as CK would put it, with the size and purpose */
+    RETURN_IF(e != cudaSuccess, cu_runtime(e).rc, "CUDA: cudaMalloc(%zu bytes for %s): %s",
+              bytes, what, cudaGetErrorString(e));
+    return 0;
+}
+
 static int grow(grow_buf *b, size_t bytes)
 {
     if (bytes <= b->bytes)
@@ -90,18 +147,12 @@ static int grow(grow_buf *b, size_t bytes)
     cudaFree(b->p);
     b->p = NULL;
     b->bytes = 0;
-    size_t free_b = 0, total_b = 0;
-    cudaError_t e = cudaMalloc(&b->p, bytes);
-    if (e != cudaSuccess) {
-        cudaGetLastError();
-        cudaMemGetInfo(&free_b, &total_b);
-        RETURN_IF(1, -ENOMEM, "out of GPU memory: asked %.1f MiB for work space, %.1f MiB "
-                  "free of %.1f MiB; lower --batch-size or use --device cpu",
-                  bytes / 1048576.0, free_b / 1048576.0, total_b / 1048576.0);
-    }
+    FORWARD_IF(dev_malloc(&b->p, bytes, "work space", "lower --batch-size or use --device cpu"));
     b->bytes = bytes;
     return 0;
 }
+
+static void lt_plan_drop(lt_plan *p);
 
 static void cuda_destroy(void *ctx)
 {
@@ -112,13 +163,10 @@ static void cuda_destroy(void *ctx)
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         cudaFree(bufs[i]->p);
     cudaFreeHost(c->pinned);
-    for (int i = 0; i < c->n_plans; i++) {
-        lt_plan *p = &c->plans[i];
-        cublasLtMatrixLayoutDestroy(p->a);
-        cublasLtMatrixLayoutDestroy(p->b);
-        cublasLtMatrixLayoutDestroy(p->c);
-        cublasLtMatmulDescDestroy(p->op);
-    }
+    for (int i = 0; i < LT_PLANS; i++)
+        lt_plan_drop(&c->plans[i]);
+    if (c->lt_pref)
+        cublasLtMatmulPreferenceDestroy(c->lt_pref);
     cudaFree(c->lt_work);
     if (c->lt)
         cublasLtDestroy(c->lt);
@@ -142,15 +190,8 @@ static void cuda_destroy(void *ctx)
 static int cuda_alloc_bytes(cuda_ctx *c, size_t bytes, void **out)
 {
     void *p = NULL;
-    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 16);
-    if (e != cudaSuccess) {
-        cudaGetLastError();
-        size_t free_b = 0, total_b = 0;
-        cudaMemGetInfo(&free_b, &total_b);
-        RETURN_IF(1, -ENOMEM, "out of GPU memory: asked %.1f MiB, %.1f MiB free of %.1f MiB; "
-                  "lower --batch-size, use a smaller model or --device cpu",
-                  bytes / 1048576.0, free_b / 1048576.0, total_b / 1048576.0);
-    }
+    FORWARD_IF(dev_malloc(&p, bytes ? bytes : 16, "a buffer",
+                          "lower --batch-size, use a smaller model or --device cpu"));
     CK(cudaMemsetAsync(p, 0, bytes ? bytes : 16, c->stream));
     *out = p;
     return 0;
@@ -186,7 +227,7 @@ static int cuda_upload(void *ctx, void *dst, const float *src, size_t n)
         memcpy(c->pinned, src + at, len * sizeof(float));
         CK(cudaMemcpyAsync(c->f32tmp.p, c->pinned, len * sizeof(float),
                            cudaMemcpyHostToDevice, c->stream));
-        KF(kern_f32_to_f16_cuda((char *)dst + at * 2, c->f32tmp.p, len, c->stream));
+        CK(kern_f32_to_f16_cuda((char *)dst + at * 2, c->f32tmp.p, len, c->stream));
     }
     CK(cudaStreamSynchronize(c->stream));
     return 0;
@@ -199,7 +240,7 @@ static int cuda_download(void *ctx, float *dst, const void *src, size_t n)
     FORWARD_IF(grow(&c->f32tmp, PINNED_BYTES));
     for (size_t at = 0; at < n; at += chunk) {
         size_t len = n - at < chunk ? n - at : chunk;
-        KF(kern_f16_to_f32_cuda(c->f32tmp.p, (const char *)src + at * 2, len, c->stream));
+        CK(kern_f16_to_f32_cuda(c->f32tmp.p, (const char *)src + at * 2, len, c->stream));
         CK(cudaMemcpyAsync(c->pinned, c->f32tmp.p, len * sizeof(float),
                            cudaMemcpyDeviceToHost, c->stream));
         CK(cudaStreamSynchronize(c->stream)); /* the chunk has arrived */
@@ -255,7 +296,7 @@ static int cuda_embed(void *ctx, void *out, const void *tok_emb, const void *pos
     cuda_ctx *c = ctx;
     FORWARD_IF(stage(c, &c->ids, ids, sizeof(int32_t) * (size_t)n));
     FORWARD_IF(stage(c, &c->pos, pos, sizeof(int32_t) * (size_t)n));
-    KF(kern_embed_cuda(out, tok_emb, pos_emb, c->ids.p, c->pos.p, n, d, c->stream));
+    CK(kern_embed_cuda(out, tok_emb, pos_emb, c->ids.p, c->pos.p, n, d, c->stream));
     return 0;
 }
 
@@ -263,7 +304,7 @@ static int cuda_layernorm(void *ctx, void *out, const void *x, const void *w, co
                           int n, int d, float eps)
 {
     cuda_ctx *c = ctx;
-    KF(kern_layernorm_cuda(out, x, w, b, n, d, eps, c->stream));
+    CK(kern_layernorm_cuda(out, x, w, b, n, d, eps, c->stream));
     return 0;
 }
 
@@ -271,62 +312,95 @@ static int cuda_layernorm(void *ctx, void *out, const void *x, const void *w, co
  * Y^T(n, m) = W^T . X^T, i.e. op(A) = T on w (ld k), B = x (ld k); the
  * bias runs along Y^T's rows, which is what cuBLASLt's bias epilogue adds.
  * fp16 in and out, fp32 compute (tensor cores). */
-#define LK(call)                                                                       \
-    do {                                                                               \
-        cublasStatus_t lk_s_ = (call);                                                 \
-        RETURN_IF(lk_s_ != CUBLAS_STATUS_SUCCESS, -EIO, "cuBLASLt: %s: %s", #call,     \
-                  cublasGetStatusString(lk_s_));                                       \
-    } while (0)
 
-static int lt_plan_make(cuda_ctx *c, lt_plan *p)
+static void lt_plan_drop(lt_plan *p)
+{
+    /* the handles are NULL until created (the plans start zeroed) */
+    if (p->a)
+        cublasLtMatrixLayoutDestroy(p->a);
+    if (p->b)
+        cublasLtMatrixLayoutDestroy(p->b);
+    if (p->c)
+        cublasLtMatrixLayoutDestroy(p->c);
+    if (p->op)
+        cublasLtMatmulDescDestroy(p->op);
+    memset(p, 0, sizeof *p);
+}
+
+/* The descriptors of (n, k, epi) into p (zeroed); the row count is set per
+ * call (lt_rows). On failure whatever was created is destroyed. */
+static int lt_plan_create(lt_plan *p)
 {
     cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     cublasLtEpilogue_t epi = p->epi == 3   ? CUBLASLT_EPILOGUE_RELU_BIAS
                              : p->epi == 1 ? CUBLASLT_EPILOGUE_BIAS
                              : p->epi == 2 ? CUBLASLT_EPILOGUE_RELU
                                            : CUBLASLT_EPILOGUE_DEFAULT;
-    LK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    LK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-    LK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-    LK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-    LK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16F, (uint64_t)p->k, (uint64_t)p->n, p->k));
-    LK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16F, (uint64_t)p->k, (uint64_t)p->m, p->k));
-    LK(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_16F, (uint64_t)p->n, (uint64_t)p->m, p->n));
-    cublasLtMatmulPreference_t pref;
-    LK(cublasLtMatmulPreferenceCreate(&pref));
-    size_t ws = LT_WORKSPACE;
-    cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(
-        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    cublasLtMatmulHeuristicResult_t res;
-    int found = 0;
-    if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->a, p->b, p->c, p->c, pref, 1, &res,
-                                            &found);
-    cublasLtMatmulPreferenceDestroy(pref);
-    p->usable = st == CUBLAS_STATUS_SUCCESS && found > 0;
-    if (p->usable)
-        p->algo = res.algo;
+    CK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    CK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    CK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    CK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16F, (uint64_t)p->k, (uint64_t)p->n, p->k));
+    CK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16F, (uint64_t)p->k, 1, p->k));
+    CK(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_16F, (uint64_t)p->n, 1, p->n));
     return 0;
 }
 
-static lt_plan *lt_plan_get(cuda_ctx *c, int m, int n, int k, int epi)
+/* The plan of (n, k, epi), made on first use; when the table is full the
+ * plan made longest ago is replaced. */
+static int lt_plan_get(cuda_ctx *c, int n, int k, int epi, lt_plan **out)
 {
-    for (int i = 0; i < c->n_plans; i++) {
+    for (int i = 0; i < LT_PLANS; i++) {
         lt_plan *p = &c->plans[i];
-        if (p->m == m && p->n == n && p->k == k && p->epi == epi)
-            return p;
+        if (p->live && p->n == n && p->k == k && p->epi == epi) {
+            *out = p;
+            return 0;
+        }
     }
-    if (c->n_plans == LT_PLANS)
-        return NULL; /* a job with this many shapes takes the GemmEx path */
-    lt_plan *p = &c->plans[c->n_plans];
-    memset(p, 0, sizeof *p);
-    p->m = m, p->n = n, p->k = k, p->epi = epi;
-    if (lt_plan_make(c, p) < 0) {
-        err_clear();
-        return NULL;
+    lt_plan *p = &c->plans[c->next_plan];
+    c->next_plan = (c->next_plan + 1) % LT_PLANS;
+    lt_plan_drop(p);
+    p->n = n, p->k = k, p->epi = epi;
+    int rc = lt_plan_create(p);
+    if (rc < 0) {
+        lt_plan_drop(p); /* no leak of a partly made plan; the reason stays recorded */
+        return rc;
     }
-    c->n_plans++;
-    return p;
+    p->live = 1;
+    *out = p;
+    return 0;
+}
+
+/* Set the plan's row count to m (x's and y's columns in cuBLAS's terms)
+ * and find cuBLASLt's algorithm for it: cached per row count, the
+ * heuristic asked once per new m (the oldest entry replaced when all
+ * LT_ALGOS are taken). */
+static int lt_algo_get(cuda_ctx *c, lt_plan *p, int m, const lt_algo **out)
+{
+    uint64_t cols = (uint64_t)m;
+    CK(cublasLtMatrixLayoutSetAttribute(p->b, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof cols));
+    CK(cublasLtMatrixLayoutSetAttribute(p->c, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof cols));
+    for (int i = 0; i < p->n_algos; i++)
+        if (p->algos[i].m == m) {
+            *out = &p->algos[i];
+            return 0;
+        }
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->a, p->b, p->c, p->c,
+                                                       c->lt_pref, 1, &res, &found);
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED) /* NOT_SUPPORTED: no algorithm, not a failure */
+        CK(st);
+    lt_algo *a = &p->algos[p->next_algo];
+    p->next_algo = (p->next_algo + 1) % LT_ALGOS;
+    if (p->n_algos < LT_ALGOS)
+        p->n_algos++;
+    a->m = m;
+    a->usable = st == CUBLAS_STATUS_SUCCESS && found > 0;
+    if (a->usable)
+        a->algo = res.algo;
+    *out = a;
+    return 0;
 }
 
 static int cuda_linear(void *ctx, void *y, const void *x, const void *w, const void *b, int m,
@@ -336,27 +410,31 @@ static int cuda_linear(void *ctx, void *y, const void *x, const void *w, const v
     if (m == 0)
         return 0;
     const float one = 1.0f, zero = 0.0f;
-    lt_plan *p = lt_plan_get(c, m, n, k, (b ? 1 : 0) | (relu ? 2 : 0));
-    if (p && p->usable) {
+    lt_plan *p;
+    const lt_algo *a;
+    FORWARD_IF(lt_plan_get(c, n, k, (b ? 1 : 0) | (relu ? 2 : 0), &p));
+    FORWARD_IF(lt_algo_get(c, p, m, &a));
+    if (a->usable) {
         if (b)
-            LK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b,
+            CK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b,
                                               sizeof b));
-        LK(cublasLtMatmul(c->lt, p->op, &one, w, p->a, x, p->b, &zero, y, p->c, y, p->c,
-                          &p->algo, c->lt_work, LT_WORKSPACE, c->stream));
+        CK(cublasLtMatmul(c->lt, p->op, &one, w, p->a, x, p->b, &zero, y, p->c, y, p->c,
+                          &a->algo, c->lt_work, LT_WORKSPACE, c->stream));
         return 0;
     }
-    CB(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, w, CUDA_R_16F, k, x,
+    /* cuBLASLt has no algorithm for this shape and epilogue */
+    CK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, w, CUDA_R_16F, k, x,
                     CUDA_R_16F, k, &zero, y, CUDA_R_16F, n, CUBLAS_COMPUTE_32F,
                     CUBLAS_GEMM_DEFAULT));
     if (b || relu)
-        KF(kern_bias_act_cuda(y, b, m, n, relu, c->stream));
+        CK(kern_bias_act_cuda(y, b, m, n, relu, c->stream));
     return 0;
 }
 
 static int cuda_add(void *ctx, void *y, const void *x, size_t count)
 {
     cuda_ctx *c = ctx;
-    KF(kern_add_cuda(y, x, count, c->stream));
+    CK(kern_add_cuda(y, x, count, c->stream));
     return 0;
 }
 
@@ -365,7 +443,7 @@ static int cuda_gather_rows(void *ctx, void *dst, const void *src, const int32_t
 {
     cuda_ctx *c = ctx;
     FORWARD_IF(stage(c, &c->rows, rows, sizeof(int32_t) * (size_t)n));
-    KF(kern_gather_rows_cuda(dst, src, c->rows.p, n, d, c->stream));
+    CK(kern_gather_rows_cuda(dst, src, c->rows.p, n, d, c->stream));
     return 0;
 }
 
@@ -388,51 +466,66 @@ static int max_of(const kern_seq *seqs, int n_seq, int field_slots)
 #define PREFILL_GEMM_MIN 64
 #define PREFILL_WORK ((size_t)256 << 20)
 
+/* One query row of one head keeps a row of S (fp32) and of P (fp16) over
+ * the n keys and its softmax max and sum: n * 6 + 8 bytes. A group of heads
+ * whose whole S and P fit PREFILL_WORK is done at once; a prompt whose one
+ * head does not fit (n > 6688) is done head by head in blocks of qb query
+ * rows, each against only the keys its causal rows see, so the work stays
+ * under PREFILL_WORK (and linear in n) for a prompt of any length. */
 static int prefill_gemm(cuda_ctx *c, void *out, int ldo, const void *q, const void *k,
                         const void *v, int ld, const kern_seq *sq, int n_head, int hd,
                         float scale, void *colsum)
 {
-    int n = sq->n_new;
-    size_t per_head = (size_t)n * n * 6 + (size_t)n * 8;
-    int hg = (int)(PREFILL_WORK / per_head);
-    hg = hg < 1 ? 1 : hg > n_head ? n_head : hg;
-    FORWARD_IF(grow(&c->work, per_head * (size_t)hg));
-    float *S = c->work.p;
-    void *P = S + (size_t)hg * n * n;
-    float *stats = (float *)((char *)P + (size_t)hg * n * n * 2);
+    int n = sq->n_new, hg = 1, qb = n;
+    size_t per_row = (size_t)n * 6 + 8, per_head = per_row * (size_t)n;
+    if (per_head <= PREFILL_WORK) {
+        size_t fit = PREFILL_WORK / per_head;
+        hg = fit > (size_t)n_head ? n_head : (int)fit;
+    } else {
+        size_t fit = PREFILL_WORK / per_row;
+        qb = fit < 1 ? 1 : (int)fit; /* < n here */
+    }
+    FORWARD_IF(grow(&c->work, per_row * (size_t)qb * (size_t)hg));
+    float *S = c->work.p;                                                  /* (hg, qb, <= n) */
+    void *P = S + (size_t)hg * qb * n;                                     /* (hg, qb, <= n) */
+    float *stats = (float *)((char *)P + (size_t)hg * qb * n * 2);         /* (hg, qb, 2) */
     const float one = 1.0f, zero = 0.0f;
     for (int h0 = 0; h0 < n_head; h0 += hg) {
         int g = n_head - h0 < hg ? n_head - h0 : hg;
         size_t at = ((size_t)sq->row * ld + (size_t)h0 * hd) * 2; /* bytes */
-        /* S^cm(j, i) = k_j . q_i, i.e. row-major S[i][j] */
-        CB(cublasGemmStridedBatchedEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, n, hd, &scale,
-                                      (const char *)k + at, CUDA_R_16F, ld, hd,
-                                      (const char *)q + at, CUDA_R_16F, ld, hd, &zero, S,
-                                      CUDA_R_32F, n, (long long)n * n, g, CUBLAS_COMPUTE_32F,
-                                      CUBLAS_GEMM_DEFAULT));
-        KF(kern_prefill_softmax_cuda(S, P, colsum ? stats : NULL, n, g, c->stream));
-        if (colsum)
-            KF(kern_prefill_colsum_cuda(S, stats, colsum, n, g, sq->row, n_head, h0,
-                                        c->stream));
-        /* out^cm(e, i) = sum_j v^cm(e, j) P^cm(j, i) */
-        CB(cublasGemmStridedBatchedEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, n, n, &one,
-                                      (const char *)v + at, CUDA_R_16F, ld, hd, P, CUDA_R_16F,
-                                      n, (long long)n * n, &zero,
-                                      (char *)out + ((size_t)sq->row * ldo + (size_t)h0 * hd) * 2,
-                                      CUDA_R_16F, ldo, hd, g, CUBLAS_COMPUTE_32F,
-                                      CUBLAS_GEMM_DEFAULT));
+        for (int i0 = 0; i0 < n; i0 += qb) {
+            /* the block: queries i0 .. i0 + r - 1 against keys 0 .. L - 1 */
+            int r = n - i0 < qb ? n - i0 : qb, L = i0 + r;
+            size_t qat = at + (size_t)i0 * ld * 2;
+            /* S^cm(j, i) = k_j . q_(i0 + i), i.e. row-major S[i][j], (r, L) */
+            CK(cublasGemmStridedBatchedEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, L, r, hd, &scale,
+                                          (const char *)k + at, CUDA_R_16F, ld, hd,
+                                          (const char *)q + qat, CUDA_R_16F, ld, hd, &zero, S,
+                                          CUDA_R_32F, L, (long long)L * r, g,
+                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            CK(kern_prefill_softmax_cuda(S, P, colsum ? stats : NULL, r, L, i0, g, c->stream));
+            if (colsum)
+                CK(kern_prefill_colsum_cuda(S, stats, colsum, r, L, i0, g, sq->row, n_head, h0,
+                                            c->stream));
+            /* out^cm(e, i) = sum_j v^cm(e, j) P^cm(j, i) */
+            CK(cublasGemmStridedBatchedEx(
+                c->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, r, L, &one, (const char *)v + at,
+                CUDA_R_16F, ld, hd, P, CUDA_R_16F, L, (long long)L * r, &zero,
+                (char *)out + (((size_t)sq->row + i0) * ldo + (size_t)h0 * hd) * 2, CUDA_R_16F,
+                ldo, hd, g, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        }
     }
     return 0;
 }
 
-static int cuda_attn_prefill(void *ctx, void *out, int ldo, const void *q, const void *k,
-                             const void *v, int ld, const kern_seq *seqs, int n_seq, int n_head,
-                             int head_dim, float scale, void *colsum)
+/* Prompts of PREFILL_GEMM_MIN tokens or more through prefill_gemm, the
+ * others (n_new set to 0 in sh's copy of seqs for the former) through one
+ * launch of the one-warp-per-query kernel. */
+static int prefill_split(cuda_ctx *c, kern_seq *sh, void *out, int ldo, const void *q,
+                         const void *k, const void *v, int ld, const kern_seq *seqs, int n_seq,
+                         int n_head, int head_dim, float scale, void *colsum)
 {
-    cuda_ctx *c = ctx;
     int rows = 0, n_short = 0;
-    kern_seq *sh = malloc(sizeof(kern_seq) * (size_t)(n_seq ? n_seq : 1));
-    RETURN_IF(!sh, -ENOMEM, "out of memory");
     for (int s = 0; s < n_seq; s++) {
         if (seqs[s].row + seqs[s].n_new > rows)
             rows = seqs[s].row + seqs[s].n_new;
@@ -442,22 +535,28 @@ static int cuda_attn_prefill(void *ctx, void *out, int ldo, const void *q, const
         else
             n_short += seqs[s].n_new > 0;
     }
-    int rc = 0;
-    for (int s = 0; rc == 0 && s < n_seq; s++)
+    for (int s = 0; s < n_seq; s++)
         if (seqs[s].n_new >= PREFILL_GEMM_MIN)
-            rc = prefill_gemm(c, out, ldo, q, k, v, ld, &seqs[s], n_head, head_dim, scale,
-                              colsum);
-    if (rc == 0 && n_short) {
-        rc = stage_seqs(c, sh, n_seq);
-        if (rc == 0 && colsum)
-            rc = grow(&c->work, sizeof(float) * 2 * (size_t)rows * n_head);
-        if (rc == 0 && kern_attn_prefill_cuda(out, ldo, q, k, v, ld, c->seqs.p, n_seq, n_head,
-                                              head_dim, scale, colsum, c->work.p,
-                                              max_of(sh, n_seq, 0), c->stream) < 0) {
-            err_set(__FILE__, __LINE__, "CUDA prefill attention: %s", kern_cuda_error());
-            rc = -EIO;
-        }
-    }
+            FORWARD_IF(prefill_gemm(c, out, ldo, q, k, v, ld, &seqs[s], n_head, head_dim,
+                                    scale, colsum));
+    if (!n_short)
+        return 0;
+    FORWARD_IF(stage_seqs(c, sh, n_seq));
+    if (colsum)
+        FORWARD_IF(grow(&c->work, sizeof(float) * 2 * (size_t)rows * n_head));
+    CK(kern_attn_prefill_cuda(out, ldo, q, k, v, ld, c->seqs.p, n_seq, n_head, head_dim, scale,
+                              colsum, c->work.p, max_of(sh, n_seq, 0), c->stream));
+    return 0;
+}
+
+static int cuda_attn_prefill(void *ctx, void *out, int ldo, const void *q, const void *k,
+                             const void *v, int ld, const kern_seq *seqs, int n_seq, int n_head,
+                             int head_dim, float scale, void *colsum)
+{
+    kern_seq *sh = malloc(sizeof(kern_seq) * (size_t)(n_seq ? n_seq : 1));
+    RETURN_IF(!sh, -ENOMEM, "out of host memory for %d sequences", n_seq);
+    int rc = prefill_split(ctx, sh, out, ldo, q, k, v, ld, seqs, n_seq, n_head, head_dim, scale,
+                           colsum);
     free(sh);
     return rc;
 }
@@ -468,7 +567,7 @@ static int cuda_kv_prefill(void *ctx, void *kc, void *vc, void *scores, void *po
 {
     cuda_ctx *c = ctx;
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
-    KF(kern_kv_prefill_cuda(kc, vc, scores, pos, k, v, ld, colsum, c->seqs.p, n_seq, n_head,
+    CK(kern_kv_prefill_cuda(kc, vc, scores, pos, k, v, ld, colsum, c->seqs.p, n_seq, n_head,
                             head_dim, cap, max_of(seqs, n_seq, 0), c->stream));
     return 0;
 }
@@ -481,7 +580,7 @@ static int cuda_attn_decode(void *ctx, void *out, int ldo, const void *q, const 
     cuda_ctx *c = ctx;
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
     FORWARD_IF(grow(&c->work, kern_attn_decode_work(n_seq, n_head, head_dim, cap)));
-    KF(kern_attn_decode_cuda(out, ldo, q, k, v, ld, kc, vc, c->seqs.p, n_seq, n_head, head_dim,
+    CK(kern_attn_decode_cuda(out, ldo, q, k, v, ld, kc, vc, c->seqs.p, n_seq, n_head, head_dim,
                              cap, scale, scores, self_p, c->work.p, max_of(seqs, n_seq, 1),
                              c->stream));
     return 0;
@@ -493,7 +592,7 @@ static int cuda_kv_insert(void *ctx, void *kc, void *vc, void *scores, void *pos
 {
     cuda_ctx *c = ctx;
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
-    KF(kern_kv_insert_cuda(kc, vc, scores, pos, k, v, ld, self_p, c->seqs.p, n_seq, n_head,
+    CK(kern_kv_insert_cuda(kc, vc, scores, pos, k, v, ld, self_p, c->seqs.p, n_seq, n_head,
                            head_dim, cap, evicted, c->stream));
     return 0;
 }
@@ -503,7 +602,7 @@ static int cuda_kv_insert(void *ctx, void *kc, void *vc, void *scores, void *pos
 static int cuda_dequant_q4(void *ctx, void *dst, const void *src, size_t rows, int n)
 {
     cuda_ctx *c = ctx;
-    KF(kern_q4_dequant_cuda(dst, src, rows, n, c->stream));
+    CK(kern_q4_dequant_cuda(dst, src, rows, n, c->stream));
     return 0;
 }
 
@@ -513,7 +612,7 @@ static int cuda_kv_prefill_q4(void *ctx, void *kc, void *vc, void *scores, void 
 {
     cuda_ctx *c = ctx;
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
-    KF(kern_kv_prefill_q4_cuda(kc, vc, scores, pos, k, v, ld, colsum, c->seqs.p, n_seq, n_head,
+    CK(kern_kv_prefill_q4_cuda(kc, vc, scores, pos, k, v, ld, colsum, c->seqs.p, n_seq, n_head,
                                head_dim, cap, max_of(seqs, n_seq, 0), c->stream));
     return 0;
 }
@@ -526,7 +625,7 @@ static int cuda_attn_decode_q4(void *ctx, void *out, int ldo, const void *q, con
     cuda_ctx *c = ctx;
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
     FORWARD_IF(grow(&c->work, kern_attn_decode_q4_work(n_seq, n_head, head_dim, cap)));
-    KF(kern_attn_decode_q4_cuda(out, ldo, q, k, v, ld, kc, vc, c->seqs.p, n_seq, n_head,
+    CK(kern_attn_decode_q4_cuda(out, ldo, q, k, v, ld, kc, vc, c->seqs.p, n_seq, n_head,
                                 head_dim, cap, scale, scores, self_p, c->work.p,
                                 max_of(seqs, n_seq, 1), c->stream));
     return 0;
@@ -539,7 +638,7 @@ static int cuda_kv_insert_q4(void *ctx, void *kc, void *vc, void *scores, void *
 {
     cuda_ctx *c = ctx;
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
-    KF(kern_kv_insert_q4_cuda(kc, vc, scores, pos, k, v, ld, self_p, c->seqs.p, n_seq, n_head,
+    CK(kern_kv_insert_q4_cuda(kc, vc, scores, pos, k, v, ld, self_p, c->seqs.p, n_seq, n_head,
                               head_dim, cap, evicted, c->stream));
     return 0;
 }
@@ -567,7 +666,7 @@ static int cuda_sample(void *ctx, const void *logits, int n_rows, int V,
     CK(cudaMemcpyAsync(d_t, temperature, n * 4, cudaMemcpyHostToDevice, c->stream));
     CK(cudaMemcpyAsync(d_p, top_p, n * 4, cudaMemcpyHostToDevice, c->stream));
     CK(cudaMemcpyAsync(d_u, u, n * 8, cudaMemcpyHostToDevice, c->stream));
-    KF(kern_sample_cuda(logits, n_rows, V, d_t, d_p, d_u, d_tok, d_lp, p + head, any,
+    CK(kern_sample_cuda(logits, n_rows, V, d_t, d_p, d_u, d_tok, d_lp, p + head, any,
                         c->stream));
     CK(cudaMemcpyAsync(tokens, d_tok, n * 4, cudaMemcpyDeviceToHost, c->stream));
     CK(cudaMemcpyAsync(logprobs, d_lp, n * 4, cudaMemcpyDeviceToHost, c->stream));
@@ -718,6 +817,29 @@ static const backend_ops cuda_ops = {
     .event_sync = cuda_event_sync,
 };
 
+/* Streams, markers, the pinned staging buffer and the cuBLAS(Lt) handles
+ * of c (zeroed, device set); cuda_destroy frees what exists on failure. */
+static int cuda_setup(cuda_ctx *c)
+{
+    CK(cudaSetDevice(c->device));
+    CK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    CK(cudaStreamCreateWithFlags(&c->h2d, cudaStreamNonBlocking));
+    CK(cudaStreamCreateWithFlags(&c->d2h, cudaStreamNonBlocking));
+    for (int i = 0; i < BACKEND_EVENTS; i++)
+        CK(cudaEventCreateWithFlags(&c->events[i], cudaEventDisableTiming));
+    CK(cudaHostAlloc(&c->pinned, PINNED_BYTES, cudaHostAllocDefault));
+    FORWARD_IF(dev_malloc(&c->lt_work, LT_WORKSPACE, "cuBLASLt's workspace",
+                          "other processes hold the GPU's memory; free it or use --device cpu"));
+    CK(cublasCreate(&c->blas));
+    CK(cublasSetStream(c->blas, c->stream));
+    CK(cublasLtCreate(&c->lt));
+    CK(cublasLtMatmulPreferenceCreate(&c->lt_pref));
+    size_t ws = LT_WORKSPACE;
+    CK(cublasLtMatmulPreferenceSetAttribute(c->lt_pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                            &ws, sizeof ws));
+    return 0;
+}
+
 int backend_cuda_create(int device, backend *out)
 {
     int n = 0;
@@ -733,36 +855,7 @@ int backend_cuda_create(int device, backend *out)
     cuda_ctx *c = calloc(1, sizeof *c);
     RETURN_IF(!c, -ENOMEM, "out of memory");
     c->device = device;
-    int rc = 0;
-    e = cudaSetDevice(device);
-    if (e == cudaSuccess)
-        e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
-    if (e == cudaSuccess)
-        e = cudaStreamCreateWithFlags(&c->h2d, cudaStreamNonBlocking);
-    if (e == cudaSuccess)
-        e = cudaStreamCreateWithFlags(&c->d2h, cudaStreamNonBlocking);
-    for (int i = 0; e == cudaSuccess && i < BACKEND_EVENTS; i++)
-        e = cudaEventCreateWithFlags(&c->events[i], cudaEventDisableTiming);
-    if (e == cudaSuccess)
-        e = cudaHostAlloc(&c->pinned, PINNED_BYTES, cudaHostAllocDefault);
-    if (e == cudaSuccess)
-        e = cudaMalloc(&c->lt_work, LT_WORKSPACE);
-    if (e != cudaSuccess) {
-        err_set(__FILE__, __LINE__, "CUDA set-up on device %d failed: %s", device,
-                cudaGetErrorString(e));
-        rc = -EIO;
-    }
-    if (rc == 0) {
-        cublasStatus_t s = cublasCreate(&c->blas);
-        if (s == CUBLAS_STATUS_SUCCESS)
-            s = cublasSetStream(c->blas, c->stream);
-        if (s == CUBLAS_STATUS_SUCCESS)
-            s = cublasLtCreate(&c->lt);
-        if (s != CUBLAS_STATUS_SUCCESS) {
-            err_set(__FILE__, __LINE__, "cuBLAS set-up failed: %s", cublasGetStatusString(s));
-            rc = -EIO;
-        }
-    }
+    int rc = cuda_setup(c);
     if (rc < 0) {
         cuda_destroy(c);
         return rc;

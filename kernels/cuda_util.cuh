@@ -1,5 +1,6 @@
 /* cuda_util.cuh: what every kernels/<op>.cu shares: the checking macro
- * that keeps the failing call as text, fp16 vector loads, and the
+ * that keeps the failing call as text, launch-geometry limits, fp16 vector
+ * loads, and the
  * "group of lanes per row" dot product used by the attention kernels. */
 #ifndef FH_CUDA_UTIL_CUH
 #define FH_CUDA_UTIL_CUH
@@ -11,20 +12,57 @@
 
 #include "kern.h"
 
-void kern_cuda_set_error(const char *file, int line, const char *call, cudaError_t e);
+/* Record why a kernel entry point failed, as "file:line: message", for
+ * kern_cuda_error(). This is the kernels' one error record: kernels/ depends
+ * on nothing else of flexh2o, so it cannot use src/err.h; the CUDA backend
+ * forwards the text into err_set() through its checking macro. */
+void kern_cuda_fail(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
-/* Check a CUDA runtime call; on failure record it and return -EIO (-ENOMEM
- * when the device is out of memory). */
+/* The one check of a CUDA status: on failure record the call and the
+ * reason and return -ENOMEM (out of device memory) or -EIO. */
 #define KCHECK(call)                                                                   \
     do {                                                                               \
         cudaError_t kc_e_ = (call);                                                    \
         if (kc_e_ != cudaSuccess) {                                                    \
-            kern_cuda_set_error(__FILE__, __LINE__, #call, kc_e_);                     \
+            kern_cuda_fail(__FILE__, __LINE__, "%s: %s", #call, cudaGetErrorString(kc_e_)); \
             return kc_e_ == cudaErrorMemoryAllocation ? -ENOMEM : -EIO;                \
         }                                                                              \
     } while (0)
 /* After a <<<launch>>>: configuration errors show up here. */
 #define KLAUNCHED() KCHECK(cudaGetLastError())
+/* Refuse arguments a kernel does not support (err.h's RETURN_IF for the
+ * kernels' record). */
+#define KRETURN_IF(cond, code, ...)                                                    \
+    do {                                                                               \
+        if (cond) {                                                                    \
+            kern_cuda_fail(__FILE__, __LINE__, __VA_ARGS__);                           \
+            return (code);                                                             \
+        }                                                                              \
+    } while (0)
+
+/* Launch geometry. gridDim.x may reach 2^31 - 1, gridDim.y only 65535:
+ * kernels put the (sequence, head) pairs on x and loop over the y index
+ * (chunks of slots or of query rows) with a stride of gridDim.y, so any
+ * batch fits. kgrid_y gives the y extent for n blocks' worth of work. */
+#define KERN_GRID_Y_MAX 65535u
+unsigned kern_grid_y_max(void); /* KERN_GRID_Y_MAX, or kern_cuda_set_grid_y_max's */
+static inline unsigned kgrid_y(size_t n)
+{
+    unsigned mx = kern_grid_y_max();
+    return n == 0 ? 1u : n < mx ? (unsigned)n : mx;
+}
+/* The (sequence, head) pairs of a call must fit gridDim.x and an int. */
+#define KCHECK_PAIRS(n_seq, n_head)                                                    \
+    KRETURN_IF((long long)(n_seq) * (n_head) > 0x7fffffffLL, -EINVAL,                  \
+               "%d sequences x %d heads is more than 2^31 - 1 (sequence, head) pairs " \
+               "in one call; lower the GPU batch size", (n_seq), (n_head))
+/* The head_dim limit of the attention kernels (a lane holds 8 values, a
+ * warp at most 32 lanes per row). */
+#define KCHECK_HEAD_DIM(hd)                                                            \
+    KRETURN_IF((hd) % 8 || (hd) < 8 || (hd) > 256, -EINVAL,                            \
+               "head_dim %d is not supported by the CUDA attention kernels (a multiple " \
+               "of 8 from 8 to 256); use --device cpu", (hd))
 
 static inline cudaStream_t kstream(void *s) { return (cudaStream_t)s; }
 static inline unsigned kblocks(size_t n, unsigned per) { return (unsigned)((n + per - 1) / per); }

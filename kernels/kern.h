@@ -97,7 +97,7 @@ void kern_embed_ref(float *out, const float *tok_emb, const float *pos_emb,
 void kern_layernorm_ref(float *out, const float *x, const float *w,
                         const float *b, int n, int d, float eps);
 
-/* x(n, d) += b(d), then ReLU when relu != 0. */
+/* x(n, d) += b(d) (b may be NULL: no bias), then ReLU when relu != 0. */
 void kern_bias_act_ref(float *x, const float *b, int n, int d, int relu);
 
 /* y(count) += x(count). */
@@ -131,17 +131,21 @@ int kern_h2o_pick_ref(const float *scores, const int32_t *pos, int n_slots,
  *                      K/V[slot] = k/v_new; scores[slot] = self_p; pos[slot] = n_past
  *
  * and prefill (n_past 0) is exact causal attention over the prompt's own
- * rows, whose softmax column sums seed the scores of the tokens kept. */
+ * rows, whose softmax column sums seed the scores of the tokens kept.
+ *
+ * The ops that need per-thread scratch (a row of probabilities, a row of
+ * keep flags) allocate it once per call, before their OpenMP region, and
+ * return -ENOMEM when that fails (else 0); the caller reports it. */
 
 /* Causal self-attention of each sequence's n_new prompt rows (n_past must be
  * 0). q, k, v: packed rows with stride ld (head h at columns h*head_dim).
  * out (rows, ldo). colsum: NULL, or (rows, n_head) fp32 that receives, for
  * the token of each row, the sum over the queries of its sequence of the
  * softmax probability they gave it (the column sum of the causal softmax). */
-void kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
-                           const float *v, int ld, const kern_seq *seqs,
-                           int n_seq, int n_head, int head_dim, float scale,
-                           float *colsum);
+int kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
+                          const float *v, int ld, const kern_seq *seqs,
+                          int n_seq, int n_head, int head_dim, float scale,
+                          float *colsum);
 
 /* Fill the slot caches from the prompt rows after prefill. Per (sequence,
  * head): when n_new <= budget every token is kept, in slot = position;
@@ -150,20 +154,20 @@ void kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
  * stored in position order in slots [0, budget).
  * kc, vc: (n_seq, n_head, cap, head_dim); scores: NULL or (n_seq, n_head,
  * cap) fp32 set from colsum; pos: (n_seq, n_head, cap) int32. */
-void kern_kv_prefill_ref(float *kc, float *vc, float *scores, int32_t *pos,
-                         const float *k, const float *v, int ld,
-                         const float *colsum, const kern_seq *seqs, int n_seq,
-                         int n_head, int head_dim, int cap);
+int kern_kv_prefill_ref(float *kc, float *vc, float *scores, int32_t *pos,
+                        const float *k, const float *v, int ld,
+                        const float *colsum, const kern_seq *seqs, int n_seq,
+                        int n_head, int head_dim, int cap);
 
 /* Decode attention of one new row per active sequence (n_new 1) over its
  * n_slots cached tokens plus its own new k/v row (not yet in the cache).
  * scores: NULL or (n_seq, n_head, cap), += the probability of every slot;
  * self_p: NULL or (n_seq, n_head), = the probability of the new token. */
-void kern_attn_decode_ref(float *out, int ldo, const float *q, const float *k,
-                          const float *v, int ld, const float *kc,
-                          const float *vc, const kern_seq *seqs, int n_seq,
-                          int n_head, int head_dim, int cap, float scale,
-                          float *scores, float *self_p);
+int kern_attn_decode_ref(float *out, int ldo, const float *q, const float *k,
+                         const float *v, int ld, const float *kc,
+                         const float *vc, const kern_seq *seqs, int n_seq,
+                         int n_head, int head_dim, int cap, float scale,
+                         float *scores, float *self_p);
 
 /* Store the new token of each active sequence (n_new 1) in its cache: slot
  * n_slots while n_slots < budget, else the H2O victim of kern_h2o_pick_ref
@@ -180,13 +184,13 @@ void kern_kv_insert_ref(float *kc, float *vc, float *scores, int32_t *pos,
  * backend's KV) in host memory, everything else fp32 and host: CPU
  * attention (--cpu-attention) over host-resident KV, reading the cache in
  * place. */
-void kern_attn_decode_h16(float *out, int ldo, const float *q, const float *k,
-                          const float *v, int ld, const uint16_t *kc, const uint16_t *vc,
-                          const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                          int cap, float scale, float *scores, float *self_p);
-void kern_kv_prefill_h16(uint16_t *kc, uint16_t *vc, float *scores, int32_t *pos,
-                         const float *k, const float *v, int ld, const float *colsum,
-                         const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap);
+int kern_attn_decode_h16(float *out, int ldo, const float *q, const float *k,
+                         const float *v, int ld, const uint16_t *kc, const uint16_t *vc,
+                         const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                         int cap, float scale, float *scores, float *self_p);
+int kern_kv_prefill_h16(uint16_t *kc, uint16_t *vc, float *scores, int32_t *pos,
+                        const float *k, const float *v, int ld, const float *colsum,
+                        const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap);
 void kern_kv_insert_h16(uint16_t *kc, uint16_t *vc, float *scores, int32_t *pos,
                         const float *k, const float *v, int ld, const float *self_p,
                         const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
@@ -232,13 +236,13 @@ void kern_q4_dequant_row(float *dst, const uint8_t *src, int n);
  * CUDA backend's host-resident compressed KV. Each equals the fp32 op run
  * on the dequantized cache, with the rows it writes quantized
  * (head_dim <= 1024). */
-void kern_attn_decode_q4(float *out, int ldo, const float *q, const float *k,
-                         const float *v, int ld, const uint8_t *kc, const uint8_t *vc,
-                         const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                         int cap, float scale, float *scores, float *self_p);
-void kern_kv_prefill_q4(uint8_t *kc, uint8_t *vc, float *scores, int32_t *pos,
-                        const float *k, const float *v, int ld, const float *colsum,
-                        const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap);
+int kern_attn_decode_q4(float *out, int ldo, const float *q, const float *k,
+                        const float *v, int ld, const uint8_t *kc, const uint8_t *vc,
+                        const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                        int cap, float scale, float *scores, float *self_p);
+int kern_kv_prefill_q4(uint8_t *kc, uint8_t *vc, float *scores, int32_t *pos,
+                       const float *k, const float *v, int ld, const float *colsum,
+                       const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap);
 void kern_kv_insert_q4(uint8_t *kc, uint8_t *vc, float *scores, int32_t *pos,
                        const float *k, const float *v, int ld, const float *self_p,
                        const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
@@ -248,12 +252,22 @@ void kern_kv_insert_q4(uint8_t *kc, uint8_t *vc, float *scores, int32_t *pos,
 /* Device pointers are void * for fp16 (__half) data, float * / int32_t *
  * for fp32 / int32 device data; `seqs` of the CUDA ops is a device copy of
  * the kern_seq array (the host copy's maxima are passed as arguments).
- * stream is a cudaStream_t. Each returns 0, or -EIO (-ENOMEM for
- * allocation) with the failing call kept for kern_cuda_error(). */
+ * stream is a cudaStream_t. Each returns 0; -EINVAL for a shape or buffer
+ * it does not support (the message says which); -EIO, or -ENOMEM when the
+ * device is out of memory, for a failed CUDA call. The reason is kept for
+ * kern_cuda_error(). Any batch size fits the launch geometry: the ops take
+ * up to 2^31 - 1 (sequence, head) pairs and prompts and caches of any
+ * length. */
 
 int kern_cuda_available(void);
-/* The last CUDA failure of this thread, as "file:line: call: reason". */
+/* Why the last failing CUDA op of this thread failed, as "file:line:
+ * message" (for a CUDA call: "file:line: call: reason"). */
 const char *kern_cuda_error(void);
+/* Lower the y extent of the attention grids below CUDA's 65535 (0: back to
+ * 65535). The kernels then loop over more y indices per block: the tests
+ * run that loop with small shapes this way. Not thread-safe: set it before
+ * launching. */
+void kern_cuda_set_grid_y_max(unsigned max);
 
 /* dst(n) fp16 <- src(n) fp32 and back, both on the device. */
 int kern_f32_to_f16_cuda(void *dst, const float *src, size_t n, void *stream);
@@ -280,17 +294,23 @@ int kern_attn_prefill_cuda(void *out, int ldo, const void *q, const void *k,
                            const void *v, int ld, const kern_seq *seqs, int n_seq,
                            int n_head, int head_dim, float scale, float *colsum,
                            float *work, int max_new, void *stream);
-/* The tensor-core form of prefill attention, per sequence of n tokens and a
- * group of `heads` heads: the caller forms S (heads, n, n) fp32 = scale Q K^T
- * with a batched GEMM; kern_prefill_softmax_cuda writes P (heads, n, n) fp16
- * = causal softmax(S) (zeros above the diagonal) and, when stats is not
- * NULL, (heads, n, 2) row max and sum; kern_prefill_colsum_cuda then writes
- * the column sums of the softmax, from S in fp32, to colsum[(row0 + j) *
- * n_head + h0 + h]; the caller forms out = P V with a second GEMM. */
-int kern_prefill_softmax_cuda(const float *S, void *P, float *stats, int n, int heads,
-                              void *stream);
-int kern_prefill_colsum_cuda(const float *S, const float *stats, float *colsum, int n,
-                             int heads, int row0, int n_head, int h0, void *stream);
+/* The tensor-core form of prefill attention, per sequence of n tokens, a
+ * group of `heads` heads and a block of `rows` query rows i0 .. i0 + rows - 1
+ * (the whole prompt: i0 0, rows n): the caller forms S (heads, rows, cols)
+ * fp32 = scale Q K^T against the keys 0 .. cols - 1 (cols = i0 + rows: the
+ * keys the block's causal rows see) with a batched GEMM;
+ * kern_prefill_softmax_cuda writes P (heads, rows, cols) fp16 = causal
+ * softmax(S) (zeros above the diagonal) and, when stats is not NULL,
+ * (heads, rows, 2) row max and sum; kern_prefill_colsum_cuda then adds the
+ * block's column sums of the softmax, from S in fp32, to colsum[(row0 + j)
+ * * n_head + h0 + h] (storing them for the columns j >= i0, which start in
+ * this block); the caller forms the block's out = P V with a second GEMM.
+ * Blocks must come in order of i0, each starting where the last ended. */
+int kern_prefill_softmax_cuda(const float *S, void *P, float *stats, int rows, int cols,
+                              int i0, int heads, void *stream);
+int kern_prefill_colsum_cuda(const float *S, const float *stats, float *colsum, int rows,
+                             int cols, int i0, int heads, int row0, int n_head, int h0,
+                             void *stream);
 /* kern_kv_prefill_ref. max_new: the largest n_new. */
 int kern_kv_prefill_cuda(void *kc, void *vc, float *scores, int32_t *pos,
                          const void *k, const void *v, int ld, const float *colsum,
@@ -330,7 +350,7 @@ int kern_q4_dequant_cuda(void *dst, const void *src, size_t rows, int n, void *s
  * kern_q4_row_bytes(head_dim) bytes): the same selections and evictions,
  * new fp16 rows quantized from their fp32 value; decode reads the cache in
  * place. head_dim % 8 == 0, head_dim <= 256 (a short last group is fine);
- * kc, vc 4-byte aligned (-EIO otherwise). work of decode:
+ * kc, vc 4-byte aligned (-EINVAL otherwise). work of decode:
  * kern_attn_decode_q4_work() bytes. */
 int kern_kv_prefill_q4_cuda(void *kc, void *vc, float *scores, int32_t *pos,
                             const void *k, const void *v, int ld, const float *colsum,

@@ -4,17 +4,22 @@
 #include "cuda_util.cuh"
 
 #define KVP_THREADS 256
+/* Tokens whose slots a block holds at once (8 KiB of shared memory): a
+ * prompt of any length is done tile by tile, the running slot count
+ * carried from one tile to the next. */
+#define KVP_TILE 2048
 
 /* One block per (sequence, head). Which prompt tokens are kept: all when
  * they fit the budget, else the first sinks, the last recent, and the heavy
  * highest column sums of the rest, ties keeping the newer token (rank of j
- * = how many middle tokens beat it). Then each kept token j goes to slot
+ * = how many middle tokens beat it; it depends on no other token's flag, so
+ * tiles of tokens are independent). Then each kept token j goes to slot
  * (number of kept tokens before j), in position order, as the reference. */
 __global__ void kv_prefill(__half *kc, __half *vc, float *scores, int32_t *pos, const __half *k,
                            const __half *v, int ld, const float *colsum, const kern_seq *seqs,
                            int n_head, int hd, int cap)
 {
-    extern __shared__ int slot_of[]; /* (max_new) slot of token j or -1 */
+    __shared__ int slot_of[KVP_TILE]; /* slot of token t0 + jj, or -1 */
     int pair = blockIdx.x, s = pair / n_head, h = pair % n_head;
     kern_seq sq = seqs[s];
     int n = sq.n_new;
@@ -22,41 +27,44 @@ __global__ void kv_prefill(__half *kc, __half *vc, float *scores, int32_t *pos, 
         return;
     int heavy = sq.budget - sq.sinks - sq.recent, lo = sq.sinks, hi = n - sq.recent;
     const float *cs = colsum ? colsum + (size_t)sq.row * n_head + h : NULL;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        int keep = n <= sq.budget || j < lo || j >= hi;
-        if (!keep) {
-            float cj = cs ? cs[(size_t)j * n_head] : 0.0f;
-            int rank = 0;
-            for (int i = lo; i < hi && rank < heavy; i++) {
-                float ci = cs ? cs[(size_t)i * n_head] : 0.0f;
-                rank += ci > cj || (ci == cj && i > j);
-            }
-            keep = rank < heavy;
-        }
-        slot_of[j] = keep;
-    }
-    __syncthreads(); /* keep flags complete before the prefix count */
-    if (threadIdx.x == 0) {
-        int next = 0;
-        for (int j = 0; j < n; j++)
-            slot_of[j] = slot_of[j] && next < sq.budget ? next++ : -1;
-    }
-    __syncthreads(); /* slots assigned before the copies */
     size_t base = (size_t)pair * cap;
-    int hd8 = hd / 8;
-    for (int x = threadIdx.x; x < n * hd8; x += blockDim.x) {
-        int j = x / hd8, c = x % hd8, slot = slot_of[j];
-        if (slot < 0)
-            continue;
-        size_t src = (size_t)(sq.row + j) * ld + (size_t)h * hd + c * 8;
-        size_t dst = (base + slot) * hd + c * 8;
-        *(uint4 *)(kc + dst) = *(const uint4 *)(k + src);
-        *(uint4 *)(vc + dst) = *(const uint4 *)(v + src);
-        if (c == 0) {
-            pos[base + slot] = j;
-            if (scores)
-                scores[base + slot] = cs ? cs[(size_t)j * n_head] : 0.0f;
+    int hd8 = hd / 8, next = 0; /* next: slots taken so far (thread 0's count) */
+    for (int t0 = 0; t0 < n; t0 += KVP_TILE) {
+        int tn = min(KVP_TILE, n - t0);
+        for (int jj = threadIdx.x; jj < tn; jj += blockDim.x) {
+            int j = t0 + jj, keep = n <= sq.budget || j < lo || j >= hi;
+            if (!keep) {
+                float cj = cs ? cs[(size_t)j * n_head] : 0.0f;
+                int rank = 0;
+                for (int i = lo; i < hi && rank < heavy; i++) {
+                    float ci = cs ? cs[(size_t)i * n_head] : 0.0f;
+                    rank += ci > cj || (ci == cj && i > j);
+                }
+                keep = rank < heavy;
+            }
+            slot_of[jj] = keep;
         }
+        __syncthreads(); /* keep flags of the tile complete before the prefix count */
+        if (threadIdx.x == 0)
+            for (int jj = 0; jj < tn; jj++)
+                slot_of[jj] = slot_of[jj] && next < sq.budget ? next++ : -1;
+        __syncthreads(); /* slots assigned before the copies */
+        for (int x = threadIdx.x; x < tn * hd8; x += blockDim.x) {
+            int jj = x / hd8, c = x % hd8, slot = slot_of[jj], j = t0 + jj;
+            if (slot < 0)
+                continue;
+            size_t src = (size_t)(sq.row + j) * ld + (size_t)h * hd + c * 8;
+            size_t dst = (base + slot) * hd + c * 8;
+            *(uint4 *)(kc + dst) = *(const uint4 *)(k + src);
+            *(uint4 *)(vc + dst) = *(const uint4 *)(v + src);
+            if (c == 0) {
+                pos[base + slot] = j;
+                if (scores)
+                    scores[base + slot] = cs ? cs[(size_t)j * n_head] : 0.0f;
+            }
+        }
+        if (t0 + KVP_TILE < n) /* block-uniform */
+            __syncthreads(); /* slot_of read by all before the next tile rewrites it */
     }
 }
 
@@ -67,12 +75,12 @@ extern "C" int kern_kv_prefill_cuda(void *kc, void *vc, float *scores, int32_t *
 {
     if (n_seq == 0 || max_new == 0)
         return 0;
-    if (head_dim % 8)
-        return -EINVAL;
-    kv_prefill<<<n_seq * n_head, KVP_THREADS, sizeof(int) * (size_t)max_new,
-                 kstream(stream)>>>((__half *)kc, (__half *)vc, scores, pos,
-                                    (const __half *)k, (const __half *)v, ld, colsum, seqs,
-                                    n_head, head_dim, cap);
+    KRETURN_IF(head_dim % 8, -EINVAL, "KV prefill: head_dim %d is not a multiple of 8",
+               head_dim);
+    KCHECK_PAIRS(n_seq, n_head);
+    kv_prefill<<<(unsigned)(n_seq * n_head), KVP_THREADS, 0, kstream(stream)>>>(
+        (__half *)kc, (__half *)vc, scores, pos, (const __half *)k, (const __half *)v, ld, colsum,
+        seqs, n_head, head_dim, cap);
     KLAUNCHED();
     return 0;
 }
@@ -140,11 +148,12 @@ extern "C" int kern_kv_insert_cuda(void *kc, void *vc, float *scores, int32_t *p
                                    const kern_seq *seqs, int n_seq, int n_head, int head_dim,
                                    int cap, int32_t *evicted, void *stream)
 {
-    int pairs = n_seq * n_head;
-    if (pairs == 0)
+    if (n_seq == 0 || n_head == 0)
         return 0;
-    if (head_dim % 8)
-        return -EINVAL;
+    KRETURN_IF(head_dim % 8, -EINVAL, "KV insert: head_dim %d is not a multiple of 8",
+               head_dim);
+    KCHECK_PAIRS(n_seq, n_head);
+    int pairs = n_seq * n_head;
     kv_insert<<<kblocks((size_t)pairs, 4), 128, 0, kstream(stream)>>>(
         (__half *)kc, (__half *)vc, scores, pos, (const __half *)k, (const __half *)v, ld,
         self_p, seqs, n_seq, n_head, head_dim, cap, evicted);

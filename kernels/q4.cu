@@ -43,15 +43,10 @@
 static_assert(KERN_Q4_GROUP == 64 && KERN_Q4_BLOCK == 36,
               "q4.cu assumes 8 octets of codes + one header word per block");
 
-/* Record a misaligned buffer as a CUDA-style failure (KF prints it). */
-#define KALIGNED(p, a)                                                                 \
-    do {                                                                               \
-        if ((uintptr_t)(p) % (a)) {                                                    \
-            kern_cuda_set_error(__FILE__, __LINE__, #p " not " #a "-byte aligned",     \
-                                cudaErrorMisalignedAddress);                           \
-            return -EIO;                                                               \
-        }                                                                              \
-    } while (0)
+/* The 4-bit caches are read and written in 32-bit words. */
+#define KCHECK_Q4_CACHES(kc, vc)                                                       \
+    KRETURN_IF((uintptr_t)(kc) % 4 || (uintptr_t)(vc) % 4, -EINVAL,                    \
+               "4-bit KV caches must be 4-byte aligned (K at %p, V at %p)", (kc), (vc))
 
 /* The 8 values of an octet from its block's header word and code word. */
 __device__ __forceinline__ void q4_octet(uint32_t head, uint32_t codes, float f[8])
@@ -228,18 +223,20 @@ __device__ void q4_put_row(uint32_t *dst, const __half *src, int hd, int gl, boo
 /* ------------------------------------------------------------- prefill */
 
 #define KVP_THREADS 256
+#define KVP_TILE 2048 /* kv_slots.cu's tile of tokens */
 
-/* kv_slots.cu's kv_prefill with 4-bit rows: one block per (sequence, head);
- * the keep flags and the slot of each kept token are computed by the same
- * code (first sinks, last recent, heavy highest column sums, ties keeping
- * the newer token; slots in position order), then each group of L lanes
- * quantizes a kept token's K and V rows into its slot. */
+/* kv_slots.cu's kv_prefill with 4-bit rows: one block per (sequence, head),
+ * tiles of KVP_TILE tokens; the keep flags and the slot of each kept token
+ * are computed by the same code (first sinks, last recent, heavy highest
+ * column sums, ties keeping the newer token; slots in position order), then
+ * each group of L lanes quantizes a kept token's K and V rows into its
+ * slot. */
 template <int L>
 __global__ void kv_prefill_q4(uint32_t *kc, uint32_t *vc, float *scores, int32_t *pos,
                               const __half *k, const __half *v, int ld, const float *colsum,
                               const kern_seq *seqs, int n_head, int hd, int cap)
 {
-    extern __shared__ int slot_of[]; /* (max_new) slot of token j or -1 */
+    __shared__ int slot_of[KVP_TILE]; /* slot of token t0 + jj, or -1 */
     int pair = blockIdx.x, s = pair / n_head, h = pair % n_head;
     kern_seq sq = seqs[s];
     int n = sq.n_new;
@@ -247,52 +244,55 @@ __global__ void kv_prefill_q4(uint32_t *kc, uint32_t *vc, float *scores, int32_t
         return;
     int heavy = sq.budget - sq.sinks - sq.recent, lo = sq.sinks, hi = n - sq.recent;
     const float *cs = colsum ? colsum + (size_t)sq.row * n_head + h : NULL;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        int keep = n <= sq.budget || j < lo || j >= hi;
-        if (!keep) {
-            float cj = cs ? cs[(size_t)j * n_head] : 0.0f;
-            int rank = 0;
-            for (int i = lo; i < hi && rank < heavy; i++) {
-                float ci = cs ? cs[(size_t)i * n_head] : 0.0f;
-                rank += ci > cj || (ci == cj && i > j);
-            }
-            keep = rank < heavy;
-        }
-        slot_of[j] = keep;
-    }
-    __syncthreads(); /* keep flags complete before the prefix count */
-    if (threadIdx.x == 0) {
-        int next = 0;
-        for (int j = 0; j < n; j++)
-            slot_of[j] = slot_of[j] && next < sq.budget ? next++ : -1;
-    }
-    __syncthreads(); /* slots assigned before the writes */
     size_t base = (size_t)pair * cap;
     size_t rw = (size_t)(hd + KERN_Q4_GROUP - 1) / KERN_Q4_GROUP * Q4_WORDS; /* words per row */
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32, grp = lane / L, gl = lane % L;
     const int R = 32 / L, NW = KVP_THREADS / 32;
-    for (int j0 = warp * R; j0 < n; j0 += NW * R) { /* warp-uniform: q4_put_row shuffles */
-        int j = j0 + grp, slot = j < n ? slot_of[j] : -1;
-        bool put = slot >= 0;
-        size_t src = (size_t)(sq.row + (put ? j : 0)) * ld + (size_t)h * hd;
-        size_t dst = (base + (put ? slot : 0)) * rw;
-        q4_put_row<L>(kc + dst, k + src, hd, gl, put);
-        q4_put_row<L>(vc + dst, v + src, hd, gl, put);
-        if (put && gl == 0) {
-            pos[base + slot] = j;
-            if (scores)
-                scores[base + slot] = cs ? cs[(size_t)j * n_head] : 0.0f;
+    int next = 0; /* slots taken so far (thread 0's count) */
+    for (int t0 = 0; t0 < n; t0 += KVP_TILE) {
+        int tn = min(KVP_TILE, n - t0);
+        for (int jj = threadIdx.x; jj < tn; jj += blockDim.x) {
+            int j = t0 + jj, keep = n <= sq.budget || j < lo || j >= hi;
+            if (!keep) {
+                float cj = cs ? cs[(size_t)j * n_head] : 0.0f;
+                int rank = 0;
+                for (int i = lo; i < hi && rank < heavy; i++) {
+                    float ci = cs ? cs[(size_t)i * n_head] : 0.0f;
+                    rank += ci > cj || (ci == cj && i > j);
+                }
+                keep = rank < heavy;
+            }
+            slot_of[jj] = keep;
         }
+        __syncthreads(); /* keep flags of the tile complete before the prefix count */
+        if (threadIdx.x == 0)
+            for (int jj = 0; jj < tn; jj++)
+                slot_of[jj] = slot_of[jj] && next < sq.budget ? next++ : -1;
+        __syncthreads(); /* slots assigned before the writes */
+        for (int j0 = warp * R; j0 < tn; j0 += NW * R) { /* warp-uniform: q4_put_row shuffles */
+            int jj = j0 + grp, slot = jj < tn ? slot_of[jj] : -1, j = t0 + jj;
+            bool put = slot >= 0;
+            size_t src = (size_t)(sq.row + (put ? j : 0)) * ld + (size_t)h * hd;
+            size_t dst = (base + (put ? slot : 0)) * rw;
+            q4_put_row<L>(kc + dst, k + src, hd, gl, put);
+            q4_put_row<L>(vc + dst, v + src, hd, gl, put);
+            if (put && gl == 0) {
+                pos[base + slot] = j;
+                if (scores)
+                    scores[base + slot] = cs ? cs[(size_t)j * n_head] : 0.0f;
+            }
+        }
+        if (t0 + KVP_TILE < n) /* block-uniform */
+            __syncthreads(); /* slot_of read by all before the next tile rewrites it */
     }
 }
 
 template <int L>
 static int launch_kv_prefill_q4(void *kc, void *vc, float *scores, int32_t *pos, const void *k,
                                 const void *v, int ld, const float *colsum, const kern_seq *seqs,
-                                int n_seq, int n_head, int hd, int cap, int max_new,
-                                cudaStream_t st)
+                                int n_seq, int n_head, int hd, int cap, cudaStream_t st)
 {
-    kv_prefill_q4<L><<<n_seq * n_head, KVP_THREADS, sizeof(int) * (size_t)max_new, st>>>(
+    kv_prefill_q4<L><<<(unsigned)(n_seq * n_head), KVP_THREADS, 0, st>>>(
         (uint32_t *)kc, (uint32_t *)vc, scores, pos, (const __half *)k, (const __half *)v, ld,
         colsum, seqs, n_head, hd, cap);
     KLAUNCHED();
@@ -307,12 +307,11 @@ extern "C" int kern_kv_prefill_q4_cuda(void *kc, void *vc, float *scores, int32_
 {
     if (n_seq == 0 || max_new == 0)
         return 0;
-    if (head_dim % 8 || head_dim > 256)
-        return -EINVAL;
-    KALIGNED(kc, 4);
-    KALIGNED(vc, 4);
+    KCHECK_HEAD_DIM(head_dim);
+    KCHECK_PAIRS(n_seq, n_head);
+    KCHECK_Q4_CACHES(kc, vc);
     return Q4_DISPATCH_L(head_dim, launch_kv_prefill_q4, kc, vc, scores, pos, k, v, ld, colsum,
-                         seqs, n_seq, n_head, head_dim, cap, max_new, kstream(stream));
+                         seqs, n_seq, n_head, head_dim, cap, kstream(stream));
 }
 
 /* -------------------------------------------------------------- insert */
@@ -381,13 +380,12 @@ extern "C" int kern_kv_insert_q4_cuda(void *kc, void *vc, float *scores, int32_t
                                       const kern_seq *seqs, int n_seq, int n_head, int head_dim,
                                       int cap, int32_t *evicted, void *stream)
 {
-    int pairs = n_seq * n_head;
-    if (pairs == 0)
+    if (n_seq == 0 || n_head == 0)
         return 0;
-    if (head_dim % 8 || head_dim > 256)
-        return -EINVAL;
-    KALIGNED(kc, 4);
-    KALIGNED(vc, 4);
+    KCHECK_HEAD_DIM(head_dim);
+    KCHECK_PAIRS(n_seq, n_head);
+    KCHECK_Q4_CACHES(kc, vc);
+    int pairs = n_seq * n_head;
     kv_insert_q4<<<kblocks((size_t)pairs, 4), 128, 0, kstream(stream)>>>(
         (uint32_t *)kc, (uint32_t *)vc, scores, pos, (const __half *)k, (const __half *)v, ld,
         self_p, seqs, n_seq, n_head, head_dim, cap, evicted);
@@ -397,7 +395,8 @@ extern "C" int kern_kv_insert_q4_cuda(void *kc, void *vc, float *scores, int32_t
 
 /* -------------------------------------------------------------- decode
  * attention.cu's decode, passes 1-3 unchanged but for where a lane's 8
- * values of row t come from (the Rows loader below). */
+ * values of row t come from (the Rows loader below); the same launch
+ * geometry (pairs on gridDim.x, chunks looped over gridDim.y). */
 
 #define DEC_WARPS 4
 #define DEC_CHUNK 256
@@ -444,13 +443,15 @@ struct q4_rows {
     }
 };
 
+/* attention.cu's decode_pass1: block (pair, chunk c) for c = blockIdx.y,
+ * blockIdx.y + gridDim.y, ... < n_chunks. */
 template <int G, class Rows>
 __global__ void dec_pass1(const __half *q, const __half *k, int ld, Rows kc,
                           const kern_seq *seqs, int n_head, int hd, int cap, float scale,
-                          dec_work w)
+                          dec_work w, int n_chunks)
 {
     __shared__ float red[DEC_WARPS][2];
-    int pair = blockIdx.y, s = pair / n_head, h = pair % n_head, c = blockIdx.x;
+    int pair = blockIdx.x, s = pair / n_head, h = pair % n_head;
     kern_seq sq = seqs[s];
     if (sq.n_new == 0)
         return;
@@ -462,60 +463,66 @@ __global__ void dec_pass1(const __half *q, const __half *k, int ld, Rows kc,
     if (gl < hd8)
         load8(q + (size_t)sq.row * ld + hc + gl * 8, qf);
     const __half *knew = k + (size_t)sq.row * ld + hc;
-    float m = -INFINITY, l = 0.0f;
-    int end = min(c * DEC_CHUNK + DEC_CHUNK, n + 1);
-    for (int t0 = c * DEC_CHUNK + warp * R; t0 < end; t0 += DEC_WARPS * R) { /* warp-uniform */
-        int t = t0 + grp;
-        float d = 0.0f;
-        if (gl < hd8) { /* groups past the end compute on row t0 and discard it */
-            float kf[8];
-            kc.get8(knew, base, t < end ? t : t0, n, gl, kf);
+    for (int c = blockIdx.y; c < n_chunks; c += gridDim.y) {
+        float m = -INFINITY, l = 0.0f;
+        int end = min(c * DEC_CHUNK + DEC_CHUNK, n + 1);
+        for (int t0 = c * DEC_CHUNK + warp * R; t0 < end; t0 += DEC_WARPS * R) { /* warp-uniform */
+            int t = t0 + grp;
+            float d = 0.0f;
+            if (gl < hd8) { /* groups past the end compute on row t0 and discard it */
+                float kf[8];
+                kc.get8(knew, base, t < end ? t : t0, n, gl, kf);
 #pragma unroll
-            for (int i = 0; i < 8; i++)
-                d += qf[i] * kf[i];
+                for (int i = 0; i < 8; i++)
+                    d += qf[i] * kf[i];
+            }
+            float sc = group_sum<G>(d) * scale;
+            if (t >= end)
+                continue;
+            if (gl == 0)
+                w.logit[(size_t)pair * (cap + 1) + t] = sc;
+            float mn = fmaxf(m, sc);
+            l = l * __expf(m - mn) + __expf(sc - mn);
+            m = mn;
         }
-        float sc = group_sum<G>(d) * scale;
-        if (t >= end)
-            continue;
-        if (gl == 0)
-            w.logit[(size_t)pair * (cap + 1) + t] = sc;
-        float mn = fmaxf(m, sc);
-        l = l * __expf(m - mn) + __expf(sc - mn);
-        m = mn;
-    }
-    /* merge the groups of the warp, then the warps of the block */
+        /* merge the groups of the warp, then the warps of the block */
 #pragma unroll
-    for (int off = G; off < 32; off *= 2) {
-        float m2 = __shfl_xor_sync(0xffffffffu, m, off);
-        float l2 = __shfl_xor_sync(0xffffffffu, l, off);
-        float mn = fmaxf(m, m2);
-        l = (m == -INFINITY ? 0.0f : l * __expf(m - mn)) +
-            (m2 == -INFINITY ? 0.0f : l2 * __expf(m2 - mn));
-        m = mn;
-    }
-    if (lane == 0) {
-        red[warp][0] = m;
-        red[warp][1] = l;
-    }
-    __syncthreads(); /* all warp states written */
-    if (threadIdx.x == 0) {
-        float M = -INFINITY, L = 0.0f;
-        for (int i = 0; i < DEC_WARPS; i++)
-            M = fmaxf(M, red[i][0]);
-        for (int i = 0; i < DEC_WARPS; i++)
-            L += red[i][0] == -INFINITY ? 0.0f : red[i][1] * __expf(red[i][0] - M);
-        float *st = w.stat + ((size_t)pair * gridDim.x + c) * 2;
-        st[0] = M;
-        st[1] = L;
+        for (int off = G; off < 32; off *= 2) {
+            float m2 = __shfl_xor_sync(0xffffffffu, m, off);
+            float l2 = __shfl_xor_sync(0xffffffffu, l, off);
+            float mn = fmaxf(m, m2);
+            l = (m == -INFINITY ? 0.0f : l * __expf(m - mn)) +
+                (m2 == -INFINITY ? 0.0f : l2 * __expf(m2 - mn));
+            m = mn;
+        }
+        if (lane == 0) {
+            red[warp][0] = m;
+            red[warp][1] = l;
+        }
+        __syncthreads(); /* all warp states written */
+        if (threadIdx.x == 0) {
+            float M = -INFINITY, L = 0.0f;
+            for (int i = 0; i < DEC_WARPS; i++)
+                M = fmaxf(M, red[i][0]);
+            for (int i = 0; i < DEC_WARPS; i++)
+                L += red[i][0] == -INFINITY ? 0.0f : red[i][1] * __expf(red[i][0] - M);
+            float *st = w.stat + ((size_t)pair * n_chunks + c) * 2;
+            st[0] = M;
+            st[1] = L;
+        }
+        if (c + gridDim.y < n_chunks) /* block-uniform */
+            __syncthreads(); /* thread 0 has read red before the next chunk rewrites it */
     }
 }
 
+/* attention.cu's decode_pass2, the grid of dec_pass1. */
 template <int G, class Rows>
 __global__ void dec_pass2(const __half *v, int ld, Rows vc, const kern_seq *seqs, int n_head,
-                          int hd, int cap, float *scores, float *self_p, dec_work w)
+                          int hd, int cap, float *scores, float *self_p, dec_work w,
+                          int n_chunks)
 {
     extern __shared__ float acc[]; /* (DEC_WARPS * 32 / G, hd) */
-    int pair = blockIdx.y, s = pair / n_head, h = pair % n_head, c = blockIdx.x;
+    int pair = blockIdx.x, s = pair / n_head, h = pair % n_head;
     kern_seq sq = seqs[s];
     if (sq.n_new == 0)
         return;
@@ -525,7 +532,7 @@ __global__ void dec_pass2(const __half *v, int ld, Rows vc, const kern_seq *seqs
     size_t base = (size_t)pair * cap;
     /* global max and sum over the chunks, the same order in every block */
     float M = -INFINITY, L = 0.0f;
-    const float *st = w.stat + (size_t)pair * gridDim.x * 2;
+    const float *st = w.stat + (size_t)pair * n_chunks * 2;
     int used = (n + 1 + DEC_CHUNK - 1) / DEC_CHUNK;
     for (int i = 0; i < used; i++)
         M = fmaxf(M, st[2 * i]);
@@ -533,36 +540,40 @@ __global__ void dec_pass2(const __half *v, int ld, Rows vc, const kern_seq *seqs
         L += st[2 * i + 1] * __expf(st[2 * i] - M);
     float invL = 1.0f / L;
     const __half *vnew = v + (size_t)sq.row * ld + (size_t)h * hd;
-    float o[8] = {0};
-    int end = min(c * DEC_CHUNK + DEC_CHUNK, n + 1);
-    for (int t = c * DEC_CHUNK + warp * R + grp; t < end; t += DEC_WARPS * R) {
-        float p = __expf(w.logit[(size_t)pair * (cap + 1) + t] - M) * invL;
-        if (gl == 0) {
-            if (t < n) {
-                if (scores)
-                    scores[base + t] += p; /* slot t belongs to this group alone */
-            } else if (self_p) {
-                self_p[pair] = p;
+    for (int c = blockIdx.y; c < n_chunks; c += gridDim.y) {
+        float o[8] = {0};
+        int end = min(c * DEC_CHUNK + DEC_CHUNK, n + 1);
+        for (int t = c * DEC_CHUNK + warp * R + grp; t < end; t += DEC_WARPS * R) {
+            float p = __expf(w.logit[(size_t)pair * (cap + 1) + t] - M) * invL;
+            if (gl == 0) {
+                if (t < n) {
+                    if (scores)
+                        scores[base + t] += p; /* slot t belongs to this group alone */
+                } else if (self_p) {
+                    self_p[pair] = p;
+                }
+            }
+            if (gl < hd8) {
+                float vf[8];
+                vc.get8(vnew, base, t, n, gl, vf);
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    o[e] += p * vf[e];
             }
         }
-        if (gl < hd8) {
-            float vf[8];
-            vc.get8(vnew, base, t, n, gl, vf);
-#pragma unroll
+        int g_all = warp * R + grp;
+        if (gl < hd8)
             for (int e = 0; e < 8; e++)
-                o[e] += p * vf[e];
+                acc[(size_t)g_all * hd + gl * 8 + e] = o[e];
+        __syncthreads(); /* every group's partial is in acc */
+        for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+            float sum = 0.0f;
+            for (int g = 0; g < DEC_WARPS * R; g++)
+                sum += acc[(size_t)g * hd + e];
+            w.partial[((size_t)pair * n_chunks + c) * hd + e] = sum;
         }
-    }
-    int g_all = warp * R + grp;
-    if (gl < hd8)
-        for (int e = 0; e < 8; e++)
-            acc[(size_t)g_all * hd + gl * 8 + e] = o[e];
-    __syncthreads(); /* every group's partial is in acc */
-    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
-        float sum = 0.0f;
-        for (int g = 0; g < DEC_WARPS * R; g++)
-            sum += acc[(size_t)g * hd + e];
-        w.partial[((size_t)pair * gridDim.x + c) * hd + e] = sum;
+        if (c + gridDim.y < n_chunks) /* block-uniform */
+            __syncthreads(); /* acc read by all before the next chunk rewrites it */
     }
 }
 
@@ -588,22 +599,23 @@ static int launch_decode_q4(void *out, int ldo, const void *q, const void *k, co
                             int n_seq, int n_head, int hd, int cap, float scale, float *scores,
                             float *self_p, void *work, int max_slots, cudaStream_t st)
 {
-    dec_work w = dec_carve(work, n_seq * n_head, cap);
+    unsigned pairs = (unsigned)(n_seq * n_head);
+    dec_work w = dec_carve(work, (int)pairs, cap);
     int rw = (hd + KERN_Q4_GROUP - 1) / KERN_Q4_GROUP * Q4_WORDS;
     q4_rows kr = {(const uint32_t *)kc, rw}, vr = {(const uint32_t *)vc, rw};
     /* the grid covers the longest sequence (chunks past a shorter one's
      * slots do no work); stats and partials use n_chunks as their stride */
     int n_chunks = (max_slots + 1 + DEC_CHUNK - 1) / DEC_CHUNK;
-    dim3 grid((unsigned)n_chunks, (unsigned)(n_seq * n_head));
+    dim3 grid(pairs, kgrid_y((size_t)n_chunks));
     dec_pass1<G, q4_rows><<<grid, 32 * DEC_WARPS, 0, st>>>(
-        (const __half *)q, (const __half *)k, ld, kr, seqs, n_head, hd, cap, scale, w);
+        (const __half *)q, (const __half *)k, ld, kr, seqs, n_head, hd, cap, scale, w, n_chunks);
     KLAUNCHED();
     size_t smem = sizeof(float) * (size_t)DEC_WARPS * (32 / G) * hd;
     dec_pass2<G, q4_rows><<<grid, 32 * DEC_WARPS, smem, st>>>(
-        (const __half *)v, ld, vr, seqs, n_head, hd, cap, scores, self_p, w);
+        (const __half *)v, ld, vr, seqs, n_head, hd, cap, scores, self_p, w, n_chunks);
     KLAUNCHED();
-    dec_pass3<<<n_seq * n_head, hd < 128 ? 128 : hd, 0, st>>>((__half *)out, ldo, seqs, n_head,
-                                                              hd, n_chunks, w);
+    dec_pass3<<<pairs, hd < 128 ? 128 : hd, 0, st>>>((__half *)out, ldo, seqs, n_head, hd,
+                                                     n_chunks, w);
     KLAUNCHED();
     return 0;
 }
@@ -616,10 +628,10 @@ extern "C" int kern_attn_decode_q4_cuda(void *out, int ldo, const void *q, const
 {
     if (n_seq == 0)
         return 0;
-    if (head_dim % 8 || head_dim > 256)
-        return -EINVAL;
-    KALIGNED(kc, 4);
-    KALIGNED(vc, 4);
+    KCHECK_HEAD_DIM(head_dim);
+    KCHECK_PAIRS(n_seq, n_head);
+    KCHECK_Q4_CACHES(kc, vc);
+    KRETURN_IF(max_slots > cap, -EINVAL, "max_slots %d > cap %d", max_slots, cap);
     return KERN_DISPATCH_G(head_dim, launch_decode_q4, out, ldo, q, k, v, ld, kc, vc, seqs,
                            n_seq, n_head, head_dim, cap, scale, scores, self_p, work, max_slots,
                            kstream(stream));

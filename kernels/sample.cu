@@ -7,7 +7,13 @@
  *               -> segmented radix sort, descending (stable: lower id first)
  *               -> prefix scan: keep the smallest prefix with mass >= top_p,
  *                  invert the CDF of the kept set at u
+ *
+ * cub counts items and segment offsets in int: the sort runs over groups of
+ * at most INT_MAX / V rows, each group's offsets 0, V, 2 V, ... (the same
+ * array for every group), so any number of rows fits.
  */
+#include <limits.h>
+
 #include <cub/cub.cuh>
 
 #include "cuda_util.cuh"
@@ -16,7 +22,6 @@
 
 struct row_stat {
     float max, sum; /* raw logits */
-    float tmax, tsum; /* logits / temperature */
 };
 
 /* Block reductions over SAMPLE_THREADS threads. */
@@ -34,9 +39,14 @@ struct argmax_op {
     }
 };
 
+/* Rows of one sort call (cub's int item count). */
+static int rows_per_sort(int V) { return INT_MAX / V; }
+
+/* One block per row. Also writes the segment offsets k V of one sort group
+ * (k = 0 .. n_off, n_off = the rows of the largest group). */
 __global__ void row_stats(const __half *logits, int V, const float *temperature,
                           row_stat *stat, int32_t *tokens, float *logprobs, float *prob,
-                          int32_t *idx, int *offsets, int n_rows)
+                          int32_t *idx, int *offsets, int n_off)
 {
     __shared__ union {
         reduce_f::TempStorage f;
@@ -69,8 +79,9 @@ __global__ void row_stats(const __half *logits, int V, const float *temperature,
             logprobs[r] = -logf(s); /* x[best] - mx = 0 */
         }
         if (r == 0)
-            offsets[n_rows] = n_rows * V;
-        offsets[r] = r * V;
+            offsets[n_off] = n_off * V; /* n_off <= INT_MAX / V */
+        if (r < n_off)
+            offsets[r] = r * V;
     }
     if (T <= 0.0f || !prob)
         return;
@@ -93,8 +104,8 @@ __global__ void row_stats(const __half *logits, int V, const float *temperature,
 typedef cub::BlockScan<float, SAMPLE_THREADS> scan_f;
 
 /* Index of the first element where the running sum of p reaches `target`
- * under cmp (ge: c >= target; gt: target < c), scanning in chunks. */
-__device__ int first_reaching(const float *p, int V, float target, int strict, float *mass_before,
+ * (strict: target < sum; else sum >= target), scanning in chunks. */
+__device__ int first_reaching(const float *p, int V, float target, int strict,
                               scan_f::TempStorage &tmp, int *found)
 {
     float carry = 0.0f;
@@ -111,11 +122,8 @@ __device__ int first_reaching(const float *p, int V, float target, int strict, f
         if (hit)
             atomicMin(found, i);
         __syncthreads(); /* all hits recorded; tmp free again */
-        if (*found < V) {
-            if (mass_before && threadIdx.x == 0)
-                *mass_before = c; /* unused */
+        if (*found < V)
             return *found;
-        }
         carry += total;
     }
     return V - 1;
@@ -134,7 +142,7 @@ __global__ void pick(const __half *logits, int V, const float *temperature, cons
     const float *p = sprob + (size_t)r * V;
     int keep = V;
     if (top_p[r] < 1.0f)
-        keep = first_reaching(p, V, top_p[r], 0, NULL, tmp, &found) + 1;
+        keep = first_reaching(p, V, top_p[r], 0, tmp, &found) + 1;
     /* mass of the kept prefix */
     float m = 0.0f;
     for (int i = threadIdx.x; i < keep; i += SAMPLE_THREADS)
@@ -148,7 +156,7 @@ __global__ void pick(const __half *logits, int V, const float *temperature, cons
         mass += red[i];
     __syncthreads(); /* red read by all before first_reaching reuses smem */
     float target = (float)(u[r] * mass);
-    int at = first_reaching(p, keep, target, 1, NULL, tmp, &found);
+    int at = first_reaching(p, keep, target, 1, tmp, &found);
     if (at >= keep)
         at = keep - 1;
     if (threadIdx.x == 0) {
@@ -158,7 +166,8 @@ __global__ void pick(const __half *logits, int V, const float *temperature, cons
     }
 }
 
-/* Work layout: stats, offsets, prob/idx in and out, cub's temp storage. */
+/* Work layout: stats, offsets (of one sort group), prob/idx in and out,
+ * cub's temp storage (for one group). */
 struct sample_work {
     row_stat *stat;
     int *offsets;
@@ -170,12 +179,20 @@ struct sample_work {
 
 static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
+/* Rows of the largest sort group. */
+static int group_rows(int n_rows, int V)
+{
+    int per = rows_per_sort(V);
+    return n_rows < per ? n_rows : per;
+}
+
 static size_t cub_bytes_for(int n_rows, int V)
 {
+    int g = group_rows(n_rows, V);
     size_t bytes = 0;
     cub::DeviceSegmentedRadixSort::SortPairsDescending(
         NULL, bytes, (const float *)NULL, (float *)NULL, (const int32_t *)NULL, (int32_t *)NULL,
-        n_rows * V, n_rows, (const int *)NULL, (const int *)NULL + 1);
+        g * V, g, (const int *)NULL, (const int *)NULL + 1);
     return bytes;
 }
 
@@ -187,7 +204,7 @@ static sample_work carve_sample(void *work, int n_rows, int V)
     w.stat = (row_stat *)p;
     p += align256(sizeof(row_stat) * n_rows);
     w.offsets = (int *)p;
-    p += align256(sizeof(int) * (n_rows + 1));
+    p += align256(sizeof(int) * ((size_t)group_rows(n_rows, V) + 1));
     w.prob = (float *)p;
     p += align256(sizeof(float) * n);
     w.prob_sorted = (float *)p;
@@ -204,7 +221,8 @@ static sample_work carve_sample(void *work, int n_rows, int V)
 extern "C" size_t kern_sample_work(int n_rows, int V)
 {
     size_t n = (size_t)n_rows * V;
-    return align256(sizeof(row_stat) * n_rows) + align256(sizeof(int) * (n_rows + 1)) +
+    return align256(sizeof(row_stat) * n_rows) +
+           align256(sizeof(int) * ((size_t)group_rows(n_rows, V) + 1)) +
            2 * align256(sizeof(float) * n) + 2 * align256(sizeof(int32_t) * n) +
            align256(cub_bytes_for(n_rows, V));
 }
@@ -215,18 +233,23 @@ extern "C" int kern_sample_cuda(const void *logits, int n_rows, int V, const flo
 {
     if (n_rows == 0)
         return 0;
+    KRETURN_IF(V <= 0, -EINVAL, "sampling over a vocabulary of %d tokens", V);
     cudaStream_t st = kstream(stream);
     sample_work w = carve_sample(work, n_rows, V);
+    int g_max = group_rows(n_rows, V);
     row_stats<<<n_rows, SAMPLE_THREADS, 0, st>>>((const __half *)logits, V, temperature, w.stat,
                                                  tokens, logprobs, any_sampled ? w.prob : NULL,
-                                                 w.idx, w.offsets, n_rows);
+                                                 w.idx, w.offsets, g_max);
     KLAUNCHED();
     if (!any_sampled)
         return 0;
-    size_t bytes = w.cub_bytes;
-    KCHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
-        w.cub_tmp, bytes, w.prob, w.prob_sorted, w.idx, w.idx_sorted, n_rows * V, n_rows,
-        w.offsets, w.offsets + 1, 0, 32, st));
+    for (int r0 = 0; r0 < n_rows; r0 += g_max) {
+        int g = n_rows - r0 < g_max ? n_rows - r0 : g_max;
+        size_t at = (size_t)r0 * V, bytes = w.cub_bytes;
+        KCHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+            w.cub_tmp, bytes, w.prob + at, w.prob_sorted + at, w.idx + at, w.idx_sorted + at,
+            g * V, g, w.offsets, w.offsets + 1, 0, 32, st));
+    }
     pick<<<n_rows, SAMPLE_THREADS, 0, st>>>((const __half *)logits, V, temperature, top_p, u,
                                             w.stat, w.prob_sorted, w.idx_sorted, tokens,
                                             logprobs);

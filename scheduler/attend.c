@@ -49,26 +49,27 @@ static int host_segment(const sched_pass *p, const sched_kv *g, const void *qkv,
                                        (const char *)sc->colsum + (size_t)r0 * H * 4, rows * H));
             cs = sc->h_colsum;
         }
-        if (g->q4)
-            kern_kv_prefill_q4(g->kc, g->vc, g->scores, g->pos, k, v, ld, cs, sc->h_seqs, g->n,
-                               H, hd, cap);
-        else
-            kern_kv_prefill_h16(g->kc, g->vc, g->scores, g->pos, k, v, ld, cs, sc->h_seqs, g->n,
-                                H, hd, cap);
+        int rc = g->q4 ? kern_kv_prefill_q4(g->kc, g->vc, g->scores, g->pos, k, v, ld, cs,
+                                            sc->h_seqs, g->n, H, hd, cap)
+                       : kern_kv_prefill_h16(g->kc, g->vc, g->scores, g->pos, k, v, ld, cs,
+                                             sc->h_seqs, g->n, H, hd, cap);
+        RETURN_IF(rc < 0, rc, "out of host memory for the scratch of CPU attention's KV "
+                  "prefill; lower --gpu-batch-size or the prompt length");
         return 0;
     }
     int32_t *ev = p->evicted ? sc->h_ev : NULL;
-    if (g->q4) {
-        kern_attn_decode_q4(sc->h_att, d, q, k, v, ld, g->kc, g->vc, sc->h_seqs, g->n, H, hd,
-                            cap, scale, g->scores, sc->h_self);
+    int rc = g->q4 ? kern_attn_decode_q4(sc->h_att, d, q, k, v, ld, g->kc, g->vc, sc->h_seqs,
+                                         g->n, H, hd, cap, scale, g->scores, sc->h_self)
+                   : kern_attn_decode_h16(sc->h_att, d, q, k, v, ld, g->kc, g->vc, sc->h_seqs,
+                                          g->n, H, hd, cap, scale, g->scores, sc->h_self);
+    RETURN_IF(rc < 0, rc, "out of host memory for the scratch of CPU decode attention; lower "
+              "--gpu-batch-size");
+    if (g->q4)
         kern_kv_insert_q4(g->kc, g->vc, g->scores, g->pos, k, v, ld, sc->h_self, sc->h_seqs,
                           g->n, H, hd, cap, ev);
-    } else {
-        kern_attn_decode_h16(sc->h_att, d, q, k, v, ld, g->kc, g->vc, sc->h_seqs, g->n, H, hd,
-                             cap, scale, g->scores, sc->h_self);
+    else
         kern_kv_insert_h16(g->kc, g->vc, g->scores, g->pos, k, v, ld, sc->h_self, sc->h_seqs,
                            g->n, H, hd, cap, ev);
-    }
     if (p->evicted)
         FORWARD_IF(o->upload_f32(ctx, (char *)p->evicted + (size_t)g->seq0 * H * 4,
                                  (const float *)sc->h_ev, (size_t)g->n * H));

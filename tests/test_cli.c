@@ -13,7 +13,6 @@
 #include "err.h"
 #include "off.h"
 #include "fh_config.h"
-#include "kern.h"
 #include "model_config.h"
 
 #define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
@@ -278,27 +277,6 @@ Test(cli, usage_errors)
     cr_assert(!cli_exists("st"), "a refused convert must not create the store");
     cr_assert_eq(cli_run("frobnicate"), 2);
     cr_assert(strstr(cli_err, "usage: flexh2o <generate|search|convert|calibrate|tokenize|make-model>"), "%s", cli_err);
-}
-
-Test(cli, cuda_without_a_gpu_says_so_and_cpu_still_works)
-{
-    if (kern_cuda_available())
-        cli_skip("a GPU is present: the no-GPU message cannot be provoked here");
-    cli_write("p.jsonl", "{\"prompt_ids\": [2, 9]}\n");
-    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --device cuda"),
-                 1);
-    cr_assert(strstr(cli_err, FH_HAVE_CUDA ? "no CUDA GPU found" : "built without CUDA"), "%s",
-              cli_err);
-    cr_assert(strstr(cli_err, "--device cpu"), "%s", cli_err);
-    char out[300];
-    snprintf(out, sizeof out, "%s/o.jsonl", cli_dir);
-    cr_assert_eq(access(out, F_OK), -1, "nothing may be written when set-up fails");
-    /* the default device falls back to the CPU */
-    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --quiet "
-                     "--max-new-tokens 2 --device cpu"), 0, "%s", cli_err);
-    cJSON *r = records("o.jsonl");
-    cr_assert_eq(cJSON_GetArraySize(r), 1);
-    cJSON_Delete(r);
 }
 
 Test(cli, existing_output_is_never_overwritten)

@@ -11,7 +11,10 @@
  *      over the present set. Same tokens, logprobs within 1e-4, same
  *      evictions (--trace-evictions) and the same --stats;
  *   4. a budget that covers prompt + generation is exactly `full`;
- *   5. flag errors.
+ *   5. flag errors;
+ *   6. the trace file itself.
+ * The CUDA backend's run of the same policies is in test_gpu_e2e.c (the gpu
+ * suite); the prompts and the trace reader are h2o_trace.c's.
  */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
@@ -26,6 +29,7 @@
 #include "cli_harness.h"
 #include "err.h"
 #include "fh_config.h"
+#include "h2o_trace.h"
 #include "kern.h"
 #include "kv_policy.h"
 #include "model_config.h"
@@ -306,10 +310,7 @@ static void matvec(double *y, const double *w, const double *b, const double *x,
     }
 }
 
-typedef struct ref_ev {
-    char id[32];
-    int layer, head, step, pos;
-} ref_ev;
+typedef h2o_ev ref_ev; /* h2o_trace.h: the reference traces what the engine traces */
 
 typedef struct ref_out {
     int32_t tok[64];
@@ -519,95 +520,6 @@ static void ref_generate(const char *id, const int32_t *ids, int n, int max_new,
 
 TestSuite(h2o_cli, .init = cli_setup, .fini = cli_teardown);
 
-/* The prompts of the engine-vs-reference runs: lengths 12, 5 and 20, the
- * second shorter than most budgets, so some prefills drop and some fill. */
-typedef struct tprompt {
-    const char *id;
-    int32_t ids[32];
-    int n, max_new;
-} tprompt;
-
-static const tprompt prompts[] = {
-    {"p1", {2, 37, 101, 5, 300, 44, 17, 250, 9, 61, 480, 33}, 12, 14},
-    {"p2", {2, 410, 7, 7, 99}, 5, 12},
-    {"p3", {2, 15, 52, 89, 126, 163, 200, 237, 274, 311, 348, 385, 422, 459, 496, 29, 66,
-            103, 140, 177}, 20, 9},
-};
-#define N_PROMPTS 3
-
-static void write_prompts(const char *name)
-{
-    char buf[4096];
-    size_t o = 0;
-    for (int i = 0; i < N_PROMPTS; i++) {
-        o += (size_t)snprintf(buf + o, sizeof buf - o, "{\"id\": \"%s\", \"prompt_ids\": [",
-                              prompts[i].id);
-        for (int j = 0; j < prompts[i].n; j++)
-            o += (size_t)snprintf(buf + o, sizeof buf - o, "%s%d", j ? ", " : "",
-                                  prompts[i].ids[j]);
-        o += (size_t)snprintf(buf + o, sizeof buf - o, "], \"max_new_tokens\": %d}\n",
-                              prompts[i].max_new);
-    }
-    cli_write(name, buf);
-}
-
-static int ev_cmp(const void *pa, const void *pb)
-{
-    const ref_ev *a = pa, *b = pb;
-    int c = strcmp(a->id, b->id);
-    if (c)
-        return c;
-    if (a->layer != b->layer)
-        return a->layer - b->layer;
-    if (a->head != b->head)
-        return a->head - b->head;
-    if (a->step != b->step)
-        return a->step - b->step;
-    return a->pos - b->pos;
-}
-
-/* Parse a --trace-evictions file, checking every line's form. */
-static ref_ev *read_trace(const char *name, int *n_out)
-{
-    char *buf = cli_read(name);
-    int cap = 256, n = 0;
-    ref_ev *ev = malloc(sizeof(ref_ev) * (size_t)cap);
-    int lineno = 0;
-    for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
-        lineno++;
-        cJSON *r = cJSON_Parse(line);
-        cr_assert(r && cJSON_IsObject(r), "%s:%d: not a JSON object: %s", name, lineno, line);
-        cr_assert_eq(cJSON_GetArraySize(r), 5, "%s:%d: want 5 keys: %s", name, lineno, line);
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(r, "id");
-        cr_assert(cJSON_IsString(id), "%s:%d: id", name, lineno);
-        const char *keys[] = {"layer", "head", "step", "pos"};
-        int val[4];
-        for (int k = 0; k < 4; k++) {
-            const cJSON *v = cJSON_GetObjectItemCaseSensitive(r, keys[k]);
-            cr_assert(cJSON_IsNumber(v) && v->valuedouble == (int)v->valuedouble &&
-                      v->valueint >= 0, "%s:%d: %s must be an integer >= 0: %s", name,
-                      lineno, keys[k], line);
-            val[k] = v->valueint;
-        }
-        cr_assert_lt(val[0], R.c.n_layer);
-        cr_assert_lt(val[1], R.c.n_head);
-        if (n == cap) {
-            cap *= 2;
-            ev = realloc(ev, sizeof(ref_ev) * (size_t)cap);
-        }
-        snprintf(ev[n].id, sizeof ev[n].id, "%s", id->valuestring);
-        ev[n].layer = val[0];
-        ev[n].head = val[1];
-        ev[n].step = val[2];
-        ev[n].pos = val[3];
-        n++;
-        cJSON_Delete(r);
-    }
-    free(buf);
-    *n_out = n;
-    return ev;
-}
-
 /* Run generate under pol (batch size bs) with --trace-evictions and --stats,
  * and compare everything with ref_generate. @return the evictions seen. */
 static int check_policy(const ref_pol *pol, int bs)
@@ -628,14 +540,14 @@ static int check_policy(const ref_pol *pol, int bs)
                      flags, pol->sinks, pol->share_pct / 100, pol->share_pct % 100, trace),
                  0, "%s %s: %s", pol->name, flags, cli_err);
 
-    ref_out ro[N_PROMPTS];
+    ref_out ro[H2O_N_PROMPTS];
     memset(ro, 0, sizeof ro);
     ref_out all = {0};
     double mass[8] = {0};
     long mass_n = 0;
-    for (int i = 0; i < N_PROMPTS; i++) {
-        ref_generate(prompts[i].id, prompts[i].ids, prompts[i].n, prompts[i].max_new, pol,
-                     &ro[i]);
+    for (int i = 0; i < H2O_N_PROMPTS; i++) {
+        const h2o_prompt *pr = &h2o_prompts[i];
+        ref_generate(pr->id, pr->ids, pr->n, pr->max_new, pol, &ro[i]);
         for (int e = 0; e < ro[i].n_ev; e++)
             add_ev(&all, ro[i].ev[e].id, ro[i].ev[e].layer, ro[i].ev[e].head,
                    ro[i].ev[e].step, ro[i].ev[e].pos);
@@ -648,33 +560,33 @@ static int check_policy(const ref_pol *pol, int bs)
     char *buf = cli_read(out);
     int rec = 0;
     for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"), rec++) {
-        cr_assert_lt(rec, N_PROMPTS);
+        cr_assert_lt(rec, H2O_N_PROMPTS);
         cJSON *r = cJSON_Parse(line);
         cr_assert(r);
-        cr_assert_str_eq(cJSON_GetObjectItem(r, "id")->valuestring, prompts[rec].id);
+        cr_assert_str_eq(cJSON_GetObjectItem(r, "id")->valuestring, h2o_prompts[rec].id);
         const cJSON *tk = cJSON_GetObjectItem(r, "tokens"), *lp = cJSON_GetObjectItem(r,
                                                                                     "logprobs");
-        cr_assert_eq(cJSON_GetArraySize(tk), prompts[rec].max_new);
-        for (int j = 0; j < prompts[rec].max_new; j++) {
+        cr_assert_eq(cJSON_GetArraySize(tk), h2o_prompts[rec].max_new);
+        for (int j = 0; j < h2o_prompts[rec].max_new; j++) {
             cr_assert_eq(cJSON_GetArrayItem(tk, j)->valueint, ro[rec].tok[j],
                          "%s %s, %s token %d: engine %d, reference %d", pol->name, flags,
-                         prompts[rec].id, j, cJSON_GetArrayItem(tk, j)->valueint,
+                         h2o_prompts[rec].id, j, cJSON_GetArrayItem(tk, j)->valueint,
                          ro[rec].tok[j]);
             cr_assert_float_eq(cJSON_GetArrayItem(lp, j)->valuedouble, ro[rec].lp[j], 1e-4,
-                               "%s %s, %s logprob %d", pol->name, flags, prompts[rec].id, j);
+                               "%s %s, %s logprob %d", pol->name, flags, h2o_prompts[rec].id, j);
         }
         cJSON_Delete(r);
     }
     free(buf);
-    cr_assert_eq(rec, N_PROMPTS);
+    cr_assert_eq(rec, H2O_N_PROMPTS);
 
     /* evictions, as sets (the trace's order is per pass) */
     int n_tr;
-    ref_ev *tr = read_trace(trace, &n_tr);
-    qsort(tr, (size_t)n_tr, sizeof *tr, ev_cmp);
-    qsort(all.ev, (size_t)all.n_ev, sizeof *all.ev, ev_cmp);
+    ref_ev *tr = h2o_read_trace(trace, R.c.n_layer, R.c.n_head, &n_tr);
+    qsort(tr, (size_t)n_tr, sizeof *tr, h2o_ev_cmp);
+    qsort(all.ev, (size_t)all.n_ev, sizeof *all.ev, h2o_ev_cmp);
     for (int e = 0; e < n_tr && e < all.n_ev; e++)
-        cr_assert(ev_cmp(&tr[e], &all.ev[e]) == 0,
+        cr_assert(h2o_ev_cmp(&tr[e], &all.ev[e]) == 0,
                   "%s %s: eviction %d: engine %s layer %d head %d step %d pos %d, reference "
                   "%s layer %d head %d step %d pos %d", pol->name, flags, e, tr[e].id,
                   tr[e].layer, tr[e].head, tr[e].step, tr[e].pos, all.ev[e].id,
@@ -694,7 +606,7 @@ static int check_policy(const ref_pol *pol, int bs)
                            "reference %g", pol->name, flags, l, got, mass[l] / mass_n);
     }
     free(so);
-    for (int i = 0; i < N_PROMPTS; i++)
+    for (int i = 0; i < H2O_N_PROMPTS; i++)
         free(ro[i].ev);
     free(all.ev);
     free(tr);
@@ -704,7 +616,7 @@ static int check_policy(const ref_pol *pol, int bs)
 Test(h2o_cli, engine_matches_reference_for_every_policy, .timeout = 60)
 {
     ref_load();
-    write_prompts("p.jsonl");
+    h2o_write_prompts("p.jsonl");
     const ref_pol pols[] = {
         {"h2o", 6, 0, 0, 50},      /* heavy 3, recent 3 */
         {"h2o", 3, 0, 0, 50},      /* heavy 1, recent 2: the smallest useful */
@@ -727,7 +639,7 @@ Test(h2o_cli, engine_matches_reference_for_every_policy, .timeout = 60)
 
 Test(h2o_cli, window_equals_streaming_without_sinks_and_h2o_differs)
 {
-    write_prompts("p.jsonl");
+    h2o_write_prompts("p.jsonl");
     const char *base = "generate --model " TINY " --prompts p.jsonl --quiet --ignore-eos";
     cr_assert_eq(cli_run("%s --out w.jsonl --kv-policy window --kv-budget 5", base), 0, "%s",
                  cli_err);
@@ -752,7 +664,7 @@ Test(h2o_cli, window_equals_streaming_without_sinks_and_h2o_differs)
 
 Test(h2o_cli, budget_covering_everything_is_full)
 {
-    write_prompts("p.jsonl");
+    h2o_write_prompts("p.jsonl");
     const char *base = "generate --model " TINY " --prompts p.jsonl --quiet --batch-size 2";
     cr_assert_eq(cli_run("%s --out full.jsonl", base), 0, "%s", cli_err);
     /* largest prompt + max_new is 20 + 9 = 29 */
@@ -795,7 +707,7 @@ Test(h2o_cli, budget_covering_everything_is_full)
 
 Test(h2o_cli, flag_errors_exit_2_with_a_message)
 {
-    write_prompts("p.jsonl");
+    h2o_write_prompts("p.jsonl");
     const char *base = "generate --model " TINY " --prompts p.jsonl --out o.jsonl";
     struct {
         const char *flags, *msg;
@@ -839,7 +751,7 @@ Test(h2o_cli, flag_errors_exit_2_with_a_message)
 Test(h2o_cli, trace_is_refused_if_present_and_resumed_per_prompt)
 {
     ref_load();
-    write_prompts("p.jsonl");
+    h2o_write_prompts("p.jsonl");
     const char *base = "generate --model " TINY " --prompts p.jsonl --quiet --ignore-eos "
                        "--kv-policy h2o --kv-budget 6 --batch-size 1";
     cr_assert_eq(cli_run("%s --out a.jsonl --trace-evictions ta.jsonl", base), 0, "%s", cli_err);
@@ -861,74 +773,16 @@ Test(h2o_cli, trace_is_refused_if_present_and_resumed_per_prompt)
     cr_assert_eq(cli_run("%s --out c.jsonl --trace-evictions tc.jsonl --resume", base), 0, "%s",
                  cli_err);
     int na, nc;
-    ref_ev *a = read_trace("ta.jsonl", &na), *c = read_trace("tc.jsonl", &nc);
+    ref_ev *a = h2o_read_trace("ta.jsonl", R.c.n_layer, R.c.n_head, &na),
+           *c = h2o_read_trace("tc.jsonl", R.c.n_layer, R.c.n_head, &nc);
     cr_assert_eq(na, nc);
-    qsort(a, (size_t)na, sizeof *a, ev_cmp);
-    qsort(c, (size_t)nc, sizeof *c, ev_cmp);
+    qsort(a, (size_t)na, sizeof *a, h2o_ev_cmp);
+    qsort(c, (size_t)nc, sizeof *c, h2o_ev_cmp);
     for (int i = 0; i < na; i++)
-        cr_assert(ev_cmp(&a[i], &c[i]) == 0, "resumed trace differs at %d", i);
+        cr_assert(h2o_ev_cmp(&a[i], &c[i]) == 0, "resumed trace differs at %d", i);
     free(a);
     free(c);
     free(torn);
     free(full_out);
     free(full_tr);
-}
-
-/* ----------------------------------------- 7. the CUDA backend, same rules */
-
-/* fp16 K/V and another summation order change the scores a little, so h2o
- * may break a near-tie the other way; window and streaming evict by
- * position alone and must trace exactly what the CPU traces. */
-Test(h2o_cli, cuda_backend_follows_the_same_policies, .timeout = 120)
-{
-    if (!FH_HAVE_CUDA || !kern_cuda_available())
-        cli_skip("no CUDA build or no GPU: the CUDA backend's KV policies are not checked "
-                     "here (they are on a GPU machine)");
-    ref_load();
-    write_prompts("p.jsonl");
-    const char *base = "generate --model " TINY " --prompts p.jsonl --quiet --ignore-eos "
-                       "--batch-size 3 --stats";
-    const char *pols[] = {"--kv-policy window --kv-budget 5",
-                          "--kv-policy streaming --kv-budget 6 --sinks 2",
-                          "--kv-policy h2o --kv-budget 6 --sinks 1"};
-    for (int i = 0; i < 3; i++) {
-        double mass[2][8];
-        for (int g = 0; g < 2; g++) {
-            cli_device = g ? "cuda" : "cpu";
-            cr_assert_eq(cli_run("%s %s --out o%d%d.jsonl --trace-evictions t%d%d.jsonl", base,
-                                 pols[i], i, g, i, g),
-                         0, "%s on %s: %s", pols[i], cli_device, cli_err);
-            char *so = cli_read("stdout.txt");
-            for (int l = 0; l < R.c.n_layer; l++) {
-                char key[32];
-                snprintf(key, sizeof key, "layer %d: ", l);
-                const char *at = strstr(so, key);
-                cr_assert(at, "%s", so);
-                mass[g][l] = strtod(at + strlen(key), NULL);
-            }
-            free(so);
-        }
-        cli_device = "cpu";
-        char ta[32], tb[32];
-        snprintf(ta, sizeof ta, "t%d0.jsonl", i);
-        snprintf(tb, sizeof tb, "t%d1.jsonl", i);
-        int na, nb, same = 0;
-        ref_ev *a = read_trace(ta, &na), *b = read_trace(tb, &nb);
-        cr_assert_eq(na, nb, "%s: %d evictions on the CPU, %d on CUDA", pols[i], na, nb);
-        qsort(a, (size_t)na, sizeof *a, ev_cmp);
-        qsort(b, (size_t)nb, sizeof *b, ev_cmp);
-        for (int e = 0; e < na; e++)
-            same += ev_cmp(&a[e], &b[e]) == 0;
-        if (i < 2)
-            cr_assert_eq(same, na, "%s: CUDA evicted other positions than the CPU", pols[i]);
-        else
-            cr_assert_geq(same, na * 9 / 10, "%s: only %d of %d evictions agree", pols[i],
-                          same, na);
-        for (int l = 0; l < R.c.n_layer; l++)
-            cr_assert_float_eq(mass[1][l], mass[0][l], 0.02, "%s layer %d: kept mass %g on "
-                               "CUDA, %g on the CPU", pols[i], l, mass[1][l], mass[0][l]);
-        cr_log_info("%s: %d/%d evictions agree with the CPU", pols[i], same, na);
-        free(a);
-        free(b);
-    }
 }

@@ -1,9 +1,12 @@
 /* test_kern_cuda.c: every CUDA op against its plain-C reference, through
  * the two backends (the CPU backend runs the references of kernels/cpu/),
- * over a range of shapes; then the GPU's greedy tokens against the CPU's on
- * the golden tiny model. Inputs are rounded to fp16 first, so both sides
- * see the same numbers; outputs must agree within atol + |ref| * rtol.
- * Without a GPU (or a CUDA build) every test is skipped, saying why. */
+ * over a range of shapes, including the launch-geometry edges: more than
+ * 65535 (sequence, head) pairs, prompts above 12288 tokens, the kernels'
+ * y-loops, many GEMM row counts and shapes. Inputs are rounded to fp16
+ * first, so both sides see the same numbers; outputs must agree within
+ * atol + |ref| * rtol. The end-to-end GPU runs are test_gpu_e2e.c's.
+ * Without a GPU (or a CUDA build) every test is skipped, saying why; with
+ * one, a backend that fails to start fails the tests. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -12,10 +15,9 @@
 
 #include "backend.h"
 #include "err.h"
-#include "kern.h"
-#include "off.h"
 #include "fh_config.h"
 #include "model.h"
+#include "safetensors.h"
 
 static backend cpu, gpu;
 
@@ -23,12 +25,15 @@ static void setup(void)
 {
     err_clear();
     cr_assert_eq(backend_cpu_create(0, &cpu), 0);
-    if (!kern_cuda_available() || backend_cuda_create(0, &gpu) < 0) {
+    if (!kern_cuda_available()) {
         backend_destroy(&cpu);
         const char *why = FH_HAVE_CUDA ? "no CUDA GPU found" : "built without CUDA";
         fprintf(stderr, "SKIP kern_cuda: %s; the CUDA kernels are compiled but not run\n", why);
         cr_skip_test("%s; the CUDA kernels are compiled but not run", why);
     }
+    /* a GPU is there: failing to use it is a failure, not a skip */
+    cr_assert_eq(backend_cuda_create(0, &gpu), 0, "a CUDA GPU is present but the backend "
+                 "did not start: %s", err_msg());
 }
 
 static void teardown(void)
@@ -211,7 +216,79 @@ static int pack(kern_seq *seqs, const int *len, int n_seq, int budget, int sinks
     return rows;
 }
 
-Test(kern_cuda, prefill_attention_colsum_and_kv_fill)
+static pair put_q4(const uint8_t *x, size_t bytes);
+static void expect_equal_q4(const char *what, pair p, size_t rb);
+
+/* Prefill attention of the packed batch qkv (rows, 3 H hd), host fp16
+ * values) on both sides (out and column sums), then the KV fill from the
+ * same column sums on both sides (the reference's), so the kept sets must
+ * agree exactly: fp16 caches, and 4-bit ones when with_q4. */
+static void prefill_step(const char *tag, const float *qkv, const kern_seq *seqs, int n_seq,
+                         int rows, int H, int hd, int cap, int with_q4)
+{
+    int d = H * hd;
+    char what[128];
+    pair QKV = put(qkv, (size_t)rows * 3 * d), out = put(NULL, (size_t)rows * d);
+    pair cs = put_words(NULL, (size_t)rows * H);
+    float scale = 1.0f / sqrtf((float)hd);
+    char *qc = QKV.c, *qg = QKV.g;
+    cr_assert_eq(cpu.ops->attn_prefill(cpu.ctx, out.c, d, qc, qc + 4 * (size_t)d,
+                                       qc + 8 * (size_t)d, 3 * d, seqs, n_seq, H, hd, scale,
+                                       cs.c), 0, "%s", err_msg());
+    cr_assert_eq(gpu.ops->attn_prefill(gpu.ctx, out.g, d, qg, qg + 2 * (size_t)d,
+                                       qg + 4 * (size_t)d, 3 * d, seqs, n_seq, H, hd, scale,
+                                       cs.g), 0, "%s: %s", tag, err_msg());
+    snprintf(what, sizeof what, "%s prefill out", tag);
+    expect_close(what, out, 2e-3, 4 * EPS16);
+    snprintf(what, sizeof what, "%s prefill colsum", tag);
+    expect_close(what, cs, 1e-4, 1e-3);
+
+    float *csv = malloc(sizeof(float) * (size_t)rows * H);
+    cpu.ops->download_f32(cpu.ctx, csv, cs.c, (size_t)rows * H);
+    gpu.ops->upload_f32(gpu.ctx, cs.g, csv, (size_t)rows * H);
+    size_t slots = (size_t)n_seq * H * cap;
+    pair kc = put(NULL, slots * hd), vc = put(NULL, slots * hd);
+    pair sc = put_words(NULL, slots), ps = put_words(NULL, slots);
+    cr_assert_eq(cpu.ops->kv_prefill(cpu.ctx, kc.c, vc.c, sc.c, ps.c, qc + 4 * (size_t)d,
+                                     qc + 8 * (size_t)d, 3 * d, cs.c, seqs, n_seq, H, hd, cap),
+                 0, "%s", err_msg());
+    cr_assert_eq(gpu.ops->kv_prefill(gpu.ctx, kc.g, vc.g, sc.g, ps.g, qg + 2 * (size_t)d,
+                                     qg + 4 * (size_t)d, 3 * d, cs.g, seqs, n_seq, H, hd, cap),
+                 0, "%s: %s", tag, err_msg());
+    snprintf(what, sizeof what, "%s kv_prefill K", tag);
+    expect_close(what, kc, 0, 0);
+    snprintf(what, sizeof what, "%s kv_prefill V", tag);
+    expect_close(what, vc, 0, 0);
+    snprintf(what, sizeof what, "%s kv_prefill pos", tag);
+    expect_equal_words(what, ps);
+    snprintf(what, sizeof what, "%s kv_prefill scores", tag);
+    expect_close(what, sc, 0, 0);
+    drop(&kc), drop(&vc), drop(&sc), drop(&ps);
+    if (with_q4) {
+        size_t rb = kern_q4_row_bytes(hd);
+        pair kq = put_q4(NULL, slots * rb), vq = put_q4(NULL, slots * rb);
+        pair sq = put_words(NULL, slots), pq = put_words(NULL, slots);
+        cr_assert_eq(cpu.ops->kv_prefill_q4(cpu.ctx, kq.c, vq.c, sq.c, pq.c, qc + 4 * (size_t)d,
+                                            qc + 8 * (size_t)d, 3 * d, cs.c, seqs, n_seq, H, hd,
+                                            cap), 0, "%s", err_msg());
+        cr_assert_eq(gpu.ops->kv_prefill_q4(gpu.ctx, kq.g, vq.g, sq.g, pq.g, qg + 2 * (size_t)d,
+                                            qg + 4 * (size_t)d, 3 * d, cs.g, seqs, n_seq, H, hd,
+                                            cap), 0, "%s: %s", tag, err_msg());
+        snprintf(what, sizeof what, "%s q4 kv_prefill K", tag);
+        expect_equal_q4(what, kq, rb);
+        snprintf(what, sizeof what, "%s q4 kv_prefill V", tag);
+        expect_equal_q4(what, vq, rb);
+        snprintf(what, sizeof what, "%s q4 kv_prefill pos", tag);
+        expect_equal_words(what, pq);
+        snprintf(what, sizeof what, "%s q4 kv_prefill scores", tag);
+        expect_close(what, sq, 0, 0);
+        drop(&kq), drop(&vq), drop(&sq), drop(&pq);
+    }
+    drop(&QKV), drop(&out), drop(&cs);
+    free(csv);
+}
+
+static void prefill_cases(void)
 {
     int hds[] = {16, 64, 80, 128};
     int len[] = {1, 17, 0, 300, 70};
@@ -221,41 +298,96 @@ Test(kern_cuda, prefill_attention_colsum_and_kv_fill)
         /* budget 40 < 70 and 300: the H2O selection runs; 1 and 17 fit */
         int rows = pack(seqs, len, n_seq, 40, 2, 12);
         float *qkv = rand16((size_t)rows * 3 * d, 1.5f);
-        pair QKV = put(qkv, (size_t)rows * 3 * d), out = put(NULL, (size_t)rows * d);
-        pair cs = put_words(NULL, (size_t)rows * H);
-        float scale = 1.0f / sqrtf((float)hd);
-        char *qc = QKV.c, *qg = QKV.g;
-        cpu.ops->attn_prefill(cpu.ctx, out.c, d, qc, qc + 4 * (size_t)d, qc + 8 * (size_t)d,
-                              3 * d, seqs, n_seq, H, hd, scale, cs.c);
-        cr_assert_eq(gpu.ops->attn_prefill(gpu.ctx, out.g, d, qg, qg + 2 * (size_t)d,
-                                           qg + 4 * (size_t)d, 3 * d, seqs, n_seq, H, hd, scale,
-                                           cs.g), 0, "%s", err_msg());
-        expect_close("prefill out", out, 2e-3, 4 * EPS16);
-        expect_close("prefill colsum", cs, 1e-4, 1e-3);
-
-        /* kv fill from the same column sums on both sides (the reference's),
-         * so the kept sets must agree exactly */
-        float *csv = malloc(sizeof(float) * (size_t)rows * H);
-        cpu.ops->download_f32(cpu.ctx, csv, cs.c, (size_t)rows * H);
-        gpu.ops->upload_f32(gpu.ctx, cs.g, csv, (size_t)rows * H);
-        size_t slots = (size_t)n_seq * H * cap;
-        pair kc = put(NULL, slots * hd), vc = put(NULL, slots * hd);
-        pair sc = put_words(NULL, slots), ps = put_words(NULL, slots);
-        cpu.ops->kv_prefill(cpu.ctx, kc.c, vc.c, sc.c, ps.c, qc + 4 * (size_t)d,
-                            qc + 8 * (size_t)d, 3 * d, cs.c, seqs, n_seq, H, hd, cap);
-        cr_assert_eq(gpu.ops->kv_prefill(gpu.ctx, kc.g, vc.g, sc.g, ps.g, qg + 2 * (size_t)d,
-                                         qg + 4 * (size_t)d, 3 * d, cs.g, seqs, n_seq, H, hd,
-                                         cap), 0, "%s", err_msg());
-        expect_close("kv_prefill K", kc, 0, 0);
-        expect_close("kv_prefill V", vc, 0, 0);
-        expect_equal_words("kv_prefill pos", ps);
-        expect_close("kv_prefill scores", sc, 0, 0);
-        drop(&QKV), drop(&out), drop(&cs), drop(&kc), drop(&vc), drop(&sc), drop(&ps);
-        free(qkv), free(csv);
+        char tag[32];
+        snprintf(tag, sizeof tag, "hd %d", hd);
+        prefill_step(tag, qkv, seqs, n_seq, rows, H, hd, cap, 0);
+        free(qkv);
     }
 }
 
-Test(kern_cuda, decode_attention_scores_and_h2o_insert)
+Test(kern_cuda, prefill_attention_colsum_and_kv_fill) { prefill_cases(); }
+
+/* One decode step over fp16 caches K, V on both sides: attention (out,
+ * scores, self_p), then the insert from the reference's scores and self_p,
+ * which must pick the same victims and write the same rows. qkv: host
+ * (n_seq, 3 d), fp16 values. */
+static void decode_step(const char *tag, pair K, pair Vv, pair sc, pair ps, const float *qkv,
+                        const kern_seq *seqs, int n_seq, int H, int hd, int cap)
+{
+    int d = H * hd;
+    size_t slots = (size_t)n_seq * H * cap;
+    char what[128];
+    pair QKV = put(qkv, (size_t)n_seq * 3 * d), out = put(NULL, (size_t)n_seq * d);
+    pair self = put_words(NULL, (size_t)n_seq * H), ev = put_words(NULL, (size_t)n_seq * H);
+    float scale = 1.0f / sqrtf((float)hd);
+    char *qc = QKV.c, *qg = QKV.g;
+    cr_assert_eq(cpu.ops->attn_decode(cpu.ctx, out.c, d, qc, qc + 4 * (size_t)d,
+                                      qc + 8 * (size_t)d, 3 * d, K.c, Vv.c, seqs, n_seq, H, hd,
+                                      cap, scale, sc.c, self.c), 0, "%s", err_msg());
+    cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, out.g, d, qg, qg + 2 * (size_t)d,
+                                      qg + 4 * (size_t)d, 3 * d, K.g, Vv.g, seqs, n_seq, H, hd,
+                                      cap, scale, sc.g, self.g), 0, "%s: %s", tag, err_msg());
+    snprintf(what, sizeof what, "%s decode out", tag);
+    expect_close(what, out, 2e-3, 4 * EPS16);
+    snprintf(what, sizeof what, "%s decode scores", tag);
+    expect_close(what, sc, 1e-5, 1e-5);
+    snprintf(what, sizeof what, "%s decode self_p", tag);
+    expect_close(what, self, 1e-5, 1e-3);
+    /* insert from identical scores on both sides: the same victims */
+    float *sv = malloc(sizeof(float) * slots), *spv = malloc(sizeof(float) * n_seq * H);
+    cpu.ops->download_f32(cpu.ctx, sv, sc.c, slots);
+    gpu.ops->upload_f32(gpu.ctx, sc.g, sv, slots);
+    cpu.ops->download_f32(cpu.ctx, spv, self.c, (size_t)n_seq * H);
+    gpu.ops->upload_f32(gpu.ctx, self.g, spv, (size_t)n_seq * H);
+    cpu.ops->kv_insert(cpu.ctx, K.c, Vv.c, sc.c, ps.c, qc + 4 * (size_t)d, qc + 8 * (size_t)d,
+                       3 * d, self.c, seqs, n_seq, H, hd, cap, ev.c);
+    cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, K.g, Vv.g, sc.g, ps.g, qg + 2 * (size_t)d,
+                                    qg + 4 * (size_t)d, 3 * d, self.g, seqs, n_seq, H, hd, cap,
+                                    ev.g), 0, "%s: %s", tag, err_msg());
+    snprintf(what, sizeof what, "%s evicted", tag);
+    expect_equal_words(what, ev);
+    snprintf(what, sizeof what, "%s pos after insert", tag);
+    expect_equal_words(what, ps);
+    snprintf(what, sizeof what, "%s K after insert", tag);
+    expect_close(what, K, 0, 0);
+    snprintf(what, sizeof what, "%s V after insert", tag);
+    expect_close(what, Vv, 0, 0);
+    snprintf(what, sizeof what, "%s scores after insert", tag);
+    expect_close(what, sc, 0, 0);
+    drop(&QKV), drop(&out), drop(&self), drop(&ev);
+    free(sv), free(spv);
+}
+
+/* Positions 0 .. used[pr / H] - 1 in a random order for each (sequence,
+ * head) pr of an (n_pairs, cap) array; the rest 0. Caller frees. */
+static int32_t *shuffled_positions(const int *used, int n_pairs, int H, int cap)
+{
+    int32_t *p0 = calloc((size_t)n_pairs * cap, sizeof(int32_t));
+    for (int pr = 0; pr < n_pairs; pr++) {
+        int n = used[pr / H];
+        int32_t *p = p0 + (size_t)pr * cap;
+        for (int t = 0; t < n; t++)
+            p[t] = t; /* start from identity */
+        for (int t = n - 1; t > 0; t--) { /* Fisher-Yates with the test rng */
+            int j = (int)((frand() + 1.0f) * 0.5f * (t + 1)) % (t + 1);
+            int32_t tmp = p[t];
+            p[t] = p[j];
+            p[j] = tmp;
+        }
+    }
+    return p0;
+}
+
+/* Scores with exact ties (multiples of 1/8). Caller frees. */
+static float *tied_scores(size_t n)
+{
+    float *s0 = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++)
+        s0[i] = (float)((i * 2654435761u) % 13) / 8.0f;
+    return s0;
+}
+
+static void decode_cases(void)
 {
     int hds[] = {16, 64, 128};
     /* slots in use per sequence: empty, small, across chunk edges (256) */
@@ -269,60 +401,19 @@ Test(kern_cuda, decode_attention_scores_and_h2o_insert)
                                  .sinks = used[s] > 8 ? 2 : 0, .recent = used[s] > 8 ? 4 : 1};
         size_t slots = (size_t)n_seq * H * cap;
         float *kv = rand16(slots * hd * 2, 1.5f), *qkv = rand16((size_t)n_seq * 3 * d, 1.5f);
-        float *s0 = malloc(sizeof(float) * slots);
-        int32_t *p0 = malloc(sizeof(int32_t) * slots);
-        for (size_t i = 0; i < slots; i++) {
-            /* scores with exact ties (multiples of 1/8) */
-            s0[i] = (float)((i * 2654435761u) % 13) / 8.0f;
-            p0[i] = 0;
-        }
-        /* positions: a shuffle of 0..n-1 per (sequence, head) */
-        for (int pr = 0; pr < n_seq * H; pr++) {
-            int n = used[pr / H];
-            for (int t = 0; t < n; t++)
-                p0[(size_t)pr * cap + t] = t; /* start from identity */
-            for (int t = n - 1; t > 0; t--) { /* Fisher-Yates with the test rng */
-                int j = (int)((frand() + 1.0f) * 0.5f * (t + 1)) % (t + 1);
-                int32_t tmp = p0[(size_t)pr * cap + t];
-                p0[(size_t)pr * cap + t] = p0[(size_t)pr * cap + j];
-                p0[(size_t)pr * cap + j] = tmp;
-            }
-        }
+        float *s0 = tied_scores(slots);
+        int32_t *p0 = shuffled_positions(used, n_seq * H, H, cap);
         pair K = put(kv, slots * hd), Vv = put(kv + slots * hd, slots * hd);
-        pair QKV = put(qkv, (size_t)n_seq * 3 * d), out = put(NULL, (size_t)n_seq * d);
         pair sc = put_words(s0, slots), ps = put_words(p0, slots);
-        pair self = put_words(NULL, (size_t)n_seq * H), ev = put_words(NULL, (size_t)n_seq * H);
-        float scale = 1.0f / sqrtf((float)hd);
-        char *qc = QKV.c, *qg = QKV.g;
-        cpu.ops->attn_decode(cpu.ctx, out.c, d, qc, qc + 4 * (size_t)d, qc + 8 * (size_t)d,
-                             3 * d, K.c, Vv.c, seqs, n_seq, H, hd, cap, scale, sc.c, self.c);
-        cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, out.g, d, qg, qg + 2 * (size_t)d,
-                                          qg + 4 * (size_t)d, 3 * d, K.g, Vv.g, seqs, n_seq, H,
-                                          hd, cap, scale, sc.g, self.g), 0, "%s", err_msg());
-        expect_close("decode out", out, 2e-3, 4 * EPS16);
-        expect_close("decode scores", sc, 1e-5, 1e-5);
-        expect_close("decode self_p", self, 1e-5, 1e-3);
-        /* insert from identical scores on both sides: the same victims */
-        float *sv = malloc(sizeof(float) * slots), *spv = malloc(sizeof(float) * n_seq * H);
-        cpu.ops->download_f32(cpu.ctx, sv, sc.c, slots);
-        gpu.ops->upload_f32(gpu.ctx, sc.g, sv, slots);
-        cpu.ops->download_f32(cpu.ctx, spv, self.c, (size_t)n_seq * H);
-        gpu.ops->upload_f32(gpu.ctx, self.g, spv, (size_t)n_seq * H);
-        cpu.ops->kv_insert(cpu.ctx, K.c, Vv.c, sc.c, ps.c, qc + 4 * (size_t)d,
-                           qc + 8 * (size_t)d, 3 * d, self.c, seqs, n_seq, H, hd, cap, ev.c);
-        cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, K.g, Vv.g, sc.g, ps.g, qg + 2 * (size_t)d,
-                                        qg + 4 * (size_t)d, 3 * d, self.g, seqs, n_seq, H, hd,
-                                        cap, ev.g), 0, "%s", err_msg());
-        expect_equal_words("evicted", ev);
-        expect_equal_words("pos after insert", ps);
-        expect_close("K after insert", K, 0, 0);
-        expect_close("V after insert", Vv, 0, 0);
-        expect_close("scores after insert", sc, 0, 0);
-        drop(&K), drop(&Vv), drop(&QKV), drop(&out), drop(&sc), drop(&ps), drop(&self);
-        drop(&ev);
-        free(kv), free(qkv), free(s0), free(p0), free(sv), free(spv);
+        char tag[32];
+        snprintf(tag, sizeof tag, "hd %d", hd);
+        decode_step(tag, K, Vv, sc, ps, qkv, seqs, n_seq, H, hd, cap);
+        drop(&K), drop(&Vv), drop(&sc), drop(&ps);
+        free(kv), free(qkv), free(s0), free(p0);
     }
 }
+
+Test(kern_cuda, decode_attention_scores_and_h2o_insert) { decode_cases(); }
 
 /* ------------------------------------------------ 4-bit compression
  * The CUDA q4 ops against the CPU backend's (kern_q4_dequant_ref and the
@@ -532,7 +623,7 @@ static void q4_edge_kv(float *qkv, int n_rows, int H, int hd)
  * prompts of 70 and 150), then decode steps with eviction, over mixed
  * sequences (an idle one, prompts that fit), for head_dim with whole and
  * short last groups. */
-Test(kern_cuda, q4_kv_prefill_then_decode_steps_with_h2o)
+static void q4_prefill_decode_cases(void)
 {
     int hds[] = {16, 64, 80, 128, 200};
     int len[] = {1, 17, 0, 150, 70};
@@ -589,9 +680,11 @@ Test(kern_cuda, q4_kv_prefill_then_decode_steps_with_h2o)
     }
 }
 
+Test(kern_cuda, q4_kv_prefill_then_decode_steps_with_h2o) { q4_prefill_decode_cases(); }
+
 /* Decode over 4-bit caches across the chunk edges (255, 256, 600 slots),
  * positions shuffled, scores with ties, then the H2O insert. */
-Test(kern_cuda, q4_decode_attention_across_chunks_and_insert)
+static void q4_decode_cases(void)
 {
     int hds[] = {16, 64, 128, 200};
     int used[] = {0, 5, 255, 256, 600, 3};
@@ -608,22 +701,8 @@ Test(kern_cuda, q4_decode_attention_across_chunks_and_insert)
             q4_edge_row(kv + r * hd, hd, (int)(r % 9));
         uint8_t *kq = malloc(slots * rb * 2);
         kern_q4_quantize_ref(kq, kv, slots * 2, hd);
-        float *s0 = malloc(sizeof(float) * slots);
-        int32_t *p0 = calloc(slots, sizeof(int32_t));
-        for (size_t i = 0; i < slots; i++)
-            s0[i] = (float)((i * 2654435761u) % 13) / 8.0f; /* exact ties */
-        for (int pr = 0; pr < n_seq * H; pr++) { /* a shuffle of 0..n-1 per pair */
-            int n = used[pr / H];
-            int32_t *p = p0 + (size_t)pr * cap;
-            for (int t = 0; t < n; t++)
-                p[t] = t;
-            for (int t = n - 1; t > 0; t--) {
-                int j = (int)((frand() + 1.0f) * 0.5f * (t + 1)) % (t + 1);
-                int32_t tmp = p[t];
-                p[t] = p[j];
-                p[j] = tmp;
-            }
-        }
+        float *s0 = tied_scores(slots);
+        int32_t *p0 = shuffled_positions(used, n_seq * H, H, cap);
         pair K = put_q4(kq, slots * rb), V = put_q4(kq + slots * rb, slots * rb);
         pair sc = put_words(s0, slots), ps = put_words(p0, slots);
         float *qkv = rand16((size_t)n_seq * 3 * d, 1.5f);
@@ -637,6 +716,8 @@ Test(kern_cuda, q4_decode_attention_across_chunks_and_insert)
         free(kv), free(kq), free(s0), free(p0), free(qkv);
     }
 }
+
+Test(kern_cuda, q4_decode_attention_across_chunks_and_insert) { q4_decode_cases(); }
 
 Test(kern_cuda, sampling_greedy_and_top_p)
 {
@@ -664,120 +745,150 @@ Test(kern_cuda, sampling_greedy_and_top_p)
     }
 }
 
-/* End to end: greedy generation of the golden prompts on the GPU gives the
- * CPU's tokens, through the CLI. */
-/* The "tokens" arrays of two output files, line by line. */
-static void assert_same_tokens(const char *pa, const char *pb, int lines, const char *what)
+/* ------------------------------------------------ launch geometry
+ * Shapes at the CUDA limits the kernels used to hit, each against the CPU
+ * reference; small head_dim and caches keep the buffers small. */
+
+/* More (sequence, head) pairs than a grid's y extent (65535) holds: OPT-175B's
+ * 96 heads at 700 sequences (67200 pairs). Prefill of prompts of 1-3
+ * tokens (the one-warp-per-query kernel) with the keep selection into
+ * fp16 and 4-bit caches, then a decode step and the H2O insert over fp16
+ * and 4-bit caches. */
+Test(kern_cuda, more_than_65535_sequence_head_pairs)
 {
-    char *a, *b;
-    cr_assert_eq(off_read_file(pa, &a, NULL), 0);
-    cr_assert_eq(off_read_file(pb, &b, NULL), 0);
-    char *la = a, *lb = b;
-    for (int line = 0; line < lines; line++) {
-        char *ta = strstr(la, "\"tokens\":"), *tb = strstr(lb, "\"tokens\":");
-        cr_assert(ta && tb);
-        size_t na = strcspn(ta, "]"), nb = strcspn(tb, "]");
-        cr_assert(na == nb && !strncmp(ta, tb, na), "%s, prompt %d: cpu %.*s, cuda %.*s", what,
-                  line, (int)na, ta, (int)nb, tb);
-        la = strchr(ta, '\n');
-        lb = strchr(tb, '\n');
-        cr_assert(la && lb);
+    enum { NS = 700, H = 96, HD = 8, CAP = 4, D = H * HD };
+    cr_assert_gt(NS * H, 65535);
+    kern_seq *seqs = malloc(sizeof(kern_seq) * NS);
+    int *len = malloc(sizeof(int) * NS), *used = malloc(sizeof(int) * NS);
+    for (int s = 0; s < NS; s++)
+        len[s] = 1 + s % 3;
+    /* budget 2, recent 1: the 3-token prompts keep their best of the first two */
+    int rows = pack(seqs, len, NS, 2, 0, 1);
+    float *qkv = rand16((size_t)rows * 3 * D, 1.5f);
+    prefill_step("67200 pairs", qkv, seqs, NS, rows, H, HD, CAP, 1);
+    free(qkv);
+
+    /* decode: 0 to 3 slots in use, every fifth sequence idle, full caches
+     * evict */
+    for (int s = 0; s < NS; s++) {
+        used[s] = s % 4;
+        seqs[s] = (kern_seq){.row = s, .n_new = s % 5 ? 1 : 0, .n_past = used[s] + 3,
+                             .n_slots = used[s], .budget = used[s] ? used[s] : 1, .sinks = 0,
+                             .recent = 1};
     }
-    free(a);
-    free(b);
+    size_t slots = (size_t)NS * H * CAP, rb = kern_q4_row_bytes(HD);
+    float *kv = rand16(slots * HD * 2, 1.5f);
+    float *s0 = tied_scores(slots);
+    int32_t *p0 = shuffled_positions(used, NS * H, H, CAP);
+    float *dq = rand16((size_t)NS * 3 * D, 1.5f);
+    pair K = put(kv, slots * HD), V = put(kv + slots * HD, slots * HD);
+    pair sc = put_words(s0, slots), ps = put_words(p0, slots);
+    decode_step("67200 pairs", K, V, sc, ps, dq, seqs, NS, H, HD, CAP);
+    drop(&K), drop(&V), drop(&sc), drop(&ps);
+
+    uint8_t *kq = malloc(slots * rb * 2);
+    kern_q4_quantize_ref(kq, kv, slots * 2, HD);
+    K = put_q4(kq, slots * rb), V = put_q4(kq + slots * rb, slots * rb);
+    sc = put_words(s0, slots), ps = put_words(p0, slots);
+    int ev = q4_decode_step("67200 pairs", K, V, sc, ps, dq, seqs, NS, H, HD, CAP);
+    int full = 0;
+    for (int s = 0; s < NS; s++)
+        full += s % 5 && used[s] > 0;
+    cr_assert_eq(ev, full * H, "%d evictions, want %d", ev, full * H);
+    drop(&K), drop(&V), drop(&sc), drop(&ps);
+    free(seqs), free(len), free(used), free(kv), free(s0), free(p0), free(dq), free(kq);
 }
 
-/* End to end on the golden tiny model: the GPU's greedy tokens equal the
- * CPU's, all-resident and through the offloading scheduler (weights, KV and
- * activations over three tiers, CPU attention over the fp16 host KV, H2O). */
-/* A scratch directory (dir: "/tmp/fh_kcuda_XXXXXX") with p.jsonl (the three
- * prompts of the end-to-end tests, then `more` lines) and off/. @return
- * the flexh2o binary. */
-static const char *tiny_job(char *dir, const char *more)
+/* A prompt of 12300 tokens: above the 12288 the keep selection's dynamic
+ * shared memory held, and its one head's S and P (12300^2 x 6 bytes = 908
+ * MB) above the backend's 256 MiB of prefill work, so the GEMM prefill runs
+ * in blocks of query rows and the column sums add up over them. Beside it
+ * prompts of 40 (one-warp kernel, kept whole) and 100 tokens (one-block
+ * GEMM path). The keep selection crosses the 2048-token tiles. */
+Test(kern_cuda, prompt_above_12288_tokens_prefill_and_keep_selection, .timeout = 240)
 {
-    const char *bin = getenv("FLEXH2O_BIN");
-    cr_assert(bin, "FLEXH2O_BIN must point at the flexh2o binary");
-    cr_assert(mkdtemp(dir));
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd,
-             "printf '%%s\\n' '{\"prompt_ids\": [2, 37, 101, 5, 300]}' "
-             "'{\"prompt\": \"Hello world, the heavy hitters\"}' '{\"prompt_ids\": [2, 9]}' "
-             "%s > %s/p.jsonl && mkdir %s/off", more, dir, dir);
-    cr_assert_eq(system(cmd), 0);
-    return bin;
+    int len[] = {12300, 40, 100}, H = 2, hd = 8, n_seq = 3, cap = 64;
+    kern_seq seqs[3];
+    int rows = pack(seqs, len, n_seq, 64, 4, 16);
+    float *qkv = rand16((size_t)rows * 3 * H * hd, 1.5f);
+    prefill_step("12300 tokens", qkv, seqs, n_seq, rows, H, hd, cap, 1);
+    free(qkv);
 }
 
-Test(kern_cuda, tiny_model_greedy_tokens_equal_cpu)
+/* The kernels' loops over the y index (chunks of slots, blocks of query
+ * rows, heads of the GEMM-prefill softmax) run only past 65535 y blocks;
+ * with the y extent lowered to 1 (each block takes every index) and 2 (every
+ * other one) they run on the usual shapes and must give the same results. */
+Test(kern_cuda, attention_y_loops_give_the_same_results)
 {
-    char dir[] = "/tmp/fh_kcuda_XXXXXX", cmd[2048];
-    const char *bin = tiny_job(dir, "");
-    static const char *variants[] = {
-        "--batch-size 3",
-        "--gpu-batch-size 2 --num-gpu-batches 2 --percent 30 30 34 33 0 100",
-        "--gpu-batch-size 2 --num-gpu-batches 2 --percent 30 30 0 50 100 0 --cpu-attention",
-        "--gpu-batch-size 2 --num-gpu-batches 2 --percent 100 0 0 100 100 0 --cpu-attention "
-        "--kv-policy h2o --kv-ratio 0.5",
-    };
-    const char *dev[] = {"cpu", "cuda"};
-    for (size_t v = 0; v < sizeof variants / sizeof *variants; v++) {
-        for (int i = 0; i < 2; i++) {
-            snprintf(cmd, sizeof cmd,
-                     "%s generate --model %s/tests/fixtures/tiny-opt --prompts %s/p.jsonl "
-                     "--out %s/%s%zu.jsonl --max-new-tokens 12 --quiet --device %s %s "
-                     "--offload-dir %s/off", bin, FH_SOURCE_ROOT, dir, dir, dev[i], v, dev[i],
-                     variants[v], dir);
-            cr_assert_eq(system(cmd), 0, "%s failed", cmd);
-        }
-        char pa[300], pb[300];
-        snprintf(pa, sizeof pa, "%s/cpu%zu.jsonl", dir, v);
-        snprintf(pb, sizeof pb, "%s/cuda%zu.jsonl", dir, v);
-        assert_same_tokens(pa, pb, 3, variants[v]);
+    for (unsigned y = 1; y <= 2; y++) {
+        kern_cuda_set_grid_y_max(y);
+        prefill_cases();
+        decode_cases();
+        q4_decode_cases();
     }
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    cr_assert_eq(system(cmd), 0);
+    kern_cuda_set_grid_y_max(0);
 }
 
-/* 4-bit weights and KV on the GPU: every placement whose attention runs on
- * the GPU gives the bytes of the compressed all-resident run (the same
- * kernels per sequence, the same GEMM rows), and CPU attention over the
- * 4-bit host cache runs and generates every token. */
-Test(kern_cuda, tiny_model_4bit_placements_equal_all_resident)
+/* More row counts than a cuBLASLt plan keeps algorithms for (64) and more
+ * (n, k, epilogue) than the backend keeps plans (32): their entries are
+ * replaced, and every product is still the reference's. */
+Test(kern_cuda, linear_many_row_counts_and_shapes)
 {
-    char dir[] = "/tmp/fh_kcuda_XXXXXX", cmd[2048];
-    const char *bin = tiny_job(dir, "'{\"prompt\": \"four\"}'");
-    static const char *variants[] = {
-        "",
-        "--percent 30 30 34 33 0 100",
-        "--percent 0 0 0 0 100 0",
-        "--percent 0 100 0 100 100 0 --no-overlap",
-        "--percent 50 50 0 100 100 0 --cpu-attention",
-    };
-    char base[400], *want = NULL;
-    for (size_t v = 0; v < sizeof variants / sizeof *variants; v++) {
-        snprintf(cmd, sizeof cmd,
-                 "%s generate --model %s/tests/fixtures/tiny-opt --prompts %s/p.jsonl "
-                 "--out %s/q%zu.jsonl --max-new-tokens 12 --ignore-eos --quiet --device cuda "
-                 "--gpu-batch-size 2 --num-gpu-batches 2 --compress-weight --compress-cache "
-                 "--kv-policy h2o --kv-ratio 0.5 --offload-dir %s/off %s", bin, FH_SOURCE_ROOT,
-                 dir, dir, v, dir, variants[v]);
-        cr_assert_eq(system(cmd), 0, "%s failed", cmd);
-        snprintf(base, sizeof base, "%s/q%zu.jsonl", dir, v);
-        FILE *f = fopen(base, "rb");
-        cr_assert(f);
-        static char got[1 << 16];
-        size_t n = fread(got, 1, sizeof got - 1, f);
-        fclose(f);
-        got[n] = '\0';
-        int lines = 0;
-        for (size_t i = 0; i < n; i++)
-            lines += got[i] == '\n';
-        cr_assert_eq(lines, 4, "%s: %d lines", variants[v], lines);
-        if (v == 0)
-            want = strdup(got);
-        else if (!strstr(variants[v], "--cpu-attention"))
-            cr_assert_str_eq(got, want, "4-bit %s differs from all-resident", variants[v]);
+    int k = 64, m_max = 70, n_max = 40 * 8;
+    float *x = rand16((size_t)m_max * k, 1), *w = rand16((size_t)n_max * k, 0.125f);
+    float *b = rand16((size_t)n_max, 0.5f);
+    pair X = put(x, (size_t)m_max * k), W = put(w, (size_t)n_max * k), Bb = put(b, n_max);
+    char what[64];
+    /* one (n, k, bias + ReLU), row counts 1 .. 70, then 1 again (replaced) */
+    for (int m = 1; m <= m_max + 1; m++) {
+        int mm = m > m_max ? 1 : m, n = 96;
+        pair Y = put(NULL, (size_t)mm * n);
+        cpu.ops->linear(cpu.ctx, Y.c, X.c, W.c, Bb.c, mm, n, k, 1);
+        cr_assert_eq(gpu.ops->linear(gpu.ctx, Y.g, X.g, W.g, Bb.g, mm, n, k, 1), 0, "m %d: %s",
+                     mm, err_msg());
+        snprintf(what, sizeof what, "linear m %d", mm);
+        expect_close(what, Y, 2e-3, 2 * EPS16);
+        drop(&Y);
     }
-    free(want);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    cr_assert_eq(system(cmd), 0);
+    /* 40 output widths x the four epilogues, then the first again */
+    for (int i = 0; i <= 40; i++) {
+        int n = 8 * (i % 40 + 1), epi = i % 4, m = 5;
+        const void *bc = epi & 1 ? Bb.c : NULL, *bg = epi & 1 ? Bb.g : NULL;
+        pair Y = put(NULL, (size_t)m * n);
+        cpu.ops->linear(cpu.ctx, Y.c, X.c, W.c, bc, m, n, k, epi >> 1);
+        cr_assert_eq(gpu.ops->linear(gpu.ctx, Y.g, X.g, W.g, bg, m, n, k, epi >> 1), 0,
+                     "n %d epilogue %d: %s", n, epi, err_msg());
+        snprintf(what, sizeof what, "linear n %d epilogue %d", n, epi);
+        expect_close(what, Y, 2e-3, 2 * EPS16);
+        drop(&Y);
+    }
+    drop(&X), drop(&W), drop(&Bb);
+    free(x), free(w), free(b);
+}
+
+/* A head_dim the kernels cannot take is refused with a message that names
+ * it and the op (not a blanket message, not a launch failure). */
+Test(kern_cuda, unsupported_head_dim_is_named)
+{
+    int hd = 12, cap = 4;
+    kern_seq sq = {.row = 0, .n_new = 1, .n_past = 1, .n_slots = 1, .budget = 2, .sinks = 0,
+                   .recent = 1};
+    pair QKV = put(NULL, (size_t)3 * hd), out = put(NULL, (size_t)hd);
+    pair K = put(NULL, (size_t)cap * hd), V = put(NULL, (size_t)cap * hd);
+    pair ps = put_words(NULL, (size_t)cap);
+    char *qg = QKV.g;
+    err_clear();
+    cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, out.g, hd, qg, qg + 2 * hd, qg + 4 * hd, 3 * hd,
+                                      K.g, V.g, &sq, 1, 1, hd, cap, 1.0f, NULL, NULL),
+                 -EINVAL);
+    cr_assert(strstr(err_msg(), "head_dim 12 is not supported"), "%s", err_msg());
+    err_clear();
+    cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, K.g, V.g, NULL, ps.g, qg + 2 * hd, qg + 4 * hd,
+                                    3 * hd, NULL, &sq, 1, 1, hd, cap, NULL),
+                 -EINVAL);
+    cr_assert(strstr(err_msg(), "KV insert: head_dim 12 is not a multiple of 8"), "%s",
+              err_msg());
+    err_clear();
+    drop(&QKV), drop(&out), drop(&K), drop(&V), drop(&ps);
 }

@@ -3,13 +3,44 @@
  * The reference runs on caches holding the fp16-rounded values, so both
  * read the same numbers in the same order: outputs, scores, positions and
  * evictions must be identical, and the fp16 caches must hold the rounding
- * of what the reference wrote. */
+ * of what the reference wrote. Also the CPU backend's linear layer (the
+ * reference of the CUDA one) worked by hand, with and without bias and
+ * ReLU. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
+#include "err.h"
 #include "kern.h"
+
+/* y = x w^T (+ b), ReLU, through the CPU backend's vtable, as backend.h
+ * promises it: x (2, 2) = [1 2; -1 0.5], w (3, 2) = [1 0; 0 1; -1 -1], so
+ * x w^T = [1 2 -3; -1 0.5 0.5]; b = [0.5 -3 1]. Every value is exact in
+ * fp32. */
+Test(kern_host, cpu_linear_bias_and_relu_as_promised)
+{
+    backend be;
+    cr_assert_eq(backend_cpu_create(1, &be), 0, "%s", err_msg());
+    const float x[4] = {1, 2, -1, 0.5f}, w[6] = {1, 0, 0, 1, -1, -1}, b[3] = {0.5f, -3, 1};
+    const float want[4][6] = {
+        {1, 2, -3, -1, 0.5f, 0.5f},          /* no bias, no ReLU */
+        {1, 2, 0, 0, 0.5f, 0.5f},            /* no bias, ReLU: the case that lost its ReLU */
+        {1.5f, -1, -2, -0.5f, -2.5f, 1.5f},  /* bias */
+        {1.5f, 0, 0, 0, 0, 1.5f},            /* bias, ReLU */
+    };
+    for (int c = 0; c < 4; c++) {
+        int with_bias = c >= 2, relu = c % 2;
+        float y[6];
+        memset(y, 0x7f, sizeof y);
+        cr_assert_eq(be.ops->linear(be.ctx, y, x, w, with_bias ? b : NULL, 2, 3, 2, relu), 0);
+        for (int i = 0; i < 6; i++)
+            cr_assert_eq(y[i], want[c][i], "bias %d relu %d: y[%d][%d] = %g, want %g", with_bias,
+                         relu, i / 3, i % 3, y[i], want[c][i]);
+    }
+    backend_destroy(&be);
+}
 
 static float rnd(uint64_t *s)
 {

@@ -8,23 +8,32 @@
  */
 #include "../kern.h"
 
+#include <errno.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cpu_common.h"
 
-void kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
-                           const float *v, int ld, const kern_seq *seqs,
-                           int n_seq, int n_head, int head_dim, float scale,
-                           float *colsum)
+int kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
+                          const float *v, int ld, const kern_seq *seqs,
+                          int n_seq, int n_head, int head_dim, float scale,
+                          float *colsum)
 {
     int n_pairs = n_seq * n_head, max_new = 0;
     for (int s = 0; s < n_seq; s++)
         max_new = seqs[s].n_new > max_new ? seqs[s].n_new : max_new;
-    #pragma omp parallel
+    /* one row of probabilities per thread, allocated here: a failure inside
+     * the parallel region could not be returned */
+    int nt = omp_get_max_threads();
+    size_t per = (size_t)max_new + 1;
+    float *scratch = malloc(sizeof(float) * per * (size_t)nt);
+    if (!scratch)
+        return -ENOMEM;
+    #pragma omp parallel num_threads(nt)
     {
-        float *p = malloc(sizeof(float) * (size_t)(max_new + 1));
+        float *p = scratch + per * (size_t)omp_get_thread_num();
         #pragma omp for schedule(dynamic, 1)
         for (int pair = 0; pair < n_pairs; pair++) {
             int s = pair / n_head, h = pair % n_head, r0 = seqs[s].row;
@@ -48,6 +57,7 @@ void kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
                 }
             }
         }
-        free(p);
     }
+    free(scratch);
+    return 0;
 }

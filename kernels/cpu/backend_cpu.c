@@ -81,7 +81,7 @@ static int cpu_linear(void *ctx, void *y, const void *x, const void *w,
     (void)ctx;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k,
                 w, k, 0.0f, y, n);
-    if (b)
+    if (b || relu)
         kern_bias_act_ref(y, b, m, n, relu);
     return 0;
 }
@@ -103,13 +103,23 @@ static int cpu_gather_rows(void *ctx, void *dst, const void *src,
     return 0;
 }
 
+/* The slot ops allocate their per-thread scratch once per call; say what
+ * failed when they cannot. */
+static int scratch_failed(int rc, const char *op)
+{
+    RETURN_IF(rc < 0, rc, "out of host memory for the per-thread scratch of %s (%d threads); "
+              "lower --batch-size or the prompt length", op, omp_get_max_threads());
+    return 0;
+}
+
 static int cpu_attn_prefill(void *ctx, void *out, int ldo, const void *q, const void *k,
                             const void *v, int ld, const kern_seq *seqs, int n_seq,
                             int n_head, int head_dim, float scale, void *colsum)
 {
     (void)ctx;
-    kern_attn_prefill_ref(out, ldo, q, k, v, ld, seqs, n_seq, n_head, head_dim, scale, colsum);
-    return 0;
+    return scratch_failed(kern_attn_prefill_ref(out, ldo, q, k, v, ld, seqs, n_seq, n_head,
+                                                head_dim, scale, colsum),
+                          "prefill attention");
 }
 
 static int cpu_kv_prefill(void *ctx, void *kc, void *vc, void *scores, void *pos,
@@ -117,9 +127,9 @@ static int cpu_kv_prefill(void *ctx, void *kc, void *vc, void *scores, void *pos
                           const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap)
 {
     (void)ctx;
-    kern_kv_prefill_ref(kc, vc, scores, pos, k, v, ld, colsum, seqs, n_seq, n_head, head_dim,
-                        cap);
-    return 0;
+    return scratch_failed(kern_kv_prefill_ref(kc, vc, scores, pos, k, v, ld, colsum, seqs, n_seq,
+                                              n_head, head_dim, cap),
+                          "the KV prefill");
 }
 
 static int cpu_attn_decode(void *ctx, void *out, int ldo, const void *q, const void *k,
@@ -128,9 +138,9 @@ static int cpu_attn_decode(void *ctx, void *out, int ldo, const void *q, const v
                            int cap, float scale, void *scores, void *self_p)
 {
     (void)ctx;
-    kern_attn_decode_ref(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq, n_head, head_dim, cap,
-                         scale, scores, self_p);
-    return 0;
+    return scratch_failed(kern_attn_decode_ref(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq, n_head,
+                                               head_dim, cap, scale, scores, self_p),
+                          "decode attention");
 }
 
 static int cpu_kv_insert(void *ctx, void *kc, void *vc, void *scores, void *pos,
@@ -156,9 +166,9 @@ static int cpu_kv_prefill_q4(void *ctx, void *kc, void *vc, void *scores, void *
                              const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap)
 {
     (void)ctx;
-    kern_kv_prefill_q4(kc, vc, scores, pos, k, v, ld, colsum, seqs, n_seq, n_head, head_dim,
-                       cap);
-    return 0;
+    return scratch_failed(kern_kv_prefill_q4(kc, vc, scores, pos, k, v, ld, colsum, seqs, n_seq,
+                                             n_head, head_dim, cap),
+                          "the 4-bit KV prefill");
 }
 
 static int cpu_attn_decode_q4(void *ctx, void *out, int ldo, const void *q, const void *k,
@@ -167,9 +177,9 @@ static int cpu_attn_decode_q4(void *ctx, void *out, int ldo, const void *q, cons
                               int cap, float scale, void *scores, void *self_p)
 {
     (void)ctx;
-    kern_attn_decode_q4(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq, n_head, head_dim, cap,
-                        scale, scores, self_p);
-    return 0;
+    return scratch_failed(kern_attn_decode_q4(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq, n_head,
+                                              head_dim, cap, scale, scores, self_p),
+                          "decode attention over 4-bit KV");
 }
 
 static int cpu_kv_insert_q4(void *ctx, void *kc, void *vc, void *scores, void *pos,

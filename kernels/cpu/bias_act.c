@@ -6,7 +6,11 @@ void kern_bias_act_ref(float *x, const float *b, int n, int d, int relu)
     #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         float *xi = x + (size_t)i * d;
-        if (relu) {
+        if (!b) {
+            if (relu)
+                for (int j = 0; j < d; j++)
+                    xi[j] = xi[j] > 0.0f ? xi[j] : 0.0f;
+        } else if (relu) {
             for (int j = 0; j < d; j++) {
                 float t = xi[j] + b[j];
                 xi[j] = t > 0.0f ? t : 0.0f;

@@ -13,18 +13,24 @@
  * the cache holds: the fp16 instance is what CPU attention runs over the
  * CUDA backend's host-resident KV, reading it in place (no fp32 copy of the
  * cache). One (sequence, head) pair per task, so the H2O scores need no
- * atomics, and within a pair the sums run in a fixed order.
+ * atomics, and within a pair the sums run in a fixed order. Per-thread
+ * scratch is allocated once per call, before the parallel region (a failure
+ * inside it could not be returned): -ENOMEM.
  */
 
-void SLOT_FN(kern_attn_decode)(float *out, int ldo, const float *q, const float *k,
-                               const float *v, int ld, const SLOT_T *kc, const SLOT_T *vc,
-                               const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                               int cap, float scale, float *scores, float *self_p)
+int SLOT_FN(kern_attn_decode)(float *out, int ldo, const float *q, const float *k,
+                              const float *v, int ld, const SLOT_T *kc, const SLOT_T *vc,
+                              const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                              int cap, float scale, float *scores, float *self_p)
 {
-    int n_pairs = n_seq * n_head;
-    #pragma omp parallel
+    int n_pairs = n_seq * n_head, nt = omp_get_max_threads();
+    size_t per = (size_t)cap + 1; /* a probability per slot and the new token */
+    float *scratch = malloc(sizeof(float) * per * (size_t)nt);
+    if (!scratch)
+        return -ENOMEM;
+    #pragma omp parallel num_threads(nt)
     {
-        float *p = malloc(sizeof(float) * (size_t)(cap + 1));
+        float *p = scratch + per * (size_t)omp_get_thread_num();
         #pragma omp for schedule(static)
         for (int pair = 0; pair < n_pairs; pair++) {
             int s = pair / n_head, h = pair % n_head;
@@ -50,21 +56,26 @@ void SLOT_FN(kern_attn_decode)(float *out, int ldo, const float *q, const float 
             if (self_p)
                 self_p[pair] = p[n];
         }
-        free(p);
     }
+    free(scratch);
+    return 0;
 }
 
-void SLOT_FN(kern_kv_prefill)(SLOT_T *kc, SLOT_T *vc, float *scores, int32_t *pos,
-                              const float *k, const float *v, int ld, const float *colsum,
-                              const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                              int cap)
+int SLOT_FN(kern_kv_prefill)(SLOT_T *kc, SLOT_T *vc, float *scores, int32_t *pos,
+                             const float *k, const float *v, int ld, const float *colsum,
+                             const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                             int cap)
 {
-    int n_pairs = n_seq * n_head, max_new = 0;
+    int n_pairs = n_seq * n_head, max_new = 0, nt = omp_get_max_threads();
     for (int s = 0; s < n_seq; s++)
         max_new = seqs[s].n_new > max_new ? seqs[s].n_new : max_new;
-    #pragma omp parallel
+    size_t per = (size_t)max_new + 1; /* a keep flag per prompt token */
+    unsigned char *scratch = malloc(per * (size_t)nt);
+    if (!scratch)
+        return -ENOMEM;
+    #pragma omp parallel num_threads(nt)
     {
-        unsigned char *keep = malloc((size_t)max_new + 1);
+        unsigned char *keep = scratch + per * (size_t)omp_get_thread_num();
         #pragma omp for schedule(static)
         for (int pair = 0; pair < n_pairs; pair++) {
             int s = pair / n_head, h = pair % n_head, n = seqs[s].n_new;
@@ -89,8 +100,9 @@ void SLOT_FN(kern_kv_prefill)(SLOT_T *kc, SLOT_T *vc, float *scores, int32_t *po
                 slot++;
             }
         }
-        free(keep);
     }
+    free(scratch);
+    return 0;
 }
 
 void SLOT_FN(kern_kv_insert)(SLOT_T *kc, SLOT_T *vc, float *scores, int32_t *pos,

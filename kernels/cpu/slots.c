@@ -9,6 +9,8 @@
 #include "../kern.h"
 
 #include <assert.h>
+#include <errno.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
