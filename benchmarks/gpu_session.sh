@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # gpu_session.sh: everything a lent GPU machine does for flexh2o, in one call.
 #
-#   bash benchmarks/gpu_session.sh [test] [kernels] [generate MODELS] [offload] [h2o] [search]
-#        [compress] ...
+#   bash benchmarks/gpu_session.sh [test] [kernels] [overlap] [generate MODELS] [offload] [h2o]
+#        [search] [compress] ...
 #
 # Builds with the carried Debian libraries (.deps, see ../shared/tools/gpu-deps),
 # runs the whole test suite (the gpu suite under compute-sanitizer), the kernel
@@ -106,6 +106,36 @@ while [ $# -gt 0 ]; do
       ;;
     kernels)
       timeout 90 build-gpu/benchmarks/flexh2o-bench-kernels | tee "$OUT/kernels.md" || true
+      ;;
+    overlap)
+      # issue 11: an offloaded OPT-6.7B decode (weights 40/60, KV on the CPU tier)
+      # with the CPU-tier copies ordered on the device (the default) against the
+      # same run ordered by I/O threads (FLEXH2O_IO_ORDER=host), one invocation;
+      # then an Nsight Systems trace of a few decode steps: how much of the
+      # copies' time ran under kernels (benchmarks/nsys_overlap.py)
+      mkdir -p /tmp/flexh2o-offload
+      capped 300 "$OUT/overlap-opt-6.7b.md" "overlap A/B" python3 benchmarks/bench_offload.py \
+        --device cuda --model opt-6.7b --percent "40 60 0 100 100 0" --gpu-batch-size 16 \
+        --num-gpu-batches 2 --prompt-len 512 --gen-len 16 --gpu-mem 16G \
+        --offload-dir /tmp/flexh2o-offload --io-order-ab --flexh2o build-gpu/src/flexh2o
+      [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ] || fail "overlap A/B: exit status $rc"
+      cat "$OUT/overlap-opt-6.7b.md"
+      if command -v nsys > /dev/null; then
+        python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import benchlib; \
+benchlib.write_prompts('/tmp/ov.jsonl', 32, 512)"
+        for order in device host; do
+          rm -f /tmp/ov.out.jsonl
+          FLEXH2O_IO_ORDER=$order capped 150 "$OUT/nsys-$order.log" "nsys $order" nsys profile \
+            -t cuda --export sqlite --force-overwrite true -o /tmp/ov-$order \
+            build-gpu/src/flexh2o generate --dummy opt-6.7b --device cuda \
+            --prompts /tmp/ov.jsonl --out /tmp/ov.out.jsonl --max-new-tokens 6 --ignore-eos \
+            --gpu-batch-size 16 --num-gpu-batches 2 --percent 40 60 0 100 100 0 --gpu-mem 16G
+          [ -f /tmp/ov-$order.sqlite ] && python3 benchmarks/nsys_overlap.py \
+            /tmp/ov-$order.sqlite --skip-s 0 | tee "$OUT/overlap-trace-$order.md" || true
+        done
+      else
+        echo "nsys not found: no device trace (the A/B above still compares the two orderings)"
+      fi
       ;;
     generate)
       shift

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""How much of the copies' time ran under kernels, from an Nsight Systems trace.
+
+    nsys profile -t cuda --export sqlite -o run flexh2o generate ...
+    python3 benchmarks/nsys_overlap.py run.sqlite [--skip-s 0]
+
+Reads the CUPTI kernel and memcpy activity tables of the exported SQLite file
+(start/end in ns on the GPU clock) and prints, per copy direction, the copies'
+busy time, the part of it during which some kernel ran, and the kernels' busy
+time: "overlap" = copy time under kernels / copy time. --skip-s drops the first
+seconds (model loading, whose copies run with no compute to overlap). Prints
+Markdown.
+"""
+import argparse
+import sqlite3
+import sys
+
+
+def union(iv):
+    """Merged, sorted disjoint intervals."""
+    out = []
+    for a, b in sorted(iv):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
+def total(iv):
+    return sum(b - a for a, b in iv)
+
+
+def intersect(x, y):
+    """Length of the intersection of two disjoint sorted interval lists."""
+    i = j = 0
+    n = 0
+    while i < len(x) and j < len(y):
+        a, b = max(x[i][0], y[j][0]), min(x[i][1], y[j][1])
+        if a < b:
+            n += b - a
+        if x[i][1] < y[j][1]:
+            i += 1
+        else:
+            j += 1
+    return n
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("sqlite")
+    ap.add_argument("--skip-s", type=float, default=0.0)
+    a = ap.parse_args()
+    db = sqlite3.connect(a.sqlite)
+    tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
+    kt, mt = "CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMCPY"
+    if kt not in tables or mt not in tables:
+        sys.exit(f"{a.sqlite}: no {kt} / {mt} table (profile with -t cuda)")
+    kern = db.execute(f"select start, end from {kt}").fetchall()
+    t0 = min(s for s, _ in kern) + a.skip_s * 1e9 if kern else 0
+    kern = union([(s, e) for s, e in kern if s >= t0])
+    # copyKind: 1 host->device, 2 device->host (CUPTI_ActivityMemcpyKind)
+    names = {1: "host->device", 2: "device->host"}
+    print("| copies | count | GiB | busy ms | under kernels ms | overlap |")
+    print("|---|---|---|---|---|---|")
+    for kind, name in names.items():
+        rows = db.execute(f"select start, end, bytes from {mt} where copyKind = ? and start >= ?",
+                          (kind, t0)).fetchall()
+        iv = union([(s, e) for s, e, _ in rows])
+        busy, under = total(iv), intersect(iv, kern)
+        gib = sum(b for _, _, b in rows) / 2**30
+        print(f"| {name} | {len(rows)} | {gib:.2f} | {busy / 1e6:.1f} | {under / 1e6:.1f} | "
+              f"{100 * under / busy if busy else 0:.0f}% |")
+    span = (max(e for _, e in kern) - kern[0][0]) if kern else 0
+    print(f"\nkernels busy {total(kern) / 1e6:.1f} ms of a {span / 1e6:.1f} ms span "
+          f"({100 * total(kern) / span if span else 0:.0f}% of the GPU's time computing)")
+
+
+if __name__ == "__main__":
+    main()
