@@ -22,7 +22,7 @@
  * plan (alignment, staging) decides: a tier that overflows shrinks its cap
  * in the LP by the overflow and the LP runs again. Candidates are scored
  * by sched_cost_eval on their exact plan.
- * FLEXH2O_SEARCH_DEBUG=1 prints every LP solution on stderr.
+ * FLEXH2O_SEARCH_DEBUG=1 logs every LP solution (err_log).
  */
 #include <glpk.h>
 #include <math.h>
@@ -481,8 +481,8 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
                 if (lp_solve(&fin, &lo) < 0)
                     break;
                 if (getenv("FLEXH2O_SEARCH_DEBUG"))
-                    fprintf(stderr, "gbs %d K %d act %d attn %d w %g/%g iter %d: cg %.4f "
-                            "cc %.4f tp %.4g ts %.4g\n", gbs, K, act, attn, p.wg, p.wc, iter,
+                    err_log("search: gbs %d K %d act %d attn %d w %g/%g iter %d: cg %.4f "
+                            "cc %.4f tp %.4g ts %.4g", gbs, K, act, attn, p.wg, p.wc, iter,
                             lo.f[V_CG], lo.f[V_CC], lo.f[V_TP], lo.f[V_TS]);
                 double cg[4], cc[4], over[SCHED_TIERS], worst[SCHED_TIERS] = {0};
                 int nk = kv_roundings(lo.f[V_CG], lo.f[V_CC], gbs, in.disk, cg, cc);
