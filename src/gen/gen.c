@@ -24,7 +24,7 @@
 #include "off.h"
 
 typedef struct seq_state {
-    const prompt *p;
+    const job_prompt *p;
     int max_new;
     int n_past;          /* tokens seen (the position of the next one) */
     int n_slots;         /* KV slots in use, min(n_past, budget) */
@@ -58,7 +58,7 @@ static uint64_t seq_seed(uint64_t seed, const char *id)
     return XXH3_64bits_withSeed(id, strlen(id), seed);
 }
 
-int gen_max_new(const prompt *p, const gen_opts *o, int max_pos)
+int gen_max_new(const job_prompt *p, const gen_opts *o, int max_pos)
 {
     int n = p->max_new >= 0 ? p->max_new : o->max_new;
     if (p->n_ids + n > max_pos)
@@ -82,7 +82,7 @@ static void take_token(seq_state *s, int32_t tok, float lp, int eos)
 }
 
 /* Write the finished prefix of the block, in order. */
-static int flush_done(seq_state *ss, int n, int *next, const tok *t, outfile *out)
+static int flush_done(seq_state *ss, int n, int *next, const tok *t, job_out *out)
 {
     while (*next < n && ss[*next].done == 1) {
         seq_state *s = &ss[*next];
@@ -92,8 +92,8 @@ static int flush_done(seq_state *ss, int n, int *next, const tok *t, outfile *ou
             len = tok_decode(t, s->toks, (size_t)s->n_gen, &text);
             FORWARD_IF(len);
         }
-        int rc = outfile_write(out, s->p->id, text ? text : "", (size_t)len, s->toks,
-                               s->lps, s->n_gen, s->finish);
+        int rc = job_out_write(out, s->p->id, text ? text : "", (size_t)len, s->toks,
+                                s->lps, s->n_gen, s->finish);
         free(text);
         FORWARD_IF(rc);
         s->done = 2;
@@ -237,7 +237,7 @@ static int sample_rows(gen_ctx *gc, block_buf *bb, seq_state *ss, int n_out,
 }
 
 static int run_block(gen_ctx *gc, block_buf *bb, seq_state *ss, int n,
-                     const gen_opts *o, const tok *t, outfile *out, gen_stats *st)
+                     const gen_opts *o, const tok *t, job_out *out, gen_stats *st)
 {
     int next = 0, gbs = gc->gbs;
     /* prefill: whole prompts packed in sequence order; each GPU batch
@@ -248,7 +248,7 @@ static int run_block(gen_ctx *gc, block_buf *bb, seq_state *ss, int n,
         for (int k = 0; k < n; k++)
             bb->seqs[k] = seq_desc(&ss[k], 0, 0);
         while (s < n) {
-            const prompt *p = ss[s].p;
+            const job_prompt *p = ss[s].p;
             if (s % gbs == 0 || s == first)
                 batch_rows = 0;
             int len = ss[s].max_new > 0 ? p->n_ids : 0;
@@ -329,11 +329,11 @@ static int run_block(gen_ctx *gc, block_buf *bb, seq_state *ss, int n,
     return 0;
 }
 
-int gen_check(const model_config *c, const prompt_set *ps, const gen_opts *o)
+int gen_check(const model_config *c, const job_prompts *ps, const gen_opts *o)
 {
     FORWARD_IF(kv_policy_check(&o->kv));
     for (int i = 0; i < ps->n; i++) {
-        const prompt *p = &ps->p[i];
+        const job_prompt *p = &ps->p[i];
         kv_split sp;
         FORWARD_IF(kv_policy_split(&o->kv, p->n_ids, gen_max_new(p, o, c->max_pos),
                                    p->line, &sp));
@@ -356,7 +356,7 @@ void gen_stats_print(FILE *f, const gen_stats *st, const gen_opts *o)
         fprintf(f, "layer %d: %.6f\n", l, st->kept_mass[l]);
 }
 
-int gen_trace_open(const char *path, int resume, const outfile *out, FILE **f)
+int gen_trace_open(const char *path, int resume, const job_out *out, FILE **f)
 {
     struct stat sb;
     if (stat(path, &sb) != 0 || sb.st_size == 0) {
@@ -383,7 +383,7 @@ int gen_trace_open(const char *path, int resume, const outfile *out, FILE **f)
         cJSON *r = cJSON_Parse(line);
         const cJSON *idv = r ? cJSON_GetObjectItem(r, "id") : NULL;
         char *id = idv ? cJSON_PrintUnformatted(idv) : NULL;
-        if (id && outfile_has(out, id))
+        if (id && job_out_has(out, id))
             fprintf(w, "%s\n", line);
         free(id);
         cJSON_Delete(r);
@@ -398,13 +398,13 @@ int gen_trace_open(const char *path, int resume, const outfile *out, FILE **f)
     return 0;
 }
 
-void gen_shape(const model_config *c, const prompt_set *ps, const outfile *out,
+void gen_shape(const model_config *c, const job_prompts *ps, const job_out *out,
                const gen_opts *o, int gbs, sched_shape *sh)
 {
     int max_prompt = 1, cap = 1;
     for (int i = 0; i < ps->n; i++) {
-        const prompt *p = &ps->p[i];
-        if (out && outfile_has(out, p->id))
+        const job_prompt *p = &ps->p[i];
+        if (out && job_out_has(out, p->id))
             continue;
         kv_split sp;
         if (kv_policy_split(&o->kv, p->n_ids, gen_max_new(p, o, c->max_pos), p->line,
@@ -424,7 +424,7 @@ void gen_shape(const model_config *c, const prompt_set *ps, const outfile *out,
     sh->evicted = o->trace != NULL;
 }
 
-int gen_run(model *m, sched *sc, const tok *t, const prompt_set *ps, outfile *out,
+int gen_run(model *m, sched *sc, const tok *t, const job_prompts *ps, job_out *out,
             const gen_opts *o, gen_stats *st)
 {
     const model_config *c = &m->cfg;
@@ -436,12 +436,12 @@ int gen_run(model *m, sched *sc, const tok *t, const prompt_set *ps, outfile *ou
     gc.last_report = gc.t_start;
     /* pending prompts, in file order */
     int n_todo = 0, max_prompt = 0, max_new = 1;
-    const prompt **todo = malloc(sizeof *todo * (size_t)(ps->n ? ps->n : 1));
+    const job_prompt **todo = malloc(sizeof *todo * (size_t)(ps->n ? ps->n : 1));
     RETURN_IF(!todo, -ENOMEM, "out of memory");
     for (int i = 0; i < ps->n; i++) {
-        if (outfile_has(out, ps->p[i].id))
+        if (job_out_has(out, ps->p[i].id))
             continue;
-        const prompt *p = &ps->p[i];
+        const job_prompt *p = &ps->p[i];
         int mn = gen_max_new(p, o, c->max_pos);
         todo[n_todo++] = p;
         if (p->n_ids > max_prompt)

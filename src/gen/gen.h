@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "jobio.h"
+#include "job.h"
 #include "kv_policy.h"
 #include "model.h"
 #include "scheduler.h"
@@ -42,17 +42,17 @@ typedef struct gen_stats {
  * with o in GPU batches of gbs sequences: rows of a GPU batch's prefill
  * pass, KV slots (the largest budget), scores and eviction records.
  * Prompts already in out (resume) do not count; out may be NULL. */
-void gen_shape(const model_config *c, const prompt_set *ps, const outfile *out,
+void gen_shape(const model_config *c, const job_prompts *ps, const job_out *out,
                const gen_opts *o, int gbs, sched_shape *sh);
 
 /* Tokens prompt p may generate: its max_new_tokens or o->max_new, no more
  * than the model's positions leave after the prompt. */
-int gen_max_new(const prompt *p, const gen_opts *o, int max_pos);
+int gen_max_new(const job_prompt *p, const gen_opts *o, int max_pos);
 
 /* Check the KV split of every prompt of ps under o->kv (kv_policy_split),
  * before anything runs, so that a budget that leaves some prompt no recent
  * slot stops the job with nothing written. @return 0 or -EINVAL. */
-int gen_check(const model_config *c, const prompt_set *ps, const gen_opts *o);
+int gen_check(const model_config *c, const job_prompts *ps, const gen_opts *o);
 
 /* Generate for every prompt of ps whose id is not yet in out, in file
  * order, in blocks of sched_block(sc) sequences run by the scheduler sc
@@ -78,7 +78,7 @@ int gen_check(const model_config *c, const prompt_set *ps, const gen_opts *o);
  * probability 1, so this is the share of all attention paid so far that
  * went to tokens still cached (1 for full); st->kept_mass[l] is its mean.
  * @return 0 or -errno; records written before a failure stay. */
-int gen_run(model *m, sched *sc, const tok *t, const prompt_set *ps, outfile *out,
+int gen_run(model *m, sched *sc, const tok *t, const job_prompts *ps, job_out *out,
             const gen_opts *o, gen_stats *st);
 void gen_stats_free(gen_stats *st); /* accepts a zeroed struct */
 
@@ -89,6 +89,6 @@ void gen_stats_print(FILE *f, const gen_stats *st, const gen_opts *o);
  * existing non-empty file is refused; with resume only its complete lines
  * of prompts already in out are kept (the others are generated again).
  * @return 0 or -errno; the caller fcloses *f. */
-int gen_trace_open(const char *path, int resume, const outfile *out, FILE **f);
+int gen_trace_open(const char *path, int resume, const job_out *out, FILE **f);
 
 #endif

@@ -1,5 +1,5 @@
-/* jobio.c: prompt file parsing and the resumable completions file. */
-#include "jobio.h"
+/* job.c: prompt file parsing and the resumable completions file. */
+#include "job.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>
@@ -23,8 +23,8 @@
         goto next;                                                           \
     } while (0)
 
-int prompts_load(const char *path, const tok *t, int bos, int vocab,
-                 int max_len, int strict, prompt_set *ps)
+int job_prompts_load(const char *path, const tok *t, int bos, int vocab,
+                     int max_len, int strict, job_prompts *ps)
 {
     memset(ps, 0, sizeof *ps);
     FILE *f = fopen(path, "rb");
@@ -37,7 +37,7 @@ int prompts_load(const char *path, const tok *t, int bos, int vocab,
     while (rc == 0 && (len = getline(&line, &cap_line, f)) >= 0) {
         lineno++;
         cJSON *o = NULL;
-        prompt p = {.line = lineno, .max_new = -1};
+        job_prompt p = {.line = lineno, .max_new = -1};
         size_t k = 0;
         while (k < (size_t)len && strchr(" \t\r\n", line[k]))
             k++;
@@ -126,7 +126,7 @@ int prompts_load(const char *path, const tok *t, int bos, int vocab,
         }
         if (ps->n == cap) {
             cap = cap ? 2 * cap : 64;
-            prompt *np = realloc(ps->p, sizeof *np * (size_t)cap);
+            job_prompt *np = realloc(ps->p, sizeof *np * (size_t)cap);
             if (!np) {
                 rc = -ENOMEM;
                 goto next;
@@ -144,14 +144,14 @@ int prompts_load(const char *path, const tok *t, int bos, int vocab,
     free(line);
     fclose(f);
     if (rc < 0) {
-        prompts_free(ps);
+        job_prompts_free(ps);
         if (rc == -ENOMEM)
             err_set(__FILE__, __LINE__, "out of memory reading %s", path);
     }
     return rc;
 }
 
-void prompts_free(prompt_set *ps)
+void job_prompts_free(job_prompts *ps)
 {
     for (int i = 0; i < ps->n; i++) {
         free(ps->p[i].id);
@@ -173,7 +173,7 @@ static size_t done_slot(char *const *done, size_t mask, const char *id)
     return i;
 }
 
-static int add_done(outfile *o, const char *id)
+static int add_done(job_out *o, const char *id)
 {
     if (!o->done || 2 * ((size_t)o->n_done + 1) > o->done_mask + 1) {
         size_t cap = o->done ? 2 * (o->done_mask + 1) : 64;
@@ -196,7 +196,7 @@ static int add_done(outfile *o, const char *id)
 }
 
 /* Read the ids of a completions file; cut a torn last line. */
-static int scan_existing(outfile *o)
+static int scan_existing(job_out *o)
 {
     FILE *f = fopen(o->path, "rb");
     if (!f)
@@ -241,7 +241,7 @@ static int scan_existing(outfile *o)
     return 0;
 }
 
-int outfile_open(const char *path, int resume, outfile *o)
+int job_out_open(const char *path, int resume, job_out *o)
 {
     memset(o, 0, sizeof *o);
     o->path = strdup(path);
@@ -260,16 +260,16 @@ int outfile_open(const char *path, int resume, outfile *o)
         err_set(__FILE__, __LINE__, "%s: cannot open for writing (%s)", path, strerror(errno));
     }
     if (rc < 0)
-        outfile_close(o); /* frees what was set up; the file itself is untouched */
+        job_out_close(o); /* frees what was set up; the file itself is untouched */
     return rc;
 }
 
-int outfile_has(const outfile *o, const char *id)
+int job_out_has(const job_out *o, const char *id)
 {
     return o->done && o->done[done_slot(o->done, o->done_mask, id)] != NULL;
 }
 
-char *utf8_sanitize(const char *s, size_t len, size_t *out_len)
+char *job_utf8_sanitize(const char *s, size_t len, size_t *out_len)
 {
     char *out = malloc(len * 3 + 1); /* each bad byte -> 3-byte U+FFFD */
     if (!out)
@@ -294,11 +294,11 @@ char *utf8_sanitize(const char *s, size_t len, size_t *out_len)
     return out;
 }
 
-int outfile_write(outfile *o, const char *id, const char *text, size_t len,
+int job_out_write(job_out *o, const char *id, const char *text, size_t len,
                   const int32_t *tokens, const float *logprobs, int n,
                   const char *finish_reason)
 {
-    char *clean = utf8_sanitize(text, len, NULL);
+    char *clean = job_utf8_sanitize(text, len, NULL);
     cJSON *r = cJSON_CreateObject();
     cJSON *idv = cJSON_Parse(id);
     int rc = clean && r && idv ? 0 : -ENOMEM;
@@ -336,7 +336,7 @@ int outfile_write(outfile *o, const char *id, const char *text, size_t len,
     return rc;
 }
 
-int outfile_close(outfile *o)
+int job_out_close(job_out *o)
 {
     int rc = 0;
     if (o->f) {
