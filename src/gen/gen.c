@@ -8,44 +8,26 @@
  *
  * KV policy: every sequence carries its own budget/sinks/recent (from
  * kv_policy_split) in its kern_seq; the kernels keep, evict and score by
- * them. --trace-evictions and --stats read the cache back after a pass,
- * and only when asked: nothing else leaves the backend per step.
+ * them. --trace-evictions and --stats read the cache back after a pass
+ * (gen_trace.c), and only when asked: nothing else leaves the backend per
+ * step. gen_plan.c sizes the job before it runs.
  */
-#include "gen.h"
-
-#include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <xxhash.h>
 
 #include "err.h"
-#include "kern.h"
-#include "off.h"
-
-typedef struct seq_state {
-    const job_prompt *p;
-    int max_new;
-    int n_past;          /* tokens seen (the position of the next one) */
-    int n_slots;         /* KV slots in use, min(n_past, budget) */
-    int budget, sinks, recent; /* KV policy of this sequence (kern_seq) */
-    int32_t *toks;       /* (max_new) generated */
-    float *lps;          /* (max_new) */
-    int n_gen;
-    int done;            /* 1 = finished, 2 = written */
-    const char *finish;
-    uint64_t rng;
-} seq_state;
+#include "gen_impl.h"
 
 /* The kern_seq of sequence s for a pass feeding n_new rows from row. */
-static kern_seq seq_desc(const seq_state *s, int row, int n_new)
+static kern_seq seq_desc(const gen_seq *s, int row, int n_new)
 {
     return (kern_seq){.row = row, .n_new = n_new, .n_past = s->n_past, .n_slots = s->n_slots,
                       .budget = s->budget, .sinks = s->sinks, .recent = s->recent};
 }
 
 /* After a pass that fed n_new tokens of s. */
-static void seq_advance(seq_state *s, int n_new)
+static void seq_advance(gen_seq *s, int n_new)
 {
     s->n_past += n_new;
     s->n_slots = s->n_past < s->budget ? s->n_past : s->budget;
@@ -58,16 +40,8 @@ static uint64_t seq_seed(uint64_t seed, const char *id)
     return XXH3_64bits_withSeed(id, strlen(id), seed);
 }
 
-int gen_max_new(const job_prompt *p, const gen_opts *o, int max_pos)
-{
-    int n = p->max_new >= 0 ? p->max_new : o->max_new;
-    if (p->n_ids + n > max_pos)
-        n = max_pos - p->n_ids;
-    return n;
-}
-
 /* Record the sampled token of sequence s; finish it on EOS or length. */
-static void take_token(seq_state *s, int32_t tok, float lp, int eos)
+static void take_token(gen_seq *s, int32_t tok, float lp, int eos)
 {
     s->toks[s->n_gen] = tok;
     s->lps[s->n_gen] = lp;
@@ -82,10 +56,10 @@ static void take_token(seq_state *s, int32_t tok, float lp, int eos)
 }
 
 /* Write the finished prefix of the block, in order. */
-static int flush_done(seq_state *ss, int n, int *next, const tok *t, job_out *out)
+static int flush_done(gen_seq *ss, int n, int *next, const tok *t, job_out *out)
 {
     while (*next < n && ss[*next].done == 1) {
-        seq_state *s = &ss[*next];
+        gen_seq *s = &ss[*next];
         char *text = NULL;
         int len = 0;
         if (t) {
@@ -102,17 +76,6 @@ static int flush_done(seq_state *ss, int n, int *next, const tok *t, job_out *ou
     return 0;
 }
 
-/* What the block loop needs of the job. */
-typedef struct gen_ctx {
-    model *m;
-    const model_config *c;
-    sched *sc;
-    int gbs, block, max_rows, cap;
-    int n_todo;
-    double t_start, last_report;
-    int progress;
-} gen_ctx;
-
 /* The progress line on stderr, at most once a second (force: now). */
 static void gen_progress(gen_ctx *gc, const gen_stats *st, int force)
 {
@@ -126,117 +89,27 @@ static void gen_progress(gen_ctx *gc, const gen_stats *st, int force)
     gc->last_report = now;
 }
 
-typedef struct block_buf {
-    int32_t *ids, *pos, *last, *tokens;  /* (max_rows), (max_rows), (B), (B) */
-    kern_seq *seqs;                      /* (B) */
-    int *members;                        /* (B) sequence of each output row */
-    float *temp, *topp, *lps;            /* (B) */
-    double *u;                           /* (B) */
-    /* read-back buffers, allocated only for --trace-evictions / --stats */
-    int32_t *ev;                         /* (n_layer, B, n_head) evicted positions */
-    int32_t *slot_pos;                   /* (n_head, cap) positions of one sequence */
-    unsigned char *kept;                 /* (max prompt) */
-    float *scores;                       /* (B, n_head, cap) one layer's scores */
-} block_buf;
-
-#define TRACE_FMT "{\"id\": %s, \"layer\": %d, \"head\": %d, \"step\": %d, \"pos\": %d}\n"
-
-static int trace_flush(FILE *f)
-{
-    RETURN_IF(ferror(f) || fflush(f) != 0, -EIO,
-              "cannot write the --trace-evictions file (%s); free space and rerun",
-              strerror(errno));
-    return 0;
-}
-
-/* --trace-evictions after a prefill pass: the prompt tokens that sequence k
- * (slot k of the block) did not keep, per layer and head. */
-static int trace_prefill(gen_ctx *gc, block_buf *bb, const seq_state *s, int k, FILE *f)
-{
-    const model_config *c = gc->c;
-    int n = s->p->n_ids;
-    for (int l = 0; l < c->n_layer; l++) {
-        FORWARD_IF(sched_read_kv(gc->sc, l, k, 0, bb->slot_pos));
-        for (int h = 0; h < c->n_head; h++) {
-            memset(bb->kept, 0, (size_t)n);
-            for (int t = 0; t < s->budget; t++)
-                bb->kept[bb->slot_pos[(size_t)h * gc->cap + t]] = 1;
-            for (int j = 0; j < n; j++)
-                if (!bb->kept[j])
-                    fprintf(f, TRACE_FMT, s->p->id, l, h, 0, j);
-        }
-    }
-    return trace_flush(f);
-}
-
-/* --trace-evictions after a decode pass (before the sequences advance):
- * what each active sequence evicted, per layer and head. */
-static int trace_decode(gen_ctx *gc, block_buf *bb, const seq_state *ss, int n, FILE *f)
-{
-    const model_config *c = gc->c;
-    int H = c->n_head;
-    FORWARD_IF(sched_read_evicted(gc->sc, bb->ev));
-    for (int l = 0; l < c->n_layer; l++)
-        for (int k = 0; k < n; k++) {
-            if (bb->seqs[k].n_new == 0)
-                continue;
-            int step = bb->seqs[k].n_past - ss[k].p->n_ids + 1;
-            for (int h = 0; h < H; h++) {
-                int32_t e = bb->ev[((size_t)l * gc->block + k) * H + h];
-                if (e >= 0)
-                    fprintf(f, TRACE_FMT, ss[k].p->id, l, h, step, e);
-            }
-        }
-    return trace_flush(f);
-}
-
-/* --stats after a pass (the sequences advanced): add, per layer, the kept
- * attention mass of every (member sequence, head): the scores still in the
- * cache over the queries so far (each query hands out probability 1). */
-static int kv_stats_pass(gen_ctx *gc, block_buf *bb, const seq_state *ss, int n_out,
-                         gen_stats *st)
-{
-    const model_config *c = gc->c;
-    int H = c->n_head;
-    for (int l = 0; l < c->n_layer; l++) {
-        for (int i = 0; i < n_out; i++) {
-            int k = bb->members[i];
-            const seq_state *s = &ss[k];
-            FORWARD_IF(sched_read_kv(gc->sc, l, k, 1, bb->scores));
-            for (int h = 0; h < H; h++) {
-                const float *sc = bb->scores + (size_t)h * gc->cap;
-                double kept = 0;
-                for (int t = 0; t < s->n_slots; t++)
-                    kept += sc[t];
-                st->kept_mass[l] += kept / s->n_past;
-            }
-        }
-    }
-    st->kept_samples += (long)n_out * H;
-    return 0;
-}
-
 /* Sample one token for each output row and hand it to its sequence. */
-static int sample_rows(gen_ctx *gc, block_buf *bb, seq_state *ss, int n_out,
+static int sample_rows(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n_out,
                        const gen_opts *o)
 {
     const model_config *c = gc->c;
     const backend *be = gc->m->be;
     for (int i = 0; i < n_out; i++) {
-        seq_state *s = &ss[bb->members[i]];
+        gen_seq *s = &ss[bb->members[i]];
         bb->temp[i] = o->temperature;
         bb->topp[i] = o->top_p;
         bb->u[i] = (kern_splitmix64(&s->rng) >> 11) * 0x1.0p-53;
     }
     FORWARD_IF(be->ops->sample(be->ctx, sched_logits(gc->sc), n_out, c->vocab_size,
-                                      bb->temp, bb->topp, bb->u, bb->tokens, bb->lps));
+                               bb->temp, bb->topp, bb->u, bb->tokens, bb->lps));
     for (int i = 0; i < n_out; i++)
         take_token(&ss[bb->members[i]], bb->tokens[i], bb->lps[i],
                    o->ignore_eos ? -1 : c->eos_id);
     return 0;
 }
 
-static int run_block(gen_ctx *gc, block_buf *bb, seq_state *ss, int n,
+static int run_block(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n,
                      const gen_opts *o, const tok *t, job_out *out, gen_stats *st)
 {
     int next = 0, gbs = gc->gbs;
@@ -274,13 +147,13 @@ static int run_block(gen_ctx *gc, block_buf *bb, seq_state *ss, int n,
                                  0));
         FORWARD_IF(sample_rows(gc, bb, ss, n_out, o));
         for (int i = 0; i < n_out; i++) {
-            seq_state *sq = &ss[bb->members[i]];
+            gen_seq *sq = &ss[bb->members[i]];
             seq_advance(sq, sq->p->n_ids);
             if (o->trace && sq->p->n_ids > sq->budget)
-                FORWARD_IF(trace_prefill(gc, bb, sq, bb->members[i], o->trace));
+                FORWARD_IF(gen_trace_prefill(gc, bb, sq, bb->members[i], o->trace));
         }
         if (o->kv_stats)
-            FORWARD_IF(kv_stats_pass(gc, bb, ss, n_out, st));
+            FORWARD_IF(gen_stats_pass(gc, bb, ss, n_out, st));
         st->prefill_tokens += rows;
         st->generated += n_out;
     }
@@ -297,7 +170,7 @@ static int run_block(gen_ctx *gc, block_buf *bb, seq_state *ss, int n,
     for (int step = 1;; step++) {
         int rows = 0;
         for (int k = 0; k < n; k++) {
-            seq_state *s = &ss[k];
+            gen_seq *s = &ss[k];
             if (s->done) {
                 bb->seqs[k] = seq_desc(s, 0, 0);
                 continue;
@@ -314,12 +187,12 @@ static int run_block(gen_ctx *gc, block_buf *bb, seq_state *ss, int n,
         FORWARD_IF(sched_forward(gc->sc, bb->ids, bb->pos, rows, bb->seqs, n, bb->last, rows,
                                  step));
         if (o->trace)
-            FORWARD_IF(trace_decode(gc, bb, ss, n, o->trace));
+            FORWARD_IF(gen_trace_decode(gc, bb, ss, n, o->trace));
         FORWARD_IF(sample_rows(gc, bb, ss, rows, o));
         for (int i = 0; i < rows; i++)
             seq_advance(&ss[bb->members[i]], 1);
         if (o->kv_stats)
-            FORWARD_IF(kv_stats_pass(gc, bb, ss, rows, st));
+            FORWARD_IF(gen_stats_pass(gc, bb, ss, rows, st));
         gen_progress(gc, st, 0);
         st->decode_tokens += rows;
         st->generated += rows;
@@ -327,101 +200,6 @@ static int run_block(gen_ctx *gc, block_buf *bb, seq_state *ss, int n,
     }
     st->decode_s += kern_now_s() - t0;
     return 0;
-}
-
-int gen_check(const model_config *c, const job_prompts *ps, const gen_opts *o)
-{
-    FORWARD_IF(kv_policy_check(&o->kv));
-    for (int i = 0; i < ps->n; i++) {
-        const job_prompt *p = &ps->p[i];
-        kv_split sp;
-        FORWARD_IF(kv_policy_split(&o->kv, p->n_ids, gen_max_new(p, o, c->max_pos),
-                                   p->line, &sp));
-    }
-    return 0;
-}
-
-void gen_stats_free(gen_stats *st)
-{
-    free(st->kept_mass);
-    st->kept_mass = NULL;
-}
-
-void gen_stats_print(FILE *f, const gen_stats *st, const gen_opts *o)
-{
-    fprintf(f, "[flexh2o] --stats, --kv-policy %s: kept attention mass per layer, mean of "
-            "%ld (sequence, head, pass) samples\n", kv_policy_name(o->kv.kind),
-            st->kept_samples);
-    for (int l = 0; st->kept_mass && st->kept_samples > 0 && l < st->n_layer; l++)
-        fprintf(f, "layer %d: %.6f\n", l, st->kept_mass[l]);
-}
-
-int gen_trace_open(const char *path, int resume, const job_out *out, FILE **f)
-{
-    struct stat sb;
-    if (stat(path, &sb) != 0 || sb.st_size == 0) {
-        *f = fopen(path, "w");
-        RETURN_IF(!*f, -errno, "%s: cannot create the eviction trace (%s)", path,
-                  strerror(errno));
-        return 0;
-    }
-    RETURN_IF(!resume, -EEXIST, "%s already exists; pass --resume to continue it, or "
-              "remove it", path);
-    char *buf = NULL;
-    size_t len = 0;
-    FORWARD_IF(off_read_file(path, &buf, &len));
-    /* keep the complete lines of prompts whose completion is on file */
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *w = fopen(tmp, "w");
-    if (!w)
-        free(buf);
-    RETURN_IF(!w, -errno, "%s: cannot rewrite the eviction trace (%s)", tmp, strerror(errno));
-    for (char *line = buf, *nl; (nl = memchr(line, '\n', len - (size_t)(line - buf)));
-         line = nl + 1) {
-        *nl = 0;
-        cJSON *r = cJSON_Parse(line);
-        const cJSON *idv = r ? cJSON_GetObjectItem(r, "id") : NULL;
-        char *id = idv ? cJSON_PrintUnformatted(idv) : NULL;
-        if (id && job_out_has(out, id))
-            fprintf(w, "%s\n", line);
-        free(id);
-        cJSON_Delete(r);
-    }
-    free(buf);
-    int bad = ferror(w);
-    bad |= fclose(w) != 0;
-    RETURN_IF(bad || rename(tmp, path) != 0, -EIO, "%s: cannot rewrite the eviction "
-              "trace (%s)", path, strerror(errno));
-    *f = fopen(path, "a");
-    RETURN_IF(!*f, -errno, "%s: cannot open the eviction trace (%s)", path, strerror(errno));
-    return 0;
-}
-
-void gen_shape(const model_config *c, const job_prompts *ps, const job_out *out,
-               const gen_opts *o, int gbs, sched_shape *sh)
-{
-    int max_prompt = 1, cap = 1;
-    for (int i = 0; i < ps->n; i++) {
-        const job_prompt *p = &ps->p[i];
-        if (out && job_out_has(out, p->id))
-            continue;
-        kv_split sp;
-        if (kv_policy_split(&o->kv, p->n_ids, gen_max_new(p, o, c->max_pos), p->line,
-                            &sp) < 0)
-            continue; /* gen_check refuses it */
-        if (p->n_ids > max_prompt)
-            max_prompt = p->n_ids;
-        /* the cache holds the largest budget, not the longest sequence:
-         * that is where an evicting policy saves its memory */
-        if (sp.budget > cap)
-            cap = sp.budget;
-    }
-    memset(sh, 0, sizeof *sh);
-    sh->max_rows = sched_prefill_rows(o->prefill_rows, max_prompt, gbs);
-    sh->cap = cap;
-    sh->scores = kv_policy_needs_scores(&o->kv) || o->kv_stats;
-    sh->evicted = o->trace != NULL;
 }
 
 int gen_run(model *m, sched *sc, const tok *t, const job_prompts *ps, job_out *out,
@@ -461,8 +239,8 @@ int gen_run(model *m, sched *sc, const tok *t, const job_prompts *ps, job_out *o
     }
     int max_rows = B * max_prompt;
 
-    block_buf bb = {0};
-    seq_state *ss = calloc((size_t)B, sizeof *ss);
+    gen_buf bb = {0};
+    gen_seq *ss = calloc((size_t)B, sizeof *ss);
     int rc = ss ? 0 : -ENOMEM;
     if (rc == 0) {
         bb.ids = malloc(sizeof(int32_t) * (size_t)max_rows);
@@ -505,7 +283,7 @@ int gen_run(model *m, sched *sc, const tok *t, const job_prompts *ps, job_out *o
     for (int first = 0; rc == 0 && first < n_todo; first += B) {
         int n = n_todo - first < B ? n_todo - first : B;
         for (int k = 0; k < n; k++) {
-            seq_state *s = &ss[k];
+            gen_seq *s = &ss[k];
             s->p = todo[first + k];
             s->max_new = gen_max_new(s->p, o, c->max_pos);
             s->n_past = 0;
@@ -543,9 +321,7 @@ int gen_run(model *m, sched *sc, const tok *t, const job_prompts *ps, job_out *o
     free(bb.slot_pos);
     free(bb.kept);
     free(bb.scores);
-    if (st->kept_mass && st->kept_samples > 0)
-        for (int l = 0; l < st->n_layer; l++)
-            st->kept_mass[l] /= (double)st->kept_samples;
+    gen_stats_mean(st);
     free(todo);
     st->total_s = kern_now_s() - gc.t_start;
     return rc;
