@@ -1,10 +1,14 @@
-/* gen.c: the generation loop of one block of sequences.
+/* gen.c: the generation loop, one block of sequences at a time.
  *
- *   prompts ─► block of batch_size sequences
- *     prefill: pack whole prompts, up to prefill_rows tokens a pass
- *              (each sequence's cache gets its prompt K/V), sample token 1
- *     decode:  one row per unfinished sequence, idle ones skip (n_new 0)
- *     after every step: write the finished prefix of the block in order
+ *   gen_run: the pending prompts (todo_scan), one allocation carved into
+ *            every array of the run (run_layout), then per block of
+ *            sched_block sequences (block_start):
+ *     run_prefill: pack whole prompts, up to max_rows tokens a GPU batch
+ *                  and pass (prefill_pack); each sequence's cache gets its
+ *                  prompt K/V, sample token 1 (prefill_pass)
+ *     run_decode:  one row per unfinished sequence, idle ones skip (n_new 0)
+ *     after the prefill and each decode pass: write the finished prefix of
+ *     the block, in order (flush_done)
  *
  * KV policy: every sequence carries its own budget/sinks/recent (from
  * kv_policy_split) in its kern_seq; the kernels keep, evict and score by
@@ -12,6 +16,8 @@
  * (gen_trace.c), and only when asked: nothing else leaves the backend per
  * step. gen_plan.c sizes the job before it runs.
  */
+#include <assert.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -90,10 +96,10 @@ static void gen_progress(gen_ctx *gc, const gen_stats *st, int force)
 }
 
 /* Sample one token for each output row and hand it to its sequence. */
-static int sample_rows(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n_out,
-                       const gen_opts *o)
+static int sample_rows(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n_out)
 {
     const model_config *c = gc->c;
+    const gen_opts *o = gc->o;
     const backend *be = gc->m->be;
     for (int i = 0; i < n_out; i++) {
         gen_seq *s = &ss[bb->members[i]];
@@ -109,53 +115,73 @@ static int sample_rows(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n_out,
     return 0;
 }
 
-static int run_block(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n,
-                     const gen_opts *o, const tok *t, job_out *out, gen_stats *st)
+/* Fill the prefill pass that starts at sequence first: whole prompts in
+ * sequence order, each GPU batch bringing at most max_rows tokens (its
+ * first prompt always goes). A sequence with nothing to generate brings no
+ * rows. *rows and *n_out get the packed rows and the output rows.
+ * @return the first sequence of the next pass. */
+static int prefill_pack(const gen_ctx *gc, gen_buf *bb, const gen_seq *ss, int n, int first,
+                        int *rows_out, int *n_out_out)
 {
-    int next = 0, gbs = gc->gbs;
-    /* prefill: whole prompts packed in sequence order; each GPU batch
-     * brings at most max_rows tokens to a pass */
+    int rows = 0, n_out = 0, s = first, batch_rows = 0;
+    for (int k = 0; k < n; k++)
+        bb->seqs[k] = seq_desc(&ss[k], 0, 0);
+    while (s < n) {
+        const job_prompt *p = ss[s].p;
+        if (s % gc->gbs == 0 || s == first)
+            batch_rows = 0;
+        int len = ss[s].max_new > 0 ? p->n_ids : 0;
+        if (batch_rows > 0 && batch_rows + len > gc->max_rows)
+            break;
+        batch_rows += len;
+        if (ss[s].max_new > 0) {
+            bb->seqs[s] = seq_desc(&ss[s], rows, p->n_ids);
+            for (int j = 0; j < p->n_ids; j++) {
+                bb->ids[rows + j] = p->ids[j];
+                bb->pos[rows + j] = j;
+            }
+            rows += p->n_ids;
+            bb->last[n_out] = rows - 1;
+            bb->members[n_out++] = s;
+        }
+        s++;
+    }
+    *rows_out = rows;
+    *n_out_out = n_out;
+    return s;
+}
+
+/* Run one packed prefill pass: each member's cache gets its prompt and
+ * its first token is sampled; then the pass's trace lines and stats. */
+static int prefill_pass(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n, int rows, int n_out,
+                        gen_stats *st)
+{
+    const gen_opts *o = gc->o;
+    FORWARD_IF(sched_forward(gc->sc, bb->ids, bb->pos, rows, bb->seqs, n, bb->last, n_out, 0));
+    FORWARD_IF(sample_rows(gc, bb, ss, n_out));
+    for (int i = 0; i < n_out; i++) {
+        gen_seq *sq = &ss[bb->members[i]];
+        seq_advance(sq, sq->p->n_ids);
+        if (o->trace && sq->p->n_ids > sq->budget)
+            FORWARD_IF(gen_trace_prefill(gc, bb, sq, bb->members[i], o->trace));
+    }
+    if (o->kv_stats)
+        FORWARD_IF(gen_stats_pass(gc, bb, ss, n_out, st));
+    st->prefill_tokens += rows;
+    st->generated += n_out;
+    return 0;
+}
+
+/* The prefill of a block, in as many passes as max_rows needs; then the
+ * sequences with nothing to generate are finished. */
+static int run_prefill(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n, gen_stats *st)
+{
     double t0 = kern_now_s();
     for (int first = 0; first < n;) {
-        int rows = 0, n_out = 0, s = first, batch_rows = 0;
-        for (int k = 0; k < n; k++)
-            bb->seqs[k] = seq_desc(&ss[k], 0, 0);
-        while (s < n) {
-            const job_prompt *p = ss[s].p;
-            if (s % gbs == 0 || s == first)
-                batch_rows = 0;
-            int len = ss[s].max_new > 0 ? p->n_ids : 0;
-            if (batch_rows > 0 && batch_rows + len > gc->max_rows)
-                break;
-            batch_rows += len;
-            if (ss[s].max_new > 0) {
-                bb->seqs[s] = seq_desc(&ss[s], rows, p->n_ids);
-                for (int j = 0; j < p->n_ids; j++) {
-                    bb->ids[rows + j] = p->ids[j];
-                    bb->pos[rows + j] = j;
-                }
-                rows += p->n_ids;
-                bb->last[n_out] = rows - 1;
-                bb->members[n_out++] = s;
-            }
-            s++;
-        }
-        first = s;
-        if (n_out == 0)
-            continue;
-        FORWARD_IF(sched_forward(gc->sc, bb->ids, bb->pos, rows, bb->seqs, n, bb->last, n_out,
-                                 0));
-        FORWARD_IF(sample_rows(gc, bb, ss, n_out, o));
-        for (int i = 0; i < n_out; i++) {
-            gen_seq *sq = &ss[bb->members[i]];
-            seq_advance(sq, sq->p->n_ids);
-            if (o->trace && sq->p->n_ids > sq->budget)
-                FORWARD_IF(gen_trace_prefill(gc, bb, sq, bb->members[i], o->trace));
-        }
-        if (o->kv_stats)
-            FORWARD_IF(gen_stats_pass(gc, bb, ss, n_out, st));
-        st->prefill_tokens += rows;
-        st->generated += n_out;
+        int rows, n_out;
+        first = prefill_pack(gc, bb, ss, n, first, &rows, &n_out);
+        if (n_out > 0)
+            FORWARD_IF(prefill_pass(gc, bb, ss, n, rows, n_out, st));
     }
     for (int k = 0; k < n; k++)
         if (ss[k].max_new == 0) {
@@ -163,32 +189,46 @@ static int run_block(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n,
             ss[k].finish = "length";
         }
     st->prefill_s += kern_now_s() - t0;
-    FORWARD_IF(flush_done(ss, n, &next, t, out));
+    return 0;
+}
 
-    /* decode: every unfinished sequence feeds its last token */
-    t0 = kern_now_s();
-    for (int step = 1;; step++) {
-        int rows = 0;
-        for (int k = 0; k < n; k++) {
-            gen_seq *s = &ss[k];
-            if (s->done) {
-                bb->seqs[k] = seq_desc(s, 0, 0);
-                continue;
-            }
-            bb->seqs[k] = seq_desc(s, rows, 1);
-            bb->ids[rows] = s->toks[s->n_gen - 1];
-            bb->pos[rows] = s->n_past;
-            bb->last[rows] = rows;
-            bb->members[rows] = k;
-            rows++;
+/* Fill a decode pass: every unfinished sequence feeds its last token;
+ * finished ones idle (n_new 0). @return the rows (0: all finished). */
+static int decode_pack(gen_buf *bb, const gen_seq *ss, int n)
+{
+    int rows = 0;
+    for (int k = 0; k < n; k++) {
+        const gen_seq *s = &ss[k];
+        if (s->done) {
+            bb->seqs[k] = seq_desc(s, 0, 0);
+            continue;
         }
+        bb->seqs[k] = seq_desc(s, rows, 1);
+        bb->ids[rows] = s->toks[s->n_gen - 1];
+        bb->pos[rows] = s->n_past;
+        bb->last[rows] = rows;
+        bb->members[rows] = k;
+        rows++;
+    }
+    return rows;
+}
+
+/* The decode of a block: one pass per generated token until every
+ * sequence finished, writing the finished prefix after each (*next: the
+ * first sequence not yet written). */
+static int run_decode(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n, int *next, gen_stats *st)
+{
+    const gen_opts *o = gc->o;
+    double t0 = kern_now_s();
+    for (int step = 1;; step++) {
+        int rows = decode_pack(bb, ss, n);
         if (rows == 0)
             break;
         FORWARD_IF(sched_forward(gc->sc, bb->ids, bb->pos, rows, bb->seqs, n, bb->last, rows,
                                  step));
         if (o->trace)
             FORWARD_IF(gen_trace_decode(gc, bb, ss, n, o->trace));
-        FORWARD_IF(sample_rows(gc, bb, ss, rows, o));
+        FORWARD_IF(sample_rows(gc, bb, ss, rows));
         for (int i = 0; i < rows; i++)
             seq_advance(&ss[bb->members[i]], 1);
         if (o->kv_stats)
@@ -196,10 +236,128 @@ static int run_block(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n,
         gen_progress(gc, st, 0);
         st->decode_tokens += rows;
         st->generated += rows;
-        FORWARD_IF(flush_done(ss, n, &next, t, out));
+        FORWARD_IF(flush_done(ss, n, next, gc->t, gc->out));
     }
     st->decode_s += kern_now_s() - t0;
     return 0;
+}
+
+/* Generate the n sequences of a block to the end, writing each record as
+ * soon as it and all before it are done. */
+static int run_block(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n, gen_stats *st)
+{
+    int next = 0;
+    FORWARD_IF(run_prefill(gc, bb, ss, n, st));
+    FORWARD_IF(flush_done(ss, n, &next, gc->t, gc->out));
+    return run_decode(gc, bb, ss, n, &next, st);
+}
+
+/* Start a block: ss[0..n) take the prompts todo[0..n), each with its own
+ * max_new, KV split and random stream (toks and lps keep their place). */
+static void block_start(gen_seq *ss, const job_prompt *const *todo, int n, const gen_opts *o,
+                        int max_pos)
+{
+    for (int k = 0; k < n; k++) {
+        gen_seq *s = &ss[k];
+        s->p = todo[k];
+        s->max_new = gen_max_new(s->p, o, max_pos);
+        s->n_past = 0;
+        s->n_slots = 0;
+        kv_split sp;
+        int rc = kv_policy_split(&o->kv, s->p->n_ids, s->max_new, s->p->line, &sp);
+        /* cannot fail: gen_run began with gen_check, which split every
+         * prompt of the job with these same arguments */
+        assert(rc == 0);
+        (void)rc; /* unused under NDEBUG */
+        s->budget = sp.budget;
+        s->sinks = sp.sinks;
+        s->recent = sp.recent;
+        s->n_gen = 0;
+        s->done = 0;
+        s->finish = NULL;
+        s->rng = seq_seed(o->seed, s->p->id);
+    }
+}
+
+/* The size of a run, from its pending prompts. */
+typedef struct run_size {
+    int n_todo;      /* prompts of the job not yet in the output */
+    int max_prompt;  /* their longest prompt, tokens (0 when none) */
+    int max_new;     /* their largest max_new, at least 1 */
+    int B;           /* sequences of a block: min(sched_block, n_todo) */
+} run_size;
+
+/* Find the prompts of ps not yet in gc->out, in file order: size the run
+ * in *rs and, when todo is not NULL, list them there (n_todo of them).
+ * st->kv_slots_full gets what `full` would have needed. */
+static void todo_scan(const gen_ctx *gc, const job_prompts *ps, run_size *rs,
+                      const job_prompt **todo, gen_stats *st)
+{
+    *rs = (run_size){.max_new = 1};
+    for (int i = 0; i < ps->n; i++) {
+        if (job_out_has(gc->out, ps->p[i].id))
+            continue;
+        const job_prompt *p = &ps->p[i];
+        int mn = gen_max_new(p, gc->o, gc->c->max_pos);
+        if (todo)
+            todo[rs->n_todo] = p;
+        rs->n_todo++;
+        if (p->n_ids > rs->max_prompt)
+            rs->max_prompt = p->n_ids;
+        if (p->n_ids + mn > st->kv_slots_full)
+            st->kv_slots_full = p->n_ids + mn;
+        if (mn > rs->max_new)
+            rs->max_new = mn;
+    }
+    rs->B = gc->block < rs->n_todo ? gc->block : rs->n_todo;
+}
+
+/* Take n items of size bytes at *off of the run's block, aligned for any
+ * type. With base NULL only *off moves (measuring). @return the items. */
+static void *carve(char *base, size_t *off, size_t n, size_t size)
+{
+    size_t align = _Alignof(max_align_t);
+    size_t at = (*off + align - 1) / align * align;
+    *off = at + n * size;
+    return base ? base + at : NULL;
+}
+
+/* Lay out the arrays of a run in one block at base, or, with base NULL,
+ * measure it: the todo list, the sequences and their generated tokens,
+ * the block's pass arrays and the read-back buffers (--trace-evictions,
+ * --stats). @return the bytes of the block. */
+static size_t run_layout(char *base, const gen_ctx *gc, const run_size *rs,
+                         const job_prompt ***todo, gen_seq **ss, gen_buf *bb)
+{
+    const model_config *c = gc->c;
+    size_t off = 0, B = (size_t)rs->B, H = (size_t)c->n_head, cap = (size_t)gc->cap;
+    size_t rows = B * (size_t)rs->max_prompt, gen = B * (size_t)rs->max_new;
+    *todo = carve(base, &off, (size_t)rs->n_todo, sizeof **todo);
+    *ss = carve(base, &off, B, sizeof **ss);
+    int32_t *toks = carve(base, &off, gen, sizeof *toks); /* (B, max_new) */
+    float *lps = carve(base, &off, gen, sizeof *lps);     /* (B, max_new) */
+    bb->ids = carve(base, &off, rows, sizeof *bb->ids);
+    bb->pos = carve(base, &off, rows, sizeof *bb->pos);
+    bb->last = carve(base, &off, B, sizeof *bb->last);
+    bb->tokens = carve(base, &off, B, sizeof *bb->tokens);
+    bb->seqs = carve(base, &off, B, sizeof *bb->seqs);
+    bb->members = carve(base, &off, B, sizeof *bb->members);
+    bb->temp = carve(base, &off, B, sizeof *bb->temp);
+    bb->topp = carve(base, &off, B, sizeof *bb->topp);
+    bb->lps = carve(base, &off, B, sizeof *bb->lps);
+    bb->u = carve(base, &off, B, sizeof *bb->u);
+    if (gc->o->trace) {
+        bb->ev = carve(base, &off, (size_t)c->n_layer * (size_t)gc->block * H, sizeof *bb->ev);
+        bb->slot_pos = carve(base, &off, H * cap, sizeof *bb->slot_pos);
+        bb->kept = carve(base, &off, (size_t)rs->max_prompt, sizeof *bb->kept);
+    }
+    if (gc->o->kv_stats)
+        bb->scores = carve(base, &off, H * cap, sizeof *bb->scores);
+    for (size_t k = 0; base && k < B; k++) {
+        (*ss)[k].toks = toks + k * (size_t)rs->max_new;
+        (*ss)[k].lps = lps + k * (size_t)rs->max_new;
+    }
+    return off;
 }
 
 int gen_run(model *m, sched *sc, const tok *t, const job_prompts *ps, job_out *out,
@@ -208,121 +366,44 @@ int gen_run(model *m, sched *sc, const tok *t, const job_prompts *ps, job_out *o
     const model_config *c = &m->cfg;
     memset(st, 0, sizeof *st);
     FORWARD_IF(gen_check(c, ps, o));
-    gen_ctx gc = {.m = m, .c = c, .sc = sc, .gbs = sched_get_policy(sc)->gpu_batch_size,
-                  .block = sched_block(sc), .max_rows = sched_max_rows(sc),
-                  .cap = sched_cap(sc), .t_start = kern_now_s(), .progress = o->progress};
+    gen_ctx gc = {.m = m, .c = c, .sc = sc, .o = o, .t = t, .out = out,
+                  .gbs = sched_get_policy(sc)->gpu_batch_size, .block = sched_block(sc),
+                  .max_rows = sched_max_rows(sc), .cap = sched_cap(sc),
+                  .t_start = kern_now_s(), .progress = o->progress};
     gc.last_report = gc.t_start;
-    /* pending prompts, in file order */
-    int n_todo = 0, max_prompt = 0, max_new = 1;
-    const job_prompt **todo = malloc(sizeof *todo * (size_t)(ps->n ? ps->n : 1));
-    RETURN_IF(!todo, -ENOMEM, "out of memory");
-    for (int i = 0; i < ps->n; i++) {
-        if (job_out_has(out, ps->p[i].id))
-            continue;
-        const job_prompt *p = &ps->p[i];
-        int mn = gen_max_new(p, o, c->max_pos);
-        todo[n_todo++] = p;
-        if (p->n_ids > max_prompt)
-            max_prompt = p->n_ids;
-        if (p->n_ids + mn > st->kv_slots_full)
-            st->kv_slots_full = p->n_ids + mn;
-        if (mn > max_new)
-            max_new = mn;
-    }
-    gc.n_todo = n_todo;
+    run_size rs;
+    todo_scan(&gc, ps, &rs, NULL, st);
+    gc.n_todo = rs.n_todo;
     st->kv_slots = gc.cap;
-    int B = gc.block < n_todo ? gc.block : n_todo;
-    if (B == 0) {
-        free(todo);
+    if (rs.B == 0) {
         st->total_s = kern_now_s() - gc.t_start;
         return 0;
     }
-    int max_rows = B * max_prompt;
-
+    /* everything the run needs, allocated once; --stats' sums are st's */
+    const job_prompt **todo;
+    gen_seq *ss;
     gen_buf bb = {0};
-    gen_seq *ss = calloc((size_t)B, sizeof *ss);
-    int rc = ss ? 0 : -ENOMEM;
-    if (rc == 0) {
-        bb.ids = malloc(sizeof(int32_t) * (size_t)max_rows);
-        bb.pos = malloc(sizeof(int32_t) * (size_t)max_rows);
-        bb.last = malloc(sizeof(int32_t) * (size_t)B);
-        bb.tokens = malloc(sizeof(int32_t) * (size_t)B);
-        bb.members = malloc(sizeof(int) * (size_t)B);
-        bb.seqs = malloc(sizeof(kern_seq) * (size_t)B);
-        bb.temp = malloc(sizeof(float) * (size_t)B);
-        bb.topp = malloc(sizeof(float) * (size_t)B);
-        bb.lps = malloc(sizeof(float) * (size_t)B);
-        bb.u = malloc(sizeof(double) * (size_t)B);
-        for (int k = 0; k < B; k++) {
-            ss[k].toks = malloc(sizeof(int32_t) * (size_t)max_new);
-            ss[k].lps = malloc(sizeof(float) * (size_t)max_new);
-            if (!ss[k].toks || !ss[k].lps)
-                rc = -ENOMEM;
-        }
-        if (!bb.ids || !bb.pos || !bb.last || !bb.tokens || !bb.members ||
-            !bb.seqs || !bb.temp || !bb.topp || !bb.lps || !bb.u)
-            rc = -ENOMEM;
-        size_t heads = (size_t)c->n_head;
-        if (o->trace) {
-            bb.ev = malloc(sizeof(int32_t) * (size_t)c->n_layer * gc.block * heads);
-            bb.slot_pos = malloc(sizeof(int32_t) * heads * gc.cap);
-            bb.kept = malloc((size_t)max_prompt);
-            if (!bb.ev || !bb.slot_pos || !bb.kept)
-                rc = -ENOMEM;
-        }
-        if (o->kv_stats) {
-            bb.scores = malloc(sizeof(float) * heads * gc.cap);
-            st->kept_mass = calloc((size_t)c->n_layer, sizeof(double));
-            st->n_layer = c->n_layer;
-            if (!bb.scores || !st->kept_mass)
-                rc = -ENOMEM;
-        }
-        if (rc == -ENOMEM)
-            err_set(__FILE__, __LINE__, "out of memory for a block of %d sequences", B);
+    char *mem = calloc(1, run_layout(NULL, &gc, &rs, &todo, &ss, &bb));
+    if (mem) {
+        run_layout(mem, &gc, &rs, &todo, &ss, &bb);
+        todo_scan(&gc, ps, &rs, todo, st);
     }
-    for (int first = 0; rc == 0 && first < n_todo; first += B) {
-        int n = n_todo - first < B ? n_todo - first : B;
-        for (int k = 0; k < n; k++) {
-            gen_seq *s = &ss[k];
-            s->p = todo[first + k];
-            s->max_new = gen_max_new(s->p, o, c->max_pos);
-            s->n_past = 0;
-            s->n_slots = 0;
-            kv_split sp;
-            kv_policy_split(&o->kv, s->p->n_ids, s->max_new, s->p->line, &sp);
-            s->budget = sp.budget;
-            s->sinks = sp.sinks;
-            s->recent = sp.recent;
-            s->n_gen = 0;
-            s->done = 0;
-            s->finish = NULL;
-            s->rng = seq_seed(o->seed, s->p->id);
-        }
-        rc = run_block(&gc, &bb, ss, n, o, t, out, st);
+    if (mem && o->kv_stats) {
+        st->kept_mass = calloc((size_t)c->n_layer, sizeof(double));
+        st->n_layer = c->n_layer;
+    }
+    int rc = mem && (!o->kv_stats || st->kept_mass) ? 0 : -ENOMEM;
+    if (rc < 0)
+        err_set(__FILE__, __LINE__, "out of memory for a block of %d sequences", rs.B);
+    for (int first = 0; rc == 0 && first < rs.n_todo; first += rs.B) {
+        int n = rs.n_todo - first < rs.B ? rs.n_todo - first : rs.B;
+        block_start(ss, todo + first, n, o, c->max_pos);
+        rc = run_block(&gc, &bb, ss, n, st);
         st->prompts += n;
-        gen_progress(&gc, st, first + n == n_todo);
+        gen_progress(&gc, st, first + n == rs.n_todo);
     }
-    for (int k = 0; ss && k < B; k++) {
-        free(ss[k].toks);
-        free(ss[k].lps);
-    }
-    free(ss);
-    free(bb.ids);
-    free(bb.pos);
-    free(bb.last);
-    free(bb.tokens);
-    free(bb.members);
-    free(bb.seqs);
-    free(bb.temp);
-    free(bb.topp);
-    free(bb.lps);
-    free(bb.u);
-    free(bb.ev);
-    free(bb.slot_pos);
-    free(bb.kept);
-    free(bb.scores);
+    free(mem);
     gen_stats_mean(st);
-    free(todo);
     st->total_s = kern_now_s() - gc.t_start;
     return rc;
 }

@@ -26,11 +26,15 @@ typedef struct gen_seq {
     uint64_t rng;
 } gen_seq;
 
-/* What the block loop needs of the job. */
+/* What the block loop needs of the job (gen_run's arguments and the
+ * scheduler's plan). */
 typedef struct gen_ctx {
     model *m;
     const model_config *c;
     sched *sc;
+    const gen_opts *o;
+    const tok *t;        /* NULL: completions are empty strings */
+    job_out *out;
     int gbs, block, max_rows, cap;
     int n_todo;
     double t_start, last_report;
