@@ -10,18 +10,207 @@
 
 #include "err.h"
 
-/* Report one bad line: through the log hook, or as the error when strict. */
-#define BAD_LINE(...)                                                        \
-    do {                                                                     \
-        if (strict) {                                                        \
-            err_set(__FILE__, __LINE__, __VA_ARGS__);                        \
-            rc = -EINVAL;                                                    \
-        } else {                                                             \
-            err_log(__VA_ARGS__);                                            \
-            ps->n_bad++;                                                     \
-        }                                                                    \
-        goto next;                                                           \
-    } while (0)
+/* ------------------------------------------------------ prompt file */
+
+/* What reading one line of a prompt file needs (job_prompts_load's
+ * arguments), and the message of a bad line. */
+typedef struct prompt_src {
+    const char *path;
+    const tok *t;        /* NULL: text prompts are refused */
+    int bos, vocab, max_len;
+    int line;            /* 1-based line being read */
+    char why[1024];      /* "FILE:LINE: what; what to do" of a bad line */
+} prompt_src;
+
+/* Say why the current line is bad: src->why gets "FILE:LINE: " and fmt.
+ * @return -EINVAL, the code of a bad line. */
+__attribute__((format(printf, 2, 3)))
+static int bad_line(prompt_src *src, const char *fmt, ...)
+{
+    int n = snprintf(src->why, sizeof src->why, "%s:%d: ", src->path, src->line);
+    va_list ap;
+    va_start(ap, fmt);
+    if (n >= 0 && (size_t)n < sizeof src->why)
+        vsnprintf(src->why + n, sizeof src->why - (size_t)n, fmt, ap);
+    va_end(ap);
+    return -EINVAL;
+}
+
+/* "max_new_tokens", when given: a non-negative integer. @return 0 or
+ * -EINVAL (a bad line). */
+static int parse_max_new(prompt_src *src, const cJSON *o, job_prompt *p)
+{
+    const cJSON *mn = cJSON_GetObjectItemCaseSensitive(o, "max_new_tokens");
+    if (!mn)
+        return 0;
+    if (!cJSON_IsNumber(mn) || mn->valuedouble < 0 || mn->valuedouble != (int)mn->valuedouble)
+        return bad_line(src, "\"max_new_tokens\" must be a non-negative integer");
+    p->max_new = (int)mn->valuedouble;
+    return 0;
+}
+
+/* A text prompt: BOS, then its tokens. @return 0, -EINVAL (a bad line: no
+ * tokenizer, or the text does not encode) or -ENOMEM. */
+static int parse_text(prompt_src *src, const char *text, job_prompt *p)
+{
+    if (!src->t)
+        return bad_line(src, "text prompt but the model has no tokenizer (--dummy); give "
+                        "\"prompt_ids\" instead");
+    int32_t *enc = NULL;
+    int n = tok_encode(src->t, text, strlen(text), &enc);
+    if (n < 0) {
+        /* the tokenizer's message becomes part of the line's report */
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", err_msg());
+        err_clear();
+        return bad_line(src, "cannot tokenize the prompt: %s", msg);
+    }
+    p->ids = malloc(sizeof(int32_t) * ((size_t)n + 1));
+    if (!p->ids) {
+        free(enc);
+        err_set(__FILE__, __LINE__, "out of memory");
+        return -ENOMEM;
+    }
+    p->ids[0] = src->bos;
+    if (n > 0)
+        memcpy(p->ids + 1, enc, sizeof(int32_t) * (size_t)n);
+    free(enc);
+    p->n_ids = n + 1;
+    return 0;
+}
+
+/* "prompt_ids": at least one token id in [0, vocab), used as given.
+ * @return 0, -EINVAL (a bad line) or -ENOMEM. */
+static int parse_ids(prompt_src *src, const cJSON *ids, job_prompt *p)
+{
+    int n = cJSON_GetArraySize(ids);
+    if (n == 0)
+        return bad_line(src, "\"prompt_ids\" is empty; give at least one token");
+    p->ids = malloc(sizeof(int32_t) * (size_t)n);
+    if (!p->ids) {
+        err_set(__FILE__, __LINE__, "out of memory");
+        return -ENOMEM;
+    }
+    p->n_ids = n;
+    int i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, ids) {
+        if (!cJSON_IsNumber(e) || e->valuedouble != (int)e->valuedouble ||
+            e->valuedouble < 0 || e->valuedouble >= src->vocab)
+            return bad_line(src, "prompt_ids[%d] is not a token id in [0, %d)", i, src->vocab);
+        p->ids[i++] = (int32_t)e->valuedouble;
+    }
+    return 0;
+}
+
+/* The model input of the line: exactly one of "prompt" (a string) and
+ * "prompt_ids" (an array), no longer than max_len tokens. @return 0,
+ * -EINVAL (a bad line) or -ENOMEM. */
+static int parse_input(prompt_src *src, const cJSON *o, job_prompt *p)
+{
+    const cJSON *txt = cJSON_GetObjectItemCaseSensitive(o, "prompt");
+    const cJSON *ids = cJSON_GetObjectItemCaseSensitive(o, "prompt_ids");
+    if (cJSON_IsString(txt) && !ids)
+        FORWARD_IF(parse_text(src, txt->valuestring, p));
+    else if (cJSON_IsArray(ids) && !txt)
+        FORWARD_IF(parse_ids(src, ids, p));
+    else
+        return bad_line(src, "give exactly one of \"prompt\" (a string) or \"prompt_ids\" "
+                        "(an array of token ids)");
+    if (p->n_ids > src->max_len)
+        return bad_line(src, "the prompt has %d tokens but the model takes at most %d "
+                        "(max_position_embeddings); shorten it", p->n_ids, src->max_len);
+    return 0;
+}
+
+/* One non-blank line, checked in this order: JSON object, "id" type,
+ * "max_new_tokens", the prompt; then the id as compact JSON (the line
+ * number when absent). On failure p may hold allocations the caller frees.
+ * @return 0, -EINVAL (a bad line: src->why says why) or -ENOMEM. */
+static int parse_line(prompt_src *src, const char *line, size_t len, job_prompt *p)
+{
+    cJSON *o = cJSON_ParseWithLength(line, len);
+    int rc = 0;
+    const cJSON *id = cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, "id") : NULL;
+    if (!cJSON_IsObject(o))
+        rc = bad_line(src, "invalid JSON; each line must be one object like "
+                      "{\"id\": 1, \"prompt\": \"text\"}");
+    else if (id && !cJSON_IsString(id) && !cJSON_IsNumber(id))
+        rc = bad_line(src, "\"id\" must be a string or a number");
+    if (rc == 0)
+        rc = parse_max_new(src, o, p);
+    if (rc == 0)
+        rc = parse_input(src, o, p);
+    if (rc == 0 && id) {
+        p->id = cJSON_PrintUnformatted(id);
+    } else if (rc == 0) {
+        p->id = malloc(16);
+        if (p->id)
+            snprintf(p->id, 16, "%d", src->line);
+    }
+    if (rc == 0 && !p->id)
+        rc = -ENOMEM;
+    cJSON_Delete(o);
+    return rc;
+}
+
+/* 1 when line[0..len) holds only blanks. */
+static int line_blank(const char *line, size_t len)
+{
+    size_t k = 0;
+    while (k < len && strchr(" \t\r\n", line[k]))
+        k++;
+    return k == len;
+}
+
+/* Append p to ps (*cap: its room, doubled when full). @return 0 or
+ * -ENOMEM (p stays the caller's). */
+static int prompts_append(job_prompts *ps, int *cap, const job_prompt *p)
+{
+    if (ps->n == *cap) {
+        int nc = *cap ? 2 * *cap : 64;
+        job_prompt *np = realloc(ps->p, sizeof *np * (size_t)nc);
+        if (!np)
+            return -ENOMEM;
+        ps->p = np;
+        *cap = nc;
+    }
+    ps->p[ps->n++] = *p;
+    return 0;
+}
+
+/* Read and keep the prompts of f, line by line; a bad line is reported
+ * (counted in ps->n_bad) or, when strict, stops the read with its message
+ * as the error. @return 0, -EINVAL (strict) or -ENOMEM. */
+static int prompts_read(FILE *f, prompt_src *src, int strict, job_prompts *ps)
+{
+    char *line = NULL;
+    size_t cap_line = 0;
+    ssize_t len;
+    int rc = 0, cap = 0;
+    while (rc == 0 && (len = getline(&line, &cap_line, f)) >= 0) {
+        src->line++;
+        if (line_blank(line, (size_t)len))
+            continue;
+        job_prompt p = {.line = src->line, .max_new = -1};
+        rc = parse_line(src, line, (size_t)len, &p);
+        if (rc == 0)
+            rc = prompts_append(ps, &cap, &p);
+        if (rc == 0)
+            continue; /* ps owns p now */
+        free(p.ids);
+        free(p.id);
+        if (rc == -EINVAL && strict) {
+            err_set(__FILE__, __LINE__, "%s", src->why);
+        } else if (rc == -EINVAL) {
+            err_log("%s", src->why);
+            ps->n_bad++;
+            rc = 0;
+        }
+    }
+    free(line);
+    return rc;
+}
 
 int job_prompts_load(const char *path, const tok *t, int bos, int vocab,
                      int max_len, int strict, job_prompts *ps)
@@ -30,118 +219,8 @@ int job_prompts_load(const char *path, const tok *t, int bos, int vocab,
     FILE *f = fopen(path, "rb");
     RETURN_IF(!f, -errno, "%s: cannot open the prompt file (%s)", path,
               strerror(errno));
-    char *line = NULL;
-    size_t cap_line = 0;
-    ssize_t len;
-    int lineno = 0, rc = 0, cap = 0;
-    while (rc == 0 && (len = getline(&line, &cap_line, f)) >= 0) {
-        lineno++;
-        cJSON *o = NULL;
-        job_prompt p = {.line = lineno, .max_new = -1};
-        size_t k = 0;
-        while (k < (size_t)len && strchr(" \t\r\n", line[k]))
-            k++;
-        if (k == (size_t)len)
-            continue; /* blank line */
-        o = cJSON_ParseWithLength(line, (size_t)len);
-        if (!o || !cJSON_IsObject(o))
-            BAD_LINE("%s:%d: invalid JSON; each line must be one object like "
-                     "{\"id\": 1, \"prompt\": \"text\"}", path, lineno);
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");
-        if (id && !cJSON_IsString(id) && !cJSON_IsNumber(id))
-            BAD_LINE("%s:%d: \"id\" must be a string or a number", path, lineno);
-        const cJSON *mn = cJSON_GetObjectItemCaseSensitive(o, "max_new_tokens");
-        if (mn) {
-            if (!cJSON_IsNumber(mn) || mn->valuedouble < 0 ||
-                mn->valuedouble != (int)mn->valuedouble)
-                BAD_LINE("%s:%d: \"max_new_tokens\" must be a non-negative integer",
-                         path, lineno);
-            p.max_new = (int)mn->valuedouble;
-        }
-        const cJSON *txt = cJSON_GetObjectItemCaseSensitive(o, "prompt");
-        const cJSON *ids = cJSON_GetObjectItemCaseSensitive(o, "prompt_ids");
-        if (cJSON_IsString(txt) && !ids) {
-            if (!t)
-                BAD_LINE("%s:%d: text prompt but the model has no tokenizer "
-                         "(--dummy); give \"prompt_ids\" instead", path, lineno);
-            int32_t *enc = NULL;
-            int n = tok_encode(t, txt->valuestring, strlen(txt->valuestring), &enc);
-            if (n < 0) {
-                char msg[512];
-                snprintf(msg, sizeof msg, "%s", err_msg());
-                err_clear();
-                BAD_LINE("%s:%d: cannot tokenize the prompt: %s", path, lineno, msg);
-            }
-            p.ids = malloc(sizeof(int32_t) * ((size_t)n + 1));
-            if (!p.ids) {
-                free(enc);
-                err_set(__FILE__, __LINE__, "out of memory");
-                rc = -ENOMEM;
-                goto next;
-            }
-            p.ids[0] = bos;
-            if (n > 0)
-                memcpy(p.ids + 1, enc, sizeof(int32_t) * (size_t)n);
-            free(enc);
-            p.n_ids = n + 1;
-        } else if (cJSON_IsArray(ids) && !txt) {
-            int n = cJSON_GetArraySize(ids);
-            if (n == 0)
-                BAD_LINE("%s:%d: \"prompt_ids\" is empty; give at least one token",
-                         path, lineno);
-            p.ids = malloc(sizeof(int32_t) * (size_t)n);
-            if (!p.ids) {
-                err_set(__FILE__, __LINE__, "out of memory");
-                rc = -ENOMEM;
-                goto next;
-            }
-            p.n_ids = n;
-            int i = 0;
-            const cJSON *e;
-            cJSON_ArrayForEach(e, ids) {
-                if (!cJSON_IsNumber(e) || e->valuedouble != (int)e->valuedouble ||
-                    e->valuedouble < 0 || e->valuedouble >= vocab)
-                    BAD_LINE("%s:%d: prompt_ids[%d] is not a token id in [0, %d)",
-                             path, lineno, i, vocab);
-                p.ids[i++] = (int32_t)e->valuedouble;
-            }
-        } else {
-            BAD_LINE("%s:%d: give exactly one of \"prompt\" (a string) or "
-                     "\"prompt_ids\" (an array of token ids)", path, lineno);
-        }
-        if (p.n_ids > max_len)
-            BAD_LINE("%s:%d: the prompt has %d tokens but the model takes at most "
-                     "%d (max_position_embeddings); shorten it", path, lineno,
-                     p.n_ids, max_len);
-        if (id) {
-            p.id = cJSON_PrintUnformatted(id);
-        } else {
-            p.id = malloc(16);
-            if (p.id)
-                snprintf(p.id, 16, "%d", lineno);
-        }
-        if (!p.id) {
-            rc = -ENOMEM;
-            goto next;
-        }
-        if (ps->n == cap) {
-            cap = cap ? 2 * cap : 64;
-            job_prompt *np = realloc(ps->p, sizeof *np * (size_t)cap);
-            if (!np) {
-                rc = -ENOMEM;
-                goto next;
-            }
-            ps->p = np;
-        }
-        ps->p[ps->n++] = p;
-        p.ids = NULL;
-        p.id = NULL;
-    next:
-        free(p.ids);
-        free(p.id);
-        cJSON_Delete(o);
-    }
-    free(line);
+    prompt_src src = {.path = path, .t = t, .bos = bos, .vocab = vocab, .max_len = max_len};
+    int rc = prompts_read(f, &src, strict, ps);
     fclose(f);
     if (rc < 0) {
         job_prompts_free(ps);
