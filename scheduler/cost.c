@@ -26,7 +26,7 @@ static double secs(double bytes, double gbps)
 }
 
 /* Prefill passes over a block: generate packs whole prompts, up to
- * max_rows rows per GPU batch and pass (gen.c gen_shape). */
+ * max_rows rows per GPU batch and pass (gen_plan.c gen_shape). */
 int sched_prefill_passes(const sched_shape *sh, int gbs, int prompt_len)
 {
     int per = sh->max_rows / prompt_len;

@@ -223,7 +223,7 @@ static const int default_gbs[] = {1,   2,   4,   8,   12,  16,  20,  24,  28,  3
                                   40,  48,  56,  64,  80,  96,  112, 128, 160, 192,
                                   224, 256, 320, 384, 448, 512, 640, 768, 896, 1024};
 
-/* The shape generate plans for a GPU batch of gbs (gen.c gen_shape). */
+/* The shape generate plans for a GPU batch of gbs (gen_plan.c gen_shape). */
 static sched_shape search_shape(const sched_search_opts *o, int gbs)
 {
     sched_shape sh = {0};

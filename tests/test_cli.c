@@ -170,7 +170,7 @@ Test(cli, resume_after_a_kill_loses_nothing)
 
 /* Resuming a job with 20000 of its 20004 prompts done: generate runs the
  * other four, in file order, and leaves the done records as they were
- * (outfile_has is asked once per prompt, by the shape, the run and the
+ * (job_out_has is asked once per prompt, by the shape, the run and the
  * trace: a set, not a scan of the file's ids). */
 Test(cli, resume_with_many_done_prompts_runs_only_the_rest)
 {

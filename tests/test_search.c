@@ -60,7 +60,7 @@ static sched_policy pol(int gbs, int K, double wg, double wc, double cg, double 
     return p;
 }
 
-/* The shape generate plans (gen.c gen_shape) for prompts of s tokens. */
+/* The shape generate plans (gen_plan.c gen_shape) for prompts of s tokens. */
 static sched_shape shape(int gbs, int s, int cap, int scores)
 {
     sched_shape sh = {0};

@@ -23,7 +23,7 @@
 #include "cli_args.h"
 #include "err.h"
 #include "gen.h"
-#include "jobio.h"
+#include "job.h"
 #include "model.h"
 #include "off.h"
 #include "scheduler.h"
@@ -223,8 +223,8 @@ static int load_model_source(const model_source *src, backend *be, sched *sc, mo
 typedef struct gen_job {
     backend be;
     model_source src;
-    prompt_set ps;
-    outfile out;
+    job_prompts ps;
+    job_out out;
     sched_trace *strace;
     sched *sc;
     model *m;
@@ -266,13 +266,13 @@ static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
     FORWARD_IF(open_model_source(a->c.model_dir, a->c.dummy, &j->src));
     if (j->src.is_store && (j->src.store_dtype & OFF_DTYPE_Q4))
         pol->compress_weight = 1; /* a 4-bit store runs as 4-bit weights */
-    FORWARD_IF(prompts_load(a->c.prompts, j->src.t, cfg->bos_id, cfg->vocab_size,
-                            cfg->max_pos - 1, a->strict, &j->ps));
+    FORWARD_IF(job_prompts_load(a->c.prompts, j->src.t, cfg->bos_id, cfg->vocab_size,
+                                cfg->max_pos - 1, a->strict, &j->ps));
     int rc = gen_check(cfg, &j->ps, &a->go);
     j->kv_usage = rc < 0;
     FORWARD_IF(rc);
     if (!a->plan_only && a->resume && access(a->c.out, F_OK) == 0)
-        FORWARD_IF(outfile_open(a->c.out, a->resume, &j->out));
+        FORWARD_IF(job_out_open(a->c.out, a->resume, &j->out));
     if (a->trace_path)
         FORWARD_IF(sched_trace_create(&j->strace));
     sched_shape sh;
@@ -283,7 +283,7 @@ static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
         return generate_plan(&shape, j->be.ops->elem_size, pol, &sh);
     FORWARD_IF(sched_create(&j->be, &shape, pol, &sh, j->strace, &j->sc));
     if (!j->out.f)
-        FORWARD_IF(outfile_open(a->c.out, a->resume, &j->out));
+        FORWARD_IF(job_out_open(a->c.out, a->resume, &j->out));
     if (a->evict_path)
         FORWARD_IF(gen_trace_open(a->evict_path, a->resume, &j->out, &a->go.trace));
     FORWARD_IF(load_model_source(&j->src, &j->be, j->sc, &j->m));
@@ -294,8 +294,8 @@ static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
 }
 
 /* Write the scheduler trace (what ran, also after a failure) and close the
- * eviction trace and the output (outfile_close: 0 when it was not open). @return rc, or the first failure here
- * when rc is 0. */
+ * eviction trace and the output (job_out_close: 0 when it was not open).
+ * @return rc, or the first failure here when rc is 0. */
 static int generate_close(gen_args *a, gen_job *j, int rc)
 {
     if (j->strace && a->trace_path) {
@@ -307,8 +307,9 @@ static int generate_close(gen_args *a, gen_job *j, int rc)
         err_set(__FILE__, __LINE__, "%s: closing failed", a->evict_path);
         rc = -EIO;
     }
-    /* also after a failed outfile_open: it leaves the path to free */
-    int crc = outfile_close(&j->out);
+    /* also after a failed or skipped job_out_open: it left out zeroed,
+     * and closing that does nothing */
+    int crc = job_out_close(&j->out);
     if (rc == 0)
         rc = crc;
     return rc;
@@ -347,7 +348,7 @@ static int generate_summary(const gen_args *a, const gen_job *j)
 static void generate_free(gen_job *j)
 {
     gen_stats_free(&j->st);
-    prompts_free(&j->ps);
+    job_prompts_free(&j->ps);
     tok_destroy(j->src.t);
     sched_destroy(j->sc); /* before the model: its store may be streamed from */
     model_destroy(j->m);

@@ -16,7 +16,7 @@
 #include "cli_args.h"
 #include "err.h"
 #include "gen.h"
-#include "jobio.h"
+#include "job.h"
 #include "model.h"
 #include "off.h"
 #include "scheduler.h"
@@ -125,15 +125,16 @@ static int job_lengths(const model_config *cfg, const cli_common *c, sched_searc
                        int *n_out)
 {
     tok *t = NULL;
-    prompt_set ps = {0};
+    job_prompts ps = {0};
     gen_opts go = {.max_new = c->max_new, .prefill_rows = so->prefill_rows, .kv = c->kv};
     int rc = c->model_dir ? tok_load(c->model_dir, &t) : 0;
     if (rc == 0)
-        rc = prompts_load(c->prompts, t, cfg->bos_id, cfg->vocab_size, cfg->max_pos - 1, 0, &ps);
+        rc = job_prompts_load(c->prompts, t, cfg->bos_id, cfg->vocab_size, cfg->max_pos - 1, 0,
+                              &ps);
     if (rc == 0)
         rc = gen_check(cfg, &ps, &go); /* every prompt's KV split */
     for (int i = 0; rc == 0 && i < ps.n; i++) {
-        const prompt *p = &ps.p[i];
+        const job_prompt *p = &ps.p[i];
         int n = gen_max_new(p, &go, cfg->max_pos);
         so->prompt_len = p->n_ids > so->prompt_len ? p->n_ids : so->prompt_len;
         so->gen_len = n > so->gen_len ? n : so->gen_len;
@@ -155,7 +156,7 @@ static int job_lengths(const model_config *cfg, const cli_common *c, sched_searc
     if (rc == 0 && ps.n < so->max_block)
         so->max_block = ps.n;
     *n_out = ps.n;
-    prompts_free(&ps);
+    job_prompts_free(&ps);
     tok_destroy(t);
     return rc < 0 ? cli_fail() : 0;
 }

@@ -1,11 +1,18 @@
-/* gen.h: batch generation over a prompt set (`flexh2o generate`). */
+/* gen.h: batch generation over a prompt set (`flexh2o generate`).
+ *
+ *   job_prompts_load, job_out_open (job.h)
+ *   gen_check, gen_shape  -> plan and create the scheduler, attach the model
+ *   gen_trace_open        (--trace-evictions only)
+ *   gen_run               -> one record per prompt in the job_out
+ *   gen_stats_print, gen_stats_free
+ */
 #ifndef FH_GEN_H
 #define FH_GEN_H
 
 #include <stdint.h>
 #include <stdio.h>
 
-#include "jobio.h"
+#include "job.h"
 #include "kv_policy.h"
 #include "model.h"
 #include "scheduler.h"
@@ -38,28 +45,36 @@ typedef struct gen_stats {
     int n_layer;
 } gen_stats;
 
-/* The shape the scheduler must be planned for (sched_shape) to run ps
- * with o in GPU batches of gbs sequences: rows of a GPU batch's prefill
- * pass, KV slots (the largest budget), scores and eviction records.
- * Prompts already in out (resume) do not count; out may be NULL. */
-void gen_shape(const model_config *c, const prompt_set *ps, const outfile *out,
-               const gen_opts *o, int gbs, sched_shape *sh);
+/* ------------------------------------------- sizing a job (gen_plan.c) */
 
 /* Tokens prompt p may generate: its max_new_tokens or o->max_new, no more
- * than the model's positions leave after the prompt. */
-int gen_max_new(const prompt *p, const gen_opts *o, int max_pos);
+ * than the model's max_pos positions leave after the prompt.
+ * @return that count. */
+int gen_max_new(const job_prompt *p, const gen_opts *o, int max_pos);
 
 /* Check the KV split of every prompt of ps under o->kv (kv_policy_split),
  * before anything runs, so that a budget that leaves some prompt no recent
- * slot stops the job with nothing written. @return 0 or -EINVAL. */
-int gen_check(const model_config *c, const prompt_set *ps, const gen_opts *o);
+ * slot stops the job with nothing written; the message names the prompt's
+ * line and the flags to change. @return 0 or -EINVAL. */
+int gen_check(const model_config *c, const job_prompts *ps, const gen_opts *o);
+
+/* The shape the scheduler must be planned for (sched_shape) to run ps
+ * with o in GPU batches of gbs sequences: rows of a GPU batch's prefill
+ * pass, KV slots (the largest budget), scores and eviction records.
+ * Prompts already in out (resume) do not count; out may be NULL. Prompts
+ * gen_check refuses are left out. Fills *sh; returns nothing. */
+void gen_shape(const model_config *c, const job_prompts *ps, const job_out *out,
+               const gen_opts *o, int gbs, sched_shape *sh);
+
+/* -------------------------------------------------- the run (gen.c) */
 
 /* Generate for every prompt of ps whose id is not yet in out, in file
  * order, in blocks of sched_block(sc) sequences run by the scheduler sc
- * (planned with gen_shape; m attached), appending one record per prompt as soon as it and all before it
- * are done. A prompt's output does not depend on its batch: positions,
- * cache slots and the sampler's random stream (seeded by seed and the id)
- * are its own. t may be NULL (completions are then empty strings).
+ * (planned with gen_shape; m attached), appending one record per prompt
+ * as soon as it and all before it are done. A prompt's output does not
+ * depend on its batch: positions, cache slots and the sampler's random
+ * stream (seeded by seed and the id) are its own. t may be NULL
+ * (completions are then empty strings). Calls gen_check first.
  *
  * KV policy: each prompt gets its own budget and split (kv_policy_split),
  * so its output does not depend on its batch either; the cache of the job
@@ -70,25 +85,35 @@ int gen_check(const model_config *c, const prompt_set *ps, const gen_opts *o);
  *   {"id": <prompt id>, "layer": l, "head": h, "step": s, "pos": p}
  * step 0: dropped at prefill (the prompt exceeded the budget); step s >= 1:
  * evicted when the s-th generated token (position prompt_len + s - 1) was
- * inserted. Lines of one pass are in (layer, sequence, head, pos) order.
+ * inserted. A prefill pass writes its lines in (sequence, layer, head,
+ * pos) order, a decode step in (layer, sequence, head) order.
  *
  * o->kv_stats: after the prefill and after every decode step, for each
  * sequence, layer and head, kept = (sum of the H2O scores of the tokens in
  * the cache) / (number of queries so far). Every query hands out
  * probability 1, so this is the share of all attention paid so far that
  * went to tokens still cached (1 for full); st->kept_mass[l] is its mean.
+ *
+ * *st is filled from zero, also on failure; free it with gen_stats_free.
  * @return 0 or -errno; records written before a failure stay. */
-int gen_run(model *m, sched *sc, const tok *t, const prompt_set *ps, outfile *out,
+int gen_run(model *m, sched *sc, const tok *t, const job_prompts *ps, job_out *out,
             const gen_opts *o, gen_stats *st);
-void gen_stats_free(gen_stats *st); /* accepts a zeroed struct */
 
-/* Print st->kept_mass, one "layer L: M" line per layer (--stats). */
-void gen_stats_print(FILE *f, const gen_stats *st, const gen_opts *o);
+/* ------------------------ the eviction trace and --stats (gen_trace.c) */
 
 /* Open the --trace-evictions file for appending. Without resume an
  * existing non-empty file is refused; with resume only its complete lines
  * of prompts already in out are kept (the others are generated again).
- * @return 0 or -errno; the caller fcloses *f. */
-int gen_trace_open(const char *path, int resume, const outfile *out, FILE **f);
+ * @return 0 or -errno (-EEXIST: present and not resumed); on success the
+ * caller fcloses *f. */
+int gen_trace_open(const char *path, int resume, const job_out *out, FILE **f);
+
+/* Print st->kept_mass, one "layer L: M" line per layer after a header
+ * naming o's KV policy and the sample count (--stats). */
+void gen_stats_print(FILE *f, const gen_stats *st, const gen_opts *o);
+
+/* Free what gen_run allocated in st (kept_mass). Accepts a zeroed
+ * struct. */
+void gen_stats_free(gen_stats *st);
 
 #endif

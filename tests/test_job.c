@@ -1,4 +1,4 @@
-/* test_jobio.c: the job files (src/gen/jobio.c) on their own: UTF-8
+/* test_job.c: the job files (src/gen/job.c) on their own: UTF-8
  * sanitising of completions and the completions file's resume set (many
  * ids, string and number ids kept apart, torn last line, duplicates). */
 #include <criterion/criterion.h>
@@ -8,13 +8,13 @@
 
 #include "cli_harness.h"
 #include "err.h"
-#include "jobio.h"
+#include "job.h"
 
 #define FFFD "\xef\xbf\xbd"
 
-TestSuite(jobio, .init = cli_setup, .fini = cli_teardown);
+TestSuite(job, .init = cli_setup, .fini = cli_teardown);
 
-Test(jobio, utf8_sanitize_replaces_each_bad_byte)
+Test(job, utf8_sanitize_replaces_each_bad_byte)
 {
     static const struct {
         const char *in;
@@ -41,13 +41,13 @@ Test(jobio, utf8_sanitize_replaces_each_bad_byte)
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         size_t n = 12345;
-        char *s = utf8_sanitize(cases[i].in, cases[i].len, &n);
+        char *s = job_utf8_sanitize(cases[i].in, cases[i].len, &n);
         cr_assert_not_null(s);
         cr_assert_str_eq(s, cases[i].out, "case %zu", i);
         cr_assert_eq(n, strlen(cases[i].out), "case %zu: length %zu", i, n);
         free(s);
     }
-    char *s = utf8_sanitize("ok", 2, NULL);
+    char *s = job_utf8_sanitize("ok", 2, NULL);
     cr_assert_str_eq(s, "ok");
     free(s);
 }
@@ -62,19 +62,19 @@ static const char *id_of(int i, char *buf)
     return buf;
 }
 
-Test(jobio, resume_set_of_many_ids)
+Test(job, resume_set_of_many_ids)
 {
     enum { N = 20000 };
     char path[512], id[32];
     snprintf(path, sizeof path, "%s/o.jsonl", cli_dir);
-    outfile o;
-    cr_assert_eq(outfile_open(path, 0, &o), 0, "%s", err_msg());
+    job_out o;
+    cr_assert_eq(job_out_open(path, 0, &o), 0, "%s", err_msg());
     int32_t tok = 5;
     float lp = -1.0f;
     for (int i = 0; i < N; i++)
-        cr_assert_eq(outfile_write(&o, id_of(i, id), "x", 1, &tok, &lp, 1, "length"), 0,
+        cr_assert_eq(job_out_write(&o, id_of(i, id), "x", 1, &tok, &lp, 1, "length"), 0,
                      "%s", err_msg());
-    cr_assert_eq(outfile_close(&o), 0, "%s", err_msg());
+    cr_assert_eq(job_out_close(&o), 0, "%s", err_msg());
     /* a duplicate record and a torn last line, as a killed rerun could leave */
     FILE *f = fopen(path, "a");
     cr_assert(f);
@@ -82,24 +82,24 @@ Test(jobio, resume_set_of_many_ids)
           "\"finish_reason\":\"length\"}\n{\"id\":\"torn\",\"compl", f);
     fclose(f);
 
-    cr_assert_eq(outfile_open(path, 1, &o), 0, "%s", err_msg());
+    cr_assert_eq(job_out_open(path, 1, &o), 0, "%s", err_msg());
     cr_assert_eq(o.n_done, N);
     for (int i = 0; i < N; i++)
-        cr_assert(outfile_has(&o, id_of(i, id)), "%s was not read back", id);
+        cr_assert(job_out_has(&o, id_of(i, id)), "%s was not read back", id);
     /* absent: past the end, the other kind of id, the torn record */
     const char *absent[] = {"\"p20000\"", "20001", "\"p1\"", "2", "\"1\"", "\"torn\"",
                             "\"\"", "null"};
     for (size_t i = 0; i < sizeof absent / sizeof *absent; i++)
-        cr_assert(!outfile_has(&o, absent[i]), "%s is not in the file", absent[i]);
+        cr_assert(!job_out_has(&o, absent[i]), "%s is not in the file", absent[i]);
     /* a record written now is in the set too */
-    cr_assert_eq(outfile_write(&o, "\"new\"", "y", 1, &tok, &lp, 1, "eos"), 0, "%s", err_msg());
-    cr_assert(outfile_has(&o, "\"new\"") && o.n_done == N + 1);
-    cr_assert_eq(outfile_close(&o), 0, "%s", err_msg());
+    cr_assert_eq(job_out_write(&o, "\"new\"", "y", 1, &tok, &lp, 1, "eos"), 0, "%s", err_msg());
+    cr_assert(job_out_has(&o, "\"new\"") && o.n_done == N + 1);
+    cr_assert_eq(job_out_close(&o), 0, "%s", err_msg());
 
     /* an empty set answers no */
-    outfile e;
+    job_out e;
     snprintf(path, sizeof path, "%s/none.jsonl", cli_dir);
-    cr_assert_eq(outfile_open(path, 1, &e), 0, "%s", err_msg());
-    cr_assert(!outfile_has(&e, "\"p0\"") && e.n_done == 0);
-    cr_assert_eq(outfile_close(&e), 0, "%s", err_msg());
+    cr_assert_eq(job_out_open(path, 1, &e), 0, "%s", err_msg());
+    cr_assert(!job_out_has(&e, "\"p0\"") && e.n_done == 0);
+    cr_assert_eq(job_out_close(&e), 0, "%s", err_msg());
 }

@@ -1,0 +1,53 @@
+/* gen_plan.c: sizing a job before anything runs: how many tokens each
+ * prompt may generate, whether every prompt's KV split is valid, and the
+ * shape the scheduler is planned for. `flexh2o search` uses these too. */
+#include <string.h>
+
+#include "err.h"
+#include "gen.h"
+
+int gen_max_new(const job_prompt *p, const gen_opts *o, int max_pos)
+{
+    int n = p->max_new >= 0 ? p->max_new : o->max_new;
+    if (p->n_ids + n > max_pos)
+        n = max_pos - p->n_ids;
+    return n;
+}
+
+int gen_check(const model_config *c, const job_prompts *ps, const gen_opts *o)
+{
+    FORWARD_IF(kv_policy_check(&o->kv));
+    for (int i = 0; i < ps->n; i++) {
+        const job_prompt *p = &ps->p[i];
+        kv_split sp;
+        FORWARD_IF(kv_policy_split(&o->kv, p->n_ids, gen_max_new(p, o, c->max_pos),
+                                   p->line, &sp));
+    }
+    return 0;
+}
+
+void gen_shape(const model_config *c, const job_prompts *ps, const job_out *out,
+               const gen_opts *o, int gbs, sched_shape *sh)
+{
+    int max_prompt = 1, cap = 1;
+    for (int i = 0; i < ps->n; i++) {
+        const job_prompt *p = &ps->p[i];
+        if (out && job_out_has(out, p->id))
+            continue;
+        kv_split sp;
+        if (kv_policy_split(&o->kv, p->n_ids, gen_max_new(p, o, c->max_pos), p->line,
+                            &sp) < 0)
+            continue; /* gen_check refuses it */
+        if (p->n_ids > max_prompt)
+            max_prompt = p->n_ids;
+        /* the cache holds the largest budget, not the longest sequence:
+         * that is where an evicting policy saves its memory */
+        if (sp.budget > cap)
+            cap = sp.budget;
+    }
+    memset(sh, 0, sizeof *sh);
+    sh->max_rows = sched_prefill_rows(o->prefill_rows, max_prompt, gbs);
+    sh->cap = cap;
+    sh->scores = kv_policy_needs_scores(&o->kv) || o->kv_stats;
+    sh->evicted = o->trace != NULL;
+}

@@ -1,0 +1,171 @@
+/* gen_trace.c: what generation reads back from the KV cache after a pass,
+ * and only when asked: the --trace-evictions file (its format, its lines
+ * and its rewrite on resume) and the --stats kept attention mass.
+ *
+ *   pass ─► sched_read_kv / sched_read_evicted ─► trace lines (prefill:
+ *           the prompt tokens not kept; decode: the evicted position)
+ *                                              └► kept-mass sums per layer
+ */
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "err.h"
+#include "gen_impl.h"
+#include "off.h"
+
+/* One line of the trace; gen.h (gen_run) documents the fields. */
+#define TRACE_FMT "{\"id\": %s, \"layer\": %d, \"head\": %d, \"step\": %d, \"pos\": %d}\n"
+
+static int trace_flush(FILE *f)
+{
+    RETURN_IF(ferror(f) || fflush(f) != 0, -EIO,
+              "cannot write the --trace-evictions file (%s); free space and rerun",
+              strerror(errno));
+    return 0;
+}
+
+int gen_trace_prefill(gen_ctx *gc, gen_buf *bb, const gen_seq *s, int k, FILE *f)
+{
+    const model_config *c = gc->c;
+    int n = s->p->n_ids;
+    for (int l = 0; l < c->n_layer; l++) {
+        FORWARD_IF(sched_read_kv(gc->sc, l, k, 0, bb->slot_pos));
+        for (int h = 0; h < c->n_head; h++) {
+            memset(bb->kept, 0, (size_t)n);
+            for (int t = 0; t < s->budget; t++)
+                bb->kept[bb->slot_pos[(size_t)h * gc->cap + t]] = 1;
+            for (int j = 0; j < n; j++)
+                if (!bb->kept[j])
+                    fprintf(f, TRACE_FMT, s->p->id, l, h, 0, j);
+        }
+    }
+    return trace_flush(f);
+}
+
+int gen_trace_decode(gen_ctx *gc, gen_buf *bb, const gen_seq *ss, int n, FILE *f)
+{
+    const model_config *c = gc->c;
+    int H = c->n_head;
+    FORWARD_IF(sched_read_evicted(gc->sc, bb->ev));
+    for (int l = 0; l < c->n_layer; l++)
+        for (int k = 0; k < n; k++) {
+            if (bb->seqs[k].n_new == 0)
+                continue;
+            int step = bb->seqs[k].n_past - ss[k].p->n_ids + 1;
+            for (int h = 0; h < H; h++) {
+                int32_t e = bb->ev[((size_t)l * gc->block + k) * H + h];
+                if (e >= 0)
+                    fprintf(f, TRACE_FMT, ss[k].p->id, l, h, step, e);
+            }
+        }
+    return trace_flush(f);
+}
+
+/* Copy to w the complete lines of buf[0..len) whose prompt id has a
+ * record in out; a torn last line (no '\n') and lines of prompts that will
+ * be generated again are dropped. buf is modified. */
+static void trace_keep_done(char *buf, size_t len, const job_out *out, FILE *w)
+{
+    for (char *line = buf, *nl; (nl = memchr(line, '\n', len - (size_t)(line - buf)));
+         line = nl + 1) {
+        *nl = 0;
+        cJSON *r = cJSON_Parse(line);
+        const cJSON *idv = r ? cJSON_GetObjectItem(r, "id") : NULL;
+        char *id = idv ? cJSON_PrintUnformatted(idv) : NULL;
+        if (id && job_out_has(out, id))
+            fprintf(w, "%s\n", line);
+        free(id);
+        cJSON_Delete(r);
+    }
+}
+
+/* Resume: rewrite the trace at path through path.tmp, keeping only the
+ * lines of prompts already in out. @return 0 or -errno. */
+static int trace_rewrite(const char *path, const job_out *out)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FORWARD_IF(off_read_file(path, &buf, &len));
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *w = fopen(tmp, "w");
+    if (!w)
+        free(buf);
+    RETURN_IF(!w, -errno, "%s: cannot rewrite the eviction trace (%s)", tmp, strerror(errno));
+    trace_keep_done(buf, len, out, w);
+    free(buf);
+    int bad = ferror(w);
+    bad |= fclose(w) != 0;
+    RETURN_IF(bad || rename(tmp, path) != 0, -EIO, "%s: cannot rewrite the eviction "
+              "trace (%s)", path, strerror(errno));
+    return 0;
+}
+
+int gen_trace_open(const char *path, int resume, const job_out *out, FILE **f)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0 || sb.st_size == 0) {
+        *f = fopen(path, "w");
+        RETURN_IF(!*f, -errno, "%s: cannot create the eviction trace (%s)", path,
+                  strerror(errno));
+        return 0;
+    }
+    RETURN_IF(!resume, -EEXIST, "%s already exists; pass --resume to continue it, or "
+              "remove it", path);
+    FORWARD_IF(trace_rewrite(path, out));
+    *f = fopen(path, "a");
+    RETURN_IF(!*f, -errno, "%s: cannot open the eviction trace (%s)", path, strerror(errno));
+    return 0;
+}
+
+/* ------------------------------------------------------------- --stats */
+
+/* Per (sequence, head): kept = (sum of the H2O scores of the tokens still
+ * in the cache) / (queries so far). Each query hands out probability 1, so
+ * this is the share of all attention paid so far that went to tokens the
+ * cache still holds. */
+int gen_stats_pass(gen_ctx *gc, gen_buf *bb, const gen_seq *ss, int n_out, gen_stats *st)
+{
+    const model_config *c = gc->c;
+    int H = c->n_head;
+    for (int l = 0; l < c->n_layer; l++) {
+        for (int i = 0; i < n_out; i++) {
+            int k = bb->members[i];
+            const gen_seq *s = &ss[k];
+            FORWARD_IF(sched_read_kv(gc->sc, l, k, 1, bb->scores));
+            for (int h = 0; h < H; h++) {
+                const float *sc = bb->scores + (size_t)h * gc->cap;
+                double kept = 0;
+                for (int t = 0; t < s->n_slots; t++)
+                    kept += sc[t];
+                st->kept_mass[l] += kept / s->n_past;
+            }
+        }
+    }
+    st->kept_samples += (long)n_out * H;
+    return 0;
+}
+
+void gen_stats_mean(gen_stats *st)
+{
+    if (st->kept_mass && st->kept_samples > 0)
+        for (int l = 0; l < st->n_layer; l++)
+            st->kept_mass[l] /= (double)st->kept_samples;
+}
+
+void gen_stats_free(gen_stats *st)
+{
+    free(st->kept_mass);
+    st->kept_mass = NULL;
+}
+
+void gen_stats_print(FILE *f, const gen_stats *st, const gen_opts *o)
+{
+    fprintf(f, "[flexh2o] --stats, --kv-policy %s: kept attention mass per layer, mean of "
+            "%ld (sequence, head, pass) samples\n", kv_policy_name(o->kv.kind),
+            st->kept_samples);
+    for (int l = 0; st->kept_mass && st->kept_samples > 0 && l < st->n_layer; l++)
+        fprintf(f, "layer %d: %.6f\n", l, st->kept_mass[l]);
+}
