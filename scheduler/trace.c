@@ -1,4 +1,4 @@
-/* trace.c: the Chrome trace-event recorder (sched.h). Events are kept in a
+/* trace.c: the Chrome trace-event recorder (scheduler.h). Events are kept in a
  * growable array under a mutex (a handful per layer and GPU batch, so the
  * lock is never hot) and written once at the end:
  *
