@@ -123,7 +123,7 @@ static void run_attn(void *p)
                               a->n_seq, a->H, a->hd, a->cap, 0.088f,
                               a->with_scores ? a->scores : NULL,
                               a->with_scores ? a->self_p : NULL, a->work, a->slots, 0) < 0) {
-        fprintf(stderr, "decode attention: %s\n", kern_cuda_error());
+        fprintf(stderr, "decode attention: %s\n", err_msg());
         exit(1);
     }
 }
@@ -185,7 +185,7 @@ static void run_deq(void *p)
 {
     deq_arg *q = p;
     if (kern_q4_dequant_cuda(q->dst, q->src, q->rows, q->n, 0) < 0) {
-        fprintf(stderr, "q4 dequant: %s\n", kern_cuda_error());
+        fprintf(stderr, "q4 dequant: %s\n", err_msg());
         exit(1);
     }
 }
@@ -199,7 +199,7 @@ static void run_attn_q4(void *p)
                                  a->seqs_d, a->n_seq, a->H, a->hd, a->cap, 0.088f,
                                  a->with_scores ? a->scores : NULL,
                                  a->with_scores ? a->self_p : NULL, a->work, a->slots, 0) < 0) {
-        fprintf(stderr, "4-bit decode attention: %s\n", kern_cuda_error());
+        fprintf(stderr, "4-bit decode attention: %s\n", err_msg());
         exit(1);
     }
 }

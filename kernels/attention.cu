@@ -413,7 +413,7 @@ extern "C" int kern_attn_decode_cuda(void *out, int ldo, const void *q, const vo
         return 0;
     KCHECK_HEAD_DIM(head_dim);
     KCHECK_PAIRS(n_seq, n_head);
-    KRETURN_IF(max_slots > cap, -EINVAL, "max_slots %d > cap %d", max_slots, cap);
+    RETURN_IF(max_slots > cap, -EINVAL, "max_slots %d > cap %d", max_slots, cap);
     return KERN_DISPATCH_G(head_dim, launch_decode, out, ldo, q, k, v, ld, kc, vc, seqs, n_seq,
                            n_head, head_dim, cap, scale, scores, self_p, work, max_slots,
                            kstream(stream));
@@ -510,9 +510,9 @@ extern "C" int kern_prefill_softmax_cuda(const float *S, void *P, float *stats, 
 {
     if (rows == 0 || heads == 0)
         return 0;
-    KRETURN_IF(i0 < 0 || cols < i0 + rows, -EINVAL,
-               "prefill softmax: rows %d from query %d need %d key columns, S has %d", rows, i0,
-               i0 + rows, cols);
+    RETURN_IF(i0 < 0 || cols < i0 + rows, -EINVAL,
+              "prefill softmax: rows %d from query %d need %d key columns, S has %d", rows, i0,
+              i0 + rows, cols);
     prefill_softmax<<<dim3((unsigned)rows, kgrid_y((size_t)heads)), SM_THREADS, 0,
                       kstream(stream)>>>(S, (__half *)P, stats, rows, cols, i0, heads);
     KLAUNCHED();
@@ -525,9 +525,9 @@ extern "C" int kern_prefill_colsum_cuda(const float *S, const float *stats, floa
 {
     if (rows == 0 || heads == 0)
         return 0;
-    KRETURN_IF(i0 < 0 || cols < i0 + rows, -EINVAL,
-               "prefill column sums: rows %d from query %d need %d key columns, S has %d",
-               rows, i0, i0 + rows, cols);
+    RETURN_IF(i0 < 0 || cols < i0 + rows, -EINVAL,
+              "prefill column sums: rows %d from query %d need %d key columns, S has %d",
+              rows, i0, i0 + rows, cols);
     prefill_colsum_gemm<<<dim3(kblocks((size_t)cols, 128), kgrid_y((size_t)heads)), 128, 0,
                           kstream(stream)>>>(S, stats, colsum, rows, cols, i0, heads, row0,
                                              n_head, h0);

@@ -55,12 +55,14 @@ static cu_status cu_blas(cublasStatus_t s)
                        cublasGetStatusString(s)};
 }
 
-/* kernels/ entry points return 0 or -errno and keep their reason. */
+/* kernels/ entry points return 0 or -errno and have recorded their reason
+ * through err_set(), which keeps that first message: CK's own record is
+ * then a no-op, and only stands in for a kernel that failed silently. */
 static cu_status cu_kernel(int rc)
 {
     if (rc >= 0)
         return (cu_status){0, NULL, NULL};
-    return (cu_status){rc, "CUDA kernel", kern_cuda_error()};
+    return (cu_status){rc, "CUDA kernel", "failed without a message"};
 }
 
 /* The one check of a CUDA runtime (cudaError_t), cuBLAS or cuBLASLt

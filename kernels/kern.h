@@ -254,15 +254,13 @@ void kern_kv_insert_q4(uint8_t *kc, uint8_t *vc, float *scores, int32_t *pos,
  * the kern_seq array (the host copy's maxima are passed as arguments).
  * stream is a cudaStream_t. Each returns 0; -EINVAL for a shape or buffer
  * it does not support (the message says which); -EIO, or -ENOMEM when the
- * device is out of memory, for a failed CUDA call. The reason is kept for
- * kern_cuda_error(). Any batch size fits the launch geometry: the ops take
- * up to 2^31 - 1 (sequence, head) pairs and prompts and caches of any
+ * device is out of memory, for a failed CUDA call. The reason is recorded
+ * through err_set() (err.h), for a CUDA call as "CUDA: call in function
+ * (file:line): reason". Any batch size fits the launch geometry: the ops
+ * take up to 2^31 - 1 (sequence, head) pairs and prompts and caches of any
  * length. */
 
 int kern_cuda_available(void);
-/* Why the last failing CUDA op of this thread failed, as "file:line:
- * message" (for a CUDA call: "file:line: call: reason"). */
-const char *kern_cuda_error(void);
 /* Lower the y extent of the attention grids below CUDA's 65535 (0: back to
  * 65535). The kernels then loop over more y indices per block: the tests
  * run that loop with small shapes this way. Not thread-safe: set it before

@@ -75,8 +75,8 @@ extern "C" int kern_kv_prefill_cuda(void *kc, void *vc, float *scores, int32_t *
 {
     if (n_seq == 0 || max_new == 0)
         return 0;
-    KRETURN_IF(head_dim % 8, -EINVAL, "KV prefill: head_dim %d is not a multiple of 8",
-               head_dim);
+    RETURN_IF(head_dim % 8, -EINVAL, "KV prefill: head_dim %d is not a multiple of 8",
+              head_dim);
     KCHECK_PAIRS(n_seq, n_head);
     kv_prefill<<<(unsigned)(n_seq * n_head), KVP_THREADS, 0, kstream(stream)>>>(
         (__half *)kc, (__half *)vc, scores, pos, (const __half *)k, (const __half *)v, ld, colsum,
@@ -150,8 +150,8 @@ extern "C" int kern_kv_insert_cuda(void *kc, void *vc, float *scores, int32_t *p
 {
     if (n_seq == 0 || n_head == 0)
         return 0;
-    KRETURN_IF(head_dim % 8, -EINVAL, "KV insert: head_dim %d is not a multiple of 8",
-               head_dim);
+    RETURN_IF(head_dim % 8, -EINVAL, "KV insert: head_dim %d is not a multiple of 8",
+              head_dim);
     KCHECK_PAIRS(n_seq, n_head);
     int pairs = n_seq * n_head;
     kv_insert<<<kblocks((size_t)pairs, 4), 128, 0, kstream(stream)>>>(

@@ -45,8 +45,8 @@ static_assert(KERN_Q4_GROUP == 64 && KERN_Q4_BLOCK == 36,
 
 /* The 4-bit caches are read and written in 32-bit words. */
 #define KCHECK_Q4_CACHES(kc, vc)                                                       \
-    KRETURN_IF((uintptr_t)(kc) % 4 || (uintptr_t)(vc) % 4, -EINVAL,                    \
-               "4-bit KV caches must be 4-byte aligned (K at %p, V at %p)", (kc), (vc))
+    RETURN_IF((uintptr_t)(kc) % 4 || (uintptr_t)(vc) % 4, -EINVAL,                     \
+              "4-bit KV caches must be 4-byte aligned (K at %p, V at %p)", (kc), (vc))
 
 /* The 8 values of an octet from its block's header word and code word. */
 __device__ __forceinline__ void q4_octet(uint32_t head, uint32_t codes, float f[8])
@@ -631,7 +631,7 @@ extern "C" int kern_attn_decode_q4_cuda(void *out, int ldo, const void *q, const
     KCHECK_HEAD_DIM(head_dim);
     KCHECK_PAIRS(n_seq, n_head);
     KCHECK_Q4_CACHES(kc, vc);
-    KRETURN_IF(max_slots > cap, -EINVAL, "max_slots %d > cap %d", max_slots, cap);
+    RETURN_IF(max_slots > cap, -EINVAL, "max_slots %d > cap %d", max_slots, cap);
     return KERN_DISPATCH_G(head_dim, launch_decode_q4, out, ldo, q, k, v, ld, kc, vc, seqs,
                            n_seq, n_head, head_dim, cap, scale, scores, self_p, work, max_slots,
                            kstream(stream));
