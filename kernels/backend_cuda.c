@@ -569,8 +569,8 @@ static int cuda_kv_prefill(void *ctx, void *kc, void *vc, void *scores, void *po
 {
     cuda_ctx *c = ctx;
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
-    CK(kern_kv_prefill_cuda(kc, vc, scores, pos, k, v, ld, colsum, c->seqs.p, n_seq, n_head,
-                            head_dim, cap, max_of(seqs, n_seq, 0), c->stream));
+    CK(kern_kv_prefill_cuda(KERN_KV_FMT_PLAIN, kc, vc, scores, pos, k, v, ld, colsum, c->seqs.p,
+                            n_seq, n_head, head_dim, cap, max_of(seqs, n_seq, 0), c->stream));
     return 0;
 }
 
@@ -582,9 +582,9 @@ static int cuda_attn_decode(void *ctx, void *out, int ldo, const void *q, const 
     cuda_ctx *c = ctx;
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
     FORWARD_IF(grow(&c->work, kern_attn_decode_work(n_seq, n_head, head_dim, cap)));
-    CK(kern_attn_decode_cuda(out, ldo, q, k, v, ld, kc, vc, c->seqs.p, n_seq, n_head, head_dim,
-                             cap, scale, scores, self_p, c->work.p, max_of(seqs, n_seq, 1),
-                             c->stream));
+    CK(kern_attn_decode_cuda(out, ldo, q, k, v, ld, KERN_KV_FMT_PLAIN, kc, vc, c->seqs.p, n_seq,
+                             n_head, head_dim, cap, scale, scores, self_p, c->work.p,
+                             max_of(seqs, n_seq, 1), c->stream));
     return 0;
 }
 
@@ -594,8 +594,8 @@ static int cuda_kv_insert(void *ctx, void *kc, void *vc, void *scores, void *pos
 {
     cuda_ctx *c = ctx;
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
-    CK(kern_kv_insert_cuda(kc, vc, scores, pos, k, v, ld, self_p, c->seqs.p, n_seq, n_head,
-                           head_dim, cap, evicted, c->stream));
+    CK(kern_kv_insert_cuda(KERN_KV_FMT_PLAIN, kc, vc, scores, pos, k, v, ld, self_p, c->seqs.p,
+                           n_seq, n_head, head_dim, cap, evicted, c->stream));
     return 0;
 }
 
@@ -614,8 +614,8 @@ static int cuda_kv_prefill_q4(void *ctx, void *kc, void *vc, void *scores, void 
 {
     cuda_ctx *c = ctx;
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
-    CK(kern_kv_prefill_q4_cuda(kc, vc, scores, pos, k, v, ld, colsum, c->seqs.p, n_seq, n_head,
-                               head_dim, cap, max_of(seqs, n_seq, 0), c->stream));
+    CK(kern_kv_prefill_cuda(KERN_KV_FMT_Q4, kc, vc, scores, pos, k, v, ld, colsum, c->seqs.p,
+                            n_seq, n_head, head_dim, cap, max_of(seqs, n_seq, 0), c->stream));
     return 0;
 }
 
@@ -626,10 +626,10 @@ static int cuda_attn_decode_q4(void *ctx, void *out, int ldo, const void *q, con
 {
     cuda_ctx *c = ctx;
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
-    FORWARD_IF(grow(&c->work, kern_attn_decode_q4_work(n_seq, n_head, head_dim, cap)));
-    CK(kern_attn_decode_q4_cuda(out, ldo, q, k, v, ld, kc, vc, c->seqs.p, n_seq, n_head,
-                                head_dim, cap, scale, scores, self_p, c->work.p,
-                                max_of(seqs, n_seq, 1), c->stream));
+    FORWARD_IF(grow(&c->work, kern_attn_decode_work(n_seq, n_head, head_dim, cap)));
+    CK(kern_attn_decode_cuda(out, ldo, q, k, v, ld, KERN_KV_FMT_Q4, kc, vc, c->seqs.p, n_seq,
+                             n_head, head_dim, cap, scale, scores, self_p, c->work.p,
+                             max_of(seqs, n_seq, 1), c->stream));
     return 0;
 }
 
@@ -640,8 +640,8 @@ static int cuda_kv_insert_q4(void *ctx, void *kc, void *vc, void *scores, void *
 {
     cuda_ctx *c = ctx;
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
-    CK(kern_kv_insert_q4_cuda(kc, vc, scores, pos, k, v, ld, self_p, c->seqs.p, n_seq, n_head,
-                              head_dim, cap, evicted, c->stream));
+    CK(kern_kv_insert_cuda(KERN_KV_FMT_Q4, kc, vc, scores, pos, k, v, ld, self_p, c->seqs.p,
+                           n_seq, n_head, head_dim, cap, evicted, c->stream));
     return 0;
 }
 

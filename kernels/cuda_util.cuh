@@ -53,6 +53,12 @@ static inline unsigned kgrid_y(size_t n)
               "head_dim %d is not supported by the CUDA attention kernels (a multiple "  \
               "of 8 from 8 to 256); use --device cpu", (hd))
 
+/* The KV ops take the formats of kern_kv_fmt; anything else is refused. */
+#define KCHECK_KV_FMT(fmt)                                                             \
+    RETURN_IF((unsigned)(fmt) >= KERN_KV_FMTS, -ENOTSUP,                               \
+              "the CUDA kernels have no KV cache format %d (they take plain fp16 and "  \
+              "4-bit caches)", (int)(fmt))
+
 static inline cudaStream_t kstream(void *s) { return (cudaStream_t)s; }
 static inline unsigned kblocks(size_t n, unsigned per) { return (unsigned)((n + per - 1) / per); }
 
