@@ -8,7 +8,7 @@
  *    with and without H2O score accumulation;
  * 3. the backend's linear layer (cublasGemmEx + bias/ReLU kernel) against
  *    cublasGemmEx alone on the same shape: cuBLAS's own rate for the shape;
- * 4. 4-bit compression (kernels/q4.cu): the expansion of an OPT-30B fc1
+ * 4. 4-bit compression (kernels/q4.cu, attention.cu): the expansion of an OPT-30B fc1
  *    matrix (4-bit bytes read + fp16 bytes written) against the copy
  *    ceiling, and decode attention of case 2 over a 4-bit cache (its bytes
  *    read) against the ceiling and against the fp16 cache's time.
@@ -111,6 +111,7 @@ typedef struct attn_arg {
     void *out, *qkv, *kc, *vc, *work;
     float *scores, *self_p;
     kern_seq *seqs_d;
+    kern_kv_fmt fmt; /* of kc, vc */
     int n_seq, H, hd, cap, slots, with_scores;
 } attn_arg;
 
@@ -119,11 +120,11 @@ static void run_attn(void *p)
     attn_arg *a = p;
     int d = a->H * a->hd;
     if (kern_attn_decode_cuda(a->out, d, a->qkv, (char *)a->qkv + 2 * (size_t)d,
-                              (char *)a->qkv + 4 * (size_t)d, 3 * d, a->kc, a->vc, a->seqs_d,
-                              a->n_seq, a->H, a->hd, a->cap, 0.088f,
+                              (char *)a->qkv + 4 * (size_t)d, 3 * d, a->fmt, a->kc, a->vc,
+                              a->seqs_d, a->n_seq, a->H, a->hd, a->cap, 0.088f,
                               a->with_scores ? a->scores : NULL,
                               a->with_scores ? a->self_p : NULL, a->work, a->slots, 0) < 0) {
-        fprintf(stderr, "decode attention: %s\n", kern_cuda_error());
+        fprintf(stderr, "%s decode attention: %s\n", kern_kv_fmt_name(a->fmt), err_msg());
         exit(1);
     }
 }
@@ -185,21 +186,7 @@ static void run_deq(void *p)
 {
     deq_arg *q = p;
     if (kern_q4_dequant_cuda(q->dst, q->src, q->rows, q->n, 0) < 0) {
-        fprintf(stderr, "q4 dequant: %s\n", kern_cuda_error());
-        exit(1);
-    }
-}
-
-static void run_attn_q4(void *p)
-{
-    attn_arg *a = p;
-    int d = a->H * a->hd;
-    if (kern_attn_decode_q4_cuda(a->out, d, a->qkv, (char *)a->qkv + 2 * (size_t)d,
-                                 (char *)a->qkv + 4 * (size_t)d, 3 * d, a->kc, a->vc,
-                                 a->seqs_d, a->n_seq, a->H, a->hd, a->cap, 0.088f,
-                                 a->with_scores ? a->scores : NULL,
-                                 a->with_scores ? a->self_p : NULL, a->work, a->slots, 0) < 0) {
-        fprintf(stderr, "4-bit decode attention: %s\n", kern_cuda_error());
+        fprintf(stderr, "q4 dequant: %s\n", err_msg());
         exit(1);
     }
 }
@@ -251,7 +238,8 @@ int main(int argc, char **argv)
     /* 2. decode attention */
     int d = H * hd, cap = tokens + 1;
     size_t slots = (size_t)n_seq * H * cap;
-    attn_arg a = {.n_seq = n_seq, .H = H, .hd = hd, .cap = cap, .slots = tokens};
+    attn_arg a = {.fmt = KERN_KV_FMT_PLAIN, .n_seq = n_seq, .H = H, .hd = hd, .cap = cap,
+                  .slots = tokens};
     CHECK(cudaMalloc(&a.kc, 2 * slots * hd));
     CHECK(cudaMalloc(&a.vc, 2 * slots * hd));
     CHECK(cudaMalloc(&a.qkv, 2 * (size_t)n_seq * 3 * d));
@@ -287,23 +275,23 @@ int main(int argc, char **argv)
                "| %.0f GB/s | %.0f%% |\n", ws ? " + H2O scores" : "", n_seq, tokens, H, hd, ms,
                bw, copy_bw, 100.0 * bw / copy_bw);
     }
-    cudaFree(a.kc), cudaFree(a.vc), cudaFree(a.work);
+    cudaFree(a.kc), cudaFree(a.vc);
 
-    /* 4b. the same attention over a 4-bit cache */
+    /* 4b. the same attention over a 4-bit cache (the same work space) */
+    a.fmt = KERN_KV_FMT_Q4;
     a.kc = fill_q4(slots, hd, 8);
     a.vc = fill_q4(slots, hd, 9);
-    CHECK(cudaMalloc(&a.work, kern_attn_decode_q4_work(n_seq, H, hd, cap)));
     double kv_q4 = 2.0 * n_seq * H * (double)tokens * kern_q4_row_bytes(hd);
     for (int ws = 0; ws < 2; ws++) {
         a.with_scores = ws;
         CHECK(cudaMemset(a.out, 0xff, 2 * (size_t)n_seq * d));
-        run_attn_q4(&a);
+        run_attn(&a);
         CHECK(cudaDeviceSynchronize());
         if (!all_finite16(a.out, (size_t)n_seq * d)) {
             fprintf(stderr, "4-bit decode attention left non-finite output\n");
             return 1;
         }
-        ms = time_ms(run_attn_q4, &a, 3, 30);
+        ms = time_ms(run_attn, &a, 3, 30);
         double bw = (kv_q4 + (ws ? 8.0 * n_seq * H * tokens : 0)) / (ms * 1e-3) / 1e9;
         printf("| decode attention, 4-bit KV%s (fp16: %.3f ms) | %d seqs x %d tokens, %d heads "
                "x %d | %.3f | %.0f GB/s | %.0f GB/s | %.0f%% |\n", ws ? " + H2O scores" : "",

@@ -1,4 +1,6 @@
-/* attention.cu: prefill and decode attention over fp16 K/V, fp32 math.
+/* attention.cu: prefill attention over fp16 K/V and decode attention over
+ * a slot cache of either format (kern_kv_fmt: fp16, or 4-bit read in place),
+ * fp32 math.
  *
  * Work is split into groups of G lanes that each own one key row; a lane
  * holds 8 of the head_dim values (one 16-byte load), so a warp reads 32/G
@@ -21,12 +23,14 @@
  *           partial out of the chunk = sum_t p_t v_t
  *   pass 3: out = sum over chunks of the partials, in chunk order
  * The new token is virtual slot n_slots (its k, v come from the qkv rows).
- * Every sum has a fixed order, so a sequence's result depends neither on
- * the run nor on the rest of its batch.
+ * The cache format changes only where a lane's 8 values of a row come from
+ * (the row loaders h16_rows and q4_rows). Every sum has a fixed order, so
+ * a sequence's result depends neither on the run nor on the rest of its
+ * batch.
  */
 #include <float.h>
 
-#include "cuda_util.cuh"
+#include "q4.cuh"
 
 #define WARPS 4
 #define CHUNK 256
@@ -197,7 +201,12 @@ extern "C" int kern_attn_prefill_cuda(void *out, int ldo, const void *q, const v
                            n_head, head_dim, scale, colsum, work, max_new, kstream(stream));
 }
 
-/* ------------------------------------------------------------- decode */
+/* ------------------------------------------------------------- decode
+ * One set of passes for every cache format, templated on a row loader that
+ * gives a lane its 8 values of row t of the virtual cache: a slot (t < n)
+ * or the new token's fp16 row (t == n). The fp16 loader is a 16-byte load
+ * (load8); the 4-bit one reads the row's octet in place (q4.cuh). The
+ * arithmetic after the load is the same for both. */
 
 /* Work layout of one decode call, for n_pairs (sequence, head) pairs. */
 struct decode_work {
@@ -224,17 +233,38 @@ extern "C" size_t kern_attn_decode_work(int n_seq, int n_head, int head_dim, int
     return sizeof(float) * (np * (cap + 1) + np * nc * 2 + np * nc * head_dim);
 }
 
-/* Row t of the virtual cache: a slot, or the new token at t == n. */
-__device__ __forceinline__ const __half *vrow(const __half *cache, const __half *fresh, size_t base,
-                                            int t, int n, int hd)
-{
-    return t < n ? cache + (base + t) * hd : fresh;
-}
+/* Row loader of an fp16 cache (KERN_KV_FMT_PLAIN): rows of hd halves. */
+struct h16_rows {
+    const __half *c;
+    int hd;
+    __device__ __forceinline__ void get8(const __half *fresh, size_t base, int t, int n, int gl,
+                                         float f[8]) const
+    {
+        load8((t < n ? c + (base + t) * hd : fresh) + gl * 8, f);
+    }
+};
+
+/* Row loader of a 4-bit cache (KERN_KV_FMT_Q4): rows of rw 32-bit words;
+ * lane gl's octet is code word gl % 8 of block gl / 8. */
+struct q4_rows {
+    const uint32_t *c;
+    int rw;
+    __device__ __forceinline__ void get8(const __half *fresh, size_t base, int t, int n, int gl,
+                                         float f[8]) const
+    {
+        if (t < n) {
+            const uint32_t *blk = c + (base + t) * rw + (gl / 8) * Q4_WORDS;
+            q4_octet(blk[0], blk[1 + gl % 8], f);
+        } else {
+            load8(fresh + gl * 8, f);
+        }
+    }
+};
 
 /* Pass 1, block (pair, chunk c) for c = blockIdx.y, blockIdx.y + gridDim.y,
  * ... < n_chunks: the logits of the chunk's slots and its (max, sum exp). */
-template <int G>
-__global__ void decode_pass1(const __half *q, const __half *k, int ld, const __half *kc,
+template <int G, class Rows>
+__global__ void decode_pass1(const __half *q, const __half *k, int ld, Rows kc,
                              const kern_seq *seqs, int n_head, int hd, int cap, float scale,
                              decode_work w, int n_chunks)
 {
@@ -256,8 +286,15 @@ __global__ void decode_pass1(const __half *q, const __half *k, int ld, const __h
         int end = min(c * CHUNK + CHUNK, n + 1);
         for (int t0 = c * CHUNK + warp * R; t0 < end; t0 += WARPS * R) { /* warp-uniform */
             int t = t0 + grp;
-            float sc =
-                group_dot<G>(qf, vrow(kc, knew, base, t < end ? t : t0, n, hd), gl, hd8) * scale;
+            float d = 0.0f;
+            if (gl < hd8) { /* groups past the end compute on row t0 and discard it */
+                float kf[8];
+                kc.get8(knew, base, t < end ? t : t0, n, gl, kf);
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    d += qf[i] * kf[i];
+            }
+            float sc = group_sum<G>(d) * scale; /* group_sum shuffles over the whole warp */
             if (t >= end)
                 continue;
             if (gl == 0)
@@ -298,10 +335,10 @@ __global__ void decode_pass1(const __half *q, const __half *k, int ld, const __h
 
 /* Pass 2, the grid of pass 1: probabilities, H2O scores and the chunk's
  * partial output. */
-template <int G>
-__global__ void decode_pass2(const __half *v, int ld, const __half *vc, const kern_seq *seqs,
-                             int n_head, int hd, int cap, float *scores, float *self_p,
-                             decode_work w, int n_chunks)
+template <int G, class Rows>
+__global__ void decode_pass2(const __half *v, int ld, Rows vc, const kern_seq *seqs, int n_head,
+                             int hd, int cap, float *scores, float *self_p, decode_work w,
+                             int n_chunks)
 {
     extern __shared__ float acc[]; /* (WARPS * 32 / G, hd) */
     int pair = blockIdx.x, s = pair / n_head, h = pair % n_head;
@@ -337,7 +374,7 @@ __global__ void decode_pass2(const __half *v, int ld, const __half *vc, const ke
             }
             if (gl < hd8) {
                 float vf[8];
-                load8(vrow(vc, vnew, base, t, n, hd) + gl * 8, vf);
+                vc.get8(vnew, base, t, n, gl, vf);
 #pragma unroll
                 for (int e = 0; e < 8; e++)
                     o[e] += p * vf[e];
@@ -376,11 +413,11 @@ __global__ void decode_pass3(__half *out, int ldo, const kern_seq *seqs, int n_h
     }
 }
 
-template <int G>
+template <int G, class Rows>
 static int launch_decode(void *out, int ldo, const void *q, const void *k, const void *v,
-                         int ld, const void *kc, const void *vc, const kern_seq *seqs,
-                         int n_seq, int n_head, int hd, int cap, float scale, float *scores,
-                         float *self_p, void *work, int max_slots, cudaStream_t st)
+                         int ld, Rows kc, Rows vc, const kern_seq *seqs, int n_seq, int n_head,
+                         int hd, int cap, float scale, float *scores, float *self_p, void *work,
+                         int max_slots, cudaStream_t st)
 {
     unsigned pairs = (unsigned)(n_seq * n_head);
     decode_work w = carve(work, (int)pairs, cap);
@@ -388,14 +425,14 @@ static int launch_decode(void *out, int ldo, const void *q, const void *k, const
      * slots do no work); stats and partials use n_chunks as their stride */
     int n_chunks = (max_slots + 1 + CHUNK - 1) / CHUNK;
     dim3 grid(pairs, kgrid_y((size_t)n_chunks));
-    decode_pass1<G><<<grid, 32 * WARPS, 0, st>>>((const __half *)q, (const __half *)k, ld,
-                                                 (const __half *)kc, seqs, n_head, hd, cap,
-                                                 scale, w, n_chunks);
+    decode_pass1<G, Rows><<<grid, 32 * WARPS, 0, st>>>((const __half *)q, (const __half *)k, ld,
+                                                       kc, seqs, n_head, hd, cap, scale, w,
+                                                       n_chunks);
     KLAUNCHED();
     size_t smem = sizeof(float) * (size_t)WARPS * (32 / G) * hd;
-    decode_pass2<G><<<grid, 32 * WARPS, smem, st>>>((const __half *)v, ld, (const __half *)vc,
-                                                    seqs, n_head, hd, cap, scores, self_p, w,
-                                                    n_chunks);
+    decode_pass2<G, Rows><<<grid, 32 * WARPS, smem, st>>>((const __half *)v, ld, vc, seqs,
+                                                          n_head, hd, cap, scores, self_p, w,
+                                                          n_chunks);
     KLAUNCHED();
     decode_pass3<<<pairs, hd < 128 ? 128 : hd, 0, st>>>((__half *)out, ldo, seqs, n_head, hd,
                                                         n_chunks, w);
@@ -404,19 +441,30 @@ static int launch_decode(void *out, int ldo, const void *q, const void *k, const
 }
 
 extern "C" int kern_attn_decode_cuda(void *out, int ldo, const void *q, const void *k,
-                                     const void *v, int ld, const void *kc, const void *vc,
-                                     const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                                     int cap, float scale, float *scores, float *self_p,
-                                     void *work, int max_slots, void *stream)
+                                     const void *v, int ld, kern_kv_fmt fmt, const void *kc,
+                                     const void *vc, const kern_seq *seqs, int n_seq, int n_head,
+                                     int head_dim, int cap, float scale, float *scores,
+                                     float *self_p, void *work, int max_slots, void *stream)
 {
+    KCHECK_KV_FMT(fmt);
     if (n_seq == 0)
         return 0;
     KCHECK_HEAD_DIM(head_dim);
     KCHECK_PAIRS(n_seq, n_head);
-    KRETURN_IF(max_slots > cap, -EINVAL, "max_slots %d > cap %d", max_slots, cap);
-    return KERN_DISPATCH_G(head_dim, launch_decode, out, ldo, q, k, v, ld, kc, vc, seqs, n_seq,
-                           n_head, head_dim, cap, scale, scores, self_p, work, max_slots,
-                           kstream(stream));
+    if (fmt == KERN_KV_FMT_Q4)
+        KCHECK_Q4_CACHES(kc, vc);
+    RETURN_IF(max_slots > cap, -EINVAL, "max_slots %d > cap %d", max_slots, cap);
+    cudaStream_t st = kstream(stream);
+    if (fmt == KERN_KV_FMT_Q4) {
+        int rw = q4_row_words(head_dim);
+        q4_rows kr = {(const uint32_t *)kc, rw}, vr = {(const uint32_t *)vc, rw};
+        return KERN_DISPATCH_G(head_dim, launch_decode, out, ldo, q, k, v, ld, kr, vr, seqs,
+                               n_seq, n_head, head_dim, cap, scale, scores, self_p, work,
+                               max_slots, st);
+    }
+    h16_rows kr = {(const __half *)kc, head_dim}, vr = {(const __half *)vc, head_dim};
+    return KERN_DISPATCH_G(head_dim, launch_decode, out, ldo, q, k, v, ld, kr, vr, seqs, n_seq,
+                           n_head, head_dim, cap, scale, scores, self_p, work, max_slots, st);
 }
 
 /* ------------------------------------------- prefill through the GEMMs
@@ -510,9 +558,9 @@ extern "C" int kern_prefill_softmax_cuda(const float *S, void *P, float *stats, 
 {
     if (rows == 0 || heads == 0)
         return 0;
-    KRETURN_IF(i0 < 0 || cols < i0 + rows, -EINVAL,
-               "prefill softmax: rows %d from query %d need %d key columns, S has %d", rows, i0,
-               i0 + rows, cols);
+    RETURN_IF(i0 < 0 || cols < i0 + rows, -EINVAL,
+              "prefill softmax: rows %d from query %d need %d key columns, S has %d", rows, i0,
+              i0 + rows, cols);
     prefill_softmax<<<dim3((unsigned)rows, kgrid_y((size_t)heads)), SM_THREADS, 0,
                       kstream(stream)>>>(S, (__half *)P, stats, rows, cols, i0, heads);
     KLAUNCHED();
@@ -525,9 +573,9 @@ extern "C" int kern_prefill_colsum_cuda(const float *S, const float *stats, floa
 {
     if (rows == 0 || heads == 0)
         return 0;
-    KRETURN_IF(i0 < 0 || cols < i0 + rows, -EINVAL,
-               "prefill column sums: rows %d from query %d need %d key columns, S has %d",
-               rows, i0, i0 + rows, cols);
+    RETURN_IF(i0 < 0 || cols < i0 + rows, -EINVAL,
+              "prefill column sums: rows %d from query %d need %d key columns, S has %d",
+              rows, i0, i0 + rows, cols);
     prefill_colsum_gemm<<<dim3(kblocks((size_t)cols, 128), kgrid_y((size_t)heads)), 128, 0,
                           kstream(stream)>>>(S, stats, colsum, rows, cols, i0, heads, row0,
                                              n_head, h0);

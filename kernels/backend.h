@@ -25,6 +25,8 @@ typedef struct backend_ops {
     size_t elem_size;  /* bytes per stored activation/weight element */
     int host_visible;  /* 1: backend buffers are host memory (CPU backend), so
                         * the disk engine may read and write them directly */
+    unsigned kv_formats; /* the KV cache formats the KV ops take: bit
+                          * (1u << f) for each kern_kv_fmt f (backend_kv_fmt_has) */
 
     void (*destroy)(void *ctx);
 
@@ -62,41 +64,35 @@ typedef struct backend_ops {
      * kern_kv_prefill_ref, kern_attn_decode_ref, kern_kv_insert_ref) on
      * backend buffers. seqs is host memory; colsum, scores, self_p are fp32
      * buffers, pos and evicted int32 buffers (alloc_f32 words); any of
-     * colsum, scores, self_p, evicted may be NULL as in kern.h. */
+     * colsum, scores, self_p, evicted may be NULL as in kern.h.
+     *
+     * The KV ops take the format of their caches kc, vc as an argument, fmt
+     * (kern.h's kern_kv_fmt), right before them: KERN_KV_FMT_PLAIN caches
+     * are (n_seq, n_head, cap, head_dim) of the storage type;
+     * KERN_KV_FMT_Q4 caches (compress_cache) are (n_seq, n_head, cap) rows
+     * of kern_q4_row_bytes(head_dim) bytes, and each op then equals the
+     * plain op over the dequantized cache with the rows it writes
+     * quantized. A format the backend does not have (kv_formats) is
+     * refused with -ENOTSUP and a message that names it. */
     int (*attn_prefill)(void *ctx, void *out, int ldo, const void *q, const void *k,
                         const void *v, int ld, const kern_seq *seqs, int n_seq,
                         int n_head, int head_dim, float scale, void *colsum);
-    int (*kv_prefill)(void *ctx, void *kc, void *vc, void *scores, void *pos,
+    int (*kv_prefill)(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *scores, void *pos,
                       const void *k, const void *v, int ld, const void *colsum,
                       const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap);
     int (*attn_decode)(void *ctx, void *out, int ldo, const void *q, const void *k,
-                       const void *v, int ld, const void *kc, const void *vc,
+                       const void *v, int ld, kern_kv_fmt fmt, const void *kc, const void *vc,
                        const kern_seq *seqs, int n_seq, int n_head, int head_dim,
                        int cap, float scale, void *scores, void *self_p);
-    int (*kv_insert)(void *ctx, void *kc, void *vc, void *scores, void *pos,
+    int (*kv_insert)(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *scores, void *pos,
                      const void *k, const void *v, int ld, const void *self_p,
                      const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
                      void *evicted);
-    /* ---- 4-bit compression (DESIGN.md compress_weight / compress_cache) ----
+    /* ---- 4-bit weights (DESIGN.md compress_weight) ----
      * dst(rows, n) in the storage type <- src: rows of kern_q4_row_bytes(n)
      * bytes (kern.h's format), both backend buffers (a compressed weight
      * matrix is expanded just before its GEMM). */
     int (*dequant_q4)(void *ctx, void *dst, const void *src, size_t rows, int n);
-    /* kv_prefill, attn_decode and kv_insert over 4-bit caches kc, vc
-     * ((n_seq, n_head, cap) rows of kern_q4_row_bytes(head_dim) bytes), same
-     * arguments otherwise. Each equals the plain op over the dequantized
-     * cache with the rows it writes quantized. */
-    int (*kv_prefill_q4)(void *ctx, void *kc, void *vc, void *scores, void *pos,
-                         const void *k, const void *v, int ld, const void *colsum,
-                         const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap);
-    int (*attn_decode_q4)(void *ctx, void *out, int ldo, const void *q, const void *k,
-                          const void *v, int ld, const void *kc, const void *vc,
-                          const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                          int cap, float scale, void *scores, void *self_p);
-    int (*kv_insert_q4)(void *ctx, void *kc, void *vc, void *scores, void *pos,
-                        const void *k, const void *v, int ld, const void *self_p,
-                        const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
-                        void *evicted);
     /* Sample one token per row of logits (n_rows, V) (storage type).
      * temperature, top_p, u: host (n_rows); tokens, logprobs: host out. */
     int (*sample)(void *ctx, const void *logits, int n_rows, int V,
@@ -148,6 +144,13 @@ typedef struct backend {
     const backend_ops *ops;
     void *ctx;
 } backend;
+
+/* 1 when the KV ops of o take caches of format fmt (a kern_kv_fmt), else
+ * 0: what a caller checks before it lays out caches in that format. */
+static inline int backend_kv_fmt_has(const backend_ops *o, int fmt)
+{
+    return fmt >= 0 && fmt < KERN_KV_FMTS && ((o->kv_formats >> fmt) & 1u);
+}
 
 /* Create the CPU backend (OpenBLAS + OpenMP, n_threads 0 = all cores).
  * @return 0, or -errno; destroy with backend_destroy(). */

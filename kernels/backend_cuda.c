@@ -55,12 +55,14 @@ static cu_status cu_blas(cublasStatus_t s)
                        cublasGetStatusString(s)};
 }
 
-/* kernels/ entry points return 0 or -errno and keep their reason. */
+/* kernels/ entry points return 0 or -errno and have recorded their reason
+ * through err_set(), which keeps that first message: CK's own record is
+ * then a no-op, and only stands in for a kernel that failed silently. */
 static cu_status cu_kernel(int rc)
 {
     if (rc >= 0)
         return (cu_status){0, NULL, NULL};
-    return (cu_status){rc, "CUDA kernel", kern_cuda_error()};
+    return (cu_status){rc, "CUDA kernel", "failed without a message"};
 }
 
 /* The one check of a CUDA runtime (cudaError_t), cuBLAS or cuBLASLt
@@ -561,85 +563,51 @@ static int cuda_attn_prefill(void *ctx, void *out, int ldo, const void *q, const
     return rc;
 }
 
-static int cuda_kv_prefill(void *ctx, void *kc, void *vc, void *scores, void *pos,
-                           const void *k, const void *v, int ld, const void *colsum,
+/* The KV ops: the kernels take the format (kern_kv_fmt) and refuse one
+ * they do not have. */
+static int cuda_kv_prefill(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *scores,
+                           void *pos, const void *k, const void *v, int ld, const void *colsum,
                            const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap)
 {
     cuda_ctx *c = ctx;
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
-    CK(kern_kv_prefill_cuda(kc, vc, scores, pos, k, v, ld, colsum, c->seqs.p, n_seq, n_head,
-                            head_dim, cap, max_of(seqs, n_seq, 0), c->stream));
+    CK(kern_kv_prefill_cuda(fmt, kc, vc, scores, pos, k, v, ld, colsum, c->seqs.p, n_seq,
+                            n_head, head_dim, cap, max_of(seqs, n_seq, 0), c->stream));
     return 0;
 }
 
 static int cuda_attn_decode(void *ctx, void *out, int ldo, const void *q, const void *k,
-                            const void *v, int ld, const void *kc, const void *vc,
-                            const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
-                            float scale, void *scores, void *self_p)
+                            const void *v, int ld, kern_kv_fmt fmt, const void *kc,
+                            const void *vc, const kern_seq *seqs, int n_seq, int n_head,
+                            int head_dim, int cap, float scale, void *scores, void *self_p)
 {
     cuda_ctx *c = ctx;
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
     FORWARD_IF(grow(&c->work, kern_attn_decode_work(n_seq, n_head, head_dim, cap)));
-    CK(kern_attn_decode_cuda(out, ldo, q, k, v, ld, kc, vc, c->seqs.p, n_seq, n_head, head_dim,
-                             cap, scale, scores, self_p, c->work.p, max_of(seqs, n_seq, 1),
-                             c->stream));
+    CK(kern_attn_decode_cuda(out, ldo, q, k, v, ld, fmt, kc, vc, c->seqs.p, n_seq, n_head,
+                             head_dim, cap, scale, scores, self_p, c->work.p,
+                             max_of(seqs, n_seq, 1), c->stream));
     return 0;
 }
 
-static int cuda_kv_insert(void *ctx, void *kc, void *vc, void *scores, void *pos, const void *k,
-                          const void *v, int ld, const void *self_p, const kern_seq *seqs,
-                          int n_seq, int n_head, int head_dim, int cap, void *evicted)
+static int cuda_kv_insert(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *scores,
+                          void *pos, const void *k, const void *v, int ld, const void *self_p,
+                          const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
+                          void *evicted)
 {
     cuda_ctx *c = ctx;
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
-    CK(kern_kv_insert_cuda(kc, vc, scores, pos, k, v, ld, self_p, c->seqs.p, n_seq, n_head,
+    CK(kern_kv_insert_cuda(fmt, kc, vc, scores, pos, k, v, ld, self_p, c->seqs.p, n_seq, n_head,
                            head_dim, cap, evicted, c->stream));
     return 0;
 }
 
-/* 4-bit compression: a compressed weight matrix is expanded into fp16
- * just before its GEMM; 4-bit KV has its own slot ops (kernels/q4.cu). */
+/* 4-bit weights: a compressed weight matrix is expanded into fp16 just
+ * before its GEMM. */
 static int cuda_dequant_q4(void *ctx, void *dst, const void *src, size_t rows, int n)
 {
     cuda_ctx *c = ctx;
     CK(kern_q4_dequant_cuda(dst, src, rows, n, c->stream));
-    return 0;
-}
-
-static int cuda_kv_prefill_q4(void *ctx, void *kc, void *vc, void *scores, void *pos,
-                              const void *k, const void *v, int ld, const void *colsum,
-                              const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap)
-{
-    cuda_ctx *c = ctx;
-    FORWARD_IF(stage_seqs(c, seqs, n_seq));
-    CK(kern_kv_prefill_q4_cuda(kc, vc, scores, pos, k, v, ld, colsum, c->seqs.p, n_seq, n_head,
-                               head_dim, cap, max_of(seqs, n_seq, 0), c->stream));
-    return 0;
-}
-
-static int cuda_attn_decode_q4(void *ctx, void *out, int ldo, const void *q, const void *k,
-                               const void *v, int ld, const void *kc, const void *vc,
-                               const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                               int cap, float scale, void *scores, void *self_p)
-{
-    cuda_ctx *c = ctx;
-    FORWARD_IF(stage_seqs(c, seqs, n_seq));
-    FORWARD_IF(grow(&c->work, kern_attn_decode_q4_work(n_seq, n_head, head_dim, cap)));
-    CK(kern_attn_decode_q4_cuda(out, ldo, q, k, v, ld, kc, vc, c->seqs.p, n_seq, n_head,
-                                head_dim, cap, scale, scores, self_p, c->work.p,
-                                max_of(seqs, n_seq, 1), c->stream));
-    return 0;
-}
-
-static int cuda_kv_insert_q4(void *ctx, void *kc, void *vc, void *scores, void *pos,
-                             const void *k, const void *v, int ld, const void *self_p,
-                             const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
-                             void *evicted)
-{
-    cuda_ctx *c = ctx;
-    FORWARD_IF(stage_seqs(c, seqs, n_seq));
-    CK(kern_kv_insert_q4_cuda(kc, vc, scores, pos, k, v, ld, self_p, c->seqs.p, n_seq, n_head,
-                              head_dim, cap, evicted, c->stream));
     return 0;
 }
 
@@ -783,6 +751,7 @@ static int cuda_event_sync(void *ctx, int ev)
 static const backend_ops cuda_ops = {
     .name = "cuda",
     .elem_size = 2,
+    .kv_formats = (1u << KERN_KV_FMT_PLAIN) | (1u << KERN_KV_FMT_Q4),
     .destroy = cuda_destroy,
     .alloc = cuda_alloc,
     .alloc_f32 = cuda_alloc_f32,
@@ -801,9 +770,6 @@ static const backend_ops cuda_ops = {
     .attn_decode = cuda_attn_decode,
     .kv_insert = cuda_kv_insert,
     .dequant_q4 = cuda_dequant_q4,
-    .kv_prefill_q4 = cuda_kv_prefill_q4,
-    .attn_decode_q4 = cuda_attn_decode_q4,
-    .kv_insert_q4 = cuda_kv_insert_q4,
     .sample = cuda_sample,
     .sync = cuda_sync,
     .host_alloc = cuda_host_alloc,

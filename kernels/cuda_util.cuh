@@ -1,7 +1,7 @@
 /* cuda_util.cuh: what every kernels/<op>.cu shares: the checking macro
  * that keeps the failing call as text, launch-geometry limits, fp16 vector
- * loads, and the
- * "group of lanes per row" dot product used by the attention kernels. */
+ * loads, and the "group of lanes per row" dot product used by the
+ * attention kernels. */
 #ifndef FH_CUDA_UTIL_CUH
 #define FH_CUDA_UTIL_CUH
 
@@ -10,36 +10,25 @@
 #include <errno.h>
 #include <stdint.h>
 
+#include "err.h"
 #include "kern.h"
 
-/* Record why a kernel entry point failed, as "file:line: message", for
- * kern_cuda_error(). This is the kernels' one error record: kernels/ depends
- * on nothing else of flexh2o, so it cannot use src/err.h; the CUDA backend
- * forwards the text into err_set() through its checking macro. */
-void kern_cuda_fail(const char *file, int line, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-/* The one check of a CUDA status: on failure record the call and the
- * reason and return -ENOMEM (out of device memory) or -EIO. */
-#define KCHECK(call)                                                                   \
+/* The one check of a CUDA status in the kernels' host code: on failure
+ * record, through err_set() like the rest of flexh2o, what failed (the call
+ * as text), in which function and where, and the reason, and return
+ * -ENOMEM (out of device memory) or -EIO. Arguments a kernel does not
+ * support are refused with err.h's RETURN_IF. */
+#define KCHECK_AS(call, what)                                                          \
     do {                                                                               \
         cudaError_t kc_e_ = (call);                                                    \
-        if (kc_e_ != cudaSuccess) {                                                    \
-            kern_cuda_fail(__FILE__, __LINE__, "%s: %s", #call, cudaGetErrorString(kc_e_)); \
-            return kc_e_ == cudaErrorMemoryAllocation ? -ENOMEM : -EIO;                \
-        }                                                                              \
+        RETURN_IF(kc_e_ != cudaSuccess, kc_e_ == cudaErrorMemoryAllocation ? -ENOMEM : -EIO, \
+                  "CUDA: %s in %s (%s:%d): %s", (what), __func__, __FILE__, __LINE__,  \
+                  cudaGetErrorString(kc_e_));                                          \
     } while (0)
-/* After a <<<launch>>>: configuration errors show up here. */
-#define KLAUNCHED() KCHECK(cudaGetLastError())
-/* Refuse arguments a kernel does not support (err.h's RETURN_IF for the
- * kernels' record). */
-#define KRETURN_IF(cond, code, ...)                                                    \
-    do {                                                                               \
-        if (cond) {                                                                    \
-            kern_cuda_fail(__FILE__, __LINE__, __VA_ARGS__);                           \
-            return (code);                                                             \
-        }                                                                              \
-    } while (0)
+#define KCHECK(call) KCHECK_AS(call, #call)
+/* After a <<<launch>>>: configuration errors show up here (and
+ * cudaGetLastError clears them, so they do not resurface later). */
+#define KLAUNCHED() KCHECK_AS(cudaGetLastError(), "the kernel launch")
 
 /* Launch geometry. gridDim.x may reach 2^31 - 1, gridDim.y only 65535:
  * kernels put the (sequence, head) pairs on x and loop over the y index
@@ -54,15 +43,21 @@ static inline unsigned kgrid_y(size_t n)
 }
 /* The (sequence, head) pairs of a call must fit gridDim.x and an int. */
 #define KCHECK_PAIRS(n_seq, n_head)                                                    \
-    KRETURN_IF((long long)(n_seq) * (n_head) > 0x7fffffffLL, -EINVAL,                  \
-               "%d sequences x %d heads is more than 2^31 - 1 (sequence, head) pairs " \
-               "in one call; lower the GPU batch size", (n_seq), (n_head))
+    RETURN_IF((long long)(n_seq) * (n_head) > 0x7fffffffLL, -EINVAL,                   \
+              "%d sequences x %d heads is more than 2^31 - 1 (sequence, head) pairs "  \
+              "in one call; lower the GPU batch size", (n_seq), (n_head))
 /* The head_dim limit of the attention kernels (a lane holds 8 values, a
  * warp at most 32 lanes per row). */
 #define KCHECK_HEAD_DIM(hd)                                                            \
-    KRETURN_IF((hd) % 8 || (hd) < 8 || (hd) > 256, -EINVAL,                            \
-               "head_dim %d is not supported by the CUDA attention kernels (a multiple " \
-               "of 8 from 8 to 256); use --device cpu", (hd))
+    RETURN_IF((hd) % 8 || (hd) < 8 || (hd) > 256, -EINVAL,                             \
+              "head_dim %d is not supported by the CUDA attention kernels (a multiple "  \
+              "of 8 from 8 to 256); use --device cpu", (hd))
+
+/* The KV ops take the formats of kern_kv_fmt; anything else is refused. */
+#define KCHECK_KV_FMT(fmt)                                                             \
+    RETURN_IF((unsigned)(fmt) >= KERN_KV_FMTS, -ENOTSUP,                               \
+              "the CUDA kernels have no KV cache format %d (they take plain fp16 and "  \
+              "4-bit caches)", (int)(fmt))
 
 static inline cudaStream_t kstream(void *s) { return (cudaStream_t)s; }
 static inline unsigned kblocks(size_t n, unsigned per) { return (unsigned)((n + per - 1) / per); }

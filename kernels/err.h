@@ -13,6 +13,10 @@
 #include <errno.h>
 #include <stdarg.h>
 
+#ifdef __cplusplus /* the CUDA kernels (the .cu files) record through it too */
+extern "C" {
+#endif
+
 /* Record the message of the current failure (printf format). The first
  * message set since the last err_clear() wins: it is the root cause. */
 void err_set(const char *file, int line, const char *fmt, ...)
@@ -29,6 +33,10 @@ void err_clear(void);
 typedef void (*err_log_fn)(const char *msg, void *ud);
 void err_set_log(err_log_fn fn, void *ud);
 void err_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#ifdef __cplusplus
+}
+#endif
 
 #define RETURN_IF(cond, code, ...)                          \
     do {                                                    \

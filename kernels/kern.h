@@ -86,6 +86,25 @@ typedef struct kern_seq {
     int32_t recent;  /* newest tokens never evicted (the new one included), >= 1 */
 } kern_seq;
 
+/* The row format of a KV slot cache: the `fmt` argument of the KV ops
+ * (kv_prefill, attn_decode, kv_insert) of the backends (backend.h) and of
+ * the CUDA kernels. A slot of a (sequence, head) is one row of head_dim
+ * values; a backend says which formats it takes in backend_ops.kv_formats
+ * and refuses the others (-ENOTSUP). */
+typedef enum kern_kv_fmt {
+    KERN_KV_FMT_PLAIN, /* head_dim elements of the backend's storage type (fp32 on
+                        * the CPU backend, fp16 on CUDA) */
+    KERN_KV_FMT_Q4,    /* kern_q4_row_bytes(head_dim) bytes of 4-bit groups
+                        * (compress_cache, the format below) */
+    KERN_KV_FMTS       /* how many formats there are */
+} kern_kv_fmt;
+
+/* "plain" or "4-bit", for messages; "unknown" for anything else. */
+static inline const char *kern_kv_fmt_name(int fmt)
+{
+    return fmt == KERN_KV_FMT_PLAIN ? "plain" : fmt == KERN_KV_FMT_Q4 ? "4-bit" : "unknown";
+}
+
 /* ---------------------------------------------------------------- CPU refs */
 
 /* out(n, d) = tok_emb[ids[i]] + pos_emb[pos[i] + KERN_OPT_POS_OFFSET].
@@ -253,16 +272,14 @@ void kern_kv_insert_q4(uint8_t *kc, uint8_t *vc, float *scores, int32_t *pos,
  * for fp32 / int32 device data; `seqs` of the CUDA ops is a device copy of
  * the kern_seq array (the host copy's maxima are passed as arguments).
  * stream is a cudaStream_t. Each returns 0; -EINVAL for a shape or buffer
- * it does not support (the message says which); -EIO, or -ENOMEM when the
- * device is out of memory, for a failed CUDA call. The reason is kept for
- * kern_cuda_error(). Any batch size fits the launch geometry: the ops take
- * up to 2^31 - 1 (sequence, head) pairs and prompts and caches of any
- * length. */
+ * it does not support (the message says which), -ENOTSUP for a KV format
+ * it does not know; -EIO, or -ENOMEM when the device is out of memory, for
+ * a failed CUDA call. The reason is recorded through err_set() (err.h),
+ * for a CUDA call as "CUDA: call in function (file:line): reason". Any
+ * batch size fits the launch geometry: the ops take up to 2^31 - 1
+ * (sequence, head) pairs and prompts and caches of any length. */
 
 int kern_cuda_available(void);
-/* Why the last failing CUDA op of this thread failed, as "file:line:
- * message" (for a CUDA call: "file:line: call: reason"). */
-const char *kern_cuda_error(void);
 /* Lower the y extent of the attention grids below CUDA's 65535 (0: back to
  * 65535). The kernels then loop over more y indices per block: the tests
  * run that loop with small shapes this way. Not thread-safe: set it before
@@ -311,21 +328,31 @@ int kern_prefill_softmax_cuda(const float *S, void *P, float *stats, int rows, i
 int kern_prefill_colsum_cuda(const float *S, const float *stats, float *colsum, int rows,
                              int cols, int i0, int heads, int row0, int n_head, int h0,
                              void *stream);
-/* kern_kv_prefill_ref. max_new: the largest n_new. */
-int kern_kv_prefill_cuda(void *kc, void *vc, float *scores, int32_t *pos,
+/* The slot-cache ops over caches kc, vc of format fmt: KERN_KV_FMT_PLAIN
+ * (n_seq, n_head, cap, head_dim) fp16, or KERN_KV_FMT_Q4 (n_seq, n_head,
+ * cap) rows of kern_q4_row_bytes(head_dim) bytes, 4-byte aligned. The
+ * 4-bit forms make the same selections and evictions, read the cache in
+ * place, and quantize new fp16 rows from their fp32 value: the blocks of
+ * kern_q4_quantize_h16, byte for byte (finite values). head_dim % 8 == 0;
+ * decode and the 4-bit writers also take head_dim <= 256 only (a short
+ * last 4-bit group is fine).
+ *
+ * kern_kv_prefill_ref (kern_kv_prefill_q4). max_new: the largest n_new. */
+int kern_kv_prefill_cuda(kern_kv_fmt fmt, void *kc, void *vc, float *scores, int32_t *pos,
                          const void *k, const void *v, int ld, const float *colsum,
                          const kern_seq *seqs, int n_seq, int n_head, int head_dim,
                          int cap, int max_new, void *stream);
-/* kern_attn_decode_ref (split over chunks of slots, flash-decoding style).
- * work: kern_attn_decode_work() bytes; max_slots: the largest n_slots. */
+/* kern_attn_decode_ref (kern_attn_decode_q4), split over chunks of slots,
+ * flash-decoding style. work: kern_attn_decode_work() bytes, the same for
+ * both formats; max_slots: the largest n_slots. */
 size_t kern_attn_decode_work(int n_seq, int n_head, int head_dim, int cap);
 int kern_attn_decode_cuda(void *out, int ldo, const void *q, const void *k,
-                          const void *v, int ld, const void *kc, const void *vc,
-                          const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                          int cap, float scale, float *scores, float *self_p,
+                          const void *v, int ld, kern_kv_fmt fmt, const void *kc,
+                          const void *vc, const kern_seq *seqs, int n_seq, int n_head,
+                          int head_dim, int cap, float scale, float *scores, float *self_p,
                           void *work, int max_slots, void *stream);
-/* kern_kv_insert_ref, one warp per (sequence, head). */
-int kern_kv_insert_cuda(void *kc, void *vc, float *scores, int32_t *pos,
+/* kern_kv_insert_ref (kern_kv_insert_q4), one warp per (sequence, head). */
+int kern_kv_insert_cuda(kern_kv_fmt fmt, void *kc, void *vc, float *scores, int32_t *pos,
                         const void *k, const void *v, int ld, const float *self_p,
                         const kern_seq *seqs, int n_seq, int n_head, int head_dim,
                         int cap, int32_t *evicted, void *stream);
@@ -338,34 +365,11 @@ int kern_sample_cuda(const void *logits, int n_rows, int V, const float *tempera
                      const float *top_p, const double *u, int32_t *tokens,
                      float *logprobs, void *work, int any_sampled, void *stream);
 
-/* 4-bit compression (kernels/q4.cu). Results equal the CPU ops': values
- * dequantized bit for bit, blocks written byte for byte (finite inputs). */
-/* dst(rows, n) fp16 <- src(rows, kern_q4_row_bytes(n)): the fp32 value of
- * kern_q4_dequant_ref rounded to fp16 (a weight matrix before its GEMM).
- * Any n and alignment; fast when n % 8 == 0, dst 16- and src 4-byte
- * aligned. */
+/* 4-bit weights (kernels/q4.cu): dst(rows, n) fp16 <- src(rows,
+ * kern_q4_row_bytes(n)): the fp32 value of kern_q4_dequant_ref, bit for
+ * bit, rounded to fp16 (a weight matrix before its GEMM). Any n and
+ * alignment; fast when n % 8 == 0, dst 16- and src 4-byte aligned. */
 int kern_q4_dequant_cuda(void *dst, const void *src, size_t rows, int n, void *stream);
-/* kern_kv_prefill_cuda, kern_attn_decode_cuda and kern_kv_insert_cuda over
- * 4-bit caches kc, vc ((n_seq, n_head, cap) rows of
- * kern_q4_row_bytes(head_dim) bytes): the same selections and evictions,
- * new fp16 rows quantized from their fp32 value; decode reads the cache in
- * place. head_dim % 8 == 0, head_dim <= 256 (a short last group is fine);
- * kc, vc 4-byte aligned (-EINVAL otherwise). work of decode:
- * kern_attn_decode_q4_work() bytes. */
-int kern_kv_prefill_q4_cuda(void *kc, void *vc, float *scores, int32_t *pos,
-                            const void *k, const void *v, int ld, const float *colsum,
-                            const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                            int cap, int max_new, void *stream);
-size_t kern_attn_decode_q4_work(int n_seq, int n_head, int head_dim, int cap);
-int kern_attn_decode_q4_cuda(void *out, int ldo, const void *q, const void *k,
-                             const void *v, int ld, const void *kc, const void *vc,
-                             const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                             int cap, float scale, float *scores, float *self_p,
-                             void *work, int max_slots, void *stream);
-int kern_kv_insert_q4_cuda(void *kc, void *vc, float *scores, int32_t *pos,
-                           const void *k, const void *v, int ld, const float *self_p,
-                           const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                           int cap, int32_t *evicted, void *stream);
 
 #ifdef __cplusplus
 }

@@ -1,7 +1,20 @@
-/* kv_slots.cu: writing the slot caches: the prompt's kept tokens after
- * prefill, and the new token of a decode step into a free or evicted slot
- * (H2O eviction, where the scores live: no host round trip). */
-#include "cuda_util.cuh"
+/* kv_slots.cu: writing the slot caches, in either format (kern_kv_fmt):
+ * the prompt's kept tokens after prefill, and the new token of a decode
+ * step into a free or evicted slot (H2O eviction, where the scores live:
+ * no host round trip). Which slots is kv_select.cuh's, the same for every
+ * format; how a row is written is the format's writer below, which the
+ * two kernels are templated on:
+ *
+ *   h16_slots      fp16 rows (KERN_KV_FMT_PLAIN): 16-byte copies
+ *   q4_slots<L>    4-bit rows (KERN_KV_FMT_Q4): a group of L lanes quantizes
+ *                  a row (q4.cuh), 8 lanes per block of the row
+ *
+ *   put_tile(kc, vc, ...)  the K and V rows of a tile's kept tokens, by a
+ *                          block of threads
+ *   put_row(c, ...)        one row, by a warp
+ */
+#include "kv_select.cuh"
+#include "q4.cuh"
 
 #define KVP_THREADS 256
 /* Tokens whose slots a block holds at once (8 KiB of shared memory): a
@@ -9,15 +22,81 @@
  * carried from one tile to the next. */
 #define KVP_TILE 2048
 
-/* One block per (sequence, head). Which prompt tokens are kept: all when
- * they fit the budget, else the first sinks, the last recent, and the heavy
- * highest column sums of the rest, ties keeping the newer token (rank of j
- * = how many middle tokens beat it; it depends on no other token's flag, so
- * tiles of tokens are independent). Then each kept token j goes to slot
- * (number of kept tokens before j), in position order, as the reference. */
-__global__ void kv_prefill(__half *kc, __half *vc, float *scores, int32_t *pos, const __half *k,
+/* ------------------------------------------------------------ writers */
+
+/* fp16 rows of hd values; row i at c + i * hd. */
+struct h16_slots {
+    __half *c;
+    int hd;
+};
+
+/* 4-bit rows of hd values, rw 32-bit words each; row i at c + i * rw. L:
+ * the lanes that write a row in put_tile (8 per block of the row). */
+template <int L>
+struct q4_slots {
+    uint32_t *c;
+    int hd, rw;
+};
+
+/* The kept tokens' rows of a tile (slot_of of kv_keep_tile, tn tokens)
+ * into slots base + slot_of[jj], from the tile's first K and V rows k, v
+ * (row stride ld): one thread per 16 bytes of a row. */
+__device__ __forceinline__ void put_tile(h16_slots kc, h16_slots vc, const int *slot_of, int tn,
+                                         const __half *k, const __half *v, int ld, size_t base)
+{
+    int hd8 = kc.hd / 8;
+    for (int x = threadIdx.x; x < tn * hd8; x += blockDim.x) {
+        int jj = x / hd8, c = x % hd8, slot = slot_of[jj];
+        if (slot < 0)
+            continue;
+        size_t src = (size_t)jj * ld + c * 8, dst = (base + slot) * kc.hd + c * 8;
+        *(uint4 *)(kc.c + dst) = *(const uint4 *)(k + src);
+        *(uint4 *)(vc.c + dst) = *(const uint4 *)(v + src);
+    }
+}
+
+/* The same for 4-bit rows: each group of L lanes quantizes a kept token's
+ * K and V rows into its slot. */
+template <int L>
+__device__ __forceinline__ void put_tile(q4_slots<L> kc, q4_slots<L> vc, const int *slot_of,
+                                         int tn, const __half *k, const __half *v, int ld,
+                                         size_t base)
+{
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, grp = lane / L, gl = lane % L;
+    const int R = 32 / L, NW = KVP_THREADS / 32;
+    for (int j0 = warp * R; j0 < tn; j0 += NW * R) { /* warp-uniform: q4_put_row shuffles */
+        int jj = j0 + grp, slot = jj < tn ? slot_of[jj] : -1;
+        bool put = slot >= 0;
+        size_t src = (size_t)(put ? jj : 0) * ld, dst = (base + (put ? slot : 0)) * kc.rw;
+        q4_put_row<L>(kc.c + dst, k + src, kc.hd, gl, put);
+        q4_put_row<L>(vc.c + dst, v + src, vc.hd, gl, put);
+    }
+}
+
+/* Row `row` of c <- the fp16 row src, by the 32 lanes of a warp. */
+__device__ __forceinline__ void put_row(h16_slots c, size_t row, const __half *src, int lane)
+{
+    for (int x = lane; x < c.hd / 8; x += 32)
+        *(uint4 *)(c.c + row * c.hd + x * 8) = *(const uint4 *)(src + x * 8);
+}
+
+/* The same for a 4-bit row, quantized by the whole warp (lane o owns octet
+ * o; head_dim <= 256 is at most 32 octets). */
+template <int L>
+__device__ __forceinline__ void put_row(q4_slots<L> c, size_t row, const __half *src, int lane)
+{
+    q4_put_row<32>(c.c + row * c.rw, src, c.hd, lane, true);
+}
+
+/* ------------------------------------------------------------- prefill */
+
+/* One block per (sequence, head): tile by tile, the kept tokens and their
+ * slots (kv_keep_tile), their K and V rows (put_tile), their positions and
+ * scores (the column sums). */
+template <class S>
+__global__ void kv_prefill(S kc, S vc, float *scores, int32_t *pos, const __half *k,
                            const __half *v, int ld, const float *colsum, const kern_seq *seqs,
-                           int n_head, int hd, int cap)
+                           int n_head, int cap)
 {
     __shared__ int slot_of[KVP_TILE]; /* slot of token t0 + jj, or -1 */
     int pair = blockIdx.x, s = pair / n_head, h = pair % n_head;
@@ -25,115 +104,96 @@ __global__ void kv_prefill(__half *kc, __half *vc, float *scores, int32_t *pos, 
     int n = sq.n_new;
     if (n == 0)
         return;
-    int heavy = sq.budget - sq.sinks - sq.recent, lo = sq.sinks, hi = n - sq.recent;
     const float *cs = colsum ? colsum + (size_t)sq.row * n_head + h : NULL;
     size_t base = (size_t)pair * cap;
-    int hd8 = hd / 8, next = 0; /* next: slots taken so far (thread 0's count) */
+    int next = 0; /* slots taken so far (thread 0's count) */
     for (int t0 = 0; t0 < n; t0 += KVP_TILE) {
         int tn = min(KVP_TILE, n - t0);
+        kv_keep_tile(slot_of, sq, cs, n_head, t0, tn, &next);
+        size_t row = (size_t)(sq.row + t0) * ld + (size_t)h * kc.hd;
+        put_tile(kc, vc, slot_of, tn, k + row, v + row, ld, base);
         for (int jj = threadIdx.x; jj < tn; jj += blockDim.x) {
-            int j = t0 + jj, keep = n <= sq.budget || j < lo || j >= hi;
-            if (!keep) {
-                float cj = cs ? cs[(size_t)j * n_head] : 0.0f;
-                int rank = 0;
-                for (int i = lo; i < hi && rank < heavy; i++) {
-                    float ci = cs ? cs[(size_t)i * n_head] : 0.0f;
-                    rank += ci > cj || (ci == cj && i > j);
-                }
-                keep = rank < heavy;
-            }
-            slot_of[jj] = keep;
-        }
-        __syncthreads(); /* keep flags of the tile complete before the prefix count */
-        if (threadIdx.x == 0)
-            for (int jj = 0; jj < tn; jj++)
-                slot_of[jj] = slot_of[jj] && next < sq.budget ? next++ : -1;
-        __syncthreads(); /* slots assigned before the copies */
-        for (int x = threadIdx.x; x < tn * hd8; x += blockDim.x) {
-            int jj = x / hd8, c = x % hd8, slot = slot_of[jj], j = t0 + jj;
+            int slot = slot_of[jj], j = t0 + jj;
             if (slot < 0)
                 continue;
-            size_t src = (size_t)(sq.row + j) * ld + (size_t)h * hd + c * 8;
-            size_t dst = (base + slot) * hd + c * 8;
-            *(uint4 *)(kc + dst) = *(const uint4 *)(k + src);
-            *(uint4 *)(vc + dst) = *(const uint4 *)(v + src);
-            if (c == 0) {
-                pos[base + slot] = j;
-                if (scores)
-                    scores[base + slot] = cs ? cs[(size_t)j * n_head] : 0.0f;
-            }
+            pos[base + slot] = j;
+            if (scores)
+                scores[base + slot] = cs ? cs[(size_t)j * n_head] : 0.0f;
         }
         if (t0 + KVP_TILE < n) /* block-uniform */
             __syncthreads(); /* slot_of read by all before the next tile rewrites it */
     }
 }
 
-extern "C" int kern_kv_prefill_cuda(void *kc, void *vc, float *scores, int32_t *pos,
-                                    const void *k, const void *v, int ld, const float *colsum,
-                                    const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                                    int cap, int max_new, void *stream)
+template <class S>
+static int launch_prefill(S kc, S vc, float *scores, int32_t *pos, const void *k, const void *v,
+                          int ld, const float *colsum, const kern_seq *seqs, int n_seq,
+                          int n_head, int cap, cudaStream_t st)
 {
-    if (n_seq == 0 || max_new == 0)
-        return 0;
-    KRETURN_IF(head_dim % 8, -EINVAL, "KV prefill: head_dim %d is not a multiple of 8",
-               head_dim);
-    KCHECK_PAIRS(n_seq, n_head);
-    kv_prefill<<<(unsigned)(n_seq * n_head), KVP_THREADS, 0, kstream(stream)>>>(
-        (__half *)kc, (__half *)vc, scores, pos, (const __half *)k, (const __half *)v, ld, colsum,
-        seqs, n_head, head_dim, cap);
+    kv_prefill<S><<<(unsigned)(n_seq * n_head), KVP_THREADS, 0, st>>>(
+        kc, vc, scores, pos, (const __half *)k, (const __half *)v, ld, colsum, seqs, n_head,
+        cap);
     KLAUNCHED();
     return 0;
 }
 
-/* One warp per (sequence, head). The victim is the evictable slot (not a
- * sink, not among the recent newest) with the lowest score, ties to the
- * older position; a warp argmin, then the warp copies the new K/V row. */
-__global__ void kv_insert(__half *kc, __half *vc, float *scores, int32_t *pos, const __half *k,
+/* 4-bit caches: L lanes per row, 8 per block of the row (Q4_DISPATCH_L). */
+template <int L>
+static int launch_prefill_q4(void *kc, void *vc, float *scores, int32_t *pos, const void *k,
+                             const void *v, int ld, const float *colsum, const kern_seq *seqs,
+                             int n_seq, int n_head, int hd, int cap, cudaStream_t st)
+{
+    int rw = q4_row_words(hd);
+    q4_slots<L> ks = {(uint32_t *)kc, hd, rw}, vs = {(uint32_t *)vc, hd, rw};
+    return launch_prefill(ks, vs, scores, pos, k, v, ld, colsum, seqs, n_seq, n_head, cap, st);
+}
+
+#define Q4_DISPATCH_L(hd, F, ...)                                                      \
+    ((hd) <= 64 ? F<8>(__VA_ARGS__) : (hd) <= 128 ? F<16>(__VA_ARGS__) : F<32>(__VA_ARGS__))
+
+extern "C" int kern_kv_prefill_cuda(kern_kv_fmt fmt, void *kc, void *vc, float *scores,
+                                    int32_t *pos, const void *k, const void *v, int ld,
+                                    const float *colsum, const kern_seq *seqs, int n_seq,
+                                    int n_head, int head_dim, int cap, int max_new, void *stream)
+{
+    KCHECK_KV_FMT(fmt);
+    if (n_seq == 0 || max_new == 0)
+        return 0;
+    cudaStream_t st = kstream(stream);
+    if (fmt == KERN_KV_FMT_Q4) {
+        KCHECK_HEAD_DIM(head_dim);
+        KCHECK_PAIRS(n_seq, n_head);
+        KCHECK_Q4_CACHES(kc, vc);
+        return Q4_DISPATCH_L(head_dim, launch_prefill_q4, kc, vc, scores, pos, k, v, ld, colsum,
+                             seqs, n_seq, n_head, head_dim, cap, st);
+    }
+    RETURN_IF(head_dim % 8, -EINVAL, "KV prefill: head_dim %d is not a multiple of 8", head_dim);
+    KCHECK_PAIRS(n_seq, n_head);
+    h16_slots ks = {(__half *)kc, head_dim}, vs = {(__half *)vc, head_dim};
+    return launch_prefill(ks, vs, scores, pos, k, v, ld, colsum, seqs, n_seq, n_head, cap, st);
+}
+
+/* -------------------------------------------------------------- insert */
+
+/* One warp per (sequence, head): the slot (kv_insert_slot: free, or the
+ * H2O victim), then the warp writes the new K and V rows there. */
+template <class S>
+__global__ void kv_insert(S kc, S vc, float *scores, int32_t *pos, const __half *k,
                           const __half *v, int ld, const float *self_p, const kern_seq *seqs,
-                          int n_seq, int n_head, int hd, int cap, int32_t *evicted)
+                          int n_seq, int n_head, int cap, int32_t *evicted)
 {
     int pair = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (pair >= n_seq * n_head)
-        return;
+        return; /* whole warp */
     int s = pair / n_head, h = pair % n_head;
     kern_seq sq = seqs[s];
     if (sq.n_new == 0)
-        return;
+        return; /* whole warp */
     size_t base = (size_t)pair * cap;
-    int slot = sq.n_slots, gone = -1;
-    if (slot >= sq.budget) {
-        int best = -1;
-        float bs = 0.0f;
-        int bp = 0;
-        for (int i = lane; i < sq.n_slots; i += 32) {
-            int p = pos[base + i];
-            if (p < sq.sinks || p > sq.n_past - sq.recent)
-                continue;
-            float si = scores ? scores[base + i] : 0.0f;
-            if (best < 0 || si < bs || (si == bs && p < bp)) {
-                best = i;
-                bs = si;
-                bp = p;
-            }
-        }
-        for (int off = 16; off > 0; off /= 2) {
-            int ob = __shfl_xor_sync(0xffffffffu, best, off);
-            float os = __shfl_xor_sync(0xffffffffu, bs, off);
-            int op = __shfl_xor_sync(0xffffffffu, bp, off);
-            if (ob >= 0 && (best < 0 || os < bs || (os == bs && op < bp))) {
-                best = ob;
-                bs = os;
-                bp = op;
-            }
-        }
-        slot = best; /* >= 0: sinks + recent - 1 < budget slots are protected */
-        gone = bp;
-    }
-    size_t src = (size_t)sq.row * ld + (size_t)h * hd, dst = (base + slot) * hd;
-    for (int c = lane; c < hd / 8; c += 32) {
-        *(uint4 *)(kc + dst + c * 8) = *(const uint4 *)(k + src + c * 8);
-        *(uint4 *)(vc + dst + c * 8) = *(const uint4 *)(v + src + c * 8);
-    }
+    int gone, slot = kv_insert_slot(scores ? scores + base : NULL, pos + base, sq, lane, &gone);
+    size_t src = (size_t)sq.row * ld + (size_t)h * kc.hd;
+    put_row(kc, base + slot, k + src, lane);
+    put_row(vc, base + slot, v + src, lane);
     if (lane == 0) {
         pos[base + slot] = sq.n_past;
         if (scores)
@@ -143,20 +203,41 @@ __global__ void kv_insert(__half *kc, __half *vc, float *scores, int32_t *pos, c
     }
 }
 
-extern "C" int kern_kv_insert_cuda(void *kc, void *vc, float *scores, int32_t *pos,
-                                   const void *k, const void *v, int ld, const float *self_p,
-                                   const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                                   int cap, int32_t *evicted, void *stream)
+template <class S>
+static int launch_insert(S kc, S vc, float *scores, int32_t *pos, const void *k, const void *v,
+                         int ld, const float *self_p, const kern_seq *seqs, int n_seq,
+                         int n_head, int cap, int32_t *evicted, cudaStream_t st)
 {
-    if (n_seq == 0 || n_head == 0)
-        return 0;
-    KRETURN_IF(head_dim % 8, -EINVAL, "KV insert: head_dim %d is not a multiple of 8",
-               head_dim);
-    KCHECK_PAIRS(n_seq, n_head);
     int pairs = n_seq * n_head;
-    kv_insert<<<kblocks((size_t)pairs, 4), 128, 0, kstream(stream)>>>(
-        (__half *)kc, (__half *)vc, scores, pos, (const __half *)k, (const __half *)v, ld,
-        self_p, seqs, n_seq, n_head, head_dim, cap, evicted);
+    kv_insert<S><<<kblocks((size_t)pairs, 4), 128, 0, st>>>(
+        kc, vc, scores, pos, (const __half *)k, (const __half *)v, ld, self_p, seqs, n_seq,
+        n_head, cap, evicted);
     KLAUNCHED();
     return 0;
+}
+
+extern "C" int kern_kv_insert_cuda(kern_kv_fmt fmt, void *kc, void *vc, float *scores,
+                                   int32_t *pos, const void *k, const void *v, int ld,
+                                   const float *self_p, const kern_seq *seqs, int n_seq,
+                                   int n_head, int head_dim, int cap, int32_t *evicted,
+                                   void *stream)
+{
+    KCHECK_KV_FMT(fmt);
+    if (n_seq == 0 || n_head == 0)
+        return 0;
+    cudaStream_t st = kstream(stream);
+    if (fmt == KERN_KV_FMT_Q4) {
+        KCHECK_HEAD_DIM(head_dim);
+        KCHECK_PAIRS(n_seq, n_head);
+        KCHECK_Q4_CACHES(kc, vc);
+        int rw = q4_row_words(head_dim);
+        q4_slots<32> ks = {(uint32_t *)kc, head_dim, rw}, vs = {(uint32_t *)vc, head_dim, rw};
+        return launch_insert(ks, vs, scores, pos, k, v, ld, self_p, seqs, n_seq, n_head, cap,
+                             evicted, st);
+    }
+    RETURN_IF(head_dim % 8, -EINVAL, "KV insert: head_dim %d is not a multiple of 8", head_dim);
+    KCHECK_PAIRS(n_seq, n_head);
+    h16_slots ks = {(__half *)kc, head_dim}, vs = {(__half *)vc, head_dim};
+    return launch_insert(ks, vs, scores, pos, k, v, ld, self_p, seqs, n_seq, n_head, cap,
+                         evicted, st);
 }

@@ -233,7 +233,7 @@ extern "C" int kern_sample_cuda(const void *logits, int n_rows, int V, const flo
 {
     if (n_rows == 0)
         return 0;
-    KRETURN_IF(V <= 0, -EINVAL, "sampling over a vocabulary of %d tokens", V);
+    RETURN_IF(V <= 0, -EINVAL, "sampling over a vocabulary of %d tokens", V);
     cudaStream_t st = kstream(stream);
     sample_work w = carve_sample(work, n_rows, V);
     int g_max = group_rows(n_rows, V);

@@ -3,9 +3,9 @@
  *
  * A segment on the GPU tier (or staged there) runs the backend's slot ops.
  * A segment whose cache is host memory on a backend whose buffers are not
- * (CPU attention on CUDA) runs the same ops as CPU threads (kern_*_h16 /
- * _q4) over the cache in place: the q/k/v rows of its sequences come down,
- * the attention output goes back up. This is a scheduling decision (where
+ * (CPU attention on CUDA) runs the same ops as CPU threads over the cache
+ * in place (kern_*_h16, or kern_*_q4 for 4-bit caches): the q/k/v rows of
+ * its sequences come down, the attention output goes back up. This is a scheduling decision (where
  * the KV lives), so it is made here and not in the model.
  */
 #include <math.h>
@@ -49,22 +49,24 @@ static int host_segment(const sched_pass *p, const sched_kv *g, const void *qkv,
                                        (const char *)sc->colsum + (size_t)r0 * H * 4, rows * H));
             cs = sc->h_colsum;
         }
-        int rc = g->q4 ? kern_kv_prefill_q4(g->kc, g->vc, g->scores, g->pos, k, v, ld, cs,
-                                            sc->h_seqs, g->n, H, hd, cap)
-                       : kern_kv_prefill_h16(g->kc, g->vc, g->scores, g->pos, k, v, ld, cs,
-                                             sc->h_seqs, g->n, H, hd, cap);
+        int rc = g->fmt == KERN_KV_FMT_Q4
+                     ? kern_kv_prefill_q4(g->kc, g->vc, g->scores, g->pos, k, v, ld, cs,
+                                          sc->h_seqs, g->n, H, hd, cap)
+                     : kern_kv_prefill_h16(g->kc, g->vc, g->scores, g->pos, k, v, ld, cs,
+                                           sc->h_seqs, g->n, H, hd, cap);
         RETURN_IF(rc < 0, rc, "out of host memory for the scratch of CPU attention's KV "
                   "prefill; lower --gpu-batch-size or the prompt length");
         return 0;
     }
     int32_t *ev = p->evicted ? sc->h_ev : NULL;
-    int rc = g->q4 ? kern_attn_decode_q4(sc->h_att, d, q, k, v, ld, g->kc, g->vc, sc->h_seqs,
-                                         g->n, H, hd, cap, scale, g->scores, sc->h_self)
-                   : kern_attn_decode_h16(sc->h_att, d, q, k, v, ld, g->kc, g->vc, sc->h_seqs,
-                                          g->n, H, hd, cap, scale, g->scores, sc->h_self);
+    int rc = g->fmt == KERN_KV_FMT_Q4
+                 ? kern_attn_decode_q4(sc->h_att, d, q, k, v, ld, g->kc, g->vc, sc->h_seqs,
+                                       g->n, H, hd, cap, scale, g->scores, sc->h_self)
+                 : kern_attn_decode_h16(sc->h_att, d, q, k, v, ld, g->kc, g->vc, sc->h_seqs,
+                                        g->n, H, hd, cap, scale, g->scores, sc->h_self);
     RETURN_IF(rc < 0, rc, "out of host memory for the scratch of CPU decode attention; lower "
               "--gpu-batch-size");
-    if (g->q4)
+    if (g->fmt == KERN_KV_FMT_Q4)
         kern_kv_insert_q4(g->kc, g->vc, g->scores, g->pos, k, v, ld, sc->h_self, sc->h_seqs,
                           g->n, H, hd, cap, ev);
     else
@@ -104,18 +106,15 @@ int sched_attend(const sched_pass *p, const void *qkv, void *att)
             FORWARD_IF(host_segment(p, g, qkv, att, scale));
             continue;
         }
-        /* 4-bit caches (compress_cache) have their own ops, same arguments */
+        /* the segment's cache format (4-bit with compress_cache) goes with its caches */
         if (p->kind == SCHED_PASS_PREFILL) {
-            FORWARD_IF((g->q4 ? o->kv_prefill_q4 : o->kv_prefill)(
-                ctx, g->kc, g->vc, g->scores, g->pos, k, v, ld, sc->colsum, sq, g->n, H, hd,
-                cap));
+            FORWARD_IF(o->kv_prefill(ctx, g->fmt, g->kc, g->vc, g->scores, g->pos, k, v, ld,
+                                     sc->colsum, sq, g->n, H, hd, cap));
         } else if (p->kind == SCHED_PASS_DECODE) {
-            FORWARD_IF((g->q4 ? o->attn_decode_q4 : o->attn_decode)(
-                ctx, att, d, q, k, v, ld, g->kc, g->vc, sq, g->n, H, hd, cap, scale,
-                g->scores, self_p));
-            FORWARD_IF((g->q4 ? o->kv_insert_q4 : o->kv_insert)(
-                ctx, g->kc, g->vc, g->scores, g->pos, k, v, ld, self_p, sq, g->n, H, hd, cap,
-                ev));
+            FORWARD_IF(o->attn_decode(ctx, att, d, q, k, v, ld, g->fmt, g->kc, g->vc, sq, g->n,
+                                      H, hd, cap, scale, g->scores, self_p));
+            FORWARD_IF(o->kv_insert(ctx, g->fmt, g->kc, g->vc, g->scores, g->pos, k, v, ld,
+                                    self_p, sq, g->n, H, hd, cap, ev));
         }
     }
     return 0;

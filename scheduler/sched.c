@@ -205,9 +205,9 @@ int sched_create(backend *be, const sched_model *m, const sched_policy *p,
     const backend_ops *o = be->ops;
     RETURN_IF(p->compress_weight && !o->dequant_q4, -ENOTSUP, "--compress-weight is not "
               "available on the %s backend; drop it or use --device cpu", o->name);
-    RETURN_IF(p->compress_cache && !(o->kv_prefill_q4 && o->attn_decode_q4 && o->kv_insert_q4),
-              -ENOTSUP, "--compress-cache is not available on the %s backend; drop it or "
-              "use --device cpu", o->name);
+    RETURN_IF(p->compress_cache && !backend_kv_fmt_has(o, KERN_KV_FMT_Q4), -ENOTSUP,
+              "--compress-cache is not available on the %s backend; drop it or use --device cpu",
+              o->name);
 
     sched *s = calloc(1, sizeof *s);
     RETURN_IF(!s, -ENOMEM, "out of memory");

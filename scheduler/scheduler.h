@@ -192,8 +192,8 @@ typedef struct sched_kv {
                      * (CUDA with CPU attention): attention and cache writes run on
                      * CPU threads over the cache in place; only q/k/v rows and the
                      * attention output cross the link */
-    int q4;         /* kc, vc are 4-bit rows (compress_cache): kern_q4_row_bytes(head_dim)
-                     * bytes per slot */
+    kern_kv_fmt fmt; /* the row format of kc, vc: KERN_KV_FMT_Q4 (compress_cache,
+                      * kern_q4_row_bytes(head_dim) bytes per slot) or KERN_KV_FMT_PLAIN */
 } sched_kv;
 
 /* Per-pass scratch on the backend, sized from the plan, shared by the

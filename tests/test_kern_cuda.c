@@ -249,11 +249,13 @@ static void prefill_step(const char *tag, const float *qkv, const kern_seq *seqs
     size_t slots = (size_t)n_seq * H * cap;
     pair kc = put(NULL, slots * hd), vc = put(NULL, slots * hd);
     pair sc = put_words(NULL, slots), ps = put_words(NULL, slots);
-    cr_assert_eq(cpu.ops->kv_prefill(cpu.ctx, kc.c, vc.c, sc.c, ps.c, qc + 4 * (size_t)d,
-                                     qc + 8 * (size_t)d, 3 * d, cs.c, seqs, n_seq, H, hd, cap),
+    cr_assert_eq(cpu.ops->kv_prefill(cpu.ctx, KERN_KV_FMT_PLAIN, kc.c, vc.c, sc.c, ps.c,
+                                     qc + 4 * (size_t)d, qc + 8 * (size_t)d, 3 * d, cs.c, seqs,
+                                     n_seq, H, hd, cap),
                  0, "%s", err_msg());
-    cr_assert_eq(gpu.ops->kv_prefill(gpu.ctx, kc.g, vc.g, sc.g, ps.g, qg + 2 * (size_t)d,
-                                     qg + 4 * (size_t)d, 3 * d, cs.g, seqs, n_seq, H, hd, cap),
+    cr_assert_eq(gpu.ops->kv_prefill(gpu.ctx, KERN_KV_FMT_PLAIN, kc.g, vc.g, sc.g, ps.g,
+                                     qg + 2 * (size_t)d, qg + 4 * (size_t)d, 3 * d, cs.g, seqs,
+                                     n_seq, H, hd, cap),
                  0, "%s: %s", tag, err_msg());
     snprintf(what, sizeof what, "%s kv_prefill K", tag);
     expect_close(what, kc, 0, 0);
@@ -268,12 +270,14 @@ static void prefill_step(const char *tag, const float *qkv, const kern_seq *seqs
         size_t rb = kern_q4_row_bytes(hd);
         pair kq = put_q4(NULL, slots * rb), vq = put_q4(NULL, slots * rb);
         pair sq = put_words(NULL, slots), pq = put_words(NULL, slots);
-        cr_assert_eq(cpu.ops->kv_prefill_q4(cpu.ctx, kq.c, vq.c, sq.c, pq.c, qc + 4 * (size_t)d,
-                                            qc + 8 * (size_t)d, 3 * d, cs.c, seqs, n_seq, H, hd,
-                                            cap), 0, "%s", err_msg());
-        cr_assert_eq(gpu.ops->kv_prefill_q4(gpu.ctx, kq.g, vq.g, sq.g, pq.g, qg + 2 * (size_t)d,
-                                            qg + 4 * (size_t)d, 3 * d, cs.g, seqs, n_seq, H, hd,
-                                            cap), 0, "%s: %s", tag, err_msg());
+        cr_assert_eq(cpu.ops->kv_prefill(cpu.ctx, KERN_KV_FMT_Q4, kq.c, vq.c, sq.c, pq.c,
+                                         qc + 4 * (size_t)d, qc + 8 * (size_t)d, 3 * d, cs.c,
+                                         seqs, n_seq, H, hd, cap),
+                     0, "%s", err_msg());
+        cr_assert_eq(gpu.ops->kv_prefill(gpu.ctx, KERN_KV_FMT_Q4, kq.g, vq.g, sq.g, pq.g,
+                                         qg + 2 * (size_t)d, qg + 4 * (size_t)d, 3 * d, cs.g,
+                                         seqs, n_seq, H, hd, cap),
+                     0, "%s: %s", tag, err_msg());
         snprintf(what, sizeof what, "%s q4 kv_prefill K", tag);
         expect_equal_q4(what, kq, rb);
         snprintf(what, sizeof what, "%s q4 kv_prefill V", tag);
@@ -322,11 +326,13 @@ static void decode_step(const char *tag, pair K, pair Vv, pair sc, pair ps, cons
     float scale = 1.0f / sqrtf((float)hd);
     char *qc = QKV.c, *qg = QKV.g;
     cr_assert_eq(cpu.ops->attn_decode(cpu.ctx, out.c, d, qc, qc + 4 * (size_t)d,
-                                      qc + 8 * (size_t)d, 3 * d, K.c, Vv.c, seqs, n_seq, H, hd,
-                                      cap, scale, sc.c, self.c), 0, "%s", err_msg());
+                                      qc + 8 * (size_t)d, 3 * d, KERN_KV_FMT_PLAIN, K.c, Vv.c,
+                                      seqs, n_seq, H, hd, cap, scale, sc.c, self.c),
+                 0, "%s", err_msg());
     cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, out.g, d, qg, qg + 2 * (size_t)d,
-                                      qg + 4 * (size_t)d, 3 * d, K.g, Vv.g, seqs, n_seq, H, hd,
-                                      cap, scale, sc.g, self.g), 0, "%s: %s", tag, err_msg());
+                                      qg + 4 * (size_t)d, 3 * d, KERN_KV_FMT_PLAIN, K.g, Vv.g,
+                                      seqs, n_seq, H, hd, cap, scale, sc.g, self.g),
+                 0, "%s: %s", tag, err_msg());
     snprintf(what, sizeof what, "%s decode out", tag);
     expect_close(what, out, 2e-3, 4 * EPS16);
     snprintf(what, sizeof what, "%s decode scores", tag);
@@ -339,11 +345,12 @@ static void decode_step(const char *tag, pair K, pair Vv, pair sc, pair ps, cons
     gpu.ops->upload_f32(gpu.ctx, sc.g, sv, slots);
     cpu.ops->download_f32(cpu.ctx, spv, self.c, (size_t)n_seq * H);
     gpu.ops->upload_f32(gpu.ctx, self.g, spv, (size_t)n_seq * H);
-    cpu.ops->kv_insert(cpu.ctx, K.c, Vv.c, sc.c, ps.c, qc + 4 * (size_t)d, qc + 8 * (size_t)d,
-                       3 * d, self.c, seqs, n_seq, H, hd, cap, ev.c);
-    cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, K.g, Vv.g, sc.g, ps.g, qg + 2 * (size_t)d,
-                                    qg + 4 * (size_t)d, 3 * d, self.g, seqs, n_seq, H, hd, cap,
-                                    ev.g), 0, "%s: %s", tag, err_msg());
+    cpu.ops->kv_insert(cpu.ctx, KERN_KV_FMT_PLAIN, K.c, Vv.c, sc.c, ps.c, qc + 4 * (size_t)d,
+                       qc + 8 * (size_t)d, 3 * d, self.c, seqs, n_seq, H, hd, cap, ev.c);
+    cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, KERN_KV_FMT_PLAIN, K.g, Vv.g, sc.g, ps.g,
+                                    qg + 2 * (size_t)d, qg + 4 * (size_t)d, 3 * d, self.g, seqs,
+                                    n_seq, H, hd, cap, ev.g),
+                 0, "%s: %s", tag, err_msg());
     snprintf(what, sizeof what, "%s evicted", tag);
     expect_equal_words(what, ev);
     snprintf(what, sizeof what, "%s pos after insert", tag);
@@ -561,11 +568,12 @@ static int q4_decode_step(const char *tag, pair K, pair V, pair sc, pair ps, con
     pair self = put_words(NULL, (size_t)n_seq * H), ev = put_words(NULL, (size_t)n_seq * H);
     float scale = 1.0f / sqrtf((float)hd);
     char *qc = QKV.c, *qg = QKV.g, what[96];
-    cpu.ops->attn_decode_q4(cpu.ctx, out.c, d, qc, qc + 4 * (size_t)d, qc + 8 * (size_t)d,
-                            3 * d, K.c, V.c, seqs, n_seq, H, hd, cap, scale, sc.c, self.c);
-    cr_assert_eq(gpu.ops->attn_decode_q4(gpu.ctx, out.g, d, qg, qg + 2 * (size_t)d,
-                                         qg + 4 * (size_t)d, 3 * d, K.g, V.g, seqs, n_seq, H,
-                                         hd, cap, scale, sc.g, self.g), 0, "%s", err_msg());
+    cpu.ops->attn_decode(cpu.ctx, out.c, d, qc, qc + 4 * (size_t)d, qc + 8 * (size_t)d, 3 * d,
+                         KERN_KV_FMT_Q4, K.c, V.c, seqs, n_seq, H, hd, cap, scale, sc.c, self.c);
+    cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, out.g, d, qg, qg + 2 * (size_t)d,
+                                      qg + 4 * (size_t)d, 3 * d, KERN_KV_FMT_Q4, K.g, V.g, seqs,
+                                      n_seq, H, hd, cap, scale, sc.g, self.g),
+                 0, "%s", err_msg());
     snprintf(what, sizeof what, "%s q4 decode out", tag);
     expect_close(what, out, 2e-3, 4 * EPS16);
     snprintf(what, sizeof what, "%s q4 decode scores", tag);
@@ -578,11 +586,12 @@ static int q4_decode_step(const char *tag, pair K, pair V, pair sc, pair ps, con
     gpu.ops->upload_f32(gpu.ctx, sc.g, sv, slots);
     cpu.ops->download_f32(cpu.ctx, spv, self.c, (size_t)n_seq * H);
     gpu.ops->upload_f32(gpu.ctx, self.g, spv, (size_t)n_seq * H);
-    cpu.ops->kv_insert_q4(cpu.ctx, K.c, V.c, sc.c, ps.c, qc + 4 * (size_t)d, qc + 8 * (size_t)d,
-                          3 * d, self.c, seqs, n_seq, H, hd, cap, ev.c);
-    cr_assert_eq(gpu.ops->kv_insert_q4(gpu.ctx, K.g, V.g, sc.g, ps.g, qg + 2 * (size_t)d,
-                                       qg + 4 * (size_t)d, 3 * d, self.g, seqs, n_seq, H, hd,
-                                       cap, ev.g), 0, "%s", err_msg());
+    cpu.ops->kv_insert(cpu.ctx, KERN_KV_FMT_Q4, K.c, V.c, sc.c, ps.c, qc + 4 * (size_t)d,
+                       qc + 8 * (size_t)d, 3 * d, self.c, seqs, n_seq, H, hd, cap, ev.c);
+    cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, KERN_KV_FMT_Q4, K.g, V.g, sc.g, ps.g,
+                                    qg + 2 * (size_t)d, qg + 4 * (size_t)d, 3 * d, self.g, seqs,
+                                    n_seq, H, hd, cap, ev.g),
+                 0, "%s", err_msg());
     snprintf(what, sizeof what, "%s q4 evicted", tag);
     expect_equal_words(what, ev);
     snprintf(what, sizeof what, "%s q4 pos after insert", tag);
@@ -643,11 +652,12 @@ static void q4_prefill_decode_cases(void)
         pair kc = put_q4(NULL, slots * rb), vc = put_q4(NULL, slots * rb);
         pair sc = put_words(NULL, slots), ps = put_words(NULL, slots);
         char *qc = QKV.c, *qg = QKV.g, tag[64], what[96];
-        cpu.ops->kv_prefill_q4(cpu.ctx, kc.c, vc.c, sc.c, ps.c, qc + 4 * (size_t)d,
-                               qc + 8 * (size_t)d, 3 * d, CS.c, seqs, n_seq, H, hd, cap);
-        cr_assert_eq(gpu.ops->kv_prefill_q4(gpu.ctx, kc.g, vc.g, sc.g, ps.g, qg + 2 * (size_t)d,
-                                            qg + 4 * (size_t)d, 3 * d, CS.g, seqs, n_seq, H, hd,
-                                            cap), 0, "%s", err_msg());
+        cpu.ops->kv_prefill(cpu.ctx, KERN_KV_FMT_Q4, kc.c, vc.c, sc.c, ps.c, qc + 4 * (size_t)d,
+                            qc + 8 * (size_t)d, 3 * d, CS.c, seqs, n_seq, H, hd, cap);
+        cr_assert_eq(gpu.ops->kv_prefill(gpu.ctx, KERN_KV_FMT_Q4, kc.g, vc.g, sc.g, ps.g,
+                                         qg + 2 * (size_t)d, qg + 4 * (size_t)d, 3 * d, CS.g,
+                                         seqs, n_seq, H, hd, cap),
+                     0, "%s", err_msg());
         snprintf(tag, sizeof tag, "hd %d prefill", hd);
         snprintf(what, sizeof what, "%s K", tag);
         expect_equal_q4(what, kc, rb);
@@ -880,15 +890,50 @@ Test(kern_cuda, unsupported_head_dim_is_named)
     char *qg = QKV.g;
     err_clear();
     cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, out.g, hd, qg, qg + 2 * hd, qg + 4 * hd, 3 * hd,
-                                      K.g, V.g, &sq, 1, 1, hd, cap, 1.0f, NULL, NULL),
+                                      KERN_KV_FMT_PLAIN, K.g, V.g, &sq, 1, 1, hd, cap, 1.0f, NULL,
+                                      NULL),
                  -EINVAL);
     cr_assert(strstr(err_msg(), "head_dim 12 is not supported"), "%s", err_msg());
     err_clear();
-    cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, K.g, V.g, NULL, ps.g, qg + 2 * hd, qg + 4 * hd,
-                                    3 * hd, NULL, &sq, 1, 1, hd, cap, NULL),
+    cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, KERN_KV_FMT_PLAIN, K.g, V.g, NULL, ps.g, qg + 2 * hd,
+                                    qg + 4 * hd, 3 * hd, NULL, &sq, 1, 1, hd, cap, NULL),
                  -EINVAL);
     cr_assert(strstr(err_msg(), "KV insert: head_dim 12 is not a multiple of 8"), "%s",
               err_msg());
     err_clear();
     drop(&QKV), drop(&out), drop(&K), drop(&V), drop(&ps);
+}
+
+/* The CUDA backend has both KV cache formats, and its kernels refuse a
+ * format they do not know (-ENOTSUP), naming it, in each KV op. */
+Test(kern_cuda, kv_formats_and_an_unknown_format_refused)
+{
+    int hd = 16, cap = 4;
+    kern_seq sq = {.row = 0, .n_new = 1, .n_past = 1, .n_slots = 1, .budget = 2, .sinks = 0,
+                   .recent = 1};
+    cr_assert(backend_kv_fmt_has(gpu.ops, KERN_KV_FMT_PLAIN) &&
+              backend_kv_fmt_has(gpu.ops, KERN_KV_FMT_Q4));
+    cr_assert(!backend_kv_fmt_has(gpu.ops, KERN_KV_FMTS));
+    pair QKV = put(NULL, (size_t)3 * hd), out = put(NULL, (size_t)hd);
+    pair K = put(NULL, (size_t)cap * hd), V = put(NULL, (size_t)cap * hd);
+    pair ps = put_words(NULL, (size_t)cap), cs = put_words(NULL, 1);
+    char *qg = QKV.g;
+    kern_kv_fmt bad = KERN_KV_FMTS;
+    err_clear();
+    cr_assert_eq(gpu.ops->kv_prefill(gpu.ctx, bad, K.g, V.g, NULL, ps.g, qg + 2 * hd,
+                                     qg + 4 * hd, 3 * hd, cs.g, &sq, 1, 1, hd, cap),
+                 -ENOTSUP);
+    cr_assert(strstr(err_msg(), "no KV cache format 2"), "%s", err_msg());
+    err_clear();
+    cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, out.g, hd, qg, qg + 2 * hd, qg + 4 * hd, 3 * hd,
+                                      bad, K.g, V.g, &sq, 1, 1, hd, cap, 1.0f, NULL, NULL),
+                 -ENOTSUP);
+    cr_assert(strstr(err_msg(), "no KV cache format 2"), "%s", err_msg());
+    err_clear();
+    cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, bad, K.g, V.g, NULL, ps.g, qg + 2 * hd, qg + 4 * hd,
+                                    3 * hd, NULL, &sq, 1, 1, hd, cap, NULL),
+                 -ENOTSUP);
+    cr_assert(strstr(err_msg(), "no KV cache format 2"), "%s", err_msg());
+    err_clear();
+    drop(&QKV), drop(&out), drop(&K), drop(&V), drop(&ps), drop(&cs);
 }

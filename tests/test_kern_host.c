@@ -5,7 +5,7 @@
  * evictions must be identical, and the fp16 caches must hold the rounding
  * of what the reference wrote. Also the CPU backend's linear layer (the
  * reference of the CUDA one) worked by hand, with and without bias and
- * ReLU. */
+ * ReLU, and its KV ops' format argument. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
@@ -46,6 +46,83 @@ static float rnd(uint64_t *s)
 {
     *s = *s * 6364136223846793005ull + 1442695040888963407ull;
     return (float)((int64_t)(*s >> 11) * 0x1.0p-52 - 1.0);
+}
+
+/* The CPU backend's KV ops take the cache format as an argument: plain
+ * caches run the fp32 references, 4-bit ones the _q4 instances, both
+ * bit for bit; both formats are in kv_formats; a format it does not have
+ * is refused (-ENOTSUP) by each op, with a message that names it. */
+Test(kern_host, cpu_kv_ops_dispatch_on_the_format_and_refuse_unknown_ones)
+{
+    enum { HD = 64, CAP = 4, LEN = 6, LD = 3 * HD };
+    backend be;
+    cr_assert_eq(backend_cpu_create(1, &be), 0, "%s", err_msg());
+    const backend_ops *o = be.ops;
+    cr_assert(backend_kv_fmt_has(o, KERN_KV_FMT_PLAIN) && backend_kv_fmt_has(o, KERN_KV_FMT_Q4));
+    cr_assert(!backend_kv_fmt_has(o, KERN_KV_FMTS) && !backend_kv_fmt_has(o, -1));
+    uint64_t seed = 5;
+    float qkv[LEN * LD], cs[LEN];
+    for (int i = 0; i < LEN * LD; i++)
+        qkv[i] = rnd(&seed);
+    for (int i = 0; i < LEN; i++)
+        cs[i] = (float)(i * 5 % 7);
+    kern_seq pre = {.row = 0, .n_new = LEN, .budget = CAP, .sinks = 1, .recent = 1};
+    kern_seq dec = {.row = 0, .n_new = 1, .n_past = LEN, .n_slots = CAP, .budget = CAP,
+                    .sinks = 1, .recent = 1};
+    const float *k = qkv + HD, *v = qkv + 2 * HD;
+    for (int fmt = KERN_KV_FMT_PLAIN; fmt < KERN_KV_FMTS; fmt++) {
+        size_t bytes = fmt == KERN_KV_FMT_Q4 ? CAP * kern_q4_row_bytes(HD) : CAP * HD * 4;
+        float kc[2][CAP * HD], vc[2][CAP * HD]; /* fp32 rows, or 4-bit rows in their bytes */
+        float sc[2][CAP], out[2][HD], self[2];
+        int32_t pos[2][CAP], ev[2];
+        memset(kc, 0, sizeof kc), memset(vc, 0, sizeof vc);
+        /* [0] through the vtable, [1] the kernels called directly */
+        cr_assert_eq(o->kv_prefill(be.ctx, fmt, kc[0], vc[0], sc[0], pos[0], k, v, LD, cs, &pre,
+                                   1, 1, HD, CAP), 0, "%s", err_msg());
+        cr_assert_eq(o->attn_decode(be.ctx, out[0], HD, qkv, k, v, LD, fmt, kc[0], vc[0], &dec,
+                                    1, 1, HD, CAP, 0.125f, sc[0], &self[0]), 0, "%s", err_msg());
+        cr_assert_eq(o->kv_insert(be.ctx, fmt, kc[0], vc[0], sc[0], pos[0], k, v, LD, &self[0],
+                                  &dec, 1, 1, HD, CAP, &ev[0]), 0, "%s", err_msg());
+        if (fmt == KERN_KV_FMT_Q4) {
+            uint8_t *kq = (uint8_t *)kc[1], *vq = (uint8_t *)vc[1];
+            kern_kv_prefill_q4(kq, vq, sc[1], pos[1], k, v, LD, cs, &pre, 1, 1, HD, CAP);
+            kern_attn_decode_q4(out[1], HD, qkv, k, v, LD, kq, vq, &dec, 1, 1, HD, CAP, 0.125f,
+                                sc[1], &self[1]);
+            kern_kv_insert_q4(kq, vq, sc[1], pos[1], k, v, LD, &self[1], &dec, 1, 1, HD, CAP,
+                              &ev[1]);
+        } else {
+            kern_kv_prefill_ref(kc[1], vc[1], sc[1], pos[1], k, v, LD, cs, &pre, 1, 1, HD, CAP);
+            kern_attn_decode_ref(out[1], HD, qkv, k, v, LD, kc[1], vc[1], &dec, 1, 1, HD, CAP,
+                                 0.125f, sc[1], &self[1]);
+            kern_kv_insert_ref(kc[1], vc[1], sc[1], pos[1], k, v, LD, &self[1], &dec, 1, 1, HD,
+                               CAP, &ev[1]);
+        }
+        cr_assert_eq(memcmp(kc[0], kc[1], bytes), 0, "%s K", kern_kv_fmt_name(fmt));
+        cr_assert_eq(memcmp(vc[0], vc[1], bytes), 0, "%s V", kern_kv_fmt_name(fmt));
+        cr_assert_eq(memcmp(out[0], out[1], sizeof out[0]), 0, "%s out", kern_kv_fmt_name(fmt));
+        cr_assert_eq(memcmp(sc[0], sc[1], sizeof sc[0]), 0, "%s scores", kern_kv_fmt_name(fmt));
+        cr_assert_eq(memcmp(pos[0], pos[1], sizeof pos[0]), 0, "%s pos", kern_kv_fmt_name(fmt));
+        cr_assert(self[0] == self[1] && ev[0] == ev[1] && ev[0] >= 0, "%s: self_p %g %g, evicted "
+                  "%d %d", kern_kv_fmt_name(fmt), self[0], self[1], ev[0], ev[1]);
+    }
+    /* an unknown format: refused by each op, before it touches anything */
+    kern_kv_fmt bad = KERN_KV_FMTS;
+    float scratch[CAP * HD] = {0}, s1[CAP] = {0}, out[HD], self;
+    int32_t pos[CAP] = {0};
+    err_clear();
+    cr_assert_eq(o->kv_prefill(be.ctx, bad, scratch, scratch, s1, pos, k, v, LD, cs, &pre, 1, 1,
+                               HD, CAP), -ENOTSUP);
+    cr_assert(strstr(err_msg(), "no KV cache format 2"), "%s", err_msg());
+    err_clear();
+    cr_assert_eq(o->attn_decode(be.ctx, out, HD, qkv, k, v, LD, bad, scratch, scratch, &dec, 1,
+                                1, HD, CAP, 0.125f, s1, &self), -ENOTSUP);
+    cr_assert(strstr(err_msg(), "no KV cache format 2"), "%s", err_msg());
+    err_clear();
+    cr_assert_eq(o->kv_insert(be.ctx, bad, scratch, scratch, s1, pos, k, v, LD, &self, &dec, 1,
+                              1, HD, CAP, NULL), -ENOTSUP);
+    cr_assert(strstr(err_msg(), "no KV cache format 2"), "%s", err_msg());
+    err_clear();
+    backend_destroy(&be);
 }
 
 /* kern.h's fp16 converter: round to nearest even (ties, subnormals, the

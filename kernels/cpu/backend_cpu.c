@@ -122,35 +122,63 @@ static int cpu_attn_prefill(void *ctx, void *out, int ldo, const void *q, const 
                           "prefill attention");
 }
 
-static int cpu_kv_prefill(void *ctx, void *kc, void *vc, void *scores, void *pos,
-                          const void *k, const void *v, int ld, const void *colsum,
+/* The KV cache formats of the CPU backend: fp32 rows, 4-bit rows. */
+#define CPU_KV_FORMATS ((1u << KERN_KV_FMT_PLAIN) | (1u << KERN_KV_FMT_Q4))
+
+static int kv_fmt_check(kern_kv_fmt fmt)
+{
+    RETURN_IF((unsigned)fmt >= KERN_KV_FMTS || !((CPU_KV_FORMATS >> fmt) & 1u), -ENOTSUP,
+              "the cpu backend has no KV cache format %d (it takes plain fp32 and 4-bit "
+              "caches)", (int)fmt);
+    return 0;
+}
+
+/* The KV ops: fp32 caches run the references (_ref), 4-bit ones their _q4
+ * instances (kernels/cpu/slot_ops.h). */
+static int cpu_kv_prefill(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *scores,
+                          void *pos, const void *k, const void *v, int ld, const void *colsum,
                           const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap)
 {
     (void)ctx;
+    FORWARD_IF(kv_fmt_check(fmt));
+    if (fmt == KERN_KV_FMT_Q4)
+        return scratch_failed(kern_kv_prefill_q4(kc, vc, scores, pos, k, v, ld, colsum, seqs,
+                                                 n_seq, n_head, head_dim, cap),
+                              "the 4-bit KV prefill");
     return scratch_failed(kern_kv_prefill_ref(kc, vc, scores, pos, k, v, ld, colsum, seqs, n_seq,
                                               n_head, head_dim, cap),
                           "the KV prefill");
 }
 
 static int cpu_attn_decode(void *ctx, void *out, int ldo, const void *q, const void *k,
-                           const void *v, int ld, const void *kc, const void *vc,
-                           const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                           int cap, float scale, void *scores, void *self_p)
+                           const void *v, int ld, kern_kv_fmt fmt, const void *kc,
+                           const void *vc, const kern_seq *seqs, int n_seq, int n_head,
+                           int head_dim, int cap, float scale, void *scores, void *self_p)
 {
     (void)ctx;
+    FORWARD_IF(kv_fmt_check(fmt));
+    if (fmt == KERN_KV_FMT_Q4)
+        return scratch_failed(kern_attn_decode_q4(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq,
+                                                  n_head, head_dim, cap, scale, scores, self_p),
+                              "decode attention over 4-bit KV");
     return scratch_failed(kern_attn_decode_ref(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq, n_head,
                                                head_dim, cap, scale, scores, self_p),
                           "decode attention");
 }
 
-static int cpu_kv_insert(void *ctx, void *kc, void *vc, void *scores, void *pos,
+static int cpu_kv_insert(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *scores, void *pos,
                          const void *k, const void *v, int ld, const void *self_p,
                          const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
                          void *evicted)
 {
     (void)ctx;
-    kern_kv_insert_ref(kc, vc, scores, pos, k, v, ld, self_p, seqs, n_seq, n_head, head_dim,
-                       cap, evicted);
+    FORWARD_IF(kv_fmt_check(fmt));
+    if (fmt == KERN_KV_FMT_Q4)
+        kern_kv_insert_q4(kc, vc, scores, pos, k, v, ld, self_p, seqs, n_seq, n_head, head_dim,
+                          cap, evicted);
+    else
+        kern_kv_insert_ref(kc, vc, scores, pos, k, v, ld, self_p, seqs, n_seq, n_head, head_dim,
+                           cap, evicted);
     return 0;
 }
 
@@ -158,38 +186,6 @@ static int cpu_dequant_q4(void *ctx, void *dst, const void *src, size_t rows, in
 {
     (void)ctx;
     kern_q4_dequant_ref(dst, src, rows, n);
-    return 0;
-}
-
-static int cpu_kv_prefill_q4(void *ctx, void *kc, void *vc, void *scores, void *pos,
-                             const void *k, const void *v, int ld, const void *colsum,
-                             const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap)
-{
-    (void)ctx;
-    return scratch_failed(kern_kv_prefill_q4(kc, vc, scores, pos, k, v, ld, colsum, seqs, n_seq,
-                                             n_head, head_dim, cap),
-                          "the 4-bit KV prefill");
-}
-
-static int cpu_attn_decode_q4(void *ctx, void *out, int ldo, const void *q, const void *k,
-                              const void *v, int ld, const void *kc, const void *vc,
-                              const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                              int cap, float scale, void *scores, void *self_p)
-{
-    (void)ctx;
-    return scratch_failed(kern_attn_decode_q4(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq, n_head,
-                                              head_dim, cap, scale, scores, self_p),
-                          "decode attention over 4-bit KV");
-}
-
-static int cpu_kv_insert_q4(void *ctx, void *kc, void *vc, void *scores, void *pos,
-                            const void *k, const void *v, int ld, const void *self_p,
-                            const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
-                            void *evicted)
-{
-    (void)ctx;
-    kern_kv_insert_q4(kc, vc, scores, pos, k, v, ld, self_p, seqs, n_seq, n_head, head_dim,
-                      cap, evicted);
     return 0;
 }
 
@@ -265,6 +261,7 @@ static const backend_ops cpu_ops = {
     .name = "cpu",
     .elem_size = sizeof(float),
     .host_visible = 1,
+    .kv_formats = CPU_KV_FORMATS,
     .destroy = cpu_destroy,
     .alloc = cpu_alloc,
     .alloc_f32 = cpu_alloc,
@@ -283,9 +280,6 @@ static const backend_ops cpu_ops = {
     .attn_decode = cpu_attn_decode,
     .kv_insert = cpu_kv_insert,
     .dequant_q4 = cpu_dequant_q4,
-    .kv_prefill_q4 = cpu_kv_prefill_q4,
-    .attn_decode_q4 = cpu_attn_decode_q4,
-    .kv_insert_q4 = cpu_kv_insert_q4,
     .sample = cpu_sample,
     .sync = cpu_sync,
     .host_alloc = cpu_host_alloc,

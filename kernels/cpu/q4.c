@@ -1,7 +1,7 @@
 /* q4.c: 4-bit group-wise quantization (kern.h), plain-C reference, also
  * what the CPU backend runs for compressed weights and KV.
  *
- * The arithmetic is written so that the CUDA kernels (kernels/q4.cu) give
+ * The arithmetic is written so that the CUDA kernels (kernels/q4.cuh) give
  * the same bits: the code is a division and a rint, the dequantized value
  * a product then a sum (this file is ISO C11, where GCC does not contract
  * a * b + c into an FMA; the CUDA side uses __fmul_rn / __fadd_rn).
