@@ -405,8 +405,8 @@ void *sched_x_home(sched *s, int k)
 int sched_read_kv(sched *s, int l, int seq, int what, void *out)
 {
     const sched_geom *g = &s->g;
-    for (int v = 0; s->dev_order && v < 2; v++) /* device-ordered stores are home */
-        FORWARD_IF(s->be->ops->event_sync(s->be->ctx, EV_STORE_IO(v)));
+    if (s->dev_order) /* device-ordered stores are home */
+        FORWARD_IF(s->be->ops->event_sync(s->be->ctx, EV_STORED));
     int k = seq / g->gbs, i = seq % g->gbs, t = 0;
     while (t < SCHED_TIERS - 1 && i >= g->kv_seq0[t] + g->kv_n[t])
         t++;

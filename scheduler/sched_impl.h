@@ -76,6 +76,8 @@ int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
 #define EV_LOAD_W(w) (4 + (w))     /* device-ordered load of weight slot w's CPU share */
 #define EV_LOAD_IO(v) (6 + (v))    /* device-ordered loads into stage slot v */
 #define EV_STORE_IO(v) (8 + (v))   /* device-ordered stores from stage slot v */
+#define EV_STORED 10               /* the last device-ordered store (the D2H queue is FIFO:
+                                    * waiting for it waits for every store before it) */
 
 /* What one GPU batch brings to this pass. */
 typedef struct batch_desc {

@@ -15,9 +15,9 @@
  * overlaps the compute of the current item. On a backend with its own
  * copy queues (CUDA) the transfers of CPU-tier homes are instead ordered on
  * the device: the compute thread enqueues them (copy_async) between events
- * (a load waits for the compute that last used its slot and for the store
- * that empties it; a compute waits for its loads; a store waits for its
- * compute), so it never blocks on them and the compute queue runs ahead of
+ * (a load waits for the compute that last used its slot and for the
+ * stores issued before it; a compute waits for its loads and for the store
+ * that empties its slot; a store waits for its compute), so it never blocks on them and the compute queue runs ahead of
  * its inputs. Disk transfers stay on the lanes. The weights of layer 0 for
  * the next pass load during the last layer. Every buffer is allocated at
  * sched_create from the plan; a pass allocates nothing.
@@ -30,22 +30,27 @@
 
 
 /* Issue transfer t between a CPU-tier home and its GPU stage on the
- * device's copy queue (dev_order): a load first waits (on the device) for
- * the compute that last used the stage (t->mark) and for the stores from
- * stage slot dep_slot (-1: none), a store for the compute that produced
- * it; event ev is recorded after the copy. */
-static int issue_async(sched *s, const sched_task *t, int ev, int dep_slot)
+ * device's copy queue (dev_order), recording event ev after the copy. A
+ * load first waits (on the device) for the compute that last used its
+ * stage (t->mark) and, unless it is a weight load (nothing stores weights),
+ * for every store issued so far (EV_STORED): the home it reads may be what
+ * an earlier item stored, from either stage slot, as the lanes' path
+ * orders it by waiting for the stores of both slots. A store waits for the
+ * compute that produced it. */
+static int issue_async(sched *s, const sched_task *t, int ev, int after_stores)
 {
     const backend_ops *o = s->be->ops;
     void *ctx = s->be->ctx;
     int load = t->kind == TASK_LOAD, q = load ? BACKEND_Q_H2D : BACKEND_Q_D2H;
     if (t->mark >= 0)
         FORWARD_IF(o->event_wait(ctx, q, t->mark));
-    if (dep_slot >= 0)
-        FORWARD_IF(o->event_wait(ctx, q, EV_STORE_IO(dep_slot)));
+    if (load && after_stores)
+        FORWARD_IF(o->event_wait(ctx, q, EV_STORED));
     FORWARD_IF(load ? o->copy_async(ctx, q, t->stage, t->host, t->bytes)
                     : o->copy_async(ctx, q, t->host, t->stage, t->bytes));
     FORWARD_IF(o->event_record(ctx, q, ev));
+    if (!load)
+        FORWARD_IF(o->event_record(ctx, q, EV_STORED));
     sched_link_add(s, load ? SCHED_LINK_CPU_GPU : SCHED_LINK_GPU_CPU, t->bytes, 0);
     return 0;
 }
@@ -67,7 +72,7 @@ static int load_weights(sched *s, int l, int step)
         t.host = (char *)s->w_cpu_arena + (size_t)l * (g->w_cpu - g->w_gpu);
         t.bytes = g->w_cpu - g->w_gpu;
         if (s->dev_order) {
-            FORWARD_IF(issue_async(s, &t, EV_LOAD_W(v), -1));
+            FORWARD_IF(issue_async(s, &t, EV_LOAD_W(v), 0));
             s->w_async[v] = 1;
         } else {
             ticket = sched_lane_submit(&s->lane[0], &t);
@@ -121,18 +126,16 @@ static int weights_of(sched *s, int l, int step, const sched_layer **out)
 typedef struct item_io {
     uint64_t load, store;
     int has_store;
-    int slot;               /* the stage slot these tickets belong to */
 } item_io;
 
 /* One transfer of stage slot v on lane `lane` (0: loads, 1: stores): a
- * CPU-tier one device-ordered where the scheduler does that (issue_async,
- * after the stores from slot dep_slot), the others on the lane, whose
- * ticket goes to *ticket. @return 0 or -errno. */
-static int submit_one(sched *s, int lane, const sched_task *t, int v, int dep_slot,
-                      int64_t *ticket)
+ * CPU-tier one device-ordered where the scheduler does that (issue_async),
+ * the others on the lane, whose ticket goes to *ticket. @return 0 or
+ * -errno. */
+static int submit_one(sched *s, int lane, const sched_task *t, int v, int64_t *ticket)
 {
     if (s->dev_order && t->tier == SCHED_CPU)
-        return issue_async(s, t, lane == 0 ? EV_LOAD_IO(v) : EV_STORE_IO(v), dep_slot);
+        return issue_async(s, t, lane == 0 ? EV_LOAD_IO(v) : EV_STORE_IO(v), 1);
     int64_t k = sched_lane_submit(&s->lane[lane], t);
     if (k < 0)
         return (int)k;
@@ -146,7 +149,7 @@ static int submit_one(sched *s, int lane, const sched_task *t, int v, int dep_sl
  * on disk, then the activations when they live off the GPU and cross this
  * layer boundary (want_act). @return the last ticket, 0 for none, or -errno. */
 static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch_desc *b,
-                           int v, int want_kv, int want_act, int dep_slot)
+                           int v, int want_kv, int want_act)
 {
     const sched_geom *g = &s->g;
     int64_t ticket = 0;
@@ -161,7 +164,7 @@ static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch
         t->host = tier == SCHED_CPU ? sched_kv_home(s, tier, l, b->k) : NULL;
         t->fd = s->kv_fd;
         t->file_off = ((uint64_t)l * g->K + b->k) * g->kv_disk_stride;
-        int rc = submit_one(s, lane, t, v, dep_slot, &ticket);
+        int rc = submit_one(s, lane, t, v, &ticket);
         if (rc < 0)
             return rc;
     }
@@ -174,7 +177,7 @@ static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch
         t->host = g->act_tier == SCHED_CPU ? sched_x_home(s, b->k) : NULL;
         t->fd = s->x_fd;
         t->file_off = (uint64_t)b->k * g->x_disk_stride;
-        int rc = submit_one(s, lane, t, v, dep_slot, &ticket);
+        int rc = submit_one(s, lane, t, v, &ticket);
         if (rc < 0)
             return rc;
     }
@@ -193,8 +196,7 @@ static int load_item(sched *s, int l, const batch_desc *b, int v, int step, item
         t.dep_lane = 1; /* the store that empties this slot comes first */
         t.dep_ticket = prev_in_slot->store;
     }
-    int64_t ticket = submit_item(s, 0, &t, l, b, v, s->pass_kind == SCHED_PASS_DECODE, l > 0,
-                                 prev_in_slot ? prev_in_slot->slot : -1);
+    int64_t ticket = submit_item(s, 0, &t, l, b, v, s->pass_kind == SCHED_PASS_DECODE, l > 0);
     FORWARD_IF((int)(ticket < 0 ? ticket : 0));
     io->load = (uint64_t)ticket;
     return 0;
@@ -206,7 +208,7 @@ static int store_item(sched *s, int l, const batch_desc *b, int v, int step, ite
 {
     sched_task t = {.kind = TASK_STORE, .mark = EV_COMPUTE_IO(v), .dep_lane = -1, .layer = l,
                     .batch = b->k, .step = step};
-    int64_t ticket = submit_item(s, 1, &t, l, b, v, 1, l + 1 < s->g.L, -1);
+    int64_t ticket = submit_item(s, 1, &t, l, b, v, 1, l + 1 < s->g.L);
     FORWARD_IF((int)(ticket < 0 ? ticket : 0));
     if (ticket > 0) {
         io->has_store = 1;
@@ -321,14 +323,10 @@ int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
 
     /* the zig-zag walk over items (layer, batch) */
     int rc = 0, n_items = g->L * nb;
-    item_io io[2] = {{.slot = 0}, {.slot = 1}};
+    item_io io[2] = {{0}};
     const backend_ops *o = s->be->ops;
     void *ctx = s->be->ctx;
-    /* device-ordered: the previous pass's stores reach their homes before
-     * this pass loads from them */
-    for (int v = 0; s->dev_order && v < 2; v++)
-        rc = rc ? rc : o->event_wait(ctx, BACKEND_Q_H2D, EV_STORE_IO(v));
-    if (rc == 0 && n_items > 0)
+    if (n_items > 0)
         rc = load_item(s, 0, &bs[0], 0, step, &io[0], NULL);
     for (int i = 0; rc == 0 && i < n_items; i++) {
         int l = i / nb, v = i % 2;
