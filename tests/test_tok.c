@@ -14,8 +14,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cli_harness.h"
 #include "err.h"
 #include "fh_config.h"
+#include "job.h"
 #include "tok.h"
 
 #define TOK_DIR FH_SOURCE_ROOT "/configs/tokenizer"
@@ -1337,4 +1339,118 @@ Test(tok, added_token_id_mismatch)
     cJSON_Delete(set);
     load_fails(d, -EINVAL, "added_tokens gives \"<s>\" id 5000, model.vocab id 1");
     rmtree(d);
+}
+
+/* ------------------------------------------- the CLI on these directories */
+
+TestSuite(tok_cli, .init = cli_setup, .fini = cli_teardown);
+
+/* `flexh2o tokenize` prints BOS (where the model adds one: HAS_BOS) and
+ * the ids of tok_encode for each line. */
+static void tokenize_is(const char *family, const char *line, int has_bos)
+{
+    char cmd[800];
+    cli_write("t.txt", line);
+    snprintf(cmd, sizeof cmd, "tokenize --model %s/tok-%s < %s/t.txt", FIX,
+             family, cli_dir);
+    cr_assert_eq(cli_run("%s", cmd), 0, "%s: %s", family, cli_err);
+    char *out = cli_read("stdout.txt");
+    char dir[512];
+    snprintf(dir, sizeof dir, FIX "/tok-%s", family);
+    tok *t = load_ok(dir);
+    int bos = tok_bos_id(t);
+    cr_assert_eq(bos >= 0, has_bos, "%s: BOS %d", family, bos);
+    int32_t *ids;
+    size_t len = strchr(line, '\n') ? (size_t)(strchr(line, '\n') - line)
+                                    : strlen(line);
+    int n = tok_encode(t, line, len, &ids);
+    char want[4096];
+    int k = snprintf(want, sizeof want, "[");
+    if (bos >= 0)
+        k += snprintf(want + k, sizeof want - (size_t)k, "%d%s", bos,
+                      n ? ", " : "");
+    for (int i = 0; i < n; i++)
+        k += snprintf(want + k, sizeof want - (size_t)k, "%d%s", ids[i],
+                      i + 1 < n ? ", " : "");
+    snprintf(want + k, sizeof want - (size_t)k, "]\n");
+    cr_assert_eq(strncmp(out, want, strlen(want)), 0, "%s: \"%s\", want \"%s\"",
+                 family, out, want);
+    free(ids);
+    free(out);
+    tok_destroy(t);
+}
+
+/* The fixtures' config.json say model_type llama, qwen2, gpt_neox,
+ * mistral: tokenize reads only the tokenizer's files. */
+Test(tok_cli, tokenize_families)
+{
+    tokenize_is("llama3", "Hello world, 12345 <|eot_id|>\n", 1);
+    tokenize_is("llama3", "\n", 1);
+    tokenize_is("qwen2", "Bonjour ! 你好<|im_end|>\n", 0);
+    tokenize_is("qwen2", "\n", 0);
+    tokenize_is("neox", "a  b\tcafe\xcc\x81\n", 0);
+    tokenize_is("llama2", "<s>[INST] hi \xf0\x9f\x98\x80 [/INST]\n", 1);
+    tokenize_is("mistral", "<s>[INST] hi \xf0\x9f\x98\x80 [/INST]\n", 1);
+}
+
+/* Generation stops on any id of the set: every id of the tiny model's
+ * vocabulary listed as EOS in generation_config.json ends each prompt
+ * after one token; --ignore-eos still runs to --max-new-tokens. */
+Test(tok_cli, generation_stops_on_any_eos)
+{
+    cr_assert_eq(cli_run("make-model --config tiny --out m"), 0, "%s", cli_err);
+    char list[8192];
+    int k = snprintf(list, sizeof list, "{\"eos_token_id\": [");
+    for (int i = 0; i < 512; i++)
+        k += snprintf(list + k, sizeof list - (size_t)k, "%d%s", i,
+                      i < 511 ? ", " : "]}\n");
+    cli_write("m/generation_config.json", list);
+    cli_write("p.jsonl", "{\"prompt\": \"Once upon a time\"}\n"
+                         "{\"prompt\": \"Hello\"}\n");
+    cr_assert_eq(cli_run("generate --model m --prompts p.jsonl --out o.jsonl "
+                         "--quiet --max-new-tokens 6"), 0, "%s", cli_err);
+    char *o = cli_read("o.jsonl");
+    int lines = 0;
+    for (char *l = strtok(o, "\n"); l; l = strtok(NULL, "\n"), lines++) {
+        cJSON *r = cJSON_Parse(l);
+        cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(r, "tokens")), 1, "%s", l);
+        cr_assert_str_eq(cJSON_GetObjectItem(r, "finish_reason")->valuestring, "eos");
+        cJSON_Delete(r);
+    }
+    free(o);
+    cr_assert_eq(lines, 2);
+    cr_assert_eq(cli_run("generate --model m --prompts p.jsonl --out o2.jsonl "
+                         "--quiet --max-new-tokens 6 --ignore-eos"), 0, "%s", cli_err);
+    o = cli_read("o2.jsonl");
+    cr_assert(strstr(o, "\"finish_reason\": \"length\"") ||
+                  strstr(o, "\"finish_reason\":\"length\""), "%s", o);
+    cr_assert_null(strstr(o, "eos"), "%s", o);
+    free(o);
+}
+
+/* Text prompts get tok_bos_id first, or nothing when the model adds no
+ * BOS (Qwen2); an empty text is then no prompt at all. */
+Test(tok_cli, prompts_bos_from_tokenizer)
+{
+    tok *t = load_ok(FIX "/tok-qwen2");
+    cli_write("p.jsonl", "{\"id\": 1, \"prompt\": \"hi\"}\n"
+                         "{\"id\": 2, \"prompt\": \"\"}\n");
+    char path[512];
+    snprintf(path, sizeof path, "%s/p.jsonl", cli_dir);
+    job_prompts ps;
+    err_clear();
+    cr_assert_eq(job_prompts_load(path, t, tok_bos_id(t), tok_vocab_size(t),
+                                  100, 0, &ps), 0, "%s", err_msg());
+    cr_assert_eq(ps.n, 1);
+    cr_assert_eq(ps.n_bad, 1);
+    int32_t want[8];
+    int n = enc(t, "hi", want, 8);
+    cr_assert_eq(ps.p[0].n_ids, n);
+    cr_assert_eq(memcmp(ps.p[0].ids, want, (size_t)n * sizeof *want), 0);
+    job_prompts_free(&ps);
+    cr_assert_eq(job_prompts_load(path, t, tok_bos_id(t), tok_vocab_size(t),
+                                  100, 1, &ps), -EINVAL);
+    cr_assert(strstr(err_msg(), "p.jsonl:2: the prompt is empty and the model "
+                                "adds no BOS"), "%s", err_msg());
+    tok_destroy(t);
 }
