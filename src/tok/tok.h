@@ -15,7 +15,8 @@
  *   tok_decode(t, ids, n, &s);
  *   free(ids); free(s); tok_destroy(t);
  *
- * Encoding, step by step (each step matches `tokenizers` exactly):
+ * Encoding, step by step (each step matches `tokenizers` exactly, NFC up
+ * to Unicode versions: see tok_encode.c):
  *
  *   text --added tokens (normalized: false)--> segments
  *        --normalizer (NFC, Prepend, Replace)--> normalized segments

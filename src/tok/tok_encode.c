@@ -15,6 +15,11 @@
  *
  * A gap knows whether it starts the text (at_start): Metaspace's
  * prepend_scheme "first" puts the replacement before that one only.
+ *
+ * NFC is libutf8proc's (Unicode 15.0 in Debian 12), `tokenizers`' that of
+ * its older unicode-normalization crate. Every code point on its own
+ * normalizes alike in both; they differ where marks added since Unicode
+ * 11 (U+1133B, U+11070) are put in canonical order.
  */
 #include "tok_impl.h"
 

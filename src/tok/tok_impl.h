@@ -263,7 +263,8 @@ int tok_bpe_piece(const tok *t, const char *w, size_t n,
 /* Free SC's buffers (not SC). */
 void tok_bpe_scratch_free(struct tok_bpe_scratch *sc);
 
-/* tok_pretok.c: 1 when the code point is in Oniguruma's \s. */
+/* tok_pretok.c: 1 when the code point is in Oniguruma's \s, which is
+ * Unicode's White_Space as Rust regex's \s (added tokens' lstrip/rstrip). */
 int tok_is_space(uint32_t c);
 
 /* tok_pretok.c: 1 when the code point is in Rust regex's \w (added tokens'

@@ -236,10 +236,9 @@ static int read_norm(const cJSON *n, const char *name, const char *where,
         return 0;
     const char *type = type_of(n);
     if (strcmp(type, "Sequence") == 0) {
+        const cJSON *list = item(n, "normalizers");
         int i = 0;
-        for (const cJSON *c = item(n, "normalizers") ? item(n, "normalizers")->child
-                                                      : NULL;
-             c; c = c->next, i++) {
+        for (const cJSON *c = list ? list->child : NULL; c; c = c->next, i++) {
             char w[64];
             snprintf(w, sizeof w, "normalizer.normalizers[%d]", i);
             FORWARD_IF(read_norm(c, name, w, p));

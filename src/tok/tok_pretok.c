@@ -221,7 +221,10 @@ size_t tok_pretok_next(const char *s, size_t len, size_t pos)
  *                             else k if it ends the text, k-1 when k > 1
  *                             ((?!\S) backtracks one), or 1
  *
- * (as GPT-2's, "other" is neither whitespace, letter nor number).
+ * (as GPT-2's, "other" is neither whitespace, letter nor number). Checked
+ * against `tokenizers`' Split(Regex(...), "isolated"): every code point in
+ * ten contexts (after a letter, a space, an apostrophe, a newline, ...)
+ * and 200,000 random strings of the characters that matter here agree.
  */
 
 static int is_crlf(uint32_t c) { return c == '\r' || c == '\n'; }
