@@ -266,7 +266,8 @@ static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
     FORWARD_IF(open_model_source(a->c.model_dir, a->c.dummy, &j->src));
     if (j->src.is_store && (j->src.store_dtype & OFF_DTYPE_Q4))
         pol->compress_weight = 1; /* a 4-bit store runs as 4-bit weights */
-    FORWARD_IF(job_prompts_load(a->c.prompts, j->src.t, cfg->bos_id, cfg->vocab_size,
+    int bos = j->src.t ? tok_bos_id(j->src.t) : cfg->bos_id;
+    FORWARD_IF(job_prompts_load(a->c.prompts, j->src.t, bos, cfg->vocab_size,
                                 cfg->max_pos - 1, a->strict, &j->ps));
     int rc = gen_check(cfg, &j->ps, &a->go);
     j->kv_usage = rc < 0;

@@ -23,7 +23,8 @@ int cli_tokenize(int argc, char **argv)
             dir = argv[++i];
         else if (strcmp(argv[i], "--help") == 0) {
             puts("usage: flexh2o tokenize --model DIR < lines.txt\n"
-                 "  prints, per input line, the JSON array of ids generate feeds (BOS first)");
+                 "  prints, per input line, the JSON array of ids generate feeds (BOS first\n"
+                 "  where the model adds one); DIR needs only the tokenizer files");
             return 0;
         } else {
             return cli_unknown_flag("tokenize", argv[i]);
@@ -31,12 +32,10 @@ int cli_tokenize(int argc, char **argv)
     }
     if (!dir)
         return cli_usage("tokenize", "--model DIR is required");
-    char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    model_config cfg;
     tok *t = NULL;
-    if (model_config_load(path, &cfg) < 0 || tok_load(dir, &t) < 0)
+    if (tok_load(dir, &t) < 0)
         return cli_fail();
+    int bos = tok_bos_id(t);
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
@@ -50,9 +49,14 @@ int cli_tokenize(int argc, char **argv)
             rc = cli_fail();
             break;
         }
-        printf("[%d", cfg.bos_id);
-        for (int i = 0; i < n; i++)
-            printf(", %d", ids[i]);
+        const char *sep = "";
+        putchar('[');
+        if (bos >= 0) {
+            printf("%d", bos);
+            sep = ", ";
+        }
+        for (int i = 0; i < n; i++, sep = ", ")
+            printf("%s%d", sep, ids[i]);
         printf("]\n");
         free(ids);
     }

@@ -129,8 +129,8 @@ static int job_lengths(const model_config *cfg, const cli_common *c, sched_searc
     gen_opts go = {.max_new = c->max_new, .prefill_rows = so->prefill_rows, .kv = c->kv};
     int rc = c->model_dir ? tok_load(c->model_dir, &t) : 0;
     if (rc == 0)
-        rc = job_prompts_load(c->prompts, t, cfg->bos_id, cfg->vocab_size, cfg->max_pos - 1, 0,
-                              &ps);
+        rc = job_prompts_load(c->prompts, t, t ? tok_bos_id(t) : cfg->bos_id, cfg->vocab_size,
+                              cfg->max_pos - 1, 0, &ps);
     if (rc == 0)
         rc = gen_check(cfg, &ps, &go); /* every prompt's KV split */
     for (int i = 0; rc == 0 && i < ps.n; i++) {

@@ -46,13 +46,22 @@ static uint64_t seq_seed(uint64_t seed, const char *id)
     return XXH3_64bits_withSeed(id, strlen(id), seed);
 }
 
+/* 1 when tok is one of the ids that end a sequence. */
+static int is_eos(const gen_ctx *gc, int32_t tok)
+{
+    for (int i = 0; i < gc->n_eos; i++)
+        if (tok == gc->eos[i])
+            return 1;
+    return 0;
+}
+
 /* Record the sampled token of sequence s; finish it on EOS or length. */
-static void take_token(gen_seq *s, int32_t tok, float lp, int eos)
+static void take_token(const gen_ctx *gc, gen_seq *s, int32_t tok, float lp)
 {
     s->toks[s->n_gen] = tok;
     s->lps[s->n_gen] = lp;
     s->n_gen++;
-    if (tok == eos) {
+    if (is_eos(gc, tok)) {
         s->done = 1;
         s->finish = "eos";
     } else if (s->n_gen >= s->max_new) {
@@ -110,8 +119,7 @@ static int sample_rows(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n_out)
     FORWARD_IF(be->ops->sample(be->ctx, sched_logits(gc->sc), n_out, c->vocab_size,
                                bb->temp, bb->topp, bb->u, bb->tokens, bb->lps));
     for (int i = 0; i < n_out; i++)
-        take_token(&ss[bb->members[i]], bb->tokens[i], bb->lps[i],
-                   o->ignore_eos ? -1 : c->eos_id);
+        take_token(gc, &ss[bb->members[i]], bb->tokens[i], bb->lps[i]);
     return 0;
 }
 
@@ -371,6 +379,16 @@ int gen_run(model *m, sched *sc, const tok *t, const job_prompts *ps, job_out *o
                   .max_rows = sched_max_rows(sc), .cap = sched_cap(sc),
                   .t_start = kern_now_s(), .progress = o->progress};
     gc.last_report = gc.t_start;
+    /* the ids that end a sequence: the tokenizer's set (Llama-3 instruct
+     * has several), else the config's one */
+    gc.n_eos = t ? tok_eos_ids(t, &gc.eos) : 0;
+    if (gc.n_eos == 0) {
+        gc.eos_cfg = c->eos_id;
+        gc.eos = &gc.eos_cfg;
+        gc.n_eos = 1;
+    }
+    if (o->ignore_eos)
+        gc.n_eos = 0;
     run_size rs;
     todo_scan(&gc, ps, &rs, NULL, st);
     gc.n_todo = rs.n_todo;

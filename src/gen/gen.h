@@ -74,7 +74,10 @@ void gen_shape(const model_config *c, const job_prompts *ps, const job_out *out,
  * as soon as it and all before it are done. A prompt's output does not
  * depend on its batch: positions, cache slots and the sampler's random
  * stream (seeded by seed and the id) are its own. t may be NULL
- * (completions are then empty strings). Calls gen_check first.
+ * (completions are then empty strings). A sequence ends at max_new tokens
+ * or at any of the tokenizer's EOS ids (tok_eos_ids), or, when t is NULL
+ * or names none, at the config's eos_id; o->ignore_eos: at max_new only.
+ * Calls gen_check first.
  *
  * KV policy: each prompt gets its own budget and split (kv_policy_split),
  * so its output does not depend on its batch either; the cache of the job

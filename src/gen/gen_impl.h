@@ -34,6 +34,9 @@ typedef struct gen_ctx {
     sched *sc;
     const gen_opts *o;
     const tok *t;        /* NULL: completions are empty strings */
+    const int32_t *eos;  /* (n_eos) ids that end a sequence (gen_run) */
+    int n_eos;           /* 0: none (ignore_eos) */
+    int32_t eos_cfg;     /* the config's eos_id, when eos points here */
     job_out *out;
     int gbs, block, max_rows, cap;
     int n_todo;

@@ -49,8 +49,9 @@ static int parse_max_new(prompt_src *src, const cJSON *o, job_prompt *p)
     return 0;
 }
 
-/* A text prompt: BOS, then its tokens. @return 0, -EINVAL (a bad line: no
- * tokenizer, or the text does not encode) or -ENOMEM. */
+/* A text prompt: BOS (when bos >= 0), then its tokens. @return 0, -EINVAL
+ * (a bad line: no tokenizer, the text does not encode, or it gives no
+ * token at all) or -ENOMEM. */
 static int parse_text(prompt_src *src, const char *text, job_prompt *p)
 {
     if (!src->t)
@@ -65,17 +66,23 @@ static int parse_text(prompt_src *src, const char *text, job_prompt *p)
         err_clear();
         return bad_line(src, "cannot tokenize the prompt: %s", msg);
     }
+    int k = src->bos >= 0;
+    if (n + k == 0) {
+        free(enc);
+        return bad_line(src, "the prompt is empty and the model adds no BOS; give some text");
+    }
     p->ids = malloc(sizeof(int32_t) * ((size_t)n + 1));
     if (!p->ids) {
         free(enc);
         err_set(__FILE__, __LINE__, "out of memory");
         return -ENOMEM;
     }
-    p->ids[0] = src->bos;
+    if (k)
+        p->ids[0] = src->bos;
     if (n > 0)
-        memcpy(p->ids + 1, enc, sizeof(int32_t) * (size_t)n);
+        memcpy(p->ids + k, enc, sizeof(int32_t) * (size_t)n);
     free(enc);
-    p->n_ids = n + 1;
+    p->n_ids = n + k;
     return 0;
 }
 

@@ -12,7 +12,7 @@
 typedef struct job_prompt {
     char *id;        /* the id as compact JSON ("\"a1\"", "7"); owned */
     int line;        /* 1-based line in the prompt file */
-    int32_t *ids;    /* (n_ids) model input, BOS included for text; owned */
+    int32_t *ids;    /* (n_ids) model input, BOS (if any) first for text; owned */
     int n_ids;
     int max_new;     /* per-prompt max_new_tokens, -1 = the job's default */
 } job_prompt;
@@ -25,7 +25,8 @@ typedef struct job_prompts {
 
 /* Read a JSONL prompt file. Each line: {"id"?, "prompt" | "prompt_ids",
  * "max_new_tokens"?}; blank lines are ignored. Text is encoded with t and
- * bos prepended; prompt_ids are used exactly as given (t may be NULL: text
+ * bos prepended (none when bos < 0: see tok_bos_id); prompt_ids are used
+ * exactly as given (t may be NULL: text
  * prompts are then refused). A bad line (invalid JSON, no prompt, ids out
  * of [0, vocab), longer than max_len tokens) is reported through err_log
  * as "FILE:LINE: what; what to do" and skipped, or, when strict, ends the
