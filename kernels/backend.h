@@ -30,19 +30,19 @@ typedef struct backend_ops {
 
     void (*destroy)(void *ctx);
 
-    /* Allocate n elements (of elem_size), or n 4-byte words (fp32 or int32);
-     * zeroed. */
+    /* Allocate n elements (of elem_size), or n 4-byte words (fp32 or int32:
+     * H2O scores, slot positions, evictions); zeroed. */
     int (*alloc)(void *ctx, size_t n, void **out);
-    int (*alloc_f32)(void *ctx, size_t n, void **out);
+    int (*alloc_words)(void *ctx, size_t n, void **out);
     void (*free)(void *ctx, void *p); /* accepts NULL */
 
     /* dst(n) <- fp32 host src, converted to the storage type. */
     int (*upload)(void *ctx, void *dst, const float *src, size_t n);
     /* fp32 host dst(n) <- src, converted from the storage type. */
     int (*download)(void *ctx, float *dst, const void *src, size_t n);
-    /* fp32 buffers (scores) both ways, unconverted. */
-    int (*upload_f32)(void *ctx, void *dst, const float *src, size_t n);
-    int (*download_f32)(void *ctx, float *dst, const void *src, size_t n);
+    /* n 4-byte words (fp32 or int32) both ways, unconverted. */
+    int (*upload_words)(void *ctx, void *dst, const void *src, size_t n);
+    int (*download_words)(void *ctx, void *dst, const void *src, size_t n);
 
     /* out(n, d) = tok_emb[ids] + pos_emb[pos + 2]; ids, pos: host (n). */
     int (*embed)(void *ctx, void *out, const void *tok_emb,
@@ -63,7 +63,7 @@ typedef struct backend_ops {
     /* The attention and KV-slot ops of kern.h (kern_attn_prefill_ref,
      * kern_kv_prefill_ref, kern_attn_decode_ref, kern_kv_insert_ref) on
      * backend buffers. seqs is host memory; colsum, scores, self_p are fp32
-     * buffers, pos and evicted int32 buffers (alloc_f32 words); any of
+     * buffers, pos and evicted int32 buffers (alloc_words); any of
      * colsum, scores, self_p, evicted may be NULL as in kern.h.
      *
      * The KV ops take the format of their caches kc, vc as an argument, fmt

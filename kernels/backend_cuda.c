@@ -204,7 +204,7 @@ static int cuda_alloc(void *ctx, size_t n, void **out)
     return cuda_alloc_bytes(ctx, n * 2, out);
 }
 
-static int cuda_alloc_f32(void *ctx, size_t n, void **out)
+static int cuda_alloc_words(void *ctx, size_t n, void **out)
 {
     return cuda_alloc_bytes(ctx, n * 4, out);
 }
@@ -251,18 +251,18 @@ static int cuda_download(void *ctx, float *dst, const void *src, size_t n)
     return 0;
 }
 
-static int cuda_upload_f32(void *ctx, void *dst, const float *src, size_t n)
+static int cuda_upload_words(void *ctx, void *dst, const void *src, size_t n)
 {
     cuda_ctx *c = ctx;
-    CK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, c->stream));
+    CK(cudaMemcpyAsync(dst, src, n * 4, cudaMemcpyHostToDevice, c->stream));
     CK(cudaStreamSynchronize(c->stream));
     return 0;
 }
 
-static int cuda_download_f32(void *ctx, float *dst, const void *src, size_t n)
+static int cuda_download_words(void *ctx, void *dst, const void *src, size_t n)
 {
     cuda_ctx *c = ctx;
-    CK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
+    CK(cudaMemcpyAsync(dst, src, n * 4, cudaMemcpyDeviceToHost, c->stream));
     CK(cudaStreamSynchronize(c->stream));
     return 0;
 }
@@ -754,12 +754,12 @@ static const backend_ops cuda_ops = {
     .kv_formats = (1u << KERN_KV_FMT_PLAIN) | (1u << KERN_KV_FMT_Q4),
     .destroy = cuda_destroy,
     .alloc = cuda_alloc,
-    .alloc_f32 = cuda_alloc_f32,
+    .alloc_words = cuda_alloc_words,
     .free = cuda_free,
     .upload = cuda_upload,
     .download = cuda_download,
-    .upload_f32 = cuda_upload_f32,
-    .download_f32 = cuda_download_f32,
+    .upload_words = cuda_upload_words,
+    .download_words = cuda_download_words,
     .embed = cuda_embed,
     .layernorm = cuda_layernorm,
     .linear = cuda_linear,

@@ -45,8 +45,8 @@ static int host_segment(const sched_pass *p, const sched_kv *g, const void *qkv,
     if (p->kind == SCHED_PASS_PREFILL) {
         const float *cs = NULL;
         if (sc->colsum) {
-            FORWARD_IF(o->download_f32(ctx, sc->h_colsum,
-                                       (const char *)sc->colsum + (size_t)r0 * H * 4, rows * H));
+            FORWARD_IF(o->download_words(ctx, sc->h_colsum,
+                                         (const char *)sc->colsum + (size_t)r0 * H * 4, rows * H));
             cs = sc->h_colsum;
         }
         int rc = g->fmt == KERN_KV_FMT_Q4
@@ -73,8 +73,8 @@ static int host_segment(const sched_pass *p, const sched_kv *g, const void *qkv,
         kern_kv_insert_h16(g->kc, g->vc, g->scores, g->pos, k, v, ld, sc->h_self, sc->h_seqs,
                            g->n, H, hd, cap, ev);
     if (p->evicted)
-        FORWARD_IF(o->upload_f32(ctx, (char *)p->evicted + (size_t)g->seq0 * H * 4,
-                                 (const float *)sc->h_ev, (size_t)g->n * H));
+        FORWARD_IF(o->upload_words(ctx, (char *)p->evicted + (size_t)g->seq0 * H * 4, sc->h_ev,
+                                   (size_t)g->n * H));
     return o->upload(ctx, (char *)att + (size_t)r0 * d * es, sc->h_att, rows * d);
 }
 

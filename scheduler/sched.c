@@ -17,7 +17,7 @@ static int alloc_gpu(sched *s, size_t bytes, void **out)
     *out = NULL;
     if (bytes == 0)
         return 0;
-    return s->be->ops->alloc_f32(s->be->ctx, (bytes + 3) / 4, out);
+    return s->be->ops->alloc_words(s->be->ctx, (bytes + 3) / 4, out);
 }
 
 static int alloc_host(sched *s, size_t bytes, int pinned, void **out)
@@ -415,8 +415,8 @@ int sched_read_kv(sched *s, int l, int seq, int what, void *out)
     size_t per = (size_t)g->KVH * s->sh.cap * 4;
     size_t at = (what == 0 ? kl->pos : kl->scores) + (size_t)(i - g->kv_seq0[t]) * per;
     if (t == SCHED_GPU)
-        return s->be->ops->download_f32(s->be->ctx, out, (char *)sched_kv_home(s, t, l, k) + at,
-                                        per / 4);
+        return s->be->ops->download_words(s->be->ctx, out,
+                                          (char *)sched_kv_home(s, t, l, k) + at, per / 4);
     if (t == SCHED_CPU) {
         memcpy(out, (char *)sched_kv_home(s, t, l, k) + at, per);
         return 0;
@@ -435,8 +435,8 @@ int sched_read_kv(sched *s, int l, int seq, int what, void *out)
 int sched_read_evicted(sched *s, int32_t *out)
 {
     RETURN_IF(!s->evicted, -EINVAL, "internal: evictions are not recorded");
-    return s->be->ops->download_f32(s->be->ctx, (float *)out, s->evicted,
-                                    (size_t)s->g.L * s->g.block * s->g.KVH);
+    return s->be->ops->download_words(s->be->ctx, out, s->evicted,
+                                      (size_t)s->g.L * s->g.block * s->g.KVH);
 }
 
 /* ------------------------------------------------------------ summary */

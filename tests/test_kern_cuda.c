@@ -84,11 +84,11 @@ static pair put(const float *x, size_t n)
 static pair put_words(const void *x, size_t n)
 {
     pair p = {NULL, NULL, n, 1};
-    cr_assert_eq(cpu.ops->alloc_f32(cpu.ctx, n, &p.c), 0);
-    cr_assert_eq(gpu.ops->alloc_f32(gpu.ctx, n, &p.g), 0, "%s", err_msg());
+    cr_assert_eq(cpu.ops->alloc_words(cpu.ctx, n, &p.c), 0);
+    cr_assert_eq(gpu.ops->alloc_words(gpu.ctx, n, &p.g), 0, "%s", err_msg());
     if (x) {
-        cpu.ops->upload_f32(cpu.ctx, p.c, x, n);
-        gpu.ops->upload_f32(gpu.ctx, p.g, x, n);
+        cpu.ops->upload_words(cpu.ctx, p.c, x, n);
+        gpu.ops->upload_words(gpu.ctx, p.g, x, n);
     }
     return p;
 }
@@ -104,8 +104,8 @@ static void expect_close(const char *what, pair p, double atol, double rtol)
 {
     float *a = malloc(sizeof(float) * p.n), *b = malloc(sizeof(float) * p.n);
     if (p.words) {
-        cpu.ops->download_f32(cpu.ctx, a, p.c, p.n);
-        gpu.ops->download_f32(gpu.ctx, b, p.g, p.n);
+        cpu.ops->download_words(cpu.ctx, a, p.c, p.n);
+        gpu.ops->download_words(gpu.ctx, b, p.g, p.n);
     } else {
         cpu.ops->download(cpu.ctx, a, p.c, p.n);
         cr_assert_eq(gpu.ops->download(gpu.ctx, b, p.g, p.n), 0, "%s", err_msg());
@@ -132,8 +132,8 @@ static void expect_close(const char *what, pair p, double atol, double rtol)
 static void expect_equal_words(const char *what, pair p)
 {
     int32_t *a = malloc(4 * p.n), *b = malloc(4 * p.n);
-    cpu.ops->download_f32(cpu.ctx, (float *)a, p.c, p.n);
-    gpu.ops->download_f32(gpu.ctx, (float *)b, p.g, p.n);
+    cpu.ops->download_words(cpu.ctx, a, p.c, p.n);
+    gpu.ops->download_words(gpu.ctx, b, p.g, p.n);
     for (size_t i = 0; i < p.n; i++)
         cr_assert_eq(a[i], b[i], "%s[%zu]: cuda %d ref %d", what, i, b[i], a[i]);
     free(a);
@@ -244,8 +244,8 @@ static void prefill_step(const char *tag, const float *qkv, const kern_seq *seqs
     expect_close(what, cs, 1e-4, 1e-3);
 
     float *csv = malloc(sizeof(float) * (size_t)rows * H);
-    cpu.ops->download_f32(cpu.ctx, csv, cs.c, (size_t)rows * H);
-    gpu.ops->upload_f32(gpu.ctx, cs.g, csv, (size_t)rows * H);
+    cpu.ops->download_words(cpu.ctx, csv, cs.c, (size_t)rows * H);
+    gpu.ops->upload_words(gpu.ctx, cs.g, csv, (size_t)rows * H);
     size_t slots = (size_t)n_seq * H * cap;
     pair kc = put(NULL, slots * hd), vc = put(NULL, slots * hd);
     pair sc = put_words(NULL, slots), ps = put_words(NULL, slots);
@@ -341,10 +341,10 @@ static void decode_step(const char *tag, pair K, pair Vv, pair sc, pair ps, cons
     expect_close(what, self, 1e-5, 1e-3);
     /* insert from identical scores on both sides: the same victims */
     float *sv = malloc(sizeof(float) * slots), *spv = malloc(sizeof(float) * n_seq * H);
-    cpu.ops->download_f32(cpu.ctx, sv, sc.c, slots);
-    gpu.ops->upload_f32(gpu.ctx, sc.g, sv, slots);
-    cpu.ops->download_f32(cpu.ctx, spv, self.c, (size_t)n_seq * H);
-    gpu.ops->upload_f32(gpu.ctx, self.g, spv, (size_t)n_seq * H);
+    cpu.ops->download_words(cpu.ctx, sv, sc.c, slots);
+    gpu.ops->upload_words(gpu.ctx, sc.g, sv, slots);
+    cpu.ops->download_words(cpu.ctx, spv, self.c, (size_t)n_seq * H);
+    gpu.ops->upload_words(gpu.ctx, self.g, spv, (size_t)n_seq * H);
     cpu.ops->kv_insert(cpu.ctx, KERN_KV_FMT_PLAIN, K.c, Vv.c, sc.c, ps.c, qc + 4 * (size_t)d,
                        qc + 8 * (size_t)d, 3 * d, self.c, seqs, n_seq, H, hd, cap, ev.c);
     cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, KERN_KV_FMT_PLAIN, K.g, Vv.g, sc.g, ps.g,
@@ -440,8 +440,8 @@ static void expect_equal_q4(const char *what, pair p, size_t rb)
 {
     size_t bytes = p.n * 4;
     uint8_t *a = malloc(bytes), *b = malloc(bytes);
-    cpu.ops->download_f32(cpu.ctx, (float *)a, p.c, p.n);
-    cr_assert_eq(gpu.ops->download_f32(gpu.ctx, (float *)b, p.g, p.n), 0, "%s", err_msg());
+    cpu.ops->download_words(cpu.ctx, a, p.c, p.n);
+    cr_assert_eq(gpu.ops->download_words(gpu.ctx, b, p.g, p.n), 0, "%s", err_msg());
     size_t bad = 0, first = 0;
     for (size_t i = 0; i < bytes; i++) {
         if (a[i] == b[i])
@@ -582,10 +582,10 @@ static int q4_decode_step(const char *tag, pair K, pair V, pair sc, pair ps, con
     expect_close(what, self, 1e-5, 1e-3);
     /* insert from identical scores on both sides: the same victims */
     float *sv = malloc(sizeof(float) * slots), *spv = malloc(sizeof(float) * n_seq * H);
-    cpu.ops->download_f32(cpu.ctx, sv, sc.c, slots);
-    gpu.ops->upload_f32(gpu.ctx, sc.g, sv, slots);
-    cpu.ops->download_f32(cpu.ctx, spv, self.c, (size_t)n_seq * H);
-    gpu.ops->upload_f32(gpu.ctx, self.g, spv, (size_t)n_seq * H);
+    cpu.ops->download_words(cpu.ctx, sv, sc.c, slots);
+    gpu.ops->upload_words(gpu.ctx, sc.g, sv, slots);
+    cpu.ops->download_words(cpu.ctx, spv, self.c, (size_t)n_seq * H);
+    gpu.ops->upload_words(gpu.ctx, self.g, spv, (size_t)n_seq * H);
     cpu.ops->kv_insert(cpu.ctx, KERN_KV_FMT_Q4, K.c, V.c, sc.c, ps.c, qc + 4 * (size_t)d,
                        qc + 8 * (size_t)d, 3 * d, self.c, seqs, n_seq, H, hd, cap, ev.c);
     cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, KERN_KV_FMT_Q4, K.g, V.g, sc.g, ps.g,
@@ -603,7 +603,7 @@ static int q4_decode_step(const char *tag, pair K, pair V, pair sc, pair ps, con
     snprintf(what, sizeof what, "%s q4 scores after insert", tag);
     expect_close(what, sc, 0, 0);
     int32_t *e = malloc(sizeof(int32_t) * n_seq * H);
-    cpu.ops->download_f32(cpu.ctx, (float *)e, ev.c, (size_t)n_seq * H);
+    cpu.ops->download_words(cpu.ctx, e, ev.c, (size_t)n_seq * H);
     int evictions = 0;
     for (int i = 0; i < n_seq * H; i++)
         evictions += seqs[i / H].n_new && e[i] >= 0;

@@ -58,6 +58,13 @@ static int cpu_copy_out(void *ctx, float *dst, const void *src, size_t n)
     return 0;
 }
 
+static int cpu_copy_words(void *ctx, void *dst, const void *src, size_t n)
+{
+    (void)ctx;
+    memcpy(dst, src, n * 4);
+    return 0;
+}
+
 static int cpu_embed(void *ctx, void *out, const void *tok_emb,
                      const void *pos_emb, const int32_t *ids,
                      const int32_t *pos, int n, int d)
@@ -264,12 +271,12 @@ static const backend_ops cpu_ops = {
     .kv_formats = CPU_KV_FORMATS,
     .destroy = cpu_destroy,
     .alloc = cpu_alloc,
-    .alloc_f32 = cpu_alloc,
+    .alloc_words = cpu_alloc,
     .free = cpu_free,
     .upload = cpu_copy,
     .download = cpu_copy_out,
-    .upload_f32 = cpu_copy,
-    .download_f32 = cpu_copy_out,
+    .upload_words = cpu_copy_words,
+    .download_words = cpu_copy_words,
     .embed = cpu_embed,
     .layernorm = cpu_layernorm,
     .linear = cpu_linear,
