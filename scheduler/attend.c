@@ -49,23 +49,21 @@ static int host_segment(const sched_pass *p, const sched_kv *g, const void *qkv,
                                          (const char *)sc->colsum + (size_t)r0 * H * 4, rows * H));
             cs = sc->h_colsum;
         }
-        int rc = g->fmt == KERN_KV_FMT_Q4
-                     ? kern_kv_prefill_q4(g->kc, g->vc, g->scores, g->pos, k, v, ld, cs,
-                                          sc->h_seqs, g->n, H, hd, cap)
-                     : kern_kv_prefill_h16(g->kc, g->vc, g->scores, g->pos, k, v, ld, cs,
-                                           sc->h_seqs, g->n, H, hd, cap);
-        RETURN_IF(rc < 0, rc, "out of host memory for the scratch of CPU attention's KV "
-                  "prefill; lower --gpu-batch-size or the prompt length");
-        return 0;
+        if (g->fmt == KERN_KV_FMT_Q4)
+            return kern_kv_prefill_q4(g->kc, g->vc, g->scores, g->pos, k, v, ld, cs, sc->h_seqs,
+                                      g->n, H, hd, cap, sc->h_work, sc->h_work_bytes);
+        return kern_kv_prefill_h16(g->kc, g->vc, g->scores, g->pos, k, v, ld, cs, sc->h_seqs,
+                                   g->n, H, hd, cap, sc->h_work, sc->h_work_bytes);
     }
     int32_t *ev = p->evicted ? sc->h_ev : NULL;
-    int rc = g->fmt == KERN_KV_FMT_Q4
-                 ? kern_attn_decode_q4(sc->h_att, d, q, k, v, ld, g->kc, g->vc, sc->h_seqs,
-                                       g->n, H, hd, cap, scale, g->scores, sc->h_self)
-                 : kern_attn_decode_h16(sc->h_att, d, q, k, v, ld, g->kc, g->vc, sc->h_seqs,
-                                        g->n, H, hd, cap, scale, g->scores, sc->h_self);
-    RETURN_IF(rc < 0, rc, "out of host memory for the scratch of CPU decode attention; lower "
-              "--gpu-batch-size");
+    if (g->fmt == KERN_KV_FMT_Q4)
+        FORWARD_IF(kern_attn_decode_q4(sc->h_att, d, q, k, v, ld, g->kc, g->vc, sc->h_seqs, g->n,
+                                       H, hd, cap, scale, g->scores, sc->h_self, sc->h_work,
+                                       sc->h_work_bytes));
+    else
+        FORWARD_IF(kern_attn_decode_h16(sc->h_att, d, q, k, v, ld, g->kc, g->vc, sc->h_seqs,
+                                        g->n, H, hd, cap, scale, g->scores, sc->h_self,
+                                        sc->h_work, sc->h_work_bytes));
     if (g->fmt == KERN_KV_FMT_Q4)
         kern_kv_insert_q4(g->kc, g->vc, g->scores, g->pos, k, v, ld, sc->h_self, sc->h_seqs,
                           g->n, H, hd, cap, ev);

@@ -143,6 +143,45 @@ static int alloc_act(sched *s)
     return rc;
 }
 
+/* Bytes of a carved sub-array, so that the next one starts 64-aligned. */
+static size_t carve(size_t bytes)
+{
+    return (bytes + 63) & ~(size_t)63;
+}
+
+/* The host scratch of CPU attention over a backend whose buffers are not
+ * host memory (attend.c's host segments): the words copied to and from
+ * the backend (colsum, evictions) in pinned memory, the q/k/v rows, the
+ * outputs, the rebased sequences and the kernels' per-thread scratch in
+ * one plain block. The kernels run on the compute thread, which is the
+ * one creating the scheduler: their thread count is this thread's.
+ * @return 0 or -errno. */
+static int alloc_host_scratch(sched *s)
+{
+    const sched_geom *g = &s->g;
+    sched_scratch *sc = &s->scr;
+    size_t R = (size_t)s->sh.max_rows, H = (size_t)g->H, gbs = (size_t)g->gbs;
+    int nt = kern_cpu_threads();
+    size_t work = kern_kv_prefill_scratch_bytes(s->sh.max_rows, nt); /* a prompt <= max_rows */
+    size_t dec = kern_attn_decode_scratch_bytes(s->sh.cap, nt);
+    sc->h_work_bytes = work > dec ? work : dec;
+    size_t colsum = carve(sizeof(float) * R * H), ev = carve(sizeof(int32_t) * gbs * g->KVH);
+    size_t qkv = carve(sizeof(float) * R * g->qkv), att = carve(sizeof(float) * R * g->d);
+    size_t self = carve(sizeof(float) * gbs * H), seqs = carve(sizeof(kern_seq) * gbs);
+    char *words, *rest;
+    FORWARD_IF(alloc_host(s, colsum + ev, 1, &s->h_words));
+    FORWARD_IF(alloc_host(s, qkv + att + self + seqs + sc->h_work_bytes, 0, &s->h_rest));
+    words = s->h_words, rest = s->h_rest;
+    sc->h_colsum = (float *)words;
+    sc->h_ev = (int32_t *)(words + colsum);
+    sc->h_qkv = (float *)rest;
+    sc->h_att = (float *)(rest + qkv);
+    sc->h_self = (float *)(rest + qkv + att);
+    sc->h_seqs = (kern_seq *)(rest + qkv + att + self);
+    sc->h_work = rest + qkv + att + self + seqs;
+    return 0;
+}
+
 /* The per-pass work space on the backend (and host scratch of CPU
  * attention). @return 0 or -errno. */
 static int alloc_work(sched *s)
@@ -162,20 +201,8 @@ static int alloc_work(sched *s)
     if (rc == 0 && s->sh.scores) rc = alloc_gpu(s, R * H * 4, &s->scr.colsum);
     if (rc == 0 && s->sh.scores) rc = alloc_gpu(s, B * H * 4, &s->scr.self_p);
     if (rc == 0 && s->sh.evicted) rc = alloc_gpu(s, (size_t)L * B * KVH * 4, &s->evicted);
-    if (rc == 0 && s->pol.cpu_attention && !s->be->ops->host_visible) {
-        /* host scratch of CPU attention (sched_kv.host segments) */
-        s->scr.h_qkv = malloc(sizeof(float) * R * g->qkv);
-        s->scr.h_att = malloc(sizeof(float) * R * d);
-        s->scr.h_colsum = malloc(sizeof(float) * R * H);
-        s->scr.h_self = malloc(sizeof(float) * (size_t)g->gbs * H);
-        s->scr.h_ev = malloc(sizeof(int32_t) * (size_t)g->gbs * KVH);
-        s->scr.h_seqs = malloc(sizeof(kern_seq) * (size_t)g->gbs);
-        if (!s->scr.h_qkv || !s->scr.h_att || !s->scr.h_colsum || !s->scr.h_self ||
-            !s->scr.h_ev || !s->scr.h_seqs) {
-            err_set(__FILE__, __LINE__, "out of host memory for CPU attention scratch");
-            rc = -ENOMEM;
-        }
-    }
+    if (rc == 0 && s->pol.cpu_attention && !s->be->ops->host_visible)
+        rc = alloc_host_scratch(s);
     return rc;
 }
 
@@ -299,12 +326,8 @@ void sched_destroy(sched *s)
                     s->scr.self_p, s->last, s->logits, s->evicted};
     for (size_t i = 0; i < sizeof work / sizeof *work; i++)
         o->free(ctx, work[i]);
-    free(s->scr.h_qkv);
-    free(s->scr.h_att);
-    free(s->scr.h_colsum);
-    free(s->scr.h_self);
-    free(s->scr.h_ev);
-    free(s->scr.h_seqs);
+    o->host_free(ctx, s->h_words);
+    free(s->h_rest);
     if (s->w_fd_owned)
         off_file_close(s->w_fd);
     off_file_close(s->kv_fd);

@@ -208,11 +208,15 @@ typedef struct sched_scratch {
     const sched_layer *w_layer; /* the layer whose matrices w holds (w_all), or NULL */
     void *colsum;              /* (rows, heads) fp32, or NULL */
     void *self_p;              /* (n_seq, heads) fp32, or NULL */
-    /* host scratch for sched_kv.host segments (NULL when there are none) */
+    /* host scratch for sched_kv.host segments (NULL when there are none),
+     * carved from two blocks: the words the backend copies (pinned) and
+     * the rest */
     float *h_qkv, *h_att;      /* (rows, qkv_dim), (rows, d) */
-    float *h_colsum, *h_self;  /* (rows, heads), (n_seq, heads) */
-    int32_t *h_ev;             /* (n_seq, kv_heads) */
+    float *h_colsum, *h_self;  /* (rows, heads) pinned, (n_seq, heads) */
+    int32_t *h_ev;             /* (n_seq, kv_heads) pinned */
     kern_seq *h_seqs;          /* (n_seq) */
+    void *h_work;              /* the CPU kernels' per-thread scratch (kern.h), */
+    size_t h_work_bytes;       /* sized for the plan's largest prompt and cap */
 } sched_scratch;
 
 enum { SCHED_PASS_IDLE = 0, SCHED_PASS_PREFILL = 1, SCHED_PASS_DECODE = 2 };
@@ -331,7 +335,9 @@ typedef struct sched sched;
 /* Plan, check against the caps and allocate every tier for model shape m
  * (its data part; the callbacks come with sched_attach) on backend be;
  * weights then arrive through sched_layer_sink (pass it to the model
- * loader). trace may be NULL (not owned).
+ * loader). trace may be NULL (not owned). Passes (sched_forward) run on
+ * the thread that created the scheduler: the scratch of its CPU kernels is
+ * sized for that thread's kern_cpu_threads().
  * @return 0 or -errno; destroy with sched_destroy(). */
 int sched_create(backend *be, const sched_model *m, const sched_policy *p,
                  const sched_shape *sh, sched_trace *trace, sched **out);

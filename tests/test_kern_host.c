@@ -14,6 +14,7 @@
 #include "backend.h"
 #include "err.h"
 #include "kern.h"
+#include "kern_scratch.h"
 
 /* y = x w^T (+ b), ReLU, through the CPU backend's vtable, as backend.h
  * promises it: x (2, 2) = [1 2; -1 0.5], w (3, 2) = [1 0; 0 1; -1 -1], so
@@ -85,15 +86,17 @@ Test(kern_host, cpu_kv_ops_dispatch_on_the_format_and_refuse_unknown_ones)
                                   &dec, 1, 1, HD, CAP, &ev[0]), 0, "%s", err_msg());
         if (fmt == KERN_KV_FMT_Q4) {
             uint8_t *kq = (uint8_t *)kc[1], *vq = (uint8_t *)vc[1];
-            kern_kv_prefill_q4(kq, vq, sc[1], pos[1], k, v, LD, cs, &pre, 1, 1, HD, CAP);
+            kern_kv_prefill_q4(kq, vq, sc[1], pos[1], k, v, LD, cs, &pre, 1, 1, HD, CAP,
+                               KERN_WS(CAP));
             kern_attn_decode_q4(out[1], HD, qkv, k, v, LD, kq, vq, &dec, 1, 1, HD, CAP, 0.125f,
-                                sc[1], &self[1]);
+                                sc[1], &self[1], KERN_WS(CAP));
             kern_kv_insert_q4(kq, vq, sc[1], pos[1], k, v, LD, &self[1], &dec, 1, 1, HD, CAP,
                               &ev[1]);
         } else {
-            kern_kv_prefill_ref(kc[1], vc[1], sc[1], pos[1], k, v, LD, cs, &pre, 1, 1, HD, CAP);
+            kern_kv_prefill_ref(kc[1], vc[1], sc[1], pos[1], k, v, LD, cs, &pre, 1, 1, HD, CAP,
+                                KERN_WS(CAP));
             kern_attn_decode_ref(out[1], HD, qkv, k, v, LD, kc[1], vc[1], &dec, 1, 1, HD, CAP,
-                                 0.125f, sc[1], &self[1]);
+                                 0.125f, sc[1], &self[1], KERN_WS(CAP));
             kern_kv_insert_ref(kc[1], vc[1], sc[1], pos[1], k, v, LD, &self[1], &dec, 1, 1, HD,
                                CAP, &ev[1]);
         }
@@ -189,8 +192,10 @@ Test(kern_host, h16_slot_ops_equal_the_reference)
     uint16_t *kh = calloc(slots * HD, 2), *vh = calloc(slots * HD, 2);
     float *sh = calloc(slots, 4);
     int32_t *pos = calloc(slots, 4), *posh = calloc(slots, 4);
-    kern_kv_prefill_ref(kc, vc, sc, pos, qkv + d, qkv + 2 * d, ld, colsum, sq, NS, H, HD, CAP);
-    kern_kv_prefill_h16(kh, vh, sh, posh, qkv + d, qkv + 2 * d, ld, colsum, sq, NS, H, HD, CAP);
+    kern_kv_prefill_ref(kc, vc, sc, pos, qkv + d, qkv + 2 * d, ld, colsum, sq, NS, H, HD, CAP,
+                        KERN_WS(rows));
+    kern_kv_prefill_h16(kh, vh, sh, posh, qkv + d, qkv + 2 * d, ld, colsum, sq, NS, H, HD, CAP,
+                        KERN_WS(rows));
     cr_assert_eq(memcmp(pos, posh, slots * 4), 0, "prefill kept different tokens");
     cr_assert_eq(memcmp(sc, sh, slots * 4), 0, "prefill scores differ");
     for (size_t i = 0; i < slots * HD; i++)
@@ -211,9 +216,9 @@ Test(kern_host, h16_slot_ops_equal_the_reference)
             sq[s].n_slots = sq[s].n_past < budget[s] ? sq[s].n_past : budget[s];
         }
         kern_attn_decode_ref(out, d, row, row + d, row + 2 * d, ld, kc, vc, sq, NS, H, HD, CAP,
-                             0.25f, sc, self);
+                             0.25f, sc, self, KERN_WS(CAP));
         kern_attn_decode_h16(outh, d, row, row + d, row + 2 * d, ld, kh, vh, sq, NS, H, HD,
-                             CAP, 0.25f, sh, selfh);
+                             CAP, 0.25f, sh, selfh, KERN_WS(CAP));
         cr_assert_eq(memcmp(out, outh, sizeof(float) * NS * d), 0, "step %d: output", step);
         cr_assert_eq(memcmp(sc, sh, slots * 4), 0, "step %d: scores", step);
         cr_assert_eq(memcmp(self, selfh, sizeof self), 0, "step %d: self", step);
@@ -567,9 +572,11 @@ static void q4_decode_insert_case(int HD)
             ev_f[i] = ev_q[i] = -9;
         }
         kern_attn_decode_ref(of, d, row, row + d, row + 2 * d, ld, kf, vf, sq, NS, H, HD, CAP,
-                             scale, with_scores ? sf : NULL, with_scores ? self_f : NULL);
+                             scale, with_scores ? sf : NULL, with_scores ? self_f : NULL,
+                             KERN_WS(CAP));
         kern_attn_decode_q4(oq, d, row, row + d, row + 2 * d, ld, kq, vq, sq, NS, H, HD, CAP,
-                            scale, with_scores ? sqs : NULL, with_scores ? self_q : NULL);
+                            scale, with_scores ? sqs : NULL, with_scores ? self_q : NULL,
+                            KERN_WS(CAP));
         cr_assert_eq(memcmp(of, oq, sizeof(float) * NS * d), 0, "hd %d step %d: output", HD,
                      step);
         cr_assert_eq(memcmp(sf, sqs, sizeof(float) * slots), 0, "hd %d step %d: scores", HD,
@@ -672,8 +679,10 @@ static void q4_prefill_case(int HD, int with_colsum)
         sf[i] = sqs[i] = -3.0f;
         pf[i] = pq[i] = -5;
     }
-    kern_kv_prefill_ref(kf, vf, sf, pf, qkv + d, qkv + 2 * d, ld, cs, sq, NS, H, HD, CAP);
-    kern_kv_prefill_q4(kq, vq, sqs, pq, qkv + d, qkv + 2 * d, ld, cs, sq, NS, H, HD, CAP);
+    kern_kv_prefill_ref(kf, vf, sf, pf, qkv + d, qkv + 2 * d, ld, cs, sq, NS, H, HD, CAP,
+                        KERN_WS(rows));
+    kern_kv_prefill_q4(kq, vq, sqs, pq, qkv + d, qkv + 2 * d, ld, cs, sq, NS, H, HD, CAP,
+                       KERN_WS(rows));
     cr_assert_eq(memcmp(pf, pq, sizeof(int32_t) * slots), 0, "hd %d colsum %d: positions", HD,
                  with_colsum);
     cr_assert_eq(memcmp(sf, sqs, sizeof(float) * slots), 0, "hd %d colsum %d: scores", HD,
