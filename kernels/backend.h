@@ -20,6 +20,22 @@
 
 #include "kern.h"
 
+/* The largest calls a caller will make (backend_ops.reserve): what a
+ * backend sizes every work buffer and staging area for, once. A field of
+ * 0 reserves nothing for what it bounds. */
+typedef struct backend_limits {
+    int rows;        /* rows (tokens) of one call: embed's ids and positions,
+                      * gather_rows' rows, the packed q/k/v rows of an attention op */
+    int seqs;        /* sequences (kern_seq entries) of one attention or KV op */
+    int heads, kv_heads, head_dim;
+    int cap;         /* KV slots per (sequence, KV head) */
+    int prompt;      /* longest prompt (n_new) of an attn_prefill / kv_prefill call */
+    int sample_rows; /* logit rows of one sample call (0: the caller does not sample) */
+    int vocab;       /* V of those rows */
+    int sample_draw; /* 1: a sample row may have temperature > 0 (top-p sorts the
+                      * vocabulary: work for sample_rows x vocab); 0: greedy only */
+} backend_limits;
+
 typedef struct backend_ops {
     const char *name;  /* "cpu" or "cuda" */
     size_t elem_size;  /* bytes per stored activation/weight element */
@@ -100,6 +116,26 @@ typedef struct backend_ops {
                   const double *u, int32_t *tokens, float *logprobs);
     /* Wait for all work issued so far (not used on the decode path). */
     int (*sync)(void *ctx);
+
+    /* ---- work memory, sized once ----
+     * Reserve every work buffer and staging area the ops need for calls
+     * within *lim, before a run: sched_create calls it with its plan's
+     * shapes and its caller's sampling, sched_destroy with NULL. The rule:
+     * while a reservation is held no op allocates or frees (on CUDA that
+     * would be a cudaFree / cudaMalloc, which synchronise the device); a
+     * call beyond the limits fails with "internal: ... exceeds the
+     * reserved ..." instead. Reservations nest: another one widens the
+     * limits to cover both, reserve(ctx, NULL) ends the latest. With none
+     * held (tests calling ops directly, calibration) an op still grows what
+     * it needs on first use. Call it from the thread that issues the
+     * compute ops, with none in flight. @return 0 or -errno (-ENOMEM: the
+     * limits do not fit). */
+    int (*reserve)(void *ctx, const backend_limits *lim);
+    /* Allocations since the backend was created: buffers (alloc,
+     * alloc_words, host_alloc) and work space an op grew outside a
+     * reservation. A test reads it around a run: a pass allocates nothing.
+     * Any thread may call it. */
+    uint64_t (*allocs)(void *ctx);
 
     /* ---- raw byte movement for the offloading scheduler (scheduler/) ----
      * "Host tier" memory: pinned (page-locked) on CUDA so that copies can run

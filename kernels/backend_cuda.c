@@ -24,6 +24,7 @@
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,12 +113,16 @@ typedef struct cuda_ctx {
     cudaStream_t stream;
     cublasHandle_t blas;
     grow_buf ids, pos, rows, seqs, work, samp;
-    kern_seq *seqs_host; /* what seqs holds now */
-    size_t seqs_n;
+    kern_seq *seqs_host; /* what seqs holds now: seqs_n of seqs_cap entries */
+    kern_seq *seqs_tmp;  /* (seqs_cap) prefill's copy of a kern_seq array */
+    size_t seqs_n, seqs_cap;
     void *pinned;        /* PINNED_BYTES staging for upload/download */
     cudaStream_t h2d, d2h;            /* copy streams of the offloading scheduler */
     cudaEvent_t events[BACKEND_EVENTS]; /* event_record / event_wait / event_sync */
-    grow_buf f32tmp;     /* device fp32 staging for conversions */
+    grow_buf f32tmp;     /* device fp32 staging for conversions (PINNED_BYTES) */
+    int reserved;        /* reservations held (backend.h reserve): nothing grows */
+    backend_limits lim;  /* what they cover, field by field the widest */
+    _Atomic uint64_t allocs; /* allocations so far (backend.h allocs) */
 } cuda_ctx;
 
 #define PINNED_BYTES ((size_t)32 << 20)
@@ -142,15 +147,49 @@ static int dev_malloc(void **p, size_t bytes, const char *what, const char *advi
     return 0;
 }
 
-static int grow(grow_buf *b, size_t bytes)
+/* Make b hold `bytes` (for `what`, in messages). The cudaFree waits for
+ * the whole device: set-up only, or outside a reservation. */
+static int grow_to(cuda_ctx *c, grow_buf *b, size_t bytes, const char *what)
 {
     if (bytes <= b->bytes)
         return 0;
     cudaFree(b->p);
     b->p = NULL;
     b->bytes = 0;
-    FORWARD_IF(dev_malloc(&b->p, bytes, "work space", "lower --batch-size or use --device cpu"));
+    c->allocs++;
+    FORWARD_IF(dev_malloc(&b->p, bytes, what, "lower --batch-size or use --device cpu"));
     b->bytes = bytes;
+    return 0;
+}
+
+/* b for an op that needs `bytes`: within a reservation what reserve sized
+ * must do (a larger need is refused: no cudaFree / cudaMalloc on the
+ * decode path), outside one it grows. */
+static int grow(cuda_ctx *c, grow_buf *b, size_t bytes, const char *what)
+{
+    RETURN_IF(bytes > b->bytes && c->reserved, -EINVAL, "internal: %s needs %zu bytes, "
+              "exceeds the reserved %zu; the limits given to reserve are too small", what,
+              bytes, b->bytes);
+    return grow_to(c, b, bytes, what);
+}
+
+/* The host kern_seq arrays hold n entries: sized by reserve, grown
+ * outside a reservation. */
+static int seqs_room(cuda_ctx *c, size_t n, int reserving)
+{
+    if (n <= c->seqs_cap)
+        return 0;
+    RETURN_IF(c->reserved && !reserving, -EINVAL, "internal: a call of %zu sequences exceeds "
+              "the reserved %zu; the limits given to reserve are too small", n, c->seqs_cap);
+    c->allocs++;
+    kern_seq *h = realloc(c->seqs_host, sizeof(kern_seq) * n);
+    if (h)
+        c->seqs_host = h;
+    kern_seq *t = h ? realloc(c->seqs_tmp, sizeof(kern_seq) * n) : NULL;
+    if (t)
+        c->seqs_tmp = t;
+    RETURN_IF(!h || !t, -ENOMEM, "out of host memory for %zu sequences", n);
+    c->seqs_cap = n;
     return 0;
 }
 
@@ -184,6 +223,7 @@ static void cuda_destroy(void *ctx)
         if (c->events[i])
             cudaEventDestroy(c->events[i]);
     free(c->seqs_host);
+    free(c->seqs_tmp);
     free(c);
 }
 
@@ -192,6 +232,7 @@ static void cuda_destroy(void *ctx)
 static int cuda_alloc_bytes(cuda_ctx *c, size_t bytes, void **out)
 {
     void *p = NULL;
+    c->allocs++;
     FORWARD_IF(dev_malloc(&p, bytes ? bytes : 16, "a buffer",
                           "lower --batch-size, use a smaller model or --device cpu"));
     CK(cudaMemsetAsync(p, 0, bytes ? bytes : 16, c->stream));
@@ -222,7 +263,6 @@ static int cuda_upload(void *ctx, void *dst, const float *src, size_t n)
 {
     cuda_ctx *c = ctx;
     size_t chunk = PINNED_BYTES / sizeof(float);
-    FORWARD_IF(grow(&c->f32tmp, PINNED_BYTES));
     for (size_t at = 0; at < n; at += chunk) {
         size_t len = n - at < chunk ? n - at : chunk;
         CK(cudaStreamSynchronize(c->stream)); /* pinned chunk free again */
@@ -239,7 +279,6 @@ static int cuda_download(void *ctx, float *dst, const void *src, size_t n)
 {
     cuda_ctx *c = ctx;
     size_t chunk = PINNED_BYTES / sizeof(float);
-    FORWARD_IF(grow(&c->f32tmp, PINNED_BYTES));
     for (size_t at = 0; at < n; at += chunk) {
         size_t len = n - at < chunk ? n - at : chunk;
         CK(kern_f16_to_f32_cuda(c->f32tmp.p, (const char *)src + at * 2, len, c->stream));
@@ -270,9 +309,9 @@ static int cuda_download_words(void *ctx, void *dst, const void *src, size_t n)
 /* Copy a small host array to a staging buffer on the stream. Pageable
  * sources are staged by the driver before cudaMemcpyAsync returns, so the
  * caller may reuse its array at once. */
-static int stage(cuda_ctx *c, grow_buf *b, const void *src, size_t bytes)
+static int stage(cuda_ctx *c, grow_buf *b, const void *src, size_t bytes, const char *what)
 {
-    FORWARD_IF(grow(b, bytes));
+    FORWARD_IF(grow(c, b, bytes, what));
     CK(cudaMemcpyAsync(b->p, src, bytes, cudaMemcpyHostToDevice, c->stream));
     return 0;
 }
@@ -282,22 +321,20 @@ static int stage_seqs(cuda_ctx *c, const kern_seq *seqs, int n_seq)
     size_t bytes = sizeof(kern_seq) * (size_t)n_seq;
     if (c->seqs_host && c->seqs_n == (size_t)n_seq && !memcmp(c->seqs_host, seqs, bytes))
         return 0;
-    if ((size_t)n_seq > c->seqs_n || !c->seqs_host) {
-        kern_seq *h = realloc(c->seqs_host, bytes ? bytes : sizeof(kern_seq));
-        RETURN_IF(!h, -ENOMEM, "out of memory");
-        c->seqs_host = h;
-    }
+    FORWARD_IF(seqs_room(c, (size_t)n_seq, 0));
+    c->seqs_n = SIZE_MAX; /* nothing valid until the copy is queued */
+    FORWARD_IF(stage(c, &c->seqs, seqs, bytes, "the sequences' staging"));
     memcpy(c->seqs_host, seqs, bytes);
     c->seqs_n = (size_t)n_seq;
-    return stage(c, &c->seqs, seqs, bytes);
+    return 0;
 }
 
 static int cuda_embed(void *ctx, void *out, const void *tok_emb, const void *pos_emb,
                       const int32_t *ids, const int32_t *pos, int n, int d)
 {
     cuda_ctx *c = ctx;
-    FORWARD_IF(stage(c, &c->ids, ids, sizeof(int32_t) * (size_t)n));
-    FORWARD_IF(stage(c, &c->pos, pos, sizeof(int32_t) * (size_t)n));
+    FORWARD_IF(stage(c, &c->ids, ids, sizeof(int32_t) * (size_t)n, "the token ids' staging"));
+    FORWARD_IF(stage(c, &c->pos, pos, sizeof(int32_t) * (size_t)n, "the positions' staging"));
     CK(kern_embed_cuda(out, tok_emb, pos_emb, c->ids.p, c->pos.p, n, d, c->stream));
     return 0;
 }
@@ -444,7 +481,7 @@ static int cuda_gather_rows(void *ctx, void *dst, const void *src, const int32_t
                             int d)
 {
     cuda_ctx *c = ctx;
-    FORWARD_IF(stage(c, &c->rows, rows, sizeof(int32_t) * (size_t)n));
+    FORWARD_IF(stage(c, &c->rows, rows, sizeof(int32_t) * (size_t)n, "the gather rows' staging"));
     CK(kern_gather_rows_cuda(dst, src, c->rows.p, n, d, c->stream));
     return 0;
 }
@@ -474,11 +511,9 @@ static int max_of(const kern_seq *seqs, int n_seq, int field_slots)
  * head does not fit (n > 6688) is done head by head in blocks of qb query
  * rows, each against only the keys its causal rows see, so the work stays
  * under PREFILL_WORK (and linear in n) for a prompt of any length. */
-static int prefill_gemm(cuda_ctx *c, void *out, int ldo, const void *q, const void *k,
-                        const void *v, int ld, const kern_seq *sq, int n_head, int hd,
-                        float scale, void *colsum)
+static size_t prefill_gemm_plan(int n, int n_head, int *hg_out, int *qb_out)
 {
-    int n = sq->n_new, hg = 1, qb = n;
+    int hg = 1, qb = n;
     size_t per_row = (size_t)n * 6 + 8, per_head = per_row * (size_t)n;
     if (per_head <= PREFILL_WORK) {
         size_t fit = PREFILL_WORK / per_head;
@@ -487,7 +522,18 @@ static int prefill_gemm(cuda_ctx *c, void *out, int ldo, const void *q, const vo
         size_t fit = PREFILL_WORK / per_row;
         qb = fit < 1 ? 1 : (int)fit; /* < n here */
     }
-    FORWARD_IF(grow(&c->work, per_row * (size_t)qb * (size_t)hg));
+    *hg_out = hg;
+    *qb_out = qb;
+    return per_row * (size_t)qb * (size_t)hg;
+}
+
+static int prefill_gemm(cuda_ctx *c, void *out, int ldo, const void *q, const void *k,
+                        const void *v, int ld, const kern_seq *sq, int n_head, int hd,
+                        float scale, void *colsum)
+{
+    int n = sq->n_new, hg, qb;
+    FORWARD_IF(grow(c, &c->work, prefill_gemm_plan(n, n_head, &hg, &qb),
+                    "prefill attention's work space"));
     float *S = c->work.p;                                                  /* (hg, qb, <= n) */
     void *P = S + (size_t)hg * qb * n;                                     /* (hg, qb, <= n) */
     float *stats = (float *)((char *)P + (size_t)hg * qb * n * 2);         /* (hg, qb, 2) */
@@ -545,7 +591,8 @@ static int prefill_split(cuda_ctx *c, kern_seq *sh, void *out, int ldo, const vo
         return 0;
     FORWARD_IF(stage_seqs(c, sh, n_seq));
     if (colsum)
-        FORWARD_IF(grow(&c->work, sizeof(float) * 2 * (size_t)rows * n_head));
+        FORWARD_IF(grow(c, &c->work, sizeof(float) * 2 * (size_t)rows * n_head,
+                        "prefill attention's work space"));
     CK(kern_attn_prefill_cuda(out, ldo, q, k, v, ld, c->seqs.p, n_seq, n_head, head_dim, scale,
                               colsum, c->work.p, max_of(sh, n_seq, 0), c->stream));
     return 0;
@@ -555,12 +602,10 @@ static int cuda_attn_prefill(void *ctx, void *out, int ldo, const void *q, const
                              const void *v, int ld, const kern_seq *seqs, int n_seq, int n_head,
                              int head_dim, float scale, void *colsum)
 {
-    kern_seq *sh = malloc(sizeof(kern_seq) * (size_t)(n_seq ? n_seq : 1));
-    RETURN_IF(!sh, -ENOMEM, "out of host memory for %d sequences", n_seq);
-    int rc = prefill_split(ctx, sh, out, ldo, q, k, v, ld, seqs, n_seq, n_head, head_dim, scale,
-                           colsum);
-    free(sh);
-    return rc;
+    cuda_ctx *c = ctx;
+    FORWARD_IF(seqs_room(c, (size_t)n_seq, 0));
+    return prefill_split(c, c->seqs_tmp, out, ldo, q, k, v, ld, seqs, n_seq, n_head, head_dim,
+                         scale, colsum);
 }
 
 /* The KV ops: the kernels take the format (kern_kv_fmt) and refuse one
@@ -583,7 +628,8 @@ static int cuda_attn_decode(void *ctx, void *out, int ldo, const void *q, const 
 {
     cuda_ctx *c = ctx;
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
-    FORWARD_IF(grow(&c->work, kern_attn_decode_work(n_seq, n_head, head_dim, cap)));
+    FORWARD_IF(grow(c, &c->work, kern_attn_decode_work(n_seq, n_head, head_dim, cap),
+                    "decode attention's work space"));
     CK(kern_attn_decode_cuda(out, ldo, q, k, v, ld, fmt, kc, vc, c->seqs.p, n_seq, n_head,
                              head_dim, cap, scale, scores, self_p, c->work.p,
                              max_of(seqs, n_seq, 1), c->stream));
@@ -611,6 +657,12 @@ static int cuda_dequant_q4(void *ctx, void *dst, const void *src, size_t rows, i
     return 0;
 }
 
+/* Bytes of samp ahead of the kernel's work space for n rows. */
+static size_t sample_head(size_t n)
+{
+    return (n * 8 + 255) / 256 * 256 * 4;
+}
+
 /* Sampling: the per-row parameters go up, tokens and logprobs come back;
  * this is the decode step's one host wait. Layout of samp: temperature,
  * top_p (n floats each), u (n doubles), tokens (n int32), logprobs (n f32),
@@ -623,9 +675,9 @@ static int cuda_sample(void *ctx, const void *logits, int n_rows, int V,
     int any = 0;
     for (int i = 0; i < n_rows; i++)
         any |= temperature[i] > 0.0f;
-    size_t n = (size_t)n_rows, head = (n * 8 + 255) / 256 * 256 * 4;
+    size_t n = (size_t)n_rows, head = sample_head(n);
     size_t work = any ? kern_sample_work(n_rows, V) : kern_sample_work(n_rows, 1);
-    FORWARD_IF(grow(&c->samp, head + work));
+    FORWARD_IF(grow(c, &c->samp, head + work, "sampling's work space"));
     char *p = c->samp.p;
     float *d_t = (float *)p, *d_p = (float *)(p + n * 4);
     double *d_u = (double *)(p + n * 8);
@@ -649,6 +701,83 @@ static int cuda_sync(void *ctx)
     return 0;
 }
 
+/* ---- the reservation (backend.h reserve) ----
+ * Every buffer an op grows, sized for the widest limits: the staging of
+ * ids, positions, gather rows and kern_seq arrays; the attention work
+ * space (decode's chunks, prefill's softmax statistics and its tensor-core
+ * S and P); sampling's parameters and sort. The largest is taken over every
+ * prompt length and row count a call may bring, so no call within the
+ * limits needs more (cub's sort space is not documented as monotone). */
+static size_t reserve_work(const backend_limits *l)
+{
+    size_t most = kern_attn_decode_work(l->seqs, l->heads, l->head_dim, l->cap);
+    size_t stats = sizeof(float) * 2 * (size_t)l->rows * l->heads;
+    most = stats > most ? stats : most;
+    for (int n = PREFILL_GEMM_MIN; n <= l->prompt; n++) {
+        int hg, qb;
+        size_t b = prefill_gemm_plan(n, l->heads, &hg, &qb);
+        most = b > most ? b : most;
+    }
+    return most;
+}
+
+static size_t reserve_samp(const backend_limits *l)
+{
+    size_t most = 0;
+    for (int n = 1; n <= l->sample_rows; n++) {
+        size_t w = kern_sample_work(n, 1);
+        if (l->sample_draw) {
+            size_t d = kern_sample_work(n, l->vocab);
+            w = d > w ? d : w;
+        }
+        most = sample_head((size_t)n) + w > most ? sample_head((size_t)n) + w : most;
+    }
+    return most;
+}
+
+static int max_i(int a, int b)
+{
+    return a > b ? a : b;
+}
+
+static int cuda_reserve(void *ctx, const backend_limits *lim)
+{
+    cuda_ctx *c = ctx;
+    if (!lim) {
+        c->reserved -= c->reserved > 0;
+        return 0;
+    }
+    CK(cudaSetDevice(c->device));
+    backend_limits *w = &c->lim;
+    w->rows = max_i(w->rows, lim->rows);
+    w->seqs = max_i(w->seqs, lim->seqs);
+    w->heads = max_i(w->heads, lim->heads);
+    w->kv_heads = max_i(w->kv_heads, lim->kv_heads);
+    w->head_dim = max_i(w->head_dim, lim->head_dim);
+    w->cap = max_i(w->cap, lim->cap);
+    w->prompt = max_i(w->prompt, lim->prompt);
+    w->sample_rows = max_i(w->sample_rows, lim->sample_rows);
+    w->vocab = max_i(w->vocab, lim->vocab);
+    w->sample_draw = max_i(w->sample_draw, lim->sample_draw);
+    size_t rows = sizeof(int32_t) * (size_t)w->rows;
+    FORWARD_IF(grow_to(c, &c->ids, rows, "the token ids' staging"));
+    FORWARD_IF(grow_to(c, &c->pos, rows, "the positions' staging"));
+    FORWARD_IF(grow_to(c, &c->rows, rows, "the gather rows' staging"));
+    FORWARD_IF(grow_to(c, &c->seqs, sizeof(kern_seq) * (size_t)w->seqs,
+                       "the sequences' staging"));
+    FORWARD_IF(seqs_room(c, (size_t)w->seqs, 1));
+    FORWARD_IF(grow_to(c, &c->work, reserve_work(w), "attention's work space"));
+    FORWARD_IF(grow_to(c, &c->samp, reserve_samp(w), "sampling's work space"));
+    c->reserved++;
+    return 0;
+}
+
+static uint64_t cuda_allocs(void *ctx)
+{
+    cuda_ctx *c = ctx;
+    return c->allocs;
+}
+
 /* ---- byte movement for the offloading scheduler ----
  * Copies run on a stream of their direction, so that a load, a store and
  * the compute of the current GPU batch proceed together; the calling thread
@@ -659,6 +788,7 @@ static int cuda_host_alloc(void *ctx, size_t bytes, void **out)
     cuda_ctx *c = ctx;
     CK(cudaSetDevice(c->device));
     void *p = NULL;
+    c->allocs++;
     cudaError_t e = cudaHostAlloc(&p, bytes ? bytes : 16, cudaHostAllocDefault);
     if (e != cudaSuccess) {
         cudaGetLastError();
@@ -772,6 +902,8 @@ static const backend_ops cuda_ops = {
     .dequant_q4 = cuda_dequant_q4,
     .sample = cuda_sample,
     .sync = cuda_sync,
+    .reserve = cuda_reserve,
+    .allocs = cuda_allocs,
     .host_alloc = cuda_host_alloc,
     .host_free = cuda_host_free,
     .copy_h2d = cuda_copy_h2d,
@@ -794,6 +926,7 @@ static int cuda_setup(cuda_ctx *c)
     for (int i = 0; i < BACKEND_EVENTS; i++)
         CK(cudaEventCreateWithFlags(&c->events[i], cudaEventDisableTiming));
     CK(cudaHostAlloc(&c->pinned, PINNED_BYTES, cudaHostAllocDefault));
+    FORWARD_IF(grow_to(c, &c->f32tmp, PINNED_BYTES, "the fp32 conversion staging"));
     FORWARD_IF(dev_malloc(&c->lt_work, LT_WORKSPACE, "cuBLASLt's workspace",
                           "other processes hold the GPU's memory; free it or use --device cpu"));
     CK(cublasCreate(&c->blas));

@@ -206,6 +206,30 @@ static int alloc_work(sched *s)
     return rc;
 }
 
+/* The largest op calls of a pass and of the caller's sampling, for the
+ * backend's reservation: a GPU batch's rows and sequences (an attention
+ * op gets one KV segment's, at most a batch), the model's heads, the
+ * plan's cap and prompt, and sample calls over the block's logits. */
+static backend_limits sched_limits(const sched *s)
+{
+    const sched_geom *g = &s->g;
+    const sched_shape *sh = &s->sh;
+    int sampled = sh->sample != SCHED_SAMPLE_NONE;
+    return (backend_limits){
+        .rows = sh->max_rows,
+        .seqs = g->gbs,
+        .heads = g->H,
+        .kv_heads = g->KVH,
+        .head_dim = g->hd,
+        .cap = sh->cap,
+        .prompt = sh->max_prompt > 0 && sh->max_prompt < sh->max_rows ? sh->max_prompt
+                                                                      : sh->max_rows,
+        .sample_rows = sampled ? g->block : 0,
+        .vocab = sampled ? g->V : 0,
+        .sample_draw = sh->sample == SCHED_SAMPLE_DRAW,
+    };
+}
+
 int sched_io_order_device(const backend *be)
 {
     const char *e = getenv("FLEXH2O_IO_ORDER");
@@ -264,6 +288,11 @@ int sched_create(backend *be, const sched_model *m, const sched_policy *p,
         rc = alloc_act(s);
     if (rc == 0)
         rc = alloc_work(s);
+    if (rc == 0) {
+        backend_limits lim = sched_limits(s);
+        rc = be->ops->reserve(be->ctx, &lim);
+        s->reserved = rc == 0;
+    }
 
     /* the backend zeroes new buffers on its compute stream: let that finish
      * before the copy streams write into them */
@@ -298,6 +327,8 @@ void sched_destroy(sched *s)
     const backend_ops *o = s->be->ops;
     void *ctx = s->be->ctx;
     o->sync(ctx); /* nothing queued may still use a buffer freed below */
+    if (s->reserved)
+        o->reserve(ctx, NULL);
     int L = s->g.L, K = s->g.K;
     for (int l = 0; s->w_gpu && l < L; l++)
         o->free(ctx, s->w_gpu[l]);

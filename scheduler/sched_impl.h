@@ -138,6 +138,7 @@ typedef struct sched_lane {
 
 struct sched {
     backend *be;
+    int reserved;          /* holds a reservation of the backend's work memory */
     sched_model mdl;       /* shape from sched_create, callbacks from sched_attach */
     int attached;
     sched_policy pol;

@@ -3,6 +3,7 @@
  * numerical reference of flexh2o. */
 #include <cblas.h>
 #include <omp.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +15,8 @@ typedef struct cpu_ctx {
     void *scratch;        /* the kernels' scratch (kern.h): attention's probabilities, the
                            * KV prefill's keep flags, sampling's sort; one op at a time */
     size_t scratch_bytes;
+    int reserved;         /* reservations held (backend.h reserve): scratch does not grow */
+    _Atomic uint64_t allocs; /* allocations so far (backend.h allocs) */
 } cpu_ctx;
 
 static void cpu_destroy(void *ctx)
@@ -23,19 +26,31 @@ static void cpu_destroy(void *ctx)
     free(c);
 }
 
+/* Grow the kernels' scratch to `need` bytes (for op, in the message). */
+static int scratch_grow(cpu_ctx *c, size_t need, const char *op)
+{
+    if (need <= c->scratch_bytes)
+        return 0;
+    c->allocs++;
+    void *p = malloc(need);
+    RETURN_IF(!p, -ENOMEM, "out of host memory for %.1f MiB of scratch for %s (%d threads); "
+              "lower --batch-size or the prompt length", need / 1048576.0, op,
+              kern_cpu_threads());
+    free(c->scratch);
+    c->scratch = p;
+    c->scratch_bytes = need;
+    return 0;
+}
+
 /* The kernels' scratch for an op that needs `need` bytes (kern_*_scratch_
- * bytes), grown when it is short. */
+ * bytes): within a reservation what reserve sized (a call beyond it is
+ * refused), outside one grown when it is short. */
 static int cpu_scratch(cpu_ctx *c, size_t need, const char *op, void **out)
 {
-    if (need > c->scratch_bytes) {
-        void *p = malloc(need);
-        RETURN_IF(!p, -ENOMEM, "out of host memory for %.1f MiB of scratch for %s (%d "
-                  "threads); lower --batch-size or the prompt length", need / 1048576.0, op,
-                  kern_cpu_threads());
-        free(c->scratch);
-        c->scratch = p;
-        c->scratch_bytes = need;
-    }
+    RETURN_IF(need > c->scratch_bytes && c->reserved, -EINVAL, "internal: %s needs %zu bytes "
+              "of scratch (%d threads), exceeds the reserved %zu; the limits given to reserve "
+              "are too small", op, need, kern_cpu_threads(), c->scratch_bytes);
+    FORWARD_IF(scratch_grow(c, need, op));
     *out = c->scratch;
     return 0;
 }
@@ -51,7 +66,8 @@ static int max_new_of(const kern_seq *seqs, int n_seq)
 
 static int cpu_alloc(void *ctx, size_t n, void **out)
 {
-    (void)ctx;
+    cpu_ctx *c = ctx;
+    c->allocs++;
     /* 64-byte alignment for vector loads, 4096 for big buffers (the disk
      * engine reads O_DIRECT straight into staging buffers); zeroed like the
      * CUDA side. */
@@ -246,10 +262,42 @@ static int cpu_sync(void *ctx)
     return 0;
 }
 
+/* One scratch for every op (they run one at a time on the compute
+ * thread), as large as the largest of them within *lim, on this thread's
+ * kern_cpu_threads(). */
+static int cpu_reserve(void *ctx, const backend_limits *lim)
+{
+    cpu_ctx *c = ctx;
+    if (!lim) {
+        c->reserved -= c->reserved > 0;
+        return 0;
+    }
+    int nt = kern_cpu_threads();
+    size_t need[] = {
+        kern_attn_prefill_scratch_bytes(lim->prompt, nt),
+        kern_kv_prefill_scratch_bytes(lim->prompt, nt),
+        kern_attn_decode_scratch_bytes(lim->cap, nt),
+        lim->sample_rows && lim->sample_draw ? kern_sample_scratch_bytes(lim->vocab) : 0,
+    };
+    size_t most = 0;
+    for (size_t i = 0; i < sizeof need / sizeof *need; i++)
+        most = need[i] > most ? need[i] : most;
+    FORWARD_IF(scratch_grow(c, most, "the reservation"));
+    c->reserved++;
+    return 0;
+}
+
+static uint64_t cpu_allocs(void *ctx)
+{
+    cpu_ctx *c = ctx;
+    return c->allocs;
+}
+
 /* Host tier: 4096-aligned (O_DIRECT-ready) and zeroed. */
 static int cpu_host_alloc(void *ctx, size_t bytes, void **out)
 {
-    (void)ctx;
+    cpu_ctx *c = ctx;
+    c->allocs++;
     size_t n = (bytes + 4095) & ~(size_t)4095;
     void *p = aligned_alloc(4096, n ? n : 4096);
     RETURN_IF(!p, -ENOMEM, "cannot allocate %.2f GiB of host memory; lower "
@@ -315,6 +363,8 @@ static const backend_ops cpu_ops = {
     .dequant_q4 = cpu_dequant_q4,
     .sample = cpu_sample,
     .sync = cpu_sync,
+    .reserve = cpu_reserve,
+    .allocs = cpu_allocs,
     .host_alloc = cpu_host_alloc,
     .host_free = cpu_free,
     .copy_h2d = cpu_copy_bytes,
