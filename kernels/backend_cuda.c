@@ -13,14 +13,24 @@
  * Every CUDA, cuBLAS(Lt) and kernels/ status goes through one checking
  * macro, CK, which keeps the failing statement as text.
  *
- * Everything runs on one compute stream in issue order. Host arrays the ops
- * take (ids, positions, kern_seq) are copied to device staging buffers on
- * that stream; a kern_seq array equal to the last one sent is not sent
- * again, so the layers of a decode step share one copy. Staging and work
- * buffers grow on first need and are then reused: the decode path does not
- * allocate after its first step. The only host wait per step is for the
- * sampled tokens.
+ * Everything runs on one compute stream in issue order. The small host
+ * arrays the ops take (ids, positions, gather rows, kern_seq, sampling's
+ * parameters) go through a ring of pinned slots:
+ *
+ *   op:  wait for the event of slot i (the copy that last read it has run)
+ *        -> write the arrays into slot i -> cudaMemcpyAsync to the device
+ *        staging on the compute stream -> record slot i's event -> kernel
+ *
+ * so the copy is truly asynchronous (from pageable memory it may wait for
+ * the stream) and, with RING_SLOTS slots, the host runs that many ops ahead
+ * before it waits. A kern_seq array equal to the last one sent is not sent
+ * again (its contents are compared, so any number of GPU batches and KV
+ * segments is fine): a decode step's attention and cache write share one
+ * copy. Staging, ring and work buffers are sized by reserve (backend.h);
+ * within a reservation nothing is allocated or freed. The only host wait
+ * per step is for the sampled tokens.
  */
+#include <assert.h>
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -82,6 +92,17 @@ typedef struct grow_buf {
     size_t bytes;
 } grow_buf;
 
+#define RING_SLOTS 32
+
+/* The pinned staging ring (see the top of this file). */
+typedef struct stage_ring {
+    char *host;                 /* (RING_SLOTS, slot) page-locked */
+    size_t slot;                /* bytes per slot, 256-aligned */
+    cudaEvent_t ev[RING_SLOTS]; /* recorded behind the last copy that read each slot */
+    int recorded[RING_SLOTS];   /* ev[i] has been recorded since the ring was made */
+    int next, cur;              /* the slot the next op takes; the one it took */
+} stage_ring;
+
 /* cuBLASLt's algorithm for one row count m of a plan. */
 typedef struct lt_algo {
     int m, usable; /* usable 0: cuBLASLt has none for this shape */
@@ -112,7 +133,9 @@ typedef struct cuda_ctx {
     void *lt_work;       /* LT_WORKSPACE bytes */
     cudaStream_t stream;
     cublasHandle_t blas;
-    grow_buf ids, pos, rows, seqs, work, samp;
+    grow_buf tok, rows, seqs, work, samp; /* device staging: embed's ids and positions,
+                                           * gather rows, kern_seq; work spaces */
+    stage_ring ring;
     kern_seq *seqs_host; /* what seqs holds now: seqs_n of seqs_cap entries */
     kern_seq *seqs_tmp;  /* (seqs_cap) prefill's copy of a kern_seq array */
     size_t seqs_n, seqs_cap;
@@ -200,10 +223,14 @@ static void cuda_destroy(void *ctx)
     cuda_ctx *c = ctx;
     if (!c)
         return;
-    grow_buf *bufs[] = {&c->ids, &c->pos, &c->rows, &c->seqs, &c->work, &c->samp, &c->f32tmp};
+    grow_buf *bufs[] = {&c->tok, &c->rows, &c->seqs, &c->work, &c->samp, &c->f32tmp};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         cudaFree(bufs[i]->p);
     cudaFreeHost(c->pinned);
+    cudaFreeHost(c->ring.host);
+    for (int i = 0; i < RING_SLOTS; i++)
+        if (c->ring.ev[i])
+            cudaEventDestroy(c->ring.ev[i]);
     for (int i = 0; i < LT_PLANS; i++)
         lt_plan_drop(&c->plans[i]);
     if (c->lt_pref)
@@ -306,16 +333,94 @@ static int cuda_download_words(void *ctx, void *dst, const void *src, size_t n)
     return 0;
 }
 
-/* Copy a small host array to a staging buffer on the stream. Pageable
- * sources are staged by the driver before cudaMemcpyAsync returns, so the
- * caller may reuse its array at once. */
-static int stage(cuda_ctx *c, grow_buf *b, const void *src, size_t bytes, const char *what)
+static size_t align_to(size_t n, size_t a)
 {
-    FORWARD_IF(grow(c, b, bytes, what));
-    CK(cudaMemcpyAsync(b->p, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    return (n + a - 1) / a * a;
+}
+
+/* Make the ring's slots hold `slot` bytes: at reserve, or on first need
+ * outside a reservation; a need beyond the reservation is refused. A new
+ * ring waits for every copy from the old one (they are all on the compute
+ * stream). */
+static int ring_size(cuda_ctx *c, size_t slot, int reserving)
+{
+    stage_ring *r = &c->ring;
+    slot = align_to(slot, 256);
+    if (slot <= r->slot)
+        return 0;
+    RETURN_IF(c->reserved && !reserving, -EINVAL, "internal: %zu bytes of host arrays for one "
+              "op exceed the reserved %zu of a staging slot; the limits given to reserve are "
+              "too small", slot, r->slot);
+    CK(cudaStreamSynchronize(c->stream));
+    cudaFreeHost(r->host);
+    r->host = NULL;
+    r->slot = 0;
+    memset(r->recorded, 0, sizeof r->recorded);
+    c->allocs++;
+    cudaError_t e = cudaHostAlloc((void **)&r->host, slot * RING_SLOTS, cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        RETURN_IF(1, -ENOMEM, "cannot pin %.1f MiB of host memory for the staging ring (%s)",
+                  slot * RING_SLOTS / 1048576.0, cudaGetErrorString(e));
+    }
+    r->slot = slot;
     return 0;
 }
 
+/* The next slot of the ring for `bytes` of host arrays, once the copy that
+ * last read it has run. */
+static int ring_take(cuda_ctx *c, size_t bytes, char **out)
+{
+    stage_ring *r = &c->ring;
+    FORWARD_IF(ring_size(c, bytes, 0));
+    int i = r->next;
+    r->next = (i + 1) % RING_SLOTS;
+    if (r->recorded[i])
+        CK(cudaEventSynchronize(r->ev[i])); /* slot i's last copy has read it */
+    r->cur = i;
+    *out = r->host + (size_t)i * r->slot;
+    return 0;
+}
+
+/* After the copies that read the slot ring_take gave: record its event. */
+static int ring_done(cuda_ctx *c)
+{
+    stage_ring *r = &c->ring;
+    CK(cudaEventRecord(r->ev[r->cur], c->stream));
+    r->recorded[r->cur] = 1;
+    return 0;
+}
+
+/* Copy n small host arrays (src[i], bytes[i]) into dev (`what`, in
+ * messages), each at a 64-aligned offset, through one ring slot and one
+ * copy on the compute stream; at[i] gets each one's device address. The
+ * caller may reuse its arrays at once. */
+#define STAGE_MAX 2
+static int stage(cuda_ctx *c, grow_buf *dev, int n, const void *const src[],
+                 const size_t bytes[], void *at[], const char *what)
+{
+    size_t off[STAGE_MAX], total = 0;
+    assert(n <= STAGE_MAX);
+    for (int i = 0; i < n; i++) {
+        off[i] = total;
+        total += align_to(bytes[i], 64);
+    }
+    FORWARD_IF(grow(c, dev, total, what));
+    for (int i = 0; total == 0 && i < n; i++)
+        at[i] = dev->p; /* empty arrays: nothing to send */
+    if (total == 0)
+        return 0;
+    char *h;
+    FORWARD_IF(ring_take(c, total, &h));
+    for (int i = 0; i < n; i++) {
+        memcpy(h + off[i], src[i], bytes[i]);
+        at[i] = (char *)dev->p + off[i];
+    }
+    CK(cudaMemcpyAsync(dev->p, h, total, cudaMemcpyHostToDevice, c->stream));
+    return ring_done(c);
+}
+
+/* The kern_seq array into c->seqs, unless it holds these contents already. */
 static int stage_seqs(cuda_ctx *c, const kern_seq *seqs, int n_seq)
 {
     size_t bytes = sizeof(kern_seq) * (size_t)n_seq;
@@ -323,7 +428,9 @@ static int stage_seqs(cuda_ctx *c, const kern_seq *seqs, int n_seq)
         return 0;
     FORWARD_IF(seqs_room(c, (size_t)n_seq, 0));
     c->seqs_n = SIZE_MAX; /* nothing valid until the copy is queued */
-    FORWARD_IF(stage(c, &c->seqs, seqs, bytes, "the sequences' staging"));
+    const void *src[1] = {seqs};
+    void *at[1];
+    FORWARD_IF(stage(c, &c->seqs, 1, src, &bytes, at, "the sequences' staging"));
     memcpy(c->seqs_host, seqs, bytes);
     c->seqs_n = (size_t)n_seq;
     return 0;
@@ -333,9 +440,11 @@ static int cuda_embed(void *ctx, void *out, const void *tok_emb, const void *pos
                       const int32_t *ids, const int32_t *pos, int n, int d)
 {
     cuda_ctx *c = ctx;
-    FORWARD_IF(stage(c, &c->ids, ids, sizeof(int32_t) * (size_t)n, "the token ids' staging"));
-    FORWARD_IF(stage(c, &c->pos, pos, sizeof(int32_t) * (size_t)n, "the positions' staging"));
-    CK(kern_embed_cuda(out, tok_emb, pos_emb, c->ids.p, c->pos.p, n, d, c->stream));
+    const void *src[2] = {ids, pos};
+    size_t bytes[2] = {sizeof(int32_t) * (size_t)n, sizeof(int32_t) * (size_t)n};
+    void *at[2];
+    FORWARD_IF(stage(c, &c->tok, 2, src, bytes, at, "the token ids' and positions' staging"));
+    CK(kern_embed_cuda(out, tok_emb, pos_emb, at[0], at[1], n, d, c->stream));
     return 0;
 }
 
@@ -481,8 +590,11 @@ static int cuda_gather_rows(void *ctx, void *dst, const void *src, const int32_t
                             int d)
 {
     cuda_ctx *c = ctx;
-    FORWARD_IF(stage(c, &c->rows, rows, sizeof(int32_t) * (size_t)n, "the gather rows' staging"));
-    CK(kern_gather_rows_cuda(dst, src, c->rows.p, n, d, c->stream));
+    const void *in[1] = {rows};
+    size_t bytes = sizeof(int32_t) * (size_t)n;
+    void *at[1];
+    FORWARD_IF(stage(c, &c->rows, 1, in, &bytes, at, "the gather rows' staging"));
+    CK(kern_gather_rows_cuda(dst, src, at[0], n, d, c->stream));
     return 0;
 }
 
@@ -657,40 +769,51 @@ static int cuda_dequant_q4(void *ctx, void *dst, const void *src, size_t rows, i
     return 0;
 }
 
-/* Bytes of samp ahead of the kernel's work space for n rows. */
-static size_t sample_head(size_t n)
+/* The head of samp for n rows, mirrored in the op's ring slot: the
+ * parameters that go up (temperature, top_p, u), then the tokens and
+ * logprobs that come back; the kernel's work space follows at `head`. */
+typedef struct samp_layout {
+    size_t t, p, u, tok, lp, head;
+} samp_layout;
+
+static samp_layout sample_layout(size_t n)
 {
-    return (n * 8 + 255) / 256 * 256 * 4;
+    size_t a4 = align_to(n * 4, 64), a8 = align_to(n * 8, 64);
+    return (samp_layout){0, a4, 2 * a4, 2 * a4 + a8, 3 * a4 + a8,
+                         align_to(4 * a4 + a8, 256)};
 }
 
-/* Sampling: the per-row parameters go up, tokens and logprobs come back;
- * this is the decode step's one host wait. Layout of samp: temperature,
- * top_p (n floats each), u (n doubles), tokens (n int32), logprobs (n f32),
- * then the kernel's work space. */
+/* Sampling: the per-row parameters go up and tokens and logprobs come back
+ * through one ring slot; this is the decode step's one host wait. */
 static int cuda_sample(void *ctx, const void *logits, int n_rows, int V,
                        const float *temperature, const float *top_p, const double *u,
                        int32_t *tokens, float *logprobs)
 {
     cuda_ctx *c = ctx;
+    if (n_rows == 0)
+        return 0;
     int any = 0;
     for (int i = 0; i < n_rows; i++)
         any |= temperature[i] > 0.0f;
-    size_t n = (size_t)n_rows, head = sample_head(n);
+    size_t n = (size_t)n_rows;
+    samp_layout ly = sample_layout(n);
     size_t work = any ? kern_sample_work(n_rows, V) : kern_sample_work(n_rows, 1);
-    FORWARD_IF(grow(c, &c->samp, head + work, "sampling's work space"));
-    char *p = c->samp.p;
-    float *d_t = (float *)p, *d_p = (float *)(p + n * 4);
-    double *d_u = (double *)(p + n * 8);
-    int32_t *d_tok = (int32_t *)(p + n * 16);
-    float *d_lp = (float *)(p + n * 20);
-    CK(cudaMemcpyAsync(d_t, temperature, n * 4, cudaMemcpyHostToDevice, c->stream));
-    CK(cudaMemcpyAsync(d_p, top_p, n * 4, cudaMemcpyHostToDevice, c->stream));
-    CK(cudaMemcpyAsync(d_u, u, n * 8, cudaMemcpyHostToDevice, c->stream));
-    CK(kern_sample_cuda(logits, n_rows, V, d_t, d_p, d_u, d_tok, d_lp, p + head, any,
-                        c->stream));
-    CK(cudaMemcpyAsync(tokens, d_tok, n * 4, cudaMemcpyDeviceToHost, c->stream));
-    CK(cudaMemcpyAsync(logprobs, d_lp, n * 4, cudaMemcpyDeviceToHost, c->stream));
+    FORWARD_IF(grow(c, &c->samp, ly.head + work, "sampling's work space"));
+    char *h, *d = c->samp.p;
+    FORWARD_IF(ring_take(c, ly.head, &h));
+    memcpy(h + ly.t, temperature, n * 4);
+    memcpy(h + ly.p, top_p, n * 4);
+    memcpy(h + ly.u, u, n * 8);
+    CK(cudaMemcpyAsync(d, h, ly.tok, cudaMemcpyHostToDevice, c->stream));
+    CK(kern_sample_cuda(logits, n_rows, V, (const float *)(d + ly.t), (const float *)(d + ly.p),
+                        (const double *)(d + ly.u), (int32_t *)(d + ly.tok),
+                        (float *)(d + ly.lp), d + ly.head, any, c->stream));
+    CK(cudaMemcpyAsync(h + ly.tok, d + ly.tok, ly.lp + n * 4 - ly.tok, cudaMemcpyDeviceToHost,
+                       c->stream));
+    FORWARD_IF(ring_done(c));
     CK(cudaStreamSynchronize(c->stream)); /* the host picks the next inputs from these */
+    memcpy(tokens, h + ly.tok, n * 4);
+    memcpy(logprobs, h + ly.lp, n * 4);
     return 0;
 }
 
@@ -730,7 +853,8 @@ static size_t reserve_samp(const backend_limits *l)
             size_t d = kern_sample_work(n, l->vocab);
             w = d > w ? d : w;
         }
-        most = sample_head((size_t)n) + w > most ? sample_head((size_t)n) + w : most;
+        size_t b = sample_layout((size_t)n).head + w;
+        most = b > most ? b : most;
     }
     return most;
 }
@@ -759,12 +883,17 @@ static int cuda_reserve(void *ctx, const backend_limits *lim)
     w->sample_rows = max_i(w->sample_rows, lim->sample_rows);
     w->vocab = max_i(w->vocab, lim->vocab);
     w->sample_draw = max_i(w->sample_draw, lim->sample_draw);
-    size_t rows = sizeof(int32_t) * (size_t)w->rows;
-    FORWARD_IF(grow_to(c, &c->ids, rows, "the token ids' staging"));
-    FORWARD_IF(grow_to(c, &c->pos, rows, "the positions' staging"));
+    /* the staging as stage() and cuda_sample lay it out */
+    size_t rows = align_to(sizeof(int32_t) * (size_t)w->rows, 64);
+    size_t seqs = align_to(sizeof(kern_seq) * (size_t)w->seqs, 64);
+    size_t slot = sample_layout((size_t)w->sample_rows).head;
+    slot = 2 * rows > slot ? 2 * rows : slot;
+    slot = seqs > slot ? seqs : slot;
+    FORWARD_IF(ring_size(c, slot, 1));
+    FORWARD_IF(grow_to(c, &c->tok, 2 * rows, "the token ids' and positions' staging"));
     FORWARD_IF(grow_to(c, &c->rows, rows, "the gather rows' staging"));
-    FORWARD_IF(grow_to(c, &c->seqs, sizeof(kern_seq) * (size_t)w->seqs,
-                       "the sequences' staging"));
+    FORWARD_IF(grow_to(c, &c->seqs, seqs, "the sequences' staging"));
+    c->seqs_n = SIZE_MAX; /* a new c->seqs holds nothing yet */
     FORWARD_IF(seqs_room(c, (size_t)w->seqs, 1));
     FORWARD_IF(grow_to(c, &c->work, reserve_work(w), "attention's work space"));
     FORWARD_IF(grow_to(c, &c->samp, reserve_samp(w), "sampling's work space"));
@@ -925,6 +1054,8 @@ static int cuda_setup(cuda_ctx *c)
     CK(cudaStreamCreateWithFlags(&c->d2h, cudaStreamNonBlocking));
     for (int i = 0; i < BACKEND_EVENTS; i++)
         CK(cudaEventCreateWithFlags(&c->events[i], cudaEventDisableTiming));
+    for (int i = 0; i < RING_SLOTS; i++)
+        CK(cudaEventCreateWithFlags(&c->ring.ev[i], cudaEventDisableTiming));
     CK(cudaHostAlloc(&c->pinned, PINNED_BYTES, cudaHostAllocDefault));
     FORWARD_IF(grow_to(c, &c->f32tmp, PINNED_BYTES, "the fp32 conversion staging"));
     FORWARD_IF(dev_malloc(&c->lt_work, LT_WORKSPACE, "cuBLASLt's workspace",
@@ -954,6 +1085,7 @@ int backend_cuda_create(int device, backend *out)
     cuda_ctx *c = calloc(1, sizeof *c);
     RETURN_IF(!c, -ENOMEM, "out of memory");
     c->device = device;
+    c->seqs_n = SIZE_MAX; /* c->seqs holds nothing */
     int rc = cuda_setup(c);
     if (rc < 0) {
         cuda_destroy(c);
