@@ -13,8 +13,12 @@
  *      GPU gives the bytes of the compressed all-resident run, and CPU
  *      attention over the 4-bit host cache generates every token;
  *   4. the KV policies on CUDA evict what the CPU evicts (window and
- *      streaming exactly, h2o up to near-ties) and keep the same mass.
- * 2-4 skip, saying why, where no GPU is present. */
+ *      streaming exactly, h2o up to near-ties) and keep the same mass;
+ *   5. a whole run on CUDA (several GPU batches, CPU-tier KV staged or
+ *      attended by CPU threads, H2O, temperature sampling) allocates
+ *      nothing on the backend after its set-up, and its tokens are those
+ *      of `generate --device cuda` with the same flags.
+ * 2-5 skip, saying why, where no GPU is present. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +29,7 @@
 #include "cli_harness.h"
 #include "err.h"
 #include "fh_config.h"
+#include "gen_harness.h"
 #include "h2o_trace.h"
 #include "kern.h"
 #include "model_config.h"
@@ -215,4 +220,60 @@ Test(gpu_e2e, cuda_backend_follows_the_same_policies, .timeout = 120)
         free(a);
         free(b);
     }
+}
+
+/* 5. The decode path allocates nothing on CUDA either: staging through the
+ * pinned ring, work spaces and sampling within what sched_create reserved
+ * (backend_ops.reserve), CPU attention's host scratch from the scheduler. */
+Test(gpu_e2e, a_whole_run_allocates_nothing_after_set_up, .timeout = 120)
+{
+    cli_write("ids.jsonl", "{\"prompt_ids\": [2, 37, 101, 5, 300, 8, 41]}\n"
+                           "{\"prompt_ids\": [2, 9]}\n"
+                           "{\"prompt_ids\": [2, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]}\n"
+                           "{\"prompt_ids\": [2, 500]}\n"
+                           "{\"prompt_ids\": [2, 7, 7, 7, 7]}\n");
+    char off[300], ids[300], out[300];
+    snprintf(off, sizeof off, "%s/off", cli_dir);
+    snprintf(ids, sizeof ids, "%s/ids.jsonl", cli_dir);
+    cr_assert_eq(mkdir(off, 0755), 0);
+    static const struct {
+        const char *percent;
+        int cpu_attention;
+    } runs[] = {
+        {"100 0 0 100 100 0", 0},  /* CPU-tier KV staged to the GPU, device-ordered */
+        {"30 30 34 33 0 100", 1},  /* three tiers, CPU attention over the host KV */
+    };
+    backend be;
+    cr_assert_eq(backend_cuda_create(0, &be), 0, "a CUDA GPU is present but the backend did "
+                 "not start: %s", err_msg());
+    for (size_t r = 0; r < sizeof runs / sizeof *runs; r++) {
+        snprintf(out, sizeof out, "%s/%zuin.jsonl", cli_dir, r);
+        sched_policy pol;
+        sched_policy_default(&pol);
+        pol.gpu_batch_size = 2;
+        pol.num_gpu_batches = 2;
+        cr_assert_eq(sched_policy_parse_percent(&runs[r].percent, 1, &pol), 0);
+        pol.cpu_attention = runs[r].cpu_attention;
+        snprintf(pol.offload_dir, sizeof pol.offload_dir, "%s", off);
+        gen_opts go = {.batch_size = 2, .max_new = 9, .temperature = 0.8f, .top_p = 0.9f,
+                       .seed = 7, .prefill_rows = 4096,
+                       .kv = {.kind = KV_POLICY_H2O, .ratio = 0.5, .sinks = 1, .hh_share = 0.5}};
+        uint64_t set_up, during = gen_harness_allocs(&be, TINY, ids, out, &pol, &go, &set_up);
+        cr_assert_gt(set_up, 0, "the set-up allocated, and was counted");
+        cr_assert_eq(during, 0, "--percent %s%s: %llu backend allocations after set-up",
+                     runs[r].percent, runs[r].cpu_attention ? " --cpu-attention" : "",
+                     (unsigned long long)during);
+        cr_assert_eq(cli_run("generate --model " TINY " --prompts ids.jsonl --out %zuc.jsonl "
+                             "--max-new-tokens 9 --temperature 0.8 --top-p 0.9 --seed 7 "
+                             "--kv-policy h2o --kv-ratio 0.5 --sinks 1 --gpu-batch-size 2 "
+                             "--num-gpu-batches 2 --percent %s %s --offload-dir off --quiet "
+                             "--device cuda", r, runs[r].percent,
+                             runs[r].cpu_attention ? "--cpu-attention" : ""),
+                     0, "%s", cli_err);
+        char a[32], b[32];
+        snprintf(a, sizeof a, "%zuin.jsonl", r);
+        snprintf(b, sizeof b, "%zuc.jsonl", r);
+        assert_same_tokens(a, b, 5, runs[r].percent);
+    }
+    backend_destroy(&be);
 }

@@ -2,7 +2,8 @@
  * "GPU" tier is a capped host arena): every placement of weights, KV cache
  * and activations, CPU attention, overlap on and off and several block
  * shapes give output byte-identical to the all-resident run of the same
- * block shape; the trace shows loads overlapping compute; the weight store
+ * block shape; a whole run allocates nothing on the backend after its
+ * set-up; the trace shows loads overlapping compute; the weight store
  * streams and detects corruption; the pread fallback works; policies that
  * cannot fit are refused before anything runs. */
 #include <criterion/criterion.h>
@@ -11,10 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include "cli_harness.h"
 #include "err.h"
 #include "fh_config.h"
+#include "gen_harness.h"
 #include "scheduler.h"
 
 #define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
@@ -155,6 +158,103 @@ Test(sched, h2o_on_every_tier_equals_all_resident)
         assert_same("base.jsonl", out, policies[p]);
         assert_same("ev0.jsonl", ev, policies[p]); /* the same tokens leave the cache */
     }
+}
+
+/* The records of two output files agree from "tokens" on (tokens,
+ * logprobs, finish reason), line by line, and there are `lines` of them: a
+ * run without a tokenizer writes empty completions. */
+static void assert_same_records(const char *fa, const char *fb, int lines, const char *what)
+{
+    char *a = cli_read(fa), *b = cli_read(fb);
+    cr_assert(a && b, "%s: %s or %s missing", what, fa, fb);
+    char *la = a, *lb = b;
+    for (int line = 0; line < lines; line++) {
+        char *ta = strstr(la, "\"tokens\":"), *tb = strstr(lb, "\"tokens\":");
+        cr_assert(ta && tb, "%s, record %d: no tokens", what, line);
+        size_t na = strcspn(ta, "\n"), nb = strcspn(tb, "\n");
+        cr_assert(na == nb && !strncmp(ta, tb, na), "%s, record %d: %.*s vs %.*s", what, line,
+                  (int)na, ta, (int)nb, tb);
+        la = ta + na;
+        lb = tb + nb;
+    }
+    cr_assert(!strstr(la, "\"tokens\":") && !strstr(lb, "\"tokens\":"), "%s: more than %d "
+              "records", what, lines);
+    free(a);
+    free(b);
+}
+
+/* Every buffer is sized at sched_create (the backend's work memory through
+ * backend_ops.reserve): a whole generate run, its prefill and decode
+ * passes over several GPU batches, CPU-tier and disk-tier KV with and
+ * without CPU attention, H2O with the eviction trace and --stats read
+ * back, temperature sampling, transfers ordered by the I/O threads and on
+ * the device, makes no allocation on the backend once it is set up. Its
+ * records and evictions are those of `generate` with the same flags. */
+Test(sched, a_whole_run_allocates_nothing_after_set_up)
+{
+    cli_write("ids.jsonl", "{\"prompt_ids\": [2, 37, 101, 5, 300, 8, 41]}\n"
+                           "{\"prompt_ids\": [2, 9]}\n"
+                           "{\"prompt_ids\": [2, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]}\n"
+                           "{\"prompt_ids\": [2, 500]}\n"
+                           "{\"prompt_ids\": [2, 7, 7, 7, 7]}\n");
+    char off[300], ids[300], out[300], ev[300];
+    snprintf(off, sizeof off, "%s/off", cli_dir);
+    snprintf(ids, sizeof ids, "%s/ids.jsonl", cli_dir);
+    cr_assert_eq(mkdir(off, 0755), 0);
+    static const struct {
+        const char *percent, *io_order;
+        int cpu_attention;
+    } runs[] = {
+        {"100 0 0 100 100 0", "host", 0},   /* KV on the CPU tier, staged */
+        {"30 30 34 33 0 100", "host", 1},   /* everything split, CPU attention */
+        {"100 0 0 100 100 0", "device", 0}, /* device-ordered CPU-tier transfers */
+        {"20 30 34 33 0 100", "device", 1},
+    };
+    backend be;
+    cr_assert_eq(backend_cpu_create(0, &be), 0);
+    for (size_t r = 0; r < sizeof runs / sizeof *runs; r++) {
+        snprintf(out, sizeof out, "%s/%zuin.jsonl", cli_dir, r);
+        snprintf(ev, sizeof ev, "%s/%zuin_ev.jsonl", cli_dir, r);
+        sched_policy pol;
+        sched_policy_default(&pol);
+        pol.gpu_batch_size = 2;
+        pol.num_gpu_batches = 2;
+        cr_assert_eq(sched_policy_parse_percent(&runs[r].percent, 1, &pol), 0);
+        pol.cpu_attention = runs[r].cpu_attention;
+        snprintf(pol.offload_dir, sizeof pol.offload_dir, "%s", off);
+        gen_opts go = {.batch_size = 2, .max_new = 9, .temperature = 0.8f, .top_p = 0.9f,
+                       .seed = 7, .prefill_rows = 4096, .kv_stats = 1,
+                       .kv = {.kind = KV_POLICY_H2O, .ratio = 0.5, .sinks = 1, .hh_share = 0.5}};
+        go.trace = fopen(ev, "w");
+        cr_assert(go.trace);
+        setenv("FLEXH2O_IO_ORDER", runs[r].io_order, 1);
+        uint64_t set_up, during = gen_harness_allocs(&be, TINY, ids, out, &pol, &go, &set_up);
+        cr_assert_eq(fclose(go.trace), 0);
+        cr_assert_gt(set_up, 0, "the set-up allocated, and was counted");
+        cr_assert_eq(during, 0, "--percent %s%s, %s-ordered: %llu backend allocations after "
+                     "set-up", runs[r].percent, runs[r].cpu_attention ? " --cpu-attention" : "",
+                     runs[r].io_order, (unsigned long long)during);
+        cr_assert_eq(cli_run("generate --model " TINY " --prompts ids.jsonl --out %zuc.jsonl "
+                             "--trace-evictions %zuc_ev.jsonl --max-new-tokens 9 "
+                             "--temperature 0.8 --top-p 0.9 --seed 7 --kv-policy h2o "
+                             "--kv-ratio 0.5 --sinks 1 --gpu-batch-size 2 --num-gpu-batches 2 "
+                             "--percent %s %s --offload-dir off --quiet --stats", r, r,
+                             runs[r].percent, runs[r].cpu_attention ? "--cpu-attention" : ""),
+                     0, "%s", cli_err);
+        char a[32], b[32], ea[32], eb[32];
+        snprintf(a, sizeof a, "%zuin.jsonl", r);
+        snprintf(b, sizeof b, "%zuc.jsonl", r);
+        snprintf(ea, sizeof ea, "%zuin_ev.jsonl", r);
+        snprintf(eb, sizeof eb, "%zuc_ev.jsonl", r);
+        assert_same_records(a, b, 5, runs[r].percent);
+        char *x = cli_read(ea), *y = cli_read(eb);
+        cr_assert(x && y && strlen(x) > 0, "%s: no evictions traced", runs[r].percent);
+        cr_assert_str_eq(x, y, "%s: other evictions than generate's", runs[r].percent);
+        free(x);
+        free(y);
+    }
+    unsetenv("FLEXH2O_IO_ORDER");
+    backend_destroy(&be);
 }
 
 /* Events of one track from a trace file: (t0, t1) pairs in microseconds. */
