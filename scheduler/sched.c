@@ -143,6 +143,30 @@ static int alloc_act(sched *s)
     return rc;
 }
 
+/* The largest op calls of a pass and of the caller's sampling, for the
+ * backend's reservation: a GPU batch's rows and sequences (an attention
+ * op gets one KV segment's, at most a batch), the model's heads, the
+ * plan's cap and prompt, and sample calls over the block's logits. */
+static backend_limits sched_limits(const sched *s)
+{
+    const sched_geom *g = &s->g;
+    const sched_shape *sh = &s->sh;
+    int sampled = sh->sample != SCHED_SAMPLE_NONE;
+    return (backend_limits){
+        .rows = sh->max_rows,
+        .seqs = g->gbs,
+        .heads = g->H,
+        .kv_heads = g->KVH,
+        .head_dim = g->hd,
+        .cap = sh->cap,
+        .prompt = sh->max_prompt > 0 && sh->max_prompt < sh->max_rows ? sh->max_prompt
+                                                                      : sh->max_rows,
+        .sample_rows = sampled ? g->block : 0,
+        .vocab = sampled ? g->V : 0,
+        .sample_draw = sh->sample == SCHED_SAMPLE_DRAW,
+    };
+}
+
 /* Bytes of a carved sub-array, so that the next one starts 64-aligned. */
 static size_t carve(size_t bytes)
 {
@@ -161,17 +185,17 @@ static int alloc_host_scratch(sched *s)
     const sched_geom *g = &s->g;
     sched_scratch *sc = &s->scr;
     size_t R = (size_t)s->sh.max_rows, H = (size_t)g->H, gbs = (size_t)g->gbs;
+    backend_limits lim = sched_limits(s); /* the same prompt and cap as the backend's */
     int nt = kern_cpu_threads();
-    size_t work = kern_kv_prefill_scratch_bytes(s->sh.max_rows, nt); /* a prompt <= max_rows */
-    size_t dec = kern_attn_decode_scratch_bytes(s->sh.cap, nt);
+    size_t work = kern_kv_prefill_scratch_bytes(lim.prompt, nt);
+    size_t dec = kern_attn_decode_scratch_bytes(lim.cap, nt);
     sc->h_work_bytes = work > dec ? work : dec;
     size_t colsum = carve(sizeof(float) * R * H), ev = carve(sizeof(int32_t) * gbs * g->KVH);
     size_t qkv = carve(sizeof(float) * R * g->qkv), att = carve(sizeof(float) * R * g->d);
     size_t self = carve(sizeof(float) * gbs * H), seqs = carve(sizeof(kern_seq) * gbs);
-    char *words, *rest;
     FORWARD_IF(alloc_host(s, colsum + ev, 1, &s->h_words));
     FORWARD_IF(alloc_host(s, qkv + att + self + seqs + sc->h_work_bytes, 0, &s->h_rest));
-    words = s->h_words, rest = s->h_rest;
+    char *words = s->h_words, *rest = s->h_rest;
     sc->h_colsum = (float *)words;
     sc->h_ev = (int32_t *)(words + colsum);
     sc->h_qkv = (float *)rest;
@@ -204,30 +228,6 @@ static int alloc_work(sched *s)
     if (rc == 0 && s->pol.cpu_attention && !s->be->ops->host_visible)
         rc = alloc_host_scratch(s);
     return rc;
-}
-
-/* The largest op calls of a pass and of the caller's sampling, for the
- * backend's reservation: a GPU batch's rows and sequences (an attention
- * op gets one KV segment's, at most a batch), the model's heads, the
- * plan's cap and prompt, and sample calls over the block's logits. */
-static backend_limits sched_limits(const sched *s)
-{
-    const sched_geom *g = &s->g;
-    const sched_shape *sh = &s->sh;
-    int sampled = sh->sample != SCHED_SAMPLE_NONE;
-    return (backend_limits){
-        .rows = sh->max_rows,
-        .seqs = g->gbs,
-        .heads = g->H,
-        .kv_heads = g->KVH,
-        .head_dim = g->hd,
-        .cap = sh->cap,
-        .prompt = sh->max_prompt > 0 && sh->max_prompt < sh->max_rows ? sh->max_prompt
-                                                                      : sh->max_rows,
-        .sample_rows = sampled ? g->block : 0,
-        .vocab = sampled ? g->V : 0,
-        .sample_draw = sh->sample == SCHED_SAMPLE_DRAW,
-    };
 }
 
 int sched_io_order_device(const backend *be)
