@@ -96,8 +96,8 @@ static void assert_same_tokens(const char *fa, const char *fb, int lines, const 
         char *ta = strstr(la, "\"tokens\":"), *tb = strstr(lb, "\"tokens\":");
         cr_assert(ta && tb, "%s, prompt %d: no tokens", what, line);
         size_t na = strcspn(ta, "]"), nb = strcspn(tb, "]");
-        cr_assert(na == nb && !strncmp(ta, tb, na), "%s, prompt %d: cpu %.*s, cuda %.*s", what,
-                  line, (int)na, ta, (int)nb, tb);
+        cr_assert(na == nb && !strncmp(ta, tb, na), "%s, prompt %d: %s has %.*s, %s %.*s",
+                  what, line, fa, (int)na, ta, fb, (int)nb, tb);
         la = strchr(ta, '\n');
         lb = strchr(tb, '\n');
         cr_assert(la && lb);
@@ -227,15 +227,7 @@ Test(gpu_e2e, cuda_backend_follows_the_same_policies, .timeout = 120)
  * (backend_ops.reserve), CPU attention's host scratch from the scheduler. */
 Test(gpu_e2e, a_whole_run_allocates_nothing_after_set_up, .timeout = 120)
 {
-    cli_write("ids.jsonl", "{\"prompt_ids\": [2, 37, 101, 5, 300, 8, 41]}\n"
-                           "{\"prompt_ids\": [2, 9]}\n"
-                           "{\"prompt_ids\": [2, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]}\n"
-                           "{\"prompt_ids\": [2, 500]}\n"
-                           "{\"prompt_ids\": [2, 7, 7, 7, 7]}\n");
-    char off[300], ids[300], out[300];
-    snprintf(off, sizeof off, "%s/off", cli_dir);
-    snprintf(ids, sizeof ids, "%s/ids.jsonl", cli_dir);
-    cr_assert_eq(mkdir(off, 0755), 0);
+    gen_harness_job();
     static const struct {
         const char *percent;
         int cpu_attention;
@@ -247,33 +239,17 @@ Test(gpu_e2e, a_whole_run_allocates_nothing_after_set_up, .timeout = 120)
     cr_assert_eq(backend_cuda_create(0, &be), 0, "a CUDA GPU is present but the backend did "
                  "not start: %s", err_msg());
     for (size_t r = 0; r < sizeof runs / sizeof *runs; r++) {
-        snprintf(out, sizeof out, "%s/%zuin.jsonl", cli_dir, r);
-        sched_policy pol;
-        sched_policy_default(&pol);
-        pol.gpu_batch_size = 2;
-        pol.num_gpu_batches = 2;
-        cr_assert_eq(sched_policy_parse_percent(&runs[r].percent, 1, &pol), 0);
-        pol.cpu_attention = runs[r].cpu_attention;
-        snprintf(pol.offload_dir, sizeof pol.offload_dir, "%s", off);
-        gen_opts go = {.batch_size = 2, .max_new = 9, .temperature = 0.8f, .top_p = 0.9f,
-                       .seed = 7, .prefill_rows = 4096,
-                       .kv = {.kind = KV_POLICY_H2O, .ratio = 0.5, .sinks = 1, .hh_share = 0.5}};
-        uint64_t set_up, during = gen_harness_allocs(&be, TINY, ids, out, &pol, &go, &set_up);
-        cr_assert_gt(set_up, 0, "the set-up allocated, and was counted");
-        cr_assert_eq(during, 0, "--percent %s%s: %llu backend allocations after set-up",
-                     runs[r].percent, runs[r].cpu_attention ? " --cpu-attention" : "",
-                     (unsigned long long)during);
-        cr_assert_eq(cli_run("generate --model " TINY " --prompts ids.jsonl --out %zuc.jsonl "
-                             "--max-new-tokens 9 --temperature 0.8 --top-p 0.9 --seed 7 "
-                             "--kv-policy h2o --kv-ratio 0.5 --sinks 1 --gpu-batch-size 2 "
-                             "--num-gpu-batches 2 --percent %s %s --offload-dir off --quiet "
-                             "--device cuda", r, runs[r].percent,
-                             runs[r].cpu_attention ? "--cpu-attention" : ""),
-                     0, "%s", cli_err);
         char a[32], b[32];
         snprintf(a, sizeof a, "%zuin.jsonl", r);
         snprintf(b, sizeof b, "%zuc.jsonl", r);
-        assert_same_tokens(a, b, 5, runs[r].percent);
+        const char *attn = runs[r].cpu_attention ? "--cpu-attention" : "";
+        uint64_t during = gen_harness_run(&be, runs[r].percent, runs[r].cpu_attention, a, NULL);
+        cr_assert_eq(during, 0, "--percent %s %s: %llu backend allocations after set-up",
+                     runs[r].percent, attn, (unsigned long long)during);
+        cr_assert_eq(cli_run("generate --model " TINY " " GEN_HARNESS_FLAGS " --out %s "
+                             "--percent %s %s --quiet --device cuda", b, runs[r].percent, attn),
+                     0, "%s", cli_err);
+        assert_same_tokens(a, b, GEN_HARNESS_PROMPTS, runs[r].percent);
     }
     backend_destroy(&be);
 }

@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 
 #include "cli_harness.h"
 #include "err.h"
@@ -192,15 +191,7 @@ static void assert_same_records(const char *fa, const char *fb, int lines, const
  * records and evictions are those of `generate` with the same flags. */
 Test(sched, a_whole_run_allocates_nothing_after_set_up)
 {
-    cli_write("ids.jsonl", "{\"prompt_ids\": [2, 37, 101, 5, 300, 8, 41]}\n"
-                           "{\"prompt_ids\": [2, 9]}\n"
-                           "{\"prompt_ids\": [2, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]}\n"
-                           "{\"prompt_ids\": [2, 500]}\n"
-                           "{\"prompt_ids\": [2, 7, 7, 7, 7]}\n");
-    char off[300], ids[300], out[300], ev[300];
-    snprintf(off, sizeof off, "%s/off", cli_dir);
-    snprintf(ids, sizeof ids, "%s/ids.jsonl", cli_dir);
-    cr_assert_eq(mkdir(off, 0755), 0);
+    gen_harness_job();
     static const struct {
         const char *percent, *io_order;
         int cpu_attention;
@@ -213,40 +204,21 @@ Test(sched, a_whole_run_allocates_nothing_after_set_up)
     backend be;
     cr_assert_eq(backend_cpu_create(0, &be), 0);
     for (size_t r = 0; r < sizeof runs / sizeof *runs; r++) {
-        snprintf(out, sizeof out, "%s/%zuin.jsonl", cli_dir, r);
-        snprintf(ev, sizeof ev, "%s/%zuin_ev.jsonl", cli_dir, r);
-        sched_policy pol;
-        sched_policy_default(&pol);
-        pol.gpu_batch_size = 2;
-        pol.num_gpu_batches = 2;
-        cr_assert_eq(sched_policy_parse_percent(&runs[r].percent, 1, &pol), 0);
-        pol.cpu_attention = runs[r].cpu_attention;
-        snprintf(pol.offload_dir, sizeof pol.offload_dir, "%s", off);
-        gen_opts go = {.batch_size = 2, .max_new = 9, .temperature = 0.8f, .top_p = 0.9f,
-                       .seed = 7, .prefill_rows = 4096, .kv_stats = 1,
-                       .kv = {.kind = KV_POLICY_H2O, .ratio = 0.5, .sinks = 1, .hh_share = 0.5}};
-        go.trace = fopen(ev, "w");
-        cr_assert(go.trace);
-        setenv("FLEXH2O_IO_ORDER", runs[r].io_order, 1);
-        uint64_t set_up, during = gen_harness_allocs(&be, TINY, ids, out, &pol, &go, &set_up);
-        cr_assert_eq(fclose(go.trace), 0);
-        cr_assert_gt(set_up, 0, "the set-up allocated, and was counted");
-        cr_assert_eq(during, 0, "--percent %s%s, %s-ordered: %llu backend allocations after "
-                     "set-up", runs[r].percent, runs[r].cpu_attention ? " --cpu-attention" : "",
-                     runs[r].io_order, (unsigned long long)during);
-        cr_assert_eq(cli_run("generate --model " TINY " --prompts ids.jsonl --out %zuc.jsonl "
-                             "--trace-evictions %zuc_ev.jsonl --max-new-tokens 9 "
-                             "--temperature 0.8 --top-p 0.9 --seed 7 --kv-policy h2o "
-                             "--kv-ratio 0.5 --sinks 1 --gpu-batch-size 2 --num-gpu-batches 2 "
-                             "--percent %s %s --offload-dir off --quiet --stats", r, r,
-                             runs[r].percent, runs[r].cpu_attention ? "--cpu-attention" : ""),
-                     0, "%s", cli_err);
         char a[32], b[32], ea[32], eb[32];
         snprintf(a, sizeof a, "%zuin.jsonl", r);
         snprintf(b, sizeof b, "%zuc.jsonl", r);
         snprintf(ea, sizeof ea, "%zuin_ev.jsonl", r);
         snprintf(eb, sizeof eb, "%zuc_ev.jsonl", r);
-        assert_same_records(a, b, 5, runs[r].percent);
+        const char *attn = runs[r].cpu_attention ? "--cpu-attention" : "";
+        setenv("FLEXH2O_IO_ORDER", runs[r].io_order, 1);
+        uint64_t during = gen_harness_run(&be, runs[r].percent, runs[r].cpu_attention, a, ea);
+        cr_assert_eq(during, 0, "--percent %s %s, %s-ordered: %llu backend allocations after "
+                     "set-up", runs[r].percent, attn, runs[r].io_order,
+                     (unsigned long long)during);
+        cr_assert_eq(cli_run("generate --model " TINY " " GEN_HARNESS_FLAGS " --out %s "
+                             "--trace-evictions %s --percent %s %s --quiet --stats", b, eb,
+                             runs[r].percent, attn), 0, "%s", cli_err);
+        assert_same_records(a, b, GEN_HARNESS_PROMPTS, runs[r].percent);
         char *x = cli_read(ea), *y = cli_read(eb);
         cr_assert(x && y && strlen(x) > 0, "%s: no evictions traced", runs[r].percent);
         cr_assert_str_eq(x, y, "%s: other evictions than generate's", runs[r].percent);
