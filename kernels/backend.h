@@ -20,6 +20,22 @@
 
 #include "kern.h"
 
+/* The largest calls a caller will make (backend_ops.reserve): what a
+ * backend sizes every work buffer and staging area for, once. A field of
+ * 0 reserves nothing for what it bounds. */
+typedef struct backend_limits {
+    int rows;        /* rows (tokens) of one call: embed's ids and positions,
+                      * gather_rows' rows, the packed q/k/v rows of an attention op */
+    int seqs;        /* sequences (kern_seq entries) of one attention or KV op */
+    int heads, kv_heads, head_dim;
+    int cap;         /* KV slots per (sequence, KV head) */
+    int prompt;      /* longest prompt (n_new) of an attn_prefill / kv_prefill call */
+    int sample_rows; /* logit rows of one sample call (0: the caller does not sample) */
+    int vocab;       /* V of those rows */
+    int sample_draw; /* 1: a sample row may have temperature > 0 (top-p sorts the
+                      * vocabulary: work for sample_rows x vocab); 0: greedy only */
+} backend_limits;
+
 typedef struct backend_ops {
     const char *name;  /* "cpu" or "cuda" */
     size_t elem_size;  /* bytes per stored activation/weight element */
@@ -30,19 +46,19 @@ typedef struct backend_ops {
 
     void (*destroy)(void *ctx);
 
-    /* Allocate n elements (of elem_size), or n 4-byte words (fp32 or int32);
-     * zeroed. */
+    /* Allocate n elements (of elem_size), or n 4-byte words (fp32 or int32:
+     * H2O scores, slot positions, evictions); zeroed. */
     int (*alloc)(void *ctx, size_t n, void **out);
-    int (*alloc_f32)(void *ctx, size_t n, void **out);
+    int (*alloc_words)(void *ctx, size_t n, void **out);
     void (*free)(void *ctx, void *p); /* accepts NULL */
 
     /* dst(n) <- fp32 host src, converted to the storage type. */
     int (*upload)(void *ctx, void *dst, const float *src, size_t n);
     /* fp32 host dst(n) <- src, converted from the storage type. */
     int (*download)(void *ctx, float *dst, const void *src, size_t n);
-    /* fp32 buffers (scores) both ways, unconverted. */
-    int (*upload_f32)(void *ctx, void *dst, const float *src, size_t n);
-    int (*download_f32)(void *ctx, float *dst, const void *src, size_t n);
+    /* n 4-byte words (fp32 or int32) both ways, unconverted. */
+    int (*upload_words)(void *ctx, void *dst, const void *src, size_t n);
+    int (*download_words)(void *ctx, void *dst, const void *src, size_t n);
 
     /* out(n, d) = tok_emb[ids] + pos_emb[pos + 2]; ids, pos: host (n). */
     int (*embed)(void *ctx, void *out, const void *tok_emb,
@@ -63,7 +79,7 @@ typedef struct backend_ops {
     /* The attention and KV-slot ops of kern.h (kern_attn_prefill_ref,
      * kern_kv_prefill_ref, kern_attn_decode_ref, kern_kv_insert_ref) on
      * backend buffers. seqs is host memory; colsum, scores, self_p are fp32
-     * buffers, pos and evicted int32 buffers (alloc_f32 words); any of
+     * buffers, pos and evicted int32 buffers (alloc_words); any of
      * colsum, scores, self_p, evicted may be NULL as in kern.h.
      *
      * The KV ops take the format of their caches kc, vc as an argument, fmt
@@ -100,6 +116,26 @@ typedef struct backend_ops {
                   const double *u, int32_t *tokens, float *logprobs);
     /* Wait for all work issued so far (not used on the decode path). */
     int (*sync)(void *ctx);
+
+    /* ---- work memory, sized once ----
+     * Reserve every work buffer and staging area the ops need for calls
+     * within *lim, before a run: sched_create calls it with its plan's
+     * shapes and its caller's sampling, sched_destroy with NULL. The rule:
+     * while a reservation is held no op allocates or frees (on CUDA that
+     * would be a cudaFree / cudaMalloc, which synchronise the device); a
+     * call beyond the limits fails with "internal: ... exceeds the
+     * reserved ..." instead. Reservations nest: another one widens the
+     * limits to cover both, reserve(ctx, NULL) ends the latest. With none
+     * held (tests calling ops directly, calibration) an op still grows what
+     * it needs on first use. Call it from the thread that issues the
+     * compute ops, with none in flight. @return 0 or -errno (-ENOMEM: the
+     * limits do not fit). */
+    int (*reserve)(void *ctx, const backend_limits *lim);
+    /* Allocations since the backend was created: buffers (alloc,
+     * alloc_words, host_alloc) and work space an op grew outside a
+     * reservation. A test reads it around a run: a pass allocates nothing.
+     * Any thread may call it. */
+    uint64_t (*allocs)(void *ctx);
 
     /* ---- raw byte movement for the offloading scheduler (scheduler/) ----
      * "Host tier" memory: pinned (page-locked) on CUDA so that copies can run

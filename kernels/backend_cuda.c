@@ -13,17 +13,28 @@
  * Every CUDA, cuBLAS(Lt) and kernels/ status goes through one checking
  * macro, CK, which keeps the failing statement as text.
  *
- * Everything runs on one compute stream in issue order. Host arrays the ops
- * take (ids, positions, kern_seq) are copied to device staging buffers on
- * that stream; a kern_seq array equal to the last one sent is not sent
- * again, so the layers of a decode step share one copy. Staging and work
- * buffers grow on first need and are then reused: the decode path does not
- * allocate after its first step. The only host wait per step is for the
- * sampled tokens.
+ * Everything runs on one compute stream in issue order. The small host
+ * arrays the ops take (ids, positions, gather rows, kern_seq, sampling's
+ * parameters) go through a ring of pinned slots:
+ *
+ *   op:  wait for the event of slot i (the copy that last read it has run)
+ *        -> write the arrays into slot i -> cudaMemcpyAsync to the device
+ *        staging on the compute stream -> record slot i's event -> kernel
+ *
+ * so the copy is truly asynchronous (from pageable memory it may wait for
+ * the stream) and, with RING_SLOTS slots, the host runs that many ops ahead
+ * before it waits. A kern_seq array equal to the last one sent is not sent
+ * again (its contents are compared, so any number of GPU batches and KV
+ * segments is fine): a decode step's attention and cache write share one
+ * copy. Staging, ring and work buffers are sized by reserve (backend.h);
+ * within a reservation nothing is allocated or freed. The only host wait
+ * per step is for the sampled tokens.
  */
+#include <assert.h>
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +92,17 @@ typedef struct grow_buf {
     size_t bytes;
 } grow_buf;
 
+#define RING_SLOTS 32
+
+/* The pinned staging ring (see the top of this file). */
+typedef struct stage_ring {
+    char *host;                 /* (RING_SLOTS, slot) page-locked */
+    size_t slot;                /* bytes per slot, 256-aligned */
+    cudaEvent_t ev[RING_SLOTS]; /* recorded behind the last copy that read each slot */
+    int recorded[RING_SLOTS];   /* ev[i] has been recorded since the ring was made */
+    int next, cur;              /* the slot the next op takes; the one it took */
+} stage_ring;
+
 /* cuBLASLt's algorithm for one row count m of a plan. */
 typedef struct lt_algo {
     int m, usable; /* usable 0: cuBLASLt has none for this shape */
@@ -111,13 +133,19 @@ typedef struct cuda_ctx {
     void *lt_work;       /* LT_WORKSPACE bytes */
     cudaStream_t stream;
     cublasHandle_t blas;
-    grow_buf ids, pos, rows, seqs, work, samp;
-    kern_seq *seqs_host; /* what seqs holds now */
-    size_t seqs_n;
+    grow_buf tok, rows, seqs, work, samp; /* device staging: embed's ids and positions,
+                                           * gather rows, kern_seq; work spaces */
+    stage_ring ring;
+    kern_seq *seqs_host; /* what seqs holds now: seqs_n of seqs_cap entries */
+    kern_seq *seqs_tmp;  /* (seqs_cap) prefill's copy of a kern_seq array */
+    size_t seqs_n, seqs_cap;
     void *pinned;        /* PINNED_BYTES staging for upload/download */
     cudaStream_t h2d, d2h;            /* copy streams of the offloading scheduler */
     cudaEvent_t events[BACKEND_EVENTS]; /* event_record / event_wait / event_sync */
-    grow_buf f32tmp;     /* device fp32 staging for conversions */
+    grow_buf f32tmp;     /* device fp32 staging for conversions (PINNED_BYTES) */
+    int reserved;        /* reservations held (backend.h reserve): nothing grows */
+    backend_limits lim;  /* what they cover, field by field the widest */
+    _Atomic uint64_t allocs; /* allocations so far (backend.h allocs) */
 } cuda_ctx;
 
 #define PINNED_BYTES ((size_t)32 << 20)
@@ -142,15 +170,49 @@ static int dev_malloc(void **p, size_t bytes, const char *what, const char *advi
     return 0;
 }
 
-static int grow(grow_buf *b, size_t bytes)
+/* Make b hold `bytes` (for `what`, in messages). The cudaFree waits for
+ * the whole device: set-up only, or outside a reservation. */
+static int grow_to(cuda_ctx *c, grow_buf *b, size_t bytes, const char *what)
 {
     if (bytes <= b->bytes)
         return 0;
     cudaFree(b->p);
     b->p = NULL;
     b->bytes = 0;
-    FORWARD_IF(dev_malloc(&b->p, bytes, "work space", "lower --batch-size or use --device cpu"));
+    c->allocs++;
+    FORWARD_IF(dev_malloc(&b->p, bytes, what, "lower --batch-size or use --device cpu"));
     b->bytes = bytes;
+    return 0;
+}
+
+/* b for an op that needs `bytes`: within a reservation what reserve sized
+ * must do (a larger need is refused: no cudaFree / cudaMalloc on the
+ * decode path), outside one it grows. */
+static int grow(cuda_ctx *c, grow_buf *b, size_t bytes, const char *what)
+{
+    RETURN_IF(bytes > b->bytes && c->reserved, -EINVAL, "internal: %s needs %zu bytes, "
+              "exceeds the reserved %zu; the limits given to reserve are too small", what,
+              bytes, b->bytes);
+    return grow_to(c, b, bytes, what);
+}
+
+/* The host kern_seq arrays hold n entries: sized by reserve, grown
+ * outside a reservation. */
+static int seqs_room(cuda_ctx *c, size_t n, int reserving)
+{
+    if (n <= c->seqs_cap)
+        return 0;
+    RETURN_IF(c->reserved && !reserving, -EINVAL, "internal: a call of %zu sequences exceeds "
+              "the reserved %zu; the limits given to reserve are too small", n, c->seqs_cap);
+    c->allocs++;
+    kern_seq *h = realloc(c->seqs_host, sizeof(kern_seq) * n);
+    if (h)
+        c->seqs_host = h;
+    kern_seq *t = h ? realloc(c->seqs_tmp, sizeof(kern_seq) * n) : NULL;
+    if (t)
+        c->seqs_tmp = t;
+    RETURN_IF(!h || !t, -ENOMEM, "out of host memory for %zu sequences", n);
+    c->seqs_cap = n;
     return 0;
 }
 
@@ -161,10 +223,14 @@ static void cuda_destroy(void *ctx)
     cuda_ctx *c = ctx;
     if (!c)
         return;
-    grow_buf *bufs[] = {&c->ids, &c->pos, &c->rows, &c->seqs, &c->work, &c->samp, &c->f32tmp};
+    grow_buf *bufs[] = {&c->tok, &c->rows, &c->seqs, &c->work, &c->samp, &c->f32tmp};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         cudaFree(bufs[i]->p);
     cudaFreeHost(c->pinned);
+    cudaFreeHost(c->ring.host);
+    for (int i = 0; i < RING_SLOTS; i++)
+        if (c->ring.ev[i])
+            cudaEventDestroy(c->ring.ev[i]);
     for (int i = 0; i < LT_PLANS; i++)
         lt_plan_drop(&c->plans[i]);
     if (c->lt_pref)
@@ -184,6 +250,7 @@ static void cuda_destroy(void *ctx)
         if (c->events[i])
             cudaEventDestroy(c->events[i]);
     free(c->seqs_host);
+    free(c->seqs_tmp);
     free(c);
 }
 
@@ -192,6 +259,7 @@ static void cuda_destroy(void *ctx)
 static int cuda_alloc_bytes(cuda_ctx *c, size_t bytes, void **out)
 {
     void *p = NULL;
+    c->allocs++;
     FORWARD_IF(dev_malloc(&p, bytes ? bytes : 16, "a buffer",
                           "lower --batch-size, use a smaller model or --device cpu"));
     CK(cudaMemsetAsync(p, 0, bytes ? bytes : 16, c->stream));
@@ -204,7 +272,7 @@ static int cuda_alloc(void *ctx, size_t n, void **out)
     return cuda_alloc_bytes(ctx, n * 2, out);
 }
 
-static int cuda_alloc_f32(void *ctx, size_t n, void **out)
+static int cuda_alloc_words(void *ctx, size_t n, void **out)
 {
     return cuda_alloc_bytes(ctx, n * 4, out);
 }
@@ -222,7 +290,6 @@ static int cuda_upload(void *ctx, void *dst, const float *src, size_t n)
 {
     cuda_ctx *c = ctx;
     size_t chunk = PINNED_BYTES / sizeof(float);
-    FORWARD_IF(grow(&c->f32tmp, PINNED_BYTES));
     for (size_t at = 0; at < n; at += chunk) {
         size_t len = n - at < chunk ? n - at : chunk;
         CK(cudaStreamSynchronize(c->stream)); /* pinned chunk free again */
@@ -239,7 +306,6 @@ static int cuda_download(void *ctx, float *dst, const void *src, size_t n)
 {
     cuda_ctx *c = ctx;
     size_t chunk = PINNED_BYTES / sizeof(float);
-    FORWARD_IF(grow(&c->f32tmp, PINNED_BYTES));
     for (size_t at = 0; at < n; at += chunk) {
         size_t len = n - at < chunk ? n - at : chunk;
         CK(kern_f16_to_f32_cuda(c->f32tmp.p, (const char *)src + at * 2, len, c->stream));
@@ -251,54 +317,134 @@ static int cuda_download(void *ctx, float *dst, const void *src, size_t n)
     return 0;
 }
 
-static int cuda_upload_f32(void *ctx, void *dst, const float *src, size_t n)
+static int cuda_upload_words(void *ctx, void *dst, const void *src, size_t n)
 {
     cuda_ctx *c = ctx;
-    CK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, c->stream));
+    CK(cudaMemcpyAsync(dst, src, n * 4, cudaMemcpyHostToDevice, c->stream));
     CK(cudaStreamSynchronize(c->stream));
     return 0;
 }
 
-static int cuda_download_f32(void *ctx, float *dst, const void *src, size_t n)
+static int cuda_download_words(void *ctx, void *dst, const void *src, size_t n)
 {
     cuda_ctx *c = ctx;
-    CK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
+    CK(cudaMemcpyAsync(dst, src, n * 4, cudaMemcpyDeviceToHost, c->stream));
     CK(cudaStreamSynchronize(c->stream));
     return 0;
 }
 
-/* Copy a small host array to a staging buffer on the stream. Pageable
- * sources are staged by the driver before cudaMemcpyAsync returns, so the
- * caller may reuse its array at once. */
-static int stage(cuda_ctx *c, grow_buf *b, const void *src, size_t bytes)
+static size_t align_to(size_t n, size_t a)
 {
-    FORWARD_IF(grow(b, bytes));
-    CK(cudaMemcpyAsync(b->p, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    return (n + a - 1) / a * a;
+}
+
+/* Make the ring's slots hold `slot` bytes: at reserve, or on first need
+ * outside a reservation; a need beyond the reservation is refused. A new
+ * ring waits for every copy from the old one (they are all on the compute
+ * stream). */
+static int ring_size(cuda_ctx *c, size_t slot, int reserving)
+{
+    stage_ring *r = &c->ring;
+    slot = align_to(slot, 256);
+    if (slot <= r->slot)
+        return 0;
+    RETURN_IF(c->reserved && !reserving, -EINVAL, "internal: %zu bytes of host arrays for one "
+              "op exceed the reserved %zu of a staging slot; the limits given to reserve are "
+              "too small", slot, r->slot);
+    CK(cudaStreamSynchronize(c->stream));
+    cudaFreeHost(r->host);
+    r->host = NULL;
+    r->slot = 0;
+    memset(r->recorded, 0, sizeof r->recorded);
+    c->allocs++;
+    cudaError_t e = cudaHostAlloc((void **)&r->host, slot * RING_SLOTS, cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        RETURN_IF(1, -ENOMEM, "cannot pin %.1f MiB of host memory for the staging ring (%s)",
+                  slot * RING_SLOTS / 1048576.0, cudaGetErrorString(e));
+    }
+    r->slot = slot;
     return 0;
 }
 
+/* The next slot of the ring for `bytes` of host arrays, once the copy that
+ * last read it has run. */
+static int ring_take(cuda_ctx *c, size_t bytes, char **out)
+{
+    stage_ring *r = &c->ring;
+    FORWARD_IF(ring_size(c, bytes, 0));
+    int i = r->next;
+    r->next = (i + 1) % RING_SLOTS;
+    if (r->recorded[i])
+        CK(cudaEventSynchronize(r->ev[i])); /* slot i's last copy has read it */
+    r->cur = i;
+    *out = r->host + (size_t)i * r->slot;
+    return 0;
+}
+
+/* After the copies that read the slot ring_take gave: record its event. */
+static int ring_done(cuda_ctx *c)
+{
+    stage_ring *r = &c->ring;
+    CK(cudaEventRecord(r->ev[r->cur], c->stream));
+    r->recorded[r->cur] = 1;
+    return 0;
+}
+
+/* Copy n small host arrays (src[i], bytes[i]) into dev (`what`, in
+ * messages), each at a 64-aligned offset, through one ring slot and one
+ * copy on the compute stream; at[i] gets each one's device address. The
+ * caller may reuse its arrays at once. */
+#define STAGE_MAX 2
+static int stage(cuda_ctx *c, grow_buf *dev, int n, const void *const src[],
+                 const size_t bytes[], void *at[], const char *what)
+{
+    size_t off[STAGE_MAX], total = 0;
+    assert(n <= STAGE_MAX);
+    for (int i = 0; i < n; i++) {
+        off[i] = total;
+        total += align_to(bytes[i], 64);
+    }
+    FORWARD_IF(grow(c, dev, total, what));
+    for (int i = 0; total == 0 && i < n; i++)
+        at[i] = dev->p; /* empty arrays: nothing to send */
+    if (total == 0)
+        return 0;
+    char *h;
+    FORWARD_IF(ring_take(c, total, &h));
+    for (int i = 0; i < n; i++) {
+        memcpy(h + off[i], src[i], bytes[i]);
+        at[i] = (char *)dev->p + off[i];
+    }
+    CK(cudaMemcpyAsync(dev->p, h, total, cudaMemcpyHostToDevice, c->stream));
+    return ring_done(c);
+}
+
+/* The kern_seq array into c->seqs, unless it holds these contents already. */
 static int stage_seqs(cuda_ctx *c, const kern_seq *seqs, int n_seq)
 {
     size_t bytes = sizeof(kern_seq) * (size_t)n_seq;
     if (c->seqs_host && c->seqs_n == (size_t)n_seq && !memcmp(c->seqs_host, seqs, bytes))
         return 0;
-    if ((size_t)n_seq > c->seqs_n || !c->seqs_host) {
-        kern_seq *h = realloc(c->seqs_host, bytes ? bytes : sizeof(kern_seq));
-        RETURN_IF(!h, -ENOMEM, "out of memory");
-        c->seqs_host = h;
-    }
+    FORWARD_IF(seqs_room(c, (size_t)n_seq, 0));
+    c->seqs_n = SIZE_MAX; /* nothing valid until the copy is queued */
+    const void *src[1] = {seqs};
+    void *at[1];
+    FORWARD_IF(stage(c, &c->seqs, 1, src, &bytes, at, "the sequences' staging"));
     memcpy(c->seqs_host, seqs, bytes);
     c->seqs_n = (size_t)n_seq;
-    return stage(c, &c->seqs, seqs, bytes);
+    return 0;
 }
 
 static int cuda_embed(void *ctx, void *out, const void *tok_emb, const void *pos_emb,
                       const int32_t *ids, const int32_t *pos, int n, int d)
 {
     cuda_ctx *c = ctx;
-    FORWARD_IF(stage(c, &c->ids, ids, sizeof(int32_t) * (size_t)n));
-    FORWARD_IF(stage(c, &c->pos, pos, sizeof(int32_t) * (size_t)n));
-    CK(kern_embed_cuda(out, tok_emb, pos_emb, c->ids.p, c->pos.p, n, d, c->stream));
+    const void *src[2] = {ids, pos};
+    size_t bytes[2] = {sizeof(int32_t) * (size_t)n, sizeof(int32_t) * (size_t)n};
+    void *at[2];
+    FORWARD_IF(stage(c, &c->tok, 2, src, bytes, at, "the token ids' and positions' staging"));
+    CK(kern_embed_cuda(out, tok_emb, pos_emb, at[0], at[1], n, d, c->stream));
     return 0;
 }
 
@@ -444,8 +590,11 @@ static int cuda_gather_rows(void *ctx, void *dst, const void *src, const int32_t
                             int d)
 {
     cuda_ctx *c = ctx;
-    FORWARD_IF(stage(c, &c->rows, rows, sizeof(int32_t) * (size_t)n));
-    CK(kern_gather_rows_cuda(dst, src, c->rows.p, n, d, c->stream));
+    const void *in[1] = {rows};
+    size_t bytes = sizeof(int32_t) * (size_t)n;
+    void *at[1];
+    FORWARD_IF(stage(c, &c->rows, 1, in, &bytes, at, "the gather rows' staging"));
+    CK(kern_gather_rows_cuda(dst, src, at[0], n, d, c->stream));
     return 0;
 }
 
@@ -474,11 +623,9 @@ static int max_of(const kern_seq *seqs, int n_seq, int field_slots)
  * head does not fit (n > 6688) is done head by head in blocks of qb query
  * rows, each against only the keys its causal rows see, so the work stays
  * under PREFILL_WORK (and linear in n) for a prompt of any length. */
-static int prefill_gemm(cuda_ctx *c, void *out, int ldo, const void *q, const void *k,
-                        const void *v, int ld, const kern_seq *sq, int n_head, int hd,
-                        float scale, void *colsum)
+static size_t prefill_gemm_plan(int n, int n_head, int *hg_out, int *qb_out)
 {
-    int n = sq->n_new, hg = 1, qb = n;
+    int hg = 1, qb = n;
     size_t per_row = (size_t)n * 6 + 8, per_head = per_row * (size_t)n;
     if (per_head <= PREFILL_WORK) {
         size_t fit = PREFILL_WORK / per_head;
@@ -487,7 +634,18 @@ static int prefill_gemm(cuda_ctx *c, void *out, int ldo, const void *q, const vo
         size_t fit = PREFILL_WORK / per_row;
         qb = fit < 1 ? 1 : (int)fit; /* < n here */
     }
-    FORWARD_IF(grow(&c->work, per_row * (size_t)qb * (size_t)hg));
+    *hg_out = hg;
+    *qb_out = qb;
+    return per_row * (size_t)qb * (size_t)hg;
+}
+
+static int prefill_gemm(cuda_ctx *c, void *out, int ldo, const void *q, const void *k,
+                        const void *v, int ld, const kern_seq *sq, int n_head, int hd,
+                        float scale, void *colsum)
+{
+    int n = sq->n_new, hg, qb;
+    FORWARD_IF(grow(c, &c->work, prefill_gemm_plan(n, n_head, &hg, &qb),
+                    "prefill attention's work space"));
     float *S = c->work.p;                                                  /* (hg, qb, <= n) */
     void *P = S + (size_t)hg * qb * n;                                     /* (hg, qb, <= n) */
     float *stats = (float *)((char *)P + (size_t)hg * qb * n * 2);         /* (hg, qb, 2) */
@@ -545,7 +703,8 @@ static int prefill_split(cuda_ctx *c, kern_seq *sh, void *out, int ldo, const vo
         return 0;
     FORWARD_IF(stage_seqs(c, sh, n_seq));
     if (colsum)
-        FORWARD_IF(grow(&c->work, sizeof(float) * 2 * (size_t)rows * n_head));
+        FORWARD_IF(grow(c, &c->work, sizeof(float) * 2 * (size_t)rows * n_head,
+                        "prefill attention's work space"));
     CK(kern_attn_prefill_cuda(out, ldo, q, k, v, ld, c->seqs.p, n_seq, n_head, head_dim, scale,
                               colsum, c->work.p, max_of(sh, n_seq, 0), c->stream));
     return 0;
@@ -555,12 +714,10 @@ static int cuda_attn_prefill(void *ctx, void *out, int ldo, const void *q, const
                              const void *v, int ld, const kern_seq *seqs, int n_seq, int n_head,
                              int head_dim, float scale, void *colsum)
 {
-    kern_seq *sh = malloc(sizeof(kern_seq) * (size_t)(n_seq ? n_seq : 1));
-    RETURN_IF(!sh, -ENOMEM, "out of host memory for %d sequences", n_seq);
-    int rc = prefill_split(ctx, sh, out, ldo, q, k, v, ld, seqs, n_seq, n_head, head_dim, scale,
-                           colsum);
-    free(sh);
-    return rc;
+    cuda_ctx *c = ctx;
+    FORWARD_IF(seqs_room(c, (size_t)n_seq, 0));
+    return prefill_split(c, c->seqs_tmp, out, ldo, q, k, v, ld, seqs, n_seq, n_head, head_dim,
+                         scale, colsum);
 }
 
 /* The KV ops: the kernels take the format (kern_kv_fmt) and refuse one
@@ -583,7 +740,8 @@ static int cuda_attn_decode(void *ctx, void *out, int ldo, const void *q, const 
 {
     cuda_ctx *c = ctx;
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
-    FORWARD_IF(grow(&c->work, kern_attn_decode_work(n_seq, n_head, head_dim, cap)));
+    FORWARD_IF(grow(c, &c->work, kern_attn_decode_work(n_seq, n_head, head_dim, cap),
+                    "decode attention's work space"));
     CK(kern_attn_decode_cuda(out, ldo, q, k, v, ld, fmt, kc, vc, c->seqs.p, n_seq, n_head,
                              head_dim, cap, scale, scores, self_p, c->work.p,
                              max_of(seqs, n_seq, 1), c->stream));
@@ -611,34 +769,51 @@ static int cuda_dequant_q4(void *ctx, void *dst, const void *src, size_t rows, i
     return 0;
 }
 
-/* Sampling: the per-row parameters go up, tokens and logprobs come back;
- * this is the decode step's one host wait. Layout of samp: temperature,
- * top_p (n floats each), u (n doubles), tokens (n int32), logprobs (n f32),
- * then the kernel's work space. */
+/* The head of samp for n rows, mirrored in the op's ring slot: the
+ * parameters that go up (temperature, top_p, u), then the tokens and
+ * logprobs that come back; the kernel's work space follows at `head`. */
+typedef struct samp_layout {
+    size_t t, p, u, tok, lp, head;
+} samp_layout;
+
+static samp_layout sample_layout(size_t n)
+{
+    size_t a4 = align_to(n * 4, 64), a8 = align_to(n * 8, 64);
+    return (samp_layout){0, a4, 2 * a4, 2 * a4 + a8, 3 * a4 + a8,
+                         align_to(4 * a4 + a8, 256)};
+}
+
+/* Sampling: the per-row parameters go up and tokens and logprobs come back
+ * through one ring slot; this is the decode step's one host wait. */
 static int cuda_sample(void *ctx, const void *logits, int n_rows, int V,
                        const float *temperature, const float *top_p, const double *u,
                        int32_t *tokens, float *logprobs)
 {
     cuda_ctx *c = ctx;
+    if (n_rows == 0)
+        return 0;
     int any = 0;
     for (int i = 0; i < n_rows; i++)
         any |= temperature[i] > 0.0f;
-    size_t n = (size_t)n_rows, head = (n * 8 + 255) / 256 * 256 * 4;
+    size_t n = (size_t)n_rows;
+    samp_layout ly = sample_layout(n);
     size_t work = any ? kern_sample_work(n_rows, V) : kern_sample_work(n_rows, 1);
-    FORWARD_IF(grow(&c->samp, head + work));
-    char *p = c->samp.p;
-    float *d_t = (float *)p, *d_p = (float *)(p + n * 4);
-    double *d_u = (double *)(p + n * 8);
-    int32_t *d_tok = (int32_t *)(p + n * 16);
-    float *d_lp = (float *)(p + n * 20);
-    CK(cudaMemcpyAsync(d_t, temperature, n * 4, cudaMemcpyHostToDevice, c->stream));
-    CK(cudaMemcpyAsync(d_p, top_p, n * 4, cudaMemcpyHostToDevice, c->stream));
-    CK(cudaMemcpyAsync(d_u, u, n * 8, cudaMemcpyHostToDevice, c->stream));
-    CK(kern_sample_cuda(logits, n_rows, V, d_t, d_p, d_u, d_tok, d_lp, p + head, any,
-                        c->stream));
-    CK(cudaMemcpyAsync(tokens, d_tok, n * 4, cudaMemcpyDeviceToHost, c->stream));
-    CK(cudaMemcpyAsync(logprobs, d_lp, n * 4, cudaMemcpyDeviceToHost, c->stream));
+    FORWARD_IF(grow(c, &c->samp, ly.head + work, "sampling's work space"));
+    char *h, *d = c->samp.p;
+    FORWARD_IF(ring_take(c, ly.head, &h));
+    memcpy(h + ly.t, temperature, n * 4);
+    memcpy(h + ly.p, top_p, n * 4);
+    memcpy(h + ly.u, u, n * 8);
+    CK(cudaMemcpyAsync(d, h, ly.tok, cudaMemcpyHostToDevice, c->stream));
+    CK(kern_sample_cuda(logits, n_rows, V, (const float *)(d + ly.t), (const float *)(d + ly.p),
+                        (const double *)(d + ly.u), (int32_t *)(d + ly.tok),
+                        (float *)(d + ly.lp), d + ly.head, any, c->stream));
+    CK(cudaMemcpyAsync(h + ly.tok, d + ly.tok, ly.lp + n * 4 - ly.tok, cudaMemcpyDeviceToHost,
+                       c->stream));
+    FORWARD_IF(ring_done(c));
     CK(cudaStreamSynchronize(c->stream)); /* the host picks the next inputs from these */
+    memcpy(tokens, h + ly.tok, n * 4);
+    memcpy(logprobs, h + ly.lp, n * 4);
     return 0;
 }
 
@@ -647,6 +822,89 @@ static int cuda_sync(void *ctx)
     cuda_ctx *c = ctx;
     CK(cudaStreamSynchronize(c->stream));
     return 0;
+}
+
+/* ---- the reservation (backend.h reserve) ----
+ * Every buffer an op grows, sized for the widest limits: the staging of
+ * ids, positions, gather rows and kern_seq arrays; the attention work
+ * space (decode's chunks, prefill's softmax statistics and its tensor-core
+ * S and P); sampling's parameters and sort. The largest is taken over every
+ * prompt length and row count a call may bring, so no call within the
+ * limits needs more (cub's sort space is not documented as monotone). */
+static size_t reserve_work(const backend_limits *l)
+{
+    size_t most = kern_attn_decode_work(l->seqs, l->heads, l->head_dim, l->cap);
+    size_t stats = sizeof(float) * 2 * (size_t)l->rows * l->heads;
+    most = stats > most ? stats : most;
+    for (int n = PREFILL_GEMM_MIN; n <= l->prompt; n++) {
+        int hg, qb;
+        size_t b = prefill_gemm_plan(n, l->heads, &hg, &qb);
+        most = b > most ? b : most;
+    }
+    return most;
+}
+
+static size_t reserve_samp(const backend_limits *l)
+{
+    size_t most = 0;
+    for (int n = 1; n <= l->sample_rows; n++) {
+        size_t w = kern_sample_work(n, 1);
+        if (l->sample_draw) {
+            size_t d = kern_sample_work(n, l->vocab);
+            w = d > w ? d : w;
+        }
+        size_t b = sample_layout((size_t)n).head + w;
+        most = b > most ? b : most;
+    }
+    return most;
+}
+
+static int max_i(int a, int b)
+{
+    return a > b ? a : b;
+}
+
+static int cuda_reserve(void *ctx, const backend_limits *lim)
+{
+    cuda_ctx *c = ctx;
+    if (!lim) {
+        c->reserved -= c->reserved > 0;
+        return 0;
+    }
+    CK(cudaSetDevice(c->device));
+    backend_limits *w = &c->lim;
+    w->rows = max_i(w->rows, lim->rows);
+    w->seqs = max_i(w->seqs, lim->seqs);
+    w->heads = max_i(w->heads, lim->heads);
+    w->kv_heads = max_i(w->kv_heads, lim->kv_heads);
+    w->head_dim = max_i(w->head_dim, lim->head_dim);
+    w->cap = max_i(w->cap, lim->cap);
+    w->prompt = max_i(w->prompt, lim->prompt);
+    w->sample_rows = max_i(w->sample_rows, lim->sample_rows);
+    w->vocab = max_i(w->vocab, lim->vocab);
+    w->sample_draw = max_i(w->sample_draw, lim->sample_draw);
+    /* the staging as stage() and cuda_sample lay it out */
+    size_t rows = align_to(sizeof(int32_t) * (size_t)w->rows, 64);
+    size_t seqs = align_to(sizeof(kern_seq) * (size_t)w->seqs, 64);
+    size_t slot = sample_layout((size_t)w->sample_rows).head;
+    slot = 2 * rows > slot ? 2 * rows : slot;
+    slot = seqs > slot ? seqs : slot;
+    FORWARD_IF(ring_size(c, slot, 1));
+    FORWARD_IF(grow_to(c, &c->tok, 2 * rows, "the token ids' and positions' staging"));
+    FORWARD_IF(grow_to(c, &c->rows, rows, "the gather rows' staging"));
+    FORWARD_IF(grow_to(c, &c->seqs, seqs, "the sequences' staging"));
+    c->seqs_n = SIZE_MAX; /* a new c->seqs holds nothing yet */
+    FORWARD_IF(seqs_room(c, (size_t)w->seqs, 1));
+    FORWARD_IF(grow_to(c, &c->work, reserve_work(w), "attention's work space"));
+    FORWARD_IF(grow_to(c, &c->samp, reserve_samp(w), "sampling's work space"));
+    c->reserved++;
+    return 0;
+}
+
+static uint64_t cuda_allocs(void *ctx)
+{
+    cuda_ctx *c = ctx;
+    return c->allocs;
 }
 
 /* ---- byte movement for the offloading scheduler ----
@@ -659,6 +917,7 @@ static int cuda_host_alloc(void *ctx, size_t bytes, void **out)
     cuda_ctx *c = ctx;
     CK(cudaSetDevice(c->device));
     void *p = NULL;
+    c->allocs++;
     cudaError_t e = cudaHostAlloc(&p, bytes ? bytes : 16, cudaHostAllocDefault);
     if (e != cudaSuccess) {
         cudaGetLastError();
@@ -754,12 +1013,12 @@ static const backend_ops cuda_ops = {
     .kv_formats = (1u << KERN_KV_FMT_PLAIN) | (1u << KERN_KV_FMT_Q4),
     .destroy = cuda_destroy,
     .alloc = cuda_alloc,
-    .alloc_f32 = cuda_alloc_f32,
+    .alloc_words = cuda_alloc_words,
     .free = cuda_free,
     .upload = cuda_upload,
     .download = cuda_download,
-    .upload_f32 = cuda_upload_f32,
-    .download_f32 = cuda_download_f32,
+    .upload_words = cuda_upload_words,
+    .download_words = cuda_download_words,
     .embed = cuda_embed,
     .layernorm = cuda_layernorm,
     .linear = cuda_linear,
@@ -772,6 +1031,8 @@ static const backend_ops cuda_ops = {
     .dequant_q4 = cuda_dequant_q4,
     .sample = cuda_sample,
     .sync = cuda_sync,
+    .reserve = cuda_reserve,
+    .allocs = cuda_allocs,
     .host_alloc = cuda_host_alloc,
     .host_free = cuda_host_free,
     .copy_h2d = cuda_copy_h2d,
@@ -793,7 +1054,10 @@ static int cuda_setup(cuda_ctx *c)
     CK(cudaStreamCreateWithFlags(&c->d2h, cudaStreamNonBlocking));
     for (int i = 0; i < BACKEND_EVENTS; i++)
         CK(cudaEventCreateWithFlags(&c->events[i], cudaEventDisableTiming));
+    for (int i = 0; i < RING_SLOTS; i++)
+        CK(cudaEventCreateWithFlags(&c->ring.ev[i], cudaEventDisableTiming));
     CK(cudaHostAlloc(&c->pinned, PINNED_BYTES, cudaHostAllocDefault));
+    FORWARD_IF(grow_to(c, &c->f32tmp, PINNED_BYTES, "the fp32 conversion staging"));
     FORWARD_IF(dev_malloc(&c->lt_work, LT_WORKSPACE, "cuBLASLt's workspace",
                           "other processes hold the GPU's memory; free it or use --device cpu"));
     CK(cublasCreate(&c->blas));
@@ -821,6 +1085,7 @@ int backend_cuda_create(int device, backend *out)
     cuda_ctx *c = calloc(1, sizeof *c);
     RETURN_IF(!c, -ENOMEM, "out of memory");
     c->device = device;
+    c->seqs_n = SIZE_MAX; /* c->seqs holds nothing */
     int rc = cuda_setup(c);
     if (rc < 0) {
         cuda_destroy(c);

@@ -127,10 +127,17 @@ void kern_add_ref(float *y, const float *x, size_t count);
  * are divided by temperature, softmaxed, cut to the smallest set of most
  * probable tokens whose mass reaches top_p (at least one), and u in [0, 1)
  * picks from that set. *logprob gets log softmax(logits)[token] of the raw
- * logits (before temperature). scratch: V floats + V int32 of workspace.
- * @return the token id. */
+ * logits (before temperature). scratch: scratch_bytes of workspace, at
+ * least kern_sample_scratch_bytes(V) when the row samples (temperature >
+ * 0; a greedy row uses none, scratch may then be NULL).
+ * @return the token id, or -EINVAL (message recorded) when a sampling row
+ * was handed too little scratch. */
 int32_t kern_sample_ref(const float *logits, int V, float temperature,
-                        float top_p, double u, float *logprob, void *scratch);
+                        float top_p, double u, float *logprob, void *scratch,
+                        size_t scratch_bytes);
+/* Bytes of kern_sample_ref's scratch for a vocabulary of V: V floats + V
+ * int32. */
+size_t kern_sample_scratch_bytes(int V);
 
 /* H2O eviction for one (sequence, head): among slots [0, n_slots) with
  * token positions pos[], choose the slot to evict: not a sink
@@ -153,8 +160,24 @@ int kern_h2o_pick_ref(const float *scores, const int32_t *pos, int n_slots,
  * rows, whose softmax column sums seed the scores of the tokens kept.
  *
  * The ops that need per-thread scratch (a row of probabilities, a row of
- * keep flags) allocate it once per call, before their OpenMP region, and
- * return -ENOMEM when that fails (else 0); the caller reports it. */
+ * keep flags: attention and the KV prefill) take it from the caller, who
+ * sizes it once, at set-up, for the largest call: `scratch` (4-byte
+ * aligned) of `scratch_bytes` bytes, at least what the op's
+ * kern_*_scratch_bytes() says for the shape and the kern_cpu_threads()
+ * threads the op runs with. Nothing on the decode path allocates. An op
+ * handed less refuses the call: -EINVAL with a message (a caller that
+ * sized it wrong), before it touches anything; else it returns 0. */
+
+/* Threads the OpenMP kernels run with when called from this thread
+ * (omp_get_max_threads()): the n_threads to size their scratch for. */
+int kern_cpu_threads(void);
+/* Scratch bytes of kern_attn_prefill_ref for prompts of up to max_new
+ * tokens, of the kern_kv_prefill ops (any cache format) likewise, and of
+ * the kern_attn_decode ops (any format) over caches of cap slots, each on
+ * n_threads threads. */
+size_t kern_attn_prefill_scratch_bytes(int max_new, int n_threads);
+size_t kern_kv_prefill_scratch_bytes(int max_new, int n_threads);
+size_t kern_attn_decode_scratch_bytes(int cap, int n_threads);
 
 /* Causal self-attention of each sequence's n_new prompt rows (n_past must be
  * 0). q, k, v: packed rows with stride ld (head h at columns h*head_dim).
@@ -164,7 +187,7 @@ int kern_h2o_pick_ref(const float *scores, const int32_t *pos, int n_slots,
 int kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
                           const float *v, int ld, const kern_seq *seqs,
                           int n_seq, int n_head, int head_dim, float scale,
-                          float *colsum);
+                          float *colsum, void *scratch, size_t scratch_bytes);
 
 /* Fill the slot caches from the prompt rows after prefill. Per (sequence,
  * head): when n_new <= budget every token is kept, in slot = position;
@@ -176,7 +199,8 @@ int kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
 int kern_kv_prefill_ref(float *kc, float *vc, float *scores, int32_t *pos,
                         const float *k, const float *v, int ld,
                         const float *colsum, const kern_seq *seqs, int n_seq,
-                        int n_head, int head_dim, int cap);
+                        int n_head, int head_dim, int cap, void *scratch,
+                        size_t scratch_bytes);
 
 /* Decode attention of one new row per active sequence (n_new 1) over its
  * n_slots cached tokens plus its own new k/v row (not yet in the cache).
@@ -186,7 +210,8 @@ int kern_attn_decode_ref(float *out, int ldo, const float *q, const float *k,
                          const float *v, int ld, const float *kc,
                          const float *vc, const kern_seq *seqs, int n_seq,
                          int n_head, int head_dim, int cap, float scale,
-                         float *scores, float *self_p);
+                         float *scores, float *self_p, void *scratch,
+                         size_t scratch_bytes);
 
 /* Store the new token of each active sequence (n_new 1) in its cache: slot
  * n_slots while n_slots < budget, else the H2O victim of kern_h2o_pick_ref
@@ -206,10 +231,12 @@ void kern_kv_insert_ref(float *kc, float *vc, float *scores, int32_t *pos,
 int kern_attn_decode_h16(float *out, int ldo, const float *q, const float *k,
                          const float *v, int ld, const uint16_t *kc, const uint16_t *vc,
                          const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                         int cap, float scale, float *scores, float *self_p);
+                         int cap, float scale, float *scores, float *self_p, void *scratch,
+                         size_t scratch_bytes);
 int kern_kv_prefill_h16(uint16_t *kc, uint16_t *vc, float *scores, int32_t *pos,
                         const float *k, const float *v, int ld, const float *colsum,
-                        const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap);
+                        const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
+                        void *scratch, size_t scratch_bytes);
 void kern_kv_insert_h16(uint16_t *kc, uint16_t *vc, float *scores, int32_t *pos,
                         const float *k, const float *v, int ld, const float *self_p,
                         const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
@@ -258,10 +285,12 @@ void kern_q4_dequant_row(float *dst, const uint8_t *src, int n);
 int kern_attn_decode_q4(float *out, int ldo, const float *q, const float *k,
                         const float *v, int ld, const uint8_t *kc, const uint8_t *vc,
                         const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                        int cap, float scale, float *scores, float *self_p);
+                        int cap, float scale, float *scores, float *self_p, void *scratch,
+                        size_t scratch_bytes);
 int kern_kv_prefill_q4(uint8_t *kc, uint8_t *vc, float *scores, int32_t *pos,
                        const float *k, const float *v, int ld, const float *colsum,
-                       const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap);
+                       const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
+                       void *scratch, size_t scratch_bytes);
 void kern_kv_insert_q4(uint8_t *kc, uint8_t *vc, float *scores, int32_t *pos,
                        const float *k, const float *v, int ld, const float *self_p,
                        const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,

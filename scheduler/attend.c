@@ -45,27 +45,25 @@ static int host_segment(const sched_pass *p, const sched_kv *g, const void *qkv,
     if (p->kind == SCHED_PASS_PREFILL) {
         const float *cs = NULL;
         if (sc->colsum) {
-            FORWARD_IF(o->download_f32(ctx, sc->h_colsum,
-                                       (const char *)sc->colsum + (size_t)r0 * H * 4, rows * H));
+            FORWARD_IF(o->download_words(ctx, sc->h_colsum,
+                                         (const char *)sc->colsum + (size_t)r0 * H * 4, rows * H));
             cs = sc->h_colsum;
         }
-        int rc = g->fmt == KERN_KV_FMT_Q4
-                     ? kern_kv_prefill_q4(g->kc, g->vc, g->scores, g->pos, k, v, ld, cs,
-                                          sc->h_seqs, g->n, H, hd, cap)
-                     : kern_kv_prefill_h16(g->kc, g->vc, g->scores, g->pos, k, v, ld, cs,
-                                           sc->h_seqs, g->n, H, hd, cap);
-        RETURN_IF(rc < 0, rc, "out of host memory for the scratch of CPU attention's KV "
-                  "prefill; lower --gpu-batch-size or the prompt length");
-        return 0;
+        if (g->fmt == KERN_KV_FMT_Q4)
+            return kern_kv_prefill_q4(g->kc, g->vc, g->scores, g->pos, k, v, ld, cs, sc->h_seqs,
+                                      g->n, H, hd, cap, sc->h_work, sc->h_work_bytes);
+        return kern_kv_prefill_h16(g->kc, g->vc, g->scores, g->pos, k, v, ld, cs, sc->h_seqs,
+                                   g->n, H, hd, cap, sc->h_work, sc->h_work_bytes);
     }
     int32_t *ev = p->evicted ? sc->h_ev : NULL;
-    int rc = g->fmt == KERN_KV_FMT_Q4
-                 ? kern_attn_decode_q4(sc->h_att, d, q, k, v, ld, g->kc, g->vc, sc->h_seqs,
-                                       g->n, H, hd, cap, scale, g->scores, sc->h_self)
-                 : kern_attn_decode_h16(sc->h_att, d, q, k, v, ld, g->kc, g->vc, sc->h_seqs,
-                                        g->n, H, hd, cap, scale, g->scores, sc->h_self);
-    RETURN_IF(rc < 0, rc, "out of host memory for the scratch of CPU decode attention; lower "
-              "--gpu-batch-size");
+    if (g->fmt == KERN_KV_FMT_Q4)
+        FORWARD_IF(kern_attn_decode_q4(sc->h_att, d, q, k, v, ld, g->kc, g->vc, sc->h_seqs, g->n,
+                                       H, hd, cap, scale, g->scores, sc->h_self, sc->h_work,
+                                       sc->h_work_bytes));
+    else
+        FORWARD_IF(kern_attn_decode_h16(sc->h_att, d, q, k, v, ld, g->kc, g->vc, sc->h_seqs,
+                                        g->n, H, hd, cap, scale, g->scores, sc->h_self,
+                                        sc->h_work, sc->h_work_bytes));
     if (g->fmt == KERN_KV_FMT_Q4)
         kern_kv_insert_q4(g->kc, g->vc, g->scores, g->pos, k, v, ld, sc->h_self, sc->h_seqs,
                           g->n, H, hd, cap, ev);
@@ -73,8 +71,8 @@ static int host_segment(const sched_pass *p, const sched_kv *g, const void *qkv,
         kern_kv_insert_h16(g->kc, g->vc, g->scores, g->pos, k, v, ld, sc->h_self, sc->h_seqs,
                            g->n, H, hd, cap, ev);
     if (p->evicted)
-        FORWARD_IF(o->upload_f32(ctx, (char *)p->evicted + (size_t)g->seq0 * H * 4,
-                                 (const float *)sc->h_ev, (size_t)g->n * H));
+        FORWARD_IF(o->upload_words(ctx, (char *)p->evicted + (size_t)g->seq0 * H * 4, sc->h_ev,
+                                   (size_t)g->n * H));
     return o->upload(ctx, (char *)att + (size_t)r0 * d * es, sc->h_att, rows * d);
 }
 

@@ -79,7 +79,7 @@ int sched_calibrate(struct backend *be, const char *dir, uint64_t bytes, sched_c
               bytes / 1073741824.0);
     int rc = o->host_alloc(be->ctx, bytes, &host);
     if (rc == 0)
-        rc = o->alloc_f32(be->ctx, bytes / 4, &dev);
+        rc = o->alloc_words(be->ctx, bytes / 4, &dev);
     memset(host2, 0x5a, bytes);
     for (int rep = 0; rc == 0 && rep < 3; rep++) {
         double t0 = sched_trace_now();

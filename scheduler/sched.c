@@ -17,7 +17,7 @@ static int alloc_gpu(sched *s, size_t bytes, void **out)
     *out = NULL;
     if (bytes == 0)
         return 0;
-    return s->be->ops->alloc_f32(s->be->ctx, (bytes + 3) / 4, out);
+    return s->be->ops->alloc_words(s->be->ctx, (bytes + 3) / 4, out);
 }
 
 static int alloc_host(sched *s, size_t bytes, int pinned, void **out)
@@ -143,6 +143,69 @@ static int alloc_act(sched *s)
     return rc;
 }
 
+/* The largest op calls of a pass and of the caller's sampling, for the
+ * backend's reservation: a GPU batch's rows and sequences (an attention
+ * op gets one KV segment's, at most a batch), the model's heads, the
+ * plan's cap and prompt, and sample calls over the block's logits. */
+static backend_limits sched_limits(const sched *s)
+{
+    const sched_geom *g = &s->g;
+    const sched_shape *sh = &s->sh;
+    int sampled = sh->sample != SCHED_SAMPLE_NONE;
+    return (backend_limits){
+        .rows = sh->max_rows,
+        .seqs = g->gbs,
+        .heads = g->H,
+        .kv_heads = g->KVH,
+        .head_dim = g->hd,
+        .cap = sh->cap,
+        .prompt = sh->max_prompt > 0 && sh->max_prompt < sh->max_rows ? sh->max_prompt
+                                                                      : sh->max_rows,
+        .sample_rows = sampled ? g->block : 0,
+        .vocab = sampled ? g->V : 0,
+        .sample_draw = sh->sample == SCHED_SAMPLE_DRAW,
+    };
+}
+
+/* Bytes of a carved sub-array, so that the next one starts 64-aligned. */
+static size_t carve(size_t bytes)
+{
+    return (bytes + 63) & ~(size_t)63;
+}
+
+/* The host scratch of CPU attention over a backend whose buffers are not
+ * host memory (attend.c's host segments): the words copied to and from
+ * the backend (colsum, evictions) in pinned memory, the q/k/v rows, the
+ * outputs, the rebased sequences and the kernels' per-thread scratch in
+ * one plain block. The kernels run on the compute thread, which is the
+ * one creating the scheduler: their thread count is this thread's.
+ * @return 0 or -errno. */
+static int alloc_host_scratch(sched *s)
+{
+    const sched_geom *g = &s->g;
+    sched_scratch *sc = &s->scr;
+    size_t R = (size_t)s->sh.max_rows, H = (size_t)g->H, gbs = (size_t)g->gbs;
+    backend_limits lim = sched_limits(s); /* the same prompt and cap as the backend's */
+    int nt = kern_cpu_threads();
+    size_t work = kern_kv_prefill_scratch_bytes(lim.prompt, nt);
+    size_t dec = kern_attn_decode_scratch_bytes(lim.cap, nt);
+    sc->h_work_bytes = work > dec ? work : dec;
+    size_t colsum = carve(sizeof(float) * R * H), ev = carve(sizeof(int32_t) * gbs * g->KVH);
+    size_t qkv = carve(sizeof(float) * R * g->qkv), att = carve(sizeof(float) * R * g->d);
+    size_t self = carve(sizeof(float) * gbs * H), seqs = carve(sizeof(kern_seq) * gbs);
+    FORWARD_IF(alloc_host(s, colsum + ev, 1, &s->h_words));
+    FORWARD_IF(alloc_host(s, qkv + att + self + seqs + sc->h_work_bytes, 0, &s->h_rest));
+    char *words = s->h_words, *rest = s->h_rest;
+    sc->h_colsum = (float *)words;
+    sc->h_ev = (int32_t *)(words + colsum);
+    sc->h_qkv = (float *)rest;
+    sc->h_att = (float *)(rest + qkv);
+    sc->h_self = (float *)(rest + qkv + att);
+    sc->h_seqs = (kern_seq *)(rest + qkv + att + self);
+    sc->h_work = rest + qkv + att + self + seqs;
+    return 0;
+}
+
 /* The per-pass work space on the backend (and host scratch of CPU
  * attention). @return 0 or -errno. */
 static int alloc_work(sched *s)
@@ -162,20 +225,8 @@ static int alloc_work(sched *s)
     if (rc == 0 && s->sh.scores) rc = alloc_gpu(s, R * H * 4, &s->scr.colsum);
     if (rc == 0 && s->sh.scores) rc = alloc_gpu(s, B * H * 4, &s->scr.self_p);
     if (rc == 0 && s->sh.evicted) rc = alloc_gpu(s, (size_t)L * B * KVH * 4, &s->evicted);
-    if (rc == 0 && s->pol.cpu_attention && !s->be->ops->host_visible) {
-        /* host scratch of CPU attention (sched_kv.host segments) */
-        s->scr.h_qkv = malloc(sizeof(float) * R * g->qkv);
-        s->scr.h_att = malloc(sizeof(float) * R * d);
-        s->scr.h_colsum = malloc(sizeof(float) * R * H);
-        s->scr.h_self = malloc(sizeof(float) * (size_t)g->gbs * H);
-        s->scr.h_ev = malloc(sizeof(int32_t) * (size_t)g->gbs * KVH);
-        s->scr.h_seqs = malloc(sizeof(kern_seq) * (size_t)g->gbs);
-        if (!s->scr.h_qkv || !s->scr.h_att || !s->scr.h_colsum || !s->scr.h_self ||
-            !s->scr.h_ev || !s->scr.h_seqs) {
-            err_set(__FILE__, __LINE__, "out of host memory for CPU attention scratch");
-            rc = -ENOMEM;
-        }
-    }
+    if (rc == 0 && s->pol.cpu_attention && !s->be->ops->host_visible)
+        rc = alloc_host_scratch(s);
     return rc;
 }
 
@@ -237,6 +288,11 @@ int sched_create(backend *be, const sched_model *m, const sched_policy *p,
         rc = alloc_act(s);
     if (rc == 0)
         rc = alloc_work(s);
+    if (rc == 0) {
+        backend_limits lim = sched_limits(s);
+        rc = be->ops->reserve(be->ctx, &lim);
+        s->reserved = rc == 0;
+    }
 
     /* the backend zeroes new buffers on its compute stream: let that finish
      * before the copy streams write into them */
@@ -271,6 +327,8 @@ void sched_destroy(sched *s)
     const backend_ops *o = s->be->ops;
     void *ctx = s->be->ctx;
     o->sync(ctx); /* nothing queued may still use a buffer freed below */
+    if (s->reserved)
+        o->reserve(ctx, NULL);
     int L = s->g.L, K = s->g.K;
     for (int l = 0; s->w_gpu && l < L; l++)
         o->free(ctx, s->w_gpu[l]);
@@ -299,12 +357,8 @@ void sched_destroy(sched *s)
                     s->scr.self_p, s->last, s->logits, s->evicted};
     for (size_t i = 0; i < sizeof work / sizeof *work; i++)
         o->free(ctx, work[i]);
-    free(s->scr.h_qkv);
-    free(s->scr.h_att);
-    free(s->scr.h_colsum);
-    free(s->scr.h_self);
-    free(s->scr.h_ev);
-    free(s->scr.h_seqs);
+    o->host_free(ctx, s->h_words);
+    free(s->h_rest);
     if (s->w_fd_owned)
         off_file_close(s->w_fd);
     off_file_close(s->kv_fd);
@@ -415,8 +469,8 @@ int sched_read_kv(sched *s, int l, int seq, int what, void *out)
     size_t per = (size_t)g->KVH * s->sh.cap * 4;
     size_t at = (what == 0 ? kl->pos : kl->scores) + (size_t)(i - g->kv_seq0[t]) * per;
     if (t == SCHED_GPU)
-        return s->be->ops->download_f32(s->be->ctx, out, (char *)sched_kv_home(s, t, l, k) + at,
-                                        per / 4);
+        return s->be->ops->download_words(s->be->ctx, out,
+                                          (char *)sched_kv_home(s, t, l, k) + at, per / 4);
     if (t == SCHED_CPU) {
         memcpy(out, (char *)sched_kv_home(s, t, l, k) + at, per);
         return 0;
@@ -435,8 +489,8 @@ int sched_read_kv(sched *s, int l, int seq, int what, void *out)
 int sched_read_evicted(sched *s, int32_t *out)
 {
     RETURN_IF(!s->evicted, -EINVAL, "internal: evictions are not recorded");
-    return s->be->ops->download_f32(s->be->ctx, (float *)out, s->evicted,
-                                    (size_t)s->g.L * s->g.block * s->g.KVH);
+    return s->be->ops->download_words(s->be->ctx, out, s->evicted,
+                                      (size_t)s->g.L * s->g.block * s->g.KVH);
 }
 
 /* ------------------------------------------------------------ summary */

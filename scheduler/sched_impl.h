@@ -140,6 +140,7 @@ typedef struct sched_lane {
 
 struct sched {
     backend *be;
+    int reserved;          /* holds a reservation of the backend's work memory */
     sched_model mdl;       /* shape from sched_create, callbacks from sched_attach */
     int attached;
     sched_policy pol;
@@ -177,6 +178,7 @@ struct sched {
     /* per-pass work */
     int pass_kind;         /* SCHED_PASS_* of the pass running */
     sched_scratch scr;
+    void *h_words, *h_rest;/* the blocks scr's host scratch is carved from (pinned, plain) */
     void *last, *logits, *evicted;
     kern_seq *bseq;        /* (block) sequences rebased per batch */
     struct batch_desc *bdesc; /* (K) the GPU batches of the pass (zigzag.c) */

@@ -208,11 +208,15 @@ typedef struct sched_scratch {
     const sched_layer *w_layer; /* the layer whose matrices w holds (w_all), or NULL */
     void *colsum;              /* (rows, heads) fp32, or NULL */
     void *self_p;              /* (n_seq, heads) fp32, or NULL */
-    /* host scratch for sched_kv.host segments (NULL when there are none) */
+    /* host scratch for sched_kv.host segments (NULL when there are none),
+     * carved from two blocks: the words the backend copies (pinned) and
+     * the rest */
     float *h_qkv, *h_att;      /* (rows, qkv_dim), (rows, d) */
-    float *h_colsum, *h_self;  /* (rows, heads), (n_seq, heads) */
-    int32_t *h_ev;             /* (n_seq, kv_heads) */
+    float *h_colsum, *h_self;  /* (rows, heads) pinned, (n_seq, heads) */
+    int32_t *h_ev;             /* (n_seq, kv_heads) pinned */
     kern_seq *h_seqs;          /* (n_seq) */
+    void *h_work;              /* the CPU kernels' per-thread scratch (kern.h), */
+    size_t h_work_bytes;       /* sized for the plan's largest prompt and cap */
 } sched_scratch;
 
 enum { SCHED_PASS_IDLE = 0, SCHED_PASS_PREFILL = 1, SCHED_PASS_DECODE = 2 };
@@ -291,12 +295,23 @@ double sched_matmul_params(const sched_model *m);
  * this, once: nothing on the decode path allocates.
  */
 
+/* What the caller of sched_forward does with sched_logits() on the
+ * backend (sched_shape.sample): the scheduler reserves the backend's
+ * sampling work for it at sched_create. */
+enum sched_sample {
+    SCHED_SAMPLE_NONE,   /* nothing: it reads the logits back (downloads) */
+    SCHED_SAMPLE_GREEDY, /* sample calls of up to block rows, every row greedy */
+    SCHED_SAMPLE_DRAW,   /* sample calls of up to block rows, some with temperature > 0 */
+};
+
 typedef struct sched_shape {
     int max_rows;   /* most packed tokens of one GPU batch in one pass */
     int cap;        /* KV slots per (sequence, layer, head): the largest budget */
     int scores;     /* keep fp32 H2O scores beside the KV */
     int evicted;    /* record evicted positions (--trace-evictions) */
     int weights_on_disk_already; /* the disk share streams from a weight store */
+    int max_prompt; /* longest prompt of a prefill pass (<= max_rows); 0: max_rows */
+    int sample;     /* enum sched_sample */
 } sched_shape;
 
 enum sched_tier { SCHED_GPU, SCHED_CPU, SCHED_DISK, SCHED_TIERS };
@@ -331,8 +346,14 @@ typedef struct sched sched;
 /* Plan, check against the caps and allocate every tier for model shape m
  * (its data part; the callbacks come with sched_attach) on backend be;
  * weights then arrive through sched_layer_sink (pass it to the model
- * loader). trace may be NULL (not owned).
- * @return 0 or -errno; destroy with sched_destroy(). */
+ * loader). trace may be NULL (not owned). The backend's work memory is
+ * reserved here too (backend_ops.reserve) for the largest op calls of a
+ * pass and for the caller's sampling (sh->sample), so that no pass, and
+ * no sample call within those limits, allocates. Passes (sched_forward)
+ * run on the thread that created the scheduler: the scratch of its CPU
+ * kernels is sized for that thread's kern_cpu_threads().
+ * @return 0 or -errno; destroy with sched_destroy(), which ends the
+ * reservation. */
 int sched_create(backend *be, const sched_model *m, const sched_policy *p,
                  const sched_shape *sh, sched_trace *trace, sched **out);
 void sched_destroy(sched *s); /* accepts NULL */

@@ -13,8 +13,12 @@
  *      GPU gives the bytes of the compressed all-resident run, and CPU
  *      attention over the 4-bit host cache generates every token;
  *   4. the KV policies on CUDA evict what the CPU evicts (window and
- *      streaming exactly, h2o up to near-ties) and keep the same mass.
- * 2-4 skip, saying why, where no GPU is present. */
+ *      streaming exactly, h2o up to near-ties) and keep the same mass;
+ *   5. a whole run on CUDA (several GPU batches, CPU-tier KV staged or
+ *      attended by CPU threads, H2O, temperature sampling) allocates
+ *      nothing on the backend after its set-up, and its tokens are those
+ *      of `generate --device cuda` with the same flags.
+ * 2-5 skip, saying why, where no GPU is present. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +29,7 @@
 #include "cli_harness.h"
 #include "err.h"
 #include "fh_config.h"
+#include "gen_harness.h"
 #include "h2o_trace.h"
 #include "kern.h"
 #include "model_config.h"
@@ -91,8 +96,8 @@ static void assert_same_tokens(const char *fa, const char *fb, int lines, const 
         char *ta = strstr(la, "\"tokens\":"), *tb = strstr(lb, "\"tokens\":");
         cr_assert(ta && tb, "%s, prompt %d: no tokens", what, line);
         size_t na = strcspn(ta, "]"), nb = strcspn(tb, "]");
-        cr_assert(na == nb && !strncmp(ta, tb, na), "%s, prompt %d: cpu %.*s, cuda %.*s", what,
-                  line, (int)na, ta, (int)nb, tb);
+        cr_assert(na == nb && !strncmp(ta, tb, na), "%s, prompt %d: %s has %.*s, %s %.*s",
+                  what, line, fa, (int)na, ta, fb, (int)nb, tb);
         la = strchr(ta, '\n');
         lb = strchr(tb, '\n');
         cr_assert(la && lb);
@@ -215,4 +220,36 @@ Test(gpu_e2e, cuda_backend_follows_the_same_policies, .timeout = 120)
         free(a);
         free(b);
     }
+}
+
+/* 5. The decode path allocates nothing on CUDA either: staging through the
+ * pinned ring, work spaces and sampling within what sched_create reserved
+ * (backend_ops.reserve), CPU attention's host scratch from the scheduler. */
+Test(gpu_e2e, a_whole_run_allocates_nothing_after_set_up, .timeout = 120)
+{
+    gen_harness_job();
+    static const struct {
+        const char *percent;
+        int cpu_attention;
+    } runs[] = {
+        {"100 0 0 100 100 0", 0},  /* CPU-tier KV staged to the GPU, device-ordered */
+        {"30 30 34 33 0 100", 1},  /* three tiers, CPU attention over the host KV */
+    };
+    backend be;
+    cr_assert_eq(backend_cuda_create(0, &be), 0, "a CUDA GPU is present but the backend did "
+                 "not start: %s", err_msg());
+    for (size_t r = 0; r < sizeof runs / sizeof *runs; r++) {
+        char a[32], b[32];
+        snprintf(a, sizeof a, "%zuin.jsonl", r);
+        snprintf(b, sizeof b, "%zuc.jsonl", r);
+        const char *attn = runs[r].cpu_attention ? "--cpu-attention" : "";
+        uint64_t during = gen_harness_run(&be, runs[r].percent, runs[r].cpu_attention, a, NULL);
+        cr_assert_eq(during, 0, "--percent %s %s: %llu backend allocations after set-up",
+                     runs[r].percent, attn, (unsigned long long)during);
+        cr_assert_eq(cli_run("generate --model " TINY " " GEN_HARNESS_FLAGS " --out %s "
+                             "--percent %s %s --quiet --device cuda", b, runs[r].percent, attn),
+                     0, "%s", cli_err);
+        assert_same_tokens(a, b, GEN_HARNESS_PROMPTS, runs[r].percent);
+    }
+    backend_destroy(&be);
 }

@@ -31,6 +31,7 @@
 #include "fh_config.h"
 #include "h2o_trace.h"
 #include "kern.h"
+#include "kern_scratch.h"
 #include "kv_policy.h"
 #include "model_config.h"
 #include "safetensors.h"
@@ -133,12 +134,12 @@ Test(h2o, hand_worked_example)
     kern_seq sq = {.row = 0, .n_new = 4, .n_past = 0, .n_slots = 0,
                    .budget = sp.budget, .sinks = sp.sinks, .recent = sp.recent};
     kern_attn_prefill_ref(&out[0][0], 2, &q[0][0], &k[0][0], &v[0][0], 2, &sq, 1, 1, 2, 1.0f,
-                          colsum);
+                          colsum, KERN_WS(4));
     const float want_cs[4] = {1.875f, 0.875f, 0.75f, 0.5f};
     for (int j = 0; j < 4; j++)
         cr_assert_float_eq(colsum[j], want_cs[j], 1e-5, "colsum t%d: %g", j, colsum[j]);
     kern_kv_prefill_ref(&kc[0][0], &vc[0][0], scores, pos, &k[0][0], &v[0][0], 2, colsum, &sq,
-                        1, 1, 2, 3);
+                        1, 1, 2, 3, KERN_WS(4));
     const int32_t want_pos0[3] = {0, 2, 3};
     const float want_sc0[3] = {1.875f, 0.75f, 0.5f};
     for (int i = 0; i < 3; i++) {
@@ -163,7 +164,7 @@ Test(h2o, hand_worked_example)
                         .sinks = 0, .recent = 2};
         float o[2];
         kern_attn_decode_ref(o, 2, q[t], k[t], v[t], 2, &kc[0][0], &vc[0][0], &sq, 1, 1, 2, 3,
-                             1.0f, scores, &self_p);
+                             1.0f, scores, &self_p, KERN_WS(3));
         kern_kv_insert_ref(&kc[0][0], &vc[0][0], scores, pos, k[t], v[t], 2, &self_p, &sq, 1,
                            1, 2, 3, &ev);
         cr_assert_eq(ev, want[step - 1].evict, "step %d evicted t%d, want t%d", step, ev,
@@ -215,7 +216,7 @@ Test(h2o, ties_evict_the_older_token)
     for (int j = 0; j < 5; j++)
         kp[j] = (float)j;
     kern_seq pf = {.row = 0, .n_new = 5, .budget = 3, .recent = 1};
-    kern_kv_prefill_ref(kc3, vc3, sc3, pos3, kp, kp, 1, cs, &pf, 1, 1, 1, 3);
+    kern_kv_prefill_ref(kc3, vc3, sc3, pos3, kp, kp, 1, cs, &pf, 1, 1, 1, 3, KERN_WS(5));
     cr_assert(pos3[0] == 2 && pos3[1] == 3 && pos3[2] == 4, "kept t%d t%d t%d", pos3[0],
               pos3[1], pos3[2]);
 }

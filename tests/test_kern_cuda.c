@@ -84,11 +84,11 @@ static pair put(const float *x, size_t n)
 static pair put_words(const void *x, size_t n)
 {
     pair p = {NULL, NULL, n, 1};
-    cr_assert_eq(cpu.ops->alloc_f32(cpu.ctx, n, &p.c), 0);
-    cr_assert_eq(gpu.ops->alloc_f32(gpu.ctx, n, &p.g), 0, "%s", err_msg());
+    cr_assert_eq(cpu.ops->alloc_words(cpu.ctx, n, &p.c), 0);
+    cr_assert_eq(gpu.ops->alloc_words(gpu.ctx, n, &p.g), 0, "%s", err_msg());
     if (x) {
-        cpu.ops->upload_f32(cpu.ctx, p.c, x, n);
-        gpu.ops->upload_f32(gpu.ctx, p.g, x, n);
+        cpu.ops->upload_words(cpu.ctx, p.c, x, n);
+        gpu.ops->upload_words(gpu.ctx, p.g, x, n);
     }
     return p;
 }
@@ -104,8 +104,8 @@ static void expect_close(const char *what, pair p, double atol, double rtol)
 {
     float *a = malloc(sizeof(float) * p.n), *b = malloc(sizeof(float) * p.n);
     if (p.words) {
-        cpu.ops->download_f32(cpu.ctx, a, p.c, p.n);
-        gpu.ops->download_f32(gpu.ctx, b, p.g, p.n);
+        cpu.ops->download_words(cpu.ctx, a, p.c, p.n);
+        gpu.ops->download_words(gpu.ctx, b, p.g, p.n);
     } else {
         cpu.ops->download(cpu.ctx, a, p.c, p.n);
         cr_assert_eq(gpu.ops->download(gpu.ctx, b, p.g, p.n), 0, "%s", err_msg());
@@ -132,8 +132,8 @@ static void expect_close(const char *what, pair p, double atol, double rtol)
 static void expect_equal_words(const char *what, pair p)
 {
     int32_t *a = malloc(4 * p.n), *b = malloc(4 * p.n);
-    cpu.ops->download_f32(cpu.ctx, (float *)a, p.c, p.n);
-    gpu.ops->download_f32(gpu.ctx, (float *)b, p.g, p.n);
+    cpu.ops->download_words(cpu.ctx, a, p.c, p.n);
+    gpu.ops->download_words(gpu.ctx, b, p.g, p.n);
     for (size_t i = 0; i < p.n; i++)
         cr_assert_eq(a[i], b[i], "%s[%zu]: cuda %d ref %d", what, i, b[i], a[i]);
     free(a);
@@ -244,8 +244,8 @@ static void prefill_step(const char *tag, const float *qkv, const kern_seq *seqs
     expect_close(what, cs, 1e-4, 1e-3);
 
     float *csv = malloc(sizeof(float) * (size_t)rows * H);
-    cpu.ops->download_f32(cpu.ctx, csv, cs.c, (size_t)rows * H);
-    gpu.ops->upload_f32(gpu.ctx, cs.g, csv, (size_t)rows * H);
+    cpu.ops->download_words(cpu.ctx, csv, cs.c, (size_t)rows * H);
+    gpu.ops->upload_words(gpu.ctx, cs.g, csv, (size_t)rows * H);
     size_t slots = (size_t)n_seq * H * cap;
     pair kc = put(NULL, slots * hd), vc = put(NULL, slots * hd);
     pair sc = put_words(NULL, slots), ps = put_words(NULL, slots);
@@ -341,10 +341,10 @@ static void decode_step(const char *tag, pair K, pair Vv, pair sc, pair ps, cons
     expect_close(what, self, 1e-5, 1e-3);
     /* insert from identical scores on both sides: the same victims */
     float *sv = malloc(sizeof(float) * slots), *spv = malloc(sizeof(float) * n_seq * H);
-    cpu.ops->download_f32(cpu.ctx, sv, sc.c, slots);
-    gpu.ops->upload_f32(gpu.ctx, sc.g, sv, slots);
-    cpu.ops->download_f32(cpu.ctx, spv, self.c, (size_t)n_seq * H);
-    gpu.ops->upload_f32(gpu.ctx, self.g, spv, (size_t)n_seq * H);
+    cpu.ops->download_words(cpu.ctx, sv, sc.c, slots);
+    gpu.ops->upload_words(gpu.ctx, sc.g, sv, slots);
+    cpu.ops->download_words(cpu.ctx, spv, self.c, (size_t)n_seq * H);
+    gpu.ops->upload_words(gpu.ctx, self.g, spv, (size_t)n_seq * H);
     cpu.ops->kv_insert(cpu.ctx, KERN_KV_FMT_PLAIN, K.c, Vv.c, sc.c, ps.c, qc + 4 * (size_t)d,
                        qc + 8 * (size_t)d, 3 * d, self.c, seqs, n_seq, H, hd, cap, ev.c);
     cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, KERN_KV_FMT_PLAIN, K.g, Vv.g, sc.g, ps.g,
@@ -440,8 +440,8 @@ static void expect_equal_q4(const char *what, pair p, size_t rb)
 {
     size_t bytes = p.n * 4;
     uint8_t *a = malloc(bytes), *b = malloc(bytes);
-    cpu.ops->download_f32(cpu.ctx, (float *)a, p.c, p.n);
-    cr_assert_eq(gpu.ops->download_f32(gpu.ctx, (float *)b, p.g, p.n), 0, "%s", err_msg());
+    cpu.ops->download_words(cpu.ctx, a, p.c, p.n);
+    cr_assert_eq(gpu.ops->download_words(gpu.ctx, b, p.g, p.n), 0, "%s", err_msg());
     size_t bad = 0, first = 0;
     for (size_t i = 0; i < bytes; i++) {
         if (a[i] == b[i])
@@ -582,10 +582,10 @@ static int q4_decode_step(const char *tag, pair K, pair V, pair sc, pair ps, con
     expect_close(what, self, 1e-5, 1e-3);
     /* insert from identical scores on both sides: the same victims */
     float *sv = malloc(sizeof(float) * slots), *spv = malloc(sizeof(float) * n_seq * H);
-    cpu.ops->download_f32(cpu.ctx, sv, sc.c, slots);
-    gpu.ops->upload_f32(gpu.ctx, sc.g, sv, slots);
-    cpu.ops->download_f32(cpu.ctx, spv, self.c, (size_t)n_seq * H);
-    gpu.ops->upload_f32(gpu.ctx, self.g, spv, (size_t)n_seq * H);
+    cpu.ops->download_words(cpu.ctx, sv, sc.c, slots);
+    gpu.ops->upload_words(gpu.ctx, sc.g, sv, slots);
+    cpu.ops->download_words(cpu.ctx, spv, self.c, (size_t)n_seq * H);
+    gpu.ops->upload_words(gpu.ctx, self.g, spv, (size_t)n_seq * H);
     cpu.ops->kv_insert(cpu.ctx, KERN_KV_FMT_Q4, K.c, V.c, sc.c, ps.c, qc + 4 * (size_t)d,
                        qc + 8 * (size_t)d, 3 * d, self.c, seqs, n_seq, H, hd, cap, ev.c);
     cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, KERN_KV_FMT_Q4, K.g, V.g, sc.g, ps.g,
@@ -603,7 +603,7 @@ static int q4_decode_step(const char *tag, pair K, pair V, pair sc, pair ps, con
     snprintf(what, sizeof what, "%s q4 scores after insert", tag);
     expect_close(what, sc, 0, 0);
     int32_t *e = malloc(sizeof(int32_t) * n_seq * H);
-    cpu.ops->download_f32(cpu.ctx, (float *)e, ev.c, (size_t)n_seq * H);
+    cpu.ops->download_words(cpu.ctx, e, ev.c, (size_t)n_seq * H);
     int evictions = 0;
     for (int i = 0; i < n_seq * H; i++)
         evictions += seqs[i / H].n_new && e[i] >= 0;
@@ -753,6 +753,89 @@ Test(kern_cuda, sampling_greedy_and_top_p)
         drop(&L);
         free(lg);
     }
+}
+
+/* The reservation (backend.h reserve): calls within the limits stage
+ * their host arrays through the pinned ring (more calls than it has slots,
+ * so slots are reused behind their events) and their work in what reserve
+ * sized: nothing is allocated and the results are the reference's, with
+ * the arrays changed between calls. A call beyond the limits is refused
+ * ("exceeds the reserved") and allocates nothing; once the reservation
+ * ends, the op grows again. */
+Test(kern_cuda, reserved_calls_allocate_nothing_and_beyond_is_refused)
+{
+    enum { V = 512, D = 64, P = 40, R = 8, NS = 4, CALLS = 80 };
+    backend_limits lim = {.rows = R, .seqs = NS, .heads = 2, .kv_heads = 2, .head_dim = 32,
+                          .cap = 16, .prompt = R, .sample_rows = NS, .vocab = V,
+                          .sample_draw = 1};
+    float *te = rand16((size_t)V * D, 1), *pe = rand16((size_t)P * D, 1);
+    float *lg = rand16((size_t)(NS + 1) * V, 6.0f);
+    pair T = put(te, (size_t)V * D), Pe = put(pe, (size_t)P * D), L = put(lg, (size_t)(NS + 1) * V);
+    pair out = put(NULL, (size_t)(R + 1) * D), g = put(NULL, (size_t)NS * D);
+    cr_assert_eq(gpu.ops->reserve(gpu.ctx, &lim), 0, "%s", err_msg());
+    uint64_t a0 = gpu.ops->allocs(gpu.ctx);
+    int32_t ids[R + 1], pos[R + 1], rows[NS], tc[NS + 1], tg[NS + 1];
+    float temp[NS + 1], topp[NS + 1], lc[NS + 1], lgp[NS + 1];
+    double u[NS + 1];
+    for (int call = 0; call < CALLS; call++) {
+        for (int i = 0; i < R; i++) {
+            ids[i] = (i * 37 + call * 11) % V;
+            pos[i] = (i + call) % (P - 2);
+        }
+        for (int i = 0; i < NS; i++) {
+            rows[i] = (i * 3 + call) % R;
+            temp[i] = (float)((i + call) % 3) * 0.5f;
+            topp[i] = 0.9f;
+            u[i] = ((i * 7 + call) % 10) / 10.0;
+        }
+        cpu.ops->embed(cpu.ctx, out.c, T.c, Pe.c, ids, pos, R, D);
+        cr_assert_eq(gpu.ops->embed(gpu.ctx, out.g, T.g, Pe.g, ids, pos, R, D), 0, "%s",
+                     err_msg());
+        cpu.ops->gather_rows(cpu.ctx, g.c, out.c, rows, NS, D);
+        cr_assert_eq(gpu.ops->gather_rows(gpu.ctx, g.g, out.g, rows, NS, D), 0, "%s",
+                     err_msg());
+        cpu.ops->sample(cpu.ctx, L.c, NS, V, temp, topp, u, tc, lc);
+        cr_assert_eq(gpu.ops->sample(gpu.ctx, L.g, NS, V, temp, topp, u, tg, lgp), 0, "%s",
+                     err_msg());
+        for (int i = 0; i < NS; i++)
+            cr_assert_eq(tg[i], tc[i], "call %d row %d: cuda token %d, reference %d", call, i,
+                         tg[i], tc[i]);
+        if (call % 16 == 15) {
+            expect_close("embed through the ring", (pair){out.c, out.g, (size_t)R * D, 0}, 1e-6,
+                         EPS16);
+            expect_close("gather through the ring", g, 1e-6, EPS16);
+        }
+    }
+    cr_assert_eq(gpu.ops->allocs(gpu.ctx), a0, "calls within the reservation allocated");
+    /* one more row, sequence or slot than reserved: refused, nothing allocated */
+    ids[R] = 1, pos[R] = 1, temp[NS] = 1.0f, topp[NS] = 1.0f, u[NS] = 0.5;
+    err_clear();
+    cr_assert_eq(gpu.ops->embed(gpu.ctx, out.g, T.g, Pe.g, ids, pos, R + 1, D), -EINVAL);
+    cr_assert(strstr(err_msg(), "exceeds the reserved"), "%s", err_msg());
+    err_clear();
+    cr_assert_eq(gpu.ops->sample(gpu.ctx, L.g, NS + 1, V, temp, topp, u, tg, lgp), -EINVAL);
+    cr_assert(strstr(err_msg(), "exceeds the reserved"), "%s", err_msg());
+    err_clear();
+    kern_seq seqs[NS + 1];
+    for (int i = 0; i <= NS; i++)
+        seqs[i] = (kern_seq){.row = i, .n_new = 1, .n_past = 2, .n_slots = 2, .budget = 2,
+                             .recent = 1};
+    pair K = put(NULL, (size_t)(NS + 1) * 2 * 64 * 32), Vc = put(NULL, (size_t)(NS + 1) * 2 * 64 * 32);
+    pair q = put(NULL, (size_t)(NS + 1) * 3 * 64), o = put(NULL, (size_t)(NS + 1) * 64);
+    cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, o.g, 64, q.g, q.g, q.g, 3 * 64, KERN_KV_FMT_PLAIN,
+                                      K.g, Vc.g, seqs, NS + 1, 2, 32, 64, 0.2f, NULL, NULL),
+                 -EINVAL);
+    cr_assert(strstr(err_msg(), "exceeds the reserved"), "%s", err_msg());
+    err_clear();
+    cr_assert_eq(gpu.ops->allocs(gpu.ctx), a0 + 4, "refused calls allocated (K, V, q, o are "
+                 "the four buffers made)");
+    /* the reservation ended: the op grows again */
+    cr_assert_eq(gpu.ops->reserve(gpu.ctx, NULL), 0);
+    cr_assert_eq(gpu.ops->sample(gpu.ctx, L.g, NS + 1, V, temp, topp, u, tg, lgp), 0, "%s",
+                 err_msg());
+    cr_assert_gt(gpu.ops->allocs(gpu.ctx), a0 + 4, "sampling's work space grew");
+    drop(&T), drop(&Pe), drop(&L), drop(&out), drop(&g), drop(&K), drop(&Vc), drop(&q), drop(&o);
+    free(te), free(pe), free(lg);
 }
 
 /* ------------------------------------------------ launch geometry

@@ -5,7 +5,9 @@
  * evictions must be identical, and the fp16 caches must hold the rounding
  * of what the reference wrote. Also the CPU backend's linear layer (the
  * reference of the CUDA one) worked by hand, with and without bias and
- * ReLU, and its KV ops' format argument. */
+ * ReLU, and its KV ops' format argument; the CPU kernels refuse too little
+ * scratch, and the CPU backend's ops grow their scratch outside a
+ * reservation and refuse a call beyond one. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
@@ -14,6 +16,7 @@
 #include "backend.h"
 #include "err.h"
 #include "kern.h"
+#include "kern_scratch.h"
 
 /* y = x w^T (+ b), ReLU, through the CPU backend's vtable, as backend.h
  * promises it: x (2, 2) = [1 2; -1 0.5], w (3, 2) = [1 0; 0 1; -1 -1], so
@@ -85,15 +88,17 @@ Test(kern_host, cpu_kv_ops_dispatch_on_the_format_and_refuse_unknown_ones)
                                   &dec, 1, 1, HD, CAP, &ev[0]), 0, "%s", err_msg());
         if (fmt == KERN_KV_FMT_Q4) {
             uint8_t *kq = (uint8_t *)kc[1], *vq = (uint8_t *)vc[1];
-            kern_kv_prefill_q4(kq, vq, sc[1], pos[1], k, v, LD, cs, &pre, 1, 1, HD, CAP);
+            kern_kv_prefill_q4(kq, vq, sc[1], pos[1], k, v, LD, cs, &pre, 1, 1, HD, CAP,
+                               KERN_WS(CAP));
             kern_attn_decode_q4(out[1], HD, qkv, k, v, LD, kq, vq, &dec, 1, 1, HD, CAP, 0.125f,
-                                sc[1], &self[1]);
+                                sc[1], &self[1], KERN_WS(CAP));
             kern_kv_insert_q4(kq, vq, sc[1], pos[1], k, v, LD, &self[1], &dec, 1, 1, HD, CAP,
                               &ev[1]);
         } else {
-            kern_kv_prefill_ref(kc[1], vc[1], sc[1], pos[1], k, v, LD, cs, &pre, 1, 1, HD, CAP);
+            kern_kv_prefill_ref(kc[1], vc[1], sc[1], pos[1], k, v, LD, cs, &pre, 1, 1, HD, CAP,
+                                KERN_WS(CAP));
             kern_attn_decode_ref(out[1], HD, qkv, k, v, LD, kc[1], vc[1], &dec, 1, 1, HD, CAP,
-                                 0.125f, sc[1], &self[1]);
+                                 0.125f, sc[1], &self[1], KERN_WS(CAP));
             kern_kv_insert_ref(kc[1], vc[1], sc[1], pos[1], k, v, LD, &self[1], &dec, 1, 1, HD,
                                CAP, &ev[1]);
         }
@@ -122,6 +127,128 @@ Test(kern_host, cpu_kv_ops_dispatch_on_the_format_and_refuse_unknown_ones)
                               1, HD, CAP, NULL), -ENOTSUP);
     cr_assert(strstr(err_msg(), "no KV cache format 2"), "%s", err_msg());
     err_clear();
+    backend_destroy(&be);
+}
+
+/* Each CPU kernel that takes scratch refuses one byte less than its
+ * kern_*_scratch_bytes() says (-EINVAL, a message naming it), before it
+ * writes anything, and runs with exactly that much; a greedy sample row
+ * needs none. */
+Test(kern_host, cpu_kernels_refuse_too_little_scratch)
+{
+    enum { HD = 8, CAP = 5, LEN = 4, LD = 3 * HD, V = 16 };
+    int nt = kern_cpu_threads();
+    uint64_t seed = 11;
+    float qkv[LEN * LD], cs[LEN], out[LEN * HD], kc[CAP * HD], vc[CAP * HD], sc[CAP], self;
+    uint16_t kh[CAP * HD], vh[CAP * HD];
+    uint8_t kq[CAP * 36], vq[CAP * 36]; /* kern_q4_row_bytes(8) = 36 */
+    int32_t pos[CAP];
+    for (int i = 0; i < LEN * LD; i++)
+        qkv[i] = rnd(&seed);
+    const float *k = qkv + HD, *v = qkv + 2 * HD;
+    kern_seq pre = {.row = 0, .n_new = LEN, .budget = CAP, .recent = 1};
+    kern_seq dec = {.row = 0, .n_new = 1, .n_past = LEN, .n_slots = LEN, .budget = CAP,
+                    .recent = 1};
+    size_t np = kern_attn_prefill_scratch_bytes(LEN, nt), nk = kern_kv_prefill_scratch_bytes(LEN, nt);
+    size_t nd = kern_attn_decode_scratch_bytes(CAP, nt);
+    cr_assert(np > 0 && nk > 0 && nd > 0);
+    char *ws = malloc(np > nd ? (np > nk ? np : nk) : (nd > nk ? nd : nk));
+    for (int i = 0; i < LEN * HD; i++)
+        out[i] = -7.0f;
+#define SHORT(call, name)                                                                   \
+    do {                                                                                    \
+        err_clear();                                                                        \
+        cr_assert_eq(call, -EINVAL, "%s ran with too little scratch", name);                \
+        cr_assert(strstr(err_msg(), name) && strstr(err_msg(), "scratch"), "%s", err_msg());  \
+    } while (0)
+    SHORT(kern_attn_prefill_ref(out, HD, qkv, k, v, LD, &pre, 1, 1, HD, 0.3f, cs, ws, np - 1),
+          "kern_attn_prefill_ref");
+    for (int i = 0; i < LEN * HD; i++)
+        cr_assert_eq(out[i], -7.0f, "a refused call wrote its output");
+    SHORT(kern_kv_prefill_ref(kc, vc, sc, pos, k, v, LD, cs, &pre, 1, 1, HD, CAP, ws, nk - 1),
+          "kern_kv_prefill_ref");
+    SHORT(kern_kv_prefill_h16(kh, vh, sc, pos, k, v, LD, cs, &pre, 1, 1, HD, CAP, ws, nk - 1),
+          "kern_kv_prefill_h16");
+    SHORT(kern_kv_prefill_q4(kq, vq, sc, pos, k, v, LD, cs, &pre, 1, 1, HD, CAP, ws, nk - 1),
+          "kern_kv_prefill_q4");
+    SHORT(kern_attn_decode_ref(out, HD, qkv, k, v, LD, kc, vc, &dec, 1, 1, HD, CAP, 0.3f, sc,
+                               &self, ws, nd - 1), "kern_attn_decode_ref");
+    SHORT(kern_attn_decode_h16(out, HD, qkv, k, v, LD, kh, vh, &dec, 1, 1, HD, CAP, 0.3f, sc,
+                               &self, ws, nd - 1), "kern_attn_decode_h16");
+    SHORT(kern_attn_decode_q4(out, HD, qkv, k, v, LD, kq, vq, &dec, 1, 1, HD, CAP, 0.3f, sc,
+                              &self, ws, nd - 1), "kern_attn_decode_q4");
+    /* exactly enough runs */
+    cr_assert_eq(kern_attn_prefill_ref(out, HD, qkv, k, v, LD, &pre, 1, 1, HD, 0.3f, cs, ws, np),
+                 0, "%s", err_msg());
+    cr_assert_eq(kern_kv_prefill_ref(kc, vc, sc, pos, k, v, LD, cs, &pre, 1, 1, HD, CAP, ws, nk),
+                 0, "%s", err_msg());
+    cr_assert_eq(kern_attn_decode_ref(out, HD, qkv, k, v, LD, kc, vc, &dec, 1, 1, HD, CAP, 0.3f,
+                                      sc, &self, ws, nd), 0, "%s", err_msg());
+    float logits[V], lp;
+    for (int i = 0; i < V; i++)
+        logits[i] = (float)(i % 5);
+    size_t ns = kern_sample_scratch_bytes(V);
+    cr_assert_eq(ns, (size_t)V * 8);
+    SHORT(kern_sample_ref(logits, V, 0.7f, 0.9f, 0.5, &lp, ws, ns - 1), "kern_sample_ref");
+    char *big = malloc(ns);
+    cr_assert_geq(kern_sample_ref(logits, V, 0.7f, 0.9f, 0.5, &lp, big, ns), 0, "%s", err_msg());
+    cr_assert_eq(kern_sample_ref(logits, V, 0.0f, 1.0f, 0.5, &lp, NULL, 0), 4, "greedy: the "
+                 "first highest logit, without scratch");
+#undef SHORT
+    free(big);
+    free(ws);
+    err_clear();
+}
+
+/* The CPU backend's scratch (backend.h reserve, allocs): outside a
+ * reservation an op grows it on first need (one allocation, none for a
+ * call that fits); reserve sizes it for its limits at once; within the
+ * reservation a call beyond the limits is refused with "exceeds the
+ * reserved" and allocates nothing; once the reservation ends it grows
+ * again. Host and buffer allocations are counted too. */
+Test(kern_host, cpu_backend_reserves_its_scratch_and_refuses_beyond_it)
+{
+    enum { HD = 8, BIG = 40, LD = 3 * HD };
+    backend be;
+    cr_assert_eq(backend_cpu_create(1, &be), 0, "%s", err_msg());
+    const backend_ops *o = be.ops;
+    uint64_t seed = 3;
+    float qkv[LD], out[HD], kc[BIG * HD] = {0}, vc[BIG * HD] = {0}, sc[BIG] = {0}, self;
+    for (int i = 0; i < LD; i++)
+        qkv[i] = rnd(&seed);
+    const float *k = qkv + HD, *v = qkv + 2 * HD;
+    kern_seq dec = {.row = 0, .n_new = 1, .n_past = 3, .n_slots = 3, .budget = 4, .recent = 1};
+#define DECODE(cap) o->attn_decode(be.ctx, out, HD, qkv, k, v, LD, KERN_KV_FMT_PLAIN, kc, vc, \
+                                   &dec, 1, 1, HD, cap, 0.3f, sc, &self)
+    uint64_t a0 = o->allocs(be.ctx);
+    cr_assert_eq(DECODE(4), 0, "%s", err_msg());
+    cr_assert_eq(o->allocs(be.ctx), a0 + 1, "the first call grew the scratch");
+    cr_assert_eq(DECODE(4), 0, "%s", err_msg());
+    cr_assert_eq(o->allocs(be.ctx), a0 + 1, "a call that fits allocates nothing");
+    backend_limits lim = {.rows = 1, .seqs = 1, .heads = 1, .kv_heads = 1, .head_dim = HD,
+                          .cap = 8, .prompt = 4};
+    cr_assert_eq(o->reserve(be.ctx, &lim), 0, "%s", err_msg());
+    uint64_t a1 = o->allocs(be.ctx);
+    cr_assert_eq(a1, a0 + 2, "reserve sized the scratch for cap 8 at once");
+    cr_assert_eq(DECODE(8), 0, "%s", err_msg());
+    err_clear();
+    cr_assert_eq(DECODE(BIG), -EINVAL, "a call beyond the reservation ran");
+    cr_assert(strstr(err_msg(), "exceeds the reserved"), "%s", err_msg());
+    err_clear();
+    float logits[4] = {0, 1, 2, 3}, temp = 0.5f, topp = 1.0f, lp;
+    double u = 0.25;
+    int32_t tok;
+    cr_assert_eq(o->sample(be.ctx, logits, 1, 4, &temp, &topp, &u, &tok, &lp), 0, "%s",
+                 err_msg()); /* 32 bytes: within the scratch reserved for decode */
+    cr_assert_eq(o->allocs(be.ctx), a1, "nothing allocated within the reservation");
+    void *buf = NULL;
+    cr_assert_eq(o->alloc_words(be.ctx, 4, &buf), 0);
+    cr_assert_eq(o->allocs(be.ctx), a1 + 1, "buffers are counted");
+    o->free(be.ctx, buf);
+    cr_assert_eq(o->reserve(be.ctx, NULL), 0);
+    cr_assert_eq(DECODE(BIG), 0, "%s", err_msg());
+    cr_assert_eq(o->allocs(be.ctx), a1 + 2, "outside the reservation the scratch grew again");
+#undef DECODE
     backend_destroy(&be);
 }
 
@@ -189,8 +316,10 @@ Test(kern_host, h16_slot_ops_equal_the_reference)
     uint16_t *kh = calloc(slots * HD, 2), *vh = calloc(slots * HD, 2);
     float *sh = calloc(slots, 4);
     int32_t *pos = calloc(slots, 4), *posh = calloc(slots, 4);
-    kern_kv_prefill_ref(kc, vc, sc, pos, qkv + d, qkv + 2 * d, ld, colsum, sq, NS, H, HD, CAP);
-    kern_kv_prefill_h16(kh, vh, sh, posh, qkv + d, qkv + 2 * d, ld, colsum, sq, NS, H, HD, CAP);
+    kern_kv_prefill_ref(kc, vc, sc, pos, qkv + d, qkv + 2 * d, ld, colsum, sq, NS, H, HD, CAP,
+                        KERN_WS(rows));
+    kern_kv_prefill_h16(kh, vh, sh, posh, qkv + d, qkv + 2 * d, ld, colsum, sq, NS, H, HD, CAP,
+                        KERN_WS(rows));
     cr_assert_eq(memcmp(pos, posh, slots * 4), 0, "prefill kept different tokens");
     cr_assert_eq(memcmp(sc, sh, slots * 4), 0, "prefill scores differ");
     for (size_t i = 0; i < slots * HD; i++)
@@ -211,9 +340,9 @@ Test(kern_host, h16_slot_ops_equal_the_reference)
             sq[s].n_slots = sq[s].n_past < budget[s] ? sq[s].n_past : budget[s];
         }
         kern_attn_decode_ref(out, d, row, row + d, row + 2 * d, ld, kc, vc, sq, NS, H, HD, CAP,
-                             0.25f, sc, self);
+                             0.25f, sc, self, KERN_WS(CAP));
         kern_attn_decode_h16(outh, d, row, row + d, row + 2 * d, ld, kh, vh, sq, NS, H, HD,
-                             CAP, 0.25f, sh, selfh);
+                             CAP, 0.25f, sh, selfh, KERN_WS(CAP));
         cr_assert_eq(memcmp(out, outh, sizeof(float) * NS * d), 0, "step %d: output", step);
         cr_assert_eq(memcmp(sc, sh, slots * 4), 0, "step %d: scores", step);
         cr_assert_eq(memcmp(self, selfh, sizeof self), 0, "step %d: self", step);
@@ -567,9 +696,11 @@ static void q4_decode_insert_case(int HD)
             ev_f[i] = ev_q[i] = -9;
         }
         kern_attn_decode_ref(of, d, row, row + d, row + 2 * d, ld, kf, vf, sq, NS, H, HD, CAP,
-                             scale, with_scores ? sf : NULL, with_scores ? self_f : NULL);
+                             scale, with_scores ? sf : NULL, with_scores ? self_f : NULL,
+                             KERN_WS(CAP));
         kern_attn_decode_q4(oq, d, row, row + d, row + 2 * d, ld, kq, vq, sq, NS, H, HD, CAP,
-                            scale, with_scores ? sqs : NULL, with_scores ? self_q : NULL);
+                            scale, with_scores ? sqs : NULL, with_scores ? self_q : NULL,
+                            KERN_WS(CAP));
         cr_assert_eq(memcmp(of, oq, sizeof(float) * NS * d), 0, "hd %d step %d: output", HD,
                      step);
         cr_assert_eq(memcmp(sf, sqs, sizeof(float) * slots), 0, "hd %d step %d: scores", HD,
@@ -672,8 +803,10 @@ static void q4_prefill_case(int HD, int with_colsum)
         sf[i] = sqs[i] = -3.0f;
         pf[i] = pq[i] = -5;
     }
-    kern_kv_prefill_ref(kf, vf, sf, pf, qkv + d, qkv + 2 * d, ld, cs, sq, NS, H, HD, CAP);
-    kern_kv_prefill_q4(kq, vq, sqs, pq, qkv + d, qkv + 2 * d, ld, cs, sq, NS, H, HD, CAP);
+    kern_kv_prefill_ref(kf, vf, sf, pf, qkv + d, qkv + 2 * d, ld, cs, sq, NS, H, HD, CAP,
+                        KERN_WS(rows));
+    kern_kv_prefill_q4(kq, vq, sqs, pq, qkv + d, qkv + 2 * d, ld, cs, sq, NS, H, HD, CAP,
+                       KERN_WS(rows));
     cr_assert_eq(memcmp(pf, pq, sizeof(int32_t) * slots), 0, "hd %d colsum %d: positions", HD,
                  with_colsum);
     cr_assert_eq(memcmp(sf, sqs, sizeof(float) * slots), 0, "hd %d colsum %d: scores", HD,

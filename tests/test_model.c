@@ -222,7 +222,7 @@ Test(model, golden_logprobs_match)
         for (int s = 0; s < cases[c].n_new; s++) {
             float lp;
             int32_t t = kern_sample_ref(cases[c].logits + (size_t)s * vocab, vocab, 0.0f,
-                                        1.0f, 0.5, &lp, scratch);
+                                        1.0f, 0.5, &lp, scratch, sizeof scratch);
             cr_assert_eq(t, cases[c].tok[s]);
             cr_assert_float_eq(lp, cases[c].lp[s], 1e-5, "case %d step %d: %g vs %g", c,
                                s, lp, cases[c].lp[s]);

@@ -2,7 +2,8 @@
  * "GPU" tier is a capped host arena): every placement of weights, KV cache
  * and activations, CPU attention, overlap on and off and several block
  * shapes give output byte-identical to the all-resident run of the same
- * block shape; the trace shows loads overlapping compute; the weight store
+ * block shape; a whole run allocates nothing on the backend after its
+ * set-up; the trace shows loads overlapping compute; the weight store
  * streams and detects corruption; the pread fallback works; policies that
  * cannot fit are refused before anything runs. */
 #include <criterion/criterion.h>
@@ -15,6 +16,7 @@
 #include "cli_harness.h"
 #include "err.h"
 #include "fh_config.h"
+#include "gen_harness.h"
 #include "scheduler.h"
 
 #define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
@@ -155,6 +157,76 @@ Test(sched, h2o_on_every_tier_equals_all_resident)
         assert_same("base.jsonl", out, policies[p]);
         assert_same("ev0.jsonl", ev, policies[p]); /* the same tokens leave the cache */
     }
+}
+
+/* The records of two output files agree from "tokens" on (tokens,
+ * logprobs, finish reason), line by line, and there are `lines` of them: a
+ * run without a tokenizer writes empty completions. */
+static void assert_same_records(const char *fa, const char *fb, int lines, const char *what)
+{
+    char *a = cli_read(fa), *b = cli_read(fb);
+    cr_assert(a && b, "%s: %s or %s missing", what, fa, fb);
+    char *la = a, *lb = b;
+    for (int line = 0; line < lines; line++) {
+        char *ta = strstr(la, "\"tokens\":"), *tb = strstr(lb, "\"tokens\":");
+        cr_assert(ta && tb, "%s, record %d: no tokens", what, line);
+        size_t na = strcspn(ta, "\n"), nb = strcspn(tb, "\n");
+        cr_assert(na == nb && !strncmp(ta, tb, na), "%s, record %d: %.*s vs %.*s", what, line,
+                  (int)na, ta, (int)nb, tb);
+        la = ta + na;
+        lb = tb + nb;
+    }
+    cr_assert(!strstr(la, "\"tokens\":") && !strstr(lb, "\"tokens\":"), "%s: more than %d "
+              "records", what, lines);
+    free(a);
+    free(b);
+}
+
+/* Every buffer is sized at sched_create (the backend's work memory through
+ * backend_ops.reserve): a whole generate run, its prefill and decode
+ * passes over several GPU batches, CPU-tier and disk-tier KV with and
+ * without CPU attention, H2O with the eviction trace and --stats read
+ * back, temperature sampling, transfers ordered by the I/O threads and on
+ * the device, makes no allocation on the backend once it is set up. Its
+ * records and evictions are those of `generate` with the same flags. */
+Test(sched, a_whole_run_allocates_nothing_after_set_up)
+{
+    gen_harness_job();
+    static const struct {
+        const char *percent, *io_order;
+        int cpu_attention;
+    } runs[] = {
+        {"100 0 0 100 100 0", "host", 0},   /* KV on the CPU tier, staged */
+        {"30 30 34 33 0 100", "host", 1},   /* everything split, CPU attention */
+        {"100 0 0 100 100 0", "device", 0}, /* device-ordered CPU-tier transfers */
+        {"20 30 34 33 0 100", "device", 1},
+    };
+    backend be;
+    cr_assert_eq(backend_cpu_create(0, &be), 0);
+    for (size_t r = 0; r < sizeof runs / sizeof *runs; r++) {
+        char a[32], b[32], ea[32], eb[32];
+        snprintf(a, sizeof a, "%zuin.jsonl", r);
+        snprintf(b, sizeof b, "%zuc.jsonl", r);
+        snprintf(ea, sizeof ea, "%zuin_ev.jsonl", r);
+        snprintf(eb, sizeof eb, "%zuc_ev.jsonl", r);
+        const char *attn = runs[r].cpu_attention ? "--cpu-attention" : "";
+        setenv("FLEXH2O_IO_ORDER", runs[r].io_order, 1);
+        uint64_t during = gen_harness_run(&be, runs[r].percent, runs[r].cpu_attention, a, ea);
+        cr_assert_eq(during, 0, "--percent %s %s, %s-ordered: %llu backend allocations after "
+                     "set-up", runs[r].percent, attn, runs[r].io_order,
+                     (unsigned long long)during);
+        cr_assert_eq(cli_run("generate --model " TINY " " GEN_HARNESS_FLAGS " --out %s "
+                             "--trace-evictions %s --percent %s %s --quiet --stats", b, eb,
+                             runs[r].percent, attn), 0, "%s", cli_err);
+        assert_same_records(a, b, GEN_HARNESS_PROMPTS, runs[r].percent);
+        char *x = cli_read(ea), *y = cli_read(eb);
+        cr_assert(x && y && strlen(x) > 0, "%s: no evictions traced", runs[r].percent);
+        cr_assert_str_eq(x, y, "%s: other evictions than generate's", runs[r].percent);
+        free(x);
+        free(y);
+    }
+    unsetenv("FLEXH2O_IO_ORDER");
+    backend_destroy(&be);
 }
 
 /* Events of one track from a trace file: (t0, t1) pairs in microseconds. */

@@ -11,29 +11,37 @@
 #include <errno.h>
 #include <math.h>
 #include <omp.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "cpu_common.h"
 
+int kern_cpu_threads(void)
+{
+    return omp_get_max_threads();
+}
+
+size_t kern_attn_prefill_scratch_bytes(int max_new, int n_threads)
+{
+    return sizeof(float) * ((size_t)max_new + 1) * (size_t)n_threads;
+}
+
 int kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
                           const float *v, int ld, const kern_seq *seqs,
                           int n_seq, int n_head, int head_dim, float scale,
-                          float *colsum)
+                          float *colsum, void *scratch, size_t scratch_bytes)
 {
     int n_pairs = n_seq * n_head, max_new = 0;
     for (int s = 0; s < n_seq; s++)
         max_new = seqs[s].n_new > max_new ? seqs[s].n_new : max_new;
-    /* one row of probabilities per thread, allocated here: a failure inside
-     * the parallel region could not be returned */
+    /* one row of probabilities per thread, in the caller's scratch */
     int nt = omp_get_max_threads();
     size_t per = (size_t)max_new + 1;
-    float *scratch = malloc(sizeof(float) * per * (size_t)nt);
-    if (!scratch)
-        return -ENOMEM;
+    FORWARD_IF(scratch_check("kern_attn_prefill_ref", scratch_bytes,
+                             kern_attn_prefill_scratch_bytes(max_new, nt), nt));
+    float *rows = scratch;
     #pragma omp parallel num_threads(nt)
     {
-        float *p = scratch + per * (size_t)omp_get_thread_num();
+        float *p = rows + per * (size_t)omp_get_thread_num();
         #pragma omp for schedule(dynamic, 1)
         for (int pair = 0; pair < n_pairs; pair++) {
             int s = pair / n_head, h = pair % n_head, r0 = seqs[s].row;
@@ -58,6 +66,5 @@ int kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
             }
         }
     }
-    free(scratch);
     return 0;
 }

@@ -3,6 +3,7 @@
  * numerical reference of flexh2o. */
 #include <cblas.h>
 #include <omp.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,20 +12,62 @@
 
 typedef struct cpu_ctx {
     int n_threads;
-    float *sample_scratch; /* V floats + V ints, grown on first use */
-    int scratch_v;
+    void *scratch;        /* the kernels' scratch (kern.h): attention's probabilities, the
+                           * KV prefill's keep flags, sampling's sort; one op at a time */
+    size_t scratch_bytes;
+    int reserved;         /* reservations held (backend.h reserve): scratch does not grow */
+    _Atomic uint64_t allocs; /* allocations so far (backend.h allocs) */
 } cpu_ctx;
 
 static void cpu_destroy(void *ctx)
 {
     cpu_ctx *c = ctx;
-    free(c->sample_scratch);
+    free(c->scratch);
     free(c);
+}
+
+/* Grow the kernels' scratch to `need` bytes (for op, in the message). */
+static int scratch_grow(cpu_ctx *c, size_t need, const char *op)
+{
+    if (need <= c->scratch_bytes)
+        return 0;
+    c->allocs++;
+    void *p = malloc(need);
+    RETURN_IF(!p, -ENOMEM, "out of host memory for %.1f MiB of scratch for %s (%d threads); "
+              "lower --batch-size or the prompt length", need / 1048576.0, op,
+              kern_cpu_threads());
+    free(c->scratch);
+    c->scratch = p;
+    c->scratch_bytes = need;
+    return 0;
+}
+
+/* The kernels' scratch for an op that needs `need` bytes (kern_*_scratch_
+ * bytes): within a reservation what reserve sized (a call beyond it is
+ * refused), outside one grown when it is short. */
+static int cpu_scratch(cpu_ctx *c, size_t need, const char *op, void **out)
+{
+    RETURN_IF(need > c->scratch_bytes && c->reserved, -EINVAL, "internal: %s needs %zu bytes "
+              "of scratch (%d threads), exceeds the reserved %zu; the limits given to reserve "
+              "are too small", op, need, kern_cpu_threads(), c->scratch_bytes);
+    FORWARD_IF(scratch_grow(c, need, op));
+    *out = c->scratch;
+    return 0;
+}
+
+/* The largest n_new of seqs: what a prefill op's scratch is sized by. */
+static int max_new_of(const kern_seq *seqs, int n_seq)
+{
+    int mx = 0;
+    for (int s = 0; s < n_seq; s++)
+        mx = seqs[s].n_new > mx ? seqs[s].n_new : mx;
+    return mx;
 }
 
 static int cpu_alloc(void *ctx, size_t n, void **out)
 {
-    (void)ctx;
+    cpu_ctx *c = ctx;
+    c->allocs++;
     /* 64-byte alignment for vector loads, 4096 for big buffers (the disk
      * engine reads O_DIRECT straight into staging buffers); zeroed like the
      * CUDA side. */
@@ -55,6 +98,13 @@ static int cpu_copy_out(void *ctx, float *dst, const void *src, size_t n)
 {
     (void)ctx;
     memcpy(dst, src, n * sizeof(float));
+    return 0;
+}
+
+static int cpu_copy_words(void *ctx, void *dst, const void *src, size_t n)
+{
+    (void)ctx;
+    memcpy(dst, src, n * 4);
     return 0;
 }
 
@@ -103,23 +153,17 @@ static int cpu_gather_rows(void *ctx, void *dst, const void *src,
     return 0;
 }
 
-/* The slot ops allocate their per-thread scratch once per call; say what
- * failed when they cannot. */
-static int scratch_failed(int rc, const char *op)
-{
-    RETURN_IF(rc < 0, rc, "out of host memory for the per-thread scratch of %s (%d threads); "
-              "lower --batch-size or the prompt length", op, omp_get_max_threads());
-    return 0;
-}
-
 static int cpu_attn_prefill(void *ctx, void *out, int ldo, const void *q, const void *k,
                             const void *v, int ld, const kern_seq *seqs, int n_seq,
                             int n_head, int head_dim, float scale, void *colsum)
 {
-    (void)ctx;
-    return scratch_failed(kern_attn_prefill_ref(out, ldo, q, k, v, ld, seqs, n_seq, n_head,
-                                                head_dim, scale, colsum),
-                          "prefill attention");
+    cpu_ctx *c = ctx;
+    void *ws = NULL;
+    FORWARD_IF(cpu_scratch(c, kern_attn_prefill_scratch_bytes(max_new_of(seqs, n_seq),
+                                                              kern_cpu_threads()),
+                           "prefill attention", &ws));
+    return kern_attn_prefill_ref(out, ldo, q, k, v, ld, seqs, n_seq, n_head, head_dim, scale,
+                                 colsum, ws, c->scratch_bytes);
 }
 
 /* The KV cache formats of the CPU backend: fp32 rows, 4-bit rows. */
@@ -139,15 +183,17 @@ static int cpu_kv_prefill(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *
                           void *pos, const void *k, const void *v, int ld, const void *colsum,
                           const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap)
 {
-    (void)ctx;
+    cpu_ctx *c = ctx;
+    void *ws = NULL;
     FORWARD_IF(kv_fmt_check(fmt));
+    FORWARD_IF(cpu_scratch(c, kern_kv_prefill_scratch_bytes(max_new_of(seqs, n_seq),
+                                                            kern_cpu_threads()),
+                           "the KV prefill", &ws));
     if (fmt == KERN_KV_FMT_Q4)
-        return scratch_failed(kern_kv_prefill_q4(kc, vc, scores, pos, k, v, ld, colsum, seqs,
-                                                 n_seq, n_head, head_dim, cap),
-                              "the 4-bit KV prefill");
-    return scratch_failed(kern_kv_prefill_ref(kc, vc, scores, pos, k, v, ld, colsum, seqs, n_seq,
-                                              n_head, head_dim, cap),
-                          "the KV prefill");
+        return kern_kv_prefill_q4(kc, vc, scores, pos, k, v, ld, colsum, seqs, n_seq, n_head,
+                                  head_dim, cap, ws, c->scratch_bytes);
+    return kern_kv_prefill_ref(kc, vc, scores, pos, k, v, ld, colsum, seqs, n_seq, n_head,
+                               head_dim, cap, ws, c->scratch_bytes);
 }
 
 static int cpu_attn_decode(void *ctx, void *out, int ldo, const void *q, const void *k,
@@ -155,15 +201,16 @@ static int cpu_attn_decode(void *ctx, void *out, int ldo, const void *q, const v
                            const void *vc, const kern_seq *seqs, int n_seq, int n_head,
                            int head_dim, int cap, float scale, void *scores, void *self_p)
 {
-    (void)ctx;
+    cpu_ctx *c = ctx;
+    void *ws = NULL;
     FORWARD_IF(kv_fmt_check(fmt));
+    FORWARD_IF(cpu_scratch(c, kern_attn_decode_scratch_bytes(cap, kern_cpu_threads()),
+                           "decode attention", &ws));
     if (fmt == KERN_KV_FMT_Q4)
-        return scratch_failed(kern_attn_decode_q4(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq,
-                                                  n_head, head_dim, cap, scale, scores, self_p),
-                              "decode attention over 4-bit KV");
-    return scratch_failed(kern_attn_decode_ref(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq, n_head,
-                                               head_dim, cap, scale, scores, self_p),
-                          "decode attention");
+        return kern_attn_decode_q4(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq, n_head, head_dim,
+                                   cap, scale, scores, self_p, ws, c->scratch_bytes);
+    return kern_attn_decode_ref(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq, n_head, head_dim,
+                                cap, scale, scores, self_p, ws, c->scratch_bytes);
 }
 
 static int cpu_kv_insert(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *scores, void *pos,
@@ -194,16 +241,18 @@ static int cpu_sample(void *ctx, const void *logits, int n_rows, int V,
                       const double *u, int32_t *tokens, float *logprobs)
 {
     cpu_ctx *c = ctx;
-    if (c->scratch_v < V) {
-        free(c->sample_scratch);
-        c->sample_scratch = malloc(sizeof(float) * 2 * (size_t)V);
-        RETURN_IF(!c->sample_scratch, -ENOMEM, "out of memory");
-        c->scratch_v = V;
-    }
+    int any = 0;
     for (int r = 0; r < n_rows; r++)
-        tokens[r] = kern_sample_ref((const float *)logits + (size_t)r * V, V,
-                                    temperature[r], top_p[r], u[r], &logprobs[r],
-                                    c->sample_scratch);
+        any |= temperature[r] > 0.0f;
+    void *ws = NULL; /* greedy rows need none */
+    if (any)
+        FORWARD_IF(cpu_scratch(c, kern_sample_scratch_bytes(V), "sampling", &ws));
+    for (int r = 0; r < n_rows; r++) {
+        int32_t tok = kern_sample_ref((const float *)logits + (size_t)r * V, V, temperature[r],
+                                      top_p[r], u[r], &logprobs[r], ws, c->scratch_bytes);
+        FORWARD_IF(tok);
+        tokens[r] = tok;
+    }
     return 0;
 }
 
@@ -213,10 +262,42 @@ static int cpu_sync(void *ctx)
     return 0;
 }
 
+/* One scratch for every op (they run one at a time on the compute
+ * thread), as large as the largest of them within *lim, on this thread's
+ * kern_cpu_threads(). */
+static int cpu_reserve(void *ctx, const backend_limits *lim)
+{
+    cpu_ctx *c = ctx;
+    if (!lim) {
+        c->reserved -= c->reserved > 0;
+        return 0;
+    }
+    int nt = kern_cpu_threads();
+    size_t need[] = {
+        kern_attn_prefill_scratch_bytes(lim->prompt, nt),
+        kern_kv_prefill_scratch_bytes(lim->prompt, nt),
+        kern_attn_decode_scratch_bytes(lim->cap, nt),
+        lim->sample_rows && lim->sample_draw ? kern_sample_scratch_bytes(lim->vocab) : 0,
+    };
+    size_t most = 0;
+    for (size_t i = 0; i < sizeof need / sizeof *need; i++)
+        most = need[i] > most ? need[i] : most;
+    FORWARD_IF(scratch_grow(c, most, "the reservation"));
+    c->reserved++;
+    return 0;
+}
+
+static uint64_t cpu_allocs(void *ctx)
+{
+    cpu_ctx *c = ctx;
+    return c->allocs;
+}
+
 /* Host tier: 4096-aligned (O_DIRECT-ready) and zeroed. */
 static int cpu_host_alloc(void *ctx, size_t bytes, void **out)
 {
-    (void)ctx;
+    cpu_ctx *c = ctx;
+    c->allocs++;
     size_t n = (bytes + 4095) & ~(size_t)4095;
     void *p = aligned_alloc(4096, n ? n : 4096);
     RETURN_IF(!p, -ENOMEM, "cannot allocate %.2f GiB of host memory; lower "
@@ -264,12 +345,12 @@ static const backend_ops cpu_ops = {
     .kv_formats = CPU_KV_FORMATS,
     .destroy = cpu_destroy,
     .alloc = cpu_alloc,
-    .alloc_f32 = cpu_alloc,
+    .alloc_words = cpu_alloc,
     .free = cpu_free,
     .upload = cpu_copy,
     .download = cpu_copy_out,
-    .upload_f32 = cpu_copy,
-    .download_f32 = cpu_copy_out,
+    .upload_words = cpu_copy_words,
+    .download_words = cpu_copy_words,
     .embed = cpu_embed,
     .layernorm = cpu_layernorm,
     .linear = cpu_linear,
@@ -282,6 +363,8 @@ static const backend_ops cpu_ops = {
     .dequant_q4 = cpu_dequant_q4,
     .sample = cpu_sample,
     .sync = cpu_sync,
+    .reserve = cpu_reserve,
+    .allocs = cpu_allocs,
     .host_alloc = cpu_host_alloc,
     .host_free = cpu_free,
     .copy_h2d = cpu_copy_bytes,

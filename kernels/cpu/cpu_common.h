@@ -3,6 +3,9 @@
 #define FH_KERN_CPU_COMMON_H
 
 #include <math.h>
+#include <stddef.h>
+
+#include "../err.h"
 
 static inline float dot(const float *a, const float *b, int n)
 {
@@ -25,6 +28,17 @@ static inline void softmax(float *p, int n)
     float inv = 1.0f / sum;
     for (int t = 0; t < n; t++)
         p[t] *= inv;
+}
+
+/* An op's scratch check: 0 when the have bytes it was handed cover the
+ * need bytes of this call on nt threads, else -EINVAL with a message (its
+ * caller sized the scratch for a smaller shape or fewer threads). */
+static inline int scratch_check(const char *op, size_t have, size_t need, int nt)
+{
+    RETURN_IF(have < need, -EINVAL, "internal: %s was handed %zu bytes of scratch, this call "
+              "needs %zu (%d threads); size it with the op's kern_*_scratch_bytes()", op, have,
+              need, nt);
+    return 0;
 }
 
 #endif

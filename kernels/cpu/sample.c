@@ -9,6 +9,8 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "cpu_common.h"
+
 static float log_softmax_at(const float *x, int V, int idx)
 {
     float mx = -INFINITY;
@@ -32,10 +34,19 @@ static int cmp_desc(const void *a, const void *b, void *prob)
     return (i > j) - (i < j); /* stable: lower id first */
 }
 
+size_t kern_sample_scratch_bytes(int V)
+{
+    return (sizeof(float) + sizeof(int32_t)) * (size_t)V; /* prob, order */
+}
+
 int32_t kern_sample_ref(const float *logits, int V, float temperature,
-                        float top_p, double u, float *logprob, void *scratch)
+                        float top_p, double u, float *logprob, void *scratch,
+                        size_t scratch_bytes)
 {
     int32_t tok = 0;
+    if (temperature > 0.0f)
+        FORWARD_IF(scratch_check("kern_sample_ref", scratch_bytes, kern_sample_scratch_bytes(V),
+                                 1));
     if (temperature <= 0.0f) {
         for (int i = 1; i < V; i++)
             if (logits[i] > logits[tok])

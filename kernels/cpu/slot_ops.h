@@ -14,23 +14,27 @@
  * CUDA backend's host-resident KV, reading it in place (no fp32 copy of the
  * cache). One (sequence, head) pair per task, so the H2O scores need no
  * atomics, and within a pair the sums run in a fixed order. Per-thread
- * scratch is allocated once per call, before the parallel region (a failure
- * inside it could not be returned): -ENOMEM.
+ * scratch comes from the caller (kern.h: kern_*_scratch_bytes), checked
+ * before the parallel region: -EINVAL when it is too small.
  */
+
+#define SLOT_STR_(x) #x
+#define SLOT_STR(x) SLOT_STR_(x) /* the instance's name, for messages */
 
 int SLOT_FN(kern_attn_decode)(float *out, int ldo, const float *q, const float *k,
                               const float *v, int ld, const SLOT_T *kc, const SLOT_T *vc,
                               const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                              int cap, float scale, float *scores, float *self_p)
+                              int cap, float scale, float *scores, float *self_p,
+                              void *scratch, size_t scratch_bytes)
 {
     int n_pairs = n_seq * n_head, nt = omp_get_max_threads();
     size_t per = (size_t)cap + 1; /* a probability per slot and the new token */
-    float *scratch = malloc(sizeof(float) * per * (size_t)nt);
-    if (!scratch)
-        return -ENOMEM;
+    FORWARD_IF(scratch_check(SLOT_STR(SLOT_FN(kern_attn_decode)), scratch_bytes,
+                             kern_attn_decode_scratch_bytes(cap, nt), nt));
+    float *probs = scratch;
     #pragma omp parallel num_threads(nt)
     {
-        float *p = scratch + per * (size_t)omp_get_thread_num();
+        float *p = probs + per * (size_t)omp_get_thread_num();
         #pragma omp for schedule(static)
         for (int pair = 0; pair < n_pairs; pair++) {
             int s = pair / n_head, h = pair % n_head;
@@ -57,25 +61,24 @@ int SLOT_FN(kern_attn_decode)(float *out, int ldo, const float *q, const float *
                 self_p[pair] = p[n];
         }
     }
-    free(scratch);
     return 0;
 }
 
 int SLOT_FN(kern_kv_prefill)(SLOT_T *kc, SLOT_T *vc, float *scores, int32_t *pos,
                              const float *k, const float *v, int ld, const float *colsum,
                              const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                             int cap)
+                             int cap, void *scratch, size_t scratch_bytes)
 {
     int n_pairs = n_seq * n_head, max_new = 0, nt = omp_get_max_threads();
     for (int s = 0; s < n_seq; s++)
         max_new = seqs[s].n_new > max_new ? seqs[s].n_new : max_new;
     size_t per = (size_t)max_new + 1; /* a keep flag per prompt token */
-    unsigned char *scratch = malloc(per * (size_t)nt);
-    if (!scratch)
-        return -ENOMEM;
+    FORWARD_IF(scratch_check(SLOT_STR(SLOT_FN(kern_kv_prefill)), scratch_bytes,
+                             kern_kv_prefill_scratch_bytes(max_new, nt), nt));
+    unsigned char *flags = scratch;
     #pragma omp parallel num_threads(nt)
     {
-        unsigned char *keep = scratch + per * (size_t)omp_get_thread_num();
+        unsigned char *keep = flags + per * (size_t)omp_get_thread_num();
         #pragma omp for schedule(static)
         for (int pair = 0; pair < n_pairs; pair++) {
             int s = pair / n_head, h = pair % n_head, n = seqs[s].n_new;
@@ -101,7 +104,6 @@ int SLOT_FN(kern_kv_prefill)(SLOT_T *kc, SLOT_T *vc, float *scores, int32_t *pos
             }
         }
     }
-    free(scratch);
     return 0;
 }
 

@@ -11,10 +11,20 @@
 #include <assert.h>
 #include <errno.h>
 #include <omp.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "cpu_common.h"
+
+size_t kern_kv_prefill_scratch_bytes(int max_new, int n_threads)
+{
+    return ((size_t)max_new + 1) * (size_t)n_threads; /* a keep flag per prompt token */
+}
+
+size_t kern_attn_decode_scratch_bytes(int cap, int n_threads)
+{
+    /* a probability per slot and the new token */
+    return sizeof(float) * ((size_t)cap + 1) * (size_t)n_threads;
+}
 
 /* Which prompt tokens a (sequence, head) keeps when the prompt exceeds the
  * budget: keep[j] = 1 for the first sinks, the last recent and the heavy

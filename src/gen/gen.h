@@ -60,7 +60,9 @@ int gen_check(const model_config *c, const job_prompts *ps, const gen_opts *o);
 
 /* The shape the scheduler must be planned for (sched_shape) to run ps
  * with o in GPU batches of gbs sequences: rows of a GPU batch's prefill
- * pass, KV slots (the largest budget), scores and eviction records.
+ * pass, the longest prompt, KV slots (the largest budget), scores and
+ * eviction records, and gen_run's sampling (greedy, or drawing when
+ * o->temperature > 0), whose backend work the scheduler reserves.
  * Prompts already in out (resume) do not count; out may be NULL. Prompts
  * gen_check refuses are left out. Fills *sh; returns nothing. */
 void gen_shape(const model_config *c, const job_prompts *ps, const job_out *out,

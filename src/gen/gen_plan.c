@@ -50,4 +50,7 @@ void gen_shape(const model_config *c, const job_prompts *ps, const job_out *out,
     sh->cap = cap;
     sh->scores = kv_policy_needs_scores(&o->kv) || o->kv_stats;
     sh->evicted = o->trace != NULL;
+    sh->max_prompt = max_prompt;
+    /* gen_run samples every output row on the backend */
+    sh->sample = o->temperature > 0.0f ? SCHED_SAMPLE_DRAW : SCHED_SAMPLE_GREEDY;
 }

@@ -1,0 +1,84 @@
+/* gen_harness.c: see gen_harness.h. */
+#include "gen_harness.h"
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <sys/stat.h>
+
+#include "cli_harness.h"
+#include "err.h"
+#include "fh_config.h"
+#include "gen.h"
+#include "model.h"
+#include "model_config.h"
+
+#define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
+
+void gen_harness_job(void)
+{
+    cli_write("ids.jsonl", "{\"prompt_ids\": [2, 37, 101, 5, 300, 8, 41]}\n"
+                           "{\"prompt_ids\": [2, 9]}\n"
+                           "{\"prompt_ids\": [2, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]}\n"
+                           "{\"prompt_ids\": [2, 500]}\n"
+                           "{\"prompt_ids\": [2, 7, 7, 7, 7]}\n");
+    char off[300];
+    snprintf(off, sizeof off, "%s/off", cli_dir);
+    cr_assert_eq(mkdir(off, 0755), 0, "cannot make %s", off);
+}
+
+uint64_t gen_harness_run(backend *be, const char *percent, int cpu_attention, const char *out,
+                         const char *trace)
+{
+    char ids[300], out_path[300], trace_path[300];
+    snprintf(ids, sizeof ids, "%s/ids.jsonl", cli_dir);
+    snprintf(out_path, sizeof out_path, "%s/%s", cli_dir, out);
+    sched_policy pol;
+    sched_policy_default(&pol);
+    pol.gpu_batch_size = 2;
+    pol.num_gpu_batches = 2;
+    cr_assert_eq(sched_policy_parse_percent(&percent, 1, &pol), 0, "%s", err_msg());
+    pol.cpu_attention = cpu_attention;
+    snprintf(pol.offload_dir, sizeof pol.offload_dir, "%s/off", cli_dir);
+    gen_opts go = {.batch_size = 2, .max_new = 9, .temperature = 0.8f, .top_p = 0.9f, .seed = 7,
+                   .prefill_rows = 4096,
+                   .kv = {.kind = KV_POLICY_H2O, .ratio = 0.5, .sinks = 1, .hh_share = 0.5}};
+    if (trace) {
+        snprintf(trace_path, sizeof trace_path, "%s/%s", cli_dir, trace);
+        go.trace = fopen(trace_path, "w");
+        cr_assert(go.trace, "cannot open %s", trace_path);
+        go.kv_stats = 1;
+    }
+
+    model_config cfg;
+    cr_assert_eq(model_config_of(TINY, &cfg), 0, "%s", err_msg());
+    job_prompts ps = {0};
+    cr_assert_eq(job_prompts_load(ids, NULL, cfg.bos_id, cfg.vocab_size, cfg.max_pos - 1, 1,
+                                  &ps), 0, "%s", err_msg());
+    sched_shape sh;
+    gen_shape(&cfg, &ps, NULL, &go, pol.gpu_batch_size, &sh);
+    sched_model shape, bound;
+    model_sched_shape(&cfg, &shape);
+    sched *sc = NULL;
+    model *m = NULL;
+    uint64_t at_start = be->ops->allocs(be->ctx);
+    cr_assert_eq(sched_create(be, &shape, &pol, &sh, NULL, &sc), 0, "%s", err_msg());
+    cr_assert_eq(model_load_hf_sink(TINY, be, sched_layer_sink, sc, &m), 0, "%s", err_msg());
+    model_sched_bind(m, &bound);
+    cr_assert_eq(sched_attach(sc, &bound), 0, "%s", err_msg());
+    job_out jo = {0};
+    cr_assert_eq(job_out_open(out_path, 0, &jo), 0, "%s", err_msg());
+    uint64_t before = be->ops->allocs(be->ctx);
+    cr_assert_gt(before, at_start, "the set-up allocated, and was counted");
+    gen_stats st;
+    int rc = gen_run(m, sc, NULL, &ps, &jo, &go, &st);
+    uint64_t during = be->ops->allocs(be->ctx) - before;
+    cr_assert_eq(rc, 0, "%s", err_msg());
+    gen_stats_free(&st);
+    cr_assert_eq(job_out_close(&jo), 0, "%s", err_msg());
+    if (go.trace)
+        cr_assert_eq(fclose(go.trace), 0);
+    sched_destroy(sc);
+    model_destroy(m);
+    job_prompts_free(&ps);
+    return during;
+}

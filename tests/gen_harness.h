@@ -1,0 +1,36 @@
+/* gen_harness.h: generation in the test process (gen_run, not the CLI) on
+ * a backend the test made, counting the backend's allocations
+ * (backend_ops.allocs) around the run: every buffer is sized at
+ * sched_create, so the prefill and decode passes and the sampling must
+ * allocate nothing. Files live in cli_dir (cli_harness.h). */
+#ifndef FH_TEST_GEN_HARNESS_H
+#define FH_TEST_GEN_HARNESS_H
+
+#include <stdint.h>
+
+#include "backend.h"
+
+/* The job: GEN_HARNESS_PROMPTS prompt_ids prompts of mixed lengths (no
+ * tokenizer needed) in blocks of two GPU batches of two, H2O at ratio 0.5
+ * with a sink, temperature sampling, 9 new tokens; GEN_HARNESS_FLAGS are
+ * the `generate` flags of the same job, for a run to compare with. */
+#define GEN_HARNESS_PROMPTS 5
+#define GEN_HARNESS_FLAGS                                                                    \
+    "--prompts ids.jsonl --max-new-tokens 9 --temperature 0.8 --top-p 0.9 --seed 7 "         \
+    "--kv-policy h2o --kv-ratio 0.5 --sinks 1 --gpu-batch-size 2 --num-gpu-batches 2 "       \
+    "--offload-dir off"
+
+/* Write the job's prompts to cli_dir/ids.jsonl and make cli_dir/off. */
+void gen_harness_job(void);
+
+/* Run the job on be the way `generate` does (plan with gen_shape,
+ * sched_create, load through the layer sink, attach, gen_run) with the
+ * placement percent (six numbers) and CPU attention or not, records into
+ * cli_dir/out; trace: NULL, or a file of cli_dir that gets the evictions
+ * (with --stats' read-backs on). Every step is asserted, and that the
+ * set-up allocated (the counter counts).
+ * @return the allocations gen_run made. */
+uint64_t gen_harness_run(backend *be, const char *percent, int cpu_attention, const char *out,
+                         const char *trace);
+
+#endif
