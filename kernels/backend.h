@@ -109,6 +109,19 @@ typedef struct backend_ops {
      * bytes (kern.h's format), both backend buffers (a compressed weight
      * matrix is expanded just before its GEMM). */
     int (*dequant_q4)(void *ctx, void *dst, const void *src, size_t rows, int n);
+    /* ---- the RoPE families' element-wise ops (DESIGN.md "Model families") ----
+     * kern.h's kern_rmsnorm_ref, kern_rope_ref, kern_swiglu_ref and
+     * kern_gelu_ref on backend buffers; pos and inv_freq (rot_dims / 2,
+     * from kern_rope_inv_freq) are host memory. NULL on a backend that does
+     * not have them yet (CUDA): a caller that loads a family needing one
+     * checks first with backend_ops_check(), which refuses with a message. */
+    int (*rmsnorm)(void *ctx, void *out, const void *x, const void *w, int n, int d,
+                   float eps);
+    int (*rope)(void *ctx, void *q, void *k, int ld, const int32_t *pos, int n, int n_head,
+                int n_kv_head, int head_dim, int rot_dims, const float *inv_freq);
+    int (*swiglu)(void *ctx, void *out, int ldo, const void *gate, const void *up, int ld,
+                  int n, int d);
+    int (*gelu)(void *ctx, void *out, const void *x, size_t count);
     /* Sample one token per row of logits (n_rows, V) (storage type).
      * temperature, top_p, u: host (n_rows); tokens, logprobs: host out. */
     int (*sample)(void *ctx, const void *logits, int n_rows, int V,
@@ -187,6 +200,21 @@ static inline int backend_kv_fmt_has(const backend_ops *o, int fmt)
 {
     return fmt >= 0 && fmt < KERN_KV_FMTS && ((o->kv_formats >> fmt) & 1u);
 }
+
+/* The optional ops of backend_ops, as bits of a mask for backend_ops_check:
+ * what a model family needs beyond OPT's ops. */
+enum {
+    BACKEND_OP_RMSNORM = 1u << 0,
+    BACKEND_OP_ROPE = 1u << 1,
+    BACKEND_OP_SWIGLU = 1u << 2,
+    BACKEND_OP_GELU = 1u << 3,
+};
+
+/* Check, before a run, that o has every optional op of `need` (BACKEND_OP_*
+ * bits) for `what` (a family or model name, for the message).
+ * @return 0, or -ENOTSUP with a message that names the backend, the first
+ * missing op and the way out (--device cpu). */
+int backend_ops_check(const backend_ops *o, unsigned need, const char *what);
 
 /* Create the CPU backend (OpenBLAS + OpenMP, n_threads 0 = all cores).
  * @return 0, or -errno; destroy with backend_destroy(). */

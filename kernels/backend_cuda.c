@@ -1029,6 +1029,8 @@ static const backend_ops cuda_ops = {
     .attn_decode = cuda_attn_decode,
     .kv_insert = cuda_kv_insert,
     .dequant_q4 = cuda_dequant_q4,
+    /* rmsnorm, rope, swiglu, gelu: not yet (NULL); backend_ops_check
+     * refuses the families that need them */
     .sample = cuda_sample,
     .sync = cuda_sync,
     .reserve = cuda_reserve,

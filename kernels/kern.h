@@ -147,6 +147,66 @@ size_t kern_sample_scratch_bytes(int V);
 int kern_h2o_pick_ref(const float *scores, const int32_t *pos, int n_slots,
                       int sinks, int recent, int32_t newest_pos);
 
+/* ------------------------------------- the RoPE families' element-wise ops
+ * DESIGN.md "Model families": Llama, Mistral, Qwen2 (RMSNorm, RoPE,
+ * SwiGLU) and GPT-NeoX (RoPE on rotary_pct of head_dim, GELU). Each
+ * follows Hugging Face's fp32 computation; serial references. */
+
+/* out(n, d) = x / sqrt(mean(x^2) + eps) * w over the last dimension
+ * (LlamaRMSNorm, in fp32: w * (x * rsqrt(mean(x^2) + eps))); out may be x. */
+void kern_rmsnorm_ref(float *out, const float *x, const float *w, int n, int d, float eps);
+
+/* rope_scaling "rope_type" of a model's config. */
+typedef enum kern_rope_type {
+    KERN_ROPE_DEFAULT, /* no rope_scaling */
+    KERN_ROPE_LINEAR,  /* "linear": every frequency / factor */
+    KERN_ROPE_LLAMA3,  /* "llama3" (Llama 3.1+): by wavelength, see rope.c */
+} kern_rope_type;
+
+/* The RoPE parameters of a model's config. */
+typedef struct kern_rope {
+    float theta;            /* rope_theta (Llama) / rotary_emb_base (GPT-NeoX) */
+    kern_rope_type type;
+    float factor;           /* linear, llama3: rope_scaling factor */
+    float low_freq_factor;  /* llama3 */
+    float high_freq_factor; /* llama3 */
+    int orig_max_pos;       /* llama3: original_max_position_embeddings */
+} kern_rope;
+
+/* inv_freq(rot_dims / 2) = the rotary inverse frequencies, as transformers'
+ * _compute_default_rope_parameters (1 / theta^(2i / rot_dims)) followed by
+ * linear scaling or _compute_llama3_parameters computes them, in fp32.
+ * rot_dims: the rotated dimensions of a head (head_dim; GPT-NeoX:
+ * head_dim * rotary_pct). Computed once per model, at load.
+ * @return 0, or -EINVAL (message recorded) for odd or non-positive
+ * rot_dims or parameters out of range. */
+int kern_rope_inv_freq(float *inv_freq, int rot_dims, const kern_rope *r);
+
+/* Rotate, in place, the first rot_dims dimensions of each head of n rows of
+ * q (n_head heads) and k (n_kv_head heads; k may be NULL: q only) for the
+ * positions pos(n), with Hugging Face's rotate_half convention (the two
+ * halves of the rotated dimensions, not interleaved pairs); the other
+ * head_dim - rot_dims dimensions stay. Head h of row r is at q + r * ld +
+ * h * head_dim (k likewise: both share the row stride ld, as packed QKV
+ * rows do). inv_freq(rot_dims / 2) from kern_rope_inv_freq. Keys are
+ * rotated before they are cached (DESIGN.md), so pos is the absolute
+ * token position.
+ * @return 0, or -EINVAL (message recorded) when rot_dims is odd, not
+ * positive or above head_dim. */
+int kern_rope_ref(float *q, float *k, int ld, const int32_t *pos, int n, int n_head,
+                  int n_kv_head, int head_dim, int rot_dims, const float *inv_freq);
+
+/* out(n, d) = silu(gate) * up, silu(x) = x / (1 + exp(-x)) (the Llama MLP's
+ * act_fn(gate_proj(x)) * up_proj(x)). gate, up: rows of stride ld (the two
+ * halves of a fused gate_up row, or two buffers); out rows of stride ldo;
+ * out may be gate. */
+void kern_swiglu_ref(float *out, int ldo, const float *gate, const float *up, int ld, int n,
+                     int d);
+
+/* out(count) = exact GELU(x) = 0.5 x (1 + erf(x / sqrt(2))) (GPT-NeoX
+ * hidden_act "gelu", not the tanh approximation); out may be x. */
+void kern_gelu_ref(float *out, const float *x, size_t count);
+
 /* ------------------------------------------------ attention + KV slots
  * One decode step of a layer, per (sequence, head):
  *

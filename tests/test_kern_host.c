@@ -7,8 +7,12 @@
  * reference of the CUDA one) worked by hand, with and without bias and
  * ReLU, and its KV ops' format argument; the CPU kernels refuse too little
  * scratch, and the CPU backend's ops grow their scratch outside a
- * reservation and refuse a call beyond one. */
+ * reservation and refuse a call beyond one. And the RoPE families'
+ * element-wise ops (RMSNorm, RoPE and its inverse frequencies, SwiGLU,
+ * GELU) against hand-worked values and the same formulas in double, and
+ * backend_ops_check's refusal of a backend without them. */
 #include <criterion/criterion.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -843,4 +847,298 @@ Test(kern_host, q4_prefill_equals_the_reference_and_stores_the_kept_rows)
         q4_prefill_case(48, c);
         q4_prefill_case(100, c);
     }
+}
+
+/* ------------------------------------- the RoPE families' element-wise ops */
+
+/* |got - want| <= atol + |want| * rel, else fail naming op and index. */
+static void near(const char *op, int i, double got, double want, double atol, double rel)
+{
+    cr_assert(fabs(got - want) <= atol + fabs(want) * rel, "%s[%d] = %.9g, want %.9g", op, i,
+              got, want);
+}
+
+/* RMSNorm worked by hand (exact in fp32): rows whose mean square is 4 and
+ * 1/4 with eps 0 (rstd 1/2 and 2), and mean square 1 with eps 3 (rstd
+ * 1/2); then random rows against mean-square, rsqrt and weight in double,
+ * in place (out = x) through the CPU backend. */
+Test(kern_host, rmsnorm_hand_worked_and_against_double)
+{
+    const float w[4] = {1, 0.5f, -2, 3};
+    const float x[8] = {2, -2, 2, -2, 0.5f, 0.5f, -0.5f, 0.5f};
+    const float want[8] = {1, -0.5f, -2, -3, 1, 0.5f, 2, 3};
+    float out[8];
+    kern_rmsnorm_ref(out, x, w, 2, 4, 0.0f);
+    for (int i = 0; i < 8; i++)
+        cr_assert_eq(out[i], want[i], "eps 0: out[%d] = %g, want %g", i, out[i], want[i]);
+    const float ones[4] = {1, 1, 1, 1};
+    kern_rmsnorm_ref(out, ones, w, 1, 4, 3.0f);
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(out[i], 0.5f * w[i], "eps 3: out[%d] = %g", i, out[i]);
+
+    enum { N = 5, D = 96 };
+    uint64_t seed = 12;
+    float xs[N * D], ws[D], y[N * D];
+    for (int i = 0; i < N * D; i++)
+        xs[i] = y[i] = rnd(&seed) * (float)(1 + i / D * 10);
+    for (int j = 0; j < D; j++)
+        ws[j] = rnd(&seed) * 2;
+    backend be;
+    cr_assert_eq(backend_cpu_create(1, &be), 0, "%s", err_msg());
+    cr_assert_eq(be.ops->rmsnorm(be.ctx, y, y, ws, N, D, 1e-5f), 0);
+    for (int i = 0; i < N; i++) {
+        double ss = 0;
+        for (int j = 0; j < D; j++)
+            ss += (double)xs[i * D + j] * xs[i * D + j];
+        double rstd = 1.0 / sqrt(ss / D + 1e-5);
+        for (int j = 0; j < D; j++)
+            near("rmsnorm", i * D + j, y[i * D + j], xs[i * D + j] * rstd * ws[j], 1e-7,
+                 4 * FLT_EPSILON);
+    }
+    backend_destroy(&be);
+}
+
+/* inv_freq of transformers' formulas in double: default 1 / theta^(2i/r),
+ * linear / factor, llama3 by wavelength. */
+static double inv_freq_double(int i, int r, const kern_rope *p)
+{
+    double f = 1.0 / pow(p->theta, 2.0 * i / r);
+    if (p->type == KERN_ROPE_LINEAR)
+        return f / p->factor;
+    if (p->type != KERN_ROPE_LLAMA3)
+        return f;
+    double lo_wl = p->orig_max_pos / (double)p->low_freq_factor;
+    double hi_wl = p->orig_max_pos / (double)p->high_freq_factor;
+    double wl = 2 * M_PI / f;
+    if (wl < hi_wl)
+        return f;
+    if (wl > lo_wl)
+        return f / p->factor;
+    double s = (p->orig_max_pos / wl - p->low_freq_factor) /
+               ((double)p->high_freq_factor - p->low_freq_factor);
+    return (1 - s) * f / p->factor + s * f;
+}
+
+/* The inverse frequencies by hand (theta 10^4 over 4 dimensions: 1 and
+ * 1/100; linear factor 4 divides both), llama3 on a small case with one
+ * frequency in each band (theta 100 over 6 dimensions, original length 64,
+ * low 1, high 4, factor 8: wavelengths 2 pi (kept), 29.2 (interpolated)
+ * and 135 (divided by 8)), and against the double formulas on Llama 3.1
+ * 8B's config (theta 5e5, head_dim 128, llama3 8 / 1 / 4 / 8192), a linear
+ * and a GPT-NeoX one (rotary_pct 0.25 of 128: 32 dims, base 10^4); bad
+ * parameters are refused. */
+Test(kern_host, rope_inv_freq_hand_worked_and_against_double)
+{
+    float f[64];
+    kern_rope def = {.theta = 10000, .type = KERN_ROPE_DEFAULT};
+    cr_assert_eq(kern_rope_inv_freq(f, 4, &def), 0, "%s", err_msg());
+    cr_assert(f[0] == 1.0f && fabsf(f[1] - 0.01f) <= 0.01f * FLT_EPSILON, "%g %g", f[0], f[1]);
+    kern_rope lin = {.theta = 10000, .type = KERN_ROPE_LINEAR, .factor = 4};
+    cr_assert_eq(kern_rope_inv_freq(f, 4, &lin), 0, "%s", err_msg());
+    cr_assert(f[0] == 0.25f && fabsf(f[1] - 0.0025f) <= 0.0025f * FLT_EPSILON, "%g %g", f[0],
+              f[1]);
+    kern_rope l3 = {.theta = 100, .type = KERN_ROPE_LLAMA3, .factor = 8, .low_freq_factor = 1,
+                    .high_freq_factor = 4, .orig_max_pos = 64};
+    cr_assert_eq(kern_rope_inv_freq(f, 6, &l3), 0, "%s", err_msg());
+    double f1 = pow(100, -1.0 / 3), s = (64 / (2 * M_PI / f1) - 1) / 3;
+    cr_assert(s > 0 && s < 1); /* the middle one really is in the interpolated band */
+    cr_assert_eq(f[0], 1.0f, "high frequency kept: %g", f[0]);
+    near("llama3", 1, f[1], (1 - s) * f1 / 8 + s * f1, 0, 4 * FLT_EPSILON);
+    near("llama3", 2, f[2], pow(100, -2.0 / 3) / 8, 0, 4 * FLT_EPSILON);
+
+    const struct {
+        kern_rope p;
+        int r;
+    } cases[] = {
+        {{.theta = 500000, .type = KERN_ROPE_LLAMA3, .factor = 8, .low_freq_factor = 1,
+          .high_freq_factor = 4, .orig_max_pos = 8192}, 128},
+        {{.theta = 10000, .type = KERN_ROPE_LINEAR, .factor = 2.5f}, 64},
+        {{.theta = 10000, .type = KERN_ROPE_DEFAULT}, 32},
+        {{.theta = 1000000, .type = KERN_ROPE_DEFAULT}, 128},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        cr_assert_eq(kern_rope_inv_freq(f, cases[c].r, &cases[c].p), 0, "%s", err_msg());
+        int bands[3] = {0};
+        for (int i = 0; i < cases[c].r / 2; i++) {
+            double want = inv_freq_double(i, cases[c].r, &cases[c].p);
+            near("inv_freq", (int)c * 1000 + i, f[i], want, 0, 8 * FLT_EPSILON);
+            double wl = 2 * M_PI * pow(cases[c].p.theta, 2.0 * i / cases[c].r);
+            bands[wl < 2048 ? 0 : wl > 8192 ? 2 : 1]++;
+        }
+        if (c == 0) /* Llama 3.1: every band is exercised */
+            cr_assert(bands[0] && bands[1] && bands[2], "%d %d %d", bands[0], bands[1],
+                      bands[2]);
+    }
+
+    err_clear();
+    cr_assert_eq(kern_rope_inv_freq(f, 5, &def), -EINVAL);
+    cr_assert(strstr(err_msg(), "even"), "%s", err_msg());
+    kern_rope bad = l3;
+    bad.high_freq_factor = 1;
+    err_clear();
+    cr_assert_eq(kern_rope_inv_freq(f, 6, &bad), -EINVAL);
+    cr_assert(strstr(err_msg(), "llama3"), "%s", err_msg());
+    bad = lin;
+    bad.factor = 0;
+    err_clear();
+    cr_assert_eq(kern_rope_inv_freq(f, 4, &bad), -EINVAL);
+    bad = def;
+    bad.type = (kern_rope_type)7;
+    err_clear();
+    cr_assert_eq(kern_rope_inv_freq(f, 4, &bad), -EINVAL);
+    cr_assert(strstr(err_msg(), "type 7"), "%s", err_msg());
+}
+
+/* RoPE by hand: head_dim 6 with 4 rotary dimensions (GPT-NeoX partial),
+ * inv_freq {pi/2, pi} at position 1: the halves [1 2 | 3 4] turn to
+ * [-3 -2 | 1 -4] (rotate_half: dimension i pairs with i + 2, not i + 1)
+ * and 5, 6 stay as they are; position 0 changes nothing. */
+Test(kern_host, rope_hand_worked_rotate_half)
+{
+    const float inv[2] = {(float)(M_PI / 2), (float)M_PI};
+    float q[12] = {1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6};
+    const int32_t pos[2] = {1, 0};
+    cr_assert_eq(kern_rope_ref(q, NULL, 6, pos, 2, 1, 0, 6, 4, inv), 0, "%s", err_msg());
+    const float want[6] = {-3, -2, 1, -4, 5, 6};
+    for (int i = 0; i < 6; i++) {
+        near("rope pos 1", i, q[i], want[i], 1e-6, 0);
+        cr_assert_eq(q[6 + i], (float)(i + 1), "pos 0: q[%d] = %g", i, q[6 + i]);
+    }
+    cr_assert(q[4] == 5 && q[5] == 6, "the pass-through dimensions changed");
+
+    err_clear();
+    cr_assert_eq(kern_rope_ref(q, NULL, 6, pos, 2, 1, 0, 6, 8, inv), -EINVAL);
+    cr_assert(strstr(err_msg(), "at most head_dim"), "%s", err_msg());
+    cr_assert_eq(kern_rope_ref(q, NULL, 6, pos, 2, 1, 0, 6, 3, inv), -EINVAL);
+}
+
+/* RoPE on packed GQA rows (4 query heads, 2 KV heads, q | k | v in rows
+ * of stride ld) at positions up to 40000, through the CPU backend, against
+ * the rotation in double (the angle rounded to fp32 first, as transformers
+ * forms it: pos * inv_freq in fp32); v and the rest of the row stay bit for
+ * bit, and the query-only call (k NULL) leaves k alone. */
+Test(kern_host, rope_gqa_rows_against_double)
+{
+    enum { N = 4, H = 4, KVH = 2, HD = 16, R = 12, LD = (H + 2 * KVH) * HD + 3 };
+    kern_rope p = {.theta = 10000, .type = KERN_ROPE_DEFAULT};
+    float inv[R / 2];
+    cr_assert_eq(kern_rope_inv_freq(inv, R, &p), 0, "%s", err_msg());
+    const int32_t pos[N] = {0, 7, 1000, 40000};
+    uint64_t seed = 99;
+    float x[N * LD], y[N * LD];
+    for (int i = 0; i < N * LD; i++)
+        x[i] = y[i] = rnd(&seed);
+    backend be;
+    cr_assert_eq(backend_cpu_create(1, &be), 0, "%s", err_msg());
+    cr_assert_eq(be.ops->rope(be.ctx, y, y + H * HD, LD, pos, N, H, KVH, HD, R, inv), 0, "%s",
+                 err_msg());
+    for (int r = 0; r < N; r++) {
+        for (int c = 0; c < LD; c++) {
+            int head = c / HD, d = c % HD;
+            double want = x[r * LD + c];
+            if (head < H + KVH && d < R) {
+                int i = d % (R / 2);
+                double a = (float)((float)pos[r] * inv[i]);
+                double x1 = x[r * LD + head * HD + i], x2 = x[r * LD + head * HD + i + R / 2];
+                want = d < R / 2 ? x1 * cos(a) - x2 * sin(a) : x2 * cos(a) + x1 * sin(a);
+                near("rope", r * LD + c, y[r * LD + c], want, 1e-6, 4 * FLT_EPSILON);
+            } else {
+                cr_assert_eq(y[r * LD + c], x[r * LD + c], "untouched [%d][%d] changed", r, c);
+            }
+        }
+    }
+    memcpy(y, x, sizeof y);
+    cr_assert_eq(be.ops->rope(be.ctx, y, NULL, LD, pos, N, H, 0, HD, R, inv), 0);
+    for (int r = 0; r < N; r++)
+        for (int c = H * HD; c < LD; c++)
+            cr_assert_eq(y[r * LD + c], x[r * LD + c], "q only: [%d][%d] changed", r, c);
+    err_clear();
+    cr_assert_eq(be.ops->rope(be.ctx, y, NULL, LD, pos, N, H, 0, HD, HD + 2, inv), -EINVAL);
+    cr_assert(strstr(err_msg(), "RoPE"), "%s", err_msg());
+    backend_destroy(&be);
+}
+
+/* SwiGLU by hand: silu(0) = 0, silu(100) = 100 (exp(-100) vanishes
+ * against 1), silu(-200) = -0 (exp(200) is inf), silu(1) = 1 / (1 + 1/e);
+ * then random fused gate_up rows (gate | up in one row of stride 2d, out
+ * of stride d) through the CPU backend against double. */
+Test(kern_host, swiglu_hand_worked_and_against_double)
+{
+    const float g[4] = {0, 100, -200, 1}, u[4] = {5, 0.5f, 3, 2};
+    float out[4];
+    kern_swiglu_ref(out, 4, g, u, 4, 1, 4);
+    cr_assert(out[0] == 0 && out[1] == 50 && out[2] == 0 && signbit(out[2]), "%g %g %g",
+              out[0], out[1], out[2]);
+    near("swiglu", 3, out[3], 2 / (1 + exp(-1.0)), 0, 2 * FLT_EPSILON);
+
+    enum { N = 3, D = 40 };
+    uint64_t seed = 7;
+    float gu[N * 2 * D], o[N * D];
+    for (int i = 0; i < N * 2 * D; i++)
+        gu[i] = rnd(&seed) * 12;
+    backend be;
+    cr_assert_eq(backend_cpu_create(1, &be), 0, "%s", err_msg());
+    cr_assert_eq(be.ops->swiglu(be.ctx, o, D, gu, gu + D, 2 * D, N, D), 0);
+    for (int r = 0; r < N; r++)
+        for (int j = 0; j < D; j++) {
+            double gg = gu[r * 2 * D + j], uu = gu[r * 2 * D + D + j];
+            near("swiglu", r * D + j, o[r * D + j], gg / (1 + exp(-gg)) * uu, 1e-7,
+                 4 * FLT_EPSILON);
+        }
+    backend_destroy(&be);
+}
+
+/* Exact GELU by hand (gelu(0) = 0, gelu(+-1) and gelu(2) to 16 digits,
+ * gelu(10) = 10 in fp32), not the tanh approximation (which gives
+ * 0.841192 at 1); then random values in [-8, 8) in place through the CPU
+ * backend against 0.5 x (1 + erf(x / sqrt 2)) in double. */
+Test(kern_host, gelu_hand_worked_and_against_double)
+{
+    const float x[5] = {0, 1, -1, 2, 10};
+    const double want[5] = {0, 0.8413447460685429, -0.15865525393145707, 1.9544997361036416,
+                            10};
+    float out[5];
+    kern_gelu_ref(out, x, 5);
+    for (int i = 0; i < 5; i++)
+        near("gelu", i, out[i], want[i], 0, 2 * FLT_EPSILON);
+    cr_assert(fabs(out[1] - 0.841192) > 1e-4, "the tanh approximation");
+
+    enum { C = 1000 };
+    uint64_t seed = 3;
+    float xs[C], y[C];
+    for (int i = 0; i < C; i++)
+        xs[i] = y[i] = rnd(&seed) * 8;
+    backend be;
+    cr_assert_eq(backend_cpu_create(1, &be), 0, "%s", err_msg());
+    cr_assert_eq(be.ops->gelu(be.ctx, y, y, C), 0);
+    for (int i = 0; i < C; i++)
+        near("gelu", i, y[i], 0.5 * xs[i] * (1 + erf(xs[i] / sqrt(2.0))), 1e-6,
+             4 * FLT_EPSILON);
+    backend_destroy(&be);
+}
+
+/* The CPU backend has every RoPE-family op; a backend without them (the
+ * CUDA one for now: these ops NULL) is refused by backend_ops_check with a
+ * message naming the backend, the op and --device cpu. */
+Test(kern_host, backend_ops_check_refuses_missing_ops)
+{
+    backend be;
+    cr_assert_eq(backend_cpu_create(1, &be), 0, "%s", err_msg());
+    unsigned all = BACKEND_OP_RMSNORM | BACKEND_OP_ROPE | BACKEND_OP_SWIGLU | BACKEND_OP_GELU;
+    cr_assert_eq(backend_ops_check(be.ops, all, "llama"), 0, "%s", err_msg());
+    backend_ops o = *be.ops;
+    o.name = "cuda";
+    o.rope = NULL;
+    o.gelu = NULL;
+    cr_assert_eq(backend_ops_check(&o, BACKEND_OP_RMSNORM | BACKEND_OP_SWIGLU, "llama"), 0);
+    err_clear();
+    cr_assert_eq(backend_ops_check(&o, all, "llama"), -ENOTSUP);
+    cr_assert(strstr(err_msg(), "llama needs the rope op") && strstr(err_msg(), "cuda backend")
+              && strstr(err_msg(), "--device cpu"), "%s", err_msg());
+    err_clear();
+    cr_assert_eq(backend_ops_check(&o, BACKEND_OP_GELU, "gpt_neox"), -ENOTSUP);
+    cr_assert(strstr(err_msg(), "gelu"), "%s", err_msg());
+    err_clear();
+    cr_assert_eq(backend_ops_check(be.ops, 1u << 9, "x"), -EINVAL);
+    backend_destroy(&be);
 }

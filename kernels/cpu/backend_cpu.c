@@ -236,6 +236,36 @@ static int cpu_dequant_q4(void *ctx, void *dst, const void *src, size_t rows, in
     return 0;
 }
 
+static int cpu_rmsnorm(void *ctx, void *out, const void *x, const void *w, int n, int d,
+                       float eps)
+{
+    (void)ctx;
+    kern_rmsnorm_ref(out, x, w, n, d, eps);
+    return 0;
+}
+
+static int cpu_rope(void *ctx, void *q, void *k, int ld, const int32_t *pos, int n, int n_head,
+                    int n_kv_head, int head_dim, int rot_dims, const float *inv_freq)
+{
+    (void)ctx;
+    return kern_rope_ref(q, k, ld, pos, n, n_head, n_kv_head, head_dim, rot_dims, inv_freq);
+}
+
+static int cpu_swiglu(void *ctx, void *out, int ldo, const void *gate, const void *up, int ld,
+                      int n, int d)
+{
+    (void)ctx;
+    kern_swiglu_ref(out, ldo, gate, up, ld, n, d);
+    return 0;
+}
+
+static int cpu_gelu(void *ctx, void *out, const void *x, size_t count)
+{
+    (void)ctx;
+    kern_gelu_ref(out, x, count);
+    return 0;
+}
+
 static int cpu_sample(void *ctx, const void *logits, int n_rows, int V,
                       const float *temperature, const float *top_p,
                       const double *u, int32_t *tokens, float *logprobs)
@@ -361,6 +391,10 @@ static const backend_ops cpu_ops = {
     .attn_decode = cpu_attn_decode,
     .kv_insert = cpu_kv_insert,
     .dequant_q4 = cpu_dequant_q4,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .swiglu = cpu_swiglu,
+    .gelu = cpu_gelu,
     .sample = cpu_sample,
     .sync = cpu_sync,
     .reserve = cpu_reserve,
