@@ -1020,3 +1020,18 @@ Test(kern_cuda, kv_formats_and_an_unknown_format_refused)
     err_clear();
     drop(&QKV), drop(&out), drop(&K), drop(&V), drop(&ps), drop(&cs);
 }
+
+/* The CUDA backend has no RoPE-family ops yet (rmsnorm, rope, swiglu, gelu
+ * are NULL): backend_ops_check refuses a family that needs them, naming the
+ * op and --device cpu, and passes one that needs none of them (OPT). */
+Test(kern_cuda, rope_family_ops_missing_are_refused)
+{
+    cr_assert(!gpu.ops->rmsnorm && !gpu.ops->rope && !gpu.ops->swiglu && !gpu.ops->gelu);
+    cr_assert_eq(backend_ops_check(gpu.ops, 0, "opt"), 0);
+    err_clear();
+    cr_assert_eq(backend_ops_check(gpu.ops, BACKEND_OP_RMSNORM | BACKEND_OP_ROPE, "llama"),
+                 -ENOTSUP);
+    cr_assert(strstr(err_msg(), "llama needs the rmsnorm op, which the cuda backend") &&
+              strstr(err_msg(), "--device cpu"), "%s", err_msg());
+    err_clear();
+}
