@@ -81,29 +81,35 @@ typedef struct backend_ops {
      * backend buffers. seqs is host memory; colsum, scores, self_p are fp32
      * buffers, pos and evicted int32 buffers (alloc_words); any of
      * colsum, scores, self_p, evicted may be NULL as in kern.h.
+     * n_head query heads share n_kv_head KV heads (n_head % n_kv_head == 0,
+     * grouped-query attention as kern.h states it): caches, scores, pos,
+     * colsum, self_p and evicted are per KV head. A backend whose kernels
+     * do not have grouped-query attention refuses n_kv_head != n_head with
+     * -ENOTSUP and a message.
      *
      * The KV ops take the format of their caches kc, vc as an argument, fmt
      * (kern.h's kern_kv_fmt), right before them: KERN_KV_FMT_PLAIN caches
-     * are (n_seq, n_head, cap, head_dim) of the storage type;
-     * KERN_KV_FMT_Q4 caches (compress_cache) are (n_seq, n_head, cap) rows
+     * are (n_seq, n_kv_head, cap, head_dim) of the storage type;
+     * KERN_KV_FMT_Q4 caches (compress_cache) are (n_seq, n_kv_head, cap) rows
      * of kern_q4_row_bytes(head_dim) bytes, and each op then equals the
      * plain op over the dequantized cache with the rows it writes
      * quantized. A format the backend does not have (kv_formats) is
      * refused with -ENOTSUP and a message that names it. */
     int (*attn_prefill)(void *ctx, void *out, int ldo, const void *q, const void *k,
                         const void *v, int ld, const kern_seq *seqs, int n_seq,
-                        int n_head, int head_dim, float scale, void *colsum);
+                        int n_head, int n_kv_head, int head_dim, float scale, void *colsum);
     int (*kv_prefill)(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *scores, void *pos,
                       const void *k, const void *v, int ld, const void *colsum,
-                      const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap);
+                      const kern_seq *seqs, int n_seq, int n_head, int n_kv_head, int head_dim,
+                      int cap);
     int (*attn_decode)(void *ctx, void *out, int ldo, const void *q, const void *k,
                        const void *v, int ld, kern_kv_fmt fmt, const void *kc, const void *vc,
-                       const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                       int cap, float scale, void *scores, void *self_p);
+                       const kern_seq *seqs, int n_seq, int n_head, int n_kv_head,
+                       int head_dim, int cap, float scale, void *scores, void *self_p);
     int (*kv_insert)(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *scores, void *pos,
                      const void *k, const void *v, int ld, const void *self_p,
-                     const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
-                     void *evicted);
+                     const kern_seq *seqs, int n_seq, int n_head, int n_kv_head, int head_dim,
+                     int cap, void *evicted);
     /* ---- 4-bit weights (DESIGN.md compress_weight) ----
      * dst(rows, n) in the storage type <- src: rows of kern_q4_row_bytes(n)
      * bytes (kern.h's format), both backend buffers (a compressed weight

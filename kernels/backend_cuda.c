@@ -710,11 +710,21 @@ static int prefill_split(cuda_ctx *c, kern_seq *sh, void *out, int ldo, const vo
     return 0;
 }
 
+/* The CUDA kernels do not have grouped-query attention yet: refuse it. */
+static int cuda_gqa_check(const char *op, int n_head, int n_kv_head)
+{
+    RETURN_IF(n_kv_head != n_head, -ENOTSUP, "the cuda backend's %s does not support "
+              "grouped-query attention yet (%d query heads over %d KV heads)", op, n_head,
+              n_kv_head);
+    return 0;
+}
+
 static int cuda_attn_prefill(void *ctx, void *out, int ldo, const void *q, const void *k,
                              const void *v, int ld, const kern_seq *seqs, int n_seq, int n_head,
-                             int head_dim, float scale, void *colsum)
+                             int n_kv_head, int head_dim, float scale, void *colsum)
 {
     cuda_ctx *c = ctx;
+    FORWARD_IF(cuda_gqa_check("prefill attention", n_head, n_kv_head));
     FORWARD_IF(seqs_room(c, (size_t)n_seq, 0));
     return prefill_split(c, c->seqs_tmp, out, ldo, q, k, v, ld, seqs, n_seq, n_head, head_dim,
                          scale, colsum);
@@ -724,9 +734,11 @@ static int cuda_attn_prefill(void *ctx, void *out, int ldo, const void *q, const
  * they do not have. */
 static int cuda_kv_prefill(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *scores,
                            void *pos, const void *k, const void *v, int ld, const void *colsum,
-                           const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap)
+                           const kern_seq *seqs, int n_seq, int n_head, int n_kv_head,
+                           int head_dim, int cap)
 {
     cuda_ctx *c = ctx;
+    FORWARD_IF(cuda_gqa_check("KV prefill", n_head, n_kv_head));
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
     CK(kern_kv_prefill_cuda(fmt, kc, vc, scores, pos, k, v, ld, colsum, c->seqs.p, n_seq,
                             n_head, head_dim, cap, max_of(seqs, n_seq, 0), c->stream));
@@ -736,9 +748,11 @@ static int cuda_kv_prefill(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void 
 static int cuda_attn_decode(void *ctx, void *out, int ldo, const void *q, const void *k,
                             const void *v, int ld, kern_kv_fmt fmt, const void *kc,
                             const void *vc, const kern_seq *seqs, int n_seq, int n_head,
-                            int head_dim, int cap, float scale, void *scores, void *self_p)
+                            int n_kv_head, int head_dim, int cap, float scale, void *scores,
+                            void *self_p)
 {
     cuda_ctx *c = ctx;
+    FORWARD_IF(cuda_gqa_check("decode attention", n_head, n_kv_head));
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
     FORWARD_IF(grow(c, &c->work, kern_attn_decode_work(n_seq, n_head, head_dim, cap),
                     "decode attention's work space"));
@@ -750,10 +764,11 @@ static int cuda_attn_decode(void *ctx, void *out, int ldo, const void *q, const 
 
 static int cuda_kv_insert(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *scores,
                           void *pos, const void *k, const void *v, int ld, const void *self_p,
-                          const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
-                          void *evicted)
+                          const kern_seq *seqs, int n_seq, int n_head, int n_kv_head,
+                          int head_dim, int cap, void *evicted)
 {
     cuda_ctx *c = ctx;
+    FORWARD_IF(cuda_gqa_check("KV insert", n_head, n_kv_head));
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
     CK(kern_kv_insert_cuda(fmt, kc, vc, scores, pos, k, v, ld, self_p, c->seqs.p, n_seq, n_head,
                            head_dim, cap, evicted, c->stream));

@@ -219,6 +219,17 @@ void kern_gelu_ref(float *out, const float *x, size_t count);
  * and prefill (n_past 0) is exact causal attention over the prompt's own
  * rows, whose softmax column sums seed the scores of the tokens kept.
  *
+ * Grouped-query attention (DESIGN.md "H2O with grouped-query attention"):
+ * n_head query heads share n_kv_head KV heads (n_head % n_kv_head == 0),
+ * query head h reads KV head h / (n_head / n_kv_head). q rows hold n_head
+ * heads (head h at columns h*head_dim), k and v rows n_kv_head (KV head g at
+ * columns g*head_dim); the caches, pos, scores, colsum, self_p and evicted
+ * are per KV head. A KV head's score of a token is the sum, over the query
+ * heads of its group in order, of the probability each gave it (each query
+ * head's softmax normalised on its own); prefill selection and decode
+ * eviction run per KV head on those sums. With n_kv_head == n_head every
+ * op computes exactly what the per-head rule does (the same arithmetic).
+ *
  * The ops that need per-thread scratch (a row of probabilities, a row of
  * keep flags: attention and the KV prefill) take it from the caller, who
  * sizes it once, at set-up, for the largest call: `scratch` (4-byte
@@ -240,13 +251,16 @@ size_t kern_kv_prefill_scratch_bytes(int max_new, int n_threads);
 size_t kern_attn_decode_scratch_bytes(int cap, int n_threads);
 
 /* Causal self-attention of each sequence's n_new prompt rows (n_past must be
- * 0). q, k, v: packed rows with stride ld (head h at columns h*head_dim).
- * out (rows, ldo). colsum: NULL, or (rows, n_head) fp32 that receives, for
- * the token of each row, the sum over the queries of its sequence of the
- * softmax probability they gave it (the column sum of the causal softmax). */
+ * 0). q, k, v: packed rows with stride ld (query head h at columns
+ * h*head_dim of q, KV head g at columns g*head_dim of k and v).
+ * out (rows, ldo), n_head heads. colsum: NULL, or (rows, n_kv_head) fp32
+ * that receives, for the token of each row and each KV head, the sum over
+ * the queries of its sequence and the query heads of the KV head's group of
+ * the softmax probability they gave it (the column sum of the causal
+ * softmax, summed over the group). */
 int kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
                           const float *v, int ld, const kern_seq *seqs,
-                          int n_seq, int n_head, int head_dim, float scale,
+                          int n_seq, int n_head, int n_kv_head, int head_dim, float scale,
                           float *colsum, void *scratch, size_t scratch_bytes);
 
 /* Fill the slot caches from the prompt rows after prefill. Per (sequence,
@@ -254,22 +268,25 @@ int kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
  * otherwise the first `sinks`, the last `recent` and the `heavy` = budget -
  * sinks - recent highest colsum of the rest (ties keep the newer token),
  * stored in position order in slots [0, budget).
- * kc, vc: (n_seq, n_head, cap, head_dim); scores: NULL or (n_seq, n_head,
- * cap) fp32 set from colsum; pos: (n_seq, n_head, cap) int32. */
+ * kc, vc: (n_seq, n_kv_head, cap, head_dim); scores: NULL or (n_seq,
+ * n_kv_head, cap) fp32 set from colsum (rows, n_kv_head); pos: (n_seq,
+ * n_kv_head, cap) int32 (n_head: the query heads, a multiple of
+ * n_kv_head). */
 int kern_kv_prefill_ref(float *kc, float *vc, float *scores, int32_t *pos,
                         const float *k, const float *v, int ld,
                         const float *colsum, const kern_seq *seqs, int n_seq,
-                        int n_head, int head_dim, int cap, void *scratch,
+                        int n_head, int n_kv_head, int head_dim, int cap, void *scratch,
                         size_t scratch_bytes);
 
 /* Decode attention of one new row per active sequence (n_new 1) over its
  * n_slots cached tokens plus its own new k/v row (not yet in the cache).
- * scores: NULL or (n_seq, n_head, cap), += the probability of every slot;
- * self_p: NULL or (n_seq, n_head), = the probability of the new token. */
+ * scores: NULL or (n_seq, n_kv_head, cap), += the probability of every slot
+ * summed over the KV head's query heads; self_p: NULL or (n_seq,
+ * n_kv_head), = the probability of the new token, summed likewise. */
 int kern_attn_decode_ref(float *out, int ldo, const float *q, const float *k,
                          const float *v, int ld, const float *kc,
                          const float *vc, const kern_seq *seqs, int n_seq,
-                         int n_head, int head_dim, int cap, float scale,
+                         int n_head, int n_kv_head, int head_dim, int cap, float scale,
                          float *scores, float *self_p, void *scratch,
                          size_t scratch_bytes);
 
@@ -277,12 +294,13 @@ int kern_attn_decode_ref(float *out, int ldo, const float *q, const float *k,
  * n_slots while n_slots < budget, else the H2O victim of kern_h2o_pick_ref
  * (newest_pos = n_past; scores NULL counts as all zero, which is window /
  * StreamingLLM eviction). Sets K/V, pos = n_past and scores = self_p there.
- * evicted: NULL or (n_seq, n_head) int32 = the evicted position or -1.
+ * Per (sequence, KV head); self_p (n_seq, n_kv_head).
+ * evicted: NULL or (n_seq, n_kv_head) int32 = the evicted position or -1.
  * The caller then sets n_slots = min(n_slots + 1, budget), n_past += 1. */
 void kern_kv_insert_ref(float *kc, float *vc, float *scores, int32_t *pos,
                         const float *k, const float *v, int ld,
                         const float *self_p, const kern_seq *seqs, int n_seq,
-                        int n_head, int head_dim, int cap, int32_t *evicted);
+                        int n_head, int n_kv_head, int head_dim, int cap, int32_t *evicted);
 
 /* The same three ops over fp16 caches (uint16_t fp16 bits: the CUDA
  * backend's KV) in host memory, everything else fp32 and host: CPU
@@ -290,16 +308,16 @@ void kern_kv_insert_ref(float *kc, float *vc, float *scores, int32_t *pos,
  * place. */
 int kern_attn_decode_h16(float *out, int ldo, const float *q, const float *k,
                          const float *v, int ld, const uint16_t *kc, const uint16_t *vc,
-                         const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                         const kern_seq *seqs, int n_seq, int n_head, int n_kv_head, int head_dim,
                          int cap, float scale, float *scores, float *self_p, void *scratch,
                          size_t scratch_bytes);
 int kern_kv_prefill_h16(uint16_t *kc, uint16_t *vc, float *scores, int32_t *pos,
                         const float *k, const float *v, int ld, const float *colsum,
-                        const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
+                        const kern_seq *seqs, int n_seq, int n_head, int n_kv_head, int head_dim, int cap,
                         void *scratch, size_t scratch_bytes);
 void kern_kv_insert_h16(uint16_t *kc, uint16_t *vc, float *scores, int32_t *pos,
                         const float *k, const float *v, int ld, const float *self_p,
-                        const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
+                        const kern_seq *seqs, int n_seq, int n_head, int n_kv_head, int head_dim, int cap,
                         int32_t *evicted);
 
 /* ------------------------------------------------ 4-bit group quantization
@@ -344,16 +362,16 @@ void kern_q4_dequant_row(float *dst, const uint8_t *src, int n);
  * (head_dim <= 1024). */
 int kern_attn_decode_q4(float *out, int ldo, const float *q, const float *k,
                         const float *v, int ld, const uint8_t *kc, const uint8_t *vc,
-                        const kern_seq *seqs, int n_seq, int n_head, int head_dim,
+                        const kern_seq *seqs, int n_seq, int n_head, int n_kv_head, int head_dim,
                         int cap, float scale, float *scores, float *self_p, void *scratch,
                         size_t scratch_bytes);
 int kern_kv_prefill_q4(uint8_t *kc, uint8_t *vc, float *scores, int32_t *pos,
                        const float *k, const float *v, int ld, const float *colsum,
-                       const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
+                       const kern_seq *seqs, int n_seq, int n_head, int n_kv_head, int head_dim, int cap,
                        void *scratch, size_t scratch_bytes);
 void kern_kv_insert_q4(uint8_t *kc, uint8_t *vc, float *scores, int32_t *pos,
                        const float *k, const float *v, int ld, const float *self_p,
-                       const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
+                       const kern_seq *seqs, int n_seq, int n_head, int n_kv_head, int head_dim, int cap,
                        int32_t *evicted);
 
 /* ---------------------------------------------------------------- CUDA */

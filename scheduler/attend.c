@@ -22,7 +22,7 @@ static int host_segment(const sched_pass *p, const sched_kv *g, const void *qkv,
     const backend_ops *o = p->be->ops;
     void *ctx = p->be->ctx;
     const sched_scratch *sc = p->scr;
-    int d = p->hidden, H = p->n_head, hd = p->head_dim, r0 = -1, r1 = 0;
+    int d = p->hidden, H = p->n_head, KVH = p->n_kv_head, hd = p->head_dim, r0 = -1, r1 = 0;
     int ld = (p->n_head + 2 * p->n_kv_head) * hd, cap = p->cap;
     size_t es = o->elem_size;
     for (int i = 0; i < g->n; i++) {
@@ -46,33 +46,34 @@ static int host_segment(const sched_pass *p, const sched_kv *g, const void *qkv,
         const float *cs = NULL;
         if (sc->colsum) {
             FORWARD_IF(o->download_words(ctx, sc->h_colsum,
-                                         (const char *)sc->colsum + (size_t)r0 * H * 4, rows * H));
+                                         (const char *)sc->colsum + (size_t)r0 * KVH * 4,
+                                         rows * KVH));
             cs = sc->h_colsum;
         }
         if (g->fmt == KERN_KV_FMT_Q4)
             return kern_kv_prefill_q4(g->kc, g->vc, g->scores, g->pos, k, v, ld, cs, sc->h_seqs,
-                                      g->n, H, hd, cap, sc->h_work, sc->h_work_bytes);
+                                      g->n, H, KVH, hd, cap, sc->h_work, sc->h_work_bytes);
         return kern_kv_prefill_h16(g->kc, g->vc, g->scores, g->pos, k, v, ld, cs, sc->h_seqs,
-                                   g->n, H, hd, cap, sc->h_work, sc->h_work_bytes);
+                                   g->n, H, KVH, hd, cap, sc->h_work, sc->h_work_bytes);
     }
     int32_t *ev = p->evicted ? sc->h_ev : NULL;
     if (g->fmt == KERN_KV_FMT_Q4)
         FORWARD_IF(kern_attn_decode_q4(sc->h_att, d, q, k, v, ld, g->kc, g->vc, sc->h_seqs, g->n,
-                                       H, hd, cap, scale, g->scores, sc->h_self, sc->h_work,
+                                       H, KVH, hd, cap, scale, g->scores, sc->h_self, sc->h_work,
                                        sc->h_work_bytes));
     else
         FORWARD_IF(kern_attn_decode_h16(sc->h_att, d, q, k, v, ld, g->kc, g->vc, sc->h_seqs,
-                                        g->n, H, hd, cap, scale, g->scores, sc->h_self,
+                                        g->n, H, KVH, hd, cap, scale, g->scores, sc->h_self,
                                         sc->h_work, sc->h_work_bytes));
     if (g->fmt == KERN_KV_FMT_Q4)
         kern_kv_insert_q4(g->kc, g->vc, g->scores, g->pos, k, v, ld, sc->h_self, sc->h_seqs,
-                          g->n, H, hd, cap, ev);
+                          g->n, H, KVH, hd, cap, ev);
     else
         kern_kv_insert_h16(g->kc, g->vc, g->scores, g->pos, k, v, ld, sc->h_self, sc->h_seqs,
-                           g->n, H, hd, cap, ev);
+                           g->n, H, KVH, hd, cap, ev);
     if (p->evicted)
-        FORWARD_IF(o->upload_words(ctx, (char *)p->evicted + (size_t)g->seq0 * H * 4, sc->h_ev,
-                                   (size_t)g->n * H));
+        FORWARD_IF(o->upload_words(ctx, (char *)p->evicted + (size_t)g->seq0 * KVH * 4, sc->h_ev,
+                                   (size_t)g->n * KVH));
     return o->upload(ctx, (char *)att + (size_t)r0 * d * es, sc->h_att, rows * d);
 }
 
@@ -81,23 +82,22 @@ int sched_attend(const sched_pass *p, const void *qkv, void *att)
     const backend_ops *o = p->be->ops;
     void *ctx = p->be->ctx;
     const sched_scratch *sc = p->scr;
-    int d = p->hidden, H = p->n_head, hd = p->head_dim, cap = p->cap;
-    RETURN_IF(p->n_kv_head != H, -ENOTSUP, "grouped-query attention (%d heads over %d KV "
-              "heads) is not supported by the attention ops yet", H, p->n_kv_head);
-    int ld = (H + 2 * p->n_kv_head) * hd;
+    int d = p->hidden, H = p->n_head, KVH = p->n_kv_head, hd = p->head_dim, cap = p->cap;
+    int ld = (H + 2 * KVH) * hd;
     float scale = 1.0f / sqrtf((float)hd);
     size_t es = o->elem_size;
     const char *q = qkv, *k = q + (size_t)H * hd * es, *v = k + (size_t)p->n_kv_head * hd * es;
     if (p->kind == SCHED_PASS_PREFILL)
-        FORWARD_IF(o->attn_prefill(ctx, att, d, q, k, v, ld, p->seqs, p->n_seq, H, hd, scale,
-                                   sc->colsum));
+        FORWARD_IF(o->attn_prefill(ctx, att, d, q, k, v, ld, p->seqs, p->n_seq, H, KVH, hd,
+                                   scale, sc->colsum));
     /* the cache updates (and decode attention) per KV segment: the ops
      * index sequences from the segment's first one, rows stay absolute */
     for (int i = 0; i < p->n_kv; i++) {
         const sched_kv *g = &p->kv[i];
         const kern_seq *sq = p->seqs + g->seq0;
-        char *self_p = sc->self_p ? (char *)sc->self_p + (size_t)g->seq0 * H * 4 : NULL;
-        char *ev = p->evicted ? (char *)p->evicted + (size_t)g->seq0 * H * 4 : NULL;
+        /* colsum, self_p and evicted are per KV head (kern.h) */
+        char *self_p = sc->self_p ? (char *)sc->self_p + (size_t)g->seq0 * KVH * 4 : NULL;
+        char *ev = p->evicted ? (char *)p->evicted + (size_t)g->seq0 * KVH * 4 : NULL;
         if (g->n == 0)
             continue;
         if (g->host) {
@@ -107,12 +107,12 @@ int sched_attend(const sched_pass *p, const void *qkv, void *att)
         /* the segment's cache format (4-bit with compress_cache) goes with its caches */
         if (p->kind == SCHED_PASS_PREFILL) {
             FORWARD_IF(o->kv_prefill(ctx, g->fmt, g->kc, g->vc, g->scores, g->pos, k, v, ld,
-                                     sc->colsum, sq, g->n, H, hd, cap));
+                                     sc->colsum, sq, g->n, H, KVH, hd, cap));
         } else if (p->kind == SCHED_PASS_DECODE) {
             FORWARD_IF(o->attn_decode(ctx, att, d, q, k, v, ld, g->fmt, g->kc, g->vc, sq, g->n,
-                                      H, hd, cap, scale, g->scores, self_p));
+                                      H, KVH, hd, cap, scale, g->scores, self_p));
             FORWARD_IF(o->kv_insert(ctx, g->fmt, g->kc, g->vc, g->scores, g->pos, k, v, ld,
-                                    self_p, sq, g->n, H, hd, cap, ev));
+                                    self_p, sq, g->n, H, KVH, hd, cap, ev));
         }
     }
     return 0;

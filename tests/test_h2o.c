@@ -133,13 +133,13 @@ Test(h2o, hand_worked_example)
     int32_t pos[3], ev;
     kern_seq sq = {.row = 0, .n_new = 4, .n_past = 0, .n_slots = 0,
                    .budget = sp.budget, .sinks = sp.sinks, .recent = sp.recent};
-    kern_attn_prefill_ref(&out[0][0], 2, &q[0][0], &k[0][0], &v[0][0], 2, &sq, 1, 1, 2, 1.0f,
+    kern_attn_prefill_ref(&out[0][0], 2, &q[0][0], &k[0][0], &v[0][0], 2, &sq, 1, 1, 1, 2, 1.0f,
                           colsum, KERN_WS(4));
     const float want_cs[4] = {1.875f, 0.875f, 0.75f, 0.5f};
     for (int j = 0; j < 4; j++)
         cr_assert_float_eq(colsum[j], want_cs[j], 1e-5, "colsum t%d: %g", j, colsum[j]);
     kern_kv_prefill_ref(&kc[0][0], &vc[0][0], scores, pos, &k[0][0], &v[0][0], 2, colsum, &sq,
-                        1, 1, 2, 3, KERN_WS(4));
+                        1, 1, 1, 2, 3, KERN_WS(4));
     const int32_t want_pos0[3] = {0, 2, 3};
     const float want_sc0[3] = {1.875f, 0.75f, 0.5f};
     for (int i = 0; i < 3; i++) {
@@ -163,10 +163,10 @@ Test(h2o, hand_worked_example)
         sq = (kern_seq){.row = 0, .n_new = 1, .n_past = t, .n_slots = 3, .budget = 3,
                         .sinks = 0, .recent = 2};
         float o[2];
-        kern_attn_decode_ref(o, 2, q[t], k[t], v[t], 2, &kc[0][0], &vc[0][0], &sq, 1, 1, 2, 3,
+        kern_attn_decode_ref(o, 2, q[t], k[t], v[t], 2, &kc[0][0], &vc[0][0], &sq, 1, 1, 1, 2, 3,
                              1.0f, scores, &self_p, KERN_WS(3));
         kern_kv_insert_ref(&kc[0][0], &vc[0][0], scores, pos, k[t], v[t], 2, &self_p, &sq, 1,
-                           1, 2, 3, &ev);
+                           1, 1, 2, 3, &ev);
         cr_assert_eq(ev, want[step - 1].evict, "step %d evicted t%d, want t%d", step, ev,
                      want[step - 1].evict);
         cr_assert_float_eq(o[0], want[step - 1].out, 1e-5, "step %d out %g", step, o[0]);
@@ -204,7 +204,7 @@ Test(h2o, ties_evict_the_older_token)
     int32_t pos[3] = {4, 1, 2}, ev;
     float knew = 5, vnew = 5, self_p = 0.75f;
     kern_seq sq = {.row = 0, .n_new = 1, .n_past = 5, .n_slots = 3, .budget = 3, .recent = 1};
-    kern_kv_insert_ref(kc, vc, scores, pos, &knew, &vnew, 1, &self_p, &sq, 1, 1, 1, 3, &ev);
+    kern_kv_insert_ref(kc, vc, scores, pos, &knew, &vnew, 1, &self_p, &sq, 1, 1, 1, 1, 3, &ev);
     cr_assert_eq(ev, 1);
     cr_assert(pos[1] == 5 && kc[1] == 5 && scores[1] == 0.75f);
 
@@ -216,7 +216,7 @@ Test(h2o, ties_evict_the_older_token)
     for (int j = 0; j < 5; j++)
         kp[j] = (float)j;
     kern_seq pf = {.row = 0, .n_new = 5, .budget = 3, .recent = 1};
-    kern_kv_prefill_ref(kc3, vc3, sc3, pos3, kp, kp, 1, cs, &pf, 1, 1, 1, 3, KERN_WS(5));
+    kern_kv_prefill_ref(kc3, vc3, sc3, pos3, kp, kp, 1, cs, &pf, 1, 1, 1, 1, 3, KERN_WS(5));
     cr_assert(pos3[0] == 2 && pos3[1] == 3 && pos3[2] == 4, "kept t%d t%d t%d", pos3[0],
               pos3[1], pos3[2]);
 }

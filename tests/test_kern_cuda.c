@@ -233,10 +233,10 @@ static void prefill_step(const char *tag, const float *qkv, const kern_seq *seqs
     float scale = 1.0f / sqrtf((float)hd);
     char *qc = QKV.c, *qg = QKV.g;
     cr_assert_eq(cpu.ops->attn_prefill(cpu.ctx, out.c, d, qc, qc + 4 * (size_t)d,
-                                       qc + 8 * (size_t)d, 3 * d, seqs, n_seq, H, hd, scale,
+                                       qc + 8 * (size_t)d, 3 * d, seqs, n_seq, H, H, hd, scale,
                                        cs.c), 0, "%s", err_msg());
     cr_assert_eq(gpu.ops->attn_prefill(gpu.ctx, out.g, d, qg, qg + 2 * (size_t)d,
-                                       qg + 4 * (size_t)d, 3 * d, seqs, n_seq, H, hd, scale,
+                                       qg + 4 * (size_t)d, 3 * d, seqs, n_seq, H, H, hd, scale,
                                        cs.g), 0, "%s: %s", tag, err_msg());
     snprintf(what, sizeof what, "%s prefill out", tag);
     expect_close(what, out, 2e-3, 4 * EPS16);
@@ -251,11 +251,11 @@ static void prefill_step(const char *tag, const float *qkv, const kern_seq *seqs
     pair sc = put_words(NULL, slots), ps = put_words(NULL, slots);
     cr_assert_eq(cpu.ops->kv_prefill(cpu.ctx, KERN_KV_FMT_PLAIN, kc.c, vc.c, sc.c, ps.c,
                                      qc + 4 * (size_t)d, qc + 8 * (size_t)d, 3 * d, cs.c, seqs,
-                                     n_seq, H, hd, cap),
+                                     n_seq, H, H, hd, cap),
                  0, "%s", err_msg());
     cr_assert_eq(gpu.ops->kv_prefill(gpu.ctx, KERN_KV_FMT_PLAIN, kc.g, vc.g, sc.g, ps.g,
                                      qg + 2 * (size_t)d, qg + 4 * (size_t)d, 3 * d, cs.g, seqs,
-                                     n_seq, H, hd, cap),
+                                     n_seq, H, H, hd, cap),
                  0, "%s: %s", tag, err_msg());
     snprintf(what, sizeof what, "%s kv_prefill K", tag);
     expect_close(what, kc, 0, 0);
@@ -272,11 +272,11 @@ static void prefill_step(const char *tag, const float *qkv, const kern_seq *seqs
         pair sq = put_words(NULL, slots), pq = put_words(NULL, slots);
         cr_assert_eq(cpu.ops->kv_prefill(cpu.ctx, KERN_KV_FMT_Q4, kq.c, vq.c, sq.c, pq.c,
                                          qc + 4 * (size_t)d, qc + 8 * (size_t)d, 3 * d, cs.c,
-                                         seqs, n_seq, H, hd, cap),
+                                         seqs, n_seq, H, H, hd, cap),
                      0, "%s", err_msg());
         cr_assert_eq(gpu.ops->kv_prefill(gpu.ctx, KERN_KV_FMT_Q4, kq.g, vq.g, sq.g, pq.g,
                                          qg + 2 * (size_t)d, qg + 4 * (size_t)d, 3 * d, cs.g,
-                                         seqs, n_seq, H, hd, cap),
+                                         seqs, n_seq, H, H, hd, cap),
                      0, "%s: %s", tag, err_msg());
         snprintf(what, sizeof what, "%s q4 kv_prefill K", tag);
         expect_equal_q4(what, kq, rb);
@@ -327,11 +327,11 @@ static void decode_step(const char *tag, pair K, pair Vv, pair sc, pair ps, cons
     char *qc = QKV.c, *qg = QKV.g;
     cr_assert_eq(cpu.ops->attn_decode(cpu.ctx, out.c, d, qc, qc + 4 * (size_t)d,
                                       qc + 8 * (size_t)d, 3 * d, KERN_KV_FMT_PLAIN, K.c, Vv.c,
-                                      seqs, n_seq, H, hd, cap, scale, sc.c, self.c),
+                                      seqs, n_seq, H, H, hd, cap, scale, sc.c, self.c),
                  0, "%s", err_msg());
     cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, out.g, d, qg, qg + 2 * (size_t)d,
                                       qg + 4 * (size_t)d, 3 * d, KERN_KV_FMT_PLAIN, K.g, Vv.g,
-                                      seqs, n_seq, H, hd, cap, scale, sc.g, self.g),
+                                      seqs, n_seq, H, H, hd, cap, scale, sc.g, self.g),
                  0, "%s: %s", tag, err_msg());
     snprintf(what, sizeof what, "%s decode out", tag);
     expect_close(what, out, 2e-3, 4 * EPS16);
@@ -346,10 +346,10 @@ static void decode_step(const char *tag, pair K, pair Vv, pair sc, pair ps, cons
     cpu.ops->download_words(cpu.ctx, spv, self.c, (size_t)n_seq * H);
     gpu.ops->upload_words(gpu.ctx, self.g, spv, (size_t)n_seq * H);
     cpu.ops->kv_insert(cpu.ctx, KERN_KV_FMT_PLAIN, K.c, Vv.c, sc.c, ps.c, qc + 4 * (size_t)d,
-                       qc + 8 * (size_t)d, 3 * d, self.c, seqs, n_seq, H, hd, cap, ev.c);
+                       qc + 8 * (size_t)d, 3 * d, self.c, seqs, n_seq, H, H, hd, cap, ev.c);
     cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, KERN_KV_FMT_PLAIN, K.g, Vv.g, sc.g, ps.g,
                                     qg + 2 * (size_t)d, qg + 4 * (size_t)d, 3 * d, self.g, seqs,
-                                    n_seq, H, hd, cap, ev.g),
+                                    n_seq, H, H, hd, cap, ev.g),
                  0, "%s: %s", tag, err_msg());
     snprintf(what, sizeof what, "%s evicted", tag);
     expect_equal_words(what, ev);
@@ -569,10 +569,10 @@ static int q4_decode_step(const char *tag, pair K, pair V, pair sc, pair ps, con
     float scale = 1.0f / sqrtf((float)hd);
     char *qc = QKV.c, *qg = QKV.g, what[96];
     cpu.ops->attn_decode(cpu.ctx, out.c, d, qc, qc + 4 * (size_t)d, qc + 8 * (size_t)d, 3 * d,
-                         KERN_KV_FMT_Q4, K.c, V.c, seqs, n_seq, H, hd, cap, scale, sc.c, self.c);
+                         KERN_KV_FMT_Q4, K.c, V.c, seqs, n_seq, H, H, hd, cap, scale, sc.c, self.c);
     cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, out.g, d, qg, qg + 2 * (size_t)d,
                                       qg + 4 * (size_t)d, 3 * d, KERN_KV_FMT_Q4, K.g, V.g, seqs,
-                                      n_seq, H, hd, cap, scale, sc.g, self.g),
+                                      n_seq, H, H, hd, cap, scale, sc.g, self.g),
                  0, "%s", err_msg());
     snprintf(what, sizeof what, "%s q4 decode out", tag);
     expect_close(what, out, 2e-3, 4 * EPS16);
@@ -587,10 +587,10 @@ static int q4_decode_step(const char *tag, pair K, pair V, pair sc, pair ps, con
     cpu.ops->download_words(cpu.ctx, spv, self.c, (size_t)n_seq * H);
     gpu.ops->upload_words(gpu.ctx, self.g, spv, (size_t)n_seq * H);
     cpu.ops->kv_insert(cpu.ctx, KERN_KV_FMT_Q4, K.c, V.c, sc.c, ps.c, qc + 4 * (size_t)d,
-                       qc + 8 * (size_t)d, 3 * d, self.c, seqs, n_seq, H, hd, cap, ev.c);
+                       qc + 8 * (size_t)d, 3 * d, self.c, seqs, n_seq, H, H, hd, cap, ev.c);
     cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, KERN_KV_FMT_Q4, K.g, V.g, sc.g, ps.g,
                                     qg + 2 * (size_t)d, qg + 4 * (size_t)d, 3 * d, self.g, seqs,
-                                    n_seq, H, hd, cap, ev.g),
+                                    n_seq, H, H, hd, cap, ev.g),
                  0, "%s", err_msg());
     snprintf(what, sizeof what, "%s q4 evicted", tag);
     expect_equal_words(what, ev);
@@ -653,10 +653,10 @@ static void q4_prefill_decode_cases(void)
         pair sc = put_words(NULL, slots), ps = put_words(NULL, slots);
         char *qc = QKV.c, *qg = QKV.g, tag[64], what[96];
         cpu.ops->kv_prefill(cpu.ctx, KERN_KV_FMT_Q4, kc.c, vc.c, sc.c, ps.c, qc + 4 * (size_t)d,
-                            qc + 8 * (size_t)d, 3 * d, CS.c, seqs, n_seq, H, hd, cap);
+                            qc + 8 * (size_t)d, 3 * d, CS.c, seqs, n_seq, H, H, hd, cap);
         cr_assert_eq(gpu.ops->kv_prefill(gpu.ctx, KERN_KV_FMT_Q4, kc.g, vc.g, sc.g, ps.g,
                                          qg + 2 * (size_t)d, qg + 4 * (size_t)d, 3 * d, CS.g,
-                                         seqs, n_seq, H, hd, cap),
+                                         seqs, n_seq, H, H, hd, cap),
                      0, "%s", err_msg());
         snprintf(tag, sizeof tag, "hd %d prefill", hd);
         snprintf(what, sizeof what, "%s K", tag);
@@ -823,7 +823,7 @@ Test(kern_cuda, reserved_calls_allocate_nothing_and_beyond_is_refused)
     pair K = put(NULL, (size_t)(NS + 1) * 2 * 64 * 32), Vc = put(NULL, (size_t)(NS + 1) * 2 * 64 * 32);
     pair q = put(NULL, (size_t)(NS + 1) * 3 * 64), o = put(NULL, (size_t)(NS + 1) * 64);
     cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, o.g, 64, q.g, q.g, q.g, 3 * 64, KERN_KV_FMT_PLAIN,
-                                      K.g, Vc.g, seqs, NS + 1, 2, 32, 64, 0.2f, NULL, NULL),
+                                      K.g, Vc.g, seqs, NS + 1, 2, 2, 32, 64, 0.2f, NULL, NULL),
                  -EINVAL);
     cr_assert(strstr(err_msg(), "exceeds the reserved"), "%s", err_msg());
     err_clear();
@@ -973,13 +973,13 @@ Test(kern_cuda, unsupported_head_dim_is_named)
     char *qg = QKV.g;
     err_clear();
     cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, out.g, hd, qg, qg + 2 * hd, qg + 4 * hd, 3 * hd,
-                                      KERN_KV_FMT_PLAIN, K.g, V.g, &sq, 1, 1, hd, cap, 1.0f, NULL,
+                                      KERN_KV_FMT_PLAIN, K.g, V.g, &sq, 1, 1, 1, hd, cap, 1.0f, NULL,
                                       NULL),
                  -EINVAL);
     cr_assert(strstr(err_msg(), "head_dim 12 is not supported"), "%s", err_msg());
     err_clear();
     cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, KERN_KV_FMT_PLAIN, K.g, V.g, NULL, ps.g, qg + 2 * hd,
-                                    qg + 4 * hd, 3 * hd, NULL, &sq, 1, 1, hd, cap, NULL),
+                                    qg + 4 * hd, 3 * hd, NULL, &sq, 1, 1, 1, hd, cap, NULL),
                  -EINVAL);
     cr_assert(strstr(err_msg(), "KV insert: head_dim 12 is not a multiple of 8"), "%s",
               err_msg());
@@ -1004,17 +1004,17 @@ Test(kern_cuda, kv_formats_and_an_unknown_format_refused)
     kern_kv_fmt bad = KERN_KV_FMTS;
     err_clear();
     cr_assert_eq(gpu.ops->kv_prefill(gpu.ctx, bad, K.g, V.g, NULL, ps.g, qg + 2 * hd,
-                                     qg + 4 * hd, 3 * hd, cs.g, &sq, 1, 1, hd, cap),
+                                     qg + 4 * hd, 3 * hd, cs.g, &sq, 1, 1, 1, hd, cap),
                  -ENOTSUP);
     cr_assert(strstr(err_msg(), "no KV cache format 2"), "%s", err_msg());
     err_clear();
     cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, out.g, hd, qg, qg + 2 * hd, qg + 4 * hd, 3 * hd,
-                                      bad, K.g, V.g, &sq, 1, 1, hd, cap, 1.0f, NULL, NULL),
+                                      bad, K.g, V.g, &sq, 1, 1, 1, hd, cap, 1.0f, NULL, NULL),
                  -ENOTSUP);
     cr_assert(strstr(err_msg(), "no KV cache format 2"), "%s", err_msg());
     err_clear();
     cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, bad, K.g, V.g, NULL, ps.g, qg + 2 * hd, qg + 4 * hd,
-                                    3 * hd, NULL, &sq, 1, 1, hd, cap, NULL),
+                                    3 * hd, NULL, &sq, 1, 1, 1, hd, cap, NULL),
                  -ENOTSUP);
     cr_assert(strstr(err_msg(), "no KV cache format 2"), "%s", err_msg());
     err_clear();

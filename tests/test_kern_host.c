@@ -14,6 +14,7 @@
 #include <criterion/criterion.h>
 #include <float.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -85,25 +86,25 @@ Test(kern_host, cpu_kv_ops_dispatch_on_the_format_and_refuse_unknown_ones)
         memset(kc, 0, sizeof kc), memset(vc, 0, sizeof vc);
         /* [0] through the vtable, [1] the kernels called directly */
         cr_assert_eq(o->kv_prefill(be.ctx, fmt, kc[0], vc[0], sc[0], pos[0], k, v, LD, cs, &pre,
-                                   1, 1, HD, CAP), 0, "%s", err_msg());
+                                   1, 1, 1, HD, CAP), 0, "%s", err_msg());
         cr_assert_eq(o->attn_decode(be.ctx, out[0], HD, qkv, k, v, LD, fmt, kc[0], vc[0], &dec,
-                                    1, 1, HD, CAP, 0.125f, sc[0], &self[0]), 0, "%s", err_msg());
+                                    1, 1, 1, HD, CAP, 0.125f, sc[0], &self[0]), 0, "%s", err_msg());
         cr_assert_eq(o->kv_insert(be.ctx, fmt, kc[0], vc[0], sc[0], pos[0], k, v, LD, &self[0],
-                                  &dec, 1, 1, HD, CAP, &ev[0]), 0, "%s", err_msg());
+                                  &dec, 1, 1, 1, HD, CAP, &ev[0]), 0, "%s", err_msg());
         if (fmt == KERN_KV_FMT_Q4) {
             uint8_t *kq = (uint8_t *)kc[1], *vq = (uint8_t *)vc[1];
-            kern_kv_prefill_q4(kq, vq, sc[1], pos[1], k, v, LD, cs, &pre, 1, 1, HD, CAP,
+            kern_kv_prefill_q4(kq, vq, sc[1], pos[1], k, v, LD, cs, &pre, 1, 1, 1, HD, CAP,
                                KERN_WS(CAP));
-            kern_attn_decode_q4(out[1], HD, qkv, k, v, LD, kq, vq, &dec, 1, 1, HD, CAP, 0.125f,
+            kern_attn_decode_q4(out[1], HD, qkv, k, v, LD, kq, vq, &dec, 1, 1, 1, HD, CAP, 0.125f,
                                 sc[1], &self[1], KERN_WS(CAP));
-            kern_kv_insert_q4(kq, vq, sc[1], pos[1], k, v, LD, &self[1], &dec, 1, 1, HD, CAP,
+            kern_kv_insert_q4(kq, vq, sc[1], pos[1], k, v, LD, &self[1], &dec, 1, 1, 1, HD, CAP,
                               &ev[1]);
         } else {
-            kern_kv_prefill_ref(kc[1], vc[1], sc[1], pos[1], k, v, LD, cs, &pre, 1, 1, HD, CAP,
+            kern_kv_prefill_ref(kc[1], vc[1], sc[1], pos[1], k, v, LD, cs, &pre, 1, 1, 1, HD, CAP,
                                 KERN_WS(CAP));
-            kern_attn_decode_ref(out[1], HD, qkv, k, v, LD, kc[1], vc[1], &dec, 1, 1, HD, CAP,
+            kern_attn_decode_ref(out[1], HD, qkv, k, v, LD, kc[1], vc[1], &dec, 1, 1, 1, HD, CAP,
                                  0.125f, sc[1], &self[1], KERN_WS(CAP));
-            kern_kv_insert_ref(kc[1], vc[1], sc[1], pos[1], k, v, LD, &self[1], &dec, 1, 1, HD,
+            kern_kv_insert_ref(kc[1], vc[1], sc[1], pos[1], k, v, LD, &self[1], &dec, 1, 1, 1, HD,
                                CAP, &ev[1]);
         }
         cr_assert_eq(memcmp(kc[0], kc[1], bytes), 0, "%s K", kern_kv_fmt_name(fmt));
@@ -119,16 +120,16 @@ Test(kern_host, cpu_kv_ops_dispatch_on_the_format_and_refuse_unknown_ones)
     float scratch[CAP * HD] = {0}, s1[CAP] = {0}, out[HD], self;
     int32_t pos[CAP] = {0};
     err_clear();
-    cr_assert_eq(o->kv_prefill(be.ctx, bad, scratch, scratch, s1, pos, k, v, LD, cs, &pre, 1, 1,
+    cr_assert_eq(o->kv_prefill(be.ctx, bad, scratch, scratch, s1, pos, k, v, LD, cs, &pre, 1, 1, 1,
                                HD, CAP), -ENOTSUP);
     cr_assert(strstr(err_msg(), "no KV cache format 2"), "%s", err_msg());
     err_clear();
     cr_assert_eq(o->attn_decode(be.ctx, out, HD, qkv, k, v, LD, bad, scratch, scratch, &dec, 1,
-                                1, HD, CAP, 0.125f, s1, &self), -ENOTSUP);
+                                1, 1, HD, CAP, 0.125f, s1, &self), -ENOTSUP);
     cr_assert(strstr(err_msg(), "no KV cache format 2"), "%s", err_msg());
     err_clear();
     cr_assert_eq(o->kv_insert(be.ctx, bad, scratch, scratch, s1, pos, k, v, LD, &self, &dec, 1,
-                              1, HD, CAP, NULL), -ENOTSUP);
+                              1, 1, HD, CAP, NULL), -ENOTSUP);
     cr_assert(strstr(err_msg(), "no KV cache format 2"), "%s", err_msg());
     err_clear();
     backend_destroy(&be);
@@ -165,28 +166,28 @@ Test(kern_host, cpu_kernels_refuse_too_little_scratch)
         cr_assert_eq(call, -EINVAL, "%s ran with too little scratch", name);                \
         cr_assert(strstr(err_msg(), name) && strstr(err_msg(), "scratch"), "%s", err_msg());  \
     } while (0)
-    SHORT(kern_attn_prefill_ref(out, HD, qkv, k, v, LD, &pre, 1, 1, HD, 0.3f, cs, ws, np - 1),
+    SHORT(kern_attn_prefill_ref(out, HD, qkv, k, v, LD, &pre, 1, 1, 1, HD, 0.3f, cs, ws, np - 1),
           "kern_attn_prefill_ref");
     for (int i = 0; i < LEN * HD; i++)
         cr_assert_eq(out[i], -7.0f, "a refused call wrote its output");
-    SHORT(kern_kv_prefill_ref(kc, vc, sc, pos, k, v, LD, cs, &pre, 1, 1, HD, CAP, ws, nk - 1),
+    SHORT(kern_kv_prefill_ref(kc, vc, sc, pos, k, v, LD, cs, &pre, 1, 1, 1, HD, CAP, ws, nk - 1),
           "kern_kv_prefill_ref");
-    SHORT(kern_kv_prefill_h16(kh, vh, sc, pos, k, v, LD, cs, &pre, 1, 1, HD, CAP, ws, nk - 1),
+    SHORT(kern_kv_prefill_h16(kh, vh, sc, pos, k, v, LD, cs, &pre, 1, 1, 1, HD, CAP, ws, nk - 1),
           "kern_kv_prefill_h16");
-    SHORT(kern_kv_prefill_q4(kq, vq, sc, pos, k, v, LD, cs, &pre, 1, 1, HD, CAP, ws, nk - 1),
+    SHORT(kern_kv_prefill_q4(kq, vq, sc, pos, k, v, LD, cs, &pre, 1, 1, 1, HD, CAP, ws, nk - 1),
           "kern_kv_prefill_q4");
-    SHORT(kern_attn_decode_ref(out, HD, qkv, k, v, LD, kc, vc, &dec, 1, 1, HD, CAP, 0.3f, sc,
+    SHORT(kern_attn_decode_ref(out, HD, qkv, k, v, LD, kc, vc, &dec, 1, 1, 1, HD, CAP, 0.3f, sc,
                                &self, ws, nd - 1), "kern_attn_decode_ref");
-    SHORT(kern_attn_decode_h16(out, HD, qkv, k, v, LD, kh, vh, &dec, 1, 1, HD, CAP, 0.3f, sc,
+    SHORT(kern_attn_decode_h16(out, HD, qkv, k, v, LD, kh, vh, &dec, 1, 1, 1, HD, CAP, 0.3f, sc,
                                &self, ws, nd - 1), "kern_attn_decode_h16");
-    SHORT(kern_attn_decode_q4(out, HD, qkv, k, v, LD, kq, vq, &dec, 1, 1, HD, CAP, 0.3f, sc,
+    SHORT(kern_attn_decode_q4(out, HD, qkv, k, v, LD, kq, vq, &dec, 1, 1, 1, HD, CAP, 0.3f, sc,
                               &self, ws, nd - 1), "kern_attn_decode_q4");
     /* exactly enough runs */
-    cr_assert_eq(kern_attn_prefill_ref(out, HD, qkv, k, v, LD, &pre, 1, 1, HD, 0.3f, cs, ws, np),
+    cr_assert_eq(kern_attn_prefill_ref(out, HD, qkv, k, v, LD, &pre, 1, 1, 1, HD, 0.3f, cs, ws, np),
                  0, "%s", err_msg());
-    cr_assert_eq(kern_kv_prefill_ref(kc, vc, sc, pos, k, v, LD, cs, &pre, 1, 1, HD, CAP, ws, nk),
+    cr_assert_eq(kern_kv_prefill_ref(kc, vc, sc, pos, k, v, LD, cs, &pre, 1, 1, 1, HD, CAP, ws, nk),
                  0, "%s", err_msg());
-    cr_assert_eq(kern_attn_decode_ref(out, HD, qkv, k, v, LD, kc, vc, &dec, 1, 1, HD, CAP, 0.3f,
+    cr_assert_eq(kern_attn_decode_ref(out, HD, qkv, k, v, LD, kc, vc, &dec, 1, 1, 1, HD, CAP, 0.3f,
                                       sc, &self, ws, nd), 0, "%s", err_msg());
     float logits[V], lp;
     for (int i = 0; i < V; i++)
@@ -223,7 +224,7 @@ Test(kern_host, cpu_backend_reserves_its_scratch_and_refuses_beyond_it)
     const float *k = qkv + HD, *v = qkv + 2 * HD;
     kern_seq dec = {.row = 0, .n_new = 1, .n_past = 3, .n_slots = 3, .budget = 4, .recent = 1};
 #define DECODE(cap) o->attn_decode(be.ctx, out, HD, qkv, k, v, LD, KERN_KV_FMT_PLAIN, kc, vc, \
-                                   &dec, 1, 1, HD, cap, 0.3f, sc, &self)
+                                   &dec, 1, 1, 1, HD, cap, 0.3f, sc, &self)
     uint64_t a0 = o->allocs(be.ctx);
     cr_assert_eq(DECODE(4), 0, "%s", err_msg());
     cr_assert_eq(o->allocs(be.ctx), a0 + 1, "the first call grew the scratch");
@@ -320,9 +321,9 @@ Test(kern_host, h16_slot_ops_equal_the_reference)
     uint16_t *kh = calloc(slots * HD, 2), *vh = calloc(slots * HD, 2);
     float *sh = calloc(slots, 4);
     int32_t *pos = calloc(slots, 4), *posh = calloc(slots, 4);
-    kern_kv_prefill_ref(kc, vc, sc, pos, qkv + d, qkv + 2 * d, ld, colsum, sq, NS, H, HD, CAP,
+    kern_kv_prefill_ref(kc, vc, sc, pos, qkv + d, qkv + 2 * d, ld, colsum, sq, NS, H, H, HD, CAP,
                         KERN_WS(rows));
-    kern_kv_prefill_h16(kh, vh, sh, posh, qkv + d, qkv + 2 * d, ld, colsum, sq, NS, H, HD, CAP,
+    kern_kv_prefill_h16(kh, vh, sh, posh, qkv + d, qkv + 2 * d, ld, colsum, sq, NS, H, H, HD, CAP,
                         KERN_WS(rows));
     cr_assert_eq(memcmp(pos, posh, slots * 4), 0, "prefill kept different tokens");
     cr_assert_eq(memcmp(sc, sh, slots * 4), 0, "prefill scores differ");
@@ -343,16 +344,16 @@ Test(kern_host, h16_slot_ops_equal_the_reference)
             sq[s].n_past = lens[s] + step;
             sq[s].n_slots = sq[s].n_past < budget[s] ? sq[s].n_past : budget[s];
         }
-        kern_attn_decode_ref(out, d, row, row + d, row + 2 * d, ld, kc, vc, sq, NS, H, HD, CAP,
+        kern_attn_decode_ref(out, d, row, row + d, row + 2 * d, ld, kc, vc, sq, NS, H, H, HD, CAP,
                              0.25f, sc, self, KERN_WS(CAP));
-        kern_attn_decode_h16(outh, d, row, row + d, row + 2 * d, ld, kh, vh, sq, NS, H, HD,
+        kern_attn_decode_h16(outh, d, row, row + d, row + 2 * d, ld, kh, vh, sq, NS, H, H, HD,
                              CAP, 0.25f, sh, selfh, KERN_WS(CAP));
         cr_assert_eq(memcmp(out, outh, sizeof(float) * NS * d), 0, "step %d: output", step);
         cr_assert_eq(memcmp(sc, sh, slots * 4), 0, "step %d: scores", step);
         cr_assert_eq(memcmp(self, selfh, sizeof self), 0, "step %d: self", step);
-        kern_kv_insert_ref(kc, vc, sc, pos, row + d, row + 2 * d, ld, self, sq, NS, H, HD, CAP,
+        kern_kv_insert_ref(kc, vc, sc, pos, row + d, row + 2 * d, ld, self, sq, NS, H, H, HD, CAP,
                            ev);
-        kern_kv_insert_h16(kh, vh, sh, posh, row + d, row + 2 * d, ld, selfh, sq, NS, H, HD,
+        kern_kv_insert_h16(kh, vh, sh, posh, row + d, row + 2 * d, ld, selfh, sq, NS, H, H, HD,
                            CAP, evh);
         cr_assert_eq(memcmp(ev, evh, sizeof ev), 0, "step %d: evictions", step);
         cr_assert_eq(memcmp(pos, posh, slots * 4), 0, "step %d: positions", step);
@@ -699,10 +700,10 @@ static void q4_decode_insert_case(int HD)
             self_f[i] = self_q[i] = -1.0f;
             ev_f[i] = ev_q[i] = -9;
         }
-        kern_attn_decode_ref(of, d, row, row + d, row + 2 * d, ld, kf, vf, sq, NS, H, HD, CAP,
+        kern_attn_decode_ref(of, d, row, row + d, row + 2 * d, ld, kf, vf, sq, NS, H, H, HD, CAP,
                              scale, with_scores ? sf : NULL, with_scores ? self_f : NULL,
                              KERN_WS(CAP));
-        kern_attn_decode_q4(oq, d, row, row + d, row + 2 * d, ld, kq, vq, sq, NS, H, HD, CAP,
+        kern_attn_decode_q4(oq, d, row, row + d, row + 2 * d, ld, kq, vq, sq, NS, H, H, HD, CAP,
                             scale, with_scores ? sqs : NULL, with_scores ? self_q : NULL,
                             KERN_WS(CAP));
         cr_assert_eq(memcmp(of, oq, sizeof(float) * NS * d), 0, "hd %d step %d: output", HD,
@@ -715,9 +716,9 @@ static void q4_decode_insert_case(int HD)
         memcpy(kx, kq, slots * rb);
         memcpy(vx, vq, slots * rb);
         kern_kv_insert_ref(kf, vf, with_scores ? sf : NULL, pf, row + d, row + 2 * d, ld,
-                           with_scores ? self_f : NULL, sq, NS, H, HD, CAP, ev_f);
+                           with_scores ? self_f : NULL, sq, NS, H, H, HD, CAP, ev_f);
         kern_kv_insert_q4(kq, vq, with_scores ? sqs : NULL, pq, row + d, row + 2 * d, ld,
-                          with_scores ? self_q : NULL, sq, NS, H, HD, CAP, ev_q);
+                          with_scores ? self_q : NULL, sq, NS, H, H, HD, CAP, ev_q);
         cr_assert_eq(memcmp(pf, pq, sizeof(int32_t) * slots), 0, "hd %d step %d: positions", HD,
                      step);
         cr_assert_eq(memcmp(sf, sqs, sizeof(float) * slots), 0, "hd %d step %d: scores", HD,
@@ -807,9 +808,9 @@ static void q4_prefill_case(int HD, int with_colsum)
         sf[i] = sqs[i] = -3.0f;
         pf[i] = pq[i] = -5;
     }
-    kern_kv_prefill_ref(kf, vf, sf, pf, qkv + d, qkv + 2 * d, ld, cs, sq, NS, H, HD, CAP,
+    kern_kv_prefill_ref(kf, vf, sf, pf, qkv + d, qkv + 2 * d, ld, cs, sq, NS, H, H, HD, CAP,
                         KERN_WS(rows));
-    kern_kv_prefill_q4(kq, vq, sqs, pq, qkv + d, qkv + 2 * d, ld, cs, sq, NS, H, HD, CAP,
+    kern_kv_prefill_q4(kq, vq, sqs, pq, qkv + d, qkv + 2 * d, ld, cs, sq, NS, H, H, HD, CAP,
                        KERN_WS(rows));
     cr_assert_eq(memcmp(pf, pq, sizeof(int32_t) * slots), 0, "hd %d colsum %d: positions", HD,
                  with_colsum);
@@ -847,6 +848,249 @@ Test(kern_host, q4_prefill_equals_the_reference_and_stores_the_kept_rows)
         q4_prefill_case(48, c);
         q4_prefill_case(100, c);
     }
+}
+
+/* ------------------------------------------- grouped-query attention + H2O
+ * DESIGN.md "H2O with grouped-query attention", re-implemented here in
+ * double precision from the text alone: per (sequence, KV head) a set of
+ * present token positions, each with one score = the sum, over the query
+ * heads of the KV head's group, of the probability each gave it (each
+ * query head's softmax over the present tokens normalised on its own).
+ * Prefill keeps the first sinks, the last recent and the heavy highest of
+ * the rest (ties keep the newer); each decode step attends over the
+ * present set plus the new token and, at B + 1 tokens, evicts the lowest
+ * score that is neither a sink nor among the recent newest, ties evicting
+ * the older. The CPU backend's ops (8 query heads over 2 KV heads,
+ * head_dim 16, two sequences of budgets below their prompts) must keep the
+ * same positions, hold the same scores, evict the same positions and give
+ * the same attention outputs. */
+enum { GQ_H = 8, GQ_KVH = 2, GQ_HD = 16, GQ_NS = 2, GQ_CAP = 8, GQ_STEPS = 7,
+       GQ_LD = (GQ_H + 2 * GQ_KVH) * GQ_HD, GQ_MAXT = 32 };
+
+typedef struct gq_ref {
+    double k[GQ_MAXT][GQ_KVH][GQ_HD], v[GQ_MAXT][GQ_KVH][GQ_HD];
+    int present[GQ_KVH][GQ_MAXT];
+    double score[GQ_KVH][GQ_MAXT];
+} gq_ref;
+
+/* Attention of query row qr (all heads) at position t over the present
+ * tokens of each KV head (t itself included), scores accumulated; out
+ * (GQ_H * GQ_HD). */
+static void gq_attend(gq_ref *r, const float *qr, int t, double scale, double *out)
+{
+    const int group = GQ_H / GQ_KVH;
+    for (int h = 0; h < GQ_H; h++) {
+        int g = h / group;
+        double p[GQ_MAXT], mx = -INFINITY, sum = 0;
+        for (int j = 0; j <= t; j++) {
+            if (!r->present[g][j])
+                continue;
+            double s = 0;
+            for (int e = 0; e < GQ_HD; e++)
+                s += (double)qr[h * GQ_HD + e] * r->k[j][g][e];
+            p[j] = s * scale;
+            mx = p[j] > mx ? p[j] : mx;
+        }
+        for (int j = 0; j <= t; j++)
+            if (r->present[g][j])
+                sum += p[j] = exp(p[j] - mx);
+        for (int e = 0; e < GQ_HD; e++)
+            out[h * GQ_HD + e] = 0;
+        for (int j = 0; j <= t; j++) {
+            if (!r->present[g][j])
+                continue;
+            p[j] /= sum;
+            r->score[g][j] += p[j];
+            for (int e = 0; e < GQ_HD; e++)
+                out[h * GQ_HD + e] += p[j] * r->v[j][g][e];
+        }
+    }
+}
+
+static void gq_store(gq_ref *r, const float *row, int t)
+{
+    for (int g = 0; g < GQ_KVH; g++)
+        for (int e = 0; e < GQ_HD; e++) {
+            r->k[t][g][e] = row[GQ_H * GQ_HD + g * GQ_HD + e];
+            r->v[t][g][e] = row[(GQ_H + GQ_KVH) * GQ_HD + g * GQ_HD + e];
+        }
+}
+
+/* The kernel's cache of (sequence s, KV head g) against the reference:
+ * the same positions present, each slot's score within tolerance. */
+static void gq_check_cache(const gq_ref *r, const int32_t *pos, const float *sc, int s, int g,
+                           int n_slots, int newest, const char *when)
+{
+    int seen[GQ_MAXT] = {0}, n_present = 0;
+    for (int j = 0; j <= newest; j++)
+        n_present += r->present[g][j];
+    cr_assert_eq(n_slots, n_present, "%s: seq %d KV head %d holds %d slots, the reference %d",
+                 when, s, g, n_slots, n_present);
+    for (int i = 0; i < n_slots; i++) {
+        int32_t p = pos[((size_t)s * GQ_KVH + g) * GQ_CAP + i];
+        cr_assert(p >= 0 && p <= newest && r->present[g][p] && !seen[p],
+                  "%s: seq %d KV head %d slot %d holds position %d, which the reference does "
+                  "not keep", when, s, g, i, p);
+        seen[p] = 1;
+        double want = r->score[g][p], got = sc[((size_t)s * GQ_KVH + g) * GQ_CAP + i];
+        cr_assert(fabs(got - want) <= 1e-5 * (1 + fabs(want)),
+                  "%s: seq %d KV head %d position %d: score %.9g, reference %.9g", when, s, g, p,
+                  got, want);
+    }
+}
+
+static void gq_check_out(const float *o, const double *want, int s, const char *when)
+{
+    for (int i = 0; i < GQ_H * GQ_HD; i++)
+        cr_assert(fabs(o[i] - want[i]) <= 1e-5 * (1 + fabs(want[i])),
+                  "%s: seq %d head %d element %d: %.9g, reference %.9g", when, s, i / GQ_HD,
+                  i % GQ_HD, o[i], want[i]);
+}
+
+Test(kern_host, gqa_h2o_matches_a_double_reference_of_the_design_text)
+{
+    backend be;
+    cr_assert_eq(backend_cpu_create(1, &be), 0, "%s", err_msg());
+    const backend_ops *o = be.ops;
+    const int len[GQ_NS] = {12, 9}, budget[GQ_NS] = {6, 5}, sinks[GQ_NS] = {1, 0};
+    const int d = GQ_H * GQ_HD;
+    const float scale = 0.25f;
+    static gq_ref ref[GQ_NS];
+    memset(ref, 0, sizeof ref);
+    kern_seq sq[GQ_NS];
+    int rows = 0;
+    for (int s = 0; s < GQ_NS; s++) {
+        int heavy = (int)((budget[s] - sinks[s]) * 0.5); /* hh_share 0.5 */
+        sq[s] = (kern_seq){.row = rows, .n_new = len[s], .budget = budget[s],
+                           .sinks = sinks[s], .recent = budget[s] - sinks[s] - heavy};
+        rows += len[s];
+    }
+    uint64_t seed = 12;
+    float *qkv = malloc(sizeof(float) * rows * GQ_LD), *out = malloc(sizeof(float) * rows * d);
+    float *colsum = malloc(sizeof(float) * rows * GQ_KVH);
+    float kc[GQ_NS * GQ_KVH * GQ_CAP * GQ_HD], vc[GQ_NS * GQ_KVH * GQ_CAP * GQ_HD];
+    float sc[GQ_NS * GQ_KVH * GQ_CAP], self[GQ_NS * GQ_KVH];
+    int32_t pos[GQ_NS * GQ_KVH * GQ_CAP], ev[GQ_NS * GQ_KVH];
+    cr_assert(qkv && out && colsum);
+    for (int i = 0; i < rows * GQ_LD; i++)
+        qkv[i] = 2 * rnd(&seed);
+    const float *k = qkv + d, *v = k + GQ_KVH * GQ_HD;
+
+    /* a group that does not divide the heads is refused */
+    cr_assert_eq(o->attn_prefill(be.ctx, out, d, qkv, k, v, GQ_LD, sq, GQ_NS, GQ_H, 3, GQ_HD,
+                                 scale, colsum), -EINVAL);
+
+    /* prefill */
+    cr_assert_eq(o->attn_prefill(be.ctx, out, d, qkv, k, v, GQ_LD, sq, GQ_NS, GQ_H, GQ_KVH,
+                                 GQ_HD, scale, colsum), 0, "%s", err_msg());
+    cr_assert_eq(o->kv_prefill(be.ctx, KERN_KV_FMT_PLAIN, kc, vc, sc, pos, k, v, GQ_LD, colsum,
+                               sq, GQ_NS, GQ_H, GQ_KVH, GQ_HD, GQ_CAP), 0, "%s", err_msg());
+    int dropped = 0, heads_differ = 0;
+    for (int s = 0; s < GQ_NS; s++) {
+        gq_ref *r = &ref[s];
+        int n = len[s];
+        for (int t = 0; t < n; t++) {
+            const float *row = qkv + (size_t)(sq[s].row + t) * GQ_LD;
+            gq_store(r, row, t);
+            for (int g = 0; g < GQ_KVH; g++)
+                r->present[g][t] = 1; /* exact causal attention over the whole prompt */
+            double want[GQ_H * GQ_HD];
+            gq_attend(r, row, t, scale, want);
+            gq_check_out(out + (size_t)(sq[s].row + t) * d, want, s, "prefill");
+        }
+        for (int g = 0; g < GQ_KVH; g++) {
+            /* the column sums, per KV head */
+            for (int t = 0; t < n; t++) {
+                double want = r->score[g][t], got = colsum[(size_t)(sq[s].row + t) * GQ_KVH + g];
+                cr_assert(fabs(got - want) <= 1e-5 * (1 + want), "prefill colsum seq %d KV "
+                          "head %d token %d: %.9g, reference %.9g", s, g, t, got, want);
+            }
+            /* keep the first sinks, the last recent, the heavy highest of the rest */
+            int B = budget[s], rec = sq[s].recent, heavy = B - sinks[s] - rec;
+            int keep[GQ_MAXT];
+            for (int t = 0; t < n; t++)
+                keep[t] = t < sinks[s] || t >= n - rec;
+            for (int taken = 0; taken < heavy; taken++) {
+                int best = -1;
+                for (int t = sinks[s]; t < n - rec; t++)
+                    if (!keep[t] && (best < 0 || r->score[g][t] >= r->score[g][best]))
+                        best = t; /* ties keep the newer token */
+                keep[best] = 1;
+            }
+            for (int t = 0; t < n; t++) {
+                r->present[g][t] = keep[t];
+                dropped += !keep[t];
+            }
+            gq_check_cache(r, pos, sc, s, g, B, n - 1, "prefill");
+        }
+        heads_differ += memcmp(r->present[0], r->present[1], sizeof r->present[0]) != 0;
+        sq[s].n_past = n;
+        sq[s].n_slots = budget[s];
+    }
+    cr_assert_gt(dropped, 0);
+
+    /* decode steps: one new row per sequence */
+    float step_qkv[GQ_NS * GQ_LD], step_out[GQ_NS * d];
+    int evictions = 0;
+    const float *sk = step_qkv + d, *sv = sk + GQ_KVH * GQ_HD;
+    for (int step = 0; step < GQ_STEPS; step++) {
+        char when[32];
+        snprintf(when, sizeof when, "decode step %d", step + 1);
+        for (int i = 0; i < GQ_NS * GQ_LD; i++)
+            step_qkv[i] = 2 * rnd(&seed);
+        for (int s = 0; s < GQ_NS; s++) {
+            sq[s].row = s;
+            sq[s].n_new = 1;
+        }
+        cr_assert_eq(o->attn_decode(be.ctx, step_out, d, step_qkv, sk, sv, GQ_LD,
+                                    KERN_KV_FMT_PLAIN, kc, vc, sq, GQ_NS, GQ_H, GQ_KVH, GQ_HD,
+                                    GQ_CAP, scale, sc, self), 0, "%s", err_msg());
+        cr_assert_eq(o->kv_insert(be.ctx, KERN_KV_FMT_PLAIN, kc, vc, sc, pos, sk, sv, GQ_LD, self,
+                                  sq, GQ_NS, GQ_H, GQ_KVH, GQ_HD, GQ_CAP, ev), 0, "%s",
+                     err_msg());
+        for (int s = 0; s < GQ_NS; s++) {
+            gq_ref *r = &ref[s];
+            int t = sq[s].n_past;
+            const float *row = step_qkv + (size_t)s * GQ_LD;
+            gq_store(r, row, t);
+            for (int g = 0; g < GQ_KVH; g++)
+                r->present[g][t] = 1;
+            double want[GQ_H * GQ_HD];
+            gq_attend(r, row, t, scale, want);
+            gq_check_out(step_out + (size_t)s * d, want, s, when);
+            for (int g = 0; g < GQ_KVH; g++) {
+                double self_want = r->score[g][t];
+                cr_assert(fabs(self[s * GQ_KVH + g] - self_want) <= 1e-5,
+                          "%s: seq %d KV head %d self_p %.9g, reference %.9g", when, s, g,
+                          self[s * GQ_KVH + g], self_want);
+                int n_present = 0, victim = -1;
+                for (int j = 0; j <= t; j++)
+                    n_present += r->present[g][j];
+                if (n_present == budget[s] + 1) {
+                    for (int j = 0; j <= t; j++) {
+                        if (!r->present[g][j] || j < sinks[s] || j > t - sq[s].recent)
+                            continue;
+                        if (victim < 0 || r->score[g][j] < r->score[g][victim])
+                            victim = j; /* ascending j: ties evict the older */
+                    }
+                    cr_assert_geq(victim, 0);
+                    r->present[g][victim] = 0;
+                    evictions++;
+                }
+                cr_assert_eq(ev[s * GQ_KVH + g], victim, "%s: seq %d KV head %d evicted %d, "
+                             "the reference %d", when, s, g, ev[s * GQ_KVH + g], victim);
+                gq_check_cache(r, pos, sc, s, g, budget[s], t, when);
+            }
+            heads_differ += memcmp(r->present[0], r->present[1], sizeof r->present[0]) != 0;
+            sq[s].n_past++;
+        }
+    }
+    cr_assert_eq(evictions, GQ_NS * GQ_KVH * GQ_STEPS);
+    cr_assert_gt(heads_differ, 0, "the KV heads never kept different tokens: a weak test");
+    free(qkv);
+    free(out);
+    free(colsum);
+    backend_destroy(&be);
 }
 
 /* ------------------------------------- the RoPE families' element-wise ops */

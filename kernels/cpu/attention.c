@@ -27,10 +27,11 @@ size_t kern_attn_prefill_scratch_bytes(int max_new, int n_threads)
 
 int kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
                           const float *v, int ld, const kern_seq *seqs,
-                          int n_seq, int n_head, int head_dim, float scale,
+                          int n_seq, int n_head, int n_kv_head, int head_dim, float scale,
                           float *colsum, void *scratch, size_t scratch_bytes)
 {
-    int n_pairs = n_seq * n_head, max_new = 0;
+    FORWARD_IF(heads_check("kern_attn_prefill_ref", n_head, n_kv_head));
+    int n_pairs = n_seq * n_kv_head, group = n_head / n_kv_head, max_new = 0;
     for (int s = 0; s < n_seq; s++)
         max_new = seqs[s].n_new > max_new ? seqs[s].n_new : max_new;
     /* one row of probabilities per thread, in the caller's scratch */
@@ -39,29 +40,34 @@ int kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
     FORWARD_IF(scratch_check("kern_attn_prefill_ref", scratch_bytes,
                              kern_attn_prefill_scratch_bytes(max_new, nt), nt));
     float *rows = scratch;
+    /* one (sequence, KV head) pair per task: its group's query heads in
+     * order, so the column sums of the group need no atomics */
     #pragma omp parallel num_threads(nt)
     {
         float *p = rows + per * (size_t)omp_get_thread_num();
         #pragma omp for schedule(dynamic, 1)
         for (int pair = 0; pair < n_pairs; pair++) {
-            int s = pair / n_head, h = pair % n_head, r0 = seqs[s].row;
-            size_t hc = (size_t)h * head_dim;
+            int s = pair / n_kv_head, g = pair % n_kv_head, r0 = seqs[s].row;
+            size_t kc = (size_t)g * head_dim;
             if (colsum)
                 for (int j = 0; j < seqs[s].n_new; j++)
-                    colsum[(size_t)(r0 + j) * n_head + h] = 0.0f;
-            for (int i = 0; i < seqs[s].n_new; i++) {
-                const float *qr = q + (size_t)(r0 + i) * ld + hc;
-                for (int j = 0; j <= i; j++)
-                    p[j] = dot(qr, k + (size_t)(r0 + j) * ld + hc, head_dim) * scale;
-                softmax(p, i + 1);
-                float *o = out + (size_t)(r0 + i) * ldo + hc;
-                memset(o, 0, sizeof(float) * head_dim);
-                for (int j = 0; j <= i; j++) {
-                    const float *vr = v + (size_t)(r0 + j) * ld + hc;
-                    for (int e = 0; e < head_dim; e++)
-                        o[e] += p[j] * vr[e];
-                    if (colsum)
-                        colsum[(size_t)(r0 + j) * n_head + h] += p[j];
+                    colsum[(size_t)(r0 + j) * n_kv_head + g] = 0.0f;
+            for (int h = g * group; h < (g + 1) * group; h++) {
+                size_t hc = (size_t)h * head_dim;
+                for (int i = 0; i < seqs[s].n_new; i++) {
+                    const float *qr = q + (size_t)(r0 + i) * ld + hc;
+                    for (int j = 0; j <= i; j++)
+                        p[j] = dot(qr, k + (size_t)(r0 + j) * ld + kc, head_dim) * scale;
+                    softmax(p, i + 1);
+                    float *o = out + (size_t)(r0 + i) * ldo + hc;
+                    memset(o, 0, sizeof(float) * head_dim);
+                    for (int j = 0; j <= i; j++) {
+                        const float *vr = v + (size_t)(r0 + j) * ld + kc;
+                        for (int e = 0; e < head_dim; e++)
+                            o[e] += p[j] * vr[e];
+                        if (colsum)
+                            colsum[(size_t)(r0 + j) * n_kv_head + g] += p[j];
+                    }
                 }
             }
         }

@@ -155,15 +155,15 @@ static int cpu_gather_rows(void *ctx, void *dst, const void *src,
 
 static int cpu_attn_prefill(void *ctx, void *out, int ldo, const void *q, const void *k,
                             const void *v, int ld, const kern_seq *seqs, int n_seq,
-                            int n_head, int head_dim, float scale, void *colsum)
+                            int n_head, int n_kv_head, int head_dim, float scale, void *colsum)
 {
     cpu_ctx *c = ctx;
     void *ws = NULL;
     FORWARD_IF(cpu_scratch(c, kern_attn_prefill_scratch_bytes(max_new_of(seqs, n_seq),
                                                               kern_cpu_threads()),
                            "prefill attention", &ws));
-    return kern_attn_prefill_ref(out, ldo, q, k, v, ld, seqs, n_seq, n_head, head_dim, scale,
-                                 colsum, ws, c->scratch_bytes);
+    return kern_attn_prefill_ref(out, ldo, q, k, v, ld, seqs, n_seq, n_head, n_kv_head,
+                                 head_dim, scale, colsum, ws, c->scratch_bytes);
 }
 
 /* The KV cache formats of the CPU backend: fp32 rows, 4-bit rows. */
@@ -181,7 +181,8 @@ static int kv_fmt_check(kern_kv_fmt fmt)
  * instances (kernels/cpu/slot_ops.h). */
 static int cpu_kv_prefill(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *scores,
                           void *pos, const void *k, const void *v, int ld, const void *colsum,
-                          const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap)
+                          const kern_seq *seqs, int n_seq, int n_head, int n_kv_head,
+                          int head_dim, int cap)
 {
     cpu_ctx *c = ctx;
     void *ws = NULL;
@@ -191,15 +192,16 @@ static int cpu_kv_prefill(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *
                            "the KV prefill", &ws));
     if (fmt == KERN_KV_FMT_Q4)
         return kern_kv_prefill_q4(kc, vc, scores, pos, k, v, ld, colsum, seqs, n_seq, n_head,
-                                  head_dim, cap, ws, c->scratch_bytes);
+                                  n_kv_head, head_dim, cap, ws, c->scratch_bytes);
     return kern_kv_prefill_ref(kc, vc, scores, pos, k, v, ld, colsum, seqs, n_seq, n_head,
-                               head_dim, cap, ws, c->scratch_bytes);
+                               n_kv_head, head_dim, cap, ws, c->scratch_bytes);
 }
 
 static int cpu_attn_decode(void *ctx, void *out, int ldo, const void *q, const void *k,
                            const void *v, int ld, kern_kv_fmt fmt, const void *kc,
                            const void *vc, const kern_seq *seqs, int n_seq, int n_head,
-                           int head_dim, int cap, float scale, void *scores, void *self_p)
+                           int n_kv_head, int head_dim, int cap, float scale, void *scores,
+                           void *self_p)
 {
     cpu_ctx *c = ctx;
     void *ws = NULL;
@@ -207,25 +209,28 @@ static int cpu_attn_decode(void *ctx, void *out, int ldo, const void *q, const v
     FORWARD_IF(cpu_scratch(c, kern_attn_decode_scratch_bytes(cap, kern_cpu_threads()),
                            "decode attention", &ws));
     if (fmt == KERN_KV_FMT_Q4)
-        return kern_attn_decode_q4(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq, n_head, head_dim,
-                                   cap, scale, scores, self_p, ws, c->scratch_bytes);
-    return kern_attn_decode_ref(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq, n_head, head_dim,
-                                cap, scale, scores, self_p, ws, c->scratch_bytes);
+        return kern_attn_decode_q4(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq, n_head,
+                                   n_kv_head, head_dim, cap, scale, scores, self_p, ws,
+                                   c->scratch_bytes);
+    return kern_attn_decode_ref(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq, n_head, n_kv_head,
+                                head_dim, cap, scale, scores, self_p, ws, c->scratch_bytes);
 }
 
 static int cpu_kv_insert(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *scores, void *pos,
                          const void *k, const void *v, int ld, const void *self_p,
-                         const kern_seq *seqs, int n_seq, int n_head, int head_dim, int cap,
-                         void *evicted)
+                         const kern_seq *seqs, int n_seq, int n_head, int n_kv_head,
+                         int head_dim, int cap, void *evicted)
 {
     (void)ctx;
     FORWARD_IF(kv_fmt_check(fmt));
+    RETURN_IF(n_kv_head < 1 || n_head % n_kv_head, -EINVAL, "internal: the KV insert was "
+              "handed %d query heads over %d KV heads", n_head, n_kv_head);
     if (fmt == KERN_KV_FMT_Q4)
-        kern_kv_insert_q4(kc, vc, scores, pos, k, v, ld, self_p, seqs, n_seq, n_head, head_dim,
-                          cap, evicted);
+        kern_kv_insert_q4(kc, vc, scores, pos, k, v, ld, self_p, seqs, n_seq, n_head, n_kv_head,
+                          head_dim, cap, evicted);
     else
-        kern_kv_insert_ref(kc, vc, scores, pos, k, v, ld, self_p, seqs, n_seq, n_head, head_dim,
-                           cap, evicted);
+        kern_kv_insert_ref(kc, vc, scores, pos, k, v, ld, self_p, seqs, n_seq, n_head,
+                           n_kv_head, head_dim, cap, evicted);
     return 0;
 }
 

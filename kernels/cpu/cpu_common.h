@@ -41,4 +41,14 @@ static inline int scratch_check(const char *op, size_t have, size_t need, int nt
     return 0;
 }
 
+/* An attention op's head counts: n_kv_head >= 1 KV heads, each shared by
+ * n_head / n_kv_head query heads; else -EINVAL with a message. */
+static inline int heads_check(const char *op, int n_head, int n_kv_head)
+{
+    RETURN_IF(n_kv_head < 1 || n_head < n_kv_head || n_head % n_kv_head, -EINVAL,
+              "internal: %s was handed %d query heads over %d KV heads (a positive multiple "
+              "is needed)", op, n_head, n_kv_head);
+    return 0;
+}
+
 #endif

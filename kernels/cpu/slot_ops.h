@@ -12,8 +12,9 @@
  * Queries, new k/v rows, outputs, scores and column sums are fp32 whatever
  * the cache holds: the fp16 instance is what CPU attention runs over the
  * CUDA backend's host-resident KV, reading it in place (no fp32 copy of the
- * cache). One (sequence, head) pair per task, so the H2O scores need no
- * atomics, and within a pair the sums run in a fixed order. Per-thread
+ * cache). One (sequence, KV head) pair per task, its group's query heads in
+ * order, so the H2O scores need no atomics, and within a pair the sums run
+ * in a fixed order (kern.h: grouped-query attention). Per-thread
  * scratch comes from the caller (kern.h: kern_*_scratch_bytes), checked
  * before the parallel region: -EINVAL when it is too small.
  */
@@ -23,11 +24,12 @@
 
 int SLOT_FN(kern_attn_decode)(float *out, int ldo, const float *q, const float *k,
                               const float *v, int ld, const SLOT_T *kc, const SLOT_T *vc,
-                              const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                              int cap, float scale, float *scores, float *self_p,
+                              const kern_seq *seqs, int n_seq, int n_head, int n_kv_head,
+                              int head_dim, int cap, float scale, float *scores, float *self_p,
                               void *scratch, size_t scratch_bytes)
 {
-    int n_pairs = n_seq * n_head, nt = omp_get_max_threads();
+    FORWARD_IF(heads_check(SLOT_STR(SLOT_FN(kern_attn_decode)), n_head, n_kv_head));
+    int n_pairs = n_seq * n_kv_head, group = n_head / n_kv_head, nt = omp_get_max_threads();
     size_t per = (size_t)cap + 1; /* a probability per slot and the new token */
     FORWARD_IF(scratch_check(SLOT_STR(SLOT_FN(kern_attn_decode)), scratch_bytes,
                              kern_attn_decode_scratch_bytes(cap, nt), nt));
@@ -37,28 +39,34 @@ int SLOT_FN(kern_attn_decode)(float *out, int ldo, const float *q, const float *
         float *p = probs + per * (size_t)omp_get_thread_num();
         #pragma omp for schedule(static)
         for (int pair = 0; pair < n_pairs; pair++) {
-            int s = pair / n_head, h = pair % n_head;
+            int s = pair / n_kv_head, g = pair % n_kv_head;
             if (seqs[s].n_new == 0)
                 continue;
             int n = seqs[s].n_slots, row = seqs[s].row;
-            size_t hc = (size_t)h * head_dim, base = ((size_t)s * n_head + h) * cap;
-            const float *qr = q + (size_t)row * ld + hc;
-            for (int t = 0; t < n; t++)
-                p[t] = SLOT_FN(dot_cache)(qr, SLOT_ROW(kc, base + t, head_dim), head_dim) * scale;
-            p[n] = dot(qr, k + (size_t)row * ld + hc, head_dim) * scale;
-            softmax(p, n + 1);
-            float *o = out + (size_t)row * ldo + hc;
-            memset(o, 0, sizeof(float) * head_dim);
-            for (int t = 0; t < n; t++) {
-                SLOT_FN(axpy_row)(o, p[t], SLOT_ROW(vc, base + t, head_dim), head_dim);
-                if (scores)
-                    scores[base + t] += p[t];
+            size_t gc = (size_t)g * head_dim, base = ((size_t)s * n_kv_head + g) * cap;
+            const float *kr = k + (size_t)row * ld + gc, *vr = v + (size_t)row * ld + gc;
+            float self = 0.0f;
+            for (int h = g * group; h < (g + 1) * group; h++) {
+                size_t hc = (size_t)h * head_dim;
+                const float *qr = q + (size_t)row * ld + hc;
+                for (int t = 0; t < n; t++)
+                    p[t] = SLOT_FN(dot_cache)(qr, SLOT_ROW(kc, base + t, head_dim), head_dim) *
+                           scale;
+                p[n] = dot(qr, kr, head_dim) * scale;
+                softmax(p, n + 1);
+                float *o = out + (size_t)row * ldo + hc;
+                memset(o, 0, sizeof(float) * head_dim);
+                for (int t = 0; t < n; t++) {
+                    SLOT_FN(axpy_row)(o, p[t], SLOT_ROW(vc, base + t, head_dim), head_dim);
+                    if (scores)
+                        scores[base + t] += p[t];
+                }
+                for (int e = 0; e < head_dim; e++)
+                    o[e] += p[n] * vr[e];
+                self = h == g * group ? p[n] : self + p[n]; /* the group's sum, in order */
             }
-            const float *vr = v + (size_t)row * ld + hc;
-            for (int e = 0; e < head_dim; e++)
-                o[e] += p[n] * vr[e];
             if (self_p)
-                self_p[pair] = p[n];
+                self_p[pair] = self;
         }
     }
     return 0;
@@ -66,10 +74,11 @@ int SLOT_FN(kern_attn_decode)(float *out, int ldo, const float *q, const float *
 
 int SLOT_FN(kern_kv_prefill)(SLOT_T *kc, SLOT_T *vc, float *scores, int32_t *pos,
                              const float *k, const float *v, int ld, const float *colsum,
-                             const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                             int cap, void *scratch, size_t scratch_bytes)
+                             const kern_seq *seqs, int n_seq, int n_head, int n_kv_head,
+                             int head_dim, int cap, void *scratch, size_t scratch_bytes)
 {
-    int n_pairs = n_seq * n_head, max_new = 0, nt = omp_get_max_threads();
+    FORWARD_IF(heads_check(SLOT_STR(SLOT_FN(kern_kv_prefill)), n_head, n_kv_head));
+    int n_pairs = n_seq * n_kv_head, max_new = 0, nt = omp_get_max_threads();
     for (int s = 0; s < n_seq; s++)
         max_new = seqs[s].n_new > max_new ? seqs[s].n_new : max_new;
     size_t per = (size_t)max_new + 1; /* a keep flag per prompt token */
@@ -81,15 +90,15 @@ int SLOT_FN(kern_kv_prefill)(SLOT_T *kc, SLOT_T *vc, float *scores, int32_t *pos
         unsigned char *keep = flags + per * (size_t)omp_get_thread_num();
         #pragma omp for schedule(static)
         for (int pair = 0; pair < n_pairs; pair++) {
-            int s = pair / n_head, h = pair % n_head, n = seqs[s].n_new;
+            int s = pair / n_kv_head, h = pair % n_kv_head, n = seqs[s].n_new;
             if (n == 0)
                 continue;
-            const float *cs = colsum ? colsum + (size_t)seqs[s].row * n_head + h : NULL;
+            const float *cs = colsum ? colsum + (size_t)seqs[s].row * n_kv_head + h : NULL;
             if (n <= seqs[s].budget)
                 memset(keep, 1, (size_t)n);
             else
-                prefill_keep(keep, cs, n_head, n, &seqs[s]);
-            size_t base = ((size_t)s * n_head + h) * cap;
+                prefill_keep(keep, cs, n_kv_head, n, &seqs[s]);
+            size_t base = ((size_t)s * n_kv_head + h) * cap;
             int slot = 0;
             for (int j = 0; j < n && slot < seqs[s].budget; j++) {
                 if (!keep[j])
@@ -99,7 +108,7 @@ int SLOT_FN(kern_kv_prefill)(SLOT_T *kc, SLOT_T *vc, float *scores, int32_t *pos
                 SLOT_FN(put_row)(SLOT_ROW(vc, base + slot, head_dim), v + src, head_dim);
                 pos[base + slot] = j;
                 if (scores)
-                    scores[base + slot] = cs ? cs[(size_t)j * n_head] : 0.0f;
+                    scores[base + slot] = cs ? cs[(size_t)j * n_kv_head] : 0.0f;
                 slot++;
             }
         }
@@ -109,17 +118,19 @@ int SLOT_FN(kern_kv_prefill)(SLOT_T *kc, SLOT_T *vc, float *scores, int32_t *pos
 
 void SLOT_FN(kern_kv_insert)(SLOT_T *kc, SLOT_T *vc, float *scores, int32_t *pos,
                              const float *k, const float *v, int ld, const float *self_p,
-                             const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                             int cap, int32_t *evicted)
+                             const kern_seq *seqs, int n_seq, int n_head, int n_kv_head,
+                             int head_dim, int cap, int32_t *evicted)
 {
-    int n_pairs = n_seq * n_head;
+    assert(n_kv_head >= 1 && n_head % n_kv_head == 0); /* the KV heads are what it stores */
+    (void)n_head;
+    int n_pairs = n_seq * n_kv_head;
     #pragma omp parallel for schedule(static)
     for (int pair = 0; pair < n_pairs; pair++) {
-        int s = pair / n_head, h = pair % n_head;
+        int s = pair / n_kv_head, h = pair % n_kv_head;
         if (seqs[s].n_new == 0)
             continue;
         const kern_seq *sq = &seqs[s];
-        size_t base = ((size_t)s * n_head + h) * cap;
+        size_t base = ((size_t)s * n_kv_head + h) * cap;
         int slot = sq->n_slots, gone = -1;
         if (slot >= sq->budget) {
             slot = kern_h2o_pick_ref(scores ? scores + base : NULL, pos + base, sq->n_slots,

@@ -30,8 +30,8 @@ size_t kern_attn_decode_scratch_bytes(int cap, int n_threads)
  * budget: keep[j] = 1 for the first sinks, the last recent and the heavy
  * highest colsum of the rest; ties keep the newer token (the older one is
  * what H2O evicts). cs: colsum of the sequence's rows for this head,
- * stride n_head, or NULL (all scores equal: the newest are kept). */
-static void prefill_keep(unsigned char *keep, const float *cs, int n_head,
+ * stride n_kv_head, or NULL (all scores equal: the newest are kept). */
+static void prefill_keep(unsigned char *keep, const float *cs, int stride,
                          int n, const kern_seq *sq)
 {
     int heavy = sq->budget - sq->sinks - sq->recent;
@@ -40,7 +40,7 @@ static void prefill_keep(unsigned char *keep, const float *cs, int n_head,
     for (int taken = 0; taken < heavy; taken++) {
         int best = -1;
         for (int j = sq->sinks; j < n - sq->recent; j++)
-            if (!keep[j] && (best < 0 || (cs ? cs[(size_t)j * n_head] >= cs[(size_t)best * n_head]
+            if (!keep[j] && (best < 0 || (cs ? cs[(size_t)j * stride] >= cs[(size_t)best * stride]
                                                : 1)))
                 best = j;
         if (best < 0)
