@@ -1093,6 +1093,277 @@ Test(kern_host, gqa_h2o_matches_a_double_reference_of_the_design_text)
     backend_destroy(&be);
 }
 
+/* ------------------------- the fp16 and 4-bit slot ops under grouped-query
+ * attention: 8 query heads over 2 KV heads, head_dim 16, two sequences of
+ * budgets below their prompts and below cap (prefill selection, then an
+ * eviction per KV head every decode step), through kern_*_h16 on fp16
+ * caches and kern_*_q4 on 4-bit caches, each step against the fp32 _ref
+ * ops on fp32 caches holding the same values (the fp16 rounding, or the
+ * dequantized 4-bit rows). Tolerance 0: the three are one template
+ * (kernels/cpu/slot_ops.h) whose cache readers convert a stored value to
+ * the fp32 the reference holds and then run the same fp32 arithmetic in
+ * the same order, so positions, evictions, kept slots, scores, self_p and
+ * outputs must be bit-identical (as the per-head tests above demand); the
+ * caches must hold the rounding (the quantization) of what the reference
+ * wrote. Because _ref is the same template, a group-mapping slip in it
+ * would pass such a comparison, so each step also checks the reference's
+ * decode against double precision over the cache it read. */
+
+/* One decode step against double precision over the fp32 cache kc, vc it
+ * read: query head h of sequence s attends over the n_slots rows of KV
+ * head h / group plus the new k, v row; out within 1e-5 (fp32 softmax and
+ * sums of <= 9 terms of magnitude <= 2 over 16 products: a few ulp of
+ * values below ~10); the scores added (sc1 - sc0) and self_p are the
+ * group's sums of the probabilities, within 1e-5 likewise. */
+static void gx_check_decode(const float *qkv, const float *kc, const float *vc,
+                            const kern_seq *sq, float scale, const float *out,
+                            const float *sc0, const float *sc1, const float *self,
+                            const char *fmt, int step)
+{
+    const int group = GQ_H / GQ_KVH, d = GQ_H * GQ_HD;
+    for (int s = 0; s < GQ_NS; s++) {
+        const float *row = qkv + (size_t)sq[s].row * GQ_LD;
+        int n = sq[s].n_slots;
+        double add[GQ_KVH][GQ_CAP + 1];
+        memset(add, 0, sizeof add);
+        for (int h = 0; h < GQ_H; h++) {
+            int g = h / group;
+            size_t base = ((size_t)s * GQ_KVH + g) * GQ_CAP;
+            const float *qh = row + h * GQ_HD, *kn = row + d + g * GQ_HD;
+            const float *vn = row + d + GQ_KVH * GQ_HD + g * GQ_HD;
+            double p[GQ_CAP + 1], mx = -INFINITY, sum = 0;
+            for (int t = 0; t <= n; t++) {
+                const float *kr = t < n ? kc + (base + t) * GQ_HD : kn;
+                double x = 0;
+                for (int e = 0; e < GQ_HD; e++)
+                    x += (double)qh[e] * kr[e];
+                p[t] = x * scale;
+                mx = p[t] > mx ? p[t] : mx;
+            }
+            for (int t = 0; t <= n; t++)
+                sum += p[t] = exp(p[t] - mx);
+            for (int e = 0; e < GQ_HD; e++) {
+                double want = 0;
+                for (int t = 0; t <= n; t++)
+                    want += p[t] / sum * (t < n ? vc[(base + t) * GQ_HD + e] : vn[e]);
+                double got = out[(size_t)sq[s].row * d + h * GQ_HD + e];
+                cr_assert(fabs(got - want) <= 1e-5 * (1 + fabs(want)),
+                          "%s step %d: seq %d query head %d element %d: %.9g, double %.9g", fmt,
+                          step, s, h, e, got, want);
+            }
+            for (int t = 0; t <= n; t++)
+                add[g][t] += p[t] / sum;
+        }
+        for (int g = 0; g < GQ_KVH; g++) {
+            size_t base = ((size_t)s * GQ_KVH + g) * GQ_CAP;
+            for (int t = 0; t < n; t++)
+                cr_assert(fabs((double)sc1[base + t] - sc0[base + t] - add[g][t]) <= 1e-5,
+                          "%s step %d: seq %d KV head %d slot %d: score += %.9g, double %.9g",
+                          fmt, step, s, g, t, sc1[base + t] - sc0[base + t], add[g][t]);
+            cr_assert(fabs(self[s * GQ_KVH + g] - add[g][n]) <= 1e-5,
+                      "%s step %d: seq %d KV head %d: self_p %.9g, double %.9g", fmt, step, s, g,
+                      self[s * GQ_KVH + g], add[g][n]);
+        }
+    }
+}
+
+/* q4 0: the _h16 ops on fp16 caches against _ref on caches of the same
+ * fp16-rounded values (every k, v rounded to fp16 first, so the reference
+ * stores exactly what the fp16 cache holds). q4 1: the _q4 ops against _ref
+ * on the dequantized caches, re-dequantized before every step. */
+static void gqa_fmt_case(int q4)
+{
+    enum { SLOTS = GQ_NS * GQ_KVH * GQ_CAP };
+    const char *fmt = q4 ? "q4" : "h16";
+    const int len[GQ_NS] = {12, 9}, budget[GQ_NS] = {6, 5}, sinks[GQ_NS] = {1, 0},
+              recent[GQ_NS] = {3, 2};
+    const int d = GQ_H * GQ_HD;
+    const size_t rb = kern_q4_row_bytes(GQ_HD);
+    const float scale = 0.25f;
+    kern_seq sq[GQ_NS];
+    int rows = 0;
+    for (int s = 0; s < GQ_NS; rows += len[s], s++)
+        sq[s] = (kern_seq){.row = rows, .n_new = len[s], .n_past = 0, .n_slots = 0,
+                           .budget = budget[s], .sinks = sinks[s], .recent = recent[s]};
+    uint64_t seed = 77; /* the same rows for both (a seed whose KV heads diverge) */
+    float *qkv = malloc(sizeof(float) * (size_t)rows * GQ_LD);
+    float *pout = malloc(sizeof(float) * (size_t)rows * d);
+    float *colsum = malloc(sizeof(float) * (size_t)rows * GQ_KVH);
+    cr_assert(qkv && pout && colsum);
+    for (int i = 0; i < rows * GQ_LD; i++)
+        qkv[i] = kern_f16_to_f32(kern_f32_to_f16(2 * rnd(&seed)));
+    const float *k = qkv + d, *v = k + GQ_KVH * GQ_HD;
+    /* the column sums the prefill selection runs on: per KV head, summed
+     * over its group (kern_attn_prefill_ref, tested above) */
+    cr_assert_eq(kern_attn_prefill_ref(pout, d, qkv, k, v, GQ_LD, sq, GQ_NS, GQ_H, GQ_KVH, GQ_HD,
+                                       scale, colsum, KERN_WS(rows)), 0, "%s", err_msg());
+
+    static float kf[SLOTS * GQ_HD], vf[SLOTS * GQ_HD];
+    static uint16_t kh[SLOTS * GQ_HD], vh[SLOTS * GQ_HD];
+    static uint8_t kq[SLOTS * KERN_Q4_BLOCK], vq[SLOTS * KERN_Q4_BLOCK];
+    static uint8_t kx[SLOTS * KERN_Q4_BLOCK], vx[SLOTS * KERN_Q4_BLOCK]; /* expected */
+    float sf[SLOTS], sx[SLOTS], s0[SLOTS];
+    int32_t pf[SLOTS], px[SLOTS];
+    memset(kf, 0, sizeof kf);
+    memset(vf, 0, sizeof vf);
+    memset(kh, 0, sizeof kh);
+    memset(vh, 0, sizeof vh);
+    memset(kq, 0xa5, sizeof kq);
+    memset(vq, 0x5a, sizeof vq);
+    memcpy(kx, kq, sizeof kq);
+    memcpy(vx, vq, sizeof vq);
+    for (int i = 0; i < SLOTS; i++) {
+        sf[i] = sx[i] = -3.0f;
+        pf[i] = px[i] = -5;
+    }
+
+    /* prefill */
+    cr_assert_eq(kern_kv_prefill_ref(kf, vf, sf, pf, k, v, GQ_LD, colsum, sq, GQ_NS, GQ_H,
+                                     GQ_KVH, GQ_HD, GQ_CAP, KERN_WS(rows)), 0, "%s", err_msg());
+    if (q4)
+        cr_assert_eq(kern_kv_prefill_q4(kq, vq, sx, px, k, v, GQ_LD, colsum, sq, GQ_NS, GQ_H,
+                                        GQ_KVH, GQ_HD, GQ_CAP, KERN_WS(rows)), 0, "%s",
+                     err_msg());
+    else
+        cr_assert_eq(kern_kv_prefill_h16(kh, vh, sx, px, k, v, GQ_LD, colsum, sq, GQ_NS, GQ_H,
+                                         GQ_KVH, GQ_HD, GQ_CAP, KERN_WS(rows)), 0, "%s",
+                     err_msg());
+    cr_assert_eq(memcmp(pf, px, sizeof pf), 0, "%s prefill: kept positions differ", fmt);
+    cr_assert_eq(memcmp(sf, sx, sizeof sf), 0, "%s prefill: scores differ", fmt);
+    int selected = 0, heads_differ = 0;
+    for (int s = 0; s < GQ_NS; s++)
+        for (int g = 0; g < GQ_KVH; g++) {
+            size_t base = ((size_t)s * GQ_KVH + g) * GQ_CAP;
+            for (int t = 0; t < budget[s]; t++) {
+                int j = pf[base + t];
+                cr_assert(j >= 0 && j < len[s], "%s prefill: seq %d KV head %d slot %d holds %d",
+                          fmt, s, g, t, j);
+                selected += j != t;
+                if (g)
+                    heads_differ += j != pf[base - GQ_CAP + t];
+                if (q4) {
+                    size_t src = (size_t)(sq[s].row + j) * GQ_LD + (size_t)g * GQ_HD;
+                    kern_q4_quantize_row(kx + (base + t) * rb, k + src, GQ_HD);
+                    kern_q4_quantize_row(vx + (base + t) * rb, v + src, GQ_HD);
+                }
+            }
+        }
+    cr_assert_gt(selected, 0, "%s: the test must use the prefill selection", fmt);
+    if (q4) {
+        cr_assert_eq(memcmp(kq, kx, sizeof kq), 0, "q4 prefill: K cache bytes");
+        cr_assert_eq(memcmp(vq, vx, sizeof vq), 0, "q4 prefill: V cache bytes");
+    } else {
+        for (int i = 0; i < SLOTS * GQ_HD; i++)
+            cr_assert(kh[i] == kern_f32_to_f16(kf[i]) && vh[i] == kern_f32_to_f16(vf[i]),
+                      "h16 prefill: cache element %d", i);
+    }
+    for (int s = 0; s < GQ_NS; s++) {
+        sq[s].n_past = len[s];
+        sq[s].n_slots = budget[s];
+    }
+
+    /* decode steps: one new row per sequence, every step evicting */
+    float row[GQ_NS * GQ_LD], of[GQ_NS * GQ_H * GQ_HD], ox[GQ_NS * GQ_H * GQ_HD];
+    float self_f[GQ_NS * GQ_KVH], self_x[GQ_NS * GQ_KVH];
+    int32_t ev_f[GQ_NS * GQ_KVH], ev_x[GQ_NS * GQ_KVH];
+    int evictions = 0;
+    const float *rk = row + d, *rv = rk + GQ_KVH * GQ_HD;
+    for (int step = 0; step < GQ_STEPS; step++) {
+        for (int i = 0; i < GQ_NS * GQ_LD; i++)
+            row[i] = kern_f16_to_f32(kern_f32_to_f16(2 * rnd(&seed)));
+        for (int s = 0; s < GQ_NS; s++) {
+            sq[s].row = s;
+            sq[s].n_new = 1;
+        }
+        if (q4) {
+            kern_q4_dequant_ref(kf, kq, SLOTS, GQ_HD);
+            kern_q4_dequant_ref(vf, vq, SLOTS, GQ_HD);
+        }
+        for (int i = 0; i < GQ_NS * d; i++)
+            of[i] = ox[i] = 12345.0f;
+        for (int i = 0; i < GQ_NS * GQ_KVH; i++) {
+            self_f[i] = self_x[i] = -1.0f;
+            ev_f[i] = ev_x[i] = -9;
+        }
+        memcpy(s0, sf, sizeof sf);
+        cr_assert_eq(kern_attn_decode_ref(of, d, row, rk, rv, GQ_LD, kf, vf, sq, GQ_NS, GQ_H,
+                                          GQ_KVH, GQ_HD, GQ_CAP, scale, sf, self_f,
+                                          KERN_WS(GQ_CAP)), 0, "%s", err_msg());
+        if (q4)
+            cr_assert_eq(kern_attn_decode_q4(ox, d, row, rk, rv, GQ_LD, kq, vq, sq, GQ_NS, GQ_H,
+                                             GQ_KVH, GQ_HD, GQ_CAP, scale, sx, self_x,
+                                             KERN_WS(GQ_CAP)), 0, "%s", err_msg());
+        else
+            cr_assert_eq(kern_attn_decode_h16(ox, d, row, rk, rv, GQ_LD, kh, vh, sq, GQ_NS, GQ_H,
+                                              GQ_KVH, GQ_HD, GQ_CAP, scale, sx, self_x,
+                                              KERN_WS(GQ_CAP)), 0, "%s", err_msg());
+        gx_check_decode(row, kf, vf, sq, scale, of, s0, sf, self_f, fmt, step);
+        cr_assert_eq(memcmp(of, ox, sizeof of), 0, "%s step %d: outputs", fmt, step);
+        cr_assert_eq(memcmp(sf, sx, sizeof sf), 0, "%s step %d: scores", fmt, step);
+        cr_assert_eq(memcmp(self_f, self_x, sizeof self_f), 0, "%s step %d: self_p", fmt, step);
+
+        kern_kv_insert_ref(kf, vf, sf, pf, rk, rv, GQ_LD, self_f, sq, GQ_NS, GQ_H, GQ_KVH, GQ_HD,
+                           GQ_CAP, ev_f);
+        if (q4)
+            kern_kv_insert_q4(kq, vq, sx, px, rk, rv, GQ_LD, self_x, sq, GQ_NS, GQ_H, GQ_KVH,
+                              GQ_HD, GQ_CAP, ev_x);
+        else
+            kern_kv_insert_h16(kh, vh, sx, px, rk, rv, GQ_LD, self_x, sq, GQ_NS, GQ_H, GQ_KVH,
+                               GQ_HD, GQ_CAP, ev_x);
+        cr_assert_eq(memcmp(ev_f, ev_x, sizeof ev_f), 0, "%s step %d: evictions", fmt, step);
+        cr_assert_eq(memcmp(pf, px, sizeof pf), 0, "%s step %d: positions", fmt, step);
+        cr_assert_eq(memcmp(sf, sx, sizeof sf), 0, "%s step %d: scores after insert", fmt,
+                     step);
+        for (int s = 0; s < GQ_NS; s++)
+            for (int g = 0; g < GQ_KVH; g++) {
+                size_t base = ((size_t)s * GQ_KVH + g) * GQ_CAP;
+                cr_assert_geq(ev_f[s * GQ_KVH + g], 0, "%s step %d: a full cache must evict",
+                              fmt, step);
+                evictions++;
+                if (g)
+                    heads_differ += ev_f[s * GQ_KVH + g] != ev_f[s * GQ_KVH + g - 1];
+                int slot = -1;
+                for (int t = 0; t < budget[s]; t++)
+                    if (pf[base + t] == sq[s].n_past) {
+                        cr_assert_eq(slot, -1, "%s step %d: position twice", fmt, step);
+                        slot = t;
+                    }
+                cr_assert_geq(slot, 0, "%s step %d: new token not stored", fmt, step);
+                if (q4) {
+                    /* the old bytes, with the slot the reference wrote = the quantized row */
+                    size_t src = (size_t)sq[s].row * GQ_LD + (size_t)g * GQ_HD;
+                    kern_q4_quantize_row(kx + (base + slot) * rb, rk + src, GQ_HD);
+                    kern_q4_quantize_row(vx + (base + slot) * rb, rv + src, GQ_HD);
+                }
+            }
+        if (q4) {
+            cr_assert_eq(memcmp(kq, kx, sizeof kq), 0, "q4 step %d: K cache bytes", step);
+            cr_assert_eq(memcmp(vq, vx, sizeof vq), 0, "q4 step %d: V cache bytes", step);
+        } else {
+            for (int i = 0; i < SLOTS * GQ_HD; i++)
+                cr_assert(kh[i] == kern_f32_to_f16(kf[i]) && vh[i] == kern_f32_to_f16(vf[i]),
+                          "h16 step %d: cache element %d", step, i);
+        }
+        for (int s = 0; s < GQ_NS; s++)
+            sq[s].n_past++;
+    }
+    cr_assert_eq(evictions, GQ_NS * GQ_KVH * GQ_STEPS);
+    cr_assert_gt(heads_differ, 0, "%s: the KV heads never kept or evicted differently", fmt);
+    free(qkv);
+    free(pout);
+    free(colsum);
+}
+
+Test(kern_host, gqa_h16_slot_ops_equal_the_reference_on_rounded_caches)
+{
+    gqa_fmt_case(0);
+}
+
+Test(kern_host, gqa_q4_slot_ops_equal_the_reference_on_dequantized_caches)
+{
+    gqa_fmt_case(1);
+}
+
 /* ------------------------------------- the RoPE families' element-wise ops */
 
 /* |got - want| <= atol + |want| * rel, else fail naming op and index. */
