@@ -5,8 +5,9 @@
  * A segment whose cache is host memory on a backend whose buffers are not
  * (CPU attention on CUDA) runs the same ops as CPU threads over the cache
  * in place (kern_*_h16, or kern_*_q4 for 4-bit caches): the q/k/v rows of
- * its sequences come down, the attention output goes back up. This is a scheduling decision (where
- * the KV lives), so it is made here and not in the model.
+ * its sequences come down, the attention output goes back up. This is a
+ * scheduling decision (where the KV lives), so it is made here and not in
+ * the model.
  */
 #include <math.h>
 
