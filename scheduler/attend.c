@@ -14,6 +14,12 @@
 #include "err.h"
 #include "scheduler.h"
 
+/* Width of the pass's fused q/k/v rows (sched_qkv_dim of its model). */
+static int qkv_ld(const sched_pass *p)
+{
+    return (p->n_head + 2 * p->n_kv_head) * p->head_dim;
+}
+
 /* CPU attention for segment g whose cache is host memory. Rows of a
  * segment's active sequences are contiguous: rows are packed in sequence
  * order. */
@@ -24,7 +30,7 @@ static int host_segment(const sched_pass *p, const sched_kv *g, const void *qkv,
     void *ctx = p->be->ctx;
     const sched_scratch *sc = p->scr;
     int d = p->hidden, H = p->n_head, KVH = p->n_kv_head, hd = p->head_dim, r0 = -1, r1 = 0;
-    int ld = (p->n_head + 2 * p->n_kv_head) * hd, cap = p->cap;
+    int ld = qkv_ld(p), cap = p->cap;
     size_t es = o->elem_size;
     for (int i = 0; i < g->n; i++) {
         kern_seq q = p->seqs[g->seq0 + i];
@@ -84,7 +90,7 @@ int sched_attend(const sched_pass *p, const void *qkv, void *att)
     void *ctx = p->be->ctx;
     const sched_scratch *sc = p->scr;
     int d = p->hidden, H = p->n_head, KVH = p->n_kv_head, hd = p->head_dim, cap = p->cap;
-    int ld = (H + 2 * KVH) * hd;
+    int ld = qkv_ld(p);
     float scale = 1.0f / sqrtf((float)hd);
     size_t es = o->elem_size;
     const char *q = qkv, *k = q + (size_t)H * hd * es, *v = k + (size_t)p->n_kv_head * hd * es;

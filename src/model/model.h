@@ -75,6 +75,14 @@ typedef struct model_arch {
 extern const model_arch model_arch_opt;
 /* The family of config c. */
 const model_arch *model_arch_of(const model_config *c);
+/* The checkpoint tensor table of config c's family, malloc'd into *out
+ * (caller frees). @return the count or -ENOMEM. */
+int model_hf_tensors(const model_config *c, model_hf_tensor **out);
+/* Values in checkpoint tensor w (rows x cols, or rows for a vector). */
+static inline size_t model_hf_count(const model_hf_tensor *w)
+{
+    return (size_t)w->rows * (size_t)(w->cols > 0 ? w->cols : 1);
+}
 
 /* The scheduler's view of shape c (sched_model's data part: shape, layer
  * tensor table, global elements; no callbacks). */

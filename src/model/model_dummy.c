@@ -63,7 +63,7 @@ int model_create_dummy_sink(const model_config *cfg, backend *be, uint64_t seed,
     }
     uint64_t s = seed;
     for (int i = 0; rc == 0 && i < n; i++) {
-        size_t total = (size_t)w[i].rows * (size_t)(w[i].cols > 0 ? w[i].cols : 1);
+        size_t total = model_hf_count(&w[i]);
         for (size_t at = 0; rc == 0 && at < total; at += chunk) {
             size_t len = total - at < chunk ? total - at : chunk;
             fill_init(w[i].init, buf, len, &s);
@@ -100,17 +100,16 @@ int model_write_random(const model_config *cfg, const char *dir, uint64_t seed)
               "%s: cannot create directory (%s)", dir, strerror(errno));
     model_config c = *cfg;
     c.tie_lm_head = 1; /* the config.json written below says so */
-    int n = model_arch_of(&c)->tensors(&c, NULL);
-    model_hf_tensor *w = calloc((size_t)n, sizeof *w);
+    model_hf_tensor *w;
+    int n = model_hf_tensors(&c, &w);
+    FORWARD_IF(n);
     st_out *t = calloc((size_t)n, sizeof *t);
-    int rc = t && w ? 0 : -ENOMEM;
+    int rc = t ? 0 : -ENOMEM;
     if (rc < 0)
         err_set(__FILE__, __LINE__, "out of memory");
-    else
-        model_arch_of(&c)->tensors(&c, w);
     uint64_t s = seed;
     for (int i = 0; rc == 0 && i < n; i++) {
-        size_t cnt = (size_t)w[i].rows * (size_t)(w[i].cols > 0 ? w[i].cols : 1);
+        size_t cnt = model_hf_count(&w[i]);
         float *x = malloc(sizeof(float) * cnt);
         if (!x) {
             err_set(__FILE__, __LINE__, "out of memory for tensor %s", w[i].name);

@@ -19,6 +19,15 @@ const model_arch *model_arch_of(const model_config *c)
     return &model_arch_opt;
 }
 
+int model_hf_tensors(const model_config *c, model_hf_tensor **out)
+{
+    int n = model_arch_of(c)->tensors(c, NULL);
+    *out = calloc((size_t)n, sizeof **out);
+    RETURN_IF(!*out, -ENOMEM, "out of memory for the tensor table of %d tensors", n);
+    model_arch_of(c)->tensors(c, *out);
+    return n;
+}
+
 void model_sched_shape(const model_config *c, sched_model *out)
 {
     model_arch_of(c)->shape(c, out);

@@ -50,7 +50,7 @@ static int load_tensor(loader *ld, const model_hf_tensor *w)
                   "[%s]; the checkpoint and config.json disagree", t->file, full,
                   got, exp);
     }
-    size_t n = (size_t)w->rows * (size_t)(w->cols > 0 ? w->cols : 1);
+    size_t n = model_hf_count(w);
     st_to_f32(t, ld->buf, n);
     return model_put_f32(ld->m, w, 0, ld->buf, n);
 }
@@ -79,7 +79,7 @@ int model_load_hf_sink(const char *dir, backend *be, model_layer_sink sink, void
             ld.prefix = "decoder.";
         size_t big = 0;
         for (int i = 0; i < n; i++) {
-            size_t c = (size_t)w[i].rows * (size_t)(w[i].cols ? w[i].cols : 1);
+            size_t c = model_hf_count(&w[i]);
             big = c > big ? c : big;
         }
         ld.buf = malloc(sizeof(float) * big);

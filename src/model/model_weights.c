@@ -76,27 +76,23 @@ int model_alloc_weights(model *m)
     RETURN_IF(!m->sink, -EINVAL, "internal: a model loads its layers into a sink");
     model_sched_shape(c, &m->shape);
     /* the global tensors, as the family's checkpoint table has them */
-    int n = model_arch_of(c)->tensors(c, NULL);
-    model_hf_tensor *w = calloc((size_t)n, sizeof *w);
-    RETURN_IF(!w, -ENOMEM, "out of memory");
-    model_arch_of(c)->tensors(c, w);
-    int rc = 0;
+    model_hf_tensor *w;
+    int n = model_hf_tensors(c, &w), rc = 0;
+    FORWARD_IF(n);
     for (int i = 0; rc == 0 && i < n; i++)
         if (w[i].layer < 0 && !*model_global(m, w[i].dst))
-            rc = o->alloc(ctx, (size_t)w[i].rows * (size_t)(w[i].cols ? w[i].cols : 1),
-                          model_global(m, w[i].dst));
+            rc = o->alloc(ctx, model_hf_count(&w[i]), model_global(m, w[i].dst));
     free(w);
     FORWARD_IF(rc);
     if (c->tie_lm_head)
         m->lm_head = m->tok_emb;
     /* one host blob, reused by every layer; handed to the sink */
-    m->blob_bytes = (model_layer_layout(c, o->elem_size, NULL, NULL) + 4095) & ~(size_t)4095;
+    size_t off[MT_COUNT];
+    m->blob_bytes = (model_layer_layout(c, o->elem_size, off, NULL) + 4095) & ~(size_t)4095;
     m->blob = aligned_alloc(4096, m->blob_bytes);
     RETURN_IF(!m->blob, -ENOMEM, "out of host memory for a layer (%.1f MiB)",
               m->blob_bytes / 1048576.0);
     memset(m->blob, 0, m->blob_bytes);
-    size_t off[MT_COUNT];
-    model_layer_layout(c, o->elem_size, off, NULL);
     for (int t = 0; t < m->shape.n_tensors; t++)
         m->blob_view.t[t] = (char *)m->blob + off[t];
     return 0;
@@ -151,11 +147,8 @@ int model_begin(const model_config *c, backend *be, model_layer_sink sink, void 
     m->sink_ud = ud;
     *out = m;
     FORWARD_IF(model_alloc_weights(m));
-    *n = model_arch_of(c)->tensors(c, NULL);
-    *w = calloc((size_t)*n, sizeof **w);
-    RETURN_IF(!*w, -ENOMEM, "out of memory");
-    model_arch_of(c)->tensors(c, *w);
-    return 0;
+    *n = model_hf_tensors(c, w);
+    return *n < 0 ? *n : 0;
 }
 
 /* After tensor i of the table: hand the layer to the sink when it was the
