@@ -108,7 +108,8 @@ static inline const char *kern_kv_fmt_name(int fmt)
 /* ---------------------------------------------------------------- CPU refs */
 
 /* out(n, d) = tok_emb[ids[i]] + pos_emb[pos[i] + KERN_OPT_POS_OFFSET].
- * tok_emb (V, d), pos_emb (P, d); pos is the 0-based token position. */
+ * tok_emb (V, d), pos_emb (P, d); pos is the 0-based token position.
+ * pos_emb NULL (rotary families): out = tok_emb[ids[i]], pos unused. */
 void kern_embed_ref(float *out, const float *tok_emb, const float *pos_emb,
                     const int32_t *ids, const int32_t *pos, int n, int d);
 

@@ -29,7 +29,7 @@ static int host_segment(const sched_pass *p, const sched_kv *g, const void *qkv,
     const backend_ops *o = p->be->ops;
     void *ctx = p->be->ctx;
     const sched_scratch *sc = p->scr;
-    int d = p->hidden, H = p->n_head, KVH = p->n_kv_head, hd = p->head_dim, r0 = -1, r1 = 0;
+    int H = p->n_head, KVH = p->n_kv_head, hd = p->head_dim, d = H * hd, r0 = -1, r1 = 0;
     int ld = qkv_ld(p), cap = p->cap;
     size_t es = o->elem_size;
     for (int i = 0; i < g->n; i++) {
@@ -89,7 +89,7 @@ int sched_attend(const sched_pass *p, const void *qkv, void *att)
     const backend_ops *o = p->be->ops;
     void *ctx = p->be->ctx;
     const sched_scratch *sc = p->scr;
-    int d = p->hidden, H = p->n_head, KVH = p->n_kv_head, hd = p->head_dim, cap = p->cap;
+    int H = p->n_head, KVH = p->n_kv_head, hd = p->head_dim, d = H * hd, cap = p->cap;
     int ld = qkv_ld(p);
     float scale = 1.0f / sqrtf((float)hd);
     size_t es = o->elem_size;

@@ -10,6 +10,12 @@ size_t sched_qkv_dim(const sched_model *m)
     return (size_t)(m->n_head + 2 * m->n_kv_head) * (size_t)m->head_dim;
 }
 
+size_t sched_att_dim(const sched_model *m)
+{
+    size_t a = (size_t)m->n_head * (size_t)m->head_dim;
+    return a > (size_t)m->hidden ? a : (size_t)m->hidden;
+}
+
 size_t sched_blob_layout(const sched_model *m, size_t es, int wq, size_t *off, size_t *bytes)
 {
     size_t at = 0;

@@ -191,7 +191,7 @@ static int alloc_host_scratch(sched *s)
     size_t dec = kern_attn_decode_scratch_bytes(lim.cap, nt);
     sc->h_work_bytes = work > dec ? work : dec;
     size_t colsum = carve(sizeof(float) * R * H), ev = carve(sizeof(int32_t) * gbs * g->KVH);
-    size_t qkv = carve(sizeof(float) * R * g->qkv), att = carve(sizeof(float) * R * g->d);
+    size_t qkv = carve(sizeof(float) * R * g->qkv), att = carve(sizeof(float) * R * g->att);
     size_t self = carve(sizeof(float) * gbs * H), seqs = carve(sizeof(kern_seq) * gbs);
     FORWARD_IF(alloc_host(s, colsum + ev, 1, &s->h_words));
     FORWARD_IF(alloc_host(s, qkv + att + self + seqs + sc->h_work_bytes, 0, &s->h_rest));
@@ -216,7 +216,7 @@ static int alloc_work(sched *s)
     size_t KVH = (size_t)g->KVH, B = (size_t)g->block;
     if (rc == 0) rc = alloc_gpu(s, R * d * es, &s->scr.h);
     if (rc == 0) rc = alloc_gpu(s, R * g->qkv * es, &s->scr.qkv);
-    if (rc == 0) rc = alloc_gpu(s, R * d * es, &s->scr.att);
+    if (rc == 0) rc = alloc_gpu(s, R * g->att * es, &s->scr.att);
     if (rc == 0) rc = alloc_gpu(s, R * (size_t)s->mdl.ffn * es, &s->scr.ffn);
     if (rc == 0) rc = alloc_gpu(s, g->w_exp * es, &s->scr.w);
     s->scr.w_all = g->K > 1;

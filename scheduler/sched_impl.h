@@ -38,6 +38,7 @@ typedef struct sched_geom {
     size_t es;
     int L, H, KVH, hd, d, V;  /* layers, heads, KV heads, head_dim, hidden, vocab */
     size_t qkv;            /* width of the fused q/k/v rows */
+    size_t att;            /* width of the scratch att (sched_att_dim) */
     int gbs, K, block;
     int wq, kvq;           /* compress_weight, compress_cache */
     size_t w_exp;          /* elements of the scratch that 4-bit matrices expand into:

@@ -61,6 +61,7 @@ void sched_geom_init(sched_geom *g, const sched_model *m, size_t es, const sched
     g->d = m->hidden;
     g->V = m->vocab;
     g->qkv = sched_qkv_dim(m);
+    g->att = sched_att_dim(m);
     g->gbs = p->gpu_batch_size;
     g->K = p->num_gpu_batches;
     g->block = g->gbs * g->K;
@@ -156,7 +157,7 @@ int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
 
     size_t R = (size_t)sh->max_rows, d = (size_t)m->hidden, H = (size_t)m->n_head;
     size_t KVH = (size_t)m->n_kv_head, B = (size_t)g.block;
-    uint64_t work = A256(R * d * es) * 2 + A256(R * g.qkv * es) + A256(R * (size_t)m->ffn * es) +
+    uint64_t work = A256(R * d * es) + A256(R * g.att * es) + A256(R * g.qkv * es) + A256(R * (size_t)m->ffn * es) +
                     A256(B * d * es) + A256(B * (size_t)m->vocab * es);
     if (sh->scores)
         work += A256(R * H * 4) + A256(B * H * 4);
@@ -165,7 +166,7 @@ int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
     work += A256(g.w_exp * es); /* matrices expanded from 4 bits */
     b[SCHED_GPU][SCHED_WORK] = work;
     if (cpu_attn && es != sizeof(float)) /* host scratch of CPU attention (CUDA) */
-        b[SCHED_CPU][SCHED_WORK] = R * 4 * (g.qkv + d + H) + (size_t)g.gbs * (H * 4 + KVH * 4 + 28);
+        b[SCHED_CPU][SCHED_WORK] = R * 4 * (g.qkv + g.att + H) + (size_t)g.gbs * (H * 4 + KVH * 4 + 28);
     if (g.wq) /* the layer being quantized while the model loads */
         b[SCHED_CPU][SCHED_WORK] += off_align_up(g.blob);
 

@@ -199,7 +199,7 @@ typedef struct sched_kv {
 /* Per-pass scratch on the backend, sized from the plan, shared by the
  * layers and batches. */
 typedef struct sched_scratch {
-    void *h, *qkv, *att, *ffn; /* (rows, d), (rows, qkv_dim), (rows, d), (rows, ffn) */
+    void *h, *qkv, *att, *ffn; /* (rows, d), (rows, qkv_dim), (rows, att_dim), (rows, ffn) */
     void *w;                   /* weight matrices expanded from 4-bit rows (layers with
                                 * wq), or NULL: the largest one, expanded per GEMM, or
                                 * with w_all a whole layer's, expanded once and reused
@@ -211,7 +211,7 @@ typedef struct sched_scratch {
     /* host scratch for sched_kv.host segments (NULL when there are none),
      * carved from two blocks: the words the backend copies (pinned) and
      * the rest */
-    float *h_qkv, *h_att;      /* (rows, qkv_dim), (rows, d) */
+    float *h_qkv, *h_att;      /* (rows, qkv_dim), (rows, n_head x head_dim) */
     float *h_colsum, *h_self;  /* (rows, heads) pinned, (n_seq, heads) */
     int32_t *h_ev;             /* (n_seq, kv_heads) pinned */
     kern_seq *h_seqs;          /* (n_seq) */
@@ -240,10 +240,12 @@ typedef struct sched_pass {
     const sched_kv *kv;      /* segments covering every sequence with rows */
     int n_kv;
     void *evicted;           /* (n_seq, kv_heads) int32, or NULL */
+    const int32_t *pos;      /* host (n_rows): each row's token position (RoPE) */
 } sched_pass;
 
 /* Attention of the pass over fused q/k/v rows (qkv: (n_rows, qkv_dim), q
- * then k then v; scale 1/sqrt(head_dim)) into att (n_rows, hidden):
+ * then k then v; scale 1/sqrt(head_dim)) into att (n_rows, n_head x
+ * head_dim):
  * prefill is exact over each prompt and writes the kept tokens to the
  * caches; decode attends over the kept slots plus the new token and writes
  * it into a free or evicted slot. Each KV segment is computed where it
@@ -274,6 +276,9 @@ typedef struct sched_model {
 
 /* Width of the fused q/k/v rows: (n_head + 2 n_kv_head) x head_dim. */
 size_t sched_qkv_dim(const sched_model *m);
+/* Width of the scratch att: the attention output (n_head x head_dim) or a
+ * row of activations (hidden), whichever is wider. */
+size_t sched_att_dim(const sched_model *m);
 /* Layout of a layer blob with es-byte elements (4-bit matrices when wq):
  * off[t] the byte offset of tensor t (256-aligned), bytes[t] its bytes
  * (either may be NULL; arrays of m->n_tensors). @return the blob's bytes. */

@@ -300,20 +300,32 @@ static double roundest(double lo, double hi)
 
 static void weight_levels(const sched_model *c, size_t es, int wq, wlevels *w)
 {
-    size_t off[SCHED_MAX_TENSORS];
+    size_t off[SCHED_MAX_TENSORS], bytes[SCHED_MAX_TENSORS];
     double mid[SCHED_MAX_TENSORS];
     double blob = (double)sched_weight_mids(c, es, wq, off, mid);
+    sched_blob_layout(c, es, wq, NULL, bytes);
+    /* a family's absent tensors (no bytes) go wherever; they cut nothing */
+    int next[SCHED_MAX_TENSORS + 1], last = -1;
+    next[c->n_tensors] = -1;
+    for (int t = c->n_tensors - 1; t >= 0; t--)
+        next[t] = bytes[t] ? t : next[t + 1];
+    for (int t = 0; t < c->n_tensors; t++)
+        if (bytes[t])
+            last = t;
     w->n = 0;
     w->f[w->n] = 0;
     w->pct[w->n++] = 0;
-    for (int t = 0; t < c->n_tensors; t++) {
-        double end = t + 1 < c->n_tensors ? (double)off[t + 1] / blob : 1.0;
+    for (int t = 0; t <= last; t++) {
+        if (!bytes[t])
+            continue;
+        double end = t < last ? (double)off[t + 1] / blob : 1.0;
         /* tiny tensors (LayerNorm, biases) are not worth a level of their own */
-        if (t + 1 < c->n_tensors && end - w->f[w->n - 1] < 0.005)
+        if (t < last && end - w->f[w->n - 1] < 0.005)
             continue;
         w->f[w->n] = end;
-        /* share s puts tensors 0..t there when mid[t] < s <= mid[t + 1] */
-        w->pct[w->n++] = t + 1 < c->n_tensors ? roundest(mid[t], mid[t + 1]) : 100;
+        /* share s puts tensors 0..t there when mid[t] < s <= mid[u], u the next
+         * tensor with bytes */
+        w->pct[w->n++] = t < last ? roundest(mid[t], mid[next[t + 1]]) : 100;
     }
 }
 

@@ -254,7 +254,7 @@ static int compute_item(sched *s, int l, const batch_desc *b, int v, int kind,
                                 ((size_t)l * g->block + (size_t)b->k * g->gbs) * g->KVH * 4
                           : NULL;
     sched_pass pass = {s->be, kind, b->n_rows, seqs, b->n_seq, g->H, g->KVH, g->hd, g->d,
-                       s->sh.cap, &s->scr, kv, n_kv, ev};
+                       s->sh.cap, &s->scr, kv, n_kv, ev, pos + b->r0};
     FORWARD_IF(m->layer(m->ctx, l, L, &pass, x));
     if (l == g->L - 1 && b->n_out > 0) {
         for (int i = 0; i < b->n_out; i++)

@@ -43,7 +43,6 @@ static model_config opt(const char *name)
 {
     model_config c;
     cr_assert_eq(model_config_by_name(name, &c), 0, "%s", err_msg());
-    c.tie_lm_head = 1;
     return c;
 }
 

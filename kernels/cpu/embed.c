@@ -1,4 +1,4 @@
-/* embed.c: token + learned-position embedding, plain-C reference. */
+/* embed.c: token (+ learned-position) embedding, plain-C reference. */
 #include "../kern.h"
 
 #include <string.h>
@@ -9,8 +9,12 @@ void kern_embed_ref(float *out, const float *tok_emb, const float *pos_emb,
     #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         const float *t = tok_emb + (size_t)ids[i] * d;
-        const float *p = pos_emb + (size_t)(pos[i] + KERN_OPT_POS_OFFSET) * d;
         float *o = out + (size_t)i * d;
+        if (!pos_emb) {
+            memcpy(o, t, sizeof(float) * (size_t)d);
+            continue;
+        }
+        const float *p = pos_emb + (size_t)(pos[i] + KERN_OPT_POS_OFFSET) * d;
         for (int j = 0; j < d; j++)
             o[j] = t[j] + p[j];
     }

@@ -194,9 +194,7 @@ static int open_model_source(const char *dir, const char *dummy, model_source *s
 {
     src->dir = dir;
     if (!dir) {
-        int rc = model_config_by_name(dummy, &src->cfg);
-        src->cfg.tie_lm_head = 1; /* as model_create_dummy builds it */
-        return rc;
+        return model_config_by_name(dummy, &src->cfg);
     }
     FORWARD_IF(model_config_of(dir, &src->cfg));
     int rc = model_store_dtype(dir, &src->store_dtype);

@@ -253,8 +253,6 @@ int cli_search(int argc, char **argv)
     rc = c->model_dir ? model_config_of(c->model_dir, &cfg) : model_config_by_name(c->dummy, &cfg);
     if (rc < 0)
         return cli_fail();
-    if (c->dummy)
-        cfg.tie_lm_head = 1; /* as model_create_dummy builds it */
     int n_prompts = 0;
     if (c->prompts && (rc = job_lengths(&cfg, c, &a.so, &n_prompts)))
         return rc;

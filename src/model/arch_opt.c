@@ -1,56 +1,56 @@
 /* arch_opt.c: the OPT family (facebook/opt-*, pre-LayerNorm; every size
- * but 350m): its layer tensors, its Hugging Face tensor names and its block.
+ * but 350m): its config.json and its checkpoint's tensor names.
  *
- *   x = embed_tokens(ids) + embed_positions(pos + 2)     (rows, d)
- *   per layer:  h = LN1(x); qkv = h Wqkv^T + b           (rows, 3d)
- *               a = attention (sched_attend: prefill exact over the prompt
- *                   then the kept k, v to the slot cache; decode over the
- *                   slots + the new k, v, then k, v to a free or evicted slot)
- *               x += a Wo^T + bo
- *               h = LN2(x); x += relu(h W1^T + b1) W2^T + b2
- *   logits = LNf(x[last rows]) E^T                        (n_out, V)
+ *   x = embed_tokens(ids) + embed_positions(pos + 2)
+ *   per layer:  x += out_proj(attention(qkv_proj(LN1(x))))
+ *               x += fc2(relu(fc1(LN2(x))))
+ *   logits = LNf(x) E^T                                   (tied head)
  */
 #include <stdio.h>
 #include <string.h>
 
 #include "err.h"
-#include "model.h"
+#include "model_family.h"
 
-static size_t opt_tensor_rows(const model_config *c, int t, int *cols)
+static int opt_parse(const cJSON *o, const char *what, model_config *c)
 {
-    size_t d = (size_t)c->hidden, f = (size_t)c->ffn;
-    switch (t) {
-    case MT_WQKV: *cols = c->hidden; return 3 * d;
-    case MT_WO: *cols = c->hidden; return d;
-    case MT_W1: *cols = c->hidden; return f;
-    case MT_W2: *cols = c->ffn; return d;
-    default: *cols = 0; return 0;
-    }
-}
-
-static void opt_shape(const model_config *c, sched_model *out)
-{
-    memset(out, 0, sizeof *out);
-    size_t d = (size_t)c->hidden, f = (size_t)c->ffn;
-    out->n_layer = c->n_layer;
-    out->n_head = c->n_head;
-    out->n_kv_head = c->n_head;
-    out->head_dim = c->head_dim;
-    out->hidden = c->hidden;
-    out->vocab = c->vocab_size;
-    out->ffn = c->ffn;
-    out->globals = (size_t)c->vocab_size * d * (c->tie_lm_head ? 1 : 2) +
-                   (size_t)(c->max_pos + KERN_OPT_POS_OFFSET) * d + 2 * d;
-    const size_t cnt[MT_COUNT] = {
-        [MT_LN1_W] = d, [MT_LN1_B] = d, [MT_BQKV] = 3 * d, [MT_BO] = d,
-        [MT_LN2_W] = d, [MT_LN2_B] = d, [MT_B1] = f, [MT_B2] = d,
-    };
-    out->n_tensors = MT_COUNT;
-    for (int t = 0; t < MT_COUNT; t++) {
-        int cols;
-        size_t rows = opt_tensor_rows(c, t, &cols);
-        out->tensors[t] = rows ? (sched_tensor){rows, cols} : (sched_tensor){cnt[t], 0};
-    }
+    int proj = 0, before = 1, bias = 1, affine = 1, rc = 0;
+    FORWARD_IF(model_json_int(o, "vocab_size", MODEL_JSON_REQUIRED, &c->vocab_size, what));
+    FORWARD_IF(model_json_int(o, "hidden_size", MODEL_JSON_REQUIRED, &c->hidden, what));
+    FORWARD_IF(model_json_int(o, "num_hidden_layers", MODEL_JSON_REQUIRED, &c->n_layer, what));
+    FORWARD_IF(model_json_int(o, "num_attention_heads", MODEL_JSON_REQUIRED, &c->n_head, what));
+    FORWARD_IF(model_json_int(o, "ffn_dim", MODEL_JSON_REQUIRED, &c->ffn, what));
+    FORWARD_IF(model_json_int(o, "max_position_embeddings", 2048, &c->max_pos, what));
+    FORWARD_IF(model_json_int(o, "word_embed_proj_dim", c->hidden, &proj, what));
+    FORWARD_IF(model_json_int(o, "bos_token_id", 2, &c->bos_id, what));
+    FORWARD_IF(model_json_eos(o, 2, &c->eos_id, what));
+    FORWARD_IF(model_json_int(o, "pad_token_id", 1, &c->pad_id, what));
+    FORWARD_IF(model_json_bool(o, "do_layer_norm_before", 1, &before, what));
+    FORWARD_IF(model_json_bool(o, "enable_bias", 1, &bias, what));
+    FORWARD_IF(model_json_bool(o, "layer_norm_elementwise_affine", 1, &affine, what));
+    FORWARD_IF(model_json_bool(o, "tie_word_embeddings", 1, &c->tie_lm_head, what));
+    RETURN_IF(!before || proj != c->hidden, -EINVAL,
+              "%s: post-LayerNorm OPT with a %d-wide embedding projection (opt-350m style: "
+              "do_layer_norm_before, word_embed_proj_dim) is not supported; use another OPT "
+              "size", what, proj);
+    RETURN_IF(!bias || !affine, -EINVAL,
+              "%s: OPT without biases or LayerNorm affine weights (enable_bias, "
+              "layer_norm_elementwise_affine) is not supported", what);
+    const char *act = model_json_str(o, "activation_function", what, &rc);
+    FORWARD_IF(rc);
+    RETURN_IF(act && strcmp(act, "relu") != 0, -EINVAL,
+              "%s: activation_function \"%s\" is not supported (OPT uses relu)", what, act);
+    RETURN_IF(c->n_head <= 0 || c->hidden % c->n_head != 0, -EINVAL,
+              "%s: hidden_size %d must be a multiple of num_attention_heads %d", what,
+              c->hidden, c->n_head);
+    c->n_kv_head = c->n_head;
+    c->head_dim = c->hidden / c->n_head;
+    c->ln_eps = 1e-5f;
+    c->norm = MODEL_NORM_LAYER;
+    c->act = MODEL_ACT_RELU;
+    c->pos = MODEL_POS_LEARNED;
+    c->qkv_bias = c->o_bias = c->mlp_bias = 1;
+    return 0;
 }
 
 /* The tensors of a Hugging Face OPTForCausalLM state dict, in its order. */
@@ -62,16 +62,12 @@ static int opt_tensors(const model_config *c, model_hf_tensor *out)
     do {                                                                                    \
         if (out) {                                                                          \
             model_hf_tensor *x = &out[n];                                                   \
+            *x = (model_hf_tensor){.layer = lay, .dst = to, .rows = rr, .cols = cc,         \
+                                   .offset = (size_t)(of), .init = in};                     \
             if ((lay) < 0)                                                                  \
                 snprintf(x->name, sizeof x->name, "model.decoder.%s", nm);                  \
             else                                                                            \
                 snprintf(x->name, sizeof x->name, "model.decoder.layers.%d.%s", lay, nm);   \
-            x->layer = lay;                                                                 \
-            x->dst = to;                                                                    \
-            x->rows = rr;                                                                   \
-            x->cols = cc;                                                                   \
-            x->offset = (size_t)(of);                                                       \
-            x->init = in;                                                                   \
         }                                                                                   \
         n++;                                                                                \
     } while (0)
@@ -101,62 +97,38 @@ static int opt_tensors(const model_config *c, model_hf_tensor *out)
 #undef T
     if (!c->tie_lm_head) {
         if (out) {
-            model_hf_tensor *x = &out[n];
-            *x = (model_hf_tensor){.layer = -1, .dst = MODEL_G_LM_HEAD, .rows = V, .cols = d,
-                                   .init = 'n'};
-            snprintf(x->name, sizeof x->name, "lm_head.weight");
+            out[n] = (model_hf_tensor){.layer = -1, .dst = MODEL_G_LM_HEAD, .rows = V,
+                                       .cols = d, .init = 'n'};
+            snprintf(out[n].name, sizeof out[n].name, "lm_head.weight");
         }
         n++;
     }
     return n;
 }
 
-static int opt_embed(void *mp, void *x, const int32_t *ids, const int32_t *pos, int n_rows)
+static int opt_config_json(const model_config *c, char *buf, size_t cap)
 {
-    model *m = mp;
-    return m->be->ops->embed(m->be->ctx, x, m->tok_emb, m->pos_emb, ids, pos, n_rows,
-                             m->cfg.hidden);
+    int at = 0;
+    FORWARD_IF(model_json_printf(buf, cap, &at,
+        "{\n  \"_name_or_path\": \"%s\",\n  \"model_type\": \"opt\",\n"
+        "  \"architectures\": [\"OPTForCausalLM\"],\n  \"vocab_size\": %d,\n"
+        "  \"hidden_size\": %d,\n  \"num_hidden_layers\": %d,\n"
+        "  \"num_attention_heads\": %d,\n  \"ffn_dim\": %d,\n"
+        "  \"max_position_embeddings\": %d,\n  \"word_embed_proj_dim\": %d,\n"
+        "  \"do_layer_norm_before\": true,\n  \"activation_function\": \"relu\",\n"
+        "  \"enable_bias\": true,\n  \"layer_norm_elementwise_affine\": true,\n"
+        "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n  \"pad_token_id\": %d,\n"
+        "  \"tie_word_embeddings\": %s,\n  \"dropout\": 0.0,\n"
+        "  \"attention_dropout\": 0.0,\n  \"torch_dtype\": \"float32\"\n}\n",
+        c->name, c->vocab_size, c->hidden, c->n_layer, c->n_head, c->ffn, c->max_pos,
+        c->hidden, c->bos_id, c->eos_id, c->pad_id, c->tie_lm_head ? "true" : "false"));
+    return at;
 }
 
-static int opt_layer(void *mp, int layer, const model_layer *L, const sched_pass *p, void *x)
-{
-    (void)layer;
-    model *m = mp;
-    const model_config *c = &m->cfg;
-    const backend_ops *o = m->be->ops;
-    void *ctx = m->be->ctx;
-    sched_scratch *sc = p->scr;
-    int d = c->hidden, n = p->n_rows;
-    FORWARD_IF(o->layernorm(ctx, sc->h, x, L->t[MT_LN1_W], L->t[MT_LN1_B], n, d, c->ln_eps));
-    FORWARD_IF(model_linear(m, L, sc, MT_WQKV, sc->qkv, sc->h, L->t[MT_BQKV], n, 3 * d, d, 0));
-    FORWARD_IF(sched_attend(p, sc->qkv, sc->att));
-    FORWARD_IF(model_linear(m, L, sc, MT_WO, sc->h, sc->att, L->t[MT_BO], n, d, d, 0));
-    FORWARD_IF(o->add(ctx, x, sc->h, (size_t)n * d));
-    FORWARD_IF(o->layernorm(ctx, sc->h, x, L->t[MT_LN2_W], L->t[MT_LN2_B], n, d, c->ln_eps));
-    FORWARD_IF(model_linear(m, L, sc, MT_W1, sc->ffn, sc->h, L->t[MT_B1], n, c->ffn, d, 1));
-    FORWARD_IF(model_linear(m, L, sc, MT_W2, sc->h, sc->ffn, L->t[MT_B2], n, d, c->ffn, 0));
-    return o->add(ctx, x, sc->h, (size_t)n * d);
-}
-
-static int opt_head(void *mp, void *logits, void *last, const void *x,
-                    const int32_t *last_rows, int n_out)
-{
-    model *m = mp;
-    const model_config *c = &m->cfg;
-    const backend_ops *o = m->be->ops;
-    void *ctx = m->be->ctx;
-    if (n_out == 0)
-        return 0;
-    FORWARD_IF(o->gather_rows(ctx, last, x, last_rows, n_out, c->hidden));
-    FORWARD_IF(o->layernorm(ctx, last, last, m->lnf_w, m->lnf_b, n_out, c->hidden, c->ln_eps));
-    return o->linear(ctx, logits, last, m->lm_head, NULL, n_out, c->vocab_size, c->hidden, 0);
-}
-
-const model_arch model_arch_opt = {
+const model_family model_family_opt = {
     .name = "opt",
-    .shape = opt_shape,
+    .arch = "OPTForCausalLM",
+    .parse = opt_parse,
     .tensors = opt_tensors,
-    .embed = opt_embed,
-    .layer = opt_layer,
-    .head = opt_head,
+    .config_json = opt_config_json,
 };

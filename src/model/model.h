@@ -1,9 +1,10 @@
 /* model.h: a model's weights on a backend and its forward pass, as the
  * scheduler's sched_model.
  *
- * A family is data plus three functions (model_arch): its layer tensor
- * table, its Hugging Face tensor names and its block; the loader, the dummy
- * weights, make-model, the store and the plan all read the same table.
+ * A family (model_family.h) is its config.json reader and its checkpoint's
+ * tensor names; the layer blob, the forward pass (one decoder block over
+ * model_config's choices), the dummy weights, make-model, the store and the
+ * plan all read the same config and table.
  * Layers never live in the model: each goes, as one blob, to a sink (the
  * scheduler's sched_layer_sink, or convert's store writer) while the model
  * loads; the global tensors (embeddings, final norm, head) stay on the
@@ -15,6 +16,7 @@
 
 #include "backend.h"
 #include "model_config.h"
+#include "model_family.h"
 #include "scheduler.h"
 
 /* A layer's tensors (t[MT_*]) wherever they are; wq: the matrices are
@@ -22,59 +24,8 @@
  * GEMMs; views of the same layer must be the same struct (the reuse key). */
 typedef sched_layer model_layer;
 
-/* The tensors of an OPT layer, in the order of a layer blob:
- * the small ones first, so that a weight split across tiers keeps them on
- * the GPU with the first share.
- *   LN1 (d) self_attn_layer_norm; WQKV (3d, d), BQKV (3d): q, k, v stacked;
- *   WO (d, d), BO (d) out_proj; LN2 (d) final_layer_norm of the block;
- *   W1 (ffn, d), B1 (ffn) fc1; W2 (d, ffn), B2 (d) fc2 */
-enum model_tensor {
-    MT_LN1_W, MT_LN1_B, MT_BQKV, MT_BO, MT_LN2_W, MT_LN2_B, MT_B1, MT_B2,
-    MT_WQKV, MT_WO, MT_W1, MT_W2, MT_COUNT
-};
-
-/* The global tensors (on the backend; a family without one leaves it NULL). */
-enum model_global {
-    MODEL_G_TOK_EMB,  /* (V, d) token embeddings */
-    MODEL_G_POS_EMB,  /* (max_pos + 2, d) learned positions (OPT) */
-    MODEL_G_NORM_W,   /* (d) final norm */
-    MODEL_G_NORM_B,   /* (d) final norm bias (LayerNorm) */
-    MODEL_G_LM_HEAD,  /* (V, d); the token embeddings when tied */
-    MODEL_G_COUNT
-};
-
-/* One tensor of a Hugging Face checkpoint and where it goes: rows x cols
- * values (cols 0: a vector of rows values) at element `offset` of global
- * `dst` (layer < 0) or of tensor `dst` of layer `layer`'s blob (fused q/k/v
- * are three tensors into one). init: the dummy weights' fill, 'n' random
- * (std 0.02), '1' ones, '0' zeros. */
-typedef struct model_hf_tensor {
-    char name[96];
-    int layer, dst;
-    int64_t rows, cols;
-    size_t offset;
-    char init;
-} model_hf_tensor;
-
 struct model;
-/* A model family. */
-typedef struct model_arch {
-    const char *name; /* config.json model_type */
-    /* the scheduler's view of shape c: sched_model's data part */
-    void (*shape)(const model_config *c, sched_model *out);
-    /* the checkpoint's tensors in state-dict order, the globals first and
-     * each layer's together; out NULL: count only. @return the count. */
-    int (*tensors)(const model_config *c, model_hf_tensor *out);
-    /* sched_model's callbacks; their ctx is the struct model */
-    int (*embed)(void *m, void *x, const int32_t *ids, const int32_t *pos, int n_rows);
-    int (*layer)(void *m, int layer, const sched_layer *L, const sched_pass *p, void *x);
-    int (*head)(void *m, void *logits, void *last, const void *x, const int32_t *last_rows,
-                int n_out);
-} model_arch;
 
-extern const model_arch model_arch_opt;
-/* The family of config c. */
-const model_arch *model_arch_of(const model_config *c);
 /* The checkpoint tensor table of config c's family, malloc'd into *out
  * (caller frees). @return the count or -ENOMEM. */
 int model_hf_tensors(const model_config *c, model_hf_tensor **out);
@@ -87,7 +38,7 @@ static inline size_t model_hf_count(const model_hf_tensor *w)
 /* The scheduler's view of shape c (sched_model's data part: shape, layer
  * tensor table, global elements; no callbacks). */
 void model_sched_shape(const model_config *c, sched_model *out);
-/* The same with the family's callbacks computing on m (ctx = m). */
+/* The same with the forward pass's callbacks computing on m (ctx = m). */
 void model_sched_bind(struct model *m, sched_model *out);
 
 /* A layer as one contiguous blob of storage elements (es bytes each): the
@@ -124,9 +75,10 @@ typedef struct model {
     sched_model shape;    /* model_sched_shape(&cfg) */
     backend *be;          /* not owned */
     void *tok_emb;        /* (V, d) embed_tokens */
-    void *pos_emb;        /* (max_pos + 2, d) embed_positions */
-    void *lnf_w, *lnf_b;  /* (d) decoder.final_layer_norm */
+    void *pos_emb;        /* (max_pos + 2, d) learned positions, or NULL */
+    void *lnf_w, *lnf_b;  /* (d) the final norm (lnf_b NULL for RMSNorm) */
     void *lm_head;        /* (V, d); == tok_emb when tied */
+    float *inv_freq;      /* host (rot_dims / 2): RoPE's frequencies, or NULL */
     /* loading (model.c internal) */
     model_layer_sink sink;
     void *sink_ud;
@@ -140,7 +92,7 @@ typedef struct model {
 void **model_global(model *m, int g);
 /* Linear layer y(rows, n) = x(rows, k) W^T (+ b) (ReLU when relu) with
  * matrix t of layer L, which may be 4-bit rows: expanded into sc->w first
- * (once per layer with sc->w_all, or per call). For a family's block. */
+ * (once per layer with sc->w_all, or per call). */
 int model_linear(model *m, const model_layer *L, sched_scratch *sc, int t, void *y,
                  const void *x, const void *b, int rows, int n, int k, int relu);
 
@@ -174,8 +126,8 @@ int model_config_of(const char *path, model_config *out);
 int model_store_dtype(const char *path, uint32_t *dtype);
 void model_destroy(model *m); /* accepts NULL */
 
-/* Write a random model of shape cfg as a Hugging Face directory
- * (config.json, model.safetensors, vocab.json, merges.txt with the
+/* Write a random model of shape cfg as a Hugging Face directory of its
+ * family (config.json, model.safetensors, vocab.json, merges.txt with the
  * embedded tokenizer): `flexh2o make-model`. */
 int model_write_random(const model_config *cfg, const char *dir, uint64_t seed);
 

@@ -1,13 +1,16 @@
-/* model_config.c: OPT config.json parsing and the built-in shapes. */
+/* model_config.c: config.json parsing (the family's reader plus what
+ * every family checks), the helpers the readers share, and the built-in
+ * shapes. */
 #include "model_config.h"
 
-#include <cjson/cJSON.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "err.h"
+#include "model_family.h"
 #include "off.h"
 #include "fh_config.h"
 
@@ -25,28 +28,198 @@ static const char tiny_config[] =
     "\"dropout\":0.0,\"attention_dropout\":0.0,\"init_std\":0.02,"
     "\"torch_dtype\":\"float32\"}";
 
-static int get_int(const cJSON *o, const char *key, int def, int *out,
-                   const char *what)
+/* ------------------------------------------------ readers for the families */
+
+static const cJSON *item(const cJSON *o, const char *key)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v || cJSON_IsNull(v)) {
-        RETURN_IF(def < 0, -EINVAL, "%s: missing \"%s\"; is this an OPT config.json?",
-                  what, key);
+    return v && !cJSON_IsNull(v) ? v : NULL;
+}
+
+int model_json_int(const cJSON *o, const char *key, int def, int *out, const char *what)
+{
+    const cJSON *v = item(o, key);
+    if (!v) {
+        RETURN_IF(def == MODEL_JSON_REQUIRED, -EINVAL,
+                  "%s: missing \"%s\"; is this the model's Hugging Face config.json?", what,
+                  key);
         *out = def;
         return 0;
     }
-    RETURN_IF(!cJSON_IsNumber(v) || v->valuedouble != (int)v->valuedouble,
-              -EINVAL, "%s: \"%s\" must be an integer", what, key);
+    RETURN_IF(!cJSON_IsNumber(v) || v->valuedouble != (int)v->valuedouble, -EINVAL,
+              "%s: \"%s\" must be an integer", what, key);
     *out = (int)v->valuedouble;
     return 0;
 }
 
-static int get_bool(const cJSON *o, const char *key, int def)
+int model_json_float(const cJSON *o, const char *key, float def, float *out, const char *what)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (cJSON_IsBool(v))
-        return cJSON_IsTrue(v);
-    return def;
+    const cJSON *v = item(o, key);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    RETURN_IF(!cJSON_IsNumber(v), -EINVAL, "%s: \"%s\" must be a number", what, key);
+    *out = (float)v->valuedouble;
+    return 0;
+}
+
+int model_json_bool(const cJSON *o, const char *key, int def, int *out, const char *what)
+{
+    const cJSON *v = item(o, key);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    RETURN_IF(!cJSON_IsBool(v), -EINVAL, "%s: \"%s\" must be true or false", what, key);
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+const char *model_json_str(const cJSON *o, const char *key, const char *what, int *rc)
+{
+    const cJSON *v = item(o, key);
+    if (v && !cJSON_IsString(v)) {
+        err_set(__FILE__, __LINE__, "%s: \"%s\" must be a string", what, key);
+        *rc = -EINVAL;
+        return NULL;
+    }
+    return v ? v->valuestring : NULL;
+}
+
+int model_json_eos(const cJSON *o, int def, int *out, const char *what)
+{
+    const cJSON *v = item(o, "eos_token_id");
+    if (cJSON_IsArray(v)) {
+        const cJSON *first = v->child;
+        RETURN_IF(first && (!cJSON_IsNumber(first) ||
+                            first->valuedouble != (int)first->valuedouble),
+                  -EINVAL, "%s: \"eos_token_id\" must be an integer or a list of them", what);
+        *out = first ? (int)first->valuedouble : def;
+        return 0;
+    }
+    return model_json_int(o, "eos_token_id", def, out, what);
+}
+
+int model_json_rope(const cJSON *o, const char *what, const char *theta_key, float theta_def,
+                    kern_rope *r)
+{
+    const cJSON *rp = item(o, "rope_parameters"); /* transformers 5 */
+    RETURN_IF(rp && !cJSON_IsObject(rp), -EINVAL, "%s: \"rope_parameters\" must be an object",
+              what);
+    const cJSON *rs = item(o, "rope_scaling") ? item(o, "rope_scaling") : rp;
+    memset(r, 0, sizeof *r);
+    r->type = KERN_ROPE_DEFAULT;
+    r->factor = 1.0f;
+    const cJSON *th = item(o, "rope_theta") ? o : item(o, theta_key) ? o : rp;
+    const char *tk = item(o, "rope_theta") || !item(o, theta_key) ? "rope_theta" : theta_key;
+    FORWARD_IF(model_json_float(th ? th : o, tk, theta_def, &r->theta, what));
+    if (!rs)
+        return 0;
+    RETURN_IF(!cJSON_IsObject(rs), -EINVAL, "%s: \"rope_scaling\" must be an object or null",
+              what);
+    int rc = 0;
+    const char *type = model_json_str(rs, "rope_type", what, &rc);
+    if (!type)
+        type = model_json_str(rs, "type", what, &rc);
+    FORWARD_IF(rc);
+    if (!type || strcmp(type, "default") == 0)
+        return 0;
+    if (strcmp(type, "linear") == 0) {
+        r->type = KERN_ROPE_LINEAR;
+        return model_json_float(rs, "factor", 1.0f, &r->factor, what);
+    }
+    RETURN_IF(strcmp(type, "llama3") != 0, -EINVAL,
+              "%s: \"rope_scaling\" type \"%s\" is not supported (only \"linear\" and "
+              "\"llama3\" are)", what, type);
+    r->type = KERN_ROPE_LLAMA3;
+    FORWARD_IF(model_json_float(rs, "factor", 8.0f, &r->factor, what));
+    FORWARD_IF(model_json_float(rs, "low_freq_factor", 1.0f, &r->low_freq_factor, what));
+    FORWARD_IF(model_json_float(rs, "high_freq_factor", 4.0f, &r->high_freq_factor, what));
+    return model_json_int(rs, "original_max_position_embeddings", 8192, &r->orig_max_pos, what);
+}
+
+int model_json_common(const cJSON *o, const char *what, model_config *c)
+{
+    static const char *const refused[][2] = {
+        {"quantization_config", "a quantized checkpoint; use its fp16/bf16/fp32 weights"},
+        {"rope_parameters_per_layer", "per-layer RoPE"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++)
+        RETURN_IF(item(o, refused[i][0]), -EINVAL,
+                  "%s: \"%s\" is not supported (%s)", what, refused[i][0], refused[i][1]);
+    int rc = 0;
+    const char *nm = model_json_str(o, "_name_or_path", what, &rc);
+    FORWARD_IF(rc);
+    snprintf(c->name, sizeof c->name, "%s", nm && *nm ? nm : c->family->name);
+    return 0;
+}
+
+int model_json_printf(char *buf, size_t cap, int *at, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf + *at, cap - (size_t)*at, fmt, ap);
+    va_end(ap);
+    RETURN_IF(n < 0 || (size_t)n >= cap - (size_t)*at, -ENOSPC,
+              "internal: config.json text over %zu bytes", cap);
+    *at += n;
+    return 0;
+}
+
+/* ------------------------------------------------------------ parsing */
+
+static const model_family *const families[] = {
+    &model_family_opt, &model_family_llama, &model_family_mistral, &model_family_qwen2,
+    &model_family_gpt_neox,
+};
+#define N_FAMILIES (sizeof families / sizeof *families)
+
+/* The family of config o: model_type, else architectures[0], else OPT
+ * (configs from before model_type). */
+static int family_of(const cJSON *o, const char *what, const model_family **out)
+{
+    int rc = 0;
+    const char *mt = model_json_str(o, "model_type", what, &rc);
+    FORWARD_IF(rc);
+    const cJSON *ar = item(o, "architectures");
+    const char *arch = cJSON_IsArray(ar) && cJSON_IsString(ar->child) ? ar->child->valuestring
+                                                                      : NULL;
+    for (size_t i = 0; i < N_FAMILIES; i++)
+        if (mt ? strcmp(mt, families[i]->name) == 0
+               : arch && strcmp(arch, families[i]->arch) == 0) {
+            *out = families[i];
+            return 0;
+        }
+    RETURN_IF(mt || arch, -EINVAL,
+              "%s: model_type \"%s\" is not supported; flexh2o runs opt, llama, mistral, "
+              "qwen2 and gpt_neox models", what, mt ? mt : arch);
+    *out = &model_family_opt;
+    return 0;
+}
+
+/* What every family's shape must satisfy. */
+static int check_shape(const model_config *c, const char *what)
+{
+    RETURN_IF(c->vocab_size <= 0 || c->hidden <= 0 || c->n_layer <= 0 || c->n_head <= 0 ||
+              c->n_kv_head <= 0 || c->head_dim <= 0 || c->ffn <= 0 || c->max_pos <= 0,
+              -EINVAL, "%s: inconsistent shape (hidden_size %d, heads %d, KV heads %d, "
+              "head_dim %d, layers %d, intermediate %d, vocab %d, max positions %d): every "
+              "one must be positive", what, c->hidden, c->n_head, c->n_kv_head, c->head_dim,
+              c->n_layer, c->ffn, c->vocab_size, c->max_pos);
+    RETURN_IF(c->n_head % c->n_kv_head != 0, -EINVAL,
+              "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", what,
+              c->n_head, c->n_kv_head);
+    if (c->pos == MODEL_POS_ROPE) {
+        RETURN_IF(c->rot_dims <= 0 || c->rot_dims % 2 || c->rot_dims > c->head_dim, -EINVAL,
+                  "%s: %d rotary dimensions of a %d-wide head: the rotary fraction must "
+                  "give an even count from 2 to head_dim", what, c->rot_dims, c->head_dim);
+        float inv[512];
+        RETURN_IF(c->rot_dims / 2 > (int)(sizeof inv / sizeof *inv), -EINVAL,
+                  "%s: head_dim %d is above the 1024 supported", what, c->head_dim);
+        FORWARD_IF(kern_rope_inv_freq(inv, c->rot_dims, &c->rope));
+    }
+    return 0;
 }
 
 int model_config_parse(const char *json, size_t len, const char *what,
@@ -56,71 +229,23 @@ int model_config_parse(const char *json, size_t len, const char *what,
     cJSON *o = cJSON_ParseWithLength(json, len);
     RETURN_IF(!o || !cJSON_IsObject(o), -EINVAL,
               "%s: not valid JSON; re-download or regenerate config.json", what);
-    int rc = 0;
-    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(o, "model_type");
-    if (cJSON_IsString(mt) && strcmp(mt->valuestring, "opt") != 0) {
-        err_set(__FILE__, __LINE__,
-                "%s: model_type \"%s\" is not supported; flexh2o runs OPT models",
-                what, mt->valuestring);
-        rc = -EINVAL;
-        goto out;
+    const model_family *f = NULL;
+    int rc = family_of(o, what, &f);
+    if (rc == 0) {
+        cfg->family = f;
+        rc = f->parse(o, what, cfg);
     }
-    int proj = 0;
-    if ((rc = get_int(o, "vocab_size", -1, &cfg->vocab_size, what)) ||
-        (rc = get_int(o, "hidden_size", -1, &cfg->hidden, what)) ||
-        (rc = get_int(o, "num_hidden_layers", -1, &cfg->n_layer, what)) ||
-        (rc = get_int(o, "num_attention_heads", -1, &cfg->n_head, what)) ||
-        (rc = get_int(o, "ffn_dim", -1, &cfg->ffn, what)) ||
-        (rc = get_int(o, "max_position_embeddings", 2048, &cfg->max_pos, what)) ||
-        (rc = get_int(o, "word_embed_proj_dim", cfg->hidden, &proj, what)) ||
-        (rc = get_int(o, "bos_token_id", 2, &cfg->bos_id, what)) ||
-        (rc = get_int(o, "eos_token_id", 2, &cfg->eos_id, what)) ||
-        (rc = get_int(o, "pad_token_id", 1, &cfg->pad_id, what)))
-        goto out;
-    if (cfg->vocab_size <= 0 || cfg->hidden <= 0 || cfg->n_layer <= 0 ||
-        cfg->n_head <= 0 || cfg->ffn <= 0 || cfg->max_pos <= 0 ||
-        cfg->hidden % cfg->n_head != 0) {
-        err_set(__FILE__, __LINE__,
-                "%s: inconsistent shape (hidden_size %d, heads %d, layers %d, "
-                "ffn_dim %d, vocab %d); hidden_size must be a multiple of the heads",
-                what, cfg->hidden, cfg->n_head, cfg->n_layer, cfg->ffn,
-                cfg->vocab_size);
-        rc = -EINVAL;
-        goto out;
-    }
-    if (!get_bool(o, "do_layer_norm_before", 1) || proj != cfg->hidden) {
-        err_set(__FILE__, __LINE__,
-                "%s: post-LayerNorm OPT with a %d-wide embedding projection "
-                "(opt-350m style) is not supported; use another OPT size",
-                what, proj);
-        rc = -EINVAL;
-        goto out;
-    }
-    if (!get_bool(o, "enable_bias", 1) ||
-        !get_bool(o, "layer_norm_elementwise_affine", 1)) {
-        err_set(__FILE__, __LINE__,
-                "%s: OPT without biases or LayerNorm affine weights is not supported",
-                what);
-        rc = -EINVAL;
-        goto out;
-    }
-    const cJSON *act = cJSON_GetObjectItemCaseSensitive(o, "activation_function");
-    if (cJSON_IsString(act) && strcmp(act->valuestring, "relu") != 0) {
-        err_set(__FILE__, __LINE__,
-                "%s: activation_function \"%s\" is not supported (OPT uses relu)",
-                what, act->valuestring);
-        rc = -EINVAL;
-        goto out;
-    }
-    cfg->head_dim = cfg->hidden / cfg->n_head;
-    cfg->tie_lm_head = get_bool(o, "tie_word_embeddings", 1);
-    cfg->ln_eps = 1e-5f;
-    const cJSON *nm = cJSON_GetObjectItemCaseSensitive(o, "_name_or_path");
-    snprintf(cfg->name, sizeof cfg->name, "%s",
-             cJSON_IsString(nm) ? nm->valuestring : "opt");
-out:
+    if (rc == 0)
+        rc = model_json_common(o, what, cfg);
+    if (rc == 0)
+        rc = check_shape(cfg, what);
     cJSON_Delete(o);
     return rc;
+}
+
+int model_config_json(const model_config *c, char *buf, size_t cap)
+{
+    return c->family->config_json(c, buf, cap);
 }
 
 int model_config_load(const char *path, model_config *cfg)
@@ -145,22 +270,11 @@ int model_config_by_name(const char *name, model_config *cfg)
         snprintf(path, sizeof path, "%s/configs/models/%s.json", FH_SOURCE_ROOT, name);
     struct stat st;
     RETURN_IF(stat(path, &st) != 0, -ENOENT,
-              "unknown model shape \"%s\" (%s not found); use tiny, opt-125m, "
-              "opt-1.3b, opt-2.7b, opt-6.7b, opt-13b, opt-30b, opt-66b, opt-175b "
+              "unknown model shape \"%s\" (%s not found); use tiny, a name from "
+              "configs/models/ (opt-6.7b, llama-3.1-8b, qwen2.5-7b, pythia-12b, ...) "
               "or a config.json path", name, path);
     FORWARD_IF(model_config_load(path, cfg));
-    if (strcmp(cfg->name, "opt") == 0)
+    if (strcmp(cfg->name, cfg->family->name) == 0)
         snprintf(cfg->name, sizeof cfg->name, "%s", name);
     return 0;
-}
-
-size_t model_config_params(const model_config *c)
-{
-    size_t d = (size_t)c->hidden, f = (size_t)c->ffn;
-    size_t layer = 4 * d * d + 4 * d + 2 * d * f + f + d + 4 * d;
-    size_t p = (size_t)c->n_layer * layer + (size_t)c->vocab_size * d +
-               (size_t)(c->max_pos + 2) * d + 2 * d;
-    if (!c->tie_lm_head)
-        p += (size_t)c->vocab_size * d;
-    return p;
 }

@@ -49,7 +49,6 @@ int model_create_dummy_sink(const model_config *cfg, backend *be, uint64_t seed,
                             model_layer_sink sink, void *ud, model **out)
 {
     model_config c = *cfg;
-    c.tie_lm_head = 1;
     model *m = NULL;
     model_hf_tensor *w = NULL;
     int n = 0;
@@ -99,7 +98,6 @@ int model_write_random(const model_config *cfg, const char *dir, uint64_t seed)
     RETURN_IF(mkdir(dir, 0755) != 0 && errno != EEXIST, -errno,
               "%s: cannot create directory (%s)", dir, strerror(errno));
     model_config c = *cfg;
-    c.tie_lm_head = 1; /* the config.json written below says so */
     model_hf_tensor *w;
     int n = model_hf_tensors(&c, &w);
     FORWARD_IF(n);
@@ -133,20 +131,9 @@ int model_write_random(const model_config *cfg, const char *dir, uint64_t seed)
     free(w);
     FORWARD_IF(rc);
 
-    char cj[2048];
-    int len = snprintf(cj, sizeof cj,
-        "{\n  \"_name_or_path\": \"%s\",\n  \"model_type\": \"opt\",\n"
-        "  \"architectures\": [\"OPTForCausalLM\"],\n  \"vocab_size\": %d,\n"
-        "  \"hidden_size\": %d,\n  \"num_hidden_layers\": %d,\n"
-        "  \"num_attention_heads\": %d,\n  \"ffn_dim\": %d,\n"
-        "  \"max_position_embeddings\": %d,\n  \"word_embed_proj_dim\": %d,\n"
-        "  \"do_layer_norm_before\": true,\n  \"activation_function\": \"relu\",\n"
-        "  \"enable_bias\": true,\n  \"layer_norm_elementwise_affine\": true,\n"
-        "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n  \"pad_token_id\": %d,\n"
-        "  \"tie_word_embeddings\": true,\n  \"dropout\": 0.0,\n"
-        "  \"attention_dropout\": 0.0,\n  \"torch_dtype\": \"float32\"\n}\n",
-        cfg->name, cfg->vocab_size, cfg->hidden, cfg->n_layer, cfg->n_head,
-        cfg->ffn, cfg->max_pos, cfg->hidden, cfg->bos_id, cfg->eos_id, cfg->pad_id);
+    char cj[4096];
+    int len = model_config_json(&c, cj, sizeof cj);
+    FORWARD_IF(len);
     FORWARD_IF(write_text(dir, "config.json", cj, (size_t)len));
     FORWARD_IF(write_text(dir, "vocab.json", tok_embedded_vocab_json,
                           tok_embedded_vocab_json_len));

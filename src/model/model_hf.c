@@ -15,23 +15,35 @@
 typedef struct loader {
     model *m;
     st_set *st;
-    const char *prefix; /* what "model.decoder." is in this checkpoint ("decoder.") */
-    float *buf;         /* host staging, largest tensor */
+    int strip;          /* the checkpoint's names lack the leading "model." */
+    float *buf, *perm;  /* host staging, largest tensor (perm: for regrouped rows) */
 } loader;
 
-/* Load checkpoint tensor w (its name under the checkpoint's prefix), of
- * the shape w gives, into its destination. */
+/* rows of src (cols values each; a vector: 1) regrouped into dst as perm
+ * says (model_family.h). */
+static void permute_rows(float *dst, const float *src, const model_hf_tensor *w,
+                         const model_config *c)
+{
+    size_t cols = w->cols > 0 ? (size_t)w->cols : 1, hd = (size_t)c->head_dim;
+    size_t H = (size_t)c->n_head;
+    for (size_t r = 0; r < (size_t)w->rows; r++) {
+        size_t h = r / (3 * hd), part = r % (3 * hd) / hd, j = r % hd;
+        memcpy(dst + ((part * H + h) * hd + j) * cols, src + r * cols, sizeof(float) * cols);
+    }
+}
+
+/* Load checkpoint tensor w, of the shape w gives, into its destination. */
 static int load_tensor(loader *ld, const model_hf_tensor *w)
 {
     char full[256];
-    const char *std = "model.decoder.";
-    if (strncmp(w->name, std, strlen(std)) == 0)
-        snprintf(full, sizeof full, "%s%s", ld->prefix, w->name + strlen(std));
+    const char *std = "model.";
+    if (ld->strip && strncmp(w->name, std, strlen(std)) == 0)
+        snprintf(full, sizeof full, "%s", w->name + strlen(std));
     else
         snprintf(full, sizeof full, "%s", w->name);
     const st_tensor *t = st_find(ld->st, full);
-    RETURN_IF(!t, -EINVAL, "tensor %s missing from the checkpoint; is this an "
-              "%s model matching config.json?", full, model_arch_of(&ld->m->cfg)->name);
+    RETURN_IF(!t, -EINVAL, "tensor %s missing from the checkpoint; is this a "
+              "%s model matching config.json?", full, ld->m->cfg.family->name);
     int64_t want[2] = {w->rows, w->cols};
     int nd = w->cols > 0 ? 2 : 1;
     int ok = t->n_dim == nd;
@@ -52,6 +64,10 @@ static int load_tensor(loader *ld, const model_hf_tensor *w)
     }
     size_t n = model_hf_count(w);
     st_to_f32(t, ld->buf, n);
+    if (w->perm == MODEL_PERM_QKV_PER_HEAD) {
+        permute_rows(ld->perm, ld->buf, w, &ld->m->cfg);
+        return model_put_f32(ld->m, w, 0, ld->perm, n);
+    }
     return model_put_f32(ld->m, w, 0, ld->buf, n);
 }
 
@@ -63,7 +79,7 @@ int model_load_hf_sink(const char *dir, backend *be, model_layer_sink sink, void
     model_config cfg;
     struct stat st;
     RETURN_IF(stat(dir, &st) != 0 || !S_ISDIR(st.st_mode), -ENOENT,
-              "%s: model directory not found; pass a Hugging Face OPT directory "
+              "%s: model directory not found; pass a Hugging Face model directory "
               "or create one with flexh2o make-model", dir);
     FORWARD_IF(model_config_load(path, &cfg));
     st_set *sts = NULL;
@@ -72,18 +88,23 @@ int model_load_hf_sink(const char *dir, backend *be, model_layer_sink sink, void
     model_hf_tensor *w = NULL;
     int n = 0;
     int rc = model_begin(&cfg, be, sink, ud, &m, &w, &n);
-    loader ld = {m, sts, "model.decoder.", NULL};
+    loader ld = {m, sts, 0, NULL, NULL};
     if (rc == 0) {
-        if (!st_find(sts, "model.decoder.embed_tokens.weight") &&
-            st_find(sts, "decoder.embed_tokens.weight"))
-            ld.prefix = "decoder.";
-        size_t big = 0;
+        /* some checkpoints (OPT's, saved from the bare decoder) name their
+         * tensors without the leading "model." */
+        const char *first = w[0].name;
+        ld.strip = !st_find(sts, first) && strncmp(first, "model.", 6) == 0 &&
+                   st_find(sts, first + 6);
+        size_t big = 0, big_perm = 0;
         for (int i = 0; i < n; i++) {
             size_t c = model_hf_count(&w[i]);
             big = c > big ? c : big;
+            if (w[i].perm && c > big_perm)
+                big_perm = c;
         }
         ld.buf = malloc(sizeof(float) * big);
-        if (!ld.buf) {
+        ld.perm = big_perm ? malloc(sizeof(float) * big_perm) : NULL;
+        if (!ld.buf || (big_perm && !ld.perm)) {
             err_set(__FILE__, __LINE__, "out of memory for a tensor of %zu values", big);
             rc = -ENOMEM;
         }
@@ -94,6 +115,7 @@ int model_load_hf_sink(const char *dir, backend *be, model_layer_sink sink, void
             rc = model_layer_done(m, w, n, i);
     }
     free(ld.buf);
+    free(ld.perm);
     free(w);
     st_close(sts);
     if (rc < 0) {

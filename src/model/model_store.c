@@ -21,7 +21,29 @@
 
 #define STORE_FILE "model.flxh2o"
 
-static const char *const global_names[] = {"tok_emb", "pos_emb", "lnf_w", "lnf_b", "lm_head"};
+static const char *const global_names[MODEL_G_COUNT] = {"tok_emb", "pos_emb", "lnf_w", "lnf_b",
+                                                         "lm_head"};
+
+/* The global tensors config c's family has, in MODEL_G_* order: g[i] the
+ * index and len[i] the elements of the i-th. @return the count. */
+static int store_globals(const model_config *c, int g[MODEL_G_COUNT],
+                         size_t len[MODEL_G_COUNT])
+{
+    model_hf_tensor *w;
+    int n = model_hf_tensors(c, &w), k = 0;
+    FORWARD_IF(n);
+    size_t have[MODEL_G_COUNT] = {0};
+    for (int i = 0; i < n; i++)
+        if (w[i].layer < 0)
+            have[w[i].dst] = model_hf_count(&w[i]);
+    free(w);
+    for (int i = 0; i < MODEL_G_COUNT; i++)
+        if (have[i]) {
+            g[k] = i;
+            len[k++] = have[i];
+        }
+    return k;
+}
 
 /* A layer blob of one element size in the layout of another; with wq both
  * are 4-bit blobs, whose matrices are copied as they are. */
@@ -56,7 +78,7 @@ int model_config_of(const char *path, model_config *out)
     }
     struct stat st;
     RETURN_IF(stat(path, &st) != 0 || !S_ISDIR(st.st_mode), -ENOENT,
-              "%s: model directory not found; pass a Hugging Face OPT directory, a store "
+              "%s: model directory not found; pass a Hugging Face model directory, a store "
               "from flexh2o convert, or create one with flexh2o make-model", path);
     snprintf(p, sizeof p, "%s/config.json", path);
     return model_config_load(p, out);
@@ -131,8 +153,13 @@ int model_convert(const char *hf_dir, const char *out_dir, uint32_t dtype)
     char *cj = NULL;
     size_t cj_len = 0;
     FORWARD_IF(off_read_file(path, &cj, &cj_len));
-    size_t es = off_dtype_size(dtype), d = (size_t)c.hidden;
-    int n_glob = c.tie_lm_head ? 4 : 5, n_seg = n_glob + c.n_layer;
+    size_t es = off_dtype_size(dtype), glen[MODEL_G_COUNT];
+    int gid[MODEL_G_COUNT], n_glob = store_globals(&c, gid, glen);
+    if (n_glob < 0) {
+        free(cj);
+        return n_glob;
+    }
+    int n_seg = n_glob + c.n_layer;
     const char **names = calloc((size_t)n_seg, sizeof *names);
     char (*lnames)[OFF_SEG_NAME] = calloc((size_t)c.n_layer, OFF_SEG_NAME);
     uint64_t *lens = calloc((size_t)n_seg, sizeof *lens);
@@ -146,11 +173,9 @@ int model_convert(const char *hf_dir, const char *out_dir, uint32_t dtype)
                  ? 0 : -ENOMEM;
     if (rc == -ENOMEM)
         err_set(__FILE__, __LINE__, "out of memory");
-    const size_t glen[5] = {(size_t)c.vocab_size * d, (size_t)(c.max_pos + 2) * d, d, d,
-                            (size_t)c.vocab_size * d};
     for (int i = 0; rc == 0 && i < n_seg; i++) {
         if (i < n_glob) {
-            names[i] = global_names[i];
+            names[i] = global_names[gid[i]];
             lens[i] = glen[i] * es;
         } else {
             snprintf(lnames[i - n_glob], OFF_SEG_NAME, "layer.%d", i - n_glob);
@@ -169,8 +194,6 @@ int model_convert(const char *hf_dir, const char *out_dir, uint32_t dtype)
         rc = backend_cpu_create(0, &be);
     if (rc == 0)
         rc = model_load_hf_sink(hf_dir, &be, conv_sink, &cv, &m);
-    const void *gp[5] = {m ? m->tok_emb : NULL, m ? m->pos_emb : NULL, m ? m->lnf_w : NULL,
-                         m ? m->lnf_b : NULL, m ? m->lm_head : NULL};
     for (int i = 0; rc == 0 && i < n_glob; i++) {
         void *buf = malloc(glen[i] * es);
         if (!buf) {
@@ -179,7 +202,7 @@ int model_convert(const char *hf_dir, const char *out_dir, uint32_t dtype)
             break;
         }
         /* the CPU backend holds fp32 in host memory */
-        model_convert_elems(buf, es, gp[i], sizeof(float), glen[i]);
+        model_convert_elems(buf, es, *model_global(m, gid[i]), sizeof(float), glen[i]);
         rc = off_store_writer_put(cv.w, i, buf);
         free(buf);
     }
@@ -235,8 +258,10 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk,
         m->sink_ud = ud;
         rc = model_alloc_weights(m);
     }
-    int n_glob = c->tie_lm_head ? 4 : 5;
-    void *dst[5] = {m->tok_emb, m->pos_emb, m->lnf_w, m->lnf_b, m->lm_head};
+    size_t glen[MODEL_G_COUNT];
+    int gid[MODEL_G_COUNT], n_glob = rc == 0 ? store_globals(c, gid, glen) : 0;
+    if (n_glob < 0)
+        rc = n_glob;
     size_t seg_max = 0;
     for (int i = 0; rc == 0 && i < st->n_seg; i++)
         if (st->seg[i].length > seg_max)
@@ -248,10 +273,11 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk,
         rc = -ENOMEM;
     }
     for (int i = 0; rc == 0 && i < n_glob; i++) {
-        int s = off_store_find(st, global_names[i]);
-        if (s < 0) {
-            err_set(__FILE__, __LINE__, "%s: segment %s missing; run flexh2o convert again",
-                    path, global_names[i]);
+        int s = off_store_find(st, global_names[gid[i]]);
+        if (s < 0 || st->seg[s].length != glen[i] * ses) {
+            err_set(__FILE__, __LINE__, "%s: segment %s %s; run flexh2o convert again",
+                    path, global_names[gid[i]],
+                    s < 0 ? "is missing" : "has the wrong size for config.json");
             rc = -EINVAL;
             break;
         }
@@ -265,7 +291,7 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk,
         if (rc == 0) {
             f32 = tmp;
             model_convert_elems(f32, sizeof(float), buf, ses, n);
-            rc = be->ops->upload(be->ctx, dst[i], f32, n);
+            rc = be->ops->upload(be->ctx, *model_global(m, gid[i]), f32, n);
         }
     }
     size_t want = model_layer_layout_q(c, ses, wq, NULL, NULL);

@@ -75,6 +75,11 @@ int model_alloc_weights(model *m)
     void *ctx = m->be->ctx;
     RETURN_IF(!m->sink, -EINVAL, "internal: a model loads its layers into a sink");
     model_sched_shape(c, &m->shape);
+    unsigned need = (c->norm == MODEL_NORM_RMS ? BACKEND_OP_RMSNORM : 0) |
+                    (c->pos == MODEL_POS_ROPE ? BACKEND_OP_ROPE : 0) |
+                    (c->act == MODEL_ACT_SWIGLU ? BACKEND_OP_SWIGLU : 0) |
+                    (c->act == MODEL_ACT_GELU ? BACKEND_OP_GELU : 0);
+    FORWARD_IF(backend_ops_check(o, need, c->family->name));
     /* the global tensors, as the family's checkpoint table has them */
     model_hf_tensor *w;
     int n = model_hf_tensors(c, &w), rc = 0;
@@ -86,6 +91,11 @@ int model_alloc_weights(model *m)
     FORWARD_IF(rc);
     if (c->tie_lm_head)
         m->lm_head = m->tok_emb;
+    if (c->pos == MODEL_POS_ROPE) {
+        m->inv_freq = malloc(sizeof(float) * (size_t)(c->rot_dims / 2));
+        RETURN_IF(!m->inv_freq, -ENOMEM, "out of memory");
+        FORWARD_IF(kern_rope_inv_freq(m->inv_freq, c->rot_dims, &c->rope));
+    }
     /* one host blob, reused by every layer; handed to the sink */
     size_t off[MT_COUNT];
     m->blob_bytes = (model_layer_layout(c, o->elem_size, off, NULL) + 4095) & ~(size_t)4095;
@@ -113,6 +123,7 @@ void model_destroy(model *m)
         o->free(ctx, m->lnf_b);
     }
     free(m->blob);
+    free(m->inv_freq);
     if (m->store) {
         off_store_close(m->store);
         free(m->store);
