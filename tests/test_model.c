@@ -15,6 +15,7 @@
 #include "err.h"
 #include "off.h"
 #include "fh_config.h"
+#include "golden_harness.h"
 #include "model.h"
 #include "safetensors.h"
 #include "scheduler.h"
@@ -22,50 +23,7 @@
 #define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
 #define GOLDEN FH_SOURCE_ROOT "/tests/fixtures/tiny-opt-golden.json"
 
-typedef struct gcase {
-    int32_t ids[64];
-    int n_ids, n_new;
-    int32_t tok[16];
-    double lp[16];
-    float *logits; /* (n_new, V) */
-} gcase;
-
-static gcase cases[8];
-static int n_cases, vocab;
-
-static void load_golden(void)
-{
-    char *buf;
-    size_t len;
-    cr_assert_eq(off_read_file(GOLDEN, &buf, &len), 0, "%s", err_msg());
-    cJSON *g = cJSON_Parse(buf);
-    free(buf);
-    cr_assert(g);
-    const cJSON *cs = cJSON_GetObjectItem(g, "cases"), *c;
-    n_cases = 0;
-    cJSON_ArrayForEach(c, cs) {
-        gcase *k = &cases[n_cases++];
-        const cJSON *e, *st;
-        k->n_ids = 0;
-        cJSON_ArrayForEach(e, cJSON_GetObjectItem(c, "prompt_ids"))
-            k->ids[k->n_ids++] = e->valueint;
-        k->n_new = 0;
-        cJSON_ArrayForEach(st, cJSON_GetObjectItem(c, "steps")) {
-            const cJSON *lg = cJSON_GetObjectItem(st, "logits");
-            vocab = cJSON_GetArraySize(lg);
-            if (!k->logits)
-                k->logits = malloc(sizeof(float) * 16 * (size_t)vocab);
-            int i = 0;
-            cJSON_ArrayForEach(e, lg)
-                k->logits[(size_t)k->n_new * vocab + i++] = (float)e->valuedouble;
-            k->tok[k->n_new] = cJSON_GetObjectItem(st, "token")->valueint;
-            k->lp[k->n_new] = cJSON_GetObjectItem(st, "logprob")->valuedouble;
-            k->n_new++;
-        }
-    }
-    cJSON_Delete(g);
-    cr_assert_geq(n_cases, 4);
-}
+static golden G;
 
 static backend be;
 
@@ -81,113 +39,20 @@ static int load_only(const char *dir, model **m)
     return model_load_hf_sink(dir, &be, discard_sink, NULL, m);
 }
 
-/* The production path for a block of `block` sequences: a scheduler with
- * everything on the "GPU" tier (the CPU backend's memory), the model loaded
- * through its sink. */
-typedef struct engine {
-    sched *s;
-    model *m;
-} engine;
-
-static void engine_open(const char *dir, int block, engine *e)
-{
-    model_config c;
-    cr_assert_eq(model_config_of(dir, &c), 0, "%s", err_msg());
-    sched_model shape, bound;
-    model_sched_shape(&c, &shape);
-    sched_policy p;
-    sched_policy_default(&p);
-    p.gpu_batch_size = block;
-    sched_shape sh = {.max_rows = 512, .cap = 128};
-    cr_assert_eq(sched_create(&be, &shape, &p, &sh, NULL, &e->s), 0, "%s", err_msg());
-    cr_assert_eq(model_load_hf_sink(dir, &be, sched_layer_sink, e->s, &e->m), 0, "%s",
-                 err_msg());
-    model_sched_bind(e->m, &bound);
-    cr_assert_eq(sched_attach(e->s, &bound), 0, "%s", err_msg());
-}
-
-static void engine_close(engine *e)
-{
-    sched_destroy(e->s);
-    model_destroy(e->m);
-}
-
-/* Greedy-generate the golden cases with the engine, all of them in one
- * batch (batched) or one at a time, checking every step's logits against
- * the golden file; returns the worst logit error. got (n_cases, n_new, V)
- * receives the logits when non-NULL. */
 static double run_cases(const char *dir, int batched, float *got, double tol)
 {
-    int B = batched ? n_cases : 1;
-    engine e;
-    engine_open(dir, B, &e);
-    float *lg = malloc(sizeof(float) * (size_t)B * vocab);
-    double worst = 0;
-    for (int first = 0; first < n_cases; first += B) {
-        int32_t ids[512], pos[512], last[8], cur[8];
-        kern_seq seqs[8];
-        int rows = 0;
-        for (int s = 0; s < B; s++) {
-            gcase *k = &cases[first + s];
-            seqs[s] = (kern_seq){.row = rows, .n_new = k->n_ids, .budget = 128, .recent = 1};
-            for (int j = 0; j < k->n_ids; j++) {
-                ids[rows] = k->ids[j];
-                pos[rows++] = j;
-            }
-            last[s] = rows - 1;
-        }
-        for (int step = 0; step < cases[first].n_new; step++) {
-            cr_assert_eq(sched_forward(e.s, ids, pos, rows, seqs, B, last, B, step), 0, "%s",
-                         err_msg());
-            be.ops->download(be.ctx, lg, sched_logits(e.s), (size_t)B * vocab);
-            rows = 0;
-            for (int s = 0; s < B; s++) {
-                gcase *k = &cases[first + s];
-                const float *ref = k->logits + (size_t)step * vocab;
-                const float *out = lg + (size_t)s * vocab;
-                int arg = 0;
-                for (int v = 0; v < vocab; v++) {
-                    double e = fabs((double)out[v] - ref[v]);
-                    if (e > worst)
-                        worst = e;
-                    cr_assert_leq(e, tol, "case %d step %d logit %d: got %.7g want %.7g",
-                                  first + s, step, v, out[v], ref[v]);
-                    if (out[v] > out[arg])
-                        arg = v;
-                }
-                if (got)
-                    memcpy(got + ((size_t)(first + s) * 16 + step) * vocab, out,
-                           sizeof(float) * vocab);
-                cr_assert_eq(arg, k->tok[step], "case %d step %d: greedy %d want %d",
-                             first + s, step, arg, k->tok[step]);
-                cur[s] = arg;
-                seqs[s].n_past += seqs[s].n_new;
-                seqs[s].n_slots = seqs[s].n_past;
-                seqs[s].row = rows;
-                seqs[s].n_new = 1;
-                ids[rows] = cur[s];
-                pos[rows] = seqs[s].n_past;
-                last[s] = rows++;
-            }
-        }
-    }
-    free(lg);
-    engine_close(&e);
-    return worst;
+    return golden_run(&be, &G, dir, batched, got, tol);
 }
 
 static void setup(void)
 {
     err_clear();
     cr_assert_eq(backend_cpu_create(0, &be), 0);
-    load_golden();
+    golden_load(&G, GOLDEN);
 }
 static void teardown(void)
 {
-    for (int i = 0; i < n_cases; i++) {
-        free(cases[i].logits);
-        cases[i].logits = NULL;
-    }
+    golden_free(&G);
     backend_destroy(&be);
 }
 
@@ -201,7 +66,7 @@ Test(model, golden_logits_single_prompt)
 
 Test(model, batched_equals_single)
 {
-    size_t n = (size_t)n_cases * 16 * vocab;
+    size_t n = (size_t)G.n_cases * GOLDEN_MAX_NEW * G.vocab;
     float *a = calloc(n, sizeof(float)), *b = calloc(n, sizeof(float));
     run_cases(TINY, 0, a, 1e-4);
     run_cases(TINY, 1, b, 1e-4);
@@ -218,14 +83,14 @@ Test(model, golden_logprobs_match)
     /* log softmax of the golden logits, taken by the sampler, equals the
      * transformers log-probability of the chosen token */
     float scratch[2 * 1024];
-    for (int c = 0; c < n_cases; c++)
-        for (int s = 0; s < cases[c].n_new; s++) {
+    for (int c = 0; c < G.n_cases; c++)
+        for (int s = 0; s < G.cases[c].n_new; s++) {
             float lp;
-            int32_t t = kern_sample_ref(cases[c].logits + (size_t)s * vocab, vocab, 0.0f,
+            int32_t t = kern_sample_ref(G.cases[c].logits + (size_t)s * G.vocab, G.vocab, 0.0f,
                                         1.0f, 0.5, &lp, scratch, sizeof scratch);
-            cr_assert_eq(t, cases[c].tok[s]);
-            cr_assert_float_eq(lp, cases[c].lp[s], 1e-5, "case %d step %d: %g vs %g", c,
-                               s, lp, cases[c].lp[s]);
+            cr_assert_eq(t, G.cases[c].tok[s]);
+            cr_assert_float_eq(lp, G.cases[c].lp[s], 1e-5, "case %d step %d: %g vs %g", c,
+                               s, lp, G.cases[c].lp[s]);
         }
 }
 

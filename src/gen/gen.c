@@ -263,16 +263,16 @@ static int run_block(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n, gen_stats *st
 /* Start a block: ss[0..n) take the prompts todo[0..n), each with its own
  * max_new, KV split and random stream (toks and lps keep their place). */
 static void block_start(gen_seq *ss, const job_prompt *const *todo, int n, const gen_opts *o,
-                        int max_pos)
+                        const model_config *c)
 {
     for (int k = 0; k < n; k++) {
         gen_seq *s = &ss[k];
         s->p = todo[k];
-        s->max_new = gen_max_new(s->p, o, max_pos);
+        s->max_new = gen_max_new(s->p, o, c);
         s->n_past = 0;
         s->n_slots = 0;
         kv_split sp;
-        int rc = kv_policy_split(&o->kv, s->p->n_ids, s->max_new, s->p->line, &sp);
+        int rc = gen_split(c, o, s->p, s->max_new, &sp);
         /* cannot fail: gen_run began with gen_check, which split every
          * prompt of the job with these same arguments */
         assert(rc == 0);
@@ -306,7 +306,7 @@ static void todo_scan(const gen_ctx *gc, const job_prompts *ps, run_size *rs,
         if (job_out_has(gc->out, ps->p[i].id))
             continue;
         const job_prompt *p = &ps->p[i];
-        int mn = gen_max_new(p, gc->o, gc->c->max_pos);
+        int mn = gen_max_new(p, gc->o, gc->c);
         if (todo)
             todo[rs->n_todo] = p;
         rs->n_todo++;
@@ -338,7 +338,7 @@ static size_t run_layout(char *base, const gen_ctx *gc, const run_size *rs,
                          const job_prompt ***todo, gen_seq **ss, gen_buf *bb)
 {
     const model_config *c = gc->c;
-    size_t off = 0, B = (size_t)rs->B, H = (size_t)c->n_head, cap = (size_t)gc->cap;
+    size_t off = 0, B = (size_t)rs->B, H = (size_t)c->n_kv_head, cap = (size_t)gc->cap;
     size_t rows = B * (size_t)rs->max_prompt, gen = B * (size_t)rs->max_new;
     *todo = carve(base, &off, (size_t)rs->n_todo, sizeof **todo);
     *ss = carve(base, &off, B, sizeof **ss);
@@ -415,7 +415,7 @@ int gen_run(model *m, sched *sc, const tok *t, const job_prompts *ps, job_out *o
         err_set(__FILE__, __LINE__, "out of memory for a block of %d sequences", rs.B);
     for (int first = 0; rc == 0 && first < rs.n_todo; first += rs.B) {
         int n = rs.n_todo - first < rs.B ? rs.n_todo - first : rs.B;
-        block_start(ss, todo + first, n, o, c->max_pos);
+        block_start(ss, todo + first, n, o, c);
         rc = run_block(&gc, &bb, ss, n, st);
         st->prompts += n;
         gen_progress(&gc, st, first + n == rs.n_todo);

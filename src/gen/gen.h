@@ -48,9 +48,17 @@ typedef struct gen_stats {
 /* ------------------------------------------- sizing a job (gen_plan.c) */
 
 /* Tokens prompt p may generate: its max_new_tokens or o->max_new, no more
- * than the model's max_pos positions leave after the prompt.
- * @return that count. */
-int gen_max_new(const job_prompt *p, const gen_opts *o, int max_pos);
+ * than the model's max_pos positions leave after the prompt, except where
+ * positions keep counting (DESIGN.md "Model families": rotary positions
+ * with an evicting policy, or a sliding window). @return that count. */
+int gen_max_new(const job_prompt *p, const gen_opts *o, const model_config *c);
+/* Prompt p's KV split (kv_policy_split) generating max_new tokens on model
+ * c: a sliding window of W tokens (Mistral), when the sequence outgrows
+ * it, is a `window` cache of W - 1 slots (plus the token being computed:
+ * the W a query attends to) under `full`, and caps every other policy's
+ * budget at W - 1. @return 0 or -EINVAL as kv_policy_split. */
+int gen_split(const model_config *c, const gen_opts *o, const job_prompt *p, int max_new,
+              kv_split *out);
 
 /* Check the KV split of every prompt of ps under o->kv (kv_policy_split),
  * before anything runs, so that a budget that leaves some prompt no recent

@@ -6,12 +6,33 @@
 #include "err.h"
 #include "gen.h"
 
-int gen_max_new(const job_prompt *p, const gen_opts *o, int max_pos)
+int gen_max_new(const job_prompt *p, const gen_opts *o, const model_config *c)
 {
     int n = p->max_new >= 0 ? p->max_new : o->max_new;
-    if (p->n_ids + n > max_pos)
-        n = max_pos - p->n_ids;
+    int unbounded = c->pos == MODEL_POS_ROPE && (o->kv.kind != KV_POLICY_FULL ||
+                                                 c->sliding_window > 0);
+    if (!unbounded && p->n_ids + n > c->max_pos)
+        n = c->max_pos - p->n_ids;
     return n;
+}
+
+int gen_split(const model_config *c, const gen_opts *o, const job_prompt *p, int max_new,
+              kv_split *out)
+{
+    int W = c->sliding_window;
+    if (W <= 1 || p->n_ids + max_new <= W)
+        return kv_policy_split(&o->kv, p->n_ids, max_new, p->line, out);
+    kv_policy kp = o->kv;
+    if (kp.kind == KV_POLICY_FULL) {
+        kp = (kv_policy){.kind = KV_POLICY_WINDOW, .budget = W - 1};
+    } else {
+        FORWARD_IF(kv_policy_split(&kp, p->n_ids, max_new, p->line, out));
+        if (out->budget <= W - 1)
+            return 0;
+        kp.ratio = 0;
+        kp.budget = W - 1;
+    }
+    return kv_policy_split(&kp, p->n_ids, max_new, p->line, out);
 }
 
 int gen_check(const model_config *c, const job_prompts *ps, const gen_opts *o)
@@ -20,8 +41,7 @@ int gen_check(const model_config *c, const job_prompts *ps, const gen_opts *o)
     for (int i = 0; i < ps->n; i++) {
         const job_prompt *p = &ps->p[i];
         kv_split sp;
-        FORWARD_IF(kv_policy_split(&o->kv, p->n_ids, gen_max_new(p, o, c->max_pos),
-                                   p->line, &sp));
+        FORWARD_IF(gen_split(c, o, p, gen_max_new(p, o, c), &sp));
     }
     return 0;
 }
@@ -35,8 +55,7 @@ void gen_shape(const model_config *c, const job_prompts *ps, const job_out *out,
         if (out && job_out_has(out, p->id))
             continue;
         kv_split sp;
-        if (kv_policy_split(&o->kv, p->n_ids, gen_max_new(p, o, c->max_pos), p->line,
-                            &sp) < 0)
+        if (gen_split(c, o, p, gen_max_new(p, o, c), &sp) < 0)
             continue; /* gen_check refuses it */
         if (p->n_ids > max_prompt)
             max_prompt = p->n_ids;

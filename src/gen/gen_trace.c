@@ -32,7 +32,7 @@ int gen_trace_prefill(gen_ctx *gc, gen_buf *bb, const gen_seq *s, int k, FILE *f
     int n = s->p->n_ids;
     for (int l = 0; l < c->n_layer; l++) {
         FORWARD_IF(sched_read_kv(gc->sc, l, k, 0, bb->slot_pos));
-        for (int h = 0; h < c->n_head; h++) {
+        for (int h = 0; h < c->n_kv_head; h++) { /* the cache is per KV head */
             memset(bb->kept, 0, (size_t)n);
             for (int t = 0; t < s->budget; t++)
                 bb->kept[bb->slot_pos[(size_t)h * gc->cap + t]] = 1;
@@ -47,7 +47,7 @@ int gen_trace_prefill(gen_ctx *gc, gen_buf *bb, const gen_seq *s, int k, FILE *f
 int gen_trace_decode(gen_ctx *gc, gen_buf *bb, const gen_seq *ss, int n, FILE *f)
 {
     const model_config *c = gc->c;
-    int H = c->n_head;
+    int H = c->n_kv_head; /* evictions are per KV head */
     FORWARD_IF(sched_read_evicted(gc->sc, bb->ev));
     for (int l = 0; l < c->n_layer; l++)
         for (int k = 0; k < n; k++) {
@@ -122,14 +122,14 @@ int gen_trace_open(const char *path, int resume, const job_out *out, FILE **f)
 
 /* ------------------------------------------------------------- --stats */
 
-/* Per (sequence, head): kept = (sum of the H2O scores of the tokens still
- * in the cache) / (queries so far). Each query hands out probability 1, so
- * this is the share of all attention paid so far that went to tokens the
- * cache still holds. */
+/* Per (sequence, KV head): kept = (sum of the H2O scores of the tokens
+ * still in the cache) / (queries so far x query heads of the group). Each
+ * query head hands out probability 1 per query, so this is the share of all
+ * attention paid so far that went to tokens the cache still holds. */
 int gen_stats_pass(gen_ctx *gc, gen_buf *bb, const gen_seq *ss, int n_out, gen_stats *st)
 {
     const model_config *c = gc->c;
-    int H = c->n_head;
+    int H = c->n_kv_head, group = c->n_head / c->n_kv_head;
     for (int l = 0; l < c->n_layer; l++) {
         for (int i = 0; i < n_out; i++) {
             int k = bb->members[i];
@@ -140,7 +140,7 @@ int gen_stats_pass(gen_ctx *gc, gen_buf *bb, const gen_seq *ss, int n_out, gen_s
                 double kept = 0;
                 for (int t = 0; t < s->n_slots; t++)
                     kept += sc[t];
-                st->kept_mass[l] += kept / s->n_past;
+                st->kept_mass[l] += kept / ((double)s->n_past * group);
             }
         }
     }

@@ -115,7 +115,7 @@ static int neox_config_json(const model_config *c, char *buf, size_t cap)
         "  \"architectures\": [\"GPTNeoXForCausalLM\"],\n  \"vocab_size\": %d,\n"
         "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n"
         "  \"num_attention_heads\": %d,\n  \"max_position_embeddings\": %d,\n"
-        "  \"rotary_pct\": %.9g,\n  \"rotary_emb_base\": %.9g,\n  \"layer_norm_eps\": %.9g,\n"
+        "  \"rotary_pct\": %.7g,\n  \"rotary_emb_base\": %.7g,\n  \"layer_norm_eps\": %.7g,\n"
         "  \"use_parallel_residual\": %s,\n  \"attention_bias\": %s,\n"
         "  \"hidden_act\": \"gelu\",\n  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n"
         "  \"tie_word_embeddings\": %s,\n  \"attention_dropout\": 0.0,\n"
