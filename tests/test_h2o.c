@@ -4,12 +4,14 @@
  *   1. a hand-worked example through the kernel references (the numbers
  *      are written out below, as in the seed notes);
  *   2. ties evict the older token;
- *   3. `flexh2o generate` on the tiny golden model against a plain, slow
- *      re-implementation of the normative text written here from scratch:
- *      no slots, one "present" flag and one double score per position,
- *      each token's K/V computed once and attention recomputed every step
- *      over the present set. Same tokens, logprobs within 1e-4, same
- *      evictions (--trace-evictions) and the same --stats;
+ *   3. `flexh2o generate` on the tiny golden models (OPT, and Llama with
+ *      grouped-query attention: 8 query heads over 2 KV heads) against a
+ *      plain, slow re-implementation of the normative text written here
+ *      from scratch: no slots, one "present" flag and one double score per
+ *      (KV head, position), each token's K/V computed once and attention
+ *      recomputed every step over the present set, a KV head's score the
+ *      sum of its query heads' probabilities. Same tokens, logprobs within
+ *      1e-4, same evictions (--trace-evictions) and the same --stats;
  *   4. a budget that covers prompt + generation is exactly `full`;
  *   5. flag errors;
  *   6. the trace file itself.
@@ -34,9 +36,11 @@
 #include "kern_scratch.h"
 #include "kv_policy.h"
 #include "model_config.h"
+#include "off.h"
 #include "safetensors.h"
 
 #define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
+#define TINY_LLAMA FH_SOURCE_ROOT "/tests/fixtures/tiny-llama"
 
 /* ------------------------------------------------- 1. hand-worked example */
 
@@ -223,22 +227,30 @@ Test(h2o, ties_evict_the_older_token)
 
 /* ------------------------------------------ 3. the reference, from scratch */
 
+/* One layer of either fixture: OPT (LayerNorm, ReLU MLP, learned
+ * positions) or Llama (RMSNorm: the *_b NULL; SwiGLU: wg, bg; RoPE). */
 typedef struct ref_layer {
     double *ln1_w, *ln1_b, *wq, *bq, *wk, *bk, *wv, *bv, *wo, *bo;
-    double *ln2_w, *ln2_b, *w1, *b1, *w2, *b2;
+    double *ln2_w, *ln2_b, *w1, *b1, *w2, *b2, *wg, *bg;
 } ref_layer;
 
 static struct {
-    model_config c;
-    double *tok, *pos, *lnf_w, *lnf_b; /* (V, d), (P + 2, d), (d), (d) */
-    ref_layer L[8];
+    const char *dir;
+    int llama;
+    /* the shape, read from config.json here rather than through the engine */
+    int V, d, H, KVH, hd, L, ffn;
+    double eps, inv_freq[64];
+    double *tok, *pos, *lnf_w, *lnf_b, *head; /* (V, d), (P + 2, d), (d), (d), (V, d) */
+    ref_layer L_[8];
 } R;
 
-static double *ref_tensor(st_set *s, const char *fmt, int layer)
+static double *ref_tensor_opt(st_set *s, const char *fmt, int layer, int optional)
 {
     char name[160];
     snprintf(name, sizeof name, fmt, layer);
     const st_tensor *t = st_find(s, name);
+    if (!t && optional)
+        return NULL;
     cr_assert(t, "fixture lacks %s", name);
     size_t n = t->bytes / 4; /* the fixture is F32 */
     float *f = malloc(sizeof(float) * n);
@@ -250,20 +262,124 @@ static double *ref_tensor(st_set *s, const char *fmt, int layer)
     return d;
 }
 
-static void ref_load(void)
+static double *ref_tensor(st_set *s, const char *fmt, int layer)
 {
-    if (R.tok)
+    return ref_tensor_opt(s, fmt, layer, 0);
+}
+
+static int json_int(const cJSON *o, const char *key, int def)
+{
+    const cJSON *v = cJSON_GetObjectItem(o, key);
+    return cJSON_IsNumber(v) ? v->valueint : def;
+}
+
+static double json_num(const cJSON *o, const char *key, double def)
+{
+    const cJSON *v = cJSON_GetObjectItem(o, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : def;
+}
+
+/* RoPE frequencies of the config (rope_parameters of transformers 5, or
+ * rope_theta + rope_scaling), in double: 1 / theta^(2i / hd), then the
+ * llama3 rule of transformers' _compute_llama3_parameters. */
+static void ref_rope(const cJSON *o)
+{
+    const cJSON *rp = cJSON_GetObjectItem(o, "rope_parameters");
+    if (!rp)
+        rp = cJSON_GetObjectItem(o, "rope_scaling");
+    double theta = json_num(o, "rope_theta", json_num(rp, "rope_theta", 10000.0));
+    const cJSON *ty = cJSON_GetObjectItem(rp, "rope_type");
+    int llama3 = cJSON_IsString(ty) && strcmp(ty->valuestring, "llama3") == 0;
+    double factor = json_num(rp, "factor", 1), lo = json_num(rp, "low_freq_factor", 1);
+    double hi = json_num(rp, "high_freq_factor", 4);
+    double old = json_num(rp, "original_max_position_embeddings", 8192);
+    for (int i = 0; i < R.hd / 2; i++) {
+        double f = 1.0 / pow(theta, 2.0 * i / R.hd), wavelen = 2 * M_PI / f;
+        if (llama3) {
+            if (wavelen > old / lo) {
+                f /= factor;
+            } else if (wavelen >= old / hi) {
+                double sm = (old / wavelen - lo) / (hi - lo);
+                f = (1 - sm) * f / factor + sm * f;
+            }
+        }
+        R.inv_freq[i] = f;
+    }
+}
+
+static void ref_load_llama(st_set *s)
+{
+    R.tok = ref_tensor(s, "model.embed_tokens.weight", 0);
+    R.lnf_w = ref_tensor(s, "model.norm.weight", 0);
+    R.head = ref_tensor(s, "lm_head.weight", 0);
+    for (int l = 0; l < R.L; l++) {
+        ref_layer *L = &R.L_[l];
+#define P "model.layers.%d."
+        L->ln1_w = ref_tensor(s, P "input_layernorm.weight", l);
+        L->wq = ref_tensor(s, P "self_attn.q_proj.weight", l);
+        L->wk = ref_tensor(s, P "self_attn.k_proj.weight", l);
+        L->wv = ref_tensor(s, P "self_attn.v_proj.weight", l);
+        L->bq = ref_tensor_opt(s, P "self_attn.q_proj.bias", l, 1);
+        L->bk = ref_tensor_opt(s, P "self_attn.k_proj.bias", l, 1);
+        L->bv = ref_tensor_opt(s, P "self_attn.v_proj.bias", l, 1);
+        L->wo = ref_tensor(s, P "self_attn.o_proj.weight", l);
+        L->bo = ref_tensor_opt(s, P "self_attn.o_proj.bias", l, 1);
+        L->ln2_w = ref_tensor(s, P "post_attention_layernorm.weight", l);
+        L->wg = ref_tensor(s, P "mlp.gate_proj.weight", l);
+        L->bg = ref_tensor_opt(s, P "mlp.gate_proj.bias", l, 1);
+        L->w1 = ref_tensor(s, P "mlp.up_proj.weight", l);
+        L->b1 = ref_tensor_opt(s, P "mlp.up_proj.bias", l, 1);
+        L->w2 = ref_tensor(s, P "mlp.down_proj.weight", l);
+        L->b2 = ref_tensor_opt(s, P "mlp.down_proj.bias", l, 1);
+#undef P
+    }
+}
+
+/* Load the fixture in dir (tiny-opt or tiny-llama) unless it is loaded. */
+static void ref_load(const char *dir)
+{
+    if (R.tok && R.dir == dir)
         return;
-    cr_assert_eq(model_config_load(TINY "/config.json", &R.c), 0, "%s", err_msg());
-    cr_assert_leq(R.c.n_layer, 8);
+    R.tok = NULL; /* the previous fixture's arrays are left to the process */
+    R.dir = dir;
+    char path[512];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    char *buf;
+    size_t len;
+    cr_assert_eq(off_read_file(path, &buf, &len), 0, "%s", err_msg());
+    cJSON *o = cJSON_Parse(buf);
+    free(buf);
+    cr_assert(o);
+    const cJSON *mt = cJSON_GetObjectItem(o, "model_type");
+    R.llama = cJSON_IsString(mt) && strcmp(mt->valuestring, "llama") == 0;
+    R.V = json_int(o, "vocab_size", 0);
+    R.d = json_int(o, "hidden_size", 0);
+    R.H = json_int(o, "num_attention_heads", 0);
+    R.KVH = json_int(o, "num_key_value_heads", R.H);
+    R.hd = json_int(o, "head_dim", R.d / R.H);
+    R.L = json_int(o, "num_hidden_layers", 0);
+    R.ffn = json_int(o, R.llama ? "intermediate_size" : "ffn_dim", 0);
+    R.eps = R.llama ? json_num(o, "rms_norm_eps", 1e-6) : 1e-5;
+    cr_assert_leq(R.L, 8);
+    cr_assert_leq(R.hd, 128);
+    if (R.llama)
+        ref_rope(o);
+    cJSON_Delete(o);
     st_set *s;
-    cr_assert_eq(st_open_file(TINY "/model.safetensors", &s), 0, "%s", err_msg());
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    cr_assert_eq(st_open_file(path, &s), 0, "%s", err_msg());
+    if (R.llama) {
+        ref_load_llama(s);
+        st_close(s);
+        return;
+    }
     R.tok = ref_tensor(s, "model.decoder.embed_tokens.weight", 0);
     R.pos = ref_tensor(s, "model.decoder.embed_positions.weight", 0);
     R.lnf_w = ref_tensor(s, "model.decoder.final_layer_norm.weight", 0);
     R.lnf_b = ref_tensor(s, "model.decoder.final_layer_norm.bias", 0);
-    for (int l = 0; l < R.c.n_layer; l++) {
-        ref_layer *L = &R.L[l];
+    R.head = R.tok; /* tied */
+    for (int l = 0; l < R.L; l++) {
+        ref_layer *L = &R.L_[l];
 #define P "model.decoder.layers.%d."
         L->ln1_w = ref_tensor(s, P "self_attn_layer_norm.weight", l);
         L->ln1_b = ref_tensor(s, P "self_attn_layer_norm.bias", l);
@@ -286,8 +402,18 @@ static void ref_load(void)
     st_close(s);
 }
 
+/* LayerNorm, or RMSNorm when b is NULL (Llama: w * x / sqrt(mean(x^2) + eps)). */
 static void layernorm(double *y, const double *x, const double *w, const double *b, int d)
 {
+    if (!b) {
+        double ms = 0;
+        for (int i = 0; i < d; i++)
+            ms += x[i] * x[i];
+        double r = 1.0 / sqrt(ms / d + R.eps);
+        for (int i = 0; i < d; i++)
+            y[i] = x[i] * r * w[i];
+        return;
+    }
     double mu = 0, var = 0;
     for (int i = 0; i < d; i++)
         mu += x[i];
@@ -295,7 +421,7 @@ static void layernorm(double *y, const double *x, const double *w, const double 
     for (int i = 0; i < d; i++)
         var += (x[i] - mu) * (x[i] - mu);
     var /= d;
-    double r = 1.0 / sqrt(var + R.c.ln_eps);
+    double r = 1.0 / sqrt(var + R.eps);
     for (int i = 0; i < d; i++)
         y[i] = (x[i] - mu) * r * w[i] + b[i];
 }
@@ -353,11 +479,25 @@ static void ref_split(const ref_pol *p, int n, int max_new, int *B, int *sinks, 
     *recent = *B - *sinks - heavy;
 }
 
+/* rotate_half RoPE of one head x(hd) at position t (Llama). */
+static void ref_rotate(double *x, int t)
+{
+    int half = R.hd / 2;
+    for (int i = 0; i < half; i++) {
+        double a = t * R.inv_freq[i], c = cos(a), s = sin(a);
+        double x0 = x[i], x1 = x[i + half];
+        x[i] = x0 * c - x1 * s;
+        x[i + half] = x1 * c + x0 * s;
+    }
+}
+
 /* Greedy generation of max_new tokens for one prompt under policy pol
- * (NULL: full), feeding one token at a time. Every query attends to the
- * tokens present in its (layer, head) plus itself; its probabilities are
- * added to their scores. During the prompt nothing leaves (exact prefill);
- * after the prompt and after every generated token the rule applies:
+ * (NULL: full), feeding one token at a time. Every query head attends to
+ * the tokens present in its (layer, KV head) plus itself; the
+ * probabilities of the query heads sharing a KV head are added to that KV
+ * head's scores. During the prompt nothing leaves (exact prefill); after
+ * the prompt and after every generated token the rule applies per (layer,
+ * KV head):
  *   end of prompt, more than B tokens: keep the first `sinks`, the last
  *     `recent`, and the B - sinks - recent highest scores of the rest
  *     (ties keep the newer);
@@ -367,19 +507,19 @@ static void ref_split(const ref_pol *p, int n, int max_new, int *B, int *sinks, 
 static void ref_generate(const char *id, const int32_t *ids, int n, int max_new,
                          const ref_pol *pol, ref_out *o)
 {
-    const model_config *c = &R.c;
-    int d = c->hidden, H = c->n_head, hd = c->head_dim, L = c->n_layer, T = n + max_new;
+    int d = R.d, H = R.H, KVH = R.KVH, G = H / KVH, hd = R.hd, L = R.L, T = n + max_new;
+    int qd = H * hd, kd = KVH * hd, F = R.ffn;
     int B = T + 1, sinks = 0, recent = 1;
     if (pol)
         ref_split(pol, n, max_new, &B, &sinks, &recent);
-    double *K = calloc((size_t)L * T * d, sizeof(double));
-    double *V = calloc((size_t)L * T * d, sizeof(double));
-    double *score = calloc((size_t)L * H * T, sizeof(double));
-    unsigned char *present = calloc((size_t)L * H * T, 1);
+    double *K = calloc((size_t)L * T * kd, sizeof(double));
+    double *V = calloc((size_t)L * T * kd, sizeof(double));
+    double *score = calloc((size_t)L * KVH * T, sizeof(double));
+    unsigned char *present = calloc((size_t)L * KVH * T, 1);
     double *x = malloc(sizeof(double) * d), *h = malloc(sizeof(double) * d);
-    double *q = malloc(sizeof(double) * d), *a = malloc(sizeof(double) * d);
-    double *f = malloc(sizeof(double) * c->ffn), *p = malloc(sizeof(double) * T);
-    double *logit = malloc(sizeof(double) * c->vocab_size);
+    double *q = malloc(sizeof(double) * qd), *a = malloc(sizeof(double) * qd);
+    double *f = malloc(sizeof(double) * F), *g = malloc(sizeof(double) * F);
+    double *p = malloc(sizeof(double) * T), *logit = malloc(sizeof(double) * R.V);
     double scale = 1.0 / sqrt((double)hd);
     memset(o->mass, 0, sizeof o->mass);
     o->mass_n = 0;
@@ -387,43 +527,52 @@ static void ref_generate(const char *id, const int32_t *ids, int n, int max_new,
     for (int t = 0; t < T - 1; t++) {
         cur = t < n ? ids[t] : o->tok[t - n];
         for (int i = 0; i < d; i++)
-            x[i] = R.tok[(size_t)cur * d + i] + R.pos[(size_t)(t + 2) * d + i];
+            x[i] = R.tok[(size_t)cur * d + i] + (R.llama ? 0 : R.pos[(size_t)(t + 2) * d + i]);
         for (int l = 0; l < L; l++) {
-            const ref_layer *Ly = &R.L[l];
-            double *Kl = K + (size_t)l * T * d, *Vl = V + (size_t)l * T * d;
+            const ref_layer *Ly = &R.L_[l];
+            double *Kl = K + (size_t)l * T * kd, *Vl = V + (size_t)l * T * kd;
             layernorm(h, x, Ly->ln1_w, Ly->ln1_b, d);
-            matvec(q, Ly->wq, Ly->bq, h, d, d);
-            matvec(Kl + (size_t)t * d, Ly->wk, Ly->bk, h, d, d);
-            matvec(Vl + (size_t)t * d, Ly->wv, Ly->bv, h, d, d);
-            for (int hh = 0; hh < H; hh++) {
-                unsigned char *pr = present + ((size_t)l * H + hh) * T;
-                double *sc = score + ((size_t)l * H + hh) * T;
+            matvec(q, Ly->wq, Ly->bq, h, qd, d);
+            matvec(Kl + (size_t)t * kd, Ly->wk, Ly->bk, h, kd, d);
+            matvec(Vl + (size_t)t * kd, Ly->wv, Ly->bv, h, kd, d);
+            if (R.llama) {
+                for (int hh = 0; hh < H; hh++)
+                    ref_rotate(q + hh * hd, t);
+                for (int kh = 0; kh < KVH; kh++)
+                    ref_rotate(Kl + (size_t)t * kd + kh * hd, t);
+            }
+            for (int kh = 0; kh < KVH; kh++) {
+                unsigned char *pr = present + ((size_t)l * KVH + kh) * T;
+                double *sc = score + ((size_t)l * KVH + kh) * T;
                 pr[t] = 1;
-                double mx = -INFINITY, sum = 0;
-                for (int j = 0; j <= t; j++)
-                    if (pr[j]) {
-                        double e = 0;
-                        for (int i = 0; i < hd; i++)
-                            e += q[hh * hd + i] * Kl[(size_t)j * d + hh * hd + i];
-                        p[j] = e * scale;
-                        mx = fmax(mx, p[j]);
-                    }
-                for (int j = 0; j <= t; j++)
-                    if (pr[j]) {
-                        p[j] = exp(p[j] - mx);
-                        sum += p[j];
-                    }
-                for (int i = 0; i < hd; i++)
-                    a[hh * hd + i] = 0;
                 int n_present = 0;
-                for (int j = 0; j <= t; j++)
-                    if (pr[j]) {
-                        p[j] /= sum;
-                        sc[j] += p[j];
-                        n_present++;
-                        for (int i = 0; i < hd; i++)
-                            a[hh * hd + i] += p[j] * Vl[(size_t)j * d + hh * hd + i];
-                    }
+                for (int hh = kh * G; hh < (kh + 1) * G; hh++) {
+                    double mx = -INFINITY, sum = 0;
+                    for (int j = 0; j <= t; j++)
+                        if (pr[j]) {
+                            double e = 0;
+                            for (int i = 0; i < hd; i++)
+                                e += q[hh * hd + i] * Kl[(size_t)j * kd + kh * hd + i];
+                            p[j] = e * scale;
+                            mx = fmax(mx, p[j]);
+                        }
+                    for (int j = 0; j <= t; j++)
+                        if (pr[j]) {
+                            p[j] = exp(p[j] - mx);
+                            sum += p[j];
+                        }
+                    for (int i = 0; i < hd; i++)
+                        a[hh * hd + i] = 0;
+                    n_present = 0;
+                    for (int j = 0; j <= t; j++)
+                        if (pr[j]) {
+                            p[j] /= sum;
+                            sc[j] += p[j]; /* the KV head's score: summed over its group */
+                            n_present++;
+                            for (int i = 0; i < hd; i++)
+                                a[hh * hd + i] += p[j] * Vl[(size_t)j * kd + kh * hd + i];
+                        }
+                }
                 if (t >= n && n_present > B) {
                     /* the recent newest present tokens: the `recent` largest positions */
                     int newest_cut = t, seen = 0;
@@ -438,17 +587,23 @@ static void ref_generate(const char *id, const int32_t *ids, int n, int max_new,
                             victim = j; /* strict <: a tie keeps the older j */
                     cr_assert_geq(victim, 0);
                     pr[victim] = 0;
-                    add_ev(o, id, l, hh, t - n + 1, victim);
+                    add_ev(o, id, l, kh, t - n + 1, victim);
                 }
             }
-            matvec(h, Ly->wo, Ly->bo, a, d, d);
+            matvec(h, Ly->wo, Ly->bo, a, d, qd);
             for (int i = 0; i < d; i++)
                 x[i] += h[i];
             layernorm(h, x, Ly->ln2_w, Ly->ln2_b, d);
-            matvec(f, Ly->w1, Ly->b1, h, c->ffn, d);
-            for (int i = 0; i < c->ffn; i++)
-                f[i] = f[i] > 0 ? f[i] : 0;
-            matvec(h, Ly->w2, Ly->b2, f, d, c->ffn);
+            matvec(f, Ly->w1, Ly->b1, h, F, d);
+            if (R.llama) {
+                matvec(g, Ly->wg, Ly->bg, h, F, d);
+                for (int i = 0; i < F; i++)
+                    f[i] *= g[i] / (1 + exp(-g[i])); /* silu(gate) * up */
+            } else {
+                for (int i = 0; i < F; i++)
+                    f[i] = f[i] > 0 ? f[i] : 0;
+            }
+            matvec(h, Ly->w2, Ly->b2, f, d, F);
             for (int i = 0; i < d; i++)
                 x[i] += h[i];
         }
@@ -456,9 +611,9 @@ static void ref_generate(const char *id, const int32_t *ids, int n, int max_new,
             /* the prompt is in: keep sinks, the last recent, the heaviest */
             int heavy = B - sinks - recent;
             for (int l = 0; l < L; l++)
-                for (int hh = 0; hh < H; hh++) {
-                    unsigned char *pr = present + ((size_t)l * H + hh) * T;
-                    const double *sc = score + ((size_t)l * H + hh) * T;
+                for (int kh = 0; kh < KVH; kh++) {
+                    unsigned char *pr = present + ((size_t)l * KVH + kh) * T;
+                    const double *sc = score + ((size_t)l * KVH + kh) * T;
                     unsigned char keep[128] = {0};
                     for (int j = 0; j < n; j++)
                         keep[j] = j < sinks || j >= n - recent;
@@ -472,33 +627,34 @@ static void ref_generate(const char *id, const int32_t *ids, int n, int max_new,
                     for (int j = 0; j < n; j++)
                         if (!keep[j]) {
                             pr[j] = 0;
-                            add_ev(o, id, l, hh, 0, j);
+                            add_ev(o, id, l, kh, 0, j);
                         }
                 }
         }
         if (t >= n - 1) {
-            /* kept attention mass after this pass */
+            /* kept attention mass after this pass: per KV head, of all the
+             * probability its G query heads handed out */
             for (int l = 0; l < L; l++)
-                for (int hh = 0; hh < H; hh++) {
-                    const unsigned char *pr = present + ((size_t)l * H + hh) * T;
-                    const double *sc = score + ((size_t)l * H + hh) * T;
+                for (int kh = 0; kh < KVH; kh++) {
+                    const unsigned char *pr = present + ((size_t)l * KVH + kh) * T;
+                    const double *sc = score + ((size_t)l * KVH + kh) * T;
                     double kept = 0;
                     for (int j = 0; j <= t; j++)
                         kept += pr[j] ? sc[j] : 0;
-                    o->mass[l] += kept / (t + 1);
+                    o->mass[l] += kept / ((t + 1) * (double)G);
                 }
-            o->mass_n += H;
+            o->mass_n += KVH;
             /* the next token: greedy over the logits of the last row */
             layernorm(h, x, R.lnf_w, R.lnf_b, d);
-            matvec(logit, R.tok, NULL, h, c->vocab_size, d);
+            matvec(logit, R.head, NULL, h, R.V, d);
             int best = 0;
             double mx = logit[0], sum = 0;
-            for (int v = 1; v < c->vocab_size; v++)
+            for (int v = 1; v < R.V; v++)
                 if (logit[v] > logit[best]) {
                     best = v;
                     mx = logit[v];
                 }
-            for (int v = 0; v < c->vocab_size; v++)
+            for (int v = 0; v < R.V; v++)
                 sum += exp(logit[v] - mx);
             o->tok[t - n + 1] = best;
             o->lp[t - n + 1] = -log(sum);
@@ -513,6 +669,7 @@ static void ref_generate(const char *id, const int32_t *ids, int n, int max_new,
     free(q);
     free(a);
     free(f);
+    free(g);
     free(p);
     free(logit);
 }
@@ -521,8 +678,9 @@ static void ref_generate(const char *id, const int32_t *ids, int n, int max_new,
 
 TestSuite(h2o_cli, .init = cli_setup, .fini = cli_teardown);
 
-/* Run generate under pol (batch size bs) with --trace-evictions and --stats,
- * and compare everything with ref_generate. @return the evictions seen. */
+/* Run generate on the loaded fixture (ref_load) under pol (batch size bs)
+ * with --trace-evictions and --stats, and compare everything with
+ * ref_generate. @return the evictions seen. */
 static int check_policy(const ref_pol *pol, int bs)
 {
     char flags[256];
@@ -535,9 +693,9 @@ static int check_policy(const ref_pol *pol, int bs)
     static int run_no;
     snprintf(out, sizeof out, "o%d.jsonl", run_no);
     snprintf(trace, sizeof trace, "t%d.jsonl", run_no++);
-    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out %s --quiet "
+    cr_assert_eq(cli_run("generate --model %s --prompts p.jsonl --out %s --quiet "
                      "--ignore-eos --batch-size %d --kv-policy %s %s --sinks %d "
-                     "--hh-share %d.%02d --trace-evictions %s --stats", out, bs, pol->name,
+                     "--hh-share %d.%02d --trace-evictions %s --stats", R.dir, out, bs, pol->name,
                      flags, pol->sinks, pol->share_pct / 100, pol->share_pct % 100, trace),
                  0, "%s %s: %s", pol->name, flags, cli_err);
 
@@ -552,7 +710,7 @@ static int check_policy(const ref_pol *pol, int bs)
         for (int e = 0; e < ro[i].n_ev; e++)
             add_ev(&all, ro[i].ev[e].id, ro[i].ev[e].layer, ro[i].ev[e].head,
                    ro[i].ev[e].step, ro[i].ev[e].pos);
-        for (int l = 0; l < R.c.n_layer; l++)
+        for (int l = 0; l < R.L; l++)
             mass[l] += ro[i].mass[l];
         mass_n += ro[i].mass_n;
     }
@@ -583,7 +741,7 @@ static int check_policy(const ref_pol *pol, int bs)
 
     /* evictions, as sets (the trace's order is per pass) */
     int n_tr;
-    ref_ev *tr = h2o_read_trace(trace, R.c.n_layer, R.c.n_head, &n_tr);
+    ref_ev *tr = h2o_read_trace(trace, R.L, R.KVH, &n_tr);
     qsort(tr, (size_t)n_tr, sizeof *tr, h2o_ev_cmp);
     qsort(all.ev, (size_t)all.n_ev, sizeof *all.ev, h2o_ev_cmp);
     for (int e = 0; e < n_tr && e < all.n_ev; e++)
@@ -597,7 +755,7 @@ static int check_policy(const ref_pol *pol, int bs)
 
     /* --stats: the kept attention mass per layer */
     char *so = cli_read("stdout.txt");
-    for (int l = 0; l < R.c.n_layer; l++) {
+    for (int l = 0; l < R.L; l++) {
         char key[32];
         snprintf(key, sizeof key, "layer %d: ", l);
         const char *at = strstr(so, key);
@@ -616,7 +774,7 @@ static int check_policy(const ref_pol *pol, int bs)
 
 Test(h2o_cli, engine_matches_reference_for_every_policy, .timeout = 60)
 {
-    ref_load();
+    ref_load(TINY);
     h2o_write_prompts("p.jsonl");
     const ref_pol pols[] = {
         {"h2o", 6, 0, 0, 50},      /* heavy 3, recent 3 */
@@ -636,6 +794,32 @@ Test(h2o_cli, engine_matches_reference_for_every_policy, .timeout = 60)
     }
     /* one block per prompt gives the same as one block of three */
     check_policy(&pols[3], 1);
+}
+
+/* Grouped-query attention (DESIGN.md "H2O with grouped-query attention"):
+ * the tiny Llama's 8 query heads share 2 KV heads; its cache, scores and
+ * evictions are per KV head, a KV head's score the sum of the
+ * probabilities its 4 query heads gave. RoPE, RMSNorm and SwiGLU come with
+ * it; the reference computes them itself. */
+Test(h2o_cli, engine_matches_reference_with_grouped_query_attention, .timeout = 60)
+{
+    ref_load(TINY_LLAMA);
+    cr_assert_eq(R.H / R.KVH, 4, "the fixture should have groups of 4");
+    h2o_write_prompts("p.jsonl");
+    const ref_pol pols[] = {
+        {"h2o", 6, 0, 0, 50},
+        {"h2o", 8, 0, 2, 25},
+        {"h2o", 0, 30, 1, 50},
+        {"window", 5, 0, 0, 50},
+        {"streaming", 6, 0, 2, 50},
+    };
+    for (size_t i = 0; i < sizeof pols / sizeof *pols; i++) {
+        int n = check_policy(&pols[i], 3);
+        cr_assert_gt(n, 0, "policy %zu evicted nothing: the test would prove little", i);
+    }
+    check_policy(&pols[2], 1);
+    /* the full cache: the golden tokens' model, no eviction */
+    cr_assert_eq(check_policy(&(ref_pol){"h2o", 64, 0, 0, 50}, 2), 0);
 }
 
 Test(h2o_cli, window_equals_streaming_without_sinks_and_h2o_differs)
@@ -751,7 +935,7 @@ Test(h2o_cli, flag_errors_exit_2_with_a_message)
 
 Test(h2o_cli, trace_is_refused_if_present_and_resumed_per_prompt)
 {
-    ref_load();
+    ref_load(TINY);
     h2o_write_prompts("p.jsonl");
     const char *base = "generate --model " TINY " --prompts p.jsonl --quiet --ignore-eos "
                        "--kv-policy h2o --kv-budget 6 --batch-size 1";
@@ -774,8 +958,8 @@ Test(h2o_cli, trace_is_refused_if_present_and_resumed_per_prompt)
     cr_assert_eq(cli_run("%s --out c.jsonl --trace-evictions tc.jsonl --resume", base), 0, "%s",
                  cli_err);
     int na, nc;
-    ref_ev *a = h2o_read_trace("ta.jsonl", R.c.n_layer, R.c.n_head, &na),
-           *c = h2o_read_trace("tc.jsonl", R.c.n_layer, R.c.n_head, &nc);
+    ref_ev *a = h2o_read_trace("ta.jsonl", R.L, R.KVH, &na),
+           *c = h2o_read_trace("tc.jsonl", R.L, R.KVH, &nc);
     cr_assert_eq(na, nc);
     qsort(a, (size_t)na, sizeof *a, h2o_ev_cmp);
     qsort(c, (size_t)nc, sizeof *c, h2o_ev_cmp);
