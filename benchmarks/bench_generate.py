@@ -4,7 +4,9 @@
     python3 benchmarks/bench_generate.py [--device cpu|cuda] [--model opt-125m]
         [--prompt-len 128] [--gen-len 32] [--batches 1,8,32] [--flexh2o build/src/flexh2o]
 
-Both sides run the same shape with random ("dummy") weights, in fp32 on all
+Any family of configs/models (opt-*, llama-*, mistral-*, qwen2.5-*, pythia-*,
+gpt-neox-20b): transformers builds the family's own model class from the same
+config.json. Both sides run the same shape with random ("dummy") weights, in fp32 on all
 CPU cores (--device cpu) or in fp16 on the GPU with the whole model resident
 (--device cuda): a batch of B prompts of prompt-len tokens, then gen-len greedy tokens
 with EOS ignored. Reported per batch size:
@@ -45,15 +47,18 @@ _hf_models = {}
 
 def run_hf(model, B, plen, glen, device):
     import torch
-    from transformers import OPTConfig, OPTForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
     if model not in _hf_models:
         cfg = json.load(open(os.path.join(ROOT, "configs", "models", model + ".json")))
-        cfg.pop("_name_or_path", None)
+        for k in ("_name_or_path", "architectures", "torch_dtype"):
+            cfg.pop(k, None)
         torch.manual_seed(0)
         dtype = torch.float16 if device == "cuda" else torch.float32
         torch.set_default_dtype(dtype)
         with torch.device(device):
-            _hf_models[model] = OPTForCausalLM(OPTConfig(**cfg)).eval()
+            # the family's own model class (OPT, Llama, Mistral, Qwen2, GPT-NeoX)
+            _hf_models[model] = AutoModelForCausalLM.from_config(
+                AutoConfig.for_model(cfg.pop("model_type"), **cfg)).eval()
         torch.set_default_dtype(torch.float32)
     m = _hf_models[model]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)

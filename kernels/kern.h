@@ -123,6 +123,13 @@ void kern_bias_act_ref(float *x, const float *b, int n, int d, int relu);
 /* y(count) += x(count). */
 void kern_add_ref(float *y, const float *x, size_t count);
 
+/* y(m, n) = x(m, k) w(n, k)^T for a few rows m (a decode pass): each row of
+ * w is read once; every output is the same fixed-order sum over k whatever
+ * m, n and the thread count. The CPU backend's linear for m <=
+ * KERN_LINEAR_ROWS_MAX, where OpenBLAS would repack all of w per call. */
+#define KERN_LINEAR_ROWS_MAX 64
+void kern_linear_rows(float *y, const float *x, const float *w, int m, int n, int k);
+
 /* Pick the next token from one row of logits (V).
  * temperature <= 0: greedy (lowest index wins ties). Otherwise the logits
  * are divided by temperature, softmaxed, cut to the smallest set of most

@@ -21,6 +21,7 @@
 #include "fh_config.h"
 #include "golden_harness.h"
 #include "model.h"
+#include "off.h"
 
 #define FIX FH_SOURCE_ROOT "/tests/fixtures/"
 
@@ -188,4 +189,141 @@ Test(family, every_placement_equals_all_resident)
                 assert_same(base, out, what);
             }
         }
+}
+
+/* config.json text of fixture fam with `from` replaced by `to` (both must
+ * be there), written as cli_dir/bad/config.json beside a copy of the
+ * fixture's weights. */
+static void bad_config(const char *fam, const char *from, const char *to)
+{
+    char cmd[1024], path[512];
+    snprintf(cmd, sizeof cmd, "rm -rf %s/bad && mkdir -p %s/bad && cp " FIX "tiny-%s/* %s/bad/",
+             cli_dir, cli_dir, fam, cli_dir);
+    cr_assert_eq(system(cmd), 0);
+    char *cfg;
+    size_t len;
+    snprintf(path, sizeof path, FIX "tiny-%s/config.json", fam);
+    cr_assert_eq(off_read_file(path, &cfg, &len), 0, "%s", err_msg());
+    char *at = strstr(cfg, from);
+    cr_assert(at, "%s has no %s", path, from);
+    char out[8192];
+    snprintf(out, sizeof out, "%.*s%s%s", (int)(at - cfg), cfg, to, at + strlen(from));
+    free(cfg);
+    cli_write("bad/config.json", out);
+}
+
+/* What changes the math in a way the engine does not run is refused, by
+ * the field's name, before anything loads. */
+Test(family, unsupported_configs_are_refused_by_field)
+{
+    static const struct {
+        const char *fam, *from, *to, *want;
+    } cases[] = {
+        {"llama", "\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu_pytorch_tanh\"",
+         "hidden_act \"gelu_pytorch_tanh\" is not supported"},
+        {"llama", "\"rope_type\": \"llama3\"", "\"rope_type\": \"yarn\"",
+         "\"rope_scaling\" type \"yarn\" is not supported"},
+        {"qwen2", "\"use_sliding_window\": false", "\"use_sliding_window\": true",
+         "\"use_sliding_window\" true"},
+        {"neox", "\"hidden_act\": \"gelu\"", "\"hidden_act\": \"gelu_new\"",
+         "hidden_act \"gelu_new\" is not supported"},
+        {"llama", "\"model_type\": \"llama\"", "\"model_type\": \"gemma2\"",
+         "model_type \"gemma2\" is not supported"},
+        {"llama", "\"vocab_size\": 512", "\"vocab_size\": 512, \"quantization_config\": {}",
+         "\"quantization_config\" is not supported"},
+        {"llama", "\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3",
+         "not a multiple of num_key_value_heads 3"},
+        {"neox", "\"partial_rotary_factor\": 0.25", "\"partial_rotary_factor\": 0.1",
+         "rotary dimensions"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        bad_config(cases[i].fam, cases[i].from, cases[i].to);
+        cli_write("one.jsonl", "{\"prompt_ids\": [2, 3]}\n");
+        int st = cli_run("generate --model bad --prompts one.jsonl --out x.jsonl");
+        cr_assert_neq(st, 0, "%s: accepted", cases[i].to);
+        cr_assert(strstr(cli_err, cases[i].want), "%s: message %s", cases[i].to, cli_err);
+        cr_assert(strstr(cli_err, "config.json"), "%s: message names no file: %s",
+                  cases[i].to, cli_err);
+    }
+}
+
+/* make-model writes a tiny checkpoint of each family in Hugging Face
+ * layout, which loads by itself; convert makes a store (fp16, and 4-bit
+ * weights) that generates what the directory generates. */
+Test(family, make_model_convert_and_store)
+{
+    static const char *const shapes[] = {"tiny-llama", "tiny-mistral", "tiny-qwen2",
+                                         "tiny-neox"};
+    cli_write("mixed.jsonl", mixed);
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        const char *s = shapes[i];
+        cr_assert_eq(cli_run("make-model --config %s --out m-%s --seed 3", s, s), 0, "%s: %s",
+                     s, cli_err);
+        model_config a, b;
+        char path[512];
+        snprintf(path, sizeof path, FH_SOURCE_ROOT "/configs/models/%s.json", s);
+        cr_assert_eq(model_config_load(path, &a), 0, "%s", err_msg());
+        snprintf(path, sizeof path, "%s/m-%s", cli_dir, s);
+        cr_assert_eq(model_config_of(path, &b), 0, "%s", err_msg());
+        /* the written config.json says what the shape said */
+        cr_assert(a.family == b.family && a.n_kv_head == b.n_kv_head &&
+                  a.head_dim == b.head_dim && a.rot_dims == b.rot_dims &&
+                  a.rope.type == b.rope.type && a.rope.theta == b.rope.theta &&
+                  a.sliding_window == b.sliding_window && a.tie_lm_head == b.tie_lm_head &&
+                  a.qkv_bias == b.qkv_bias && a.mlp_bias == b.mlp_bias &&
+                  a.parallel_residual == b.parallel_residual && a.ln_eps == b.ln_eps, "%s", s);
+        cr_assert_eq(model_config_params(&a), model_config_params(&b));
+        cr_assert_eq(cli_run("generate --model m-%s --prompts mixed.jsonl --out d-%s.jsonl "
+                             "--max-new-tokens 6 --ignore-eos --quiet", s, s), 0, "%s: %s", s,
+                     cli_err);
+        cr_assert_eq(cli_run("convert --model m-%s --out st-%s --dtype f32", s, s), 0, "%s: %s",
+                     s, cli_err);
+        cr_assert_eq(cli_run("generate --model st-%s --prompts mixed.jsonl --out s-%s.jsonl "
+                             "--max-new-tokens 6 --ignore-eos --quiet", s, s), 0, "%s: %s", s,
+                     cli_err);
+        char da[64], sa[64];
+        snprintf(da, sizeof da, "d-%s.jsonl", s);
+        snprintf(sa, sizeof sa, "s-%s.jsonl", s);
+        assert_same(da, sa, s);
+        /* 4-bit weights from the store equal --compress-weight on the directory */
+        cr_assert_eq(cli_run("convert --model m-%s --out q-%s --dtype f32 --compress-weight", s,
+                             s), 0, "%s: %s", s, cli_err);
+        cr_assert_eq(cli_run("generate --model q-%s --prompts mixed.jsonl --out qs-%s.jsonl "
+                             "--max-new-tokens 6 --ignore-eos --quiet", s, s), 0, "%s: %s", s,
+                     cli_err);
+        cr_assert_eq(cli_run("generate --model m-%s --prompts mixed.jsonl --out qd-%s.jsonl "
+                             "--max-new-tokens 6 --ignore-eos --quiet --compress-weight", s, s),
+                     0, "%s: %s", s, cli_err);
+        snprintf(da, sizeof da, "qd-%s.jsonl", s);
+        snprintf(sa, sizeof sa, "qs-%s.jsonl", s);
+        assert_same(da, sa, s);
+    }
+}
+
+/* The --dummy shapes of configs/models parse, as their families, to the
+ * parameter counts the model cards give. */
+Test(family, dummy_shapes_have_their_published_sizes)
+{
+    static const struct {
+        const char *name, *family;
+        double params_b; /* billions, as transformers counts them */
+        int kv_heads;
+    } shapes[] = {
+        {"llama-2-7b", "llama", 6.738, 32},     {"llama-3.1-8b", "llama", 8.030, 8},
+        {"llama-3.1-70b", "llama", 70.554, 8},  {"llama-3.2-1b", "llama", 1.236, 8},
+        {"mistral-7b", "mistral", 7.242, 8},    {"qwen2.5-7b", "qwen2", 7.616, 4},
+        {"qwen2.5-72b", "qwen2", 72.706, 8},    {"pythia-2.8b", "gpt_neox", 2.775, 32},
+        {"pythia-12b", "gpt_neox", 11.846, 40}, {"gpt-neox-20b", "gpt_neox", 20.554, 64},
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        model_config c;
+        cr_assert_eq(model_config_by_name(shapes[i].name, &c), 0, "%s: %s", shapes[i].name,
+                     err_msg());
+        cr_assert_str_eq(c.family->name, shapes[i].family, "%s", shapes[i].name);
+        cr_assert_eq(c.n_kv_head, shapes[i].kv_heads, "%s", shapes[i].name);
+        double p = model_config_params(&c) / 1e9;
+        cr_assert(fabs(p - shapes[i].params_b) < 0.002 * shapes[i].params_b,
+                  "%s: %.3f B parameters, the model card says %.3f B", shapes[i].name, p,
+                  shapes[i].params_b);
+    }
 }

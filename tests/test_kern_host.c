@@ -56,6 +56,49 @@ static float rnd(uint64_t *s)
     return (float)((int64_t)(*s >> 11) * 0x1.0p-52 - 1.0);
 }
 
+/* kern_linear_rows (the CPU backend's linear for a decode pass's few rows)
+ * against a double-precision product, over shapes with tails in n (not a
+ * multiple of 4) and k (not of 16); a row's outputs are bit for bit the
+ * same alone as among m rows, and the same through the backend's linear
+ * for m up to KERN_LINEAR_ROWS_MAX. */
+Test(kern_host, linear_rows_against_double_and_independent_of_m)
+{
+    static const int shapes[][3] = {{1, 1, 1}, {3, 7, 33}, {9, 130, 100}, {17, 64, 256},
+                                    {KERN_LINEAR_ROWS_MAX, 5, 48}};
+    uint64_t seed = 11;
+    backend be;
+    cr_assert_eq(backend_cpu_create(2, &be), 0, "%s", err_msg());
+    for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
+        int m = shapes[c][0], n = shapes[c][1], k = shapes[c][2];
+        float *x = malloc(sizeof(float) * m * k), *w = malloc(sizeof(float) * n * k);
+        float *y = malloc(sizeof(float) * m * n), *y1 = malloc(sizeof(float) * n);
+        float *yb = malloc(sizeof(float) * m * n);
+        for (int i = 0; i < m * k; i++)
+            x[i] = rnd(&seed);
+        for (int i = 0; i < n * k; i++)
+            w[i] = rnd(&seed);
+        kern_linear_rows(y, x, w, m, n, k);
+        cr_assert_eq(be.ops->linear(be.ctx, yb, x, w, NULL, m, n, k, 0), 0);
+        for (int r = 0; r < m; r++) {
+            kern_linear_rows(y1, x + (size_t)r * k, w, 1, n, k);
+            for (int j = 0; j < n; j++) {
+                double ref = 0, mag = 0;
+                for (int i = 0; i < k; i++) {
+                    ref += (double)x[(size_t)r * k + i] * w[(size_t)j * k + i];
+                    mag += fabs((double)x[(size_t)r * k + i] * w[(size_t)j * k + i]);
+                }
+                float got = y[(size_t)r * n + j];
+                cr_assert_leq(fabs(got - ref), 1e-6 * mag + 1e-30, "m %d n %d k %d: y[%d][%d] "
+                              "%.9g vs %.9g", m, n, k, r, j, got, ref);
+                cr_assert(got == y1[j], "m %d: row %d col %d differs alone", m, r, j);
+                cr_assert(got == yb[(size_t)r * n + j], "m %d: backend linear differs", m);
+            }
+        }
+        free(x), free(w), free(y), free(y1), free(yb);
+    }
+    backend_destroy(&be);
+}
+
 /* The CPU backend's KV ops take the cache format as an argument: plain
  * caches run the fp32 references, 4-bit ones the _q4 instances, both
  * bit for bit; both formats are in kv_formats; a format it does not have

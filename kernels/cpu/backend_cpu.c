@@ -129,8 +129,11 @@ static int cpu_linear(void *ctx, void *y, const void *x, const void *w,
                       const void *b, int m, int n, int k, int relu)
 {
     (void)ctx;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k,
-                w, k, 0.0f, y, n);
+    if (m <= KERN_LINEAR_ROWS_MAX)
+        kern_linear_rows(y, x, w, m, n, k);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k, 0.0f,
+                    y, n);
     if (b || relu)
         kern_bias_act_ref(y, b, m, n, relu);
     return 0;

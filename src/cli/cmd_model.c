@@ -1,6 +1,6 @@
 /* cmd_model.c: the verbs that make or read a model without running it:
  * `flexh2o convert` (a Hugging Face directory into a weight store),
- * `flexh2o make-model` (a random OPT in Hugging Face format) and
+ * `flexh2o make-model` (a random model in Hugging Face format) and
  * `flexh2o tokenize` (text lines into the ids generate feeds). */
 #include <stdint.h>
 #include <stdio.h>
@@ -80,8 +80,9 @@ int cli_make_model(int argc, char **argv)
                 return rc;
         } else if (strcmp(argv[i], "--help") == 0) {
             puts("usage: flexh2o make-model --config NAME --out DIR [--seed S]\n"
-                 "  writes a random OPT in Hugging Face format; NAME: tiny (built in),\n"
-                 "  opt-125m ... opt-175b (configs/models), or a config.json path");
+                 "  writes a random model of NAME's family in Hugging Face format; NAME:\n"
+                 "  tiny (OPT, built in), tiny-llama, tiny-mistral, tiny-qwen2, tiny-neox,\n"
+                 "  any configs/models shape, or a config.json path");
             return 0;
         } else {
             return cli_unknown_flag("make-model", argv[i]);
