@@ -33,6 +33,8 @@ def main():
     ap.add_argument("--percent", default="100 0 100 0 100 0")
     ap.add_argument("--offload-dir", default="/tmp/flexh2o-offload")
     ap.add_argument("--max-batch", type=int, default=256)
+    ap.add_argument("--extra", default="", help="more generate flags for both runs, e.g. "
+                    "\"--compress-weight\"")
     ap.add_argument("--flexh2o", default=FLEXH2O)
     a = ap.parse_args()
     os.makedirs(a.offload_dir, exist_ok=True)
@@ -49,7 +51,7 @@ def main():
         return [a.flexh2o, "generate", "--dummy", a.model, "--prompts", p, "--out", out,
                 "--device", a.device, "--gpu-batch-size", str(B), "--max-new-tokens",
                 str(a.gen_len), "--ignore-eos", "--gpu-mem", a.gpu_mem, "--percent",
-                *a.percent.split(), "--offload-dir", a.offload_dir] + kv
+                *a.percent.split(), "--offload-dir", a.offload_dir] + a.extra.split() + kv
 
     def fits(kv, B):
         r = subprocess.run(cmd(kv, B, os.path.join(tmp, "x.jsonl"), B) + ["--plan"],
@@ -78,8 +80,8 @@ def main():
         rows.append((name, lo, float(m.group(1)), float(m.group(2)), float(m.group(3)),
                      float(m.group(4)), float(mem.group(1)),
                      slots.group(1) if slots else str(a.prompt_len + a.gen_len)))
-    print(f"## {a.model} on {a.device}, --gpu-mem {a.gpu_mem}, --percent {a.percent}, "
-          f"prompt {a.prompt_len} + gen {a.gen_len}\n")
+    print(f"## {a.model} on {a.device}, --gpu-mem {a.gpu_mem}, --percent {a.percent} "
+          f"{a.extra}, prompt {a.prompt_len} + gen {a.gen_len}\n")
     print("| KV policy | KV slots / seq | largest block | GPU tier GiB | prefill tok/s | "
           "decode tok/s | total tok/s | time s |")
     print("|---|---|---|---|---|---|---|---|")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # gpu_session.sh: everything a lent GPU machine does for flexh2o, in one call.
 #
-#   bash benchmarks/gpu_session.sh [test] [kernels] [overlap] [generate MODELS] [offload] [h2o]
-#        [search] [compress] ...
+#   bash benchmarks/gpu_session.sh [test] [kernels] [overlap] [families] [generate MODELS]
+#        [offload] [h2o] [search] [compress] ...
 #
 # Builds with the carried Debian libraries (.deps, see ../shared/tools/gpu-deps),
 # runs the whole test suite (the gpu suite under compute-sanitizer), the kernel
@@ -144,6 +144,20 @@ benchlib.write_prompts('/tmp/ov.jsonl', 32, 512)"
           --gen-len 32 --batches 1,16,64 --flexh2o build-gpu/src/flexh2o \
           | tee "$OUT/generate-$m.md" || true
       done
+      ;;
+    families)
+      # issue 12: a RoPE family all resident against transformers (fp16, same run), then
+      # Llama-3.1-70B with 4-bit weights under a 24 GB cap, H2O 20% against full
+      capped 240 "$OUT/generate-llama-3.1-8b.md" "llama-3.1-8b vs transformers" \
+        python3 benchmarks/bench_generate.py --device cuda --model llama-3.1-8b \
+        --prompt-len 128 --gen-len 32 --batches 1,8,32 --flexh2o build-gpu/src/flexh2o
+      cat "$OUT/generate-llama-3.1-8b.md" || true
+      mkdir -p /tmp/flexh2o-offload
+      capped 300 "$OUT/h2o-block-llama-3.1-70b-4bit.md" "llama-3.1-70b 4-bit h2o vs full" \
+        python3 benchmarks/bench_h2o_block.py --device cuda --model llama-3.1-70b \
+        --gpu-mem 24G --percent "25 75 100 0 100 0" --extra "--compress-weight" \
+        --prompt-len 512 --gen-len 32 --max-batch 256 --flexh2o build-gpu/src/flexh2o
+      cat "$OUT/h2o-block-llama-3.1-70b-4bit.md" || true
       ;;
     offload)
       # issue 3: OPT-6.7B and OPT-30B dummy under a 16 GB GPU cap, prompt 512 + gen 32,

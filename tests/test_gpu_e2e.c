@@ -17,9 +17,12 @@
  *   5. a whole run on CUDA (several GPU batches, CPU-tier KV staged or
  *      attended by CPU threads, H2O, temperature sampling) allocates
  *      nothing on the backend after its set-up, and its tokens are those
- *      of `generate --device cuda` with the same flags.
- * 2-5 skip, saying why, where no GPU is present. */
+ *      of `generate --device cuda` with the same flags;
+ *   6. every model family's golden tokens (transformers) on CUDA, and the
+ *      tiny Llama (grouped-query attention) through the scheduler.
+ * 2-6 skip, saying why, where no GPU is present. */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +33,7 @@
 #include "err.h"
 #include "fh_config.h"
 #include "gen_harness.h"
+#include "golden_harness.h"
 #include "h2o_trace.h"
 #include "kern.h"
 #include "model_config.h"
@@ -252,4 +256,115 @@ Test(gpu_e2e, a_whole_run_allocates_nothing_after_set_up, .timeout = 120)
         assert_same_tokens(a, b, GEN_HARNESS_PROMPTS, runs[r].percent);
     }
     backend_destroy(&be);
+}
+
+/* ------------------------------------------------- 6. the model families */
+
+/* Every family's golden greedy tokens (transformers, fp32) on CUDA (fp16
+ * storage), step by step while the golden top-2 margin leaves fp16 room
+ * (0.1 in logits: beyond a closer step the continuation may fairly
+ * differ), with log-probabilities within 0.05; then the tiny Llama
+ * (grouped-query attention) through the offloading scheduler gives the
+ * bytes of its all-resident CUDA run wherever its attention runs on the
+ * GPU, and every token with CPU attention. */
+Test(gpu_e2e, families_match_transformers_on_cuda, .timeout = 120)
+{
+    static const char *fams[] = {"llama", "mistral", "qwen2", "neox", "neox-seq"};
+    for (size_t f = 0; f < sizeof fams / sizeof *fams; f++) {
+        golden g;
+        char path[512];
+        snprintf(path, sizeof path, FH_SOURCE_ROOT "/tests/fixtures/tiny-%s-golden.json",
+                 fams[f]);
+        golden_load(&g, path);
+        char job[8192];
+        size_t at = 0;
+        for (int c = 0; c < g.n_cases; c++) {
+            at += (size_t)snprintf(job + at, sizeof job - at, "{\"prompt_ids\": [");
+            for (int i = 0; i < g.cases[c].n_ids; i++)
+                at += (size_t)snprintf(job + at, sizeof job - at, "%s%d", i ? "," : "",
+                                       g.cases[c].ids[i]);
+            at += (size_t)snprintf(job + at, sizeof job - at, "]}\n");
+        }
+        cli_write("g.jsonl", job);
+        cr_assert_eq(cli_run("generate --model " FH_SOURCE_ROOT "/tests/fixtures/tiny-%s "
+                             "--prompts g.jsonl --out g-%s.jsonl --max-new-tokens %d "
+                             "--ignore-eos --quiet --device cuda --batch-size 3", fams[f],
+                             fams[f], g.cases[0].n_new), 0, "%s: %s", fams[f], cli_err);
+        char name[64];
+        snprintf(name, sizeof name, "g-%s.jsonl", fams[f]);
+        char *text = cli_read(name), *line = text;
+        int compared = 0;
+        for (int c = 0; c < g.n_cases; c++) {
+            char *t = strstr(line, "\"tokens\":["), *l = strstr(line, "\"logprobs\":[");
+            cr_assert(t && l, "%s case %d: no record", fams[f], c);
+            t += strlen("\"tokens\":[");
+            l += strlen("\"logprobs\":[");
+            for (int s = 0; s < g.cases[c].n_new; s++) {
+                const float *lg = g.cases[c].logits + (size_t)s * g.vocab;
+                float top = -INFINITY, second = -INFINITY;
+                for (int v = 0; v < g.vocab; v++)
+                    if (lg[v] > top) {
+                        second = top;
+                        top = lg[v];
+                    } else if (lg[v] > second) {
+                        second = lg[v];
+                    }
+                long tok = strtol(t, &t, 10);
+                double lp = strtod(l, &l);
+                t += *t == ',';
+                l += *l == ',';
+                if (top - second < 0.1f)
+                    break;
+                cr_assert_eq(tok, g.cases[c].tok[s], "%s case %d step %d: %ld, transformers %d",
+                             fams[f], c, s, tok, g.cases[c].tok[s]);
+                cr_assert(fabs(lp - g.cases[c].lp[s]) < 0.05, "%s case %d step %d: logprob %g, "
+                          "transformers %g", fams[f], c, s, lp, g.cases[c].lp[s]);
+                compared++;
+            }
+            line = strchr(l, '\n');
+        }
+        cr_assert_geq(compared, 10, "%s: only %d steps had room to compare", fams[f], compared);
+        free(text);
+        golden_free(&g);
+    }
+    tiny_job("");
+    static const char *variants[] = {
+        "",
+        "--percent 30 30 34 33 0 100",
+        "--percent 0 0 0 0 100 0 --kv-policy h2o --kv-ratio 0.5",
+        "--percent 50 50 0 100 100 0 --cpu-attention",
+    };
+    char *want = NULL, *want_h2o = NULL;
+    for (size_t v = 0; v < sizeof variants / sizeof *variants; v++) {
+        int h2o = strstr(variants[v], "h2o") != NULL;
+        if (h2o)
+            cr_assert_eq(cli_run("generate --model " FH_SOURCE_ROOT "/tests/fixtures/tiny-llama "
+                                 "--prompts p.jsonl --out lh.jsonl --max-new-tokens 12 "
+                                 "--ignore-eos --quiet --device cuda --gpu-batch-size 2 "
+                                 "--num-gpu-batches 2 --kv-policy h2o --kv-ratio 0.5"), 0, "%s",
+                         cli_err);
+        cr_assert_eq(cli_run("generate --model " FH_SOURCE_ROOT "/tests/fixtures/tiny-llama "
+                             "--prompts p.jsonl --out l%zu.jsonl --max-new-tokens 12 "
+                             "--ignore-eos --quiet --device cuda --gpu-batch-size 2 "
+                             "--num-gpu-batches 2 --offload-dir off %s", v, variants[v]), 0,
+                     "%s: %s", variants[v], cli_err);
+        char name[32];
+        snprintf(name, sizeof name, "l%zu.jsonl", v);
+        char *got = cli_read(name);
+        if (v == 0) {
+            want = got;
+            continue;
+        }
+        if (h2o) {
+            want_h2o = cli_read("lh.jsonl");
+            cr_assert_str_eq(got, want_h2o, "llama h2o %s differs from all-resident", variants[v]);
+        } else if (!strstr(variants[v], "--cpu-attention")) {
+            cr_assert_str_eq(got, want, "llama %s differs from all-resident", variants[v]);
+        } else {
+            assert_same_tokens("l0.jsonl", name, 3, variants[v]);
+        }
+        free(got);
+    }
+    free(want);
+    free(want_h2o);
 }
