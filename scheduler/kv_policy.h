@@ -6,6 +6,7 @@
  *   B      = ceil(ratio * (prompt_len + max_new))   (--kv-ratio)
  *          | budget                                 (--kv-budget)
  *   heavy  = floor((B - sinks) * hh_share)   h2o; 0 for window and streaming
+ *          | B - sinks - recent                h2o with --recent (seed 004's h2o_S_R_C)
  *   sinks  = 0 for window
  *   recent = B - sinks - heavy, which must be >= 1
  *
@@ -27,7 +28,8 @@ typedef struct kv_policy {
     double ratio;     /* > 0: B = ceil(ratio * (prompt_len + max_new)); 0: unset */
     int budget;       /* > 0: B for every prompt; 0: unset */
     int sinks;        /* first tokens never evicted (h2o, streaming) */
-    double hh_share;  /* share of B - sinks for heavy hitters (h2o) */
+    double hh_share;  /* share of B - sinks for heavy hitters (h2o); NAN: unset, 0.5 */
+    int recent;       /* > 0: h2o's recent slots (heavy = B - sinks - recent); 0: unset */
 } kv_policy;
 
 /* The cache layout of one prompt (the kern_seq fields budget/sinks/recent). */
@@ -51,6 +53,9 @@ int kv_policy_check(const kv_policy *kp);
  * the prompt would evict with recent < 1. */
 int kv_policy_split(const kv_policy *kp, int n_prompt, int max_new, int line,
                     kv_split *out);
+
+/* hh_share, or its default 0.5 when unset (NAN). */
+double kv_policy_share(const kv_policy *kp);
 
 /* 1 when eviction reads the H2O scores (only h2o: window and streaming
  * always evict the one unprotected token, the oldest after the sinks). */

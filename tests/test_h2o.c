@@ -102,6 +102,21 @@ Test(h2o, budget_split)
     /* B >= prompt + generation: runs as full, whatever the split */
     cr_assert_eq(kv_policy_split(&st, 3, 5, 1, &s), 0);
     cr_assert(!s.evicts && s.budget == 8);
+    /* --recent (seed 004's h2o_S_R_C): heavy = C - S - R; h2o_8_32_256 */
+    h = (kv_policy){.kind = KV_POLICY_H2O, .budget = 256, .sinks = 8, .recent = 32,
+                    .hh_share = NAN};
+    cr_assert_eq(kv_policy_check(&h), 0, "%s", err_msg());
+    cr_assert_eq(kv_policy_split(&h, 1000, 24, 1, &s), 0);
+    cr_assert(s.budget == 256 && s.sinks == 8 && s.heavy == 216 && s.recent == 32 && s.evicts);
+    /* a per-prompt budget below sinks + recent is refused by prompt */
+    h = (kv_policy){.kind = KV_POLICY_H2O, .ratio = 0.1, .sinks = 4, .recent = 8,
+                    .hh_share = NAN};
+    err_clear();
+    cr_assert_eq(kv_policy_split(&h, 90, 10, 3, &s), -EINVAL); /* B = 10 < 4 + 8 */
+    cr_assert(strstr(err_msg(), "prompt on line 3") && strstr(err_msg(), "--recent 8"), "%s",
+              err_msg());
+    cr_assert_eq(kv_policy_split(&h, 190, 10, 3, &s), 0); /* B = 20: heavy 8 */
+    cr_assert(s.heavy == 8 && s.recent == 8);
     /* a ratio that leaves a prompt no recent slot is refused */
     kv_policy r = {.kind = KV_POLICY_STREAMING, .ratio = 0.1, .sinks = 2};
     err_clear();
@@ -890,6 +905,28 @@ Test(h2o_cli, budget_covering_everything_is_full)
 
 /* ------------------------------------------------------ 5. flag errors */
 
+/* --recent R names the split that --hh-share reaches another way: budget 8,
+ * sinks 2, recent 5 is heavy 1, as hh-share 0.25 makes it (floor(6 x 0.25));
+ * the runs write the same bytes and evict the same tokens. */
+Test(h2o_cli, recent_names_the_same_split_as_a_share)
+{
+    h2o_write_prompts("p.jsonl");
+    const char *base = "generate --model " TINY " --prompts p.jsonl --quiet --ignore-eos "
+                       "--kv-policy h2o --kv-budget 8 --sinks 2";
+    cr_assert_eq(cli_run("%s --recent 5 --out a.jsonl --trace-evictions ta.jsonl", base), 0,
+                 "%s", cli_err);
+    cr_assert_eq(cli_run("%s --hh-share 0.25 --out b.jsonl --trace-evictions tb.jsonl", base),
+                 0, "%s", cli_err);
+    cr_assert_eq(cli_run("%s --recent 3 --out c.jsonl", base), 0, "%s", cli_err);
+    char *a = cli_read("a.jsonl"), *b = cli_read("b.jsonl"), *c = cli_read("c.jsonl");
+    char *ta = cli_read("ta.jsonl"), *tb = cli_read("tb.jsonl");
+    cr_assert_str_eq(a, b);
+    cr_assert_str_eq(ta, tb);
+    cr_assert(strlen(ta) > 100, "no evictions: the test would prove little");
+    cr_assert_str_neq(a, c, "--recent 3 (heavy 3) wrote what --recent 5 (heavy 1) wrote");
+    free(a), free(b), free(c), free(ta), free(tb);
+}
+
 Test(h2o_cli, flag_errors_exit_2_with_a_message)
 {
     h2o_write_prompts("p.jsonl");
@@ -914,6 +951,13 @@ Test(h2o_cli, flag_errors_exit_2_with_a_message)
         {"--kv-policy window --kv-budget 5 --sinks 2", "window keeps no sinks"},
         {"--kv-policy h2o --kv-ratio 0", "--kv-ratio expects a number in"},
         {"--kv-policy h2o --kv-budget 4 --hh-share 1.5", "--hh-share expects a number in [0, 1]"},
+        {"--kv-policy h2o --kv-budget 10 --sinks 4 --recent 8",
+         "--kv-budget 10 with --sinks 4 and --recent 8 leaves heavy = -2"},
+        {"--kv-policy window --kv-budget 10 --recent 8", "--recent is h2o's"},
+        {"--kv-policy h2o --kv-budget 10 --recent 4 --hh-share 0.5",
+         "give one of --hh-share and --recent"},
+        {"--recent 4", "--recent needs --kv-policy h2o"},
+        {"--kv-policy h2o --kv-budget 10 --recent 0", "--recent expects"},
         /* 0.3 x (10 + 10) is 6 exactly, not 7 (as it would be in float) */
         {"--prompts p20.jsonl --kv-policy streaming --kv-ratio 0.3 --sinks 6",
          "--kv-ratio 0.3 gives a budget of 6, which leaves recent = 0 after --sinks 6"},

@@ -2,6 +2,7 @@
  * verbs share (cli_args.h). */
 #include <assert.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,7 +170,7 @@ static int set_help(const cli_argv *a, const cli_opt *o, const char *arg, void *
 
 void cli_common_init(cli_common *c)
 {
-    *c = (cli_common){.max_new = 32, .prefill_rows = 4096, .kv = {.hh_share = 0.5}};
+    *c = (cli_common){.max_new = 32, .prefill_rows = 4096, .kv = {.hh_share = NAN}};
     sched_policy_default(&c->pol);
 }
 
@@ -187,6 +188,7 @@ static const cli_opt shared_opts[] = {
     CLI_INT("kv-budget", C(kv.budget), 1, 1 << 24, 0),
     CLI_INT("sinks", C(kv.sinks), 0, 1 << 24, 0),
     {"hh-share", required_argument, cli_set_exact, C(kv.hh_share), 0, 1, 0, 0},
+    {"recent", required_argument, cli_set_int, C(kv.recent), 1, 1 << 30, 0, 0},
     {"gpu-mem", required_argument, cli_set_size, C(pol.gpu_mem), 0, 0, 0, SCHED_POLICY_GPU_MEM},
     {"cpu-mem", required_argument, cli_set_size, C(pol.cpu_mem), 0, 0, 0, SCHED_POLICY_CPU_MEM},
     {"offload-dir", required_argument, set_dir, C(pol.offload_dir), 0, 0, 0,

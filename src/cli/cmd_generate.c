@@ -59,6 +59,8 @@ static const char generate_help[] =
     "  --sinks N            first tokens never evicted (h2o, streaming; default 0)\n"
     "  --hh-share S         h2o: heavy = floor((B - sinks) x S), recent = B - sinks - heavy\n"
     "                       (default 0.5); recent must be >= 1\n"
+    "  --recent R           h2o: recent = R, heavy = B - sinks - R, instead of --hh-share\n"
+    "                       (seed 004's h2o_S_R_C = --kv-budget C --sinks S --recent R)\n"
     "  --trace-evictions F  JSONL, one line per token leaving a cache: {\"id\", \"layer\",\n"
     "                       \"head\", \"step\", \"pos\"}; step 0 = dropped at prefill, step s =\n"
     "                       evicted when generated token s was inserted (--resume appends)\n"

@@ -29,7 +29,7 @@ static const char search_help[] =
     "         [--device cpu|cuda] [--out POLICY.json] [--top N] [--max-block N]\n"
     "         [--max-gpu-batches N] [--cpu-attention | --no-cpu-attention]\n"
     "         [--compress-weight] [--compress-cache]\n"
-    "         [--kv-policy P --kv-ratio R | --kv-budget B --sinks N --hh-share S]\n\n"
+    "         [--kv-policy P --kv-ratio R | --kv-budget B --sinks N --hh-share S | --recent R]\n\n"
     "Finds the offloading policy (block shape, --percent, CPU attention) with the\n"
     "highest throughput bound (DESIGN.md) that fits the caps: a linear program per\n"
     "block shape (GLPK), checked against the exact memory plan. Prints the best\n"
