@@ -12,5 +12,7 @@ int cli_calibrate(int argc, char **argv);  /* cmd_calibrate.c */
 int cli_convert(int argc, char **argv);    /* cmd_model.c */
 int cli_make_model(int argc, char **argv); /* cmd_model.c */
 int cli_tokenize(int argc, char **argv);   /* cmd_model.c */
+int cli_eval(int argc, char **argv);       /* cmd_eval.c */
+int cli_score(int argc, char **argv);      /* cmd_eval.c */
 
 #endif

@@ -166,6 +166,32 @@ static int set_help(const cli_argv *a, const cli_opt *o, const char *arg, void *
     return CLI_HELP;
 }
 
+/* --percent: six values, "--percent 20 80 0 100 0 100" or "--percent
+ * 20,80,0,100,0,100"; the separate form takes the words after the flag. */
+int cli_set_percent(const cli_argv *a, const cli_opt *o, const char *arg, void *field)
+{
+    (void)o;
+    const char *args[6] = {arg};
+    int n = 1;
+    if (!strchr(arg, ',') && !strchr(arg, ' '))
+        while (n < 6 && optind < a->argc && a->argv[optind][0] != '-')
+            args[n++] = a->argv[optind++];
+    if (sched_policy_parse_percent(args, n, field) < 0)
+        return cli_usage_err(a->verb);
+    return 0;
+}
+
+int cli_run_policy(const char *verb, const cli_run *run, const cli_common *c,
+                   sched_policy *pol)
+{
+    sched_policy_default(pol);
+    if (run->policy_path && sched_policy_load(run->policy_path, pol) < 0)
+        return cli_usage_err(verb);
+    if (sched_policy_apply(pol, &c->pol, c->given) < 0 || sched_policy_check(pol) < 0)
+        return cli_usage_err(verb);
+    return 0;
+}
+
 /* ------------------------------------------------------------ the shared table */
 
 void cli_common_init(cli_common *c)

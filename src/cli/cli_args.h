@@ -109,6 +109,25 @@ int cli_set_switch(const cli_argv *a, const cli_opt *o, const char *arg, void *f
 #define CLI_SWITCH(name, off, value, given) \
     {name, no_argument, cli_set_switch, off, 0, 0, value, given}
 
+/* --percent: six values, "--percent 20 80 0 100 0 100" or "--percent
+ * 20,80,0,100,0,100" (field: a sched_policy). */
+int cli_set_percent(const cli_argv *a, const cli_opt *o, const char *arg, void *field);
+
+/* The flags of a run on the block schedule (generate, eval, score): where
+ * everything goes, the policy file, --plan, threads, quiet. T is the verb's
+ * struct, with a cli_common c and a cli_run run. */
+typedef struct cli_run {
+    const char *policy_path;  /* --policy FILE */
+    int plan_only, threads, quiet;
+} cli_run;
+#define CLI_PLACEMENT_OPTS(T)                                                                      CLI_INT("batch-size", offsetof(T, c.pol.gpu_batch_size), 1, 1 << 16,                                  SCHED_POLICY_GPU_BATCH_SIZE),                                                          CLI_INT("gpu-batch-size", offsetof(T, c.pol.gpu_batch_size), 1, 1 << 16,                              SCHED_POLICY_GPU_BATCH_SIZE),                                                          CLI_INT("num-gpu-batches", offsetof(T, c.pol.num_gpu_batches), 1, 1 << 16,                            SCHED_POLICY_NUM_GPU_BATCHES),                                                         {"percent", required_argument, cli_set_percent, offsetof(T, c.pol), 0, 0, 0,                   SCHED_POLICY_PERCENT},                                                                        CLI_SWITCH("overlap", offsetof(T, c.pol.overlap), 1, SCHED_POLICY_OVERLAP),                   CLI_SWITCH("no-overlap", offsetof(T, c.pol.overlap), 0, SCHED_POLICY_OVERLAP),                CLI_SWITCH("pin-weight", offsetof(T, c.pol.pin_weight), 1, SCHED_POLICY_PIN_WEIGHT),          CLI_SWITCH("no-pin-weight", offsetof(T, c.pol.pin_weight), 0, SCHED_POLICY_PIN_WEIGHT),       CLI_STR("policy", offsetof(T, run.policy_path)),                                               CLI_SWITCH("plan", offsetof(T, run.plan_only), 1, 0),                                          CLI_INT("threads", offsetof(T, run.threads), 1, 4096, 0),                                      CLI_SWITCH("quiet", offsetof(T, run.quiet), 1, 0)
+
+/* The policy of a run: the defaults, run->policy_path over them, the flags
+ * given in c over that (whatever their order), checked. @return 0 or the
+ * exit status of the usage error printed. */
+int cli_run_policy(const char *verb, const cli_run *run, const cli_common *c,
+                   sched_policy *pol);
+
 /* What a setter returns for --help: cli_parse stops and returns it. */
 #define CLI_HELP (-1)
 

@@ -21,6 +21,7 @@
 
 #include "cli.h"
 #include "cli_args.h"
+#include "cli_model.h"
 #include "err.h"
 #include "gen.h"
 #include "job.h"
@@ -92,50 +93,22 @@ static const char generate_help[] =
 
 typedef struct gen_args {
     cli_common c;             /* the flags shared with search */
-    const char *policy_path;  /* --policy FILE */
+    cli_run run;              /* the placement flags shared with eval and score */
     const char *evict_path;   /* --trace-evictions FILE */
     const char *trace_path;   /* --trace FILE (Chrome trace of the scheduler) */
-    int resume, strict, quiet, threads, seed, plan_only;
+    int resume, strict, seed;
     gen_opts go;              /* sampling and the rest gen_run takes */
 } gen_args;
 
-/* --percent: six values, "--percent 20 80 0 100 0 100" or "--percent
- * 20,80,0,100,0,100"; the separate form takes the words after the flag. */
-static int set_percent(const cli_argv *a, const cli_opt *o, const char *arg, void *field)
-{
-    (void)o;
-    const char *args[6] = {arg};
-    int n = 1;
-    if (!strchr(arg, ',') && !strchr(arg, ' '))
-        while (n < 6 && optind < a->argc && a->argv[optind][0] != '-')
-            args[n++] = a->argv[optind++];
-    if (sched_policy_parse_percent(args, n, field) < 0)
-        return cli_usage_err(a->verb);
-    return 0;
-}
-
 #define G(f) offsetof(gen_args, f)
 static const cli_opt generate_opts[] = {
-    CLI_INT("batch-size", G(c.pol.gpu_batch_size), 1, 1 << 16, SCHED_POLICY_GPU_BATCH_SIZE),
-    CLI_INT("gpu-batch-size", G(c.pol.gpu_batch_size), 1, 1 << 16,
-            SCHED_POLICY_GPU_BATCH_SIZE),
-    CLI_INT("num-gpu-batches", G(c.pol.num_gpu_batches), 1, 1 << 16,
-            SCHED_POLICY_NUM_GPU_BATCHES),
-    {"percent", required_argument, set_percent, G(c.pol), 0, 0, 0, SCHED_POLICY_PERCENT},
-    CLI_SWITCH("overlap", G(c.pol.overlap), 1, SCHED_POLICY_OVERLAP),
-    CLI_SWITCH("no-overlap", G(c.pol.overlap), 0, SCHED_POLICY_OVERLAP),
-    CLI_SWITCH("pin-weight", G(c.pol.pin_weight), 1, SCHED_POLICY_PIN_WEIGHT),
-    CLI_SWITCH("no-pin-weight", G(c.pol.pin_weight), 0, SCHED_POLICY_PIN_WEIGHT),
-    CLI_STR("policy", G(policy_path)),
+    CLI_PLACEMENT_OPTS(gen_args),
     CLI_STR("trace", G(trace_path)),
-    CLI_SWITCH("plan", G(plan_only), 1, 0),
     CLI_FLOAT("temperature", G(go.temperature), 0, 100),
     CLI_FLOAT("top-p", G(go.top_p), 1e-6, 1),
     CLI_INT("seed", G(seed), 0, 2147483647, 0),
-    CLI_INT("threads", G(threads), 1, 4096, 0),
     CLI_SWITCH("resume", G(resume), 1, 0),
     CLI_SWITCH("strict", G(strict), 1, 0),
-    CLI_SWITCH("quiet", G(quiet), 1, 0),
     CLI_SWITCH("ignore-eos", G(go.ignore_eos), 1, 0),
     CLI_STR("trace-evictions", G(evict_path)),
     CLI_SWITCH("stats", G(go.kv_stats), 1, 0),
@@ -157,7 +130,7 @@ static int generate_parse(int argc, char **argv, gen_args *a)
     if (!a->c.prompts || !a->c.out)
         return cli_usage("generate", "--prompts and --out are required");
     a->go.seed = (uint64_t)a->seed;
-    a->go.progress = !a->quiet;
+    a->go.progress = !a->run.quiet;
     a->go.max_new = a->c.max_new;
     a->go.prefill_rows = a->c.prefill_rows;
     a->go.kv = a->c.kv;
@@ -171,52 +144,12 @@ static int generate_parse(int argc, char **argv, gen_args *a)
  * the usage error printed. */
 static int generate_policy(gen_args *a, sched_policy *pol)
 {
-    sched_policy_default(pol);
-    if (a->policy_path && sched_policy_load(a->policy_path, pol) < 0)
-        return cli_usage_err("generate");
-    if (sched_policy_apply(pol, &a->c.pol, a->c.given) < 0 || sched_policy_check(pol) < 0)
-        return cli_usage_err("generate");
+    int rc = cli_run_policy("generate", &a->run, &a->c, pol);
     a->go.batch_size = pol->gpu_batch_size;
-    return 0;
+    return rc;
 }
 
 /* ------------------------------------------------------------ the model */
-
-/* Where the model comes from: a weight store (`flexh2o convert`) or a
- * Hugging Face directory (--model DIR), or random weights (--dummy NAME). */
-typedef struct model_source {
-    const char *dir;        /* --model DIR; NULL: --dummy */
-    model_config cfg;
-    tok *t;                 /* dir's tokenizer; NULL for --dummy */
-    int is_store;           /* dir is a weight store */
-    uint32_t store_dtype;   /* its OFF_DTYPE_* (is_store) */
-} model_source;
-
-/* The config and tokenizer of the model, without its weights. @return 0
- * or -errno; the caller destroys src->t. */
-static int open_model_source(const char *dir, const char *dummy, model_source *src)
-{
-    src->dir = dir;
-    if (!dir) {
-        return model_config_by_name(dummy, &src->cfg);
-    }
-    FORWARD_IF(model_config_of(dir, &src->cfg));
-    int rc = model_store_dtype(dir, &src->store_dtype);
-    FORWARD_IF(rc);
-    src->is_store = rc;
-    return tok_load(dir, &src->t);
-}
-
-/* Load the weights, each layer through the scheduler's sink. @return 0 or
- * -errno. */
-static int load_model_source(const model_source *src, backend *be, sched *sc, model **m)
-{
-    if (src->is_store)
-        return model_load_store(src->dir, be, NULL, sched_layer_sink, sc, m);
-    if (src->dir)
-        return model_load_hf_sink(src->dir, be, sched_layer_sink, sc, m);
-    return model_create_dummy_sink(&src->cfg, be, 1234, sched_layer_sink, sc, m);
-}
 
 /* ------------------------------------------------------------ the run */
 
@@ -224,7 +157,7 @@ static int load_model_source(const model_source *src, backend *be, sched *sc, mo
  * whichever step failed. */
 typedef struct gen_job {
     backend be;
-    model_source src;
+    cli_model_src src;
     job_prompts ps;
     job_out out;
     sched_trace *strace;
@@ -265,7 +198,7 @@ static int generate_plan(const sched_model *shape, size_t es, const sched_policy
 static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
 {
     const model_config *cfg = &j->src.cfg;
-    FORWARD_IF(open_model_source(a->c.model_dir, a->c.dummy, &j->src));
+    FORWARD_IF(cli_model_open(a->c.model_dir, a->c.dummy, &j->src));
     if (j->src.is_store && (j->src.store_dtype & OFF_DTYPE_Q4))
         pol->compress_weight = 1; /* a 4-bit store runs as 4-bit weights */
     int bos = j->src.t ? tok_bos_id(j->src.t) : cfg->bos_id;
@@ -274,7 +207,7 @@ static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
     int rc = gen_check(cfg, &j->ps, &a->go);
     j->kv_usage = rc < 0;
     FORWARD_IF(rc);
-    if (!a->plan_only && a->resume && access(a->c.out, F_OK) == 0)
+    if (!a->run.plan_only && a->resume && access(a->c.out, F_OK) == 0)
         FORWARD_IF(job_out_open(a->c.out, a->resume, &j->out));
     if (a->trace_path)
         FORWARD_IF(sched_trace_create(&j->strace));
@@ -282,14 +215,14 @@ static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
     sched_model shape;
     model_sched_shape(cfg, &shape);
     generate_shape(a, pol, j, &sh);
-    if (a->plan_only)
+    if (a->run.plan_only)
         return generate_plan(&shape, j->be.ops->elem_size, pol, &sh);
     FORWARD_IF(sched_create(&j->be, &shape, pol, &sh, j->strace, &j->sc));
     if (!j->out.f)
         FORWARD_IF(job_out_open(a->c.out, a->resume, &j->out));
     if (a->evict_path)
         FORWARD_IF(gen_trace_open(a->evict_path, a->resume, &j->out, &a->go.trace));
-    FORWARD_IF(load_model_source(&j->src, &j->be, j->sc, &j->m));
+    FORWARD_IF(cli_model_load(&j->src, &j->be, j->sc, &j->m));
     sched_model bound;
     model_sched_bind(j->m, &bound);
     FORWARD_IF(sched_attach(j->sc, &bound));
@@ -326,7 +259,7 @@ static int generate_summary(const gen_args *a, const gen_job *j)
     const gen_stats *st = &j->st;
     if (a->go.kv_stats)
         gen_stats_print(stdout, st, &a->go);
-    if (!a->quiet)
+    if (!a->run.quiet)
         fprintf(stderr,
                 "[flexh2o] %ld prompts on %s: prefill %.1f tok/s (%ld tokens), "
                 "decode %.1f tok/s (%ld tokens), total %.1f generated tok/s in %.2f s\n",
@@ -335,9 +268,9 @@ static int generate_summary(const gen_args *a, const gen_job *j)
                 st->prefill_tokens, st->decode_s > 0 ? st->decode_tokens / st->decode_s : 0.0,
                 st->decode_tokens, st->total_s > 0 ? st->generated / st->total_s : 0.0,
                 st->total_s);
-    if (!a->quiet && j->sc)
+    if (!a->run.quiet && j->sc)
         sched_summary_print(j->sc, stderr);
-    if (!a->quiet && a->go.kv.kind != KV_POLICY_FULL && st->kv_slots > 0)
+    if (!a->run.quiet && a->go.kv.kind != KV_POLICY_FULL && st->kv_slots > 0)
         fprintf(stderr, "[flexh2o] --kv-policy %s: KV cache of %d slots per sequence, "
                 "layer and head (full: %d)\n", kv_policy_name(a->go.kv.kind), st->kv_slots,
                 st->kv_slots_full);
@@ -371,7 +304,7 @@ int cli_generate(int argc, char **argv)
     if (rc || (rc = generate_policy(&a, &pol)))
         return rc;
     gen_job j = {0};
-    if ((rc = cli_open_backend("generate", a.c.device, a.threads, &j.be)))
+    if ((rc = cli_open_backend("generate", a.c.device, a.run.threads, &j.be)))
         return rc;
     rc = generate_close(&a, &j, generate_run(&a, &pol, &j));
     int status;

@@ -24,6 +24,7 @@ static const struct verb {
 } verbs[] = {
     {"generate", cli_generate},   {"search", cli_search},       {"convert", cli_convert},
     {"calibrate", cli_calibrate}, {"tokenize", cli_tokenize},   {"make-model", cli_make_model},
+    {"eval", cli_eval},           {"score", cli_score},
 };
 
 int main(int argc, char **argv)

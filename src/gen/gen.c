@@ -272,7 +272,7 @@ static void block_start(gen_seq *ss, const job_prompt *const *todo, int n, const
         s->n_past = 0;
         s->n_slots = 0;
         kv_split sp;
-        int rc = gen_split(c, o, s->p, s->max_new, &sp);
+        int rc = gen_split(c, &o->kv, s->p->n_ids, s->max_new, s->p->line, &sp);
         /* cannot fail: gen_run began with gen_check, which split every
          * prompt of the job with these same arguments */
         assert(rc == 0);

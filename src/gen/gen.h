@@ -52,12 +52,13 @@ typedef struct gen_stats {
  * positions keep counting (DESIGN.md "Model families": rotary positions
  * with an evicting policy, or a sliding window). @return that count. */
 int gen_max_new(const job_prompt *p, const gen_opts *o, const model_config *c);
-/* Prompt p's KV split (kv_policy_split) generating max_new tokens on model
+/* The KV split (kv_policy_split of kv) of a prompt of n_prompt tokens (on
+ * line `line`, for messages) generating max_new tokens on model
  * c: a sliding window of W tokens (Mistral), when the sequence outgrows
  * it, is a `window` cache of W - 1 slots (plus the token being computed:
  * the W a query attends to) under `full`, and caps every other policy's
  * budget at W - 1. @return 0 or -EINVAL as kv_policy_split. */
-int gen_split(const model_config *c, const gen_opts *o, const job_prompt *p, int max_new,
+int gen_split(const model_config *c, const kv_policy *kv, int n_prompt, int max_new, int line,
               kv_split *out);
 
 /* Check the KV split of every prompt of ps under o->kv (kv_policy_split),

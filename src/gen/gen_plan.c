@@ -16,23 +16,23 @@ int gen_max_new(const job_prompt *p, const gen_opts *o, const model_config *c)
     return n;
 }
 
-int gen_split(const model_config *c, const gen_opts *o, const job_prompt *p, int max_new,
+int gen_split(const model_config *c, const kv_policy *kv, int n_prompt, int max_new, int line,
               kv_split *out)
 {
     int W = c->sliding_window;
-    if (W <= 1 || p->n_ids + max_new <= W)
-        return kv_policy_split(&o->kv, p->n_ids, max_new, p->line, out);
-    kv_policy kp = o->kv;
+    if (W <= 1 || n_prompt + max_new <= W)
+        return kv_policy_split(kv, n_prompt, max_new, line, out);
+    kv_policy kp = *kv;
     if (kp.kind == KV_POLICY_FULL) {
         kp = (kv_policy){.kind = KV_POLICY_WINDOW, .budget = W - 1};
     } else {
-        FORWARD_IF(kv_policy_split(&kp, p->n_ids, max_new, p->line, out));
+        FORWARD_IF(kv_policy_split(&kp, n_prompt, max_new, line, out));
         if (out->budget <= W - 1)
             return 0;
         kp.ratio = 0;
         kp.budget = W - 1;
     }
-    return kv_policy_split(&kp, p->n_ids, max_new, p->line, out);
+    return kv_policy_split(&kp, n_prompt, max_new, line, out);
 }
 
 int gen_check(const model_config *c, const job_prompts *ps, const gen_opts *o)
@@ -41,7 +41,7 @@ int gen_check(const model_config *c, const job_prompts *ps, const gen_opts *o)
     for (int i = 0; i < ps->n; i++) {
         const job_prompt *p = &ps->p[i];
         kv_split sp;
-        FORWARD_IF(gen_split(c, o, p, gen_max_new(p, o, c), &sp));
+        FORWARD_IF(gen_split(c, &o->kv, p->n_ids, gen_max_new(p, o, c), p->line, &sp));
     }
     return 0;
 }
@@ -55,7 +55,7 @@ void gen_shape(const model_config *c, const job_prompts *ps, const job_out *out,
         if (out && job_out_has(out, p->id))
             continue;
         kv_split sp;
-        if (gen_split(c, o, p, gen_max_new(p, o, c), &sp) < 0)
+        if (gen_split(c, &o->kv, p->n_ids, gen_max_new(p, o, c), p->line, &sp) < 0)
             continue; /* gen_check refuses it */
         if (p->n_ids > max_prompt)
             max_prompt = p->n_ids;

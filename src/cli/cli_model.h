@@ -1,0 +1,32 @@
+/* cli_model.h: the model a run uses (generate, eval, score): a weight store,
+ * a Hugging Face directory or random weights, opened before the plan and
+ * loaded into the scheduler after it. */
+#ifndef FH_CLI_MODEL_H
+#define FH_CLI_MODEL_H
+
+#include <stdint.h>
+
+#include "backend.h"
+#include "model.h"
+#include "scheduler.h"
+#include "tok.h"
+
+/* Where the model comes from: a weight store (`flexh2o convert`) or a
+ * Hugging Face directory (--model DIR), or random weights (--dummy NAME). */
+typedef struct cli_model_src {
+    const char *dir;        /* --model DIR; NULL: --dummy */
+    model_config cfg;
+    tok *t;                 /* dir's tokenizer; NULL for --dummy */
+    int is_store;           /* dir is a weight store */
+    uint32_t store_dtype;   /* its OFF_DTYPE_* (is_store) */
+} cli_model_src;
+
+/* The config and tokenizer of the model, without its weights. @return 0
+ * or -errno; the caller destroys src->t. */
+int cli_model_open(const char *dir, const char *dummy, cli_model_src *src);
+
+/* Load the weights, each layer through the scheduler's sink. @return 0 or
+ * -errno. */
+int cli_model_load(const cli_model_src *src, backend *be, sched *sc, model **m);
+
+#endif

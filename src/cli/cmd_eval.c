@@ -1,0 +1,500 @@
+/* cmd_eval.c: `flexh2o eval` (streaming perplexity of a text, DESIGN.md
+ * "Quality") and `flexh2o score` (loglikelihood requests, the kind
+ * lm-evaluation-harness sends), both teacher-forced through the block
+ * schedule with the KV policy evicting as in generation (src/gen/eval.h).
+ *
+ *   parse the flags -> the policy -> the backend -> the model's config and
+ *   tokenizer -> the streams (eval: windows of the text; score: context +
+ *   continuation per request) -> their KV splits -> the plan (--plan: print
+ *   it and stop) -> the scheduler, the weights -> eval_run -> the report
+ */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "cli_args.h"
+#include "cli_model.h"
+#include "err.h"
+#include "eval.h"
+#include "off.h"
+
+static const char eval_help[] =
+    "usage: flexh2o eval --model DIR --text FILE [--context N] [--compare-full]\n"
+    "         [KV policy flags] [placement flags] [--device cpu|cuda] [--quiet]\n\n"
+    "Streaming perplexity (DESIGN.md \"Quality\"): the text, tokenized as `tokenize` does\n"
+    "(BOS first where the model adds one), is cut into consecutive windows of --context\n"
+    "tokens (default: max_position_embeddings, at most 1024; the last may be shorter); each\n"
+    "window starts from an empty cache and is fed token by token with the KV policy\n"
+    "evicting as in generation. ppl = exp(NLL of every token after a window's first /\n"
+    "tokens scored). Prints one JSON line: policy, budget, sinks, heavy, recent (of a\n"
+    "full window), context, windows, tokens, nll (per token), ppl, tok_s, kv_bytes (the\n"
+    "policy's KV cache in the plan, every tier, for the block of --batch-size windows);\n"
+    "with --compare-full also agreement (top-1 of the\n"
+    "policy equal to the full cache's) and kl (mean KL(full || policy)), the full cache\n"
+    "running beside the policy in the same batch.\n\n"
+    "  --text FILE          UTF-8 text\n"
+    "  --context N          tokens per window\n"
+    "  --max-windows N      score the first N windows only\n"
+    "  --compare-full       agreement and KL against the full cache\n"
+    "KV policy and placement flags as for generate (--kv-policy, --kv-ratio, --kv-budget,\n"
+    "--sinks, --hh-share, --recent, --batch-size, --percent, --cpu-attention, ...).\n";
+
+static const char score_help[] =
+    "usage: flexh2o score --model DIR --prompts REQUESTS.jsonl --out RESULTS.jsonl\n"
+    "         [KV policy flags] [placement flags] [--device cpu|cuda] [--quiet]\n\n"
+    "Loglikelihood requests, one JSON object per line: {\"id\"?, \"context\",\n"
+    "\"continuation\"} (text) or {\"id\"?, \"context_ids\", \"continuation_ids\"}; writes per\n"
+    "request {\"id\", \"logprob\", \"is_greedy\", \"n_tokens\"}: the sum of the natural-log\n"
+    "probabilities of the continuation's tokens after the context, and whether each was\n"
+    "the argmax. The context is tokenized with BOS where the model adds one; a context\n"
+    "ending in whitespace gives it to the continuation (as lm-evaluation-harness does).\n"
+    "With the full cache the context is one prefill; with an evicting --kv-policy it\n"
+    "runs through the cache token by token, as eval does. Records are written per\n"
+    "finished block, in input order.\n";
+
+typedef struct eval_args {
+    cli_common c;
+    cli_run run;
+    const char *text;
+    int context, max_windows, compare_full;
+} eval_args;
+
+#define E(f) offsetof(eval_args, f)
+static const cli_opt eval_opts_tab[] = {
+    CLI_PLACEMENT_OPTS(eval_args),
+    CLI_STR("text", E(text)),
+    CLI_INT("context", E(context), 2, 1 << 24, 0),
+    CLI_INT("max-windows", E(max_windows), 1, 1 << 30, 0),
+    CLI_SWITCH("compare-full", E(compare_full), 1, 0),
+};
+#undef E
+
+/* What an eval or score run holds; released by run_free whichever step
+ * failed. */
+typedef struct eval_job {
+    backend be;
+    cli_model_src src;
+    sched *sc;
+    model *m;
+    int32_t *ids;        /* eval: the text's tokens; score: every request's */
+    eval_stream *s;
+    int n;
+    char **req_ids;      /* score: each request's id, as JSON text */
+    FILE *out;
+    long written;
+    uint64_t kv_bytes;
+    eval_stats st;
+} eval_job;
+
+static void run_free(eval_job *j)
+{
+    sched_destroy(j->sc);
+    model_destroy(j->m);
+    tok_destroy(j->src.t);
+    backend_destroy(&j->be);
+    for (int i = 0; j->req_ids && i < j->n; i++)
+        free(j->req_ids[i]);
+    free(j->req_ids);
+    free(j->ids);
+    free(j->s);
+}
+
+/* From the streams on: plan (print it with --plan), the scheduler, the
+ * weights, the run. @return 0 or -errno. */
+static int run_streams(eval_job *j, const cli_run *run, const sched_policy *pol,
+                       eval_opts *eo)
+{
+    const model_config *cfg = &j->src.cfg;
+    FORWARD_IF(eval_check(cfg, j->s, j->n, eo));
+    sched_shape sh;
+    sched_model shape;
+    model_sched_shape(cfg, &shape);
+    eval_shape(cfg, j->s, j->n, eo, pol->gpu_batch_size, &sh);
+    sched_plan pl;
+    FORWARD_IF(sched_plan_compute(&shape, j->be.ops->elem_size, pol, &sh, &pl));
+    /* the policy's own KV cache (--compare-full's full copies not counted) */
+    eval_opts alone = *eo;
+    alone.compare_full = 0;
+    sched_shape sh_alone;
+    sched_plan pl_alone;
+    eval_shape(cfg, j->s, j->n, &alone, pol->gpu_batch_size, &sh_alone);
+    FORWARD_IF(sched_plan_compute(&shape, j->be.ops->elem_size, pol, &sh_alone, &pl_alone));
+    for (int t = 0; t < SCHED_TIERS; t++)
+        j->kv_bytes += pl_alone.bytes[t][SCHED_KV];
+    if (run->plan_only) {
+        sched_plan_print(stdout, &pl);
+        return sched_plan_check(&pl, pol, pol->gpu_mem, pol->cpu_mem, 0);
+    }
+    FORWARD_IF(sched_create(&j->be, &shape, pol, &sh, NULL, &j->sc));
+    FORWARD_IF(cli_model_load(&j->src, &j->be, j->sc, &j->m));
+    sched_model bound;
+    model_sched_bind(j->m, &bound);
+    FORWARD_IF(sched_attach(j->sc, &bound));
+    return eval_run(j->m, j->sc, j->s, j->n, eo, &j->st);
+}
+
+/* ------------------------------------------------------------ eval */
+
+/* The text's tokens (BOS first where the tokenizer adds one) cut into
+ * windows of ctx tokens. */
+static int eval_windows(eval_job *j, const char *path, int ctx, int max_windows)
+{
+    char *text;
+    size_t len;
+    FORWARD_IF(off_read_file(path, &text, &len));
+    int32_t *ids = NULL;
+    int n = tok_encode(j->src.t, text, len, &ids);
+    free(text);
+    FORWARD_IF(n);
+    int bos = tok_bos_id(j->src.t);
+    j->ids = malloc(sizeof(int32_t) * ((size_t)n + 1));
+    RETURN_IF(!j->ids, -ENOMEM, "out of memory for %d tokens", n);
+    int total = 0;
+    if (bos >= 0)
+        j->ids[total++] = bos;
+    memcpy(j->ids + total, ids, sizeof(int32_t) * (size_t)n);
+    total += n;
+    free(ids);
+    int nw = (total + ctx - 1) / ctx;
+    if (nw > 0 && total - (nw - 1) * ctx < 2)
+        nw--; /* a last window of one token scores nothing */
+    if (max_windows > 0 && nw > max_windows)
+        nw = max_windows;
+    RETURN_IF(nw == 0, -EINVAL, "%s: %d tokens, too few to score; give a longer text", path,
+              total);
+    j->s = calloc((size_t)nw, sizeof *j->s);
+    RETURN_IF(!j->s, -ENOMEM, "out of memory");
+    for (int w = 0; w < nw; w++) {
+        int at = w * ctx, wn = total - at < ctx ? total - at : ctx;
+        j->s[w] = (eval_stream){.ids = j->ids + at, .n = wn, .prefill = 1, .first_target = 1};
+    }
+    j->n = nw;
+    return 0;
+}
+
+static void eval_report(const eval_args *a, const eval_job *j, const eval_opts *eo)
+{
+    double lp = 0, kl = 0;
+    long tokens = 0, agree = 0;
+    for (int i = 0; i < j->n; i++) {
+        lp += j->s[i].logprob;
+        kl += j->s[i].kl;
+        tokens += j->s[i].n_targets;
+        agree += j->s[i].n_agree;
+    }
+    const kv_split *sp = &j->s[0].split;
+    double nll = tokens ? -lp / tokens : 0;
+    printf("{\"policy\": \"%s\", \"budget\": %d, \"sinks\": %d, \"heavy\": %d, \"recent\": %d, "
+           "\"context\": %d, \"windows\": %d, \"tokens\": %ld, \"nll\": %.9g, \"ppl\": %.9g, "
+           "\"tok_s\": %.6g, \"kv_bytes\": %llu",
+           kv_policy_name(eo->kv.kind), sp->budget, sp->sinks, sp->heavy, sp->recent,
+           a->context, j->n, tokens, nll, exp(nll),
+           j->st.seconds > 0 ? j->st.fed / j->st.seconds : 0.0,
+           (unsigned long long)j->kv_bytes);
+    if (eo->compare_full)
+        printf(", \"agreement\": %.9g, \"kl\": %.9g", tokens ? (double)agree / tokens : 0,
+               tokens ? kl / tokens : 0);
+    printf("}\n");
+    fflush(stdout);
+}
+
+/* Parse, check and open what eval and score share: the flags, the policy,
+ * the backend, the model's config and tokenizer. @return 0, or the exit
+ * status to return (CLI_HELP: print the help). */
+static int open_common(const char *verb, int argc, char **argv, const cli_opt *tab, int n_tab,
+                       void *a, cli_common *c, cli_run *run, sched_policy *pol, eval_job *j)
+{
+    cli_common_init(c);
+    int rc = cli_parse(verb, argc, argv, tab, n_tab, a, c);
+    if (rc)
+        return rc;
+    if (!c->model_dir)
+        return cli_usage(verb, "--model DIR is required (a model with its tokenizer)");
+    if (kv_policy_check(&c->kv) < 0)
+        return cli_usage_err(verb);
+    if ((rc = cli_run_policy(verb, run, c, pol)))
+        return rc;
+    if ((rc = cli_open_backend(verb, c->device, run->threads, &j->be)))
+        return rc;
+    if (cli_model_open(c->model_dir, NULL, &j->src) < 0)
+        return cli_fail();
+    if (j->src.is_store && (j->src.store_dtype & OFF_DTYPE_Q4))
+        pol->compress_weight = 1;
+    if (!j->src.t)
+        return cli_error(1, "%s: no tokenizer (vocab.json + merges.txt or tokenizer.json); "
+                         "%s needs one", c->model_dir, verb);
+    return 0;
+}
+
+int cli_eval(int argc, char **argv)
+{
+    eval_args a = {0};
+    sched_policy pol;
+    eval_job j = {0};
+    int rc = open_common("eval", argc, argv, eval_opts_tab,
+                         (int)(sizeof eval_opts_tab / sizeof *eval_opts_tab), &a, &a.c, &a.run,
+                         &pol, &j);
+    if (rc == CLI_HELP) {
+        fputs(eval_help, stdout);
+        run_free(&j);
+        return 0;
+    }
+    if (rc == 0 && !a.text)
+        rc = cli_usage("eval", "--text FILE is required");
+    if (rc == 0 && (a.c.prompts || a.c.out || a.c.dummy))
+        rc = cli_usage("eval", "eval takes --model and --text (no --prompts, --out, --dummy)");
+    if (rc) {
+        run_free(&j);
+        return rc;
+    }
+    if (a.context == 0)
+        a.context = j.src.cfg.max_pos < 1024 ? j.src.cfg.max_pos : 1024;
+    eval_opts eo = {.kv = a.c.kv, .compare_full = a.compare_full,
+                    .prefill_rows = a.c.prefill_rows, .progress = !a.run.quiet};
+    rc = eval_windows(&j, a.text, a.context, a.max_windows);
+    if (rc == 0)
+        rc = run_streams(&j, &a.run, &pol, &eo);
+    int status = 0;
+    if (rc < 0)
+        status = rc == -EINVAL ? cli_usage_err("eval") : cli_fail();
+    else if (!a.run.plan_only)
+        eval_report(&a, &j, &eo);
+    if (rc == 0 && !a.run.quiet && j.sc)
+        sched_summary_print(j.sc, stderr);
+    run_free(&j);
+    return status;
+}
+
+/* ------------------------------------------------------------ score */
+
+typedef struct score_args {
+    cli_common c;
+    cli_run run;
+} score_args;
+
+#define S(f) offsetof(score_args, f)
+static const cli_opt score_opts_tab[] = {
+    CLI_PLACEMENT_OPTS(score_args),
+};
+#undef S
+
+/* ids of a JSON array of token ids into out (cap), or text tokenized. */
+static int request_ids(const tok *t, const cJSON *arr, const char *text, size_t len, int V,
+                       int32_t **out, int *n, const char *what, int line)
+{
+    if (arr) {
+        RETURN_IF(!cJSON_IsArray(arr), -EINVAL, "line %d: \"%s_ids\" must be an array of token "
+                  "ids", line, what);
+        int k = cJSON_GetArraySize(arr), i = 0;
+        *out = malloc(sizeof(int32_t) * (size_t)(k + 1));
+        RETURN_IF(!*out, -ENOMEM, "out of memory");
+        const cJSON *e;
+        cJSON_ArrayForEach(e, arr) {
+            RETURN_IF(!cJSON_IsNumber(e) || e->valuedouble != (int)e->valuedouble ||
+                      e->valueint < 0 || e->valueint >= V, -EINVAL,
+                      "line %d: \"%s_ids\" holds %g, not a token id below %d", line, what,
+                      cJSON_IsNumber(e) ? e->valuedouble : -1.0, V);
+            (*out)[i++] = e->valueint;
+        }
+        *n = k;
+        return 0;
+    }
+    int k = tok_encode(t, text, len, out);
+    FORWARD_IF(k);
+    *n = k;
+    return 0;
+}
+
+/* The requests of path as streams: context (with BOS) then continuation. */
+static int score_requests(eval_job *j, const char *path, int full)
+{
+    char *buf;
+    size_t len;
+    FORWARD_IF(off_read_file(path, &buf, &len));
+    int lines = 0;
+    for (size_t i = 0; i < len; i++)
+        lines += buf[i] == '\n';
+    lines++;
+    j->s = calloc((size_t)lines, sizeof *j->s);
+    j->req_ids = calloc((size_t)lines, sizeof *j->req_ids);
+    int32_t **own = calloc((size_t)lines, sizeof *own);
+    size_t total = 0;
+    int rc = j->s && j->req_ids && own ? 0 : -ENOMEM;
+    if (rc < 0)
+        err_set(__FILE__, __LINE__, "out of memory for %d requests", lines);
+    int bos = tok_bos_id(j->src.t), V = j->src.cfg.vocab_size, line = 0;
+    for (char *p = buf, *nl; rc == 0 && p < buf + len; p = nl + 1) {
+        nl = memchr(p, '\n', (size_t)(buf + len - p));
+        if (!nl)
+            nl = buf + len;
+        line++;
+        size_t ll = (size_t)(nl - p);
+        while (ll && (p[ll - 1] == '\r' || p[ll - 1] == ' '))
+            ll--;
+        if (ll == 0)
+            continue;
+        cJSON *o = cJSON_ParseWithLength(p, ll);
+        if (!o || !cJSON_IsObject(o)) {
+            err_set(__FILE__, __LINE__, "%s line %d: not a JSON object; one request per line",
+                    path, line);
+            rc = -EINVAL;
+            cJSON_Delete(o);
+            break;
+        }
+        const cJSON *ctx = cJSON_GetObjectItem(o, "context"),
+                    *cont = cJSON_GetObjectItem(o, "continuation"),
+                    *ctx_ids = cJSON_GetObjectItem(o, "context_ids"),
+                    *cont_ids = cJSON_GetObjectItem(o, "continuation_ids"),
+                    *id = cJSON_GetObjectItem(o, "id");
+        if ((!cJSON_IsString(ctx) && !ctx_ids) || (!cJSON_IsString(cont) && !cont_ids)) {
+            err_set(__FILE__, __LINE__, "%s line %d: a request needs \"context\" and "
+                    "\"continuation\" (text) or \"context_ids\" and \"continuation_ids\"",
+                    path, line);
+            rc = -EINVAL;
+            cJSON_Delete(o);
+            break;
+        }
+        /* lm-evaluation-harness: a context's trailing whitespace goes to the
+         * continuation */
+        const char *cs = ctx_ids ? "" : ctx->valuestring, *ks = cont_ids ? "" : cont->valuestring;
+        size_t cl = strlen(cs), moved = 0;
+        while (cl > 0 && (cs[cl - 1] == ' ' || cs[cl - 1] == '\t' || cs[cl - 1] == '\n')) {
+            cl--;
+            moved++;
+        }
+        char *kbuf = malloc(moved + strlen(ks) + 1);
+        int32_t *ci = NULL, *ki = NULL;
+        int nc = 0, nk = 0;
+        if (!kbuf) {
+            rc = -ENOMEM;
+        } else {
+            memcpy(kbuf, cs + cl, moved);
+            strcpy(kbuf + moved, ks);
+            rc = request_ids(j->src.t, ctx_ids, cs, cl, V, &ci, &nc, "context", line);
+            if (rc == 0)
+                rc = request_ids(j->src.t, cont_ids, kbuf, strlen(kbuf), V, &ki, &nk,
+                                 "continuation", line);
+        }
+        int with_bos = !ctx_ids && bos >= 0;
+        if (rc == 0 && (nc + with_bos < 1 || nk < 1)) {
+            err_set(__FILE__, __LINE__, "%s line %d: the %s has no tokens", path, line,
+                    nk < 1 ? "continuation" : "context");
+            rc = -EINVAL;
+        }
+        int32_t *all = rc == 0 ? malloc(sizeof(int32_t) * (size_t)(nc + nk + 1)) : NULL;
+        if (rc == 0 && !all)
+            rc = -ENOMEM;
+        if (rc == 0) {
+            int at = 0;
+            if (with_bos)
+                all[at++] = bos;
+            memcpy(all + at, ci, sizeof(int32_t) * (size_t)nc);
+            memcpy(all + at + nc, ki, sizeof(int32_t) * (size_t)nk);
+            int ctx_n = at + nc, k = j->n;
+            own[k] = all;
+            j->s[k] = (eval_stream){.ids = all, .n = ctx_n + nk, .prefill = full ? ctx_n : 1,
+                                    .first_target = ctx_n};
+            j->req_ids[k] = id ? cJSON_PrintUnformatted(id) : NULL;
+            if (!j->req_ids[k]) {
+                char num[32];
+                snprintf(num, sizeof num, "%d", line);
+                j->req_ids[k] = strdup(num);
+            }
+            j->n++;
+            total += (size_t)(ctx_n + nk);
+        }
+        if (rc == -ENOMEM)
+            err_set(__FILE__, __LINE__, "out of memory");
+        free(kbuf);
+        free(ci);
+        free(ki);
+        cJSON_Delete(o);
+    }
+    free(buf);
+    if (rc == 0 && j->n == 0) {
+        err_set(__FILE__, __LINE__, "%s: no requests", path);
+        rc = -EINVAL;
+    }
+    /* one array for every request's tokens (freed with the job) */
+    if (rc == 0) {
+        j->ids = malloc(sizeof(int32_t) * (total ? total : 1));
+        if (!j->ids) {
+            err_set(__FILE__, __LINE__, "out of memory");
+            rc = -ENOMEM;
+        }
+    }
+    size_t at = 0;
+    for (int k = 0; k < j->n; k++) {
+        if (rc == 0) {
+            memcpy(j->ids + at, own[k], sizeof(int32_t) * (size_t)j->s[k].n);
+            j->s[k].ids = j->ids + at;
+            at += (size_t)j->s[k].n;
+        }
+        free(own[k]);
+    }
+    free(own);
+    return rc;
+}
+
+/* Write the results of a finished block, in input order, and flush. */
+static int score_block(void *ud, const eval_stream *s, int first, int n)
+{
+    eval_job *j = ud;
+    for (int k = first; k < first + n; k++)
+        fprintf(j->out, "{\"id\": %s, \"logprob\": %.9g, \"is_greedy\": %s, \"n_tokens\": %d}\n",
+                j->req_ids[k], s[k].logprob, s[k].n_greedy == s[k].n_targets ? "true" : "false",
+                s[k].n_targets);
+    RETURN_IF(fflush(j->out) != 0 || ferror(j->out), -EIO,
+              "cannot write the results (%s); free space and rerun", strerror(errno));
+    j->written += n;
+    return 0;
+}
+
+int cli_score(int argc, char **argv)
+{
+    score_args a = {0};
+    sched_policy pol;
+    eval_job j = {0};
+    int rc = open_common("score", argc, argv, score_opts_tab,
+                         (int)(sizeof score_opts_tab / sizeof *score_opts_tab), &a, &a.c,
+                         &a.run, &pol, &j);
+    if (rc == CLI_HELP) {
+        fputs(score_help, stdout);
+        run_free(&j);
+        return 0;
+    }
+    if (rc == 0 && (!a.c.prompts || !a.c.out))
+        rc = cli_usage("score", "--prompts and --out are required");
+    if (rc) {
+        run_free(&j);
+        return rc;
+    }
+    eval_opts eo = {.kv = a.c.kv, .prefill_rows = a.c.prefill_rows, .progress = !a.run.quiet,
+                    .on_block = score_block, .ud = &j};
+    rc = score_requests(&j, a.c.prompts, a.c.kv.kind == KV_POLICY_FULL);
+    if (rc == 0 && !a.run.plan_only) {
+        j.out = fopen(a.c.out, "w");
+        if (!j.out) {
+            err_set(__FILE__, __LINE__, "%s: cannot create (%s)", a.c.out, strerror(errno));
+            rc = -errno;
+        }
+    }
+    if (rc == 0)
+        rc = run_streams(&j, &a.run, &pol, &eo);
+    if (j.out && fclose(j.out) != 0 && rc == 0) {
+        err_set(__FILE__, __LINE__, "%s: closing failed", a.c.out);
+        rc = -EIO;
+    }
+    int status = 0;
+    if (rc < 0)
+        status = rc == -EINVAL ? cli_usage_err("score") : cli_fail();
+    else if (!a.run.quiet && !a.run.plan_only)
+        fprintf(stderr, "[flexh2o] %ld requests scored, %ld tokens in %.2f s\n", j.written,
+                j.st.targets, j.st.seconds);
+    run_free(&j);
+    return status;
+}

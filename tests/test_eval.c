@@ -1,0 +1,247 @@
+/* test_eval.c: `flexh2o eval` and `flexh2o score` (DESIGN.md "Quality")
+ * against Hugging Face transformers on the golden tiny OPT (goldens from
+ * tests/fixtures/gen_eval_golden.py): the full-cache streaming perplexity
+ * equals transformers' teacher-forced one, window by window; score's
+ * loglikelihoods and is_greedy equal transformers'; eval's numbers do not
+ * depend on the batch or the placement; --compare-full agrees with itself
+ * where nothing is evicted; bad input is refused with one line. (eval's H2O
+ * perplexity against an independent reference is in test_h2o.c.) */
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli_harness.h"
+#include "err.h"
+#include "fh_config.h"
+#include "off.h"
+
+#define FIX FH_SOURCE_ROOT "/tests/fixtures/"
+#define TINY FIX "tiny-opt"
+#define TEXT FIX "eval_text.txt"
+
+TestSuite(eval, .init = cli_setup, .fini = cli_teardown, .timeout = 120);
+
+static cJSON *golden(void)
+{
+    char *buf;
+    size_t len;
+    cr_assert_eq(off_read_file(FIX "eval-golden.json", &buf, &len), 0, "%s", err_msg());
+    cJSON *g = cJSON_Parse(buf);
+    free(buf);
+    cr_assert(g);
+    return g;
+}
+
+/* The JSON line eval printed (stdout). */
+static cJSON *eval_line(void)
+{
+    char *out = cli_read("stdout.txt");
+    cr_assert(out);
+    cJSON *r = cJSON_Parse(out);
+    cr_assert(r, "not one JSON object: %s", out);
+    free(out);
+    return r;
+}
+
+static double num(const cJSON *o, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItem(o, k);
+    cr_assert(cJSON_IsNumber(v), "no number \"%s\"", k);
+    return v->valuedouble;
+}
+
+Test(eval, full_cache_perplexity_equals_transformers)
+{
+    cJSON *g = golden();
+    cr_assert_eq(cli_run("eval --model " TINY " --text " TEXT " --context %d --quiet",
+                         (int)num(g, "context")), 0, "%s", cli_err);
+    cJSON *r = eval_line();
+    cr_assert_eq(num(r, "windows"), cJSON_GetArraySize(cJSON_GetObjectItem(g, "windows")));
+    cr_assert_eq(num(r, "tokens"), num(g, "tokens"));
+    cr_assert_float_eq(num(r, "nll"), num(g, "nll"), 2e-6 * num(g, "nll"), "nll %.9g vs %.9g",
+                       num(r, "nll"), num(g, "nll"));
+    cr_assert_float_eq(num(r, "ppl"), num(g, "ppl"), 1e-4 * num(g, "ppl"));
+    cr_assert_str_eq(cJSON_GetObjectItem(r, "policy")->valuestring, "full");
+    cr_assert_gt(num(r, "kv_bytes"), 0);
+    cJSON_Delete(r);
+    cJSON_Delete(g);
+}
+
+/* The same nll, to the last digit, in any batch and placement: every
+ * window is its own sequence. */
+Test(eval, numbers_do_not_depend_on_batch_or_placement)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "mkdir -p %s/off", cli_dir);
+    cr_assert_eq(system(cmd), 0);
+    static const char *runs[] = {
+        "--batch-size 1",
+        "--batch-size 3",
+        "--gpu-batch-size 2 --num-gpu-batches 2 --percent 30 30 34 33 0 100 --offload-dir off",
+        "--gpu-batch-size 2 --num-gpu-batches 2 --percent 100 0 0 100 100 0 --cpu-attention",
+    };
+    static const char *pols[] = {"", "--kv-policy h2o --kv-budget 12 --sinks 1"};
+    for (size_t p = 0; p < 2; p++) {
+        char first[64] = "";
+        for (size_t i = 0; i < sizeof runs / sizeof *runs; i++) {
+            cr_assert_eq(cli_run("eval --model " TINY " --text " TEXT " --context 40 --quiet %s %s",
+                                 runs[i], pols[p]), 0, "%s %s: %s", runs[i], pols[p], cli_err);
+            cJSON *r = eval_line();
+            char nll[64];
+            snprintf(nll, sizeof nll, "%.9g", num(r, "nll"));
+            if (i == 0)
+                snprintf(first, sizeof first, "%s", nll);
+            cr_assert_str_eq(nll, first, "%s %s: nll %s, batch 1 %s", runs[i], pols[p], nll,
+                             first);
+            cJSON_Delete(r);
+        }
+    }
+}
+
+/* --compare-full: with a budget that evicts nothing the policy is the full
+ * cache (agreement 1, KL 0); with a small one it is not, and its nll is
+ * that of the run without --compare-full. */
+Test(eval, compare_full_agreement_and_kl)
+{
+    cr_assert_eq(cli_run("eval --model " TINY " --text " TEXT " --context 40 --quiet "
+                         "--kv-policy h2o --kv-budget 40 --compare-full --batch-size 4"), 0, "%s",
+                 cli_err);
+    cJSON *r = eval_line();
+    cr_assert_eq(num(r, "agreement"), 1.0);
+    cr_assert_leq(fabs(num(r, "kl")), 1e-9);
+    cJSON_Delete(r);
+    cr_assert_eq(cli_run("eval --model " TINY " --text " TEXT " --context 40 --quiet "
+                         "--kv-policy h2o --kv-budget 8 --compare-full --batch-size 4"), 0, "%s",
+                 cli_err);
+    r = eval_line();
+    double nll = num(r, "nll"), agree = num(r, "agreement"), kl = num(r, "kl");
+    cr_assert(agree > 0.2 && agree < 1.0, "agreement %g", agree);
+    cr_assert(kl > 1e-3, "kl %g", kl);
+    cr_assert_eq(num(r, "budget"), 8);
+    cJSON_Delete(r);
+    cr_assert_eq(cli_run("eval --model " TINY " --text " TEXT " --context 40 --quiet "
+                         "--kv-policy h2o --kv-budget 8 --batch-size 4"), 0, "%s", cli_err);
+    r = eval_line();
+    cr_assert_eq(num(r, "nll"), nll, "compare-full changed the policy's nll");
+    cJSON_Delete(r);
+}
+
+/* score: every golden request's logprob and is_greedy, with the full cache
+ * (the context as one prefill) and with a budget that never evicts (the
+ * context through the cache token by token). */
+Test(eval, score_equals_transformers)
+{
+    cJSON *g = golden();
+    const cJSON *rq, *reqs = cJSON_GetObjectItem(g, "requests");
+    char job[8192];
+    size_t at = 0;
+    cJSON_ArrayForEach(rq, reqs) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemReferenceToObject(o, "id", cJSON_GetObjectItem(rq, "id"));
+        cJSON_AddItemReferenceToObject(o, "context_ids", cJSON_GetObjectItem(rq, "context_ids"));
+        cJSON_AddItemReferenceToObject(o, "continuation_ids",
+                                       cJSON_GetObjectItem(rq, "continuation_ids"));
+        char *line = cJSON_PrintUnformatted(o);
+        at += (size_t)snprintf(job + at, sizeof job - at, "%s\n", line);
+        free(line);
+        cJSON_Delete(o);
+    }
+    cli_write("req.jsonl", job);
+    static const char *pols[] = {"", "--kv-policy h2o --kv-budget 64"};
+    for (size_t p = 0; p < 2; p++) {
+        cr_assert_eq(cli_run("score --model " TINY " --prompts req.jsonl --out res.jsonl "
+                             "--batch-size 3 --quiet %s", pols[p]), 0, "%s", cli_err);
+        char *res = cli_read("res.jsonl"), *line = strtok(res, "\n");
+        int k = 0, n_false = 0;
+        cJSON_ArrayForEach(rq, reqs) {
+            cr_assert(line, "%s: %d results", pols[p], k);
+            cJSON *r = cJSON_Parse(line);
+            cr_assert_str_eq(cJSON_GetObjectItem(r, "id")->valuestring,
+                             cJSON_GetObjectItem(rq, "id")->valuestring);
+            cr_assert_float_eq(num(r, "logprob"), num(rq, "logprob"), 1e-4, "%s %s: %g vs %g",
+                               pols[p], cJSON_GetObjectItem(rq, "id")->valuestring,
+                               num(r, "logprob"), num(rq, "logprob"));
+            int want = cJSON_IsTrue(cJSON_GetObjectItem(rq, "is_greedy"));
+            cr_assert_eq(cJSON_IsTrue(cJSON_GetObjectItem(r, "is_greedy")), want);
+            n_false += !want;
+            cr_assert_eq(num(r, "n_tokens"),
+                         cJSON_GetArraySize(cJSON_GetObjectItem(rq, "continuation_ids")));
+            cJSON_Delete(r);
+            line = strtok(NULL, "\n");
+            k++;
+        }
+        cr_assert_null(line, "more results than requests");
+        cr_assert_gt(n_false, 0, "no request tests is_greedy false");
+        free(res);
+    }
+    cJSON_Delete(g);
+}
+
+/* Text requests: the context's trailing space moves to the continuation
+ * (lm-evaluation-harness); " dog" scored after "the lazy" equals its ids. */
+Test(eval, score_text_requests_and_refusals)
+{
+    cli_write("t.jsonl", "{\"id\": \"a\", \"context\": \"The quick brown fox jumps over the "
+                         "lazy \", \"continuation\": \"dog\"}\n"
+                         "{\"context\": \"one two\", \"continuation\": \" three\"}\n");
+    cr_assert_eq(cli_run("score --model " TINY " --prompts t.jsonl --out r.jsonl --quiet"), 0,
+                 "%s", cli_err);
+    char *r = cli_read("r.jsonl");
+    cr_assert(strstr(r, "{\"id\": \"a\", \"logprob\": ") && strstr(r, "{\"id\": 2, "), "%s", r);
+    free(r);
+    /* the same as ids: "The quick ... lazy" with BOS, then " dog" */
+    cli_write("lines.txt", "The quick brown fox jumps over the lazy\n dog\n");
+    cr_assert_eq(cli_run("tokenize --model " TINY " < lines.txt"), 0, "%s", cli_err);
+    char *ids = cli_read("stdout.txt");
+    char *nl = strchr(ids, '\n');
+    cr_assert(nl);
+    *nl = 0;
+    char *cont = nl + 1;
+    cont[strcspn(cont, "\n")] = 0;
+    /* drop the BOS the tokenize of the second line added */
+    char *comma = strchr(cont, ',');
+    cr_assert(comma);
+    char job[1024];
+    snprintf(job, sizeof job, "{\"id\": \"a\", \"context_ids\": %s, \"continuation_ids\": [%s}\n",
+             ids, comma + 1);
+    free(ids);
+    cli_write("i.jsonl", job);
+    cr_assert_eq(cli_run("score --model " TINY " --prompts i.jsonl --out ri.jsonl --quiet"), 0,
+                 "%s", cli_err);
+    char *a = cli_read("r.jsonl"), *b = cli_read("ri.jsonl");
+    cr_assert(!strncmp(a, b, strcspn(b, "\n")), "text %s vs ids %s", a, b);
+    free(a);
+    free(b);
+    static const struct {
+        const char *verb, *file, *text, *msg;
+    } bad[] = {
+        {"score", "b.jsonl", "{\"context\": \"x\"}\n", "line 1: a request needs \"context\" and"},
+        {"score", "b.jsonl", "{\"context\": \"x\", \"continuation\": \"y\"}\nnot json\n",
+         "line 2: not a JSON object"},
+        {"score", "b.jsonl", "{\"context_ids\": [2], \"continuation_ids\": [9999]}\n",
+         "not a token id below 512"},
+        {"eval", NULL, NULL, "--text FILE is required"},
+        {"eval", NULL, "--context 200", "past the model's max_position_embeddings 128"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        int st;
+        if (!strcmp(bad[i].verb, "score")) {
+            cli_write(bad[i].file, bad[i].text);
+            st = cli_run("score --model " TINY " --prompts b.jsonl --out rb.jsonl --quiet");
+        } else if (bad[i].text) {
+            cli_write("long.txt", "");
+            char text[4096] = "";
+            for (int k = 0; k < 60; k++)
+                strcat(text, "the heavy hitters of a long text ");
+            cli_write("long.txt", text);
+            st = cli_run("eval --model " TINY " --text long.txt --quiet %s", bad[i].text);
+        } else {
+            st = cli_run("eval --model " TINY " --quiet");
+        }
+        cr_assert_eq(st, 2, "%s: exit %d: %s", bad[i].msg, st, cli_err);
+        cr_assert(strstr(cli_err, bad[i].msg), "want %s: %s", bad[i].msg, cli_err);
+    }
+}
