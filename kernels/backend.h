@@ -118,9 +118,10 @@ typedef struct backend_ops {
     /* ---- the RoPE families' element-wise ops (DESIGN.md "Model families") ----
      * kern.h's kern_rmsnorm_ref, kern_rope_ref, kern_swiglu_ref and
      * kern_gelu_ref on backend buffers; pos and inv_freq (rot_dims / 2,
-     * from kern_rope_inv_freq) are host memory. NULL on a backend that does
-     * not have them yet (CUDA): a caller that loads a family needing one
-     * checks first with backend_ops_check(), which refuses with a message. */
+     * from kern_rope_inv_freq) are host memory. Both backends have them; a
+     * backend may leave one NULL, so a caller that loads a family needing
+     * one checks first with backend_ops_check(), which refuses with a
+     * message. swiglu in place (out == gate) takes ldo == ld. */
     int (*rmsnorm)(void *ctx, void *out, const void *x, const void *w, int n, int d,
                    float eps);
     int (*rope)(void *ctx, void *q, void *k, int ld, const int32_t *pos, int n, int n_head,

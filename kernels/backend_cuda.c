@@ -14,8 +14,9 @@
  * macro, CK, which keeps the failing statement as text.
  *
  * Everything runs on one compute stream in issue order. The small host
- * arrays the ops take (ids, positions, gather rows, kern_seq, sampling's
- * parameters) go through a ring of pinned slots:
+ * arrays the ops take (ids, positions, gather rows, kern_seq, RoPE's
+ * inverse frequencies, sampling's parameters) go through a ring of pinned
+ * slots:
  *
  *   op:  wait for the event of slot i (the copy that last read it has run)
  *        -> write the arrays into slot i -> cudaMemcpyAsync to the device
@@ -133,8 +134,10 @@ typedef struct cuda_ctx {
     void *lt_work;       /* LT_WORKSPACE bytes */
     cudaStream_t stream;
     cublasHandle_t blas;
-    grow_buf tok, rows, seqs, work, samp; /* device staging: embed's ids and positions,
-                                           * gather rows, kern_seq; work spaces */
+    grow_buf tok, rows, seqs, rope, work, samp; /* device staging: embed's ids and
+                                                 * positions, gather rows, kern_seq,
+                                                 * RoPE's positions and frequencies;
+                                                 * work spaces */
     stage_ring ring;
     kern_seq *seqs_host; /* what seqs holds now: seqs_n of seqs_cap entries */
     kern_seq *seqs_tmp;  /* (seqs_cap) prefill's copy of a kern_seq array */
@@ -223,7 +226,7 @@ static void cuda_destroy(void *ctx)
     cuda_ctx *c = ctx;
     if (!c)
         return;
-    grow_buf *bufs[] = {&c->tok, &c->rows, &c->seqs, &c->work, &c->samp, &c->f32tmp};
+    grow_buf *bufs[] = {&c->tok, &c->rows, &c->seqs, &c->rope, &c->work, &c->samp, &c->f32tmp};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         cudaFree(bufs[i]->p);
     cudaFreeHost(c->pinned);
@@ -453,6 +456,61 @@ static int cuda_layernorm(void *ctx, void *out, const void *x, const void *w, co
 {
     cuda_ctx *c = ctx;
     CK(kern_layernorm_cuda(out, x, w, b, n, d, eps, c->stream));
+    return 0;
+}
+
+/* ---- the RoPE families' element-wise ops (backend.h) ---- */
+static int cuda_rmsnorm(void *ctx, void *out, const void *x, const void *w, int n, int d,
+                        float eps)
+{
+    cuda_ctx *c = ctx;
+    CK(kern_rmsnorm_cuda(out, x, w, n, d, eps, c->stream));
+    return 0;
+}
+
+/* The bytes of RoPE's staging for n positions and rot_dims / 2
+ * frequencies, as stage() lays the two arrays out. */
+static size_t rope_stage_bytes(int n, int rot_dims)
+{
+    return align_to(sizeof(int32_t) * (size_t)n, 64) +
+           align_to(sizeof(float) * (size_t)(rot_dims / 2), 64);
+}
+
+/* The positions and the inverse frequencies (host arrays) go up through
+ * the ring, like embed's; a rot_dims the kernel refuses is refused before
+ * anything is staged. */
+static int cuda_rope(void *ctx, void *q, void *k, int ld, const int32_t *pos, int n, int n_head,
+                     int n_kv_head, int head_dim, int rot_dims, const float *inv_freq)
+{
+    cuda_ctx *c = ctx;
+    if (n == 0 || rot_dims <= 0 || rot_dims % 2 || rot_dims > head_dim) {
+        /* nothing to rotate, or refused (-EINVAL, the message says why) */
+        CK(kern_rope_cuda(q, k, ld, NULL, n, n_head, n_kv_head, head_dim, rot_dims, NULL,
+                          c->stream));
+        return 0;
+    }
+    const void *src[2] = {pos, inv_freq};
+    size_t bytes[2] = {sizeof(int32_t) * (size_t)n, sizeof(float) * (size_t)(rot_dims / 2)};
+    void *at[2];
+    FORWARD_IF(stage(c, &c->rope, 2, src, bytes, at, "RoPE's positions' and frequencies' "
+                     "staging"));
+    CK(kern_rope_cuda(q, k, ld, at[0], n, n_head, n_kv_head, head_dim, rot_dims, at[1],
+                      c->stream));
+    return 0;
+}
+
+static int cuda_swiglu(void *ctx, void *out, int ldo, const void *gate, const void *up, int ld,
+                       int n, int d)
+{
+    cuda_ctx *c = ctx;
+    CK(kern_swiglu_cuda(out, ldo, gate, up, ld, n, d, c->stream));
+    return 0;
+}
+
+static int cuda_gelu(void *ctx, void *out, const void *x, size_t count)
+{
+    cuda_ctx *c = ctx;
+    CK(kern_gelu_cuda(out, x, count, c->stream));
     return 0;
 }
 
@@ -841,7 +899,8 @@ static int cuda_sync(void *ctx)
 
 /* ---- the reservation (backend.h reserve) ----
  * Every buffer an op grows, sized for the widest limits: the staging of
- * ids, positions, gather rows and kern_seq arrays; the attention work
+ * ids, positions, gather rows, kern_seq arrays and RoPE's positions and
+ * frequencies (at most head_dim / 2); the attention work
  * space (decode's chunks, prefill's softmax statistics and its tensor-core
  * S and P); sampling's parameters and sort. The largest is taken over every
  * prompt length and row count a call may bring, so no call within the
@@ -901,13 +960,16 @@ static int cuda_reserve(void *ctx, const backend_limits *lim)
     /* the staging as stage() and cuda_sample lay it out */
     size_t rows = align_to(sizeof(int32_t) * (size_t)w->rows, 64);
     size_t seqs = align_to(sizeof(kern_seq) * (size_t)w->seqs, 64);
+    size_t rope = rope_stage_bytes(w->rows, w->head_dim);
     size_t slot = sample_layout((size_t)w->sample_rows).head;
     slot = 2 * rows > slot ? 2 * rows : slot;
     slot = seqs > slot ? seqs : slot;
+    slot = rope > slot ? rope : slot;
     FORWARD_IF(ring_size(c, slot, 1));
     FORWARD_IF(grow_to(c, &c->tok, 2 * rows, "the token ids' and positions' staging"));
     FORWARD_IF(grow_to(c, &c->rows, rows, "the gather rows' staging"));
     FORWARD_IF(grow_to(c, &c->seqs, seqs, "the sequences' staging"));
+    FORWARD_IF(grow_to(c, &c->rope, rope, "RoPE's positions' and frequencies' staging"));
     c->seqs_n = SIZE_MAX; /* a new c->seqs holds nothing yet */
     FORWARD_IF(seqs_room(c, (size_t)w->seqs, 1));
     FORWARD_IF(grow_to(c, &c->work, reserve_work(w), "attention's work space"));
@@ -1044,8 +1106,10 @@ static const backend_ops cuda_ops = {
     .attn_decode = cuda_attn_decode,
     .kv_insert = cuda_kv_insert,
     .dequant_q4 = cuda_dequant_q4,
-    /* rmsnorm, rope, swiglu, gelu: not yet (NULL); backend_ops_check
-     * refuses the families that need them */
+    .rmsnorm = cuda_rmsnorm,
+    .rope = cuda_rope,
+    .swiglu = cuda_swiglu,
+    .gelu = cuda_gelu,
     .sample = cuda_sample,
     .sync = cuda_sync,
     .reserve = cuda_reserve,

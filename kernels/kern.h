@@ -397,13 +397,31 @@ void kern_cuda_set_grid_y_max(unsigned max);
 int kern_f32_to_f16_cuda(void *dst, const float *src, size_t n, void *stream);
 int kern_f16_to_f32_cuda(float *dst, const void *src, size_t n, void *stream);
 
-/* kern_embed_ref; ids, pos: device (n). */
+/* kern_embed_ref; ids, pos: device (n). pos_emb NULL: out = tok_emb[ids]
+ * only (the RoPE families, no learned positions); pos may then be NULL. */
 int kern_embed_cuda(void *out, const void *tok_emb, const void *pos_emb,
                     const int32_t *ids, const int32_t *pos, int n, int d,
                     void *stream);
 /* kern_layernorm_ref; out may be x. */
 int kern_layernorm_cuda(void *out, const void *x, const void *w, const void *b,
                         int n, int d, float eps, void *stream);
+/* The RoPE families' element-wise ops (kernels/rmsnorm.cu, rope.cu,
+ * swiglu.cu, gelu.cu), fp16 in and out, fp32 math in the reference's order.
+ * kern_rmsnorm_ref; out may be x. */
+int kern_rmsnorm_cuda(void *out, const void *x, const void *w, int n, int d, float eps,
+                      void *stream);
+/* kern_rope_ref on q, k in place (k may be NULL); pos (n) and inv_freq
+ * (rot_dims / 2): device. -EINVAL for the rot_dims the reference refuses. */
+int kern_rope_cuda(void *q, void *k, int ld, const int32_t *pos, int n, int n_head,
+                   int n_kv_head, int head_dim, int rot_dims, const float *inv_freq,
+                   void *stream);
+/* kern_swiglu_ref. out may be gate when ldo == ld (or n == 1): element for
+ * element in place; out == gate with another row stride is refused
+ * (-EINVAL), since the rows would overlap across threads. */
+int kern_swiglu_cuda(void *out, int ldo, const void *gate, const void *up, int ld, int n,
+                     int d, void *stream);
+/* kern_gelu_ref; out may be x. */
+int kern_gelu_cuda(void *out, const void *x, size_t count, void *stream);
 /* kern_bias_act_ref (b may be NULL: ReLU only) and kern_add_ref. */
 int kern_bias_act_cuda(void *x, const void *b, int n, int d, int relu, void *stream);
 int kern_add_cuda(void *y, const void *x, size_t count, void *stream);

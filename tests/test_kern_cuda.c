@@ -1021,17 +1021,183 @@ Test(kern_cuda, kv_formats_and_an_unknown_format_refused)
     drop(&QKV), drop(&out), drop(&K), drop(&V), drop(&ps), drop(&cs);
 }
 
-/* The CUDA backend has no RoPE-family ops yet (rmsnorm, rope, swiglu, gelu
- * are NULL): backend_ops_check refuses a family that needs them, naming the
- * op and --device cpu, and passes one that needs none of them (OPT). */
-Test(kern_cuda, rope_family_ops_missing_are_refused)
+/* ------------------------------------------------ the RoPE families' ops
+ * RMSNorm, RoPE, SwiGLU and GELU against the CPU backend's references on
+ * the same fp16 inputs: the GPU rounds its fp32 result once to fp16, so it
+ * is within half an fp16 ulp (EPS16 / 2 relative) of the reference plus
+ * the fp32 differences of its sums and libm (a few fp32 ulp); EPS16 and a
+ * small atol leave room for those and nothing more. */
+
+/* The CUDA backend has every optional op; backend_ops_check passes a family
+ * that needs them all (the refusal of a missing one is test_kern_host's). */
+Test(kern_cuda, rope_family_ops_present_and_checked)
 {
-    cr_assert(!gpu.ops->rmsnorm && !gpu.ops->rope && !gpu.ops->swiglu && !gpu.ops->gelu);
-    cr_assert_eq(backend_ops_check(gpu.ops, 0, "opt"), 0);
+    cr_assert(gpu.ops->rmsnorm && gpu.ops->rope && gpu.ops->swiglu && gpu.ops->gelu);
+    unsigned all = BACKEND_OP_RMSNORM | BACKEND_OP_ROPE | BACKEND_OP_SWIGLU | BACKEND_OP_GELU;
+    cr_assert_eq(backend_ops_check(gpu.ops, all, "llama"), 0, "%s", err_msg());
+    cr_assert_eq(backend_ops_check(gpu.ops, 0, "opt"), 0, "%s", err_msg());
+}
+
+/* RMSNorm over rows of even, odd and Llama-sized widths, into another
+ * buffer and in place; rows of very different scales (the norm must take
+ * each row's own). */
+Test(kern_cuda, rmsnorm_against_reference)
+{
+    int dims[] = {64, 777, 4096, 1};
+    float epss[] = {1e-5f, 1e-6f, 1e-5f, 1e-6f};
+    for (int di = 0; di < 4; di++) {
+        int d = dims[di], n = 37;
+        float *x = rand16((size_t)n * d, 1), *w = rand16((size_t)d, 1.5f);
+        for (int r = 0; r < n; r++)
+            for (int j = 0; j < d; j++) { /* row scales 1/64 .. 64 */
+                float *e = &x[(size_t)r * d + j];
+                *e = kern_f16_to_f32(kern_f32_to_f16(*e * ldexpf(1.0f, r % 13 - 6)));
+            }
+        pair X = put(x, (size_t)n * d), W = put(w, d), out = put(NULL, (size_t)n * d);
+        char what[64];
+        cpu.ops->rmsnorm(cpu.ctx, out.c, X.c, W.c, n, d, epss[di]);
+        cr_assert_eq(gpu.ops->rmsnorm(gpu.ctx, out.g, X.g, W.g, n, d, epss[di]), 0, "%s",
+                     err_msg());
+        snprintf(what, sizeof what, "rmsnorm d %d", d);
+        expect_close(what, out, 1e-5, EPS16);
+        cpu.ops->rmsnorm(cpu.ctx, X.c, X.c, W.c, n, d, epss[di]);
+        cr_assert_eq(gpu.ops->rmsnorm(gpu.ctx, X.g, X.g, W.g, n, d, epss[di]), 0, "%s",
+                     err_msg());
+        snprintf(what, sizeof what, "rmsnorm in place d %d", d);
+        expect_close(what, X, 1e-5, EPS16);
+        drop(&X), drop(&W), drop(&out);
+        free(x), free(w);
+    }
+}
+
+/* RoPE on packed rows (q of H heads, k and v of KVH heads each, then a few
+ * padding columns: the row stride is not the heads' width) at positions
+ * from 0 to 200000 (large angles), for full and partial rotary dimensions
+ * (GPT-NeoX's rotary_pct: 20 of 80, half of 7 odd), grouped-query and
+ * multi-query head counts, the three inverse-frequency kinds, k NULL (q
+ * only). The whole buffer is compared: v, padding, the unrotated
+ * dimensions and (k NULL) the keys must stay as they were. */
+Test(kern_cuda, rope_against_reference)
+{
+    struct {
+        int H, KVH, hd, rot, k_null;
+        kern_rope r;
+    } cases[] = {
+        {8, 2, 64, 64, 0, {.theta = 500000.0f, .type = KERN_ROPE_LLAMA3, .factor = 8.0f,
+                           .low_freq_factor = 1.0f, .high_freq_factor = 4.0f,
+                           .orig_max_pos = 8192}},
+        {4, 4, 80, 20, 0, {.theta = 10000.0f}},
+        {6, 3, 128, 32, 0, {.theta = 10000.0f, .type = KERN_ROPE_LINEAR, .factor = 4.0f}},
+        {5, 1, 24, 14, 0, {.theta = 1000000.0f}},
+        {8, 2, 16, 16, 1, {.theta = 10000.0f}},
+        {3, 3, 8, 2, 0, {.theta = 10000.0f}},
+    };
+    int ns[] = {1, 37};
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        for (int ni = 0; ni < 2; ni++) {
+            int H = cases[ci].H, KVH = cases[ci].KVH, hd = cases[ci].hd, rot = cases[ci].rot;
+            int n = ns[ni], ld = (H + 2 * KVH) * hd + 8;
+            float *inv = malloc(sizeof(float) * (size_t)(rot / 2));
+            cr_assert_eq(kern_rope_inv_freq(inv, rot, &cases[ci].r), 0, "%s", err_msg());
+            int32_t *pos = malloc(sizeof(int32_t) * (size_t)n);
+            for (int r = 0; r < n; r++)
+                pos[r] = r == 0 ? (n == 1 ? 4097 : 0) : r % 5 == 0 ? 200000 - r : r * 131 % 9000;
+            float *x = rand16((size_t)n * ld, 2.0f);
+            pair X = put(x, (size_t)n * ld);
+            char *kc = cases[ci].k_null ? NULL : (char *)X.c + 4 * (size_t)H * hd;
+            char *kg = cases[ci].k_null ? NULL : (char *)X.g + 2 * (size_t)H * hd;
+            cr_assert_eq(cpu.ops->rope(cpu.ctx, X.c, kc, ld, pos, n, H, KVH, hd, rot, inv), 0,
+                         "%s", err_msg());
+            cr_assert_eq(gpu.ops->rope(gpu.ctx, X.g, kg, ld, pos, n, H, KVH, hd, rot, inv), 0,
+                         "%s", err_msg());
+            char what[96];
+            snprintf(what, sizeof what, "rope H %d KVH %d hd %d rot %d%s n %d", H, KVH, hd, rot,
+                     cases[ci].k_null ? " (q only)" : "", n);
+            expect_close(what, X, 1e-5, EPS16);
+            drop(&X);
+            free(inv), free(pos), free(x);
+        }
+    }
+}
+
+/* RoPE over rot_dims that are odd, zero or above head_dim is refused as
+ * the reference refuses it, before anything is staged or launched. */
+Test(kern_cuda, rope_refuses_bad_rotary_dims)
+{
+    int hd = 16, bad[] = {15, 0, 18, -2};
+    float inv[9] = {1, 1, 1, 1, 1, 1, 1, 1, 1};
+    int32_t pos[2] = {0, 1};
+    pair X = put(NULL, (size_t)2 * 3 * hd);
+    for (int i = 0; i < 4; i++) {
+        err_clear();
+        cr_assert_eq(gpu.ops->rope(gpu.ctx, X.g, (char *)X.g + 2 * hd, 3 * hd, pos, 2, 1, 1, hd,
+                                   bad[i], inv), -EINVAL, "rot_dims %d", bad[i]);
+        cr_assert(strstr(err_msg(), "rotary dimensions must be even"), "%s", err_msg());
+    }
     err_clear();
-    cr_assert_eq(backend_ops_check(gpu.ops, BACKEND_OP_RMSNORM | BACKEND_OP_ROPE, "llama"),
-                 -ENOTSUP);
-    cr_assert(strstr(err_msg(), "llama needs the rmsnorm op, which the cuda backend") &&
-              strstr(err_msg(), "--device cpu"), "%s", err_msg());
+    drop(&X);
+}
+
+/* SwiGLU over the two halves of fused gate_up rows (ld 2 d) into rows of
+ * d, over two buffers of stride d in place (out == gate), for even, odd and
+ * Llama-sized d, with gates out to the tails of silu (exp(-g) overflowing
+ * to inf at g = -90: the quotient's limit -0). */
+Test(kern_cuda, swiglu_against_reference)
+{
+    int dims[] = {64, 1001, 11008};
+    for (int di = 0; di < 3; di++) {
+        int d = dims[di], n = di == 2 ? 5 : 37;
+        float *gu = rand16((size_t)n * 2 * d, 6.0f);
+        float tails[] = {-90.0f, -20.0f, 20.0f, 0.0f, -0.0f, 11.5f, -11.5f};
+        for (int t = 0; t < 7; t++)
+            gu[(size_t)(t * 5 % n) * 2 * d + (size_t)(t * 13) % d] = tails[t];
+        pair GU = put(gu, (size_t)n * 2 * d), out = put(NULL, (size_t)n * d);
+        char what[64];
+        cpu.ops->swiglu(cpu.ctx, out.c, d, GU.c, (float *)GU.c + d, 2 * d, n, d);
+        cr_assert_eq(gpu.ops->swiglu(gpu.ctx, out.g, d, GU.g, (char *)GU.g + 2 * (size_t)d,
+                                     2 * d, n, d), 0, "%s", err_msg());
+        snprintf(what, sizeof what, "swiglu fused d %d", d);
+        expect_close(what, out, 1e-5, EPS16);
+        /* separate gate and up buffers of stride d, out == gate */
+        pair G = put(gu, (size_t)n * d), U = put(gu + (size_t)n * d, (size_t)n * d);
+        cpu.ops->swiglu(cpu.ctx, G.c, d, G.c, U.c, d, n, d);
+        cr_assert_eq(gpu.ops->swiglu(gpu.ctx, G.g, d, G.g, U.g, d, n, d), 0, "%s", err_msg());
+        snprintf(what, sizeof what, "swiglu in place d %d", d);
+        expect_close(what, G, 1e-5, EPS16);
+        drop(&GU), drop(&out), drop(&G), drop(&U);
+        free(gu);
+    }
+    /* in place with another row stride would race across rows: refused */
+    pair GU = put(NULL, (size_t)4 * 16);
     err_clear();
+    cr_assert_eq(gpu.ops->swiglu(gpu.ctx, GU.g, 8, GU.g, (char *)GU.g + 16, 16, 4, 8), -EINVAL);
+    cr_assert(strstr(err_msg(), "in place"), "%s", err_msg());
+    err_clear();
+    drop(&GU);
+}
+
+/* Exact GELU over an odd count, into another buffer and in place, with
+ * values out to where erf saturates and the negative tail underflows. */
+Test(kern_cuda, gelu_against_reference)
+{
+    size_t counts[] = {1, 37 * 1001, 5 * 16384 + 3};
+    for (int ci = 0; ci < 3; ci++) {
+        size_t count = counts[ci];
+        float *x = rand16(count, 6.0f);
+        float tails[] = {-12.0f, 12.0f, -0.0f, 0.0f, -5.5f, 65504.0f, -65504.0f};
+        for (int t = 0; t < 7 && (size_t)t < count; t++)
+            x[(size_t)t * 7919 % count] = tails[t];
+        pair X = put(x, count), out = put(NULL, count);
+        char what[64];
+        cpu.ops->gelu(cpu.ctx, out.c, X.c, count);
+        cr_assert_eq(gpu.ops->gelu(gpu.ctx, out.g, X.g, count), 0, "%s", err_msg());
+        snprintf(what, sizeof what, "gelu count %zu", count);
+        expect_close(what, out, 1e-5, EPS16);
+        cpu.ops->gelu(cpu.ctx, X.c, X.c, count);
+        cr_assert_eq(gpu.ops->gelu(gpu.ctx, X.g, X.g, count), 0, "%s", err_msg());
+        snprintf(what, sizeof what, "gelu in place count %zu", count);
+        expect_close(what, X, 1e-5, EPS16);
+        drop(&X), drop(&out);
+        free(x);
+    }
 }
