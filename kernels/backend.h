@@ -60,7 +60,9 @@ typedef struct backend_ops {
     int (*upload_words)(void *ctx, void *dst, const void *src, size_t n);
     int (*download_words)(void *ctx, void *dst, const void *src, size_t n);
 
-    /* out(n, d) = tok_emb[ids] + pos_emb[pos + 2]; ids, pos: host (n). */
+    /* out(n, d) = tok_emb[ids] + pos_emb[pos + 2]; ids, pos: host (n).
+     * pos_emb NULL (no learned positions: the RoPE families): out =
+     * tok_emb[ids] only, and pos may be NULL. */
     int (*embed)(void *ctx, void *out, const void *tok_emb,
                  const void *pos_emb, const int32_t *ids, const int32_t *pos,
                  int n, int d);

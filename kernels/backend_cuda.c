@@ -439,15 +439,19 @@ static int stage_seqs(cuda_ctx *c, const kern_seq *seqs, int n_seq)
     return 0;
 }
 
+/* The ids and, with learned positions, the positions go up through the
+ * ring; without (pos_emb NULL: the RoPE families) only the ids, and pos
+ * may be NULL. */
 static int cuda_embed(void *ctx, void *out, const void *tok_emb, const void *pos_emb,
                       const int32_t *ids, const int32_t *pos, int n, int d)
 {
     cuda_ctx *c = ctx;
     const void *src[2] = {ids, pos};
     size_t bytes[2] = {sizeof(int32_t) * (size_t)n, sizeof(int32_t) * (size_t)n};
-    void *at[2];
-    FORWARD_IF(stage(c, &c->tok, 2, src, bytes, at, "the token ids' and positions' staging"));
-    CK(kern_embed_cuda(out, tok_emb, pos_emb, at[0], at[1], n, d, c->stream));
+    void *at[2] = {NULL, NULL};
+    FORWARD_IF(stage(c, &c->tok, pos_emb ? 2 : 1, src, bytes, at,
+                     "the token ids' and positions' staging"));
+    CK(kern_embed_cuda(out, tok_emb, pos_emb, at[0], pos_emb ? at[1] : NULL, n, d, c->stream));
     return 0;
 }
 

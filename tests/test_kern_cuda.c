@@ -182,6 +182,47 @@ Test(kern_cuda, embed_layernorm_bias_add_gather)
     }
 }
 
+/* Embedding without learned positions (pos_emb NULL: the RoPE families):
+ * each row is the token's row exactly, with positions NULL or given (and
+ * then ignored); an OPT embed after it still adds its positions (the ring
+ * staged one array, then two). The expected rows are gathered here, on
+ * the host, from the fp16 table. */
+Test(kern_cuda, embed_without_learned_positions)
+{
+    int dims[] = {64, 777, 4096};
+    for (int di = 0; di < 3; di++) {
+        int d = dims[di], V = 300, P = 40, n = 37;
+        float *te = rand16((size_t)V * d, 1), *pe = rand16((size_t)P * d, 1);
+        int32_t ids[37], pos[37];
+        for (int i = 0; i < n; i++) {
+            ids[i] = (i * 53 + 7) % V;
+            pos[i] = (i * 5) % (P - 2);
+        }
+        ids[3] = V - 1, ids[4] = 0;
+        pair T = put(te, (size_t)V * d), Pe = put(pe, (size_t)P * d);
+        pair out = put(NULL, (size_t)n * d);
+        float *got = malloc(sizeof(float) * (size_t)n * d);
+        for (int with_pos = 0; with_pos < 2; with_pos++) {
+            cr_assert_eq(gpu.ops->embed(gpu.ctx, out.g, T.g, NULL, ids, with_pos ? pos : NULL,
+                                        n, d), 0, "%s", err_msg());
+            cr_assert_eq(gpu.ops->download(gpu.ctx, got, out.g, (size_t)n * d), 0, "%s",
+                         err_msg());
+            for (int r = 0; r < n; r++)
+                for (int j = 0; j < d; j++)
+                    cr_assert_eq(got[(size_t)r * d + j], te[(size_t)ids[r] * d + j],
+                                 "d %d pos %s row %d [%d]: cuda %g, token row %d has %g", d,
+                                 with_pos ? "given" : "NULL", r, j, got[(size_t)r * d + j],
+                                 ids[r], te[(size_t)ids[r] * d + j]);
+        }
+        cpu.ops->embed(cpu.ctx, out.c, T.c, Pe.c, ids, pos, n, d);
+        cr_assert_eq(gpu.ops->embed(gpu.ctx, out.g, T.g, Pe.g, ids, pos, n, d), 0, "%s",
+                     err_msg());
+        expect_close("embed with positions after one without", out, 1e-6, EPS16);
+        drop(&T), drop(&Pe), drop(&out);
+        free(te), free(pe), free(got);
+    }
+}
+
 Test(kern_cuda, linear_bias_relu_cublas)
 {
     /* (m, n, k): decode-like, prefill-like, odd sizes */
