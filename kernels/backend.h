@@ -85,9 +85,10 @@ typedef struct backend_ops {
      * colsum, scores, self_p, evicted may be NULL as in kern.h.
      * n_head query heads share n_kv_head KV heads (n_head % n_kv_head == 0,
      * grouped-query attention as kern.h states it): caches, scores, pos,
-     * colsum, self_p and evicted are per KV head. A backend whose kernels
-     * do not have grouped-query attention refuses n_kv_head != n_head with
-     * -ENOTSUP and a message.
+     * colsum, self_p and evicted are per KV head. Both backends have it; a
+     * backend whose kernels did not would refuse n_kv_head != n_head with
+     * -ENOTSUP and a message. Head counts that are not such a grouping are
+     * refused with -EINVAL.
      *
      * The KV ops take the format of their caches kc, vc as an argument, fmt
      * (kern.h's kern_kv_fmt), right before them: KERN_KV_FMT_PLAIN caches

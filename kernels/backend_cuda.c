@@ -341,6 +341,16 @@ static size_t align_to(size_t n, size_t a)
     return (n + a - 1) / a * a;
 }
 
+static int min_i(int a, int b)
+{
+    return a < b ? a : b;
+}
+
+static int max_i(int a, int b)
+{
+    return a > b ? a : b;
+}
+
 /* Make the ring's slots hold `slot` bytes: at reserve, or on first need
  * outside a reservation; a need beyond the reservation is refused. A new
  * ring waits for every copy from the old one (they are all on the compute
@@ -671,11 +681,16 @@ static int max_of(const kern_seq *seqs, int n_seq, int field_slots)
 }
 
 /* Prefill attention. Prompts of PREFILL_GEMM_MIN tokens or more take the
- * tensor cores: per sequence and group of heads, S = scale Q K^T (batched
- * GEMM, fp32 out), P = causal softmax(S) and the column sums (kernels), out
- * = P V (batched GEMM); the groups keep S and P under PREFILL_WORK bytes.
- * Shorter prompts, where a GEMM launch costs more than it saves, take the
- * one-warp-per-query kernel. */
+ * tensor cores: per sequence and run of query heads, S = scale Q K^T
+ * (batched GEMM, fp32 out), P = causal softmax(S) and the column sums
+ * (kernels), out = P V (batched GEMM); the runs keep S and P under
+ * PREFILL_WORK bytes. Shorter prompts, where a GEMM launch costs more than
+ * it saves, take the one-warp-per-query kernel.
+ *
+ * Grouped-query attention: the query heads of one KV head are a batch
+ * whose K (and V) stride is 0, all against the KV head's rows; a run of
+ * query heads that spans several KV heads is one such batch per KV head.
+ * Without it (group 1) a run is one batch, K and V advancing with Q. */
 #define PREFILL_GEMM_MIN 64
 #define PREFILL_WORK ((size_t)256 << 20)
 
@@ -702,39 +717,52 @@ static size_t prefill_gemm_plan(int n, int n_head, int *hg_out, int *qb_out)
 }
 
 static int prefill_gemm(cuda_ctx *c, void *out, int ldo, const void *q, const void *k,
-                        const void *v, int ld, const kern_seq *sq, int n_head, int hd,
-                        float scale, void *colsum)
+                        const void *v, int ld, const kern_seq *sq, int n_head, int n_kv_head,
+                        int hd, float scale, void *colsum)
 {
-    int n = sq->n_new, hg, qb;
+    int n = sq->n_new, hg, qb, group = n_head / n_kv_head;
     FORWARD_IF(grow(c, &c->work, prefill_gemm_plan(n, n_head, &hg, &qb),
                     "prefill attention's work space"));
     float *S = c->work.p;                                                  /* (hg, qb, <= n) */
     void *P = S + (size_t)hg * qb * n;                                     /* (hg, qb, <= n) */
     float *stats = (float *)((char *)P + (size_t)hg * qb * n * 2);         /* (hg, qb, 2) */
     const float one = 1.0f, zero = 0.0f;
+    /* K and V advance with Q from one query head to the next, or (GQA)
+     * stay on their KV head for the query heads of its group */
+    long long kv_stride = group == 1 ? hd : 0;
     for (int h0 = 0; h0 < n_head; h0 += hg) {
         int g = n_head - h0 < hg ? n_head - h0 : hg;
-        size_t at = ((size_t)sq->row * ld + (size_t)h0 * hd) * 2; /* bytes */
         for (int i0 = 0; i0 < n; i0 += qb) {
             /* the block: queries i0 .. i0 + r - 1 against keys 0 .. L - 1 */
             int r = n - i0 < qb ? n - i0 : qb, L = i0 + r;
-            size_t qat = at + (size_t)i0 * ld * 2;
-            /* S^cm(j, i) = k_j . q_(i0 + i), i.e. row-major S[i][j], (r, L) */
-            CK(cublasGemmStridedBatchedEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, L, r, hd, &scale,
-                                          (const char *)k + at, CUDA_R_16F, ld, hd,
-                                          (const char *)q + qat, CUDA_R_16F, ld, hd, &zero, S,
-                                          CUDA_R_32F, L, (long long)L * r, g,
-                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            /* query heads [a, b) share one batch: all g of them (group 1),
+             * else those of one KV head */
+            for (int a = h0, b; a < h0 + g; a = b) {
+                b = group == 1 ? h0 + g : min_i(h0 + g, (a / group + 1) * group);
+                size_t qat = (((size_t)sq->row + i0) * ld + (size_t)a * hd) * 2; /* bytes */
+                size_t kat = ((size_t)sq->row * ld + (size_t)(a / group) * hd) * 2;
+                /* S^cm(j, i) = k_j . q_(i0 + i), i.e. row-major S[i][j], (r, L) */
+                CK(cublasGemmStridedBatchedEx(
+                    c->blas, CUBLAS_OP_T, CUBLAS_OP_N, L, r, hd, &scale, (const char *)k + kat,
+                    CUDA_R_16F, ld, kv_stride, (const char *)q + qat, CUDA_R_16F, ld, hd, &zero,
+                    S + (size_t)(a - h0) * L * r, CUDA_R_32F, L, (long long)L * r, b - a,
+                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            }
             CK(kern_prefill_softmax_cuda(S, P, colsum ? stats : NULL, r, L, i0, g, c->stream));
             if (colsum)
-                CK(kern_prefill_colsum_cuda(S, stats, colsum, r, L, i0, g, sq->row, n_head, h0,
-                                            c->stream));
-            /* out^cm(e, i) = sum_j v^cm(e, j) P^cm(j, i) */
-            CK(cublasGemmStridedBatchedEx(
-                c->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, r, L, &one, (const char *)v + at,
-                CUDA_R_16F, ld, hd, P, CUDA_R_16F, L, (long long)L * r, &zero,
-                (char *)out + (((size_t)sq->row + i0) * ldo + (size_t)h0 * hd) * 2, CUDA_R_16F,
-                ldo, hd, g, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                CK(kern_prefill_colsum_cuda(S, stats, colsum, r, L, i0, g, sq->row, n_head,
+                                            n_kv_head, h0, c->stream));
+            for (int a = h0, b; a < h0 + g; a = b) {
+                b = group == 1 ? h0 + g : min_i(h0 + g, (a / group + 1) * group);
+                size_t vat = ((size_t)sq->row * ld + (size_t)(a / group) * hd) * 2;
+                size_t oat = (((size_t)sq->row + i0) * ldo + (size_t)a * hd) * 2;
+                /* out^cm(e, i) = sum_j v^cm(e, j) P^cm(j, i) */
+                CK(cublasGemmStridedBatchedEx(
+                    c->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, r, L, &one, (const char *)v + vat,
+                    CUDA_R_16F, ld, kv_stride, (const char *)P + (size_t)(a - h0) * L * r * 2,
+                    CUDA_R_16F, L, (long long)L * r, &zero, (char *)out + oat, CUDA_R_16F, ldo,
+                    hd, b - a, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            }
         }
     }
     return 0;
@@ -745,7 +773,7 @@ static int prefill_gemm(cuda_ctx *c, void *out, int ldo, const void *q, const vo
  * launch of the one-warp-per-query kernel. */
 static int prefill_split(cuda_ctx *c, kern_seq *sh, void *out, int ldo, const void *q,
                          const void *k, const void *v, int ld, const kern_seq *seqs, int n_seq,
-                         int n_head, int head_dim, float scale, void *colsum)
+                         int n_head, int n_kv_head, int head_dim, float scale, void *colsum)
 {
     int rows = 0, n_short = 0;
     for (int s = 0; s < n_seq; s++) {
@@ -759,25 +787,28 @@ static int prefill_split(cuda_ctx *c, kern_seq *sh, void *out, int ldo, const vo
     }
     for (int s = 0; s < n_seq; s++)
         if (seqs[s].n_new >= PREFILL_GEMM_MIN)
-            FORWARD_IF(prefill_gemm(c, out, ldo, q, k, v, ld, &seqs[s], n_head, head_dim,
-                                    scale, colsum));
+            FORWARD_IF(prefill_gemm(c, out, ldo, q, k, v, ld, &seqs[s], n_head, n_kv_head,
+                                    head_dim, scale, colsum));
     if (!n_short)
         return 0;
     FORWARD_IF(stage_seqs(c, sh, n_seq));
     if (colsum)
         FORWARD_IF(grow(c, &c->work, sizeof(float) * 2 * (size_t)rows * n_head,
                         "prefill attention's work space"));
-    CK(kern_attn_prefill_cuda(out, ldo, q, k, v, ld, c->seqs.p, n_seq, n_head, head_dim, scale,
-                              colsum, c->work.p, max_of(sh, n_seq, 0), c->stream));
+    CK(kern_attn_prefill_cuda(out, ldo, q, k, v, ld, c->seqs.p, n_seq, n_head, n_kv_head,
+                              head_dim, scale, colsum, c->work.p, max_of(sh, n_seq, 0),
+                              c->stream));
     return 0;
 }
 
-/* The CUDA kernels do not have grouped-query attention yet: refuse it. */
-static int cuda_gqa_check(const char *op, int n_head, int n_kv_head)
+/* The head counts of an attention op (grouped-query attention: n_kv_head
+ * KV heads, each shared by n_head / n_kv_head query heads), checked before
+ * anything is staged. */
+static int cuda_heads_check(const char *op, int n_head, int n_kv_head)
 {
-    RETURN_IF(n_kv_head != n_head, -ENOTSUP, "the cuda backend's %s does not support "
-              "grouped-query attention yet (%d query heads over %d KV heads)", op, n_head,
-              n_kv_head);
+    RETURN_IF(n_kv_head < 1 || n_head < n_kv_head || n_head % n_kv_head, -EINVAL,
+              "internal: the cuda backend's %s was handed %d query heads over %d KV heads (a "
+              "positive multiple is needed)", op, n_head, n_kv_head);
     return 0;
 }
 
@@ -786,10 +817,10 @@ static int cuda_attn_prefill(void *ctx, void *out, int ldo, const void *q, const
                              int n_kv_head, int head_dim, float scale, void *colsum)
 {
     cuda_ctx *c = ctx;
-    FORWARD_IF(cuda_gqa_check("prefill attention", n_head, n_kv_head));
+    FORWARD_IF(cuda_heads_check("prefill attention", n_head, n_kv_head));
     FORWARD_IF(seqs_room(c, (size_t)n_seq, 0));
-    return prefill_split(c, c->seqs_tmp, out, ldo, q, k, v, ld, seqs, n_seq, n_head, head_dim,
-                         scale, colsum);
+    return prefill_split(c, c->seqs_tmp, out, ldo, q, k, v, ld, seqs, n_seq, n_head, n_kv_head,
+                         head_dim, scale, colsum);
 }
 
 /* The KV ops: the kernels take the format (kern_kv_fmt) and refuse one
@@ -800,10 +831,11 @@ static int cuda_kv_prefill(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void 
                            int head_dim, int cap)
 {
     cuda_ctx *c = ctx;
-    FORWARD_IF(cuda_gqa_check("KV prefill", n_head, n_kv_head));
+    FORWARD_IF(cuda_heads_check("KV prefill", n_head, n_kv_head));
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
     CK(kern_kv_prefill_cuda(fmt, kc, vc, scores, pos, k, v, ld, colsum, c->seqs.p, n_seq,
-                            n_head, head_dim, cap, max_of(seqs, n_seq, 0), c->stream));
+                            n_head, n_kv_head, head_dim, cap, max_of(seqs, n_seq, 0),
+                            c->stream));
     return 0;
 }
 
@@ -814,12 +846,12 @@ static int cuda_attn_decode(void *ctx, void *out, int ldo, const void *q, const 
                             void *self_p)
 {
     cuda_ctx *c = ctx;
-    FORWARD_IF(cuda_gqa_check("decode attention", n_head, n_kv_head));
+    FORWARD_IF(cuda_heads_check("decode attention", n_head, n_kv_head));
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
     FORWARD_IF(grow(c, &c->work, kern_attn_decode_work(n_seq, n_head, head_dim, cap),
                     "decode attention's work space"));
     CK(kern_attn_decode_cuda(out, ldo, q, k, v, ld, fmt, kc, vc, c->seqs.p, n_seq, n_head,
-                             head_dim, cap, scale, scores, self_p, c->work.p,
+                             n_kv_head, head_dim, cap, scale, scores, self_p, c->work.p,
                              max_of(seqs, n_seq, 1), c->stream));
     return 0;
 }
@@ -830,10 +862,10 @@ static int cuda_kv_insert(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *
                           int head_dim, int cap, void *evicted)
 {
     cuda_ctx *c = ctx;
-    FORWARD_IF(cuda_gqa_check("KV insert", n_head, n_kv_head));
+    FORWARD_IF(cuda_heads_check("KV insert", n_head, n_kv_head));
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
     CK(kern_kv_insert_cuda(fmt, kc, vc, scores, pos, k, v, ld, self_p, c->seqs.p, n_seq, n_head,
-                           head_dim, cap, evicted, c->stream));
+                           n_kv_head, head_dim, cap, evicted, c->stream));
     return 0;
 }
 
@@ -935,11 +967,6 @@ static size_t reserve_samp(const backend_limits *l)
         most = b > most ? b : most;
     }
     return most;
-}
-
-static int max_i(int a, int b)
-{
-    return a > b ? a : b;
 }
 
 static int cuda_reserve(void *ctx, const backend_limits *lim)

@@ -46,6 +46,12 @@ static inline unsigned kgrid_y(size_t n)
     RETURN_IF((long long)(n_seq) * (n_head) > 0x7fffffffLL, -EINVAL,                   \
               "%d sequences x %d heads is more than 2^31 - 1 (sequence, head) pairs "  \
               "in one call; lower the GPU batch size", (n_seq), (n_head))
+/* The head counts of an attention or KV op: n_kv_head >= 1 KV heads, each
+ * shared by n_head / n_kv_head query heads (grouped-query attention). */
+#define KCHECK_HEADS(n_head, n_kv_head)                                                \
+    RETURN_IF((n_kv_head) < 1 || (n_head) < (n_kv_head) || (n_head) % (n_kv_head),     \
+              -EINVAL, "internal: %d query heads over %d KV heads (the CUDA attention " \
+              "kernels need a positive multiple)", (n_head), (n_kv_head))
 /* The head_dim limit of the attention kernels (a lane holds 8 values, a
  * warp at most 32 lanes per row). */
 #define KCHECK_HEAD_DIM(hd)                                                            \
