@@ -864,12 +864,15 @@ Test(kern_cuda, sampling_greedy_and_top_p)
  * their host arrays through the pinned ring (more calls than it has slots,
  * so slots are reused behind their events) and their work in what reserve
  * sized: nothing is allocated and the results are the reference's, with
- * the arrays changed between calls. A call beyond the limits is refused
+ * the arrays changed between calls (RoPE's positions and frequencies,
+ * embed's ids with and without positions among them). A call beyond the limits is refused
  * ("exceeds the reserved") and allocates nothing; once the reservation
  * ends, the op grows again. */
 Test(kern_cuda, reserved_calls_allocate_nothing_and_beyond_is_refused)
 {
-    enum { V = 512, D = 64, P = 40, R = 8, NS = 4, CALLS = 80 };
+    /* R rows of ids are 64 bytes, a whole staging alignment unit: one row more
+     * needs more than the reservation holds */
+    enum { V = 512, D = 64, P = 40, R = 16, NS = 4, CALLS = 80 };
     backend_limits lim = {.rows = R, .seqs = NS, .heads = 2, .kv_heads = 2, .head_dim = 32,
                           .cap = 16, .prompt = R, .sample_rows = NS, .vocab = V,
                           .sample_draw = 1};
@@ -877,6 +880,12 @@ Test(kern_cuda, reserved_calls_allocate_nothing_and_beyond_is_refused)
     float *lg = rand16((size_t)(NS + 1) * V, 6.0f);
     pair T = put(te, (size_t)V * D), Pe = put(pe, (size_t)P * D), L = put(lg, (size_t)(NS + 1) * V);
     pair out = put(NULL, (size_t)(R + 1) * D), g = put(NULL, (size_t)NS * D);
+    /* RoPE over rows of 2 query and 2 KV heads of 32 (the limits' shape) */
+    enum { RLD = (2 + 2 * 2) * 32 };
+    float *rq = rand16((size_t)R * RLD, 1), inv[16];
+    kern_rope rp = {.theta = 10000.0f};
+    cr_assert_eq(kern_rope_inv_freq(inv, 32, &rp), 0);
+    pair RQ = put(rq, (size_t)R * RLD);
     cr_assert_eq(gpu.ops->reserve(gpu.ctx, &lim), 0, "%s", err_msg());
     uint64_t a0 = gpu.ops->allocs(gpu.ctx);
     int32_t ids[R + 1], pos[R + 1], rows[NS], tc[NS + 1], tg[NS + 1];
@@ -893,9 +902,22 @@ Test(kern_cuda, reserved_calls_allocate_nothing_and_beyond_is_refused)
             topp[i] = 0.9f;
             u[i] = ((i * 7 + call) % 10) / 10.0;
         }
-        cpu.ops->embed(cpu.ctx, out.c, T.c, Pe.c, ids, pos, R, D);
-        cr_assert_eq(gpu.ops->embed(gpu.ctx, out.g, T.g, Pe.g, ids, pos, R, D), 0, "%s",
-                     err_msg());
+        if (call % 3 == 2) { /* no learned positions: the token rows */
+            cr_assert_eq(gpu.ops->embed(gpu.ctx, out.g, T.g, NULL, ids, NULL, R, D), 0, "%s",
+                         err_msg());
+            for (int i = 0; i < R; i++) /* the same rows on the reference's side */
+                cpu.ops->upload(cpu.ctx, (float *)out.c + (size_t)i * D, te + (size_t)ids[i] * D,
+                                D);
+        } else {
+            cpu.ops->embed(cpu.ctx, out.c, T.c, Pe.c, ids, pos, R, D);
+            cr_assert_eq(gpu.ops->embed(gpu.ctx, out.g, T.g, Pe.g, ids, pos, R, D), 0, "%s",
+                         err_msg());
+        }
+        inv[call % 16] *= 1.0f + 0.001f * (float)(call % 5); /* frequencies change too */
+        int rot = 32 - 8 * (call % 2); /* full and partial rotary dimensions */
+        cpu.ops->rope(cpu.ctx, RQ.c, (float *)RQ.c + 2 * 32, RLD, pos, R, 2, 2, 32, rot, inv);
+        cr_assert_eq(gpu.ops->rope(gpu.ctx, RQ.g, (char *)RQ.g + 2 * 2 * 32, RLD, pos, R, 2, 2,
+                                   32, rot, inv), 0, "%s", err_msg());
         cpu.ops->gather_rows(cpu.ctx, g.c, out.c, rows, NS, D);
         cr_assert_eq(gpu.ops->gather_rows(gpu.ctx, g.g, out.g, rows, NS, D), 0, "%s",
                      err_msg());
@@ -910,6 +932,11 @@ Test(kern_cuda, reserved_calls_allocate_nothing_and_beyond_is_refused)
                          EPS16);
             expect_close("gather through the ring", g, 1e-6, EPS16);
         }
+        /* the rotations compound over the calls, rounded to fp16 on the
+         * GPU's side only: compare each, then give both sides its result */
+        expect_close("rope through the ring", RQ, 1e-5, EPS16);
+        cr_assert_eq(gpu.ops->download(gpu.ctx, rq, RQ.g, (size_t)R * RLD), 0, "%s", err_msg());
+        cpu.ops->upload(cpu.ctx, RQ.c, rq, (size_t)R * RLD);
     }
     cr_assert_eq(gpu.ops->allocs(gpu.ctx), a0, "calls within the reservation allocated");
     /* one more row, sequence or slot than reserved: refused, nothing allocated */
@@ -940,7 +967,8 @@ Test(kern_cuda, reserved_calls_allocate_nothing_and_beyond_is_refused)
                  err_msg());
     cr_assert_gt(gpu.ops->allocs(gpu.ctx), a0 + 4, "sampling's work space grew");
     drop(&T), drop(&Pe), drop(&L), drop(&out), drop(&g), drop(&K), drop(&Vc), drop(&q), drop(&o);
-    free(te), free(pe), free(lg);
+    drop(&RQ);
+    free(te), free(pe), free(lg), free(rq);
 }
 
 /* ------------------------------------------------ launch geometry
