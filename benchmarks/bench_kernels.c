@@ -121,7 +121,7 @@ static void run_attn(void *p)
     int d = a->H * a->hd;
     if (kern_attn_decode_cuda(a->out, d, a->qkv, (char *)a->qkv + 2 * (size_t)d,
                               (char *)a->qkv + 4 * (size_t)d, 3 * d, a->fmt, a->kc, a->vc,
-                              a->seqs_d, a->n_seq, a->H, a->hd, a->cap, 0.088f,
+                              a->seqs_d, a->n_seq, a->H, a->H, a->hd, a->cap, 0.088f,
                               a->with_scores ? a->scores : NULL,
                               a->with_scores ? a->self_p : NULL, a->work, a->slots, 0) < 0) {
         fprintf(stderr, "%s decode attention: %s\n", kern_kv_fmt_name(a->fmt), err_msg());

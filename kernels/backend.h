@@ -60,8 +60,9 @@ typedef struct backend_ops {
     int (*upload_words)(void *ctx, void *dst, const void *src, size_t n);
     int (*download_words)(void *ctx, void *dst, const void *src, size_t n);
 
-    /* out(n, d) = tok_emb[ids] + pos_emb[pos + 2]; ids, pos: host (n);
-     * pos_emb NULL: tok_emb[ids] only (kern_embed_ref). */
+    /* out(n, d) = tok_emb[ids] + pos_emb[pos + 2]; ids, pos: host (n).
+     * pos_emb NULL (no learned positions: the RoPE families): out =
+     * tok_emb[ids] only, and pos may be NULL. */
     int (*embed)(void *ctx, void *out, const void *tok_emb,
                  const void *pos_emb, const int32_t *ids, const int32_t *pos,
                  int n, int d);
@@ -84,9 +85,10 @@ typedef struct backend_ops {
      * colsum, scores, self_p, evicted may be NULL as in kern.h.
      * n_head query heads share n_kv_head KV heads (n_head % n_kv_head == 0,
      * grouped-query attention as kern.h states it): caches, scores, pos,
-     * colsum, self_p and evicted are per KV head. A backend whose kernels
-     * do not have grouped-query attention refuses n_kv_head != n_head with
-     * -ENOTSUP and a message.
+     * colsum, self_p and evicted are per KV head. Both backends have it; a
+     * backend whose kernels did not would refuse n_kv_head != n_head with
+     * -ENOTSUP and a message. Head counts that are not such a grouping are
+     * refused with -EINVAL.
      *
      * The KV ops take the format of their caches kc, vc as an argument, fmt
      * (kern.h's kern_kv_fmt), right before them: KERN_KV_FMT_PLAIN caches
@@ -119,9 +121,10 @@ typedef struct backend_ops {
     /* ---- the RoPE families' element-wise ops (DESIGN.md "Model families") ----
      * kern.h's kern_rmsnorm_ref, kern_rope_ref, kern_swiglu_ref and
      * kern_gelu_ref on backend buffers; pos and inv_freq (rot_dims / 2,
-     * from kern_rope_inv_freq) are host memory. NULL on a backend that does
-     * not have them yet (CUDA): a caller that loads a family needing one
-     * checks first with backend_ops_check(), which refuses with a message. */
+     * from kern_rope_inv_freq) are host memory. Both backends have them; a
+     * backend may leave one NULL, so a caller that loads a family needing
+     * one checks first with backend_ops_check(), which refuses with a
+     * message. swiglu in place (out == gate) takes ldo == ld. */
     int (*rmsnorm)(void *ctx, void *out, const void *x, const void *w, int n, int d,
                    float eps);
     int (*rope)(void *ctx, void *q, void *k, int ld, const int32_t *pos, int n, int n_head,

@@ -14,8 +14,9 @@
  * macro, CK, which keeps the failing statement as text.
  *
  * Everything runs on one compute stream in issue order. The small host
- * arrays the ops take (ids, positions, gather rows, kern_seq, sampling's
- * parameters) go through a ring of pinned slots:
+ * arrays the ops take (ids, positions, gather rows, kern_seq, RoPE's
+ * inverse frequencies, sampling's parameters) go through a ring of pinned
+ * slots:
  *
  *   op:  wait for the event of slot i (the copy that last read it has run)
  *        -> write the arrays into slot i -> cudaMemcpyAsync to the device
@@ -133,8 +134,10 @@ typedef struct cuda_ctx {
     void *lt_work;       /* LT_WORKSPACE bytes */
     cudaStream_t stream;
     cublasHandle_t blas;
-    grow_buf tok, rows, seqs, work, samp; /* device staging: embed's ids and positions,
-                                           * gather rows, kern_seq; work spaces */
+    grow_buf tok, rows, seqs, rope, work, samp; /* device staging: embed's ids and
+                                                 * positions, gather rows, kern_seq,
+                                                 * RoPE's positions and frequencies;
+                                                 * work spaces */
     stage_ring ring;
     kern_seq *seqs_host; /* what seqs holds now: seqs_n of seqs_cap entries */
     kern_seq *seqs_tmp;  /* (seqs_cap) prefill's copy of a kern_seq array */
@@ -223,7 +226,7 @@ static void cuda_destroy(void *ctx)
     cuda_ctx *c = ctx;
     if (!c)
         return;
-    grow_buf *bufs[] = {&c->tok, &c->rows, &c->seqs, &c->work, &c->samp, &c->f32tmp};
+    grow_buf *bufs[] = {&c->tok, &c->rows, &c->seqs, &c->rope, &c->work, &c->samp, &c->f32tmp};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         cudaFree(bufs[i]->p);
     cudaFreeHost(c->pinned);
@@ -338,6 +341,16 @@ static size_t align_to(size_t n, size_t a)
     return (n + a - 1) / a * a;
 }
 
+static int min_i(int a, int b)
+{
+    return a < b ? a : b;
+}
+
+static int max_i(int a, int b)
+{
+    return a > b ? a : b;
+}
+
 /* Make the ring's slots hold `slot` bytes: at reserve, or on first need
  * outside a reservation; a need beyond the reservation is refused. A new
  * ring waits for every copy from the old one (they are all on the compute
@@ -436,15 +449,19 @@ static int stage_seqs(cuda_ctx *c, const kern_seq *seqs, int n_seq)
     return 0;
 }
 
+/* The ids and, with learned positions, the positions go up through the
+ * ring; without (pos_emb NULL: the RoPE families) only the ids, and pos
+ * may be NULL. */
 static int cuda_embed(void *ctx, void *out, const void *tok_emb, const void *pos_emb,
                       const int32_t *ids, const int32_t *pos, int n, int d)
 {
     cuda_ctx *c = ctx;
     const void *src[2] = {ids, pos};
     size_t bytes[2] = {sizeof(int32_t) * (size_t)n, sizeof(int32_t) * (size_t)n};
-    void *at[2];
-    FORWARD_IF(stage(c, &c->tok, 2, src, bytes, at, "the token ids' and positions' staging"));
-    CK(kern_embed_cuda(out, tok_emb, pos_emb, at[0], at[1], n, d, c->stream));
+    void *at[2] = {NULL, NULL};
+    FORWARD_IF(stage(c, &c->tok, pos_emb ? 2 : 1, src, bytes, at,
+                     "the token ids' and positions' staging"));
+    CK(kern_embed_cuda(out, tok_emb, pos_emb, at[0], pos_emb ? at[1] : NULL, n, d, c->stream));
     return 0;
 }
 
@@ -453,6 +470,61 @@ static int cuda_layernorm(void *ctx, void *out, const void *x, const void *w, co
 {
     cuda_ctx *c = ctx;
     CK(kern_layernorm_cuda(out, x, w, b, n, d, eps, c->stream));
+    return 0;
+}
+
+/* ---- the RoPE families' element-wise ops (backend.h) ---- */
+static int cuda_rmsnorm(void *ctx, void *out, const void *x, const void *w, int n, int d,
+                        float eps)
+{
+    cuda_ctx *c = ctx;
+    CK(kern_rmsnorm_cuda(out, x, w, n, d, eps, c->stream));
+    return 0;
+}
+
+/* The bytes of RoPE's staging for n positions and rot_dims / 2
+ * frequencies, as stage() lays the two arrays out. */
+static size_t rope_stage_bytes(int n, int rot_dims)
+{
+    return align_to(sizeof(int32_t) * (size_t)n, 64) +
+           align_to(sizeof(float) * (size_t)(rot_dims / 2), 64);
+}
+
+/* The positions and the inverse frequencies (host arrays) go up through
+ * the ring, like embed's; a rot_dims the kernel refuses is refused before
+ * anything is staged. */
+static int cuda_rope(void *ctx, void *q, void *k, int ld, const int32_t *pos, int n, int n_head,
+                     int n_kv_head, int head_dim, int rot_dims, const float *inv_freq)
+{
+    cuda_ctx *c = ctx;
+    if (n == 0 || rot_dims <= 0 || rot_dims % 2 || rot_dims > head_dim) {
+        /* nothing to rotate, or refused (-EINVAL, the message says why) */
+        CK(kern_rope_cuda(q, k, ld, NULL, n, n_head, n_kv_head, head_dim, rot_dims, NULL,
+                          c->stream));
+        return 0;
+    }
+    const void *src[2] = {pos, inv_freq};
+    size_t bytes[2] = {sizeof(int32_t) * (size_t)n, sizeof(float) * (size_t)(rot_dims / 2)};
+    void *at[2];
+    FORWARD_IF(stage(c, &c->rope, 2, src, bytes, at, "RoPE's positions' and frequencies' "
+                     "staging"));
+    CK(kern_rope_cuda(q, k, ld, at[0], n, n_head, n_kv_head, head_dim, rot_dims, at[1],
+                      c->stream));
+    return 0;
+}
+
+static int cuda_swiglu(void *ctx, void *out, int ldo, const void *gate, const void *up, int ld,
+                       int n, int d)
+{
+    cuda_ctx *c = ctx;
+    CK(kern_swiglu_cuda(out, ldo, gate, up, ld, n, d, c->stream));
+    return 0;
+}
+
+static int cuda_gelu(void *ctx, void *out, const void *x, size_t count)
+{
+    cuda_ctx *c = ctx;
+    CK(kern_gelu_cuda(out, x, count, c->stream));
     return 0;
 }
 
@@ -609,11 +681,16 @@ static int max_of(const kern_seq *seqs, int n_seq, int field_slots)
 }
 
 /* Prefill attention. Prompts of PREFILL_GEMM_MIN tokens or more take the
- * tensor cores: per sequence and group of heads, S = scale Q K^T (batched
- * GEMM, fp32 out), P = causal softmax(S) and the column sums (kernels), out
- * = P V (batched GEMM); the groups keep S and P under PREFILL_WORK bytes.
- * Shorter prompts, where a GEMM launch costs more than it saves, take the
- * one-warp-per-query kernel. */
+ * tensor cores: per sequence and run of query heads, S = scale Q K^T
+ * (batched GEMM, fp32 out), P = causal softmax(S) and the column sums
+ * (kernels), out = P V (batched GEMM); the runs keep S and P under
+ * PREFILL_WORK bytes. Shorter prompts, where a GEMM launch costs more than
+ * it saves, take the one-warp-per-query kernel.
+ *
+ * Grouped-query attention: the query heads of one KV head are a batch
+ * whose K (and V) stride is 0, all against the KV head's rows; a run of
+ * query heads that spans several KV heads is one such batch per KV head.
+ * Without it (group 1) a run is one batch, K and V advancing with Q. */
 #define PREFILL_GEMM_MIN 64
 #define PREFILL_WORK ((size_t)256 << 20)
 
@@ -640,39 +717,52 @@ static size_t prefill_gemm_plan(int n, int n_head, int *hg_out, int *qb_out)
 }
 
 static int prefill_gemm(cuda_ctx *c, void *out, int ldo, const void *q, const void *k,
-                        const void *v, int ld, const kern_seq *sq, int n_head, int hd,
-                        float scale, void *colsum)
+                        const void *v, int ld, const kern_seq *sq, int n_head, int n_kv_head,
+                        int hd, float scale, void *colsum)
 {
-    int n = sq->n_new, hg, qb;
+    int n = sq->n_new, hg, qb, group = n_head / n_kv_head;
     FORWARD_IF(grow(c, &c->work, prefill_gemm_plan(n, n_head, &hg, &qb),
                     "prefill attention's work space"));
     float *S = c->work.p;                                                  /* (hg, qb, <= n) */
     void *P = S + (size_t)hg * qb * n;                                     /* (hg, qb, <= n) */
     float *stats = (float *)((char *)P + (size_t)hg * qb * n * 2);         /* (hg, qb, 2) */
     const float one = 1.0f, zero = 0.0f;
+    /* K and V advance with Q from one query head to the next, or (GQA)
+     * stay on their KV head for the query heads of its group */
+    long long kv_stride = group == 1 ? hd : 0;
     for (int h0 = 0; h0 < n_head; h0 += hg) {
         int g = n_head - h0 < hg ? n_head - h0 : hg;
-        size_t at = ((size_t)sq->row * ld + (size_t)h0 * hd) * 2; /* bytes */
         for (int i0 = 0; i0 < n; i0 += qb) {
             /* the block: queries i0 .. i0 + r - 1 against keys 0 .. L - 1 */
             int r = n - i0 < qb ? n - i0 : qb, L = i0 + r;
-            size_t qat = at + (size_t)i0 * ld * 2;
-            /* S^cm(j, i) = k_j . q_(i0 + i), i.e. row-major S[i][j], (r, L) */
-            CK(cublasGemmStridedBatchedEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, L, r, hd, &scale,
-                                          (const char *)k + at, CUDA_R_16F, ld, hd,
-                                          (const char *)q + qat, CUDA_R_16F, ld, hd, &zero, S,
-                                          CUDA_R_32F, L, (long long)L * r, g,
-                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            /* query heads [a, b) share one batch: all g of them (group 1),
+             * else those of one KV head */
+            for (int a = h0, b; a < h0 + g; a = b) {
+                b = group == 1 ? h0 + g : min_i(h0 + g, (a / group + 1) * group);
+                size_t qat = (((size_t)sq->row + i0) * ld + (size_t)a * hd) * 2; /* bytes */
+                size_t kat = ((size_t)sq->row * ld + (size_t)(a / group) * hd) * 2;
+                /* S^cm(j, i) = k_j . q_(i0 + i), i.e. row-major S[i][j], (r, L) */
+                CK(cublasGemmStridedBatchedEx(
+                    c->blas, CUBLAS_OP_T, CUBLAS_OP_N, L, r, hd, &scale, (const char *)k + kat,
+                    CUDA_R_16F, ld, kv_stride, (const char *)q + qat, CUDA_R_16F, ld, hd, &zero,
+                    S + (size_t)(a - h0) * L * r, CUDA_R_32F, L, (long long)L * r, b - a,
+                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            }
             CK(kern_prefill_softmax_cuda(S, P, colsum ? stats : NULL, r, L, i0, g, c->stream));
             if (colsum)
-                CK(kern_prefill_colsum_cuda(S, stats, colsum, r, L, i0, g, sq->row, n_head, h0,
-                                            c->stream));
-            /* out^cm(e, i) = sum_j v^cm(e, j) P^cm(j, i) */
-            CK(cublasGemmStridedBatchedEx(
-                c->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, r, L, &one, (const char *)v + at,
-                CUDA_R_16F, ld, hd, P, CUDA_R_16F, L, (long long)L * r, &zero,
-                (char *)out + (((size_t)sq->row + i0) * ldo + (size_t)h0 * hd) * 2, CUDA_R_16F,
-                ldo, hd, g, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                CK(kern_prefill_colsum_cuda(S, stats, colsum, r, L, i0, g, sq->row, n_head,
+                                            n_kv_head, h0, c->stream));
+            for (int a = h0, b; a < h0 + g; a = b) {
+                b = group == 1 ? h0 + g : min_i(h0 + g, (a / group + 1) * group);
+                size_t vat = ((size_t)sq->row * ld + (size_t)(a / group) * hd) * 2;
+                size_t oat = (((size_t)sq->row + i0) * ldo + (size_t)a * hd) * 2;
+                /* out^cm(e, i) = sum_j v^cm(e, j) P^cm(j, i) */
+                CK(cublasGemmStridedBatchedEx(
+                    c->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, r, L, &one, (const char *)v + vat,
+                    CUDA_R_16F, ld, kv_stride, (const char *)P + (size_t)(a - h0) * L * r * 2,
+                    CUDA_R_16F, L, (long long)L * r, &zero, (char *)out + oat, CUDA_R_16F, ldo,
+                    hd, b - a, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            }
         }
     }
     return 0;
@@ -683,7 +773,7 @@ static int prefill_gemm(cuda_ctx *c, void *out, int ldo, const void *q, const vo
  * launch of the one-warp-per-query kernel. */
 static int prefill_split(cuda_ctx *c, kern_seq *sh, void *out, int ldo, const void *q,
                          const void *k, const void *v, int ld, const kern_seq *seqs, int n_seq,
-                         int n_head, int head_dim, float scale, void *colsum)
+                         int n_head, int n_kv_head, int head_dim, float scale, void *colsum)
 {
     int rows = 0, n_short = 0;
     for (int s = 0; s < n_seq; s++) {
@@ -697,25 +787,28 @@ static int prefill_split(cuda_ctx *c, kern_seq *sh, void *out, int ldo, const vo
     }
     for (int s = 0; s < n_seq; s++)
         if (seqs[s].n_new >= PREFILL_GEMM_MIN)
-            FORWARD_IF(prefill_gemm(c, out, ldo, q, k, v, ld, &seqs[s], n_head, head_dim,
-                                    scale, colsum));
+            FORWARD_IF(prefill_gemm(c, out, ldo, q, k, v, ld, &seqs[s], n_head, n_kv_head,
+                                    head_dim, scale, colsum));
     if (!n_short)
         return 0;
     FORWARD_IF(stage_seqs(c, sh, n_seq));
     if (colsum)
         FORWARD_IF(grow(c, &c->work, sizeof(float) * 2 * (size_t)rows * n_head,
                         "prefill attention's work space"));
-    CK(kern_attn_prefill_cuda(out, ldo, q, k, v, ld, c->seqs.p, n_seq, n_head, head_dim, scale,
-                              colsum, c->work.p, max_of(sh, n_seq, 0), c->stream));
+    CK(kern_attn_prefill_cuda(out, ldo, q, k, v, ld, c->seqs.p, n_seq, n_head, n_kv_head,
+                              head_dim, scale, colsum, c->work.p, max_of(sh, n_seq, 0),
+                              c->stream));
     return 0;
 }
 
-/* The CUDA kernels do not have grouped-query attention yet: refuse it. */
-static int cuda_gqa_check(const char *op, int n_head, int n_kv_head)
+/* The head counts of an attention op (grouped-query attention: n_kv_head
+ * KV heads, each shared by n_head / n_kv_head query heads), checked before
+ * anything is staged. */
+static int cuda_heads_check(const char *op, int n_head, int n_kv_head)
 {
-    RETURN_IF(n_kv_head != n_head, -ENOTSUP, "the cuda backend's %s does not support "
-              "grouped-query attention yet (%d query heads over %d KV heads)", op, n_head,
-              n_kv_head);
+    RETURN_IF(n_kv_head < 1 || n_head < n_kv_head || n_head % n_kv_head, -EINVAL,
+              "internal: the cuda backend's %s was handed %d query heads over %d KV heads (a "
+              "positive multiple is needed)", op, n_head, n_kv_head);
     return 0;
 }
 
@@ -724,10 +817,10 @@ static int cuda_attn_prefill(void *ctx, void *out, int ldo, const void *q, const
                              int n_kv_head, int head_dim, float scale, void *colsum)
 {
     cuda_ctx *c = ctx;
-    FORWARD_IF(cuda_gqa_check("prefill attention", n_head, n_kv_head));
+    FORWARD_IF(cuda_heads_check("prefill attention", n_head, n_kv_head));
     FORWARD_IF(seqs_room(c, (size_t)n_seq, 0));
-    return prefill_split(c, c->seqs_tmp, out, ldo, q, k, v, ld, seqs, n_seq, n_head, head_dim,
-                         scale, colsum);
+    return prefill_split(c, c->seqs_tmp, out, ldo, q, k, v, ld, seqs, n_seq, n_head, n_kv_head,
+                         head_dim, scale, colsum);
 }
 
 /* The KV ops: the kernels take the format (kern_kv_fmt) and refuse one
@@ -738,10 +831,11 @@ static int cuda_kv_prefill(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void 
                            int head_dim, int cap)
 {
     cuda_ctx *c = ctx;
-    FORWARD_IF(cuda_gqa_check("KV prefill", n_head, n_kv_head));
+    FORWARD_IF(cuda_heads_check("KV prefill", n_head, n_kv_head));
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
     CK(kern_kv_prefill_cuda(fmt, kc, vc, scores, pos, k, v, ld, colsum, c->seqs.p, n_seq,
-                            n_head, head_dim, cap, max_of(seqs, n_seq, 0), c->stream));
+                            n_head, n_kv_head, head_dim, cap, max_of(seqs, n_seq, 0),
+                            c->stream));
     return 0;
 }
 
@@ -752,12 +846,12 @@ static int cuda_attn_decode(void *ctx, void *out, int ldo, const void *q, const 
                             void *self_p)
 {
     cuda_ctx *c = ctx;
-    FORWARD_IF(cuda_gqa_check("decode attention", n_head, n_kv_head));
+    FORWARD_IF(cuda_heads_check("decode attention", n_head, n_kv_head));
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
     FORWARD_IF(grow(c, &c->work, kern_attn_decode_work(n_seq, n_head, head_dim, cap),
                     "decode attention's work space"));
     CK(kern_attn_decode_cuda(out, ldo, q, k, v, ld, fmt, kc, vc, c->seqs.p, n_seq, n_head,
-                             head_dim, cap, scale, scores, self_p, c->work.p,
+                             n_kv_head, head_dim, cap, scale, scores, self_p, c->work.p,
                              max_of(seqs, n_seq, 1), c->stream));
     return 0;
 }
@@ -768,10 +862,10 @@ static int cuda_kv_insert(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *
                           int head_dim, int cap, void *evicted)
 {
     cuda_ctx *c = ctx;
-    FORWARD_IF(cuda_gqa_check("KV insert", n_head, n_kv_head));
+    FORWARD_IF(cuda_heads_check("KV insert", n_head, n_kv_head));
     FORWARD_IF(stage_seqs(c, seqs, n_seq));
     CK(kern_kv_insert_cuda(fmt, kc, vc, scores, pos, k, v, ld, self_p, c->seqs.p, n_seq, n_head,
-                           head_dim, cap, evicted, c->stream));
+                           n_kv_head, head_dim, cap, evicted, c->stream));
     return 0;
 }
 
@@ -841,7 +935,8 @@ static int cuda_sync(void *ctx)
 
 /* ---- the reservation (backend.h reserve) ----
  * Every buffer an op grows, sized for the widest limits: the staging of
- * ids, positions, gather rows and kern_seq arrays; the attention work
+ * ids, positions, gather rows, kern_seq arrays and RoPE's positions and
+ * frequencies (at most head_dim / 2); the attention work
  * space (decode's chunks, prefill's softmax statistics and its tensor-core
  * S and P); sampling's parameters and sort. The largest is taken over every
  * prompt length and row count a call may bring, so no call within the
@@ -874,11 +969,6 @@ static size_t reserve_samp(const backend_limits *l)
     return most;
 }
 
-static int max_i(int a, int b)
-{
-    return a > b ? a : b;
-}
-
 static int cuda_reserve(void *ctx, const backend_limits *lim)
 {
     cuda_ctx *c = ctx;
@@ -901,13 +991,16 @@ static int cuda_reserve(void *ctx, const backend_limits *lim)
     /* the staging as stage() and cuda_sample lay it out */
     size_t rows = align_to(sizeof(int32_t) * (size_t)w->rows, 64);
     size_t seqs = align_to(sizeof(kern_seq) * (size_t)w->seqs, 64);
+    size_t rope = rope_stage_bytes(w->rows, w->head_dim);
     size_t slot = sample_layout((size_t)w->sample_rows).head;
     slot = 2 * rows > slot ? 2 * rows : slot;
     slot = seqs > slot ? seqs : slot;
+    slot = rope > slot ? rope : slot;
     FORWARD_IF(ring_size(c, slot, 1));
     FORWARD_IF(grow_to(c, &c->tok, 2 * rows, "the token ids' and positions' staging"));
     FORWARD_IF(grow_to(c, &c->rows, rows, "the gather rows' staging"));
     FORWARD_IF(grow_to(c, &c->seqs, seqs, "the sequences' staging"));
+    FORWARD_IF(grow_to(c, &c->rope, rope, "RoPE's positions' and frequencies' staging"));
     c->seqs_n = SIZE_MAX; /* a new c->seqs holds nothing yet */
     FORWARD_IF(seqs_room(c, (size_t)w->seqs, 1));
     FORWARD_IF(grow_to(c, &c->work, reserve_work(w), "attention's work space"));
@@ -1044,8 +1137,10 @@ static const backend_ops cuda_ops = {
     .attn_decode = cuda_attn_decode,
     .kv_insert = cuda_kv_insert,
     .dequant_q4 = cuda_dequant_q4,
-    /* rmsnorm, rope, swiglu, gelu: not yet (NULL); backend_ops_check
-     * refuses the families that need them */
+    .rmsnorm = cuda_rmsnorm,
+    .rope = cuda_rope,
+    .swiglu = cuda_swiglu,
+    .gelu = cuda_gelu,
     .sample = cuda_sample,
     .sync = cuda_sync,
     .reserve = cuda_reserve,

@@ -1,7 +1,7 @@
 /* cuda_util.cuh: what every kernels/<op>.cu shares: the checking macro
  * that keeps the failing call as text, launch-geometry limits, fp16 vector
- * loads, and the "group of lanes per row" dot product used by the
- * attention kernels. */
+ * loads, the block-wide sum of the row norms, and the "group of lanes per
+ * row" dot product used by the attention kernels. */
 #ifndef FH_CUDA_UTIL_CUH
 #define FH_CUDA_UTIL_CUH
 
@@ -46,6 +46,12 @@ static inline unsigned kgrid_y(size_t n)
     RETURN_IF((long long)(n_seq) * (n_head) > 0x7fffffffLL, -EINVAL,                   \
               "%d sequences x %d heads is more than 2^31 - 1 (sequence, head) pairs "  \
               "in one call; lower the GPU batch size", (n_seq), (n_head))
+/* The head counts of an attention or KV op: n_kv_head >= 1 KV heads, each
+ * shared by n_head / n_kv_head query heads (grouped-query attention). */
+#define KCHECK_HEADS(n_head, n_kv_head)                                                \
+    RETURN_IF((n_kv_head) < 1 || (n_head) < (n_kv_head) || (n_head) % (n_kv_head),     \
+              -EINVAL, "internal: %d query heads over %d KV heads (the CUDA attention " \
+              "kernels need a positive multiple)", (n_head), (n_kv_head))
 /* The head_dim limit of the attention kernels (a lane holds 8 values, a
  * warp at most 32 lanes per row). */
 #define KCHECK_HEAD_DIM(hd)                                                            \
@@ -61,6 +67,13 @@ static inline unsigned kgrid_y(size_t n)
 
 static inline cudaStream_t kstream(void *s) { return (cudaStream_t)s; }
 static inline unsigned kblocks(size_t n, unsigned per) { return (unsigned)((n + per - 1) / per); }
+/* Blocks of 256 threads for a grid-stride loop over n elements: one per 256
+ * elements up to 65535 blocks (the loop takes the rest), at least one. */
+static inline unsigned kgrid_flat(size_t n)
+{
+    size_t b = (n + 255) / 256;
+    return (unsigned)(b > 65535 ? 65535 : (b ? b : 1));
+}
 
 /* 8 consecutive halves (16 bytes, 16-byte aligned) as floats. */
 __device__ __forceinline__ void load8(const __half *p, float f[8])
@@ -94,6 +107,24 @@ template <int G> __device__ __forceinline__ float group_sum(float x)
     for (int off = G / 2; off > 0; off /= 2)
         x += __shfl_xor_sync(0xffffffffu, x, off);
     return x;
+}
+
+/* Sum over a block of THREADS threads (a multiple of 32); every thread gets
+ * the total, added in a fixed order (warp xor trees, then the warps in
+ * order). red: THREADS / 32 floats of shared memory, reusable by the next
+ * call. Every thread of the block must call it (barriers). */
+template <int THREADS> __device__ __forceinline__ float block_sum(float x, float *red)
+{
+    x = group_sum<32>(x);
+    int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    __syncthreads(); /* red may still be read by the previous call */
+    if (l == 0)
+        red[w] = x;
+    __syncthreads(); /* all warp totals written */
+    float t = 0.0f;
+    for (int i = 0; i < THREADS / 32; i++)
+        t += red[i];
+    return t;
 }
 
 /* q . row over head_dim = 8 * (active lanes of the group): each lane holds

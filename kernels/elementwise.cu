@@ -16,22 +16,16 @@ __global__ void f16_to_f32(float *dst, const __half *src, size_t n)
         dst[i] = __half2float(src[i]);
 }
 
-static unsigned grid_for(size_t n)
-{
-    size_t b = (n + 255) / 256;
-    return (unsigned)(b > 65535 ? 65535 : (b ? b : 1));
-}
-
 extern "C" int kern_f32_to_f16_cuda(void *dst, const float *src, size_t n, void *stream)
 {
-    f32_to_f16<<<grid_for(n), 256, 0, kstream(stream)>>>((__half *)dst, src, n);
+    f32_to_f16<<<kgrid_flat(n), 256, 0, kstream(stream)>>>((__half *)dst, src, n);
     KLAUNCHED();
     return 0;
 }
 
 extern "C" int kern_f16_to_f32_cuda(float *dst, const void *src, size_t n, void *stream)
 {
-    f16_to_f32<<<grid_for(n), 256, 0, kstream(stream)>>>(dst, (const __half *)src, n);
+    f16_to_f32<<<kgrid_flat(n), 256, 0, kstream(stream)>>>(dst, (const __half *)src, n);
     KLAUNCHED();
     return 0;
 }
@@ -50,7 +44,7 @@ __global__ void bias_act(__half *x, const __half *b, int n, int d, int relu)
 extern "C" int kern_bias_act_cuda(void *x, const void *b, int n, int d, int relu, void *stream)
 {
     size_t total = (size_t)n * d;
-    bias_act<<<grid_for(total), 256, 0, kstream(stream)>>>((__half *)x, (const __half *)b, n,
+    bias_act<<<kgrid_flat(total), 256, 0, kstream(stream)>>>((__half *)x, (const __half *)b, n,
                                                            d, relu);
     KLAUNCHED();
     return 0;
@@ -65,7 +59,7 @@ __global__ void add_inplace(__half *y, const __half *x, size_t n)
 
 extern "C" int kern_add_cuda(void *y, const void *x, size_t count, void *stream)
 {
-    add_inplace<<<grid_for(count), 256, 0, kstream(stream)>>>((__half *)y, (const __half *)x,
+    add_inplace<<<kgrid_flat(count), 256, 0, kstream(stream)>>>((__half *)y, (const __half *)x,
                                                              count);
     KLAUNCHED();
     return 0;

@@ -405,13 +405,31 @@ void kern_cuda_set_grid_y_max(unsigned max);
 int kern_f32_to_f16_cuda(void *dst, const float *src, size_t n, void *stream);
 int kern_f16_to_f32_cuda(float *dst, const void *src, size_t n, void *stream);
 
-/* kern_embed_ref; ids, pos: device (n). */
+/* kern_embed_ref; ids, pos: device (n). pos_emb NULL: out = tok_emb[ids]
+ * only (the RoPE families, no learned positions); pos may then be NULL. */
 int kern_embed_cuda(void *out, const void *tok_emb, const void *pos_emb,
                     const int32_t *ids, const int32_t *pos, int n, int d,
                     void *stream);
 /* kern_layernorm_ref; out may be x. */
 int kern_layernorm_cuda(void *out, const void *x, const void *w, const void *b,
                         int n, int d, float eps, void *stream);
+/* The RoPE families' element-wise ops (kernels/rmsnorm.cu, rope.cu,
+ * swiglu.cu, gelu.cu), fp16 in and out, fp32 math in the reference's order.
+ * kern_rmsnorm_ref; out may be x. */
+int kern_rmsnorm_cuda(void *out, const void *x, const void *w, int n, int d, float eps,
+                      void *stream);
+/* kern_rope_ref on q, k in place (k may be NULL); pos (n) and inv_freq
+ * (rot_dims / 2): device. -EINVAL for the rot_dims the reference refuses. */
+int kern_rope_cuda(void *q, void *k, int ld, const int32_t *pos, int n, int n_head,
+                   int n_kv_head, int head_dim, int rot_dims, const float *inv_freq,
+                   void *stream);
+/* kern_swiglu_ref. out may be gate when ldo == ld (or n == 1): element for
+ * element in place; out == gate with another row stride is refused
+ * (-EINVAL), since the rows would overlap across threads. */
+int kern_swiglu_cuda(void *out, int ldo, const void *gate, const void *up, int ld, int n,
+                     int d, void *stream);
+/* kern_gelu_ref; out may be x. */
+int kern_gelu_cuda(void *out, const void *x, size_t count, void *stream);
 /* kern_bias_act_ref (b may be NULL: ReLU only) and kern_add_ref. */
 int kern_bias_act_cuda(void *x, const void *b, int n, int d, int relu, void *stream);
 int kern_add_cuda(void *y, const void *x, size_t count, void *stream);
@@ -419,33 +437,45 @@ int kern_add_cuda(void *y, const void *x, size_t count, void *stream);
 int kern_gather_rows_cuda(void *dst, const void *src, const int32_t *rows, int n,
                           int d, void *stream);
 
-/* kern_attn_prefill_ref. max_new: the largest n_new; work: fp32 (rows,
+/* The attention and slot-cache ops take kern.h's grouped-query attention:
+ * n_head query heads over n_kv_head KV heads (n_head % n_kv_head == 0,
+ * else -EINVAL), caches, pos, scores, colsum, self_p and evicted per KV
+ * head, a KV head's score the sum over its group's query heads in head
+ * order. With n_kv_head == n_head each does the per-head arithmetic.
+ *
+ * kern_attn_prefill_ref. max_new: the largest n_new; work: fp32 (rows,
  * n_head, 2) for the softmax statistics of every query row (used only
- * when colsum is not NULL). head_dim % 8 == 0, head_dim <= 256. */
+ * when colsum is not NULL); colsum (rows, n_kv_head). head_dim % 8 == 0,
+ * head_dim <= 256. */
 int kern_attn_prefill_cuda(void *out, int ldo, const void *q, const void *k,
                            const void *v, int ld, const kern_seq *seqs, int n_seq,
-                           int n_head, int head_dim, float scale, float *colsum,
+                           int n_head, int n_kv_head, int head_dim, float scale, float *colsum,
                            float *work, int max_new, void *stream);
 /* The tensor-core form of prefill attention, per sequence of n tokens, a
- * group of `heads` heads and a block of `rows` query rows i0 .. i0 + rows - 1
- * (the whole prompt: i0 0, rows n): the caller forms S (heads, rows, cols)
- * fp32 = scale Q K^T against the keys 0 .. cols - 1 (cols = i0 + rows: the
- * keys the block's causal rows see) with a batched GEMM;
+ * run of `heads` query heads h0 .. h0 + heads - 1 and a block of `rows`
+ * query rows i0 .. i0 + rows - 1 (the whole prompt: i0 0, rows n): the
+ * caller forms S (heads, rows, cols) fp32 = scale Q K^T against the keys
+ * 0 .. cols - 1 (cols = i0 + rows: the keys the block's causal rows see)
+ * of each query head's KV head with batched GEMMs;
  * kern_prefill_softmax_cuda writes P (heads, rows, cols) fp16 = causal
  * softmax(S) (zeros above the diagonal) and, when stats is not NULL,
  * (heads, rows, 2) row max and sum; kern_prefill_colsum_cuda then adds the
  * block's column sums of the softmax, from S in fp32, to colsum[(row0 + j)
- * * n_head + h0 + h] (storing them for the columns j >= i0, which start in
- * this block); the caller forms the block's out = P V with a second GEMM.
- * Blocks must come in order of i0, each starting where the last ended. */
+ * * n_kv_head + (h0 + h) / (n_head / n_kv_head)], the KV head's, head by
+ * head in order (storing the first addend of a column: that of the block
+ * where it starts, j >= i0, for the first query head of the KV head's
+ * group); the caller forms the block's out = P V with a second GEMM. For
+ * each KV head, its query heads must come in order and, for each, the
+ * blocks in order of i0, each starting where the last ended. */
 int kern_prefill_softmax_cuda(const float *S, void *P, float *stats, int rows, int cols,
                               int i0, int heads, void *stream);
 int kern_prefill_colsum_cuda(const float *S, const float *stats, float *colsum, int rows,
-                             int cols, int i0, int heads, int row0, int n_head, int h0,
-                             void *stream);
+                             int cols, int i0, int heads, int row0, int n_head, int n_kv_head,
+                             int h0, void *stream);
 /* The slot-cache ops over caches kc, vc of format fmt: KERN_KV_FMT_PLAIN
- * (n_seq, n_head, cap, head_dim) fp16, or KERN_KV_FMT_Q4 (n_seq, n_head,
- * cap) rows of kern_q4_row_bytes(head_dim) bytes, 4-byte aligned. The
+ * (n_seq, n_kv_head, cap, head_dim) fp16, or KERN_KV_FMT_Q4 (n_seq,
+ * n_kv_head, cap) rows of kern_q4_row_bytes(head_dim) bytes, 4-byte
+ * aligned. The
  * 4-bit forms make the same selections and evictions, read the cache in
  * place, and quantize new fp16 rows from their fp32 value: the blocks of
  * kern_q4_quantize_h16, byte for byte (finite values). head_dim % 8 == 0;
@@ -455,22 +485,24 @@ int kern_prefill_colsum_cuda(const float *S, const float *stats, float *colsum, 
  * kern_kv_prefill_ref (kern_kv_prefill_q4). max_new: the largest n_new. */
 int kern_kv_prefill_cuda(kern_kv_fmt fmt, void *kc, void *vc, float *scores, int32_t *pos,
                          const void *k, const void *v, int ld, const float *colsum,
-                         const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                         int cap, int max_new, void *stream);
+                         const kern_seq *seqs, int n_seq, int n_head, int n_kv_head,
+                         int head_dim, int cap, int max_new, void *stream);
 /* kern_attn_decode_ref (kern_attn_decode_q4), split over chunks of slots,
- * flash-decoding style. work: kern_attn_decode_work() bytes, the same for
- * both formats; max_slots: the largest n_slots. */
+ * flash-decoding style. work: kern_attn_decode_work() bytes for the n_head
+ * query heads, the same for both formats and any n_kv_head; max_slots: the
+ * largest n_slots. */
 size_t kern_attn_decode_work(int n_seq, int n_head, int head_dim, int cap);
 int kern_attn_decode_cuda(void *out, int ldo, const void *q, const void *k,
                           const void *v, int ld, kern_kv_fmt fmt, const void *kc,
                           const void *vc, const kern_seq *seqs, int n_seq, int n_head,
-                          int head_dim, int cap, float scale, float *scores, float *self_p,
-                          void *work, int max_slots, void *stream);
-/* kern_kv_insert_ref (kern_kv_insert_q4), one warp per (sequence, head). */
+                          int n_kv_head, int head_dim, int cap, float scale, float *scores,
+                          float *self_p, void *work, int max_slots, void *stream);
+/* kern_kv_insert_ref (kern_kv_insert_q4), one warp per (sequence, KV
+ * head). */
 int kern_kv_insert_cuda(kern_kv_fmt fmt, void *kc, void *vc, float *scores, int32_t *pos,
                         const void *k, const void *v, int ld, const float *self_p,
-                        const kern_seq *seqs, int n_seq, int n_head, int head_dim,
-                        int cap, int32_t *evicted, void *stream);
+                        const kern_seq *seqs, int n_seq, int n_head, int n_kv_head,
+                        int head_dim, int cap, int32_t *evicted, void *stream);
 
 /* kern_sample_ref for n_rows rows of fp16 logits (n_rows, V); temperature,
  * top_p, u, tokens, logprobs: device (n_rows). work: kern_sample_work()

@@ -1,7 +1,10 @@
 /* kv_slots.cu: writing the slot caches, in either format (kern_kv_fmt):
  * the prompt's kept tokens after prefill, and the new token of a decode
  * step into a free or evicted slot (H2O eviction, where the scores live:
- * no host round trip). Which slots is kv_select.cuh's, the same for every
+ * no host round trip). Everything here is per (sequence, KV head): under
+ * grouped-query attention the query heads only decide the scores and
+ * column sums (attention.cu), which arrive summed over each KV head's
+ * group. Which slots is kv_select.cuh's, the same for every
  * format; how a row is written is the format's writer below, which the
  * two kernels are templated on:
  *
@@ -90,26 +93,26 @@ __device__ __forceinline__ void put_row(q4_slots<L> c, size_t row, const __half 
 
 /* ------------------------------------------------------------- prefill */
 
-/* One block per (sequence, head): tile by tile, the kept tokens and their
- * slots (kv_keep_tile), their K and V rows (put_tile), their positions and
- * scores (the column sums). */
+/* One block per (sequence, KV head): tile by tile, the kept tokens and
+ * their slots (kv_keep_tile), their K and V rows (put_tile), their
+ * positions and scores (the column sums). */
 template <class S>
 __global__ void kv_prefill(S kc, S vc, float *scores, int32_t *pos, const __half *k,
                            const __half *v, int ld, const float *colsum, const kern_seq *seqs,
-                           int n_head, int cap)
+                           int n_kv_head, int cap)
 {
     __shared__ int slot_of[KVP_TILE]; /* slot of token t0 + jj, or -1 */
-    int pair = blockIdx.x, s = pair / n_head, h = pair % n_head;
+    int pair = blockIdx.x, s = pair / n_kv_head, h = pair % n_kv_head;
     kern_seq sq = seqs[s];
     int n = sq.n_new;
     if (n == 0)
         return;
-    const float *cs = colsum ? colsum + (size_t)sq.row * n_head + h : NULL;
+    const float *cs = colsum ? colsum + (size_t)sq.row * n_kv_head + h : NULL;
     size_t base = (size_t)pair * cap;
     int next = 0; /* slots taken so far (thread 0's count) */
     for (int t0 = 0; t0 < n; t0 += KVP_TILE) {
         int tn = min(KVP_TILE, n - t0);
-        kv_keep_tile(slot_of, sq, cs, n_head, t0, tn, &next);
+        kv_keep_tile(slot_of, sq, cs, n_kv_head, t0, tn, &next);
         size_t row = (size_t)(sq.row + t0) * ld + (size_t)h * kc.hd;
         put_tile(kc, vc, slot_of, tn, k + row, v + row, ld, base);
         for (int jj = threadIdx.x; jj < tn; jj += blockDim.x) {
@@ -118,7 +121,7 @@ __global__ void kv_prefill(S kc, S vc, float *scores, int32_t *pos, const __half
                 continue;
             pos[base + slot] = j;
             if (scores)
-                scores[base + slot] = cs ? cs[(size_t)j * n_head] : 0.0f;
+                scores[base + slot] = cs ? cs[(size_t)j * n_kv_head] : 0.0f;
         }
         if (t0 + KVP_TILE < n) /* block-uniform */
             __syncthreads(); /* slot_of read by all before the next tile rewrites it */
@@ -128,10 +131,10 @@ __global__ void kv_prefill(S kc, S vc, float *scores, int32_t *pos, const __half
 template <class S>
 static int launch_prefill(S kc, S vc, float *scores, int32_t *pos, const void *k, const void *v,
                           int ld, const float *colsum, const kern_seq *seqs, int n_seq,
-                          int n_head, int cap, cudaStream_t st)
+                          int n_kv_head, int cap, cudaStream_t st)
 {
-    kv_prefill<S><<<(unsigned)(n_seq * n_head), KVP_THREADS, 0, st>>>(
-        kc, vc, scores, pos, (const __half *)k, (const __half *)v, ld, colsum, seqs, n_head,
+    kv_prefill<S><<<(unsigned)(n_seq * n_kv_head), KVP_THREADS, 0, st>>>(
+        kc, vc, scores, pos, (const __half *)k, (const __half *)v, ld, colsum, seqs, n_kv_head,
         cap);
     KLAUNCHED();
     return 0;
@@ -141,11 +144,12 @@ static int launch_prefill(S kc, S vc, float *scores, int32_t *pos, const void *k
 template <int L>
 static int launch_prefill_q4(void *kc, void *vc, float *scores, int32_t *pos, const void *k,
                              const void *v, int ld, const float *colsum, const kern_seq *seqs,
-                             int n_seq, int n_head, int hd, int cap, cudaStream_t st)
+                             int n_seq, int n_kv_head, int hd, int cap, cudaStream_t st)
 {
     int rw = q4_row_words(hd);
     q4_slots<L> ks = {(uint32_t *)kc, hd, rw}, vs = {(uint32_t *)vc, hd, rw};
-    return launch_prefill(ks, vs, scores, pos, k, v, ld, colsum, seqs, n_seq, n_head, cap, st);
+    return launch_prefill(ks, vs, scores, pos, k, v, ld, colsum, seqs, n_seq, n_kv_head, cap,
+                          st);
 }
 
 #define Q4_DISPATCH_L(hd, F, ...)                                                      \
@@ -154,38 +158,41 @@ static int launch_prefill_q4(void *kc, void *vc, float *scores, int32_t *pos, co
 extern "C" int kern_kv_prefill_cuda(kern_kv_fmt fmt, void *kc, void *vc, float *scores,
                                     int32_t *pos, const void *k, const void *v, int ld,
                                     const float *colsum, const kern_seq *seqs, int n_seq,
-                                    int n_head, int head_dim, int cap, int max_new, void *stream)
+                                    int n_head, int n_kv_head, int head_dim, int cap, int max_new,
+                                    void *stream)
 {
     KCHECK_KV_FMT(fmt);
+    KCHECK_HEADS(n_head, n_kv_head);
     if (n_seq == 0 || max_new == 0)
         return 0;
     cudaStream_t st = kstream(stream);
     if (fmt == KERN_KV_FMT_Q4) {
         KCHECK_HEAD_DIM(head_dim);
-        KCHECK_PAIRS(n_seq, n_head);
+        KCHECK_PAIRS(n_seq, n_kv_head);
         KCHECK_Q4_CACHES(kc, vc);
         return Q4_DISPATCH_L(head_dim, launch_prefill_q4, kc, vc, scores, pos, k, v, ld, colsum,
-                             seqs, n_seq, n_head, head_dim, cap, st);
+                             seqs, n_seq, n_kv_head, head_dim, cap, st);
     }
     RETURN_IF(head_dim % 8, -EINVAL, "KV prefill: head_dim %d is not a multiple of 8", head_dim);
-    KCHECK_PAIRS(n_seq, n_head);
+    KCHECK_PAIRS(n_seq, n_kv_head);
     h16_slots ks = {(__half *)kc, head_dim}, vs = {(__half *)vc, head_dim};
-    return launch_prefill(ks, vs, scores, pos, k, v, ld, colsum, seqs, n_seq, n_head, cap, st);
+    return launch_prefill(ks, vs, scores, pos, k, v, ld, colsum, seqs, n_seq, n_kv_head, cap,
+                          st);
 }
 
 /* -------------------------------------------------------------- insert */
 
-/* One warp per (sequence, head): the slot (kv_insert_slot: free, or the
+/* One warp per (sequence, KV head): the slot (kv_insert_slot: free, or the
  * H2O victim), then the warp writes the new K and V rows there. */
 template <class S>
 __global__ void kv_insert(S kc, S vc, float *scores, int32_t *pos, const __half *k,
                           const __half *v, int ld, const float *self_p, const kern_seq *seqs,
-                          int n_seq, int n_head, int cap, int32_t *evicted)
+                          int n_seq, int n_kv_head, int cap, int32_t *evicted)
 {
     int pair = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (pair >= n_seq * n_head)
+    if (pair >= n_seq * n_kv_head)
         return; /* whole warp */
-    int s = pair / n_head, h = pair % n_head;
+    int s = pair / n_kv_head, h = pair % n_kv_head;
     kern_seq sq = seqs[s];
     if (sq.n_new == 0)
         return; /* whole warp */
@@ -206,12 +213,12 @@ __global__ void kv_insert(S kc, S vc, float *scores, int32_t *pos, const __half 
 template <class S>
 static int launch_insert(S kc, S vc, float *scores, int32_t *pos, const void *k, const void *v,
                          int ld, const float *self_p, const kern_seq *seqs, int n_seq,
-                         int n_head, int cap, int32_t *evicted, cudaStream_t st)
+                         int n_kv_head, int cap, int32_t *evicted, cudaStream_t st)
 {
-    int pairs = n_seq * n_head;
+    int pairs = n_seq * n_kv_head;
     kv_insert<S><<<kblocks((size_t)pairs, 4), 128, 0, st>>>(
         kc, vc, scores, pos, (const __half *)k, (const __half *)v, ld, self_p, seqs, n_seq,
-        n_head, cap, evicted);
+        n_kv_head, cap, evicted);
     KLAUNCHED();
     return 0;
 }
@@ -219,25 +226,26 @@ static int launch_insert(S kc, S vc, float *scores, int32_t *pos, const void *k,
 extern "C" int kern_kv_insert_cuda(kern_kv_fmt fmt, void *kc, void *vc, float *scores,
                                    int32_t *pos, const void *k, const void *v, int ld,
                                    const float *self_p, const kern_seq *seqs, int n_seq,
-                                   int n_head, int head_dim, int cap, int32_t *evicted,
-                                   void *stream)
+                                   int n_head, int n_kv_head, int head_dim, int cap,
+                                   int32_t *evicted, void *stream)
 {
     KCHECK_KV_FMT(fmt);
     if (n_seq == 0 || n_head == 0)
         return 0;
+    KCHECK_HEADS(n_head, n_kv_head);
     cudaStream_t st = kstream(stream);
     if (fmt == KERN_KV_FMT_Q4) {
         KCHECK_HEAD_DIM(head_dim);
-        KCHECK_PAIRS(n_seq, n_head);
+        KCHECK_PAIRS(n_seq, n_kv_head);
         KCHECK_Q4_CACHES(kc, vc);
         int rw = q4_row_words(head_dim);
         q4_slots<32> ks = {(uint32_t *)kc, head_dim, rw}, vs = {(uint32_t *)vc, head_dim, rw};
-        return launch_insert(ks, vs, scores, pos, k, v, ld, self_p, seqs, n_seq, n_head, cap,
+        return launch_insert(ks, vs, scores, pos, k, v, ld, self_p, seqs, n_seq, n_kv_head, cap,
                              evicted, st);
     }
     RETURN_IF(head_dim % 8, -EINVAL, "KV insert: head_dim %d is not a multiple of 8", head_dim);
-    KCHECK_PAIRS(n_seq, n_head);
+    KCHECK_PAIRS(n_seq, n_kv_head);
     h16_slots ks = {(__half *)kc, head_dim}, vs = {(__half *)vc, head_dim};
-    return launch_insert(ks, vs, scores, pos, k, v, ld, self_p, seqs, n_seq, n_head, cap,
+    return launch_insert(ks, vs, scores, pos, k, v, ld, self_p, seqs, n_seq, n_kv_head, cap,
                          evicted, st);
 }

@@ -5,21 +5,6 @@
 
 #define LN_THREADS 256
 
-/* Block-wide sum; every thread gets the total. red: LN_THREADS/32 floats. */
-__device__ float block_sum(float x, float *red)
-{
-    x = group_sum<32>(x);
-    int w = threadIdx.x / 32, l = threadIdx.x % 32;
-    __syncthreads(); /* red may still be read by the previous call */
-    if (l == 0)
-        red[w] = x;
-    __syncthreads(); /* all warp totals written */
-    float t = 0.0f;
-    for (int i = 0; i < LN_THREADS / 32; i++)
-        t += red[i];
-    return t;
-}
-
 __global__ void layernorm(__half *out, const __half *x, const __half *w, const __half *b, int d,
                           float eps)
 {
@@ -29,13 +14,13 @@ __global__ void layernorm(__half *out, const __half *x, const __half *w, const _
     float s = 0.0f;
     for (int i = threadIdx.x; i < d; i += LN_THREADS)
         s += __half2float(xr[i]);
-    float mean = block_sum(s, red) / d;
+    float mean = block_sum<LN_THREADS>(s, red) / d;
     float v = 0.0f;
     for (int i = threadIdx.x; i < d; i += LN_THREADS) {
         float c = __half2float(xr[i]) - mean;
         v += c * c;
     }
-    float rstd = rsqrtf(block_sum(v, red) / d + eps);
+    float rstd = rsqrtf(block_sum<LN_THREADS>(v, red) / d + eps);
     /* out may alias x: each element is read and written by one thread. */
     for (int i = threadIdx.x; i < d; i += LN_THREADS)
         o[i] = __float2half_rn((__half2float(xr[i]) - mean) * rstd * __half2float(w[i]) +

@@ -2,9 +2,12 @@
  * the two backends (the CPU backend runs the references of kernels/cpu/),
  * over a range of shapes, including the launch-geometry edges: more than
  * 65535 (sequence, head) pairs, prompts above 12288 tokens, the kernels'
- * y-loops, many GEMM row counts and shapes. Inputs are rounded to fp16
- * first, so both sides see the same numbers; outputs must agree within
- * atol + |ref| * rtol. The end-to-end GPU runs are test_gpu_e2e.c's.
+ * y-loops, many GEMM row counts and shapes; the RoPE families' ops
+ * (RMSNorm, RoPE with partial rotary dimensions, SwiGLU, GELU, embed
+ * without learned positions) and grouped-query attention (8 query heads
+ * over 2 KV heads, and others) in every attention and KV op, both cache
+ * formats. Inputs are rounded to fp16 first, so both sides see the same
+ * numbers; outputs must agree within atol + |ref| * rtol. The end-to-end GPU runs are test_gpu_e2e.c's.
  * Without a GPU (or a CUDA build) every test is skipped, saying why; with
  * one, a backend that fails to start fails the tests. */
 #include <criterion/criterion.h>
@@ -182,6 +185,47 @@ Test(kern_cuda, embed_layernorm_bias_add_gather)
     }
 }
 
+/* Embedding without learned positions (pos_emb NULL: the RoPE families):
+ * each row is the token's row exactly, with positions NULL or given (and
+ * then ignored); an OPT embed after it still adds its positions (the ring
+ * staged one array, then two). The expected rows are gathered here, on
+ * the host, from the fp16 table. */
+Test(kern_cuda, embed_without_learned_positions)
+{
+    int dims[] = {64, 777, 4096};
+    for (int di = 0; di < 3; di++) {
+        int d = dims[di], V = 300, P = 40, n = 37;
+        float *te = rand16((size_t)V * d, 1), *pe = rand16((size_t)P * d, 1);
+        int32_t ids[37], pos[37];
+        for (int i = 0; i < n; i++) {
+            ids[i] = (i * 53 + 7) % V;
+            pos[i] = (i * 5) % (P - 2);
+        }
+        ids[3] = V - 1, ids[4] = 0;
+        pair T = put(te, (size_t)V * d), Pe = put(pe, (size_t)P * d);
+        pair out = put(NULL, (size_t)n * d);
+        float *got = malloc(sizeof(float) * (size_t)n * d);
+        for (int with_pos = 0; with_pos < 2; with_pos++) {
+            cr_assert_eq(gpu.ops->embed(gpu.ctx, out.g, T.g, NULL, ids, with_pos ? pos : NULL,
+                                        n, d), 0, "%s", err_msg());
+            cr_assert_eq(gpu.ops->download(gpu.ctx, got, out.g, (size_t)n * d), 0, "%s",
+                         err_msg());
+            for (int r = 0; r < n; r++)
+                for (int j = 0; j < d; j++)
+                    cr_assert_eq(got[(size_t)r * d + j], te[(size_t)ids[r] * d + j],
+                                 "d %d pos %s row %d [%d]: cuda %g, token row %d has %g", d,
+                                 with_pos ? "given" : "NULL", r, j, got[(size_t)r * d + j],
+                                 ids[r], te[(size_t)ids[r] * d + j]);
+        }
+        cpu.ops->embed(cpu.ctx, out.c, T.c, Pe.c, ids, pos, n, d);
+        cr_assert_eq(gpu.ops->embed(gpu.ctx, out.g, T.g, Pe.g, ids, pos, n, d), 0, "%s",
+                     err_msg());
+        expect_close("embed with positions after one without", out, 1e-6, EPS16);
+        drop(&T), drop(&Pe), drop(&out);
+        free(te), free(pe), free(got);
+    }
+}
+
 Test(kern_cuda, linear_bias_relu_cublas)
 {
     /* (m, n, k): decode-like, prefill-like, odd sizes */
@@ -219,43 +263,52 @@ static int pack(kern_seq *seqs, const int *len, int n_seq, int budget, int sinks
 static pair put_q4(const uint8_t *x, size_t bytes);
 static void expect_equal_q4(const char *what, pair p, size_t rb);
 
-/* Prefill attention of the packed batch qkv (rows, 3 H hd), host fp16
- * values) on both sides (out and column sums), then the KV fill from the
- * same column sums on both sides (the reference's), so the kept sets must
- * agree exactly: fp16 caches, and 4-bit ones when with_q4. */
-static void prefill_step(const char *tag, const float *qkv, const kern_seq *seqs, int n_seq,
-                         int rows, int H, int hd, int cap, int with_q4)
+/* Packed q/k/v rows of H query heads over KVH KV heads (grouped-query
+ * attention; KVH == H: multi-head): q at column 0, k at H hd, v at (H +
+ * KVH) hd, row stride qkv_ld. */
+static int qkv_ld(int H, int KVH, int hd)
 {
-    int d = H * hd;
+    return (H + 2 * KVH) * hd;
+}
+
+/* Prefill attention of the packed batch qkv ((rows, qkv_ld) host fp16
+ * values, H query heads over KVH KV heads) on both sides (out and column
+ * sums per KV head), then the KV fill from the same column sums on both
+ * sides (the reference's), so the kept sets must agree exactly: fp16
+ * caches, and 4-bit ones when with_q4. */
+static void prefill_step(const char *tag, const float *qkv, const kern_seq *seqs, int n_seq,
+                         int rows, int H, int KVH, int hd, int cap, int with_q4)
+{
+    int d = H * hd, ld = qkv_ld(H, KVH, hd);
+    size_t ko = (size_t)H * hd, vo = (size_t)(H + KVH) * hd; /* k, v columns */
     char what[128];
-    pair QKV = put(qkv, (size_t)rows * 3 * d), out = put(NULL, (size_t)rows * d);
-    pair cs = put_words(NULL, (size_t)rows * H);
+    pair QKV = put(qkv, (size_t)rows * ld), out = put(NULL, (size_t)rows * d);
+    pair cs = put_words(NULL, (size_t)rows * KVH);
     float scale = 1.0f / sqrtf((float)hd);
     char *qc = QKV.c, *qg = QKV.g;
-    cr_assert_eq(cpu.ops->attn_prefill(cpu.ctx, out.c, d, qc, qc + 4 * (size_t)d,
-                                       qc + 8 * (size_t)d, 3 * d, seqs, n_seq, H, H, hd, scale,
-                                       cs.c), 0, "%s", err_msg());
-    cr_assert_eq(gpu.ops->attn_prefill(gpu.ctx, out.g, d, qg, qg + 2 * (size_t)d,
-                                       qg + 4 * (size_t)d, 3 * d, seqs, n_seq, H, H, hd, scale,
-                                       cs.g), 0, "%s: %s", tag, err_msg());
+    cr_assert_eq(cpu.ops->attn_prefill(cpu.ctx, out.c, d, qc, qc + 4 * ko, qc + 4 * vo, ld, seqs,
+                                       n_seq, H, KVH, hd, scale, cs.c), 0, "%s", err_msg());
+    cr_assert_eq(gpu.ops->attn_prefill(gpu.ctx, out.g, d, qg, qg + 2 * ko, qg + 2 * vo, ld, seqs,
+                                       n_seq, H, KVH, hd, scale, cs.g), 0, "%s: %s", tag,
+                 err_msg());
     snprintf(what, sizeof what, "%s prefill out", tag);
     expect_close(what, out, 2e-3, 4 * EPS16);
     snprintf(what, sizeof what, "%s prefill colsum", tag);
     expect_close(what, cs, 1e-4, 1e-3);
 
-    float *csv = malloc(sizeof(float) * (size_t)rows * H);
-    cpu.ops->download_words(cpu.ctx, csv, cs.c, (size_t)rows * H);
-    gpu.ops->upload_words(gpu.ctx, cs.g, csv, (size_t)rows * H);
-    size_t slots = (size_t)n_seq * H * cap;
+    float *csv = malloc(sizeof(float) * (size_t)rows * KVH);
+    cpu.ops->download_words(cpu.ctx, csv, cs.c, (size_t)rows * KVH);
+    gpu.ops->upload_words(gpu.ctx, cs.g, csv, (size_t)rows * KVH);
+    size_t slots = (size_t)n_seq * KVH * cap;
     pair kc = put(NULL, slots * hd), vc = put(NULL, slots * hd);
     pair sc = put_words(NULL, slots), ps = put_words(NULL, slots);
     cr_assert_eq(cpu.ops->kv_prefill(cpu.ctx, KERN_KV_FMT_PLAIN, kc.c, vc.c, sc.c, ps.c,
-                                     qc + 4 * (size_t)d, qc + 8 * (size_t)d, 3 * d, cs.c, seqs,
-                                     n_seq, H, H, hd, cap),
+                                     qc + 4 * ko, qc + 4 * vo, ld, cs.c, seqs, n_seq, H, KVH, hd,
+                                     cap),
                  0, "%s", err_msg());
     cr_assert_eq(gpu.ops->kv_prefill(gpu.ctx, KERN_KV_FMT_PLAIN, kc.g, vc.g, sc.g, ps.g,
-                                     qg + 2 * (size_t)d, qg + 4 * (size_t)d, 3 * d, cs.g, seqs,
-                                     n_seq, H, H, hd, cap),
+                                     qg + 2 * ko, qg + 2 * vo, ld, cs.g, seqs, n_seq, H, KVH, hd,
+                                     cap),
                  0, "%s: %s", tag, err_msg());
     snprintf(what, sizeof what, "%s kv_prefill K", tag);
     expect_close(what, kc, 0, 0);
@@ -271,12 +324,12 @@ static void prefill_step(const char *tag, const float *qkv, const kern_seq *seqs
         pair kq = put_q4(NULL, slots * rb), vq = put_q4(NULL, slots * rb);
         pair sq = put_words(NULL, slots), pq = put_words(NULL, slots);
         cr_assert_eq(cpu.ops->kv_prefill(cpu.ctx, KERN_KV_FMT_Q4, kq.c, vq.c, sq.c, pq.c,
-                                         qc + 4 * (size_t)d, qc + 8 * (size_t)d, 3 * d, cs.c,
-                                         seqs, n_seq, H, H, hd, cap),
+                                         qc + 4 * ko, qc + 4 * vo, ld, cs.c, seqs, n_seq, H, KVH,
+                                         hd, cap),
                      0, "%s", err_msg());
         cr_assert_eq(gpu.ops->kv_prefill(gpu.ctx, KERN_KV_FMT_Q4, kq.g, vq.g, sq.g, pq.g,
-                                         qg + 2 * (size_t)d, qg + 4 * (size_t)d, 3 * d, cs.g,
-                                         seqs, n_seq, H, H, hd, cap),
+                                         qg + 2 * ko, qg + 2 * vo, ld, cs.g, seqs, n_seq, H, KVH,
+                                         hd, cap),
                      0, "%s: %s", tag, err_msg());
         snprintf(what, sizeof what, "%s q4 kv_prefill K", tag);
         expect_equal_q4(what, kq, rb);
@@ -292,46 +345,62 @@ static void prefill_step(const char *tag, const float *qkv, const kern_seq *seqs
     free(csv);
 }
 
-static void prefill_cases(void)
+/* Prompts that fit and prompts the H2O selection cuts (budget 40 < 70 and
+ * 300), through both prefill paths (the one-warp kernel below 64 tokens,
+ * the tensor-core GEMMs from 64), H query heads over KVH KV heads. */
+static void prefill_cases(int H, int KVH)
 {
     int hds[] = {16, 64, 80, 128};
     int len[] = {1, 17, 0, 300, 70};
     for (int hi = 0; hi < 4; hi++) {
-        int hd = hds[hi], H = 3, d = H * hd, n_seq = 5, cap = 320;
+        int hd = hds[hi], n_seq = 5, cap = 320;
         kern_seq seqs[5];
         /* budget 40 < 70 and 300: the H2O selection runs; 1 and 17 fit */
         int rows = pack(seqs, len, n_seq, 40, 2, 12);
-        float *qkv = rand16((size_t)rows * 3 * d, 1.5f);
-        char tag[32];
-        snprintf(tag, sizeof tag, "hd %d", hd);
-        prefill_step(tag, qkv, seqs, n_seq, rows, H, hd, cap, 0);
+        float *qkv = rand16((size_t)rows * qkv_ld(H, KVH, hd), 1.5f);
+        char tag[48];
+        snprintf(tag, sizeof tag, "H %d KVH %d hd %d", H, KVH, hd);
+        prefill_step(tag, qkv, seqs, n_seq, rows, H, KVH, hd, cap, KVH < H);
         free(qkv);
     }
 }
 
-Test(kern_cuda, prefill_attention_colsum_and_kv_fill) { prefill_cases(); }
+Test(kern_cuda, prefill_attention_colsum_and_kv_fill) { prefill_cases(3, 3); }
 
-/* One decode step over fp16 caches K, V on both sides: attention (out,
- * scores, self_p), then the insert from the reference's scores and self_p,
- * which must pick the same victims and write the same rows. qkv: host
- * (n_seq, 3 d), fp16 values. */
-static void decode_step(const char *tag, pair K, pair Vv, pair sc, pair ps, const float *qkv,
-                        const kern_seq *seqs, int n_seq, int H, int hd, int cap)
+/* Grouped-query attention: 8 query heads over 2 KV heads (Llama's
+ * grouping), over 1 (multi-query) and 6 over 3; the column sums, caches,
+ * positions and scores are per KV head, a KV head's column sum that of its
+ * group's query heads (the reference's, kern.h). */
+Test(kern_cuda, gqa_prefill_attention_colsum_and_kv_fill)
 {
-    int d = H * hd;
-    size_t slots = (size_t)n_seq * H * cap;
+    prefill_cases(8, 2);
+    prefill_cases(8, 1);
+    prefill_cases(6, 3);
+}
+
+/* One decode step over fp16 caches K, V ((n_seq, KVH, cap, hd)) on both
+ * sides: attention (out, scores and self_p per KV head), then the insert
+ * from the reference's scores and self_p, which must pick the same victims
+ * and write the same rows. qkv: host (n_seq, qkv_ld), fp16 values, H query
+ * heads over KVH KV heads. */
+static void decode_step(const char *tag, pair K, pair Vv, pair sc, pair ps, const float *qkv,
+                        const kern_seq *seqs, int n_seq, int H, int KVH, int hd, int cap)
+{
+    int d = H * hd, ld = qkv_ld(H, KVH, hd);
+    size_t ko = (size_t)H * hd, vo = (size_t)(H + KVH) * hd, nkv = (size_t)n_seq * KVH;
+    size_t slots = nkv * cap;
     char what[128];
-    pair QKV = put(qkv, (size_t)n_seq * 3 * d), out = put(NULL, (size_t)n_seq * d);
-    pair self = put_words(NULL, (size_t)n_seq * H), ev = put_words(NULL, (size_t)n_seq * H);
+    pair QKV = put(qkv, (size_t)n_seq * ld), out = put(NULL, (size_t)n_seq * d);
+    pair self = put_words(NULL, nkv), ev = put_words(NULL, nkv);
     float scale = 1.0f / sqrtf((float)hd);
     char *qc = QKV.c, *qg = QKV.g;
-    cr_assert_eq(cpu.ops->attn_decode(cpu.ctx, out.c, d, qc, qc + 4 * (size_t)d,
-                                      qc + 8 * (size_t)d, 3 * d, KERN_KV_FMT_PLAIN, K.c, Vv.c,
-                                      seqs, n_seq, H, H, hd, cap, scale, sc.c, self.c),
+    cr_assert_eq(cpu.ops->attn_decode(cpu.ctx, out.c, d, qc, qc + 4 * ko, qc + 4 * vo, ld,
+                                      KERN_KV_FMT_PLAIN, K.c, Vv.c, seqs, n_seq, H, KVH, hd, cap,
+                                      scale, sc.c, self.c),
                  0, "%s", err_msg());
-    cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, out.g, d, qg, qg + 2 * (size_t)d,
-                                      qg + 4 * (size_t)d, 3 * d, KERN_KV_FMT_PLAIN, K.g, Vv.g,
-                                      seqs, n_seq, H, H, hd, cap, scale, sc.g, self.g),
+    cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, out.g, d, qg, qg + 2 * ko, qg + 2 * vo, ld,
+                                      KERN_KV_FMT_PLAIN, K.g, Vv.g, seqs, n_seq, H, KVH, hd, cap,
+                                      scale, sc.g, self.g),
                  0, "%s: %s", tag, err_msg());
     snprintf(what, sizeof what, "%s decode out", tag);
     expect_close(what, out, 2e-3, 4 * EPS16);
@@ -340,16 +409,16 @@ static void decode_step(const char *tag, pair K, pair Vv, pair sc, pair ps, cons
     snprintf(what, sizeof what, "%s decode self_p", tag);
     expect_close(what, self, 1e-5, 1e-3);
     /* insert from identical scores on both sides: the same victims */
-    float *sv = malloc(sizeof(float) * slots), *spv = malloc(sizeof(float) * n_seq * H);
+    float *sv = malloc(sizeof(float) * slots), *spv = malloc(sizeof(float) * nkv);
     cpu.ops->download_words(cpu.ctx, sv, sc.c, slots);
     gpu.ops->upload_words(gpu.ctx, sc.g, sv, slots);
-    cpu.ops->download_words(cpu.ctx, spv, self.c, (size_t)n_seq * H);
-    gpu.ops->upload_words(gpu.ctx, self.g, spv, (size_t)n_seq * H);
-    cpu.ops->kv_insert(cpu.ctx, KERN_KV_FMT_PLAIN, K.c, Vv.c, sc.c, ps.c, qc + 4 * (size_t)d,
-                       qc + 8 * (size_t)d, 3 * d, self.c, seqs, n_seq, H, H, hd, cap, ev.c);
+    cpu.ops->download_words(cpu.ctx, spv, self.c, nkv);
+    gpu.ops->upload_words(gpu.ctx, self.g, spv, nkv);
+    cpu.ops->kv_insert(cpu.ctx, KERN_KV_FMT_PLAIN, K.c, Vv.c, sc.c, ps.c, qc + 4 * ko,
+                       qc + 4 * vo, ld, self.c, seqs, n_seq, H, KVH, hd, cap, ev.c);
     cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, KERN_KV_FMT_PLAIN, K.g, Vv.g, sc.g, ps.g,
-                                    qg + 2 * (size_t)d, qg + 4 * (size_t)d, 3 * d, self.g, seqs,
-                                    n_seq, H, H, hd, cap, ev.g),
+                                    qg + 2 * ko, qg + 2 * vo, ld, self.g, seqs, n_seq, H, KVH,
+                                    hd, cap, ev.g),
                  0, "%s: %s", tag, err_msg());
     snprintf(what, sizeof what, "%s evicted", tag);
     expect_equal_words(what, ev);
@@ -366,7 +435,8 @@ static void decode_step(const char *tag, pair K, pair Vv, pair sc, pair ps, cons
 }
 
 /* Positions 0 .. used[pr / H] - 1 in a random order for each (sequence,
- * head) pr of an (n_pairs, cap) array; the rest 0. Caller frees. */
+ * KV head) pr of an (n_pairs, cap) array (H: KV heads per sequence); the
+ * rest 0. Caller frees. */
 static int32_t *shuffled_positions(const int *used, int n_pairs, int H, int cap)
 {
     int32_t *p0 = calloc((size_t)n_pairs * cap, sizeof(int32_t));
@@ -394,33 +464,48 @@ static float *tied_scores(size_t n)
     return s0;
 }
 
-static void decode_cases(void)
+/* Decode over fp16 caches of H query heads over KVH KV heads: slots in use
+ * per sequence empty, small and across the chunk edges (255, 256, 600),
+ * an idle sequence, positions shuffled, scores with ties, then the H2O
+ * insert. */
+static void decode_cases(int H, int KVH)
 {
     int hds[] = {16, 64, 128};
     /* slots in use per sequence: empty, small, across chunk edges (256) */
     int used[] = {0, 5, 255, 256, 600, 3};
     for (int hi = 0; hi < 3; hi++) {
-        int hd = hds[hi], H = 2, d = H * hd, n_seq = 6, cap = 601;
+        int hd = hds[hi], n_seq = 6, cap = 601;
         kern_seq seqs[6];
         for (int s = 0; s < n_seq; s++)
             seqs[s] = (kern_seq){.row = s, .n_new = s == 5 ? 0 : 1, .n_past = used[s] + 7,
                                  .n_slots = used[s], .budget = used[s] ? used[s] : 1,
                                  .sinks = used[s] > 8 ? 2 : 0, .recent = used[s] > 8 ? 4 : 1};
-        size_t slots = (size_t)n_seq * H * cap;
-        float *kv = rand16(slots * hd * 2, 1.5f), *qkv = rand16((size_t)n_seq * 3 * d, 1.5f);
+        size_t slots = (size_t)n_seq * KVH * cap;
+        float *kv = rand16(slots * hd * 2, 1.5f);
+        float *qkv = rand16((size_t)n_seq * qkv_ld(H, KVH, hd), 1.5f);
         float *s0 = tied_scores(slots);
-        int32_t *p0 = shuffled_positions(used, n_seq * H, H, cap);
+        int32_t *p0 = shuffled_positions(used, n_seq * KVH, KVH, cap);
         pair K = put(kv, slots * hd), Vv = put(kv + slots * hd, slots * hd);
         pair sc = put_words(s0, slots), ps = put_words(p0, slots);
-        char tag[32];
-        snprintf(tag, sizeof tag, "hd %d", hd);
-        decode_step(tag, K, Vv, sc, ps, qkv, seqs, n_seq, H, hd, cap);
+        char tag[48];
+        snprintf(tag, sizeof tag, "H %d KVH %d hd %d", H, KVH, hd);
+        decode_step(tag, K, Vv, sc, ps, qkv, seqs, n_seq, H, KVH, hd, cap);
         drop(&K), drop(&Vv), drop(&sc), drop(&ps);
         free(kv), free(qkv), free(s0), free(p0);
     }
 }
 
-Test(kern_cuda, decode_attention_scores_and_h2o_insert) { decode_cases(); }
+Test(kern_cuda, decode_attention_scores_and_h2o_insert) { decode_cases(2, 2); }
+
+/* Grouped-query decode: 8 query heads over 2 KV heads and over 1, 6 over
+ * 3: a KV head's scores gain, and its self_p is, the sum of its group's
+ * probabilities; eviction per KV head. */
+Test(kern_cuda, gqa_decode_attention_scores_and_h2o_insert)
+{
+    decode_cases(8, 2);
+    decode_cases(8, 1);
+    decode_cases(6, 3);
+}
 
 /* ------------------------------------------------ 4-bit compression
  * The CUDA q4 ops against the CPU backend's (kern_q4_dequant_ref and the
@@ -557,22 +642,23 @@ Test(kern_cuda, q4_dequant_bits_equal_reference)
 /* One decode step over 4-bit caches on both sides: attention (out, scores,
  * self_p within the fp16 decode test's tolerance), then the insert from the
  * reference's scores and self_p, which must write the same blocks,
- * positions, scores and victims. qkv: host (n_seq, 3 d), fp16 values.
- * @return the number of evictions. */
+ * positions, scores and victims. qkv: host (n_seq, qkv_ld), fp16 values, H
+ * query heads over KVH KV heads. @return the number of evictions. */
 static int q4_decode_step(const char *tag, pair K, pair V, pair sc, pair ps, const float *qkv,
-                          const kern_seq *seqs, int n_seq, int H, int hd, int cap)
+                          const kern_seq *seqs, int n_seq, int H, int KVH, int hd, int cap)
 {
-    int d = H * hd;
-    size_t slots = (size_t)n_seq * H * cap, rb = kern_q4_row_bytes(hd);
-    pair QKV = put(qkv, (size_t)n_seq * 3 * d), out = put(NULL, (size_t)n_seq * d);
-    pair self = put_words(NULL, (size_t)n_seq * H), ev = put_words(NULL, (size_t)n_seq * H);
+    int d = H * hd, ld = qkv_ld(H, KVH, hd);
+    size_t ko = (size_t)H * hd, vo = (size_t)(H + KVH) * hd, nkv = (size_t)n_seq * KVH;
+    size_t slots = nkv * cap, rb = kern_q4_row_bytes(hd);
+    pair QKV = put(qkv, (size_t)n_seq * ld), out = put(NULL, (size_t)n_seq * d);
+    pair self = put_words(NULL, nkv), ev = put_words(NULL, nkv);
     float scale = 1.0f / sqrtf((float)hd);
     char *qc = QKV.c, *qg = QKV.g, what[96];
-    cpu.ops->attn_decode(cpu.ctx, out.c, d, qc, qc + 4 * (size_t)d, qc + 8 * (size_t)d, 3 * d,
-                         KERN_KV_FMT_Q4, K.c, V.c, seqs, n_seq, H, H, hd, cap, scale, sc.c, self.c);
-    cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, out.g, d, qg, qg + 2 * (size_t)d,
-                                      qg + 4 * (size_t)d, 3 * d, KERN_KV_FMT_Q4, K.g, V.g, seqs,
-                                      n_seq, H, H, hd, cap, scale, sc.g, self.g),
+    cpu.ops->attn_decode(cpu.ctx, out.c, d, qc, qc + 4 * ko, qc + 4 * vo, ld, KERN_KV_FMT_Q4,
+                         K.c, V.c, seqs, n_seq, H, KVH, hd, cap, scale, sc.c, self.c);
+    cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, out.g, d, qg, qg + 2 * ko, qg + 2 * vo, ld,
+                                      KERN_KV_FMT_Q4, K.g, V.g, seqs, n_seq, H, KVH, hd, cap,
+                                      scale, sc.g, self.g),
                  0, "%s", err_msg());
     snprintf(what, sizeof what, "%s q4 decode out", tag);
     expect_close(what, out, 2e-3, 4 * EPS16);
@@ -581,16 +667,16 @@ static int q4_decode_step(const char *tag, pair K, pair V, pair sc, pair ps, con
     snprintf(what, sizeof what, "%s q4 decode self_p", tag);
     expect_close(what, self, 1e-5, 1e-3);
     /* insert from identical scores on both sides: the same victims */
-    float *sv = malloc(sizeof(float) * slots), *spv = malloc(sizeof(float) * n_seq * H);
+    float *sv = malloc(sizeof(float) * slots), *spv = malloc(sizeof(float) * nkv);
     cpu.ops->download_words(cpu.ctx, sv, sc.c, slots);
     gpu.ops->upload_words(gpu.ctx, sc.g, sv, slots);
-    cpu.ops->download_words(cpu.ctx, spv, self.c, (size_t)n_seq * H);
-    gpu.ops->upload_words(gpu.ctx, self.g, spv, (size_t)n_seq * H);
-    cpu.ops->kv_insert(cpu.ctx, KERN_KV_FMT_Q4, K.c, V.c, sc.c, ps.c, qc + 4 * (size_t)d,
-                       qc + 8 * (size_t)d, 3 * d, self.c, seqs, n_seq, H, H, hd, cap, ev.c);
-    cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, KERN_KV_FMT_Q4, K.g, V.g, sc.g, ps.g,
-                                    qg + 2 * (size_t)d, qg + 4 * (size_t)d, 3 * d, self.g, seqs,
-                                    n_seq, H, H, hd, cap, ev.g),
+    cpu.ops->download_words(cpu.ctx, spv, self.c, nkv);
+    gpu.ops->upload_words(gpu.ctx, self.g, spv, nkv);
+    cpu.ops->kv_insert(cpu.ctx, KERN_KV_FMT_Q4, K.c, V.c, sc.c, ps.c, qc + 4 * ko, qc + 4 * vo,
+                       ld, self.c, seqs, n_seq, H, KVH, hd, cap, ev.c);
+    cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, KERN_KV_FMT_Q4, K.g, V.g, sc.g, ps.g, qg + 2 * ko,
+                                    qg + 2 * vo, ld, self.g, seqs, n_seq, H, KVH, hd, cap,
+                                    ev.g),
                  0, "%s", err_msg());
     snprintf(what, sizeof what, "%s q4 evicted", tag);
     expect_equal_words(what, ev);
@@ -602,26 +688,26 @@ static int q4_decode_step(const char *tag, pair K, pair V, pair sc, pair ps, con
     expect_equal_q4(what, V, rb);
     snprintf(what, sizeof what, "%s q4 scores after insert", tag);
     expect_close(what, sc, 0, 0);
-    int32_t *e = malloc(sizeof(int32_t) * n_seq * H);
-    cpu.ops->download_words(cpu.ctx, e, ev.c, (size_t)n_seq * H);
+    int32_t *e = malloc(sizeof(int32_t) * nkv);
+    cpu.ops->download_words(cpu.ctx, e, ev.c, nkv);
     int evictions = 0;
-    for (int i = 0; i < n_seq * H; i++)
-        evictions += seqs[i / H].n_new && e[i] >= 0;
+    for (size_t i = 0; i < nkv; i++)
+        evictions += seqs[i / KVH].n_new && e[i] >= 0;
     drop(&QKV), drop(&out), drop(&self), drop(&ev);
     free(sv), free(spv), free(e);
     return evictions;
 }
 
-/* The k and v parts of packed qkv rows (n_rows, 3 d) get q4_edge_row's
- * shapes, per (row, head), so the writers meet them; rounded to fp16 again
- * so that both sides still see the same values. */
-static void q4_edge_kv(float *qkv, int n_rows, int H, int hd)
+/* The k and v parts of packed qkv rows (n_rows, qkv_ld) get q4_edge_row's
+ * shapes, per (row, KV head), so the writers meet them; rounded to fp16
+ * again so that both sides still see the same values. */
+static void q4_edge_kv(float *qkv, int n_rows, int H, int KVH, int hd)
 {
-    int d = H * hd;
+    int ld = qkv_ld(H, KVH, hd);
     for (int r = 0; r < n_rows; r++)
-        for (int h = 0; h < H; h++)
+        for (int h = 0; h < KVH; h++)
             for (int part = 1; part < 3; part++) {
-                float *x = qkv + (size_t)r * 3 * d + (size_t)part * d + (size_t)h * hd;
+                float *x = qkv + (size_t)r * ld + (size_t)(H + (part - 1) * KVH + h) * hd;
                 q4_edge_row(x, hd, (r + h + part) % 7);
                 for (int e = 0; e < hd; e++)
                     x[e] = kern_f16_to_f32(kern_f32_to_f16(x[e]));
@@ -631,34 +717,35 @@ static void q4_edge_kv(float *qkv, int n_rows, int H, int hd)
 /* Prefill fill of 4-bit caches (the H2O selection engaged: budget 40 <
  * prompts of 70 and 150), then decode steps with eviction, over mixed
  * sequences (an idle one, prompts that fit), for head_dim with whole and
- * short last groups. */
-static void q4_prefill_decode_cases(void)
+ * short last groups; H query heads over KVH KV heads. */
+static void q4_prefill_decode_cases(int H, int KVH)
 {
     int hds[] = {16, 64, 80, 128, 200};
     int len[] = {1, 17, 0, 150, 70};
     for (int hi = 0; hi < 5; hi++) {
-        int hd = hds[hi], H = 3, d = H * hd, n_seq = 5, cap = 48, budget = 40, steps = 6;
+        int hd = hds[hi], ld = qkv_ld(H, KVH, hd), n_seq = 5, cap = 48, budget = 40, steps = 6;
+        size_t ko = (size_t)H * hd, vo = (size_t)(H + KVH) * hd;
         kern_seq seqs[5];
         int rows = pack(seqs, len, n_seq, budget, 2, 12);
-        float *qkv = rand16((size_t)rows * 3 * d, 1.5f);
-        q4_edge_kv(qkv, rows, H, hd);
+        float *qkv = rand16((size_t)rows * ld, 1.5f);
+        q4_edge_kv(qkv, rows, H, KVH, hd);
         /* column sums with exact ties (multiples of 1/8), the same on both
          * sides, so the kept sets must agree */
-        float *cs = malloc(sizeof(float) * (size_t)rows * H);
-        for (size_t i = 0; i < (size_t)rows * H; i++)
+        float *cs = malloc(sizeof(float) * (size_t)rows * KVH);
+        for (size_t i = 0; i < (size_t)rows * KVH; i++)
             cs[i] = (float)((i * 2654435761u) % 13) / 8.0f;
-        pair QKV = put(qkv, (size_t)rows * 3 * d), CS = put_words(cs, (size_t)rows * H);
-        size_t slots = (size_t)n_seq * H * cap, rb = kern_q4_row_bytes(hd);
+        pair QKV = put(qkv, (size_t)rows * ld), CS = put_words(cs, (size_t)rows * KVH);
+        size_t slots = (size_t)n_seq * KVH * cap, rb = kern_q4_row_bytes(hd);
         pair kc = put_q4(NULL, slots * rb), vc = put_q4(NULL, slots * rb);
         pair sc = put_words(NULL, slots), ps = put_words(NULL, slots);
         char *qc = QKV.c, *qg = QKV.g, tag[64], what[96];
-        cpu.ops->kv_prefill(cpu.ctx, KERN_KV_FMT_Q4, kc.c, vc.c, sc.c, ps.c, qc + 4 * (size_t)d,
-                            qc + 8 * (size_t)d, 3 * d, CS.c, seqs, n_seq, H, H, hd, cap);
+        cpu.ops->kv_prefill(cpu.ctx, KERN_KV_FMT_Q4, kc.c, vc.c, sc.c, ps.c, qc + 4 * ko,
+                            qc + 4 * vo, ld, CS.c, seqs, n_seq, H, KVH, hd, cap);
         cr_assert_eq(gpu.ops->kv_prefill(gpu.ctx, KERN_KV_FMT_Q4, kc.g, vc.g, sc.g, ps.g,
-                                         qg + 2 * (size_t)d, qg + 4 * (size_t)d, 3 * d, CS.g,
-                                         seqs, n_seq, H, H, hd, cap),
+                                         qg + 2 * ko, qg + 2 * vo, ld, CS.g, seqs, n_seq, H, KVH,
+                                         hd, cap),
                      0, "%s", err_msg());
-        snprintf(tag, sizeof tag, "hd %d prefill", hd);
+        snprintf(tag, sizeof tag, "H %d KVH %d hd %d prefill", H, KVH, hd);
         snprintf(what, sizeof what, "%s K", tag);
         expect_equal_q4(what, kc, rb);
         snprintf(what, sizeof what, "%s V", tag);
@@ -677,57 +764,75 @@ static void q4_prefill_decode_cases(void)
                                     .n_slots = past < budget ? past : budget, .budget = budget,
                                     .sinks = 2, .recent = 12};
             }
-            float *step_qkv = rand16((size_t)n_seq * 3 * d, 1.5f);
-            q4_edge_kv(step_qkv, n_seq, H, hd);
-            snprintf(tag, sizeof tag, "hd %d step %d", hd, t);
-            evictions += q4_decode_step(tag, kc, vc, sc, ps, step_qkv, dec, n_seq, H, hd, cap);
+            float *step_qkv = rand16((size_t)n_seq * ld, 1.5f);
+            q4_edge_kv(step_qkv, n_seq, H, KVH, hd);
+            snprintf(tag, sizeof tag, "H %d KVH %d hd %d step %d", H, KVH, hd, t);
+            evictions += q4_decode_step(tag, kc, vc, sc, ps, step_qkv, dec, n_seq, H, KVH, hd,
+                                        cap);
             free(step_qkv);
         }
-        /* prompts 150 and 70 over budget 40: every step evicts, per head */
-        cr_assert_eq(evictions, steps * 2 * H, "hd %d: %d evictions", hd, evictions);
+        /* prompts 150 and 70 over budget 40: every step evicts, per KV head */
+        cr_assert_eq(evictions, steps * 2 * KVH, "hd %d: %d evictions", hd, evictions);
         drop(&QKV), drop(&CS), drop(&kc), drop(&vc), drop(&sc), drop(&ps);
         free(qkv), free(cs);
     }
 }
 
-Test(kern_cuda, q4_kv_prefill_then_decode_steps_with_h2o) { q4_prefill_decode_cases(); }
+Test(kern_cuda, q4_kv_prefill_then_decode_steps_with_h2o) { q4_prefill_decode_cases(3, 3); }
+
+/* The same under grouped-query attention: 8 query heads over 2 KV heads,
+ * 6 over 3. */
+Test(kern_cuda, gqa_q4_kv_prefill_then_decode_steps_with_h2o)
+{
+    q4_prefill_decode_cases(8, 2);
+    q4_prefill_decode_cases(6, 3);
+}
 
 /* Decode over 4-bit caches across the chunk edges (255, 256, 600 slots),
- * positions shuffled, scores with ties, then the H2O insert. */
-static void q4_decode_cases(void)
+ * positions shuffled, scores with ties, then the H2O insert; H query heads
+ * over KVH KV heads. */
+static void q4_decode_cases(int H, int KVH)
 {
     int hds[] = {16, 64, 128, 200};
     int used[] = {0, 5, 255, 256, 600, 3};
     for (int hi = 0; hi < 4; hi++) {
-        int hd = hds[hi], H = 2, d = H * hd, n_seq = 6, cap = 601;
+        int hd = hds[hi], n_seq = 6, cap = 601;
         kern_seq seqs[6];
         for (int s = 0; s < n_seq; s++)
             seqs[s] = (kern_seq){.row = s, .n_new = s == 5 ? 0 : 1, .n_past = used[s] + 7,
                                  .n_slots = used[s], .budget = used[s] ? used[s] : 1,
                                  .sinks = used[s] > 8 ? 2 : 0, .recent = used[s] > 8 ? 4 : 1};
-        size_t slots = (size_t)n_seq * H * cap, rb = kern_q4_row_bytes(hd);
+        size_t slots = (size_t)n_seq * KVH * cap, rb = kern_q4_row_bytes(hd);
         float *kv = rand16(slots * hd * 2, 1.5f);
         for (size_t r = 0; r < slots * 2; r++)
             q4_edge_row(kv + r * hd, hd, (int)(r % 9));
         uint8_t *kq = malloc(slots * rb * 2);
         kern_q4_quantize_ref(kq, kv, slots * 2, hd);
         float *s0 = tied_scores(slots);
-        int32_t *p0 = shuffled_positions(used, n_seq * H, H, cap);
+        int32_t *p0 = shuffled_positions(used, n_seq * KVH, KVH, cap);
         pair K = put_q4(kq, slots * rb), V = put_q4(kq + slots * rb, slots * rb);
         pair sc = put_words(s0, slots), ps = put_words(p0, slots);
-        float *qkv = rand16((size_t)n_seq * 3 * d, 1.5f);
-        q4_edge_kv(qkv, n_seq, H, hd);
+        float *qkv = rand16((size_t)n_seq * qkv_ld(H, KVH, hd), 1.5f);
+        q4_edge_kv(qkv, n_seq, H, KVH, hd);
         char tag[64];
-        snprintf(tag, sizeof tag, "hd %d", hd);
+        snprintf(tag, sizeof tag, "H %d KVH %d hd %d", H, KVH, hd);
         /* the sequences of 5, 255, 256 and 600 slots are at their budget */
-        int ev = q4_decode_step(tag, K, V, sc, ps, qkv, seqs, n_seq, H, hd, cap);
-        cr_assert_eq(ev, 4 * H, "hd %d: %d evictions", hd, ev);
+        int ev = q4_decode_step(tag, K, V, sc, ps, qkv, seqs, n_seq, H, KVH, hd, cap);
+        cr_assert_eq(ev, 4 * KVH, "%s: %d evictions", tag, ev);
         drop(&K), drop(&V), drop(&sc), drop(&ps);
         free(kv), free(kq), free(s0), free(p0), free(qkv);
     }
 }
 
-Test(kern_cuda, q4_decode_attention_across_chunks_and_insert) { q4_decode_cases(); }
+Test(kern_cuda, q4_decode_attention_across_chunks_and_insert) { q4_decode_cases(2, 2); }
+
+/* The same under grouped-query attention: 8 query heads over 2 KV heads
+ * and over 1. */
+Test(kern_cuda, gqa_q4_decode_attention_across_chunks_and_insert)
+{
+    q4_decode_cases(8, 2);
+    q4_decode_cases(8, 1);
+}
 
 Test(kern_cuda, sampling_greedy_and_top_p)
 {
@@ -759,12 +864,15 @@ Test(kern_cuda, sampling_greedy_and_top_p)
  * their host arrays through the pinned ring (more calls than it has slots,
  * so slots are reused behind their events) and their work in what reserve
  * sized: nothing is allocated and the results are the reference's, with
- * the arrays changed between calls. A call beyond the limits is refused
+ * the arrays changed between calls (RoPE's positions and frequencies,
+ * embed's ids with and without positions among them). A call beyond the limits is refused
  * ("exceeds the reserved") and allocates nothing; once the reservation
  * ends, the op grows again. */
 Test(kern_cuda, reserved_calls_allocate_nothing_and_beyond_is_refused)
 {
-    enum { V = 512, D = 64, P = 40, R = 8, NS = 4, CALLS = 80 };
+    /* R rows of ids are 64 bytes, a whole staging alignment unit: one row more
+     * needs more than the reservation holds */
+    enum { V = 512, D = 64, P = 40, R = 16, NS = 4, CALLS = 80 };
     backend_limits lim = {.rows = R, .seqs = NS, .heads = 2, .kv_heads = 2, .head_dim = 32,
                           .cap = 16, .prompt = R, .sample_rows = NS, .vocab = V,
                           .sample_draw = 1};
@@ -772,6 +880,12 @@ Test(kern_cuda, reserved_calls_allocate_nothing_and_beyond_is_refused)
     float *lg = rand16((size_t)(NS + 1) * V, 6.0f);
     pair T = put(te, (size_t)V * D), Pe = put(pe, (size_t)P * D), L = put(lg, (size_t)(NS + 1) * V);
     pair out = put(NULL, (size_t)(R + 1) * D), g = put(NULL, (size_t)NS * D);
+    /* RoPE over rows of 2 query and 2 KV heads of 32 (the limits' shape) */
+    enum { RLD = (2 + 2 * 2) * 32 };
+    float *rq = rand16((size_t)R * RLD, 1), inv[16];
+    kern_rope rp = {.theta = 10000.0f};
+    cr_assert_eq(kern_rope_inv_freq(inv, 32, &rp), 0);
+    pair RQ = put(rq, (size_t)R * RLD);
     cr_assert_eq(gpu.ops->reserve(gpu.ctx, &lim), 0, "%s", err_msg());
     uint64_t a0 = gpu.ops->allocs(gpu.ctx);
     int32_t ids[R + 1], pos[R + 1], rows[NS], tc[NS + 1], tg[NS + 1];
@@ -788,9 +902,22 @@ Test(kern_cuda, reserved_calls_allocate_nothing_and_beyond_is_refused)
             topp[i] = 0.9f;
             u[i] = ((i * 7 + call) % 10) / 10.0;
         }
-        cpu.ops->embed(cpu.ctx, out.c, T.c, Pe.c, ids, pos, R, D);
-        cr_assert_eq(gpu.ops->embed(gpu.ctx, out.g, T.g, Pe.g, ids, pos, R, D), 0, "%s",
-                     err_msg());
+        if (call % 3 == 2) { /* no learned positions: the token rows */
+            cr_assert_eq(gpu.ops->embed(gpu.ctx, out.g, T.g, NULL, ids, NULL, R, D), 0, "%s",
+                         err_msg());
+            for (int i = 0; i < R; i++) /* the same rows on the reference's side */
+                cpu.ops->upload(cpu.ctx, (float *)out.c + (size_t)i * D, te + (size_t)ids[i] * D,
+                                D);
+        } else {
+            cpu.ops->embed(cpu.ctx, out.c, T.c, Pe.c, ids, pos, R, D);
+            cr_assert_eq(gpu.ops->embed(gpu.ctx, out.g, T.g, Pe.g, ids, pos, R, D), 0, "%s",
+                         err_msg());
+        }
+        inv[call % 16] *= 1.0f + 0.001f * (float)(call % 5); /* frequencies change too */
+        int rot = 32 - 8 * (call % 2); /* full and partial rotary dimensions */
+        cpu.ops->rope(cpu.ctx, RQ.c, (float *)RQ.c + 2 * 32, RLD, pos, R, 2, 2, 32, rot, inv);
+        cr_assert_eq(gpu.ops->rope(gpu.ctx, RQ.g, (char *)RQ.g + 2 * 2 * 32, RLD, pos, R, 2, 2,
+                                   32, rot, inv), 0, "%s", err_msg());
         cpu.ops->gather_rows(cpu.ctx, g.c, out.c, rows, NS, D);
         cr_assert_eq(gpu.ops->gather_rows(gpu.ctx, g.g, out.g, rows, NS, D), 0, "%s",
                      err_msg());
@@ -805,6 +932,11 @@ Test(kern_cuda, reserved_calls_allocate_nothing_and_beyond_is_refused)
                          EPS16);
             expect_close("gather through the ring", g, 1e-6, EPS16);
         }
+        /* the rotations compound over the calls, rounded to fp16 on the
+         * GPU's side only: compare each, then give both sides its result */
+        expect_close("rope through the ring", RQ, 1e-5, EPS16);
+        cr_assert_eq(gpu.ops->download(gpu.ctx, rq, RQ.g, (size_t)R * RLD), 0, "%s", err_msg());
+        cpu.ops->upload(cpu.ctx, RQ.c, rq, (size_t)R * RLD);
     }
     cr_assert_eq(gpu.ops->allocs(gpu.ctx), a0, "calls within the reservation allocated");
     /* one more row, sequence or slot than reserved: refused, nothing allocated */
@@ -835,7 +967,8 @@ Test(kern_cuda, reserved_calls_allocate_nothing_and_beyond_is_refused)
                  err_msg());
     cr_assert_gt(gpu.ops->allocs(gpu.ctx), a0 + 4, "sampling's work space grew");
     drop(&T), drop(&Pe), drop(&L), drop(&out), drop(&g), drop(&K), drop(&Vc), drop(&q), drop(&o);
-    free(te), free(pe), free(lg);
+    drop(&RQ);
+    free(te), free(pe), free(lg), free(rq);
 }
 
 /* ------------------------------------------------ launch geometry
@@ -858,7 +991,7 @@ Test(kern_cuda, more_than_65535_sequence_head_pairs)
     /* budget 2, recent 1: the 3-token prompts keep their best of the first two */
     int rows = pack(seqs, len, NS, 2, 0, 1);
     float *qkv = rand16((size_t)rows * 3 * D, 1.5f);
-    prefill_step("67200 pairs", qkv, seqs, NS, rows, H, HD, CAP, 1);
+    prefill_step("67200 pairs", qkv, seqs, NS, rows, H, H, HD, CAP, 1);
     free(qkv);
 
     /* decode: 0 to 3 slots in use, every fifth sequence idle, full caches
@@ -876,14 +1009,14 @@ Test(kern_cuda, more_than_65535_sequence_head_pairs)
     float *dq = rand16((size_t)NS * 3 * D, 1.5f);
     pair K = put(kv, slots * HD), V = put(kv + slots * HD, slots * HD);
     pair sc = put_words(s0, slots), ps = put_words(p0, slots);
-    decode_step("67200 pairs", K, V, sc, ps, dq, seqs, NS, H, HD, CAP);
+    decode_step("67200 pairs", K, V, sc, ps, dq, seqs, NS, H, H, HD, CAP);
     drop(&K), drop(&V), drop(&sc), drop(&ps);
 
     uint8_t *kq = malloc(slots * rb * 2);
     kern_q4_quantize_ref(kq, kv, slots * 2, HD);
     K = put_q4(kq, slots * rb), V = put_q4(kq + slots * rb, slots * rb);
     sc = put_words(s0, slots), ps = put_words(p0, slots);
-    int ev = q4_decode_step("67200 pairs", K, V, sc, ps, dq, seqs, NS, H, HD, CAP);
+    int ev = q4_decode_step("67200 pairs", K, V, sc, ps, dq, seqs, NS, H, H, HD, CAP);
     int full = 0;
     for (int s = 0; s < NS; s++)
         full += s % 5 && used[s] > 0;
@@ -904,7 +1037,26 @@ Test(kern_cuda, prompt_above_12288_tokens_prefill_and_keep_selection, .timeout =
     kern_seq seqs[3];
     int rows = pack(seqs, len, n_seq, 64, 4, 16);
     float *qkv = rand16((size_t)rows * 3 * H * hd, 1.5f);
-    prefill_step("12300 tokens", qkv, seqs, n_seq, rows, H, hd, cap, 1);
+    prefill_step("12300 tokens", qkv, seqs, n_seq, rows, H, H, hd, cap, 1);
+    free(qkv);
+}
+
+/* The tensor-core prefill under grouped-query attention (8 query heads
+ * over 2 KV heads) where the work space splits it: a prompt of 6700 tokens
+ * (one head's S and P above the 256 MiB of prefill work: head by head, in
+ * two blocks of query rows, so a KV head's column sums add up over blocks
+ * and over the query heads of its group), one of 2400 (7 heads' S and P
+ * fit: the run of heads 0-6 spans both KV heads, and head 7 comes alone,
+ * adding to its KV head's sums), one of 100 (all heads at once) and one of
+ * 40 (the one-warp kernel); then the keep selection into fp16 and 4-bit
+ * caches. */
+Test(kern_cuda, gqa_long_prompts_split_heads_and_row_blocks, .timeout = 240)
+{
+    int len[] = {6700, 2400, 100, 40}, H = 8, KVH = 2, hd = 8, n_seq = 4, cap = 64;
+    kern_seq seqs[4];
+    int rows = pack(seqs, len, n_seq, 64, 4, 16);
+    float *qkv = rand16((size_t)rows * qkv_ld(H, KVH, hd), 1.5f);
+    prefill_step("GQA 6700 tokens", qkv, seqs, n_seq, rows, H, KVH, hd, cap, 1);
     free(qkv);
 }
 
@@ -916,9 +1068,12 @@ Test(kern_cuda, attention_y_loops_give_the_same_results)
 {
     for (unsigned y = 1; y <= 2; y++) {
         kern_cuda_set_grid_y_max(y);
-        prefill_cases();
-        decode_cases();
-        q4_decode_cases();
+        prefill_cases(3, 3);
+        decode_cases(2, 2);
+        q4_decode_cases(2, 2);
+        prefill_cases(8, 2); /* the per-KV-head column sums and scores loop too */
+        decode_cases(8, 2);
+        q4_decode_cases(8, 2);
     }
     kern_cuda_set_grid_y_max(0);
 }
@@ -987,6 +1142,84 @@ Test(kern_cuda, unsupported_head_dim_is_named)
     drop(&QKV), drop(&out), drop(&K), drop(&V), drop(&ps);
 }
 
+/* Head counts that are not a grouping (query heads not a positive multiple
+ * of the KV heads) are refused by every attention and KV op, naming both
+ * counts. */
+Test(kern_cuda, query_heads_not_a_multiple_of_kv_heads_refused)
+{
+    int hd = 16, cap = 4, H = 6, KVH = 4, ld = qkv_ld(H, KVH, hd);
+    kern_seq sq = {.row = 0, .n_new = 1, .n_past = 1, .n_slots = 1, .budget = 2, .sinks = 0,
+                   .recent = 1};
+    pair QKV = put(NULL, (size_t)ld), out = put(NULL, (size_t)H * hd);
+    pair K = put(NULL, (size_t)KVH * cap * hd), V = put(NULL, (size_t)KVH * cap * hd);
+    pair ps = put_words(NULL, (size_t)KVH * cap), cs = put_words(NULL, (size_t)KVH);
+    char *qg = QKV.g, *kg = qg + 2 * (size_t)H * hd, *vg = qg + 2 * (size_t)(H + KVH) * hd;
+    int kvhs[] = {4, 0};
+    for (int i = 0; i < 2; i++) {
+        int kvh = kvhs[i];
+        err_clear();
+        cr_assert_eq(gpu.ops->attn_prefill(gpu.ctx, out.g, H * hd, qg, kg, vg, ld, &sq, 1, H,
+                                           kvh, hd, 1.0f, cs.g), -EINVAL);
+        cr_assert(strstr(err_msg(), "query heads over"), "%s", err_msg());
+        err_clear();
+        cr_assert_eq(gpu.ops->kv_prefill(gpu.ctx, KERN_KV_FMT_PLAIN, K.g, V.g, NULL, ps.g, kg,
+                                         vg, ld, cs.g, &sq, 1, H, kvh, hd, cap), -EINVAL);
+        cr_assert(strstr(err_msg(), "query heads over"), "%s", err_msg());
+        err_clear();
+        cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, out.g, H * hd, qg, kg, vg, ld,
+                                          KERN_KV_FMT_PLAIN, K.g, V.g, &sq, 1, H, kvh, hd, cap,
+                                          1.0f, NULL, NULL), -EINVAL);
+        cr_assert(strstr(err_msg(), "query heads over"), "%s", err_msg());
+        err_clear();
+        cr_assert_eq(gpu.ops->kv_insert(gpu.ctx, KERN_KV_FMT_Q4, K.g, V.g, NULL, ps.g, kg, vg, ld,
+                                        NULL, &sq, 1, H, kvh, hd, cap, NULL), -EINVAL);
+        cr_assert(strstr(err_msg(), "query heads over"), "%s", err_msg());
+    }
+    err_clear();
+    drop(&QKV), drop(&out), drop(&K), drop(&V), drop(&ps), drop(&cs);
+}
+
+/* Grouped-query decode with the H2O sums partly or wholly off (window and
+ * StreamingLLM keep no scores; a caller may want neither): the output is
+ * the reference's, self_p (when asked) the group's sum, and what was not
+ * asked for is not written (the scores buffer keeps its values). */
+Test(kern_cuda, gqa_decode_without_scores)
+{
+    int H = 8, KVH = 2, hd = 64, n_seq = 3, cap = 300, ld = qkv_ld(H, KVH, hd), d = H * hd;
+    int used[] = {7, 299, 0};
+    kern_seq seqs[3];
+    for (int s = 0; s < n_seq; s++)
+        seqs[s] = (kern_seq){.row = s, .n_new = 1, .n_past = used[s] + 3, .n_slots = used[s],
+                             .budget = cap, .sinks = 0, .recent = 1};
+    size_t slots = (size_t)n_seq * KVH * cap, nkv = (size_t)n_seq * KVH;
+    float *kv = rand16(slots * hd * 2, 1.5f), *qkv = rand16((size_t)n_seq * ld, 1.5f);
+    float *s0 = tied_scores(slots);
+    pair K = put(kv, slots * hd), Vv = put(kv + slots * hd, slots * hd);
+    pair QKV = put(qkv, (size_t)n_seq * ld), sc = put_words(s0, slots);
+    float scale = 1.0f / sqrtf((float)hd);
+    char *qc = QKV.c, *qg = QKV.g;
+    size_t ko = (size_t)H * hd, vo = (size_t)(H + KVH) * hd;
+    for (int with_self = 0; with_self < 2; with_self++) {
+        pair out = put(NULL, (size_t)n_seq * d), self = put_words(NULL, nkv);
+        cr_assert_eq(cpu.ops->attn_decode(cpu.ctx, out.c, d, qc, qc + 4 * ko, qc + 4 * vo, ld,
+                                          KERN_KV_FMT_PLAIN, K.c, Vv.c, seqs, n_seq, H, KVH, hd,
+                                          cap, scale, NULL, with_self ? self.c : NULL),
+                     0, "%s", err_msg());
+        cr_assert_eq(gpu.ops->attn_decode(gpu.ctx, out.g, d, qg, qg + 2 * ko, qg + 2 * vo, ld,
+                                          KERN_KV_FMT_PLAIN, K.g, Vv.g, seqs, n_seq, H, KVH, hd,
+                                          cap, scale, NULL, with_self ? self.g : NULL),
+                     0, "%s", err_msg());
+        expect_close(with_self ? "GQA decode out, self_p only" : "GQA decode out, no sums", out,
+                     2e-3, 4 * EPS16);
+        expect_close(with_self ? "GQA self_p without scores" : "self_p not asked for", self,
+                     1e-5, 1e-3);
+        expect_close("scores not asked for", sc, 0, 0);
+        drop(&out), drop(&self);
+    }
+    drop(&K), drop(&Vv), drop(&QKV), drop(&sc);
+    free(kv), free(qkv), free(s0);
+}
+
 /* The CUDA backend has both KV cache formats, and its kernels refuse a
  * format they do not know (-ENOTSUP), naming it, in each KV op. */
 Test(kern_cuda, kv_formats_and_an_unknown_format_refused)
@@ -1021,17 +1254,183 @@ Test(kern_cuda, kv_formats_and_an_unknown_format_refused)
     drop(&QKV), drop(&out), drop(&K), drop(&V), drop(&ps), drop(&cs);
 }
 
-/* The CUDA backend has no RoPE-family ops yet (rmsnorm, rope, swiglu, gelu
- * are NULL): backend_ops_check refuses a family that needs them, naming the
- * op and --device cpu, and passes one that needs none of them (OPT). */
-Test(kern_cuda, rope_family_ops_missing_are_refused)
+/* ------------------------------------------------ the RoPE families' ops
+ * RMSNorm, RoPE, SwiGLU and GELU against the CPU backend's references on
+ * the same fp16 inputs: the GPU rounds its fp32 result once to fp16, so it
+ * is within half an fp16 ulp (EPS16 / 2 relative) of the reference plus
+ * the fp32 differences of its sums and libm (a few fp32 ulp); EPS16 and a
+ * small atol leave room for those and nothing more. */
+
+/* The CUDA backend has every optional op; backend_ops_check passes a family
+ * that needs them all (the refusal of a missing one is test_kern_host's). */
+Test(kern_cuda, rope_family_ops_present_and_checked)
 {
-    cr_assert(!gpu.ops->rmsnorm && !gpu.ops->rope && !gpu.ops->swiglu && !gpu.ops->gelu);
-    cr_assert_eq(backend_ops_check(gpu.ops, 0, "opt"), 0);
+    cr_assert(gpu.ops->rmsnorm && gpu.ops->rope && gpu.ops->swiglu && gpu.ops->gelu);
+    unsigned all = BACKEND_OP_RMSNORM | BACKEND_OP_ROPE | BACKEND_OP_SWIGLU | BACKEND_OP_GELU;
+    cr_assert_eq(backend_ops_check(gpu.ops, all, "llama"), 0, "%s", err_msg());
+    cr_assert_eq(backend_ops_check(gpu.ops, 0, "opt"), 0, "%s", err_msg());
+}
+
+/* RMSNorm over rows of even, odd and Llama-sized widths, into another
+ * buffer and in place; rows of very different scales (the norm must take
+ * each row's own). */
+Test(kern_cuda, rmsnorm_against_reference)
+{
+    int dims[] = {64, 777, 4096, 1};
+    float epss[] = {1e-5f, 1e-6f, 1e-5f, 1e-6f};
+    for (int di = 0; di < 4; di++) {
+        int d = dims[di], n = 37;
+        float *x = rand16((size_t)n * d, 1), *w = rand16((size_t)d, 1.5f);
+        for (int r = 0; r < n; r++)
+            for (int j = 0; j < d; j++) { /* row scales 1/64 .. 64 */
+                float *e = &x[(size_t)r * d + j];
+                *e = kern_f16_to_f32(kern_f32_to_f16(*e * ldexpf(1.0f, r % 13 - 6)));
+            }
+        pair X = put(x, (size_t)n * d), W = put(w, d), out = put(NULL, (size_t)n * d);
+        char what[64];
+        cpu.ops->rmsnorm(cpu.ctx, out.c, X.c, W.c, n, d, epss[di]);
+        cr_assert_eq(gpu.ops->rmsnorm(gpu.ctx, out.g, X.g, W.g, n, d, epss[di]), 0, "%s",
+                     err_msg());
+        snprintf(what, sizeof what, "rmsnorm d %d", d);
+        expect_close(what, out, 1e-5, EPS16);
+        cpu.ops->rmsnorm(cpu.ctx, X.c, X.c, W.c, n, d, epss[di]);
+        cr_assert_eq(gpu.ops->rmsnorm(gpu.ctx, X.g, X.g, W.g, n, d, epss[di]), 0, "%s",
+                     err_msg());
+        snprintf(what, sizeof what, "rmsnorm in place d %d", d);
+        expect_close(what, X, 1e-5, EPS16);
+        drop(&X), drop(&W), drop(&out);
+        free(x), free(w);
+    }
+}
+
+/* RoPE on packed rows (q of H heads, k and v of KVH heads each, then a few
+ * padding columns: the row stride is not the heads' width) at positions
+ * from 0 to 200000 (large angles), for full and partial rotary dimensions
+ * (GPT-NeoX's rotary_pct: 20 of 80, half of 7 odd), grouped-query and
+ * multi-query head counts, the three inverse-frequency kinds, k NULL (q
+ * only). The whole buffer is compared: v, padding, the unrotated
+ * dimensions and (k NULL) the keys must stay as they were. */
+Test(kern_cuda, rope_against_reference)
+{
+    struct {
+        int H, KVH, hd, rot, k_null;
+        kern_rope r;
+    } cases[] = {
+        {8, 2, 64, 64, 0, {.theta = 500000.0f, .type = KERN_ROPE_LLAMA3, .factor = 8.0f,
+                           .low_freq_factor = 1.0f, .high_freq_factor = 4.0f,
+                           .orig_max_pos = 8192}},
+        {4, 4, 80, 20, 0, {.theta = 10000.0f}},
+        {6, 3, 128, 32, 0, {.theta = 10000.0f, .type = KERN_ROPE_LINEAR, .factor = 4.0f}},
+        {5, 1, 24, 14, 0, {.theta = 1000000.0f}},
+        {8, 2, 16, 16, 1, {.theta = 10000.0f}},
+        {3, 3, 8, 2, 0, {.theta = 10000.0f}},
+    };
+    int ns[] = {1, 37};
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        for (int ni = 0; ni < 2; ni++) {
+            int H = cases[ci].H, KVH = cases[ci].KVH, hd = cases[ci].hd, rot = cases[ci].rot;
+            int n = ns[ni], ld = (H + 2 * KVH) * hd + 8;
+            float *inv = malloc(sizeof(float) * (size_t)(rot / 2));
+            cr_assert_eq(kern_rope_inv_freq(inv, rot, &cases[ci].r), 0, "%s", err_msg());
+            int32_t *pos = malloc(sizeof(int32_t) * (size_t)n);
+            for (int r = 0; r < n; r++)
+                pos[r] = r == 0 ? (n == 1 ? 4097 : 0) : r % 5 == 0 ? 200000 - r : r * 131 % 9000;
+            float *x = rand16((size_t)n * ld, 2.0f);
+            pair X = put(x, (size_t)n * ld);
+            char *kc = cases[ci].k_null ? NULL : (char *)X.c + 4 * (size_t)H * hd;
+            char *kg = cases[ci].k_null ? NULL : (char *)X.g + 2 * (size_t)H * hd;
+            cr_assert_eq(cpu.ops->rope(cpu.ctx, X.c, kc, ld, pos, n, H, KVH, hd, rot, inv), 0,
+                         "%s", err_msg());
+            cr_assert_eq(gpu.ops->rope(gpu.ctx, X.g, kg, ld, pos, n, H, KVH, hd, rot, inv), 0,
+                         "%s", err_msg());
+            char what[96];
+            snprintf(what, sizeof what, "rope H %d KVH %d hd %d rot %d%s n %d", H, KVH, hd, rot,
+                     cases[ci].k_null ? " (q only)" : "", n);
+            expect_close(what, X, 1e-5, EPS16);
+            drop(&X);
+            free(inv), free(pos), free(x);
+        }
+    }
+}
+
+/* RoPE over rot_dims that are odd, zero or above head_dim is refused as
+ * the reference refuses it, before anything is staged or launched. */
+Test(kern_cuda, rope_refuses_bad_rotary_dims)
+{
+    int hd = 16, bad[] = {15, 0, 18, -2};
+    float inv[9] = {1, 1, 1, 1, 1, 1, 1, 1, 1};
+    int32_t pos[2] = {0, 1};
+    pair X = put(NULL, (size_t)2 * 3 * hd);
+    for (int i = 0; i < 4; i++) {
+        err_clear();
+        cr_assert_eq(gpu.ops->rope(gpu.ctx, X.g, (char *)X.g + 2 * hd, 3 * hd, pos, 2, 1, 1, hd,
+                                   bad[i], inv), -EINVAL, "rot_dims %d", bad[i]);
+        cr_assert(strstr(err_msg(), "rotary dimensions must be even"), "%s", err_msg());
+    }
     err_clear();
-    cr_assert_eq(backend_ops_check(gpu.ops, BACKEND_OP_RMSNORM | BACKEND_OP_ROPE, "llama"),
-                 -ENOTSUP);
-    cr_assert(strstr(err_msg(), "llama needs the rmsnorm op, which the cuda backend") &&
-              strstr(err_msg(), "--device cpu"), "%s", err_msg());
+    drop(&X);
+}
+
+/* SwiGLU over the two halves of fused gate_up rows (ld 2 d) into rows of
+ * d, over two buffers of stride d in place (out == gate), for even, odd and
+ * Llama-sized d, with gates out to the tails of silu (exp(-g) overflowing
+ * to inf at g = -90: the quotient's limit -0). */
+Test(kern_cuda, swiglu_against_reference)
+{
+    int dims[] = {64, 1001, 11008};
+    for (int di = 0; di < 3; di++) {
+        int d = dims[di], n = di == 2 ? 5 : 37;
+        float *gu = rand16((size_t)n * 2 * d, 6.0f);
+        float tails[] = {-90.0f, -20.0f, 20.0f, 0.0f, -0.0f, 11.5f, -11.5f};
+        for (int t = 0; t < 7; t++)
+            gu[(size_t)(t * 5 % n) * 2 * d + (size_t)(t * 13) % d] = tails[t];
+        pair GU = put(gu, (size_t)n * 2 * d), out = put(NULL, (size_t)n * d);
+        char what[64];
+        cpu.ops->swiglu(cpu.ctx, out.c, d, GU.c, (float *)GU.c + d, 2 * d, n, d);
+        cr_assert_eq(gpu.ops->swiglu(gpu.ctx, out.g, d, GU.g, (char *)GU.g + 2 * (size_t)d,
+                                     2 * d, n, d), 0, "%s", err_msg());
+        snprintf(what, sizeof what, "swiglu fused d %d", d);
+        expect_close(what, out, 1e-5, EPS16);
+        /* separate gate and up buffers of stride d, out == gate */
+        pair G = put(gu, (size_t)n * d), U = put(gu + (size_t)n * d, (size_t)n * d);
+        cpu.ops->swiglu(cpu.ctx, G.c, d, G.c, U.c, d, n, d);
+        cr_assert_eq(gpu.ops->swiglu(gpu.ctx, G.g, d, G.g, U.g, d, n, d), 0, "%s", err_msg());
+        snprintf(what, sizeof what, "swiglu in place d %d", d);
+        expect_close(what, G, 1e-5, EPS16);
+        drop(&GU), drop(&out), drop(&G), drop(&U);
+        free(gu);
+    }
+    /* in place with another row stride would race across rows: refused */
+    pair GU = put(NULL, (size_t)4 * 16);
     err_clear();
+    cr_assert_eq(gpu.ops->swiglu(gpu.ctx, GU.g, 8, GU.g, (char *)GU.g + 16, 16, 4, 8), -EINVAL);
+    cr_assert(strstr(err_msg(), "in place"), "%s", err_msg());
+    err_clear();
+    drop(&GU);
+}
+
+/* Exact GELU over an odd count, into another buffer and in place, with
+ * values out to where erf saturates and the negative tail underflows. */
+Test(kern_cuda, gelu_against_reference)
+{
+    size_t counts[] = {1, 37 * 1001, 5 * 16384 + 3};
+    for (int ci = 0; ci < 3; ci++) {
+        size_t count = counts[ci];
+        float *x = rand16(count, 6.0f);
+        float tails[] = {-12.0f, 12.0f, -0.0f, 0.0f, -5.5f, 65504.0f, -65504.0f};
+        for (int t = 0; t < 7 && (size_t)t < count; t++)
+            x[(size_t)t * 7919 % count] = tails[t];
+        pair X = put(x, count), out = put(NULL, count);
+        char what[64];
+        cpu.ops->gelu(cpu.ctx, out.c, X.c, count);
+        cr_assert_eq(gpu.ops->gelu(gpu.ctx, out.g, X.g, count), 0, "%s", err_msg());
+        snprintf(what, sizeof what, "gelu count %zu", count);
+        expect_close(what, out, 1e-5, EPS16);
+        cpu.ops->gelu(cpu.ctx, X.c, X.c, count);
+        cr_assert_eq(gpu.ops->gelu(gpu.ctx, X.g, X.g, count), 0, "%s", err_msg());
+        snprintf(what, sizeof what, "gelu in place count %zu", count);
+        expect_close(what, X, 1e-5, EPS16);
+        drop(&X), drop(&out);
+        free(x);
+    }
 }
