@@ -127,7 +127,7 @@ void kern_add_ref(float *y, const float *x, size_t count);
  * w is read once; every output is the same fixed-order sum over k whatever
  * m, n and the thread count. The CPU backend's linear for m <=
  * KERN_LINEAR_ROWS_MAX, where OpenBLAS would repack all of w per call. */
-#define KERN_LINEAR_ROWS_MAX 64
+#define KERN_LINEAR_ROWS_MAX 32
 void kern_linear_rows(float *y, const float *x, const float *w, int m, int n, int k);
 
 /* Pick the next token from one row of logits (V).

@@ -152,9 +152,11 @@ Test(eval, score_equals_transformers)
     cli_write("req.jsonl", job);
     static const char *pols[] = {"", "--kv-policy h2o --kv-budget 64"};
     for (size_t p = 0; p < 2; p++) {
-        cr_assert_eq(cli_run("score --model " TINY " --prompts req.jsonl --out res.jsonl "
-                             "--batch-size 3 --quiet %s", pols[p]), 0, "%s", cli_err);
-        char *res = cli_read("res.jsonl"), *line = strtok(res, "\n");
+        cr_assert_eq(cli_run("score --model " TINY " --prompts req.jsonl --out res%zu.jsonl "
+                             "--batch-size 3 --quiet %s", p, pols[p]), 0, "%s", cli_err);
+        char name[32];
+        snprintf(name, sizeof name, "res%zu.jsonl", p);
+        char *res = cli_read(name), *line = strtok(res, "\n");
         int k = 0, n_false = 0;
         cJSON_ArrayForEach(rq, reqs) {
             cr_assert(line, "%s: %d results", pols[p], k);
@@ -215,6 +217,9 @@ Test(eval, score_text_requests_and_refusals)
     cr_assert(!strncmp(a, b, strcspn(b, "\n")), "text %s vs ids %s", a, b);
     free(a);
     free(b);
+    /* results already there are never overwritten */
+    cr_assert_eq(cli_run("score --model " TINY " --prompts t.jsonl --out r.jsonl --quiet"), 1);
+    cr_assert(strstr(cli_err, "r.jsonl already exists"), "%s", cli_err);
     static const struct {
         const char *verb, *file, *text, *msg;
     } bad[] = {

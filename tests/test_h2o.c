@@ -355,7 +355,9 @@ static void ref_load(const char *dir)
 {
     if (R.tok && R.dir == dir)
         return;
-    R.tok = NULL; /* the previous fixture's arrays are left to the process */
+    /* the previous fixture's arrays are left to the process; nothing of it
+     * may remain (a Llama has no biases and no learned positions) */
+    memset(&R, 0, sizeof R);
     R.dir = dir;
     char path[512];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -519,8 +521,21 @@ static void ref_rotate(double *x, int t)
  *   a decode step leaving B + 1 present: drop the lowest score among those
  *     that are not sinks and not among the `recent` newest present tokens,
  *     ties drop the older. */
+static void ref_run(const char *id, const int32_t *ids, int n, int max_new, const ref_pol *pol,
+                    const int32_t *force, ref_out *o);
+
 static void ref_generate(const char *id, const int32_t *ids, int n, int max_new,
                          const ref_pol *pol, ref_out *o)
+{
+    ref_run(id, ids, n, max_new, pol, NULL, o);
+}
+
+/* The same, teacher-forced (eval, DESIGN.md "Quality"): force (n +
+ * max_new) are the tokens fed, and o->tok / o->lp get, after each token
+ * from the prompt's last on, the next forced token and its log-probability
+ * instead of the greedy one's. */
+static void ref_run(const char *id, const int32_t *ids, int n, int max_new, const ref_pol *pol,
+                    const int32_t *force, ref_out *o)
 {
     int d = R.d, H = R.H, KVH = R.KVH, G = H / KVH, hd = R.hd, L = R.L, T = n + max_new;
     int qd = H * hd, kd = KVH * hd, F = R.ffn;
@@ -540,7 +555,7 @@ static void ref_generate(const char *id, const int32_t *ids, int n, int max_new,
     o->mass_n = 0;
     int32_t cur = ids[0];
     for (int t = 0; t < T - 1; t++) {
-        cur = t < n ? ids[t] : o->tok[t - n];
+        cur = t < n ? ids[t] : force ? force[t] : o->tok[t - n];
         for (int i = 0; i < d; i++)
             x[i] = R.tok[(size_t)cur * d + i] + (R.llama ? 0 : R.pos[(size_t)(t + 2) * d + i]);
         for (int l = 0; l < L; l++) {
@@ -671,8 +686,8 @@ static void ref_generate(const char *id, const int32_t *ids, int n, int max_new,
                 }
             for (int v = 0; v < R.V; v++)
                 sum += exp(logit[v] - mx);
-            o->tok[t - n + 1] = best;
-            o->lp[t - n + 1] = -log(sum);
+            o->tok[t - n + 1] = force ? force[t + 1] : best;
+            o->lp[t - n + 1] = logit[o->tok[t - n + 1]] - mx - log(sum);
         }
     }
     free(K);
@@ -1014,4 +1029,73 @@ Test(h2o_cli, trace_is_refused_if_present_and_resumed_per_prompt)
     free(torn);
     free(full_out);
     free(full_tr);
+}
+
+/* eval under an evicting policy (DESIGN.md "Quality"): every window of the
+ * text is a prompt of one token, then decode steps feeding the true tokens
+ * with the policy evicting as in generation; its NLL is the reference's,
+ * run teacher-forced over the same ids, for the tiny OPT and the tiny
+ * Llama (grouped-query attention). */
+Test(h2o_cli, eval_perplexity_matches_reference, .timeout = 120)
+{
+    char *buf;
+    size_t len;
+    cr_assert_eq(off_read_file(FH_SOURCE_ROOT "/tests/fixtures/eval-golden.json", &buf, &len),
+                 0, "%s", err_msg());
+    cJSON *g = cJSON_Parse(buf);
+    free(buf);
+    int32_t ids[512];
+    int n_ids = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(g, "ids"))
+        ids[n_ids++] = e->valueint;
+    cJSON_Delete(g);
+    const int ctx = 40;
+    const char *dirs[] = {TINY, TINY_LLAMA};
+    const struct {
+        ref_pol pol;
+        const char *flags;
+    } runs[] = {
+        {{"h2o", 40, 0, 1, 50}, "--kv-policy h2o --kv-budget 40 --sinks 1"},
+        {{"h2o", 10, 0, 1, 50}, "--kv-policy h2o --kv-budget 10 --sinks 1"},
+        {{"h2o", 0, 30, 0, 50}, "--kv-policy h2o --kv-ratio 0.3"},
+        {{"window", 8, 0, 0, 50}, "--kv-policy window --kv-budget 8"},
+        {{"streaming", 8, 0, 2, 50}, "--kv-policy streaming --kv-budget 8 --sinks 2"},
+    };
+    for (size_t d = 0; d < 2; d++) {
+        ref_load(dirs[d]);
+        for (size_t r = 0; r < sizeof runs / sizeof *runs; r++) {
+            cr_assert_eq(cli_run("eval --model %s --text " FH_SOURCE_ROOT
+                                 "/tests/fixtures/eval_text.txt --context %d --batch-size 3 "
+                                 "--quiet %s", dirs[d], ctx, runs[r].flags), 0, "%s: %s",
+                         runs[r].flags, cli_err);
+            char *out = cli_read("stdout.txt");
+            cJSON *res = cJSON_Parse(out);
+            cr_assert(res, "%s", out);
+            free(out);
+            double nll = cJSON_GetObjectItem(res, "nll")->valuedouble;
+            int tokens = cJSON_GetObjectItem(res, "tokens")->valueint;
+            cJSON_Delete(res);
+            double ref = 0;
+            int ref_tokens = 0, evicted = 0;
+            for (int at = 0; at < n_ids; at += ctx) {
+                int wn = n_ids - at < ctx ? n_ids - at : ctx;
+                if (wn < 2)
+                    continue;
+                ref_out o = {0};
+                ref_run("w", ids + at, 1, wn - 1, &runs[r].pol, ids + at, &o);
+                for (int i = 0; i < wn - 1; i++)
+                    ref -= o.lp[i];
+                ref_tokens += wn - 1;
+                evicted += o.n_ev;
+                free(o.ev);
+            }
+            cr_assert_eq(tokens, ref_tokens, "%s: %d tokens, reference %d", runs[r].flags, tokens,
+                         ref_tokens);
+            cr_assert(evicted > 0 || runs[r].pol.budget >= ctx,
+                      "%s: nothing evicted: the test would prove little", runs[r].flags);
+            cr_assert_float_eq(nll, ref / ref_tokens, 2e-5, "%s on %s: nll %.9g, reference %.9g",
+                               runs[r].flags, dirs[d], nll, ref / ref_tokens);
+        }
+    }
 }

@@ -48,7 +48,36 @@ void kern_linear_rows(float *y, const float *x, const float *w, int m, int n, in
                 }
             continue;
         }
-        for (int r = 0; r < m; r++) {
+        int r = 0;
+        for (; r + 2 <= m; r += 2) { /* two rows of x against the four of w */
+            const float *xa = x + (size_t)r * k, *xb = xa + k;
+            float a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
+            float b0[LANES] = {0}, b1[LANES] = {0}, b2[LANES] = {0}, b3[LANES] = {0};
+            for (int i = 0; i < k16; i += LANES)
+                for (int l = 0; l < LANES; l++) {
+                    float u = xa[i + l], v = xb[i + l];
+                    float w0v = w0[i + l], w1v = w0[(size_t)k + i + l];
+                    float w2v = w0[2 * (size_t)k + i + l], w3v = w0[3 * (size_t)k + i + l];
+                    a0[l] += w0v * u;
+                    a1[l] += w1v * u;
+                    a2[l] += w2v * u;
+                    a3[l] += w3v * u;
+                    b0[l] += w0v * v;
+                    b1[l] += w1v * v;
+                    b2[l] += w2v * v;
+                    b3[l] += w3v * v;
+                }
+            float *ya = y + (size_t)r * n + j0, *yb = ya + n;
+            ya[0] = total(a0, w0, xa, k16, k);
+            ya[1] = total(a1, w0 + (size_t)k, xa, k16, k);
+            ya[2] = total(a2, w0 + 2 * (size_t)k, xa, k16, k);
+            ya[3] = total(a3, w0 + 3 * (size_t)k, xa, k16, k);
+            yb[0] = total(b0, w0, xb, k16, k);
+            yb[1] = total(b1, w0 + (size_t)k, xb, k16, k);
+            yb[2] = total(b2, w0 + 2 * (size_t)k, xb, k16, k);
+            yb[3] = total(b3, w0 + 3 * (size_t)k, xb, k16, k);
+        }
+        for (; r < m; r++) {
             const float *xr = x + (size_t)r * k;
             float a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
             for (int i = 0; i < k16; i += LANES)

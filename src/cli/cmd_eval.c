@@ -9,6 +9,7 @@
  *   it and stop) -> the scheduler, the weights -> eval_run -> the report
  */
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -477,7 +478,12 @@ int cli_score(int argc, char **argv)
                     .on_block = score_block, .ud = &j};
     rc = score_requests(&j, a.c.prompts, a.c.kv.kind == KV_POLICY_FULL);
     if (rc == 0 && !a.run.plan_only) {
-        j.out = fopen(a.c.out, "w");
+        j.out = fopen(a.c.out, "wx"); /* never over results already written */
+        if (!j.out && errno == EEXIST) {
+            run_free(&j);
+            return cli_error(1, "%s already exists; remove it or choose another --out",
+                             a.c.out);
+        }
         if (!j.out) {
             err_set(__FILE__, __LINE__, "%s: cannot create (%s)", a.c.out, strerror(errno));
             rc = -errno;
