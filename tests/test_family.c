@@ -63,10 +63,13 @@ Test(family, logits_match_transformers_single_and_batched)
         float *a = calloc(n, sizeof(float)), *b = calloc(n, sizeof(float));
         double w1 = golden_run(&be, &g, dir, 0, a, 1e-4);
         double w2 = golden_run(&be, &g, dir, 1, b, 1e-4);
+        /* a batch's prefill (over KERN_LINEAR_ROWS_MAX rows) multiplies
+         * through OpenBLAS, one short prompt through kern_linear_rows: the
+         * same products summed in another order, so equal to fp32 rounding */
         double diff = 0;
         for (size_t i = 0; i < n; i++)
             diff = fmax(diff, fabs((double)a[i] - b[i]));
-        cr_assert_leq(diff, 1e-5, "%s: batched differs from single by %.3g", families[f], diff);
+        cr_assert_leq(diff, 5e-5, "%s: batched differs from single by %.3g", families[f], diff);
         cr_log_info("%s: worst |logit - transformers| %.3g single, %.3g batched", families[f],
                     w1, w2);
         free(a);
