@@ -330,3 +330,37 @@ Test(family, dummy_shapes_have_their_published_sizes)
                   shapes[i].params_b);
     }
 }
+
+/* Long context (DESIGN.md "Model families"): keys are cached after RoPE, so
+ * with an evicting policy a rotary model generates past
+ * max_position_embeddings (128 here) with positions counting on; with the
+ * full cache, or with OPT's learned positions, a sequence stops there. */
+Test(family, rotary_positions_run_past_max_position_embeddings)
+{
+    cli_write("long.jsonl", "{\"id\": \"x\", \"prompt_ids\": [2, 17, 45, 300, 9], "
+                            "\"max_new_tokens\": 200}\n");
+    static const struct {
+        const char *model, *flags;
+        int want;
+    } runs[] = {
+        {"tiny-llama", "--kv-policy h2o --kv-budget 24 --sinks 2", 200},
+        {"tiny-neox", "--kv-policy window --kv-budget 16", 200},
+        {"tiny-llama", "", 128 - 5},
+        {"tiny-opt", "--kv-policy h2o --kv-budget 24", 128 - 5},
+    };
+    for (size_t i = 0; i < sizeof runs / sizeof *runs; i++) {
+        char out[32];
+        snprintf(out, sizeof out, "l%zu.jsonl", i);
+        cr_assert_eq(cli_run("generate --model " FIX "%s --prompts long.jsonl --out %s "
+                             "--ignore-eos --quiet %s", runs[i].model, out, runs[i].flags), 0,
+                     "%s %s: %s", runs[i].model, runs[i].flags, cli_err);
+        char *o = cli_read(out), *t = strstr(o, "\"tokens\":[");
+        cr_assert(t);
+        int n = 1;
+        for (char *c = t; *c != ']'; c++)
+            n += *c == ',';
+        cr_assert_eq(n, runs[i].want, "%s %s: %d tokens, want %d", runs[i].model, runs[i].flags,
+                     n, runs[i].want);
+        free(o);
+    }
+}

@@ -4,7 +4,7 @@ RMSNorm, SwiGLU) on the King James Bible from Debian's bible-kjv-text package.
 
     apt-get install bible-kjv          # the text (bible-kjv-text) and its reader
     pip install torch transformers tokenizers safetensors
-    python3 configs/kjv-llama/train.py [--steps 1200] [--out configs/kjv-llama]
+    python3 configs/kjv-llama/train.py [--steps 600] [--out configs/kjv-llama]
 
 Writes, into --out: tokenizer.json (byte-level BPE, 4096 tokens, trained here
 with Hugging Face tokenizers), tokenizer_config.json, config.json and
@@ -67,8 +67,8 @@ def train_tokenizer(texts, vocab):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=HERE)
-    ap.add_argument("--steps", type=int, default=1200)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=1611)
