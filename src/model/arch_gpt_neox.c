@@ -66,20 +66,8 @@ static int neox_parse(const cJSON *o, const char *what, model_config *c)
 static int neox_tensors(const model_config *c, model_hf_tensor *out)
 {
     int64_t d = c->hidden, f = c->ffn, V = c->vocab_size;
-    int n = 0;
-#define T(nm, lay, to, rr, cc, in, pm)                                                      \
-    do {                                                                                    \
-        if (out) {                                                                          \
-            model_hf_tensor *x = &out[n];                                                   \
-            *x = (model_hf_tensor){.layer = lay, .dst = to, .rows = rr, .cols = cc,         \
-                                   .init = in, .perm = pm};                                 \
-            if ((lay) < 0)                                                                  \
-                snprintf(x->name, sizeof x->name, "%s", nm);                                \
-            else                                                                            \
-                snprintf(x->name, sizeof x->name, "gpt_neox.layers.%d.%s", lay, nm);        \
-        }                                                                                   \
-        n++;                                                                                \
-    } while (0)
+    model_hf_table tb = {out, 0, "gpt_neox.layers.%d."};
+#define T(nm, lay, to, rr, cc, in, pm) model_hf_add(&tb, lay, nm, to, rr, cc, 0, in, pm)
     T("gpt_neox.embed_in.weight", -1, MODEL_G_TOK_EMB, V, d, 'n', 0);
     for (int l = 0; l < c->n_layer; l++) {
         T("input_layernorm.weight", l, MT_LN1_W, d, 0, '1', 0);
@@ -104,7 +92,7 @@ static int neox_tensors(const model_config *c, model_hf_tensor *out)
     if (!c->tie_lm_head)
         T("embed_out.weight", -1, MODEL_G_LM_HEAD, V, d, 'n', 0);
 #undef T
-    return n;
+    return tb.n;
 }
 
 static int neox_config_json(const model_config *c, char *buf, size_t cap)

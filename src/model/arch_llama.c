@@ -89,20 +89,8 @@ static int llama_tensors(const model_config *c, model_hf_tensor *out)
 {
     int64_t d = c->hidden, f = c->ffn, V = c->vocab_size, hd = c->head_dim;
     int64_t qd = (int64_t)c->n_head * hd, kd = (int64_t)c->n_kv_head * hd;
-    int n = 0;
-#define T(nm, lay, to, rr, cc, of, in)                                                     \
-    do {                                                                                    \
-        if (out) {                                                                          \
-            model_hf_tensor *x = &out[n];                                                   \
-            *x = (model_hf_tensor){.layer = lay, .dst = to, .rows = rr, .cols = cc,         \
-                                   .offset = (size_t)(of), .init = in};                     \
-            if ((lay) < 0)                                                                  \
-                snprintf(x->name, sizeof x->name, "%s", nm);                                \
-            else                                                                            \
-                snprintf(x->name, sizeof x->name, "model.layers.%d.%s", lay, nm);           \
-        }                                                                                   \
-        n++;                                                                                \
-    } while (0)
+    model_hf_table tb = {out, 0, "model.layers.%d."};
+#define T(nm, lay, to, rr, cc, of, in) model_hf_add(&tb, lay, nm, to, rr, cc, (size_t)(of), in, 0)
     T("model.embed_tokens.weight", -1, MODEL_G_TOK_EMB, V, d, 0, 'n');
     T("model.norm.weight", -1, MODEL_G_NORM_W, d, 0, 0, '1');
     for (int l = 0; l < c->n_layer; l++) {
@@ -131,7 +119,7 @@ static int llama_tensors(const model_config *c, model_hf_tensor *out)
     if (!c->tie_lm_head)
         T("lm_head.weight", -1, MODEL_G_LM_HEAD, V, d, 0, 'n');
 #undef T
-    return n;
+    return tb.n;
 }
 
 static int llama_config_json(const model_config *c, char *buf, size_t cap)

@@ -57,25 +57,13 @@ static int opt_parse(const cJSON *o, const char *what, model_config *c)
 static int opt_tensors(const model_config *c, model_hf_tensor *out)
 {
     int64_t d = c->hidden, f = c->ffn, V = c->vocab_size;
-    int n = 0;
-#define T(nm, lay, to, rr, cc, of, in)                                                     \
-    do {                                                                                    \
-        if (out) {                                                                          \
-            model_hf_tensor *x = &out[n];                                                   \
-            *x = (model_hf_tensor){.layer = lay, .dst = to, .rows = rr, .cols = cc,         \
-                                   .offset = (size_t)(of), .init = in};                     \
-            if ((lay) < 0)                                                                  \
-                snprintf(x->name, sizeof x->name, "model.decoder.%s", nm);                  \
-            else                                                                            \
-                snprintf(x->name, sizeof x->name, "model.decoder.layers.%d.%s", lay, nm);   \
-        }                                                                                   \
-        n++;                                                                                \
-    } while (0)
-    T("embed_tokens.weight", -1, MODEL_G_TOK_EMB, V, d, 0, 'n');
-    T("embed_positions.weight", -1, MODEL_G_POS_EMB, c->max_pos + KERN_OPT_POS_OFFSET, d, 0,
-      'n');
-    T("final_layer_norm.weight", -1, MODEL_G_NORM_W, d, 0, 0, '1');
-    T("final_layer_norm.bias", -1, MODEL_G_NORM_B, d, 0, 0, '0');
+    model_hf_table tb = {out, 0, "model.decoder.layers.%d."};
+#define T(nm, lay, to, rr, cc, of, in) model_hf_add(&tb, lay, nm, to, rr, cc, (size_t)(of), in, 0)
+    T("model.decoder.embed_tokens.weight", -1, MODEL_G_TOK_EMB, V, d, 0, 'n');
+    T("model.decoder.embed_positions.weight", -1, MODEL_G_POS_EMB,
+      c->max_pos + KERN_OPT_POS_OFFSET, d, 0, 'n');
+    T("model.decoder.final_layer_norm.weight", -1, MODEL_G_NORM_W, d, 0, 0, '1');
+    T("model.decoder.final_layer_norm.bias", -1, MODEL_G_NORM_B, d, 0, 0, '0');
     for (int l = 0; l < c->n_layer; l++) {
         T("self_attn.k_proj.weight", l, MT_WQKV, d, d, d * d, 'n');
         T("self_attn.k_proj.bias", l, MT_BQKV, d, 0, d, '0');
@@ -94,16 +82,10 @@ static int opt_tensors(const model_config *c, model_hf_tensor *out)
         T("final_layer_norm.weight", l, MT_LN2_W, d, 0, 0, '1');
         T("final_layer_norm.bias", l, MT_LN2_B, d, 0, 0, '0');
     }
+    if (!c->tie_lm_head)
+        T("lm_head.weight", -1, MODEL_G_LM_HEAD, V, d, 0, 'n');
 #undef T
-    if (!c->tie_lm_head) {
-        if (out) {
-            out[n] = (model_hf_tensor){.layer = -1, .dst = MODEL_G_LM_HEAD, .rows = V,
-                                       .cols = d, .init = 'n'};
-            snprintf(out[n].name, sizeof out[n].name, "lm_head.weight");
-        }
-        n++;
-    }
-    return n;
+    return tb.n;
 }
 
 static int opt_config_json(const model_config *c, char *buf, size_t cap)

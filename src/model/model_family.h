@@ -71,6 +71,18 @@ typedef struct model_family {
     int (*config_json)(const model_config *c, char *buf, size_t cap);
 } model_family;
 
+/* A family's checkpoint table being written: entries go to out[n] (out
+ * NULL: counted only); a layer tensor's name is layer_prefix (printf with
+ * the layer's number) + its name, a global's is its name as given. */
+typedef struct model_hf_table {
+    model_hf_tensor *out;
+    int n;
+    const char *layer_prefix; /* e.g. "model.layers.%d." */
+} model_hf_table;
+/* Append one tensor (see model_hf_tensor) to t. */
+void model_hf_add(model_hf_table *t, int layer, const char *name, int dst, int64_t rows,
+                  int64_t cols, size_t offset, char init, char perm);
+
 extern const model_family model_family_opt, model_family_llama, model_family_mistral,
     model_family_qwen2, model_family_gpt_neox;
 

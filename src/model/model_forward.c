@@ -21,11 +21,25 @@
  * row by row, so a sequence's output does not depend on what else is in
  * the batch.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "err.h"
 #include "model.h"
+
+void model_hf_add(model_hf_table *t, int layer, const char *name, int dst, int64_t rows,
+                  int64_t cols, size_t offset, char init, char perm)
+{
+    if (t->out) {
+        model_hf_tensor *x = &t->out[t->n];
+        *x = (model_hf_tensor){.layer = layer, .dst = dst, .rows = rows, .cols = cols,
+                               .offset = offset, .init = init, .perm = perm};
+        int at = layer < 0 ? 0 : snprintf(x->name, sizeof x->name, t->layer_prefix, layer);
+        snprintf(x->name + at, sizeof x->name - (size_t)at, "%s", name);
+    }
+    t->n++;
+}
 
 int model_hf_tensors(const model_config *c, model_hf_tensor **out)
 {
