@@ -364,3 +364,29 @@ Test(family, rotary_positions_run_past_max_position_embeddings)
         free(o);
     }
 }
+
+/* The trained default model (configs/kjv-llama: fp16 safetensors, its own
+ * byte-level BPE) loads in flexh2o to the logits transformers computes
+ * from the same files (tests/fixtures/gen_kjv_golden.py), and its tokenizer
+ * gives the golden prompts' ids. */
+Test(family, trained_default_model_matches_transformers)
+{
+    golden g;
+    golden_load(&g, FIX "kjv-llama-golden.json");
+    double w = golden_run(&be, &g, FH_SOURCE_ROOT "/configs/kjv-llama", 1, NULL, 2e-4);
+    cr_log_info("kjv-llama: worst |logit - transformers| %.3g", w);
+    cli_write("t.txt", "In the beginning\nAnd the LORD said unto Moses,\n");
+    cr_assert_eq(cli_run("tokenize --model " FH_SOURCE_ROOT "/configs/kjv-llama < t.txt"), 0,
+                 "%s", cli_err);
+    char *ids = cli_read("stdout.txt"), want[512] = "";
+    for (int c = 0; c < 2; c++) {
+        strcat(want, "[");
+        for (int i = 0; i < g.cases[c].n_ids; i++)
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%d", i ? ", " : "",
+                     g.cases[c].ids[i]);
+        strcat(want, "]\n");
+    }
+    cr_assert_str_eq(ids, want);
+    free(ids);
+    golden_free(&g);
+}
