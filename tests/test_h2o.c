@@ -772,8 +772,10 @@ static int check_policy(const ref_pol *pol, int bs)
     /* evictions, as sets (the trace's order is per pass) */
     int n_tr;
     ref_ev *tr = h2o_read_trace(trace, R.L, R.KVH, &n_tr);
-    qsort(tr, (size_t)n_tr, sizeof *tr, h2o_ev_cmp);
-    qsort(all.ev, (size_t)all.n_ev, sizeof *all.ev, h2o_ev_cmp);
+    if (n_tr > 0) /* qsort's base must not be NULL, even for none */
+        qsort(tr, (size_t)n_tr, sizeof *tr, h2o_ev_cmp);
+    if (all.n_ev > 0)
+        qsort(all.ev, (size_t)all.n_ev, sizeof *all.ev, h2o_ev_cmp);
     for (int e = 0; e < n_tr && e < all.n_ev; e++)
         cr_assert(h2o_ev_cmp(&tr[e], &all.ev[e]) == 0,
                   "%s %s: eviction %d: engine %s layer %d head %d step %d pos %d, reference "
