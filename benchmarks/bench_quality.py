@@ -123,11 +123,9 @@ set key top right
 set xlabel 'KV budget (% of the {C}-token context)'
 set output '{a.out}/budget.png'
 set ylabel 'perplexity (held-out)'
-set logscale y
 plot """ + ", ".join(f"'{a.out}/budget.csv' every ::1 using 1:{i + 3} with linespoints "
                        f"title '{n}'" for i, n in enumerate(['full'] + [p for p, _ in pols])) +
                 f"""
-unset logscale y
 set output '{a.out}/agreement.png'
 set ylabel 'top-1 agreement with the full cache'
 plot """ + ", ".join(f"'{a.out}/budget.csv' every ::1 using 1:{i + 4 + len(pols)} with "
