@@ -205,12 +205,15 @@ static void eval_report(const eval_args *a, const eval_job *j, const eval_opts *
 
 /* Parse, check and open what eval and score share: the flags, the policy,
  * the backend, the model's config and tokenizer. @return 0, or the exit
- * status to return (CLI_HELP: print the help). */
-static int open_common(const char *verb, int argc, char **argv, const cli_opt *tab, int n_tab,
-                       void *a, cli_common *c, cli_run *run, sched_policy *pol, eval_job *j)
+ * status to return (CLI_HELP: the help is printed, return 0). */
+static int open_common(const char *verb, const char *help, int argc, char **argv,
+                       const cli_opt *tab, int n_tab, void *a, cli_common *c, cli_run *run,
+                       sched_policy *pol, eval_job *j)
 {
     cli_common_init(c);
     int rc = cli_parse(verb, argc, argv, tab, n_tab, a, c);
+    if (rc == CLI_HELP)
+        fputs(help, stdout);
     if (rc)
         return rc;
     if (!c->model_dir)
@@ -236,21 +239,16 @@ int cli_eval(int argc, char **argv)
     eval_args a = {0};
     sched_policy pol;
     eval_job j = {0};
-    int rc = open_common("eval", argc, argv, eval_opts_tab,
+    int rc = open_common("eval", eval_help, argc, argv, eval_opts_tab,
                          (int)(sizeof eval_opts_tab / sizeof *eval_opts_tab), &a, &a.c, &a.run,
                          &pol, &j);
-    if (rc == CLI_HELP) {
-        fputs(eval_help, stdout);
-        run_free(&j);
-        return 0;
-    }
     if (rc == 0 && !a.text)
         rc = cli_usage("eval", "--text FILE is required");
     if (rc == 0 && (a.c.prompts || a.c.out || a.c.dummy))
         rc = cli_usage("eval", "eval takes --model and --text (no --prompts, --out, --dummy)");
     if (rc) {
         run_free(&j);
-        return rc;
+        return rc == CLI_HELP ? 0 : rc;
     }
     if (a.context == 0)
         a.context = j.src.cfg.max_pos < 1024 ? j.src.cfg.max_pos : 1024;
@@ -460,19 +458,14 @@ int cli_score(int argc, char **argv)
     score_args a = {0};
     sched_policy pol;
     eval_job j = {0};
-    int rc = open_common("score", argc, argv, score_opts_tab,
+    int rc = open_common("score", score_help, argc, argv, score_opts_tab,
                          (int)(sizeof score_opts_tab / sizeof *score_opts_tab), &a, &a.c,
                          &a.run, &pol, &j);
-    if (rc == CLI_HELP) {
-        fputs(score_help, stdout);
-        run_free(&j);
-        return 0;
-    }
     if (rc == 0 && (!a.c.prompts || !a.c.out))
         rc = cli_usage("score", "--prompts and --out are required");
     if (rc) {
         run_free(&j);
-        return rc;
+        return rc == CLI_HELP ? 0 : rc;
     }
     eval_opts eo = {.kv = a.c.kv, .prefill_rows = a.c.prefill_rows, .progress = !a.run.quiet,
                     .on_block = score_block, .ud = &j};
