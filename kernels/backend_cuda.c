@@ -818,6 +818,11 @@ static int cuda_attn_prefill(void *ctx, void *out, int ldo, const void *q, const
 {
     cuda_ctx *c = ctx;
     FORWARD_IF(cuda_heads_check("prefill attention", n_head, n_kv_head));
+    for (int s = 0; s < n_seq; s++)
+        RETURN_IF(seqs[s].window > 0 && seqs[s].n_new > seqs[s].window, -ENOTSUP,
+                  "the cuda backend's prefill attention has no sliding window yet: a prompt "
+                  "of %d tokens outgrows the model's sliding_window %d; shorten it or use "
+                  "--device cpu", seqs[s].n_new, seqs[s].window);
     FORWARD_IF(seqs_room(c, (size_t)n_seq, 0));
     return prefill_split(c, c->seqs_tmp, out, ldo, q, k, v, ld, seqs, n_seq, n_head, n_kv_head,
                          head_dim, scale, colsum);

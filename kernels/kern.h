@@ -84,6 +84,8 @@ typedef struct kern_seq {
     int32_t budget;  /* slots this sequence may keep, <= cap */
     int32_t sinks;   /* first tokens never evicted */
     int32_t recent;  /* newest tokens never evicted (the new one included), >= 1 */
+    int32_t window;  /* > 0: a sliding window (Mistral): prefill query i attends keys
+                      * i - window + 1 .. i only; 0: every earlier key */
 } kern_seq;
 
 /* The row format of a KV slot cache: the `fmt` argument of the KV ops
@@ -265,7 +267,9 @@ size_t kern_attn_decode_scratch_bytes(int cap, int n_threads);
  * that receives, for the token of each row and each KV head, the sum over
  * the queries of its sequence and the query heads of the KV head's group of
  * the softmax probability they gave it (the column sum of the causal
- * softmax, summed over the group). */
+ * softmax, summed over the group). A sequence with a sliding window
+ * (kern_seq.window) attends only to its last `window` keys, itself
+ * included. */
 int kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
                           const float *v, int ld, const kern_seq *seqs,
                           int n_seq, int n_head, int n_kv_head, int head_dim, float scale,

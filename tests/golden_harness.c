@@ -96,7 +96,7 @@ double golden_run(backend *be, const golden *g, const char *dir, int batched, fl
             int budget = W > 1 && k->n_ids + k->n_new > W ? W - 1 : 128;
             /* full: nothing is evicted; window: every slot is a recent one */
             seqs[s] = (kern_seq){.row = rows, .n_new = k->n_ids, .budget = budget,
-                                 .recent = budget < 128 ? budget : 1};
+                                 .recent = budget < 128 ? budget : 1, .window = W};
             for (int j = 0; j < k->n_ids; j++) {
                 ids[rows] = k->ids[j];
                 pos[rows++] = j;

@@ -35,8 +35,9 @@ void golden_free(golden *g);
  * tol of the golden ones and the greedy token; returns the worst logit
  * error. got (n_cases, GOLDEN_MAX_NEW, V) receives the logits when not
  * NULL. A model with a sliding window of W tokens (Mistral) runs as
- * DESIGN.md says: a sequence that outgrows it has a `window` cache of W - 1
- * slots (the W tokens a query attends to, itself included). */
+ * DESIGN.md says: its prefill attends each query's last W keys, and a
+ * sequence that outgrows it has a `window` cache of W - 1 slots (the W
+ * tokens a query attends to, itself included). */
 double golden_run(backend *be, const golden *g, const char *dir, int batched, float *got,
                   double tol);
 

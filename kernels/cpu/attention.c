@@ -56,12 +56,14 @@ int kern_attn_prefill_ref(float *out, int ldo, const float *q, const float *k,
                 size_t hc = (size_t)h * head_dim;
                 for (int i = 0; i < seqs[s].n_new; i++) {
                     const float *qr = q + (size_t)(r0 + i) * ld + hc;
-                    for (int j = 0; j <= i; j++)
+                    /* a sliding window: the keys i - window + 1 .. i */
+                    int w = seqs[s].window, j0 = w > 0 && i - w + 1 > 0 ? i - w + 1 : 0;
+                    for (int j = j0; j <= i; j++)
                         p[j] = dot(qr, k + (size_t)(r0 + j) * ld + kc, head_dim) * scale;
-                    softmax(p, i + 1);
+                    softmax(p + j0, i + 1 - j0);
                     float *o = out + (size_t)(r0 + i) * ldo + hc;
                     memset(o, 0, sizeof(float) * head_dim);
-                    for (int j = 0; j <= i; j++) {
+                    for (int j = j0; j <= i; j++) {
                         const float *vr = v + (size_t)(r0 + j) * ld + kc;
                         for (int e = 0; e < head_dim; e++)
                             o[e] += p[j] * vr[e];

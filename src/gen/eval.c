@@ -27,6 +27,7 @@ typedef struct ev_seq {
     int full;            /* the compare_full copy */
     int n_past, n_slots; /* tokens fed; KV slots in use */
     int budget, sinks, recent;
+    int window;          /* the model's sliding window, 0: none */
 } ev_seq;
 
 typedef struct ev_ctx {
@@ -49,7 +50,8 @@ typedef struct ev_ctx {
 static kern_seq desc(const ev_seq *q, int row, int n_new)
 {
     return (kern_seq){.row = row, .n_new = n_new, .n_past = q->n_past, .n_slots = q->n_slots,
-                      .budget = q->budget, .sinks = q->sinks, .recent = q->recent};
+                      .budget = q->budget, .sinks = q->sinks, .recent = q->recent,
+                      .window = q->window};
 }
 
 /* log-sum-exp and argmax of a row of logits, in double. */
@@ -260,11 +262,16 @@ int eval_run(model *m, sched *sc, eval_stream *s, int n, const eval_opts *o, eva
         for (int i = 0; i < nq; i++) {
             eval_stream *x = &s[first + i / e.per];
             int full = o->compare_full && i % 2 == 1;
-            e.q[i] = (ev_seq){.s = x, .full = full,
-                              .budget = full ? x->n : x->split.budget,
-                              .sinks = full ? 0 : x->split.sinks,
-                              .recent = full ? 1 : x->split.recent};
+            /* the full cache is still the model's: a sliding window caps it */
+            kv_split sp = x->split;
+            if (full)
+                rc = gen_split(&m->cfg, &(kv_policy){.kind = KV_POLICY_FULL}, x->prefill,
+                               x->n - x->prefill, 0, &sp);
+            e.q[i] = (ev_seq){.s = x, .full = full, .budget = sp.budget, .sinks = sp.sinks,
+                              .recent = sp.recent, .window = m->cfg.sliding_window};
         }
+        if (rc < 0)
+            break;
         rc = block_prefill(&e, nq);
         if (rc == 0)
             rc = block_decode(&e, nq);

@@ -29,7 +29,8 @@
 static kern_seq seq_desc(const gen_seq *s, int row, int n_new)
 {
     return (kern_seq){.row = row, .n_new = n_new, .n_past = s->n_past, .n_slots = s->n_slots,
-                      .budget = s->budget, .sinks = s->sinks, .recent = s->recent};
+                      .budget = s->budget, .sinks = s->sinks, .recent = s->recent,
+                      .window = s->window};
 }
 
 /* After a pass that fed n_new tokens of s. */
@@ -280,6 +281,7 @@ static void block_start(gen_seq *ss, const job_prompt *const *todo, int n, const
         s->budget = sp.budget;
         s->sinks = sp.sinks;
         s->recent = sp.recent;
+        s->window = c->sliding_window;
         s->n_gen = 0;
         s->done = 0;
         s->finish = NULL;

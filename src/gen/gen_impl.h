@@ -18,6 +18,7 @@ typedef struct gen_seq {
     int n_past;          /* tokens seen (the position of the next one) */
     int n_slots;         /* KV slots in use, min(n_past, budget) */
     int budget, sinks, recent; /* KV policy of this sequence (kern_seq) */
+    int window;          /* the model's sliding window (kern_seq), 0: none */
     int32_t *toks;       /* (max_new) generated */
     float *lps;          /* (max_new) */
     int n_gen;
