@@ -118,12 +118,15 @@ static int run_streams(eval_job *j, const cli_run *run, const sched_policy *pol,
     sched_plan pl;
     FORWARD_IF(sched_plan_compute(&shape, j->be.ops->elem_size, pol, &sh, &pl));
     /* the policy's own KV cache (--compare-full's full copies not counted) */
-    eval_opts alone = *eo;
-    alone.compare_full = 0;
-    sched_shape sh_alone;
-    sched_plan pl_alone;
-    eval_shape(cfg, j->s, j->n, &alone, pol->gpu_batch_size, &sh_alone);
-    FORWARD_IF(sched_plan_compute(&shape, j->be.ops->elem_size, pol, &sh_alone, &pl_alone));
+    sched_plan pl_alone = pl;
+    if (eo->compare_full) {
+        eval_opts alone = *eo;
+        alone.compare_full = 0;
+        sched_shape sh_alone;
+        eval_shape(cfg, j->s, j->n, &alone, pol->gpu_batch_size, &sh_alone);
+        FORWARD_IF(sched_plan_compute(&shape, j->be.ops->elem_size, pol, &sh_alone,
+                                      &pl_alone));
+    }
     for (int t = 0; t < SCHED_TIERS; t++)
         j->kv_bytes += pl_alone.bytes[t][SCHED_KV];
     if (run->plan_only) {

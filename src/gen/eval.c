@@ -194,7 +194,7 @@ static int block_decode(ev_ctx *e, int n)
 int eval_check(const model_config *c, eval_stream *s, int n, const eval_opts *o)
 {
     FORWARD_IF(kv_policy_check(&o->kv));
-    int grows = c->pos == MODEL_POS_ROPE && (o->kv.kind != KV_POLICY_FULL || c->sliding_window);
+    int grows = gen_positions_grow(c, &o->kv);
     for (int i = 0; i < n; i++) {
         eval_stream *x = &s[i];
         RETURN_IF(x->n < 2 || x->prefill < 1 || x->prefill >= x->n ||

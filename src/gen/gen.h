@@ -52,6 +52,10 @@ typedef struct gen_stats {
  * positions keep counting (DESIGN.md "Model families": rotary positions
  * with an evicting policy, or a sliding window). @return that count. */
 int gen_max_new(const job_prompt *p, const gen_opts *o, const model_config *c);
+/* 1 when a sequence of model c under policy kv may run past
+ * max_position_embeddings: rotary positions (keys cached after RoPE) with
+ * an evicting policy or a sliding window. */
+int gen_positions_grow(const model_config *c, const kv_policy *kv);
 /* The KV split (kv_policy_split of kv) of a prompt of n_prompt tokens (on
  * line `line`, for messages) generating max_new tokens on model
  * c: a sliding window of W tokens (Mistral), when the sequence outgrows

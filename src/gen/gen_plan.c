@@ -6,12 +6,15 @@
 #include "err.h"
 #include "gen.h"
 
+int gen_positions_grow(const model_config *c, const kv_policy *kv)
+{
+    return c->pos == MODEL_POS_ROPE && (kv->kind != KV_POLICY_FULL || c->sliding_window > 0);
+}
+
 int gen_max_new(const job_prompt *p, const gen_opts *o, const model_config *c)
 {
     int n = p->max_new >= 0 ? p->max_new : o->max_new;
-    int unbounded = c->pos == MODEL_POS_ROPE && (o->kv.kind != KV_POLICY_FULL ||
-                                                 c->sliding_window > 0);
-    if (!unbounded && p->n_ids + n > c->max_pos)
+    if (!gen_positions_grow(c, &o->kv) && p->n_ids + n > c->max_pos)
         n = c->max_pos - p->n_ids;
     return n;
 }
