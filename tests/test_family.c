@@ -334,26 +334,40 @@ Test(family, dummy_shapes_have_their_published_sizes)
 /* Long context (DESIGN.md "Model families"): keys are cached after RoPE, so
  * with an evicting policy a rotary model generates past
  * max_position_embeddings (128 here) with positions counting on; with the
- * full cache, or with OPT's learned positions, a sequence stops there. */
+ * full cache, or with OPT's learned positions, such a sequence is refused
+ * with a message, and one that fits still runs to its length. */
 Test(family, rotary_positions_run_past_max_position_embeddings)
 {
     cli_write("long.jsonl", "{\"id\": \"x\", \"prompt_ids\": [2, 17, 45, 300, 9], "
                             "\"max_new_tokens\": 200}\n");
+    cli_write("fits.jsonl", "{\"id\": \"x\", \"prompt_ids\": [2, 17, 45, 300, 9], "
+                            "\"max_new_tokens\": 123}\n");
     static const struct {
-        const char *model, *flags;
-        int want;
+        const char *model, *prompts, *flags;
+        int want; /* tokens, or 0: refused */
     } runs[] = {
-        {"tiny-llama", "--kv-policy h2o --kv-budget 24 --sinks 2", 200},
-        {"tiny-neox", "--kv-policy window --kv-budget 16", 200},
-        {"tiny-llama", "", 128 - 5},
-        {"tiny-opt", "--kv-policy h2o --kv-budget 24", 128 - 5},
+        {"tiny-llama", "long", "--kv-policy h2o --kv-budget 24 --sinks 2", 200},
+        {"tiny-neox", "long", "--kv-policy window --kv-budget 16", 200},
+        {"tiny-llama", "long", "", 0},
+        {"tiny-opt", "long", "--kv-policy h2o --kv-budget 24", 0},
+        {"tiny-llama", "fits", "", 128 - 5},
+        {"tiny-opt", "fits", "--kv-policy h2o --kv-budget 24", 128 - 5},
     };
     for (size_t i = 0; i < sizeof runs / sizeof *runs; i++) {
         char out[32];
         snprintf(out, sizeof out, "l%zu.jsonl", i);
-        cr_assert_eq(cli_run("generate --model " FIX "%s --prompts long.jsonl --out %s "
-                             "--ignore-eos --quiet %s", runs[i].model, out, runs[i].flags), 0,
-                     "%s %s: %s", runs[i].model, runs[i].flags, cli_err);
+        int rc = cli_run("generate --model " FIX "%s --prompts %s.jsonl --out %s "
+                         "--ignore-eos --quiet %s", runs[i].model, runs[i].prompts, out,
+                         runs[i].flags);
+        if (runs[i].want == 0) {
+            cr_assert_neq(rc, 0, "%s %s: not refused", runs[i].model, runs[i].flags);
+            cr_assert(strstr(cli_err, "line 1: 5 prompt + 200 new tokens pass the model's "
+                                      "max_position_embeddings 128; lower max_new_tokens"),
+                      "%s", cli_err);
+            cr_assert(!!strstr(cli_err, "--kv-budget") == (i == 2), "%s", cli_err);
+            continue;
+        }
+        cr_assert_eq(rc, 0, "%s %s: %s", runs[i].model, runs[i].flags, cli_err);
         char *o = cli_read(out), *t = strstr(o, "\"tokens\":[");
         cr_assert(t);
         int n = 1;

@@ -135,7 +135,7 @@ static int job_lengths(const model_config *cfg, const cli_common *c, sched_searc
         rc = gen_check(cfg, &ps, &go); /* every prompt's KV split */
     for (int i = 0; rc == 0 && i < ps.n; i++) {
         const job_prompt *p = &ps.p[i];
-        int n = gen_max_new(p, &go, cfg);
+        int n = gen_max_new(p, &go);
         so->prompt_len = p->n_ids > so->prompt_len ? p->n_ids : so->prompt_len;
         so->gen_len = n > so->gen_len ? n : so->gen_len;
     }

@@ -269,7 +269,7 @@ static void block_start(gen_seq *ss, const job_prompt *const *todo, int n, const
     for (int k = 0; k < n; k++) {
         gen_seq *s = &ss[k];
         s->p = todo[k];
-        s->max_new = gen_max_new(s->p, o, c);
+        s->max_new = gen_max_new(s->p, o);
         s->n_past = 0;
         s->n_slots = 0;
         kv_split sp;
@@ -308,7 +308,7 @@ static void todo_scan(const gen_ctx *gc, const job_prompts *ps, run_size *rs,
         if (job_out_has(gc->out, ps->p[i].id))
             continue;
         const job_prompt *p = &ps->p[i];
-        int mn = gen_max_new(p, gc->o, gc->c);
+        int mn = gen_max_new(p, gc->o);
         if (todo)
             todo[rs->n_todo] = p;
         rs->n_todo++;

@@ -47,11 +47,16 @@ typedef struct gen_stats {
 
 /* ------------------------------------------- sizing a job (gen_plan.c) */
 
-/* Tokens prompt p may generate: its max_new_tokens or o->max_new, no more
- * than the model's max_pos positions leave after the prompt, except where
- * positions keep counting (DESIGN.md "Model families": rotary positions
- * with an evicting policy, or a sliding window). @return that count. */
-int gen_max_new(const job_prompt *p, const gen_opts *o, const model_config *c);
+/* Tokens prompt p may generate: its max_new_tokens or o->max_new
+ * (gen_check_length refuses more than the model's positions allow).
+ * @return that count. */
+int gen_max_new(const job_prompt *p, const gen_opts *o);
+/* Whether a sequence of n_prompt + max_new tokens (the prompt on line
+ * `line`) fits model c under policy kv: within max_position_embeddings, or
+ * positions count on (gen_positions_grow; DESIGN.md "Model families").
+ * @return 0, or -EINVAL with a message naming the line and what to do. */
+int gen_check_length(const model_config *c, const kv_policy *kv, int n_prompt, int max_new,
+                     int line);
 /* 1 when a sequence of model c under policy kv may run past
  * max_position_embeddings: rotary positions (keys cached after RoPE) with
  * an evicting policy or a sliding window. */
@@ -65,9 +70,10 @@ int gen_positions_grow(const model_config *c, const kv_policy *kv);
 int gen_split(const model_config *c, const kv_policy *kv, int n_prompt, int max_new, int line,
               kv_split *out);
 
-/* Check the KV split of every prompt of ps under o->kv (kv_policy_split),
- * before anything runs, so that a budget that leaves some prompt no recent
- * slot stops the job with nothing written; the message names the prompt's
+/* Check the length (gen_check_length) and the KV split (kv_policy_split)
+ * of every prompt of ps under o->kv, before anything runs, so that a
+ * sequence past the model's positions or a budget that leaves some prompt
+ * no recent slot stops the job with nothing written; the message names the prompt's
  * line and the flags to change. @return 0 or -EINVAL. */
 int gen_check(const model_config *c, const job_prompts *ps, const gen_opts *o);
 

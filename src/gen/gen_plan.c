@@ -11,12 +11,23 @@ int gen_positions_grow(const model_config *c, const kv_policy *kv)
     return c->pos == MODEL_POS_ROPE && (kv->kind != KV_POLICY_FULL || c->sliding_window > 0);
 }
 
-int gen_max_new(const job_prompt *p, const gen_opts *o, const model_config *c)
+int gen_max_new(const job_prompt *p, const gen_opts *o)
 {
-    int n = p->max_new >= 0 ? p->max_new : o->max_new;
-    if (!gen_positions_grow(c, &o->kv) && p->n_ids + n > c->max_pos)
-        n = c->max_pos - p->n_ids;
-    return n;
+    return p->max_new >= 0 ? p->max_new : o->max_new;
+}
+
+int gen_check_length(const model_config *c, const kv_policy *kv, int n_prompt, int max_new,
+                     int line)
+{
+    if (gen_positions_grow(c, kv) || (long)n_prompt + max_new <= c->max_pos)
+        return 0;
+    const char *how = c->pos == MODEL_POS_ROPE
+                          ? "lower max_new_tokens, or set an evicting KV policy (--kv-budget) "
+                            "so that positions may count on"
+                          : "lower max_new_tokens (this model's learned positions end there)";
+    err_set(__FILE__, __LINE__, "line %d: %d prompt + %d new tokens pass the model's "
+            "max_position_embeddings %d; %s", line, n_prompt, max_new, c->max_pos, how);
+    return -EINVAL;
 }
 
 int gen_split(const model_config *c, const kv_policy *kv, int n_prompt, int max_new, int line,
@@ -44,7 +55,8 @@ int gen_check(const model_config *c, const job_prompts *ps, const gen_opts *o)
     for (int i = 0; i < ps->n; i++) {
         const job_prompt *p = &ps->p[i];
         kv_split sp;
-        FORWARD_IF(gen_split(c, &o->kv, p->n_ids, gen_max_new(p, o, c), p->line, &sp));
+        FORWARD_IF(gen_check_length(c, &o->kv, p->n_ids, gen_max_new(p, o), p->line));
+        FORWARD_IF(gen_split(c, &o->kv, p->n_ids, gen_max_new(p, o), p->line, &sp));
     }
     return 0;
 }
@@ -58,7 +70,7 @@ void gen_shape(const model_config *c, const job_prompts *ps, const job_out *out,
         if (out && job_out_has(out, p->id))
             continue;
         kv_split sp;
-        if (gen_split(c, &o->kv, p->n_ids, gen_max_new(p, o, c), p->line, &sp) < 0)
+        if (gen_split(c, &o->kv, p->n_ids, gen_max_new(p, o), p->line, &sp) < 0)
             continue; /* gen_check refuses it */
         if (p->n_ids > max_prompt)
             max_prompt = p->n_ids;
