@@ -475,6 +475,9 @@ void tok_destroy(tok *t)
     free(t->norm.tok);
     free(t->norm.text);
     free(t->eos);
+    free(t->chat_template);
+    free(t->bos_text);
+    free(t->eos_text);
     free(t);
 }
 

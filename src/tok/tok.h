@@ -129,6 +129,140 @@ int tok_encode(const tok *t, const char *text, size_t len, int32_t **ids);
  * -ENOMEM. */
 int tok_decode(const tok *t, const int32_t *ids, size_t n, char **out);
 
+/* ---------------------------------------------------- chat templates */
+
+/* A model's chat template turns a list of messages into the prompt text.
+ * Templates are Jinja (tokenizer_config.json's chat_template, or
+ * chat_template.jinja beside it); flexh2o runs no Jinja: it recognises the
+ * common templates (tok_chat_template_detect) and renders them in C,
+ * giving the text transformers' apply_chat_template(tokenize=False) gives,
+ * byte for byte:
+ *
+ *   llama3          Meta-Llama-3-8B/70B-Instruct
+ *   llama3.1        Llama-3.1-*-Instruct, Llama-3.3-70B-Instruct: a system
+ *                   block with "Cutting Knowledge Date: December 2023" and
+ *                   "Today Date: 26 Jul 2024" always (the template's
+ *                   default date)
+ *   chatml          plain ChatML (OpenHermes-2.5, Mistral-7B-OpenOrca)
+ *   qwen1.5         ChatML, default system "You are a helpful assistant"
+ *   qwen2           ChatML, default system "You are a helpful assistant."
+ *   qwen2.5         ChatML, default system "You are Qwen, created by Alibaba
+ *                   Cloud. You are a helpful assistant."
+ *   llama2          Llama-2-*-chat: [INST] with <<SYS>>, BOS per turn
+ *                   (CodeLlama-Instruct the same)
+ *   mistral-legacy  Mixtral-8x7B-Instruct-v0.1 / Mistral-7B-Instruct-v0.2 as
+ *                   released: "[INST] a [/INST]", no system message
+ *   mistral-v1      the same models' template since mid 2024 (mistral-common
+ *                   tokenizer V1): " [INST] a [/INST]", system message
+ *                   before the first user message
+ *   mistral-v3      mistral-common V3 (Mistral-Large-Instruct-2407,
+ *                   Mistral-7B-Instruct-v0.3): "[INST] a[/INST]", system
+ *                   message before the last user message
+ *   gemma           gemma-7b-it, gemma-2-*-it: <start_of_turn>, no system
+ *   zephyr          zephyr-7b-beta, TinyLlama-1.1B-Chat-v1.0: <|user|>
+ *
+ *   int kind;
+ *   if (tok_chat_template_detect(tok_chat_template(t), &kind) < 0) ...
+ *   tok_chat_msg m[2] = {{"system", "Be terse."}, {"user", "Hi"}};
+ *   int32_t *ids;
+ *   int n = tok_chat_encode(t, kind, m, 2, 1, &ids);  // BOS as written
+ *
+ * The rendered text holds the BOS text where the template writes it
+ * (llama2, mistral-*, llama3*, gemma): encode it as it is, adding no BOS
+ * (apply_chat_template(tokenize=True) encodes with
+ * add_special_tokens=False), which is what tok_chat_encode does. */
+enum tok_chat_kind {
+    TOK_CHAT_LLAMA3,
+    TOK_CHAT_LLAMA3_1,
+    TOK_CHAT_CHATML,
+    TOK_CHAT_QWEN1_5,
+    TOK_CHAT_QWEN2,
+    TOK_CHAT_QWEN2_5,
+    TOK_CHAT_LLAMA2,
+    TOK_CHAT_MISTRAL_LEGACY,
+    TOK_CHAT_MISTRAL_V1,
+    TOK_CHAT_MISTRAL_V3,
+    TOK_CHAT_GEMMA,
+    TOK_CHAT_ZEPHYR,
+    TOK_CHAT_COUNT
+};
+
+/* One message. ROLE is "system", "user" or "assistant"; CONTENT UTF-8. */
+typedef struct {
+    const char *role, *content;
+} tok_chat_msg;
+
+/* The name of template KIND ("llama3", ...: the table above), or NULL
+ * when KIND is not an enum tok_chat_kind. Static storage. */
+const char *tok_chat_name(int kind);
+
+/* The template --chat-template NAME chooses, in *kind.
+ * @return 0, or -EINVAL when NAME is none of the names (the message lists
+ * them). */
+int tok_chat_template_find(const char *name, int *kind);
+
+/* Recognise the Jinja text JINJA (NUL-terminated; NULL when the model has
+ * none) as one of the templates, in *kind. Recognised are the texts of
+ * the models above in each revision flexh2o knows, and any text that is
+ * one of those up to form: layout and whitespace control that leave the
+ * output alike, quotes, escapes (\n or a newline), comments,
+ * message['role'] for message.role. Anything else would render otherwise
+ * somewhere and is refused; the message gives the text's fingerprint
+ * (tok_chat_fingerprint), which is what a new revision adds to the table
+ * in tok_chat_detect.c.
+ * @return 0, -ENOENT (JINJA is NULL) or -ENOTSUP (not recognised); both
+ * messages say to pass --chat-template NAME and list the names. */
+int tok_chat_template_detect(const char *jinja, int *kind);
+
+/* Render the N messages MSGS with template KIND into *out (malloc'd,
+ * NUL-terminated; the caller frees it), as transformers'
+ * apply_chat_template(messages, tokenize=False, add_generation_prompt=
+ * ADD_GENERATION_PROMPT) renders the template with the tokenizer's
+ * BOS_TOKEN and EOS_TOKEN strings (NULL: the tokenizer has none; the
+ * template then writes ""). The order of messages is checked as the
+ * template checks it, with its message (Llama-2, Mistral and Gemma:
+ * "Conversation roles must alternate user/assistant/user/assistant/...",
+ * "System role not supported", ...). flexh2o also refuses what a template
+ * would render silently wrong: a role other than system, user, assistant;
+ * no messages; for llama2, a system message after the first (the
+ * template drops it). On failure *out is NULL.
+ * @return the byte length of *out, or -EINVAL (KIND unknown, the messages
+ * refused: the message says why and which), -EILSEQ (a content is not
+ * UTF-8), -EOVERFLOW (over INT32_MAX bytes), -ENOMEM. */
+int tok_chat_render(int kind, const tok_chat_msg *msgs, int n,
+                    int add_generation_prompt, const char *bos_token,
+                    const char *eos_token, char **out);
+
+/* tok_chat_render with T's BOS and EOS strings (tok_chat_bos_token,
+ * tok_chat_eos_token), then tok_encode of the text: the ids of
+ * apply_chat_template(tokenize=True). No BOS is added beyond the one the
+ * template writes. *ids as tok_encode's (the caller frees it).
+ * @return the number of ids, or as tok_chat_render and tok_encode. */
+int tok_chat_encode(const tok *t, int kind, const tok_chat_msg *msgs, int n,
+                    int add_generation_prompt, int32_t **ids);
+
+/* The model's chat template: DIR/chat_template.jinja when it exists, else
+ * tokenizer_config.json's chat_template (a string, or of a list of
+ * {"name", "template"} the one named "default"). NULL when there is none
+ * (nor a "default").
+ * Points into T (valid until tok_destroy). */
+const char *tok_chat_template(const tok *t);
+
+/* tokenizer_config.json's bos_token and eos_token strings (each a string
+ * or {"content": ...}), as the template sees them; NULL when absent.
+ * Point into T. */
+const char *tok_chat_bos_token(const tok *t);
+const char *tok_chat_eos_token(const tok *t);
+
+/* The fingerprint of a Jinja text's form (LEN bytes, no NUL needed): a
+ * 64-bit hash of its tokens as Jinja's lexer (trim_blocks and
+ * lstrip_blocks, as transformers sets them) yields them, output text
+ * after whitespace control, string literals by value, comments dropped,
+ * x['name'] as x.name. Two texts with one fingerprint render alike.
+ * @return 0, or -EINVAL (not valid Jinja: an unclosed tag or string; no
+ * message). */
+int tok_chat_fingerprint(const char *jinja, size_t len, uint64_t *fp);
+
 /* ------------------------------------------------------- lower level */
 
 /* The pre-tokenizer alone, exposed for tests and tools: the end offset of

@@ -1,8 +1,11 @@
 /* tok_config.c: BOS and EOS from the model directory (see tok.h,
- * tok_bos_id and tok_eos_ids, for the order of the sources).
+ * tok_bos_id and tok_eos_ids, for the order of the sources), and the chat
+ * template (tok_chat_template).
  *
  *   tokenizer_config.json   add_bos_token, bos_token; add_eos_token and
- *                           split_special_tokens are refused when true
+ *                           split_special_tokens are refused when true;
+ *                           chat_template, bos_token and eos_token as text
+ *   chat_template.jinja     the chat template, before tokenizer_config's
  *   generation_config.json  eos_token_id (an id or a list)
  *   config.json             eos_token_id, bos_token_id
  *
@@ -89,13 +92,103 @@ static int check_tokenizer_config(const cJSON *tc, const char *path)
     return 0;
 }
 
-/* tokenizer_config.json's bos_token: "<s>" or {"content": "<s>", ...}. */
-static const char *bos_token_of(const cJSON *tc)
+/* tokenizer_config.json's bos_token or eos_token (KEY): "<s>" or
+ * {"content": "<s>", ...}; NULL when absent or null. */
+static const char *token_text_of(const cJSON *tc, const char *key)
 {
-    const cJSON *b = cJSON_GetObjectItemCaseSensitive(tc, "bos_token");
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(tc, key);
     if (cJSON_IsObject(b))
         b = cJSON_GetObjectItemCaseSensitive(b, "content");
     return cJSON_IsString(b) ? b->valuestring : NULL;
+}
+
+static const char *bos_token_of(const cJSON *tc)
+{
+    return token_text_of(tc, "bos_token");
+}
+
+static int dup_into(char **dst, const char *s)
+{
+    if (!s)
+        return 0;
+    *dst = strdup(s);
+    RETURN_IF(!*dst, -ENOMEM, "out of memory for the chat template");
+    return 0;
+}
+
+/* tokenizer_config.json's chat_template: a string, or a list of {"name",
+ * "template"} (or an object name -> template) of which transformers uses
+ * "default"; NULL when absent, null or without a default. */
+static int chat_template_of(const cJSON *tc, const char *path,
+                            const char **out)
+{
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(tc, "chat_template");
+    *out = NULL;
+    if (!c || cJSON_IsNull(c))
+        return 0;
+    if (cJSON_IsString(c)) {
+        *out = c->valuestring;
+        return 0;
+    }
+    if (cJSON_IsObject(c)) {
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(c, "default");
+        *out = cJSON_IsString(d) ? d->valuestring : NULL;
+        return 0;
+    }
+    RETURN_IF(!cJSON_IsArray(c), -EINVAL,
+              "%s: chat_template must be a string or a list of {\"name\", "
+              "\"template\"}; fix or re-download it",
+              path);
+    for (const cJSON *e = c->child; e; e = e->next) {
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(e, "name");
+        const cJSON *tmpl = cJSON_GetObjectItemCaseSensitive(e, "template");
+        RETURN_IF(!cJSON_IsString(name) || !cJSON_IsString(tmpl), -EINVAL,
+                  "%s: each chat_template entry needs a \"name\" and a "
+                  "\"template\" string; fix or re-download it",
+                  path);
+        if (strcmp(name->valuestring, "default") == 0)
+            *out = tmpl->valuestring;
+    }
+    return 0;
+}
+
+/* The chat template and the BOS/EOS strings it is rendered with: DIR's
+ * chat_template.jinja wins over TC's chat_template (transformers reads
+ * the file in its place). */
+static int read_chat(tok *t, const char *dir, const cJSON *tc,
+                     const char *tpath)
+{
+    char path[4096];
+    RETURN_IF(snprintf(path, sizeof path, "%s/chat_template.jinja", dir) >=
+                  (int)sizeof path,
+              -ENAMETOOLONG, "%s: path too long", dir);
+    char *text;
+    size_t len;
+    int rc = off_read_file(path, &text, &len);
+    if (rc == 0) {
+        t->chat_template = malloc(len + 1);
+        if (t->chat_template) {
+            memcpy(t->chat_template, text, len);
+            t->chat_template[len] = 0;
+        }
+        free(text);
+        RETURN_IF(!t->chat_template, -ENOMEM,
+                  "out of memory for %s (%zu bytes)", path, len);
+        RETURN_IF(strlen(t->chat_template) != len, -EINVAL,
+                  "%s: has a NUL byte; re-download it", path);
+    } else if (rc == -ENOENT) {
+        err_clear(); /* absent is fine: drop the reader's message */
+    } else {
+        return rc;
+    }
+    if (!tc)
+        return 0;
+    const char *tmpl;
+    FORWARD_IF(chat_template_of(tc, tpath, &tmpl));
+    if (!t->chat_template)
+        FORWARD_IF(dup_into(&t->chat_template, tmpl));
+    FORWARD_IF(dup_into(&t->bos_text, token_text_of(tc, "bos_token")));
+    return dup_into(&t->eos_text, token_text_of(tc, "eos_token"));
 }
 
 /* Rule 1 of tok_bos_id: add_bos_token true. */
@@ -164,6 +257,8 @@ int tok_config_load(tok *t, const char *dir, const struct tok_src *src)
         rc = read_optional(dir, "config.json", cpath, sizeof cpath, &cfg);
     if (rc == 0 && tc)
         rc = check_tokenizer_config(tc, tpath);
+    if (rc == 0)
+        rc = read_chat(t, dir, tc, tpath);
     if (rc == 0)
         rc = pick_bos(t, src, tc, tpath, cfg);
     if (rc == 0 && gc)

@@ -4,11 +4,13 @@
  *   tok_json.c    tokenizer.json -> struct tok_src (model, added tokens,
  *                 normalizer, pre-tokenizer, decoder, post-processor)
  *   tok_config.c  BOS and EOS: tokenizer_config.json, generation_config.json,
- *                 config.json
+ *                 config.json; the chat template and its BOS/EOS strings
  *   tok_encode.c  added tokens, normalizer, pre-tokenizer, then BPE
  *   tok_bpe.c     BPE of one piece
  *   tok_pretok.c  UTF-8 and the Split regexes
  *   tok_decode.c  the decoder
+ *   tok_chat.c    chat templates: names, rendering, encoding
+ *   tok_chat_detect.c  a Jinja text's fingerprint -> the template it is
  */
 #ifndef FH_TOK_IMPL_H
 #define FH_TOK_IMPL_H
@@ -163,6 +165,8 @@ struct tok {
     int32_t bos_id;           /* tok_bos_id */
     int32_t *eos;             /* (n_eos) tok_eos_ids */
     int n_eos;
+    char *chat_template;      /* tok_chat_template, or NULL */
+    char *bos_text, *eos_text; /* tok_chat_bos_token/eos_token, or NULL */
 };
 
 /* ----------------------------------------------------- load-time input */
