@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #include "err.h"
 #include "model.h"
@@ -83,6 +84,72 @@ char *cli_read(const char *name)
     snprintf(path, sizeof path, "%s/%s", cli_dir, name);
     cr_assert_eq(off_read_file(path, &buf, NULL), 0, "%s", err_msg());
     return buf;
+}
+
+void cli_write_zst(const char *name, const char *text, size_t chunk)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", cli_dir, name);
+    FILE *f = fopen(path, "wb");
+    cr_assert(f, "cannot write %s", path);
+    size_t len = strlen(text);
+    if (chunk == 0)
+        chunk = len ? len : 1;
+    ZSTD_CCtx *cctx = ZSTD_createCCtx();
+    for (size_t at = 0; at < len; at += chunk) {
+        size_t k = len - at < chunk ? len - at : chunk, cap = ZSTD_compressBound(k);
+        char *z = malloc(cap);
+        size_t zn = ZSTD_compressCCtx(cctx, z, cap, text + at, k, 3);
+        cr_assert(!ZSTD_isError(zn), "%s", ZSTD_getErrorName(zn));
+        cr_assert_eq(fwrite(z, 1, zn, f), zn);
+        free(z);
+    }
+    ZSTD_freeCCtx(cctx);
+    cr_assert_eq(fclose(f), 0);
+}
+
+char *cli_read_zst(const char *name, int *n_frames, long **ends)
+{
+    char path[512], *raw;
+    size_t len;
+    snprintf(path, sizeof path, "%s/%s", cli_dir, name);
+    cr_assert_eq(off_read_file(path, &raw, &len), 0, "%s", err_msg());
+    ZSTD_DCtx *d = ZSTD_createDCtx();
+    size_t cap = 1 << 16, n = 0;
+    char *out = malloc(cap);
+    long *end = NULL;
+    int frames = 0;
+    for (size_t at = 0; at < len; frames++) {
+        size_t fs = ZSTD_findFrameCompressedSize(raw + at, len - at);
+        cr_assert(!ZSTD_isError(fs), "%s: frame %d at byte %zu: %s", path, frames, at,
+                  ZSTD_getErrorName(fs));
+        ZSTD_inBuffer in = {raw + at, fs, 0};
+        for (size_t left = 1; left != 0;) {
+            if (cap - n < (1 << 15)) {
+                cap *= 2;
+                out = realloc(out, cap);
+            }
+            ZSTD_outBuffer o = {out + n, cap - n - 1, 0};
+            left = ZSTD_decompressStream(d, &o, &in);
+            cr_assert(!ZSTD_isError(left), "%s: frame %d: %s", path, frames,
+                      ZSTD_getErrorName(left));
+            n += o.pos;
+        }
+        at += fs;
+        if ((frames & (frames - 1)) == 0) /* 0, 1, 2, 4, ...: room doubled */
+            end = realloc(end, sizeof *end * (size_t)(frames ? 2 * frames : 1));
+        end[frames] = (long)at;
+    }
+    out[n] = 0;
+    free(raw);
+    ZSTD_freeDCtx(d);
+    if (n_frames)
+        *n_frames = frames;
+    if (ends)
+        *ends = end;
+    else
+        free(end);
+    return out;
 }
 
 int cli_exists(const char *name)

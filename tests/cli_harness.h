@@ -7,6 +7,8 @@
 #ifndef FH_CLI_HARNESS_H
 #define FH_CLI_HARNESS_H
 
+#include <stddef.h>
+
 extern char cli_dir[256];     /* the scratch directory of the running test */
 extern char cli_err[8192];    /* stderr of the last cli_run */
 extern const char *cli_device; /* --device given to generate runs ("cpu") */
@@ -37,6 +39,15 @@ int cli_run(const char *fmt, ...);
 void cli_write(const char *name, const char *text);
 /* The contents of cli_dir/name (NUL-terminated); the caller frees. */
 char *cli_read(const char *name);
+/* Write text to cli_dir/name as zstd frames of chunk bytes of text each
+ * (0: one frame for all of it), straight through libzstd as another
+ * program would: a frame may cut a line or hold several. */
+void cli_write_zst(const char *name, const char *text, size_t chunk);
+/* cli_read of a zstd file, decompressed frame by frame with libzstd
+ * (not with job_file.c); *n_frames (may be NULL) gets the frame count, and
+ * *ends (may be NULL; the caller frees) each frame's end offset. A damaged
+ * frame fails the test. */
+char *cli_read_zst(const char *name, int *n_frames, long **ends);
 /* 1 when cli_dir/name exists. */
 int cli_exists(const char *name);
 

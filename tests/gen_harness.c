@@ -44,8 +44,7 @@ uint64_t gen_harness_run(backend *be, const char *percent, int cpu_attention, co
                    .kv = {.kind = KV_POLICY_H2O, .ratio = 0.5, .sinks = 1, .hh_share = 0.5}};
     if (trace) {
         snprintf(trace_path, sizeof trace_path, "%s/%s", cli_dir, trace);
-        go.trace = fopen(trace_path, "w");
-        cr_assert(go.trace, "cannot open %s", trace_path);
+        cr_assert_eq(job_file_wr_open(trace_path, "wb", &go.trace), 0, "%s", err_msg());
         go.kv_stats = 1;
     }
 
@@ -75,8 +74,7 @@ uint64_t gen_harness_run(backend *be, const char *percent, int cpu_attention, co
     cr_assert_eq(rc, 0, "%s", err_msg());
     gen_stats_free(&st);
     cr_assert_eq(job_out_close(&jo), 0, "%s", err_msg());
-    if (go.trace)
-        cr_assert_eq(fclose(go.trace), 0);
+    cr_assert_eq(job_file_wr_close(go.trace), 0);
     sched_destroy(sc);
     model_destroy(m);
     job_prompts_free(&ps);

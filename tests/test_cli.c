@@ -323,3 +323,149 @@ Test(cli, dummy_weights_run_without_files)
     cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(cJSON_GetArrayItem(r, 0), "tokens")), 2);
     cJSON_Delete(r);
 }
+
+/* cli_dir/name's first n bytes, then tail[0..tail_len), as a killed job
+ * (and whatever the disk left after it) could leave the file. */
+static void cut_file(const char *name, long n, const char *tail, size_t tail_len)
+{
+    char path[512], *raw;
+    size_t len;
+    snprintf(path, sizeof path, "%s/%s", cli_dir, name);
+    cr_assert_eq(off_read_file(path, &raw, &len), 0, "%s", err_msg());
+    cr_assert_leq((size_t)n, len);
+    FILE *f = fopen(path, "wb");
+    cr_assert(f);
+    cr_assert_eq(fwrite(raw, 1, (size_t)n, f), (size_t)n);
+    cr_assert_eq(fwrite(tail, 1, tail_len, f), tail_len);
+    cr_assert_eq(fclose(f), 0);
+    free(raw);
+}
+
+/* .zst in and out (DESIGN.md "Job files"): the prompts read as their
+ * plain text whatever their framing; the completions decompress to the
+ * plain run's bytes, one frame per record; a job killed in the middle of a
+ * frame, or one whose file ends in garbage, resumes to the same bytes; a
+ * damaged prompt file is one line of error. */
+Test(cli, zst_job_files_round_trip_and_resume)
+{
+    /* --batch-size 1: a resumed run then computes each prompt as the full
+     * run did, to the bit (batch_invariant: up to float rounding only) */
+    const char *run = "generate --model " TINY " --max-new-tokens 6 --quiet --batch-size 1";
+    cli_write("p.jsonl", prompts5);
+    cli_write_zst("p.jsonl.zst", prompts5, 0);
+    cli_write_zst("p7.jsonl.zst", prompts5, 7); /* lines cut across frames */
+    cr_assert_eq(cli_run("%s --prompts p.jsonl --out full.jsonl", run), 0, "%s", cli_err);
+    char *full = cli_read("full.jsonl");
+    cr_assert_eq(cli_run("%s --prompts p.jsonl.zst --out o.jsonl.zst", run), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("%s --prompts p7.jsonl.zst --out o7.jsonl", run), 0, "%s", cli_err);
+    int frames;
+    long *fe;
+    char *z = cli_read_zst("o.jsonl.zst", &frames, &fe), *o7 = cli_read("o7.jsonl");
+    cr_assert_str_eq(z, full);
+    cr_assert_str_eq(o7, full);
+    cr_assert_eq(frames, 5, "one frame per record");
+    free(z);
+    free(o7);
+
+    static const struct {
+        const char *what;
+        int mid;          /* cut in the middle of frame 3, else after it */
+        const char *tail; /* then appended */
+    } kills[] = {{"killed mid-frame", 1, ""}, {"garbage after a frame", 0, "\x01garbage"},
+                 {"mid-frame, then garbage", 1, "garbage"}};
+    for (size_t k = 0; k < sizeof kills / sizeof *kills; k++) {
+        char cp[1200];
+        snprintf(cp, sizeof cp, "cp %s/o.jsonl.zst %s/part.jsonl.zst", cli_dir, cli_dir);
+        cr_assert_eq(system(cp), 0);
+        cut_file("part.jsonl.zst", kills[k].mid ? (fe[1] + fe[2]) / 2 : fe[2], kills[k].tail,
+                 strlen(kills[k].tail));
+        cr_assert_eq(cli_run("%s --prompts p.jsonl --out part.jsonl.zst --resume", run), 0,
+                     "%s: %s", kills[k].what, cli_err);
+        cr_assert(strstr(cli_err, "part.jsonl.zst: dropping a torn last record"), "%s: %s",
+                  kills[k].what, cli_err);
+        z = cli_read_zst("part.jsonl.zst", &frames, NULL);
+        cr_assert_str_eq(z, full, "%s", kills[k].what);
+        cr_assert_eq(frames, 5, "%s", kills[k].what);
+        free(z);
+    }
+    /* resuming a finished job does nothing */
+    char *before = cli_read_zst("part.jsonl.zst", NULL, NULL);
+    cr_assert_eq(cli_run("%s --prompts p.jsonl --out part.jsonl.zst --resume", run), 0, "%s",
+                 cli_err);
+    cr_assert(!strstr(cli_err, "torn"), "%s", cli_err);
+    z = cli_read_zst("part.jsonl.zst", &frames, NULL);
+    cr_assert_str_eq(z, before);
+    free(z);
+    free(before);
+
+    /* damaged prompt files: plain text named .zst, a truncated frame */
+    cli_write("bad.jsonl.zst", prompts5);
+    cr_assert_eq(cli_run("%s --prompts bad.jsonl.zst --out b.jsonl", run), 1);
+    cr_assert(strstr(cli_err, "flexh2o: bad.jsonl.zst: not a zstd file (or corrupt at byte 0)"),
+              "%s", cli_err);
+    cr_assert_eq(strchr(cli_err, '\n'), cli_err + strlen(cli_err) - 1, "one line: %s", cli_err);
+    cut_file("p7.jsonl.zst", 30, "", 0);
+    cr_assert_eq(cli_run("%s --prompts p7.jsonl.zst --out b.jsonl", run), 1);
+    cr_assert(strstr(cli_err, "p7.jsonl.zst: not a zstd file (or corrupt at byte "), "%s",
+              cli_err);
+    cr_assert_eq(strchr(cli_err, '\n'), cli_err + strlen(cli_err) - 1, "one line: %s", cli_err);
+    cr_assert(!cli_exists("b.jsonl"), "a refused job must not create its output");
+    free(fe);
+    free(full);
+}
+
+/* --trace-evictions and score's files are job files too: .zst gives the
+ * plain bytes, and a resumed .zst trace (its last frame torn) is the
+ * uninterrupted one. */
+Test(cli, zst_trace_and_score_files)
+{
+    const char *run = "generate --model " TINY " --prompts p.jsonl --max-new-tokens 6 --quiet "
+                      "--batch-size 1 --kv-policy h2o --kv-ratio 0.5 --sinks 1";
+    cli_write("p.jsonl", prompts5);
+    cr_assert_eq(cli_run("%s --out o.jsonl --trace-evictions ev.jsonl", run), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("%s --out o.jsonl.zst --trace-evictions ev.jsonl.zst", run), 0, "%s",
+                 cli_err);
+    char *ev = cli_read("ev.jsonl"), *evz = cli_read_zst("ev.jsonl.zst", NULL, NULL);
+    cr_assert(strlen(ev) > 100, "the budget must evict");
+    cr_assert_str_eq(evz, ev);
+    free(evz);
+    /* killed after two records, in the middle of a trace frame */
+    int frames, tframes;
+    long *fe, *te;
+    free(cli_read_zst("o.jsonl.zst", &frames, &fe));
+    free(cli_read_zst("ev.jsonl.zst", &tframes, &te));
+    cr_assert_gt(tframes, 2);
+    cut_file("o.jsonl.zst", fe[1], "", 0);
+    cut_file("ev.jsonl.zst", (te[tframes - 2] + te[tframes - 1]) / 2, "", 0);
+    cr_assert_eq(cli_run("%s --out o.jsonl.zst --trace-evictions ev.jsonl.zst --resume", run), 0,
+                 "%s", cli_err);
+    evz = cli_read_zst("ev.jsonl.zst", NULL, NULL);
+    cr_assert_str_eq(evz, ev);
+    char *o = cli_read("o.jsonl"), *oz = cli_read_zst("o.jsonl.zst", NULL, NULL);
+    cr_assert_str_eq(oz, o);
+    free(o);
+    free(oz);
+    free(evz);
+    free(ev);
+    free(fe);
+    free(te);
+
+    static const char req[] = "{\"id\": \"a\", \"context\": \"The quick brown\", "
+                              "\"continuation\": \" fox\"}\n"
+                              "{\"context_ids\": [2, 9, 10], \"continuation_ids\": [11, 12]}\n"
+                              "{\"context\": \"one two\", \"continuation\": \" three\"}\n";
+    cli_write("req.jsonl", req);
+    cli_write_zst("req.jsonl.zst", req, 20);
+    cr_assert_eq(cli_run("score --model " TINY " --prompts req.jsonl --out r.jsonl --quiet"), 0,
+                 "%s", cli_err);
+    cr_assert_eq(cli_run("score --model " TINY " --prompts req.jsonl.zst --out r.jsonl.zst "
+                         "--quiet"), 0, "%s", cli_err);
+    char *r = cli_read("r.jsonl"), *rz = cli_read_zst("r.jsonl.zst", &frames, NULL);
+    cr_assert_str_eq(rz, r);
+    cr_assert_eq(frames, 3, "one frame per result");
+    free(r);
+    free(rz);
+    cr_assert_eq(cli_run("score --model " TINY " --prompts req.jsonl.zst --out r.jsonl.zst "
+                         "--quiet"), 1);
+    cr_assert(strstr(cli_err, "r.jsonl.zst already exists"), "%s", cli_err);
+}

@@ -21,6 +21,7 @@
 #include "cli_model.h"
 #include "err.h"
 #include "eval.h"
+#include "job_file.h"
 #include "off.h"
 
 static const char eval_help[] =
@@ -55,7 +56,7 @@ static const char score_help[] =
     "ending in whitespace gives it to the continuation (as lm-evaluation-harness does).\n"
     "With the full cache the context is one prefill; with an evicting --kv-policy it\n"
     "runs through the cache token by token, as eval does. Records are written per\n"
-    "finished block, in input order.\n";
+    "finished block, in input order. Files named *.zst are zstd (one frame per result).\n";
 
 typedef struct eval_args {
     cli_common c;
@@ -85,7 +86,7 @@ typedef struct eval_job {
     eval_stream *s;
     int n;
     char **req_ids;      /* score: each request's id, as JSON text */
-    FILE *out;
+    job_file_wr *out;    /* score's results (zstd when named *.zst) */
     long written;
     uint64_t kv_bytes;
     eval_stats st;
@@ -316,7 +317,7 @@ static int score_requests(eval_job *j, const char *path, int full)
 {
     char *buf;
     size_t len;
-    FORWARD_IF(off_read_file(path, &buf, &len));
+    FORWARD_IF(job_file_read_all(path, &buf, &len));
     int lines = 0;
     for (size_t i = 0; i < len; i++)
         lines += buf[i] == '\n';
@@ -442,16 +443,21 @@ static int score_requests(eval_job *j, const char *path, int full)
     return rc;
 }
 
-/* Write the results of a finished block, in input order, and flush. */
+/* Write the results of a finished block, in input order, each flushed as
+ * its own record (in a .zst file: its own frame). */
 static int score_block(void *ud, const eval_stream *s, int first, int n)
 {
     eval_job *j = ud;
-    for (int k = first; k < first + n; k++)
-        fprintf(j->out, "{\"id\": %s, \"logprob\": %.9g, \"is_greedy\": %s, \"n_tokens\": %d}\n",
-                j->req_ids[k], s[k].logprob, s[k].n_greedy == s[k].n_targets ? "true" : "false",
-                s[k].n_targets);
-    RETURN_IF(fflush(j->out) != 0 || ferror(j->out), -EIO,
-              "cannot write the results (%s); free space and rerun", strerror(errno));
+    int rc = 0;
+    for (int k = first; rc == 0 && k < first + n; k++) {
+        rc = job_file_printf(j->out, "{\"id\": %s, \"logprob\": %.9g, \"is_greedy\": %s, "
+                             "\"n_tokens\": %d}\n", j->req_ids[k], s[k].logprob,
+                             s[k].n_greedy == s[k].n_targets ? "true" : "false", s[k].n_targets);
+        if (rc == 0)
+            rc = job_file_flush(j->out);
+    }
+    RETURN_IF(rc < 0, -EIO, "cannot write the results (%s); free space and rerun",
+              strerror(errno));
     j->written += n;
     return 0;
 }
@@ -474,20 +480,17 @@ int cli_score(int argc, char **argv)
                     .on_block = score_block, .ud = &j};
     rc = score_requests(&j, a.c.prompts, a.c.kv.kind == KV_POLICY_FULL);
     if (rc == 0 && !a.run.plan_only) {
-        j.out = fopen(a.c.out, "wx"); /* never over results already written */
-        if (!j.out && errno == EEXIST) {
+        /* never over results already written */
+        rc = job_file_wr_open(a.c.out, "wbx", &j.out);
+        if (rc == -EEXIST) {
             run_free(&j);
             return cli_error(1, "%s already exists; remove it or choose another --out",
                              a.c.out);
         }
-        if (!j.out) {
-            err_set(__FILE__, __LINE__, "%s: cannot create (%s)", a.c.out, strerror(errno));
-            rc = -errno;
-        }
     }
     if (rc == 0)
         rc = run_streams(&j, &a.run, &pol, &eo);
-    if (j.out && fclose(j.out) != 0 && rc == 0) {
+    if (job_file_wr_close(j.out) != 0 && rc == 0) {
         err_set(__FILE__, __LINE__, "%s: closing failed", a.c.out);
         rc = -EIO;
     }

@@ -42,6 +42,7 @@ static const char generate_help[] =
     "                       qwen2.5-7b, mistral-7b, pythia-12b, ...)\n"
     "  --prompts FILE       JSONL: {\"id\"?, \"prompt\" | \"prompt_ids\", \"max_new_tokens\"?}\n"
     "  --out FILE           JSONL completions, appended and flushed per prompt\n"
+    "                       (any job file named *.zst is zstd, one frame per record)\n"
     "  --max-new-tokens N   default 32\n"
     "  --batch-size N       sequences generated together (default 8)\n"
     "  --temperature T      0 = greedy (default); --top-p P (default 1), --seed S (default 0)\n"
@@ -239,7 +240,7 @@ static int generate_close(gen_args *a, gen_job *j, int rc)
         if (rc == 0)
             rc = trc;
     }
-    if (a->go.trace && fclose(a->go.trace) != 0 && rc == 0) {
+    if (job_file_wr_close(a->go.trace) != 0 && rc == 0) {
         err_set(__FILE__, __LINE__, "%s: closing failed", a->evict_path);
         rc = -EIO;
     }

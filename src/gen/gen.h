@@ -28,8 +28,9 @@ typedef struct gen_opts {
     int progress;        /* print a progress line on stderr */
     int ignore_eos;      /* run to max_new_tokens (benchmarks) */
     kv_policy kv;        /* KV policy and budget; all zero = full */
-    FILE *trace;         /* --trace-evictions: one JSONL line per dropped token
-                          * (see gen_run), or NULL; caller-owned */
+    job_file_wr *trace;  /* --trace-evictions: one JSONL line per dropped token
+                          * (see gen_run), flushed per pass, or NULL;
+                          * caller-owned (gen_trace_open) */
     int kv_stats;        /* --stats: measure the kept attention mass per layer */
 } gen_opts;
 
@@ -125,12 +126,13 @@ int gen_run(model *m, sched *sc, const tok *t, const job_prompts *ps, job_out *o
 
 /* ------------------------ the eviction trace and --stats (gen_trace.c) */
 
-/* Open the --trace-evictions file for appending. Without resume an
- * existing non-empty file is refused; with resume only its complete lines
- * of prompts already in out are kept (the others are generated again).
- * @return 0 or -errno (-EEXIST: present and not resumed); on success the
- * caller fcloses *f. */
-int gen_trace_open(const char *path, int resume, const job_out *out, FILE **f);
+/* Open the --trace-evictions file (zstd when named *.zst: one frame per
+ * pass's lines) for appending. Without resume an existing non-empty file
+ * is refused; with resume only its complete lines of prompts already in
+ * out are kept (the others are generated again). @return 0 or -errno
+ * (-EEXIST: present and not resumed); on success the caller closes *f
+ * with job_file_wr_close. */
+int gen_trace_open(const char *path, int resume, const job_out *out, job_file_wr **f);
 
 /* Print st->kept_mass, one "layer L: M" line per layer after a header
  * naming o's KV policy and the sample count (--stats). */

@@ -62,12 +62,12 @@ typedef struct gen_buf {
 /* --trace-evictions after a prefill pass: the prompt tokens that sequence
  * k of the block (s) did not keep, per layer and head, appended to f.
  * @return 0 or -errno (-EIO: f could not be written). */
-int gen_trace_prefill(gen_ctx *gc, gen_buf *bb, const gen_seq *s, int k, FILE *f);
+int gen_trace_prefill(gen_ctx *gc, gen_buf *bb, const gen_seq *s, int k, job_file_wr *f);
 
 /* --trace-evictions after a decode pass, before the sequences advance:
  * what each active sequence of ss[0..n) evicted, per layer and head,
  * appended to f. @return 0 or -errno. */
-int gen_trace_decode(gen_ctx *gc, gen_buf *bb, const gen_seq *ss, int n, FILE *f);
+int gen_trace_decode(gen_ctx *gc, gen_buf *bb, const gen_seq *ss, int n, job_file_wr *f);
 
 /* --stats after a pass, once the sequences advanced: add the kept
  * attention mass of each (output row's sequence, head) to

@@ -13,111 +13,114 @@
 
 #include "err.h"
 #include "gen_impl.h"
-#include "off.h"
 
 /* One line of the trace; gen.h (gen_run) documents the fields. */
 #define TRACE_FMT "{\"id\": %s, \"layer\": %d, \"head\": %d, \"step\": %d, \"pos\": %d}\n"
 
-static int trace_flush(FILE *f)
+/* End the pass's lines (one zstd frame in a .zst trace). rc: how the
+ * lines were written. */
+static int trace_flush(job_file_wr *f, int rc)
 {
-    RETURN_IF(ferror(f) || fflush(f) != 0, -EIO,
+    RETURN_IF(rc < 0 || job_file_flush(f) < 0, -EIO,
               "cannot write the --trace-evictions file (%s); free space and rerun",
               strerror(errno));
     return 0;
 }
 
-int gen_trace_prefill(gen_ctx *gc, gen_buf *bb, const gen_seq *s, int k, FILE *f)
+int gen_trace_prefill(gen_ctx *gc, gen_buf *bb, const gen_seq *s, int k, job_file_wr *f)
 {
     const model_config *c = gc->c;
-    int n = s->p->n_ids;
+    int n = s->p->n_ids, rc = 0;
     for (int l = 0; l < c->n_layer; l++) {
         FORWARD_IF(sched_read_kv(gc->sc, l, k, 0, bb->slot_pos));
         for (int h = 0; h < c->n_kv_head; h++) { /* the cache is per KV head */
             memset(bb->kept, 0, (size_t)n);
             for (int t = 0; t < s->budget; t++)
                 bb->kept[bb->slot_pos[(size_t)h * gc->cap + t]] = 1;
-            for (int j = 0; j < n; j++)
+            for (int j = 0; rc == 0 && j < n; j++)
                 if (!bb->kept[j])
-                    fprintf(f, TRACE_FMT, s->p->id, l, h, 0, j);
+                    rc = job_file_printf(f, TRACE_FMT, s->p->id, l, h, 0, j);
         }
     }
-    return trace_flush(f);
+    return trace_flush(f, rc);
 }
 
-int gen_trace_decode(gen_ctx *gc, gen_buf *bb, const gen_seq *ss, int n, FILE *f)
+int gen_trace_decode(gen_ctx *gc, gen_buf *bb, const gen_seq *ss, int n, job_file_wr *f)
 {
     const model_config *c = gc->c;
-    int H = c->n_kv_head; /* evictions are per KV head */
+    int H = c->n_kv_head, rc = 0; /* evictions are per KV head */
     FORWARD_IF(sched_read_evicted(gc->sc, bb->ev));
     for (int l = 0; l < c->n_layer; l++)
         for (int k = 0; k < n; k++) {
             if (bb->seqs[k].n_new == 0)
                 continue;
             int step = bb->seqs[k].n_past - ss[k].p->n_ids + 1;
-            for (int h = 0; h < H; h++) {
+            for (int h = 0; rc == 0 && h < H; h++) {
                 int32_t e = bb->ev[((size_t)l * gc->block + k) * H + h];
                 if (e >= 0)
-                    fprintf(f, TRACE_FMT, ss[k].p->id, l, h, step, e);
+                    rc = job_file_printf(f, TRACE_FMT, ss[k].p->id, l, h, step, e);
             }
         }
-    return trace_flush(f);
+    return trace_flush(f, rc);
 }
 
-/* Copy to w the complete lines of buf[0..len) whose prompt id has a
- * record in out; a torn last line (no '\n') and lines of prompts that will
- * be generated again are dropped. buf is modified. */
-static void trace_keep_done(char *buf, size_t len, const job_out *out, FILE *w)
+/* Copy to w the lines of r whose prompt id has a record in out (the
+ * others are generated again). @return 0, -EIO (w could not be written) or
+ * the reader's -errno. */
+static int trace_keep_done(job_file_rd *r, const job_out *out, job_file_wr *w)
 {
-    for (char *line = buf, *nl; (nl = memchr(line, '\n', len - (size_t)(line - buf)));
-         line = nl + 1) {
-        *nl = 0;
-        cJSON *r = cJSON_Parse(line);
-        const cJSON *idv = r ? cJSON_GetObjectItem(r, "id") : NULL;
+    char *line;
+    ssize_t len;
+    int rc = 0;
+    while (rc == 0 && (len = job_file_rd_line(r, &line, NULL)) > 0) {
+        cJSON *o = cJSON_ParseWithLength(line, (size_t)len);
+        const cJSON *idv = o ? cJSON_GetObjectItem(o, "id") : NULL;
         char *id = idv ? cJSON_PrintUnformatted(idv) : NULL;
         if (id && job_out_has(out, id))
-            fprintf(w, "%s\n", line);
+            rc = job_file_write(w, line, (size_t)len);
         free(id);
-        cJSON_Delete(r);
+        cJSON_Delete(o);
     }
+    return rc < 0 ? rc : len < 0 ? (int)len : 0;
 }
 
-/* Resume: rewrite the trace at path through path.tmp, keeping only the
- * lines of prompts already in out. @return 0 or -errno. */
+/* Resume: rewrite the trace at path through a temporary file, keeping
+ * only the complete lines (up to job_file_good_end: a torn tail goes) of
+ * prompts already in out. @return 0 or -errno. */
 static int trace_rewrite(const char *path, const job_out *out)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    FORWARD_IF(off_read_file(path, &buf, &len));
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *w = fopen(tmp, "w");
-    if (!w)
-        free(buf);
-    RETURN_IF(!w, -errno, "%s: cannot rewrite the eviction trace (%s)", tmp, strerror(errno));
-    trace_keep_done(buf, len, out, w);
-    free(buf);
-    int bad = ferror(w);
-    bad |= fclose(w) != 0;
-    RETURN_IF(bad || rename(tmp, path) != 0, -EIO, "%s: cannot rewrite the eviction "
-              "trace (%s)", path, strerror(errno));
+    int64_t good;
+    FORWARD_IF(job_file_good_end(path, &good));
+    char tmp[4096]; /* ends in .zst when path does: written the same way */
+    snprintf(tmp, sizeof tmp, "%s.tmp%s", path, job_file_is_zst(path) ? ".zst" : "");
+    job_file_rd *r;
+    FORWARD_IF(job_file_rd_open(path, "eviction trace", good, &r));
+    job_file_wr *w;
+    int rc = job_file_wr_open(tmp, "wb", &w);
+    if (rc == 0) {
+        rc = trace_keep_done(r, out, w);
+        if (job_file_wr_close(w) < 0 && rc == 0)
+            rc = -EIO;
+        if (rc == -EIO)
+            err_set(__FILE__, __LINE__, "%s: cannot rewrite the eviction trace (%s); free "
+                    "space and rerun", tmp, strerror(errno));
+    }
+    job_file_rd_close(r);
+    FORWARD_IF(rc);
+    RETURN_IF(rename(tmp, path) != 0, -errno, "%s: cannot rewrite the eviction trace (%s)",
+              path, strerror(errno));
     return 0;
 }
 
-int gen_trace_open(const char *path, int resume, const job_out *out, FILE **f)
+int gen_trace_open(const char *path, int resume, const job_out *out, job_file_wr **f)
 {
     struct stat sb;
-    if (stat(path, &sb) != 0 || sb.st_size == 0) {
-        *f = fopen(path, "w");
-        RETURN_IF(!*f, -errno, "%s: cannot create the eviction trace (%s)", path,
-                  strerror(errno));
-        return 0;
-    }
+    if (stat(path, &sb) != 0 || sb.st_size == 0)
+        return job_file_wr_open(path, "wb", f);
     RETURN_IF(!resume, -EEXIST, "%s already exists; pass --resume to continue it, or "
               "remove it", path);
     FORWARD_IF(trace_rewrite(path, out));
-    *f = fopen(path, "a");
-    RETURN_IF(!*f, -errno, "%s: cannot open the eviction trace (%s)", path, strerror(errno));
-    return 0;
+    return job_file_wr_open(path, "ab", f);
 }
 
 /* ------------------------------------------------------------- --stats */

@@ -188,14 +188,14 @@ static int prompts_append(job_prompts *ps, int *cap, const job_prompt *p)
 
 /* Read and keep the prompts of f, line by line; a bad line is reported
  * (counted in ps->n_bad) or, when strict, stops the read with its message
- * as the error. @return 0, -EINVAL (strict) or -ENOMEM. */
-static int prompts_read(FILE *f, prompt_src *src, int strict, job_prompts *ps)
+ * as the error. @return 0, -EINVAL (strict), -ENOMEM or the reader's
+ * -errno (a damaged .zst file). */
+static int prompts_read(job_file_rd *f, prompt_src *src, int strict, job_prompts *ps)
 {
-    char *line = NULL;
-    size_t cap_line = 0;
+    char *line;
     ssize_t len;
     int rc = 0, cap = 0;
-    while (rc == 0 && (len = getline(&line, &cap_line, f)) >= 0) {
+    while (rc == 0 && (len = job_file_rd_line(f, &line, NULL)) > 0) {
         src->line++;
         if (line_blank(line, (size_t)len))
             continue;
@@ -215,20 +215,18 @@ static int prompts_read(FILE *f, prompt_src *src, int strict, job_prompts *ps)
             rc = 0;
         }
     }
-    free(line);
-    return rc;
+    return rc < 0 ? rc : len < 0 ? (int)len : 0;
 }
 
 int job_prompts_load(const char *path, const tok *t, int bos, int vocab,
                      int max_len, int strict, job_prompts *ps)
 {
     memset(ps, 0, sizeof *ps);
-    FILE *f = fopen(path, "rb");
-    RETURN_IF(!f, -errno, "%s: cannot open the prompt file (%s)", path,
-              strerror(errno));
+    job_file_rd *f;
+    FORWARD_IF(job_file_rd_open(path, "prompt file", -1, &f));
     prompt_src src = {.path = path, .t = t, .bos = bos, .vocab = vocab, .max_len = max_len};
     int rc = prompts_read(f, &src, strict, ps);
-    fclose(f);
+    job_file_rd_close(f);
     if (rc < 0) {
         job_prompts_free(ps);
         if (rc == -ENOMEM)
@@ -281,21 +279,23 @@ static int add_done(job_out *o, const char *id)
     return 0;
 }
 
-/* Read the ids of a completions file; cut a torn last line. */
+/* Read the ids of a completions file, up to the end of its last complete
+ * record (job_file_good_end); cut what follows, the torn write of a killed
+ * job. */
 static int scan_existing(job_out *o)
 {
-    FILE *f = fopen(o->path, "rb");
-    if (!f)
+    struct stat st;
+    if (stat(o->path, &st) != 0)
         return 0; /* nothing yet */
-    char *line = NULL;
-    size_t cap = 0;
+    int64_t good;
+    FORWARD_IF(job_file_good_end(o->path, &good));
+    job_file_rd *f;
+    FORWARD_IF(job_file_rd_open(o->path, "completions file", good, &f));
+    char *line;
     ssize_t len;
-    long good = 0;
     int lineno = 0, rc = 0;
-    while ((len = getline(&line, &cap, f)) >= 0) {
+    while ((len = job_file_rd_line(f, &line, NULL)) > 0) {
         lineno++;
-        if (line[len - 1] != '\n')
-            break; /* torn write of a killed job: dropped below */
         cJSON *r = cJSON_ParseWithLength(line, (size_t)len);
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(r, "id");
         if (!id) {
@@ -312,13 +312,12 @@ static int scan_existing(job_out *o)
         free(s);
         if (rc < 0)
             break;
-        good = ftell(f);
     }
-    free(line);
-    fclose(f);
+    if (rc == 0 && len < 0)
+        rc = (int)len;
+    job_file_rd_close(f);
     FORWARD_IF(rc);
-    struct stat st;
-    if (stat(o->path, &st) == 0 && st.st_size > good) {
+    if (st.st_size > good) {
         err_log("%s: dropping a torn last record (%lld bytes) left by an "
                 "interrupted run", o->path, (long long)(st.st_size - good));
         RETURN_IF(truncate(o->path, good) != 0, -errno, "%s: cannot truncate (%s)",
@@ -341,10 +340,8 @@ int job_out_open(const char *path, int resume, job_out *o)
     }
     if (rc == 0 && resume)
         rc = scan_existing(o);
-    if (rc == 0 && !(o->f = fopen(path, "ab"))) {
-        rc = -errno;
-        err_set(__FILE__, __LINE__, "%s: cannot open for writing (%s)", path, strerror(errno));
-    }
+    if (rc == 0)
+        rc = job_file_wr_open(path, "ab", &o->f);
     if (rc < 0)
         job_out_close(o); /* frees what was set up; the file itself is untouched */
     return rc;
@@ -403,7 +400,8 @@ int job_out_write(job_out *o, const char *id, const char *text, size_t len,
         if (!js) {
             rc = -ENOMEM;
         } else {
-            if (fputs(js, o->f) < 0 || fputc('\n', o->f) < 0 || fflush(o->f) != 0) {
+            if (job_file_write(o->f, js, strlen(js)) < 0 || job_file_write(o->f, "\n", 1) < 0 ||
+                job_file_flush(o->f) < 0) {
                 err_set(__FILE__, __LINE__, "%s: write failed (%s); the records "
                         "before this one are intact, free space and rerun with --resume",
                         o->path, strerror(errno));
@@ -426,10 +424,7 @@ int job_out_close(job_out *o)
 {
     int rc = 0;
     if (o->f) {
-        if (fflush(o->f) != 0 || fsync(fileno(o->f)) != 0)
-            rc = -errno;
-        if (fclose(o->f) != 0 && rc == 0)
-            rc = -errno;
+        rc = job_file_wr_close(o->f);
         if (rc < 0)
             err_set(__FILE__, __LINE__, "%s: closing failed (%s)", o->path, strerror(-rc));
     }

@@ -1,5 +1,6 @@
 /* job.h: the files of a batch job: the prompt file (JSONL in) and the
  * completions file (JSONL out, appended and flushed per prompt, resumable).
+ * Either is zstd when its name ends in ".zst" (job_file.h).
  */
 #ifndef FH_JOB_H
 #define FH_JOB_H
@@ -7,6 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "job_file.h"
 #include "tok.h"
 
 typedef struct job_prompt {
@@ -38,7 +40,7 @@ int job_prompts_load(const char *path, const tok *t, int bos, int vocab,
 void job_prompts_free(job_prompts *ps);
 
 typedef struct job_out {
-    FILE *f;
+    job_file_wr *f;  /* the open file, NULL when not open */
     char *path;
     /* the ids of the records in the file (read on resume, added per
      * write): a hash set, XXH3 + linear probing, at most half full, so
@@ -50,14 +52,15 @@ typedef struct job_out {
 
 /* Open the completions file. Without resume an existing non-empty file is
  * refused (nothing is overwritten); with resume the ids already present are
- * read, a torn last line (a killed job) is cut off, and new records are
- * appended. @return 0 or -errno (then o holds nothing to close). */
+ * read, a torn last record (a killed job: a line without its '\n', or in a
+ * .zst file a frame cut short or followed by garbage) is cut off, and new
+ * records are appended. @return 0 or -errno (then o holds nothing to close). */
 int job_out_open(const char *path, int resume, job_out *o);
 /* Whether a record with this id (compact JSON) is in the file: read on
  * resume or written since. O(1). @return 1 or 0. */
 int job_out_has(const job_out *o, const char *id);
-/* Append one record and flush it: {"id", "completion", "tokens",
- * "logprobs", "finish_reason"}. text may hold invalid UTF-8 (a character
+/* Append one record and flush it (in a .zst file: as one zstd frame):
+ * {"id", "completion", "tokens", "logprobs", "finish_reason"}. text may hold invalid UTF-8 (a character
  * cut by the length limit): it is written with U+FFFD in its place. The
  * id then counts for job_out_has. @return 0, or -ENOMEM, or -EIO (the
  * records before this one stay intact). */

@@ -1,0 +1,479 @@
+/* job_file.c: job files read and written line by line, plain or zstd.
+ *
+ * Reading a .zst file streams it through ZSTD_decompressStream, which stops
+ * at the end of each frame; so the decoded bytes held at any time belong to
+ * one frame, and a line whose '\n' is the last byte held ends its record
+ * exactly when the next decode step yields nothing but the frame's end:
+ *
+ *   file ─fread─► ibuf ─ZSTD_decompressStream─► obuf ─memchr '\n'─► line
+ *                          (stops at each frame end: frame_end, frame_at)
+ *
+ * Writing: records go through ZSTD_compressStream2 with one reused CCtx,
+ * ZSTD_e_continue as bytes come and ZSTD_e_end at job_file_flush, so each
+ * record is one frame (with its checksum: a frame torn or damaged by a crash
+ * never decodes as a complete one) and memory stays bounded by the CCtx's
+ * window however long a record is.
+ */
+#include "job_file.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include "err.h"
+#include "off.h"
+
+#define JOB_FILE_ZSTD_LEVEL 3 /* zstd's own default: fast, and most of the gain on JSONL */
+
+int job_file_is_zst(const char *path)
+{
+    size_t n = strlen(path);
+    return n >= 4 && strcmp(path + n - 4, ".zst") == 0;
+}
+
+/* ------------------------------------------------------------ reader */
+
+struct job_file_rd {
+    FILE *f;
+    char *path;
+    int64_t limit;       /* bytes of the file to read, -1: all */
+    int64_t nread;       /* bytes read from f so far */
+    char *line;          /* (cap) the line returned last, NUL-terminated */
+    size_t cap;
+    int err;             /* sticky: the first failure, returned again */
+    char why[512];       /* its message, recorded by job_file_rd_line */
+    /* .zst only */
+    ZSTD_DCtx *dctx;
+    ZSTD_inBuffer in;    /* over ibuf: in.pos of the in.size bytes decoded */
+    char *ibuf;          /* (ZSTD_DStreamInSize) */
+    char *obuf;          /* (ocap) decoded bytes, [opos, olen) not yet returned */
+    size_t icap, ocap, opos, olen;
+    int more_out;        /* the last decode filled obuf: the decoder may hold more */
+    int in_frame;        /* a frame has begun and not ended */
+    int frame_end;       /* obuf's bytes end where a frame ends */
+    int magic_ok;        /* the file starts with a zstd (or skippable) frame's magic */
+    int64_t frame_at;    /* where the last complete frame ends (0: none yet) */
+};
+
+/* Fail r with -code and the message fmt (kept in r->why). @return -code. */
+__attribute__((format(printf, 3, 4)))
+static int rd_fail(job_file_rd *r, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->why, sizeof r->why, fmt, ap);
+    va_end(ap);
+    r->err = -code;
+    return -code;
+}
+
+/* Append src[0..k) to r->line, which holds n bytes. @return 0 or -ENOMEM. */
+static int line_put(job_file_rd *r, size_t n, const char *src, size_t k)
+{
+    if (n + k + 1 > r->cap) {
+        size_t cap = r->cap ? r->cap : 256;
+        while (cap < n + k + 1)
+            cap *= 2;
+        char *nl = realloc(r->line, cap);
+        if (!nl)
+            return rd_fail(r, ENOMEM, "%s: out of memory for a line of %zu bytes", r->path,
+                           n + k);
+        r->line = nl;
+        r->cap = cap;
+    }
+    memcpy(r->line + n, src, k);
+    r->line[n + k] = 0;
+    return 0;
+}
+
+static ssize_t plain_line(job_file_rd *r, int64_t *rec_end)
+{
+    if (r->limit >= 0 && r->nread >= r->limit)
+        return 0;
+    ssize_t n = getline(&r->line, &r->cap, r->f);
+    if (n < 0 && ferror(r->f))
+        return rd_fail(r, EIO, "%s: read failed (%s)", r->path, strerror(errno));
+    if (n < 0)
+        return 0;
+    r->nread += n;
+    *rec_end = r->line[n - 1] == '\n' ? r->nread : -1;
+    return n;
+}
+
+/* A damaged .zst file: not zstd from its first byte (-EILSEQ), or damaged
+ * after the last complete frame, at r->frame_at (-EBADMSG). */
+static int zst_bad(job_file_rd *r, const char *what)
+{
+    if (!r->magic_ok)
+        return rd_fail(r, EILSEQ, "%s: not a zstd file (or corrupt at byte 0); a name ending "
+                       "in .zst is read as zstd: compress it with `zstd`, or drop .zst from "
+                       "the name of a plain file", r->path);
+    return rd_fail(r, EBADMSG, "%s: not a zstd file (or corrupt at byte %lld: %s); check it "
+                   "with `zstd -t %s` and write it again", r->path, (long long)r->frame_at,
+                   what, r->path);
+}
+
+/* Read the next compressed bytes into ibuf. @return 1, 0 at the end of
+ * the file (or of limit), or -errno. */
+static int zst_input(job_file_rd *r)
+{
+    size_t want = r->icap;
+    if (r->limit >= 0 && (int64_t)want > r->limit - r->nread)
+        want = (size_t)(r->limit - r->nread);
+    size_t got = want ? fread(r->ibuf, 1, want, r->f) : 0;
+    if (got == 0 && ferror(r->f))
+        return rd_fail(r, EIO, "%s: read failed (%s)", r->path, strerror(errno));
+    if (r->nread == 0 && got >= 4) {
+        uint32_t m = (uint32_t)(unsigned char)r->ibuf[0] |
+                     (uint32_t)(unsigned char)r->ibuf[1] << 8 |
+                     (uint32_t)(unsigned char)r->ibuf[2] << 16 |
+                     (uint32_t)(unsigned char)r->ibuf[3] << 24;
+        r->magic_ok = m == ZSTD_MAGICNUMBER ||
+                      (m & ZSTD_MAGIC_SKIPPABLE_MASK) == ZSTD_MAGIC_SKIPPABLE_START;
+    }
+    r->nread += (int64_t)got;
+    r->in = (ZSTD_inBuffer){r->ibuf, got, 0};
+    return got > 0;
+}
+
+/* Decode more into obuf once all of it has been returned. The decoder
+ * stops at each frame's end, so obuf then holds bytes of one frame only.
+ * @return the bytes decoded (0 with r->frame_end set: a frame ended and
+ * gave no more), 0 at the end of the file, or -errno. */
+static ssize_t zst_fill(job_file_rd *r)
+{
+    r->opos = r->olen = 0;
+    r->frame_end = 0;
+    for (;;) {
+        if (r->in.pos == r->in.size && !r->more_out) {
+            int got = zst_input(r);
+            if (got < 0)
+                return got;
+            if (got == 0)
+                return r->in_frame ? zst_bad(r, "the file ends inside this frame") : 0;
+        }
+        ZSTD_outBuffer out = {r->obuf, r->ocap, 0};
+        size_t left = ZSTD_decompressStream(r->dctx, &out, &r->in);
+        if (ZSTD_isError(left))
+            return zst_bad(r, ZSTD_getErrorName(left));
+        r->olen = out.pos;
+        r->more_out = out.pos == out.size;
+        r->in_frame = left != 0;
+        if (left == 0) {
+            r->more_out = 0;
+            r->frame_end = 1;
+            r->frame_at = r->nread - (int64_t)(r->in.size - r->in.pos);
+            return (ssize_t)r->olen;
+        }
+        if (r->olen > 0)
+            return (ssize_t)r->olen;
+    }
+}
+
+static ssize_t zst_line(job_file_rd *r, int64_t *rec_end)
+{
+    size_t n = 0;
+    for (;;) {
+        if (r->opos == r->olen) {
+            ssize_t k = zst_fill(r);
+            if (k < 0)
+                return k;
+            if (k == 0 && !r->frame_end)
+                return (ssize_t)n; /* the end; a last line without '\n' has no record end */
+            continue;
+        }
+        const char *src = r->obuf + r->opos;
+        const char *nl = memchr(src, '\n', r->olen - r->opos);
+        size_t take = nl ? (size_t)(nl - src) + 1 : r->olen - r->opos;
+        FORWARD_IF(line_put(r, n, src, take));
+        n += take;
+        r->opos += take;
+        if (!nl)
+            continue; /* the line goes on, in this frame or the next */
+        if (r->opos < r->olen)
+            return (ssize_t)n; /* more of the same frame follows */
+        if (!r->frame_end) {
+            /* the '\n' is the last byte decoded: look ahead, the frame may
+             * end right here */
+            ssize_t k = zst_fill(r);
+            if (k < 0)
+                return k; /* this line's frame is torn: so is its record */
+            if (k > 0 || !r->frame_end)
+                return (ssize_t)n;
+        }
+        *rec_end = r->frame_at;
+        return (ssize_t)n;
+    }
+}
+
+int job_file_rd_open(const char *path, const char *what, int64_t limit, job_file_rd **out)
+{
+    *out = NULL;
+    job_file_rd *r = calloc(1, sizeof *r);
+    RETURN_IF(!r, -ENOMEM, "out of memory");
+    r->limit = limit;
+    r->path = strdup(path);
+    r->f = fopen(path, "rb");
+    int rc = r->path && r->f ? 0 : r->path ? -errno : -ENOMEM;
+    if (rc == 0 && job_file_is_zst(path)) {
+        r->icap = ZSTD_DStreamInSize();
+        r->ocap = ZSTD_DStreamOutSize();
+        r->dctx = ZSTD_createDCtx();
+        r->ibuf = malloc(r->icap);
+        r->obuf = malloc(r->ocap);
+        rc = r->dctx && r->ibuf && r->obuf ? 0 : -ENOMEM;
+    }
+    if (rc < 0) {
+        if (rc == -ENOMEM)
+            err_set(__FILE__, __LINE__, "out of memory opening %s", path);
+        else
+            err_set(__FILE__, __LINE__, "%s: cannot open the %s (%s)", path, what,
+                    strerror(-rc));
+        job_file_rd_close(r);
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
+/* job_file_rd_line without recording the failure's message. */
+static ssize_t rd_next(job_file_rd *r, char **line, int64_t *rec_end)
+{
+    int64_t end;
+    if (!rec_end)
+        rec_end = &end;
+    *rec_end = -1;
+    *line = r->line;
+    if (r->err)
+        return r->err;
+    ssize_t n = r->dctx ? zst_line(r, rec_end) : plain_line(r, rec_end);
+    *line = r->line;
+    return n;
+}
+
+ssize_t job_file_rd_line(job_file_rd *r, char **line, int64_t *rec_end)
+{
+    ssize_t n = rd_next(r, line, rec_end);
+    if (n < 0)
+        err_set(__FILE__, __LINE__, "%s", r->why);
+    return n;
+}
+
+void job_file_rd_close(job_file_rd *r)
+{
+    if (!r)
+        return;
+    if (r->f)
+        fclose(r->f);
+    ZSTD_freeDCtx(r->dctx);
+    free(r->ibuf);
+    free(r->obuf);
+    free(r->line);
+    free(r->path);
+    free(r);
+}
+
+int job_file_good_end(const char *path, int64_t *end)
+{
+    *end = 0;
+    job_file_rd *r;
+    FORWARD_IF(job_file_rd_open(path, "job file", -1, &r));
+    char *line;
+    int64_t at;
+    ssize_t n;
+    while ((n = rd_next(r, &line, &at)) > 0)
+        if (at >= 0)
+            *end = at;
+    if (n < 0 && n != -EBADMSG) /* -EBADMSG: torn after *end, which is the answer */
+        err_set(__FILE__, __LINE__, "%s", r->why);
+    job_file_rd_close(r);
+    return n < 0 && n != -EBADMSG ? (int)n : 0;
+}
+
+int job_file_read_all(const char *path, char **buf, size_t *len)
+{
+    if (!job_file_is_zst(path))
+        return off_read_file(path, buf, len);
+    job_file_rd *r;
+    FORWARD_IF(job_file_rd_open(path, "file", -1, &r));
+    char *all = NULL, *line;
+    size_t n = 0, cap = 0;
+    ssize_t k;
+    int rc = 0;
+    while (rc == 0 && (k = job_file_rd_line(r, &line, NULL)) > 0) {
+        if (n + (size_t)k + 1 > cap) {
+            size_t nc = cap ? cap : 4096;
+            while (nc < n + (size_t)k + 1)
+                nc *= 2;
+            char *na = realloc(all, nc);
+            if (!na) {
+                err_set(__FILE__, __LINE__, "%s: out of memory for %zu bytes", path, nc);
+                rc = -ENOMEM;
+                break;
+            }
+            all = na;
+            cap = nc;
+        }
+        memcpy(all + n, line, (size_t)k);
+        n += (size_t)k;
+    }
+    if (rc == 0 && k < 0)
+        rc = (int)k;
+    job_file_rd_close(r);
+    if (rc == 0 && !all)
+        all = malloc(1);
+    if (rc == 0 && !all) {
+        err_set(__FILE__, __LINE__, "out of memory");
+        rc = -ENOMEM;
+    }
+    if (rc < 0) {
+        free(all);
+        return rc;
+    }
+    all[n] = 0;
+    *buf = all;
+    if (len)
+        *len = n;
+    return 0;
+}
+
+/* ------------------------------------------------------------ writer */
+
+struct job_file_wr {
+    FILE *f;
+    ZSTD_CCtx *cctx;     /* NULL: a plain file */
+    char *zout;          /* (zcap) compressed bytes on their way to f */
+    size_t zcap;
+    char *text;          /* (text_cap) job_file_printf's formatted text */
+    size_t text_cap;
+    size_t pending;      /* bytes of the record not yet flushed */
+    char last;           /* the last byte of the record so far */
+};
+
+int job_file_wr_open(const char *path, const char *mode, job_file_wr **out)
+{
+    *out = NULL;
+    job_file_wr *w = calloc(1, sizeof *w);
+    RETURN_IF(!w, -ENOMEM, "out of memory");
+    w->f = fopen(path, mode);
+    int rc = w->f ? 0 : -errno;
+    if (rc == 0 && job_file_is_zst(path)) {
+        w->zcap = ZSTD_CStreamOutSize();
+        w->zout = malloc(w->zcap);
+        w->cctx = ZSTD_createCCtx();
+        rc = w->zout && w->cctx ? 0 : -ENOMEM;
+        if (rc == 0 &&
+            (ZSTD_isError(ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_compressionLevel,
+                                                 JOB_FILE_ZSTD_LEVEL)) ||
+             ZSTD_isError(ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_checksumFlag, 1))))
+            rc = -EINVAL;
+    }
+    if (rc < 0) {
+        if (rc == -EEXIST)
+            err_set(__FILE__, __LINE__, "%s already exists; remove it or choose another name",
+                    path);
+        else
+            err_set(__FILE__, __LINE__, "%s: cannot open for writing (%s)", path,
+                    strerror(-rc));
+        job_file_wr_close(w);
+        return rc;
+    }
+    *out = w;
+    return 0;
+}
+
+/* Compress in[0..len) with end (ZSTD_e_continue: take it all;
+ * ZSTD_e_end: also end the frame) and write what comes out. */
+static int wr_zstd(job_file_wr *w, const void *buf, size_t len, ZSTD_EndDirective end)
+{
+    ZSTD_inBuffer in = {buf, len, 0};
+    for (;;) {
+        ZSTD_outBuffer out = {w->zout, w->zcap, 0};
+        size_t left = ZSTD_compressStream2(w->cctx, &out, &in, end);
+        RETURN_IF(ZSTD_isError(left), -ENOMEM, "zstd compression failed (%s)",
+                  ZSTD_getErrorName(left));
+        if (out.pos && fwrite(w->zout, 1, out.pos, w->f) != out.pos)
+            return -EIO;
+        if (end == ZSTD_e_continue ? in.pos == in.size : left == 0)
+            return 0;
+    }
+}
+
+int job_file_write(job_file_wr *w, const void *buf, size_t len)
+{
+    if (len == 0)
+        return 0;
+    if (w->cctx)
+        FORWARD_IF(wr_zstd(w, buf, len, ZSTD_e_continue));
+    else if (fwrite(buf, 1, len, w->f) != len)
+        return -EIO;
+    w->pending += len;
+    w->last = ((const char *)buf)[len - 1];
+    return 0;
+}
+
+int job_file_printf(job_file_wr *w, const char *fmt, ...)
+{
+    va_list ap, again;
+    va_start(ap, fmt);
+    va_copy(again, ap);
+    int n = vsnprintf(w->text, w->text_cap, fmt, ap);
+    va_end(ap);
+    if (n >= 0 && (size_t)n >= w->text_cap) {
+        size_t cap = (size_t)n + 1 > 256 ? (size_t)n + 1 : 256;
+        char *t = realloc(w->text, cap);
+        if (t) {
+            w->text = t;
+            w->text_cap = cap;
+            n = vsnprintf(w->text, w->text_cap, fmt, again);
+        } else {
+            n = -1;
+            errno = ENOMEM;
+        }
+    }
+    va_end(again);
+    if (n < 0)
+        return -errno;
+    return job_file_write(w, w->text, (size_t)n);
+}
+
+/* End the pending record (its frame, in a .zst file) and flush. */
+static int wr_end(job_file_wr *w)
+{
+    if (w->pending && w->cctx)
+        FORWARD_IF(wr_zstd(w, NULL, 0, ZSTD_e_end));
+    w->pending = 0;
+    return fflush(w->f) == 0 ? 0 : -EIO;
+}
+
+int job_file_flush(job_file_wr *w)
+{
+    assert(!w->pending || w->last == '\n'); /* a record is whole lines */
+    return wr_end(w);
+}
+
+int job_file_wr_close(job_file_wr *w)
+{
+    if (!w)
+        return 0;
+    int rc = 0;
+    if (w->f) {
+        /* a record left without its '\n' by a failed write still ends its
+         * frame: a resume then finds it torn and cuts it */
+        rc = wr_end(w);
+        if (rc == 0 && fsync(fileno(w->f)) != 0 && errno != EINVAL) /* EINVAL: a pipe */
+            rc = -errno;
+        if (fclose(w->f) != 0 && rc == 0)
+            rc = -errno;
+    }
+    ZSTD_freeCCtx(w->cctx);
+    free(w->zout);
+    free(w->text);
+    free(w);
+    return rc;
+}
