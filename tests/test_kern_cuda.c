@@ -6,8 +6,10 @@
  * (RMSNorm, RoPE with partial rotary dimensions, SwiGLU, GELU, embed
  * without learned positions) and grouped-query attention (8 query heads
  * over 2 KV heads, and others) in every attention and KV op, both cache
- * formats. Inputs are rounded to fp16 first, so both sides see the same
- * numbers; outputs must agree within atol + |ref| * rtol. The end-to-end GPU runs are test_gpu_e2e.c's.
+ * formats; sampling with every per-row control (logit edits, min_p, top_k,
+ * top_p, top logprobs), within a reservation too. Inputs are rounded to
+ * fp16 first, so both sides see the same numbers; outputs must agree
+ * within atol + |ref| * rtol. The end-to-end GPU runs are test_gpu_e2e.c's.
  * Without a GPU (or a CUDA build) every test is skipped, saying why; with
  * one, a backend that fails to start fails the tests. */
 #include <criterion/criterion.h>

@@ -10,7 +10,11 @@
  * reservation and refuse a call beyond one. And the RoPE families'
  * element-wise ops (RMSNorm, RoPE and its inverse frequencies, SwiGLU,
  * GELU) against hand-worked values and the same formulas in double, and
- * backend_ops_check's refusal of a backend without them. */
+ * backend_ops_check's refusal of a backend without them. And sampling with
+ * its per-row controls (kern.h: logit edits, greedy, temperature, min_p,
+ * top_k, top_p, top logprobs): hand-worked rows, a double reference of
+ * kern.h's text over random rows (sample_slow.h), the sampler it replaced
+ * for the old controls, and the CPU backend's op and reservation. */
 #include <criterion/criterion.h>
 #include <float.h>
 #include <math.h>
