@@ -34,6 +34,9 @@ typedef struct backend_limits {
     int vocab;       /* V of those rows */
     int sample_draw; /* 1: a sample row may have temperature > 0 (top-p sorts the
                       * vocabulary: work for sample_rows x vocab); 0: greedy only */
+    int sample_edits; /* logit edits (kern_logit_edit) of one sample call, all its
+                       * rows together (> 0: an fp32 copy of the rows as well) */
+    int sample_top;  /* 1: a sample row may ask for top logprobs (n_top > 0) */
 } backend_limits;
 
 typedef struct backend_ops {
@@ -132,11 +135,20 @@ typedef struct backend_ops {
     int (*swiglu)(void *ctx, void *out, int ldo, const void *gate, const void *up, int ld,
                   int n, int d);
     int (*gelu)(void *ctx, void *out, const void *x, size_t count);
-    /* Sample one token per row of logits (n_rows, V) (storage type).
-     * temperature, top_p, u: host (n_rows); tokens, logprobs: host out. */
+    /* Sample one token per row of logits (n_rows, V) (storage type), each
+     * row as kern_sample_ref with its controls (kern.h: edits, greedy,
+     * temperature, min_p, top_k, top_p, top logprobs). rows (n_rows) and
+     * edits (what rows' edit0 / n_edit index; NULL when no row has one):
+     * host. tokens, logprobs: host out (n_rows); top_ids, top_lps: host
+     * out (n_rows, KERN_TOP_LOGPROBS_MAX) row-major, only the first n_top
+     * of each row written; they may be NULL when no row has n_top > 0.
+     * Within a reservation a call needs sample_rows >= n_rows, the sum of
+     * the rows' n_edit <= sample_edits, and sample_draw / sample_top when a
+     * row samples / asks for top logprobs (a greedy call without edits or
+     * top logprobs sorts nothing and copies no logits). */
     int (*sample)(void *ctx, const void *logits, int n_rows, int V,
-                  const float *temperature, const float *top_p,
-                  const double *u, int32_t *tokens, float *logprobs);
+                  const kern_sample_row *rows, const kern_logit_edit *edits,
+                  int32_t *tokens, float *logprobs, int32_t *top_ids, float *top_lps);
     /* Wait for all work issued so far (not used on the decode path). */
     int (*sync)(void *ctx);
 

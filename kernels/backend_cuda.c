@@ -15,7 +15,7 @@
  *
  * Everything runs on one compute stream in issue order. The small host
  * arrays the ops take (ids, positions, gather rows, kern_seq, RoPE's
- * inverse frequencies, sampling's parameters) go through a ring of pinned
+ * inverse frequencies, sampling's rows and logit edits) go through a ring of pinned
  * slots:
  *
  *   op:  wait for the event of slot i (the copy that last read it has run)
@@ -883,51 +883,88 @@ static int cuda_dequant_q4(void *ctx, void *dst, const void *src, size_t rows, i
     return 0;
 }
 
-/* The head of samp for n rows, mirrored in the op's ring slot: the
- * parameters that go up (temperature, top_p, u), then the tokens and
- * logprobs that come back; the kernel's work space follows at `head`. */
+/* The head of samp for n rows, e logit edits and (top) top logprobs,
+ * mirrored in the op's ring slot: what goes up (the rows, their edits),
+ * then what comes back (tokens, logprobs, top ids and log-probabilities);
+ * the kernel's work space follows at `head`. Every offset grows with n, e
+ * and top, so the reservation's layout holds any call within it. */
 typedef struct samp_layout {
-    size_t t, p, u, tok, lp, head;
+    size_t rows, edits, tok, lp, top_ids, top_lps, end, head;
 } samp_layout;
 
-static samp_layout sample_layout(size_t n)
+static samp_layout sample_layout(size_t n, size_t e, int top)
 {
-    size_t a4 = align_to(n * 4, 64), a8 = align_to(n * 8, 64);
-    return (samp_layout){0, a4, 2 * a4, 2 * a4 + a8, 3 * a4 + a8,
-                         align_to(4 * a4 + a8, 256)};
+    samp_layout l;
+    size_t t = top ? align_to(n * KERN_TOP_LOGPROBS_MAX * 4, 64) : 0;
+    l.rows = 0;
+    l.edits = align_to(n * sizeof(kern_sample_row), 64);
+    l.tok = l.edits + align_to(e * sizeof(kern_logit_edit), 64);
+    l.lp = l.tok + align_to(n * 4, 64);
+    l.top_ids = l.lp + align_to(n * 4, 64);
+    l.top_lps = l.top_ids + t;
+    l.end = l.top_lps + t;
+    l.head = align_to(l.end, 256);
+    return l;
 }
 
-/* Sampling: the per-row parameters go up and tokens and logprobs come back
- * through one ring slot; this is the decode step's one host wait. */
+/* Sampling: the rows and their edits go up and tokens, logprobs and top
+ * logprobs come back through one ring slot; this is the decode step's one
+ * host wait. The rows are checked here (kern_sample_row_check: the
+ * kernels index by the edits' tokens) and their edits packed in row order,
+ * each staged row's edit0 pointing into the packed array. */
 static int cuda_sample(void *ctx, const void *logits, int n_rows, int V,
-                       const float *temperature, const float *top_p, const double *u,
-                       int32_t *tokens, float *logprobs)
+                       const kern_sample_row *rows, const kern_logit_edit *edits,
+                       int32_t *tokens, float *logprobs, int32_t *top_ids, float *top_lps)
 {
     cuda_ctx *c = ctx;
     if (n_rows == 0)
         return 0;
-    int any = 0;
-    for (int i = 0; i < n_rows; i++)
-        any |= temperature[i] > 0.0f;
+    int need = KERN_SAMPLE_ARGMAX, top = 0;
+    size_t n_edit = 0;
+    for (int i = 0; i < n_rows; i++) {
+        const kern_sample_row *r = &rows[i];
+        FORWARD_IF(kern_sample_row_check(r, edits, V));
+        if (r->temperature > 0.0f)
+            need = KERN_SAMPLE_DRAW;
+        else if (r->n_edit > 0 && need < KERN_SAMPLE_EDIT)
+            need = KERN_SAMPLE_EDIT;
+        n_edit += (size_t)r->n_edit;
+        top |= r->n_top > 0;
+    }
+    RETURN_IF(top && (!top_ids || !top_lps), -EINVAL, "internal: top logprobs asked of a "
+              "sample call without arrays for them");
     size_t n = (size_t)n_rows;
-    samp_layout ly = sample_layout(n);
-    size_t work = any ? kern_sample_work(n_rows, V) : kern_sample_work(n_rows, 1);
-    FORWARD_IF(grow(c, &c->samp, ly.head + work, "sampling's work space"));
+    samp_layout ly = sample_layout(n, n_edit, top);
+    FORWARD_IF(grow(c, &c->samp, ly.head + kern_sample_work(n_rows, V, need),
+                    "sampling's work space"));
     char *h, *d = c->samp.p;
     FORWARD_IF(ring_take(c, ly.head, &h));
-    memcpy(h + ly.t, temperature, n * 4);
-    memcpy(h + ly.p, top_p, n * 4);
-    memcpy(h + ly.u, u, n * 8);
+    kern_sample_row *hr = (kern_sample_row *)(h + ly.rows);
+    kern_logit_edit *he = (kern_logit_edit *)(h + ly.edits);
+    int at = 0;
+    for (int i = 0; i < n_rows; i++) {
+        hr[i] = rows[i];
+        hr[i].edit0 = at;
+        if (rows[i].n_edit > 0)
+            memcpy(he + at, edits + rows[i].edit0, sizeof *he * (size_t)rows[i].n_edit);
+        at += rows[i].n_edit;
+    }
     CK(cudaMemcpyAsync(d, h, ly.tok, cudaMemcpyHostToDevice, c->stream));
-    CK(kern_sample_cuda(logits, n_rows, V, (const float *)(d + ly.t), (const float *)(d + ly.p),
-                        (const double *)(d + ly.u), (int32_t *)(d + ly.tok),
-                        (float *)(d + ly.lp), d + ly.head, any, c->stream));
-    CK(cudaMemcpyAsync(h + ly.tok, d + ly.tok, ly.lp + n * 4 - ly.tok, cudaMemcpyDeviceToHost,
+    CK(kern_sample_cuda(logits, n_rows, V, (const kern_sample_row *)(d + ly.rows),
+                        (const kern_logit_edit *)(d + ly.edits), (int32_t *)(d + ly.tok),
+                        (float *)(d + ly.lp), top ? (int32_t *)(d + ly.top_ids) : NULL,
+                        top ? (float *)(d + ly.top_lps) : NULL, d + ly.head, need, c->stream));
+    CK(cudaMemcpyAsync(h + ly.tok, d + ly.tok, ly.end - ly.tok, cudaMemcpyDeviceToHost,
                        c->stream));
     FORWARD_IF(ring_done(c));
     CK(cudaStreamSynchronize(c->stream)); /* the host picks the next inputs from these */
     memcpy(tokens, h + ly.tok, n * 4);
     memcpy(logprobs, h + ly.lp, n * 4);
+    for (int i = 0; top && i < n_rows; i++) {
+        size_t o = (size_t)i * KERN_TOP_LOGPROBS_MAX, k = (size_t)rows[i].n_top;
+        memcpy(top_ids + o, h + ly.top_ids + o * 4, k * 4);
+        memcpy(top_lps + o, h + ly.top_lps + o * 4, k * 4);
+    }
     return 0;
 }
 
@@ -943,7 +980,7 @@ static int cuda_sync(void *ctx)
  * ids, positions, gather rows, kern_seq arrays and RoPE's positions and
  * frequencies (at most head_dim / 2); the attention work
  * space (decode's chunks, prefill's softmax statistics and its tensor-core
- * S and P); sampling's parameters and sort. The largest is taken over every
+ * S and P); sampling's rows, edits, top logprobs and sort. The largest is taken over every
  * prompt length and row count a call may bring, so no call within the
  * limits needs more (cub's sort space is not documented as monotone). */
 static size_t reserve_work(const backend_limits *l)
@@ -961,14 +998,17 @@ static size_t reserve_work(const backend_limits *l)
 
 static size_t reserve_samp(const backend_limits *l)
 {
+    int level = l->sample_draw    ? KERN_SAMPLE_DRAW
+                : l->sample_edits ? KERN_SAMPLE_EDIT
+                                  : KERN_SAMPLE_ARGMAX;
     size_t most = 0;
     for (int n = 1; n <= l->sample_rows; n++) {
-        size_t w = kern_sample_work(n, 1);
-        if (l->sample_draw) {
-            size_t d = kern_sample_work(n, l->vocab);
-            w = d > w ? d : w;
+        size_t w = 0;
+        for (int need = KERN_SAMPLE_ARGMAX; need <= level; need++) {
+            size_t b = kern_sample_work(n, need == KERN_SAMPLE_ARGMAX ? 1 : l->vocab, need);
+            w = b > w ? b : w;
         }
-        size_t b = sample_layout((size_t)n).head + w;
+        size_t b = sample_layout((size_t)n, (size_t)l->sample_edits, l->sample_top).head + w;
         most = b > most ? b : most;
     }
     return most;
@@ -993,11 +1033,14 @@ static int cuda_reserve(void *ctx, const backend_limits *lim)
     w->sample_rows = max_i(w->sample_rows, lim->sample_rows);
     w->vocab = max_i(w->vocab, lim->vocab);
     w->sample_draw = max_i(w->sample_draw, lim->sample_draw);
+    w->sample_edits = max_i(w->sample_edits, lim->sample_edits);
+    w->sample_top = max_i(w->sample_top, lim->sample_top);
     /* the staging as stage() and cuda_sample lay it out */
     size_t rows = align_to(sizeof(int32_t) * (size_t)w->rows, 64);
     size_t seqs = align_to(sizeof(kern_seq) * (size_t)w->seqs, 64);
     size_t rope = rope_stage_bytes(w->rows, w->head_dim);
-    size_t slot = sample_layout((size_t)w->sample_rows).head;
+    size_t slot =
+        sample_layout((size_t)w->sample_rows, (size_t)w->sample_edits, w->sample_top).head;
     slot = 2 * rows > slot ? 2 * rows : slot;
     slot = seqs > slot ? seqs : slot;
     slot = rope > slot ? rope : slot;

@@ -132,22 +132,84 @@ void kern_add_ref(float *y, const float *x, size_t count);
 #define KERN_LINEAR_ROWS_MAX 32
 void kern_linear_rows(float *y, const float *x, const float *w, int m, int n, int k);
 
-/* Pick the next token from one row of logits (V).
- * temperature <= 0: greedy (lowest index wins ties). Otherwise the logits
- * are divided by temperature, softmaxed, cut to the smallest set of most
- * probable tokens whose mass reaches top_p (at least one), and u in [0, 1)
- * picks from that set. *logprob gets log softmax(logits)[token] of the raw
- * logits (before temperature). scratch: scratch_bytes of workspace, at
- * least kern_sample_scratch_bytes(V) when the row samples (temperature >
- * 0; a greedy row uses none, scratch may then be NULL).
- * @return the token id, or -EINVAL (message recorded) when a sampling row
- * was handed too little scratch. */
-int32_t kern_sample_ref(const float *logits, int V, float temperature,
-                        float top_p, double u, float *logprob, void *scratch,
-                        size_t scratch_bytes);
+/* ---- next-token sampling with the per-row controls of the OpenAI / vLLM
+ * batch format. One row of logits (V) becomes one token, in vLLM V1's
+ * sampler order:
+ *
+ *   1. edited = the raw logits with the row's edits applied (penalties,
+ *      banned tokens; kern_logit_edit, computed in fp32 as written there).
+ *   2. temperature <= 0 (greedy): the argmax of edited, the lowest id on
+ *      ties; min_p, top_k and top_p are ignored (as vLLM).
+ *   3. temperature > 0: p = softmax(edited / temperature), then
+ *      - min_p > 0: drop the tokens with p < min_p * max(p);
+ *      - top_k > 0: keep the top_k most probable of the rest;
+ *      - top_p < 1: of what remains, renormalised, keep the smallest prefix
+ *        whose mass reaches top_p (at least one token);
+ *      - u picks from the kept set: the first token whose running mass
+ *        exceeds u * (the kept mass).
+ *      "Most probable", "prefix" and "first" follow one order: probability
+ *      descending, token id ascending on ties. Tokens of probability 0 (a
+ *      ban, or an underflow) are never kept. "Renormalised": the prefix
+ *      must reach top_p * (the mass min_p and top_k kept) when they dropped
+ *      a token of positive probability, top_p otherwise (the probabilities
+ *      then sum to 1; so top_k >= V and a min_p that drops nothing equal
+ *      the control off, bit for bit).
+ *   4. The log-probability reported is log_softmax(RAW logits)[token]
+ *      (before edits and temperature: vLLM's default raw_logprobs); the n_top
+ *      top log-probabilities are those of the n_top tokens of highest raw
+ *      logit, descending, the lower id first on ties.
+ *
+ * Banned tokens (add = -INFINITY) are never chosen unless every token of
+ * the row is banned; then the row's token is 0 (the lowest id, as greedy's
+ * tie rule gives). */
+
+/* The most top log-probabilities of one row (the OpenAI API's limit). */
+#define KERN_TOP_LOGPROBS_MAX 20
+
+/* The sampling controls of one row of logits. */
+typedef struct kern_sample_row {
+    float temperature; /* <= 0: greedy */
+    float top_p;       /* 1: off */
+    float min_p;       /* 0: off */
+    int top_k;         /* 0: off */
+    double u;          /* the draw, in [0, 1) */
+    int edit0, n_edit; /* this row's logit edits: edits[edit0, edit0 + n_edit) */
+    int n_top;         /* top logprobs wanted, 0 .. KERN_TOP_LOGPROBS_MAX (and <= V) */
+} kern_sample_row;
+
+/* One edit of a row's logit before the choice (penalties, banned tokens),
+ * built by the caller: x -> (x > 0 ? x * pos : x * neg) + add, in fp32 (a
+ * product, then a sum: never fused); add = -INFINITY bans the token. A
+ * token appears at most once per row. Repetition penalty r: pos = 1 / r,
+ * neg = r; presence / frequency penalties: pos = neg = 1, add = -penalty. */
+typedef struct kern_logit_edit {
+    int32_t tok; /* 0 .. V - 1 */
+    float pos, neg, add;
+} kern_logit_edit;
+
+/* Pick the next token from one row of logits (V) with the controls *r, as
+ * the text above says. edits: the caller's edit array (r's edits are
+ * edits[r->edit0, r->edit0 + r->n_edit); NULL when n_edit is 0).
+ * *logprob gets the raw log-probability of the token; top_ids, top_lps
+ * (r->n_top) the top log-probabilities (may be NULL when n_top is 0).
+ * scratch: scratch_bytes of workspace, at least kern_sample_scratch_bytes(V)
+ * when the row samples (temperature > 0) or has edits; a greedy row
+ * without edits uses none (scratch may then be NULL).
+ * @return the token id, or -EINVAL (message recorded) for too little
+ * scratch or controls kern_sample_row_check refuses. */
+int32_t kern_sample_ref(const float *logits, int V, const kern_sample_row *r,
+                        const kern_logit_edit *edits, float *logprob, int32_t *top_ids,
+                        float *top_lps, void *scratch, size_t scratch_bytes);
 /* Bytes of kern_sample_ref's scratch for a vocabulary of V: V floats + V
  * int32. */
 size_t kern_sample_scratch_bytes(int V);
+/* Check the controls of one row over a vocabulary of V (what
+ * kern_sample_ref checks first; the CUDA backend checks every row with it
+ * before its kernels run): 0 <= min_p <= 1, top_k >= 0, 0 <= n_top <=
+ * KERN_TOP_LOGPROBS_MAX and <= V, n_edit >= 0, edit0 >= 0 when n_edit > 0
+ * (edits then not NULL), each edit's token in 0 .. V - 1.
+ * @return 0, or -EINVAL with a message naming the control. */
+int kern_sample_row_check(const kern_sample_row *r, const kern_logit_edit *edits, int V);
 
 /* H2O eviction for one (sequence, head): among slots [0, n_slots) with
  * token positions pos[], choose the slot to evict: not a sink
@@ -508,13 +570,24 @@ int kern_kv_insert_cuda(kern_kv_fmt fmt, void *kc, void *vc, float *scores, int3
                         const kern_seq *seqs, int n_seq, int n_head, int n_kv_head,
                         int head_dim, int cap, int32_t *evicted, void *stream);
 
-/* kern_sample_ref for n_rows rows of fp16 logits (n_rows, V); temperature,
- * top_p, u, tokens, logprobs: device (n_rows). work: kern_sample_work()
- * bytes (sorting for top-p; 0 bytes needed when no row samples). */
-size_t kern_sample_work(int n_rows, int V);
-int kern_sample_cuda(const void *logits, int n_rows, int V, const float *temperature,
-                     const float *top_p, const double *u, int32_t *tokens,
-                     float *logprobs, void *work, int any_sampled, void *stream);
+/* What a kern_sample_cuda call does beyond the raw argmax, which decides
+ * the work space it needs (each level's includes the one before). */
+enum kern_sample_need {
+    KERN_SAMPLE_ARGMAX, /* every row greedy without edits: row statistics only */
+    KERN_SAMPLE_EDIT,   /* some row has edits, none samples: + an fp32 copy */
+    KERN_SAMPLE_DRAW,   /* some row samples: + the sort of the vocabulary */
+};
+/* kern_sample_ref for n_rows rows of fp16 logits (n_rows, V). rows
+ * (n_rows), edits (their edit0 index this array): device copies of the
+ * host arrays. tokens, logprobs: device (n_rows); top_ids, top_lps: device
+ * (n_rows, KERN_TOP_LOGPROBS_MAX), only the first n_top of a row written,
+ * NULL when no row asks for any. need: the highest
+ * kern_sample_need of the rows (a row beyond it is an error of the
+ * caller). work: kern_sample_work(n_rows, V, need) bytes. */
+size_t kern_sample_work(int n_rows, int V, int need);
+int kern_sample_cuda(const void *logits, int n_rows, int V, const kern_sample_row *rows,
+                     const kern_logit_edit *edits, int32_t *tokens, float *logprobs,
+                     int32_t *top_ids, float *top_lps, void *work, int need, void *stream);
 
 /* 4-bit weights (kernels/q4.cu): dst(rows, n) fp16 <- src(rows,
  * kern_q4_row_bytes(n)): the fp32 value of kern_q4_dequant_ref, bit for

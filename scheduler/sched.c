@@ -146,7 +146,8 @@ static int alloc_act(sched *s)
 /* The largest op calls of a pass and of the caller's sampling, for the
  * backend's reservation: a GPU batch's rows and sequences (an attention
  * op gets one KV segment's, at most a batch), the model's heads, the
- * plan's cap and prompt, and sample calls over the block's logits. */
+ * plan's cap and prompt, and sample calls over the block's logits (with
+ * the caller's logit edits and top logprobs). */
 static backend_limits sched_limits(const sched *s)
 {
     const sched_geom *g = &s->g;
@@ -164,6 +165,8 @@ static backend_limits sched_limits(const sched *s)
         .sample_rows = sampled ? g->block : 0,
         .vocab = sampled ? g->V : 0,
         .sample_draw = sh->sample == SCHED_SAMPLE_DRAW,
+        .sample_edits = sampled ? sh->sample_edits : 0,
+        .sample_top = sampled && sh->sample_top,
     };
 }
 

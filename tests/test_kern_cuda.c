@@ -6,8 +6,10 @@
  * (RMSNorm, RoPE with partial rotary dimensions, SwiGLU, GELU, embed
  * without learned positions) and grouped-query attention (8 query heads
  * over 2 KV heads, and others) in every attention and KV op, both cache
- * formats. Inputs are rounded to fp16 first, so both sides see the same
- * numbers; outputs must agree within atol + |ref| * rtol. The end-to-end GPU runs are test_gpu_e2e.c's.
+ * formats; sampling with every per-row control (logit edits, min_p, top_k,
+ * top_p, top logprobs), within a reservation too. Inputs are rounded to
+ * fp16 first, so both sides see the same numbers; outputs must agree
+ * within atol + |ref| * rtol. The end-to-end GPU runs are test_gpu_e2e.c's.
  * Without a GPU (or a CUDA build) every test is skipped, saying why; with
  * one, a backend that fails to start fails the tests. */
 #include <criterion/criterion.h>
@@ -21,6 +23,7 @@
 #include "fh_config.h"
 #include "model.h"
 #include "safetensors.h"
+#include "sample_slow.h"
 
 static backend cpu, gpu;
 
@@ -844,11 +847,14 @@ Test(kern_cuda, sampling_greedy_and_top_p)
         pair L = put(lg, (size_t)n * V);
         float temp[6] = {0, 0.7f, 1.0f, 1.5f, 0.9f, 0}, topp[6] = {1, 0.9f, 1, 0.5f, 0.99f, 1};
         double u[6] = {0.5, 0.1, 0.99, 0.3, 0.75, 0.2};
+        kern_sample_row rows[6];
+        for (int i = 0; i < n; i++)
+            rows[i] = (kern_sample_row){.temperature = temp[i], .top_p = topp[i], .u = u[i]};
         int32_t tc[6], tg[6];
         float lc[6], lgp[6];
-        cpu.ops->sample(cpu.ctx, L.c, n, V, temp, topp, u, tc, lc);
-        cr_assert_eq(gpu.ops->sample(gpu.ctx, L.g, n, V, temp, topp, u, tg, lgp), 0, "%s",
-                     err_msg());
+        cpu.ops->sample(cpu.ctx, L.c, n, V, rows, NULL, tc, lc, NULL, NULL);
+        cr_assert_eq(gpu.ops->sample(gpu.ctx, L.g, n, V, rows, NULL, tg, lgp, NULL, NULL), 0,
+                     "%s", err_msg());
         cr_assert_eq(tc[0], 3);
         for (int i = 0; i < n; i++) {
             cr_assert_eq(tg[i], tc[i], "V %d row %d: cuda token %d, reference %d", V, i, tg[i],
@@ -858,6 +864,196 @@ Test(kern_cuda, sampling_greedy_and_top_p)
         drop(&L);
         free(lg);
     }
+}
+
+/* ---- the per-row controls (kern.h): logit edits, greedy, temperature,
+ * min_p, top_k, top_p, top logprobs. The CUDA op's probabilities (__expf,
+ * fp32 sums) differ from the CPU op's within these tolerances, so a sampled
+ * row that sample_slow.h's double reference finds decided closer than them
+ * to a boundary may go either way; every other row, and every greedy row,
+ * must give the CPU op's token. */
+#define SAMPLE_MASS_TOL 2e-5
+#define SAMPLE_REL_TOL 2e-5
+
+typedef struct sample_tally {
+    int sampled, decided; /* sampled rows; those clear of the tolerances */
+} sample_tally;
+
+/* The two ops' results for rows (n, on logits lg (n, V) already in L)
+ * against each other: tokens (see above), logprobs within fp16's
+ * tolerance, top logprobs (ids equal unless the reference's values tie
+ * within it). */
+static void sample_compare(const char *what, pair L, const float *lg, int n, int V,
+                           const kern_sample_row *rows, const kern_logit_edit *ed,
+                           sample_tally *t)
+{
+    size_t nt = (size_t)n * KERN_TOP_LOGPROBS_MAX;
+    int32_t *tc = malloc(4 * (size_t)n), *tg = malloc(4 * (size_t)n);
+    int32_t *ic = malloc(4 * nt), *ig = malloc(4 * nt);
+    float *lc = malloc(4 * (size_t)n), *lgp = malloc(4 * (size_t)n);
+    float *vc = malloc(4 * nt), *vg = malloc(4 * nt);
+    cr_assert_eq(cpu.ops->sample(cpu.ctx, L.c, n, V, rows, ed, tc, lc, ic, vc), 0, "%s",
+                 err_msg());
+    cr_assert_eq(gpu.ops->sample(gpu.ctx, L.g, n, V, rows, ed, tg, lgp, ig, vg), 0, "%s",
+                 err_msg());
+    for (int i = 0; i < n; i++) {
+        const kern_sample_row *r = &rows[i];
+        slow_pick sp;
+        slow_sample(lg + (size_t)i * V, V, r, ed, &sp);
+        int exact = r->temperature <= 0.0f ||
+                    (sp.margin_mass > SAMPLE_MASS_TOL && sp.margin_rel > SAMPLE_REL_TOL);
+        if (r->temperature > 0.0f) {
+            t->sampled++;
+            t->decided += exact;
+        }
+        if (exact)
+            cr_assert_eq(tg[i], tc[i], "%s V %d row %d (T %g top_p %g min_p %g top_k %d u %g, "
+                         "%d edits): cuda token %d, reference %d", what, V, i, r->temperature,
+                         r->top_p, r->min_p, r->top_k, r->u, r->n_edit, tg[i], tc[i]);
+        if (tg[i] == tc[i])
+            cr_assert_float_eq(lgp[i], lc[i], 1e-3 + fabsf(lc[i]) * 1e-4,
+                               "%s V %d row %d logprob: cuda %g, reference %g", what, V, i,
+                               lgp[i], lc[i]);
+        for (int k = 0; k < r->n_top; k++) {
+            size_t o = (size_t)i * KERN_TOP_LOGPROBS_MAX + k;
+            double tol = 1e-3 + fabsf(vc[o]) * 1e-4;
+            int tie = (k > 0 && fabs((double)vc[o] - vc[o - 1]) <= tol) ||
+                      (k + 1 < r->n_top && fabs((double)vc[o] - vc[o + 1]) <= tol);
+            cr_assert(ig[o] == ic[o] || tie, "%s V %d row %d top %d: cuda id %d, reference %d",
+                      what, V, i, k, ig[o], ic[o]);
+            cr_assert_float_eq(vg[o], vc[o], tol, "%s V %d row %d top %d: cuda %g, reference %g",
+                               what, V, i, k, vg[o], vc[o]);
+        }
+    }
+    free(tc), free(tg), free(ic), free(ig), free(lc), free(lgp), free(vc), free(vg);
+}
+
+/* n random rows over V of the kinds kinds[0..n_kinds) (cycled), with
+ * temperatures in [t_lo, t_hi) and top logprobs, plus `banned` rows with
+ * every token banned (a greedy one, then a sampled one), in one call. */
+static void sample_rows_case(const char *what, uint64_t seed, int V, int n, const int *kinds,
+                             int n_kinds, float t_lo, float t_hi, int banned, sample_tally *t)
+{
+    int n_all = n + banned;
+    float *lg = malloc(sizeof(float) * (size_t)n_all * V);
+    kern_logit_edit *ed = malloc(sizeof *ed * ((size_t)n * 16 + (size_t)banned * V + 1));
+    kern_sample_row *rows = malloc(sizeof *rows * (size_t)n_all);
+    int n_ed = 0;
+    for (int i = 0; i < n_all; i++) {
+        float *x = lg + (size_t)i * V;
+        slow_logits(&seed, x, V, 6.0f, i % 3 == 0);
+        if (i >= n)
+            slow_row_all_banned(V, i == n ? 0.0f : 0.8f, &rows[i], ed, &n_ed);
+        else
+            slow_row(&seed, kinds[i % n_kinds], x, V, t_lo, t_hi, 1, &rows[i], ed, &n_ed);
+    }
+    pair L = put(lg, (size_t)n_all * V); /* grid values: exact in fp16 */
+    sample_compare(what, L, lg, n_all, V, rows, ed, t);
+    for (int i = n; i < n_all; i++) {
+        int32_t tg;
+        float lp;
+        const char *row = (const char *)L.g + (size_t)i * V * gpu.ops->elem_size;
+        cr_assert_eq(gpu.ops->sample(gpu.ctx, row, 1, V, &rows[i], ed, &tg, &lp, NULL, NULL), 0,
+                     "%s", err_msg());
+        cr_assert_eq(tg, 0, "%s: every token banned, token %d", what, tg);
+    }
+    drop(&L);
+    free(lg), free(ed), free(rows);
+}
+
+/* Random rows of every kind (each control alone and together, penalties,
+ * bans, the argmax banned, top_k 1 and >= V, ties of the top logit, every
+ * token banned) in calls that sort (a row samples), that copy the logits
+ * but sort nothing (greedy rows with edits) and that do neither (plain
+ * greedy), all with top logprobs; OPT's vocabulary at low temperatures. */
+Test(kern_cuda, sampling_controls_against_the_cpu_op, .timeout = 240)
+{
+    int all[SLOW_KINDS], greedy[] = {SLOW_GREEDY, SLOW_GREEDY_EDITS}, plain[] = {SLOW_GREEDY};
+    for (int i = 0; i < SLOW_KINDS; i++)
+        all[i] = i;
+    sample_tally t = {0, 0};
+    for (int rep = 0; rep < 3; rep++)
+        sample_rows_case("mixed", 100 + rep, 512, 64, all, SLOW_KINDS, 0.3f, 2.0f, 2, &t);
+    sample_rows_case("mixed", 7, 50272, 24, all, SLOW_KINDS, 0.1f, 0.5f, 0, &t);
+    sample_rows_case("greedy with edits", 9, 512, 16, greedy, 2, 1, 1, 1, &t);
+    sample_rows_case("greedy with edits", 10, 50272, 8, greedy, 2, 1, 1, 0, &t);
+    sample_rows_case("plain greedy", 11, 512, 16, plain, 1, 1, 1, 0, &t);
+    cr_assert_gt(t.sampled, 150);
+    cr_assert_geq(t.decided, t.sampled * 3 / 4, "only %d of %d sampled rows were clear of the "
+                  "tolerances", t.decided, t.sampled);
+}
+
+/* Sampling with edits and top logprobs within a reservation: reserved for
+ * greedy rows with edits, calls of such rows (1 .. NS of them, edits,
+ * top logprobs or none) allocate nothing and give the CPU op's tokens; a
+ * sampled row is beyond it and refused. Widened to sampled rows, calls of
+ * every kind allocate nothing. More edits than reserved are refused,
+ * nothing allocated; once the reservations end the same call runs. */
+Test(kern_cuda, sampling_with_edits_and_top_logprobs_reserved)
+{
+    enum { V = 512, NS = 8, E = NS * 12, CALLS = 40 };
+    uint64_t seed = 31;
+    float *lg = malloc(sizeof(float) * NS * V);
+    for (int i = 0; i < NS; i++)
+        slow_logits(&seed, lg + (size_t)i * V, V, 6.0f, i % 2);
+    pair L = put(lg, (size_t)NS * V);
+    kern_logit_edit *ed = malloc(sizeof *ed * NS * V);
+    kern_sample_row rows[NS];
+    int32_t tg[NS];
+    float lgp[NS];
+    sample_tally t = {0, 0};
+    backend_limits lim = {.sample_rows = NS, .vocab = V, .sample_edits = E, .sample_top = 1};
+    cr_assert_eq(gpu.ops->reserve(gpu.ctx, &lim), 0, "%s", err_msg());
+    uint64_t a0 = gpu.ops->allocs(gpu.ctx);
+    for (int draw = 0; draw < 2; draw++) {
+        if (draw) {
+            lim.sample_draw = 1;
+            cr_assert_eq(gpu.ops->reserve(gpu.ctx, &lim), 0, "%s", err_msg());
+            a0 = gpu.ops->allocs(gpu.ctx);
+        }
+        for (int call = 0; call < CALLS; call++) {
+            int n = 1 + call % NS, n_ed = 0;
+            for (int i = 0; i < n; i++) {
+                int kind = draw ? (call + i) % SLOW_KINDS : (call + i) % 2 ? SLOW_GREEDY_EDITS
+                                                                           : SLOW_GREEDY;
+                slow_row(&seed, kind, lg + (size_t)i * V, V, 0.3f, 2.0f, call % 3 != 0, &rows[i],
+                         ed, &n_ed);
+            }
+            sample_compare(draw ? "reserved, sampled" : "reserved, greedy", L, lg, n, V, rows,
+                           ed, &t);
+        }
+        cr_assert_eq(gpu.ops->allocs(gpu.ctx), a0, "sample calls within the reservation "
+                     "allocated (%s)", draw ? "sampled rows" : "greedy rows");
+        if (!draw) { /* a sampled row: beyond a greedy reservation */
+            rows[0] = (kern_sample_row){.temperature = 1.0f, .top_p = 1.0f, .u = 0.5};
+            err_clear();
+            cr_assert_eq(gpu.ops->sample(gpu.ctx, L.g, NS, V, rows, ed, tg, lgp, NULL, NULL),
+                         -EINVAL, "a sampled row ran in a greedy reservation");
+            cr_assert(strstr(err_msg(), "the reserved"), "%s", err_msg());
+            cr_assert_eq(gpu.ops->allocs(gpu.ctx), a0, "a refused call allocated");
+        }
+    }
+    /* NS x V / 2 edits, far more than reserved: refused */
+    int n_ed = 0;
+    for (int i = 0; i < NS; i++) {
+        rows[i] = (kern_sample_row){.top_p = 1.0f, .edit0 = n_ed, .n_edit = V / 2};
+        for (int j = 0; j < V / 2; j++)
+            ed[n_ed++] = (kern_logit_edit){.tok = 2 * j + i % 2, .pos = 1, .neg = 1, .add = -1};
+    }
+    err_clear();
+    cr_assert_eq(gpu.ops->sample(gpu.ctx, L.g, NS, V, rows, ed, tg, lgp, NULL, NULL), -EINVAL,
+                 "more edits than reserved ran");
+    cr_assert(strstr(err_msg(), "the reserved"), "%s", err_msg());
+    cr_assert_eq(gpu.ops->allocs(gpu.ctx), a0, "a refused call allocated");
+    err_clear();
+    cr_assert_eq(gpu.ops->reserve(gpu.ctx, NULL), 0);
+    cr_assert_eq(gpu.ops->reserve(gpu.ctx, NULL), 0);
+    sample_compare("unreserved", L, lg, NS, V, rows, ed, &t);
+    cr_assert_gt(t.sampled, 20);
+    cr_assert_geq(t.decided, t.sampled * 3 / 4, "only %d of %d sampled rows were clear of the "
+                  "tolerances", t.decided, t.sampled);
+    drop(&L);
+    free(lg), free(ed);
 }
 
 /* The reservation (backend.h reserve): calls within the limits stage
@@ -889,8 +1085,8 @@ Test(kern_cuda, reserved_calls_allocate_nothing_and_beyond_is_refused)
     cr_assert_eq(gpu.ops->reserve(gpu.ctx, &lim), 0, "%s", err_msg());
     uint64_t a0 = gpu.ops->allocs(gpu.ctx);
     int32_t ids[R + 1], pos[R + 1], rows[NS], tc[NS + 1], tg[NS + 1];
-    float temp[NS + 1], topp[NS + 1], lc[NS + 1], lgp[NS + 1];
-    double u[NS + 1];
+    float lc[NS + 1], lgp[NS + 1];
+    kern_sample_row srow[NS + 1];
     for (int call = 0; call < CALLS; call++) {
         for (int i = 0; i < R; i++) {
             ids[i] = (i * 37 + call * 11) % V;
@@ -898,9 +1094,8 @@ Test(kern_cuda, reserved_calls_allocate_nothing_and_beyond_is_refused)
         }
         for (int i = 0; i < NS; i++) {
             rows[i] = (i * 3 + call) % R;
-            temp[i] = (float)((i + call) % 3) * 0.5f;
-            topp[i] = 0.9f;
-            u[i] = ((i * 7 + call) % 10) / 10.0;
+            srow[i] = (kern_sample_row){.temperature = (float)((i + call) % 3) * 0.5f,
+                                        .top_p = 0.9f, .u = ((i * 7 + call) % 10) / 10.0};
         }
         if (call % 3 == 2) { /* no learned positions: the token rows */
             cr_assert_eq(gpu.ops->embed(gpu.ctx, out.g, T.g, NULL, ids, NULL, R, D), 0, "%s",
@@ -921,9 +1116,9 @@ Test(kern_cuda, reserved_calls_allocate_nothing_and_beyond_is_refused)
         cpu.ops->gather_rows(cpu.ctx, g.c, out.c, rows, NS, D);
         cr_assert_eq(gpu.ops->gather_rows(gpu.ctx, g.g, out.g, rows, NS, D), 0, "%s",
                      err_msg());
-        cpu.ops->sample(cpu.ctx, L.c, NS, V, temp, topp, u, tc, lc);
-        cr_assert_eq(gpu.ops->sample(gpu.ctx, L.g, NS, V, temp, topp, u, tg, lgp), 0, "%s",
-                     err_msg());
+        cpu.ops->sample(cpu.ctx, L.c, NS, V, srow, NULL, tc, lc, NULL, NULL);
+        cr_assert_eq(gpu.ops->sample(gpu.ctx, L.g, NS, V, srow, NULL, tg, lgp, NULL, NULL), 0,
+                     "%s", err_msg());
         for (int i = 0; i < NS; i++)
             cr_assert_eq(tg[i], tc[i], "call %d row %d: cuda token %d, reference %d", call, i,
                          tg[i], tc[i]);
@@ -940,12 +1135,14 @@ Test(kern_cuda, reserved_calls_allocate_nothing_and_beyond_is_refused)
     }
     cr_assert_eq(gpu.ops->allocs(gpu.ctx), a0, "calls within the reservation allocated");
     /* one more row, sequence or slot than reserved: refused, nothing allocated */
-    ids[R] = 1, pos[R] = 1, temp[NS] = 1.0f, topp[NS] = 1.0f, u[NS] = 0.5;
+    ids[R] = 1, pos[R] = 1;
+    srow[NS] = (kern_sample_row){.temperature = 1.0f, .top_p = 1.0f, .u = 0.5};
     err_clear();
     cr_assert_eq(gpu.ops->embed(gpu.ctx, out.g, T.g, Pe.g, ids, pos, R + 1, D), -EINVAL);
     cr_assert(strstr(err_msg(), "exceeds the reserved"), "%s", err_msg());
     err_clear();
-    cr_assert_eq(gpu.ops->sample(gpu.ctx, L.g, NS + 1, V, temp, topp, u, tg, lgp), -EINVAL);
+    cr_assert_eq(gpu.ops->sample(gpu.ctx, L.g, NS + 1, V, srow, NULL, tg, lgp, NULL, NULL),
+                 -EINVAL);
     cr_assert(strstr(err_msg(), "exceeds the reserved"), "%s", err_msg());
     err_clear();
     kern_seq seqs[NS + 1];
@@ -963,8 +1160,8 @@ Test(kern_cuda, reserved_calls_allocate_nothing_and_beyond_is_refused)
                  "the four buffers made)");
     /* the reservation ended: the op grows again */
     cr_assert_eq(gpu.ops->reserve(gpu.ctx, NULL), 0);
-    cr_assert_eq(gpu.ops->sample(gpu.ctx, L.g, NS + 1, V, temp, topp, u, tg, lgp), 0, "%s",
-                 err_msg());
+    cr_assert_eq(gpu.ops->sample(gpu.ctx, L.g, NS + 1, V, srow, NULL, tg, lgp, NULL, NULL), 0,
+                 "%s", err_msg());
     cr_assert_gt(gpu.ops->allocs(gpu.ctx), a0 + 4, "sampling's work space grew");
     drop(&T), drop(&Pe), drop(&L), drop(&out), drop(&g), drop(&K), drop(&Vc), drop(&q), drop(&o);
     drop(&RQ);

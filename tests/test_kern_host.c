@@ -10,7 +10,11 @@
  * reservation and refuse a call beyond one. And the RoPE families'
  * element-wise ops (RMSNorm, RoPE and its inverse frequencies, SwiGLU,
  * GELU) against hand-worked values and the same formulas in double, and
- * backend_ops_check's refusal of a backend without them. */
+ * backend_ops_check's refusal of a backend without them. And sampling with
+ * its per-row controls (kern.h: logit edits, greedy, temperature, min_p,
+ * top_k, top_p, top logprobs): hand-worked rows, a double reference of
+ * kern.h's text over random rows (sample_slow.h), the sampler it replaced
+ * for the old controls, and the CPU backend's op and reservation. */
 #include <criterion/criterion.h>
 #include <float.h>
 #include <math.h>
@@ -22,6 +26,7 @@
 #include "err.h"
 #include "kern.h"
 #include "kern_scratch.h"
+#include "sample_slow.h"
 
 /* y = x w^T (+ b), ReLU, through the CPU backend's vtable, as backend.h
  * promises it: x (2, 2) = [1 2; -1 0.5], w (3, 2) = [1 0; 0 1; -1 -1], so
@@ -237,11 +242,21 @@ Test(kern_host, cpu_kernels_refuse_too_little_scratch)
         logits[i] = (float)(i % 5);
     size_t ns = kern_sample_scratch_bytes(V);
     cr_assert_eq(ns, (size_t)V * 8);
-    SHORT(kern_sample_ref(logits, V, 0.7f, 0.9f, 0.5, &lp, ws, ns - 1), "kern_sample_ref");
+    kern_sample_row draw = {.temperature = 0.7f, .top_p = 0.9f, .u = 0.5};
+    kern_sample_row greedy = {.temperature = 0.0f, .top_p = 1.0f, .u = 0.5};
+    kern_logit_edit ban = {.tok = 4, .pos = 1, .neg = 1, .add = -INFINITY};
+    kern_sample_row greedy_edit = {.top_p = 1.0f, .n_edit = 1};
+    SHORT(kern_sample_ref(logits, V, &draw, NULL, &lp, NULL, NULL, ws, ns - 1),
+          "kern_sample_ref");
+    SHORT(kern_sample_ref(logits, V, &greedy_edit, &ban, &lp, NULL, NULL, ws, ns - 1),
+          "kern_sample_ref"); /* a greedy row with edits copies its logits */
     char *big = malloc(ns);
-    cr_assert_geq(kern_sample_ref(logits, V, 0.7f, 0.9f, 0.5, &lp, big, ns), 0, "%s", err_msg());
-    cr_assert_eq(kern_sample_ref(logits, V, 0.0f, 1.0f, 0.5, &lp, NULL, 0), 4, "greedy: the "
-                 "first highest logit, without scratch");
+    cr_assert_geq(kern_sample_ref(logits, V, &draw, NULL, &lp, NULL, NULL, big, ns), 0, "%s",
+                  err_msg());
+    cr_assert_eq(kern_sample_ref(logits, V, &greedy_edit, &ban, &lp, NULL, NULL, big, ns), 9,
+                 "greedy after banning token 4: the next highest logit");
+    cr_assert_eq(kern_sample_ref(logits, V, &greedy, NULL, &lp, NULL, NULL, NULL, 0), 4,
+                 "greedy: the first highest logit, without scratch");
 #undef SHORT
     free(big);
     free(ws);
@@ -283,10 +298,10 @@ Test(kern_host, cpu_backend_reserves_its_scratch_and_refuses_beyond_it)
     cr_assert_eq(DECODE(BIG), -EINVAL, "a call beyond the reservation ran");
     cr_assert(strstr(err_msg(), "exceeds the reserved"), "%s", err_msg());
     err_clear();
-    float logits[4] = {0, 1, 2, 3}, temp = 0.5f, topp = 1.0f, lp;
-    double u = 0.25;
+    float logits[4] = {0, 1, 2, 3}, lp;
+    kern_sample_row row = {.temperature = 0.5f, .top_p = 1.0f, .u = 0.25};
     int32_t tok;
-    cr_assert_eq(o->sample(be.ctx, logits, 1, 4, &temp, &topp, &u, &tok, &lp), 0, "%s",
+    cr_assert_eq(o->sample(be.ctx, logits, 1, 4, &row, NULL, &tok, &lp, NULL, NULL), 0, "%s",
                  err_msg()); /* 32 bytes: within the scratch reserved for decode */
     cr_assert_eq(o->allocs(be.ctx), a1, "nothing allocated within the reservation");
     void *buf = NULL;
@@ -1699,4 +1714,402 @@ Test(kern_host, backend_ops_check_refuses_missing_ops)
     err_clear();
     cr_assert_eq(backend_ops_check(be.ops, 1u << 9, "x"), -EINVAL);
     backend_destroy(&be);
+}
+
+/* ------------------------------------------------------------ sampling
+ * kern_sample_ref against hand-worked rows, against sample_slow.h's
+ * double reference of kern.h's text over random rows, against the sampler
+ * it replaced (old controls: the same tokens, bit for bit), and the CPU
+ * backend's op against the reference row by row. */
+
+/* One row through kern_sample_ref with scratch; asserts it ran. */
+static int32_t sample1(const float *x, int V, const kern_sample_row *r,
+                       const kern_logit_edit *ed, float *lp, int32_t *ti, float *tl)
+{
+    static char ws[(sizeof(float) + sizeof(int32_t)) * 64];
+    cr_assert_leq(kern_sample_scratch_bytes(V), sizeof ws);
+    int32_t t = kern_sample_ref(x, V, r, ed, lp, ti, tl, ws, sizeof ws);
+    cr_assert_geq(t, 0, "%s", err_msg());
+    return t;
+}
+
+/* logits [0 1 2 3], T 1: p = e^x / 31.193 = .0321 .0871 .2369 .6439.
+ * min_p .2 drops p < .1288: tokens 0, 1; kept mass .8808.
+ * top_p .7 alone: .6439 < .7 <= .8808 keeps {3, 2}; after min_p .2 the
+ * renormalised .6439 / .8808 = .7311 >= .7 keeps {3} alone.
+ * top_k 2 keeps {3, 2}; u .99 -> target .8720 > .6439: token 2. */
+Test(kern_host, sample_hand_worked_controls)
+{
+    float x[4] = {0, 1, 2, 3}, lp, tl[4];
+    int32_t ti[4];
+    double S = 1 + exp(1.0) + exp(2.0) + exp(3.0);
+    kern_sample_row r = {.temperature = 1.0f, .top_p = 1.0f, .min_p = 0.2f, .u = 0.9};
+    cr_assert_eq(sample1(x, 4, &r, NULL, &lp, NULL, NULL), 2, "min_p .2, u .9: .7927 > .6439");
+    cr_assert_float_eq(lp, 2 - log(S), 1e-6, "the raw logprob of token 2");
+    r.u = 0.7;
+    cr_assert_eq(sample1(x, 4, &r, NULL, &lp, NULL, NULL), 3, "min_p .2, u .7: .6166 < .6439");
+    r = (kern_sample_row){.temperature = 1.0f, .top_p = 0.7f, .u = 0.95};
+    cr_assert_eq(sample1(x, 4, &r, NULL, &lp, NULL, NULL), 2, "top_p .7 keeps {3, 2}");
+    r.min_p = 0.2f;
+    cr_assert_eq(sample1(x, 4, &r, NULL, &lp, NULL, NULL), 3, "top_p .7 after min_p .2: "
+                 "renormalised, {3} alone");
+    r = (kern_sample_row){.temperature = 1.0f, .top_p = 1.0f, .top_k = 2, .u = 0.99};
+    cr_assert_eq(sample1(x, 4, &r, NULL, &lp, NULL, NULL), 2, "top_k 2");
+    r.top_k = 1;
+    cr_assert_eq(sample1(x, 4, &r, NULL, &lp, NULL, NULL), 3, "top_k 1: the argmax");
+    r = (kern_sample_row){.temperature = 1.0f, .top_p = 1.0f, .u = 0.99};
+    cr_assert_eq(sample1(x, 4, &r, NULL, &lp, NULL, NULL), 0, "no cut, u .99: .9679 < .99");
+    /* edits: repetition penalty 2 on token 3 (3 / 2 = 1.5 < 2), a ban, and
+     * a negative logit scaled by neg; the logprob stays the raw one */
+    kern_logit_edit ed[] = {
+        {.tok = 3, .pos = 0.5f, .neg = 2.0f, .add = 0},
+        {.tok = 2, .pos = 1, .neg = 1, .add = -INFINITY},
+        {.tok = 1, .pos = 1, .neg = 1, .add = -0.75f},
+    };
+    r = (kern_sample_row){.top_p = 1.0f, .edit0 = 0, .n_edit = 1};
+    cr_assert_eq(sample1(x, 4, &r, ed, &lp, NULL, NULL), 2, "greedy: 3 penalised to 1.5");
+    cr_assert_float_eq(lp, 2 - log(S), 1e-6, "the raw logprob of token 2");
+    r.n_edit = 2;
+    cr_assert_eq(sample1(x, 4, &r, ed, &lp, NULL, NULL), 3, "2 banned: 3 at 1.5 wins");
+    r.n_edit = 3;
+    r.temperature = 1.0f, r.top_k = 1, r.u = 0.5;
+    cr_assert_eq(sample1(x, 4, &r, ed, &lp, NULL, NULL), 3, "top_k 1 over 0, 0.25, -inf, 1.5");
+    r.edit0 = 1, r.n_edit = 1, r.top_k = 0, r.u = 0.999;
+    for (int i = 0; i < 50; i++, r.u = i / 50.0)
+        cr_assert_neq(sample1(x, 4, &r, ed, &lp, NULL, NULL), 2, "a banned token drawn");
+    float y[4] = {-1, -0.5f, -2, -3};
+    kern_logit_edit neg = {.tok = 1, .pos = 0.25f, .neg = 4.0f, .add = 0};
+    r = (kern_sample_row){.top_p = 1.0f, .n_edit = 1};
+    cr_assert_eq(sample1(y, 4, &r, &neg, &lp, NULL, NULL), 0, "-0.5 x neg 4 = -2 < -1");
+    r.n_edit = 0;
+    cr_assert_eq(sample1(y, 4, &r, NULL, &lp, NULL, NULL), 1, "unedited: -0.5");
+    /* every token banned: token 0, greedy or sampled */
+    kern_logit_edit all[4];
+    for (int i = 0; i < 4; i++)
+        all[i] = (kern_logit_edit){.tok = 3 - i, .pos = 1, .neg = 1, .add = -INFINITY};
+    r = (kern_sample_row){.top_p = 1.0f, .n_edit = 4};
+    cr_assert_eq(sample1(x, 4, &r, all, &lp, NULL, NULL), 0);
+    cr_assert_float_eq(lp, 0 - log(S), 1e-6, "the raw logprob of token 0");
+    r.temperature = 0.8f, r.top_p = 0.5f, r.min_p = 0.1f, r.top_k = 2, r.u = 0.7;
+    cr_assert_eq(sample1(x, 4, &r, all, &lp, NULL, NULL), 0);
+    /* top logprobs: descending, lower id first on ties, raw */
+    r = (kern_sample_row){.top_p = 1.0f, .n_top = 3, .n_edit = 1};
+    cr_assert_eq(sample1(x, 4, &r, ed, &lp, ti, tl), 2);
+    cr_assert(ti[0] == 3 && ti[1] == 2 && ti[2] == 1, "%d %d %d", ti[0], ti[1], ti[2]);
+    for (int k = 0; k < 3; k++)
+        cr_assert_float_eq(tl[k], x[ti[k]] - log(S), 1e-6, "top %d", k);
+    float z[4] = {1, 3, 3, 2};
+    r = (kern_sample_row){.top_p = 1.0f, .n_top = 4};
+    cr_assert_eq(sample1(z, 4, &r, NULL, &lp, ti, tl), 1, "greedy: the lower of a tie");
+    cr_assert(ti[0] == 1 && ti[1] == 2 && ti[2] == 3 && ti[3] == 0, "%d %d %d %d", ti[0], ti[1],
+              ti[2], ti[3]);
+    cr_assert_eq(tl[0], tl[1]);
+    cr_assert_eq(tl[0], lp, "the same formula for the token and its top entry");
+    /* controls out of range are refused, with a message */
+    kern_sample_row bad[] = {
+        {.top_p = 1.0f, .n_top = KERN_TOP_LOGPROBS_MAX + 1},
+        {.top_p = 1.0f, .n_top = 5},
+        {.top_p = 1.0f, .min_p = 1.5f},
+        {.top_p = 1.0f, .top_k = -1},
+        {.top_p = 1.0f, .n_edit = 1},
+        {.top_p = 1.0f, .n_edit = -1},
+    };
+    kern_logit_edit out_of_v = {.tok = 4, .pos = 1, .neg = 1};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        err_clear();
+        int32_t big_ti[32];
+        float big_tl[32];
+        static char ws[64];
+        cr_assert_eq(kern_sample_ref(x, 4, &bad[i], &out_of_v, &lp, big_ti, big_tl, ws,
+                                     sizeof ws), -EINVAL, "bad row %zu ran", i);
+        cr_assert(err_msg()[0], "bad row %zu: no message", i);
+    }
+    err_clear();
+}
+
+/* kern_sample_ref against sample_slow.h over random rows of every kind
+ * (each control alone and together, penalties, bans, the argmax banned,
+ * top_k 1 and >= V, ties of the top logit), grid logits full of exact ties
+ * and plain floats, vocabularies from 1 to 3000. A row decided within
+ * rounding of a boundary (margins below 1e-6 of mass, 2e-6 relative) may
+ * go either way; every other row gives the reference's token, and they
+ * are nearly all of them. Logprobs and top logprobs: always. */
+Test(kern_host, sample_ref_against_a_double_reference_over_random_rows)
+{
+    int Vs[] = {1, 2, 7, 64, 512, 3000};
+    uint64_t seed = 2024;
+    int sampled = 0, decided = 0, cut_min_p = 0;
+    for (size_t vi = 0; vi < sizeof Vs / sizeof *Vs; vi++) {
+        int V = Vs[vi], reps = V >= 3000 ? 12 : 60;
+        float *x = malloc(sizeof(float) * (size_t)V);
+        kern_logit_edit *ed = malloc(sizeof *ed * (size_t)(V + 16));
+        size_t wb = kern_sample_scratch_bytes(V);
+        void *ws = malloc(wb);
+        for (int rep = 0; rep < reps; rep++)
+            for (int kind = 0; kind <= SLOW_KINDS; kind++) {
+                if ((rep + kind) % 3)
+                    slow_logits(&seed, x, V, 6.0f, rep % 2);
+                else
+                    for (int i = 0; i < V; i++)
+                        x[i] = (float)(slow_unit(&seed) * 12.0 - 6.0);
+                kern_sample_row r;
+                int n_ed = 0;
+                if (kind == SLOW_KINDS) /* every token banned */
+                    slow_row_all_banned(V, rep % 2 ? 0.9f : 0.0f, &r, ed, &n_ed);
+                else
+                    slow_row(&seed, kind, x, V, 0.3f, 2.0f, 1, &r, ed, &n_ed);
+                float lp, tl[KERN_TOP_LOGPROBS_MAX];
+                int32_t ti[KERN_TOP_LOGPROBS_MAX];
+                int32_t tok = kern_sample_ref(x, V, &r, ed, &lp, ti, tl, ws, wb);
+                cr_assert_geq(tok, 0, "%s", err_msg());
+                slow_pick sp;
+                slow_sample(x, V, &r, ed, &sp);
+                int exact = sp.margin_mass > 1e-6 && sp.margin_rel > 2e-6;
+                if (r.temperature > 0.0f) {
+                    sampled++;
+                    decided += exact;
+                }
+                cr_assert(exact || r.temperature > 0.0f, "a greedy row is exact");
+                if (exact)
+                    cr_assert_eq(tok, sp.tok, "V %d rep %d kind %d (T %g top_p %g min_p %g "
+                                 "top_k %d u %g, %d edits): token %d, the double reference %d",
+                                 V, rep, kind, r.temperature, r.top_p, r.min_p, r.top_k, r.u,
+                                 r.n_edit, tok, sp.tok);
+                if (kind == SLOW_KINDS)
+                    cr_assert_eq(tok, 0, "every token banned: token 0");
+                if (tok == sp.tok)
+                    cr_assert_float_eq(lp, sp.logprob, 1e-5 + 1e-6 * fabs(sp.logprob),
+                                       "V %d rep %d kind %d: logprob %g, reference %g", V, rep,
+                                       kind, lp, sp.logprob);
+                for (int k = 0; k < r.n_top; k++) {
+                    cr_assert_eq(ti[k], sp.top_ids[k], "V %d rep %d kind %d: top %d is %d, "
+                                 "reference %d", V, rep, kind, k, ti[k], sp.top_ids[k]);
+                    cr_assert_float_eq(tl[k], sp.top_lps[k], 1e-5 + 1e-6 * fabs(sp.top_lps[k]));
+                }
+                if (r.min_p > 0.0f && r.temperature > 0.0f && V > 1) {
+                    /* did min_p drop anything? (so the test covers it) */
+                    float mx = -INFINITY;
+                    for (int i = 0; i < V; i++)
+                        mx = fmaxf(mx, x[i]);
+                    cut_min_p += r.n_edit == 0 && exp((x[0] - mx) / r.temperature) < r.min_p;
+                }
+            }
+        free(x), free(ed), free(ws);
+    }
+    cr_assert_geq(decided, sampled * 95 / 100, "only %d of %d sampled rows were clear of "
+                  "rounding", decided, sampled);
+    cr_assert_gt(cut_min_p, 10, "min_p dropped tokens in %d rows only", cut_min_p);
+}
+
+/* The sampler before the per-row controls, verbatim: greedy or
+ * temperature / top-p. Its tokens and logprobs are what the goldens hold. */
+static int old_cmp_desc(const void *a, const void *b, void *prob)
+{
+    int32_t i = *(const int32_t *)a, j = *(const int32_t *)b;
+    const float *p = prob;
+    float x = p[i], y = p[j];
+    if (x != y)
+        return x < y ? 1 : -1;
+    return (i > j) - (i < j);
+}
+
+static int32_t old_sample(const float *logits, int V, float temperature, float top_p,
+                          double u, float *logprob, float *prob, int32_t *order)
+{
+    int32_t tok = 0;
+    if (temperature <= 0.0f) {
+        for (int i = 1; i < V; i++)
+            if (logits[i] > logits[tok])
+                tok = i;
+    } else {
+        float mx = -INFINITY;
+        for (int i = 0; i < V; i++)
+            if (logits[i] / temperature > mx)
+                mx = logits[i] / temperature;
+        double sum = 0.0;
+        for (int i = 0; i < V; i++) {
+            prob[i] = expf(logits[i] / temperature - mx);
+            sum += prob[i];
+        }
+        for (int i = 0; i < V; i++) {
+            prob[i] = (float)(prob[i] / sum);
+            order[i] = i;
+        }
+        qsort_r(order, (size_t)V, sizeof *order, old_cmp_desc, prob);
+        int keep = V;
+        if (top_p < 1.0f) {
+            double c = 0.0;
+            for (int i = 0; i < V; i++) {
+                c += prob[order[i]];
+                if (c >= top_p) {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        double mass = 0.0;
+        for (int i = 0; i < keep; i++)
+            mass += prob[order[i]];
+        double target = u * mass, c = 0.0;
+        tok = order[keep - 1];
+        for (int i = 0; i < keep; i++) {
+            c += prob[order[i]];
+            if (target < c) {
+                tok = order[i];
+                break;
+            }
+        }
+    }
+    float mx = -INFINITY;
+    for (int i = 0; i < V; i++)
+        if (logits[i] > mx)
+            mx = logits[i];
+    double sum = 0.0;
+    for (int i = 0; i < V; i++)
+        sum += exp((double)logits[i] - mx);
+    *logprob = (float)((double)logits[tok] - mx - log(sum));
+    return tok;
+}
+
+/* Old controls (greedy, temperature, top_p; no edits, min_p, top_k): the
+ * same token and logprob, bit for bit, as the sampler they replace. And
+ * top_k >= V or a min_p that drops nothing is the control off, bit for
+ * bit; top_k 1 is greedy over the edited logits. */
+Test(kern_host, sample_old_controls_unchanged_and_off_means_off)
+{
+    int Vs[] = {50, 1000, 50272};
+    uint64_t seed = 99;
+    for (size_t vi = 0; vi < 3; vi++) {
+        int V = Vs[vi], reps = V > 10000 ? 12 : 150;
+        float *x = malloc(sizeof(float) * (size_t)V), *prob = malloc(sizeof(float) * (size_t)V);
+        int32_t *order = malloc(sizeof(int32_t) * (size_t)V);
+        size_t wb = kern_sample_scratch_bytes(V);
+        void *ws = malloc(wb);
+        kern_logit_edit ed[16];
+        for (int rep = 0; rep < reps; rep++) {
+            if (rep % 2)
+                slow_logits(&seed, x, V, 8.0f, rep % 4 == 1);
+            else
+                for (int i = 0; i < V; i++)
+                    x[i] = (float)(slow_unit(&seed) * 16.0 - 8.0);
+            kern_sample_row r = {.temperature = rep % 5 ? 0.2f + 1.6f * (float)slow_unit(&seed)
+                                                        : 0.0f,
+                                 .top_p = rep % 3 ? 0.05f + 0.95f * (float)slow_unit(&seed) : 1.0f,
+                                 .u = rep % 11 ? slow_unit(&seed) : 1.0 - 0x1.0p-40};
+            float lo, ln;
+            int32_t to = old_sample(x, V, r.temperature, r.top_p, r.u, &lo, prob, order);
+            int32_t tn = kern_sample_ref(x, V, &r, NULL, &ln, NULL, NULL, ws, wb);
+            cr_assert_eq(tn, to, "V %d rep %d (T %g top_p %g u %g): token %d, before %d", V, rep,
+                         r.temperature, r.top_p, r.u, tn, to);
+            cr_assert_eq(memcmp(&ln, &lo, sizeof ln), 0, "V %d rep %d: logprob %a, before %a", V,
+                         rep, ln, lo);
+            /* top_k >= V, min_p 1e-30 (nothing is that unlikely here): off */
+            kern_sample_row k = r;
+            k.top_k = rep % 2 ? V : V + 7;
+            cr_assert_eq(kern_sample_ref(x, V, &k, NULL, &ln, NULL, NULL, ws, wb), to);
+            k = r;
+            k.min_p = 1e-30f;
+            cr_assert_eq(kern_sample_ref(x, V, &k, NULL, &ln, NULL, NULL, ws, wb), to);
+            /* top_k 1 = greedy, both over edited logits */
+            int n_ed = 0;
+            kern_sample_row g;
+            slow_row(&seed, SLOW_GREEDY_EDITS, x, V, 1, 1, 0, &g, ed, &n_ed);
+            int32_t greedy = kern_sample_ref(x, V, &g, ed, &ln, NULL, NULL, ws, wb);
+            g.temperature = 0.5f + (float)slow_unit(&seed), g.top_k = 1, g.u = slow_unit(&seed);
+            g.top_p = r.top_p;
+            cr_assert_eq(kern_sample_ref(x, V, &g, ed, &ln, NULL, NULL, ws, wb), greedy,
+                         "V %d rep %d: top_k 1 is not greedy", V, rep);
+        }
+        free(x), free(prob), free(order), free(ws);
+    }
+}
+
+/* The CPU backend's op runs kern_sample_ref row by row: a batch of random
+ * rows (every kind, edits at their edit0 in one array, top logprobs)
+ * gives each row's result, bit for bit; top_ids / top_lps untouched past
+ * each row's n_top. */
+Test(kern_host, cpu_backend_sample_op_equals_the_reference_per_row)
+{
+    enum { V = 700, N = 40 };
+    backend be;
+    cr_assert_eq(backend_cpu_create(1, &be), 0, "%s", err_msg());
+    uint64_t seed = 5;
+    float *x = malloc(sizeof(float) * (size_t)N * V), lp[N], tl[N * KERN_TOP_LOGPROBS_MAX];
+    kern_logit_edit *ed = malloc(sizeof *ed * (size_t)(N * 16 + V));
+    kern_sample_row rows[N];
+    int32_t tok[N], ti[N * KERN_TOP_LOGPROBS_MAX];
+    int n_ed = 0;
+    for (int i = 0; i < N; i++) {
+        slow_logits(&seed, x + (size_t)i * V, V, 6.0f, i % 2);
+        if (i == N - 1)
+            slow_row_all_banned(V, 0.7f, &rows[i], ed, &n_ed);
+        else
+            slow_row(&seed, i % SLOW_KINDS, x + (size_t)i * V, V, 0.3f, 1.5f, 1, &rows[i], ed,
+                     &n_ed);
+    }
+    for (int i = 0; i < N * KERN_TOP_LOGPROBS_MAX; i++)
+        ti[i] = -7, tl[i] = -7.0f;
+    cr_assert_eq(be.ops->sample(be.ctx, x, N, V, rows, ed, tok, lp, ti, tl), 0, "%s",
+                 err_msg());
+    void *ws = malloc(kern_sample_scratch_bytes(V));
+    for (int i = 0; i < N; i++) {
+        float l1, t1[KERN_TOP_LOGPROBS_MAX];
+        int32_t id1[KERN_TOP_LOGPROBS_MAX];
+        int32_t t = kern_sample_ref(x + (size_t)i * V, V, &rows[i], ed, &l1, id1, t1, ws,
+                                    kern_sample_scratch_bytes(V));
+        cr_assert_eq(tok[i], t, "row %d: op %d, reference %d", i, tok[i], t);
+        cr_assert_eq(memcmp(&lp[i], &l1, sizeof l1), 0, "row %d logprob", i);
+        const int32_t *oi = ti + (size_t)i * KERN_TOP_LOGPROBS_MAX;
+        const float *ol = tl + (size_t)i * KERN_TOP_LOGPROBS_MAX;
+        for (int k = 0; k < KERN_TOP_LOGPROBS_MAX; k++)
+            if (k < rows[i].n_top)
+                cr_assert(oi[k] == id1[k] && ol[k] == t1[k], "row %d top %d", i, k);
+            else
+                cr_assert(oi[k] == -7 && ol[k] == -7.0f, "row %d: top %d written past n_top",
+                          i, k);
+    }
+    /* no row with n_top: the arrays may be NULL */
+    for (int i = 0; i < N; i++)
+        rows[i].n_top = 0;
+    cr_assert_eq(be.ops->sample(be.ctx, x, N, V, rows, ed, tok, lp, NULL, NULL), 0, "%s",
+                 err_msg());
+    free(x), free(ed), free(ws);
+    backend_destroy(&be);
+}
+
+/* The CPU backend's reservation covers sampling's scratch when a call may
+ * sample or edit: a greedy call with edits within it allocates nothing;
+ * reserved for greedy rows without edits only, the same call (it copies
+ * its logits) is refused as beyond the reservation. */
+Test(kern_host, cpu_backend_reserves_sampling_scratch_for_edits)
+{
+    enum { V = 4096 };
+    static float x[V];
+    for (int i = 0; i < V; i++)
+        x[i] = (float)(i % 97) / 8.0f;
+    kern_logit_edit ban = {.tok = 96, .pos = 1, .neg = 1, .add = -INFINITY};
+    kern_sample_row r = {.top_p = 1.0f, .n_edit = 1, .n_top = 2};
+    int32_t tok, ti[KERN_TOP_LOGPROBS_MAX];
+    float lp, tl[KERN_TOP_LOGPROBS_MAX];
+    for (int edits = 1; edits >= 0; edits--) {
+        backend be;
+        cr_assert_eq(backend_cpu_create(1, &be), 0, "%s", err_msg());
+        backend_limits lim = {.sample_rows = 1, .vocab = V, .sample_edits = edits,
+                              .sample_top = 1};
+        cr_assert_eq(be.ops->reserve(be.ctx, &lim), 0, "%s", err_msg());
+        uint64_t a0 = be.ops->allocs(be.ctx);
+        err_clear();
+        int rc = be.ops->sample(be.ctx, x, 1, V, &r, &ban, &tok, &lp, ti, tl);
+        if (edits) {
+            cr_assert_eq(rc, 0, "%s", err_msg());
+            cr_assert_eq(tok, 193, "96 banned: the next of the tied highest, 193");
+            cr_assert(ti[0] == 96 && ti[1] == 193, "raw top: %d %d", ti[0], ti[1]);
+        } else {
+            cr_assert_eq(rc, -EINVAL, "a call beyond the reservation ran");
+            cr_assert(strstr(err_msg(), "exceeds the reserved"), "%s", err_msg());
+        }
+        cr_assert_eq(be.ops->allocs(be.ctx), a0, "allocated within the reservation");
+        backend_destroy(&be);
+    }
+    err_clear();
 }

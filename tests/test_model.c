@@ -86,8 +86,9 @@ Test(model, golden_logprobs_match)
     for (int c = 0; c < G.n_cases; c++)
         for (int s = 0; s < G.cases[c].n_new; s++) {
             float lp;
-            int32_t t = kern_sample_ref(G.cases[c].logits + (size_t)s * G.vocab, G.vocab, 0.0f,
-                                        1.0f, 0.5, &lp, scratch, sizeof scratch);
+            kern_sample_row greedy = {.temperature = 0.0f, .top_p = 1.0f, .u = 0.5};
+            int32_t t = kern_sample_ref(G.cases[c].logits + (size_t)s * G.vocab, G.vocab, &greedy,
+                                        NULL, &lp, NULL, NULL, scratch, sizeof scratch);
             cr_assert_eq(t, G.cases[c].tok[s]);
             cr_assert_float_eq(lp, G.cases[c].lp[s], 1e-5, "case %d step %d: %g vs %g", c,
                                s, lp, G.cases[c].lp[s]);

@@ -275,19 +275,21 @@ static int cpu_gelu(void *ctx, void *out, const void *x, size_t count)
 }
 
 static int cpu_sample(void *ctx, const void *logits, int n_rows, int V,
-                      const float *temperature, const float *top_p,
-                      const double *u, int32_t *tokens, float *logprobs)
+                      const kern_sample_row *rows, const kern_logit_edit *edits,
+                      int32_t *tokens, float *logprobs, int32_t *top_ids, float *top_lps)
 {
     cpu_ctx *c = ctx;
     int any = 0;
     for (int r = 0; r < n_rows; r++)
-        any |= temperature[r] > 0.0f;
-    void *ws = NULL; /* greedy rows need none */
+        any |= rows[r].temperature > 0.0f || rows[r].n_edit > 0;
+    void *ws = NULL; /* greedy rows without edits need none */
     if (any)
         FORWARD_IF(cpu_scratch(c, kern_sample_scratch_bytes(V), "sampling", &ws));
     for (int r = 0; r < n_rows; r++) {
-        int32_t tok = kern_sample_ref((const float *)logits + (size_t)r * V, V, temperature[r],
-                                      top_p[r], u[r], &logprobs[r], ws, c->scratch_bytes);
+        size_t top = (size_t)r * KERN_TOP_LOGPROBS_MAX;
+        int32_t tok = kern_sample_ref((const float *)logits + (size_t)r * V, V, &rows[r], edits,
+                                      &logprobs[r], top_ids ? top_ids + top : NULL,
+                                      top_lps ? top_lps + top : NULL, ws, c->scratch_bytes);
         FORWARD_IF(tok);
         tokens[r] = tok;
     }
@@ -315,7 +317,8 @@ static int cpu_reserve(void *ctx, const backend_limits *lim)
         kern_attn_prefill_scratch_bytes(lim->prompt, nt),
         kern_kv_prefill_scratch_bytes(lim->prompt, nt),
         kern_attn_decode_scratch_bytes(lim->cap, nt),
-        lim->sample_rows && lim->sample_draw ? kern_sample_scratch_bytes(lim->vocab) : 0,
+        lim->sample_rows && (lim->sample_draw || lim->sample_edits)
+            ? kern_sample_scratch_bytes(lim->vocab) : 0,
     };
     size_t most = 0;
     for (size_t i = 0; i < sizeof need / sizeof *need; i++)

@@ -113,12 +113,11 @@ static int sample_rows(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n_out)
     const backend *be = gc->m->be;
     for (int i = 0; i < n_out; i++) {
         gen_seq *s = &ss[bb->members[i]];
-        bb->temp[i] = o->temperature;
-        bb->topp[i] = o->top_p;
-        bb->u[i] = (kern_splitmix64(&s->rng) >> 11) * 0x1.0p-53;
+        bb->srows[i] = (kern_sample_row){.temperature = o->temperature, .top_p = o->top_p,
+                                         .u = (kern_splitmix64(&s->rng) >> 11) * 0x1.0p-53};
     }
-    FORWARD_IF(be->ops->sample(be->ctx, sched_logits(gc->sc), n_out, c->vocab_size,
-                               bb->temp, bb->topp, bb->u, bb->tokens, bb->lps));
+    FORWARD_IF(be->ops->sample(be->ctx, sched_logits(gc->sc), n_out, c->vocab_size, bb->srows,
+                               NULL, bb->tokens, bb->lps, NULL, NULL));
     for (int i = 0; i < n_out; i++)
         take_token(gc, &ss[bb->members[i]], bb->tokens[i], bb->lps[i]);
     return 0;
@@ -352,10 +351,8 @@ static size_t run_layout(char *base, const gen_ctx *gc, const run_size *rs,
     bb->tokens = carve(base, &off, B, sizeof *bb->tokens);
     bb->seqs = carve(base, &off, B, sizeof *bb->seqs);
     bb->members = carve(base, &off, B, sizeof *bb->members);
-    bb->temp = carve(base, &off, B, sizeof *bb->temp);
-    bb->topp = carve(base, &off, B, sizeof *bb->topp);
+    bb->srows = carve(base, &off, B, sizeof *bb->srows);
     bb->lps = carve(base, &off, B, sizeof *bb->lps);
-    bb->u = carve(base, &off, B, sizeof *bb->u);
     if (gc->o->trace) {
         bb->ev = carve(base, &off, (size_t)c->n_layer * (size_t)gc->block * H, sizeof *bb->ev);
         bb->slot_pos = carve(base, &off, H * cap, sizeof *bb->slot_pos);

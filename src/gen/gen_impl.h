@@ -50,8 +50,8 @@ typedef struct gen_buf {
     int32_t *ids, *pos, *last, *tokens;  /* (max_rows), (max_rows), (B), (B) */
     kern_seq *seqs;                      /* (B) */
     int *members;                        /* (B) sequence of each output row */
-    float *temp, *topp, *lps;            /* (B) */
-    double *u;                           /* (B) */
+    kern_sample_row *srows;              /* (B) each output row's sampling */
+    float *lps;                          /* (B) */
     /* read-back buffers, allocated only for --trace-evictions / --stats */
     int32_t *ev;                         /* (n_layer, block, n_head) evicted positions */
     int32_t *slot_pos;                   /* (n_head, cap) positions of one sequence */
