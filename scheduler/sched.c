@@ -457,6 +457,16 @@ void *sched_x_home(sched *s, int k)
     return (char *)s->x_home_arena + (size_t)k * s->g.x_bytes;
 }
 
+void sched_kv_where(const sched_geom *g, int seq, int *k, int *t, int *j)
+{
+    int i = seq % g->gbs, tier = 0;
+    while (tier < SCHED_TIERS - 1 && i >= g->kv_seq0[tier] + g->kv_n[tier])
+        tier++;
+    *k = seq / g->gbs;
+    *t = tier;
+    *j = i - g->kv_seq0[tier];
+}
+
 /* ------------------------------------------------------------ readers */
 
 int sched_read_kv(sched *s, int l, int seq, int what, void *out)
@@ -464,13 +474,12 @@ int sched_read_kv(sched *s, int l, int seq, int what, void *out)
     const sched_geom *g = &s->g;
     if (s->dev_order) /* device-ordered stores are home */
         FORWARD_IF(s->be->ops->event_sync(s->be->ctx, EV_STORED));
-    int k = seq / g->gbs, i = seq % g->gbs, t = 0;
-    while (t < SCHED_TIERS - 1 && i >= g->kv_seq0[t] + g->kv_n[t])
-        t++;
+    int k, t, j;
+    sched_kv_where(g, seq, &k, &t, &j);
     const kv_layout *kl = &g->kv[t];
     RETURN_IF(what == 1 && kl->scores == SIZE_MAX, -EINVAL, "internal: no scores kept");
     size_t per = (size_t)g->KVH * s->sh.cap * 4;
-    size_t at = (what == 0 ? kl->pos : kl->scores) + (size_t)(i - g->kv_seq0[t]) * per;
+    size_t at = (what == 0 ? kl->pos : kl->scores) + (size_t)j * per;
     if (t == SCHED_GPU)
         return s->be->ops->download_words(s->be->ctx, out,
                                           (char *)sched_kv_home(s, t, l, k) + at, per / 4);

@@ -86,6 +86,9 @@ typedef struct batch_desc {
     int r0, n_rows;         /* its rows of the packed pass */
     int o0, n_out;          /* its output rows */
     int active[SCHED_TIERS];/* any active sequence in that KV segment */
+    int idle[SCHED_TIERS];  /* any sequence of that segment idle in this pass (or past
+                             * n_seq): a prefill loads the segment before it writes,
+                             * so that storing the record keeps their caches */
 } batch_desc;
 
 /* ---- the cost model's pieces the search shares (cost.c) ---- */
@@ -197,6 +200,10 @@ struct sched {
  * batch k); the activations' home of GPU batch k (GPU or CPU tier). */
 void *sched_kv_home(struct sched *s, int t, int l, int k);
 void *sched_x_home(struct sched *s, int k);
+/* Where sequence seq of the block keeps its KV: GPU batch *k, tier *t
+ * (SCHED_GPU, SCHED_CPU, SCHED_DISK) and index *j among that tier's
+ * sequences of the batch (its record's sequence). */
+void sched_kv_where(const sched_geom *g, int seq, int *k, int *t, int *j);
 
 /* Account bytes moved over link (SCHED_LINK_*) in secs (0: not timed). */
 void sched_link_add(struct sched *s, int link, uint64_t bytes, double secs);

@@ -387,11 +387,14 @@ const sched_policy *sched_get_policy(const sched *s);
  * pass); either every active sequence is a prefill (n_past 0, whole prompt)
  * or every one a decode step (n_new 1), and their K/V go to the slot caches
  * (evicting as kern.h describes once a sequence holds its budget; the
- * caller advances n_past and n_slots). Run as the zig-zag schedule: layer
- * by layer, and within a layer GPU batch by GPU batch (sequences [k x gbs,
- * (k+1) x gbs)), loading the next layer's weights and the next batch's KV
- * and activations while the current one computes. Rows must be packed in
- * sequence order. step: 0 for prefill, the decode step otherwise (trace).
+ * caller advances n_past and n_slots). A sequence idle in the pass (n_new
+ * 0, or at or past n_seq) keeps its cache as it is: a block may be
+ * prefilled over several passes, and copies made with sched_kv_copy
+ * survive a later prefill of their neighbours. Run as the zig-zag
+ * schedule: layer by layer, and within a layer GPU batch by GPU batch
+ * (sequences [k x gbs, (k+1) x gbs)), loading the next layer's weights and
+ * the next batch's KV and activations while the current one computes. Rows
+ * must be packed in sequence order. step: 0 for prefill, the decode step otherwise (trace).
  * Logits of the rows last_rows go to sched_logits(). @return 0 or -errno. */
 int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
                   const kern_seq *seqs, int n_seq, const int32_t *last_rows,
@@ -407,6 +410,24 @@ int sched_cap(const sched *s);
  * of sequence seq of the block for layer l: (n_head, cap) into out, from
  * whichever tier holds them. @return 0 or -errno. */
 int sched_read_kv(sched *s, int layer, int seq, int what, void *out);
+/* Copy the KV cache of sequence src of the block onto sequences dst[0,
+ * n_dst), between passes: every layer and KV head, the keys and values
+ * (4-bit rows with their scales under compress_cache), the slot positions
+ * and the H2O scores, from whichever tier holds src to whichever holds
+ * each dst (GPU, CPU, disk; in any GPU batch). This is how n completions
+ * of one prompt share its prefill: prefill src alone, copy, then give each
+ * dst the kern_seq of src (n_past, n_slots, budget, ...: the caller's
+ * bookkeeping) and decode them as independent sequences. A dst continues
+ * exactly as src would; what it held before is gone.
+ * n_slots: the slots src has in use (its kern_seq.n_slots, 0 .. cap):
+ * slots [0, n_slots) of each (layer, KV head) are copied, the others of
+ * dst are left as they are, because no op reads a slot at or past n_slots
+ * before it writes it. Nothing is allocated: a disk record is patched in
+ * the I/O lanes' host staging, which the plan already has. Call it from
+ * the thread that runs the passes; it waits for the last pass's stores
+ * and the weight prefetch first. @return 0 or -errno (-EINVAL: a sequence
+ * outside the block, dst == src, n_slots outside 0 .. cap). */
+int sched_kv_copy(sched *s, int src, const int *dst, int n_dst, int n_slots);
 /* The positions evicted in the last decode pass: (n_layer, block, n_head)
  * int32, -1 for none. @return 0 or -errno. */
 int sched_read_evicted(sched *s, int32_t *out);

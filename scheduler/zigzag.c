@@ -146,15 +146,17 @@ static int submit_one(sched *s, int lane, const sched_task *t, int v, int64_t *t
 /* Submit the transfers of item (l, b) between stage slot v and the homes on
  * lane `lane` (0: loads, 1: stores), t carrying kind, marker and dependency:
  * the KV segments on the CPU (unless CPU attention computes them there) and
- * on disk, then the activations when they live off the GPU and cross this
- * layer boundary (want_act). @return the last ticket, 0 for none, or -errno. */
+ * on disk, all active ones (want_kv 2) or those with idle sequences (1),
+ * then the activations when they live off the GPU and cross this layer
+ * boundary (want_act). @return the last ticket, 0 for none, or -errno. */
 static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch_desc *b,
                            int v, int want_kv, int want_act)
 {
     const sched_geom *g = &s->g;
     int64_t ticket = 0;
     for (int tier = SCHED_CPU; want_kv && tier <= SCHED_DISK; tier++) {
-        if (!b->active[tier] || (tier == SCHED_CPU && s->pol.cpu_attention))
+        if (!b->active[tier] || (tier == SCHED_CPU && s->pol.cpu_attention) ||
+            (want_kv == 1 && !b->idle[tier]))
             continue;
         t->name = "KV";
         t->tier = tier;
@@ -185,8 +187,10 @@ static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch
 }
 
 /* Issue the loads of item (l, b) into stage slot v. A prefill writes the
- * whole cache, so only a decode loads KV; layer 0 embeds, so it loads no
- * activations. */
+ * caches of its sequences whole, so it loads only the KV segments that
+ * also hold sequences idle in this pass (the record goes home whole: a
+ * sequence prefilled or copied before keeps its cache); a decode loads
+ * every active one. Layer 0 embeds, so it loads no activations. */
 static int load_item(sched *s, int l, const batch_desc *b, int v, int step, item_io *io,
                      const item_io *prev_in_slot)
 {
@@ -196,7 +200,8 @@ static int load_item(sched *s, int l, const batch_desc *b, int v, int step, item
         t.dep_lane = 1; /* the store that empties this slot comes first */
         t.dep_ticket = prev_in_slot->store;
     }
-    int64_t ticket = submit_item(s, 0, &t, l, b, v, s->pass_kind == SCHED_PASS_DECODE, l > 0);
+    int64_t ticket = submit_item(s, 0, &t, l, b, v, s->pass_kind == SCHED_PASS_DECODE ? 2 : 1,
+                                 l > 0);
     FORWARD_IF((int)(ticket < 0 ? ticket : 0));
     io->load = (uint64_t)ticket;
     return 0;
@@ -208,7 +213,7 @@ static int store_item(sched *s, int l, const batch_desc *b, int v, int step, ite
 {
     sched_task t = {.kind = TASK_STORE, .mark = EV_COMPUTE_IO(v), .dep_lane = -1, .layer = l,
                     .batch = b->k, .step = step};
-    int64_t ticket = submit_item(s, 1, &t, l, b, v, 1, l + 1 < s->g.L);
+    int64_t ticket = submit_item(s, 1, &t, l, b, v, 2, l + 1 < s->g.L);
     FORWARD_IF((int)(ticket < 0 ? ticket : 0));
     if (ticket > 0) {
         io->has_store = 1;
@@ -290,10 +295,14 @@ int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
         if (b.n_seq > g->gbs)
             b.n_seq = g->gbs;
         int r0 = n_rows, r1 = 0;
-        for (int i = 0; i < b.n_seq; i++) {
-            const kern_seq *q = &seqs[k * g->gbs + i];
-            if (q->n_new == 0)
+        for (int i = 0; i < g->gbs; i++) {
+            const kern_seq *q = i < b.n_seq ? &seqs[k * g->gbs + i] : NULL;
+            if (!q || q->n_new == 0) {
+                for (int t = 0; t < SCHED_TIERS; t++)
+                    if (i >= g->kv_seq0[t] && i < g->kv_seq0[t] + g->kv_n[t])
+                        b.idle[t] = 1;
                 continue;
+            }
             if (q->row < r0)
                 r0 = q->row;
             if (q->row + q->n_new > r1)

@@ -19,8 +19,11 @@
  *      nothing on the backend after its set-up, and its tokens are those
  *      of `generate --device cuda` with the same flags;
  *   6. every model family's golden tokens (transformers) on CUDA, and the
- *      tiny Llama (grouped-query attention) through the scheduler.
- * 2-6 skip, saying why, where no GPU is present. */
+ *      tiny Llama (grouped-query attention) through the scheduler;
+ *   7. sched_kv_copy on CUDA: a prompt's KV copied between the GPU tier,
+ *      the CPU tier (staged, or attended in place by CPU threads: the fp16
+ *      and 4-bit host caches) and the disk tier, across GPU batches.
+ * 2-7 skip, saying why, where no GPU is present. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
@@ -35,6 +38,7 @@
 #include "gen_harness.h"
 #include "golden_harness.h"
 #include "h2o_trace.h"
+#include "kv_copy_harness.h"
 #include "kern.h"
 #include "model_config.h"
 
@@ -376,4 +380,42 @@ Test(gpu_e2e, families_match_transformers_on_cuda, .timeout = 120)
     }
     free(want);
     free(want_h2o);
+}
+
+/* ------------------------------------------------------ 7. KV copy */
+
+/* kv_copy_harness.h's checks on CUDA. Sequences attended by CPU threads
+ * (CPU attention over host caches) round otherwise than those the GPU
+ * attends: the harness compares bits within each kind and the two kinds
+ * within tol. A prefill of every sequence (the "own" runs) packs other
+ * GEMM shapes, so fp16 rounding may differ by tol, and with H2O or 4-bit
+ * KV a near-tie or a code may fall the other way: those cases compare
+ * only the copies' bits (tol -1). */
+Test(gpu_e2e, kv_copy_continues_as_the_source, .timeout = 120)
+{
+    backend be;
+    cr_assert_eq(backend_cuda_create(0, &be), 0, "a CUDA GPU is present but the backend did "
+                 "not start: %s", err_msg());
+    static const kvc_case cases[] = {
+        {.gbs = 2, .K = 2, .percent = "100 0 100 0 100 0", .tol = 0.05},
+        {.gbs = 3, .K = 2, .percent = "20 30 34 33 0 100", .tol = 0.05},
+        {.gbs = 3, .K = 2, .percent = "20 30 34 33 0 100", .cpu_attention = 1, .tol = 0.05},
+        {.gbs = 1, .K = 3, .percent = "0 50 0 100 100 0", .cpu_attention = 1, .tol = 0.05},
+        {.gbs = 2, .K = 2, .percent = "100 0 0 0 100 0", .no_overlap = 1, .h2o = 1, .tol = -1},
+        {.gbs = 3, .K = 2, .percent = "30 30 34 33 100 0", .cpu_attention = 1, .h2o = 1,
+         .tol = -1},
+        {.gbs = 3, .K = 2, .percent = "100 0 34 33 100 0", .compress_cache = 1, .h2o = 1,
+         .tol = -1},
+        {.gbs = 3, .K = 2, .percent = "50 50 34 33 100 0", .compress_cache = 1,
+         .cpu_attention = 1, .tol = -1},
+        {.model = FH_SOURCE_ROOT "/tests/fixtures/tiny-llama", .gbs = 3, .K = 2,
+         .percent = "100 0 34 33 100 0", .h2o = 1, .tol = -1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        kvc_check(&be, &cases[i]);
+    /* CPU-tier transfers by the I/O threads instead of device-ordered */
+    setenv("FLEXH2O_IO_ORDER", "host", 1);
+    kvc_check(&be, &cases[1]);
+    unsetenv("FLEXH2O_IO_ORDER");
+    backend_destroy(&be);
 }

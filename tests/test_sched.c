@@ -5,7 +5,8 @@
  * block shape; a whole run allocates nothing on the backend after its
  * set-up; the trace shows loads overlapping compute; the weight store
  * streams and detects corruption; the pread fallback works; policies that
- * cannot fit are refused before anything runs. */
+ * cannot fit are refused before anything runs; a sequence's KV copied onto
+ * others (sched_kv_copy) continues as the source on every tier. */
 #include <criterion/criterion.h>
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include "err.h"
 #include "fh_config.h"
 #include "gen_harness.h"
+#include "kv_copy_harness.h"
 #include "scheduler.h"
 
 #define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
@@ -226,6 +228,73 @@ Test(sched, a_whole_run_allocates_nothing_after_set_up)
         free(y);
     }
     unsetenv("FLEXH2O_IO_ORDER");
+    backend_destroy(&be);
+}
+
+/* sched_kv_copy (n completions sharing one prefill): a prompt prefilled
+ * as sequence 0 and copied onto the rest of the block continues, on every
+ * copy, exactly as sequence 0 does, and as a run where each sequence
+ * prefilled it itself; diverges per sequence with other tokens; overwrites
+ * what a sequence held; survives a later prefill in its GPU batch
+ * (kv_copy_harness.h). Over the block shapes and KV placements of
+ * every_placement_equals_all_resident: KV on one tier, on three tiers in
+ * one GPU batch and across batches, CPU attention, overlap on and off,
+ * 4-bit KV, the I/O threads' and device-ordered transfers, full and H2O
+ * (positions and scores of every slot equal after each step), and
+ * grouped-query attention (tiny Llama). */
+static const kvc_case kv_copy_cases[] = {
+    {.gbs = 2, .K = 2, .percent = "100 0 100 0 100 0"},
+    {.gbs = 2, .K = 2, .percent = "100 0 0 100 100 0"},
+    {.gbs = 2, .K = 2, .percent = "100 0 0 0 100 0", .no_overlap = 1},
+    {.gbs = 3, .K = 1, .percent = "100 0 34 33 100 0"},
+    {.gbs = 3, .K = 2, .percent = "20 30 34 33 0 100", .cpu_attention = 1},
+    {.gbs = 1, .K = 3, .percent = "100 0 0 0 0 0"},
+    {.gbs = 1, .K = 3, .percent = "0 50 0 100 100 0", .cpu_attention = 1, .no_overlap = 1},
+    {.gbs = 2, .K = 3, .percent = "100 0 50 0 100 0", .compress_cache = 1},
+    {.gbs = 3, .K = 2, .percent = "30 30 34 33 100 0", .compress_cache = 1,
+     .cpu_attention = 1},
+    {.gbs = 2, .K = 2, .percent = "50 50 0 100 100 0", .cpu_attention = 1},
+};
+
+static void kv_copy_all(int h2o)
+{
+    backend be;
+    cr_assert_eq(backend_cpu_create(0, &be), 0);
+    for (size_t i = 0; i < sizeof kv_copy_cases / sizeof *kv_copy_cases; i++) {
+        kvc_case c = kv_copy_cases[i];
+        c.h2o = h2o;
+        c.tol = 1e-4;
+        kvc_check(&be, &c);
+    }
+    backend_destroy(&be);
+}
+
+Test(sched, kv_copy_continues_as_the_source_on_every_tier) { kv_copy_all(0); }
+Test(sched, kv_copy_h2o_evicts_as_the_source_on_every_tier) { kv_copy_all(1); }
+
+Test(sched, kv_copy_device_ordered_and_grouped_query_attention)
+{
+    backend be;
+    cr_assert_eq(backend_cpu_create(0, &be), 0);
+    static const kvc_case cases[] = {
+        {.gbs = 2, .K = 2, .percent = "100 0 0 100 100 0", .h2o = 1},
+        {.gbs = 3, .K = 2, .percent = "20 30 34 33 0 100", .compress_cache = 1},
+        {.gbs = 3, .K = 2, .percent = "20 30 34 33 0 100", .cpu_attention = 1, .h2o = 1},
+    };
+    setenv("FLEXH2O_IO_ORDER", "device", 1);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        kvc_case c = cases[i];
+        c.tol = 1e-4;
+        kvc_check(&be, &c);
+    }
+    unsetenv("FLEXH2O_IO_ORDER");
+    kvc_case llama = {.model = FH_SOURCE_ROOT "/tests/fixtures/tiny-llama", .gbs = 3, .K = 2,
+                      .percent = "100 0 34 33 100 0", .h2o = 1, .tol = 1e-4};
+    kvc_check(&be, &llama);
+    llama.compress_cache = 1;
+    llama.cpu_attention = 1;
+    llama.h2o = 0;
+    kvc_check(&be, &llama);
     backend_destroy(&be);
 }
 
