@@ -3,6 +3,7 @@
  * that places weights in their tiers while the model loads, the KV
  * readers and the end-of-run summary. The pass itself is zigzag.c.
  */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -143,6 +144,14 @@ static int alloc_act(sched *s)
     return rc;
 }
 
+/* The edits of a sample call of block rows of at most row_edits each,
+ * capped where an int ends (a reservation that large fails anyway). */
+static int row_edits_of_block(int row_edits, int block)
+{
+    long long e = (long long)row_edits * block;
+    return e < INT_MAX ? (int)e : INT_MAX;
+}
+
 /* The largest op calls of a pass and of the caller's sampling, for the
  * backend's reservation: a GPU batch's rows and sequences (an attention
  * op gets one KV segment's, at most a batch), the model's heads, the
@@ -165,7 +174,7 @@ static backend_limits sched_limits(const sched *s)
         .sample_rows = sampled ? g->block : 0,
         .vocab = sampled ? g->V : 0,
         .sample_draw = sh->sample == SCHED_SAMPLE_DRAW,
-        .sample_edits = sampled ? sh->sample_edits : 0,
+        .sample_edits = sampled ? row_edits_of_block(sh->sample_row_edits, g->block) : 0,
         .sample_top = sampled && sh->sample_top,
     };
 }

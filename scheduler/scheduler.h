@@ -317,8 +317,8 @@ typedef struct sched_shape {
     int weights_on_disk_already; /* the disk share streams from a weight store */
     int max_prompt; /* longest prompt of a prefill pass (<= max_rows); 0: max_rows */
     int sample;     /* enum sched_sample */
-    int sample_edits; /* most logit edits (kern_logit_edit) of one sample call, all
-                       * its rows together; 0: none */
+    int sample_row_edits; /* most logit edits (kern_logit_edit) of one sample row
+                           * (the reservation is for a block of such rows); 0: none */
     int sample_top; /* 1: sample rows may ask for top logprobs (kern_sample_row.n_top) */
 } sched_shape;
 

@@ -51,10 +51,11 @@ uint64_t gen_harness_run(backend *be, const char *percent, int cpu_attention, co
     model_config cfg;
     cr_assert_eq(model_config_of(TINY, &cfg), 0, "%s", err_msg());
     job_prompts ps = {0};
-    cr_assert_eq(job_prompts_load(ids, NULL, cfg.bos_id, cfg.vocab_size, cfg.max_pos - 1, 1,
-                                  &ps), 0, "%s", err_msg());
+    job_load_opts lo = {.bos = cfg.bos_id, .vocab = cfg.vocab_size, .max_len = cfg.max_pos - 1,
+                        .strict = 1, .chat_template = -1};
+    cr_assert_eq(job_prompts_load(ids, &lo, &ps), 0, "%s", err_msg());
     sched_shape sh;
-    gen_shape(&cfg, &ps, NULL, &go, pol.gpu_batch_size, &sh);
+    gen_shape(&cfg, NULL, &ps, NULL, &go, pol.gpu_batch_size, &sh);
     sched_model shape, bound;
     model_sched_shape(&cfg, &shape);
     sched *sc = NULL;

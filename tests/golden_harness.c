@@ -143,3 +143,18 @@ double golden_run(backend *be, const golden *g, const char *dir, int batched, fl
     model_destroy(e.m);
     return worst;
 }
+
+void golden_logits(backend *be, const char *dir, const int32_t *ids, int n, float *out)
+{
+    cr_assert(n >= 1 && n <= 128);
+    engine e;
+    engine_open(be, dir, n, &e); /* a block of n: n output rows */
+    int32_t pos[128], last[128];
+    for (int i = 0; i < n; i++)
+        pos[i] = last[i] = i;
+    kern_seq seq = {.row = 0, .n_new = n, .budget = 128, .recent = 1};
+    cr_assert_eq(sched_forward(e.s, ids, pos, n, &seq, 1, last, n, 0), 0, "%s", err_msg());
+    be->ops->download(be->ctx, out, sched_logits(e.s), (size_t)n * e.m->cfg.vocab_size);
+    sched_destroy(e.s);
+    model_destroy(e.m);
+}

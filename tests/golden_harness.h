@@ -41,4 +41,8 @@ void golden_free(golden *g);
 double golden_run(backend *be, const golden *g, const char *dir, int batched, float *got,
                   double tol);
 
+/* The logits after every token of ids[0..n) (n <= 128) under the model in
+ * dir on be, full cache, one prefill pass: out (n, V) fp32. */
+void golden_logits(backend *be, const char *dir, const int32_t *ids, int n, float *out);
+
 #endif

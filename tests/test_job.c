@@ -90,7 +90,7 @@ Test(job, resume_set_of_many_ids)
     fclose(f);
 
     cr_assert_eq(job_out_open(path, 1, &o), 0, "%s", err_msg());
-    cr_assert_eq(o.n_done, N);
+    cr_assert_eq(o.done.n, N);
     for (int i = 0; i < N; i++)
         cr_assert(job_out_has(&o, id_of(i, id)), "%s was not read back", id);
     /* absent: past the end, the other kind of id, the torn record */
@@ -100,14 +100,14 @@ Test(job, resume_set_of_many_ids)
         cr_assert(!job_out_has(&o, absent[i]), "%s is not in the file", absent[i]);
     /* a record written now is in the set too */
     cr_assert_eq(job_out_write(&o, "\"new\"", "y", 1, &tok, &lp, 1, "eos"), 0, "%s", err_msg());
-    cr_assert(job_out_has(&o, "\"new\"") && o.n_done == N + 1);
+    cr_assert(job_out_has(&o, "\"new\"") && o.done.n == N + 1);
     cr_assert_eq(job_out_close(&o), 0, "%s", err_msg());
 
     /* an empty set answers no */
     job_out e;
     snprintf(path, sizeof path, "%s/none.jsonl", cli_dir);
     cr_assert_eq(job_out_open(path, 1, &e), 0, "%s", err_msg());
-    cr_assert(!job_out_has(&e, "\"p0\"") && e.n_done == 0);
+    cr_assert(!job_out_has(&e, "\"p0\"") && e.done.n == 0);
     cr_assert_eq(job_out_close(&e), 0, "%s", err_msg());
 }
 
@@ -367,7 +367,7 @@ Test(job, zst_resume_cuts_a_torn_frame)
     snprintf(want, sizeof want, "o.jsonl.zst: dropping a torn last record (%ld bytes)",
              (fe[N - 1] - fe[N - 2]) / 2);
     cr_assert(strstr(logged, want), "%s", logged);
-    cr_assert_eq(o.n_done, N - 1);
+    cr_assert_eq(o.done.n, N - 1);
     cr_assert(!job_out_has(&o, id_of(N - 1, id)) && job_out_has(&o, id_of(N - 2, id)));
     cr_assert_eq(file_size("o.jsonl.zst"), fe[N - 2]);
     cr_assert_eq(job_out_write(&o, id_of(N - 1, id), "x", 1, &tok, &lp, 1, "length"), 0);
@@ -397,15 +397,16 @@ Test(job, zst_prompt_files)
                                "{\"id\": 4, \"prompt_ids\": [1]}";
     char path[512];
     job_prompts plain, z;
+    job_load_opts lo = {.bos = -1, .vocab = 100, .max_len = 50, .strict = 1, .chat_template = -1};
     cli_write("p.jsonl", text);
     snprintf(path, sizeof path, "%s/p.jsonl", cli_dir);
-    cr_assert_eq(job_prompts_load(path, NULL, -1, 100, 50, 1, &plain), 0, "%s", err_msg());
+    cr_assert_eq(job_prompts_load(path, &lo, &plain), 0, "%s", err_msg());
     cr_assert_eq(plain.n, 3);
     snprintf(path, sizeof path, "%s/p.jsonl.zst", cli_dir);
     static const size_t chunks[] = {0, 5, 40};
     for (size_t c = 0; c < sizeof chunks / sizeof *chunks; c++) {
         cli_write_zst("p.jsonl.zst", text, chunks[c]);
-        cr_assert_eq(job_prompts_load(path, NULL, -1, 100, 50, 1, &z), 0, "%s", err_msg());
+        cr_assert_eq(job_prompts_load(path, &lo, &z), 0, "%s", err_msg());
         cr_assert_eq(z.n, plain.n);
         for (int i = 0; i < z.n; i++) {
             cr_assert_str_eq(z.p[i].id, plain.p[i].id);
@@ -420,14 +421,14 @@ Test(job, zst_prompt_files)
 
     /* plain text named .zst, and a truncated .zst */
     cli_write("p.jsonl.zst", text);
-    cr_assert_eq(job_prompts_load(path, NULL, -1, 100, 50, 1, &z), -EILSEQ);
+    cr_assert_eq(job_prompts_load(path, &lo, &z), -EILSEQ);
     cr_assert(strstr(err_msg(), "p.jsonl.zst: not a zstd file (or corrupt at byte 0); ") &&
               strstr(err_msg(), "drop .zst") && !strchr(err_msg(), '\n'), "%s", err_msg());
     cr_assert_eq(z.n, 0);
     err_clear();
     cli_write_zst("p.jsonl.zst", text, 40);
     cr_assert_eq(truncate(path, file_size("p.jsonl.zst") - 3), 0);
-    cr_assert_eq(job_prompts_load(path, NULL, -1, 100, 50, 1, &z), -EBADMSG);
+    cr_assert_eq(job_prompts_load(path, &lo, &z), -EBADMSG);
     cr_assert(strstr(err_msg(), "p.jsonl.zst: not a zstd file (or corrupt at byte ") &&
               strstr(err_msg(), "zstd -t") && !strchr(err_msg(), '\n'), "%s", err_msg());
     err_clear();

@@ -1439,8 +1439,9 @@ Test(tok_cli, prompts_bos_from_tokenizer)
     snprintf(path, sizeof path, "%s/p.jsonl", cli_dir);
     job_prompts ps;
     err_clear();
-    cr_assert_eq(job_prompts_load(path, t, tok_bos_id(t), tok_vocab_size(t),
-                                  100, 0, &ps), 0, "%s", err_msg());
+    job_load_opts lo = {.t = t, .bos = tok_bos_id(t), .vocab = tok_vocab_size(t), .max_len = 100,
+                        .chat_template = -1};
+    cr_assert_eq(job_prompts_load(path, &lo, &ps), 0, "%s", err_msg());
     cr_assert_eq(ps.n, 1);
     cr_assert_eq(ps.n_bad, 1);
     int32_t want[8];
@@ -1448,8 +1449,8 @@ Test(tok_cli, prompts_bos_from_tokenizer)
     cr_assert_eq(ps.p[0].n_ids, n);
     cr_assert_eq(memcmp(ps.p[0].ids, want, (size_t)n * sizeof *want), 0);
     job_prompts_free(&ps);
-    cr_assert_eq(job_prompts_load(path, t, tok_bos_id(t), tok_vocab_size(t),
-                                  100, 1, &ps), -EINVAL);
+    lo.strict = 1;
+    cr_assert_eq(job_prompts_load(path, &lo, &ps), -EINVAL);
     cr_assert(strstr(err_msg(), "p.jsonl:2: the prompt is empty and the model "
                                 "adds no BOS"), "%s", err_msg());
     tok_destroy(t);

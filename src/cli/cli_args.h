@@ -118,9 +118,28 @@ int cli_set_percent(const cli_argv *a, const cli_opt *o, const char *arg, void *
  * struct, with a cli_common c and a cli_run run. */
 typedef struct cli_run {
     const char *policy_path;  /* --policy FILE */
-    int plan_only, threads, quiet;
+    int plan_only, threads;
+    int quiet;                /* --quiet: no progress line */
+    int no_summary;           /* --no-summary: no end-of-run summary */
 } cli_run;
-#define CLI_PLACEMENT_OPTS(T)                                                                      CLI_INT("batch-size", offsetof(T, c.pol.gpu_batch_size), 1, 1 << 16,                                  SCHED_POLICY_GPU_BATCH_SIZE),                                                          CLI_INT("gpu-batch-size", offsetof(T, c.pol.gpu_batch_size), 1, 1 << 16,                              SCHED_POLICY_GPU_BATCH_SIZE),                                                          CLI_INT("num-gpu-batches", offsetof(T, c.pol.num_gpu_batches), 1, 1 << 16,                            SCHED_POLICY_NUM_GPU_BATCHES),                                                         {"percent", required_argument, cli_set_percent, offsetof(T, c.pol), 0, 0, 0,                   SCHED_POLICY_PERCENT},                                                                        CLI_SWITCH("overlap", offsetof(T, c.pol.overlap), 1, SCHED_POLICY_OVERLAP),                   CLI_SWITCH("no-overlap", offsetof(T, c.pol.overlap), 0, SCHED_POLICY_OVERLAP),                CLI_SWITCH("pin-weight", offsetof(T, c.pol.pin_weight), 1, SCHED_POLICY_PIN_WEIGHT),          CLI_SWITCH("no-pin-weight", offsetof(T, c.pol.pin_weight), 0, SCHED_POLICY_PIN_WEIGHT),       CLI_STR("policy", offsetof(T, run.policy_path)),                                               CLI_SWITCH("plan", offsetof(T, run.plan_only), 1, 0),                                          CLI_INT("threads", offsetof(T, run.threads), 1, 4096, 0),                                      CLI_SWITCH("quiet", offsetof(T, run.quiet), 1, 0)
+#define CLI_PLACEMENT_OPTS(T)                                                               \
+    CLI_INT("batch-size", offsetof(T, c.pol.gpu_batch_size), 1, 1 << 16,                    \
+            SCHED_POLICY_GPU_BATCH_SIZE),                                                   \
+    CLI_INT("gpu-batch-size", offsetof(T, c.pol.gpu_batch_size), 1, 1 << 16,                \
+            SCHED_POLICY_GPU_BATCH_SIZE),                                                   \
+    CLI_INT("num-gpu-batches", offsetof(T, c.pol.num_gpu_batches), 1, 1 << 16,              \
+            SCHED_POLICY_NUM_GPU_BATCHES),                                                  \
+    {"percent", required_argument, cli_set_percent, offsetof(T, c.pol), 0, 0, 0,            \
+            SCHED_POLICY_PERCENT},                                                          \
+    CLI_SWITCH("overlap", offsetof(T, c.pol.overlap), 1, SCHED_POLICY_OVERLAP),             \
+    CLI_SWITCH("no-overlap", offsetof(T, c.pol.overlap), 0, SCHED_POLICY_OVERLAP),          \
+    CLI_SWITCH("pin-weight", offsetof(T, c.pol.pin_weight), 1, SCHED_POLICY_PIN_WEIGHT),    \
+    CLI_SWITCH("no-pin-weight", offsetof(T, c.pol.pin_weight), 0, SCHED_POLICY_PIN_WEIGHT), \
+    CLI_STR("policy", offsetof(T, run.policy_path)),                                        \
+    CLI_SWITCH("plan", offsetof(T, run.plan_only), 1, 0),                                   \
+    CLI_INT("threads", offsetof(T, run.threads), 1, 4096, 0),                               \
+    CLI_SWITCH("quiet", offsetof(T, run.quiet), 1, 0),                                      \
+    CLI_SWITCH("no-summary", offsetof(T, run.no_summary), 1, 0)
 
 /* The policy of a run: the defaults, run->policy_path over them, the flags
  * given in c over that (whatever their order), checked. @return 0 or the

@@ -1,7 +1,23 @@
 /* cli_model.c: see cli_model.h. */
 #include "cli_model.h"
 
+#include <stdio.h>
+#include <unistd.h>
+
 #include "err.h"
+
+/* 1 when dir holds any tokenizer file tok_load reads. */
+static int has_tokenizer(const char *dir)
+{
+    static const char *const names[] = {"tokenizer.json", "vocab.json", "merges.txt"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        char path[4096];
+        if (snprintf(path, sizeof path, "%s/%s", dir, names[i]) < (int)sizeof path &&
+            access(path, F_OK) == 0)
+            return 1;
+    }
+    return 0;
+}
 
 int cli_model_open(const char *dir, const char *dummy, cli_model_src *src)
 {
@@ -13,7 +29,21 @@ int cli_model_open(const char *dir, const char *dummy, cli_model_src *src)
     int rc = model_store_dtype(dir, &src->store_dtype);
     FORWARD_IF(rc);
     src->is_store = rc;
-    return tok_load(dir, &src->t);
+    if (!has_tokenizer(dir)) { /* a job of token ids needs none */
+        err_log("%s: no tokenizer files (tokenizer.json, or vocab.json + merges.txt): text "
+                "prompts are refused and completions carry ids and logprobs only", dir);
+        return 0;
+    }
+    FORWARD_IF(tok_load(dir, &src->t));
+    /* a tokenizer of another model: the ids past it would decode to
+     * nothing (a vocabulary padded for the GEMMs is a few hundred ids
+     * larger than its tokenizer, which is fine) */
+    int tv = tok_vocab_size(src->t);
+    if (tv < src->cfg.vocab_size - src->cfg.vocab_size / 20)
+        err_log("%s: the tokenizer has %d tokens but the model %d; ids from %d on decode to "
+                "no text: is this the model's own tokenizer?", dir, tv, src->cfg.vocab_size,
+                tv);
+    return 0;
 }
 
 int cli_model_load(const cli_model_src *src, backend *be, sched *sc, model **m)

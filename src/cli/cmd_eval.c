@@ -26,7 +26,7 @@
 
 static const char eval_help[] =
     "usage: flexh2o eval --model DIR --text FILE [--context N] [--compare-full]\n"
-    "         [KV policy flags] [placement flags] [--device cpu|cuda] [--quiet]\n\n"
+    "         [KV policy flags] [placement flags] [--device cpu|cuda] [--quiet] [--no-summary]\n\n"
     "Streaming perplexity (DESIGN.md \"Quality\"): the text, tokenized as `tokenize` does\n"
     "(BOS first where the model adds one), is cut into consecutive windows of --context\n"
     "tokens (default: max_position_embeddings, at most 1024; the last may be shorter); each\n"
@@ -47,7 +47,7 @@ static const char eval_help[] =
 
 static const char score_help[] =
     "usage: flexh2o score --model DIR --prompts REQUESTS.jsonl --out RESULTS.jsonl\n"
-    "         [KV policy flags] [placement flags] [--device cpu|cuda] [--quiet]\n\n"
+    "         [KV policy flags] [placement flags] [--device cpu|cuda] [--quiet] [--no-summary]\n\n"
     "Loglikelihood requests, one JSON object per line: {\"id\"?, \"context\",\n"
     "\"continuation\"} (text) or {\"id\"?, \"context_ids\", \"continuation_ids\"}; writes per\n"
     "request {\"id\", \"logprob\", \"is_greedy\", \"n_tokens\"}: the sum of the natural-log\n"
@@ -266,7 +266,7 @@ int cli_eval(int argc, char **argv)
         status = rc == -EINVAL ? cli_usage_err("eval") : cli_fail();
     else if (!a.run.plan_only)
         eval_report(&a, &j, &eo);
-    if (rc == 0 && !a.run.quiet && j.sc)
+    if (rc == 0 && !a.run.no_summary && j.sc)
         sched_summary_print(j.sc, stderr);
     run_free(&j);
     return status;
@@ -497,7 +497,7 @@ int cli_score(int argc, char **argv)
     int status = 0;
     if (rc < 0)
         status = rc == -EINVAL ? cli_usage_err("score") : cli_fail();
-    else if (!a.run.quiet && !a.run.plan_only)
+    else if (!a.run.no_summary && !a.run.plan_only)
         fprintf(stderr, "[flexh2o] %ld requests scored, %ld tokens in %.2f s\n", j.written,
                 j.st.targets, j.st.seconds);
     run_free(&j);

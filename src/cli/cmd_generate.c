@@ -33,21 +33,26 @@
 static const char generate_help[] =
     "usage: flexh2o generate (--model DIR | --dummy NAME) --prompts IN.jsonl --out OUT.jsonl\n"
     "         [--max-new-tokens N] [--batch-size N] [--temperature T --top-p P --seed S]\n"
-    "         [--device cpu|cuda] [--threads N] [--resume] [--strict] [--quiet]\n"
+    "         [--device cpu|cuda] [--threads N] [--resume] [--strict] [--quiet] [--no-summary]\n"
+    "         [--chat-template NAME]\n"
     "\n"
     "  --model DIR          Hugging Face directory of an opt, llama, mistral, qwen2 or gpt_neox\n"
     "                       model (config.json, model.safetensors or\n"
     "                       shards, vocab.json + merges.txt or tokenizer.json)\n"
     "  --dummy NAME         random weights of a configs/models shape (opt-6.7b, llama-3.1-8b,\n"
     "                       qwen2.5-7b, mistral-7b, pythia-12b, ...)\n"
-    "  --prompts FILE       JSONL: {\"id\"?, \"prompt\" | \"prompt_ids\", \"max_new_tokens\"?}\n"
-    "  --out FILE           JSONL completions, appended and flushed per prompt\n"
-    "                       (any job file named *.zst is zstd, one frame per record)\n"
+    "  --prompts FILE       JSONL requests, native ({\"id\"?, \"prompt\" | \"prompt_ids\",\n"
+    "                       \"max_new_tokens\"?, sampling controls}) or OpenAI batch lines\n"
+    "                       ({\"custom_id\", \"method\", \"url\", \"body\"}); FILE.zst: zstd\n"
+    "  --out FILE           JSONL results in the requests' format, appended and flushed per\n"
+    "                       request (FILE.zst: one zstd frame per record)\n"
+    "  --chat-template NAME render chat messages with NAME instead of the model's template\n"
     "  --max-new-tokens N   default 32\n"
     "  --batch-size N       sequences generated together (default 8)\n"
     "  --temperature T      0 = greedy (default); --top-p P (default 1), --seed S (default 0)\n"
     "  --device cpu|cuda    default: cuda when a GPU is present, else cpu\n"
-    "  --resume             skip prompts whose id is already in --out\n"
+    "  --resume             skip requests whose id (custom_id) is already in --out\n"
+    "  --quiet              no progress line; --no-summary: no end-of-run summary\n"
     "  --strict             stop at the first bad prompt line instead of skipping it\n"
     "  --ignore-eos         always generate max_new_tokens (benchmarks)\n"
     "  --threads N          CPU threads (default: all cores)\n"
@@ -98,6 +103,8 @@ typedef struct gen_args {
     const char *evict_path;   /* --trace-evictions FILE */
     const char *trace_path;   /* --trace FILE (Chrome trace of the scheduler) */
     int resume, strict, seed;
+    const char *chat_template_name; /* --chat-template NAME */
+    int chat_template;        /* its kind, or -1: the tokenizer's own */
     gen_opts go;              /* sampling and the rest gen_run takes */
 } gen_args;
 
@@ -105,6 +112,7 @@ typedef struct gen_args {
 static const cli_opt generate_opts[] = {
     CLI_PLACEMENT_OPTS(gen_args),
     CLI_STR("trace", G(trace_path)),
+    CLI_STR("chat-template", G(chat_template_name)),
     CLI_FLOAT("temperature", G(go.temperature), 0, 100),
     CLI_FLOAT("top-p", G(go.top_p), 1e-6, 1),
     CLI_INT("seed", G(seed), 0, 2147483647, 0),
@@ -120,7 +128,8 @@ static const cli_opt generate_opts[] = {
  * error printed. */
 static int generate_parse(int argc, char **argv, gen_args *a)
 {
-    *a = (gen_args){.go = {.temperature = 0.0f, .top_p = 1.0f, .progress = 1}};
+    *a = (gen_args){.go = {.temperature = 0.0f, .top_p = 1.0f, .progress = 1},
+                    .chat_template = -1};
     cli_common_init(&a->c);
     int rc = cli_parse("generate", argc, argv, generate_opts,
                        (int)(sizeof generate_opts / sizeof generate_opts[0]), a, &a->c);
@@ -130,6 +139,13 @@ static int generate_parse(int argc, char **argv, gen_args *a)
         return cli_usage("generate", "give exactly one of --model DIR or --dummy NAME");
     if (!a->c.prompts || !a->c.out)
         return cli_usage("generate", "--prompts and --out are required");
+    if (a->chat_template_name && tok_chat_template_find(a->chat_template_name,
+                                                        &a->chat_template) < 0) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", err_msg());
+        err_clear();
+        return cli_usage("generate", "%s", msg);
+    }
     a->go.seed = (uint64_t)a->seed;
     a->go.progress = !a->run.quiet;
     a->go.max_new = a->c.max_new;
@@ -174,7 +190,7 @@ typedef struct gen_job {
 static void generate_shape(const gen_args *a, const sched_policy *pol, const gen_job *j,
                            sched_shape *sh)
 {
-    gen_shape(&j->src.cfg, &j->ps, j->out.f ? &j->out : NULL, &a->go, pol->gpu_batch_size, sh);
+    gen_shape(&j->src.cfg, j->src.t, &j->ps, j->out.f ? &j->out : NULL, &a->go, pol->gpu_batch_size, sh);
     sh->evicted = a->evict_path != NULL; /* the file is opened later */
     sh->weights_on_disk_already =
         j->src.is_store && pol->compress_weight == !!(j->src.store_dtype & OFF_DTYPE_Q4) &&
@@ -196,6 +212,23 @@ static int generate_plan(const sched_model *shape, size_t es, const sched_policy
  * plan printed). The output is opened early only to resume it (the plan
  * then skips what is done); a new one appears only once the policy fits.
  * @return 0 or -errno. */
+/* The model's name in an OpenAI output when a request names none: the
+ * --model directory's last component, or the --dummy shape. */
+static const char *model_name(const gen_args *a)
+{
+    if (!a->c.model_dir)
+        return a->c.dummy;
+    const char *d = a->c.model_dir, *end = d + strlen(d);
+    while (end > d + 1 && end[-1] == '/')
+        end--;
+    const char *slash = end;
+    while (slash > d && slash[-1] != '/')
+        slash--;
+    static char name[256];
+    snprintf(name, sizeof name, "%.*s", (int)(end - slash), slash);
+    return name;
+}
+
 static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
 {
     const model_config *cfg = &j->src.cfg;
@@ -203,9 +236,11 @@ static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
     if (j->src.is_store && (j->src.store_dtype & OFF_DTYPE_Q4))
         pol->compress_weight = 1; /* a 4-bit store runs as 4-bit weights */
     int bos = j->src.t ? tok_bos_id(j->src.t) : cfg->bos_id;
-    FORWARD_IF(job_prompts_load(a->c.prompts, j->src.t, bos, cfg->vocab_size,
-                                cfg->max_pos - 1, a->strict, &j->ps));
-    int rc = gen_check(cfg, &j->ps, &a->go);
+    job_load_opts lo = {.t = j->src.t, .bos = bos, .vocab = cfg->vocab_size,
+                        .max_len = cfg->max_pos - 1, .strict = a->strict,
+                        .chat_template = a->chat_template};
+    FORWARD_IF(job_prompts_load(a->c.prompts, &lo, &j->ps));
+    int rc = gen_check(cfg, j->src.t, &j->ps, &a->go, pol->gpu_batch_size * pol->num_gpu_batches);
     j->kv_usage = rc < 0;
     FORWARD_IF(rc);
     if (!a->run.plan_only && a->resume && access(a->c.out, F_OK) == 0)
@@ -223,6 +258,7 @@ static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
         FORWARD_IF(job_out_open(a->c.out, a->resume, &j->out));
     if (a->evict_path)
         FORWARD_IF(gen_trace_open(a->evict_path, a->resume, &j->out, &a->go.trace));
+    j->out.model_name = model_name(a);
     FORWARD_IF(cli_model_load(&j->src, &j->be, j->sc, &j->m));
     sched_model bound;
     model_sched_bind(j->m, &bound);
@@ -253,14 +289,14 @@ static int generate_close(gen_args *a, gen_job *j, int rc)
 }
 
 /* Speeds, the scheduler's summary and the KV cache size on stderr (unless
- * --quiet), --stats on stdout. @return 0, or 3 when prompt lines were
+ * --no-summary), --stats on stdout. @return 0, or 3 when prompt lines were
  * skipped. */
 static int generate_summary(const gen_args *a, const gen_job *j)
 {
     const gen_stats *st = &j->st;
     if (a->go.kv_stats)
         gen_stats_print(stdout, st, &a->go);
-    if (!a->run.quiet)
+    if (!a->run.no_summary)
         fprintf(stderr,
                 "[flexh2o] %ld prompts on %s: prefill %.1f tok/s (%ld tokens), "
                 "decode %.1f tok/s (%ld tokens), total %.1f generated tok/s in %.2f s\n",
@@ -269,9 +305,9 @@ static int generate_summary(const gen_args *a, const gen_job *j)
                 st->prefill_tokens, st->decode_s > 0 ? st->decode_tokens / st->decode_s : 0.0,
                 st->decode_tokens, st->total_s > 0 ? st->generated / st->total_s : 0.0,
                 st->total_s);
-    if (!a->run.quiet && j->sc)
+    if (!a->run.no_summary && j->sc)
         sched_summary_print(j->sc, stderr);
-    if (!a->run.quiet && a->go.kv.kind != KV_POLICY_FULL && st->kv_slots > 0)
+    if (!a->run.no_summary && a->go.kv.kind != KV_POLICY_FULL && st->kv_slots > 0)
         fprintf(stderr, "[flexh2o] --kv-policy %s: KV cache of %d slots per sequence, "
                 "layer and head (full: %d)\n", kv_policy_name(a->go.kv.kind), st->kv_slots,
                 st->kv_slots_full);

@@ -129,10 +129,14 @@ static int job_lengths(const model_config *cfg, const cli_common *c, sched_searc
     gen_opts go = {.max_new = c->max_new, .prefill_rows = so->prefill_rows, .kv = c->kv};
     int rc = c->model_dir ? tok_load(c->model_dir, &t) : 0;
     if (rc == 0)
-        rc = job_prompts_load(c->prompts, t, t ? tok_bos_id(t) : cfg->bos_id, cfg->vocab_size,
-                              cfg->max_pos - 1, 0, &ps);
+        rc = job_prompts_load(c->prompts,
+                              &(job_load_opts){.t = t, .bos = t ? tok_bos_id(t) : cfg->bos_id,
+                                               .vocab = cfg->vocab_size,
+                                               .max_len = cfg->max_pos - 1,
+                                               .chat_template = -1},
+                              &ps);
     if (rc == 0)
-        rc = gen_check(cfg, &ps, &go); /* every prompt's KV split */
+        rc = gen_check(cfg, t, &ps, &go, 0); /* every prompt's KV split */
     for (int i = 0; rc == 0 && i < ps.n; i++) {
         const job_prompt *p = &ps.p[i];
         int n = gen_max_new(p, &go);
@@ -141,7 +145,7 @@ static int job_lengths(const model_config *cfg, const cli_common *c, sched_searc
     }
     if (rc == 0) { /* the largest budget, as generate plans it */
         sched_shape sh;
-        gen_shape(cfg, &ps, NULL, &go, 1, &sh);
+        gen_shape(cfg, t, &ps, NULL, &go, 1, &sh);
         so->kv_cap = sh.cap;
     }
     if (rc == 0 && ps.n == 0) {

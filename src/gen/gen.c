@@ -17,6 +17,7 @@
  * step. gen_plan.c sizes the job before it runs.
  */
 #include <assert.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,11 +41,13 @@ static void seq_advance(gen_seq *s, int n_new)
     s->n_slots = s->n_past < s->budget ? s->n_past : s->budget;
 }
 
-/* The prompt's own random stream: the id (compact JSON) hashed with the
- * seed, so that a prompt draws the same numbers in any batch and order. */
-static uint64_t seq_seed(uint64_t seed, const char *id)
+/* The random stream of sample j of a request: its id (compact JSON)
+ * hashed with seed + j, so that a sample draws the same numbers in any
+ * batch, order or block, and sample j of a request with seed S is the one
+ * completion of the same request with seed S + j. */
+static uint64_t seq_seed(uint64_t seed, const char *id, int sample)
 {
-    return XXH3_64bits_withSeed(id, strlen(id), seed);
+    return XXH3_64bits_withSeed(id, strlen(id), seed + (uint64_t)sample);
 }
 
 /* 1 when tok is one of the ids that end a sequence. */
@@ -56,52 +59,248 @@ static int is_eos(const gen_ctx *gc, int32_t tok)
     return 0;
 }
 
-/* Record the sampled token of sequence s; finish it on EOS or length. */
-static void take_token(const gen_ctx *gc, gen_seq *s, int32_t tok, float lp)
+static int is_stop_id(const job_params *par, int32_t tok)
 {
-    s->toks[s->n_gen] = tok;
-    s->lps[s->n_gen] = lp;
-    s->n_gen++;
-    if (is_eos(gc, tok)) {
-        s->done = 1;
-        s->finish = "eos";
-    } else if (s->n_gen >= s->max_new) {
-        s->done = 1;
-        s->finish = "length";
-    }
+    for (int i = 0; i < par->n_stop_ids; i++)
+        if (tok == par->stop_ids[i])
+            return 1;
+    return 0;
 }
 
-/* Write the finished prefix of the block, in order. */
-static int flush_done(gen_seq *ss, int n, int *next, const tok *t, job_out *out)
+/* ---------------------------------------------------------- penalties */
+
+/* The table slot of token tok in s's penalty table: where it is, or the
+ * free slot where it belongs (the table is at most half full). */
+static int pen_slot(const gen_seq *s, int32_t tok)
 {
-    while (*next < n && ss[*next].done == 1) {
-        gen_seq *s = &ss[*next];
-        char *text = NULL;
-        int len = 0;
-        if (t) {
-            len = tok_decode(t, s->toks, (size_t)s->n_gen, &text);
-            FORWARD_IF(len);
+    int i = (int)(((uint32_t)tok * 2654435761u) & (uint32_t)(s->pen_cap - 1));
+    while (s->pen_key[i] >= 0 && s->pen_key[i] != tok)
+        i = (i + 1) & (s->pen_cap - 1);
+    return i;
+}
+
+/* Count tok once more: in the prompt (prompt = 1) or generated. */
+static void pen_add(gen_seq *s, int32_t tok, int prompt)
+{
+    int i = pen_slot(s, tok);
+    if (s->pen_key[i] < 0) {
+        s->pen_key[i] = tok;
+        s->pen_out[i] = 0;
+        s->pen_in[i] = 0;
+        s->pen_list[s->pen_n++] = i;
+    }
+    if (prompt)
+        s->pen_in[i] = 1;
+    else
+        s->pen_out[i]++;
+}
+
+static int uses_penalties(const job_params *par)
+{
+    return par->repetition_penalty != 1.0f || par->frequency_penalty != 0.0f ||
+           par->presence_penalty != 0.0f;
+}
+
+/* Most logit edits one row of request p may need: a penalty per distinct
+ * token of prompt and output, its logit_bias, and, before min_tokens, a ban
+ * per EOS and stop id. */
+static int edits_bound(const job_prompt *p, int max_new, int n_eos)
+{
+    const job_params *par = &p->par;
+    return (uses_penalties(par) ? p->n_ids + max_new : 0) + par->n_bias +
+           (par->min_tokens > 0 ? n_eos + par->n_stop_ids : 0);
+}
+
+/* Add `add` to the edit of tok among this row's edits e[0..*n), or append
+ * one. */
+static void edit_add(kern_logit_edit *e, int *n, int32_t tok, float add)
+{
+    for (int i = 0; i < *n; i++)
+        if (e[i].tok == tok) {
+            e[i].add += add;
+            return;
         }
-        int rc = job_out_write(out, s->p->id, text ? text : "", (size_t)len, s->toks,
-                                s->lps, s->n_gen, s->finish);
-        free(text);
-        FORWARD_IF(rc);
-        s->done = 2;
-        (*next)++;
+    e[(*n)++] = (kern_logit_edit){tok, 1.0f, 1.0f, add};
+}
+
+/* The logit edits of sequence s's next choice into e (DESIGN.md "Job
+ * files", vLLM's order): repetition_penalty scales the logit of every
+ * token of prompt and output (divided when positive, multiplied when
+ * not), frequency and presence penalties subtract per generated
+ * occurrence and once; logit_bias adds; before min_tokens tokens, EOS and
+ * the stop ids are banned. @return the edits written. */
+static int seq_edits(const gen_ctx *gc, const gen_seq *s, int *edit_at, kern_logit_edit *e)
+{
+    const job_params *par = &s->p->par;
+    int n = 0;
+    if (s->pen_cap) { /* the table exists only when the request has penalties */
+        float rp = par->repetition_penalty;
+        for (int k = 0; k < s->pen_n; k++) {
+            int i = s->pen_list[k], out = s->pen_out[i];
+            edit_at[i] = -1;
+            if (rp == 1.0f && out == 0)
+                continue; /* only in the prompt, and nothing scales */
+            edit_at[i] = n;
+            e[n++] = (kern_logit_edit){s->pen_key[i], 1.0f / rp, rp,
+                                       -(par->frequency_penalty * (float)out +
+                                         (out > 0 ? par->presence_penalty : 0.0f))};
+        }
+    }
+    for (int i = 0; i < par->n_bias; i++) { /* distinct ids (job_params) */
+        int at = -1;
+        if (s->pen_cap) {
+            int sl = pen_slot(s, par->bias_ids[i]);
+            at = s->pen_key[sl] == par->bias_ids[i] ? edit_at[sl] : -1;
+        }
+        if (at >= 0)
+            e[at].add += par->bias[i];
+        else
+            e[n++] = (kern_logit_edit){par->bias_ids[i], 1.0f, 1.0f, par->bias[i]};
+    }
+    if (s->n_gen < par->min_tokens) {
+        for (int i = 0; !s->ignore_eos && i < gc->n_eos; i++)
+            edit_add(e, &n, gc->eos[i], -INFINITY);
+        for (int i = 0; i < par->n_stop_ids; i++)
+            edit_add(e, &n, par->stop_ids[i], -INFINITY);
+    }
+    return n;
+}
+
+/* ------------------------------------------------------- ending a sample */
+
+/* With stop strings: decode s's text and search the part new since the
+ * last call (from max stop length - 1 bytes before it, so that a string
+ * split over tokens is found); the earliest match ends s. Before
+ * min_tokens (search 0) only the searched length moves on, so that text
+ * made then never stops s later (as vLLM). @return 0 or -errno. */
+static int check_stop_strings(const gen_ctx *gc, gen_seq *s, int search)
+{
+    const job_params *par = &s->p->par;
+    char *text = NULL;
+    int len = tok_decode(gc->t, s->toks, (size_t)s->n_gen, &text);
+    FORWARD_IF(len);
+    size_t longest = 0;
+    for (int i = 0; i < par->n_stop; i++) {
+        size_t l = strlen(par->stop[i]);
+        longest = l > longest ? l : longest;
+    }
+    size_t from = s->checked + 1 > longest ? s->checked + 1 - longest : 0;
+    const char *best = NULL;
+    int which = -1;
+    for (int i = 0; search && i < par->n_stop; i++) {
+        const char *at = from <= (size_t)len
+                             ? memmem(text + from, (size_t)len - from, par->stop[i],
+                                      strlen(par->stop[i]))
+                             : NULL;
+        if (at && (!best || at < best)) {
+            best = at;
+            which = i;
+        }
+    }
+    if (best) {
+        s->done = 1;
+        s->finish = "stop";
+        s->stop_str = par->stop[which];
+        s->cut = (size_t)(best - text) + (par->include_stop ? strlen(par->stop[which]) : 0);
+    }
+    s->checked = (size_t)len;
+    free(text);
+    return 0;
+}
+
+/* Record the sampled token of sequence s (and its top logprobs: row top
+ * of KERN_TOP_LOGPROBS_MAX, or NULL); finish s on EOS, a stop id, a stop
+ * string or its length (the stops only from min_tokens tokens on).
+ * @return 0 or -errno. */
+static int take_token(const gen_ctx *gc, gen_seq *s, int32_t tok, float lp, const int32_t *top_ids,
+                      const float *top_lps)
+{
+    const job_params *par = &s->p->par;
+    s->toks[s->n_gen] = tok;
+    s->lps[s->n_gen] = lp;
+    if (top_ids && par->top_logprobs > 0) {
+        size_t at = (size_t)s->n_gen * (size_t)gc->top_stride;
+        memcpy(s->top_ids + at, top_ids, sizeof(int32_t) * (size_t)par->top_logprobs);
+        memcpy(s->top_lps + at, top_lps, sizeof(float) * (size_t)par->top_logprobs);
+    }
+    s->n_gen++;
+    if (s->pen_cap)
+        pen_add(s, tok, 0);
+    if (s->n_gen < par->min_tokens && par->n_stop > 0) {
+        FORWARD_IF(check_stop_strings(gc, s, 0));
+    } else if (s->n_gen >= par->min_tokens) {
+        if (!s->ignore_eos && is_eos(gc, tok)) {
+            s->done = 1;
+            s->finish = "eos";
+        } else if (is_stop_id(par, tok)) {
+            s->done = 1;
+            s->finish = "stop";
+            s->stop_id = tok;
+        } else if (par->n_stop > 0) {
+            FORWARD_IF(check_stop_strings(gc, s, 1));
+        }
+    }
+    if (!s->done && s->n_gen >= s->max_new) {
+        s->done = 1;
+        s->finish = "length";
     }
     return 0;
 }
 
-/* The progress line on stderr, at most once a second (force: now). */
+/* Write the finished prefix of the block, in order: a request once all its
+ * samples are done (*next: the first sequence not yet written). */
+static int flush_done(const gen_ctx *gc, gen_seq *ss, int n, int *next)
+{
+    job_choice ch[JOB_N_MAX];
+    char *text[JOB_N_MAX];
+    while (*next < n) {
+        const job_prompt *p = ss[*next].p;
+        int k = p->err ? 1 : p->par.n;
+        for (int j = 0; j < k; j++)
+            if (ss[*next + j].done != 1)
+                return 0;
+        int rc = 0, m = p->err ? 0 : k;
+        for (int j = 0; j < m; j++) {
+            gen_seq *s = &ss[*next + j];
+            text[j] = NULL;
+            int len = 0;
+            if (gc->t && rc == 0)
+                len = tok_decode(gc->t, s->toks, (size_t)s->n_gen, &text[j]);
+            rc = len < 0 ? len : rc;
+            size_t kept = s->stop_str && s->cut < (size_t)len ? s->cut : (size_t)(len > 0 ? len : 0);
+            ch[j] = (job_choice){.text = text[j] ? text[j] : "", .len = kept,
+                                 .tokens = s->toks, .logprobs = s->lps, .n = s->n_gen,
+                                 .top_ids = s->top_ids, .top_lps = s->top_lps,
+                                 .top_stride = gc->top_stride, .finish = s->finish,
+                                 .stop_str = s->stop_str, .stop_id = s->stop_id};
+        }
+        if (rc == 0)
+            rc = job_out_result(gc->out, p, ch, m, gc->t);
+        for (int j = 0; j < m; j++)
+            free(text[j]);
+        FORWARD_IF(rc);
+        for (int j = 0; j < k; j++)
+            ss[*next + j].done = 2;
+        *next += k;
+    }
+    return 0;
+}
+
+/* The progress line on stderr, at most once a second (force: now); until
+ * a first request is done there is no rate to tell. */
 static void gen_progress(gen_ctx *gc, const gen_stats *st, int force)
 {
     double now = kern_now_s();
     if (!gc->progress || (!force && now - gc->last_report < 1.0))
         return;
-    double el = now - gc->t_start, rate = el > 0 ? st->generated / el : 0;
-    double eta = st->prompts ? el * (gc->n_todo - st->prompts) / st->prompts : 0;
-    err_log("[flexh2o] %ld/%d prompts done, %.1f tok/s generated, ETA %s%.0f s",
-            st->prompts, gc->n_todo, rate, st->prompts ? "" : "> ", eta);
+    double el = now - gc->t_start;
+    if (st->prompts == 0 || el <= 0)
+        err_log("[flexh2o] 0/%d prompts done, warming up (%ld tokens generated)", gc->n_todo,
+                st->generated);
+    else
+        err_log("[flexh2o] %ld/%d prompts done, %.1f tok/s generated, ETA %.0f s",
+                st->prompts, gc->n_todo, st->generated / el,
+                el * (gc->n_todo - st->prompts) / st->prompts);
     gc->last_report = now;
 }
 
@@ -109,25 +308,40 @@ static void gen_progress(gen_ctx *gc, const gen_stats *st, int force)
 static int sample_rows(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n_out)
 {
     const model_config *c = gc->c;
-    const gen_opts *o = gc->o;
     const backend *be = gc->m->be;
+    int n_edit = 0, any_top = 0;
     for (int i = 0; i < n_out; i++) {
         gen_seq *s = &ss[bb->members[i]];
-        bb->srows[i] = (kern_sample_row){.temperature = o->temperature, .top_p = o->top_p,
-                                         .u = (kern_splitmix64(&s->rng) >> 11) * 0x1.0p-53};
+        const job_params *par = &s->p->par;
+        kern_sample_row *r = &bb->rows[i];
+        *r = (kern_sample_row){.temperature = s->temperature, .top_p = s->top_p,
+                               .min_p = par->min_p, .top_k = par->top_k > 0 ? par->top_k : 0,
+                               .u = (kern_splitmix64(&s->rng) >> 11) * 0x1.0p-53,
+                               .edit0 = n_edit, .n_top = par->top_logprobs};
+        r->n_edit = seq_edits(gc, s, bb->edit_at, bb->edits + n_edit);
+        n_edit += r->n_edit;
+        assert(n_edit <= bb->n_edit_max); /* sized by edits_bound */
+        any_top |= par->top_logprobs > 0;
     }
-    FORWARD_IF(be->ops->sample(be->ctx, sched_logits(gc->sc), n_out, c->vocab_size, bb->srows,
-                               NULL, bb->tokens, bb->lps, NULL, NULL));
-    for (int i = 0; i < n_out; i++)
-        take_token(gc, &ss[bb->members[i]], bb->tokens[i], bb->lps[i]);
+    FORWARD_IF(be->ops->sample(be->ctx, sched_logits(gc->sc), n_out, c->vocab_size, bb->rows,
+                               bb->edits, bb->tokens, bb->lps, any_top ? bb->top_ids : NULL,
+                               any_top ? bb->top_lps : NULL));
+    for (int i = 0; i < n_out; i++) {
+        size_t at = (size_t)i * KERN_TOP_LOGPROBS_MAX;
+        FORWARD_IF(take_token(gc, &ss[bb->members[i]], bb->tokens[i], bb->lps[i],
+                              any_top ? bb->top_ids + at : NULL,
+                              any_top ? bb->top_lps + at : NULL));
+    }
     return 0;
 }
 
 /* Fill the prefill pass that starts at sequence first: whole prompts in
  * sequence order, each GPU batch bringing at most max_rows tokens (its
  * first prompt always goes). A sequence with nothing to generate brings no
- * rows. *rows and *n_out get the packed rows and the output rows.
- * @return the first sequence of the next pass. */
+ * rows; nor does a copy (a later sample of the request before it), whose
+ * first token is drawn from its source's logits row. *rows and *n_out get
+ * the packed rows and the output rows. @return the first sequence of the
+ * next pass. */
 static int prefill_pack(const gen_ctx *gc, gen_buf *bb, const gen_seq *ss, int n, int first,
                         int *rows_out, int *n_out_out)
 {
@@ -138,18 +352,21 @@ static int prefill_pack(const gen_ctx *gc, gen_buf *bb, const gen_seq *ss, int n
         const job_prompt *p = ss[s].p;
         if (s % gc->gbs == 0 || s == first)
             batch_rows = 0;
-        int len = ss[s].max_new > 0 ? p->n_ids : 0;
+        int own = ss[s].max_new > 0 && ss[s].copy_of < 0;
+        int len = own ? p->n_ids : 0;
         if (batch_rows > 0 && batch_rows + len > gc->max_rows)
             break;
         batch_rows += len;
-        if (ss[s].max_new > 0) {
+        if (own) {
             bb->seqs[s] = seq_desc(&ss[s], rows, p->n_ids);
             for (int j = 0; j < p->n_ids; j++) {
                 bb->ids[rows + j] = p->ids[j];
                 bb->pos[rows + j] = j;
             }
             rows += p->n_ids;
-            bb->last[n_out] = rows - 1;
+        }
+        if (ss[s].max_new > 0) {
+            bb->last[n_out] = rows - 1; /* a copy: its source's, packed just before */
             bb->members[n_out++] = s;
         }
         s++;
@@ -159,13 +376,26 @@ static int prefill_pack(const gen_ctx *gc, gen_buf *bb, const gen_seq *ss, int n
     return s;
 }
 
-/* Run one packed prefill pass: each member's cache gets its prompt and
- * its first token is sampled; then the pass's trace lines and stats. */
+/* Run one packed prefill pass: each member's cache gets its prompt (a
+ * copy: its source's cache, copied once the pass wrote it) and its first
+ * token is sampled; then the pass's trace lines and stats. */
 static int prefill_pass(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n, int rows, int n_out,
                         gen_stats *st)
 {
     const gen_opts *o = gc->o;
     FORWARD_IF(sched_forward(gc->sc, bb->ids, bb->pos, rows, bb->seqs, n, bb->last, n_out, 0));
+    for (int i = 0; i < n_out;) {
+        int src = bb->members[i], n_dst = 0;
+        while (i + 1 + n_dst < n_out && ss[bb->members[i + 1 + n_dst]].copy_of == src) {
+            bb->copy_dst[n_dst] = bb->members[i + 1 + n_dst];
+            n_dst++;
+        }
+        const gen_seq *s = &ss[src];
+        int n_slots = s->p->n_ids < s->budget ? s->p->n_ids : s->budget; /* after the pass */
+        if (n_dst > 0)
+            FORWARD_IF(sched_kv_copy(gc->sc, src, bb->copy_dst, n_dst, n_slots));
+        i += 1 + n_dst;
+    }
     FORWARD_IF(sample_rows(gc, bb, ss, n_out));
     for (int i = 0; i < n_out; i++) {
         gen_seq *sq = &ss[bb->members[i]];
@@ -181,7 +411,7 @@ static int prefill_pass(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n, int rows, 
 }
 
 /* The prefill of a block, in as many passes as max_rows needs; then the
- * sequences with nothing to generate are finished. */
+ * sequences with nothing to generate (and error requests) are finished. */
 static int run_prefill(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n, gen_stats *st)
 {
     double t0 = kern_now_s();
@@ -244,7 +474,7 @@ static int run_decode(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n, int *next, g
         gen_progress(gc, st, 0);
         st->decode_tokens += rows;
         st->generated += rows;
-        FORWARD_IF(flush_done(ss, n, next, gc->t, gc->out));
+        FORWARD_IF(flush_done(gc, ss, n, next));
     }
     st->decode_s += kern_now_s() - t0;
     return 0;
@@ -256,47 +486,71 @@ static int run_block(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n, gen_stats *st
 {
     int next = 0;
     FORWARD_IF(run_prefill(gc, bb, ss, n, st));
-    FORWARD_IF(flush_done(ss, n, &next, gc->t, gc->out));
+    FORWARD_IF(flush_done(gc, ss, n, &next));
     return run_decode(gc, bb, ss, n, &next, st);
 }
 
-/* Start a block: ss[0..n) take the prompts todo[0..n), each with its own
- * max_new, KV split and random stream (toks and lps keep their place). */
-static void block_start(gen_seq *ss, const job_prompt *const *todo, int n, const gen_opts *o,
-                        const model_config *c)
+/* One sequence's state at the start of a block: sample j of request p
+ * (copy_of: the block sequence of its sample 0 when j > 0), with its own
+ * max_new, KV split, sampling controls and random stream. toks, lps,
+ * top_ids, top_lps and the penalty table (pen_cap slots, 0: none) keep
+ * their place. */
+static void seq_start(gen_seq *s, const job_prompt *p, int j, int copy_of, const gen_opts *o,
+                      const model_config *c)
 {
-    for (int k = 0; k < n; k++) {
-        gen_seq *s = &ss[k];
-        s->p = todo[k];
-        s->max_new = gen_max_new(s->p, o);
-        s->n_past = 0;
-        s->n_slots = 0;
+    const job_params *par = &p->par;
+    s->p = p;
+    s->sample = j;
+    s->copy_of = copy_of;
+    s->max_new = p->err ? 0 : gen_max_new(p, o);
+    s->n_past = 0;
+    s->n_slots = 0;
+    s->budget = s->sinks = s->recent = 0;
+    if (!p->err) {
         kv_split sp;
-        int rc = gen_split(c, &o->kv, s->p->n_ids, s->max_new, s->p->line, &sp);
+        int rc = gen_split(c, &o->kv, p->n_ids, s->max_new, p->line, &sp);
         /* cannot fail: gen_run began with gen_check, which split every
-         * prompt of the job with these same arguments */
+         * request with these same arguments (or made it an error) */
         assert(rc == 0);
         (void)rc; /* unused under NDEBUG */
         s->budget = sp.budget;
         s->sinks = sp.sinks;
         s->recent = sp.recent;
-        s->window = c->sliding_window;
-        s->n_gen = 0;
-        s->done = 0;
-        s->finish = NULL;
-        s->rng = seq_seed(o->seed, s->p->id);
+    }
+    s->window = c->sliding_window;
+    s->temperature = isnan(par->temperature) ? o->temperature : par->temperature;
+    s->top_p = isnan(par->top_p) ? o->top_p : par->top_p;
+    s->ignore_eos = par->ignore_eos >= 0 ? par->ignore_eos : o->ignore_eos;
+    s->n_gen = 0;
+    s->done = 0;
+    s->finish = NULL;
+    s->stop_str = NULL;
+    s->stop_id = -1;
+    s->cut = s->checked = 0;
+    s->rng = seq_seed(par->has_seed ? par->seed : o->seed, p->id, j);
+    s->pen_n = 0;
+    if (!uses_penalties(par) || p->err)
+        s->pen_cap = 0;
+    if (s->pen_cap) {
+        memset(s->pen_key, 0xff, sizeof(int32_t) * (size_t)s->pen_cap); /* -1: free */
+        for (int i = 0; i < p->n_ids; i++)
+            pen_add(s, p->ids[i], 1);
     }
 }
 
-/* The size of a run, from its pending prompts. */
+/* The size of a run, from its pending requests. */
 typedef struct run_size {
-    int n_todo;      /* prompts of the job not yet in the output */
+    int n_todo;      /* requests of the job not yet in the output */
+    int n_seq;       /* their sequences: n per request (1 for an error) */
     int max_prompt;  /* their longest prompt, tokens (0 when none) */
     int max_new;     /* their largest max_new, at least 1 */
-    int B;           /* sequences of a block: min(sched_block, n_todo) */
+    int max_edits;   /* most logit edits of one row (edits_bound) */
+    int pen_cap;     /* penalty table slots of the largest request using them, 0: none */
+    int top;         /* most top logprobs asked */
+    int B;           /* sequences of a block: min(sched_block, n_seq) */
 } run_size;
 
-/* Find the prompts of ps not yet in gc->out, in file order: size the run
+/* Find the requests of ps not yet in gc->out, in file order: size the run
  * in *rs and, when todo is not NULL, list them there (n_todo of them).
  * st->kv_slots_full gets what `full` would have needed. */
 static void todo_scan(const gen_ctx *gc, const job_prompts *ps, run_size *rs,
@@ -307,18 +561,30 @@ static void todo_scan(const gen_ctx *gc, const job_prompts *ps, run_size *rs,
         if (job_out_has(gc->out, ps->p[i].id))
             continue;
         const job_prompt *p = &ps->p[i];
-        int mn = gen_max_new(p, gc->o);
         if (todo)
             todo[rs->n_todo] = p;
         rs->n_todo++;
+        rs->n_seq += p->err ? 1 : p->par.n;
+        if (p->err)
+            continue;
+        int mn = gen_max_new(p, gc->o);
         if (p->n_ids > rs->max_prompt)
             rs->max_prompt = p->n_ids;
         if (p->n_ids + mn > st->kv_slots_full)
             st->kv_slots_full = p->n_ids + mn;
         if (mn > rs->max_new)
             rs->max_new = mn;
+        int e = edits_bound(p, mn, gc->n_eos);
+        rs->max_edits = e > rs->max_edits ? e : rs->max_edits;
+        if (uses_penalties(&p->par)) {
+            int cap = 16;
+            while (cap < 2 * (p->n_ids + mn))
+                cap *= 2;
+            rs->pen_cap = cap > rs->pen_cap ? cap : rs->pen_cap;
+        }
+        rs->top = p->par.top_logprobs > rs->top ? p->par.top_logprobs : rs->top;
     }
-    rs->B = gc->block < rs->n_todo ? gc->block : rs->n_todo;
+    rs->B = gc->block < rs->n_seq ? gc->block : rs->n_seq;
 }
 
 /* Take n items of size bytes at *off of the run's block, aligned for any
@@ -332,27 +598,43 @@ static void *carve(char *base, size_t *off, size_t n, size_t size)
 }
 
 /* Lay out the arrays of a run in one block at base, or, with base NULL,
- * measure it: the todo list, the sequences and their generated tokens,
- * the block's pass arrays and the read-back buffers (--trace-evictions,
- * --stats). @return the bytes of the block. */
+ * measure it: the todo list, the sequences and their generated tokens
+ * (and top logprobs and penalty tables when asked), the block's pass
+ * arrays and the read-back buffers (--trace-evictions, --stats). @return
+ * the bytes of the block. */
 static size_t run_layout(char *base, const gen_ctx *gc, const run_size *rs,
                          const job_prompt ***todo, gen_seq **ss, gen_buf *bb)
 {
     const model_config *c = gc->c;
     size_t off = 0, B = (size_t)rs->B, H = (size_t)c->n_kv_head, cap = (size_t)gc->cap;
     size_t rows = B * (size_t)rs->max_prompt, gen = B * (size_t)rs->max_new;
+    size_t top = (size_t)gc->top_stride, pen = (size_t)rs->pen_cap;
     *todo = carve(base, &off, (size_t)rs->n_todo, sizeof **todo);
     *ss = carve(base, &off, B, sizeof **ss);
     int32_t *toks = carve(base, &off, gen, sizeof *toks); /* (B, max_new) */
     float *lps = carve(base, &off, gen, sizeof *lps);     /* (B, max_new) */
+    int32_t *top_ids = carve(base, &off, gen * top, sizeof *top_ids); /* (B, max_new, top) */
+    float *top_lps = carve(base, &off, gen * top, sizeof *top_lps);
+    int32_t *pen_key = carve(base, &off, B * pen, sizeof *pen_key); /* (B, pen) */
+    int32_t *pen_out = carve(base, &off, B * pen, sizeof *pen_out);
+    unsigned char *pen_in = carve(base, &off, B * pen, sizeof *pen_in);
+    int32_t *pen_list = carve(base, &off, B * pen / 2, sizeof *pen_list);
     bb->ids = carve(base, &off, rows, sizeof *bb->ids);
     bb->pos = carve(base, &off, rows, sizeof *bb->pos);
     bb->last = carve(base, &off, B, sizeof *bb->last);
     bb->tokens = carve(base, &off, B, sizeof *bb->tokens);
     bb->seqs = carve(base, &off, B, sizeof *bb->seqs);
     bb->members = carve(base, &off, B, sizeof *bb->members);
-    bb->srows = carve(base, &off, B, sizeof *bb->srows);
+    bb->rows = carve(base, &off, B, sizeof *bb->rows);
+    bb->n_edit_max = rs->B * rs->max_edits;
+    bb->edits = carve(base, &off, (size_t)bb->n_edit_max, sizeof *bb->edits);
+    bb->edit_at = carve(base, &off, pen, sizeof *bb->edit_at);
     bb->lps = carve(base, &off, B, sizeof *bb->lps);
+    bb->copy_dst = carve(base, &off, B, sizeof *bb->copy_dst);
+    if (top) {
+        bb->top_ids = carve(base, &off, B * KERN_TOP_LOGPROBS_MAX, sizeof *bb->top_ids);
+        bb->top_lps = carve(base, &off, B * KERN_TOP_LOGPROBS_MAX, sizeof *bb->top_lps);
+    }
     if (gc->o->trace) {
         bb->ev = carve(base, &off, (size_t)c->n_layer * (size_t)gc->block * H, sizeof *bb->ev);
         bb->slot_pos = carve(base, &off, H * cap, sizeof *bb->slot_pos);
@@ -361,36 +643,58 @@ static size_t run_layout(char *base, const gen_ctx *gc, const run_size *rs,
     if (gc->o->kv_stats)
         bb->scores = carve(base, &off, H * cap, sizeof *bb->scores);
     for (size_t k = 0; base && k < B; k++) {
-        (*ss)[k].toks = toks + k * (size_t)rs->max_new;
-        (*ss)[k].lps = lps + k * (size_t)rs->max_new;
+        gen_seq *s = &(*ss)[k];
+        s->toks = toks + k * (size_t)rs->max_new;
+        s->lps = lps + k * (size_t)rs->max_new;
+        s->top_ids = top ? top_ids + k * (size_t)rs->max_new * top : NULL;
+        s->top_lps = top ? top_lps + k * (size_t)rs->max_new * top : NULL;
+        s->pen_key = pen_key + k * pen;
+        s->pen_out = pen_out + k * pen;
+        s->pen_in = pen_in + k * pen;
+        s->pen_list = pen_list + k * pen / 2;
     }
     return off;
 }
 
-int gen_run(model *m, sched *sc, const tok *t, const job_prompts *ps, job_out *out,
+/* Fill a block from todo[*cursor..n_todo): whole requests, each sample a
+ * sequence (the first prefilled, the others copies of it), as many as fit
+ * in B sequences (gen_check keeps n within a block). @return the
+ * sequences. */
+static int block_fill(gen_seq *ss, int B, const job_prompt *const *todo, int n_todo,
+                      int *cursor, int pen_cap, const gen_opts *o, const model_config *c)
+{
+    int n = 0;
+    while (*cursor < n_todo) {
+        const job_prompt *p = todo[*cursor];
+        int k = p->err ? 1 : p->par.n;
+        if (n + k > B)
+            break;
+        for (int j = 0; j < k; j++) {
+            ss[n + j].pen_cap = pen_cap;
+            seq_start(&ss[n + j], p, j, j ? n : -1, o, c);
+        }
+        n += k;
+        (*cursor)++;
+    }
+    return n;
+}
+
+int gen_run(model *m, sched *sc, const tok *t, job_prompts *ps, job_out *out,
             const gen_opts *o, gen_stats *st)
 {
     const model_config *c = &m->cfg;
     memset(st, 0, sizeof *st);
-    FORWARD_IF(gen_check(c, ps, o));
     gen_ctx gc = {.m = m, .c = c, .sc = sc, .o = o, .t = t, .out = out,
                   .gbs = sched_get_policy(sc)->gpu_batch_size, .block = sched_block(sc),
                   .max_rows = sched_max_rows(sc), .cap = sched_cap(sc),
                   .t_start = kern_now_s(), .progress = o->progress};
+    FORWARD_IF(gen_check(c, t, ps, o, gc.block));
     gc.last_report = gc.t_start;
-    /* the ids that end a sequence: the tokenizer's set (Llama-3 instruct
-     * has several), else the config's one */
-    gc.n_eos = t ? tok_eos_ids(t, &gc.eos) : 0;
-    if (gc.n_eos == 0) {
-        gc.eos_cfg = c->eos_id;
-        gc.eos = &gc.eos_cfg;
-        gc.n_eos = 1;
-    }
-    if (o->ignore_eos)
-        gc.n_eos = 0;
+    gc.n_eos = gen_eos_ids(t, c, &gc.eos, &gc.eos_cfg);
     run_size rs;
     todo_scan(&gc, ps, &rs, NULL, st);
     gc.n_todo = rs.n_todo;
+    gc.top_stride = rs.top;
     st->kv_slots = gc.cap;
     if (rs.B == 0) {
         st->total_s = kern_now_s() - gc.t_start;
@@ -412,12 +716,12 @@ int gen_run(model *m, sched *sc, const tok *t, const job_prompts *ps, job_out *o
     int rc = mem && (!o->kv_stats || st->kept_mass) ? 0 : -ENOMEM;
     if (rc < 0)
         err_set(__FILE__, __LINE__, "out of memory for a block of %d sequences", rs.B);
-    for (int first = 0; rc == 0 && first < rs.n_todo; first += rs.B) {
-        int n = rs.n_todo - first < rs.B ? rs.n_todo - first : rs.B;
-        block_start(ss, todo + first, n, o, c);
+    for (int cursor = 0; rc == 0 && cursor < rs.n_todo;) {
+        int first = cursor;
+        int n = block_fill(ss, rs.B, todo, rs.n_todo, &cursor, rs.pen_cap, o, c);
         rc = run_block(&gc, &bb, ss, n, st);
-        st->prompts += n;
-        gen_progress(&gc, st, first + n == rs.n_todo);
+        st->prompts += cursor - first;
+        gen_progress(&gc, st, cursor == rs.n_todo);
     }
     free(mem);
     gen_stats_mean(st);

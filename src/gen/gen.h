@@ -71,35 +71,53 @@ int gen_positions_grow(const model_config *c, const kv_policy *kv);
 int gen_split(const model_config *c, const kv_policy *kv, int n_prompt, int max_new, int line,
               kv_split *out);
 
-/* Check the length (gen_check_length) and the KV split (kv_policy_split)
- * of every prompt of ps under o->kv, before anything runs, so that a
- * sequence past the model's positions or a budget that leaves some prompt
- * no recent slot stops the job with nothing written; the message names the prompt's
- * line and the flags to change. @return 0 or -EINVAL. */
-int gen_check(const model_config *c, const job_prompts *ps, const gen_opts *o);
+/* The ids that end a sequence: the tokenizer's set (Llama-3 instruct has
+ * several; t may be NULL), else the config's eos_id, which *cfg_eos then
+ * holds for *ids to point at. @return their count (>= 1). */
+int gen_eos_ids(const tok *t, const model_config *c, const int32_t **ids, int32_t *cfg_eos);
+
+/* Check every request of ps before anything runs: its length
+ * (gen_check_length), its KV split under o->kv (kv_policy_split), n
+ * completions within a block of `block` sequences (0: unknown yet), stop
+ * strings only where a tokenizer t exists. A native request that fails
+ * stops the job with nothing written (the message names its line and the
+ * flags to change); an OpenAI one becomes an error request (job_prompt_fail)
+ * whose error line takes its place. Requests already failed are skipped.
+ * @return 0 or -EINVAL. */
+int gen_check(const model_config *c, const tok *t, job_prompts *ps, const gen_opts *o,
+              int block);
 
 /* The shape the scheduler must be planned for (sched_shape) to run ps
  * with o in GPU batches of gbs sequences: rows of a GPU batch's prefill
  * pass, the longest prompt, KV slots (the largest budget), scores and
- * eviction records, and gen_run's sampling (greedy, or drawing when
- * o->temperature > 0), whose backend work the scheduler reserves.
- * Prompts already in out (resume) do not count; out may be NULL. Prompts
+ * eviction records, and gen_run's sampling (greedy, or drawing when the
+ * job or a request has a temperature > 0; the most logit edits of a row,
+ * top logprobs), whose backend work the scheduler reserves. Prompts
+ * already in out (resume) do not count; out and t may be NULL. Requests
  * gen_check refuses are left out. Fills *sh; returns nothing. */
-void gen_shape(const model_config *c, const job_prompts *ps, const job_out *out,
+void gen_shape(const model_config *c, const tok *t, const job_prompts *ps, const job_out *out,
                const gen_opts *o, int gbs, sched_shape *sh);
 
 /* -------------------------------------------------- the run (gen.c) */
 
-/* Generate for every prompt of ps whose id is not yet in out, in file
+/* Generate for every request of ps whose id is not yet in out, in file
  * order, in blocks of sched_block(sc) sequences run by the scheduler sc
- * (planned with gen_shape; m attached), appending one record per prompt
- * as soon as it and all before it are done. A prompt's output does not
+ * (planned with gen_shape; m attached), appending one record per request
+ * (job_out_result) as soon as it and all before it are done. A request of
+ * n completions takes n sequences of one block: the first is prefilled,
+ * the others get a copy of its prompt cache (sched_kv_copy) and draw
+ * their first token from the same logits. A completion's output does not
  * depend on its batch: positions, cache slots and the sampler's random
- * stream (seeded by seed and the id) are its own. t may be NULL
- * (completions are then empty strings). A sequence ends at max_new tokens
- * or at any of the tokenizer's EOS ids (tok_eos_ids), or, when t is NULL
- * or names none, at the config's eos_id; o->ignore_eos: at max_new only.
- * Calls gen_check first.
+ * stream (seeded by the seed (the request's, else o->seed), the id and
+ * the sample index) are its own. t may be NULL (completions are then
+ * empty strings). A sequence ends at max_new tokens, at any EOS id
+ * (gen_eos_ids) unless ignore_eos (the request's, else o->ignore_eos), at
+ * a stop token id, or at a stop string found in its decoded text (the
+ * text returned ends before it); none of these before min_tokens. Each
+ * token is drawn under the request's controls (temperature and top_p, the
+ * request's else o's; top_k, min_p, penalties, logit_bias: kern.h
+ * kern_sample_ref, with the edits of DESIGN.md "Job files"). Calls
+ * gen_check first (error requests are written as their error lines).
  *
  * KV policy: each prompt gets its own budget and split (kv_policy_split),
  * so its output does not depend on its batch either; the cache of the job
@@ -108,6 +126,7 @@ void gen_shape(const model_config *c, const job_prompts *ps, const job_out *out,
  * o->trace gets, per (prompt, layer, head), one line for every token that
  * leaves the cache:
  *   {"id": <prompt id>, "layer": l, "head": h, "step": s, "pos": p}
+ * (with "sample": j after the id for a request of several completions)
  * step 0: dropped at prefill (the prompt exceeded the budget); step s >= 1:
  * evicted when the s-th generated token (position prompt_len + s - 1) was
  * inserted. A prefill pass writes its lines in (sequence, layer, head,
@@ -121,7 +140,7 @@ void gen_shape(const model_config *c, const job_prompts *ps, const job_out *out,
  *
  * *st is filled from zero, also on failure; free it with gen_stats_free.
  * @return 0 or -errno; records written before a failure stay. */
-int gen_run(model *m, sched *sc, const tok *t, const job_prompts *ps, job_out *out,
+int gen_run(model *m, sched *sc, const tok *t, job_prompts *ps, job_out *out,
             const gen_opts *o, gen_stats *st);
 
 /* ------------------------ the eviction trace and --stats (gen_trace.c) */

@@ -3,6 +3,8 @@
  * shape the scheduler is planned for. `flexh2o search` uses these too. */
 #include <string.h>
 
+#include <stdio.h>
+
 #include "err.h"
 #include "gen.h"
 
@@ -49,35 +51,91 @@ int gen_split(const model_config *c, const kv_policy *kv, int n_prompt, int max_
     return kv_policy_split(&kp, n_prompt, max_new, line, out);
 }
 
-int gen_check(const model_config *c, const job_prompts *ps, const gen_opts *o)
+int gen_eos_ids(const tok *t, const model_config *c, const int32_t **ids, int32_t *cfg_eos)
+{
+    int n = t ? tok_eos_ids(t, ids) : 0;
+    if (n > 0)
+        return n;
+    *cfg_eos = c->eos_id;
+    *ids = cfg_eos;
+    return 1;
+}
+
+/* The checks of one request that need the model and the job: length, KV
+ * split, n within a block, stop strings only with a tokenizer.
+ * @return 0, or -EINVAL with the message set and *param the field. */
+static int check_request(const model_config *c, const tok *t, const job_prompt *p,
+                         const gen_opts *o, int block, const char **param)
+{
+    kv_split sp;
+    *param = "max_tokens";
+    FORWARD_IF(gen_check_length(c, &o->kv, p->n_ids, gen_max_new(p, o), p->line));
+    *param = NULL;
+    FORWARD_IF(gen_split(c, &o->kv, p->n_ids, gen_max_new(p, o), p->line, &sp));
+    *param = "n";
+    RETURN_IF(block > 0 && p->par.n > block, -EINVAL,
+              "line %d: n = %d completions, but a block holds %d sequences; lower n or raise "
+              "--batch-size / --num-gpu-batches", p->line, p->par.n, block);
+    *param = "stop";
+    RETURN_IF(p->par.n_stop > 0 && !t, -EINVAL,
+              "line %d: stop strings need the model's tokenizer (this model has none); use "
+              "stop_token_ids", p->line);
+    return 0;
+}
+
+int gen_check(const model_config *c, const tok *t, job_prompts *ps, const gen_opts *o, int block)
 {
     FORWARD_IF(kv_policy_check(&o->kv));
     for (int i = 0; i < ps->n; i++) {
-        const job_prompt *p = &ps->p[i];
-        kv_split sp;
-        FORWARD_IF(gen_check_length(c, &o->kv, p->n_ids, gen_max_new(p, o), p->line));
-        FORWARD_IF(gen_split(c, &o->kv, p->n_ids, gen_max_new(p, o), p->line, &sp));
+        job_prompt *p = &ps->p[i];
+        const char *param = NULL;
+        if (p->err)
+            continue;
+        int rc = check_request(c, t, p, o, block, &param);
+        if (rc < 0 && p->kind == JOB_NATIVE)
+            return rc;
+        if (rc < 0) { /* an OpenAI request: its error line, and the job goes on */
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", err_msg());
+            err_clear();
+            FORWARD_IF(job_prompt_fail(p, param, "%s", msg));
+        }
     }
     return 0;
 }
 
-void gen_shape(const model_config *c, const job_prompts *ps, const job_out *out,
+void gen_shape(const model_config *c, const tok *t, const job_prompts *ps, const job_out *out,
                const gen_opts *o, int gbs, sched_shape *sh)
 {
-    int max_prompt = 1, cap = 1;
+    int max_prompt = 1, cap = 1, draw = o->temperature > 0.0f, top = 0;
+    const int32_t *eos;
+    int32_t eos_cfg;
+    int n_eos = gen_eos_ids(t, c, &eos, &eos_cfg);
+    long edits = 0;
     for (int i = 0; i < ps->n; i++) {
         const job_prompt *p = &ps->p[i];
-        if (out && job_out_has(out, p->id))
+        if (p->err || (out && job_out_has(out, p->id)))
             continue;
         kv_split sp;
-        if (gen_split(c, &o->kv, p->n_ids, gen_max_new(p, o), p->line, &sp) < 0)
+        int mn = gen_max_new(p, o);
+        if (gen_check_length(c, &o->kv, p->n_ids, mn, p->line) < 0 ||
+            gen_split(c, &o->kv, p->n_ids, mn, p->line, &sp) < 0) {
+            err_clear();
             continue; /* gen_check refuses it */
+        }
         if (p->n_ids > max_prompt)
             max_prompt = p->n_ids;
         /* the cache holds the largest budget, not the longest sequence:
          * that is where an evicting policy saves its memory */
         if (sp.budget > cap)
             cap = sp.budget;
+        draw |= p->par.temperature > 0.0f; /* NAN (the job's) compares false */
+        top |= p->par.top_logprobs > 0;
+        const job_params *par = &p->par;
+        long e = (par->repetition_penalty != 1.0f || par->frequency_penalty != 0.0f ||
+                  par->presence_penalty != 0.0f ? p->n_ids + mn : 0) +
+                 par->n_bias + (par->min_tokens > 0 ? n_eos + par->n_stop_ids : 0);
+        edits = e > edits ? e : edits;
     }
     memset(sh, 0, sizeof *sh);
     sh->max_rows = sched_prefill_rows(o->prefill_rows, max_prompt, gbs);
@@ -86,5 +144,7 @@ void gen_shape(const model_config *c, const job_prompts *ps, const job_out *out,
     sh->evicted = o->trace != NULL;
     sh->max_prompt = max_prompt;
     /* gen_run samples every output row on the backend */
-    sh->sample = o->temperature > 0.0f ? SCHED_SAMPLE_DRAW : SCHED_SAMPLE_GREEDY;
+    sh->sample = draw ? SCHED_SAMPLE_DRAW : SCHED_SAMPLE_GREEDY;
+    sh->sample_row_edits = (int)(edits < (1 << 30) ? edits : 1 << 30);
+    sh->sample_top = top;
 }

@@ -14,8 +14,17 @@
 #include "err.h"
 #include "gen_impl.h"
 
-/* One line of the trace; gen.h (gen_run) documents the fields. */
-#define TRACE_FMT "{\"id\": %s, \"layer\": %d, \"head\": %d, \"step\": %d, \"pos\": %d}\n"
+/* One line of the trace; gen.h (gen_run) documents the fields ("sample"
+ * only for a request of several completions). */
+static int trace_line(job_file_wr *f, const gen_seq *s, int l, int h, int step, int pos)
+{
+    if (s->p->par.n > 1)
+        return job_file_printf(f, "{\"id\": %s, \"sample\": %d, \"layer\": %d, \"head\": %d, "
+                               "\"step\": %d, \"pos\": %d}\n", s->p->id, s->sample, l, h, step,
+                               pos);
+    return job_file_printf(f, "{\"id\": %s, \"layer\": %d, \"head\": %d, \"step\": %d, "
+                           "\"pos\": %d}\n", s->p->id, l, h, step, pos);
+}
 
 /* End the pass's lines (one zstd frame in a .zst trace). rc: how the
  * lines were written. */
@@ -39,7 +48,7 @@ int gen_trace_prefill(gen_ctx *gc, gen_buf *bb, const gen_seq *s, int k, job_fil
                 bb->kept[bb->slot_pos[(size_t)h * gc->cap + t]] = 1;
             for (int j = 0; rc == 0 && j < n; j++)
                 if (!bb->kept[j])
-                    rc = job_file_printf(f, TRACE_FMT, s->p->id, l, h, 0, j);
+                    rc = trace_line(f, s, l, h, 0, j);
         }
     }
     return trace_flush(f, rc);
@@ -58,7 +67,7 @@ int gen_trace_decode(gen_ctx *gc, gen_buf *bb, const gen_seq *ss, int n, job_fil
             for (int h = 0; rc == 0 && h < H; h++) {
                 int32_t e = bb->ev[((size_t)l * gc->block + k) * H + h];
                 if (e >= 0)
-                    rc = job_file_printf(f, TRACE_FMT, ss[k].p->id, l, h, step, e);
+                    rc = trace_line(f, &ss[k], l, h, step, e);
             }
         }
     return trace_flush(f, rc);

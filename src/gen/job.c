@@ -2,30 +2,22 @@
 #include "job.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
 #include "err.h"
+#include "job_impl.h"
 
 /* ------------------------------------------------------ prompt file */
 
-/* What reading one line of a prompt file needs (job_prompts_load's
- * arguments), and the message of a bad line. */
-typedef struct prompt_src {
-    const char *path;
-    const tok *t;        /* NULL: text prompts are refused */
-    int bos, vocab, max_len;
-    int line;            /* 1-based line being read */
-    char why[1024];      /* "FILE:LINE: what; what to do" of a bad line */
-} prompt_src;
-
-/* Say why the current line is bad: src->why gets "FILE:LINE: " and fmt.
- * @return -EINVAL, the code of a bad line. */
-__attribute__((format(printf, 2, 3)))
-static int bad_line(prompt_src *src, const char *fmt, ...)
+int job_bad_line(job_src *src, const char *fmt, ...)
 {
     int n = snprintf(src->why, sizeof src->why, "%s:%d: ", src->path, src->line);
     va_list ap;
@@ -36,41 +28,51 @@ static int bad_line(prompt_src *src, const char *fmt, ...)
     return -EINVAL;
 }
 
-/* "max_new_tokens", when given: a non-negative integer. @return 0 or
- * -EINVAL (a bad line). */
-static int parse_max_new(prompt_src *src, const cJSON *o, job_prompt *p)
+int job_prompt_fail(job_prompt *p, const char *param, const char *fmt, ...)
 {
-    const cJSON *mn = cJSON_GetObjectItemCaseSensitive(o, "max_new_tokens");
-    if (!mn)
-        return 0;
-    if (!cJSON_IsNumber(mn) || mn->valuedouble < 0 || mn->valuedouble != (int)mn->valuedouble)
-        return bad_line(src, "\"max_new_tokens\" must be a non-negative integer");
-    p->max_new = (int)mn->valuedouble;
-    return 0;
+    va_list ap;
+    va_start(ap, fmt);
+    char msg[1024];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    free(p->err);
+    free(p->err_param);
+    free(p->ids);
+    p->ids = NULL;
+    p->n_ids = 0;
+    p->err = strdup(msg);
+    p->err_param = param ? strdup(param) : NULL;
+    return p->err && (!param || p->err_param) ? 0 : -ENOMEM;
 }
 
-/* A text prompt: BOS (when bos >= 0), then its tokens. @return 0, -EINVAL
- * (a bad line: no tokenizer, the text does not encode, or it gives no
- * token at all) or -ENOMEM. */
-static int parse_text(prompt_src *src, const char *text, job_prompt *p)
+int job_encode_text(const job_src *src, const char *text, int bos, job_prompt *p,
+                    job_field_err *e)
 {
-    if (!src->t)
-        return bad_line(src, "text prompt but the model has no tokenizer (--dummy); give "
-                        "\"prompt_ids\" instead");
+    if (!src->o->t)
+        return job_field_bad(e, "prompt", "text prompt but the model has no tokenizer "
+                             "(--dummy); give token ids instead");
     int32_t *enc = NULL;
-    int n = tok_encode(src->t, text, strlen(text), &enc);
+    int n = tok_encode(src->o->t, text, strlen(text), &enc);
     if (n < 0) {
         /* the tokenizer's message becomes part of the line's report */
-        char msg[512];
+        char msg[400];
         snprintf(msg, sizeof msg, "%s", err_msg());
         err_clear();
-        return bad_line(src, "cannot tokenize the prompt: %s", msg);
+        return job_field_bad(e, "prompt", "cannot tokenize the prompt: %s", msg);
     }
-    int k = src->bos >= 0;
+    int k = bos >= 0;
     if (n + k == 0) {
         free(enc);
-        return bad_line(src, "the prompt is empty and the model adds no BOS; give some text");
+        return job_field_bad(e, "prompt", "the prompt is empty and the model adds no BOS; "
+                             "give some text");
     }
+    if (n + k > src->o->max_len) {
+        free(enc);
+        return job_field_bad(e, "prompt", "the prompt has %d tokens but the model takes at "
+                             "most %d (max_position_embeddings); shorten it", n + k,
+                             src->o->max_len);
+    }
+    free(p->ids);
     p->ids = malloc(sizeof(int32_t) * ((size_t)n + 1));
     if (!p->ids) {
         free(enc);
@@ -78,7 +80,7 @@ static int parse_text(prompt_src *src, const char *text, job_prompt *p)
         return -ENOMEM;
     }
     if (k)
-        p->ids[0] = src->bos;
+        p->ids[0] = bos;
     if (n > 0)
         memcpy(p->ids + k, enc, sizeof(int32_t) * (size_t)n);
     free(enc);
@@ -86,13 +88,16 @@ static int parse_text(prompt_src *src, const char *text, job_prompt *p)
     return 0;
 }
 
-/* "prompt_ids": at least one token id in [0, vocab), used as given.
- * @return 0, -EINVAL (a bad line) or -ENOMEM. */
-static int parse_ids(prompt_src *src, const cJSON *ids, job_prompt *p)
+int job_parse_ids(const job_src *src, const cJSON *ids, const char *field, job_prompt *p,
+                  job_field_err *e)
 {
     int n = cJSON_GetArraySize(ids);
     if (n == 0)
-        return bad_line(src, "\"prompt_ids\" is empty; give at least one token");
+        return job_field_bad(e, field, "\"%s\" is empty; give at least one token", field);
+    if (n > src->o->max_len)
+        return job_field_bad(e, field, "the prompt has %d tokens but the model takes at most "
+                             "%d (max_position_embeddings); shorten it", n, src->o->max_len);
+    free(p->ids);
     p->ids = malloc(sizeof(int32_t) * (size_t)n);
     if (!p->ids) {
         err_set(__FILE__, __LINE__, "out of memory");
@@ -100,63 +105,108 @@ static int parse_ids(prompt_src *src, const cJSON *ids, job_prompt *p)
     }
     p->n_ids = n;
     int i = 0;
-    const cJSON *e;
-    cJSON_ArrayForEach(e, ids) {
-        if (!cJSON_IsNumber(e) || e->valuedouble != (int)e->valuedouble ||
-            e->valuedouble < 0 || e->valuedouble >= src->vocab)
-            return bad_line(src, "prompt_ids[%d] is not a token id in [0, %d)", i, src->vocab);
-        p->ids[i++] = (int32_t)e->valuedouble;
+    const cJSON *x;
+    cJSON_ArrayForEach(x, ids) {
+        if (!cJSON_IsNumber(x) || x->valuedouble != floor(x->valuedouble) ||
+            !(x->valuedouble >= 0 && x->valuedouble < src->o->vocab))
+            return job_field_bad(e, field, "%s[%d] is not a token id in [0, %d)", field, i,
+                                 src->o->vocab);
+        p->ids[i++] = (int32_t)x->valuedouble;
     }
     return 0;
 }
 
-/* The model input of the line: exactly one of "prompt" (a string) and
- * "prompt_ids" (an array), no longer than max_len tokens. @return 0,
- * -EINVAL (a bad line) or -ENOMEM. */
-static int parse_input(prompt_src *src, const cJSON *o, job_prompt *p)
+char *job_id_json(const cJSON *id)
 {
-    const cJSON *txt = cJSON_GetObjectItemCaseSensitive(o, "prompt");
-    const cJSON *ids = cJSON_GetObjectItemCaseSensitive(o, "prompt_ids");
-    if (cJSON_IsString(txt) && !ids)
-        FORWARD_IF(parse_text(src, txt->valuestring, p));
-    else if (cJSON_IsArray(ids) && !txt)
-        FORWARD_IF(parse_ids(src, ids, p));
-    else
-        return bad_line(src, "give exactly one of \"prompt\" (a string) or \"prompt_ids\" "
-                        "(an array of token ids)");
-    if (p->n_ids > src->max_len)
-        return bad_line(src, "the prompt has %d tokens but the model takes at most %d "
-                        "(max_position_embeddings); shorten it", p->n_ids, src->max_len);
-    return 0;
+    if (!cJSON_IsString(id))
+        return cJSON_PrintUnformatted(id);
+    char *clean = job_utf8_sanitize(id->valuestring, strlen(id->valuestring), NULL);
+    cJSON *s = clean ? cJSON_CreateString(clean) : NULL;
+    char *out = s ? cJSON_PrintUnformatted(s) : NULL;
+    cJSON_Delete(s);
+    free(clean);
+    return out;
 }
 
-/* One non-blank line, checked in this order: JSON object, "id" type,
- * "max_new_tokens", the prompt; then the id as compact JSON (the line
- * number when absent). On failure p may hold allocations the caller frees.
- * @return 0, -EINVAL (a bad line: src->why says why) or -ENOMEM. */
-static int parse_line(prompt_src *src, const char *line, size_t len, job_prompt *p)
+/* The fields a native line may have; any other is refused by name (a
+ * misspelt control would otherwise be ignored without a word). */
+static const char *const native_fields[] = {
+    "id", "prompt", "prompt_ids", "max_new_tokens", "top_logprobs", "metadata",
+    JOB_PARAM_FIELDS, NULL};
+
+/* A native line: {"id"?, "prompt" | "prompt_ids", "max_new_tokens"?,
+ * "top_logprobs"?, sampling fields}. @return 0, -EINVAL (src->why) or
+ * -ENOMEM. */
+static int parse_native(job_src *src, const cJSON *o, job_prompt *p)
 {
-    cJSON *o = cJSON_ParseWithLength(line, len);
-    int rc = 0;
-    const cJSON *id = cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, "id") : NULL;
-    if (!cJSON_IsObject(o))
-        rc = bad_line(src, "invalid JSON; each line must be one object like "
-                      "{\"id\": 1, \"prompt\": \"text\"}");
-    else if (id && !cJSON_IsString(id) && !cJSON_IsNumber(id))
-        rc = bad_line(src, "\"id\" must be a string or a number");
+    job_field_err e = {0};
+    const cJSON *f;
+    cJSON_ArrayForEach(f, o) {
+        int known = 0;
+        for (int i = 0; native_fields[i] && !known; i++)
+            known = strcmp(f->string, native_fields[i]) == 0;
+        if (!known)
+            return job_bad_line(src, "unknown field \"%.60s\"; the fields are id, prompt or "
+                                "prompt_ids, max_new_tokens, top_logprobs and the sampling "
+                                "controls of the README", f->string);
+    }
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");
+    if (id && !cJSON_IsString(id) && !cJSON_IsNumber(id))
+        return job_bad_line(src, "\"id\" must be a string or a number");
+    int rc = job_field_int(o, "max_new_tokens", 0, JOB_MAX_NEW_MAX, &p->max_new, &e);
     if (rc == 0)
-        rc = parse_max_new(src, o, p);
+        rc = job_field_int(o, "top_logprobs", 0, JOB_TOP_LOGPROBS_MAX, &p->par.top_logprobs,
+                           &e);
     if (rc == 0)
-        rc = parse_input(src, o, p);
-    if (rc == 0 && id) {
-        p->id = cJSON_PrintUnformatted(id);
-    } else if (rc == 0) {
+        rc = job_params_parse(o, src->o->vocab, &p->par, &e);
+    const cJSON *txt = cJSON_GetObjectItemCaseSensitive(o, "prompt");
+    const cJSON *ids = cJSON_GetObjectItemCaseSensitive(o, "prompt_ids");
+    if (rc == 0 && cJSON_IsString(txt) && !ids)
+        rc = job_encode_text(src, txt->valuestring, src->o->bos, p, &e);
+    else if (rc == 0 && cJSON_IsArray(ids) && !txt)
+        rc = job_parse_ids(src, ids, "prompt_ids", p, &e);
+    else if (rc == 0)
+        return job_bad_line(src, "give exactly one of \"prompt\" (a string) or \"prompt_ids\" "
+                            "(an array of token ids)");
+    if (rc == -EINVAL)
+        return job_bad_line(src, "%s", e.why);
+    FORWARD_IF(rc);
+    p->par.logprobs = 1; /* the native record always carries them */
+    if (id) {
+        p->id = job_id_json(id);
+    } else {
         p->id = malloc(16);
         if (p->id)
             snprintf(p->id, 16, "%d", src->line);
     }
-    if (rc == 0 && !p->id)
-        rc = -ENOMEM;
+    return p->id ? 0 : -ENOMEM;
+}
+
+/* One non-blank line: a JSON object of either format (the first line
+ * decides the file's: *kind, -1 until then). On failure p may hold
+ * allocations the caller frees. @return 0, -EINVAL (a bad line:
+ * src->why says why) or -ENOMEM. */
+static int parse_line(job_src *src, const char *line, size_t len, int *kind, job_prompt *p)
+{
+    cJSON *o = cJSON_ParseWithLength(line, len);
+    int rc;
+    if (!cJSON_IsObject(o)) {
+        rc = job_bad_line(src, "invalid JSON; each line must be one object like "
+                          "{\"id\": 1, \"prompt\": \"text\"}");
+    } else if (job_openai_is(o)) {
+        rc = *kind == JOB_NATIVE ? job_bad_line(src, "an OpenAI batch request in a file of "
+                                                "native lines; use one format per file")
+                                 : job_openai_parse(src, o, p);
+        if (rc == 0)
+            *kind = JOB_OPENAI_CHAT; /* either OpenAI kind: the file is OpenAI's */
+    } else {
+        rc = *kind >= 0 && *kind != JOB_NATIVE
+                 ? job_bad_line(src, "a native line in an OpenAI batch file; use one format "
+                                "per file")
+                 : parse_native(src, o, p);
+        if (rc == 0)
+            *kind = JOB_NATIVE;
+    }
     cJSON_Delete(o);
     return rc;
 }
@@ -186,28 +236,38 @@ static int prompts_append(job_prompts *ps, int *cap, const job_prompt *p)
     return 0;
 }
 
+static void prompt_free(job_prompt *p)
+{
+    free(p->id);
+    free(p->ids);
+    free(p->model);
+    free(p->err);
+    free(p->err_param);
+    job_params_free(&p->par);
+}
+
 /* Read and keep the prompts of f, line by line; a bad line is reported
  * (counted in ps->n_bad) or, when strict, stops the read with its message
  * as the error. @return 0, -EINVAL (strict), -ENOMEM or the reader's
  * -errno (a damaged .zst file). */
-static int prompts_read(job_file_rd *f, prompt_src *src, int strict, job_prompts *ps)
+static int prompts_read(job_file_rd *f, job_src *src, job_prompts *ps)
 {
     char *line;
     ssize_t len;
-    int rc = 0, cap = 0;
+    int rc = 0, cap = 0, kind = -1;
     while (rc == 0 && (len = job_file_rd_line(f, &line, NULL)) > 0) {
         src->line++;
         if (line_blank(line, (size_t)len))
             continue;
         job_prompt p = {.line = src->line, .max_new = -1};
-        rc = parse_line(src, line, (size_t)len, &p);
+        job_params_init(&p.par);
+        rc = parse_line(src, line, (size_t)len, &kind, &p);
         if (rc == 0)
             rc = prompts_append(ps, &cap, &p);
         if (rc == 0)
             continue; /* ps owns p now */
-        free(p.ids);
-        free(p.id);
-        if (rc == -EINVAL && strict) {
+        prompt_free(&p);
+        if (rc == -EINVAL && src->o->strict) {
             err_set(__FILE__, __LINE__, "%s", src->why);
         } else if (rc == -EINVAL) {
             err_log("%s", src->why);
@@ -218,15 +278,41 @@ static int prompts_read(job_file_rd *f, prompt_src *src, int strict, job_prompts
     return rc < 0 ? rc : len < 0 ? (int)len : 0;
 }
 
-int job_prompts_load(const char *path, const tok *t, int bos, int vocab,
-                     int max_len, int strict, job_prompts *ps)
+/* Refuse a job whose requests share an id: its output is keyed on the id,
+ * so --resume would take the second for done. @return 0, -EINVAL or
+ * -ENOMEM. */
+static int check_unique(const char *path, const job_prompts *ps)
+{
+    job_idset set = {0};
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < ps->n; i++) {
+        if (job_idset_has(&set, ps->p[i].id)) {
+            int first = 0;
+            while (strcmp(ps->p[first].id, ps->p[i].id) != 0)
+                first++;
+            err_set(__FILE__, __LINE__, "%s:%d: id %.80s is also on line %d; ids must be "
+                    "unique (the output is keyed on them): rename one", path, ps->p[i].line,
+                    ps->p[i].id, ps->p[first].line);
+            rc = -EINVAL;
+        } else {
+            rc = job_idset_add(&set, ps->p[i].id);
+        }
+    }
+    job_idset_free(&set);
+    return rc;
+}
+
+int job_prompts_load(const char *path, const job_load_opts *o, job_prompts *ps)
 {
     memset(ps, 0, sizeof *ps);
     job_file_rd *f;
     FORWARD_IF(job_file_rd_open(path, "prompt file", -1, &f));
-    prompt_src src = {.path = path, .t = t, .bos = bos, .vocab = vocab, .max_len = max_len};
-    int rc = prompts_read(f, &src, strict, ps);
+    job_src src = {.path = path, .o = o};
+    job_chat_resolve(&src);
+    int rc = prompts_read(f, &src, ps);
     job_file_rd_close(f);
+    if (rc == 0)
+        rc = check_unique(path, ps);
     if (rc < 0) {
         job_prompts_free(ps);
         if (rc == -ENOMEM)
@@ -237,46 +323,63 @@ int job_prompts_load(const char *path, const tok *t, int bos, int vocab,
 
 void job_prompts_free(job_prompts *ps)
 {
-    for (int i = 0; i < ps->n; i++) {
-        free(ps->p[i].id);
-        free(ps->p[i].ids);
-    }
+    for (int i = 0; i < ps->n; i++)
+        prompt_free(&ps->p[i]);
     free(ps->p);
     memset(ps, 0, sizeof *ps);
 }
 
-/* ------------------------------------------------------------ output */
+/* ---------------------------------------------------------- id sets */
 
-/* The slot of id in the done set: where it is, or the free slot where it
- * belongs. The set always has a free slot (at most half full). */
-static size_t done_slot(char *const *done, size_t mask, const char *id)
+/* The slot of id in set: where it is, or the free slot where it belongs.
+ * The set always has a free slot (at most half full). */
+static size_t idset_slot(const job_idset *set, const char *id)
 {
-    size_t i = (size_t)XXH3_64bits(id, strlen(id)) & mask;
-    while (done[i] && strcmp(done[i], id) != 0)
-        i = (i + 1) & mask;
+    size_t i = (size_t)XXH3_64bits(id, strlen(id)) & set->mask;
+    while (set->slot[i] && strcmp(set->slot[i], id) != 0)
+        i = (i + 1) & set->mask;
     return i;
 }
 
+int job_idset_add(job_idset *set, const char *id)
+{
+    if (!set->slot || 2 * ((size_t)set->n + 1) > set->mask + 1) {
+        size_t cap = set->slot ? 2 * (set->mask + 1) : 64;
+        job_idset grown = {.slot = calloc(cap, sizeof(char *)), .mask = cap - 1, .n = set->n};
+        RETURN_IF(!grown.slot, -ENOMEM, "out of memory for %d ids", set->n + 1);
+        for (size_t i = 0; set->slot && i <= set->mask; i++)
+            if (set->slot[i])
+                grown.slot[idset_slot(&grown, set->slot[i])] = set->slot[i];
+        free(set->slot);
+        *set = grown;
+    }
+    size_t i = idset_slot(set, id);
+    if (set->slot[i])
+        return 0; /* already there */
+    set->slot[i] = strdup(id);
+    RETURN_IF(!set->slot[i], -ENOMEM, "out of memory");
+    set->n++;
+    return 0;
+}
+
+int job_idset_has(const job_idset *set, const char *id)
+{
+    return set->slot && set->slot[idset_slot(set, id)] != NULL;
+}
+
+void job_idset_free(job_idset *set)
+{
+    for (size_t i = 0; set->slot && i <= set->mask; i++)
+        free(set->slot[i]);
+    free(set->slot);
+    memset(set, 0, sizeof *set);
+}
+
+/* ------------------------------------------------------------ output */
+
 static int add_done(job_out *o, const char *id)
 {
-    if (!o->done || 2 * ((size_t)o->n_done + 1) > o->done_mask + 1) {
-        size_t cap = o->done ? 2 * (o->done_mask + 1) : 64;
-        char **nd = calloc(cap, sizeof *nd);
-        RETURN_IF(!nd, -ENOMEM, "out of memory for %d completed ids", o->n_done + 1);
-        for (size_t i = 0; o->done && i <= o->done_mask; i++)
-            if (o->done[i])
-                nd[done_slot(nd, cap - 1, o->done[i])] = o->done[i];
-        free(o->done);
-        o->done = nd;
-        o->done_mask = cap - 1;
-    }
-    size_t i = done_slot(o->done, o->done_mask, id);
-    if (o->done[i])
-        return 0; /* already there */
-    o->done[i] = strdup(id);
-    RETURN_IF(!o->done[i], -ENOMEM, "out of memory");
-    o->n_done++;
-    return 0;
+    return job_idset_add(&o->done, id);
 }
 
 /* Read the ids of a completions file, up to the end of its last complete
@@ -297,7 +400,10 @@ static int scan_existing(job_out *o)
     while ((len = job_file_rd_line(f, &line, NULL)) > 0) {
         lineno++;
         cJSON *r = cJSON_ParseWithLength(line, (size_t)len);
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(r, "id");
+        /* an OpenAI batch line is keyed on its custom_id, a native one on its id */
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(r, "custom_id");
+        if (!id)
+            id = cJSON_GetObjectItemCaseSensitive(r, "id");
         if (!id) {
             cJSON_Delete(r);
             err_set(__FILE__, __LINE__, "%s:%d: not a flexh2o completion record; "
@@ -331,6 +437,8 @@ int job_out_open(const char *path, int resume, job_out *o)
     memset(o, 0, sizeof *o);
     o->path = strdup(path);
     RETURN_IF(!o->path, -ENOMEM, "out of memory");
+    const char *epoch = getenv("SOURCE_DATE_EPOCH"); /* reproducible outputs */
+    o->created = epoch && *epoch ? atoll(epoch) : (long long)time(NULL);
     struct stat st;
     int rc = 0;
     if (!resume && stat(path, &st) == 0 && st.st_size > 0) {
@@ -349,7 +457,7 @@ int job_out_open(const char *path, int resume, job_out *o)
 
 int job_out_has(const job_out *o, const char *id)
 {
-    return o->done && o->done[done_slot(o->done, o->done_mask, id)] != NULL;
+    return job_idset_has(&o->done, id);
 }
 
 char *job_utf8_sanitize(const char *s, size_t len, size_t *out_len)
@@ -377,47 +485,109 @@ char *job_utf8_sanitize(const char *s, size_t len, size_t *out_len)
     return out;
 }
 
+/* Append one record (a JSON object's text, without newline) with key id
+ * and flush it. @return 0, -EIO or -ENOMEM. */
+static int out_append(job_out *o, const char *id, const char *js)
+{
+    if (job_file_write(o->f, js, strlen(js)) < 0 || job_file_write(o->f, "\n", 1) < 0 ||
+        job_file_flush(o->f) < 0) {
+        err_set(__FILE__, __LINE__, "%s: write failed (%s); the records "
+                "before this one are intact, free space and rerun with --resume",
+                o->path, strerror(errno));
+        return -EIO;
+    }
+    return add_done(o, id);
+}
+
+/* Add the native fields of one completion to r: "completion", "tokens",
+ * "logprobs", "top_logprobs" (top > 0: per token, [[id, logprob], ...]),
+ * "finish_reason", and "stop_reason" when a stop string or id ended it.
+ * @return 0 or -ENOMEM. */
+static int native_fields_of(cJSON *r, const job_choice *ch, int top)
+{
+    char *clean = job_utf8_sanitize(ch->text, ch->len, NULL);
+    if (!clean)
+        return -ENOMEM;
+    cJSON_AddStringToObject(r, "completion", clean);
+    free(clean);
+    cJSON *tk = cJSON_AddArrayToObject(r, "tokens");
+    cJSON *lp = cJSON_AddArrayToObject(r, "logprobs");
+    cJSON *tl = top > 0 ? cJSON_CreateArray() : NULL;
+    for (int i = 0; i < ch->n; i++) {
+        cJSON_AddItemToArray(tk, cJSON_CreateNumber(ch->tokens[i]));
+        cJSON_AddItemToArray(lp, cJSON_CreateNumber(ch->logprobs[i]));
+        cJSON *row = tl ? cJSON_CreateArray() : NULL;
+        for (int k = 0; row && k < top; k++) {
+            cJSON *pair = cJSON_CreateArray();
+            size_t at = (size_t)i * (size_t)ch->top_stride + (size_t)k;
+            cJSON_AddItemToArray(pair, cJSON_CreateNumber(ch->top_ids[at]));
+            cJSON_AddItemToArray(pair, cJSON_CreateNumber(ch->top_lps[at]));
+            cJSON_AddItemToArray(row, pair);
+        }
+        if (row)
+            cJSON_AddItemToArray(tl, row);
+    }
+    if (tl)
+        cJSON_AddItemToObject(r, "top_logprobs", tl);
+    cJSON_AddStringToObject(r, "finish_reason", ch->finish);
+    if (ch->stop_str)
+        cJSON_AddStringToObject(r, "stop_reason", ch->stop_str);
+    else if (ch->stop_id >= 0)
+        cJSON_AddNumberToObject(r, "stop_reason", ch->stop_id);
+    return 0;
+}
+
+/* The native record of p: {"id", fields of its completion} for n = 1,
+ * {"id", "choices": [{"index", fields}, ...]} for more. @return the text
+ * (caller frees) or NULL when out of memory. */
+static char *native_record(const job_prompt *p, const job_choice *ch, int n)
+{
+    cJSON *r = cJSON_CreateObject();
+    cJSON *idv = cJSON_Parse(p->id);
+    int rc = r && idv ? 0 : -ENOMEM;
+    if (rc == 0) {
+        cJSON_AddItemToObject(r, "id", idv);
+        idv = NULL;
+    }
+    int top = p->par.top_logprobs;
+    if (rc == 0 && n == 1) {
+        rc = native_fields_of(r, ch, top);
+    } else if (rc == 0) {
+        cJSON *cs = cJSON_AddArrayToObject(r, "choices");
+        for (int i = 0; rc == 0 && i < n; i++) {
+            cJSON *c = cJSON_CreateObject();
+            rc = c ? 0 : -ENOMEM;
+            if (rc == 0) {
+                cJSON_AddItemToArray(cs, c);
+                cJSON_AddNumberToObject(c, "index", i);
+                rc = native_fields_of(c, &ch[i], top);
+            }
+        }
+    }
+    char *js = rc == 0 ? cJSON_PrintUnformatted(r) : NULL;
+    cJSON_Delete(idv);
+    cJSON_Delete(r);
+    return js;
+}
+
+int job_out_result(job_out *o, const job_prompt *p, const job_choice *ch, int n, const tok *t)
+{
+    char *js = p->kind == JOB_NATIVE ? native_record(p, ch, n)
+                                     : job_openai_record(o, p, ch, n, t);
+    RETURN_IF(!js, -ENOMEM, "out of memory writing a record");
+    int rc = out_append(o, p->id, js);
+    free(js);
+    return rc;
+}
+
 int job_out_write(job_out *o, const char *id, const char *text, size_t len,
                   const int32_t *tokens, const float *logprobs, int n,
                   const char *finish_reason)
 {
-    char *clean = job_utf8_sanitize(text, len, NULL);
-    cJSON *r = cJSON_CreateObject();
-    cJSON *idv = cJSON_Parse(id);
-    int rc = clean && r && idv ? 0 : -ENOMEM;
-    if (rc == 0) {
-        cJSON_AddItemToObject(r, "id", idv);
-        idv = NULL;
-        cJSON_AddStringToObject(r, "completion", clean);
-        cJSON *tk = cJSON_AddArrayToObject(r, "tokens");
-        cJSON *lp = cJSON_AddArrayToObject(r, "logprobs");
-        for (int i = 0; i < n; i++) {
-            cJSON_AddItemToArray(tk, cJSON_CreateNumber(tokens[i]));
-            cJSON_AddItemToArray(lp, cJSON_CreateNumber(logprobs[i]));
-        }
-        cJSON_AddStringToObject(r, "finish_reason", finish_reason);
-        char *js = cJSON_PrintUnformatted(r);
-        if (!js) {
-            rc = -ENOMEM;
-        } else {
-            if (job_file_write(o->f, js, strlen(js)) < 0 || job_file_write(o->f, "\n", 1) < 0 ||
-                job_file_flush(o->f) < 0) {
-                err_set(__FILE__, __LINE__, "%s: write failed (%s); the records "
-                        "before this one are intact, free space and rerun with --resume",
-                        o->path, strerror(errno));
-                rc = -EIO;
-            }
-            free(js);
-        }
-    }
-    cJSON_Delete(idv);
-    cJSON_Delete(r);
-    free(clean);
-    if (rc == -ENOMEM)
-        err_set(__FILE__, __LINE__, "out of memory writing a record");
-    if (rc == 0)
-        rc = add_done(o, id);
-    return rc;
+    job_prompt p = {.id = (char *)id, .kind = JOB_NATIVE};
+    job_choice ch = {.text = text, .len = len, .tokens = tokens, .logprobs = logprobs, .n = n,
+                     .finish = finish_reason, .stop_id = -1};
+    return job_out_result(o, &p, &ch, 1, NULL);
 }
 
 int job_out_close(job_out *o)
@@ -428,9 +598,7 @@ int job_out_close(job_out *o)
         if (rc < 0)
             err_set(__FILE__, __LINE__, "%s: closing failed (%s)", o->path, strerror(-rc));
     }
-    for (size_t i = 0; o->done && i <= o->done_mask; i++)
-        free(o->done[i]);
-    free(o->done);
+    job_idset_free(&o->done);
     free(o->path);
     memset(o, 0, sizeof *o);
     return rc;
