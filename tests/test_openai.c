@@ -8,7 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "cli_harness.h"
 #include "fh_config.h"
@@ -331,6 +335,17 @@ Test(openai, chat_messages_through_the_template)
         snprintf(p1, sizeof p1, "response.body.choices.0.logprobs.token_logprobs.%d", k);
         cr_assert_float_eq(num_at(l[0], p0), num_at(l[1], p1), 1e-6, "token %d", k);
     }
+    /* a native line with the same messages */
+    cli_write("cn.jsonl", "{\"id\": \"chat\", \"messages\": [{\"role\": \"system\", \"content\": "
+                          "\"Be brief.\"}, {\"role\": \"user\", \"content\": \"Hello there\"}], "
+                          "\"max_new_tokens\": 6}\n");
+    cr_assert_eq(cli_run("generate --model chat --prompts cn.jsonl --out cn.out --quiet "
+                         "--ignore-eos --chat-template qwen2.5"), 0, "%s", cli_err);
+    int nn;
+    cJSON **ln = read_lines("cn.out", &nn);
+    cr_assert_str_eq(str_at(ln[0], "completion"),
+                     str_at(l[0], "response.body.choices.0.message.content"));
+    free_lines(ln, nn);
     free_lines(l, n);
     validate_with_openai("c.out");
 
@@ -348,4 +363,59 @@ Test(openai, chat_messages_through_the_template)
                          "--chat-template qwen9"), 2);
     cr_assert(strstr(cli_err, "unknown chat template \"qwen9\"") && strstr(cli_err, "llama3"),
               "%s", cli_err);
+}
+
+/* A real kill: `generate` of an OpenAI job into a .zst output, killed
+ * with SIGKILL once records are flushed, then --resume: the output
+ * decompresses to exactly the uninterrupted run's (one frame per record;
+ * a frame cut by the kill is dropped and redone). Batches of one, so that
+ * the resumed run's batches equal the first run's. */
+Test(openai, killed_mid_job_then_resumed_loses_nothing)
+{
+    char job[16384] = "";
+    for (int i = 0; i < 48; i++) {
+        char line[512];
+        snprintf(line, sizeof line, "{\"custom_id\": \"k%d\", \"method\": \"POST\", \"url\": "
+                 "\"/v1/completions\", \"body\": {\"prompt\": \"And it came to pass\", "
+                 "\"max_tokens\": 48, \"temperature\": 0.8, \"seed\": %d, \"logprobs\": 1}}\n",
+                 i, i);
+        strcat(job, line);
+    }
+    cli_write("k.jsonl", job);
+    setenv("SOURCE_DATE_EPOCH", "1700000000", 1);
+    cr_assert_eq(cli_run("generate --model " KJV " --prompts k.jsonl --out full.jsonl.zst "
+                         "--quiet --batch-size 1 --ignore-eos"), 0, "%s", cli_err);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (chdir(cli_dir) != 0)
+            _exit(99);
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 2);
+        execl(getenv("FLEXH2O_BIN"), "flexh2o", "generate", "--model", KJV, "--prompts",
+              "k.jsonl", "--out", "k.jsonl.zst", "--quiet", "--batch-size", "1",
+              "--ignore-eos", "--device", "cpu", (char *)NULL);
+        _exit(98);
+    }
+    char path[600];
+    snprintf(path, sizeof path, "%s/k.jsonl.zst", cli_dir);
+    struct stat st = {0};
+    for (int t = 0; t < 20000 && (stat(path, &st) != 0 || st.st_size < 4000); t++)
+        usleep(500);
+    kill(pid, SIGKILL);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFSIGNALED(status), "the job ended before the kill (exit %d); make it longer",
+              WEXITSTATUS(status));
+    cr_assert_eq(cli_run("generate --model " KJV " --prompts k.jsonl --out k.jsonl.zst --quiet "
+                         "--batch-size 1 --ignore-eos --resume"), 0, "%s", cli_err);
+    unsetenv("SOURCE_DATE_EPOCH");
+    int nf_full, nf;
+    char *want = cli_read_zst("full.jsonl.zst", &nf_full, NULL);
+    char *got = cli_read_zst("k.jsonl.zst", &nf, NULL);
+    cr_assert_eq(nf, 48);
+    cr_assert_eq(nf_full, 48);
+    cr_assert_str_eq(got, want);
+    free(want);
+    free(got);
 }

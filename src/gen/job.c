@@ -131,7 +131,7 @@ char *job_id_json(const cJSON *id)
 /* The fields a native line may have; any other is refused by name (a
  * misspelt control would otherwise be ignored without a word). */
 static const char *const native_fields[] = {
-    "id", "prompt", "prompt_ids", "max_new_tokens", "top_logprobs", "metadata",
+    "id", "prompt", "prompt_ids", "messages", "max_new_tokens", "top_logprobs", "metadata",
     JOB_PARAM_FIELDS, NULL};
 
 /* A native line: {"id"?, "prompt" | "prompt_ids", "max_new_tokens"?,
@@ -161,13 +161,17 @@ static int parse_native(job_src *src, const cJSON *o, job_prompt *p)
         rc = job_params_parse(o, src->o->vocab, &p->par, &e);
     const cJSON *txt = cJSON_GetObjectItemCaseSensitive(o, "prompt");
     const cJSON *ids = cJSON_GetObjectItemCaseSensitive(o, "prompt_ids");
-    if (rc == 0 && cJSON_IsString(txt) && !ids)
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(o, "messages");
+    int given = !!txt + !!ids + !!msgs;
+    if (rc == 0 && given == 1 && cJSON_IsString(txt))
         rc = job_encode_text(src, txt->valuestring, src->o->bos, p, &e);
-    else if (rc == 0 && cJSON_IsArray(ids) && !txt)
+    else if (rc == 0 && given == 1 && cJSON_IsArray(ids))
         rc = job_parse_ids(src, ids, "prompt_ids", p, &e);
+    else if (rc == 0 && given == 1 && msgs)
+        rc = job_chat_encode(src, msgs, p, &e);
     else if (rc == 0)
-        return job_bad_line(src, "give exactly one of \"prompt\" (a string) or \"prompt_ids\" "
-                            "(an array of token ids)");
+        return job_bad_line(src, "give exactly one of \"prompt\" (a string), \"prompt_ids\" "
+                            "(an array of token ids) or \"messages\" (chat)");
     if (rc == -EINVAL)
         return job_bad_line(src, "%s", e.why);
     FORWARD_IF(rc);
