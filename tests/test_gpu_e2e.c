@@ -419,3 +419,70 @@ Test(gpu_e2e, kv_copy_continues_as_the_source, .timeout = 120)
     unsetenv("FLEXH2O_IO_ORDER");
     backend_destroy(&be);
 }
+
+/* The request controls on CUDA (README "Sampling"): greedy with penalties,
+ * logit_bias, min_tokens and a stop id gives the CPU's tokens (both follow
+ * the same edits; fp16 logits may break a near-tie, reported); top
+ * logprobs list the greedy choice first; n = 3 completions (one prefill,
+ * the cache copied on the device) equal three requests with seeds S, S+1,
+ * S+2, on the GPU tier and with the KV cache on the CPU. */
+Test(gpu_e2e, request_controls_on_cuda, .timeout = 120)
+{
+    cli_write("c.jsonl",
+              "{\"id\": \"g\", \"prompt_ids\": [2, 100, 200, 100, 7, 100], \"max_new_tokens\": "
+              "10, \"repetition_penalty\": 1.5, \"frequency_penalty\": 0.5, \"presence_penalty\": "
+              "0.3, \"logit_bias\": {\"50\": 2}, \"min_tokens\": 4, \"stop_token_ids\": [9], "
+              "\"top_logprobs\": 4}\n");
+    char *out[2];
+    for (int g = 0; g < 2; g++) {
+        cr_assert_eq(cli_run("generate --model " TINY " --prompts c.jsonl --out c%d.jsonl "
+                             "--quiet --device %s", g, g ? "cuda" : "cpu"), 0, "%s", cli_err);
+        char name[32];
+        snprintf(name, sizeof name, "c%d.jsonl", g);
+        out[g] = cli_read(name);
+    }
+    const char *ta = strstr(out[0], "\"tokens\":"), *tb = strstr(out[1], "\"tokens\":");
+    cr_assert(ta && tb);
+    cr_assert_eq(strncmp(ta, tb, (size_t)(strchr(ta, ']') - ta)), 0,
+                 "penalised greedy tokens differ: CPU %.80s, CUDA %.80s", ta, tb);
+    const char *top = strstr(out[1], "\"top_logprobs\":[[[");
+    cr_assert(top, "%s", out[1]);
+    cr_assert_eq(atoi(top + 18), atoi(tb + 10), "the first top logprob is not the greedy choice");
+    free(out[0]);
+    free(out[1]);
+
+    cli_write("n.jsonl", "{\"id\": \"q\", \"prompt_ids\": [2, 45, 300, 17, 9, 33], \"n\": 3, "
+                         "\"seed\": 40, \"max_new_tokens\": 10, \"temperature\": 0.8, \"top_k\": "
+                         "40, \"min_p\": 0.02}\n");
+    const char *placements[] = {"--percent 100 0 100 0 100 0",
+                                "--percent 100 0 0 100 100 0"};
+    for (int p = 0; p < 2; p++) {
+        cr_assert_eq(cli_run("generate --model " TINY " --prompts n.jsonl --out n%d.jsonl "
+                             "--quiet --device cuda --batch-size 3 %s", p, placements[p]), 0,
+                     "%s", cli_err);
+        char name[32];
+        snprintf(name, sizeof name, "n%d.jsonl", p);
+        char *n = cli_read(name);
+        const char *at = n;
+        for (int j = 0; j < 3; j++) {
+            char job[256];
+            snprintf(job, sizeof job, "{\"id\": \"q\", \"prompt_ids\": [2, 45, 300, 17, 9, 33], "
+                     "\"seed\": %d, \"max_new_tokens\": 10, \"temperature\": 0.8, \"top_k\": "
+                     "40, \"min_p\": 0.02}\n", 40 + j);
+            cli_write("s.jsonl", job);
+            cr_assert_eq(cli_run("generate --model " TINY " --prompts s.jsonl --out s%d%d.jsonl "
+                                 "--quiet --device cuda --batch-size 3 %s", p, j, placements[p]),
+                         0, "%s", cli_err);
+            snprintf(name, sizeof name, "s%d%d.jsonl", p, j);
+            char *s = cli_read(name);
+            const char *want = strstr(s, "\"tokens\":");
+            at = strstr(at, "\"tokens\":");
+            cr_assert(at && want);
+            cr_assert_eq(strncmp(at, want, (size_t)(strchr(want, ']') - want)), 0,
+                         "%s sample %d: %.80s, alone %.80s", placements[p], j, at, want);
+            at++;
+            free(s);
+        }
+        free(n);
+    }
+}
