@@ -80,8 +80,8 @@ Test(cli, generate_matches_golden_and_is_batch_invariant)
     assert_same_outputs("b1.jsonl", "b4.jsonl", 1e-4);
     cJSON *r = records("b1.jsonl");
     cr_assert_eq(cJSON_GetArraySize(r), 5);
-    /* input order, ids as given or the line number */
-    const char *ids[] = {"\"a\"", "7", "3", "\"d\"", "\"e\""};
+    /* input order, ids as given or {"line": N} */
+    const char *ids[] = {"\"a\"", "7", "{\"line\":3}", "\"d\"", "\"e\""};
     for (int i = 0; i < 5; i++) {
         char *s = cJSON_PrintUnformatted(cJSON_GetObjectItem(cJSON_GetArrayItem(r, i), "id"));
         cr_assert_str_eq(s, ids[i]);

@@ -13,6 +13,7 @@
 
 #include "cli_harness.h"
 #include "err.h"
+#include "fh_config.h"
 #include "job.h"
 #include "job_file.h"
 #include "off.h"
@@ -432,4 +433,61 @@ Test(job, zst_prompt_files)
     cr_assert(strstr(err_msg(), "p.jsonl.zst: not a zstd file (or corrupt at byte ") &&
               strstr(err_msg(), "zstd -t") && !strchr(err_msg(), '\n'), "%s", err_msg());
     err_clear();
+}
+
+/* Job-file integrity (issue 15): --out may not be --prompts (or the
+ * eviction trace), also through a link; a repeated id is a bad line
+ * (reported, skipped, exit 3) so that --resume is unambiguous; a line
+ * without an id gets {"line": N}, which no given id (7, "7") equals; a
+ * prompt file that cannot be read (a directory) is an error, not an empty
+ * job; ids and messages with invalid UTF-8 come out as valid JSON. */
+Test(job, integrity_of_the_job_files)
+{
+    const char *model = FH_SOURCE_ROOT "/tests/fixtures/tiny-opt";
+    cli_write("p.jsonl", "{\"id\": 7, \"prompt_ids\": [2, 5], \"max_new_tokens\": 2}\n"
+                         "{\"prompt_ids\": [2, 6], \"max_new_tokens\": 2}\n"
+                         "{\"id\": \"7\", \"prompt_ids\": [2, 7], \"max_new_tokens\": 2}\n"
+                         "{\"id\": 7.0, \"prompt_ids\": [2, 8], \"max_new_tokens\": 2}\n"
+                         "{\"id\": \"a\xff\xfe\", \"prompt_ids\": [2, 9], "
+                         "\"max_new_tokens\": 2}\n");
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "ln -s p.jsonl %s/link.jsonl", cli_dir);
+    cr_assert_eq(system(cmd), 0);
+    cr_assert_eq(cli_run("generate --model %s --prompts p.jsonl --out link.jsonl --resume",
+                         model), 2);
+    cr_assert(strstr(cli_err, "must be different files"), "%s", cli_err);
+    cr_assert_eq(cli_run("generate --model %s --prompts p.jsonl --out o.jsonl "
+                         "--trace-evictions p.jsonl --kv-policy window --kv-budget 2", model), 2);
+    char *p = cli_read("p.jsonl");
+    cr_assert(strstr(p, "[2, 9]"), "the prompt file was written to");
+    free(p);
+    int rc = cli_run("generate --model %s --prompts p.jsonl --out o.jsonl --quiet", model);
+    cr_assert_eq(rc, 3, "%s", cli_err);
+    cr_assert(strstr(cli_err, "p.jsonl:4: id 7 is also on line 1; ids must be unique"), "%s",
+              cli_err);
+    char *o = cli_read("o.jsonl");
+    cr_assert(strstr(o, "{\"id\":7,"), "%s", o);
+    cr_assert(strstr(o, "{\"id\":{\"line\":2},"), "%s", o);
+    cr_assert(strstr(o, "{\"id\":\"7\","), "%s", o);
+    cr_assert(strstr(o, "{\"id\":\"a\xef\xbf\xbd\xef\xbf\xbd\","), "%s", o); /* valid UTF-8 */
+    int lines = 0;
+    for (char *c = o; *c; c++)
+        lines += *c == '\n';
+    cr_assert_eq(lines, 4);
+    free(o);
+    /* a resume recognises all four, the id-less one included */
+    cr_assert_eq(cli_run("generate --model %s --prompts p.jsonl --out o.jsonl --quiet --resume",
+                         model), 3, "%s", cli_err);
+    o = cli_read("o.jsonl");
+    lines = 0;
+    for (char *c = o; *c; c++)
+        lines += *c == '\n';
+    cr_assert_eq(lines, 4, "resume wrote again: %s", o);
+    free(o);
+    snprintf(cmd, sizeof cmd, "mkdir %s/dir", cli_dir);
+    cr_assert_eq(system(cmd), 0);
+    rc = cli_run("generate --model %s --prompts dir --out d.jsonl --quiet", model);
+    cr_assert_neq(rc, 0);
+    cr_assert(strstr(cli_err, "dir"), "%s", cli_err);
+    cr_assert(!cli_exists("d.jsonl") || !*cli_read("d.jsonl"));
 }

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli_args.h"
 #include "err.h"
@@ -42,6 +43,13 @@ int cli_usage(const char *verb, const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, "flexh2o %s: %s; see flexh2o %s --help\n", verb, msg, verb);
     return 2;
+}
+
+int cli_same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return a && b && stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
 }
 
 int cli_usage_err(const char *verb)

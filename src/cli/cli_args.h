@@ -31,6 +31,9 @@ int cli_fail(void);
 int cli_usage(const char *verb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The error recorded with err_set() (a bad value) as a usage error. @return 2. */
 int cli_usage_err(const char *verb);
+/* 1 when paths a and b name the same existing file (device and inode:
+ * also through links or another spelling), else 0. */
+int cli_same_file(const char *a, const char *b);
 /* "unknown flag FLAG" as a usage error. @return 2. */
 int cli_unknown_flag(const char *verb, const char *flag);
 

@@ -139,6 +139,10 @@ static int generate_parse(int argc, char **argv, gen_args *a)
         return cli_usage("generate", "give exactly one of --model DIR or --dummy NAME");
     if (!a->c.prompts || !a->c.out)
         return cli_usage("generate", "--prompts and --out are required");
+    if (cli_same_file(a->c.prompts, a->c.out) || cli_same_file(a->evict_path, a->c.out) ||
+        cli_same_file(a->evict_path, a->c.prompts))
+        return cli_usage("generate", "--prompts, --out and --trace-evictions must be "
+                         "different files (the output is appended to); choose another --out");
     if (a->chat_template_name && tok_chat_template_find(a->chat_template_name,
                                                         &a->chat_template) < 0) {
         char msg[512];

@@ -40,8 +40,9 @@ int job_prompt_fail(job_prompt *p, const char *param, const char *fmt, ...)
     free(p->ids);
     p->ids = NULL;
     p->n_ids = 0;
-    p->err = strdup(msg);
-    p->err_param = param ? strdup(param) : NULL;
+    /* the message may quote the request's bytes: keep the output UTF-8 */
+    p->err = job_utf8_sanitize(msg, strlen(msg), NULL);
+    p->err_param = param ? job_utf8_sanitize(param, strlen(param), NULL) : NULL;
     return p->err && (!param || p->err_param) ? 0 : -ENOMEM;
 }
 
@@ -178,10 +179,10 @@ static int parse_native(job_src *src, const cJSON *o, job_prompt *p)
     p->par.logprobs = 1; /* the native record always carries them */
     if (id) {
         p->id = job_id_json(id);
-    } else {
-        p->id = malloc(16);
+    } else { /* an object: no given id (a string or a number) can equal it */
+        p->id = malloc(32);
         if (p->id)
-            snprintf(p->id, 16, "%d", src->line);
+            snprintf(p->id, 32, "{\"line\":%d}", src->line);
     }
     return p->id ? 0 : -ENOMEM;
 }
@@ -250,6 +251,18 @@ static void prompt_free(job_prompt *p)
     job_params_free(&p->par);
 }
 
+/* A line whose id an earlier line has: a bad line naming both (the
+ * output is keyed on the id, so --resume could not tell them apart).
+ * @return -EINVAL. */
+static int duplicate_line(job_src *src, const job_prompts *ps, const char *id)
+{
+    int first = 0;
+    while (first < ps->n && strcmp(ps->p[first].id, id) != 0)
+        first++;
+    return job_bad_line(src, "id %.80s is also on line %d; ids must be unique (the output is "
+                        "keyed on them): rename one", id, first < ps->n ? ps->p[first].line : 0);
+}
+
 /* Read and keep the prompts of f, line by line; a bad line is reported
  * (counted in ps->n_bad) or, when strict, stops the read with its message
  * as the error. @return 0, -EINVAL (strict), -ENOMEM or the reader's
@@ -259,6 +272,7 @@ static int prompts_read(job_file_rd *f, job_src *src, job_prompts *ps)
     char *line;
     ssize_t len;
     int rc = 0, cap = 0, kind = -1;
+    job_idset ids = {0}; /* the ids so far: a repeat is a bad line */
     while (rc == 0 && (len = job_file_rd_line(f, &line, NULL)) > 0) {
         src->line++;
         if (line_blank(line, (size_t)len))
@@ -266,6 +280,10 @@ static int prompts_read(job_file_rd *f, job_src *src, job_prompts *ps)
         job_prompt p = {.line = src->line, .max_new = -1};
         job_params_init(&p.par);
         rc = parse_line(src, line, (size_t)len, &kind, &p);
+        if (rc == 0 && job_idset_has(&ids, p.id))
+            rc = duplicate_line(src, ps, p.id);
+        if (rc == 0)
+            rc = job_idset_add(&ids, p.id);
         if (rc == 0)
             rc = prompts_append(ps, &cap, &p);
         if (rc == 0)
@@ -279,31 +297,8 @@ static int prompts_read(job_file_rd *f, job_src *src, job_prompts *ps)
             rc = 0;
         }
     }
+    job_idset_free(&ids);
     return rc < 0 ? rc : len < 0 ? (int)len : 0;
-}
-
-/* Refuse a job whose requests share an id: its output is keyed on the id,
- * so --resume would take the second for done. @return 0, -EINVAL or
- * -ENOMEM. */
-static int check_unique(const char *path, const job_prompts *ps)
-{
-    job_idset set = {0};
-    int rc = 0;
-    for (int i = 0; rc == 0 && i < ps->n; i++) {
-        if (job_idset_has(&set, ps->p[i].id)) {
-            int first = 0;
-            while (strcmp(ps->p[first].id, ps->p[i].id) != 0)
-                first++;
-            err_set(__FILE__, __LINE__, "%s:%d: id %.80s is also on line %d; ids must be "
-                    "unique (the output is keyed on them): rename one", path, ps->p[i].line,
-                    ps->p[i].id, ps->p[first].line);
-            rc = -EINVAL;
-        } else {
-            rc = job_idset_add(&set, ps->p[i].id);
-        }
-    }
-    job_idset_free(&set);
-    return rc;
 }
 
 int job_prompts_load(const char *path, const job_load_opts *o, job_prompts *ps)
@@ -315,8 +310,6 @@ int job_prompts_load(const char *path, const job_load_opts *o, job_prompts *ps)
     job_chat_resolve(&src);
     int rc = prompts_read(f, &src, ps);
     job_file_rd_close(f);
-    if (rc == 0)
-        rc = check_unique(path, ps);
     if (rc < 0) {
         job_prompts_free(ps);
         if (rc == -ENOMEM)

@@ -94,8 +94,9 @@ typedef struct job_load_opts {
  * field) is reported through err_log as "FILE:LINE: what; what to do" and
  * skipped, or, when strict, ends the load with that message. A bad OpenAI
  * request with a custom_id stays in the set with its message (err) for
- * its error line; without one it is a bad line. Two requests with the same
- * id stop the load (the output is keyed on it). The prompts are malloc'd;
+ * its error line; without one it is a bad line. A request whose id an
+ * earlier one has is a bad line (the output is keyed on it). A native
+ * line without "id" gets {"line": N}, which no given id can equal. The prompts are malloc'd;
  * free them with job_prompts_free. @return 0, or -errno (then *out holds
  * nothing). */
 int job_prompts_load(const char *path, const job_load_opts *o, job_prompts *out);

@@ -162,7 +162,8 @@ static int read_body(const job_src *src, const cJSON *body, int url, job_prompt 
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(body, "model");
     if (model && !cJSON_IsNull(model) && !cJSON_IsString(model))
         return job_field_bad(e, "model", "\"model\" must be a string");
-    if (cJSON_IsString(model) && !(p->model = strdup(model->valuestring)))
+    if (cJSON_IsString(model) &&
+        !(p->model = job_utf8_sanitize(model->valuestring, strlen(model->valuestring), NULL)))
         return -ENOMEM;
     if (url == URL_CHAT)
         return job_chat_encode(src, cJSON_GetObjectItemCaseSensitive(body, "messages"), p, e);
