@@ -54,6 +54,8 @@ uint64_t gen_harness_run(backend *be, const char *percent, int cpu_attention, co
     job_load_opts lo = {.bos = cfg.bos_id, .vocab = cfg.vocab_size, .max_len = cfg.max_pos - 1,
                         .strict = 1, .chat_template = -1};
     cr_assert_eq(job_prompts_load(ids, &lo, &ps), 0, "%s", err_msg());
+    job_reader *rd;
+    cr_assert_eq(job_reader_open(ids, &lo, &rd), 0, "%s", err_msg());
     sched_shape sh;
     gen_shape(&cfg, NULL, &ps, NULL, &go, pol.gpu_batch_size, &sh);
     sched_model shape, bound;
@@ -70,7 +72,7 @@ uint64_t gen_harness_run(backend *be, const char *percent, int cpu_attention, co
     uint64_t before = be->ops->allocs(be->ctx);
     cr_assert_gt(before, at_start, "the set-up allocated, and was counted");
     gen_stats st;
-    int rc = gen_run(m, sc, NULL, &ps, &jo, &go, &st);
+    int rc = gen_run(m, sc, NULL, rd, &jo, &go, &st);
     uint64_t during = be->ops->allocs(be->ctx) - before;
     cr_assert_eq(rc, 0, "%s", err_msg());
     gen_stats_free(&st);
@@ -79,5 +81,6 @@ uint64_t gen_harness_run(backend *be, const char *percent, int cpu_attention, co
     sched_destroy(sc);
     model_destroy(m);
     job_prompts_free(&ps);
+    job_reader_close(rd);
     return during;
 }

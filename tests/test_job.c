@@ -491,3 +491,57 @@ Test(job, integrity_of_the_job_files)
     cr_assert(strstr(cli_err, "dir"), "%s", cli_err);
     cr_assert(!cli_exists("d.jsonl") || !*cli_read("d.jsonl"));
 }
+
+/* A prompt file read in windows (--window N: N requests tokenized at a
+ * time): the output equals the one-window run's, a bad line is reported
+ * once (not again in the generating pass), a repeated id is caught across
+ * windows, a request of n completions and OpenAI error requests keep
+ * their places, and a resume skips done requests in every window. */
+Test(job, windows_of_the_prompt_file)
+{
+    const char *model = FH_SOURCE_ROOT "/tests/fixtures/tiny-opt";
+    char job[8192] = "";
+    for (int i = 0; i < 23; i++) {
+        char line[256];
+        if (i == 5)
+            snprintf(line, sizeof line, "{\"id\": %d, \"prompt_ids\": [2, 99999]}\n", i);
+        else if (i == 17)
+            snprintf(line, sizeof line, "{\"id\": 3, \"prompt_ids\": [2, 8]}\n");
+        else if (i == 9)
+            snprintf(line, sizeof line, "{\"id\": %d, \"prompt_ids\": [2, %d], \"n\": 2, "
+                     "\"temperature\": 0.7, \"max_new_tokens\": 3}\n", i, 10 + i);
+        else
+            snprintf(line, sizeof line, "{\"id\": %d, \"prompt_ids\": [2, %d, %d], "
+                     "\"max_new_tokens\": %d}\n", i, 10 + i, 40 + i, 1 + i % 4);
+        strcat(job, line);
+    }
+    cli_write("w.jsonl", job);
+    cr_assert_eq(cli_run("generate --model %s --prompts w.jsonl --out one.jsonl --batch-size 1 --num-gpu-batches 2 "
+                         "--no-summary", model), 3, "%s", cli_err);
+    for (int w = 1; w <= 4; w += 3) {
+        char out[32];
+        snprintf(out, sizeof out, "w%d.jsonl", w);
+        cr_assert_eq(cli_run("generate --model %s --prompts w.jsonl --out %s --batch-size 1 --num-gpu-batches 2 "
+                             "--window %d --no-summary", model, out, w), 3, "%s", cli_err);
+        const char *at = strstr(cli_err, "w.jsonl:6: prompt_ids[1] is not a token id");
+        cr_assert(at && !strstr(at + 1, "w.jsonl:6:"), "reported once: %s", cli_err);
+        cr_assert(strstr(cli_err, "w.jsonl:18: id 3 is also on line 4"), "%s", cli_err);
+        char *a = cli_read("one.jsonl"), *b = cli_read(out);
+        cr_assert_str_eq(b, a, "--window %d", w);
+        free(a);
+        free(b);
+    }
+    /* a resume over windows of 4: the first 9 records kept */
+    char *full = cli_read("one.jsonl"), *cut = full;
+    for (int i = 0; i < 9; i++)
+        cut = strchr(cut, '\n') + 1;
+    char part[8192];
+    snprintf(part, sizeof part, "%.*s", (int)(cut - full), full);
+    cli_write("r.jsonl", part);
+    cr_assert_eq(cli_run("generate --model %s --prompts w.jsonl --out r.jsonl --batch-size 1 --num-gpu-batches 2 "
+                         "--window 4 --resume --quiet", model), 3, "%s", cli_err);
+    char *r = cli_read("r.jsonl");
+    cr_assert_str_eq(r, full);
+    free(r);
+    free(full);
+}

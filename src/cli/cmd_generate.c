@@ -57,6 +57,8 @@ static const char generate_help[] =
     "  --ignore-eos         always generate max_new_tokens (benchmarks)\n"
     "  --threads N          CPU threads (default: all cores)\n"
     "  --prefill-rows N     most prompt tokens of a GPU batch in one prefill pass (default 4096)\n"
+    "  --window N           requests read and tokenized at a time (default 8192): memory is\n"
+    "                       bounded by N, not by the size of the prompt file\n"
     "\n"
     "KV cache policy (DESIGN.md \"H2O KV policy\"; B slots per sequence, layer and head):\n"
     "  --kv-policy P        full (default), h2o, window (the B newest tokens) or\n"
@@ -121,6 +123,7 @@ static const cli_opt generate_opts[] = {
     CLI_SWITCH("ignore-eos", G(go.ignore_eos), 1, 0),
     CLI_STR("trace-evictions", G(evict_path)),
     CLI_SWITCH("stats", G(go.kv_stats), 1, 0),
+    CLI_INT("window", G(go.window), 1, 1 << 24, 0),
 };
 #undef G
 
@@ -128,7 +131,8 @@ static const cli_opt generate_opts[] = {
  * error printed. */
 static int generate_parse(int argc, char **argv, gen_args *a)
 {
-    *a = (gen_args){.go = {.temperature = 0.0f, .top_p = 1.0f, .progress = 1},
+    *a = (gen_args){.go = {.temperature = 0.0f, .top_p = 1.0f, .progress = 1,
+                           .window = GEN_WINDOW},
                     .chat_template = -1};
     cli_common_init(&a->c);
     int rc = cli_parse("generate", argc, argv, generate_opts,
@@ -179,7 +183,7 @@ static int generate_policy(gen_args *a, sched_policy *pol)
 typedef struct gen_job {
     backend be;
     cli_model_src src;
-    job_prompts ps;
+    job_reader *rd;      /* the prompt file, read in windows */
     job_out out;
     sched_trace *strace;
     sched *sc;
@@ -188,17 +192,44 @@ typedef struct gen_job {
     int kv_usage;   /* the failure is a KV budget too small for a prompt: fix the flags */
 } gen_job;
 
-/* The shape to plan for. A store of the backend's type streams its own
- * disk share when it holds the layers as they run (4-bit or not);
- * otherwise weights.bin gets the disk share. */
-static void generate_shape(const gen_args *a, const sched_policy *pol, const gen_job *j,
-                           sched_shape *sh)
+/* The job's first pass over the prompt file, window by window: every
+ * request checked (gen_check: a native one that cannot run stops the job
+ * before anything is written; an OpenAI one becomes its error line) and
+ * the shape to plan for, the largest of the windows'. A store of the
+ * backend's type streams its own disk share when it holds the layers as
+ * they run (4-bit or not); otherwise weights.bin gets the disk share.
+ * a->go.n_todo gets the requests not yet in the output. @return 0 or
+ * -errno. */
+static int generate_scan(gen_args *a, const sched_policy *pol, gen_job *j, sched_shape *sh)
 {
-    gen_shape(&j->src.cfg, j->src.t, &j->ps, j->out.f ? &j->out : NULL, &a->go, pol->gpu_batch_size, sh);
+    const model_config *cfg = &j->src.cfg;
+    const job_out *out = j->out.f ? &j->out : NULL;
+    job_prompts win = {0};
+    long todo = 0;
+    int rc, windows = 0;
+    while ((rc = job_reader_next(j->rd, a->go.window, &win)) > 0) {
+        rc = gen_check(cfg, j->src.t, &win, &a->go, pol->gpu_batch_size * pol->num_gpu_batches);
+        if (rc < 0) {
+            j->kv_usage = 1; /* a prompt the flags do not fit: fix them */
+            break;
+        }
+        sched_shape w;
+        gen_shape(cfg, j->src.t, &win, out, &a->go, pol->gpu_batch_size, windows ? &w : sh);
+        if (windows++)
+            gen_shape_merge(sh, &w);
+        for (int i = 0; i < win.n; i++)
+            todo += !out || !job_out_has(out, win.p[i].id);
+    }
+    if (rc == 0 && windows == 0) /* no request at all: the smallest plan */
+        gen_shape(cfg, j->src.t, &win, out, &a->go, pol->gpu_batch_size, sh);
+    job_prompts_free(&win);
+    FORWARD_IF(rc);
+    a->go.n_todo = todo;
     sh->evicted = a->evict_path != NULL; /* the file is opened later */
     sh->weights_on_disk_already =
         j->src.is_store && pol->compress_weight == !!(j->src.store_dtype & OFF_DTYPE_Q4) &&
         off_dtype_size(j->src.store_dtype) == j->be.ops->elem_size;
+    return 0;
 }
 
 /* --plan: print the plan; exit 1 when it cannot fit the caps given (not
@@ -212,10 +243,6 @@ static int generate_plan(const sched_model *shape, size_t es, const sched_policy
     return sched_plan_check(&pl, pol, pol->gpu_mem, pol->cpu_mem, 0);
 }
 
-/* Every step from the model source to the last prompt generated (or the
- * plan printed). The output is opened early only to resume it (the plan
- * then skips what is done); a new one appears only once the policy fits.
- * @return 0 or -errno. */
 /* The model's name in an OpenAI output when a request names none: the
  * --model directory's last component, or the --dummy shape. */
 static const char *model_name(const gen_args *a)
@@ -233,6 +260,10 @@ static const char *model_name(const gen_args *a)
     return name;
 }
 
+/* Every step from the model source to the last prompt generated (or the
+ * plan printed). The output is opened early only to resume it (the plan
+ * then skips what is done); a new one appears only once the policy fits.
+ * @return 0 or -errno. */
 static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
 {
     const model_config *cfg = &j->src.cfg;
@@ -243,10 +274,7 @@ static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
     job_load_opts lo = {.t = j->src.t, .bos = bos, .vocab = cfg->vocab_size,
                         .max_len = cfg->max_pos - 1, .strict = a->strict,
                         .chat_template = a->chat_template};
-    FORWARD_IF(job_prompts_load(a->c.prompts, &lo, &j->ps));
-    int rc = gen_check(cfg, j->src.t, &j->ps, &a->go, pol->gpu_batch_size * pol->num_gpu_batches);
-    j->kv_usage = rc < 0;
-    FORWARD_IF(rc);
+    FORWARD_IF(job_reader_open(a->c.prompts, &lo, &j->rd));
     if (!a->run.plan_only && a->resume && access(a->c.out, F_OK) == 0)
         FORWARD_IF(job_out_open(a->c.out, a->resume, &j->out));
     if (a->trace_path)
@@ -254,7 +282,7 @@ static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
     sched_shape sh;
     sched_model shape;
     model_sched_shape(cfg, &shape);
-    generate_shape(a, pol, j, &sh);
+    FORWARD_IF(generate_scan(a, pol, j, &sh));
     if (a->run.plan_only)
         return generate_plan(&shape, j->be.ops->elem_size, pol, &sh);
     FORWARD_IF(sched_create(&j->be, &shape, pol, &sh, j->strace, &j->sc));
@@ -267,7 +295,7 @@ static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
     sched_model bound;
     model_sched_bind(j->m, &bound);
     FORWARD_IF(sched_attach(j->sc, &bound));
-    return gen_run(j->m, j->sc, j->src.t, &j->ps, &j->out, &a->go, &j->st);
+    return gen_run(j->m, j->sc, j->src.t, j->rd, &j->out, &a->go, &j->st);
 }
 
 /* Write the scheduler trace (what ran, also after a failure) and close the
@@ -315,9 +343,10 @@ static int generate_summary(const gen_args *a, const gen_job *j)
         fprintf(stderr, "[flexh2o] --kv-policy %s: KV cache of %d slots per sequence, "
                 "layer and head (full: %d)\n", kv_policy_name(a->go.kv.kind), st->kv_slots,
                 st->kv_slots_full);
-    if (j->ps.n_bad > 0)
+    int n_bad = job_reader_bad(j->rd);
+    if (n_bad > 0)
         return cli_error(3, "%d prompt line%s of %s skipped (reported above); fix them and "
-                         "rerun with --resume", j->ps.n_bad, j->ps.n_bad > 1 ? "s" : "",
+                         "rerun with --resume", n_bad, n_bad > 1 ? "s" : "",
                          a->c.prompts);
     return 0;
 }
@@ -325,7 +354,7 @@ static int generate_summary(const gen_args *a, const gen_job *j)
 static void generate_free(gen_job *j)
 {
     gen_stats_free(&j->st);
-    job_prompts_free(&j->ps);
+    job_reader_close(j->rd);
     tok_destroy(j->src.t);
     sched_destroy(j->sc); /* before the model: its store may be streamed from */
     model_destroy(j->m);

@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <stddef.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -126,29 +127,37 @@ static int job_lengths(const model_config *cfg, const cli_common *c, sched_searc
 {
     tok *t = NULL;
     job_prompts ps = {0};
+    job_reader *rd = NULL;
     gen_opts go = {.max_new = c->max_new, .prefill_rows = so->prefill_rows, .kv = c->kv};
     int rc = c->model_dir ? tok_load(c->model_dir, &t) : 0;
     if (rc == 0)
-        rc = job_prompts_load(c->prompts,
-                              &(job_load_opts){.t = t, .bos = t ? tok_bos_id(t) : cfg->bos_id,
-                                               .vocab = cfg->vocab_size,
-                                               .max_len = cfg->max_pos - 1,
-                                               .chat_template = -1},
-                              &ps);
-    if (rc == 0)
-        rc = gen_check(cfg, t, &ps, &go, 0); /* every prompt's KV split */
-    for (int i = 0; rc == 0 && i < ps.n; i++) {
-        const job_prompt *p = &ps.p[i];
-        int n = gen_max_new(p, &go);
-        so->prompt_len = p->n_ids > so->prompt_len ? p->n_ids : so->prompt_len;
-        so->gen_len = n > so->gen_len ? n : so->gen_len;
-    }
-    if (rc == 0) { /* the largest budget, as generate plans it */
+        rc = job_reader_open(c->prompts,
+                             &(job_load_opts){.t = t, .bos = t ? tok_bos_id(t) : cfg->bos_id,
+                                              .vocab = cfg->vocab_size,
+                                              .max_len = cfg->max_pos - 1,
+                                              .chat_template = -1},
+                             &rd);
+    long n_req = 0;
+    so->kv_cap = 0;
+    /* window by window: every prompt's length and KV split checked, and the
+     * largest budget as generate plans it */
+    while (rc == 0 && (rc = job_reader_next(rd, GEN_WINDOW, &ps)) > 0) {
+        rc = gen_check(cfg, t, &ps, &go, 0);
+        for (int i = 0; rc == 0 && i < ps.n; i++) {
+            const job_prompt *p = &ps.p[i];
+            if (p->err)
+                continue; /* an OpenAI request that cannot run: its error line */
+            int n = gen_max_new(p, &go);
+            so->prompt_len = p->n_ids > so->prompt_len ? p->n_ids : so->prompt_len;
+            so->gen_len = n > so->gen_len ? n : so->gen_len;
+            n_req += p->par.n;
+        }
         sched_shape sh;
         gen_shape(cfg, t, &ps, NULL, &go, 1, &sh);
-        so->kv_cap = sh.cap;
+        so->kv_cap = sh.cap > so->kv_cap ? sh.cap : so->kv_cap;
     }
-    if (rc == 0 && ps.n == 0) {
+    rc = rc < 0 ? rc : 0;
+    if (rc == 0 && n_req == 0) {
         err_set(__FILE__, __LINE__, "%s: no valid prompt to plan for", c->prompts);
         rc = -EINVAL;
     }
@@ -157,10 +166,11 @@ static int job_lengths(const model_config *cfg, const cli_common *c, sched_searc
                 c->prompts);
         rc = -EINVAL;
     }
-    if (rc == 0 && ps.n < so->max_block)
-        so->max_block = ps.n;
-    *n_out = ps.n;
+    if (rc == 0 && n_req < so->max_block) /* sequences: n per request */
+        so->max_block = (int)n_req;
+    *n_out = (int)(n_req < INT_MAX ? n_req : INT_MAX);
     job_prompts_free(&ps);
+    job_reader_close(rd);
     tok_destroy(t);
     return rc < 0 ? cli_fail() : 0;
 }

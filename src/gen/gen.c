@@ -294,7 +294,10 @@ static void gen_progress(gen_ctx *gc, const gen_stats *st, int force)
     if (!gc->progress || (!force && now - gc->last_report < 1.0))
         return;
     double el = now - gc->t_start;
-    if (st->prompts == 0 || el <= 0)
+    if (gc->n_todo <= 0) /* the total is not known */
+        err_log("[flexh2o] %ld prompts done, %.1f tok/s generated", st->prompts,
+                el > 0 ? st->generated / el : 0.0);
+    else if (st->prompts == 0 || el <= 0)
         err_log("[flexh2o] 0/%d prompts done, warming up (%ld tokens generated)", gc->n_todo,
                 st->generated);
     else
@@ -679,7 +682,40 @@ static int block_fill(gen_seq *ss, int B, const job_prompt *const *todo, int n_t
     return n;
 }
 
-int gen_run(model *m, sched *sc, const tok *t, job_prompts *ps, job_out *out,
+/* Generate the pending requests of one window ps of the prompt file
+ * (gen_check first: its OpenAI requests that cannot run become error
+ * lines). The window's arrays are allocated here, once for its blocks.
+ * @return 0 or -errno. */
+static int run_window(gen_ctx *gc, job_prompts *ps, gen_stats *st)
+{
+    const model_config *c = gc->c;
+    const gen_opts *o = gc->o;
+    FORWARD_IF(gen_check(c, gc->t, ps, o, gc->block));
+    run_size rs;
+    todo_scan(gc, ps, &rs, NULL, st);
+    gc->top_stride = rs.top;
+    if (rs.B == 0)
+        return 0;
+    const job_prompt **todo;
+    gen_seq *ss;
+    gen_buf bb = {0};
+    char *mem = calloc(1, run_layout(NULL, gc, &rs, &todo, &ss, &bb));
+    RETURN_IF(!mem, -ENOMEM, "out of memory for a block of %d sequences", rs.B);
+    run_layout(mem, gc, &rs, &todo, &ss, &bb);
+    todo_scan(gc, ps, &rs, todo, st);
+    int rc = 0;
+    for (int cursor = 0; rc == 0 && cursor < rs.n_todo;) {
+        int first = cursor;
+        int n = block_fill(ss, rs.B, todo, rs.n_todo, &cursor, rs.pen_cap, o, c);
+        rc = run_block(gc, &bb, ss, n, st);
+        st->prompts += cursor - first;
+        gen_progress(gc, st, cursor == rs.n_todo);
+    }
+    free(mem);
+    return rc;
+}
+
+int gen_run(model *m, sched *sc, const tok *t, job_reader *r, job_out *out,
             const gen_opts *o, gen_stats *st)
 {
     const model_config *c = &m->cfg;
@@ -687,44 +723,21 @@ int gen_run(model *m, sched *sc, const tok *t, job_prompts *ps, job_out *out,
     gen_ctx gc = {.m = m, .c = c, .sc = sc, .o = o, .t = t, .out = out,
                   .gbs = sched_get_policy(sc)->gpu_batch_size, .block = sched_block(sc),
                   .max_rows = sched_max_rows(sc), .cap = sched_cap(sc),
-                  .t_start = kern_now_s(), .progress = o->progress};
-    FORWARD_IF(gen_check(c, t, ps, o, gc.block));
+                  .t_start = kern_now_s(), .progress = o->progress, .n_todo = o->n_todo};
     gc.last_report = gc.t_start;
     gc.n_eos = gen_eos_ids(t, c, &gc.eos, &gc.eos_cfg);
-    run_size rs;
-    todo_scan(&gc, ps, &rs, NULL, st);
-    gc.n_todo = rs.n_todo;
-    gc.top_stride = rs.top;
     st->kv_slots = gc.cap;
-    if (rs.B == 0) {
-        st->total_s = kern_now_s() - gc.t_start;
-        return 0;
-    }
-    /* everything the run needs, allocated once; --stats' sums are st's */
-    const job_prompt **todo;
-    gen_seq *ss;
-    gen_buf bb = {0};
-    char *mem = calloc(1, run_layout(NULL, &gc, &rs, &todo, &ss, &bb));
-    if (mem) {
-        run_layout(mem, &gc, &rs, &todo, &ss, &bb);
-        todo_scan(&gc, ps, &rs, todo, st);
-    }
-    if (mem && o->kv_stats) {
+    if (o->kv_stats) { /* --stats' sums are st's, over every window */
         st->kept_mass = calloc((size_t)c->n_layer, sizeof(double));
+        RETURN_IF(!st->kept_mass, -ENOMEM, "out of memory");
         st->n_layer = c->n_layer;
     }
-    int rc = mem && (!o->kv_stats || st->kept_mass) ? 0 : -ENOMEM;
-    if (rc < 0)
-        err_set(__FILE__, __LINE__, "out of memory for a block of %d sequences", rs.B);
-    for (int cursor = 0; rc == 0 && cursor < rs.n_todo;) {
-        int first = cursor;
-        int n = block_fill(ss, rs.B, todo, rs.n_todo, &cursor, rs.pen_cap, o, c);
-        rc = run_block(&gc, &bb, ss, n, st);
-        st->prompts += cursor - first;
-        gen_progress(&gc, st, cursor == rs.n_todo);
-    }
-    free(mem);
+    int rc = job_reader_rewind(r);
+    job_prompts win = {0};
+    while (rc == 0 && (rc = job_reader_next(r, o->window > 0 ? o->window : GEN_WINDOW, &win)) > 0)
+        rc = run_window(&gc, &win, st);
+    job_prompts_free(&win);
     gen_stats_mean(st);
     st->total_s = kern_now_s() - gc.t_start;
-    return rc;
+    return rc < 0 ? rc : 0;
 }

@@ -32,7 +32,14 @@ typedef struct gen_opts {
                           * (see gen_run), flushed per pass, or NULL;
                           * caller-owned (gen_trace_open) */
     int kv_stats;        /* --stats: measure the kept attention mass per layer */
+    long n_todo;         /* requests not yet in the output (the progress line's
+                          * total), 0: unknown */
+    int window;          /* requests of the prompt file tokenized and held at a
+                          * time (0: GEN_WINDOW): a job of any size needs memory
+                          * for this many */
 } gen_opts;
+
+#define GEN_WINDOW 8192
 
 typedef struct gen_stats {
     long prompts, prefill_tokens, decode_tokens, generated;
@@ -97,11 +104,14 @@ int gen_check(const model_config *c, const tok *t, job_prompts *ps, const gen_op
  * gen_check refuses are left out. Fills *sh; returns nothing. */
 void gen_shape(const model_config *c, const tok *t, const job_prompts *ps, const job_out *out,
                const gen_opts *o, int gbs, sched_shape *sh);
+/* Widen *into to cover *w as well (the shapes of two windows of a job). */
+void gen_shape_merge(sched_shape *into, const sched_shape *w);
 
 /* -------------------------------------------------- the run (gen.c) */
 
-/* Generate for every request of ps whose id is not yet in out, in file
- * order, in blocks of sched_block(sc) sequences run by the scheduler sc
+/* Generate for every request of the prompt file r (read again from its
+ * first line, in windows of GEN_WINDOW requests) whose id is not yet in
+ * out, in file order, in blocks of sched_block(sc) sequences run by the scheduler sc
  * (planned with gen_shape; m attached), appending one record per request
  * (job_out_result) as soon as it and all before it are done. A request of
  * n completions takes n sequences of one block: the first is prefilled,
@@ -140,7 +150,7 @@ void gen_shape(const model_config *c, const tok *t, const job_prompts *ps, const
  *
  * *st is filled from zero, also on failure; free it with gen_stats_free.
  * @return 0 or -errno; records written before a failure stay. */
-int gen_run(model *m, sched *sc, const tok *t, job_prompts *ps, job_out *out,
+int gen_run(model *m, sched *sc, const tok *t, job_reader *r, job_out *out,
             const gen_opts *o, gen_stats *st);
 
 /* ------------------------ the eviction trace and --stats (gen_trace.c) */

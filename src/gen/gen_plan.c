@@ -148,3 +148,17 @@ void gen_shape(const model_config *c, const tok *t, const job_prompts *ps, const
     sh->sample_row_edits = (int)(edits < (1 << 30) ? edits : 1 << 30);
     sh->sample_top = top;
 }
+
+void gen_shape_merge(sched_shape *into, const sched_shape *w)
+{
+#define WIDEN(f) into->f = w->f > into->f ? w->f : into->f
+    WIDEN(max_rows);
+    WIDEN(cap);
+    WIDEN(scores);
+    WIDEN(evicted);
+    WIDEN(max_prompt);
+    WIDEN(sample); /* NONE < GREEDY < DRAW */
+    WIDEN(sample_row_edits);
+    WIDEN(sample_top);
+#undef WIDEN
+}

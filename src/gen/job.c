@@ -3,6 +3,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -251,71 +252,133 @@ static void prompt_free(job_prompt *p)
     job_params_free(&p->par);
 }
 
+/* A prompt file read in windows of requests, in one or more passes. */
+struct job_reader {
+    char *path;
+    job_load_opts o;     /* a copy: the caller's may be a compound literal */
+    job_file_rd *f;
+    job_src src;
+    int kind;            /* the file's format once a line decided it, else -1 */
+    job_idset ids;       /* the ids of this pass: a repeat is a bad line */
+    int pass;            /* 0: the first, which reports bad lines */
+    int n_bad;           /* bad lines of the first pass */
+};
+
 /* A line whose id an earlier line has: a bad line naming both (the
  * output is keyed on the id, so --resume could not tell them apart).
  * @return -EINVAL. */
-static int duplicate_line(job_src *src, const job_prompts *ps, const char *id)
+static int duplicate_line(job_reader *r, const char *id)
 {
-    int first = 0;
-    while (first < ps->n && strcmp(ps->p[first].id, id) != 0)
-        first++;
-    return job_bad_line(src, "id %.80s is also on line %d; ids must be unique (the output is "
-                        "keyed on them): rename one", id, first < ps->n ? ps->p[first].line : 0);
+    return job_bad_line(&r->src, "id %.80s is also on line %d; ids must be unique (the "
+                        "output is keyed on them): rename one", id,
+                        job_idset_line(&r->ids, id));
 }
 
-/* Read and keep the prompts of f, line by line; a bad line is reported
- * (counted in ps->n_bad) or, when strict, stops the read with its message
- * as the error. @return 0, -EINVAL (strict), -ENOMEM or the reader's
- * -errno (a damaged .zst file). */
-static int prompts_read(job_file_rd *f, job_src *src, job_prompts *ps)
+/* Open r's file for a pass from its first line. */
+static int reader_start(job_reader *r)
 {
+    job_file_rd_close(r->f);
+    r->f = NULL;
+    job_idset_free(&r->ids);
+    r->src.line = 0;
+    r->kind = -1;
+    return job_file_rd_open(r->path, "prompt file", -1, &r->f);
+}
+
+int job_reader_open(const char *path, const job_load_opts *o, job_reader **out)
+{
+    *out = NULL;
+    job_reader *r = calloc(1, sizeof *r);
+    if (r)
+        r->path = strdup(path);
+    if (!r || !r->path) {
+        free(r);
+        err_set(__FILE__, __LINE__, "out of memory");
+        return -ENOMEM;
+    }
+    r->o = *o;
+    r->src = (job_src){.path = r->path, .o = &r->o};
+    job_chat_resolve(&r->src);
+    int rc = reader_start(r);
+    if (rc < 0) {
+        job_reader_close(r);
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
+int job_reader_rewind(job_reader *r)
+{
+    r->pass++;
+    return reader_start(r);
+}
+
+int job_reader_bad(const job_reader *r)
+{
+    return r->n_bad;
+}
+
+void job_reader_close(job_reader *r)
+{
+    if (!r)
+        return;
+    job_file_rd_close(r->f);
+    job_idset_free(&r->ids);
+    free(r->path);
+    free(r);
+}
+
+int job_reader_next(job_reader *r, int max, job_prompts *ps)
+{
+    job_prompts_free(ps);
     char *line;
-    ssize_t len;
-    int rc = 0, cap = 0, kind = -1;
-    job_idset ids = {0}; /* the ids so far: a repeat is a bad line */
-    while (rc == 0 && (len = job_file_rd_line(f, &line, NULL)) > 0) {
-        src->line++;
+    ssize_t len = 1;
+    int rc = 0, cap = 0;
+    while (rc == 0 && ps->n < max && (len = job_file_rd_line(r->f, &line, NULL)) > 0) {
+        r->src.line++;
         if (line_blank(line, (size_t)len))
             continue;
-        job_prompt p = {.line = src->line, .max_new = -1};
+        job_prompt p = {.line = r->src.line, .max_new = -1};
         job_params_init(&p.par);
-        rc = parse_line(src, line, (size_t)len, &kind, &p);
-        if (rc == 0 && job_idset_has(&ids, p.id))
-            rc = duplicate_line(src, ps, p.id);
+        rc = parse_line(&r->src, line, (size_t)len, &r->kind, &p);
+        if (rc == 0 && job_idset_has(&r->ids, p.id))
+            rc = duplicate_line(r, p.id);
         if (rc == 0)
-            rc = job_idset_add(&ids, p.id);
+            rc = job_idset_add_at(&r->ids, p.id, p.line);
         if (rc == 0)
             rc = prompts_append(ps, &cap, &p);
         if (rc == 0)
             continue; /* ps owns p now */
         prompt_free(&p);
-        if (rc == -EINVAL && src->o->strict) {
-            err_set(__FILE__, __LINE__, "%s", src->why);
+        if (rc == -EINVAL && r->o.strict) {
+            err_set(__FILE__, __LINE__, "%s", r->src.why);
         } else if (rc == -EINVAL) {
-            err_log("%s", src->why);
-            ps->n_bad++;
+            if (r->pass == 0) { /* a later pass meets the same lines again */
+                err_log("%s", r->src.why);
+                r->n_bad++;
+                ps->n_bad++;
+            }
             rc = 0;
         }
     }
-    job_idset_free(&ids);
-    return rc < 0 ? rc : len < 0 ? (int)len : 0;
+    if (rc == 0 && len < 0)
+        rc = (int)len;
+    if (rc == -ENOMEM)
+        err_set(__FILE__, __LINE__, "out of memory reading %s", r->path);
+    if (rc < 0)
+        job_prompts_free(ps);
+    return rc < 0 ? rc : ps->n;
 }
 
 int job_prompts_load(const char *path, const job_load_opts *o, job_prompts *ps)
 {
     memset(ps, 0, sizeof *ps);
-    job_file_rd *f;
-    FORWARD_IF(job_file_rd_open(path, "prompt file", -1, &f));
-    job_src src = {.path = path, .o = o};
-    job_chat_resolve(&src);
-    int rc = prompts_read(f, &src, ps);
-    job_file_rd_close(f);
-    if (rc < 0) {
-        job_prompts_free(ps);
-        if (rc == -ENOMEM)
-            err_set(__FILE__, __LINE__, "out of memory reading %s", path);
-    }
-    return rc;
+    job_reader *r;
+    FORWARD_IF(job_reader_open(path, o, &r));
+    int rc = job_reader_next(r, INT_MAX, ps);
+    job_reader_close(r);
+    return rc < 0 ? rc : 0;
 }
 
 void job_prompts_free(job_prompts *ps)
@@ -338,16 +401,26 @@ static size_t idset_slot(const job_idset *set, const char *id)
     return i;
 }
 
-int job_idset_add(job_idset *set, const char *id)
+int job_idset_add_at(job_idset *set, const char *id, int line)
 {
     if (!set->slot || 2 * ((size_t)set->n + 1) > set->mask + 1) {
         size_t cap = set->slot ? 2 * (set->mask + 1) : 64;
-        job_idset grown = {.slot = calloc(cap, sizeof(char *)), .mask = cap - 1, .n = set->n};
-        RETURN_IF(!grown.slot, -ENOMEM, "out of memory for %d ids", set->n + 1);
+        job_idset grown = {.slot = calloc(cap, sizeof(char *)), .line = calloc(cap, sizeof(int)),
+                           .mask = cap - 1, .n = set->n};
+        if (!grown.slot || !grown.line) {
+            free(grown.slot);
+            free(grown.line);
+            err_set(__FILE__, __LINE__, "out of memory for %d ids", set->n + 1);
+            return -ENOMEM;
+        }
         for (size_t i = 0; set->slot && i <= set->mask; i++)
-            if (set->slot[i])
-                grown.slot[idset_slot(&grown, set->slot[i])] = set->slot[i];
+            if (set->slot[i]) {
+                size_t k = idset_slot(&grown, set->slot[i]);
+                grown.slot[k] = set->slot[i];
+                grown.line[k] = set->line[i];
+            }
         free(set->slot);
+        free(set->line);
         *set = grown;
     }
     size_t i = idset_slot(set, id);
@@ -355,8 +428,22 @@ int job_idset_add(job_idset *set, const char *id)
         return 0; /* already there */
     set->slot[i] = strdup(id);
     RETURN_IF(!set->slot[i], -ENOMEM, "out of memory");
+    set->line[i] = line;
     set->n++;
     return 0;
+}
+
+int job_idset_add(job_idset *set, const char *id)
+{
+    return job_idset_add_at(set, id, 0);
+}
+
+int job_idset_line(const job_idset *set, const char *id)
+{
+    if (!set->slot)
+        return -1;
+    size_t i = idset_slot(set, id);
+    return set->slot[i] ? set->line[i] : -1;
 }
 
 int job_idset_has(const job_idset *set, const char *id)
@@ -369,6 +456,7 @@ void job_idset_free(job_idset *set)
     for (size_t i = 0; set->slot && i <= set->mask; i++)
         free(set->slot[i]);
     free(set->slot);
+    free(set->line);
     memset(set, 0, sizeof *set);
 }
 

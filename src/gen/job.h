@@ -102,6 +102,25 @@ typedef struct job_load_opts {
 int job_prompts_load(const char *path, const job_load_opts *o, job_prompts *out);
 /* Free every prompt of ps and zero it. Accepts a zeroed set. */
 void job_prompts_free(job_prompts *ps);
+
+/* A prompt file read in windows, so that a job of any size holds only a
+ * window of tokenized requests (DESIGN.md "Job files"): one pass to check
+ * and plan, another to generate. Each line is read as job_prompts_load
+ * says; bad lines are reported (err_log) in the first pass only. */
+typedef struct job_reader job_reader;
+/* Open path (o is copied). @return 0 or -errno (*r NULL). */
+int job_reader_open(const char *path, const job_load_opts *o, job_reader **r);
+/* The next requests of the pass, at most max, into ps (its previous
+ * content freed first; ps->n_bad: the window's bad lines in the first
+ * pass). @return the requests read (0: the pass is over), or -errno (a
+ * strict bad line, a read error: ps then empty). */
+int job_reader_next(job_reader *r, int max, job_prompts *ps);
+/* Start another pass from the first line. @return 0 or -errno. */
+int job_reader_rewind(job_reader *r);
+/* Bad lines the first pass reported. */
+int job_reader_bad(const job_reader *r);
+/* Close r. Accepts NULL. */
+void job_reader_close(job_reader *r);
 /* Set p's error (an OpenAI request that cannot run) to fmt, and param.
  * @return 0 or -ENOMEM. */
 __attribute__((format(printf, 3, 4)))
@@ -111,11 +130,17 @@ int job_prompt_fail(job_prompt *p, const char *param, const char *fmt, ...);
  * half full. Zeroed = empty. */
 typedef struct job_idset {
     char **slot;     /* (mask + 1) owned ids, NULL = free slot */
+    int *line;       /* (mask + 1) the line each id was first seen on (job_idset_add_at) */
     size_t mask;
     int n;           /* ids in the set */
 } job_idset;
 /* Add a copy of id (no-op when present). @return 0 or -ENOMEM. */
 int job_idset_add(job_idset *set, const char *id);
+/* job_idset_add, remembering line for job_idset_line. */
+int job_idset_add_at(job_idset *set, const char *id, int line);
+/* The line id was added with (job_idset_add_at), 0 when none, -1 when
+ * id is not in the set. */
+int job_idset_line(const job_idset *set, const char *id);
 /* 1 when id is in set, else 0. O(1). */
 int job_idset_has(const job_idset *set, const char *id);
 /* Free the set's ids and zero it. */
