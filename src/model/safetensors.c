@@ -147,8 +147,8 @@ static int add_file(st_set *s, const char *path)
     cJSON *h = cJSON_ParseWithLength((const char *)b + 8, (size_t)hlen);
     if (!h || !cJSON_IsObject(h)) {
         cJSON_Delete(h);
-        RETURN_IF(1, -EINVAL, "%s: corrupt safetensors header (not JSON); re-download it",
-                  path);
+        RETURN_IF(1, -EINVAL, "%s: corrupt safetensors header (not a JSON object); "
+                  "re-download it", path);
     }
     size_t data0 = 8 + (size_t)hlen, avail = size - data0;
     int rc = 0, first = s->n_tensors;
