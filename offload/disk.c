@@ -49,6 +49,12 @@
 #define N_WORKERS 4              /* pread/pwrite threads of the fallback */
 #define REG_PIECE (1ull << 30)   /* the kernel registers at most 1 GiB per iovec */
 #define REAP_BATCH 64
+/* EINTR and EAGAIN are retried, but not forever: this many in a row with
+ * no byte moved and the chunk fails with that error (a signal storm or a
+ * file that never becomes ready would otherwise spin a thread for good). */
+#define RETRY_MAX 1000
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 /* One off_disk_rw call: lives on the caller's stack until `done`. */
 typedef struct rw_call {
@@ -73,6 +79,7 @@ typedef struct chunk {
     uint64_t off;
     size_t len, done;         /* done: bytes already transferred */
     int buf_index;            /* registered buffer holding buf..buf+len, or -1 */
+    int retries;              /* EINTR/EAGAIN in a row since the last progress */
 } chunk;
 
 /* A registered range: a user buffer cut into pieces of at most REG_PIECE. */
@@ -374,6 +381,11 @@ static const char *hint(int e, int write)
     case EBADF:
         return write ? "the file is not open for writing; check its permissions"
                      : "the file is not open; this is a bug, please report it";
+    case EINTR:
+    case EAGAIN:
+        return "it was retried " STR(RETRY_MAX) " times in a row without progress (signals "
+               "arriving without end, or a file that is never ready); check what sends them "
+               "and run again";
     default:
         return "check the file and the disk, or choose another --offload-dir";
     }
@@ -432,13 +444,14 @@ static int sync_rw(chunk *ch)
                         : pread(ch->io->fd, ch->buf + ch->done, ch->len - ch->done,
                                 (off_t)(ch->off + ch->done));
         if (r < 0) {
-            if (errno == EINTR || errno == EAGAIN)
+            if ((errno == EINTR || errno == EAGAIN) && ++ch->retries < RETRY_MAX)
                 continue;
             return -errno;
         }
         if (r == 0)
             return ch->io->write ? -EIO : 1;
         ch->done += (size_t)r;
+        ch->retries = 0;
     }
     return 0;
 }
@@ -536,11 +549,12 @@ static void *uring_main(void *arg)
         for (unsigned k = 0; k < got; k++) {
             chunk *ch = io_uring_cqe_get_data(cqes[k]);
             int res = cqes[k]->res;
-            if (res == -EAGAIN || res == -EINTR) {
+            if ((res == -EAGAIN || res == -EINTR) && ++ch->retries < RETRY_MAX) {
                 prep_chunk(d, ch); /* try again as it was */
                 continue;
             }
             if (res > 0) {
+                ch->retries = 0;
                 ch->done += (size_t)res;
                 if (ch->done < ch->len) { /* short: go on from where it stopped */
                     prep_chunk(d, ch);

@@ -15,9 +15,11 @@ int off_read_file(const char *path, char **out, size_t *len)
     FILE *f = fopen(path, "rb");
     RETURN_IF(!f, -errno, "%s: cannot open (%s)", path, strerror(errno));
     struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+    int got = fstat(fileno(f), &st) == 0;
+    if (!got || !S_ISREG(st.st_mode)) {
         fclose(f);
-        RETURN_IF(1, -EINVAL, "%s: not a regular file", path);
+        RETURN_IF(1, -EINVAL, "%s: not a regular file%s; put the file itself there", path,
+                  got && S_ISDIR(st.st_mode) ? " but a directory" : "");
     }
     char *buf = malloc((size_t)st.st_size + 1);
     if (!buf) {

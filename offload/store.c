@@ -64,16 +64,18 @@ static uint64_t header_bytes(uint32_t config_len, uint32_t n_seg)
 static int full_io(int fd, int write, void *buf, size_t n, uint64_t off)
 {
     size_t done = 0;
+    int retries = 0; /* EINTR in a row: retried, but a persistent one fails */
     while (done < n) {
         ssize_t r = write ? pwrite(fd, (char *)buf + done, n - done, (off_t)(off + done))
                           : pread(fd, (char *)buf + done, n - done, (off_t)(off + done));
-        if (r < 0 && errno == EINTR)
+        if (r < 0 && errno == EINTR && ++retries < 1000)
             continue;
         if (r < 0)
             return -errno;
         if (r == 0)
             return write ? -EIO : -ENODATA;
         done += (size_t)r;
+        retries = 0;
     }
     return 0;
 }
@@ -174,8 +176,9 @@ static int store_open(const char *path, off_store *s)
     if (first < FIXED_BYTES || memcmp(hdr, OFF_STORE_MAGIC, 8) != 0) {
         free(hdr);
         RETURN_IF(1, -EBADMSG,
-                  "%s is not a flexh2o weight store (no " OFF_STORE_MAGIC
-                  " magic); run `flexh2o convert` to make one",
+                  "%s is not a flexh2o weight store: its first 8 bytes are not the "
+                  OFF_STORE_MAGIC " magic (a damaged store, or another file); run `flexh2o "
+                  "convert` to make it again",
                   path);
     }
     s->version = get_u32(hdr + 8);

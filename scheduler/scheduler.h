@@ -151,6 +151,10 @@ size_t sched_trace_count(const sched_trace *t);
 /* Write the JSON to path (atomically: path.tmp then rename). @return 0 or
  * -errno with a message naming the path. */
 int sched_trace_write(const sched_trace *t, const char *path);
+/* Whether sched_trace_write could write path: call it before the run, so
+ * that a bad --trace path fails first, not after the whole job. Leaves
+ * nothing behind. @return 0 or -errno with a message naming the path. */
+int sched_trace_check(const char *path);
 
 /* ------------------------------------------------------------ the model seam
  *

@@ -469,3 +469,94 @@ Test(cli, zst_trace_and_score_files)
                          "--quiet"), 1);
     cr_assert(strstr(cli_err, "r.jsonl.zst already exists"), "%s", cli_err);
 }
+
+/* ------------------------------------------------------------ bad input (issue 15) */
+
+/* cli_dir/name with its first `from` replaced by `to`. */
+static void edit_file(const char *name, const char *from, const char *to)
+{
+    char *text = cli_read(name);
+    char *p = strstr(text, from);
+    cr_assert(p, "%s has no %s", name, from);
+    size_t n = strlen(text) + strlen(to) + 1;
+    char *out = malloc(n);
+    snprintf(out, n, "%.*s%s%s", (int)(p - text), text, to, p + strlen(from));
+    cli_write(name, out);
+    free(out);
+    free(text);
+}
+
+/* Ids the model would look up in its embedding table come from config.json
+ * and the tokenizer files: one outside the vocabulary is refused before
+ * anything runs (it read past the table, or generated garbage with exit 0),
+ * by generate and convert alike, naming the file and the id. The tokenizer
+ * alone (tokenize) has no model to check against. */
+Test(cli, ids_outside_the_model_vocabulary_are_refused)
+{
+    cli_write("p.jsonl", "{\"id\": \"a\", \"prompt\": \"hello world\", \"max_new_tokens\": 2}\n");
+    static const char *const bos[] = {"-7", "100000"};
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(cli_run("make-model --config tiny --out mb%d", i), 0, "%s", cli_err);
+        char name[64], to[64];
+        snprintf(name, sizeof name, "mb%d/config.json", i);
+        snprintf(to, sizeof to, "\"bos_token_id\": %s", bos[i]);
+        edit_file(name, "\"bos_token_id\": 2", to);
+        cr_assert_eq(cli_run("generate --model mb%d --prompts p.jsonl --out o.jsonl --quiet", i),
+                     1, "bos_token_id %s was accepted", bos[i]);
+        snprintf(to, sizeof to, "\"bos_token_id\" %s%s", i ? "" : "is ", bos[i]);
+        cr_assert(strstr(cli_err, name) && strstr(cli_err, to), "%s", cli_err);
+        cr_assert(!cli_exists("o.jsonl"), "a refused model wrote output");
+        cr_assert_eq(cli_run("convert --model mb%d --out st", i), 1,
+                     "convert took bos_token_id %s", bos[i]);
+        cr_assert(strstr(cli_err, name) && strstr(cli_err, to), "%s", cli_err);
+        cr_assert(!cli_exists("st"), "a refused convert created the store");
+    }
+    cr_assert_eq(cli_run("make-model --config tiny --out mv"), 0, "%s", cli_err);
+    edit_file("mv/vocab.json", "{", "{\"zzz-from-another-model\": 600, ");
+    cr_assert_eq(cli_run("generate --model mv --prompts p.jsonl --out o.jsonl --quiet"), 1,
+                 "a tokenizer with id 600 was accepted for a vocabulary of 512");
+    cr_assert(strstr(cli_err, "mv/vocab.json: token id 600 (\"zzz-from-another-model\") is "
+                              "past the model's vocabulary (vocab_size 512 in mv/config.json)"),
+              "%s", cli_err);
+    cr_assert(!cli_exists("o.jsonl"));
+    cli_write("t.txt", "hello\n");
+    cr_assert_eq(cli_run("tokenize --model mv < %s/t.txt", cli_dir), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("make-model --config tiny --out mg"), 0, "%s", cli_err);
+    cli_write("mg/generation_config.json", "{\"eos_token_id\": [2, 700]}");
+    cr_assert_eq(cli_run("generate --model mg --prompts p.jsonl --out o.jsonl --quiet"), 1);
+    cr_assert(strstr(cli_err, "mg/generation_config.json: eos_token_id 700 is past the "
+                              "model's vocabulary"), "%s", cli_err);
+}
+
+/* --gpu-mem / --cpu-mem: a number without a unit is bytes, which nobody
+ * means for a small one ("needs 0.00 GiB, --gpu-mem is 0.00 GiB"), and 0
+ * is no cap that could run; both refused as usage errors. --trace to a
+ * path that cannot be written fails before the job, not after it. */
+Test(cli, memory_caps_and_trace_path_are_checked_first)
+{
+    cli_write("p.jsonl", "{\"id\": \"a\", \"prompt\": \"hello world\", \"max_new_tokens\": 2}\n");
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl "
+                         "--gpu-mem 16"), 2);
+    cr_assert(strstr(cli_err, "--gpu-mem 16: give a unit, e.g. 16G"), "%s", cli_err);
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl "
+                         "--gpu-mem 0"), 2);
+    cr_assert(strstr(cli_err, "--gpu-mem 0: a cap of 0 bytes") &&
+                  strstr(cli_err, "leave --gpu-mem out for the default"), "%s", cli_err);
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl "
+                         "--cpu-mem 0G"), 2);
+    cr_assert(strstr(cli_err, "--cpu-mem 0G: a cap of 0 bytes"), "%s", cli_err);
+    cr_assert(!cli_exists("o.jsonl"));
+    /* a small cap with a unit is a real (too small) cap, reported in MiB */
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl "
+                         "--gpu-mem 64K --device cpu"), 1);
+    cr_assert(strstr(cli_err, "MiB") && strstr(cli_err, "--gpu-mem is 0.06 MiB"), "%s",
+              cli_err);
+
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --quiet "
+                         "--trace no-such-dir/t.json"), 1);
+    cr_assert(strstr(cli_err, "no-such-dir/t.json: cannot write the trace"), "%s", cli_err);
+    cr_assert(!cli_exists("o.jsonl"), "the job ran before the bad --trace path was noticed");
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --quiet "
+                         "--trace t.json"), 0, "%s", cli_err);
+    cr_assert(cli_exists("t.json") && !cli_exists("t.json.tmp"));
+}

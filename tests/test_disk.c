@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -429,4 +430,71 @@ Test(disk, destroy_null_and_alloc)
     for (int i = 0; i < 8192; i++)
         cr_assert_eq(p[i], 0);
     free(p);
+}
+
+/* ------------------------------------------------------- EINTR */
+
+/* pread as the engine and the store see it (this build's pread is pread64,
+ * _FILE_OFFSET_BITS=64): while pread_eintr is set, every call is
+ * interrupted by a signal, as under a signal storm. */
+static volatile int pread_eintr;
+
+ssize_t pread64(int fd, void *buf, size_t n, off64_t off)
+{
+    if (pread_eintr) {
+        errno = EINTR;
+        return -1;
+    }
+    return syscall(SYS_pread64, fd, buf, n, off);
+}
+
+/* A pread that is always interrupted fails the read with EINTR, naming
+ * the file, instead of retrying forever (the fallback engine spun a
+ * thread for good, and the caller waited with it). The .timeout fails
+ * the test when it spins. */
+Test(disk, persistent_eintr_fails_instead_of_spinning, .timeout = 30)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/intr.bin", scratch);
+    int fd = off_file_open(path, 1, 8192, NULL);
+    cr_assert_geq(fd, 0, "%s", err_msg());
+    uint8_t *buf = off_alloc_aligned(8192);
+    off_io io = {fd, 0, buf, 8192, 0};
+    setenv("FLEXH2O_NO_URING", "1", 1);
+    off_disk *d;
+    cr_assert_eq(off_disk_create(32, &d), 0, "%s", err_msg());
+    unsetenv("FLEXH2O_NO_URING");
+    cr_assert_eq(off_disk_rw(d, &io, 1, "the EINTR test"), 0, "%s", err_msg());
+    pread_eintr = 1;
+    err_clear();
+    int rc = off_disk_rw(d, &io, 1, "the EINTR test");
+    pread_eintr = 0;
+    cr_assert_eq(rc, -EINTR, "a read interrupted every time gave %d", rc);
+    cr_assert(strstr(err_msg(), path) && strstr(err_msg(), "the EINTR test") &&
+                  strstr(err_msg(), "retried 1000 times in a row"), "%s", err_msg());
+    /* the engine goes on once the signals stop */
+    err_clear();
+    cr_assert_eq(off_disk_rw(d, &io, 1, "the EINTR test"), 0, "%s", err_msg());
+    off_disk_destroy(d);
+    off_file_close(fd);
+    free(buf);
+
+    /* the weight store's own pread loop too */
+    snprintf(path, sizeof path, "%s/model.flxh2o", scratch);
+    const char *names[1] = {"x"};
+    uint64_t len[1] = {100};
+    off_store_writer *w;
+    cr_assert_eq(off_store_writer_open(path, OFF_DTYPE_F32, "{}", 1, names, len, &w), 0, "%s",
+                 err_msg());
+    uint8_t data[100] = {1};
+    cr_assert_eq(off_store_writer_put(w, 0, data), 0, "%s", err_msg());
+    cr_assert_eq(off_store_writer_finish(w), 0, "%s", err_msg());
+    off_store s;
+    pread_eintr = 1;
+    err_clear();
+    rc = off_store_open(path, &s);
+    pread_eintr = 0;
+    cr_assert_eq(rc, -EINTR, "%d: %s", rc, err_msg());
+    cr_assert(strstr(err_msg(), path) && strstr(err_msg(), "cannot read the header"), "%s",
+              err_msg());
 }

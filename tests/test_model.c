@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "err.h"
 #include "off.h"
@@ -300,4 +301,287 @@ Test(model, post_layernorm_opt_is_refused)
     cr_assert_eq(c.head_dim, 128);
     /* OPT-30B has about 30 billion parameters */
     cr_assert(model_config_params(&c) > 29.5e9 && model_config_params(&c) < 30.5e9);
+}
+
+/* ------------------------------------------------------------ bad input (issue 15) */
+
+/* The tiny fixture's config.json with one "key": value pair replaced
+ * (from must be in it), parsed as config.json. @return as
+ * model_config_parse. */
+static int parse_edited(const char *from, const char *to, model_config *c)
+{
+    char *cfg;
+    size_t len;
+    cr_assert_eq(off_read_file(TINY "/config.json", &cfg, &len), 0, "%s", err_msg());
+    char *p = strstr(cfg, from);
+    cr_assert(p, "the fixture has no %s", from);
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%.*s%s%s", (int)(p - cfg), cfg, to, p + strlen(from));
+    free(cfg);
+    err_clear();
+    return model_config_parse(buf, strlen(buf), "m/config.json", c);
+}
+
+/* Every number of config.json is checked where it is read, against a range
+ * that keeps the sizes made from it clear of overflow, before any cast: the
+ * message names the file, the field and the range. Token ids the engine
+ * feeds or stops on must be rows of the embedding table. */
+Test(model, config_numbers_are_range_checked)
+{
+    static const struct {
+        const char *from, *to, *want;
+    } cases[] = {
+        {"\"max_position_embeddings\": 128", "\"max_position_embeddings\": 2147483647",
+         "\"max_position_embeddings\" is 2147483647; it must be an integer from 1 to 16777216"},
+        {"\"max_position_embeddings\": 128", "\"max_position_embeddings\": -5",
+         "\"max_position_embeddings\" is -5; it must be an integer from 1 to 16777216"},
+        {"\"num_hidden_layers\": 3", "\"num_hidden_layers\": 1e9",
+         "\"num_hidden_layers\" is 1000000000; it must be an integer from 1 to 1024"},
+        {"\"hidden_size\": 64", "\"hidden_size\": 2147483584",
+         "\"hidden_size\" is 2147483584; it must be an integer from 1 to 65536"},
+        {"\"ffn_dim\": 256", "\"ffn_dim\": 2147483647",
+         "\"ffn_dim\" is 2147483647; it must be an integer from 1 to 1048576"},
+        {"\"vocab_size\": 512", "\"vocab_size\": 1e300",
+         "\"vocab_size\" is 1.0000000000000001e+300; it must be an integer from 1 to 16777216"},
+        {"\"num_attention_heads\": 4", "\"num_attention_heads\": 1e10",
+         "\"num_attention_heads\" is 10000000000; it must be an integer from 1 to 1024"},
+        {"\"num_attention_heads\": 4", "\"num_attention_heads\": 4.5",
+         "\"num_attention_heads\" is 4.5; it must be an integer from 1 to 1024"},
+        {"\"bos_token_id\": 2", "\"bos_token_id\": -7",
+         "\"bos_token_id\" is -7; it must be an integer from -1 to 16777215 (or null for none)"},
+        {"\"bos_token_id\": 2", "\"bos_token_id\": 100000",
+         "\"bos_token_id\" 100000 is not in the vocabulary (vocab_size 512): it must be from 0 "
+         "to 511, or null for none"},
+        {"\"eos_token_id\": 2", "\"eos_token_id\": [512, 2]",
+         "\"eos_token_id\" 512 is not in the vocabulary (vocab_size 512)"},
+        {"\"eos_token_id\": 2", "\"eos_token_id\": [2, -3]",
+         "\"eos_token_id\" is -3; it must be an integer from -1"},
+        {"\"pad_token_id\": 1", "\"pad_token_id\": 512",
+         "\"pad_token_id\" 512 is not in the vocabulary"},
+    };
+    model_config c;
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        int rc = parse_edited(cases[i].from, cases[i].to, &c);
+        cr_expect_eq(rc, -EINVAL, "%s was accepted", cases[i].to);
+        cr_expect(strstr(err_msg(), "m/config.json: ") && strstr(err_msg(), cases[i].want),
+                  "%s: unclear message: %s", cases[i].to, err_msg());
+    }
+    /* floats: a norm's epsilon in [0, 1], any other one a float */
+    static const char *const llama[][2] = {
+        {"\"rms_norm_eps\": 1e300", "\"rms_norm_eps\" must be a number from 0 to 1"},
+        {"\"rope_theta\": -1e300", "\"rope_theta\" must be a number from"},
+    };
+    for (size_t i = 0; i < 2; i++) {
+        char js[512];
+        snprintf(js, sizeof js, "{\"model_type\": \"llama\", \"vocab_size\": 64, "
+                 "\"hidden_size\": 16, \"intermediate_size\": 32, \"num_hidden_layers\": 1, "
+                 "\"num_attention_heads\": 2, %s}", llama[i][0]);
+        err_clear();
+        cr_expect_eq(model_config_parse(js, strlen(js), "m/config.json", &c), -EINVAL,
+                     "%s was accepted", llama[i][0]);
+        cr_expect(strstr(err_msg(), llama[i][1]), "unclear message: %s", err_msg());
+    }
+    /* -1 and null say "none"; the largest id of the vocabulary is one */
+    cr_assert_eq(parse_edited("\"pad_token_id\": 1", "\"pad_token_id\": -1", &c), 0, "%s",
+                 err_msg());
+    cr_assert_eq(c.pad_id, -1);
+    cr_assert_eq(parse_edited("\"bos_token_id\": 2", "\"bos_token_id\": 511", &c), 0, "%s",
+                 err_msg());
+    cr_assert_eq(c.bos_id, 511);
+    /* not an object: refused, and nothing leaks (ASan) */
+    err_clear();
+    cr_assert_eq(model_config_parse("[1, 2]", 6, "m/config.json", &c), -EINVAL);
+    cr_assert(strstr(err_msg(), "m/config.json: not a JSON object"), "%s", err_msg());
+}
+
+/* The weight store at dir with the config.json in its header edited (from
+ * -> to) and the header checksum recomputed: a store whose header and
+ * config disagree, as a damaged or hand-edited one would. */
+static void store_edit_config(const char *dir, const char *from, const char *to)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/model.flxh2o", dir);
+    FILE *f = fopen(path, "r+b");
+    cr_assert(f);
+    uint8_t h[OFF_ALIGN], out[OFF_ALIGN] = {0};
+    cr_assert_eq(fread(h, 1, sizeof h, f), sizeof h);
+    uint32_t n_seg = h[16] | h[17] << 8, cfg_len = h[20] | h[21] << 8 | h[22] << 16;
+    char cfg[OFF_ALIGN];
+    memcpy(cfg, h + 24, cfg_len);
+    cfg[cfg_len] = 0;
+    char *p = strstr(cfg, from);
+    cr_assert(p, "the store's config has no %s", from);
+    char edited[OFF_ALIGN];
+    int n = snprintf(edited, sizeof edited, "%.*s%s%s", (int)(p - cfg), cfg, to,
+                     p + strlen(from));
+    size_t segs = (size_t)n_seg * (48 + 24);
+    cr_assert_lt(24 + (size_t)n + segs + 8, sizeof out, "the header outgrows its block");
+    memcpy(out, h, 20);
+    for (int i = 0; i < 4; i++)
+        out[20 + i] = (uint8_t)((uint32_t)n >> (8 * i));
+    memcpy(out + 24, edited, (size_t)n);
+    memcpy(out + 24 + n, h + 24 + cfg_len, segs);
+    uint64_t x = XXH64(out, 24 + (size_t)n + segs, 0);
+    for (int i = 0; i < 8; i++)
+        out[24 + n + segs + (size_t)i] = (uint8_t)(x >> (8 * i));
+    cr_assert_eq(fseek(f, 0, SEEK_SET), 0);
+    cr_assert_eq(fwrite(out, 1, sizeof out, f), sizeof out);
+    fclose(f);
+}
+
+static int load_store(const char *dir, model **m)
+{
+    return model_load_store(dir, &be, NULL, discard_sink, NULL, m);
+}
+
+/* A store's segments are checked against its config before anything is
+ * read or copied: a missing, extra or wrongly sized segment is refused by
+ * name (a vocabulary grown in the config once overran the embedding copy),
+ * and a damaged magic says so instead of taking the store for a Hugging
+ * Face directory. */
+Test(model, store_segments_must_match_its_config)
+{
+    make_tmp();
+    char st[300], cmd[1024];
+    snprintf(st, sizeof st, "%s/st", tmpdir);
+    cr_assert_eq(model_convert(TINY, st, OFF_DTYPE_F32), 0, "%s", err_msg());
+    snprintf(cmd, sizeof cmd, "cp -r %s %s.orig", st, st);
+    cr_assert_eq(system(cmd), 0);
+    model *m = NULL;
+    cr_assert_eq(load_store(st, &m), 0, "%s", err_msg());
+    model_destroy(m);
+    static const struct {
+        const char *from, *to, *want;
+    } cases[] = {
+        {"\"vocab_size\": 512", "\"vocab_size\": 1024",
+         "segment tok_emb has 131072 bytes, but its config.json gives 262144"},
+        {"\"ffn_dim\": 256", "\"ffn_dim\": 512", "segment layer.0 has"},
+        {"\"max_position_embeddings\": 128", "\"max_position_embeddings\": 256",
+         "segment pos_emb has"},
+        {"\"num_hidden_layers\": 3", "\"num_hidden_layers\": 2",
+         "7 segments, but its config.json gives 6 (2 layers)"},
+        {"\"num_hidden_layers\": 3", "\"num_hidden_layers\": 4",
+         "segment layer.3 is missing"},
+        {"\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false",
+         "segment lm_head is missing"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r %s.orig %s", st, st, st);
+        cr_assert_eq(system(cmd), 0);
+        store_edit_config(st, cases[i].from, cases[i].to);
+        m = NULL;
+        err_clear();
+        cr_expect_eq(load_store(st, &m), -EINVAL, "%s: the store was loaded", cases[i].to);
+        cr_expect_null(m);
+        cr_expect(strstr(err_msg(), "model.flxh2o: ") && strstr(err_msg(), cases[i].want) &&
+                      strstr(err_msg(), "run flexh2o convert again"),
+                  "%s: unclear message: %s", cases[i].to, err_msg());
+    }
+    /* a flipped magic: a damaged store, not a Hugging Face directory */
+    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -r %s.orig %s", st, st, st);
+    cr_assert_eq(system(cmd), 0);
+    char path[400];
+    snprintf(path, sizeof path, "%s/model.flxh2o", st);
+    FILE *f = fopen(path, "r+b");
+    fputc('X', f);
+    fclose(f);
+    model_config c;
+    uint32_t dt;
+    err_clear();
+    cr_assert_lt(model_config_of(st, &c), 0);
+    cr_assert(strstr(err_msg(), "is not a flexh2o weight store") &&
+                  strstr(err_msg(), "magic") && !strstr(err_msg(), "safetensors"),
+              "unclear message: %s", err_msg());
+    err_clear();
+    cr_assert_lt(model_store_dtype(st, &dt), 0);
+    cr_assert(strstr(err_msg(), "is not a flexh2o weight store"), "%s", err_msg());
+    rm_tmp();
+}
+
+/* Write a safetensors file at dir/name with header JSON hdr and n bytes of
+ * zero data. */
+static void put_safetensors(const char *dir, const char *name, const char *hdr, size_t n)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    cr_assert(f);
+    uint64_t hl = strlen(hdr);
+    for (int i = 0; i < 8; i++)
+        fputc((int)(hl >> (8 * i)) & 0xff, f);
+    fputs(hdr, f);
+    for (size_t i = 0; i < n; i++)
+        fputc(0, f);
+    fclose(f);
+}
+
+static void st_refused(const char *dir, const char *name, const char *want)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    st_set *s = NULL;
+    err_clear();
+    int rc = name[0] ? st_open_file(path, &s) : st_open_dir(dir, &s);
+    cr_expect_eq(rc, -EINVAL, "%s was accepted (want: %s)", name[0] ? path : dir, want);
+    cr_expect(strstr(err_msg(), want), "unclear message: %s (want: %s)", err_msg(), want);
+    if (rc == 0)
+        st_close(s);
+}
+
+/* A safetensors header's tensors must lie within the data section and not
+ * share bytes; offsets and shapes are whole numbers from 0, checked before
+ * any cast. An index's shards are plain file names of the model directory:
+ * a name that climbs out of it, an absolute path or a name with '/' is
+ * refused before anything is opened. */
+Test(model, safetensors_offsets_and_shard_names_are_checked)
+{
+    make_tmp();
+    const char *ok = "{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]}, "
+                     "\"b\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}}";
+    put_safetensors(tmpdir, "ok.safetensors", ok, 16);
+    st_set *s;
+    char okp[512];
+    snprintf(okp, sizeof okp, "%s/ok.safetensors", tmpdir);
+    cr_assert_eq(st_open_file(okp, &s), 0, "%s", err_msg());
+    cr_assert(st_find(s, "a") && st_find(s, "b"));
+    st_close(s);
+
+    put_safetensors(tmpdir, "overlap.safetensors",
+                    "{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [8, 16]}, "
+                    "\"b\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [4, 12]}}",
+                    16);
+    st_refused(tmpdir, "overlap.safetensors", "tensors b and a overlap in the data section");
+    put_safetensors(tmpdir, "reversed.safetensors",
+                    "{\"a\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [8, 0]}}",
+                    16);
+    st_refused(tmpdir, "reversed.safetensors",
+               "tensor a has data_offsets [8, 0]: the end is before the start");
+    put_safetensors(tmpdir, "negative.safetensors",
+                    "{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [-8, 0]}}",
+                    16);
+    st_refused(tmpdir, "negative.safetensors",
+               "tensor a has data_offsets [-8, 0]; they must be two byte offsets");
+    put_safetensors(tmpdir, "past.safetensors",
+                    "{\"a\": {\"dtype\": \"F32\", \"shape\": [4], \"data_offsets\": [8, 24]}}",
+                    16);
+    st_refused(tmpdir, "past.safetensors", "past.safetensors: truncated: tensor a ends at byte");
+    put_safetensors(tmpdir, "shape.safetensors",
+                    "{\"a\": {\"dtype\": \"F32\", \"shape\": [-2, -1], \"data_offsets\": "
+                    "[0, 8]}}", 16);
+    st_refused(tmpdir, "shape.safetensors", "tensor a has a bad shape");
+    put_safetensors(tmpdir, "array.safetensors", "[1, 2]", 16); /* no leak (ASan) */
+    st_refused(tmpdir, "array.safetensors", "corrupt safetensors header");
+
+    const char *bad[] = {"../../../../etc/passwd", "/etc/passwd", "sub/ok.safetensors", ".."};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char idx[512], want[512];
+        snprintf(idx, sizeof idx, "%s/model.safetensors.index.json", tmpdir);
+        FILE *f = fopen(idx, "w");
+        fprintf(f, "{\"weight_map\": {\"a\": \"ok.safetensors\", \"b\": \"%s\"}}", bad[i]);
+        fclose(f);
+        snprintf(want, sizeof want, "weight_map gives tensor b the shard \"%s\", which is not "
+                 "a file name in %s", bad[i], tmpdir);
+        st_refused(tmpdir, "", want);
+    }
+    rm_tmp();
 }

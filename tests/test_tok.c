@@ -718,7 +718,7 @@ Test(tok, missing_files)
     char sub[512];
     snprintf(sub, sizeof sub, "%s/merges.txt", d);
     cr_assert_eq(mkdir(sub, 0700), 0);
-    snprintf(want, sizeof want, "%s/merges.txt: not a regular file", d);
+    snprintf(want, sizeof want, "%s/merges.txt: not a regular file but a directory", d);
     load_fails(d, -EINVAL, want);
     cr_assert_eq(rmdir(sub), 0);
     rmtree(d);
@@ -1454,4 +1454,78 @@ Test(tok_cli, prompts_bos_from_tokenizer)
     cr_assert(strstr(err_msg(), "p.jsonl:2: the prompt is empty and the model "
                                 "adds no BOS"), "%s", err_msg());
     tok_destroy(t);
+}
+
+/* tok_check_vocab <- (t, V, "m/config.json") fails, naming want_file and
+ * want (the id in its words). */
+static void vocab_refused(const tok *t, int V, const char *want_file, const char *want)
+{
+    err_clear();
+    cr_assert_eq(tok_check_vocab(t, V, "m/config.json"), -EINVAL,
+                 "a tokenizer giving %s was accepted for a vocabulary of %d", want, V);
+    cr_assert(strstr(err_msg(), want_file) && strstr(err_msg(), want) &&
+                  strstr(err_msg(), "vocab_size") && strstr(err_msg(), "m/config.json"),
+              "unclear message: %s (want %s, %s)", err_msg(), want_file, want);
+}
+
+/* Where a tokenizer meets a model, every id it can give (vocabulary,
+ * added tokens, BOS, EOS) must be a row of the model's embedding table:
+ * one past it is refused, naming the file that gives it and the id. */
+Test(tok, ids_past_the_model_vocabulary_are_refused)
+{
+    char *d = tmpdir();
+    /* vocab.json + merges.txt, then tokenizer.json alone */
+    put_copy(d, "vocab.json");
+    put_copy(d, "merges.txt");
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass) {
+            char p[512];
+            snprintf(p, sizeof p, "%s/vocab.json", d);
+            unlink(p);
+            snprintf(p, sizeof p, "%s/merges.txt", d);
+            unlink(p);
+            put_copy(d, "tokenizer.json");
+        }
+        tok *t = load_ok(d);
+        int V = tok_vocab_size(t);
+        err_clear();
+        cr_assert_eq(tok_check_vocab(t, V, "m/config.json"), 0, "%s", err_msg());
+        char file[512], want[64];
+        snprintf(file, sizeof file, "%s/%s", d, pass ? "tokenizer.json" : "vocab.json");
+        snprintf(want, sizeof want, "token id %d (", V - 1);
+        vocab_refused(t, V - 1, file, want);
+        tok_destroy(t);
+    }
+    /* BOS from config.json, EOS from generation_config.json */
+    putstr(d, "config.json", "{\"bos_token_id\": 100000}");
+    tok *t = load_ok(d);
+    int V = tok_vocab_size(t);
+    cr_assert_eq(tok_bos_id(t), 100000);
+    char file[512];
+    snprintf(file, sizeof file, "%s/config.json", d);
+    vocab_refused(t, V, file, "the BOS id 100000");
+    tok_destroy(t);
+    putstr(d, "config.json", "{\"bos_token_id\": 1}");
+    putstr(d, "generation_config.json", "{\"eos_token_id\": [2, 70000]}");
+    t = load_ok(d);
+    snprintf(file, sizeof file, "%s/generation_config.json", d);
+    vocab_refused(t, V, file, "eos_token_id 70000");
+    err_clear();
+    cr_assert_eq(tok_check_vocab(t, 70001, "m/config.json"), 0, "%s", err_msg());
+    tok_destroy(t);
+    rmtree(d);
+
+    /* a post-processor's BOS id that is no id at all */
+    d = tmpdir();
+    size_t len;
+    char *text = slurp(FIX "/tok-llama2/tokenizer.json", &len);
+    const char *at = strstr(text, "\"ids\":[1]");
+    cr_assert(at, "the fixture's template changed");
+    char *bad = malloc(len + 16);
+    int n = snprintf(bad, len + 16, "%.*s\"ids\":[-5]%s", (int)(at - text), text, at + 9);
+    put(d, "tokenizer.json", bad, (size_t)n);
+    free(bad);
+    free(text);
+    load_fails(d, -EINVAL, "post_processor.special_tokens[\"<s>\"].ids[0] is -5");
+    rmtree(d);
 }

@@ -135,11 +135,25 @@ int cli_set_exact(const cli_argv *a, const cli_opt *o, const char *arg, void *fi
     return rc;
 }
 
+/* A memory cap. A number alone is bytes, which nobody means for a small
+ * one ("--gpu-mem 16" would cap the tier at 16 bytes): below 1 MiB a unit
+ * is required. 0 is refused, not taken for "no cap": the flag's absence
+ * says that. */
 int cli_set_size(const cli_argv *a, const cli_opt *o, const char *arg, void *field)
 {
     char flag[64];
-    if (sched_parse_size(flag_of(o, flag, sizeof flag), arg, field) < 0)
+    flag_of(o, flag, sizeof flag);
+    if (sched_parse_size(flag, arg, field) < 0)
         return cli_usage_err(a->verb);
+    uint64_t v = *(uint64_t *)field;
+    char *unit;
+    strtod(arg, &unit); /* sched_parse_size took it: a number, then the unit or nothing */
+    if (v == 0)
+        return cli_usage(a->verb, "%s %s: a cap of 0 bytes leaves no room for anything; give a "
+                         "size like 16G, or leave %s out for the default", flag, arg, flag);
+    if (!*unit && v < (1u << 20))
+        return cli_usage(a->verb, "%s %s: give a unit, e.g. %sG (a number alone is bytes)",
+                         flag, arg, arg);
     return 0;
 }
 

@@ -35,6 +35,11 @@ int cli_model_open(const char *dir, const char *dummy, cli_model_src *src)
         return 0;
     }
     FORWARD_IF(tok_load(dir, &src->t));
+    /* every id the tokenizer gives must index the embedding table */
+    char cfg_file[4096];
+    snprintf(cfg_file, sizeof cfg_file, "%s/%s", dir,
+             src->is_store ? "model.flxh2o" : "config.json");
+    FORWARD_IF(tok_check_vocab(src->t, src->cfg.vocab_size, cfg_file));
     /* a tokenizer of another model: the ids past it would decode to
      * nothing (a vocabulary padded for the GEMMs is a few hundred ids
      * larger than its tokenizer, which is fine) */

@@ -297,11 +297,12 @@ static int request_ids(const tok *t, const cJSON *arr, const char *text, size_t 
         RETURN_IF(!*out, -ENOMEM, "out of memory");
         const cJSON *e;
         cJSON_ArrayForEach(e, arr) {
-            RETURN_IF(!cJSON_IsNumber(e) || e->valuedouble != (int)e->valuedouble ||
-                      e->valueint < 0 || e->valueint >= V, -EINVAL,
+            /* the range first: casting a double past int's is undefined */
+            RETURN_IF(!cJSON_IsNumber(e) || !(e->valuedouble >= 0 && e->valuedouble < V) ||
+                      e->valuedouble != (int)e->valuedouble, -EINVAL,
                       "line %d: \"%s_ids\" holds %g, not a token id below %d", line, what,
                       cJSON_IsNumber(e) ? e->valuedouble : -1.0, V);
-            (*out)[i++] = e->valueint;
+            (*out)[i++] = (int32_t)e->valuedouble;
         }
         *n = k;
         return 0;

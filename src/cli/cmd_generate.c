@@ -267,6 +267,8 @@ static const char *model_name(const gen_args *a)
 static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
 {
     const model_config *cfg = &j->src.cfg;
+    if (a->trace_path) /* written at the end: a path that cannot be fails now */
+        FORWARD_IF(sched_trace_check(a->trace_path));
     FORWARD_IF(cli_model_open(a->c.model_dir, a->c.dummy, &j->src));
     if (j->src.is_store && (j->src.store_dtype & OFF_DTYPE_Q4))
         pol->compress_weight = 1; /* a 4-bit store runs as 4-bit weights */

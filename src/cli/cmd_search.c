@@ -130,6 +130,11 @@ static int job_lengths(const model_config *cfg, const cli_common *c, sched_searc
     job_reader *rd = NULL;
     gen_opts go = {.max_new = c->max_new, .prefill_rows = so->prefill_rows, .kv = c->kv};
     int rc = c->model_dir ? tok_load(c->model_dir, &t) : 0;
+    if (rc == 0 && t) {
+        char cfg_file[4096];
+        snprintf(cfg_file, sizeof cfg_file, "%s/config.json", c->model_dir);
+        rc = tok_check_vocab(t, cfg->vocab_size, cfg_file);
+    }
     if (rc == 0)
         rc = job_reader_open(c->prompts,
                              &(job_load_opts){.t = t, .bos = t ? tok_bos_id(t) : cfg->bos_id,

@@ -3,6 +3,9 @@
  * shapes. */
 #include "model_config.h"
 
+#include <float.h>
+#include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +39,56 @@ static const cJSON *item(const cJSON *o, const char *key)
     return v && !cJSON_IsNull(v) ? v : NULL;
 }
 
+/* The range of every integer a family reads from config.json. The bounds
+ * keep every size computed from them (elements of a layer, the embedding
+ * table, the positions) far from overflow, and are far above any published
+ * model: 256k vocabularies, 16k-wide hidden states, 53k-wide MLPs, 126
+ * layers, 128 heads, 10M positions. A key not listed takes any int. */
+static const struct json_range {
+    const char *key;
+    int lo, hi;
+} json_ranges[] = {
+    {"vocab_size", 1, MODEL_MAX_VOCAB},
+    {"hidden_size", 1, 65536},
+    {"word_embed_proj_dim", 1, 65536},
+    {"intermediate_size", 1, 1 << 20},
+    {"ffn_dim", 1, 1 << 20},
+    {"num_hidden_layers", 1, 1024},
+    {"num_attention_heads", 1, 1024},
+    {"num_key_value_heads", 1, 1024},
+    {"head_dim", 1, 1024},
+    {"max_position_embeddings", 1, 1 << 24},
+    {"original_max_position_embeddings", 1, 1 << 24},
+    {"sliding_window", 0, 1 << 24},
+    /* token ids: -1 is how some configs say "none"; check_shape holds
+     * the others to the vocabulary */
+    {"bos_token_id", -1, MODEL_MAX_VOCAB - 1},
+    {"eos_token_id", -1, MODEL_MAX_VOCAB - 1},
+    {"pad_token_id", -1, MODEL_MAX_VOCAB - 1},
+};
+
+/* v as an int in key's range (any int for an unlisted key). The range is
+ * checked on the double, before the cast (a cast of a double out of int's
+ * range is undefined). @return 0 or -EINVAL naming file, field and range. */
+static int json_to_int(const cJSON *v, const char *key, int *out, const char *what)
+{
+    int lo = INT_MIN, hi = INT_MAX;
+    for (size_t i = 0; i < sizeof json_ranges / sizeof *json_ranges; i++)
+        if (strcmp(json_ranges[i].key, key) == 0) {
+            lo = json_ranges[i].lo;
+            hi = json_ranges[i].hi;
+        }
+    const char *none = lo == -1 ? " (or null for none)" : "";
+    RETURN_IF(!cJSON_IsNumber(v), -EINVAL, "%s: \"%s\" must be an integer from %d to %d%s",
+              what, key, lo, hi, none);
+    double d = v->valuedouble;
+    RETURN_IF(!(d >= lo && d <= hi) || d != floor(d), -EINVAL,
+              "%s: \"%s\" is %.17g; it must be an integer from %d to %d%s", what, key, d, lo,
+              hi, none);
+    *out = (int)d;
+    return 0;
+}
+
 int model_json_int(const cJSON *o, const char *key, int def, int *out, const char *what)
 {
     const cJSON *v = item(o, key);
@@ -46,10 +99,7 @@ int model_json_int(const cJSON *o, const char *key, int def, int *out, const cha
         *out = def;
         return 0;
     }
-    RETURN_IF(!cJSON_IsNumber(v) || v->valuedouble != (int)v->valuedouble, -EINVAL,
-              "%s: \"%s\" must be an integer", what, key);
-    *out = (int)v->valuedouble;
-    return 0;
+    return json_to_int(v, key, out, what);
 }
 
 int model_json_float(const cJSON *o, const char *key, float def, float *out, const char *what)
@@ -59,7 +109,13 @@ int model_json_float(const cJSON *o, const char *key, float def, float *out, con
         *out = def;
         return 0;
     }
-    RETURN_IF(!cJSON_IsNumber(v), -EINVAL, "%s: \"%s\" must be a number", what, key);
+    /* a norm's epsilon is small and positive; any other number must have
+     * a float (the cast of a double past FLT_MAX is undefined); RoPE's
+     * parameters are checked as a whole by kern_rope_inv_freq */
+    int eps = strcmp(key, "rms_norm_eps") == 0 || strcmp(key, "layer_norm_eps") == 0;
+    double lo = eps ? 0 : -FLT_MAX, hi = eps ? 1 : FLT_MAX;
+    RETURN_IF(!cJSON_IsNumber(v) || !(v->valuedouble >= lo && v->valuedouble <= hi), -EINVAL,
+              "%s: \"%s\" must be a number from %g to %g", what, key, lo, hi);
     *out = (float)v->valuedouble;
     return 0;
 }
@@ -91,12 +147,13 @@ int model_json_eos(const cJSON *o, int def, int *out, const char *what)
 {
     const cJSON *v = item(o, "eos_token_id");
     if (cJSON_IsArray(v)) {
-        const cJSON *first = v->child;
-        RETURN_IF(first && (!cJSON_IsNumber(first) ||
-                            first->valuedouble != (int)first->valuedouble),
-                  -EINVAL, "%s: \"eos_token_id\" must be an integer or a list of them", what);
-        *out = first ? (int)first->valuedouble : def;
-        return 0;
+        if (!v->child) {
+            *out = def;
+            return 0;
+        }
+        for (const cJSON *e = v->child; e; e = e->next)
+            FORWARD_IF(json_to_int(e, "eos_token_id", out, what));
+        return json_to_int(v->child, "eos_token_id", out, what);
     }
     return model_json_int(o, "eos_token_id", def, out, what);
 }
@@ -207,6 +264,17 @@ static int check_shape(const model_config *c, const char *what)
               "head_dim %d, layers %d, intermediate %d, vocab %d, max positions %d): every "
               "one must be positive", what, c->hidden, c->n_head, c->n_kv_head, c->head_dim,
               c->n_layer, c->ffn, c->vocab_size, c->max_pos);
+    /* the ids the engine feeds or stops on index the embedding table */
+    const struct {
+        const char *key;
+        int id;
+    } ids[] = {{"bos_token_id", c->bos_id}, {"eos_token_id", c->eos_id},
+               {"pad_token_id", c->pad_id}};
+    for (size_t i = 0; i < sizeof ids / sizeof *ids; i++)
+        RETURN_IF(ids[i].id < -1 || ids[i].id >= c->vocab_size, -EINVAL,
+                  "%s: \"%s\" %d is not in the vocabulary (vocab_size %d): it must be from 0 "
+                  "to %d, or null for none", what, ids[i].key, ids[i].id, c->vocab_size,
+                  c->vocab_size - 1);
     RETURN_IF(c->n_head % c->n_kv_head != 0, -EINVAL,
               "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", what,
               c->n_head, c->n_kv_head);
@@ -227,8 +295,12 @@ int model_config_parse(const char *json, size_t len, const char *what,
 {
     memset(cfg, 0, sizeof *cfg);
     cJSON *o = cJSON_ParseWithLength(json, len);
-    RETURN_IF(!o || !cJSON_IsObject(o), -EINVAL,
-              "%s: not valid JSON; re-download or regenerate config.json", what);
+    if (!cJSON_IsObject(o)) {
+        int json = o != NULL;
+        cJSON_Delete(o);
+        RETURN_IF(1, -EINVAL, "%s: %s; re-download or regenerate config.json", what,
+                  json ? "not a JSON object" : "not valid JSON");
+    }
     const model_family *f = NULL;
     int rc = family_of(o, what, &f);
     if (rc == 0) {

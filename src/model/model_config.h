@@ -23,6 +23,10 @@ typedef enum model_pos { MODEL_POS_LEARNED, MODEL_POS_ROPE } model_pos;
 
 struct model_family;
 
+/* The largest vocabulary config.json may give (the tokenizer's bound on an
+ * id, TOK_MAX_ID, is the same). */
+#define MODEL_MAX_VOCAB (1 << 24)
+
 typedef struct model_config {
     char name[64];        /* _name_or_path, or the file's base name */
     const struct model_family *family; /* from model_type */
@@ -53,7 +57,13 @@ typedef struct model_config {
 /* Parse config.json text. `what` names the file in messages. The family
  * comes from model_type (or architectures); what the engine cannot run
  * (an unknown family, a field that changes the math in a way it does not
- * implement) is refused with a one-line message naming the field.
+ * implement) is refused with a one-line message naming the field. Every
+ * number is range-checked as it is read (the table in model_config.c:
+ * vocab_size up to MODEL_MAX_VOCAB, hidden_size up to 65536, layers and
+ * heads up to 1024, max_position_embeddings up to 2^24, ...), so no size
+ * made from them overflows; bos/eos/pad_token_id must be rows of the
+ * vocabulary (or -1/null for none). The message names the file, the field
+ * and the allowed range.
  * @return 0 or -EINVAL. */
 int model_config_parse(const char *json, size_t len, const char *what,
                        model_config *cfg);

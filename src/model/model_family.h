@@ -89,7 +89,10 @@ extern const model_family model_family_opt, model_family_llama, model_family_mis
 /* ---- for the families' readers (model_config.c) ----
  * Each reads key of o into *out, or def when it is absent or null;
  * required keys (model_json_int with def MODEL_JSON_REQUIRED) are refused
- * when missing. @return 0 or -EINVAL with a message naming key and file. */
+ * when missing. A number is checked against key's range (model_config.c's
+ * table; a float: any value a float holds, a norm's epsilon in [0, 1])
+ * before it is converted. @return 0 or -EINVAL with a message naming key,
+ * file and range. */
 #define MODEL_JSON_REQUIRED (-2147483647 - 1)
 int model_json_int(const cJSON *o, const char *key, int def, int *out, const char *what);
 int model_json_float(const cJSON *o, const char *key, float def, float *out, const char *what);

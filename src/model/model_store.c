@@ -9,6 +9,7 @@
  * segment with O_DIRECT when the store's dtype is the backend's storage
  * type.
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,11 +66,20 @@ static void convert_blob(const model_config *c, int wq, void *dst, size_t dst_es
     }
 }
 
+/* 1 when dir holds a weight store file: a file named model.flxh2o, whole
+ * or not (a damaged one is refused by off_store_open, not taken for a
+ * Hugging Face directory). */
+static int has_store(const char *dir, char *p, size_t cap)
+{
+    struct stat st;
+    return snprintf(p, cap, "%s/%s", dir, STORE_FILE) < (int)cap && stat(p, &st) == 0 &&
+           !S_ISDIR(st.st_mode);
+}
+
 int model_config_of(const char *path, model_config *out)
 {
     char p[4096];
-    snprintf(p, sizeof p, "%s/%s", path, STORE_FILE);
-    if (off_store_probe(p) == 1) {
+    if (has_store(path, p, sizeof p)) {
         off_store s = {0};
         FORWARD_IF(off_store_open(p, &s));
         int rc = model_config_parse(s.config_json, strlen(s.config_json), p, out);
@@ -87,8 +97,7 @@ int model_config_of(const char *path, model_config *out)
 int model_store_dtype(const char *path, uint32_t *dtype)
 {
     char p[4096];
-    snprintf(p, sizeof p, "%s/%s", path, STORE_FILE);
-    if (off_store_probe(p) != 1)
+    if (!has_store(path, p, sizeof p))
         return 0;
     off_store s = {0};
     FORWARD_IF(off_store_open(p, &s));
@@ -227,6 +236,38 @@ int model_convert(const char *hf_dir, const char *out_dir, uint32_t dtype)
 
 /* ------------------------------------------------------------ loading */
 
+/* Every segment the config of store st (at path) implies, with the length
+ * it implies, and no others: checked before anything is read or copied, so
+ * a store whose header and config disagree (a header rewritten with its
+ * checksum) cannot make a copy overrun. ses: the store's element size;
+ * wq: its layers are 4-bit. @return 0 or -EINVAL (message). */
+static int check_segments(const off_store *st, const model_config *c, const int *gid,
+                          const size_t *glen, int n_glob, size_t ses, int wq,
+                          const char *path)
+{
+    size_t layer = model_layer_layout_q(c, ses, wq, NULL, NULL);
+    for (int i = 0; i < n_glob + c->n_layer; i++) {
+        char name[OFF_SEG_NAME];
+        if (i < n_glob)
+            snprintf(name, sizeof name, "%s", global_names[gid[i]]);
+        else
+            snprintf(name, sizeof name, "layer.%d", i - n_glob);
+        uint64_t want = i < n_glob ? glen[i] * ses : layer;
+        int k = off_store_find(st, name);
+        RETURN_IF(k < 0, -EINVAL, "%s: segment %s is missing, but its config.json needs it; "
+                  "the store is damaged: run flexh2o convert again", path, name);
+        RETURN_IF(st->seg[k].length != want, -EINVAL,
+                  "%s: segment %s has %" PRIu64 " bytes, but its config.json gives %" PRIu64
+                  "; the store is damaged: run flexh2o convert again", path, name,
+                  st->seg[k].length, want);
+    }
+    RETURN_IF(st->n_seg != n_glob + c->n_layer, -EINVAL,
+              "%s: %d segments, but its config.json gives %d (%d layers); the store is "
+              "damaged: run flexh2o convert again", path, st->n_seg, n_glob + c->n_layer,
+              c->n_layer);
+    return 0;
+}
+
 int model_load_store(const char *dir, backend *be, struct off_disk *disk,
                      model_layer_sink sink, void *ud, model **out)
 {
@@ -234,13 +275,13 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk,
     snprintf(path, sizeof path, "%s/%s", dir, STORE_FILE);
     model *m = calloc(1, sizeof *m);
     off_store *st = calloc(1, sizeof *st);
-    int rc = m && st ? 0 : -ENOMEM;
-    if (rc < 0)
-        err_set(__FILE__, __LINE__, "out of memory");
-    if (rc == 0) {
-        m->store = st;
-        rc = off_store_open(path, st);
+    if (!m || !st) {
+        free(m);
+        free(st);
+        RETURN_IF(1, -ENOMEM, "out of memory loading %s", path);
     }
+    m->store = st;
+    int rc = off_store_open(path, st);
     if (rc == 0)
         rc = model_config_parse(st->config_json, strlen(st->config_json), path, &m->cfg);
     const model_config *c = &m->cfg;
@@ -262,6 +303,8 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk,
     int gid[MODEL_G_COUNT], n_glob = rc == 0 ? store_globals(c, gid, glen) : 0;
     if (n_glob < 0)
         rc = n_glob;
+    if (rc == 0)
+        rc = check_segments(st, c, gid, glen, n_glob, ses, wq, path);
     size_t seg_max = 0;
     for (int i = 0; rc == 0 && i < st->n_seg; i++)
         if (st->seg[i].length > seg_max)
@@ -273,14 +316,7 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk,
         rc = -ENOMEM;
     }
     for (int i = 0; rc == 0 && i < n_glob; i++) {
-        int s = off_store_find(st, global_names[gid[i]]);
-        if (s < 0 || st->seg[s].length != glen[i] * ses) {
-            err_set(__FILE__, __LINE__, "%s: segment %s %s; run flexh2o convert again",
-                    path, global_names[gid[i]],
-                    s < 0 ? "is missing" : "has the wrong size for config.json");
-            rc = -EINVAL;
-            break;
-        }
+        int s = off_store_find(st, global_names[gid[i]]); /* check_segments: there */
         size_t n = st->seg[s].length / ses;
         rc = off_store_read_seg(st, disk, s, buf);
         float *tmp = rc == 0 ? realloc(f32, n * sizeof(float)) : NULL;
@@ -294,17 +330,10 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk,
             rc = be->ops->upload(be->ctx, *model_global(m, gid[i]), f32, n);
         }
     }
-    size_t want = model_layer_layout_q(c, ses, wq, NULL, NULL);
     for (int l = 0; rc == 0 && l < c->n_layer; l++) {
         char name[OFF_SEG_NAME];
         snprintf(name, sizeof name, "layer.%d", l);
-        int s = off_store_find(st, name);
-        if (s < 0 || st->seg[s].length != want) {
-            err_set(__FILE__, __LINE__, "%s: segment %s %s; run flexh2o convert again", path,
-                    name, s < 0 ? "is missing" : "has the wrong size for config.json");
-            rc = -EINVAL;
-            break;
-        }
+        int s = off_store_find(st, name); /* check_segments: there, of the right size */
         rc = off_store_read_seg(st, disk, s, buf);
         if (rc == 0 && ses == bes) {
             rc = sink(ud, l, buf, wq, st->fd, st->seg[s].offset);
@@ -316,8 +345,6 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk,
     free(buf);
     free(f32);
     if (rc < 0) {
-        if (!m)
-            free(st);
         model_destroy(m);
         return rc;
     }

@@ -9,6 +9,8 @@
 
 #include <cjson/cJSON.h>
 #include <fcntl.h>
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,15 +38,85 @@ struct st_set {
 
 static size_t dtype_size(st_dtype d) { return d == ST_F32 ? 4 : 2; }
 
+/* The byte range [*beg, *end) of tensor name in the data section (avail
+ * bytes from file offset data0), from its data_offsets: two integers,
+ * 0 <= beg <= end <= avail (checked as doubles, before any cast).
+ * @return 0 or -EINVAL (message). */
+static int data_range(const cJSON *off, const char *path, const char *name, size_t data0,
+                      size_t avail, size_t *beg, size_t *end)
+{
+    const cJSON *b = cJSON_GetArrayItem(off, 0), *e = cJSON_GetArrayItem(off, 1);
+    double db = cJSON_IsNumber(b) ? b->valuedouble : -1;
+    double de = cJSON_IsNumber(e) ? e->valuedouble : -1;
+    RETURN_IF(!(db >= 0 && de >= 0) || db != floor(db) || de != floor(de), -EINVAL,
+              "%s: tensor %s has data_offsets [%.17g, %.17g]; they must be two byte offsets "
+              "(whole numbers from 0); the file is corrupt, re-download it", path, name,
+              cJSON_IsNumber(b) ? db : NAN, cJSON_IsNumber(e) ? de : NAN);
+    RETURN_IF(db > de, -EINVAL, "%s: tensor %s has data_offsets [%.17g, %.17g]: the end is "
+              "before the start; the file is corrupt, re-download it", path, name, db, de);
+    RETURN_IF(de > (double)avail, -EINVAL,
+              "%s: truncated: tensor %s ends at byte %.17g but the file has %zu; re-download "
+              "it", path, name, (double)data0 + de, data0 + avail);
+    *beg = (size_t)db;
+    *end = (size_t)de;
+    return 0;
+}
+
+/* The element count of shape sh (up to 4 dimensions, each a whole number
+ * from 0; the product at most SIZE_MAX / 4) into *n and t->shape.
+ * @return 0 or -EINVAL (message). */
+static int tensor_shape(const cJSON *sh, const char *path, const char *name, st_tensor *t,
+                        size_t *n)
+{
+    double count = 1;
+    t->n_dim = cJSON_GetArraySize(sh);
+    for (int i = 0; i < t->n_dim; i++) {
+        const cJSON *v = cJSON_GetArrayItem(sh, i);
+        double d = cJSON_IsNumber(v) ? v->valuedouble : -1;
+        count *= d;
+        RETURN_IF(!(d >= 0 && count <= (double)(SIZE_MAX / 8)) || d != floor(d), -EINVAL,
+                  "%s: tensor %s has a bad shape (dimension %d is not a whole number or the "
+                  "tensor is too large); the file is corrupt, re-download it", path, name, i);
+        t->shape[i] = (int64_t)d;
+    }
+    *n = (size_t)count;
+    return 0;
+}
+
+static int by_begin(const void *a, const void *b)
+{
+    const st_tensor *x = a, *y = b;
+    return x->data < y->data ? -1 : x->data > y->data;
+}
+
+/* Tensors [first, n) of s (one file's): no two may share bytes. */
+static int check_overlap(st_set *s, int first, const char *path)
+{
+    st_tensor *t = s->tensors + first;
+    int n = s->n_tensors - first;
+    qsort(t, (size_t)n, sizeof *t, by_begin);
+    for (int i = 1; i < n; i++)
+        RETURN_IF((const char *)t[i - 1].data + t[i - 1].bytes > (const char *)t[i].data,
+                  -EINVAL, "%s: tensors %s and %s overlap in the data section; the file is "
+                  "corrupt, re-download it", path, t[i - 1].name, t[i].name);
+    return 0;
+}
+
+/* Map the safetensors file at path and add its tensors to s. Every header
+ * entry is checked against the file: a known dtype, a shape whose size is
+ * the entry's byte range, the range inside the data section, no two
+ * ranges overlapping. @return 0 or -errno (message). */
 static int add_file(st_set *s, const char *path)
 {
     int fd = open(path, O_RDONLY);
     RETURN_IF(fd < 0, -errno, "%s: cannot open (%s); check the model directory",
               path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) != 0) {
+    int bad = fstat(fd, &st) != 0 ? errno : S_ISREG(st.st_mode) ? 0 : EISDIR;
+    if (bad) {
         close(fd);
-        RETURN_IF(1, -errno, "%s: cannot stat (%s)", path, strerror(errno));
+        RETURN_IF(1, -bad, "%s: %s; it must be a safetensors file", path,
+                  bad == EISDIR ? "not a regular file" : strerror(bad));
     }
     size_t size = (size_t)st.st_size;
     if (size < 8) {
@@ -56,12 +128,14 @@ static int add_file(st_set *s, const char *path)
     close(fd);
     RETURN_IF(map == MAP_FAILED, -errno, "%s: mmap failed (%s)", path, strerror(errno));
     st_file *nf = realloc(s->files, sizeof *nf * (size_t)(s->n_files + 1));
-    if (!nf) {
+    char *owned = nf ? strdup(path) : NULL;
+    if (nf)
+        s->files = nf;
+    if (!owned) {
         munmap(map, size);
-        RETURN_IF(1, -ENOMEM, "out of memory");
+        RETURN_IF(1, -ENOMEM, "out of memory opening %s", path);
     }
-    s->files = nf;
-    s->files[s->n_files++] = (st_file){strdup(path), map, size};
+    s->files[s->n_files++] = (st_file){owned, map, size};
 
     const uint8_t *b = map;
     uint64_t hlen = 0;
@@ -71,10 +145,13 @@ static int add_file(st_set *s, const char *path)
               "%s: truncated safetensors file (header says %llu bytes, file has %zu); "
               "re-download it", path, (unsigned long long)hlen, size);
     cJSON *h = cJSON_ParseWithLength((const char *)b + 8, (size_t)hlen);
-    RETURN_IF(!h || !cJSON_IsObject(h), -EINVAL,
-              "%s: corrupt safetensors header (not JSON); re-download it", path);
+    if (!h || !cJSON_IsObject(h)) {
+        cJSON_Delete(h);
+        RETURN_IF(1, -EINVAL, "%s: corrupt safetensors header (not a JSON object); "
+                  "re-download it", path);
+    }
     size_t data0 = 8 + (size_t)hlen, avail = size - data0;
-    int rc = 0;
+    int rc = 0, first = s->n_tensors;
     const cJSON *e;
     cJSON_ArrayForEach(e, h) {
         if (strcmp(e->string, "__metadata__") == 0)
@@ -103,29 +180,19 @@ static int add_file(st_set *s, const char *path)
             rc = -EINVAL;
             break;
         }
-        size_t n = 1;
-        t.n_dim = cJSON_GetArraySize(sh);
-        for (int i = 0; i < t.n_dim; i++) {
-            t.shape[i] = (int64_t)cJSON_GetArrayItem(sh, i)->valuedouble;
-            n *= (size_t)t.shape[i];
-        }
-        size_t beg = (size_t)cJSON_GetArrayItem(off, 0)->valuedouble;
-        size_t end = (size_t)cJSON_GetArrayItem(off, 1)->valuedouble;
-        if (end < beg || end - beg != n * dtype_size(t.dtype)) {
+        size_t n = 0, beg = 0, end = 0;
+        rc = tensor_shape(sh, path, e->string, &t, &n);
+        if (rc == 0)
+            rc = data_range(off, path, e->string, data0, avail, &beg, &end);
+        if (rc < 0)
+            break;
+        if (end - beg != n * dtype_size(t.dtype)) {
             err_set(__FILE__, __LINE__, "%s: tensor %s: %zu bytes for %zu elements "
                     "of %s; the file is corrupt, re-download it", path, e->string,
                     end - beg, n, dt->valuestring);
             rc = -EINVAL;
             break;
         }
-        if (end > avail) {
-            err_set(__FILE__, __LINE__, "%s: truncated: tensor %s ends at byte %zu "
-                    "but the file has %zu; re-download it", path, e->string,
-                    data0 + end, size);
-            rc = -EINVAL;
-            break;
-        }
-        t.name = strdup(e->string);
         t.data = b + data0 + beg;
         t.bytes = end - beg;
         t.file = s->files[s->n_files - 1].path;
@@ -133,17 +200,24 @@ static int add_file(st_set *s, const char *path)
             int cap = s->cap_tensors ? 2 * s->cap_tensors : 64;
             st_tensor *nt = realloc(s->tensors, sizeof *nt * (size_t)cap);
             if (!nt) {
-                free((char *)t.name);
+                err_set(__FILE__, __LINE__, "out of memory reading %s", path);
                 rc = -ENOMEM;
                 break;
             }
             s->tensors = nt;
             s->cap_tensors = cap;
         }
+        t.name = strdup(e->string);
+        if (!t.name) {
+            err_set(__FILE__, __LINE__, "out of memory reading %s", path);
+            rc = -ENOMEM;
+            break;
+        }
         s->tensors[s->n_tensors++] = t;
     }
     cJSON_Delete(h);
-    return rc;
+    FORWARD_IF(rc);
+    return check_overlap(s, first, path);
 }
 
 int st_open_file(const char *path, st_set **out)
@@ -182,6 +256,8 @@ int st_open_dir(const char *dir, st_set **out)
     }
     st_set *s = calloc(1, sizeof *s);
     int rc = s ? 0 : -ENOMEM;
+    if (rc < 0)
+        err_set(__FILE__, __LINE__, "out of memory reading %s", path);
     /* each shard once, in order of first mention */
     char **seen = NULL;
     int n_seen = 0;
@@ -195,6 +271,16 @@ int st_open_dir(const char *dir, st_set **out)
             rc = -EINVAL;
             break;
         }
+        /* a shard is a file of the model directory: a name like
+         * "../../etc/passwd" or "/abs/path" would open another one */
+        const char *sn = e->valuestring;
+        if (!*sn || strchr(sn, '/') || strcmp(sn, ".") == 0 || strcmp(sn, "..") == 0) {
+            err_set(__FILE__, __LINE__, "%s: weight_map gives tensor %s the shard \"%s\", "
+                    "which is not a file name in %s; shards are plain file names (no '/'): "
+                    "fix or re-download the index", path, e->string, sn, dir);
+            rc = -EINVAL;
+            break;
+        }
         int dup = 0;
         for (int i = 0; i < n_seen && !dup; i++)
             dup = strcmp(seen[i], e->valuestring) == 0;
@@ -202,6 +288,7 @@ int st_open_dir(const char *dir, st_set **out)
             continue;
         char **ns = realloc(seen, sizeof *ns * (size_t)(n_seen + 1));
         if (!ns) {
+            err_set(__FILE__, __LINE__, "out of memory reading %s", path);
             rc = -ENOMEM;
             break;
         }

@@ -446,7 +446,12 @@ static int tok_build(const struct tok_src *src, tok **out)
     t->pipe = src->pipe;
     t->unk_id = -1;
     t->bos_id = -1;
-    int rc = build_vocab(t, src);
+    t->vocab_file = strdup(src->vocab_name);
+    int rc = t->vocab_file ? 0 : -ENOMEM;
+    if (rc < 0)
+        err_set(__FILE__, __LINE__, "out of memory for the tokenizer");
+    if (rc == 0)
+        rc = build_vocab(t, src);
     if (rc == 0)
         rc = build_bytes(t, src);
     if (rc == 0)
@@ -478,12 +483,38 @@ void tok_destroy(tok *t)
     free(t->chat_template);
     free(t->bos_text);
     free(t->eos_text);
+    free(t->vocab_file);
+    free(t->bos_file);
+    free(t->eos_file);
     free(t);
 }
 
 int tok_vocab_size(const tok *t) { return t->n_vocab; }
 
 int tok_bos_id(const tok *t) { return t->bos_id; }
+
+int tok_check_vocab(const tok *t, int vocab_size, const char *model_file)
+{
+    /* the largest id is a vocabulary entry or an added token: one of the
+     * vocabulary file's (and every smaller one is then below vocab_size) */
+    int32_t top = t->n_vocab - 1;
+    int len = (int)(t->str_off[top + 1] - t->str_off[top]);
+    RETURN_IF(top >= vocab_size, -EINVAL,
+              "%s: token id %d (\"%.*s\") is past the model's vocabulary (vocab_size %d in "
+              "%s); the tokenizer is another model's: copy this model's tokenizer files",
+              t->vocab_file, (int)top, len < 40 ? len : 40, t->str + t->str_off[top],
+              vocab_size, model_file);
+    RETURN_IF(t->bos_id >= vocab_size, -EINVAL,
+              "%s: the BOS id %d is past the model's vocabulary (vocab_size %d in %s); fix "
+              "it or copy this model's files", t->bos_file ? t->bos_file : t->vocab_file,
+              (int)t->bos_id, vocab_size, model_file);
+    for (int i = 0; i < t->n_eos; i++)
+        RETURN_IF(t->eos[i] >= vocab_size, -EINVAL,
+                  "%s: eos_token_id %d is past the model's vocabulary (vocab_size %d in %s); "
+                  "fix it or copy this model's files", t->eos_file, (int)t->eos[i],
+                  vocab_size, model_file);
+    return 0;
+}
 
 int tok_eos_ids(const tok *t, const int32_t **ids)
 {

@@ -88,6 +88,15 @@ void tok_destroy(tok *t);
 /* Number of rows an embedding table needs: the largest id + 1. */
 int tok_vocab_size(const tok *t);
 
+/* Where a tokenizer meets its model: check every id T can give (its
+ * vocabulary and added tokens, BOS, EOS) against vocab_size, the rows of
+ * the model's embedding table (model_file names where it comes from, for
+ * the message). The tokenizer alone is loaded without a model (flexh2o
+ * tokenize), so tok_load cannot check this itself.
+ * @return 0, or -EINVAL with a message naming the file that gives the id
+ * and the id. */
+int tok_check_vocab(const tok *t, int vocab_size, const char *model_file);
+
 /* The id to put before the tokens of a prompt (tok_encode adds none), or
  * -1 when the model adds none. Decided by the first of:
  *   1. tokenizer_config.json's add_bos_token: true -> its bos_token (a

@@ -45,6 +45,8 @@ static int read_optional(const char *dir, const char *file, char *path,
     return 0;
 }
 
+static int dup_into(char **dst, const char *s);
+
 static int valid_id(const cJSON *v)
 {
     return cJSON_IsNumber(v) && v->valuedouble >= 0 &&
@@ -66,11 +68,12 @@ static int read_eos(tok *t, const cJSON *o, const char *path)
     for (const cJSON *c = first; ok && cJSON_IsArray(v) && c; c = c->next)
         ok = valid_id(c);
     RETURN_IF(!ok, -EINVAL,
-              "%s: eos_token_id must be a token id or a list of them; fix "
-              "or re-download it",
-              path);
+              "%s: eos_token_id must be a token id or a list of them (integers "
+              "from 0 to %d); fix or re-download it",
+              path, TOK_MAX_ID - 1);
     if (n == 0)
         return 0;
+    FORWARD_IF(dup_into(&t->eos_file, path));
     t->eos = malloc((size_t)n * sizeof *t->eos);
     RETURN_IF(!t->eos, -ENOMEM, "out of memory for %d EOS ids", n);
     for (const cJSON *c = first; c && t->n_eos < n; c = c->next)
@@ -112,7 +115,7 @@ static int dup_into(char **dst, const char *s)
     if (!s)
         return 0;
     *dst = strdup(s);
-    RETURN_IF(!*dst, -ENOMEM, "out of memory for the chat template");
+    RETURN_IF(!*dst, -ENOMEM, "out of memory for the tokenizer's settings");
     return 0;
 }
 
@@ -193,7 +196,7 @@ static int read_chat(tok *t, const char *dir, const cJSON *tc,
 
 /* Rule 1 of tok_bos_id: add_bos_token true. */
 static int bos_from_config(tok *t, const cJSON *tc, const char *tpath,
-                           const cJSON *cfg)
+                           const cJSON *cfg, const char *cpath)
 {
     const char *name = bos_token_of(tc);
     const cJSON *cid = cJSON_GetObjectItemCaseSensitive(cfg, "bos_token_id");
@@ -203,14 +206,14 @@ static int bos_from_config(tok *t, const cJSON *tc, const char *tpath,
                   "%s: bos_token \"%s\" is not in the tokenizer's vocabulary; "
                   "the files are from different models",
                   tpath, name);
-        return 0;
+        return dup_into(&t->bos_file, tpath);
     }
     RETURN_IF(!valid_id(cid), -EINVAL,
               "%s: add_bos_token is true but there is no bos_token, nor a "
-              "bos_token_id in config.json; add one",
-              tpath);
+              "bos_token_id (0 to %d) in config.json; add one",
+              tpath, TOK_MAX_ID - 1);
     t->bos_id = (int32_t)cid->valuedouble;
-    return 0;
+    return dup_into(&t->bos_file, cpath);
 }
 
 /* Rule 2 of tok_bos_id: the post-processor's template. */
@@ -226,24 +229,27 @@ static int bos_from_template(tok *t, const struct tok_src *src)
               "%s: post_processor's token \"%s\" is not in the vocabulary; "
               "re-download tokenizer.json",
               src->vocab_name, src->template_bos);
-    return 0;
+    return dup_into(&t->bos_file, src->vocab_name);
 }
 
 static int pick_bos(tok *t, const struct tok_src *src, const cJSON *tc,
-                    const char *tpath, const cJSON *cfg)
+                    const char *tpath, const cJSON *cfg, const char *cpath)
 {
     const cJSON *add = cJSON_GetObjectItemCaseSensitive(tc, "add_bos_token");
     t->bos_id = -1;
     if (cJSON_IsBool(add))
-        return cJSON_IsTrue(add) ? bos_from_config(t, tc, tpath, cfg) : 0;
+        return cJSON_IsTrue(add) ? bos_from_config(t, tc, tpath, cfg, cpath) : 0;
     if (src->has_template)
         return bos_from_template(t, src);
     if (tc)
         return 0;
+    /* config.json's own reader (model_config_parse) refuses an id that is
+     * not one; here it only decides whether there is a BOS */
     const cJSON *cid = cJSON_GetObjectItemCaseSensitive(cfg, "bos_token_id");
-    if (valid_id(cid))
-        t->bos_id = (int32_t)cid->valuedouble;
-    return 0;
+    if (!valid_id(cid))
+        return 0;
+    t->bos_id = (int32_t)cid->valuedouble;
+    return dup_into(&t->bos_file, cpath);
 }
 
 int tok_config_load(tok *t, const char *dir, const struct tok_src *src)
@@ -260,7 +266,7 @@ int tok_config_load(tok *t, const char *dir, const struct tok_src *src)
     if (rc == 0)
         rc = read_chat(t, dir, tc, tpath);
     if (rc == 0)
-        rc = pick_bos(t, src, tc, tpath, cfg);
+        rc = pick_bos(t, src, tc, tpath, cfg, cpath);
     if (rc == 0 && gc)
         rc = read_eos(t, gc, gpath);
     if (rc == 0 && t->n_eos == 0 && cfg)

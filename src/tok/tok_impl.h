@@ -167,6 +167,9 @@ struct tok {
     int n_eos;
     char *chat_template;      /* tok_chat_template, or NULL */
     char *bos_text, *eos_text; /* tok_chat_bos_token/eos_token, or NULL */
+    /* the files the ids come from, for tok_check_vocab's messages */
+    char *vocab_file;         /* the vocabulary's: vocab.json or tokenizer.json */
+    char *bos_file, *eos_file; /* where bos_id and eos came from, or NULL */
 };
 
 /* ----------------------------------------------------- load-time input */

@@ -478,8 +478,14 @@ static int read_template(const cJSON *tp, const char *name, struct tok_src *src)
     if (src->template_bos) {
         const cJSON *ids = item(item(item(tp, "special_tokens"), src->template_bos),
                                 "ids");
-        if (cJSON_GetArraySize(ids) == 1 && cJSON_IsNumber(ids->child))
-            src->template_bos_id = (int32_t)ids->child->valuedouble;
+        if (cJSON_GetArraySize(ids) == 1 && cJSON_IsNumber(ids->child)) {
+            double d = ids->child->valuedouble;
+            RETURN_IF(!(d >= 0 && d < TOK_MAX_ID) || d != (double)(int32_t)d, -EINVAL,
+                      "%s: post_processor.special_tokens[\"%s\"].ids[0] is %.17g; it must "
+                      "be a token id from 0 to %d: re-download tokenizer.json",
+                      name, src->template_bos, d, TOK_MAX_ID - 1);
+            src->template_bos_id = (int32_t)d;
+        }
     }
     return 0;
 }
