@@ -166,6 +166,11 @@ static int paths_add(int fd, const char *path)
     return 0;
 }
 
+int off_file_name(int fd, const char *path)
+{
+    return paths_add(fd, path);
+}
+
 const char *off_file_path(int fd)
 {
     /* The string stays put until off_file_close(fd): the table holds
@@ -206,17 +211,6 @@ void *off_alloc_aligned(size_t bytes)
     return p;
 }
 
-/* Reserve size bytes: fallocate, or posix_fallocate where the file system
- * has no fallocate. @return 0 or a positive errno. */
-static int reserve(int fd, uint64_t size)
-{
-    if (fallocate(fd, 0, 0, (off_t)size) == 0)
-        return 0;
-    if (errno != EOPNOTSUPP)
-        return errno;
-    return posix_fallocate(fd, 0, (off_t)size);
-}
-
 int off_file_open(const char *path, int create, uint64_t size, int *direct)
 {
     RETURN_IF(!path || !*path, -EINVAL, "off_file_open: no path given");
@@ -240,15 +234,21 @@ int off_file_open(const char *path, int create, uint64_t size, int *direct)
     RETURN_IF(fd < 0, -errno, "%s: cannot %s (%s); check the path and its permissions", path,
               create ? "create" : "open", strerror(errno));
 
+    /* named before the reservation: the fault hook's path= sees it */
+    int ret = paths_add(fd, path);
+    if (ret < 0) {
+        close(fd);
+        return ret;
+    }
     if (create && size > 0) {
-        int e = reserve(fd, size);
+        int e = -off_fallocate(fd, size);
         if (e) {
             char want[32], have[32];
             struct statvfs vfs;
             uint64_t avail = 0;
             if (fstatvfs(fd, &vfs) == 0)
                 avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
-            close(fd);
+            off_file_close(fd);
             unlink(path); /* we created it: leave nothing half made */
             if (e == ENOSPC || e == EFBIG || e == EDQUOT) {
                 snprintf(want, sizeof want, "%.2f GiB", (double)size / (1u << 30));
@@ -263,11 +263,6 @@ int off_file_open(const char *path, int create, uint64_t size, int *direct)
             RETURN_IF(1, -e, "%s: cannot reserve %s (%s); choose another --offload-dir", path,
                       fmt_bytes(want, sizeof want, size), strerror(e));
         }
-    }
-    int ret = paths_add(fd, path);
-    if (ret < 0) {
-        close(fd);
-        return ret;
     }
     if (direct)
         *direct = is_direct;
@@ -439,15 +434,16 @@ static int sync_rw(chunk *ch)
 {
     while (ch->done < ch->len) {
         ssize_t r = ch->io->write
-                        ? pwrite(ch->io->fd, ch->buf + ch->done, ch->len - ch->done,
-                                 (off_t)(ch->off + ch->done))
-                        : pread(ch->io->fd, ch->buf + ch->done, ch->len - ch->done,
-                                (off_t)(ch->off + ch->done));
-        if (r < 0) {
-            if ((errno == EINTR || errno == EAGAIN) && ++ch->retries < RETRY_MAX)
-                continue;
-            return -errno;
-        }
+                        ? off_pwrite(ch->io->fd, ch->buf + ch->done, ch->len - ch->done,
+                                     ch->off + ch->done)
+                        : off_pread(ch->io->fd, ch->buf + ch->done, ch->len - ch->done,
+                                    ch->off + ch->done);
+        /* off_pread / off_pwrite retried EINTR already (a bounded number of
+         * times); EAGAIN is retried here, as boundedly */
+        if (r == -EAGAIN && ++ch->retries < RETRY_MAX)
+            continue;
+        if (r < 0)
+            return (int)r;
         if (r == 0)
             return ch->io->write ? -EIO : 1;
         ch->done += (size_t)r;
@@ -548,7 +544,7 @@ static void *uring_main(void *arg)
         int n_fin = 0;
         for (unsigned k = 0; k < got; k++) {
             chunk *ch = io_uring_cqe_get_data(cqes[k]);
-            int res = cqes[k]->res;
+            int res = off_fault_complete(ch->io->fd, ch->io->write, cqes[k]->res);
             if ((res == -EAGAIN || res == -EINTR) && ++ch->retries < RETRY_MAX) {
                 prep_chunk(d, ch); /* try again as it was */
                 continue;

@@ -1,38 +1,53 @@
 /* file.c: whole-file reading and the capacity queries of the host tiers
  * (memory available to the CPU tier, free space for the disk tier). */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "err.h"
 #include "off.h"
 
 int off_read_file(const char *path, char **out, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    RETURN_IF(!f, -errno, "%s: cannot open (%s)", path, strerror(errno));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    RETURN_IF(fd < 0, -errno, "%s: cannot open (%s)", path, strerror(errno));
     struct stat st;
-    int got = fstat(fileno(f), &st) == 0;
+    int got = fstat(fd, &st) == 0;
     if (!got || !S_ISREG(st.st_mode)) {
-        fclose(f);
+        close(fd);
         RETURN_IF(1, -EINVAL, "%s: not a regular file%s; put the file itself there", path,
                   got && S_ISDIR(st.st_mode) ? " but a directory" : "");
     }
-    char *buf = malloc((size_t)st.st_size + 1);
+    size_t size = (size_t)st.st_size;
+    char *buf = malloc(size + 1);
     if (!buf) {
-        fclose(f);
-        RETURN_IF(1, -ENOMEM, "%s: out of memory reading %lld bytes", path,
-                  (long long)st.st_size);
+        close(fd);
+        RETURN_IF(1, -ENOMEM, "%s: out of memory reading %zu bytes", path, size);
     }
-    size_t n = fread(buf, 1, (size_t)st.st_size, f);
-    fclose(f);
-    if (n != (size_t)st.st_size) {
+    /* named for the fault hook's path= while it is read */
+    int rc = off_file_name(fd, path);
+    size_t n = 0;
+    while (rc == 0 && n < size) {
+        ssize_t r = off_pread(fd, buf + n, size - n, n);
+        if (r < 0)
+            rc = (int)r;
+        else if (r == 0)
+            break; /* shrunk under us: judged below */
+        else
+            n += (size_t)r;
+    }
+    off_file_close(fd);
+    if (rc == 0 && n != size)
+        rc = -EIO;
+    if (rc < 0) {
         free(buf);
-        RETURN_IF(1, -EIO, "%s: short read (%zu of %lld bytes)", path, n,
-                  (long long)st.st_size);
+        RETURN_IF(1, rc, "%s: read failed at offset %zu of %zu bytes (%s)", path, n, size,
+                  rc == -EIO && n != size ? "the file shrank while read" : strerror(-rc));
     }
     buf[n] = 0;
     *out = buf;

@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Alignment of every O_DIRECT buffer, file offset and length. */
 #define OFF_ALIGN 4096u
@@ -76,6 +77,10 @@ int off_file_open(const char *path, int create, uint64_t size, int *direct);
 void off_file_close(int fd); /* accepts -1 */
 /* The path an fd was opened with ("?" when unknown). */
 const char *off_file_path(int fd);
+/* Remember path as the name of an fd opened elsewhere (a job file), for
+ * messages and the fault hook's path=; off_file_close(fd) closes it and
+ * forgets the name. @return 0 or -ENOMEM. */
+int off_file_name(int fd, const char *path);
 
 /* OFF_ALIGN-aligned, zeroed host memory (plain; the scheduler pins through
  * the backend instead). Free with free(). NULL on failure. */
@@ -157,6 +162,74 @@ int off_store_writer_put(off_store_writer *w, int i, const void *data);
 /* Every segment must have been put. @return 0 or -errno; frees w. */
 int off_store_writer_finish(off_store_writer *w);
 void off_store_writer_abort(off_store_writer *w); /* removes path.tmp; NULL ok */
+
+/* EINTR in a row that off_pread, off_pwrite and off_write retry before
+ * they fail with -EINTR (a signal storm must not spin a thread for good). */
+#define OFF_EINTR_MAX 1000
+
+/* ------------------------------------------------------------ system calls and fault injection
+ *
+ * Every transfer of offload/ and of the job files (src/gen/job_file.c) goes
+ * through these wrappers, and every io_uring completion of the disk engine
+ * through off_fault_complete, so that one hook can fail any of them in
+ * tests. Each returns what its system call returns, as a count (possibly
+ * short) or -errno; EINTR is retried inside (OFF_EINTR_MAX times at most).
+ */
+ssize_t off_pread(int fd, void *buf, size_t n, uint64_t off);
+ssize_t off_pwrite(int fd, const void *buf, size_t n, uint64_t off);
+ssize_t off_write(int fd, const void *buf, size_t n); /* at the file position */
+int off_fsync(int fd);                                 /* @return 0 or -errno */
+/* Reserve [0, size): fallocate, or posix_fallocate where the file system
+ * has no fallocate. @return 0 or -errno. */
+int off_fallocate(int fd, uint64_t size);
+
+/* Fault injection (built in unless meson -Dfault_inject=false).
+ *
+ *   FLEXH2O_FAULT="op=write,nth=3,errno=ENOSPC,path=out.jsonl"
+ *   FLEXH2O_FAULT="op=read,nth=5,short=4096,path=weights.bin;op=complete,nth=9,errno=EIO"
+ *
+ * A spec is up to 4 rules separated by ';', each keys separated by ','.
+ *   op      read | write | fsync | fallocate | complete (required). read and
+ *           write are the transfers of both disk engines (a pread/pwrite, or
+ *           the completion of an io_uring read/write) and of the job files;
+ *           complete is any io_uring completion.
+ *   nth     the first matching call to fault, counted from 1 (default 1).
+ *   times   how many calls from the nth on are faulted (default 1; 0: every
+ *           one from the nth on, a disk that stays full).
+ *   errno   the call fails with this errno (ENOSPC, EIO, ... or a number),
+ *           having done nothing (an io_uring completion: its result is
+ *           replaced, the kernel did the transfer) ...
+ *   short   ... or it moves only this many bytes (rounded down to OFF_ALIGN
+ *           on an O_DIRECT file, as the kernel cuts them); give one of the two.
+ *   path    count only calls on files whose path contains this text.
+ * Every rule counts each call it matches; when two are due on the same
+ * call, the first listed acts. The spec in the environment is
+ * read at the first call and logged once through err_log ("[flexh2o] fault
+ * injection armed: ..."); the first fault of each rule is logged too
+ * ("[flexh2o] FLEXH2O_FAULT: write #3 of out.jsonl fails with ..."). A bad
+ * spec is logged and ignored.
+ *
+ * off_fault_set arms spec in place of the environment's (NULL or "":
+ * disarm) and zeroes the counts; call it while no I/O is in flight.
+ * @return 0, -EINVAL with a message naming the bad key, or -ENOTSUP when
+ * the hook is not built in. */
+enum off_fault_op {
+    OFF_FAULT_READ,
+    OFF_FAULT_WRITE,
+    OFF_FAULT_FSYNC,
+    OFF_FAULT_FALLOCATE,
+    OFF_FAULT_COMPLETE,
+    OFF_FAULT_N_OPS
+};
+int off_fault_set(const char *spec);
+/* Faults injected since the last off_fault_set (tests check that theirs
+ * fired). */
+long off_fault_fired(void);
+/* 1 when the hook is built in (tests skip without it). */
+int off_fault_built(void);
+/* The disk engine's io_uring completion of a read or write (res: the CQE's
+ * result) through the hook. @return res, or the faulted result. */
+int off_fault_complete(int fd, int write, int res);
 
 /* ------------------------------------------------------------ files and capacity */
 

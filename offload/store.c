@@ -64,18 +64,15 @@ static uint64_t header_bytes(uint32_t config_len, uint32_t n_seg)
 static int full_io(int fd, int write, void *buf, size_t n, uint64_t off)
 {
     size_t done = 0;
-    int retries = 0; /* EINTR in a row: retried, but a persistent one fails */
     while (done < n) {
-        ssize_t r = write ? pwrite(fd, (char *)buf + done, n - done, (off_t)(off + done))
-                          : pread(fd, (char *)buf + done, n - done, (off_t)(off + done));
-        if (r < 0 && errno == EINTR && ++retries < 1000)
-            continue;
+        /* off_pread / off_pwrite retry EINTR, boundedly (OFF_EINTR_MAX) */
+        ssize_t r = write ? off_pwrite(fd, (char *)buf + done, n - done, off + done)
+                          : off_pread(fd, (char *)buf + done, n - done, off + done);
         if (r < 0)
-            return -errno;
+            return (int)r;
         if (r == 0)
             return write ? -EIO : -ENODATA;
         done += (size_t)r;
-        retries = 0;
     }
     return 0;
 }
@@ -88,7 +85,7 @@ int off_store_probe(const char *path)
     if (fd < 0)
         return 0;
     char magic[8];
-    ssize_t r = pread(fd, magic, sizeof magic, 0); /* EISDIR for a directory */
+    ssize_t r = off_pread(fd, magic, sizeof magic, 0); /* -EISDIR for a directory */
     close(fd);
     return r == (ssize_t)sizeof magic && memcmp(magic, OFF_STORE_MAGIC, 8) == 0;
 }
@@ -430,8 +427,9 @@ static int writer_finish(off_store_writer *w)
     int r = write_at(w, h, (size_t)w->header_len, 0, "the header");
     free(h);
     FORWARD_IF(r);
-    RETURN_IF(fsync(w->fd) < 0, -errno, "%s: fsync failed (%s); check the disk and run "
-              "`flexh2o convert` again", w->tmp, strerror(errno));
+    r = off_fsync(w->fd);
+    RETURN_IF(r < 0, r, "%s: fsync failed (%s); check the disk and run `flexh2o convert` "
+              "again", w->tmp, strerror(-r));
     RETURN_IF(rename(w->tmp, w->path) < 0, -errno,
               "cannot rename %s to %s (%s); check the directory's permissions", w->tmp,
               w->path, strerror(errno));
@@ -440,7 +438,7 @@ static int writer_finish(off_store_writer *w)
     if (dir) {
         int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd >= 0) {
-            fsync(dfd);
+            off_fsync(dfd); /* best effort: the file itself is durable */
             close(dfd);
         }
         free(dir);

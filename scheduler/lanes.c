@@ -70,7 +70,10 @@ static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
               "internal: host staging buffer is not %u-aligned", OFF_ALIGN);
     off_io io = {t->fd, t->kind == TASK_STORE, direct ? direct : l->stage, span, t->file_off};
     char what[96];
-    snprintf(what, sizeof what, "%s of layer %d, batch %d", t->name, t->layer, t->batch);
+    if (t->batch >= 0)
+        snprintf(what, sizeof what, "%s of layer %d, batch %d", t->name, t->layer, t->batch);
+    else /* a layer's weights serve every batch of the block */
+        snprintf(what, sizeof what, "%s of layer %d", t->name, t->layer);
     if (t->kind == TASK_LOAD) {
         FORWARD_IF(off_disk_rw(s->disk, &io, 1, what));
         double t1 = sched_trace_now();

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -378,10 +379,20 @@ int cli_generate(int argc, char **argv)
     gen_job j = {0};
     if ((rc = cli_open_backend("generate", a.c.device, a.run.threads, &j.be)))
         return rc;
-    rc = generate_close(&a, &j, generate_run(&a, &pol, &j));
+    rc = generate_run(&a, &pol, &j);
+    int out_open = j.out.f != NULL; /* records may be in --out: a resume goes on */
+    rc = generate_close(&a, &j, rc);
     int status;
-    if (rc < 0)
-        status = j.kv_usage ? cli_usage_err("generate") : cli_fail();
+    if (rc < 0 && j.kv_usage)
+        status = cli_usage_err("generate");
+    else if (rc < 0 && out_open && err_msg()[0] && !strstr(err_msg(), "--resume")) {
+        status = cli_error(1, "%s; the records already in %s are intact: --resume goes on "
+                           "from them", err_msg(), a.c.out);
+        if (getenv("FLEXH2O_DEBUG"))
+            fprintf(stderr, "  (at %s)\n", err_where());
+    }
+    else if (rc < 0)
+        status = cli_fail();
     else
         status = generate_summary(&a, &j);
     generate_free(&j);

@@ -18,10 +18,12 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zstd.h>
 
@@ -342,17 +344,30 @@ int job_file_read_all(const char *path, char **buf, size_t *len)
     return 0;
 }
 
-/* ------------------------------------------------------------ writer */
+/* ------------------------------------------------------------ writer
+ *
+ * Bytes (plain, or zstd's output, which is compressed straight into obuf)
+ * collect in obuf and go to the file with off_write - offload/'s wrapper,
+ * so that the fault hook reaches job files too - when it fills and at
+ * each record's end; a short write is resumed. The first failed write is
+ * sticky: its message names the file, the offset and the errno, and
+ * nothing more is written, so the file ends at most in one torn record,
+ * which a resume cuts (job_file_good_end). */
 
 struct job_file_wr {
-    FILE *f;
+    int fd;
+    char *path;
+    int append;          /* opened "ab": a job that --resume continues */
     ZSTD_CCtx *cctx;     /* NULL: a plain file */
-    char *zout;          /* (zcap) compressed bytes on their way to f */
-    size_t zcap;
+    char *obuf;          /* (ocap) bytes on their way to the file */
+    size_t ocap, olen;
+    int64_t at;          /* file offset of obuf[0] */
+    int64_t rec_at;      /* file offset where the record being written starts */
     char *text;          /* (text_cap) job_file_printf's formatted text */
     size_t text_cap;
     size_t pending;      /* bytes of the record not yet flushed */
     char last;           /* the last byte of the record so far */
+    int err;             /* the first failed write's -errno: the file takes no more */
 };
 
 int job_file_wr_open(const char *path, const char *mode, job_file_wr **out)
@@ -360,13 +375,31 @@ int job_file_wr_open(const char *path, const char *mode, job_file_wr **out)
     *out = NULL;
     job_file_wr *w = calloc(1, sizeof *w);
     RETURN_IF(!w, -ENOMEM, "out of memory");
-    w->f = fopen(path, mode);
-    int rc = w->f ? 0 : -errno;
+    w->fd = -1;
+    w->append = mode[0] == 'a';
+    int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (w->append ? O_APPEND : O_TRUNC) |
+                (strchr(mode, 'x') ? O_EXCL : 0);
+    w->path = strdup(path);
+    w->ocap = ZSTD_CStreamOutSize(); /* a whole zstd block fits: no partial output */
+    w->obuf = malloc(w->ocap);
+    int rc = w->path && w->obuf ? 0 : -ENOMEM;
+    if (rc == 0) {
+        w->fd = open(path, flags, 0666);
+        rc = w->fd >= 0 ? 0 : -errno;
+    }
+    struct stat st;
+    if (rc == 0 && w->append && fstat(w->fd, &st) == 0 && S_ISREG(st.st_mode))
+        w->at = w->rec_at = (int64_t)st.st_size;
+    if (rc == 0) {
+        rc = off_file_name(w->fd, path); /* messages and the fault hook's path= */
+        if (rc < 0) {
+            close(w->fd);
+            w->fd = -1;
+        }
+    }
     if (rc == 0 && job_file_is_zst(path)) {
-        w->zcap = ZSTD_CStreamOutSize();
-        w->zout = malloc(w->zcap);
         w->cctx = ZSTD_createCCtx();
-        rc = w->zout && w->cctx ? 0 : -ENOMEM;
+        rc = w->cctx ? 0 : -ENOMEM;
         if (rc == 0 &&
             (ZSTD_isError(ZSTD_CCtx_setParameter(w->cctx, ZSTD_c_compressionLevel,
                                                  JOB_FILE_ZSTD_LEVEL)) ||
@@ -380,6 +413,7 @@ int job_file_wr_open(const char *path, const char *mode, job_file_wr **out)
         else
             err_set(__FILE__, __LINE__, "%s: cannot open for writing (%s)", path,
                     strerror(-rc));
+        w->err = rc; /* close writes nothing */
         job_file_wr_close(w);
         return rc;
     }
@@ -387,18 +421,47 @@ int job_file_wr_open(const char *path, const char *mode, job_file_wr **out)
     return 0;
 }
 
+/* Write obuf to the file. @return 0 or the sticky -errno (its message
+ * recorded here, once). */
+static int wr_drain(job_file_wr *w)
+{
+    if (w->err)
+        return w->err;
+    size_t done = 0;
+    while (done < w->olen) {
+        ssize_t r = off_write(w->fd, w->obuf + done, w->olen - done);
+        if (r <= 0) {
+            w->err = r < 0 ? (int)r : -EIO; /* 0: nothing written, and no reason given */
+            int e = -w->err;
+            err_set(__FILE__, __LINE__, "%s: write of %zu bytes at offset %lld failed (%s); the "
+                    "file is intact up to offset %lld, where the record being written "
+                    "starts: %s and rerun%s", w->path, w->olen - done,
+                    (long long)(w->at + (int64_t)done), strerror(e), (long long)w->rec_at,
+                    e == ENOSPC || e == EDQUOT ? "free space" : "check the disk",
+                    w->append ? " with --resume" : "");
+            errno = e; /* for callers that say strerror(errno) */
+            return w->err;
+        }
+        done += (size_t)r; /* a short write goes on from where it stopped */
+    }
+    w->at += (int64_t)w->olen;
+    w->olen = 0;
+    return 0;
+}
+
 /* Compress in[0..len) with end (ZSTD_e_continue: take it all;
- * ZSTD_e_end: also end the frame) and write what comes out. */
+ * ZSTD_e_end: also end the frame) into obuf, draining it as it fills. */
 static int wr_zstd(job_file_wr *w, const void *buf, size_t len, ZSTD_EndDirective end)
 {
     ZSTD_inBuffer in = {buf, len, 0};
     for (;;) {
-        ZSTD_outBuffer out = {w->zout, w->zcap, 0};
+        if (w->olen == w->ocap)
+            FORWARD_IF(wr_drain(w));
+        ZSTD_outBuffer out = {w->obuf, w->ocap, w->olen};
         size_t left = ZSTD_compressStream2(w->cctx, &out, &in, end);
         RETURN_IF(ZSTD_isError(left), -ENOMEM, "zstd compression failed (%s)",
                   ZSTD_getErrorName(left));
-        if (out.pos && fwrite(w->zout, 1, out.pos, w->f) != out.pos)
-            return -EIO;
+        w->olen = out.pos;
         if (end == ZSTD_e_continue ? in.pos == in.size : left == 0)
             return 0;
     }
@@ -406,12 +469,22 @@ static int wr_zstd(job_file_wr *w, const void *buf, size_t len, ZSTD_EndDirectiv
 
 int job_file_write(job_file_wr *w, const void *buf, size_t len)
 {
+    if (w->err)
+        return w->err;
     if (len == 0)
         return 0;
-    if (w->cctx)
+    if (w->cctx) {
         FORWARD_IF(wr_zstd(w, buf, len, ZSTD_e_continue));
-    else if (fwrite(buf, 1, len, w->f) != len)
-        return -EIO;
+    } else {
+        for (size_t at = 0; at < len;) {
+            if (w->olen == w->ocap)
+                FORWARD_IF(wr_drain(w));
+            size_t k = len - at < w->ocap - w->olen ? len - at : w->ocap - w->olen;
+            memcpy(w->obuf + w->olen, (const char *)buf + at, k);
+            w->olen += k;
+            at += k;
+        }
+    }
     w->pending += len;
     w->last = ((const char *)buf)[len - 1];
     return 0;
@@ -442,18 +515,20 @@ int job_file_printf(job_file_wr *w, const char *fmt, ...)
     return job_file_write(w, w->text, (size_t)n);
 }
 
-/* End the pending record (its frame, in a .zst file) and flush. */
+/* End the pending record (its frame, in a .zst file) and write it out. */
 static int wr_end(job_file_wr *w)
 {
     if (w->pending && w->cctx)
         FORWARD_IF(wr_zstd(w, NULL, 0, ZSTD_e_end));
+    FORWARD_IF(wr_drain(w));
     w->pending = 0;
-    return fflush(w->f) == 0 ? 0 : -EIO;
+    w->rec_at = w->at;
+    return 0;
 }
 
 int job_file_flush(job_file_wr *w)
 {
-    assert(!w->pending || w->last == '\n'); /* a record is whole lines */
+    assert(w->err || !w->pending || w->last == '\n'); /* a record is whole lines */
     return wr_end(w);
 }
 
@@ -462,18 +537,26 @@ int job_file_wr_close(job_file_wr *w)
     if (!w)
         return 0;
     int rc = 0;
-    if (w->f) {
-        /* a record left without its '\n' by a failed write still ends its
-         * frame: a resume then finds it torn and cuts it */
+    if (w->fd >= 0) {
+        /* a record left without its '\n' by a caller that failed halfway
+         * still ends its frame: a resume then finds it torn and cuts it
+         * (after a failed write nothing more is written: w->err) */
         rc = wr_end(w);
-        if (rc == 0 && fsync(fileno(w->f)) != 0 && errno != EINVAL) /* EINVAL: a pipe */
-            rc = -errno;
-        if (fclose(w->f) != 0 && rc == 0)
-            rc = -errno;
+        if (rc == 0) {
+            rc = off_fsync(w->fd);
+            if (rc == -EINVAL) /* a pipe: nothing to sync */
+                rc = 0;
+            if (rc < 0)
+                err_set(__FILE__, __LINE__, "%s: fsync failed (%s) after %lld bytes; the "
+                        "records may not all be on the disk: check it and rerun%s", w->path,
+                        strerror(-rc), (long long)w->at, w->append ? " with --resume" : "");
+        }
+        off_file_close(w->fd);
     }
     ZSTD_freeCCtx(w->cctx);
-    free(w->zout);
+    free(w->obuf);
     free(w->text);
+    free(w->path);
     free(w);
     return rc;
 }

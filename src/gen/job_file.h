@@ -67,8 +67,12 @@ int job_file_read_all(const char *path, char **buf, size_t *len);
  * job_file_wr_close. @return 0 or -errno with a message. */
 int job_file_wr_open(const char *path, const char *mode, job_file_wr **w);
 /* Append bytes to the record being written; nothing reaches the file for
- * sure before job_file_flush. @return 0 or -errno (-EIO: write failed;
- * no message is recorded: the caller says what it means for its file). */
+ * sure before job_file_flush. Writes go through offload/'s off_write (and
+ * so its fault hook); a short write is resumed. The first failed write
+ * records a message naming the file, the offset and the errno, and where
+ * the intact part of the file ends; after it w writes nothing more, so the
+ * file ends at most in one torn record, which a resume cuts.
+ * @return 0 or -errno. */
 int job_file_write(job_file_wr *w, const void *buf, size_t len);
 /* job_file_write of printf-formatted text. @return as job_file_write. */
 int job_file_printf(job_file_wr *w, const char *fmt, ...)
@@ -78,8 +82,9 @@ int job_file_printf(job_file_wr *w, const char *fmt, ...)
  * record whole. Without pending bytes it only flushes. @return as
  * job_file_write. */
 int job_file_flush(job_file_wr *w);
-/* End a pending record, fsync, close and free w. Accepts NULL. @return 0
- * or -errno (no message recorded, as job_file_write). */
+/* End a pending record (unless a write failed), fsync, close and free w.
+ * Accepts NULL. @return 0 or -errno with a message (a failed write's
+ * again, or the fsync's). */
 int job_file_wr_close(job_file_wr *w);
 
 #endif
