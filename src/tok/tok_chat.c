@@ -168,12 +168,11 @@ static const char *const ONLY_USER_ASSISTANT =
     "Only user and assistant roles are supported, with the exception of an "
     "initial optional system message!";
 
-/* Meta-Llama-3-Instruct: a header per message, the content trimmed. */
-static int render_llama3(struct chat *c)
+/* Llama-3's turns from message `from` on: a header per message, the
+ * content trimmed; then the assistant's header when asked. */
+static void llama3_turns(struct chat *c, int from)
 {
-    for (int i = 0; i < c->n; i++) {
-        if (i == 0)
-            put(&c->out, c->bos);
+    for (int i = from; i < c->n; i++) {
         put(&c->out, "<|start_header_id|>");
         put(&c->out, c->m[i].role);
         put(&c->out, "<|end_header_id|>\n\n");
@@ -182,6 +181,14 @@ static int render_llama3(struct chat *c)
     }
     if (c->agp)
         put(&c->out, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+}
+
+/* Meta-Llama-3-Instruct: BOS, then the turns. */
+static int render_llama3(struct chat *c)
+{
+    if (c->n > 0)
+        put(&c->out, c->bos);
+    llama3_turns(c, 0);
     return 0;
 }
 
@@ -197,15 +204,7 @@ static int render_llama3_1(struct chat *c)
     if (first)
         put_trim(&c->out, c->m[0].content);
     put(&c->out, "<|eot_id|>");
-    for (int i = first; i < c->n; i++) {
-        put(&c->out, "<|start_header_id|>");
-        put(&c->out, c->m[i].role);
-        put(&c->out, "<|end_header_id|>\n\n");
-        put_trim(&c->out, c->m[i].content);
-        put(&c->out, "<|eot_id|>");
-    }
-    if (c->agp)
-        put(&c->out, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    llama3_turns(c, first);
     return 0;
 }
 
