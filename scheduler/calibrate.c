@@ -237,7 +237,10 @@ int sched_calib_load(const char *path, sched_calib *out)
     FORWARD_IF(off_read_file(path, &text, &len));
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
-    RETURN_IF(!root || !cJSON_IsObject(root), -EINVAL, "%s: not a JSON object; a hardware "
+    int is_obj = cJSON_IsObject(root);
+    if (!is_obj)
+        cJSON_Delete(root); /* valid JSON of another kind */
+    RETURN_IF(!is_obj, -EINVAL, "%s: not a JSON object; a hardware "
               "profile is what `flexh2o calibrate --out FILE` writes", path);
     sched_calib cb;
     memset(&cb, 0, sizeof cb);

@@ -303,6 +303,25 @@ Test(family, make_model_convert_and_store)
     }
 }
 
+/* A 4-bit fp16 store of a model whose rows are shorter than a 4-bit group
+ * generates on the CPU backend (fp32): its layers converted there are
+ * larger than plain fp32 layers (a heap overflow of model_load_store found
+ * by tests/fuzz/fuzz_store.c). */
+Test(family, small_4bit_fp16_store_runs_on_the_cpu)
+{
+    cli_write("ids.jsonl", "{\"id\": 1, \"prompt_ids\": [2, 5, 7]}\n");
+    cr_assert_eq(cli_run("make-model --config %s/tests/fuzz/micro-opt.json --out micro --seed 7",
+                         FH_SOURCE_ROOT), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("convert --model micro --out micro-q4 --compress-weight"), 0, "%s",
+                 cli_err);
+    cr_assert_eq(cli_run("generate --model micro-q4 --prompts ids.jsonl --out q.jsonl "
+                         "--max-new-tokens 4 --ignore-eos --quiet"), 0, "%s", cli_err);
+    char *out = cli_read("q.jsonl");
+    cr_assert(out && strstr(out, "\"finish_reason\":\"length\""), "no completion: %s",
+              out ? out : "(none)");
+    free(out);
+}
+
 /* The --dummy shapes of configs/models parse, as their families, to the
  * parameter counts the model cards give. */
 Test(family, dummy_shapes_have_their_published_sizes)

@@ -98,6 +98,7 @@ static int neox_tensors(const model_config *c, model_hf_tensor *out)
 static int neox_config_json(const model_config *c, char *buf, size_t cap)
 {
     int at = 0;
+    char name[MODEL_JSON_NAME_MAX];
     FORWARD_IF(model_json_printf(buf, cap, &at,
         "{\n  \"_name_or_path\": \"%s\",\n  \"model_type\": \"gpt_neox\",\n"
         "  \"architectures\": [\"GPTNeoXForCausalLM\"],\n  \"vocab_size\": %d,\n"
@@ -108,8 +109,8 @@ static int neox_config_json(const model_config *c, char *buf, size_t cap)
         "  \"hidden_act\": \"gelu\",\n  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n"
         "  \"tie_word_embeddings\": %s,\n  \"attention_dropout\": 0.0,\n"
         "  \"hidden_dropout\": 0.0,\n  \"torch_dtype\": \"float32\"\n}\n",
-        c->name, c->vocab_size, c->hidden, c->ffn, c->n_layer, c->n_head, c->max_pos,
-        (double)c->rot_dims / c->head_dim, c->rope.theta, c->ln_eps,
+        model_json_name(c, name), c->vocab_size, c->hidden, c->ffn, c->n_layer, c->n_head,
+        c->max_pos, (double)c->rot_dims / c->head_dim, c->rope.theta, c->ln_eps,
         c->parallel_residual ? "true" : "false", c->qkv_bias ? "true" : "false", c->bos_id,
         c->eos_id, c->tie_lm_head ? "true" : "false"));
     return at;

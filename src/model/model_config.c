@@ -3,6 +3,8 @@
  * shapes. */
 #include "model_config.h"
 
+#include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,8 +48,10 @@ int model_json_int(const cJSON *o, const char *key, int def, int *out, const cha
         *out = def;
         return 0;
     }
-    RETURN_IF(!cJSON_IsNumber(v) || v->valuedouble != (int)v->valuedouble, -EINVAL,
-              "%s: \"%s\" must be an integer", what, key);
+    /* in int's range before the cast: converting 1e10 to int is undefined */
+    RETURN_IF(!cJSON_IsNumber(v) || !(v->valuedouble >= INT_MIN && v->valuedouble <= INT_MAX) ||
+                  v->valuedouble != (int)v->valuedouble,
+              -EINVAL, "%s: \"%s\" must be an integer", what, key);
     *out = (int)v->valuedouble;
     return 0;
 }
@@ -59,7 +63,10 @@ int model_json_float(const cJSON *o, const char *key, float def, float *out, con
         *out = def;
         return 0;
     }
-    RETURN_IF(!cJSON_IsNumber(v), -EINVAL, "%s: \"%s\" must be a number", what, key);
+    /* finite as a float too: 1e39 is inf in fp32 (found by
+     * tests/fuzz/fuzz_model_config.c: rms_norm_eps 1e39 written back as inf) */
+    RETURN_IF(!cJSON_IsNumber(v) || !isfinite((float)v->valuedouble), -EINVAL,
+              "%s: \"%s\" must be a finite number", what, key);
     *out = (float)v->valuedouble;
     return 0;
 }
@@ -92,7 +99,8 @@ int model_json_eos(const cJSON *o, int def, int *out, const char *what)
     const cJSON *v = item(o, "eos_token_id");
     if (cJSON_IsArray(v)) {
         const cJSON *first = v->child;
-        RETURN_IF(first && (!cJSON_IsNumber(first) ||
+        RETURN_IF(first && (!cJSON_IsNumber(first) || !(first->valuedouble >= INT_MIN &&
+                                                         first->valuedouble <= INT_MAX) ||
                             first->valuedouble != (int)first->valuedouble),
                   -EINVAL, "%s: \"eos_token_id\" must be an integer or a list of them", what);
         *out = first ? (int)first->valuedouble : def;
@@ -155,6 +163,24 @@ int model_json_common(const cJSON *o, const char *what, model_config *c)
     return 0;
 }
 
+const char *model_json_name(const model_config *c, char *buf)
+{
+    /* _name_or_path comes from the user's config.json: a Windows path's
+     * backslashes written raw made an invalid config.json (found by
+     * tests/fuzz/fuzz_model_config.c) */
+    size_t o = 0;
+    for (const unsigned char *s = (const unsigned char *)c->name; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            o += (size_t)sprintf(buf + o, "\\%c", *s);
+        else if (*s < 0x20)
+            o += (size_t)sprintf(buf + o, "\\u%04x", *s);
+        else
+            buf[o++] = (char)*s;
+    }
+    buf[o] = 0;
+    return buf;
+}
+
 int model_json_printf(char *buf, size_t cap, int *at, const char *fmt, ...)
 {
     va_list ap;
@@ -207,6 +233,17 @@ static int check_shape(const model_config *c, const char *what)
               "head_dim %d, layers %d, intermediate %d, vocab %d, max positions %d): every "
               "one must be positive", what, c->hidden, c->n_head, c->n_kv_head, c->head_dim,
               c->n_layer, c->ffn, c->vocab_size, c->max_pos);
+    /* far above any real model, low enough that the shapes derived in int
+     * (heads + 2 KV heads, max positions + OPT's offset, q/k/v widths)
+     * cannot overflow (found by tests/fuzz/fuzz_model_config.c) */
+    const int big = 1 << 24;
+    RETURN_IF(c->vocab_size > big || c->hidden > big || c->n_layer > big || c->n_head > big ||
+              c->n_kv_head > big || c->head_dim > big || c->ffn > big || c->max_pos > big ||
+              (int64_t)c->n_head * c->head_dim > big,
+              -EINVAL, "%s: a dimension over 2^24 (hidden_size %d, heads %d x head_dim %d, "
+              "layers %d, intermediate %d, vocab %d, max positions %d); is this config.json "
+              "damaged?", what, c->hidden, c->n_head, c->head_dim, c->n_layer, c->ffn,
+              c->vocab_size, c->max_pos);
     RETURN_IF(c->n_head % c->n_kv_head != 0, -EINVAL,
               "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", what,
               c->n_head, c->n_kv_head);
@@ -227,8 +264,12 @@ int model_config_parse(const char *json, size_t len, const char *what,
 {
     memset(cfg, 0, sizeof *cfg);
     cJSON *o = cJSON_ParseWithLength(json, len);
-    RETURN_IF(!o || !cJSON_IsObject(o), -EINVAL,
-              "%s: not valid JSON; re-download or regenerate config.json", what);
+    if (!cJSON_IsObject(o)) {
+        int parsed = o != NULL;
+        cJSON_Delete(o); /* valid JSON of another kind */
+        RETURN_IF(1, -EINVAL, "%s: %s; re-download or regenerate config.json", what,
+                  parsed ? "not a JSON object" : "not valid JSON");
+    }
     const model_family *f = NULL;
     int rc = family_of(o, what, &f);
     if (rc == 0) {

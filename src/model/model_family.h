@@ -110,6 +110,12 @@ int model_json_rope(const cJSON *o, const char *what, const char *theta_key, flo
  * family runs (quantization_config, ...). */
 int model_json_common(const cJSON *o, const char *what, model_config *c);
 
+/* c->name as the inside of a JSON string (quotes, backslashes and control
+ * characters escaped) in buf, which MODEL_JSON_NAME_MAX bytes always hold.
+ * @return buf. */
+#define MODEL_JSON_NAME_MAX (6 * 64)
+const char *model_json_name(const model_config *c, char *buf);
+
 /* Append printf text to buf (cap bytes) at *at; -ENOSPC when full. */
 int model_json_printf(char *buf, size_t cap, int *at, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

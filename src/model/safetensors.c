@@ -9,6 +9,7 @@
 
 #include <cjson/cJSON.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,16 @@ struct st_set {
 };
 
 static size_t dtype_size(st_dtype d) { return d == ST_F32 ? 4 : 2; }
+
+/* Bounds of a tensor: 2^53 bytes, where doubles stop holding every integer. */
+#define ST_MAX_BYTES ((size_t)1 << 53)
+
+/* 1 when v is a number holding a whole value in [0, ST_MAX_BYTES]. */
+static int whole(const cJSON *v)
+{
+    return cJSON_IsNumber(v) && v->valuedouble >= 0 &&
+           v->valuedouble <= (double)ST_MAX_BYTES && v->valuedouble == floor(v->valuedouble);
+}
 
 static int add_file(st_set *s, const char *path)
 {
@@ -71,8 +82,12 @@ static int add_file(st_set *s, const char *path)
               "%s: truncated safetensors file (header says %llu bytes, file has %zu); "
               "re-download it", path, (unsigned long long)hlen, size);
     cJSON *h = cJSON_ParseWithLength((const char *)b + 8, (size_t)hlen);
-    RETURN_IF(!h || !cJSON_IsObject(h), -EINVAL,
-              "%s: corrupt safetensors header (not JSON); re-download it", path);
+    if (!cJSON_IsObject(h)) {
+        int parsed = h != NULL;
+        cJSON_Delete(h); /* valid JSON of another kind (found by tests/fuzz/fuzz_safetensors.c) */
+        RETURN_IF(1, -EINVAL, "%s: corrupt safetensors header (%s); re-download it", path,
+                  parsed ? "not a JSON object" : "not JSON");
+    }
     size_t data0 = 8 + (size_t)hlen, avail = size - data0;
     int rc = 0;
     const cJSON *e;
@@ -103,14 +118,29 @@ static int add_file(st_set *s, const char *path)
             rc = -EINVAL;
             break;
         }
+        /* every dimension and offset a whole number in [0, 2^53] before any
+         * cast (a negative or huge double converts to garbage, undefined),
+         * and the element count without wrapping: [-1, -1] or [2^32, 2^32]
+         * passed for 1 and 0 elements (found by tests/fuzz/fuzz_safetensors.c) */
         size_t n = 1;
+        int ok = 1;
         t.n_dim = cJSON_GetArraySize(sh);
-        for (int i = 0; i < t.n_dim; i++) {
-            t.shape[i] = (int64_t)cJSON_GetArrayItem(sh, i)->valuedouble;
+        for (int i = 0; i < t.n_dim && ok; i++) {
+            ok = whole(cJSON_GetArrayItem(sh, i));
+            t.shape[i] = ok ? (int64_t)cJSON_GetArrayItem(sh, i)->valuedouble : 0;
+            ok = ok && (t.shape[i] == 0 || n <= ST_MAX_BYTES / 4 / (size_t)t.shape[i]);
             n *= (size_t)t.shape[i];
         }
-        size_t beg = (size_t)cJSON_GetArrayItem(off, 0)->valuedouble;
-        size_t end = (size_t)cJSON_GetArrayItem(off, 1)->valuedouble;
+        ok = ok && whole(cJSON_GetArrayItem(off, 0)) && whole(cJSON_GetArrayItem(off, 1));
+        size_t beg = ok ? (size_t)cJSON_GetArrayItem(off, 0)->valuedouble : 0;
+        size_t end = ok ? (size_t)cJSON_GetArrayItem(off, 1)->valuedouble : 0;
+        if (!ok) {
+            err_set(__FILE__, __LINE__, "%s: tensor %s: its shape or data_offsets are not "
+                    "whole numbers from 0 to 2^53 (or the shape holds over 2^51 elements); "
+                    "the file is corrupt, re-download it", path, e->string);
+            rc = -EINVAL;
+            break;
+        }
         if (end < beg || end - beg != n * dtype_size(t.dtype)) {
             err_set(__FILE__, __LINE__, "%s: tensor %s: %zu bytes for %zu elements "
                     "of %s; the file is corrupt, re-download it", path, e->string,
@@ -159,6 +189,22 @@ int st_open_file(const char *path, st_set **out)
     return 0;
 }
 
+int st_shard_name_ok(const char *name)
+{
+    /* a shard lives in the model directory: an index naming "/etc/x" or
+     * "../x" would read any file the user can (found by reading, checked
+     * by tests/fuzz/fuzz_st_index.c) */
+    if (!name[0] || name[0] == '/')
+        return 0;
+    for (const char *c = name; *c;) {
+        size_t k = strcspn(c, "/");
+        if (k == 2 && c[0] == '.' && c[1] == '.')
+            return 0;
+        c += k + (c[k] == '/');
+    }
+    return 1;
+}
+
 int st_open_dir(const char *dir, st_set **out)
 {
     char path[4096];
@@ -192,6 +238,13 @@ int st_open_dir(const char *dir, st_set **out)
         if (!cJSON_IsString(e)) {
             err_set(__FILE__, __LINE__, "%s: weight_map entry %s is not a file name",
                     path, e->string);
+            rc = -EINVAL;
+            break;
+        }
+        if (!st_shard_name_ok(e->valuestring)) {
+            err_set(__FILE__, __LINE__, "%s: weight_map entry %s names the file \"%s\", "
+                    "outside the model directory; the index is damaged or not this model's",
+                    path, e->string, e->valuestring);
             rc = -EINVAL;
             break;
         }
