@@ -244,6 +244,13 @@ static int check_shape(const model_config *c, const char *what)
               "layers %d, intermediate %d, vocab %d, max positions %d); is this config.json "
               "damaged?", what, c->hidden, c->n_head, c->head_dim, c->n_layer, c->ffn,
               c->vocab_size, c->max_pos);
+    /* -1 is "none"; another negative id was kept and written back as none
+     * (found by tests/fuzz/fuzz_model_config.c), one past the vocabulary
+     * ends nothing and fails the sampler's logit edits mid-run */
+    RETURN_IF(c->bos_id < -1 || c->bos_id >= c->vocab_size || c->eos_id < -1 ||
+                  c->eos_id >= c->vocab_size,
+              -EINVAL, "%s: bos_token_id %d, eos_token_id %d: token ids must be in [0, %d) "
+              "(vocab_size), or null", what, c->bos_id, c->eos_id, c->vocab_size);
     RETURN_IF(c->n_head % c->n_kv_head != 0, -EINVAL,
               "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", what,
               c->n_head, c->n_kv_head);

@@ -478,8 +478,14 @@ static int read_template(const cJSON *tp, const char *name, struct tok_src *src)
     if (src->template_bos) {
         const cJSON *ids = item(item(item(tp, "special_tokens"), src->template_bos),
                                 "ids");
-        if (cJSON_GetArraySize(ids) == 1 && cJSON_IsNumber(ids->child))
-            src->template_bos_id = (int32_t)ids->child->valuedouble;
+        double d = cJSON_GetArraySize(ids) == 1 && cJSON_IsNumber(ids->child)
+                       ? ids->child->valuedouble : -1;
+        /* checked before the cast: 1e300 as an int is undefined (found by
+         * tests/fuzz/fuzz_tok_json.c); past the vocabulary: tok_config.c */
+        RETURN_IF(d != -1 && !(d >= 0 && d < TOK_MAX_ID && d == (double)(int32_t)d), -EINVAL,
+                  "%s: post_processor.special_tokens[\"%s\"].ids is not a token id; "
+                  "re-download tokenizer.json", name, src->template_bos);
+        src->template_bos_id = (int32_t)d;
     }
     return 0;
 }

@@ -3,8 +3,8 @@
  * added_tokens; normalizer; pre_tokenizer; decoder; post_processor),
  * then encoding a fixed set of texts and decoding ids with what loads.
  *
- * Checked for any input: every id encoded is in the vocabulary and
- * decodes. */
+ * Checked for any input: BOS and every id encoded are in the vocabulary,
+ * and every id decodes. */
 #include <string.h>
 
 #include "err.h"
@@ -26,7 +26,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     tok *t = NULL;
     if (tok_load(fuzz_dir(), &t) < 0)
         return 0;
-    int nv = tok_vocab_size(t);
+    int nv = tok_vocab_size(t), bos = tok_bos_id(t);
+    FUZZ_CHECK(bos >= -1 && bos < nv, "BOS %d of a %d-token vocabulary", bos, nv);
     for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
         int32_t *ids = NULL;
         int n = tok_encode(t, texts[i], strlen(texts[i]), &ids);

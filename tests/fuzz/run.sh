@@ -41,11 +41,12 @@ for t in "${targets[@]}"; do
     "$build/tests/fuzz/fuzz_$t" -max_total_time="$secs" -timeout=25 -rss_limit_mb=2048 \
         -dict=tests/fuzz/json.dict -print_final_stats=1 \
         -artifact_prefix="$work/crash/$t-" "${dirs[@]}" >"$log" 2>&1 || rc=$?
+    # (a target that crashed on a seed has no "corp:" line: no grep may fail the script)
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
     rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -1)
-    units=$(grep -o 'corp: [0-9]*' "$log" | tail -1 | sed 's/corp: //')
-    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | sed 's/cov: //')
+    units=$(sed -n 's/.*corp: \([0-9]*\).*/\1/p' "$log" | tail -1)
+    cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' "$log" | tail -1)
     printf "%-13s %8s %12s %10s %7s %6s\n" "$t" "$secs" "${execs:-?}" "${rate:-?}" \
         "${units:-?}" "${cov:-?}"
     [ -z "${FUZZ_STATS:-}" ] ||
