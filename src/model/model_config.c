@@ -71,6 +71,19 @@ int model_json_float(const cJSON *o, const char *key, float def, float *out, con
     return 0;
 }
 
+int model_json_double(const cJSON *o, const char *key, double def, double *out, const char *what)
+{
+    const cJSON *v = item(o, key);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    RETURN_IF(!cJSON_IsNumber(v) || !isfinite(v->valuedouble), -EINVAL,
+              "%s: \"%s\" must be a finite number", what, key);
+    *out = v->valuedouble;
+    return 0;
+}
+
 int model_json_bool(const cJSON *o, const char *key, int def, int *out, const char *what)
 {
     const cJSON *v = item(o, key);

@@ -93,6 +93,9 @@ extern const model_family model_family_opt, model_family_llama, model_family_mis
 #define MODEL_JSON_REQUIRED (-2147483647 - 1)
 int model_json_int(const cJSON *o, const char *key, int def, int *out, const char *what);
 int model_json_float(const cJSON *o, const char *key, float def, float *out, const char *what);
+/* As model_json_float, kept as a double (what Python computes with). */
+int model_json_double(const cJSON *o, const char *key, double def, double *out,
+                      const char *what);
 int model_json_bool(const cJSON *o, const char *key, int def, int *out, const char *what);
 /* The string value of key, or NULL when absent or null; -EINVAL (message)
  * in *rc when it is something else. */
