@@ -54,9 +54,17 @@ static inline uint64_t kern_splitmix64(uint64_t *state)
  * support, else libgcc): fp32 -> fp16 rounds to nearest even, as CUDA's
  * __float2half_rn does, and overflows to infinity; fp16 -> fp32 is exact.
  * A NaN stays a NaN (quieted, payload kept). The one converter of the tree. */
+#if defined(__clang__) && __clang_major__ < 15
+/* clang 14 (Debian 12's, the fuzz build's) has no _Float16 on x86-64: its
+ * __fp16 is the same binary16 with the same conversions (round to nearest
+ * even through compiler-rt or libgcc), as a storage-only type */
+typedef __fp16 kern_f16_t;
+#else
+typedef _Float16 kern_f16_t;
+#endif
 static inline uint16_t kern_f32_to_f16(float x)
 {
-    _Float16 h = (_Float16)x;
+    kern_f16_t h = (kern_f16_t)x;
     uint16_t bits;
     memcpy(&bits, &h, sizeof bits);
     return bits;
@@ -64,7 +72,7 @@ static inline uint16_t kern_f32_to_f16(float x)
 
 static inline float kern_f16_to_f32(uint16_t bits)
 {
-    _Float16 h;
+    kern_f16_t h;
     memcpy(&h, &bits, sizeof h);
     return (float)h;
 }

@@ -128,7 +128,10 @@ static int parse_header(off_store *s, const uint8_t *hdr, uint64_t hlen, uint32_
         g->offset = get_u64(p + OFF_SEG_NAME);
         g->length = get_u64(p + OFF_SEG_NAME + 8);
         g->xxh = get_u64(p + OFF_SEG_NAME + 16);
+        /* offset first: with an offset near 2^64 the length bound wrapped and
+         * offset + length came out 0 (found by tests/fuzz/fuzz_store.c) */
         RETURN_IF(g->offset % OFF_ALIGN || g->offset < data_start ||
+                      g->offset > UINT64_MAX - OFF_ALIGN ||
                       g->length > UINT64_MAX - OFF_ALIGN - g->offset,
                   -EBADMSG,
                   "%s: segment %s has a bad offset %" PRIu64 "; run `flexh2o convert` again",

@@ -218,11 +218,15 @@ static int load_gemm_shapes(const char *path, const cJSON *root, sched_calib *cb
               "calibrate --out FILE`", path, SCHED_GEMM_SHAPES);
     const cJSON *a = r->child, *b = v->child;
     for (int i = 0; i < n; i++, a = a->next, b = b->next) {
+        /* whole rows (1.5 and 1.7 both became row 1) and finite rates (1e400
+         * is inf, printed back as null) like the other rates' (found by
+         * tests/fuzz/fuzz_calib.c) */
         RETURN_IF(!cJSON_IsNumber(a) || a->valuedouble < 1 || a->valuedouble > 1e7 ||
+                  a->valuedouble != floor(a->valuedouble) ||
                   (i > 0 && a->valuedouble <= cb->gemm_rows[i - 1]) ||
-                  !cJSON_IsNumber(b) || !(b->valuedouble > 0), -EINVAL,
-                  "%s: \"gemm_rows\" must increase from 1 and every rate in "
-                  "\"gemm_TFLOPs_at\" must be positive (item %d)", path, i + 1);
+                  !cJSON_IsNumber(b) || !(b->valuedouble > 0) || b->valuedouble > 1e9, -EINVAL,
+                  "%s: \"gemm_rows\" must increase from 1 in whole rows and every rate in "
+                  "\"gemm_TFLOPs_at\" must be a positive number (item %d)", path, i + 1);
         cb->gemm_rows[i] = (int)a->valuedouble;
         cb->gemm_at[i] = b->valuedouble;
     }
@@ -237,7 +241,10 @@ int sched_calib_load(const char *path, sched_calib *out)
     FORWARD_IF(off_read_file(path, &text, &len));
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
-    RETURN_IF(!root || !cJSON_IsObject(root), -EINVAL, "%s: not a JSON object; a hardware "
+    int is_obj = cJSON_IsObject(root);
+    if (!is_obj)
+        cJSON_Delete(root); /* valid JSON of another kind */
+    RETURN_IF(!is_obj, -EINVAL, "%s: not a JSON object; a hardware "
               "profile is what `flexh2o calibrate --out FILE` writes", path);
     sched_calib cb;
     memset(&cb, 0, sizeof cb);

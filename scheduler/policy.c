@@ -369,23 +369,49 @@ void sched_split(int n, double g, double c, int *n_gpu, int *n_cpu, int *n_disk)
 
 /* ------------------------------------------------------------ write */
 
+/* v as JSON text that reads back as exactly v: cJSON prints 15 digits
+ * whenever they come within an ulp or so of v, which loses the last bits
+ * of a percentage like 100/3 or of a size above 2^50 (found by
+ * tests/fuzz/fuzz_policy.c). */
+static cJSON *exact_number(double v)
+{
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.17g", v);
+    return cJSON_CreateRaw(buf);
+}
+
+/* The six percentages as a JSON array of exact numbers. */
+static cJSON *exact_percent(const double pct[6])
+{
+    cJSON *a = cJSON_CreateArray();
+    for (int i = 0; a && i < 6; i++)
+        if (!cJSON_AddItemToArray(a, exact_number(pct[i]))) {
+            cJSON_Delete(a);
+            return NULL;
+        }
+    return a;
+}
+
 int sched_policy_write(const char *path, const sched_policy *p)
 {
     char tmp[1200];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    /* the fields sched_policy_load reads; sizes in bytes (exact below 2^53) */
+    /* the fields sched_policy_load reads; sizes in bytes (doubles when read, so
+     * %.17g gives them back exactly) */
     const double pct[6] = {p->wg, p->wc, p->cg, p->cc, p->hg, p->hc};
     cJSON *r = cJSON_CreateObject();
     int ok = r && cJSON_AddNumberToObject(r, "gpu_batch_size", p->gpu_batch_size) &&
              cJSON_AddNumberToObject(r, "num_gpu_batches", p->num_gpu_batches) &&
-             cJSON_AddItemToObject(r, "percent", cJSON_CreateDoubleArray(pct, 6)) &&
+             cJSON_AddItemToObject(r, "percent", exact_percent(pct)) &&
              cJSON_AddBoolToObject(r, "overlap", p->overlap) &&
              cJSON_AddBoolToObject(r, "pin_weight", p->pin_weight) &&
              cJSON_AddBoolToObject(r, "cpu_attention", p->cpu_attention) &&
              cJSON_AddBoolToObject(r, "compress_weight", p->compress_weight) &&
              cJSON_AddBoolToObject(r, "compress_cache", p->compress_cache) &&
-             (!p->gpu_mem || cJSON_AddNumberToObject(r, "gpu_mem", (double)p->gpu_mem)) &&
-             (!p->cpu_mem || cJSON_AddNumberToObject(r, "cpu_mem", (double)p->cpu_mem)) &&
+             (!p->gpu_mem ||
+              cJSON_AddItemToObject(r, "gpu_mem", exact_number((double)p->gpu_mem))) &&
+             (!p->cpu_mem ||
+              cJSON_AddItemToObject(r, "cpu_mem", exact_number((double)p->cpu_mem))) &&
              (!p->offload_dir[0] || cJSON_AddStringToObject(r, "offload_dir", p->offload_dir));
     char *js = ok ? cJSON_Print(r) : NULL;
     cJSON_Delete(r);

@@ -90,7 +90,9 @@ static int alloc_weights(sched *s)
             for (int t = 0; t < s->mdl.n_tensors; t++)
                 s->w_view[v][l].t[t] =
                     off[t] < g->w_gpu ? (char *)s->w_gpu[l] + off[t]
-                                      : (char *)s->w_stage[v] + (off[t] - g->w_stage_from);
+                    : s->w_stage[v]   ? (char *)s->w_stage[v] + (off[t] - g->w_stage_from)
+                                      : NULL; /* no slot: every field is resident (NULL +
+                                               * offset is undefined; clang's UBSan says so) */
         }
     /* compressed weights: each layer is quantized on the host as it loads */
     if (rc == 0 && g->wq) {

@@ -21,6 +21,7 @@
 #include "fh_config.h"
 #include "golden_harness.h"
 #include "model.h"
+#include "model_config.h"
 #include "off.h"
 
 #define FIX FH_SOURCE_ROOT "/tests/fixtures/"
@@ -301,6 +302,56 @@ Test(family, make_model_convert_and_store)
         snprintf(sa, sizeof sa, "qs-%s.jsonl", s);
         assert_same(da, sa, s);
     }
+}
+
+/* GPT-NeoX's rotary dimensions are int(head_size * rotary_pct) in Python's
+ * double: 150 x 0.84 is 126 (fp32 gave 125 and refused the config), and
+ * make-model writes a rotary_pct that gives the count back (8 of a 33-wide
+ * head came back as 7; found by tests/fuzz/fuzz_model_config.c). */
+Test(family, neox_rotary_dims_as_transformers_computes_them)
+{
+    static const struct { int hidden; const char *pct; int rot; } v[] = {
+        {300, "0.84", 126}, {100, "0.58", 28}, {66, "0.25", 8}, {64, "0.25", 8}};
+    for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
+        char js[512], back[2048];
+        int n = snprintf(js, sizeof js, "{\"model_type\": \"gpt_neox\", \"vocab_size\": 16, "
+                         "\"hidden_size\": %d, \"num_hidden_layers\": 1, "
+                         "\"num_attention_heads\": 2, \"intermediate_size\": 16, "
+                         "\"max_position_embeddings\": 16, \"rotary_pct\": %s}",
+                         v[i].hidden, v[i].pct);
+        model_config c, d;
+        cr_assert_eq(model_config_parse(js, (size_t)n, "config.json", &c), 0, "%s", err_msg());
+        cr_assert_eq(c.rot_dims, v[i].rot, "%d x %s: %d rotary dimensions", c.head_dim,
+                     v[i].pct, c.rot_dims);
+        n = model_config_json(&c, back, sizeof back);
+        cr_assert(n > 0);
+        cr_assert_eq(model_config_parse(back, (size_t)n, "written", &d), 0, "%s", err_msg());
+        cr_assert_eq(d.rot_dims, c.rot_dims, "written back: %s", back);
+    }
+}
+
+/* A 4-bit fp16 store of a model whose rows are shorter than a 4-bit group
+ * generates on the CPU backend (fp32): its layers converted there are
+ * larger than plain fp32 layers (a heap overflow of model_load_store found
+ * by tests/fuzz/fuzz_store.c). */
+Test(family, small_4bit_fp16_store_runs_on_the_cpu)
+{
+    cli_write("ids.jsonl", "{\"id\": 1, \"prompt_ids\": [2, 5, 7]}\n");
+    cr_assert_eq(cli_run("make-model --config %s/tests/fuzz/micro-opt.json --out micro --seed 7",
+                         FH_SOURCE_ROOT), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("convert --model micro --out micro-q4 --compress-weight"), 0, "%s",
+                 cli_err);
+    /* make-model copies a tokenizer of 512 ids; this model has 16: run ids only */
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "rm -f %s/micro-q4/vocab.json %s/micro-q4/merges.txt "
+             "%s/micro-q4/tokenizer.json", cli_dir, cli_dir, cli_dir);
+    cr_assert_eq(system(cmd), 0);
+    cr_assert_eq(cli_run("generate --model micro-q4 --prompts ids.jsonl --out q.jsonl "
+                         "--max-new-tokens 4 --ignore-eos --quiet"), 0, "%s", cli_err);
+    char *out = cli_read("q.jsonl");
+    cr_assert(out && strstr(out, "\"finish_reason\":\"length\""), "no completion: %s",
+              out ? out : "(none)");
+    free(out);
 }
 
 /* The --dummy shapes of configs/models parse, as their families, to the

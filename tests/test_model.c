@@ -217,6 +217,37 @@ Test(model, loads_f16_bf16_and_shards)
     model_destroy(ref);
 }
 
+/* A shard index naming a file outside the model directory (absolute or
+ * through "..") is refused, even when that file is a valid shard (found
+ * by reading st_open_dir; tests/fuzz/fuzz_st_index.c checks it). */
+Test(model, shard_outside_the_directory_is_refused)
+{
+    make_tmp();
+    char sub[600], path[700];
+    snprintf(sub, sizeof sub, "%s/m", tmpdir);
+    cr_assert_eq(mkdir(sub, 0755), 0);
+    static const float x[2] = {1, 2};
+    st_out t = {"x", 1, {2}, x};
+    snprintf(path, sizeof path, "%s/outside.safetensors", tmpdir);
+    cr_assert_eq(st_write(path, &t, 1, ST_F32), 0, "%s", err_msg());
+    const char *names[] = {"../outside.safetensors", path, "a/../../outside.safetensors"};
+    for (int i = 0; i < 3; i++) {
+        char idx[1200];
+        snprintf(idx, sizeof idx, "%s/model.safetensors.index.json", sub);
+        FILE *f = fopen(idx, "w");
+        fprintf(f, "{\"weight_map\": {\"x\": \"%s\"}}", names[i]);
+        fclose(f);
+        st_set *s = NULL;
+        err_clear();
+        cr_assert_eq(st_open_dir(sub, &s), -EINVAL, "%s opened", names[i]);
+        cr_assert(strstr(err_msg(), "which is not a file name in"), "msg: %s", err_msg());
+    }
+    cr_assert(st_shard_name_ok("model-00001-of-00002.safetensors") &&
+              st_shard_name_ok("a..b.safetensors") && !st_shard_name_ok("") &&
+              !st_shard_name_ok("sub/a.safetensors") && !st_shard_name_ok(".."));
+    rm_tmp();
+}
+
 Test(model, truncated_safetensors_is_reported)
 {
     make_tmp();

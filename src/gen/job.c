@@ -63,6 +63,18 @@ int job_encode_text(const job_src *src, const char *text, int bos, job_prompt *p
         return job_field_bad(e, "prompt", "cannot tokenize the prompt: %s", msg);
     }
     int k = bos >= 0;
+    /* a tokenizer of another model (or a bos_token_id past vocab_size)
+     * gives ids the embedding table does not have */
+    int bad = k && bos >= src->o->vocab ? bos : -1;
+    for (int i = 0; bad < 0 && i < n; i++)
+        bad = enc[i] >= src->o->vocab ? enc[i] : -1;
+    if (bad >= 0) {
+        free(enc);
+        return job_field_bad(e, "prompt", "the %s gives token id %d but the model has %d "
+                             "(vocab_size); the tokenizer files are not this model's",
+                             k && bad == bos ? "BOS (bos_token_id)" : "tokenizer", bad,
+                             src->o->vocab);
+    }
     if (n + k == 0) {
         free(enc);
         return job_field_bad(e, "prompt", "the prompt is empty and the model adds no BOS; "

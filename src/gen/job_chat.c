@@ -107,7 +107,14 @@ int job_chat_encode(const job_src *src, const cJSON *messages, job_prompt *p, jo
     }
     int32_t *ids = NULL;
     int k = rc == 0 ? tok_chat_encode(src->o->t, src->chat_kind, m, n, 1, &ids) : rc;
-    if (k == -EINVAL || k == -EILSEQ || k == -EOVERFLOW) {
+    int bad = -1; /* a tokenizer of another model: ids past the embedding table */
+    for (int j = 0; j < k && bad < 0; j++)
+        bad = ids[j] >= src->o->vocab ? ids[j] : -1;
+    if (bad >= 0) {
+        rc = job_field_bad(e, "messages", "the tokenizer gives token id %d but the model has "
+                           "%d (vocab_size); the tokenizer files are not this model's", bad,
+                           src->o->vocab);
+    } else if (k == -EINVAL || k == -EILSEQ || k == -EOVERFLOW) {
         rc = job_field_bad(e, "messages", "%s", err_msg());
         err_clear();
     } else if (k < 0) {

@@ -13,6 +13,7 @@
  * head's q, k, v together: the loader regroups its rows into the blob's
  * q | k | v (MODEL_PERM_QKV_PER_HEAD).
  */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -22,7 +23,7 @@
 static int neox_parse(const cJSON *o, const char *what, model_config *c)
 {
     int rc = 0;
-    float pct = 0.25f;
+    double pct = 0.25; /* a double, as transformers computes with */
     FORWARD_IF(model_json_int(o, "vocab_size", MODEL_JSON_REQUIRED, &c->vocab_size, what));
     FORWARD_IF(model_json_int(o, "hidden_size", MODEL_JSON_REQUIRED, &c->hidden, what));
     FORWARD_IF(model_json_int(o, "intermediate_size", MODEL_JSON_REQUIRED, &c->ffn, what));
@@ -38,9 +39,9 @@ static int neox_parse(const cJSON *o, const char *what, model_config *c)
     FORWARD_IF(model_json_bool(o, "attention_bias", 1, &c->qkv_bias, what));
     /* rotary_pct; transformers 5 calls it partial_rotary_factor */
     const cJSON *rp = cJSON_GetObjectItemCaseSensitive(o, "rope_parameters");
-    FORWARD_IF(model_json_float(cJSON_IsObject(rp) ? rp : o, "partial_rotary_factor", pct, &pct,
-                                what));
-    FORWARD_IF(model_json_float(o, "rotary_pct", pct, &pct, what));
+    FORWARD_IF(model_json_double(cJSON_IsObject(rp) ? rp : o, "partial_rotary_factor", pct,
+                                 &pct, what));
+    FORWARD_IF(model_json_double(o, "rotary_pct", pct, &pct, what));
     const char *act = model_json_str(o, "hidden_act", what, &rc);
     FORWARD_IF(rc);
     RETURN_IF(act && strcmp(act, "gelu") != 0, -EINVAL,
@@ -49,11 +50,12 @@ static int neox_parse(const cJSON *o, const char *what, model_config *c)
     RETURN_IF(c->n_head <= 0 || c->hidden % c->n_head != 0, -EINVAL,
               "%s: hidden_size %d must be a multiple of num_attention_heads %d", what,
               c->hidden, c->n_head);
-    RETURN_IF(pct <= 0.0f || pct > 1.0f, -EINVAL, "%s: rotary_pct %g must be in (0, 1]", what,
-              (double)pct);
+    RETURN_IF(pct <= 0 || pct > 1, -EINVAL, "%s: rotary_pct %g must be in (0, 1]", what, pct);
     c->n_kv_head = c->n_head;
     c->head_dim = c->hidden / c->n_head;
-    c->rot_dims = (int)((float)c->head_dim * pct); /* int(head_size * rotary_pct) */
+    /* int(head_size * rotary_pct) in double: in fp32, 10 x 0.7 gave 6 where
+     * transformers gets 7 (found by tests/fuzz/fuzz_model_config.c) */
+    c->rot_dims = (int)(c->head_dim * pct);
     c->o_bias = c->qkv_bias;
     c->mlp_bias = 1;
     c->norm = MODEL_NORM_LAYER;
@@ -97,19 +99,25 @@ static int neox_tensors(const model_config *c, model_hf_tensor *out)
 
 static int neox_config_json(const model_config *c, char *buf, size_t cap)
 {
+    /* rotary_pct exact enough that int(head_dim * pct) gives rot_dims back:
+     * 8 / 33 at 7 digits came back as 7 */
+    double pct = (double)c->rot_dims / c->head_dim;
+    if ((int)(c->head_dim * pct) < c->rot_dims)
+        pct = nextafter(pct, 2.0);
     int at = 0;
+    char name[MODEL_JSON_NAME_MAX];
     FORWARD_IF(model_json_printf(buf, cap, &at,
         "{\n  \"_name_or_path\": \"%s\",\n  \"model_type\": \"gpt_neox\",\n"
         "  \"architectures\": [\"GPTNeoXForCausalLM\"],\n  \"vocab_size\": %d,\n"
         "  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n"
         "  \"num_attention_heads\": %d,\n  \"max_position_embeddings\": %d,\n"
-        "  \"rotary_pct\": %.7g,\n  \"rotary_emb_base\": %.7g,\n  \"layer_norm_eps\": %.7g,\n"
+        "  \"rotary_pct\": %.17g,\n  \"rotary_emb_base\": %.7g,\n  \"layer_norm_eps\": %.7g,\n"
         "  \"use_parallel_residual\": %s,\n  \"attention_bias\": %s,\n"
         "  \"hidden_act\": \"gelu\",\n  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n"
         "  \"tie_word_embeddings\": %s,\n  \"attention_dropout\": 0.0,\n"
         "  \"hidden_dropout\": 0.0,\n  \"torch_dtype\": \"float32\"\n}\n",
-        c->name, c->vocab_size, c->hidden, c->ffn, c->n_layer, c->n_head, c->max_pos,
-        (double)c->rot_dims / c->head_dim, c->rope.theta, c->ln_eps,
+        model_json_name(c, name), c->vocab_size, c->hidden, c->ffn, c->n_layer, c->n_head,
+        c->max_pos, pct, c->rope.theta, c->ln_eps,
         c->parallel_residual ? "true" : "false", c->qkv_bias ? "true" : "false", c->bos_id,
         c->eos_id, c->tie_lm_head ? "true" : "false"));
     return at;

@@ -125,6 +125,7 @@ static int llama_tensors(const model_config *c, model_hf_tensor *out)
 static int llama_config_json(const model_config *c, char *buf, size_t cap)
 {
     int at = 0;
+    char name[MODEL_JSON_NAME_MAX];
     const char *arch = c->family->arch;
     FORWARD_IF(model_json_printf(buf, cap, &at,
         "{\n  \"_name_or_path\": \"%s\",\n  \"model_type\": \"%s\",\n"
@@ -133,8 +134,8 @@ static int llama_config_json(const model_config *c, char *buf, size_t cap)
         "  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n"
         "  \"head_dim\": %d,\n  \"max_position_embeddings\": %d,\n"
         "  \"rms_norm_eps\": %.7g,\n  \"hidden_act\": \"silu\",\n  \"rope_theta\": %.7g,\n",
-        c->name, c->family->name, arch, c->vocab_size, c->hidden, c->ffn, c->n_layer,
-        c->n_head, c->n_kv_head, c->head_dim, c->max_pos, c->ln_eps, c->rope.theta));
+        model_json_name(c, name), c->family->name, arch, c->vocab_size, c->hidden, c->ffn,
+        c->n_layer, c->n_head, c->n_kv_head, c->head_dim, c->max_pos, c->ln_eps, c->rope.theta));
     if (c->rope.type == KERN_ROPE_LINEAR)
         FORWARD_IF(model_json_printf(buf, cap, &at,
             "  \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": %.7g},\n",

@@ -91,6 +91,7 @@ static int opt_tensors(const model_config *c, model_hf_tensor *out)
 static int opt_config_json(const model_config *c, char *buf, size_t cap)
 {
     int at = 0;
+    char name[MODEL_JSON_NAME_MAX];
     FORWARD_IF(model_json_printf(buf, cap, &at,
         "{\n  \"_name_or_path\": \"%s\",\n  \"model_type\": \"opt\",\n"
         "  \"architectures\": [\"OPTForCausalLM\"],\n  \"vocab_size\": %d,\n"
@@ -102,8 +103,8 @@ static int opt_config_json(const model_config *c, char *buf, size_t cap)
         "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n  \"pad_token_id\": %d,\n"
         "  \"tie_word_embeddings\": %s,\n  \"dropout\": 0.0,\n"
         "  \"attention_dropout\": 0.0,\n  \"torch_dtype\": \"float32\"\n}\n",
-        c->name, c->vocab_size, c->hidden, c->n_layer, c->n_head, c->ffn, c->max_pos,
-        c->hidden, c->bos_id, c->eos_id, c->pad_id, c->tie_lm_head ? "true" : "false"));
+        model_json_name(c, name), c->vocab_size, c->hidden, c->n_layer, c->n_head, c->ffn,
+        c->max_pos, c->hidden, c->bos_id, c->eos_id, c->pad_id, c->tie_lm_head ? "true" : "false"));
     return at;
 }
 

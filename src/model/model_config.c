@@ -120,6 +120,19 @@ int model_json_float(const cJSON *o, const char *key, float def, float *out, con
     return 0;
 }
 
+int model_json_double(const cJSON *o, const char *key, double def, double *out, const char *what)
+{
+    const cJSON *v = item(o, key);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    RETURN_IF(!cJSON_IsNumber(v) || !isfinite(v->valuedouble), -EINVAL,
+              "%s: \"%s\" must be a finite number", what, key);
+    *out = v->valuedouble;
+    return 0;
+}
+
 int model_json_bool(const cJSON *o, const char *key, int def, int *out, const char *what)
 {
     const cJSON *v = item(o, key);
@@ -210,6 +223,24 @@ int model_json_common(const cJSON *o, const char *what, model_config *c)
     FORWARD_IF(rc);
     snprintf(c->name, sizeof c->name, "%s", nm && *nm ? nm : c->family->name);
     return 0;
+}
+
+const char *model_json_name(const model_config *c, char *buf)
+{
+    /* _name_or_path comes from the user's config.json: a Windows path's
+     * backslashes written raw made an invalid config.json (found by
+     * tests/fuzz/fuzz_model_config.c) */
+    size_t o = 0;
+    for (const unsigned char *s = (const unsigned char *)c->name; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            o += (size_t)sprintf(buf + o, "\\%c", *s);
+        else if (*s < 0x20)
+            o += (size_t)sprintf(buf + o, "\\u%04x", *s);
+        else
+            buf[o++] = (char)*s;
+    }
+    buf[o] = 0;
+    return buf;
 }
 
 int model_json_printf(char *buf, size_t cap, int *at, const char *fmt, ...)

@@ -96,6 +96,9 @@ extern const model_family model_family_opt, model_family_llama, model_family_mis
 #define MODEL_JSON_REQUIRED (-2147483647 - 1)
 int model_json_int(const cJSON *o, const char *key, int def, int *out, const char *what);
 int model_json_float(const cJSON *o, const char *key, float def, float *out, const char *what);
+/* As model_json_float, kept as a double (what Python computes with). */
+int model_json_double(const cJSON *o, const char *key, double def, double *out,
+                      const char *what);
 int model_json_bool(const cJSON *o, const char *key, int def, int *out, const char *what);
 /* The string value of key, or NULL when absent or null; -EINVAL (message)
  * in *rc when it is something else. */
@@ -112,6 +115,12 @@ int model_json_rope(const cJSON *o, const char *what, const char *theta_key, flo
 /* The common tail of a family's reader: refuses config fields that no
  * family runs (quantization_config, ...). */
 int model_json_common(const cJSON *o, const char *what, model_config *c);
+
+/* c->name as the inside of a JSON string (quotes, backslashes and control
+ * characters escaped) in buf, which MODEL_JSON_NAME_MAX bytes always hold.
+ * @return buf. */
+#define MODEL_JSON_NAME_MAX (6 * 64)
+const char *model_json_name(const model_config *c, char *buf);
 
 /* Append printf text to buf (cap bytes) at *at; -ENOSPC when full. */
 int model_json_printf(char *buf, size_t cap, int *at, const char *fmt, ...)

@@ -330,6 +330,18 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk,
             rc = be->ops->upload(be->ctx, *model_global(m, gid[i]), f32, n);
         }
     }
+    /* a layer converted to the backend's element size goes to m->blob,
+     * sized for plain layers; a 4-bit layer whose rows are shorter than a
+     * group pads out past that (found by tests/fuzz/fuzz_store.c) */
+    void *cbuf = NULL;
+    if (rc == 0 && ses != bes) {
+        size_t need = model_layer_layout_q(c, bes, wq, NULL, NULL);
+        cbuf = need <= m->blob_bytes ? m->blob : off_alloc_aligned(off_align_up(need));
+        if (!cbuf) {
+            err_set(__FILE__, __LINE__, "out of memory for a layer of %s", path);
+            rc = -ENOMEM;
+        }
+    }
     for (int l = 0; rc == 0 && l < c->n_layer; l++) {
         char name[OFF_SEG_NAME];
         snprintf(name, sizeof name, "layer.%d", l);
@@ -338,10 +350,12 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk,
         if (rc == 0 && ses == bes) {
             rc = sink(ud, l, buf, wq, st->fd, st->seg[s].offset);
         } else if (rc == 0) {
-            convert_blob(c, wq, m->blob, bes, buf, ses);
-            rc = sink(ud, l, m->blob, wq, -1, 0);
+            convert_blob(c, wq, cbuf, bes, buf, ses);
+            rc = sink(ud, l, cbuf, wq, -1, 0);
         }
     }
+    if (m && cbuf != m->blob)
+        free(cbuf);
     free(buf);
     free(f32);
     if (rc < 0) {

@@ -267,6 +267,14 @@ int tok_config_load(tok *t, const char *dir, const struct tok_src *src)
         rc = read_chat(t, dir, tc, tpath);
     if (rc == 0)
         rc = pick_bos(t, src, tc, tpath, cfg, cpath);
+    /* config.json's bos_token_id is a number only: one past the vocabulary
+     * would be prepended to every prompt (found by tests/fuzz/fuzz_tok_config.c) */
+    if (rc == 0 && t->bos_id >= t->n_vocab) {
+        err_set(__FILE__, __LINE__, "%s: the BOS id %d is past the tokenizer's %d ids; the "
+                "tokenizer files and config.json are from different models", dir, t->bos_id,
+                t->n_vocab);
+        rc = -EINVAL;
+    }
     if (rc == 0 && gc)
         rc = read_eos(t, gc, gpath);
     if (rc == 0 && t->n_eos == 0 && cfg)

@@ -80,7 +80,9 @@ static void items_free(struct items *it)
     free(it->off);
 }
 
-#define ITEM(it, i) ((it)->b + (it)->off[i])
+/* items of no bytes at all have no buffer: NULL + 0 is undefined (found by
+ * tests/fuzz/fuzz_tok_json.c, a Strip decoder over empty tokens) */
+#define ITEM(it, i) ((it)->b ? (const char *)(it)->b + (it)->off[i] : "")
 #define ITEM_LEN(it, i) ((it)->off[(i) + 1] - (it)->off[i])
 
 /* ------------------------------------------------------------- steps */
