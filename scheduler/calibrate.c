@@ -189,17 +189,25 @@ int sched_calib_write(const char *path, const sched_calib *cb)
     return 0;
 }
 
+/* The smallest rates a profile holds: what sched_calib_print's 3 decimals
+ * of GB/s and 4 of TFLOP/s show. Below them a rate printed back is 0; and a
+ * rate of 1e-320 made the search's time bounds infinite, which aborts GLPK
+ * (found by tests/fuzz/fuzz_calib.c). */
+#define MIN_GBPS 1e-3
+#define MIN_TFLOPS 1e-4
+
 static int load_rate(const char *path, const cJSON *root, const char *key, int required,
                      double *out)
 {
+    double min = strstr(key, "TFLOPs") ? MIN_TFLOPS : MIN_GBPS;
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, key);
     RETURN_IF(!it && required, -EINVAL, "%s: no field \"%s\"; a hardware profile is what "
               "`flexh2o calibrate --out FILE` writes", path, key);
     if (!it)
         return 0;
-    RETURN_IF(!cJSON_IsNumber(it) || !(it->valuedouble > 0) || it->valuedouble > 1e9,
-              -EINVAL, "%s: field \"%s\" must be a positive number; measure it again with "
-              "`flexh2o calibrate --out FILE`", path, key);
+    RETURN_IF(!cJSON_IsNumber(it) || !(it->valuedouble >= min) || it->valuedouble > 1e9,
+              -EINVAL, "%s: field \"%s\" must be a positive number (%g to 1e9); measure it "
+              "again with `flexh2o calibrate --out FILE`", path, key, min);
     *out = it->valuedouble;
     return 0;
 }
@@ -224,7 +232,8 @@ static int load_gemm_shapes(const char *path, const cJSON *root, sched_calib *cb
         RETURN_IF(!cJSON_IsNumber(a) || a->valuedouble < 1 || a->valuedouble > 1e7 ||
                   a->valuedouble != floor(a->valuedouble) ||
                   (i > 0 && a->valuedouble <= cb->gemm_rows[i - 1]) ||
-                  !cJSON_IsNumber(b) || !(b->valuedouble > 0) || b->valuedouble > 1e9, -EINVAL,
+                  !cJSON_IsNumber(b) || !(b->valuedouble >= MIN_TFLOPS) || b->valuedouble > 1e9,
+                  -EINVAL,
                   "%s: \"gemm_rows\" must increase from 1 in whole rows and every rate in "
                   "\"gemm_TFLOPs_at\" must be a positive number (item %d)", path, i + 1);
         cb->gemm_rows[i] = (int)a->valuedouble;

@@ -115,11 +115,15 @@ static int neox_config_json(const model_config *c, char *buf, size_t cap)
         "  \"use_parallel_residual\": %s,\n  \"attention_bias\": %s,\n"
         "  \"hidden_act\": \"gelu\",\n  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n"
         "  \"tie_word_embeddings\": %s,\n  \"attention_dropout\": 0.0,\n"
-        "  \"hidden_dropout\": 0.0,\n  \"torch_dtype\": \"float32\"\n}\n",
+        "  \"hidden_dropout\": 0.0,\n",
         model_json_name(c, name), c->vocab_size, c->hidden, c->ffn, c->n_layer, c->n_head,
         c->max_pos, pct, c->rope.theta, c->ln_eps,
         c->parallel_residual ? "true" : "false", c->qkv_bias ? "true" : "false", c->bos_id,
         c->eos_id, c->tie_lm_head ? "true" : "false"));
+    /* the scaling model_json_rope read (it was dropped: found by
+     * tests/fuzz/fuzz_model_config.c) */
+    FORWARD_IF(model_json_rope_scaling(&c->rope, buf, cap, &at));
+    FORWARD_IF(model_json_printf(buf, cap, &at, "  \"torch_dtype\": \"float32\"\n}\n"));
     return at;
 }
 

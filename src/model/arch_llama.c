@@ -136,19 +136,7 @@ static int llama_config_json(const model_config *c, char *buf, size_t cap)
         "  \"rms_norm_eps\": %.7g,\n  \"hidden_act\": \"silu\",\n  \"rope_theta\": %.7g,\n",
         model_json_name(c, name), c->family->name, arch, c->vocab_size, c->hidden, c->ffn,
         c->n_layer, c->n_head, c->n_kv_head, c->head_dim, c->max_pos, c->ln_eps, c->rope.theta));
-    if (c->rope.type == KERN_ROPE_LINEAR)
-        FORWARD_IF(model_json_printf(buf, cap, &at,
-            "  \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": %.7g},\n",
-            c->rope.factor));
-    else if (c->rope.type == KERN_ROPE_LLAMA3)
-        FORWARD_IF(model_json_printf(buf, cap, &at,
-            "  \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": %.7g, "
-            "\"low_freq_factor\": %.7g, \"high_freq_factor\": %.7g, "
-            "\"original_max_position_embeddings\": %d},\n",
-            c->rope.factor, c->rope.low_freq_factor, c->rope.high_freq_factor,
-            c->rope.orig_max_pos));
-    else
-        FORWARD_IF(model_json_printf(buf, cap, &at, "  \"rope_scaling\": null,\n"));
+    FORWARD_IF(model_json_rope_scaling(&c->rope, buf, cap, &at));
     if (c->family == &model_family_mistral) {
         if (c->sliding_window)
             FORWARD_IF(model_json_printf(buf, cap, &at, "  \"sliding_window\": %d,\n",

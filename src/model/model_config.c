@@ -243,6 +243,20 @@ const char *model_json_name(const model_config *c, char *buf)
     return buf;
 }
 
+int model_json_rope_scaling(const kern_rope *r, char *buf, size_t cap, int *at)
+{
+    if (r->type == KERN_ROPE_LINEAR)
+        return model_json_printf(buf, cap, at,
+            "  \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": %.7g},\n", r->factor);
+    if (r->type == KERN_ROPE_LLAMA3)
+        return model_json_printf(buf, cap, at,
+            "  \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": %.7g, "
+            "\"low_freq_factor\": %.7g, \"high_freq_factor\": %.7g, "
+            "\"original_max_position_embeddings\": %d},\n",
+            r->factor, r->low_freq_factor, r->high_freq_factor, r->orig_max_pos);
+    return model_json_printf(buf, cap, at, "  \"rope_scaling\": null,\n");
+}
+
 int model_json_printf(char *buf, size_t cap, int *at, const char *fmt, ...)
 {
     va_list ap;

@@ -122,6 +122,10 @@ int model_json_common(const cJSON *o, const char *what, model_config *c);
 #define MODEL_JSON_NAME_MAX (6 * 64)
 const char *model_json_name(const model_config *c, char *buf);
 
+/* Append r as the "rope_scaling" line of a config.json (null, linear or
+ * llama3) to buf at *at. @return 0 or -ENOSPC. */
+int model_json_rope_scaling(const kern_rope *r, char *buf, size_t cap, int *at);
+
 /* Append printf text to buf (cap bytes) at *at; -ENOSPC when full. */
 int model_json_printf(char *buf, size_t cap, int *at, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

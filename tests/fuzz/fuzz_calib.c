@@ -44,19 +44,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     sched_calib hw, hw2;
     if (sched_calib_load(fuzz_path(path, sizeof path, "hw.json"), &hw) < 0)
         return 0;
-    /* printed back: rates print rounded (3 decimals, TFLOP/s 4), so one
-     * below half the last digit comes back 0 and is refused */
+    /* printed back (rates rounded to 3 decimals, TFLOP/s to 4: what a
+     * profile holds at least) */
     FUZZ_CHECK(sched_calib_write(fuzz_path(back, sizeof back, "back.json"), &hw) == 0, "%s",
                err_msg());
-    int tiny = hw.h2d < 6e-4 || hw.d2h < 6e-4 || hw.dram < 6e-4 || hw.dev_mem < 6e-4 ||
-               hw.gemm < 6e-5 || (hw.disk_read > 0 && (hw.disk_read < 6e-4 ||
-                                                       hw.disk_write < 6e-4));
-    for (int i = 0; i < hw.n_gemm; i++)
-        tiny |= hw.gemm_at[i] < 6e-5;
-    int rc = sched_calib_load(back, &hw2);
-    FUZZ_CHECK(rc == 0 || tiny, "the profile printed back does not load: %s", err_msg());
-    if (rc == 0)
-        FUZZ_CHECK(same(&hw, &hw2), "the profile printed back loads to another profile");
+    FUZZ_CHECK(sched_calib_load(back, &hw2) == 0, "the profile printed back does not load: %s",
+               err_msg());
+    FUZZ_CHECK(same(&hw, &hw2), "the profile printed back loads to another profile");
     err_clear();
 
     sched_model m;

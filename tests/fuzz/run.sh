@@ -6,6 +6,7 @@
 #
 #   tests/fuzz/run.sh 5                      # CI: every target, 5 s each
 #   FUZZ_STATS=out.csv tests/fuzz/run.sh 130 # a recorded run: a CSV line per target
+#   FUZZ_RUNS=10000000 tests/fuzz/run.sh 0 store  # 10 M executions, no time limit
 #
 # New inputs libFuzzer finds go to a scratch corpus ($FUZZ_WORK, default a
 # temporary directory, removed unless FUZZ_KEEP=1), never into the tree; a
@@ -26,31 +27,40 @@ ninja -C "$build" $(printf "tests/fuzz/fuzz_%s " "${targets[@]}") >/dev/null
 work=${FUZZ_WORK:-$(mktemp -d)}
 mkdir -p "$work/crash"
 [ "${FUZZ_KEEP:-0}" = 1 ] || trap 'rm -rf "$work"' EXIT
-[ -z "${FUZZ_STATS:-}" ] || echo "target,seconds,executions,exec_per_s,corpus_units,coverage,peak_rss_mb" > "$FUZZ_STATS"
+[ -z "${FUZZ_STATS:-}" ] ||
+    echo "target,limit_s,elapsed_s,executions,exec_per_s,corpus_units,coverage,peak_rss_mb,result" \
+        > "$FUZZ_STATS"
+runs=()
+[ -z "${FUZZ_RUNS:-}" ] || runs=(-runs="$FUZZ_RUNS")
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:symbolize=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 export OMP_NUM_THREADS=1
 failed=()
-printf "%-13s %8s %12s %10s %7s %6s\n" target seconds executions exec/s units cov
+printf "%-13s %8s %12s %10s %7s %6s\n" target elapsed executions exec/s units cov
 for t in "${targets[@]}"; do
     mkdir -p "$work/corpus/$t"
     dirs=("$work/corpus/$t" "tests/fuzz/corpus/$t")
     [ -d "tests/fuzz/regressions/$t" ] && dirs+=("tests/fuzz/regressions/$t")
     log="$work/$t.log"
     rc=0
-    "$build/tests/fuzz/fuzz_$t" -max_total_time="$secs" -timeout=25 -rss_limit_mb=2048 \
-        -dict=tests/fuzz/json.dict -print_final_stats=1 \
+    t0=$(date +%s)
+    "$build/tests/fuzz/fuzz_$t" -max_total_time="$secs" "${runs[@]}" -timeout=25 \
+        -rss_limit_mb=2048 -dict=tests/fuzz/json.dict -print_final_stats=1 \
         -artifact_prefix="$work/crash/$t-" "${dirs[@]}" >"$log" 2>&1 || rc=$?
+    elapsed=$(( $(date +%s) - t0 ))
     # (a target that crashed on a seed has no "corp:" line: no grep may fail the script)
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
     rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -1)
     units=$(sed -n 's/.*corp: \([0-9]*\).*/\1/p' "$log" | tail -1)
     cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' "$log" | tail -1)
-    printf "%-13s %8s %12s %10s %7s %6s\n" "$t" "$secs" "${execs:-?}" "${rate:-?}" \
+    printf "%-13s %8s %12s %10s %7s %6s\n" "$t" "$elapsed" "${execs:-?}" "${rate:-?}" \
         "${units:-?}" "${cov:-?}"
+    res=ok
+    [ "$rc" -eq 0 ] || res="crash (exit $rc)"
     [ -z "${FUZZ_STATS:-}" ] ||
-        echo "$t,$secs,${execs:-},${rate:-},${units:-},${cov:-},${rss:-}" >> "$FUZZ_STATS"
+        echo "$t,$secs,$elapsed,${execs:-},${rate:-},${units:-},${cov:-},${rss:-},$res" \
+            >> "$FUZZ_STATS"
     if [ "$rc" -ne 0 ]; then
         failed+=("$t")
         echo "---- fuzz_$t failed (exit $rc); the end of its log:"
