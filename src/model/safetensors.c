@@ -92,8 +92,10 @@ static int by_begin(const void *a, const void *b)
 /* Tensors [first, n) of s (one file's): no two may share bytes. */
 static int check_overlap(st_set *s, int first, const char *path)
 {
-    st_tensor *t = s->tensors + first;
     int n = s->n_tensors - first;
+    if (n < 2)
+        return 0; /* and s->tensors may be NULL: no pointer arithmetic on it */
+    st_tensor *t = s->tensors + first;
     qsort(t, (size_t)n, sizeof *t, by_begin);
     for (int i = 1; i < n; i++)
         RETURN_IF((const char *)t[i - 1].data + t[i - 1].bytes > (const char *)t[i].data,
