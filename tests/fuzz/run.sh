@@ -32,6 +32,9 @@ mkdir -p "$work/crash"
         > "$FUZZ_STATS"
 runs=()
 [ -z "${FUZZ_RUNS:-}" ] || runs=(-runs="$FUZZ_RUNS")
+# FUZZ_SEED: libFuzzer's -seed (default 0: a new one each run); with
+# FUZZ_RUNS it makes a run repeatable (CI)
+runs+=(-seed="${FUZZ_SEED:-0}")
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:symbolize=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 export OMP_NUM_THREADS=1
