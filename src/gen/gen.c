@@ -95,21 +95,6 @@ static void pen_add(gen_seq *s, int32_t tok, int prompt)
         s->pen_out[i]++;
 }
 
-static int uses_penalties(const job_params *par)
-{
-    return par->repetition_penalty != 1.0f || par->frequency_penalty != 0.0f ||
-           par->presence_penalty != 0.0f;
-}
-
-/* Most logit edits one row of request p may need: a penalty per distinct
- * token of prompt and output, its logit_bias, and, before min_tokens, a ban
- * per EOS and stop id. */
-static int edits_bound(const job_prompt *p, int max_new, int n_eos)
-{
-    const job_params *par = &p->par;
-    return (uses_penalties(par) ? p->n_ids + max_new : 0) + par->n_bias +
-           (par->min_tokens > 0 ? n_eos + par->n_stop_ids : 0);
-}
 
 /* Add `add` to the edit of tok among this row's edits e[0..*n), or append
  * one. */
@@ -323,7 +308,7 @@ static int sample_rows(gen_ctx *gc, gen_buf *bb, gen_seq *ss, int n_out)
                                .edit0 = n_edit, .n_top = par->top_logprobs};
         r->n_edit = seq_edits(gc, s, bb->edit_at, bb->edits + n_edit);
         n_edit += r->n_edit;
-        assert(n_edit <= bb->n_edit_max); /* sized by edits_bound */
+        assert(n_edit <= bb->n_edit_max); /* sized by gen_edits_bound */
         any_top |= par->top_logprobs > 0;
     }
     FORWARD_IF(be->ops->sample(be->ctx, sched_logits(gc->sc), n_out, c->vocab_size, bb->rows,
@@ -532,7 +517,7 @@ static void seq_start(gen_seq *s, const job_prompt *p, int j, int copy_of, const
     s->cut = s->checked = 0;
     s->rng = seq_seed(par->has_seed ? par->seed : o->seed, p->id, j);
     s->pen_n = 0;
-    if (!uses_penalties(par) || p->err)
+    if (!gen_uses_penalties(par) || p->err)
         s->pen_cap = 0;
     if (s->pen_cap) {
         memset(s->pen_key, 0xff, sizeof(int32_t) * (size_t)s->pen_cap); /* -1: free */
@@ -547,7 +532,7 @@ typedef struct run_size {
     int n_seq;       /* their sequences: n per request (1 for an error) */
     int max_prompt;  /* their longest prompt, tokens (0 when none) */
     int max_new;     /* their largest max_new, at least 1 */
-    int max_edits;   /* most logit edits of one row (edits_bound) */
+    int max_edits;   /* most logit edits of one row (gen_edits_bound) */
     int pen_cap;     /* penalty table slots of the largest request using them, 0: none */
     int top;         /* most top logprobs asked */
     int B;           /* sequences of a block: min(sched_block, n_seq) */
@@ -577,9 +562,9 @@ static void todo_scan(const gen_ctx *gc, const job_prompts *ps, run_size *rs,
             st->kv_slots_full = p->n_ids + mn;
         if (mn > rs->max_new)
             rs->max_new = mn;
-        int e = edits_bound(p, mn, gc->n_eos);
+        int e = (int)gen_edits_bound(p, mn, gc->n_eos); /* lengths < 2^24 each */
         rs->max_edits = e > rs->max_edits ? e : rs->max_edits;
-        if (uses_penalties(&p->par)) {
+        if (gen_uses_penalties(&p->par)) {
             int cap = 16;
             while (cap < 2 * (p->n_ids + mn))
                 cap *= 2;

@@ -83,6 +83,16 @@ int gen_split(const model_config *c, const kv_policy *kv, int n_prompt, int max_
  * holds for *ids to point at. @return their count (>= 1). */
 int gen_eos_ids(const tok *t, const model_config *c, const int32_t **ids, int32_t *cfg_eos);
 
+/* 1 when a request's controls include a penalty (repetition, frequency or
+ * presence), so that its sampling needs the counts of its tokens. */
+int gen_uses_penalties(const job_params *par);
+/* Most logit edits one sampling row of request p generating max_new
+ * tokens may need, with n_eos ids that end a sequence: a penalty per
+ * distinct token of prompt and output, its logit_bias, and, before
+ * min_tokens, a ban per EOS and stop id. The plan reserves for this and
+ * the run builds no more (gen_shape, gen_run). */
+long gen_edits_bound(const job_prompt *p, int max_new, int n_eos);
+
 /* Check every request of ps before anything runs: its length
  * (gen_check_length), its KV split under o->kv (kv_policy_split), n
  * completions within a block of `block` sequences (0: unknown yet), stop

@@ -51,6 +51,19 @@ int gen_split(const model_config *c, const kv_policy *kv, int n_prompt, int max_
     return kv_policy_split(&kp, n_prompt, max_new, line, out);
 }
 
+int gen_uses_penalties(const job_params *par)
+{
+    return par->repetition_penalty != 1.0f || par->frequency_penalty != 0.0f ||
+           par->presence_penalty != 0.0f;
+}
+
+long gen_edits_bound(const job_prompt *p, int max_new, int n_eos)
+{
+    const job_params *par = &p->par;
+    return (gen_uses_penalties(par) ? (long)p->n_ids + max_new : 0) + par->n_bias +
+           (par->min_tokens > 0 ? n_eos + par->n_stop_ids : 0);
+}
+
 int gen_eos_ids(const tok *t, const model_config *c, const int32_t **ids, int32_t *cfg_eos)
 {
     int n = t ? tok_eos_ids(t, ids) : 0;
@@ -131,10 +144,7 @@ void gen_shape(const model_config *c, const tok *t, const job_prompts *ps, const
             cap = sp.budget;
         draw |= p->par.temperature > 0.0f; /* NAN (the job's) compares false */
         top |= p->par.top_logprobs > 0;
-        const job_params *par = &p->par;
-        long e = (par->repetition_penalty != 1.0f || par->frequency_penalty != 0.0f ||
-                  par->presence_penalty != 0.0f ? p->n_ids + mn : 0) +
-                 par->n_bias + (par->min_tokens > 0 ? n_eos + par->n_stop_ids : 0);
+        long e = gen_edits_bound(p, mn, n_eos);
         edits = e > edits ? e : edits;
     }
     memset(sh, 0, sizeof *sh);
