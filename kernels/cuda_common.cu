@@ -18,5 +18,5 @@ extern "C" int kern_cuda_available(void)
         cudaGetLastError(); /* clear the sticky "no device" error */
         return 0;
     }
-    return n > 0;
+    return n > 0 ? n : 0;
 }

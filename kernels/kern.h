@@ -468,6 +468,7 @@ void kern_kv_insert_q4(uint8_t *kc, uint8_t *vc, float *scores, int32_t *pos,
  * batch size fits the launch geometry: the ops take up to 2^31 - 1
  * (sequence, head) pairs and prompts and caches of any length. */
 
+/* The CUDA devices this process sees (0: none, or no CUDA build). */
 int kern_cuda_available(void);
 /* Lower the y extent of the attention grids below CUDA's 65535 (0: back to
  * 65535). The kernels then loop over more y indices per block: the tests

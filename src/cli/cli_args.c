@@ -1,6 +1,7 @@
 /* cli_args.c: error reports, flag values and the option-table parser the
  * verbs share (cli_args.h). */
 #include <assert.h>
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
@@ -8,8 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli_args.h"
+#include "dist.h"
 #include "err.h"
 
 /* ------------------------------------------------------------ errors */
@@ -21,7 +24,8 @@ int cli_error(int status, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "flexh2o: %s\n", msg);
+    if (dist_get()->rank == 0) /* ranks > 0 leave the job's messages to rank 0 */
+        fprintf(stderr, "flexh2o: %s\n", msg);
     return status;
 }
 
@@ -29,7 +33,7 @@ int cli_fail(void)
 {
     const char *m = err_msg();
     cli_error(1, "%s", m[0] ? m : "failed (no message recorded)");
-    if (getenv("FLEXH2O_DEBUG"))
+    if (getenv("FLEXH2O_DEBUG") && dist_get()->rank == 0)
         fprintf(stderr, "  (at %s)\n", err_where());
     return 1;
 }
@@ -41,7 +45,8 @@ int cli_usage(const char *verb, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "flexh2o %s: %s; see flexh2o %s --help\n", verb, msg, verb);
+    if (dist_get()->rank == 0)
+        fprintf(stderr, "flexh2o %s: %s; see flexh2o %s --help\n", verb, msg, verb);
     return 2;
 }
 
@@ -91,9 +96,36 @@ int cli_open_backend(const char *verb, const char *device, int threads, backend 
 {
     if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
         return cli_usage(verb, "--device must be cpu or cuda");
-    int want_cuda = device ? strcmp(device, "cuda") == 0 : kern_cuda_available();
-    int rc = want_cuda ? backend_cuda_create(0, be) : backend_cpu_create(threads, be);
+    int n_gpu = kern_cuda_available();
+    int want_cuda = device ? strcmp(device, "cuda") == 0 : n_gpu > 0;
+    /* a job's ranks on one host: one GPU each (local rank -> GPU index,
+     * round robin when there are more ranks than GPUs), or a share of the
+     * cores each */
+    const dist_world *w = dist_get();
+    if (!want_cuda && threads == 0 && w->local_size > 1) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = cores > w->local_size ? (int)(cores / w->local_size) : 1;
+    }
+    int rc = want_cuda ? backend_cuda_create(n_gpu > 0 ? w->local_rank % n_gpu : 0, be)
+                       : backend_cpu_create(threads, be);
     return rc < 0 ? cli_fail() : 0;
+}
+
+int cli_rank_dir(const char *verb, sched_policy *pol, int rank)
+{
+    if (!pol->offload_dir[0])
+        return 0;
+    char dir[sizeof pol->offload_dir];
+    int n = snprintf(dir, sizeof dir, "%s/rank-%d", pol->offload_dir, rank);
+    if (n < 0 || (size_t)n >= sizeof dir)
+        return cli_usage(verb, "--offload-dir is too long for a rank's subfolder");
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        err_set(__FILE__, __LINE__, "%s: cannot create the rank's disk tier (%s); check "
+                "--offload-dir", dir, strerror(errno));
+        return cli_fail();
+    }
+    memcpy(pol->offload_dir, dir, (size_t)n + 1);
+    return 0;
 }
 
 /* ------------------------------------------------------------ setters */

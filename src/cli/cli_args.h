@@ -50,6 +50,11 @@ int cli_parse_float(const char *verb, const char *flag, const char *s, double lo
  * CPU with threads threads, 0 = all cores). @return 0 or the exit status of
  * the error printed; the caller destroys *be. */
 int cli_open_backend(const char *verb, const char *device, int threads, backend *be);
+/* A job over ranks or shards: each process's disk tier is its own
+ * subfolder of --offload-dir, DIR/rank-R (created; pol->offload_dir then
+ * names it). No-op without --offload-dir. @return 0 or the exit status of
+ * the error printed. */
+int cli_rank_dir(const char *verb, sched_policy *pol, int rank);
 
 /* ------------------------------------------------------------ option tables */
 

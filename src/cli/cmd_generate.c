@@ -23,6 +23,7 @@
 #include "cli.h"
 #include "cli_args.h"
 #include "cli_model.h"
+#include "dist.h"
 #include "err.h"
 #include "gen.h"
 #include "job.h"
@@ -35,7 +36,8 @@ static const char generate_help[] =
     "usage: flexh2o generate (--model DIR | --dummy NAME) --prompts IN.jsonl --out OUT.jsonl\n"
     "         [--max-new-tokens N] [--batch-size N] [--temperature T --top-p P --seed S]\n"
     "         [--device cpu|cuda] [--threads N] [--resume] [--strict] [--quiet] [--no-summary]\n"
-    "         [--chat-template NAME]\n"
+    "         [--chat-template NAME] [--shard I/N]\n"
+    "  (mpirun -n N flexh2o generate ...: N ranks, one device each, one output)\n"
     "\n"
     "  --model DIR          Hugging Face directory of an opt, llama, mistral, qwen2 or gpt_neox\n"
     "                       model (config.json, model.safetensors or\n"
@@ -60,6 +62,9 @@ static const char generate_help[] =
     "  --prefill-rows N     most prompt tokens of a GPU batch in one prefill pass (default 4096)\n"
     "  --window N           requests read and tokenized at a time (default 8192): memory is\n"
     "                       bounded by N, not by the size of the prompt file\n"
+    "  --shard I/N          run shard I (0 .. N-1) of the job split N ways by cost, as\n"
+    "                       rank I of mpirun -n N would, into this --out; `flexh2o merge`\n"
+    "                       joins the N outputs in input order (for schedulers without MPI)\n"
     "\n"
     "KV cache policy (DESIGN.md \"H2O KV policy\"; B slots per sequence, layer and head):\n"
     "  --kv-policy P        full (default), h2o, window (the B newest tokens) or\n"
@@ -108,6 +113,8 @@ typedef struct gen_args {
     int resume, strict, seed;
     const char *chat_template_name; /* --chat-template NAME */
     int chat_template;        /* its kind, or -1: the tokenizer's own */
+    const char *shard;        /* --shard I/N */
+    int shard_i, shard_n;     /* parsed; shard_n 0: none */
     gen_opts go;              /* sampling and the rest gen_run takes */
 } gen_args;
 
@@ -125,6 +132,7 @@ static const cli_opt generate_opts[] = {
     CLI_STR("trace-evictions", G(evict_path)),
     CLI_SWITCH("stats", G(go.kv_stats), 1, 0),
     CLI_INT("window", G(go.window), 1, 1 << 24, 0),
+    CLI_STR("shard", G(shard)),
 };
 #undef G
 
@@ -155,6 +163,21 @@ static int generate_parse(int argc, char **argv, gen_args *a)
         err_clear();
         return cli_usage("generate", "%s", msg);
     }
+    if (a->shard) {
+        char *end;
+        long i = strtol(a->shard, &end, 10), n = *end == '/' ? strtol(end + 1, &end, 10) : 0;
+        if (*end || n < 1 || n > GEN_PART_MAX || i < 0 || i >= n)
+            return cli_usage("generate", "--shard expects I/N with 0 <= I < N <= %d, got \"%s\"",
+                             GEN_PART_MAX, a->shard);
+        if (dist_active())
+            return cli_usage("generate", "--shard splits a job without MPI; under mpirun the "
+                             "ranks split it: drop --shard");
+        a->shard_i = (int)i;
+        a->shard_n = (int)n;
+    }
+    if (dist_active() && a->evict_path)
+        return cli_usage("generate", "--trace-evictions runs in one process (one trace file); "
+                         "drop it, or run without mpirun (--shard I/N writes one per shard)");
     a->go.seed = (uint64_t)a->seed;
     a->go.progress = !a->run.quiet;
     a->go.max_new = a->c.max_new;
@@ -172,6 +195,8 @@ static int generate_policy(gen_args *a, sched_policy *pol)
 {
     int rc = cli_run_policy("generate", &a->run, &a->c, pol);
     a->go.batch_size = pol->gpu_batch_size;
+    if (rc == 0 && (dist_active() || a->shard_n > 1))
+        rc = cli_rank_dir("generate", pol, dist_active() ? dist_get()->rank : a->shard_i);
     return rc;
 }
 
@@ -191,39 +216,82 @@ typedef struct gen_job {
     model *m;
     gen_stats st;
     int kv_usage;   /* the failure is a KV budget too small for a prompt: fix the flags */
+    /* a job split over ranks or shards */
+    gen_part part;
+    dist_out *dout;      /* ranks: the records on their way to rank 0 */
+    dist_report rep;     /* ranks: every rank's numbers, on rank 0 */
+    int ran;             /* ranks: the run began (a failure now ends every rank) */
 } gen_job;
 
 /* The job's first pass over the prompt file, window by window: every
  * request checked (gen_check: a native one that cannot run stops the job
- * before anything is written; an OpenAI one becomes its error line) and
- * the shape to plan for, the largest of the windows'. A store of the
- * backend's type streams its own disk share when it holds the layers as
- * they run (4-bit or not); otherwise weights.bin gets the disk share.
- * a->go.n_todo gets the requests not yet in the output. @return 0 or
+ * before anything is written; an OpenAI one becomes its error line), the
+ * job split over the ranks (or --shard's N) by cost, and the shape to
+ * plan for, the largest of the windows' (this process's requests only).
+ * Ranks: every window is agreed on (dist_window), rank 0's "already
+ * written" flags reaching all, so a failure anywhere stops every rank at
+ * the same window; the split then covers the requests not yet written.
+ * Shards: it covers every request (each shard has its own output), and a
+ * shard skips what its output has. A store of the backend's type streams
+ * its own disk share when it holds the layers as they run (4-bit or not);
+ * otherwise weights.bin gets the disk share. a->go.n_todo gets the
+ * requests the job (ranks) or this process still runs. @return 0 or
  * -errno. */
 static int generate_scan(gen_args *a, const sched_policy *pol, gen_job *j, sched_shape *sh)
 {
     const model_config *cfg = &j->src.cfg;
     const job_out *out = j->out.f ? &j->out : NULL;
+    const dist_world *w = dist_get();
+    int ranks = w->size > 1;
     job_prompts win = {0};
+    unsigned char *done = NULL;
     long todo = 0;
-    int rc, windows = 0;
-    while ((rc = job_reader_next(j->rd, a->go.window, &win)) > 0) {
+    int rc = 0, windows = 0, cap = 0;
+    if (ranks || a->shard_n > 1) {
+        rc = gen_part_init(&j->part, ranks ? w->size : a->shard_n, ranks ? w->rank : a->shard_i);
+        a->go.part = &j->part;
+    }
+    for (;;) {
+        int got = rc < 0 ? rc : job_reader_next(j->rd, a->go.window, &win);
+        if (got > cap) {
+            unsigned char *nd = realloc(done, (size_t)(unsigned)got);
+            if (nd) {
+                done = nd;
+                cap = got;
+            } else {
+                err_set(__FILE__, __LINE__, "out of memory");
+                got = -ENOMEM;
+            }
+        }
+        for (int i = 0; i < got; i++)
+            done[i] = out && job_out_has(out, win.p[i].id);
+        got = dist_window(got, done); /* rank 0's flags: it owns the output */
+        if (got <= 0) {
+            rc = got;
+            break;
+        }
         rc = gen_check(cfg, j->src.t, &win, &a->go, pol->gpu_batch_size * pol->num_gpu_batches);
         if (rc < 0) {
             j->kv_usage = 1; /* a prompt the flags do not fit: fix them */
-            break;
+            continue;        /* (the next window's agreement stops every rank) */
         }
-        sched_shape w;
-        gen_shape(cfg, j->src.t, &win, out, &a->go, pol->gpu_batch_size, windows ? &w : sh);
+        for (int i = 0; rc >= 0 && a->go.part && i < win.n; i++)
+            rc = gen_part_add(&j->part, ranks && done[i] ? -1 : gen_cost(&win.p[i], &a->go));
+        if (rc < 0)
+            continue;
+        rc = 0;
+        sched_shape sw;
+        gen_shape(cfg, j->src.t, &win, out, &a->go, pol->gpu_batch_size, windows ? &sw : sh);
         if (windows++)
-            gen_shape_merge(sh, &w);
+            gen_shape_merge(sh, &sw);
         for (int i = 0; i < win.n; i++)
-            todo += !out || !job_out_has(out, win.p[i].id);
+            todo += ranks ? j->part.owner[win.p[i].seq] >= 0
+                          : gen_runs_here(&a->go, out, &win.p[i]);
     }
     if (rc == 0 && windows == 0) /* no request at all: the smallest plan */
         gen_shape(cfg, j->src.t, &win, out, &a->go, pol->gpu_batch_size, sh);
     job_prompts_free(&win);
+    free(done);
     FORWARD_IF(rc);
     a->go.n_todo = todo;
     sh->evicted = a->evict_path != NULL; /* the file is opened later */
@@ -240,7 +308,8 @@ static int generate_plan(const sched_model *shape, size_t es, const sched_policy
 {
     sched_plan pl;
     FORWARD_IF(sched_plan_compute(shape, es, pol, sh, &pl));
-    sched_plan_print(stdout, &pl);
+    if (dist_get()->rank == 0) /* ranks: rank 0's share stands for them all */
+        sched_plan_print(stdout, &pl);
     return sched_plan_check(&pl, pol, pol->gpu_mem, pol->cpu_mem, 0);
 }
 
@@ -261,11 +330,9 @@ static const char *model_name(const gen_args *a)
     return name;
 }
 
-/* Every step from the model source to the last prompt generated (or the
- * plan printed). The output is opened early only to resume it (the plan
- * then skips what is done); a new one appears only once the policy fits.
- * @return 0 or -errno. */
-static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
+/* The model, the prompt file, the output when resuming (rank 0 only:
+ * it alone owns the output), the scheduler trace. @return 0 or -errno. */
+static int generate_open(gen_args *a, sched_policy *pol, gen_job *j)
 {
     const model_config *cfg = &j->src.cfg;
     if (a->trace_path) /* written at the end: a path that cannot be fails now */
@@ -278,27 +345,93 @@ static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
                         .max_len = cfg->max_pos - 1, .strict = a->strict,
                         .chat_template = a->chat_template};
     FORWARD_IF(job_reader_open(a->c.prompts, &lo, &j->rd));
-    if (!a->run.plan_only && a->resume && access(a->c.out, F_OK) == 0)
+    if (!a->run.plan_only && a->resume && dist_get()->rank == 0 && access(a->c.out, F_OK) == 0)
         FORWARD_IF(job_out_open(a->c.out, a->resume, &j->out));
     if (a->trace_path)
         FORWARD_IF(sched_trace_create(&j->strace));
+    return 0;
+}
+
+/* Rank 0's writer of the ranks' records (dist_write_fn). */
+static int write_record(void *ud, const char *id, const char *record)
+{
+    return job_out_append(ud, id, record);
+}
+
+/* A finished request's record, to rank 0 (gen_opts.put). */
+static int put_record(void *ud, const job_prompt *p, const char *record, long generated)
+{
+    return dist_out_put(ud, p->seq, p->id, record, generated);
+}
+
+/* Once the policy fits: the scheduler, the output (rank 0; a new one
+ * appears only now), the eviction trace, the weights into the scheduler,
+ * and, over ranks, the collector of the records. @return 0 or -errno. */
+static int generate_prepare(gen_args *a, const sched_policy *pol, gen_job *j,
+                            const sched_model *shape, const sched_shape *sh)
+{
+    FORWARD_IF(sched_create(&j->be, shape, pol, sh, j->strace, &j->sc));
+    if (!j->out.f && dist_get()->rank == 0)
+        FORWARD_IF(job_out_open(a->c.out, a->resume, &j->out));
+    if (a->evict_path)
+        FORWARD_IF(gen_trace_open(a->evict_path, a->resume, &j->out, &a->go.trace));
+    FORWARD_IF(cli_model_load(&j->src, &j->be, j->sc, &j->m));
+    sched_model bound;
+    model_sched_bind(j->m, &bound);
+    FORWARD_IF(sched_attach(j->sc, &bound));
+    if (dist_active())
+        FORWARD_IF(dist_out_start(&j->part, write_record, &j->out, a->go.n_todo,
+                                  a->go.progress, &j->dout));
+    return 0;
+}
+
+/* The numbers a rank reports at the end (dist_out_finish): gen_stats'
+ * counts and times, then --stats' kept mass per layer. */
+enum { ST_PROMPTS, ST_PREFILL_TOK, ST_DECODE_TOK, ST_GENERATED, ST_PREFILL_S, ST_DECODE_S,
+       ST_TOTAL_S, ST_KEPT_SAMPLES, ST_KV_SLOTS, ST_KV_SLOTS_FULL, ST_N };
+
+/* Every step from the model source to the last prompt generated (or the
+ * plan printed). The output is opened early only to resume it (the plan
+ * then skips what is done); a new one appears only once the policy fits.
+ * Over ranks each step is agreed on (dist_agree), so a rank failing to
+ * set up stops them all before anything runs. @return 0 or -errno. */
+static int generate_run(gen_args *a, sched_policy *pol, gen_job *j)
+{
+    const model_config *cfg = &j->src.cfg;
+    FORWARD_IF(dist_agree(generate_open(a, pol, j)));
     sched_shape sh;
     sched_model shape;
     model_sched_shape(cfg, &shape);
     FORWARD_IF(generate_scan(a, pol, j, &sh));
     if (a->run.plan_only)
         return generate_plan(&shape, j->be.ops->elem_size, pol, &sh);
-    FORWARD_IF(sched_create(&j->be, &shape, pol, &sh, j->strace, &j->sc));
-    if (!j->out.f)
-        FORWARD_IF(job_out_open(a->c.out, a->resume, &j->out));
-    if (a->evict_path)
-        FORWARD_IF(gen_trace_open(a->evict_path, a->resume, &j->out, &a->go.trace));
+    FORWARD_IF(dist_agree(generate_prepare(a, pol, j, &shape, &sh)));
     j->out.model_name = model_name(a);
-    FORWARD_IF(cli_model_load(&j->src, &j->be, j->sc, &j->m));
-    sched_model bound;
-    model_sched_bind(j->m, &bound);
-    FORWARD_IF(sched_attach(j->sc, &bound));
-    return gen_run(j->m, j->sc, j->src.t, j->rd, &j->out, &a->go, &j->st);
+    int64_t created = j->out.created; /* OpenAI "created": rank 0's, on every rank */
+    FORWARD_IF(dist_bcast_i64(&created));
+    j->out.created = created;
+    if (!dist_active())
+        return gen_run(j->m, j->sc, j->src.t, j->rd, &j->out, &a->go, &j->st);
+    j->ran = 1;
+    a->go.put = put_record;
+    a->go.put_ud = j->dout;
+    a->go.progress = 0; /* rank 0's collector tells the job's */
+    int rc = gen_run(j->m, j->sc, j->src.t, j->rd, &j->out, &a->go, &j->st);
+    const gen_stats *st = &j->st;
+    int nv = ST_N + (st->kept_mass ? st->n_layer : 0);
+    double v[ST_N + 1024] = {[ST_PROMPTS] = (double)st->prompts,
+        [ST_PREFILL_TOK] = (double)st->prefill_tokens, [ST_DECODE_TOK] = (double)st->decode_tokens,
+        [ST_GENERATED] = (double)st->generated, [ST_PREFILL_S] = st->prefill_s,
+        [ST_DECODE_S] = st->decode_s, [ST_TOTAL_S] = st->total_s,
+        [ST_KEPT_SAMPLES] = (double)st->kept_samples, [ST_KV_SLOTS] = st->kv_slots,
+        [ST_KV_SLOTS_FULL] = st->kv_slots_full};
+    if (nv > ST_N + 1024)
+        nv = ST_N; /* (a model of more than 1024 layers: no --stats across ranks) */
+    for (int l = 0; l < nv - ST_N; l++)
+        v[ST_N + l] = st->kept_mass[l];
+    rc = dist_out_finish(j->dout, rc, v, nv, &j->rep);
+    j->dout = NULL;
+    return rc;
 }
 
 /* Write the scheduler trace (what ran, also after a failure) and close the
@@ -323,15 +456,70 @@ static int generate_close(gen_args *a, gen_job *j, int rc)
     return rc;
 }
 
+/* Over ranks, on rank 0: the job's totals in *st (every rank's counts
+ * summed, --stats' means weighted by their samples, the largest caches)
+ * and, unless --no-summary, one line per rank. The job's rates are the
+ * ranks' summed (they run at once); its total is every generated token
+ * over rank 0's wall time. */
+static void ranks_summary(const gen_args *a, const gen_job *j, gen_stats *st)
+{
+    const dist_report *r = &j->rep;
+    *st = (gen_stats){.n_layer = j->st.n_layer, .kept_mass = j->st.kept_mass};
+    double prefill_rate = 0, decode_rate = 0;
+    for (int k = 0; k < r->size; k++) {
+        const double *v = r->v + (size_t)k * (size_t)r->nv;
+        st->prompts += (long)v[ST_PROMPTS];
+        st->prefill_tokens += (long)v[ST_PREFILL_TOK];
+        st->decode_tokens += (long)v[ST_DECODE_TOK];
+        st->generated += (long)v[ST_GENERATED];
+        st->kept_samples += (long)v[ST_KEPT_SAMPLES];
+        st->kv_slots = (int)v[ST_KV_SLOTS] > st->kv_slots ? (int)v[ST_KV_SLOTS] : st->kv_slots;
+        st->kv_slots_full = (int)v[ST_KV_SLOTS_FULL] > st->kv_slots_full
+                                ? (int)v[ST_KV_SLOTS_FULL] : st->kv_slots_full;
+        prefill_rate += v[ST_PREFILL_S] > 0 ? v[ST_PREFILL_TOK] / v[ST_PREFILL_S] : 0;
+        decode_rate += v[ST_DECODE_S] > 0 ? v[ST_DECODE_TOK] / v[ST_DECODE_S] : 0;
+    }
+    for (int l = 0; st->kept_mass && l < r->nv - ST_N; l++) {
+        double sum = 0;
+        for (int k = 0; k < r->size; k++) {
+            const double *v = r->v + (size_t)k * (size_t)r->nv;
+            sum += v[ST_N + l] * v[ST_KEPT_SAMPLES];
+        }
+        st->kept_mass[l] = st->kept_samples > 0 ? sum / (double)st->kept_samples : 0;
+    }
+    st->total_s = r->wall_s;
+    if (a->run.no_summary)
+        return;
+    fprintf(stderr, "[flexh2o] %ld prompts on %d ranks (%s): prefill %.1f tok/s (%ld tokens), "
+            "decode %.1f tok/s (%ld tokens), total %.1f generated tok/s in %.2f s\n",
+            st->prompts, r->size, j->be.ops->name, prefill_rate, st->prefill_tokens,
+            decode_rate, st->decode_tokens, r->wall_s > 0 ? st->generated / r->wall_s : 0.0,
+            r->wall_s);
+    for (int k = 0; k < r->size; k++) {
+        const double *v = r->v + (size_t)k * (size_t)r->nv;
+        fprintf(stderr, "[flexh2o]   rank %d (%s): %ld prompts, prefill %.1f tok/s, decode "
+                "%.1f tok/s, %ld tokens generated in %.2f s\n", k, r->host[k],
+                (long)v[ST_PROMPTS], v[ST_PREFILL_S] > 0 ? v[ST_PREFILL_TOK] / v[ST_PREFILL_S] : 0,
+                v[ST_DECODE_S] > 0 ? v[ST_DECODE_TOK] / v[ST_DECODE_S] : 0, (long)v[ST_GENERATED],
+                v[ST_TOTAL_S]);
+    }
+}
+
 /* Speeds, the scheduler's summary and the KV cache size on stderr (unless
- * --no-summary), --stats on stdout. @return 0, or 3 when prompt lines were
- * skipped. */
+ * --no-summary), --stats on stdout; over ranks the job's totals and a line
+ * per rank (rank 0's schedule stands for the others'). @return 0, or 3 when
+ * prompt lines were skipped. */
 static int generate_summary(const gen_args *a, const gen_job *j)
 {
+    gen_stats job;
     const gen_stats *st = &j->st;
+    if (dist_active()) {
+        ranks_summary(a, j, &job);
+        st = &job;
+    }
     if (a->go.kv_stats)
         gen_stats_print(stdout, st, &a->go);
-    if (!a->run.no_summary)
+    if (!a->run.no_summary && !dist_active())
         fprintf(stderr,
                 "[flexh2o] %ld prompts on %s: prefill %.1f tok/s (%ld tokens), "
                 "decode %.1f tok/s (%ld tokens), total %.1f generated tok/s in %.2f s\n",
@@ -374,11 +562,18 @@ int cli_generate(int argc, char **argv)
         return 0;
     }
     sched_policy pol;
-    if (rc || (rc = generate_policy(&a, &pol)))
+    if (rc)
         return rc;
     gen_job j = {0};
-    if ((rc = cli_open_backend("generate", a.c.device, a.run.threads, &j.be)))
+    rc = generate_policy(&a, &pol);
+    if (rc == 0)
+        rc = cli_open_backend("generate", a.c.device, a.run.threads, &j.be);
+    if (dist_agree(rc ? -EIO : 0) < 0) { /* a rank that cannot start stops every rank */
+        if (rc == 0)
+            rc = cli_fail(); /* rank 0 tells another's failure */
+        backend_destroy(&j.be);
         return rc;
+    }
     rc = generate_run(&a, &pol, &j);
     int out_open = j.out.f != NULL; /* records may be in --out: a resume goes on */
     rc = generate_close(&a, &j, rc);
@@ -393,8 +588,14 @@ int cli_generate(int argc, char **argv)
     }
     else if (rc < 0)
         status = cli_fail();
-    else
+    else if (dist_get()->rank == 0)
         status = generate_summary(&a, &j);
+    else
+        status = 0;
+    gen_part_free(&j.part);
+    dist_report_free(&j.rep);
+    if (j.ran && rc < 0 && dist_active()) /* every record written is intact; end every rank */
+        dist_abort(status ? status : 1);
     generate_free(&j);
     return status;
 }

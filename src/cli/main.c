@@ -16,16 +16,36 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_args.h"
+#include "dist.h"
 #include "fh_config.h"
 
 static const struct verb {
     const char *name;
     int (*run)(int argc, char **argv);
+    int ranks;       /* 1: runs as one job over MPI ranks (mpirun -n N) */
 } verbs[] = {
-    {"generate", cli_generate},   {"search", cli_search},       {"convert", cli_convert},
-    {"calibrate", cli_calibrate}, {"tokenize", cli_tokenize},   {"make-model", cli_make_model},
-    {"eval", cli_eval},           {"score", cli_score},
+    {"generate", cli_generate, 1},   {"search", cli_search, 0},
+    {"convert", cli_convert, 0},     {"calibrate", cli_calibrate, 0},
+    {"tokenize", cli_tokenize, 0},   {"make-model", cli_make_model, 0},
+    {"eval", cli_eval, 1},           {"score", cli_score, 1},
 };
+
+/* Run verb v, as one rank of a job when mpirun started us. @return the
+ * exit status. */
+static int run_verb(const struct verb *v, int argc, char **argv)
+{
+    if (dist_init(&argc, &argv) < 0)
+        return cli_fail();
+    int rc;
+    if (dist_active() && !v->ranks)
+        rc = cli_error(2, "%s runs in one process (generate, eval and score run over MPI "
+                       "ranks); run it without mpirun", v->name);
+    else
+        rc = v->run(argc - 1, argv + 1);
+    dist_finalize();
+    return rc;
+}
 
 int main(int argc, char **argv)
 {
@@ -35,7 +55,7 @@ int main(int argc, char **argv)
     const char *verb = argc > 1 ? argv[1] : "";
     for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++)
         if (strcmp(verb, verbs[i].name) == 0)
-            return verbs[i].run(argc - 1, argv + 1);
+            return run_verb(&verbs[i], argc, argv);
     if (strcmp(verb, "--version") == 0) {
         printf("flexh2o %s (CUDA %s)\n", FH_VERSION, FH_HAVE_CUDA ? "built" : "not built");
         return 0;

@@ -259,8 +259,18 @@ static int flush_done(const gen_ctx *gc, gen_seq *ss, int n, int *next)
                                  .top_stride = gc->top_stride, .finish = s->finish,
                                  .stop_str = s->stop_str, .stop_id = s->stop_id};
         }
-        if (rc == 0)
+        if (rc == 0 && gc->o->put) { /* another process writes the output */
+            char *rec = job_record(gc->out, p, ch, m, gc->t);
+            long gen = 0;
+            for (int j = 0; j < m; j++)
+                gen += ch[j].n;
+            rc = rec ? gc->o->put(gc->o->put_ud, p, rec, gen) : -ENOMEM;
+            if (!rec)
+                err_set(__FILE__, __LINE__, "out of memory writing a record");
+            free(rec);
+        } else if (rc == 0) {
             rc = job_out_result(gc->out, p, ch, m, gc->t);
+        }
         for (int j = 0; j < m; j++)
             free(text[j]);
         FORWARD_IF(rc);
@@ -546,7 +556,7 @@ static void todo_scan(const gen_ctx *gc, const job_prompts *ps, run_size *rs,
 {
     *rs = (run_size){.max_new = 1};
     for (int i = 0; i < ps->n; i++) {
-        if (job_out_has(gc->out, ps->p[i].id))
+        if (!gen_runs_here(gc->o, gc->out, &ps->p[i]))
             continue;
         const job_prompt *p = &ps->p[i];
         if (todo)

@@ -18,6 +18,34 @@
 #include "scheduler.h"
 #include "tok.h"
 
+/* A job's split over P processes (MPI ranks, or --shard I/P; DESIGN.md
+ * "Scale-out"): request k of the prompt file (job_prompt.seq) runs in
+ * process owner[k]. Requests are taken in file order and each goes to the
+ * process with the least cost so far (gen_cost; ties: the lowest), so the
+ * split is deterministic, balanced by cost and interleaved: every process
+ * moves through the file at about the same pace, and the one writing the
+ * output holds few records back to keep input order. */
+typedef struct gen_part {
+    int16_t *owner;      /* (n) the process of each request, -1: none (already written) */
+    long n, cap;
+    int64_t *load;       /* (procs) cost assigned to each so far */
+    int procs;           /* 1 .. GEN_PART_MAX */
+    int me;              /* this process, 0 .. procs - 1 */
+} gen_part;
+
+#define GEN_PART_MAX 4096
+
+/* An empty split over procs processes, seen from process me. @return 0 or
+ * -ENOMEM. */
+int gen_part_init(gen_part *gp, int procs, int me);
+/* Assign the next request of the file (cost < 0: to none, it is already
+ * in the output). @return 0 or -ENOMEM. */
+int gen_part_add(gen_part *gp, int64_t cost);
+/* 1 when request seq runs in this process. */
+int gen_part_mine(const gen_part *gp, long seq);
+/* Free gp's arrays and zero it. Accepts a zeroed split. */
+void gen_part_free(gen_part *gp);
+
 typedef struct gen_opts {
     int batch_size;      /* sequences per GPU batch (the policy's gpu_batch_size) */
     int max_new;         /* default max_new_tokens */
@@ -37,6 +65,15 @@ typedef struct gen_opts {
     int window;          /* requests of the prompt file tokenized and held at a
                           * time (0: GEN_WINDOW): a job of any size needs memory
                           * for this many */
+    /* One process of a job split over several (MPI ranks, --shard): */
+    const gen_part *part; /* the requests that run here (gen_runs_here), or
+                          * NULL: every request not yet in the output */
+    /* where a finished request's record goes (job_record's text, its
+     * generated tokens) instead of being appended to the output: a rank
+     * hands it to the one writing the file. NULL: job_out_result. The
+     * callback returns 0 or -errno (the run stops). */
+    int (*put)(void *ud, const job_prompt *p, const char *record, long generated);
+    void *put_ud;
 } gen_opts;
 
 #define GEN_WINDOW 8192
@@ -54,6 +91,14 @@ typedef struct gen_stats {
 } gen_stats;
 
 /* ------------------------------------------- sizing a job (gen_plan.c) */
+
+/* 1 when request p runs in this process: it is not yet in out (may be
+ * NULL) and, when the job is split (o->part), it is this process's. */
+int gen_runs_here(const gen_opts *o, const job_out *out, const job_prompt *p);
+/* What request p costs to run, for splitting a job: its prompt tokens
+ * plus the tokens it may generate, per completion (n); 1 for an error
+ * request (its error line only). */
+int64_t gen_cost(const job_prompt *p, const gen_opts *o);
 
 /* Tokens prompt p may generate: its max_new_tokens or o->max_new
  * (gen_check_length refuses more than the model's positions allow).

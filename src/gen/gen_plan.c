@@ -1,6 +1,7 @@
 /* gen_plan.c: sizing a job before anything runs: how many tokens each
  * prompt may generate, whether every prompt's KV split is valid, and the
  * shape the scheduler is planned for. `flexh2o search` uses these too. */
+#include <stdlib.h>
 #include <string.h>
 
 #include <stdio.h>
@@ -127,7 +128,7 @@ void gen_shape(const model_config *c, const tok *t, const job_prompts *ps, const
     long edits = 0;
     for (int i = 0; i < ps->n; i++) {
         const job_prompt *p = &ps->p[i];
-        if (p->err || (out && job_out_has(out, p->id)))
+        if (p->err || !gen_runs_here(o, out, p))
             continue;
         kv_split sp;
         int mn = gen_max_new(p, o);
@@ -171,4 +172,64 @@ void gen_shape_merge(sched_shape *into, const sched_shape *w)
     WIDEN(sample_row_edits);
     WIDEN(sample_top);
 #undef WIDEN
+}
+
+/* ------------------------------------------- a job over several processes */
+
+int gen_runs_here(const gen_opts *o, const job_out *out, const job_prompt *p)
+{
+    if (out && job_out_has(out, p->id))
+        return 0;
+    return !o->part || gen_part_mine(o->part, p->seq);
+}
+
+int64_t gen_cost(const job_prompt *p, const gen_opts *o)
+{
+    if (p->err)
+        return 1;
+    return ((int64_t)p->n_ids + gen_max_new(p, o)) * p->par.n;
+}
+
+int gen_part_init(gen_part *gp, int procs, int me)
+{
+    memset(gp, 0, sizeof *gp);
+    RETURN_IF(procs < 1 || procs > GEN_PART_MAX || me < 0 || me >= procs, -EINVAL,
+              "process %d of %d: a job splits over 1 to %d processes", me, procs,
+              GEN_PART_MAX);
+    gp->load = calloc((size_t)procs, sizeof *gp->load);
+    RETURN_IF(!gp->load, -ENOMEM, "out of memory");
+    gp->procs = procs;
+    gp->me = me;
+    return 0;
+}
+
+int gen_part_add(gen_part *gp, int64_t cost)
+{
+    if (gp->n == gp->cap) {
+        long nc = gp->cap ? 2 * gp->cap : 1024;
+        int16_t *no = realloc(gp->owner, sizeof *no * (size_t)nc);
+        RETURN_IF(!no, -ENOMEM, "out of memory splitting %ld requests", gp->n);
+        gp->owner = no;
+        gp->cap = nc;
+    }
+    int best = -1;
+    for (int r = 0; cost >= 0 && r < gp->procs; r++)
+        if (best < 0 || gp->load[r] < gp->load[best])
+            best = r;
+    if (best >= 0)
+        gp->load[best] += cost;
+    gp->owner[gp->n++] = (int16_t)best;
+    return 0;
+}
+
+int gen_part_mine(const gen_part *gp, long seq)
+{
+    return seq >= 0 && seq < gp->n && gp->owner[seq] == gp->me;
+}
+
+void gen_part_free(gen_part *gp)
+{
+    free(gp->owner);
+    free(gp->load);
+    memset(gp, 0, sizeof *gp);
 }

@@ -274,6 +274,7 @@ struct job_reader {
     job_idset ids;       /* the ids of this pass: a repeat is a bad line */
     int pass;            /* 0: the first, which reports bad lines */
     int n_bad;           /* bad lines of the first pass */
+    long seq;            /* requests of this pass so far (job_prompt.seq) */
 };
 
 /* A line whose id an earlier line has: a bad line naming both (the
@@ -293,6 +294,7 @@ static int reader_start(job_reader *r)
     r->f = NULL;
     job_idset_free(&r->ids);
     r->src.line = 0;
+    r->seq = 0;
     r->kind = -1;
     return job_file_rd_open(r->path, "prompt file", -1, &r->f);
 }
@@ -351,7 +353,7 @@ int job_reader_next(job_reader *r, int max, job_prompts *ps)
         r->src.line++;
         if (line_blank(line, (size_t)len))
             continue;
-        job_prompt p = {.line = r->src.line, .max_new = -1};
+        job_prompt p = {.line = r->src.line, .seq = r->seq, .max_new = -1};
         job_params_init(&p.par);
         rc = parse_line(&r->src, line, (size_t)len, &r->kind, &p);
         if (rc == 0 && job_idset_has(&r->ids, p.id))
@@ -360,8 +362,10 @@ int job_reader_next(job_reader *r, int max, job_prompts *ps)
             rc = job_idset_add_at(&r->ids, p.id, p.line);
         if (rc == 0)
             rc = prompts_append(ps, &cap, &p);
-        if (rc == 0)
+        if (rc == 0) {
+            r->seq++;
             continue; /* ps owns p now */
+        }
         prompt_free(&p);
         if (rc == -EINVAL && r->o.strict) {
             err_set(__FILE__, __LINE__, "%s", r->src.why);
@@ -582,9 +586,7 @@ char *job_utf8_sanitize(const char *s, size_t len, size_t *out_len)
     return out;
 }
 
-/* Append one record (a JSON object's text, without newline) with key id
- * and flush it. @return 0, -EIO or -ENOMEM. */
-static int out_append(job_out *o, const char *id, const char *js)
+int job_out_append(job_out *o, const char *id, const char *js)
 {
     if (job_file_write(o->f, js, strlen(js)) < 0 || job_file_write(o->f, "\n", 1) < 0 ||
         job_file_flush(o->f) < 0) {
@@ -667,12 +669,17 @@ static char *native_record(const job_prompt *p, const job_choice *ch, int n)
     return js;
 }
 
+char *job_record(const job_out *o, const job_prompt *p, const job_choice *ch, int n,
+                 const tok *t)
+{
+    return p->kind == JOB_NATIVE ? native_record(p, ch, n) : job_openai_record(o, p, ch, n, t);
+}
+
 int job_out_result(job_out *o, const job_prompt *p, const job_choice *ch, int n, const tok *t)
 {
-    char *js = p->kind == JOB_NATIVE ? native_record(p, ch, n)
-                                     : job_openai_record(o, p, ch, n, t);
+    char *js = job_record(o, p, ch, n, t);
     RETURN_IF(!js, -ENOMEM, "out of memory writing a record");
-    int rc = out_append(o, p->id, js);
+    int rc = job_out_append(o, p->id, js);
     free(js);
     return rc;
 }

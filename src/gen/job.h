@@ -55,6 +55,8 @@ typedef struct job_prompt {
     char *id;        /* the id (native) or custom_id (OpenAI) as compact JSON
                       * ("\"a1\"", "7"): the output's key; owned */
     int line;        /* 1-based line in the prompt file */
+    long seq;        /* 0-based index among the file's requests (job_reader):
+                      * the key of a job's split over ranks (gen_part) */
     int kind;        /* enum job_kind */
     int32_t *ids;    /* (n_ids) model input, BOS (if any) first for text; owned */
     int n_ids;
@@ -197,6 +199,17 @@ typedef struct job_choice {
  * then counts for job_out_has. @return 0, -ENOMEM or -EIO (the records
  * before this one stay intact). */
 int job_out_result(job_out *o, const job_prompt *p, const job_choice *ch, int n, const tok *t);
+
+/* The record job_out_result writes for p (without its '\n'): o gives
+ * only the OpenAI fields "model" and "created" (o need not be open: a
+ * rank that hands its records to another formats them here). @return the
+ * text, which the caller frees, or NULL when out of memory. */
+char *job_record(const job_out *o, const job_prompt *p, const job_choice *ch, int n,
+                 const tok *t);
+/* Append a record made by job_record, key id (compact JSON), with its
+ * '\n', and flush it; the id then counts for job_out_has. @return 0,
+ * -ENOMEM or -EIO (the records before this one stay intact). */
+int job_out_append(job_out *o, const char *id, const char *record);
 
 /* fsync and close, and free what job_out_open set up; o is zeroed. A
  * zeroed o (never opened, or a failed job_out_open) is closed as a no-op.
