@@ -42,21 +42,12 @@ int scratch_remove(const char *dir)
 
 void cli_teardown(void) { cr_assert_eq(scratch_remove(cli_dir), 0, "cannot remove %s", cli_dir); }
 
-int cli_run(const char *fmt, ...)
+/* Run cmd (a shell command line for `cd cli_dir && ...`), stderr into
+ * cli_err. @return the exit status, or -1. */
+static int run_in_dir(const char *cmd_tail)
 {
-    const char *bin = getenv("FLEXH2O_BIN");
-    cr_assert(bin, "FLEXH2O_BIN must point at the flexh2o binary");
-    char args[4096], cmd[8192];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    if (!strncmp(args, "generate", 8) && !strstr(args, "--device")) {
-        strncat(args, " --device ", sizeof args - strlen(args) - 1);
-        strncat(args, cli_device, sizeof args - strlen(args) - 1);
-    }
-    snprintf(cmd, sizeof cmd, "cd %s && OMP_WAIT_POLICY=passive %s %s >stdout.txt 2>stderr.txt",
-             cli_dir, bin, args);
+    char cmd[10000];
+    snprintf(cmd, sizeof cmd, "cd %s && ( %s ) >stdout.txt 2>stderr.txt", cli_dir, cmd_tail);
     int st = system(cmd);
     char path[512];
     snprintf(path, sizeof path, "%s/stderr.txt", cli_dir);
@@ -66,6 +57,56 @@ int cli_run(const char *fmt, ...)
     if (f)
         fclose(f);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* The flexh2o arguments of fmt, with --device cli_device added to a
+ * generate run that names none. */
+static void cli_args_of(char *args, size_t len, const char *fmt, va_list ap)
+{
+    vsnprintf(args, len, fmt, ap);
+    if (!strncmp(args, "generate", 8) && !strstr(args, "--device")) {
+        strncat(args, " --device ", len - strlen(args) - 1);
+        strncat(args, cli_device, len - strlen(args) - 1);
+    }
+}
+
+int cli_run(const char *fmt, ...)
+{
+    const char *bin = getenv("FLEXH2O_BIN");
+    cr_assert(bin, "FLEXH2O_BIN must point at the flexh2o binary");
+    char args[4096], cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    cli_args_of(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "OMP_WAIT_POLICY=passive %s %s", bin, args);
+    return run_in_dir(cmd);
+}
+
+int cli_run_mpi(int ranks, const char *env, const char *fmt, ...)
+{
+    const char *bin = getenv("FLEXH2O_BIN");
+    cr_assert(bin, "FLEXH2O_BIN must point at the flexh2o binary");
+    char args[4096], cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    cli_args_of(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+             "mpirun --oversubscribe -n %d -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=passive "
+             "%s%s%s %s %s", ranks, env ? "-x '" : "", env ? env : "", env ? "'" : "", bin,
+             args);
+    return run_in_dir(cmd);
+}
+
+int cli_sh(const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    return run_in_dir(cmd);
 }
 
 void cli_write(const char *name, const char *text)

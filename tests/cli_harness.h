@@ -33,7 +33,15 @@ int scratch_remove(const char *dir);
  * gets --device cli_device, so CPU-engine tests stay on the CPU where a GPU
  * is present; OpenMP waits passively (tests share few cores).
  * @return the exit status, or -1 when the process did not exit. */
-int cli_run(const char *fmt, ...);
+int cli_run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* cli_run as `mpirun -n ranks` (Open MPI, root allowed, oversubscribed,
+ * one OpenMP thread per rank); env (may be NULL): "VAR=value" given to
+ * every rank (-x). @return mpirun's exit status, or -1. */
+int cli_run_mpi(int ranks, const char *env, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Run a shell command line in cli_dir (stderr into cli_err). @return its
+ * exit status, or -1. */
+int cli_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Write text to cli_dir/name. */
 void cli_write(const char *name, const char *text);

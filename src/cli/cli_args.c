@@ -119,7 +119,8 @@ int cli_rank_dir(const char *verb, sched_policy *pol, int rank)
     int n = snprintf(dir, sizeof dir, "%s/rank-%d", pol->offload_dir, rank);
     if (n < 0 || (size_t)n >= sizeof dir)
         return cli_usage(verb, "--offload-dir is too long for a rank's subfolder");
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+    if ((mkdir(pol->offload_dir, 0755) != 0 && errno != EEXIST) ||
+        (mkdir(dir, 0755) != 0 && errno != EEXIST)) {
         err_set(__FILE__, __LINE__, "%s: cannot create the rank's disk tier (%s); check "
                 "--offload-dir", dir, strerror(errno));
         return cli_fail();

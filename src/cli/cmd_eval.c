@@ -7,6 +7,12 @@
  *   tokenizer -> the streams (eval: windows of the text; score: context +
  *   continuation per request) -> their KV splits -> the plan (--plan: print
  *   it and stop) -> the scheduler, the weights -> eval_run -> the report
+ *
+ * Over MPI ranks (mpirun -n N) the streams are split by cost (gen_part:
+ * their tokens); each rank runs its share through its own schedule and
+ * hands each stream's result to rank 0 (dist_out), which writes score's
+ * records in input order and reports eval's sums over every window, in
+ * window order: the numbers a single process prints.
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -19,6 +25,7 @@
 #include "cli.h"
 #include "cli_args.h"
 #include "cli_model.h"
+#include "dist.h"
 #include "err.h"
 #include "eval.h"
 #include "job_file.h"
@@ -43,7 +50,8 @@ static const char eval_help[] =
     "  --max-windows N      score the first N windows only\n"
     "  --compare-full       agreement and KL against the full cache\n"
     "KV policy and placement flags as for generate (--kv-policy, --kv-ratio, --kv-budget,\n"
-    "--sinks, --hh-share, --recent, --batch-size, --percent, --cpu-attention, ...).\n";
+    "--sinks, --hh-share, --recent, --batch-size, --percent, --cpu-attention, ...).\n"
+    "Under mpirun -n N the windows are split over N ranks (one device each).\n";
 
 static const char score_help[] =
     "usage: flexh2o score --model DIR --prompts REQUESTS.jsonl --out RESULTS.jsonl\n"
@@ -56,7 +64,8 @@ static const char score_help[] =
     "ending in whitespace gives it to the continuation (as lm-evaluation-harness does).\n"
     "With the full cache the context is one prefill; with an evicting --kv-policy it\n"
     "runs through the cache token by token, as eval does. Records are written per\n"
-    "finished block, in input order. Files named *.zst are zstd (one frame per result).\n";
+    "finished block, in input order. Files named *.zst are zstd (one frame per result).\n"
+    "Under mpirun -n N the requests are split over N ranks; rank 0 writes --out.\n";
 
 typedef struct eval_args {
     cli_common c;
@@ -90,6 +99,14 @@ typedef struct eval_job {
     long written;
     uint64_t kv_bytes;
     eval_stats st;
+    /* over ranks: this rank's streams, copies of s[idx[i]] */
+    gen_part part;
+    eval_stream *mine;
+    int *idx;
+    int n_mine;
+    dist_out *dout;
+    int ran;             /* the run began: a failure now ends every rank */
+    int score;           /* score (records), not eval (sums) */
 } eval_job;
 
 static void run_free(eval_job *j)
@@ -103,19 +120,141 @@ static void run_free(eval_job *j)
     free(j->req_ids);
     free(j->ids);
     free(j->s);
+    free(j->mine);
+    free(j->idx);
+    gen_part_free(&j->part);
 }
 
+/* ------------------------------------------------------------ ranks */
+
+/* A stream's result as a rank sends it to rank 0 (exact: %.17g). */
+static char *result_text(const eval_stream *s, const char *id)
+{
+    char *t = NULL;
+    if (id) /* score: the output record itself */
+        return asprintf(&t, "{\"id\": %s, \"logprob\": %.9g, \"is_greedy\": %s, "
+                        "\"n_tokens\": %d}", id, s->logprob,
+                        s->n_greedy == s->n_targets ? "true" : "false", s->n_targets) < 0
+                   ? NULL : t;
+    return asprintf(&t, "%.17g %d %d %.17g %d", s->logprob, s->n_targets, s->n_greedy, s->kl,
+                    s->n_agree) < 0 ? NULL : t;
+}
+
+/* Rank 0's writer (dist_write_fn): score's record into --out; eval's
+ * numbers back into the stream the key (its index) names. */
+static int write_result(void *ud, const char *id, const char *record)
+{
+    eval_job *j = ud;
+    if (j->score) {
+        int rc = job_file_printf(j->out, "%s\n", record);
+        if (rc == 0)
+            rc = job_file_flush(j->out);
+        RETURN_IF(rc < 0, -EIO, "cannot write the results (%s); free space and rerun",
+                  strerror(errno));
+        j->written++;
+        return 0;
+    }
+    eval_stream *s = &j->s[atoi(id)];
+    RETURN_IF(sscanf(record, "%lf %d %d %lf %d", &s->logprob, &s->n_targets, &s->n_greedy,
+                     &s->kl, &s->n_agree) != 5, -EPROTO, "internal: a bad window result");
+    return 0;
+}
+
+/* eval_opts.on_block over ranks: each finished stream of this rank's
+ * share to rank 0. */
+static int put_results(void *ud, const eval_stream *s, int first, int n)
+{
+    eval_job *j = ud;
+    for (int i = first; i < first + n; i++) {
+        int k = j->idx[i];
+        char key[32];
+        snprintf(key, sizeof key, "%d", k);
+        char *t = result_text(&s[i], j->score ? j->req_ids[k] : NULL);
+        RETURN_IF(!t, -ENOMEM, "out of memory");
+        int rc = dist_out_put(j->dout, k, j->score ? j->req_ids[k] : key, t, s[i].n_targets);
+        free(t);
+        FORWARD_IF(rc);
+    }
+    return 0;
+}
+
+/* Over ranks: this rank's share of the streams (by cost: tokens fed,
+ * twice with --compare-full) into j->mine. @return 0 or -errno. */
+static int split_streams(eval_job *j, const eval_opts *eo)
+{
+    const dist_world *w = dist_get();
+    FORWARD_IF(gen_part_init(&j->part, w->size, w->rank));
+    for (int k = 0; k < j->n; k++)
+        FORWARD_IF(gen_part_add(&j->part, (int64_t)j->s[k].n * (eo->compare_full ? 2 : 1)));
+    j->mine = calloc((size_t)j->n, sizeof *j->mine);
+    j->idx = calloc((size_t)j->n, sizeof *j->idx);
+    RETURN_IF(!j->mine || !j->idx, -ENOMEM, "out of memory");
+    for (int k = 0; k < j->n; k++)
+        if (gen_part_mine(&j->part, k)) {
+            j->idx[j->n_mine] = k;
+            j->mine[j->n_mine++] = j->s[k];
+        }
+    return 0;
+}
+
+static int prepare_streams(eval_job *j, const cli_run *run, const sched_policy *pol,
+                           eval_opts *eo);
+
 /* From the streams on: plan (print it with --plan), the scheduler, the
- * weights, the run. @return 0 or -errno. */
+ * weights, the run; over ranks, this rank's share, its setup agreed on by
+ * every rank, its results to rank 0. @return 0 or -errno. */
 static int run_streams(eval_job *j, const cli_run *run, const sched_policy *pol,
                        eval_opts *eo)
 {
+    int rc = eval_check(&j->src.cfg, j->s, j->n, eo);
+    if (rc == 0 && dist_active())
+        rc = split_streams(j, eo);
+    else if (rc == 0) {
+        j->mine = j->s; /* alone: every stream, in place */
+        j->n_mine = j->n;
+    }
+    if (rc == 0)
+        rc = prepare_streams(j, run, pol, eo);
+    rc = dist_agree(rc);
+    if (rc < 0 || run->plan_only || !dist_active()) {
+        if (rc == 0 && !run->plan_only)
+            rc = eval_run(j->m, j->sc, j->mine, j->n_mine, eo, &j->st);
+        if (j->mine == j->s)
+            j->mine = NULL;
+        return rc;
+    }
+    FORWARD_IF(dist_out_start(&j->part, write_result, j, j->n, j->score ? "requests" : "windows",
+                              eo->progress, &j->dout));
+    j->ran = 1;
+    eo->on_block = put_results;
+    eo->ud = j;
+    eo->progress = 0; /* rank 0's collector tells the job's */
+    rc = eval_run(j->m, j->sc, j->mine, j->n_mine, eo, &j->st);
+    double v[3] = {(double)j->st.fed, (double)j->st.targets, j->st.seconds};
+    dist_report rep;
+    rc = dist_out_finish(j->dout, rc, v, 3, &rep);
+    j->dout = NULL;
+    if (rc == 0) { /* the job's: every rank's tokens over rank 0's wall time */
+        j->st = (eval_stats){.seconds = rep.wall_s};
+        for (int r = 0; r < rep.size; r++) {
+            j->st.fed += (long)rep.v[3 * r];
+            j->st.targets += (long)rep.v[3 * r + 1];
+        }
+    }
+    dist_report_free(&rep);
+    return rc;
+}
+
+/* This process's streams: plan (print it with --plan), the scheduler,
+ * the weights. @return 0 or -errno. */
+static int prepare_streams(eval_job *j, const cli_run *run, const sched_policy *pol,
+                           eval_opts *eo)
+{
     const model_config *cfg = &j->src.cfg;
-    FORWARD_IF(eval_check(cfg, j->s, j->n, eo));
     sched_shape sh;
     sched_model shape;
     model_sched_shape(cfg, &shape);
-    eval_shape(cfg, j->s, j->n, eo, pol->gpu_batch_size, &sh);
+    eval_shape(cfg, j->mine, j->n_mine, eo, pol->gpu_batch_size, &sh);
     sched_plan pl;
     FORWARD_IF(sched_plan_compute(&shape, j->be.ops->elem_size, pol, &sh, &pl));
     /* the policy's own KV cache (--compare-full's full copies not counted) */
@@ -124,22 +263,22 @@ static int run_streams(eval_job *j, const cli_run *run, const sched_policy *pol,
         eval_opts alone = *eo;
         alone.compare_full = 0;
         sched_shape sh_alone;
-        eval_shape(cfg, j->s, j->n, &alone, pol->gpu_batch_size, &sh_alone);
+        eval_shape(cfg, j->mine, j->n_mine, &alone, pol->gpu_batch_size, &sh_alone);
         FORWARD_IF(sched_plan_compute(&shape, j->be.ops->elem_size, pol, &sh_alone,
                                       &pl_alone));
     }
     for (int t = 0; t < SCHED_TIERS; t++)
         j->kv_bytes += pl_alone.bytes[t][SCHED_KV];
     if (run->plan_only) {
-        sched_plan_print(stdout, &pl);
+        if (dist_get()->rank == 0) /* ranks: rank 0's share stands for them all */
+            sched_plan_print(stdout, &pl);
         return sched_plan_check(&pl, pol, pol->gpu_mem, pol->cpu_mem, 0);
     }
     FORWARD_IF(sched_create(&j->be, &shape, pol, &sh, NULL, &j->sc));
     FORWARD_IF(cli_model_load(&j->src, &j->be, j->sc, &j->m));
     sched_model bound;
     model_sched_bind(j->m, &bound);
-    FORWARD_IF(sched_attach(j->sc, &bound));
-    return eval_run(j->m, j->sc, j->s, j->n, eo, &j->st);
+    return sched_attach(j->sc, &bound);
 }
 
 /* ------------------------------------------------------------ eval */
@@ -226,10 +365,14 @@ static int open_common(const char *verb, const char *help, int argc, char **argv
         return cli_usage_err(verb);
     if ((rc = cli_run_policy(verb, run, c, pol)))
         return rc;
-    if ((rc = cli_open_backend(verb, c->device, run->threads, &j->be)))
-        return rc;
-    if (cli_model_open(c->model_dir, NULL, &j->src) < 0)
-        return cli_fail();
+    if (dist_active())
+        rc = cli_rank_dir(verb, pol, dist_get()->rank);
+    if (rc == 0)
+        rc = cli_open_backend(verb, c->device, run->threads, &j->be);
+    if (rc == 0 && cli_model_open(c->model_dir, NULL, &j->src) < 0)
+        rc = cli_fail();
+    if (dist_agree(rc ? -EIO : 0) < 0) /* a rank that cannot start stops every rank */
+        return rc ? rc : cli_fail();
     if (j->src.is_store && (j->src.store_dtype & OFF_DTYPE_Q4))
         pol->compress_weight = 1;
     if (!j->src.t)
@@ -250,6 +393,9 @@ int cli_eval(int argc, char **argv)
         rc = cli_usage("eval", "--text FILE is required");
     if (rc == 0 && (a.c.prompts || a.c.out || a.c.dummy))
         rc = cli_usage("eval", "eval takes --model and --text (no --prompts, --out, --dummy)");
+    if (rc == 0 && a.compare_full && pol.gpu_batch_size * pol.num_gpu_batches < 2)
+        rc = cli_usage("eval", "--compare-full runs each window twice side by side: use a "
+                       "--batch-size of at least 2");
     if (rc) {
         run_free(&j);
         return rc == CLI_HELP ? 0 : rc;
@@ -258,17 +404,20 @@ int cli_eval(int argc, char **argv)
         a.context = j.src.cfg.max_pos < 1024 ? j.src.cfg.max_pos : 1024;
     eval_opts eo = {.kv = a.c.kv, .compare_full = a.compare_full,
                     .prefill_rows = a.c.prefill_rows, .progress = !a.run.quiet};
-    rc = eval_windows(&j, a.text, a.context, a.max_windows);
+    rc = dist_agree(eval_windows(&j, a.text, a.context, a.max_windows));
     if (rc == 0)
         rc = run_streams(&j, &a.run, &pol, &eo);
     int status = 0;
     if (rc < 0)
         status = rc == -EINVAL ? cli_usage_err("eval") : cli_fail();
-    else if (!a.run.plan_only)
+    else if (!a.run.plan_only && dist_get()->rank == 0)
         eval_report(&a, &j, &eo);
-    if (rc == 0 && !a.run.no_summary && j.sc)
+    if (rc == 0 && !a.run.no_summary && j.sc && dist_get()->rank == 0)
         sched_summary_print(j.sc, stderr);
+    int ran = j.ran;
     run_free(&j);
+    if (ran && rc < 0 && dist_active()) /* end every rank */
+        dist_abort(status ? status : 1);
     return status;
 }
 
@@ -479,15 +628,21 @@ int cli_score(int argc, char **argv)
     }
     eval_opts eo = {.kv = a.c.kv, .prefill_rows = a.c.prefill_rows, .progress = !a.run.quiet,
                     .on_block = score_block, .ud = &j};
+    j.score = 1;
     rc = score_requests(&j, a.c.prompts, a.c.kv.kind == KV_POLICY_FULL);
-    if (rc == 0 && !a.run.plan_only) {
-        /* never over results already written */
+    if (rc == 0 && !a.run.plan_only && dist_get()->rank == 0) {
+        /* never over results already written; rank 0 alone writes them */
         rc = job_file_wr_open(a.c.out, "wbx", &j.out);
         if (rc == -EEXIST) {
-            run_free(&j);
-            return cli_error(1, "%s already exists; remove it or choose another --out",
-                             a.c.out);
+            err_clear();
+            err_set(__FILE__, __LINE__, "%s already exists; remove it or choose another --out",
+                    a.c.out);
         }
+    }
+    rc = dist_agree(rc);
+    if (rc == -EEXIST) {
+        run_free(&j);
+        return cli_fail();
     }
     if (rc == 0)
         rc = run_streams(&j, &a.run, &pol, &eo);
@@ -498,9 +653,12 @@ int cli_score(int argc, char **argv)
     int status = 0;
     if (rc < 0)
         status = rc == -EINVAL ? cli_usage_err("score") : cli_fail();
-    else if (!a.run.no_summary && !a.run.plan_only)
-        fprintf(stderr, "[flexh2o] %ld requests scored, %ld tokens in %.2f s\n", j.written,
-                j.st.targets, j.st.seconds);
+    else if (!a.run.no_summary && !a.run.plan_only && dist_get()->rank == 0)
+        fprintf(stderr, "[flexh2o] %ld requests scored, %ld tokens in %.2f s%s\n", j.written,
+                j.st.targets, j.st.seconds, dist_active() ? " (every rank)" : "");
+    int ran = j.ran;
     run_free(&j);
+    if (ran && rc < 0 && dist_active()) /* the records written are intact; end every rank */
+        dist_abort(status ? status : 1);
     return status;
 }

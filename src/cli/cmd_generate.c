@@ -380,7 +380,7 @@ static int generate_prepare(gen_args *a, const sched_policy *pol, gen_job *j,
     model_sched_bind(j->m, &bound);
     FORWARD_IF(sched_attach(j->sc, &bound));
     if (dist_active())
-        FORWARD_IF(dist_out_start(&j->part, write_record, &j->out, a->go.n_todo,
+        FORWARD_IF(dist_out_start(&j->part, write_record, &j->out, a->go.n_todo, "prompts",
                                   a->go.progress, &j->dout));
     return 0;
 }

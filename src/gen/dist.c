@@ -278,6 +278,7 @@ struct dist_out {
     long written, generated, n_todo;
     long held, held_max; /* records waiting for an earlier one */
     int progress;
+    const char *unit;    /* what the progress line counts: "prompts", "windows" */
     double t0, last;
     int fail;            /* -errno: a write or a rank failed; the job stops */
     char fail_msg[2048];
@@ -361,11 +362,11 @@ static void out_progress(dist_out *d, int force)
         return;
     d->last = now;
     if (d->written == 0 || el <= 0)
-        err_log("[flexh2o] 0/%ld prompts done on %d ranks, warming up (%ld tokens generated)",
-                d->n_todo, world.size, d->generated);
+        err_log("[flexh2o] 0/%ld %s done on %d ranks, warming up (%ld tokens)", d->n_todo,
+                d->unit, world.size, d->generated);
     else
-        err_log("[flexh2o] %ld/%ld prompts done on %d ranks, %.1f tok/s generated, ETA %.0f s",
-                d->written, d->n_todo, world.size, d->generated / el,
+        err_log("[flexh2o] %ld/%ld %s done on %d ranks, %.1f tok/s, ETA %.0f s", d->written,
+                d->n_todo, d->unit, world.size, d->generated / el,
                 el * (double)(d->n_todo - d->written) / (double)d->written);
 }
 
@@ -392,7 +393,7 @@ static void *recv_main(void *arg);
 #endif
 
 int dist_out_start(const gen_part *gp, dist_write_fn write, void *ud, long n_todo,
-                   int progress, dist_out **out)
+                   const char *unit, int progress, dist_out **out)
 {
     *out = NULL;
     dist_out *d = calloc(1, sizeof *d);
@@ -418,6 +419,7 @@ int dist_out_start(const gen_part *gp, dist_write_fn write, void *ud, long n_tod
     d->ud = ud;
     d->n_todo = n_todo;
     d->progress = progress && world.rank == 0;
+    d->unit = unit;
     d->t0 = d->last = kern_now_s();
     d->n_left = world.rank == 0 ? world.size - 1 : 0;
     pthread_mutex_init(&d->mu, NULL);

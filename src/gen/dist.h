@@ -75,13 +75,13 @@ typedef struct dist_out dist_out;
 /* Start collecting the records of the job split gp (every rank has the
  * same): rank 0 writes them through write (ud) in request order, skipping
  * the requests gp gives no rank; the other ranks send theirs to it.
- * n_todo: the requests the job runs, for rank 0's progress line (shown
- * when progress, at most once a second, also while it waits for the other
- * ranks). @return 0 or -errno. */
+ * n_todo: the requests the job runs, for rank 0's progress line ("N/M
+ * <unit> done on R ranks, X tok/s"; when progress, at most once a second,
+ * also while it waits for the other ranks). @return 0 or -errno. */
 int dist_out_start(const gen_part *gp, dist_write_fn write, void *ud, long n_todo,
-                   int progress, dist_out **d);
-/* This rank's record of request seq (key id, generated tokens for the
- * progress line). @return 0, or -errno when writing failed or another
+                   const char *unit, int progress, dist_out **d);
+/* This rank's record of request seq (key id; its tokens, generated or
+ * scored, for the progress line). @return 0, or -errno when writing failed or another
  * rank failed (the job stops: err_msg says why). */
 int dist_out_put(dist_out *d, long seq, const char *id, const char *record, long generated);
 
