@@ -11,6 +11,7 @@
  *     GPU; no disk tier: nothing on disk; an H2O budget: faster; nothing
  *     fits: a message with the numbers);
  *   - profiles and policy files written and read back, bad ones refused;
+ *     a host's profile shared by ranks (sched_calib_share);
  *   - the CLI: calibrate --out, search --out, generate --policy of the pick.
  */
 #include <criterion/criterion.h>
@@ -473,6 +474,50 @@ Test(search, profile_round_trip_and_refusals)
     cr_assert_eq(sched_calib_write("/nonexistent/dir/hw.json", &hw), -ENOENT);
     cr_assert(strstr(err_msg(), "/nonexistent/dir/hw.json: cannot write the profile (No such "
                                 "file or directory); choose a writable path"), "%s", err_msg());
+}
+
+/* The rates of a profile with two GEMM shapes, in one array. */
+static void rates_of(const sched_calib *hw, double r[9])
+{
+    double v[] = {hw->h2d, hw->d2h, hw->dram, hw->dev_mem, hw->gemm, hw->disk_read,
+                  hw->disk_write, hw->gemm_at[0], hw->gemm_at[1]};
+    memcpy(r, v, sizeof v);
+}
+
+Test(search, profile_share_divides_what_ranks_share)
+{
+    sched_calib hw = t4_like(), sh;
+    hw.n_gemm = 2;
+    hw.gemm_rows[0] = 1, hw.gemm_rows[1] = 64;
+    hw.gemm_at[0] = 0.25, hw.gemm_at[1] = 12.5;
+    double a[9], b[9];
+    rates_of(&hw, a);
+    /* a GPU host: the disk and host memory are shared, each GPU and its
+     * link are not (h2d, d2h, dev_mem, gemm, gemm_at: 0, 1, 3, 4, 7, 8) */
+    const int shared_gpu[9] = {0, 0, 1, 0, 0, 1, 1, 0, 0};
+    sh = hw;
+    cr_assert_eq(sched_calib_share(&sh, 4), 0, "%s", err_msg());
+    rates_of(&sh, b);
+    for (int i = 0; i < 9; i++)
+        cr_assert_eq(b[i], shared_gpu[i] ? a[i] / 4 : a[i], "cuda rate %d: %g of %g", i, b[i],
+                     a[i]);
+    /* a CPU host: its "device" is the host, all of it shared */
+    snprintf(hw.device, sizeof hw.device, "cpu");
+    sh = hw;
+    cr_assert_eq(sched_calib_share(&sh, 4), 0, "%s", err_msg());
+    rates_of(&sh, b);
+    for (int i = 0; i < 9; i++)
+        cr_assert_eq(b[i], a[i] / 4, "cpu rate %d: %g, want %g", i, b[i], a[i] / 4);
+    cr_assert(sh.n_gemm == 2 && sh.gemm_rows[1] == 64, "the shapes stay");
+    cr_assert_str_eq(sh.device, "cpu");
+    /* one rank alone: nothing changes; no ranks: refused, nothing changes */
+    sh = hw;
+    cr_assert_eq(sched_calib_share(&sh, 1), 0);
+    rates_of(&sh, b);
+    cr_assert_eq(memcmp(a, b, sizeof a), 0, "k = 1 changed a rate");
+    cr_assert_eq(sched_calib_share(&sh, 0), -EINVAL);
+    rates_of(&sh, b);
+    cr_assert_eq(memcmp(a, b, sizeof a), 0, "k = 0 changed a rate");
 }
 
 Test(search, policy_file_round_trip)
