@@ -4,7 +4,8 @@
  * chunks), host -> GPU and GPU -> host through the backend's copy ops,
  * host memory and device memory bandwidth, and the backend's GEMM rate.
  * Each figure is the best of a few repetitions. Profiles are saved and
- * read back as one JSON object (configs/hardware/).
+ * read back as one JSON object (configs/hardware/). sched_calib_share
+ * turns a host's profile into one rank's share of it (search --ranks).
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -286,4 +287,24 @@ int sched_calib_load(const char *path, sched_calib *out)
     if (rc == 0)
         *out = cb;
     return rc;
+}
+
+int sched_calib_share(sched_calib *hw, int k)
+{
+    RETURN_IF(k < 1, -EINVAL, "internal: a host shared by %d ranks", k);
+    /* a fair share of each shared resource: the ranks run the same schedule
+     * at once, so each gets 1/k of the rate the profile measured alone */
+    double f = 1.0 / k;
+    hw->disk_read *= f;
+    hw->disk_write *= f;
+    hw->dram *= f;
+    if (strcmp(hw->device, "cpu") == 0) {
+        hw->h2d *= f;
+        hw->d2h *= f;
+        hw->dev_mem *= f;
+        hw->gemm *= f;
+        for (int i = 0; i < hw->n_gemm; i++)
+            hw->gemm_at[i] *= f;
+    }
+    return 0;
 }

@@ -489,6 +489,17 @@ int sched_calib_write(const char *path, const sched_calib *cb);
  * missing or non-positive rate is refused naming the file and the field.
  * @return 0 or -errno. */
 int sched_calib_load(const char *path, sched_calib *out);
+/* One rank's share of a host's profile when k ranks run on that host at
+ * once (`search --ranks-per-node k`, DESIGN.md "Scale-out"), in place:
+ * what the ranks share is divided by k, what each has to itself stays.
+ * Shared: the disk (disk_read, disk_write: one --offload-dir disk) and host
+ * memory (dram: what CPU attention reads); on a CPU profile also the
+ * backend's "device", which is the host: its copies (h2d, d2h), its
+ * memory (dev_mem) and its cores (gemm, gemm_at). A CUDA profile's h2d,
+ * d2h, dev_mem and GEMM rates are each rank's own GPU and its link (one
+ * PCIe link per GPU assumed) and stay. k = 1 changes nothing.
+ * @return 0 or -EINVAL (k < 1; then *hw is unchanged). */
+int sched_calib_share(sched_calib *hw, int k);
 
 /* ------------------------------------------------------------ cost model
  *

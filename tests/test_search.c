@@ -11,7 +11,11 @@
  *     GPU; no disk tier: nothing on disk; an H2O budget: faster; nothing
  *     fits: a message with the numbers);
  *   - profiles and policy files written and read back, bad ones refused;
- *   - the CLI: calibrate --out, search --out, generate --policy of the pick.
+ *     a host's profile shared by ranks (sched_calib_share);
+ *   - the CLI: calibrate --out, search --out, generate --policy of the pick;
+ *     --ranks: one rank is no flag, ranks on hosts of their own each plan as
+ *     one alone, ranks on one host plan in its share of the CPU memory, the
+ *     prompts split over the ranks, bad counts refused.
  */
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -475,6 +479,50 @@ Test(search, profile_round_trip_and_refusals)
                                 "file or directory); choose a writable path"), "%s", err_msg());
 }
 
+/* The rates of a profile with two GEMM shapes, in one array. */
+static void rates_of(const sched_calib *hw, double r[9])
+{
+    double v[] = {hw->h2d, hw->d2h, hw->dram, hw->dev_mem, hw->gemm, hw->disk_read,
+                  hw->disk_write, hw->gemm_at[0], hw->gemm_at[1]};
+    memcpy(r, v, sizeof v);
+}
+
+Test(search, profile_share_divides_what_ranks_share)
+{
+    sched_calib hw = t4_like(), sh;
+    hw.n_gemm = 2;
+    hw.gemm_rows[0] = 1, hw.gemm_rows[1] = 64;
+    hw.gemm_at[0] = 0.25, hw.gemm_at[1] = 12.5;
+    double a[9], b[9];
+    rates_of(&hw, a);
+    /* a GPU host: the disk and host memory are shared, each GPU and its
+     * link are not (h2d, d2h, dev_mem, gemm, gemm_at: 0, 1, 3, 4, 7, 8) */
+    const int shared_gpu[9] = {0, 0, 1, 0, 0, 1, 1, 0, 0};
+    sh = hw;
+    cr_assert_eq(sched_calib_share(&sh, 4), 0, "%s", err_msg());
+    rates_of(&sh, b);
+    for (int i = 0; i < 9; i++)
+        cr_assert_eq(b[i], shared_gpu[i] ? a[i] / 4 : a[i], "cuda rate %d: %g of %g", i, b[i],
+                     a[i]);
+    /* a CPU host: its "device" is the host, all of it shared */
+    snprintf(hw.device, sizeof hw.device, "cpu");
+    sh = hw;
+    cr_assert_eq(sched_calib_share(&sh, 4), 0, "%s", err_msg());
+    rates_of(&sh, b);
+    for (int i = 0; i < 9; i++)
+        cr_assert_eq(b[i], a[i] / 4, "cpu rate %d: %g, want %g", i, b[i], a[i] / 4);
+    cr_assert(sh.n_gemm == 2 && sh.gemm_rows[1] == 64, "the shapes stay");
+    cr_assert_str_eq(sh.device, "cpu");
+    /* one rank alone: nothing changes; no ranks: refused, nothing changes */
+    sh = hw;
+    cr_assert_eq(sched_calib_share(&sh, 1), 0);
+    rates_of(&sh, b);
+    cr_assert_eq(memcmp(a, b, sizeof a), 0, "k = 1 changed a rate");
+    cr_assert_eq(sched_calib_share(&sh, 0), -EINVAL);
+    rates_of(&sh, b);
+    cr_assert_eq(memcmp(a, b, sizeof a), 0, "k = 0 changed a rate");
+}
+
 Test(search, policy_file_round_trip)
 {
     sched_policy p = pol(48, 3, 20, 80, 0, 100, 0, 100, 1), q;
@@ -591,4 +639,202 @@ Test(search, cli_refusals)
     cr_assert_eq(cli_run("search --dummy opt-125m --gpu-mem 1M --cpu-mem 1G --prompt-len 8 "
                          "--gen-len 4 --hardware hw.json"), 1);
     cr_assert(strstr(cli_err, "flexh2o: no policy fits"), "%s", cli_err);
+}
+
+/* ------------------------------------------------------------ CLI: ranks */
+
+/* A GPU host in round numbers with a disk (no GPU needed to search for it),
+ * and the search every ranks test runs: opt-125m fp16 (0.25 GB) with a
+ * 150 MiB GPU tier, so that about half of the layer weights live off the
+ * GPU; extra: the ranks flags. */
+#define RANKS_HW "{\"device\": \"cuda\", \"h2d_GBps\": 12, \"d2h_GBps\": 12, \"dram_GBps\": " \
+                 "40, \"dev_mem_GBps\": 250, \"gemm_TFLOPs\": 40, \"disk_read_GBps\": 2, "    \
+                 "\"disk_write_GBps\": 1.5}"
+#define RANKS_CPU_MEM (400 * MiB)
+
+static int ranks_search(const char *out, const char *extra)
+{
+    return cli_run("search --dummy opt-125m --hardware hw.json --prompt-len 64 --gen-len 16 "
+                   "--gpu-mem 150M --cpu-mem 400M --offload-dir . --max-block 16 --top 3 "
+                   "--out %s %s", out, extra);
+}
+
+/* The bound of the first candidate of a search's table. */
+static double first_bound(const char *out)
+{
+    const char *row = strstr(out, "\n    1 ");
+    cr_assert(row, "no candidate in\n%s", out);
+    int r, gbs, k, block;
+    double pct[6], tok_s;
+    char attn[8];
+    cr_assert_eq(sscanf(row, "%d %d x %d %d %lf %lf %lf %lf %lf %lf %7s %lf", &r, &gbs, &k,
+                        &block, &pct[0], &pct[1], &pct[2], &pct[3], &pct[4], &pct[5], attn,
+                        &tok_s), 12, "%s", row);
+    return tok_s;
+}
+
+/* The ranks line: the job's bound, the ranks counted, the rank's bound.
+ * @return 1 when the output has one. */
+static int ranks_line(const char *out, double *job, int *n, double *rank)
+{
+    const char *l = strstr(out, "job throughput bound ");
+    return l && sscanf(l, "job throughput bound %lf tok/s = %d x %lf tok/s per rank", job, n,
+                       rank) == 3;
+}
+
+/* The policy a search wrote, planned as the search plans it. */
+static sched_policy ranks_policy(const char *name, sched_plan *pl)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", cli_dir, name);
+    sched_policy p;
+    sched_policy_default(&p);
+    cr_assert_eq(sched_policy_load(path, &p), 0, "%s", err_msg());
+    model_config c = opt("opt-125m");
+    sched_shape sh = shape(p.gpu_batch_size, 64, 80, 0);
+    cr_assert_eq(sched_plan_compute(shape_of(&c), 2, &p, &sh, pl), 0, "%s", err_msg());
+    return p;
+}
+
+Test(search, cli_one_rank_is_no_flag)
+{
+    cli_write("hw.json", RANKS_HW);
+    cr_assert_eq(ranks_search("p0.json", ""), 0, "%s", cli_err);
+    char *plain = cli_read("stdout.txt");
+    cr_assert_eq(ranks_search("p1.json", "--ranks 1"), 0, "%s", cli_err);
+    char *one = cli_read("stdout.txt");
+    /* the same search, the same lines, but for the file --out names */
+    char *w = strstr(plain, "[flexh2o] wrote p0.json");
+    cr_assert(w, "%s", plain);
+    w[strlen("[flexh2o] wrote p")] = '1';
+    w = strstr(w, "--policy p0.json");
+    cr_assert(w, "%s", plain);
+    w[strlen("--policy p")] = '1';
+    cr_assert_str_eq(one, plain);
+    cr_assert(!strstr(one, "ranks:"), "%s", one);
+    free(plain);
+    free(one);
+    char *a = cli_read("p0.json"), *b = cli_read("p1.json");
+    cr_assert_str_eq(a, b);
+    free(a);
+    free(b);
+}
+
+Test(search, cli_ranks_on_hosts_of_their_own)
+{
+    cli_write("hw.json", RANKS_HW);
+    cr_assert_eq(ranks_search("p1.json", ""), 0, "%s", cli_err);
+    char *one = cli_read("stdout.txt");
+    double alone = first_bound(one);
+    cr_assert_eq(ranks_search("p4.json", "--ranks 4 --ranks-per-node 1"), 0, "%s", cli_err);
+    char *four = cli_read("stdout.txt");
+    double job, rank;
+    int n;
+    cr_assert(ranks_line(four, &job, &n, &rank), "no ranks line in\n%s", four);
+    /* nothing shared: each rank plans as one alone, and the job is 4 of them */
+    cr_assert_eq(n, 4, "%s", four);
+    cr_assert_eq(rank, alone, "rank %.2f vs alone %.2f tok/s\n%s", rank, alone, four);
+    cr_assert_eq(first_bound(four), alone);
+    cr_assert(fabs(job - 4 * rank) <= 0.03, "job %.2f vs 4 x %.2f", job, rank);
+    cr_assert(strstr(four, "[flexh2o] ranks: 4 (1 per node): "), "%s", four);
+    cr_assert(strstr(four, "[flexh2o] each rank: alone on its host: cpu-mem 0.39 GiB, "),
+              "%s", four);
+    free(one);
+    free(four);
+    char *a = cli_read("p1.json"), *b = cli_read("p4.json");
+    cr_assert_str_eq(a, b);
+    free(a);
+    free(b);
+}
+
+Test(search, cli_ranks_on_one_host_share_its_cpu_memory)
+{
+    cli_write("hw.json", RANKS_HW);
+    cr_assert_eq(ranks_search("p1.json", ""), 0, "%s", cli_err);
+    char *one = cli_read("stdout.txt");
+    double alone = first_bound(one);
+    sched_plan pl1, pl4;
+    sched_policy p1 = ranks_policy("p1.json", &pl1);
+    /* alone, the rank keeps more off-GPU weights and KV in CPU memory than a
+     * quarter of the host's (else this test could not tell) */
+    cr_assert(pl1.total[SCHED_CPU] <= RANKS_CPU_MEM, "the scenario no longer fits 400M");
+    cr_assert(pl1.total[SCHED_CPU] > RANKS_CPU_MEM / 4, "alone the rank uses %.1f MiB of "
+              "CPU memory: a quarter of 400M would fit it", pl1.total[SCHED_CPU] / (double)MiB);
+
+    cr_assert_eq(ranks_search("p4.json", "--ranks 4"), 0, "%s", cli_err);
+    char *four = cli_read("stdout.txt");
+    double job, rank;
+    int n;
+    cr_assert(ranks_line(four, &job, &n, &rank), "no ranks line in\n%s", four);
+    cr_assert(strstr(four, "[flexh2o] ranks: 4 (4 per node): "), "%s", four);
+    cr_assert(strstr(four, "cpu-mem 0.10 GiB (of 0.39)"), "%s", four);
+    cr_assert(strstr(four, "caps gpu 0.15 GiB, cpu 0.10 GiB"), "%s", four);
+    /* the disk's rates are shared too: 2 and 1.5 GB/s over 4 */
+    cr_assert(strstr(four, "disk read 0.50 / write 0.38 GB/s, host memory 10.00 GB/s; its "
+                           "own: gpu-mem 0.15 GiB, h2d 12.00"), "%s", four);
+    /* one rank's policy, planned in a quarter of the CPU memory: another
+     * one, no faster, that fits there */
+    sched_policy p4 = ranks_policy("p4.json", &pl4);
+    cr_assert(pl4.total[SCHED_CPU] <= RANKS_CPU_MEM / 4, "the rank's plan needs %.1f MiB of "
+              "CPU memory, a quarter of 400M is 100", pl4.total[SCHED_CPU] / (double)MiB);
+    cr_assert(pl4.total[SCHED_GPU] <= 150 * MiB);
+    cr_assert_eq(p4.cpu_mem, RANKS_CPU_MEM / 4, "the policy file's cap is the rank's");
+    cr_assert_eq(p4.gpu_mem, 150 * MiB);
+    cr_assert(p4.wc != p1.wc || p4.cc != p1.cc, "the same placement as alone");
+    cr_assert(rank <= alone, "rank %.2f > alone %.2f tok/s", rank, alone);
+    cr_assert_eq(first_bound(four), rank);
+    cr_assert(fabs(job - 4 * rank) <= 0.03, "job %.2f vs 4 x %.2f", job, rank);
+    free(one);
+    free(four);
+}
+
+Test(search, cli_ranks_split_the_prompts)
+{
+    cli_write("hw.json", RANKS_HW);
+    char text[4096] = "";
+    for (int i = 0; i < 10; i++)
+        strcat(text, "{\"prompt_ids\": [2, 9, 30, 31, 32, 33, 34, 35]}\n");
+    cli_write("p.jsonl", text);
+    const char *cmd = "search --dummy opt-125m --hardware hw.json --prompts p.jsonl "
+                      "--max-new-tokens 4 --gpu-mem 4G --cpu-mem 4G --top 3 %s";
+    /* 10 prompts over 4 ranks: 3, 3, 2, 2, so no block of more than 3 */
+    cr_assert_eq(cli_run(cmd, "--ranks 4"), 0, "%s", cli_err);
+    char *out = cli_read("stdout.txt");
+    cr_assert(strstr(out, "[flexh2o] job: 10 prompts in p.jsonl; the longest prompt and "
+                          "generation above, blocks of at most 3\n"), "%s", out);
+    cr_assert(strstr(out, "[flexh2o] each rank: 3 of the 10 prompts (blocks of at most 3); "),
+              "%s", out);
+    cr_assert(strstr(out, "\n    1     3 x 1        3 "), "%s", out);
+    double job, rank;
+    int n;
+    cr_assert(ranks_line(out, &job, &n, &rank) && n == 4, "%s", out);
+    free(out);
+    /* fewer prompts than ranks: only those with one count */
+    cli_write("p.jsonl", "{\"prompt_ids\": [2, 9, 30]}\n{\"prompt_ids\": [2, 7, 8]}\n"
+                         "{\"prompt_ids\": [2, 7]}\n");
+    cr_assert_eq(cli_run(cmd, "--ranks 4"), 0, "%s", cli_err);
+    out = cli_read("stdout.txt");
+    cr_assert(ranks_line(out, &job, &n, &rank) && n == 3, "%s", out);
+    cr_assert(fabs(job - 3 * rank) <= 0.03, "job %.2f vs 3 x %.2f", job, rank);
+    cr_assert(strstr(out, " (3 of the 4 ranks get a prompt)"), "%s", out);
+    cr_assert(strstr(out, "each rank: 1 of the 3 prompts (blocks of at most 1)"), "%s", out);
+    free(out);
+}
+
+Test(search, cli_ranks_refusals)
+{
+    cli_write("hw.json", RANKS_HW);
+    cr_assert_eq(ranks_search("p.json", "--ranks-per-node 3 --ranks 2"), 2);
+    cr_assert(strstr(cli_err, "flexh2o search: --ranks-per-node 3 is more than the job's "
+                              "--ranks 2"), "%s", cli_err);
+    cr_assert_eq(ranks_search("p.json", "--ranks-per-node 2"), 2);
+    cr_assert(strstr(cli_err, "--ranks-per-node 2 is more than the job's --ranks 1"), "%s",
+              cli_err);
+    cr_assert_eq(ranks_search("p.json", "--ranks 0"), 2);
+    cr_assert(strstr(cli_err, "--ranks expects an integer in [1, 65536], got \"0\""), "%s",
+              cli_err);
+    cr_assert_eq(ranks_search("p.json", "--ranks 4 --ranks-per-node 0"), 2);
+    cr_assert(strstr(cli_err, "--ranks-per-node expects an integer in [1, 65536]"), "%s",
+              cli_err);
+    cr_assert(!cli_exists("p.json"), "a refused search wrote its policy");
 }

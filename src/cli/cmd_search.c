@@ -3,8 +3,17 @@
  *
  *   parse the flags (search_parse) -> the lengths to plan for: the flags or
  *   the job's prompt file (job_lengths) -> the hardware profile: a file or
- *   measured now (search_profile) -> sched_search -> the report
- *   (search_report) -> --out: the best policy as a policy file
+ *   measured now (search_profile) -> one rank's share of the host
+ *   (sched_calib_share) -> sched_search -> the report (search_report) ->
+ *   --out: the best policy as a policy file
+ *
+ * A job of --ranks N data-parallel ranks (DESIGN.md "Scale-out") runs N
+ * copies of one policy, each on its own GPU and its share of the prompts,
+ * and --ranks-per-node K of them share a host: the search plans one rank
+ * with the host's CPU memory, disk space, disk and host-memory bandwidth
+ * (and, on the CPU backend, its cores) divided by K; the scheduler never
+ * sees ranks. The job's bound is N times the rank's: they share nothing
+ * but the results.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -29,7 +38,7 @@ static const char search_help[] =
     "         --gpu-mem SIZE [--cpu-mem SIZE] [--offload-dir DIR] [--hardware FILE]\n"
     "         [--device cpu|cuda] [--out POLICY.json] [--top N] [--max-block N]\n"
     "         [--max-gpu-batches N] [--cpu-attention | --no-cpu-attention]\n"
-    "         [--compress-weight] [--compress-cache]\n"
+    "         [--compress-weight] [--compress-cache] [--ranks N [--ranks-per-node K]]\n"
     "         [--kv-policy P --kv-ratio R | --kv-budget B --sinks N --hh-share S | --recent R]\n\n"
     "Finds the offloading policy (block shape, --percent, CPU attention) with the\n"
     "highest throughput bound (DESIGN.md) that fits the caps: a linear program per\n"
@@ -40,8 +49,8 @@ static const char search_help[] =
     "                       its longest generation (--max-new-tokens N, default 32, or\n"
     "                       the line's max_new_tokens) and blocks of at most its size\n"
     "  --gpu-mem SIZE       GPU-tier cap, e.g. 16G (required)\n"
-    "  --cpu-mem SIZE       CPU-tier cap (default: MemAvailable)\n"
-    "  --offload-dir DIR    allows the disk tier (its free space is the cap)\n"
+    "  --cpu-mem SIZE       CPU-tier cap of the host (default: MemAvailable)\n"
+    "  --offload-dir DIR    allows the disk tier (its free space is the host's cap)\n"
     "  --hardware FILE      profile from `flexh2o calibrate --out FILE` (default:\n"
     "                       measure now, the disk in --offload-dir included)\n"
     "  --device cpu|cuda    the backend the policy is for (element size; default:\n"
@@ -53,6 +62,17 @@ static const char search_help[] =
     "  --cpu-attention | --no-cpu-attention  only policies with / without it (default:\n"
     "                       both are tried)\n"
     "  --compress-weight, --compress-cache  plan for 4-bit weights / KV (as generate)\n"
+    "  --ranks N            the job runs on N data-parallel ranks (mpirun -n N flexh2o\n"
+    "                       generate), each with its own GPU (default 1); reports the\n"
+    "                       job's bound, N x one rank's; --out is one rank's policy\n"
+    "  --ranks-per-node K   ranks sharing one host (1..N, default N): the policy is\n"
+    "                       planned for one rank with the host's --cpu-mem (or\n"
+    "                       MemAvailable), the --offload-dir disk's free space and\n"
+    "                       read/write rates and the host-memory rate of the profile\n"
+    "                       (CPU attention) divided by K; on the CPU backend also the\n"
+    "                       profile's copy, memory and GEMM rates (the host's cores).\n"
+    "                       --gpu-mem is each rank's own. With --prompts a rank gets\n"
+    "                       ceil(prompts / N) of them: no larger block is tried\n"
     "  KV policy flags as for generate: the cache holds the budget, not the length\n";
 
 /* ------------------------------------------------------------ flags */
@@ -61,8 +81,11 @@ typedef struct search_args {
     cli_common c;            /* the flags shared with generate */
     const char *hw_path;     /* --hardware FILE */
     int top;                 /* --top N */
-    sched_search_opts so;    /* lengths, block limits; the caps once parsed */
+    sched_search_opts so;    /* lengths, block limits; the caps once parsed: one rank's */
     sched_policy base;       /* what the search does not choose (sched_search) */
+    int ranks;               /* --ranks N (0 until parsed: 1) */
+    int per_node;            /* --ranks-per-node K (0 until parsed: N) */
+    uint64_t host_cpu, host_disk; /* the host's caps before the division by K */
 } search_args;
 
 #define S(f) offsetof(search_args, f)
@@ -74,11 +97,15 @@ static const cli_opt search_opts[] = {
     CLI_INT("max-block", S(so.max_block), 1, 1 << 16, 0),
     CLI_INT("max-gpu-batches", S(so.max_gpu_batches), 1, 1024, 0),
     CLI_SWITCH("no-cpu-attention", S(c.pol.cpu_attention), 0, SCHED_POLICY_CPU_ATTENTION),
+    CLI_INT("ranks", S(ranks), 1, 1 << 16, 0),
+    CLI_INT("ranks-per-node", S(per_node), 1, 1 << 16, 0),
 };
 #undef S
 
-/* The flags, checked, into a->so and a->base; the caps filled in. @return
- * 0, CLI_HELP or the exit status of the usage error printed. */
+/* The flags, checked, into a->so and a->base; the caps filled in: one
+ * rank's share of the host's CPU memory and disk space (the host's in
+ * a->host_cpu, a->host_disk). @return 0, CLI_HELP or the exit status of
+ * the usage error printed. */
 static int search_parse(int argc, char **argv, search_args *a)
 {
     *a = (search_args){.top = 5, .so = {.max_block = 1024, .max_gpu_batches = 16}};
@@ -101,17 +128,24 @@ static int search_parse(int argc, char **argv, search_args *a)
         return cli_usage("search", "--device must be cpu or cuda");
     if (kv_policy_check(&c->kv) < 0)
         return cli_usage_err("search");
+    a->ranks = a->ranks ? a->ranks : 1;
+    a->per_node = a->per_node ? a->per_node : a->ranks;
+    if (a->per_node > a->ranks)
+        return cli_usage("search", "--ranks-per-node %d is more than the job's --ranks %d; "
+                         "give --ranks N with N >= K", a->per_node, a->ranks);
     so->prefill_rows = c->prefill_rows;
     so->scores = kv_policy_needs_scores(&c->kv);
     so->cpu_attention = c->given & SCHED_POLICY_CPU_ATTENTION ? c->pol.cpu_attention : -1;
     so->gpu_cap = c->pol.gpu_mem;
-    so->cpu_cap = c->pol.cpu_mem ? c->pol.cpu_mem : off_mem_available();
+    a->host_cpu = c->pol.cpu_mem ? c->pol.cpu_mem : off_mem_available();
+    so->cpu_cap = a->host_cpu / (uint64_t)a->per_node;
     sched_policy_default(&a->base);
     sched_policy_apply(&a->base, &c->pol, c->given & (SCHED_POLICY_OFFLOAD_DIR |
                                                       SCHED_POLICY_COMPRESS_WEIGHT |
                                                       SCHED_POLICY_COMPRESS_CACHE));
-    if (a->base.offload_dir[0] && off_disk_free(a->base.offload_dir, &so->disk_cap) < 0)
+    if (a->base.offload_dir[0] && off_disk_free(a->base.offload_dir, &a->host_disk) < 0)
         return cli_usage_err("search");
+    so->disk_cap = a->host_disk / (uint64_t)a->per_node; /* each rank its own subfolder */
     a->base.gpu_mem = so->gpu_cap;
     a->base.cpu_mem = so->cpu_cap;
     return 0;
@@ -205,6 +239,47 @@ static int search_profile(const search_args *a, sched_calib *hw)
     return rc < 0 ? cli_fail() : 0;
 }
 
+/* With more than one rank: the job's bound (N ranks, or as many as have a
+ * prompt, times the rank's) and each rank's share of the job and of its
+ * host (rank: the profile after sched_calib_share). */
+static void ranks_report(const search_args *a, const sched_calib *rank, int n_prompts,
+                         const sched_candidate *best)
+{
+    const sched_search_opts *so = &a->so;
+    const double gib = 1073741824.0;
+    int busy = a->c.prompts && n_prompts < a->ranks ? n_prompts : a->ranks;
+    int k = a->per_node, cpu = strcmp(rank->device, "cpu") == 0;
+    double tok_s = best->cost.tok_s;
+    printf("[flexh2o] ranks: %d (%d per node): job throughput bound %.2f tok/s = %d x %.2f "
+           "tok/s per rank", a->ranks, k, busy * tok_s, busy, tok_s);
+    if (busy < a->ranks)
+        printf(" (%d of the %d ranks get a prompt)", busy, a->ranks);
+    printf("; --out is one rank's policy\n[flexh2o] each rank:");
+    if (a->c.prompts)
+        printf(" %d of the %d prompts (blocks of at most %d);",
+               (n_prompts + a->ranks - 1) / a->ranks, n_prompts, so->max_block);
+    if (k > 1)
+        printf(" 1/%d of the host's: cpu-mem %.2f GiB (of %.2f)", k, so->cpu_cap / gib,
+               a->host_cpu / gib);
+    else
+        printf(" alone on its host: cpu-mem %.2f GiB", so->cpu_cap / gib);
+    if (so->disk_cap && k > 1)
+        printf(", disk %.2f GiB (of %.2f)", so->disk_cap / gib, a->host_disk / gib);
+    else if (so->disk_cap)
+        printf(", disk %.2f GiB", so->disk_cap / gib);
+    if (so->disk_cap)
+        printf(", disk read %.2f / write %.2f GB/s", rank->disk_read, rank->disk_write);
+    printf(", host memory %.2f GB/s", rank->dram);
+    if (cpu) /* the CPU backend's "device" is the host: its copies, memory, cores */
+        printf(", h2d %.2f, d2h %.2f, device memory %.2f GB/s, GEMM %.3f TFLOP/s", rank->h2d,
+               rank->d2h, rank->dev_mem, rank->gemm);
+    printf("; its own: gpu-mem %.2f GiB", so->gpu_cap / gib);
+    if (!cpu)
+        printf(", h2d %.2f, d2h %.2f, device memory %.2f GB/s, GEMM %.3f TFLOP/s", rank->h2d,
+               rank->d2h, rank->dev_mem, rank->gemm);
+    printf("\n");
+}
+
 /* What was searched for, on what, then the candidates and the plan of the
  * best. */
 static void search_report(const search_args *a, const model_config *cfg, const sched_calib *hw,
@@ -232,10 +307,11 @@ static void search_report(const search_args *a, const model_config *cfg, const s
 
 /* ------------------------------------------------------------ the verb */
 
-/* Search with the model's shape, report, and save the best with --out.
- * @return the exit status. */
+/* Search with the model's shape on one rank's share of the host (rank; hw
+ * is the host's profile, as measured), report, and save the best with
+ * --out. @return the exit status. */
 static int search_run(search_args *a, const model_config *cfg, const sched_calib *hw,
-                      int n_prompts)
+                      const sched_calib *rank, int n_prompts)
 {
     size_t es = strcmp(hw->device, "cuda") == 0 ? 2 : 4;
     sched_candidate *best = calloc((size_t)a->top, sizeof *best);
@@ -244,10 +320,15 @@ static int search_run(search_args *a, const model_config *cfg, const sched_calib
     int n = 0, status = 0;
     sched_model shape;
     model_sched_shape(cfg, &shape);
-    if (sched_search(&shape, es, &a->base, &a->so, hw, best, a->top, &n) < 0) {
+    if (sched_search(&shape, es, &a->base, &a->so, rank, best, a->top, &n) < 0) {
         status = cli_fail();
+        if (a->per_node > 1)
+            fprintf(stderr, "flexh2o: those are one rank's caps: --cpu-mem and the disk "
+                    "divided by --ranks-per-node %d\n", a->per_node);
     } else {
         search_report(a, cfg, hw, es, n_prompts, best, n);
+        if (a->ranks > 1)
+            ranks_report(a, rank, n_prompts, best);
         if (a->c.out && sched_policy_write(a->c.out, &best[0].pol) < 0)
             status = cli_fail();
         else if (a->c.out)
@@ -275,14 +356,22 @@ int cli_search(int argc, char **argv)
     int n_prompts = 0;
     if (c->prompts && (rc = job_lengths(&cfg, c, &a.so, &n_prompts)))
         return rc;
+    /* the job's prompts split over the ranks: a rank cannot fill a block
+     * larger than its share */
+    int per_rank = (int)(((long)n_prompts + a.ranks - 1) / a.ranks);
+    if (c->prompts && per_rank < a.so.max_block)
+        a.so.max_block = per_rank;
     if (!c->prompts) {
         kv_split sp;
         if (kv_policy_split(&c->kv, a.so.prompt_len, a.so.gen_len, 0, &sp) < 0)
             return cli_usage_err("search");
         a.so.kv_cap = sp.budget;
     }
-    sched_calib hw;
+    sched_calib hw, rank;
     if ((rc = search_profile(&a, &hw)))
         return rc;
-    return search_run(&a, &cfg, &hw, n_prompts);
+    rank = hw;
+    if (sched_calib_share(&rank, a.per_node) < 0)
+        return cli_fail();
+    return search_run(&a, &cfg, &hw, &rank, n_prompts);
 }
