@@ -59,11 +59,10 @@ static int run_in_dir(const char *cmd_tail)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-/* The flexh2o arguments of fmt, with --device cli_device added to a
- * generate run that names none. */
-static void cli_args_of(char *args, size_t len, const char *fmt, va_list ap)
+/* Add --device cli_device to the flexh2o arguments args of a generate run
+ * that names none. */
+static void add_device(char *args, size_t len)
 {
-    vsnprintf(args, len, fmt, ap);
     if (!strncmp(args, "generate", 8) && !strstr(args, "--device")) {
         strncat(args, " --device ", len - strlen(args) - 1);
         strncat(args, cli_device, len - strlen(args) - 1);
@@ -77,8 +76,9 @@ int cli_run(const char *fmt, ...)
     char args[4096], cmd[8192];
     va_list ap;
     va_start(ap, fmt);
-    cli_args_of(args, sizeof args, fmt, ap);
+    vsnprintf(args, sizeof args, fmt, ap);
     va_end(ap);
+    add_device(args, sizeof args);
     snprintf(cmd, sizeof cmd, "OMP_WAIT_POLICY=passive %s %s", bin, args);
     return run_in_dir(cmd);
 }
@@ -90,12 +90,12 @@ int cli_run_mpi(int ranks, const char *env, const char *fmt, ...)
     char args[4096], cmd[8192];
     va_list ap;
     va_start(ap, fmt);
-    cli_args_of(args, sizeof args, fmt, ap);
+    vsnprintf(args, sizeof args, fmt, ap);
     va_end(ap);
-    snprintf(cmd, sizeof cmd, "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
-             "mpirun --oversubscribe -n %d -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=passive "
-             "%s%s%s %s %s", ranks, env ? "-x '" : "", env ? env : "", env ? "'" : "", bin,
-             args);
+    add_device(args, sizeof args);
+    snprintf(cmd, sizeof cmd, "%s mpirun --oversubscribe -n %d -x OMP_NUM_THREADS=1 "
+             "-x OMP_WAIT_POLICY=passive %s%s%s %s %s", CLI_MPI_ENV, ranks, env ? "-x '" : "",
+             env ? env : "", env ? "'" : "", bin, args);
     return run_in_dir(cmd);
 }
 

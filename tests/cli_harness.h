@@ -9,6 +9,8 @@
 
 #include <stddef.h>
 
+#include "fh_config.h"
+
 extern char cli_dir[256];     /* the scratch directory of the running test */
 extern char cli_err[8192];    /* stderr of the last cli_run */
 extern const char *cli_device; /* --device given to generate runs ("cpu") */
@@ -34,6 +36,16 @@ int scratch_remove(const char *dir);
  * is present; OpenMP waits passively (tests share few cores).
  * @return the exit status, or -1 when the process did not exit. */
 int cli_run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The environment of an mpirun of the tests: Open MPI run as root (CI),
+ * and, for sanitizer builds, Open MPI's own allocations left out of the
+ * leak report (tests/lsan-mpi.supp; the slow unwinder walks through its
+ * libraries, built without frame pointers, to the frames the file names). */
+#define CLI_MPI_ENV                                                                 \
+    "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "                    \
+    "OMPI_MCA_mca_base_component_disable_dlclose=1 "                                \
+    "LSAN_OPTIONS=suppressions=" FH_SOURCE_ROOT "/tests/lsan-mpi.supp:print_suppressions=0 " \
+    "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}fast_unwind_on_malloc=0"
+
 /* cli_run as `mpirun -n ranks` (Open MPI, root allowed, oversubscribed,
  * one OpenMP thread per rank); env (may be NULL): "VAR=value" given to
  * every rank (-x). @return mpirun's exit status, or -1. */

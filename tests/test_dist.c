@@ -458,8 +458,17 @@ Test(dist_cli, a_killed_rank_then_resume_gives_the_single_runs_file)
             _exit(127);
         if (!freopen("/dev/null", "w", stdout) || !freopen("killed.txt", "w", stderr))
             _exit(127);
+        /* CLI_MPI_ENV, for execlp */
         setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
         setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+        setenv("OMPI_MCA_mca_base_component_disable_dlclose", "1", 1);
+        setenv("LSAN_OPTIONS", "suppressions=" FH_SOURCE_ROOT "/tests/lsan-mpi.supp:"
+               "print_suppressions=0", 1);
+        char asan[512];
+        snprintf(asan, sizeof asan, "%s%sfast_unwind_on_malloc=0",
+                 getenv("ASAN_OPTIONS") ? getenv("ASAN_OPTIONS") : "",
+                 getenv("ASAN_OPTIONS") ? ":" : "");
+        setenv("ASAN_OPTIONS", asan, 1);
         execlp("mpirun", "mpirun", "--oversubscribe", "-n", "2", "-x", "OMP_NUM_THREADS=1",
                "-x", "OMP_WAIT_POLICY=passive",
                bin, "generate", "--dummy", "opt-125m", "--prompts", "long.jsonl", "--out",
