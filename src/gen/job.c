@@ -142,6 +142,39 @@ char *job_id_json(const cJSON *id)
     return out;
 }
 
+int job_object_key(const cJSON *o, int line, char **key)
+{
+    *key = NULL;
+    const cJSON *id;
+    if (job_openai_is(o)) {
+        id = cJSON_GetObjectItemCaseSensitive(o, "custom_id");
+        if (!cJSON_IsString(id) || !id->valuestring[0])
+            return 1;
+    } else {
+        id = cJSON_GetObjectItemCaseSensitive(o, "id");
+        if (id && !cJSON_IsString(id) && !cJSON_IsNumber(id))
+            return 1;
+    }
+    if (id) {
+        *key = job_id_json(id);
+    } else { /* an object: no given id (a string or a number) can equal it */
+        *key = malloc(32);
+        if (*key)
+            snprintf(*key, 32, "{\"line\":%d}", line);
+    }
+    RETURN_IF(!*key, -ENOMEM, "out of memory for the id of line %d", line);
+    return 0;
+}
+
+int job_line_key(const char *line, size_t len, int lineno, char **key)
+{
+    *key = NULL;
+    cJSON *o = cJSON_ParseWithLength(line, len);
+    int rc = cJSON_IsObject(o) ? job_object_key(o, lineno, key) : 1;
+    cJSON_Delete(o);
+    return rc;
+}
+
 /* The fields a native line may have; any other is refused by name (a
  * misspelt control would otherwise be ignored without a word). */
 static const char *const native_fields[] = {
@@ -164,10 +197,11 @@ static int parse_native(job_src *src, const cJSON *o, job_prompt *p)
                                 "prompt_ids, max_new_tokens, top_logprobs and the sampling "
                                 "controls of the README", f->string);
     }
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");
-    if (id && !cJSON_IsString(id) && !cJSON_IsNumber(id))
+    int rc = job_object_key(o, src->line, &p->id);
+    FORWARD_IF(rc);
+    if (rc == 1)
         return job_bad_line(src, "\"id\" must be a string or a number");
-    int rc = job_field_int(o, "max_new_tokens", 0, JOB_MAX_NEW_MAX, &p->max_new, &e);
+    rc = job_field_int(o, "max_new_tokens", 0, JOB_MAX_NEW_MAX, &p->max_new, &e);
     if (rc == 0)
         rc = job_field_int(o, "top_logprobs", 0, JOB_TOP_LOGPROBS_MAX, &p->par.top_logprobs,
                            &e);
@@ -190,14 +224,7 @@ static int parse_native(job_src *src, const cJSON *o, job_prompt *p)
         return job_bad_line(src, "%s", e.why);
     FORWARD_IF(rc);
     p->par.logprobs = 1; /* the native record always carries them */
-    if (id) {
-        p->id = job_id_json(id);
-    } else { /* an object: no given id (a string or a number) can equal it */
-        p->id = malloc(32);
-        if (p->id)
-            snprintf(p->id, 32, "{\"line\":%d}", src->line);
-    }
-    return p->id ? 0 : -ENOMEM;
+    return 0;
 }
 
 /* One non-blank line: a JSON object of either format (the first line

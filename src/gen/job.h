@@ -126,6 +126,19 @@ void job_reader_close(job_reader *r);
 __attribute__((format(printf, 3, 4)))
 int job_prompt_fail(job_prompt *p, const char *param, const char *fmt, ...);
 
+/* The key of line lineno (1-based, blank lines counted) of a prompt file,
+ * line[0..len) as read: the id its output record is written under, as the
+ * reader computes it (job_prompt.id): a native line's "id", an OpenAI
+ * line's "custom_id", as compact JSON ("\"a1\"", "7"), or {"line":N} for
+ * a native line without "id". For a tool that matches records to their
+ * requests without loading the model (job_merge): a line with a key may
+ * still be one generate skipped (a bad prompt, a repeated id, a line of
+ * the file's other format). @return 0 with *key malloc'd (the caller
+ * frees), 1 when the line is no request at all (blank, invalid JSON, not
+ * an object, no usable id or custom_id: generate writes no record for it;
+ * *key NULL), or -ENOMEM. */
+int job_line_key(const char *line, size_t len, int lineno, char **key);
+
 /* A set of ids (compact JSON): a hash set, XXH3 + linear probing, at most
  * half full. Zeroed = empty. */
 typedef struct job_idset {
