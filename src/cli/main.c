@@ -6,6 +6,7 @@
  *   flexh2o calibrate  [--offload-dir DIR] [--out PROFILE.json]  (a hardware profile)
  *   flexh2o tokenize   --model DIR        (stdin lines -> JSON id arrays)
  *   flexh2o make-model --config NAME --out DIR
+ *   flexh2o merge      --prompts IN --out OUT SHARD...  (generate --shard outputs)
  *
  * `flexh2o VERB --help` describes each. Every failure prints one line
  * "flexh2o: <what>; <what to do>" and exits non-zero; output already
@@ -24,7 +25,7 @@ static const struct verb {
 } verbs[] = {
     {"generate", cli_generate},   {"search", cli_search},       {"convert", cli_convert},
     {"calibrate", cli_calibrate}, {"tokenize", cli_tokenize},   {"make-model", cli_make_model},
-    {"eval", cli_eval},           {"score", cli_score},
+    {"eval", cli_eval},           {"score", cli_score},         {"merge", cli_merge},
 };
 
 int main(int argc, char **argv)

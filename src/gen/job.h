@@ -216,6 +216,29 @@ int job_out_result(job_out *o, const job_prompt *p, const job_choice *ch, int n,
  * @return 0 or -errno. */
 int job_out_close(job_out *o);
 
+/* What job_merge did. */
+typedef struct job_merge_stats {
+    long records;    /* records written to the output */
+    long missing;    /* requests of the prompt file no shard has a record of */
+} job_merge_stats;
+
+/* Join the completions files of the shards of one job (generate --shard
+ * I/N: each holds its requests' records in the prompt file's order) into
+ * out, in the prompt file's order: byte for byte what one run over the
+ * whole file writes. Streams: one line per shard is held, and the keys of
+ * the prompt file (job_line_key) in a job_idset for its repeated ids.
+ * Before out is created every shard is checked for a torn last record (a
+ * killed shard: refused, finish it with --resume). out is created
+ * ("wbx": an existing file is refused) and each record flushed as it is
+ * written (.zst: one frame each). A request no shard has is counted in
+ * st->missing and the rest goes on; a shard record that does not come in
+ * the prompt file's order (or is not in it) is an error naming its file,
+ * line and key. On any error out is removed (a partial join is no use: it
+ * has no resume). st (may be NULL) gets the counts. @return 0 or -errno
+ * with a message. */
+int job_merge(const char *prompts, const char *const *shards, int n_shards, const char *out,
+              job_merge_stats *st);
+
 /* Copy of s[0..len) with each byte that does not start a valid UTF-8
  * character (tok_utf8_char) and each NUL replaced by U+FFFD, NUL-terminated;
  * *out_len (may be NULL) gets its length. @return the copy, which the
