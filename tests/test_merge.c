@@ -355,6 +355,41 @@ Test(merge, out_exists_and_usage_errors)
     free(all);
 }
 
+/* A bad line's id (or custom_id) is taken as a good line's is: a later
+ * line with it is a repeat, so an id's record can only be at its first
+ * line, where merge puts it. Here "x" is bad on line 1 and good on line
+ * 3: generate writes no record of "x" (not one after "y"'s), and the
+ * merge of any split has the one run's bytes and counts "x" missing. */
+Test(merge, a_bad_lines_id_is_not_run_by_a_later_line)
+{
+    cli_write("p.jsonl", "{\"id\": \"x\", \"prompt_ids\": [2, 5], \"colour\": 1}\n"
+                         "{\"id\": \"y\", \"prompt_ids\": [2, 6], \"max_new_tokens\": 2}\n"
+                         "{\"id\": \"x\", \"prompt_ids\": [2, 7], \"max_new_tokens\": 2}\n"
+                         "{\"id\": \"z\", \"prompt_ids\": [2, 8], \"max_new_tokens\": 2}\n");
+    int rc = cli_run("generate --model " MODEL " --prompts p.jsonl --out one.jsonl --quiet "
+                     "--no-summary");
+    cr_assert_eq(rc, 3, "exit %d: %s", rc, cli_err);
+    cr_assert(strstr(cli_err, "p.jsonl:1: unknown field \"colour\""), "%s", cli_err);
+    cr_assert(strstr(cli_err, "p.jsonl:3: id \"x\" is also on line 1"), "%s", cli_err);
+    char *all = cli_read("one.jsonl");
+    cr_assert_eq(count_lines(all), 2, "%s", all);
+    cr_assert(!strstr(all, "\"x\""), "a record of x: %s", all);
+    static const int assign[][2] = {{0, 1}, {1, 0}};
+    static const char *const names[] = {"s0.jsonl", "s1.jsonl"};
+    for (size_t c = 0; c < sizeof assign / sizeof *assign; c++) {
+        char args[256], out[32];
+        write_shards(all, assign[c], 2, names, 0, args, sizeof args);
+        snprintf(out, sizeof out, "m%zu.jsonl", c);
+        rc = cli_run("merge --prompts p.jsonl --out %s %s", out, args);
+        cr_assert_eq(rc, 3, "exit %d: %s", rc, cli_err);
+        cr_assert(strstr(cli_err, "merge: 1 request of p.jsonl has no record"), "%s", cli_err);
+        char *got = cli_read(out);
+        cr_assert_str_eq(got, all, "assignment %zu", c);
+        free(got);
+    }
+    free(all);
+}
+
 /* An OpenAI batch file (error requests with their lines, a line without
  * custom_id and a repeated custom_id skipped) split and merged is the one
  * run's file byte for byte. */

@@ -187,6 +187,9 @@ static const char *const native_fields[] = {
 static int parse_native(job_src *src, const cJSON *o, job_prompt *p)
 {
     job_field_err e = {0};
+    /* the key first: a bad line keeps it too (job_reader_next reserves it) */
+    int rc = job_object_key(o, src->line, &p->id);
+    FORWARD_IF(rc);
     const cJSON *f;
     cJSON_ArrayForEach(f, o) {
         int known = 0;
@@ -197,8 +200,6 @@ static int parse_native(job_src *src, const cJSON *o, job_prompt *p)
                                 "prompt_ids, max_new_tokens, top_logprobs and the sampling "
                                 "controls of the README", f->string);
     }
-    int rc = job_object_key(o, src->line, &p->id);
-    FORWARD_IF(rc);
     if (rc == 1)
         return job_bad_line(src, "\"id\" must be a string or a number");
     rc = job_field_int(o, "max_new_tokens", 0, JOB_MAX_NEW_MAX, &p->max_new, &e);
@@ -227,10 +228,19 @@ static int parse_native(job_src *src, const cJSON *o, job_prompt *p)
     return 0;
 }
 
+/* A line of the file's other format: a bad line, which keeps its key
+ * (job_reader_next reserves it). @return -EINVAL or -ENOMEM. */
+static int other_format(job_src *src, const cJSON *o, job_prompt *p, const char *why)
+{
+    FORWARD_IF(job_object_key(o, src->line, &p->id));
+    return job_bad_line(src, "%s; use one format per file", why);
+}
+
 /* One non-blank line: a JSON object of either format (the first line
- * decides the file's: *kind, -1 until then). On failure p may hold
- * allocations the caller frees. @return 0, -EINVAL (a bad line:
- * src->why says why) or -ENOMEM. */
+ * decides the file's: *kind, -1 until then). A bad line with a key
+ * (job_line_key's) leaves it in p->id. On failure p may hold allocations
+ * the caller frees. @return 0, -EINVAL (a bad line: src->why says why) or
+ * -ENOMEM. */
 static int parse_line(job_src *src, const char *line, size_t len, int *kind, job_prompt *p)
 {
     cJSON *o = cJSON_ParseWithLength(line, len);
@@ -239,15 +249,14 @@ static int parse_line(job_src *src, const char *line, size_t len, int *kind, job
         rc = job_bad_line(src, "invalid JSON; each line must be one object like "
                           "{\"id\": 1, \"prompt\": \"text\"}");
     } else if (job_openai_is(o)) {
-        rc = *kind == JOB_NATIVE ? job_bad_line(src, "an OpenAI batch request in a file of "
-                                                "native lines; use one format per file")
-                                 : job_openai_parse(src, o, p);
+        rc = *kind == JOB_NATIVE
+                 ? other_format(src, o, p, "an OpenAI batch request in a file of native lines")
+                 : job_openai_parse(src, o, p);
         if (rc == 0)
             *kind = JOB_OPENAI_CHAT; /* either OpenAI kind: the file is OpenAI's */
     } else {
         rc = *kind >= 0 && *kind != JOB_NATIVE
-                 ? job_bad_line(src, "a native line in an OpenAI batch file; use one format "
-                                "per file")
+                 ? other_format(src, o, p, "a native line in an OpenAI batch file")
                  : parse_native(src, o, p);
         if (rc == 0)
             *kind = JOB_NATIVE;
@@ -381,10 +390,15 @@ int job_reader_next(job_reader *r, int max, job_prompts *ps)
         job_prompt p = {.line = r->src.line, .max_new = -1};
         job_params_init(&p.par);
         rc = parse_line(&r->src, line, (size_t)len, &r->kind, &p);
+        /* the key of every line that has one is taken, a bad line's too:
+         * an id's record is always at the first line with its key (a later
+         * one is a repeat), which merge (job_line_key) and a --resume
+         * after fixing the bad line rely on */
         if (rc == 0 && job_idset_has(&r->ids, p.id))
             rc = duplicate_line(r, p.id);
-        if (rc == 0)
-            rc = job_idset_add_at(&r->ids, p.id, p.line);
+        else if ((rc == 0 || rc == -EINVAL) && p.id &&
+                 job_idset_add_at(&r->ids, p.id, p.line) < 0)
+            rc = -ENOMEM;
         if (rc == 0)
             rc = prompts_append(ps, &cap, &p);
         if (rc == 0)

@@ -94,8 +94,9 @@ typedef struct job_load_opts {
  * field) is reported through err_log as "FILE:LINE: what; what to do" and
  * skipped, or, when strict, ends the load with that message. A bad OpenAI
  * request with a custom_id stays in the set with its message (err) for
- * its error line; without one it is a bad line. A request whose id an
- * earlier one has is a bad line (the output is keyed on it). A native
+ * its error line; without one it is a bad line. A line whose id (or
+ * custom_id) an earlier line has, a bad one included, is a bad line (the
+ * output is keyed on it: an id's record is at its first line). A native
  * line without "id" gets {"line": N}, which no given id can equal. The prompts are malloc'd;
  * free them with job_prompts_free. @return 0, or -errno (then *out holds
  * nothing). */

@@ -13,11 +13,14 @@
  *        no shard: the request is missing (counted)
  *   -> every shard consumed
  *
- * A shard is a subsequence of the prompt file, so its head is always a key
- * the prompt file has yet to reach. A head whose key the file has passed
- * (or never holds: then the shard is not consumed at the end) is out of
- * order, an error. Memory: one line per shard, and the prompt file's keys
- * (a job_idset, for the repeats); O(shards) work per request.
+ * The record of a key is at the first line with the key (the reader takes
+ * a bad line's key too, so a later line with it is a repeat), which is
+ * where it is taken here. A shard is a subsequence of the prompt file, so
+ * its head is always a key the prompt file has yet to reach. A head whose
+ * key the file has passed (or never holds: then the shard is not consumed
+ * at the end) is out of order, an error. Memory: one line per shard, and
+ * the prompt file's keys (a job_idset, for the repeats); O(shards) work
+ * per request.
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
