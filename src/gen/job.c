@@ -520,6 +520,22 @@ static int add_done(job_out *o, const char *id)
     return job_idset_add(&o->done, id);
 }
 
+int job_record_key(const char *line, size_t len, char **key)
+{
+    *key = NULL;
+    cJSON *r = cJSON_ParseWithLength(line, len);
+    /* an OpenAI batch line is keyed on its custom_id, a native one on its id */
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(r, "custom_id");
+    if (!id)
+        id = cJSON_GetObjectItemCaseSensitive(r, "id");
+    *key = id ? cJSON_PrintUnformatted(id) : NULL;
+    cJSON_Delete(r);
+    if (!id)
+        return 1;
+    RETURN_IF(!*key, -ENOMEM, "out of memory reading a record's id");
+    return 0;
+}
+
 /* Read the ids of a completions file, up to the end of its last complete
  * record (job_file_good_end); cut what follows, the torn write of a killed
  * job. */
@@ -537,22 +553,16 @@ static int scan_existing(job_out *o)
     int lineno = 0, rc = 0;
     while ((len = job_file_rd_line(f, &line, NULL)) > 0) {
         lineno++;
-        cJSON *r = cJSON_ParseWithLength(line, (size_t)len);
-        /* an OpenAI batch line is keyed on its custom_id, a native one on its id */
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(r, "custom_id");
-        if (!id)
-            id = cJSON_GetObjectItemCaseSensitive(r, "id");
-        if (!id) {
-            cJSON_Delete(r);
+        char *s;
+        rc = job_record_key(line, (size_t)len, &s);
+        if (rc == 1) {
             err_set(__FILE__, __LINE__, "%s:%d: not a flexh2o completion record; "
                     "--resume needs the file this job wrote (or move it away)",
                     o->path, lineno);
             rc = -EINVAL;
-            break;
         }
-        char *s = cJSON_PrintUnformatted(id);
-        cJSON_Delete(r);
-        rc = s ? add_done(o, s) : -ENOMEM;
+        if (rc == 0)
+            rc = add_done(o, s);
         free(s);
         if (rc < 0)
             break;

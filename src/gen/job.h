@@ -140,6 +140,14 @@ int job_prompt_fail(job_prompt *p, const char *param, const char *fmt, ...);
  * *key NULL), or -ENOMEM. */
 int job_line_key(const char *line, size_t len, int lineno, char **key);
 
+/* The key of record line[0..len) of a completions file (what
+ * job_out_result wrote): its "custom_id" (OpenAI) when it has one, else
+ * its "id", as compact JSON: the request's key (job_line_key), on which
+ * --resume and job_merge match records to requests. @return 0 with *key
+ * malloc'd (the caller frees), 1 when the line has neither (not a record
+ * of ours; *key NULL), or -ENOMEM. */
+int job_record_key(const char *line, size_t len, char **key);
+
 /* A set of ids (compact JSON): a hash set, XXH3 + linear probing, at most
  * half full. Zeroed = empty. */
 typedef struct job_idset {

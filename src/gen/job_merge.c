@@ -22,7 +22,6 @@
  * the prompt file's keys (a job_idset, for the repeats); O(shards) work
  * per request.
  */
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,9 +61,8 @@ static int out_of_order(const merge *m, const merge_shard *sh)
 }
 
 /* Read sh's next record into its head (key NULL at the end), keyed as
- * generate's --resume keys it: "custom_id" when present (OpenAI), else
- * "id". A key the prompt file has passed is out of order. @return 0 or
- * -errno with a message. */
+ * --resume keys it (job_record_key). A key the prompt file has passed is
+ * out of order. @return 0 or -errno with a message. */
 static int shard_next(merge *m, merge_shard *sh)
 {
     free(sh->key);
@@ -75,22 +73,17 @@ static int shard_next(merge *m, merge_shard *sh)
         return 0;
     sh->len = (size_t)len;
     sh->lineno++;
-    cJSON *r = cJSON_ParseWithLength(sh->line, sh->len);
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(r, "custom_id");
-    if (!id)
-        id = cJSON_GetObjectItemCaseSensitive(r, "id");
-    sh->key = id ? cJSON_PrintUnformatted(id) : NULL;
-    cJSON_Delete(r);
-    RETURN_IF(!id, -EINVAL, "%s:%d: not a flexh2o completion record (no \"id\" or "
+    int rc = job_record_key(sh->line, sh->len, &sh->key);
+    FORWARD_IF(rc);
+    RETURN_IF(rc == 1, -EINVAL, "%s:%d: not a flexh2o completion record (no \"id\" or "
               "\"custom_id\"); give the --out files of generate --shard I/N", sh->path,
               sh->lineno);
-    RETURN_IF(!sh->key, -ENOMEM, "out of memory reading %s", sh->path);
     if (job_idset_has(&m->seen, sh->key))
         return out_of_order(m, sh);
     return 0;
 }
 
-/* Refuse a shard whose last record is torn, then open it and read its
+/* Open shard sh, refuse it when its last record is torn, and read its
  * head. @return 0 or -errno with a message. */
 static int shard_open(merge *m, merge_shard *sh)
 {
