@@ -276,7 +276,7 @@ Test(cli, usage_errors)
     cr_assert(strstr(cli_err, "--dtype must be f16 (the GPU's) or f32"), "%s", cli_err);
     cr_assert(!cli_exists("st"), "a refused convert must not create the store");
     cr_assert_eq(cli_run("frobnicate"), 2);
-    cr_assert(strstr(cli_err, "usage: flexh2o <generate|search|convert|calibrate|tokenize|make-model|eval|score>"), "%s", cli_err);
+    cr_assert(strstr(cli_err, "usage: flexh2o <generate|search|convert|calibrate|tokenize|make-model|eval|score|merge>"), "%s", cli_err);
 }
 
 Test(cli, existing_output_is_never_overwritten)

@@ -4,7 +4,7 @@
  *     to the process with the least cost so far, the lowest on a tie),
  *     recomputed here independently, and its balance;
  *   - --shard I/N: the shards partition the single run's records, each in
- *     input order;
+ *     input order, and `merge` joins them into the single run's file;
  *   - where the build has MPI and mpirun is installed: mpirun -n 1, 2, 3
  *     against the single run, byte for byte at --batch-size 1 (greedy,
  *     sampled with n completions, an OpenAI batch file), tokens identical
@@ -186,6 +186,13 @@ Test(dist_cli, shards_partition_the_single_run)
         lines_free(sh);
     }
     cr_assert_eq(total, 11);
+    /* merge joins them into the single run's file */
+    cr_assert_eq(cli_run("merge --prompts p.jsonl --out m.jsonl s2.jsonl s0.jsonl s1.jsonl"), 0,
+                 "%s", cli_err);
+    char *m = cli_read("m.jsonl"), *o = cli_read("one.jsonl");
+    cr_assert_str_eq(m, o);
+    free(m);
+    free(o);
     /* a shard resumes from its own output: nothing redone, nothing lost */
     cr_assert_eq(cli_sh("head -1 s1.jsonl > r1.jsonl"), 0);
     cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out r1.jsonl "

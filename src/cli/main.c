@@ -6,6 +6,7 @@
  *   flexh2o calibrate  [--offload-dir DIR] [--out PROFILE.json]  (a hardware profile)
  *   flexh2o tokenize   --model DIR        (stdin lines -> JSON id arrays)
  *   flexh2o make-model --config NAME --out DIR
+ *   flexh2o merge      --prompts IN --out OUT SHARD...  (generate --shard outputs)
  *
  * `flexh2o VERB --help` describes each. Every failure prints one line
  * "flexh2o: <what>; <what to do>" and exits non-zero; output already
@@ -29,6 +30,7 @@ static const struct verb {
     {"convert", cli_convert, 0},     {"calibrate", cli_calibrate, 0},
     {"tokenize", cli_tokenize, 0},   {"make-model", cli_make_model, 0},
     {"eval", cli_eval, 1},           {"score", cli_score, 1},
+    {"merge", cli_merge, 0},
 };
 
 /* Run verb v, as one rank of a job when mpirun started us. @return the

@@ -142,6 +142,39 @@ char *job_id_json(const cJSON *id)
     return out;
 }
 
+int job_object_key(const cJSON *o, int line, char **key)
+{
+    *key = NULL;
+    const cJSON *id;
+    if (job_openai_is(o)) {
+        id = cJSON_GetObjectItemCaseSensitive(o, "custom_id");
+        if (!cJSON_IsString(id) || !id->valuestring[0])
+            return 1;
+    } else {
+        id = cJSON_GetObjectItemCaseSensitive(o, "id");
+        if (id && !cJSON_IsString(id) && !cJSON_IsNumber(id))
+            return 1;
+    }
+    if (id) {
+        *key = job_id_json(id);
+    } else { /* an object: no given id (a string or a number) can equal it */
+        *key = malloc(32);
+        if (*key)
+            snprintf(*key, 32, "{\"line\":%d}", line);
+    }
+    RETURN_IF(!*key, -ENOMEM, "out of memory for the id of line %d", line);
+    return 0;
+}
+
+int job_line_key(const char *line, size_t len, int lineno, char **key)
+{
+    *key = NULL;
+    cJSON *o = cJSON_ParseWithLength(line, len);
+    int rc = cJSON_IsObject(o) ? job_object_key(o, lineno, key) : 1;
+    cJSON_Delete(o);
+    return rc;
+}
+
 /* The fields a native line may have; any other is refused by name (a
  * misspelt control would otherwise be ignored without a word). */
 static const char *const native_fields[] = {
@@ -154,6 +187,9 @@ static const char *const native_fields[] = {
 static int parse_native(job_src *src, const cJSON *o, job_prompt *p)
 {
     job_field_err e = {0};
+    /* the key first: a bad line keeps it too (job_reader_next reserves it) */
+    int rc = job_object_key(o, src->line, &p->id);
+    FORWARD_IF(rc);
     const cJSON *f;
     cJSON_ArrayForEach(f, o) {
         int known = 0;
@@ -164,10 +200,9 @@ static int parse_native(job_src *src, const cJSON *o, job_prompt *p)
                                 "prompt_ids, max_new_tokens, top_logprobs and the sampling "
                                 "controls of the README", f->string);
     }
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(o, "id");
-    if (id && !cJSON_IsString(id) && !cJSON_IsNumber(id))
+    if (rc == 1)
         return job_bad_line(src, "\"id\" must be a string or a number");
-    int rc = job_field_int(o, "max_new_tokens", 0, JOB_MAX_NEW_MAX, &p->max_new, &e);
+    rc = job_field_int(o, "max_new_tokens", 0, JOB_MAX_NEW_MAX, &p->max_new, &e);
     if (rc == 0)
         rc = job_field_int(o, "top_logprobs", 0, JOB_TOP_LOGPROBS_MAX, &p->par.top_logprobs,
                            &e);
@@ -190,20 +225,22 @@ static int parse_native(job_src *src, const cJSON *o, job_prompt *p)
         return job_bad_line(src, "%s", e.why);
     FORWARD_IF(rc);
     p->par.logprobs = 1; /* the native record always carries them */
-    if (id) {
-        p->id = job_id_json(id);
-    } else { /* an object: no given id (a string or a number) can equal it */
-        p->id = malloc(32);
-        if (p->id)
-            snprintf(p->id, 32, "{\"line\":%d}", src->line);
-    }
-    return p->id ? 0 : -ENOMEM;
+    return 0;
+}
+
+/* A line of the file's other format: a bad line, which keeps its key
+ * (job_reader_next reserves it). @return -EINVAL or -ENOMEM. */
+static int other_format(job_src *src, const cJSON *o, job_prompt *p, const char *why)
+{
+    FORWARD_IF(job_object_key(o, src->line, &p->id));
+    return job_bad_line(src, "%s; use one format per file", why);
 }
 
 /* One non-blank line: a JSON object of either format (the first line
- * decides the file's: *kind, -1 until then). On failure p may hold
- * allocations the caller frees. @return 0, -EINVAL (a bad line:
- * src->why says why) or -ENOMEM. */
+ * decides the file's: *kind, -1 until then). A bad line with a key
+ * (job_line_key's) leaves it in p->id. On failure p may hold allocations
+ * the caller frees. @return 0, -EINVAL (a bad line: src->why says why) or
+ * -ENOMEM. */
 static int parse_line(job_src *src, const char *line, size_t len, int *kind, job_prompt *p)
 {
     cJSON *o = cJSON_ParseWithLength(line, len);
@@ -212,15 +249,14 @@ static int parse_line(job_src *src, const char *line, size_t len, int *kind, job
         rc = job_bad_line(src, "invalid JSON; each line must be one object like "
                           "{\"id\": 1, \"prompt\": \"text\"}");
     } else if (job_openai_is(o)) {
-        rc = *kind == JOB_NATIVE ? job_bad_line(src, "an OpenAI batch request in a file of "
-                                                "native lines; use one format per file")
-                                 : job_openai_parse(src, o, p);
+        rc = *kind == JOB_NATIVE
+                 ? other_format(src, o, p, "an OpenAI batch request in a file of native lines")
+                 : job_openai_parse(src, o, p);
         if (rc == 0)
             *kind = JOB_OPENAI_CHAT; /* either OpenAI kind: the file is OpenAI's */
     } else {
         rc = *kind >= 0 && *kind != JOB_NATIVE
-                 ? job_bad_line(src, "a native line in an OpenAI batch file; use one format "
-                                "per file")
+                 ? other_format(src, o, p, "a native line in an OpenAI batch file")
                  : parse_native(src, o, p);
         if (rc == 0)
             *kind = JOB_NATIVE;
@@ -356,10 +392,15 @@ int job_reader_next(job_reader *r, int max, job_prompts *ps)
         job_prompt p = {.line = r->src.line, .seq = r->seq, .max_new = -1};
         job_params_init(&p.par);
         rc = parse_line(&r->src, line, (size_t)len, &r->kind, &p);
+        /* the key of every line that has one is taken, a bad line's too:
+         * an id's record is always at the first line with its key (a later
+         * one is a repeat), which merge (job_line_key) and a --resume
+         * after fixing the bad line rely on */
         if (rc == 0 && job_idset_has(&r->ids, p.id))
             rc = duplicate_line(r, p.id);
-        if (rc == 0)
-            rc = job_idset_add_at(&r->ids, p.id, p.line);
+        else if ((rc == 0 || rc == -EINVAL) && p.id &&
+                 job_idset_add_at(&r->ids, p.id, p.line) < 0)
+            rc = -ENOMEM;
         if (rc == 0)
             rc = prompts_append(ps, &cap, &p);
         if (rc == 0) {
@@ -483,6 +524,22 @@ static int add_done(job_out *o, const char *id)
     return job_idset_add(&o->done, id);
 }
 
+int job_record_key(const char *line, size_t len, char **key)
+{
+    *key = NULL;
+    cJSON *r = cJSON_ParseWithLength(line, len);
+    /* an OpenAI batch line is keyed on its custom_id, a native one on its id */
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(r, "custom_id");
+    if (!id)
+        id = cJSON_GetObjectItemCaseSensitive(r, "id");
+    *key = id ? cJSON_PrintUnformatted(id) : NULL;
+    cJSON_Delete(r);
+    if (!id)
+        return 1;
+    RETURN_IF(!*key, -ENOMEM, "out of memory reading a record's id");
+    return 0;
+}
+
 /* Read the ids of a completions file, up to the end of its last complete
  * record (job_file_good_end); cut what follows, the torn write of a killed
  * job. */
@@ -500,22 +557,16 @@ static int scan_existing(job_out *o)
     int lineno = 0, rc = 0;
     while ((len = job_file_rd_line(f, &line, NULL)) > 0) {
         lineno++;
-        cJSON *r = cJSON_ParseWithLength(line, (size_t)len);
-        /* an OpenAI batch line is keyed on its custom_id, a native one on its id */
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(r, "custom_id");
-        if (!id)
-            id = cJSON_GetObjectItemCaseSensitive(r, "id");
-        if (!id) {
-            cJSON_Delete(r);
+        char *s;
+        rc = job_record_key(line, (size_t)len, &s);
+        if (rc == 1) {
             err_set(__FILE__, __LINE__, "%s:%d: not a flexh2o completion record; "
                     "--resume needs the file this job wrote (or move it away)",
                     o->path, lineno);
             rc = -EINVAL;
-            break;
         }
-        char *s = cJSON_PrintUnformatted(id);
-        cJSON_Delete(r);
-        rc = s ? add_done(o, s) : -ENOMEM;
+        if (rc == 0)
+            rc = add_done(o, s);
         free(s);
         if (rc < 0)
             break;

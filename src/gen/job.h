@@ -96,8 +96,9 @@ typedef struct job_load_opts {
  * field) is reported through err_log as "FILE:LINE: what; what to do" and
  * skipped, or, when strict, ends the load with that message. A bad OpenAI
  * request with a custom_id stays in the set with its message (err) for
- * its error line; without one it is a bad line. A request whose id an
- * earlier one has is a bad line (the output is keyed on it). A native
+ * its error line; without one it is a bad line. A line whose id (or
+ * custom_id) an earlier line has, a bad one included, is a bad line (the
+ * output is keyed on it: an id's record is at its first line). A native
  * line without "id" gets {"line": N}, which no given id can equal. The prompts are malloc'd;
  * free them with job_prompts_free. @return 0, or -errno (then *out holds
  * nothing). */
@@ -127,6 +128,27 @@ void job_reader_close(job_reader *r);
  * @return 0 or -ENOMEM. */
 __attribute__((format(printf, 3, 4)))
 int job_prompt_fail(job_prompt *p, const char *param, const char *fmt, ...);
+
+/* The key of line lineno (1-based, blank lines counted) of a prompt file,
+ * line[0..len) as read: the id its output record is written under, as the
+ * reader computes it (job_prompt.id): a native line's "id", an OpenAI
+ * line's "custom_id", as compact JSON ("\"a1\"", "7"), or {"line":N} for
+ * a native line without "id". For a tool that matches records to their
+ * requests without loading the model (job_merge): a line with a key may
+ * still be one generate skipped (a bad prompt, a repeated id, a line of
+ * the file's other format). @return 0 with *key malloc'd (the caller
+ * frees), 1 when the line is no request at all (blank, invalid JSON, not
+ * an object, no usable id or custom_id: generate writes no record for it;
+ * *key NULL), or -ENOMEM. */
+int job_line_key(const char *line, size_t len, int lineno, char **key);
+
+/* The key of record line[0..len) of a completions file (what
+ * job_out_result wrote): its "custom_id" (OpenAI) when it has one, else
+ * its "id", as compact JSON: the request's key (job_line_key), on which
+ * --resume and job_merge match records to requests. @return 0 with *key
+ * malloc'd (the caller frees), 1 when the line has neither (not a record
+ * of ours; *key NULL), or -ENOMEM. */
+int job_record_key(const char *line, size_t len, char **key);
 
 /* A set of ids (compact JSON): a hash set, XXH3 + linear probing, at most
  * half full. Zeroed = empty. */
@@ -215,6 +237,29 @@ int job_out_append(job_out *o, const char *id, const char *record);
  * zeroed o (never opened, or a failed job_out_open) is closed as a no-op.
  * @return 0 or -errno. */
 int job_out_close(job_out *o);
+
+/* What job_merge did. */
+typedef struct job_merge_stats {
+    long records;    /* records written to the output */
+    long missing;    /* requests of the prompt file no shard has a record of */
+} job_merge_stats;
+
+/* Join the completions files of the shards of one job (generate --shard
+ * I/N: each holds its requests' records in the prompt file's order) into
+ * out, in the prompt file's order: byte for byte what one run over the
+ * whole file writes. Streams: one line per shard is held, and the keys of
+ * the prompt file (job_line_key) in a job_idset for its repeated ids.
+ * Before out is created every shard is checked for a torn last record (a
+ * killed shard: refused, finish it with --resume). out is created
+ * ("wbx": an existing file is refused) and each record flushed as it is
+ * written (.zst: one frame each). A request no shard has is counted in
+ * st->missing and the rest goes on; a shard record that does not come in
+ * the prompt file's order (or is not in it) is an error naming its file,
+ * line and key. On any error out is removed (a partial join is no use: it
+ * has no resume). st (may be NULL) gets the counts. @return 0 or -errno
+ * with a message. */
+int job_merge(const char *prompts, const char *const *shards, int n_shards, const char *out,
+              job_merge_stats *st);
 
 /* Copy of s[0..len) with each byte that does not start a valid UTF-8
  * character (tok_utf8_char) and each NUL replaced by U+FFFD, NUL-terminated;

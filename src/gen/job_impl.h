@@ -80,6 +80,15 @@ int job_encode_text(const job_src *src, const char *text, int bos, job_prompt *p
  * (job_utf8_sanitize), so that the output stays valid JSON; a number as
  * cJSON prints it. @return the malloc'd text, or NULL (out of memory). */
 char *job_id_json(const cJSON *id);
+/* The key of request object o, line line of its prompt file: the output
+ * record's "id" (native) or "custom_id" (OpenAI, job_openai_is) as compact
+ * JSON (job_id_json), {"line":N} for a native object without "id". The
+ * one rule of it: the readers (parse_native, job_openai_parse) and merge
+ * (job_line_key) all come here. @return 0 with *key malloc'd (the caller
+ * frees), 1 when o can have none (a native "id" neither a string nor a
+ * number, an OpenAI "custom_id" not a non-empty string: a bad line, *key
+ * NULL), or -ENOMEM. */
+int job_object_key(const cJSON *o, int line, char **key);
 /* Token ids of the array ids (field: its name for messages) into p->ids:
  * at least one, each in [0, vocab), at most max_len. @return 0, -EINVAL
  * (*e) or -ENOMEM. */

@@ -172,12 +172,11 @@ static int read_body(const job_src *src, const cJSON *body, int url, job_prompt 
 
 int job_openai_parse(job_src *src, const cJSON *o, job_prompt *p)
 {
-    const cJSON *cid = cJSON_GetObjectItemCaseSensitive(o, "custom_id");
-    if (!cJSON_IsString(cid) || !cid->valuestring[0])
+    int rc = job_object_key(o, src->line, &p->id);
+    FORWARD_IF(rc);
+    if (rc == 1)
         return job_bad_line(src, "an OpenAI batch request needs \"custom_id\", a non-empty "
                             "string");
-    if (!(p->id = job_id_json(cid)))
-        return -ENOMEM;
     const cJSON *method = cJSON_GetObjectItemCaseSensitive(o, "method");
     const cJSON *url = cJSON_GetObjectItemCaseSensitive(o, "url");
     const cJSON *body = cJSON_GetObjectItemCaseSensitive(o, "body");
@@ -199,7 +198,7 @@ int job_openai_parse(job_src *src, const cJSON *o, job_prompt *p)
     if (!cJSON_IsObject(body))
         return job_prompt_fail(p, "body", "\"body\" must be an object");
     job_field_err e = {0};
-    int rc = read_body(src, body, kind, p, &e);
+    rc = read_body(src, body, kind, p, &e);
     if (rc == -EINVAL)
         return job_prompt_fail(p, e.field, "%s", e.why);
     return rc;

@@ -14,7 +14,9 @@
  *
  * Checked for any input: each request is either an error line's or holds
  * 1 .. max_len ids of the vocabulary and controls in their ranges; every
- * record written is found again on resume under the request's id. */
+ * record written is found again on resume under the request's id; the
+ * completions file cut into two shards (odd and even records) merges
+ * back (job_merge, keyed by job_line_key) into the same text. */
 #include <math.h>
 #include <string.h>
 #include <zstd.h>
@@ -99,6 +101,45 @@ static void write_and_resume(const job_prompts *ps, const char *out)
     job_out_close(&o);
 }
 
+/* The records of out alternately into two shards, merged back in the
+ * order of the prompt file in: the same text, every record placed. */
+static void split_and_merge(const job_prompts *ps, const char *in, const char *out)
+{
+    int zst = job_file_is_zst(out);
+    const char *names[2] = {zst ? "s0.jsonl.zst" : "s0.jsonl", zst ? "s1.jsonl.zst" : "s1.jsonl"};
+    const char *merged = zst ? "merged.jsonl.zst" : "merged.jsonl";
+    char paths[2][512], pin[512], pout[512], pm[512];
+    job_file_wr *w[2];
+    for (int k = 0; k < 2; k++)
+        FUZZ_CHECK(job_file_wr_open(fuzz_path(paths[k], sizeof paths[k], names[k]), "wb",
+                                    &w[k]) == 0, "%s", err_msg());
+    job_file_rd *r;
+    FUZZ_CHECK(job_file_rd_open(fuzz_path(pout, sizeof pout, out), "out", -1, &r) == 0, "%s",
+               err_msg());
+    char *line;
+    ssize_t len;
+    for (int i = 0; (len = job_file_rd_line(r, &line, NULL)) > 0; i++)
+        FUZZ_CHECK(job_file_write(w[i % 2], line, (size_t)len) == 0 &&
+                       job_file_flush(w[i % 2]) == 0, "%s", err_msg());
+    FUZZ_CHECK(len == 0, "%s", err_msg());
+    job_file_rd_close(r);
+    for (int k = 0; k < 2; k++)
+        FUZZ_CHECK(job_file_wr_close(w[k]) == 0, "%s", err_msg());
+    fuzz_remove(merged);
+    job_merge_stats st;
+    const char *const shards[2] = {paths[1], paths[0]};
+    FUZZ_CHECK(job_merge(fuzz_path(pin, sizeof pin, in), shards, 2,
+                         fuzz_path(pm, sizeof pm, merged), &st) == 0, "%s", err_msg());
+    FUZZ_CHECK(st.records == ps->n, "%ld records merged, %d written", st.records, ps->n);
+    char *a, *b;
+    size_t na, nb;
+    FUZZ_CHECK(job_file_read_all(pout, &a, &na) == 0 && job_file_read_all(pm, &b, &nb) == 0,
+               "%s", err_msg());
+    FUZZ_CHECK(na == nb && memcmp(a, b, na) == 0, "the merge differs from the one file");
+    free(a);
+    free(b);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     fuzz_begin();
@@ -132,6 +173,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (int i = 0; i < ps.n; i++)
         check_prompt(&ps.p[i]);
     write_and_resume(&ps, zst ? "out.jsonl.zst" : "out.jsonl");
+    split_and_merge(&ps, in, zst ? "out.jsonl.zst" : "out.jsonl");
     job_prompts_free(&ps);
     return 0;
 }

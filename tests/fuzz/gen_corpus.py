@@ -148,6 +148,15 @@ def main():
         b'{"prompt": [[1, 2, 3]], "tools": [1]}}', b""]))
     put("job_prompts", "strict-bad", b"\x01" + b'{"id": 1, "prompt": "ok"}\n{"id": 2, '
         b'"prompt": "a", "bogus": 1}\n')
+    # repeated keys after bad lines (a bad field, the other format, 3 and 3.0): an id's
+    # record stays at its first line, so the split output merges back (job_merge)
+    put("job_prompts", "repeats", b"\x00" + b"\n".join([
+        b'{"id": "x", "prompt": "a", "colour": 1}', b'{"id": "y", "prompt": "b"}',
+        b'{"id": "x", "prompt": "c"}',
+        b'{"custom_id": "w", "method": "POST", "url": "/v1/completions", "body": '
+        b'{"prompt": "d"}}', b'{"prompt": "e"}', b"not json", b'{"id": "w", "prompt": "f"}',
+        b'{"id": 3, "prompt": "g"}', b'{"id": 3.0, "prompt": "h"}',
+        b'{"id": "y", "prompt": "i"}', b'{"id": "z", "prompt": "j"}', b""]))
 
     native = (b'{"id":"genesis","completion":" the","tokens":[262],"logprobs":[-1.5],'
               b'"finish_reason":"length"}\n'
