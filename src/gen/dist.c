@@ -358,7 +358,7 @@ static int enqueue(dist_out *d, int r, long seq, const char *id, const char *rec
 static void out_progress(dist_out *d, int force)
 {
     double now = kern_now_s(), el = now - d->t0;
-    if (!d->progress || (!force && now - d->last < 1.0))
+    if (!d->progress || d->n_todo == 0 || (!force && now - d->last < 1.0))
         return;
     d->last = now;
     if (d->written == 0 || el <= 0)

@@ -93,7 +93,9 @@ typedef struct gen_stats {
 /* ------------------------------------------- sizing a job (gen_plan.c) */
 
 /* 1 when request p runs in this process: it is not yet in out (may be
- * NULL) and, when the job is split (o->part), it is this process's. */
+ * NULL; not asked when o->put hands the records on: the split then left
+ * out what is written) and, when the job is split (o->part), it is this
+ * process's. */
 int gen_runs_here(const gen_opts *o, const job_out *out, const job_prompt *p);
 /* What request p costs to run, for splitting a job: its prompt tokens
  * plus the tokens it may generate, per completion (n); 1 for an error

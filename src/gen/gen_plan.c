@@ -178,7 +178,10 @@ void gen_shape_merge(sched_shape *into, const sched_shape *w)
 
 int gen_runs_here(const gen_opts *o, const job_out *out, const job_prompt *p)
 {
-    if (out && job_out_has(out, p->id))
+    /* a rank handing its records on (o->put): the split already left out
+     * what is written, and the output's id set is the writer's, which
+     * another thread may be adding to */
+    if (!o->put && out && job_out_has(out, p->id))
         return 0;
     return !o->part || gen_part_mine(o->part, p->seq);
 }
