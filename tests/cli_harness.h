@@ -39,12 +39,16 @@ int cli_run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The environment of an mpirun of the tests: Open MPI run as root (CI),
  * and, for sanitizer builds, Open MPI's own allocations left out of the
  * leak report (tests/lsan-mpi.supp; the slow unwinder walks through its
- * libraries, built without frame pointers, to the frames the file names). */
+ * libraries, built without frame pointers, to the frames the file names)
+ * and its own threads and locks out of ThreadSanitizer's
+ * (tests/tsan-mpi.supp). */
 #define CLI_MPI_ENV                                                                 \
     "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "                    \
     "OMPI_MCA_mca_base_component_disable_dlclose=1 "                                \
     "LSAN_OPTIONS=suppressions=" FH_SOURCE_ROOT "/tests/lsan-mpi.supp:print_suppressions=0 " \
-    "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}fast_unwind_on_malloc=0"
+    "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}fast_unwind_on_malloc=0 "               \
+    "TSAN_OPTIONS=${TSAN_OPTIONS:+$TSAN_OPTIONS:}suppressions=" FH_SOURCE_ROOT               \
+    "/tests/tsan-mpi.supp"
 
 /* cli_run as `mpirun -n ranks` (Open MPI, root allowed, oversubscribed,
  * one OpenMP thread per rank); env (may be NULL): "VAR=value" given to
