@@ -2,7 +2,7 @@
 # gpu_session.sh: everything a lent GPU machine does for flexh2o, in one call.
 #
 #   bash benchmarks/gpu_session.sh [test] [kernels] [overlap] [families] [generate MODELS]
-#        [offload] [h2o] [search] [compress] ...
+#        [offload] [h2o] [search] [compress] [ranks] ...
 #
 # Builds with the carried Debian libraries (.deps, see ../shared/tools/gpu-deps),
 # runs the whole test suite (the gpu suite under compute-sanitizer), the kernel
@@ -213,6 +213,35 @@ benchlib.write_prompts('/tmp/ov.jsonl', 32, 512)"
           --policy "$OUT/policy-opt-30b-4bit.json" --compress both --prompt-len 512 \
           --gen-len 32 --gpu-mem 16G --offload-dir /tmp/flexh2o-offload \
           --flexh2o build-gpu/src/flexh2o | tee "$OUT/offload-opt-30b-4bit.md" || true
+      ;;
+    ranks)
+      # issue 16 on a GPU: two MPI ranks share the one GPU (local rank mod
+      # GPUs = 0 for both) only to show it runs: the file must be the single
+      # process's, byte for byte (--batch-size 1). Needs mpirun (Open MPI;
+      # carry it: ../shared/tools/gpu-deps fetch .deps libopenmpi-dev
+      # openmpi-bin and its dependencies apt lists) and a build with it.
+      if ! command -v mpirun >/dev/null; then
+        fail "ranks: no mpirun on this machine (carry Open MPI with gpu-deps)"
+      else
+        python3 - > /tmp/rk.jsonl <<'PY'
+import json
+for i in range(12):
+    print(json.dumps({"id": i, "prompt_ids": [2] + [(i * 131 + j * 17) % 50000 + 4 for j in range(31 + i)],
+                      "max_new_tokens": 8 + i, "temperature": 0.7 if i % 2 else 0}))
+PY
+        rm -f /tmp/rk1.jsonl /tmp/rk2.jsonl
+        capped 120 "$OUT/ranks.log" "ranks: single" build-gpu/src/flexh2o generate \
+          --dummy opt-1.3b --prompts /tmp/rk.jsonl --out /tmp/rk1.jsonl --batch-size 1 --device cuda
+        OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 capped 120 "$OUT/ranks-mpi.log" \
+          "ranks: mpirun -n 2" mpirun --oversubscribe -n 2 build-gpu/src/flexh2o generate \
+          --dummy opt-1.3b --prompts /tmp/rk.jsonl --out /tmp/rk2.jsonl --batch-size 1 --device cuda
+        if cmp /tmp/rk1.jsonl /tmp/rk2.jsonl; then
+          echo "ranks: 2 ranks on one GPU wrote the single process's file" | tee -a "$OUT/ranks.log"
+        else
+          fail "ranks: the 2-rank file differs from the single process's"
+        fi
+        grep -h "prompts on\|rank [0-9]" "$OUT/ranks.log" "$OUT/ranks-mpi.log" || true
+      fi
       ;;
     smoke)
       # one tiny generation on the GPU, stderr shown, bounded in time

@@ -11,7 +11,8 @@
  *     and logprobs within the CPU backend's batch tolerance at
  *     --batch-size 4; --resume over ranks; a rank failing mid-job (a disk
  *     fault on rank 1's tier, a write fault on rank 0's output) and a rank
- *     killed with SIGKILL, each then --resume to the single run's file;
+ *     killed with SIGKILL (rank 1, then rank 0, the writer), each then
+ *     --resume to the single run's file;
  *     eval's numbers and score's records equal to one process's; the
  *     per-rank disk tiers; the verbs that refuse ranks.
  */
@@ -345,6 +346,8 @@ Test(dist_cli, ranks_resume_a_partial_output)
                          "--batch-size 1 --num-gpu-batches 2 --resume --quiet"), 0, "%s", cli_err);
     cr_assert(strstr(cli_err, "torn last record"), "%s", cli_err);
     cr_assert(strstr(cli_err, "7 prompts on 3 ranks"), "%s", cli_err);
+    cr_assert(strstr(cli_err, "rank 0 (") && strstr(cli_err, "rank 2 ("),
+              "a summary line per rank: %s", cli_err);
     char *a = cli_read("one.jsonl"), *b = cli_read("r.jsonl");
     cr_assert_str_eq(a, b);
     free(a);
@@ -440,8 +443,43 @@ static pid_t rank_pid(int rank, const char *out)
     return found;
 }
 
-/* SIGKILL of rank 1 once records are written: mpirun ends the job; the
- * records rank 0 wrote are intact and --resume completes the file. */
+/* Start `mpirun -n 2 flexh2o generate` of long.jsonl into k.jsonl in the
+ * background (the environment of CLI_MPI_ENV). @return mpirun's pid. */
+static pid_t start_long_job(void)
+{
+    const char *bin = getenv("FLEXH2O_BIN");
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid > 0)
+        return pid;
+    if (chdir(cli_dir) != 0)
+        _exit(127);
+    if (!freopen("/dev/null", "w", stdout) || !freopen("killed.txt", "w", stderr))
+        _exit(127);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    setenv("OMPI_MCA_mca_base_component_disable_dlclose", "1", 1);
+    setenv("LSAN_OPTIONS", "suppressions=" FH_SOURCE_ROOT "/tests/lsan-mpi.supp:"
+           "print_suppressions=0", 1);
+    char asan[512], tsan[512];
+    snprintf(asan, sizeof asan, "%s%sfast_unwind_on_malloc=0",
+             getenv("ASAN_OPTIONS") ? getenv("ASAN_OPTIONS") : "",
+             getenv("ASAN_OPTIONS") ? ":" : "");
+    setenv("ASAN_OPTIONS", asan, 1);
+    snprintf(tsan, sizeof tsan, "%s%ssuppressions=" FH_SOURCE_ROOT "/tests/tsan-mpi.supp",
+             getenv("TSAN_OPTIONS") ? getenv("TSAN_OPTIONS") : "",
+             getenv("TSAN_OPTIONS") ? ":" : "");
+    setenv("TSAN_OPTIONS", tsan, 1);
+    execlp("mpirun", "mpirun", "--oversubscribe", "-n", "2", "-x", "OMP_NUM_THREADS=1", "-x",
+           "OMP_WAIT_POLICY=passive", bin, "generate", "--dummy", "opt-125m", "--prompts",
+           "long.jsonl", "--out", "k.jsonl", "--batch-size", "1", "--ignore-eos", "--quiet",
+           "--no-summary", "--device", "cpu", (char *)NULL);
+    _exit(127);
+}
+
+/* SIGKILL of one rank (the writer, rank 0, or another) once records are
+ * written: mpirun ends the job; the records rank 0 wrote are intact and
+ * --resume completes the file. */
 Test(dist_cli, a_killed_rank_then_resume_gives_the_single_runs_file)
 {
     MPI_SKIP_UNLESS_USABLE();
@@ -457,63 +495,37 @@ Test(dist_cli, a_killed_rank_then_resume_gives_the_single_runs_file)
     const char *flags = "--dummy opt-125m --prompts long.jsonl --batch-size 1 --ignore-eos "
                         "--quiet --no-summary";
     cr_assert_eq(cli_run("generate %s --out one.jsonl", flags), 0, "%s", cli_err);
-    const char *bin = getenv("FLEXH2O_BIN");
-    pid_t job_pid = fork();
-    cr_assert_geq(job_pid, 0);
-    if (job_pid == 0) {
-        if (chdir(cli_dir) != 0)
-            _exit(127);
-        if (!freopen("/dev/null", "w", stdout) || !freopen("killed.txt", "w", stderr))
-            _exit(127);
-        /* CLI_MPI_ENV, for execlp */
-        setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-        setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-        setenv("OMPI_MCA_mca_base_component_disable_dlclose", "1", 1);
-        setenv("LSAN_OPTIONS", "suppressions=" FH_SOURCE_ROOT "/tests/lsan-mpi.supp:"
-               "print_suppressions=0", 1);
-        char asan[512];
-        snprintf(asan, sizeof asan, "%s%sfast_unwind_on_malloc=0",
-                 getenv("ASAN_OPTIONS") ? getenv("ASAN_OPTIONS") : "",
-                 getenv("ASAN_OPTIONS") ? ":" : "");
-        setenv("ASAN_OPTIONS", asan, 1);
-        char tsan[512];
-        snprintf(tsan, sizeof tsan, "%s%ssuppressions=" FH_SOURCE_ROOT "/tests/tsan-mpi.supp",
-                 getenv("TSAN_OPTIONS") ? getenv("TSAN_OPTIONS") : "",
-                 getenv("TSAN_OPTIONS") ? ":" : "");
-        setenv("TSAN_OPTIONS", tsan, 1);
-        execlp("mpirun", "mpirun", "--oversubscribe", "-n", "2", "-x", "OMP_NUM_THREADS=1",
-               "-x", "OMP_WAIT_POLICY=passive",
-               bin, "generate", "--dummy", "opt-125m", "--prompts", "long.jsonl", "--out",
-               "k.jsonl", "--batch-size", "1", "--ignore-eos", "--quiet", "--no-summary",
-               "--device", "cpu", (char *)NULL);
-        _exit(127);
+    char *one = cli_read("one.jsonl");
+    for (int victim_rank = 1; victim_rank >= 0; victim_rank--) {
+        cr_assert_eq(cli_sh("rm -f k.jsonl"), 0);
+        pid_t job_pid = start_long_job();
+        char path[512];
+        snprintf(path, sizeof path, "%s/k.jsonl", cli_dir);
+        pid_t victim = 0;
+        for (int t = 0; t < 6000 && !victim; t++) { /* up to 60 s */
+            struct stat st;
+            if (stat(path, &st) == 0 && st.st_size > 0)
+                victim = rank_pid(victim_rank, "k.jsonl");
+            if (!victim)
+                usleep(10000);
+        }
+        cr_assert(victim > 0, "rank %d never showed up, or nothing was written", victim_rank);
+        kill(victim, SIGKILL);
+        int st;
+        waitpid(job_pid, &st, 0);
+        cr_assert(!(WIFEXITED(st) && WEXITSTATUS(st) == 0), "mpirun must fail when a rank dies");
+        int n;
+        char **part = lines_of("k.jsonl", &n);
+        cr_log_info("rank %d killed with %d of 10 records written", victim_rank, n);
+        cr_assert_lt(n, 10);
+        lines_free(part);
+        cr_assert_eq(cli_run_mpi(2, NULL, "generate %s --out k.jsonl --resume", flags), 0, "%s",
+                     cli_err);
+        char *b = cli_read("k.jsonl");
+        cr_assert_str_eq(b, one, "rank %d killed, then --resume", victim_rank);
+        free(b);
     }
-    char path[512];
-    snprintf(path, sizeof path, "%s/k.jsonl", cli_dir);
-    pid_t victim = 0;
-    for (int t = 0; t < 6000 && !victim; t++) { /* up to 60 s */
-        struct stat st;
-        if (stat(path, &st) == 0 && st.st_size > 0)
-            victim = rank_pid(1, "k.jsonl");
-        if (!victim)
-            usleep(10000);
-    }
-    cr_assert(victim > 0, "rank 1 never showed up, or nothing was written");
-    kill(victim, SIGKILL);
-    int st;
-    waitpid(job_pid, &st, 0);
-    cr_assert(!(WIFEXITED(st) && WEXITSTATUS(st) == 0), "mpirun must fail when a rank dies");
-    int n;
-    char **part = lines_of("k.jsonl", &n);
-    cr_log_info("killed with %d of 10 records written", n);
-    cr_assert_lt(n, 10);
-    lines_free(part);
-    cr_assert_eq(cli_run_mpi(2, NULL, "generate %s --out k.jsonl --resume", flags), 0, "%s",
-                 cli_err);
-    char *a = cli_read("one.jsonl"), *b = cli_read("k.jsonl");
-    cr_assert_str_eq(a, b);
-    free(a);
-    free(b);
+    free(one);
 }
 
 /* eval's numbers and score's records do not depend on the ranks. */
