@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,9 +103,15 @@ int cli_open_backend(const char *verb, const char *device, int threads, backend 
      * round robin when there are more ranks than GPUs), or a share of the
      * cores each */
     const dist_world *w = dist_get();
-    if (!want_cuda && threads == 0 && w->local_size > 1) {
+    if (!want_cuda && threads == 0 && w->local_size > 1 && !getenv("OMP_NUM_THREADS")) {
+        /* the host's cores shared out, and never more than the cores
+         * mpirun bound this rank to */
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         threads = cores > w->local_size ? (int)(cores / w->local_size) : 1;
+        cpu_set_t set;
+        if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) >= 1 &&
+            CPU_COUNT(&set) < threads)
+            threads = CPU_COUNT(&set);
     }
     int rc = want_cuda ? backend_cuda_create(n_gpu > 0 ? w->local_rank % n_gpu : 0, be)
                        : backend_cpu_create(threads, be);

@@ -47,8 +47,11 @@ int cli_parse_float(const char *verb, const char *flag, const char *s, double lo
                     float *out);
 
 /* The backend --device names (NULL: cuda when a GPU is present, else the
- * CPU with threads threads, 0 = all cores). @return 0 or the exit status of
- * the error printed; the caller destroys *be. */
+ * CPU with threads threads, 0 = all cores). One rank of several on a host
+ * (dist.h) takes GPU local rank mod GPUs, or, with threads 0 and no
+ * OMP_NUM_THREADS, the host's cores divided by its ranks (at most the
+ * cores it is bound to). @return 0 or the exit status of the error
+ * printed; the caller destroys *be. */
 int cli_open_backend(const char *verb, const char *device, int threads, backend *be);
 /* A job over ranks or shards: each process's disk tier is its own
  * subfolder of --offload-dir, DIR/rank-R (created; pol->offload_dir then
