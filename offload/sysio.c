@@ -394,15 +394,9 @@ int off_truncate(const char *path, uint64_t size)
     int err = 0;
     if (rc == 0 && fault_check(OFF_FAULT_TRUNCATE, fd, NULL, &err))
         rc = -err;
-    else if (rc == 0)
-        for (int tries = 0;; tries++) {
-            if (ftruncate(fd, (off_t)size) == 0)
-                break;
-            if (errno != EINTR || tries + 1 >= OFF_EINTR_MAX) {
-                rc = -errno;
-                break;
-            }
-        }
+    for (int tries = 0; rc == 0 && ftruncate(fd, (off_t)size) != 0; tries++)
+        if (errno != EINTR || tries + 1 >= OFF_EINTR_MAX)
+            rc = -errno;
     off_file_close(fd);
     return rc;
 }
