@@ -163,25 +163,35 @@ int off_store_writer_put(off_store_writer *w, int i, const void *data);
 int off_store_writer_finish(off_store_writer *w);
 void off_store_writer_abort(off_store_writer *w); /* removes path.tmp; NULL ok */
 
-/* EINTR in a row that off_pread, off_pwrite and off_write retry before
- * they fail with -EINTR (a signal storm must not spin a thread for good). */
+/* EINTR in a row that off_read, off_pread, off_pwrite, off_write and
+ * off_truncate retry before they fail with -EINTR (a signal storm must not
+ * spin a thread for good). */
 #define OFF_EINTR_MAX 1000
 
 /* ------------------------------------------------------------ system calls and fault injection
  *
- * Every transfer of offload/ and of the job files (src/gen/job_file.c) goes
- * through these wrappers, and every io_uring completion of the disk engine
- * through off_fault_complete, so that one hook can fail any of them in
- * tests. Each returns what its system call returns, as a count (possibly
- * short) or -errno; EINTR is retried inside (OFF_EINTR_MAX times at most).
+ * Every transfer of offload/ and of the job files (src/gen/job_file.c:
+ * their reads and writes; job.c: the cut of a torn last record), the sync
+ * of calibrate's scratch file, and every io_uring completion of the disk
+ * engine (off_fault_complete) go through these wrappers, so that one hook
+ * can fail any of them in tests. Each returns what its system call
+ * returns, as a count (possibly short) or -errno; EINTR is retried inside
+ * (OFF_EINTR_MAX times at most).
  */
+ssize_t off_read(int fd, void *buf, size_t n);        /* at the file position */
 ssize_t off_pread(int fd, void *buf, size_t n, uint64_t off);
 ssize_t off_pwrite(int fd, const void *buf, size_t n, uint64_t off);
 ssize_t off_write(int fd, const void *buf, size_t n); /* at the file position */
 int off_fsync(int fd);                                 /* @return 0 or -errno */
+int off_fdatasync(int fd); /* op=fsync faults it too; @return 0 or -errno */
 /* Reserve [0, size): fallocate, or posix_fallocate where the file system
  * has no fallocate. @return 0 or -errno. */
 int off_fallocate(int fd, uint64_t size);
+/* Cut (or extend) the file at path to size bytes: truncate(2), as an open,
+ * an ftruncate (op=truncate, path= matching path) and a close. The caller
+ * words the message (what the cut was for). @return 0 or -errno (the
+ * open's, or the ftruncate's: the file is then unchanged). */
+int off_truncate(const char *path, uint64_t size);
 
 /* Fault injection (built in unless meson -Dfault_inject=false).
  *
@@ -189,10 +199,14 @@ int off_fallocate(int fd, uint64_t size);
  *   FLEXH2O_FAULT="op=read,nth=5,short=4096,path=weights.bin;op=complete,nth=9,errno=EIO"
  *
  * A spec is up to 4 rules separated by ';', each keys separated by ','.
- *   op      read | write | fsync | fallocate | complete (required). read and
- *           write are the transfers of both disk engines (a pread/pwrite, or
- *           the completion of an io_uring read/write) and of the job files;
- *           complete is any io_uring completion.
+ *   op      read | write | fsync | fallocate | truncate | complete
+ *           (required). read and write are the transfers of both disk
+ *           engines (a pread/pwrite, or the completion of an io_uring
+ *           read/write) and of the job files (prompts, outputs, traces,
+ *           shards, read plain or .zst, and --resume's scan of an output);
+ *           fsync is an fsync or an fdatasync (calibrate's scratch file);
+ *           truncate is --resume's cut of a torn last record; complete is
+ *           any io_uring completion.
  *   nth     the first matching call to fault, counted from 1 (default 1).
  *   times   how many calls from the nth on are faulted (default 1; 0: every
  *           one from the nth on, a disk that stays full).
@@ -200,8 +214,10 @@ int off_fallocate(int fd, uint64_t size);
  *           having done nothing (an io_uring completion: its result is
  *           replaced, the kernel did the transfer) ...
  *   short   ... or it moves only this many bytes (rounded down to OFF_ALIGN
- *           on an O_DIRECT file, as the kernel cuts them); give one of the two.
- *   path    count only calls on files whose path contains this text.
+ *           on an O_DIRECT file, as the kernel cuts them); give one of the
+ *           two (short= only with read, write and complete).
+ *   path    count only calls on files whose path contains this text (the
+ *           path the file was opened with).
  * Every rule counts each call it matches; when two are due on the same
  * call, the first listed acts. The spec in the environment is
  * read at the first call and logged once through err_log ("[flexh2o] fault
@@ -219,6 +235,7 @@ enum off_fault_op {
     OFF_FAULT_FSYNC,
     OFF_FAULT_FALLOCATE,
     OFF_FAULT_COMPLETE,
+    OFF_FAULT_TRUNCATE,
     OFF_FAULT_N_OPS
 };
 int off_fault_set(const char *spec);

@@ -2,7 +2,8 @@
  * and the fault-injection hook they all pass through (off.h, "System calls
  * and fault injection").
  *
- *   off_pread / off_pwrite / off_write / off_fsync / off_fallocate
+ *   off_read / off_pread / off_pwrite / off_write / off_fsync / off_fdatasync
+ *   off_fallocate / off_truncate
  *   io_uring completions (disk.c: off_fault_complete)
  *        │
  *        └─► fault_check: does an armed rule match this op, file and count?
@@ -35,7 +36,7 @@
 #define MAX_RULES 4
 
 static const char *const op_names[OFF_FAULT_N_OPS] = {"read", "write", "fsync", "fallocate",
-                                                      "complete"};
+                                                      "complete", "truncate"};
 
 typedef struct fault_rule {
     int op;              /* OFF_FAULT_* */
@@ -100,7 +101,7 @@ static int parse_rule(const char *s, size_t len, fault_rule *r)
                 if (strcmp(v, op_names[i]) == 0)
                     r->op = i;
             RETURN_IF(r->op < 0, -EINVAL, "FLEXH2O_FAULT: op=%s: give read, write, fsync, "
-                      "fallocate or complete", v);
+                      "fallocate, truncate or complete", v);
         } else if (strcmp(k, "nth") == 0) {
             RETURN_IF(parse_long(v, 1, &r->nth) < 0, -EINVAL,
                       "FLEXH2O_FAULT: nth=%s: give a count from 1", v);
@@ -124,11 +125,12 @@ static int parse_rule(const char *s, size_t len, fault_rule *r)
         }
     }
     RETURN_IF(r->op < 0, -EINVAL, "FLEXH2O_FAULT: a rule needs op=read|write|fsync|fallocate|"
-              "complete");
+              "truncate|complete");
     RETURN_IF(!r->err == (r->short_len < 0), -EINVAL,
               "FLEXH2O_FAULT: a rule needs exactly one of errno=E and short=BYTES");
-    RETURN_IF(r->short_len >= 0 && (r->op == OFF_FAULT_FSYNC || r->op == OFF_FAULT_FALLOCATE),
-              -EINVAL, "FLEXH2O_FAULT: short= needs op=read, write or complete");
+    RETURN_IF(r->short_len >= 0 && r->op != OFF_FAULT_READ && r->op != OFF_FAULT_WRITE &&
+              r->op != OFF_FAULT_COMPLETE, -EINVAL,
+              "FLEXH2O_FAULT: short= needs op=read, write or complete");
     return 0;
 }
 
@@ -299,6 +301,20 @@ int off_fault_built(void)
 
 /* ------------------------------------------------------------ the calls */
 
+ssize_t off_read(int fd, void *buf, size_t n)
+{
+    int err = 0;
+    if (fault_check(OFF_FAULT_READ, fd, &n, &err) && err)
+        return -err;
+    for (int tries = 0;; tries++) {
+        ssize_t r = read(fd, buf, n);
+        if (r >= 0)
+            return r;
+        if (errno != EINTR || tries + 1 >= OFF_EINTR_MAX)
+            return -errno;
+    }
+}
+
 ssize_t off_pread(int fd, void *buf, size_t n, uint64_t off)
 {
     int err = 0;
@@ -349,6 +365,14 @@ int off_fsync(int fd)
     return fsync(fd) == 0 ? 0 : -errno;
 }
 
+int off_fdatasync(int fd)
+{
+    int err = 0;
+    if (fault_check(OFF_FAULT_FSYNC, fd, NULL, &err))
+        return -err;
+    return fdatasync(fd) == 0 ? 0 : -errno;
+}
+
 int off_fallocate(int fd, uint64_t size)
 {
     int err = 0;
@@ -359,4 +383,20 @@ int off_fallocate(int fd, uint64_t size)
     if (errno != EOPNOTSUPP)
         return -errno;
     return -posix_fallocate(fd, 0, (off_t)size); /* file systems without fallocate */
+}
+
+int off_truncate(const char *path, uint64_t size)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = off_file_name(fd, path); /* the fault hook's path= */
+    int err = 0;
+    if (rc == 0 && fault_check(OFF_FAULT_TRUNCATE, fd, NULL, &err))
+        rc = -err;
+    for (int tries = 0; rc == 0 && ftruncate(fd, (off_t)size) != 0; tries++)
+        if (errno != EINTR || tries + 1 >= OFF_EINTR_MAX)
+            rc = -errno;
+    off_file_close(fd);
+    return rc;
 }

@@ -111,8 +111,12 @@ int sched_calibrate(struct backend *be, const char *dir, uint64_t bytes, sched_c
             off_io w = {fd, 1, host2, bytes, 0}, r = {fd, 0, host2, bytes, 0};
             double t0 = sched_trace_now();
             rc = off_disk_rw(d, &w, 1, "calibration write");
-            if (rc == 0)
-                rc = fdatasync(fd) == 0 ? 0 : -errno;
+            if (rc == 0) {
+                rc = off_fdatasync(fd);
+                if (rc < 0)
+                    err_set(__FILE__, __LINE__, "%s: fdatasync failed (%s); check the disk "
+                            "under --offload-dir, or calibrate without it", path, strerror(-rc));
+            }
             double t1 = sched_trace_now();
             if (rc == 0)
                 rc = off_disk_rw(d, &r, 1, "calibration read");

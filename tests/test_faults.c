@@ -2,10 +2,10 @@
  * FLEXH2O_FAULT) and kill -9, on both disk engines (io_uring and the
  * pread/pwrite threads, FLEXH2O_NO_URING=1):
  *
- *   - the hook itself: its spec is checked, and the disk engine reports a
- *     failed read / write / completion by file, offset and errno, resumes
- *     a short transfer and retries EAGAIN; a failed reservation or store
- *     fsync leaves no file behind;
+ *   - the hook itself: its spec is checked (op=truncate included), and
+ *     the disk engine reports a failed read / write / completion by file,
+ *     offset and errno, resumes a short transfer and retries EAGAIN; a
+ *     failed reservation or store fsync leaves no file behind;
  *   - `generate` with weights and KV on disk, H2O and --trace-evictions,
  *     failing in the middle of the job (KV and weight reads and writes,
  *     io_uring completions, the reservation) and at the output and trace
@@ -13,6 +13,13 @@
  *     one error line naming the file, the offset and the errno, every
  *     record before it intact, and --resume without the fault gives the
  *     uninterrupted run's bytes;
+ *   - the job files' reads and --resume's cut: the prompt file (plain and
+ *     .zst) fails its first read, --resume's scans of the existing output
+ *     fail a read, the cut of its torn last record fails: exit 1, one
+ *     error line naming the file and the errno, no output or the output
+ *     untouched, and a resume without the fault completes the job;
+ *   - calibrate: the fdatasync of its scratch file fails (op=fsync): the
+ *     error names the file, which is removed;
  *   - a torture test: `generate` SIGKILLed again and again at seeded
  *     moments (while it starts, and a little after a record lands),
  *     resumed each time, ends with the uninterrupted output and trace,
@@ -110,6 +117,7 @@ Test(faults, spec_is_checked)
         {"op=read,nth=0,errno=EIO", "nth=0: give a count from 1"},
         {"op=read,errno=ENOTANERRNO", "errno=ENOTANERRNO: give a name"},
         {"op=fsync,short=5", "short= needs op=read, write or complete"},
+        {"op=truncate,short=5", "short= needs op=read, write or complete"},
         {"op=read,when=3,errno=EIO", "unknown key \"when\""},
         {"nth=3,errno=EIO", "a rule needs op="},
         {"op=read,errno", "\"errno\" is not key=value"},
@@ -123,6 +131,8 @@ Test(faults, spec_is_checked)
     }
     cr_assert_eq(off_fault_set("op=write,nth=2,times=0,errno=28,path=x;op=complete,short=0;"),
                  0, "%s", err_msg());
+    cr_assert_eq(off_fault_set("op=truncate,errno=EIO;op=fsync,nth=2,errno=EROFS"), 0, "%s",
+                 err_msg());
     cr_assert_eq(off_fault_set(""), 0);
     cr_assert_eq(off_fault_set(NULL), 0);
     cr_assert_eq(off_fault_fired(), 0);
@@ -514,6 +524,133 @@ static void output_faults(int engine)
 
 Test(faults, output_file_io_uring) { output_faults(0); }
 Test(faults, output_file_pread) { output_faults(1); }
+
+/* ------------------------------------------------------- job-file reads, resume's cut, calibrate */
+
+/* A job without the disk tiers: these faults fall on the job files. */
+#define SMALL "generate --model " TINY " --quiet --no-summary --batch-size 1 --ignore-eos "
+#define SMALL_PROMPTS 4
+
+/* Run SMALL with fault (NULL: none) and the rest of the command line. */
+static int small(const char *fault, const char *rest)
+{
+    if (fault)
+        setenv("FLEXH2O_FAULT", fault, 1);
+    else
+        unsetenv("FLEXH2O_FAULT");
+    int rc = cli_run(SMALL "%s", rest);
+    unsetenv("FLEXH2O_FAULT");
+    return rc;
+}
+
+/* ref.jsonl: the uninterrupted small job; out.jsonl: its first keep
+ * records, then torn bytes of the next (0: none). @return out.jsonl. */
+static char *partial_output(int keep, size_t torn)
+{
+    char *ref = cli_read("ref.jsonl"), *at = ref;
+    for (int i = 0; i < keep; i++)
+        at = strchr(at, '\n') + 1;
+    size_t left = strlen(at);
+    cr_assert_gt(left, torn, "ref.jsonl has no record to tear");
+    at[torn] = 0;
+    cli_write("out.jsonl", ref);
+    free(ref);
+    return cli_read("out.jsonl");
+}
+
+static void unchanged(const char *what, const char *name, const char *before)
+{
+    char *now = cli_read(name);
+    cr_assert(strcmp(now, before) == 0, "%s: %s changed", what, name);
+    free(now);
+}
+
+/* The prompt file, plain and .zst, fails its first read: one error line
+ * naming it and the errno, and no output. */
+Test(faults, prompt_file_read)
+{
+    need_hook();
+    write_prompts(SMALL_PROMPTS, 8);
+    char *text = cli_read("p.jsonl");
+    cli_write_zst("p.jsonl.zst", text, 100); /* frames that cut lines */
+    free(text);
+    static const char *const files[] = {"p.jsonl", "p.jsonl.zst"};
+    for (int i = 0; i < 2; i++) {
+        char rest[256], msg[128];
+        snprintf(rest, sizeof rest, "--prompts %s --out out.jsonl", files[i]);
+        cr_assert_eq(small("op=read,nth=1,errno=EIO,path=p.jsonl", rest), 1, "%s: %s",
+                     files[i], cli_err);
+        snprintf(msg, sizeof msg, "flexh2o: %s: read failed (Input/output error)", files[i]);
+        const char *needles[] = {msg};
+        one_error_line(files[i], needles, 1);
+        cr_assert(!cli_exists("out.jsonl"), "%s: a failed read left an output", files[i]);
+    }
+    /* without the fault both read: the hook, not the file, failed */
+    cr_assert_eq(small(NULL, "--prompts p.jsonl.zst --out out.jsonl"), 0, "%s", cli_err);
+}
+
+/* --resume reads the existing output twice (its torn-tail scan, then its
+ * ids): a failed read in either stops the job with the output as it was,
+ * and the next resume completes it. */
+Test(faults, resume_scan_read)
+{
+    need_hook();
+    write_prompts(SMALL_PROMPTS, 8);
+    cr_assert_eq(small(NULL, "--prompts p.jsonl --out ref.jsonl"), 0, "%s", cli_err);
+    /* read #1: the scan's, #2: its end of file, #3: the ids' (the file is
+     * smaller than one read) */
+    static const char *const faults[] = {"op=read,nth=1,errno=EIO,path=out.jsonl",
+                                         "op=read,nth=3,errno=EIO,path=out.jsonl"};
+    for (int i = 0; i < 2; i++) {
+        char *before = partial_output(2, 0);
+        cr_assert_eq(small(faults[i], "--prompts p.jsonl --out out.jsonl --resume"), 1, "%s: %s",
+                     faults[i], cli_err);
+        const char *needles[] = {"flexh2o: out.jsonl: read failed (Input/output error)"};
+        one_error_line(faults[i], needles, 1);
+        unchanged(faults[i], "out.jsonl", before);
+        free(before);
+    }
+    cr_assert_eq(small(NULL, "--prompts p.jsonl --out out.jsonl --resume"), 0, "%s", cli_err);
+    same_file("resume scan", "out.jsonl", "ref.jsonl");
+}
+
+/* --resume finds a torn last record and fails to cut it: it says so, the
+ * torn bytes stay, and the next resume cuts them and completes the job. */
+Test(faults, resume_truncate)
+{
+    need_hook();
+    write_prompts(SMALL_PROMPTS, 8);
+    cr_assert_eq(small(NULL, "--prompts p.jsonl --out ref.jsonl"), 0, "%s", cli_err);
+    char *before = partial_output(2, 40);
+    cr_assert_eq(small("op=truncate,errno=EIO", "--prompts p.jsonl --out out.jsonl --resume"), 1,
+                 "%s", cli_err);
+    cr_assert(strstr(cli_err, "[flexh2o] FLEXH2O_FAULT: truncate #1 of out.jsonl fails"),
+              "the fault never fired:\n%s", cli_err);
+    const char *err = strstr(cli_err, "flexh2o: ");
+    cr_assert(err && !strstr(err + 1, "flexh2o: "), "want one error line:\n%s", cli_err);
+    char msg[160];
+    snprintf(msg, sizeof msg, "flexh2o: out.jsonl: cannot cut the torn last record at byte %zu "
+             "(Input/output error); the file is unchanged", strlen(before) - 40);
+    cr_assert(strstr(err, msg) && strstr(err, "--resume"), "want \"%s\":\n%s", msg, cli_err);
+    unchanged("truncate", "out.jsonl", before);
+    free(before);
+    cr_assert_eq(small(NULL, "--prompts p.jsonl --out out.jsonl --resume"), 0, "%s", cli_err);
+    same_file("truncate", "out.jsonl", "ref.jsonl");
+}
+
+/* calibrate's disk measure: a failed fdatasync of its scratch file (an
+ * fsync rule covers fdatasync) names the file, and the file goes. */
+Test(faults, calibrate_sync)
+{
+    need_hook();
+    setenv("FLEXH2O_FAULT", "op=fsync,errno=EIO,path=calibrate.bin", 1);
+    int rc = cli_run("calibrate --offload-dir off --device cpu --bytes 1M");
+    unsetenv("FLEXH2O_FAULT");
+    cr_assert_eq(rc, 1, "%s", cli_err);
+    const char *needles[] = {"off/calibrate.bin: fdatasync failed (Input/output error)"};
+    one_error_line("calibrate", needles, 1);
+    cr_assert(!cli_exists("off/calibrate.bin"), "calibrate left its scratch file");
+}
 
 /* ------------------------------------------------------- kill -9 */
 

@@ -15,6 +15,7 @@
 
 #include "err.h"
 #include "job_impl.h"
+#include "off.h"
 
 /* ------------------------------------------------------ prompt file */
 
@@ -578,8 +579,10 @@ static int scan_existing(job_out *o)
     if (st.st_size > good) {
         err_log("%s: dropping a torn last record (%lld bytes) left by an "
                 "interrupted run", o->path, (long long)(st.st_size - good));
-        RETURN_IF(truncate(o->path, good) != 0, -errno, "%s: cannot truncate (%s)",
-                  o->path, strerror(errno));
+        int rc = off_truncate(o->path, (uint64_t)good);
+        RETURN_IF(rc < 0, rc, "%s: cannot cut the torn last record at byte %lld (%s); the file "
+                  "is unchanged: check the disk and rerun with --resume", o->path,
+                  (long long)good, strerror(-rc));
     }
     return 0;
 }

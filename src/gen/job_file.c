@@ -1,11 +1,15 @@
 /* job_file.c: job files read and written line by line, plain or zstd.
  *
- * Reading a .zst file streams it through ZSTD_decompressStream, which stops
- * at the end of each frame; so the decoded bytes held at any time belong to
- * one frame, and a line whose '\n' is the last byte held ends its record
- * exactly when the next decode step yields nothing but the frame's end:
+ * Reading: the file's bytes come into ibuf through off_read - offload/'s
+ * wrapper, so that the fault hook reaches job files' reads too (the fd is
+ * named for its path=) - and a plain file's lines are cut from there. A
+ * .zst file streams through ZSTD_decompressStream, which stops at the end
+ * of each frame; so the decoded bytes held at any time belong to one frame,
+ * and a line whose '\n' is the last byte held ends its record exactly when
+ * the next decode step yields nothing but the frame's end:
  *
- *   file ─fread─► ibuf ─ZSTD_decompressStream─► obuf ─memchr '\n'─► line
+ *   file ─off_read─► ibuf ─memchr '\n'─► line                      (plain)
+ *   file ─off_read─► ibuf ─ZSTD_decompressStream─► obuf ─memchr '\n'─► line
  *                          (stops at each frame end: frame_end, frame_at)
  *
  * Writing: records go through ZSTD_compressStream2 with one reused CCtx,
@@ -31,6 +35,7 @@
 #include "off.h"
 
 #define JOB_FILE_ZSTD_LEVEL 3 /* zstd's own default: fast, and most of the gain on JSONL */
+#define JOB_FILE_PLAIN_IN (64 << 10) /* bytes asked of each read of a plain file */
 
 int job_file_is_zst(const char *path)
 {
@@ -41,20 +46,21 @@ int job_file_is_zst(const char *path)
 /* ------------------------------------------------------------ reader */
 
 struct job_file_rd {
-    FILE *f;
+    int fd;              /* named (off_file_name) for the fault hook's path= */
     char *path;
     int64_t limit;       /* bytes of the file to read, -1: all */
-    int64_t nread;       /* bytes read from f so far */
+    int64_t nread;       /* bytes read from fd so far */
     char *line;          /* (cap) the line returned last, NUL-terminated */
     size_t cap;
     int err;             /* sticky: the first failure, returned again */
     char why[512];       /* its message, recorded by job_file_rd_line */
+    char *ibuf;          /* (icap) the file's bytes as read */
+    ZSTD_inBuffer in;    /* over ibuf: in.pos of the in.size bytes used (cut or decoded) */
+    size_t icap;
     /* .zst only */
     ZSTD_DCtx *dctx;
-    ZSTD_inBuffer in;    /* over ibuf: in.pos of the in.size bytes decoded */
-    char *ibuf;          /* (ZSTD_DStreamInSize) */
     char *obuf;          /* (ocap) decoded bytes, [opos, olen) not yet returned */
-    size_t icap, ocap, opos, olen;
+    size_t ocap, opos, olen;
     int more_out;        /* the last decode filled obuf: the decoder may hold more */
     int in_frame;        /* a frame has begun and not ended */
     int frame_end;       /* obuf's bytes end where a frame ends */
@@ -93,18 +99,53 @@ static int line_put(job_file_rd *r, size_t n, const char *src, size_t k)
     return 0;
 }
 
+/* Read the file's next bytes into ibuf (r->in). @return 1, 0 at the end
+ * of the file (or of limit), or -errno. */
+static int rd_input(job_file_rd *r)
+{
+    size_t want = r->icap;
+    if (r->limit >= 0 && (int64_t)want > r->limit - r->nread)
+        want = (size_t)(r->limit - r->nread);
+    ssize_t got = want ? off_read(r->fd, r->ibuf, want) : 0;
+    if (got < 0)
+        return rd_fail(r, (int)-got, "%s: read failed (%s)", r->path, strerror((int)-got));
+    if (r->nread == 0 && got >= 4) {
+        uint32_t m = (uint32_t)(unsigned char)r->ibuf[0] |
+                     (uint32_t)(unsigned char)r->ibuf[1] << 8 |
+                     (uint32_t)(unsigned char)r->ibuf[2] << 16 |
+                     (uint32_t)(unsigned char)r->ibuf[3] << 24;
+        r->magic_ok = m == ZSTD_MAGICNUMBER ||
+                      (m & ZSTD_MAGIC_SKIPPABLE_MASK) == ZSTD_MAGIC_SKIPPABLE_START;
+    }
+    r->nread += (int64_t)got;
+    r->in = (ZSTD_inBuffer){r->ibuf, (size_t)got, 0};
+    return got > 0;
+}
+
+/* A plain file's next line, cut from ibuf (refilled as it empties); the
+ * line ends its record when it ends in '\n'. */
 static ssize_t plain_line(job_file_rd *r, int64_t *rec_end)
 {
-    if (r->limit >= 0 && r->nread >= r->limit)
-        return 0;
-    ssize_t n = getline(&r->line, &r->cap, r->f);
-    if (n < 0 && ferror(r->f))
-        return rd_fail(r, EIO, "%s: read failed (%s)", r->path, strerror(errno));
-    if (n < 0)
-        return 0;
-    r->nread += n;
-    *rec_end = r->line[n - 1] == '\n' ? r->nread : -1;
-    return n;
+    size_t n = 0;
+    for (;;) {
+        if (r->in.pos == r->in.size) {
+            int got = rd_input(r);
+            if (got < 0)
+                return got;
+            if (got == 0)
+                return (ssize_t)n; /* the end; a last line without '\n' has no record end */
+        }
+        const char *src = r->ibuf + r->in.pos;
+        const char *nl = memchr(src, '\n', r->in.size - r->in.pos);
+        size_t take = nl ? (size_t)(nl - src) + 1 : r->in.size - r->in.pos;
+        FORWARD_IF(line_put(r, n, src, take));
+        n += take;
+        r->in.pos += take;
+        if (nl) {
+            *rec_end = r->nread - (int64_t)(r->in.size - r->in.pos);
+            return (ssize_t)n;
+        }
+    }
 }
 
 /* A damaged .zst file: not zstd from its first byte (-EILSEQ), or damaged
@@ -120,29 +161,6 @@ static int zst_bad(job_file_rd *r, const char *what)
                    what, r->path);
 }
 
-/* Read the next compressed bytes into ibuf. @return 1, 0 at the end of
- * the file (or of limit), or -errno. */
-static int zst_input(job_file_rd *r)
-{
-    size_t want = r->icap;
-    if (r->limit >= 0 && (int64_t)want > r->limit - r->nread)
-        want = (size_t)(r->limit - r->nread);
-    size_t got = want ? fread(r->ibuf, 1, want, r->f) : 0;
-    if (got == 0 && ferror(r->f))
-        return rd_fail(r, EIO, "%s: read failed (%s)", r->path, strerror(errno));
-    if (r->nread == 0 && got >= 4) {
-        uint32_t m = (uint32_t)(unsigned char)r->ibuf[0] |
-                     (uint32_t)(unsigned char)r->ibuf[1] << 8 |
-                     (uint32_t)(unsigned char)r->ibuf[2] << 16 |
-                     (uint32_t)(unsigned char)r->ibuf[3] << 24;
-        r->magic_ok = m == ZSTD_MAGICNUMBER ||
-                      (m & ZSTD_MAGIC_SKIPPABLE_MASK) == ZSTD_MAGIC_SKIPPABLE_START;
-    }
-    r->nread += (int64_t)got;
-    r->in = (ZSTD_inBuffer){r->ibuf, got, 0};
-    return got > 0;
-}
-
 /* Decode more into obuf once all of it has been returned. The decoder
  * stops at each frame's end, so obuf then holds bytes of one frame only.
  * @return the bytes decoded (0 with r->frame_end set: a frame ended and
@@ -153,7 +171,7 @@ static ssize_t zst_fill(job_file_rd *r)
     r->frame_end = 0;
     for (;;) {
         if (r->in.pos == r->in.size && !r->more_out) {
-            int got = zst_input(r);
+            int got = rd_input(r);
             if (got < 0)
                 return got;
             if (got == 0)
@@ -220,15 +238,21 @@ int job_file_rd_open(const char *path, const char *what, int64_t limit, job_file
     RETURN_IF(!r, -ENOMEM, "out of memory");
     r->limit = limit;
     r->path = strdup(path);
-    r->f = fopen(path, "rb");
-    int rc = r->path && r->f ? 0 : r->path ? -errno : -ENOMEM;
-    if (rc == 0 && job_file_is_zst(path)) {
-        r->icap = ZSTD_DStreamInSize();
+    r->fd = r->path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+    int rc = r->path && r->fd >= 0 ? 0 : r->path ? -errno : -ENOMEM;
+    if (rc == 0)
+        rc = off_file_name(r->fd, path); /* the fault hook's path= */
+    int zst = job_file_is_zst(path);
+    if (rc == 0) {
+        r->icap = zst ? ZSTD_DStreamInSize() : JOB_FILE_PLAIN_IN;
+        r->ibuf = malloc(r->icap);
+        rc = r->ibuf ? 0 : -ENOMEM;
+    }
+    if (rc == 0 && zst) {
         r->ocap = ZSTD_DStreamOutSize();
         r->dctx = ZSTD_createDCtx();
-        r->ibuf = malloc(r->icap);
         r->obuf = malloc(r->ocap);
-        rc = r->dctx && r->ibuf && r->obuf ? 0 : -ENOMEM;
+        rc = r->dctx && r->obuf ? 0 : -ENOMEM;
     }
     if (rc < 0) {
         if (rc == -ENOMEM)
@@ -270,8 +294,7 @@ void job_file_rd_close(job_file_rd *r)
 {
     if (!r)
         return;
-    if (r->f)
-        fclose(r->f);
+    off_file_close(r->fd);
     ZSTD_freeDCtx(r->dctx);
     free(r->ibuf);
     free(r->obuf);

@@ -41,7 +41,9 @@ int job_file_rd_open(const char *path, const char *what, int64_t limit, job_file
  * in '\n'; .zst: a line ending right where its frame ends), else -1.
  * @return the line's length, 0 at the end of the file, or -errno with a
  * message: -EILSEQ the .zst file does not start as a zstd stream, -EBADMSG
- * corrupt or truncated zstd data after its start, -EIO a read failure. */
+ * corrupt or truncated zstd data after its start, or a failed read's
+ * -errno (-EIO, ...: "p.jsonl: read failed (Input/output error)"). The
+ * file is read through offload/'s off_read, so FLEXH2O_FAULT reaches it. */
 ssize_t job_file_rd_line(job_file_rd *r, char **line, int64_t *rec_end);
 /* Close and free r. Accepts NULL. */
 void job_file_rd_close(job_file_rd *r);
