@@ -5,8 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "err.h"
@@ -67,6 +69,38 @@ uint64_t off_mem_available(void)
     if (f)
         fclose(f);
     return (uint64_t)kb * 1024;
+}
+
+int off_cpu_sample(off_cpu_load *s)
+{
+    memset(s, 0, sizeof *s);
+    FILE *f = fopen("/proc/stat", "r");
+    unsigned long long v[8] = {0};
+    int n = f ? fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+                       &v[3], &v[4], &v[5], &v[6], &v[7]) : 0;
+    if (f)
+        fclose(f);
+    struct rusage ru;
+    struct timespec ts;
+    if (n < 4 || getrusage(RUSAGE_SELF, &ru) != 0 || clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+        return -ENOTSUP;
+    double hz = (double)sysconf(_SC_CLK_TCK);
+    /* busy: user, nice, system, irq, softirq, steal; idle and iowait are not */
+    s->busy_s = (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / hz;
+    s->self_s = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 +
+                (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
+    s->wall_s = (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    s->cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    return 0;
+}
+
+double off_cpu_others(const off_cpu_load *a, const off_cpu_load *b)
+{
+    double wall = b->wall_s - a->wall_s;
+    if (wall <= 0 || a->cores <= 0)
+        return 0;
+    double others = (b->busy_s - a->busy_s) - (b->self_s - a->self_s);
+    return others > 0 ? others / wall : 0;
 }
 
 int off_disk_free(const char *dir, uint64_t *out)

@@ -256,6 +256,19 @@ int off_read_file(const char *path, char **out, size_t *len);
 /* MemAvailable of /proc/meminfo in bytes (0 when unreadable): the CPU-tier
  * cap when --cpu-mem is not given. */
 uint64_t off_mem_available(void);
+/* How busy the machine is around a measurement: take a sample before and
+ * one after; off_cpu_others gives the cores that processes other than this
+ * one kept busy in between (from /proc/stat and getrusage). */
+typedef struct off_cpu_load {
+    double busy_s;       /* CPU seconds every core spent busy since boot */
+    double self_s;       /* of them, this process's */
+    double wall_s;       /* the monotonic clock */
+    int cores;
+} off_cpu_load;
+/* @return 0, or -ENOTSUP when /proc/stat cannot be read. */
+int off_cpu_sample(off_cpu_load *s);
+/* Cores other processes kept busy between samples a and b (0 when unknown). */
+double off_cpu_others(const off_cpu_load *a, const off_cpu_load *b);
 /* Free bytes for the disk tier in dir; a dir that is not a directory is
  * -ENOENT with a message saying to create it. @return 0 or -errno. */
 int off_disk_free(const char *dir, uint64_t *out);

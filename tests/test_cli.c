@@ -279,6 +279,30 @@ Test(cli, usage_errors)
     cr_assert(strstr(cli_err, "usage: flexh2o <generate|search|convert|calibrate|tokenize|make-model|eval|score|merge>"), "%s", cli_err);
 }
 
+/* A profile measured beside other work understates the machine: calibrate
+ * says so when other processes kept cores busy while it measured (here two
+ * busy loops, one per core of the CI machine); the off_cpu_* arithmetic
+ * against a known load. */
+Test(cli, calibrate_warns_on_a_busy_machine)
+{
+    off_cpu_load a = {.busy_s = 100, .self_s = 1, .wall_s = 10, .cores = 4};
+    off_cpu_load b = {.busy_s = 106, .self_s = 3, .wall_s = 12, .cores = 4};
+    cr_assert_float_eq(off_cpu_others(&a, &b), 2.0, 1e-9); /* (6 - 2) s over 2 s */
+    cr_assert_float_eq(off_cpu_others(&b, &a), 0.0, 1e-9);
+    cr_assert_eq(off_cpu_sample(&a), 0);
+    cr_assert_gt(a.cores, 0);
+    cr_assert_eq(cli_sh("for i in 1 2; do timeout 40 sh -c 'while :; do :; done' & done; "
+                        "sleep 0.3"), 0);
+    int rc = cli_run("calibrate --device cpu --bytes 16M");
+    char err[sizeof cli_err];
+    memcpy(err, cli_err, sizeof err);
+    cli_sh("pkill -f 'while :; do :; done'");
+    cr_assert_eq(rc, 0, "%s", err);
+    cr_assert(strstr(err, "other processes kept") && strstr(err, "measure again on a "
+                                                               "quiet machine"),
+              "%s", err);
+}
+
 Test(cli, existing_output_is_never_overwritten)
 {
     cli_write("p.jsonl", prompts5);

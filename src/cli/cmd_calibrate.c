@@ -8,6 +8,7 @@
 #include "cli.h"
 #include "cli_args.h"
 #include "err.h"
+#include "off.h"
 #include "scheduler.h"
 
 static const char calibrate_help[] =
@@ -45,10 +46,18 @@ int cli_calibrate(int argc, char **argv)
     if (rc)
         return rc;
     sched_calib cb;
+    off_cpu_load before, after;
+    int sampled = off_cpu_sample(&before) == 0;
     rc = sched_calibrate(&be, dir, bytes, &cb);
     backend_destroy(&be);
     if (rc < 0)
         return cli_fail();
+    /* a profile measured beside other work understates the machine */
+    double others = sampled && off_cpu_sample(&after) == 0 ? off_cpu_others(&before, &after) : 0;
+    if (others >= 0.5)
+        err_log("[flexh2o] calibrate: other processes kept %.1f of the %d cores busy while it "
+                "measured: the rates are likely low; measure again on a quiet machine",
+                others, after.cores);
     if (sched_calib_print(stdout, &cb) < 0 || (outp && sched_calib_write(outp, &cb) < 0))
         return cli_fail();
     return 0;
