@@ -559,6 +559,9 @@ typedef struct sched_search_opts {
     int kv_cap;              /* KV slots per sequence: the budget (prompt + gen for full) */
     int scores;              /* the KV policy keeps H2O scores */
     int max_block;           /* largest block tried (e.g. the number of prompts) */
+    double max_prefill_s;    /* > 0: only blocks whose estimated prefill takes at most
+                              * this long (a job of unknown size: the first records
+                              * come after one block); 0: no limit */
     int max_gpu_batches;     /* largest num_gpu_batches tried */
     const int *gbs_list;     /* GPU batch sizes to try; NULL: 1, 2, 4, 8, 12, 16, 24, ... */
     int n_gbs;

@@ -359,6 +359,8 @@ static int try_exact(const search_ctx *x, const sched_policy *p, const sched_sha
     cand.pol = *p;
     if (sched_cost_eval(x->c, x->es, p, sh, o->prompt_len, o->gen_len, x->hw, &cand.cost) < 0)
         return 0;
+    if (o->max_prefill_s > 0 && cand.cost.prefill_s > o->max_prefill_s)
+        return 1; /* it fits, but its block takes too long to prefill: not kept */
     if (!*has_best || better(&cand, best)) {
         *best = cand;
         *has_best = 1;
@@ -389,6 +391,27 @@ static int kv_roundings(double fg, double fc, int gbs, int disk, double cg[4], d
             }
         }
     return n;
+}
+
+static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn);
+
+/* After a search under max_prefill_s found nothing: whether one sequence
+ * fits without the limit (then the limit is what refused every block). */
+static int search_fits_unlimited(const search_ctx *x)
+{
+    sched_search_opts o = *x->o;
+    o.max_prefill_s = 0;
+    sched_candidate one;
+    search_ctx y = *x;
+    y.o = &o;
+    y.out = &one;
+    y.n_out = 1;
+    y.n = 0;
+    for (int act = SCHED_GPU; act <= (o.disk_cap ? SCHED_DISK : SCHED_CPU) && !y.n; act++)
+        for (int attn = 0; attn <= 1 && !y.n; attn++)
+            if (o.cpu_attention < 0 || attn == o.cpu_attention)
+                solve_shape(&y, 1, 1, act, attn);
+    return y.n > 0;
 }
 
 /* One block shape, activation tier and CPU-attention choice: the LP over
@@ -574,6 +597,9 @@ int sched_search(const sched_model *c, size_t es, const sched_policy *base,
     }
     if (quiet)
         err_clear(); /* candidates refused on the way are not errors */
+    RETURN_IF(x.n == 0 && o->max_prefill_s > 0 && search_fits_unlimited(&x), -ENOSPC,
+              "no block that fits prefills within %g s by the estimate; raise "
+              "--max-prefill-seconds (0: no limit)", o->max_prefill_s);
     if (x.n == 0) {
         /* say what the smallest block needs with everything offloaded */
         sched_policy p = *base;

@@ -320,6 +320,41 @@ Test(search, everything_fits_stays_on_the_gpu)
     cr_assert_eq(b.plan.total[SCHED_CPU], 0);
 }
 
+/* --max-prefill-seconds: without it the bound keeps rising with the block,
+ * and the search takes the largest the caps allow; with it, the best block
+ * whose estimated prefill fits, whose tok/s is at most the unlimited one's.
+ * A limit no block meets says so. */
+Test(search, prefill_time_limits_the_block)
+{
+    model_config c = opt("opt-1.3b");
+    sched_calib hw; /* the CI machine's CPU: a large block's prefill takes minutes */
+    cr_assert_eq(sched_calib_load(FH_SOURCE_ROOT "/configs/hardware/ci-2vcpu-epyc-cpu.json",
+                                  &hw), 0, "%s", err_msg());
+    sched_policy base = pol(1, 1, 100, 0, 100, 0, 100, 0, 0);
+    base.offload_dir[0] = '\0';
+    sched_search_opts o = {.prompt_len = 32, .gen_len = 8, .prefill_rows = 4096, .kv_cap = 40,
+                           .max_block = 1024, .max_gpu_batches = 8, .cpu_attention = -1,
+                           .gpu_cap = 4 * GiB, .cpu_cap = 64 * GiB};
+    sched_candidate any, lim;
+    int n = 0;
+    cr_assert_eq(sched_search(shape_of(&c), 4, &base, &o, &hw, &any, 1, &n), 0, "%s",
+                 err_msg());
+    o.max_prefill_s = 60;
+    cr_assert_gt(any.cost.prefill_s, 4 * o.max_prefill_s, "prefill %g s", any.cost.prefill_s);
+    cr_assert_eq(sched_search(shape_of(&c), 4, &base, &o, &hw, &lim, 1, &n), 0, "%s",
+                 err_msg());
+    int b_any = any.pol.gpu_batch_size * any.pol.num_gpu_batches;
+    int b_lim = lim.pol.gpu_batch_size * lim.pol.num_gpu_batches;
+    cr_assert_leq(lim.cost.prefill_s, o.max_prefill_s, "prefill %g s over %g s",
+                  lim.cost.prefill_s, o.max_prefill_s);
+    cr_assert_lt(b_lim, b_any, "block %d with the limit, %d without", b_lim, b_any);
+    cr_assert_leq(lim.cost.tok_s, any.cost.tok_s * (1 + 1e-9));
+    o.max_prefill_s = 1e-9;
+    cr_assert_eq(sched_search(shape_of(&c), 4, &base, &o, &hw, &lim, 1, &n), -ENOSPC);
+    cr_assert(strstr(err_msg(), "--max-prefill-seconds"), "%s", err_msg());
+    err_clear();
+}
+
 Test(search, no_disk_tier_puts_nothing_on_disk)
 {
     /* opt-1.3b fp16 is 2.6 GB: the GPU cap holds a fraction */

@@ -57,6 +57,10 @@ static const char search_help[] =
     "                       the profile's, else cuda when a GPU is present)\n"
     "  --top N              candidates printed (default 5)\n"
     "  --max-block N        largest block tried, e.g. the number of prompts (default 1024)\n"
+    "  --max-prefill-seconds S  only blocks whose estimated prefill takes at most S s\n"
+    "                       (default without --prompts: 60, as the job's size is unknown and\n"
+    "                       its first records come after one block; with --prompts: no limit;\n"
+    "                       0: no limit)\n"
     "  --max-gpu-batches N  largest --num-gpu-batches tried (default 16)\n"
     "  --prefill-rows N     as for generate (default 4096)\n"
     "  --cpu-attention | --no-cpu-attention  only policies with / without it (default:\n"
@@ -86,6 +90,7 @@ typedef struct search_args {
     int ranks;               /* --ranks N (0 until parsed: 1) */
     int per_node;            /* --ranks-per-node K (0 until parsed: N) */
     uint64_t host_cpu, host_disk; /* the host's caps before the division by K */
+    int max_prefill;         /* --max-prefill-seconds S (-1 until given: the default) */
 } search_args;
 
 #define S(f) offsetof(search_args, f)
@@ -95,6 +100,7 @@ static const cli_opt search_opts[] = {
     CLI_STR("hardware", S(hw_path)),
     CLI_INT("top", S(top), 1, 100, 0),
     CLI_INT("max-block", S(so.max_block), 1, 1 << 16, 0),
+    CLI_INT("max-prefill-seconds", S(max_prefill), 0, 1 << 30, 0),
     CLI_INT("max-gpu-batches", S(so.max_gpu_batches), 1, 1024, 0),
     CLI_SWITCH("no-cpu-attention", S(c.pol.cpu_attention), 0, SCHED_POLICY_CPU_ATTENTION),
     CLI_INT("ranks", S(ranks), 1, 1 << 16, 0),
@@ -108,7 +114,8 @@ static const cli_opt search_opts[] = {
  * the usage error printed. */
 static int search_parse(int argc, char **argv, search_args *a)
 {
-    *a = (search_args){.top = 5, .so = {.max_block = 1024, .max_gpu_batches = 16}};
+    *a = (search_args){.top = 5, .max_prefill = -1,
+                       .so = {.max_block = 1024, .max_gpu_batches = 16}};
     cli_common_init(&a->c);
     int rc = cli_parse("search", argc, argv, search_opts,
                        (int)(sizeof search_opts / sizeof search_opts[0]), a, &a->c);
@@ -122,6 +129,10 @@ static int search_parse(int argc, char **argv, search_args *a)
         return cli_usage("search", "give --prompts FILE or --prompt-len and --gen-len, not both");
     if (!c->prompts && (!so->prompt_len || !so->gen_len))
         return cli_usage("search", "--prompt-len and --gen-len are required (or --prompts FILE)");
+    /* a job of unknown size: blocks whose prefill the estimate puts within a
+     * minute (the search would otherwise pick the largest block the caps
+     * allow, whose first records come late and which a small job cannot fill) */
+    so->max_prefill_s = a->max_prefill >= 0 ? a->max_prefill : c->prompts ? 0 : 60;
     if (!c->pol.gpu_mem)
         return cli_usage("search", "--gpu-mem is required (the GPU-tier cap to fit)");
     if (c->device && strcmp(c->device, "cpu") != 0 && strcmp(c->device, "cuda") != 0)
@@ -295,6 +306,9 @@ static void search_report(const search_args *a, const model_config *cfg, const s
     if (a->c.prompts)
         printf("[flexh2o] job: %d prompts in %s; the longest prompt and generation above, "
                "blocks of at most %d\n", n_prompts, a->c.prompts, so->max_block);
+    if (so->max_prefill_s > 0)
+        printf("[flexh2o] blocks whose estimated prefill takes at most %g s "
+               "(--max-prefill-seconds; 0: no limit)\n", so->max_prefill_s);
     printf("[flexh2o] hardware (%s): h2d %.2f, d2h %.2f, host memory %.2f, device memory "
            "%.2f GB/s, GEMM %.3f TFLOP/s", a->hw_path ? a->hw_path : "measured now", hw->h2d,
            hw->d2h, hw->dram, hw->dev_mem, hw->gemm);
