@@ -588,7 +588,7 @@ int cli_generate(int argc, char **argv)
     }
     else if (rc < 0)
         status = cli_fail();
-    else if (dist_get()->rank == 0)
+    else if (dist_get()->rank == 0 && !a.run.plan_only) /* (--plan ran nothing) */
         status = generate_summary(&a, &j);
     else
         status = 0;
