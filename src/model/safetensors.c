@@ -74,7 +74,10 @@ static int tensor_shape(const cJSON *sh, const char *path, const char *name, st_
         const cJSON *v = cJSON_GetArrayItem(sh, i);
         double d = cJSON_IsNumber(v) ? v->valuedouble : -1;
         count *= d;
-        RETURN_IF(!(d >= 0 && count <= (double)(SIZE_MAX / 8)) || d != floor(d), -EINVAL,
+        /* each dimension bounded too: a 0 elsewhere keeps the product small
+         * while a dimension past int64_t would not survive the cast */
+        RETURN_IF(!(d >= 0 && d <= (double)(SIZE_MAX / 8) && count <= (double)(SIZE_MAX / 8)) ||
+                  d != floor(d), -EINVAL,
                   "%s: tensor %s has a bad shape (dimension %d is not a whole number or the "
                   "tensor is too large); the file is corrupt, re-download it", path, name, i);
         t->shape[i] = (int64_t)d;
