@@ -68,9 +68,15 @@ void sched_geom_init(sched_geom *g, const sched_model *m, size_t es, const sched
 
     g->wq = p->compress_weight;
     g->kvq = p->compress_cache;
+    /* 16-bit blobs on a wider backend: the tiers and links carry half the
+     * bytes; a layer widens into w_wide once per block before its compute */
+    g->wh = !g->wq && es > 2 && (sh->weight_fmt == KERN_H16_F16 ||
+                                 sh->weight_fmt == KERN_H16_BF16) ? sh->weight_fmt : 0;
+    g->wes = g->wh ? 2 : es;
+    g->w_wide = g->wh ? sched_blob_layout(m, es, 0, NULL, NULL) : 0;
     size_t off[SCHED_MAX_TENSORS];
     double mid[SCHED_MAX_TENSORS];
-    g->blob = sched_weight_mids(m, es, g->wq, off, mid);
+    g->blob = sched_weight_mids(m, g->wes, g->wq, off, mid);
     g->w_gpu = 0;
     g->w_cpu = 0;
     for (int t = 0; t < m->n_tensors; t++) {
@@ -164,6 +170,7 @@ int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
     if (sh->evicted)
         work += A256(L * B * KVH * 4);
     work += A256(g.w_exp * es); /* matrices expanded from 4 bits */
+    work += A256(g.w_wide);     /* the layer widened from 16 bits */
     b[SCHED_GPU][SCHED_WORK] = work;
     if (cpu_attn && es != sizeof(float)) /* host scratch of CPU attention (CUDA) */
         b[SCHED_CPU][SCHED_WORK] = R * 4 * (g.qkv + g.att + H) + (size_t)g.gbs * (H * 4 + KVH * 4 + 28);

@@ -462,7 +462,7 @@ static void store_edit_config(const char *dir, const char *from, const char *to)
 
 static int load_store(const char *dir, model **m)
 {
-    return model_load_store(dir, &be, NULL, discard_sink, NULL, m);
+    return model_load_store(dir, &be, NULL, 0, discard_sink, NULL, m);
 }
 
 /* A store's segments are checked against its config before anything is

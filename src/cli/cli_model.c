@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "err.h"
+#include "off.h"
 
 /* 1 when dir holds any tokenizer file tok_load reads. */
 static int has_tokenizer(const char *dir)
@@ -51,10 +52,22 @@ int cli_model_open(const char *dir, const char *dummy, cli_model_src *src)
     return 0;
 }
 
+void cli_model_tiers(const cli_model_src *src, const backend *be, const sched_policy *pol,
+                     sched_shape *sh)
+{
+    const backend_ops *o = be->ops;
+    sh->weight_fmt = src->is_store && src->store_dtype == OFF_DTYPE_F16 &&
+                     !pol->compress_weight && o->elem_size > 2 && o->widen
+                         ? KERN_H16_F16 : 0;
+    sh->weights_on_disk_already =
+        src->is_store && pol->compress_weight == !!(src->store_dtype & OFF_DTYPE_Q4) &&
+        (off_dtype_size(src->store_dtype) == o->elem_size || sh->weight_fmt);
+}
+
 int cli_model_load(const cli_model_src *src, backend *be, sched *sc, model **m)
 {
     if (src->is_store)
-        return model_load_store(src->dir, be, NULL, sched_layer_sink, sc, m);
+        return model_load_store(src->dir, be, NULL, sched_weight_fmt(sc), sched_layer_sink, sc, m);
     if (src->dir)
         return model_load_hf_sink(src->dir, be, sched_layer_sink, sc, m);
     return model_create_dummy_sink(&src->cfg, be, 1234, sched_layer_sink, sc, m);

@@ -25,6 +25,14 @@ typedef struct cli_model_src {
  * or -errno; the caller destroys src->t. */
 int cli_model_open(const char *dir, const char *dummy, cli_model_src *src);
 
+/* How the tiers keep the weights of src for a run with policy pol on
+ * backend be: sh->weight_fmt (an fp16 store stays fp16 on a backend whose
+ * storage type is wider, widened per block before the compute) and
+ * sh->weights_on_disk_already (the disk share then streams from the store
+ * as it is, with no weights.bin written). */
+void cli_model_tiers(const cli_model_src *src, const backend *be, const sched_policy *pol,
+                     sched_shape *sh);
+
 /* Load the weights, each layer through the scheduler's sink. @return 0 or
  * -errno. */
 int cli_model_load(const cli_model_src *src, backend *be, sched *sc, model **m);

@@ -61,7 +61,8 @@ void model_layer_quantize(const model_config *c, size_t es, void *dst, const voi
 void model_convert_elems(void *dst, size_t dst_es, const void *src, size_t src_es, size_t n);
 
 /* Receives each layer of a model being loaded: blob (host memory, 4096-
- * aligned, the backend's storage type, model_layer_layout_q(wq) order) is
+ * aligned, the backend's storage type or the 16 bits the sink keeps
+ * (model_load_store's h16), model_layer_layout_q(wq) order) is
  * valid during the call only; wq: its matrices are already 4-bit (a store
  * from convert --compress-weight). fd >= 0: the same bytes are in that file
  * at file_offset (a weight store of the backend's storage type), so the
@@ -110,10 +111,13 @@ int model_create_dummy_sink(const model_config *cfg, backend *be, uint64_t seed,
                             model_layer_sink sink, void *ud, model **out);
 /* A flexh2o weight store (`flexh2o convert`): the embeddings and final
  * LayerNorm go to the backend, every layer (checksum verified) to sink; fd
- * and offset are passed when the store's dtype is the backend's storage
+ * and offset are passed when the layers go as the store has them: its
+ * dtype is the backend's storage type, or h16 == KERN_H16_F16 and the
+ * store is fp16 (the sink keeps 16-bit layers, sched_weight_fmt; then the
+ * blobs are fp16 whatever the storage type). h16 0: layers in the storage
  * type. disk: the engine to read with (NULL: pread). */
 struct off_disk;
-int model_load_store(const char *path, backend *be, struct off_disk *disk,
+int model_load_store(const char *path, backend *be, struct off_disk *disk, int h16,
                      model_layer_sink sink, void *ud, model **out);
 /* Convert a Hugging Face directory into a weight store of dtype
  * OFF_DTYPE_F16 or OFF_DTYPE_F32, or'ed with OFF_DTYPE_Q4 for 4-bit layer
