@@ -137,6 +137,8 @@ int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
     const sched_geom g = *gp;
     memset(out, 0, sizeof *out);
     out->block = g.block;
+    out->weight_fmt = g.wh;
+    out->widen = g.w_wide ? A256(g.w_wide) : 0;
     uint64_t L = (uint64_t)g.L, K = (uint64_t)g.K;
     uint64_t(*b)[SCHED_PARTS] = out->bytes;
     int cpu_attn = p->cpu_attention;
@@ -234,4 +236,8 @@ void sched_plan_print(FILE *f, const sched_plan *pl)
                 gib(pl->bytes[t][SCHED_WEIGHTS]), gib(pl->bytes[t][SCHED_KV]),
                 gib(pl->bytes[t][SCHED_ACT]), gib(pl->bytes[t][SCHED_STAGE]),
                 gib(pl->bytes[t][SCHED_WORK]), gib(pl->total[t]));
+    if (pl->weight_fmt)
+        fprintf(f, "[flexh2o] plan        weights %s on the tiers, widened per block into "
+                "%.3f GiB of the gpu tier's work\n",
+                pl->weight_fmt == KERN_H16_BF16 ? "bf16" : "fp16", gib(pl->widen));
 }

@@ -343,6 +343,9 @@ typedef struct sched_plan {
     uint64_t bytes[SCHED_TIERS][SCHED_PARTS]; /* what each tier holds, by part */
     uint64_t total[SCHED_TIERS];
     int block;                                /* gpu_batch_size x num_gpu_batches */
+    int weight_fmt;  /* the 16-bit type (kern_h16) the tiers keep the layers in, or 0:
+                      * the storage type (sched_shape.weight_fmt where it applies) */
+    uint64_t widen;  /* of the GPU tier's work: the scratch a layer widens into */
 } sched_plan;
 
 /* Rows of a GPU batch's prefill pass: whole prompts packed up to
