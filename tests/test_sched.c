@@ -544,6 +544,29 @@ Test(policy, plan_counts_fp16_weights_and_the_widening_scratch)
     cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &q), 0);
     cr_assert(memcmp(&q, &q16, sizeof q) == 0, "compress_weight must ignore weight_fmt");
 
+    /* the cost model reads what the tiers hold: with every layer on disk a
+     * step reads 2-byte blobs from disk and over the link, and device
+     * memory gains the widening (the blob read, the fp32 layer written) */
+    sched_calib hw = {.h2d = 10, .d2h = 10, .dram = 20, .disk_read = 2, .disk_write = 1,
+                      .dev_mem = 20, .gemm = 1};
+    p.compress_weight = 0;
+    p.wg = p.wc = 0;
+    sched_cost c16, c32;
+    sh.weight_fmt = KERN_H16_F16;
+    cr_assert_eq(sched_cost_eval(m, 4, &p, &sh, 32, 8, &hw, &c16), 0, "%s", err_msg());
+    sh.weight_fmt = 0;
+    cr_assert_eq(sched_cost_eval(m, 4, &p, &sh, 32, 8, &hw, &c32), 0, "%s", err_msg());
+    double r = c16.step[COST_DISK_READ] / c32.step[COST_DISK_READ];
+    cr_assert(r > 0.49 && r < 0.51, "disk read: fp16 %g s, fp32 %g s", c16.step[COST_DISK_READ],
+              c32.step[COST_DISK_READ]);
+    r = c16.step[COST_H2D] / c32.step[COST_H2D];
+    cr_assert(r > 0.49 && r < 0.51, "h2d: fp16 %g s, fp32 %g s", c16.step[COST_H2D],
+              c32.step[COST_H2D]);
+    double widen = (double)L * (double)(blob2 + blob4) / (hw.dev_mem * 1e9);
+    cr_assert(fabs(c16.step[COST_DEV_MEM] - c32.step[COST_DEV_MEM] - widen) < 1e-3 * widen,
+              "device memory: fp16 %g s, fp32 %g s, widening %g s", c16.step[COST_DEV_MEM],
+              c32.step[COST_DEV_MEM], widen);
+
     char buf[4096] = {0};
     FILE *f = fmemopen(buf, sizeof buf - 1, "w");
     sched_plan_print(f, &f16);
