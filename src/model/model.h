@@ -86,6 +86,8 @@ typedef struct model {
     void *blob;           /* host blob of the layer being loaded */
     size_t blob_bytes;
     model_layer blob_view;/* its tensors */
+    int h16;              /* 0: layers go to the sink in the storage type; KERN_H16_*:
+                           * in those 16 bits (the sink keeps them so) */
     struct off_store *store; /* the weight store streamed from, or NULL (owned) */
 } model;
 
@@ -104,6 +106,16 @@ int model_linear(model *m, const model_layer *L, sched_scratch *sc, int t, void 
  * with model_destroy(). */
 int model_load_hf_sink(const char *dir, backend *be, model_layer_sink sink, void *ud,
                        model **out);
+/* The same with the layers handed to sink as 16-bit blobs of format h16
+ * (kern_h16; 0: the storage type), for a sink that keeps them so
+ * (sched_weight_fmt): exact for a checkpoint of that dtype
+ * (model_hf_h16). */
+int model_load_hf_h16(const char *dir, backend *be, int h16, model_layer_sink sink, void *ud,
+                      model **out);
+/* The 16-bit format every layer tensor of the Hugging Face checkpoint in
+ * dir has: KERN_H16_F16 (all fp16), KERN_H16_BF16 (all bf16), or 0 (fp32,
+ * or mixed). @return that, or -errno. */
+int model_hf_h16(const char *dir);
 /* A model of the given shape with random weights (uniform, std 0.02; norm
  * weights 1, biases 0), deterministic in seed, loaded the same way: for
  * benchmarks (--dummy). */
