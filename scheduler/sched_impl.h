@@ -12,6 +12,9 @@
  *   compress_weight / compress_cache: the matrices of a blob / kc and vc of
  *     a record are 4-bit rows (kern.h) on every tier, so every tier and
  *     link carries the compressed bytes; they expand only on the GPU tier
+ *   weight_fmt (wh): on a backend computing in fp32 the whole blob is
+ *     16-bit on every tier (an fp16 store's segment byte for byte); the
+ *     model widens a layer into the work scratch once per block
  *   activations x of GPU batch k: (max_rows, d) on one tier
  *
  * Anything not on the GPU tier is copied into a GPU staging slot (two per

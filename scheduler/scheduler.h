@@ -179,7 +179,8 @@ typedef struct sched_tensor {
 
 /* A layer's tensors where they are for this pass (resident or staged). The
  * scheduler keeps one per (weight slot, layer): its address identifies the
- * layer's copy, so a model may cache work on it (4-bit expansion). */
+ * layer's copy, so a model may cache work on it (4-bit expansion, 16-bit
+ * widening). */
 typedef struct sched_layer {
     void *t[SCHED_MAX_TENSORS];
     int wq;       /* the matrices are 4-bit rows */
@@ -209,7 +210,9 @@ typedef struct sched_scratch {
     void *w;                   /* weight matrices expanded from 4-bit rows (layers with
                                 * wq), or NULL: the largest one, expanded per GEMM, or
                                 * with w_all a whole layer's, expanded once and reused
-                                * while the layer stays the same */
+                                * while the layer stays the same; layers with wh: the
+                                * whole blob widened to the storage type, once per
+                                * layer while it stays the same */
     int w_all;
     const sched_layer *w_layer; /* the layer whose matrices w holds (w_all, or the
                                  * widened layer of wh), or NULL */

@@ -379,7 +379,8 @@ Test(sched, weight_store_streams_and_detects_corruption)
     assert_same(b, "s.jsonl", "weights streamed from the store");
     cr_assert(!cli_exists("off/weights.bin"), "the disk share must stream from the store");
 
-    /* an f16 store on the CPU backend is converted on load: it runs */
+    /* an f16 store on the CPU backend runs (its layers stay fp16: see
+     * fp16_store_streams_as_fp16_on_the_cpu_backend) */
     cr_assert_eq(cli_run("convert --model " TINY " --out store16"), 0, "%s", cli_err);
     cr_assert_eq(cli_run("generate --model store16 --prompts prompts.jsonl --out s16.jsonl "
                          "--max-new-tokens 4 --quiet"), 0, "%s", cli_err);
