@@ -535,6 +535,19 @@ Test(policy, plan_counts_fp16_weights_and_the_widening_scratch)
     /* the staging slots hold the 2-byte blob's offloaded share */
     cr_assert_lt(f16.bytes[SCHED_GPU][SCHED_STAGE], f32.bytes[SCHED_GPU][SCHED_STAGE]);
 
+    /* every layer on the GPU tier: nothing moves, the layers stay fp32
+     * (widening every block would cost more than it saves) */
+    sched_plan r16, r32;
+    p.wg = 100;
+    p.wc = 0;
+    cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &r16), 0, "%s", err_msg());
+    sh.weight_fmt = 0;
+    cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &r32), 0, "%s", err_msg());
+    cr_assert(memcmp(&r16, &r32, sizeof r16) == 0, "all resident: the fp32 plan");
+    sh.weight_fmt = KERN_H16_F16;
+    p.wg = 20;
+    p.wc = 30;
+
     /* a 16-bit backend (CUDA) and compress_weight ignore the format */
     sched_plan h, q, q16;
     cr_assert_eq(sched_plan_compute(m, 2, &p, &sh, &h), 0);
