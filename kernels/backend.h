@@ -121,6 +121,13 @@ typedef struct backend_ops {
      * bytes (kern.h's format), both backend buffers (a compressed weight
      * matrix is expanded just before its GEMM). */
     int (*dequant_q4)(void *ctx, void *dst, const void *src, size_t rows, int n);
+    /* ---- 16-bit weights on a backend whose storage type is fp32 ----
+     * dst(n) in the storage type <- src(n) 16-bit bits of format fmt
+     * (kern_h16), exactly; both backend buffers (a layer kept in 16 bits on
+     * the tiers, sched_shape.weight_fmt, is widened once per block just
+     * before its compute). NULL where the storage type is 16 bits (CUDA):
+     * its tiers hold that type already. */
+    int (*widen)(void *ctx, void *dst, const void *src, size_t n, kern_h16 fmt);
     /* ---- the RoPE families' element-wise ops (DESIGN.md "Model families") ----
      * kern.h's kern_rmsnorm_ref, kern_rope_ref, kern_swiglu_ref and
      * kern_gelu_ref on backend buffers; pos and inv_freq (rot_dims / 2,

@@ -402,6 +402,20 @@ void kern_kv_insert_h16(uint16_t *kc, uint16_t *vc, float *scores, int32_t *pos,
                         const kern_seq *seqs, int n_seq, int n_head, int n_kv_head, int head_dim, int cap,
                         int32_t *evicted);
 
+/* ------------------------------------------------ 16-bit weights
+ * The CPU backend's tiers may keep a layer's tensors as 16-bit bits
+ * (sched_shape.weight_fmt) and widen them to fp32 just before the
+ * compute. */
+typedef enum kern_h16 {
+    KERN_H16_F16 = 1,  /* IEEE half */
+    KERN_H16_BF16 = 2, /* bfloat16: the top 16 bits of an fp32 */
+} kern_h16;
+
+/* dst(n) fp32 <- src(n) 16-bit bits of format fmt, exactly. _par splits n
+ * over the OpenMP threads (same values). */
+void kern_widen_ref(float *dst, const uint16_t *src, size_t n, kern_h16 fmt);
+void kern_widen_par(float *dst, const uint16_t *src, size_t n, kern_h16 fmt);
+
 /* ------------------------------------------------ 4-bit group quantization
  * DESIGN.md "compress_weight / compress_cache": 4 bits, groups of
  * KERN_Q4_GROUP consecutive values of a row, asymmetric min/max, fp16 scale

@@ -100,6 +100,11 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
      * once more in the storage type */
     if (g.wq)
         W_all += 2.0 * L * (double)sched_blob_matrix_elems(c, NULL) * (double)es;
+    /* 16-bit layers are widened once per block: the blob read and the
+     * widened copy written once, which each batch then reads instead */
+    double W_widen = g.wh ? L * (double)(g.blob + g.w_wide) : 0;
+    if (g.wh)
+        W_all += L * ((double)g.w_wide - (double)g.blob);
     double kv_g = L * K * g.kv[SCHED_GPU].bytes, kv_c = L * K * g.kv[SCHED_CPU].bytes;
     double kv_d = L * K * g.kv[SCHED_DISK].bytes, kv_d_io = L * K * g.kv_disk_stride;
     int attn = p->cpu_attention;
@@ -120,7 +125,7 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
     t[COST_DISK_WRITE] = secs((g.kv_n[SCHED_DISK] ? kv_d_io : 0) + x.step_disk, hw->disk_write);
     t[COST_DRAM] = attn ? secs(kv_c + kv_d, hw->dram) : 0;
     t[COST_FLOPS] = f_step > 0 ? 2 * params * N / f_step : INFINITY;
-    t[COST_DEV_MEM] = secs(K * W_all + kv_g + kv_link, hw->dev_mem);
+    t[COST_DEV_MEM] = secs(K * W_all + W_widen + kv_g + kv_link, hw->dev_mem);
 
     double *q = out->prefill;
     q[COST_H2D] = secs(np * w_off + x.pre, hw->h2d);
@@ -130,7 +135,7 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
     q[COST_DISK_READ] = secs(np * w_disk + x.pre_disk, hw->disk_read);
     q[COST_DISK_WRITE] = secs((g.kv_n[SCHED_DISK] ? kv_d_io : 0) + x.pre_disk, hw->disk_write);
     q[COST_FLOPS] = f_pre > 0 ? 2 * params * N * s / f_pre : INFINITY;
-    q[COST_DEV_MEM] = secs(np * K * W_all + kv_g + kv_c + kv_d, hw->dev_mem);
+    q[COST_DEV_MEM] = secs(np * (K * W_all + W_widen) + kv_g + kv_c + kv_d, hw->dev_mem);
 
     take_max(out->step, &out->step_s, &out->step_limit);
     take_max(out->prefill, &out->prefill_s, &out->prefill_limit);

@@ -83,10 +83,11 @@ static int alloc_weights(sched *s)
      * lands there aligned, straight from the disk where the slot is host
      * memory */
     size_t off[SCHED_MAX_TENSORS];
-    sched_blob_layout(&s->mdl, g->es, g->wq, off, NULL);
+    sched_blob_layout(&s->mdl, g->wes, g->wq, off, NULL);
     for (int l = 0; rc == 0 && l < L; l++)
         for (int v = 0; v < 2; v++) {
             s->w_view[v][l].wq = g->wq;
+            s->w_view[v][l].wh = g->wh;
             for (int t = 0; t < s->mdl.n_tensors; t++)
                 s->w_view[v][l].t[t] =
                     off[t] < g->w_gpu ? (char *)s->w_gpu[l] + off[t]
@@ -232,7 +233,7 @@ static int alloc_work(sched *s)
     if (rc == 0) rc = alloc_gpu(s, R * g->qkv * es, &s->scr.qkv);
     if (rc == 0) rc = alloc_gpu(s, R * g->att * es, &s->scr.att);
     if (rc == 0) rc = alloc_gpu(s, R * (size_t)s->mdl.ffn * es, &s->scr.ffn);
-    if (rc == 0) rc = alloc_gpu(s, g->w_exp * es, &s->scr.w);
+    if (rc == 0) rc = alloc_gpu(s, g->wh ? g->w_wide : g->w_exp * es, &s->scr.w);
     s->scr.w_all = g->K > 1;
     if (rc == 0) rc = alloc_gpu(s, B * d * es, &s->last);
     if (rc == 0) rc = alloc_gpu(s, B * (size_t)g->V * es, &s->logits);
@@ -270,6 +271,8 @@ int sched_create(backend *be, const sched_model *m, const sched_policy *p,
     const backend_ops *o = be->ops;
     RETURN_IF(p->compress_weight && !o->dequant_q4, -ENOTSUP, "--compress-weight is not "
               "available on the %s backend; drop it or use --device cpu", o->name);
+    RETURN_IF(geom.wh && !o->widen, -ENOTSUP, "16-bit weights are not available on the %s "
+              "backend", o->name);
     RETURN_IF(p->compress_cache && !backend_kv_fmt_has(o, KERN_KV_FMT_Q4), -ENOTSUP,
               "--compress-cache is not available on the %s backend; drop it or use --device cpu",
               o->name);
@@ -439,6 +442,7 @@ int sched_attach(sched *s, const sched_model *m)
     return 0;
 }
 const sched_policy *sched_get_policy(const sched *s) { return &s->pol; }
+int sched_weight_fmt(const sched *s) { return s->g.wh; }
 const void *sched_logits(const sched *s) { return s->logits; }
 int sched_max_rows(const sched *s) { return s->sh.max_rows; }
 int sched_block(const sched *s) { return s->g.block; }

@@ -12,6 +12,9 @@
  *   compress_weight / compress_cache: the matrices of a blob / kc and vc of
  *     a record are 4-bit rows (kern.h) on every tier, so every tier and
  *     link carries the compressed bytes; they expand only on the GPU tier
+ *   weight_fmt (wh): on a backend computing in fp32 the whole blob is
+ *     16-bit on every tier (an fp16 store's segment byte for byte); the
+ *     model widens a layer into the work scratch once per block
  *   activations x of GPU batch k: (max_rows, d) on one tier
  *
  * Anything not on the GPU tier is copied into a GPU staging slot (two per
@@ -43,7 +46,12 @@ typedef struct sched_geom {
     int wq, kvq;           /* compress_weight, compress_cache */
     size_t w_exp;          /* elements of the scratch that 4-bit matrices expand into:
                             * a layer's four (K > 1) or the largest one; 0 without wq */
-    size_t blob;           /* layer blob bytes (sched_blob_layout) */
+    int wh;                /* the tiers' blobs are 16-bit (kern_h16; sched_shape.weight_fmt
+                            * where it applies), widened per block into a scratch */
+    size_t wes;            /* bytes per element of the blobs on the tiers (2 with wh) */
+    size_t w_wide;         /* bytes of the scratch a layer widens into (the blob in the
+                            * storage type); 0 without wh */
+    size_t blob;           /* layer blob bytes on the tiers (sched_blob_layout, wes) */
     size_t w_gpu, w_cpu;   /* blob cut points (bytes) */
     size_t w_stage_from;   /* w_gpu rounded down to OFF_ALIGN: a weight slot holds
                             * the blob's bytes [w_stage_from, align_up(blob)) */

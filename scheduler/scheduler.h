@@ -179,10 +179,13 @@ typedef struct sched_tensor {
 
 /* A layer's tensors where they are for this pass (resident or staged). The
  * scheduler keeps one per (weight slot, layer): its address identifies the
- * layer's copy, so a model may cache work on it (4-bit expansion). */
+ * layer's copy, so a model may cache work on it (4-bit expansion, 16-bit
+ * widening). */
 typedef struct sched_layer {
     void *t[SCHED_MAX_TENSORS];
     int wq;       /* the matrices are 4-bit rows */
+    int wh;       /* 0, or every tensor is 16-bit bits of this kern_h16 format
+                   * (sched_shape.weight_fmt): widen before use */
 } sched_layer;
 
 /* The KV cache of sequences [seq0, seq0 + n) of a GPU batch, kept together
@@ -207,9 +210,14 @@ typedef struct sched_scratch {
     void *w;                   /* weight matrices expanded from 4-bit rows (layers with
                                 * wq), or NULL: the largest one, expanded per GEMM, or
                                 * with w_all a whole layer's, expanded once and reused
-                                * while the layer stays the same */
+                                * while the layer stays the same; layers with wh: the
+                                * whole blob widened to the storage type, once per
+                                * layer while it stays the same */
     int w_all;
-    const sched_layer *w_layer; /* the layer whose matrices w holds (w_all), or NULL */
+    const sched_layer *w_layer; /* the layer whose matrices w holds (w_all, or the
+                                 * widened layer of wh), or NULL */
+    sched_layer w_wide;        /* layers with wh: the tensors of w_layer widened into
+                                * w (a blob in the storage type), filled by the model */
     void *colsum;              /* (rows, heads) fp32, or NULL */
     void *self_p;              /* (n_seq, heads) fp32, or NULL */
     /* host scratch for sched_kv.host segments (NULL when there are none),
@@ -319,6 +327,11 @@ typedef struct sched_shape {
     int scores;     /* keep fp32 H2O scores beside the KV */
     int evicted;    /* record evicted positions (--trace-evictions) */
     int weights_on_disk_already; /* the disk share streams from a weight store */
+    int weight_fmt; /* 0: the layer blobs on the tiers are in the backend's storage type;
+                     * KERN_H16_F16 / KERN_H16_BF16: in those 16 bits (the source's),
+                     * widened per block into the storage type just before the
+                     * compute. Only where the storage type is wider (the CPU
+                     * backend's fp32) and without compress_weight; else ignored */
     int max_prompt; /* longest prompt of a prefill pass (<= max_rows); 0: max_rows */
     int sample;     /* enum sched_sample */
     int sample_row_edits; /* most logit edits (kern_logit_edit) of one sample row
@@ -333,6 +346,9 @@ typedef struct sched_plan {
     uint64_t bytes[SCHED_TIERS][SCHED_PARTS]; /* what each tier holds, by part */
     uint64_t total[SCHED_TIERS];
     int block;                                /* gpu_batch_size x num_gpu_batches */
+    int weight_fmt;  /* the 16-bit type (kern_h16) the tiers keep the layers in, or 0:
+                      * the storage type (sched_shape.weight_fmt where it applies) */
+    uint64_t widen;  /* of the GPU tier's work: the scratch a layer widens into */
 } sched_plan;
 
 /* Rows of a GPU batch's prefill pass: whole prompts packed up to
@@ -376,15 +392,20 @@ void sched_destroy(sched *s); /* accepts NULL */
 int sched_io_order_device(const backend *be);
 /* Receives each layer blob of the model being loaded (host memory, valid
  * during the call only, sched_blob_layout order; wq: its matrices are
- * already 4-bit) and places it in its tiers. fd >= 0: the same bytes are
- * in that file at file_offset (a weight store of the backend's storage
- * type), so the disk share can stream from there. @return 0 or -errno. */
+ * already 4-bit) and places it in its tiers. The blob is in the element
+ * type sched_weight_fmt() names. fd >= 0: the same bytes are in that file
+ * at file_offset (a weight store of that type), so the disk share can
+ * stream from there. @return 0 or -errno. */
 int sched_layer_sink(void *sched_ptr, int layer, const void *blob, int wq, int fd,
                      uint64_t file_offset);
 /* Attach the loaded model's callbacks (m must have the shape the scheduler
  * was created for). @return 0 or -EINVAL. */
 int sched_attach(sched *s, const sched_model *m);
 const sched_policy *sched_get_policy(const sched *s);
+/* The element type the tiers keep layer blobs in, which sched_layer_sink
+ * takes them in: KERN_H16_F16 or KERN_H16_BF16 (sched_shape.weight_fmt,
+ * where it applies), or 0: the backend's storage type. */
+int sched_weight_fmt(const sched *s);
 
 /* One forward pass over a block of n_seq (<= block) sequences: rows (ids,
  * pos) packed per sequence as seqs describe them (n_new may be 0: idle this

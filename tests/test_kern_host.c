@@ -356,6 +356,61 @@ Test(kern_host, f16_conversion_rounds_to_nearest_even)
     }
 }
 
+/* The widening of 16-bit weights (kernels/cpu/widen.c): hand-worked
+ * values of both formats, exactness over every fp16 value (it is the
+ * inverse of kern_f32_to_f16), and the CPU backend's op (threaded, over
+ * several chunks and a ragged tail) equal to the reference bit for bit. */
+Test(kern_host, widen_h16_and_bf16_exactly)
+{
+    static const struct {
+        uint16_t h;
+        kern_h16 fmt;
+        float x;
+    } want[] = {
+        {0x3c00, KERN_H16_F16, 1.0f},  {0xc100, KERN_H16_F16, -2.5f},
+        {0x0001, KERN_H16_F16, 0x1p-24f}, {0x7bff, KERN_H16_F16, 65504.0f},
+        {0x8000, KERN_H16_F16, -0.0f}, {0x3f80, KERN_H16_BF16, 1.0f},
+        {0xc020, KERN_H16_BF16, -2.5f}, {0x7f7f, KERN_H16_BF16, 0x1.fep127f},
+        {0x0001, KERN_H16_BF16, 0x1p-133f}, {0x7f80, KERN_H16_BF16, INFINITY},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+        float x;
+        kern_widen_ref(&x, &want[i].h, 1, want[i].fmt);
+        cr_assert(memcmp(&x, &want[i].x, 4) == 0, "0x%04x (fmt %d): %a, want %a", want[i].h,
+                  want[i].fmt, (double)x, (double)want[i].x);
+    }
+    size_t n = 0x10000 * 3 + 77; /* several of the threaded chunks and a tail */
+    uint16_t *h = malloc(n * 2);
+    float *a = malloc(n * 4), *b = malloc(n * 4);
+    cr_assert(h && a && b);
+    for (size_t i = 0; i < n; i++)
+        h[i] = (uint16_t)(i * 40503u);
+    kern_widen_ref(a, h, n, KERN_H16_F16);
+    for (size_t i = 0; i < n; i++) {
+        if ((h[i] & 0x7c00) == 0x7c00 && (h[i] & 0x03ff))
+            continue; /* NaN */
+        cr_assert_eq(kern_f32_to_f16(a[i]), h[i], "0x%04x widened to %a", h[i], (double)a[i]);
+    }
+    backend be = {0};
+    cr_assert_eq(backend_cpu_create(0, &be), 0, "%s", err_msg());
+    for (int fmt = KERN_H16_F16; fmt <= KERN_H16_BF16; fmt++) {
+        kern_widen_ref(a, h, n, (kern_h16)fmt);
+        memset(b, 0xff, n * 4);
+        cr_assert_eq(be.ops->widen(be.ctx, b, h, n, (kern_h16)fmt), 0, "%s", err_msg());
+        size_t bad = 0;
+        for (size_t i = 0; i < n; i++)
+            if (memcmp(&a[i], &b[i], 4) != 0 && bad++ < 4)
+                cr_log_info("fmt %d [%zu]: %a, want %a", fmt, i, (double)b[i], (double)a[i]);
+        cr_assert_eq(bad, 0, "fmt %d: %zu values differ from the reference", fmt, bad);
+    }
+    err_clear();
+    cr_assert_eq(be.ops->widen(be.ctx, b, h, 1, (kern_h16)3), -EINVAL);
+    backend_destroy(&be);
+    free(h);
+    free(a);
+    free(b);
+}
+
 Test(kern_host, h16_slot_ops_equal_the_reference)
 {
     enum { NS = 3, H = 4, HD = 16, CAP = 9 };

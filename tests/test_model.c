@@ -217,6 +217,64 @@ Test(model, loads_f16_bf16_and_shards)
     model_destroy(ref);
 }
 
+/* Sinks that keep every layer blob of a load, to compare two loads. */
+typedef struct keep_blobs {
+    char *blob[8];
+    size_t bytes;
+} keep_blobs;
+
+static int keep_sink(void *ud, int layer, const void *blob, int wq, int fd, uint64_t off)
+{
+    (void)wq, (void)fd, (void)off;
+    keep_blobs *k = ud;
+    cr_assert(layer < 8);
+    k->blob[layer] = malloc(k->bytes);
+    cr_assert(k->blob[layer]);
+    memcpy(k->blob[layer], blob, k->bytes);
+    return 0;
+}
+
+/* A checkpoint whose layer tensors are all fp16 (bf16) says so
+ * (model_hf_h16), and loading it with its layers kept in those 16 bits
+ * hands the sink blobs that widen (kern_widen_ref, tensor by tensor) to
+ * exactly the fp32 blobs of the plain load: the values the CPU backend
+ * computes with are the same either way. fp32 checkpoints stay fp32. */
+Test(model, f16_and_bf16_checkpoints_load_as_16_bit_layers_exactly)
+{
+    cr_assert_eq(model_hf_h16(TINY), 0);
+    struct { st_dtype dt; int h16; } v[] = {{ST_F16, KERN_H16_F16}, {ST_BF16, KERN_H16_BF16}};
+    for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
+        make_tmp();
+        resave(v[i].dt, 0);
+        cr_assert_eq(model_hf_h16(tmpdir), v[i].h16, "%s", err_msg());
+        model_config c;
+        cr_assert_eq(model_config_of(tmpdir, &c), 0, "%s", err_msg());
+        size_t off2[MT_COUNT], off4[MT_COUNT], n[MT_COUNT];
+        keep_blobs a = {.bytes = model_layer_layout(&c, 4, off4, n)};
+        keep_blobs b = {.bytes = model_layer_layout(&c, 2, off2, NULL)};
+        model *ma, *mb;
+        cr_assert_eq(model_load_hf_sink(tmpdir, &be, keep_sink, &a, &ma), 0, "%s", err_msg());
+        cr_assert_eq(model_load_hf_h16(tmpdir, &be, v[i].h16, keep_sink, &b, &mb), 0, "%s",
+                     err_msg());
+        for (int l = 0; l < c.n_layer; l++) {
+            for (int t = 0; t < MT_COUNT; t++) {
+                float *w = malloc(n[t] * sizeof(float) + 1);
+                kern_widen_ref(w, (const uint16_t *)(b.blob[l] + off2[t]), n[t],
+                               (kern_h16)v[i].h16);
+                cr_assert(memcmp(w, a.blob[l] + off4[t], n[t] * sizeof(float)) == 0,
+                          "dtype %d layer %d tensor %d: the 16-bit blob widens to other values",
+                          v[i].dt, l, t);
+                free(w);
+            }
+            free(a.blob[l]);
+            free(b.blob[l]);
+        }
+        model_destroy(ma);
+        model_destroy(mb);
+        rm_tmp();
+    }
+}
+
 /* A shard index naming a file outside the model directory (absolute or
  * through "..") is refused, even when that file is a valid shard (found
  * by reading st_open_dir; tests/fuzz/fuzz_st_index.c checks it). */
@@ -462,7 +520,7 @@ static void store_edit_config(const char *dir, const char *from, const char *to)
 
 static int load_store(const char *dir, model **m)
 {
-    return model_load_store(dir, &be, NULL, discard_sink, NULL, m);
+    return model_load_store(dir, &be, NULL, 0, discard_sink, NULL, m);
 }
 
 /* A store's segments are checked against its config before anything is

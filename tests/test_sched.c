@@ -9,6 +9,7 @@
  * others (sched_kv_copy) continues as the source on every tier. */
 #include <criterion/criterion.h>
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,9 +20,11 @@
 #include "fh_config.h"
 #include "gen_harness.h"
 #include "kv_copy_harness.h"
+#include "model_config.h"
 #include "scheduler.h"
 
 #define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
+#define A256(x) (((x) + 255) & ~(uint64_t)255)
 #define POLICIES FH_SOURCE_ROOT "/configs/policies"
 
 /* Mixed lengths, one prompt of 1 token, an odd count (a partial block). */
@@ -376,7 +379,8 @@ Test(sched, weight_store_streams_and_detects_corruption)
     assert_same(b, "s.jsonl", "weights streamed from the store");
     cr_assert(!cli_exists("off/weights.bin"), "the disk share must stream from the store");
 
-    /* an f16 store on the CPU backend is converted on load: it runs */
+    /* an f16 store on the CPU backend runs (its layers stay fp16: see
+     * fp16_store_streams_as_fp16_on_the_cpu_backend) */
     cr_assert_eq(cli_run("convert --model " TINY " --out store16"), 0, "%s", cli_err);
     cr_assert_eq(cli_run("generate --model store16 --prompts prompts.jsonl --out s16.jsonl "
                          "--max-new-tokens 4 --quiet"), 0, "%s", cli_err);
@@ -395,6 +399,193 @@ Test(sched, weight_store_streams_and_detects_corruption)
     char *kept = cli_read("keep.jsonl");
     cr_assert_str_eq(kept, "{\"id\": \"old\", \"completion\": \"kept\"}\n");
     free(kept);
+}
+
+/* The tokens and logprobs of each line of a completions file. */
+typedef struct gen_line {
+    long tok[16];
+    double lp[16];
+    int n;
+} gen_line;
+
+static int read_lines(const char *path, gen_line *out, int max)
+{
+    char *text = cli_read(path);
+    cr_assert(text, "cannot read %s", path);
+    int n = 0;
+    for (char *line = strtok(text, "\n"); line && n < max; line = strtok(NULL, "\n"), n++) {
+        cJSON *j = cJSON_Parse(line);
+        cr_assert(j, "%s: not JSON: %s", path, line);
+        const cJSON *t = cJSON_GetObjectItem(j, "tokens"), *l = cJSON_GetObjectItem(j, "logprobs");
+        out[n].n = cJSON_GetArraySize(t);
+        cr_assert(out[n].n <= 16 && cJSON_GetArraySize(l) == out[n].n);
+        for (int i = 0; i < out[n].n; i++) {
+            out[n].tok[i] = (long)cJSON_GetArrayItem(t, i)->valuedouble;
+            out[n].lp[i] = cJSON_GetArrayItem(l, i)->valuedouble;
+        }
+        cJSON_Delete(j);
+    }
+    free(text);
+    return n;
+}
+
+/* An fp16 store on the CPU backend (whose storage type is fp32) keeps its
+ * layers fp16 on every tier and widens each once per block before the
+ * compute: the disk share streams from the store (no weights.bin), every
+ * placement gives the bytes of the all-resident run (widening is exact,
+ * so these are also the bytes of the old path that converted the store to
+ * fp32 on load), the disk link moves half the bytes of an fp32 store, and
+ * against the fp32 checkpoint the greedy tokens agree with logprobs within
+ * 0.05 (the tolerance of the fp16 GPU comparisons, test_gpu_e2e.c) up to
+ * the first near tie. */
+Test(sched, fp16_store_streams_as_fp16_on_the_cpu_backend)
+{
+    setup_files();
+    const char *shape = "--gpu-batch-size 2 --num-gpu-batches 2";
+    char ref[64];
+    snprintf(ref, sizeof ref, "%s", gen(shape, ""));
+    cr_assert_eq(cli_run("convert --model " TINY " --out st16"), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("convert --model " TINY " --out st32 --dtype f32"), 0, "%s", cli_err);
+    static const char *const placements[] = {"100 0 100 0 100 0", "10 20 100 0 100 0",
+                                             "0 0 100 0 100 0", "0 50 0 0 0 100"};
+    double disk_gib[2] = {0};
+    for (size_t i = 0; i < sizeof placements / sizeof *placements; i++) {
+        cr_assert_eq(cli_sh("rm -rf off && mkdir off"), 0);
+        cr_assert_eq(cli_run("generate --model st16 --prompts prompts.jsonl --out s%zu.jsonl "
+                             "--max-new-tokens 10 %s --percent %s --offload-dir off",
+                             i, shape, placements[i]), 0, "%s", cli_err);
+        cr_assert(!cli_exists("off/weights.bin"), "%s: the disk share must stream from the "
+                  "fp16 store", placements[i]);
+        char a[32], b[32];
+        snprintf(a, sizeof a, "s0.jsonl");
+        snprintf(b, sizeof b, "s%zu.jsonl", i);
+        assert_same(a, b, placements[i]);
+        if (i == 2) { /* every layer on disk: the bytes the disk link moved */
+            const char *l = strstr(cli_err, "link disk->cpu");
+            cr_assert(l, "%s", cli_err);
+            disk_gib[0] = strtod(l + strlen("link disk->cpu"), NULL);
+        }
+    }
+    cr_assert_eq(cli_sh("rm -rf off && mkdir off"), 0);
+    cr_assert_eq(cli_run("generate --model st32 --prompts prompts.jsonl --out s32.jsonl "
+                         "--max-new-tokens 10 %s --percent 0 0 100 0 100 0 --offload-dir off",
+                         shape), 0, "%s", cli_err);
+    const char *l = strstr(cli_err, "link disk->cpu");
+    cr_assert(l, "%s", cli_err);
+    disk_gib[1] = strtod(l + strlen("link disk->cpu"), NULL);
+    cr_assert(disk_gib[0] > 0 && disk_gib[0] < 0.6 * disk_gib[1],
+              "the fp16 store moved %g GiB from disk, the fp32 one %g", disk_gib[0],
+              disk_gib[1]);
+    assert_same(ref, "s32.jsonl", "the fp32 store");
+
+    gen_line x[8], y[8];
+    int n = read_lines(ref, x, 8);
+    cr_assert_eq(read_lines("s0.jsonl", y, 8), n);
+    int agree = 0, total = 0;
+    for (int i = 0; i < n; i++) {
+        cr_assert_eq(x[i].n, y[i].n);
+        total += x[i].n;
+        for (int k = 0; k < x[i].n && x[i].tok[k] == y[i].tok[k]; k++, agree++)
+            cr_assert(fabs(x[i].lp[k] - y[i].lp[k]) < 0.05, "line %d step %d: logprob %g, "
+                      "fp32 %g", i, k, y[i].lp[k], x[i].lp[k]);
+    }
+    cr_log_info("fp16 store: %d of %d greedy tokens before the first divergence", agree, total);
+    cr_assert_geq(agree, total * 3 / 4, "only %d of %d tokens agree with fp32", agree, total);
+}
+
+/* The plan of 16-bit weights on the CPU backend (storage type fp32): each
+ * tier holds the layers at 2 bytes per value, the globals stay fp32, and
+ * the GPU tier's work space gains one layer in fp32 (the scratch it widens
+ * into); --plan names the format. Without the format, or with
+ * compress_weight, the plan is the fp32 one. */
+Test(policy, plan_counts_fp16_weights_and_the_widening_scratch)
+{
+    model_config c;
+    cr_assert_eq(model_config_by_name("opt-1.3b", &c), 0);
+    sched_policy p;
+    sched_policy_default(&p);
+    p.gpu_batch_size = 4;
+    p.wg = 20;
+    p.wc = 30;
+    snprintf(p.offload_dir, sizeof p.offload_dir, "/tmp");
+    sched_shape sh = {.max_rows = 64, .cap = 96, .scores = 0};
+    sched_plan f32, f16;
+    const sched_model *m = shape_of(&c);
+    cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &f32), 0, "%s", err_msg());
+    sh.weight_fmt = KERN_H16_F16;
+    cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &f16), 0, "%s", err_msg());
+    uint64_t L = (uint64_t)c.n_layer, blob2 = sched_blob_layout(m, 2, 0, NULL, NULL);
+    uint64_t blob4 = sched_blob_layout(m, 4, 0, NULL, NULL);
+    uint64_t glob = (uint64_t)m->globals * 4;
+    /* the disk share is weights.bin: whole aligned blobs */
+    cr_assert_eq(f16.bytes[SCHED_DISK][SCHED_WEIGHTS], L * ((blob2 + 4095) & ~4095ull));
+    cr_assert_eq(f32.bytes[SCHED_DISK][SCHED_WEIGHTS], L * ((blob4 + 4095) & ~4095ull));
+    /* the GPU and CPU shares are the blob's 2-byte bytes, cut by the same rule */
+    uint64_t res16 = f16.bytes[SCHED_GPU][SCHED_WEIGHTS] + f16.bytes[SCHED_CPU][SCHED_WEIGHTS];
+    uint64_t res32 = f32.bytes[SCHED_GPU][SCHED_WEIGHTS] + f32.bytes[SCHED_CPU][SCHED_WEIGHTS];
+    cr_assert(res16 - glob > 0 && res16 - glob < L * blob2, "%llu", (unsigned long long)res16);
+    cr_assert(llabs((long long)(2 * (res16 - glob)) - (long long)(res32 - glob)) <
+                  (long long)(L * 24 * 256), "resident weights: %llu fp16, %llu fp32",
+              (unsigned long long)res16, (unsigned long long)res32);
+    cr_assert_eq(f16.bytes[SCHED_GPU][SCHED_WORK] - f32.bytes[SCHED_GPU][SCHED_WORK],
+                 A256(blob4));
+    cr_assert_eq(f16.weight_fmt, KERN_H16_F16);
+    cr_assert_eq(f16.widen, A256(blob4));
+    cr_assert_eq(f32.weight_fmt, 0);
+    /* the staging slots hold the 2-byte blob's offloaded share */
+    cr_assert_lt(f16.bytes[SCHED_GPU][SCHED_STAGE], f32.bytes[SCHED_GPU][SCHED_STAGE]);
+
+    /* every layer on the GPU tier: nothing moves, the layers stay fp32
+     * (widening every block would cost more than it saves) */
+    sched_plan r16, r32;
+    p.wg = 100;
+    p.wc = 0;
+    cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &r16), 0, "%s", err_msg());
+    sh.weight_fmt = 0;
+    cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &r32), 0, "%s", err_msg());
+    cr_assert(memcmp(&r16, &r32, sizeof r16) == 0, "all resident: the fp32 plan");
+    sh.weight_fmt = KERN_H16_F16;
+    p.wg = 20;
+    p.wc = 30;
+
+    /* a 16-bit backend (CUDA) and compress_weight ignore the format */
+    sched_plan h, q, q16;
+    cr_assert_eq(sched_plan_compute(m, 2, &p, &sh, &h), 0);
+    cr_assert_eq(h.weight_fmt, 0);
+    p.compress_weight = 1;
+    cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &q16), 0);
+    sh.weight_fmt = 0;
+    cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &q), 0);
+    cr_assert(memcmp(&q, &q16, sizeof q) == 0, "compress_weight must ignore weight_fmt");
+
+    /* the cost model reads what the tiers hold: with every layer on disk a
+     * step reads 2-byte blobs from disk and over the link, and device
+     * memory gains the widening (the blob read, the fp32 layer written) */
+    sched_calib hw = {.h2d = 10, .d2h = 10, .dram = 20, .disk_read = 2, .disk_write = 1,
+                      .dev_mem = 20, .gemm = 1};
+    p.compress_weight = 0;
+    p.wg = p.wc = 0;
+    sched_cost c16, c32;
+    sh.weight_fmt = KERN_H16_F16;
+    cr_assert_eq(sched_cost_eval(m, 4, &p, &sh, 32, 8, &hw, &c16), 0, "%s", err_msg());
+    sh.weight_fmt = 0;
+    cr_assert_eq(sched_cost_eval(m, 4, &p, &sh, 32, 8, &hw, &c32), 0, "%s", err_msg());
+    double r = c16.step[COST_DISK_READ] / c32.step[COST_DISK_READ];
+    cr_assert(r > 0.49 && r < 0.51, "disk read: fp16 %g s, fp32 %g s", c16.step[COST_DISK_READ],
+              c32.step[COST_DISK_READ]);
+    r = c16.step[COST_H2D] / c32.step[COST_H2D];
+    cr_assert(r > 0.49 && r < 0.51, "h2d: fp16 %g s, fp32 %g s", c16.step[COST_H2D],
+              c32.step[COST_H2D]);
+    double widen = (double)L * (double)(blob2 + blob4) / (hw.dev_mem * 1e9);
+    cr_assert(fabs(c16.step[COST_DEV_MEM] - c32.step[COST_DEV_MEM] - widen) < 1e-3 * widen,
+              "device memory: fp16 %g s, fp32 %g s, widening %g s", c16.step[COST_DEV_MEM],
+              c32.step[COST_DEV_MEM], widen);
+
+    char buf[4096] = {0};
+    FILE *f = fmemopen(buf, sizeof buf - 1, "w");
+    sched_plan_print(f, &f16);
+    fclose(f);
+    cr_assert(strstr(buf, "weights fp16 on the tiers, widened per block"), "%s", buf);
 }
 
 Test(sched, pread_fallback_when_io_uring_is_refused)

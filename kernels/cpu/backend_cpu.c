@@ -244,6 +244,15 @@ static int cpu_dequant_q4(void *ctx, void *dst, const void *src, size_t rows, in
     return 0;
 }
 
+static int cpu_widen(void *ctx, void *dst, const void *src, size_t n, kern_h16 fmt)
+{
+    (void)ctx;
+    RETURN_IF(fmt != KERN_H16_F16 && fmt != KERN_H16_BF16, -EINVAL,
+              "internal: 16-bit weight format %d", (int)fmt);
+    kern_widen_par(dst, src, n, fmt);
+    return 0;
+}
+
 static int cpu_rmsnorm(void *ctx, void *out, const void *x, const void *w, int n, int d,
                        float eps)
 {
@@ -402,6 +411,7 @@ static const backend_ops cpu_ops = {
     .attn_decode = cpu_attn_decode,
     .kv_insert = cpu_kv_insert,
     .dequant_q4 = cpu_dequant_q4,
+    .widen = cpu_widen,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .swiglu = cpu_swiglu,

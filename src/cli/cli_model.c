@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "err.h"
+#include "off.h"
 
 /* 1 when dir holds any tokenizer file tok_load reads. */
 static int has_tokenizer(const char *dir)
@@ -29,6 +30,14 @@ int cli_model_open(const char *dir, const char *dummy, cli_model_src *src)
     int rc = model_store_dtype(dir, &src->store_dtype);
     FORWARD_IF(rc);
     src->is_store = rc;
+    if (!src->is_store) {
+        /* a checkpoint that cannot be read runs as fp32 here: loading it
+         * says what is wrong, after the plan, as it always has */
+        rc = model_hf_h16(dir);
+        if (rc < 0)
+            err_clear();
+        src->hf_h16 = rc > 0 ? rc : 0;
+    }
     if (!has_tokenizer(dir)) { /* a job of token ids needs none */
         err_log("%s: no tokenizer files (tokenizer.json, or vocab.json + merges.txt): text "
                 "prompts are refused and completions carry ids and logprobs only", dir);
@@ -51,12 +60,25 @@ int cli_model_open(const char *dir, const char *dummy, cli_model_src *src)
     return 0;
 }
 
+void cli_model_tiers(const cli_model_src *src, const backend *be, const sched_policy *pol,
+                     sched_shape *sh)
+{
+    const backend_ops *o = be->ops;
+    int h16 = src->is_store && src->store_dtype == OFF_DTYPE_F16 ? KERN_H16_F16
+            : src->dir && !src->is_store                          ? src->hf_h16
+                                                                  : 0;
+    sh->weight_fmt = h16 && !pol->compress_weight && o->elem_size > 2 && o->widen ? h16 : 0;
+    sh->weights_on_disk_already =
+        src->is_store && pol->compress_weight == !!(src->store_dtype & OFF_DTYPE_Q4) &&
+        (off_dtype_size(src->store_dtype) == o->elem_size || sh->weight_fmt);
+}
+
 int cli_model_load(const cli_model_src *src, backend *be, sched *sc, model **m)
 {
     if (src->is_store)
-        return model_load_store(src->dir, be, NULL, sched_layer_sink, sc, m);
+        return model_load_store(src->dir, be, NULL, sched_weight_fmt(sc), sched_layer_sink, sc, m);
     if (src->dir)
-        return model_load_hf_sink(src->dir, be, sched_layer_sink, sc, m);
+        return model_load_hf_h16(src->dir, be, sched_weight_fmt(sc), sched_layer_sink, sc, m);
     return model_create_dummy_sink(&src->cfg, be, 1234, sched_layer_sink, sc, m);
 }
 

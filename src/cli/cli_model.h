@@ -19,11 +19,22 @@ typedef struct cli_model_src {
     tok *t;                 /* dir's tokenizer; NULL for --dummy */
     int is_store;           /* dir is a weight store */
     uint32_t store_dtype;   /* its OFF_DTYPE_* (is_store) */
+    int hf_h16;             /* a checkpoint's layers all fp16 or all bf16: KERN_H16_*
+                             * (model_hf_h16), else 0 */
 } cli_model_src;
 
 /* The config and tokenizer of the model, without its weights. @return 0
  * or -errno; the caller destroys src->t. */
 int cli_model_open(const char *dir, const char *dummy, cli_model_src *src);
+
+/* How the tiers keep the weights of src for a run with policy pol on
+ * backend be: sh->weight_fmt (an fp16 store, or an fp16 or bf16
+ * checkpoint, stays 16-bit on a backend whose storage type is wider,
+ * widened per block before the compute) and
+ * sh->weights_on_disk_already (the disk share then streams from the store
+ * as it is, with no weights.bin written). */
+void cli_model_tiers(const cli_model_src *src, const backend *be, const sched_policy *pol,
+                     sched_shape *sh);
 
 /* Load the weights, each layer through the scheduler's sink. @return 0 or
  * -errno. */

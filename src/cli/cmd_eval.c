@@ -255,6 +255,7 @@ static int prepare_streams(eval_job *j, const cli_run *run, const sched_policy *
     sched_model shape;
     model_sched_shape(cfg, &shape);
     eval_shape(cfg, j->mine, j->n_mine, eo, pol->gpu_batch_size, &sh);
+    cli_model_tiers(&j->src, &j->be, pol, &sh);
     sched_plan pl;
     FORWARD_IF(sched_plan_compute(&shape, j->be.ops->elem_size, pol, &sh, &pl));
     /* the policy's own KV cache (--compare-full's full copies not counted) */
@@ -264,6 +265,7 @@ static int prepare_streams(eval_job *j, const cli_run *run, const sched_policy *
         alone.compare_full = 0;
         sched_shape sh_alone;
         eval_shape(cfg, j->mine, j->n_mine, &alone, pol->gpu_batch_size, &sh_alone);
+        cli_model_tiers(&j->src, &j->be, pol, &sh_alone);
         FORWARD_IF(sched_plan_compute(&shape, j->be.ops->elem_size, pol, &sh_alone,
                                       &pl_alone));
     }

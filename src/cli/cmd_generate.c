@@ -295,9 +295,7 @@ static int generate_scan(gen_args *a, const sched_policy *pol, gen_job *j, sched
     FORWARD_IF(rc);
     a->go.n_todo = todo;
     sh->evicted = a->evict_path != NULL; /* the file is opened later */
-    sh->weights_on_disk_already =
-        j->src.is_store && pol->compress_weight == !!(j->src.store_dtype & OFF_DTYPE_Q4) &&
-        off_dtype_size(j->src.store_dtype) == j->be.ops->elem_size;
+    cli_model_tiers(&j->src, &j->be, pol, sh);
     return 0;
 }
 

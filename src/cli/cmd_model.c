@@ -125,8 +125,9 @@ int cli_convert(int argc, char **argv)
                  "  writes STORE/model.flxh2o (4 KiB-aligned, checksummed per-layer segments\n"
                  "  that the disk tier streams with O_DIRECT) plus config.json and the\n"
                  "  tokenizer files; then: flexh2o generate --model STORE ...\n"
-                 "  --dtype: storage type (default f16, the CUDA backend's; f32 streams\n"
-                 "  without conversion on the CPU backend)\n"
+                 "  --dtype: storage type (default f16: both backends stream it as it is,\n"
+                 "  the CPU backend widening each layer to fp32 just before its compute;\n"
+                 "  f32: the CPU backend's exact weights, twice the bytes on every tier)\n"
                  "  --compress-weight: the layers' matrices as 4-bit groups (kernels/kern.h);\n"
                  "  such a store runs with --compress-weight and streams its disk share");
             return 0;

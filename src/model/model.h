@@ -61,7 +61,8 @@ void model_layer_quantize(const model_config *c, size_t es, void *dst, const voi
 void model_convert_elems(void *dst, size_t dst_es, const void *src, size_t src_es, size_t n);
 
 /* Receives each layer of a model being loaded: blob (host memory, 4096-
- * aligned, the backend's storage type, model_layer_layout_q(wq) order) is
+ * aligned, the backend's storage type or the 16 bits the sink keeps
+ * (model_load_store's h16), model_layer_layout_q(wq) order) is
  * valid during the call only; wq: its matrices are already 4-bit (a store
  * from convert --compress-weight). fd >= 0: the same bytes are in that file
  * at file_offset (a weight store of the backend's storage type), so the
@@ -85,6 +86,8 @@ typedef struct model {
     void *blob;           /* host blob of the layer being loaded */
     size_t blob_bytes;
     model_layer blob_view;/* its tensors */
+    int h16;              /* 0: layers go to the sink in the storage type; KERN_H16_*:
+                           * in those 16 bits (the sink keeps them so) */
     struct off_store *store; /* the weight store streamed from, or NULL (owned) */
 } model;
 
@@ -103,6 +106,16 @@ int model_linear(model *m, const model_layer *L, sched_scratch *sc, int t, void 
  * with model_destroy(). */
 int model_load_hf_sink(const char *dir, backend *be, model_layer_sink sink, void *ud,
                        model **out);
+/* The same with the layers handed to sink as 16-bit blobs of format h16
+ * (kern_h16; 0: the storage type), for a sink that keeps them so
+ * (sched_weight_fmt): exact for a checkpoint of that dtype
+ * (model_hf_h16). */
+int model_load_hf_h16(const char *dir, backend *be, int h16, model_layer_sink sink, void *ud,
+                      model **out);
+/* The 16-bit format every layer tensor of the Hugging Face checkpoint in
+ * dir has: KERN_H16_F16 (all fp16), KERN_H16_BF16 (all bf16), or 0 (fp32,
+ * or mixed). @return that, or -errno. */
+int model_hf_h16(const char *dir);
 /* A model of the given shape with random weights (uniform, std 0.02; norm
  * weights 1, biases 0), deterministic in seed, loaded the same way: for
  * benchmarks (--dummy). */
@@ -110,10 +123,13 @@ int model_create_dummy_sink(const model_config *cfg, backend *be, uint64_t seed,
                             model_layer_sink sink, void *ud, model **out);
 /* A flexh2o weight store (`flexh2o convert`): the embeddings and final
  * LayerNorm go to the backend, every layer (checksum verified) to sink; fd
- * and offset are passed when the store's dtype is the backend's storage
+ * and offset are passed when the layers go as the store has them: its
+ * dtype is the backend's storage type, or h16 == KERN_H16_F16 and the
+ * store is fp16 (the sink keeps 16-bit layers, sched_weight_fmt; then the
+ * blobs are fp16 whatever the storage type). h16 0: layers in the storage
  * type. disk: the engine to read with (NULL: pread). */
 struct off_disk;
-int model_load_store(const char *path, backend *be, struct off_disk *disk,
+int model_load_store(const char *path, backend *be, struct off_disk *disk, int h16,
                      model_layer_sink sink, void *ud, model **out);
 /* Convert a Hugging Face directory into a weight store of dtype
  * OFF_DTYPE_F16 or OFF_DTYPE_F32, or'ed with OFF_DTYPE_Q4 for 4-bit layer

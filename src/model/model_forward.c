@@ -123,6 +123,33 @@ static int expand_layer(model *m, const model_layer *L, sched_scratch *sc)
     return 0;
 }
 
+/* A layer kept in 16 bits on the tiers (L->wh): every tensor widened into
+ * sc->w, laid out as the blob in the storage type, unless it is there
+ * already (the GPU batches of a block share the layer: it widens once per
+ * block, as 4-bit layers expand); *out the widened layer. @return 0 or
+ * -errno. */
+static int widen_layer(model *m, const model_layer *L, sched_scratch *sc,
+                       const model_layer **out)
+{
+    *out = &sc->w_wide;
+    if (sc->w_layer == L)
+        return 0;
+    const sched_model *sm = &m->shape;
+    const backend_ops *o = m->be->ops;
+    size_t off[SCHED_MAX_TENSORS], bytes[SCHED_MAX_TENSORS];
+    sched_blob_layout(sm, o->elem_size, 0, off, bytes);
+    sc->w_layer = NULL; /* set again only once every tensor is widened */
+    for (int t = 0; t < sm->n_tensors; t++) {
+        sc->w_wide.t[t] = (char *)sc->w + off[t];
+        if (bytes[t])
+            FORWARD_IF(o->widen(m->be->ctx, sc->w_wide.t[t], L->t[t], bytes[t] / o->elem_size,
+                                (kern_h16)L->wh));
+    }
+    sc->w_wide.wq = sc->w_wide.wh = 0;
+    sc->w_layer = L;
+    return 0;
+}
+
 int model_linear(model *m, const model_layer *L, sched_scratch *sc, int t, void *y,
                  const void *x, const void *b, int rows, int n, int k, int relu)
 {
@@ -190,6 +217,8 @@ static int fwd_layer(void *mp, int layer, const model_layer *L, const sched_pass
     const backend_ops *o = m->be->ops;
     void *ctx = m->be->ctx;
     sched_scratch *sc = p->scr;
+    if (L->wh)
+        FORWARD_IF(widen_layer(m, L, sc, &L));
     int d = c->hidden, n = p->n_rows, hd = c->head_dim;
     int qd = (c->n_head + 2 * c->n_kv_head) * hd, ad = c->n_head * hd;
     FORWARD_IF(norm(m, sc->h, x, L->t[MT_LN1_W], bias(m, L, MT_LN1_B), n));

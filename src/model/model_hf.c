@@ -74,6 +74,39 @@ static int load_tensor(loader *ld, const model_hf_tensor *w)
 int model_load_hf_sink(const char *dir, backend *be, model_layer_sink sink, void *ud,
                        model **out)
 {
+    return model_load_hf_h16(dir, be, 0, sink, ud, out);
+}
+
+int model_hf_h16(const char *dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    model_config cfg;
+    FORWARD_IF(model_config_load(path, &cfg));
+    st_set *sts = NULL;
+    FORWARD_IF(st_open_dir(dir, &sts));
+    model_hf_tensor *w = NULL;
+    int n = model_hf_tensors(&cfg, &w), fmt = -1;
+    /* the layer tensors only: they are what the tiers hold; a name the
+     * checkpoint lacks leaves the verdict to the load, which says so */
+    for (int i = 0; i < n && fmt != 0; i++) {
+        if (w[i].layer < 0)
+            continue;
+        const st_tensor *t = st_find(sts, w[i].name);
+        if (!t && strncmp(w[i].name, "model.", 6) == 0)
+            t = st_find(sts, w[i].name + 6);
+        int f = !t ? 0 : t->dtype == ST_F16 ? KERN_H16_F16 : t->dtype == ST_BF16 ? KERN_H16_BF16 : 0;
+        fmt = fmt < 0 || fmt == f ? f : 0;
+    }
+    free(w);
+    st_close(sts);
+    FORWARD_IF(n);
+    return fmt < 0 ? 0 : fmt;
+}
+
+int model_load_hf_h16(const char *dir, backend *be, int h16, model_layer_sink sink, void *ud,
+                      model **out)
+{
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     model_config cfg;
@@ -87,7 +120,7 @@ int model_load_hf_sink(const char *dir, backend *be, model_layer_sink sink, void
     model *m = NULL;
     model_hf_tensor *w = NULL;
     int n = 0;
-    int rc = model_begin(&cfg, be, sink, ud, &m, &w, &n);
+    int rc = model_begin(&cfg, be, h16, sink, ud, &m, &w, &n);
     loader ld = {m, sts, 0, NULL, NULL};
     if (rc == 0) {
         /* some checkpoints (OPT's, saved from the bare decoder) name their

@@ -5,13 +5,14 @@
 #include "model.h"
 
 /* Allocate the global tensors of m on the backend and the host layer blob
- * (m->cfg, m->be, m->sink set). @return 0 or -errno. */
+ * (m->cfg, m->be, m->sink, m->h16 set). @return 0 or -errno. */
 int model_alloc_weights(model *m);
-/* A new model of config c loading into sink (m->shape, the globals on the
+/* A new model of config c loading into sink (layers as 16-bit blobs of
+ * format h16, or 0: the storage type; m->shape, the globals on the
  * backend, the host layer blob), with the family's checkpoint table
  * (*w, *n; caller frees *w). On failure *out may hold a partial model for
  * model_destroy. @return 0 or -errno. */
-int model_begin(const model_config *c, backend *be, model_layer_sink sink, void *ud,
+int model_begin(const model_config *c, backend *be, int h16, model_layer_sink sink, void *ud,
                 model **out, model_hf_tensor **w, int *n);
 /* n fp32 values at element `offset` of tensor w's destination: a global
  * through the backend, a layer tensor into the host blob. */

@@ -268,7 +268,7 @@ static int check_segments(const off_store *st, const model_config *c, const int 
     return 0;
 }
 
-int model_load_store(const char *dir, backend *be, struct off_disk *disk,
+int model_load_store(const char *dir, backend *be, struct off_disk *disk, int h16,
                      model_layer_sink sink, void *ud, model **out)
 {
     char path[4096];
@@ -288,6 +288,14 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk,
     size_t ses = off_dtype_size(st->dtype), bes = be->ops->elem_size;
     uint32_t base = st->dtype & ~OFF_DTYPE_Q4;
     int wq = (st->dtype & OFF_DTYPE_Q4) != 0;
+    /* the element size the sink takes layers in: an fp16 store goes as it
+     * is to a sink keeping fp16 layers */
+    size_t les = h16 == KERN_H16_F16 && base == OFF_DTYPE_F16 && !wq ? 2 : bes;
+    if (rc == 0 && h16 && les != 2) {
+        err_set(__FILE__, __LINE__, "internal: %s is not a plain fp16 store, but its layers "
+                "are to stay in 16 bits", path);
+        rc = -EINVAL;
+    }
     if (rc == 0 && base != OFF_DTYPE_F16 && base != OFF_DTYPE_F32) {
         err_set(__FILE__, __LINE__, "%s: unknown dtype %u; run flexh2o convert again", path,
                 st->dtype);
@@ -334,7 +342,7 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk,
      * sized for plain layers; a 4-bit layer whose rows are shorter than a
      * group pads out past that (found by tests/fuzz/fuzz_store.c) */
     void *cbuf = NULL;
-    if (rc == 0 && ses != bes) {
+    if (rc == 0 && ses != les) {
         size_t need = model_layer_layout_q(c, bes, wq, NULL, NULL);
         cbuf = need <= m->blob_bytes ? m->blob : off_alloc_aligned(off_align_up(need));
         if (!cbuf) {
@@ -347,7 +355,7 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk,
         snprintf(name, sizeof name, "layer.%d", l);
         int s = off_store_find(st, name); /* check_segments: there, of the right size */
         rc = off_store_read_seg(st, disk, s, buf);
-        if (rc == 0 && ses == bes) {
+        if (rc == 0 && ses == les) {
             rc = sink(ud, l, buf, wq, st->fd, st->seg[s].offset);
         } else if (rc == 0) {
             convert_blob(c, wq, cbuf, bes, buf, ses);

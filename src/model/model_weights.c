@@ -98,7 +98,8 @@ int model_alloc_weights(model *m)
     }
     /* one host blob, reused by every layer; handed to the sink */
     size_t off[MT_COUNT];
-    m->blob_bytes = (model_layer_layout(c, o->elem_size, off, NULL) + 4095) & ~(size_t)4095;
+    size_t les = m->h16 ? 2 : o->elem_size;
+    m->blob_bytes = (model_layer_layout(c, les, off, NULL) + 4095) & ~(size_t)4095;
     m->blob = aligned_alloc(4096, m->blob_bytes);
     RETURN_IF(!m->blob, -ENOMEM, "out of host memory for a layer (%.1f MiB)",
               m->blob_bytes / 1048576.0);
@@ -138,22 +139,31 @@ int model_put_f32(model *m, const model_hf_tensor *w, size_t offset, const float
                    size_t n)
 {
     const backend_ops *o = m->be->ops;
-    size_t at = (w->offset + offset) * o->elem_size;
     if (w->layer < 0)
-        return o->upload(m->be->ctx, (char *)*model_global(m, w->dst) + at, src, n);
-    model_convert_elems((char *)m->blob_view.t[w->dst] + at, o->elem_size, src, sizeof(float),
-                        n);
+        return o->upload(m->be->ctx,
+                         (char *)*model_global(m, w->dst) + (w->offset + offset) * o->elem_size,
+                         src, n);
+    size_t les = m->h16 ? 2 : o->elem_size;
+    char *dst = (char *)m->blob_view.t[w->dst] + (w->offset + offset) * les;
+    if (m->h16 == KERN_H16_BF16) {
+        uint16_t *h = (uint16_t *)dst;
+        for (size_t i = 0; i < n; i++)
+            h[i] = st_f32_to_bf16(src[i]);
+    } else {
+        model_convert_elems(dst, les, src, sizeof(float), n);
+    }
     return 0;
 }
 
 /* A new model of config c loading into sink, with its tensor table. */
-int model_begin(const model_config *c, backend *be, model_layer_sink sink, void *ud,
+int model_begin(const model_config *c, backend *be, int h16, model_layer_sink sink, void *ud,
                        model **out, model_hf_tensor **w, int *n)
 {
     model *m = calloc(1, sizeof *m);
     RETURN_IF(!m, -ENOMEM, "out of memory");
     m->cfg = *c;
     m->be = be;
+    m->h16 = h16;
     m->sink = sink;
     m->sink_ud = ud;
     *out = m;
