@@ -6,8 +6,8 @@
         --prompt-len 32 --gen-len 8 --max-memory cpu=4GiB --offload-dir DIR \
         [--engine accelerate|deepspeed] [--dtype float32]
 
---prepare writes a random-init checkpoint of configs/models/<model>.json to --ckpt
-(seed 0, untimed; tables.py runs it outside the memory cap). A run loads that
+--prepare writes a random checkpoint of configs/models/<model>.json in --dtype to
+--ckpt (seed 0; untimed, tables.py runs it outside the memory cap). A run loads that
 checkpoint with device_map="auto" under --max-memory (the rest to disk in
 --offload-dir: HF Accelerate's placement), or with DeepSpeed ZeRO-Inference (ZeRO
 stage 3, parameters offloaded to the CPU, or to NVMe in --offload-dir when
@@ -35,15 +35,51 @@ def config(model):
 
 
 def prepare(a):
+    """A random checkpoint in --dtype written shard by shard (2 GiB each), so that no more
+    than a shard is in memory: a model built on the meta device names the tensors;
+    matrices ~ N(0, 0.02), LayerNorm weights 1, biases 0 (the shape of OPT's init)."""
     import torch
+    from accelerate import init_empty_weights
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
     if os.path.exists(os.path.join(a.ckpt, "config.json")):
         return
-    torch.manual_seed(0)
-    torch.set_default_dtype(getattr(torch, a.dtype))
-    m = AutoModelForCausalLM.from_config(config(a.model))
+    cfg = config(a.model)
+    with init_empty_weights():
+        m = AutoModelForCausalLM.from_config(cfg)
+    dtype = getattr(torch, a.dtype)
+    tied = set(getattr(m, "_tied_weights_keys", None) or []) \
+        if cfg.tie_word_embeddings else set()
     os.makedirs(a.ckpt, exist_ok=True)
-    m.save_pretrained(a.ckpt)
+    g = torch.Generator().manual_seed(0)
+    shard, size, weight_map, total, n = {}, 0, {}, 0, 0
+
+    def flush():
+        nonlocal shard, size, n
+        if shard:
+            name = f"model-{n:05d}.safetensors"
+            save_file(shard, os.path.join(a.ckpt, name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+            shard, size, n = {}, 0, n + 1
+
+    for k, p in m.state_dict().items():
+        if k in tied:
+            continue
+        if p.dim() >= 2:
+            t = torch.empty(p.shape, dtype=dtype).normal_(0, 0.02, generator=g)
+        elif "norm" in k and k.endswith("weight"):
+            t = torch.ones(p.shape, dtype=dtype)
+        else:
+            t = torch.zeros(p.shape, dtype=dtype)
+        shard[k] = t
+        size += t.numel() * t.element_size()
+        total += t.numel() * t.element_size()
+        if size >= 2 << 30:
+            flush()
+    flush()
+    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map},
+              open(os.path.join(a.ckpt, "model.safetensors.index.json"), "w"))
+    cfg.save_pretrained(a.ckpt)
 
 
 def parse_mem(s):

@@ -30,8 +30,8 @@ Grids:
        capped so that weights reach the disk; the whole process (flexh2o, or python for
        HF) runs in a cgroup v1 memory cgroup (memory.limit_in_bytes) of the same size,
        and the page cache is dropped before each run.
-Columns: tok/s = generated tokens / wall of the generation (flexh2o's summary line,
-HF's generate() call); bound = DESIGN.md's for the cell's plan (benchlib.bound) with
+Columns: tok/s = generated tokens / wall of the generation (the wall time of flexh2o's
+summary line, HF's generate() call); bound = DESIGN.md's for the cell's plan (benchlib.bound) with
 the rates of `flexh2o calibrate` on this machine (saved beside the CSV) and the
 compute term 2*params*N / the calibrated GEMM rate, efficiency = tok/s / bound (flexh2o
 rows only: HF's placement is not a flexh2o plan); load = 1-minute load average before
@@ -82,13 +82,13 @@ GRIDS = {
                 sizes=[(32, 8), (128, 32)],
                 caps={"opt-1.3b": dict(gpu="1G", cpu="3G", os="5632M"),
                       "opt-6.7b": dict(gpu="2G", cpu="6G", os="9728M")},
-                max_block={"opt-1.3b": 32, "opt-6.7b": 8}),
+                max_block={"opt-1.3b": 8, "opt-6.7b": 4}),
 }
 CGROUP = "/sys/fs/cgroup/memory/flexh2o-tables"
 WORK = "/tmp/flexh2o-tables"
 HF_PYTHON = "/work/venv-hf/bin/python" if os.path.exists("/work/venv-hf/bin/python") \
     else sys.executable
-ASSUMED_EFF = 0.25  # of the search's bound, to skip cells that cannot finish in time
+ASSUMED_EFF = 0.4  # of the search's bound, to skip cells that cannot finish in time
 
 
 def size_bytes(s):
@@ -244,7 +244,7 @@ class Runner:
         off = os.path.join(self.a.offload_dir, "hf")
         script = os.path.join(ROOT, "benchmarks", "hf_offload.py")
         prep = [HF_PYTHON, script, "--prepare", "--model", c["model"], "--ckpt", ckpt,
-                "--device", self.device]
+                "--dtype", self.hf_dtype()]
         gpu = size_bytes(c["caps"]["gpu"])
         cpu = size_bytes(c["caps"]["cpu"]) if c["caps"].get("cpu") else None
         if self.device == "cpu":  # no GPU: the compute arena is host memory too
@@ -252,7 +252,7 @@ class Runner:
         else:
             mem = f"0={gpu // 2**20}MiB" + (f",cpu={cpu // 2**20}MiB" if cpu else "")
         run = [HF_PYTHON, script, "--engine", engine, "--model", c["model"], "--ckpt", ckpt,
-               "--device", self.device, "--batch", str(N), "--prompt-len",
+               "--device", self.device, "--dtype", self.hf_dtype(), "--batch", str(N), "--prompt-len",
                str(c["prompt_len"]), "--gen-len", str(c["gen_len"]), "--max-memory", mem,
                "--offload-dir", off]
         return prep, run, off
@@ -344,8 +344,8 @@ class Runner:
                         "(killed)")
         if rc != 0:
             return dict(row, status=f"failed: {note or last_line(se)}")
-        s = summary(se)
-        tps = s["total_tps"]
+        # the summary's tok/s has one decimal: the count over its wall time (2 decimals)
+        tps = N * n / summary(se)["total_s"]
         return dict(row, tok_s=f"{tps:.3f}",
                     efficiency=f"{tps / b['tps']:.3f}" if b else "", status="ok")
 
@@ -474,21 +474,29 @@ def grid_table(grid, g, mach, by):
     out.append(note + ".")
     out += ["", "| system | " + " | ".join(f"{short(m)} {p}+{n}" for m, p, n in cols) + " |",
             "|---" * (len(cols) + 1) + "|"]
-    empty = []
+    empty, effs = [], []
     for system in SYSTEMS:
-        cells_ = []
+        cells_, eff = [], []
         for m, p, n in cols:
             r = by.get((system, m, str(p), str(n), cap_str(g["caps"][m]), mach))
-            if r and r["status"] == "ok":
-                eff = f", {float(r['efficiency']):.0%} of bound" if r["efficiency"] else ""
-                cells_.append(f"{float(r['tok_s']):.2f} ({r['block']},"
-                              f"{r['lowest_tier'][:1].upper()}){eff}")
-            else:
-                cells_.append("-")
+            ok = r and r["status"] == "ok"
+            cells_.append(f"{float(r['tok_s']):.2f} ({r['block']},{r['lowest_tier'][:1].upper()})"
+                          if ok else "-")
+            eff.append(f"{float(r['efficiency']):.0%} of {float(r['bound_tok_s']):.2f}"
+                       if ok and r["efficiency"] else "-")
+            if not ok:
                 empty.append(f"{system}, {m} {p}+{n}: " + (r["status"] if r else "not run"))
         out.append(f"| {system} | " + " | ".join(cells_) + " |")
+        if system.startswith("flexh2o"):
+            effs.append(f"| {system} | " + " | ".join(eff) + " |")
     out.append("")
-    if empty:
+    if any(r.get("efficiency") for r in by.values()):
+        out += ["Efficiency against the bound (tok/s):", "",
+                "| system | " + " | ".join(f"{short(m)} {p}+{n}" for m, p, n in cols) + " |",
+                "|---" * (len(cols) + 1) + "|"] + effs + [""]
+    if not by:
+        out += [f"No runs yet: all {len(empty)} cells empty.", ""]
+    elif empty:
         out += [f"Empty cells ({len(empty)}):", ""] + [f"- {e}" for e in empty] + [""]
     return out
 
