@@ -86,8 +86,6 @@ GRIDS = {
 }
 CGROUP = "/sys/fs/cgroup/memory/flexh2o-tables"
 WORK = "/tmp/flexh2o-tables"
-HF_PYTHON = "/work/venv-hf/bin/python" if os.path.exists("/work/venv-hf/bin/python") \
-    else sys.executable
 ASSUMED_EFF = 0.4  # of the search's bound, to skip cells that cannot finish in time
 
 
@@ -217,6 +215,7 @@ class Runner:
                                "hardware-" + re.sub(r"[^\w.-]+", "_", self.machine).strip("_") + ".json")
         self.off = os.path.join(a.offload_dir, "flexh2o")
         self.blocks = {}  # (model, p, n, cap) -> N of the full-cache search, HF's batch
+        self.py = a.hf_python
 
     def calibration(self):
         if not os.path.exists(self.hw):
@@ -243,7 +242,7 @@ class Runner:
         ckpt = os.path.join(WORK, "hf", f"{c['model']}-{self.hf_dtype()}")
         off = os.path.join(self.a.offload_dir, "hf")
         script = os.path.join(ROOT, "benchmarks", "hf_offload.py")
-        prep = [HF_PYTHON, script, "--prepare", "--model", c["model"], "--ckpt", ckpt,
+        prep = [self.py, script, "--prepare", "--model", c["model"], "--ckpt", ckpt,
                 "--dtype", self.hf_dtype()]
         gpu = size_bytes(c["caps"]["gpu"])
         cpu = size_bytes(c["caps"]["cpu"]) if c["caps"].get("cpu") else None
@@ -251,7 +250,7 @@ class Runner:
             mem = f"cpu={(gpu + (cpu or 0)) // 2**20}MiB"
         else:
             mem = f"0={gpu // 2**20}MiB" + (f",cpu={cpu // 2**20}MiB" if cpu else "")
-        run = [HF_PYTHON, script, "--engine", engine, "--model", c["model"], "--ckpt", ckpt,
+        run = [self.py, script, "--engine", engine, "--model", c["model"], "--ckpt", ckpt,
                "--device", self.device, "--dtype", self.hf_dtype(), "--batch", str(N), "--prompt-len",
                str(c["prompt_len"]), "--gen-len", str(c["gen_len"]), "--max-memory", mem,
                "--offload-dir", off]
@@ -351,7 +350,7 @@ class Runner:
 
     def hf_cell(self, c, row, engine, d):
         probe = "import deepspeed" if engine == "deepspeed" else "import accelerate"
-        r = subprocess.run([HF_PYTHON, "-c", probe], capture_output=True, text=True)
+        r = subprocess.run([self.py, "-c", probe], capture_output=True, text=True)
         if r.returncode != 0:
             return dict(row, status=f"skipped: not installed ({last_line(r.stderr)})")
         key = (c["model"], c["prompt_len"], c["gen_len"], c["cap"])
@@ -405,6 +404,7 @@ def run_grid(a):
     rows = read_csv(a.csv)
     done = {key(r): r for r in rows}
     todo = [c for c in cells(a.grid) if a.only is None or a.only in slug(c)]
+    start = time.time()
     for c in todo:
         k = key(dict(c, machine=runner.machine))
         if a.dry_run:
@@ -414,6 +414,9 @@ def run_grid(a):
         old = done.get(k)
         if old and (old["status"] == "ok" or not a.redo):
             continue
+        if a.budget and time.time() - start + a.cell_limit > a.budget:
+            print(f"--budget {a.budget} s: the rest of the grid is left for the next session")
+            break
         t0 = time.time()
         row = runner.cell(c)
         append_csv(a.csv, row)
@@ -589,6 +592,11 @@ def main():
     ap.add_argument("--only", default=None, help="only the cells whose slug contains this")
     ap.add_argument("--redo", action="store_true", help="rerun the failed and skipped cells")
     ap.add_argument("--cell-limit", type=int, default=240, help="seconds per cell")
+    ap.add_argument("--budget", type=int, default=0,
+                    help="start no cell that could end after this many seconds (a lent GPU)")
+    ap.add_argument("--hf-python", default="/work/venv-hf/bin/python"
+                    if os.path.exists("/work/venv-hf/bin/python") else sys.executable,
+                    help="python with torch + transformers + accelerate for the HF rows")
     ap.add_argument("--offload-dir", default=os.path.join(WORK, "offload"))
     ap.add_argument("--flexh2o", default=FLEXH2O)
     a = ap.parse_args()
