@@ -79,7 +79,7 @@ GRIDS = {
     # limit of the whole process (both tiers + ~1.5 GiB of runtime), and for HF
     # max_memory cpu = gpu + cpu
     "cpu": dict(device="cpu", models=["opt-1.3b", "opt-6.7b"],
-                sizes=[(32, 8), (128, 32)],
+                sizes=[(32, 8), (32, 32), (128, 32)],
                 caps={"opt-1.3b": dict(gpu="1G", cpu="3G", os="5632M"),
                       "opt-6.7b": dict(gpu="3G", cpu="6G", os="10752M")},
                 max_block={"opt-1.3b": 8, "opt-6.7b": 4}),
