@@ -69,6 +69,9 @@ SYSTEMS = {  # name: (engine, extra flexh2o flags)
     "flexh2o H2O 20%": ("flexh2o", H2O),
     "flexh2o H2O 20% + 4-bit": ("flexh2o", H2O + Q4),
 }
+COLORS = {"HF Accelerate": "#888888", "DeepSpeed ZeRO-Inference": "#bbbbbb",
+          "flexh2o full": "#1f77b4", "flexh2o H2O 20%": "#ff7f0e",
+          "flexh2o H2O 20% + 4-bit": "#2ca02c"}  # one per system in every plot
 GRIDS = {
     "gpu": dict(device="cuda", models=["opt-6.7b", "opt-30b"],
                 sizes=[(512, 32), (512, 512), (512, 1024)],
@@ -540,8 +543,8 @@ def plots(grid, mach, by, outdir):
                 f.write(f'"{short(c[0])} {c[1]}+{c[2]}" ' +
                         " ".join("-" if v is None else f"{v * scale:.4f}" for v in vs) + "\n")
         png = f"{tag}-{name}.png"
-        plot = ", ".join(f"'{dat}' using {i + 2}:xtic(1) title columnheader"
-                         for i in range(len(systems)))
+        plot = ", ".join(f"'{dat}' using {i + 2}:xtic(1) title columnheader lc rgb "
+                         f"'{COLORS[s]}'" for i, s in enumerate(systems))
         gp(f"""set terminal pngcairo size 900,500; set output '{os.path.join(outdir, png)}'
 set style data histograms; set style histogram clustered gap 1; set style fill solid 0.8
 set datafile missing '-'; set key outside right; set ylabel '{ylabel}'; set yrange [0:*]
@@ -563,7 +566,8 @@ plot {plot}""")
             with open(dat, "w") as f:
                 for N, t, lab in sorted(pts):
                     f.write(f'{N} {t:.4f} "{lab}"\n')
-            lines.append(f"'{dat}' using 1:2 with points pt 7 ps 1.5 title '{s}', "
+            lines.append(f"'{dat}' using 1:2 with points pt 7 ps 1.5 lc rgb '{COLORS[s]}' "
+                         f"title '{s}', "
                          f"'{dat}' using 1:2:3 with labels offset 0,1 font ',8' notitle")
     if lines:
         png = f"{tag}-block.png"
