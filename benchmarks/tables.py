@@ -132,7 +132,9 @@ def machine(device):
 def commit():
     r = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                        capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+    # changes to the docs (README, results) do not change a run
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no",
+                            "--", ".", ":!*.md", ":!benchmarks/results"],
                            capture_output=True, text=True).stdout.strip()
     return r.stdout.strip() + ("-dirty" if dirty else "")
 
