@@ -39,20 +39,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchlib import FLEXH2O, sh, summary, write_prompts
-
-
-def plan(a, base, percent):
-    r = sh(base + ["--percent"] + percent.split() + ["--plan"])
-    tiers = {}
-    for line in r.stdout.splitlines():
-        m = re.match(r"\[flexh2o\] plan\s+(gpu|cpu|disk)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+"
-                     r"([\d.]+)\s+([\d.]+)\s+([\d.]+)", line)
-        if m:
-            v = [float(x) * 2**30 for x in m.groups()[1:]]
-            tiers[m.group(1)] = dict(weights=v[0], kv=v[1], act=v[2], stage=v[3], work=v[4],
-                                     total=v[5])
-    return tiers
+from benchlib import FLEXH2O, bound, calibrate, plan_tiers, sh, summary, write_prompts
 
 
 def run(base, percent, extra, env=None):
@@ -98,8 +85,7 @@ def main():
         a.cpu_attention = pol.get("cpu_attention", a.cpu_attention)
     os.makedirs(a.offload_dir, exist_ok=True)
     N = a.gpu_batch_size * a.num_gpu_batches
-    cal = json.loads(sh([a.flexh2o, "calibrate", "--device", a.device, "--offload-dir",
-                         a.offload_dir, "--bytes", "1G"]).stdout)
+    cal = calibrate(a.flexh2o, a.device, a.offload_dir)
     tmp = tempfile.mkdtemp()
     prompts = os.path.join(tmp, "p.jsonl")
     write_prompts(prompts, N, a.prompt_len)
@@ -118,7 +104,7 @@ def main():
     extra = ["--cpu-attention"] if a.cpu_attention else []
     if a.threads:
         extra += ["--threads", str(a.threads)]
-    tiers = plan(a, base("plan"), a.percent)
+    tiers = plan_tiers(base("plan") + ["--percent"] + a.percent.split())
     off = run(base("off"), a.percent, extra)
     host = run(base("host"), a.percent, extra, {"FLEXH2O_IO_ORDER": "host"}) \
         if a.io_order_ab else None
@@ -134,22 +120,10 @@ def main():
     t_step_res = N / res["decode_tps"]
     t_pre = off["prefill_tokens"] / off["prefill_tps"]
     t_pre_res = res["prefill_tokens"] / res["prefill_tps"]
-    w_cpu, w_disk = tiers["cpu"]["weights"], tiers["disk"]["weights"]
-    kv_cpu, kv_disk = tiers["cpu"]["kv"], tiers["disk"]["kv"]
-    bw_h2d, bw_d2h = cal["h2d_GBps"] * 1e9, cal["d2h_GBps"] * 1e9
-    bw_disk = cal["disk_read_GBps"] * 1e9
-    kv_link_in = 0 if a.cpu_attention else kv_cpu + kv_disk
-    terms = {
-        "h2d (W_cpu+W_disk+KV in)": (w_cpu + w_disk + kv_link_in) / bw_h2d,
-        "d2h (KV out)": kv_link_in / bw_d2h,
-        "disk (W_disk+KV_disk)": (w_disk + kv_disk) / bw_disk,
-        "compute (all-resident step)": t_step_res,
-    }
-    bound_step = max(terms.values())
-    pre_terms = {"h2d": (w_cpu + w_disk) / bw_h2d, "disk": w_disk / bw_disk,
-                 "compute (all-resident prefill)": t_pre_res}
-    bound_pre = max(pre_terms.values())
-    bound_tps = N * n / (bound_pre + steps * bound_step)
+    b = bound(tiers, cal, N, n, a.cpu_attention, t_step_res, t_pre_res)
+    terms = {k.replace("compute", "compute (all-resident step)"): v
+             for k, v in b["terms"].items()}
+    bound_step, bound_pre, bound_tps = b["step"], b["prefill"], b["tps"]
     meas_tps = N * n / (t_pre + steps * t_step)
     print(f"## {a.model} {a.device}, block {a.gpu_batch_size}x{a.num_gpu_batches}, "
           f"prompt {a.prompt_len}, gen {n}, --percent {a.percent}"

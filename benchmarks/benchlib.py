@@ -41,3 +41,63 @@ def summary(stderr):
     return dict(prefill_tps=float(m.group(1)), prefill_tokens=int(m.group(2)),
                 decode_tps=float(m.group(3)), decode_tokens=int(m.group(4)),
                 total_tps=float(m.group(5)), total_s=float(m.group(6)))
+
+
+def calibrate(flexh2o, device, offload_dir, nbytes="1G", out=None):
+    """`flexh2o calibrate`'s profile (GB/s, TFLOP/s) as a dict; also written to out if given."""
+    cmd = [flexh2o, "calibrate", "--device", device, "--offload-dir", offload_dir,
+           "--bytes", nbytes]
+    r = sh(cmd + (["--out", out] if out else []))
+    return json.load(open(out)) if out else json.loads(r.stdout)
+
+
+def plan_tiers(cmd):
+    """Bytes per tier of `flexh2o generate ... --plan` (cmd without --plan):
+    {tier: {weights, kv, act, stage, work, total}} for tier in gpu, cpu, disk."""
+    r = sh(cmd + ["--plan"])
+    tiers = {}
+    for line in r.stdout.splitlines():
+        m = re.match(r"\[flexh2o\] plan\s+(gpu|cpu|disk)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+"
+                     r"([\d.]+)\s+([\d.]+)\s+([\d.]+)", line)
+        if m:
+            v = [float(x) * 2**30 for x in m.groups()[1:]]
+            tiers[m.group(1)] = dict(weights=v[0], kv=v[1], act=v[2], stage=v[3], work=v[4],
+                                     total=v[5])
+    return tiers
+
+
+def lowest_tier(tiers):
+    """The slowest tier a plan puts weights, KV or activations on: disk, cpu or gpu."""
+    for t in ("disk", "cpu"):
+        if any(tiers.get(t, {}).get(k, 0) > 0 for k in ("weights", "kv", "act")):
+            return t
+    return "gpu"
+
+
+def bound(tiers, cal, N, n, cpu_attention, compute_step, compute_prefill, extra_step=None):
+    """DESIGN.md "Throughput bound" of a block of N sequences generating n tokens under
+    the plan `tiers` (plan_tiers) with the link rates of `cal` (calibrate).
+
+    compute_step / compute_prefill: the compute term, in seconds, of one decode step and
+    of the prefill of the block (bench_offload.py: a measured all-resident run;
+    tables.py: 2*params*N / the calibrated GEMM rate). The KV terms count the cache of
+    the whole block (a decode step reads all of it); with CPU attention the KV does not
+    cross the link. extra_step: further {name: seconds} terms of a decode step.
+    @return dict(step, prefill, tps, terms, pre_terms): tps = N*n / (prefill + (n-1) step)."""
+    w_cpu, w_disk = tiers["cpu"]["weights"], tiers["disk"]["weights"]
+    kv_cpu, kv_disk = tiers["cpu"]["kv"], tiers["disk"]["kv"]
+    bw_h2d, bw_d2h = cal["h2d_GBps"] * 1e9, cal["d2h_GBps"] * 1e9
+    bw_disk = cal["disk_read_GBps"] * 1e9
+    kv_link_in = 0 if cpu_attention else kv_cpu + kv_disk
+    terms = {
+        "h2d (W_cpu+W_disk+KV in)": (w_cpu + w_disk + kv_link_in) / bw_h2d,
+        "d2h (KV out)": kv_link_in / bw_d2h,
+        "disk (W_disk+KV_disk)": (w_disk + kv_disk) / bw_disk,
+        "compute": compute_step,
+    }
+    terms.update(extra_step or {})
+    pre_terms = {"h2d": (w_cpu + w_disk) / bw_h2d, "disk": w_disk / bw_disk,
+                 "compute": compute_prefill}
+    step, pre = max(terms.values()), max(pre_terms.values())
+    return dict(step=step, prefill=pre, tps=N * n / (pre + (n - 1) * step), terms=terms,
+                pre_terms=pre_terms)

@@ -2,7 +2,7 @@
 # gpu_session.sh: everything a lent GPU machine does for flexh2o, in one call.
 #
 #   bash benchmarks/gpu_session.sh [test] [kernels] [overlap] [families] [generate MODELS]
-#        [offload] [h2o] [search] [compress] [ranks] ...
+#        [offload] [h2o] [search] [compress] [ranks] [tables] ...
 #
 # Builds with the carried Debian libraries (.deps, see ../shared/tools/gpu-deps),
 # runs the whole test suite (the gpu suite under compute-sanitizer), the kernel
@@ -242,6 +242,17 @@ PY
         fi
         grep -h "prompts on\|rank [0-9]" "$OUT/ranks.log" "$OUT/ranks-mpi.log" || true
       fi
+      ;;
+    tables)
+      # issue 17: the next cells of the H2O paper's Table 3 grid (benchmarks/tables.py
+      # --grid gpu), resumable: the CSV travels back in $OUT; copy it over
+      # benchmarks/results/tables.csv so the next session continues it. TABLES_BUDGET
+      # seconds (default 420) of cells, TABLES_ONLY picks cells by slug.
+      cp benchmarks/results/tables.csv "$OUT/tables.csv" 2>/dev/null || true
+      python3 benchmarks/tables.py --grid gpu --csv "$OUT/tables.csv" \
+        --flexh2o build-gpu/src/flexh2o --hf-python python3 \
+        --budget "${TABLES_BUDGET:-420}" ${TABLES_ONLY:+--only "$TABLES_ONLY"} || true
+      python3 benchmarks/tables.py --report --csv "$OUT/tables.csv" || true
       ;;
     smoke)
       # one tiny generation on the GPU, stderr shown, bounded in time

@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""One offloaded Hugging Face generation, the peer rows of benchmarks/tables.py.
+
+    python hf_offload.py --prepare --model opt-1.3b --ckpt DIR [--dtype float32]
+    python hf_offload.py --model opt-1.3b --ckpt DIR --device cpu --batch 32 \
+        --prompt-len 32 --gen-len 8 --max-memory cpu=4GiB --offload-dir DIR \
+        [--engine accelerate|deepspeed] [--dtype float32]
+
+--prepare writes a random checkpoint of configs/models/<model>.json in --dtype to
+--ckpt (seed 0; untimed, tables.py runs it outside the memory cap). A run loads that
+checkpoint with device_map="auto" under --max-memory (the rest to disk in
+--offload-dir: HF Accelerate's placement), or with DeepSpeed ZeRO-Inference (ZeRO
+stage 3, parameters offloaded to the CPU, or to NVMe in --offload-dir when
+--max-memory's cpu share is smaller than the weights), then generates --gen-len
+tokens greedily for --batch prompts of benchlib's synthetic set, EOS ignored.
+Prints one JSON line: tok_s = batch * gen_len / wall of generate(), wall_s,
+lowest (gpu/cpu/disk) and the placement's bytes per tier.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import ROOT, prompt_ids  # noqa: E402
+
+
+def config(model):
+    from transformers import AutoConfig
+    cfg = json.load(open(os.path.join(ROOT, "configs", "models", model + ".json")))
+    for k in ("_name_or_path", "architectures", "torch_dtype"):
+        cfg.pop(k, None)
+    return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+
+
+def prepare(a):
+    """A random checkpoint in --dtype written shard by shard (2 GiB each), so that no more
+    than a shard is in memory: a model built on the meta device names the tensors;
+    matrices ~ N(0, 0.02), LayerNorm weights 1, biases 0 (the shape of OPT's init)."""
+    import torch
+    from accelerate import init_empty_weights
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+    if os.path.exists(os.path.join(a.ckpt, "config.json")):
+        return
+    cfg = config(a.model)
+    with init_empty_weights():
+        m = AutoModelForCausalLM.from_config(cfg)
+    dtype = getattr(torch, a.dtype)
+    tied = set(getattr(m, "_tied_weights_keys", None) or []) \
+        if cfg.tie_word_embeddings else set()
+    os.makedirs(a.ckpt, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    shard, size, weight_map, total, n = {}, 0, {}, 0, 0
+
+    def flush():
+        nonlocal shard, size, n
+        if shard:
+            name = f"model-{n:05d}.safetensors"
+            save_file(shard, os.path.join(a.ckpt, name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+            shard, size, n = {}, 0, n + 1
+
+    for k, p in m.state_dict().items():
+        if k in tied:
+            continue
+        if p.dim() >= 2:
+            t = torch.empty(p.shape, dtype=dtype).normal_(0, 0.02, generator=g)
+        elif "norm" in k and k.endswith("weight"):
+            t = torch.ones(p.shape, dtype=dtype)
+        else:
+            t = torch.zeros(p.shape, dtype=dtype)
+        shard[k] = t
+        size += t.numel() * t.element_size()
+        total += t.numel() * t.element_size()
+        if size >= 2 << 30:
+            flush()
+    flush()
+    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map},
+              open(os.path.join(a.ckpt, "model.safetensors.index.json"), "w"))
+    cfg.save_pretrained(a.ckpt)
+
+
+def parse_mem(s):
+    """"cpu=4GiB,0=14GiB" -> {"cpu": "4GiB", 0: "14GiB"}"""
+    out = {}
+    for part in s.split(","):
+        k, v = part.split("=")
+        out[int(k) if k.isdigit() else k] = v
+    return out
+
+
+def tiers_of(model):
+    by = {"gpu": 0, "cpu": 0, "disk": 0}
+    dmap = getattr(model, "hf_device_map", None) or {"": "cpu"}
+    for name, p in model.named_parameters():
+        dev = next((d for k, d in sorted(dmap.items(), key=lambda kv: -len(kv[0]))
+                    if name == k or name.startswith(k + ".") or k == ""), "cpu")
+        tier = "disk" if dev == "disk" else "cpu" if dev in ("cpu", "meta") else "gpu"
+        by[tier] += p.numel() * p.element_size()
+    return by
+
+
+def load_accelerate(a, dtype):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(
+        a.ckpt, dtype=dtype, device_map="auto", max_memory=parse_mem(a.max_memory),
+        offload_folder=a.offload_dir, offload_state_dict=True).eval()
+
+
+def load_deepspeed(a, dtype):
+    """ZeRO-Inference: ZeRO stage 3 with the parameters offloaded (CPU or NVMe)."""
+    import deepspeed
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+    cfg = config(a.model)
+    n_bytes = sum(os.path.getsize(os.path.join(a.ckpt, f)) for f in os.listdir(a.ckpt)
+                  if f.endswith(".safetensors"))
+    cpu_cap = parse_mem(a.max_memory).get("cpu", "0GiB")
+    cap = float(cpu_cap.rstrip("GiB")) * 2**30
+    off = {"device": "cpu", "pin_memory": True} if n_bytes <= cap else \
+        {"device": "nvme", "nvme_path": a.offload_dir, "pin_memory": True,
+         "buffer_count": 5, "buffer_size": int(4 * cfg.hidden_size * cfg.hidden_size * 4)}
+    ds = {"fp16": {"enabled": dtype == torch.float16},
+          "zero_optimization": {"stage": 3, "offload_param": off,
+                                "stage3_param_persistence_threshold": 0},
+          "train_micro_batch_size_per_gpu": a.batch}
+    HfDeepSpeedConfig(ds)  # keeps the weights partitioned while from_pretrained loads
+    m = AutoModelForCausalLM.from_pretrained(a.ckpt, dtype=dtype)
+    engine = deepspeed.initialize(model=m, config_params=ds)[0]
+    engine.module.eval()
+    engine.module.flexh2o_lowest = off["device"].replace("nvme", "disk")
+    return engine.module
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="opt-1.3b")
+    ap.add_argument("--ckpt", required=True, help="random-init checkpoint (--prepare writes it)")
+    ap.add_argument("--prepare", action="store_true")
+    ap.add_argument("--engine", default="accelerate", choices=["accelerate", "deepspeed"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default=None, help="default float32 on cpu, float16 on cuda")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--gen-len", type=int, default=8)
+    ap.add_argument("--max-memory", default="cpu=4GiB")
+    ap.add_argument("--offload-dir", default="/tmp/flexh2o-tables-hf-offload")
+    a = ap.parse_args()
+    a.dtype = a.dtype or ("float32" if a.device == "cpu" else "float16")
+    if a.prepare:
+        prepare(a)
+        return
+    import torch
+    dtype = getattr(torch, a.dtype)
+    os.makedirs(a.offload_dir, exist_ok=True)
+    m = load_deepspeed(a, dtype) if a.engine == "deepspeed" else load_accelerate(a, dtype)
+    first = "cuda" if a.device == "cuda" else "cpu"
+    ids = torch.tensor([prompt_ids(i, a.prompt_len) for i in range(a.batch)], device=first)
+    sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        sync()
+        t0 = time.perf_counter()
+        out = m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=a.gen_len,
+                         min_new_tokens=a.gen_len, do_sample=False, num_beams=1,
+                         pad_token_id=1)
+        sync()
+        wall = time.perf_counter() - t0
+    gen = out.shape[1] - a.prompt_len
+    by = tiers_of(m)
+    lowest = getattr(m, "flexh2o_lowest", None) or \
+        ("disk" if by["disk"] else "cpu" if (by["cpu"] and a.device == "cuda") or
+         a.device == "cpu" else "gpu")
+    print(json.dumps(dict(tok_s=a.batch * gen / wall, wall_s=wall, generated=a.batch * gen,
+                          lowest=lowest, bytes=by, dtype=a.dtype, engine=a.engine)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,623 @@
+#!/usr/bin/env python3
+"""The papers' tables (DESIGN.md "Tables to reproduce") as a resumable grid of runs.
+
+    python3 benchmarks/tables.py --grid cpu [--csv FILE] [--only TEXT] [--dry-run]
+    python3 benchmarks/tables.py --grid gpu --dry-run      # every cell's command line
+    python3 benchmarks/tables.py --report [--csv FILE] [--report-dir DIR]
+
+A cell is one system x model x prompt+gen x cap: one complete generation (no
+extrapolation), at most --cell-limit seconds. Each finished cell is appended to the CSV
+(default benchmarks/results/tables.csv) at once; a cell whose key (system, model,
+prompt_len, gen_len, cap, machine) is already there is skipped (--redo reruns the
+failed and skipped ones), so successive sessions fill the same grid.
+
+Systems:
+  flexh2o full            policy from `flexh2o search` for the cap
+  flexh2o H2O 20%         --kv-policy h2o --kv-ratio 0.2, searched with the same flags
+  flexh2o H2O 20% + 4-bit and --compress-weight --compress-cache
+  HF Accelerate           transformers + accelerate (benchmarks/hf_offload.py): a random
+                          checkpoint of the same config, device_map="auto" under
+                          max_memory (the GPU cap, and the CPU cap), the rest in an
+                          offload folder; the block of the full-cache cell, greedy,
+                          EOS ignored
+  DeepSpeed ZeRO-Inference the same with ZeRO stage 3 parameter offload, when `import
+                          deepspeed` works in the HF python (else skipped)
+Grids:
+  gpu  OPT-6.7B and OPT-30B, --gpu-mem 16G, 512+32 / 512+512 / 512+1024, --device cuda:
+       the H2O paper's Table 3 (the search picks the block; it maximises the bound,
+       in practice the largest block that fits).
+  cpu  opt-1.3b and opt-6.7b on the CPU backend with the GPU tier (the compute arena)
+       capped so that weights reach the disk; the whole process (flexh2o, or python for
+       HF) runs in a cgroup v1 memory cgroup (memory.limit_in_bytes) of the same size,
+       and the page cache is dropped before each run.
+Columns: tok/s = generated tokens / wall of the generation (the wall time of flexh2o's
+summary line, HF's generate() call); bound = DESIGN.md's for the cell's plan (benchlib.bound) with
+the rates of `flexh2o calibrate` on this machine (saved beside the CSV) and the
+compute term 2*params*N / the calibrated GEMM rate, efficiency = tok/s / bound (flexh2o
+rows only: HF's placement is not a flexh2o plan); load = 1-minute load average before
+the cell (the machine may be shared).
+--report writes from the CSV alone: tables.md (the papers' format, tok/s with (block,
+lowest tier), "-" for empty cells, the empty cells listed) and gnuplot PNGs.
+"""
+import argparse
+import csv
+import datetime
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchlib import FLEXH2O, ROOT, bound, calibrate, lowest_tier, plan_tiers, sh, summary, \
+    write_prompts
+
+COLUMNS = ["machine", "date", "commit", "grid", "system", "model", "prompt_len", "gen_len",
+           "cap", "block", "lowest_tier", "tok_s", "bound_tok_s", "efficiency", "load",
+           "status", "command"]
+KEY = ("system", "model", "prompt_len", "gen_len", "cap", "machine")
+H2O = ["--kv-policy", "h2o", "--kv-ratio", "0.2"]
+Q4 = ["--compress-weight", "--compress-cache"]
+SYSTEMS = {  # name: (engine, extra flexh2o flags)
+    "HF Accelerate": ("accelerate", []),
+    "DeepSpeed ZeRO-Inference": ("deepspeed", []),
+    "flexh2o full": ("flexh2o", []),
+    "flexh2o H2O 20%": ("flexh2o", H2O),
+    "flexh2o H2O 20% + 4-bit": ("flexh2o", H2O + Q4),
+}
+COLORS = {"HF Accelerate": "#888888", "DeepSpeed ZeRO-Inference": "#bbbbbb",
+          "flexh2o full": "#1f77b4", "flexh2o H2O 20%": "#ff7f0e",
+          "flexh2o H2O 20% + 4-bit": "#2ca02c"}  # one per system in every plot
+GRIDS = {
+    "gpu": dict(device="cuda", models=["opt-6.7b", "opt-30b"],
+                sizes=[(512, 32), (512, 512), (512, 1024)],
+                caps={"opt-6.7b": dict(gpu="16G"), "opt-30b": dict(gpu="16G")},
+                max_block={"opt-6.7b": 1024, "opt-30b": 1024}),
+    # caps: the compute arena below the weights (6.7B: a 0.8 GB layer, double
+    # buffered, needs 2.3 GiB), a CPU tier for part of the weights and the KV, the rest of the fp32 weights (5.3 / 26.6 GB) on disk; os = the cgroup
+    # limit of the whole process (both tiers + ~1.5 GiB of runtime), and for HF
+    # max_memory cpu = gpu + cpu
+    "cpu": dict(device="cpu", models=["opt-1.3b", "opt-6.7b"],
+                sizes=[(32, 8), (32, 32), (128, 32)],
+                caps={"opt-1.3b": dict(gpu="1G", cpu="3G", os="5632M"),
+                      "opt-6.7b": dict(gpu="3G", cpu="6G", os="10752M")},
+                max_block={"opt-1.3b": 8, "opt-6.7b": 4}),
+}
+CGROUP = "/sys/fs/cgroup/memory/flexh2o-tables"
+WORK = "/tmp/flexh2o-tables"
+ASSUMED_EFF = 0.5  # of the bound, to skip cells that cannot finish in time (the cpu
+                   # grid's first cells reached 49-67%)
+
+
+def size_bytes(s):
+    m = re.fullmatch(r"([\d.]+)([KMGT]?)", s)
+    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " "))
+
+
+def cap_str(c):
+    return ", ".join(f"{k} {c[k]}" for k in ("gpu", "cpu", "os") if c.get(k))
+
+
+def cells(grid):
+    g = GRIDS[grid]
+    for model in g["models"]:
+        for p, n in g["sizes"]:
+            for system in sorted(SYSTEMS, key=lambda s: not s.startswith("flexh2o")):
+                yield dict(grid=grid, system=system, model=model, prompt_len=p, gen_len=n,
+                           caps=g["caps"][model], cap=cap_str(g["caps"][model]),
+                           device=g["device"], max_block=g["max_block"][model])
+
+
+def machine(device):
+    if device == "cuda":
+        if not shutil.which("nvidia-smi"):
+            return "no GPU"
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                           capture_output=True, text=True)
+        if r.returncode == 0 and r.stdout.strip():
+            return r.stdout.strip().splitlines()[0]
+        return "no GPU"
+    model = "?"
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return f"{model} ({os.cpu_count()} cores)"
+
+
+def commit():
+    r = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                       capture_output=True, text=True)
+    # changes to the docs (README, results) do not change a run
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no",
+                            "--", ".", ":!*.md", ":!benchmarks/results"],
+                           capture_output=True, text=True).stdout.strip()
+    return r.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def opt_params(model):
+    """Parameters of an OPT config (the GEMM FLOPs are 2 * params per token), else None."""
+    c = json.load(open(os.path.join(ROOT, "configs", "models", model + ".json")))
+    if c.get("model_type") != "opt":
+        return None
+    h, f, L = c["hidden_size"], c["ffn_dim"], c["num_hidden_layers"]
+    layer = 4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h
+    return L * layer + c["vocab_size"] * h + (c["max_position_embeddings"] + 2) * h + 2 * h
+
+
+def rel(path):
+    return os.path.relpath(path, ROOT) if path.startswith(ROOT) else path
+
+
+def show(cmd):
+    return " ".join(shlex.quote(rel(x)) for x in cmd)
+
+
+def drop_caches():
+    try:
+        subprocess.run(["sync"])
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def run_capped(cmd, os_cap, limit):
+    """Run cmd with a wall limit, inside the memory cgroup CGROUP limited to os_cap
+    (bytes string like "5632M") when given. @return (rc or "timeout", stdout, stderr,
+    note): note says when the cgroup's OOM killer fired."""
+    pre = None
+    if os_cap:
+        os.makedirs(CGROUP, exist_ok=True)
+        with open(os.path.join(CGROUP, "memory.limit_in_bytes"), "w") as f:
+            f.write(str(size_bytes(os_cap)))
+        oom0 = cg_oom_kills()
+
+        def pre():
+            with open(os.path.join(CGROUP, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=pre, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=limit)
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        rc = "timeout"
+    note = ""
+    if os_cap and cg_oom_kills() > oom0:
+        note = f"killed by the cgroup memory cap ({os_cap})"
+    return rc, out, err, note
+
+
+def cg_oom_kills():
+    try:
+        for line in open(os.path.join(CGROUP, "memory.oom_control")):
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def last_line(text):
+    lines = [x for x in text.strip().splitlines() if x.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
+class Runner:
+    def __init__(self, a, grid):
+        self.a, self.g = a, GRIDS[grid]
+        self.device = self.g["device"]
+        self.machine = machine(self.device)
+        self.commit = commit()
+        self.hw = os.path.join(os.path.dirname(os.path.abspath(a.csv)),
+                               "hardware-" + re.sub(r"[^\w.-]+", "_", self.machine).strip("_") + ".json")
+        self.off = os.path.join(a.offload_dir, "flexh2o")
+        self.blocks = {}  # (model, p, n, cap) -> N of the full-cache search, HF's batch
+        self.py = a.hf_python
+
+    def calibration(self):
+        if not os.path.exists(self.hw):
+            os.makedirs(self.off, exist_ok=True)
+            calibrate(self.a.flexh2o, self.device, self.off, out=self.hw)
+        return json.load(open(self.hw))
+
+    def search_cmd(self, c, flags, pol):
+        cmd = [self.a.flexh2o, "search", "--dummy", c["model"], "--device", self.device,
+               "--hardware", self.hw, "--prompt-len", str(c["prompt_len"]),
+               "--gen-len", str(c["gen_len"]), "--gpu-mem", c["caps"]["gpu"],
+               "--offload-dir", self.off, "--max-block", str(c["max_block"]),
+               "--top", "1", "--out", pol] + flags
+        if c["caps"].get("cpu"):
+            cmd += ["--cpu-mem", c["caps"]["cpu"]]
+        return cmd
+
+    def gen_cmd(self, c, flags, pol, prompts, out):
+        return [self.a.flexh2o, "generate", "--dummy", c["model"], "--policy", pol,
+                "--prompts", prompts, "--out", out, "--max-new-tokens", str(c["gen_len"]),
+                "--ignore-eos", "--device", self.device] + flags
+
+    def hf_cmds(self, c, engine, N):
+        ckpt = os.path.join(WORK, "hf", f"{c['model']}-{self.hf_dtype()}")
+        off = os.path.join(self.a.offload_dir, "hf")
+        script = os.path.join(ROOT, "benchmarks", "hf_offload.py")
+        prep = [self.py, script, "--prepare", "--model", c["model"], "--ckpt", ckpt,
+                "--dtype", self.hf_dtype()]
+        gpu = size_bytes(c["caps"]["gpu"])
+        cpu = size_bytes(c["caps"]["cpu"]) if c["caps"].get("cpu") else None
+        if self.device == "cpu":  # no GPU: the compute arena is host memory too
+            mem = f"cpu={(gpu + (cpu or 0)) // 2**20}MiB"
+        else:
+            mem = f"0={gpu // 2**20}MiB" + (f",cpu={cpu // 2**20}MiB" if cpu else "")
+        run = [self.py, script, "--engine", engine, "--model", c["model"], "--ckpt", ckpt,
+               "--device", self.device, "--dtype", self.hf_dtype(), "--batch", str(N), "--prompt-len",
+               str(c["prompt_len"]), "--gen-len", str(c["gen_len"]), "--max-memory", mem,
+               "--offload-dir", off]
+        return prep, run, off
+
+    def hf_dtype(self):
+        return "float32" if self.device == "cpu" else "float16"
+
+    def capped(self, c, cmd):
+        os_cap = c["caps"].get("os")
+        return (f"[memory cgroup {os_cap}, page cache dropped] " if os_cap else "") + show(cmd)
+
+    def dry(self, c):
+        engine, flags = SYSTEMS[c["system"]]
+        d = os.path.join(WORK, slug(c))
+        pol = os.path.join(d, "policy.json")
+        if engine == "flexh2o":
+            return show(self.search_cmd(c, flags, pol)) + " && " + self.capped(
+                c, self.gen_cmd(c, flags, pol, os.path.join(d, "prompts.jsonl"),
+                                os.path.join(d, "out.jsonl")))
+        prep, run, _ = self.hf_cmds(c, engine, "N_FULL")
+        return show(prep) + " && " + self.capped(c, run) + \
+            "   # N_FULL = the block `flexh2o search` picks for the full-cache cell"
+
+    def search(self, c, flags, pol):
+        """@return (N, predicted bound tok/s) or raise RuntimeError with search's message."""
+        r = subprocess.run(self.search_cmd(c, flags, pol), capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError("search: " + last_line(r.stderr))
+        m = re.search(r"^\s+1\s+(\d+) x (\d+)\s+(\d+)\s+" + r"\S+\s+" * 6 +
+                      r"(?:yes|no)\s+([\d.]+)", r.stdout, re.M)
+        return int(m.group(1)) * int(m.group(2)), float(m.group(4))
+
+    def cell(self, c):
+        """Runs one cell; @return the CSV row."""
+        engine, flags = SYSTEMS[c["system"]]
+        row = dict(machine=self.machine, date=datetime.date.today().isoformat(),
+                   commit=self.commit, grid=c["grid"], system=c["system"], model=c["model"],
+                   prompt_len=c["prompt_len"], gen_len=c["gen_len"], cap=c["cap"], block="",
+                   lowest_tier="", tok_s="", bound_tok_s="", efficiency="", load="",
+                   command=self.dry(c))
+        if self.device == "cuda" and self.machine == "no GPU":
+            return dict(row, status="skipped: no GPU on this machine")
+        d = os.path.join(WORK, slug(c))
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        os.makedirs(self.off, exist_ok=True)
+        pol = os.path.join(d, "policy.json")
+        cal = self.calibration()
+        try:
+            if engine == "flexh2o":
+                return self.flexh2o_cell(c, row, flags, d, pol, cal)
+            return self.hf_cell(c, row, engine, d)
+        except RuntimeError as e:
+            return dict(row, status=f"failed: {e}")
+
+    def flexh2o_cell(self, c, row, flags, d, pol, cal):
+        N, pred = self.search(c, flags, pol)
+        if not flags:
+            self.blocks[(c["model"], c["prompt_len"], c["gen_len"], c["cap"])] = N
+        p = json.load(open(pol))
+        block = f"{p['gpu_batch_size']}x{p['num_gpu_batches']}"
+        prompts, out = os.path.join(d, "prompts.jsonl"), os.path.join(d, "out.jsonl")
+        write_prompts(prompts, N, c["prompt_len"])
+        cmd = self.gen_cmd(c, flags, pol, prompts, out)
+        tiers = plan_tiers(cmd)
+        n = c["gen_len"]
+        params = opt_params(c["model"])
+        b = None
+        if params:
+            gemm = cal["gemm_TFLOPs"] * 1e12
+            extra = {"device memory": (tiers["gpu"]["weights"] + tiers["gpu"]["kv"]) /
+                     (cal["dev_mem_GBps"] * 1e9)}
+            if p.get("cpu_attention"):
+                extra["cpu attention (KV_cpu)"] = tiers["cpu"]["kv"] / (cal["dram_GBps"] * 1e9)
+            b = bound(tiers, cal, N, n, p.get("cpu_attention", False),
+                      2 * params * N / gemm, 2 * params * N * c["prompt_len"] / gemm, extra)
+        row = dict(row, block=block, lowest_tier=lowest_tier(tiers),
+                   bound_tok_s=f"{b['tps']:.3f}" if b else "",
+                   command=show(self.search_cmd(c, flags, pol)) + " && " + self.capped(c, cmd))
+        # the bound above when there is one (the search's own bound takes the GEMM rate
+        # at the block's row count, far below it on a loaded CPU), else the search's
+        pb, which = (b["tps"], "bound") if b else (pred, "search's bound")
+        est = N * n / pb / ASSUMED_EFF
+        if est > self.a.cell_limit:
+            return dict(row, status=f"skipped: estimated {est:.0f} s ({which} {pb:.2f} tok/s "
+                        f"at {ASSUMED_EFF:.0%}) > {self.a.cell_limit} s")
+        row["load"] = f"{os.getloadavg()[0]:.2f}"
+        drop_caches()
+        rc, so, se, note = run_capped(cmd, c["caps"].get("os"), self.a.cell_limit)
+        if rc == "timeout":
+            return dict(row, status=f"skipped: over the {self.a.cell_limit} s cell limit "
+                        "(killed)")
+        if rc != 0:
+            return dict(row, status=f"failed: {note or last_line(se)}")
+        # the summary's tok/s has one decimal: the count over its wall time (2 decimals)
+        tps = N * n / summary(se)["total_s"]
+        return dict(row, tok_s=f"{tps:.3f}",
+                    efficiency=f"{tps / b['tps']:.3f}" if b else "", status="ok")
+
+    def hf_cell(self, c, row, engine, d):
+        probe = "import deepspeed" if engine == "deepspeed" else "import accelerate"
+        r = subprocess.run([self.py, "-c", probe], capture_output=True, text=True)
+        if r.returncode != 0:
+            return dict(row, status=f"skipped: not installed ({last_line(r.stderr)})")
+        key = (c["model"], c["prompt_len"], c["gen_len"], c["cap"])
+        if key not in self.blocks:
+            self.blocks[key] = self.search(c, [], os.path.join(d, "policy.json"))[0]
+        N = self.blocks[key]
+        prep, run, off = self.hf_cmds(c, engine, N)
+        row = dict(row, block=f"{N}x1", command=show(prep) + " && " + self.capped(c, run))
+        sh(prep)  # the random checkpoint, once per model, outside the cap and the clock
+        shutil.rmtree(off, ignore_errors=True)
+        row["load"] = f"{os.getloadavg()[0]:.2f}"
+        drop_caches()
+        rc, so, se, note = run_capped(run, c["caps"].get("os"), self.a.cell_limit)
+        if rc == "timeout":
+            return dict(row, status=f"skipped: over the {self.a.cell_limit} s cell limit "
+                        "(killed)")
+        if rc != 0:
+            return dict(row, status=f"failed: {note or last_line(se)}")
+        res = json.loads(last_line(so))
+        return dict(row, tok_s=f"{res['tok_s']:.3f}", lowest_tier=res["lowest"], status="ok")
+
+
+def slug(c):
+    return re.sub(r"[^\w.-]+", "_", f"{c['system']}-{c['model']}-{c['prompt_len']}-"
+                  f"{c['gen_len']}-{c['cap']}")
+
+
+def read_csv(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def append_csv(path, row):
+    new = not os.path.exists(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def key(row):
+    return tuple(str(row[k]) for k in KEY)
+
+
+def run_grid(a):
+    runner = Runner(a, a.grid)
+    rows = read_csv(a.csv)
+    done = {key(r): r for r in rows}
+    todo = [c for c in cells(a.grid) if a.only is None or a.only in slug(c)]
+    start = time.time()
+    for c in todo:
+        k = key(dict(c, machine=runner.machine))
+        if a.dry_run:
+            print(f"# {c['system']} | {c['model']} {c['prompt_len']}+{c['gen_len']} | "
+                  f"{c['cap']}{' (in the CSV)' if k in done else ''}\n{runner.dry(c)}\n")
+            continue
+        old = done.get(k)
+        if old and (old["status"] == "ok" or not a.redo):
+            continue
+        if a.budget and time.time() - start + a.cell_limit > a.budget:
+            print(f"--budget {a.budget} s: the rest of the grid is left for the next session")
+            break
+        t0 = time.time()
+        row = runner.cell(c)
+        append_csv(a.csv, row)
+        print(f"{c['system']:26s} {c['model']:9s} {c['prompt_len']}+{c['gen_len']:<5d} "
+              f"{row['block']:>7s} {row['lowest_tier']:5s} {row['tok_s'] or '-':>9s} tok/s "
+              f"eff {row['efficiency'] or '-':6s} load {row['load'] or '-':5s} "
+              f"{time.time() - t0:5.0f} s  {row['status']}", flush=True)
+
+
+# ---------------------------------------------------------------------------- report
+
+def short(model):
+    return model.replace("opt-", "").upper()
+
+
+def latest(rows):
+    """One row per key: the last ok one, else the last one."""
+    by = {}
+    for r in rows:
+        k = key(r)
+        if k not in by or r["status"] == "ok" or by[k]["status"] != "ok":
+            by[k] = r
+    return by
+
+
+def report(a):
+    rows = read_csv(a.csv)
+    os.makedirs(a.report_dir, exist_ok=True)
+    md = ["# Tables", "",
+          f"From `{rel(os.path.abspath(a.csv))}` by `python3 benchmarks/tables.py --report`. "
+          "tok/s = generated tokens / wall of the generation, (block, lowest tier: G gpu, "
+          "C cpu, D disk); \"-\" = no measurement yet. Efficiency = tok/s / DESIGN.md's bound "
+          "for the cell's plan (flexh2o rows).", ""]
+    pngs = []
+    for grid, g in GRIDS.items():
+        mine = [r for r in rows if r["grid"] == grid]
+        machines = sorted({r["machine"] for r in mine}) or [None]
+        for mach in machines:
+            by = latest([r for r in mine if r["machine"] == mach])
+            md += grid_table(grid, g, mach, by)
+            if mach and by:
+                pngs += plots(grid, mach, by, a.report_dir)
+    if pngs:
+        md += ["## Plots", ""] + [f"![{p}]({p})" for p in pngs] + [""]
+    path = os.path.join(a.report_dir, "tables.md")
+    open(path, "w").write("\n".join(md))
+    print(f"wrote {rel(path)}" + "".join(f", {p}" for p in pngs))
+
+
+def grid_table(grid, g, mach, by):
+    cols = [(m, p, n) for p, n in g["sizes"] for m in g["models"]]
+    out = [f"## --grid {grid} on {mach or 'no machine yet'}", ""]
+    note = "caps: " + "; ".join(f"{m} {cap_str(g['caps'][m])}" for m in g["models"]) + \
+        f"; device {g['device']}"
+    loads = [float(r["load"]) for r in by.values() if r.get("load")]
+    if loads:
+        note += f"; 1-minute load average before the cells {min(loads):.1f}-{max(loads):.1f}"
+    out.append(note + ".")
+    out += ["", "| system | " + " | ".join(f"{short(m)} {p}+{n}" for m, p, n in cols) + " |",
+            "|---" * (len(cols) + 1) + "|"]
+    empty, effs = [], []
+    for system in SYSTEMS:
+        cells_, eff = [], []
+        for m, p, n in cols:
+            r = by.get((system, m, str(p), str(n), cap_str(g["caps"][m]), mach))
+            ok = r and r["status"] == "ok"
+            cells_.append(f"{float(r['tok_s']):.2f} ({r['block']},{r['lowest_tier'][:1].upper()})"
+                          if ok else "-")
+            eff.append(f"{float(r['efficiency']):.0%} of {float(r['bound_tok_s']):.2f}"
+                       if ok and r["efficiency"] else "-")
+            if not ok:
+                empty.append(f"{system}, {m} {p}+{n}: " + (r["status"] if r else "not run"))
+        out.append(f"| {system} | " + " | ".join(cells_) + " |")
+        if system.startswith("flexh2o"):
+            effs.append(f"| {system} | " + " | ".join(eff) + " |")
+    out.append("")
+    if any(r.get("efficiency") for r in by.values()):
+        out += ["Efficiency against the bound (tok/s):", "",
+                "| system | " + " | ".join(f"{short(m)} {p}+{n}" for m, p, n in cols) + " |",
+                "|---" * (len(cols) + 1) + "|"] + effs + [""]
+    if not by:
+        out += [f"No runs yet: all {len(empty)} cells empty.", ""]
+    elif empty:
+        out += [f"Empty cells ({len(empty)}):", ""] + [f"- {e}" for e in empty] + [""]
+    return out
+
+
+def plots(grid, mach, by, outdir):
+    """throughput per system, tok/s against block size (full vs H2O), efficiency; PNGs
+    by gnuplot. @return the file names written."""
+    if not shutil.which("gnuplot"):
+        print("gnuplot not found (apt-get install -y gnuplot-nox): no PNGs", file=sys.stderr)
+        return []
+    ok = [r for r in by.values() if r["status"] == "ok"]
+    if not ok:
+        return []
+    tag = grid + "-" + re.sub(r"[^\w]+", "_", mach).strip("_").lower()[:40]
+    tmp = tempfile.mkdtemp()
+    g = GRIDS[grid]
+    cols = [(m, p, n) for p, n in g["sizes"] for m in g["models"]]
+    cols = [c for c in cols if any((r["model"], r["prompt_len"], r["gen_len"]) ==
+                                   (c[0], str(c[1]), str(c[2])) for r in ok)]
+
+    def val(system, c, field):
+        for r in ok:
+            if (r["system"], r["model"], r["prompt_len"], r["gen_len"]) == \
+                    (system, c[0], str(c[1]), str(c[2])) and r[field]:
+                return float(r[field])
+        return None
+
+    def histogram(name, field, systems, ylabel, scale=1.0):
+        dat = os.path.join(tmp, name + ".dat")
+        with open(dat, "w") as f:
+            f.write("cell " + " ".join(f'"{s}"' for s in systems) + "\n")
+            for c in cols:
+                vs = [val(s, c, field) for s in systems]
+                f.write(f'"{short(c[0])} {c[1]}+{c[2]}" ' +
+                        " ".join("-" if v is None else f"{v * scale:.4f}" for v in vs) + "\n")
+        png = f"{tag}-{name}.png"
+        plot = ", ".join(f"'{dat}' using {i + 2}:xtic(1) title columnheader lc rgb "
+                         f"'{COLORS[s]}'" for i, s in enumerate(systems))
+        gp(f"""set terminal pngcairo size 900,500; set output '{os.path.join(outdir, png)}'
+set style data histograms; set style histogram clustered gap 1; set style fill solid 0.8
+set datafile missing '-'; set key outside right; set ylabel '{ylabel}'; set yrange [0:*]
+set title '{grid} grid, {mach}' noenhanced
+plot {plot}""")
+        return png
+
+    out = [histogram("throughput", "tok_s", list(SYSTEMS), "generated tok/s")]
+    fx = [s for s in SYSTEMS if s.startswith("flexh2o")]
+    if any(r["efficiency"] for r in ok):
+        out.append(histogram("efficiency", "efficiency", fx, "% of the bound", 100))
+    # tok/s against block size N, full vs H2O (every cell of the grid as a point)
+    lines = []
+    for s in ("flexh2o full", "flexh2o H2O 20%", "flexh2o H2O 20% + 4-bit"):
+        dat = os.path.join(tmp, re.sub(r"\W+", "_", s) + ".dat")
+        pts = [(eval_block(r["block"]), float(r["tok_s"]), f"{short(r['model'])} "
+                f"{r['prompt_len']}+{r['gen_len']}") for r in ok if r["system"] == s]
+        if pts:
+            with open(dat, "w") as f:
+                for N, t, lab in sorted(pts):
+                    f.write(f'{N} {t:.4f} "{lab}"\n')
+            lines.append(f"'{dat}' using 1:2 with points pt 7 ps 1.5 lc rgb '{COLORS[s]}' "
+                         f"title '{s}', "
+                         f"'{dat}' using 1:2:3 with labels offset 0,1 font ',8' notitle")
+    if lines:
+        png = f"{tag}-block.png"
+        gp(f"""set terminal pngcairo size 900,500; set output '{os.path.join(outdir, png)}'
+set logscale x 2; set xlabel 'block size N (gpu batch x batches)'; set ylabel 'generated tok/s'
+set key outside right; set yrange [0:*]; set title '{grid} grid, {mach}: full vs H2O' noenhanced
+plot {', '.join(lines)}""")
+        out.append(png)
+    return out
+
+
+def eval_block(b):
+    x, _, k = b.partition("x")
+    return int(x) * int(k or 1)
+
+
+def gp(script):
+    r = subprocess.run(["gnuplot"], input=script, capture_output=True, text=True)
+    if r.returncode != 0:
+        print("gnuplot: " + r.stderr.strip(), file=sys.stderr)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--grid", choices=list(GRIDS))
+    ap.add_argument("--report", action="store_true", help="tables.md and PNGs from the CSV")
+    ap.add_argument("--csv", default=os.path.join(ROOT, "benchmarks", "results", "tables.csv"))
+    ap.add_argument("--report-dir", default=None, help="default: the CSV's folder")
+    ap.add_argument("--dry-run", action="store_true", help="print every cell's command")
+    ap.add_argument("--only", default=None, help="only the cells whose slug contains this")
+    ap.add_argument("--redo", action="store_true", help="rerun the failed and skipped cells")
+    ap.add_argument("--cell-limit", type=int, default=240, help="seconds per cell")
+    ap.add_argument("--budget", type=int, default=0,
+                    help="start no cell that could end after this many seconds (a lent GPU)")
+    ap.add_argument("--hf-python", default="/work/venv-hf/bin/python"
+                    if os.path.exists("/work/venv-hf/bin/python") else sys.executable,
+                    help="python with torch + transformers + accelerate for the HF rows")
+    ap.add_argument("--offload-dir", default=os.path.join(WORK, "offload"))
+    ap.add_argument("--flexh2o", default=FLEXH2O)
+    a = ap.parse_args()
+    if a.report:
+        a.report_dir = a.report_dir or os.path.dirname(os.path.abspath(a.csv))
+        report(a)
+    elif a.grid:
+        run_grid(a)
+    else:
+        ap.error("--grid NAME or --report")
+
+
+if __name__ == "__main__":
+    main()
