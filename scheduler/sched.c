@@ -72,10 +72,11 @@ static int alloc_weights(sched *s)
     for (int i = 0; rc == 0 && i < 2 && g->w_gpu < g->blob; i++)
         rc = alloc_gpu(s, off_align_up(g->blob) - g->w_stage_from, &s->w_stage[i]);
     if (rc == 0 && g->w_cpu < g->blob && !s->sh.weights_on_disk_already) {
-        rc = open_disk_file(s, "weights.bin", (uint64_t)L * off_align_up(g->blob), &s->w_fd);
+        /* weights.bin holds each layer's disk span only, one after another */
+        rc = open_disk_file(s, "weights.bin", (uint64_t)L * g->w_disk_span, &s->w_fd);
         s->w_fd_owned = 1;
         for (int l = 0; rc == 0 && l < L; l++)
-            s->w_off[l] = (uint64_t)l * off_align_up(g->blob);
+            s->w_off[l] = (uint64_t)l * g->w_disk_span;
     }
     /* the layer views: the fields of a resident share point at the GPU home,
      * the others into the weight slot, which holds the blob's bytes from
@@ -413,17 +414,16 @@ int sched_layer_sink(void *ptr, int l, const void *blob, int wq, int fd,
                g->w_cpu - g->w_gpu);
     if (g->w_cpu == g->blob)
         return 0;
+    /* the blob is OFF_ALIGN-aligned and padded: the disk share is read as
+     * the aligned span [from, align_up(blob)) */
+    size_t from = g->w_cpu & ~(size_t)(OFF_ALIGN - 1);
     if (fd >= 0 && s->sh.weights_on_disk_already) { /* streamed from the weight store */
         s->w_fd = fd;
-        s->w_off[l] = file_offset;
+        s->w_off[l] = file_offset + from;
         return 0;
     }
     RETURN_IF(s->w_fd < 0, -EINVAL, "internal: no file for the disk share of the weights");
-    /* the blob is OFF_ALIGN-aligned and padded: write the aligned span that
-     * holds the disk share */
-    size_t from = g->w_cpu & ~(size_t)(OFF_ALIGN - 1);
-    off_io io = {s->w_fd, 1, (void *)(b + from), off_align_up(g->blob) - from,
-                 s->w_off[l] + from};
+    off_io io = {s->w_fd, 1, (void *)(b + from), g->w_disk_span, s->w_off[l]};
     char what[64];
     snprintf(what, sizeof what, "weights of layer %d", l);
     return off_disk_rw(s->disk, &io, 1, what);

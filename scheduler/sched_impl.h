@@ -168,7 +168,8 @@ struct sched {
     int w_cpu_pinned;
     int w_fd;              /* disk share: weights.bin or the store */
     int w_fd_owned;
-    uint64_t *w_off;       /* (L) file offset of each layer blob */
+    uint64_t *w_off;       /* (L) file offset of each layer's disk span (the blob's
+                            * bytes from w_cpu rounded down to OFF_ALIGN) */
     void *w_stage[2];      /* GPU slots for [w_gpu, blob) */
     void *q_blob;          /* host: the layer being quantized (compress_weight) */
     sched_layer *w_view[2];/* (L) per slot: the layer's tensors, resident or staged */

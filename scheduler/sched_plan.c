@@ -155,7 +155,7 @@ int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
     b[SCHED_GPU][SCHED_WEIGHTS] = L * g.w_gpu + g.globals;
     b[SCHED_CPU][SCHED_WEIGHTS] = L * (g.w_cpu - g.w_gpu);
     b[SCHED_DISK][SCHED_WEIGHTS] = g.w_cpu < g.blob && !sh->weights_on_disk_already
-                                       ? L * off_align_up(g.blob) : 0;
+                                       ? L * g.w_disk_span : 0;
 
     for (int t = 0; t < SCHED_TIERS; t++)
         b[t][SCHED_KV] = t == SCHED_DISK ? L * K * g.kv_disk_stride : L * K * g.kv[t].bytes;

@@ -84,7 +84,7 @@ static int load_weights(sched *s, int l, int step)
         t.tier = SCHED_DISK;
         t.stage = (char *)s->w_stage[v] + (g->w_cpu - g->w_stage_from);
         t.fd = s->w_fd;
-        t.file_off = s->w_off[l] + from;
+        t.file_off = s->w_off[l];
         t.delta = g->w_cpu - from; /* the bytes before w_cpu are the blob's own */
         t.bytes = g->blob - g->w_cpu;
         ticket = sched_lane_submit(&s->lane[0], &t);
