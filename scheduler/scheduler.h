@@ -589,6 +589,10 @@ typedef struct sched_search_opts {
     int cpu_attention;       /* -1: try both, 0 / 1: only that */
     uint64_t gpu_cap, cpu_cap; /* bytes; both required */
     uint64_t disk_cap;       /* bytes free in offload_dir; 0: no disk tier */
+    int weight_fmt;          /* sched_shape.weight_fmt: the source's 16 bits, kept on
+                              * the tiers of a wider backend (cli_model_tiers) */
+    int weights_on_disk_already; /* sched_shape's: the disk share streams from a weight
+                              * store, so it takes no room in offload_dir */
 } sched_search_opts;
 
 typedef struct sched_candidate {

@@ -43,6 +43,7 @@ typedef struct lp_in {
      * resident and staged activations, activations moved per step and per
      * prefill (link, disk), one d-row per (layer, sequence) */
     double W, W_al, blob_al, kv_all, kvrec, globals, work_gpu, work_cpu, x_res, x_stage;
+    double W_file;             /* W_al, or 0 when the disk share is a weight store's */
     double x_step, x_pre, x_step_disk, x_pre_disk, cross_row;
     int act, attn, disk, np, gen, s;
     double gpu_cap, cpu_cap, disk_cap;
@@ -158,9 +159,9 @@ static int lp_solve(const lp_in *in, lp_out *o)
     /* disk tier */
     if (in->disk) {
         memset(a, 0, sizeof a);
-        a[V_WG] = a[V_WC] = -in->W_al;
+        a[V_WG] = a[V_WC] = -in->W_file;
         a[V_CG] = a[V_CC] = -in->kv_all;
-        cst = in->W_al + in->kv_all + (in->act == SCHED_DISK ? in->x_res : 0);
+        cst = in->W_file + in->kv_all + (in->act == SCHED_DISK ? in->x_res : 0);
         add_row(lp, GLP_UP, 0, in->disk_cap - cst, a);
     }
 
@@ -230,6 +231,8 @@ static sched_shape search_shape(const sched_search_opts *o, int gbs)
     sh.max_rows = sched_prefill_rows(o->prefill_rows, o->prompt_len, gbs);
     sh.cap = o->kv_cap;
     sh.scores = o->scores;
+    sh.weight_fmt = o->weight_fmt;
+    sh.weights_on_disk_already = o->weights_on_disk_already;
     return sh;
 }
 
@@ -439,7 +442,14 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
 
     sched_geom g;
     sched_plan pl;
-    if (sched_plan_geom(c, es, &p, &sh, &g, &pl) < 0)
+    /* the LP's geometry: with 16-bit sources that of a layer that moves
+     * (one wholly on the GPU tier stays in the storage type, so with
+     * p.wg = 100 the blob would be the wide one; the exact plans of
+     * try_exact tell the two apart) */
+    sched_policy pg = p;
+    if (o->weight_fmt)
+        pg.wg = 0, pg.wc = 100;
+    if (sched_plan_geom(c, es, &pg, &sh, &g, &pl) < 0)
         return;
     sched_plan pl_attn; /* the CPU work of CPU attention (fp16 backends) */
     sched_policy p_attn = p;
@@ -455,6 +465,7 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
     lp_in in = {
         .W = L * g.blob,
         .W_al = L * off_align_up(g.blob),
+        .W_file = sh.weights_on_disk_already ? 0 : L * off_align_up(g.blob),
         .blob_al = (double)off_align_up(g.blob),
         .kv_all = L * K * (double)rec.bytes,
         .kvrec = (double)off_align_up(rec.bytes),
@@ -576,7 +587,10 @@ int sched_search(const sched_model *c, size_t es, const sched_policy *base,
     int max_block = o->max_block > 0 ? o->max_block : 1024;
     search_ctx x = {.c = c, .es = es, .base = base, .o = o, .hw = hw, .out = out,
                     .n_out = n_out};
-    weight_levels(c, es, base->compress_weight, &x.wl);
+    /* the cuts of the blob the tiers hold: 16-bit on a wider backend when
+     * the source is (as sched_plan_geom decides) */
+    size_t wes = o->weight_fmt && es > 2 && !base->compress_weight ? 2 : es;
+    weight_levels(c, wes, base->compress_weight, &x.wl);
     int quiet = !err_msg()[0];
     /* large blocks first: they usually win, and a good early candidate lets
      * the bound drop the shapes that cannot beat it */

@@ -31,6 +31,7 @@
 
 TestSuite(search, .init = cli_setup, .fini = cli_teardown);
 
+#define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
 #define GiB (1ull << 30)
 #define MiB (1ull << 20)
 
@@ -378,6 +379,52 @@ Test(search, cpu_too_small_spills_weights_to_disk)
     cr_assert_str_eq(b.pol.offload_dir, "/tmp");
 }
 
+/* An fp16 source on the CPU backend (4-byte elements): the search plans
+ * what generate then does (sched_shape.weight_fmt): the tiers hold 2-byte
+ * layers, so the same caps keep more of them resident; with the disk share
+ * in a weight store, offload_dir needs no room for it. */
+Test(search, plans_16_bit_weights_on_a_wider_backend)
+{
+    model_config c = opt("opt-1.3b");
+    sched_calib hw = {.device = "cpu", .h2d = 20, .d2h = 20, .dram = 20, .dev_mem = 20,
+                      .gemm = 0.2, .disk_read = 1, .disk_write = 1, .disk_kind = "io_uring"};
+    sched_policy base = pol(1, 1, 100, 0, 100, 0, 100, 0, 0);
+    sched_search_opts o = {.prompt_len = 32, .gen_len = 8, .prefill_rows = 4096,
+                           .kv_cap = 40, .max_block = 8, .max_gpu_batches = 1,
+                           .cpu_attention = 0, .gpu_cap = 1 * GiB, .cpu_cap = 1 * GiB,
+                           .disk_cap = 64 * GiB};
+    sched_candidate f32, f16, st16;
+    int n = 0;
+    const sched_model *m = shape_of(&c);
+    cr_assert_eq(sched_search(m, 4, &base, &o, &hw, &f32, 1, &n), 0, "%s", err_msg());
+    o.weight_fmt = KERN_H16_F16;
+    cr_assert_eq(sched_search(m, 4, &base, &o, &hw, &f16, 1, &n), 0, "%s", err_msg());
+    cr_assert_eq(f32.plan.weight_fmt, 0);
+    cr_assert_eq(f16.plan.weight_fmt, KERN_H16_F16);
+    /* 5.3 GB fp32 / 2.6 GB fp16 in 1 + 1 GiB: more of it resident, less read per step */
+    double res32 = f32.pol.wg + f32.pol.wc, res16 = f16.pol.wg + f16.pol.wc;
+    cr_assert_gt(res16, res32, "resident %g %% fp16 vs %g %% fp32", res16, res32);
+    cr_assert_gt(f16.cost.tok_s, f32.cost.tok_s);
+    /* the plan is the one generate computes for that policy and shape */
+    sched_shape sh = {.max_rows = sched_prefill_rows(4096, 32, f16.pol.gpu_batch_size),
+                      .cap = 40, .weight_fmt = KERN_H16_F16};
+    sched_plan again;
+    cr_assert_eq(sched_plan_compute(m, 4, &f16.pol, &sh, &again), 0, "%s", err_msg());
+    cr_assert_eq(memcmp(again.total, f16.plan.total, sizeof again.total), 0);
+    cr_assert_gt(f16.plan.bytes[SCHED_DISK][SCHED_WEIGHTS], 0);
+    /* the disk share in a weight store: no weights.bin, so a disk of 64 MiB
+     * (the KV's) does */
+    o.weights_on_disk_already = 1;
+    o.disk_cap = 64 * MiB;
+    cr_assert_eq(sched_search(m, 4, &base, &o, &hw, &st16, 1, &n), 0, "%s", err_msg());
+    cr_assert_eq(st16.plan.bytes[SCHED_DISK][SCHED_WEIGHTS], 0);
+    cr_assert_lt(st16.pol.wg + st16.pol.wc, 100);
+    o.weights_on_disk_already = 0;
+    cr_assert_neq(sched_search(m, 4, &base, &o, &hw, &st16, 1, &n), 0,
+                  "2.6 GB of weights cannot spill into 64 MiB of weights.bin");
+    err_clear();
+}
+
 Test(search, h2o_budget_raises_the_bound)
 {
     /* KV-bound: OPT-1.3B with 512 + 32 tokens, no disk; H2O keeps 20 % */
@@ -615,6 +662,36 @@ Test(search, cli_calibrate_search_generate)
         lines += *c == '\n';
     cr_assert_eq(lines, 2, "%s", o);
     free(o);
+}
+
+/* search --model on an fp16 weight store plans the 16-bit tiers generate
+ * uses, and its policy runs on that store. */
+Test(search, cli_plans_an_fp16_store_as_generate_runs_it)
+{
+    cli_write("hw.json", "{\"device\": \"cpu\", \"h2d_GBps\": 10, \"d2h_GBps\": 10, "
+                         "\"dram_GBps\": 20, \"dev_mem_GBps\": 20, \"gemm_TFLOPs\": 0.1, "
+                         "\"disk_read_GBps\": 1, \"disk_write_GBps\": 1}");
+    cr_assert_eq(cli_run("convert --model " TINY " --out st16"), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("convert --model " TINY " --out st32 --dtype f32"), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("search --model st32 --device cpu --hardware hw.json --prompt-len 8 "
+                         "--gen-len 4 --gpu-mem 600K --cpu-mem 1G --max-block 4"), 0, "%s",
+                 cli_err);
+    char *out = cli_read("stdout.txt");
+    cr_assert(strstr(out, "(4-byte elements), prompt 8"), "%s", out);
+    free(out);
+    cr_assert_eq(cli_run("search --model st16 --device cpu --hardware hw.json --prompt-len 8 "
+                         "--gen-len 4 --gpu-mem 600K --cpu-mem 1G --max-block 4 "
+                         "--offload-dir . --out pol.json"), 0, "%s", cli_err);
+    out = cli_read("stdout.txt");
+    cr_assert(strstr(out, "(4-byte elements, fp16 weights widened per block)"), "%s", out);
+    free(out);
+    cli_write("p.jsonl", "{\"prompt_ids\": [2, 9, 30, 31, 32, 33, 34, 35]}\n");
+    cr_assert_eq(cli_run("generate --model st16 --policy pol.json --prompts p.jsonl "
+                         "--out o.jsonl --max-new-tokens 4 --ignore-eos --quiet --device cpu"),
+                 0, "%s", cli_err);
+    out = cli_read("o.jsonl");
+    cr_assert(strstr(out, "\"finish_reason\":\"length\"}"), "%s", out);
+    free(out);
 }
 
 Test(search, cli_takes_the_lengths_from_the_prompt_file)

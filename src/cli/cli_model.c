@@ -60,17 +60,22 @@ int cli_model_open(const char *dir, const char *dummy, cli_model_src *src)
     return 0;
 }
 
-void cli_model_tiers(const cli_model_src *src, const backend *be, const sched_policy *pol,
-                     sched_shape *sh)
+void cli_model_tiers_for(const cli_model_src *src, size_t elem_size, int widens,
+                         const sched_policy *pol, sched_shape *sh)
 {
-    const backend_ops *o = be->ops;
     int h16 = src->is_store && src->store_dtype == OFF_DTYPE_F16 ? KERN_H16_F16
             : src->dir && !src->is_store                          ? src->hf_h16
                                                                   : 0;
-    sh->weight_fmt = h16 && !pol->compress_weight && o->elem_size > 2 && o->widen ? h16 : 0;
+    sh->weight_fmt = h16 && !pol->compress_weight && elem_size > 2 && widens ? h16 : 0;
     sh->weights_on_disk_already =
         src->is_store && pol->compress_weight == !!(src->store_dtype & OFF_DTYPE_Q4) &&
-        (off_dtype_size(src->store_dtype) == o->elem_size || sh->weight_fmt);
+        (off_dtype_size(src->store_dtype) == elem_size || sh->weight_fmt);
+}
+
+void cli_model_tiers(const cli_model_src *src, const backend *be, const sched_policy *pol,
+                     sched_shape *sh)
+{
+    cli_model_tiers_for(src, be->ops->elem_size, be->ops->widen != NULL, pol, sh);
 }
 
 int cli_model_load(const cli_model_src *src, backend *be, sched *sc, model **m)

@@ -36,6 +36,12 @@ int cli_model_open(const char *dir, const char *dummy, cli_model_src *src);
 void cli_model_tiers(const cli_model_src *src, const backend *be, const sched_policy *pol,
                      sched_shape *sh);
 
+/* The same for a backend not opened: its storage type of elem_size bytes,
+ * widens: it can widen 16-bit layers (backend_ops.widen; the CPU
+ * backend's). search plans with it. */
+void cli_model_tiers_for(const cli_model_src *src, size_t elem_size, int widens,
+                         const sched_policy *pol, sched_shape *sh);
+
 /* Load the weights, each layer through the scheduler's sink. @return 0 or
  * -errno. */
 int cli_model_load(const cli_model_src *src, backend *be, sched *sc, model **m);

@@ -24,6 +24,7 @@
 
 #include "cli.h"
 #include "cli_args.h"
+#include "cli_model.h"
 #include "err.h"
 #include "gen.h"
 #include "job.h"
@@ -167,21 +168,15 @@ static int search_parse(int argc, char **argv, search_args *a)
 /* The lengths a search plans for, from the job's prompt file: the longest
  * prompt, the longest generation, the largest KV budget, and no block
  * larger than the job. @return 0 or the exit status of the error printed. */
-static int job_lengths(const model_config *cfg, const cli_common *c, sched_search_opts *so,
+static int job_lengths(const cli_model_src *src, const cli_common *c, sched_search_opts *so,
                        int *n_out)
 {
-    tok *t = NULL;
+    const model_config *cfg = &src->cfg;
+    tok *t = src->t;
     job_prompts ps = {0};
     job_reader *rd = NULL;
     gen_opts go = {.max_new = c->max_new, .prefill_rows = so->prefill_rows, .kv = c->kv};
-    int rc = c->model_dir ? tok_load(c->model_dir, &t) : 0;
-    if (rc == 0 && t) {
-        char cfg_file[4096];
-        snprintf(cfg_file, sizeof cfg_file, "%s/config.json", c->model_dir);
-        rc = tok_check_vocab(t, cfg->vocab_size, cfg_file);
-    }
-    if (rc == 0)
-        rc = job_reader_open(c->prompts,
+    int rc = job_reader_open(c->prompts,
                              &(job_load_opts){.t = t, .bos = t ? tok_bos_id(t) : cfg->bos_id,
                                               .vocab = cfg->vocab_size,
                                               .max_len = cfg->max_pos - 1,
@@ -221,7 +216,6 @@ static int job_lengths(const model_config *cfg, const cli_common *c, sched_searc
     *n_out = (int)(n_req < INT_MAX ? n_req : INT_MAX);
     job_prompts_free(&ps);
     job_reader_close(rd);
-    tok_destroy(t);
     return rc < 0 ? cli_fail() : 0;
 }
 
@@ -297,9 +291,12 @@ static void search_report(const search_args *a, const model_config *cfg, const s
                           size_t es, int n_prompts, const sched_candidate *best, int n)
 {
     const sched_search_opts *so = &a->so;
-    printf("[flexh2o] search: %s on %s (%zu-byte elements%s%s), prompt %d + gen %d, %d KV "
+    printf("[flexh2o] search: %s on %s (%zu-byte elements%s%s%s), prompt %d + gen %d, %d KV "
            "slots per sequence (%s); caps gpu %.2f GiB, cpu %.2f GiB, disk %s\n", cfg->name,
            hw->device, es, a->base.compress_weight ? ", 4-bit weights" : "",
+           !so->weight_fmt                         ? ""
+           : so->weight_fmt == KERN_H16_BF16       ? ", bf16 weights widened per block"
+                                                   : ", fp16 weights widened per block",
            a->base.compress_cache ? ", 4-bit KV" : "", so->prompt_len, so->gen_len, so->kv_cap,
            kv_policy_name(a->c.kv.kind), so->gpu_cap / 1073741824.0,
            so->cpu_cap / 1073741824.0, so->disk_cap ? a->base.offload_dir : "none");
@@ -324,10 +321,18 @@ static void search_report(const search_args *a, const model_config *cfg, const s
 /* Search with the model's shape on one rank's share of the host (rank; hw
  * is the host's profile, as measured), report, and save the best with
  * --out. @return the exit status. */
-static int search_run(search_args *a, const model_config *cfg, const sched_calib *hw,
+static int search_run(search_args *a, const cli_model_src *src, const sched_calib *hw,
                       const sched_calib *rank, int n_prompts)
 {
-    size_t es = strcmp(hw->device, "cuda") == 0 ? 2 : 4;
+    const model_config *cfg = &src->cfg;
+    int cpu = strcmp(hw->device, "cpu") == 0;
+    size_t es = cpu ? 4 : 2;
+    /* the weights as generate keeps them on this device: an fp16 store or a
+     * 16-bit checkpoint stays 16-bit on the CPU backend's tiers */
+    sched_shape sh = {0};
+    cli_model_tiers_for(src, es, cpu, &a->base, &sh);
+    a->so.weight_fmt = sh.weight_fmt;
+    a->so.weights_on_disk_already = sh.weights_on_disk_already;
     sched_candidate *best = calloc((size_t)a->top, sizeof *best);
     if (!best)
         return cli_error(1, "out of memory");
@@ -352,6 +357,34 @@ static int search_run(search_args *a, const model_config *cfg, const sched_calib
     return status;
 }
 
+/* The job's lengths (--prompts) or the given ones, the hardware, then the
+ * search. @return the exit status. */
+static int search_model(search_args *a, const cli_model_src *src)
+{
+    const cli_common *c = &a->c;
+    int rc, n_prompts = 0;
+    if (c->prompts && (rc = job_lengths(src, c, &a->so, &n_prompts)))
+        return rc;
+    /* the job's prompts split over the ranks: a rank cannot fill a block
+     * larger than its share */
+    int per_rank = (int)(((long)n_prompts + a->ranks - 1) / a->ranks);
+    if (c->prompts && per_rank < a->so.max_block)
+        a->so.max_block = per_rank;
+    if (!c->prompts) {
+        kv_split sp;
+        if (kv_policy_split(&c->kv, a->so.prompt_len, a->so.gen_len, 0, &sp) < 0)
+            return cli_usage_err("search");
+        a->so.kv_cap = sp.budget;
+    }
+    sched_calib hw, rank;
+    if ((rc = search_profile(a, &hw)))
+        return rc;
+    rank = hw;
+    if (sched_calib_share(&rank, a->per_node) < 0)
+        return cli_fail();
+    return search_run(a, src, &hw, &rank, n_prompts);
+}
+
 int cli_search(int argc, char **argv)
 {
     search_args a;
@@ -363,29 +396,11 @@ int cli_search(int argc, char **argv)
     if (rc)
         return rc;
     const cli_common *c = &a.c;
-    model_config cfg;
-    rc = c->model_dir ? model_config_of(c->model_dir, &cfg) : model_config_by_name(c->dummy, &cfg);
-    if (rc < 0)
-        return cli_fail();
-    int n_prompts = 0;
-    if (c->prompts && (rc = job_lengths(&cfg, c, &a.so, &n_prompts)))
-        return rc;
-    /* the job's prompts split over the ranks: a rank cannot fill a block
-     * larger than its share */
-    int per_rank = (int)(((long)n_prompts + a.ranks - 1) / a.ranks);
-    if (c->prompts && per_rank < a.so.max_block)
-        a.so.max_block = per_rank;
-    if (!c->prompts) {
-        kv_split sp;
-        if (kv_policy_split(&c->kv, a.so.prompt_len, a.so.gen_len, 0, &sp) < 0)
-            return cli_usage_err("search");
-        a.so.kv_cap = sp.budget;
-    }
-    sched_calib hw, rank;
-    if ((rc = search_profile(&a, &hw)))
-        return rc;
-    rank = hw;
-    if (sched_calib_share(&rank, a.per_node) < 0)
-        return cli_fail();
-    return search_run(&a, &cfg, &hw, &rank, n_prompts);
+    cli_model_src src = {0};
+    if (cli_model_open(c->model_dir, c->dummy, &src) < 0)
+        rc = cli_fail();
+    else
+        rc = search_model(&a, &src);
+    tok_destroy(src.t);
+    return rc;
 }
