@@ -9,7 +9,8 @@ gpt-neox-20b): transformers builds the family's own model class from the same
 config.json. Both sides run the same shape with random ("dummy") weights, in fp32 on all
 CPU cores (--device cpu) or in fp16 on the GPU with the whole model resident
 (--device cuda): a batch of B prompts of prompt-len tokens, then gen-len greedy tokens
-with EOS ignored. Reported per batch size:
+with EOS ignored; transformers' prefill keeps only the last position's logits
+(logits_to_keep=1), as its generate() does. Reported per batch size:
   prefill tok/s  = B * prompt_len / prefill time
   decode tok/s   = B * (gen_len - 1) / time of the decode steps
 and the ratio flexh2o / transformers. transformers' side is skipped, with a
@@ -60,23 +61,30 @@ def run_hf(model, B, plen, glen, device):
             _hf_models[model] = AutoModelForCausalLM.from_config(
                 AutoConfig.for_model(cfg.pop("model_type"), **cfg)).eval()
         torch.set_default_dtype(torch.float32)
+    import inspect
+    from transformers import DynamicCache
     m = _hf_models[model]
+    # the cache keyword: `cache` from transformers 5.2x, `past_key_values` before
+    ck = "cache" if "cache" in inspect.signature(m.forward).parameters else "past_key_values"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     ids = torch.tensor([prompt_ids(i, plen)
                         for i in range(B)], device=device)
+    # the peer at its best, as generate() runs it: the prefill computes the
+    # logits of the last position only (logits_to_keep=1; all B x plen rows
+    # of the LM head would cost it ~1.7x at batch 8), and the cache is the
+    # current API's DynamicCache, filled in place
     with torch.inference_mode():
-        m(ids[:, :8], use_cache=True)  # warm-up
+        m(ids[:, :8], use_cache=True, logits_to_keep=1, **{ck: DynamicCache()})  # warm-up
         sync()
         t0 = time.perf_counter()
-        out = m(ids, use_cache=True)
+        past = DynamicCache()
+        out = m(ids, use_cache=True, logits_to_keep=1, **{ck: past})
         sync()
         t_prefill = time.perf_counter() - t0
-        past = out.past_key_values
         tok = out.logits[:, -1].argmax(-1, keepdim=True)
         t0 = time.perf_counter()
         for _ in range(glen - 1):
-            out = m(tok, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = m(tok, use_cache=True, logits_to_keep=1, **{ck: past})
             tok = out.logits[:, -1].argmax(-1, keepdim=True)
         sync()
         t_decode = time.perf_counter() - t0
