@@ -53,16 +53,25 @@ def calibrate(flexh2o, device, offload_dir, nbytes="1G", out=None):
 
 def plan_tiers(cmd):
     """Bytes per tier of `flexh2o generate ... --plan` (cmd without --plan):
-    {tier: {weights, kv, act, stage, work, total}} for tier in gpu, cpu, disk."""
+    {tier: {weights, kv, act, stage, work, total}} for tier in gpu, cpu, disk. The
+    disk share of the weights read from a weight store as it is counts in the disk
+    tier's weights (it is read from disk each step) and alone in disk["store"]."""
     r = sh(cmd + ["--plan"])
     tiers = {}
+    store = 0.0
     for line in r.stdout.splitlines():
+        m = re.search(r"disk share read from the weight store: ([\d.]+) GiB", line)
+        if m:
+            store = float(m.group(1)) * 2**30
         m = re.match(r"\[flexh2o\] plan\s+(gpu|cpu|disk)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+"
                      r"([\d.]+)\s+([\d.]+)\s+([\d.]+)", line)
         if m:
             v = [float(x) * 2**30 for x in m.groups()[1:]]
             tiers[m.group(1)] = dict(weights=v[0], kv=v[1], act=v[2], stage=v[3], work=v[4],
                                      total=v[5])
+    if "disk" in tiers:
+        tiers["disk"]["weights"] += store
+        tiers["disk"]["store"] = store
     return tiers
 
 

@@ -73,20 +73,29 @@ COLORS = {"HF Accelerate": "#888888", "DeepSpeed ZeRO-Inference": "#bbbbbb",
           "flexh2o full": "#1f77b4", "flexh2o H2O 20%": "#ff7f0e",
           "flexh2o H2O 20% + 4-bit": "#2ca02c"}  # one per system in every plot
 GRIDS = {
+    # source "dummy": flexh2o --dummy (random weights made in memory; FlexGen's
+    # benchmarks do the same), HF a random fp16 checkpoint of the same shape
     "gpu": dict(device="cuda", models=["opt-6.7b", "opt-30b"],
                 sizes=[(512, 32), (512, 512), (512, 1024)],
                 caps={"opt-6.7b": dict(gpu="16G"), "opt-30b": dict(gpu="16G")},
-                max_block={"opt-6.7b": 1024, "opt-30b": 1024}),
-    # caps: the compute arena below the weights (6.7B: a 0.8 GB layer, double
-    # buffered, needs 2.3 GiB), a CPU tier for part of the weights and the KV, the rest of the fp32 weights (5.3 / 26.6 GB) on disk; os = the cgroup
+                max_block={"opt-6.7b": 1024, "opt-30b": 1024}, source="dummy"),
+    # source "store": one random fp16 checkpoint per model that both systems
+    # read (HF loads it into fp32, the CPU's compute type; flexh2o converts it
+    # once to its weight store, which its CPU backend streams as fp16 and
+    # widens per block), both prepared outside the clock and the cap.
+    # caps: the compute arena below the weights, a CPU tier for part of the
+    # weights and the KV, the rest of the weights on disk; os = the cgroup
     # limit of the whole process (both tiers + ~1.5 GiB of runtime), and for HF
-    # max_memory cpu = gpu + cpu
+    # max_memory cpu = gpu + cpu. max_block: the largest block the search may
+    # pick; the cell takes the largest of 64, 32, 16, 8, ... up to it whose
+    # estimate fits the cell limit.
     "cpu": dict(device="cpu", models=["opt-1.3b", "opt-6.7b"],
                 sizes=[(32, 8), (32, 32), (128, 32)],
                 caps={"opt-1.3b": dict(gpu="1G", cpu="3G", os="5632M"),
                       "opt-6.7b": dict(gpu="3G", cpu="6G", os="10752M")},
-                max_block={"opt-1.3b": 8, "opt-6.7b": 4}),
+                max_block={"opt-1.3b": 64, "opt-6.7b": 64}, source="store"),
 }
+BLOCK_TRIES = (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
 CGROUP = "/sys/fs/cgroup/memory/flexh2o-tables"
 WORK = "/tmp/flexh2o-tables"
 ASSUMED_EFF = 0.5  # of the bound, to skip cells that cannot finish in time (the cpu
@@ -109,7 +118,8 @@ def cells(grid):
             for system in sorted(SYSTEMS, key=lambda s: not s.startswith("flexh2o")):
                 yield dict(grid=grid, system=system, model=model, prompt_len=p, gen_len=n,
                            caps=g["caps"][model], cap=cap_str(g["caps"][model]),
-                           device=g["device"], max_block=g["max_block"][model])
+                           device=g["device"], max_block=g["max_block"][model],
+                           source=g["source"])
 
 
 def machine(device):
@@ -229,27 +239,60 @@ class Runner:
             calibrate(self.a.flexh2o, self.device, self.off, out=self.hw)
         return json.load(open(self.hw))
 
-    def search_cmd(self, c, flags, pol):
-        cmd = [self.a.flexh2o, "search", "--dummy", c["model"], "--device", self.device,
+    def ckpt(self, c):
+        """The random checkpoint the HF rows load (and, with source "store", flexh2o's
+        store is converted from)."""
+        return os.path.join(WORK, "hf", f"{c['model']}-float16")
+
+    def store(self, c):
+        return os.path.join(WORK, "store", f"{c['model']}-f16")
+
+    def model_args(self, c):
+        if c["source"] == "store":
+            return ["--model", self.store(c)]
+        return ["--dummy", c["model"]]
+
+    def prep_cmds(self, c):
+        """Commands that make what a cell reads, untimed and uncapped, once per model:
+        the HF checkpoint, and with source "store" flexh2o's store of it."""
+        script = os.path.join(ROOT, "benchmarks", "hf_offload.py")
+        cmds = [[self.py, script, "--prepare", "--model", c["model"], "--ckpt", self.ckpt(c),
+                 "--dtype", "float16"]]
+        if c["source"] == "store":
+            cmds.append([self.a.flexh2o, "convert", "--model", self.ckpt(c), "--out",
+                         self.store(c)])
+        return cmds
+
+    def prepare(self, c, engine):
+        cmds = self.prep_cmds(c)
+        if engine == "flexh2o" and c["source"] == "dummy":
+            return
+        if not os.path.exists(os.path.join(self.ckpt(c), "config.json")):
+            sh(cmds[0])
+        if engine == "flexh2o" and not os.path.exists(os.path.join(self.store(c),
+                                                                    "model.flxh2o")):
+            sh(cmds[1])
+
+    def search_cmd(self, c, flags, pol, max_block=None):
+        cmd = [self.a.flexh2o, "search"] + self.model_args(c) + ["--device", self.device,
                "--hardware", self.hw, "--prompt-len", str(c["prompt_len"]),
                "--gen-len", str(c["gen_len"]), "--gpu-mem", c["caps"]["gpu"],
-               "--offload-dir", self.off, "--max-block", str(c["max_block"]),
+               "--offload-dir", self.off, "--max-block", str(max_block or c["max_block"]),
                "--top", "1", "--out", pol] + flags
         if c["caps"].get("cpu"):
             cmd += ["--cpu-mem", c["caps"]["cpu"]]
         return cmd
 
     def gen_cmd(self, c, flags, pol, prompts, out):
-        return [self.a.flexh2o, "generate", "--dummy", c["model"], "--policy", pol,
+        return [self.a.flexh2o, "generate"] + self.model_args(c) + ["--policy", pol,
                 "--prompts", prompts, "--out", out, "--max-new-tokens", str(c["gen_len"]),
                 "--ignore-eos", "--device", self.device] + flags
 
     def hf_cmds(self, c, engine, N):
-        ckpt = os.path.join(WORK, "hf", f"{c['model']}-{self.hf_dtype()}")
+        ckpt = self.ckpt(c)
         off = os.path.join(self.a.offload_dir, "hf")
         script = os.path.join(ROOT, "benchmarks", "hf_offload.py")
-        prep = [self.py, script, "--prepare", "--model", c["model"], "--ckpt", ckpt,
-                "--dtype", self.hf_dtype()]
+        prep = self.prep_cmds(c)[0]
         gpu = size_bytes(c["caps"]["gpu"])
         cpu = size_bytes(c["caps"]["cpu"]) if c["caps"].get("cpu") else None
         if self.device == "cpu":  # no GPU: the compute arena is host memory too
@@ -263,6 +306,7 @@ class Runner:
         return prep, run, off
 
     def hf_dtype(self):
+        """HF's compute type: fp32 on the CPU (torch's fp16 GEMMs there are slow)."""
         return "float32" if self.device == "cpu" else "float16"
 
     def capped(self, c, cmd):
@@ -274,16 +318,19 @@ class Runner:
         d = os.path.join(WORK, slug(c))
         pol = os.path.join(d, "policy.json")
         if engine == "flexh2o":
-            return show(self.search_cmd(c, flags, pol)) + " && " + self.capped(
+            prep = "".join(show(x) + " && " for x in self.prep_cmds(c)) \
+                if c["source"] == "store" else ""
+            return prep + show(self.search_cmd(c, flags, pol)) + " && " + self.capped(
                 c, self.gen_cmd(c, flags, pol, os.path.join(d, "prompts.jsonl"),
                                 os.path.join(d, "out.jsonl")))
         prep, run, _ = self.hf_cmds(c, engine, "N_FULL")
         return show(prep) + " && " + self.capped(c, run) + \
             "   # N_FULL = the block `flexh2o search` picks for the full-cache cell"
 
-    def search(self, c, flags, pol):
+    def search(self, c, flags, pol, max_block=None):
         """@return (N, predicted bound tok/s) or raise RuntimeError with search's message."""
-        r = subprocess.run(self.search_cmd(c, flags, pol), capture_output=True, text=True)
+        r = subprocess.run(self.search_cmd(c, flags, pol, max_block), capture_output=True,
+                           text=True)
         if r.returncode != 0:
             raise RuntimeError("search: " + last_line(r.stderr))
         m = re.search(r"^\s+1\s+(\d+) x (\d+)\s+(\d+)\s+" + r"\S+\s+" * 6 +
@@ -313,12 +360,13 @@ class Runner:
         except RuntimeError as e:
             return dict(row, status=f"failed: {e}")
 
-    def flexh2o_cell(self, c, row, flags, d, pol, cal):
-        N, pred = self.search(c, flags, pol)
-        if not flags:
-            self.blocks[(c["model"], c["prompt_len"], c["gen_len"], c["cap"])] = N
+    def plan(self, c, flags, d, cal, max_block):
+        """search's policy for blocks of at most max_block, its plan and DESIGN.md's bound
+        for it. @return dict(N, p (the policy), cmd (generate), tiers, b (bound or None),
+        pb, which (the rate the estimate takes), est (seconds at ASSUMED_EFF))."""
+        pol = os.path.join(d, "policy.json")
+        N, pred = self.search(c, flags, pol, max_block)
         p = json.load(open(pol))
-        block = f"{p['gpu_batch_size']}x{p['num_gpu_batches']}"
         prompts, out = os.path.join(d, "prompts.jsonl"), os.path.join(d, "out.jsonl")
         write_prompts(prompts, N, c["prompt_len"])
         cmd = self.gen_cmd(c, flags, pol, prompts, out)
@@ -334,16 +382,38 @@ class Runner:
                 extra["cpu attention (KV_cpu)"] = tiers["cpu"]["kv"] / (cal["dram_GBps"] * 1e9)
             b = bound(tiers, cal, N, n, p.get("cpu_attention", False),
                       2 * params * N / gemm, 2 * params * N * c["prompt_len"] / gemm, extra)
-        row = dict(row, block=block, lowest_tier=lowest_tier(tiers),
-                   bound_tok_s=f"{b['tps']:.3f}" if b else "",
-                   command=show(self.search_cmd(c, flags, pol)) + " && " + self.capped(c, cmd))
         # the bound above when there is one (the search's own bound takes the GEMM rate
         # at the block's row count, far below it on a loaded CPU), else the search's
         pb, which = (b["tps"], "bound") if b else (pred, "search's bound")
-        est = N * n / pb / ASSUMED_EFF
-        if est > self.a.cell_limit:
-            return dict(row, status=f"skipped: estimated {est:.0f} s ({which} {pb:.2f} tok/s "
-                        f"at {ASSUMED_EFF:.0%}) > {self.a.cell_limit} s")
+        return dict(N=N, p=p, cmd=cmd, tiers=tiers, b=b, pb=pb, which=which,
+                    est=N * n / pb / ASSUMED_EFF, max_block=max_block)
+
+    def best_plan(self, c, flags, d, cal):
+        """The plan of the largest block (BLOCK_TRIES up to the grid's max_block) whose
+        estimate fits the cell limit, else the smallest block's."""
+        mb = c["max_block"]
+        while True:
+            x = self.plan(c, flags, d, cal, mb)
+            smaller = [m for m in BLOCK_TRIES if m < x["N"]]
+            if x["est"] <= self.a.cell_limit or not smaller:
+                return x
+            mb = smaller[0]
+
+    def flexh2o_cell(self, c, row, flags, d, pol, cal):
+        self.prepare(c, "flexh2o")
+        x = self.best_plan(c, flags, d, cal)
+        N, p, cmd, tiers, b = x["N"], x["p"], x["cmd"], x["tiers"], x["b"]
+        if not flags:
+            self.blocks[(c["model"], c["prompt_len"], c["gen_len"], c["cap"])] = N
+        block = f"{p['gpu_batch_size']}x{p['num_gpu_batches']}"
+        n = c["gen_len"]
+        row = dict(row, block=block, lowest_tier=lowest_tier(tiers),
+                   bound_tok_s=f"{b['tps']:.3f}" if b else "",
+                   command=show(self.search_cmd(c, flags, pol, x["max_block"])) + " && " +
+                   self.capped(c, cmd))
+        if x["est"] > self.a.cell_limit:
+            return dict(row, status=f"skipped: estimated {x['est']:.0f} s ({x['which']} "
+                        f"{x['pb']:.2f} tok/s at {ASSUMED_EFF:.0%}) > {self.a.cell_limit} s")
         row["load"] = f"{os.getloadavg()[0]:.2f}"
         drop_caches()
         rc, so, se, note = run_capped(cmd, c["caps"].get("os"), self.a.cell_limit)
@@ -363,12 +433,14 @@ class Runner:
         if r.returncode != 0:
             return dict(row, status=f"skipped: not installed ({last_line(r.stderr)})")
         key = (c["model"], c["prompt_len"], c["gen_len"], c["cap"])
-        if key not in self.blocks:
-            self.blocks[key] = self.search(c, [], os.path.join(d, "policy.json"))[0]
+        if key not in self.blocks:  # the full-cache cell ran in an earlier session
+            self.prepare(c, "flexh2o")
+            self.blocks[key] = self.best_plan(c, [], d, self.calibration())["N"]
         N = self.blocks[key]
         prep, run, off = self.hf_cmds(c, engine, N)
         row = dict(row, block=f"{N}x1", command=show(prep) + " && " + self.capped(c, run))
-        sh(prep)  # the random checkpoint, once per model, outside the cap and the clock
+        self.prepare(c, engine)  # the random checkpoint, once per model, outside the cap
+                                 # and the clock
         shutil.rmtree(off, ignore_errors=True)
         row["load"] = f"{os.getloadavg()[0]:.2f}"
         drop_caches()

@@ -156,6 +156,7 @@ int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
     b[SCHED_CPU][SCHED_WEIGHTS] = L * (g.w_cpu - g.w_gpu);
     b[SCHED_DISK][SCHED_WEIGHTS] = g.w_cpu < g.blob && !sh->weights_on_disk_already
                                        ? L * g.w_disk_span : 0;
+    out->w_store = g.w_cpu < g.blob && sh->weights_on_disk_already ? L * g.w_disk_span : 0;
 
     for (int t = 0; t < SCHED_TIERS; t++)
         b[t][SCHED_KV] = t == SCHED_DISK ? L * K * g.kv_disk_stride : L * K * g.kv[t].bytes;
@@ -249,4 +250,7 @@ void sched_plan_print(FILE *f, const sched_plan *pl)
         fprintf(f, "[flexh2o] plan        weights %s on the tiers, widened per block into "
                 "%.3f GiB of the gpu tier's work\n",
                 pl->weight_fmt == KERN_H16_BF16 ? "bf16" : "fp16", gib(pl->widen));
+    if (pl->w_store)
+        fprintf(f, "[flexh2o] plan        weights' disk share read from the weight store: "
+                "%.3f GiB (not in the disk tier's total)\n", gib(pl->w_store));
 }

@@ -378,6 +378,15 @@ Test(sched, weight_store_streams_and_detects_corruption)
                          "--quiet", shape), 0, "%s", cli_err);
     assert_same(b, "s.jsonl", "weights streamed from the store");
     cr_assert(!cli_exists("off/weights.bin"), "the disk share must stream from the store");
+    /* --plan: the disk tier holds no weights; the share read from the store
+     * is its own line */
+    cr_assert_eq(cli_run("generate --model store --prompts prompts.jsonl --out s.jsonl "
+                         "--max-new-tokens 10 %s --percent 10 20 100 0 100 0 --offload-dir off "
+                         "--plan", shape), 0, "%s", cli_err);
+    char *plan = cli_read("stdout.txt");
+    cr_assert(strstr(plan, "[flexh2o] plan        disk      0.000 ") &&
+              strstr(plan, "weights' disk share read from the weight store: "), "%s", plan);
+    free(plan);
 
     /* an f16 store on the CPU backend runs (its layers stay fp16: see
      * fp16_store_streams_as_fp16_on_the_cpu_backend) */
