@@ -271,6 +271,7 @@ class Runner:
             sh(cmds[0])
         if engine == "flexh2o" and not os.path.exists(os.path.join(self.store(c),
                                                                     "model.flxh2o")):
+            os.makedirs(os.path.dirname(self.store(c)), exist_ok=True)
             sh(cmds[1])
 
     def search_cmd(self, c, flags, pol, max_block=None):

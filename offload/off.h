@@ -109,6 +109,7 @@ void *off_alloc_aligned(size_t bytes);
 #define OFF_STORE_VERSION 1u
 #define OFF_DTYPE_F32 1u
 #define OFF_DTYPE_F16 2u
+#define OFF_DTYPE_BF16 3u
 /* or'ed into the dtype: the layers' weight matrices are 4-bit groups
  * (kernels/kern.h's format; the vectors and the globals in the base dtype) */
 #define OFF_DTYPE_Q4 0x100u
@@ -116,7 +117,8 @@ void *off_alloc_aligned(size_t bytes);
 /* Bytes per element of a store's base dtype (its vectors and globals). */
 static inline size_t off_dtype_size(uint32_t dtype)
 {
-    return (dtype & ~OFF_DTYPE_Q4) == OFF_DTYPE_F16 ? 2 : 4;
+    uint32_t base = dtype & ~OFF_DTYPE_Q4;
+    return base == OFF_DTYPE_F16 || base == OFF_DTYPE_BF16 ? 2 : 4;
 }
 #define OFF_SEG_NAME 48
 

@@ -63,13 +63,17 @@ int cli_model_open(const char *dir, const char *dummy, cli_model_src *src)
 void cli_model_tiers_for(const cli_model_src *src, size_t elem_size, int widens,
                          const sched_policy *pol, sched_shape *sh)
 {
-    int h16 = src->is_store && src->store_dtype == OFF_DTYPE_F16 ? KERN_H16_F16
+    int h16 = src->is_store && src->store_dtype == OFF_DTYPE_F16  ? KERN_H16_F16
+            : src->is_store && src->store_dtype == OFF_DTYPE_BF16 ? KERN_H16_BF16
             : src->dir && !src->is_store                          ? src->hf_h16
                                                                   : 0;
     sh->weight_fmt = h16 && !pol->compress_weight && elem_size > 2 && widens ? h16 : 0;
+    /* the store's layers go to the tiers as they are: in the backend's own
+     * type (a bf16 store on an fp16 backend is converted), or kept 16-bit */
     sh->weights_on_disk_already =
         src->is_store && pol->compress_weight == !!(src->store_dtype & OFF_DTYPE_Q4) &&
-        (off_dtype_size(src->store_dtype) == elem_size || sh->weight_fmt);
+        ((src->store_dtype & ~OFF_DTYPE_Q4) == model_backend_dtype(elem_size) ||
+         sh->weight_fmt);
 }
 
 void cli_model_tiers(const cli_model_src *src, const backend *be, const sched_policy *pol,

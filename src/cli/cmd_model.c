@@ -114,20 +114,24 @@ int cli_convert(int argc, char **argv)
                 dtype = OFF_DTYPE_F16;
             else if (strcmp(d, "f32") == 0)
                 dtype = OFF_DTYPE_F32;
+            else if (strcmp(d, "bf16") == 0)
+                dtype = OFF_DTYPE_BF16;
             else
-                return cli_usage("convert", "--dtype must be f16 (the GPU's) or f32 (the "
-                                   "CPU backend's)");
+                return cli_usage("convert", "--dtype must be f16 (the GPU's), bf16 (a bf16 "
+                                 "checkpoint's, exactly) or f32 (the CPU backend's)");
         } else if (strcmp(argv[i], "--compress-weight") == 0) {
             q4 = OFF_DTYPE_Q4;
         } else if (strcmp(argv[i], "--help") == 0) {
-            puts("usage: flexh2o convert --model HF_DIR --out STORE [--dtype f16|f32]\n"
+            puts("usage: flexh2o convert --model HF_DIR --out STORE [--dtype f16|bf16|f32]\n"
                  "         [--compress-weight]\n"
                  "  writes STORE/model.flxh2o (4 KiB-aligned, checksummed per-layer segments\n"
                  "  that the disk tier streams with O_DIRECT) plus config.json and the\n"
                  "  tokenizer files; then: flexh2o generate --model STORE ...\n"
                  "  --dtype: storage type (default f16: both backends stream it as it is,\n"
                  "  the CPU backend widening each layer to fp32 just before its compute;\n"
-                 "  f32: the CPU backend's exact weights, twice the bytes on every tier)\n"
+                 "  bf16: a bf16 checkpoint's values exactly, streamed and widened as f16\n"
+                 "  on the CPU backend, converted to fp16 on load on CUDA; f32: the CPU\n"
+                 "  backend's exact weights, twice the bytes on every tier)\n"
                  "  --compress-weight: the layers' matrices as 4-bit groups (kernels/kern.h);\n"
                  "  such a store runs with --compress-weight and streams its disk share");
             return 0;
@@ -137,9 +141,16 @@ int cli_convert(int argc, char **argv)
     }
     if (!in || !out)
         return cli_usage("convert", "--model HF_DIR and --out STORE are required");
+    if (q4 && dtype == OFF_DTYPE_BF16)
+        return cli_usage("convert", "--compress-weight keeps the vectors f16 or f32: give "
+                         "--dtype f16 or f32 with it");
     if (model_convert(in, out, dtype | q4) < 0)
         return cli_fail();
     fprintf(stderr, "[flexh2o] wrote the weight store %s/model.flxh2o (%s%s)\n", out,
-            dtype == OFF_DTYPE_F16 ? "f16" : "f32", q4 ? ", 4-bit matrices" : "");
+            dtype == OFF_DTYPE_F16 ? "f16" : dtype == OFF_DTYPE_BF16 ? "bf16" : "f32",
+            q4 ? ", 4-bit matrices" : "");
+    if (dtype == OFF_DTYPE_F16 && model_hf_h16(in) == KERN_H16_BF16)
+        fprintf(stderr, "[flexh2o] note: %s is bf16; f16 rounds its values (--dtype bf16 "
+                "keeps them exactly)\n", in);
     return 0;
 }

@@ -17,6 +17,7 @@
 #include "backend.h"
 #include "model_config.h"
 #include "model_family.h"
+#include "off.h"
 #include "scheduler.h"
 
 /* A layer's tensors (t[MT_*]) wherever they are; wq: the matrices are
@@ -56,9 +57,15 @@ size_t model_layer_layout_q(const model_config *c, size_t es, int wq, size_t off
 /* dst (a model_layer_layout_q(wq = 1) blob) <- src (a plain blob of es-byte
  * elements): matrices quantized, vectors copied. */
 void model_layer_quantize(const model_config *c, size_t es, void *dst, const void *src);
-/* dst (n elements of dst_es bytes) <- src (src_es bytes each): fp32 and
- * fp16 (uint16_t bits, round to nearest even) either way, or a copy. */
-void model_convert_elems(void *dst, size_t dst_es, const void *src, size_t src_es, size_t n);
+/* dst (n elements of type dst_t) <- src (of type src_t); the types are
+ * OFF_DTYPE_F32, OFF_DTYPE_F16 or OFF_DTYPE_BF16 (uint16_t bits; narrowing
+ * rounds to nearest even): a copy when they are the same. */
+void model_convert_elems(void *dst, uint32_t dst_t, const void *src, uint32_t src_t, size_t n);
+/* The element type of a backend storing es-byte elements: fp32 or fp16. */
+static inline uint32_t model_backend_dtype(size_t es)
+{
+    return es == 2 ? OFF_DTYPE_F16 : OFF_DTYPE_F32;
+}
 
 /* Receives each layer of a model being loaded: blob (host memory, 4096-
  * aligned, the backend's storage type or the 16 bits the sink keeps

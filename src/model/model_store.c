@@ -46,11 +46,12 @@ static int store_globals(const model_config *c, int g[MODEL_G_COUNT],
     return k;
 }
 
-/* A layer blob of one element size in the layout of another; with wq both
- * are 4-bit blobs, whose matrices are copied as they are. */
-static void convert_blob(const model_config *c, int wq, void *dst, size_t dst_es,
-                         const void *src, size_t src_es)
+/* A layer blob of one element type (OFF_DTYPE_*) in the layout of another;
+ * with wq both are 4-bit blobs, whose matrices are copied as they are. */
+static void convert_blob(const model_config *c, int wq, void *dst, uint32_t dst_t,
+                         const void *src, uint32_t src_t)
 {
+    size_t dst_es = off_dtype_size(dst_t), src_es = off_dtype_size(src_t);
     size_t od[MT_COUNT], os[MT_COUNT], nb[MT_COUNT], n[MT_COUNT];
     sched_model sm;
     model_sched_shape(c, &sm);
@@ -61,8 +62,8 @@ static void convert_blob(const model_config *c, int wq, void *dst, size_t dst_es
         if (wq && sm.tensors[t].cols)
             memcpy((char *)dst + od[t], (const char *)src + os[t], nb[t]);
         else
-            model_convert_elems((char *)dst + od[t], dst_es, (const char *)src + os[t],
-                                src_es, n[t]);
+            model_convert_elems((char *)dst + od[t], dst_t, (const char *)src + os[t],
+                                src_t, n[t]);
     }
 }
 
@@ -124,7 +125,7 @@ static int conv_sink(void *ud, int layer, const void *blob, int wq, int fd, uint
     (void)off;
     conv *cv = ud;
     size_t es = off_dtype_size(cv->dtype);
-    convert_blob(cv->c, 0, cv->blob, es, blob, sizeof(float));
+    convert_blob(cv->c, 0, cv->blob, cv->dtype & ~OFF_DTYPE_Q4, blob, OFF_DTYPE_F32);
     if (cv->qblob)
         model_layer_quantize(cv->c, es, cv->qblob, cv->blob);
     return off_store_writer_put(cv->w, cv->first_layer + layer,
@@ -211,7 +212,8 @@ int model_convert(const char *hf_dir, const char *out_dir, uint32_t dtype)
             break;
         }
         /* the CPU backend holds fp32 in host memory */
-        model_convert_elems(buf, es, *model_global(m, gid[i]), sizeof(float), glen[i]);
+        model_convert_elems(buf, dtype & ~OFF_DTYPE_Q4, *model_global(m, gid[i]), OFF_DTYPE_F32,
+                            glen[i]);
         rc = off_store_writer_put(cv.w, i, buf);
         free(buf);
     }
@@ -286,17 +288,18 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk, int h1
         rc = model_config_parse(st->config_json, strlen(st->config_json), path, &m->cfg);
     const model_config *c = &m->cfg;
     size_t ses = off_dtype_size(st->dtype), bes = be->ops->elem_size;
-    uint32_t base = st->dtype & ~OFF_DTYPE_Q4;
+    uint32_t base = st->dtype & ~OFF_DTYPE_Q4, bt = model_backend_dtype(bes);
     int wq = (st->dtype & OFF_DTYPE_Q4) != 0;
-    /* the element size the sink takes layers in: an fp16 store goes as it
-     * is to a sink keeping fp16 layers */
-    size_t les = h16 == KERN_H16_F16 && base == OFF_DTYPE_F16 && !wq ? 2 : bes;
-    if (rc == 0 && h16 && les != 2) {
-        err_set(__FILE__, __LINE__, "internal: %s is not a plain fp16 store, but its layers "
-                "are to stay in 16 bits", path);
+    /* the type the sink takes layers in: a 16-bit store goes as it is to a
+     * sink keeping layers in its 16 bits, else the backend's */
+    uint32_t h16t = h16 == KERN_H16_F16 ? OFF_DTYPE_F16 : h16 == KERN_H16_BF16 ? OFF_DTYPE_BF16 : 0;
+    uint32_t lt = h16t && base == h16t && !wq ? h16t : bt;
+    if (rc == 0 && h16 && lt != h16t) {
+        err_set(__FILE__, __LINE__, "internal: %s is not a plain %s store, but its layers "
+                "are to stay in those 16 bits", path, h16t == OFF_DTYPE_BF16 ? "bf16" : "fp16");
         rc = -EINVAL;
     }
-    if (rc == 0 && base != OFF_DTYPE_F16 && base != OFF_DTYPE_F32) {
+    if (rc == 0 && base != OFF_DTYPE_F16 && base != OFF_DTYPE_F32 && base != OFF_DTYPE_BF16) {
         err_set(__FILE__, __LINE__, "%s: unknown dtype %u; run flexh2o convert again", path,
                 st->dtype);
         rc = -EINVAL;
@@ -334,7 +337,7 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk, int h1
         }
         if (rc == 0) {
             f32 = tmp;
-            model_convert_elems(f32, sizeof(float), buf, ses, n);
+            model_convert_elems(f32, OFF_DTYPE_F32, buf, base, n);
             rc = be->ops->upload(be->ctx, *model_global(m, gid[i]), f32, n);
         }
     }
@@ -342,7 +345,7 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk, int h1
      * sized for plain layers; a 4-bit layer whose rows are shorter than a
      * group pads out past that (found by tests/fuzz/fuzz_store.c) */
     void *cbuf = NULL;
-    if (rc == 0 && ses != les) {
+    if (rc == 0 && base != lt) {
         size_t need = model_layer_layout_q(c, bes, wq, NULL, NULL);
         cbuf = need <= m->blob_bytes ? m->blob : off_alloc_aligned(off_align_up(need));
         if (!cbuf) {
@@ -355,10 +358,10 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk, int h1
         snprintf(name, sizeof name, "layer.%d", l);
         int s = off_store_find(st, name); /* check_segments: there, of the right size */
         rc = off_store_read_seg(st, disk, s, buf);
-        if (rc == 0 && ses == les) {
+        if (rc == 0 && base == lt) {
             rc = sink(ud, l, buf, wq, st->fd, st->seg[s].offset);
         } else if (rc == 0) {
-            convert_blob(c, wq, cbuf, bes, buf, ses);
+            convert_blob(c, wq, cbuf, bt, buf, base);
             rc = sink(ud, l, cbuf, wq, -1, 0);
         }
     }

@@ -38,20 +38,28 @@ void model_layer_quantize(const model_config *c, size_t es, void *dst, const voi
     sched_blob_quantize(&sm, es, dst, src);
 }
 
-void model_convert_elems(void *dst, size_t dst_es, const void *src, size_t src_es, size_t n)
+static float elem_f32(const void *src, uint32_t t, size_t i)
 {
-    if (dst_es == src_es) {
-        memcpy(dst, src, n * dst_es);
-    } else if (dst_es == 2) {
-        const float *f = src;
-        uint16_t *h = dst;
-        for (size_t i = 0; i < n; i++)
-            h[i] = kern_f32_to_f16(f[i]);
-    } else {
-        const uint16_t *h = src;
+    const uint16_t *h = src;
+    return t == OFF_DTYPE_F32    ? ((const float *)src)[i]
+         : t == OFF_DTYPE_BF16   ? st_bf16_to_f32(h[i])
+                                 : kern_f16_to_f32(h[i]);
+}
+
+void model_convert_elems(void *dst, uint32_t dst_t, const void *src, uint32_t src_t, size_t n)
+{
+    if (dst_t == src_t) {
+        memcpy(dst, src, n * off_dtype_size(dst_t));
+    } else if (dst_t == OFF_DTYPE_F32) {
         float *f = dst;
         for (size_t i = 0; i < n; i++)
-            f[i] = kern_f16_to_f32(h[i]);
+            f[i] = elem_f32(src, src_t, i);
+    } else {
+        uint16_t *h = dst;
+        for (size_t i = 0; i < n; i++) {
+            float x = elem_f32(src, src_t, i);
+            h[i] = dst_t == OFF_DTYPE_BF16 ? st_f32_to_bf16(x) : kern_f32_to_f16(x);
+        }
     }
 }
 
@@ -144,14 +152,11 @@ int model_put_f32(model *m, const model_hf_tensor *w, size_t offset, const float
                          (char *)*model_global(m, w->dst) + (w->offset + offset) * o->elem_size,
                          src, n);
     size_t les = m->h16 ? 2 : o->elem_size;
+    uint32_t lt = m->h16 == KERN_H16_BF16 ? OFF_DTYPE_BF16
+                : m->h16 == KERN_H16_F16  ? OFF_DTYPE_F16
+                                          : model_backend_dtype(o->elem_size);
     char *dst = (char *)m->blob_view.t[w->dst] + (w->offset + offset) * les;
-    if (m->h16 == KERN_H16_BF16) {
-        uint16_t *h = (uint16_t *)dst;
-        for (size_t i = 0; i < n; i++)
-            h[i] = st_f32_to_bf16(src[i]);
-    } else {
-        model_convert_elems(dst, les, src, sizeof(float), n);
-    }
+    model_convert_elems(dst, lt, src, OFF_DTYPE_F32, n);
     return 0;
 }
 
