@@ -13,7 +13,8 @@ checkpoint with device_map="auto" under --max-memory (the rest to disk in
 stage 3, parameters offloaded to the CPU, or to NVMe in --offload-dir when
 --max-memory's cpu share is smaller than the weights), then generates --gen-len
 tokens greedily for --batch prompts of benchlib's synthetic set, EOS ignored.
-Prints one JSON line: tok_s = batch * gen_len / wall of generate(), wall_s,
+Prints one JSON line: tok_s = batch * gen_len / wall of generate(), wall_s, load_s
+(from_pretrained, which writes the offload folder: outside the clock),
 lowest (gpu/cpu/disk) and the placement's bytes per tier.
 """
 import argparse
@@ -156,7 +157,10 @@ def main():
     import torch
     dtype = getattr(torch, a.dtype)
     os.makedirs(a.offload_dir, exist_ok=True)
+    t_load = time.perf_counter()
     m = load_deepspeed(a, dtype) if a.engine == "deepspeed" else load_accelerate(a, dtype)
+    load_s = time.perf_counter() - t_load
+    print(f"[hf_offload] loaded in {load_s:.1f} s", file=sys.stderr, flush=True)
     first = "cuda" if a.device == "cuda" else "cpu"
     ids = torch.tensor([prompt_ids(i, a.prompt_len) for i in range(a.batch)], device=first)
     sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
@@ -173,7 +177,8 @@ def main():
     lowest = getattr(m, "flexh2o_lowest", None) or \
         ("disk" if by["disk"] else "cpu" if (by["cpu"] and a.device == "cuda") or
          a.device == "cpu" else "gpu")
-    print(json.dumps(dict(tok_s=a.batch * gen / wall, wall_s=wall, generated=a.batch * gen,
+    print(json.dumps(dict(tok_s=a.batch * gen / wall, wall_s=wall, load_s=load_s,
+                          generated=a.batch * gen,
                           lowest=lowest, bytes=by, dtype=a.dtype, engine=a.engine)))
 
 

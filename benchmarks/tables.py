@@ -58,7 +58,7 @@ from benchlib import FLEXH2O, ROOT, bound, calibrate, lowest_tier, plan_tiers, s
 
 COLUMNS = ["machine", "date", "commit", "grid", "system", "model", "prompt_len", "gen_len",
            "cap", "block", "lowest_tier", "tok_s", "bound_tok_s", "efficiency", "load",
-           "status", "command"]
+           "status", "command", "setup_s"]
 KEY = ("system", "model", "prompt_len", "gen_len", "cap", "machine")
 H2O = ["--kv-policy", "h2o", "--kv-ratio", "0.2"]
 Q4 = ["--compress-weight", "--compress-cache"]
@@ -89,11 +89,17 @@ GRIDS = {
     # max_memory cpu = gpu + cpu. max_block: the largest block the search may
     # pick; the cell takes the largest of 64, 32, 16, 8, ... up to it whose
     # estimate fits the cell limit.
-    "cpu": dict(device="cpu", models=["opt-1.3b", "opt-6.7b"],
+    # Llama-3.2-1B: bf16 as published, so its checkpoint is bf16 and flexh2o's
+    # store too (convert --dtype bf16); its fp32 embedding (1 GiB, tied to the
+    # head) stays on the GPU tier, so that cap is larger and the CPU tier's
+    # smaller, to put layers on disk.
+    "cpu": dict(device="cpu", models=["opt-1.3b", "llama-3.2-1b", "opt-6.7b"],
                 sizes=[(32, 8), (32, 32), (128, 32)],
                 caps={"opt-1.3b": dict(gpu="1G", cpu="3G", os="5632M"),
+                      "llama-3.2-1b": dict(gpu="2G", cpu="1G", os="4608M"),
                       "opt-6.7b": dict(gpu="3G", cpu="6G", os="10752M")},
-                max_block={"opt-1.3b": 64, "opt-6.7b": 64}, source="store"),
+                max_block={"opt-1.3b": 64, "llama-3.2-1b": 64, "opt-6.7b": 64},
+                source="store", ckpt_dtype={"llama-3.2-1b": "bfloat16"}),
 }
 BLOCK_TRIES = (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
 CGROUP = "/sys/fs/cgroup/memory/flexh2o-tables"
@@ -149,14 +155,23 @@ def commit():
     return r.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def opt_params(model):
-    """Parameters of an OPT config (the GEMM FLOPs are 2 * params per token), else None."""
+def model_params(model):
+    """Parameters of an OPT or Llama-shaped (llama, mistral, qwen2) config, the LM head
+    counted once when tied (the GEMM FLOPs are 2 * params per token), else None."""
     c = json.load(open(os.path.join(ROOT, "configs", "models", model + ".json")))
-    if c.get("model_type") != "opt":
-        return None
-    h, f, L = c["hidden_size"], c["ffn_dim"], c["num_hidden_layers"]
-    layer = 4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h
-    return L * layer + c["vocab_size"] * h + (c["max_position_embeddings"] + 2) * h + 2 * h
+    h, L, V = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"]
+    if c.get("model_type") == "opt":
+        f = c["ffn_dim"]
+        layer = 4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h
+        return L * layer + V * h + (c["max_position_embeddings"] + 2) * h + 2 * h
+    if c.get("model_type") in ("llama", "mistral", "qwen2"):
+        H = c["num_attention_heads"]
+        hd = c.get("head_dim") or h // H
+        kv = c.get("num_key_value_heads", H) * hd
+        layer = 2 * h * H * hd + 2 * h * kv + 3 * h * c["intermediate_size"] + 2 * h
+        head = 0 if c.get("tie_word_embeddings") else V * h
+        return L * layer + V * h + head + h
+    return None
 
 
 def rel(path):
@@ -239,13 +254,19 @@ class Runner:
             calibrate(self.a.flexh2o, self.device, self.off, out=self.hw)
         return json.load(open(self.hw))
 
+    def ckpt_dtype(self, c):
+        return self.g.get("ckpt_dtype", {}).get(c["model"], "float16")
+
     def ckpt(self, c):
         """The random checkpoint the HF rows load (and, with source "store", flexh2o's
-        store is converted from)."""
-        return os.path.join(WORK, "hf", f"{c['model']}-float16")
+        store is converted from): fp16, or the model's own 16-bit type."""
+        return os.path.join(WORK, "hf", f"{c['model']}-{self.ckpt_dtype(c)}")
+
+    def store_dtype(self, c):
+        return "bf16" if self.ckpt_dtype(c) == "bfloat16" else "f16"
 
     def store(self, c):
-        return os.path.join(WORK, "store", f"{c['model']}-f16")
+        return os.path.join(WORK, "store", f"{c['model']}-{self.store_dtype(c)}")
 
     def model_args(self, c):
         if c["source"] == "store":
@@ -257,10 +278,10 @@ class Runner:
         the HF checkpoint, and with source "store" flexh2o's store of it."""
         script = os.path.join(ROOT, "benchmarks", "hf_offload.py")
         cmds = [[self.py, script, "--prepare", "--model", c["model"], "--ckpt", self.ckpt(c),
-                 "--dtype", "float16"]]
+                 "--dtype", self.ckpt_dtype(c)]]
         if c["source"] == "store":
             cmds.append([self.a.flexh2o, "convert", "--model", self.ckpt(c), "--out",
-                         self.store(c)])
+                         self.store(c), "--dtype", self.store_dtype(c)])
         return cmds
 
     def prepare(self, c, engine):
@@ -345,7 +366,7 @@ class Runner:
                    commit=self.commit, grid=c["grid"], system=c["system"], model=c["model"],
                    prompt_len=c["prompt_len"], gen_len=c["gen_len"], cap=c["cap"], block="",
                    lowest_tier="", tok_s="", bound_tok_s="", efficiency="", load="",
-                   command=self.dry(c))
+                   command=self.dry(c), setup_s="")
         if self.device == "cuda" and self.machine == "no GPU":
             return dict(row, status="skipped: no GPU on this machine")
         d = os.path.join(WORK, slug(c))
@@ -373,7 +394,7 @@ class Runner:
         cmd = self.gen_cmd(c, flags, pol, prompts, out)
         tiers = plan_tiers(cmd)
         n = c["gen_len"]
-        params = opt_params(c["model"])
+        params = model_params(c["model"])
         b = None
         if params:
             gemm = cal["gemm_TFLOPs"] * 1e12
@@ -417,15 +438,18 @@ class Runner:
                         f"{x['pb']:.2f} tok/s at {ASSUMED_EFF:.0%}) > {self.a.cell_limit} s")
         row["load"] = f"{os.getloadavg()[0]:.2f}"
         drop_caches()
+        t0 = time.time()
         rc, so, se, note = run_capped(cmd, c["caps"].get("os"), self.a.cell_limit)
+        wall = time.time() - t0
         if rc == "timeout":
             return dict(row, status=f"skipped: over the {self.a.cell_limit} s cell limit "
                         "(killed)")
         if rc != 0:
             return dict(row, status=f"failed: {note or last_line(se)}")
         # the summary's tok/s has one decimal: the count over its wall time (2 decimals)
-        tps = N * n / summary(se)["total_s"]
-        return dict(row, tok_s=f"{tps:.3f}",
+        total = summary(se)["total_s"]
+        tps = N * n / total
+        return dict(row, tok_s=f"{tps:.3f}", setup_s=f"{wall - total:.1f}",
                     efficiency=f"{tps / b['tps']:.3f}" if b else "", status="ok")
 
     def hf_cell(self, c, row, engine, d):
@@ -445,10 +469,17 @@ class Runner:
         shutil.rmtree(off, ignore_errors=True)
         row["load"] = f"{os.getloadavg()[0]:.2f}"
         drop_caches()
-        rc, so, se, note = run_capped(run, c["caps"].get("os"), self.a.cell_limit)
+        # from_pretrained writes the offload folder (minutes for a few GB under the
+        # cap): it is set-up, outside the clock as flexh2o's loading is, with its own
+        # allowance on top of the cell limit
+        limit = self.a.cell_limit + self.a.setup_limit
+        rc, so, se, note = run_capped(run, c["caps"].get("os"), limit)
+        loaded = re.search(r"\[hf_offload\] loaded in ([\d.]+) s", se)
+        if loaded:
+            row["setup_s"] = loaded.group(1)
         if rc == "timeout":
-            return dict(row, status=f"skipped: over the {self.a.cell_limit} s cell limit "
-                        "(killed)")
+            return dict(row, status=f"skipped: over the {limit} s limit of set-up + cell "
+                        f"(killed{', loaded in ' + loaded.group(1) + ' s' if loaded else ''})")
         if rc != 0:
             return dict(row, status=f"failed: {note or last_line(se)}")
         res = json.loads(last_line(so))
@@ -470,6 +501,15 @@ def read_csv(path):
 def append_csv(path, row):
     new = not os.path.exists(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not new:  # a CSV from before a column was added: rewritten with the new header
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != COLUMNS:
+            rows = read_csv(path)
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
+                w.writeheader()
+                w.writerows({k: r.get(k) or "" for k in COLUMNS} for r in rows)
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         if new:
@@ -675,6 +715,9 @@ def main():
     ap.add_argument("--only", default=None, help="only the cells whose slug contains this")
     ap.add_argument("--redo", action="store_true", help="rerun the failed and skipped cells")
     ap.add_argument("--cell-limit", type=int, default=240, help="seconds per cell")
+    ap.add_argument("--setup-limit", type=int, default=360,
+                    help="seconds of set-up a peer may take on top (HF writing its offload "
+                    "folder in from_pretrained)")
     ap.add_argument("--budget", type=int, default=0,
                     help="start no cell that could end after this many seconds (a lent GPU)")
     ap.add_argument("--hf-python", default="/work/venv-hf/bin/python"

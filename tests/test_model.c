@@ -275,6 +275,88 @@ Test(model, f16_and_bf16_checkpoints_load_as_16_bit_layers_exactly)
     }
 }
 
+/* Element conversions between the store types: each the per-value
+ * rounding of kernels/kern.h (fp16) and safetensors.c (bf16), through fp32
+ * between the two 16-bit types; a bf16 store keeps what fp16 cannot
+ * (1e30 is inf in fp16). */
+Test(model, convert_elems_between_f32_f16_bf16)
+{
+    const float x[] = {0.0f, -0.0f, 1.0f, -2.5f, 3.14159f, 1e-8f, 65504.0f, 7e4f, 1e30f,
+                       -1e-30f, INFINITY, NAN};
+    enum { N = sizeof x / sizeof *x };
+    uint16_t h[N], b[N], hb[N], bh[N];
+    float back[N];
+    model_convert_elems(h, OFF_DTYPE_F16, x, OFF_DTYPE_F32, N);
+    model_convert_elems(b, OFF_DTYPE_BF16, x, OFF_DTYPE_F32, N);
+    model_convert_elems(hb, OFF_DTYPE_BF16, h, OFF_DTYPE_F16, N);
+    model_convert_elems(bh, OFF_DTYPE_F16, b, OFF_DTYPE_BF16, N);
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(h[i], kern_f32_to_f16(x[i]), "%g", x[i]);
+        cr_assert_eq(b[i], st_f32_to_bf16(x[i]), "%g", x[i]);
+        cr_assert_eq(hb[i], st_f32_to_bf16(kern_f16_to_f32(h[i])), "%g", x[i]);
+        cr_assert_eq(bh[i], kern_f32_to_f16(st_bf16_to_f32(b[i])), "%g", x[i]);
+    }
+    cr_assert_eq(b[2], 0x3f80);
+    cr_assert_eq(h[2], 0x3c00);
+    cr_assert_eq(h[8], 0x7c00, "1e30 overflows fp16");
+    model_convert_elems(back, OFF_DTYPE_F32, b, OFF_DTYPE_BF16, N);
+    cr_assert(back[8] > 9.9e29f && back[8] < 1.01e30f, "%g", back[8]);
+    cr_assert(isnan(back[11]));
+    uint16_t same[N];
+    model_convert_elems(same, OFF_DTYPE_BF16, b, OFF_DTYPE_BF16, N);
+    cr_assert_eq(memcmp(same, b, sizeof b), 0);
+}
+
+/* A bf16 store (convert --dtype bf16) of a bf16 checkpoint holds its
+ * values exactly: kept 16-bit, its layers are the checkpoint's bf16 layers
+ * bit for bit; converted for an fp32 backend, the checkpoint's fp32 load;
+ * its globals too. */
+Test(model, bf16_store_keeps_a_bf16_checkpoint_exactly)
+{
+    make_tmp();
+    resave(ST_BF16, 0);
+    char st[300];
+    snprintf(st, sizeof st, "%s/st", tmpdir);
+    cr_assert_eq(model_convert(tmpdir, st, OFF_DTYPE_BF16), 0, "%s", err_msg());
+    uint32_t dt = 0;
+    cr_assert_eq(model_store_dtype(st, &dt), 1, "%s", err_msg());
+    cr_assert_eq(dt, OFF_DTYPE_BF16);
+    model_config c;
+    cr_assert_eq(model_config_of(tmpdir, &c), 0, "%s", err_msg());
+    size_t off2[MT_COUNT], off4[MT_COUNT], n[MT_COUNT];
+    keep_blobs hf16 = {.bytes = model_layer_layout(&c, 2, off2, n)};
+    keep_blobs st16 = {.bytes = hf16.bytes};
+    keep_blobs hf32 = {.bytes = model_layer_layout(&c, 4, off4, NULL)};
+    keep_blobs st32 = {.bytes = hf32.bytes};
+    model *a, *b, *x, *y;
+    cr_assert_eq(model_load_hf_h16(tmpdir, &be, KERN_H16_BF16, keep_sink, &hf16, &a), 0, "%s",
+                 err_msg());
+    cr_assert_eq(model_load_store(st, &be, NULL, KERN_H16_BF16, keep_sink, &st16, &b), 0, "%s",
+                 err_msg());
+    cr_assert_eq(model_load_hf_sink(tmpdir, &be, keep_sink, &hf32, &x), 0, "%s", err_msg());
+    cr_assert_eq(model_load_store(st, &be, NULL, 0, keep_sink, &st32, &y), 0, "%s", err_msg());
+    for (int l = 0; l < c.n_layer; l++) {
+        for (int t = 0; t < MT_COUNT; t++) {
+            cr_assert_eq(memcmp(hf16.blob[l] + off2[t], st16.blob[l] + off2[t], n[t] * 2), 0,
+                         "layer %d tensor %d: bf16 bits differ", l, t);
+            cr_assert_eq(memcmp(hf32.blob[l] + off4[t], st32.blob[l] + off4[t], n[t] * 4), 0,
+                         "layer %d tensor %d: fp32 values differ", l, t);
+        }
+        free(hf16.blob[l]);
+        free(st16.blob[l]);
+        free(hf32.blob[l]);
+        free(st32.blob[l]);
+    }
+    size_t n_emb = (size_t)c.vocab_size * c.hidden;
+    cr_assert_eq(memcmp(x->tok_emb, y->tok_emb, n_emb * sizeof(float)), 0);
+    cr_assert_eq(memcmp(a->tok_emb, b->tok_emb, n_emb * sizeof(float)), 0);
+    model_destroy(a);
+    model_destroy(b);
+    model_destroy(x);
+    model_destroy(y);
+    rm_tmp();
+}
+
 /* A shard index naming a file outside the model directory (absolute or
  * through "..") is refused, even when that file is a valid shard (found
  * by reading st_open_dir; tests/fuzz/fuzz_st_index.c checks it). */

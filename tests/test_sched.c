@@ -502,6 +502,40 @@ Test(sched, fp16_store_streams_as_fp16_on_the_cpu_backend)
     cr_assert_geq(agree, total * 3 / 4, "only %d of %d tokens agree with fp32", agree, total);
 }
 
+/* A bf16 store (convert --dtype bf16) on the CPU backend streams as bf16
+ * like an fp16 one: no weights.bin, the disk placement gives the bytes of
+ * the all-resident run (whose layers are converted to fp32 on load), and
+ * --plan says bf16. With --compress-weight convert refuses bf16. */
+Test(sched, bf16_store_streams_as_bf16_on_the_cpu_backend)
+{
+    setup_files();
+    const char *shape = "--gpu-batch-size 2 --num-gpu-batches 2";
+    cr_assert_eq(cli_run("convert --model " TINY " --out stb --dtype bf16"), 0, "%s", cli_err);
+    cr_assert(strstr(cli_err, "(bf16)"), "%s", cli_err);
+    static const char *const placements[] = {"100 0 100 0 100 0", "0 0 100 0 100 0",
+                                             "10 20 100 0 100 0"};
+    for (size_t i = 0; i < sizeof placements / sizeof *placements; i++) {
+        cr_assert_eq(cli_sh("rm -rf off && mkdir off"), 0);
+        cr_assert_eq(cli_run("generate --model stb --prompts prompts.jsonl --out b%zu.jsonl "
+                             "--max-new-tokens 10 %s --percent %s --offload-dir off",
+                             i, shape, placements[i]), 0, "%s", cli_err);
+        cr_assert(!cli_exists("off/weights.bin"), "%s: the disk share must stream from the "
+                  "bf16 store", placements[i]);
+        char b[32];
+        snprintf(b, sizeof b, "b%zu.jsonl", i);
+        assert_same("b0.jsonl", b, placements[i]);
+    }
+    cr_assert_eq(cli_run("generate --model stb --prompts prompts.jsonl --out b.jsonl "
+                         "--max-new-tokens 10 %s --percent 0 0 100 0 100 0 --offload-dir off "
+                         "--plan", shape), 0, "%s", cli_err);
+    char *plan = cli_read("stdout.txt");
+    cr_assert(strstr(plan, "weights bf16 on the tiers"), "%s", plan);
+    free(plan);
+    cr_assert_eq(cli_run("convert --model " TINY " --out stq --dtype bf16 --compress-weight"),
+                 2);
+    cr_assert(strstr(cli_err, "--compress-weight keeps the vectors f16 or f32"), "%s", cli_err);
+}
+
 /* The plan of 16-bit weights on the CPU backend (storage type fp32): each
  * tier holds the layers at 2 bytes per value, the globals stay fp32, and
  * the GPU tier's work space gains one layer in fp32 (the scratch it widens
