@@ -357,6 +357,39 @@ Test(model, bf16_store_keeps_a_bf16_checkpoint_exactly)
     rm_tmp();
 }
 
+static int load_store(const char *dir, model **m);
+
+/* A store's globals load through a window of 65 536 fp32 values (no whole
+ * fp32 copy of the embedding at the peak): an embedding of 5 windows and a
+ * bit loads exactly as from the checkpoint, from an f32 and a bf16 store. */
+Test(model, store_globals_larger_than_the_upload_window_load_exactly)
+{
+    make_tmp();
+    model_config c;
+    cr_assert_eq(model_config_of(TINY, &c), 0, "%s", err_msg());
+    c.vocab_size = 5 * 1024 + 16; /* x 64 = 5 windows + 1024 values */
+    char hf[300], st[300], sb[300];
+    snprintf(hf, sizeof hf, "%s/hf", tmpdir);
+    snprintf(st, sizeof st, "%s/st", tmpdir);
+    snprintf(sb, sizeof sb, "%s/sb", tmpdir);
+    cr_assert_eq(model_write_random(&c, hf, 7), 0, "%s", err_msg());
+    cr_assert_eq(model_convert(hf, st, OFF_DTYPE_F32), 0, "%s", err_msg());
+    cr_assert_eq(model_convert(hf, sb, OFF_DTYPE_BF16), 0, "%s", err_msg());
+    model *a, *b, *x;
+    cr_assert_eq(load_only(hf, &a), 0, "%s", err_msg());
+    cr_assert_eq(load_store(st, &b), 0, "%s", err_msg());
+    cr_assert_eq(load_store(sb, &x), 0, "%s", err_msg());
+    size_t n = (size_t)c.vocab_size * c.hidden;
+    const float *ea = a->tok_emb, *eb = b->tok_emb, *ex = x->tok_emb;
+    cr_assert_eq(memcmp(ea, eb, n * sizeof(float)), 0);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(ex[i], st_bf16_to_f32(st_f32_to_bf16(ea[i])), "value %zu", i);
+    model_destroy(a);
+    model_destroy(b);
+    model_destroy(x);
+    rm_tmp();
+}
+
 /* A shard index naming a file outside the model directory (absolute or
  * through "..") is refused, even when that file is a valid shard (found
  * by reading st_open_dir; tests/fuzz/fuzz_st_index.c checks it). */

@@ -14,7 +14,9 @@
  */
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "cli_args.h"
@@ -49,8 +51,35 @@ static int run_verb(const struct verb *v, int argc, char **argv)
     return rc;
 }
 
+/* The CPU kernels and OpenBLAS run on libgomp's threads, one per core. By
+ * default a thread that finishes its share of a parallel region spins for
+ * a while (about 300 000 iterations) before it sleeps: on a quiet machine
+ * that saves a wake-up per region, but when another process takes a core
+ * the spinning thread keeps its own core busy while the thread sharing a
+ * core with the intruder finishes, so every region waits for the slowest
+ * thread and decode slowed down 8-13x (issue 17). A short spin (GOMP_SPINCOUNT
+ * FH_OMP_SPIN) lets the waiting thread give its core to the slow one
+ * (benchmarks/bench_contention.py measures both). libgomp reads its
+ * environment when it loads, before main, so the setting takes effect by
+ * executing the program again with it; a user's own OMP_WAIT_POLICY or
+ * GOMP_SPINCOUNT wins, and FLEXH2O_OMP_WAIT=libgomp keeps libgomp's
+ * default. */
+#define FH_OMP_SPIN "FH_OMP_SPIN_TBD"
+static void omp_wait_policy(char **argv)
+{
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT") || getenv("FLEXH2O_OMP_WAIT"))
+        return;
+    if (setenv("GOMP_SPINCOUNT", FH_OMP_SPIN, 1) != 0 ||
+        setenv("FLEXH2O_OMP_WAIT", "flexh2o", 1) != 0)
+        return;
+    execv("/proc/self/exe", argv);
+    /* no /proc: run on with libgomp's default */
+    unsetenv("GOMP_SPINCOUNT");
+}
+
 int main(int argc, char **argv)
 {
+    omp_wait_policy(argv);
     /* a file-size limit makes writes fail with EFBIG (reported, output kept)
      * instead of killing the process */
     signal(SIGXFSZ, SIG_IGN);

@@ -326,19 +326,22 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk, int h1
         err_set(__FILE__, __LINE__, "out of memory for a segment of %s", path);
         rc = -ENOMEM;
     }
+    /* the globals go up through an fp32 window of GLOBAL_CHUNK values: a
+     * whole fp32 copy of a 128 k-token embedding beside the segment and the
+     * backend's own would be 1 GiB more at the peak of the load */
+    enum { GLOBAL_CHUNK = 1 << 16 };
+    if (rc == 0 && n_glob > 0 && !(f32 = malloc(GLOBAL_CHUNK * sizeof(float)))) {
+        err_set(__FILE__, __LINE__, "out of memory");
+        rc = -ENOMEM;
+    }
     for (int i = 0; rc == 0 && i < n_glob; i++) {
         int s = off_store_find(st, global_names[gid[i]]); /* check_segments: there */
         size_t n = st->seg[s].length / ses;
         rc = off_store_read_seg(st, disk, s, buf);
-        float *tmp = rc == 0 ? realloc(f32, n * sizeof(float)) : NULL;
-        if (rc == 0 && !tmp) {
-            err_set(__FILE__, __LINE__, "out of memory");
-            rc = -ENOMEM;
-        }
-        if (rc == 0) {
-            f32 = tmp;
-            model_convert_elems(f32, OFF_DTYPE_F32, buf, base, n);
-            rc = be->ops->upload(be->ctx, *model_global(m, gid[i]), f32, n);
+        for (size_t at = 0; rc == 0 && at < n; at += GLOBAL_CHUNK) {
+            size_t k = n - at < GLOBAL_CHUNK ? n - at : GLOBAL_CHUNK;
+            model_convert_elems(f32, OFF_DTYPE_F32, (const char *)buf + at * ses, base, k);
+            rc = be->ops->upload(be->ctx, (char *)*model_global(m, gid[i]) + at * bes, f32, k);
         }
     }
     /* a layer converted to the backend's element size goes to m->blob,
