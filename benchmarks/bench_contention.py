@@ -11,7 +11,8 @@ work: every region waits for the slowest thread. This runs the same all-resident
 (--dummy weights, greedy, EOS ignored) alone and beside one busy process (a shell
 loop at the same priority) for each wait policy: flexh2o's default (what `flexh2o`
 sets before libgomp starts: see src/cli/main.c), libgomp's own default (spin ~300 k
-iterations, FLEXH2O_OMP_WAIT=libgomp), OMP_WAIT_POLICY=passive and =active. Prints a
+iterations, FLEXH2O_OMP_WAIT=libgomp), OMP_WAIT_POLICY=passive, shorter spins
+(GOMP_SPINCOUNT) and OMP_WAIT_POLICY=active (spin without end). Prints a
 Markdown table of decode tok/s and the slowdown the busy core causes.
 """
 import argparse
@@ -27,6 +28,9 @@ POLICIES = [  # name: environment added
     ("flexh2o default", {}),
     ("libgomp default", {"FLEXH2O_OMP_WAIT": "libgomp"}),
     ("OMP_WAIT_POLICY=passive", {"OMP_WAIT_POLICY": "passive"}),
+    ("GOMP_SPINCOUNT=1000", {"GOMP_SPINCOUNT": "1000"}),
+    ("GOMP_SPINCOUNT=10000", {"GOMP_SPINCOUNT": "10000"}),
+    ("GOMP_SPINCOUNT=100000", {"GOMP_SPINCOUNT": "100000"}),
     ("OMP_WAIT_POLICY=active", {"OMP_WAIT_POLICY": "active"}),
 ]
 

@@ -18,18 +18,23 @@ Systems:
   HF Accelerate           transformers + accelerate (benchmarks/hf_offload.py): a random
                           checkpoint of the same config, device_map="auto" under
                           max_memory (the GPU cap, and the CPU cap), the rest in an
-                          offload folder; the block of the full-cache cell, greedy,
-                          EOS ignored
+                          offload folder; greedy, EOS ignored; at its best block:
+                          batches 8, 16, 32, ... up to the full-cache cell's block,
+                          each a complete run, until one is slower than the one
+                          before (the tries are in the note column)
   DeepSpeed ZeRO-Inference the same with ZeRO stage 3 parameter offload, when `import
                           deepspeed` works in the HF python (else skipped)
 Grids:
   gpu  OPT-6.7B and OPT-30B, --gpu-mem 16G, 512+32 / 512+512 / 512+1024, --device cuda:
        the H2O paper's Table 3 (the search picks the block; it maximises the bound,
        in practice the largest block that fits).
-  cpu  opt-1.3b and opt-6.7b on the CPU backend with the GPU tier (the compute arena)
-       capped so that weights reach the disk; the whole process (flexh2o, or python for
-       HF) runs in a cgroup v1 memory cgroup (memory.limit_in_bytes) of the same size,
-       and the page cache is dropped before each run.
+  cpu  opt-1.3b, llama-3.2-1b and opt-6.7b on the CPU backend with the GPU tier (the
+       compute arena) capped so that weights reach the disk; both systems read the same
+       random 16-bit checkpoint (HF into fp32; flexh2o through its weight store of it,
+       streamed 16-bit and widened per block); the whole process (flexh2o, or python
+       for HF) runs in a cgroup v1 memory cgroup (memory.limit_in_bytes) of the same
+       size, and the page cache is dropped before each run. Each flexh2o cell takes the
+       largest block (64, 32, 16, ...) whose estimate fits the cell limit.
 Columns: tok/s = generated tokens / wall of the generation (the wall time of flexh2o's
 summary line, HF's generate() call); bound = DESIGN.md's for the cell's plan (benchlib.bound) with
 the rates of `flexh2o calibrate` on this machine (saved beside the CSV) and the
@@ -572,7 +577,10 @@ def run_grid(a):
 # ---------------------------------------------------------------------------- report
 
 def short(model):
-    return model.replace("opt-", "").upper()
+    """opt-1.3b -> 1.3B, llama-3.2-1b -> Llama-3.2-1B"""
+    if model.startswith("opt-"):
+        return model[4:].upper()
+    return model[:1].upper() + model[1:-1] + model[-1:].upper()
 
 
 def latest(rows):
@@ -620,12 +628,15 @@ def grid_table(grid, g, mach, by):
     out.append(note + ".")
     out += ["", "| system | " + " | ".join(f"{short(m)} {p}+{n}" for m, p, n in cols) + " |",
             "|---" * (len(cols) + 1) + "|"]
-    empty, effs = [], []
+    empty, effs, ratios = [], [], []
     for system in SYSTEMS:
-        cells_, eff = [], []
+        cells_, eff, ratio = [], [], []
         for m, p, n in cols:
             r = by.get((system, m, str(p), str(n), cap_str(g["caps"][m]), mach))
             ok = r and r["status"] == "ok"
+            hf = by.get(("HF Accelerate", m, str(p), str(n), cap_str(g["caps"][m]), mach))
+            ratio.append(f"{float(r['tok_s']) / float(hf['tok_s']):.2f}x"
+                         if ok and hf and hf["status"] == "ok" else "-")
             cells_.append(f"{float(r['tok_s']):.2f} ({r['block']},{r['lowest_tier'][:1].upper()})"
                           if ok else "-")
             eff.append(f"{float(r['efficiency']):.0%} of {float(r['bound_tok_s']):.2f}"
@@ -635,7 +646,12 @@ def grid_table(grid, g, mach, by):
         out.append(f"| {system} | " + " | ".join(cells_) + " |")
         if system.startswith("flexh2o"):
             effs.append(f"| {system} | " + " | ".join(eff) + " |")
+            ratios.append(f"| {system} | " + " | ".join(ratio) + " |")
     out.append("")
+    if any("x" in r for r in ratios):
+        out += ["Against HF Accelerate in the same grid (each at its best block, same cap):",
+                "", "| system | " + " | ".join(f"{short(m)} {p}+{n}" for m, p, n in cols) +
+                " |", "|---" * (len(cols) + 1) + "|"] + ratios + [""]
     if any(r.get("efficiency") for r in by.values()):
         out += ["Efficiency against the bound (tok/s):", "",
                 "| system | " + " | ".join(f"{short(m)} {p}+{n}" for m, p, n in cols) + " |",
