@@ -254,6 +254,32 @@ Test(cli, bad_prompts_are_reported_by_line)
     cr_assert(strstr(cli_err, "give exactly one of \"prompt\""), "%s", cli_err);
 }
 
+/* flexh2o sets libgomp's spin to 1000 iterations before libgomp starts
+ * (main.c omp_wait_policy: a core taken by another process no longer
+ * stalls every parallel region); a user's own setting wins, and
+ * FLEXH2O_OMP_WAIT=libgomp keeps libgomp's default. --version says which. */
+Test(cli, openmp_wait_policy_is_set_before_libgomp_starts)
+{
+    const char *bin = getenv("FLEXH2O_BIN");
+    cr_assert(bin);
+    const char *clean = "env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u FLEXH2O_OMP_WAIT";
+    cr_assert_eq(cli_sh("%s %s --version > v1.txt", clean, bin), 0);
+    cr_assert_eq(cli_sh("%s GOMP_SPINCOUNT=5 %s --version > v2.txt", clean, bin), 0);
+    cr_assert_eq(cli_sh("%s OMP_WAIT_POLICY=passive %s --version > v3.txt", clean, bin), 0);
+    cr_assert_eq(cli_sh("%s FLEXH2O_OMP_WAIT=libgomp %s --version > v4.txt", clean, bin), 0);
+    static const char *const want[] = {"OpenMP wait: GOMP_SPINCOUNT=1000)",
+                                       "OpenMP wait: GOMP_SPINCOUNT=5)",
+                                       "OpenMP wait: OMP_WAIT_POLICY=passive)",
+                                       "OpenMP wait: libgomp's default)"};
+    for (int i = 0; i < 4; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "v%d.txt", i + 1);
+        char *v = cli_read(name);
+        cr_assert(strstr(v, want[i]), "%s: %s", name, v);
+        free(v);
+    }
+}
+
 Test(cli, usage_errors)
 {
     cli_write("p.jsonl", prompts5);
@@ -272,8 +298,9 @@ Test(cli, usage_errors)
     cr_assert(strstr(cli_err, "missing.jsonl: cannot open the prompt file"), "%s", cli_err);
     cr_assert_eq(cli_run("calibrate --device tpu"), 2);
     cr_assert(strstr(cli_err, "flexh2o calibrate: --device must be cpu or cuda"), "%s", cli_err);
-    cr_assert_eq(cli_run("convert --model " TINY " --out st --dtype bf16"), 2);
-    cr_assert(strstr(cli_err, "--dtype must be f16 (the GPU's) or f32"), "%s", cli_err);
+    cr_assert_eq(cli_run("convert --model " TINY " --out st --dtype f8"), 2);
+    cr_assert(strstr(cli_err, "--dtype must be f16 (the GPU's), bf16 (a bf16 checkpoint's, "
+                              "exactly) or f32"), "%s", cli_err);
     cr_assert(!cli_exists("st"), "a refused convert must not create the store");
     cr_assert_eq(cli_run("frobnicate"), 2);
     cr_assert(strstr(cli_err, "usage: flexh2o <generate|search|convert|calibrate|tokenize|make-model|eval|score|merge>"), "%s", cli_err);

@@ -57,14 +57,16 @@ static int run_verb(const struct verb *v, int argc, char **argv)
  * that saves a wake-up per region, but when another process takes a core
  * the spinning thread keeps its own core busy while the thread sharing a
  * core with the intruder finishes, so every region waits for the slowest
- * thread and decode slowed down 8-13x (issue 17). A short spin (GOMP_SPINCOUNT
- * FH_OMP_SPIN) lets the waiting thread give its core to the slow one
- * (benchmarks/bench_contention.py measures both). libgomp reads its
+ * thread: decode of opt-125m fell 25x with one core busy on the 2-core
+ * VM. A spin of 1000 iterations lets the waiting thread give its core to
+ * the slow one soon (2.2x with a core busy, as fast as libgomp's default
+ * alone); a passive wait costs 30% alone (benchmarks/bench_contention.py,
+ * results/cpu-2026-12-02/omp-wait-contention.md). libgomp reads its
  * environment when it loads, before main, so the setting takes effect by
  * executing the program again with it; a user's own OMP_WAIT_POLICY or
  * GOMP_SPINCOUNT wins, and FLEXH2O_OMP_WAIT=libgomp keeps libgomp's
  * default. */
-#define FH_OMP_SPIN "FH_OMP_SPIN_TBD"
+#define FH_OMP_SPIN "1000"
 static void omp_wait_policy(char **argv)
 {
     if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT") || getenv("FLEXH2O_OMP_WAIT"))
@@ -88,7 +90,11 @@ int main(int argc, char **argv)
         if (strcmp(verb, verbs[i].name) == 0)
             return run_verb(&verbs[i], argc, argv);
     if (strcmp(verb, "--version") == 0) {
-        printf("flexh2o %s (CUDA %s)\n", FH_VERSION, FH_HAVE_CUDA ? "built" : "not built");
+        const char *pol = getenv("OMP_WAIT_POLICY"), *spin = getenv("GOMP_SPINCOUNT");
+        printf("flexh2o %s (CUDA %s; OpenMP wait: %s%s)\n", FH_VERSION,
+               FH_HAVE_CUDA ? "built" : "not built",
+               pol ? "OMP_WAIT_POLICY=" : spin ? "GOMP_SPINCOUNT=" : "libgomp's default",
+               pol ? pol : spin ? spin : "");
         return 0;
     }
     fputs("usage: flexh2o <", stderr);
