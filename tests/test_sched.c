@@ -438,6 +438,19 @@ static int read_lines(const char *path, gen_line *out, int max)
     return n;
 }
 
+/* Generate from a 16-bit store with one placement into out, with a fresh
+ * disk tier: the disk share must stream from the store (no weights.bin). */
+static void gen_from_store(const char *store, const char *out, const char *shape,
+                           const char *placement)
+{
+    cr_assert_eq(cli_sh("rm -rf off && mkdir off"), 0);
+    cr_assert_eq(cli_run("generate --model %s --prompts prompts.jsonl --out %s "
+                         "--max-new-tokens 10 %s --percent %s --offload-dir off", store, out,
+                         shape, placement), 0, "%s", cli_err);
+    cr_assert(!cli_exists("off/weights.bin"), "%s: the disk share must stream from %s",
+              placement, store);
+}
+
 /* An fp16 store on the CPU backend (whose storage type is fp32) keeps its
  * layers fp16 on every tier and widens each once per block before the
  * compute: the disk share streams from the store (no weights.bin), every
@@ -459,16 +472,10 @@ Test(sched, fp16_store_streams_as_fp16_on_the_cpu_backend)
                                              "0 0 100 0 100 0", "0 50 0 0 0 100"};
     double disk_gib[2] = {0};
     for (size_t i = 0; i < sizeof placements / sizeof *placements; i++) {
-        cr_assert_eq(cli_sh("rm -rf off && mkdir off"), 0);
-        cr_assert_eq(cli_run("generate --model st16 --prompts prompts.jsonl --out s%zu.jsonl "
-                             "--max-new-tokens 10 %s --percent %s --offload-dir off",
-                             i, shape, placements[i]), 0, "%s", cli_err);
-        cr_assert(!cli_exists("off/weights.bin"), "%s: the disk share must stream from the "
-                  "fp16 store", placements[i]);
-        char a[32], b[32];
-        snprintf(a, sizeof a, "s0.jsonl");
+        char b[32];
         snprintf(b, sizeof b, "s%zu.jsonl", i);
-        assert_same(a, b, placements[i]);
+        gen_from_store("st16", b, shape, placements[i]);
+        assert_same("s0.jsonl", b, placements[i]);
         if (i == 2) { /* every layer on disk: the bytes the disk link moved */
             const char *l = strstr(cli_err, "link disk->cpu");
             cr_assert(l, "%s", cli_err);
@@ -515,14 +522,9 @@ Test(sched, bf16_store_streams_as_bf16_on_the_cpu_backend)
     static const char *const placements[] = {"100 0 100 0 100 0", "0 0 100 0 100 0",
                                              "10 20 100 0 100 0"};
     for (size_t i = 0; i < sizeof placements / sizeof *placements; i++) {
-        cr_assert_eq(cli_sh("rm -rf off && mkdir off"), 0);
-        cr_assert_eq(cli_run("generate --model stb --prompts prompts.jsonl --out b%zu.jsonl "
-                             "--max-new-tokens 10 %s --percent %s --offload-dir off",
-                             i, shape, placements[i]), 0, "%s", cli_err);
-        cr_assert(!cli_exists("off/weights.bin"), "%s: the disk share must stream from the "
-                  "bf16 store", placements[i]);
         char b[32];
         snprintf(b, sizeof b, "b%zu.jsonl", i);
+        gen_from_store("stb", b, shape, placements[i]);
         assert_same("b0.jsonl", b, placements[i]);
     }
     cr_assert_eq(cli_run("generate --model stb --prompts prompts.jsonl --out b.jsonl "
