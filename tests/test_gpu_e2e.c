@@ -138,6 +138,26 @@ Test(gpu_e2e, tiny_model_greedy_tokens_equal_cpu)
     }
 }
 
+/* A bf16 store (convert --dtype bf16) on CUDA: its layers convert to fp16 on
+ * load (exact for the tiny model's values: bf16's 8 mantissa bits fit
+ * fp16's 10), the disk share into weights.bin; the greedy tokens are the
+ * CPU backend's, which streams the same store as bf16. */
+Test(gpu_e2e, bf16_store_runs_on_cuda_as_on_the_cpu, .timeout = 120)
+{
+    tiny_job("");
+    cr_assert_eq(cli_run("convert --model " TINY " --out stb --dtype bf16"), 0, "%s", cli_err);
+    const char *dev[] = {"cpu", "cuda"};
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(cli_run("generate --model stb --prompts p.jsonl --out b%s.jsonl "
+                             "--max-new-tokens 12 --quiet --device %s --gpu-batch-size 2 "
+                             "--num-gpu-batches 2 --percent 30 30 100 0 100 0 --offload-dir off",
+                             dev[i], dev[i]), 0, "bf16 store on %s: %s", dev[i], cli_err);
+        cr_assert_eq(cli_exists("off/weights.bin"), i == 1,
+                     "%s: the disk share streams from a bf16 store on the CPU only", dev[i]);
+    }
+    assert_same_tokens("bcpu.jsonl", "bcuda.jsonl", 3, "bf16 store");
+}
+
 Test(gpu_e2e, tiny_model_4bit_placements_equal_all_resident)
 {
     tiny_job("{\"prompt\": \"four\"}\n");
