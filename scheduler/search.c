@@ -465,7 +465,6 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
     lp_in in = {
         .W = L * g.blob,
         .W_al = L * off_align_up(g.blob),
-        .W_file = sh.weights_on_disk_already ? 0 : L * off_align_up(g.blob),
         .blob_al = (double)off_align_up(g.blob),
         .kv_all = L * K * (double)rec.bytes,
         .kvrec = (double)off_align_up(rec.bytes),
@@ -490,6 +489,7 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
         .disk_cap = (double)o->disk_cap,
         .hw = x->hw,
     };
+    in.W_file = sh.weights_on_disk_already ? 0 : in.W_al;
     /* the terms no placement changes: compute and device memory */
     sched_cost c0;
     if (sched_cost_eval(c, es, &p, &sh, o->prompt_len, o->gen_len, x->hw, &c0) < 0)

@@ -66,6 +66,11 @@ static inline uint32_t model_backend_dtype(size_t es)
 {
     return es == 2 ? OFF_DTYPE_F16 : OFF_DTYPE_F32;
 }
+/* The element type of 16-bit layers h16 (kern_h16), or 0 for none. */
+static inline uint32_t model_h16_dtype(int h16)
+{
+    return h16 == KERN_H16_F16 ? OFF_DTYPE_F16 : h16 == KERN_H16_BF16 ? OFF_DTYPE_BF16 : 0;
+}
 
 /* Receives each layer of a model being loaded: blob (host memory, 4096-
  * aligned, the backend's storage type or the 16 bits the sink keeps

@@ -292,7 +292,7 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk, int h1
     int wq = (st->dtype & OFF_DTYPE_Q4) != 0;
     /* the type the sink takes layers in: a 16-bit store goes as it is to a
      * sink keeping layers in its 16 bits, else the backend's */
-    uint32_t h16t = h16 == KERN_H16_F16 ? OFF_DTYPE_F16 : h16 == KERN_H16_BF16 ? OFF_DTYPE_BF16 : 0;
+    uint32_t h16t = model_h16_dtype(h16);
     uint32_t lt = h16t && base == h16t && !wq ? h16t : bt;
     if (rc == 0 && h16 && lt != h16t) {
         err_set(__FILE__, __LINE__, "internal: %s is not a plain %s store, but its layers "

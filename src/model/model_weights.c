@@ -48,14 +48,21 @@ static float elem_f32(const void *src, uint32_t t, size_t i)
 
 void model_convert_elems(void *dst, uint32_t dst_t, const void *src, uint32_t src_t, size_t n)
 {
+    const float *f32 = src;
+    uint16_t *h = dst;
     if (dst_t == src_t) {
         memcpy(dst, src, n * off_dtype_size(dst_t));
+    } else if (src_t == OFF_DTYPE_F32 && dst_t == OFF_DTYPE_F16) { /* the loaders' paths */
+        for (size_t i = 0; i < n; i++)
+            h[i] = kern_f32_to_f16(f32[i]);
+    } else if (src_t == OFF_DTYPE_F32) {
+        for (size_t i = 0; i < n; i++)
+            h[i] = st_f32_to_bf16(f32[i]);
     } else if (dst_t == OFF_DTYPE_F32) {
         float *f = dst;
         for (size_t i = 0; i < n; i++)
             f[i] = elem_f32(src, src_t, i);
-    } else {
-        uint16_t *h = dst;
+    } else { /* between the 16-bit types, through fp32 */
         for (size_t i = 0; i < n; i++) {
             float x = elem_f32(src, src_t, i);
             h[i] = dst_t == OFF_DTYPE_BF16 ? st_f32_to_bf16(x) : kern_f32_to_f16(x);
@@ -152,9 +159,7 @@ int model_put_f32(model *m, const model_hf_tensor *w, size_t offset, const float
                          (char *)*model_global(m, w->dst) + (w->offset + offset) * o->elem_size,
                          src, n);
     size_t les = m->h16 ? 2 : o->elem_size;
-    uint32_t lt = m->h16 == KERN_H16_BF16 ? OFF_DTYPE_BF16
-                : m->h16 == KERN_H16_F16  ? OFF_DTYPE_F16
-                                          : model_backend_dtype(o->elem_size);
+    uint32_t lt = m->h16 ? model_h16_dtype(m->h16) : model_backend_dtype(o->elem_size);
     char *dst = (char *)m->blob_view.t[w->dst] + (w->offset + offset) * les;
     model_convert_elems(dst, lt, src, OFF_DTYPE_F32, n);
     return 0;
