@@ -11,7 +11,14 @@
  * 4. 4-bit compression (kernels/q4.cu, attention.cu): the expansion of an OPT-30B fc1
  *    matrix (4-bit bytes read + fp16 bytes written) against the copy
  *    ceiling, and decode attention of case 2 over a 4-bit cache (its bytes
- *    read) against the ceiling and against the fp16 cache's time.
+ *    read) against the ceiling and against the fp16 cache's time;
+ * 5. prefill attention of 16 and 64 prompts of 512 tokens (OPT-6.7B's 32
+ *    heads of 128; Llama-3-8B's 32 over 8 KV heads): the flash kernel
+ *    against the GEMM route (FLEXH2O_CUDA_PREFILL=gemm) in the same run,
+ *    without and with the H2O column sums; the rate counts the causal
+ *    half of Q K^T and P V (4 n(n+1)/2 hd flops per head) against cuBLAS's
+ *    rate on the prefill linear shape (m 8192, n 12288, k 4096) measured
+ *    in case 3.
  * Each case is checked for finite output first, then timed as the median
  * over repeats of 20 back-to-back runs closed by a device sync. Prints a Markdown table.
  */
@@ -191,6 +198,24 @@ static void run_deq(void *p)
     }
 }
 
+typedef struct pre_arg {
+    backend *be;
+    void *out, *qkv;
+    float *colsum; /* NULL: no H2O column sums */
+    kern_seq *seqs;
+    int n_seq, H, KVH, hd;
+} pre_arg;
+
+static void run_prefill(void *p)
+{
+    pre_arg *a = p;
+    int d = a->H * a->hd, ld = (a->H + 2 * a->KVH) * a->hd;
+    char *q = a->qkv;
+    OK(a->be->ops->attn_prefill(a->be->ctx, a->out, d, q, q + 2 * (size_t)d,
+                                q + 2 * (size_t)(a->H + a->KVH) * a->hd, ld, a->seqs, a->n_seq,
+                                a->H, a->KVH, a->hd, 1.0f / sqrtf((float)a->hd), a->colsum));
+}
+
 static int all_finite16(const void *p, size_t n)
 {
     uint16_t *h = malloc(2 * n);
@@ -323,6 +348,7 @@ int main(int argc, char **argv)
     int shapes[][3] = {{64, 12288, 4096}, {64, 4096, 4096}, {64, 16384, 4096},
                        {64, 4096, 16384}, {8192, 12288, 4096}, {8192, 4096, 16384}};
     lin_arg l = {.be = &be};
+    double gemm_rate = 0; /* cuBLAS's TFLOP/s on the prefill shape (m 8192, n 12288) */
     if (cublasCreate(&l.h) != CUBLAS_STATUS_SUCCESS)
         return 1;
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
@@ -346,6 +372,8 @@ int main(int argc, char **argv)
         }
         float t_ours = time_ms(run_lin, &l, 5, 30);
         double wbw = 2.0 * l.n * l.k / (t_ours * 1e-3) / 1e9;
+        if (l.m == 8192 && l.n == 12288)
+            gemm_rate = flop / (t_cublas * 1e-3) / 1e12;
         printf("| linear + bias + ReLU vs cublasGemmEx | m %d, n %d, k %d | %.3f (cuBLAS %.3f) "
                "| %.1f TFLOP/s, weights %.0f GB/s | cuBLAS %.1f TFLOP/s | %.0f%% |\n", l.m, l.n,
                l.k, t_ours, t_cublas, flop / (t_ours * 1e-3) / 1e12, wbw,
@@ -353,6 +381,52 @@ int main(int argc, char **argv)
         cudaFree(l.x), cudaFree(l.w), cudaFree(l.b), cudaFree(l.y);
     }
     cublasDestroy(l.h);
+
+    /* 5. prefill attention: flash kernel against the GEMM route */
+    backend be_gemm;
+    setenv("FLEXH2O_CUDA_PREFILL", "gemm", 1);
+    OK(backend_cuda_create(0, &be_gemm));
+    unsetenv("FLEXH2O_CUDA_PREFILL");
+    int pre_cases[][4] = {{16, 512, 32, 32}, {64, 512, 32, 32}, {16, 512, 32, 8}};
+    for (size_t ci = 0; ci < sizeof pre_cases / sizeof *pre_cases; ci++) {
+        pre_arg pa = {.n_seq = pre_cases[ci][0], .H = pre_cases[ci][2],
+                      .KVH = pre_cases[ci][3], .hd = 128};
+        int n = pre_cases[ci][1], rows = pa.n_seq * n, ld = (pa.H + 2 * pa.KVH) * pa.hd;
+        CHECK(cudaMalloc(&pa.qkv, 2 * (size_t)rows * ld));
+        CHECK(cudaMalloc(&pa.out, 2 * (size_t)rows * pa.H * pa.hd));
+        float *cs;
+        CHECK(cudaMalloc((void **)&cs, 4 * (size_t)rows * pa.KVH));
+        fill16(pa.qkv, (size_t)rows * ld, 1.0f, 10);
+        pa.seqs = malloc(sizeof(kern_seq) * pa.n_seq);
+        for (int s = 0; s < pa.n_seq; s++)
+            pa.seqs[s] = (kern_seq){.row = s * n, .n_new = n, .budget = n / 5, .sinks = 0,
+                                    .recent = n / 10};
+        double flop = 4.0 * n * (n + 1) / 2.0 * pa.hd * pa.H * pa.n_seq;
+        for (int h2o = 0; h2o < 2; h2o++) {
+            pa.colsum = h2o ? cs : NULL;
+            float t[2];
+            for (int route = 0; route < 2; route++) {
+                pa.be = route ? &be_gemm : &be;
+                CHECK(cudaMemset(pa.out, 0xff, 2 * (size_t)rows * pa.H * pa.hd));
+                run_prefill(&pa);
+                CHECK(cudaDeviceSynchronize());
+                if (!all_finite16(pa.out, (size_t)rows * pa.H * pa.hd)) {
+                    fprintf(stderr, "prefill attention (%s) left non-finite output\n",
+                            route ? "gemm" : "flash");
+                    return 1;
+                }
+                t[route] = time_ms(run_prefill, &pa, 2, 10);
+            }
+            double rate = flop / (t[0] * 1e-3) / 1e12;
+            printf("| prefill attention%s, flash (GEMM route: %.3f ms, %.2fx) | %d seqs x %d "
+                   "tokens, %d heads over %d x %d | %.3f | %.1f TFLOP/s | %.1f TFLOP/s | %.0f%% "
+                   "|\n", h2o ? " + H2O column sums" : "", t[1], t[1] / t[0], pa.n_seq, n,
+                   pa.H, pa.KVH, pa.hd, t[0], rate, gemm_rate, 100.0 * rate / gemm_rate);
+        }
+        cudaFree(pa.qkv), cudaFree(pa.out), cudaFree(cs);
+        free(pa.seqs);
+    }
+    backend_destroy(&be_gemm);
     backend_destroy(&be);
     return 0;
 }

@@ -96,7 +96,7 @@ while [ $# -gt 0 ]; do
         done
         gpu_test racecheck-kern_cuda 90 "$OUT/racecheck-kern_cuda.log" "${cs[@]}" \
           --tool racecheck --log-file "$OUT/racecheck-kern_cuda.log" build-gpu/tests/test_kern_cuda \
-          --verbose --filter 'kern_cuda/@(attention_y_loops*|prefill_attention*|prompt_above*|q4_kv_prefill*|sampling*|embed_layernorm*)'
+          --verbose --filter 'kern_cuda/@(attention_y_loops*|prefill_attention*|flash_prefill*|q4_kv_prefill*|sampling*|embed_layernorm*)'
       else
         fail "compute-sanitizer not found (put the CUDA toolkit's bin on PATH): the gpu suite ran without it"
         for t in kern_cuda gpu_e2e; do
@@ -106,6 +106,8 @@ while [ $# -gt 0 ]; do
       ;;
     kernels)
       timeout 90 build-gpu/benchmarks/flexh2o-bench-kernels | tee "$OUT/kernels.md" || true
+      # the peer of its prefill-attention rows: torch's fused SDPA on the same shapes
+      timeout 60 python3 benchmarks/bench_sdpa.py | tee "$OUT/kernels-sdpa.md" || true
       ;;
     overlap)
       # issue 11: an offloaded OPT-6.7B decode (weights 40/60, KV on the CPU tier)

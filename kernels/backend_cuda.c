@@ -147,6 +147,8 @@ typedef struct cuda_ctx {
     cudaEvent_t events[BACKEND_EVENTS]; /* event_record / event_wait / event_sync */
     grow_buf f32tmp;     /* device fp32 staging for conversions (PINNED_BYTES) */
     int reserved;        /* reservations held (backend.h reserve): nothing grows */
+    int prefill_gemm;    /* FLEXH2O_CUDA_PREFILL=gemm: prefill attention through
+                          * prefill_split, never the flash kernel */
     backend_limits lim;  /* what they cover, field by field the widest */
     _Atomic uint64_t allocs; /* allocations so far (backend.h allocs) */
 } cuda_ctx;
@@ -680,7 +682,11 @@ static int max_of(const kern_seq *seqs, int n_seq, int field_slots)
     return mx;
 }
 
-/* Prefill attention. Prompts of PREFILL_GEMM_MIN tokens or more take the
+/* Prefill attention. Heads of up to KERN_FLASH_HEAD_DIM_MAX take the flash
+ * kernel (kern_attn_prefill_flash_cuda): every sequence and head in one
+ * launch, scores on chip, sliding windows included. Wider heads, or every
+ * head with FLEXH2O_CUDA_PREFILL=gemm (the A/B switch of the benchmarks),
+ * take prefill_split: prompts of PREFILL_GEMM_MIN tokens or more on the
  * tensor cores: per sequence and run of query heads, S = scale Q K^T
  * (batched GEMM, fp32 out), P = causal softmax(S) and the column sums
  * (kernels), out = P V (batched GEMM); the runs keep S and P under
@@ -812,17 +818,37 @@ static int cuda_heads_check(const char *op, int n_head, int n_kv_head)
     return 0;
 }
 
+/* Whether prefill attention of heads of head_dim takes the flash kernel. */
+static int flash_prefill(const cuda_ctx *c, int head_dim)
+{
+    return !c->prefill_gemm && head_dim <= KERN_FLASH_HEAD_DIM_MAX;
+}
+
 static int cuda_attn_prefill(void *ctx, void *out, int ldo, const void *q, const void *k,
                              const void *v, int ld, const kern_seq *seqs, int n_seq, int n_head,
                              int n_kv_head, int head_dim, float scale, void *colsum)
 {
     cuda_ctx *c = ctx;
     FORWARD_IF(cuda_heads_check("prefill attention", n_head, n_kv_head));
+    if (flash_prefill(c, head_dim)) {
+        int rows = 0;
+        for (int s = 0; s < n_seq; s++)
+            rows = seqs[s].row + seqs[s].n_new > rows ? seqs[s].row + seqs[s].n_new : rows;
+        if (colsum)
+            FORWARD_IF(grow(c, &c->work, sizeof(float) * 2 * (size_t)rows * n_head,
+                            "prefill attention's work space"));
+        FORWARD_IF(stage_seqs(c, seqs, n_seq));
+        CK(kern_attn_prefill_flash_cuda(out, ldo, q, k, v, ld, c->seqs.p, n_seq, n_head,
+                                        n_kv_head, head_dim, scale, colsum, c->work.p,
+                                        max_of(seqs, n_seq, 0), c->stream));
+        return 0;
+    }
     for (int s = 0; s < n_seq; s++)
         RETURN_IF(seqs[s].window > 0 && seqs[s].n_new > seqs[s].window, -ENOTSUP,
-                  "the cuda backend's prefill attention has no sliding window yet: a prompt "
-                  "of %d tokens outgrows the model's sliding_window %d; shorten it or use "
-                  "--device cpu", seqs[s].n_new, seqs[s].window);
+                  "the cuda backend's prefill attention has a sliding window only in its "
+                  "flash kernel (head_dim up to %d, FLEXH2O_CUDA_PREFILL unset): a prompt of "
+                  "%d tokens outgrows the model's sliding_window %d here; shorten it or use "
+                  "--device cpu", KERN_FLASH_HEAD_DIM_MAX, seqs[s].n_new, seqs[s].window);
     FORWARD_IF(seqs_room(c, (size_t)n_seq, 0));
     return prefill_split(c, c->seqs_tmp, out, ldo, q, k, v, ld, seqs, n_seq, n_head, n_kv_head,
                          head_dim, scale, colsum);
@@ -983,12 +1009,12 @@ static int cuda_sync(void *ctx)
  * S and P); sampling's rows, edits, top logprobs and sort. The largest is taken over every
  * prompt length and row count a call may bring, so no call within the
  * limits needs more (cub's sort space is not documented as monotone). */
-static size_t reserve_work(const backend_limits *l)
+static size_t reserve_work(const cuda_ctx *c, const backend_limits *l)
 {
     size_t most = kern_attn_decode_work(l->seqs, l->heads, l->head_dim, l->cap);
     size_t stats = sizeof(float) * 2 * (size_t)l->rows * l->heads;
     most = stats > most ? stats : most;
-    for (int n = PREFILL_GEMM_MIN; n <= l->prompt; n++) {
+    for (int n = PREFILL_GEMM_MIN; !flash_prefill(c, l->head_dim) && n <= l->prompt; n++) {
         int hg, qb;
         size_t b = prefill_gemm_plan(n, l->heads, &hg, &qb);
         most = b > most ? b : most;
@@ -1051,7 +1077,7 @@ static int cuda_reserve(void *ctx, const backend_limits *lim)
     FORWARD_IF(grow_to(c, &c->rope, rope, "RoPE's positions' and frequencies' staging"));
     c->seqs_n = SIZE_MAX; /* a new c->seqs holds nothing yet */
     FORWARD_IF(seqs_room(c, (size_t)w->seqs, 1));
-    FORWARD_IF(grow_to(c, &c->work, reserve_work(w), "attention's work space"));
+    FORWARD_IF(grow_to(c, &c->work, reserve_work(c, w), "attention's work space"));
     FORWARD_IF(grow_to(c, &c->samp, reserve_samp(w), "sampling's work space"));
     c->reserved++;
     return 0;
@@ -1242,9 +1268,14 @@ int backend_cuda_create(int device, backend *out)
     RETURN_IF(n == 0, -ENODEV, "no CUDA GPU found; use --device cpu");
     RETURN_IF(device < 0 || device >= n, -ENODEV, "CUDA device %d does not exist (%d found)",
               device, n);
+    /* the prefill attention route: the flash kernel unless told otherwise */
+    const char *pf = getenv("FLEXH2O_CUDA_PREFILL");
+    RETURN_IF(pf && *pf && strcmp(pf, "flash") && strcmp(pf, "gemm"), -EINVAL,
+              "FLEXH2O_CUDA_PREFILL=%s: set it to flash (the default) or gemm, or unset it", pf);
     cuda_ctx *c = calloc(1, sizeof *c);
     RETURN_IF(!c, -ENOMEM, "out of memory");
     c->device = device;
+    c->prefill_gemm = pf && !strcmp(pf, "gemm");
     c->seqs_n = SIZE_MAX; /* c->seqs holds nothing */
     int rc = cuda_setup(c);
     if (rc < 0) {

@@ -540,6 +540,17 @@ int kern_attn_prefill_cuda(void *out, int ldo, const void *q, const void *k,
                            const void *v, int ld, const kern_seq *seqs, int n_seq,
                            int n_head, int n_kv_head, int head_dim, float scale, float *colsum,
                            float *work, int max_new, void *stream);
+/* kern_attn_prefill_ref in one launch for every sequence and head, on the
+ * tensor cores with the scores kept on chip (flash_prefill.cu): out, and
+ * colsum (rows, n_kv_head) when not NULL; sliding windows (kern_seq.window)
+ * included. work as for kern_attn_prefill_cuda: fp32 (rows, n_head, 2), the
+ * row statistics the column sums are recomputed from (used only when
+ * colsum is not NULL). head_dim % 8 == 0, head_dim <= KERN_FLASH_HEAD_DIM_MAX. */
+#define KERN_FLASH_HEAD_DIM_MAX 128
+int kern_attn_prefill_flash_cuda(void *out, int ldo, const void *q, const void *k,
+                                 const void *v, int ld, const kern_seq *seqs, int n_seq,
+                                 int n_head, int n_kv_head, int head_dim, float scale,
+                                 float *colsum, float *work, int max_new, void *stream);
 /* The tensor-core form of prefill attention, per sequence of n tokens, a
  * run of `heads` query heads h0 .. h0 + heads - 1 and a block of `rows`
  * query rows i0 .. i0 + rows - 1 (the whole prompt: i0 0, rows n): the

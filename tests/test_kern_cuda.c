@@ -2,7 +2,9 @@
  * the two backends (the CPU backend runs the references of kernels/cpu/),
  * over a range of shapes, including the launch-geometry edges: more than
  * 65535 (sequence, head) pairs, prompts above 12288 tokens, the kernels'
- * y-loops, many GEMM row counts and shapes; the RoPE families' ops
+ * y-loops, many GEMM row counts and shapes; prefill attention through
+ * the flash kernel (tile edges, head widths, sliding windows) and the GEMM
+ * route; the RoPE families' ops
  * (RMSNorm, RoPE with partial rotary dimensions, SwiGLU, GELU, embed
  * without learned positions) and grouped-query attention (8 query heads
  * over 2 KV heads, and others) in every attention and KV op, both cache
@@ -1255,6 +1257,114 @@ Test(kern_cuda, gqa_long_prompts_split_heads_and_row_blocks, .timeout = 240)
     float *qkv = rand16((size_t)rows * qkv_ld(H, KVH, hd), 1.5f);
     prefill_step("GQA 6700 tokens", qkv, seqs, n_seq, rows, H, KVH, hd, cap, 1);
     free(qkv);
+}
+
+/* Restart the GPU backend with prefill attention routed as FLEXH2O_CUDA_PREFILL
+ * says (route NULL: unset, the flash kernel); the teardown destroys it. */
+static void use_prefill_route(const char *route)
+{
+    backend_destroy(&gpu);
+    if (route)
+        setenv("FLEXH2O_CUDA_PREFILL", route, 1);
+    else
+        unsetenv("FLEXH2O_CUDA_PREFILL");
+    int rc = backend_cuda_create(0, &gpu);
+    unsetenv("FLEXH2O_CUDA_PREFILL");
+    cr_assert_eq(rc, 0, "route %s: %s", route ? route : "default", err_msg());
+}
+
+/* The GEMM route (FLEXH2O_CUDA_PREFILL=gemm, and every head wider than the
+ * flash kernel's 128) stays the reference's too: the one-warp kernel below
+ * 64 tokens, per-sequence GEMMs above, split over heads and blocks of query
+ * rows where its work space asks (the 6700-token GQA prompt). */
+Test(kern_cuda, gemm_prefill_route_matches_the_reference, .timeout = 240)
+{
+    use_prefill_route("gemm");
+    prefill_cases(3, 3);
+    prefill_cases(8, 2);
+    int len[] = {6700, 2400, 100, 40}, H = 8, KVH = 2, hd = 8, n_seq = 4, cap = 64;
+    kern_seq seqs[4];
+    int rows = pack(seqs, len, n_seq, 64, 4, 16);
+    float *qkv = rand16((size_t)rows * qkv_ld(H, KVH, hd), 1.5f);
+    prefill_step("gemm route, GQA 6700 tokens", qkv, seqs, n_seq, rows, H, KVH, hd, cap, 1);
+    free(qkv);
+}
+
+/* The flash kernel at the edges of its tiles and head widths: head_dim 8
+ * and 24 (padded to 32), 40 and 64 (64), 72 and 128 (128, tiles of 32
+ * keys), 136 (wider: the GEMM route takes it); prompts of 1, 15, 16, 63, 64,
+ * 65, 129 and 200 tokens (query blocks of 64 rows, warps of 16, partial
+ * last tiles), H2O column sums on, multi-head and GQA. */
+Test(kern_cuda, flash_prefill_tile_edges_and_head_widths)
+{
+    int hds[] = {8, 24, 40, 64, 72, 128, 136};
+    int len[] = {1, 15, 16, 63, 64, 65, 129, 200};
+    int heads[][2] = {{2, 2}, {4, 1}};
+    for (size_t hi = 0; hi < sizeof hds / sizeof *hds; hi++)
+        for (int g = 0; g < 2; g++) {
+            int hd = hds[hi], H = heads[g][0], KVH = heads[g][1], n_seq = 8, cap = 208;
+            kern_seq seqs[8];
+            int rows = pack(seqs, len, n_seq, 48, 4, 8);
+            float *qkv = rand16((size_t)rows * qkv_ld(H, KVH, hd), 1.5f);
+            char tag[64];
+            snprintf(tag, sizeof tag, "flash H %d KVH %d hd %d", H, KVH, hd);
+            prefill_step(tag, qkv, seqs, n_seq, rows, H, KVH, hd, cap, 0);
+            free(qkv);
+        }
+}
+
+/* Sliding windows (Mistral's sliding_window, kern_seq.window) in the flash
+ * kernel: windows of 1, 5, 24, 64, 100 and 1000 keys (narrower than a
+ * tile, one tile, across tiles, wider than the prompt) over prompts of 300,
+ * 70, 129 and 40 tokens, out and column sums as the reference computes
+ * them; then a wide head under a window, which only the flash kernel
+ * takes, refused with what to do. */
+Test(kern_cuda, flash_prefill_sliding_windows)
+{
+    int wins[] = {1, 5, 24, 64, 100, 1000};
+    int len[] = {300, 70, 129, 40};
+    int heads[][2] = {{3, 3}, {8, 2}};
+    for (size_t wi = 0; wi < sizeof wins / sizeof *wins; wi++)
+        for (int g = 0; g < 2; g++) {
+            int H = heads[g][0], KVH = heads[g][1], hd = g ? 64 : 128, n_seq = 4, cap = 320;
+            kern_seq seqs[4];
+            int rows = pack(seqs, len, n_seq, 40, 2, 12);
+            for (int s = 0; s < n_seq; s++)
+                seqs[s].window = s == 3 ? 0 : wins[wi]; /* the last: no window beside them */
+            float *qkv = rand16((size_t)rows * qkv_ld(H, KVH, hd), 1.5f);
+            char tag[64];
+            snprintf(tag, sizeof tag, "window %d H %d KVH %d", wins[wi], H, KVH);
+            prefill_step(tag, qkv, seqs, n_seq, rows, H, KVH, hd, cap, 0);
+            free(qkv);
+        }
+    int hd = 256, rows = 20;
+    kern_seq sq = {.row = 0, .n_new = rows, .window = 8};
+    pair QKV = put(NULL, (size_t)rows * 3 * hd), out = put(NULL, (size_t)rows * hd);
+    char *qg = QKV.g;
+    err_clear();
+    cr_assert_eq(gpu.ops->attn_prefill(gpu.ctx, out.g, hd, qg, qg + 2 * hd, qg + 4 * hd, 3 * hd,
+                                       &sq, 1, 1, 1, hd, 1.0f, NULL),
+                 -ENOTSUP);
+    cr_assert(strstr(err_msg(), "sliding_window 8") && strstr(err_msg(), "--device cpu"), "%s",
+              err_msg());
+    err_clear();
+    drop(&QKV), drop(&out);
+}
+
+/* A bad FLEXH2O_CUDA_PREFILL is refused when the backend starts, naming the
+ * values it takes. */
+Test(kern_cuda, unknown_prefill_route_refused)
+{
+    backend_destroy(&gpu);
+    setenv("FLEXH2O_CUDA_PREFILL", "fast", 1);
+    err_clear();
+    int rc = backend_cuda_create(0, &gpu);
+    unsetenv("FLEXH2O_CUDA_PREFILL");
+    cr_assert_eq(rc, -EINVAL);
+    cr_assert(strstr(err_msg(), "FLEXH2O_CUDA_PREFILL=fast") && strstr(err_msg(), "gemm"), "%s",
+              err_msg());
+    err_clear();
+    cr_assert_eq(backend_cuda_create(0, &gpu), 0, "%s", err_msg());
 }
 
 /* The kernels' loops over the y index (chunks of slots, blocks of query

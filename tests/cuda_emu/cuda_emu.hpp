@@ -1,0 +1,237 @@
+/* cuda_emu.hpp: enough of CUDA to run a kernel's own text on the CPU, one
+ * block at a time, for the tests that need no GPU (test_flash_emu.cc).
+ *
+ * Every thread of a block is a coroutine (ucontext) on one OS thread;
+ * __syncthreads and __syncwarp are counting barriers (a thread waits by
+ * yielding until its barrier's generation moves), warp shuffles and votes
+ * go through a per-warp exchange between two warp barriers. The scheduler
+ * runs the threads round-robin and stops with a message when none can move
+ * (a barrier some thread never reaches): a deadlock the GPU would show as
+ * a hang. __shared__ is `static`: one block runs at a time.
+ *
+ * nvcuda::wmma: an operand fragment holds the whole 16 x 16 tile in every
+ * lane, an accumulator 8 elements per lane (the layout is opaque to the
+ * kernels, which only load, store, fill and multiply fragments); halves
+ * are widened exactly, products and sums are
+ * fp32, as on the tensor cores (the order of the sums may differ). Every
+ * load and store checks what wmma requires: a 32-byte aligned pointer, a
+ * leading dimension that is a multiple of 8 halves or 4 floats.
+ *
+ * What it cannot show: races between lanes (the GPU run's racecheck), the
+ * hardware's fragment layouts, timing. What it shows: the kernel's
+ * indexing, masks, tile and block bounds, barrier structure and
+ * arithmetic, against the plain-C reference, in CI. */
+#ifndef FH_CUDA_EMU_HPP
+#define FH_CUDA_EMU_HPP
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <ucontext.h>
+
+#include <functional>
+
+extern "C" {
+#include "kern.h"
+uint16_t emu_f32_to_f16(float x);
+float emu_f16_to_f32(uint16_t h);
+}
+
+/* ---- types and qualifiers ---- */
+struct __half {
+    uint16_t x;
+};
+static inline __half __float2half_rn(float f) { return __half{emu_f32_to_f16(f)}; }
+static inline float __half2float(__half h) { return emu_f16_to_f32(h.x); }
+struct alignas(16) uint4 { /* CUDA's alignment: UBSan checks the 16-byte loads */
+    uint32_t x, y, z, w;
+};
+static inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w)
+{
+    return uint4{x, y, z, w};
+}
+struct dim3 {
+    unsigned x, y, z;
+};
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(n)
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+static inline float emu_expf(float x) { return expf(x); }
+#define __expf emu_expf /* glibc declares a __expf of its own */
+static inline int min(int a, int b) { return a < b ? a : b; }
+static inline int max(int a, int b) { return a > b ? a : b; }
+
+/* ---- the block's threads ---- */
+#define EMU_THREADS_MAX 1024
+#define EMU_STACK (256 * 1024)
+extern dim3 threadIdx, blockIdx, gridDim, blockDim;
+
+struct emu_state {
+    ucontext_t main, ctx[EMU_THREADS_MAX];
+    char *stack[EMU_THREADS_MAX];
+    int done[EMU_THREADS_MAX];
+    int wait_b[EMU_THREADS_MAX], wait_g[EMU_THREADS_MAX]; /* the barrier a thread waits
+                                                           * at and its generation; -1 */
+    int n, cur;
+    int count[EMU_THREADS_MAX / 32 + 1], gen[EMU_THREADS_MAX / 32 + 1]; /* warps, then block */
+    float xf[EMU_THREADS_MAX];
+    int xi[EMU_THREADS_MAX];
+    std::function<void()> body;
+};
+extern emu_state emu;
+
+static inline void emu_yield(void)
+{
+    int me = emu.cur;
+    swapcontext(&emu.ctx[me], &emu.main);
+}
+
+/* barrier b (a warp, or the block: b = n / 32) of `size` threads; the
+ * scheduler resumes a waiting thread only once the generation moved */
+static inline void emu_barrier(int b, int size)
+{
+    int g = emu.gen[b];
+    if (++emu.count[b] == size) {
+        emu.count[b] = 0;
+        emu.gen[b]++;
+        return;
+    }
+    emu.wait_b[emu.cur] = b;
+    emu.wait_g[emu.cur] = g;
+    emu_yield();
+    emu.wait_b[emu.cur] = -1;
+}
+static inline void __syncthreads(void) { emu_barrier(emu.n / 32, emu.n); }
+static inline void __syncwarp(unsigned mask = 0xffffffffu)
+{
+    (void)mask;
+    emu_barrier(threadIdx.x / 32, 32);
+}
+static inline float __shfl_xor_sync(unsigned mask, float v, int off)
+{
+    int t = threadIdx.x, w0 = t / 32 * 32;
+    emu.xf[t] = v;
+    __syncwarp(mask);
+    float r = emu.xf[w0 + ((t % 32) ^ off)];
+    __syncwarp(mask);
+    return r;
+}
+static inline bool __any_sync(unsigned mask, bool p)
+{
+    int t = threadIdx.x, w0 = t / 32 * 32;
+    emu.xi[t] = p;
+    __syncwarp(mask);
+    bool any = false;
+    for (int l = 0; l < 32; l++)
+        any = any || emu.xi[w0 + l];
+    __syncwarp(mask);
+    return any;
+}
+
+/* Run body() as every thread of every block of grid (blocks in order, x
+ * fastest), with `threads` threads (a multiple of 32). Returns 0, or -1
+ * after printing the blocked threads when a block cannot finish. */
+int emu_launch(dim3 grid, int threads, std::function<void()> body);
+
+/* ---- 8 halves at a time, as cuda_util.cuh's store8 ---- */
+static inline void store8(__half *p, const float f[8])
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = __float2half_rn(f[i]);
+}
+
+/* ---- nvcuda::wmma, m16n16k16 ---- */
+void emu_check_wmma(const void *p, unsigned ldm, unsigned multiple, const char *what);
+
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+/* matrix_a / matrix_b fragments: the whole tile in every lane (loads read
+ * it all); accumulators: lane L holds elements L, L + 32, ... of the
+ * row-major tile, so a lane that reads a stored tile before the warp's
+ * other lanes stored theirs (a missing __syncwarp) reads stale values, as
+ * on the GPU. */
+template <typename Use, int M, int N, int K, typename T, typename Layout = void> struct fragment {
+    float v[16][16];
+};
+template <int M, int N, int K> struct fragment<accumulator, M, N, K, float, void> {
+    float v[8];
+};
+#define EMU_OWN(i, e, r, c)                                                            \
+    for (int i = 0, e = (int)(threadIdx.x % 32), r = e / 16, c = e % 16; i < 8;         \
+         i++, e += 32, r = e / 16, c = e % 16)
+
+template <typename Use, typename T, typename L>
+static inline void fill_fragment(fragment<Use, 16, 16, 16, T, L> &f, float x)
+{
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 16; c++)
+            f.v[r][c] = x;
+}
+static inline void fill_fragment(fragment<accumulator, 16, 16, 16, float> &f, float x)
+{
+    for (int i = 0; i < 8; i++)
+        f.v[i] = x;
+}
+template <typename Use>
+static inline void load_matrix_sync(fragment<Use, 16, 16, 16, __half, row_major> &f,
+                                    const __half *p, unsigned ldm)
+{
+    emu_check_wmma(p, ldm, 8, "load (row major halves)");
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 16; c++)
+            f.v[r][c] = __half2float(p[(size_t)r * ldm + c]);
+}
+template <typename Use>
+static inline void load_matrix_sync(fragment<Use, 16, 16, 16, __half, col_major> &f,
+                                    const __half *p, unsigned ldm)
+{
+    emu_check_wmma(p, ldm, 8, "load (column major halves)");
+    for (int r = 0; r < 16; r++)
+        for (int c = 0; c < 16; c++)
+            f.v[r][c] = __half2float(p[(size_t)c * ldm + r]);
+}
+static inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float> &f, const float *p,
+                                    unsigned ldm, layout_t l)
+{
+    emu_check_wmma(p, ldm, 4, "load (floats)");
+    EMU_OWN(i, e, r, c)
+        f.v[i] = l == mem_row_major ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r];
+}
+static inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f,
+                                     unsigned ldm, layout_t l)
+{
+    emu_check_wmma(p, ldm, 4, "store (floats)");
+    EMU_OWN(i, e, r, c)
+        (l == mem_row_major ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r]) = f.v[i];
+}
+template <typename LA, typename LB>
+static inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
+                            const fragment<matrix_a, 16, 16, 16, __half, LA> &a,
+                            const fragment<matrix_b, 16, 16, 16, __half, LB> &b,
+                            const fragment<accumulator, 16, 16, 16, float> &c)
+{
+    float t[8];
+    EMU_OWN(i, e, r, col) {
+        float s = c.v[i];
+        for (int k = 0; k < 16; k++)
+            s += a.v[r][k] * b.v[k][col];
+        t[i] = s;
+    }
+    memcpy(d.v, t, sizeof t);
+}
+} // namespace wmma
+} // namespace nvcuda
+
+#endif
