@@ -1,8 +1,78 @@
-/* cuda_emu.cc: the scheduler of cuda_emu.hpp's emulated blocks. */
+/* cuda_emu.cc: the scheduler of cuda_emu.hpp's emulated blocks.
+ *
+ * A thread's coroutine starts through makecontext / swapcontext; from then
+ * on the switches are _setjmp / _longjmp between the scheduler's frame and
+ * the coroutines' stacks (swapcontext makes a sigprocmask system call per
+ * switch: 50x slower over the millions of switches of a test), except
+ * under AddressSanitizer, which understands swapcontext but not a longjmp
+ * to another stack. _FORTIFY_SOURCE's longjmp check would take such a jump
+ * for a corrupt stack frame: it is off in this file. */
+#undef _FORTIFY_SOURCE
 #include "cuda_emu.hpp"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define EMU_SWAPCONTEXT 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EMU_SWAPCONTEXT 1
+#endif
+#endif
 
 dim3 threadIdx, blockIdx, gridDim, blockDim;
 emu_state emu;
+static cudaError_t last_error = cudaSuccess;
+static void *dyn_smem;
+static size_t dyn_smem_bytes;
+
+const char *cudaGetErrorString(cudaError_t e)
+{
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    }
+    return "unknown error";
+}
+
+cudaError_t cudaGetLastError(void)
+{
+    cudaError_t e = last_error;
+    last_error = cudaSuccess;
+    return e;
+}
+
+cudaError_t cudaGetDeviceCount(int *n)
+{
+    *n = 1; /* the emulated one */
+    return cudaSuccess;
+}
+
+void *emu_dyn_smem(void) { return dyn_smem; }
+
+void emu_launch_cfg(dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+                    std::function<void()> body)
+{
+    (void)st; /* one stream: launches run in order, at once */
+    if (block.x == 0 || block.x > 1024 || block.y != 1 || block.z != 1 ||
+        grid.x == 0 || grid.x > 0x7fffffffu || grid.y == 0 || grid.y > 65535 ||
+        grid.z != 1 || smem > 48 * 1024) {
+        fprintf(stderr, "cuda_emu: launch <<<(%u, %u, %u), (%u, %u, %u), %zu>>> refused\n",
+                grid.x, grid.y, grid.z, block.x, block.y, block.z, smem);
+        last_error = cudaErrorInvalidConfiguration;
+        return;
+    }
+    if (smem > dyn_smem_bytes) {
+        free(dyn_smem);
+        dyn_smem = aligned_alloc(128, (smem + 127) / 128 * 128);
+        dyn_smem_bytes = smem;
+    }
+    if (smem)
+        memset(dyn_smem, 0xa5, smem); /* never zero by chance */
+    if (emu_launch(grid, (int)block.x, body) < 0)
+        abort();
+}
 
 void emu_check_wmma(const void *p, unsigned ldm, unsigned multiple, const char *what)
 {
@@ -14,16 +84,45 @@ void emu_check_wmma(const void *p, unsigned ldm, unsigned multiple, const char *
     }
 }
 
+void emu_yield(void)
+{
+#ifdef EMU_SWAPCONTEXT
+    swapcontext(&emu.ctx[emu.cur], &emu.main);
+#else
+    if (!_setjmp(emu.jmp[emu.cur]))
+        _longjmp(emu.sched_jmp, 1);
+#endif
+}
+
 static void emu_entry(void)
 {
     emu.body();
     emu.done[emu.cur] = 1;
-    /* uc_link returns to emu.main */
+#ifndef EMU_SWAPCONTEXT
+    _longjmp(emu.sched_jmp, 1);
+#endif
+    /* else uc_link returns to emu.main */
+}
+
+/* Run thread t until it yields or ends. */
+static void emu_resume(int t)
+{
+#ifdef EMU_SWAPCONTEXT
+    swapcontext(&emu.main, &emu.ctx[t]);
+#else
+    if (_setjmp(emu.sched_jmp))
+        return; /* t yielded or ended */
+    if (!emu.started[t]) {
+        emu.started[t] = 1;
+        swapcontext(&emu.main, &emu.ctx[t]); /* never returns here: t jumps back */
+    }
+    _longjmp(emu.jmp[t], 1);
+#endif
 }
 
 int emu_launch(dim3 grid, int threads, std::function<void()> body)
 {
-    if (threads % 32 || threads > EMU_THREADS_MAX) {
+    if (threads < 1 || threads > EMU_THREADS_MAX) {
         fprintf(stderr, "cuda_emu: %d threads per block\n", threads);
         return -1;
     }
@@ -40,6 +139,7 @@ int emu_launch(dim3 grid, int threads, std::function<void()> body)
             memset(emu.count, 0, sizeof emu.count);
             for (int t = 0; t < threads; t++) {
                 emu.done[t] = 0;
+                emu.started[t] = 0;
                 emu.wait_b[t] = -1;
                 getcontext(&emu.ctx[t]);
                 emu.ctx[t].uc_stack.ss_sp = emu.stack[t];
@@ -55,7 +155,7 @@ int emu_launch(dim3 grid, int threads, std::function<void()> body)
                         continue; /* finished, or its barrier has not opened */
                     emu.cur = t;
                     threadIdx = dim3{(unsigned)t, 0, 0};
-                    swapcontext(&emu.main, &emu.ctx[t]);
+                    emu_resume(t);
                     left -= emu.done[t];
                     ran++;
                 }

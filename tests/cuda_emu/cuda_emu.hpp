@@ -1,7 +1,9 @@
 /* cuda_emu.hpp: enough of CUDA to run a kernel's own text on the CPU, one
  * block at a time, for the tests that need no GPU (test_flash_emu.cc).
  *
- * Every thread of a block is a coroutine (ucontext) on one OS thread;
+ * Every thread of a block is a coroutine on one OS thread (started with
+ * makecontext, switched with _setjmp / _longjmp, which make no system
+ * call; with swapcontext alone under AddressSanitizer, which follows it);
  * __syncthreads and __syncwarp are counting barriers (a thread waits by
  * yielding until its barrier's generation moves), warp shuffles and votes
  * go through a per-warp exchange between two warp barriers. The scheduler
@@ -29,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <setjmp.h>
 #include <ucontext.h>
 
 #include <functional>
@@ -42,9 +45,27 @@ float emu_f16_to_f32(uint16_t h);
 /* ---- types and qualifiers ---- */
 struct __half {
     uint16_t x;
+    __half() = default;
+    __half(float f) : x(emu_f32_to_f16(f)) {}
+    operator float() const { return emu_f16_to_f32(x); }
 };
-static inline __half __float2half_rn(float f) { return __half{emu_f32_to_f16(f)}; }
+struct __half2 {
+    __half x, y;
+};
+struct float2 {
+    float x, y;
+};
+static inline __half __float2half_rn(float f) { return __half(f); }
 static inline float __half2float(__half h) { return emu_f16_to_f32(h.x); }
+static inline __half __ushort_as_half(unsigned short u)
+{
+    __half h;
+    h.x = u;
+    return h;
+}
+static inline unsigned short __half_as_ushort(__half h) { return h.x; }
+static inline float2 __half22float2(__half2 h) { return float2{(float)h.x, (float)h.y}; }
+static inline __half2 __floats2half2_rn(float a, float b) { return __half2{__half(a), __half(b)}; }
 struct alignas(16) uint4 { /* CUDA's alignment: UBSan checks the 16-byte loads */
     uint32_t x, y, z, w;
 };
@@ -54,17 +75,41 @@ static inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w)
 }
 struct dim3 {
     unsigned x, y, z;
+    dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
 };
 #define __global__
 #define __device__
+#define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(n)
+#define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 static inline float emu_expf(float x) { return expf(x); }
 #define __expf emu_expf /* glibc declares a __expf of its own */
+/* the round-to-nearest forms: the host's float arithmetic (the emulation
+ * is compiled with -ffp-contract=off, so nothing fuses) */
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fdiv_rn(float a, float b) { return a / b; }
+static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static inline int min(int a, int b) { return a < b ? a : b; }
 static inline int max(int a, int b) { return a > b ? a : b; }
+static inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
+static inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
+
+/* ---- the runtime API the kernels' host code calls ---- */
+typedef enum cudaError {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorInvalidConfiguration = 9,
+    cudaErrorNoDevice = 100,
+} cudaError_t;
+typedef struct emu_stream *cudaStream_t;
+const char *cudaGetErrorString(cudaError_t e);
+cudaError_t cudaGetLastError(void);
+cudaError_t cudaGetDeviceCount(int *n);
 
 /* ---- the block's threads ---- */
 #define EMU_THREADS_MAX 1024
@@ -73,6 +118,8 @@ extern dim3 threadIdx, blockIdx, gridDim, blockDim;
 
 struct emu_state {
     ucontext_t main, ctx[EMU_THREADS_MAX];
+    jmp_buf sched_jmp, jmp[EMU_THREADS_MAX]; /* the fast switch (cuda_emu.cc) */
+    int started[EMU_THREADS_MAX];
     char *stack[EMU_THREADS_MAX];
     int done[EMU_THREADS_MAX];
     int wait_b[EMU_THREADS_MAX], wait_g[EMU_THREADS_MAX]; /* the barrier a thread waits
@@ -85,13 +132,10 @@ struct emu_state {
 };
 extern emu_state emu;
 
-static inline void emu_yield(void)
-{
-    int me = emu.cur;
-    swapcontext(&emu.ctx[me], &emu.main);
-}
+/* Back to the scheduler; returns when the scheduler resumes this thread. */
+void emu_yield(void);
 
-/* barrier b (a warp, or the block: b = n / 32) of `size` threads; the
+/* barrier b (warp b, or the block: b = EMU_THREADS_MAX / 32) of `size` threads; the
  * scheduler resumes a waiting thread only once the generation moved */
 static inline void emu_barrier(int b, int size)
 {
@@ -106,11 +150,12 @@ static inline void emu_barrier(int b, int size)
     emu_yield();
     emu.wait_b[emu.cur] = -1;
 }
-static inline void __syncthreads(void) { emu_barrier(emu.n / 32, emu.n); }
+static inline void __syncthreads(void) { emu_barrier(EMU_THREADS_MAX / 32, emu.n); }
 static inline void __syncwarp(unsigned mask = 0xffffffffu)
 {
     (void)mask;
-    emu_barrier(threadIdx.x / 32, 32);
+    int w = threadIdx.x / 32; /* the last warp may be partial */
+    emu_barrier(w, emu.n - w * 32 < 32 ? emu.n - w * 32 : 32);
 }
 static inline float __shfl_xor_sync(unsigned mask, float v, int off)
 {
@@ -134,16 +179,18 @@ static inline bool __any_sync(unsigned mask, bool p)
 }
 
 /* Run body() as every thread of every block of grid (blocks in order, x
- * fastest), with `threads` threads (a multiple of 32). Returns 0, or -1
+ * fastest), with `threads` threads (the last warp may be partial). Returns 0, or -1
  * after printing the blocked threads when a block cannot finish. */
 int emu_launch(dim3 grid, int threads, std::function<void()> body);
 
-/* ---- 8 halves at a time, as cuda_util.cuh's store8 ---- */
-static inline void store8(__half *p, const float f[8])
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = __float2half_rn(f[i]);
-}
+/* A <<<grid, block, smem, stream>>> launch (emu_cu.py's rewrite): the
+ * configuration checked as the GPU would (a bad one is the sticky error
+ * cudaGetLastError returns, and nothing runs), smem bytes of dynamic
+ * shared memory (emu_dyn_smem), then emu_launch. A block that cannot
+ * finish aborts the test program. */
+void emu_launch_cfg(dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+                    std::function<void()> body);
+void *emu_dyn_smem(void);
 
 /* ---- nvcuda::wmma, m16n16k16 ---- */
 void emu_check_wmma(const void *p, unsigned ldm, unsigned multiple, const char *what);
