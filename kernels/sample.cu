@@ -240,23 +240,32 @@ __global__ void top_logprobs(const __half *logits, int V, const kern_sample_row 
     }
 }
 
-typedef cub::BlockScan<float, SAMPLE_THREADS> scan_f;
+/* The draw's running sums are doubles, as kern_sample_ref's: a float sum
+ * over a vocabulary of 50k drifts by more than a tail token's probability
+ * (~1e-5 of the mass against ~2e-6 at u = 0.99 over logits of scale 6),
+ * which moved the drawn token; in double the two samplers agree. */
+typedef cub::BlockScan<double, SAMPLE_THREADS> scan_d;
+typedef cub::BlockReduce<double, SAMPLE_THREADS> reduce_d;
+union draw_tmp {
+    scan_d::TempStorage scan;
+    reduce_d::TempStorage reduce;
+};
 
 /* Index of the first of p(n) where the running sum reaches `target`
  * (strict: target < sum; else sum >= target), scanning in chunks; n - 1
  * when none does. */
-__device__ int first_reaching(const float *p, int n, float target, int strict,
-                              scan_f::TempStorage &tmp, int *found)
+__device__ int first_reaching(const float *p, int n, double target, int strict, draw_tmp &tmp,
+                              int *found)
 {
-    float carry = 0.0f;
-    __syncthreads(); /* every thread has read the previous call's *found */
+    double carry = 0.0;
+    __syncthreads(); /* every thread has read the previous call's *found; tmp free */
     if (threadIdx.x == 0)
         *found = n;
     __syncthreads(); /* found initialised */
     for (int base = 0; base < n; base += SAMPLE_THREADS) {
         int i = base + threadIdx.x;
-        float v = i < n ? p[i] : 0.0f, c, total;
-        scan_f(tmp).InclusiveSum(v, c, total);
+        double v = i < n ? (double)p[i] : 0.0, c, total;
+        scan_d(tmp.scan).InclusiveSum(v, c, total);
         c += carry;
         int hit = i < n && (strict ? target < c : c >= target);
         /* the lowest hitting index wins */
@@ -270,22 +279,27 @@ __device__ int first_reaching(const float *p, int n, float target, int strict,
     return n - 1;
 }
 
-/* The sum of p(n), the same in every thread. red: shared, SAMPLE_THREADS / 32. */
-__device__ float prefix_mass(const float *p, int n, float *red)
+/* The sum of p(n) in double, the same in every thread. bc: shared. */
+__device__ double prefix_mass(const float *p, int n, draw_tmp &tmp, double *bc)
 {
-    float m = 0.0f;
+    double m = 0.0;
     for (int i = threadIdx.x; i < n; i += SAMPLE_THREADS)
         m += p[i];
-    return block_sum<SAMPLE_THREADS>(m, red);
+    __syncthreads(); /* tmp free: the last scan's readers are done */
+    m = reduce_d(tmp.reduce).Sum(m);
+    if (threadIdx.x == 0)
+        *bc = m;
+    __syncthreads(); /* bc written */
+    return *bc;
 }
 
 __global__ void pick(const __half *logits, int V, const kern_sample_row *rows,
                      const row_stat *stat, const float *sprob, const int32_t *sidx,
                      int32_t *tokens, float *logprobs)
 {
-    __shared__ scan_f::TempStorage tmp;
+    __shared__ draw_tmp tmp;
     __shared__ int found;
-    __shared__ float red[SAMPLE_THREADS / 32];
+    __shared__ double bc;
     int r = blockIdx.x;
     const kern_sample_row rw = rows[r];
     const row_stat st = stat[r];
@@ -297,13 +311,13 @@ __global__ void pick(const __half *logits, int V, const kern_sample_row *rows,
     if (rw.top_k > 0 && rw.top_k < keep)
         keep = rw.top_k;
     if (rw.top_p < 1.0f) {
-        float want = rw.top_p;
+        double want = rw.top_p;
         if (keep < st.n_pos0) /* renormalised over what min_p and top_k kept */
-            want *= prefix_mass(p, keep, red);
+            want *= prefix_mass(p, keep, tmp, &bc);
         keep = first_reaching(p, keep, want, 0, tmp, &found) + 1;
     }
-    float mass = prefix_mass(p, keep, red);
-    float target = (float)(rw.u * mass);
+    double mass = prefix_mass(p, keep, tmp, &bc);
+    double target = rw.u * mass;
     int at = first_reaching(p, keep, target, 1, tmp, &found);
     if (threadIdx.x == 0) {
         int tok = sidx[(size_t)r * V + at];

@@ -44,6 +44,13 @@
 
 #define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
 
+/* FH_CUDA_EMU: this program runs over flexh2o-emu, the CUDA backend on
+ * tests/cuda_emu's emulated device, which is a CUDA build in all but name */
+#ifndef FH_CUDA_EMU
+#define FH_CUDA_EMU 0
+#endif
+#define CUDA_BUILT (FH_HAVE_CUDA || FH_CUDA_EMU)
+
 /* ---------------------------------------------------- 1. no GPU, no run */
 
 TestSuite(gpu_cli, .init = cli_setup, .fini = cli_teardown);
@@ -57,7 +64,7 @@ Test(gpu_cli, cuda_without_a_gpu_says_so_and_cpu_still_works)
     cli_write("p.jsonl", "{\"prompt_ids\": [2, 9]}\n");
     cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --device cuda"),
                  1, "%s", cli_err);
-    cr_assert(strstr(cli_err, FH_HAVE_CUDA ? "no CUDA GPU found" : "built without CUDA"), "%s",
+    cr_assert(strstr(cli_err, CUDA_BUILT ? "no CUDA GPU found" : "built without CUDA"), "%s",
               cli_err);
     cr_assert(strstr(cli_err, "--device cpu"), "%s", cli_err);
     cr_assert(!cli_exists("o.jsonl"), "nothing may be written when set-up fails");
@@ -76,7 +83,7 @@ static void gpu_setup(void)
     cli_setup();
     if (!kern_cuda_available())
         cli_skip("%s; the CUDA backend is compiled but not run end to end",
-                 FH_HAVE_CUDA ? "no CUDA GPU found" : "built without CUDA");
+                 CUDA_BUILT ? "no CUDA GPU found" : "built without CUDA");
 }
 
 TestSuite(gpu_e2e, .init = gpu_setup, .fini = cli_teardown);

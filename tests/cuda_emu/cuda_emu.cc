@@ -20,9 +20,11 @@
 
 dim3 threadIdx, blockIdx, gridDim, blockDim;
 emu_state emu;
-static cudaError_t last_error = cudaSuccess;
+static cudaError_t last_error = cudaSuccess; /* sticky until cudaGetLastError */
 static void *dyn_smem;
 static size_t dyn_smem_bytes;
+
+void emu_set_error(cudaError_t e) { last_error = e; }
 
 const char *cudaGetErrorString(cudaError_t e)
 {
@@ -32,6 +34,7 @@ const char *cudaGetErrorString(cudaError_t e)
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
     }
     return "unknown error";
 }
@@ -41,12 +44,6 @@ cudaError_t cudaGetLastError(void)
     cudaError_t e = last_error;
     last_error = cudaSuccess;
     return e;
-}
-
-cudaError_t cudaGetDeviceCount(int *n)
-{
-    *n = 1; /* the emulated one */
-    return cudaSuccess;
 }
 
 void *emu_dyn_smem(void) { return dyn_smem; }

@@ -36,6 +36,8 @@
 
 #include <functional>
 
+#include "cuda_emu_api.h"
+
 extern "C" {
 #include "kern.h"
 uint16_t emu_f32_to_f16(float x);
@@ -98,18 +100,13 @@ static inline int max(int a, int b) { return a > b ? a : b; }
 static inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
 static inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
 
-/* ---- the runtime API the kernels' host code calls ---- */
-typedef enum cudaError {
-    cudaSuccess = 0,
-    cudaErrorInvalidValue = 1,
-    cudaErrorMemoryAllocation = 2,
-    cudaErrorInvalidConfiguration = 9,
-    cudaErrorNoDevice = 100,
-} cudaError_t;
-typedef struct emu_stream *cudaStream_t;
-const char *cudaGetErrorString(cudaError_t e);
-cudaError_t cudaGetLastError(void);
-cudaError_t cudaGetDeviceCount(int *n);
+static inline int atomicMin(int *p, int v) /* one OS thread runs a block */
+{
+    int old = *p;
+    if (v < old)
+        *p = v;
+    return old;
+}
 
 /* ---- the block's threads ---- */
 #define EMU_THREADS_MAX 1024
@@ -126,8 +123,8 @@ struct emu_state {
                                                            * at and its generation; -1 */
     int n, cur;
     int count[EMU_THREADS_MAX / 32 + 1], gen[EMU_THREADS_MAX / 32 + 1]; /* warps, then block */
-    float xf[EMU_THREADS_MAX];
-    int xi[EMU_THREADS_MAX];
+    uint64_t xw[EMU_THREADS_MAX]; /* shuffles: each lane's value */
+    int xi[EMU_THREADS_MAX];      /* votes */
     std::function<void()> body;
 };
 extern emu_state emu;
@@ -157,12 +154,14 @@ static inline void __syncwarp(unsigned mask = 0xffffffffu)
     int w = threadIdx.x / 32; /* the last warp may be partial */
     emu_barrier(w, emu.n - w * 32 < 32 ? emu.n - w * 32 : 32);
 }
-static inline float __shfl_xor_sync(unsigned mask, float v, int off)
+template <typename T> static inline T __shfl_xor_sync(unsigned mask, T v, int off)
 {
+    static_assert(sizeof(T) <= sizeof(uint64_t), "a shuffle moves at most 8 bytes here");
     int t = threadIdx.x, w0 = t / 32 * 32;
-    emu.xf[t] = v;
+    memcpy(&emu.xw[t], &v, sizeof v);
     __syncwarp(mask);
-    float r = emu.xf[w0 + ((t % 32) ^ off)];
+    T r;
+    memcpy(&r, &emu.xw[w0 + ((t % 32) ^ off)], sizeof r);
     __syncwarp(mask);
     return r;
 }
