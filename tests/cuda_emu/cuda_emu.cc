@@ -51,7 +51,6 @@ void *emu_dyn_smem(void) { return dyn_smem; }
 void emu_launch_cfg(dim3 grid, dim3 block, size_t smem, cudaStream_t st,
                     std::function<void()> body)
 {
-    (void)st; /* one stream: launches run in order, at once */
     if (block.x == 0 || block.x > 1024 || block.y != 1 || block.z != 1 ||
         grid.x == 0 || grid.x > 0x7fffffffu || grid.y == 0 || grid.y > 65535 ||
         grid.z != 1 || smem > 48 * 1024) {
@@ -60,15 +59,17 @@ void emu_launch_cfg(dim3 grid, dim3 block, size_t smem, cudaStream_t st,
         last_error = cudaErrorInvalidConfiguration;
         return;
     }
-    if (smem > dyn_smem_bytes) {
-        free(dyn_smem);
-        dyn_smem = aligned_alloc(128, (smem + 127) / 128 * 128);
-        dyn_smem_bytes = smem;
-    }
-    if (smem)
-        memset(dyn_smem, 0xa5, smem); /* never zero by chance */
-    if (emu_launch(grid, (int)block.x, body) < 0)
-        abort();
+    emu_enqueue(st, [grid, block, smem, body] {
+        if (smem > dyn_smem_bytes) {
+            free(dyn_smem);
+            dyn_smem = aligned_alloc(128, (smem + 127) / 128 * 128);
+            dyn_smem_bytes = smem;
+        }
+        if (smem)
+            memset(dyn_smem, 0xa5, smem); /* never zero by chance */
+        if (emu_launch(grid, (int)block.x, body) < 0)
+            abort();
+    });
 }
 
 void emu_check_wmma(const void *p, unsigned ldm, unsigned multiple, const char *what)

@@ -182,14 +182,20 @@ static inline bool __any_sync(unsigned mask, bool p)
  * after printing the blocked threads when a block cannot finish. */
 int emu_launch(dim3 grid, int threads, std::function<void()> body);
 
-/* A <<<grid, block, smem, stream>>> launch (emu_cu.py's rewrite): the
- * configuration checked as the GPU would (a bad one is the sticky error
- * cudaGetLastError returns, and nothing runs), smem bytes of dynamic
- * shared memory (emu_dyn_smem), then emu_launch. A block that cannot
+/* A <<<grid, block, smem, stream>>> launch (emu_cu.py's rewrite, the
+ * kernel call captured by value): the configuration checked at once as
+ * the GPU would (a bad one is the sticky error cudaGetLastError returns,
+ * and nothing runs), then the launch queued on the stream: smem bytes of
+ * dynamic shared memory (emu_dyn_smem), emu_launch. A block that cannot
  * finish aborts the test program. */
 void emu_launch_cfg(dim3 grid, dim3 block, size_t smem, cudaStream_t st,
                     std::function<void()> body);
 void *emu_dyn_smem(void);
+
+/* Queue fn on stream st (emu_runtime.cc): it runs when the host needs it
+ * done; st NULL (the legacy default stream) runs it at once, after all
+ * queued work. */
+void emu_enqueue(cudaStream_t st, std::function<void()> fn);
 
 /* ---- nvcuda::wmma, m16n16k16 ---- */
 void emu_check_wmma(const void *p, unsigned ldm, unsigned multiple, const char *what);

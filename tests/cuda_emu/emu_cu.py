@@ -2,7 +2,8 @@
 """emu_cu.py IN.cu OUT.cc: a kernels/*.cu file as C++ for tests/cuda_emu.
 
 Two rewrites, nothing else: each launch `K<<<grid, block[, smem[, stream]]>>>(args);`
-becomes `emu_launch_cfg(grid, block, smem, stream, [&] { K(args); });` and each
+becomes `emu_launch_cfg(grid, block, smem, stream, [=] { K(args); });` (the
+arguments captured by value: the launch may run after the launcher returned) and each
 `extern __shared__ T name[];` becomes `T *name = (T *)emu_dyn_smem();`. The rest
 of the text compiles against the shim headers of tests/cuda_emu (cuda_runtime.h,
 cuda_fp16.h, mma.h) as it is; a #line keeps compiler messages on the .cu file.
@@ -57,7 +58,7 @@ def rewrite_launches(text):
         a = text.index("(", end + 3)
         b = close_paren(text, a)
         out.append(text[pos:m.start()])
-        out.append(f"emu_launch_cfg({', '.join(cfg)}, [&] {{ {m.group(1)}{text[a:b + 1]}; }})")
+        out.append(f"emu_launch_cfg({', '.join(cfg)}, [=] {{ {m.group(1)}{text[a:b + 1]}; }})")
         pos = b + 1
 
 

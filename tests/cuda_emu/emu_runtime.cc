@@ -1,6 +1,23 @@
 /* emu_runtime.cc: the CUDA runtime, cuBLAS and cuBLASLt calls of
- * cuda_emu_api.h on host memory. Every call finishes before it returns,
- * so streams and events have nothing left to order; device memory is
+ * cuda_emu_api.h on host memory.
+ *
+ * Streams run as late as CUDA allows (FLEXH2O_EMU_STREAMS=lazy, the
+ * default): an operation queued on a stream (kernel, async copy or memset,
+ * GEMM, sort) runs only when something the host does needs it done -- a
+ * synchronize of its stream, of an event recorded after it, or of the
+ * device, a synchronous copy or memset, cudaFree, or another stream's
+ * operation ordered after it by cudaStreamWaitEvent. So a host that reads
+ * a copy's destination, or rewrites its source, without the
+ * synchronization CUDA requires sees the wrong bytes, and the test that
+ * checks them fails, where an eager emulation (and often a real GPU) would
+ * let it pass. The legacy default stream (NULL) runs at once, after
+ * everything queued. An async copy from pageable host memory takes its
+ * source at the call, and one into pageable memory completes before it
+ * returns, as CUDA documents. FLEXH2O_EMU_STREAMS=sync runs every
+ * operation at once instead. One lock serialises the whole emulated
+ * device.
+ *
+ * Device memory is
  * counted against FLEXH2O_EMU_GPU_MEM and new allocations are filled with
  * 0xff bytes (fp16 and fp32 NaNs), so a read of memory nobody wrote shows
  * up as NaN in a test instead of passing on zeros. GEMMs are fp32 sums in
@@ -13,11 +30,94 @@
 #include <string.h>
 
 #include <map>
+#include <memory>
 #include <mutex>
+#include <utility>
 
 #include "cuda_emu.hpp"
 
+#include <deque>
+#include <functional>
+#include <set>
+#include <vector>
+
 void emu_set_error(cudaError_t e); /* cuda_emu.cc: the sticky last error */
+
+/* --------------------------------------------------- streams and events */
+struct emu_stream {
+    unsigned flags;
+    std::deque<std::function<void()>> q; /* queued, not yet run */
+    uint64_t enq, done;                  /* operations queued and run so far */
+};
+struct emu_event {
+    unsigned flags;
+    emu_stream *s; /* the stream of the last record (NULL: none, or the default) */
+    uint64_t pos;  /* complete once s->done reaches it */
+};
+
+static std::recursive_mutex big_lock;
+static std::set<emu_stream *> streams;
+
+static bool lazy(void)
+{
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("FLEXH2O_EMU_STREAMS");
+        v = !(e && !strcmp(e, "sync"));
+    }
+    return v;
+}
+
+static void drain(emu_stream *s, uint64_t upto)
+{
+    while (s->done < upto && !s->q.empty()) {
+        std::function<void()> fn = std::move(s->q.front());
+        s->q.pop_front();
+        fn();
+        s->done++;
+    }
+}
+
+static void drain_all(void)
+{
+    for (bool more = true; more;) {
+        more = false;
+        for (emu_stream *s : streams)
+            if (!s->q.empty()) {
+                drain(s, s->enq);
+                more = true;
+            }
+    }
+}
+
+void emu_enqueue(cudaStream_t st, std::function<void()> fn)
+{
+    std::lock_guard<std::recursive_mutex> g(big_lock);
+    if (!st || !lazy()) {
+        drain_all(); /* the legacy default stream waits for everything */
+        fn();
+        return;
+    }
+    st->q.push_back(std::move(fn));
+    st->enq++;
+}
+
+/* Pinned host memory (cudaHostAlloc): async copies to and from it stay
+ * asynchronous; any other host memory is pageable. */
+static std::map<uintptr_t, size_t> pinned;
+
+static bool is_pinned(const void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+    auto it = pinned.upper_bound(a);
+    if (it == pinned.begin())
+        return false;
+    --it;
+    return a < it->first + it->second;
+}
+
+/* Device memory (cudaMalloc). */
+static bool is_device(const void *p);
 
 /* ------------------------------------------------------------- memory */
 static std::mutex mem_lock;
@@ -68,6 +168,8 @@ cudaError_t cudaFree(void *p)
 {
     if (!p)
         return cudaSuccess;
+    std::lock_guard<std::recursive_mutex> big(big_lock);
+    drain_all(); /* cudaFree waits for the device */
     std::lock_guard<std::mutex> g(mem_lock);
     auto it = allocs.find(p);
     if (it == allocs.end()) {
@@ -88,15 +190,36 @@ cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b)
     return cudaSuccess;
 }
 
+static bool is_device(const void *p)
+{
+    std::lock_guard<std::mutex> g(mem_lock);
+    uintptr_t a = (uintptr_t)p;
+    auto it = allocs.upper_bound((void *)a);
+    if (it == allocs.begin())
+        return false;
+    --it;
+    return a < (uintptr_t)it->first + it->second;
+}
+
 cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned flags)
 {
     (void)flags;
-    *p = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
-    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+    std::lock_guard<std::recursive_mutex> g(big_lock);
+    size_t sz = (bytes + 4095) / 4096 * 4096;
+    *p = aligned_alloc(4096, sz ? sz : 4096);
+    if (!*p)
+        return cudaErrorMemoryAllocation;
+    pinned[(uintptr_t)*p] = sz ? sz : 4096;
+    return cudaSuccess;
 }
 
 cudaError_t cudaFreeHost(void *p)
 {
+    if (!p)
+        return cudaSuccess;
+    std::lock_guard<std::recursive_mutex> g(big_lock);
+    drain_all(); /* as cudaFree */
+    pinned.erase((uintptr_t)p);
     free(p);
     return cudaSuccess;
 }
@@ -104,6 +227,8 @@ cudaError_t cudaFreeHost(void *p)
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind)
 {
     (void)kind;
+    std::lock_guard<std::recursive_mutex> g(big_lock);
+    drain_all(); /* a synchronous copy waits for the device */
     if (bytes)
         memmove(dst, src, bytes);
     return cudaSuccess;
@@ -112,12 +237,34 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpy
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
                             cudaStream_t st)
 {
-    (void)st;
-    return cudaMemcpy(dst, src, bytes, kind);
+    (void)kind;
+    if (!bytes)
+        return cudaSuccess;
+    std::lock_guard<std::recursive_mutex> g(big_lock);
+    bool src_pageable = !is_pinned(src) && !is_device(src);
+    bool dst_pageable = !is_pinned(dst) && !is_device(dst);
+    if (dst_pageable) { /* into pageable memory: complete on return */
+        if (st && lazy())
+            drain(st, st->enq);
+        else
+            drain_all();
+        memmove(dst, src, bytes);
+        return cudaSuccess;
+    }
+    if (src_pageable) { /* from pageable memory: the source taken now */
+        std::shared_ptr<std::vector<char>> copy =
+            std::make_shared<std::vector<char>>((const char *)src, (const char *)src + bytes);
+        emu_enqueue(st, [dst, copy] { memcpy(dst, copy->data(), copy->size()); });
+        return cudaSuccess;
+    }
+    emu_enqueue(st, [dst, src, bytes] { memmove(dst, src, bytes); });
+    return cudaSuccess;
 }
 
 cudaError_t cudaMemset(void *p, int v, size_t bytes)
 {
+    std::lock_guard<std::recursive_mutex> g(big_lock);
+    drain_all();
     if (bytes)
         memset(p, v, bytes);
     return cudaSuccess;
@@ -125,8 +272,9 @@ cudaError_t cudaMemset(void *p, int v, size_t bytes)
 
 cudaError_t cudaMemsetAsync(void *p, int v, size_t bytes, cudaStream_t st)
 {
-    (void)st;
-    return cudaMemset(p, v, bytes);
+    if (bytes)
+        emu_enqueue(st, [p, v, bytes] { memset(p, v, bytes); });
+    return cudaSuccess;
 }
 
 /* ------------------------------------------------- devices, streams, events */
@@ -152,38 +300,50 @@ cudaError_t cudaSetDevice(int device)
     return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
-
-struct emu_stream {
-    unsigned flags;
-};
-struct emu_event {
-    unsigned flags;
-};
+cudaError_t cudaDeviceSynchronize(void)
+{
+    std::lock_guard<std::recursive_mutex> g(big_lock);
+    drain_all();
+    return cudaSuccess;
+}
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *st, unsigned flags)
 {
-    *st = new emu_stream{flags};
+    std::lock_guard<std::recursive_mutex> g(big_lock);
+    *st = new emu_stream{flags, {}, 0, 0};
+    streams.insert(*st);
     return cudaSuccess;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t st)
 {
+    std::lock_guard<std::recursive_mutex> g(big_lock);
+    drain(st, st->enq); /* its work still completes */
+    streams.erase(st);
     delete st;
     return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t st)
 {
-    (void)st;
+    std::lock_guard<std::recursive_mutex> g(big_lock);
+    if (st)
+        drain(st, st->enq);
+    else
+        drain_all();
     return cudaSuccess;
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t st, cudaEvent_t ev, unsigned flags)
 {
-    (void)st, (void)ev, (void)flags;
+    (void)flags;
+    std::lock_guard<std::recursive_mutex> g(big_lock);
+    emu_stream *es = ev->s;
+    uint64_t pos = ev->pos; /* the record as it is now */
+    if (es)
+        emu_enqueue(st, [es, pos] { drain(es, pos); });
     return cudaSuccess;
 }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *ev, unsigned flags)
 {
-    *ev = new emu_event{flags};
+    *ev = new emu_event{flags, NULL, 0};
     return cudaSuccess;
 }
 cudaError_t cudaEventDestroy(cudaEvent_t ev)
@@ -193,12 +353,22 @@ cudaError_t cudaEventDestroy(cudaEvent_t ev)
 }
 cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t st)
 {
-    (void)ev, (void)st;
+    std::lock_guard<std::recursive_mutex> g(big_lock);
+    if (!st || !lazy()) {
+        drain_all();
+        ev->s = NULL;
+        ev->pos = 0;
+    } else {
+        ev->s = st;
+        ev->pos = st->enq;
+    }
     return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t ev)
 {
-    (void)ev;
+    std::lock_guard<std::recursive_mutex> g(big_lock);
+    if (ev->s)
+        drain(ev->s, ev->pos);
     return cudaSuccess;
 }
 
@@ -283,8 +453,11 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
     (void)h, (void)comp, (void)algo;
     if (m < 0 || n < 0 || k < 0)
         return CUBLAS_STATUS_INVALID_VALUE;
-    gemm(ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, m, n, k, *(const float *)alpha, A, at, lda, B, bt,
-         ldb, *(const float *)beta, C, ct, ldc, C, ct, ldc, NULL, false);
+    float al = *(const float *)alpha, be = *(const float *)beta; /* host pointer mode */
+    emu_enqueue(h->st, [=] {
+        gemm(ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, m, n, k, al, A, at, lda, B, bt, ldb, be, C,
+             ct, ldc, C, ct, ldc, NULL, false);
+    });
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -297,13 +470,16 @@ cublasStatus_t cublasGemmStridedBatchedEx(
     (void)h, (void)comp, (void)algo;
     size_t ea = at == CUDA_R_16F ? 2 : 4, eb = bt == CUDA_R_16F ? 2 : 4,
            ec = ct == CUDA_R_16F ? 2 : 4;
-    for (int b = 0; b < batch; b++) {
-        void *Cb = (char *)C + (size_t)(b * sc) * ec;
-        gemm(ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, m, n, k, *(const float *)alpha,
-             (const char *)A + (size_t)(b * sa) * ea, at, lda,
-             (const char *)B + (size_t)(b * sb) * eb, bt, ldb, *(const float *)beta, Cb, ct, ldc,
-             Cb, ct, ldc, NULL, false);
-    }
+    float al = *(const float *)alpha, be = *(const float *)beta; /* host pointer mode */
+    emu_enqueue(h->st, [=] {
+        for (int b = 0; b < batch; b++) {
+            void *Cb = (char *)C + (size_t)(b * sc) * ec;
+            gemm(ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, m, n, k, al,
+                 (const char *)A + (size_t)(b * sa) * ea, at, lda,
+                 (const char *)B + (size_t)(b * sb) * eb, bt, ldb, be, Cb, ct, ldc, Cb, ct, ldc,
+                 NULL, false);
+        }
+    });
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -465,8 +641,15 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
     bool relu = d->epi == CUBLASLT_EPILOGUE_RELU || d->epi == CUBLASLT_EPILOGUE_RELU_BIAS;
     if (bias && !d->bias)
         return CUBLAS_STATUS_INVALID_VALUE;
-    gemm(d->ta == CUBLAS_OP_T, d->tb == CUBLAS_OP_T, (int)m, (int)n, (int)k,
-         *(const float *)alpha, A, al->t, al->ld, B, bl->t, bl->ld, *(const float *)beta, C,
-         cl->t, cl->ld, D, dl->t, dl->ld, bias ? d->bias : NULL, relu);
+    /* the descriptors as they are at the call (the bias pointer is reset
+     * per call), alpha and beta read now (host pointer mode) */
+    float a = *(const float *)alpha, b = *(const float *)beta;
+    bool ta = d->ta == CUBLAS_OP_T, tb = d->tb == CUBLAS_OP_T;
+    const void *bp = bias ? d->bias : NULL;
+    emu_lt_layout la = *al, lb = *bl, lc = *cl, ld = *dl;
+    emu_enqueue(st, [=] {
+        gemm(ta, tb, (int)m, (int)n, (int)k, a, A, la.t, la.ld, B, lb.t, lb.ld, b, C, lc.t, lc.ld,
+             D, ld.t, ld.ld, bp, relu);
+    });
     return CUBLAS_STATUS_SUCCESS;
 }

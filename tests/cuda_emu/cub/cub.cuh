@@ -78,11 +78,21 @@ struct DeviceSegmentedRadixSort {
                                            const int *end, int begin_bit = 0,
                                            int end_bit = sizeof(K) * 8, cudaStream_t st = 0)
     {
-        (void)num_items, (void)begin_bit, (void)end_bit, (void)st;
+        (void)num_items, (void)begin_bit, (void)end_bit;
         if (!tmp) {
             bytes = 256;
             return cudaSuccess;
         }
+        emu_enqueue(st, [=] { sort(keys_in, keys_out, vals_in, vals_out, num_segments, begin,
+                                   end); });
+        return cudaSuccess;
+    }
+
+  private:
+    template <typename K, typename V>
+    static void sort(const K *keys_in, K *keys_out, const V *vals_in, V *vals_out,
+                     int num_segments, const int *begin, const int *end)
+    {
         std::vector<std::pair<K, V>> seg;
         for (int s = 0; s < num_segments; s++) {
             seg.clear();
@@ -97,7 +107,6 @@ struct DeviceSegmentedRadixSort {
                 vals_out[i] = seg[i - begin[s]].second;
             }
         }
-        return cudaSuccess;
     }
 };
 
