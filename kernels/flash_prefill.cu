@@ -84,6 +84,27 @@ __device__ __forceinline__ void stage_rows(__half *dst, const __half *src, int l
     }
 }
 
+/* One warp's 16 rows of scores against a staged tile of BC rows:
+ * sw[r][c] = A_r . T_c over DP (A in the warp's matrix_a fragments, T
+ * (BC, DP + 8) in shared memory, read as T^T), fp32, row stride BC + 4. */
+template <int DP>
+__device__ __forceinline__ void score_tile(float *sw, const a_frag *af, const __half *tile)
+{
+    typedef fl_shape<DP> F;
+#pragma unroll
+    for (int c = 0; c < F::NC; c++) {
+        acc_frag sf;
+        wmma::fill_fragment(sf, 0.0f);
+#pragma unroll
+        for (int d = 0; d < F::KD; d++) {
+            bt_frag tf;
+            wmma::load_matrix_sync(tf, tile + c * 16 * F::LDH + d * 16, F::LDH);
+            wmma::mma_sync(sf, af[d], tf, sf);
+        }
+        wmma::store_matrix_sync(sw + c * 16, sf, F::LDS, wmma::mem_row_major);
+    }
+}
+
 /* Whether key j is visible to query i (causal; window > 0: the last
  * `window` keys, i's own included). */
 __device__ __forceinline__ bool fl_sees(int i, int j, int window)
@@ -144,18 +165,7 @@ __global__ void __launch_bounds__(FL_THREADS)
             /* does any of the warp's rows see a key of the tile? */
             if (wi1 < wi0 || j0 > wi1 || (win > 0 && wi0 - (j0 + BC - 1) >= win))
                 continue; /* warp-uniform; the rest of the body has no block barrier */
-#pragma unroll
-            for (int c = 0; c < NC; c++) {
-                acc_frag sf;
-                wmma::fill_fragment(sf, 0.0f);
-#pragma unroll
-                for (int d = 0; d < KD; d++) {
-                    bt_frag kf;
-                    wmma::load_matrix_sync(kf, ks + c * 16 * LDH + d * 16, LDH);
-                    wmma::mma_sync(sf, qf[d], kf, sf);
-                }
-                wmma::store_matrix_sync(sw + c * 16, sf, LDS, wmma::mem_row_major);
-            }
+            score_tile<DP>(sw, qf, ks); /* S = Q K^T */
             __syncwarp();
             float sv[HC], mt = -INFINITY;
 #pragma unroll
@@ -239,7 +249,7 @@ __global__ void __launch_bounds__(FL_THREADS)
                  int n_head, int n_kv_head, int hd, float scale, const float *stats, int n_kb)
 {
     typedef fl_shape<DP> F;
-    constexpr int BQ = F::BC, LDH = F::LDH, LDS = F::LDS, KD = F::KD, NC = F::NC;
+    constexpr int BQ = F::BC, LDH = F::LDH, LDS = F::LDS, KD = F::KD;
     constexpr int HC = BQ / 2;
     __shared__ __align__(128) __half stage[FL_BR * LDH]; /* K's tile, then Q's */
     __shared__ __align__(128) float sbuf[FL_BR * LDS];
@@ -279,18 +289,7 @@ __global__ void __launch_bounds__(FL_THREADS)
                 __syncthreads();
                 if (wj1 < wj0 || i0 + BQ - 1 < wj0 || (win > 0 && i0 - wj1 >= win))
                     continue; /* warp-uniform: no query of the tile sees the warp's keys */
-#pragma unroll
-                for (int c = 0; c < NC; c++) {
-                    acc_frag sf;
-                    wmma::fill_fragment(sf, 0.0f);
-#pragma unroll
-                    for (int d = 0; d < KD; d++) {
-                        bt_frag qt;
-                        wmma::load_matrix_sync(qt, stage + c * 16 * LDH + d * 16, LDH);
-                        wmma::mma_sync(sf, kf[d], qt, sf);
-                    }
-                    wmma::store_matrix_sync(sw + c * 16, sf, LDS, wmma::mem_row_major);
-                }
+                score_tile<DP>(sw, kf, stage); /* S^T = K Q^T */
                 __syncwarp();
 #pragma unroll
                 for (int e = 0; e < HC; e++) {

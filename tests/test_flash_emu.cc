@@ -17,15 +17,8 @@ extern "C" {
 }
 
 #include "cuda_emu.hpp"
+#include "test_rng.h"
 
-static uint64_t rng = 88172645463325252ull;
-static float frand(void) /* uniform in [-1, 1) */
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 11) * 0x1.0p-53 * 2.0 - 1.0);
-}
 
 #define EPS16 (1.0f / 1024)
 

@@ -41,14 +41,13 @@
 #include "kv_copy_harness.h"
 #include "kern.h"
 #include "model_config.h"
+#include "gpu_timeout.h"
 
 #define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
 
-/* FH_CUDA_EMU: this program runs over flexh2o-emu, the CUDA backend on
- * tests/cuda_emu's emulated device, which is a CUDA build in all but name */
-#ifndef FH_CUDA_EMU
-#define FH_CUDA_EMU 0
-#endif
+/* FH_CUDA_EMU (gpu_timeout.h): this program runs over flexh2o-emu, the
+ * CUDA backend on tests/cuda_emu's emulated device, a CUDA build in all but
+ * name */
 #define CUDA_BUILT (FH_HAVE_CUDA || FH_CUDA_EMU)
 
 /* ---------------------------------------------------- 1. no GPU, no run */
@@ -149,7 +148,7 @@ Test(gpu_e2e, tiny_model_greedy_tokens_equal_cpu)
  * load (exact for the tiny model's values: bf16's 8 mantissa bits fit
  * fp16's 10), the disk share into weights.bin; the greedy tokens are the
  * CPU backend's, which streams the same store as bf16. */
-Test(gpu_e2e, bf16_store_runs_on_cuda_as_on_the_cpu, .timeout = 120)
+Test(gpu_e2e, bf16_store_runs_on_cuda_as_on_the_cpu, .timeout = GPU_TIMEOUT(120))
 {
     tiny_job("");
     cr_assert_eq(cli_run("convert --model " TINY " --out stb --dtype bf16"), 0, "%s", cli_err);
@@ -203,7 +202,7 @@ Test(gpu_e2e, tiny_model_4bit_placements_equal_all_resident)
 /* fp16 K/V and another summation order change the scores a little, so h2o
  * may break a near-tie the other way; window and streaming evict by
  * position alone and must trace exactly what the CPU traces. */
-Test(gpu_e2e, cuda_backend_follows_the_same_policies, .timeout = 120)
+Test(gpu_e2e, cuda_backend_follows_the_same_policies, .timeout = GPU_TIMEOUT(120))
 {
     model_config mc;
     cr_assert_eq(model_config_load(TINY "/config.json", &mc), 0, "%s", err_msg());
@@ -260,7 +259,7 @@ Test(gpu_e2e, cuda_backend_follows_the_same_policies, .timeout = 120)
 /* 5. The decode path allocates nothing on CUDA either: staging through the
  * pinned ring, work spaces and sampling within what sched_create reserved
  * (backend_ops.reserve), CPU attention's host scratch from the scheduler. */
-Test(gpu_e2e, a_whole_run_allocates_nothing_after_set_up, .timeout = 120)
+Test(gpu_e2e, a_whole_run_allocates_nothing_after_set_up, .timeout = GPU_TIMEOUT(120))
 {
     gen_harness_job();
     static const struct {
@@ -298,7 +297,7 @@ Test(gpu_e2e, a_whole_run_allocates_nothing_after_set_up, .timeout = 120)
  * (grouped-query attention) through the offloading scheduler gives the
  * bytes of its all-resident CUDA run wherever its attention runs on the
  * GPU, and every token with CPU attention. */
-Test(gpu_e2e, families_match_transformers_on_cuda, .timeout = 120)
+Test(gpu_e2e, families_match_transformers_on_cuda, .timeout = GPU_TIMEOUT(120))
 {
     static const char *fams[] = {"llama", "mistral", "qwen2", "neox", "neox-seq"};
     for (size_t f = 0; f < sizeof fams / sizeof *fams; f++) {
@@ -418,7 +417,7 @@ Test(gpu_e2e, families_match_transformers_on_cuda, .timeout = 120)
  * GEMM shapes, so fp16 rounding may differ by tol, and with H2O or 4-bit
  * KV a near-tie or a code may fall the other way: those cases compare
  * only the copies' bits (tol -1). */
-Test(gpu_e2e, kv_copy_continues_as_the_source, .timeout = 120)
+Test(gpu_e2e, kv_copy_continues_as_the_source, .timeout = GPU_TIMEOUT(120))
 {
     backend be;
     cr_assert_eq(backend_cuda_create(0, &be), 0, "a CUDA GPU is present but the backend did "
@@ -453,7 +452,7 @@ Test(gpu_e2e, kv_copy_continues_as_the_source, .timeout = 120)
  * logprobs list the greedy choice first; n = 3 completions (one prefill,
  * the cache copied on the device) equal three requests with seeds S, S+1,
  * S+2, on the GPU tier and with the KV cache on the CPU. */
-Test(gpu_e2e, request_controls_on_cuda, .timeout = 120)
+Test(gpu_e2e, request_controls_on_cuda, .timeout = GPU_TIMEOUT(120))
 {
     cli_write("c.jsonl",
               "{\"id\": \"g\", \"prompt_ids\": [2, 100, 200, 100, 7, 100], \"max_new_tokens\": "

@@ -26,6 +26,8 @@
 #include "model.h"
 #include "safetensors.h"
 #include "sample_slow.h"
+#include "test_rng.h"
+#include "gpu_timeout.h"
 
 static backend cpu, gpu;
 
@@ -52,14 +54,6 @@ static void teardown(void)
 
 TestSuite(kern_cuda, .init = setup, .fini = teardown);
 
-static uint64_t rng = 88172645463325252ull;
-static float frand(void) /* uniform in [-1, 1) */
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 11) * 0x1.0p-53 * 2.0 - 1.0);
-}
 
 /* n random values of scale `s`, rounded to fp16. Caller frees. */
 static float *rand16(size_t n, float s)
@@ -968,7 +962,7 @@ static void sample_rows_case(const char *what, uint64_t seed, int V, int n, cons
  * token banned) in calls that sort (a row samples), that copy the logits
  * but sort nothing (greedy rows with edits) and that do neither (plain
  * greedy), all with top logprobs; OPT's vocabulary at low temperatures. */
-Test(kern_cuda, sampling_controls_against_the_cpu_op, .timeout = 240)
+Test(kern_cuda, sampling_controls_against_the_cpu_op, .timeout = GPU_TIMEOUT(240))
 {
     int all[SLOW_KINDS], greedy[] = {SLOW_GREEDY, SLOW_GREEDY_EDITS}, plain[] = {SLOW_GREEDY};
     for (int i = 0; i < SLOW_KINDS; i++)
@@ -1230,7 +1224,7 @@ Test(kern_cuda, more_than_65535_sequence_head_pairs)
  * in blocks of query rows and the column sums add up over them. Beside it
  * prompts of 40 (one-warp kernel, kept whole) and 100 tokens (one-block
  * GEMM path). The keep selection crosses the 2048-token tiles. */
-Test(kern_cuda, prompt_above_12288_tokens_prefill_and_keep_selection, .timeout = 240)
+Test(kern_cuda, prompt_above_12288_tokens_prefill_and_keep_selection, .timeout = GPU_TIMEOUT(240))
 {
     int len[] = {12300, 40, 100}, H = 2, hd = 8, n_seq = 3, cap = 64;
     kern_seq seqs[3];
@@ -1249,7 +1243,7 @@ Test(kern_cuda, prompt_above_12288_tokens_prefill_and_keep_selection, .timeout =
  * adding to its KV head's sums), one of 100 (all heads at once) and one of
  * 40 (the one-warp kernel); then the keep selection into fp16 and 4-bit
  * caches. */
-Test(kern_cuda, gqa_long_prompts_split_heads_and_row_blocks, .timeout = 240)
+Test(kern_cuda, gqa_long_prompts_split_heads_and_row_blocks, .timeout = GPU_TIMEOUT(240))
 {
     int len[] = {6700, 2400, 100, 40}, H = 8, KVH = 2, hd = 8, n_seq = 4, cap = 64;
     kern_seq seqs[4];
@@ -1277,7 +1271,7 @@ static void use_prefill_route(const char *route)
  * flash kernel's 128) stays the reference's too: the one-warp kernel below
  * 64 tokens, per-sequence GEMMs above, split over heads and blocks of query
  * rows where its work space asks (the 6700-token GQA prompt). */
-Test(kern_cuda, gemm_prefill_route_matches_the_reference, .timeout = 240)
+Test(kern_cuda, gemm_prefill_route_matches_the_reference, .timeout = GPU_TIMEOUT(240))
 {
     use_prefill_route("gemm");
     prefill_cases(3, 3);

@@ -15,19 +15,12 @@
 #include <vector>
 
 #include "cuda_emu.hpp"
+#include "test_rng.h"
 
 extern "C" {
 #include "err.h"
 }
 
-static uint64_t rng = 88172645463325252ull;
-static float frand(void) /* uniform in [-1, 1) */
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 11) * 0x1.0p-53 * 2.0 - 1.0);
-}
 
 #define EPS16 (1.0f / 1024)
 
