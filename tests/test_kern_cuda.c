@@ -1243,14 +1243,19 @@ Test(kern_cuda, prompt_above_12288_tokens_prefill_and_keep_selection, .timeout =
  * adding to its KV head's sums), one of 100 (all heads at once) and one of
  * 40 (the one-warp kernel); then the keep selection into fp16 and 4-bit
  * caches. */
-Test(kern_cuda, gqa_long_prompts_split_heads_and_row_blocks, .timeout = GPU_TIMEOUT(240))
+static void gqa_long_prompts(const char *tag)
 {
     int len[] = {6700, 2400, 100, 40}, H = 8, KVH = 2, hd = 8, n_seq = 4, cap = 64;
     kern_seq seqs[4];
     int rows = pack(seqs, len, n_seq, 64, 4, 16);
     float *qkv = rand16((size_t)rows * qkv_ld(H, KVH, hd), 1.5f);
-    prefill_step("GQA 6700 tokens", qkv, seqs, n_seq, rows, H, KVH, hd, cap, 1);
+    prefill_step(tag, qkv, seqs, n_seq, rows, H, KVH, hd, cap, 1);
     free(qkv);
+}
+
+Test(kern_cuda, gqa_long_prompts_split_heads_and_row_blocks, .timeout = GPU_TIMEOUT(240))
+{
+    gqa_long_prompts("GQA 6700 tokens");
 }
 
 /* Restart the GPU backend with prefill attention routed as FLEXH2O_CUDA_PREFILL
@@ -1276,12 +1281,7 @@ Test(kern_cuda, gemm_prefill_route_matches_the_reference, .timeout = GPU_TIMEOUT
     use_prefill_route("gemm");
     prefill_cases(3, 3);
     prefill_cases(8, 2);
-    int len[] = {6700, 2400, 100, 40}, H = 8, KVH = 2, hd = 8, n_seq = 4, cap = 64;
-    kern_seq seqs[4];
-    int rows = pack(seqs, len, n_seq, 64, 4, 16);
-    float *qkv = rand16((size_t)rows * qkv_ld(H, KVH, hd), 1.5f);
-    prefill_step("gemm route, GQA 6700 tokens", qkv, seqs, n_seq, rows, H, KVH, hd, cap, 1);
-    free(qkv);
+    gqa_long_prompts("gemm route, GQA 6700 tokens");
 }
 
 /* The flash kernel at the edges of its tiles and head widths: head_dim 8
