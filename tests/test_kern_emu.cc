@@ -5,7 +5,9 @@
  * (the same victims, slots and bytes), the one-warp prefill attention and
  * the GEMM route's softmax and column sums, 4-bit expansion, and the
  * element-wise ops (fp16 conversion, bias + ReLU, add, gather, embed,
- * LayerNorm, RMSNorm, RoPE, SwiGLU, GELU). Each kernel is called through
+ * LayerNorm, RMSNorm, RoPE, SwiGLU, GELU); and what the emulated device
+ * itself must catch (a barrier not all threads reach, a copy read before
+ * its stream is synchronized, a bad launch). Each kernel is called through
  * its extern "C" launcher, as the CUDA backend calls it, with host memory
  * standing for device memory. Tolerances are test_kern_cuda's (gpu suite),
  * which runs the same comparisons through the backends on a GPU; this
@@ -508,4 +510,60 @@ Test(kern_emu, rope_swiglu_gelu)
     kern_gelu_ref(r.data(), gu.data(), r.size());
     cr_assert_eq(kern_gelu_cuda(k.data(), guh.data(), k.size(), NULL), 0);
     expect_close16("gelu", k, r, 2e-3f, 4 * EPS16);
+}
+
+/* ------------------------------------------------- the emulation itself */
+
+/* What the emulated device must catch, or the tests above could not fail
+ * for it: a block whose threads do not all reach a barrier cannot finish;
+ * a queued copy has not happened before its stream is synchronized (nor
+ * an operation ordered after it by an event), and has after; a bad launch
+ * configuration is the sticky error. */
+Test(kern_emu, the_emulated_device_catches_what_a_gpu_would)
+{
+    /* barrier divergence: thread 0 skips the barrier the others wait at */
+    int rc = emu_launch(dim3(1), 64, [] {
+        if (threadIdx.x != 0)
+            __syncthreads();
+    });
+    cr_assert_eq(rc, -1, "a barrier not every thread reaches must not complete");
+    /* a warp's shuffle sees the other lanes' values */
+    std::vector<int> got(32);
+    cr_assert_eq(emu_launch(dim3(1), 32, [&] {
+                     got[threadIdx.x] = __shfl_xor_sync(0xffffffffu, (int)threadIdx.x * 3, 1);
+                 }),
+                 0);
+    for (int l = 0; l < 32; l++)
+        cr_assert_eq(got[l], (l ^ 1) * 3);
+
+    /* streams: a queued copy waits for a synchronize */
+    cudaStream_t a, b;
+    cudaEvent_t ev;
+    cr_assert_eq(cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking), cudaSuccess);
+    cr_assert_eq(cudaStreamCreateWithFlags(&b, cudaStreamNonBlocking), cudaSuccess);
+    cr_assert_eq(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), cudaSuccess);
+    void *dev, *host, *dev2;
+    cr_assert_eq(cudaMalloc(&dev, 64), cudaSuccess);
+    cr_assert_eq(cudaMalloc(&dev2, 64), cudaSuccess);
+    cr_assert_eq(cudaHostAlloc(&host, 64, cudaHostAllocDefault), cudaSuccess);
+    memset(host, 7, 64);
+    cr_assert_eq(cudaMemcpyAsync(dev, host, 64, cudaMemcpyHostToDevice, a), cudaSuccess);
+    cr_assert_eq(((unsigned char *)dev)[0], 0xff, "device memory starts as 0xff bytes and "
+                 "a queued copy has not run yet");
+    memset(host, 9, 64); /* rewriting the pinned source before the copy ran... */
+    cr_assert_eq(cudaEventRecord(ev, a), cudaSuccess);
+    /* b copies dev to dev2 after the event: running b runs a's copy first */
+    cr_assert_eq(cudaStreamWaitEvent(b, ev, 0), cudaSuccess);
+    cr_assert_eq(cudaMemcpyAsync(dev2, dev, 64, cudaMemcpyDeviceToDevice, b), cudaSuccess);
+    cr_assert_eq(((unsigned char *)dev2)[0], 0xff);
+    cr_assert_eq(cudaStreamSynchronize(b), cudaSuccess);
+    cr_assert_eq(((unsigned char *)dev)[0], 9, "... is what the copy takes, as on a GPU");
+    cr_assert_eq(((unsigned char *)dev2)[63], 9);
+    cudaFreeHost(host), cudaFree(dev), cudaFree(dev2);
+    cudaEventDestroy(ev), cudaStreamDestroy(a), cudaStreamDestroy(b);
+
+    /* a launch of more than 1024 threads is refused, and reported once */
+    emu_launch_cfg(dim3(1), dim3(2048), 0, NULL, [] {});
+    cr_assert_eq(cudaGetLastError(), cudaErrorInvalidConfiguration);
+    cr_assert_eq(cudaGetLastError(), cudaSuccess);
 }
