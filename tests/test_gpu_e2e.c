@@ -512,3 +512,31 @@ Test(gpu_e2e, request_controls_on_cuda, .timeout = GPU_TIMEOUT(120))
         free(n);
     }
 }
+
+/* ------------------------------------------------- 9. ranks on one GPU */
+
+/* Scale-out (DESIGN.md "Scale-out"): ranks on a host with one GPU share it
+ * (local rank mod GPUs); mpirun -n 2 on CUDA writes the single CUDA run's
+ * bytes (greedy, batch 1), each rank on its own context of the device. */
+Test(gpu_e2e, two_ranks_share_the_gpu_and_write_the_single_runs_bytes,
+     .timeout = GPU_TIMEOUT(120))
+{
+    if (!FH_HAVE_MPI || system("command -v mpirun >/dev/null 2>&1") != 0)
+        cli_skip("no MPI in this build or no mpirun (-Dmpi, Debian libopenmpi-dev "
+                 "openmpi-bin)");
+    tiny_job("");
+    const char *flags = "--device cuda --batch-size 1 --max-new-tokens 6 --ignore-eos --quiet "
+                        "--no-summary";
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out one.jsonl %s",
+                         flags), 0, "%s", cli_err);
+    cr_assert_eq(cli_run_mpi(2, NULL, "generate --model " TINY " --prompts p.jsonl --out "
+                             "two.jsonl %s", flags), 0, "%s", cli_err);
+    char *one = cli_read("one.jsonl"), *two = cli_read("two.jsonl");
+    int lines = 0;
+    for (const char *c = one; (c = strstr(c, "\"tokens\":[")); c++)
+        lines++;
+    cr_assert_eq(lines, 3, "the single run wrote %d records: %s", lines, one);
+    cr_assert_str_eq(two, one, "2 ranks on the GPU wrote another file");
+    free(one);
+    free(two);
+}
