@@ -10,8 +10,14 @@
  * fused epilogue. Only where cuBLASLt has no algorithm for a shape do
  * cublasGemmEx and a bias/ReLU kernel do the same.
  *
+ * Prefill attention is one launch of the flash kernel (flash_prefill.cu)
+ * for heads up to KERN_FLASH_HEAD_DIM_MAX; wider heads, or
+ * FLEXH2O_CUDA_PREFILL=gemm, take per-sequence batched GEMMs around a
+ * softmax kernel (prefill_split).
+ *
  * Every CUDA, cuBLAS(Lt) and kernels/ status goes through one checking
- * macro, CK, which keeps the failing statement as text.
+ * macro, CK, which keeps the failing statement as text. Without a GPU this
+ * file runs in CI against tests/cuda_emu's emulated runtime.
  *
  * Everything runs on one compute stream in issue order. The small host
  * arrays the ops take (ids, positions, gather rows, kern_seq, RoPE's
