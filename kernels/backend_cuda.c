@@ -783,14 +783,24 @@ static int prefill_gemm(cuda_ctx *c, void *out, int ldo, const void *q, const vo
 /* Prompts of PREFILL_GEMM_MIN tokens or more through prefill_gemm, the
  * others (n_new set to 0 in sh's copy of seqs for the former) through one
  * launch of the one-warp-per-query kernel. */
+/* The softmax statistics of the one-warp and flash prefill kernels, (rows,
+ * n_head, 2) fp32 in c->work, for the packed rows of seqs: needed only
+ * when the column sums are. */
+static int prefill_stats_room(cuda_ctx *c, const kern_seq *seqs, int n_seq, int n_head)
+{
+    int rows = 0;
+    for (int s = 0; s < n_seq; s++)
+        rows = seqs[s].row + seqs[s].n_new > rows ? seqs[s].row + seqs[s].n_new : rows;
+    return grow(c, &c->work, sizeof(float) * 2 * (size_t)rows * n_head,
+                "prefill attention's work space");
+}
+
 static int prefill_split(cuda_ctx *c, kern_seq *sh, void *out, int ldo, const void *q,
                          const void *k, const void *v, int ld, const kern_seq *seqs, int n_seq,
                          int n_head, int n_kv_head, int head_dim, float scale, void *colsum)
 {
-    int rows = 0, n_short = 0;
+    int n_short = 0;
     for (int s = 0; s < n_seq; s++) {
-        if (seqs[s].row + seqs[s].n_new > rows)
-            rows = seqs[s].row + seqs[s].n_new;
         sh[s] = seqs[s];
         if (seqs[s].n_new >= PREFILL_GEMM_MIN)
             sh[s].n_new = 0; /* the GEMM path's */
@@ -805,8 +815,7 @@ static int prefill_split(cuda_ctx *c, kern_seq *sh, void *out, int ldo, const vo
         return 0;
     FORWARD_IF(stage_seqs(c, sh, n_seq));
     if (colsum)
-        FORWARD_IF(grow(c, &c->work, sizeof(float) * 2 * (size_t)rows * n_head,
-                        "prefill attention's work space"));
+        FORWARD_IF(prefill_stats_room(c, seqs, n_seq, n_head));
     CK(kern_attn_prefill_cuda(out, ldo, q, k, v, ld, c->seqs.p, n_seq, n_head, n_kv_head,
                               head_dim, scale, colsum, c->work.p, max_of(sh, n_seq, 0),
                               c->stream));
@@ -837,12 +846,8 @@ static int cuda_attn_prefill(void *ctx, void *out, int ldo, const void *q, const
     cuda_ctx *c = ctx;
     FORWARD_IF(cuda_heads_check("prefill attention", n_head, n_kv_head));
     if (flash_prefill(c, head_dim)) {
-        int rows = 0;
-        for (int s = 0; s < n_seq; s++)
-            rows = seqs[s].row + seqs[s].n_new > rows ? seqs[s].row + seqs[s].n_new : rows;
         if (colsum)
-            FORWARD_IF(grow(c, &c->work, sizeof(float) * 2 * (size_t)rows * n_head,
-                            "prefill attention's work space"));
+            FORWARD_IF(prefill_stats_room(c, seqs, n_seq, n_head));
         FORWARD_IF(stage_seqs(c, seqs, n_seq));
         CK(kern_attn_prefill_flash_cuda(out, ldo, q, k, v, ld, c->seqs.p, n_seq, n_head,
                                         n_kv_head, head_dim, scale, colsum, c->work.p,

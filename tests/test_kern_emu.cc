@@ -1,13 +1,15 @@
-/* test_kern_emu.cc: the CUDA kernels of kernels/ (every .cu file but sample.cu),
- * their own text run on the CPU through tests/cuda_emu, against the plain-C
- * references: decode attention over fp16 and 4-bit caches (scores, self_p,
- * chunk edges, GQA), the H2O insert and the KV prefill into both formats
- * (the same victims, slots and bytes), the one-warp prefill attention and
+/* test_kern_emu.cc: the CUDA kernels of kernels/, their own text run on the
+ * CPU through tests/cuda_emu, against the plain-C references: decode
+ * attention over fp16 and 4-bit caches (scores, self_p, chunk edges, GQA),
+ * the H2O insert and the KV prefill into both formats (the same victims,
+ * slots and bytes), the flash prefill kernel (tile and block edges, head
+ * widths, sliding windows, y-loops), the one-warp prefill attention and
  * the GEMM route's softmax and column sums, 4-bit expansion, and the
  * element-wise ops (fp16 conversion, bias + ReLU, add, gather, embed,
  * LayerNorm, RMSNorm, RoPE, SwiGLU, GELU); and what the emulated device
  * itself must catch (a barrier not all threads reach, a copy read before
- * its stream is synchronized, a bad launch). Each kernel is called through
+ * its stream is synchronized, a bad launch). Sampling (sample.cu) is
+ * test_kern_cuda's, over the emulated backend. Each kernel is called through
  * its extern "C" launcher, as the CUDA backend calls it, with host memory
  * standing for device memory. Tolerances are test_kern_cuda's (gpu suite),
  * which runs the same comparisons through the backends on a GPU; this
@@ -213,40 +215,72 @@ static void kv_fill_case(const char *tag, int H, int KVH, int hd, int cap,
                          const float *k, const float *v, const __half *kk, const __half *vk,
                          int ld, const fvec &cs_r);
 
-static void prefill_case(int H, int KVH, int hd)
+/* A prefill attention launcher: kern_attn_prefill_cuda (the one-warp
+ * kernel) or kern_attn_prefill_flash_cuda. */
+typedef int (*prefill_fn)(void *out, int ldo, const void *q, const void *k, const void *v, int ld,
+                          const kern_seq *seqs, int n_seq, int n_head, int n_kv_head,
+                          int head_dim, float scale, float *colsum, float *work, int max_new,
+                          void *stream);
+
+/* Packed sequences of the given prompt lengths (and sliding windows, 0:
+ * none), budget 40, sinks 2, recent 12; returns the rows. */
+static int pack(std::vector<kern_seq> &seqs, const std::vector<int> &len,
+                const std::vector<int> &win)
 {
-    std::vector<int> len = {1, 17, 0, 130, 70};
-    int n_seq = (int)len.size(), cap = 140, ld = qkv_ld(H, KVH, hd), d = H * hd, rows = 0;
-    std::vector<kern_seq> seqs(n_seq);
-    for (int s = 0; s < n_seq; s++) {
-        kern_seq sq = {};
-        sq.row = rows, sq.n_new = len[s], sq.budget = 40, sq.sinks = 2, sq.recent = 12;
-        seqs[s] = sq;
+    int rows = 0;
+    seqs.assign(len.size(), kern_seq{});
+    for (size_t s = 0; s < len.size(); s++) {
+        seqs[s].row = rows, seqs[s].n_new = len[s], seqs[s].window = win[s];
+        seqs[s].budget = 40, seqs[s].sinks = 2, seqs[s].recent = 12;
         rows += len[s];
     }
-    fvec qf;
-    hvec qh;
-    rand16((size_t)rows * ld, 1.5f, qf, qh);
+    return rows;
+}
+
+/* Prefill attention of the packed rows (qf the fp32 values of qh) through
+ * run against kern_attn_prefill_ref: out (poisoned first, so a row never
+ * written fails) and the column sums; cs_r gets the reference's sums. */
+static void prefill_compare(const char *tag, prefill_fn run, int H, int KVH, int hd,
+                            const std::vector<kern_seq> &seqs, int rows, const fvec &qf,
+                            const hvec &qh, fvec &cs_r)
+{
+    int n_seq = (int)seqs.size(), ld = qkv_ld(H, KVH, hd), d = H * hd, max_new = 0;
+    for (const kern_seq &sq : seqs)
+        max_new = sq.n_new > max_new ? sq.n_new : max_new;
     float scale = 1.0f / sqrtf((float)hd);
     const float *q = qf.data(), *k = q + (size_t)H * hd, *v = k + (size_t)KVH * hd;
     const __half *qk = qh.data(), *kk = qk + (size_t)H * hd, *vk = kk + (size_t)KVH * hd;
-    char tag[96];
-    snprintf(tag, sizeof tag, "prefill H %d KVH %d hd %d", H, KVH, hd);
-    fvec out_r((size_t)rows * d), cs_r((size_t)rows * KVH);
-    size_t sb = kern_attn_prefill_scratch_bytes(130, kern_cpu_threads());
+    fvec out_r((size_t)rows * d);
+    cs_r.assign((size_t)rows * KVH, 0.0f);
+    size_t sb = kern_attn_prefill_scratch_bytes(max_new, kern_cpu_threads());
     std::vector<char> scratch(sb);
     cr_assert_eq(kern_attn_prefill_ref(out_r.data(), d, q, k, v, ld, seqs.data(), n_seq, H, KVH,
                                        hd, scale, cs_r.data(), scratch.data(), sb), 0);
     hvec out_k((size_t)rows * d, __ushort_as_half(0x7e00));
-    fvec cs_k((size_t)rows * KVH, NAN), stats((size_t)rows * H * 2);
-    cr_assert_eq(kern_attn_prefill_cuda(out_k.data(), d, qk, kk, vk, ld, seqs.data(), n_seq, H,
-                                        KVH, hd, scale, cs_k.data(), stats.data(), 130, NULL),
+    fvec cs_k((size_t)rows * KVH, NAN), stats((size_t)rows * H * 2, NAN);
+    cr_assert_eq(run(out_k.data(), d, qk, kk, vk, ld, seqs.data(), n_seq, H, KVH, hd, scale,
+                     cs_k.data(), stats.data(), max_new, NULL),
                  0, "%s: %s", tag, err_msg());
     expect_close16(tag, out_k, out_r, 2e-3f, 4 * EPS16);
     expect_close(tag, cs_k.data(), cs_r.data(), cs_r.size(), 1e-4f, 1e-3f);
+}
+
+static void prefill_case(int H, int KVH, int hd)
+{
+    std::vector<int> len = {1, 17, 0, 130, 70};
+    std::vector<kern_seq> seqs;
+    int cap = 140, ld = qkv_ld(H, KVH, hd), rows = pack(seqs, len, std::vector<int>(5, 0));
+    fvec qf, cs_r;
+    hvec qh;
+    rand16((size_t)rows * ld, 1.5f, qf, qh);
+    char tag[96];
+    snprintf(tag, sizeof tag, "prefill H %d KVH %d hd %d", H, KVH, hd);
+    prefill_compare(tag, kern_attn_prefill_cuda, H, KVH, hd, seqs, rows, qf, qh, cs_r);
 
     /* the fill from the reference's column sums, then from sums with exact
      * ties (the newer token must win them) */
+    const float *k = qf.data() + (size_t)H * hd, *v = k + (size_t)KVH * hd;
+    const __half *kk = qh.data() + (size_t)H * hd, *vk = kk + (size_t)KVH * hd;
     fvec tied(cs_r.size());
     for (size_t i = 0; i < tied.size(); i++)
         tied[i] = (float)((i * 2654435761u) % 5) / 4.0f;
@@ -318,6 +352,57 @@ Test(kern_emu, prefill_attention_and_kv_fill, .timeout = 300)
     prefill_case(8, 2, 64);
     prefill_case(8, 2, 128);
     prefill_case(6, 3, 16);
+}
+
+/* The flash kernel (kernels/flash_prefill.cu) through its launcher, gy
+ * blocks on y (kern_cuda_set_grid_y_max; 0 the default). */
+static void flash_case(int H, int KVH, int hd, const std::vector<int> &len,
+                       const std::vector<int> &win, unsigned gy)
+{
+    std::vector<kern_seq> seqs;
+    int rows = pack(seqs, len, win);
+    fvec qf, cs_r;
+    hvec qh;
+    rand16((size_t)rows * qkv_ld(H, KVH, hd), 1.5f, qf, qh);
+    char tag[96];
+    snprintf(tag, sizeof tag, "flash H %d KVH %d hd %d y %u", H, KVH, hd, gy);
+    kern_cuda_set_grid_y_max(gy);
+    prefill_compare(tag, kern_attn_prefill_flash_cuda, H, KVH, hd, seqs, rows, qf, qh, cs_r);
+    kern_cuda_set_grid_y_max(0);
+}
+
+/* every head width class (8 .. 128: padded to 32, 64, 128), multi-head and
+ * GQA, prompts at the tile and block edges (0, 1, 15, 16, 63, 64, 65, 129,
+ * 200 tokens) */
+Test(kern_emu, flash_prefill_tile_edges_and_head_widths, .timeout = 300)
+{
+    std::vector<int> len = {1, 15, 0, 16, 63, 64, 65, 129, 200};
+    int heads[][2] = {{2, 2}, {4, 1}, {6, 3}};
+    for (int hd : {8, 24, 40, 64, 72, 128})
+        for (int g = 0; g < 3; g++) {
+            if (g == 2 && hd != 64)
+                continue; /* 6 over 3: one width is enough */
+            flash_case(heads[g][0], heads[g][1], hd, len, std::vector<int>(len.size(), 0), 0);
+        }
+}
+
+/* sliding windows: 1 key, narrower than a tile, a tile, across tiles,
+ * wider than the prompt; beside a sequence without one */
+Test(kern_emu, flash_prefill_sliding_windows, .timeout = 300)
+{
+    std::vector<int> len = {200, 70, 129, 40};
+    for (int w : {1, 5, 24, 32, 64, 100, 1000})
+        for (int hd : {64, 128})
+            flash_case(hd == 64 ? 8 : 3, hd == 64 ? 2 : 3, hd, len, {w, w, w, 0}, 0);
+}
+
+/* fewer blocks on y than query (key) blocks: each block loops over several */
+Test(kern_emu, flash_prefill_y_loops)
+{
+    std::vector<int> len = {200, 129, 5};
+    for (unsigned gy : {1u, 2u})
+        for (int hd : {32, 128})
+            flash_case(4, 2, hd, len, {0, 24, 0}, gy);
 }
 
 /* The GEMM route's pieces: the causal softmax of given scores S, in blocks

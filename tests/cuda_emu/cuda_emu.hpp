@@ -1,5 +1,5 @@
 /* cuda_emu.hpp: enough of CUDA to run a kernel's own text on the CPU, one
- * block at a time, for the tests that need no GPU (test_flash_emu.cc).
+ * block at a time, for the tests that need no GPU (tests/meson.build).
  *
  * Every thread of a block is a coroutine on one OS thread (started with
  * makecontext, switched with _setjmp / _longjmp, which make no system
@@ -123,8 +123,7 @@ struct emu_state {
                                                            * at and its generation; -1 */
     int n, cur;
     int count[EMU_THREADS_MAX / 32 + 1], gen[EMU_THREADS_MAX / 32 + 1]; /* warps, then block */
-    uint64_t xw[EMU_THREADS_MAX]; /* shuffles: each lane's value */
-    int xi[EMU_THREADS_MAX];      /* votes */
+    uint64_t xw[EMU_THREADS_MAX]; /* shuffles and votes: each lane's value */
     std::function<void()> body;
 };
 extern emu_state emu;
@@ -167,17 +166,17 @@ template <typename T> static inline T __shfl_xor_sync(unsigned mask, T v, int of
 }
 static inline bool __any_sync(unsigned mask, bool p)
 {
-    int t = threadIdx.x, w0 = t / 32 * 32;
-    emu.xi[t] = p;
+    int t = threadIdx.x, w0 = t / 32 * 32, lanes = emu.n - w0 < 32 ? emu.n - w0 : 32;
+    emu.xw[t] = p;
     __syncwarp(mask);
     bool any = false;
-    for (int l = 0; l < 32; l++)
-        any = any || emu.xi[w0 + l];
+    for (int l = 0; l < lanes; l++)
+        any = any || emu.xw[w0 + l];
     __syncwarp(mask);
     return any;
 }
 
-/* Run body() as every thread of every block of grid (blocks in order, x
+/* Run body() as every thread of every block of grid (blocks in order, y
  * fastest), with `threads` threads (the last warp may be partial). Returns 0, or -1
  * after printing the blocked threads when a block cannot finish. */
 int emu_launch(dim3 grid, int threads, std::function<void()> body);

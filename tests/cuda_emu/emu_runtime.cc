@@ -17,10 +17,10 @@
  * operation at once instead. One lock serialises the whole emulated
  * device.
  *
- * Device memory is
- * counted against FLEXH2O_EMU_GPU_MEM and new allocations are filled with
- * 0xff bytes (fp16 and fp32 NaNs), so a read of memory nobody wrote shows
- * up as NaN in a test instead of passing on zeros. GEMMs are fp32 sums in
+ * Device memory is counted against FLEXH2O_EMU_GPU_MEM and new allocations
+ * of up to 64 MiB are filled with 0xff bytes (fp16 and fp32 NaNs), so a
+ * read of memory nobody wrote shows up as NaN in a test instead of passing
+ * on zeros. GEMMs are fp32 sums in
  * k order of fp16 or fp32 operands (one output per OpenMP iteration: the
  * same result on every run). */
 #include <errno.h>
@@ -141,7 +141,7 @@ size_t emu_gpu_mem_total(void)
     return total;
 }
 
-#define EMU_POISON_MAX ((size_t)64 << 20) /* larger allocations stay lazily zero */
+#define EMU_POISON_MAX ((size_t)64 << 20) /* larger allocations stay untouched pages */
 
 cudaError_t cudaMalloc(void **p, size_t bytes)
 {
@@ -151,7 +151,7 @@ cudaError_t cudaMalloc(void **p, size_t bytes)
         emu_set_error(cudaErrorMemoryAllocation);
         return cudaErrorMemoryAllocation;
     }
-    void *q = sz > EMU_POISON_MAX ? calloc(1, sz) : aligned_alloc(256, sz);
+    void *q = aligned_alloc(256, sz); /* cudaMalloc's alignment */
     if (!q) {
         emu_set_error(cudaErrorMemoryAllocation);
         return cudaErrorMemoryAllocation;
