@@ -99,7 +99,8 @@ def tiers_of(model):
         dev = next((d for k, d in sorted(dmap.items(), key=lambda kv: -len(kv[0]))
                     if name == k or name.startswith(k + ".") or k == ""), "cpu")
         tier = "disk" if dev == "disk" else "cpu" if dev in ("cpu", "meta") else "gpu"
-        by[tier] += p.numel() * p.element_size()
+        # a ZeRO-3 parameter is an empty placeholder; ds_numel is its real size
+        by[tier] += getattr(p, "ds_numel", p.numel()) * p.element_size()
     return by
 
 
@@ -110,27 +111,47 @@ def load_accelerate(a, dtype):
         offload_folder=a.offload_dir, offload_state_dict=True).eval()
 
 
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def load_deepspeed(a, dtype):
     """ZeRO-Inference: ZeRO stage 3 with the parameters offloaded (CPU or NVMe)."""
     import deepspeed
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
+    # one process: torch.distributed's environment for a world of one (without it
+    # DeepSpeed looks for an MPI launcher through mpi4py)
+    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                 ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port()))):
+        os.environ.setdefault(k, v)
+    from accelerate import init_empty_weights
     cfg = config(a.model)
-    n_bytes = sum(os.path.getsize(os.path.join(a.ckpt, f)) for f in os.listdir(a.ckpt)
-                  if f.endswith(".safetensors"))
+    with init_empty_weights():  # sizes only: the parameters in the compute type
+        numels = [p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters()]
+    n_bytes = sum(numels) * torch.finfo(dtype).bits // 8
     cpu_cap = parse_mem(a.max_memory).get("cpu", "0GiB")
-    cap = float(cpu_cap.rstrip("GiB")) * 2**30
+    cap = float(cpu_cap.rstrip("GiB")) * 2**30 if cpu_cap.endswith("GiB") else \
+        float(cpu_cap.rstrip("MiB")) * 2**20
+    # NVMe when the weights do not fit the cap: every swap buffer holds the largest
+    # parameter (the embedding), 5 of them as ZeRO-Inference's examples use
     off = {"device": "cpu", "pin_memory": True} if n_bytes <= cap else \
         {"device": "nvme", "nvme_path": a.offload_dir, "pin_memory": True,
-         "buffer_count": 5, "buffer_size": int(4 * cfg.hidden_size * cfg.hidden_size * 4)}
+         "buffer_count": 5, "buffer_size": max(numels)}
     ds = {"fp16": {"enabled": dtype == torch.float16},
           "zero_optimization": {"stage": 3, "offload_param": off,
                                 "stage3_param_persistence_threshold": 0},
           "train_micro_batch_size_per_gpu": a.batch}
-    HfDeepSpeedConfig(ds)  # keeps the weights partitioned while from_pretrained loads
+    # keeps the weights partitioned while from_pretrained loads; transformers holds it
+    # by a weak reference, so it must live until the model is built
+    hf_ds = HfDeepSpeedConfig(ds)
     m = AutoModelForCausalLM.from_pretrained(a.ckpt, dtype=dtype)
     engine = deepspeed.initialize(model=m, config_params=ds)[0]
+    del hf_ds
     engine.module.eval()
     engine.module.flexh2o_lowest = off["device"].replace("nvme", "disk")
     return engine.module
@@ -174,9 +195,12 @@ def main():
         wall = time.perf_counter() - t0
     gen = out.shape[1] - a.prompt_len
     by = tiers_of(m)
-    lowest = getattr(m, "flexh2o_lowest", None) or \
-        ("disk" if by["disk"] else "cpu" if (by["cpu"] and a.device == "cuda") or
-         a.device == "cpu" else "gpu")
+    lowest = getattr(m, "flexh2o_lowest", None)
+    if lowest:  # ZeRO-Inference keeps every parameter on its offload device
+        by = {t: sum(by.values()) if t == lowest else 0 for t in by}
+    else:
+        lowest = "disk" if by["disk"] else "cpu" if (by["cpu"] and a.device == "cuda") or \
+            a.device == "cpu" else "gpu"
     print(json.dumps(dict(tok_s=a.batch * gen / wall, wall_s=wall, load_s=load_s,
                           generated=a.batch * gen,
                           lowest=lowest, bytes=by, dtype=a.dtype, engine=a.engine)))

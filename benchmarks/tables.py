@@ -22,7 +22,9 @@ Systems:
                           batches 8, 16, 32, ... up to the full-cache cell's block,
                           each a complete run, until one is slower than the one
                           before (the tries are in the note column)
-  DeepSpeed ZeRO-Inference the same with ZeRO stage 3 parameter offload, when `import
+  DeepSpeed ZeRO-Inference the same with ZeRO stage 3 parameter offload (to the CPU, or
+                          to NVMe through DeepSpeed's async_io, which needs
+                          libaio-dev, when the weights exceed the cap), when `import
                           deepspeed` works in the HF python (else skipped)
 Grids:
   gpu  OPT-6.7B and OPT-30B, --gpu-mem 16G, 512+32 / 512+512 / 512+1024, --device cuda:
