@@ -138,10 +138,14 @@ def load_deepspeed(a, dtype):
     cap = float(cpu_cap.rstrip("GiB")) * 2**30 if cpu_cap.endswith("GiB") else \
         float(cpu_cap.rstrip("MiB")) * 2**20
     # NVMe when the weights do not fit the cap: every swap buffer holds the largest
-    # parameter (the embedding), 5 of them as ZeRO-Inference's examples use
+    # parameter (the embedding), 5 of them as ZeRO-Inference's examples use, fewer
+    # (down to 2) when 5 would take more than 40% of the cap (Llama-3.2-1B's
+    # 128256-row embedding: 1 GiB in fp32 per buffer)
+    buf_bytes = max(numels) * torch.finfo(dtype).bits // 8
     off = {"device": "cpu", "pin_memory": True} if n_bytes <= cap else \
         {"device": "nvme", "nvme_path": a.offload_dir, "pin_memory": True,
-         "buffer_count": 5, "buffer_size": max(numels)}
+         "buffer_count": max(2, min(5, int(0.4 * cap // buf_bytes))),
+         "buffer_size": max(numels)}
     ds = {"fp16": {"enabled": dtype == torch.float16},
           "zero_optimization": {"stage": 3, "offload_param": off,
                                 "stage3_param_persistence_threshold": 0},
