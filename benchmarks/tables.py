@@ -21,7 +21,9 @@ Systems:
                           offload folder; greedy, EOS ignored; at its best block:
                           batches 8, 16, 32, ... up to the full-cache cell's block,
                           each a complete run, until one is slower than the one
-                          before (the tries are in the note column)
+                          before, is killed at the cell limit, or would take longer
+                          than it on the line through the last two runs' times (the
+                          tries are in the note column)
   DeepSpeed ZeRO-Inference the same with ZeRO stage 3 parameter offload (to the CPU, or
                           to NVMe through DeepSpeed's async_io, which needs
                           libaio-dev, when the weights exceed the cap), when `import
@@ -472,17 +474,19 @@ class Runner:
         self.prepare(c, engine)  # the random checkpoint, once per model, outside the cap
                                  # and the clock
         # HF at its best block: batches from 8 up to the full-cache cell's block, each a
-        # complete run, until one is slower than the one before, fails, or would by the
-        # last one's time take longer than the cell limit
+        # complete run, until one is slower than the one before, fails, is killed at the
+        # cell limit, or would by the last two runs' times take longer than it
         tries = sorted({n for n in BLOCK_TRIES if 8 <= n < N_full} | {N_full})
-        best, notes, last = None, [], None
+        best, notes, runs = None, [], []
         # from_pretrained writes the offload folder (minutes for a few GB under the
         # cap): it is set-up, outside the clock as flexh2o's loading is, with its own
         # allowance on top of the cell limit
         limit = self.a.cell_limit + self.a.setup_limit
         for N in tries:
-            if last and last[1] * N / last[0] > self.a.cell_limit:
-                notes.append(f"batch {N} not run (batch {last[0]} took {last[1]:.0f} s)")
+            est = projected(runs, N)
+            if est is not None and est > self.a.cell_limit:
+                notes.append(f"batch {N} not run (projected {est:.0f} s from batches "
+                             f"{runs[-2][0]} and {runs[-1][0]})")
                 break
             prep, run, off = self.hf_cmds(c, engine, N)
             shutil.rmtree(off, ignore_errors=True)
@@ -499,7 +503,7 @@ class Runner:
                 break
             res = json.loads(last_line(so))
             notes.append(f"batch {N}: {res['tok_s']:.3f} tok/s")
-            last = (N, res["wall_s"])
+            runs.append((N, res["wall_s"]))
             if best and res["tok_s"] <= best[1]["tok_s"]:
                 break
             best = (N, res, loaded.group(1) if loaded else "", load,
@@ -512,6 +516,25 @@ class Runner:
         return dict(row, block=f"{N}x1", tok_s=f"{res['tok_s']:.3f}",
                     lowest_tier=res["lowest"], status="ok", setup_s=setup, load=load,
                     command=cmd)
+
+
+def projected(runs, N):
+    """Seconds of generation at batch N on the line through the last two (batch,
+    seconds) runs, None before two. Not proportional to the batch: an offloaded
+    decode step reads every weight once whatever the batch, so a peer's time grows
+    far slower than its batch (OPT-6.7B under Accelerate: 169 s at batch 8), and a
+    proportional guess would stop it short of its best block."""
+    if len(runs) < 2:
+        return None
+    (n0, t0), (n1, t1) = runs[-2:]
+    return t1 + max((t1 - t0) / (n1 - n0), 0.0) * (N - n1)
+
+
+def held(r):
+    """"†" for a peer cell whose tries stopped on the old proportional rule (its note
+    says "batch N not run (batch M took S s)"), else ""."""
+    return "†" if r and r.get("status") == "ok" and \
+        re.search(r"not run \(batch \d+ took", r.get("note") or "") else ""
 
 
 def slug(c):
@@ -562,7 +585,7 @@ def run_grid(a):
                   f"{c['cap']}{' (in the CSV)' if k in done else ''}\n{runner.dry(c)}\n")
             continue
         old = done.get(k)
-        if old and (old["status"] == "ok" or not a.redo):
+        if old and not a.rerun and (old["status"] == "ok" or not a.redo):
             continue
         if a.budget and time.time() - start + a.cell_limit > a.budget:
             print(f"--budget {a.budget} s: the rest of the grid is left for the next session")
@@ -637,10 +660,10 @@ def grid_table(grid, g, mach, by):
             r = by.get((system, m, str(p), str(n), cap_str(g["caps"][m]), mach))
             ok = r and r["status"] == "ok"
             hf = by.get(("HF Accelerate", m, str(p), str(n), cap_str(g["caps"][m]), mach))
-            ratio.append(f"{float(r['tok_s']) / float(hf['tok_s']):.2f}x"
+            ratio.append(f"{float(r['tok_s']) / float(hf['tok_s']):.2f}x{held(hf)}"
                          if ok and hf and hf["status"] == "ok" else "-")
             cells_.append(f"{float(r['tok_s']):.2f} ({r['block']},{r['lowest_tier'][:1].upper()})"
-                          if ok else "-")
+                          f"{held(r)}" if ok else "-")
             eff.append(f"{float(r['efficiency']):.0%} of {float(r['bound_tok_s']):.2f}"
                        if ok and r["efficiency"] else "-")
             if not ok:
@@ -658,6 +681,10 @@ def grid_table(grid, g, mach, by):
         out += ["Efficiency against the bound (tok/s):", "",
                 "| system | " + " | ".join(f"{short(m)} {p}+{n}" for m, p, n in cols) + " |",
                 "|---" * (len(cols) + 1) + "|"] + effs + [""]
+    if any(held(r) for r in by.values()):
+        out += ["† a peer held below its best batch by the rule tables.py used before "
+                "`projected` (the next batch's time taken as proportional to the batch): "
+                "understated; remeasure with `--rerun --only ...`.", ""]
     if not by:
         out += [f"No runs yet: all {len(empty)} cells empty.", ""]
     elif empty:
@@ -753,6 +780,8 @@ def main():
     ap.add_argument("--dry-run", action="store_true", help="print every cell's command")
     ap.add_argument("--only", default=None, help="only the cells whose slug contains this")
     ap.add_argument("--redo", action="store_true", help="rerun the failed and skipped cells")
+    ap.add_argument("--rerun", action="store_true",
+                    help="rerun the cells --only picks, measured ones too (a method changed)")
     ap.add_argument("--cell-limit", type=int, default=240, help="seconds per cell")
     ap.add_argument("--setup-limit", type=int, default=360,
                     help="seconds of set-up a peer may take on top (HF writing its offload "
