@@ -92,6 +92,14 @@ def parse_mem(s):
     return out
 
 
+def mem_bytes(s):
+    """"4GiB" or "4096MiB" (max_memory's values as tables.py writes them) -> bytes."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if s.endswith(unit):
+            return float(s[:-len(unit)]) * scale
+    raise ValueError(f"--max-memory: {s!r} is not in GiB or MiB")
+
+
 def tiers_of(model):
     by = {"gpu": 0, "cpu": 0, "disk": 0}
     dmap = getattr(model, "hf_device_map", None) or {"": "cpu"}
@@ -133,15 +141,14 @@ def load_deepspeed(a, dtype):
     cfg = config(a.model)
     with init_empty_weights():  # sizes only: the parameters in the compute type
         numels = [p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters()]
-    n_bytes = sum(numels) * torch.finfo(dtype).bits // 8
-    cpu_cap = parse_mem(a.max_memory).get("cpu", "0GiB")
-    cap = float(cpu_cap.rstrip("GiB")) * 2**30 if cpu_cap.endswith("GiB") else \
-        float(cpu_cap.rstrip("MiB")) * 2**20
+    elem = torch.finfo(dtype).bits // 8
+    n_bytes = sum(numels) * elem
+    cap = mem_bytes(parse_mem(a.max_memory).get("cpu", "0GiB"))
     # NVMe when the weights do not fit the cap: every swap buffer holds the largest
     # parameter (the embedding), 5 of them as ZeRO-Inference's examples use, fewer
     # (down to 2) when 5 would take more than 40% of the cap (Llama-3.2-1B's
     # 128256-row embedding: 1 GiB in fp32 per buffer)
-    buf_bytes = max(numels) * torch.finfo(dtype).bits // 8
+    buf_bytes = max(numels) * elem
     off = {"device": "cpu", "pin_memory": True} if n_bytes <= cap else \
         {"device": "nvme", "nvme_path": a.offload_dir, "pin_memory": True,
          "buffer_count": max(2, min(5, int(0.4 * cap // buf_bytes))),

@@ -780,9 +780,6 @@ static int prefill_gemm(cuda_ctx *c, void *out, int ldo, const void *q, const vo
     return 0;
 }
 
-/* Prompts of PREFILL_GEMM_MIN tokens or more through prefill_gemm, the
- * others (n_new set to 0 in sh's copy of seqs for the former) through one
- * launch of the one-warp-per-query kernel. */
 /* The softmax statistics of the one-warp and flash prefill kernels, (rows,
  * n_head, 2) fp32 in c->work, for the packed rows of seqs: needed only
  * when the column sums are. */
@@ -795,6 +792,9 @@ static int prefill_stats_room(cuda_ctx *c, const kern_seq *seqs, int n_seq, int 
                 "prefill attention's work space");
 }
 
+/* Prompts of PREFILL_GEMM_MIN tokens or more through prefill_gemm, the
+ * others (n_new set to 0 in sh's copy of seqs for the former) through one
+ * launch of the one-warp-per-query kernel. */
 static int prefill_split(cuda_ctx *c, kern_seq *sh, void *out, int ldo, const void *q,
                          const void *k, const void *v, int ld, const kern_seq *seqs, int n_seq,
                          int n_head, int n_kv_head, int head_dim, float scale, void *colsum)
