@@ -444,9 +444,14 @@ static inline size_t kern_q4_row_bytes(int n)
  * (_h16), both quantized from the fp32 value. */
 void kern_q4_quantize_ref(uint8_t *dst, const float *src, size_t rows, int n);
 void kern_q4_quantize_h16(uint8_t *dst, const uint16_t *src, size_t rows, int n);
-/* dst(rows, n) fp32 <- src(rows, kern_q4_row_bytes(n)). */
+/* dst(rows, n) fp32 <- src(rows, kern_q4_row_bytes(n)): the plain-C
+ * reference (_ref, one value at a time) and what the CPU backend runs
+ * (_par: rows over the OpenMP threads, whole groups in SIMD where the
+ * build has AVX2); the same bits (a NaN field gives NaN, payload aside). */
 void kern_q4_dequant_ref(float *dst, const uint8_t *src, size_t rows, int n);
-/* One row of n values: dst(kern_q4_row_bytes(n)) <- src(n), and back. */
+void kern_q4_dequant_par(float *dst, const uint8_t *src, size_t rows, int n);
+/* One row of n values: dst(kern_q4_row_bytes(n)) <- src(n), and back
+ * (the row of kern_q4_dequant_par). */
 void kern_q4_quantize_row(uint8_t *dst, const float *src, int n);
 void kern_q4_dequant_row(float *dst, const uint8_t *src, int n);
 

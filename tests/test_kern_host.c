@@ -61,6 +61,13 @@ static float rnd(uint64_t *s)
     return (float)((int64_t)(*s >> 11) * 0x1.0p-52 - 1.0);
 }
 
+/* the same generator's next 32 high bits */
+static uint32_t rnd_u32(uint64_t *s)
+{
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(*s >> 32);
+}
+
 /* kern_linear_rows (the CPU backend's linear for a decode pass's few rows)
  * against a double-precision product, over shapes with tails in n (not a
  * multiple of 4) and k (not of 16); a row's outputs are bit for bit the
@@ -730,7 +737,50 @@ Test(kern_host, q4_rows_equal_row_by_row)
             kern_q4_dequant_row(yb + (size_t)r * n, qa + r * rb, n);
         cr_assert_eq(memcmp(ya, yb, sizeof(float) * R * n), 0,
                      "n %d: dequant_ref != dequant_row", n);
+        for (size_t i = 0; i < (size_t)R * n; i++)
+            yb[i] = 7.0f;
+        kern_q4_dequant_par(yb, qa, R, n);
+        cr_assert_eq(memcmp(ya, yb, sizeof(float) * R * n), 0,
+                     "n %d: dequant_ref != dequant_par", n);
         free(x); free(ya); free(yb); free(qa); free(qb);
+    }
+}
+
+/* Any bytes, not only what the quantizer writes: every fp16 scale and min
+ * (negative, subnormal, infinite, NaN) and every code. The production
+ * expansion (SIMD where built with AVX2) gives the reference's bits, or NaN
+ * where the reference gives NaN (which NaN is the hardware's choice). Rows
+ * of 2 048 values and enough of them that _par runs on several threads. */
+Test(kern_host, q4_dequant_par_equals_ref_on_any_bytes)
+{
+    static const int lens[] = {64, 2048, 2048 + 37, 1};
+    enum { R = 48 };
+    uint64_t seed = 77;
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+        int n = lens[li];
+        size_t rb = kern_q4_row_bytes(n);
+        uint8_t *q = malloc(R * rb);
+        float *ya = malloc(sizeof(float) * R * n), *yb = malloc(sizeof(float) * R * n);
+        for (size_t i = 0; i < R * rb; i++)
+            q[i] = (uint8_t)(rnd_u32(&seed) >> 24);
+        /* some groups with the special fields themselves */
+        static const uint16_t special[] = {0x7c00, 0xfc00, 0x7e01, 0x0001, 0x8001, 0x0000,
+                                           0x8000, 0x7bff, 0xfbff};
+        for (size_t g = 0; g < R * rb / 36; g += 3) {
+            uint16_t a = special[rnd_u32(&seed) % 9], b = special[rnd_u32(&seed) % 9];
+            memcpy(q + g * 36, &a, 2);
+            memcpy(q + g * 36 + 2, &b, 2);
+        }
+        kern_q4_dequant_ref(ya, q, R, n);
+        kern_q4_dequant_par(yb, q, R, n);
+        long nan = 0;
+        for (size_t i = 0; i < (size_t)R * n; i++) {
+            nan += isnan(ya[i]);
+            cr_assert(isnan(ya[i]) ? isnan(yb[i]) : memcmp(&ya[i], &yb[i], 4) == 0,
+                      "n %d value %zu: reference %a, production %a", n, i, ya[i], yb[i]);
+        }
+        cr_assert(n == 1 || nan > 0, "n %d: the cases hold NaN fields", n);
+        free(q); free(ya); free(yb);
     }
 }
 

@@ -240,7 +240,7 @@ static int cpu_kv_insert(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *s
 static int cpu_dequant_q4(void *ctx, void *dst, const void *src, size_t rows, int n)
 {
     (void)ctx;
-    kern_q4_dequant_ref(dst, src, rows, n);
+    kern_q4_dequant_par(dst, src, rows, n);
     return 0;
 }
 

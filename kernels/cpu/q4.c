@@ -11,6 +11,10 @@
 #include <math.h>
 #include <string.h>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 /* Quantize m <= 64 values into one block. */
 static void quantize_group(uint8_t *blk, const float *x, int m)
 {
@@ -34,7 +38,8 @@ static void quantize_group(uint8_t *blk, const float *x, int m)
     }
 }
 
-void kern_q4_dequant_row(float *dst, const uint8_t *src, int n)
+/* The reference: value i of each group from its code alone. */
+static void dequant_row_ref(float *dst, const uint8_t *src, int n)
 {
     for (int g0 = 0; g0 < n; g0 += KERN_Q4_GROUP, src += KERN_Q4_BLOCK) {
         uint16_t hs, hm;
@@ -48,6 +53,50 @@ void kern_q4_dequant_row(float *dst, const uint8_t *src, int n)
             dst[g0 + i] = mn + p;
         }
     }
+}
+
+/* A whole group of 64, a code byte (two values) at a time: the same
+ * product then sum per value as the reference. With AVX2, 32 values per
+ * half: the low and high nibbles interleaved back into value order, then
+ * widened eight at a time (vmulps and vaddps round as mulss and addss). */
+static void dequant_group64(float *dst, const uint8_t *blk, float sc, float mn)
+{
+    const uint8_t *codes = blk + 4;
+#if defined(__AVX2__)
+    const __m128i low4 = _mm_set1_epi8(15);
+    const __m256 vs = _mm256_set1_ps(sc), vm = _mm256_set1_ps(mn);
+    for (int h = 0; h < 2; h++) {
+        __m128i b = _mm_loadu_si128((const __m128i *)(codes + 16 * h));
+        __m128i lo = _mm_and_si128(b, low4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
+        __m128i c[2] = {_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi)};
+        for (int k = 0; k < 2; k++)
+            for (int e = 0; e < 2; e++) {
+                __m128i c8 = e ? _mm_srli_si128(c[k], 8) : c[k];
+                __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c8));
+                _mm256_storeu_ps(dst + 32 * h + 16 * k + 8 * e,
+                                 _mm256_add_ps(vm, _mm256_mul_ps(q, vs)));
+            }
+    }
+#else
+    for (int j = 0; j < KERN_Q4_GROUP / 2; j++) {
+        float p0 = (float)(codes[j] & 15) * sc, p1 = (float)(codes[j] >> 4) * sc;
+        dst[2 * j] = mn + p0;
+        dst[2 * j + 1] = mn + p1;
+    }
+#endif
+}
+
+void kern_q4_dequant_row(float *dst, const uint8_t *src, int n)
+{
+    int g0 = 0;
+    for (; g0 + KERN_Q4_GROUP <= n; g0 += KERN_Q4_GROUP, src += KERN_Q4_BLOCK) {
+        uint16_t hs, hm;
+        memcpy(&hs, src, 2);
+        memcpy(&hm, src + 2, 2);
+        dequant_group64(dst + g0, src, kern_f16_to_f32(hs), kern_f16_to_f32(hm));
+    }
+    if (g0 < n)
+        dequant_row_ref(dst + g0, src, n - g0); /* the short last group */
 }
 
 void kern_q4_quantize_row(uint8_t *dst, const float *src, int n)
@@ -81,7 +130,15 @@ void kern_q4_quantize_h16(uint8_t *dst, const uint16_t *src, size_t rows, int n)
 void kern_q4_dequant_ref(float *dst, const uint8_t *src, size_t rows, int n)
 {
     size_t rb = kern_q4_row_bytes(n);
-    #pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < rows; r++)
+        dequant_row_ref(dst + r * (size_t)n, src + r * rb, n);
+}
+
+void kern_q4_dequant_par(float *dst, const uint8_t *src, size_t rows, int n)
+{
+    size_t rb = kern_q4_row_bytes(n);
+    /* a thread for every 64 Ki values at least (kern_widen_par's chunk) */
+    #pragma omp parallel for schedule(static) if (rows * (size_t)n > ((size_t)1 << 16))
     for (size_t r = 0; r < rows; r++)
         kern_q4_dequant_row(dst + r * (size_t)n, src + r * rb, n);
 }
