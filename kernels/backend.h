@@ -121,6 +121,13 @@ typedef struct backend_ops {
      * bytes (kern.h's format), both backend buffers (a compressed weight
      * matrix is expanded just before its GEMM). */
     int (*dequant_q4)(void *ctx, void *dst, const void *src, size_t rows, int n);
+    /* linear over w = the 4-bit matrix wq (n rows of kern_q4_row_bytes(k)
+     * bytes) expanded: the numbers of dequant_q4 then linear, without the
+     * expanded matrix written out where the backend can (a decode pass's
+     * few rows). ws: n * k storage elements of scratch. NULL: the caller
+     * runs dequant_q4 into its scratch, then linear. */
+    int (*linear_q4)(void *ctx, void *y, const void *x, const void *wq, const void *b, int m,
+                     int n, int k, int relu, void *ws);
     /* ---- 16-bit weights on a backend whose storage type is fp32 ----
      * dst(n) in the storage type <- src(n) 16-bit bits of format fmt
      * (kern_h16), exactly; both backend buffers (a layer kept in 16 bits on

@@ -139,6 +139,12 @@ void kern_add_ref(float *y, const float *x, size_t count);
  * KERN_LINEAR_ROWS_MAX, where OpenBLAS would repack all of w per call. */
 #define KERN_LINEAR_ROWS_MAX 32
 void kern_linear_rows(float *y, const float *x, const float *w, int m, int n, int k);
+/* kern_linear_rows over w = the 4-bit matrix wq (n rows of
+ * kern_q4_row_bytes(k)) expanded, with the same bits; four rows of w are
+ * expanded at a time, in cache, just before use. ws: n * k floats of
+ * scratch (what expanding the whole matrix would take). */
+void kern_linear_rows_q4(float *y, const float *x, const uint8_t *wq, int m, int n, int k,
+                         float *ws);
 
 /* ---- next-token sampling with the per-row controls of the OpenAI / vLLM
  * batch format. One row of logits (V) becomes one token, in vLLM V1's

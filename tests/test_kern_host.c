@@ -784,6 +784,54 @@ Test(kern_host, q4_dequant_par_equals_ref_on_any_bytes)
     }
 }
 
+/* The fused 4-bit linear (kern_linear_rows_q4, the backend's linear_q4)
+ * against its definition: the matrix expanded by the reference
+ * (kern_q4_dequant_ref), then kern_linear_rows / the backend's linear, bit
+ * for bit. Shapes: n with a tail of 1-3 rows, n too small for a chunk per
+ * thread, k with a short 4-bit group and a tail past the 16 lanes, m of 1
+ * up to past KERN_LINEAR_ROWS_MAX (sgemm's side); bias and ReLU. */
+Test(kern_host, linear_q4_equals_expand_then_linear)
+{
+    static const int shapes[][3] = {{1, 64, 64},  {3, 7, 100},   {2, 130, 71},
+                                    {24, 96, 1024}, {KERN_LINEAR_ROWS_MAX, 9, 192},
+                                    {KERN_LINEAR_ROWS_MAX + 5, 40, 130}};
+    uint64_t seed = 13;
+    backend be;
+    cr_assert_eq(backend_cpu_create(2, &be), 0, "%s", err_msg());
+    for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
+        int m = shapes[c][0], n = shapes[c][1], k = shapes[c][2];
+        size_t rb = kern_q4_row_bytes(k);
+        float *x = malloc(sizeof(float) * m * k), *w = malloc(sizeof(float) * n * k);
+        float *ws = malloc(sizeof(float) * n * k), *b = malloc(sizeof(float) * n);
+        float *ya = malloc(sizeof(float) * m * n), *yb = malloc(sizeof(float) * m * n);
+        uint8_t *wq = malloc(n * rb);
+        for (int i = 0; i < m * k; i++)
+            x[i] = rnd(&seed);
+        q4_random_rows(w, n, k, &seed);
+        for (int j = 0; j < n; j++)
+            b[j] = rnd(&seed);
+        kern_q4_quantize_ref(wq, w, (size_t)n, k);
+        kern_q4_dequant_ref(w, wq, (size_t)n, k); /* w: the expanded matrix */
+        if (m <= KERN_LINEAR_ROWS_MAX) {
+            kern_linear_rows(ya, x, w, m, n, k);
+            for (int i = 0; i < n * k; i++)
+                ws[i] = NAN; /* the scratch carries nothing in */
+            kern_linear_rows_q4(yb, x, wq, m, n, k, ws);
+            cr_assert_eq(memcmp(ya, yb, sizeof(float) * m * n), 0,
+                         "m %d n %d k %d: kern_linear_rows_q4 differs", m, n, k);
+        }
+        for (int relu = 0; relu < 2; relu++) {
+            cr_assert_eq(be.ops->linear(be.ctx, ya, x, w, relu ? b : NULL, m, n, k, relu), 0);
+            cr_assert_eq(be.ops->linear_q4(be.ctx, yb, x, wq, relu ? b : NULL, m, n, k, relu,
+                                           ws), 0, "%s", err_msg());
+            cr_assert_eq(memcmp(ya, yb, sizeof(float) * m * n), 0,
+                         "m %d n %d k %d relu %d: linear_q4 differs from linear", m, n, k, relu);
+        }
+        free(x), free(w), free(ws), free(b), free(ya), free(yb), free(wq);
+    }
+    backend_destroy(&be);
+}
+
 /* Every slot of a 4-bit cache of `slots` rows of hd values: a quantized
  * random row. */
 static void q4_fill_cache(uint8_t *c, size_t slots, int hd, uint64_t *seed)

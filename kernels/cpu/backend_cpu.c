@@ -139,6 +139,22 @@ static int cpu_linear(void *ctx, void *y, const void *x, const void *w,
     return 0;
 }
 
+/* Few rows: each group of four rows of w expanded in cache just before
+ * use (kern_linear_rows_q4); more: the matrix expanded into ws, then
+ * sgemm. Either way cpu_dequant_q4 then cpu_linear's numbers. */
+static int cpu_linear_q4(void *ctx, void *y, const void *x, const void *wq, const void *b,
+                         int m, int n, int k, int relu, void *ws)
+{
+    if (m <= KERN_LINEAR_ROWS_MAX) {
+        kern_linear_rows_q4(y, x, wq, m, n, k, ws);
+        if (b || relu)
+            kern_bias_act_ref(y, b, m, n, relu);
+        return 0;
+    }
+    kern_q4_dequant_par(ws, wq, (size_t)n, k);
+    return cpu_linear(ctx, y, x, ws, b, m, n, k, relu);
+}
+
 static int cpu_add(void *ctx, void *y, const void *x, size_t count)
 {
     (void)ctx;
@@ -411,6 +427,7 @@ static const backend_ops cpu_ops = {
     .attn_decode = cpu_attn_decode,
     .kv_insert = cpu_kv_insert,
     .dequant_q4 = cpu_dequant_q4,
+    .linear_q4 = cpu_linear_q4,
     .widen = cpu_widen,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,

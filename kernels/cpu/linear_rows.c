@@ -7,8 +7,12 @@
  * of 8 rows spent two thirds of its time packing). Here four rows of w at
  * a time meet every row of x, which stays in cache: w crosses the memory
  * bus once. Each output is the same 16-lane sum over k whatever m, n or
- * the thread count, so a sequence's numbers do not depend on its batch. */
+ * the thread count, so a sequence's numbers do not depend on its batch.
+ * kern_linear_rows_q4 is the same over a 4-bit matrix, expanded four rows
+ * at a time in cache rather than written out whole and read back. */
 #include "../kern.h"
+
+#include <omp.h>
 
 #define LANES 16
 
@@ -32,67 +36,99 @@ static inline float total(const float acc[LANES], const float *w, const float *x
     return s;
 }
 
-void kern_linear_rows(float *y, const float *x, const float *w, int m, int n, int k)
+/* Outputs j0 .. j0 + nw - 1 (nw <= 4) of every row of x, from those rows of
+ * w at w0 (row stride k): four rows of w meet two rows of x at a time. */
+static void rows_chunk(float *y, const float *x, const float *w0, int m, int n, int k, int j0,
+                       int nw)
 {
     int k16 = k / LANES * LANES;
+    if (nw < 4) { /* the last 1 to 3 rows of w */
+        for (int j = 0; j < nw; j++)
+            for (int r = 0; r < m; r++) {
+                float acc[LANES] = {0};
+                dot16(acc, w0 + (size_t)j * k, x + (size_t)r * k, k16);
+                y[(size_t)r * n + j0 + j] = total(acc, w0 + (size_t)j * k, x + (size_t)r * k,
+                                                  k16, k);
+            }
+        return;
+    }
+    int r = 0;
+    for (; r + 2 <= m; r += 2) { /* two rows of x against the four of w */
+        const float *xa = x + (size_t)r * k, *xb = xa + k;
+        float a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
+        float b0[LANES] = {0}, b1[LANES] = {0}, b2[LANES] = {0}, b3[LANES] = {0};
+        for (int i = 0; i < k16; i += LANES)
+            for (int l = 0; l < LANES; l++) {
+                float u = xa[i + l], v = xb[i + l];
+                float w0v = w0[i + l], w1v = w0[(size_t)k + i + l];
+                float w2v = w0[2 * (size_t)k + i + l], w3v = w0[3 * (size_t)k + i + l];
+                a0[l] += w0v * u;
+                a1[l] += w1v * u;
+                a2[l] += w2v * u;
+                a3[l] += w3v * u;
+                b0[l] += w0v * v;
+                b1[l] += w1v * v;
+                b2[l] += w2v * v;
+                b3[l] += w3v * v;
+            }
+        float *ya = y + (size_t)r * n + j0, *yb = ya + n;
+        ya[0] = total(a0, w0, xa, k16, k);
+        ya[1] = total(a1, w0 + (size_t)k, xa, k16, k);
+        ya[2] = total(a2, w0 + 2 * (size_t)k, xa, k16, k);
+        ya[3] = total(a3, w0 + 3 * (size_t)k, xa, k16, k);
+        yb[0] = total(b0, w0, xb, k16, k);
+        yb[1] = total(b1, w0 + (size_t)k, xb, k16, k);
+        yb[2] = total(b2, w0 + 2 * (size_t)k, xb, k16, k);
+        yb[3] = total(b3, w0 + 3 * (size_t)k, xb, k16, k);
+    }
+    for (; r < m; r++) {
+        const float *xr = x + (size_t)r * k;
+        float a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
+        for (int i = 0; i < k16; i += LANES)
+            for (int l = 0; l < LANES; l++) {
+                float xv = xr[i + l];
+                a0[l] += w0[i + l] * xv;
+                a1[l] += w0[(size_t)k + i + l] * xv;
+                a2[l] += w0[2 * (size_t)k + i + l] * xv;
+                a3[l] += w0[3 * (size_t)k + i + l] * xv;
+            }
+        float *yr = y + (size_t)r * n + j0;
+        yr[0] = total(a0, w0, xr, k16, k);
+        yr[1] = total(a1, w0 + (size_t)k, xr, k16, k);
+        yr[2] = total(a2, w0 + 2 * (size_t)k, xr, k16, k);
+        yr[3] = total(a3, w0 + 3 * (size_t)k, xr, k16, k);
+    }
+}
+
+void kern_linear_rows(float *y, const float *x, const float *w, int m, int n, int k)
+{
     #pragma omp parallel for schedule(static)
-    for (int j0 = 0; j0 < n; j0 += 4) {
-        const float *w0 = w + (size_t)j0 * k;
-        if (j0 + 4 > n) { /* the last 1 to 3 rows of w */
-            for (int j = j0; j < n; j++)
-                for (int r = 0; r < m; r++) {
-                    float acc[LANES] = {0};
-                    dot16(acc, w + (size_t)j * k, x + (size_t)r * k, k16);
-                    y[(size_t)r * n + j] = total(acc, w + (size_t)j * k, x + (size_t)r * k,
-                                                 k16, k);
-                }
-            continue;
-        }
-        int r = 0;
-        for (; r + 2 <= m; r += 2) { /* two rows of x against the four of w */
-            const float *xa = x + (size_t)r * k, *xb = xa + k;
-            float a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
-            float b0[LANES] = {0}, b1[LANES] = {0}, b2[LANES] = {0}, b3[LANES] = {0};
-            for (int i = 0; i < k16; i += LANES)
-                for (int l = 0; l < LANES; l++) {
-                    float u = xa[i + l], v = xb[i + l];
-                    float w0v = w0[i + l], w1v = w0[(size_t)k + i + l];
-                    float w2v = w0[2 * (size_t)k + i + l], w3v = w0[3 * (size_t)k + i + l];
-                    a0[l] += w0v * u;
-                    a1[l] += w1v * u;
-                    a2[l] += w2v * u;
-                    a3[l] += w3v * u;
-                    b0[l] += w0v * v;
-                    b1[l] += w1v * v;
-                    b2[l] += w2v * v;
-                    b3[l] += w3v * v;
-                }
-            float *ya = y + (size_t)r * n + j0, *yb = ya + n;
-            ya[0] = total(a0, w0, xa, k16, k);
-            ya[1] = total(a1, w0 + (size_t)k, xa, k16, k);
-            ya[2] = total(a2, w0 + 2 * (size_t)k, xa, k16, k);
-            ya[3] = total(a3, w0 + 3 * (size_t)k, xa, k16, k);
-            yb[0] = total(b0, w0, xb, k16, k);
-            yb[1] = total(b1, w0 + (size_t)k, xb, k16, k);
-            yb[2] = total(b2, w0 + 2 * (size_t)k, xb, k16, k);
-            yb[3] = total(b3, w0 + 3 * (size_t)k, xb, k16, k);
-        }
-        for (; r < m; r++) {
-            const float *xr = x + (size_t)r * k;
-            float a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
-            for (int i = 0; i < k16; i += LANES)
-                for (int l = 0; l < LANES; l++) {
-                    float xv = xr[i + l];
-                    a0[l] += w0[i + l] * xv;
-                    a1[l] += w0[(size_t)k + i + l] * xv;
-                    a2[l] += w0[2 * (size_t)k + i + l] * xv;
-                    a3[l] += w0[3 * (size_t)k + i + l] * xv;
-                }
-            float *yr = y + (size_t)r * n + j0;
-            yr[0] = total(a0, w0, xr, k16, k);
-            yr[1] = total(a1, w0 + (size_t)k, xr, k16, k);
-            yr[2] = total(a2, w0 + 2 * (size_t)k, xr, k16, k);
-            yr[3] = total(a3, w0 + 3 * (size_t)k, xr, k16, k);
+    for (int j0 = 0; j0 < n; j0 += 4)
+        rows_chunk(y, x, w + (size_t)j0 * k, m, n, k, j0, n - j0 < 4 ? n - j0 : 4);
+}
+
+/* The four rows of a chunk are expanded into the thread's 4 k floats of ws
+ * just before they meet x: they are in cache when read, and the fp32
+ * matrix is never written out (4-bit rows are 9/64 of its bytes). */
+void kern_linear_rows_q4(float *y, const float *x, const uint8_t *wq, int m, int n, int k,
+                         float *ws)
+{
+    int nt = kern_cpu_threads();
+    if (n < 4 * nt) { /* ws holds fewer than a chunk per thread: expand it all */
+        kern_q4_dequant_par(ws, wq, (size_t)n, k);
+        kern_linear_rows(y, x, ws, m, n, k);
+        return;
+    }
+    size_t rb = kern_q4_row_bytes(k);
+    #pragma omp parallel num_threads(nt)
+    {
+        float *buf = ws + (size_t)omp_get_thread_num() * 4 * (size_t)k;
+        #pragma omp for schedule(static)
+        for (int j0 = 0; j0 < n; j0 += 4) {
+            int nw = n - j0 < 4 ? n - j0 : 4;
+            for (int j = 0; j < nw; j++)
+                kern_q4_dequant_row(buf + (size_t)j * k, wq + (size_t)(j0 + j) * rb, k);
+            rows_chunk(y, x, buf, m, n, k, j0, nw);
         }
     }
 }

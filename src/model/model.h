@@ -107,7 +107,8 @@ typedef struct model {
 void **model_global(model *m, int g);
 /* Linear layer y(rows, n) = x(rows, k) W^T (+ b) (ReLU when relu) with
  * matrix t of layer L, which may be 4-bit rows: expanded into sc->w first
- * (once per layer with sc->w_all, or per call). */
+ * (once per layer with sc->w_all), or else through the backend's linear_q4
+ * where it has one (sc->w its scratch), or expanded per call. */
 int model_linear(model *m, const model_layer *L, sched_scratch *sc, int t, void *y,
                  const void *x, const void *b, int rows, int n, int k, int relu);
 

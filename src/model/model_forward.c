@@ -158,6 +158,8 @@ int model_linear(model *m, const model_layer *L, sched_scratch *sc, int t, void 
     if (L->wq && sc->w_all) {
         FORWARD_IF(expand_layer(m, L, sc));
         w = (const char *)sc->w + expanded_at(&m->shape, o->elem_size, t);
+    } else if (L->wq && o->linear_q4) {
+        return o->linear_q4(m->be->ctx, y, x, w, b, rows, n, k, relu, sc->w);
     } else if (L->wq) {
         FORWARD_IF(o->dequant_q4(m->be->ctx, sc->w, w, (size_t)n, k));
         w = sc->w;
