@@ -1,0 +1,242 @@
+/* bench_cpu_linear.c: the CPU backend's decode linear over each weight
+ * format it streams, on one OPT layer's matrices.
+ *
+ *   flexh2o-bench-cpu-linear [--rows 24] [--hidden 4096] [--reps 5]
+ *
+ * A decode step of a block of `rows` sequences runs, per layer, the four
+ * attention projections (hidden x hidden) and the two MLP matrices
+ * (4 hidden x hidden, hidden x 4 hidden). Timed per layer, the median of
+ * --reps runs, for:
+ *   copy      memcpy of the layer's fp32 bytes: the memory ceiling
+ *             (bytes read + written per second);
+ *   fp32      kern_linear_rows over fp32 weights (what the layer costs
+ *             when it is kept in the compute type);
+ *   fp16      kern_widen_par of the layer, then kern_linear_rows (the
+ *             CPU backend's 16-bit path: widened once per block);
+ *   q4 ref    kern_q4_dequant_ref row by row over the threads, then
+ *             kern_linear_rows (the one-value-at-a-time expansion the
+ *             backend ran before 0c6f278);
+ *   q4 simd   kern_q4_dequant_par per matrix, then kern_linear_rows;
+ *   q4 fused  the backend's linear_q4 (kern_linear_rows_q4: four rows
+ *             expanded in cache just before use).
+ * Every q4 path is checked to give the bits of the first before timing.
+ * Prints a Markdown table: ms per layer, weight bytes streamed per second,
+ * and each against fp32.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend.h"
+#include "err.h"
+#include "kern.h"
+
+enum { N_MAT = 6 };
+
+typedef struct {
+    int rows, n[N_MAT], k[N_MAT];
+    float *x, *y, *w32[N_MAT], *wide, *ws, *copy_dst;
+    uint16_t *w16[N_MAT];
+    uint8_t *wq[N_MAT];
+    size_t layer_vals, max_vals;
+    backend be;
+} bench;
+
+typedef void (*bench_fn)(bench *b);
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double time_ms(bench_fn fn, bench *b, int reps)
+{
+    double t[64];
+    fn(b); /* warm: pages touched, threads started */
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_ms();
+        fn(b);
+        t[r] = now_ms() - t0;
+    }
+    qsort(t, (size_t)reps, sizeof *t, cmp_d);
+    return t[reps / 2];
+}
+
+static void run_copy(bench *b)
+{
+    size_t off = 0;
+    for (int i = 0; i < N_MAT; i++) {
+        size_t v = (size_t)b->n[i] * b->k[i];
+        memcpy(b->copy_dst + off, b->w32[i], sizeof(float) * v);
+        off += v;
+    }
+}
+
+static void run_fp32(bench *b)
+{
+    for (int i = 0; i < N_MAT; i++)
+        kern_linear_rows(b->y, b->x, b->w32[i], b->rows, b->n[i], b->k[i]);
+}
+
+static void run_fp16(bench *b)
+{
+    size_t off = 0;
+    for (int i = 0; i < N_MAT; i++) {
+        size_t v = (size_t)b->n[i] * b->k[i];
+        kern_widen_par(b->wide + off, b->w16[i], v, KERN_H16_F16);
+        off += v;
+    }
+    off = 0;
+    for (int i = 0; i < N_MAT; i++) {
+        kern_linear_rows(b->y, b->x, b->wide + off, b->rows, b->n[i], b->k[i]);
+        off += (size_t)b->n[i] * b->k[i];
+    }
+}
+
+/* The reference row by row, rows spread over the threads: what the
+ * backend's expansion was before the SIMD one. */
+static void run_q4_ref(bench *b)
+{
+    for (int i = 0; i < N_MAT; i++) {
+        int n = b->n[i], k = b->k[i];
+        size_t rb = kern_q4_row_bytes(k);
+        #pragma omp parallel for schedule(static)
+        for (int r = 0; r < n; r++)
+            kern_q4_dequant_ref(b->ws + (size_t)r * k, b->wq[i] + r * rb, 1, k);
+        kern_linear_rows(b->y, b->x, b->ws, b->rows, n, k);
+    }
+}
+
+static void run_q4_simd(bench *b)
+{
+    for (int i = 0; i < N_MAT; i++) {
+        kern_q4_dequant_par(b->ws, b->wq[i], (size_t)b->n[i], b->k[i]);
+        kern_linear_rows(b->y, b->x, b->ws, b->rows, b->n[i], b->k[i]);
+    }
+}
+
+static void run_q4_fused(bench *b)
+{
+    for (int i = 0; i < N_MAT; i++)
+        if (b->be.ops->linear_q4(b->be.ctx, b->y, b->x, b->wq[i], NULL, b->rows, b->n[i],
+                                 b->k[i], 0, b->ws) < 0) {
+            fprintf(stderr, "linear_q4: %s\n", err_msg());
+            exit(1);
+        }
+}
+
+static void *must(void *p)
+{
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+
+/* The last matrix's output of each q4 path, bit for bit that of q4 ref.
+ * (Called through the table: GCC 12 at -O1 and above dropped a direct
+ * call of run_q4_ref here, inlined into main, as if it had no effect.) */
+static void check_q4(bench *b, bench_fn const *fns, int n_fns)
+{
+    size_t ny = (size_t)b->rows * b->n[N_MAT - 1];
+    float *want = must(malloc(sizeof(float) * ny));
+    for (int f = 0; f < n_fns; f++) {
+        memset(b->y, 0, sizeof(float) * ny);
+        fns[f](b);
+        if (f == 0) {
+            memcpy(want, b->y, sizeof(float) * ny);
+        } else if (memcmp(want, b->y, sizeof(float) * ny) != 0) {
+            fprintf(stderr, "q4 path %d differs from the reference expansion\n", f);
+            exit(1);
+        }
+    }
+    free(want);
+}
+
+int main(int argc, char **argv)
+{
+    int rows = 24, h = 4096, reps = 5;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--rows")) rows = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--hidden")) h = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
+        else {
+            fprintf(stderr, "usage: %s [--rows 24] [--hidden 4096] [--reps 5]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (rows < 1 || rows > KERN_LINEAR_ROWS_MAX || h < 64 || h % 64 || reps < 1 || reps > 64) {
+        fprintf(stderr, "--rows 1..%d, --hidden a multiple of 64, --reps 1..64\n",
+                KERN_LINEAR_ROWS_MAX);
+        return 2;
+    }
+    bench b = {.rows = rows};
+    int shapes[N_MAT][2] = {{h, h}, {h, h}, {h, h}, {h, h}, {4 * h, h}, {h, 4 * h}};
+    for (int i = 0; i < N_MAT; i++) {
+        b.n[i] = shapes[i][0];
+        b.k[i] = shapes[i][1];
+        size_t v = (size_t)b.n[i] * b.k[i];
+        b.layer_vals += v;
+        b.max_vals = v > b.max_vals ? v : b.max_vals;
+    }
+    if (backend_cpu_create(0, &b.be) < 0) {
+        fprintf(stderr, "%s\n", err_msg());
+        return 1;
+    }
+    b.x = must(malloc(sizeof(float) * (size_t)rows * 4 * h));
+    b.y = must(malloc(sizeof(float) * (size_t)rows * 4 * h));
+    b.wide = must(malloc(sizeof(float) * b.layer_vals));
+    b.copy_dst = must(malloc(sizeof(float) * b.layer_vals));
+    b.ws = must(malloc(sizeof(float) * b.max_vals));
+    unsigned s = 1;
+    for (size_t i = 0; i < (size_t)rows * 4 * h; i++)
+        b.x[i] = (float)((s = s * 1103515245u + 12345u) >> 8) * 0x1p-24f - 0.5f;
+    for (int i = 0; i < N_MAT; i++) {
+        size_t v = (size_t)b.n[i] * b.k[i];
+        b.w32[i] = must(malloc(sizeof(float) * v));
+        b.w16[i] = must(malloc(sizeof(uint16_t) * v));
+        b.wq[i] = must(malloc(kern_q4_row_bytes(b.k[i]) * (size_t)b.n[i]));
+        for (size_t j = 0; j < v; j++) {
+            b.w32[i][j] = ((float)((s = s * 1103515245u + 12345u) >> 8) * 0x1p-24f - 0.5f) *
+                          0.05f;
+            b.w16[i][j] = kern_f32_to_f16(b.w32[i][j]);
+        }
+        kern_q4_quantize_ref(b.wq[i], b.w32[i], (size_t)b.n[i], b.k[i]);
+    }
+    struct {
+        const char *name;
+        bench_fn fn;
+        double bytes_per_val; /* weight bytes the path streams */
+    } cases[] = {{"copy (ceiling, read + write)", run_copy, 8.0},
+                 {"fp32 linear", run_fp32, 4.0},
+                 {"fp16: widen, then linear", run_fp16, 2.0},
+                 {"q4: reference expansion, then linear", run_q4_ref, 36.0 / 64},
+                 {"q4: SIMD expansion, then linear", run_q4_simd, 36.0 / 64},
+                 {"q4: fused (linear_q4)", run_q4_fused, 36.0 / 64}};
+    printf("CPU decode linear, one OPT layer of hidden %d (%.0f M weights), %d rows, %d "
+           "threads, median of %d\n\n", h, b.layer_vals / 1e6, rows, kern_cpu_threads(), reps);
+    printf("| path | ms / layer | weight GB/s | vs fp32 |\n|---|---:|---:|---:|\n");
+    enum { N_CASES = sizeof cases / sizeof *cases };
+    bench_fn q4[3] = {cases[3].fn, cases[4].fn, cases[5].fn};
+    check_q4(&b, q4, 3);
+    double t[N_CASES];
+    for (size_t c = 0; c < N_CASES; c++)
+        t[c] = time_ms(cases[c].fn, &b, reps);
+    for (size_t c = 0; c < N_CASES; c++)
+        printf("| %s | %.1f | %.2f | %.2fx |\n", cases[c].name, t[c],
+               b.layer_vals * cases[c].bytes_per_val / (t[c] * 1e6), t[1] / t[c]);
+    backend_destroy(&b.be);
+    return 0;
+}
