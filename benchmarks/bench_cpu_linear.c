@@ -12,7 +12,10 @@
  *   fp32      kern_linear_rows over fp32 weights (what the layer costs
  *             when it is kept in the compute type);
  *   fp16      kern_widen_par of the layer, then kern_linear_rows (the
- *             CPU backend's 16-bit path: widened once per block);
+ *             CPU backend's 16-bit path with several GPU batches: widened
+ *             once per block);
+ *   fp16 fused  the backend's linear_h16 (one GPU batch: rows widened in
+ *             cache just before use);
  *   q4 ref    kern_q4_dequant_ref row by row over the threads, then
  *             kern_linear_rows (the one-value-at-a-time expansion the
  *             backend ran before 0c6f278);
@@ -102,6 +105,16 @@ static void run_fp16(bench *b)
         kern_linear_rows(b->y, b->x, b->wide + off, b->rows, b->n[i], b->k[i]);
         off += (size_t)b->n[i] * b->k[i];
     }
+}
+
+static void run_fp16_fused(bench *b)
+{
+    for (int i = 0; i < N_MAT; i++)
+        if (b->be.ops->linear_h16(b->be.ctx, b->y, b->x, b->w16[i], KERN_H16_F16, NULL, b->rows,
+                                  b->n[i], b->k[i], 0, b->ws) < 0) {
+            fprintf(stderr, "linear_h16: %s\n", err_msg());
+            exit(1);
+        }
 }
 
 /* The reference row by row, rows spread over the threads: what the
@@ -222,6 +235,7 @@ int main(int argc, char **argv)
     } cases[] = {{"copy (ceiling, read + write)", run_copy, 8.0},
                  {"fp32 linear", run_fp32, 4.0},
                  {"fp16: widen, then linear", run_fp16, 2.0},
+                 {"fp16: fused (linear_h16)", run_fp16_fused, 2.0},
                  {"q4: reference expansion, then linear", run_q4_ref, 36.0 / 64},
                  {"q4: SIMD expansion, then linear", run_q4_simd, 36.0 / 64},
                  {"q4: fused (linear_q4)", run_q4_fused, 36.0 / 64}};
@@ -229,7 +243,7 @@ int main(int argc, char **argv)
            "threads, median of %d\n\n", h, b.layer_vals / 1e6, rows, kern_cpu_threads(), reps);
     printf("| path | ms / layer | weight GB/s | vs fp32 |\n|---|---:|---:|---:|\n");
     enum { N_CASES = sizeof cases / sizeof *cases };
-    bench_fn q4[3] = {cases[3].fn, cases[4].fn, cases[5].fn};
+    bench_fn q4[3] = {cases[4].fn, cases[5].fn, cases[6].fn};
     check_q4(&b, q4, 3);
     double t[N_CASES];
     for (size_t c = 0; c < N_CASES; c++)

@@ -135,6 +135,12 @@ typedef struct backend_ops {
      * before its compute). NULL where the storage type is 16 bits (CUDA):
      * its tiers hold that type already. */
     int (*widen)(void *ctx, void *dst, const void *src, size_t n, kern_h16 fmt);
+    /* linear over w = n rows of k 16-bit values of format fmt, widened:
+     * the numbers of widen then linear, without the widened matrix written
+     * out where the backend can (a decode pass's few rows). ws: n * k
+     * storage elements of scratch. NULL: the caller widens, then linear. */
+    int (*linear_h16)(void *ctx, void *y, const void *x, const void *w, kern_h16 fmt,
+                      const void *b, int m, int n, int k, int relu, void *ws);
     /* ---- the RoPE families' element-wise ops (DESIGN.md "Model families") ----
      * kern.h's kern_rmsnorm_ref, kern_rope_ref, kern_swiglu_ref and
      * kern_gelu_ref on backend buffers; pos and inv_freq (rot_dims / 2,

@@ -421,6 +421,14 @@ typedef enum kern_h16 {
  * over the OpenMP threads (same values). */
 void kern_widen_ref(float *dst, const uint16_t *src, size_t n, kern_h16 fmt);
 void kern_widen_par(float *dst, const uint16_t *src, size_t n, kern_h16 fmt);
+/* What kern_widen_par runs per chunk, on the calling thread alone (F16C
+ * where built): the bits of kern_widen_ref. */
+void kern_widen_row(float *dst, const uint16_t *src, size_t n, kern_h16 fmt);
+/* kern_linear_rows_q4 over w = n rows of k 16-bit values of format fmt,
+ * widened four rows at a time (kern_widen_row): the bits of kern_widen_ref
+ * then kern_linear_rows. ws: n * k floats. */
+void kern_linear_rows_h16(float *y, const float *x, const uint16_t *w, kern_h16 fmt, int m,
+                          int n, int k, float *ws);
 
 /* ------------------------------------------------ 4-bit group quantization
  * DESIGN.md "compress_weight / compress_cache": 4 bits, groups of

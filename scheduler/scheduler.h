@@ -185,7 +185,8 @@ typedef struct sched_layer {
     void *t[SCHED_MAX_TENSORS];
     int wq;       /* the matrices are 4-bit rows */
     int wh;       /* 0, or every tensor is 16-bit bits of this kern_h16 format
-                   * (sched_shape.weight_fmt): widen before use */
+                   * (sched_shape.weight_fmt): widen before use (a model's
+                   * widened view may keep them on its matrices only) */
 } sched_layer;
 
 /* The KV cache of sequences [seq0, seq0 + n) of a GPU batch, kept together
@@ -212,7 +213,9 @@ typedef struct sched_scratch {
                                 * with w_all a whole layer's, expanded once and reused
                                 * while the layer stays the same; layers with wh: the
                                 * whole blob widened to the storage type, once per
-                                * layer while it stays the same */
+                                * layer while it stays the same, or (one batch, a
+                                * backend with linear_h16) its vectors widened and
+                                * the rest the GEMMs' scratch */
     int w_all;
     const sched_layer *w_layer; /* the layer whose matrices w holds (w_all, or the
                                  * widened layer of wh), or NULL */

@@ -832,6 +832,55 @@ Test(kern_host, linear_q4_equals_expand_then_linear)
     backend_destroy(&be);
 }
 
+/* The fused 16-bit linear (kern_linear_rows_h16, the backend's
+ * linear_h16) against widen (kern_widen_ref) then linear, bit for bit,
+ * fp16 and bf16, over the shapes of the 4-bit test. */
+Test(kern_host, linear_h16_equals_widen_then_linear)
+{
+    static const int shapes[][3] = {{1, 64, 64},  {3, 7, 100},   {2, 130, 71},
+                                    {24, 96, 1024}, {KERN_LINEAR_ROWS_MAX, 9, 192},
+                                    {KERN_LINEAR_ROWS_MAX + 5, 40, 130}};
+    uint64_t seed = 17;
+    backend be;
+    cr_assert_eq(backend_cpu_create(2, &be), 0, "%s", err_msg());
+    for (int fmt = KERN_H16_F16; fmt <= KERN_H16_BF16; fmt++)
+        for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
+            int m = shapes[c][0], n = shapes[c][1], k = shapes[c][2];
+            float *x = malloc(sizeof(float) * m * k), *w = malloc(sizeof(float) * n * k);
+            float *ws = malloc(sizeof(float) * n * k), *b = malloc(sizeof(float) * n);
+            float *ya = malloc(sizeof(float) * m * n), *yb = malloc(sizeof(float) * m * n);
+            uint16_t *wh = malloc(sizeof(uint16_t) * n * k);
+            for (int i = 0; i < m * k; i++)
+                x[i] = rnd(&seed);
+            for (int i = 0; i < n * k; i++)
+                wh[i] = (uint16_t)(rnd_u32(&seed) & 0x3fff); /* finite, both formats */
+            for (int j = 0; j < n; j++)
+                b[j] = rnd(&seed);
+            kern_widen_ref(w, wh, (size_t)n * k, (kern_h16)fmt);
+            if (m <= KERN_LINEAR_ROWS_MAX) {
+                kern_linear_rows(ya, x, w, m, n, k);
+                for (int i = 0; i < n * k; i++)
+                    ws[i] = NAN;
+                kern_linear_rows_h16(yb, x, wh, (kern_h16)fmt, m, n, k, ws);
+                cr_assert_eq(memcmp(ya, yb, sizeof(float) * m * n), 0,
+                             "fmt %d m %d n %d k %d: kern_linear_rows_h16 differs", fmt, m, n, k);
+            }
+            for (int relu = 0; relu < 2; relu++) {
+                cr_assert_eq(be.ops->linear(be.ctx, ya, x, w, relu ? b : NULL, m, n, k, relu), 0);
+                cr_assert_eq(be.ops->linear_h16(be.ctx, yb, x, wh, (kern_h16)fmt,
+                                                relu ? b : NULL, m, n, k, relu, ws), 0, "%s",
+                             err_msg());
+                cr_assert_eq(memcmp(ya, yb, sizeof(float) * m * n), 0,
+                             "fmt %d m %d n %d k %d relu %d: linear_h16 differs from linear", fmt,
+                             m, n, k, relu);
+            }
+            free(x), free(w), free(ws), free(b), free(ya), free(yb), free(wh);
+        }
+    cr_assert_eq(be.ops->linear_h16(be.ctx, NULL, NULL, NULL, (kern_h16)3, NULL, 1, 1, 1, 0,
+                                    NULL), -EINVAL, "an unknown format is refused");
+    backend_destroy(&be);
+}
+
 /* Every slot of a 4-bit cache of `slots` rows of hd values: a quantized
  * random row. */
 static void q4_fill_cache(uint8_t *c, size_t slots, int hd, uint64_t *seed)

@@ -509,6 +509,32 @@ Test(sched, fp16_store_streams_as_fp16_on_the_cpu_backend)
     cr_assert_geq(agree, total * 3 / 4, "only %d of %d tokens agree with fp32", agree, total);
 }
 
+/* With one GPU batch per block the CPU backend does not widen a 16-bit
+ * layer whole: the vectors are widened and each GEMM widens its rows in
+ * cache (linear_h16); with two, the layer is widened once and shared. The
+ * two give the same bytes (the same batches of two sequences, the same
+ * numbers), fp16 and bf16, resident and streamed from disk. */
+Test(sched, a_16_bit_layer_fused_into_its_gemms_equals_it_widened_whole)
+{
+    setup_files();
+    static const char *const dtypes[] = {"f16", "bf16"};
+    static const char *const placements[] = {"100 0 100 0 100 0", "0 0 100 0 100 0",
+                                             "10 20 100 0 100 0"};
+    for (int d = 0; d < 2; d++) {
+        cr_assert_eq(cli_run("convert --model " TINY " --out st%d --dtype %s", d, dtypes[d]), 0,
+                     "%s", cli_err);
+        for (size_t i = 0; i < sizeof placements / sizeof *placements; i++) {
+            char st[16], one[32], two[32];
+            snprintf(st, sizeof st, "st%d", d);
+            snprintf(one, sizeof one, "one%d-%zu.jsonl", d, i);
+            snprintf(two, sizeof two, "two%d-%zu.jsonl", d, i);
+            gen_from_store(st, one, "--gpu-batch-size 2 --num-gpu-batches 1", placements[i]);
+            gen_from_store(st, two, "--gpu-batch-size 2 --num-gpu-batches 2", placements[i]);
+            assert_same(one, two, placements[i]);
+        }
+    }
+}
+
 /* A bf16 store (convert --dtype bf16) on the CPU backend streams as bf16
  * like an fp16 one: no weights.bin, the disk placement gives the bytes of
  * the all-resident run (whose layers are converted to fp32 on load), and

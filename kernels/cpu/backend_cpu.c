@@ -155,6 +155,22 @@ static int cpu_linear_q4(void *ctx, void *y, const void *x, const void *wq, cons
     return cpu_linear(ctx, y, x, ws, b, m, n, k, relu);
 }
 
+/* As cpu_linear_q4, over 16-bit rows (kern_linear_rows_h16). */
+static int cpu_linear_h16(void *ctx, void *y, const void *x, const void *w, kern_h16 fmt,
+                          const void *b, int m, int n, int k, int relu, void *ws)
+{
+    RETURN_IF(fmt != KERN_H16_F16 && fmt != KERN_H16_BF16, -EINVAL,
+              "internal: 16-bit weight format %d", (int)fmt);
+    if (m <= KERN_LINEAR_ROWS_MAX) {
+        kern_linear_rows_h16(y, x, w, fmt, m, n, k, ws);
+        if (b || relu)
+            kern_bias_act_ref(y, b, m, n, relu);
+        return 0;
+    }
+    kern_widen_par(ws, w, (size_t)n * k, fmt);
+    return cpu_linear(ctx, y, x, ws, b, m, n, k, relu);
+}
+
 static int cpu_add(void *ctx, void *y, const void *x, size_t count)
 {
     (void)ctx;
@@ -429,6 +445,7 @@ static const backend_ops cpu_ops = {
     .dequant_q4 = cpu_dequant_q4,
     .linear_q4 = cpu_linear_q4,
     .widen = cpu_widen,
+    .linear_h16 = cpu_linear_h16,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .swiglu = cpu_swiglu,

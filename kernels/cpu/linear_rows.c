@@ -8,8 +8,9 @@
  * a time meet every row of x, which stays in cache: w crosses the memory
  * bus once. Each output is the same 16-lane sum over k whatever m, n or
  * the thread count, so a sequence's numbers do not depend on its batch.
- * kern_linear_rows_q4 is the same over a 4-bit matrix, expanded four rows
- * at a time in cache rather than written out whole and read back. */
+ * kern_linear_rows_q4 and _h16 are the same over a 4-bit or 16-bit matrix,
+ * expanded four rows at a time in cache rather than written out whole and
+ * read back. */
 #include "../kern.h"
 
 #include <omp.h>
@@ -107,19 +108,34 @@ void kern_linear_rows(float *y, const float *x, const float *w, int m, int n, in
         rows_chunk(y, x, w + (size_t)j0 * k, m, n, k, j0, n - j0 < 4 ? n - j0 : 4);
 }
 
+/* Row j of a stored matrix w of k columns, expanded to fp32. */
+typedef void (*row_expand)(float *dst, const void *w, size_t j, int k, kern_h16 fmt);
+
+static void q4_row(float *dst, const void *w, size_t j, int k, kern_h16 fmt)
+{
+    (void)fmt;
+    kern_q4_dequant_row(dst, (const uint8_t *)w + j * kern_q4_row_bytes(k), k);
+}
+
+static void h16_row(float *dst, const void *w, size_t j, int k, kern_h16 fmt)
+{
+    kern_widen_row(dst, (const uint16_t *)w + j * (size_t)k, (size_t)k, fmt);
+}
+
 /* The four rows of a chunk are expanded into the thread's 4 k floats of ws
  * just before they meet x: they are in cache when read, and the fp32
- * matrix is never written out (4-bit rows are 9/64 of its bytes). */
-void kern_linear_rows_q4(float *y, const float *x, const uint8_t *wq, int m, int n, int k,
-                         float *ws)
+ * matrix is never written out (4-bit rows are 9/64 of its bytes, 16-bit
+ * ones half). */
+static void linear_rows_expanded(float *y, const float *x, const void *w, row_expand ex,
+                                 kern_h16 fmt, int m, int n, int k, float *ws)
 {
     int nt = kern_cpu_threads();
     if (n < 4 * nt) { /* ws holds fewer than a chunk per thread: expand it all */
-        kern_q4_dequant_par(ws, wq, (size_t)n, k);
+        for (int j = 0; j < n; j++)
+            ex(ws + (size_t)j * k, w, (size_t)j, k, fmt);
         kern_linear_rows(y, x, ws, m, n, k);
         return;
     }
-    size_t rb = kern_q4_row_bytes(k);
     #pragma omp parallel num_threads(nt)
     {
         float *buf = ws + (size_t)omp_get_thread_num() * 4 * (size_t)k;
@@ -127,8 +143,20 @@ void kern_linear_rows_q4(float *y, const float *x, const uint8_t *wq, int m, int
         for (int j0 = 0; j0 < n; j0 += 4) {
             int nw = n - j0 < 4 ? n - j0 : 4;
             for (int j = 0; j < nw; j++)
-                kern_q4_dequant_row(buf + (size_t)j * k, wq + (size_t)(j0 + j) * rb, k);
+                ex(buf + (size_t)j * k, w, (size_t)(j0 + j), k, fmt);
             rows_chunk(y, x, buf, m, n, k, j0, nw);
         }
     }
+}
+
+void kern_linear_rows_q4(float *y, const float *x, const uint8_t *wq, int m, int n, int k,
+                         float *ws)
+{
+    linear_rows_expanded(y, x, wq, q4_row, KERN_H16_F16, m, n, k, ws);
+}
+
+void kern_linear_rows_h16(float *y, const float *x, const uint16_t *w, kern_h16 fmt, int m,
+                          int n, int k, float *ws)
+{
+    linear_rows_expanded(y, x, w, h16_row, fmt, m, n, k, ws);
 }

@@ -31,7 +31,7 @@ void kern_widen_ref(float *dst, const uint16_t *src, size_t n, kern_h16 fmt)
  * vectorize; widening is on the decode path, once per layer per block).
  * vcvtph2ps is the scalar conversion's instruction, so the bits are
  * equal, NaNs included. */
-static void widen_chunk(float *dst, const uint16_t *src, size_t n, kern_h16 fmt)
+void kern_widen_row(float *dst, const uint16_t *src, size_t n, kern_h16 fmt)
 {
     size_t i = 0;
 #if defined(__F16C__) && defined(__AVX__)
@@ -51,6 +51,6 @@ void kern_widen_par(float *dst, const uint16_t *src, size_t n, kern_h16 fmt)
     #pragma omp parallel for schedule(static) if (nb > 1)
     for (long b = 0; b < nb; b++) {
         size_t at = (size_t)b * blk, len = n - at < blk ? n - at : blk;
-        widen_chunk(dst + at, src + at, len, fmt);
+        kern_widen_row(dst + at, src + at, len, fmt);
     }
 }

@@ -108,7 +108,9 @@ void **model_global(model *m, int g);
 /* Linear layer y(rows, n) = x(rows, k) W^T (+ b) (ReLU when relu) with
  * matrix t of layer L, which may be 4-bit rows: expanded into sc->w first
  * (once per layer with sc->w_all), or else through the backend's linear_q4
- * where it has one (sc->w its scratch), or expanded per call. */
+ * where it has one (sc->w its scratch), or expanded per call; or 16-bit
+ * rows of the fused view of a 16-bit layer (its wh set): the backend's
+ * linear_h16. */
 int model_linear(model *m, const model_layer *L, sched_scratch *sc, int t, void *y,
                  const void *x, const void *b, int rows, int n, int k, int relu);
 

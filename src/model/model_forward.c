@@ -123,11 +123,26 @@ static int expand_layer(model *m, const model_layer *L, sched_scratch *sc)
     return 0;
 }
 
-/* A layer kept in 16 bits on the tiers (L->wh): every tensor widened into
- * sc->w, laid out as the blob in the storage type, unless it is there
- * already (the GPU batches of a block share the layer: it widens once per
- * block, as 4-bit layers expand); *out the widened layer. @return 0 or
- * -errno. */
+/* The bytes at the start of sc->w that a fused 16-bit view's vectors take
+ * (widen_layer: widened, packed in table order, 256-byte aligned); past
+ * them, the scratch of the backend's linear_h16. */
+static size_t vectors_bytes(const sched_model *sm, size_t es)
+{
+    size_t at = 0;
+    for (int t = 0; t < sm->n_tensors; t++)
+        if (!sm->tensors[t].cols)
+            at += (sm->tensors[t].rows * es + 255) & ~(size_t)255;
+    return at;
+}
+
+/* A layer kept in 16 bits on the tiers (L->wh), widened into sc->w; *out
+ * the widened view. With one GPU batch per block and a backend that has
+ * linear_h16, only the vectors are widened (packed at the start of sc->w)
+ * and the view keeps the matrices in 16 bits (its wh set): each GEMM
+ * widens its rows in cache. Otherwise every tensor is widened, laid out
+ * as the blob in the storage type, once while the layer stays the same
+ * (the GPU batches of a block share it, as 4-bit layers expand). @return
+ * 0 or -errno. */
 static int widen_layer(model *m, const model_layer *L, sched_scratch *sc,
                        const model_layer **out)
 {
@@ -136,17 +151,28 @@ static int widen_layer(model *m, const model_layer *L, sched_scratch *sc,
         return 0;
     const sched_model *sm = &m->shape;
     const backend_ops *o = m->be->ops;
-    size_t off[SCHED_MAX_TENSORS], bytes[SCHED_MAX_TENSORS];
+    int fused = o->linear_h16 && !sc->w_all;
+    size_t off[SCHED_MAX_TENSORS], bytes[SCHED_MAX_TENSORS], vat = 0;
     sched_blob_layout(sm, o->elem_size, 0, off, bytes);
     sc->w_layer = NULL; /* set again only once every tensor is widened */
     for (int t = 0; t < sm->n_tensors; t++) {
-        sc->w_wide.t[t] = (char *)sc->w + off[t];
+        if (fused && sm->tensors[t].cols) {
+            sc->w_wide.t[t] = L->t[t];
+            continue;
+        }
+        if (fused) {
+            sc->w_wide.t[t] = (char *)sc->w + vat;
+            vat += (bytes[t] + 255) & ~(size_t)255;
+        } else {
+            sc->w_wide.t[t] = (char *)sc->w + off[t];
+        }
         if (bytes[t])
             FORWARD_IF(o->widen(m->be->ctx, sc->w_wide.t[t], L->t[t], bytes[t] / o->elem_size,
                                 (kern_h16)L->wh));
     }
-    sc->w_wide.wq = sc->w_wide.wh = 0;
-    sc->w_layer = L;
+    sc->w_wide.wq = 0;
+    sc->w_wide.wh = fused ? L->wh : 0;
+    sc->w_layer = fused ? NULL : L;
     return 0;
 }
 
@@ -160,6 +186,9 @@ int model_linear(model *m, const model_layer *L, sched_scratch *sc, int t, void 
         w = (const char *)sc->w + expanded_at(&m->shape, o->elem_size, t);
     } else if (L->wq && o->linear_q4) {
         return o->linear_q4(m->be->ctx, y, x, w, b, rows, n, k, relu, sc->w);
+    } else if (L->wh) { /* widen_layer's fused view: the matrices in 16 bits */
+        return o->linear_h16(m->be->ctx, y, x, w, (kern_h16)L->wh, b, rows, n, k, relu,
+                             (char *)sc->w + vectors_bytes(&m->shape, o->elem_size));
     } else if (L->wq) {
         FORWARD_IF(o->dequant_q4(m->be->ctx, sc->w, w, (size_t)n, k));
         w = sc->w;
