@@ -130,6 +130,7 @@ void kern_q4_quantize_h16(uint8_t *dst, const uint16_t *src, size_t rows, int n)
 void kern_q4_dequant_ref(float *dst, const uint8_t *src, size_t rows, int n)
 {
     size_t rb = kern_q4_row_bytes(n);
+    #pragma omp parallel for schedule(static)
     for (size_t r = 0; r < rows; r++)
         dequant_row_ref(dst + r * (size_t)n, src + r * rb, n);
 }
