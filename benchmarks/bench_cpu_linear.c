@@ -243,7 +243,7 @@ int main(int argc, char **argv)
            "threads, median of %d\n\n", h, b.layer_vals / 1e6, rows, kern_cpu_threads(), reps);
     printf("| path | ms / layer | weight GB/s | vs fp32 |\n|---|---:|---:|---:|\n");
     enum { N_CASES = sizeof cases / sizeof *cases };
-    bench_fn q4[3] = {cases[4].fn, cases[5].fn, cases[6].fn};
+    bench_fn q4[3] = {run_q4_ref, run_q4_simd, run_q4_fused};
     check_q4(&b, q4, 3);
     double t[N_CASES];
     for (size_t c = 0; c < N_CASES; c++)
