@@ -127,8 +127,8 @@ Test(gpu_e2e, tiny_model_greedy_tokens_equal_cpu)
         "--batch-size 3",
         "--gpu-batch-size 2 --num-gpu-batches 2 --percent 30 30 34 33 0 100",
         "--gpu-batch-size 2 --num-gpu-batches 2 --percent 30 30 0 50 100 0 --cpu-attention",
-        "--gpu-batch-size 2 --num-gpu-batches 2 --percent 100 0 0 100 100 0 --cpu-attention "
-        "--kv-policy h2o --kv-ratio 0.5",
+        ("--gpu-batch-size 2 --num-gpu-batches 2 --percent 100 0 0 100 100 0 --cpu-attention "
+         "--kv-policy h2o --kv-ratio 0.5"),
     };
     const char *dev[] = {"cpu", "cuda"};
     for (size_t v = 0; v < sizeof variants / sizeof *variants; v++) {

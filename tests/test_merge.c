@@ -444,8 +444,8 @@ Test(merge, line_keys_are_the_readers_ids)
         "{\"id\": 7.0, \"prompt_ids\": [1]}",
         "{\"id\": 1e3, \"prompt_ids\": [1]}\n",
         "{\"id\": \"x\\ty\", \"prompt_ids\": [1]}\n",
-        "{\"custom_id\": \"c1\", \"method\": \"POST\", \"url\": \"/v1/completions\", "
-        "\"body\": {\"prompt\": [1]}}\n",
+        ("{\"custom_id\": \"c1\", \"method\": \"POST\", \"url\": \"/v1/completions\", "
+         "\"body\": {\"prompt\": [1]}}\n"),
     };
     static const char *const none[] = {
         "\n", "   \n", "nope\n", "[1, 2]\n", "\"id\"\n",
