@@ -158,6 +158,15 @@ static void *must(void *p)
     return p;
 }
 
+/* bytes on a 64-byte boundary, as the backends allocate activations and
+ * scratch: a vector load of a row then never straddles two cache lines
+ * (malloc's 16-byte alignment made the AVX-512 decode linear up to 1.4x
+ * slower here than in the engine). */
+static void *alloc64(size_t bytes)
+{
+    return must(aligned_alloc(64, (bytes + 63) / 64 * 64));
+}
+
 /* The last matrix's output of each q4 path, bit for bit that of q4 ref.
  * (Called through the table: GCC 12 at -O1 and above dropped a direct
  * call of run_q4_ref here, inlined into main, as if it had no effect.) */
@@ -208,19 +217,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err_msg());
         return 1;
     }
-    b.x = must(malloc(sizeof(float) * (size_t)rows * 4 * h));
-    b.y = must(malloc(sizeof(float) * (size_t)rows * 4 * h));
-    b.wide = must(malloc(sizeof(float) * b.layer_vals));
-    b.copy_dst = must(malloc(sizeof(float) * b.layer_vals));
-    b.ws = must(malloc(sizeof(float) * b.max_vals));
+    b.x = alloc64(sizeof(float) * (size_t)rows * 4 * h);
+    b.y = alloc64(sizeof(float) * (size_t)rows * 4 * h);
+    b.wide = alloc64(sizeof(float) * b.layer_vals);
+    b.copy_dst = alloc64(sizeof(float) * b.layer_vals);
+    b.ws = alloc64(sizeof(float) * b.max_vals);
     unsigned s = 1;
     for (size_t i = 0; i < (size_t)rows * 4 * h; i++)
         b.x[i] = (float)((s = s * 1103515245u + 12345u) >> 8) * 0x1p-24f - 0.5f;
     for (int i = 0; i < N_MAT; i++) {
         size_t v = (size_t)b.n[i] * b.k[i];
-        b.w32[i] = must(malloc(sizeof(float) * v));
-        b.w16[i] = must(malloc(sizeof(uint16_t) * v));
-        b.wq[i] = must(malloc(kern_q4_row_bytes(b.k[i]) * (size_t)b.n[i]));
+        b.w32[i] = alloc64(sizeof(float) * v);
+        b.w16[i] = alloc64(sizeof(uint16_t) * v);
+        b.wq[i] = alloc64(kern_q4_row_bytes(b.k[i]) * (size_t)b.n[i]);
         for (size_t j = 0; j < v; j++) {
             b.w32[i][j] = ((float)((s = s * 1103515245u + 12345u) >> 8) * 0x1p-24f - 0.5f) *
                           0.05f;

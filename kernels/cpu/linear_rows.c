@@ -14,28 +14,12 @@
 #include "../kern.h"
 
 #include <omp.h>
-
-/* With AVX-512 a block of four rows of x meets the four rows of w: its 16
- * accumulators of 16 lanes are 16 of the 32 zmm registers, and each w
- * value loaded serves four products instead of two (1.4x on OPT-6.7B's
- * decode rows, benchmarks/bench_cpu_linear.c). GCC vectorizes 256 bits
- * wide unless told, which would spill that block. Each output's sum is
- * the same in either block. */
-#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
-#pragma GCC target("prefer-vector-width=512")
-#endif
+#include <string.h>
 
 #define LANES 16
 
-/* 16 partial sums of w[i] * x[i] over i < k16 (a multiple of LANES). */
-static inline void dot16(float acc[LANES], const float *w, const float *x, int k16)
-{
-    for (int i = 0; i < k16; i += LANES)
-        for (int l = 0; l < LANES; l++)
-            acc[l] += w[i + l] * x[i + l];
-}
-
-/* The fixed-order total of the lanes plus the tail k16 .. k. */
+/* The fixed-order total of an output's 16 lane sums plus the tail k16 .. k
+ * (k16: k rounded down to a multiple of LANES). */
 static inline float total(const float acc[LANES], const float *w, const float *x, int k16,
                           int k)
 {
@@ -45,6 +29,97 @@ static inline float total(const float acc[LANES], const float *w, const float *x
     for (int i = k16; i < k; i++)
         s += w[i] * x[i];
     return s;
+}
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+/* With AVX-512 every output is 16 lanes of fused multiply-adds over k in
+ * order, summed by total(). Blocks of up to six rows of x meet the four
+ * rows of w: 24 accumulators, four w vectors and one x vector are 29 of
+ * the 32 zmm registers, and each pair of loads serves 2.4 products
+ * (the block of 4 x 4 it replaces: 2). k is walked in passes of KC values
+ * so that the pass's rows of w (4 KC floats) stay in the L1 cache while
+ * every block of x meets them; between passes a block's accumulators wait
+ * in `part`. Stores and loads of the accumulators are exact, and a row of x
+ * is the same sequence of operations in any block, so an output does not
+ * depend on m, on its row's place among them, on n or on the threads. */
+#ifndef KC
+#define KC 512
+#endif
+#define ROWS_GROUP 32 /* rows of x per group: part is 8 KB on the stack */
+
+/* part[e][j] += the lanes of x row e times w row j over i0 .. i1. */
+#define DEFINE_BLOCK(RB)                                                                    \
+    static void block##RB(float (*part)[4][LANES], const float *const *xr,                 \
+                          const float *const *wr, int i0, int i1)                          \
+    {                                                                                       \
+        __m512 a[RB][4];                                                                    \
+        for (int e = 0; e < RB; e++)                                                        \
+            for (int j = 0; j < 4; j++)                                                     \
+                a[e][j] = _mm512_loadu_ps(part[e][j]);                                      \
+        for (int i = i0; i < i1; i += LANES) {                                              \
+            __m512 w0 = _mm512_loadu_ps(wr[0] + i), w1 = _mm512_loadu_ps(wr[1] + i);       \
+            __m512 w2 = _mm512_loadu_ps(wr[2] + i), w3 = _mm512_loadu_ps(wr[3] + i);       \
+            for (int e = 0; e < RB; e++) {                                                  \
+                __m512 v = _mm512_loadu_ps(xr[e] + i);                                      \
+                a[e][0] = _mm512_fmadd_ps(w0, v, a[e][0]);                                  \
+                a[e][1] = _mm512_fmadd_ps(w1, v, a[e][1]);                                  \
+                a[e][2] = _mm512_fmadd_ps(w2, v, a[e][2]);                                  \
+                a[e][3] = _mm512_fmadd_ps(w3, v, a[e][3]);                                  \
+            }                                                                               \
+        }                                                                                   \
+        for (int e = 0; e < RB; e++)                                                        \
+            for (int j = 0; j < 4; j++)                                                     \
+                _mm512_storeu_ps(part[e][j], a[e][j]);                                      \
+    }
+DEFINE_BLOCK(6)
+DEFINE_BLOCK(4)
+DEFINE_BLOCK(2)
+DEFINE_BLOCK(1)
+
+/* Outputs j0 .. j0 + nw - 1 (nw <= 4) of every row of x, from those rows of
+ * w at w0 (row stride k). With fewer than four rows of w the block reads
+ * the first one in place of the missing ones and drops their sums. */
+static void rows_chunk(float *y, const float *x, const float *w0, int m, int n, int k, int j0,
+                       int nw)
+{
+    int k16 = k / LANES * LANES;
+    const float *wr[4];
+    for (int j = 0; j < 4; j++)
+        wr[j] = w0 + (size_t)(j < nw ? j : 0) * k;
+    float part[ROWS_GROUP][4][LANES];
+    for (int g = 0; g < m; g += ROWS_GROUP) {
+        int mg = m - g < ROWS_GROUP ? m - g : ROWS_GROUP;
+        const float *xr[ROWS_GROUP];
+        for (int e = 0; e < mg; e++)
+            xr[e] = x + (size_t)(g + e) * k;
+        memset(part, 0, sizeof(float) * 4 * LANES * (size_t)mg);
+        for (int i0 = 0; i0 < k16; i0 += KC) {
+            int i1 = k16 - i0 < KC ? k16 : i0 + KC, r = 0;
+            for (; r + 6 <= mg; r += 6)
+                block6(part + r, xr + r, wr, i0, i1);
+            for (; r + 4 <= mg; r += 4)
+                block4(part + r, xr + r, wr, i0, i1);
+            for (; r + 2 <= mg; r += 2)
+                block2(part + r, xr + r, wr, i0, i1);
+            for (; r < mg; r++)
+                block1(part + r, xr + r, wr, i0, i1);
+        }
+        for (int e = 0; e < mg; e++)
+            for (int j = 0; j < nw; j++)
+                y[(size_t)(g + e) * n + j0 + j] = total(part[e][j], wr[j], xr[e], k16, k);
+    }
+}
+
+#else /* without AVX-512: the compiler's vectors, a multiply and an add */
+
+/* 16 partial sums of w[i] * x[i] over i < k16 (a multiple of LANES). */
+static inline void dot16(float acc[LANES], const float *w, const float *x, int k16)
+{
+    for (int i = 0; i < k16; i += LANES)
+        for (int l = 0; l < LANES; l++)
+            acc[l] += w[i + l] * x[i + l];
 }
 
 /* Outputs j0 .. j0 + nw - 1 (nw <= 4) of every row of x, from those rows of
@@ -64,44 +139,6 @@ static void rows_chunk(float *y, const float *x, const float *w0, int m, int n, 
         return;
     }
     int r = 0;
-#if defined(__AVX512F__)
-    for (; r + 4 <= m; r += 4) { /* four rows of x against the four of w */
-        const float *xa = x + (size_t)r * k, *xb = xa + k, *xc = xb + k, *xd = xc + k;
-        float a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
-        float b0[LANES] = {0}, b1[LANES] = {0}, b2[LANES] = {0}, b3[LANES] = {0};
-        float c0[LANES] = {0}, c1[LANES] = {0}, c2[LANES] = {0}, c3[LANES] = {0};
-        float d0[LANES] = {0}, d1[LANES] = {0}, d2[LANES] = {0}, d3[LANES] = {0};
-        for (int i = 0; i < k16; i += LANES)
-            for (int l = 0; l < LANES; l++) {
-                float u = xa[i + l], v = xb[i + l], p = xc[i + l], q = xd[i + l];
-                float w0v = w0[i + l], w1v = w0[(size_t)k + i + l];
-                float w2v = w0[2 * (size_t)k + i + l], w3v = w0[3 * (size_t)k + i + l];
-                a0[l] += w0v * u;
-                a1[l] += w1v * u;
-                a2[l] += w2v * u;
-                a3[l] += w3v * u;
-                b0[l] += w0v * v;
-                b1[l] += w1v * v;
-                b2[l] += w2v * v;
-                b3[l] += w3v * v;
-                c0[l] += w0v * p;
-                c1[l] += w1v * p;
-                c2[l] += w2v * p;
-                c3[l] += w3v * p;
-                d0[l] += w0v * q;
-                d1[l] += w1v * q;
-                d2[l] += w2v * q;
-                d3[l] += w3v * q;
-            }
-        const float *xs[4] = {xa, xb, xc, xd};
-        float (*acc[4][4])[LANES] = {{&a0, &a1, &a2, &a3}, {&b0, &b1, &b2, &b3},
-                                     {&c0, &c1, &c2, &c3}, {&d0, &d1, &d2, &d3}};
-        for (int e = 0; e < 4; e++)
-            for (int j = 0; j < 4; j++)
-                y[(size_t)(r + e) * n + j0 + j] = total(*acc[e][j], w0 + (size_t)j * k, xs[e],
-                                                        k16, k);
-    }
-#endif
     for (; r + 2 <= m; r += 2) { /* two rows of x against the four of w */
         const float *xa = x + (size_t)r * k, *xb = xa + k;
         float a0[LANES] = {0}, a1[LANES] = {0}, a2[LANES] = {0}, a3[LANES] = {0};
@@ -148,6 +185,7 @@ static void rows_chunk(float *y, const float *x, const float *w0, int m, int n, 
         yr[3] = total(a3, w0 + 3 * (size_t)k, xr, k16, k);
     }
 }
+#endif
 
 void kern_linear_rows(float *y, const float *x, const float *w, int m, int n, int k)
 {
