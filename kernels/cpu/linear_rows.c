@@ -37,16 +37,14 @@ static inline float total(const float acc[LANES], const float *w, const float *x
 /* With AVX-512 every output is 16 lanes of fused multiply-adds over k in
  * order, summed by total(). Blocks of up to six rows of x meet the four
  * rows of w: 24 accumulators, four w vectors and one x vector are 29 of
- * the 32 zmm registers, and each pair of loads serves 2.4 products
- * (the block of 4 x 4 it replaces: 2). k is walked in passes of KC values
+ * the 32 zmm registers, and each load serves 2.4 products (the block of
+ * 4 x 4 it replaces: 2). k is walked in passes of KC values
  * so that the pass's rows of w (4 KC floats) stay in the L1 cache while
  * every block of x meets them; between passes a block's accumulators wait
  * in `part`. Stores and loads of the accumulators are exact, and a row of x
  * is the same sequence of operations in any block, so an output does not
  * depend on m, on its row's place among them, on n or on the threads. */
-#ifndef KC
 #define KC 512
-#endif
 #define ROWS_GROUP 32 /* rows of x per group: part is 8 KB on the stack */
 
 /* part[e][j] += the lanes of x row e times w row j over i0 .. i1. */
