@@ -136,12 +136,15 @@ void kern_add_ref(float *y, const float *x, size_t count);
 /* y(m, n) = x(m, k) w(n, k)^T for a few rows m (a decode pass): each row of
  * w is read once; every output is the same fixed-order sum over k whatever
  * m, n and the thread count. The CPU backend's linear for m <=
- * KERN_LINEAR_ROWS_MAX, where OpenBLAS would repack all of w per call. */
-#define KERN_LINEAR_ROWS_MAX 32
+ * KERN_LINEAR_ROWS_MAX, where OpenBLAS would repack all of w per call (and
+ * a 16-bit or 4-bit w would first be expanded whole): up to 64 rows, a
+ * decode pass of a block of 64, it is as fast as sgemm over fp32 and
+ * faster over 16 and 4 bits (results/cpu-xeon-2026-12-03/rows-64). */
+#define KERN_LINEAR_ROWS_MAX 64
 void kern_linear_rows(float *y, const float *x, const float *w, int m, int n, int k);
 /* kern_linear_rows over w = the 4-bit matrix wq (n rows of
- * kern_q4_row_bytes(k)) expanded, with the same bits; four rows of w are
- * expanded at a time, in cache, just before use. ws: n * k floats of
+ * kern_q4_row_bytes(k)) expanded, with the same bits; a chunk of rows of w
+ * is expanded at a time, in cache, just before use. ws: n * k floats of
  * scratch (what expanding the whole matrix would take). */
 void kern_linear_rows_q4(float *y, const float *x, const uint8_t *wq, int m, int n, int k,
                          float *ws);
@@ -425,7 +428,7 @@ void kern_widen_par(float *dst, const uint16_t *src, size_t n, kern_h16 fmt);
  * where built): the bits of kern_widen_ref. */
 void kern_widen_row(float *dst, const uint16_t *src, size_t n, kern_h16 fmt);
 /* kern_linear_rows_q4 over w = n rows of k 16-bit values of format fmt,
- * widened four rows at a time (kern_widen_row): the bits of kern_widen_ref
+ * widened a chunk of rows at a time (kern_widen_row): the bits of kern_widen_ref
  * then kern_linear_rows. ws: n * k floats. */
 void kern_linear_rows_h16(float *y, const float *x, const uint16_t *w, kern_h16 fmt, int m,
                           int n, int k, float *ws);

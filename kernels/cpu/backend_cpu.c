@@ -139,7 +139,7 @@ static int cpu_linear(void *ctx, void *y, const void *x, const void *w,
     return 0;
 }
 
-/* Few rows: each group of four rows of w expanded in cache just before
+/* Few rows: each chunk of rows of w expanded in cache just before
  * use (kern_linear_rows_q4); more: the matrix expanded into ws, then
  * sgemm. Either way cpu_dequant_q4 then cpu_linear's numbers. */
 static int cpu_linear_q4(void *ctx, void *y, const void *x, const void *wq, const void *b,

@@ -4,13 +4,13 @@
  * OpenBLAS's sgemm packs the whole of w into its panel layout on every
  * call; with a handful of rows of x that copy costs more than the product,
  * and a decode step is nothing but such calls (a Llama-3.2-1B decode step
- * of 8 rows spent two thirds of its time packing). Here four rows of w at
- * a time meet every row of x, which stays in cache: w crosses the memory
- * bus once. Each output is the same 16-lane sum over k whatever m, n or
+ * of 8 rows spent two thirds of its time packing). Here a chunk of rows
+ * of w at a time (eight with AVX-512, four without) meets every row of x,
+ * which stays in cache: w crosses the memory bus once. Each output is the same 16-lane sum over k whatever m, n or
  * the thread count, so a sequence's numbers do not depend on its batch.
  * kern_linear_rows_q4 and _h16 are the same over a 4-bit or 16-bit matrix,
- * expanded four rows at a time in cache rather than written out whole and
- * read back. */
+ * expanded a chunk at a time in cache rather than written out whole and
+ * read back (which up to 64 rows costs more than the product itself). */
 #include "../kern.h"
 
 #include <omp.h>
@@ -35,72 +35,100 @@ static inline float total(const float acc[LANES], const float *w, const float *x
 #include <immintrin.h>
 
 /* With AVX-512 every output is 16 lanes of fused multiply-adds over k in
- * order, summed by total(). Blocks of up to six rows of x meet the four
- * rows of w: 24 accumulators, four w vectors and one x vector are 29 of
- * the 32 zmm registers, and each load serves 2.4 products (the block of
- * 4 x 4 it replaces: 2). k is walked in passes of KC values
- * so that the pass's rows of w (4 KC floats) stay in the L1 cache while
- * every block of x meets them; between passes a block's accumulators wait
- * in `part`. Stores and loads of the accumulators are exact, and a row of x
- * is the same sequence of operations in any block, so an output does not
- * depend on m, on its row's place among them, on n or on the threads. */
+ * order, summed by total(). Blocks of up to three rows of x meet the eight
+ * rows of w of a chunk: 24 accumulators, the three x vectors and one w
+ * vector at a time are 28 of the 32 zmm registers. k is walked in passes
+ * of KC values so that the pass's rows of w (8 KC floats, 16 KB) stay in
+ * the L1 cache while every block of x meets them; x comes from L2, three
+ * loads per 24 products (blocks of 6 x 4, this file's before 2026-12-03:
+ * six, and no faster than sgemm past 32 rows). Between passes a block's
+ * accumulators wait in `part`. Stores and loads of the accumulators are
+ * exact, and a row of x is the same sequence of operations in any block,
+ * so an output does not depend on m, on its row's place among them, on n
+ * or on the threads: the blocking is speed only (WB and ROWS_GROUP may be
+ * set at compile time to measure others; the bits stay). */
 #define KC 512
-#define ROWS_GROUP 32 /* rows of x per group: part is 8 KB on the stack */
+#ifndef ROWS_GROUP
+#define ROWS_GROUP 32 /* rows of x per group: part is ROWS_GROUP * WB * 64 bytes */
+#endif
+#ifndef WB
+#define WB 8 /* rows of w per chunk (4, 6, 8 or 12) */
+#endif
+#define RB_MAX (24 / WB) /* rows of x per block: RB_MAX * WB accumulators */
+#define CHUNK WB
 
 /* part[e][j] += the lanes of x row e times w row j over i0 .. i1. */
 #define DEFINE_BLOCK(RB)                                                                    \
-    static void block##RB(float (*part)[4][LANES], const float *const *xr,                 \
+    static void block##RB(float (*part)[WB][LANES], const float *const *xr,                \
                           const float *const *wr, int i0, int i1)                          \
     {                                                                                       \
-        __m512 a[RB][4];                                                                    \
+        __m512 a[RB][WB];                                                                   \
         for (int e = 0; e < RB; e++)                                                        \
-            for (int j = 0; j < 4; j++)                                                     \
+            for (int j = 0; j < WB; j++)                                                    \
                 a[e][j] = _mm512_loadu_ps(part[e][j]);                                      \
         for (int i = i0; i < i1; i += LANES) {                                              \
-            __m512 w0 = _mm512_loadu_ps(wr[0] + i), w1 = _mm512_loadu_ps(wr[1] + i);       \
-            __m512 w2 = _mm512_loadu_ps(wr[2] + i), w3 = _mm512_loadu_ps(wr[3] + i);       \
-            for (int e = 0; e < RB; e++) {                                                  \
-                __m512 v = _mm512_loadu_ps(xr[e] + i);                                      \
-                a[e][0] = _mm512_fmadd_ps(w0, v, a[e][0]);                                  \
-                a[e][1] = _mm512_fmadd_ps(w1, v, a[e][1]);                                  \
-                a[e][2] = _mm512_fmadd_ps(w2, v, a[e][2]);                                  \
-                a[e][3] = _mm512_fmadd_ps(w3, v, a[e][3]);                                  \
+            __m512 v[RB];                                                                   \
+            for (int e = 0; e < RB; e++)                                                    \
+                v[e] = _mm512_loadu_ps(xr[e] + i);                                          \
+            for (int j = 0; j < WB; j++) {                                                  \
+                __m512 u = _mm512_loadu_ps(wr[j] + i);                                      \
+                for (int e = 0; e < RB; e++)                                                \
+                    a[e][j] = _mm512_fmadd_ps(u, v[e], a[e][j]);                            \
             }                                                                               \
         }                                                                                   \
         for (int e = 0; e < RB; e++)                                                        \
-            for (int j = 0; j < 4; j++)                                                     \
+            for (int j = 0; j < WB; j++)                                                    \
                 _mm512_storeu_ps(part[e][j], a[e][j]);                                      \
     }
-DEFINE_BLOCK(6)
-DEFINE_BLOCK(4)
-DEFINE_BLOCK(2)
 DEFINE_BLOCK(1)
+#if RB_MAX >= 2
+DEFINE_BLOCK(2)
+#endif
+#if RB_MAX >= 3
+DEFINE_BLOCK(3)
+#endif
+#if RB_MAX >= 4
+DEFINE_BLOCK(4)
+#endif
+#if RB_MAX >= 6
+DEFINE_BLOCK(6)
+#endif
 
-/* Outputs j0 .. j0 + nw - 1 (nw <= 4) of every row of x, from those rows of
- * w at w0 (row stride k). With fewer than four rows of w the block reads
+/* Outputs j0 .. j0 + nw - 1 (nw <= WB) of every row of x, from those rows of
+ * w at w0 (row stride k). With fewer than WB rows of w the block reads
  * the first one in place of the missing ones and drops their sums. */
 static void rows_chunk(float *y, const float *x, const float *w0, int m, int n, int k, int j0,
                        int nw)
 {
     int k16 = k / LANES * LANES;
-    const float *wr[4];
-    for (int j = 0; j < 4; j++)
+    const float *wr[WB];
+    for (int j = 0; j < WB; j++)
         wr[j] = w0 + (size_t)(j < nw ? j : 0) * k;
-    float part[ROWS_GROUP][4][LANES];
+    float part[ROWS_GROUP][WB][LANES];
     for (int g = 0; g < m; g += ROWS_GROUP) {
         int mg = m - g < ROWS_GROUP ? m - g : ROWS_GROUP;
         const float *xr[ROWS_GROUP];
         for (int e = 0; e < mg; e++)
             xr[e] = x + (size_t)(g + e) * k;
-        memset(part, 0, sizeof(float) * 4 * LANES * (size_t)mg);
+        memset(part, 0, sizeof(float) * WB * LANES * (size_t)mg);
         for (int i0 = 0; i0 < k16; i0 += KC) {
             int i1 = k16 - i0 < KC ? k16 : i0 + KC, r = 0;
+#if RB_MAX >= 6
             for (; r + 6 <= mg; r += 6)
                 block6(part + r, xr + r, wr, i0, i1);
+#endif
+#if RB_MAX >= 4
             for (; r + 4 <= mg; r += 4)
                 block4(part + r, xr + r, wr, i0, i1);
+#endif
+#if RB_MAX >= 3
+            for (; r + 3 <= mg; r += 3)
+                block3(part + r, xr + r, wr, i0, i1);
+#endif
+#if RB_MAX >= 2
             for (; r + 2 <= mg; r += 2)
                 block2(part + r, xr + r, wr, i0, i1);
+#endif
             for (; r < mg; r++)
                 block1(part + r, xr + r, wr, i0, i1);
         }
@@ -111,6 +139,7 @@ static void rows_chunk(float *y, const float *x, const float *w0, int m, int n, 
 }
 
 #else /* without AVX-512: the compiler's vectors, a multiply and an add */
+#define CHUNK 4
 
 /* 16 partial sums of w[i] * x[i] over i < k16 (a multiple of LANES). */
 static inline void dot16(float acc[LANES], const float *w, const float *x, int k16)
@@ -185,11 +214,16 @@ static void rows_chunk(float *y, const float *x, const float *w0, int m, int n, 
 }
 #endif
 
+/* Products smaller than this run on the calling thread: a parallel region
+ * costs a wake-up of every thread, more than the work (a tiny model's
+ * GEMMs), and under contention a wait for a preempted one. */
+#define PAR_MIN_MACS ((size_t)1 << 18)
+
 void kern_linear_rows(float *y, const float *x, const float *w, int m, int n, int k)
 {
-    #pragma omp parallel for schedule(static)
-    for (int j0 = 0; j0 < n; j0 += 4)
-        rows_chunk(y, x, w + (size_t)j0 * k, m, n, k, j0, n - j0 < 4 ? n - j0 : 4);
+    #pragma omp parallel for schedule(static) if ((size_t)m * n * k >= PAR_MIN_MACS)
+    for (int j0 = 0; j0 < n; j0 += CHUNK)
+        rows_chunk(y, x, w + (size_t)j0 * k, m, n, k, j0, n - j0 < CHUNK ? n - j0 : CHUNK);
 }
 
 /* Row j of a stored matrix w of k columns, expanded to fp32. */
@@ -206,7 +240,7 @@ static void h16_row(float *dst, const void *w, size_t j, int k, kern_h16 fmt)
     kern_widen_row(dst, (const uint16_t *)w + j * (size_t)k, (size_t)k, fmt);
 }
 
-/* The four rows of a chunk are expanded into the thread's 4 k floats of ws
+/* The rows of a chunk are expanded into the thread's CHUNK k floats of ws
  * just before they meet x: they are in cache when read, and the fp32
  * matrix is never written out (4-bit rows are 9/64 of its bytes, 16-bit
  * ones half). */
@@ -214,18 +248,18 @@ static void linear_rows_expanded(float *y, const float *x, const void *w, row_ex
                                  kern_h16 fmt, int m, int n, int k, float *ws)
 {
     int nt = kern_cpu_threads();
-    if (n < 4 * nt) { /* ws holds fewer than a chunk per thread: expand it all */
+    if (n < CHUNK * nt) { /* ws holds fewer than a chunk per thread: expand it all */
         for (int j = 0; j < n; j++)
             ex(ws + (size_t)j * k, w, (size_t)j, k, fmt);
         kern_linear_rows(y, x, ws, m, n, k);
         return;
     }
-    #pragma omp parallel num_threads(nt)
+    #pragma omp parallel num_threads(nt) if ((size_t)m * n * k >= PAR_MIN_MACS)
     {
-        float *buf = ws + (size_t)omp_get_thread_num() * 4 * (size_t)k;
+        float *buf = ws + (size_t)omp_get_thread_num() * CHUNK * (size_t)k;
         #pragma omp for schedule(static)
-        for (int j0 = 0; j0 < n; j0 += 4) {
-            int nw = n - j0 < 4 ? n - j0 : 4;
+        for (int j0 = 0; j0 < n; j0 += CHUNK) {
+            int nw = n - j0 < CHUNK ? n - j0 : CHUNK;
             for (int j = 0; j < nw; j++)
                 ex(buf + (size_t)j * k, w, (size_t)(j0 + j), k, fmt);
             rows_chunk(y, x, buf, m, n, k, j0, nw);
