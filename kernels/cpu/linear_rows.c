@@ -6,8 +6,9 @@
  * and a decode step is nothing but such calls (a Llama-3.2-1B decode step
  * of 8 rows spent two thirds of its time packing). Here a chunk of rows
  * of w at a time (eight with AVX-512, four without) meets every row of x,
- * which stays in cache: w crosses the memory bus once. Each output is the same 16-lane sum over k whatever m, n or
- * the thread count, so a sequence's numbers do not depend on its batch.
+ * which stays in cache: w crosses the memory bus once. Each output is the
+ * same 16-lane sum over k whatever m, n or the thread count, so a
+ * sequence's numbers do not depend on its batch.
  * kern_linear_rows_q4 and _h16 are the same over a 4-bit or 16-bit matrix,
  * expanded a chunk at a time in cache rather than written out whole and
  * read back (which up to 64 rows costs more than the product itself). */
