@@ -46,90 +46,61 @@ static inline float total(const float acc[LANES], const float *w, const float *x
  * accumulators wait in `part`. Stores and loads of the accumulators are
  * exact, and a row of x is the same sequence of operations in any block,
  * so an output does not depend on m, on its row's place among them, on n
- * or on the threads: the blocking is speed only (WB and ROWS_GROUP may be
- * set at compile time to measure others; the bits stay). */
+ * or on the threads: the blocking is speed only. */
 #define KC 512
-#ifndef ROWS_GROUP
-#define ROWS_GROUP 32 /* rows of x per group: part is ROWS_GROUP * WB * 64 bytes */
-#endif
-#ifndef WB
-#define WB 8 /* rows of w per chunk (4, 6, 8 or 12) */
-#endif
-#define RB_MAX (24 / WB) /* rows of x per block: RB_MAX * WB accumulators */
-#define CHUNK WB
+#define ROWS_GROUP 32 /* rows of x per group: part is 16 KB on the stack */
+#define CHUNK 8       /* rows of w per chunk */
 
 /* part[e][j] += the lanes of x row e times w row j over i0 .. i1. */
 #define DEFINE_BLOCK(RB)                                                                    \
-    static void block##RB(float (*part)[WB][LANES], const float *const *xr,                \
+    static void block##RB(float (*part)[CHUNK][LANES], const float *const *xr,              \
                           const float *const *wr, int i0, int i1)                          \
     {                                                                                       \
-        __m512 a[RB][WB];                                                                   \
+        __m512 a[RB][CHUNK];                                                                \
         for (int e = 0; e < RB; e++)                                                        \
-            for (int j = 0; j < WB; j++)                                                    \
+            for (int j = 0; j < CHUNK; j++)                                                 \
                 a[e][j] = _mm512_loadu_ps(part[e][j]);                                      \
         for (int i = i0; i < i1; i += LANES) {                                              \
             __m512 v[RB];                                                                   \
             for (int e = 0; e < RB; e++)                                                    \
                 v[e] = _mm512_loadu_ps(xr[e] + i);                                          \
-            for (int j = 0; j < WB; j++) {                                                  \
+            for (int j = 0; j < CHUNK; j++) {                                               \
                 __m512 u = _mm512_loadu_ps(wr[j] + i);                                      \
                 for (int e = 0; e < RB; e++)                                                \
                     a[e][j] = _mm512_fmadd_ps(u, v[e], a[e][j]);                            \
             }                                                                               \
         }                                                                                   \
         for (int e = 0; e < RB; e++)                                                        \
-            for (int j = 0; j < WB; j++)                                                    \
+            for (int j = 0; j < CHUNK; j++)                                                 \
                 _mm512_storeu_ps(part[e][j], a[e][j]);                                      \
     }
-DEFINE_BLOCK(1)
-#if RB_MAX >= 2
-DEFINE_BLOCK(2)
-#endif
-#if RB_MAX >= 3
 DEFINE_BLOCK(3)
-#endif
-#if RB_MAX >= 4
-DEFINE_BLOCK(4)
-#endif
-#if RB_MAX >= 6
-DEFINE_BLOCK(6)
-#endif
+DEFINE_BLOCK(2)
+DEFINE_BLOCK(1)
 
-/* Outputs j0 .. j0 + nw - 1 (nw <= WB) of every row of x, from those rows of
- * w at w0 (row stride k). With fewer than WB rows of w the block reads
+/* Outputs j0 .. j0 + nw - 1 (nw <= CHUNK) of every row of x, from those rows of
+ * w at w0 (row stride k). With fewer than CHUNK rows of w the block reads
  * the first one in place of the missing ones and drops their sums. */
 static void rows_chunk(float *y, const float *x, const float *w0, int m, int n, int k, int j0,
                        int nw)
 {
     int k16 = k / LANES * LANES;
-    const float *wr[WB];
-    for (int j = 0; j < WB; j++)
+    const float *wr[CHUNK];
+    for (int j = 0; j < CHUNK; j++)
         wr[j] = w0 + (size_t)(j < nw ? j : 0) * k;
-    float part[ROWS_GROUP][WB][LANES];
+    float part[ROWS_GROUP][CHUNK][LANES];
     for (int g = 0; g < m; g += ROWS_GROUP) {
         int mg = m - g < ROWS_GROUP ? m - g : ROWS_GROUP;
         const float *xr[ROWS_GROUP];
         for (int e = 0; e < mg; e++)
             xr[e] = x + (size_t)(g + e) * k;
-        memset(part, 0, sizeof(float) * WB * LANES * (size_t)mg);
+        memset(part, 0, sizeof(float) * CHUNK * LANES * (size_t)mg);
         for (int i0 = 0; i0 < k16; i0 += KC) {
             int i1 = k16 - i0 < KC ? k16 : i0 + KC, r = 0;
-#if RB_MAX >= 6
-            for (; r + 6 <= mg; r += 6)
-                block6(part + r, xr + r, wr, i0, i1);
-#endif
-#if RB_MAX >= 4
-            for (; r + 4 <= mg; r += 4)
-                block4(part + r, xr + r, wr, i0, i1);
-#endif
-#if RB_MAX >= 3
             for (; r + 3 <= mg; r += 3)
                 block3(part + r, xr + r, wr, i0, i1);
-#endif
-#if RB_MAX >= 2
             for (; r + 2 <= mg; r += 2)
                 block2(part + r, xr + r, wr, i0, i1);
-#endif
             for (; r < mg; r++)
                 block1(part + r, xr + r, wr, i0, i1);
         }

@@ -2,7 +2,8 @@
  * matrices (q, k, v, o, gate, up, down, then the 128256-row head; bf16
  * bits), m rows, best of 5 each, the sum: what the rows kernel alone costs a
  * decode step of a block of m against the engine's profile (README.md).
- * Build as rows_wb.c (linked ahead of libkern with the kernel to measure);
+ * Build as README.md builds rows_vs_sgemm.c (the kernel to measure linked
+ * ahead of libkern);
  * run: OMP_NUM_THREADS=2 GOMP_SPINCOUNT=1000 ./layer 64 */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
