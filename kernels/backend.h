@@ -141,6 +141,11 @@ typedef struct backend_ops {
      * storage elements of scratch. NULL: the caller widens, then linear. */
     int (*linear_h16)(void *ctx, void *y, const void *x, const void *w, kern_h16 fmt,
                       const void *b, int m, int n, int k, int relu, void *ws);
+    /* 1 when linear_h16 over format fmt computes from the 16-bit matrix
+     * itself at every row count (the CPU backend's bf16 matmuls), so a
+     * layer is never widened for it, not even when a block's GPU batches
+     * share it; 0 otherwise. NULL: always 0. */
+    int (*h16_direct)(void *ctx, kern_h16 fmt);
     /* ---- the RoPE families' element-wise ops (DESIGN.md "Model families") ----
      * kern.h's kern_rmsnorm_ref, kern_rope_ref, kern_swiglu_ref and
      * kern_gelu_ref on backend buffers; pos and inv_freq (rot_dims / 2,
@@ -261,6 +266,16 @@ int backend_ops_check(const backend_ops *o, unsigned need, const char *what);
 /* Create the CPU backend (OpenBLAS + OpenMP, n_threads 0 = all cores).
  * @return 0, or -errno; destroy with backend_destroy(). */
 int backend_cpu_create(int n_threads, backend *out);
+/* The CPU backend's options. */
+typedef struct backend_cpu_opts {
+    int n_threads;   /* 0: all cores */
+    int bf16_matmul; /* 1: linear over bf16 weights as bf16 matmuls (kern_linear_bf16:
+                      * the activations rounded to bf16; --cpu-matmul bf16); 0: widened
+                      * to fp32, exact */
+} backend_cpu_opts;
+/* backend_cpu_create with options; -ENOTSUP with a message when bf16_matmul
+ * cannot run here (kern_bf16_matmul_available). */
+int backend_cpu_create_opts(const backend_cpu_opts *o, backend *out);
 /* Create the CUDA backend on device `device`. Without a GPU or without a
  * CUDA build it fails with a message that says to use --device cpu. */
 int backend_cuda_create(int device, backend *out);

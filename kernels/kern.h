@@ -433,6 +433,28 @@ void kern_widen_row(float *dst, const uint16_t *src, size_t n, kern_h16 fmt);
 void kern_linear_rows_h16(float *y, const float *x, const uint16_t *w, kern_h16 fmt, int m,
                           int n, int k, float *ws);
 
+/* ------------------------------------------------ bf16 matmuls
+ * The CPU backend's linear over bf16 weights under --cpu-matmul bf16
+ * (backend_cpu_opts.bf16_matmul): the activations rounded to bf16, the
+ * products summed in fp32, as transformers' bf16 models compute. Not the
+ * CPU backend's exact fp32 numbers: an option, off by default. */
+/* dst(n) <- src(n) rounded to bf16 bits: nearest, ties to even; a NaN stays
+ * a NaN, a value past the largest bf16 becomes an infinity. */
+void kern_round_bf16_ref(uint16_t *dst, const float *src, size_t n);
+/* y(m, n) = bf16(x)(m, k) . w(n, k)^T, w bf16 bits, each product exact and
+ * the sum over k in double, rounded once to fp32: the reference. */
+void kern_linear_bf16_ref(float *y, const float *x, const uint16_t *w, int m, int n, int k);
+/* The same through oneDNN's matmul (AMX / AVX512-BF16 where the CPU has
+ * them), the sum in fp32 in oneDNN's order. ws: ws_bytes of scratch, at
+ * least k * 2 (x's rows are rounded into it a chunk at a time). @return 0,
+ * or -ENOTSUP (no oneDNN in the build, or no bf16 matmul on this CPU but
+ * oneDNN's reference) / -EIO (oneDNN failed) with a message. */
+int kern_linear_bf16(float *y, const float *x, const uint16_t *w, int m, int n, int k,
+                     void *ws, size_t ws_bytes);
+/* 1 when kern_linear_bf16 can run here; *why (may be NULL): the
+ * implementation oneDNN picked, or why not. Thread-safe. */
+int kern_bf16_matmul_available(const char **why);
+
 /* ------------------------------------------------ 4-bit group quantization
  * DESIGN.md "compress_weight / compress_cache": 4 bits, groups of
  * KERN_Q4_GROUP consecutive values of a row, asymmetric min/max, fp16 scale

@@ -36,15 +36,26 @@ static int measure_device(struct backend *be, void *dev, uint64_t bytes, sched_c
     }
     int S = o->elem_size == 2 ? 8192 : 2048;
     const int rows[SCHED_GEMM_SHAPES] = {1, 4, 16, 64, 256, 1024, S};
-    void *x = NULL, *w = NULL, *y = NULL;
+    void *x = NULL, *w = NULL, *y = NULL, *ws = NULL;
     size_t n = (size_t)S * S;
+    /* a backend with bf16 matmuls (--cpu-matmul bf16): their rate, over
+     * bf16 weights (n halves of w; ws the scratch linear_h16 takes) */
+    int bf16 = o->h16_direct && o->h16_direct(be->ctx, KERN_H16_BF16);
+    snprintf(out->matmul, sizeof out->matmul, "%s", bf16 ? "bf16" : "");
     int rc = o->alloc(be->ctx, n, &x);
     if (rc == 0)
         rc = o->alloc(be->ctx, n, &w);
     if (rc == 0)
         rc = o->alloc(be->ctx, n, &y);
+    if (rc == 0 && bf16)
+        rc = o->alloc(be->ctx, n, &ws);
+    if (rc == 0 && bf16) /* w: bf16 values of about one (0x3f80 | low bits) */
+        for (size_t i = 0; i < n; i++)
+            ((uint16_t *)w)[i] = (uint16_t)(0x3f80 | (i & 0x3f));
+#define GEMM(m) (bf16 ? o->linear_h16(be->ctx, y, x, w, KERN_H16_BF16, NULL, m, S, S, 0, ws) \
+                      : o->linear(be->ctx, y, x, w, NULL, m, S, S, 0))
     if (rc == 0) /* warm-up: library start-up, plans, clocks */
-        rc = o->linear(be->ctx, y, x, w, NULL, S, S, S, 0);
+        rc = GEMM(S);
     if (rc == 0)
         rc = o->sync(be->ctx);
     out->n_gemm = 0;
@@ -52,7 +63,7 @@ static int measure_device(struct backend *be, void *dev, uint64_t bytes, sched_c
         int m = rows[i], reps = 0;
         double t0 = sched_trace_now(), t = 0;
         while (rc == 0 && (reps < 3 || t < 0.02)) {
-            rc = o->linear(be->ctx, y, x, w, NULL, m, S, S, 0);
+            rc = GEMM(m);
             if (rc == 0)
                 rc = o->sync(be->ctx);
             reps++;
@@ -61,8 +72,10 @@ static int measure_device(struct backend *be, void *dev, uint64_t bytes, sched_c
         out->gemm_rows[out->n_gemm] = m;
         out->gemm_at[out->n_gemm++] = 2.0 * m * S * (double)S * reps / t / 1e12;
     }
+#undef GEMM
     if (rc == 0)
         out->gemm = out->gemm_at[out->n_gemm - 1];
+    o->free(be->ctx, ws);
     o->free(be->ctx, x);
     o->free(be->ctx, w);
     o->free(be->ctx, y);
@@ -151,6 +164,8 @@ int sched_calib_print(FILE *f, const sched_calib *cb)
              cJSON_AddItemToObject(r, "dram_GBps", rate(cb->dram, 3)) &&
              cJSON_AddItemToObject(r, "dev_mem_GBps", rate(cb->dev_mem, 3)) &&
              cJSON_AddItemToObject(r, "gemm_TFLOPs", rate(cb->gemm, 4));
+    if (ok && cb->matmul[0])
+        ok = cJSON_AddStringToObject(r, "matmul", cb->matmul) != NULL;
     if (ok && cb->n_gemm > 0) {
         cJSON *rows = cJSON_AddArrayToObject(r, "gemm_rows");
         cJSON *at = cJSON_AddArrayToObject(r, "gemm_TFLOPs_at");
@@ -287,6 +302,14 @@ int sched_calib_load(const char *path, sched_calib *out)
     if (rc == 0 && cJSON_IsString(eng))
         snprintf(cb.disk_kind, sizeof cb.disk_kind, "%s", eng->valuestring);
     cb.direct = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "o_direct"));
+    const cJSON *mm = cJSON_GetObjectItemCaseSensitive(root, "matmul");
+    if (rc == 0 && mm && !(cJSON_IsString(mm) && strcmp(mm->valuestring, "bf16") == 0)) {
+        err_set(__FILE__, __LINE__, "%s: field \"matmul\" must be \"bf16\" (the GEMM rate "
+                "of --cpu-matmul bf16) or absent (fp32)", path);
+        rc = -EINVAL;
+    } else if (mm) {
+        snprintf(cb.matmul, sizeof cb.matmul, "bf16");
+    }
     cJSON_Delete(root);
     if (rc == 0)
         *out = cb;

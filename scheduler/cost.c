@@ -101,9 +101,11 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
     if (g.wq)
         W_all += 2.0 * L * (double)sched_blob_matrix_elems(c, NULL) * (double)es;
     /* 16-bit layers are widened once per block: the blob read and the
-     * widened copy written once, which each batch then reads instead */
-    double W_widen = g.wh ? L * (double)(g.blob + g.w_wide) : 0;
-    if (g.wh)
+     * widened copy written once, which each batch then reads instead
+     * (bf16 matmuls read the 16 bits themselves) */
+    int widens = g.wh && !g.wdirect;
+    double W_widen = widens ? L * (double)(g.blob + g.w_wide) : 0;
+    if (widens)
         W_all += L * ((double)g.w_wide - (double)g.blob);
     double kv_g = L * K * g.kv[SCHED_GPU].bytes, kv_c = L * K * g.kv[SCHED_CPU].bytes;
     double kv_d = L * K * g.kv[SCHED_DISK].bytes, kv_d_io = L * K * g.kv_disk_stride;

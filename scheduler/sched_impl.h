@@ -48,6 +48,8 @@ typedef struct sched_geom {
                             * a layer's four (K > 1) or the largest one; 0 without wq */
     int wh;                /* the tiers' blobs are 16-bit (kern_h16; sched_shape.weight_fmt
                             * where it applies), widened per block into a scratch */
+    int wdirect;           /* wh and sched_shape.weight_direct: the matrices are read as
+                            * they are (bf16 matmuls), never widened */
     size_t wes;            /* bytes per element of the blobs on the tiers (2 with wh) */
     size_t w_wide;         /* bytes of the scratch a layer widens into (the blob in the
                             * storage type); 0 without wh */

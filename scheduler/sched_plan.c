@@ -89,11 +89,13 @@ void sched_geom_init(sched_geom *g, const sched_model *m, size_t es, const sched
         /* every layer wholly on the GPU tier: nothing moves, so 16 bits
          * would save only memory, and widening each layer every block
          * costs more than it reads (measured: decode 2.8 -> 1.8 tok/s on
-         * opt-1.3b): the layers stay in the storage type */
-        if (!g->wh || g->w_gpu < g->blob)
+         * opt-1.3b): the layers stay in the storage type, unless the
+         * backend computes from the 16 bits themselves */
+        if (!g->wh || g->w_gpu < g->blob || sh->weight_direct)
             break;
         g->wh = 0;
     }
+    g->wdirect = g->wh && sh->weight_direct;
     g->w_wide = g->wh ? sched_blob_layout(m, es, 0, NULL, NULL) : 0;
     /* the expansion of 4-bit matrices: with several GPU batches a layer's
      * matrices are expanded once and reused by each batch, with one
@@ -147,6 +149,7 @@ int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
     memset(out, 0, sizeof *out);
     out->block = g.block;
     out->weight_fmt = g.wh;
+    out->weight_direct = g.wdirect;
     out->widen = g.w_wide ? A256(g.w_wide) : 0;
     uint64_t L = (uint64_t)g.L, K = (uint64_t)g.K;
     uint64_t(*b)[SCHED_PARTS] = out->bytes;
@@ -246,7 +249,10 @@ void sched_plan_print(FILE *f, const sched_plan *pl)
                 gib(pl->bytes[t][SCHED_WEIGHTS]), gib(pl->bytes[t][SCHED_KV]),
                 gib(pl->bytes[t][SCHED_ACT]), gib(pl->bytes[t][SCHED_STAGE]),
                 gib(pl->bytes[t][SCHED_WORK]), gib(pl->total[t]));
-    if (pl->weight_fmt)
+    if (pl->weight_direct)
+        fprintf(f, "[flexh2o] plan        weights bf16 on the tiers, read by bf16 matmuls "
+                "(--cpu-matmul bf16)\n");
+    else if (pl->weight_fmt)
         fprintf(f, "[flexh2o] plan        weights %s on the tiers, widened per block into "
                 "%.3f GiB of the gpu tier's work\n",
                 pl->weight_fmt == KERN_H16_BF16 ? "bf16" : "fp16", gib(pl->widen));

@@ -335,6 +335,9 @@ typedef struct sched_shape {
                      * widened per block into the storage type just before the
                      * compute. Only where the storage type is wider (the CPU
                      * backend's fp32) and without compress_weight; else ignored */
+    int weight_direct; /* 1: the backend computes from those 16 bits themselves
+                        * (backend_ops.h16_direct: bf16 matmuls), so they stay 16-bit
+                        * even when every layer is resident on the GPU tier */
     int max_prompt; /* longest prompt of a prefill pass (<= max_rows); 0: max_rows */
     int sample;     /* enum sched_sample */
     int sample_row_edits; /* most logit edits (kern_logit_edit) of one sample row
@@ -351,6 +354,7 @@ typedef struct sched_plan {
     int block;                                /* gpu_batch_size x num_gpu_batches */
     int weight_fmt;  /* the 16-bit type (kern_h16) the tiers keep the layers in, or 0:
                       * the storage type (sched_shape.weight_fmt where it applies) */
+    int weight_direct; /* sched_shape.weight_direct applied: read by bf16 matmuls */
     uint64_t widen;  /* of the GPU tier's work: the scratch a layer widens into */
     uint64_t w_store; /* the layers' disk share read from a weight store as it is
                        * (sched_shape.weights_on_disk_already): on disk, but not in
@@ -490,6 +494,8 @@ typedef struct sched_calib {
     int direct;                   /* the file was opened with O_DIRECT */
     double dev_mem;               /* device memory, copy read + write (GB/s) */
     double gemm;                  /* backend linear at a large square shape (TFLOP/s) */
+    char matmul[8];               /* "bf16": the GEMMs were bf16 matmuls over bf16 weights
+                                   * (--cpu-matmul bf16); "": the backend's linear */
     int n_gemm;                   /* linear with m rows against a square weight: */
     int gemm_rows[SCHED_GEMM_SHAPES]; /* m, increasing (decode GEMMs have m = gbs) */
     double gemm_at[SCHED_GEMM_SHAPES]; /* TFLOP/s at each */
@@ -503,7 +509,8 @@ int sched_calibrate(backend *be, const char *dir, uint64_t bytes, sched_calib *o
  * `flexh2o calibrate` prints and `--out` saves; cJSON, so
  * sched_calib_load reads it back): {"device":"cpu","h2d_GBps":..,
  * "d2h_GBps":..,"dram_GBps":..,"dev_mem_GBps":..,"gemm_TFLOPs":..,
- * "gemm_rows":[1,4,..],"gemm_TFLOPs_at":[..], and, when the disk was
+ * "gemm_rows":[1,4,..],"gemm_TFLOPs_at":[..], "matmul":"bf16" for bf16
+ * matmuls, and, when the disk was
  * measured, "disk_read_GBps","disk_write_GBps","disk_engine","o_direct"};
  * rates to 3 decimals, TFLOP/s to 4. Write errors show in ferror(f).
  * @return 0 or -ENOMEM. */
@@ -597,6 +604,7 @@ typedef struct sched_search_opts {
     uint64_t disk_cap;       /* bytes free in offload_dir; 0: no disk tier */
     int weight_fmt;          /* sched_shape.weight_fmt: the source's 16 bits, kept on
                               * the tiers of a wider backend (cli_model_tiers) */
+    int weight_direct;       /* sched_shape.weight_direct (--cpu-matmul bf16) */
     int weights_on_disk_already; /* sched_shape's: the disk share streams from a weight
                               * store, so it takes no room in offload_dir */
 } sched_search_opts;

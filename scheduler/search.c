@@ -232,6 +232,7 @@ static sched_shape search_shape(const sched_search_opts *o, int gbs)
     sh.cap = o->kv_cap;
     sh.scores = o->scores;
     sh.weight_fmt = o->weight_fmt;
+    sh.weight_direct = o->weight_direct;
     sh.weights_on_disk_already = o->weights_on_disk_already;
     return sh;
 }

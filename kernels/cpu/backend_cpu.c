@@ -12,6 +12,7 @@
 
 typedef struct cpu_ctx {
     int n_threads;
+    int bf16_matmul;      /* backend_cpu_opts.bf16_matmul: bf16 weights as bf16 matmuls */
     void *scratch;        /* the kernels' scratch (kern.h): attention's probabilities, the
                            * KV prefill's keep flags, sampling's sort; one op at a time */
     size_t scratch_bytes;
@@ -155,12 +156,21 @@ static int cpu_linear_q4(void *ctx, void *y, const void *x, const void *wq, cons
     return cpu_linear(ctx, y, x, ws, b, m, n, k, relu);
 }
 
-/* As cpu_linear_q4, over 16-bit rows (kern_linear_rows_h16). */
+/* As cpu_linear_q4, over 16-bit rows (kern_linear_rows_h16); bf16 rows
+ * under bf16_matmul: one bf16 matmul at any row count (kern_linear_bf16,
+ * x rounded into ws, which holds n * k floats). */
 static int cpu_linear_h16(void *ctx, void *y, const void *x, const void *w, kern_h16 fmt,
                           const void *b, int m, int n, int k, int relu, void *ws)
 {
+    cpu_ctx *c = ctx;
     RETURN_IF(fmt != KERN_H16_F16 && fmt != KERN_H16_BF16, -EINVAL,
               "internal: 16-bit weight format %d", (int)fmt);
+    if (c->bf16_matmul && fmt == KERN_H16_BF16) {
+        FORWARD_IF(kern_linear_bf16(y, x, w, m, n, k, ws, (size_t)n * k * sizeof(float)));
+        if (b || relu)
+            kern_bias_act_ref(y, b, m, n, relu);
+        return 0;
+    }
     if (m <= KERN_LINEAR_ROWS_MAX) {
         kern_linear_rows_h16(y, x, w, fmt, m, n, k, ws);
         if (b || relu)
@@ -169,6 +179,12 @@ static int cpu_linear_h16(void *ctx, void *y, const void *x, const void *w, kern
     }
     kern_widen_par(ws, w, (size_t)n * k, fmt);
     return cpu_linear(ctx, y, x, ws, b, m, n, k, relu);
+}
+
+static int cpu_h16_direct(void *ctx, kern_h16 fmt)
+{
+    cpu_ctx *c = ctx;
+    return c->bf16_matmul && fmt == KERN_H16_BF16;
 }
 
 static int cpu_add(void *ctx, void *y, const void *x, size_t count)
@@ -446,6 +462,7 @@ static const backend_ops cpu_ops = {
     .linear_q4 = cpu_linear_q4,
     .widen = cpu_widen,
     .linear_h16 = cpu_linear_h16,
+    .h16_direct = cpu_h16_direct,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .swiglu = cpu_swiglu,
@@ -467,8 +484,18 @@ static const backend_ops cpu_ops = {
 
 int backend_cpu_create(int n_threads, backend *out)
 {
+    return backend_cpu_create_opts(&(backend_cpu_opts){.n_threads = n_threads}, out);
+}
+
+int backend_cpu_create_opts(const backend_cpu_opts *o, backend *out)
+{
+    const char *why;
+    RETURN_IF(o->bf16_matmul && !kern_bf16_matmul_available(&why), -ENOTSUP,
+              "--cpu-matmul bf16: %s; run without it (fp32 matmuls)", why);
+    int n_threads = o->n_threads;
     cpu_ctx *c = calloc(1, sizeof *c);
     RETURN_IF(!c, -ENOMEM, "out of memory");
+    c->bf16_matmul = o->bf16_matmul;
     if (n_threads > 0) {
         omp_set_num_threads(n_threads);
         openblas_set_num_threads(n_threads);

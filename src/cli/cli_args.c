@@ -93,7 +93,8 @@ int cli_parse_float(const char *verb, const char *flag, const char *s, double lo
     return 0;
 }
 
-int cli_open_backend(const char *verb, const char *device, int threads, backend *be)
+int cli_open_backend(const char *verb, const char *device, int threads, int bf16_matmul,
+                     backend *be)
 {
     if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
         return cli_usage(verb, "--device must be cpu or cuda");
@@ -113,8 +114,12 @@ int cli_open_backend(const char *verb, const char *device, int threads, backend 
             CPU_COUNT(&set) < threads)
             threads = CPU_COUNT(&set);
     }
+    if (want_cuda && bf16_matmul)
+        return cli_usage(verb, "--cpu-matmul is the CPU backend's; drop it or use --device cpu");
     int rc = want_cuda ? backend_cuda_create(n_gpu > 0 ? w->local_rank % n_gpu : 0, be)
-                       : backend_cpu_create(threads, be);
+                       : backend_cpu_create_opts(&(backend_cpu_opts){.n_threads = threads,
+                                                                     .bf16_matmul = bf16_matmul},
+                                                 be);
     return rc < 0 ? cli_fail() : 0;
 }
 
@@ -219,6 +224,21 @@ static int set_dir(const cli_argv *a, const cli_opt *o, const char *arg, void *f
     return 0;
 }
 
+int cli_parse_matmul(const char *verb, const char *s, int *bf16)
+{
+    if (strcmp(s, "fp32") == 0 || strcmp(s, "bf16") == 0) {
+        *bf16 = s[0] == 'b';
+        return 0;
+    }
+    return cli_usage(verb, "--cpu-matmul must be fp32 or bf16, got \"%s\"", s);
+}
+
+static int set_matmul(const cli_argv *a, const cli_opt *o, const char *arg, void *field)
+{
+    (void)o;
+    return cli_parse_matmul(a->verb, arg, field);
+}
+
 static int set_help(const cli_argv *a, const cli_opt *o, const char *arg, void *field)
 {
     (void)a;
@@ -269,6 +289,7 @@ static const cli_opt shared_opts[] = {
     CLI_STR("prompts", C(prompts)),
     CLI_STR("out", C(out)),
     CLI_STR("device", C(device)),
+    {"cpu-matmul", required_argument, set_matmul, C(bf16_matmul), 0, 0, 0, 0},
     CLI_INT("max-new-tokens", C(max_new), 0, 1 << 20, 0),
     CLI_INT("prefill-rows", C(prefill_rows), 1, 1 << 24, 0),
     {"kv-policy", required_argument, set_kv_policy, C(kv.kind), 0, 0, 0, 0},

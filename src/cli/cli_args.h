@@ -47,12 +47,18 @@ int cli_parse_float(const char *verb, const char *flag, const char *s, double lo
                     float *out);
 
 /* The backend --device names (NULL: cuda when a GPU is present, else the
- * CPU with threads threads, 0 = all cores). One rank of several on a host
+ * CPU with threads threads, 0 = all cores, and bf16 matmuls when
+ * bf16_matmul; that with cuda is a usage error). One rank of several on a host
  * (dist.h) takes GPU local rank mod GPUs, or, with threads 0 and no
  * OMP_NUM_THREADS, the host's cores divided by its ranks (at most the
  * cores it is bound to). @return 0 or the exit status of the error
  * printed; the caller destroys *be. */
-int cli_open_backend(const char *verb, const char *device, int threads, backend *be);
+int cli_open_backend(const char *verb, const char *device, int threads, int bf16_matmul,
+                     backend *be);
+/* --cpu-matmul fp32|bf16 into *bf16 (1 for bf16: the CPU backend's linear
+ * over bf16 weights as bf16 matmuls, backend_cpu_opts.bf16_matmul).
+ * @return 0 or the status of the usage error printed. */
+int cli_parse_matmul(const char *verb, const char *s, int *bf16);
 /* A job over ranks or shards: each process's disk tier is its own
  * subfolder of --offload-dir, DIR/rank-R (created; pol->offload_dir then
  * names it). No-op without --offload-dir. @return 0 or the exit status of
@@ -68,6 +74,7 @@ typedef struct cli_common {
     const char *prompts;    /* --prompts FILE */
     const char *out;        /* --out FILE */
     const char *device;     /* --device cpu|cuda, or NULL */
+    int bf16_matmul;        /* --cpu-matmul bf16 */
     int max_new;            /* --max-new-tokens (default 32) */
     int prefill_rows;       /* --prefill-rows (default 4096) */
     kv_policy kv;           /* --kv-policy, --kv-ratio, --kv-budget, --sinks, --hh-share */

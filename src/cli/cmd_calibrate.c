@@ -13,17 +13,19 @@
 
 static const char calibrate_help[] =
     "usage: flexh2o calibrate [--offload-dir DIR] [--device cpu|cuda] [--bytes 1G]\n"
-    "                         [--out PROFILE.json]\n"
+    "                         [--cpu-matmul fp32|bf16] [--out PROFILE.json]\n"
     "  prints the hardware profile the throughput bound and `flexh2o search` use,\n"
     "  as JSON: host->device, device->host, host memory and device memory\n"
     "  (GB/s), the backend's GEMM rate (TFLOP/s), and disk read/write (disk\n"
     "  engine, O_DIRECT) when --offload-dir is given; --out also saves it\n"
-    "  (configs/hardware/ keeps measured profiles)";
+    "  (configs/hardware/ keeps measured profiles); --cpu-matmul bf16: the GEMM\n"
+    "  rate of bf16 matmuls over bf16 weights, for runs with that flag";
 
 int cli_calibrate(int argc, char **argv)
 {
     const char *dir = NULL, *device = NULL, *outp = NULL;
     uint64_t bytes = 0;
+    int bf16_matmul = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--offload-dir") == 0 && i + 1 < argc) {
             dir = argv[++i];
@@ -31,6 +33,10 @@ int cli_calibrate(int argc, char **argv)
             outp = argv[++i];
         } else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc) {
             device = argv[++i];
+        } else if (strcmp(argv[i], "--cpu-matmul") == 0 && i + 1 < argc) {
+            int rc = cli_parse_matmul("calibrate", argv[++i], &bf16_matmul);
+            if (rc)
+                return rc;
         } else if (strcmp(argv[i], "--bytes") == 0 && i + 1 < argc) {
             if (sched_parse_size("--bytes", argv[++i], &bytes) < 0)
                 return cli_usage_err("calibrate");
@@ -42,7 +48,7 @@ int cli_calibrate(int argc, char **argv)
         }
     }
     backend be = {0};
-    int rc = cli_open_backend("calibrate", device, 0, &be);
+    int rc = cli_open_backend("calibrate", device, 0, bf16_matmul, &be);
     if (rc)
         return rc;
     sched_calib cb;

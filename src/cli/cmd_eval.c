@@ -50,7 +50,8 @@ static const char eval_help[] =
     "  --max-windows N      score the first N windows only\n"
     "  --compare-full       agreement and KL against the full cache\n"
     "KV policy and placement flags as for generate (--kv-policy, --kv-ratio, --kv-budget,\n"
-    "--sinks, --hh-share, --recent, --batch-size, --percent, --cpu-attention, ...).\n"
+    "--sinks, --hh-share, --recent, --batch-size, --percent, --cpu-attention, ...), and\n"
+    "--cpu-matmul bf16.\n"
     "Under mpirun -n N the windows are split over N ranks (one device each).\n";
 
 static const char score_help[] =
@@ -370,7 +371,7 @@ static int open_common(const char *verb, const char *help, int argc, char **argv
     if (dist_active())
         rc = cli_rank_dir(verb, pol, dist_get()->rank);
     if (rc == 0)
-        rc = cli_open_backend(verb, c->device, run->threads, &j->be);
+        rc = cli_open_backend(verb, c->device, run->threads, c->bf16_matmul, &j->be);
     if (rc == 0 && cli_model_open(c->model_dir, NULL, &j->src) < 0)
         rc = cli_fail();
     if (dist_agree(rc ? -EIO : 0) < 0) /* a rank that cannot start stops every rank */

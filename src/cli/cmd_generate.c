@@ -35,7 +35,8 @@
 static const char generate_help[] =
     "usage: flexh2o generate (--model DIR | --dummy NAME) --prompts IN.jsonl --out OUT.jsonl\n"
     "         [--max-new-tokens N] [--batch-size N] [--temperature T --top-p P --seed S]\n"
-    "         [--device cpu|cuda] [--threads N] [--resume] [--strict] [--quiet] [--no-summary]\n"
+    "         [--device cpu|cuda] [--cpu-matmul fp32|bf16] [--threads N] [--resume] [--strict]\n"
+    "         [--quiet] [--no-summary]\n"
     "         [--chat-template NAME] [--shard I/N]\n"
     "  (mpirun -n N flexh2o generate ...: N ranks, one device each, one output)\n"
     "\n"
@@ -54,6 +55,9 @@ static const char generate_help[] =
     "  --batch-size N       sequences generated together (default 8)\n"
     "  --temperature T      0 = greedy (default); --top-p P (default 1), --seed S (default 0)\n"
     "  --device cpu|cuda    default: cuda when a GPU is present, else cpu\n"
+    "  --cpu-matmul bf16    CPU backend: bf16 weights (a bf16 checkpoint, or convert --dtype\n"
+    "                       bf16) as bf16 matmuls, activations rounded to bf16 (oneDNN: AMX or\n"
+    "                       AVX512-BF16); default fp32: widened, the exact reference numbers\n"
     "  --resume             skip requests whose id (custom_id) is already in --out\n"
     "  --quiet              no progress line; --no-summary: no end-of-run summary\n"
     "  --strict             stop at the first bad prompt line instead of skipping it\n"
@@ -565,7 +569,8 @@ int cli_generate(int argc, char **argv)
     gen_job j = {0};
     rc = generate_policy(&a, &pol);
     if (rc == 0)
-        rc = cli_open_backend("generate", a.c.device, a.run.threads, &j.be);
+        rc = cli_open_backend("generate", a.c.device, a.run.threads, a.c.bf16_matmul,
+                              &j.be);
     if (dist_agree(rc ? -EIO : 0) < 0) { /* a rank that cannot start stops every rank */
         if (rc == 0)
             rc = cli_fail(); /* rank 0 tells another's failure */

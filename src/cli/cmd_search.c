@@ -56,6 +56,8 @@ static const char search_help[] =
     "                       measure now, the disk in --offload-dir included)\n"
     "  --device cpu|cuda    the backend the policy is for (element size; default:\n"
     "                       the profile's, else cuda when a GPU is present)\n"
+    "  --cpu-matmul bf16    plan for generate --cpu-matmul bf16 (a profile from calibrate\n"
+    "                       --cpu-matmul bf16: bf16 weights stay bf16, read by bf16 matmuls)\n"
     "  --top N              candidates printed (default 5)\n"
     "  --max-block N        largest block tried, e.g. the number of prompts (default 1024)\n"
     "  --max-prefill-seconds S  only blocks whose estimated prefill takes at most S s\n"
@@ -231,10 +233,15 @@ static int search_profile(const search_args *a, sched_calib *hw)
         if (device && strcmp(device, hw->device) != 0)
             return cli_usage("search", "--device %s but %s was measured on %s; calibrate that "
                              "device or drop --device", device, a->hw_path, hw->device);
+        if (a->c.bf16_matmul != (hw->matmul[0] != 0))
+            return cli_usage("search", "%s measured %s matmuls but the run asks for %s; "
+                             "calibrate %s--cpu-matmul %s", a->hw_path,
+                             hw->matmul[0] ? "bf16" : "fp32", a->c.bf16_matmul ? "bf16" : "fp32",
+                             "with ", a->c.bf16_matmul ? "bf16" : "fp32");
         return 0;
     }
     backend be = {0};
-    int rc = cli_open_backend("search", device, 0, &be);
+    int rc = cli_open_backend("search", device, 0, a->c.bf16_matmul, &be);
     if (rc)
         return rc;
     fprintf(stderr, "[flexh2o] measuring the hardware (save it with flexh2o calibrate "
@@ -295,6 +302,7 @@ static void search_report(const search_args *a, const model_config *cfg, const s
            "slots per sequence (%s); caps gpu %.2f GiB, cpu %.2f GiB, disk %s\n", cfg->name,
            hw->device, es, a->base.compress_weight ? ", 4-bit weights" : "",
            !so->weight_fmt                         ? ""
+           : so->weight_direct                     ? ", bf16 weights as bf16 matmuls"
            : so->weight_fmt == KERN_H16_BF16       ? ", bf16 weights widened per block"
                                                    : ", fp16 weights widened per block",
            a->base.compress_cache ? ", 4-bit KV" : "", so->prompt_len, so->gen_len, so->kv_cap,
@@ -331,7 +339,9 @@ static int search_run(search_args *a, const cli_model_src *src, const sched_cali
      * 16-bit checkpoint stays 16-bit on the CPU backend's tiers */
     sched_shape sh = {0};
     cli_model_tiers_for(src, es, cpu, &a->base, &sh);
+    sh.weight_direct = sh.weight_fmt == KERN_H16_BF16 && a->c.bf16_matmul;
     a->so.weight_fmt = sh.weight_fmt;
+    a->so.weight_direct = sh.weight_direct;
     a->so.weights_on_disk_already = sh.weights_on_disk_already;
     sched_candidate *best = calloc((size_t)a->top, sizeof *best);
     if (!best)

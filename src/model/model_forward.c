@@ -137,9 +137,10 @@ static size_t vectors_bytes(const sched_model *sm, size_t es)
 
 /* A layer kept in 16 bits on the tiers (L->wh), widened into sc->w; *out
  * the widened view. With one GPU batch per block and a backend that has
- * linear_h16, only the vectors are widened (packed at the start of sc->w)
- * and the view keeps the matrices in 16 bits (its wh set): each GEMM
- * widens its rows in cache. Otherwise every tensor is widened, laid out
+ * linear_h16, or one whose linear_h16 reads the 16-bit matrix itself
+ * (h16_direct: bf16 matmuls), only the vectors are widened (packed at the
+ * start of sc->w) and the view keeps the matrices in 16 bits (its wh set):
+ * each GEMM widens its rows in cache, or needs no widening. Otherwise every tensor is widened, laid out
  * as the blob in the storage type, once while the layer stays the same
  * (the GPU batches of a block share it, as 4-bit layers expand). @return
  * 0 or -errno. */
@@ -151,7 +152,8 @@ static int widen_layer(model *m, const model_layer *L, sched_scratch *sc,
         return 0;
     const sched_model *sm = &m->shape;
     const backend_ops *o = m->be->ops;
-    int fused = o->linear_h16 && !sc->w_all;
+    int fused = o->linear_h16 &&
+                (!sc->w_all || (o->h16_direct && o->h16_direct(m->be->ctx, (kern_h16)L->wh)));
     size_t off[SCHED_MAX_TENSORS], bytes[SCHED_MAX_TENSORS], vat = 0;
     sched_blob_layout(sm, o->elem_size, 0, off, bytes);
     sc->w_layer = NULL; /* set again only once every tensor is widened */

@@ -1,0 +1,338 @@
+/* test_bf16.c: --cpu-matmul bf16, the CPU backend's bf16 matmuls over bf16
+ * weights (kernels/cpu/linear_bf16.c). The rounding of fp32 to bf16 worked
+ * by hand; the reference (kern_linear_bf16_ref) by hand; oneDNN's matmul
+ * against the reference within the error bound of an fp32 sum, over shapes
+ * with tails and row chunks; the backend's linear_h16 under the option (bf16
+ * rows through oneDNN, fp16 rows as before, bit for bit); and whole runs:
+ * generate with the option over a bf16 store gives the fp32 run's tokens
+ * with logprobs near, not equal, and refuses what it cannot do. The oneDNN
+ * tests skip, saying why, where the build or the CPU has no bf16 matmul. */
+#include <criterion/criterion.h>
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cli_harness.h"
+#include "err.h"
+#include "kern.h"
+
+static float f32_of(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static float bf16_value(uint16_t b) { return f32_of((uint32_t)b << 16); }
+
+/* Nearest, ties to even, at the bf16 boundary (bit 16 of the fp32). */
+Test(bf16, rounding_hand_worked)
+{
+    static const struct {
+        uint32_t in;
+        uint16_t out;
+    } cases[] = {
+        {0x3f800000u, 0x3f80}, /* 1 */
+        {0x3f808000u, 0x3f80}, /* 1 + 2^-8: a tie, to the even 1 */
+        {0x3f818000u, 0x3f82}, /* 1 + 3 * 2^-8: a tie, to the even 1 + 2^-6 */
+        {0x3f808001u, 0x3f81}, /* past the tie: up */
+        {0x3f807fffu, 0x3f80}, /* short of it: down */
+        {0xbf80c000u, 0xbf81}, /* negative, past the tie: away from zero */
+        {0x80000000u, 0x8000}, /* -0 */
+        {0x7f800000u, 0x7f80}, /* +inf */
+        {0x7f7fffffu, 0x7f80}, /* the largest float rounds past the largest bf16 */
+        {0x7f7f7fffu, 0x7f7f}, /* ... just below the midpoint it does not */
+        {0x00018000u, 0x0002}, /* subnormal tie: to even */
+        {0x00010000u, 0x0001}, /* the smallest bf16 subnormal, exact */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        float f = f32_of(cases[i].in);
+        uint16_t got;
+        kern_round_bf16_ref(&got, &f, 1);
+        cr_assert_eq(got, cases[i].out, "0x%08x -> 0x%04x, want 0x%04x", cases[i].in, got,
+                     cases[i].out);
+    }
+    float nan = f32_of(0x7f800001u); /* a NaN whose payload is all in the low bits */
+    uint16_t got;
+    kern_round_bf16_ref(&got, &nan, 1);
+    cr_assert(isnan(bf16_value(got)), "NaN -> 0x%04x, not a NaN", got);
+}
+
+/* x = [1 + 2^-10, 2, -3] rounds to [1, 2, -3]; w rows [1 1 1] and
+ * [0.5 -1 2^-8]: y = [0, -7.5 + ...]: every term exact. */
+Test(bf16, reference_rounds_x_and_sums_exactly)
+{
+    const float x[3] = {1.0f + 0x1p-10f, 2, -3};
+    const uint16_t w[6] = {0x3f80, 0x3f80, 0x3f80, 0x3f00, 0xbf80, 0x3b80};
+    float y[2];
+    kern_linear_bf16_ref(y, x, w, 1, 2, 3);
+    cr_assert_eq(y[0], 0.0f, "y[0] = %a: x[0] was not rounded to bf16", y[0]);
+    cr_assert_eq(y[1], 0.5f - 2 - 3 * 0x1p-8f, "y[1] = %a", y[1]);
+}
+
+static uint64_t lcg(uint64_t *s)
+{
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    return *s >> 11;
+}
+
+static float rnd(uint64_t *s) { return (float)((int64_t)lcg(s) * 0x1.0p-52 - 1.0); }
+
+static void skip_without_bf16(void)
+{
+    const char *why;
+    if (!kern_bf16_matmul_available(&why))
+        cr_skip_test("no bf16 matmul here: %s", why);
+}
+
+/* |y - ref| within the error of summing k fp32 products in any order:
+ * k * 2^-24 of the sum of their magnitudes (the products are exact). */
+static void check_against_ref(const float *y, const float *x, const uint16_t *w, int m, int n,
+                              int k, const char *what)
+{
+    float *ref = malloc(sizeof(float) * m * n);
+    uint16_t *xb = malloc(sizeof(uint16_t) * k);
+    kern_linear_bf16_ref(ref, x, w, m, n, k);
+    for (int i = 0; i < m; i++) {
+        kern_round_bf16_ref(xb, x + (size_t)i * k, (size_t)k);
+        for (int j = 0; j < n; j++) {
+            double mag = 0;
+            for (int p = 0; p < k; p++)
+                mag += fabs((double)bf16_value(xb[p]) * bf16_value(w[(size_t)j * k + p]));
+            double tol = k * 0x1p-24 * mag + 1e-30, got = y[(size_t)i * n + j];
+            cr_assert(fabs(got - ref[(size_t)i * n + j]) <= tol,
+                      "%s m %d n %d k %d: y[%d][%d] = %.9g, reference %.9g (tolerance %.3g)",
+                      what, m, n, k, i, j, got, ref[(size_t)i * n + j], tol);
+        }
+    }
+    free(ref), free(xb);
+}
+
+/* oneDNN's matmul against the reference: shapes with tails in every
+ * dimension, one row (a decode GEMV) to a prefill's hundreds, and a
+ * scratch so small that x goes in chunks of 3 rows. And the case that
+ * tells rounded x from unrounded: x = 1 + 2^-10 everywhere, w = 1, k = 1000
+ * gives exactly 1000, not 1000.98. */
+Test(bf16, onednn_matmul_equals_the_reference_within_fp32_sums)
+{
+    skip_without_bf16();
+    static const int shapes[][3] = {{1, 64, 64},   {3, 7, 100},    {2, 130, 71},
+                                    {64, 96, 1024}, {65, 40, 130},  {300, 33, 257}};
+    uint64_t seed = 5;
+    for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
+        int m = shapes[c][0], n = shapes[c][1], k = shapes[c][2];
+        float *x = malloc(sizeof(float) * m * k), *y = malloc(sizeof(float) * m * n);
+        uint16_t *w = malloc(sizeof(uint16_t) * n * k);
+        size_t ws_bytes = sizeof(float) * n * k;
+        void *ws = malloc(ws_bytes);
+        for (int i = 0; i < m * k; i++)
+            x[i] = rnd(&seed) * 4;
+        for (int i = 0; i < n * k; i++) {
+            float v = rnd(&seed);
+            kern_round_bf16_ref(&w[i], &v, 1);
+        }
+        cr_assert_eq(kern_linear_bf16(y, x, w, m, n, k, ws, ws_bytes), 0, "%s", err_msg());
+        check_against_ref(y, x, w, m, n, k, "whole");
+        /* chunks of 3 rows */
+        memset(y, 0xff, sizeof(float) * m * n);
+        cr_assert_eq(kern_linear_bf16(y, x, w, m, n, k, ws, 3 * k * sizeof(uint16_t) + 1), 0,
+                     "%s", err_msg());
+        check_against_ref(y, x, w, m, n, k, "chunks of 3 rows");
+        free(x), free(y), free(w), free(ws);
+    }
+    enum { K = 1000 };
+    float x[K], y;
+    uint16_t w[K], ws[K];
+    for (int p = 0; p < K; p++)
+        x[p] = 1.0f + 0x1p-10f, w[p] = 0x3f80;
+    cr_assert_eq(kern_linear_bf16(&y, x, w, 1, 1, K, ws, sizeof ws), 0, "%s", err_msg());
+    cr_assert_eq(y, 1000.0f, "y = %.9g: x was not rounded to bf16", y);
+    cr_assert_eq(kern_linear_bf16(&y, x, w, 1, 1, K, ws, 2 * K - 1), -EINVAL,
+                 "scratch for less than a row is refused");
+}
+
+/* The backend under bf16_matmul: linear_h16 over bf16 rows is the oneDNN
+ * product (+ bias, ReLU) at every row count, fp16 rows keep the fp32 path
+ * bit for bit, and h16_direct says which. Without the option nothing
+ * changes. */
+Test(bf16, backend_routes_bf16_rows_only)
+{
+    skip_without_bf16();
+    backend be, plain;
+    cr_assert_eq(backend_cpu_create_opts(&(backend_cpu_opts){.n_threads = 2, .bf16_matmul = 1},
+                                         &be), 0, "%s", err_msg());
+    cr_assert_eq(backend_cpu_create(2, &plain), 0, "%s", err_msg());
+    cr_assert_eq(be.ops->h16_direct(be.ctx, KERN_H16_BF16), 1);
+    cr_assert_eq(be.ops->h16_direct(be.ctx, KERN_H16_F16), 0);
+    cr_assert_eq(plain.ops->h16_direct(plain.ctx, KERN_H16_BF16), 0);
+    uint64_t seed = 9;
+    static const int rows[] = {1, 5, KERN_LINEAR_ROWS_MAX, 200};
+    const int n = 48, k = 160;
+    for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
+        int m = rows[r];
+        float *x = malloc(sizeof(float) * m * k), *b = malloc(sizeof(float) * n);
+        float *ya = malloc(sizeof(float) * m * n), *yb = malloc(sizeof(float) * m * n);
+        float *ws = malloc(sizeof(float) * n * k), *want = malloc(sizeof(float) * m * n);
+        uint16_t *w = malloc(sizeof(uint16_t) * n * k);
+        for (int i = 0; i < m * k; i++)
+            x[i] = rnd(&seed);
+        for (int i = 0; i < n * k; i++)
+            w[i] = (uint16_t)(lcg(&seed) & 0x3fff); /* finite in both formats */
+        for (int j = 0; j < n; j++)
+            b[j] = rnd(&seed);
+        for (int relu = 0; relu < 2; relu++) {
+            /* bf16: the kernel's product, then the bias and ReLU */
+            cr_assert_eq(kern_linear_bf16(want, x, w, m, n, k, ws, sizeof(float) * n * k), 0);
+            kern_bias_act_ref(want, relu ? b : NULL, m, n, relu);
+            cr_assert_eq(be.ops->linear_h16(be.ctx, ya, x, w, KERN_H16_BF16, relu ? b : NULL,
+                                            m, n, k, relu, ws), 0, "%s", err_msg());
+            cr_assert_eq(memcmp(ya, want, sizeof(float) * m * n), 0,
+                         "m %d relu %d: bf16 linear_h16 is not the bf16 matmul", m, relu);
+            /* ... which is not the fp32 path's (x rounded) */
+            cr_assert_eq(plain.ops->linear_h16(plain.ctx, yb, x, w, KERN_H16_BF16,
+                                               relu ? b : NULL, m, n, k, relu, ws), 0);
+            cr_assert_neq(memcmp(ya, yb, sizeof(float) * m * n), 0, "m %d: bf16 = fp32?", m);
+            /* fp16: the fp32 path, bit for bit */
+            cr_assert_eq(be.ops->linear_h16(be.ctx, ya, x, w, KERN_H16_F16, relu ? b : NULL, m,
+                                            n, k, relu, ws), 0);
+            cr_assert_eq(plain.ops->linear_h16(plain.ctx, yb, x, w, KERN_H16_F16,
+                                               relu ? b : NULL, m, n, k, relu, ws), 0);
+            cr_assert_eq(memcmp(ya, yb, sizeof(float) * m * n), 0,
+                         "m %d: fp16 rows changed under bf16_matmul", m);
+        }
+        free(x), free(b), free(ya), free(yb), free(ws), free(want), free(w);
+    }
+    backend_destroy(&be);
+    backend_destroy(&plain);
+}
+
+/* ---------------------------------------------------------------- whole runs */
+
+#define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
+
+TestSuite(bf16_cli, .init = cli_setup, .fini = cli_teardown, .timeout = 240);
+
+/* The tokens and logprobs of every record of an output file. */
+static cJSON *records(const char *name)
+{
+    char *s = cli_read(name);
+    cJSON *arr = cJSON_CreateArray();
+    for (char *line = strtok(s, "\n"); line; line = strtok(NULL, "\n"))
+        cJSON_AddItemToArray(arr, cJSON_Parse(line));
+    free(s);
+    return arr;
+}
+
+/* generate over a bf16 store with --cpu-matmul bf16, all resident and with
+ * the layers streamed from the disk tier over two GPU batches (the case
+ * that widens a layer for its batches without the option): the greedy
+ * tokens of the fp32 run on this model for the first steps, logprobs within
+ * 0.05 of it and not all equal (the activations are rounded); --plan says
+ * the layers stay bf16 even when resident. --cpu-matmul on CUDA and a bad
+ * value are usage errors. */
+Test(bf16_cli, generate_with_bf16_matmuls_is_near_the_fp32_run)
+{
+    const char *why;
+    if (!kern_bf16_matmul_available(&why))
+        cli_skip("no bf16 matmul here: %s", why);
+    cli_write("prompts.jsonl", "{\"id\": 1, \"prompt\": \"Hello there\"}\n"
+                               "{\"id\": 2, \"prompt\": \"The quick brown fox\"}\n"
+                               "{\"id\": 3, \"prompt\": \"one two three four five six\"}\n"
+                               "{\"id\": 4, \"prompt\": \"a\"}\n");
+    cr_assert_eq(cli_run("convert --model " TINY " --out stb --dtype bf16"), 0, "%s", cli_err);
+    static const char *const placements[] = {
+        "--percent 100 0 100 0 100 0 --gpu-batch-size 4",
+        "--percent 0 0 100 0 100 0 --offload-dir off --gpu-batch-size 2 --num-gpu-batches 2"};
+    for (int p = 0; p < 2; p++) {
+        cr_assert_eq(cli_run("generate --model stb --prompts prompts.jsonl --out f%d.jsonl "
+                             "--max-new-tokens 4 --ignore-eos %s", p, placements[p]),
+                     0, "%s", cli_err);
+        cr_assert_eq(cli_run("generate --model stb --prompts prompts.jsonl --out b%d.jsonl "
+                             "--max-new-tokens 4 --ignore-eos --cpu-matmul bf16 %s",
+                             p, placements[p]),
+                     0, "%s", cli_err);
+        char fa[16], fb[16];
+        snprintf(fa, sizeof fa, "f%d.jsonl", p);
+        snprintf(fb, sizeof fb, "b%d.jsonl", p);
+        cJSON *ra = records(fa), *rb = records(fb);
+        cr_assert_eq(cJSON_GetArraySize(ra), 4);
+        cr_assert_eq(cJSON_GetArraySize(rb), 4);
+        int differ = 0;
+        for (int i = 0; i < 4; i++) {
+            cJSON *a = cJSON_GetArrayItem(ra, i), *b = cJSON_GetArrayItem(rb, i);
+            cJSON *ta = cJSON_GetObjectItem(a, "tokens"), *tb = cJSON_GetObjectItem(b, "tokens");
+            cJSON *la = cJSON_GetObjectItem(a, "logprobs"), *lb = cJSON_GetObjectItem(b, "logprobs");
+            cr_assert(ta && tb && la && lb, "%s", cli_read(fb));
+            /* the first token follows the same prompt: the same choice */
+            cr_assert_eq(cJSON_GetArrayItem(ta, 0)->valueint,
+                         cJSON_GetArrayItem(tb, 0)->valueint, "record %d: first token", i);
+            for (int j = 0; j < cJSON_GetArraySize(la); j++) {
+                if (cJSON_GetArrayItem(ta, j)->valueint != cJSON_GetArrayItem(tb, j)->valueint)
+                    break; /* a different history from here on */
+                double x = cJSON_GetArrayItem(la, j)->valuedouble;
+                double y = cJSON_GetArrayItem(lb, j)->valuedouble;
+                cr_assert(fabs(x - y) < 0.05, "placement %d record %d step %d: %g vs %g", p,
+                          i, j, x, y);
+                differ |= x != y;
+            }
+        }
+        cr_assert(differ, "placement %d: bf16 logprobs equal fp32's: the option did nothing", p);
+        cJSON_Delete(ra);
+        cJSON_Delete(rb);
+    }
+    cr_assert_eq(cli_run("generate --model stb --prompts prompts.jsonl --out p.jsonl "
+                         "--percent 100 0 100 0 100 0 --cpu-matmul bf16 --plan"), 0, "%s",
+                 cli_err);
+    char *plan = cli_read("stdout.txt");
+    cr_assert(strstr(plan, "weights bf16 on the tiers, read by bf16 matmuls"), "%s", plan);
+    free(plan);
+    /* an fp16 store: the fp32 path, told so, the same output */
+    cr_assert_eq(cli_run("convert --model " TINY " --out sth --dtype f16"), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("generate --model sth --prompts prompts.jsonl --out h0.jsonl "
+                         "--max-new-tokens 4 --ignore-eos"), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("generate --model sth --prompts prompts.jsonl --out h1.jsonl "
+                         "--max-new-tokens 4 --ignore-eos --cpu-matmul bf16"), 0, "%s", cli_err);
+    cr_assert(strstr(cli_err, "the weights are not bf16 on the tiers (fp16)"), "%s", cli_err);
+    char *h0 = cli_read("h0.jsonl"), *h1 = cli_read("h1.jsonl");
+    cr_assert_str_eq(h0, h1);
+    free(h0), free(h1);
+    cr_assert_eq(cli_run("generate --model stb --prompts prompts.jsonl --out x.jsonl "
+                         "--cpu-matmul fp8"), 2);
+    cr_assert(strstr(cli_err, "--cpu-matmul must be fp32 or bf16"), "%s", cli_err);
+    cr_assert_eq(cli_run("generate --model stb --prompts prompts.jsonl --out x.jsonl "
+                         "--device cuda --cpu-matmul bf16"), 2);
+    cr_assert(strstr(cli_err, "--cpu-matmul is the CPU backend's"), "%s", cli_err);
+}
+
+/* calibrate --cpu-matmul bf16 measures bf16 matmuls and says so in the
+ * profile ("matmul": "bf16"); search refuses a profile of the other kind,
+ * naming the way out, and plans with a matching one. */
+Test(bf16_cli, calibrate_and_search_keep_the_matmul_kind_together)
+{
+    const char *why;
+    if (!kern_bf16_matmul_available(&why))
+        cli_skip("no bf16 matmul here: %s", why);
+    cr_assert_eq(cli_run("calibrate --device cpu --bytes 64M --cpu-matmul bf16 --out hb.json"),
+                 0, "%s", cli_err);
+    cr_assert_eq(cli_run("calibrate --device cpu --bytes 64M --out hf.json"), 0, "%s", cli_err);
+    char *hb = cli_read("hb.json"), *hf = cli_read("hf.json");
+    cr_assert(strstr(hb, "\"matmul\":\"bf16\""), "%s", hb);
+    cr_assert(!strstr(hf, "matmul"), "%s", hf);
+    free(hb), free(hf);
+    cr_assert_eq(cli_run("convert --model " TINY " --out stb --dtype bf16"), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("search --model stb --hardware hf.json --prompt-len 8 --gen-len 4 "
+                         "--gpu-mem 1G --cpu-mem 1G --cpu-matmul bf16"), 2);
+    cr_assert(strstr(cli_err, "hf.json measured fp32 matmuls but the run asks for bf16; "
+                              "calibrate with --cpu-matmul bf16"), "%s", cli_err);
+    cr_assert_eq(cli_run("search --model stb --hardware hb.json --prompt-len 8 --gen-len 4 "
+                         "--gpu-mem 1G --cpu-mem 1G"), 2);
+    cr_assert(strstr(cli_err, "measured bf16 matmuls but the run asks for fp32"), "%s", cli_err);
+    cr_assert_eq(cli_run("search --model stb --hardware hb.json --prompt-len 8 --gen-len 4 "
+                         "--gpu-mem 1G --cpu-mem 1G --cpu-matmul bf16"), 0, "%s", cli_err);
+    char *out = cli_read("stdout.txt");
+    cr_assert(strstr(out, "bf16 weights as bf16 matmuls"), "%s", out);
+    free(out);
+}
