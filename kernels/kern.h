@@ -451,6 +451,11 @@ void kern_linear_bf16_ref(float *y, const float *x, const uint16_t *w, int m, in
  * oneDNN's reference) / -EIO (oneDNN failed) with a message. */
 int kern_linear_bf16(float *y, const float *x, const uint16_t *w, int m, int n, int k,
                      void *ws, size_t ws_bytes);
+/* dst(rows, n) bf16 bits <- the 4-bit rows of src (kern_q4_row_bytes(n)
+ * bytes each) dequantized as kern_q4_dequant_ref, then rounded as
+ * kern_round_bf16_ref: a 4-bit matrix for kern_linear_bf16. stage: n floats
+ * per OpenMP thread. */
+void kern_q4_dequant_bf16(uint16_t *dst, const uint8_t *src, size_t rows, int n, float *stage);
 /* 1 when kern_linear_bf16 can run here; *why (may be NULL): the
  * implementation oneDNN picked, or why not. Thread-safe. */
 int kern_bf16_matmul_available(const char **why);

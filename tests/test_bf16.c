@@ -209,6 +209,55 @@ Test(bf16, backend_routes_bf16_rows_only)
     backend_destroy(&plain);
 }
 
+/* 4-bit matrices under bf16_matmul: more rows than KERN_LINEAR_ROWS_MAX are
+ * the bf16 matmul over the expansion rounded to bf16 (kern_q4_dequant_bf16
+ * = dequantize, then round), fewer keep the fp32 rows kernel bit for bit. */
+Test(bf16, backend_4bit_rows_expand_to_bf16_for_prefills)
+{
+    skip_without_bf16();
+    backend be, plain;
+    cr_assert_eq(backend_cpu_create_opts(&(backend_cpu_opts){.n_threads = 2, .bf16_matmul = 1},
+                                         &be), 0, "%s", err_msg());
+    cr_assert_eq(backend_cpu_create(2, &plain), 0, "%s", err_msg());
+    const int n = 40, k = 200; /* k: a short last group */
+    uint64_t seed = 3;
+    float *w = malloc(sizeof(float) * n * k), *wd = malloc(sizeof(float) * n * k);
+    uint8_t *wq = malloc(kern_q4_row_bytes(k) * n);
+    uint16_t *wb = malloc(sizeof(uint16_t) * n * k), *wb2 = malloc(sizeof(uint16_t) * n * k);
+    for (int i = 0; i < n * k; i++)
+        w[i] = rnd(&seed);
+    kern_q4_quantize_ref(wq, w, (size_t)n, k);
+    kern_q4_dequant_ref(wd, wq, (size_t)n, k);
+    kern_round_bf16_ref(wb, wd, (size_t)n * k);
+    float *stage = malloc(sizeof(float) * k * kern_cpu_threads());
+    kern_q4_dequant_bf16(wb2, wq, (size_t)n, k, stage);
+    cr_assert_eq(memcmp(wb, wb2, sizeof(uint16_t) * n * k), 0, "kern_q4_dequant_bf16");
+    static const int rows[] = {3, KERN_LINEAR_ROWS_MAX, KERN_LINEAR_ROWS_MAX + 1, 150};
+    for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
+        int m = rows[r];
+        float *x = malloc(sizeof(float) * m * k), *b = malloc(sizeof(float) * n);
+        float *ya = malloc(sizeof(float) * m * n), *yb = malloc(sizeof(float) * m * n);
+        float *ws = malloc(sizeof(float) * n * k);
+        for (int i = 0; i < m * k; i++)
+            x[i] = rnd(&seed);
+        for (int j = 0; j < n; j++)
+            b[j] = rnd(&seed);
+        cr_assert_eq(be.ops->linear_q4(be.ctx, ya, x, wq, b, m, n, k, 1, ws), 0, "%s",
+                     err_msg());
+        if (m > KERN_LINEAR_ROWS_MAX) {
+            cr_assert_eq(kern_linear_bf16(yb, x, wb, m, n, k, ws, sizeof(float) * n * k), 0);
+            kern_bias_act_ref(yb, b, m, n, 1);
+        } else {
+            cr_assert_eq(plain.ops->linear_q4(plain.ctx, yb, x, wq, b, m, n, k, 1, ws), 0);
+        }
+        cr_assert_eq(memcmp(ya, yb, sizeof(float) * m * n), 0, "m %d: linear_q4 under bf16", m);
+        free(x), free(b), free(ya), free(yb), free(ws);
+    }
+    free(w), free(wd), free(wq), free(wb), free(wb2), free(stage);
+    backend_destroy(&be);
+    backend_destroy(&plain);
+}
+
 /* ---------------------------------------------------------------- whole runs */
 
 #define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"

@@ -142,10 +142,25 @@ static int cpu_linear(void *ctx, void *y, const void *x, const void *w,
 
 /* Few rows: each chunk of rows of w expanded in cache just before
  * use (kern_linear_rows_q4); more: the matrix expanded into ws, then
- * sgemm. Either way cpu_dequant_q4 then cpu_linear's numbers. */
+ * sgemm. Either way cpu_dequant_q4 then cpu_linear's numbers; but under
+ * bf16_matmul more rows are a bf16 matmul over the expansion rounded to
+ * bf16 (kern_q4_dequant_bf16). */
 static int cpu_linear_q4(void *ctx, void *y, const void *x, const void *wq, const void *b,
                          int m, int n, int k, int relu, void *ws)
 {
+    cpu_ctx *c = ctx;
+    /* under bf16_matmul, more rows: the matrix expanded to bf16 in the
+     * first half of ws (n * k floats), staged through the second, which
+     * then holds x's rounded rows */
+    size_t half = (size_t)n * k * sizeof(uint16_t);
+    if (c->bf16_matmul && m > KERN_LINEAR_ROWS_MAX &&
+        (size_t)omp_get_max_threads() * k * sizeof(float) <= half) {
+        kern_q4_dequant_bf16(ws, wq, (size_t)n, k, (float *)((char *)ws + half));
+        FORWARD_IF(kern_linear_bf16(y, x, ws, m, n, k, (char *)ws + half, half));
+        if (b || relu)
+            kern_bias_act_ref(y, b, m, n, relu);
+        return 0;
+    }
     if (m <= KERN_LINEAR_ROWS_MAX) {
         kern_linear_rows_q4(y, x, wq, m, n, k, ws);
         if (b || relu)

@@ -15,6 +15,7 @@
  * table: creation costs a JIT dispatch, a call then only binds pointers.
  */
 #include <errno.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -51,6 +52,20 @@ void kern_linear_bf16_ref(float *y, const float *x, const uint16_t *w, int m, in
             }
             y[(size_t)i * n + j] = (float)s;
         }
+}
+
+void kern_q4_dequant_bf16(uint16_t *dst, const uint8_t *src, size_t rows, int n, float *stage)
+{
+    size_t rb = kern_q4_row_bytes(n);
+    #pragma omp parallel
+    {
+        float *st = stage + (size_t)omp_get_thread_num() * n;
+        #pragma omp for schedule(static)
+        for (long r = 0; r < (long)rows; r++) {
+            kern_q4_dequant_row(st, src + (size_t)r * rb, n);
+            kern_round_bf16_ref(dst + (size_t)r * n, st, (size_t)n);
+        }
+    }
 }
 
 #if FH_HAVE_ONEDNN
