@@ -43,10 +43,11 @@ def summary(stderr):
                 total_tps=float(m.group(5)), total_s=float(m.group(6)))
 
 
-def calibrate(flexh2o, device, offload_dir, nbytes="1G", out=None):
-    """`flexh2o calibrate`'s profile (GB/s, TFLOP/s) as a dict; also written to out if given."""
+def calibrate(flexh2o, device, offload_dir, nbytes="1G", out=None, extra=()):
+    """`flexh2o calibrate`'s profile (GB/s, TFLOP/s) as a dict; also written to out if given.
+    extra: more flags (--cpu-matmul bf16)."""
     cmd = [flexh2o, "calibrate", "--device", device, "--offload-dir", offload_dir,
-           "--bytes", nbytes]
+           "--bytes", nbytes] + list(extra)
     r = sh(cmd + (["--out", out] if out else []))
     return json.load(open(out)) if out else json.loads(r.stdout)
 

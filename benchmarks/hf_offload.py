@@ -154,6 +154,7 @@ def load_deepspeed(a, dtype):
          "buffer_count": max(2, min(5, int(0.4 * cap // buf_bytes))),
          "buffer_size": max(numels)}
     ds = {"fp16": {"enabled": dtype == torch.float16},
+          "bf16": {"enabled": dtype == torch.bfloat16},
           "zero_optimization": {"stage": 3, "offload_param": off,
                                 "stage3_param_persistence_threshold": 0},
           "train_micro_batch_size_per_gpu": a.batch}

@@ -110,6 +110,12 @@ GRIDS = {
                 max_block={"opt-1.3b": 64, "llama-3.2-1b": 64, "opt-6.7b": 64},
                 source="store", ckpt_dtype={"llama-3.2-1b": "bfloat16"}),
 }
+# the cpu grid with bf16 compute on every side: flexh2o --cpu-matmul bf16 over a bf16 store
+# (OPT's fp16 checkpoint converted with --dtype bf16: its values rounded to bf16, as
+# torch's .to(bfloat16) rounds them), HF and DeepSpeed in torch bfloat16 (oneDNN's bf16
+# matmuls, the same AMX / AVX512-BF16 units); the calibration measures bf16 matmuls. Its
+# own CSV: the cells' keys are the cpu grid's.
+GRIDS["cpu-bf16"] = dict(GRIDS["cpu"], matmul="bf16")
 BLOCK_TRIES = (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
 CGROUP = "/sys/fs/cgroup/memory/flexh2o-tables"
 WORK = "/tmp/flexh2o-tables"
@@ -251,8 +257,11 @@ class Runner:
         self.device = self.g["device"]
         self.machine = machine(self.device)
         self.commit = commit()
+        self.bf16 = self.g.get("matmul") == "bf16"
         self.hw = os.path.join(os.path.dirname(os.path.abspath(a.csv)),
-                               "hardware-" + re.sub(r"[^\w.-]+", "_", self.machine).strip("_") + ".json")
+                               "hardware-" + re.sub(r"[^\w.-]+", "_", self.machine).strip("_") +
+                               ("-bf16" if self.bf16 else "") + ".json")
+        self.mm = ["--cpu-matmul", "bf16"] if self.bf16 else []
         self.off = os.path.join(a.offload_dir, "flexh2o")
         self.blocks = {}  # (model, p, n, cap) -> N of the full-cache search, HF's batch
         self.py = a.hf_python
@@ -260,7 +269,7 @@ class Runner:
     def calibration(self):
         if not os.path.exists(self.hw):
             os.makedirs(self.off, exist_ok=True)
-            calibrate(self.a.flexh2o, self.device, self.off, out=self.hw)
+            calibrate(self.a.flexh2o, self.device, self.off, out=self.hw, extra=self.mm)
         return json.load(open(self.hw))
 
     def ckpt_dtype(self, c):
@@ -272,7 +281,7 @@ class Runner:
         return os.path.join(WORK, "hf", f"{c['model']}-{self.ckpt_dtype(c)}")
 
     def store_dtype(self, c):
-        return "bf16" if self.ckpt_dtype(c) == "bfloat16" else "f16"
+        return "bf16" if self.ckpt_dtype(c) == "bfloat16" or self.bf16 else "f16"
 
     def store(self, c):
         return os.path.join(WORK, "store", f"{c['model']}-{self.store_dtype(c)}")
@@ -309,7 +318,7 @@ class Runner:
                "--hardware", self.hw, "--prompt-len", str(c["prompt_len"]),
                "--gen-len", str(c["gen_len"]), "--gpu-mem", c["caps"]["gpu"],
                "--offload-dir", self.off, "--max-block", str(max_block or c["max_block"]),
-               "--top", "1", "--out", pol] + flags
+               "--top", "1", "--out", pol] + self.mm + flags
         if c["caps"].get("cpu"):
             cmd += ["--cpu-mem", c["caps"]["cpu"]]
         return cmd
@@ -317,7 +326,7 @@ class Runner:
     def gen_cmd(self, c, flags, pol, prompts, out):
         return [self.a.flexh2o, "generate"] + self.model_args(c) + ["--policy", pol,
                 "--prompts", prompts, "--out", out, "--max-new-tokens", str(c["gen_len"]),
-                "--ignore-eos", "--device", self.device] + flags
+                "--ignore-eos", "--device", self.device] + self.mm + flags
 
     def hf_cmds(self, c, engine, N):
         ckpt = self.ckpt(c)
@@ -337,7 +346,10 @@ class Runner:
         return prep, run, off
 
     def hf_dtype(self):
-        """HF's compute type: fp32 on the CPU (torch's fp16 GEMMs there are slow)."""
+        """HF's compute type: fp32 on the CPU (torch's fp16 GEMMs there are slow), bf16 in
+        the bf16 grid."""
+        if self.bf16:
+            return "bfloat16"
         return "float32" if self.device == "cpu" else "float16"
 
     def capped(self, c, cmd):
@@ -538,7 +550,9 @@ def held(r):
 
 
 def slug(c):
-    return re.sub(r"[^\w.-]+", "_", f"{c['system']}-{c['model']}-{c['prompt_len']}-"
+    # a grid of the same cells computed otherwise (cpu-bf16) keeps its own folders
+    pre = c["grid"] + "-" if GRIDS.get(c.get("grid"), {}).get("matmul") else ""
+    return re.sub(r"[^\w.-]+", "_", f"{pre}{c['system']}-{c['model']}-{c['prompt_len']}-"
                   f"{c['gen_len']}-{c['cap']}")
 
 

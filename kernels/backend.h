@@ -125,7 +125,9 @@ typedef struct backend_ops {
      * bytes) expanded: the numbers of dequant_q4 then linear, without the
      * expanded matrix written out where the backend can (a decode pass's
      * few rows). ws: n * k storage elements of scratch. NULL: the caller
-     * runs dequant_q4 into its scratch, then linear. */
+     * runs dequant_q4 into its scratch, then linear. The CPU backend under
+     * bf16_matmul runs a prefill's rows (more than KERN_LINEAR_ROWS_MAX) as
+     * a bf16 matmul over the expansion rounded to bf16 instead. */
     int (*linear_q4)(void *ctx, void *y, const void *x, const void *wq, const void *b, int m,
                      int n, int k, int relu, void *ws);
     /* ---- 16-bit weights on a backend whose storage type is fp32 ----

@@ -82,12 +82,12 @@ void cli_model_tiers(const cli_model_src *src, const backend *be, const sched_po
     cli_model_tiers_for(src, be->ops->elem_size, be->ops->widen != NULL, pol, sh);
     int bf16 = be->ops->h16_direct && be->ops->h16_direct(be->ctx, KERN_H16_BF16);
     sh->weight_direct = bf16 && sh->weight_fmt == KERN_H16_BF16;
+    /* 4-bit matrices take bf16 matmuls in prefills (backend.h linear_q4) */
     static int told;
-    if (bf16 && !sh->weight_direct && !told++)
+    if (bf16 && !sh->weight_direct && !pol->compress_weight && !told++)
         fprintf(stderr, "[flexh2o] --cpu-matmul bf16: the weights are not bf16 on the tiers "
                 "(%s), so they run through fp32 matmuls; a store from convert --dtype bf16 "
-                "runs as bf16\n", pol->compress_weight ? "4-bit" : sh->weight_fmt ? "fp16"
-                                                                              : "fp32");
+                "runs as bf16\n", sh->weight_fmt ? "fp16" : "fp32");
 }
 
 int cli_model_load(const cli_model_src *src, backend *be, sched *sc, model **m)
