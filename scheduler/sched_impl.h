@@ -168,6 +168,8 @@ struct sched {
     void **w_gpu;          /* (L) GPU home of [0, w_gpu) */
     void *w_cpu_arena;     /* (L, w_cpu - w_gpu) CPU home */
     int w_cpu_pinned;
+    int w_cpu_direct;      /* the backend computes on host memory (host_visible): the
+                            * views point into the CPU home, nothing is copied from it */
     int w_fd;              /* disk share: weights.bin or the store */
     int w_fd_owned;
     uint64_t *w_off;       /* (L) file offset of each layer's disk span (the blob's

@@ -66,7 +66,7 @@ static int load_weights(sched *s, int l, int step)
                     .layer = l, .batch = -1, .step = step};
     int64_t ticket = 0;
     s->w_async[v] = 0;
-    if (g->w_cpu > g->w_gpu) {
+    if (g->w_cpu > g->w_gpu && !s->w_cpu_direct) { /* else the views read the CPU home */
         t.tier = SCHED_CPU;
         t.stage = (char *)s->w_stage[v] + (g->w_gpu - g->w_stage_from);
         t.host = (char *)s->w_cpu_arena + (size_t)l * (g->w_cpu - g->w_gpu);
