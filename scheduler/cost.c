@@ -93,7 +93,11 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
     FORWARD_IF(sched_plan_geom(c, es, p, sh, &g, &pl));
     memset(out, 0, sizeof *out);
     double L = g.L, K = g.K, N = g.block, gbs = g.gbs, s = prompt_len;
-    double w_off = L * (double)(g.blob - g.w_gpu);        /* crosses h2d each load */
+    /* crosses h2d each load; nothing on the CPU backend, whose compute reads
+     * the CPU tier's weights where they lie (sched.c) and whose disk share
+     * is read straight into the weight slot (lanes.c) */
+    int host = strcmp(hw->device, "cpu") == 0;
+    double w_off = host ? 0 : L * (double)(g.blob - g.w_gpu);
     double w_disk = L * (double)g.w_disk_span;             /* read from disk each load */
     double W_all = L * (double)g.blob + (double)c->vocab * c->hidden * es;
     /* 4-bit matrices are expanded before their GEMMs: written once, read
