@@ -4,8 +4,8 @@
  *
  * The matrix product is oneDNN's matmul primitive (Debian's libdnnl), which
  * runs it on AMX tiles or AVX512-BF16 dot products where the CPU has them:
- * on the Sapphire Rapids VM of results/cpu-xeon-2026-12-04 several times
- * OpenBLAS's sgemm over the same matrix widened. x is rounded to bf16
+ * on the Sapphire Rapids VM of results/cpu-xeon-2026-12-03/bf16 about twice
+ * OpenBLAS's sgemm rate at prefill sizes, 2.7-3.3x at 64 rows. x is rounded to bf16
  * (round to nearest even, kern_round_bf16_ref) in chunks of rows into the
  * caller's scratch; w is read as it lies on the tiers (Hugging Face's
  * (out, in) layout, oneDNN's "ba" weights), never widened. The numbers are

@@ -235,9 +235,9 @@ static int search_profile(const search_args *a, sched_calib *hw)
                              "device or drop --device", device, a->hw_path, hw->device);
         if (a->c.bf16_matmul != (hw->matmul[0] != 0))
             return cli_usage("search", "%s measured %s matmuls but the run asks for %s; "
-                             "calibrate %s--cpu-matmul %s", a->hw_path,
+                             "calibrate with --cpu-matmul %s", a->hw_path,
                              hw->matmul[0] ? "bf16" : "fp32", a->c.bf16_matmul ? "bf16" : "fp32",
-                             "with ", a->c.bf16_matmul ? "bf16" : "fp32");
+                             a->c.bf16_matmul ? "bf16" : "fp32");
         return 0;
     }
     backend be = {0};
