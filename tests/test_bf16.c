@@ -385,3 +385,15 @@ Test(bf16_cli, calibrate_and_search_keep_the_matmul_kind_together)
     cr_assert(strstr(out, "bf16 weights as bf16 matmuls"), "%s", out);
     free(out);
 }
+
+/* A profile whose "matmul" is anything but "bf16" is refused where it is
+ * read, naming the file, the field and what it may be (no oneDNN needed). */
+Test(bf16_cli, a_profile_with_an_unknown_matmul_kind_is_refused)
+{
+    cli_write("bad.json", "{\"device\":\"cpu\",\"h2d_GBps\":7,\"d2h_GBps\":7,\"dram_GBps\":13,"
+                          "\"dev_mem_GBps\":11,\"gemm_TFLOPs\":0.18,\"matmul\":\"fp8\"}\n");
+    cr_assert_eq(cli_run("search --model " TINY " --hardware bad.json --prompt-len 8 "
+                         "--gen-len 4 --gpu-mem 1G --cpu-mem 1G"), 2, "%s", cli_err);
+    cr_assert(strstr(cli_err, "bad.json: field \"matmul\" must be \"bf16\" (the GEMM rate of "
+                              "--cpu-matmul bf16) or absent (fp32)"), "%s", cli_err);
+}
