@@ -140,7 +140,9 @@ typedef struct backend_ops {
     /* linear over w = n rows of k 16-bit values of format fmt, widened:
      * the numbers of widen then linear, without the widened matrix written
      * out where the backend can (a decode pass's few rows). ws: n * k
-     * storage elements of scratch. NULL: the caller widens, then linear. */
+     * storage elements of scratch, or where h16_direct(fmt) the smaller
+     * of that and m * k 16-bit values (x rounded to bf16). NULL: the
+     * caller widens, then linear. */
     int (*linear_h16)(void *ctx, void *y, const void *x, const void *w, kern_h16 fmt,
                       const void *b, int m, int n, int k, int relu, void *ws);
     /* 1 when linear_h16 over format fmt computes from the 16-bit matrix
@@ -148,6 +150,12 @@ typedef struct backend_ops {
      * layer is never widened for it, not even when a block's GPU batches
      * share it; 0 otherwise. NULL: always 0. */
     int (*h16_direct)(void *ctx, kern_h16 fmt);
+    /* embed over a token table of 16-bit rows of format fmt (kern.h
+     * kern_embed_h16: each row widened exactly): where h16_direct, the
+     * model keeps its embedding and head matrices in those 16 bits too.
+     * NULL: no such tables. */
+    int (*embed_h16)(void *ctx, void *out, const void *tok_emb, kern_h16 fmt,
+                     const void *pos_emb, const int32_t *ids, const int32_t *pos, int n, int d);
     /* ---- the RoPE families' element-wise ops (DESIGN.md "Model families") ----
      * kern.h's kern_rmsnorm_ref, kern_rope_ref, kern_swiglu_ref and
      * kern_gelu_ref on backend buffers; pos and inv_freq (rot_dims / 2,

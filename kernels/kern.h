@@ -427,6 +427,11 @@ void kern_widen_par(float *dst, const uint16_t *src, size_t n, kern_h16 fmt);
 /* What kern_widen_par runs per chunk, on the calling thread alone (F16C
  * where built): the bits of kern_widen_ref. */
 void kern_widen_row(float *dst, const uint16_t *src, size_t n, kern_h16 fmt);
+/* kern_embed_ref over a table of 16-bit rows of format fmt (kern_h16): each
+ * row widened as kern_widen_row, exactly, then pos_emb's fp32 row added:
+ * the bits of kern_embed_ref over the widened table. */
+void kern_embed_h16(float *out, const uint16_t *tok_emb, kern_h16 fmt, const float *pos_emb,
+                    const int32_t *ids, const int32_t *pos, int n, int d);
 /* kern_linear_rows_q4 over w = n rows of k 16-bit values of format fmt,
  * widened a chunk of rows at a time (kern_widen_row): the bits of kern_widen_ref
  * then kern_linear_rows. ws: n * k floats. */

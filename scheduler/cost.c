@@ -99,7 +99,7 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
     int host = strcmp(hw->device, "cpu") == 0;
     double w_off = host ? 0 : L * (double)(g.blob - g.w_gpu);
     double w_disk = L * (double)g.w_disk_span;             /* read from disk each load */
-    double W_all = L * (double)g.blob + (double)c->vocab * c->hidden * es;
+    double W_all = L * (double)g.blob + (double)c->vocab * c->hidden * g.head_es;
     /* 4-bit matrices are expanded before their GEMMs: written once, read
      * once more in the storage type */
     if (g.wq)

@@ -58,6 +58,8 @@ typedef struct sched_geom {
     size_t w_stage_from;   /* w_gpu rounded down to OFF_ALIGN: a weight slot holds
                             * the blob's bytes [w_stage_from, align_up(blob)) */
     size_t globals;        /* embeddings + final LayerNorm (+ untied head) bytes */
+    size_t head_es;        /* bytes per element of the head matrix: 2 under
+                            * weight_direct (sched_model.globals_mat), else es */
     int kv_n[SCHED_TIERS]; /* sequences of a GPU batch per tier */
     int kv_seq0[SCHED_TIERS];
     kv_layout kv[SCHED_TIERS];

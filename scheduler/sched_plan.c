@@ -104,7 +104,8 @@ void sched_geom_init(sched_geom *g, const sched_model *m, size_t es, const sched
     g->w_exp = !g->wq ? 0 : g->K > 1 ? all : largest;
     g->w_stage_from = g->w_gpu & ~(size_t)(OFF_ALIGN - 1);
     size_t d = (size_t)m->hidden;
-    g->globals = m->globals * es;
+    g->head_es = sh->weight_direct ? 2 : es;
+    g->globals = (m->globals - m->globals_mat) * es + m->globals_mat * g->head_es;
 
     int nt[SCHED_TIERS];
     sched_split(g->gbs, p->cg, p->cc, &nt[SCHED_GPU], &nt[SCHED_CPU], &nt[SCHED_DISK]);

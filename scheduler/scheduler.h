@@ -275,6 +275,8 @@ typedef struct sched_model {
     int ffn;              /* columns of the MLP scratch */
     size_t globals;       /* elements of the tensors outside the layers (embeddings,
                            * final norm, untied head): on the GPU tier */
+    size_t globals_mat;   /* of those, the (V, d) matrices' (token embedding, untied
+                           * head): 16-bit where sched_shape.weight_direct */
     int n_tensors;
     sched_tensor tensors[SCHED_MAX_TENSORS]; /* a layer blob, in blob order */
 
@@ -284,9 +286,10 @@ typedef struct sched_model {
     /* layer `layer` (tensors at L) over x(p->n_rows, d) in place; its attention
      * is sched_attend(p, ...) */
     int (*layer)(void *ctx, int layer, const sched_layer *L, const sched_pass *p, void *x);
-    /* logits(n_out, V) = head(x[last_rows]); last: (n_out, d) scratch */
+    /* logits(n_out, V) = head(x[last_rows]); last: (n_out, d) scratch, and
+     * scr the pass's (its h free) */
     int (*head)(void *ctx, void *logits, void *last, const void *x, const int32_t *last_rows,
-                int n_out);
+                int n_out, sched_scratch *scr);
 } sched_model;
 
 /* Width of the fused q/k/v rows: (n_head + 2 n_kv_head) x head_dim. */
@@ -337,7 +340,9 @@ typedef struct sched_shape {
                      * backend's fp32) and without compress_weight; else ignored */
     int weight_direct; /* 1: the backend computes from those 16 bits themselves
                         * (backend_ops.h16_direct: bf16 matmuls), so they stay 16-bit
-                        * even when every layer is resident on the GPU tier */
+                        * even when every layer is resident on the GPU tier, and the
+                        * model keeps its embedding and head in them too
+                        * (sched_model.globals_mat) */
     int max_prompt; /* longest prompt of a prefill pass (<= max_rows); 0: max_rows */
     int sample;     /* enum sched_sample */
     int sample_row_edits; /* most logit edits (kern_logit_edit) of one sample row

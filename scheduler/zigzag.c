@@ -265,7 +265,7 @@ static int compute_item(sched *s, int l, const batch_desc *b, int v, int kind,
         for (int i = 0; i < b->n_out; i++)
             s->blast[i] = last_rows[b->o0 + i] - b->r0;
         FORWARD_IF(m->head(m->ctx, (char *)s->logits + (size_t)b->o0 * g->V * g->es, s->last,
-                           x, s->blast, b->n_out));
+                           x, s->blast, b->n_out, &s->scr));
     }
     sched_event e = {"compute", "compute", TRACK_COMPUTE, t0, sched_trace_now(), "gpu", 0, l,
                      b->k, step};

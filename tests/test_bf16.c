@@ -18,6 +18,8 @@
 #include "cli_harness.h"
 #include "err.h"
 #include "kern.h"
+#include "model.h"
+#include "off.h"
 
 static float f32_of(uint32_t u)
 {
@@ -258,6 +260,32 @@ Test(bf16, backend_4bit_rows_expand_to_bf16_for_prefills)
     backend_destroy(&plain);
 }
 
+/* The embedding over a 16-bit table: each row widened exactly, then the
+ * learned position added, bit for bit the fp32 embedding of the widened
+ * table (bf16 and fp16 rows, with and without positions, ids repeated and
+ * at both ends of the table). */
+Test(bf16, embedding_over_16_bit_rows_is_the_widened_tables)
+{
+    enum { V = 37, D = 70, P = 12, N = 9 };
+    uint64_t seed = 5;
+    uint16_t tab[V * D];
+    float wide[V * D], pos_emb[(P + KERN_OPT_POS_OFFSET) * D], a[N * D], b[N * D];
+    const int32_t ids[N] = {0, 36, 5, 5, 17, 0, 36, 1, 30}, pos[N] = {0, 1, 2, 3, 4, 5, 9, 10, 11};
+    for (int i = 0; i < (P + KERN_OPT_POS_OFFSET) * D; i++)
+        pos_emb[i] = rnd(&seed);
+    for (int f = KERN_H16_F16; f <= KERN_H16_BF16; f++) {
+        for (int i = 0; i < V * D; i++)
+            tab[i] = (uint16_t)(lcg(&seed) & 0x3fff) | (uint16_t)(i & 1 ? 0x8000 : 0);
+        kern_widen_ref(wide, tab, V * D, (kern_h16)f);
+        for (int with_pos = 0; with_pos < 2; with_pos++) {
+            memset(a, 0xff, sizeof a);
+            kern_embed_h16(a, tab, (kern_h16)f, with_pos ? pos_emb : NULL, ids, pos, N, D);
+            kern_embed_ref(b, wide, with_pos ? pos_emb : NULL, ids, pos, N, D);
+            cr_assert_eq(memcmp(a, b, sizeof a), 0, "format %d positions %d", f, with_pos);
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- whole runs */
 
 #define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
@@ -396,4 +424,88 @@ Test(bf16_cli, a_profile_with_an_unknown_matmul_kind_is_refused)
                          "--gen-len 4 --gpu-mem 1G --cpu-mem 1G"), 2, "%s", cli_err);
     cr_assert(strstr(cli_err, "bad.json: field \"matmul\" must be \"bf16\" (the GEMM rate of "
                               "--cpu-matmul bf16) or absent (fp32)"), "%s", cli_err);
+}
+
+static int discard_layer(void *ud, int layer, const void *blob, int wq, int fd, uint64_t off)
+{
+    (void)ud, (void)layer, (void)blob, (void)wq, (void)fd, (void)off;
+    return 0;
+}
+
+/* Under bf16 matmuls a model whose layers stay bf16 keeps its embedding and
+ * head in bf16 too (half their bytes, what the plan counts): the tables are
+ * the store's bf16 values (the fp32 load's, narrowed exactly), the
+ * embedding is the fp32 model's bit for bit, and the head is the bf16
+ * matmul of the final norm's rows (the reference within an fp32 sum's
+ * error). Over a tied OPT and an untied Llama; without the option, or with
+ * the layers in fp32, the tables stay fp32. */
+Test(bf16_cli, embedding_and_head_stay_bf16_with_the_layers)
+{
+    const char *why;
+    if (!kern_bf16_matmul_available(&why))
+        cli_skip("no bf16 matmul here: %s", why);
+    backend bbe, plain;
+    cr_assert_eq(backend_cpu_create_opts(&(backend_cpu_opts){.n_threads = 2, .bf16_matmul = 1},
+                                         &bbe), 0, "%s", err_msg());
+    cr_assert_eq(backend_cpu_create(2, &plain), 0, "%s", err_msg());
+    static const char *const fams[] = {FH_SOURCE_ROOT "/tests/fixtures/tiny-opt",
+                                       FH_SOURCE_ROOT "/tests/fixtures/tiny-llama"};
+    for (int f = 0; f < 2; f++) {
+        char st[512];
+        snprintf(st, sizeof st, "%s/st%d", cli_dir, f);
+        cr_assert_eq(model_convert(fams[f], st, OFF_DTYPE_BF16), 0, "%s", err_msg());
+        model *m16, *m32, *mp;
+        cr_assert_eq(model_load_store(st, &bbe, NULL, KERN_H16_BF16, discard_layer, NULL, &m16),
+                     0, "%s", err_msg());
+        cr_assert_eq(model_load_store(st, &bbe, NULL, 0, discard_layer, NULL, &m32), 0, "%s",
+                     err_msg());
+        cr_assert_eq(model_load_store(st, &plain, NULL, KERN_H16_BF16, discard_layer, NULL, &mp),
+                     0, "%s", err_msg());
+        const model_config *c = &m16->cfg;
+        int V = c->vocab_size, d = c->hidden;
+        size_t n_emb = (size_t)V * d;
+        cr_assert_eq(m16->g16, KERN_H16_BF16, "%s", fams[f]);
+        cr_assert_eq(m32->g16, 0, "layers in fp32: the tables too");
+        cr_assert_eq(mp->g16, 0, "no bf16 matmuls: the tables in fp32");
+        cr_assert_eq(m16->lm_head == m16->tok_emb, c->tie_lm_head);
+        float *wide = malloc(sizeof(float) * n_emb);
+        for (int t = 0; t < 2; t++) { /* the embedding, then the (untied) head */
+            const void *h = t ? m16->lm_head : m16->tok_emb, *w = t ? mp->lm_head : mp->tok_emb;
+            kern_widen_ref(wide, h, n_emb, KERN_H16_BF16);
+            cr_assert_eq(memcmp(wide, w, n_emb * sizeof(float)), 0, "%s table %d", fams[f], t);
+        }
+        sched_model s16, s32;
+        model_sched_bind(m16, &s16);
+        model_sched_bind(mp, &s32);
+        cr_assert_eq(s16.globals, s32.globals);
+        cr_assert_eq(s16.globals_mat, n_emb * (c->tie_lm_head ? 1 : 2));
+        enum { N = 6 };
+        const int32_t ids[N] = {0, 3, V - 1, 3, 11, 1}, pos[N] = {0, 1, 2, 3, 4, 5};
+        float *xa = malloc(sizeof(float) * N * d), *xb = malloc(sizeof(float) * N * d);
+        cr_assert_eq(s16.embed(s16.ctx, xa, ids, pos, N), 0, "%s", err_msg());
+        cr_assert_eq(s32.embed(s32.ctx, xb, ids, pos, N), 0, "%s", err_msg());
+        cr_assert_eq(memcmp(xa, xb, sizeof(float) * N * d), 0, "%s: the embedding", fams[f]);
+        /* the head over rows 4, 1 and 5 of random activations */
+        uint64_t seed = 21;
+        for (int i = 0; i < N * d; i++)
+            xa[i] = rnd(&seed);
+        const int32_t rows[3] = {4, 1, 5};
+        float *last = malloc(sizeof(float) * 3 * d), *logits = malloc(sizeof(float) * 3 * V);
+        float *normed = malloc(sizeof(float) * 3 * d);
+        sched_scratch scr = {.h = xb}; /* (N, d): the pass's h */
+        cr_assert_eq(s16.head(s16.ctx, logits, last, xa, rows, 3, &scr), 0, "%s", err_msg());
+        for (int r = 0; r < 3; r++)
+            memcpy(normed + (size_t)r * d, xa + (size_t)rows[r] * d, sizeof(float) * d);
+        if (c->norm == MODEL_NORM_RMS)
+            kern_rmsnorm_ref(normed, normed, m16->lnf_w, 3, d, c->ln_eps);
+        else
+            kern_layernorm_ref(normed, normed, m16->lnf_w, m16->lnf_b, 3, d, c->ln_eps);
+        check_against_ref(logits, normed, m16->lm_head, 3, V, d, fams[f]);
+        free(wide), free(xa), free(xb), free(last), free(logits), free(normed);
+        model_destroy(m16);
+        model_destroy(m32);
+        model_destroy(mp);
+    }
+    backend_destroy(&bbe);
+    backend_destroy(&plain);
 }

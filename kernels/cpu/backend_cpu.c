@@ -118,6 +118,17 @@ static int cpu_embed(void *ctx, void *out, const void *tok_emb,
     return 0;
 }
 
+static int cpu_embed_h16(void *ctx, void *out, const void *tok_emb, kern_h16 fmt,
+                         const void *pos_emb, const int32_t *ids, const int32_t *pos, int n,
+                         int d)
+{
+    (void)ctx;
+    RETURN_IF(fmt != KERN_H16_F16 && fmt != KERN_H16_BF16, -EINVAL,
+              "internal: 16-bit embedding format %d", (int)fmt);
+    kern_embed_h16(out, tok_emb, fmt, pos_emb, ids, pos, n, d);
+    return 0;
+}
+
 static int cpu_layernorm(void *ctx, void *out, const void *x, const void *w,
                          const void *b, int n, int d, float eps)
 {
@@ -181,7 +192,11 @@ static int cpu_linear_h16(void *ctx, void *y, const void *x, const void *w, kern
     RETURN_IF(fmt != KERN_H16_F16 && fmt != KERN_H16_BF16, -EINVAL,
               "internal: 16-bit weight format %d", (int)fmt);
     if (c->bf16_matmul && fmt == KERN_H16_BF16) {
-        FORWARD_IF(kern_linear_bf16(y, x, w, m, n, k, ws, (size_t)n * k * sizeof(float)));
+        /* x rounded to bf16 a chunk of rows at a time: all m rows when
+         * they fit the n * k floats of ws, or when ws is sized by m alone
+         * (backend.h: the head's scratch) */
+        size_t xb = (size_t)m * k * sizeof(uint16_t), wsb = (size_t)n * k * sizeof(float);
+        FORWARD_IF(kern_linear_bf16(y, x, w, m, n, k, ws, xb < wsb ? xb : wsb));
         if (b || relu)
             kern_bias_act_ref(y, b, m, n, relu);
         return 0;
@@ -478,6 +493,7 @@ static const backend_ops cpu_ops = {
     .widen = cpu_widen,
     .linear_h16 = cpu_linear_h16,
     .h16_direct = cpu_h16_direct,
+    .embed_h16 = cpu_embed_h16,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .swiglu = cpu_swiglu,

@@ -91,6 +91,8 @@ typedef struct model {
     void *pos_emb;        /* (max_pos + 2, d) learned positions, or NULL */
     void *lnf_w, *lnf_b;  /* (d) the final norm (lnf_b NULL for RMSNorm) */
     void *lm_head;        /* (V, d); == tok_emb when tied */
+    int g16;              /* 0: tok_emb and lm_head in the storage type; KERN_H16_BF16:
+                           * in bf16 (model_global_h16) */
     float *inv_freq;      /* host (rot_dims / 2): RoPE's frequencies, or NULL */
     /* loading (model.c internal) */
     model_layer_sink sink;
@@ -105,6 +107,12 @@ typedef struct model {
 
 /* The field of m that holds global tensor g (MODEL_G_*). */
 void **model_global(model *m, int g);
+/* The 16-bit format (kern_h16) global tensor g is held in, or 0: the
+ * storage type. The (V, d) matrices (token embedding, head) are bf16 when
+ * the layers are (h16) and the backend computes from bf16 itself
+ * (backend_ops.h16_direct, embed_h16 on a host-visible backend): what the
+ * plan assumes under sched_shape.weight_direct. */
+int model_global_h16(const model *m, int g);
 /* Linear layer y(rows, n) = x(rows, k) W^T (+ b) (ReLU when relu) with
  * matrix t of layer L, which may be 4-bit rows: expanded into sc->w first
  * (once per layer with sc->w_all), or else through the backend's linear_q4

@@ -63,7 +63,8 @@ void model_sched_shape(const model_config *c, sched_model *out)
     out->hidden = c->hidden;
     out->vocab = c->vocab_size;
     out->ffn = (int)(glu ? 2 * f : f); /* SwiGLU: gate and up side by side */
-    out->globals = (size_t)c->vocab_size * d * (c->tie_lm_head ? 1 : 2) + d * (ln ? 2 : 1) +
+    out->globals_mat = (size_t)c->vocab_size * d * (c->tie_lm_head ? 1 : 2);
+    out->globals = out->globals_mat + d * (ln ? 2 : 1) +
                    (c->pos == MODEL_POS_LEARNED
                         ? (size_t)(c->max_pos + KERN_OPT_POS_OFFSET) * d : 0);
     const sched_tensor t[MT_COUNT] = {
@@ -217,6 +218,9 @@ static int norm(model *m, void *out, const void *x, const void *w, const void *b
 static int fwd_embed(void *mp, void *x, const int32_t *ids, const int32_t *pos, int n_rows)
 {
     model *m = mp;
+    if (m->g16)
+        return m->be->ops->embed_h16(m->be->ctx, x, m->tok_emb, (kern_h16)m->g16, m->pos_emb,
+                                     ids, pos, n_rows, m->cfg.hidden);
     return m->be->ops->embed(m->be->ctx, x, m->tok_emb, m->pos_emb, ids, pos, n_rows,
                              m->cfg.hidden);
 }
@@ -275,7 +279,7 @@ static int fwd_layer(void *mp, int layer, const model_layer *L, const sched_pass
 }
 
 static int fwd_head(void *mp, void *logits, void *last, const void *x,
-                    const int32_t *last_rows, int n_out)
+                    const int32_t *last_rows, int n_out, sched_scratch *sc)
 {
     model *m = mp;
     const model_config *c = &m->cfg;
@@ -285,6 +289,9 @@ static int fwd_head(void *mp, void *logits, void *last, const void *x,
         return 0;
     FORWARD_IF(o->gather_rows(ctx, last, x, last_rows, n_out, c->hidden));
     FORWARD_IF(norm(m, last, last, m->lnf_w, m->lnf_b, n_out));
+    if (m->g16) /* a bf16 matmul: x rounded into h, (rows, d) >= (n_out, d) bf16 */
+        return o->linear_h16(ctx, logits, last, m->lm_head, (kern_h16)m->g16, NULL, n_out,
+                             c->vocab_size, c->hidden, 0, sc->h);
     return o->linear(ctx, logits, last, m->lm_head, NULL, n_out, c->vocab_size, c->hidden, 0);
 }
 

@@ -212,8 +212,9 @@ int model_convert(const char *hf_dir, const char *out_dir, uint32_t dtype)
             break;
         }
         /* the CPU backend holds fp32 in host memory */
-        model_convert_elems(buf, dtype & ~OFF_DTYPE_Q4, *model_global(m, gid[i]), OFF_DTYPE_F32,
-                            glen[i]);
+        int g16 = model_global_h16(m, gid[i]);
+        model_convert_elems(buf, dtype & ~OFF_DTYPE_Q4, *model_global(m, gid[i]),
+                            g16 ? model_h16_dtype(g16) : OFF_DTYPE_F32, glen[i]);
         rc = off_store_writer_put(cv.w, i, buf);
         free(buf);
     }
@@ -306,6 +307,7 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk, int h1
     }
     if (rc == 0) {
         m->be = be;
+        m->h16 = h16;
         m->sink = sink;
         m->sink_ud = ud;
         rc = model_alloc_weights(m);
@@ -340,7 +342,14 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk, int h1
         rc = off_store_read_seg(st, disk, s, buf);
         for (size_t at = 0; rc == 0 && at < n; at += GLOBAL_CHUNK) {
             size_t k = n - at < GLOBAL_CHUNK ? n - at : GLOBAL_CHUNK;
-            model_convert_elems(f32, OFF_DTYPE_F32, (const char *)buf + at * ses, base, k);
+            const char *src = (const char *)buf + at * ses;
+            int g16 = model_global_h16(m, gid[i]); /* host-visible: straight in */
+            if (g16) {
+                model_convert_elems((uint16_t *)*model_global(m, gid[i]) + at,
+                                    model_h16_dtype(g16), src, base, k);
+                continue;
+            }
+            model_convert_elems(f32, OFF_DTYPE_F32, src, base, k);
             rc = be->ops->upload(be->ctx, (char *)*model_global(m, gid[i]) + at * bes, f32, k);
         }
     }

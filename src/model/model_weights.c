@@ -81,6 +81,11 @@ void **model_global(model *m, int g)
     }
 }
 
+int model_global_h16(const model *m, int g)
+{
+    return (g == MODEL_G_TOK_EMB || g == MODEL_G_LM_HEAD) ? m->g16 : 0;
+}
+
 /* ------------------------------------------------------------ allocation */
 
 int model_alloc_weights(model *m)
@@ -95,13 +100,20 @@ int model_alloc_weights(model *m)
                     (c->act == MODEL_ACT_SWIGLU ? BACKEND_OP_SWIGLU : 0) |
                     (c->act == MODEL_ACT_GELU ? BACKEND_OP_GELU : 0);
     FORWARD_IF(backend_ops_check(o, need, c->family->name));
+    m->g16 = m->h16 == KERN_H16_BF16 && o->h16_direct && o->h16_direct(ctx, KERN_H16_BF16) &&
+                     o->embed_h16 && o->host_visible
+                 ? KERN_H16_BF16 : 0;
     /* the global tensors, as the family's checkpoint table has them */
     model_hf_tensor *w;
     int n = model_hf_tensors(c, &w), rc = 0;
     FORWARD_IF(n);
     for (int i = 0; rc == 0 && i < n; i++)
-        if (w[i].layer < 0 && !*model_global(m, w[i].dst))
-            rc = o->alloc(ctx, model_hf_count(&w[i]), model_global(m, w[i].dst));
+        if (w[i].layer < 0 && !*model_global(m, w[i].dst)) {
+            size_t cnt = model_hf_count(&w[i]);
+            if (model_global_h16(m, w[i].dst)) /* 16-bit values in storage elements */
+                cnt = (cnt * 2 + o->elem_size - 1) / o->elem_size;
+            rc = o->alloc(ctx, cnt, model_global(m, w[i].dst));
+        }
     free(w);
     FORWARD_IF(rc);
     if (c->tie_lm_head)
@@ -154,6 +166,12 @@ int model_put_f32(model *m, const model_hf_tensor *w, size_t offset, const float
                    size_t n)
 {
     const backend_ops *o = m->be->ops;
+    int g16 = w->layer < 0 ? model_global_h16(m, w->dst) : 0;
+    if (g16) { /* host-visible backend memory */
+        model_convert_elems((uint16_t *)*model_global(m, w->dst) + w->offset + offset,
+                            model_h16_dtype(g16), src, OFF_DTYPE_F32, n);
+        return 0;
+    }
     if (w->layer < 0)
         return o->upload(m->be->ctx,
                          (char *)*model_global(m, w->dst) + (w->offset + offset) * o->elem_size,
