@@ -61,7 +61,7 @@ static inline unsigned kgrid_y(size_t n)
 
 /* The KV ops take the formats of kern_kv_fmt; anything else is refused. */
 #define KCHECK_KV_FMT(fmt)                                                             \
-    RETURN_IF((unsigned)(fmt) >= KERN_KV_FMTS, -ENOTSUP,                               \
+    RETURN_IF((fmt) != KERN_KV_FMT_PLAIN && (fmt) != KERN_KV_FMT_Q4, -ENOTSUP,                               \
               "the CUDA kernels have no KV cache format %d (they take plain fp16 and "  \
               "4-bit caches)", (int)(fmt))
 

@@ -106,13 +106,19 @@ typedef enum kern_kv_fmt {
                         * the CPU backend, fp16 on CUDA) */
     KERN_KV_FMT_Q4,    /* kern_q4_row_bytes(head_dim) bytes of 4-bit groups
                         * (compress_cache, the format below) */
+    KERN_KV_FMT_BF16,  /* head_dim bf16 values (uint16_t bits) on a backend whose
+                        * storage type is fp32: the CPU backend under bf16 matmuls
+                        * (sched_shape.weight_direct), as a bf16 model keeps its KV */
     KERN_KV_FMTS       /* how many formats there are */
 } kern_kv_fmt;
 
-/* "plain" or "4-bit", for messages; "unknown" for anything else. */
+/* "plain", "4-bit" or "bf16", for messages; "unknown" for anything else. */
 static inline const char *kern_kv_fmt_name(int fmt)
 {
-    return fmt == KERN_KV_FMT_PLAIN ? "plain" : fmt == KERN_KV_FMT_Q4 ? "4-bit" : "unknown";
+    return fmt == KERN_KV_FMT_PLAIN ? "plain"
+         : fmt == KERN_KV_FMT_Q4    ? "4-bit"
+         : fmt == KERN_KV_FMT_BF16  ? "bf16"
+                                    : "unknown";
 }
 
 /* ---------------------------------------------------------------- CPU refs */
@@ -410,6 +416,24 @@ void kern_kv_insert_h16(uint16_t *kc, uint16_t *vc, float *scores, int32_t *pos,
                         const float *k, const float *v, int ld, const float *self_p,
                         const kern_seq *seqs, int n_seq, int n_head, int n_kv_head, int head_dim, int cap,
                         int32_t *evicted);
+
+/* The same three ops over bf16 caches (uint16_t bf16 bits) in host memory:
+ * the CPU backend's KERN_KV_FMT_BF16. A row is read exactly (bf16 widens
+ * to fp32) and written rounded to nearest even (kern_round_bf16_ref), so
+ * each equals the fp32 op over the cache rounded to bf16. */
+int kern_attn_decode_bf16(float *out, int ldo, const float *q, const float *k,
+                          const float *v, int ld, const uint16_t *kc, const uint16_t *vc,
+                          const kern_seq *seqs, int n_seq, int n_head, int n_kv_head,
+                          int head_dim, int cap, float scale, float *scores, float *self_p,
+                          void *scratch, size_t scratch_bytes);
+int kern_kv_prefill_bf16(uint16_t *kc, uint16_t *vc, float *scores, int32_t *pos,
+                         const float *k, const float *v, int ld, const float *colsum,
+                         const kern_seq *seqs, int n_seq, int n_head, int n_kv_head,
+                         int head_dim, int cap, void *scratch, size_t scratch_bytes);
+void kern_kv_insert_bf16(uint16_t *kc, uint16_t *vc, float *scores, int32_t *pos,
+                         const float *k, const float *v, int ld, const float *self_p,
+                         const kern_seq *seqs, int n_seq, int n_head, int n_kv_head,
+                         int head_dim, int cap, int32_t *evicted);
 
 /* ------------------------------------------------ 16-bit weights
  * The CPU backend's tiers may keep a layer's tensors as 16-bit bits

@@ -41,6 +41,8 @@ static int host_segment(const sched_pass *p, const sched_kv *g, const void *qkv,
     }
     if (r0 < 0)
         return 0; /* nothing of this segment in the pass */
+    RETURN_IF(g->fmt != KERN_KV_FMT_PLAIN && g->fmt != KERN_KV_FMT_Q4, -EINVAL,
+              "internal: CPU attention over a host-resident %s cache", kern_kv_fmt_name(g->fmt));
     for (int i = 0; i < g->n; i++) {
         sc->h_seqs[i] = p->seqs[g->seq0 + i];
         sc->h_seqs[i].row = sc->h_seqs[i].n_new ? sc->h_seqs[i].row - r0 : 0;

@@ -90,7 +90,7 @@ static int64_t copy_part(sched *s, const kv_at *d, size_t dpart, const kv_at *f,
 static int64_t copy_seq(sched *s, const kv_at *d, const kv_at *f, int n)
 {
     const sched_geom *g = &s->g;
-    size_t row = g->kvq ? kern_q4_row_bytes(g->hd) : (size_t)g->hd * g->es;
+    size_t row = g->kv_row;
     size_t dp[4] = {d->kl->kc, d->kl->vc, d->kl->pos, d->kl->scores};
     size_t fp[4] = {f->kl->kc, f->kl->vc, f->kl->pos, f->kl->scores};
     size_t rb[4] = {row, row, 4, 4};

@@ -286,6 +286,10 @@ int sched_create(backend *be, const sched_model *m, const sched_policy *p,
     RETURN_IF(p->compress_cache && !backend_kv_fmt_has(o, KERN_KV_FMT_Q4), -ENOTSUP,
               "--compress-cache is not available on the %s backend; drop it or use --device cpu",
               o->name);
+    RETURN_IF(geom.kv_fmt == KERN_KV_FMT_BF16 &&
+              (!backend_kv_fmt_has(o, KERN_KV_FMT_BF16) || !o->host_visible), -ENOTSUP,
+              "internal: bf16 weights read directly, with a bf16 KV cache, on the %s backend, "
+              "which has no such cache", o->name);
 
     sched *s = calloc(1, sizeof *s);
     RETURN_IF(!s, -ENOMEM, "out of memory");

@@ -44,6 +44,10 @@ typedef struct sched_geom {
     size_t att;            /* width of the scratch att (sched_att_dim) */
     int gbs, K, block;
     int wq, kvq;           /* compress_weight, compress_cache */
+    kern_kv_fmt kv_fmt;    /* the KV rows' format: KERN_KV_FMT_Q4 with compress_cache,
+                            * else KERN_KV_FMT_BF16 under sched_shape.weight_direct,
+                            * else KERN_KV_FMT_PLAIN */
+    size_t kv_row;         /* bytes of one KV row (a slot of a head) in that format */
     size_t w_exp;          /* elements of the scratch that 4-bit matrices expand into:
                             * a layer's four (K > 1) or the largest one; 0 without wq */
     int wh;                /* the tiers' blobs are 16-bit (kern_h16; sched_shape.weight_fmt

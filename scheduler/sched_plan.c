@@ -38,7 +38,7 @@ kv_layout sched_kv_layout(const sched_geom *g, int n, int cap, int scores)
 {
     kv_layout k;
     size_t slots = (size_t)n * g->KVH * cap;
-    size_t row = g->kvq ? kern_q4_row_bytes(g->hd) : (size_t)g->hd * g->es;
+    size_t row = g->kv_row;
     k.kc = 0;
     k.vc = A256(slots * row);
     k.pos = k.vc + A256(slots * row);
@@ -68,6 +68,12 @@ void sched_geom_init(sched_geom *g, const sched_model *m, size_t es, const sched
 
     g->wq = p->compress_weight;
     g->kvq = p->compress_cache;
+    g->kv_fmt = g->kvq                               ? KERN_KV_FMT_Q4
+              : sh->weight_direct && es > 2          ? KERN_KV_FMT_BF16
+                                                     : KERN_KV_FMT_PLAIN;
+    g->kv_row = g->kv_fmt == KERN_KV_FMT_Q4     ? kern_q4_row_bytes(g->hd)
+              : g->kv_fmt == KERN_KV_FMT_BF16   ? (size_t)g->hd * 2
+                                                : (size_t)g->hd * g->es;
     /* 16-bit blobs on a wider backend: the tiers and links carry half the
      * bytes; a layer widens into w_wide once per block before its compute */
     g->wh = !g->wq && es > 2 && (sh->weight_fmt == KERN_H16_F16 ||

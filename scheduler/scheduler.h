@@ -201,7 +201,8 @@ typedef struct sched_kv {
                      * CPU threads over the cache in place; only q/k/v rows and the
                      * attention output cross the link */
     kern_kv_fmt fmt; /* the row format of kc, vc: KERN_KV_FMT_Q4 (compress_cache,
-                      * kern_q4_row_bytes(head_dim) bytes per slot) or KERN_KV_FMT_PLAIN */
+                      * kern_q4_row_bytes(head_dim) bytes per slot), KERN_KV_FMT_BF16
+                      * (sched_shape.weight_direct) or KERN_KV_FMT_PLAIN */
 } sched_kv;
 
 /* Per-pass scratch on the backend, sized from the plan, shared by the
@@ -342,7 +343,8 @@ typedef struct sched_shape {
                         * (backend_ops.h16_direct: bf16 matmuls), so they stay 16-bit
                         * even when every layer is resident on the GPU tier, and the
                         * model keeps its embedding and head in them too
-                        * (sched_model.globals_mat) */
+                        * (sched_model.globals_mat); the KV cache is bf16 rows
+                        * (KERN_KV_FMT_BF16) unless compress_cache */
     int max_prompt; /* longest prompt of a prefill pass (<= max_rows); 0: max_rows */
     int sample;     /* enum sched_sample */
     int sample_row_edits; /* most logit edits (kern_logit_edit) of one sample row

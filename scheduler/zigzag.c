@@ -251,7 +251,7 @@ static int compute_item(sched *s, int l, const batch_desc *b, int v, int kind,
         kv[n_kv++] = (sched_kv){base + kl->kc, base + kl->vc, base + kl->pos,
                                 kl->scores == SIZE_MAX ? NULL : base + kl->scores,
                                 g->kv_seq0[t], n, host,
-                                g->kvq ? KERN_KV_FMT_Q4 : KERN_KV_FMT_PLAIN};
+                                g->kv_fmt};
     }
     if (l == 0)
         FORWARD_IF(m->embed(m->ctx, x, ids + b->r0, pos + b->r0, b->n_rows));

@@ -509,3 +509,46 @@ Test(bf16_cli, embedding_and_head_stay_bf16_with_the_layers)
     backend_destroy(&bbe);
     backend_destroy(&plain);
 }
+
+/* The plan under bf16 matmuls (sched_shape.weight_direct) over a bf16
+ * Llama-3.2-1B, every layer resident: the (V, d) embedding at 2 bytes a
+ * value instead of 4, the layers at 2 (as with fp32 matmuls over bf16
+ * layers, which the plan widens), and the KV rows at 2 bytes a value, their
+ * positions and scores still 4; with --compress-cache the 4-bit rows
+ * whatever the matmul. */
+Test(bf16, plan_counts_bf16_tables_and_kv)
+{
+    model_config c;
+    cr_assert_eq(model_config_by_name("llama-3.2-1b", &c), 0, "%s", err_msg());
+    sched_model sm;
+    model_sched_shape(&c, &sm);
+    sched_policy p;
+    sched_policy_default(&p);
+    p.gpu_batch_size = 8;
+    sched_shape sh = {.max_rows = 256, .cap = 160, .scores = 1, .weight_fmt = KERN_H16_BF16};
+    sched_plan f32, b16, q4;
+    cr_assert_eq(sched_plan_compute(&sm, 4, &p, &sh, &f32), 0, "%s", err_msg());
+    sh.weight_direct = 1;
+    cr_assert_eq(sched_plan_compute(&sm, 4, &p, &sh, &b16), 0, "%s", err_msg());
+    cr_assert(b16.weight_direct && !f32.weight_direct);
+    uint64_t V = (uint64_t)c.vocab_size, d = (uint64_t)c.hidden, L = (uint64_t)c.n_layer;
+    cr_assert(c.tie_lm_head);
+    cr_assert_eq(sm.globals_mat, V * d);
+    /* every layer resident: the fp32 plan keeps them in fp32 (widening
+     * each layer per block would cost more than it saves), bf16 in bf16 */
+    uint64_t w32 = f32.bytes[SCHED_GPU][SCHED_WEIGHTS], w16 = b16.bytes[SCHED_GPU][SCHED_WEIGHTS];
+    uint64_t g32 = sm.globals * 4, g16 = (sm.globals - sm.globals_mat) * 4 + sm.globals_mat * 2;
+    cr_assert_eq(w32 - g32, 2 * (w16 - g16), "layers: %llu vs %llu bytes",
+                 (unsigned long long)(w32 - g32), (unsigned long long)(w16 - g16));
+    uint64_t slots = 8ull * c.n_kv_head * 160, hd = (uint64_t)c.head_dim;
+#define A256(x) (((x) + 255) & ~(uint64_t)255)
+    uint64_t rec32 = 2 * A256(slots * hd * 4) + 2 * A256(slots * 4);
+    uint64_t rec16 = 2 * A256(slots * hd * 2) + 2 * A256(slots * 4);
+    cr_assert_eq(f32.bytes[SCHED_GPU][SCHED_KV], L * rec32);
+    cr_assert_eq(b16.bytes[SCHED_GPU][SCHED_KV], L * rec16);
+    p.compress_cache = 1;
+    cr_assert_eq(sched_plan_compute(&sm, 4, &p, &sh, &q4), 0, "%s", err_msg());
+    cr_assert_eq(q4.bytes[SCHED_GPU][SCHED_KV],
+                 L * (2 * A256(slots * kern_q4_row_bytes(c.head_dim)) + 2 * A256(slots * 4)));
+#undef A256
+}

@@ -1521,8 +1521,9 @@ Test(kern_cuda, gqa_decode_without_scores)
     free(kv), free(qkv), free(s0);
 }
 
-/* The CUDA backend has both KV cache formats, and its kernels refuse a
- * format they do not know (-ENOTSUP), naming it, in each KV op. */
+/* The CUDA backend has the plain and 4-bit KV cache formats, and its
+ * kernels refuse one they do not have (-ENOTSUP), naming it, in each KV op:
+ * bf16 (the CPU backend's) and one past the last. */
 Test(kern_cuda, kv_formats_and_an_unknown_format_refused)
 {
     int hd = 16, cap = 4;
@@ -1530,12 +1531,18 @@ Test(kern_cuda, kv_formats_and_an_unknown_format_refused)
                    .recent = 1};
     cr_assert(backend_kv_fmt_has(gpu.ops, KERN_KV_FMT_PLAIN) &&
               backend_kv_fmt_has(gpu.ops, KERN_KV_FMT_Q4));
-    cr_assert(!backend_kv_fmt_has(gpu.ops, KERN_KV_FMTS));
+    cr_assert(!backend_kv_fmt_has(gpu.ops, KERN_KV_FMTS) &&
+              !backend_kv_fmt_has(gpu.ops, KERN_KV_FMT_BF16));
     pair QKV = put(NULL, (size_t)3 * hd), out = put(NULL, (size_t)hd);
     pair K = put(NULL, (size_t)cap * hd), V = put(NULL, (size_t)cap * hd);
     pair ps = put_words(NULL, (size_t)cap), cs = put_words(NULL, 1);
     char *qg = QKV.g;
-    kern_kv_fmt bad = KERN_KV_FMTS;
+    kern_kv_fmt bad = KERN_KV_FMT_BF16;
+    err_clear();
+    cr_assert_eq(gpu.ops->kv_prefill(gpu.ctx, KERN_KV_FMTS, K.g, V.g, NULL, ps.g, qg + 2 * hd,
+                                     qg + 4 * hd, 3 * hd, cs.g, &sq, 1, 1, 1, hd, cap),
+                 -ENOTSUP);
+    cr_assert(strstr(err_msg(), "no KV cache format 3"), "%s", err_msg());
     err_clear();
     cr_assert_eq(gpu.ops->kv_prefill(gpu.ctx, bad, K.g, V.g, NULL, ps.g, qg + 2 * hd,
                                      qg + 4 * hd, 3 * hd, cs.g, &sq, 1, 1, 1, hd, cap),

@@ -117,16 +117,18 @@ Test(kern_host, linear_rows_against_double_and_independent_of_m)
 }
 
 /* The CPU backend's KV ops take the cache format as an argument: plain
- * caches run the fp32 references, 4-bit ones the _q4 instances, both
- * bit for bit; both formats are in kv_formats; a format it does not have
- * is refused (-ENOTSUP) by each op, with a message that names it. */
+ * caches run the fp32 references, 4-bit and bf16 ones the _q4 and _bf16
+ * instances, each bit for bit; all three formats are in kv_formats; a
+ * format it does not have is refused (-ENOTSUP) by each op, with a message
+ * that names it. */
 Test(kern_host, cpu_kv_ops_dispatch_on_the_format_and_refuse_unknown_ones)
 {
     enum { HD = 64, CAP = 4, LEN = 6, LD = 3 * HD };
     backend be;
     cr_assert_eq(backend_cpu_create(1, &be), 0, "%s", err_msg());
     const backend_ops *o = be.ops;
-    cr_assert(backend_kv_fmt_has(o, KERN_KV_FMT_PLAIN) && backend_kv_fmt_has(o, KERN_KV_FMT_Q4));
+    cr_assert(backend_kv_fmt_has(o, KERN_KV_FMT_PLAIN) && backend_kv_fmt_has(o, KERN_KV_FMT_Q4) &&
+              backend_kv_fmt_has(o, KERN_KV_FMT_BF16));
     cr_assert(!backend_kv_fmt_has(o, KERN_KV_FMTS) && !backend_kv_fmt_has(o, -1));
     uint64_t seed = 5;
     float qkv[LEN * LD], cs[LEN];
@@ -139,8 +141,11 @@ Test(kern_host, cpu_kv_ops_dispatch_on_the_format_and_refuse_unknown_ones)
                     .sinks = 1, .recent = 1};
     const float *k = qkv + HD, *v = qkv + 2 * HD;
     for (int fmt = KERN_KV_FMT_PLAIN; fmt < KERN_KV_FMTS; fmt++) {
-        size_t bytes = fmt == KERN_KV_FMT_Q4 ? CAP * kern_q4_row_bytes(HD) : CAP * HD * 4;
-        float kc[2][CAP * HD], vc[2][CAP * HD]; /* fp32 rows, or 4-bit rows in their bytes */
+        size_t bytes = fmt == KERN_KV_FMT_Q4     ? CAP * kern_q4_row_bytes(HD)
+                     : fmt == KERN_KV_FMT_BF16 ? CAP * HD * 2
+                                               : CAP * HD * 4;
+        /* fp32 rows, or 4-bit / bf16 rows in their bytes */
+        float kc[2][CAP * HD], vc[2][CAP * HD];
         float sc[2][CAP], out[2][HD], self[2];
         int32_t pos[2][CAP], ev[2];
         memset(kc, 0, sizeof kc), memset(vc, 0, sizeof vc);
@@ -159,6 +164,14 @@ Test(kern_host, cpu_kv_ops_dispatch_on_the_format_and_refuse_unknown_ones)
                                 sc[1], &self[1], KERN_WS(CAP));
             kern_kv_insert_q4(kq, vq, sc[1], pos[1], k, v, LD, &self[1], &dec, 1, 1, 1, HD, CAP,
                               &ev[1]);
+        } else if (fmt == KERN_KV_FMT_BF16) {
+            uint16_t *kb = (uint16_t *)kc[1], *vb = (uint16_t *)vc[1];
+            kern_kv_prefill_bf16(kb, vb, sc[1], pos[1], k, v, LD, cs, &pre, 1, 1, 1, HD, CAP,
+                                 KERN_WS(CAP));
+            kern_attn_decode_bf16(out[1], HD, qkv, k, v, LD, kb, vb, &dec, 1, 1, 1, HD, CAP,
+                                  0.125f, sc[1], &self[1], KERN_WS(CAP));
+            kern_kv_insert_bf16(kb, vb, sc[1], pos[1], k, v, LD, &self[1], &dec, 1, 1, 1, HD, CAP,
+                                &ev[1]);
         } else {
             kern_kv_prefill_ref(kc[1], vc[1], sc[1], pos[1], k, v, LD, cs, &pre, 1, 1, 1, HD, CAP,
                                 KERN_WS(CAP));
@@ -182,15 +195,15 @@ Test(kern_host, cpu_kv_ops_dispatch_on_the_format_and_refuse_unknown_ones)
     err_clear();
     cr_assert_eq(o->kv_prefill(be.ctx, bad, scratch, scratch, s1, pos, k, v, LD, cs, &pre, 1, 1, 1,
                                HD, CAP), -ENOTSUP);
-    cr_assert(strstr(err_msg(), "no KV cache format 2"), "%s", err_msg());
+    cr_assert(strstr(err_msg(), "no KV cache format 3"), "%s", err_msg());
     err_clear();
     cr_assert_eq(o->attn_decode(be.ctx, out, HD, qkv, k, v, LD, bad, scratch, scratch, &dec, 1,
                                 1, 1, HD, CAP, 0.125f, s1, &self), -ENOTSUP);
-    cr_assert(strstr(err_msg(), "no KV cache format 2"), "%s", err_msg());
+    cr_assert(strstr(err_msg(), "no KV cache format 3"), "%s", err_msg());
     err_clear();
     cr_assert_eq(o->kv_insert(be.ctx, bad, scratch, scratch, s1, pos, k, v, LD, &self, &dec, 1,
                               1, 1, HD, CAP, NULL), -ENOTSUP);
-    cr_assert(strstr(err_msg(), "no KV cache format 2"), "%s", err_msg());
+    cr_assert(strstr(err_msg(), "no KV cache format 3"), "%s", err_msg());
     err_clear();
     backend_destroy(&be);
 }
@@ -1432,14 +1445,37 @@ static void gx_check_decode(const float *qkv, const float *kc, const float *vc,
     }
 }
 
-/* q4 0: the _h16 ops on fp16 caches against _ref on caches of the same
- * fp16-rounded values (every k, v rounded to fp16 first, so the reference
- * stores exactly what the fp16 cache holds). q4 1: the _q4 ops against _ref
- * on the dequantized caches, re-dequantized before every step. */
-static void gqa_fmt_case(int q4)
+/* The 16-bit element of a cache of format bf16 (1) or fp16 (0), and the
+ * fp32 value it holds. */
+static uint16_t gq_enc(int bf16, float x)
+{
+    uint16_t b;
+    kern_round_bf16_ref(&b, &x, 1);
+    return bf16 ? b : kern_f32_to_f16(x);
+}
+
+static float gq_round(int bf16, float x)
+{
+    float y;
+    if (!bf16)
+        return kern_f16_to_f32(kern_f32_to_f16(x));
+    uint16_t b = gq_enc(1, x);
+    kern_widen_ref(&y, &b, 1, KERN_H16_BF16);
+    return y;
+}
+
+/* mode GQ_H16: the _h16 ops on fp16 caches against _ref on caches of the
+ * same fp16-rounded values (every k, v rounded to fp16 first, so the
+ * reference stores exactly what the fp16 cache holds); GQ_BF16: the _bf16
+ * ops the same way over bf16-rounded values. GQ_Q4: the _q4 ops against
+ * _ref on the dequantized caches, re-dequantized before every step. */
+enum { GQ_H16, GQ_Q4, GQ_BF16 };
+
+static void gqa_fmt_case(int mode)
 {
     enum { SLOTS = GQ_NS * GQ_KVH * GQ_CAP };
-    const char *fmt = q4 ? "q4" : "h16";
+    int q4 = mode == GQ_Q4, bf = mode == GQ_BF16;
+    const char *fmt = q4 ? "q4" : bf ? "bf16" : "h16";
     const int len[GQ_NS] = {12, 9}, budget[GQ_NS] = {6, 5}, sinks[GQ_NS] = {1, 0},
               recent[GQ_NS] = {3, 2};
     const int d = GQ_H * GQ_HD;
@@ -1456,7 +1492,7 @@ static void gqa_fmt_case(int q4)
     float *colsum = malloc(sizeof(float) * (size_t)rows * GQ_KVH);
     cr_assert(qkv && pout && colsum);
     for (int i = 0; i < rows * GQ_LD; i++)
-        qkv[i] = kern_f16_to_f32(kern_f32_to_f16(2 * rnd(&seed)));
+        qkv[i] = gq_round(bf, 2 * rnd(&seed));
     const float *k = qkv + d, *v = k + GQ_KVH * GQ_HD;
     /* the column sums the prefill selection runs on: per KV head, summed
      * over its group (kern_attn_prefill_ref, tested above) */
@@ -1489,6 +1525,10 @@ static void gqa_fmt_case(int q4)
         cr_assert_eq(kern_kv_prefill_q4(kq, vq, sx, px, k, v, GQ_LD, colsum, sq, GQ_NS, GQ_H,
                                         GQ_KVH, GQ_HD, GQ_CAP, KERN_WS(rows)), 0, "%s",
                      err_msg());
+    else if (bf)
+        cr_assert_eq(kern_kv_prefill_bf16(kh, vh, sx, px, k, v, GQ_LD, colsum, sq, GQ_NS, GQ_H,
+                                          GQ_KVH, GQ_HD, GQ_CAP, KERN_WS(rows)), 0, "%s",
+                     err_msg());
     else
         cr_assert_eq(kern_kv_prefill_h16(kh, vh, sx, px, k, v, GQ_LD, colsum, sq, GQ_NS, GQ_H,
                                          GQ_KVH, GQ_HD, GQ_CAP, KERN_WS(rows)), 0, "%s",
@@ -1519,8 +1559,8 @@ static void gqa_fmt_case(int q4)
         cr_assert_eq(memcmp(vq, vx, sizeof vq), 0, "q4 prefill: V cache bytes");
     } else {
         for (int i = 0; i < SLOTS * GQ_HD; i++)
-            cr_assert(kh[i] == kern_f32_to_f16(kf[i]) && vh[i] == kern_f32_to_f16(vf[i]),
-                      "h16 prefill: cache element %d", i);
+            cr_assert(kh[i] == gq_enc(bf, kf[i]) && vh[i] == gq_enc(bf, vf[i]),
+                      "%s prefill: cache element %d", fmt, i);
     }
     for (int s = 0; s < GQ_NS; s++) {
         sq[s].n_past = len[s];
@@ -1535,7 +1575,7 @@ static void gqa_fmt_case(int q4)
     const float *rk = row + d, *rv = rk + GQ_KVH * GQ_HD;
     for (int step = 0; step < GQ_STEPS; step++) {
         for (int i = 0; i < GQ_NS * GQ_LD; i++)
-            row[i] = kern_f16_to_f32(kern_f32_to_f16(2 * rnd(&seed)));
+            row[i] = gq_round(bf, 2 * rnd(&seed));
         for (int s = 0; s < GQ_NS; s++) {
             sq[s].row = s;
             sq[s].n_new = 1;
@@ -1558,6 +1598,10 @@ static void gqa_fmt_case(int q4)
             cr_assert_eq(kern_attn_decode_q4(ox, d, row, rk, rv, GQ_LD, kq, vq, sq, GQ_NS, GQ_H,
                                              GQ_KVH, GQ_HD, GQ_CAP, scale, sx, self_x,
                                              KERN_WS(GQ_CAP)), 0, "%s", err_msg());
+        else if (bf)
+            cr_assert_eq(kern_attn_decode_bf16(ox, d, row, rk, rv, GQ_LD, kh, vh, sq, GQ_NS,
+                                               GQ_H, GQ_KVH, GQ_HD, GQ_CAP, scale, sx, self_x,
+                                               KERN_WS(GQ_CAP)), 0, "%s", err_msg());
         else
             cr_assert_eq(kern_attn_decode_h16(ox, d, row, rk, rv, GQ_LD, kh, vh, sq, GQ_NS, GQ_H,
                                               GQ_KVH, GQ_HD, GQ_CAP, scale, sx, self_x,
@@ -1572,6 +1616,9 @@ static void gqa_fmt_case(int q4)
         if (q4)
             kern_kv_insert_q4(kq, vq, sx, px, rk, rv, GQ_LD, self_x, sq, GQ_NS, GQ_H, GQ_KVH,
                               GQ_HD, GQ_CAP, ev_x);
+        else if (bf)
+            kern_kv_insert_bf16(kh, vh, sx, px, rk, rv, GQ_LD, self_x, sq, GQ_NS, GQ_H, GQ_KVH,
+                                GQ_HD, GQ_CAP, ev_x);
         else
             kern_kv_insert_h16(kh, vh, sx, px, rk, rv, GQ_LD, self_x, sq, GQ_NS, GQ_H, GQ_KVH,
                                GQ_HD, GQ_CAP, ev_x);
@@ -1606,8 +1653,8 @@ static void gqa_fmt_case(int q4)
             cr_assert_eq(memcmp(vq, vx, sizeof vq), 0, "q4 step %d: V cache bytes", step);
         } else {
             for (int i = 0; i < SLOTS * GQ_HD; i++)
-                cr_assert(kh[i] == kern_f32_to_f16(kf[i]) && vh[i] == kern_f32_to_f16(vf[i]),
-                          "h16 step %d: cache element %d", step, i);
+                cr_assert(kh[i] == gq_enc(bf, kf[i]) && vh[i] == gq_enc(bf, vf[i]),
+                          "%s step %d: cache element %d", fmt, step, i);
         }
         for (int s = 0; s < GQ_NS; s++)
             sq[s].n_past++;
@@ -1621,12 +1668,17 @@ static void gqa_fmt_case(int q4)
 
 Test(kern_host, gqa_h16_slot_ops_equal_the_reference_on_rounded_caches)
 {
-    gqa_fmt_case(0);
+    gqa_fmt_case(GQ_H16);
 }
 
 Test(kern_host, gqa_q4_slot_ops_equal_the_reference_on_dequantized_caches)
 {
-    gqa_fmt_case(1);
+    gqa_fmt_case(GQ_Q4);
+}
+
+Test(kern_host, gqa_bf16_slot_ops_equal_the_reference_on_rounded_caches)
+{
+    gqa_fmt_case(GQ_BF16);
 }
 
 /* ------------------------------------- the RoPE families' element-wise ops */

@@ -247,19 +247,21 @@ static int cpu_attn_prefill(void *ctx, void *out, int ldo, const void *q, const 
                                  head_dim, scale, colsum, ws, c->scratch_bytes);
 }
 
-/* The KV cache formats of the CPU backend: fp32 rows, 4-bit rows. */
-#define CPU_KV_FORMATS ((1u << KERN_KV_FMT_PLAIN) | (1u << KERN_KV_FMT_Q4))
+/* The KV cache formats of the CPU backend: fp32 rows, 4-bit rows, bf16
+ * rows. */
+#define CPU_KV_FORMATS \
+    ((1u << KERN_KV_FMT_PLAIN) | (1u << KERN_KV_FMT_Q4) | (1u << KERN_KV_FMT_BF16))
 
 static int kv_fmt_check(kern_kv_fmt fmt)
 {
     RETURN_IF((unsigned)fmt >= KERN_KV_FMTS || !((CPU_KV_FORMATS >> fmt) & 1u), -ENOTSUP,
-              "the cpu backend has no KV cache format %d (it takes plain fp32 and 4-bit "
-              "caches)", (int)fmt);
+              "the cpu backend has no KV cache format %d (it takes plain fp32, 4-bit and "
+              "bf16 caches)", (int)fmt);
     return 0;
 }
 
-/* The KV ops: fp32 caches run the references (_ref), 4-bit ones their _q4
- * instances (kernels/cpu/slot_ops.h). */
+/* The KV ops: fp32 caches run the references (_ref), 4-bit and bf16 ones
+ * their _q4 and _bf16 instances (kernels/cpu/slot_ops.h). */
 static int cpu_kv_prefill(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *scores,
                           void *pos, const void *k, const void *v, int ld, const void *colsum,
                           const kern_seq *seqs, int n_seq, int n_head, int n_kv_head,
@@ -274,6 +276,9 @@ static int cpu_kv_prefill(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *
     if (fmt == KERN_KV_FMT_Q4)
         return kern_kv_prefill_q4(kc, vc, scores, pos, k, v, ld, colsum, seqs, n_seq, n_head,
                                   n_kv_head, head_dim, cap, ws, c->scratch_bytes);
+    if (fmt == KERN_KV_FMT_BF16)
+        return kern_kv_prefill_bf16(kc, vc, scores, pos, k, v, ld, colsum, seqs, n_seq, n_head,
+                                    n_kv_head, head_dim, cap, ws, c->scratch_bytes);
     return kern_kv_prefill_ref(kc, vc, scores, pos, k, v, ld, colsum, seqs, n_seq, n_head,
                                n_kv_head, head_dim, cap, ws, c->scratch_bytes);
 }
@@ -293,6 +298,10 @@ static int cpu_attn_decode(void *ctx, void *out, int ldo, const void *q, const v
         return kern_attn_decode_q4(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq, n_head,
                                    n_kv_head, head_dim, cap, scale, scores, self_p, ws,
                                    c->scratch_bytes);
+    if (fmt == KERN_KV_FMT_BF16)
+        return kern_attn_decode_bf16(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq, n_head,
+                                     n_kv_head, head_dim, cap, scale, scores, self_p, ws,
+                                     c->scratch_bytes);
     return kern_attn_decode_ref(out, ldo, q, k, v, ld, kc, vc, seqs, n_seq, n_head, n_kv_head,
                                 head_dim, cap, scale, scores, self_p, ws, c->scratch_bytes);
 }
@@ -309,6 +318,9 @@ static int cpu_kv_insert(void *ctx, kern_kv_fmt fmt, void *kc, void *vc, void *s
     if (fmt == KERN_KV_FMT_Q4)
         kern_kv_insert_q4(kc, vc, scores, pos, k, v, ld, self_p, seqs, n_seq, n_head, n_kv_head,
                           head_dim, cap, evicted);
+    else if (fmt == KERN_KV_FMT_BF16)
+        kern_kv_insert_bf16(kc, vc, scores, pos, k, v, ld, self_p, seqs, n_seq, n_head,
+                            n_kv_head, head_dim, cap, evicted);
     else
         kern_kv_insert_ref(kc, vc, scores, pos, k, v, ld, self_p, seqs, n_seq, n_head,
                            n_kv_head, head_dim, cap, evicted);

@@ -3,7 +3,8 @@
  * slots, the prompt's kept tokens after prefill, and each decode step's new
  * token into a free slot or over the H2O victim (kern_h2o_pick_ref). The
  * bodies are slot_ops.h, instantiated for fp32 caches (the _ref functions),
- * fp16 caches in host memory (the _h16 functions of CPU attention) and
+ * fp16 caches in host memory (the _h16 functions of CPU attention), bf16
+ * caches (the _bf16 functions of the CPU backend under bf16 matmuls) and
  * 4-bit caches (the _q4 functions of compress_cache).
  */
 #include "../kern.h"
@@ -88,6 +89,24 @@ static inline void h16_st(uint16_t *p, float x) { *p = kern_f32_to_f16(x); }
 #define SLOT_T uint16_t
 #define SLOT_FN(n) n##_h16
 SLOT_ELEMENT_HELPERS(SLOT_FN, uint16_t, h16_ld, h16_st)
+#include "slot_ops.h"
+#undef SLOT_T
+#undef SLOT_FN
+
+/* bf16 caches (the CPU backend under bf16 matmuls): read exactly, written
+ * rounded to nearest even as kern_round_bf16_ref */
+static inline float bf16_ld(const uint16_t *p)
+{
+    uint32_t u = (uint32_t)*p << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static inline void bf16_st(uint16_t *p, float x) { kern_round_bf16_ref(p, &x, 1); }
+
+#define SLOT_T uint16_t
+#define SLOT_FN(n) n##_bf16
+SLOT_ELEMENT_HELPERS(SLOT_FN, uint16_t, bf16_ld, bf16_st)
 #include "slot_ops.h"
 #undef SLOT_T
 #undef SLOT_FN
