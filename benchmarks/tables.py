@@ -590,7 +590,8 @@ def run_grid(a):
     runner = Runner(a, a.grid)
     rows = read_csv(a.csv)
     done = {key(r): r for r in rows}
-    todo = [c for c in cells(a.grid) if a.only is None or a.only in slug(c)]
+    todo = [c for c in cells(a.grid) if (a.only is None or a.only in slug(c)) and
+            (a.skip is None or a.skip not in slug(c))]
     start = time.time()
     for c in todo:
         k = key(dict(c, machine=runner.machine))
@@ -793,6 +794,7 @@ def main():
     ap.add_argument("--report-dir", default=None, help="default: the CSV's folder")
     ap.add_argument("--dry-run", action="store_true", help="print every cell's command")
     ap.add_argument("--only", default=None, help="only the cells whose slug contains this")
+    ap.add_argument("--skip", default=None, help="leave out the cells whose slug contains this")
     ap.add_argument("--redo", action="store_true", help="rerun the failed and skipped cells")
     ap.add_argument("--rerun", action="store_true",
                     help="rerun the cells --only picks, measured ones too (a method changed)")
