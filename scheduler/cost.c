@@ -96,7 +96,7 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
     /* crosses h2d each load; nothing on the CPU backend, whose compute reads
      * the CPU tier's weights where they lie (sched.c) and whose disk share
      * is read straight into the weight slot (lanes.c) */
-    int host = strcmp(hw->device, "cpu") == 0;
+    int host = sh->host_visible;
     double w_off = host ? 0 : L * (double)(g.blob - g.w_gpu);
     double w_disk = L * (double)g.w_disk_span;             /* read from disk each load */
     double W_all = L * (double)g.blob + (double)c->vocab * c->hidden * g.head_es;

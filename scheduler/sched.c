@@ -86,9 +86,10 @@ static int alloc_weights(sched *s)
      * the CPU share's fields point into the CPU home instead: the compute
      * reads it where it lies, and no pass copies it (a copy of every
      * CPU-tier weight each step, 12% of a bf16-matmul run's CPU time on
-     * the 2-core VM). The tiers cut a layer at tensor boundaries, so a
-     * tensor lies in one home. */
-    s->w_cpu_direct = s->be->ops->host_visible && g->w_cpu > g->w_gpu;
+     * the 2-core VM), so the slot starts at w_cpu rounded down and holds
+     * the disk share only (sched_geom_init). The tiers cut a layer at tensor
+     * boundaries, so a tensor lies in one home. */
+    s->w_cpu_direct = s->sh.host_visible && g->w_cpu > g->w_gpu;
     size_t off[SCHED_MAX_TENSORS];
     sched_blob_layout(&s->mdl, g->wes, g->wq, off, NULL);
     for (int l = 0; rc == 0 && l < L; l++)
@@ -268,10 +269,12 @@ int sched_io_order_device(const backend *be)
 }
 
 int sched_create(backend *be, const sched_model *m, const sched_policy *p,
-                 const sched_shape *sh, sched_trace *trace, sched **out)
+                 const sched_shape *shape, sched_trace *trace, sched **out)
 {
     sched_plan pl;
     sched_geom geom;
+    sched_shape shv = *shape, *sh = &shv;
+    shv.host_visible = be->ops->host_visible; /* the backend's, whatever the caller said */
     FORWARD_IF(sched_plan_geom(m, be->ops->elem_size, p, sh, &geom, &pl));
     uint64_t disk_free = 0;
     if (pl.total[SCHED_DISK])

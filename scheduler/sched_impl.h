@@ -59,8 +59,9 @@ typedef struct sched_geom {
                             * storage type); 0 without wh */
     size_t blob;           /* layer blob bytes on the tiers (sched_blob_layout, wes) */
     size_t w_gpu, w_cpu;   /* blob cut points (bytes) */
-    size_t w_stage_from;   /* w_gpu rounded down to OFF_ALIGN: a weight slot holds
-                            * the blob's bytes [w_stage_from, align_up(blob)) */
+    size_t w_stage_from;   /* w_gpu (host_visible: w_cpu) rounded down to OFF_ALIGN: a
+                            * weight slot holds the blob's bytes [w_stage_from,
+                            * align_up(blob)) */
     size_t globals;        /* embeddings + final LayerNorm (+ untied head) bytes */
     size_t head_es;        /* bytes per element of the head matrix: 2 under
                             * weight_direct (sched_model.globals_mat), else es */

@@ -108,7 +108,11 @@ void sched_geom_init(sched_geom *g, const sched_model *m, size_t es, const sched
      * batch only the matrix of the GEMM at hand is */
     size_t largest, all = sched_blob_matrix_elems(m, &largest);
     g->w_exp = !g->wq ? 0 : g->K > 1 ? all : largest;
-    g->w_stage_from = g->w_gpu & ~(size_t)(OFF_ALIGN - 1);
+    /* the weight slot: the CPU share and the disk share, or on a backend
+     * reading the CPU home in place (sched_shape.host_visible) the disk
+     * share only */
+    g->w_stage_from = (sh->host_visible && g->w_cpu > g->w_gpu ? g->w_cpu : g->w_gpu) &
+                      ~(size_t)(OFF_ALIGN - 1);
     size_t d = (size_t)m->hidden;
     g->head_es = sh->weight_direct ? 2 : es;
     g->globals = (m->globals - m->globals_mat) * es + m->globals_mat * g->head_es;

@@ -345,6 +345,12 @@ typedef struct sched_shape {
                         * model keeps its embedding and head in them too
                         * (sched_model.globals_mat); the KV cache is bf16 rows
                         * (KERN_KV_FMT_BF16) unless compress_cache */
+    int host_visible; /* the backend's buffers are host memory (backend_ops.host_visible:
+                       * the CPU backend): its compute reads the CPU tier's weights where
+                       * they lie, so a weight slot holds the disk share only and no
+                       * weight crosses a link but from the disk. sched_create sets it
+                       * from its backend; a plan made without one (search) from the
+                       * device */
     int max_prompt; /* longest prompt of a prefill pass (<= max_rows); 0: max_rows */
     int sample;     /* enum sched_sample */
     int sample_row_edits; /* most logit edits (kern_logit_edit) of one sample row
@@ -612,6 +618,7 @@ typedef struct sched_search_opts {
     int weight_fmt;          /* sched_shape.weight_fmt: the source's 16 bits, kept on
                               * the tiers of a wider backend (cli_model_tiers) */
     int weight_direct;       /* sched_shape.weight_direct (--cpu-matmul bf16) */
+    int host_visible;        /* sched_shape.host_visible: the CPU backend */
     int weights_on_disk_already; /* sched_shape's: the disk share streams from a weight
                               * store, so it takes no room in offload_dir */
 } sched_search_opts;

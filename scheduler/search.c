@@ -233,6 +233,7 @@ static sched_shape search_shape(const sched_search_opts *o, int gbs)
     sh.scores = o->scores;
     sh.weight_fmt = o->weight_fmt;
     sh.weight_direct = o->weight_direct;
+    sh.host_visible = o->host_visible;
     sh.weights_on_disk_already = o->weights_on_disk_already;
     return sh;
 }

@@ -667,6 +667,60 @@ Test(policy, plan_counts_fp16_weights_and_the_widening_scratch)
     cr_assert(strstr(buf, "weights fp16 on the tiers, widened per block"), "%s", buf);
 }
 
+/* On a backend whose buffers are host memory (sched_shape.host_visible: the
+ * CPU backend) the compute reads the CPU share in its home, so a weight
+ * slot holds the disk share only: the two slots shrink by the CPU share
+ * (cut at 4096-byte boundaries) and nothing else in the plan changes. With
+ * no disk share there is no slot either way; the cost model charges the
+ * host-visible backend no weight crossing h2d. */
+Test(policy, a_host_visible_weight_slot_holds_the_disk_share_only)
+{
+    model_config c;
+    cr_assert_eq(model_config_by_name("opt-1.3b", &c), 0);
+    sched_policy p;
+    sched_policy_default(&p);
+    p.gpu_batch_size = 4;
+    p.wg = 20;
+    p.wc = 50;
+    snprintf(p.offload_dir, sizeof p.offload_dir, "/tmp");
+    sched_shape sh = {.max_rows = 64, .cap = 96};
+    const sched_model *m = shape_of(&c);
+    sched_plan dev, host;
+    cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &dev), 0, "%s", err_msg());
+    sh.host_visible = 1;
+    cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &host), 0, "%s", err_msg());
+    uint64_t L = (uint64_t)c.n_layer, glob = (uint64_t)m->globals * 4;
+    uint64_t w_gpu = (dev.bytes[SCHED_GPU][SCHED_WEIGHTS] - glob) / L;
+    uint64_t w_cpu = w_gpu + dev.bytes[SCHED_CPU][SCHED_WEIGHTS] / L;
+    cr_assert(w_gpu > 0 && (w_cpu & ~4095ull) > (w_gpu & ~4095ull), "a CPU share: %llu %llu",
+              (unsigned long long)w_gpu, (unsigned long long)w_cpu);
+    cr_assert_eq(dev.bytes[SCHED_GPU][SCHED_STAGE] - host.bytes[SCHED_GPU][SCHED_STAGE],
+                 2 * ((w_cpu & ~4095ull) - (w_gpu & ~4095ull)));
+    uint64_t blob = sched_blob_layout(m, 4, 0, NULL, NULL);
+    cr_assert_geq(host.bytes[SCHED_GPU][SCHED_STAGE], 2 * (blob - w_cpu),
+                  "the slots hold the disk share");
+    host.bytes[SCHED_GPU][SCHED_STAGE] = dev.bytes[SCHED_GPU][SCHED_STAGE];
+    host.total[SCHED_GPU] = dev.total[SCHED_GPU];
+    cr_assert(memcmp(&host, &dev, sizeof host) == 0, "only the slots differ");
+    /* the cost model: a step's h2d carries the offloaded weights only off
+     * the host-visible backend */
+    sched_calib hw = {.h2d = 10, .d2h = 10, .dram = 20, .disk_read = 2, .disk_write = 1,
+                      .dev_mem = 20, .gemm = 1};
+    sched_cost ch, cd;
+    cr_assert_eq(sched_cost_eval(m, 4, &p, &sh, 32, 8, &hw, &ch), 0, "%s", err_msg());
+    sh.host_visible = 0;
+    cr_assert_eq(sched_cost_eval(m, 4, &p, &sh, 32, 8, &hw, &cd), 0, "%s", err_msg());
+    cr_assert_eq(ch.step[COST_H2D], 0);
+    cr_assert_gt(cd.step[COST_H2D], (double)L * (blob - w_gpu) / 10e9 * 0.99);
+    /* every layer resident: no slot */
+    p.wg = 100;
+    p.wc = 0;
+    cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &dev), 0, "%s", err_msg());
+    sh.host_visible = 1;
+    cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &host), 0, "%s", err_msg());
+    cr_assert_eq(memcmp(&host, &dev, sizeof host), 0);
+}
+
 Test(sched, pread_fallback_when_io_uring_is_refused)
 {
     setup_files();

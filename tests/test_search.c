@@ -392,7 +392,7 @@ Test(search, plans_16_bit_weights_on_a_wider_backend)
     sched_search_opts o = {.prompt_len = 32, .gen_len = 8, .prefill_rows = 4096,
                            .kv_cap = 40, .max_block = 8, .max_gpu_batches = 1,
                            .cpu_attention = 0, .gpu_cap = 1 * GiB, .cpu_cap = 1 * GiB,
-                           .disk_cap = 64 * GiB};
+                           .disk_cap = 64 * GiB, .host_visible = 1};
     sched_candidate f32, f16, st16;
     int n = 0;
     const sched_model *m = shape_of(&c);
@@ -407,7 +407,7 @@ Test(search, plans_16_bit_weights_on_a_wider_backend)
     cr_assert_gt(f16.cost.tok_s, f32.cost.tok_s);
     /* the plan is the one generate computes for that policy and shape */
     sched_shape sh = {.max_rows = sched_prefill_rows(4096, 32, f16.pol.gpu_batch_size),
-                      .cap = 40, .weight_fmt = KERN_H16_F16};
+                      .cap = 40, .weight_fmt = KERN_H16_F16, .host_visible = 1};
     sched_plan again;
     cr_assert_eq(sched_plan_compute(m, 4, &f16.pol, &sh, &again), 0, "%s", err_msg());
     cr_assert_eq(memcmp(again.total, f16.plan.total, sizeof again.total), 0);

@@ -82,6 +82,7 @@ void cli_model_tiers(const cli_model_src *src, const backend *be, const sched_po
     cli_model_tiers_for(src, be->ops->elem_size, be->ops->widen != NULL, pol, sh);
     int bf16 = be->ops->h16_direct && be->ops->h16_direct(be->ctx, KERN_H16_BF16);
     sh->weight_direct = bf16 && sh->weight_fmt == KERN_H16_BF16;
+    sh->host_visible = be->ops->host_visible;
     /* 4-bit matrices take bf16 matmuls in prefills (backend.h linear_q4) */
     static int told;
     if (bf16 && !sh->weight_direct && !pol->compress_weight && !told++)

@@ -342,6 +342,7 @@ static int search_run(search_args *a, const cli_model_src *src, const sched_cali
     sh.weight_direct = sh.weight_fmt == KERN_H16_BF16 && a->c.bf16_matmul;
     a->so.weight_fmt = sh.weight_fmt;
     a->so.weight_direct = sh.weight_direct;
+    a->so.host_visible = cpu;
     a->so.weights_on_disk_already = sh.weights_on_disk_already;
     sched_candidate *best = calloc((size_t)a->top, sizeof *best);
     if (!best)
