@@ -26,13 +26,14 @@
 
 void kern_round_bf16_ref(uint16_t *dst, const float *src, size_t n)
 {
+    /* without branches, so that the loop vectorizes */
     for (size_t i = 0; i < n; i++) {
         uint32_t u;
         memcpy(&u, &src[i], sizeof u);
-        if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: stays a (quiet) NaN */
-            dst[i] = (uint16_t)((u >> 16) | 0x40);
-        else /* round to nearest, ties to even; overflow rounds to infinity */
-            dst[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        /* round to nearest, ties to even; overflow rounds to infinity */
+        uint16_t r = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        uint16_t q = (uint16_t)((u >> 16) | 0x40); /* a NaN stays a (quiet) NaN */
+        dst[i] = (u & 0x7fffffffu) > 0x7f800000u ? q : r;
     }
 }
 

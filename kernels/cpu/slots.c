@@ -55,10 +55,9 @@ static void prefill_keep(unsigned char *keep, const float *cs, int stride,
 #define SLOT_ELEMENT_HELPERS(FN, T, LD, ST)                                  \
     static float FN(dot_cache)(const float *q, const T *c, int n)             \
     {                                                                         \
-        float s = 0.0f;                                                       \
-        for (int e = 0; e < n; e++)                                           \
-            s += q[e] * LD(&c[e]);                                            \
-        return s;                                                             \
+        float acc_[DOT_LANES] = {0};                                          \
+        DOT_LANES_OF(q, c, n, LD);                                            \
+        return dot_lanes_sum(acc_);                                           \
     }                                                                         \
     static void FN(axpy_row)(float *o, float p, const T *c, int n)            \
     {                                                                         \
