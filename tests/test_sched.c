@@ -564,6 +564,18 @@ Test(sched, bf16_store_streams_as_bf16_on_the_cpu_backend)
     cr_assert(strstr(cli_err, "--compress-weight keeps the vectors f16 or f32"), "%s", cli_err);
 }
 
+/* opt-1.3b's config, and the default policy at a GPU batch of 4 with the
+ * weights wg % on the GPU, wc % on the CPU, the rest on disk in /tmp. */
+static void opt13_split(model_config *c, sched_policy *p, int wg, int wc)
+{
+    cr_assert_eq(model_config_by_name("opt-1.3b", c), 0);
+    sched_policy_default(p);
+    p->gpu_batch_size = 4;
+    p->wg = wg;
+    p->wc = wc;
+    snprintf(p->offload_dir, sizeof p->offload_dir, "/tmp");
+}
+
 /* The plan of 16-bit weights on the CPU backend (storage type fp32): each
  * tier holds the layers at 2 bytes per value, the globals stay fp32, and
  * the GPU tier's work space gains one layer in fp32 (the scratch it widens
@@ -572,13 +584,8 @@ Test(sched, bf16_store_streams_as_bf16_on_the_cpu_backend)
 Test(policy, plan_counts_fp16_weights_and_the_widening_scratch)
 {
     model_config c;
-    cr_assert_eq(model_config_by_name("opt-1.3b", &c), 0);
     sched_policy p;
-    sched_policy_default(&p);
-    p.gpu_batch_size = 4;
-    p.wg = 20;
-    p.wc = 30;
-    snprintf(p.offload_dir, sizeof p.offload_dir, "/tmp");
+    opt13_split(&c, &p, 20, 30);
     sched_shape sh = {.max_rows = 64, .cap = 96, .scores = 0};
     sched_plan f32, f16;
     const sched_model *m = shape_of(&c);
@@ -676,13 +683,8 @@ Test(policy, plan_counts_fp16_weights_and_the_widening_scratch)
 Test(policy, a_host_visible_weight_slot_holds_the_disk_share_only)
 {
     model_config c;
-    cr_assert_eq(model_config_by_name("opt-1.3b", &c), 0);
     sched_policy p;
-    sched_policy_default(&p);
-    p.gpu_batch_size = 4;
-    p.wg = 20;
-    p.wc = 50;
-    snprintf(p.offload_dir, sizeof p.offload_dir, "/tmp");
+    opt13_split(&c, &p, 20, 50);
     sched_shape sh = {.max_rows = 64, .cap = 96};
     const sched_model *m = shape_of(&c);
     sched_plan dev, host;
