@@ -488,6 +488,13 @@ void kern_q4_dequant_bf16(uint16_t *dst, const uint8_t *src, size_t rows, int n,
 /* 1 when kern_linear_bf16 can run here; *why (may be NULL): the
  * implementation oneDNN picked, or why not. Thread-safe. */
 int kern_bf16_matmul_available(const char **why);
+/* From this many rows the CPU backend under bf16 matmuls runs a 4-bit
+ * matrix as kern_q4_dequant_bf16 then kern_linear_bf16 rather than the fp32
+ * rows kernel: at a decode block of 64 on the Sapphire Rapids VM, opt-1.3b
+ * H2O 20% + 4-bit 32+32 decoded at 45-53 tok/s instead of 31-32
+ * (results/cpu-xeon-2026-12-03/bf16, ab-q4-rows.txt); the threshold itself
+ * is not tuned (fewer rows read the 4 bits, more bytes than compute). */
+#define KERN_Q4_BF16_ROWS_MIN 16
 
 /* ------------------------------------------------ 4-bit group quantization
  * DESIGN.md "compress_weight / compress_cache": 4 bits, groups of

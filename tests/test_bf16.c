@@ -211,7 +211,7 @@ Test(bf16, backend_routes_bf16_rows_only)
     backend_destroy(&plain);
 }
 
-/* 4-bit matrices under bf16_matmul: more rows than KERN_LINEAR_ROWS_MAX are
+/* 4-bit matrices under bf16_matmul: KERN_Q4_BF16_ROWS_MIN rows or more are
  * the bf16 matmul over the expansion rounded to bf16 (kern_q4_dequant_bf16
  * = dequantize, then round), fewer keep the fp32 rows kernel bit for bit. */
 Test(bf16, backend_4bit_rows_expand_to_bf16_for_prefills)
@@ -234,7 +234,8 @@ Test(bf16, backend_4bit_rows_expand_to_bf16_for_prefills)
     float *stage = malloc(sizeof(float) * k * kern_cpu_threads());
     kern_q4_dequant_bf16(wb2, wq, (size_t)n, k, stage);
     cr_assert_eq(memcmp(wb, wb2, sizeof(uint16_t) * n * k), 0, "kern_q4_dequant_bf16");
-    static const int rows[] = {3, KERN_LINEAR_ROWS_MAX, KERN_LINEAR_ROWS_MAX + 1, 150};
+    static const int rows[] = {3, KERN_Q4_BF16_ROWS_MIN - 1, KERN_Q4_BF16_ROWS_MIN,
+                               KERN_LINEAR_ROWS_MAX, 150};
     for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
         int m = rows[r];
         float *x = malloc(sizeof(float) * m * k), *b = malloc(sizeof(float) * n);
@@ -246,7 +247,7 @@ Test(bf16, backend_4bit_rows_expand_to_bf16_for_prefills)
             b[j] = rnd(&seed);
         cr_assert_eq(be.ops->linear_q4(be.ctx, ya, x, wq, b, m, n, k, 1, ws), 0, "%s",
                      err_msg());
-        if (m > KERN_LINEAR_ROWS_MAX) {
+        if (m >= KERN_Q4_BF16_ROWS_MIN) {
             cr_assert_eq(kern_linear_bf16(yb, x, wb, m, n, k, ws, sizeof(float) * n * k), 0);
             kern_bias_act_ref(yb, b, m, n, 1);
         } else {

@@ -160,11 +160,12 @@ static int cpu_linear_q4(void *ctx, void *y, const void *x, const void *wq, cons
                          int m, int n, int k, int relu, void *ws)
 {
     cpu_ctx *c = ctx;
-    /* under bf16_matmul, more rows: the matrix expanded to bf16 in the
-     * first half of ws (n * k floats), staged through the second, which
-     * then holds x's rounded rows */
+    /* under bf16_matmul, from KERN_Q4_BF16_ROWS_MIN rows: the matrix
+     * expanded to bf16 in the first half of ws (n * k floats), staged
+     * through the second, which then holds x's rounded rows (a matrix of
+     * fewer rows than threads keeps the fp32 path: no room to stage) */
     size_t half = (size_t)n * k * sizeof(uint16_t);
-    if (c->bf16_matmul && m > KERN_LINEAR_ROWS_MAX &&
+    if (c->bf16_matmul && m >= KERN_Q4_BF16_ROWS_MIN &&
         (size_t)omp_get_max_threads() * k * sizeof(float) <= half) {
         kern_q4_dequant_bf16(ws, wq, (size_t)n, k, (float *)((char *)ws + half));
         FORWARD_IF(kern_linear_bf16(y, x, ws, m, n, k, (char *)ws + half, half));
