@@ -101,9 +101,11 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
     double w_disk = L * (double)g.w_disk_span;             /* read from disk each load */
     double W_all = L * (double)g.blob + (double)c->vocab * c->hidden * g.head_es;
     /* 4-bit matrices are expanded before their GEMMs: written once, read
-     * once more in the storage type */
+     * once more in the storage type, or in bf16 where bf16 matmuls take a
+     * GPU batch's rows (kern.h KERN_Q4_BF16_ROWS_MIN) */
+    double q_es = strcmp(hw->matmul, "bf16") == 0 && g.gbs >= KERN_Q4_BF16_ROWS_MIN ? 2 : es;
     if (g.wq)
-        W_all += 2.0 * L * (double)sched_blob_matrix_elems(c, NULL) * (double)es;
+        W_all += 2.0 * L * (double)sched_blob_matrix_elems(c, NULL) * q_es;
     /* 16-bit layers are widened once per block: the blob read and the
      * widened copy written once, which each batch then reads instead
      * (bf16 matmuls read the 16 bits themselves) */

@@ -553,3 +553,39 @@ Test(bf16, plan_counts_bf16_tables_and_kv)
                  L * (2 * A256(slots * kern_q4_row_bytes(c.head_dim)) + 2 * A256(slots * 4)));
 #undef A256
 }
+
+/* The cost model under a bf16 profile ("matmul": "bf16"): a 4-bit layer's
+ * expansion is written and read in bf16 once a GPU batch has
+ * KERN_Q4_BF16_ROWS_MIN rows (the bf16 matmul path), in fp32 below; the
+ * device-memory term differs by exactly that, nothing else does. */
+Test(bf16, cost_counts_the_4bit_expansion_in_bf16)
+{
+    model_config c;
+    cr_assert_eq(model_config_by_name("opt-1.3b", &c), 0, "%s", err_msg());
+    sched_model sm;
+    model_sched_shape(&c, &sm);
+    sched_policy p;
+    sched_policy_default(&p);
+    p.compress_weight = 1;
+    sched_calib hw = {.h2d = 10, .d2h = 10, .dram = 20, .disk_read = 2, .disk_write = 1,
+                      .dev_mem = 20, .gemm = 1};
+    snprintf(hw.device, sizeof hw.device, "cpu");
+    double per = 2.0 * c.n_layer * (double)sched_blob_matrix_elems(&sm, NULL) / 20e9;
+    static const int gbs[] = {KERN_Q4_BF16_ROWS_MIN - 1, KERN_Q4_BF16_ROWS_MIN, 64};
+    for (size_t i = 0; i < sizeof gbs / sizeof *gbs; i++) {
+        p.gpu_batch_size = gbs[i];
+        sched_shape sh = {.max_rows = 64 * 32, .cap = 40, .host_visible = 1};
+        sched_cost f, b;
+        hw.matmul[0] = '\0';
+        cr_assert_eq(sched_cost_eval(&sm, 4, &p, &sh, 32, 8, &hw, &f), 0, "%s", err_msg());
+        snprintf(hw.matmul, sizeof hw.matmul, "bf16");
+        cr_assert_eq(sched_cost_eval(&sm, 4, &p, &sh, 32, 8, &hw, &b), 0, "%s", err_msg());
+        double want = gbs[i] >= KERN_Q4_BF16_ROWS_MIN ? per * (4 - 2) : 0;
+        double got = f.step[COST_DEV_MEM] - b.step[COST_DEV_MEM];
+        cr_assert(fabs(got - want) <= 1e-9 + 1e-6 * want, "gbs %d: %g s less, want %g", gbs[i],
+                  got, want);
+        for (int t = 0; t < COST_TERMS; t++)
+            if (t != COST_DEV_MEM)
+                cr_assert_eq(f.step[t], b.step[t], "gbs %d term %d", gbs[i], t);
+    }
+}
