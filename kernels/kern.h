@@ -470,6 +470,8 @@ void kern_linear_rows_h16(float *y, const float *x, const uint16_t *w, kern_h16 
 /* dst(n) <- src(n) rounded to bf16 bits: nearest, ties to even; a NaN stays
  * a NaN, a value past the largest bf16 becomes an infinity. */
 void kern_round_bf16_ref(uint16_t *dst, const float *src, size_t n);
+/* The same, n split over the OpenMP threads (kern_widen_par's chunks). */
+void kern_round_bf16_par(uint16_t *dst, const float *src, size_t n);
 /* y(m, n) = bf16(x)(m, k) . w(n, k)^T, w bf16 bits, each product exact and
  * the sum over k in double, rounded once to fp32: the reference. */
 void kern_linear_bf16_ref(float *y, const float *x, const uint16_t *w, int m, int n, int k);

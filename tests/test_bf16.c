@@ -83,6 +83,30 @@ static uint64_t lcg(uint64_t *s)
 
 static float rnd(uint64_t *s) { return (float)((int64_t)lcg(s) * 0x1.0p-52 - 1.0); }
 
+/* The parallel rounding (the chunks kern_linear_bf16 rounds x in) is the
+ * reference's bits over more than three 64 Ki chunks of every kind of value:
+ * ties both ways, NaNs, infinities, overflow, denormals, signed zeros. */
+Test(bf16, parallel_rounding_equals_the_reference)
+{
+    enum { N = 3 * 65536 + 77 };
+    static float x[N];
+    static uint16_t a[N], b[N];
+    static const uint32_t special[] = {0x3f808000u, 0x3f818000u, 0x7fc00001u, 0xff800001u,
+                                       0x7f800000u, 0xff800000u, 0x7f7fffffu, 0x00000001u,
+                                       0x80000000u, 0x00000000u, 0x807fffffu};
+    uint64_t seed = 11;
+    for (int i = 0; i < N; i++) {
+        uint32_t u = (uint32_t)lcg(&seed);
+        if (i % 97 < (int)(sizeof special / sizeof *special))
+            u = special[i % 97];
+        x[i] = f32_of(u);
+    }
+    kern_round_bf16_ref(a, x, N);
+    memset(b, 0xaa, sizeof b);
+    kern_round_bf16_par(b, x, N);
+    cr_assert_eq(memcmp(a, b, sizeof a), 0);
+}
+
 static void skip_without_bf16(void)
 {
     const char *why;

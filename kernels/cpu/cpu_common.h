@@ -44,6 +44,21 @@ static inline float dot(const float *a, const float *b, int n)
     return dot_lanes_sum(acc_);
 }
 
+/* stmt over [0, n) in chunks of 64 Ki values spread over the OpenMP threads,
+ * at and len naming each chunk's start and length: big enough that a
+ * thread's chunk is worth it, small enough that a layer's matrices spread
+ * over every thread. */
+#define PAR_CHUNKS(n, at, len, stmt)                                            \
+    do {                                                                        \
+        const size_t blk_ = (size_t)1 << 16, n_ = (n);                          \
+        long nb_ = (long)((n_ + blk_ - 1) / blk_);                              \
+        _Pragma("omp parallel for schedule(static) if (nb_ > 1)")               \
+        for (long b_ = 0; b_ < nb_; b_++) {                                     \
+            size_t at = (size_t)b_ * blk_, len = n_ - at < blk_ ? n_ - at : blk_; \
+            stmt;                                                               \
+        }                                                                       \
+    } while (0)
+
 /* Softmax of p[0..n) in place: p sums to 1. */
 static inline void softmax(float *p, int n)
 {

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cpu_common.h"
 #include "err.h"
 #include "fh_config.h"
 #include "kern.h"
@@ -35,6 +36,11 @@ void kern_round_bf16_ref(uint16_t *dst, const float *src, size_t n)
         uint16_t q = (uint16_t)((u >> 16) | 0x40); /* a NaN stays a (quiet) NaN */
         dst[i] = (u & 0x7fffffffu) > 0x7f800000u ? q : r;
     }
+}
+
+void kern_round_bf16_par(uint16_t *dst, const float *src, size_t n)
+{
+    PAR_CHUNKS(n, at, len, kern_round_bf16_ref(dst + at, src + at, len));
 }
 
 void kern_linear_bf16_ref(float *y, const float *x, const uint16_t *w, int m, int n, int k)
@@ -220,15 +226,7 @@ int kern_linear_bf16(float *y, const float *x, const uint16_t *w, int m, int n, 
     uint16_t *xb = ws;
     for (int at = 0; at < m;) {
         int r = m - at < (long)rows ? m - at : (int)rows;
-        long cnt = (long)r * k;
-        const float *src = x + (size_t)at * k;
-        /* chunks of 64 Ki values over the threads */
-        const long blk = 1L << 16, nb = (cnt + blk - 1) / blk;
-        #pragma omp parallel for schedule(static) if (nb > 1)
-        for (long b = 0; b < nb; b++) {
-            long from = b * blk, len = cnt - from < blk ? cnt - from : blk;
-            kern_round_bf16_ref(xb + from, src + from, (size_t)len);
-        }
+        kern_round_bf16_par(xb, x + (size_t)at * k, (size_t)r * k);
         FORWARD_IF(run(y + (size_t)at * n, xb, w, r, n, k));
         at += r;
     }

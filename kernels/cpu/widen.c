@@ -10,6 +10,7 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu_common.h"
 #include "kern.h"
 
 void kern_widen_ref(float *dst, const uint16_t *src, size_t n, kern_h16 fmt)
@@ -44,13 +45,5 @@ void kern_widen_row(float *dst, const uint16_t *src, size_t n, kern_h16 fmt)
 
 void kern_widen_par(float *dst, const uint16_t *src, size_t n, kern_h16 fmt)
 {
-    /* chunks of 64 Ki values: big enough that a thread's chunk is worth it,
-     * small enough that a layer's matrices spread over every thread */
-    const size_t blk = (size_t)1 << 16;
-    long nb = (long)((n + blk - 1) / blk);
-    #pragma omp parallel for schedule(static) if (nb > 1)
-    for (long b = 0; b < nb; b++) {
-        size_t at = (size_t)b * blk, len = n - at < blk ? n - at : blk;
-        kern_widen_row(dst + at, src + at, len, fmt);
-    }
+    PAR_CHUNKS(n, at, len, kern_widen_row(dst + at, src + at, len, fmt));
 }
