@@ -535,6 +535,15 @@ Test(bf16_cli, embedding_and_head_stay_bf16_with_the_layers)
     backend_destroy(&plain);
 }
 
+/* Model `name`'s config and shape, and the default policy. */
+static void shape_and_policy(const char *name, model_config *c, sched_model *sm,
+                             sched_policy *p)
+{
+    cr_assert_eq(model_config_by_name(name, c), 0, "%s", err_msg());
+    model_sched_shape(c, sm);
+    sched_policy_default(p);
+}
+
 /* The plan under bf16 matmuls (sched_shape.weight_direct) over a bf16
  * Llama-3.2-1B, every layer resident: the (V, d) embedding at 2 bytes a
  * value instead of 4, the layers at 2 (as with fp32 matmuls over bf16
@@ -544,11 +553,9 @@ Test(bf16_cli, embedding_and_head_stay_bf16_with_the_layers)
 Test(bf16, plan_counts_bf16_tables_and_kv)
 {
     model_config c;
-    cr_assert_eq(model_config_by_name("llama-3.2-1b", &c), 0, "%s", err_msg());
     sched_model sm;
-    model_sched_shape(&c, &sm);
     sched_policy p;
-    sched_policy_default(&p);
+    shape_and_policy("llama-3.2-1b", &c, &sm, &p);
     p.gpu_batch_size = 8;
     sched_shape sh = {.max_rows = 256, .cap = 160, .scores = 1, .weight_fmt = KERN_H16_BF16};
     sched_plan f32, b16, q4;
@@ -585,11 +592,9 @@ Test(bf16, plan_counts_bf16_tables_and_kv)
 Test(bf16, cost_counts_the_4bit_expansion_in_bf16)
 {
     model_config c;
-    cr_assert_eq(model_config_by_name("opt-1.3b", &c), 0, "%s", err_msg());
     sched_model sm;
-    model_sched_shape(&c, &sm);
     sched_policy p;
-    sched_policy_default(&p);
+    shape_and_policy("opt-1.3b", &c, &sm, &p);
     p.compress_weight = 1;
     sched_calib hw = {.h2d = 10, .d2h = 10, .dram = 20, .disk_read = 2, .disk_write = 1,
                       .dev_mem = 20, .gemm = 1};
