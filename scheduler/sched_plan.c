@@ -161,6 +161,7 @@ int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
     out->block = g.block;
     out->weight_fmt = g.wh;
     out->weight_direct = g.wdirect;
+    out->kv_fmt = g.kv_fmt;
     out->widen = g.w_wide ? A256(g.w_wide) : 0;
     uint64_t L = (uint64_t)g.L, K = (uint64_t)g.K;
     uint64_t(*b)[SCHED_PARTS] = out->bytes;
@@ -261,8 +262,9 @@ void sched_plan_print(FILE *f, const sched_plan *pl)
                 gib(pl->bytes[t][SCHED_ACT]), gib(pl->bytes[t][SCHED_STAGE]),
                 gib(pl->bytes[t][SCHED_WORK]), gib(pl->total[t]));
     if (pl->weight_direct)
-        fprintf(f, "[flexh2o] plan        weights bf16 on the tiers, read by bf16 matmuls "
-                "(--cpu-matmul bf16)\n");
+        fprintf(f, "[flexh2o] plan        weights bf16 on the tiers, read by bf16 matmuls; "
+                "embedding, head%s bf16 (--cpu-matmul bf16)\n",
+                pl->kv_fmt == KERN_KV_FMT_BF16 ? " and KV cache" : "");
     else if (pl->weight_fmt)
         fprintf(f, "[flexh2o] plan        weights %s on the tiers, widened per block into "
                 "%.3f GiB of the gpu tier's work\n",

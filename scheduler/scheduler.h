@@ -368,6 +368,7 @@ typedef struct sched_plan {
     int weight_fmt;  /* the 16-bit type (kern_h16) the tiers keep the layers in, or 0:
                       * the storage type (sched_shape.weight_fmt where it applies) */
     int weight_direct; /* sched_shape.weight_direct applied: read by bf16 matmuls */
+    int kv_fmt;        /* the KV rows' format (kern_kv_fmt) */
     uint64_t widen;  /* of the GPU tier's work: the scratch a layer widens into */
     uint64_t w_store; /* the layers' disk share read from a weight store as it is
                        * (sched_shape.weights_on_disk_already): on disk, but not in

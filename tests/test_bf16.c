@@ -389,7 +389,8 @@ Test(bf16_cli, generate_with_bf16_matmuls_is_near_the_fp32_run)
                          "--percent 100 0 100 0 100 0 --cpu-matmul bf16 --plan"), 0, "%s",
                  cli_err);
     char *plan = cli_read("stdout.txt");
-    cr_assert(strstr(plan, "weights bf16 on the tiers, read by bf16 matmuls"), "%s", plan);
+    cr_assert(strstr(plan, "weights bf16 on the tiers, read by bf16 matmuls; embedding, head "
+                           "and KV cache bf16"), "%s", plan);
     free(plan);
     /* an fp16 store: the fp32 path, told so, the same output */
     cr_assert_eq(cli_run("convert --model " TINY " --out sth --dtype f16"), 0, "%s", cli_err);
@@ -563,6 +564,7 @@ Test(bf16, plan_counts_bf16_tables_and_kv)
     sh.weight_direct = 1;
     cr_assert_eq(sched_plan_compute(&sm, 4, &p, &sh, &b16), 0, "%s", err_msg());
     cr_assert(b16.weight_direct && !f32.weight_direct);
+    cr_assert(b16.kv_fmt == KERN_KV_FMT_BF16 && f32.kv_fmt == KERN_KV_FMT_PLAIN);
     uint64_t V = (uint64_t)c.vocab_size, d = (uint64_t)c.hidden, L = (uint64_t)c.n_layer;
     cr_assert(c.tie_lm_head);
     cr_assert_eq(sm.globals_mat, V * d);
@@ -580,6 +582,7 @@ Test(bf16, plan_counts_bf16_tables_and_kv)
     cr_assert_eq(b16.bytes[SCHED_GPU][SCHED_KV], L * rec16);
     p.compress_cache = 1;
     cr_assert_eq(sched_plan_compute(&sm, 4, &p, &sh, &q4), 0, "%s", err_msg());
+    cr_assert_eq(q4.kv_fmt, KERN_KV_FMT_Q4);
     cr_assert_eq(q4.bytes[SCHED_GPU][SCHED_KV],
                  L * (2 * A256(slots * kern_q4_row_bytes(c.head_dim)) + 2 * A256(slots * 4)));
 #undef A256
