@@ -163,7 +163,8 @@ static int cpu_linear_q4(void *ctx, void *y, const void *x, const void *wq, cons
     /* under bf16_matmul, from KERN_Q4_BF16_ROWS_MIN rows: the matrix
      * expanded to bf16 in the first half of ws (n * k floats), staged
      * through the second, which then holds x's rounded rows (a matrix of
-     * fewer rows than threads keeps the fp32 path: no room to stage) */
+     * fewer rows than twice the threads keeps the fp32 path: no room to
+     * stage a row per thread) */
     size_t half = (size_t)n * k * sizeof(uint16_t);
     if (c->bf16_matmul && m >= KERN_Q4_BF16_ROWS_MIN &&
         (size_t)omp_get_max_threads() * k * sizeof(float) <= half) {
