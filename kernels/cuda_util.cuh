@@ -59,9 +59,10 @@ static inline unsigned kgrid_y(size_t n)
               "head_dim %d is not supported by the CUDA attention kernels (a multiple "  \
               "of 8 from 8 to 256); use --device cpu", (hd))
 
-/* The KV ops take the formats of kern_kv_fmt; anything else is refused. */
+/* The KV ops take the plain and 4-bit formats of kern_kv_fmt; any other
+ * (bf16: the CPU backend's) is refused. */
 #define KCHECK_KV_FMT(fmt)                                                             \
-    RETURN_IF((fmt) != KERN_KV_FMT_PLAIN && (fmt) != KERN_KV_FMT_Q4, -ENOTSUP,                               \
+    RETURN_IF((fmt) != KERN_KV_FMT_PLAIN && (fmt) != KERN_KV_FMT_Q4, -ENOTSUP,          \
               "the CUDA kernels have no KV cache format %d (they take plain fp16 and "  \
               "4-bit caches)", (int)(fmt))
 

@@ -23,9 +23,9 @@ static inline float dot_lanes_sum(float *acc)
     return acc[0];
 }
 
-/* a . b over n elements, b's element e read as LD(&b[e]) (a row of a cache
- * of any element type). */
-#define DOT_LANES_OF(a, b, n, LD)                                              \
+/* acc[DOT_LANES] (zeroed) += the lanes of a . b over n elements, b's
+ * element e read as LD(&b[e]) (a row of a cache of any element type). */
+#define DOT_LANES_OF(acc_, a, b, n, LD)                                        \
     do {                                                                      \
         int e_ = 0;                                                           \
         for (; e_ + DOT_LANES <= (n); e_ += DOT_LANES)                        \
@@ -35,13 +35,15 @@ static inline float dot_lanes_sum(float *acc)
             acc_[i_] += (a)[e_ + i_] * LD(&(b)[e_ + i_]);                     \
     } while (0)
 
-static inline float dot_f32_ld(const float *p) { return *p; }
+/* An fp32 element read and written (the LD / ST of fp32 rows). */
+static inline float f32_ld(const float *p) { return *p; }
+static inline void f32_st(float *p, float x) { *p = x; }
 
 static inline float dot(const float *a, const float *b, int n)
 {
-    float acc_[DOT_LANES] = {0};
-    DOT_LANES_OF(a, b, n, dot_f32_ld);
-    return dot_lanes_sum(acc_);
+    float acc[DOT_LANES] = {0};
+    DOT_LANES_OF(acc, a, b, n, f32_ld);
+    return dot_lanes_sum(acc);
 }
 
 /* stmt over [0, n) in chunks of 64 Ki values spread over the OpenMP threads,

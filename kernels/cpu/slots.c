@@ -55,9 +55,9 @@ static void prefill_keep(unsigned char *keep, const float *cs, int stride,
 #define SLOT_ELEMENT_HELPERS(FN, T, LD, ST)                                  \
     static float FN(dot_cache)(const float *q, const T *c, int n)             \
     {                                                                         \
-        float acc_[DOT_LANES] = {0};                                          \
-        DOT_LANES_OF(q, c, n, LD);                                            \
-        return dot_lanes_sum(acc_);                                           \
+        float acc[DOT_LANES] = {0};                                           \
+        DOT_LANES_OF(acc, q, c, n, LD);                                       \
+        return dot_lanes_sum(acc);                                            \
     }                                                                         \
     static void FN(axpy_row)(float *o, float p, const T *c, int n)            \
     {                                                                         \
@@ -71,8 +71,6 @@ static void prefill_keep(unsigned char *keep, const float *cs, int stride,
     }
 
 /* fp32 caches: the reference and the CPU backend */
-static inline float f32_ld(const float *p) { return *p; }
-static inline void f32_st(float *p, float x) { *p = x; }
 #define SLOT_T float
 #define SLOT_FN(n) n##_ref
 #define SLOT_ROW(c, i, n) ((c) + (size_t)(i) * (size_t)(n))
