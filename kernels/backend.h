@@ -153,8 +153,9 @@ typedef struct backend_ops {
     int (*h16_direct)(void *ctx, kern_h16 fmt);
     /* embed over a token table of 16-bit rows of format fmt (kern.h
      * kern_embed_h16: each row widened exactly): where h16_direct, the
-     * model keeps its embedding and head matrices in those 16 bits too.
-     * NULL: no such tables. */
+     * model keeps its embedding and head matrices in those 16 bits too,
+     * written and read as host memory: a backend with h16_direct has
+     * embed_h16 and is host_visible. NULL: no such tables. */
     int (*embed_h16)(void *ctx, void *out, const void *tok_emb, kern_h16 fmt,
                      const void *pos_emb, const int32_t *ids, const int32_t *pos, int n, int d);
     /* ---- the RoPE families' element-wise ops (DESIGN.md "Model families") ----

@@ -100,9 +100,12 @@ int model_alloc_weights(model *m)
                     (c->act == MODEL_ACT_SWIGLU ? BACKEND_OP_SWIGLU : 0) |
                     (c->act == MODEL_ACT_GELU ? BACKEND_OP_GELU : 0);
     FORWARD_IF(backend_ops_check(o, need, c->family->name));
-    m->g16 = m->h16 == KERN_H16_BF16 && o->h16_direct && o->h16_direct(ctx, KERN_H16_BF16) &&
-                     o->embed_h16 && o->host_visible
-                 ? KERN_H16_BF16 : 0;
+    /* bf16 tables exactly when the plan counts them so: bf16 layers on a
+     * backend computing from bf16 (cli_model_tiers' weight_direct) */
+    int direct = o->h16_direct && o->h16_direct(ctx, KERN_H16_BF16);
+    RETURN_IF(direct && (!o->embed_h16 || !o->host_visible), -EINVAL, "internal: the %s "
+              "backend computes from bf16 but has no bf16 embedding or host memory", o->name);
+    m->g16 = m->h16 == KERN_H16_BF16 && direct ? KERN_H16_BF16 : 0;
     /* the global tensors, as the family's checkpoint table has them */
     model_hf_tensor *w;
     int n = model_hf_tensors(c, &w), rc = 0;
