@@ -120,7 +120,8 @@ def main():
     t_step_res = N / res["decode_tps"]
     t_pre = off["prefill_tokens"] / off["prefill_tps"]
     t_pre_res = res["prefill_tokens"] / res["prefill_tps"]
-    b = bound(tiers, cal, N, n, a.cpu_attention, t_step_res, t_pre_res)
+    b = bound(tiers, cal, N, n, a.cpu_attention, t_step_res, t_pre_res,
+              host_visible=a.device == "cpu")
     terms = {k.replace("compute", "compute (all-resident step)"): v
              for k, v in b["terms"].items()}
     bound_step, bound_pre, bound_tps = b["step"], b["prefill"], b["tps"]

@@ -84,29 +84,35 @@ def lowest_tier(tiers):
     return "gpu"
 
 
-def bound(tiers, cal, N, n, cpu_attention, compute_step, compute_prefill, extra_step=None):
+def bound(tiers, cal, N, n, cpu_attention, compute_step, compute_prefill, extra_step=None,
+          host_visible=False):
     """DESIGN.md "Throughput bound" of a block of N sequences generating n tokens under
     the plan `tiers` (plan_tiers) with the link rates of `cal` (calibrate).
 
     compute_step / compute_prefill: the compute term, in seconds, of one decode step and
     of the prefill of the block (bench_offload.py: a measured all-resident run;
-    tables.py: 2*params*N / the calibrated GEMM rate). The KV terms count the cache of
+    tables.py: 2*params*N / the calibrated GEMM rate, the LM head once per sequence in
+    the prefill). The KV terms count the cache of
     the whole block (a decode step reads all of it); with CPU attention the KV does not
     cross the link. extra_step: further {name: seconds} terms of a decode step.
+    host_visible: the CPU backend, whose compute reads the CPU tier's weights where they
+    lie and whose disk share is read straight into the weight slot (scheduler/cost.c):
+    no weights cross the h2d link.
     @return dict(step, prefill, tps, terms, pre_terms): tps = N*n / (prefill + (n-1) step)."""
     w_cpu, w_disk = tiers["cpu"]["weights"], tiers["disk"]["weights"]
+    w_link = 0 if host_visible else w_cpu + w_disk
     kv_cpu, kv_disk = tiers["cpu"]["kv"], tiers["disk"]["kv"]
     bw_h2d, bw_d2h = cal["h2d_GBps"] * 1e9, cal["d2h_GBps"] * 1e9
     bw_disk = cal["disk_read_GBps"] * 1e9
     kv_link_in = 0 if cpu_attention else kv_cpu + kv_disk
     terms = {
-        "h2d (W_cpu+W_disk+KV in)": (w_cpu + w_disk + kv_link_in) / bw_h2d,
+        "h2d (W_cpu+W_disk+KV in)": (w_link + kv_link_in) / bw_h2d,
         "d2h (KV out)": kv_link_in / bw_d2h,
         "disk (W_disk+KV_disk)": (w_disk + kv_disk) / bw_disk,
         "compute": compute_step,
     }
     terms.update(extra_step or {})
-    pre_terms = {"h2d": (w_cpu + w_disk) / bw_h2d, "disk": w_disk / bw_disk,
+    pre_terms = {"h2d": w_link / bw_h2d, "disk": w_disk / bw_disk,
                  "compute": compute_prefill}
     step, pre = max(terms.values()), max(pre_terms.values())
     return dict(step=step, prefill=pre, tps=N * n / (pre + (n - 1) * step), terms=terms,

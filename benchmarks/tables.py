@@ -42,7 +42,9 @@ Grids:
 Columns: tok/s = generated tokens / wall of the generation (the wall time of flexh2o's
 summary line, HF's generate() call); bound = DESIGN.md's for the cell's plan (benchlib.bound) with
 the rates of `flexh2o calibrate` on this machine (saved beside the CSV) and the
-compute term 2*params*N / the calibrated GEMM rate, efficiency = tok/s / bound (flexh2o
+compute term 2*params*N / the calibrated GEMM rate (params: the layers' matrices and the
+LM head, which a prefill multiplies for each sequence's last row only; on the CPU
+backend no weights cross the h2d link), efficiency = tok/s / bound (flexh2o
 rows only: HF's placement is not a flexh2o plan); load = 1-minute load average before
 the cell (the machine may be shared).
 --report writes from the CSV alone: tables.md (the papers' format, tok/s with (block,
@@ -170,23 +172,23 @@ def commit():
     return r.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def model_params(model):
-    """Parameters of an OPT or Llama-shaped (llama, mistral, qwen2) config, the LM head
-    counted once when tied (the GEMM FLOPs are 2 * params per token), else None."""
+def model_matmul_params(model):
+    """(layers, head): the parameters an OPT or Llama-shaped (llama, mistral, qwen2)
+    config multiplies per token in its layers' matrices and in the LM head, as
+    scheduler/blob.c's sched_matmul_params counts them (embedding tables are looked up,
+    not multiplied; biases and norms are no GEMM FLOPs), else None."""
     c = json.load(open(os.path.join(ROOT, "configs", "models", model + ".json")))
     h, L, V = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"]
     if c.get("model_type") == "opt":
-        f = c["ffn_dim"]
-        layer = 4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h
-        return L * layer + V * h + (c["max_position_embeddings"] + 2) * h + 2 * h
-    if c.get("model_type") in ("llama", "mistral", "qwen2"):
+        layer = 4 * h * h + 2 * h * c["ffn_dim"]
+    elif c.get("model_type") in ("llama", "mistral", "qwen2"):
         H = c["num_attention_heads"]
         hd = c.get("head_dim") or h // H
         kv = c.get("num_key_value_heads", H) * hd
-        layer = 2 * h * H * hd + 2 * h * kv + 3 * h * c["intermediate_size"] + 2 * h
-        head = 0 if c.get("tie_word_embeddings") else V * h
-        return L * layer + V * h + head + h
-    return None
+        layer = 2 * h * H * hd + 2 * h * kv + 3 * h * c["intermediate_size"]
+    else:
+        return None
+    return L * layer, V * h
 
 
 def rel(path):
@@ -415,16 +417,21 @@ class Runner:
         cmd = self.gen_cmd(c, flags, pol, prompts, out)
         tiers = plan_tiers(cmd)
         n = c["gen_len"]
-        params = model_params(c["model"])
+        params = model_matmul_params(c["model"])
         b = None
         if params:
             gemm = cal["gemm_TFLOPs"] * 1e12
+            layers, head = params
             extra = {"device memory": (tiers["gpu"]["weights"] + tiers["gpu"]["kv"]) /
                      (cal["dev_mem_GBps"] * 1e9)}
             if p.get("cpu_attention"):
                 extra["cpu attention (KV_cpu)"] = tiers["cpu"]["kv"] / (cal["dram_GBps"] * 1e9)
+            # DESIGN.md's 2 params N (s), less what a prefill skips: the LM head
+            # multiplies each sequence's last row only (scheduler/cost.c)
             b = bound(tiers, cal, N, n, p.get("cpu_attention", False),
-                      2 * params * N / gemm, 2 * params * N * c["prompt_len"] / gemm, extra)
+                      2 * (layers + head) * N / gemm,
+                      2 * (layers * c["prompt_len"] + head) * N / gemm, extra,
+                      host_visible=self.device == "cpu")
         # the bound above when there is one (the search's own bound takes the GEMM rate
         # at the block's row count, far below it on a loaded CPU), else the search's
         pb, which = (b["tps"], "bound") if b else (pred, "search's bound")

@@ -64,10 +64,14 @@ void sched_blob_quantize(const sched_model *m, size_t es, void *dst, const void 
     }
 }
 
+double sched_head_params(const sched_model *m)
+{
+    return (double)m->vocab * m->hidden;
+}
+
 double sched_matmul_params(const sched_model *m)
 {
-    return m->n_layer * (double)sched_blob_matrix_elems(m, NULL) +
-           (double)m->vocab * m->hidden;
+    return m->n_layer * (double)sched_blob_matrix_elems(m, NULL) + sched_head_params(m);
 }
 
 int sched_pass_kind(const kern_seq *seqs, int n_seq, int cap)

@@ -120,7 +120,7 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
     double row = (double)g.d * es;
     act_io x = sched_act_moves(&g, prompt_len);
     double kv_link = attn ? 0 : kv_c + kv_d;
-    double params = sched_matmul_params(c);
+    double params = sched_matmul_params(c), head = sched_head_params(c);
     int np = sched_prefill_passes(sh, g.gbs, prompt_len);
     double f_step = gemm_rate(hw, gbs);
     double f_pre = gemm_rate(hw, sh->max_rows < gbs * s ? sh->max_rows : gbs * s);
@@ -142,7 +142,12 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
     q[COST_D2H] = secs((attn ? 2 * L * host_seqs * s * row : kv_c + kv_d) + x.pre, hw->d2h);
     q[COST_DISK_READ] = secs(np * w_disk + x.pre_disk, hw->disk_read);
     q[COST_DISK_WRITE] = secs((g.kv_n[SCHED_DISK] ? kv_d_io : 0) + x.pre_disk, hw->disk_write);
-    q[COST_FLOPS] = f_pre > 0 ? 2 * params * N * s / f_pre : INFINITY;
+    /* DESIGN.md's 2 params N s, less what a prefill skips: the LM head
+     * multiplies each sequence's last row only (zigzag.c), a GPU batch's
+     * rows at a time */
+    q[COST_FLOPS] = f_pre > 0 && f_step > 0
+                        ? 2 * (params - head) * N * s / f_pre + 2 * head * N / f_step
+                        : INFINITY;
     q[COST_DEV_MEM] = secs(np * (K * W_all + W_widen) + kv_g + kv_c + kv_d, hw->dev_mem);
 
     take_max(out->step, &out->step_s, &out->step_limit);

@@ -309,8 +309,10 @@ size_t sched_blob_matrix_elems(const sched_model *m, size_t *largest);
  * matrices quantized, vectors copied. */
 void sched_blob_quantize(const sched_model *m, size_t es, void *dst, const void *src);
 /* Parameters multiplied per token of a pass (layers + head), for the
- * compute term. */
+ * compute term; of those, the LM head's, which a prefill multiplies for
+ * each sequence's last row only. */
 double sched_matmul_params(const sched_model *m);
+double sched_head_params(const sched_model *m);
 
 /* ------------------------------------------------------------ plan
  *
@@ -569,7 +571,7 @@ enum sched_cost_term {
     COST_DISK_READ,
     COST_DISK_WRITE,
     COST_DRAM,       /* CPU attention reading host KV */
-    COST_FLOPS,      /* 2 x params x tokens / gemm rate */
+    COST_FLOPS,      /* 2 x params x rows / gemm rate (prefill: the head's last rows only) */
     COST_DEV_MEM,    /* device memory traffic */
     COST_TERMS
 };

@@ -172,8 +172,11 @@ Test(search, compute_term_uses_the_rate_at_the_batch_rows)
         double want = 2 * P * gbs[i] / rate[i];
         cr_assert(fabs(q.step[COST_FLOPS] - want) < 1e-9 * want, "gbs %d: %g vs %g s", gbs[i],
                   q.step[COST_FLOPS], want);
-        /* the prefill's GEMMs have the pass's rows: gbs x 64 >= 256 here */
-        double pw = 2 * P * gbs[i] * 64 / 40e12;
+        /* the prefill's layer GEMMs have the pass's rows: gbs x 64 >= 256
+         * here; the LM head multiplies each sequence's last row only, the
+         * batch's gbs rows */
+        double head = (double)c.vocab_size * d;
+        double pw = 2 * (P - head) * gbs[i] * 64 / 40e12 + 2 * head * gbs[i] / rate[i];
         cr_assert(fabs(q.prefill[COST_FLOPS] - pw) < 1e-9 * pw, "gbs %d prefill: %g vs %g s",
                   gbs[i], q.prefill[COST_FLOPS], pw);
     }
