@@ -362,6 +362,35 @@ Test(cli, make_model_then_generate_and_tokenize)
     cr_assert(strstr(cli_err, "unknown model shape \"opt-7b\""), "%s", cli_err);
 }
 
+/* A shape whose special ids lie past make-model's toy tokenizer (Llama-3's
+ * BOS is 128000; here 900 of 1000 rows): vocab.json names them, so the
+ * model it writes runs, prepends that BOS and stops at that EOS. */
+Test(cli, make_model_names_special_ids_past_the_toy_tokenizer)
+{
+    cli_write("big-ids.json",
+              "{\"model_type\": \"llama\", \"architectures\": [\"LlamaForCausalLM\"], "
+              "\"vocab_size\": 1000, \"hidden_size\": 64, \"intermediate_size\": 128, "
+              "\"num_hidden_layers\": 2, \"num_attention_heads\": 4, "
+              "\"num_key_value_heads\": 2, \"max_position_embeddings\": 256, "
+              "\"rms_norm_eps\": 1e-05, \"hidden_act\": \"silu\", \"rope_theta\": 10000, "
+              "\"bos_token_id\": 900, \"eos_token_id\": 901, \"tie_word_embeddings\": true}");
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "make-model --config %s/big-ids.json --out m", cli_dir);
+    cr_assert_eq(cli_run("%s", cmd), 0, "%s", cli_err);
+    cli_write("p.jsonl", "{\"prompt\": \"Once upon a time\"}\n");
+    cr_assert_eq(cli_run("generate --model m --prompts p.jsonl --out o.jsonl --quiet "
+                     "--max-new-tokens 3 --ignore-eos"), 0, "%s", cli_err);
+    cJSON *r = records("o.jsonl");
+    cr_assert_eq(cJSON_GetArraySize(r), 1);
+    cJSON_Delete(r);
+    cli_write("t.txt", "Hello\n");
+    snprintf(cmd, sizeof cmd, "tokenize --model m < %s/t.txt", cli_dir);
+    cr_assert_eq(cli_run("%s", cmd), 0, "%s", cli_err);
+    char *t = cli_read("stdout.txt");
+    cr_assert_eq(strncmp(t, "[900, ", 6), 0, "%s", t);
+    free(t);
+}
+
 Test(cli, dummy_weights_run_without_files)
 {
     cli_write("p.jsonl", "{\"prompt_ids\": [2, 10, 20]}\n{\"prompt\": \"text\"}\n");

@@ -7,6 +7,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <cjson/cJSON.h>
+
 #include "err.h"
 #include "model_impl.h"
 #include "safetensors.h"
@@ -93,6 +95,33 @@ static int write_text(const char *dir, const char *name, const char *text, size_
     return 0;
 }
 
+/* vocab.json: the embedded toy tokenizer's (ids 0-511), plus an entry for
+ * each of the config's BOS / EOS / PAD ids past it (a real shape's, such
+ * as Llama-3's 128000), so that the tokenizer knows every id the model
+ * emits or prepends and generate does not refuse the pair as mismatched */
+static int write_vocab(const char *dir, const model_config *c)
+{
+    cJSON *v = cJSON_ParseWithLength(tok_embedded_vocab_json, tok_embedded_vocab_json_len);
+    RETURN_IF(!v, -ENOMEM, "out of memory");
+    int n = cJSON_GetArraySize(v);
+    const struct { const char *name; int id; } sp[] = {
+        {"<|bos|>", c->bos_id}, {"<|eos|>", c->eos_id}, {"<|pad|>", c->pad_id}};
+    int ok = 1;
+    for (size_t i = 0; ok && i < sizeof sp / sizeof *sp; i++) {
+        int dup = 0;
+        for (size_t j = 0; j < i; j++)
+            dup |= sp[j].id == sp[i].id;
+        if (sp[i].id >= n && !dup)
+            ok = cJSON_AddNumberToObject(v, sp[i].name, sp[i].id) != NULL;
+    }
+    char *text = ok ? cJSON_PrintUnformatted(v) : NULL;
+    cJSON_Delete(v);
+    RETURN_IF(!text, -ENOMEM, "out of memory");
+    int rc = write_text(dir, "vocab.json", text, strlen(text));
+    cJSON_free(text);
+    return rc;
+}
+
 int model_write_random(const model_config *cfg, const char *dir, uint64_t seed)
 {
     RETURN_IF(mkdir(dir, 0755) != 0 && errno != EEXIST, -errno,
@@ -135,8 +164,7 @@ int model_write_random(const model_config *cfg, const char *dir, uint64_t seed)
     int len = model_config_json(&c, cj, sizeof cj);
     FORWARD_IF(len);
     FORWARD_IF(write_text(dir, "config.json", cj, (size_t)len));
-    FORWARD_IF(write_text(dir, "vocab.json", tok_embedded_vocab_json,
-                          tok_embedded_vocab_json_len));
+    FORWARD_IF(write_vocab(dir, &c));
     FORWARD_IF(write_text(dir, "merges.txt", tok_embedded_merges_txt,
                           tok_embedded_merges_txt_len));
     return 0;
