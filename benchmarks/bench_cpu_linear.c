@@ -21,8 +21,14 @@
  *             backend ran before 0c6f278);
  *   q4 simd   kern_q4_dequant_par per matrix, then kern_linear_rows;
  *   q4 fused  the backend's linear_q4 (kern_linear_rows_q4: four rows
- *             expanded in cache just before use).
- * Every q4 path is checked to give the bits of the first before timing.
+ *             expanded in cache just before use);
+ *   bf16      where oneDNN has a bf16 matmul (--cpu-matmul bf16): the
+ *             matrices as bf16, kern_linear_bf16 (oneDNN copies plain
+ *             weights into its blocked layout on every call);
+ *   bf16 packed  the same matrices packed once (kern_bf16_pack, what the
+ *             CPU backend does to resident weights), kern_linear_bf16_packed.
+ * Every q4 path is checked to give the bits of the first before timing,
+ * and bf16 packed the bits of bf16.
  * Prints a Markdown table: ms per layer, weight bytes streamed per second,
  * and each against fp32.
  */
@@ -42,7 +48,7 @@ enum { N_MAT = 6 };
 typedef struct {
     int rows, n[N_MAT], k[N_MAT];
     float *x, *y, *w32[N_MAT], *wide, *ws, *copy_dst;
-    uint16_t *w16[N_MAT];
+    uint16_t *w16[N_MAT], *wb[N_MAT], *wp[N_MAT]; /* fp16, bf16, bf16 packed */
     uint8_t *wq[N_MAT];
     size_t layer_vals, max_vals;
     backend be;
@@ -149,6 +155,24 @@ static void run_q4_fused(bench *b)
         }
 }
 
+static void run_bf16_with(bench *b, int packed)
+{
+    for (int i = 0; i < N_MAT; i++) {
+        size_t ws = sizeof(float) * b->max_vals;
+        int rc = packed ? kern_linear_bf16_packed(b->y, b->x, b->wp[i], b->rows, b->n[i],
+                                                  b->k[i], b->ws, ws)
+                        : kern_linear_bf16(b->y, b->x, b->wb[i], b->rows, b->n[i], b->k[i],
+                                           b->ws, ws);
+        if (rc < 0) {
+            fprintf(stderr, "bf16 linear: %s\n", err_msg());
+            exit(1);
+        }
+    }
+}
+
+static void run_bf16(bench *b) { run_bf16_with(b, 0); }
+static void run_bf16_packed(bench *b) { run_bf16_with(b, 1); }
+
 static void *must(void *p)
 {
     if (!p) {
@@ -170,7 +194,7 @@ static void *alloc64(size_t bytes)
 /* The last matrix's output of each q4 path, bit for bit that of q4 ref.
  * (Called through the table: GCC 12 at -O1 and above dropped a direct
  * call of run_q4_ref here, inlined into main, as if it had no effect.) */
-static void check_q4(bench *b, bench_fn const *fns, int n_fns)
+static void check_same(bench *b, bench_fn const *fns, int n_fns, const char *what)
 {
     size_t ny = (size_t)b->rows * b->n[N_MAT - 1];
     float *want = must(malloc(sizeof(float) * ny));
@@ -180,7 +204,7 @@ static void check_q4(bench *b, bench_fn const *fns, int n_fns)
         if (f == 0) {
             memcpy(want, b->y, sizeof(float) * ny);
         } else if (memcmp(want, b->y, sizeof(float) * ny) != 0) {
-            fprintf(stderr, "q4 path %d differs from the reference expansion\n", f);
+            fprintf(stderr, "%s path %d differs from the first\n", what, f);
             exit(1);
         }
     }
@@ -236,6 +260,19 @@ int main(int argc, char **argv)
             b.w16[i][j] = kern_f32_to_f16(b.w32[i][j]);
         }
         kern_q4_quantize_ref(b.wq[i], b.w32[i], (size_t)b.n[i], b.k[i]);
+        b.wb[i] = alloc64(sizeof(uint16_t) * v);
+        b.wp[i] = alloc64(sizeof(uint16_t) * v);
+        kern_round_bf16_ref(b.wb[i], b.w32[i], v);
+        memcpy(b.wp[i], b.wb[i], sizeof(uint16_t) * v);
+    }
+    int bf16 = kern_bf16_matmul_available(NULL);
+    for (int i = 0; bf16 && i < N_MAT; i++) {
+        int r = kern_bf16_pack(b.wp[i], b.n[i], b.k[i]);
+        if (r < 0) {
+            fprintf(stderr, "%s\n", err_msg());
+            return 1;
+        }
+        bf16 = r; /* 0: oneDNN keeps this shape plain: no packed row */
     }
     struct {
         const char *name;
@@ -247,17 +284,23 @@ int main(int argc, char **argv)
                  {"fp16: fused (linear_h16)", run_fp16_fused, 2.0},
                  {"q4: reference expansion, then linear", run_q4_ref, 36.0 / 64},
                  {"q4: SIMD expansion, then linear", run_q4_simd, 36.0 / 64},
-                 {"q4: fused (linear_q4)", run_q4_fused, 36.0 / 64}};
+                 {"q4: fused (linear_q4)", run_q4_fused, 36.0 / 64},
+                 {"bf16 (oneDNN matmul, plain weights)", run_bf16, 2.0},
+                 {"bf16 (oneDNN matmul, packed weights)", run_bf16_packed, 2.0}};
     printf("CPU decode linear, one OPT layer of hidden %d (%.0f M weights), %d rows, %d "
            "threads, median of %d\n\n", h, b.layer_vals / 1e6, rows, kern_cpu_threads(), reps);
     printf("| path | ms / layer | weight GB/s | vs fp32 |\n|---|---:|---:|---:|\n");
-    enum { N_CASES = sizeof cases / sizeof *cases };
+    /* the bf16 rows only where oneDNN runs them and packs every shape */
+    size_t n_cases = sizeof cases / sizeof *cases - (bf16 ? 0 : 2);
     bench_fn q4[3] = {run_q4_ref, run_q4_simd, run_q4_fused};
-    check_q4(&b, q4, 3);
-    double t[N_CASES];
-    for (size_t c = 0; c < N_CASES; c++)
+    check_same(&b, q4, 3, "q4");
+    bench_fn b16[2] = {run_bf16, run_bf16_packed};
+    if (bf16)
+        check_same(&b, b16, 2, "bf16");
+    double t[sizeof cases / sizeof *cases];
+    for (size_t c = 0; c < n_cases; c++)
         t[c] = time_ms(cases[c].fn, &b, reps);
-    for (size_t c = 0; c < N_CASES; c++)
+    for (size_t c = 0; c < n_cases; c++)
         printf("| %s | %.1f | %.2f | %.2fx |\n", cases[c].name, t[c],
                b.layer_vals * cases[c].bytes_per_val / (t[c] * 1e6), t[1] / t[c]);
     backend_destroy(&b.be);

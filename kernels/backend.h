@@ -151,6 +151,13 @@ typedef struct backend_ops {
      * layer is never widened for it, not even when a block's GPU batches
      * share it; 0 otherwise. NULL: always 0. */
     int (*h16_direct)(void *ctx, kern_h16 fmt);
+    /* Rearrange w, n rows of k 16-bit values of format fmt that stay where
+     * they are for the rest of the run (a resident weight), in place into
+     * the layout linear_h16 reads fastest; linear_h16 then takes it as
+     * KERN_H16_BF16_PACKED, and nothing else reads it. w NULL: only
+     * whether it would. @return 1 packed (or would be), 0 not for this
+     * format or shape, -errno. NULL: never. */
+    int (*pack_h16)(void *ctx, void *w, kern_h16 fmt, int n, int k);
     /* embed over a token table of 16-bit rows of format fmt (kern.h
      * kern_embed_h16: each row widened exactly): where h16_direct, the
      * model keeps its embedding and head matrices in those 16 bits too,

@@ -442,6 +442,10 @@ void kern_kv_insert_bf16(uint16_t *kc, uint16_t *vc, float *scores, int32_t *pos
 typedef enum kern_h16 {
     KERN_H16_F16 = 1,  /* IEEE half */
     KERN_H16_BF16 = 2, /* bfloat16: the top 16 bits of an fp32 */
+    /* bf16 matrices that kern_bf16_pack rearranged into the matmul's own
+     * blocked layout: an argument of linear_h16 only (backend.h pack_h16),
+     * never widened or read as rows */
+    KERN_H16_BF16_PACKED = 3,
 } kern_h16;
 
 /* dst(n) fp32 <- src(n) 16-bit bits of format fmt, exactly. _par splits n
@@ -482,6 +486,19 @@ void kern_linear_bf16_ref(float *y, const float *x, const uint16_t *w, int m, in
  * oneDNN's reference) / -EIO (oneDNN failed) with a message. */
 int kern_linear_bf16(float *y, const float *x, const uint16_t *w, int m, int n, int k,
                      void *ws, size_t ws_bytes);
+/* w(n, k) bf16, Hugging Face's (out, in) layout, rearranged in place into
+ * the blocked layout oneDNN's matmul reads its weights in (the layout a
+ * matmul of plain weights copies them into on every call: a decode GEMM of
+ * 4-64 rows on the Zen 4 VM of results/cpu-epyc-2026-12-03 ran 1.2-4.9x
+ * faster from it); then only kern_linear_bf16_packed reads it. w NULL:
+ * only whether it would. @return 1 packed (or would be), 0 not packable
+ * here (no oneDNN matmul, or its layout of this shape is larger than the
+ * matrix or the same as the plain one), -ENOMEM / -EIO with a message. */
+int kern_bf16_pack(uint16_t *w, int n, int k);
+/* kern_linear_bf16 over a matrix that kern_bf16_pack packed: the same
+ * sums, in the same order. */
+int kern_linear_bf16_packed(float *y, const float *x, const uint16_t *w, int m, int n, int k,
+                            void *ws, size_t ws_bytes);
 /* dst(rows, n) bf16 bits <- the 4-bit rows of src (kern_q4_row_bytes(n)
  * bytes each) dequantized as kern_q4_dequant_ref, then rounded as
  * kern_round_bf16_ref: a 4-bit matrix for kern_linear_bf16. stage: n floats

@@ -50,6 +50,7 @@ static int alloc_weights(sched *s)
 {
     const sched_geom *g = &s->g;
     const sched_policy *p = &s->pol;
+    const backend *be = s->be;
     int L = g->L, K = g->K, rc = 0;
     s->w_gpu = calloc((size_t)L, sizeof(void *));
     s->w_off = calloc((size_t)L, sizeof(uint64_t));
@@ -92,10 +93,28 @@ static int alloc_weights(sched *s)
     s->w_cpu_direct = s->sh.host_visible && g->w_cpu > g->w_gpu;
     size_t off[SCHED_MAX_TENSORS];
     sched_blob_layout(&s->mdl, g->wes, g->wq, off, NULL);
+    /* bf16 matrices that stay in their home for the run (the GPU tier's,
+     * and the CPU tier's where the compute reads it in place) go into the
+     * layout the backend's bf16 matmul reads fastest, once, as they load
+     * (sched_layer_sink); a slot's are read plain from the disk each load */
+    s->w_packed = 0;
+    for (int t = 0; rc == 0 && t < s->mdl.n_tensors && be->ops->pack_h16 &&
+                    g->wh == KERN_H16_BF16 && !g->wq;
+         t++) {
+        const sched_tensor *x = &s->mdl.tensors[t];
+        if (!x->cols || !(off[t] < g->w_gpu || (s->w_cpu_direct && off[t] < g->w_cpu)))
+            continue;
+        int r = be->ops->pack_h16(be->ctx, NULL, KERN_H16_BF16, (int)x->rows, x->cols);
+        if (r < 0)
+            rc = r;
+        else if (r)
+            s->w_packed |= 1u << t;
+    }
     for (int l = 0; rc == 0 && l < L; l++)
         for (int v = 0; v < 2; v++) {
             s->w_view[v][l].wq = g->wq;
             s->w_view[v][l].wh = g->wh;
+            s->w_view[v][l].packed = s->w_packed;
             for (int t = 0; t < s->mdl.n_tensors; t++)
                 s->w_view[v][l].t[t] =
                     off[t] < g->w_gpu ? (char *)s->w_gpu[l] + off[t]
@@ -428,6 +447,15 @@ int sched_layer_sink(void *ptr, int l, const void *blob, int wq, int fd,
     if (g->w_cpu > g->w_gpu)
         memcpy((char *)s->w_cpu_arena + (size_t)l * (g->w_cpu - g->w_gpu), b + g->w_gpu,
                g->w_cpu - g->w_gpu);
+    for (int t = 0; s->w_packed && t < s->mdl.n_tensors; t++)
+        if (s->w_packed >> t & 1) {
+            const sched_tensor *x = &s->mdl.tensors[t];
+            int r = o->pack_h16(s->be->ctx, s->w_view[0][l].t[t], KERN_H16_BF16, (int)x->rows,
+                                x->cols);
+            FORWARD_IF(r);
+            RETURN_IF(r != 1, -EIO, "internal: the backend packed tensor %d of layer %d's "
+                      "shape at planning but not at loading", t, l);
+        }
     if (g->w_cpu == g->blob)
         return 0;
     /* the blob is OFF_ALIGN-aligned and padded: the disk share is read as
@@ -551,6 +579,12 @@ void sched_summary_print(const sched *s, FILE *f)
     sched_policy_describe(&s->pol, pol, sizeof pol);
     fprintf(f, "[flexh2o] policy: %s; disk I/O: %s; CPU-tier copies: %s\n", pol,
             sched_disk_kind(s), s->dev_order ? "device-ordered" : "I/O threads");
+    int packed = __builtin_popcount(s->w_packed), mats = 0;
+    for (int t = 0; t < s->mdl.n_tensors; t++)
+        mats += s->mdl.tensors[t].cols > 0;
+    if (packed)
+        fprintf(f, "[flexh2o] resident weights: %d of %d matrices per layer packed for the "
+                "bf16 matmuls\n", packed, mats);
     fprintf(f, "[flexh2o] peak memory: gpu %.3f GiB, cpu %.3f GiB, disk %.3f GiB\n",
             s->plan.total[SCHED_GPU] / 1073741824.0, s->plan.total[SCHED_CPU] / 1073741824.0,
             s->plan.total[SCHED_DISK] / 1073741824.0);

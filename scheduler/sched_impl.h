@@ -175,6 +175,7 @@ struct sched {
     void **w_gpu;          /* (L) GPU home of [0, w_gpu) */
     void *w_cpu_arena;     /* (L, w_cpu - w_gpu) CPU home */
     int w_cpu_pinned;
+    unsigned w_packed;     /* the resident matrices the backend packs (sched_layer.packed) */
     int w_cpu_direct;      /* the backend computes on host memory (host_visible): the
                             * views point into the CPU home, nothing is copied from it */
     int w_fd;              /* disk share: weights.bin or the store */

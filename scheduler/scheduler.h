@@ -187,6 +187,9 @@ typedef struct sched_layer {
     int wh;       /* 0, or every tensor is 16-bit bits of this kern_h16 format
                    * (sched_shape.weight_fmt): widen before use (a model's
                    * widened view may keep them on its matrices only) */
+    unsigned packed; /* bit t: matrix t is resident and in the backend's packed
+                      * layout (backend_ops.pack_h16): pass it to linear_h16
+                      * as KERN_H16_BF16_PACKED, never widen it */
 } sched_layer;
 
 /* The KV cache of sequences [seq0, seq0 + n) of a GPU batch, kept together

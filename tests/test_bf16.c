@@ -235,6 +235,87 @@ Test(bf16, backend_routes_bf16_rows_only)
     backend_destroy(&plain);
 }
 
+/* kern_bf16_pack: a shape whose blocked layout takes the matrix's bytes
+ * is rearranged in place (the bytes change), and the matmul over it gives
+ * the plain matmul's bits at every row count and in chunks of rows (the
+ * plain one copies into that layout itself); a shape whose layout is
+ * larger (160 x 64: 1.2x here) is left as it is and said so. The backend
+ * packs bf16 only under bf16_matmul, and takes KERN_H16_BF16_PACKED only
+ * there. */
+Test(bf16, packed_weights_give_the_plain_matmuls_bits)
+{
+    skip_without_bf16();
+    static const int shapes[][2] = {{64, 64}, {192, 64}, {64, 256}, {256, 128}, {160, 64},
+                                    {100, 96}, {7, 33}};
+    static const int rows[] = {1, 3, 16, 64, 130};
+    uint64_t seed = 17;
+    int packed_any = 0;
+    for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
+        int n = shapes[c][0], k = shapes[c][1];
+        uint16_t *w = malloc(sizeof(uint16_t) * n * k), *wp = malloc(sizeof(uint16_t) * n * k);
+        for (int i = 0; i < n * k; i++) {
+            float v = rnd(&seed);
+            kern_round_bf16_ref(&w[i], &v, 1);
+        }
+        memcpy(wp, w, sizeof(uint16_t) * n * k);
+        int would = kern_bf16_pack(NULL, n, k);
+        int r = kern_bf16_pack(wp, n, k);
+        cr_assert(r == 0 || r == 1, "%s", err_msg());
+        cr_assert_eq(r, would, "n %d k %d: the query and the packing disagree", n, k);
+        if (!r) {
+            cr_assert_eq(memcmp(w, wp, sizeof(uint16_t) * n * k), 0, "n %d k %d: unpacked "
+                         "shape changed", n, k);
+            free(w), free(wp);
+            continue;
+        }
+        packed_any = 1;
+        cr_assert_neq(memcmp(w, wp, sizeof(uint16_t) * n * k), 0, "n %d k %d: packed = plain",
+                      n, k);
+        for (size_t q = 0; q < sizeof rows / sizeof *rows; q++) {
+            int m = rows[q];
+            float *x = malloc(sizeof(float) * m * k), *ya = malloc(sizeof(float) * m * n);
+            float *yb = malloc(sizeof(float) * m * n);
+            size_t ws_bytes = sizeof(float) * n * k;
+            void *ws = malloc(ws_bytes);
+            for (int i = 0; i < m * k; i++)
+                x[i] = rnd(&seed) * 4;
+            cr_assert_eq(kern_linear_bf16(ya, x, w, m, n, k, ws, ws_bytes), 0, "%s", err_msg());
+            cr_assert_eq(kern_linear_bf16_packed(yb, x, wp, m, n, k, ws, ws_bytes), 0, "%s",
+                         err_msg());
+            cr_assert_eq(memcmp(ya, yb, sizeof(float) * m * n), 0,
+                         "n %d k %d m %d: packed and plain matmuls differ", n, k, m);
+            memset(yb, 0xff, sizeof(float) * m * n);
+            cr_assert_eq(kern_linear_bf16_packed(yb, x, wp, m, n, k, ws,
+                                                 3 * k * sizeof(uint16_t)), 0, "%s", err_msg());
+            cr_assert_eq(memcmp(ya, yb, sizeof(float) * m * n), 0,
+                         "n %d k %d m %d: packed in chunks of 3 rows differs", n, k, m);
+            check_against_ref(yb, x, w, m, n, k, "packed");
+            free(x), free(ya), free(yb), free(ws);
+        }
+        free(w), free(wp);
+    }
+    cr_assert(packed_any, "oneDNN packed none of the shapes: the test shows nothing");
+
+    backend be, plain;
+    cr_assert_eq(backend_cpu_create_opts(&(backend_cpu_opts){.n_threads = 2, .bf16_matmul = 1},
+                                         &be), 0, "%s", err_msg());
+    cr_assert_eq(backend_cpu_create(2, &plain), 0, "%s", err_msg());
+    cr_assert_eq(be.ops->pack_h16(be.ctx, NULL, KERN_H16_BF16, 64, 64), 1);
+    cr_assert_eq(be.ops->pack_h16(be.ctx, NULL, KERN_H16_F16, 64, 64), 0);
+    cr_assert_eq(plain.ops->pack_h16(plain.ctx, NULL, KERN_H16_BF16, 64, 64), 0);
+    float x[64], y[64], ws[64 * 64];
+    uint16_t w[64 * 64] = {0};
+    for (int i = 0; i < 64; i++)
+        x[i] = 1;
+    cr_assert_eq(be.ops->pack_h16(be.ctx, w, KERN_H16_BF16, 64, 64), 1, "%s", err_msg());
+    cr_assert_eq(be.ops->linear_h16(be.ctx, y, x, w, KERN_H16_BF16_PACKED, NULL, 1, 64, 64, 0,
+                                    ws), 0, "%s", err_msg());
+    cr_assert_eq(plain.ops->linear_h16(plain.ctx, y, x, w, KERN_H16_BF16_PACKED, NULL, 1, 64,
+                                       64, 0, ws), -EINVAL);
+    backend_destroy(&be);
+    backend_destroy(&plain);
+}
+
 /* 4-bit matrices under bf16_matmul: KERN_Q4_BF16_ROWS_MIN rows or more are
  * the bf16 matmul over the expansion rounded to bf16 (kern_q4_dequant_bf16
  * = dequantize, then round), fewer keep the fp32 rows kernel bit for bit. */
@@ -408,6 +489,63 @@ Test(bf16_cli, generate_with_bf16_matmuls_is_near_the_fp32_run)
     cr_assert_eq(cli_run("generate --model stb --prompts prompts.jsonl --out x.jsonl "
                          "--device cuda --cpu-matmul bf16"), 2);
     cr_assert(strstr(cli_err, "--cpu-matmul is the CPU backend's"), "%s", cli_err);
+}
+
+/* Resident bf16 matrices are packed for the matmuls as they load (GPU
+ * tier and CPU tier alike on the CPU backend), a disk share read into a
+ * slot each step stays plain; the outputs are the same bytes whichever
+ * way each matrix went (tiny OPT: all four packed; tiny Llama: its 160-row
+ * gate/up shape does not pack in place, the rest do). */
+Test(bf16_cli, resident_weights_packed_give_the_same_outputs)
+{
+    const char *why;
+    if (!kern_bf16_matmul_available(&why))
+        cli_skip("no bf16 matmul here: %s", why);
+    cli_write("prompts.jsonl", "{\"id\": 1, \"prompt\": \"Hello there\"}\n"
+                               "{\"id\": 2, \"prompt\": \"The quick brown fox\"}\n"
+                               "{\"id\": 3, \"prompt\": \"one two three four five six\"}\n"
+                               "{\"id\": 4, \"prompt\": \"a\"}\n");
+    cr_assert_eq(cli_run("convert --model " TINY " --out stb --dtype bf16"), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("make-model --config tiny-llama --out ll"), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("convert --model ll --out stl --dtype bf16"), 0, "%s", cli_err);
+    static const struct {
+        const char *flags, *packed; /* NULL: nothing packed */
+    } runs[] = {
+        {"--percent 0 0 100 0 100 0 --offload-dir off", NULL},
+        {"--percent 100 0 100 0 100 0", "4 of 4 matrices"},
+        {"--percent 0 100 100 0 100 0", "4 of 4 matrices"},
+        {"--percent 50 0 100 0 100 0 --offload-dir off", "2 of 4 matrices"},
+    };
+    const char *models[] = {"stb", "stl"};
+    for (int mo = 0; mo < 2; mo++) {
+        char *first = NULL;
+        for (size_t r = 0; r < sizeof runs / sizeof *runs; r++) {
+            cr_assert_eq(cli_run("generate --model %s --prompts prompts.jsonl --out o%d%zu.jsonl "
+                                 "--max-new-tokens 6 --ignore-eos --gpu-batch-size 4 "
+                                 "--cpu-matmul bf16 %s", models[mo], mo, r, runs[r].flags),
+                         0, "%s", cli_err);
+            const char *line = strstr(cli_err, "resident weights: ");
+            if (!runs[r].packed)
+                cr_assert_null(line, "%s: %s", runs[r].flags, cli_err);
+            else if (mo == 0)
+                cr_assert(line && strstr(line, runs[r].packed), "%s: %s", runs[r].flags,
+                          cli_err);
+            else /* tiny Llama: some of its five, never all */
+                cr_assert(line && !strstr(line, "5 of 5") && !strstr(line, ": 0 of"), "%s: %s",
+                          runs[r].flags, cli_err);
+            char name[32];
+            snprintf(name, sizeof name, "o%d%zu.jsonl", mo, r);
+            char *out = cli_read(name);
+            if (!first)
+                first = out;
+            else {
+                cr_assert_str_eq(out, first, "%s %s: not the plain run's output", models[mo],
+                                 runs[r].flags);
+                free(out);
+            }
+        }
+        free(first);
+    }
 }
 
 /* calibrate --cpu-matmul bf16 measures bf16 matmuls and says so in the

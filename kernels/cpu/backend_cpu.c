@@ -191,14 +191,16 @@ static int cpu_linear_h16(void *ctx, void *y, const void *x, const void *w, kern
                           const void *b, int m, int n, int k, int relu, void *ws)
 {
     cpu_ctx *c = ctx;
-    RETURN_IF(fmt != KERN_H16_F16 && fmt != KERN_H16_BF16, -EINVAL,
-              "internal: 16-bit weight format %d", (int)fmt);
-    if (c->bf16_matmul && fmt == KERN_H16_BF16) {
+    RETURN_IF(fmt != KERN_H16_F16 && fmt != KERN_H16_BF16 &&
+                  !(fmt == KERN_H16_BF16_PACKED && c->bf16_matmul),
+              -EINVAL, "internal: 16-bit weight format %d", (int)fmt);
+    if (c->bf16_matmul && (fmt == KERN_H16_BF16 || fmt == KERN_H16_BF16_PACKED)) {
         /* x rounded to bf16 a chunk of rows at a time: all m rows when
          * they fit the n * k floats of ws, or when ws is sized by m alone
          * (backend.h: the head's scratch) */
         size_t xb = (size_t)m * k * sizeof(uint16_t), wsb = (size_t)n * k * sizeof(float);
-        FORWARD_IF(kern_linear_bf16(y, x, w, m, n, k, ws, xb < wsb ? xb : wsb));
+        FORWARD_IF((fmt == KERN_H16_BF16_PACKED ? kern_linear_bf16_packed : kern_linear_bf16)(
+            y, x, w, m, n, k, ws, xb < wsb ? xb : wsb));
         if (b || relu)
             kern_bias_act_ref(y, b, m, n, relu);
         return 0;
@@ -217,6 +219,17 @@ static int cpu_h16_direct(void *ctx, kern_h16 fmt)
 {
     cpu_ctx *c = ctx;
     return c->bf16_matmul && fmt == KERN_H16_BF16;
+}
+
+/* bf16 matrices that stay put, for bf16 matmuls: oneDNN's blocked layout
+ * (kern_bf16_pack), which a matmul of plain weights copies them into on
+ * every call. */
+static int cpu_pack_h16(void *ctx, void *w, kern_h16 fmt, int n, int k)
+{
+    cpu_ctx *c = ctx;
+    if (!c->bf16_matmul || fmt != KERN_H16_BF16)
+        return 0;
+    return kern_bf16_pack(w, n, k);
 }
 
 static int cpu_add(void *ctx, void *y, const void *x, size_t count)
@@ -507,6 +520,7 @@ static const backend_ops cpu_ops = {
     .widen = cpu_widen,
     .linear_h16 = cpu_linear_h16,
     .h16_direct = cpu_h16_direct,
+    .pack_h16 = cpu_pack_h16,
     .embed_h16 = cpu_embed_h16,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,

@@ -11,13 +11,24 @@
  * (out, in) layout, oneDNN's "ba" weights), never widened. The numbers are
  * those of kern_linear_bf16_ref up to the order of the fp32 sums.
  *
- * Primitives are created once per shape (m, n, k) and kept in a small
- * table: creation costs a JIT dispatch, a call then only binds pointers.
+ * Primitives are created once per shape (m, n, k) and weight layout and
+ * kept in a small table: creation costs a JIT dispatch, a call then only
+ * binds pointers.
+ *
+ * A matmul over plain weights copies them into its blocked layout on every
+ * call, which costs as much as the products at decode row counts. Weights
+ * that stay where they are for a whole run (the CPU backend's resident
+ * tiers, backend.h pack_h16) are rearranged into that layout once, in
+ * place, by kern_bf16_pack: the layout oneDNN asks for (format "any") for
+ * a (64, n, k) product, which is the one it asks for at every row count
+ * (checked on AVX512-BF16 for 1-4096 rows), and is used only where it
+ * takes exactly the matrix's bytes.
  */
 #include <errno.h>
 #include <omp.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cpu_common.h"
@@ -82,9 +93,16 @@ void kern_q4_dequant_bf16(uint16_t *dst, const uint8_t *src, size_t rows, int n,
  * (n, k), a run a handful of row counts) and replaced round robin. */
 #define PRIMS 64
 typedef struct prim {
-    int m, n, k;
+    int m, n, k, packed;
     dnnl_primitive_t p;
 } prim;
+
+/* The packed layout of each (n, k) asked about. */
+#define PACKS 32
+typedef struct pack {
+    int n, k, ok; /* ok: the layout below packs in place */
+    dnnl_memory_desc_t md;
+} pack;
 
 static struct {
     pthread_once_t once;
@@ -95,22 +113,79 @@ static struct {
     char impl[64];      /* the implementation oneDNN picked (a 64x4096x4096 probe) */
     prim tab[PRIMS];
     int next;
+    pack packs[PACKS];
+    int n_packs;
 } g = {.once = PTHREAD_ONCE_INIT, .mu = PTHREAD_MUTEX_INITIALIZER};
 
-static dnnl_status_t create(int m, int n, int k, dnnl_primitive_t *out, const char **impl)
+/* The primitive descriptor of y(m, n) = x(m, k) . w^T with w's layout b
+ * (NULL: format "any", oneDNN's choice). */
+static dnnl_status_t describe(int m, int n, int k, const dnnl_memory_desc_t *b,
+                              dnnl_primitive_desc_t *pd)
 {
-    dnnl_memory_desc_t a, b, c;
+    dnnl_memory_desc_t a, bb, c;
     dnnl_dims_t da = {m, k}, db = {k, n}, dc = {m, n};
     dnnl_status_t s;
     if ((s = dnnl_memory_desc_init_by_tag(&a, 2, da, dnnl_bf16, dnnl_ab)) ||
-        (s = dnnl_memory_desc_init_by_tag(&b, 2, db, dnnl_bf16, dnnl_ba)) ||
         (s = dnnl_memory_desc_init_by_tag(&c, 2, dc, dnnl_f32, dnnl_ab)))
         return s;
-    dnnl_matmul_desc_t md;
-    if ((s = dnnl_matmul_desc_init(&md, &a, &b, NULL, &c)))
+    if (b)
+        bb = *b;
+    else if ((s = dnnl_memory_desc_init_by_tag(&bb, 2, db, dnnl_bf16, dnnl_format_tag_any)))
         return s;
+    dnnl_matmul_desc_t md;
+    if ((s = dnnl_matmul_desc_init(&md, &a, &bb, NULL, &c)))
+        return s;
+    return dnnl_primitive_desc_create(pd, &md, NULL, g.eng, NULL);
+}
+
+/* w(n, k) in Hugging Face's (out, in) layout: oneDNN's "ba" of (k, n). */
+static dnnl_status_t plain_md(int n, int k, dnnl_memory_desc_t *out)
+{
+    dnnl_dims_t db = {k, n};
+    return dnnl_memory_desc_init_by_tag(out, 2, db, dnnl_bf16, dnnl_ba);
+}
+
+/* The packed layout of (n, k), looked up or worked out (g.mu held).
+ * @return the entry (its ok 0 where it does not pack in place), or NULL
+ * when the table is full. */
+static const pack *pack_of(int n, int k)
+{
+    for (int i = 0; i < g.n_packs; i++)
+        if (g.packs[i].n == n && g.packs[i].k == k)
+            return &g.packs[i];
+    if (g.n_packs == PACKS)
+        return NULL;
+    pack *e = &g.packs[g.n_packs++];
+    *e = (pack){.n = n, .k = k};
+    dnnl_memory_desc_t plain;
     dnnl_primitive_desc_t pd;
-    if ((s = dnnl_primitive_desc_create(&pd, &md, NULL, g.eng, NULL)))
+    if (plain_md(n, k, &plain) || describe(64, n, k, NULL, &pd))
+        return e;
+    e->md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    const char *impl = "ref";
+    dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+    e->ok = strncmp(impl, "ref", 3) != 0 &&
+            dnnl_memory_desc_get_size(&e->md) == (size_t)n * k * sizeof(uint16_t) &&
+            !dnnl_memory_desc_equal(&e->md, &plain);
+    dnnl_primitive_desc_destroy(pd);
+    return e;
+}
+
+static dnnl_status_t create(int m, int n, int k, int packed, dnnl_primitive_t *out,
+                            const char **impl)
+{
+    dnnl_memory_desc_t b;
+    dnnl_status_t s;
+    if (packed) {
+        const pack *e = pack_of(n, k);
+        if (!e || !e->ok)
+            return dnnl_invalid_arguments;
+        b = e->md;
+    } else if ((s = plain_md(n, k, &b))) {
+        return s;
+    }
+    dnnl_primitive_desc_t pd;
+    if ((s = describe(m, n, k, &b, &pd)))
         return s;
     if (impl)
         dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, impl);
@@ -131,7 +206,7 @@ static void init(void)
     }
     dnnl_primitive_t p;
     const char *impl = "";
-    dnnl_status_t s = create(64, 4096, 4096, &p, &impl);
+    dnnl_status_t s = create(64, 4096, 4096, 0, &p, &impl);
     if (s) {
         snprintf(g.why, sizeof g.why, "oneDNN has no bf16 matmul for this CPU (status %d)",
                  (int)s);
@@ -155,12 +230,14 @@ int kern_bf16_matmul_available(const char **why)
     return g.ok;
 }
 
-/* The primitive of shape (m, n, k), created on first use. */
-static int get_prim(int m, int n, int k, dnnl_primitive_t *out)
+/* The primitive of shape (m, n, k) over plain or packed weights, created
+ * on first use. */
+static int get_prim(int m, int n, int k, int packed, dnnl_primitive_t *out)
 {
     pthread_mutex_lock(&g.mu);
     for (int i = 0; i < PRIMS; i++)
-        if (g.tab[i].p && g.tab[i].m == m && g.tab[i].n == n && g.tab[i].k == k) {
+        if (g.tab[i].p && g.tab[i].m == m && g.tab[i].n == n && g.tab[i].k == k &&
+            g.tab[i].packed == packed) {
             *out = g.tab[i].p;
             pthread_mutex_unlock(&g.mu);
             return 0;
@@ -170,22 +247,23 @@ static int get_prim(int m, int n, int k, dnnl_primitive_t *out)
     if (e->p)
         dnnl_primitive_destroy(e->p);
     e->p = NULL;
-    dnnl_status_t s = create(m, n, k, &e->p, NULL);
+    dnnl_status_t s = create(m, n, k, packed, &e->p, NULL);
     if (!s) {
-        e->m = m, e->n = n, e->k = k;
+        e->m = m, e->n = n, e->k = k, e->packed = packed;
         *out = e->p;
     }
     pthread_mutex_unlock(&g.mu);
-    RETURN_IF(s, -EIO, "oneDNN cannot create a bf16 matmul of %d x %d x %d (status %d)", m,
-              n, k, (int)s);
+    RETURN_IF(s, -EIO, "oneDNN cannot create a bf16 matmul of %d x %d x %d%s (status %d)", m,
+              n, k, packed ? " over packed weights" : "", (int)s);
     return 0;
 }
 
-/* One matmul: xb(m, k) bf16, w(n, k) bf16 -> y(m, n) fp32. */
-static int run(float *y, const uint16_t *xb, const uint16_t *w, int m, int n, int k)
+/* One matmul: xb(m, k) bf16, w(n, k) bf16 (packed: kern_bf16_pack's
+ * layout) -> y(m, n) fp32. */
+static int run(float *y, const uint16_t *xb, const uint16_t *w, int m, int n, int k, int packed)
 {
     dnnl_primitive_t p;
-    FORWARD_IF(get_prim(m, n, k, &p));
+    FORWARD_IF(get_prim(m, n, k, packed, &p));
     const_dnnl_primitive_desc_t pd;
     dnnl_primitive_get_primitive_desc(p, &pd);
     dnnl_memory_t ma = NULL, mb = NULL, mc = NULL;
@@ -212,8 +290,8 @@ static int run(float *y, const uint16_t *xb, const uint16_t *w, int m, int n, in
     return 0;
 }
 
-int kern_linear_bf16(float *y, const float *x, const uint16_t *w, int m, int n, int k,
-                     void *ws, size_t ws_bytes)
+static int linear(float *y, const float *x, const uint16_t *w, int m, int n, int k, void *ws,
+                  size_t ws_bytes, int packed)
 {
     const char *why;
     RETURN_IF(!kern_bf16_matmul_available(&why), -ENOTSUP, "bf16 matmul: %s; run without "
@@ -227,10 +305,66 @@ int kern_linear_bf16(float *y, const float *x, const uint16_t *w, int m, int n, 
     for (int at = 0; at < m;) {
         int r = m - at < (long)rows ? m - at : (int)rows;
         kern_round_bf16_par(xb, x + (size_t)at * k, (size_t)r * k);
-        FORWARD_IF(run(y + (size_t)at * n, xb, w, r, n, k));
+        FORWARD_IF(run(y + (size_t)at * n, xb, w, r, n, k, packed));
         at += r;
     }
     return 0;
+}
+
+int kern_linear_bf16(float *y, const float *x, const uint16_t *w, int m, int n, int k,
+                     void *ws, size_t ws_bytes)
+{
+    return linear(y, x, w, m, n, k, ws, ws_bytes, 0);
+}
+
+int kern_linear_bf16_packed(float *y, const float *x, const uint16_t *w, int m, int n, int k,
+                            void *ws, size_t ws_bytes)
+{
+    return linear(y, x, w, m, n, k, ws, ws_bytes, 1);
+}
+
+int kern_bf16_pack(uint16_t *w, int n, int k)
+{
+    if (!kern_bf16_matmul_available(NULL))
+        return 0;
+    pthread_mutex_lock(&g.mu);
+    const pack *e = pack_of(n, k);
+    int ok = e && e->ok;
+    dnnl_memory_desc_t to;
+    if (ok)
+        to = e->md;
+    pthread_mutex_unlock(&g.mu);
+    if (!ok || !w)
+        return ok;
+    size_t bytes = (size_t)n * k * sizeof(uint16_t);
+    void *tmp = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    RETURN_IF(!tmp, -ENOMEM, "out of memory packing a %d x %d bf16 matrix", n, k);
+    dnnl_memory_desc_t from;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t r = NULL;
+    dnnl_memory_t ms = NULL, md = NULL;
+    dnnl_stream_t st = NULL;
+    dnnl_status_t s;
+    if (!(s = plain_md(n, k, &from)) &&
+        !(s = dnnl_reorder_primitive_desc_create(&pd, &from, g.eng, &to, g.eng, NULL)) &&
+        !(s = dnnl_primitive_create(&r, pd)) &&
+        !(s = dnnl_memory_create(&ms, &from, g.eng, w)) &&
+        !(s = dnnl_memory_create(&md, &to, g.eng, tmp)) &&
+        !(s = dnnl_stream_create(&st, g.eng, dnnl_stream_default_flags))) {
+        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, ms}, {DNNL_ARG_TO, md}};
+        if (!(s = dnnl_primitive_execute(r, st, 2, args)))
+            s = dnnl_stream_wait(st);
+    }
+    if (!s)
+        memcpy(w, tmp, bytes);
+    dnnl_stream_destroy(st);
+    dnnl_memory_destroy(ms);
+    dnnl_memory_destroy(md);
+    dnnl_primitive_destroy(r);
+    dnnl_primitive_desc_destroy(pd);
+    free(tmp);
+    RETURN_IF(s, -EIO, "oneDNN cannot pack a %d x %d bf16 matrix (status %d)", n, k, (int)s);
+    return 1;
 }
 
 #else /* !FH_HAVE_ONEDNN */
@@ -249,5 +383,17 @@ int kern_linear_bf16(float *y, const float *x, const uint16_t *w, int m, int n, 
     const char *why;
     kern_bf16_matmul_available(&why);
     RETURN_IF(1, -ENOTSUP, "bf16 matmul: %s; run without --cpu-matmul bf16", why);
+}
+
+int kern_bf16_pack(uint16_t *w, int n, int k)
+{
+    (void)w, (void)n, (void)k;
+    return 0;
+}
+
+int kern_linear_bf16_packed(float *y, const float *x, const uint16_t *w, int m, int n, int k,
+                            void *ws, size_t ws_bytes)
+{
+    return kern_linear_bf16(y, x, w, m, n, k, ws, ws_bytes);
 }
 #endif

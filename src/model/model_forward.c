@@ -157,6 +157,8 @@ static int widen_layer(model *m, const model_layer *L, sched_scratch *sc,
                 (!sc->w_all || (o->h16_direct && o->h16_direct(m->be->ctx, (kern_h16)L->wh)));
     size_t off[SCHED_MAX_TENSORS], bytes[SCHED_MAX_TENSORS], vat = 0;
     sched_blob_layout(sm, o->elem_size, 0, off, bytes);
+    RETURN_IF(L->packed && !fused, -EINVAL, "internal: packed bf16 matrices (backend "
+              "pack_h16) on a backend that widens them");
     sc->w_layer = NULL; /* set again only once every tensor is widened */
     for (int t = 0; t < sm->n_tensors; t++) {
         if (fused && sm->tensors[t].cols) {
@@ -175,6 +177,7 @@ static int widen_layer(model *m, const model_layer *L, sched_scratch *sc,
     }
     sc->w_wide.wq = 0;
     sc->w_wide.wh = fused ? L->wh : 0;
+    sc->w_wide.packed = fused ? L->packed : 0;
     sc->w_layer = fused ? NULL : L;
     return 0;
 }
@@ -190,7 +193,8 @@ int model_linear(model *m, const model_layer *L, sched_scratch *sc, int t, void 
     } else if (L->wq && o->linear_q4) {
         return o->linear_q4(m->be->ctx, y, x, w, b, rows, n, k, relu, sc->w);
     } else if (L->wh) { /* widen_layer's fused view: the matrices in 16 bits */
-        return o->linear_h16(m->be->ctx, y, x, w, (kern_h16)L->wh, b, rows, n, k, relu,
+        kern_h16 fmt = L->packed >> t & 1 ? KERN_H16_BF16_PACKED : (kern_h16)L->wh;
+        return o->linear_h16(m->be->ctx, y, x, w, fmt, b, rows, n, k, relu,
                              (char *)sc->w + vectors_bytes(&m->shape, o->elem_size));
     } else if (L->wq) {
         FORWARD_IF(o->dequant_q4(m->be->ctx, sc->w, w, (size_t)n, k));
