@@ -409,14 +409,9 @@ static cJSON *records(const char *name)
     return arr;
 }
 
-/* generate over a bf16 store with --cpu-matmul bf16, all resident and with
- * the layers streamed from the disk tier over two GPU batches (the case
- * that widens a layer for its batches without the option): the greedy
- * tokens of the fp32 run on this model for the first steps, logprobs within
- * 0.05 of it and not all equal (the activations are rounded); --plan says
- * the layers stay bf16 even when resident. --cpu-matmul on CUDA and a bad
- * value are usage errors. */
-Test(bf16_cli, generate_with_bf16_matmuls_is_near_the_fp32_run)
+/* Skipped without bf16 matmuls; else four prompts in prompts.jsonl and the
+ * tiny OPT as a bf16 store in stb. */
+static void bf16_run_setup(void)
 {
     const char *why;
     if (!kern_bf16_matmul_available(&why))
@@ -426,6 +421,18 @@ Test(bf16_cli, generate_with_bf16_matmuls_is_near_the_fp32_run)
                                "{\"id\": 3, \"prompt\": \"one two three four five six\"}\n"
                                "{\"id\": 4, \"prompt\": \"a\"}\n");
     cr_assert_eq(cli_run("convert --model " TINY " --out stb --dtype bf16"), 0, "%s", cli_err);
+}
+
+/* generate over a bf16 store with --cpu-matmul bf16, all resident and with
+ * the layers streamed from the disk tier over two GPU batches (the case
+ * that widens a layer for its batches without the option): the greedy
+ * tokens of the fp32 run on this model for the first steps, logprobs within
+ * 0.05 of it and not all equal (the activations are rounded); --plan says
+ * the layers stay bf16 even when resident. --cpu-matmul on CUDA and a bad
+ * value are usage errors. */
+Test(bf16_cli, generate_with_bf16_matmuls_is_near_the_fp32_run)
+{
+    bf16_run_setup();
     static const char *const placements[] = {
         "--percent 100 0 100 0 100 0 --gpu-batch-size 4",
         "--percent 0 0 100 0 100 0 --offload-dir off --gpu-batch-size 2 --num-gpu-batches 2"};
@@ -498,14 +505,7 @@ Test(bf16_cli, generate_with_bf16_matmuls_is_near_the_fp32_run)
  * gate/up shape does not pack in place, the rest do). */
 Test(bf16_cli, resident_weights_packed_give_the_same_outputs)
 {
-    const char *why;
-    if (!kern_bf16_matmul_available(&why))
-        cli_skip("no bf16 matmul here: %s", why);
-    cli_write("prompts.jsonl", "{\"id\": 1, \"prompt\": \"Hello there\"}\n"
-                               "{\"id\": 2, \"prompt\": \"The quick brown fox\"}\n"
-                               "{\"id\": 3, \"prompt\": \"one two three four five six\"}\n"
-                               "{\"id\": 4, \"prompt\": \"a\"}\n");
-    cr_assert_eq(cli_run("convert --model " TINY " --out stb --dtype bf16"), 0, "%s", cli_err);
+    bf16_run_setup();
     cr_assert_eq(cli_run("make-model --config tiny-llama --out ll"), 0, "%s", cli_err);
     cr_assert_eq(cli_run("convert --model ll --out stl --dtype bf16"), 0, "%s", cli_err);
     static const struct {
