@@ -162,8 +162,10 @@ typedef struct backend_ops {
      * kern_embed_h16: each row widened exactly): where h16_direct, the
      * model keeps its embedding and head matrices in those 16 bits too,
      * written and read as host memory: a backend with h16_direct has
-     * embed_h16 and is host_visible. NULL: no such tables. */
-    int (*embed_h16)(void *ctx, void *out, const void *tok_emb, kern_h16 fmt,
+     * embed_h16 and is host_visible. v: the table's rows; fmt may be
+     * KERN_H16_BF16_PACKED (a tied table that pack_h16 packed as the
+     * head). NULL: no such tables. */
+    int (*embed_h16)(void *ctx, void *out, const void *tok_emb, kern_h16 fmt, int v,
                      const void *pos_emb, const int32_t *ids, const int32_t *pos, int n, int d);
     /* ---- the RoPE families' element-wise ops (DESIGN.md "Model families") ----
      * kern.h's kern_rmsnorm_ref, kern_rope_ref, kern_swiglu_ref and

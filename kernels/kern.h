@@ -499,6 +499,12 @@ int kern_bf16_pack(uint16_t *w, int n, int k);
  * sums, in the same order. */
 int kern_linear_bf16_packed(float *y, const float *x, const uint16_t *w, int m, int n, int k,
                             void *ws, size_t ws_bytes);
+/* kern_embed_h16 (bf16) over a (v, d) table that kern_bf16_pack packed (a
+ * tied embedding and LM head): each looked-up row gathered from the
+ * blocked layout, widened exactly, pos_emb's row added: the same bits.
+ * @return 0, or -EINVAL when (v, d) is not a shape kern_bf16_pack packs. */
+int kern_bf16_packed_embed(float *out, const uint16_t *w, int v, int d, const float *pos_emb,
+                           const int32_t *ids, const int32_t *pos, int n);
 /* dst(rows, n) bf16 bits <- the 4-bit rows of src (kern_q4_row_bytes(n)
  * bytes each) dequantized as kern_q4_dequant_ref, then rounded as
  * kern_round_bf16_ref: a 4-bit matrix for kern_linear_bf16. stage: n floats

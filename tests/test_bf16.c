@@ -674,6 +674,104 @@ Test(bf16_cli, embedding_and_head_stay_bf16_with_the_layers)
     backend_destroy(&plain);
 }
 
+/* A packed (v, d) table gives kern_embed_h16's rows of the plain one, bit
+ * for bit, with and without learned positions; a shape oneDNN does not
+ * pack is refused. */
+Test(bf16, embedding_gathers_rows_of_a_packed_table)
+{
+    skip_without_bf16();
+    enum { V = 256, D = 64, N = 7, P = 16 };
+    uint16_t *w = malloc(sizeof(uint16_t) * V * D), *wp = malloc(sizeof(uint16_t) * V * D);
+    float pe[(P + KERN_OPT_POS_OFFSET) * D], a[N * D], b[N * D];
+    uint64_t seed = 33;
+    for (int i = 0; i < V * D; i++) {
+        float v = rnd(&seed);
+        kern_round_bf16_ref(&w[i], &v, 1);
+    }
+    for (size_t i = 0; i < sizeof pe / sizeof *pe; i++)
+        pe[i] = rnd(&seed);
+    memcpy(wp, w, sizeof(uint16_t) * V * D);
+    cr_assert_eq(kern_bf16_pack(wp, V, D), 1, "%s", err_msg());
+    const int32_t ids[N] = {0, V - 1, 63, 64, 65, 200, 0}, pos[N] = {0, 1, 2, 3, 4, 5, 15};
+    for (int withpos = 0; withpos < 2; withpos++) {
+        const float *pp = withpos ? pe : NULL;
+        kern_embed_h16(a, w, KERN_H16_BF16, pp, ids, pos, N, D);
+        memset(b, 0xff, sizeof b);
+        cr_assert_eq(kern_bf16_packed_embed(b, wp, V, D, pp, ids, pos, N), 0, "%s", err_msg());
+        cr_assert_eq(memcmp(a, b, sizeof a), 0, "positions %d: packed rows differ", withpos);
+    }
+    cr_assert_eq(kern_bf16_packed_embed(b, wp, 100, 96, NULL, ids, pos, 1), -EINVAL);
+    free(w), free(wp);
+}
+
+/* model_pack_tables: the bf16 head packed after loading, the tied table
+ * with it (tiny OPT: its embedding then gathers from the packed rows and
+ * adds learned positions), an untied embedding left as it is (tiny
+ * Llama); the embedding and the head give the bits they gave before.
+ * Without bf16 matmuls nothing is packed. */
+Test(bf16_cli, packed_tables_give_the_same_embedding_and_logits)
+{
+    const char *why;
+    if (!kern_bf16_matmul_available(&why))
+        cli_skip("no bf16 matmul here: %s", why);
+    backend bbe, plain;
+    cr_assert_eq(backend_cpu_create_opts(&(backend_cpu_opts){.n_threads = 2, .bf16_matmul = 1},
+                                         &bbe), 0, "%s", err_msg());
+    cr_assert_eq(backend_cpu_create(2, &plain), 0, "%s", err_msg());
+    static const char *const fams[] = {FH_SOURCE_ROOT "/tests/fixtures/tiny-opt",
+                                       FH_SOURCE_ROOT "/tests/fixtures/tiny-llama"};
+    for (int f = 0; f < 2; f++) {
+        char st[512];
+        snprintf(st, sizeof st, "%s/pk%d", cli_dir, f);
+        cr_assert_eq(model_convert(fams[f], st, OFF_DTYPE_BF16), 0, "%s", err_msg());
+        model *m, *mp;
+        cr_assert_eq(model_load_store(st, &bbe, NULL, KERN_H16_BF16, discard_layer, NULL, &m),
+                     0, "%s", err_msg());
+        cr_assert_eq(model_load_store(st, &plain, NULL, KERN_H16_BF16, discard_layer, NULL, &mp),
+                     0, "%s", err_msg());
+        cr_assert_eq(model_pack_tables(mp), 0, "no bf16 matmuls: nothing to pack");
+        const model_config *c = &m->cfg;
+        int V = c->vocab_size, d = c->hidden;
+        size_t tb = sizeof(uint16_t) * V * d;
+        uint16_t *head0 = malloc(tb), *emb0 = malloc(tb);
+        memcpy(head0, m->lm_head, tb);
+        memcpy(emb0, m->tok_emb, tb);
+        sched_model sm;
+        model_sched_bind(m, &sm);
+        enum { N = 6 };
+        const int32_t ids[N] = {0, 3, V - 1, 3, 11, 1}, pos[N] = {0, 1, 2, 3, 4, 5};
+        const int32_t rows[3] = {4, 1, 5};
+        float *x[2], *logits[2], *h = malloc(sizeof(float) * N * d);
+        float *last = malloc(sizeof(float) * 3 * d);
+        for (int packed = 0; packed < 2; packed++) {
+            if (packed) {
+                cr_assert_eq(model_pack_tables(m), 1, "%s: %s", fams[f], err_msg());
+                cr_assert_neq(memcmp(head0, m->lm_head, tb), 0, "%s: head not packed", fams[f]);
+                if (!c->tie_lm_head)
+                    cr_assert_eq(memcmp(emb0, m->tok_emb, tb), 0, "%s: untied embedding "
+                                 "changed", fams[f]);
+                cr_assert_eq(model_pack_tables(m), 1, "a second call keeps it packed");
+            }
+            x[packed] = malloc(sizeof(float) * N * d);
+            logits[packed] = malloc(sizeof(float) * 3 * V);
+            cr_assert_eq(sm.embed(sm.ctx, x[packed], ids, pos, N), 0, "%s", err_msg());
+            sched_scratch scr = {.h = h};
+            cr_assert_eq(sm.head(sm.ctx, logits[packed], last, x[packed], rows, 3, &scr), 0,
+                         "%s", err_msg());
+        }
+        cr_assert_eq(memcmp(x[0], x[1], sizeof(float) * N * d), 0, "%s: embedding", fams[f]);
+        cr_assert_eq(memcmp(logits[0], logits[1], sizeof(float) * 3 * V), 0, "%s: logits",
+                     fams[f]);
+        for (int i = 0; i < 2; i++)
+            free(x[i]), free(logits[i]);
+        free(h), free(last), free(head0), free(emb0);
+        model_destroy(m);
+        model_destroy(mp);
+    }
+    backend_destroy(&bbe);
+    backend_destroy(&plain);
+}
+
 /* Model `name`'s config and shape, and the default policy. */
 static void shape_and_policy(const char *name, model_config *c, sched_model *sm,
                              sched_policy *p)

@@ -118,11 +118,13 @@ static int cpu_embed(void *ctx, void *out, const void *tok_emb,
     return 0;
 }
 
-static int cpu_embed_h16(void *ctx, void *out, const void *tok_emb, kern_h16 fmt,
+static int cpu_embed_h16(void *ctx, void *out, const void *tok_emb, kern_h16 fmt, int v,
                          const void *pos_emb, const int32_t *ids, const int32_t *pos, int n,
                          int d)
 {
-    (void)ctx;
+    cpu_ctx *c = ctx;
+    if (fmt == KERN_H16_BF16_PACKED && c->bf16_matmul)
+        return kern_bf16_packed_embed(out, tok_emb, v, d, pos_emb, ids, pos, n);
     RETURN_IF(fmt != KERN_H16_F16 && fmt != KERN_H16_BF16, -EINVAL,
               "internal: 16-bit embedding format %d", (int)fmt);
     kern_embed_h16(out, tok_emb, fmt, pos_emb, ids, pos, n, d);

@@ -323,6 +323,61 @@ int kern_linear_bf16_packed(float *y, const float *x, const uint16_t *w, int m, 
     return linear(y, x, w, m, n, k, ws, ws_bytes, 1);
 }
 
+/* The offset, in elements, of w's (row, col) in a blocked layout md of
+ * dims (k, n) ("ba": dim 0 the columns, dim 1 the rows): each dim's outer
+ * index times its stride, plus its share of the inner blocks, which oneDNN
+ * lists outermost first. The sum splits by dim: col's share plus row's. */
+static int64_t blocked_share(const dnnl_memory_desc_t *md, int dim, int64_t idx)
+{
+    const dnnl_blocking_desc_t *b = &md->format_desc.blocking;
+    int64_t in = 1;
+    for (int i = 0; i < b->inner_nblks; i++)
+        if (b->inner_idxs[i] == dim)
+            in *= b->inner_blks[i];
+    int64_t off = idx / in * b->strides[dim], rem = idx % in, mult = 1;
+    for (int i = b->inner_nblks - 1; i >= 0; i--) {
+        if (b->inner_idxs[i] == dim) {
+            off += rem % b->inner_blks[i] * mult;
+            rem /= b->inner_blks[i];
+        }
+        mult *= b->inner_blks[i];
+    }
+    return off;
+}
+
+int kern_bf16_packed_embed(float *out, const uint16_t *w, int v, int d, const float *pos_emb,
+                           const int32_t *ids, const int32_t *pos, int n)
+{
+    pthread_mutex_lock(&g.mu);
+    const pack *e = kern_bf16_matmul_available(NULL) ? pack_of(v, d) : NULL;
+    int ok = e && e->ok && e->md.format_kind == dnnl_blocked;
+    dnnl_memory_desc_t md;
+    if (ok)
+        md = e->md;
+    pthread_mutex_unlock(&g.mu);
+    RETURN_IF(!ok, -EINVAL, "internal: a %d x %d bf16 table that oneDNN does not pack", v, d);
+    int64_t *col = malloc(sizeof(int64_t) * (size_t)d);
+    RETURN_IF(!col, -ENOMEM, "out of memory");
+    for (int j = 0; j < d; j++)
+        col[j] = md.offset0 + blocked_share(&md, 0, j);
+    #pragma omp parallel for schedule(static) if (n > 16)
+    for (int i = 0; i < n; i++) {
+        const uint16_t *r = w + blocked_share(&md, 1, ids[i]);
+        float *o = out + (size_t)i * d;
+        for (int j = 0; j < d; j++) {
+            uint32_t u = (uint32_t)r[col[j]] << 16;
+            memcpy(&o[j], &u, sizeof u);
+        }
+        if (!pos_emb)
+            continue;
+        const float *p = pos_emb + (size_t)(pos[i] + KERN_OPT_POS_OFFSET) * d;
+        for (int j = 0; j < d; j++)
+            o[j] += p[j];
+    }
+    free(col);
+    return 0;
+}
+
 int kern_bf16_pack(uint16_t *w, int n, int k)
 {
     if (!kern_bf16_matmul_available(NULL))
@@ -395,5 +450,12 @@ int kern_linear_bf16_packed(float *y, const float *x, const uint16_t *w, int m, 
                             void *ws, size_t ws_bytes)
 {
     return kern_linear_bf16(y, x, w, m, n, k, ws, ws_bytes);
+}
+
+int kern_bf16_packed_embed(float *out, const uint16_t *w, int v, int d, const float *pos_emb,
+                           const int32_t *ids, const int32_t *pos, int n)
+{
+    (void)out, (void)w, (void)pos_emb, (void)ids, (void)pos, (void)n;
+    RETURN_IF(1, -EINVAL, "internal: a %d x %d bf16 table that oneDNN does not pack", v, d);
 }
 #endif

@@ -93,10 +93,19 @@ void cli_model_tiers(const cli_model_src *src, const backend *be, const sched_po
 
 int cli_model_load(const cli_model_src *src, backend *be, sched *sc, model **m)
 {
-    if (src->is_store)
-        return model_load_store(src->dir, be, NULL, sched_weight_fmt(sc), sched_layer_sink, sc, m);
-    if (src->dir)
-        return model_load_hf_h16(src->dir, be, sched_weight_fmt(sc), sched_layer_sink, sc, m);
-    return model_create_dummy_sink(&src->cfg, be, 1234, sched_layer_sink, sc, m);
+    int rc = src->is_store
+                 ? model_load_store(src->dir, be, NULL, sched_weight_fmt(sc), sched_layer_sink,
+                                    sc, m)
+             : src->dir
+                 ? model_load_hf_h16(src->dir, be, sched_weight_fmt(sc), sched_layer_sink, sc, m)
+                 : model_create_dummy_sink(&src->cfg, be, 1234, sched_layer_sink, sc, m);
+    FORWARD_IF(rc);
+    rc = model_pack_tables(*m); /* the bf16 head, for the matmuls */
+    if (rc < 0) {
+        model_destroy(*m);
+        *m = NULL;
+        return rc;
+    }
+    return 0;
 }
 

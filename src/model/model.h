@@ -93,6 +93,8 @@ typedef struct model {
     void *lm_head;        /* (V, d); == tok_emb when tied */
     int g16;              /* 0: tok_emb and lm_head in the storage type; KERN_H16_BF16:
                            * in bf16 (model_global_h16) */
+    int head_packed;      /* lm_head (and so tok_emb when tied) in the backend's packed
+                           * layout (model_pack_tables) */
     float *inv_freq;      /* host (rot_dims / 2): RoPE's frequencies, or NULL */
     /* loading (model.c internal) */
     model_layer_sink sink;
@@ -113,6 +115,12 @@ void **model_global(model *m, int g);
  * (backend_ops.h16_direct, embed_h16 on a host-visible backend): what the
  * plan assumes under sched_shape.weight_direct. */
 int model_global_h16(const model *m, int g);
+/* Once the model is loaded: a bf16 LM head (g16) goes into the layout the
+ * backend's bf16 matmul reads fastest (backend_ops.pack_h16), a tied one
+ * too (the embedding then gathers its rows from that layout); nothing
+ * else may read the tables as rows afterwards. @return 1 packed, 0 not
+ * (no bf16 tables, or not this backend or shape), -errno. */
+int model_pack_tables(model *m);
 /* Linear layer y(rows, n) = x(rows, k) W^T (+ b) (ReLU when relu) with
  * matrix t of layer L, which may be 4-bit rows: expanded into sc->w first
  * (once per layer with sc->w_all), or else through the backend's linear_q4

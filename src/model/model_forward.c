@@ -222,9 +222,12 @@ static int norm(model *m, void *out, const void *x, const void *w, const void *b
 static int fwd_embed(void *mp, void *x, const int32_t *ids, const int32_t *pos, int n_rows)
 {
     model *m = mp;
-    if (m->g16)
-        return m->be->ops->embed_h16(m->be->ctx, x, m->tok_emb, (kern_h16)m->g16, m->pos_emb,
-                                     ids, pos, n_rows, m->cfg.hidden);
+    if (m->g16) {
+        kern_h16 fmt = m->head_packed && m->tok_emb == m->lm_head ? KERN_H16_BF16_PACKED
+                                                                   : (kern_h16)m->g16;
+        return m->be->ops->embed_h16(m->be->ctx, x, m->tok_emb, fmt, m->cfg.vocab_size,
+                                     m->pos_emb, ids, pos, n_rows, m->cfg.hidden);
+    }
     return m->be->ops->embed(m->be->ctx, x, m->tok_emb, m->pos_emb, ids, pos, n_rows,
                              m->cfg.hidden);
 }
@@ -294,9 +297,22 @@ static int fwd_head(void *mp, void *logits, void *last, const void *x,
     FORWARD_IF(o->gather_rows(ctx, last, x, last_rows, n_out, c->hidden));
     FORWARD_IF(norm(m, last, last, m->lnf_w, m->lnf_b, n_out));
     if (m->g16) /* a bf16 matmul: x rounded into h, (rows, d) >= (n_out, d) bf16 */
-        return o->linear_h16(ctx, logits, last, m->lm_head, (kern_h16)m->g16, NULL, n_out,
-                             c->vocab_size, c->hidden, 0, sc->h);
+        return o->linear_h16(ctx, logits, last, m->lm_head,
+                             m->head_packed ? KERN_H16_BF16_PACKED : (kern_h16)m->g16, NULL,
+                             n_out, c->vocab_size, c->hidden, 0, sc->h);
     return o->linear(ctx, logits, last, m->lm_head, NULL, n_out, c->vocab_size, c->hidden, 0);
+}
+
+int model_pack_tables(model *m)
+{
+    const backend_ops *o = m->be->ops;
+    if (m->g16 != KERN_H16_BF16 || !o->pack_h16 || m->head_packed)
+        return m->head_packed;
+    int r = o->pack_h16(m->be->ctx, m->lm_head, KERN_H16_BF16, m->cfg.vocab_size,
+                        m->cfg.hidden);
+    FORWARD_IF(r);
+    m->head_packed = r;
+    return r;
 }
 
 void model_sched_bind(model *m, sched_model *out)
