@@ -4,7 +4,7 @@ for r in $(seq 1 $1); do for B in 4 16 64; do
   python3 -c "
 import sys; sys.path.insert(0,'/work/main/benchmarks')
 from benchlib import write_prompts; write_prompts('/tmp/ab$B.jsonl',$B,4)"
-  for b in base pack; do
+  for b in ${BINS:-base pack}; do
     rm -f /tmp/ab-o.jsonl
     line=$(./flexh2o-$b generate --model st-hfllama-bf16 --cpu-matmul bf16 --device cpu --prompts /tmp/ab$B.jsonl --out /tmp/ab-o.jsonl --max-new-tokens 32 --ignore-eos --gpu-batch-size $B --num-gpu-batches 1 2>&1 | grep "prompts on")
     dec=$(echo "$line" | sed -n 's/.*decode \([0-9.]*\) tok\/s.*/\1/p')
