@@ -256,6 +256,7 @@ def last_line(text):
 class Runner:
     def __init__(self, a, grid):
         self.a, self.g = a, GRIDS[grid]
+        os.makedirs(os.path.dirname(os.path.abspath(a.csv)), exist_ok=True)
         self.device = self.g["device"]
         self.machine = machine(self.device)
         self.commit = commit()
