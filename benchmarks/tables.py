@@ -752,7 +752,8 @@ def plots(grid, mach, by, outdir):
         gp(f"""set terminal pngcairo size 900,500; set output '{os.path.join(outdir, png)}'
 set style data histograms; set style histogram clustered gap 1; set style fill solid 0.8
 set datafile missing '-'; set key outside right; set ylabel '{ylabel}'; set yrange [0:*]
-set title '{grid} grid, {mach}' noenhanced
+set offsets 0, 0, graph 0.08, 0; set xtics rotate by 30 right noenhanced
+set bmargin 6; set title '{grid} grid, {mach}' noenhanced
 plot {plot}""")
         return png
 
