@@ -21,8 +21,9 @@
  * tiers, backend.h pack_h16) are rearranged into that layout once, in
  * place, by kern_bf16_pack: the layout oneDNN asks for (format "any") for
  * a (64, n, k) product, which is the one it asks for at every row count
- * (checked on AVX512-BF16 for 1-4096 rows), and is used only where it
- * takes exactly the matrix's bytes.
+ * (checked on AVX512-BF16 for 1-4096 rows), used only where it takes
+ * exactly the matrix's bytes and where oneDNN has a kernel over it (not its
+ * reference code) at 1 to 2048 rows.
  */
 #include <errno.h>
 #include <omp.h>
@@ -168,6 +169,20 @@ static const pack *pack_of(int n, int k)
             dnnl_memory_desc_get_size(&e->md) == (size_t)n * k * sizeof(uint16_t) &&
             !dnnl_memory_desc_equal(&e->md, &plain);
     dnnl_primitive_desc_destroy(pd);
+    /* and oneDNN runs products of other row counts over that layout as it
+     * lies, not through its reference code (a packed matrix has no plain
+     * copy to fall back on) */
+    static const int rows[] = {1, 4, 16, 256, 2048};
+    for (size_t i = 0; e->ok && i < sizeof rows / sizeof *rows; i++) {
+        if (describe(rows[i], n, k, &e->md, &pd)) {
+            e->ok = 0;
+            break;
+        }
+        impl = "ref";
+        dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+        e->ok = strncmp(impl, "ref", 3) != 0;
+        dnnl_primitive_desc_destroy(pd);
+    }
     return e;
 }
 
