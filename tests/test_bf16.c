@@ -596,6 +596,28 @@ static int discard_layer(void *ud, int layer, const void *blob, int wq, int fd, 
     return 0;
 }
 
+static const char *const fams[] = {FH_SOURCE_ROOT "/tests/fixtures/tiny-opt",
+                                   FH_SOURCE_ROOT "/tests/fixtures/tiny-llama"};
+
+/* Skipped without bf16 matmuls; else a CPU backend with them and one
+ * without. */
+static void bf16_backends(backend *bbe, backend *plain)
+{
+    const char *why;
+    if (!kern_bf16_matmul_available(&why))
+        cli_skip("no bf16 matmul here: %s", why);
+    cr_assert_eq(backend_cpu_create_opts(&(backend_cpu_opts){.n_threads = 2, .bf16_matmul = 1},
+                                         bbe), 0, "%s", err_msg());
+    cr_assert_eq(backend_cpu_create(2, plain), 0, "%s", err_msg());
+}
+
+/* fams[f] converted to a bf16 weight store, cli_dir/<tag><f>: its path. */
+static void bf16_store(int f, const char *tag, char *st, size_t cap)
+{
+    snprintf(st, cap, "%s/%s%d", cli_dir, tag, f);
+    cr_assert_eq(model_convert(fams[f], st, OFF_DTYPE_BF16), 0, "%s", err_msg());
+}
+
 /* Under bf16 matmuls a model whose layers stay bf16 keeps its embedding and
  * head in bf16 too (half their bytes, what the plan counts): the tables are
  * the store's bf16 values (the fp32 load's, narrowed exactly), the
@@ -605,19 +627,11 @@ static int discard_layer(void *ud, int layer, const void *blob, int wq, int fd, 
  * the layers in fp32, the tables stay fp32. */
 Test(bf16_cli, embedding_and_head_stay_bf16_with_the_layers)
 {
-    const char *why;
-    if (!kern_bf16_matmul_available(&why))
-        cli_skip("no bf16 matmul here: %s", why);
     backend bbe, plain;
-    cr_assert_eq(backend_cpu_create_opts(&(backend_cpu_opts){.n_threads = 2, .bf16_matmul = 1},
-                                         &bbe), 0, "%s", err_msg());
-    cr_assert_eq(backend_cpu_create(2, &plain), 0, "%s", err_msg());
-    static const char *const fams[] = {FH_SOURCE_ROOT "/tests/fixtures/tiny-opt",
-                                       FH_SOURCE_ROOT "/tests/fixtures/tiny-llama"};
+    bf16_backends(&bbe, &plain);
     for (int f = 0; f < 2; f++) {
         char st[512];
-        snprintf(st, sizeof st, "%s/st%d", cli_dir, f);
-        cr_assert_eq(model_convert(fams[f], st, OFF_DTYPE_BF16), 0, "%s", err_msg());
+        bf16_store(f, "st", st, sizeof st);
         model *m16, *m32, *mp;
         cr_assert_eq(model_load_store(st, &bbe, NULL, KERN_H16_BF16, discard_layer, NULL, &m16),
                      0, "%s", err_msg());
@@ -711,19 +725,11 @@ Test(bf16, embedding_gathers_rows_of_a_packed_table)
  * Without bf16 matmuls nothing is packed. */
 Test(bf16_cli, packed_tables_give_the_same_embedding_and_logits)
 {
-    const char *why;
-    if (!kern_bf16_matmul_available(&why))
-        cli_skip("no bf16 matmul here: %s", why);
     backend bbe, plain;
-    cr_assert_eq(backend_cpu_create_opts(&(backend_cpu_opts){.n_threads = 2, .bf16_matmul = 1},
-                                         &bbe), 0, "%s", err_msg());
-    cr_assert_eq(backend_cpu_create(2, &plain), 0, "%s", err_msg());
-    static const char *const fams[] = {FH_SOURCE_ROOT "/tests/fixtures/tiny-opt",
-                                       FH_SOURCE_ROOT "/tests/fixtures/tiny-llama"};
+    bf16_backends(&bbe, &plain);
     for (int f = 0; f < 2; f++) {
         char st[512];
-        snprintf(st, sizeof st, "%s/pk%d", cli_dir, f);
-        cr_assert_eq(model_convert(fams[f], st, OFF_DTYPE_BF16), 0, "%s", err_msg());
+        bf16_store(f, "pk", st, sizeof st);
         model *m, *mp;
         cr_assert_eq(model_load_store(st, &bbe, NULL, KERN_H16_BF16, discard_layer, NULL, &m),
                      0, "%s", err_msg());
