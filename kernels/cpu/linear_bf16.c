@@ -103,6 +103,8 @@ typedef struct prim {
 typedef struct pack {
     int n, k, ok; /* ok: the layout below packs in place */
     dnnl_memory_desc_t md;
+    int64_t *col; /* (k) each column's share of an element's offset in md, made
+                   * on the first kern_bf16_packed_embed of the shape, kept */
 } pack;
 
 static struct {
@@ -149,7 +151,7 @@ static dnnl_status_t plain_md(int n, int k, dnnl_memory_desc_t *out)
 /* The packed layout of (n, k), looked up or worked out (g.mu held).
  * @return the entry (its ok 0 where it does not pack in place), or NULL
  * when the table is full. */
-static const pack *pack_of(int n, int k)
+static pack *pack_of(int n, int k)
 {
     for (int i = 0; i < g.n_packs; i++)
         if (g.packs[i].n == n && g.packs[i].k == k)
@@ -184,6 +186,18 @@ static const pack *pack_of(int n, int k)
         dnnl_primitive_desc_destroy(pd);
     }
     return e;
+}
+
+/* pack_of(n, k) under g.mu, where oneDNN has a bf16 matmul: the entry if
+ * it packs in place, else NULL. Entries are never moved or freed. */
+static pack *packed_layout(int n, int k)
+{
+    if (!kern_bf16_matmul_available(NULL))
+        return NULL;
+    pthread_mutex_lock(&g.mu);
+    pack *e = pack_of(n, k);
+    pthread_mutex_unlock(&g.mu);
+    return e && e->ok ? e : NULL;
 }
 
 static dnnl_status_t create(int m, int n, int k, int packed, dnnl_primitive_t *out,
@@ -363,21 +377,19 @@ static int64_t blocked_share(const dnnl_memory_desc_t *md, int dim, int64_t idx)
 int kern_bf16_packed_embed(float *out, const uint16_t *w, int v, int d, const float *pos_emb,
                            const int32_t *ids, const int32_t *pos, int n)
 {
-    pthread_mutex_lock(&g.mu);
-    const pack *e = kern_bf16_matmul_available(NULL) ? pack_of(v, d) : NULL;
-    int ok = e && e->ok && e->md.format_kind == dnnl_blocked;
-    dnnl_memory_desc_t md;
-    if (ok)
-        md = e->md;
+    pack *e = packed_layout(v, d);
+    RETURN_IF(!e || e->md.format_kind != dnnl_blocked, -EINVAL, "internal: a %d x %d bf16 "
+              "table that oneDNN does not pack", v, d);
+    pthread_mutex_lock(&g.mu); /* the column offsets once per shape, not per pass */
+    if (!e->col && (e->col = malloc(sizeof(int64_t) * (size_t)d)))
+        for (int j = 0; j < d; j++)
+            e->col[j] = e->md.offset0 + blocked_share(&e->md, 0, j);
     pthread_mutex_unlock(&g.mu);
-    RETURN_IF(!ok, -EINVAL, "internal: a %d x %d bf16 table that oneDNN does not pack", v, d);
-    int64_t *col = malloc(sizeof(int64_t) * (size_t)d);
-    RETURN_IF(!col, -ENOMEM, "out of memory");
-    for (int j = 0; j < d; j++)
-        col[j] = md.offset0 + blocked_share(&md, 0, j);
+    RETURN_IF(!e->col, -ENOMEM, "out of memory");
+    const int64_t *col = e->col;
     #pragma omp parallel for schedule(static) if (n > 16)
     for (int i = 0; i < n; i++) {
-        const uint16_t *r = w + blocked_share(&md, 1, ids[i]);
+        const uint16_t *r = w + blocked_share(&e->md, 1, ids[i]);
         float *o = out + (size_t)i * d;
         for (int j = 0; j < d; j++) {
             uint32_t u = (uint32_t)r[col[j]] << 16;
@@ -389,23 +401,15 @@ int kern_bf16_packed_embed(float *out, const uint16_t *w, int v, int d, const fl
         for (int j = 0; j < d; j++)
             o[j] += p[j];
     }
-    free(col);
     return 0;
 }
 
 int kern_bf16_pack(uint16_t *w, int n, int k)
 {
-    if (!kern_bf16_matmul_available(NULL))
-        return 0;
-    pthread_mutex_lock(&g.mu);
-    const pack *e = pack_of(n, k);
-    int ok = e && e->ok;
-    dnnl_memory_desc_t to;
-    if (ok)
-        to = e->md;
-    pthread_mutex_unlock(&g.mu);
-    if (!ok || !w)
-        return ok;
+    const pack *e = packed_layout(n, k);
+    if (!e || !w)
+        return e != NULL;
+    const dnnl_memory_desc_t to = e->md;
     size_t bytes = (size_t)n * k * sizeof(uint16_t);
     void *tmp = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
     RETURN_IF(!tmp, -ENOMEM, "out of memory packing a %d x %d bf16 matrix", n, k);
