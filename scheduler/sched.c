@@ -98,9 +98,8 @@ static int alloc_weights(sched *s)
      * layout the backend's bf16 matmul reads fastest, once, as they load
      * (sched_layer_sink); a slot's are read plain from the disk each load */
     s->w_packed = 0;
-    for (int t = 0; rc == 0 && t < s->mdl.n_tensors && be->ops->pack_h16 &&
-                    g->wh == KERN_H16_BF16 && !g->wq;
-         t++) {
+    int may_pack = be->ops->pack_h16 && g->wh == KERN_H16_BF16 && !g->wq;
+    for (int t = 0; rc == 0 && may_pack && t < s->mdl.n_tensors; t++) {
         const sched_tensor *x = &s->mdl.tensors[t];
         if (!x->cols || !(off[t] < g->w_gpu || (s->w_cpu_direct && off[t] < g->w_cpu)))
             continue;

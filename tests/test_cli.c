@@ -341,20 +341,27 @@ Test(cli, existing_output_is_never_overwritten)
     free(o);
 }
 
-Test(cli, make_model_then_generate_and_tokenize)
+/* Model m (make-model's) generates one record for a text prompt with the
+ * generate flags given; then `tokenize` of text: its stdout (free it). */
+static char *generate_then_tokenize(const char *gen_flags, const char *text)
 {
-    cr_assert_eq(cli_run("make-model --config tiny --out m"), 0, "%s", cli_err);
     cli_write("p.jsonl", "{\"prompt\": \"Once upon a time\"}\n");
-    cr_assert_eq(cli_run("generate --model m --prompts p.jsonl --out o.jsonl --quiet "
-                     "--max-new-tokens 5"), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("generate --model m --prompts p.jsonl --out o.jsonl --quiet %s",
+                         gen_flags), 0, "%s", cli_err);
     cJSON *r = records("o.jsonl");
     cr_assert_eq(cJSON_GetArraySize(r), 1);
     cJSON_Delete(r);
-    cli_write("t.txt", "Hello world\n\n");
+    cli_write("t.txt", text);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "tokenize --model m < %s/t.txt", cli_dir);
     cr_assert_eq(cli_run("%s", cmd), 0, "%s", cli_err);
-    char *t = cli_read("stdout.txt");
+    return cli_read("stdout.txt");
+}
+
+Test(cli, make_model_then_generate_and_tokenize)
+{
+    cr_assert_eq(cli_run("make-model --config tiny --out m"), 0, "%s", cli_err);
+    char *t = generate_then_tokenize("--max-new-tokens 5", "Hello world\n\n");
     cr_assert_eq(strncmp(t, "[2, ", 4), 0, "%s", t);
     cr_assert(strstr(t, "\n[2]\n"), "empty line must give just BOS: %s", t);
     free(t);
@@ -364,7 +371,7 @@ Test(cli, make_model_then_generate_and_tokenize)
 
 /* A shape whose special ids lie past make-model's toy tokenizer (Llama-3's
  * BOS is 128000; here 900 of 1000 rows): vocab.json names them, so the
- * model it writes runs, prepends that BOS and stops at that EOS. */
+ * model it writes runs instead of being refused, and prepends that BOS. */
 Test(cli, make_model_names_special_ids_past_the_toy_tokenizer)
 {
     cli_write("big-ids.json",
@@ -374,19 +381,9 @@ Test(cli, make_model_names_special_ids_past_the_toy_tokenizer)
               "\"num_key_value_heads\": 2, \"max_position_embeddings\": 256, "
               "\"rms_norm_eps\": 1e-05, \"hidden_act\": \"silu\", \"rope_theta\": 10000, "
               "\"bos_token_id\": 900, \"eos_token_id\": 901, \"tie_word_embeddings\": true}");
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "make-model --config %s/big-ids.json --out m", cli_dir);
-    cr_assert_eq(cli_run("%s", cmd), 0, "%s", cli_err);
-    cli_write("p.jsonl", "{\"prompt\": \"Once upon a time\"}\n");
-    cr_assert_eq(cli_run("generate --model m --prompts p.jsonl --out o.jsonl --quiet "
-                     "--max-new-tokens 3 --ignore-eos"), 0, "%s", cli_err);
-    cJSON *r = records("o.jsonl");
-    cr_assert_eq(cJSON_GetArraySize(r), 1);
-    cJSON_Delete(r);
-    cli_write("t.txt", "Hello\n");
-    snprintf(cmd, sizeof cmd, "tokenize --model m < %s/t.txt", cli_dir);
-    cr_assert_eq(cli_run("%s", cmd), 0, "%s", cli_err);
-    char *t = cli_read("stdout.txt");
+    cr_assert_eq(cli_run("make-model --config %s/big-ids.json --out m", cli_dir), 0, "%s",
+                 cli_err);
+    char *t = generate_then_tokenize("--max-new-tokens 3 --ignore-eos", "Hello\n");
     cr_assert_eq(strncmp(t, "[900, ", 6), 0, "%s", t);
     free(t);
 }
