@@ -26,9 +26,14 @@
  *             matrices as bf16, kern_linear_bf16 (oneDNN copies plain
  *             weights into its blocked layout on every call);
  *   bf16 packed  the same matrices packed once (kern_bf16_pack, what the
- *             CPU backend does to resident weights), kern_linear_bf16_packed.
+ *             CPU backend does to resident weights), kern_linear_bf16_packed;
+ *   q4 bf16 expanded  under bf16 matmuls, each 4-bit matrix expanded to
+ *             bf16 in memory (kern_q4_dequant_bf16), then kern_linear_bf16
+ *             (the backend's path until kern_linear_q4_bf16);
+ *   q4 bf16 tiles  kern_linear_q4_bf16 (the backend's linear_q4 under bf16
+ *             matmuls: tiles expanded in each thread's cache, packed).
  * Every q4 path is checked to give the bits of the first before timing,
- * and bf16 packed the bits of bf16.
+ * bf16 packed the bits of bf16, q4 bf16 tiles those of q4 bf16 expanded.
  * Prints a Markdown table: ms per layer, weight bytes streamed per second,
  * and each against fp32.
  */
@@ -173,6 +178,32 @@ static void run_bf16_with(bench *b, int packed)
 static void run_bf16(bench *b) { run_bf16_with(b, 0); }
 static void run_bf16_packed(bench *b) { run_bf16_with(b, 1); }
 
+/* 4-bit under bf16 matmuls: each matrix expanded to bf16 (into b->wide),
+ * then the matmul over those plain weights (the backend's path before
+ * kern_linear_q4_bf16) */
+static void run_q4_bf16_expand(bench *b)
+{
+    for (int i = 0; i < N_MAT; i++) {
+        int n = b->n[i], k = b->k[i];
+        kern_q4_dequant_bf16((uint16_t *)b->wide, b->wq[i], (size_t)n, k, b->ws);
+        if (kern_linear_bf16(b->y, b->x, (uint16_t *)b->wide, b->rows, n, k, b->ws,
+                             sizeof(float) * b->max_vals) < 0) {
+            fprintf(stderr, "bf16 linear: %s\n", err_msg());
+            exit(1);
+        }
+    }
+}
+
+static void run_q4_bf16_tiles(bench *b)
+{
+    for (int i = 0; i < N_MAT; i++)
+        if (kern_linear_q4_bf16(b->y, b->x, b->wq[i], b->rows, b->n[i], b->k[i], b->ws,
+                                sizeof(float) * b->max_vals) < 0) {
+            fprintf(stderr, "q4 bf16 linear: %s\n", err_msg());
+            exit(1);
+        }
+}
+
 static void *must(void *p)
 {
     if (!p) {
@@ -286,17 +317,22 @@ int main(int argc, char **argv)
                  {"q4: SIMD expansion, then linear", run_q4_simd, 36.0 / 64},
                  {"q4: fused (linear_q4)", run_q4_fused, 36.0 / 64},
                  {"bf16 (oneDNN matmul, plain weights)", run_bf16, 2.0},
-                 {"bf16 (oneDNN matmul, packed weights)", run_bf16_packed, 2.0}};
+                 {"bf16 (oneDNN matmul, packed weights)", run_bf16_packed, 2.0},
+                 {"q4 bf16: expanded, then matmul (plain)", run_q4_bf16_expand, 36.0 / 64},
+                 {"q4 bf16: tiles expanded in cache, packed", run_q4_bf16_tiles, 36.0 / 64}};
     printf("CPU decode linear, one OPT layer of hidden %d (%.0f M weights), %d rows, %d "
            "threads, median of %d\n\n", h, b.layer_vals / 1e6, rows, kern_cpu_threads(), reps);
     printf("| path | ms / layer | weight GB/s | vs fp32 |\n|---|---:|---:|---:|\n");
     /* the bf16 rows only where oneDNN runs them and packs every shape */
-    size_t n_cases = sizeof cases / sizeof *cases - (bf16 ? 0 : 2);
+    size_t n_cases = sizeof cases / sizeof *cases - (bf16 ? 0 : 4);
     bench_fn q4[3] = {run_q4_ref, run_q4_simd, run_q4_fused};
     check_same(&b, q4, 3, "q4");
     bench_fn b16[2] = {run_bf16, run_bf16_packed};
-    if (bf16)
+    bench_fn q4b[2] = {run_q4_bf16_expand, run_q4_bf16_tiles};
+    if (bf16) {
         check_same(&b, b16, 2, "bf16");
+        check_same(&b, q4b, 2, "q4 bf16");
+    }
     double t[sizeof cases / sizeof *cases];
     for (size_t c = 0; c < n_cases; c++)
         t[c] = time_ms(cases[c].fn, &b, reps);

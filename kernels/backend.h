@@ -127,8 +127,8 @@ typedef struct backend_ops {
      * few rows). ws: n * k storage elements of scratch. NULL: the caller
      * runs dequant_q4 into its scratch, then linear. The CPU backend under
      * bf16_matmul runs KERN_Q4_BF16_ROWS_MIN rows or more (a prefill, a
-     * decode block of 16 or more) as a bf16 matmul over the expansion
-     * rounded to bf16 instead. */
+     * decode block of 8 or more) as a bf16 matmul over the expansion
+     * rounded to bf16 instead (kern_linear_q4_bf16). */
     int (*linear_q4)(void *ctx, void *y, const void *x, const void *wq, const void *b, int m,
                      int n, int k, int relu, void *ws);
     /* ---- 16-bit weights on a backend whose storage type is fp32 ----

@@ -510,16 +510,30 @@ int kern_bf16_packed_embed(float *out, const uint16_t *w, int v, int d, const fl
  * kern_round_bf16_ref: a 4-bit matrix for kern_linear_bf16. stage: n floats
  * per OpenMP thread. */
 void kern_q4_dequant_bf16(uint16_t *dst, const uint8_t *src, size_t rows, int n, float *stage);
+/* y(m, n) = bf16(x)(m, k) . w(n, k)^T where w is the 4-bit matrix wq
+ * dequantized and rounded as kern_q4_dequant_bf16: the bits of that then
+ * kern_linear_bf16, without the bf16 matrix ever in memory. The threads
+ * take tiles of w's rows, each expanded in the thread's cache into the
+ * blocked layout oneDNN reads (plain where a tile's shape does not pack)
+ * and multiplied there by one thread. ws: ws_bytes of scratch: per thread
+ * a tile (256 Ki values, at least 64 rows) and its product, and x's rows
+ * in bf16 (fewer threads take part in a smaller one); n * k floats
+ * suffice from n = 8 and k = 16. @return 0, or -ENOTSUP / -EIO as kern_linear_bf16,
+ * -ENOMEM. */
+int kern_linear_q4_bf16(float *y, const float *x, const uint8_t *wq, int m, int n, int k,
+                        void *ws, size_t ws_bytes);
 /* 1 when kern_linear_bf16 can run here; *why (may be NULL): the
  * implementation oneDNN picked, or why not. Thread-safe. */
 int kern_bf16_matmul_available(const char **why);
 /* From this many rows the CPU backend under bf16 matmuls runs a 4-bit
- * matrix as kern_q4_dequant_bf16 then kern_linear_bf16 rather than the fp32
- * rows kernel: at a decode block of 64 on the Sapphire Rapids VM, opt-1.3b
- * H2O 20% + 4-bit 32+32 decoded at 45-53 tok/s instead of 31-32
- * (results/cpu-xeon-2026-12-03/bf16, ab-q4-rows.txt); the threshold itself
- * is not tuned (fewer rows read the 4 bits, more bytes than compute). */
-#define KERN_Q4_BF16_ROWS_MIN 16
+ * matrix as kern_linear_q4_bf16 rather than the fp32 rows kernel
+ * (kern_linear_rows_q4): on the Zen 4 VM of results/cpu-epyc-2026-12-03
+ * (bench_cpu_linear, one opt-1.3b layer) 9.6 ms against 11.8 at 8 rows,
+ * 7.7 against 6.3 at 4. (At 16, when the whole matrix was still expanded
+ * to bf16 in memory first, opt-1.3b H2O 20% + 4-bit 32+32 decoded at 45-53
+ * tok/s instead of 31-32 on the Sapphire Rapids VM: results/cpu-xeon-
+ * 2026-12-03/bf16, ab-q4-rows.txt.) */
+#define KERN_Q4_BF16_ROWS_MIN 8
 
 /* ------------------------------------------------ 4-bit group quantization
  * DESIGN.md "compress_weight / compress_cache": 4 bits, groups of

@@ -369,6 +369,56 @@ Test(bf16, backend_4bit_rows_expand_to_bf16_for_prefills)
     backend_destroy(&plain);
 }
 
+/* kern_linear_q4_bf16 against its definition, bit for bit: the matrix
+ * expanded (kern_q4_dequant_bf16, held to the reference above), then
+ * kern_linear_bf16 over it, and that within an fp32 sum's error of the
+ * reference. Shapes: tiles of 256 rows with a plain tail of 44 (k 256),
+ * tiles of 64 (k 4096: long rows make short tiles), one tile of the whole
+ * matrix, a short last group (k 96 and 200), k that oneDNN pads (plain
+ * tiles), groups holding an infinity or a NaN (not the vector path), and
+ * the smallest matrix the backend hands it (8 x 16), whose n * k floats of
+ * scratch leave one thread and one row of x at a time. */
+Test(bf16, linear_q4_bf16_is_the_expansion_then_the_matmul)
+{
+    skip_without_bf16();
+    static const int shapes[][2] = {{300, 256}, {192, 4096}, {64, 512}, {128, 96},
+                                    {70, 200},  {96, 128},   {8, 16}};
+    static const int rows[] = {1, KERN_Q4_BF16_ROWS_MIN, 64, 150};
+    uint64_t seed = 11;
+    for (size_t sh = 0; sh < sizeof shapes / sizeof *shapes; sh++) {
+        int n = shapes[sh][0], k = shapes[sh][1];
+        float *w = malloc(sizeof(float) * n * k), *stage = malloc(sizeof(float) * k * 64);
+        uint8_t *wq = malloc(kern_q4_row_bytes(k) * n);
+        uint16_t *wb = malloc(sizeof(uint16_t) * n * k);
+        for (int i = 0; i < n * k; i++)
+            w[i] = rnd(&seed) * 0.1f;
+        if (sh == 5) { /* rows 3 and 40: an infinity, a NaN */
+            w[3 * k + 5] = INFINITY;
+            w[40 * k + 70] = NAN;
+        }
+        kern_q4_quantize_ref(wq, w, (size_t)n, k);
+        kern_q4_dequant_bf16(wb, wq, (size_t)n, k, stage);
+        for (size_t r = 0; r < sizeof rows / sizeof *rows; r++) {
+            int m = rows[r];
+            float *x = malloc(sizeof(float) * m * k), *ws = malloc(sizeof(float) * n * k);
+            float *ya = malloc(sizeof(float) * m * n), *yb = malloc(sizeof(float) * m * n);
+            for (int i = 0; i < m * k; i++)
+                x[i] = rnd(&seed);
+            cr_assert_eq(kern_linear_q4_bf16(ya, x, wq, m, n, k, ws, sizeof(float) * n * k), 0,
+                         "%d x %d x %d: %s", m, n, k, err_msg());
+            cr_assert_eq(kern_linear_bf16(yb, x, wb, m, n, k, ws, sizeof(float) * n * k), 0);
+            for (int i = 0; i < m * n; i++)
+                cr_assert(ya[i] == yb[i] || (isnan(ya[i]) && isnan(yb[i])),
+                          "%d x %d x %d: y[%d] %a, the expansion then the matmul %a", m, n, k,
+                          i, ya[i], yb[i]);
+            if (sh != 5)
+                check_against_ref(ya, x, wb, m, n, k, "kern_linear_q4_bf16");
+            free(x), free(ws), free(ya), free(yb);
+        }
+        free(w), free(stage), free(wq), free(wb);
+    }
+}
+
 /* The embedding over a 16-bit table: each row widened exactly, then the
  * learned position added, bit for bit the fp32 embedding of the widened
  * table (bf16 and fp16 rows, with and without positions, ids repeated and

@@ -157,21 +157,15 @@ static int cpu_linear(void *ctx, void *y, const void *x, const void *w,
  * use (kern_linear_rows_q4); more: the matrix expanded into ws, then
  * sgemm. Either way cpu_dequant_q4 then cpu_linear's numbers; but under
  * bf16_matmul more rows are a bf16 matmul over the expansion rounded to
- * bf16 (kern_q4_dequant_bf16). */
+ * bf16, expanded a tile at a time in each thread's cache
+ * (kern_linear_q4_bf16). */
 static int cpu_linear_q4(void *ctx, void *y, const void *x, const void *wq, const void *b,
                          int m, int n, int k, int relu, void *ws)
 {
     cpu_ctx *c = ctx;
-    /* under bf16_matmul, from KERN_Q4_BF16_ROWS_MIN rows: the matrix
-     * expanded to bf16 in the first half of ws (n * k floats), staged
-     * through the second, which then holds x's rounded rows (a matrix of
-     * fewer rows than twice the threads keeps the fp32 path: no room to
-     * stage a row per thread) */
-    size_t half = (size_t)n * k * sizeof(uint16_t);
-    if (c->bf16_matmul && m >= KERN_Q4_BF16_ROWS_MIN &&
-        (size_t)omp_get_max_threads() * k * sizeof(float) <= half) {
-        kern_q4_dequant_bf16(ws, wq, (size_t)n, k, (float *)((char *)ws + half));
-        FORWARD_IF(kern_linear_bf16(y, x, ws, m, n, k, (char *)ws + half, half));
+    /* (ws: n * k floats, which kern_linear_q4_bf16 fits from n = 8, k = 16) */
+    if (c->bf16_matmul && m >= KERN_Q4_BF16_ROWS_MIN && n >= 8 && k >= 16) {
+        FORWARD_IF(kern_linear_q4_bf16(y, x, wq, m, n, k, ws, (size_t)n * k * sizeof(float)));
         if (b || relu)
             kern_bias_act_ref(y, b, m, n, relu);
         return 0;
