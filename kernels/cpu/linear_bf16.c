@@ -571,13 +571,13 @@ static void expand_q4_rows(uint16_t *dst, const pack *e, const uint8_t *wq, int 
                 int len = k - g0 < KERN_Q4_GROUP ? k - g0 : KERN_Q4_GROUP;
 #if defined(__AVX512F__) && defined(__AVX512BW__)
                 const uint8_t *blk[16];
-                uint16_t finite = 0x7c00; /* fp16's exponent bits: all set in no min, scale */
+                int finite = 1; /* no min or scale an infinity or a NaN (exponent all ones) */
                 for (int c = 0; c < 16; c++) {
                     blk[c] = wq + (size_t)(r0 + c0 + c) * rb + (size_t)b * KERN_Q4_BLOCK;
                     uint16_t hs, hm;
                     memcpy(&hs, blk[c], 2);
                     memcpy(&hm, blk[c] + 2, 2);
-                    finite &= (hs & 0x7c00) != 0x7c00 && (hm & 0x7c00) != 0x7c00 ? 0x7c00 : 0;
+                    finite &= (hs & 0x7c00) != 0x7c00 && (hm & 0x7c00) != 0x7c00;
                 }
                 if (len == KERN_Q4_GROUP && finite) {
                     uint32_t *to[KERN_Q4_GROUP / 2];
