@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # gpu_session.sh: everything a lent GPU machine does for flexh2o, in one call.
 #
-#   bash benchmarks/gpu_session.sh [test] [kernels] [overlap] [families] [generate MODELS]
-#        [offload] [h2o] [search] [compress] [ranks] [tables] ...
+#   bash benchmarks/gpu_session.sh [test] [gpu] [kernels] [overlap] [families]
+#        [generate MODELS] [offload] [h2o] [search] [compress] [ranks] [tables] ...
 #
 # Builds with the carried Debian libraries (.deps, see ../shared/tools/gpu-deps),
 # runs the whole test suite (the gpu suite under compute-sanitizer), the kernel
 # benchmark and the end-to-end comparison with PyTorch + transformers, writing
 # logs and Markdown tables under $OUT (default benchmarks/results/local).
 #
-# The test step fails the session: a failing test, a gpu-suite program whose
+# The test steps fail the session: a failing test, a gpu-suite program whose
 # every test skipped (on a GPU machine that means the GPU was not used), a
 # sanitizer error, a missing compute-sanitizer or a stage cut short by its time
-# cap makes the script end with a non-zero status and a FAILED list. Time caps
-# (GPU-machine seconds): build as it takes (~1-2 min), test <= 480 (fast suite
-# 150, memcheck over test_kern_cuda 120 and test_gpu_e2e 120, racecheck over
-# the kernel tests 90; typically ~4 min in all), kernels <= 90: the default
-# `test kernels` stays within ~10 minutes.
+# cap makes the script end with a non-zero status and a FAILED list.
+#   test  the fast suite (150 s), then `gpu`
+#   gpu   the gpu suite: both programs plainly side by side (<= 150 s), then
+#         memcheck over each and racecheck over the kernel tests, the three side by
+#         side (<= 150 s): ~3-5 minutes with the build (~1 min on 16 cores)
+# GS_DEADLINE (seconds since the epoch): no stage runs past it (each one's cap is
+# cut to what is left; `tables` takes what is left as its budget), so one lent
+# call can end with time to bring the files back. GS_TARGETS: build only these
+# ninja targets (e.g. "src/flexh2o tests/test_kern_cuda tests/test_gpu_e2e",
+# ~10 s instead of the emulator and every CPU test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/local}
@@ -26,12 +31,17 @@ mkdir -p "$OUT"
 export PATH=/opt/torch/.venv/bin:$PATH:/usr/local/cuda/bin
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
   | tee "$OUT/gpu.txt"
+# MPI only for the ranks step (Open MPI carried with gpu-deps, see there): an
+# MPI the image has would be looked for under the carried libraries' sysroot
+mesonargs=(-Dgpu_archs=90)
+case " $* " in *" ranks "*) ;; *) mesonargs+=(-Dmpi=disabled) ;; esac
 if [ ! -f build-gpu/build.ninja ]; then
-  meson setup build-gpu -Dgpu_archs=90 > "$OUT/setup.log" 2>&1 \
+  meson setup build-gpu "${mesonargs[@]}" > "$OUT/setup.log" 2>&1 \
     || { tail -30 "$OUT/setup.log"; exit 1; }
 fi
-ninja -C build-gpu > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-echo "build ok"
+# shellcheck disable=SC2086 # GS_TARGETS is a list
+ninja -C build-gpu ${GS_TARGETS:-} > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+echo "build ok ($SECONDS s)"
 steps=${*:-test kernels}
 set -- $steps
 
@@ -40,10 +50,18 @@ fail() { failed+=("$1"); echo "FAILED: $1" >&2; }
 
 # capped SECONDS LOG WHAT CMD...: run CMD (output to LOG) within SECONDS;
 # sets $rc (124: cut short). Never stops the script itself.
+# left: seconds to GS_DEADLINE (a large number without one)
+left() { if [ -n "${GS_DEADLINE:-}" ]; then echo $((GS_DEADLINE - $(date +%s))); else echo 100000; fi; }
 capped() {
   local secs=$1 log=$2 what=$3
   shift 3
   rc=0
+  if [ "$(left)" -lt "$secs" ]; then secs=$(left); fi
+  if [ "$secs" -lt 5 ]; then
+    fail "$what: not run, GS_DEADLINE reached"
+    rc=124
+    return
+  fi
   timeout -k 10 -s INT "$secs" "$@" > "$log" 2>&1 || rc=$?
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
     fail "$what: cut short after $secs s (see $log)"
@@ -51,58 +69,83 @@ capped() {
   fi
 }
 
-# gpu_test WHAT SECONDS SANITIZER_LOG CMD...: one gpu-suite program (Criterion,
-# --verbose) under a sanitizer or none (SANITIZER_LOG -); its output goes to
-# $OUT/WHAT.out. Exit 77 means every test skipped: here that is a failure.
-gpu_test() {
-  local what=$1 secs=$2 slog=$3
-  shift 3
-  capped "$secs" "$OUT/$what.out" "$what" "$@"
+# gpu_start WHAT SECONDS CMD...: one gpu-suite program (Criterion, --verbose),
+# plain or under a sanitizer, started in the background within SECONDS; its
+# output goes to $OUT/WHAT.out and its exit status to $OUT/WHAT.rc.
+gpu_start() {
+  local what=$1 secs=$2
+  shift 2
+  ( capped "$secs" "$OUT/$what.out" "$what" "$@"; echo "$rc" > "$OUT/$what.rc" ) &
+}
+# gpu_check WHAT SANITIZER_LOG: after `wait`, the verdict on WHAT (SANITIZER_LOG -
+# for none). Exit 77 means every test skipped: on a GPU machine that is a failure.
+gpu_check() {
+  local what=$1 slog=$2
+  rc=$(cat "$OUT/$what.rc" 2> /dev/null || echo "no status")
   case $rc in
     0) ;;
-    124) ;;
+    124) fail "$what: cut short (see $OUT/$what.out)" ;;
     77) fail "$what: every test skipped on a GPU machine (see $OUT/$what.out)" ;;
     86) fail "$what: sanitizer errors (see $slog)" ;;
     *) fail "$what: tests failed, exit status $rc (see $OUT/$what.out)" ;;
   esac
+  echo "-- $what: exit status $rc"
   grep -E "^\[(FAIL|SKIP)\]|Synthesis" "$OUT/$what.out" || true
   if [ "$slog" != - ] && [ -f "$slog" ]; then
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$slog" | sort | uniq -c || true
-    if grep -qE "ERROR SUMMARY: [1-9]" "$slog"; then
-      [ "$rc" -eq 86 ] || fail "$what: sanitizer errors (see $slog)"
+    if grep -qE "(ERROR|RACECHECK) SUMMARY: [1-9]" "$slog"; then
+      [ "$rc" = 86 ] || fail "$what: sanitizer errors (see $slog)"
     fi
   fi
+}
+gpu_suite() {
+  # 1. both programs plainly, side by side: the verdict even if a sanitizer pass
+  #    below is cut short. 2. each under memcheck, and the kernel tests that use
+  #    shared memory and barriers under racecheck, the three side by side. API
+  #    errors are the tests' to check (the no-GPU test provokes one on purpose),
+  #    and Criterion's runner and the CPU runs of flexh2o never start CUDA.
+  export FLEXH2O_BIN=$PWD/build-gpu/src/flexh2o OMP_NUM_THREADS=2
+  local t
+  for t in kern_cuda gpu_e2e; do
+    gpu_start "plain-$t" 150 "build-gpu/tests/test_$t" --verbose
+  done
+  wait
+  for t in kern_cuda gpu_e2e; do
+    gpu_check "plain-$t" -
+  done
+  echo "plain gpu suite done ($SECONDS s)"
+  if ! command -v compute-sanitizer > /dev/null; then
+    fail "compute-sanitizer not found (put the CUDA toolkit's bin on PATH): the gpu suite ran without it"
+    return
+  fi
+  local cs=(compute-sanitizer --require-cuda-init no --check-exit-code no --report-api-errors no
+            --error-exitcode 86 --print-limit 50)
+  for t in kern_cuda gpu_e2e; do
+    gpu_start "memcheck-$t" 150 "${cs[@]}" --tool memcheck --log-file "$OUT/memcheck-$t.log" \
+      "build-gpu/tests/test_$t" --verbose
+  done
+  gpu_start racecheck-kern_cuda 150 "${cs[@]}" --tool racecheck \
+    --log-file "$OUT/racecheck-kern_cuda.log" build-gpu/tests/test_kern_cuda --verbose \
+    --filter 'kern_cuda/@(attention_y_loops*|prefill_attention*|flash_prefill*|q4_kv_prefill*|sampling*|embed_layernorm*)'
+  wait
+  for t in memcheck-kern_cuda memcheck-gpu_e2e racecheck-kern_cuda; do
+    gpu_check "$t" "$OUT/$t.log"
+  done
+  echo "sanitizers done ($SECONDS s)"
 }
 while [ $# -gt 0 ]; do
   case $1 in
     test)
-      # 1. the fast suite (the CPU engine), plain
+      # the fast suite (the CPU engine), plain, then the gpu suite
       capped 150 "$OUT/test.log" "fast suite" \
         meson test -C build-gpu --suite fast --print-errorlogs
       [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ] || fail "fast suite: exit status $rc (see $OUT/test.log)"
       cp build-gpu/meson-logs/testlog.txt "$OUT/testlog.txt" || true
       grep -E "^ *[0-9]+/[0-9]+ |^Ok|^Fail|^Skipped|^Timeout" "$OUT/test.log" || true
-      # 2. the gpu suite (every CUDA test) under memcheck, then the kernel tests
-      #    that use shared memory and barriers under racecheck. API errors are
-      #    the tests' to check (the no-GPU test provokes one on purpose), and
-      #    Criterion's runner and the CPU runs of flexh2o never start CUDA.
-      export FLEXH2O_BIN=$PWD/build-gpu/src/flexh2o OMP_NUM_THREADS=2
-      if command -v compute-sanitizer > /dev/null; then
-        cs=(compute-sanitizer --require-cuda-init no --check-exit-code no --report-api-errors no
-            --error-exitcode 86 --print-limit 50)
-        for t in kern_cuda gpu_e2e; do
-          gpu_test "memcheck-$t" 120 "$OUT/memcheck-$t.log" "${cs[@]}" --tool memcheck \
-            --log-file "$OUT/memcheck-$t.log" "build-gpu/tests/test_$t" --verbose
-        done
-        gpu_test racecheck-kern_cuda 90 "$OUT/racecheck-kern_cuda.log" "${cs[@]}" \
-          --tool racecheck --log-file "$OUT/racecheck-kern_cuda.log" build-gpu/tests/test_kern_cuda \
-          --verbose --filter 'kern_cuda/@(attention_y_loops*|prefill_attention*|flash_prefill*|q4_kv_prefill*|sampling*|embed_layernorm*)'
-      else
-        fail "compute-sanitizer not found (put the CUDA toolkit's bin on PATH): the gpu suite ran without it"
-        for t in kern_cuda gpu_e2e; do
-          gpu_test "plain-$t" 120 - "build-gpu/tests/test_$t" --verbose
-        done
-      fi
+      gpu_suite
+      ;;
+    gpu)
+      gpu_suite
       ;;
     kernels)
       timeout 90 build-gpu/benchmarks/flexh2o-bench-kernels | tee "$OUT/kernels.md" || true
@@ -248,13 +291,24 @@ PY
     tables)
       # issue 17: the next cells of the H2O paper's Table 3 grid (benchmarks/tables.py
       # --grid gpu), resumable: the CSV travels back in $OUT; copy it over
-      # benchmarks/results/tables.csv so the next session continues it. TABLES_BUDGET
-      # seconds (default 420) of cells, TABLES_ONLY picks cells by slug.
+      # benchmarks/results/tables.csv so the next session continues it. TABLES_ONLY:
+      # regular expressions over the cells' slugs, one tables.py pass each, in that
+      # order (default: the whole grid); TABLES_BUDGET seconds of cells (default 420,
+      # cut to what GS_DEADLINE leaves), TABLES_CELL_LIMIT seconds per cell (240).
       cp benchmarks/results/tables.csv "$OUT/tables.csv" 2>/dev/null || true
-      python3 benchmarks/tables.py --grid gpu --csv "$OUT/tables.csv" \
-        --flexh2o build-gpu/src/flexh2o --hf-python python3 \
-        --budget "${TABLES_BUDGET:-420}" ${TABLES_ONLY:+--only "$TABLES_ONLY"} || true
-      python3 benchmarks/tables.py --report --csv "$OUT/tables.csv" || true
+      for pat in ${TABLES_ONLY:-.}; do
+        budget=$(( $(left) - 20 ))
+        [ "$budget" -le "${TABLES_BUDGET:-420}" ] || budget=${TABLES_BUDGET:-420}
+        if [ "$budget" -lt 60 ]; then
+          echo "tables: no time left for the cells matching $pat"
+          continue
+        fi
+        timeout -k 5 -s INT "$budget" python3 benchmarks/tables.py --grid gpu \
+          --csv "$OUT/tables.csv" --flexh2o build-gpu/src/flexh2o --hf-python python3 \
+          --budget "$budget" --cell-limit "${TABLES_CELL_LIMIT:-240}" --only "$pat" \
+          2>&1 | tee -a "$OUT/tables.log" || true
+      done
+      python3 benchmarks/tables.py --report --csv "$OUT/tables.csv" > /dev/null 2>&1 || true
       ;;
     smoke)
       # one tiny generation on the GPU, stderr shown, bounded in time

@@ -38,7 +38,6 @@
 enum { TAG_REC = 101, TAG_DONE, TAG_FAIL, TAG_END, TAG_MSG };
 
 static dist_world world = {.rank = 0, .size = 1, .local_rank = 0, .local_size = 1};
-static int mpi_on;
 
 const dist_world *dist_get(void)
 {
@@ -49,6 +48,9 @@ int dist_active(void)
 {
     return world.size > 1;
 }
+
+#if FH_HAVE_MPI
+static int mpi_on;
 
 /* Sleep a little between polls of a pending message or collective. */
 static void nap(void)
@@ -64,6 +66,7 @@ static void log_silent(const char *msg, void *ud)
     (void)msg;
     (void)ud;
 }
+#endif
 
 /* 1 when a launcher (mpirun, srun) started this process as one rank of a
  * job: its environment names the world. */
