@@ -1105,19 +1105,30 @@ static uint64_t cuda_allocs(void *ctx)
  * the compute of the current GPU batch proceed together; the calling thread
  * (the scheduler's loader or storer) waits for its own copy only. The CUDA
  * current device is per thread: each entry point sets it. */
+/* Host-tier memory is page-aligned (backend.h): the disk engine reads
+ * O_DIRECT straight into it. cudaHostAlloc promises 256 bytes and
+ * suballocates small requests (on an H200 a lane's host stage came back off
+ * a page boundary), so each block is one page larger than asked and handed
+ * out from its first page boundary past the start, the block's own address
+ * stored in the word before. */
+#define HOST_PAGE 4096
+
 static int cuda_host_alloc(void *ctx, size_t bytes, void **out)
 {
     cuda_ctx *c = ctx;
     CK(cudaSetDevice(c->device));
-    void *p = NULL;
+    void *base = NULL;
     c->allocs++;
-    cudaError_t e = cudaHostAlloc(&p, bytes ? bytes : 16, cudaHostAllocDefault);
+    cudaError_t e = cudaHostAlloc(&base, bytes + HOST_PAGE, cudaHostAllocDefault);
     if (e != cudaSuccess) {
         cudaGetLastError();
         RETURN_IF(1, -ENOMEM, "cannot pin %.2f GiB of host memory (%s); lower --cpu-mem use "
                   "(move KV or weights to disk) or pass --no-pin-weight",
                   (double)bytes / (1 << 30), cudaGetErrorString(e));
     }
+    /* strictly past base, so the word before p lies within the block */
+    char *p = (char *)(((uintptr_t)base + HOST_PAGE) & ~(uintptr_t)(HOST_PAGE - 1));
+    ((void **)p)[-1] = base;
     memset(p, 0, bytes);
     *out = p;
     return 0;
@@ -1127,7 +1138,7 @@ static void cuda_host_free(void *ctx, void *p)
 {
     (void)ctx;
     if (p)
-        cudaFreeHost(p);
+        cudaFreeHost(((void **)p)[-1]);
 }
 
 static int cuda_copy_on(cuda_ctx *c, cudaStream_t st, void *dst, const void *src,

@@ -34,6 +34,10 @@
 
 #include "cuda_util.cuh"
 
+/* Threads per row. Every kernel here is declared with __launch_bounds__ of
+ * it: without, pick's double scans took 92 registers a thread, and 1024
+ * threads of those exceed an SM's 65536 (the launch fails with "too many
+ * resources requested", first seen on an H200). */
 #define SAMPLE_THREADS 1024
 
 struct row_stat {
@@ -83,9 +87,10 @@ __device__ __forceinline__ float logit_at(const __half *x, const float *e, int i
  * samples (KERN_SAMPLE_ARGMAX); idx and offsets: NULL unless a row samples
  * (KERN_SAMPLE_DRAW). Also writes the segment offsets k V of one sort group
  * (k = 0 .. n_off, n_off = the rows of the largest group). */
-__global__ void row_stats(const __half *logits, int V, const kern_sample_row *rows,
-                          const kern_logit_edit *edits, row_stat *stat, int32_t *tokens,
-                          float *logprobs, float *prob, int32_t *idx, int *offsets, int n_off)
+__global__ void __launch_bounds__(SAMPLE_THREADS)
+row_stats(const __half *logits, int V, const kern_sample_row *rows,
+          const kern_logit_edit *edits, row_stat *stat, int32_t *tokens,
+          float *logprobs, float *prob, int32_t *idx, int *offsets, int n_off)
 {
     __shared__ union {
         reduce_f::TempStorage f;
@@ -208,8 +213,9 @@ __global__ void row_stats(const __half *logits, int V, const kern_sample_row *ro
 /* The n_top highest raw logits of each row that asks, with their
  * log-probabilities: round k takes the block argmax of the tokens after
  * round k - 1's pick in the order (value descending, id ascending). */
-__global__ void top_logprobs(const __half *logits, int V, const kern_sample_row *rows,
-                             const row_stat *stat, int32_t *top_ids, float *top_lps)
+__global__ void __launch_bounds__(SAMPLE_THREADS)
+top_logprobs(const __half *logits, int V, const kern_sample_row *rows,
+             const row_stat *stat, int32_t *top_ids, float *top_lps)
 {
     __shared__ reduce_a::TempStorage tmp;
     __shared__ argmax_t prev;
@@ -293,9 +299,9 @@ __device__ double prefix_mass(const float *p, int n, draw_tmp &tmp, double *bc)
     return *bc;
 }
 
-__global__ void pick(const __half *logits, int V, const kern_sample_row *rows,
-                     const row_stat *stat, const float *sprob, const int32_t *sidx,
-                     int32_t *tokens, float *logprobs)
+__global__ void __launch_bounds__(SAMPLE_THREADS)
+pick(const __half *logits, int V, const kern_sample_row *rows, const row_stat *stat,
+     const float *sprob, const int32_t *sidx, int32_t *tokens, float *logprobs)
 {
     __shared__ draw_tmp tmp;
     __shared__ int found;

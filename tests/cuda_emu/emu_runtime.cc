@@ -103,8 +103,13 @@ void emu_enqueue(cudaStream_t st, std::function<void()> fn)
 }
 
 /* Pinned host memory (cudaHostAlloc): async copies to and from it stay
- * asynchronous; any other host memory is pageable. */
-static std::map<uintptr_t, size_t> pinned;
+ * asynchronous; any other host memory is pageable. Keyed by the address
+ * handed out: its size and the block it lies in. */
+struct pinned_block {
+    size_t bytes;
+    void *base;
+};
+static std::map<uintptr_t, pinned_block> pinned;
 
 static bool is_pinned(const void *p)
 {
@@ -113,7 +118,7 @@ static bool is_pinned(const void *p)
     if (it == pinned.begin())
         return false;
     --it;
-    return a < it->first + it->second;
+    return a < it->first + it->second.bytes;
 }
 
 /* Device memory (cudaMalloc). */
@@ -201,15 +206,23 @@ static bool is_device(const void *p)
     return a < (uintptr_t)it->first + it->second;
 }
 
+/* The driver promises 256-byte alignment and no more: it suballocates
+ * small requests from pinned pools (on an H200, a lane's host stage came
+ * back off a page boundary, which O_DIRECT refuses). So every address
+ * handed out here is 256 bytes past a page boundary: code that needs pages
+ * must align for itself, here as there. */
+enum { PINNED_SKEW = 256 };
+
 cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned flags)
 {
     (void)flags;
     std::lock_guard<std::recursive_mutex> g(big_lock);
-    size_t sz = (bytes + 4095) / 4096 * 4096;
-    *p = aligned_alloc(4096, sz ? sz : 4096);
-    if (!*p)
+    size_t sz = (bytes + PINNED_SKEW + 4095) / 4096 * 4096;
+    void *base = aligned_alloc(4096, sz);
+    if (!base)
         return cudaErrorMemoryAllocation;
-    pinned[(uintptr_t)*p] = sz ? sz : 4096;
+    *p = (char *)base + PINNED_SKEW;
+    pinned[(uintptr_t)*p] = {sz - PINNED_SKEW, base};
     return cudaSuccess;
 }
 
@@ -219,8 +232,11 @@ cudaError_t cudaFreeHost(void *p)
         return cudaSuccess;
     std::lock_guard<std::recursive_mutex> g(big_lock);
     drain_all(); /* as cudaFree */
-    pinned.erase((uintptr_t)p);
-    free(p);
+    auto it = pinned.find((uintptr_t)p);
+    if (it == pinned.end())
+        return cudaErrorInvalidValue;
+    free(it->second.base);
+    pinned.erase(it);
     return cudaSuccess;
 }
 
