@@ -2,7 +2,8 @@
 # gpu_session.sh: everything a lent GPU machine does for flexh2o, in one call.
 #
 #   bash benchmarks/gpu_session.sh [test] [gpu] [kernels] [overlap] [families]
-#        [generate MODELS] [offload] [h2o] [search] [compress] [ranks] [tables] ...
+#        [generate MODELS] [offload] [h2o] [search] [compress] [ranks]
+#        [hfprep MODELS] [tables] ...
 #
 # Builds with the carried Debian libraries (.deps, see ../shared/tools/gpu-deps),
 # runs the whole test suite (the gpu suite under compute-sanitizer), the kernel
@@ -14,9 +15,10 @@
 # sanitizer error, a missing compute-sanitizer or a stage cut short by its time
 # cap makes the script end with a non-zero status and a FAILED list.
 #   test  the fast suite (150 s), then `gpu`
-#   gpu   the gpu suite: both programs plainly side by side (<= 150 s), then
-#         memcheck over each and racecheck over the kernel tests, the three side by
-#         side (<= 150 s): ~3-5 minutes with the build (~1 min on 16 cores)
+#   gpu   the gpu suite: both programs plainly side by side (<= 150 s; 50 s on an
+#         H200), then memcheck over the kernel tests and the end-to-end tests of the
+#         offload paths and racecheck over the kernel tests, the three side by side
+#         (<= 180 s): ~4-5 minutes with the build (35 s for GS_TARGETS on 16 cores)
 # GS_DEADLINE (seconds since the epoch): no stage runs past it (each one's cap is
 # cut to what is left; `tables` takes what is left as its budget), so one lent
 # call can end with time to bring the files back. GS_TARGETS: build only these
@@ -46,6 +48,7 @@ steps=${*:-test kernels}
 set -- $steps
 
 failed=() # the stages that failed, listed at the end
+hfprep_pids=() # hfprep's background jobs
 fail() { failed+=("$1"); echo "FAILED: $1" >&2; }
 
 # capped SECONDS LOG WHAT CMD...: run CMD (output to LOG) within SECONDS;
@@ -120,10 +123,14 @@ gpu_suite() {
   fi
   local cs=(compute-sanitizer --require-cuda-init no --check-exit-code no --report-api-errors no
             --error-exitcode 86 --print-limit 50)
-  for t in kern_cuda gpu_e2e; do
-    gpu_start "memcheck-$t" 150 "${cs[@]}" --tool memcheck --log-file "$OUT/memcheck-$t.log" \
-      "build-gpu/tests/test_$t" --verbose
-  done
+  # end to end under memcheck: the placements, the 4-bit and KV-copy paths and
+  # the allocation count (request_controls and the families, ten times slower
+  # under it, ran over 150 s on an H200: their kernels are the kernel tests')
+  gpu_start memcheck-kern_cuda 180 "${cs[@]}" --tool memcheck \
+    --log-file "$OUT/memcheck-kern_cuda.log" build-gpu/tests/test_kern_cuda --verbose
+  gpu_start memcheck-gpu_e2e 180 "${cs[@]}" --tool memcheck \
+    --log-file "$OUT/memcheck-gpu_e2e.log" build-gpu/tests/test_gpu_e2e --verbose \
+    --filter 'gpu_e2e/@(tiny_model*|kv_copy*|a_whole_run*|bf16_store*|cuda_backend_follows*)'
   gpu_start racecheck-kern_cuda 150 "${cs[@]}" --tool racecheck \
     --log-file "$OUT/racecheck-kern_cuda.log" build-gpu/tests/test_kern_cuda --verbose \
     --filter 'kern_cuda/@(attention_y_loops*|prefill_attention*|flash_prefill*|q4_kv_prefill*|sampling*|embed_layernorm*)'
@@ -288,7 +295,22 @@ PY
         grep -h "prompts on\|rank [0-9]" "$OUT/ranks.log" "$OUT/ranks-mpi.log" || true
       fi
       ;;
+    hfprep)
+      # the peers' random checkpoints (benchmarks/hf_offload.py --prepare, as tables.py
+      # writes them) made in the background while the next steps run: the tables
+      # step waits for them. MODELS: comma-separated.
+      shift
+      for m in ${1//,/ }; do
+        timeout "$(left)" python3 benchmarks/hf_offload.py --prepare --model "$m" \
+          --ckpt "/tmp/flexh2o-tables/hf/$m-float16" --dtype float16 \
+          > "$OUT/hfprep-$m.log" 2>&1 &
+        hfprep_pids+=($!)
+      done
+      ;;
     tables)
+      for pid in "${hfprep_pids[@]}"; do
+        wait "$pid" || fail "hfprep: a checkpoint failed (see $OUT/hfprep-*.log)"
+      done
       # issue 17: the next cells of the H2O paper's Table 3 grid (benchmarks/tables.py
       # --grid gpu), resumable: the CSV travels back in $OUT; copy it over
       # benchmarks/results/tables.csv so the next session continues it. TABLES_ONLY:

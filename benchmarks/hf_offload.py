@@ -52,7 +52,11 @@ def prepare(a):
     tied = set(getattr(m, "_tied_weights_keys", None) or []) \
         if cfg.tie_word_embeddings else set()
     os.makedirs(a.ckpt, exist_ok=True)
-    g = torch.Generator().manual_seed(0)
+    # drawn on the GPU where there is one: torch's CPU normal_ over fp16 ran for over
+    # 150 s of OPT-6.7B on the H200 machine's host, which a lent GPU cannot spare
+    # (the values differ from a CPU draw's; each is as random as the other)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator(device=dev).manual_seed(0)
     shard, size, weight_map, total, n = {}, 0, {}, 0, 0
 
     def flush():
@@ -67,7 +71,8 @@ def prepare(a):
         if k in tied:
             continue
         if p.dim() >= 2:
-            t = torch.empty(p.shape, dtype=dtype).normal_(0, 0.02, generator=g)
+            t = torch.empty(p.shape, dtype=dtype, device=dev).normal_(0, 0.02,
+                                                                    generator=g).cpu()
         elif "norm" in k and k.endswith("weight"):
             t = torch.ones(p.shape, dtype=dtype)
         else:
