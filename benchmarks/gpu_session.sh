@@ -23,7 +23,8 @@
 # cut to what is left; `tables` takes what is left as its budget), so one lent
 # call can end with time to bring the files back. GS_TARGETS: build only these
 # ninja targets (e.g. "src/flexh2o tests/test_kern_cuda tests/test_gpu_e2e",
-# ~10 s instead of the emulator and every CPU test).
+# ~10 s instead of the emulator and every CPU test; the overlap step also needs
+# benchmarks/libflexh2o-cupti-trace.so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/local}
@@ -163,8 +164,10 @@ while [ $# -gt 0 ]; do
       # issue 11: an offloaded OPT-6.7B decode (weights 40/60, KV on the CPU tier)
       # with the CPU-tier copies ordered on the device (the default) against the
       # same run ordered by I/O threads (FLEXH2O_IO_ORDER=host), one invocation;
-      # then an Nsight Systems trace of a few decode steps: how much of the
-      # copies' time ran under kernels (benchmarks/nsys_overlap.py)
+      # then a device-side trace of a few decode steps in each order: how much of
+      # the copies' time ran under kernels (benchmarks/nsys_overlap.py), from
+      # CUPTI's activity records (benchmarks/cupti_trace.c, injected by the driver:
+      # build target benchmarks/libflexh2o-cupti-trace.so), else from nsys
       mkdir -p /tmp/flexh2o-offload
       capped 300 "$OUT/overlap-opt-6.7b.md" "overlap A/B" python3 benchmarks/bench_offload.py \
         --device cuda --model opt-6.7b --percent "40 60 0 100 100 0" --gpu-batch-size 16 \
@@ -172,22 +175,34 @@ while [ $# -gt 0 ]; do
         --offload-dir /tmp/flexh2o-offload --io-order-ab --flexh2o build-gpu/src/flexh2o
       [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ] || fail "overlap A/B: exit status $rc"
       cat "$OUT/overlap-opt-6.7b.md"
-      if command -v nsys > /dev/null; then
-        python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import benchlib; \
+      python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import benchlib; \
 benchlib.write_prompts('/tmp/ov.jsonl', 32, 512)"
-        for order in device host; do
-          rm -f /tmp/ov.out.jsonl
-          FLEXH2O_IO_ORDER=$order capped 150 "$OUT/nsys-$order.log" "nsys $order" nsys profile \
-            -t cuda --export sqlite --force-overwrite true -o /tmp/ov-$order \
-            build-gpu/src/flexh2o generate --dummy opt-6.7b --device cuda \
-            --prompts /tmp/ov.jsonl --out /tmp/ov.out.jsonl --max-new-tokens 6 --ignore-eos \
-            --gpu-batch-size 16 --num-gpu-batches 2 --percent 40 60 0 100 100 0 --gpu-mem 16G
-          [ -f /tmp/ov-$order.sqlite ] && python3 benchmarks/nsys_overlap.py \
-            /tmp/ov-$order.sqlite --skip-s 0 | tee "$OUT/overlap-trace-$order.md" || true
-        done
-      else
-        echo "nsys not found: no device trace (the A/B above still compares the two orderings)"
-      fi
+      ov=(build-gpu/src/flexh2o generate --dummy opt-6.7b --device cuda --prompts /tmp/ov.jsonl
+          --out /tmp/ov.out.jsonl --max-new-tokens 6 --ignore-eos --gpu-batch-size 16
+          --num-gpu-batches 2 --percent 40 60 0 100 100 0 --gpu-mem 16G)
+      cupti=$PWD/build-gpu/benchmarks/libflexh2o-cupti-trace.so
+      for order in device host; do
+        rm -f /tmp/ov.out.jsonl "/tmp/ov-$order.csv" "/tmp/ov-$order.sqlite"
+        if [ -f "$cupti" ]; then
+          FLEXH2O_IO_ORDER=$order CUDA_INJECTION64_PATH=$cupti FLEXH2O_CUPTI_OUT=/tmp/ov-$order.csv \
+            capped 150 "$OUT/trace-$order.log" "trace $order" "${ov[@]}"
+          trace=/tmp/ov-$order.csv
+        elif command -v nsys > /dev/null; then
+          FLEXH2O_IO_ORDER=$order capped 150 "$OUT/trace-$order.log" "trace $order" nsys profile \
+            -t cuda --export sqlite --force-overwrite true -o "/tmp/ov-$order" "${ov[@]}"
+          trace=/tmp/ov-$order.sqlite
+        else
+          fail "overlap trace: neither $cupti (build it) nor nsys"
+          break
+        fi
+        grep "cupti-trace\|tok/s" "$OUT/trace-$order.log" || true
+        if [ -s "$trace" ]; then
+          python3 benchmarks/nsys_overlap.py "$trace" --skip-s 0 | tee "$OUT/overlap-trace-$order.md"
+          case $trace in *.csv) gzip -c "$trace" > "$OUT/trace-$order.csv.gz" ;; esac
+        else
+          fail "overlap trace $order: no trace written (see $OUT/trace-$order.log)"
+        fi
+      done
       ;;
     generate)
       shift

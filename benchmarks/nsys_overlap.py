@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""How much of the copies' time ran under kernels, from an Nsight Systems trace.
+"""How much of the copies' time ran under kernels, from a device-side trace.
 
     nsys profile -t cuda --export sqlite -o run flexh2o generate ...
     python3 benchmarks/nsys_overlap.py run.sqlite [--skip-s 0]
+or, with no Nsight Systems (the lent GPU machines):
+    CUDA_INJECTION64_PATH=$PWD/build/benchmarks/libflexh2o-cupti-trace.so \
+    FLEXH2O_CUPTI_OUT=run.csv flexh2o generate ...
+    python3 benchmarks/nsys_overlap.py run.csv [--skip-s 0]
 
-Reads the CUPTI kernel and memcpy activity tables of the exported SQLite file
-(start/end in ns on the GPU clock) and prints, per copy direction, the copies'
+Reads the CUPTI kernel and memcpy activity records (the exported SQLite file's
+tables, or benchmarks/cupti_trace.c's CSV; start/end in ns on the GPU clock) and prints, per copy direction, the copies'
 busy time, the part of it during which some kernel ran, and the kernels' busy
 time: "overlap" = copy time under kernels / copy time. --skip-s drops the first
 seconds (model loading, whose copies run with no compute to overlap). Prints
@@ -46,17 +50,41 @@ def intersect(x, y):
     return n
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("sqlite")
-    ap.add_argument("--skip-s", type=float, default=0.0)
-    a = ap.parse_args()
-    db = sqlite3.connect(a.sqlite)
+def read_sqlite(path):
+    """([(start, end)] of kernels, [(start, end, bytes, copyKind)] of copies)."""
+    db = sqlite3.connect(path)
     tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
     kt, mt = "CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMCPY"
     if kt not in tables or mt not in tables:
-        sys.exit(f"{a.sqlite}: no {kt} / {mt} table (profile with -t cuda)")
-    kern = db.execute(f"select start, end from {kt}").fetchall()
+        sys.exit(f"{path}: no {kt} / {mt} table (profile with -t cuda)")
+    return (db.execute(f"select start, end from {kt}").fetchall(),
+            db.execute(f"select start, end, bytes, copyKind from {mt}").fetchall())
+
+
+def read_csv(path):
+    """The same from cupti_trace.c's CSV (kind,start_ns,end_ns,stream,bytes,copy_kind,name)."""
+    kern, copies = [], []
+    with open(path) as f:
+        if not f.readline().startswith("kind,start_ns,end_ns"):
+            sys.exit(f"{path}: not a cupti_trace.c CSV (its header line is missing)")
+        for line in f:
+            kind, s, e, _stream, b, k = line.rstrip("\n").split(",", 6)[:6]
+            if kind == "kernel":
+                kern.append((int(s), int(e)))
+            elif kind == "memcpy":
+                copies.append((int(s), int(e), int(b), int(k)))
+    return kern, copies
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("sqlite", help="an nsys SQLite export, or a cupti_trace.c CSV (.csv)")
+    ap.add_argument("--skip-s", type=float, default=0.0)
+    a = ap.parse_args()
+    if a.sqlite.endswith(".csv"):
+        kern, copies = read_csv(a.sqlite)
+    else:
+        kern, copies = read_sqlite(a.sqlite)
     t0 = min(s for s, _ in kern) + a.skip_s * 1e9 if kern else 0
     kern = union([(s, e) for s, e in kern if s >= t0])
     # copyKind: 1 host->device, 2 device->host (CUPTI_ActivityMemcpyKind)
@@ -64,8 +92,7 @@ def main():
     print("| copies | count | GiB | busy ms | under kernels ms | overlap |")
     print("|---|---|---|---|---|---|")
     for kind, name in names.items():
-        rows = db.execute(f"select start, end, bytes from {mt} where copyKind = ? and start >= ?",
-                          (kind, t0)).fetchall()
+        rows = [(s, e, b) for s, e, b, k in copies if k == kind and s >= t0]
         iv = union([(s, e) for s, e, _ in rows])
         busy, under = total(iv), intersect(iv, kern)
         gib = sum(b for _, _, b in rows) / 2**30

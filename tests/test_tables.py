@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """tests/test_tables.py: benchmarks/tables.py's rules that decide what a peer row
 reports -- the projection that stops a peer's tries (`projected`), the mark on cells
-held by the old proportional rule (`held`) -- and `--report` over a CSV with such a
-cell. Standard library only; no run of any system."""
+held by the old proportional rule (`held`) -- `--report` over a CSV with such a
+cell, `--only` as a regular expression, and benchmarks/nsys_overlap.py's arithmetic
+over a cupti_trace.c CSV. Standard library only; no run of any system."""
 import csv
 import os
 import subprocess
@@ -75,6 +76,50 @@ class Report(unittest.TestCase):
         self.assertIn("| flexh2o full | 4.00x\u2020 |", md)
         self.assertIn("| flexh2o full | 80% of 5.00 |", md)
         self.assertIn("\u2020 a peer held below its best batch", md)
+
+
+class Only(unittest.TestCase):
+    def dry(self, pattern):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "tables.py"),
+                            "--grid", "gpu", "--dry-run", "--only", pattern,
+                            "--csv", os.devnull], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return [x for x in r.stdout.splitlines() if x.startswith("# ")]
+
+    def test_a_regular_expression_picks_cells_across_models(self):
+        heads = self.dry("flexh2o.*-512-32-")
+        self.assertEqual(len(heads), 6, heads)  # three systems x two models
+        self.assertTrue(all("512+32" in h and "flexh2o" in h for h in heads), heads)
+
+    def test_a_plain_part_of_a_slug_still_matches(self):
+        heads = self.dry("HF_Accelerate-opt-6.7b-512-32-")
+        self.assertEqual(len(heads), 1, heads)
+        self.assertIn("HF Accelerate | opt-6.7b 512+32", heads[0])
+
+
+class TraceOverlap(unittest.TestCase):
+    def test_copy_time_under_kernels(self):
+        # kernels [1000, 2000) and [3000, 4000) ns; an h2d copy [1500, 3500) is busy
+        # 2000 ns, 1000 of them under kernels; a d2h copy [2000, 3000) runs alone; a
+        # copy before the first kernel (loading) is left out
+        lines = ["kind,start_ns,end_ns,stream,bytes,copy_kind,name",
+                 "memcpy,0,900,14,1024,1,",
+                 "kernel,1000,2000,7,0,0,_Z4pickPK6__half",
+                 "memcpy,1500,3500,14,1073741824,1,",
+                 "memcpy,2000,3000,15,536870912,2,",
+                 "kernel,3000,4000,7,0,0,_Z3foo<1,2>"]
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "t.csv")
+            with open(path, "w") as f:
+                f.write("\n".join(lines) + "\n")
+            r = subprocess.run([sys.executable,
+                                os.path.join(ROOT, "benchmarks", "nsys_overlap.py"), path],
+                               capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("| host->device | 1 | 1.00 | 0.0 | 0.0 | 50% |", r.stdout)
+        self.assertIn("| device->host | 1 | 0.50 | 0.0 | 0.0 | 0% |", r.stdout)
+        self.assertIn("kernels busy 0.0 ms of a 0.0 ms span (67% of the GPU's time computing)",
+                      r.stdout)
 
 
 if __name__ == "__main__":
