@@ -518,7 +518,10 @@ void kern_q4_dequant_bf16(uint16_t *dst, const uint8_t *src, size_t rows, int n,
  * and multiplied there by one thread. ws: ws_bytes of scratch: per thread
  * a tile (256 Ki values, at least 64 rows) and its product, and x's rows
  * in bf16 (fewer threads take part in a smaller one); n * k floats
- * suffice from n = 8 and k = 16. @return 0, or -ENOTSUP / -EIO as kern_linear_bf16,
+ * suffice from n = 8 and k = 16. oneDNN's scratchpads (one per thread)
+ * are kept by the calling thread, grown to the largest it has needed and
+ * freed when it ends: a pass allocates nothing once its shapes have run.
+ * @return 0, or -ENOTSUP / -EIO as kern_linear_bf16,
  * -ENOMEM. */
 int kern_linear_q4_bf16(float *y, const float *x, const uint8_t *wq, int m, int n, int k,
                         void *ws, size_t ws_bytes);

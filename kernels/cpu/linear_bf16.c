@@ -616,6 +616,57 @@ static void expand_q4_rows(uint16_t *dst, const pack *e, const uint8_t *wq, int 
     }
 }
 
+/* kern_linear_q4_bf16's scratchpads (one per OpenMP thread, oneDNN's
+ * user-managed scratchpad), kept per calling thread and grown to the
+ * largest asked for, so that a pass allocates nothing once each shape has
+ * run; freed when the calling thread ends. */
+typedef struct sp_buf {
+    char *p;
+    size_t bytes;
+} sp_buf;
+static pthread_key_t sp_key;
+static pthread_once_t sp_once = PTHREAD_ONCE_INIT;
+static int sp_key_ok;
+
+static void sp_free(void *v)
+{
+    sp_buf *b = v;
+    free(b->p);
+    free(b);
+}
+
+static void sp_make_key(void)
+{
+    sp_key_ok = pthread_key_create(&sp_key, sp_free) == 0;
+}
+
+/* The calling thread's scratchpad of at least `bytes`, NULL when out of
+ * memory. */
+static char *thread_scratchpad(size_t bytes)
+{
+    pthread_once(&sp_once, sp_make_key);
+    if (!sp_key_ok)
+        return NULL;
+    sp_buf *b = pthread_getspecific(sp_key);
+    if (!b) {
+        if (!(b = calloc(1, sizeof *b)))
+            return NULL;
+        if (pthread_setspecific(sp_key, b)) {
+            free(b);
+            return NULL;
+        }
+    }
+    if (b->bytes < bytes) {
+        char *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+        if (!p)
+            return NULL;
+        free(b->p);
+        b->p = p;
+        b->bytes = bytes;
+    }
+    return b->p;
+}
+
 int kern_linear_q4_bf16(float *y, const float *x, const uint8_t *wq, int m, int n, int k,
                         void *ws, size_t ws_bytes)
 {
@@ -665,8 +716,9 @@ int kern_linear_q4_bf16(float *y, const float *x, const uint8_t *wq, int m, int 
             sp_max = sp_bytes[i] > sp_max ? sp_bytes[i] : sp_max;
         }
         sp_max = (sp_max + 63) & ~(size_t)63;
-        char *sp = aligned_alloc(64, sp_max * threads); /* a scratchpad per thread */
-        RETURN_IF(!sp, -ENOMEM, "out of memory");
+        char *sp = thread_scratchpad(sp_max * threads); /* a scratchpad per thread */
+        RETURN_IF(!sp, -ENOMEM, "out of memory for %zu bytes of oneDNN scratchpads",
+                  sp_max * threads);
         dnnl_status_t bad = dnnl_success;
         /* each thread expands its tiles in its cache, then multiplies them
          * (oneDNN runs a primitive on the calling thread alone inside a
@@ -693,7 +745,6 @@ int kern_linear_q4_bf16(float *y, const float *x, const uint8_t *wq, int m, int 
                            sizeof(float) * cnt);
             }
         }
-        free(sp);
         RETURN_IF(bad, -EIO, "oneDNN bf16 matmul of %d x %d x %d failed (status %d)", r, n, k,
                   (int)bad);
         at += r;
