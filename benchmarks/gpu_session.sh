@@ -203,6 +203,27 @@ benchlib.write_prompts('/tmp/ov.jsonl', 32, 512)"
           fail "overlap trace $order: no trace written (see $OUT/trace-$order.log)"
         fi
       done
+      # the GPU grid's full-cache cell as the search placed it on an H200 (all
+      # resident, 12 x 1, 37% of the bound on 2026-12-04): how much of its last
+      # decode steps the GPU spent computing, and how long its gaps are
+      if [ -f "$cupti" ]; then
+        python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import benchlib; \
+benchlib.write_prompts('/tmp/res.jsonl', 12, 512)"
+        rm -f /tmp/res.out.jsonl /tmp/res.csv
+        CUDA_INJECTION64_PATH=$cupti FLEXH2O_CUPTI_OUT=/tmp/res.csv capped 120 \
+          "$OUT/trace-resident.log" "trace resident" build-gpu/src/flexh2o generate \
+          --dummy opt-6.7b --device cuda --prompts /tmp/res.jsonl --out /tmp/res.out.jsonl \
+          --max-new-tokens 32 --ignore-eos --gpu-batch-size 12 --num-gpu-batches 1 \
+          --percent 100 0 100 0 100 0 --gpu-mem 16G
+        grep "cupti-trace\|tok/s" "$OUT/trace-resident.log" || true
+        if [ -s /tmp/res.csv ]; then
+          python3 benchmarks/nsys_overlap.py /tmp/res.csv --last-s 0.15 \
+            | tee "$OUT/trace-resident.md"
+          gzip -c /tmp/res.csv > "$OUT/trace-resident.csv.gz"
+        else
+          fail "resident trace: no trace written (see $OUT/trace-resident.log)"
+        fi
+      fi
       ;;
     generate)
       shift

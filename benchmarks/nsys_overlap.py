@@ -8,12 +8,13 @@ or, with no Nsight Systems (the lent GPU machines):
     FLEXH2O_CUPTI_OUT=run.csv flexh2o generate ...
     python3 benchmarks/nsys_overlap.py run.csv [--skip-s 0]
 
-Reads the CUPTI kernel and memcpy activity records (the exported SQLite file's
-tables, or benchmarks/cupti_trace.c's CSV; start/end in ns on the GPU clock) and prints, per copy direction, the copies'
-busy time, the part of it during which some kernel ran, and the kernels' busy
-time: "overlap" = copy time under kernels / copy time. --skip-s drops the first
-seconds (model loading, whose copies run with no compute to overlap). Prints
-Markdown.
+Reads the CUPTI kernel and memcpy activity records (the exported SQLite file's tables,
+or benchmarks/cupti_trace.c's CSV; start/end in ns on the GPU clock) and prints, per
+copy direction, the copies' busy time, the part of it during which some kernel ran,
+and the kernels' busy time: "overlap" = copy time under kernels / copy time, and how
+much of the span the kernels kept the GPU busy. --skip-s drops the first seconds
+(model loading, whose copies run with no compute to overlap); --last-s keeps only the
+last seconds (the decode steps after a prefill). Prints Markdown.
 """
 import argparse
 import sqlite3
@@ -80,12 +81,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("sqlite", help="an nsys SQLite export, or a cupti_trace.c CSV (.csv)")
     ap.add_argument("--skip-s", type=float, default=0.0)
+    ap.add_argument("--last-s", type=float, default=0.0,
+                    help="only the last seconds before the last kernel ends (decode steps "
+                    "after a prefill); 0: from --skip-s on")
     a = ap.parse_args()
     if a.sqlite.endswith(".csv"):
         kern, copies = read_csv(a.sqlite)
     else:
         kern, copies = read_sqlite(a.sqlite)
     t0 = min(s for s, _ in kern) + a.skip_s * 1e9 if kern else 0
+    if kern and a.last_s > 0:
+        t0 = max(t0, max(e for _, e in kern) - a.last_s * 1e9)
     kern = union([(s, e) for s, e in kern if s >= t0])
     # copyKind: 1 host->device, 2 device->host (CUPTI_ActivityMemcpyKind)
     names = {1: "host->device", 2: "device->host"}

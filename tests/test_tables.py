@@ -115,7 +115,14 @@ class TraceOverlap(unittest.TestCase):
             r = subprocess.run([sys.executable,
                                 os.path.join(ROOT, "benchmarks", "nsys_overlap.py"), path],
                                capture_output=True, text=True)
+            # the last 1500 ns: the second kernel alone, no copy starts in them
+            last = subprocess.run([sys.executable,
+                                   os.path.join(ROOT, "benchmarks", "nsys_overlap.py"), path,
+                                   "--last-s", "1.5e-6"], capture_output=True, text=True)
         self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(last.returncode, 0, last.stderr)
+        self.assertIn("| host->device | 0 | 0.00 |", last.stdout)
+        self.assertIn("(100% of the GPU's time computing)", last.stdout)
         self.assertIn("| host->device | 1 | 1.00 | 0.0 | 0.0 | 50% |", r.stdout)
         self.assertIn("| device->host | 1 | 0.50 | 0.0 | 0.0 | 0% |", r.stdout)
         self.assertIn("kernels busy 0.0 ms of a 0.0 ms span (67% of the GPU's time computing)",
