@@ -34,6 +34,12 @@ mkdir -p "$OUT"
 export PATH=/opt/torch/.venv/bin:$PATH:/usr/local/cuda/bin
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
   | tee "$OUT/gpu.txt"
+# what the machine offers the steps (for planning the next visit's)
+for tool in compute-sanitizer nsys ncu mpirun; do
+  printf '%s: %s\n' "$tool" "$(command -v $tool || echo none)"
+done >> "$OUT/gpu.txt"
+printf 'libcupti: %s\n' "$(ls /usr/local/cuda/lib64/libcupti.so* 2>/dev/null | head -1)" \
+  >> "$OUT/gpu.txt"
 # MPI only for the ranks step (Open MPI carried with gpu-deps, see there): an
 # MPI the image has would be looked for under the carried libraries' sysroot
 mesonargs=(-Dgpu_archs=90)
