@@ -82,6 +82,7 @@ set -- $steps
 
 failed=() # the stages that failed, listed at the end
 hfprep_pids=() # hfprep's background jobs
+gpu_pids=()    # gpu_start's
 fail() { failed+=("$1"); echo "FAILED: $1" >&2; }
 
 # capped SECONDS LOG WHAT CMD...: run CMD (output to LOG) within SECONDS;
@@ -112,6 +113,13 @@ gpu_start() {
   local what=$1 secs=$2
   shift 2
   ( capped "$secs" "$OUT/$what.out" "$what" "$@"; echo "$rc" > "$OUT/$what.rc" ) &
+  gpu_pids+=($!)
+}
+# gpu_wait: until the programs gpu_start started have ended (hfprep's background
+# jobs run on)
+gpu_wait() {
+  wait "${gpu_pids[@]}" || true
+  gpu_pids=()
 }
 # gpu_check WHAT SANITIZER_LOG: after `wait`, the verdict on WHAT (SANITIZER_LOG -
 # for none). Exit 77 means every test skipped: on a GPU machine that is a failure.
@@ -145,7 +153,7 @@ gpu_suite() {
   for t in kern_cuda gpu_e2e; do
     gpu_start "plain-$t" 150 "build-gpu/tests/test_$t" --verbose
   done
-  wait
+  gpu_wait
   for t in kern_cuda gpu_e2e; do
     gpu_check "plain-$t" -
   done
@@ -167,7 +175,7 @@ gpu_suite() {
   gpu_start racecheck-kern_cuda 150 "${cs[@]}" --tool racecheck \
     --log-file "$OUT/racecheck-kern_cuda.log" build-gpu/tests/test_kern_cuda --verbose \
     --filter 'kern_cuda/@(attention_y_loops*|prefill_attention*|flash_prefill*|q4_kv_prefill*|sampling*|embed_layernorm*)'
-  wait
+  gpu_wait
   for t in memcheck-kern_cuda memcheck-gpu_e2e racecheck-kern_cuda; do
     gpu_check "$t" "$OUT/$t.log"
   done
