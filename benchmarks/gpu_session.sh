@@ -85,10 +85,10 @@ hfprep_pids=() # hfprep's background jobs
 gpu_pids=()    # gpu_start's
 fail() { failed+=("$1"); echo "FAILED: $1" >&2; }
 
-# capped SECONDS LOG WHAT CMD...: run CMD (output to LOG) within SECONDS;
-# sets $rc (124: cut short). Never stops the script itself.
 # left: seconds to GS_DEADLINE (a large number without one)
 left() { if [ -n "${GS_DEADLINE:-}" ]; then echo $((GS_DEADLINE - $(date +%s))); else echo 100000; fi; }
+# capped SECONDS LOG WHAT CMD...: run CMD (output to LOG) within SECONDS, or what
+# is left to GS_DEADLINE; sets $rc (124: cut short). Never stops the script itself.
 capped() {
   local secs=$1 log=$2 what=$3
   shift 3
