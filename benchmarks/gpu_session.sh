@@ -74,8 +74,17 @@ if [ ! -f build-gpu/build.ninja ]; then
   meson setup build-gpu "${mesonargs[@]}" > "$OUT/setup.log" 2>&1 \
     || { tail -30 "$OUT/setup.log"; exit 1; }
 fi
-# shellcheck disable=SC2086 # GS_TARGETS is a list
-ninja -C build-gpu ${GS_TARGETS:-} > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+# a target this build does not have (the CUPTI tracer where meson found no
+# CUPTI) is left out, not the whole build
+targets=()
+for t in ${GS_TARGETS:-}; do
+  if ninja -C build-gpu -t query "$t" > /dev/null 2>&1; then
+    targets+=("$t")
+  else
+    echo "GS_TARGETS: this build has no $t; left out" | tee -a "$OUT/gpu.txt"
+  fi
+done
+ninja -C build-gpu "${targets[@]}" > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build ok ($SECONDS s)"
 steps=${*:-test kernels}
 set -- $steps
