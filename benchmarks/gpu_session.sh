@@ -382,7 +382,8 @@ PY
     hfprep)
       # the peers' random checkpoints (benchmarks/hf_offload.py --prepare, as tables.py
       # writes them) made in the background while the next steps run: the tables
-      # step waits for them. MODELS: comma-separated.
+      # step waits for them. MODELS: comma-separated. (The gpu grid's HF Accelerate
+      # cells need none: --random-init; DeepSpeed's would.)
       shift
       for m in ${1//,/ }; do
         timeout "$(left)" python3 benchmarks/hf_offload.py --prepare --model "$m" \

@@ -9,7 +9,7 @@
 #   GS_TARGETS="src/flexh2o tests/test_kern_cuda tests/test_gpu_e2e \
 #     benchmarks/libflexh2o-cupti-trace.so" TABLES_CELL_LIMIT=180 \
 #   TABLES_ONLY='HF_Accelerate-opt-6.7b-512-32- flexh2o_H2O_20_-opt-30b-512-32-' \
-#   bash benchmarks/gpu_visit.sh 555 hfprep opt-6.7b gpu overlap tables
+#   bash benchmarks/gpu_visit.sh 555 gpu overlap tables
 set -uo pipefail
 [ $# -ge 2 ] || { sed -n '2,12p' "$0"; exit 2; }
 secs=$1

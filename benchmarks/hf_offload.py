@@ -16,6 +16,15 @@ tokens greedily for --batch prompts of benchlib's synthetic set, EOS ignored.
 Prints one JSON line: tok_s = batch * gen_len / wall of generate(), wall_s, load_s
 (from_pretrained, which writes the offload folder: outside the clock),
 lowest (gpu/cpu/disk) and the placement's bytes per tier.
+
+--random-init instead of --ckpt (HF Accelerate only): no checkpoint at all, for a
+model whose checkpoint the disk cannot hold (OPT-30B's 60 GB on a lent GPU machine's
+64 GiB): the model is built from the config on the meta device, placed by
+accelerate's infer_auto_device_map under --max-memory, each parameter drawn as
+--prepare draws it (on the GPU where there is one) straight onto its device, and
+dispatched with the CPU share kept in RAM (accelerate's CPU offload: moved to the GPU
+layer by layer in each forward, as from_pretrained's device_map does). A map that
+needs the disk is refused (raise --max-memory's cpu).
 """
 import argparse
 import json
@@ -35,10 +44,28 @@ def config(model):
     return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
 
 
+def drawer(torch, dtype):
+    """draw(name, shape): a parameter's random value, seed 0 in the order of the calls:
+    matrices ~ N(0, 0.02), LayerNorm / RMSNorm weights 1, biases 0 (the shape of OPT's
+    init); drawn on the GPU where there is one (torch's CPU normal_ over fp16 ran for
+    over 150 s of OPT-6.7B on the H200 machine's host, which a lent GPU cannot spare;
+    the values differ from a CPU draw's, each as random as the other)."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator(device=dev).manual_seed(0)
+
+    def draw(name, shape):
+        if len(shape) >= 2:
+            return torch.empty(shape, dtype=dtype, device=dev).normal_(0, 0.02, generator=g)
+        if "norm" in name and name.endswith("weight"):
+            return torch.ones(shape, dtype=dtype, device=dev)
+        return torch.zeros(shape, dtype=dtype, device=dev)
+    return draw
+
+
 def prepare(a):
     """A random checkpoint in --dtype written shard by shard (2 GiB each), so that no more
-    than a shard is in memory: a model built on the meta device names the tensors;
-    matrices ~ N(0, 0.02), LayerNorm weights 1, biases 0 (the shape of OPT's init)."""
+    than a shard is in memory: a model built on the meta device names the tensors,
+    drawer() draws them."""
     import torch
     from accelerate import init_empty_weights
     from safetensors.torch import save_file
@@ -52,11 +79,7 @@ def prepare(a):
     tied = set(getattr(m, "_tied_weights_keys", None) or []) \
         if cfg.tie_word_embeddings else set()
     os.makedirs(a.ckpt, exist_ok=True)
-    # drawn on the GPU where there is one: torch's CPU normal_ over fp16 ran for over
-    # 150 s of OPT-6.7B on the H200 machine's host, which a lent GPU cannot spare
-    # (the values differ from a CPU draw's; each is as random as the other)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    g = torch.Generator(device=dev).manual_seed(0)
+    draw = drawer(torch, dtype)
     shard, size, weight_map, total, n = {}, 0, {}, 0, 0
 
     def flush():
@@ -70,13 +93,7 @@ def prepare(a):
     for k, p in m.state_dict().items():
         if k in tied:
             continue
-        if p.dim() >= 2:
-            t = torch.empty(p.shape, dtype=dtype, device=dev).normal_(0, 0.02,
-                                                                    generator=g).cpu()
-        elif "norm" in k and k.endswith("weight"):
-            t = torch.ones(p.shape, dtype=dtype)
-        else:
-            t = torch.zeros(p.shape, dtype=dtype)
+        t = draw(k, p.shape).cpu()
         shard[k] = t
         size += t.numel() * t.element_size()
         total += t.numel() * t.element_size()
@@ -122,6 +139,39 @@ def load_accelerate(a, dtype):
     return AutoModelForCausalLM.from_pretrained(
         a.ckpt, dtype=dtype, device_map="auto", max_memory=parse_mem(a.max_memory),
         offload_folder=a.offload_dir, offload_state_dict=True).eval()
+
+
+def load_random(a, dtype):
+    """--random-init: no checkpoint; see the module's text."""
+    import torch
+    from accelerate import dispatch_model, infer_auto_device_map, init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+    from transformers import AutoModelForCausalLM
+    with init_empty_weights():
+        m = AutoModelForCausalLM.from_config(config(a.model), dtype=dtype)
+    m.tie_weights()  # the map keeps tied parameters together
+    mem = parse_mem(a.max_memory)
+    dmap = infer_auto_device_map(m, max_memory=mem, dtype=dtype,
+                                 no_split_module_classes=m._no_split_modules)
+    if "disk" in dmap.values():
+        sys.exit(f"hf_offload: --random-init keeps the CPU share in RAM, and --max-memory "
+                 f"{a.max_memory} leaves part of {a.model} for the disk: raise its cpu share")
+    draw = drawer(torch, dtype)
+    # named_parameters names a tied parameter once; tie_weights ties it again below
+    for name, p in list(m.named_parameters()):
+        set_module_tensor_to_device(m, name, place(name, dmap), value=draw(name, p.shape))
+    m.tie_weights()
+    return dispatch_model(m, device_map=dmap).eval()
+
+
+def place(name, dmap):
+    """The device accelerate's map gives a parameter: its longest module prefix's."""
+    best = None
+    for k, d in dmap.items():
+        if (k == "" or name == k or name.startswith(k + ".")) and \
+                (best is None or len(k) > len(best[0])):
+            best = (k, d)
+    return best[1] if best else "cpu"
 
 
 def free_port():
@@ -177,7 +227,9 @@ def load_deepspeed(a, dtype):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="opt-1.3b")
-    ap.add_argument("--ckpt", required=True, help="random-init checkpoint (--prepare writes it)")
+    ap.add_argument("--ckpt", help="random-init checkpoint (--prepare writes it)")
+    ap.add_argument("--random-init", action="store_true",
+                    help="no checkpoint: random weights made in memory (accelerate only)")
     ap.add_argument("--prepare", action="store_true")
     ap.add_argument("--engine", default="accelerate", choices=["accelerate", "deepspeed"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -189,6 +241,10 @@ def main():
     ap.add_argument("--offload-dir", default="/tmp/flexh2o-tables-hf-offload")
     a = ap.parse_args()
     a.dtype = a.dtype or ("float32" if a.device == "cpu" else "float16")
+    if a.random_init and (a.prepare or a.engine != "accelerate"):
+        ap.error("--random-init: HF Accelerate runs only (no --prepare, no deepspeed)")
+    if not a.random_init and not a.ckpt:
+        ap.error("--ckpt DIR (or --random-init)")
     if a.prepare:
         prepare(a)
         return
@@ -196,7 +252,8 @@ def main():
     dtype = getattr(torch, a.dtype)
     os.makedirs(a.offload_dir, exist_ok=True)
     t_load = time.perf_counter()
-    m = load_deepspeed(a, dtype) if a.engine == "deepspeed" else load_accelerate(a, dtype)
+    m = load_deepspeed(a, dtype) if a.engine == "deepspeed" else \
+        load_random(a, dtype) if a.random_init else load_accelerate(a, dtype)
     load_s = time.perf_counter() - t_load
     print(f"[hf_offload] loaded in {load_s:.1f} s", file=sys.stderr, flush=True)
     first = "cuda" if a.device == "cuda" else "cpu"

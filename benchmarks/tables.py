@@ -23,7 +23,11 @@ Systems:
                           each a complete run, until one is slower than the one
                           before, is killed at the cell limit, or would take longer
                           than it on the line through the last two runs' times (the
-                          tries are in the note column)
+                          tries are in the note column). In the gpu grid no
+                          checkpoint: random weights made in memory and placed by the
+                          same device map, the CPU share kept in RAM (hf_offload.py
+                          --random-init; OPT-30B's 60 GB checkpoint does not fit the
+                          lent machine's 64 GiB disk)
   DeepSpeed ZeRO-Inference the same with ZeRO stage 3 parameter offload (to the CPU, or
                           to NVMe through DeepSpeed's async_io, which needs
                           libaio-dev, when the weights exceed the cap), when `import
@@ -93,7 +97,11 @@ GRIDS = {
                 # and the page cache
                 caps={"opt-6.7b": dict(gpu="16G", cpu="96G"),
                       "opt-30b": dict(gpu="16G", cpu="96G")},
-                max_block={"opt-6.7b": 1024, "opt-30b": 1024}, source="dummy"),
+                max_block={"opt-6.7b": 1024, "opt-30b": 1024}, source="dummy",
+                # HF Accelerate from random weights made in memory (hf_offload.py
+                # --random-init): OPT-30B's 60 GB checkpoint does not fit the lent
+                # machine's 64 GiB disk beside the offload folders
+                hf_random_init=True),
     # source "store": one random fp16 checkpoint per model that both systems
     # read (HF loads it into fp32, the CPU's compute type; flexh2o converts it
     # once to its weight store, which its CPU backend streams as fp16 and
@@ -335,21 +343,28 @@ class Runner:
                 "--prompts", prompts, "--out", out, "--max-new-tokens", str(c["gen_len"]),
                 "--ignore-eos", "--device", self.device] + self.mm + flags
 
+    def random_init(self, engine):
+        """HF Accelerate from weights made in memory (the grid's hf_random_init), no
+        checkpoint; DeepSpeed always reads one."""
+        return bool(self.g.get("hf_random_init")) and engine == "accelerate"
+
     def hf_cmds(self, c, engine, N):
         ckpt = self.ckpt(c)
         off = os.path.join(self.a.offload_dir, "hf")
         script = os.path.join(ROOT, "benchmarks", "hf_offload.py")
-        prep = self.prep_cmds(c)[0]
+        random_init = self.random_init(engine)
+        prep = None if random_init else self.prep_cmds(c)[0]
         gpu = size_bytes(c["caps"]["gpu"])
         cpu = size_bytes(c["caps"]["cpu"]) if c["caps"].get("cpu") else None
         if self.device == "cpu":  # no GPU: the compute arena is host memory too
             mem = f"cpu={(gpu + (cpu or 0)) // 2**20}MiB"
         else:
             mem = f"0={gpu // 2**20}MiB" + (f",cpu={cpu // 2**20}MiB" if cpu else "")
-        run = [self.py, script, "--engine", engine, "--model", c["model"], "--ckpt", ckpt,
-               "--device", self.device, "--dtype", self.hf_dtype(), "--batch", str(N), "--prompt-len",
-               str(c["prompt_len"]), "--gen-len", str(c["gen_len"]), "--max-memory", mem,
-               "--offload-dir", off]
+        run = [self.py, script, "--engine", engine, "--model", c["model"]] + \
+            (["--random-init"] if random_init else ["--ckpt", ckpt]) + \
+            ["--device", self.device, "--dtype", self.hf_dtype(), "--batch", str(N),
+             "--prompt-len", str(c["prompt_len"]), "--gen-len", str(c["gen_len"]),
+             "--max-memory", mem, "--offload-dir", off]
         return prep, run, off
 
     def hf_dtype(self):
@@ -374,7 +389,7 @@ class Runner:
                 c, self.gen_cmd(c, flags, pol, os.path.join(d, "prompts.jsonl"),
                                 os.path.join(d, "out.jsonl")))
         prep, run, _ = self.hf_cmds(c, engine, "N_FULL")
-        return show(prep) + " && " + self.capped(c, run) + \
+        return (show(prep) + " && " if prep else "") + self.capped(c, run) + \
             "   # N_FULL = the block `flexh2o search` picks for the full-cache cell"
 
     def search(self, c, flags, pol, max_block=None):
@@ -495,7 +510,8 @@ class Runner:
             self.prepare(c, "flexh2o")
             self.blocks[key] = self.best_plan(c, [], d, self.calibration())["N"]
         N_full = self.blocks[key]
-        self.prepare(c, engine)  # the random checkpoint, once per model, outside the cap
+        if not self.random_init(engine):
+            self.prepare(c, engine)  # the random checkpoint, once per model, outside the cap
                                  # and the clock
         # HF at its best block: batches from 8 up to the full-cache cell's block, each a
         # complete run, until one is slower than the one before, fails, is killed at the
@@ -531,7 +547,7 @@ class Runner:
             if best and res["tok_s"] <= best[1]["tok_s"]:
                 break
             best = (N, res, loaded.group(1) if loaded else "", load,
-                    show(prep) + " && " + self.capped(c, run))
+                    (show(prep) + " && " if prep else "") + self.capped(c, run))
         row["note"] = "; ".join(notes)
         if not best:
             first = notes[0] if notes else "no run"

@@ -97,6 +97,33 @@ class Only(unittest.TestCase):
         self.assertIn("HF Accelerate | opt-6.7b 512+32", heads[0])
 
 
+class PeerWeights(unittest.TestCase):
+    def test_gpu_grid_accelerate_makes_its_weights_in_memory(self):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "tables.py"),
+                            "--grid", "gpu", "--dry-run", "--csv", os.devnull, "--only",
+                            "(HF_Accelerate|DeepSpeed_ZeRO-Inference)-opt-30b-512-32-"],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        cmds = [x for x in r.stdout.splitlines() if "hf_offload.py" in x]
+        self.assertEqual(len(cmds), 2, r.stdout)
+        acc = next(x for x in cmds if "--engine accelerate" in x)
+        ds = next(x for x in cmds if "--engine deepspeed" in x)
+        # no 60 GB checkpoint for Accelerate; DeepSpeed still reads one
+        self.assertIn("--random-init", acc)
+        self.assertNotIn("--prepare", acc)
+        self.assertNotIn("--ckpt", acc)
+        self.assertIn("--prepare", ds)
+        self.assertIn("--ckpt", ds)
+
+    def test_cpu_grid_reads_the_checkpoint_both_systems_share(self):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "tables.py"),
+                            "--grid", "cpu", "--dry-run", "--csv", os.devnull, "--only",
+                            "HF_Accelerate-opt-1.3b-32-8-"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("--prepare", r.stdout)
+        self.assertNotIn("--random-init", r.stdout)
+
+
 class TraceOverlap(unittest.TestCase):
     def test_copy_time_under_kernels(self):
         # kernels [1000, 2000) and [3000, 4000) ns; an h2d copy [1500, 3500) is busy
