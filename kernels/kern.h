@@ -466,6 +466,14 @@ void kern_embed_h16(float *out, const uint16_t *tok_emb, kern_h16 fmt, const flo
 void kern_linear_rows_h16(float *y, const float *x, const uint16_t *w, kern_h16 fmt, int m,
                           int n, int k, float *ws);
 
+/* ------------------------------------------------ host memory streaming
+ * calibrate's host-memory rate (scheduler/calibrate.c): a read of every
+ * byte, as the CPU-attention kernels read a host-resident KV cache. */
+/* The XOR of the n 64-bit words of p. _par splits n over the OpenMP
+ * threads (the same value: XOR is associative and commutative). */
+uint64_t kern_xor64_ref(const uint64_t *p, size_t n);
+uint64_t kern_xor64_par(const uint64_t *p, size_t n);
+
 /* ------------------------------------------------ bf16 matmuls
  * The CPU backend's linear over bf16 weights under --cpu-matmul bf16
  * (backend_cpu_opts.bf16_matmul): the activations rounded to bf16, the

@@ -381,6 +381,31 @@ Test(kern_host, f16_conversion_rounds_to_nearest_even)
     }
 }
 
+/* The host-memory read of calibrate (kernels/cpu/stream.c): the threaded
+ * XOR equals the reference over lengths that split unevenly across
+ * threads, and a hand-worked value (the XOR of 1..n is n, 1, n + 1 or 0
+ * by n mod 4). */
+Test(kern_host, xor64_par_equals_ref)
+{
+    size_t lens[] = {0, 1, 2, 3, 7, 1000, 65537, 1000003};
+    size_t most = lens[sizeof lens / sizeof *lens - 1];
+    uint64_t *p = malloc(sizeof *p * most);
+    cr_assert(p);
+    uint64_t s = 99;
+    for (size_t i = 0; i < most; i++)
+        p[i] = kern_splitmix64(&s);
+    for (size_t j = 0; j < sizeof lens / sizeof *lens; j++)
+        cr_assert_eq(kern_xor64_par(p, lens[j]), kern_xor64_ref(p, lens[j]), "n %zu",
+                     lens[j]);
+    for (uint64_t n = 0; n < 64; n++) {
+        for (uint64_t i = 0; i < n; i++)
+            p[i] = i + 1;
+        uint64_t want[] = {n, 1, n + 1, 0};
+        cr_assert_eq(kern_xor64_par(p, n), want[n % 4], "1..%llu", (unsigned long long)n);
+    }
+    free(p);
+}
+
 /* The widening of 16-bit weights (kernels/cpu/widen.c): hand-worked
  * values of both formats, exactness over every fp16 value (it is the
  * inverse of kern_f32_to_f16), and the CPU backend's op (threaded, over
