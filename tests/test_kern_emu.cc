@@ -14,6 +14,7 @@
  * standing for device memory. Tolerances are test_kern_cuda's (gpu suite),
  * which runs the same comparisons through the backends on a GPU; this
  * runs them in CI, where no GPU is. */
+#include <atomic>
 #include <criterion/criterion.h>
 
 #include <vector>
@@ -648,7 +649,24 @@ Test(kern_emu, the_emulated_device_catches_what_a_gpu_would)
     cudaEventDestroy(ev), cudaStreamDestroy(a), cudaStreamDestroy(b);
 
     /* a launch of more than 1024 threads is refused, and reported once */
-    emu_launch_cfg(dim3(1), dim3(2048), 0, NULL, [] {});
+    emu_launch_cfg(dim3(1), dim3(2048), 0, NULL, 0, [] {});
     cr_assert_eq(cudaGetLastError(), cudaErrorInvalidConfiguration);
     cr_assert_eq(cudaGetLastError(), cudaSuccess);
+
+    /* past 256 threads a block needs the kernel's __launch_bounds__ to cover
+     * it (what the GPU's register file makes of a kernel that has none is
+     * not known here): without one, or with a smaller one, the launch fails
+     * as on the GPU and nothing runs; within it, or at 256, it runs */
+    std::atomic<int> ran{0};
+    struct { unsigned threads, bound; bool runs; } cases[] = {
+        {512, 0, false}, {1024, 512, false}, {512, 512, true}, {1024, 1024, true},
+        {256, 0, true}};
+    for (const auto &c : cases) {
+        ran = 0;
+        emu_launch_cfg(dim3(2), dim3(c.threads), 0, NULL, c.bound, [&ran] { ran++; });
+        cr_assert_eq(cudaGetLastError(), c.runs ? cudaSuccess : cudaErrorLaunchOutOfResources,
+                     "%u threads, bound %u", c.threads, c.bound);
+        cr_assert_eq(ran.load(), c.runs ? 2 * (int)c.threads : 0, "%u threads, bound %u",
+                     c.threads, c.bound);
+    }
 }

@@ -33,6 +33,7 @@ const char *cudaGetErrorString(cudaError_t e)
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     }
@@ -48,7 +49,7 @@ cudaError_t cudaGetLastError(void)
 
 void *emu_dyn_smem(void) { return dyn_smem; }
 
-void emu_launch_cfg(dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+void emu_launch_cfg(dim3 grid, dim3 block, size_t smem, cudaStream_t st, unsigned bound,
                     std::function<void()> body)
 {
     if (block.x == 0 || block.x > 1024 || block.y != 1 || block.z != 1 ||
@@ -57,6 +58,18 @@ void emu_launch_cfg(dim3 grid, dim3 block, size_t smem, cudaStream_t st,
         fprintf(stderr, "cuda_emu: launch <<<(%u, %u, %u), (%u, %u, %u), %zu>>> refused\n",
                 grid.x, grid.y, grid.z, block.x, block.y, block.z, smem);
         last_error = cudaErrorInvalidConfiguration;
+        return;
+    }
+    unsigned threads = block.x * block.y * block.z;
+    if (threads > 256 && (bound == 0 || threads > bound)) {
+        char decl[64] = "no __launch_bounds__";
+        if (bound)
+            snprintf(decl, sizeof decl, "__launch_bounds__(%u)", bound);
+        fprintf(stderr, "cuda_emu: a block of %u threads from a kernel declared with %s: past "
+                "256 threads a kernel needs __launch_bounds__ covering its blocks, or the "
+                "compiler may give each thread more registers than the SM holds for them\n",
+                threads, decl);
+        last_error = cudaErrorLaunchOutOfResources;
         return;
     }
     emu_enqueue(st, [grid, block, smem, body] {

@@ -186,8 +186,15 @@ int emu_launch(dim3 grid, int threads, std::function<void()> body);
  * the GPU would (a bad one is the sticky error cudaGetLastError returns,
  * and nothing runs), then the launch queued on the stream: smem bytes of
  * dynamic shared memory (emu_dyn_smem), emu_launch. A block that cannot
- * finish aborts the test program. */
-void emu_launch_cfg(dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+ * finish aborts the test program. bound: the kernel's __launch_bounds__
+ * (0: none). The emulator has no registers to count, so it keeps a rule
+ * that makes the GPU's limit unreachable: a block of more than 256 threads
+ * needs a bound that covers it (at most 255 registers a thread, 256
+ * threads always fit an SM's 65536; past that only a declared bound makes
+ * the compiler fit them), else the launch fails as on the GPU with "too
+ * many resources requested for launch" (sampling's pick kernel, 92
+ * registers at 1024 threads, did on an H200). */
+void emu_launch_cfg(dim3 grid, dim3 block, size_t smem, cudaStream_t st, unsigned bound,
                     std::function<void()> body);
 void *emu_dyn_smem(void);
 

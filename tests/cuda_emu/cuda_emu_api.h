@@ -19,6 +19,7 @@ typedef enum cudaError {
     cudaErrorInvalidValue = 1,
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidConfiguration = 9,
+    cudaErrorLaunchOutOfResources = 701,
     cudaErrorInvalidDevice = 101,
     cudaErrorNoDevice = 100,
 } cudaError_t;

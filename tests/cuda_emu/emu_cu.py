@@ -2,9 +2,11 @@
 """emu_cu.py IN.cu OUT.cc: a kernels/*.cu file as C++ for tests/cuda_emu.
 
 Two rewrites, nothing else: each launch `K<<<grid, block[, smem[, stream]]>>>(args);`
-becomes `emu_launch_cfg(grid, block, smem, stream, [=] { K(args); });` (the
-arguments captured by value: the launch may run after the launcher returned) and each
-`extern __shared__ T name[];` becomes `T *name = (T *)emu_dyn_smem();`. The rest
+becomes `emu_launch_cfg(grid, block, smem, stream, BOUND, [=] { K(args); });` (the
+arguments captured by value: the launch may run after the launcher returned; BOUND the
+first argument of K's `__launch_bounds__` in this file, 0 where it has none, which the
+emulated launch checks) and each `extern __shared__ T name[];` becomes
+`T *name = (T *)emu_dyn_smem();`. The rest
 of the text compiles against the shim headers of tests/cuda_emu (cuda_runtime.h,
 cuda_fp16.h, mma.h) as it is; a #line keeps compiler messages on the .cu file.
 """
@@ -42,7 +44,21 @@ def close_paren(s, i):
     raise SystemExit("emu_cu: unbalanced launch arguments")
 
 
+def launch_bounds(text):
+    """{kernel name: the text of its __launch_bounds__'s first argument} for the kernels
+    defined in text that declare one."""
+    out = {}
+    for m in re.finditer(r"__global__\s+void\s+__launch_bounds__\s*\(", text):
+        b = close_paren(text, m.end() - 1)
+        name = re.match(r"\s*(\w+)\s*\(", text[b + 1:])
+        if not name:
+            raise SystemExit("emu_cu: a __launch_bounds__ that precedes no kernel name")
+        out[name.group(1)] = split_top(text[m.end():b])[0]
+    return out
+
+
 def rewrite_launches(text):
+    bounds = launch_bounds(text)
     out, pos = [], 0
     launch = re.compile(r"([A-Za-z_][\w:]*(?:<[^;<>]*>)?)\s*<<<")
     while True:
@@ -58,7 +74,10 @@ def rewrite_launches(text):
         a = text.index("(", end + 3)
         b = close_paren(text, a)
         out.append(text[pos:m.start()])
-        out.append(f"emu_launch_cfg({', '.join(cfg)}, [=] {{ {m.group(1)}{text[a:b + 1]}; }})")
+        name = re.sub(r"<.*", "", m.group(1)).split("::")[-1]
+        bound = f"({bounds[name]})" if name in bounds else "0"
+        out.append(f"emu_launch_cfg({', '.join(cfg)}, {bound}, "
+                   f"[=] {{ {m.group(1)}{text[a:b + 1]}; }})")
         pos = b + 1
 
 
