@@ -33,8 +33,8 @@ Systems:
                           libaio-dev, when the weights exceed the cap), when `import
                           deepspeed` works in the HF python (else skipped)
 Grids:
-  gpu  OPT-6.7B and OPT-30B, --gpu-mem 16G --cpu-mem 96G, 512+32 / 512+512 / 512+1024, --device cuda:
-       the H2O paper's Table 3 (the search picks the block; it maximises the bound,
+  gpu  OPT-6.7B and OPT-30B, --gpu-mem 16G --cpu-mem 96G, 512+32 / 512+512 / 512+1024,
+       --device cuda: the H2O paper's Table 3 (the search picks the block; it maximises the bound,
        in practice the largest block that fits).
   cpu  opt-1.3b, llama-3.2-1b and opt-6.7b on the CPU backend with the GPU tier (the
        compute arena) capped so that weights reach the disk; both systems read the same
@@ -89,7 +89,8 @@ COLORS = {"HF Accelerate": "#888888", "DeepSpeed ZeRO-Inference": "#bbbbbb",
           "flexh2o H2O 20% + 4-bit": "#2ca02c"}  # one per system in every plot
 GRIDS = {
     # source "dummy": flexh2o --dummy (random weights made in memory; FlexGen's
-    # benchmarks do the same), HF a random fp16 checkpoint of the same shape
+    # benchmarks do the same), HF random fp16 weights of the same shape (made in
+    # memory too: hf_random_init below; DeepSpeed a random checkpoint)
     "gpu": dict(device="cuda", models=["opt-6.7b", "opt-30b"],
                 sizes=[(512, 32), (512, 512), (512, 1024)],
                 # the CPU tier capped below the GPU machine's 128 GiB (FlexGen's T4 host
@@ -511,8 +512,8 @@ class Runner:
             self.blocks[key] = self.best_plan(c, [], d, self.calibration())["N"]
         N_full = self.blocks[key]
         if not self.random_init(engine):
-            self.prepare(c, engine)  # the random checkpoint, once per model, outside the cap
-                                 # and the clock
+            # the random checkpoint, once per model, outside the cap and the clock
+            self.prepare(c, engine)
         # HF at its best block: batches from 8 up to the full-cache cell's block, each a
         # complete run, until one is slower than the one before, fails, is killed at the
         # cell limit, or would by the last two runs' times take longer than it
