@@ -26,7 +26,9 @@
  *   8. the request controls (penalties, biases, stop ids, top logprobs, n
  *      samples) on CUDA; 9. two MPI ranks sharing the GPU;
  *  10. eval's perplexity and score's loglikelihoods on CUDA: transformers'
- *      numbers on the golden model, in every placement, H2O's the CPU's.
+ *      numbers on the golden model, in every placement, H2O's the CPU's;
+ *      rotary models generating past max_position_embeddings with a KV
+ *      budget.
  * 2-7 skip, saying why, where no GPU is present. */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
@@ -650,4 +652,46 @@ Test(gpu_e2e, eval_and_score_on_cuda, .timeout = GPU_TIMEOUT(120))
     cr_assert_null(line, "more results than requests");
     free(res);
     cJSON_Delete(g);
+}
+
+/* Long context on CUDA (issue 13, 6): with an evicting policy a rotary
+ * model generates past max_position_embeddings (128 for the tiny models),
+ * RoPE's angles from positions that count on; the first tokens are the CPU
+ * backend's (later ones may part at an fp16 near-tie). */
+Test(gpu_e2e, rotary_positions_run_past_max_positions_on_cuda, .timeout = GPU_TIMEOUT(120))
+{
+    cli_write("long.jsonl", "{\"id\": \"x\", \"prompt_ids\": [2, 17, 45, 300, 9], "
+                            "\"max_new_tokens\": 200}\n");
+    static const char *runs[][2] = {
+        {"tiny-llama", "--kv-policy h2o --kv-budget 24 --sinks 2"},
+        {"tiny-neox", "--kv-policy window --kv-budget 16"},
+    };
+    for (size_t i = 0; i < sizeof runs / sizeof *runs; i++) {
+        char *o[2];
+        for (int dev = 0; dev < 2; dev++) {
+            cr_assert_eq(cli_run("generate --model " FIX "%s --prompts long.jsonl --out "
+                                 "l%zu%d.jsonl --ignore-eos --quiet --device %s %s",
+                                 runs[i][0], i, dev, dev ? "cuda" : "cpu", runs[i][1]),
+                         0, "%s on %s: %s", runs[i][0], dev ? "cuda" : "cpu", cli_err);
+            char name[32];
+            snprintf(name, sizeof name, "l%zu%d.jsonl", i, dev);
+            o[dev] = cli_read(name);
+        }
+        const char *t[2] = {strstr(o[0], "\"tokens\":["), strstr(o[1], "\"tokens\":[")};
+        cr_assert(t[0] && t[1]);
+        int n = 1;
+        for (const char *c = t[1]; *c != ']'; c++)
+            n += *c == ',';
+        cr_assert_eq(n, 200, "%s on CUDA: %d tokens", runs[i][0], n);
+        /* the first 8 tokens, before any eviction can part them */
+        const char *a = t[0], *b = t[1];
+        for (int k = 0; k < 8; k++) {
+            a = strchr(a + 1, ',');
+            b = strchr(b + 1, ',');
+        }
+        cr_assert(a - t[0] == b - t[1] && !strncmp(t[0], t[1], (size_t)(a - t[0])),
+                  "%s: the first tokens differ: CPU %.60s, CUDA %.60s", runs[i][0], t[0], t[1]);
+        free(o[0]);
+        free(o[1]);
+    }
 }
