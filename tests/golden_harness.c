@@ -4,9 +4,11 @@
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_harness.h"
 #include "err.h"
 #include "model.h"
 #include "off.h"
@@ -157,4 +159,27 @@ void golden_logits(backend *be, const char *dir, const int32_t *ids, int n, floa
     be->ops->download(be->ctx, out, sched_logits(e.s), (size_t)n * e.m->cfg.vocab_size);
     sched_destroy(e.s);
     model_destroy(e.m);
+}
+
+void golden_score_job(const struct cJSON *g, const char *name)
+{
+    const cJSON *rq, *reqs = cJSON_GetObjectItem(g, "requests");
+    cr_assert(cJSON_IsArray(reqs), "no \"requests\" in the eval golden");
+    char job[8192];
+    size_t at = 0;
+    cJSON_ArrayForEach(rq, reqs) {
+        cJSON *o = cJSON_CreateObject();
+        cr_assert(o);
+        cJSON_AddItemReferenceToObject(o, "id", cJSON_GetObjectItem(rq, "id"));
+        cJSON_AddItemReferenceToObject(o, "context_ids", cJSON_GetObjectItem(rq, "context_ids"));
+        cJSON_AddItemReferenceToObject(o, "continuation_ids",
+                                       cJSON_GetObjectItem(rq, "continuation_ids"));
+        char *line = cJSON_PrintUnformatted(o);
+        cr_assert(line);
+        at += (size_t)snprintf(job + at, sizeof job - at, "%s\n", line);
+        cr_assert_lt(at, sizeof job, "the golden's requests outgrow the job buffer");
+        free(line);
+        cJSON_Delete(o);
+    }
+    cli_write(name, job);
 }

@@ -15,6 +15,7 @@
 
 #include "cli_harness.h"
 #include "err.h"
+#include "golden_harness.h"
 #include "fh_config.h"
 #include "off.h"
 
@@ -24,7 +25,7 @@
 
 TestSuite(eval, .init = cli_setup, .fini = cli_teardown, .timeout = 120);
 
-static cJSON *golden(void)
+static cJSON *eval_golden(void)
 {
     char *buf;
     size_t len;
@@ -55,7 +56,7 @@ static double num(const cJSON *o, const char *k)
 
 Test(eval, full_cache_perplexity_equals_transformers)
 {
-    cJSON *g = golden();
+    cJSON *g = eval_golden();
     cr_assert_eq(cli_run("eval --model " TINY " --text " TEXT " --context %d --quiet",
                          (int)num(g, "context")), 0, "%s", cli_err);
     cJSON *r = eval_line();
@@ -134,22 +135,9 @@ Test(eval, compare_full_agreement_and_kl)
  * context through the cache token by token). */
 Test(eval, score_equals_transformers)
 {
-    cJSON *g = golden();
+    cJSON *g = eval_golden();
     const cJSON *rq, *reqs = cJSON_GetObjectItem(g, "requests");
-    char job[8192];
-    size_t at = 0;
-    cJSON_ArrayForEach(rq, reqs) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddItemReferenceToObject(o, "id", cJSON_GetObjectItem(rq, "id"));
-        cJSON_AddItemReferenceToObject(o, "context_ids", cJSON_GetObjectItem(rq, "context_ids"));
-        cJSON_AddItemReferenceToObject(o, "continuation_ids",
-                                       cJSON_GetObjectItem(rq, "continuation_ids"));
-        char *line = cJSON_PrintUnformatted(o);
-        at += (size_t)snprintf(job + at, sizeof job - at, "%s\n", line);
-        free(line);
-        cJSON_Delete(o);
-    }
-    cli_write("req.jsonl", job);
+    golden_score_job(g, "req.jsonl");
     static const char *pols[] = {"", "--kv-policy h2o --kv-budget 64"};
     for (size_t p = 0; p < 2; p++) {
         cr_assert_eq(cli_run("score --model " TINY " --prompts req.jsonl --out res%zu.jsonl "

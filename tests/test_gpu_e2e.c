@@ -617,20 +617,7 @@ Test(gpu_e2e, eval_and_score_on_cuda, .timeout = GPU_TIMEOUT(120))
 
     /* score: every golden request's loglikelihood */
     const cJSON *rq, *reqs = cJSON_GetObjectItem(g, "requests");
-    char job[8192];
-    size_t at = 0;
-    cJSON_ArrayForEach(rq, reqs) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddItemReferenceToObject(o, "id", cJSON_GetObjectItem(rq, "id"));
-        cJSON_AddItemReferenceToObject(o, "context_ids", cJSON_GetObjectItem(rq, "context_ids"));
-        cJSON_AddItemReferenceToObject(o, "continuation_ids",
-                                       cJSON_GetObjectItem(rq, "continuation_ids"));
-        char *line = cJSON_PrintUnformatted(o);
-        at += (size_t)snprintf(job + at, sizeof job - at, "%s\n", line);
-        free(line);
-        cJSON_Delete(o);
-    }
-    cli_write("req.jsonl", job);
+    golden_score_job(g, "req.jsonl");
     cr_assert_eq(cli_run("score --model " TINY " --prompts req.jsonl --out res.jsonl "
                          "--batch-size 3 --quiet --device cuda"), 0, "%s", cli_err);
     char *res = cli_read("res.jsonl"), *line = strtok(res, "\n");
