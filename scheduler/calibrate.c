@@ -16,8 +16,8 @@
 
 #include "backend.h"
 #include "err.h"
-#include "off.h"
 #include "kern.h"
+#include "off.h"
 #include "scheduler.h"
 
 static double best(double a, double b) { return a > b ? a : b; }

@@ -10,6 +10,7 @@
 
 #include "cli_harness.h"
 #include "err.h"
+#include "fh_config.h"
 #include "model.h"
 #include "off.h"
 #include "scheduler.h"
@@ -159,6 +160,18 @@ void golden_logits(backend *be, const char *dir, const int32_t *ids, int n, floa
     be->ops->download(be->ctx, out, sched_logits(e.s), (size_t)n * e.m->cfg.vocab_size);
     sched_destroy(e.s);
     model_destroy(e.m);
+}
+
+struct cJSON *golden_eval_load(void)
+{
+    char *buf;
+    size_t len;
+    cr_assert_eq(off_read_file(FH_SOURCE_ROOT "/tests/fixtures/eval-golden.json", &buf, &len),
+                 0, "%s", err_msg());
+    cJSON *g = cJSON_ParseWithLength(buf, len);
+    free(buf);
+    cr_assert(g, "tests/fixtures/eval-golden.json: not JSON");
+    return g;
 }
 
 void golden_score_job(const struct cJSON *g, const char *name)

@@ -45,10 +45,13 @@ double golden_run(backend *be, const golden *g, const char *dir, int batched, fl
  * dir on be, full cache, one prefill pass: out (n, V) fp32. */
 void golden_logits(backend *be, const char *dir, const int32_t *ids, int n, float *out);
 
-/* The loglikelihood requests of tests/fixtures/eval-golden.json (g, parsed;
- * gen_eval_golden.py) as a `flexh2o score` job in cli_dir's file `name`: a
- * line each, id, context_ids, continuation_ids. */
+/* tests/fixtures/eval-golden.json (gen_eval_golden.py: transformers'
+ * perplexity and loglikelihoods of the golden tiny OPT), parsed; the
+ * caller deletes it. */
 struct cJSON;
+struct cJSON *golden_eval_load(void);
+/* Its loglikelihood requests (g, as loaded) as a `flexh2o score` job in
+ * cli_dir's file `name`: a line each, id, context_ids, continuation_ids. */
 void golden_score_job(const struct cJSON *g, const char *name);
 
 #endif

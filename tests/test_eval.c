@@ -15,26 +15,14 @@
 
 #include "cli_harness.h"
 #include "err.h"
-#include "golden_harness.h"
 #include "fh_config.h"
-#include "off.h"
+#include "golden_harness.h"
 
 #define FIX FH_SOURCE_ROOT "/tests/fixtures/"
 #define TINY FIX "tiny-opt"
 #define TEXT FIX "eval_text.txt"
 
 TestSuite(eval, .init = cli_setup, .fini = cli_teardown, .timeout = 120);
-
-static cJSON *eval_golden(void)
-{
-    char *buf;
-    size_t len;
-    cr_assert_eq(off_read_file(FIX "eval-golden.json", &buf, &len), 0, "%s", err_msg());
-    cJSON *g = cJSON_Parse(buf);
-    free(buf);
-    cr_assert(g);
-    return g;
-}
 
 /* The JSON line eval printed (stdout). */
 static cJSON *eval_line(void)
@@ -56,7 +44,7 @@ static double num(const cJSON *o, const char *k)
 
 Test(eval, full_cache_perplexity_equals_transformers)
 {
-    cJSON *g = eval_golden();
+    cJSON *g = golden_eval_load();
     cr_assert_eq(cli_run("eval --model " TINY " --text " TEXT " --context %d --quiet",
                          (int)num(g, "context")), 0, "%s", cli_err);
     cJSON *r = eval_line();
@@ -135,7 +123,7 @@ Test(eval, compare_full_agreement_and_kl)
  * context through the cache token by token). */
 Test(eval, score_equals_transformers)
 {
-    cJSON *g = eval_golden();
+    cJSON *g = golden_eval_load();
     const cJSON *rq, *reqs = cJSON_GetObjectItem(g, "requests");
     golden_score_job(g, "req.jsonl");
     static const char *pols[] = {"", "--kv-policy h2o --kv-budget 64"};

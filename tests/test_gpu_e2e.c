@@ -48,7 +48,6 @@
 #include "kv_copy_harness.h"
 #include "kern.h"
 #include "model_config.h"
-#include "off.h"
 #include "gpu_timeout.h"
 
 #define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
@@ -577,12 +576,7 @@ static void eval_result(long *tokens, double *nll)
 Test(gpu_e2e, eval_and_score_on_cuda, .timeout = GPU_TIMEOUT(120))
 {
     tiny_job("");
-    char *buf;
-    size_t len;
-    cr_assert_eq(off_read_file(FIX "eval-golden.json", &buf, &len), 0, "%s", err_msg());
-    cJSON *g = cJSON_ParseWithLength(buf, len);
-    free(buf);
-    cr_assert(g);
+    cJSON *g = golden_eval_load();
     int ctx = (int)cJSON_GetObjectItem(g, "context")->valuedouble;
     long want_tokens = (long)cJSON_GetObjectItem(g, "tokens")->valuedouble;
     double want_nll = cJSON_GetObjectItem(g, "nll")->valuedouble;
