@@ -10,9 +10,11 @@ or, with no Nsight Systems (the lent GPU machines):
 
 Reads the CUPTI kernel and memcpy activity records (the exported SQLite file's tables,
 or benchmarks/cupti_trace.c's CSV; start/end in ns on the GPU clock) and prints, per
-copy direction, the copies' busy time, the part of it during which some kernel ran,
-and the kernels' busy time: "overlap" = copy time under kernels / copy time, and how
-much of the span the kernels kept the GPU busy. --skip-s drops the first seconds
+copy direction, the copies' busy time (and its share of the span: how busy that link
+was), the part of it during which some kernel ran, and the kernels' busy time:
+"overlap" = copy time under kernels / copy time, how much of the span the kernels kept
+the GPU busy, and how much of the kernels' time ran under some copy (in a run the
+copies bound, the compute the I/O hides). --skip-s drops the first seconds
 (model loading, whose copies run with no compute to overlap); --last-s keeps only the
 last seconds (the decode steps after a prefill). Prints Markdown.
 """
@@ -95,18 +97,26 @@ def main():
     kern = union([(s, e) for s, e in kern if s >= t0])
     # copyKind: 1 host->device, 2 device->host (CUPTI_ActivityMemcpyKind)
     names = {1: "host->device", 2: "device->host"}
-    print("| copies | count | GiB | busy ms | under kernels ms | overlap |")
-    print("|---|---|---|---|---|---|")
+    span = (max(e for _, e in kern) - kern[0][0]) if kern else 0
+    print("| copies | count | GiB | busy ms | link busy | under kernels ms | overlap |")
+    print("|---|---|---|---|---|---|---|")
+    every = []
     for kind, name in names.items():
         rows = [(s, e, b) for s, e, b, k in copies if k == kind and s >= t0]
         iv = union([(s, e) for s, e, _ in rows])
+        every += iv
         busy, under = total(iv), intersect(iv, kern)
         gib = sum(b for _, _, b in rows) / 2**30
-        print(f"| {name} | {len(rows)} | {gib:.2f} | {busy / 1e6:.1f} | {under / 1e6:.1f} | "
+        print(f"| {name} | {len(rows)} | {gib:.2f} | {busy / 1e6:.1f} | "
+              f"{100 * busy / span if span else 0:.0f}% | {under / 1e6:.1f} | "
               f"{100 * under / busy if busy else 0:.0f}% |")
-    span = (max(e for _, e in kern) - kern[0][0]) if kern else 0
     print(f"\nkernels busy {total(kern) / 1e6:.1f} ms of a {span / 1e6:.1f} ms span "
           f"({100 * total(kern) / span if span else 0:.0f}% of the GPU's time computing)")
+    # in a run the copies bound, the question is the other way round: how much of the
+    # compute hid under some copy (the rest is time the links sat idle for it)
+    hidden = intersect(kern, union(every))
+    print(f"kernels under copies {hidden / 1e6:.1f} ms "
+          f"({100 * hidden / total(kern) if kern else 0:.0f}% of the compute hidden under I/O)")
 
 
 if __name__ == "__main__":
