@@ -407,8 +407,15 @@ PY
       # regular expressions over the cells' slugs, one tables.py pass each, in that
       # order (default: the whole grid); TABLES_BUDGET seconds of cells (default 420,
       # cut to what GS_DEADLINE leaves), TABLES_CELL_LIMIT seconds per cell (240).
+      # TABLES_RERUN: regular expressions of cells measured again first, their rows
+      # replaced (tables.py --rerun: the method changed, e.g. the grid's warm-up)
       cp benchmarks/results/tables.csv "$OUT/tables.csv" 2>/dev/null || true
-      for pat in ${TABLES_ONLY:-.}; do
+      passes=()
+      for pat in ${TABLES_RERUN:-}; do passes+=("--rerun $pat"); done
+      for pat in ${TABLES_ONLY:-.}; do passes+=("- $pat"); done
+      for pass in "${passes[@]}"; do
+        read -r rerun pat <<< "$pass" # (not `set --`: the steps are the positional parameters)
+        [ "$rerun" = - ] && rerun=
         budget=$(( $(left) - 20 ))
         [ "$budget" -le "${TABLES_BUDGET:-420}" ] || budget=${TABLES_BUDGET:-420}
         if [ "$budget" -lt 60 ]; then
@@ -417,7 +424,7 @@ PY
         fi
         timeout -k 5 -s INT "$budget" python3 benchmarks/tables.py --grid gpu \
           --csv "$OUT/tables.csv" --flexh2o build-gpu/src/flexh2o --hf-python python3 \
-          --budget "$budget" --cell-limit "${TABLES_CELL_LIMIT:-240}" --only "$pat" \
+          --budget "$budget" --cell-limit "${TABLES_CELL_LIMIT:-240}" --only "$pat" $rerun \
           2>&1 | tee -a "$OUT/tables.log" || true
       done
       python3 benchmarks/tables.py --report --csv "$OUT/tables.csv" > /dev/null 2>&1 || true

@@ -239,6 +239,9 @@ def main():
     ap.add_argument("--gen-len", type=int, default=8)
     ap.add_argument("--max-memory", default="cpu=4GiB")
     ap.add_argument("--offload-dir", default="/tmp/flexh2o-tables-hf-offload")
+    ap.add_argument("--warm-up", action="store_true",
+                    help="first generate 2 tokens for the same batch, off the clock (as "
+                    "flexh2o generate --warm-up)")
     a = ap.parse_args()
     a.dtype = a.dtype or ("float32" if a.device == "cpu" else "float16")
     if a.random_init and (a.prepare or a.engine != "accelerate"):
@@ -260,6 +263,9 @@ def main():
     ids = torch.tensor([prompt_ids(i, a.prompt_len) for i in range(a.batch)], device=first)
     sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
     with torch.inference_mode():
+        if a.warm_up:
+            m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
+                       min_new_tokens=2, do_sample=False, num_beams=1, pad_token_id=1)
         sync()
         t0 = time.perf_counter()
         out = m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=a.gen_len,

@@ -44,7 +44,8 @@ Grids:
        size, and the page cache is dropped before each run. Each flexh2o cell takes the
        largest block (64, 32, 16, ...) whose estimate fits the cell limit.
 Columns: tok/s = generated tokens / wall of the generation (the wall time of flexh2o's
-summary line, HF's generate() call); bound = DESIGN.md's for the cell's plan (benchlib.bound) with
+summary line, HF's generate() call; in the gpu grid after a warm-up off the clock, each
+system's --warm-up); bound = DESIGN.md's for the cell's plan (benchlib.bound) with
 the rates of `flexh2o calibrate` on this machine (saved beside the CSV) and the
 compute term 2*params*N / the calibrated GEMM rate (params: the layers' matrices and the
 LM head, which a prefill multiplies for each sequence's last row only; on the CPU
@@ -102,7 +103,14 @@ GRIDS = {
                 # HF Accelerate from random weights made in memory (hf_offload.py
                 # --random-init): OPT-30B's 60 GB checkpoint does not fit the lent
                 # machine's 64 GiB disk beside the offload folders
-                hf_random_init=True),
+                hf_random_init=True,
+                # every system warmed up first, as FlexGen's benchmarks do (a short
+                # generation before the clock): a cell of 0.5 s otherwise spends a
+                # third of it loading GPU kernels on first use and choosing GEMM plans
+                # (H200, 2026-12-04: 165 ms of the full cache's 516 ms). flexh2o
+                # --warm-up runs the cell's block to 2 tokens; the peers, hf_offload.py
+                # --warm-up, generate 2 tokens for the same batch.
+                warm_up=True),
     # source "store": one random fp16 checkpoint per model that both systems
     # read (HF loads it into fp32, the CPU's compute type; flexh2o converts it
     # once to its weight store, which its CPU backend streams as fp16 and
@@ -342,7 +350,8 @@ class Runner:
     def gen_cmd(self, c, flags, pol, prompts, out):
         return [self.a.flexh2o, "generate"] + self.model_args(c) + ["--policy", pol,
                 "--prompts", prompts, "--out", out, "--max-new-tokens", str(c["gen_len"]),
-                "--ignore-eos", "--device", self.device] + self.mm + flags
+                "--ignore-eos", "--device", self.device] + self.mm + flags + \
+            (["--warm-up"] if self.g.get("warm_up") else [])
 
     def random_init(self, engine):
         """HF Accelerate from weights made in memory (the grid's hf_random_init), no
@@ -365,7 +374,8 @@ class Runner:
             (["--random-init"] if random_init else ["--ckpt", ckpt]) + \
             ["--device", self.device, "--dtype", self.hf_dtype(), "--batch", str(N),
              "--prompt-len", str(c["prompt_len"]), "--gen-len", str(c["gen_len"]),
-             "--max-memory", mem, "--offload-dir", off]
+             "--max-memory", mem, "--offload-dir", off] + \
+            (["--warm-up"] if self.g.get("warm_up") else [])
         return prep, run, off
 
     def hf_dtype(self):

@@ -572,6 +572,14 @@ void sched_links(const sched *s, sched_link out[SCHED_LINKS])
     pthread_mutex_unlock((pthread_mutex_t *)&s->link_mu);
 }
 
+void sched_links_reset(sched *s)
+{
+    pthread_mutex_lock(&s->link_mu);
+    for (int i = 0; i < SCHED_LINKS; i++)
+        s->links[i].bytes = 0, s->links[i].busy_s = 0;
+    pthread_mutex_unlock(&s->link_mu);
+}
+
 void sched_summary_print(const sched *s, FILE *f)
 {
     char pol[256];

@@ -495,6 +495,8 @@ typedef struct sched_link {
 enum { SCHED_LINK_DISK_CPU, SCHED_LINK_CPU_GPU, SCHED_LINK_GPU_CPU, SCHED_LINK_CPU_DISK,
        SCHED_LINKS };
 void sched_links(const sched *s, sched_link out[SCHED_LINKS]);
+/* Zero every link's bytes and busy time (after a warm-up that is not the job's). */
+void sched_links_reset(sched *s);
 /* The summary block: peak memory per tier and each link's bytes and GB/s. */
 void sched_summary_print(const sched *s, FILE *f);
 

@@ -139,6 +139,39 @@ Test(cli, sampling_is_seeded_per_prompt)
     free(c);
 }
 
+/* --warm-up runs the first block to 2 tokens before the job and writes
+ * nothing of it: the output, the eviction trace and --stats are the bytes
+ * of a run without it, whatever the placement (three tiers, so the warm-up
+ * streams through the disk tier too), sampling, KV policy and n; the
+ * summary says what it took. */
+Test(cli, warm_up_changes_no_byte_of_the_job)
+{
+    cli_write("p.jsonl", "{\"id\": \"a\", \"prompt\": \"Hello world\", \"n\": 2, "
+                         "\"temperature\": 0.9}\n"
+                         "{\"id\": 7, \"prompt_ids\": [2, 37, 101, 5, 300], \"max_new_tokens\": 8}\n"
+                         "{\"prompt\": \"The heavy hitters are kept.\", \"max_new_tokens\": 1}\n"
+                         "{\"id\": \"e\", \"prompt\": \"caf\\u00e9 \\u4e2d\\u6587\", "
+                         "\"temperature\": 1.2, \"seed\": 3}\n");
+    const char *job = "generate --model " TINY " --prompts p.jsonl --batch-size 3 "
+                      "--max-new-tokens 6 --kv-policy h2o --kv-ratio 0.5 --sinks 1 --stats "
+                      "--percent 30 30 34 33 100 0 --offload-dir off";
+    cr_assert_eq(cli_sh("mkdir off"), 0);
+    cr_assert_eq(cli_run("%s --out a.jsonl --trace-evictions a.ev --quiet", job), 0, "%s",
+                 cli_err);
+    cr_assert_eq(cli_sh("mv stdout.txt a.stats"), 0);
+    cr_assert_eq(cli_run("%s --out b.jsonl --trace-evictions b.ev --quiet --warm-up", job), 0,
+                 "%s", cli_err);
+    cr_assert(strstr(cli_err, "--warm-up: the first block to 2 tokens in "), "%s", cli_err);
+    cr_assert(strstr(cli_err, "4 prompts on cpu"), "the warm-up's prompts were counted: %s",
+              cli_err);
+    cr_assert_eq(cli_sh("cmp a.jsonl b.jsonl && cmp a.ev b.ev && cmp a.stats stdout.txt"), 0,
+                 "--warm-up changed the job's output, eviction trace or --stats: %s", cli_err);
+    /* and resuming a finished job warms up nothing and writes nothing */
+    cr_assert_eq(cli_run("%s --out b.jsonl --resume --warm-up", job), 0, "%s", cli_err);
+    cr_assert(!strstr(cli_err, "--warm-up:"), "%s", cli_err);
+    cr_assert_eq(cli_sh("cmp a.jsonl b.jsonl"), 0);
+}
+
 Test(cli, resume_after_a_kill_loses_nothing)
 {
     cli_write("p.jsonl", prompts5);

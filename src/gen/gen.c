@@ -244,7 +244,7 @@ static int flush_done(const gen_ctx *gc, gen_seq *ss, int n, int *next)
         for (int j = 0; j < k; j++)
             if (ss[*next + j].done != 1)
                 return 0;
-        int rc = 0, m = p->err ? 0 : k;
+        int rc = 0, m = p->err || gc->discard ? 0 : k;
         for (int j = 0; j < m; j++) {
             gen_seq *s = &ss[*next + j];
             text[j] = NULL;
@@ -259,7 +259,9 @@ static int flush_done(const gen_ctx *gc, gen_seq *ss, int n, int *next)
                                  .top_stride = gc->top_stride, .finish = s->finish,
                                  .stop_str = s->stop_str, .stop_id = s->stop_id};
         }
-        if (rc == 0 && gc->o->put) { /* another process writes the output */
+        if (gc->discard) {
+            /* the warm-up's: nothing is written */
+        } else if (rc == 0 && gc->o->put) { /* another process writes the output */
             char *rec = job_record(gc->out, p, ch, m, gc->t);
             long gen = 0;
             for (int j = 0; j < m; j++)
@@ -677,6 +679,38 @@ static int block_fill(gen_seq *ss, int B, const job_prompt *const *todo, int n_t
     return n;
 }
 
+/* --warm-up (gen_run): the first block of the job (todo[0..]) once, each
+ * sequence to at most GEN_WARM_UP_TOKENS tokens, writing nothing and
+ * counting nothing in *st but its time; then the clock of the rates
+ * starts again and the links' counts are zeroed. @return 0 or -errno. */
+static int warm_up(gen_ctx *gc, gen_buf *bb, gen_seq *ss, const job_prompt *const *todo,
+                   const run_size *rs, gen_stats *st)
+{
+    const gen_opts *o = gc->o;
+    gen_opts wo = *o;
+    wo.trace = NULL;
+    wo.kv_stats = 0;
+    int progress = gc->progress;
+    gc->o = &wo;
+    gc->discard = 1;
+    gc->progress = 0;
+    double t0 = kern_now_s();
+    int cursor = 0;
+    int n = block_fill(ss, rs->B, todo, rs->n_todo, &cursor, rs->pen_cap, &wo, gc->c);
+    for (int k = 0; k < n; k++)
+        if (ss[k].max_new > GEN_WARM_UP_TOKENS)
+            ss[k].max_new = GEN_WARM_UP_TOKENS;
+    gen_stats none = {0};
+    int rc = run_block(gc, bb, ss, n, &none);
+    gc->o = o;
+    gc->discard = 0;
+    gc->progress = progress;
+    st->warm_up_s = kern_now_s() - t0;
+    gc->t_start = gc->last_report = kern_now_s();
+    sched_links_reset(gc->sc);
+    return rc;
+}
+
 /* Generate the pending requests of one window ps of the prompt file
  * (gen_check first: its OpenAI requests that cannot run become error
  * lines). The window's arrays are allocated here, once for its blocks.
@@ -699,6 +733,10 @@ static int run_window(gen_ctx *gc, job_prompts *ps, gen_stats *st)
     run_layout(mem, gc, &rs, &todo, &ss, &bb);
     todo_scan(gc, ps, &rs, todo, st);
     int rc = 0;
+    if (o->warm_up && !gc->warmed) { /* the job's first block */
+        gc->warmed = 1;
+        rc = warm_up(gc, &bb, ss, todo, &rs, st);
+    }
     for (int cursor = 0; rc == 0 && cursor < rs.n_todo;) {
         int first = cursor;
         int n = block_fill(ss, rs.B, todo, rs.n_todo, &cursor, rs.pen_cap, o, c);

@@ -55,6 +55,8 @@ typedef struct gen_opts {
     int prefill_rows;    /* most packed prompt tokens of one GPU batch per prefill pass */
     int progress;        /* print a progress line on stderr */
     int ignore_eos;      /* run to max_new_tokens (benchmarks) */
+    int warm_up;         /* --warm-up: before the job, its first block runs to
+                          * GEN_WARM_UP_TOKENS tokens, nothing written (gen_run) */
     kv_policy kv;        /* KV policy and budget; all zero = full */
     job_file_wr *trace;  /* --trace-evictions: one JSONL line per dropped token
                           * (see gen_run), flushed per pass, or NULL;
@@ -77,10 +79,12 @@ typedef struct gen_opts {
 } gen_opts;
 
 #define GEN_WINDOW 8192
+#define GEN_WARM_UP_TOKENS 2 /* a prefill and a decode step: every shape of the job's */
 
 typedef struct gen_stats {
     long prompts, prefill_tokens, decode_tokens, generated;
     double prefill_s, decode_s, total_s;
+    double warm_up_s;    /* --warm-up's block, not in the times above (0: none) */
     /* --stats only: per layer, the mean over samples of the kept attention
      * mass (see gen_run); (n_layer) malloc'd, free with gen_stats_free() */
     double *kept_mass;
@@ -204,6 +208,14 @@ void gen_shape_merge(sched_shape *into, const sched_shape *w);
  * the cache) / (number of queries so far). Every query hands out
  * probability 1, so this is the share of all attention paid so far that
  * went to tokens still cached (1 for full); st->kept_mass[l] is its mean.
+ *
+ * o->warm_up: before the job, the sequences of its first block run once to
+ * at most GEN_WARM_UP_TOKENS tokens (a prefill pass and a decode step, the
+ * shapes of the job's own), with nothing written (records, eviction trace,
+ * --stats) and the scheduler's link counts zeroed after it: the libraries'
+ * one-time costs (GPU kernels loaded on first use, GEMM plans chosen) are
+ * paid there, not in the job's rates (st->warm_up_s has its time). The
+ * outputs are the same bytes: every sequence starts afresh in its block.
  *
  * *st is filled from zero, also on failure; free it with gen_stats_free.
  * @return 0 or -errno; records written before a failure stay. */

@@ -63,6 +63,8 @@ typedef struct gen_ctx {
     int n_todo;
     double t_start, last_report;
     int progress;
+    int discard;         /* the warm-up's block: records are not written */
+    int warmed;          /* --warm-up done (it runs once, before the first window's blocks) */
 } gen_ctx;
 
 /* The arrays of one block's passes (B = sequences of the block). */
