@@ -13,7 +13,9 @@ with EOS ignored; transformers' prefill keeps only the last position's logits
 (logits_to_keep=1), as its generate() does. Reported per batch size:
   prefill tok/s  = B * prompt_len / prefill time
   decode tok/s   = B * (gen_len - 1) / time of the decode steps
-and the ratio flexh2o / transformers. transformers' side is skipped, with a
+and the ratio flexh2o / transformers. Both warm up off the clock: transformers with a
+short forward of the model it keeps for every batch, flexh2o (a process per batch) with
+generate --warm-up (the batch run to 2 tokens first). transformers' side is skipped, with a
 note, when torch or transformers is not installed. Prints a Markdown table.
 """
 import argparse
@@ -36,7 +38,7 @@ def run_flexh2o(binary, model, B, plen, glen, tmp, device):
         os.remove(out)
     r = subprocess.run([binary, "generate", "--dummy", model, "--prompts", prompts, "--out", out,
                         "--batch-size", str(B), "--max-new-tokens", str(glen), "--ignore-eos",
-                        "--device", device], capture_output=True, text=True)
+                        "--device", device, "--warm-up"], capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"flexh2o failed: {r.stderr.strip()}")
     m = re.search(r"prefill ([\d.]+) tok/s .*decode ([\d.]+) tok/s", r.stderr)
