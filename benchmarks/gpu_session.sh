@@ -158,7 +158,9 @@ gpu_suite() {
   #    shared memory and barriers under racecheck, the three side by side. API
   #    errors are the tests' to check (the no-GPU test provokes one on purpose),
   #    and Criterion's runner and the CPU runs of flexh2o never start CUDA.
-  export FLEXH2O_BIN=$PWD/build-gpu/src/flexh2o OMP_NUM_THREADS=2
+  # (local: the steps after this one run flexh2o with every core, as a user would; an
+  # export here held the 2026-12-04 grid cells' host-side work to 2 threads)
+  local -x FLEXH2O_BIN=$PWD/build-gpu/src/flexh2o OMP_NUM_THREADS=2
   local t
   for t in kern_cuda gpu_e2e; do
     gpu_start "plain-$t" 150 "build-gpu/tests/test_$t" --verbose
