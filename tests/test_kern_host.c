@@ -685,6 +685,107 @@ Test(kern_host, q4_error_bound_on_random_rows)
     }
 }
 
+/* kern.h's text for one row, one value at a time in index order (min and
+ * max by strict comparison: a NaN after the first value is passed over,
+ * the first of -0 and +0 kept): what kern_q4_quantize_row must write
+ * whatever SIMD it uses. */
+static void q4_text_row(uint8_t *dst, const float *x, int n)
+{
+    memset(dst, 0, kern_q4_row_bytes(n));
+    for (int g0 = 0; g0 < n; g0 += 64, dst += 36) {
+        int m = n - g0 < 64 ? n - g0 : 64;
+        const float *g = x + g0;
+        float mn = g[0], mx = g[0];
+        for (int i = 1; i < m; i++) {
+            if (g[i] < mn)
+                mn = g[i];
+            if (g[i] > mx)
+                mx = g[i];
+        }
+        uint16_t hs = kern_f32_to_f16((mx - mn) / 15.0f), hm = kern_f32_to_f16(mn);
+        memcpy(dst, &hs, 2);
+        memcpy(dst + 2, &hm, 2);
+        float sc = kern_f16_to_f32(hs), mr = kern_f16_to_f32(hm);
+        for (int i = 0; sc > 0.0f && i < m; i++) {
+            float c = rintf((g[i] - mr) / sc);
+            int q = c > 0.0f ? (c < 15.0f ? (int)c : 15) : 0;
+            dst[4 + i / 2] |= (uint8_t)(q << (4 * (i & 1)));
+        }
+    }
+}
+
+/* Groups where the order of a scan shows: -0 and +0 both present as the
+ * min or the max at lanes that a strided scan meets in another order, NaN
+ * first or later, an infinity, constant groups, ties at .5 codes, short
+ * groups; then random rows. The bytes must be the text's. */
+Test(kern_host, q4_quantize_follows_the_text_in_every_group)
+{
+    enum { N = 64 * 12 + 36 };
+    float x[N];
+    uint64_t seed = 77;
+    for (int i = 0; i < N; i++)
+        x[i] = rnd(&seed);
+    float *g = x;
+    /* 0: min 0, +0 at 10 (lane 2) before -0 at 13 (lane 5), the rest positive */
+    for (int i = 0; i < 64; i++)
+        g[i] = 0.5f + 0.25f * (float)(i % 7);
+    g[10] = 0.0f;
+    g[13] = -0.0f;
+    /* 1: the same with -0 first, at 9 (lane 1), +0 at 8 + 16 (lane 0, later) */
+    g += 64;
+    for (int i = 0; i < 64; i++)
+        g[i] = 1.0f + (float)(i % 5);
+    g[9] = -0.0f;
+    g[24] = 0.0f;
+    /* 2: max 0: every value negative but -0 at 3 and +0 at 2 + 32 */
+    g += 64;
+    for (int i = 0; i < 64; i++)
+        g[i] = -1.0f - (float)(i % 3);
+    g[3] = -0.0f;
+    g[34] = 0.0f;
+    /* 3: NaN first: every field and code follows from it */
+    g += 64;
+    g[0] = NAN;
+    /* 4: NaN at 9 and 40: passed over */
+    g += 64;
+    g[9] = NAN;
+    g[40] = -NAN;
+    /* 5: +inf at 3: scale inf */
+    g += 64;
+    g[3] = INFINITY;
+    /* 6: constant */
+    g += 64;
+    for (int i = 0; i < 64; i++)
+        g[i] = 3.25f;
+    /* 7: codes at exact halves (scale 1 from min 0 and max 15): ties to even */
+    g += 64;
+    for (int i = 0; i < 64; i++)
+        g[i] = (float)(i % 16) + (i % 3 == 0 ? 0.5f : 0.0f);
+    g[0] = 0.0f;
+    g[1] = 15.0f;
+    /* 8: all zeros of both signs, -0 first */
+    g += 64;
+    for (int i = 0; i < 64; i++)
+        g[i] = i % 3 ? 0.0f : -0.0f;
+    /* 9-11: random; the last, short group (36 values) random too */
+    uint8_t got[kern_q4_row_bytes(N)], want[kern_q4_row_bytes(N)];
+    memset(got, 0xff, sizeof got);
+    kern_q4_quantize_row(got, x, N);
+    q4_text_row(want, x, N);
+    for (size_t b = 0; b < sizeof got; b++)
+        cr_assert_eq(got[b], want[b], "group %zu byte %zu: %02x, the text gives %02x", b / 36,
+                     b % 36, got[b], want[b]);
+    /* the zeros' signs: group 0's min is +0 (first), group 1's and 8's -0 */
+    cr_assert_eq(q4_u16(got, 2), 0x0000);
+    cr_assert_eq(q4_u16(got + 36, 2), 0x8000);
+    cr_assert_eq(q4_u16(got + 8 * 36, 2), 0x8000);
+    /* kern_q4_quantize_ref over rows: the same bytes */
+    uint8_t *rows = malloc(sizeof got);
+    kern_q4_quantize_ref(rows, x, 1, N);
+    cr_assert_eq(memcmp(rows, want, sizeof got), 0);
+    free(rows);
+}
+
 Test(kern_host, q4_constant_groups_dequantize_to_their_min)
 {
     /* row of 100: a random group, then 36 values 0.3 (fp16 0x34cd =

@@ -15,14 +15,56 @@
 #include <immintrin.h>
 #endif
 
-/* Quantize m <= 64 values into one block. */
-static void quantize_group(uint8_t *blk, const float *x, int m)
+/* The min and max of m values in index order (a NaN after the first value
+ * is passed over; ties keep the first: -0 and +0 are told apart only by
+ * their order). */
+static void group_range(const float *x, int m, float *mn_out, float *mx_out)
 {
     float mn = x[0], mx = x[0];
-    for (int i = 1; i < m; i++) {
+    int i = 1;
+#if defined(__AVX2__)
+    if (m == KERN_Q4_GROUP) {
+        /* lane j scans x[j], x[j + 8], ... from x[0] with the step below
+         * (minps(a, b) = a < b ? a : b: a NaN x[0] stays, a later NaN is
+         * passed over), then the lanes merge. Only a zero result can depend
+         * on the order (which of -0 and +0 came first): the scan in index
+         * order decides it then. */
+        __m256 vmn = _mm256_set1_ps(x[0]), vmx = vmn;
+        for (int k = 0; k < KERN_Q4_GROUP; k += 8) {
+            __m256 v = _mm256_loadu_ps(x + k);
+            vmn = _mm256_min_ps(v, vmn);
+            vmx = _mm256_max_ps(v, vmx);
+        }
+        float a[8], b[8];
+        _mm256_storeu_ps(a, vmn);
+        _mm256_storeu_ps(b, vmx);
+        mn = a[0];
+        mx = b[0];
+        for (int j = 1; j < 8; j++) {
+            mn = a[j] < mn ? a[j] : mn;
+            mx = b[j] > mx ? b[j] : mx;
+        }
+        if (mn != 0.0f && mx != 0.0f) {
+            *mn_out = mn;
+            *mx_out = mx;
+            return;
+        }
+        mn = mx = x[0];
+    }
+#endif
+    for (; i < m; i++) {
         mn = x[i] < mn ? x[i] : mn;
         mx = x[i] > mx ? x[i] : mx;
     }
+    *mn_out = mn;
+    *mx_out = mx;
+}
+
+/* Quantize m <= 64 values into one block. */
+static void quantize_group(uint8_t *blk, const float *x, int m)
+{
+    float mn, mx;
+    group_range(x, m, &mn, &mx);
     uint16_t hs = kern_f32_to_f16((mx - mn) / 15.0f), hm = kern_f32_to_f16(mn);
     float sc = kern_f16_to_f32(hs), mnr = kern_f16_to_f32(hm);
     memcpy(blk, &hs, 2);
@@ -31,7 +73,24 @@ static void quantize_group(uint8_t *blk, const float *x, int m)
     memset(codes, 0, KERN_Q4_GROUP / 2);
     if (!(sc > 0.0f))
         return; /* constant group (or a scale below fp16's range): all at min */
-    for (int i = 0; i < m; i++) {
+    int i = 0;
+#if defined(__AVX2__)
+    /* eight values at a time, the same operations: a subtraction and a
+     * division rounded as subss and divss, rint as roundps to nearest
+     * even, then maxps(c, 0) = c > 0 ? c : 0 (NaN: 0) and minps(., 15) */
+    const __m256 vmn = _mm256_set1_ps(mnr), vsc = _mm256_set1_ps(sc);
+    const __m256 zero = _mm256_setzero_ps(), fifteen = _mm256_set1_ps(15.0f);
+    for (; i + 8 <= m; i += 8) {
+        __m256 c = _mm256_round_ps(_mm256_div_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmn), vsc),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        c = _mm256_min_ps(_mm256_max_ps(c, zero), fifteen);
+        int32_t q[8];
+        _mm256_storeu_si256((__m256i *)q, _mm256_cvttps_epi32(c));
+        for (int j = 0; j < 8; j += 2)
+            codes[(i + j) / 2] = (uint8_t)(q[j] | q[j + 1] << 4);
+    }
+#endif
+    for (; i < m; i++) {
         float c = rintf((x[i] - mnr) / sc);
         int q = c > 0.0f ? (c < 15.0f ? (int)c : 15) : 0; /* NaN: 0 */
         codes[i / 2] |= (uint8_t)(q << (4 * (i & 1)));
