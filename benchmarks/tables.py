@@ -286,6 +286,7 @@ class Runner:
                                "hardware-" + re.sub(r"[^\w.-]+", "_", self.machine).strip("_") +
                                ("-bf16" if self.bf16 else "") + ".json")
         self.mm = ["--cpu-matmul", "bf16"] if self.bf16 else []
+        self.warm = ["--warm-up"] if self.g.get("warm_up") else []  # every system's run
         self.off = os.path.join(a.offload_dir, "flexh2o")
         self.blocks = {}  # (model, p, n, cap) -> N of the full-cache search, HF's batch
         self.py = a.hf_python
@@ -350,8 +351,7 @@ class Runner:
     def gen_cmd(self, c, flags, pol, prompts, out):
         return [self.a.flexh2o, "generate"] + self.model_args(c) + ["--policy", pol,
                 "--prompts", prompts, "--out", out, "--max-new-tokens", str(c["gen_len"]),
-                "--ignore-eos", "--device", self.device] + self.mm + flags + \
-            (["--warm-up"] if self.g.get("warm_up") else [])
+                "--ignore-eos", "--device", self.device] + self.mm + flags + self.warm
 
     def random_init(self, engine):
         """HF Accelerate from weights made in memory (the grid's hf_random_init), no
@@ -374,8 +374,7 @@ class Runner:
             (["--random-init"] if random_init else ["--ckpt", ckpt]) + \
             ["--device", self.device, "--dtype", self.hf_dtype(), "--batch", str(N),
              "--prompt-len", str(c["prompt_len"]), "--gen-len", str(c["gen_len"]),
-             "--max-memory", mem, "--offload-dir", off] + \
-            (["--warm-up"] if self.g.get("warm_up") else [])
+             "--max-memory", mem, "--offload-dir", off] + self.warm
         return prep, run, off
 
     def hf_dtype(self):

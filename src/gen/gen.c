@@ -705,8 +705,9 @@ static int warm_up(gen_ctx *gc, gen_buf *bb, gen_seq *ss, const job_prompt *cons
     gc->o = o;
     gc->discard = 0;
     gc->progress = progress;
-    st->warm_up_s = kern_now_s() - t0;
-    gc->t_start = gc->last_report = kern_now_s();
+    double now = kern_now_s();
+    st->warm_up_s = now - t0;
+    gc->t_start = gc->last_report = now;
     sched_links_reset(gc->sc);
     return rc;
 }
