@@ -168,7 +168,10 @@ Test(eval, score_text_requests_and_refusals)
     cr_assert_eq(cli_run("score --model " TINY " --prompts t.jsonl --out r.jsonl --quiet"), 0,
                  "%s", cli_err);
     char *r = cli_read("r.jsonl");
-    cr_assert(strstr(r, "{\"id\": \"a\", \"logprob\": ") && strstr(r, "{\"id\": 2, "), "%s", r);
+    /* a request without "id" is keyed by its line as generate's are: no
+     * given id (a string or a number) can equal it */
+    cr_assert(strstr(r, "{\"id\": \"a\", \"logprob\": ") && strstr(r, "{\"id\": {\"line\":2}, "),
+              "%s", r);
     free(r);
     /* the same as ids: "The quick ... lazy" with BOS, then " dog" */
     cli_write("lines.txt", "The quick brown fox jumps over the lazy\n dog\n");
@@ -193,6 +196,17 @@ Test(eval, score_text_requests_and_refusals)
     cr_assert(!strncmp(a, b, strcspn(b, "\n")), "text %s vs ids %s", a, b);
     free(a);
     free(b);
+    /* an id with bytes that are not UTF-8 is written with U+FFFD in their
+     * place, as generate writes it: the results stay JSON Lines */
+    cli_write("u.jsonl", "{\"id\": \"q\xff\xfe" "1\", \"context\": \"x\", \"continuation\": \"y\"}\n");
+    cr_assert_eq(cli_run("score --model " TINY " --prompts u.jsonl --out ru.jsonl --quiet"), 0,
+                 "%s", cli_err);
+    char *u = cli_read("ru.jsonl");
+    cr_assert(strstr(u, "{\"id\": \"q\xef\xbf\xbd\xef\xbf\xbd" "1\", ") && !strchr(u, '\xff'), "%s", u);
+    cJSON *ur = cJSON_Parse(u);
+    cr_assert(ur, "not JSON: %s", u);
+    cJSON_Delete(ur);
+    free(u);
     /* results already there are never overwritten */
     cr_assert_eq(cli_run("score --model " TINY " --prompts t.jsonl --out r.jsonl --quiet"), 1);
     cr_assert(strstr(cli_err, "r.jsonl already exists"), "%s", cli_err);
@@ -203,7 +217,23 @@ Test(eval, score_text_requests_and_refusals)
         {"score", "b.jsonl", "{\"context\": \"x\", \"continuation\": \"y\"}\nnot json\n",
          "line 2: not a JSON object"},
         {"score", "b.jsonl", "{\"context_ids\": [2], \"continuation_ids\": [9999]}\n",
-         "not a token id below 512"},
+         "b.jsonl line 1: \"continuation_ids\" holds 9999, not a token id below 512"},
+        /* ids: each request its own (7 and 7.0 are one number), a string
+         * or a number; a field given as text and as ids, or unknown */
+        {"score", "b.jsonl", "{\"id\": 7, \"context\": \"x\", \"continuation\": \"y\"}\n\n"
+         "{\"id\": 7.0, \"context\": \"x\", \"continuation\": \"z\"}\n",
+         "b.jsonl line 3: the id 7 is also line 1's"},
+        {"score", "b.jsonl", "{\"id\": \"q\", \"context\": \"x\", \"continuation\": \"y\"}\n"
+         "{\"id\": \"q\", \"context\": \"x\", \"continuation\": \"z\"}\n",
+         "b.jsonl line 2: the id \"q\" is also line 1's"},
+        {"score", "b.jsonl", "{\"id\": [1], \"context\": \"x\", \"continuation\": \"y\"}\n",
+         "b.jsonl line 1: \"id\" must be a string or a number"},
+        {"score", "b.jsonl", "{\"context\": \"x\", \"context_ids\": [2], \"continuation\": "
+         "\"y\"}\n", "b.jsonl line 1: both \"context\" and \"context_ids\""},
+        {"score", "b.jsonl", "{\"ID\": \"q\", \"context\": \"x\", \"continuation\": \"y\"}\n",
+         "b.jsonl line 1: unknown field \"ID\""},
+        {"score", "b.jsonl", "{\"context\": \"x\\u00ff\", \"continuation\": \"y\xff\"}\n",
+         "b.jsonl line 1: cannot tokenize the continuation: text is not valid UTF-8"},
         {"eval", NULL, NULL, "--text FILE is required"},
         {"eval", NULL, "--context 200", "past the model's max_position_embeddings 128"},
     };
@@ -225,4 +255,9 @@ Test(eval, score_text_requests_and_refusals)
         cr_assert_eq(st, 2, "%s: exit %d: %s", bad[i].msg, st, cli_err);
         cr_assert(strstr(cli_err, bad[i].msg), "want %s: %s", bad[i].msg, cli_err);
     }
+    /* a text that is not UTF-8 is named with the tokenizer's reason */
+    cli_write("latin1.txt", "caf\xe9 au lait, caf\xe9 noir\n");
+    cr_assert_eq(cli_run("eval --model " TINY " --text latin1.txt --quiet"), 2, "%s", cli_err);
+    cr_assert(strstr(cli_err, "latin1.txt: cannot tokenize it: text is not valid UTF-8 at byte 3"),
+              "%s", cli_err);
 }

@@ -28,6 +28,7 @@
 #include "dist.h"
 #include "err.h"
 #include "eval.h"
+#include "job.h"
 #include "job_file.h"
 #include "off.h"
 
@@ -61,7 +62,9 @@ static const char score_help[] =
     "\"continuation\"} (text) or {\"id\"?, \"context_ids\", \"continuation_ids\"}; writes per\n"
     "request {\"id\", \"logprob\", \"is_greedy\", \"n_tokens\"}: the sum of the natural-log\n"
     "probabilities of the continuation's tokens after the context, and whether each was\n"
-    "the argmax. The context is tokenized with BOS where the model adds one; a context\n"
+    "the argmax. \"id\" is a string or a number, each request's its own ({\"line\": N}\n"
+    "where a line has none); a bad request stops the run before anything is scored.\n"
+    "The context is tokenized with BOS where the model adds one; a context\n"
     "ending in whitespace gives it to the continuation (as lm-evaluation-harness does).\n"
     "With the full cache the context is one prefill; with an evicting --kv-policy it\n"
     "runs through the cache token by token, as eval does. Records are written per\n"
@@ -296,6 +299,12 @@ static int eval_windows(eval_job *j, const char *path, int ctx, int max_windows)
     int32_t *ids = NULL;
     int n = tok_encode(j->src.t, text, len, &ids);
     free(text);
+    if (n < 0 && n != -ENOMEM) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", err_msg());
+        err_clear(); /* the tokenizer's message, now with the file's name */
+        RETURN_IF(1, -EINVAL, "%s: cannot tokenize it: %s", path, why);
+    }
     FORWARD_IF(n);
     int bos = tok_bos_id(j->src.t);
     j->ids = malloc(sizeof(int32_t) * ((size_t)n + 1));
@@ -437,13 +446,14 @@ static const cli_opt score_opts_tab[] = {
 };
 #undef S
 
-/* ids of a JSON array of token ids into out (cap), or text tokenized. */
+/* ids of a JSON array of token ids into out, or text tokenized; errors
+ * name path and line. */
 static int request_ids(const tok *t, const cJSON *arr, const char *text, size_t len, int V,
-                       int32_t **out, int *n, const char *what, int line)
+                       int32_t **out, int *n, const char *what, const char *path, int line)
 {
     if (arr) {
-        RETURN_IF(!cJSON_IsArray(arr), -EINVAL, "line %d: \"%s_ids\" must be an array of token "
-                  "ids", line, what);
+        RETURN_IF(!cJSON_IsArray(arr), -EINVAL, "%s line %d: \"%s_ids\" must be an array of "
+                  "token ids", path, line, what);
         int k = cJSON_GetArraySize(arr), i = 0;
         *out = malloc(sizeof(int32_t) * (size_t)(k + 1));
         RETURN_IF(!*out, -ENOMEM, "out of memory");
@@ -452,16 +462,78 @@ static int request_ids(const tok *t, const cJSON *arr, const char *text, size_t 
             /* the range first: casting a double past int's is undefined */
             RETURN_IF(!cJSON_IsNumber(e) || !(e->valuedouble >= 0 && e->valuedouble < V) ||
                       e->valuedouble != (int)e->valuedouble, -EINVAL,
-                      "line %d: \"%s_ids\" holds %g, not a token id below %d", line, what,
-                      cJSON_IsNumber(e) ? e->valuedouble : -1.0, V);
+                      "%s line %d: \"%s_ids\" holds %.17g, not a token id below %d", path,
+                      line, what, cJSON_IsNumber(e) ? e->valuedouble : -1.0, V);
             (*out)[i++] = (int32_t)e->valuedouble;
         }
         *n = k;
         return 0;
     }
     int k = tok_encode(t, text, len, out);
+    if (k < 0 && k != -ENOMEM) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", err_msg());
+        err_clear(); /* the tokenizer's message, now with where it comes from */
+        RETURN_IF(1, -EINVAL, "%s line %d: cannot tokenize the %s: %s", path, line, what, why);
+    }
     FORWARD_IF(k);
     *n = k;
+    return 0;
+}
+
+/* The fields a request may have; any other is refused by name (a misspelt
+ * "id" would otherwise key the result by its line without a word). */
+static const char *const score_fields[] = {"id", "context", "continuation", "context_ids",
+                                           "continuation_ids", "metadata", NULL};
+
+/* Request o (line line of path) checked before anything is run: known
+ * fields only, each part given once (text or ids), an "id" that is a
+ * string or a number and not one an earlier line has (seen). Its key
+ * (job_line_key's rule, generate's: "id" as compact JSON with invalid
+ * UTF-8 replaced, {"line": N} without one) in *key. @return 0, -EINVAL
+ * or -ENOMEM. */
+static int request_check(const cJSON *o, const char *p, size_t len, const char *path, int line,
+                         job_idset *seen, char **key)
+{
+    *key = NULL;
+    const cJSON *f;
+    cJSON_ArrayForEach(f, o) {
+        int known = 0;
+        for (int i = 0; score_fields[i] && !known; i++)
+            known = strcmp(f->string, score_fields[i]) == 0;
+        RETURN_IF(!known, -EINVAL, "%s line %d: unknown field \"%.60s\"; a request has \"id\", "
+                  "\"context\" and \"continuation\" (or \"context_ids\" and "
+                  "\"continuation_ids\")", path, line, f->string);
+    }
+    static const char *const part[] = {"context", "continuation"};
+    for (int i = 0; i < 2; i++) {
+        char ids[32];
+        snprintf(ids, sizeof ids, "%s_ids", part[i]);
+        const cJSON *txt = cJSON_GetObjectItemCaseSensitive(o, part[i]),
+                    *arr = cJSON_GetObjectItemCaseSensitive(o, ids);
+        RETURN_IF(txt && arr, -EINVAL, "%s line %d: both \"%s\" and \"%s\"; give the text or "
+                  "the ids, not both", path, line, part[i], ids);
+        RETURN_IF(!cJSON_IsString(txt) && !arr, -EINVAL, "%s line %d: a request needs "
+                  "\"context\" and \"continuation\" (text) or \"context_ids\" and "
+                  "\"continuation_ids\"", path, line);
+    }
+    int rc = job_line_key(p, len, line, key);
+    FORWARD_IF(rc);
+    RETURN_IF(rc == 1, -EINVAL, "%s line %d: \"id\" must be a string or a number", path, line);
+    int first = job_idset_line(seen, *key);
+    if (first > 0) {
+        err_set(__FILE__, __LINE__, "%s line %d: the id %.80s is also line %d's; give each "
+                "request its own id", path, line, *key, first);
+        free(*key);
+        *key = NULL;
+        return -EINVAL;
+    }
+    rc = job_idset_add_at(seen, *key, line);
+    if (rc < 0) {
+        free(*key);
+        *key = NULL;
+        RETURN_IF(1, rc, "out of memory");
+    }
     return 0;
 }
 
@@ -483,6 +555,7 @@ static int score_requests(eval_job *j, const char *path, int full)
     if (rc < 0)
         err_set(__FILE__, __LINE__, "out of memory for %d requests", lines);
     int bos = tok_bos_id(j->src.t), V = j->src.cfg.vocab_size, line = 0;
+    job_idset seen = {0};
     for (char *p = buf, *nl; rc == 0 && p < buf + len; p = nl + 1) {
         nl = memchr(p, '\n', (size_t)(buf + len - p));
         if (!nl)
@@ -501,19 +574,16 @@ static int score_requests(eval_job *j, const char *path, int full)
             cJSON_Delete(o);
             break;
         }
-        const cJSON *ctx = cJSON_GetObjectItem(o, "context"),
-                    *cont = cJSON_GetObjectItem(o, "continuation"),
-                    *ctx_ids = cJSON_GetObjectItem(o, "context_ids"),
-                    *cont_ids = cJSON_GetObjectItem(o, "continuation_ids"),
-                    *id = cJSON_GetObjectItem(o, "id");
-        if ((!cJSON_IsString(ctx) && !ctx_ids) || (!cJSON_IsString(cont) && !cont_ids)) {
-            err_set(__FILE__, __LINE__, "%s line %d: a request needs \"context\" and "
-                    "\"continuation\" (text) or \"context_ids\" and \"continuation_ids\"",
-                    path, line);
-            rc = -EINVAL;
+        char *key;
+        rc = request_check(o, p, ll, path, line, &seen, &key);
+        if (rc < 0) {
             cJSON_Delete(o);
             break;
         }
+        const cJSON *ctx = cJSON_GetObjectItemCaseSensitive(o, "context"),
+                    *cont = cJSON_GetObjectItemCaseSensitive(o, "continuation"),
+                    *ctx_ids = cJSON_GetObjectItemCaseSensitive(o, "context_ids"),
+                    *cont_ids = cJSON_GetObjectItemCaseSensitive(o, "continuation_ids");
         /* lm-evaluation-harness: a context's trailing whitespace goes to the
          * continuation */
         const char *cs = ctx_ids ? "" : ctx->valuestring, *ks = cont_ids ? "" : cont->valuestring;
@@ -530,10 +600,10 @@ static int score_requests(eval_job *j, const char *path, int full)
         } else {
             memcpy(kbuf, cs + cl, moved);
             strcpy(kbuf + moved, ks);
-            rc = request_ids(j->src.t, ctx_ids, cs, cl, V, &ci, &nc, "context", line);
+            rc = request_ids(j->src.t, ctx_ids, cs, cl, V, &ci, &nc, "context", path, line);
             if (rc == 0)
                 rc = request_ids(j->src.t, cont_ids, kbuf, strlen(kbuf), V, &ki, &nk,
-                                 "continuation", line);
+                                 "continuation", path, line);
         }
         int with_bos = !ctx_ids && bos >= 0;
         if (rc == 0 && (nc + with_bos < 1 || nk < 1)) {
@@ -554,23 +624,21 @@ static int score_requests(eval_job *j, const char *path, int full)
             own[k] = all;
             j->s[k] = (eval_stream){.ids = all, .n = ctx_n + nk, .prefill = full ? ctx_n : 1,
                                     .first_target = ctx_n};
-            j->req_ids[k] = id ? cJSON_PrintUnformatted(id) : NULL;
-            if (!j->req_ids[k]) {
-                char num[32];
-                snprintf(num, sizeof num, "%d", line);
-                j->req_ids[k] = strdup(num);
-            }
+            j->req_ids[k] = key;
+            key = NULL;
             j->n++;
             total += (size_t)(ctx_n + nk);
         }
         if (rc == -ENOMEM)
             err_set(__FILE__, __LINE__, "out of memory");
+        free(key);
         free(kbuf);
         free(ci);
         free(ki);
         cJSON_Delete(o);
     }
     free(buf);
+    job_idset_free(&seen);
     if (rc == 0 && j->n == 0) {
         err_set(__FILE__, __LINE__, "%s: no requests", path);
         rc = -EINVAL;
@@ -657,8 +725,9 @@ int cli_score(int argc, char **argv)
     if (rc < 0)
         status = rc == -EINVAL ? cli_usage_err("score") : cli_fail();
     else if (!a.run.no_summary && !a.run.plan_only && dist_get()->rank == 0)
-        fprintf(stderr, "[flexh2o] %ld requests scored, %ld tokens in %.2f s%s\n", j.written,
-                j.st.targets, j.st.seconds, dist_active() ? " (every rank)" : "");
+        fprintf(stderr, "[flexh2o] %ld request%s scored, %ld token%s in %.2f s%s\n", j.written,
+                j.written == 1 ? "" : "s", (long)j.st.targets, j.st.targets == 1 ? "" : "s",
+                j.st.seconds, dist_active() ? " (every rank)" : "");
     int ran = j.ran;
     run_free(&j);
     if (ran && rc < 0 && dist_active()) /* the records written are intact; end every rank */
