@@ -212,13 +212,16 @@ int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
 
 static double gib(uint64_t x) { return (double)x / (double)(1ull << 30); }
 
-/* The unit to report a need against a cap in: MiB when both are under a
- * GiB (a small cap would read "needs 0.00 GiB, --gpu-mem is 0.00 GiB"). */
-static double unit_of(uint64_t need, uint64_t cap, const char **name)
+/* The largest binary unit x reaches, for a need or a cap in a message (a
+ * small cap in GiB would read "--gpu-mem is 0.00 GiB"). */
+static double unit_of(uint64_t x, const char **name)
 {
-    int mib = need < (1ull << 30) && cap < (1ull << 30);
-    *name = mib ? "MiB" : "GiB";
-    return mib ? (double)(1ull << 20) : (double)(1ull << 30);
+    static const char *const names[] = {"bytes", "KiB", "MiB", "GiB"};
+    int k = 3;
+    while (k > 0 && x < 1ull << (10 * k))
+        k--;
+    *name = names[k];
+    return (double)(1ull << (10 * k));
 }
 
 int sched_plan_check(const sched_plan *pl, const sched_policy *p, uint64_t gpu_cap,
@@ -227,21 +230,22 @@ int sched_plan_check(const sched_plan *pl, const sched_policy *p, uint64_t gpu_c
     const uint64_t(*b)[SCHED_PARTS] = pl->bytes;
     char blk[64];
     snprintf(blk, sizeof blk, "%dx%d", p->gpu_batch_size, p->num_gpu_batches);
-    const char *un;
-    double u = unit_of(pl->total[SCHED_GPU], gpu_cap, &un);
+    const char *un, *cn;
+    double u = unit_of(pl->total[SCHED_GPU], &un), cu = unit_of(gpu_cap, &cn);
     RETURN_IF(gpu_cap && pl->total[SCHED_GPU] > gpu_cap, -ENOSPC,
               "cannot fit block %s: the GPU tier needs %.2f %s (weights %.2f, KV %.2f, "
               "activations %.2f, staging %.2f, work %.2f), --gpu-mem is %.2f %s; lower "
               "--percent wg or cg, or --gpu-batch-size", blk, pl->total[SCHED_GPU] / u, un,
               b[0][SCHED_WEIGHTS] / u, b[0][SCHED_KV] / u, b[0][SCHED_ACT] / u,
-              b[0][SCHED_STAGE] / u, b[0][SCHED_WORK] / u, gpu_cap / u, un);
-    u = unit_of(pl->total[SCHED_CPU], cpu_cap, &un);
+              b[0][SCHED_STAGE] / u, b[0][SCHED_WORK] / u, gpu_cap / cu, cn);
+    u = unit_of(pl->total[SCHED_CPU], &un);
+    cu = unit_of(cpu_cap, &cn);
     RETURN_IF(cpu_cap && pl->total[SCHED_CPU] > cpu_cap, -ENOSPC,
               "cannot fit block %s: the CPU tier needs %.2f %s (weights %.2f, KV %.2f, "
               "activations %.2f, staging %.2f), --cpu-mem is %.2f %s; move weights or KV "
               "to disk (--percent) or lower --gpu-batch-size / --num-gpu-batches", blk,
               pl->total[SCHED_CPU] / u, un, b[1][SCHED_WEIGHTS] / u, b[1][SCHED_KV] / u,
-              b[1][SCHED_ACT] / u, b[1][SCHED_STAGE] / u, cpu_cap / u, un);
+              b[1][SCHED_ACT] / u, b[1][SCHED_STAGE] / u, cpu_cap / cu, cn);
     RETURN_IF(pl->total[SCHED_DISK] && disk_free && pl->total[SCHED_DISK] > disk_free,
               -ENOSPC, "cannot fit block %s: the disk tier needs %.2f GiB in %s (weights "
               "%.2f, KV %.2f, activations %.2f), %.2f GiB free; free space, choose another "

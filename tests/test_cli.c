@@ -656,11 +656,19 @@ Test(cli, memory_caps_and_trace_path_are_checked_first)
                          "--cpu-mem 0G"), 2);
     cr_assert(strstr(cli_err, "--cpu-mem 0G: a cap of 0 bytes"), "%s", cli_err);
     cr_assert(!cli_exists("o.jsonl"));
-    /* a small cap with a unit is a real (too small) cap, reported in MiB */
+    /* a small cap with a unit is a real (too small) cap; the need and the
+     * cap each in the largest unit it reaches */
     cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl "
                          "--gpu-mem 64K --device cpu"), 1);
-    cr_assert(strstr(cli_err, "MiB") && strstr(cli_err, "--gpu-mem is 0.06 MiB"), "%s",
-              cli_err);
+    cr_assert(strstr(cli_err, "the GPU tier needs ") && strstr(cli_err, " KiB (weights ") &&
+                  strstr(cli_err, "--gpu-mem is 64.00 KiB"), "%s", cli_err);
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl "
+                         "--gpu-mem 1000 --device cpu"), 2); /* no unit: refused above */
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl "
+                         "--gpu-mem 3G --cpu-mem 100 --device cpu"), 2);
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl "
+                         "--percent '0 100 0 100 100 0' --cpu-mem 1K --device cpu"), 1);
+    cr_assert(strstr(cli_err, "--cpu-mem is 1.00 KiB"), "%s", cli_err);
 
     cr_assert_eq(cli_run("generate --model " TINY " --prompts p.jsonl --out o.jsonl --quiet "
                          "--trace no-such-dir/t.json"), 1);
