@@ -335,6 +335,17 @@ Test(cli, usage_errors)
     cr_assert(strstr(cli_err, "--dtype must be f16 (the GPU's), bf16 (a bf16 checkpoint's, "
                               "exactly) or f32"), "%s", cli_err);
     cr_assert(!cli_exists("st"), "a refused convert must not create the store");
+    /* a store given to convert is named as one, not as a checkpoint
+     * without safetensors; converting in place (--out = --model) keeps the
+     * checkpoint a checkpoint, so it converts again */
+    cr_assert_eq(cli_run("convert --model " TINY " --out st"), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("convert --model st --out st2"), 1);
+    cr_assert(strstr(cli_err, "st is a weight store already, not a Hugging Face checkpoint"),
+              "%s", cli_err);
+    cr_assert(!cli_exists("st2/model.flxh2o"));
+    cr_assert_eq(cli_run("make-model --config tiny --out hf"), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("convert --model hf --out hf"), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("convert --model hf --out hf --dtype f32"), 0, "%s", cli_err);
     cr_assert_eq(cli_run("frobnicate"), 2);
     cr_assert(strstr(cli_err, "usage: flexh2o <generate|search|convert|calibrate|tokenize|make-model|eval|score|merge>"), "%s", cli_err);
 }
