@@ -409,6 +409,15 @@ Test(cli, make_model_then_generate_and_tokenize)
     cr_assert_eq(strncmp(t, "[2, ", 4), 0, "%s", t);
     cr_assert(strstr(t, "\n[2]\n"), "empty line must give just BOS: %s", t);
     free(t);
+    /* a line that is not UTF-8 is named; the lines before it are printed */
+    cli_write("t.txt", "Hello\ncaf\xe9\nworld\n");
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "tokenize --model m < %s/t.txt", cli_dir);
+    cr_assert_eq(cli_run("%s", cmd), 1);
+    cr_assert(strstr(cli_err, "input line 2: text is not valid UTF-8 at byte 3"), "%s", cli_err);
+    t = cli_read("stdout.txt");
+    cr_assert(!strncmp(t, "[2, ", 4) && strchr(t, '\n') == t + strlen(t) - 1, "%s", t);
+    free(t);
     cr_assert_eq(cli_run("make-model --config opt-7b --out x"), 1);
     cr_assert(strstr(cli_err, "unknown model shape \"opt-7b\""), "%s", cli_err);
 }

@@ -488,8 +488,12 @@ Test(job, integrity_of_the_job_files)
     cr_assert_eq(system(cmd), 0);
     rc = cli_run("generate --model %s --prompts dir --out d.jsonl --quiet", model);
     cr_assert_neq(rc, 0);
-    cr_assert(strstr(cli_err, "dir"), "%s", cli_err);
+    cr_assert(strstr(cli_err, "dir: a directory, not the prompt file; give the file itself"),
+              "%s", cli_err);
     cr_assert(!cli_exists("d.jsonl") || !*cli_read("d.jsonl"));
+    rc = cli_run("search --model %s --prompts dir --gpu-mem 1G --device cpu", model);
+    cr_assert_neq(rc, 0);
+    cr_assert(strstr(cli_err, "dir: a directory, not the prompt file"), "%s", cli_err);
 }
 
 /* A prompt file read in windows (--window N: N requests tokenized at a

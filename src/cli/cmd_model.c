@@ -2,6 +2,7 @@
  * `flexh2o convert` (a Hugging Face directory into a weight store),
  * `flexh2o make-model` (a random model in Hugging Face format) and
  * `flexh2o tokenize` (text lines into the ids generate feeds). */
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@
 
 #include "cli.h"
 #include "cli_args.h"
+#include "err.h"
 #include "model.h"
 #include "model_config.h"
 #include "off.h"
@@ -39,13 +41,23 @@ int cli_tokenize(int argc, char **argv)
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
-    int rc = 0;
+    int rc = 0, lineno = 0;
     while ((len = getline(&line, &cap, stdin)) >= 0) {
+        lineno++;
         if (len > 0 && line[len - 1] == '\n')
             len--;
         int32_t *ids = NULL;
         int n = tok_encode(t, line, (size_t)len, &ids);
         if (n < 0) {
+            /* the lines before are printed; this one is named (the output
+             * is a line per input line, so nothing after it is) */
+            if (n != -ENOMEM) {
+                char why[256];
+                snprintf(why, sizeof why, "%s", err_msg());
+                err_clear();
+                err_set(__FILE__, __LINE__, "input line %d: %s", lineno, why);
+            }
+            fflush(stdout);
             rc = cli_fail();
             break;
         }

@@ -240,6 +240,9 @@ int job_file_rd_open(const char *path, const char *what, int64_t limit, job_file
     r->path = strdup(path);
     r->fd = r->path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
     int rc = r->path && r->fd >= 0 ? 0 : r->path ? -errno : -ENOMEM;
+    struct stat st;
+    if (rc == 0 && fstat(r->fd, &st) == 0 && S_ISDIR(st.st_mode))
+        rc = -EISDIR; /* opens, and fails only at the first read */
     if (rc == 0)
         rc = off_file_name(r->fd, path); /* the fault hook's path= */
     int zst = job_file_is_zst(path);
@@ -257,6 +260,9 @@ int job_file_rd_open(const char *path, const char *what, int64_t limit, job_file
     if (rc < 0) {
         if (rc == -ENOMEM)
             err_set(__FILE__, __LINE__, "out of memory opening %s", path);
+        else if (rc == -EISDIR)
+            err_set(__FILE__, __LINE__, "%s: a directory, not the %s; give the file itself",
+                    path, what);
         else
             err_set(__FILE__, __LINE__, "%s: cannot open the %s (%s)", path, what,
                     strerror(-rc));
