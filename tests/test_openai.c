@@ -363,6 +363,39 @@ Test(openai, chat_messages_through_the_template)
                          "--chat-template qwen9"), 2);
     cr_assert(strstr(cli_err, "unknown chat template \"qwen9\"") && strstr(cli_err, "llama3"),
               "%s", cli_err);
+
+    /* a message refused before rendering keeps its reason (each of these
+     * once got an error line with an empty message) */
+    static const struct {
+        const char *msg, *why;
+    } bad[] = {
+        {"{\"role\": \"user\", \"content\": [{\"type\": \"image_url\", \"image_url\": {}}]}",
+         "messages[0].content: only text parts"},
+        {"{\"content\": \"hi\"}", "messages[0] needs a \"role\" string"},
+        {"{\"role\": \"user\", \"content\": \"hi\", \"tool_calls\": []}",
+         "messages[0].tool_calls is not available"},
+        {"{\"role\": \"user\", \"content\": 5}",
+         "messages[0].content must be a string or an array of text parts"},
+        {"{\"role\": \"wizard\", \"content\": \"hi\"}", "has role \"wizard\""},
+    };
+    char job[4096] = "";
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        snprintf(job + strlen(job), sizeof job - strlen(job),
+                 "{\"custom_id\": \"b%zu\", \"method\": \"POST\", \"url\": "
+                 "\"/v1/chat/completions\", \"body\": {\"messages\": [%s], \"max_tokens\": 2}}\n",
+                 i, bad[i].msg);
+    cli_write("b.jsonl", job);
+    cr_assert_eq(cli_run("generate --model chat --prompts b.jsonl --out b.out --quiet "
+                         "--chat-template qwen2.5"), 0, "%s", cli_err);
+    l = read_lines("b.out", &n);
+    cr_assert_eq(n, (int)(sizeof bad / sizeof *bad));
+    for (int i = 0; i < n; i++) {
+        cr_assert_eq(num_at(l[i], "response.status_code"), 400);
+        const char *m = str_at(l[i], "response.body.error.message");
+        cr_assert(strstr(m, bad[i].why), "line %d: want \"%s\", got \"%s\"", i + 1,
+                  bad[i].why, m);
+    }
+    free_lines(l, n);
 }
 
 /* A real kill: `generate` of an OpenAI job into a .zst output, killed

@@ -106,11 +106,15 @@ int job_chat_encode(const job_src *src, const cJSON *messages, job_prompt *p, jo
         i++;
     }
     int32_t *ids = NULL;
-    int k = rc == 0 ? tok_chat_encode(src->o->t, src->chat_kind, m, n, 1, &ids) : rc;
+    /* a message refused above keeps its reason in *e: only the renderer's
+     * failures are read from err_msg() */
+    int k = rc == 0 ? tok_chat_encode(src->o->t, src->chat_kind, m, n, 1, &ids) : 0;
     int bad = -1; /* a tokenizer of another model: ids past the embedding table */
     for (int j = 0; j < k && bad < 0; j++)
         bad = ids[j] >= src->o->vocab ? ids[j] : -1;
-    if (bad >= 0) {
+    if (rc < 0) {
+        /* rc and *e as set */
+    } else if (bad >= 0) {
         rc = job_field_bad(e, "messages", "the tokenizer gives token id %d but the model has "
                            "%d (vocab_size); the tokenizer files are not this model's", bad,
                            src->o->vocab);
