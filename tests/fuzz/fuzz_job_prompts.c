@@ -12,11 +12,14 @@
  * kind; past the last: none), bit 6 BOS 0, bit 7 BOS 505 (past the
  * model's vocabulary, as a config.json's bos_token_id may be), else none.
  *
- * Checked for any input: each request is either an error line's or holds
+ * Checked for any input: every refusal says why (a bad line's report, an
+ * error line's message, a strict load's error: not empty after its
+ * "file:line: "); each request is either an error line's or holds
  * 1 .. max_len ids of the vocabulary and controls in their ranges; every
  * record written is found again on resume under the request's id; the
  * completions file cut into two shards (odd and even records) merges
  * back (job_merge, keyed by job_line_key) into the same text. */
+#include <errno.h>
 #include <math.h>
 #include <string.h>
 #include <zstd.h>
@@ -33,11 +36,28 @@ enum { VOCAB = 500, MAX_LEN = 64 };
 
 static tok *t;
 
+/* A refusal's text says something after its "file:line: " (a reason read
+ * from an error slot another check had not written once came out empty). */
+static void check_reason(const char *msg, const char *what)
+{
+    size_t n = msg ? strlen(msg) : 0;
+    FUZZ_CHECK(n > 0 && !(n >= 2 && strcmp(msg + n - 2, ": ") == 0), "%s with no reason: \"%s\"",
+               what, msg ? msg : "");
+}
+
+/* The bad lines the reader reports (err_log) as it skips them. */
+static void on_log(const char *msg, void *ud)
+{
+    (void)ud;
+    check_reason(msg, "a bad line reported");
+}
+
 static void check_prompt(const job_prompt *p)
 {
     FUZZ_CHECK(p->id && p->id[0], "line %d: no id", p->line);
     if (p->err) {
         FUZZ_CHECK(!p->ids && p->kind != JOB_NATIVE, "line %d: an error with ids", p->line);
+        check_reason(p->err, "an error line");
         return;
     }
     FUZZ_CHECK(p->n_ids >= 1 && p->n_ids <= MAX_LEN, "line %d: %d ids", p->line, p->n_ids);
@@ -168,7 +188,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     char path[512];
     job_prompts ps;
-    if (job_prompts_load(fuzz_path(path, sizeof path, in), &lo, &ps) < 0)
+    err_set_log(on_log, NULL);
+    int rc = job_prompts_load(fuzz_path(path, sizeof path, in), &lo, &ps);
+    if (rc < 0 && rc != -ENOMEM)
+        check_reason(err_msg(), "a refused file");
+    fuzz_begin(); /* quiet again */
+    if (rc < 0)
         return 0;
     for (int i = 0; i < ps.n; i++)
         check_prompt(&ps.p[i]);
