@@ -564,6 +564,24 @@ Test(dist_cli, eval_and_score_over_ranks)
     cr_assert_eq(cli_run_mpi(2, NULL, "score --model " TINY " --prompts req.jsonl --out s3.jsonl "
                          "--quiet"), 1, "an existing --out is refused");
     cr_assert(strstr(cli_err, "already exists"), "%s", cli_err);
+    /* --resume over ranks: rank 0's "already written" reaches every rank;
+     * a file cut inside its fourth record ends as the one process's */
+    x = cli_read("s1.jsonl");
+    char *cut = x;
+    for (int k = 0; k < 3; k++)
+        cut = strchr(cut, '\n') + 1;
+    cut[10] = 0;
+    cli_write("s2.jsonl", x);
+    cr_assert_eq(cli_run_mpi(2, NULL, "score --model " TINY " --prompts req.jsonl --out s2.jsonl "
+                             "--batch-size 1 --resume --quiet"), 0, "%s", cli_err);
+    cr_assert(strstr(cli_err, "6 requests scored") && strstr(cli_err, "(3 already in s2.jsonl)"),
+              "%s", cli_err);
+    free(x);
+    x = cli_read("s1.jsonl");
+    y = cli_read("s2.jsonl");
+    cr_assert_str_eq(y, x);
+    free(x);
+    free(y);
 }
 
 /* Verbs of one process refuse mpirun; --shard and --trace-evictions too. */

@@ -8,10 +8,15 @@
  * perplexity against an independent reference is in test_h2o.c.) */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "cli_harness.h"
 #include "err.h"
@@ -207,9 +212,34 @@ Test(eval, score_text_requests_and_refusals)
     cr_assert(ur, "not JSON: %s", u);
     cJSON_Delete(ur);
     free(u);
-    /* results already there are never overwritten */
+    /* results already there are never overwritten: --resume goes on after
+     * them (a torn last record cut off), and the prompt file is never the
+     * output */
     cr_assert_eq(cli_run("score --model " TINY " --prompts t.jsonl --out r.jsonl --quiet"), 1);
-    cr_assert(strstr(cli_err, "r.jsonl already exists"), "%s", cli_err);
+    cr_assert(strstr(cli_err, "r.jsonl already exists; pass --resume"), "%s", cli_err);
+    cr_assert_eq(cli_run("score --model " TINY " --prompts t.jsonl --out t.jsonl --resume"), 2);
+    cr_assert(strstr(cli_err, "--prompts and --out must be different files"), "%s", cli_err);
+    char *whole = cli_read("r.jsonl");
+    size_t first = strcspn(whole, "\n") + 1;
+    char *part = strndup(whole, first + 7); /* the first record and a torn second */
+    cli_write("rr.jsonl", part);
+    cr_assert_eq(cli_run("score --model " TINY " --prompts t.jsonl --out rr.jsonl --resume"), 0,
+                 "%s", cli_err);
+    cr_assert(strstr(cli_err, "dropping a torn last record") &&
+                  strstr(cli_err, "1 request scored") && strstr(cli_err, "(1 already in rr.jsonl)"),
+              "%s", cli_err);
+    char *resumed = cli_read("rr.jsonl");
+    cr_assert_str_eq(resumed, whole);
+    free(resumed);
+    cr_assert_eq(cli_run("score --model " TINY " --prompts t.jsonl --out rr.jsonl --resume"), 0,
+                 "%s", cli_err);
+    cr_assert(strstr(cli_err, "0 requests scored") && strstr(cli_err, "(2 already in rr.jsonl)"),
+              "%s", cli_err);
+    resumed = cli_read("rr.jsonl");
+    cr_assert_str_eq(resumed, whole);
+    free(resumed);
+    free(part);
+    free(whole);
     static const struct {
         const char *verb, *file, *text, *msg;
     } bad[] = {
@@ -260,4 +290,62 @@ Test(eval, score_text_requests_and_refusals)
     cr_assert_eq(cli_run("eval --model " TINY " --text latin1.txt --quiet"), 2, "%s", cli_err);
     cr_assert(strstr(cli_err, "latin1.txt: cannot tokenize it: text is not valid UTF-8 at byte 3"),
               "%s", cli_err);
+}
+
+/* A real kill: `score` of a long request file into a .zst output, killed
+ * with SIGKILL once results are flushed, then --resume: the output
+ * decompresses to exactly the uninterrupted run's (a frame cut by the
+ * kill is dropped and scored again). Batches of one, as the first run's. */
+Test(eval, score_killed_then_resumed_loses_nothing)
+{
+    enum { N = 400 };
+    /* one thread: a tiny model's many small parallel regions cost more in
+     * wake-ups than they gain (20 s instead of 2 on a loaded 2-core VM) */
+    setenv("OMP_NUM_THREADS", "1", 1);
+    size_t cap = (size_t)N * 256;
+    char *req = malloc(cap);
+    cr_assert(req);
+    size_t at = 0;
+    for (int i = 0; i < N; i++)
+        at += (size_t)snprintf(req + at, cap - at, "{\"id\": %d, \"context\": \"the heavy "
+                               "hitters of a long text, number %d, and what follows it\", "
+                               "\"continuation\": \" is kept %d\"}\n", i, i, i % 7);
+    cli_write("k.jsonl", req);
+    free(req);
+    const char *flags = "--kv-policy h2o --kv-budget 8 --batch-size 1 --quiet --no-summary";
+    cr_assert_eq(cli_run("score --model " TINY " --prompts k.jsonl --out full.jsonl.zst %s",
+                         flags), 0, "%s", cli_err);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (chdir(cli_dir) != 0)
+            _exit(99);
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 2);
+        execl(getenv("FLEXH2O_BIN"), "flexh2o", "score", "--model", TINY, "--prompts",
+              "k.jsonl", "--out", "k.jsonl.zst", "--kv-policy", "h2o", "--kv-budget", "8",
+              "--batch-size", "1", "--quiet", "--device", "cpu", (char *)NULL);
+        _exit(98);
+    }
+    char path[600];
+    snprintf(path, sizeof path, "%s/k.jsonl.zst", cli_dir);
+    struct stat st = {0};
+    for (int t = 0; t < 20000 && (stat(path, &st) != 0 || st.st_size < 1500); t++)
+        usleep(500);
+    kill(pid, SIGKILL);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFSIGNALED(status), "the job ended before the kill (exit %d); make it longer",
+              WEXITSTATUS(status));
+    cr_assert_eq(cli_run("score --model " TINY " --prompts k.jsonl --out k.jsonl.zst --resume "
+                         "%s", flags), 0, "%s", cli_err);
+    unsetenv("OMP_NUM_THREADS");
+    int nf_full, nf;
+    char *want = cli_read_zst("full.jsonl.zst", &nf_full, NULL);
+    char *got = cli_read_zst("k.jsonl.zst", &nf, NULL);
+    cr_assert_eq(nf_full, N);
+    cr_assert_eq(nf, N);
+    cr_assert_str_eq(got, want);
+    free(want);
+    free(got);
 }

@@ -69,6 +69,8 @@ static const char score_help[] =
     "With the full cache the context is one prefill; with an evicting --kv-policy it\n"
     "runs through the cache token by token, as eval does. Records are written per\n"
     "finished block, in input order. Files named *.zst are zstd (one frame per result).\n"
+    "  --resume   skip the requests whose id is in --out already (a killed run's torn\n"
+    "             last record is cut off) and append the rest\n"
     "Under mpirun -n N the requests are split over N ranks; rank 0 writes --out.\n";
 
 typedef struct eval_args {
@@ -99,8 +101,9 @@ typedef struct eval_job {
     eval_stream *s;
     int n;
     char **req_ids;      /* score: each request's id, as JSON text */
-    job_file_wr *out;    /* score's results (zstd when named *.zst) */
+    job_out out;         /* score's results (zstd when named *.zst), rank 0's */
     long written;
+    long skipped;        /* score --resume: requests already in --out */
     uint64_t kv_bytes;
     eval_stats st;
     /* over ranks: this rank's streams, copies of s[idx[i]] */
@@ -150,11 +153,7 @@ static int write_result(void *ud, const char *id, const char *record)
 {
     eval_job *j = ud;
     if (j->score) {
-        int rc = job_file_printf(j->out, "%s\n", record);
-        if (rc == 0)
-            rc = job_file_flush(j->out);
-        RETURN_IF(rc < 0, -EIO, "cannot write the results (%s); free space and rerun",
-                  strerror(errno));
+        FORWARD_IF(job_out_append(&j->out, id, record));
         j->written++;
         return 0;
     }
@@ -438,10 +437,12 @@ int cli_eval(int argc, char **argv)
 typedef struct score_args {
     cli_common c;
     cli_run run;
+    int resume;
 } score_args;
 
 #define S(f) offsetof(score_args, f)
 static const cli_opt score_opts_tab[] = {
+    CLI_SWITCH("resume", S(resume), 1, 0),
     CLI_PLACEMENT_OPTS(score_args),
 };
 #undef S
@@ -669,18 +670,42 @@ static int score_requests(eval_job *j, const char *path, int full)
 static int score_block(void *ud, const eval_stream *s, int first, int n)
 {
     eval_job *j = ud;
-    int rc = 0;
-    for (int k = first; rc == 0 && k < first + n; k++) {
-        rc = job_file_printf(j->out, "{\"id\": %s, \"logprob\": %.9g, \"is_greedy\": %s, "
-                             "\"n_tokens\": %d}\n", j->req_ids[k], s[k].logprob,
-                             s[k].n_greedy == s[k].n_targets ? "true" : "false", s[k].n_targets);
-        if (rc == 0)
-            rc = job_file_flush(j->out);
+    for (int k = first; k < first + n; k++) {
+        char *t = result_text(&s[k], j->req_ids[k]);
+        RETURN_IF(!t, -ENOMEM, "out of memory");
+        int rc = job_out_append(&j->out, j->req_ids[k], t);
+        free(t);
+        FORWARD_IF(rc);
+        j->written++;
     }
-    RETURN_IF(rc < 0, -EIO, "cannot write the results (%s); free space and rerun",
-              strerror(errno));
-    j->written += n;
     return 0;
+}
+
+/* score --resume: the requests whose id is in --out already (rank 0 read
+ * them; every rank gets its flags) leave the job. @return 0 or -errno. */
+static int skip_done(eval_job *j)
+{
+    unsigned char *done = malloc((size_t)j->n + 1);
+    RETURN_IF(!done, -ENOMEM, "out of memory");
+    for (int k = 0; k < j->n; k++)
+        done[k] = j->out.f && job_out_has(&j->out, j->req_ids[k]);
+    int rc = dist_window(j->n, done);
+    if (rc >= 0) {
+        int m = 0;
+        for (int k = 0; k < j->n; k++) {
+            if (done[k]) {
+                free(j->req_ids[k]);
+                continue;
+            }
+            j->s[m] = j->s[k];
+            j->req_ids[m++] = j->req_ids[k];
+        }
+        j->skipped = j->n - m;
+        j->n = m;
+        rc = 0;
+    }
+    free(done);
+    return rc;
 }
 
 int cli_score(int argc, char **argv)
@@ -693,6 +718,9 @@ int cli_score(int argc, char **argv)
                          &a.run, &pol, &j);
     if (rc == 0 && (!a.c.prompts || !a.c.out))
         rc = cli_usage("score", "--prompts and --out are required");
+    if (rc == 0 && cli_same_file(a.c.prompts, a.c.out))
+        rc = cli_usage("score", "--prompts and --out must be different files (the results "
+                       "are appended to); choose another --out");
     if (rc) {
         run_free(&j);
         return rc == CLI_HELP ? 0 : rc;
@@ -701,33 +729,42 @@ int cli_score(int argc, char **argv)
                     .on_block = score_block, .ud = &j};
     j.score = 1;
     rc = score_requests(&j, a.c.prompts, a.c.kv.kind == KV_POLICY_FULL);
-    if (rc == 0 && !a.run.plan_only && dist_get()->rank == 0) {
-        /* never over results already written; rank 0 alone writes them */
-        rc = job_file_wr_open(a.c.out, "wbx", &j.out);
-        if (rc == -EEXIST) {
-            err_clear();
-            err_set(__FILE__, __LINE__, "%s already exists; remove it or choose another --out",
-                    a.c.out);
-        }
-    }
+    /* never over results already written (--resume appends to them);
+     * rank 0 alone writes them */
+    if (rc == 0 && !a.run.plan_only && dist_get()->rank == 0)
+        rc = job_out_open(a.c.out, a.resume, &j.out);
     rc = dist_agree(rc);
     if (rc == -EEXIST) {
         run_free(&j);
         return cli_fail();
     }
-    if (rc == 0)
+    if (rc == 0 && a.resume && !a.run.plan_only)
+        rc = dist_agree(skip_done(&j));
+    if (rc == 0 && j.n > 0)
         rc = run_streams(&j, &a.run, &pol, &eo);
-    if (job_file_wr_close(j.out) != 0 && rc == 0) {
+    int out_open = j.out.f != NULL;
+    if (job_out_close(&j.out) != 0 && rc == 0) {
         err_set(__FILE__, __LINE__, "%s: closing failed", a.c.out);
         rc = -EIO;
     }
     int status = 0;
-    if (rc < 0)
-        status = rc == -EINVAL ? cli_usage_err("score") : cli_fail();
-    else if (!a.run.no_summary && !a.run.plan_only && dist_get()->rank == 0)
-        fprintf(stderr, "[flexh2o] %ld request%s scored, %ld token%s in %.2f s%s\n", j.written,
-                j.written == 1 ? "" : "s", (long)j.st.targets, j.st.targets == 1 ? "" : "s",
-                j.st.seconds, dist_active() ? " (every rank)" : "");
+    if (rc == -EINVAL)
+        status = cli_usage_err("score");
+    else if (rc < 0 && out_open && j.written + j.skipped > 0 && err_msg()[0] &&
+             !strstr(err_msg(), "--resume"))
+        status = cli_error(1, "%s; the results already in %s are intact: --resume goes on "
+                           "from them", err_msg(), a.c.out);
+    else if (rc < 0)
+        status = cli_fail();
+    else if (!a.run.no_summary && !a.run.plan_only && dist_get()->rank == 0) {
+        char skip[96] = "";
+        if (j.skipped)
+            snprintf(skip, sizeof skip, " (%ld already in %s)", j.skipped, a.c.out);
+        fprintf(stderr, "[flexh2o] %ld request%s scored, %ld token%s in %.2f s%s%s\n",
+                j.written, j.written == 1 ? "" : "s", (long)j.st.targets,
+                j.st.targets == 1 ? "" : "s", j.st.seconds,
+                dist_active() ? " (every rank)" : "", skip);
+    }
     int ran = j.ran;
     run_free(&j);
     if (ran && rc < 0 && dist_active()) /* the records written are intact; end every rank */
