@@ -285,6 +285,14 @@ Test(eval, score_text_requests_and_refusals)
         cr_assert_eq(st, 2, "%s: exit %d: %s", bad[i].msg, st, cli_err);
         cr_assert(strstr(cli_err, bad[i].msg), "want %s: %s", bad[i].msg, cli_err);
     }
+    /* a request past the model's positions is named by its line */
+    char lng[4096] = "{\"context\": \"x\", \"continuation\": \"y\"}\n{\"context\": \"";
+    for (int k = 0; k < 300; k++)
+        strcat(lng, "word ");
+    strcat(lng, "\", \"continuation\": \" end\"}\n");
+    cli_write("b.jsonl", lng);
+    cr_assert_eq(cli_run("score --model " TINY " --prompts b.jsonl --out rl.jsonl --quiet"), 2);
+    cr_assert(strstr(cli_err, "the request on line 2 has 605 tokens, past the model's max_position_embeddings 128"), "%s", cli_err);
     /* a text that is not UTF-8 is named with the tokenizer's reason */
     cli_write("latin1.txt", "caf\xe9 au lait, caf\xe9 noir\n");
     cr_assert_eq(cli_run("eval --model " TINY " --text latin1.txt --quiet"), 2, "%s", cli_err);

@@ -624,7 +624,7 @@ static int score_requests(eval_job *j, const char *path, int full)
             int ctx_n = at + nc, k = j->n;
             own[k] = all;
             j->s[k] = (eval_stream){.ids = all, .n = ctx_n + nk, .prefill = full ? ctx_n : 1,
-                                    .first_target = ctx_n};
+                                    .first_target = ctx_n, .line = line};
             j->req_ids[k] = key;
             key = NULL;
             j->n++;

@@ -201,8 +201,12 @@ int eval_check(const model_config *c, eval_stream *s, int n, const eval_opts *o)
                   x->first_target < x->prefill || x->first_target >= x->n, -EINVAL,
                   "internal: stream %d of %d tokens, prefill %d, first target %d", i + 1, x->n,
                   x->prefill, x->first_target);
+        RETURN_IF(!grows && x->n > c->max_pos && x->line, -EINVAL,
+                  "the request on line %d has %d tokens, past the model's "
+                  "max_position_embeddings %d; shorten it, or use an evicting --kv-policy on a "
+                  "rotary model", x->line, x->n, c->max_pos);
         RETURN_IF(!grows && x->n > c->max_pos, -EINVAL,
-                  "stream %d has %d tokens, past the model's max_position_embeddings %d; "
+                  "window %d has %d tokens, past the model's max_position_embeddings %d; "
                   "shorten it (--context), or use an evicting --kv-policy on a rotary model",
                   i + 1, x->n, c->max_pos);
         FORWARD_IF(gen_split(c, &o->kv, x->prefill, x->n - x->prefill, i + 1, &x->split));

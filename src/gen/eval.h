@@ -25,6 +25,7 @@ typedef struct eval_stream {
     int n;               /* >= 2 */
     int prefill;         /* tokens of the first pass: 1 .. n - 1 */
     int first_target;    /* first scored index: prefill .. n - 1 */
+    int line;            /* score: the request's line in its file, for messages; eval: 0 */
     /* results */
     kv_split split;      /* its KV split (eval_check) */
     double logprob;      /* sum over targets of log p(target) (natural log) */
