@@ -371,7 +371,7 @@ static int open_common(const char *verb, const char *help, int argc, char **argv
     if (rc)
         return rc;
     if (!c->model_dir)
-        return cli_usage(verb, "--model DIR is required (a model with its tokenizer)");
+        return cli_usage(verb, "--model DIR is required");
     if (kv_policy_check(&c->kv) < 0)
         return cli_usage_err(verb);
     if ((rc = cli_run_policy(verb, run, c, pol)))
@@ -386,9 +386,6 @@ static int open_common(const char *verb, const char *help, int argc, char **argv
         return rc ? rc : cli_fail();
     if (j->src.is_store && (j->src.store_dtype & OFF_DTYPE_Q4))
         pol->compress_weight = 1;
-    if (!j->src.t)
-        return cli_error(1, "%s: no tokenizer (vocab.json + merges.txt or tokenizer.json); "
-                         "%s needs one", c->model_dir, verb);
     return 0;
 }
 
@@ -402,6 +399,9 @@ int cli_eval(int argc, char **argv)
                          &pol, &j);
     if (rc == 0 && !a.text)
         rc = cli_usage("eval", "--text FILE is required");
+    if (rc == 0 && !j.src.t)
+        rc = cli_error(1, "%s: no tokenizer (vocab.json + merges.txt or tokenizer.json); eval "
+                       "needs one", a.c.model_dir);
     if (rc == 0 && (a.c.prompts || a.c.out || a.c.dummy))
         rc = cli_usage("eval", "eval takes --model and --text (no --prompts, --out, --dummy)");
     if (rc == 0 && a.compare_full && pol.gpu_batch_size * pol.num_gpu_batches < 2)
@@ -447,222 +447,28 @@ static const cli_opt score_opts_tab[] = {
 };
 #undef S
 
-/* ids of a JSON array of token ids into out, or text tokenized; errors
- * name path and line. */
-static int request_ids(const tok *t, const cJSON *arr, const char *text, size_t len, int V,
-                       int32_t **out, int *n, const char *what, const char *path, int line)
-{
-    if (arr) {
-        RETURN_IF(!cJSON_IsArray(arr), -EINVAL, "%s line %d: \"%s_ids\" must be an array of "
-                  "token ids", path, line, what);
-        int k = cJSON_GetArraySize(arr), i = 0;
-        *out = malloc(sizeof(int32_t) * (size_t)(k + 1));
-        RETURN_IF(!*out, -ENOMEM, "out of memory");
-        const cJSON *e;
-        cJSON_ArrayForEach(e, arr) {
-            /* the range first: casting a double past int's is undefined */
-            RETURN_IF(!cJSON_IsNumber(e) || !(e->valuedouble >= 0 && e->valuedouble < V) ||
-                      e->valuedouble != (int)e->valuedouble, -EINVAL,
-                      "%s line %d: \"%s_ids\" holds %.17g, not a token id below %d", path,
-                      line, what, cJSON_IsNumber(e) ? e->valuedouble : -1.0, V);
-            (*out)[i++] = (int32_t)e->valuedouble;
-        }
-        *n = k;
-        return 0;
-    }
-    int k = tok_encode(t, text, len, out);
-    if (k < 0 && k != -ENOMEM) {
-        char why[256];
-        snprintf(why, sizeof why, "%s", err_msg());
-        err_clear(); /* the tokenizer's message, now with where it comes from */
-        RETURN_IF(1, -EINVAL, "%s line %d: cannot tokenize the %s: %s", path, line, what, why);
-    }
-    FORWARD_IF(k);
-    *n = k;
-    return 0;
-}
-
-/* The fields a request may have; any other is refused by name (a misspelt
- * "id" would otherwise key the result by its line without a word). */
-static const char *const score_fields[] = {"id", "context", "continuation", "context_ids",
-                                           "continuation_ids", "metadata", NULL};
-
-/* Request o (line line of path) checked before anything is run: known
- * fields only, each part given once (text or ids), an "id" that is a
- * string or a number and not one an earlier line has (seen). Its key
- * (job_line_key's rule, generate's: "id" as compact JSON with invalid
- * UTF-8 replaced, {"line": N} without one) in *key. @return 0, -EINVAL
- * or -ENOMEM. */
-static int request_check(const cJSON *o, const char *p, size_t len, const char *path, int line,
-                         job_idset *seen, char **key)
-{
-    *key = NULL;
-    const cJSON *f;
-    cJSON_ArrayForEach(f, o) {
-        int known = 0;
-        for (int i = 0; score_fields[i] && !known; i++)
-            known = strcmp(f->string, score_fields[i]) == 0;
-        RETURN_IF(!known, -EINVAL, "%s line %d: unknown field \"%.60s\"; a request has \"id\", "
-                  "\"context\" and \"continuation\" (or \"context_ids\" and "
-                  "\"continuation_ids\")", path, line, f->string);
-    }
-    static const char *const part[] = {"context", "continuation"};
-    for (int i = 0; i < 2; i++) {
-        char ids[32];
-        snprintf(ids, sizeof ids, "%s_ids", part[i]);
-        const cJSON *txt = cJSON_GetObjectItemCaseSensitive(o, part[i]),
-                    *arr = cJSON_GetObjectItemCaseSensitive(o, ids);
-        RETURN_IF(txt && arr, -EINVAL, "%s line %d: both \"%s\" and \"%s\"; give the text or "
-                  "the ids, not both", path, line, part[i], ids);
-        RETURN_IF(!cJSON_IsString(txt) && !arr, -EINVAL, "%s line %d: a request needs "
-                  "\"context\" and \"continuation\" (text) or \"context_ids\" and "
-                  "\"continuation_ids\"", path, line);
-    }
-    int rc = job_line_key(p, len, line, key);
-    FORWARD_IF(rc);
-    RETURN_IF(rc == 1, -EINVAL, "%s line %d: \"id\" must be a string or a number", path, line);
-    int first = job_idset_line(seen, *key);
-    if (first > 0) {
-        err_set(__FILE__, __LINE__, "%s line %d: the id %.80s is also line %d's; give each "
-                "request its own id", path, line, *key, first);
-        free(*key);
-        *key = NULL;
-        return -EINVAL;
-    }
-    rc = job_idset_add_at(seen, *key, line);
-    if (rc < 0) {
-        free(*key);
-        *key = NULL;
-        RETURN_IF(1, rc, "out of memory");
-    }
-    return 0;
-}
-
-/* The requests of path as streams: context (with BOS) then continuation. */
+/* The requests of path as streams (eval_requests_parse), into j. */
 static int score_requests(eval_job *j, const char *path, int full)
 {
     char *buf;
     size_t len;
     FORWARD_IF(job_file_read_all(path, &buf, &len));
-    int lines = 0;
-    for (size_t i = 0; i < len; i++)
-        lines += buf[i] == '\n';
-    lines++;
-    j->s = calloc((size_t)lines, sizeof *j->s);
-    j->req_ids = calloc((size_t)lines, sizeof *j->req_ids);
-    int32_t **own = calloc((size_t)lines, sizeof *own);
-    size_t total = 0;
-    int rc = j->s && j->req_ids && own ? 0 : -ENOMEM;
-    if (rc < 0)
-        err_set(__FILE__, __LINE__, "out of memory for %d requests", lines);
-    int bos = tok_bos_id(j->src.t), V = j->src.cfg.vocab_size, line = 0;
-    job_idset seen = {0};
-    for (char *p = buf, *nl; rc == 0 && p < buf + len; p = nl + 1) {
-        nl = memchr(p, '\n', (size_t)(buf + len - p));
-        if (!nl)
-            nl = buf + len;
-        line++;
-        size_t ll = (size_t)(nl - p);
-        while (ll && (p[ll - 1] == '\r' || p[ll - 1] == ' '))
-            ll--;
-        if (ll == 0)
-            continue;
-        cJSON *o = cJSON_ParseWithLength(p, ll);
-        if (!o || !cJSON_IsObject(o)) {
-            err_set(__FILE__, __LINE__, "%s line %d: not a JSON object; one request per line",
-                    path, line);
-            rc = -EINVAL;
-            cJSON_Delete(o);
-            break;
-        }
-        char *key;
-        rc = request_check(o, p, ll, path, line, &seen, &key);
-        if (rc < 0) {
-            cJSON_Delete(o);
-            break;
-        }
-        const cJSON *ctx = cJSON_GetObjectItemCaseSensitive(o, "context"),
-                    *cont = cJSON_GetObjectItemCaseSensitive(o, "continuation"),
-                    *ctx_ids = cJSON_GetObjectItemCaseSensitive(o, "context_ids"),
-                    *cont_ids = cJSON_GetObjectItemCaseSensitive(o, "continuation_ids");
-        /* lm-evaluation-harness: a context's trailing whitespace goes to the
-         * continuation */
-        const char *cs = ctx_ids ? "" : ctx->valuestring, *ks = cont_ids ? "" : cont->valuestring;
-        size_t cl = strlen(cs), moved = 0;
-        while (cl > 0 && (cs[cl - 1] == ' ' || cs[cl - 1] == '\t' || cs[cl - 1] == '\n')) {
-            cl--;
-            moved++;
-        }
-        char *kbuf = malloc(moved + strlen(ks) + 1);
-        int32_t *ci = NULL, *ki = NULL;
-        int nc = 0, nk = 0;
-        if (!kbuf) {
-            rc = -ENOMEM;
-        } else {
-            memcpy(kbuf, cs + cl, moved);
-            strcpy(kbuf + moved, ks);
-            rc = request_ids(j->src.t, ctx_ids, cs, cl, V, &ci, &nc, "context", path, line);
-            if (rc == 0)
-                rc = request_ids(j->src.t, cont_ids, kbuf, strlen(kbuf), V, &ki, &nk,
-                                 "continuation", path, line);
-        }
-        int with_bos = !ctx_ids && bos >= 0;
-        if (rc == 0 && (nc + with_bos < 1 || nk < 1)) {
-            err_set(__FILE__, __LINE__, "%s line %d: the %s has no tokens", path, line,
-                    nk < 1 ? "continuation" : "context");
-            rc = -EINVAL;
-        }
-        int32_t *all = rc == 0 ? malloc(sizeof(int32_t) * (size_t)(nc + nk + 1)) : NULL;
-        if (rc == 0 && !all)
-            rc = -ENOMEM;
-        if (rc == 0) {
-            int at = 0;
-            if (with_bos)
-                all[at++] = bos;
-            memcpy(all + at, ci, sizeof(int32_t) * (size_t)nc);
-            memcpy(all + at + nc, ki, sizeof(int32_t) * (size_t)nk);
-            int ctx_n = at + nc, k = j->n;
-            own[k] = all;
-            j->s[k] = (eval_stream){.ids = all, .n = ctx_n + nk, .prefill = full ? ctx_n : 1,
-                                    .first_target = ctx_n, .line = line};
-            j->req_ids[k] = key;
-            key = NULL;
-            j->n++;
-            total += (size_t)(ctx_n + nk);
-        }
-        if (rc == -ENOMEM)
-            err_set(__FILE__, __LINE__, "out of memory");
-        free(key);
-        free(kbuf);
-        free(ci);
-        free(ki);
-        cJSON_Delete(o);
-    }
+    const tok *t = j->src.t;
+    eval_requests r;
+    int rc = eval_requests_parse(buf, len,
+                                 &(eval_request_opts){.path = path, .t = t,
+                                                      .bos = t ? tok_bos_id(t)
+                                                               : j->src.cfg.bos_id,
+                                                      .vocab = j->src.cfg.vocab_size,
+                                                      .full = full},
+                                 &r);
     free(buf);
-    job_idset_free(&seen);
-    if (rc == 0 && j->n == 0) {
-        err_set(__FILE__, __LINE__, "%s: no requests", path);
-        rc = -EINVAL;
-    }
-    /* one array for every request's tokens (freed with the job) */
-    if (rc == 0) {
-        j->ids = malloc(sizeof(int32_t) * (total ? total : 1));
-        if (!j->ids) {
-            err_set(__FILE__, __LINE__, "out of memory");
-            rc = -ENOMEM;
-        }
-    }
-    size_t at = 0;
-    for (int k = 0; k < j->n; k++) {
-        if (rc == 0) {
-            memcpy(j->ids + at, own[k], sizeof(int32_t) * (size_t)j->s[k].n);
-            j->s[k].ids = j->ids + at;
-            at += (size_t)j->s[k].n;
-        }
-        free(own[k]);
-    }
-    free(own);
-    return rc;
+    FORWARD_IF(rc);
+    j->s = r.s; /* run_free frees them */
+    j->req_ids = r.keys;
+    j->ids = r.ids;
+    j->n = r.n;
+    return 0;
 }
 
 /* Write the results of a finished block, in input order, each flushed as

@@ -19,6 +19,7 @@
 #include "kv_policy.h"
 #include "model.h"
 #include "scheduler.h"
+#include "tok.h"
 
 typedef struct eval_stream {
     const int32_t *ids;  /* (n) not owned */
@@ -65,5 +66,29 @@ void eval_shape(const model_config *c, const eval_stream *s, int n, const eval_o
  * sequences, the scheduler planned with eval_shape and m attached.
  * @return 0 or -errno. */
 int eval_run(model *m, sched *sc, eval_stream *s, int n, const eval_opts *o, eval_stats *st);
+
+/* score's requests (eval_requests.c): streams, each request's key (its
+ * "id" as compact JSON, {"line": N} without one: job_line_key's rule),
+ * and every request's tokens, which the streams point into. */
+typedef struct eval_requests {
+    eval_stream *s;      /* (n) */
+    char **keys;         /* (n) */
+    int32_t *ids;
+    int n;
+} eval_requests;
+typedef struct eval_request_opts {
+    const char *path;    /* the file's name, for messages */
+    const tok *t;        /* NULL: text requests are refused (ids only) */
+    int bos;             /* prepended to a text context; -1: none */
+    int vocab;           /* ids must be below it */
+    int full;            /* the full cache: the context is one prefill */
+} eval_request_opts;
+/* The requests of buf[0..len) (score's file, read whole), in file order.
+ * The first bad line stops the parse, its message naming the file and
+ * line. @return 0, -EINVAL or -ENOMEM (r then holds nothing). */
+int eval_requests_parse(const char *buf, size_t len, const eval_request_opts *o,
+                        eval_requests *r);
+/* Free what eval_requests_parse set up; r is zeroed. */
+void eval_requests_free(eval_requests *r);
 
 #endif

@@ -158,6 +158,19 @@ def main():
         b'{"id": 3, "prompt": "g"}', b'{"id": 3.0, "prompt": "h"}',
         b'{"id": "y", "prompt": "i"}', b'{"id": "z", "prompt": "j"}', b""]))
 
+    # score's requests: text and ids, every id kind, whitespace moved to the continuation
+    put("score", "requests", b"\x00" + b"\n".join([
+        b'{"id": "q1-a", "context": "The man broke his toe because", "continuation": '
+        b'" he dropped a hammer on his foot."}',
+        b'{"id": 7, "context": "one two ", "continuation": "three", "metadata": {"k": 1}}',
+        b'{"context_ids": [2, 10, 20], "continuation_ids": [30, 40]}',
+        b'{"id": 2.5, "context": "", "continuation": "x"}', b""]))
+    put("score", "full-ids-no-tokenizer", bytes([1 | 2]) + b"\n".join([
+        b'{"id": "a", "context_ids": [5], "continuation_ids": [6, 7]}',
+        b'{"id": "b", "context_ids": [8, 9], "continuation_ids": [10]}', b""]))
+    put("score", "bad-repeat", b"\x08" + b'{"id": 1, "context": "a", "continuation": "b"}\n'
+        b'{"id": 1.0, "context": "c", "continuation": "d"}\n')
+
     native = (b'{"id":"genesis","completion":" the","tokens":[262],"logprobs":[-1.5],'
               b'"finish_reason":"length"}\n'
               b'{"id":7,"choices":[{"index":0,"completion":"a","tokens":[64],"logprobs":[-0.1],'
