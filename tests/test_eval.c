@@ -293,6 +293,20 @@ Test(eval, score_text_requests_and_refusals)
     cli_write("b.jsonl", lng);
     cr_assert_eq(cli_run("score --model " TINY " --prompts b.jsonl --out rl.jsonl --quiet"), 2);
     cr_assert(strstr(cli_err, "the request on line 2 has 605 tokens, past the model's max_position_embeddings 128"), "%s", cli_err);
+    /* a model without tokenizer files scores requests of ids; a text one
+     * is refused by its line */
+    cr_assert_eq(cli_run("convert --model " TINY " --out notok"), 0, "%s", cli_err);
+    cr_assert_eq(cli_sh("rm notok/vocab.json notok/merges.txt"), 0);
+    cli_write("b.jsonl", "{\"context_ids\": [2, 10, 20], \"continuation_ids\": [30, 40]}\n");
+    cr_assert_eq(cli_run("score --model notok --prompts b.jsonl --out rn.jsonl --quiet"), 0,
+                 "%s", cli_err);
+    cli_write("b.jsonl", "{\"context_ids\": [2, 10, 20], \"continuation_ids\": [30, 40]}\n"
+                         "{\"context\": \"x\", \"continuation\": \"y\"}\n");
+    cr_assert_eq(cli_run("score --model notok --prompts b.jsonl --out rn2.jsonl --quiet"), 2);
+    cr_assert(strstr(cli_err, "b.jsonl line 2: a text context needs the model's tokenizer files"),
+              "%s", cli_err);
+    cr_assert_eq(cli_run("eval --model notok --text " TEXT " --quiet"), 1);
+    cr_assert(strstr(cli_err, "notok: no tokenizer"), "%s", cli_err);
     /* a text that is not UTF-8 is named with the tokenizer's reason */
     cli_write("latin1.txt", "caf\xe9 au lait, caf\xe9 noir\n");
     cr_assert_eq(cli_run("eval --model " TINY " --text latin1.txt --quiet"), 2, "%s", cli_err);
