@@ -257,7 +257,9 @@ Test(eval, score_text_requests_and_refusals)
          "{\"id\": \"q\", \"context\": \"x\", \"continuation\": \"z\"}\n",
          "b.jsonl line 2: the id \"q\" is also line 1's"},
         {"score", "b.jsonl", "{\"id\": [1], \"context\": \"x\", \"continuation\": \"y\"}\n",
-         "b.jsonl line 1: \"id\" must be a string or a number"},
+         "b.jsonl line 1: \"id\" must be a string or a finite number"},
+        {"score", "b.jsonl", "{\"id\": 1e400, \"context\": \"x\", \"continuation\": \"y\"}\n",
+         "b.jsonl line 1: \"id\" must be a string or a finite number"},
         {"score", "b.jsonl", "{\"context\": \"x\", \"context_ids\": [2], \"continuation\": "
          "\"y\"}\n", "b.jsonl line 1: both \"context\" and \"context_ids\""},
         {"score", "b.jsonl", "{\"ID\": \"q\", \"context\": \"x\", \"continuation\": \"y\"}\n",

@@ -494,6 +494,16 @@ Test(job, integrity_of_the_job_files)
     rc = cli_run("search --model %s --prompts dir --gpu-mem 1G --device cpu", model);
     cr_assert_neq(rc, 0);
     cr_assert(strstr(cli_err, "dir: a directory, not the prompt file"), "%s", cli_err);
+    /* a number past a double's range would be written as "id": null */
+    cli_write("inf.jsonl", "{\"id\": 1e400, \"prompt_ids\": [2, 5], \"max_new_tokens\": 1}\n"
+                           "{\"id\": 1, \"prompt_ids\": [2, 5], \"max_new_tokens\": 1}\n");
+    rc = cli_run("generate --model %s --prompts inf.jsonl --out inf.out --quiet", model);
+    cr_assert_eq(rc, 3, "%s", cli_err);
+    cr_assert(strstr(cli_err, "inf.jsonl:1: \"id\" must be a string or a finite number"), "%s",
+              cli_err);
+    o = cli_read("inf.out");
+    cr_assert(!strstr(o, "null") && strstr(o, "{\"id\":1,"), "%s", o);
+    free(o);
 }
 
 /* A prompt file read in windows (--window N: N requests tokenized at a

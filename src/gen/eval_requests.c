@@ -99,7 +99,8 @@ static int check_request(const cJSON *o, const char *p, size_t len, const char *
     }
     int rc = job_line_key(p, len, line, key);
     FORWARD_IF(rc);
-    RETURN_IF(rc == 1, -EINVAL, "%s line %d: \"id\" must be a string or a number", path, line);
+    RETURN_IF(rc == 1, -EINVAL, "%s line %d: \"id\" must be a string or a finite number", path,
+              line);
     int first = job_idset_line(seen, *key);
     if (first > 0)
         err_set(__FILE__, __LINE__, "%s line %d: the id %.80s is also line %d's; give each "

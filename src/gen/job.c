@@ -153,7 +153,8 @@ int job_object_key(const cJSON *o, int line, char **key)
             return 1;
     } else {
         id = cJSON_GetObjectItemCaseSensitive(o, "id");
-        if (id && !cJSON_IsString(id) && !cJSON_IsNumber(id))
+        /* a number past a double's range (1e400) would print as null */
+        if (id && !cJSON_IsString(id) && !(cJSON_IsNumber(id) && isfinite(id->valuedouble)))
             return 1;
     }
     if (id) {
@@ -202,7 +203,7 @@ static int parse_native(job_src *src, const cJSON *o, job_prompt *p)
                                 "controls of the README", f->string);
     }
     if (rc == 1)
-        return job_bad_line(src, "\"id\" must be a string or a number");
+        return job_bad_line(src, "\"id\" must be a string or a finite number");
     rc = job_field_int(o, "max_new_tokens", 0, JOB_MAX_NEW_MAX, &p->max_new, &e);
     if (rc == 0)
         rc = job_field_int(o, "top_logprobs", 0, JOB_TOP_LOGPROBS_MAX, &p->par.top_logprobs,
