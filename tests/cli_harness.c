@@ -2,7 +2,9 @@
 #include "cli_harness.h"
 
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <ftw.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,6 +99,35 @@ int cli_run_mpi(int ranks, const char *env, const char *fmt, ...)
              "-x OMP_WAIT_POLICY=passive %s%s%s %s %s", CLI_MPI_ENV, ranks, env ? "-x '" : "",
              env ? env : "", env ? "'" : "", bin, args);
     return run_in_dir(cmd);
+}
+
+void cli_kill_once_written(const char *file, long bytes, const char *const *argv)
+{
+    const char *args[64] = {"flexh2o"};
+    int n = 1;
+    for (; argv[n - 1] && n < 63; n++)
+        args[n] = argv[n - 1];
+    args[n] = NULL;
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (chdir(cli_dir) != 0)
+            _exit(99);
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 2);
+        execv(getenv("FLEXH2O_BIN"), (char *const *)args);
+        _exit(98);
+    }
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s", cli_dir, file);
+    struct stat st = {0};
+    for (int t = 0; t < 20000 && (stat(path, &st) != 0 || st.st_size < bytes); t++)
+        usleep(500);
+    kill(pid, SIGKILL);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFSIGNALED(status), "the job ended before the kill (exit %d); make it longer",
+              WEXITSTATUS(status));
 }
 
 int cli_sh(const char *fmt, ...)

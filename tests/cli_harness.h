@@ -59,6 +59,12 @@ int cli_run_mpi(int ranks, const char *env, const char *fmt, ...)
  * exit status, or -1. */
 int cli_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Start `flexh2o argv...` (argv NULL-terminated, argv[0] the verb) in
+ * cli_dir, stderr to /dev/null, and SIGKILL it once cli_dir/file holds at
+ * least `bytes`: a killed job for --resume to finish. A job that ends
+ * before (or never writes that much in 10 s) fails the test. */
+void cli_kill_once_written(const char *file, long bytes, const char *const *argv);
+
 /* Write text to cli_dir/name. */
 void cli_write(const char *name, const char *text);
 /* The contents of cli_dir/name (NUL-terminated); the caller frees. */

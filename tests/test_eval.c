@@ -8,15 +8,10 @@
  * perplexity against an independent reference is in test_h2o.c.) */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
-#include <fcntl.h>
 #include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "cli_harness.h"
 #include "err.h"
@@ -339,28 +334,12 @@ Test(eval, score_killed_then_resumed_loses_nothing)
     const char *flags = "--kv-policy h2o --kv-budget 8 --batch-size 1 --quiet --no-summary";
     cr_assert_eq(cli_run("score --model " TINY " --prompts k.jsonl --out full.jsonl.zst %s",
                          flags), 0, "%s", cli_err);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        if (chdir(cli_dir) != 0)
-            _exit(99);
-        int null = open("/dev/null", O_WRONLY);
-        dup2(null, 2);
-        execl(getenv("FLEXH2O_BIN"), "flexh2o", "score", "--model", TINY, "--prompts",
-              "k.jsonl", "--out", "k.jsonl.zst", "--kv-policy", "h2o", "--kv-budget", "8",
-              "--batch-size", "1", "--quiet", "--device", "cpu", (char *)NULL);
-        _exit(98);
-    }
-    char path[600];
-    snprintf(path, sizeof path, "%s/k.jsonl.zst", cli_dir);
-    struct stat st = {0};
-    for (int t = 0; t < 20000 && (stat(path, &st) != 0 || st.st_size < 1500); t++)
-        usleep(500);
-    kill(pid, SIGKILL);
-    int status;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
-    cr_assert(WIFSIGNALED(status), "the job ended before the kill (exit %d); make it longer",
-              WEXITSTATUS(status));
+    cli_kill_once_written("k.jsonl.zst", 1500,
+                          (const char *const[]){"score", "--model", TINY, "--prompts",
+                                                "k.jsonl", "--out", "k.jsonl.zst",
+                                                "--kv-policy", "h2o", "--kv-budget", "8",
+                                                "--batch-size", "1", "--quiet", "--device",
+                                                "cpu", NULL});
     cr_assert_eq(cli_run("score --model " TINY " --prompts k.jsonl --out k.jsonl.zst --resume "
                          "%s", flags), 0, "%s", cli_err);
     unsetenv("OMP_NUM_THREADS");

@@ -8,11 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "cli_harness.h"
 #include "fh_config.h"
@@ -418,28 +413,11 @@ Test(openai, killed_mid_job_then_resumed_loses_nothing)
     setenv("SOURCE_DATE_EPOCH", "1700000000", 1);
     cr_assert_eq(cli_run("generate --model " KJV " --prompts k.jsonl --out full.jsonl.zst "
                          "--quiet --batch-size 1 --ignore-eos"), 0, "%s", cli_err);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        if (chdir(cli_dir) != 0)
-            _exit(99);
-        int null = open("/dev/null", O_WRONLY);
-        dup2(null, 2);
-        execl(getenv("FLEXH2O_BIN"), "flexh2o", "generate", "--model", KJV, "--prompts",
-              "k.jsonl", "--out", "k.jsonl.zst", "--quiet", "--batch-size", "1",
-              "--ignore-eos", "--device", "cpu", (char *)NULL);
-        _exit(98);
-    }
-    char path[600];
-    snprintf(path, sizeof path, "%s/k.jsonl.zst", cli_dir);
-    struct stat st = {0};
-    for (int t = 0; t < 20000 && (stat(path, &st) != 0 || st.st_size < 1500); t++)
-        usleep(500);
-    kill(pid, SIGKILL);
-    int status;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
-    cr_assert(WIFSIGNALED(status), "the job ended before the kill (exit %d); make it longer",
-              WEXITSTATUS(status));
+    cli_kill_once_written("k.jsonl.zst", 1500,
+                          (const char *const[]){"generate", "--model", KJV, "--prompts",
+                                                "k.jsonl", "--out", "k.jsonl.zst", "--quiet",
+                                                "--batch-size", "1", "--ignore-eos", "--device",
+                                                "cpu", NULL});
     cr_assert_eq(cli_run("generate --model " KJV " --prompts k.jsonl --out k.jsonl.zst --quiet "
                          "--batch-size 1 --ignore-eos --resume"), 0, "%s", cli_err);
     unsetenv("SOURCE_DATE_EPOCH");

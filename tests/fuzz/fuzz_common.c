@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "err.h"
+#include "tok.h"
 
 static char dir[256];
 
@@ -17,6 +18,16 @@ static void quiet(const char *msg, void *ud)
 {
     (void)msg;
     (void)ud;
+}
+
+struct tok *fuzz_embedded_tok(void)
+{
+    static tok *t;
+    if (!t)
+        FUZZ_CHECK(tok_load_mem(tok_embedded_vocab_json, tok_embedded_vocab_json_len,
+                                tok_embedded_merges_txt, tok_embedded_merges_txt_len, &t) == 0,
+                   "%s", err_msg());
+    return t;
 }
 
 void fuzz_begin(void)

@@ -38,6 +38,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
  * shows in the next. */
 void fuzz_begin(void);
 
+/* The embedded GPT-2 tokenizer (src/tok_embedded.c), loaded once per
+ * process: the tokenizer of the harnesses that parse text. */
+struct tok;
+struct tok *fuzz_embedded_tok(void);
+
 /* The scratch directory (created on the first call under /dev/shm, else
  * $TMPDIR or /tmp; removed with its files at exit). Static storage. */
 const char *fuzz_dir(void);

@@ -163,10 +163,7 @@ static void split_and_merge(const job_prompts *ps, const char *in, const char *o
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     fuzz_begin();
-    if (!t)
-        FUZZ_CHECK(tok_load_mem(tok_embedded_vocab_json, tok_embedded_vocab_json_len,
-                                tok_embedded_merges_txt, tok_embedded_merges_txt_len, &t) == 0,
-                   "%s", err_msg());
+    t = fuzz_embedded_tok();
     if (size < 1)
         return 0;
     unsigned opt = data[0];

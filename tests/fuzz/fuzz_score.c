@@ -22,15 +22,10 @@
 #include "fuzz_common.h"
 #include "job.h"
 
-static tok *t;
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     fuzz_begin();
-    if (!t)
-        FUZZ_CHECK(tok_load_mem(tok_embedded_vocab_json, tok_embedded_vocab_json_len,
-                                tok_embedded_merges_txt, tok_embedded_merges_txt_len, &t) == 0,
-                   "%s", err_msg());
+    const tok *t = fuzz_embedded_tok();
     if (size < 1)
         return 0;
     unsigned opt = data[0];
