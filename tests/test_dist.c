@@ -540,6 +540,31 @@ Test(dist_cli, eval_and_score_over_ranks)
         free(r);
         cJSON_Delete(b);
     }
+    /* eval --out over ranks: the records of one process; --resume of a
+     * cut file over three ranks: the same line and records */
+    cr_assert_eq(cli_run("%s --out w1.jsonl", ev), 0, "%s", cli_err);
+    cr_assert_eq(cli_run_mpi(2, NULL, "%s --out w2.jsonl", ev), 0, "%s", cli_err);
+    char *w1 = cli_read("w1.jsonl"), *w2 = cli_read("w2.jsonl");
+    cr_assert_str_eq(w2, w1);
+    free(w2);
+    char *two = strchr(strchr(w1, '\n') + 1, '\n') + 1;
+    char *part = strndup(w1, (size_t)(two - w1) + 9);
+    cli_write("w3.jsonl", part);
+    free(part);
+    cr_assert_eq(cli_run_mpi(3, NULL, "%s --out w3.jsonl --resume", ev), 0, "%s", cli_err);
+    char *r = cli_read("stdout.txt");
+    cJSON *b = cJSON_Parse(r);
+    cr_assert(b, "%s", r);
+    cJSON_DeleteItemFromObject(b, "tok_s");
+    char *sb = cJSON_PrintUnformatted(b);
+    cr_assert_str_eq(sb, sa, "resumed over 3 ranks");
+    free(sb);
+    free(r);
+    cJSON_Delete(b);
+    w2 = cli_read("w3.jsonl");
+    cr_assert_str_eq(w2, w1);
+    free(w2);
+    free(w1);
     free(sa);
     free(one);
     cJSON_Delete(a);

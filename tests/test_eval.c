@@ -352,3 +352,117 @@ Test(eval, score_killed_then_resumed_loses_nothing)
     free(want);
     free(got);
 }
+
+/* eval --out: each finished window's record; --resume after a cut file
+ * or a real SIGKILL prints the line an uninterrupted run prints and
+ * leaves the same records; a record of another run (another budget) is
+ * refused, as are --resume without --out and --out equal to --text. */
+static char *without_speed(const char *json)
+{
+    cJSON *o = cJSON_Parse(json);
+    cr_assert(o, "not JSON: %s", json);
+    cJSON_DeleteItemFromObject(o, "tok_s");
+    char *t = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return t;
+}
+
+Test(eval, eval_out_and_resume)
+{
+    const char *ev = "eval --model " TINY " --text " TEXT " --context 24 --kv-policy h2o "
+                     "--kv-budget 10 --compare-full --batch-size 2 --quiet --no-summary";
+    cr_assert_eq(cli_run("%s", ev), 0, "%s", cli_err);
+    char *t = cli_read("stdout.txt"), *want = without_speed(t);
+    free(t);
+    cr_assert_eq(cli_run("%s --out w.jsonl", ev), 0, "%s", cli_err);
+    t = cli_read("stdout.txt");
+    char *got = without_speed(t);
+    cr_assert_str_eq(got, want);
+    free(t);
+    free(got);
+    char *whole = cli_read("w.jsonl");
+    int lines = 0;
+    for (char *c = whole; *c; c++)
+        lines += *c == '\n';
+    cr_assert_eq(lines, 9, "%s", whole);
+    /* three records and a torn fourth */
+    char *cut = whole;
+    for (int k = 0; k < 3; k++)
+        cut = strchr(cut, '\n') + 1;
+    char *part = strndup(whole, (size_t)(cut - whole) + 20);
+    cli_write("w2.jsonl", part);
+    free(part);
+    cr_assert_eq(cli_run("%s --out w2.jsonl --resume", ev), 0, "%s", cli_err);
+    t = cli_read("stdout.txt");
+    got = without_speed(t);
+    cr_assert_str_eq(got, want);
+    free(t);
+    free(got);
+    char *again = cli_read("w2.jsonl");
+    cr_assert_str_eq(again, whole);
+    free(again);
+    /* everything there: nothing runs, the same line */
+    cr_assert_eq(cli_run("eval --model " TINY " --text " TEXT " --context 24 --kv-policy h2o "
+                         "--kv-budget 10 --compare-full --batch-size 2 --quiet --out w2.jsonl "
+                         "--resume"), 0, "%s", cli_err);
+    cr_assert(strstr(cli_err, "9 of 9 windows read back from w2.jsonl"), "%s", cli_err);
+    t = cli_read("stdout.txt");
+    got = without_speed(t);
+    cr_assert_str_eq(got, want);
+    free(t);
+    free(got);
+    free(whole);
+    free(want);
+    cr_assert_eq(cli_run("eval --model " TINY " --text " TEXT " --context 24 --kv-policy h2o "
+                         "--kv-budget 11 --compare-full --batch-size 2 --quiet --out w2.jsonl "
+                         "--resume"), 2);
+    cr_assert(strstr(cli_err, "w2.jsonl line 1: not a record of this run's windows"), "%s",
+              cli_err);
+    cr_assert_eq(cli_run("%s --out w2.jsonl", ev), 1);
+    cr_assert(strstr(cli_err, "w2.jsonl already exists; pass --resume"), "%s", cli_err);
+    cr_assert_eq(cli_run("%s --resume", ev), 2);
+    cr_assert(strstr(cli_err, "--resume goes on from the window records of --out"), "%s",
+              cli_err);
+    cli_write("t.txt", "some text to score, some text to score, some text to score");
+    cr_assert_eq(cli_run("eval --model " TINY " --text t.txt --out t.txt --quiet"), 2);
+    cr_assert(strstr(cli_err, "--text and --out must be different files"), "%s", cli_err);
+
+    /* a real kill of a long run, then --resume (one thread: a tiny model's
+     * small parallel regions cost more in wake-ups than they gain) */
+    size_t cap = 1 << 20, at = 0;
+    char *text = malloc(cap);
+    cr_assert(text);
+    for (int i = 0; at + 200 < cap && i < 3000; i++)
+        at += (size_t)snprintf(text + at, cap - at, "the heavy hitters of line %d and what "
+                               "follows them; ", i);
+    cli_write("long.txt", text);
+    free(text);
+    setenv("OMP_NUM_THREADS", "1", 1);
+    const char *lv = "eval --model " TINY " --text long.txt --context 32 --kv-policy h2o "
+                     "--kv-budget 8 --batch-size 4 --quiet --no-summary";
+    cr_assert_eq(cli_run("%s --out full.jsonl.zst", lv), 0, "%s", cli_err);
+    t = cli_read("stdout.txt");
+    want = without_speed(t);
+    free(t);
+    cli_kill_once_written("k.jsonl.zst", 3000,
+                          (const char *const[]){"eval", "--model", TINY, "--text", "long.txt",
+                                                "--context", "32", "--kv-policy", "h2o",
+                                                "--kv-budget", "8", "--batch-size", "4",
+                                                "--quiet", "--out", "k.jsonl.zst", "--device",
+                                                "cpu", NULL});
+    cr_assert_eq(cli_run("%s --out k.jsonl.zst --resume", lv), 0, "%s", cli_err);
+    unsetenv("OMP_NUM_THREADS");
+    t = cli_read("stdout.txt");
+    got = without_speed(t);
+    cr_assert_str_eq(got, want);
+    free(t);
+    free(got);
+    free(want);
+    int nf_full, nf;
+    char *a = cli_read_zst("full.jsonl.zst", &nf_full, NULL);
+    char *b = cli_read_zst("k.jsonl.zst", &nf, NULL);
+    cr_assert_eq(nf, nf_full);
+    cr_assert_str_eq(b, a);
+    free(a);
+    free(b);
+}

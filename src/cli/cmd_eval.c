@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 #include "cli.h"
 #include "cli_args.h"
@@ -34,6 +35,7 @@
 
 static const char eval_help[] =
     "usage: flexh2o eval --model DIR --text FILE [--context N] [--compare-full]\n"
+    "         [--out WINDOWS.jsonl [--resume]]\n"
     "         [KV policy flags] [placement flags] [--device cpu|cuda] [--quiet] [--no-summary]\n\n"
     "Streaming perplexity (DESIGN.md \"Quality\"): the text, tokenized as `tokenize` does\n"
     "(BOS first where the model adds one), is cut into consecutive windows of --context\n"
@@ -50,6 +52,11 @@ static const char eval_help[] =
     "  --context N          tokens per window\n"
     "  --max-windows N      score the first N windows only\n"
     "  --compare-full       agreement and KL against the full cache\n"
+    "  --out FILE           each finished window's numbers, a JSON line each (FILE.zst:\n"
+    "                       zstd), so that a long run can be resumed\n"
+    "  --resume             go on after the windows already in --out (a killed run's torn\n"
+    "                       last record is cut off); the line printed is the one an\n"
+    "                       uninterrupted run prints\n"
     "KV policy and placement flags as for generate (--kv-policy, --kv-ratio, --kv-budget,\n"
     "--sinks, --hh-share, --recent, --batch-size, --percent, --cpu-attention, ...), and\n"
     "--cpu-matmul bf16.\n"
@@ -77,7 +84,7 @@ typedef struct eval_args {
     cli_common c;
     cli_run run;
     const char *text;
-    int context, max_windows, compare_full;
+    int context, max_windows, compare_full, resume;
 } eval_args;
 
 #define E(f) offsetof(eval_args, f)
@@ -87,6 +94,7 @@ static const cli_opt eval_opts_tab[] = {
     CLI_INT("context", E(context), 2, 1 << 24, 0),
     CLI_INT("max-windows", E(max_windows), 1, 1 << 30, 0),
     CLI_SWITCH("compare-full", E(compare_full), 1, 0),
+    CLI_SWITCH("resume", E(resume), 1, 0),
 };
 #undef E
 
@@ -103,7 +111,10 @@ typedef struct eval_job {
     char **req_ids;      /* score: each request's id, as JSON text */
     job_out out;         /* score's results (zstd when named *.zst), rank 0's */
     long written;
-    long skipped;        /* score --resume: requests already in --out */
+    long skipped;        /* --resume: requests (windows) already in --out */
+    unsigned char *done; /* eval --resume: (n) 1 where --out holds the window's record */
+    int keep;            /* eval --out: each finished window's record into it */
+    int compare_full;    /* eval: the flag, for the records' fingerprints */
     uint64_t kv_bytes;
     eval_stats st;
     /* over ranks: this rank's streams, copies of s[idx[i]] */
@@ -129,7 +140,125 @@ static void run_free(eval_job *j)
     free(j->s);
     free(j->mine);
     free(j->idx);
+    free(j->done);
     gen_part_free(&j->part);
+}
+
+/* ------------------------------------------------------ eval --out */
+
+/* What makes window s's numbers: its tokens, how they are fed, its KV
+ * split (the policy as it applies to it) and --compare-full. A record of
+ * --out carries it, so that a resumed run never mixes in another run's
+ * windows (another text, --context or KV policy). */
+static uint64_t window_fp(const eval_stream *s, int compare_full)
+{
+    int h[9] = {s->n, s->prefill, s->first_target, s->split.budget, s->split.sinks,
+                s->split.heavy, s->split.recent, s->split.evicts, compare_full};
+    return XXH3_64bits_withSeed(s->ids, sizeof(int32_t) * (size_t)s->n,
+                                XXH3_64bits(h, sizeof h));
+}
+
+/* Window k's record: its numbers exactly (%.17g), so that a resumed run
+ * reports what an uninterrupted one does. */
+static char *window_record(const eval_job *j, int k, int compare_full)
+{
+    const eval_stream *s = &j->s[k];
+    char *t = NULL;
+    return asprintf(&t, "{\"id\": %d, \"fp\": \"%016llx\", \"logprob\": %.17g, "
+                    "\"targets\": %d, \"greedy\": %d, \"kl\": %.17g, \"agree\": %d}", k + 1,
+                    (unsigned long long)window_fp(s, compare_full), s->logprob, s->n_targets,
+                    s->n_greedy, s->kl, s->n_agree) < 0 ? NULL : t;
+}
+
+static int window_append(eval_job *j, int k)
+{
+    char *rec = window_record(j, k, j->compare_full), key[16];
+    RETURN_IF(!rec, -ENOMEM, "out of memory");
+    snprintf(key, sizeof key, "%d", k + 1);
+    int rc = job_out_append(&j->out, key, rec);
+    free(rec);
+    return rc;
+}
+
+/* eval --resume (rank 0): the windows whose records --out holds, their
+ * numbers back into j->s and their flags into j->done. @return 0, or
+ * -EINVAL when a record is not this run's. */
+static int windows_read(eval_job *j, const char *path, int compare_full)
+{
+    char *buf;
+    size_t len;
+    FORWARD_IF(job_file_read_all(path, &buf, &len));
+    int rc = 0, line = 0;
+    for (char *p = buf, *nl; rc == 0 && p < buf + len; p = nl + 1) {
+        nl = memchr(p, '\n', (size_t)(buf + len - p));
+        if (!nl)
+            nl = buf + len;
+        line++;
+        cJSON *r = cJSON_ParseWithLength(p, (size_t)(nl - p));
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(r, "id"),
+                    *fp = cJSON_GetObjectItemCaseSensitive(r, "fp");
+        int k = cJSON_IsNumber(id) && id->valuedouble >= 1 && id->valuedouble <= j->n
+                    ? (int)id->valuedouble - 1 : -1;
+        char want[24] = "";
+        if (k >= 0 && (double)(k + 1) == id->valuedouble)
+            snprintf(want, sizeof want, "%016llx",
+                     (unsigned long long)window_fp(&j->s[k], compare_full));
+        if (!want[0] || !cJSON_IsString(fp) || strcmp(fp->valuestring, want) != 0) {
+            err_set(__FILE__, __LINE__, "%s line %d: not a record of this run's windows (another "
+                    "text, --context, KV policy or --compare-full); choose another --out",
+                    path, line);
+            rc = -EINVAL;
+        } else if (!j->done[k]) {
+            eval_stream *s = &j->s[k];
+            const cJSON *f[5] = {cJSON_GetObjectItemCaseSensitive(r, "logprob"),
+                                 cJSON_GetObjectItemCaseSensitive(r, "targets"),
+                                 cJSON_GetObjectItemCaseSensitive(r, "greedy"),
+                                 cJSON_GetObjectItemCaseSensitive(r, "kl"),
+                                 cJSON_GetObjectItemCaseSensitive(r, "agree")};
+            for (int i = 0; i < 5; i++)
+                if (!cJSON_IsNumber(f[i]))
+                    rc = -EINVAL;
+            if (rc == 0) {
+                s->logprob = f[0]->valuedouble;
+                s->n_targets = (int)f[1]->valuedouble;
+                s->n_greedy = (int)f[2]->valuedouble;
+                s->kl = f[3]->valuedouble;
+                s->n_agree = (int)f[4]->valuedouble;
+                j->done[k] = 1;
+                j->skipped++;
+            } else {
+                err_set(__FILE__, __LINE__, "%s line %d: a record without its numbers; choose "
+                        "another --out", path, line);
+            }
+        }
+        cJSON_Delete(r);
+    }
+    free(buf);
+    return rc;
+}
+
+/* eval --out: open it (rank 0), read what a resumed one holds, and give
+ * every rank the flags of the windows already there. @return 0 or -errno. */
+static int windows_open(eval_job *j, const char *path, int resume, const eval_opts *eo)
+{
+    j->keep = 1;
+    j->compare_full = eo->compare_full;
+    j->done = calloc((size_t)j->n, 1);
+    int rc = j->done ? 0 : -ENOMEM;
+    if (rc < 0)
+        err_set(__FILE__, __LINE__, "out of memory");
+    /* the splits (the fingerprints' policy part), as run_streams checks them */
+    if (rc == 0)
+        rc = eval_check(&j->src.cfg, j->s, j->n, eo);
+    if (rc == 0 && dist_get()->rank == 0) {
+        rc = job_out_open(path, resume, &j->out);
+        if (rc == 0 && resume)
+            rc = windows_read(j, path, eo->compare_full);
+    }
+    rc = dist_agree(rc);
+    if (rc == 0 && resume)
+        rc = dist_agree(dist_window(j->n, j->done) < 0 ? -EIO : 0);
+    return rc;
 }
 
 /* ------------------------------------------------------------ ranks */
@@ -157,10 +286,11 @@ static int write_result(void *ud, const char *id, const char *record)
         j->written++;
         return 0;
     }
-    eval_stream *s = &j->s[atoi(id)];
+    int k = atoi(id);
+    eval_stream *s = &j->s[k];
     RETURN_IF(sscanf(record, "%lf %d %d %lf %d", &s->logprob, &s->n_targets, &s->n_greedy,
                      &s->kl, &s->n_agree) != 5, -EPROTO, "internal: a bad window result");
-    return 0;
+    return j->keep ? window_append(j, k) : 0;
 }
 
 /* eval_opts.on_block over ranks: each finished stream of this rank's
@@ -181,14 +311,45 @@ static int put_results(void *ud, const eval_stream *s, int first, int n)
     return 0;
 }
 
+/* eval --out, one process (eval_opts.on_block): each finished window's
+ * numbers back into j->s and its record into --out. */
+static int keep_results(void *ud, const eval_stream *s, int first, int n)
+{
+    eval_job *j = ud;
+    for (int i = first; i < first + n; i++) {
+        int k = j->idx[i];
+        j->s[k] = s[i];
+        FORWARD_IF(window_append(j, k));
+    }
+    return 0;
+}
+
+/* Alone with windows already done (eval --resume) or records to keep:
+ * the windows still to run into j->mine, j->idx their indices. */
+static int left_streams(eval_job *j)
+{
+    j->mine = calloc((size_t)j->n, sizeof *j->mine);
+    j->idx = calloc((size_t)j->n, sizeof *j->idx);
+    RETURN_IF(!j->mine || !j->idx, -ENOMEM, "out of memory");
+    for (int k = 0; k < j->n; k++)
+        if (!j->done || !j->done[k]) {
+            j->idx[j->n_mine] = k;
+            j->mine[j->n_mine++] = j->s[k];
+        }
+    return 0;
+}
+
 /* Over ranks: this rank's share of the streams (by cost: tokens fed,
- * twice with --compare-full) into j->mine. @return 0 or -errno. */
+ * twice with --compare-full; none for a window already in --out) into
+ * j->mine. @return 0 or -errno. */
 static int split_streams(eval_job *j, const eval_opts *eo)
 {
     const dist_world *w = dist_get();
     FORWARD_IF(gen_part_init(&j->part, w->size, w->rank));
     for (int k = 0; k < j->n; k++)
-        FORWARD_IF(gen_part_add(&j->part, (int64_t)j->s[k].n * (eo->compare_full ? 2 : 1)));
+        FORWARD_IF(gen_part_add(&j->part, j->done && j->done[k]
+                                              ? -1
+                                              : (int64_t)j->s[k].n * (eo->compare_full ? 2 : 1)));
     j->mine = calloc((size_t)j->n, sizeof *j->mine);
     j->idx = calloc((size_t)j->n, sizeof *j->idx);
     RETURN_IF(!j->mine || !j->idx, -ENOMEM, "out of memory");
@@ -210,9 +371,13 @@ static int run_streams(eval_job *j, const cli_run *run, const sched_policy *pol,
                        eval_opts *eo)
 {
     int rc = eval_check(&j->src.cfg, j->s, j->n, eo);
-    if (rc == 0 && dist_active())
+    if (rc == 0 && dist_active()) {
         rc = split_streams(j, eo);
-    else if (rc == 0) {
+    } else if (rc == 0 && j->keep) {
+        rc = left_streams(j);
+        eo->on_block = keep_results;
+        eo->ud = j;
+    } else if (rc == 0) {
         j->mine = j->s; /* alone: every stream, in place */
         j->n_mine = j->n;
     }
@@ -220,19 +385,20 @@ static int run_streams(eval_job *j, const cli_run *run, const sched_policy *pol,
         rc = prepare_streams(j, run, pol, eo);
     rc = dist_agree(rc);
     if (rc < 0 || run->plan_only || !dist_active()) {
-        if (rc == 0 && !run->plan_only)
+        if (rc == 0 && !run->plan_only && j->n_mine > 0)
             rc = eval_run(j->m, j->sc, j->mine, j->n_mine, eo, &j->st);
         if (j->mine == j->s)
             j->mine = NULL;
         return rc;
     }
-    FORWARD_IF(dist_out_start(&j->part, write_result, j, j->n, j->score ? "requests" : "windows",
-                              eo->progress, &j->dout));
+    /* (score's skipped requests left j->s; eval's done windows stay in it) */
+    FORWARD_IF(dist_out_start(&j->part, write_result, j, j->score ? j->n : j->n - (int)j->skipped,
+                              j->score ? "requests" : "windows", eo->progress, &j->dout));
     j->ran = 1;
     eo->on_block = put_results;
     eo->ud = j;
     eo->progress = 0; /* rank 0's collector tells the job's */
-    rc = eval_run(j->m, j->sc, j->mine, j->n_mine, eo, &j->st);
+    rc = j->n_mine ? eval_run(j->m, j->sc, j->mine, j->n_mine, eo, &j->st) : 0;
     double v[3] = {(double)j->st.fed, (double)j->st.targets, j->st.seconds};
     dist_report rep;
     rc = dist_out_finish(j->dout, rc, v, 3, &rep);
@@ -261,17 +427,16 @@ static int prepare_streams(eval_job *j, const cli_run *run, const sched_policy *
     cli_model_tiers(&j->src, &j->be, pol, &sh);
     sched_plan pl;
     FORWARD_IF(sched_plan_compute(&shape, j->be.ops->elem_size, pol, &sh, &pl));
-    /* the policy's own KV cache (--compare-full's full copies not counted) */
-    sched_plan pl_alone = pl;
-    if (eo->compare_full) {
-        eval_opts alone = *eo;
-        alone.compare_full = 0;
-        sched_shape sh_alone;
-        eval_shape(cfg, j->mine, j->n_mine, &alone, pol->gpu_batch_size, &sh_alone);
-        cli_model_tiers(&j->src, &j->be, pol, &sh_alone);
-        FORWARD_IF(sched_plan_compute(&shape, j->be.ops->elem_size, pol, &sh_alone,
-                                      &pl_alone));
-    }
+    /* the policy's own KV cache (--compare-full's full copies not counted),
+     * planned over every window, so that neither the ranks nor a resume
+     * (fewer windows left) change it */
+    eval_opts alone = *eo;
+    alone.compare_full = 0;
+    sched_shape sh_alone;
+    sched_plan pl_alone;
+    eval_shape(cfg, j->s, j->n, &alone, pol->gpu_batch_size, &sh_alone);
+    cli_model_tiers(&j->src, &j->be, pol, &sh_alone);
+    FORWARD_IF(sched_plan_compute(&shape, j->be.ops->elem_size, pol, &sh_alone, &pl_alone));
     for (int t = 0; t < SCHED_TIERS; t++)
         j->kv_bytes += pl_alone.bytes[t][SCHED_KV];
     if (run->plan_only) {
@@ -279,6 +444,8 @@ static int prepare_streams(eval_job *j, const cli_run *run, const sched_policy *
             sched_plan_print(stdout, &pl);
         return sched_plan_check(&pl, pol, pol->gpu_mem, pol->cpu_mem, 0);
     }
+    if (j->n_mine == 0)
+        return 0; /* every window is in --out already (or another rank's) */
     FORWARD_IF(sched_create(&j->be, &shape, pol, &sh, NULL, &j->sc));
     FORWARD_IF(cli_model_load(&j->src, &j->be, j->sc, &j->m));
     sched_model bound;
@@ -402,8 +569,13 @@ int cli_eval(int argc, char **argv)
     if (rc == 0 && !j.src.t)
         rc = cli_error(1, "%s: no tokenizer (vocab.json + merges.txt or tokenizer.json); eval "
                        "needs one", a.c.model_dir);
-    if (rc == 0 && (a.c.prompts || a.c.out || a.c.dummy))
-        rc = cli_usage("eval", "eval takes --model and --text (no --prompts, --out, --dummy)");
+    if (rc == 0 && (a.c.prompts || a.c.dummy))
+        rc = cli_usage("eval", "eval takes --model and --text (no --prompts, --dummy)");
+    if (rc == 0 && a.resume && !a.c.out)
+        rc = cli_usage("eval", "--resume goes on from the window records of --out: give it");
+    if (rc == 0 && a.c.out && cli_same_file(a.text, a.c.out))
+        rc = cli_usage("eval", "--text and --out must be different files (the records are "
+                       "appended to); choose another --out");
     if (rc == 0 && a.compare_full && pol.gpu_batch_size * pol.num_gpu_batches < 2)
         rc = cli_usage("eval", "--compare-full runs each window twice side by side: use a "
                        "--batch-size of at least 2");
@@ -416,13 +588,32 @@ int cli_eval(int argc, char **argv)
     eval_opts eo = {.kv = a.c.kv, .compare_full = a.compare_full,
                     .prefill_rows = a.c.prefill_rows, .progress = !a.run.quiet};
     rc = dist_agree(eval_windows(&j, a.text, a.context, a.max_windows));
+    if (rc == 0 && a.c.out && !a.run.plan_only)
+        rc = windows_open(&j, a.c.out, a.resume, &eo);
+    if (rc == -EEXIST) {
+        run_free(&j);
+        return cli_fail();
+    }
     if (rc == 0)
         rc = run_streams(&j, &a.run, &pol, &eo);
+    int out_open = j.out.f != NULL;
+    if (job_out_close(&j.out) != 0 && rc == 0) {
+        err_set(__FILE__, __LINE__, "%s: closing failed", a.c.out);
+        rc = -EIO;
+    }
     int status = 0;
-    if (rc < 0)
-        status = rc == -EINVAL ? cli_usage_err("eval") : cli_fail();
+    if (rc == -EINVAL)
+        status = cli_usage_err("eval");
+    else if (rc < 0 && out_open && err_msg()[0] && !strstr(err_msg(), "--resume"))
+        status = cli_error(1, "%s; the windows already in %s are intact: --resume goes on "
+                           "from them", err_msg(), a.c.out);
+    else if (rc < 0)
+        status = cli_fail();
     else if (!a.run.plan_only && dist_get()->rank == 0)
         eval_report(&a, &j, &eo);
+    if (rc == 0 && j.skipped && !a.run.no_summary && dist_get()->rank == 0)
+        fprintf(stderr, "[flexh2o] %ld of %d windows read back from %s\n", j.skipped, j.n,
+                a.c.out);
     if (rc == 0 && !a.run.no_summary && j.sc && dist_get()->rank == 0)
         sched_summary_print(j.sc, stderr);
     int ran = j.ran;
