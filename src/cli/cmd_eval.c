@@ -21,7 +21,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <xxhash.h>
 
 #include "cli.h"
 #include "cli_args.h"
@@ -146,33 +145,9 @@ static void run_free(eval_job *j)
 
 /* ------------------------------------------------------ eval --out */
 
-/* What makes window s's numbers: its tokens, how they are fed, its KV
- * split (the policy as it applies to it) and --compare-full. A record of
- * --out carries it, so that a resumed run never mixes in another run's
- * windows (another text, --context or KV policy). */
-static uint64_t window_fp(const eval_stream *s, int compare_full)
-{
-    int h[9] = {s->n, s->prefill, s->first_target, s->split.budget, s->split.sinks,
-                s->split.heavy, s->split.recent, s->split.evicts, compare_full};
-    return XXH3_64bits_withSeed(s->ids, sizeof(int32_t) * (size_t)s->n,
-                                XXH3_64bits(h, sizeof h));
-}
-
-/* Window k's record: its numbers exactly (%.17g), so that a resumed run
- * reports what an uninterrupted one does. */
-static char *window_record(const eval_job *j, int k, int compare_full)
-{
-    const eval_stream *s = &j->s[k];
-    char *t = NULL;
-    return asprintf(&t, "{\"id\": %d, \"fp\": \"%016llx\", \"logprob\": %.17g, "
-                    "\"targets\": %d, \"greedy\": %d, \"kl\": %.17g, \"agree\": %d}", k + 1,
-                    (unsigned long long)window_fp(s, compare_full), s->logprob, s->n_targets,
-                    s->n_greedy, s->kl, s->n_agree) < 0 ? NULL : t;
-}
-
 static int window_append(eval_job *j, int k)
 {
-    char *rec = window_record(j, k, j->compare_full), key[16];
+    char *rec = eval_window_record(&j->s[k], k, j->compare_full), key[16];
     RETURN_IF(!rec, -ENOMEM, "out of memory");
     snprintf(key, sizeof key, "%d", k + 1);
     int rc = job_out_append(&j->out, key, rec);
@@ -180,59 +155,14 @@ static int window_append(eval_job *j, int k)
     return rc;
 }
 
-/* eval --resume (rank 0): the windows whose records --out holds, their
- * numbers back into j->s and their flags into j->done. @return 0, or
- * -EINVAL when a record is not this run's. */
+/* eval --resume (rank 0): the windows whose records --out holds
+ * (eval_windows_read). @return 0 or -errno. */
 static int windows_read(eval_job *j, const char *path, int compare_full)
 {
     char *buf;
     size_t len;
     FORWARD_IF(job_file_read_all(path, &buf, &len));
-    int rc = 0, line = 0;
-    for (char *p = buf, *nl; rc == 0 && p < buf + len; p = nl + 1) {
-        nl = memchr(p, '\n', (size_t)(buf + len - p));
-        if (!nl)
-            nl = buf + len;
-        line++;
-        cJSON *r = cJSON_ParseWithLength(p, (size_t)(nl - p));
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(r, "id"),
-                    *fp = cJSON_GetObjectItemCaseSensitive(r, "fp");
-        int k = cJSON_IsNumber(id) && id->valuedouble >= 1 && id->valuedouble <= j->n
-                    ? (int)id->valuedouble - 1 : -1;
-        char want[24] = "";
-        if (k >= 0 && (double)(k + 1) == id->valuedouble)
-            snprintf(want, sizeof want, "%016llx",
-                     (unsigned long long)window_fp(&j->s[k], compare_full));
-        if (!want[0] || !cJSON_IsString(fp) || strcmp(fp->valuestring, want) != 0) {
-            err_set(__FILE__, __LINE__, "%s line %d: not a record of this run's windows (another "
-                    "text, --context, KV policy or --compare-full); choose another --out",
-                    path, line);
-            rc = -EINVAL;
-        } else if (!j->done[k]) {
-            eval_stream *s = &j->s[k];
-            const cJSON *f[5] = {cJSON_GetObjectItemCaseSensitive(r, "logprob"),
-                                 cJSON_GetObjectItemCaseSensitive(r, "targets"),
-                                 cJSON_GetObjectItemCaseSensitive(r, "greedy"),
-                                 cJSON_GetObjectItemCaseSensitive(r, "kl"),
-                                 cJSON_GetObjectItemCaseSensitive(r, "agree")};
-            for (int i = 0; i < 5; i++)
-                if (!cJSON_IsNumber(f[i]))
-                    rc = -EINVAL;
-            if (rc == 0) {
-                s->logprob = f[0]->valuedouble;
-                s->n_targets = (int)f[1]->valuedouble;
-                s->n_greedy = (int)f[2]->valuedouble;
-                s->kl = f[3]->valuedouble;
-                s->n_agree = (int)f[4]->valuedouble;
-                j->done[k] = 1;
-                j->skipped++;
-            } else {
-                err_set(__FILE__, __LINE__, "%s line %d: a record without its numbers; choose "
-                        "another --out", path, line);
-            }
-        }
-        cJSON_Delete(r);
-    }
+    int rc = eval_windows_read(path, buf, len, j->s, j->n, compare_full, j->done, &j->skipped);
     free(buf);
     return rc;
 }

@@ -14,9 +14,12 @@
  */
 #include "eval.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 #include "err.h"
 #include "gen.h"
@@ -292,5 +295,93 @@ int eval_run(model *m, sched *sc, eval_stream *s, int n, const eval_opts *o, eva
     free(e.members);
     free(e.row_of);
     free(e.logits);
+    return rc;
+}
+
+/* ------------------------------------------------- window records */
+
+uint64_t eval_window_fp(const eval_stream *s, int compare_full)
+{
+    int h[9] = {s->n, s->prefill, s->first_target, s->split.budget, s->split.sinks,
+                s->split.heavy, s->split.recent, s->split.evicts, compare_full};
+    return XXH3_64bits_withSeed(s->ids, sizeof(int32_t) * (size_t)s->n,
+                                XXH3_64bits(h, sizeof h));
+}
+
+char *eval_window_record(const eval_stream *s, int k, int compare_full)
+{
+    char *t = NULL;
+    return asprintf(&t, "{\"id\": %d, \"fp\": \"%016llx\", \"logprob\": %.17g, "
+                    "\"targets\": %d, \"greedy\": %d, \"kl\": %.17g, \"agree\": %d}", k + 1,
+                    (unsigned long long)eval_window_fp(s, compare_full), s->logprob,
+                    s->n_targets, s->n_greedy, s->kl, s->n_agree) < 0 ? NULL : t;
+}
+
+/* The numbers of record r into window s, when they are ones a run of s
+ * gives: its target count, counts within it, a finite log-probability
+ * (at most 0) and KL. @return 1 when taken, 0 when not. */
+static int take_numbers(const cJSON *r, eval_stream *s)
+{
+    const cJSON *f[5] = {cJSON_GetObjectItemCaseSensitive(r, "logprob"),
+                         cJSON_GetObjectItemCaseSensitive(r, "targets"),
+                         cJSON_GetObjectItemCaseSensitive(r, "greedy"),
+                         cJSON_GetObjectItemCaseSensitive(r, "kl"),
+                         cJSON_GetObjectItemCaseSensitive(r, "agree")};
+    for (int i = 0; i < 5; i++)
+        if (!cJSON_IsNumber(f[i]) || !isfinite(f[i]->valuedouble))
+            return 0;
+    int targets = s->n - s->first_target;
+    double lp = f[0]->valuedouble, kl = f[3]->valuedouble;
+    double g = f[2]->valuedouble, a = f[4]->valuedouble;
+    /* the ranges first: a double cast to int past int's is undefined */
+    if (f[1]->valuedouble != targets || !(lp <= 0) || !(g >= 0 && g <= targets) ||
+        g != (int)g || !(a >= 0 && a <= targets) || a != (int)a)
+        return 0;
+    s->logprob = lp;
+    s->n_targets = targets;
+    s->n_greedy = (int)g;
+    s->kl = kl;
+    s->n_agree = (int)a;
+    return 1;
+}
+
+int eval_windows_read(const char *path, const char *buf, size_t len, eval_stream *s, int n,
+                      int compare_full, unsigned char *done, long *n_done)
+{
+    int rc = 0, line = 0;
+    for (const char *p = buf, *nl; rc == 0 && p < buf + len; p = nl + 1) {
+        nl = memchr(p, '\n', (size_t)(buf + len - p));
+        if (!nl)
+            nl = buf + len;
+        line++;
+        cJSON *r = cJSON_ParseWithLength(p, (size_t)(nl - p));
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(r, "id"),
+                    *fp = cJSON_GetObjectItemCaseSensitive(r, "fp");
+        int k = cJSON_IsNumber(id) && id->valuedouble >= 1 && id->valuedouble <= n &&
+                        id->valuedouble == (int)id->valuedouble
+                    ? (int)id->valuedouble - 1 : -1;
+        char want[24] = "";
+        if (k >= 0)
+            snprintf(want, sizeof want, "%016llx",
+                     (unsigned long long)eval_window_fp(&s[k], compare_full));
+        if (!want[0] || !cJSON_IsString(fp) || strcmp(fp->valuestring, want) != 0) {
+            err_set(__FILE__, __LINE__, "%s line %d: not a record of this run's windows (another "
+                    "text, --context, KV policy or --compare-full); choose another --out",
+                    path, line);
+            rc = -EINVAL;
+        } else if (!done[k]) {
+            eval_stream keep = s[k];
+            if (take_numbers(r, &s[k])) {
+                done[k] = 1;
+                (*n_done)++;
+            } else {
+                s[k] = keep;
+                err_set(__FILE__, __LINE__, "%s line %d: window %d's numbers are not ones a run "
+                        "gives (damaged?); choose another --out", path, line, k + 1);
+                rc = -EINVAL;
+            }
+        }
+        cJSON_Delete(r);
+    }
     return rc;
 }

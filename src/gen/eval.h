@@ -67,6 +67,19 @@ void eval_shape(const model_config *c, const eval_stream *s, int n, const eval_o
  * @return 0 or -errno. */
 int eval_run(model *m, sched *sc, eval_stream *s, int n, const eval_opts *o, eval_stats *st);
 
+/* eval --out: a window's fingerprint (its tokens, how they are fed, its
+ * KV split, compare_full) and its record (k: its index), the numbers
+ * exact; malloc'd, NULL when out of memory. */
+uint64_t eval_window_fp(const eval_stream *s, int compare_full);
+char *eval_window_record(const eval_stream *s, int k, int compare_full);
+/* eval --resume: the records of buf[0..len) (path's, for messages), each
+ * into its window of s[0..n) when its fingerprint is that window's and
+ * its numbers are ones a run of it gives; done[k] set and *n_done counted
+ * for each window taken (a repeated record is ignored). @return 0, or
+ * -EINVAL naming the line of a record that is not this run's. */
+int eval_windows_read(const char *path, const char *buf, size_t len, eval_stream *s, int n,
+                      int compare_full, unsigned char *done, long *n_done);
+
 /* score's requests (eval_requests.c): streams, each request's key (its
  * "id" as compact JSON, {"line": N} without one: job_line_key's rule),
  * and every request's tokens, which the streams point into. */

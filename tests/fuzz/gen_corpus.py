@@ -171,6 +171,18 @@ def main():
     put("score", "bad-repeat", b"\x08" + b'{"id": 1, "context": "a", "continuation": "b"}\n'
         b'{"id": 1.0, "context": "c", "continuation": "d"}\n')
 
+    # eval --resume's window records (the harness's four windows: 9, 9, 9 and 6 targets);
+    # option bit 1 gives each line its window's fingerprint
+    rec = ('{"id": %d, "fp": "0000000000000000", "logprob": %s, "targets": %d, "greedy": %d, '
+           '"kl": %s, "agree": %d}')
+    put("eval_resume", "records", b"\x02" + "\n".join([
+        rec % (1, "-21.5", 9, 2, "0", 0), rec % (2, "-19.25", 9, 0, "0", 0),
+        rec % (4, "-8.0000000000000018", 6, 6, "0", 0), ""]).encode())
+    put("eval_resume", "compare-full-torn", b"\x03" + "\n".join([
+        rec % (3, "-30.125", 9, 1, "0.34173957600000001", 7),
+        rec % (1, "-1e-3", 9, 9, "1e-300", 9), '{"id": 2, "fp": "']).encode())
+    put("eval_resume", "another-run", b"\x00" + (rec % (1, "-1", 9, 0, "0", 0)).encode())
+
     native = (b'{"id":"genesis","completion":" the","tokens":[262],"logprobs":[-1.5],'
               b'"finish_reason":"length"}\n'
               b'{"id":7,"choices":[{"index":0,"completion":"a","tokens":[64],"logprobs":[-0.1],'

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/../.."
 secs=${1:-5}
 shift || true
 all=(safetensors st_index model_config tok_bpe tok_json tok_config job_prompts job_resume
-     policy calib store score)
+     policy calib store score eval_resume)
 targets=("${@:-${all[@]}}")
 build=${FUZZ_BUILD:-build-fuzz}
 if [ ! -f "$build/build.ninja" ]; then
