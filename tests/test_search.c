@@ -722,6 +722,34 @@ Test(search, cli_takes_the_lengths_from_the_prompt_file)
                          "--prompt-len 8 --gpu-mem 1G"), 2);
     cr_assert(strstr(cli_err, "give --prompts FILE or --prompt-len and --gen-len, not both"),
               "%s", cli_err);
+    /* chat requests are planned as generate renders them: with the template
+     * generate is given (without one this model's chat lines are error
+     * lines, planned for nothing) */
+    cli_write("c.jsonl", "{\"prompt_ids\": [2, 9, 30]}\n"
+                         "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief "
+                         "and kind.\"}, {\"role\": \"user\", \"content\": \"Hello there\"}]}\n");
+    const char *llama = FH_SOURCE_ROOT "/tests/fixtures/tiny-llama";
+    cr_assert_eq(cli_run("search --model %s --device cpu --hardware hw.json --prompts c.jsonl "
+                         "--max-new-tokens 4 --gpu-mem 1G --cpu-mem 1G", llama), 0, "%s",
+                 cli_err);
+    out = cli_read("stdout.txt");
+    cr_assert(strstr(out, "prompt 3 + gen 4,"), "%s", out);
+    free(out);
+    cr_assert_eq(cli_run("search --model %s --device cpu --hardware hw.json --prompts c.jsonl "
+                         "--max-new-tokens 4 --gpu-mem 1G --cpu-mem 1G --chat-template llama3",
+                         llama), 0, "%s", cli_err);
+    out = cli_read("stdout.txt");
+    int plen = 0;
+    const char *at = strstr(out, "prompt ");
+    cr_assert(at && sscanf(at, "prompt %d + gen 4,", &plen) == 1 && plen > 20, "%s", out);
+    free(out);
+    cr_assert_eq(cli_run("search --model %s --device cpu --hardware hw.json --prompt-len 8 "
+                         "--gen-len 4 --gpu-mem 1G --chat-template llama3", llama), 2);
+    cr_assert(strstr(cli_err, "--chat-template renders the chat requests of --prompts"), "%s",
+              cli_err);
+    cr_assert_eq(cli_run("search --model %s --device cpu --hardware hw.json --prompts c.jsonl "
+                         "--gpu-mem 1G --chat-template llama9", llama), 2);
+    cr_assert(strstr(cli_err, "unknown chat template \"llama9\""), "%s", cli_err);
     cli_write("bad.jsonl", "{\"nothing\": 1}\n");
     cr_assert_eq(cli_run("search --dummy opt-125m --hardware hw.json --prompts bad.jsonl "
                          "--gpu-mem 1G"), 1);
@@ -730,9 +758,19 @@ Test(search, cli_takes_the_lengths_from_the_prompt_file)
 
 Test(search, cli_refusals)
 {
-    cr_assert_eq(cli_run("calibrate --device cpu --bytes 16M --out nowhere/hw.json"), 1);
-    cr_assert(strstr(cli_err, "flexh2o: nowhere/hw.json: cannot write the profile (No such "
-                              "file or directory); choose a writable path"), "%s", cli_err);
+    /* an output path that cannot be written is refused before the measuring
+     * and the search, not after them */
+    cr_assert_eq(cli_run("calibrate --device cpu --bytes 16M --out nowhere/hw.json"), 2);
+    cr_assert(strstr(cli_err, "flexh2o calibrate: --out nowhere/hw.json: cannot write there (No "
+                              "such file or directory)"), "%s", cli_err);
+    cr_assert(!strstr(cli_err, "[flexh2o]"), "it measured first: %s", cli_err);
+    cr_assert_eq(cli_run("calibrate --device cpu --bytes 16M --out ."), 2);
+    cr_assert(strstr(cli_err, "--out .: a directory; give a file path"), "%s", cli_err);
+    cr_assert_eq(cli_run("search --dummy opt-125m --gpu-mem 1G --prompt-len 8 --gen-len 4 "
+                         "--out nowhere/p.json"), 2);
+    cr_assert(strstr(cli_err, "flexh2o search: --out nowhere/p.json: cannot write there"), "%s",
+              cli_err);
+    cr_assert(!strstr(cli_err, "measuring"), "it measured first: %s", cli_err);
     cr_assert_eq(cli_run("search --dummy opt-125m --prompt-len 8 --gen-len 4"), 2);
     cr_assert(strstr(cli_err, "flexh2o search: --gpu-mem is required"), "%s", cli_err);
     cr_assert_eq(cli_run("search --dummy opt-125m --gpu-mem 1G"), 2);

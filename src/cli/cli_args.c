@@ -58,6 +58,25 @@ int cli_same_file(const char *a, const char *b)
            sa.st_ino == sb.st_ino;
 }
 
+int cli_out_check(const char *verb, const char *flag, const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return cli_usage(verb, "%s %s: a directory; give a file path", flag, path);
+    char tmp[4096];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp)
+        return cli_usage(verb, "%s: the path is too long", flag);
+    FILE *f = fopen(tmp, "wx"); /* never over a file of that name */
+    if (!f && errno != EEXIST)
+        return cli_usage(verb, "%s %s: cannot write there (%s); check that the directory "
+                         "exists and is writable", flag, path, strerror(errno));
+    if (f) {
+        fclose(f);
+        remove(tmp);
+    }
+    return 0;
+}
+
 int cli_usage_err(const char *verb)
 {
     return cli_usage(verb, "%s", err_msg());

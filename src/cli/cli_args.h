@@ -34,6 +34,11 @@ int cli_usage_err(const char *verb);
 /* 1 when paths a and b name the same existing file (device and inode:
  * also through links or another spelling), else 0. */
 int cli_same_file(const char *a, const char *b);
+/* Whether path can take verb's output of flag (--out ...) before any work
+ * is done: not a directory, in a directory that exists and is writable (a
+ * file path.tmp is made and removed). @return 0, or 2 with the usage
+ * error printed. */
+int cli_out_check(const char *verb, const char *flag, const char *path);
 /* "unknown flag FLAG" as a usage error. @return 2. */
 int cli_unknown_flag(const char *verb, const char *flag);
 

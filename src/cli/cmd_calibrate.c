@@ -47,6 +47,11 @@ int cli_calibrate(int argc, char **argv)
             return cli_unknown_flag("calibrate", argv[i]);
         }
     }
+    if (outp) { /* before the minute of measuring, not after it */
+        int rc = cli_out_check("calibrate", "--out", outp);
+        if (rc)
+            return rc;
+    }
     backend be = {0};
     int rc = cli_open_backend("calibrate", device, 0, bf16_matmul, &be);
     if (rc)

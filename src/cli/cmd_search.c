@@ -49,6 +49,7 @@ static const char search_help[] =
     "  --prompts FILE       or take them from the job's prompt file: its longest prompt,\n"
     "                       its longest generation (--max-new-tokens N, default 32, or\n"
     "                       the line's max_new_tokens) and blocks of at most its size\n"
+    "  --chat-template NAME the template generate will render chat requests with\n"
     "  --gpu-mem SIZE       GPU-tier cap, e.g. 16G (required)\n"
     "  --cpu-mem SIZE       CPU-tier cap of the host (default: MemAvailable)\n"
     "  --offload-dir DIR    allows the disk tier (its free space is the host's cap)\n"
@@ -94,6 +95,8 @@ typedef struct search_args {
     int per_node;            /* --ranks-per-node K (0 until parsed: N) */
     uint64_t host_cpu, host_disk; /* the host's caps before the division by K */
     int max_prefill;         /* --max-prefill-seconds S (-1 until given: the default) */
+    const char *chat_template_name; /* --chat-template NAME: as generate will render */
+    int chat_template;       /* its kind, or -1: the tokenizer's own */
 } search_args;
 
 #define S(f) offsetof(search_args, f)
@@ -108,6 +111,7 @@ static const cli_opt search_opts[] = {
     CLI_SWITCH("no-cpu-attention", S(c.pol.cpu_attention), 0, SCHED_POLICY_CPU_ATTENTION),
     CLI_INT("ranks", S(ranks), 1, 1 << 16, 0),
     CLI_INT("ranks-per-node", S(per_node), 1, 1 << 16, 0),
+    CLI_STR("chat-template", S(chat_template_name)),
 };
 #undef S
 
@@ -117,7 +121,7 @@ static const cli_opt search_opts[] = {
  * the usage error printed. */
 static int search_parse(int argc, char **argv, search_args *a)
 {
-    *a = (search_args){.top = 5, .max_prefill = -1,
+    *a = (search_args){.top = 5, .max_prefill = -1, .chat_template = -1,
                        .so = {.max_block = 1024, .max_gpu_batches = 16}};
     cli_common_init(&a->c);
     int rc = cli_parse("search", argc, argv, search_opts,
@@ -142,6 +146,16 @@ static int search_parse(int argc, char **argv, search_args *a)
         return cli_usage("search", "--device must be cpu or cuda");
     if (kv_policy_check(&c->kv) < 0)
         return cli_usage_err("search");
+    if (a->chat_template_name && !c->prompts)
+        return cli_usage("search", "--chat-template renders the chat requests of --prompts: "
+                         "give the prompt file");
+    if (a->chat_template_name &&
+        tok_chat_template_find(a->chat_template_name, &a->chat_template) < 0) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", err_msg());
+        err_clear();
+        return cli_usage("search", "%s", msg);
+    }
     a->ranks = a->ranks ? a->ranks : 1;
     a->per_node = a->per_node ? a->per_node : a->ranks;
     if (a->per_node > a->ranks)
@@ -170,8 +184,8 @@ static int search_parse(int argc, char **argv, search_args *a)
 /* The lengths a search plans for, from the job's prompt file: the longest
  * prompt, the longest generation, the largest KV budget, and no block
  * larger than the job. @return 0 or the exit status of the error printed. */
-static int job_lengths(const cli_model_src *src, const cli_common *c, sched_search_opts *so,
-                       int *n_out)
+static int job_lengths(const cli_model_src *src, const cli_common *c, int chat_template,
+                       sched_search_opts *so, int *n_out)
 {
     const model_config *cfg = &src->cfg;
     tok *t = src->t;
@@ -182,7 +196,7 @@ static int job_lengths(const cli_model_src *src, const cli_common *c, sched_sear
                              &(job_load_opts){.t = t, .bos = t ? tok_bos_id(t) : cfg->bos_id,
                                               .vocab = cfg->vocab_size,
                                               .max_len = cfg->max_pos - 1,
-                                              .chat_template = -1},
+                                              .chat_template = chat_template},
                              &rd);
     long n_req = 0;
     so->kv_cap = 0;
@@ -374,7 +388,7 @@ static int search_model(search_args *a, const cli_model_src *src)
 {
     const cli_common *c = &a->c;
     int rc, n_prompts = 0;
-    if (c->prompts && (rc = job_lengths(src, c, &a->so, &n_prompts)))
+    if (c->prompts && (rc = job_lengths(src, c, a->chat_template, &a->so, &n_prompts)))
         return rc;
     /* the job's prompts split over the ranks: a rank cannot fill a block
      * larger than its share */
@@ -404,6 +418,8 @@ int cli_search(int argc, char **argv)
         fputs(search_help, stdout);
         return 0;
     }
+    if (rc == 0 && a.c.out) /* before measuring and searching, not after */
+        rc = cli_out_check("search", "--out", a.c.out);
     if (rc)
         return rc;
     const cli_common *c = &a.c;
