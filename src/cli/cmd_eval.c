@@ -5,8 +5,11 @@
  *
  *   parse the flags -> the policy -> the backend -> the model's config and
  *   tokenizer -> the streams (eval: windows of the text; score: context +
- *   continuation per request) -> their KV splits -> the plan (--plan: print
- *   it and stop) -> the scheduler, the weights -> eval_run -> the report
+ *   continuation per request) -> --out opened (--resume: what it holds
+ *   leaves the run; eval's windows keep their numbers from it) -> their KV
+ *   splits -> the plan (--plan: print it and stop) -> the scheduler, the
+ *   weights -> eval_run, each finished block's records appended -> the
+ *   report
  *
  * Over MPI ranks (mpirun -n N) the streams are split by cost (gen_part:
  * their tokens); each rank runs its share through its own schedule and
