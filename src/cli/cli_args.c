@@ -135,6 +135,12 @@ int cli_open_backend(const char *verb, const char *device, int threads, int bf16
     }
     if (want_cuda && bf16_matmul)
         return cli_usage(verb, "--cpu-matmul is the CPU backend's; drop it or use --device cpu");
+    cpu_set_t mine;
+    if (threads > 0 && sched_getaffinity(0, sizeof mine, &mine) == 0 &&
+        threads > CPU_COUNT(&mine))
+        err_log("[flexh2o] --threads %d is more than the %d cores this process may run on: "
+                "threads will wait on each other (the matmuls and attention slow down); give "
+                "at most %d", threads, CPU_COUNT(&mine), CPU_COUNT(&mine));
     int rc = want_cuda ? backend_cuda_create(n_gpu > 0 ? w->local_rank % n_gpu : 0, be)
                        : backend_cpu_create_opts(&(backend_cpu_opts){.n_threads = threads,
                                                                      .bf16_matmul = bf16_matmul},
