@@ -466,3 +466,57 @@ Test(eval, eval_out_and_resume)
     free(a);
     free(b);
 }
+
+/* Without MPI: eval --shard I/N keeps its windows' records, and the
+ * joined files read back with --resume print the one run's line; score
+ * --shard I/N writes its share, and merge joins the shards into the one
+ * run's file, byte for byte. */
+Test(eval, shards_join_into_the_one_run)
+{
+    const char *ev = "eval --model " TINY " --text " TEXT " --context 24 --kv-policy h2o "
+                     "--kv-budget 10 --batch-size 2 --quiet --no-summary";
+    cr_assert_eq(cli_run("%s", ev), 0, "%s", cli_err);
+    char *t = cli_read("stdout.txt"), *want = without_speed(t);
+    free(t);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(cli_run("%s --out w%d.jsonl --shard %d/3", ev, i, i), 0, "%s", cli_err);
+        t = cli_read("stdout.txt");
+        cr_assert_str_eq(t, "", "a shard printed the line of its windows alone: %s", t);
+        free(t);
+    }
+    cr_assert_eq(cli_sh("cat w2.jsonl w0.jsonl w1.jsonl > all.jsonl"), 0);
+    cr_assert_eq(cli_run("%s --out all.jsonl --resume", ev), 0, "%s", cli_err);
+    t = cli_read("stdout.txt");
+    char *got = without_speed(t);
+    cr_assert_str_eq(got, want);
+    free(t);
+    free(got);
+    free(want);
+    cr_assert_eq(cli_run("%s --shard 0/2", ev), 2);
+    cr_assert(strstr(cli_err, "--shard I/N keeps its windows' records in --out"), "%s", cli_err);
+    cr_assert_eq(cli_run("%s --out x.jsonl --shard 2/2", ev), 2);
+    cr_assert(strstr(cli_err, "--shard expects I/N with 0 <= I < N"), "%s", cli_err);
+
+    char req[8192] = "";
+    for (int i = 0; i < 17; i++) {
+        char line[256];
+        snprintf(line, sizeof line, "{\"id\": \"r%d\", \"context\": \"In the beginning%s\", "
+                 "\"continuation\": \" God created %d\"}\n", i, i % 3 ? " and" : "", i);
+        strcat(req, line);
+    }
+    cli_write("req.jsonl", req);
+    const char *sc = "score --model " TINY " --prompts req.jsonl --batch-size 3 --quiet "
+                     "--no-summary";
+    cr_assert_eq(cli_run("%s --out one.jsonl", sc), 0, "%s", cli_err);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(cli_run("%s --out s%d.jsonl --shard %d/2", sc, i, i), 0, "%s", cli_err);
+    cr_assert_eq(cli_run("merge --prompts req.jsonl --out merged.jsonl --quiet s1.jsonl "
+                         "s0.jsonl"), 0, "%s", cli_err);
+    char *a = cli_read("one.jsonl"), *b = cli_read("merged.jsonl"), *s0 = cli_read("s0.jsonl");
+    cr_assert_str_eq(b, a);
+    cr_assert(strlen(s0) > 0 && strlen(s0) < strlen(a), "shard 0 holds %zu of %zu bytes",
+              strlen(s0), strlen(a));
+    free(a);
+    free(b);
+    free(s0);
+}

@@ -77,6 +77,21 @@ int cli_out_check(const char *verb, const char *flag, const char *path)
     return 0;
 }
 
+int cli_parse_shard(const char *verb, const char *arg, int *i, int *n)
+{
+    char *end;
+    long si = strtol(arg, &end, 10), sn = *end == '/' ? strtol(end + 1, &end, 10) : 0;
+    if (*end || sn < 1 || sn > GEN_PART_MAX || si < 0 || si >= sn)
+        return cli_usage(verb, "--shard expects I/N with 0 <= I < N <= %d, got \"%s\"",
+                         GEN_PART_MAX, arg);
+    if (dist_active())
+        return cli_usage(verb, "--shard splits a job without MPI; under mpirun the ranks "
+                         "split it: drop --shard");
+    *i = (int)si;
+    *n = (int)sn;
+    return 0;
+}
+
 int cli_usage_err(const char *verb)
 {
     return cli_usage(verb, "%s", err_msg());

@@ -39,6 +39,10 @@ int cli_same_file(const char *a, const char *b);
  * file path.tmp is made and removed). @return 0, or 2 with the usage
  * error printed. */
 int cli_out_check(const char *verb, const char *flag, const char *path);
+/* --shard I/N of verb into *i, *n (0 <= I < N <= GEN_PART_MAX; refused
+ * under mpirun, where the ranks split the job). @return 0, or 2 with the
+ * usage error printed. */
+int cli_parse_shard(const char *verb, const char *arg, int *i, int *n);
 /* "unknown flag FLAG" as a usage error. @return 2. */
 int cli_unknown_flag(const char *verb, const char *flag);
 

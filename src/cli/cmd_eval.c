@@ -37,7 +37,7 @@
 
 static const char eval_help[] =
     "usage: flexh2o eval --model DIR --text FILE [--context N] [--compare-full]\n"
-    "         [--out WINDOWS.jsonl [--resume]]\n"
+    "         [--out WINDOWS.jsonl [--resume] [--shard I/N]]\n"
     "         [KV policy flags] [placement flags] [--device cpu|cuda] [--quiet] [--no-summary]\n\n"
     "Streaming perplexity (DESIGN.md \"Quality\"): the text, tokenized as `tokenize` does\n"
     "(BOS first where the model adds one), is cut into consecutive windows of --context\n"
@@ -56,6 +56,9 @@ static const char eval_help[] =
     "  --compare-full       agreement and KL against the full cache\n"
     "  --out FILE           each finished window's numbers, a JSON line each (FILE.zst:\n"
     "                       zstd), so that a long run can be resumed\n"
+    "  --shard I/N          run share I of N of the windows (by tokens, as ranks split\n"
+    "                       them), their records into --out; `cat` the shards' files and\n"
+    "                       run the eval with --out JOINED --resume: the line of one run\n"
     "  --resume             go on after the windows already in --out (a killed run's torn\n"
     "                       last record is cut off); the line printed is the one an\n"
     "                       uninterrupted run prints\n"
@@ -66,6 +69,7 @@ static const char eval_help[] =
 
 static const char score_help[] =
     "usage: flexh2o score --model DIR --prompts REQUESTS.jsonl --out RESULTS.jsonl\n"
+    "         [--resume] [--shard I/N]\n"
     "         [KV policy flags] [placement flags] [--device cpu|cuda] [--quiet] [--no-summary]\n\n"
     "Loglikelihood requests, one JSON object per line: {\"id\"?, \"context\",\n"
     "\"continuation\"} (text) or {\"id\"?, \"context_ids\", \"continuation_ids\"}; writes per\n"
@@ -80,6 +84,9 @@ static const char score_help[] =
     "finished block, in input order. Files named *.zst are zstd (one frame per result).\n"
     "  --resume   skip the requests whose id is in --out already (a killed run's torn\n"
     "             last record is cut off) and append the rest\n"
+    "  --shard I/N  score share I of N of the requests (by tokens, as ranks split them);\n"
+    "             flexh2o merge --prompts REQUESTS --out ALL SHARDS... joins the shards'\n"
+    "             files into the one run's\n"
     "Under mpirun -n N the requests are split over N ranks; rank 0 writes --out.\n";
 
 typedef struct eval_args {
@@ -87,6 +94,7 @@ typedef struct eval_args {
     cli_run run;
     const char *text;
     int context, max_windows, compare_full, resume;
+    const char *shard;
 } eval_args;
 
 #define E(f) offsetof(eval_args, f)
@@ -97,6 +105,7 @@ static const cli_opt eval_opts_tab[] = {
     CLI_INT("max-windows", E(max_windows), 1, 1 << 30, 0),
     CLI_SWITCH("compare-full", E(compare_full), 1, 0),
     CLI_SWITCH("resume", E(resume), 1, 0),
+    CLI_STR("shard", E(shard)),
 };
 #undef E
 
@@ -117,6 +126,7 @@ typedef struct eval_job {
     unsigned char *done; /* eval --resume: (n) 1 where --out holds the window's record */
     int keep;            /* eval --out: each finished window's record into it */
     int compare_full;    /* eval: the flag, for the records' fingerprints */
+    int shard_i, shard_n; /* --shard I/N (N 0: none): this process runs its share */
     uint64_t kv_bytes;
     eval_stats st;
     /* over ranks: this rank's streams, copies of s[idx[i]] */
@@ -257,15 +267,28 @@ static int keep_results(void *ud, const eval_stream *s, int first, int n)
     return 0;
 }
 
-/* Alone with windows already done (eval --resume) or records to keep:
- * the windows still to run into j->mine, j->idx their indices. */
-static int left_streams(eval_job *j)
+/* The cost of stream k for the split over processes: the tokens it
+ * feeds (twice with --compare-full), none when --out holds it already. */
+static int64_t stream_cost(const eval_job *j, int k, const eval_opts *eo)
 {
-    j->mine = calloc((size_t)j->n, sizeof *j->mine);
-    j->idx = calloc((size_t)j->n, sizeof *j->idx);
+    return j->done && j->done[k] ? -1 : (int64_t)j->s[k].n * (eo->compare_full ? 2 : 1);
+}
+
+/* Alone with windows already done (eval --resume), records to keep or a
+ * --shard: the streams this process runs into j->mine, j->idx their
+ * indices. */
+static int left_streams(eval_job *j, const eval_opts *eo)
+{
+    if (j->shard_n > 1) {
+        FORWARD_IF(gen_part_init(&j->part, j->shard_n, j->shard_i));
+        for (int k = 0; k < j->n; k++)
+            FORWARD_IF(gen_part_add(&j->part, stream_cost(j, k, eo)));
+    }
+    j->mine = calloc((size_t)(unsigned)j->n, sizeof *j->mine);
+    j->idx = calloc((size_t)(unsigned)j->n, sizeof *j->idx);
     RETURN_IF(!j->mine || !j->idx, -ENOMEM, "out of memory");
     for (int k = 0; k < j->n; k++)
-        if (!j->done || !j->done[k]) {
+        if ((!j->done || !j->done[k]) && (j->shard_n <= 1 || gen_part_mine(&j->part, k))) {
             j->idx[j->n_mine] = k;
             j->mine[j->n_mine++] = j->s[k];
         }
@@ -280,9 +303,7 @@ static int split_streams(eval_job *j, const eval_opts *eo)
     const dist_world *w = dist_get();
     FORWARD_IF(gen_part_init(&j->part, w->size, w->rank));
     for (int k = 0; k < j->n; k++)
-        FORWARD_IF(gen_part_add(&j->part, j->done && j->done[k]
-                                              ? -1
-                                              : (int64_t)j->s[k].n * (eo->compare_full ? 2 : 1)));
+        FORWARD_IF(gen_part_add(&j->part, stream_cost(j, k, eo)));
     j->mine = calloc((size_t)j->n, sizeof *j->mine);
     j->idx = calloc((size_t)j->n, sizeof *j->idx);
     RETURN_IF(!j->mine || !j->idx, -ENOMEM, "out of memory");
@@ -306,9 +327,10 @@ static int run_streams(eval_job *j, const cli_run *run, const sched_policy *pol,
     int rc = eval_check(&j->src.cfg, j->s, j->n, eo);
     if (rc == 0 && dist_active()) {
         rc = split_streams(j, eo);
-    } else if (rc == 0 && j->keep) {
-        rc = left_streams(j);
-        eo->on_block = keep_results;
+    } else if (rc == 0 && (j->keep || j->shard_n > 1)) {
+        rc = left_streams(j, eo);
+        if (!j->score) /* (score's on_block maps through j->idx itself) */
+            eo->on_block = keep_results;
         eo->ud = j;
     } else if (rc == 0) {
         j->mine = j->s; /* alone: every stream, in place */
@@ -506,6 +528,11 @@ int cli_eval(int argc, char **argv)
         rc = cli_usage("eval", "eval takes --model and --text (no --prompts, --dummy)");
     if (rc == 0 && a.resume && !a.c.out)
         rc = cli_usage("eval", "--resume goes on from the window records of --out: give it");
+    if (rc == 0 && a.shard && !a.c.out)
+        rc = cli_usage("eval", "--shard I/N keeps its windows' records in --out (joined and "
+                       "read back with --resume for the line): give it");
+    if (rc == 0 && a.shard)
+        rc = cli_parse_shard("eval", a.shard, &j.shard_i, &j.shard_n);
     if (rc == 0 && a.c.out && cli_same_file(a.text, a.c.out))
         rc = cli_usage("eval", "--text and --out must be different files (the records are "
                        "appended to); choose another --out");
@@ -542,6 +569,10 @@ int cli_eval(int argc, char **argv)
                            "from them", err_msg(), a.c.out);
     else if (rc < 0)
         status = cli_fail();
+    else if (!a.run.plan_only && j.shard_n > 1)
+        fprintf(stderr, "[flexh2o] eval: shard %d/%d: %d of the %d windows into %s; join the "
+                "shards' files (cat) and run this eval with --out JOINED --resume for the line\n",
+                j.shard_i, j.shard_n, j.n_mine, j.n, a.c.out);
     else if (!a.run.plan_only && dist_get()->rank == 0)
         eval_report(&a, &j, &eo);
     if (rc == 0 && j.skipped && !a.run.no_summary && dist_get()->rank == 0)
@@ -562,11 +593,13 @@ typedef struct score_args {
     cli_common c;
     cli_run run;
     int resume;
+    const char *shard;
 } score_args;
 
 #define S(f) offsetof(score_args, f)
 static const cli_opt score_opts_tab[] = {
     CLI_SWITCH("resume", S(resume), 1, 0),
+    CLI_STR("shard", S(shard)),
     CLI_PLACEMENT_OPTS(score_args),
 };
 #undef S
@@ -600,8 +633,9 @@ static int score_requests(eval_job *j, const char *path, int full)
 static int score_block(void *ud, const eval_stream *s, int first, int n)
 {
     eval_job *j = ud;
-    for (int k = first; k < first + n; k++) {
-        char *t = result_text(&s[k], j->req_ids[k]);
+    for (int i = first; i < first + n; i++) {
+        int k = j->idx ? j->idx[i] : i; /* a --shard's streams are a share */
+        char *t = result_text(&s[i], j->req_ids[k]);
         RETURN_IF(!t, -ENOMEM, "out of memory");
         int rc = job_out_append(&j->out, j->req_ids[k], t);
         free(t);
@@ -651,6 +685,8 @@ int cli_score(int argc, char **argv)
     if (rc == 0 && cli_same_file(a.c.prompts, a.c.out))
         rc = cli_usage("score", "--prompts and --out must be different files (the results "
                        "are appended to); choose another --out");
+    if (rc == 0 && a.shard)
+        rc = cli_parse_shard("score", a.shard, &j.shard_i, &j.shard_n);
     if (rc) {
         run_free(&j);
         return rc == CLI_HELP ? 0 : rc;

@@ -173,16 +173,9 @@ static int generate_parse(int argc, char **argv, gen_args *a)
         return cli_usage("generate", "%s", msg);
     }
     if (a->shard) {
-        char *end;
-        long i = strtol(a->shard, &end, 10), n = *end == '/' ? strtol(end + 1, &end, 10) : 0;
-        if (*end || n < 1 || n > GEN_PART_MAX || i < 0 || i >= n)
-            return cli_usage("generate", "--shard expects I/N with 0 <= I < N <= %d, got \"%s\"",
-                             GEN_PART_MAX, a->shard);
-        if (dist_active())
-            return cli_usage("generate", "--shard splits a job without MPI; under mpirun the "
-                             "ranks split it: drop --shard");
-        a->shard_i = (int)i;
-        a->shard_n = (int)n;
+        rc = cli_parse_shard("generate", a->shard, &a->shard_i, &a->shard_n);
+        if (rc)
+            return rc;
     }
     if (dist_active() && a->evict_path)
         return cli_usage("generate", "--trace-evictions runs in one process (one trace file); "
