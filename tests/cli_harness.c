@@ -101,7 +101,7 @@ int cli_run_mpi(int ranks, const char *env, const char *fmt, ...)
     return run_in_dir(cmd);
 }
 
-void cli_kill_once_written(const char *file, long bytes, const char *const *argv)
+int cli_spawn(const char *const *env, const char *const *argv)
 {
     const char *args[64] = {"flexh2o"};
     int n = 1;
@@ -115,9 +115,24 @@ void cli_kill_once_written(const char *file, long bytes, const char *const *argv
             _exit(99);
         int null = open("/dev/null", O_WRONLY);
         dup2(null, 2);
+        for (int i = 0; env && env[i]; i++) {
+            char name[128];
+            const char *eq = strchr(env[i], '=');
+            snprintf(name, sizeof name, "%.*s", eq ? (int)(eq - env[i]) : 127, env[i]);
+            if (eq)
+                setenv(name, eq + 1, 1);
+            else
+                unsetenv(name);
+        }
         execv(getenv("FLEXH2O_BIN"), (char *const *)args);
         _exit(98);
     }
+    return pid;
+}
+
+void cli_kill_once_written(const char *file, long bytes, const char *const *argv)
+{
+    pid_t pid = cli_spawn(NULL, argv);
     char path[600];
     snprintf(path, sizeof path, "%s/%s", cli_dir, file);
     struct stat st = {0};

@@ -60,6 +60,10 @@ int cli_run_mpi(int ranks, const char *env, const char *fmt, ...)
 int cli_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Start `flexh2o argv...` (argv NULL-terminated, argv[0] the verb) in
+ * cli_dir, stderr to /dev/null, with env (NULL-terminated, may be NULL):
+ * "NAME=value" set, "NAME" unset in the child. @return its pid. */
+int cli_spawn(const char *const *env, const char *const *argv);
+/* Start `flexh2o argv...` (argv NULL-terminated, argv[0] the verb) in
  * cli_dir, stderr to /dev/null, and SIGKILL it once cli_dir/file holds at
  * least `bytes`: a killed job for --resume to finish. A job that ends
  * before (or never writes that much in 10 s) fails the test. */

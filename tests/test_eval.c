@@ -367,18 +367,24 @@ static char *without_speed(const char *json)
     return t;
 }
 
+/* `flexh2o CMD` run to success: its line without the speed (free it). */
+static char *run_line(const char *cmd)
+{
+    cr_assert_eq(cli_run("%s", cmd), 0, "%s: %s", cmd, cli_err);
+    char *t = cli_read("stdout.txt"), *line = without_speed(t);
+    free(t);
+    return line;
+}
+
 Test(eval, eval_out_and_resume)
 {
     const char *ev = "eval --model " TINY " --text " TEXT " --context 24 --kv-policy h2o "
                      "--kv-budget 10 --compare-full --batch-size 2 --quiet --no-summary";
-    cr_assert_eq(cli_run("%s", ev), 0, "%s", cli_err);
-    char *t = cli_read("stdout.txt"), *want = without_speed(t);
-    free(t);
-    cr_assert_eq(cli_run("%s --out w.jsonl", ev), 0, "%s", cli_err);
-    t = cli_read("stdout.txt");
-    char *got = without_speed(t);
+    char cmd[512];
+    char *want = run_line(ev);
+    snprintf(cmd, sizeof cmd, "%s --out w.jsonl", ev);
+    char *got = run_line(cmd);
     cr_assert_str_eq(got, want);
-    free(t);
     free(got);
     char *whole = cli_read("w.jsonl");
     int lines = 0;
@@ -392,24 +398,19 @@ Test(eval, eval_out_and_resume)
     char *part = strndup(whole, (size_t)(cut - whole) + 20);
     cli_write("w2.jsonl", part);
     free(part);
-    cr_assert_eq(cli_run("%s --out w2.jsonl --resume", ev), 0, "%s", cli_err);
-    t = cli_read("stdout.txt");
-    got = without_speed(t);
+    snprintf(cmd, sizeof cmd, "%s --out w2.jsonl --resume", ev);
+    got = run_line(cmd);
     cr_assert_str_eq(got, want);
-    free(t);
     free(got);
     char *again = cli_read("w2.jsonl");
     cr_assert_str_eq(again, whole);
     free(again);
     /* everything there: nothing runs, the same line */
-    cr_assert_eq(cli_run("eval --model " TINY " --text " TEXT " --context 24 --kv-policy h2o "
-                         "--kv-budget 10 --compare-full --batch-size 2 --quiet --out w2.jsonl "
-                         "--resume"), 0, "%s", cli_err);
+    got = run_line("eval --model " TINY " --text " TEXT " --context 24 --kv-policy h2o "
+                    "--kv-budget 10 --compare-full --batch-size 2 --quiet --out w2.jsonl "
+                    "--resume");
     cr_assert(strstr(cli_err, "9 of 9 windows read back from w2.jsonl"), "%s", cli_err);
-    t = cli_read("stdout.txt");
-    got = without_speed(t);
     cr_assert_str_eq(got, want);
-    free(t);
     free(got);
     free(whole);
     free(want);
@@ -440,22 +441,18 @@ Test(eval, eval_out_and_resume)
     setenv("OMP_NUM_THREADS", "1", 1);
     const char *lv = "eval --model " TINY " --text long.txt --context 32 --kv-policy h2o "
                      "--kv-budget 8 --batch-size 4 --quiet --no-summary";
-    cr_assert_eq(cli_run("%s --out full.jsonl.zst", lv), 0, "%s", cli_err);
-    t = cli_read("stdout.txt");
-    want = without_speed(t);
-    free(t);
+    snprintf(cmd, sizeof cmd, "%s --out full.jsonl.zst", lv);
+    want = run_line(cmd);
     cli_kill_once_written("k.jsonl.zst", 3000,
                           (const char *const[]){"eval", "--model", TINY, "--text", "long.txt",
                                                 "--context", "32", "--kv-policy", "h2o",
                                                 "--kv-budget", "8", "--batch-size", "4",
                                                 "--quiet", "--out", "k.jsonl.zst", "--device",
                                                 "cpu", NULL});
-    cr_assert_eq(cli_run("%s --out k.jsonl.zst --resume", lv), 0, "%s", cli_err);
+    snprintf(cmd, sizeof cmd, "%s --out k.jsonl.zst --resume", lv);
+    got = run_line(cmd);
     unsetenv("OMP_NUM_THREADS");
-    t = cli_read("stdout.txt");
-    got = without_speed(t);
     cr_assert_str_eq(got, want);
-    free(t);
     free(got);
     free(want);
     int nf_full, nf;
@@ -475,21 +472,18 @@ Test(eval, shards_join_into_the_one_run)
 {
     const char *ev = "eval --model " TINY " --text " TEXT " --context 24 --kv-policy h2o "
                      "--kv-budget 10 --batch-size 2 --quiet --no-summary";
-    cr_assert_eq(cli_run("%s", ev), 0, "%s", cli_err);
-    char *t = cli_read("stdout.txt"), *want = without_speed(t);
-    free(t);
+    char *want = run_line(ev);
     for (int i = 0; i < 3; i++) {
         cr_assert_eq(cli_run("%s --out w%d.jsonl --shard %d/3", ev, i, i), 0, "%s", cli_err);
-        t = cli_read("stdout.txt");
+        char *t = cli_read("stdout.txt");
         cr_assert_str_eq(t, "", "a shard printed the line of its windows alone: %s", t);
         free(t);
     }
     cr_assert_eq(cli_sh("cat w2.jsonl w0.jsonl w1.jsonl > all.jsonl"), 0);
-    cr_assert_eq(cli_run("%s --out all.jsonl --resume", ev), 0, "%s", cli_err);
-    t = cli_read("stdout.txt");
-    char *got = without_speed(t);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s --out all.jsonl --resume", ev);
+    char *got = run_line(cmd);
     cr_assert_str_eq(got, want);
-    free(t);
     free(got);
     free(want);
     cr_assert_eq(cli_run("%s --shard 0/2", ev), 2);

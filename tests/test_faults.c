@@ -660,26 +660,16 @@ Test(faults, calibrate_sync)
 /* Start generate (resuming) on engine; stderr to /dev/null. */
 static pid_t spawn(int engine)
 {
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        if (chdir(cli_dir) != 0)
-            _exit(99);
-        int null = open("/dev/null", O_WRONLY);
-        dup2(null, 2);
-        if (engine)
-            setenv("FLEXH2O_NO_URING", "1", 1);
-        else
-            unsetenv("FLEXH2O_NO_URING");
-        setenv("OMP_WAIT_POLICY", "passive", 1);
-        execl(getenv("FLEXH2O_BIN"), "flexh2o", "generate", "--model", TINY, "--prompts",
-              "p.jsonl", "--out", "out.jsonl", "--trace-evictions", "ev.jsonl", "--quiet",
-              "--no-summary", "--batch-size", "1", "--ignore-eos", "--percent", "0", "0", "0",
-              "0", "100", "0", "--offload-dir", "off", "--kv-policy", "h2o", "--kv-ratio",
-              "0.5", "--sinks", "1", "--device", "cpu", "--resume", (char *)NULL);
-        _exit(98);
-    }
-    return pid;
+    return cli_spawn((const char *const[]){engine ? "FLEXH2O_NO_URING=1" : "FLEXH2O_NO_URING",
+                                           "OMP_WAIT_POLICY=passive", NULL},
+                     (const char *const[]){"generate", "--model", TINY, "--prompts", "p.jsonl",
+                                           "--out", "out.jsonl", "--trace-evictions",
+                                           "ev.jsonl", "--quiet", "--no-summary",
+                                           "--batch-size", "1", "--ignore-eos", "--percent",
+                                           "0", "0", "0", "0", "100", "0", "--offload-dir",
+                                           "off", "--kv-policy", "h2o", "--kv-ratio", "0.5",
+                                           "--sinks", "1", "--device", "cpu", "--resume",
+                                           NULL});
 }
 
 static long file_size(const char *name)
