@@ -467,7 +467,8 @@ Test(eval, eval_out_and_resume)
 /* Without MPI: eval --shard I/N keeps its windows' records, and the
  * joined files read back with --resume print the one run's line; score
  * --shard I/N writes its share, and merge joins the shards into the one
- * run's file, byte for byte. */
+ * run's file, byte for byte; a shard cut short and resumed finishes its
+ * own share. */
 Test(eval, shards_join_into_the_one_run)
 {
     const char *ev = "eval --model " TINY " --text " TEXT " --context 24 --kv-policy h2o "
@@ -479,6 +480,13 @@ Test(eval, shards_join_into_the_one_run)
         cr_assert_str_eq(t, "", "a shard printed the line of its windows alone: %s", t);
         free(t);
     }
+    /* a killed shard resumed runs the rest of the share it began: the
+     * split does not depend on what its own file holds */
+    char *w1 = cli_read("w1.jsonl");
+    w1[strcspn(w1, "\n") + 9] = 0;
+    cli_write("w1.jsonl", w1);
+    free(w1);
+    cr_assert_eq(cli_run("%s --out w1.jsonl --shard 1/3 --resume", ev), 0, "%s", cli_err);
     cr_assert_eq(cli_sh("cat w2.jsonl w0.jsonl w1.jsonl > all.jsonl"), 0);
     char cmd[512];
     snprintf(cmd, sizeof cmd, "%s --out all.jsonl --resume", ev);
@@ -504,6 +512,11 @@ Test(eval, shards_join_into_the_one_run)
     cr_assert_eq(cli_run("%s --out one.jsonl", sc), 0, "%s", cli_err);
     for (int i = 0; i < 2; i++)
         cr_assert_eq(cli_run("%s --out s%d.jsonl --shard %d/2", sc, i, i), 0, "%s", cli_err);
+    char *s1 = cli_read("s1.jsonl");
+    s1[strcspn(s1, "\n") + 7] = 0; /* one record and a torn second */
+    cli_write("s1.jsonl", s1);
+    free(s1);
+    cr_assert_eq(cli_run("%s --out s1.jsonl --shard 1/2 --resume", sc), 0, "%s", cli_err);
     cr_assert_eq(cli_run("merge --prompts req.jsonl --out merged.jsonl --quiet s1.jsonl "
                          "s0.jsonl"), 0, "%s", cli_err);
     char *a = cli_read("one.jsonl"), *b = cli_read("merged.jsonl"), *s0 = cli_read("s0.jsonl");

@@ -268,10 +268,14 @@ static int keep_results(void *ud, const eval_stream *s, int first, int n)
 }
 
 /* The cost of stream k for the split over processes: the tokens it
- * feeds (twice with --compare-full), none when --out holds it already. */
+ * feeds (twice with --compare-full); over ranks none when --out holds it
+ * already (rank 0's file is the whole job's). A --shard's file holds only
+ * its share: the split must not depend on it, so that a resumed shard
+ * runs the share it began (what --out holds is left out after). */
 static int64_t stream_cost(const eval_job *j, int k, const eval_opts *eo)
 {
-    return j->done && j->done[k] ? -1 : (int64_t)j->s[k].n * (eo->compare_full ? 2 : 1);
+    return j->done && j->done[k] && j->shard_n <= 1
+               ? -1 : (int64_t)j->s[k].n * (eo->compare_full ? 2 : 1);
 }
 
 /* Alone with windows already done (eval --resume), records to keep or a
@@ -327,7 +331,7 @@ static int run_streams(eval_job *j, const cli_run *run, const sched_policy *pol,
     int rc = eval_check(&j->src.cfg, j->s, j->n, eo);
     if (rc == 0 && dist_active()) {
         rc = split_streams(j, eo);
-    } else if (rc == 0 && (j->keep || j->shard_n > 1)) {
+    } else if (rc == 0 && (j->keep || j->shard_n > 1 || j->done)) {
         rc = left_streams(j, eo);
         if (!j->score) /* (score's on_block maps through j->idx itself) */
             eo->on_block = keep_results;
@@ -346,8 +350,7 @@ static int run_streams(eval_job *j, const cli_run *run, const sched_policy *pol,
             j->mine = NULL;
         return rc;
     }
-    /* (score's skipped requests left j->s; eval's done windows stay in it) */
-    FORWARD_IF(dist_out_start(&j->part, write_result, j, j->score ? j->n : j->n - (int)j->skipped,
+    FORWARD_IF(dist_out_start(&j->part, write_result, j, j->n - (int)j->skipped,
                               j->score ? "requests" : "windows", eo->progress, &j->dout));
     j->ran = 1;
     eo->on_block = put_results;
@@ -649,27 +652,19 @@ static int score_block(void *ud, const eval_stream *s, int first, int n)
  * them; every rank gets its flags) leave the job. @return 0 or -errno. */
 static int skip_done(eval_job *j)
 {
-    unsigned char *done = malloc((size_t)j->n + 1);
-    RETURN_IF(!done, -ENOMEM, "out of memory");
-    for (int k = 0; k < j->n; k++)
-        done[k] = j->out.f && job_out_has(&j->out, j->req_ids[k]);
-    int rc = dist_window(j->n, done);
-    if (rc >= 0) {
-        int m = 0;
-        for (int k = 0; k < j->n; k++) {
-            if (done[k]) {
-                free(j->req_ids[k]);
-                continue;
-            }
-            j->s[m] = j->s[k];
-            j->req_ids[m++] = j->req_ids[k];
-        }
-        j->skipped = j->n - m;
-        j->n = m;
-        rc = 0;
+    j->done = calloc((size_t)(unsigned)j->n + 1, 1);
+    RETURN_IF(!j->done, -ENOMEM, "out of memory");
+    for (int k = 0; k < j->n; k++) {
+        j->done[k] = j->out.f && job_out_has(&j->out, j->req_ids[k]);
+        j->skipped += j->done[k];
     }
-    free(done);
-    return rc;
+    int rc = dist_window(j->n, j->done);
+    if (rc >= 0 && dist_active()) { /* rank 0's count, as its flags */
+        j->skipped = 0;
+        for (int k = 0; k < j->n; k++)
+            j->skipped += j->done[k];
+    }
+    return rc < 0 ? rc : 0;
 }
 
 int cli_score(int argc, char **argv)
