@@ -18,6 +18,23 @@ void err_set(const char *file, int line, const char *fmt, ...)
     snprintf(err_loc, sizeof err_loc, "%s:%d", file, line);
 }
 
+void err_prefix(const char *fmt, ...)
+{
+    char pre[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(pre, sizeof pre, fmt, ap);
+    va_end(ap);
+    /* the message moves right by the prefix and ": ", cut to the slot */
+    size_t n = strlen(pre) + 2, m = strlen(err_buf);
+    if (m > sizeof err_buf - 1 - n)
+        m = sizeof err_buf - 1 - n;
+    memmove(err_buf + n, err_buf, m);
+    err_buf[n + m] = 0;
+    memcpy(err_buf, pre, n - 2);
+    memcpy(err_buf + n - 2, ": ", 2);
+}
+
 const char *err_msg(void) { return err_buf; }
 const char *err_where(void) { return err_loc; }
 

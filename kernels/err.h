@@ -21,6 +21,10 @@ extern "C" {
  * message set since the last err_clear() wins: it is the root cause. */
 void err_set(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Put "<fmt ...>: " before the recorded message (where it happened, as
+ * a caller knows it: "p.jsonl line 3: cannot tokenize the prompt"); the
+ * location stays the root cause's. */
+void err_prefix(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The recorded message, or "" when none. Owned by err.c; valid until the
  * next err_clear(). */
 const char *err_msg(void);

@@ -15,6 +15,7 @@
 #include "cli_args.h"
 #include "dist.h"
 #include "err.h"
+#include "tok.h"
 
 /* ------------------------------------------------------------ errors */
 
@@ -90,6 +91,16 @@ int cli_parse_shard(const char *verb, const char *arg, int *i, int *n)
     *i = (int)si;
     *n = (int)sn;
     return 0;
+}
+
+int cli_parse_chat_template(const char *verb, const char *name, int *kind)
+{
+    if (tok_chat_template_find(name, kind) == 0)
+        return 0;
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", err_msg());
+    err_clear();
+    return cli_usage(verb, "%s", msg);
 }
 
 int cli_usage_err(const char *verb)

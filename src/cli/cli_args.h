@@ -43,6 +43,9 @@ int cli_out_check(const char *verb, const char *flag, const char *path);
  * under mpirun, where the ranks split the job). @return 0, or 2 with the
  * usage error printed. */
 int cli_parse_shard(const char *verb, const char *arg, int *i, int *n);
+/* --chat-template NAME of verb into *kind (tok_chat_template_find).
+ * @return 0, or 2 with the usage error (the templates named) printed. */
+int cli_parse_chat_template(const char *verb, const char *name, int *kind);
 /* "unknown flag FLAG" as a usage error. @return 2. */
 int cli_unknown_flag(const char *verb, const char *flag);
 

@@ -424,10 +424,8 @@ static int eval_windows(eval_job *j, const char *path, int ctx, int max_windows)
     int n = tok_encode(j->src.t, text, len, &ids);
     free(text);
     if (n < 0 && n != -ENOMEM) {
-        char why[256];
-        snprintf(why, sizeof why, "%s", err_msg());
-        err_clear(); /* the tokenizer's message, now with the file's name */
-        RETURN_IF(1, -EINVAL, "%s: cannot tokenize it: %s", path, why);
+        err_prefix("%s: cannot tokenize it", path);
+        return -EINVAL;
     }
     FORWARD_IF(n);
     int bos = tok_bos_id(j->src.t);
@@ -480,6 +478,19 @@ static void eval_report(const eval_args *a, const eval_job *j, const eval_opts *
                tokens ? kl / tokens : 0);
     printf("}\n");
     fflush(stdout);
+}
+
+/* The exit status of a failed eval or score (rc < 0): a bad value as a
+ * usage error; when --out holds records (kept), the message says they are
+ * intact and --resume goes on from them. */
+static int failure_status(const char *verb, int rc, int kept, const char *what, const char *out)
+{
+    if (rc == -EINVAL)
+        return cli_usage_err(verb);
+    if (kept && err_msg()[0] && !strstr(err_msg(), "--resume"))
+        return cli_error(1, "%s; the %s already in %s are intact: --resume goes on from them",
+                         err_msg(), what, out);
+    return cli_fail();
 }
 
 /* Parse, check and open what eval and score share: the flags, the policy,
@@ -565,13 +576,8 @@ int cli_eval(int argc, char **argv)
         rc = -EIO;
     }
     int status = 0;
-    if (rc == -EINVAL)
-        status = cli_usage_err("eval");
-    else if (rc < 0 && out_open && err_msg()[0] && !strstr(err_msg(), "--resume"))
-        status = cli_error(1, "%s; the windows already in %s are intact: --resume goes on "
-                           "from them", err_msg(), a.c.out);
-    else if (rc < 0)
-        status = cli_fail();
+    if (rc < 0)
+        status = failure_status("eval", rc, out_open, "windows", a.c.out);
     else if (!a.run.plan_only && j.shard_n > 1)
         fprintf(stderr, "[flexh2o] eval: shard %d/%d: %d of the %d windows into %s; join the "
                 "shards' files (cat) and run this eval with --out JOINED --resume for the line\n",
@@ -654,16 +660,11 @@ static int skip_done(eval_job *j)
 {
     j->done = calloc((size_t)(unsigned)j->n + 1, 1);
     RETURN_IF(!j->done, -ENOMEM, "out of memory");
-    for (int k = 0; k < j->n; k++) {
+    for (int k = 0; k < j->n; k++)
         j->done[k] = j->out.f && job_out_has(&j->out, j->req_ids[k]);
+    int rc = dist_window(j->n, j->done); /* rank 0's flags on every rank */
+    for (int k = 0; rc >= 0 && k < j->n; k++)
         j->skipped += j->done[k];
-    }
-    int rc = dist_window(j->n, j->done);
-    if (rc >= 0 && dist_active()) { /* rank 0's count, as its flags */
-        j->skipped = 0;
-        for (int k = 0; k < j->n; k++)
-            j->skipped += j->done[k];
-    }
     return rc < 0 ? rc : 0;
 }
 
@@ -709,14 +710,9 @@ int cli_score(int argc, char **argv)
         rc = -EIO;
     }
     int status = 0;
-    if (rc == -EINVAL)
-        status = cli_usage_err("score");
-    else if (rc < 0 && out_open && j.written + j.skipped > 0 && err_msg()[0] &&
-             !strstr(err_msg(), "--resume"))
-        status = cli_error(1, "%s; the results already in %s are intact: --resume goes on "
-                           "from them", err_msg(), a.c.out);
-    else if (rc < 0)
-        status = cli_fail();
+    if (rc < 0)
+        status = failure_status("score", rc, out_open && j.written + j.skipped > 0, "results",
+                                a.c.out);
     else if (!a.run.no_summary && !a.run.plan_only && dist_get()->rank == 0) {
         char skip[96] = "";
         if (j.skipped)

@@ -165,13 +165,9 @@ static int generate_parse(int argc, char **argv, gen_args *a)
         cli_same_file(a->evict_path, a->c.prompts))
         return cli_usage("generate", "--prompts, --out and --trace-evictions must be "
                          "different files (the output is appended to); choose another --out");
-    if (a->chat_template_name && tok_chat_template_find(a->chat_template_name,
-                                                        &a->chat_template) < 0) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", err_msg());
-        err_clear();
-        return cli_usage("generate", "%s", msg);
-    }
+    if (a->chat_template_name &&
+        (rc = cli_parse_chat_template("generate", a->chat_template_name, &a->chat_template)))
+        return rc;
     if (a->shard) {
         rc = cli_parse_shard("generate", a->shard, &a->shard_i, &a->shard_n);
         if (rc)

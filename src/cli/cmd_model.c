@@ -51,12 +51,8 @@ int cli_tokenize(int argc, char **argv)
         if (n < 0) {
             /* the lines before are printed; this one is named (the output
              * is a line per input line, so nothing after it is) */
-            if (n != -ENOMEM) {
-                char why[256];
-                snprintf(why, sizeof why, "%s", err_msg());
-                err_clear();
-                err_set(__FILE__, __LINE__, "input line %d: %s", lineno, why);
-            }
+            if (n != -ENOMEM)
+                err_prefix("input line %d", lineno);
             fflush(stdout);
             rc = cli_fail();
             break;

@@ -150,12 +150,8 @@ static int search_parse(int argc, char **argv, search_args *a)
         return cli_usage("search", "--chat-template renders the chat requests of --prompts: "
                          "give the prompt file");
     if (a->chat_template_name &&
-        tok_chat_template_find(a->chat_template_name, &a->chat_template) < 0) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", err_msg());
-        err_clear();
-        return cli_usage("search", "%s", msg);
-    }
+        (rc = cli_parse_chat_template("search", a->chat_template_name, &a->chat_template)))
+        return rc;
     a->ranks = a->ranks ? a->ranks : 1;
     a->per_node = a->per_node ? a->per_node : a->ranks;
     if (a->per_node > a->ranks)

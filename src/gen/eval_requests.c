@@ -49,10 +49,8 @@ static int part_ids(const tok *t, const cJSON *arr, const char *text, size_t len
               "\"%s_ids\" instead", path, line, what, what);
     int k = tok_encode(t, text, len, out);
     if (k < 0 && k != -ENOMEM) {
-        char why[256];
-        snprintf(why, sizeof why, "%s", err_msg());
-        err_clear(); /* the tokenizer's message, now with where it comes from */
-        RETURN_IF(1, -EINVAL, "%s line %d: cannot tokenize the %s: %s", path, line, what, why);
+        err_prefix("%s line %d: cannot tokenize the %s", path, line, what);
+        return -EINVAL;
     }
     FORWARD_IF(k);
     for (int i = 0; i < k; i++) /* a tokenizer of another model */
