@@ -58,6 +58,22 @@ int off_read_file(const char *path, char **out, size_t *len)
     return 0;
 }
 
+int off_probe_writable(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return -EISDIR;
+    char tmp[4096];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp)
+        return -ENAMETOOLONG;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return errno == EEXIST ? 0 : -errno;
+    close(fd);
+    unlink(tmp);
+    return 0;
+}
+
 uint64_t off_mem_available(void)
 {
     FILE *f = fopen("/proc/meminfo", "r");

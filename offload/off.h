@@ -255,6 +255,13 @@ int off_fault_complete(int fd, int write, int res);
 /* Read a whole file into a NUL-terminated malloc'd buffer (caller frees).
  * @return 0, or -errno with a message naming the path. */
 int off_read_file(const char *path, char **out, size_t *len);
+/* Whether a file can be written at path the way our writers write one
+ * (path.tmp, then renamed over path), before any work that ends in writing
+ * it: path.tmp made and removed (never over a file of that name, which is
+ * left as it is). Sets no message: the caller names the flag.
+ * @return 0, -EISDIR (path is a directory), -ENAMETOOLONG, or the -errno of
+ * creating path.tmp. */
+int off_probe_writable(const char *path);
 /* MemAvailable of /proc/meminfo in bytes (0 when unreadable): the CPU-tier
  * cap when --cpu-mem is not given. */
 uint64_t off_mem_available(void);

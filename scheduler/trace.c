@@ -14,10 +14,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "err.h"
 #include "kern.h"
+#include "off.h"
 #include "scheduler.h"
 
 struct sched_trace {
@@ -139,21 +139,12 @@ static void put_event(FILE *f, const sched_event *e, double t0)
 
 int sched_trace_check(const char *path)
 {
-    char tmp[4096];
-    RETURN_IF((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp, -ENAMETOOLONG,
-              "%s: the trace path is too long; pick a shorter --trace path", path);
-    struct stat st;
-    RETURN_IF(stat(path, &st) == 0 && S_ISDIR(st.st_mode), -EISDIR,
-              "%s: is a directory; give --trace a file path", path);
-    /* the file sched_trace_write makes, made and removed */
-    FILE *f = fopen(tmp, "w");
-    if (!f) {
-        int e = errno; /* err_set may clobber errno */
-        RETURN_IF(1, -e, "%s: cannot write the trace (%s); check that the directory exists "
-                  "and is writable", path, strerror(e));
-    }
-    fclose(f);
-    remove(tmp);
+    int rc = off_probe_writable(path);
+    RETURN_IF(rc == -ENAMETOOLONG, rc, "%s: the trace path is too long; pick a shorter "
+              "--trace path", path);
+    RETURN_IF(rc == -EISDIR, rc, "%s: is a directory; give --trace a file path", path);
+    RETURN_IF(rc < 0, rc, "%s: cannot write the trace (%s); check that the directory exists "
+              "and is writable", path, strerror(-rc));
     return 0;
 }
 

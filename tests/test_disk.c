@@ -386,6 +386,40 @@ Test(disk, open_missing_file)
     cr_assert_str_eq(off_file_path(12345), "?");
 }
 
+/* the probe before a job whose output comes last (search's and calibrate's
+ * --out, generate's --trace): each answer, and nothing left behind */
+Test(disk, probe_writable_answers_and_leaves_nothing)
+{
+    char path[128], tmp[160], sub[128];
+    snprintf(path, sizeof path, "%s/out.json", scratch);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    cr_assert_eq(off_probe_writable(path), 0);
+    cr_assert_neq(access(path, F_OK), 0, "the probe made %s", path);
+    cr_assert_neq(access(tmp, F_OK), 0, "the probe left %s behind", tmp);
+    /* a path.tmp already there (another writer's) is neither an error nor removed */
+    FILE *f = fopen(tmp, "w");
+    cr_assert(f);
+    fputs("theirs", f);
+    fclose(f);
+    cr_assert_eq(off_probe_writable(path), 0);
+    cr_assert_eq(access(tmp, F_OK), 0, "the probe removed a %s it did not make", tmp);
+    cr_assert_eq(off_probe_writable(scratch), -EISDIR);
+    snprintf(sub, sizeof sub, "%s/no-such-dir/out.json", scratch);
+    cr_assert_eq(off_probe_writable(sub), -ENOENT);
+    char *longp = malloc(5000);
+    cr_assert(longp);
+    memset(longp, 'a', 4999);
+    longp[4999] = 0;
+    cr_assert_eq(off_probe_writable(longp), -ENAMETOOLONG);
+    free(longp);
+    if (geteuid() != 0) { /* root writes through any mode */
+        snprintf(sub, sizeof sub, "%s/ro", scratch);
+        cr_assert_eq(mkdir(sub, 0555), 0);
+        snprintf(sub, sizeof sub, "%s/ro/out.json", scratch);
+        cr_assert_eq(off_probe_writable(sub), -EACCES);
+    }
+}
+
 /* ------------------------------------------------------- counters */
 
 Test(disk, counters_add_up)

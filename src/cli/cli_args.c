@@ -15,6 +15,7 @@
 #include "cli_args.h"
 #include "dist.h"
 #include "err.h"
+#include "off.h"
 #include "tok.h"
 
 /* ------------------------------------------------------------ errors */
@@ -61,20 +62,14 @@ int cli_same_file(const char *a, const char *b)
 
 int cli_out_check(const char *verb, const char *flag, const char *path)
 {
-    struct stat st;
-    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+    int rc = off_probe_writable(path);
+    if (rc == -EISDIR)
         return cli_usage(verb, "%s %s: a directory; give a file path", flag, path);
-    char tmp[4096];
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp)
+    if (rc == -ENAMETOOLONG)
         return cli_usage(verb, "%s: the path is too long", flag);
-    FILE *f = fopen(tmp, "wx"); /* never over a file of that name */
-    if (!f && errno != EEXIST)
+    if (rc < 0)
         return cli_usage(verb, "%s %s: cannot write there (%s); check that the directory "
-                         "exists and is writable", flag, path, strerror(errno));
-    if (f) {
-        fclose(f);
-        remove(tmp);
-    }
+                         "exists and is writable", flag, path, strerror(-rc));
     return 0;
 }
 
