@@ -156,13 +156,7 @@ int model_convert(const char *hf_dir, const char *out_dir, uint32_t dtype)
 {
     model_config c;
     char path[4096];
-    struct stat st;
-    int hf = 0;
-    snprintf(path, sizeof path, "%s/model.safetensors", hf_dir);
-    hf = stat(path, &st) == 0;
-    snprintf(path, sizeof path, "%s/model.safetensors.index.json", hf_dir);
-    hf = hf || stat(path, &st) == 0;
-    RETURN_IF(!hf && has_store(hf_dir, path, sizeof path), -EINVAL,
+    RETURN_IF(!st_dir_has(hf_dir) && has_store(hf_dir, path, sizeof path), -EINVAL,
               "%s is a weight store already, not a Hugging Face checkpoint: generate, eval, "
               "score and search take it as it is; convert the checkpoint it was made from "
               "for another --dtype", hf_dir);

@@ -246,13 +246,27 @@ int st_shard_name_ok(const char *name)
     return name[0] && !strchr(name, '/') && strcmp(name, ".") != 0 && strcmp(name, "..") != 0;
 }
 
+/* the files st_open_dir reads, in the order it tries them */
+static const char *const st_dir_files[] = {"model.safetensors", "model.safetensors.index.json"};
+
+int st_dir_has(const char *dir)
+{
+    char path[4096];
+    for (size_t i = 0; i < sizeof st_dir_files / sizeof *st_dir_files; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, st_dir_files[i]);
+        if (access(path, F_OK) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 int st_open_dir(const char *dir, st_set **out)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    snprintf(path, sizeof path, "%s/%s", dir, st_dir_files[0]);
     if (access(path, F_OK) == 0)
         return st_open_file(path, out);
-    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    snprintf(path, sizeof path, "%s/%s", dir, st_dir_files[1]);
     RETURN_IF(access(path, F_OK) != 0, -ENOENT,
               "%s: no model.safetensors or model.safetensors.index.json; "
               "convert the checkpoint to safetensors (pytorch_model.bin is not read)",

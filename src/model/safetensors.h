@@ -25,6 +25,9 @@ typedef struct st_set st_set;
  * sizes, so a truncated file is reported with its name and what to do.
  * @return 0 or -errno; *out freed with st_close(). */
 int st_open_dir(const char *dir, st_set **out);
+/* 1 when dir holds the file st_open_dir reads (model.safetensors or
+ * model.safetensors.index.json), else 0. */
+int st_dir_has(const char *dir);
 /* 1 when NAME, a shard file of the index's weight_map, stays inside the
  * model directory (not empty, not absolute, no ".." component), else 0. */
 int st_shard_name_ok(const char *name);
