@@ -343,7 +343,12 @@ class Runner:
                "--hardware", self.hw, "--prompt-len", str(c["prompt_len"]),
                "--gen-len", str(c["gen_len"]), "--gpu-mem", c["caps"]["gpu"],
                "--offload-dir", self.off, "--max-block", str(max_block or c["max_block"]),
-               "--top", "1", "--out", pol] + self.mm + flags
+               "--top", "1", "--out", pol,
+               # the grid's own limits pick the block (max_block, then the cell limit in
+               # best_plan), not search's 60 s cap on a prefill, its guard for a job it
+               # is told no prompts of: at opt-6.7b 32+32 on the CPU that cap held every
+               # flexh2o row to 56 rows where 64 fit the cell and the memory
+               "--max-prefill-seconds", "0"] + self.mm + flags
         if c["caps"].get("cpu"):
             cmd += ["--cpu-mem", c["caps"]["cpu"]]
         return cmd

@@ -146,6 +146,24 @@ class WarmUp(unittest.TestCase):
             self.assertNotIn("--warm-up", cmd)
 
 
+class BlockRule(unittest.TestCase):
+    def test_the_grid_not_search_s_prefill_guard_caps_the_block(self):
+        # every flexh2o cell's search is told the grid's max block and no prefill cap of
+        # its own (search's default, 60 s without --prompts, held opt-6.7b to 56 rows)
+        for grid, pattern, mb in (("cpu", "flexh2o.*-opt-6.7b-32-32-", "64"),
+                                  ("gpu", "flexh2o.*-opt-30b-512-32-", "1024")):
+            r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "tables.py"),
+                                "--grid", grid, "--dry-run", "--csv", os.devnull, "--only",
+                                pattern], capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            searches = [x.split(" search ", 1)[1].split(" && ")[0]
+                        for x in r.stdout.splitlines() if " search " in x]
+            self.assertEqual(len(searches), 3, r.stdout)
+            for cmd in searches:
+                self.assertIn("--max-prefill-seconds 0", cmd)
+                self.assertIn("--max-block " + mb, cmd)
+
+
 class TraceOverlap(unittest.TestCase):
     def test_copy_time_under_kernels(self):
         # kernels [1000, 2000) and [3000, 4000) ns; an h2d copy [1500, 3500) is busy
