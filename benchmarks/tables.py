@@ -19,8 +19,8 @@ Systems:
                           checkpoint of the same config, device_map="auto" under
                           max_memory (the GPU cap, and the CPU cap), the rest in an
                           offload folder; greedy, EOS ignored; at its best block:
-                          batches 8, 16, 32, ... up to the full-cache cell's block,
-                          each a complete run, until one is slower than the one
+                          batches 8, 16, 32, ... up to the full-cache cell's block
+                          (or those --peer-batches names), each a complete run, until one is slower than the one
                           before, is killed at the cell limit, or would take longer
                           than it on the line through the last two runs' times (the
                           tries are in the note column). In the gpu grid no
@@ -531,7 +531,7 @@ class Runner:
         # HF at its best block: batches from 8 up to the full-cache cell's block, each a
         # complete run, until one is slower than the one before, fails, is killed at the
         # cell limit, or would by the last two runs' times take longer than it
-        tries = sorted({n for n in BLOCK_TRIES if 8 <= n < N_full} | {N_full})
+        tries = peer_tries(N_full, self.a.peer_batches)
         best, notes, runs = None, [], []
         # from_pretrained writes the offload folder (minutes for a few GB under the
         # cap): it is set-up, outside the clock as flexh2o's loading is, with its own
@@ -571,6 +571,18 @@ class Runner:
         return dict(row, block=f"{N}x1", tok_s=f"{res['tok_s']:.3f}",
                     lowest_tier=res["lowest"], status="ok", setup_s=setup, load=load,
                     command=cmd)
+
+
+def peer_tries(n_full, given=None):
+    """A peer's batches in the order tried: 8, 16, 32, ... below the full-cache cell's
+    block n_full, then n_full; or the batches --peer-batches gives ("32,64": a cell's
+    earlier best and the block a changed rule now gives flexh2o)."""
+    if given:
+        tries = sorted({int(x) for x in given.split(",")})
+        if tries[0] < 1:
+            raise ValueError(f"--peer-batches {given}: batches of at least 1")
+        return tries
+    return sorted({n for n in BLOCK_TRIES if 8 <= n < n_full} | {n_full})
 
 
 def projected(runs, N):
@@ -843,6 +855,9 @@ def main():
     ap.add_argument("--redo", action="store_true", help="rerun the failed and skipped cells")
     ap.add_argument("--rerun", action="store_true",
                     help="rerun the cells --only picks, measured ones too (a method changed)")
+    ap.add_argument("--peer-batches", default=None,
+                    help="the peers' batches to try, comma-separated (default: 8, 16, 32, ... "
+                    "up to the full-cache cell's block)")
     ap.add_argument("--cell-limit", type=int, default=240, help="seconds per cell")
     ap.add_argument("--setup-limit", type=int, default=360,
                     help="seconds of set-up a peer may take on top (HF writing its offload "

@@ -32,6 +32,22 @@ class Projection(unittest.TestCase):
         self.assertAlmostEqual(tables.projected([(8, 120.0), (16, 110.0)], 32), 110.0)
 
 
+class PeerTries(unittest.TestCase):
+    def test_powers_of_two_from_8_then_the_full_cache_block(self):
+        self.assertEqual(tables.peer_tries(64), [8, 16, 32, 64])
+        self.assertEqual(tables.peer_tries(14), [8, 14])
+        self.assertEqual(tables.peer_tries(56), [8, 16, 32, 56])
+        self.assertEqual(tables.peer_tries(4), [4])
+
+    def test_given_batches_replace_them(self):
+        self.assertEqual(tables.peer_tries(64, "64,32"), [32, 64])
+        self.assertEqual(tables.peer_tries(14, "56"), [56])
+        with self.assertRaises(ValueError):
+            tables.peer_tries(64, "0,8")
+        with self.assertRaises(ValueError):
+            tables.peer_tries(64, "x")
+
+
 class Held(unittest.TestCase):
     def test_old_rule_note_is_marked(self):
         r = {"status": "ok", "note": "batch 8: 0.378 tok/s; batch 16 not run (batch 8 took 169 s)"}
