@@ -480,34 +480,43 @@ int kern_bf16_packed_embed(float *out, const uint16_t *w, int v, int d, const fl
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
+/* A group's 16 values in bf16 (words 0-15; min + q * sc for q = 0..15, the
+ * reference's product then sum, then rounded as kern_round_bf16_ref), from
+ * its block's fp16 scale and min. Every value of the group is one of them,
+ * so rounding the table is rounding each value. Rounded with
+ * vcvtneps2bf16 where the CPU has it, which rounds to nearest even as the
+ * reference does and flushes denormals, but these values have none (a sum
+ * of multiples of 2^-24, fp16's smallest step, is 0 or at least 2^-24) and
+ * no NaN (finite min and scale: q4_group_lines' caller checks). */
+static inline __m512i q4_bf16_table(const uint8_t *blk)
+{
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    uint16_t hs, hm;
+    memcpy(&hs, blk, 2);
+    memcpy(&hm, blk + 2, 2);
+    __m512 v = _mm512_add_ps(_mm512_set1_ps(kern_f16_to_f32(hm)),
+                             _mm512_mul_ps(iota, _mm512_set1_ps(kern_f16_to_f32(hs))));
+#if defined(__AVX512BF16__)
+    return _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(v));
+#else
+    __m512i u = _mm512_castps_si512(v);
+    u = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                                           _mm512_and_si512(_mm512_srli_epi32(u, 16),
+                                                            _mm512_set1_epi32(1))),
+                          16);
+    return _mm512_castsi256_si512(_mm512_cvtepi32_epi16(u));
+#endif
+}
+
 /* 32 values of a group (codes: 16 bytes, two values each, low nibble
- * first) in bf16, in order, from the group's 16 values (tab: min + q * sc
- * for q = 0..15, the reference's product then sum) looked up by code.
- * Rounded as kern_round_bf16_ref: vcvtne2ps2bf16 where the CPU has it,
- * which rounds to nearest even as it does and flushes denormals, but these
- * values have none (a sum of multiples of 2^-24, fp16's smallest step, is
- * 0 or at least 2^-24) and no NaN (finite min and scale: q4_group_lines'
- * caller checks). */
-static inline __m512i q4_bf16x32(__m128i codes, __m512 tab)
+ * first) in bf16, in order: the group's table (q4_bf16_table) looked up
+ * by code, 32 words in one permute. */
+static inline __m512i q4_bf16x32(__m128i codes, __m512i tab)
 {
     __m128i lo = _mm_and_si128(codes, _mm_set1_epi8(15));
     __m128i hi = _mm_and_si128(_mm_srli_epi16(codes, 4), _mm_set1_epi8(15));
-    __m512 v0 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)), tab);
-    __m512 v1 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi)), tab);
-#if defined(__AVX512BF16__)
-    return (__m512i)_mm512_cvtne2ps_pbh(v1, v0);
-#else
-    __m512i w[2];
-    for (int i = 0; i < 2; i++) {
-        __m512i u = _mm512_castps_si512(i ? v1 : v0);
-        w[i] = _mm512_srli_epi32(
-            _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
-                             _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))),
-            16);
-    }
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(w[0])),
-                              _mm512_cvtepi32_epi16(w[1]), 1);
-#endif
+    __m256i idx = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));
+    return _mm512_permutexvar_epi16(_mm512_cvtepu8_epi16(idx), tab);
 }
 
 /* A whole group of 64 values of 16 rows (blk[c]: row c's block, its min
@@ -515,17 +524,13 @@ static inline __m512i q4_bf16x32(__m128i codes, __m512 tab)
  * (pack.lines): to[p] = pair p of the group for rows 0-15, a 64-byte run. */
 static void q4_group_lines(uint32_t *const *to, const uint8_t *const *blk)
 {
-    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512i tab[16];
+    for (int c = 0; c < 16; c++)
+        tab[c] = q4_bf16_table(blk[c]);
     for (int h = 0; h < 2; h++) { /* values 32h .. 32h + 31: pairs 16h .. 16h + 15 */
         __m512i a[16], b[16];
-        for (int c = 0; c < 16; c++) {
-            uint16_t hs, hm;
-            memcpy(&hs, blk[c], 2);
-            memcpy(&hm, blk[c] + 2, 2);
-            __m512 tab = _mm512_add_ps(_mm512_set1_ps(kern_f16_to_f32(hm)),
-                                       _mm512_mul_ps(iota, _mm512_set1_ps(kern_f16_to_f32(hs))));
-            b[c] = q4_bf16x32(_mm_loadu_si128((const __m128i *)(blk[c] + 4 + 16 * h)), tab);
-        }
+        for (int c = 0; c < 16; c++)
+            b[c] = q4_bf16x32(_mm_loadu_si128((const __m128i *)(blk[c] + 4 + 16 * h)), tab[c]);
         /* transpose 16 x 16 pairs: rows into runs */
         for (int j = 0; j < 8; j++) {
             a[2 * j] = _mm512_unpacklo_epi32(b[2 * j], b[2 * j + 1]);
