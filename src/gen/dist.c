@@ -365,8 +365,8 @@ static void out_progress(dist_out *d, int force)
         return;
     d->last = now;
     if (d->written == 0 || el <= 0)
-        err_log("[flexh2o] 0/%ld %s done on %d ranks, warming up (%ld tokens)", d->n_todo,
-                d->unit, world.size, d->generated);
+        err_log("[flexh2o] 0/%ld %s done on %d ranks, %ld tokens generated, no ETA before "
+                "the first", d->n_todo, d->unit, world.size, d->generated);
     else
         err_log("[flexh2o] %ld/%ld %s done on %d ranks, %.1f tok/s, ETA %.0f s", d->written,
                 d->n_todo, d->unit, world.size, d->generated / el,

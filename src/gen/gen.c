@@ -284,7 +284,8 @@ static int flush_done(const gen_ctx *gc, gen_seq *ss, int n, int *next)
 }
 
 /* The progress line on stderr, at most once a second (force: now); until
- * a first request is done there is no rate to tell. */
+ * a first request is done there is no ETA to tell (a block's requests end
+ * together, after its prefill), only the tokens so far. */
 static void gen_progress(gen_ctx *gc, const gen_stats *st, int force)
 {
     double now = kern_now_s();
@@ -295,8 +296,8 @@ static void gen_progress(gen_ctx *gc, const gen_stats *st, int force)
         err_log("[flexh2o] %ld prompts done, %.1f tok/s generated", st->prompts,
                 el > 0 ? st->generated / el : 0.0);
     else if (st->prompts == 0 || el <= 0)
-        err_log("[flexh2o] 0/%d prompts done, warming up (%ld tokens generated)", gc->n_todo,
-                st->generated);
+        err_log("[flexh2o] 0/%d prompts done, %ld tokens generated, no ETA before the first",
+                gc->n_todo, st->generated);
     else
         err_log("[flexh2o] %ld/%d prompts done, %.1f tok/s generated, ETA %.0f s",
                 st->prompts, gc->n_todo, st->generated / el,
