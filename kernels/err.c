@@ -35,6 +35,13 @@ void err_prefix(const char *fmt, ...)
     memcpy(err_buf + n - 2, ": ", 2);
 }
 
+const char *err_take(char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s", err_buf);
+    err_clear();
+    return buf;
+}
+
 const char *err_msg(void) { return err_buf; }
 const char *err_where(void) { return err_loc; }
 

@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 
 #ifdef __cplusplus /* the CUDA kernels (the .cu files) record through it too */
 extern "C" {
@@ -25,6 +26,10 @@ void err_set(const char *file, int line, const char *fmt, ...)
  * a caller knows it: "p.jsonl line 3: cannot tokenize the prompt"); the
  * location stays the root cause's. */
 void err_prefix(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The recorded message moved into buf (cut to cap bytes) and the slot
+ * cleared, for a caller that reports it somewhere else (a line's error, a
+ * usage error). @return buf. */
+const char *err_take(char *buf, size_t cap);
 /* The recorded message, or "" when none. Owned by err.c; valid until the
  * next err_clear(). */
 const char *err_msg(void);

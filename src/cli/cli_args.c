@@ -93,9 +93,7 @@ int cli_parse_chat_template(const char *verb, const char *name, int *kind)
     if (tok_chat_template_find(name, kind) == 0)
         return 0;
     char msg[512];
-    snprintf(msg, sizeof msg, "%s", err_msg());
-    err_clear();
-    return cli_usage(verb, "%s", msg);
+    return cli_usage(verb, "%s", err_take(msg, sizeof msg));
 }
 
 int cli_usage_err(const char *verb)

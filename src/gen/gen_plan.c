@@ -110,9 +110,7 @@ int gen_check(const model_config *c, const tok *t, job_prompts *ps, const gen_op
             return rc;
         if (rc < 0) { /* an OpenAI request: its error line, and the job goes on */
             char msg[1024];
-            snprintf(msg, sizeof msg, "%s", err_msg());
-            err_clear();
-            FORWARD_IF(job_prompt_fail(p, param, "%s", msg));
+            FORWARD_IF(job_prompt_fail(p, param, "%s", err_take(msg, sizeof msg)));
         }
     }
     return 0;

@@ -59,9 +59,8 @@ int job_encode_text(const job_src *src, const char *text, int bos, job_prompt *p
     if (n < 0) {
         /* the tokenizer's message becomes part of the line's report */
         char msg[400];
-        snprintf(msg, sizeof msg, "%s", err_msg());
-        err_clear();
-        return job_field_bad(e, "prompt", "cannot tokenize the prompt: %s", msg);
+        return job_field_bad(e, "prompt", "cannot tokenize the prompt: %s",
+                             err_take(msg, sizeof msg));
     }
     int k = bos >= 0;
     /* a tokenizer of another model (or a bos_token_id past vocab_size)
