@@ -331,8 +331,8 @@ void kvc_check(backend *be, const kvc_case *c)
     /* overwrite: the others held longer prompts and two steps of their own */
     {
         int32_t qs[KVC_MAXB][KVC_QLEN];
-        const int32_t *ids[KVC_MAXB];
-        int n[KVC_MAXB];
+        const int32_t *ids[KVC_MAXB] = {0};
+        int n[KVC_MAXB] = {0};
         for (int s = 0; s < B; s++) {
             for (int j = 0; j < KVC_QLEN; j++)
                 qs[s][j] = j == 0 ? 2 : (11 + 29 * s + 53 * j) % e.V;
@@ -341,7 +341,7 @@ void kvc_check(backend *be, const kvc_case *c)
         }
         kvc_pass(&e, ids, n, NULL, 0);
         for (int t = 0; t < 2; t++) {
-            int32_t tok[KVC_MAXB];
+            int32_t tok[KVC_MAXB] = {0};
             for (int s = 0; s < B; s++)
                 tok[s] = (5 + 71 * s + 13 * t) % e.V;
             kvc_pass(&e, NULL, NULL, tok, t + 1);
