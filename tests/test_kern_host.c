@@ -70,8 +70,8 @@ static uint32_t rnd_u32(uint64_t *s)
 
 /* kern_linear_rows (the CPU backend's linear for a decode pass's few rows)
  * against a double-precision product, over shapes with tails in n (not a
- * multiple of 4) and k (not of 16), every block of rows of x (6, 4, 2, 1),
- * k longer than one pass (1100 and 530: the AVX-512 path's passes are 512
+ * multiple of 4 or 8) and k (not of 16), every block of rows of x (3, 2, 1),
+ * k longer than one pass (1100 and 530: the SIMD paths' passes are 512
  * values) and more rows than one group (33: groups of 32); a row's outputs
  * are bit for bit the same alone as among m rows, and the same through the
  * backend's linear for m up to KERN_LINEAR_ROWS_MAX (beyond it the backend
@@ -114,6 +114,50 @@ Test(kern_host, linear_rows_against_double_and_independent_of_m)
         free(x), free(w), free(y), free(y1), free(yb);
     }
     backend_destroy(&be);
+}
+
+/* Where the rows kernel has fused multiply-adds (the AVX-512 and the
+ * AVX2 + FMA paths), each output is one fixed sum: 16 lane chains of fmaf
+ * over k in order (lane l takes i = l, l + 16, ...), the lanes added 0 to
+ * 15, then the tail past the last multiple of 16 as products and adds. So
+ * a machine with AVX-512 and one with only AVX2 give the same bits. The
+ * plain-C path (neither) adds rounded products and is held to the bound of
+ * the test above only. */
+Test(kern_host, linear_rows_is_the_same_fused_sum_on_every_simd_path)
+{
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+    static const int shapes[][3] = {{1, 1, 16},   {3, 7, 33},   {4, 9, 100},
+                                    {7, 13, 1100}, {33, 5, 530}, {KERN_LINEAR_ROWS_MAX, 12, 48}};
+    uint64_t seed = 23;
+    for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
+        int m = shapes[c][0], n = shapes[c][1], k = shapes[c][2], k16 = k / 16 * 16;
+        float *x = malloc(sizeof(float) * m * k), *w = malloc(sizeof(float) * n * k);
+        float *y = malloc(sizeof(float) * m * n);
+        for (int i = 0; i < m * k; i++)
+            x[i] = rnd(&seed);
+        for (int i = 0; i < n * k; i++)
+            w[i] = rnd(&seed);
+        kern_linear_rows(y, x, w, m, n, k);
+        for (int r = 0; r < m; r++)
+            for (int j = 0; j < n; j++) {
+                const float *xr = x + (size_t)r * k, *wr = w + (size_t)j * k;
+                float lane[16] = {0}, ref = 0.0f;
+                for (int i = 0; i < k16; i++)
+                    lane[i % 16] = fmaf(wr[i], xr[i], lane[i % 16]);
+                for (int l = 0; l < 16; l++)
+                    ref += lane[l];
+                for (int i = k16; i < k; i++) {
+                    float p = wr[i] * xr[i];
+                    ref += p;
+                }
+                cr_assert(y[(size_t)r * n + j] == ref, "m %d n %d k %d: y[%d][%d] %a, the fused "
+                          "sum %a", m, n, k, r, j, y[(size_t)r * n + j], ref);
+            }
+        free(x), free(w), free(y);
+    }
+#else
+    cr_skip_test("no AVX-512 or AVX2 + FMA: the rows kernel adds rounded products");
+#endif
 }
 
 /* The CPU backend's KV ops take the cache format as an argument: plain

@@ -110,7 +110,86 @@ static void rows_chunk(float *y, const float *x, const float *w0, int m, int n, 
     }
 }
 
-#else /* without AVX-512: the compiler's vectors, a multiply and an add */
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+/* With AVX2 and FMA (16 ymm registers of 8 lanes) the same 16-lane chains
+ * as with AVX-512, each walked in two halves: over a pass of KC values the
+ * blocks run once for lanes 0-7 of every 16 values of k and once for lanes
+ * 8-15, so a block holds one register per output: blocks of up to three
+ * rows of x meet the CHUNK rows of w, 12 accumulators, three x vectors and
+ * one w vector, all 16 registers. The second half reads the pass's rows of
+ * w (CHUNK KC floats, 8 KB) from L1. Every lane is the same fused
+ * multiply-add chain over k in order as under AVX-512, parked in `part`
+ * between passes and summed by total(): the outputs are the AVX-512
+ * path's bits, and as there independent of m, of a row's block, of n and
+ * of the threads. */
+#define KC 512
+#define ROWS_GROUP 32 /* rows of x per group: part is 8 KB on the stack */
+#define CHUNK 4       /* rows of w per chunk */
+#define HALF 8        /* lanes of a ymm register */
+
+/* lanes h .. h + 7 of part[e][j] += x row e times w row j over i0 .. i1. */
+#define DEFINE_BLOCK(RB)                                                                    \
+    static void block##RB(float (*part)[CHUNK][LANES], const float *const *xr,              \
+                          const float *const *wr, int i0, int i1, int h)                   \
+    {                                                                                       \
+        __m256 a[RB][CHUNK];                                                                \
+        for (int e = 0; e < RB; e++)                                                        \
+            for (int j = 0; j < CHUNK; j++)                                                 \
+                a[e][j] = _mm256_loadu_ps(part[e][j] + h);                                  \
+        for (int i = i0 + h; i < i1; i += LANES) {                                          \
+            __m256 v[RB];                                                                   \
+            for (int e = 0; e < RB; e++)                                                    \
+                v[e] = _mm256_loadu_ps(xr[e] + i);                                          \
+            for (int j = 0; j < CHUNK; j++) {                                               \
+                __m256 u = _mm256_loadu_ps(wr[j] + i);                                      \
+                for (int e = 0; e < RB; e++)                                                \
+                    a[e][j] = _mm256_fmadd_ps(u, v[e], a[e][j]);                            \
+            }                                                                               \
+        }                                                                                   \
+        for (int e = 0; e < RB; e++)                                                        \
+            for (int j = 0; j < CHUNK; j++)                                                 \
+                _mm256_storeu_ps(part[e][j] + h, a[e][j]);                                  \
+    }
+DEFINE_BLOCK(3)
+DEFINE_BLOCK(2)
+DEFINE_BLOCK(1)
+
+/* As the AVX-512 rows_chunk: outputs j0 .. j0 + nw - 1 (nw <= CHUNK). */
+static void rows_chunk(float *y, const float *x, const float *w0, int m, int n, int k, int j0,
+                       int nw)
+{
+    int k16 = k / LANES * LANES;
+    const float *wr[CHUNK];
+    for (int j = 0; j < CHUNK; j++)
+        wr[j] = w0 + (size_t)(j < nw ? j : 0) * k;
+    float part[ROWS_GROUP][CHUNK][LANES];
+    for (int g = 0; g < m; g += ROWS_GROUP) {
+        int mg = m - g < ROWS_GROUP ? m - g : ROWS_GROUP;
+        const float *xr[ROWS_GROUP];
+        for (int e = 0; e < mg; e++)
+            xr[e] = x + (size_t)(g + e) * k;
+        memset(part, 0, sizeof(float) * CHUNK * LANES * (size_t)mg);
+        for (int i0 = 0; i0 < k16; i0 += KC) {
+            int i1 = k16 - i0 < KC ? k16 : i0 + KC;
+            for (int h = 0; h < LANES; h += HALF) {
+                int r = 0;
+                for (; r + 3 <= mg; r += 3)
+                    block3(part + r, xr + r, wr, i0, i1, h);
+                for (; r + 2 <= mg; r += 2)
+                    block2(part + r, xr + r, wr, i0, i1, h);
+                for (; r < mg; r++)
+                    block1(part + r, xr + r, wr, i0, i1, h);
+            }
+        }
+        for (int e = 0; e < mg; e++)
+            for (int j = 0; j < nw; j++)
+                y[(size_t)(g + e) * n + j0 + j] = total(part[e][j], wr[j], xr[e], k16, k);
+    }
+}
+
+#else /* without AVX-512 or AVX2: the compiler's vectors, a multiply and an add */
 #define CHUNK 4
 
 /* 16 partial sums of w[i] * x[i] over i < k16 (a multiple of LANES). */
