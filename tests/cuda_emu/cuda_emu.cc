@@ -17,6 +17,9 @@
 #define EMU_SWAPCONTEXT 1
 #endif
 #endif
+#ifdef EMU_SWAPCONTEXT
+#include <sanitizer/asan_interface.h>
+#endif
 
 dim3 threadIdx, blockIdx, gridDim, blockDim;
 emu_state emu;
@@ -120,12 +123,6 @@ static void emu_resume(int t)
 {
 #ifdef EMU_SWAPCONTEXT
     swapcontext(&emu.main, &emu.ctx[t]);
-    /* ASan's swapcontext clears the shadow of the stack its target context
-     * names (uc_stack): right on a coroutine's first entry, wrong on a
-     * resume (it wipes the redzones of the live frames) and a 32 KiB memset
-     * per switch, 72% of the ASan kern_emu's time. After the first entry the
-     * context names no stack; emu_launch names it again for the next block. */
-    emu.ctx[t].uc_stack.ss_size = 0;
 #else
     if (_setjmp(emu.sched_jmp))
         return; /* t yielded or ended */
@@ -163,6 +160,17 @@ int emu_launch(dim3 grid, int threads, std::function<void()> body)
                 emu.ctx[t].uc_stack.ss_size = EMU_STACK;
                 emu.ctx[t].uc_link = &emu.main;
                 makecontext(&emu.ctx[t], emu_entry, 0);
+#ifdef EMU_SWAPCONTEXT
+                /* ASan's swapcontext clears the shadow of the stack a context
+                 * names (uc_stack) on each switch to it and back: the live
+                 * frames' redzones of a thread waiting at a barrier were
+                 * wiped (an overflow after it went unseen), at a 32 KiB
+                 * memset per switch (72% of kern_emu's time under ASan).
+                 * makecontext has used the stack: the context names none. A
+                 * finished thread has returned from every frame (their
+                 * shadow is clean); an abandoned block's is cleared below. */
+                emu.ctx[t].uc_stack.ss_size = 0;
+#endif
             }
             for (int left = threads; left > 0;) {
                 int ran = 0;
@@ -179,6 +187,10 @@ int emu_launch(dim3 grid, int threads, std::function<void()> body)
                 if (!ran && left > 0) {
                     fprintf(stderr, "cuda_emu: block (%u, %u) cannot finish: %d threads wait "
                             "at barriers the others never reach\n", bx, by, left);
+#ifdef EMU_SWAPCONTEXT
+                    for (int u = 0; u < threads; u++) /* their frames stay poisoned */
+                        ASAN_UNPOISON_MEMORY_REGION(emu.stack[u], EMU_STACK);
+#endif
                     return -1;
                 }
             }
