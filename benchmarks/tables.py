@@ -8,10 +8,10 @@
 A cell is one system x model x prompt+gen x cap: one complete generation (no
 extrapolation), its generation at most --cell-limit seconds by the estimate that picks
 its block, the run killed after --cell-limit + --setup-limit seconds (every system's
-set-up, loading and writing its offload, is outside the clock). Each finished cell is appended to the CSV
-(default benchmarks/results/tables.csv) at once; a cell whose key (system, model,
-prompt_len, gen_len, cap, machine) is already there is skipped (--redo reruns the
-failed and skipped ones), so successive sessions fill the same grid.
+set-up, loading and writing its offload, is outside the clock). Each finished cell is
+appended to the CSV (default benchmarks/results/tables.csv) at once; a cell whose key
+(system, model, prompt_len, gen_len, cap, machine) is already there is skipped (--redo
+reruns the failed and skipped ones), so successive sessions fill the same grid.
 
 Systems:
   flexh2o full            policy from `flexh2o search` for the cap

@@ -673,13 +673,6 @@ Test(kern_emu, the_emulated_device_catches_what_a_gpu_would)
     }
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-#define EMU_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define EMU_ASAN 1
-#endif
-#endif
 #ifdef EMU_ASAN
 /* Under AddressSanitizer: an emulated thread that reads past a local array
  * after waiting at a barrier is reported (ASan exits 1). While the contexts

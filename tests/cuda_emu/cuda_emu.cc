@@ -10,14 +10,8 @@
 #undef _FORTIFY_SOURCE
 #include "cuda_emu.hpp"
 
-#if defined(__SANITIZE_ADDRESS__)
+#ifdef EMU_ASAN
 #define EMU_SWAPCONTEXT 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define EMU_SWAPCONTEXT 1
-#endif
-#endif
-#ifdef EMU_SWAPCONTEXT
 #include <sanitizer/asan_interface.h>
 #endif
 

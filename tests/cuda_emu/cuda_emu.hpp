@@ -26,6 +26,15 @@
 #ifndef FH_CUDA_EMU_HPP
 #define FH_CUDA_EMU_HPP
 
+/* EMU_ASAN: built under AddressSanitizer (gcc's macro, clang's feature) */
+#if defined(__SANITIZE_ADDRESS__)
+#define EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EMU_ASAN 1
+#endif
+#endif
+
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
