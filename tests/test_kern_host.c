@@ -126,8 +126,9 @@ Test(kern_host, linear_rows_against_double_and_independent_of_m)
 Test(kern_host, linear_rows_is_the_same_fused_sum_on_every_simd_path)
 {
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-    static const int shapes[][3] = {{1, 1, 16},   {3, 7, 33},   {4, 9, 100},
-                                    {7, 13, 1100}, {33, 5, 530}, {KERN_LINEAR_ROWS_MAX, 12, 48}};
+    static const int shapes[][3] = {{1, 1, 16},     {3, 7, 33},    {4, 9, 100},
+                                    {7, 13, 1100},  {33, 5, 530},  {KERN_LINEAR_ROWS_MAX, 12, 48},
+                                    {16, 9, 1100},  {4, 6, 40},    {5, 12, 1280}};
     uint64_t seed = 23;
     for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
         int m = shapes[c][0], n = shapes[c][1], k = shapes[c][2], k16 = k / 16 * 16;
@@ -976,13 +977,16 @@ Test(kern_host, q4_dequant_par_equals_ref_on_any_bytes)
  * against its definition: the matrix expanded by the reference
  * (kern_q4_dequant_ref), then kern_linear_rows / the backend's linear, bit
  * for bit. Shapes: n with a tail of 1-3 rows, n too small for a chunk per
- * thread, k with a short 4-bit group and a tail past the 16 lanes, m of 1
- * up to past KERN_LINEAR_ROWS_MAX (sgemm's side); bias and ReLU. */
+ * thread, k with a short 4-bit group and a tail past the 16 lanes, k of
+ * several of the SIMD kernel's 512-value passes ending on a short group,
+ * m of 1 up to past KERN_LINEAR_ROWS_MAX (sgemm's side), m of a decode
+ * block of 16 (five blocks of three rows and one of one); bias and ReLU. */
 Test(kern_host, linear_q4_equals_expand_then_linear)
 {
-    static const int shapes[][3] = {{1, 64, 64},  {3, 7, 100},   {2, 130, 71},
+    static const int shapes[][3] = {{1, 64, 64},    {3, 7, 100},   {2, 130, 71},
                                     {24, 96, 1024}, {KERN_LINEAR_ROWS_MAX, 9, 192},
-                                    {KERN_LINEAR_ROWS_MAX + 5, 40, 130}};
+                                    {KERN_LINEAR_ROWS_MAX + 5, 40, 130},
+                                    {16, 40, 1100}, {7, 33, 2100}};
     uint64_t seed = 13;
     backend be;
     cr_assert_eq(backend_cpu_create(2, &be), 0, "%s", err_msg());
@@ -1025,9 +1029,10 @@ Test(kern_host, linear_q4_equals_expand_then_linear)
  * fp16 and bf16, over the shapes of the 4-bit test. */
 Test(kern_host, linear_h16_equals_widen_then_linear)
 {
-    static const int shapes[][3] = {{1, 64, 64},  {3, 7, 100},   {2, 130, 71},
+    static const int shapes[][3] = {{1, 64, 64},    {3, 7, 100},   {2, 130, 71},
                                     {24, 96, 1024}, {KERN_LINEAR_ROWS_MAX, 9, 192},
-                                    {KERN_LINEAR_ROWS_MAX + 5, 40, 130}};
+                                    {KERN_LINEAR_ROWS_MAX + 5, 40, 130},
+                                    {16, 40, 1100}, {7, 33, 2100}};
     uint64_t seed = 17;
     backend be;
     cr_assert_eq(backend_cpu_create(2, &be), 0, "%s", err_msg());
