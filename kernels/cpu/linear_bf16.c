@@ -24,6 +24,10 @@
  * (checked on AVX512-BF16 for 1-4096 rows), used only where it takes
  * exactly the matrix's bytes and where oneDNN has a kernel over it (not its
  * reference code) at 1 to 2048 rows.
+ * Packed and plain give the same bits on AVX512-BF16; with AMX they may
+ * not (tests/test_bf16.c packed_and_plain_over_long_rows): oneDNN copies
+ * plain weights into its layout in blocks of its own and sums in another
+ * order at long rows.
  *
  * 4-bit matrices (kern_linear_q4_bf16) are never expanded whole: each
  * OpenMP thread takes tiles of 64-256 rows, expands one at a time into
