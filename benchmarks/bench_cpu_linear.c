@@ -329,7 +329,14 @@ int main(int argc, char **argv)
     check_same(&b, q4, 3, "q4");
     bench_fn b16[2] = {run_bf16, run_bf16_packed};
     bench_fn q4b[2] = {run_q4_bf16_expand, run_q4_bf16_tiles};
-    if (bf16) {
+    /* with AMX oneDNN sums plain and packed weights, and tiles of a matrix,
+     * in another order (tests/test_bf16.c packed_and_plain_over_long_rows):
+     * there the bf16 paths are timed without the check */
+    const char *impl = "";
+    kern_bf16_matmul_available(&impl);
+    if (bf16 && strstr(impl, "amx"))
+        printf("(AMX: the bf16 paths' outputs are not compared bit for bit)\n\n");
+    else if (bf16) {
         check_same(&b, b16, 2, "bf16");
         check_same(&b, q4b, 2, "q4 bf16");
     }
