@@ -297,6 +297,17 @@ typedef struct backend_cpu_opts {
 /* backend_cpu_create with options; -ENOTSUP with a message when bf16_matmul
  * cannot run here (kern_bf16_matmul_available). */
 int backend_cpu_create_opts(const backend_cpu_opts *o, backend *out);
+/* OpenBLAS's kernels for this CPU: the core it runs (openblas_get_corename)
+ * and, where that is its generic fallback for a CPU it does not know
+ * ("Prescott": SSE3 kernels; OpenBLAS 0.3.21 on a Xeon of family 6 model
+ * 207 took 0.036 TFLOP/s at 2048 rows instead of 0.17), the core to ask
+ * for with OPENBLAS_CORETYPE, which it reads only as it loads. */
+const char *backend_cpu_blas_core(void);
+const char *backend_cpu_blas_core_hint(void);
+/* The rule of backend_cpu_blas_core_hint, over its inputs: "SkylakeX"
+ * with AVX-512 F/BW/DQ/VL, "Haswell" with AVX2 + FMA, where core is
+ * "Prescott" (any case); NULL otherwise. */
+const char *backend_blas_core_rule(const char *core, int avx512, int avx2_fma);
 /* Create the CUDA backend on device `device`. Without a GPU or without a
  * CUDA build it fails with a message that says to use --device cpu. */
 int backend_cuda_create(int device, backend *out);

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "backend.h"
 #include "cli_harness.h"
 #include "err.h"
 #include "off.h"
@@ -288,8 +289,39 @@ Test(cli, bad_prompts_are_reported_by_line)
     cr_assert(strstr(cli_err, "give exactly one of \"prompt\""), "%s", cli_err);
 }
 
+/* OpenBLAS's generic kernels ("Prescott", its fallback for a CPU it does
+ * not know) are replaced before OpenBLAS loads where the CPU has AVX2 +
+ * FMA or AVX-512 (main.c exec_with_env); a user's OPENBLAS_CORETYPE wins
+ * and --version says what it would have asked for. The rule itself over
+ * every input. */
+Test(cli, openblas_generic_kernels_are_not_run_where_the_cpu_has_better)
+{
+    cr_assert_str_eq(backend_blas_core_rule("Prescott", 1, 1), "SkylakeX");
+    cr_assert_str_eq(backend_blas_core_rule("prescott", 0, 1), "Haswell");
+    cr_assert_null(backend_blas_core_rule("Prescott", 0, 0));
+    cr_assert_null(backend_blas_core_rule("Zen", 1, 1));
+    cr_assert_null(backend_blas_core_rule("SkylakeX", 1, 1));
+    cr_assert_null(backend_blas_core_rule(NULL, 1, 1));
+    const char *bin = getenv("FLEXH2O_BIN");
+    cr_assert(bin);
+    __builtin_cpu_init();
+    int better = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    cr_assert_eq(cli_sh("env -u OPENBLAS_CORETYPE -u FLEXH2O_BLAS_CORE %s --version > b1.txt",
+                        bin), 0);
+    cr_assert_eq(cli_sh("env -u FLEXH2O_BLAS_CORE OPENBLAS_CORETYPE=Prescott %s --version > "
+                        "b2.txt", bin), 0);
+    char *v1 = cli_read("b1.txt"), *v2 = cli_read("b2.txt");
+    if (better)
+        cr_assert(!strstr(v1, "OpenBLAS core: Prescott"), "%s", v1);
+    cr_assert(strstr(v2, "OpenBLAS core: Prescott"), "%s", v2);
+    cr_assert(!strstr(v2, "set by flexh2o"), "%s", v2);
+    cr_assert_eq(strstr(v2, "its generic kernels: OPENBLAS_CORETYPE=") != NULL, better, "%s",
+                 v2);
+    free(v1), free(v2);
+}
+
 /* flexh2o sets libgomp's spin to 1000 iterations before libgomp starts
- * (main.c omp_wait_policy: a core taken by another process no longer
+ * (main.c exec_with_env: a core taken by another process no longer
  * stalls every parallel region); a user's own setting wins, and
  * FLEXH2O_OMP_WAIT=libgomp keeps libgomp's default. --version says which. */
 Test(cli, openmp_wait_policy_is_set_before_libgomp_starts)
@@ -301,10 +333,10 @@ Test(cli, openmp_wait_policy_is_set_before_libgomp_starts)
     cr_assert_eq(cli_sh("%s GOMP_SPINCOUNT=5 %s --version > v2.txt", clean, bin), 0);
     cr_assert_eq(cli_sh("%s OMP_WAIT_POLICY=passive %s --version > v3.txt", clean, bin), 0);
     cr_assert_eq(cli_sh("%s FLEXH2O_OMP_WAIT=libgomp %s --version > v4.txt", clean, bin), 0);
-    static const char *const want[] = {"OpenMP wait: GOMP_SPINCOUNT=1000)",
-                                       "OpenMP wait: GOMP_SPINCOUNT=5)",
-                                       "OpenMP wait: OMP_WAIT_POLICY=passive)",
-                                       "OpenMP wait: libgomp's default)"};
+    static const char *const want[] = {"OpenMP wait: GOMP_SPINCOUNT=1000;",
+                                       "OpenMP wait: GOMP_SPINCOUNT=5;",
+                                       "OpenMP wait: OMP_WAIT_POLICY=passive;",
+                                       "OpenMP wait: libgomp's default;"};
     for (int i = 0; i < 4; i++) {
         char name[16];
         snprintf(name, sizeof name, "v%d.txt", i + 1);

@@ -2,6 +2,7 @@
  * linear layers, kernels/cpu/ (OpenMP) for everything else. It is the
  * numerical reference of flexh2o. */
 #include <cblas.h>
+#include <strings.h>
 #include <omp.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -536,6 +537,28 @@ static const backend_ops cpu_ops = {
     .event_wait = cpu_event,
     .event_sync = cpu_event_sync,
 };
+
+const char *backend_blas_core_rule(const char *core, int avx512, int avx2_fma)
+{
+    if (!core || strcasecmp(core, "Prescott") != 0)
+        return NULL;
+    return avx512 ? "SkylakeX" : avx2_fma ? "Haswell" : NULL;
+}
+
+const char *backend_cpu_blas_core(void)
+{
+    const char *c = openblas_get_corename();
+    return c ? c : "unknown";
+}
+
+const char *backend_cpu_blas_core_hint(void)
+{
+    __builtin_cpu_init();
+    int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    int avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return backend_blas_core_rule(openblas_get_corename(), avx512, avx2_fma);
+}
 
 int backend_cpu_create(int n_threads, backend *out)
 {

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backend.h"
 #include "cli.h"
 #include "cli_args.h"
 #include "dist.h"
@@ -67,21 +68,39 @@ static int run_verb(const struct verb *v, int argc, char **argv)
  * GOMP_SPINCOUNT wins, and FLEXH2O_OMP_WAIT=libgomp keeps libgomp's
  * default. */
 #define FH_OMP_SPIN "1000"
-static void omp_wait_policy(char **argv)
+/*
+ * And OpenBLAS: Debian's 0.3.21 runs its generic SSE3 kernels ("Prescott")
+ * on a CPU it does not know, a Xeon of family 6 model 207 among them:
+ * sgemm at 2048 rows 0.036 TFLOP/s instead of 0.17 with its SkylakeX
+ * kernels (results/cpu-xeon-2026-12-05). OpenBLAS too reads its
+ * OPENBLAS_CORETYPE as it loads, so the same execution sets it where
+ * backend_cpu_blas_core_hint names a core; a user's own setting wins.
+ * One execv for both: each setting is made only where absent, so the
+ * second run finds them and goes on.
+ */
+static void exec_with_env(char **argv)
 {
-    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT") || getenv("FLEXH2O_OMP_WAIT"))
-        return;
-    if (setenv("GOMP_SPINCOUNT", FH_OMP_SPIN, 1) != 0 ||
-        setenv("FLEXH2O_OMP_WAIT", "flexh2o", 1) != 0)
-        return;
-    execv("/proc/self/exe", argv);
-    /* no /proc: run on with libgomp's default */
-    unsetenv("GOMP_SPINCOUNT");
+    int again = 0, omp = 0, blas = 0;
+    if (!getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT") && !getenv("FLEXH2O_OMP_WAIT"))
+        omp = setenv("GOMP_SPINCOUNT", FH_OMP_SPIN, 1) == 0 &&
+              setenv("FLEXH2O_OMP_WAIT", "flexh2o", 1) == 0;
+    const char *core = getenv("OPENBLAS_CORETYPE") ? NULL : backend_cpu_blas_core_hint();
+    if (core)
+        blas = setenv("OPENBLAS_CORETYPE", core, 1) == 0 &&
+               setenv("FLEXH2O_BLAS_CORE", "flexh2o", 1) == 0;
+    again = omp || blas;
+    if (again)
+        execv("/proc/self/exe", argv);
+    /* no /proc: run on with libgomp's and OpenBLAS's defaults */
+    if (omp)
+        unsetenv("GOMP_SPINCOUNT"), unsetenv("FLEXH2O_OMP_WAIT");
+    if (blas)
+        unsetenv("OPENBLAS_CORETYPE"), unsetenv("FLEXH2O_BLAS_CORE");
 }
 
 int main(int argc, char **argv)
 {
-    omp_wait_policy(argv);
+    exec_with_env(argv);
     /* a file-size limit makes writes fail with EFBIG (reported, output kept)
      * instead of killing the process */
     signal(SIGXFSZ, SIG_IGN);
@@ -91,10 +110,13 @@ int main(int argc, char **argv)
             return run_verb(&verbs[i], argc, argv);
     if (strcmp(verb, "--version") == 0) {
         const char *pol = getenv("OMP_WAIT_POLICY"), *spin = getenv("GOMP_SPINCOUNT");
-        printf("flexh2o %s (CUDA %s; OpenMP wait: %s%s)\n", FH_VERSION,
-               FH_HAVE_CUDA ? "built" : "not built",
+        const char *hint = backend_cpu_blas_core_hint();
+        printf("flexh2o %s (CUDA %s; OpenMP wait: %s%s; OpenBLAS core: %s%s%s%s)\n",
+               FH_VERSION, FH_HAVE_CUDA ? "built" : "not built",
                pol ? "OMP_WAIT_POLICY=" : spin ? "GOMP_SPINCOUNT=" : "libgomp's default",
-               pol ? pol : spin ? spin : "");
+               pol ? pol : spin ? spin : "", backend_cpu_blas_core(),
+               getenv("FLEXH2O_BLAS_CORE") ? " (OPENBLAS_CORETYPE set by flexh2o)" : "",
+               hint ? ", its generic kernels: OPENBLAS_CORETYPE=" : "", hint ? hint : "");
         return 0;
     }
     fputs("usage: flexh2o <", stderr);
