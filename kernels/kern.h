@@ -536,6 +536,15 @@ int kern_linear_q4_bf16(float *y, const float *x, const uint8_t *wq, int m, int 
 /* 1 when kern_linear_bf16 can run here; *why (may be NULL): the
  * implementation oneDNN picked, or why not. Thread-safe. */
 int kern_bf16_matmul_available(const char **why);
+/* 1 where kern_linear_bf16 runs on AMX tiles (oneDNN's implementation
+ * names "amx"). oneDNN then picks its kernel by the product's shape (on
+ * the Xeon VM of 2026-12-05: AMX tiles from 16 rows, AVX512-BF16 dot
+ * products at 1 and 3) and blocks its sums by the matrix's shape and
+ * layout, so products split differently (x in chunks, a matrix in tiles,
+ * plain against packed weights at long rows) add in another order; with
+ * AVX512-BF16 alone one kernel runs every shape the same way. 0 without
+ * a bf16 matmul. */
+int kern_bf16_matmul_amx(void);
 /* From this many rows the CPU backend under bf16 matmuls runs a 4-bit
  * matrix as kern_linear_q4_bf16 rather than the fp32 rows kernel
  * (kern_linear_rows_q4): on the Zen 4 VM of results/cpu-epyc-2026-12-03

@@ -83,6 +83,15 @@ static uint64_t lcg(uint64_t *s)
 
 static float rnd(uint64_t *s) { return (float)((int64_t)lcg(s) * 0x1.0p-52 - 1.0); }
 
+/* w[0..n) = bf16 of rnd(seed), each rounded to nearest even */
+static void rnd_bf16(uint16_t *w, size_t n, uint64_t *seed)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v = rnd(seed);
+        kern_round_bf16_ref(&w[i], &v, 1);
+    }
+}
+
 /* The parallel rounding (the chunks kern_linear_bf16 rounds x in) is the
  * reference's bits over more than three 64 Ki chunks of every kind of value:
  * ties both ways, NaNs, infinities, overflow, denormals, signed zeros. */
@@ -112,19 +121,6 @@ static void skip_without_bf16(void)
     const char *why;
     if (!kern_bf16_matmul_available(&why))
         cr_skip_test("no bf16 matmul here: %s", why);
-}
-
-/* 1 where oneDNN's bf16 matmul runs on AMX tiles. It then picks its kernel
- * by the product's shape (on the Xeon VM of 2026-12-05: AMX tiles from 16
- * rows, AVX512-BF16 dot products at 1 and 3, brg:avx512_core_amx_bf16 and
- * brg:avx512_core_bf16) and blocks the sums by n as well, so two products
- * that split the same rows or columns differently add in another order:
- * bits are comparable only between calls of the same shapes. With
- * AVX512-BF16 alone (Zen 4) one kernel runs every shape, the same way. */
-static int amx_here(void)
-{
-    const char *impl;
-    return kern_bf16_matmul_available(&impl) && strstr(impl, "amx") != NULL;
 }
 
 /* |y - ref| within the error of summing k fp32 products in any order:
@@ -176,10 +172,7 @@ Test(bf16, onednn_matmul_equals_the_reference_within_fp32_sums)
         void *ws = malloc(ws_bytes);
         for (int i = 0; i < m * k; i++)
             x[i] = rnd(&seed) * 4;
-        for (int i = 0; i < n * k; i++) {
-            float v = rnd(&seed);
-            kern_round_bf16_ref(&w[i], &v, 1);
-        }
+        rnd_bf16(w, (size_t)n * k, &seed);
         cr_assert_eq(kern_linear_bf16(y, x, w, m, n, k, ws, ws_bytes), 0, "%s", err_msg());
         check_against_ref(y, x, w, m, n, k, "whole");
         /* chunks of 3 rows */
@@ -273,10 +266,7 @@ Test(bf16, packed_weights_give_the_plain_matmuls_bits)
     for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
         int n = shapes[c][0], k = shapes[c][1];
         uint16_t *w = malloc(sizeof(uint16_t) * n * k), *wp = malloc(sizeof(uint16_t) * n * k);
-        for (int i = 0; i < n * k; i++) {
-            float v = rnd(&seed);
-            kern_round_bf16_ref(&w[i], &v, 1);
-        }
+        rnd_bf16(w, (size_t)n * k, &seed);
         memcpy(wp, w, sizeof(uint16_t) * n * k);
         int would = kern_bf16_pack(NULL, n, k);
         int r = kern_bf16_pack(wp, n, k);
@@ -311,7 +301,7 @@ Test(bf16, packed_weights_give_the_plain_matmuls_bits)
             memset(yb, 0xff, sizeof(float) * m * n);
             cr_assert_eq(kern_linear_bf16_packed(yb, x, wp, m, n, k, ws,
                                                  3 * k * sizeof(uint16_t)), 0, "%s", err_msg());
-            if (!amx_here())
+            if (!kern_bf16_matmul_amx())
                 cr_assert_eq(memcmp(ya, yb, sizeof(float) * m * n), 0,
                              "n %d k %d m %d: packed in chunks of 3 rows differs", n, k, m);
             cr_assert_eq(kern_linear_bf16(ya, x, w, m, n, k, ws, 3 * k * sizeof(uint16_t)), 0,
@@ -412,10 +402,7 @@ Test(bf16, packed_and_plain_over_long_rows)
     const int n = 256, k = 4096, rows[] = {1, 24, 256};
     uint64_t seed = 5;
     uint16_t *w = malloc(sizeof(uint16_t) * n * k), *wp = malloc(sizeof(uint16_t) * n * k);
-    for (int i = 0; i < n * k; i++) {
-        float v = rnd(&seed);
-        kern_round_bf16_ref(&w[i], &v, 1);
-    }
+    rnd_bf16(w, (size_t)n * k, &seed);
     memcpy(wp, w, sizeof(uint16_t) * n * k);
     int r = kern_bf16_pack(wp, n, k);
     cr_assert(r == 0 || r == 1, "%s", err_msg());
@@ -437,7 +424,7 @@ Test(bf16, packed_and_plain_over_long_rows)
         int differ = 0;
         for (int i = 0; i < m * n; i++)
             differ += ya[i] != yb[i];
-        if (!amx_here())
+        if (!kern_bf16_matmul_amx())
             cr_assert_eq(differ, 0, "m %d: %d of %d outputs differ between packed and plain",
                          m, differ, m * n);
         else
@@ -451,10 +438,11 @@ Test(bf16, packed_and_plain_over_long_rows)
 }
 
 /* kern_linear_q4_bf16 against its definition, bit for bit without AMX
- * (amx_here): the matrix expanded (kern_q4_dequant_bf16, held to the
+ * (kern_bf16_matmul_amx): the matrix expanded (kern_q4_dequant_bf16, held to the
  * reference above), then kern_linear_bf16 over it; and within an fp32
- * sum's error of the reference, the same infinities and NaNs. Shapes: tiles of 256 rows with a plain tail of 44 (k 256),
- * tiles of 64 (k 4096: long rows make short tiles), one tile of the whole
+ * sum's error of the reference, the same infinities and NaNs. Shapes:
+ * tiles of 256 rows with a plain tail of 44 (k 256), tiles of 64 (k 4096:
+ * long rows make short tiles), one tile of the whole
  * matrix, a short last group (k 96 and 200), k that oneDNN pads (plain
  * tiles), groups holding an infinity or a NaN (not the vector path), and
  * the smallest matrix the backend hands it (8 x 16), whose n * k floats of
@@ -492,7 +480,7 @@ Test(bf16, linear_q4_bf16_is_the_expansion_then_the_matmul)
              * shapes than the whole product, summed in another order: there
              * the same non-finite values, the finite ones within the
              * reference's tolerance (below) */
-            int exact = !amx_here();
+            int exact = !kern_bf16_matmul_amx();
             for (int i = 0; i < m * n; i++)
                 cr_assert(ya[i] == yb[i] || (isnan(ya[i]) && isnan(yb[i])) ||
                               (!exact && isfinite(ya[i]) && isfinite(yb[i])),
@@ -856,10 +844,7 @@ Test(bf16, embedding_gathers_rows_of_a_packed_table)
     uint16_t *w = malloc(sizeof(uint16_t) * V * D), *wp = malloc(sizeof(uint16_t) * V * D);
     float pe[(P + KERN_OPT_POS_OFFSET) * D], a[N * D], b[N * D];
     uint64_t seed = 33;
-    for (int i = 0; i < V * D; i++) {
-        float v = rnd(&seed);
-        kern_round_bf16_ref(&w[i], &v, 1);
-    }
+    rnd_bf16(w, (size_t)V * D, &seed);
     for (size_t i = 0; i < sizeof pe / sizeof *pe; i++)
         pe[i] = rnd(&seed);
     memcpy(wp, w, sizeof(uint16_t) * V * D);

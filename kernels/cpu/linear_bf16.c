@@ -300,6 +300,12 @@ int kern_bf16_matmul_available(const char **why)
     return g.ok;
 }
 
+int kern_bf16_matmul_amx(void)
+{
+    const char *impl;
+    return kern_bf16_matmul_available(&impl) && strstr(impl, "amx") != NULL;
+}
+
 /* The primitive of shape (m, n, k) over plain or packed weights, with or
  * without a scratchpad of the caller's (own_sp; *sp_bytes its size),
  * created on first use. */
@@ -804,6 +810,11 @@ int kern_bf16_matmul_available(const char **why)
 {
     if (why)
         *why = "this build has no oneDNN (Debian: libdnnl-dev; meson -Donednn=enabled)";
+    return 0;
+}
+
+int kern_bf16_matmul_amx(void)
+{
     return 0;
 }
 

@@ -80,7 +80,7 @@ static int run_verb(const struct verb *v, int argc, char **argv)
  */
 static void exec_with_env(char **argv)
 {
-    int again = 0, omp = 0, blas = 0;
+    int omp = 0, blas = 0;
     if (!getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT") && !getenv("FLEXH2O_OMP_WAIT"))
         omp = setenv("GOMP_SPINCOUNT", FH_OMP_SPIN, 1) == 0 &&
               setenv("FLEXH2O_OMP_WAIT", "flexh2o", 1) == 0;
@@ -88,8 +88,7 @@ static void exec_with_env(char **argv)
     if (core)
         blas = setenv("OPENBLAS_CORETYPE", core, 1) == 0 &&
                setenv("FLEXH2O_BLAS_CORE", "flexh2o", 1) == 0;
-    again = omp || blas;
-    if (again)
+    if (omp || blas)
         execv("/proc/self/exe", argv);
     /* no /proc: run on with libgomp's and OpenBLAS's defaults */
     if (omp)
