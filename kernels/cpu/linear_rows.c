@@ -76,9 +76,9 @@ typedef __m256 vec;
  * loads per vector of w, 27 loads per 24 multiply-adds), and the loads
  * bound the loop. Kept: 1.25-1.75x at 8 to 64 rows on the AMX Xeon VM
  * (2026-12-05, results/cpu-xeon-2026-12-05/rows-vkeep: the variants
- * interleaved in one binary), the same
- * operations in the same order, so the same bits. Not under AVX2: with 16
- * registers GCC then folds the loads of x instead (from L2, not L1). */
+ * interleaved in one binary), the same operations in the same order, so
+ * the same bits. Not under AVX2: with 16 registers GCC then folds the
+ * loads of x instead (from L2, not L1). */
 #if defined(__AVX512F__)
 #define VKEEP(u) __asm__("" : "+v"(u))
 #else

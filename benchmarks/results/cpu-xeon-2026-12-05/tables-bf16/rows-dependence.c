@@ -1,3 +1,10 @@
+/* rows-dependence.c (session 26): does a row's output of oneDNN's packed bf16
+ * matmul (kern_linear_bf16_packed) depend on how many rows the call has? Row
+ * 0 of x against a packed 256 x 4096 matrix, at 1 to 256 rows, each compared
+ * with the 1-row call. Output on this AMX VM: rows-dependence.txt. From the
+ * repository root after `ninja -C build`:
+ *   gcc -O2 -std=c11 -Ikernels -Ibuild -Ibuild/kernels rows-dependence.c \
+ *       build/kernels/libkern.a -ldnnl -lopenblas -lm -fopenmp -o /tmp/rd && /tmp/rd */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
