@@ -506,6 +506,118 @@ Test(kern_host, widen_h16_and_bf16_exactly)
     free(b);
 }
 
+/* Decode attention as kern.h and cpu_common.h state it, one element at a
+ * time: a dot product is DOT_LANES (16) lane sums (lane i: the products of
+ * elements i, i + 16, ... in order, each product then sum rounded), added
+ * 8, 4, 2, 1 apart; scale after; softmax over the slots and the new token;
+ * o = 0, then p[t] V[t] added in slot order, the new token's last. The
+ * slot loops the CPU backend runs are vectorised across elements, slots and
+ * rows of V (kernels/cpu/slots.c); this is what they must equal bit for
+ * bit. One sequence, one head; kc and vc widened to fp32 by the caller. */
+static float lanes_dot(const float *a, const float *b, int n)
+{
+    float acc[16] = {0};
+    for (int e = 0; e < n; e++) {
+        float prod = a[e] * b[e];
+        acc[e % 16] = acc[e % 16] + prod;
+    }
+    for (int w = 8; w > 0; w >>= 1)
+        for (int i = 0; i < w; i++)
+            acc[i] += acc[i + w];
+    return acc[0];
+}
+
+static void plain_decode(float *o, float *p, const float *q, const float *knew,
+                         const float *vnew, const float *kc, const float *vc, int n, int hd,
+                         float scale)
+{
+    for (int t = 0; t < n; t++)
+        p[t] = lanes_dot(q, kc + (size_t)t * hd, hd) * scale;
+    p[n] = lanes_dot(q, knew, hd) * scale;
+    float mx = -INFINITY, sum = 0.0f;
+    for (int t = 0; t <= n; t++)
+        mx = p[t] > mx ? p[t] : mx;
+    for (int t = 0; t <= n; t++) {
+        p[t] = expf(p[t] - mx);
+        sum += p[t];
+    }
+    float inv = 1.0f / sum;
+    for (int t = 0; t <= n; t++)
+        p[t] *= inv;
+    for (int e = 0; e < hd; e++) {
+        float a = 0.0f;
+        for (int t = 0; t < n; t++) {
+            float prod = p[t] * vc[(size_t)t * hd + e];
+            a = a + prod;
+        }
+        o[e] = a + p[n] * vnew[e];
+    }
+}
+
+Test(kern_host, decode_slot_loops_are_the_plain_lane_sums_in_every_format)
+{
+    /* head dims around the 16 lanes and the 64 / 128 values held in
+     * registers; slot counts around the groups of four rows and the
+     * prefetch distance (eight rows) */
+    static const int hds[] = {1, 15, 16, 17, 48, 64, 80, 128, 136, 200, 256};
+    static const int ns[] = {0, 1, 3, 4, 5, 8, 11, 12, 13, 40};
+    enum { CAP = 40 };
+    uint64_t seed = 91;
+    for (size_t a = 0; a < sizeof hds / sizeof *hds; a++)
+        for (size_t b = 0; b < sizeof ns / sizeof *ns; b++) {
+            int hd = hds[a], n = ns[b], ld = 3 * hd;
+            float *row = malloc(sizeof(float) * ld), *kc = malloc(sizeof(float) * CAP * hd);
+            float *vc = malloc(sizeof(float) * CAP * hd);
+            uint16_t *kh = malloc(2 * (size_t)CAP * hd), *vh = malloc(2 * (size_t)CAP * hd);
+            uint16_t *kb = malloc(2 * (size_t)CAP * hd), *vb = malloc(2 * (size_t)CAP * hd);
+            float *kw = malloc(sizeof(float) * CAP * hd), *vw = malloc(sizeof(float) * CAP * hd);
+            for (int i = 0; i < ld; i++)
+                row[i] = rnd(&seed);
+            for (int i = 0; i < CAP * hd; i++) {
+                kc[i] = rnd(&seed);
+                vc[i] = rnd(&seed);
+                kh[i] = kern_f32_to_f16(kc[i]), vh[i] = kern_f32_to_f16(vc[i]);
+                kern_round_bf16_ref(&kb[i], &kc[i], 1), kern_round_bf16_ref(&vb[i], &vc[i], 1);
+            }
+            kern_seq sq = {.row = 0, .n_new = 1, .n_past = n, .n_slots = n, .budget = CAP,
+                           .sinks = 0, .recent = 1};
+            for (int f = 0; f < 3; f++) {
+                /* the cache as the op reads it, widened for the plain restatement */
+                for (int i = 0; i < CAP * hd; i++) {
+                    kw[i] = f == 0 ? kc[i] : f == 1 ? kern_f16_to_f32(kh[i]) : 0.0f;
+                    vw[i] = f == 0 ? vc[i] : f == 1 ? kern_f16_to_f32(vh[i]) : 0.0f;
+                }
+                if (f == 2)
+                    kern_widen_ref(kw, kb, (size_t)CAP * hd, KERN_H16_BF16),
+                        kern_widen_ref(vw, vb, (size_t)CAP * hd, KERN_H16_BF16);
+                float *out = malloc(sizeof(float) * hd), *want = malloc(sizeof(float) * hd);
+                float *sc = calloc(CAP, sizeof(float)), self = 0.0f;
+                float p[CAP + 1];
+                int rc = f == 0 ? kern_attn_decode_ref(out, hd, row, row + hd, row + 2 * hd, ld,
+                                                       kc, vc, &sq, 1, 1, 1, hd, CAP, 0.37f, sc,
+                                                       &self, KERN_WS(CAP))
+                         : f == 1 ? kern_attn_decode_h16(out, hd, row, row + hd, row + 2 * hd,
+                                                         ld, kh, vh, &sq, 1, 1, 1, hd, CAP, 0.37f,
+                                                         sc, &self, KERN_WS(CAP))
+                                  : kern_attn_decode_bf16(out, hd, row, row + hd, row + 2 * hd,
+                                                          ld, kb, vb, &sq, 1, 1, 1, hd, CAP,
+                                                          0.37f, sc, &self, KERN_WS(CAP));
+                cr_assert_eq(rc, 0, "format %d", f);
+                plain_decode(want, p, row, row + hd, row + 2 * hd, kw, vw, n, hd, 0.37f);
+                for (int e = 0; e < hd; e++)
+                    cr_assert(out[e] == want[e], "format %d, head dim %d, %d slots: o[%d] %a, "
+                              "the plain sums %a", f, hd, n, e, out[e], want[e]);
+                for (int t = 0; t < n; t++)
+                    cr_assert(sc[t] == p[t], "format %d, head dim %d, %d slots: score %d", f,
+                              hd, n, t);
+                cr_assert(self == p[n], "format %d, head dim %d, %d slots: self", f, hd, n);
+                free(out), free(want), free(sc);
+            }
+            free(row), free(kc), free(vc), free(kh), free(vh), free(kb), free(vb), free(kw),
+                free(vw);
+        }
+}
+
 Test(kern_host, h16_slot_ops_equal_the_reference)
 {
     enum { NS = 3, H = 4, HD = 16, CAP = 9 };

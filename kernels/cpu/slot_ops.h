@@ -8,6 +8,9 @@
  *   and, per row of n values, three static helpers named through SLOT_FN:
  *   dot_cache(q, row, n) = q . row,  axpy_row(o, p, row, n): o += p row,
  *   put_row(row, src, n): row = src
+ *   SLOT_HAS_SLOT_LOOPS  defined when the instance also brings the slot
+ *                    loops of a head, dot_slots and sum_slots (below: the
+ *                    row-at-a-time ones), with the same bits
  *
  * Queries, new k/v rows, outputs, scores and column sums are fp32 whatever
  * the cache holds: the fp16 instance is what CPU attention runs over the
@@ -18,6 +21,30 @@
  * scratch comes from the caller (kern.h: kern_*_scratch_bytes), checked
  * before the parallel region: -EINVAL when it is too small.
  */
+
+/* Without an instance's own (the vector ones of slots.c), the slot loops of
+ * a head: p[t] = q . K[t] * scale, and o = sum over t in order of p[t] V[t]
+ * (o zeroed first), a row at a time. first: the head is its group's first
+ * (the others find K and V in cache: a vector instance prefetches for the
+ * first only). */
+#ifndef SLOT_HAS_SLOT_LOOPS
+static void SLOT_FN(dot_slots)(float *p, const float *q, const SLOT_T *kc, size_t base, int n,
+                               int head_dim, float scale, int first)
+{
+    (void)first;
+    for (int t = 0; t < n; t++)
+        p[t] = SLOT_FN(dot_cache)(q, SLOT_ROW(kc, base + t, head_dim), head_dim) * scale;
+}
+
+static void SLOT_FN(sum_slots)(float *o, const float *p, const SLOT_T *vc, size_t base, int n,
+                               int head_dim, int first)
+{
+    (void)first;
+    memset(o, 0, sizeof(float) * head_dim);
+    for (int t = 0; t < n; t++)
+        SLOT_FN(axpy_row)(o, p[t], SLOT_ROW(vc, base + t, head_dim), head_dim);
+}
+#endif
 
 #define SLOT_STR_(x) #x
 #define SLOT_STR(x) SLOT_STR_(x) /* the instance's name, for messages */
@@ -49,18 +76,15 @@ int SLOT_FN(kern_attn_decode)(float *out, int ldo, const float *q, const float *
             for (int h = g * group; h < (g + 1) * group; h++) {
                 size_t hc = (size_t)h * head_dim;
                 const float *qr = q + (size_t)row * ld + hc;
-                for (int t = 0; t < n; t++)
-                    p[t] = SLOT_FN(dot_cache)(qr, SLOT_ROW(kc, base + t, head_dim), head_dim) *
-                           scale;
+                int first = h == g * group; /* the group's first reads K, V from memory */
+                SLOT_FN(dot_slots)(p, qr, kc, base, n, head_dim, scale, first);
                 p[n] = dot(qr, kr, head_dim) * scale;
                 softmax(p, n + 1);
                 float *o = out + (size_t)row * ldo + hc;
-                memset(o, 0, sizeof(float) * head_dim);
-                for (int t = 0; t < n; t++) {
-                    SLOT_FN(axpy_row)(o, p[t], SLOT_ROW(vc, base + t, head_dim), head_dim);
-                    if (scores)
+                SLOT_FN(sum_slots)(o, p, vc, base, n, head_dim, first);
+                if (scores)
+                    for (int t = 0; t < n; t++)
                         scores[base + t] += p[t];
-                }
                 for (int e = 0; e < head_dim; e++)
                     o[e] += p[n] * vr[e];
                 self = h == g * group ? p[n] : self + p[n]; /* the group's sum, in order */

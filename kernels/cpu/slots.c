@@ -51,8 +51,21 @@ static void prefill_keep(unsigned char *keep, const float *cs, int stride,
 }
 
 /* Row helpers of a cache of plain elements read with LD and written with
- * ST (the fp32 and fp16 instances). */
-#define SLOT_ELEMENT_HELPERS(FN, T, LD, ST)                                  \
+ * ST (the fp32, fp16 and bf16 instances). dot_cache is DOT_LANES_OF's lane
+ * sums and axpy_row o[e] += p * row[e]; where the build has the vectors,
+ * V16(row, e) loads 16 elements from e widened to fp32 and the two loops
+ * run 16 at a time (the 16 lanes of dot_cache are DOT_LANES_OF's lanes,
+ * each a product then a sum rounded separately, in the same order), the
+ * tail in plain C: the same bits as the plain-C loops, which GCC compiled
+ * one element at a time (vcvtsh2ss, vmulss, vaddss: the fp16 instance read
+ * its cache at 2 GB/s on the AMX Xeon VM). */
+#define SLOT_ROW_PUT(FN, T, ST)                                               \
+    static void FN(put_row)(T *dst, const float *src, int n)                  \
+    {                                                                         \
+        for (int e = 0; e < n; e++)                                           \
+            ST(&dst[e], src[e]);                                              \
+    }
+#define SLOT_ELEMENT_HELPERS_PLAIN(FN, T, LD, ST)                            \
     static float FN(dot_cache)(const float *q, const T *c, int n)             \
     {                                                                         \
         float acc[DOT_LANES] = {0};                                           \
@@ -64,17 +77,191 @@ static void prefill_keep(unsigned char *keep, const float *cs, int stride,
         for (int e = 0; e < n; e++)                                           \
             o[e] += p * LD(&c[e]);                                            \
     }                                                                         \
-    static void FN(put_row)(T *dst, const float *src, int n)                  \
+    SLOT_ROW_PUT(FN, T, ST)
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define SLOT_VEC 1
+typedef __m512 v16;
+#define v16_zero() _mm512_setzero_ps()
+#define v16_load(p) _mm512_loadu_ps(p)
+#define v16_store(p, a) _mm512_storeu_ps(p, a)
+#define v16_mul(a, b) _mm512_mul_ps(a, b)
+#define v16_add(a, b) _mm512_add_ps(a, b)
+#define v16_set1(x) _mm512_set1_ps(x)
+static inline v16 v16_f32(const float *p) { return _mm512_loadu_ps(p); }
+static inline v16 v16_h16(const uint16_t *p)
+{
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+static inline v16 v16_bf16(const uint16_t *p)
+{
+    __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+}
+static inline __m256 v16_fold8(v16 a) /* lanes i + lanes i + 8 */
+{
+    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
+    return _mm256_add_ps(_mm512_castps512_ps256(a), hi);
+}
+#define OBLK 128 /* values of o in registers: 8 of the 32 zmm */
+#elif defined(__AVX2__) && defined(__F16C__)
+#include <immintrin.h>
+#define SLOT_VEC 1
+#define OBLK 64 /* 8 of the 16 ymm */
+/* 16 lanes as two halves: lanes 0-7 and 8-15 */
+typedef struct {
+    __m256 lo, hi;
+} v16;
+static inline v16 v16_mk(__m256 lo, __m256 hi) { return (v16){lo, hi}; }
+#define v16_zero() v16_mk(_mm256_setzero_ps(), _mm256_setzero_ps())
+#define v16_load(p) v16_mk(_mm256_loadu_ps(p), _mm256_loadu_ps((p) + 8))
+#define v16_store(p, a) (_mm256_storeu_ps(p, (a).lo), _mm256_storeu_ps((p) + 8, (a).hi))
+#define v16_mul(a, b) v16_mk(_mm256_mul_ps((a).lo, (b).lo), _mm256_mul_ps((a).hi, (b).hi))
+#define v16_add(a, b) v16_mk(_mm256_add_ps((a).lo, (b).lo), _mm256_add_ps((a).hi, (b).hi))
+#define v16_set1(x) v16_mk(_mm256_set1_ps(x), _mm256_set1_ps(x))
+static inline v16 v16_f32(const float *p) { return v16_load(p); }
+static inline v16 v16_h16(const uint16_t *p)
+{
+    return v16_mk(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)),
+                  _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8))));
+}
+static inline __m256 bf16x8(const uint16_t *p)
+{
+    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+static inline v16 v16_bf16(const uint16_t *p) { return v16_mk(bf16x8(p), bf16x8(p + 8)); }
+static inline __m256 v16_fold8(v16 a) { return _mm256_add_ps(a.lo, a.hi); }
+#endif
+
+#ifdef SLOT_VEC
+/* dot_lanes_sum of the 16 lanes of a, in registers: lanes i and i + 8,
+ * then i and i + 4, i and i + 2, 0 and 1, as the plain loop adds them. */
+static inline float v16_lanes_sum(v16 a)
+{
+    __m256 s8 = v16_fold8(a);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
+#define SLOT_ELEMENT_HELPERS(FN, T, LD, ST, V16)                             \
+    static float FN(dot_cache)(const float *q, const T *c, int n)             \
     {                                                                         \
-        for (int e = 0; e < n; e++)                                           \
-            ST(&dst[e], src[e]);                                              \
+        v16 a = v16_zero();                                                   \
+        int e = 0;                                                            \
+        for (; e + DOT_LANES <= n; e += DOT_LANES)                            \
+            a = v16_add(a, v16_mul(v16_load(q + e), V16(c + e)));             \
+        if (e == n)                                                           \
+            return v16_lanes_sum(a);                                          \
+        float acc[DOT_LANES];                                                 \
+        v16_store(acc, a);                                                    \
+        for (int i = 0; e + i < n; i++)                                       \
+            acc[i] += q[e + i] * LD(&c[e + i]);                               \
+        return dot_lanes_sum(acc);                                            \
+    }                                                                         \
+    static inline void FN(axpy_row)(float *o, float p, const T *c, int n)            \
+    {                                                                         \
+        v16 pv = v16_set1(p);                                                 \
+        int e = 0;                                                            \
+        for (; e + 16 <= n; e += 16)                                          \
+            v16_store(o + e, v16_add(v16_load(o + e), v16_mul(pv, V16(c + e)))); \
+        for (; e < n; e++)                                                    \
+            o[e] += p * LD(&c[e]);                                            \
+    }                                                                         \
+    SLOT_ROW_PUT(FN, T, ST)                                                   \
+    SLOT_VEC_SLOT_LOOPS(FN, T, LD, V16)
+
+/* The slot loops of a head (slot_ops.h), vectorised across slots too: four
+ * rows of K meet q at a time (four independent lane sums: one sum's chain
+ * of dependent adds bound the loop), and o is held in registers, OBLK
+ * values at a time, while every row of V is added to it. Each value is
+ * still the plain loops' sum in the plain loops' order. */
+#define SLOT_VEC_SLOT_LOOPS(FN, T, LD, V16)                                   \
+    static void FN(dot_slots)(float *p, const float *q, const T *kc, size_t base, int n, \
+                              int hd, float scale, int first)                 \
+    {                                                                         \
+        const T *r = kc + base * (size_t)hd;                                  \
+        int t = 0;                                                            \
+        for (; t + 4 <= n; t += 4, r += 4 * (size_t)hd) {                     \
+            if (first && t + 12 <= n)                                         \
+                for (size_t b_ = 0; b_ < 4 * (size_t)hd * sizeof(T); b_ += 64)  \
+                    _mm_prefetch((const char *)(r + 8 * (size_t)hd) + b_, _MM_HINT_T0); \
+            v16 a0 = v16_zero(), a1 = v16_zero(), a2 = v16_zero(), a3 = v16_zero(); \
+            int e = 0;                                                        \
+            for (; e + DOT_LANES <= hd; e += DOT_LANES) {                     \
+                v16 qv = v16_load(q + e);                                     \
+                a0 = v16_add(a0, v16_mul(qv, V16(r + e)));                    \
+                a1 = v16_add(a1, v16_mul(qv, V16(r + hd + e)));               \
+                a2 = v16_add(a2, v16_mul(qv, V16(r + 2 * (size_t)hd + e)));   \
+                a3 = v16_add(a3, v16_mul(qv, V16(r + 3 * (size_t)hd + e)));   \
+            }                                                                 \
+            if (e == hd) { /* no tail: the lanes are the sums */              \
+                p[t] = v16_lanes_sum(a0) * scale;                             \
+                p[t + 1] = v16_lanes_sum(a1) * scale;                         \
+                p[t + 2] = v16_lanes_sum(a2) * scale;                         \
+                p[t + 3] = v16_lanes_sum(a3) * scale;                         \
+                continue;                                                     \
+            }                                                                 \
+            float acc[4][DOT_LANES];                                          \
+            v16_store(acc[0], a0), v16_store(acc[1], a1);                     \
+            v16_store(acc[2], a2), v16_store(acc[3], a3);                     \
+            for (int j = 0; j < 4; j++) {                                     \
+                const T *rj = r + (size_t)j * hd;                             \
+                for (int i = 0; e + i < hd; i++)                              \
+                    acc[j][i] += q[e + i] * LD(&rj[e + i]);                   \
+                p[t + j] = dot_lanes_sum(acc[j]) * scale;                     \
+            }                                                                 \
+        }                                                                     \
+        for (; t < n; t++, r += hd)                                           \
+            p[t] = FN(dot_cache)(q, r, hd) * scale;                           \
+    }                                                                         \
+    static void FN(sum_slots)(float *o, const float *p, const T *vc, size_t base, int n, \
+                              int hd, int first)                              \
+    {                                                                         \
+        const T *v0 = vc + base * (size_t)hd;                                 \
+        int e = 0;                                                            \
+        for (; e + OBLK <= hd; e += OBLK) {                                   \
+            v16 a[OBLK / 16];                                                 \
+            _Pragma("GCC unroll 8") for (int i = 0; i < OBLK / 16; i++)       \
+                a[i] = v16_zero();                                            \
+            const T *r = v0 + e;                                              \
+            for (int t = 0; t < n; t++, r += hd) {                            \
+                if (first && t + 8 < n)                                       \
+                    for (int b_ = 0; b_ < OBLK * (int)sizeof(T); b_ += 64)    \
+                        _mm_prefetch((const char *)(r + 8 * (size_t)hd) + b_, _MM_HINT_T0); \
+                v16 pv = v16_set1(p[t]);                                      \
+                _Pragma("GCC unroll 8") for (int i = 0; i < OBLK / 16; i++)   \
+                    a[i] = v16_add(a[i], v16_mul(pv, V16(r + 16 * i)));       \
+            }                                                                 \
+            _Pragma("GCC unroll 8") for (int i = 0; i < OBLK / 16; i++)       \
+                v16_store(o + e + 16 * i, a[i]);                              \
+        }                                                                     \
+        for (; e + 16 <= hd; e += 16) {                                       \
+            v16 a = v16_zero();                                               \
+            const T *r = v0 + e;                                              \
+            for (int t = 0; t < n; t++, r += hd)                              \
+                a = v16_add(a, v16_mul(v16_set1(p[t]), V16(r)));              \
+            v16_store(o + e, a);                                              \
+        }                                                                     \
+        for (; e < hd; e++) {                                                 \
+            float a = 0.0f;                                                   \
+            for (int t = 0; t < n; t++)                                       \
+                a += p[t] * LD(&v0[(size_t)t * hd + e]);                      \
+            o[e] = a;                                                         \
+        }                                                                     \
     }
+#define SLOT_HAS_SLOT_LOOPS /* the element instances bring their own */
+#else
+#define SLOT_ELEMENT_HELPERS(FN, T, LD, ST, V16) SLOT_ELEMENT_HELPERS_PLAIN(FN, T, LD, ST)
+#endif
 
 /* fp32 caches: the reference and the CPU backend */
 #define SLOT_T float
 #define SLOT_FN(n) n##_ref
 #define SLOT_ROW(c, i, n) ((c) + (size_t)(i) * (size_t)(n))
-SLOT_ELEMENT_HELPERS(SLOT_FN, float, f32_ld, f32_st)
+SLOT_ELEMENT_HELPERS(SLOT_FN, float, f32_ld, f32_st, v16_f32)
 #include "slot_ops.h"
 #undef SLOT_T
 #undef SLOT_FN
@@ -85,7 +272,7 @@ static inline void h16_st(uint16_t *p, float x) { *p = kern_f32_to_f16(x); }
 
 #define SLOT_T uint16_t
 #define SLOT_FN(n) n##_h16
-SLOT_ELEMENT_HELPERS(SLOT_FN, uint16_t, h16_ld, h16_st)
+SLOT_ELEMENT_HELPERS(SLOT_FN, uint16_t, h16_ld, h16_st, v16_h16)
 #include "slot_ops.h"
 #undef SLOT_T
 #undef SLOT_FN
@@ -103,7 +290,7 @@ static inline void bf16_st(uint16_t *p, float x) { kern_round_bf16_ref(p, &x, 1)
 
 #define SLOT_T uint16_t
 #define SLOT_FN(n) n##_bf16
-SLOT_ELEMENT_HELPERS(SLOT_FN, uint16_t, bf16_ld, bf16_st)
+SLOT_ELEMENT_HELPERS(SLOT_FN, uint16_t, bf16_ld, bf16_st, v16_bf16)
 #include "slot_ops.h"
 #undef SLOT_T
 #undef SLOT_FN
@@ -135,6 +322,7 @@ static void put_row_q4(uint8_t *dst, const float *src, int n)
     kern_q4_quantize_row(dst, src, n);
 }
 
+#undef SLOT_HAS_SLOT_LOOPS /* slot_ops.h's row-at-a-time loops over dequantized rows */
 #define SLOT_T uint8_t
 #define SLOT_FN(n) n##_q4
 #define SLOT_ROW(c, i, n) ((c) + (size_t)(i) * kern_q4_row_bytes(n))
