@@ -554,14 +554,14 @@ static void plain_decode(float *o, float *p, const float *q, const float *knew,
     }
 }
 
-Test(kern_host, decode_slot_loops_are_the_plain_lane_sums_in_every_format)
+Test(kern_host, decode_slot_loops_are_the_plain_lane_sums_in_every_format, .timeout = 60)
 {
     /* head dims around the 16 lanes and the 64 / 128 values held in
      * registers; slot counts around the groups of four rows and the
      * prefetch distance (eight rows) */
     static const int hds[] = {1, 15, 16, 17, 48, 64, 80, 128, 136, 200, 256};
     static const int ns[] = {0, 1, 3, 4, 5, 8, 11, 12, 13, 40};
-    enum { CAP = 40 };
+    enum { CAP = 40 }; /* 4-bit rows are dequantized 4096 values at a time: 16 rows at 256 */
     uint64_t seed = 91;
     for (size_t a = 0; a < sizeof hds / sizeof *hds; a++)
         for (size_t b = 0; b < sizeof ns / sizeof *ns; b++) {
@@ -571,6 +571,8 @@ Test(kern_host, decode_slot_loops_are_the_plain_lane_sums_in_every_format)
             uint16_t *kh = malloc(2 * (size_t)CAP * hd), *vh = malloc(2 * (size_t)CAP * hd);
             uint16_t *kb = malloc(2 * (size_t)CAP * hd), *vb = malloc(2 * (size_t)CAP * hd);
             float *kw = malloc(sizeof(float) * CAP * hd), *vw = malloc(sizeof(float) * CAP * hd);
+            size_t rb = kern_q4_row_bytes(hd);
+            uint8_t *kq = malloc(rb * CAP), *vq = malloc(rb * CAP);
             for (int i = 0; i < ld; i++)
                 row[i] = rnd(&seed);
             for (int i = 0; i < CAP * hd; i++) {
@@ -579,9 +581,13 @@ Test(kern_host, decode_slot_loops_are_the_plain_lane_sums_in_every_format)
                 kh[i] = kern_f32_to_f16(kc[i]), vh[i] = kern_f32_to_f16(vc[i]);
                 kern_round_bf16_ref(&kb[i], &kc[i], 1), kern_round_bf16_ref(&vb[i], &vc[i], 1);
             }
+            for (int t = 0; t < CAP; t++) {
+                kern_q4_quantize_row(kq + t * rb, kc + (size_t)t * hd, hd);
+                kern_q4_quantize_row(vq + t * rb, vc + (size_t)t * hd, hd);
+            }
             kern_seq sq = {.row = 0, .n_new = 1, .n_past = n, .n_slots = n, .budget = CAP,
                            .sinks = 0, .recent = 1};
-            for (int f = 0; f < 3; f++) {
+            for (int f = 0; f < 4; f++) { /* fp32, fp16, bf16, 4-bit */
                 /* the cache as the op reads it, widened for the plain restatement */
                 for (int i = 0; i < CAP * hd; i++) {
                     kw[i] = f == 0 ? kc[i] : f == 1 ? kern_f16_to_f32(kh[i]) : 0.0f;
@@ -590,6 +596,11 @@ Test(kern_host, decode_slot_loops_are_the_plain_lane_sums_in_every_format)
                 if (f == 2)
                     kern_widen_ref(kw, kb, (size_t)CAP * hd, KERN_H16_BF16),
                         kern_widen_ref(vw, vb, (size_t)CAP * hd, KERN_H16_BF16);
+                if (f == 3) /* the 4-bit op is the fp32 one over the dequantized rows */
+                    for (int t = 0; t < CAP; t++) {
+                        kern_q4_dequant_row(kw + (size_t)t * hd, kq + t * rb, hd);
+                        kern_q4_dequant_row(vw + (size_t)t * hd, vq + t * rb, hd);
+                    }
                 float *out = malloc(sizeof(float) * hd), *want = malloc(sizeof(float) * hd);
                 float *sc = calloc(CAP, sizeof(float)), self = 0.0f;
                 float p[CAP + 1];
@@ -599,9 +610,12 @@ Test(kern_host, decode_slot_loops_are_the_plain_lane_sums_in_every_format)
                          : f == 1 ? kern_attn_decode_h16(out, hd, row, row + hd, row + 2 * hd,
                                                          ld, kh, vh, &sq, 1, 1, 1, hd, CAP, 0.37f,
                                                          sc, &self, KERN_WS(CAP))
-                                  : kern_attn_decode_bf16(out, hd, row, row + hd, row + 2 * hd,
+                         : f == 2 ? kern_attn_decode_bf16(out, hd, row, row + hd, row + 2 * hd,
                                                           ld, kb, vb, &sq, 1, 1, 1, hd, CAP,
-                                                          0.37f, sc, &self, KERN_WS(CAP));
+                                                          0.37f, sc, &self, KERN_WS(CAP))
+                                  : kern_attn_decode_q4(out, hd, row, row + hd, row + 2 * hd, ld,
+                                                        kq, vq, &sq, 1, 1, 1, hd, CAP, 0.37f, sc,
+                                                        &self, KERN_WS(CAP));
                 cr_assert_eq(rc, 0, "format %d", f);
                 plain_decode(want, p, row, row + hd, row + 2 * hd, kw, vw, n, hd, 0.37f);
                 for (int e = 0; e < hd; e++)
@@ -614,7 +628,7 @@ Test(kern_host, decode_slot_loops_are_the_plain_lane_sums_in_every_format)
                 free(out), free(want), free(sc);
             }
             free(row), free(kc), free(vc), free(kh), free(vh), free(kb), free(vb), free(kw),
-                free(vw);
+                free(vw), free(kq), free(vq);
         }
 }
 

@@ -217,15 +217,16 @@ static inline float v16_lanes_sum(v16 a)
         for (; t < n; t++, r += hd)                                           \
             p[t] = FN(dot_cache)(q, r, hd) * scale;                           \
     }                                                                         \
-    static void FN(sum_slots)(float *o, const float *p, const T *vc, size_t base, int n, \
-                              int hd, int first)                              \
+    /* o = (into ? o : 0) + the rows' p[t] V[t] in order */                   \
+    static void FN(sum_slots_into)(float *o, const float *p, const T *vc, size_t base, \
+                                   int n, int hd, int first, int into)        \
     {                                                                         \
         const T *v0 = vc + base * (size_t)hd;                                 \
         int e = 0;                                                            \
         for (; e + OBLK <= hd; e += OBLK) {                                   \
             v16 a[OBLK / 16];                                                 \
             _Pragma("GCC unroll 8") for (int i = 0; i < OBLK / 16; i++)       \
-                a[i] = v16_zero();                                            \
+                a[i] = into ? v16_load(o + e + 16 * i) : v16_zero();          \
             const T *r = v0 + e;                                              \
             for (int t = 0; t < n; t++, r += hd) {                            \
                 if (first && t + 8 < n)                                       \
@@ -239,18 +240,23 @@ static inline float v16_lanes_sum(v16 a)
                 v16_store(o + e + 16 * i, a[i]);                              \
         }                                                                     \
         for (; e + 16 <= hd; e += 16) {                                       \
-            v16 a = v16_zero();                                               \
+            v16 a = into ? v16_load(o + e) : v16_zero();                      \
             const T *r = v0 + e;                                              \
             for (int t = 0; t < n; t++, r += hd)                              \
                 a = v16_add(a, v16_mul(v16_set1(p[t]), V16(r)));              \
             v16_store(o + e, a);                                              \
         }                                                                     \
         for (; e < hd; e++) {                                                 \
-            float a = 0.0f;                                                   \
+            float a = into ? o[e] : 0.0f;                                     \
             for (int t = 0; t < n; t++)                                       \
                 a += p[t] * LD(&v0[(size_t)t * hd + e]);                      \
             o[e] = a;                                                         \
         }                                                                     \
+    }                                                                         \
+    static void FN(sum_slots)(float *o, const float *p, const T *vc, size_t base, int n, \
+                              int hd, int first)                              \
+    {                                                                         \
+        FN(sum_slots_into)(o, p, vc, base, n, hd, first, 0);                  \
     }
 #define SLOT_HAS_SLOT_LOOPS /* the element instances bring their own */
 #else
@@ -301,7 +307,7 @@ SLOT_ELEMENT_HELPERS(SLOT_FN, uint16_t, bf16_ld, bf16_st, v16_bf16)
  * op's over the dequantized cache; a written row is quantized. */
 #define Q4_MAX_HD 1024
 
-static float dot_cache_q4(const float *q, const uint8_t *c, int n)
+static inline float dot_cache_q4(const float *q, const uint8_t *c, int n)
 {
     assert(n <= Q4_MAX_HD);
     float row[Q4_MAX_HD];
@@ -309,7 +315,7 @@ static float dot_cache_q4(const float *q, const uint8_t *c, int n)
     return dot_cache_ref(q, row, n);
 }
 
-static void axpy_row_q4(float *o, float p, const uint8_t *c, int n)
+static inline void axpy_row_q4(float *o, float p, const uint8_t *c, int n)
 {
     assert(n <= Q4_MAX_HD);
     float row[Q4_MAX_HD];
@@ -322,7 +328,46 @@ static void put_row_q4(uint8_t *dst, const float *src, int n)
     kern_q4_quantize_row(dst, src, n);
 }
 
-#undef SLOT_HAS_SLOT_LOOPS /* slot_ops.h's row-at-a-time loops over dequantized rows */
+#ifdef SLOT_VEC
+/* The slot loops over 4-bit rows: Q4_ROWS_FLOATS of rows at a time
+ * dequantized into the stack, then the fp32 instance's loops over them (o
+ * carried from block to block): the fp32 op over the dequantized cache,
+ * each row dequantized once per query head. */
+#define Q4_ROWS_FLOATS 4096
+
+static void dot_slots_q4(float *p, const float *q, const uint8_t *kc, size_t base, int n,
+                         int hd, float scale, int first)
+{
+    (void)first;
+    assert(hd <= Q4_MAX_HD);
+    float buf[Q4_ROWS_FLOATS];
+    int per = Q4_ROWS_FLOATS / hd;
+    size_t rb = kern_q4_row_bytes(hd);
+    for (int t0 = 0; t0 < n; t0 += per) {
+        int m = n - t0 < per ? n - t0 : per;
+        for (int j = 0; j < m; j++)
+            kern_q4_dequant_row(buf + (size_t)j * hd, kc + (base + t0 + j) * rb, hd);
+        dot_slots_ref(p + t0, q, buf, 0, m, hd, scale, 0);
+    }
+}
+
+static void sum_slots_q4(float *o, const float *p, const uint8_t *vc, size_t base, int n,
+                         int hd, int first)
+{
+    (void)first;
+    assert(hd <= Q4_MAX_HD);
+    float buf[Q4_ROWS_FLOATS];
+    int per = Q4_ROWS_FLOATS / hd;
+    size_t rb = kern_q4_row_bytes(hd);
+    memset(o, 0, sizeof(float) * hd);
+    for (int t0 = 0; t0 < n; t0 += per) {
+        int m = n - t0 < per ? n - t0 : per;
+        for (int j = 0; j < m; j++)
+            kern_q4_dequant_row(buf + (size_t)j * hd, vc + (base + t0 + j) * rb, hd);
+        sum_slots_into_ref(o, p + t0, buf, 0, m, hd, 0, 1);
+    }
+}
+#endif
 #define SLOT_T uint8_t
 #define SLOT_FN(n) n##_q4
 #define SLOT_ROW(c, i, n) ((c) + (size_t)(i) * kern_q4_row_bytes(n))
