@@ -217,6 +217,11 @@ while [ $# -gt 0 ]; do
       timeout 90 build-gpu/benchmarks/flexh2o-bench-kernels | tee "$OUT/kernels.md" || true
       # the peer of its prefill-attention rows: torch's fused SDPA on the same shapes
       timeout 60 python3 benchmarks/bench_sdpa.py | tee "$OUT/kernels-sdpa.md" || true
+      # what --cpu-attention reads the fp16 host KV at on this host's cores
+      if [ -x build-gpu/benchmarks/flexh2o-bench-cpu-attention ]; then
+        timeout 60 build-gpu/benchmarks/flexh2o-bench-cpu-attention --reps 3 \
+          | tee "$OUT/cpu-attention.md" || true
+      fi
       ;;
     overlap)
       # issue 11: an offloaded OPT-6.7B decode (weights 40/60, KV on the CPU tier)
