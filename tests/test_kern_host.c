@@ -513,7 +513,8 @@ Test(kern_host, widen_h16_and_bf16_exactly)
  * o = 0, then p[t] V[t] added in slot order, the new token's last. The
  * slot loops the CPU backend runs are vectorised across elements, slots and
  * rows of V (kernels/cpu/slots.c); this is what they must equal bit for
- * bit. One sequence, one head; kc and vc widened to fp32 by the caller. */
+ * bit. One query head over one KV head; kc and vc widened to fp32 by the
+ * caller. */
 static float lanes_dot(const float *a, const float *b, int n)
 {
     float acc[16] = {0};
@@ -558,14 +559,15 @@ Test(kern_host, decode_slot_loops_are_the_plain_lane_sums_in_every_format, .time
 {
     /* head dims around the 16 lanes and the 64 / 128 values held in
      * registers; slot counts around the groups of four rows and the
-     * prefetch distance (eight rows) */
+     * prefetch distance (eight rows); three query heads share the KV head
+     * (the first prefetches) */
     static const int hds[] = {1, 15, 16, 17, 48, 64, 80, 128, 136, 200, 256};
-    static const int ns[] = {0, 1, 3, 4, 5, 8, 11, 12, 13, 40};
-    enum { CAP = 40 }; /* 4-bit rows are dequantized 4096 values at a time: 16 rows at 256 */
+    static const int ns[] = {0, 1, 3, 4, 5, 8, 11, 12, 13, 40, 50};
+    enum { CAP = 50, G = 3 }; /* 4-bit rows are dequantized 4096 values at a time: 16 at 256 */
     uint64_t seed = 91;
     for (size_t a = 0; a < sizeof hds / sizeof *hds; a++)
         for (size_t b = 0; b < sizeof ns / sizeof *ns; b++) {
-            int hd = hds[a], n = ns[b], ld = 3 * hd;
+            int hd = hds[a], n = ns[b], ld = (G + 2) * hd;
             float *row = malloc(sizeof(float) * ld), *kc = malloc(sizeof(float) * CAP * hd);
             float *vc = malloc(sizeof(float) * CAP * hd);
             uint16_t *kh = malloc(2 * (size_t)CAP * hd), *vh = malloc(2 * (size_t)CAP * hd);
@@ -587,6 +589,7 @@ Test(kern_host, decode_slot_loops_are_the_plain_lane_sums_in_every_format, .time
             }
             kern_seq sq = {.row = 0, .n_new = 1, .n_past = n, .n_slots = n, .budget = CAP,
                            .sinks = 0, .recent = 1};
+            const float *q = row, *k = row + G * hd, *v = k + hd;
             for (int f = 0; f < 4; f++) { /* fp32, fp16, bf16, 4-bit */
                 /* the cache as the op reads it, widened for the plain restatement */
                 for (int i = 0; i < CAP * hd; i++) {
@@ -601,30 +604,36 @@ Test(kern_host, decode_slot_loops_are_the_plain_lane_sums_in_every_format, .time
                         kern_q4_dequant_row(kw + (size_t)t * hd, kq + t * rb, hd);
                         kern_q4_dequant_row(vw + (size_t)t * hd, vq + t * rb, hd);
                     }
-                float *out = malloc(sizeof(float) * hd), *want = malloc(sizeof(float) * hd);
+                float *out = malloc(sizeof(float) * G * hd), *want = malloc(sizeof(float) * hd);
                 float *sc = calloc(CAP, sizeof(float)), self = 0.0f;
-                float p[CAP + 1];
-                int rc = f == 0 ? kern_attn_decode_ref(out, hd, row, row + hd, row + 2 * hd, ld,
-                                                       kc, vc, &sq, 1, 1, 1, hd, CAP, 0.37f, sc,
-                                                       &self, KERN_WS(CAP))
-                         : f == 1 ? kern_attn_decode_h16(out, hd, row, row + hd, row + 2 * hd,
-                                                         ld, kh, vh, &sq, 1, 1, 1, hd, CAP, 0.37f,
-                                                         sc, &self, KERN_WS(CAP))
-                         : f == 2 ? kern_attn_decode_bf16(out, hd, row, row + hd, row + 2 * hd,
-                                                          ld, kb, vb, &sq, 1, 1, 1, hd, CAP,
-                                                          0.37f, sc, &self, KERN_WS(CAP))
-                                  : kern_attn_decode_q4(out, hd, row, row + hd, row + 2 * hd, ld,
-                                                        kq, vq, &sq, 1, 1, 1, hd, CAP, 0.37f, sc,
-                                                        &self, KERN_WS(CAP));
+                float p[CAP + 1], want_sc[CAP] = {0}, want_self = 0.0f;
+                int rc = f == 0 ? kern_attn_decode_ref(out, G * hd, q, k, v, ld, kc, vc, &sq, 1,
+                                                       G, 1, hd, CAP, 0.37f, sc, &self,
+                                                       KERN_WS(CAP))
+                         : f == 1 ? kern_attn_decode_h16(out, G * hd, q, k, v, ld, kh, vh, &sq,
+                                                         1, G, 1, hd, CAP, 0.37f, sc, &self,
+                                                         KERN_WS(CAP))
+                         : f == 2 ? kern_attn_decode_bf16(out, G * hd, q, k, v, ld, kb, vb, &sq,
+                                                          1, G, 1, hd, CAP, 0.37f, sc, &self,
+                                                          KERN_WS(CAP))
+                                  : kern_attn_decode_q4(out, G * hd, q, k, v, ld, kq, vq, &sq, 1,
+                                                        G, 1, hd, CAP, 0.37f, sc, &self,
+                                                        KERN_WS(CAP));
                 cr_assert_eq(rc, 0, "format %d", f);
-                plain_decode(want, p, row, row + hd, row + 2 * hd, kw, vw, n, hd, 0.37f);
-                for (int e = 0; e < hd; e++)
-                    cr_assert(out[e] == want[e], "format %d, head dim %d, %d slots: o[%d] %a, "
-                              "the plain sums %a", f, hd, n, e, out[e], want[e]);
+                for (int h = 0; h < G; h++) {
+                    plain_decode(want, p, q + (size_t)h * hd, k, v, kw, vw, n, hd, 0.37f);
+                    for (int e = 0; e < hd; e++)
+                        cr_assert(out[h * hd + e] == want[e], "format %d, head dim %d, %d "
+                                  "slots, head %d: o[%d] %a, the plain sums %a", f, hd, n, h, e,
+                                  out[h * hd + e], want[e]);
+                    for (int t = 0; t < n; t++) /* the group's sum, heads in order */
+                        want_sc[t] += p[t];
+                    want_self = h == 0 ? p[n] : want_self + p[n];
+                }
                 for (int t = 0; t < n; t++)
-                    cr_assert(sc[t] == p[t], "format %d, head dim %d, %d slots: score %d", f,
-                              hd, n, t);
-                cr_assert(self == p[n], "format %d, head dim %d, %d slots: self", f, hd, n);
+                    cr_assert(sc[t] == want_sc[t], "format %d, head dim %d, %d slots: score %d",
+                              f, hd, n, t);
+                cr_assert(self == want_self, "format %d, head dim %d, %d slots: self", f, hd, n);
                 free(out), free(want), free(sc);
             }
             free(row), free(kc), free(vc), free(kh), free(vh), free(kb), free(vb), free(kw),
