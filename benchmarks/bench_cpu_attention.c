@@ -111,8 +111,10 @@ int main(int argc, char **argv)
     void *ws = malloc(ws_bytes);
     if (!qkv || !out || !kf || !vf || !kh || !vh || !kb || !vb || !kq || !vq || !scores ||
         !self || !ceil_buf || !seqs || !ws) {
+        /* K and V as fp32, fp16, bf16 and 4-bit, and the ceiling's 8 bytes a value */
+        double gb = ((8.0 + 4 + 4 + 8) * (double)vals + 2.0 * (double)(rows * rowq4)) / 1e9;
         fprintf(stderr, "flexh2o-bench-cpu-attention: out of memory for the shape (%.2f GB of "
-                        "caches); ask for fewer --seqs or --slots\n", 14.0 * (double)vals / 1e9);
+                        "caches); ask for fewer --seqs or --slots\n", gb);
         return 1;
     }
     uint64_t seed = 1;

@@ -52,13 +52,13 @@ static void prefill_keep(unsigned char *keep, const float *cs, int stride,
 
 /* Row helpers of a cache of plain elements read with LD and written with
  * ST (the fp32, fp16 and bf16 instances). dot_cache is DOT_LANES_OF's lane
- * sums and axpy_row o[e] += p * row[e]; where the build has the vectors,
- * V16(row, e) loads 16 elements from e widened to fp32 and the two loops
- * run 16 at a time (the 16 lanes of dot_cache are DOT_LANES_OF's lanes,
- * each a product then a sum rounded separately, in the same order), the
- * tail in plain C: the same bits as the plain-C loops, which GCC compiled
- * one element at a time (vcvtsh2ss, vmulss, vaddss: the fp16 instance read
- * its cache at 2 GB/s on the AMX Xeon VM). */
+ * sums and axpy_row o[e] += p * row[e]. Where the build has the vectors,
+ * V16(row) loads 16 elements widened to fp32, dot_cache runs 16 at a time
+ * (its 16 lanes are DOT_LANES_OF's lanes, each a product then a sum rounded
+ * separately, in the same order; the tail in plain C) and the slot loops
+ * below take axpy_row's place: the same bits as the plain-C loops, which
+ * GCC compiled one element at a time (vcvtsh2ss, vmulss, vaddss: the fp16
+ * instance read its cache at 2 GB/s on the AMX Xeon VM). */
 #define SLOT_ROW_PUT(FN, T, ST)                                               \
     static void FN(put_row)(T *dst, const float *src, int n)                  \
     {                                                                         \
@@ -160,15 +160,6 @@ static inline float v16_lanes_sum(v16 a)
         for (int i = 0; e + i < n; i++)                                       \
             acc[i] += q[e + i] * LD(&c[e + i]);                               \
         return dot_lanes_sum(acc);                                            \
-    }                                                                         \
-    static inline void FN(axpy_row)(float *o, float p, const T *c, int n)     \
-    {                                                                         \
-        v16 pv = v16_set1(p);                                                 \
-        int e = 0;                                                            \
-        for (; e + 16 <= n; e += 16)                                          \
-            v16_store(o + e, v16_add(v16_load(o + e), v16_mul(pv, V16(c + e)))); \
-        for (; e < n; e++)                                                    \
-            o[e] += p * LD(&c[e]);                                            \
     }                                                                         \
     SLOT_ROW_PUT(FN, T, ST)                                                   \
     SLOT_VEC_SLOT_LOOPS(FN, T, LD, V16)
@@ -309,7 +300,13 @@ SLOT_ELEMENT_HELPERS(SLOT_FN, uint16_t, bf16_ld, bf16_st, v16_bf16)
  * op's over the dequantized cache; a written row is quantized. */
 #define Q4_MAX_HD 1024
 
-static inline float dot_cache_q4(const float *q, const uint8_t *c, int n)
+static void put_row_q4(uint8_t *dst, const float *src, int n)
+{
+    kern_q4_quantize_row(dst, src, n);
+}
+
+#ifndef SLOT_VEC
+static float dot_cache_q4(const float *q, const uint8_t *c, int n)
 {
     assert(n <= Q4_MAX_HD);
     float row[Q4_MAX_HD];
@@ -317,25 +314,27 @@ static inline float dot_cache_q4(const float *q, const uint8_t *c, int n)
     return dot_cache_ref(q, row, n);
 }
 
-static inline void axpy_row_q4(float *o, float p, const uint8_t *c, int n)
+static void axpy_row_q4(float *o, float p, const uint8_t *c, int n)
 {
     assert(n <= Q4_MAX_HD);
     float row[Q4_MAX_HD];
     kern_q4_dequant_row(row, c, n);
     axpy_row_ref(o, p, row, n);
 }
-
-static void put_row_q4(uint8_t *dst, const float *src, int n)
-{
-    kern_q4_quantize_row(dst, src, n);
-}
-
-#ifdef SLOT_VEC
+#else
 /* The slot loops over 4-bit rows: Q4_ROWS_FLOATS of rows at a time
  * dequantized into the stack, then the fp32 instance's loops over them (o
  * carried from block to block): the fp32 op over the dequantized cache,
  * each row dequantized once per query head. */
 #define Q4_ROWS_FLOATS 4096
+
+/* Rows first .. first + m - 1 of a 4-bit cache of hd columns, into buf. */
+static void q4_rows(float *buf, const uint8_t *c, size_t first, int m, int hd)
+{
+    size_t rb = kern_q4_row_bytes(hd);
+    for (int j = 0; j < m; j++)
+        kern_q4_dequant_row(buf + (size_t)j * hd, c + (first + j) * rb, hd);
+}
 
 static void dot_slots_q4(float *p, const float *q, const uint8_t *kc, size_t base, int n,
                          int hd, float scale, int first)
@@ -344,11 +343,9 @@ static void dot_slots_q4(float *p, const float *q, const uint8_t *kc, size_t bas
     assert(hd <= Q4_MAX_HD);
     float buf[Q4_ROWS_FLOATS];
     int per = Q4_ROWS_FLOATS / hd;
-    size_t rb = kern_q4_row_bytes(hd);
     for (int t0 = 0; t0 < n; t0 += per) {
         int m = n - t0 < per ? n - t0 : per;
-        for (int j = 0; j < m; j++)
-            kern_q4_dequant_row(buf + (size_t)j * hd, kc + (base + t0 + j) * rb, hd);
+        q4_rows(buf, kc, base + t0, m, hd);
         dot_slots_ref(p + t0, q, buf, 0, m, hd, scale, 0);
     }
 }
@@ -360,12 +357,10 @@ static void sum_slots_q4(float *o, const float *p, const uint8_t *vc, size_t bas
     assert(hd <= Q4_MAX_HD);
     float buf[Q4_ROWS_FLOATS];
     int per = Q4_ROWS_FLOATS / hd;
-    size_t rb = kern_q4_row_bytes(hd);
     memset(o, 0, sizeof(float) * hd);
     for (int t0 = 0; t0 < n; t0 += per) {
         int m = n - t0 < per ? n - t0 : per;
-        for (int j = 0; j < m; j++)
-            kern_q4_dequant_row(buf + (size_t)j * hd, vc + (base + t0 + j) * rb, hd);
+        q4_rows(buf, vc, base + t0, m, hd);
         sum_slots_into_ref(o, p + t0, buf, 0, m, hd, 0, 1);
     }
 }
