@@ -245,7 +245,11 @@ int kern_h2o_pick_ref(const float *scores, const int32_t *pos, int n_slots,
 /* ------------------------------------- the RoPE families' element-wise ops
  * DESIGN.md "Model families": Llama, Mistral, Qwen2 (RMSNorm, RoPE,
  * SwiGLU) and GPT-NeoX (RoPE on rotary_pct of head_dim, GELU). Each
- * follows Hugging Face's fp32 computation; serial references. */
+ * follows Hugging Face's fp32 computation; plain-C references whose rows
+ * (GELU: chunks) spread over the OpenMP threads, each value computed alone,
+ * so the bits do not depend on the threads. e^x in SiLU (and in the CPU
+ * kernels' softmax) is kernels/cpu/vexp.h's: glibc's expf as its FMA build
+ * computes it, 16 values per vector. */
 
 /* out(n, d) = x / sqrt(mean(x^2) + eps) * w over the last dimension
  * (LlamaRMSNorm, in fp32: w * (x * rsqrt(mean(x^2) + eps))); out may be x. */

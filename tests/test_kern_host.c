@@ -10,7 +10,9 @@
  * reservation and refuse a call beyond one. And the RoPE families'
  * element-wise ops (RMSNorm, RoPE and its inverse frequencies, SwiGLU,
  * GELU) against hand-worked values and the same formulas in double, and
- * backend_ops_check's refusal of a backend without them. And sampling with
+ * backend_ops_check's refusal of a backend without them; their vector and
+ * parallel forms (the exp of vexp.h, SwiGLU, RoPE's angles once a row)
+ * against plain restatements, bit for bit. And sampling with
  * its per-row controls (kern.h: logit edits, greedy, temperature, min_p,
  * top_k, top_p, top logprobs): hand-worked rows, a double reference of
  * kern.h's text over random rows (sample_slow.h), the sampler it replaced
@@ -27,6 +29,7 @@
 #include "kern.h"
 #include "kern_scratch.h"
 #include "sample_slow.h"
+#include "cpu/vexp.h"
 
 /* y = x w^T (+ b), ReLU, through the CPU backend's vtable, as backend.h
  * promises it: x (2, 2) = [1 2; -1 0.5], w (3, 2) = [1 0; 0 1; -1 -1], so
@@ -2681,4 +2684,151 @@ Test(kern_host, cpu_backend_reserves_sampling_scratch_for_edits)
         backend_destroy(&be);
     }
     err_clear();
+}
+
+/* The bits of an fp32 value (NaNs compared as NaNs). */
+static int same_float(float a, float b)
+{
+    return (isnan(a) && isnan(b)) || !memcmp(&a, &b, sizeof a);
+}
+
+/* Steps of one ulp between two finite fp32 values of the same sign class
+ * (ordered as integers). */
+static long long ulps(float a, float b)
+{
+    int32_t ia, ib;
+    memcpy(&ia, &a, 4), memcpy(&ib, &b, 4);
+    long long la = ia < 0 ? (long long)INT32_MIN - ia : ia;
+    long long lb = ib < 0 ? (long long)INT32_MIN - ib : ib;
+    return llabs(la - lb);
+}
+
+/* vexp.h: kern_expf_sub's vectors give kern_expf's bits (the tails and the
+ * special lanes too: overflow to inf, underflow to 0, subnormal results,
+ * NaN, +-inf, +-0), and kern_expf is within an ulp of libm's expf (on an
+ * x86-64 glibc with FMA it is expf bit for bit; the share of equal values
+ * is logged). Over the special values and every 4093rd bit pattern, with
+ * lengths that leave every tail length. */
+Test(kern_host, expf_vectors_are_the_scalar_and_within_an_ulp_of_libm)
+{
+    const float special[] = {0.0f, -0.0f, 1.0f, -1.0f, 0.5f, 88.0f, 0x1.62e42ep6f,
+                             0x1.62e430p6f, -87.3f, -88.0f, -103.27f, -0x1.9fe368p6f,
+                             -0x1.9fe36ap6f, -150.0f, 1e-30f, -1e-30f, FLT_MIN, 1e-45f,
+                             FLT_MAX, -FLT_MAX, INFINITY, -INFINITY, NAN, -NAN};
+    enum { NS = sizeof special / sizeof special[0], STEP = 4093 };
+    size_t n = NS + ((size_t)1 << 32) / STEP;
+    float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+    cr_assert(x && y);
+    memcpy(x, special, sizeof special);
+    for (size_t i = NS; i < n; i++) {
+        uint32_t bits = (uint32_t)((i - NS) * STEP);
+        memcpy(&x[i], &bits, 4);
+    }
+    size_t equal = 0, finite = 0, nans = 0;
+    for (size_t len = n - 15; len <= n; len++) { /* every tail length, n last */
+        kern_expf_sub(y, x, 0.0f, len);
+        for (size_t i = 0; i < len; i++)
+            cr_assert(same_float(y[i], kern_expf(x[i])), "x %a: vector %a, scalar %a", x[i],
+                      y[i], kern_expf(x[i]));
+    }
+    for (size_t i = 0; i < n; i++) {
+        float want = expf(x[i]);
+        if (isnan(x[i])) {
+            cr_assert(isnan(y[i]), "exp(NaN) = %a", y[i]);
+            nans++;
+            continue;
+        }
+        cr_assert(isinf(want) == isinf(y[i]) && (want == 0) == (y[i] == 0),
+                  "x %a: kern_expf %a, expf %a", x[i], y[i], want);
+        if (isfinite(want)) {
+            cr_assert(ulps(y[i], want) <= 1, "x %a: kern_expf %a, expf %a", x[i], y[i], want);
+            finite++;
+        }
+        equal += same_float(y[i], want);
+    }
+    cr_log_info("kern_expf equals libm's expf at %zu of %zu values that are not NaN (%zu "
+                "finite results)", equal, n - nans, finite);
+    /* the subtraction is one fp32 operation before the exp */
+    kern_expf_sub(y, x, 3.5f, n);
+    for (size_t i = 0; i < n; i++)
+        cr_assert(same_float(y[i], kern_expf(x[i] - 3.5f)), "x %a - 3.5", x[i]);
+    free(x);
+    free(y);
+}
+
+/* SwiGLU's vector rows against the plain restatement g / (1 + exp(-g)) * u
+ * bit for bit: widths 1-40 and 100 (every tail), gates over the whole
+ * range and the special values, rows over the threads; out in place
+ * (out == gate, the same stride) and the in-order case (out == gate at
+ * half gate's stride: fused gate_up rows compacted). */
+Test(kern_host, swiglu_vector_rows_are_the_plain_formula)
+{
+    enum { N = 5, DMAX = 100 };
+    const float special[] = {0.0f, -0.0f, 100.0f, -200.0f, 88.0f, -88.8f, INFINITY, -INFINITY,
+                             NAN, 1e-40f};
+    uint64_t seed = 31;
+    static float g[N * 2 * DMAX], u[N * 2 * DMAX], o[N * 2 * DMAX], want[N * 2 * DMAX];
+    for (int d = 1; d <= DMAX; d += d < 40 ? 1 : 60) {
+        for (int i = 0; i < N * 2 * DMAX; i++) {
+            g[i] = rnd(&seed) * 30;
+            u[i] = rnd(&seed) * 4;
+        }
+        for (int i = 0; i < (int)(sizeof special / sizeof special[0]); i++)
+            g[(i * 13) % (N * d)] = special[i];
+        for (int i = 0; i < N * d; i++)
+            want[i] = g[i] / (1.0f + kern_expf(-g[i])) * u[i];
+        kern_swiglu_ref(o, d, g, u, d, N, d);
+        for (int i = 0; i < N * d; i++)
+            cr_assert(same_float(o[i], want[i]), "d %d [%d]: g %a: %a, want %a", d, i, g[i],
+                      o[i], want[i]);
+        memcpy(o, g, sizeof g); /* in place, the same stride */
+        kern_swiglu_ref(o, d, o, u, d, N, d);
+        for (int i = 0; i < N * d; i++)
+            cr_assert(same_float(o[i], want[i]), "in place, d %d [%d]", d, i);
+        /* fused rows gate | up of stride 2d into out = gate at stride d */
+        for (int r = 0; r < N; r++)
+            for (int j = 0; j < d; j++) {
+                o[r * 2 * d + j] = g[r * d + j];
+                o[r * 2 * d + d + j] = u[r * d + j];
+            }
+        kern_swiglu_ref(o, d, o, o + d, 2 * d, N, d);
+        for (int i = 0; i < N * d; i++)
+            cr_assert(same_float(o[i], want[i]), "compacted, d %d [%d]", d, i);
+    }
+}
+
+/* RoPE with the angles' cos and sin taken once a row (ROPE_ANGLES at a
+ * time) against the per-head plain rotation, bit for bit: 150 rotated
+ * dimensions of 160 (three blocks of angles, the last short) and 256 of
+ * 256, 3 query and 3 KV heads over rows at several positions. */
+Test(kern_host, rope_angles_once_a_row_are_the_per_head_rotation)
+{
+    enum { N = 4, H = 3, KVH = 3, HDMAX = 256 };
+    const int dims[2][2] = {{160, 150}, {256, 256}};
+    const int32_t pos[N] = {0, 1, 517, 131071};
+    static float x[N * (H + KVH) * HDMAX], want[N * (H + KVH) * HDMAX];
+    uint64_t seed = 5;
+    for (int c = 0; c < 2; c++) {
+        int hd = dims[c][0], rot = dims[c][1], half = rot / 2, ld = (H + KVH) * hd;
+        kern_rope p = {.theta = 500000, .type = KERN_ROPE_DEFAULT};
+        float inv[HDMAX / 2];
+        cr_assert_eq(kern_rope_inv_freq(inv, rot, &p), 0, "%s", err_msg());
+        for (int i = 0; i < N * ld; i++)
+            x[i] = want[i] = rnd(&seed) * 3;
+        for (int r = 0; r < N; r++)
+            for (int h = 0; h < H + KVH; h++) {
+                float *w = want + (size_t)r * ld + (size_t)h * hd;
+                for (int i = 0; i < half; i++) {
+                    float a = (float)pos[r] * inv[i], cs = cosf(a), sn = sinf(a);
+                    float x1 = w[i], x2 = w[i + half];
+                    w[i] = x1 * cs - x2 * sn;
+                    w[i + half] = x2 * cs + x1 * sn;
+                }
+            }
+        cr_assert_eq(kern_rope_ref(x, x + H * hd, ld, pos, N, H, KVH, hd, rot, inv), 0, "%s",
+                     err_msg());
+        for (int i = 0; i < N * ld; i++)
+            cr_assert(same_float(x[i], want[i]), "head_dim %d rot %d: [%d] %a, want %a", hd, rot,
+                      i, x[i], want[i]);
+    }
 }

@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #include "../err.h"
+#include "vexp.h"
 
 /* The attention kernels' dot products sum in DOT_LANES lanes: lane i takes
  * the products of elements i, i + DOT_LANES, ... in order, then the lanes
@@ -61,16 +62,46 @@ static inline float dot(const float *a, const float *b, int n)
         }                                                                       \
     } while (0)
 
-/* Softmax of p[0..n) in place: p sums to 1. */
+/* The largest of p[0..n) that is not NaN (-inf if none), as the loop
+ * mx = p[t] > mx ? p[t] : mx finds it, 16 lanes at a time where the build
+ * has the vectors (maxps(p, m) keeps m for a NaN p, as the loop does); only
+ * the sign of a zero maximum can differ from the loop's, and softmax's
+ * p - max and its exp do not tell +0 from -0 apart. The loop's chain of
+ * dependent maxss was an eighth of a GQA decode step's attention. */
+static inline float max_of(const float *p, int n)
+{
+    float mx = -INFINITY;
+    int t = 0;
+#if defined(VEXP_AVX512)
+    if (n >= 16) {
+        __m512 m = _mm512_set1_ps(-INFINITY);
+        for (; t + 16 <= n; t += 16)
+            m = _mm512_max_ps(_mm512_loadu_ps(p + t), m);
+        mx = _mm512_reduce_max_ps(m);
+    }
+#elif defined(VEXP_AVX2)
+    if (n >= 8) {
+        __m256 m = _mm256_set1_ps(-INFINITY);
+        for (; t + 8 <= n; t += 8)
+            m = _mm256_max_ps(_mm256_loadu_ps(p + t), m);
+        float l[8];
+        _mm256_storeu_ps(l, m);
+        for (int i = 0; i < 8; i++)
+            mx = l[i] > mx ? l[i] : mx;
+    }
+#endif
+    for (; t < n; t++)
+        mx = p[t] > mx ? p[t] : mx;
+    return mx;
+}
+
+/* Softmax of p[0..n) in place: p sums to 1 (the exps summed in order). */
 static inline void softmax(float *p, int n)
 {
-    float mx = -INFINITY, sum = 0.0f;
+    float mx = max_of(p, n), sum = 0.0f;
+    kern_expf_sub(p, p, mx, (size_t)n);
     for (int t = 0; t < n; t++)
-        mx = p[t] > mx ? p[t] : mx;
-    for (int t = 0; t < n; t++) {
-        p[t] = expf(p[t] - mx);
         sum += p[t];
-    }
     float inv = 1.0f / sum;
     for (int t = 0; t < n; t++)
         p[t] *= inv;

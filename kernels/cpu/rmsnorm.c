@@ -5,13 +5,15 @@
  * x * rsqrt(variance + eps), then weight * that. The sum of squares is
  * accumulated in double (PyTorch's reduction is pairwise in fp32, closer to
  * the exact sum than a serial fp32 loop); everything after it is fp32 in
- * Hugging Face's order, so a row matches theirs to an ulp or two. */
+ * Hugging Face's order, so a row matches theirs to an ulp or two. Rows
+ * spread over the OpenMP threads. */
 #include "../kern.h"
 
 #include <math.h>
 
 void kern_rmsnorm_ref(float *out, const float *x, const float *w, int n, int d, float eps)
 {
+    #pragma omp parallel for schedule(static) if (n > 1)
     for (int i = 0; i < n; i++) {
         const float *xi = x + (size_t)i * d;
         float *oi = out + (size_t)i * d;

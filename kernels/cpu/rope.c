@@ -72,17 +72,21 @@ int kern_rope_inv_freq(float *inv_freq, int rot_dims, const kern_rope *r)
     return 0;
 }
 
-/* Rotate the first rot_dims of one head row x at angles pos * inv_freq. */
-static void rope_head(float *x, int32_t pos, int rot_dims, const float *inv_freq)
+/* Rotate dimensions [i0, i1) of the first half (and their partners in the
+ * second) of one head row x, by the angles' cosines c and sines s (indexed
+ * from i0). */
+static void rope_head(float *x, int half, int i0, int i1, const float *c, const float *s)
 {
-    int half = rot_dims / 2;
-    for (int i = 0; i < half; i++) {
-        float a = (float)pos * inv_freq[i], c = cosf(a), s = sinf(a);
-        float x1 = x[i], x2 = x[i + half];
-        x[i] = x1 * c - x2 * s;
-        x[i + half] = x2 * c + x1 * s;
+    for (int i = i0; i < i1; i++) {
+        float x1 = x[i], x2 = x[i + half], ci = c[i - i0], si = s[i - i0];
+        x[i] = x1 * ci - x2 * si;
+        x[i + half] = x2 * ci + x1 * si;
     }
 }
+
+/* The angles of a row, ROPE_ANGLES at a time: cos and sin of each once per
+ * row (every head of the row turns by the same angles). */
+#define ROPE_ANGLES 64
 
 int kern_rope_ref(float *q, float *k, int ld, const int32_t *pos, int n, int n_head,
                   int n_kv_head, int head_dim, int rot_dims, const float *inv_freq)
@@ -91,11 +95,22 @@ int kern_rope_ref(float *q, float *k, int ld, const int32_t *pos, int n, int n_h
               "of %d dimensions per head: the rotary dimensions must be even, positive and "
               "at most head_dim; check rotary_pct / partial_rotary_factor", rot_dims,
               head_dim);
+    int half = rot_dims / 2;
+    #pragma omp parallel for schedule(static) if (n > 1)
     for (int r = 0; r < n; r++) {
-        for (int h = 0; h < n_head; h++)
-            rope_head(q + (size_t)r * ld + (size_t)h * head_dim, pos[r], rot_dims, inv_freq);
-        for (int h = 0; k && h < n_kv_head; h++)
-            rope_head(k + (size_t)r * ld + (size_t)h * head_dim, pos[r], rot_dims, inv_freq);
+        for (int i0 = 0; i0 < half; i0 += ROPE_ANGLES) {
+            int i1 = half - i0 < ROPE_ANGLES ? half : i0 + ROPE_ANGLES;
+            float c[ROPE_ANGLES], s[ROPE_ANGLES];
+            for (int i = i0; i < i1; i++) {
+                float a = (float)pos[r] * inv_freq[i];
+                c[i - i0] = cosf(a);
+                s[i - i0] = sinf(a);
+            }
+            for (int h = 0; h < n_head; h++)
+                rope_head(q + (size_t)r * ld + (size_t)h * head_dim, half, i0, i1, c, s);
+            for (int h = 0; k && h < n_kv_head; h++)
+                rope_head(k + (size_t)r * ld + (size_t)h * head_dim, half, i0, i1, c, s);
+        }
     }
     return 0;
 }

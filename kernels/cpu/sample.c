@@ -85,11 +85,12 @@ static int32_t draw(float *prob, int32_t *order, int V, const kern_sample_row *r
             mx = prob[i] / T;
     if (mx == -INFINITY)
         return 0; /* every token banned */
+    for (int i = 0; i < V; i++)
+        prob[i] /= T;
+    kern_expf_sub(prob, prob, mx, (size_t)V);
     double sum = 0.0;
-    for (int i = 0; i < V; i++) {
-        prob[i] = expf(prob[i] / T - mx);
+    for (int i = 0; i < V; i++)
         sum += prob[i];
-    }
     int n_pos0 = 0, n_pos = 0; /* positive probabilities before and after min_p */
     float pmax = 0.0f;
     for (int i = 0; i < V; i++) {
