@@ -29,6 +29,7 @@
 #include "kern.h"
 #include "kern_scratch.h"
 #include "sample_slow.h"
+#include "cpu/cpu_common.h"
 #include "cpu/vexp.h"
 
 /* y = x w^T (+ b), ReLU, through the CPU backend's vtable, as backend.h
@@ -2830,5 +2831,34 @@ Test(kern_host, rope_angles_once_a_row_are_the_per_head_rotation)
         for (int i = 0; i < N * ld; i++)
             cr_assert(same_float(x[i], want[i]), "head_dim %d rot %d: [%d] %a, want %a", hd, rot,
                       i, x[i], want[i]);
+    }
+}
+
+/* Softmax's maximum in vectors (cpu_common.h max_of) is the scalar loop's
+ * mx = p > mx ? p : mx: NaNs passed over wherever they stand (first, in a
+ * vector, in the tail, all of them: -inf), -inf and +inf taken as values;
+ * the same value, up to the sign of a zero maximum. Lengths 0-70. */
+Test(kern_host, softmax_max_in_vectors_is_the_scalar_loop)
+{
+    uint64_t seed = 17;
+    float p[70];
+    for (int trial = 0; trial < 400; trial++) {
+        int n = trial % 71;
+        for (int t = 0; t < n; t++)
+            p[t] = trial % 5 == 0 ? -rnd(&seed) * 0.0f : rnd(&seed) * 50 - 60;
+        for (int k = 0; n && k < trial % 4; k++)
+            p[kern_splitmix64(&seed) % (uint64_t)n] = k == 0 ? NAN : k == 1 ? -INFINITY : -0.0f;
+        if (trial % 37 == 0)
+            for (int t = 0; t < n; t++)
+                p[t] = NAN;
+        if (trial % 53 == 0 && n)
+            p[n - 1] = INFINITY;
+        float want = -INFINITY;
+        for (int t = 0; t < n; t++)
+            want = p[t] > want ? p[t] : want;
+        float got = max_of(p, n);
+        cr_assert(got == want || (isnan(got) && isnan(want)), "n %d trial %d: %a, want %a", n,
+                  trial, got, want);
+        cr_assert(!isnan(got), "a NaN maximum");
     }
 }
