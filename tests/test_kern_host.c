@@ -2650,6 +2650,39 @@ Test(kern_host, cpu_backend_sample_op_equals_the_reference_per_row)
     backend_destroy(&be);
 }
 
+/* The CPU backend's op spreads rows over the threads: a bad row among good
+ * ones (min_p 2, then a banned-everything row's neighbour with top_k -1)
+ * fails the call with that row's message on the calling thread, and the
+ * lowest bad row is the one told. */
+Test(kern_host, cpu_backend_sample_op_tells_a_bad_row_from_any_thread)
+{
+    enum { V = 300, N = 16 };
+    backend be;
+    cr_assert_eq(backend_cpu_create(1, &be), 0, "%s", err_msg());
+    static float x[N * V];
+    uint64_t seed = 9;
+    for (int i = 0; i < N * V; i++)
+        x[i] = rnd(&seed) * 4;
+    kern_sample_row rows[N];
+    for (int i = 0; i < N; i++)
+        rows[i] = (kern_sample_row){.temperature = 0.7f, .top_p = 1.0f, .u = 0.5};
+    rows[11].min_p = 2.0f;
+    rows[13].top_k = -1;
+    int32_t tok[N];
+    float lp[N];
+    err_clear();
+    cr_assert_eq(be.ops->sample(be.ctx, x, N, V, rows, NULL, tok, lp, NULL, NULL), -EINVAL);
+    cr_assert(strstr(err_msg(), "min_p 2"), "%s", err_msg());
+    rows[11].min_p = 0.0f;
+    err_clear();
+    cr_assert_eq(be.ops->sample(be.ctx, x, N, V, rows, NULL, tok, lp, NULL, NULL), -EINVAL);
+    cr_assert(strstr(err_msg(), "top_k -1"), "%s", err_msg());
+    rows[13].top_k = 0;
+    cr_assert_eq(be.ops->sample(be.ctx, x, N, V, rows, NULL, tok, lp, NULL, NULL), 0, "%s",
+                 err_msg());
+    backend_destroy(&be);
+}
+
 /* The CPU backend's reservation covers sampling's scratch when a call may
  * sample or edit: a greedy call with edits within it allocates nothing;
  * reserved for greedy rows without edits only, the same call (it copies

@@ -390,19 +390,36 @@ static int cpu_sample(void *ctx, const void *logits, int n_rows, int V,
                       int32_t *tokens, float *logprobs, int32_t *top_ids, float *top_lps)
 {
     cpu_ctx *c = ctx;
-    int any = 0;
+    int any = 0, nt = kern_cpu_threads();
     for (int r = 0; r < n_rows; r++)
         any |= rows[r].temperature > 0.0f || rows[r].n_edit > 0;
-    void *ws = NULL; /* greedy rows without edits need none */
+    /* rows spread over the threads, each with its own scratch (greedy rows
+     * without edits need none): a row's choice reads that row alone */
+    size_t per = any ? kern_sample_scratch_bytes(V) : 0;
+    char *ws = NULL;
     if (any)
-        FORWARD_IF(cpu_scratch(c, kern_sample_scratch_bytes(V), "sampling", &ws));
+        FORWARD_IF(cpu_scratch(c, per * (size_t)nt, "sampling", (void **)&ws));
+    int failed = -1; /* the first row that failed, told again below */
+    #pragma omp parallel for schedule(dynamic) num_threads(nt) if (n_rows > 1)
     for (int r = 0; r < n_rows; r++) {
         size_t top = (size_t)r * KERN_TOP_LOGPROBS_MAX;
         int32_t tok = kern_sample_ref((const float *)logits + (size_t)r * V, V, &rows[r], edits,
                                       &logprobs[r], top_ids ? top_ids + top : NULL,
-                                      top_lps ? top_lps + top : NULL, ws, c->scratch_bytes);
-        FORWARD_IF(tok);
+                                      top_lps ? top_lps + top : NULL,
+                                      ws ? ws + per * (size_t)omp_get_thread_num() : NULL, per);
         tokens[r] = tok;
+        if (tok < 0) {
+            #pragma omp critical(cpu_sample_failed)
+            failed = failed < 0 || r < failed ? r : failed;
+        }
+    }
+    if (failed >= 0) { /* again on this thread, whose error record the caller reads */
+        size_t top = (size_t)failed * KERN_TOP_LOGPROBS_MAX;
+        FORWARD_IF(kern_sample_ref((const float *)logits + (size_t)failed * V, V, &rows[failed],
+                                   edits, &logprobs[failed], top_ids ? top_ids + top : NULL,
+                                   top_lps ? top_lps + top : NULL, ws, per));
+        RETURN_IF(1, -EINVAL, "internal: sampling row %d failed on a worker thread only",
+                  failed);
     }
     return 0;
 }
@@ -429,7 +446,7 @@ static int cpu_reserve(void *ctx, const backend_limits *lim)
         kern_kv_prefill_scratch_bytes(lim->prompt, nt),
         kern_attn_decode_scratch_bytes(lim->cap, nt),
         lim->sample_rows && (lim->sample_draw || lim->sample_edits)
-            ? kern_sample_scratch_bytes(lim->vocab) : 0,
+            ? kern_sample_scratch_bytes(lim->vocab) * (size_t)nt : 0, /* a row per thread */
     };
     size_t most = 0;
     for (size_t i = 0; i < sizeof need / sizeof *need; i++)
