@@ -184,7 +184,8 @@ void kern_linear_rows_q4(float *y, const float *x, const uint8_t *wq, int m, int
  *
  * Banned tokens (add = -INFINITY) are never chosen unless every token of
  * the row is banned; then the row's token is 0 (the lowest id, as greedy's
- * tie rule gives). */
+ * tie rule gives). A sampled row with a NaN or +inf edited logit has no
+ * positive probability (the softmax's sum is NaN): its token is 0 too. */
 
 /* The most top log-probabilities of one row (the OpenAI API's limit). */
 #define KERN_TOP_LOGPROBS_MAX 20

@@ -309,8 +309,17 @@ pick(const __half *logits, int V, const kern_sample_row *rows, const row_stat *s
     int r = blockIdx.x;
     const kern_sample_row rw = rows[r];
     const row_stat st = stat[r];
-    if (rw.temperature <= 0.0f || st.n_pos == 0)
+    if (rw.temperature <= 0.0f)
         return;
+    if (st.n_pos == 0) { /* every token banned (row_stats wrote token 0), or every
+                          * probability NaN (a NaN or +inf logit): token 0, as
+                          * kern.h says, not the token this buffer held before */
+        if (threadIdx.x == 0) {
+            tokens[r] = 0;
+            logprobs[r] = __half2float(logits[(size_t)r * V]) - st.max - logf(st.sum);
+        }
+        return;
+    }
     const float *p = sprob + (size_t)r * V;
     /* the positive probabilities are the sorted row's first n_pos */
     int keep = st.n_pos;

@@ -862,6 +862,45 @@ Test(kern_cuda, sampling_greedy_and_top_p)
     }
 }
 
+/* A sampled row with a NaN or +inf logit (every probability NaN; fp16
+ * logits overflow to inf) gets token 0 on both backends, as a row with
+ * every token banned does: not the token the device buffer held from the
+ * call before (a first call on clean logits leaves rows' tokens there),
+ * which the CUDA op returned (and the CPU op read before the order's
+ * start). The clean rows beside them still draw. */
+Test(kern_cuda, sampling_nan_and_inf_logits_give_token_0)
+{
+    enum { V = 512, N = 4 };
+    float *lg = rand16((size_t)N * V, 6.0f);
+    for (int i = 0; i < N; i++)
+        lg[(size_t)i * V + 100 + i] = 60.0f; /* token 100 + i all but certain */
+    kern_sample_row rows[N];
+    for (int i = 0; i < N; i++)
+        rows[i] = (kern_sample_row){.temperature = 0.8f, .top_p = i % 2 ? 0.9f : 1.0f,
+                                    .u = 0.4};
+    int32_t tc[N], tg[N];
+    float lc[N], lgp[N];
+    pair L = put(lg, (size_t)N * V);
+    cr_assert_eq(gpu.ops->sample(gpu.ctx, L.g, N, V, rows, NULL, tg, lgp, NULL, NULL), 0, "%s",
+                 err_msg());
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(tg[i], 100 + i, "clean row %d: token %d", i, tg[i]);
+    drop(&L);
+    lg[17] = NAN;
+    lg[2 * (size_t)V + 300] = INFINITY;
+    L = put(lg, (size_t)N * V);
+    cr_assert_eq(cpu.ops->sample(cpu.ctx, L.c, N, V, rows, NULL, tc, lc, NULL, NULL), 0, "%s",
+                 err_msg());
+    cr_assert_eq(gpu.ops->sample(gpu.ctx, L.g, N, V, rows, NULL, tg, lgp, NULL, NULL), 0, "%s",
+                 err_msg());
+    cr_assert(tc[0] == 0 && tc[2] == 0, "cpu: %d %d", tc[0], tc[2]);
+    cr_assert(tg[0] == 0 && tg[2] == 0, "cuda: %d %d", tg[0], tg[2]);
+    cr_assert(tc[1] == 101 && tg[1] == 101 && tc[3] == 103 && tg[3] == 103, "clean rows: %d %d "
+              "%d %d", tc[1], tg[1], tc[3], tg[3]);
+    drop(&L);
+    free(lg);
+}
+
 /* ---- the per-row controls (kern.h): logit edits, greedy, temperature,
  * min_p, top_k, top_p, top logprobs. The CUDA op's probabilities (__expf,
  * fp32 sums) differ from the CPU op's within these tolerances, so a sampled

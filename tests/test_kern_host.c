@@ -2597,6 +2597,128 @@ Test(kern_host, sample_old_controls_unchanged_and_off_means_off)
     }
 }
 
+/* cmp_desc of sample.c, restated: prob descending, id ascending. */
+static int full_cmp(const void *a, const void *b, void *prob)
+{
+    int32_t i = *(const int32_t *)a, j = *(const int32_t *)b;
+    const float *p = prob;
+    if (p[i] != p[j])
+        return p[i] < p[j] ? 1 : -1;
+    return (i > j) - (i < j);
+}
+
+/* kern.h's sampled choice (no edits) as sample.c wrote it before it sorted
+ * only the prefix it reads: the whole vocabulary through qsort_r. */
+static int32_t full_sort_draw(const float *logits, int V, const kern_sample_row *r,
+                              float *prob, int32_t *order)
+{
+    float T = r->temperature, mx = -INFINITY;
+    for (int i = 0; i < V; i++)
+        mx = logits[i] / T > mx ? logits[i] / T : mx;
+    if (mx == -INFINITY)
+        return 0;
+    double sum = 0.0;
+    for (int i = 0; i < V; i++) {
+        prob[i] = kern_expf(logits[i] / T - mx);
+        sum += prob[i];
+    }
+    int n_pos0 = 0, n_pos = 0;
+    float pmax = 0.0f;
+    for (int i = 0; i < V; i++) {
+        prob[i] = (float)(prob[i] / sum);
+        order[i] = i;
+        pmax = prob[i] > pmax ? prob[i] : pmax;
+        n_pos0 += prob[i] > 0.0f;
+    }
+    if (r->min_p > 0.0f)
+        for (int i = 0; i < V; i++)
+            if (prob[i] < r->min_p * pmax)
+                prob[i] = 0.0f;
+    for (int i = 0; i < V; i++)
+        n_pos += prob[i] > 0.0f;
+    if (n_pos == 0)
+        return 0; /* NaN probabilities */
+    qsort_r(order, (size_t)V, sizeof *order, full_cmp, prob);
+    int keep = r->top_k > 0 && r->top_k < n_pos ? r->top_k : n_pos;
+    if (r->top_p < 1.0f) {
+        double want = r->top_p, c = 0.0;
+        if (keep < n_pos0) {
+            double kept = 0.0;
+            for (int i = 0; i < keep; i++)
+                kept += prob[order[i]];
+            want *= kept;
+        }
+        for (int i = 0; i < keep; i++) {
+            c += prob[order[i]];
+            if (c >= want) {
+                keep = i + 1;
+                break;
+            }
+        }
+    }
+    double mass = 0.0, c = 0.0;
+    for (int i = 0; i < keep; i++)
+        mass += prob[order[i]];
+    for (int i = 0; i < keep; i++) {
+        c += prob[order[i]];
+        if (r->u * mass < c)
+            return order[i];
+    }
+    return order[keep - 1];
+}
+
+/* The sampler sorts only the prefix of the order it reads (a quickselect,
+ * then a sort of the prefix, longer while top_p's cut lies beyond it): the
+ * same token as a sort of the whole vocabulary, over rows whose nucleus is
+ * a few tokens, hundreds (one and two lengthenings), a quarter of the
+ * vocabulary and more (the whole sort), logits in few distinct values (ties
+ * ordered by id), with top_k and min_p; a NaN logit (every probability
+ * NaN) gives token 0, as every token banned does, where the whole sort read
+ * before the order's start. */
+Test(kern_host, sample_prefix_sort_is_the_full_sort)
+{
+    enum { V = 20000 };
+    static float x[V], prob[V];
+    static int32_t order[V];
+    size_t wb = kern_sample_scratch_bytes(V);
+    void *ws = malloc(wb);
+    uint64_t seed = 123;
+    int n = 0;
+    for (int rep = 0; rep < 240; rep++) {
+        int kind = rep % 6;
+        for (int i = 0; i < V; i++) {
+            double u = slow_unit(&seed);
+            x[i] = kind == 0 ? (float)(u * 40.0 - 20.0)          /* peaked at T <= 1 */
+                 : kind == 1 ? (float)(u * 6.0)                  /* hundreds to thousands */
+                 : kind == 2 ? (float)floor(u * 4.0)             /* four values: ties */
+                 : kind == 3 ? (float)(u * 0.5)                  /* nearly flat: the whole sort */
+                 : (float)(u * 12.0 - 6.0);
+        }
+        if (kind == 5 && rep % 12 == 5)
+            x[rep % V] = NAN;
+        kern_sample_row r = {.temperature = 0.3f + 1.5f * (float)slow_unit(&seed),
+                             .top_p = 0.02f + 0.97f * (float)slow_unit(&seed),
+                             .u = slow_unit(&seed)};
+        if (rep % 4 == 1)
+            r.top_k = 1 + (int)(slow_unit(&seed) * 3000);
+        if (rep % 5 == 2)
+            r.min_p = (float)(slow_unit(&seed) * 0.2);
+        if (rep % 7 == 3)
+            r.top_p = 1.0f;
+        float lp;
+        int32_t want = full_sort_draw(x, V, &r, prob, order);
+        int32_t got = kern_sample_ref(x, V, &r, NULL, &lp, NULL, NULL, ws, wb);
+        if (kind == 5 && rep % 12 == 5)
+            cr_assert_eq(got, 0, "rep %d: a NaN logit gave token %d", rep, got);
+        cr_assert_eq(got, want, "rep %d kind %d (T %g top_p %g top_k %d min_p %g u %g): %d, "
+                     "the whole sort %d", rep, kind, r.temperature, r.top_p, r.top_k, r.min_p,
+                     r.u, got, want);
+        n++;
+    }
+    cr_assert_eq(n, 240);
+    free(ws);
+}
+
 /* The CPU backend's op runs kern_sample_ref row by row: a batch of random
  * rows (every kind, edits at their edit0 in one array, top logprobs)
  * gives each row's result, bit for bit; top_ids / top_lps untouched past

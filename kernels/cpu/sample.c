@@ -75,6 +75,64 @@ static void top_raw(const float *x, int V, int n, int32_t *ids, float *vals)
     }
 }
 
+/* cmp_desc's order: a before b (prob descending, id ascending). A strict
+ * total order over ids where no probability is NaN. */
+static inline int before(int32_t a, int32_t b, const float *p)
+{
+    return p[a] > p[b] || (p[a] == p[b] && a < b);
+}
+
+/* order[0..n) (token ids): its first m those that come first in cmp_desc's
+ * order (quickselect, Hoare's partition around a median of three), the
+ * rest after them in any order. No NaN in p (the partition's scans stop
+ * only at an element that does not come first). */
+static void select_first(int32_t *a, int n, int m, const float *p)
+{
+    int lo = 0, hi = n - 1, k = m - 1; /* a[k] ends as the k-th of the order */
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        int32_t x = a[lo], y = a[mid], z = a[hi], piv;
+        if (before(x, y, p))
+            piv = before(y, z, p) ? y : before(x, z, p) ? z : x;
+        else
+            piv = before(x, z, p) ? x : before(y, z, p) ? z : y;
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (before(a[i], piv, p))
+                i++;
+            while (before(piv, a[j], p))
+                j--;
+            if (i <= j) {
+                int32_t t = a[i];
+                a[i++] = a[j];
+                a[j--] = t;
+            }
+        }
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            break; /* a[k] is the pivot, in place */
+    }
+}
+
+/* The first prefix ids of order (V) sorted in cmp_desc's order, as a sort
+ * of the whole of order leaves them (the order is total where no
+ * probability is NaN: the same prefix), given its first `from` so sorted
+ * already (order holds a permutation of the ids, identity at the start).
+ * Past a quarter of V: the whole rest sorted, as before. */
+#define SORT_GUESS 512 /* top_p's first try: a nucleus is mostly far shorter */
+static int sort_prefix(int32_t *order, int V, int from, int prefix, float *prob)
+{
+    if (prefix > V / 4)
+        prefix = V;
+    else
+        select_first(order + from, V - from, prefix - from, prob);
+    qsort_r(order + from, (size_t)(prefix - from), sizeof *order, cmp_desc, prob); /* glibc's */
+    return prefix;
+}
+
 /* The sampled choice over prob (V), which holds the edited logits and is
  * turned into probabilities; order (V) is scratch. */
 static int32_t draw(float *prob, int32_t *order, int V, const kern_sample_row *r)
@@ -107,11 +165,19 @@ static int32_t draw(float *prob, int32_t *order, int V, const kern_sample_row *r
     }
     for (int i = 0; i < V; i++)
         n_pos += prob[i] > 0.0f;
-    qsort_r(order, (size_t)V, sizeof *order, cmp_desc, prob); /* glibc's */
-    /* the positive probabilities are order's first n_pos */
+    if (n_pos == 0)
+        return 0; /* a NaN (or +inf) logit made every probability NaN: token 0, no
+                   * draw, as when every token is banned */
+    /* the positive probabilities are the sorted order's first n_pos */
     int keep = n_pos;
     if (r->top_k > 0 && r->top_k < keep)
         keep = r->top_k;
+    /* What follows reads the sorted order's first keep only, and top_p
+     * alone (nothing cut before it) stops at its cut: sort a prefix that
+     * holds it, first a short one, longer while the cut lies beyond it. */
+    int top_p_alone = r->top_p < 1.0f && keep == n_pos0;
+    int sorted = sort_prefix(order, V, 0, top_p_alone && keep > SORT_GUESS ? SORT_GUESS : keep,
+                             prob);
     if (r->top_p < 1.0f) {
         double want = r->top_p;
         if (keep < n_pos0) { /* renormalised over what min_p and top_k kept */
@@ -122,6 +188,11 @@ static int32_t draw(float *prob, int32_t *order, int V, const kern_sample_row *r
         }
         double c = 0.0;
         for (int i = 0; i < keep; i++) {
+            if (i == sorted) { /* the cut lies past the sorted prefix: 8 times as
+                                * long, or all of keep when it held less than half */
+                sorted = sort_prefix(order, V, sorted, keep - sorted > 7 * sorted &&
+                                     c >= 0.5 * want ? 8 * sorted : keep, prob);
+            }
             c += prob[order[i]];
             if (c >= want) {
                 keep = i + 1;
