@@ -137,14 +137,11 @@ static int sort_prefix(int32_t *order, int V, int from, int prefix, float *prob)
  * turned into probabilities; order (V) is scratch. */
 static int32_t draw(float *prob, int32_t *order, int V, const kern_sample_row *r)
 {
-    float T = r->temperature, mx = -INFINITY;
     for (int i = 0; i < V; i++)
-        if (prob[i] / T > mx)
-            mx = prob[i] / T;
+        prob[i] /= r->temperature;
+    float mx = max_of(prob, V); /* as softmax's: the sign of a zero max is not seen */
     if (mx == -INFINITY)
         return 0; /* every token banned */
-    for (int i = 0; i < V; i++)
-        prob[i] /= T;
     kern_expf_sub(prob, prob, mx, (size_t)V);
     double sum = 0.0;
     for (int i = 0; i < V; i++)
