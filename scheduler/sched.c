@@ -262,7 +262,7 @@ static int alloc_work(sched *s)
     if (rc == 0) rc = alloc_gpu(s, R * g->qkv * es, &s->scr.qkv);
     if (rc == 0) rc = alloc_gpu(s, R * g->att * es, &s->scr.att);
     if (rc == 0) rc = alloc_gpu(s, R * (size_t)s->mdl.ffn * es, &s->scr.ffn);
-    if (rc == 0) rc = alloc_gpu(s, g->wh ? g->w_wide : g->w_exp * es, &s->scr.w);
+    if (rc == 0) rc = alloc_gpu(s, g->wh ? g->w_scr : g->w_exp * es, &s->scr.w);
     s->scr.w_all = g->K > 1;
     if (rc == 0) rc = alloc_gpu(s, B * d * es, &s->last);
     if (rc == 0) rc = alloc_gpu(s, B * (size_t)g->V * es, &s->logits);
@@ -304,6 +304,10 @@ int sched_create(backend *be, const sched_model *m, const sched_policy *p,
               "available on the %s backend; drop it or use --device cpu", o->name);
     RETURN_IF(geom.wh && !o->widen, -ENOTSUP, "16-bit weights are not available on the %s "
               "backend", o->name);
+    RETURN_IF(geom.wdirect && !(o->linear_h16 && o->h16_direct &&
+                                o->h16_direct(be->ctx, (kern_h16)geom.wh)),
+              -ENOTSUP, "internal: weights read by bf16 matmuls (sched_shape.weight_direct) "
+              "on the %s backend, whose linear_h16 widens them", o->name);
     RETURN_IF(p->compress_cache && !backend_kv_fmt_has(o, KERN_KV_FMT_Q4), -ENOTSUP,
               "--compress-cache is not available on the %s backend; drop it or use --device cpu",
               o->name);

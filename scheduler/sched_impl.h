@@ -55,8 +55,10 @@ typedef struct sched_geom {
     int wdirect;           /* wh and sched_shape.weight_direct: the matrices are read as
                             * they are (bf16 matmuls), never widened */
     size_t wes;            /* bytes per element of the blobs on the tiers (2 with wh) */
-    size_t w_wide;         /* bytes of the scratch a layer widens into (the blob in the
-                            * storage type); 0 without wh */
+    size_t w_wide;         /* bytes of a layer widened into the storage type (the blob
+                            * in that type); 0 without wh */
+    size_t w_scr;          /* bytes of the scratch sched_scratch.w with wh: w_wide, or
+                            * with wdirect the vectors and linear_h16's rounded x */
     size_t blob;           /* layer blob bytes on the tiers (sched_blob_layout, wes) */
     size_t w_gpu, w_cpu;   /* blob cut points (bytes) */
     size_t w_stage_from;   /* w_gpu (host_visible: w_cpu) rounded down to OFF_ALIGN: a

@@ -219,7 +219,9 @@ typedef struct sched_scratch {
                                 * whole blob widened to the storage type, once per
                                 * layer while it stays the same, or (one batch, a
                                 * backend with linear_h16) its vectors widened and
-                                * the rest the GEMMs' scratch */
+                                * the rest the GEMMs' scratch; read by bf16 matmuls
+                                * (weight_direct) it holds only those vectors and
+                                * the GEMMs' x rounded to bf16, not the layer */
     int w_all;
     const sched_layer *w_layer; /* the layer whose matrices w holds (w_all, or the
                                  * widened layer of wh), or NULL */
