@@ -383,3 +383,42 @@ Test(sampling, what_a_new_user_hits_first)
     cr_assert_null(strstr(cli_err, "prompts on cpu"), "%s", cli_err);
     cr_assert_null(strstr(cli_err, "ETA > "), "%s", cli_err);
 }
+
+/* Each out-of-range sampling control is named with the range it must be
+ * in, open where the bound itself is refused: top_p 0 and top_p 1.5 give
+ * the same "(0, 1]" (1.5 said "[0, 1]", a range that 0 is not in), a
+ * top_p that is 0 as a float is refused as 0 is, and a seed past 64 bits
+ * says which integers are seeds. */
+Test(sampling, each_bad_control_names_its_range)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "mkdir -p %s/m && cp " FIX "tiny-opt/config.json " FIX
+             "tiny-opt/model.safetensors %s/m/", cli_dir, cli_dir);
+    cr_assert_eq(system(cmd), 0);
+    cli_write("p.jsonl",
+              "{\"id\": 1, \"prompt_ids\": [2, 5], \"top_p\": 0}\n"
+              "{\"id\": 2, \"prompt_ids\": [2, 5], \"top_p\": 1.5}\n"
+              "{\"id\": 3, \"prompt_ids\": [2, 5], \"top_p\": 1e-50}\n"
+              "{\"id\": 4, \"prompt_ids\": [2, 5], \"repetition_penalty\": 0}\n"
+              "{\"id\": 5, \"prompt_ids\": [2, 5], \"repetition_penalty\": 101}\n"
+              "{\"id\": 6, \"prompt_ids\": [2, 5], \"seed\": 18446744073709551615}\n"
+              "{\"id\": 7, \"prompt_ids\": [2, 5], \"top_p\": 1e-30, \"seed\": -5, "
+              "\"temperature\": 0.5, \"max_new_tokens\": 2}\n");
+    int rc = cli_run("generate --model m --prompts p.jsonl --out o.jsonl --quiet --no-summary");
+    cr_assert_eq(rc, 3, "%s", cli_err);
+    static const char *want[] = {
+        "p.jsonl:1: \"top_p\" must be a number in (0, 1]",
+        "p.jsonl:2: \"top_p\" must be a number in (0, 1]",
+        "p.jsonl:3: \"top_p\" must be a number in (0, 1]",
+        "p.jsonl:4: \"repetition_penalty\" must be a number in (0, 100]",
+        "p.jsonl:5: \"repetition_penalty\" must be a number in (0, 100]",
+        "p.jsonl:6: \"seed\" must be an integer in [-2^63, 2^63)",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++)
+        cr_assert(strstr(cli_err, want[i]), "want %s in: %s", want[i], cli_err);
+    cr_assert_null(strstr(cli_err, "p.jsonl:7"), "%s", cli_err);
+    cJSON *r = first_record("o.jsonl");
+    cr_assert_eq(cJSON_GetObjectItem(r, "id")->valueint, 7);
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(r, "tokens")), 2);
+    cJSON_Delete(r);
+}

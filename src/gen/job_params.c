@@ -35,6 +35,20 @@ static int get_float(const cJSON *o, const char *name, double lo, double hi, flo
     return 0;
 }
 
+/* As get_float over (0, hi]: a value that is 0 as a float too is refused. */
+static int get_positive(const cJSON *o, const char *name, double hi, float *v,
+                        job_field_err *e)
+{
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, name);
+    if (!x || cJSON_IsNull(x))
+        return 0;
+    if (!cJSON_IsNumber(x) || !(x->valuedouble > 0 && x->valuedouble <= hi) ||
+        (float)x->valuedouble == 0.0f)
+        return job_field_bad(e, name, "\"%s\" must be a number in (0, %g]", name, hi);
+    *v = (float)x->valuedouble;
+    return 0;
+}
+
 /* An integer field in [lo, hi]. Checked as a double before the cast, so a
  * huge or fractional value is refused, never converted. */
 static int get_int(const cJSON *o, const char *name, int lo, int hi, int *v, job_field_err *e)
@@ -78,7 +92,7 @@ static int get_seed(const cJSON *o, job_params *par, job_field_err *e)
         return 0;
     double d = cJSON_IsNumber(x) ? x->valuedouble : NAN;
     if (!(d >= -0x1p63 && d < 0x1p63) || d != floor(d))
-        return job_field_bad(e, "seed", "\"seed\" must be an integer");
+        return job_field_bad(e, "seed", "\"seed\" must be an integer in [-2^63, 2^63)");
     par->has_seed = 1;
     par->seed = (uint64_t)(int64_t)d;
     return 0;
@@ -180,14 +194,10 @@ void job_params_init(job_params *par)
 int job_params_parse(const cJSON *o, int vocab, job_params *par, job_field_err *e)
 {
     FORWARD_IF(get_float(o, "temperature", 0, 100, &par->temperature, e));
-    FORWARD_IF(get_float(o, "top_p", 0, 1, &par->top_p, e));
-    if (par->top_p == 0.0f)
-        return job_field_bad(e, "top_p", "\"top_p\" must be in (0, 1]");
+    FORWARD_IF(get_positive(o, "top_p", 1, &par->top_p, e));
     FORWARD_IF(get_int(o, "top_k", -1, 1 << 30, &par->top_k, e));
     FORWARD_IF(get_float(o, "min_p", 0, 1, &par->min_p, e));
-    FORWARD_IF(get_float(o, "repetition_penalty", 0, 100, &par->repetition_penalty, e));
-    if (par->repetition_penalty == 0.0f)
-        return job_field_bad(e, "repetition_penalty", "\"repetition_penalty\" must be > 0");
+    FORWARD_IF(get_positive(o, "repetition_penalty", 100, &par->repetition_penalty, e));
     FORWARD_IF(get_float(o, "frequency_penalty", -2, 2, &par->frequency_penalty, e));
     FORWARD_IF(get_float(o, "presence_penalty", -2, 2, &par->presence_penalty, e));
     FORWARD_IF(get_int(o, "min_tokens", 0, 1 << 24, &par->min_tokens, e));
