@@ -304,8 +304,12 @@ int sched_create(backend *be, const sched_model *m, const sched_policy *p,
               "available on the %s backend; drop it or use --device cpu", o->name);
     RETURN_IF(geom.wh && !o->widen, -ENOTSUP, "16-bit weights are not available on the %s "
               "backend", o->name);
-    RETURN_IF(geom.wdirect && !(o->linear_h16 && o->h16_direct &&
-                                o->h16_direct(be->ctx, (kern_h16)geom.wh)),
+    /* the plan sizes the scratch of 16-bit layers by what the model does
+     * on a backend with linear_h16 (sched_plan.c fused_scratch) */
+    RETURN_IF(geom.wh && geom.w_scr < geom.w_wide && !o->linear_h16, -ENOTSUP,
+              "internal: 16-bit layers widened per GEMM on the %s backend, which has no "
+              "linear_h16", o->name);
+    RETURN_IF(geom.wdirect && !(o->h16_direct && o->h16_direct(be->ctx, (kern_h16)geom.wh)),
               -ENOTSUP, "internal: weights read by bf16 matmuls (sched_shape.weight_direct) "
               "on the %s backend, whose linear_h16 widens them", o->name);
     RETURN_IF(p->compress_cache && !backend_kv_fmt_has(o, KERN_KV_FMT_Q4), -ENOTSUP,

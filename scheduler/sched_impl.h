@@ -58,7 +58,8 @@ typedef struct sched_geom {
     size_t w_wide;         /* bytes of a layer widened into the storage type (the blob
                             * in that type); 0 without wh */
     size_t w_scr;          /* bytes of the scratch sched_scratch.w with wh: w_wide, or
-                            * with wdirect the vectors and linear_h16's rounded x */
+                            * with wdirect or one GPU batch the widened vectors and
+                            * linear_h16's scratch (sched_plan.c fused_scratch) */
     size_t blob;           /* layer blob bytes on the tiers (sched_blob_layout, wes) */
     size_t w_gpu, w_cpu;   /* blob cut points (bytes) */
     size_t w_stage_from;   /* w_gpu (host_visible: w_cpu) rounded down to OFF_ALIGN: a

@@ -25,14 +25,16 @@ int sched_prefill_rows(int prefill_rows, int max_prompt, int gbs)
     return (int)rows;
 }
 
-/* The scratch sched_scratch.w of a layer whose matrices bf16 matmuls read
- * as they lie (sched_geom.wdirect): the model widens only the vectors,
- * each 256-byte aligned, and passes the rest to backend linear_h16 for x
- * rounded to bf16, which takes for an n x k matrix the smaller of n * k
- * storage elements and rows * k halves (backend.h). Against the whole
- * layer widened (w_wide) this is a few percent of it: Llama-3.2-1B at
- * 2048 rows 34 MB instead of 243 MB, OPT-6.7B 64 MB instead of 805 MB. */
-static size_t direct_scratch(const sched_model *m, size_t es, size_t rows)
+/* The scratch sched_scratch.w of a 16-bit layer that the model does not
+ * widen whole (model_forward.c widen_layer): with one GPU batch per block,
+ * or matrices that bf16 matmuls read as they lie (sched_geom.wdirect), it
+ * widens only the vectors, each 256-byte aligned, and passes the rest to
+ * backend linear_h16 (backend.h), which takes for an n x k matrix n * k
+ * storage elements, or under bf16 matmuls the smaller of that and rows * k
+ * halves (x rounded to bf16). Against the whole layer widened (w_wide):
+ * Llama-3.2-1B at 2048 rows 34 MB (bf16 matmuls) or 67 MB instead of
+ * 243 MB, OPT-6.7B 64 MB or 268 MB instead of 805 MB. */
+static size_t fused_scratch(const sched_model *m, size_t es, size_t rows, int direct)
 {
     size_t vectors = 0, x = 0;
     for (int t = 0; t < m->n_tensors; t++) {
@@ -42,7 +44,7 @@ static size_t direct_scratch(const sched_model *m, size_t es, size_t rows)
             continue;
         }
         size_t k = (size_t)T->cols, whole = T->rows * k * es, rounded = rows * k * 2;
-        size_t need = whole < rounded ? whole : rounded;
+        size_t need = direct && rounded < whole ? rounded : whole;
         if (need > x)
             x = need;
     }
@@ -127,7 +129,9 @@ void sched_geom_init(sched_geom *g, const sched_model *m, size_t es, const sched
     }
     g->wdirect = g->wh && sh->weight_direct;
     g->w_wide = g->wh ? sched_blob_layout(m, es, 0, NULL, NULL) : 0;
-    g->w_scr = g->wdirect ? direct_scratch(m, es, (size_t)sh->max_rows) : g->w_wide;
+    g->w_scr = !g->wh                 ? 0
+             : g->wdirect || g->K == 1 ? fused_scratch(m, es, (size_t)sh->max_rows, g->wdirect)
+                                       : g->w_wide;
     /* the expansion of 4-bit matrices: with several GPU batches a layer's
      * matrices are expanded once and reused by each batch, with one
      * batch only the matrix of the GEMM at hand is */

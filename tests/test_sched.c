@@ -576,48 +576,65 @@ static void opt13_split(model_config *c, sched_policy *p, int wg, int wc)
     snprintf(p->offload_dir, sizeof p->offload_dir, "/tmp");
 }
 
-/* bf16 weights read by bf16 matmuls (sched_shape.weight_direct): nothing
- * widens a layer, so the GPU tier's work space gains only the scratch
- * backend linear_h16 takes (backend.h): the vectors widened, each 256-byte
- * aligned, then for the matrix that needs most the smaller of its n * k
- * floats and x's rows * k halves. It was the whole layer in fp32 (805 MB
- * at OPT-6.7B, 243 MB at Llama-3.2-1B), which held weights off the tiers. */
-Test(policy, plan_of_bf16_matmuls_holds_no_widened_layer)
+/* The scratch a 16-bit layer takes where the model does not widen it whole
+ * (model_forward.c widen_layer), from backend.h's linear_h16: the vectors
+ * widened, each 256-byte aligned, then for the matrix that needs most its
+ * n * k floats, or under bf16 matmuls the smaller of that and x's rows * k
+ * halves. */
+static uint64_t fused_scratch_of(const sched_model *m, uint64_t rows, int direct)
+{
+    uint64_t vec = 0, x = 0;
+    for (int t = 0; t < m->n_tensors; t++) {
+        uint64_t n = m->tensors[t].rows, k = (uint64_t)m->tensors[t].cols;
+        if (!k) {
+            vec += A256(n * 4);
+            continue;
+        }
+        uint64_t need = direct && rows * k * 2 < n * k * 4 ? rows * k * 2 : n * k * 4;
+        x = need > x ? need : x;
+    }
+    cr_assert(x > 0 && vec > 0);
+    return vec + x;
+}
+
+/* 16-bit weights on the CPU backend: the GPU tier's work space holds a
+ * whole layer widened to fp32 only where the model widens it whole (two
+ * or more GPU batches share it, and no bf16 matmuls read it as it lies);
+ * with one GPU batch, or under bf16 matmuls (sched_shape.weight_direct)
+ * at any batch count, only linear_h16's scratch. It was the whole layer
+ * in every case (805 MB at OPT-6.7B, 243 MB at Llama-3.2-1B), which held
+ * weights and KV off the tier. */
+Test(policy, plan_of_16_bit_layers_holds_a_widened_layer_only_when_one_is_made)
 {
     model_config c;
     sched_policy p;
     opt13_split(&c, &p, 20, 30);
     const sched_model *m = shape_of(&c);
     uint64_t blob4 = sched_blob_layout(m, 4, 0, NULL, NULL);
-    for (int rows = 1; rows <= 4096; rows *= 4) {
-        sched_shape sh = {.max_rows = rows, .cap = 96, .scores = 0};
-        sched_plan f32, wide, direct;
-        cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &f32), 0, "%s", err_msg());
-        sh.weight_fmt = KERN_H16_BF16;
-        cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &wide), 0, "%s", err_msg());
-        sh.weight_direct = 1;
-        cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &direct), 0, "%s", err_msg());
-        uint64_t vec = 0, x = 0;
-        for (int t = 0; t < m->n_tensors; t++) {
-            uint64_t n = m->tensors[t].rows, k = (uint64_t)m->tensors[t].cols;
-            if (!k) {
-                vec += A256(n * 4);
-                continue;
-            }
-            uint64_t need = n * k * 4 < (uint64_t)rows * k * 2 ? n * k * 4 : (uint64_t)rows * k * 2;
-            x = need > x ? need : x;
+    for (int K = 1; K <= 2; K++)
+        for (int rows = 1; rows <= 4096; rows *= 4) {
+            p.num_gpu_batches = K;
+            sched_shape sh = {.max_rows = rows, .cap = 96, .scores = 0};
+            sched_plan f32, wide, direct;
+            cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &f32), 0, "%s", err_msg());
+            sh.weight_fmt = KERN_H16_BF16;
+            cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &wide), 0, "%s", err_msg());
+            sh.weight_direct = 1;
+            cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &direct), 0, "%s", err_msg());
+            uint64_t d = A256(fused_scratch_of(m, (uint64_t)rows, 1));
+            uint64_t w = K == 1 ? A256(fused_scratch_of(m, (uint64_t)rows, 0)) : A256(blob4);
+            /* the fp32 plan has no such scratch (no 4-bit, no 16 bits): the
+             * difference is the scratch alone */
+            cr_assert_eq(direct.bytes[SCHED_GPU][SCHED_WORK] - f32.bytes[SCHED_GPU][SCHED_WORK],
+                         d, "K %d rows %d", K, rows);
+            cr_assert_eq(wide.bytes[SCHED_GPU][SCHED_WORK] - f32.bytes[SCHED_GPU][SCHED_WORK],
+                         w, "K %d rows %d", K, rows);
+            cr_assert(direct.weight_direct && !wide.weight_direct);
+            cr_assert_eq(direct.widen, d);
+            cr_assert_eq(wide.widen, w);
+            cr_assert_leq(d, w);
+            cr_assert_lt(d, A256(blob4) / 2, "K %d rows %d", K, rows);
         }
-        cr_assert(x > 0 && vec > 0);
-        /* the fp32 plan has no such scratch (no 4-bit, no 16 bits): the
-         * difference is the scratch alone */
-        cr_assert_eq(direct.bytes[SCHED_GPU][SCHED_WORK] - f32.bytes[SCHED_GPU][SCHED_WORK],
-                     A256(vec + x), "rows %d", rows);
-        cr_assert_eq(wide.bytes[SCHED_GPU][SCHED_WORK] - f32.bytes[SCHED_GPU][SCHED_WORK],
-                     A256(blob4), "rows %d", rows);
-        cr_assert(direct.weight_direct && !wide.weight_direct);
-        cr_assert_eq(direct.widen, A256(vec + x));
-        cr_assert_lt(A256(vec + x), A256(blob4) / 2, "rows %d", rows);
-    }
 }
 
 /* The plan of 16-bit weights on the CPU backend (storage type fp32): each
@@ -630,6 +647,7 @@ Test(policy, plan_counts_fp16_weights_and_the_widening_scratch)
     model_config c;
     sched_policy p;
     opt13_split(&c, &p, 20, 30);
+    p.num_gpu_batches = 2; /* a layer widened whole, once for both batches */
     sched_shape sh = {.max_rows = 64, .cap = 96, .scores = 0};
     sched_plan f32, f16;
     const sched_model *m = shape_of(&c);
