@@ -97,8 +97,8 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
      * the CPU tier's weights where they lie (sched.c) and whose disk share
      * is read straight into the weight slot (lanes.c) */
     int host = sh->host_visible;
-    double w_off = host ? 0 : L * (double)(g.blob - g.w_gpu);
-    double w_disk = L * (double)g.w_disk_span;             /* read from disk each load */
+    double w_off = host ? 0 : L * (double)g.blob - (double)g.w_gpu_all;
+    double w_disk = (double)g.w_disk_all;                  /* read from disk each load */
     double W_all = L * (double)g.blob + (double)c->vocab * c->hidden * g.head_es;
     /* 4-bit matrices are expanded before their GEMMs: written once, read
      * once more in the storage type; where bf16 matmuls take a GPU batch's

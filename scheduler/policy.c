@@ -216,6 +216,8 @@ static int load_field(const char *path, const cJSON *it, sched_policy *q)
         return load_bool(path, it, &q->compress_weight);
     if (strcmp(k, "compress_cache") == 0)
         return load_bool(path, it, &q->compress_cache);
+    if (strcmp(k, "weight_layers") == 0)
+        return load_bool(path, it, &q->weight_layers);
     if (strcmp(k, "gpu_mem") == 0)
         return load_size(path, it, &q->gpu_mem);
     if (strcmp(k, "cpu_mem") == 0)
@@ -226,7 +228,7 @@ static int load_field(const char *path, const cJSON *it, sched_policy *q)
         return 0;
     RETURN_IF(1, -EINVAL, "%s: unknown field \"%s\"; expected one of gpu_batch_size, "
               "num_gpu_batches, percent, overlap, pin_weight, cpu_attention, "
-              "compress_weight, compress_cache, gpu_mem, cpu_mem, offload_dir (or a "
+              "compress_weight, compress_cache, weight_layers, gpu_mem, cpu_mem, offload_dir (or a "
               "\"_comment\")", path, k);
 }
 
@@ -291,6 +293,8 @@ int sched_policy_apply(sched_policy *p, const sched_policy *flags, unsigned give
         p->compress_weight = flags->compress_weight;
     if (given & SCHED_POLICY_COMPRESS_CACHE)
         p->compress_cache = flags->compress_cache;
+    if (given & SCHED_POLICY_WEIGHT_LAYERS)
+        p->weight_layers = flags->weight_layers;
     return 0;
 }
 
@@ -340,8 +344,9 @@ static double disk_share(double g, double c)
 
 void sched_policy_describe(const sched_policy *p, char *buf, size_t len)
 {
-    snprintf(buf, len, "block %dx%d, weights %g/%g/%g, KV %g/%g/%g, act %g/%g/%g%s%s%s%s%s",
+    snprintf(buf, len, "block %dx%d, weights %g/%g/%g%s, KV %g/%g/%g, act %g/%g/%g%s%s%s%s%s",
              p->gpu_batch_size, p->num_gpu_batches, p->wg, p->wc, disk_share(p->wg, p->wc),
+             p->weight_layers ? " of all layers" : "",
              p->cg, p->cc, disk_share(p->cg, p->cc), p->hg, p->hc, disk_share(p->hg, p->hc),
              p->overlap ? ", overlap" : ", no overlap",
              p->cpu_attention ? ", cpu-attention" : "",
@@ -408,6 +413,7 @@ int sched_policy_write(const char *path, const sched_policy *p)
              cJSON_AddBoolToObject(r, "cpu_attention", p->cpu_attention) &&
              cJSON_AddBoolToObject(r, "compress_weight", p->compress_weight) &&
              cJSON_AddBoolToObject(r, "compress_cache", p->compress_cache) &&
+             (!p->weight_layers || cJSON_AddBoolToObject(r, "weight_layers", 1)) &&
              (!p->gpu_mem ||
               cJSON_AddItemToObject(r, "gpu_mem", exact_number((double)p->gpu_mem))) &&
              (!p->cpu_mem ||

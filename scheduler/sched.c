@@ -54,30 +54,39 @@ static int alloc_weights(sched *s)
     int L = g->L, K = g->K, rc = 0;
     s->w_gpu = calloc((size_t)L, sizeof(void *));
     s->w_off = calloc((size_t)L, sizeof(uint64_t));
+    s->w_cpu_at = calloc((size_t)L, sizeof(size_t));
     s->w_view[0] = calloc((size_t)L, sizeof(sched_layer));
     s->w_view[1] = calloc((size_t)L, sizeof(sched_layer));
     s->kv_gpu = calloc((size_t)L * K, sizeof(void *));
     s->bseq = calloc((size_t)g->block, sizeof(kern_seq));
     s->bdesc = calloc((size_t)K, sizeof(batch_desc));
     s->blast = calloc((size_t)g->block, sizeof(int32_t));
-    if (!s->w_gpu || !s->w_off || !s->w_view[0] || !s->w_view[1] || !s->kv_gpu ||
+    if (!s->w_gpu || !s->w_off || !s->w_cpu_at || !s->w_view[0] || !s->w_view[1] || !s->kv_gpu ||
         !s->bseq || !s->bdesc || !s->blast) {
         err_set(__FILE__, __LINE__, "out of memory");
         rc = -ENOMEM;
     }
     for (int l = 0; rc == 0 && l < L; l++)
-        rc = alloc_gpu(s, g->w_gpu, &s->w_gpu[l]);
+        rc = alloc_gpu(s, sched_w_gpu(g, l), &s->w_gpu[l]);
+    size_t cpu_at = 0;
+    for (int l = 0; rc == 0 && l < L; l++) {
+        s->w_cpu_at[l] = cpu_at;
+        cpu_at += sched_w_cpu(g, l) - sched_w_gpu(g, l);
+    }
     s->w_cpu_pinned = p->pin_weight;
     if (rc == 0)
-        rc = alloc_host(s, (size_t)L * (g->w_cpu - g->w_gpu), p->pin_weight, &s->w_cpu_arena);
-    for (int i = 0; rc == 0 && i < 2 && g->w_gpu < g->blob; i++)
+        rc = alloc_host(s, g->w_cpu_all, p->pin_weight, &s->w_cpu_arena);
+    for (int i = 0; rc == 0 && i < 2 && g->w_gpu_min < g->blob; i++)
         rc = alloc_gpu(s, off_align_up(g->blob) - g->w_stage_from, &s->w_stage[i]);
-    if (rc == 0 && g->w_cpu < g->blob && !s->sh.weights_on_disk_already) {
+    if (rc == 0 && g->w_cpu_min < g->blob && !s->sh.weights_on_disk_already) {
         /* weights.bin holds each layer's disk span only, one after another */
-        rc = open_disk_file(s, "weights.bin", (uint64_t)L * g->w_disk_span, &s->w_fd);
+        rc = open_disk_file(s, "weights.bin", g->w_disk_all, &s->w_fd);
         s->w_fd_owned = 1;
-        for (int l = 0; rc == 0 && l < L; l++)
-            s->w_off[l] = (uint64_t)l * g->w_disk_span;
+        uint64_t at = 0;
+        for (int l = 0; rc == 0 && l < L; l++) {
+            s->w_off[l] = at;
+            at += sched_w_span(g, l);
+        }
     }
     /* the layer views: the fields of a resident share point at the GPU home,
      * the others into the weight slot, which holds the blob's bytes from
@@ -89,41 +98,48 @@ static int alloc_weights(sched *s)
      * CPU-tier weight each step, 12% of a bf16-matmul run's CPU time on
      * the 2-core VM), so the slot starts at w_cpu rounded down and holds
      * the disk share only (sched_geom_init). The tiers cut a layer at tensor
-     * boundaries, so a tensor lies in one home. */
-    s->w_cpu_direct = s->sh.host_visible && g->w_cpu > g->w_gpu;
+     * boundaries, so a tensor lies in one home; with weight_layers the cuts
+     * differ between layers (sched_w_gpu), and the slot holds the bytes from
+     * the lowest of them. */
+    s->w_cpu_direct = s->sh.host_visible && g->w_cpu_all > 0;
     size_t off[SCHED_MAX_TENSORS];
     sched_blob_layout(&s->mdl, g->wes, g->wq, off, NULL);
     /* bf16 matrices that stay in their home for the run (the GPU tier's,
      * and the CPU tier's where the compute reads it in place) go into the
      * layout the backend's bf16 matmul reads fastest, once, as they load
      * (sched_layer_sink); a slot's are read plain from the disk each load */
-    s->w_packed = 0;
+    s->w_packable = 0;
     int may_pack = be->ops->pack_h16 && g->wh == KERN_H16_BF16 && !g->wq;
     for (int t = 0; rc == 0 && may_pack && t < s->mdl.n_tensors; t++) {
         const sched_tensor *x = &s->mdl.tensors[t];
-        if (!x->cols || !(off[t] < g->w_gpu || (s->w_cpu_direct && off[t] < g->w_cpu)))
+        if (!x->cols)
             continue;
         int r = be->ops->pack_h16(be->ctx, NULL, KERN_H16_BF16, (int)x->rows, x->cols);
         if (r < 0)
             rc = r;
         else if (r)
-            s->w_packed |= 1u << t;
+            s->w_packable |= 1u << t;
     }
-    for (int l = 0; rc == 0 && l < L; l++)
+    for (int l = 0; rc == 0 && l < L; l++) {
+        size_t wg = sched_w_gpu(g, l), wc = sched_w_cpu(g, l);
+        unsigned packed = 0;
+        for (int t = 0; t < s->mdl.n_tensors; t++)
+            if (off[t] < wg || (s->w_cpu_direct && off[t] < wc))
+                packed |= s->w_packable & 1u << t;
         for (int v = 0; v < 2; v++) {
             s->w_view[v][l].wq = g->wq;
             s->w_view[v][l].wh = g->wh;
-            s->w_view[v][l].packed = s->w_packed;
+            s->w_view[v][l].packed = packed;
             for (int t = 0; t < s->mdl.n_tensors; t++)
                 s->w_view[v][l].t[t] =
-                    off[t] < g->w_gpu ? (char *)s->w_gpu[l] + off[t]
-                    : s->w_cpu_direct && off[t] < g->w_cpu
-                        ? (char *)s->w_cpu_arena + (size_t)l * (g->w_cpu - g->w_gpu) +
-                              (off[t] - g->w_gpu)
+                    off[t] < wg ? (char *)s->w_gpu[l] + off[t]
+                    : s->w_cpu_direct && off[t] < wc
+                        ? (char *)s->w_cpu_arena + s->w_cpu_at[l] + (off[t] - wg)
                     : s->w_stage[v] ? (char *)s->w_stage[v] + (off[t] - g->w_stage_from)
                                     : NULL; /* no slot: every field is resident (NULL +
                                              * offset is undefined; clang's UBSan says so) */
         }
+    }
     /* compressed weights: each layer is quantized on the host as it loads */
     if (rc == 0 && g->wq) {
         s->q_blob = off_alloc_aligned(off_align_up(g->blob));
@@ -425,6 +441,7 @@ void sched_destroy(sched *s)
     off_file_close(s->x_fd);
     pthread_mutex_destroy(&s->link_mu);
     free(s->w_gpu);
+    free(s->w_cpu_at);
     free(s->w_off);
     free(s->w_view[0]);
     free(s->w_view[1]);
@@ -449,13 +466,14 @@ int sched_layer_sink(void *ptr, int l, const void *blob, int wq, int fd,
         b = s->q_blob;
         fd = -1; /* the store holds the plain blob */
     }
-    if (g->w_gpu)
-        FORWARD_IF(o->copy_h2d(s->be->ctx, s->w_gpu[l], b, g->w_gpu));
-    if (g->w_cpu > g->w_gpu)
-        memcpy((char *)s->w_cpu_arena + (size_t)l * (g->w_cpu - g->w_gpu), b + g->w_gpu,
-               g->w_cpu - g->w_gpu);
-    for (int t = 0; s->w_packed && t < s->mdl.n_tensors; t++)
-        if (s->w_packed >> t & 1) {
+    size_t wg = sched_w_gpu(g, l), wc = sched_w_cpu(g, l);
+    if (wg)
+        FORWARD_IF(o->copy_h2d(s->be->ctx, s->w_gpu[l], b, wg));
+    if (wc > wg)
+        memcpy((char *)s->w_cpu_arena + s->w_cpu_at[l], b + wg, wc - wg);
+    unsigned packed = s->w_view[0][l].packed;
+    for (int t = 0; packed && t < s->mdl.n_tensors; t++)
+        if (packed >> t & 1) {
             const sched_tensor *x = &s->mdl.tensors[t];
             int r = o->pack_h16(s->be->ctx, s->w_view[0][l].t[t], KERN_H16_BF16, (int)x->rows,
                                 x->cols);
@@ -463,18 +481,18 @@ int sched_layer_sink(void *ptr, int l, const void *blob, int wq, int fd,
             RETURN_IF(r != 1, -EIO, "internal: the backend packed tensor %d of layer %d's "
                       "shape at planning but not at loading", t, l);
         }
-    if (g->w_cpu == g->blob)
+    if (wc == g->blob)
         return 0;
     /* the blob is OFF_ALIGN-aligned and padded: the disk share is read as
      * the aligned span [from, align_up(blob)) */
-    size_t from = g->w_cpu & ~(size_t)(OFF_ALIGN - 1);
+    size_t from = wc & ~(size_t)(OFF_ALIGN - 1);
     if (fd >= 0 && s->sh.weights_on_disk_already) { /* streamed from the weight store */
         s->w_fd = fd;
         s->w_off[l] = file_offset + from;
         return 0;
     }
     RETURN_IF(s->w_fd < 0, -EINVAL, "internal: no file for the disk share of the weights");
-    off_io io = {s->w_fd, 1, (void *)(b + from), g->w_disk_span, s->w_off[l]};
+    off_io io = {s->w_fd, 1, (void *)(b + from), sched_w_span(g, l), s->w_off[l]};
     char what[64];
     snprintf(what, sizeof what, "weights of layer %d", l);
     return off_disk_rw(s->disk, &io, 1, what);
@@ -594,12 +612,19 @@ void sched_summary_print(const sched *s, FILE *f)
     sched_policy_describe(&s->pol, pol, sizeof pol);
     fprintf(f, "[flexh2o] policy: %s; disk I/O: %s; CPU-tier copies: %s\n", pol,
             sched_disk_kind(s), s->dev_order ? "device-ordered" : "I/O threads");
-    int packed = __builtin_popcount(s->w_packed), mats = 0;
+    int packed = 0, mats = 0, alike = 1;
     for (int t = 0; t < s->mdl.n_tensors; t++)
         mats += s->mdl.tensors[t].cols > 0;
-    if (packed)
+    for (int l = 0; l < s->g.L; l++) {
+        packed += __builtin_popcount(s->w_view[0][l].packed);
+        alike &= s->w_view[0][l].packed == s->w_view[0][0].packed;
+    }
+    if (packed && alike)
         fprintf(f, "[flexh2o] resident weights: %d of %d matrices per layer packed for the "
-                "bf16 matmuls\n", packed, mats);
+                "bf16 matmuls\n", packed / s->g.L, mats);
+    else if (packed) /* weight_layers: the layers differ */
+        fprintf(f, "[flexh2o] resident weights: %d of the layers' %d matrices packed for the "
+                "bf16 matmuls\n", packed, mats * s->g.L);
     fprintf(f, "[flexh2o] peak memory: gpu %.3f GiB, cpu %.3f GiB, disk %.3f GiB\n",
             s->plan.total[SCHED_GPU] / 1073741824.0, s->plan.total[SCHED_CPU] / 1073741824.0,
             s->plan.total[SCHED_DISK] / 1073741824.0);

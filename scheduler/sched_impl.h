@@ -5,7 +5,8 @@
  *
  *   weights of layer l: one blob (sched_blob_layout) cut at tensor
  *     boundaries into [0, w_gpu) GPU home | [w_gpu, w_cpu) CPU home |
- *     [w_cpu, blob) disk (weights.bin in --offload-dir, or the store)
+ *     [w_cpu, blob) disk (weights.bin in --offload-dir, or the store),
+ *     the cuts of each layer (sched_w_gpu, sched_w_cpu)
  *   KV of (layer l, GPU batch k): sequences [0, g) GPU home | [g, g + c)
  *     CPU home | [g + c, gbs) disk (kv.bin), each a "record"
  *     [kc | vc | pos | scores] of its sequences
@@ -61,10 +62,24 @@ typedef struct sched_geom {
                             * with wdirect or one GPU batch the widened vectors and
                             * linear_h16's scratch (sched_plan.c fused_scratch) */
     size_t blob;           /* layer blob bytes on the tiers (sched_blob_layout, wes) */
-    size_t w_gpu, w_cpu;   /* blob cut points (bytes) */
-    size_t w_stage_from;   /* w_gpu (host_visible: w_cpu) rounded down to OFF_ALIGN: a
-                            * weight slot holds the blob's bytes [w_stage_from,
-                            * align_up(blob)) */
+    /* the blob's cut points (bytes, tensor boundaries): layer l holds [0,
+     * sched_w_gpu(g, l)) in its GPU home and [that, sched_w_cpu(g, l)) in
+     * its CPU home. Every layer cuts at w_gpu / w_cpu, except (policy
+     * weight_layers) n_gpu_up / n_cpu_up layers spread evenly over the
+     * model (sched_layer_up) that cut at w_gpu_up / w_cpu_up, the next
+     * tensor boundary */
+    size_t w_gpu, w_cpu, w_gpu_up, w_cpu_up;
+    int n_gpu_up, n_cpu_up;
+    uint16_t w_rank[SCHED_MAX_LAYERS]; /* layer l's place in van der Corput order */
+    size_t w_gpu_all;      /* sum over the layers: GPU-home bytes */
+    size_t w_cpu_all;      /* CPU-home bytes */
+    size_t w_disk_all;     /* bytes of the layers' disk spans (sched_w_span) */
+    size_t w_gpu_min;      /* the smallest GPU share: < blob when any layer loads */
+    size_t w_cpu_min;      /* the smallest GPU + CPU share: < blob when any layer has a
+                            * disk share */
+    size_t w_stage_from;   /* the smallest of the layers' w_gpu (host_visible: w_cpu)
+                            * rounded down to OFF_ALIGN: a weight slot holds the blob's
+                            * bytes [w_stage_from, align_up(blob)) */
     size_t globals;        /* embeddings + final LayerNorm (+ untied head) bytes */
     size_t head_es;        /* bytes per element of the head matrix: 2 under
                             * weight_direct (sched_model.globals_mat), else es */
@@ -75,9 +90,41 @@ typedef struct sched_geom {
     int act_tier;
     size_t x_bytes;        /* (max_rows, d) */
     size_t x_disk_stride;
-    size_t w_disk_span;    /* aligned bytes read for a layer's disk share */
+    size_t w_disk_span;    /* the largest of the layers' disk spans */
     size_t host_stage;     /* bytes of each I/O lane's host staging buffer */
 } sched_geom;
+
+/* Whether layer l is one of the n that take the next cut: the first n of
+ * the layers in van der Corput order (sched_geom.w_rank), so that any n of
+ * them are spread evenly over the model (the layers' loads stay alike) and
+ * the n of a smaller share are among those of a larger one. */
+static inline int sched_layer_up(const sched_geom *g, int l, int n)
+{
+    return g->w_rank[l] < n;
+}
+
+/* Layer l's GPU share (bytes of its blob from 0). */
+static inline size_t sched_w_gpu(const sched_geom *g, int l)
+{
+    return sched_layer_up(g, l, g->n_gpu_up) ? g->w_gpu_up : g->w_gpu;
+}
+
+/* The end of layer l's CPU share: at least its GPU share. */
+static inline size_t sched_w_cpu(const sched_geom *g, int l)
+{
+    size_t c = sched_layer_up(g, l, g->n_cpu_up) ? g->w_cpu_up : g->w_cpu;
+    size_t gpu = sched_w_gpu(g, l);
+    return c > gpu ? c : gpu;
+}
+
+/* The aligned span read for layer l's disk share [w_cpu, blob): from
+ * sched_w_cpu rounded down to OFF_ALIGN to the blob's aligned end; 0 with
+ * no disk share. */
+static inline size_t sched_w_span(const sched_geom *g, int l)
+{
+    size_t c = sched_w_cpu(g, l);
+    return c < g->blob ? off_align_up(g->blob) - (c & ~(size_t)(OFF_ALIGN - 1)) : 0;
+}
 
 void sched_geom_init(sched_geom *g, const sched_model *m, size_t es, const sched_policy *p,
                      const sched_shape *sh);
@@ -175,17 +222,18 @@ struct sched {
     off_disk *disk;
 
     /* weights */
-    void **w_gpu;          /* (L) GPU home of [0, w_gpu) */
-    void *w_cpu_arena;     /* (L, w_cpu - w_gpu) CPU home */
+    void **w_gpu;          /* (L) GPU home of [0, sched_w_gpu) */
+    void *w_cpu_arena;     /* the layers' CPU homes, one after another */
+    size_t *w_cpu_at;      /* (L) where layer l's CPU home starts in w_cpu_arena */
     int w_cpu_pinned;
-    unsigned w_packed;     /* the resident matrices the backend packs (sched_layer.packed) */
+    unsigned w_packable;   /* the matrices the backend packs where they stay resident */
     int w_cpu_direct;      /* the backend computes on host memory (host_visible): the
                             * views point into the CPU home, nothing is copied from it */
     int w_fd;              /* disk share: weights.bin or the store */
     int w_fd_owned;
     uint64_t *w_off;       /* (L) file offset of each layer's disk span (the blob's
                             * bytes from w_cpu rounded down to OFF_ALIGN) */
-    void *w_stage[2];      /* GPU slots for [w_gpu, blob) */
+    void *w_stage[2];      /* GPU slots for [w_stage_from, blob) */
     void *q_blob;          /* host: the layer being quantized (compress_weight) */
     sched_layer *w_view[2];/* (L) per slot: the layer's tensors, resident or staged */
     int w_slot_of[2];      /* layer in each slot, -1: none */

@@ -7,6 +7,7 @@
  * whose percentage band its midpoint (by bytes, in blob order) falls, so
  * each tier holds a contiguous range of the blob.
  */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -23,6 +24,72 @@ int sched_prefill_rows(int prefill_rows, int max_prompt, int gbs)
     if (rows < gbs)
         rows = gbs;
     return (int)rows;
+}
+
+/* The cut of a share of `pct` percent of a blob of the given tensors
+ * (off, mid: sched_weight_mids) over L layers: FlexGen's midpoint rule
+ * (every layer alike), or with weight_layers the tensor boundary lo at or
+ * below pct of the blob and the next one hi, n_up layers at hi so that
+ * the layers' sum stays at most pct of theirs. */
+static void cut_share(const sched_model *m, const size_t *off, const double *mid, size_t blob,
+                      int L, double pct, int weight_layers, size_t *lo, size_t *hi, int *n_up)
+{
+    *lo = *hi = 0;
+    *n_up = 0;
+    if (!weight_layers) {
+        for (int t = 0; t < m->n_tensors; t++)
+            if (mid[t] < pct)
+                *lo = *hi = t + 1 < m->n_tensors ? off[t + 1] : blob;
+        return;
+    }
+    double want = pct >= 100 ? (double)blob : pct <= 0 ? 0 : pct / 100.0 * (double)blob;
+    for (int t = 0; t <= m->n_tensors; t++) {
+        size_t end = t < m->n_tensors ? off[t] : blob; /* the boundary before tensor t */
+        if ((double)end <= want) {
+            *lo = *hi = end;
+            continue;
+        }
+        *hi = end;
+        double n = floor((double)L * (want - (double)*lo) / (double)(end - *lo));
+        *n_up = n < 0 ? 0 : n > L - 1 ? L - 1 : (int)n;
+        if (*n_up == 0)
+            *hi = *lo;
+        return;
+    }
+}
+
+/* The layers' weight cuts of policy p (sched_geom's w_gpu ... w_cpu_min)
+ * for blobs of g->wes bytes per element. */
+static void weight_cuts(const sched_model *m, const sched_policy *p, sched_geom *g)
+{
+    size_t off[SCHED_MAX_TENSORS];
+    double mid[SCHED_MAX_TENSORS];
+    g->blob = sched_weight_mids(m, g->wes, g->wq, off, mid);
+    /* van der Corput order: layer indices bit-reversed over the next power
+     * of two, those past the last layer left out (L 6: 0 4 2 1 5 3) */
+    int bits = 0, at = 0;
+    while ((1 << bits) < g->L)
+        bits++;
+    for (int i = 0; i < 1 << bits; i++) {
+        int r = 0;
+        for (int b = 0; b < bits; b++)
+            r |= (i >> b & 1) << (bits - 1 - b);
+        if (r < g->L)
+            g->w_rank[r] = (uint16_t)at++;
+    }
+    cut_share(m, off, mid, g->blob, g->L, p->wg, p->weight_layers, &g->w_gpu, &g->w_gpu_up,
+              &g->n_gpu_up);
+    cut_share(m, off, mid, g->blob, g->L, p->wg + p->wc, p->weight_layers, &g->w_cpu,
+              &g->w_cpu_up, &g->n_cpu_up);
+    g->w_gpu_all = g->w_cpu_all = 0;
+    g->w_gpu_min = g->w_cpu_min = g->blob;
+    for (int l = 0; l < g->L; l++) {
+        size_t wg = sched_w_gpu(g, l), wc = sched_w_cpu(g, l);
+        g->w_gpu_all += wg;
+        g->w_cpu_all += wc - wg;
+        g->w_gpu_min = wg < g->w_gpu_min ? wg : g->w_gpu_min;
+        g->w_cpu_min = wc < g->w_cpu_min ? wc : g->w_cpu_min;
+    }
 }
 
 /* The scratch sched_scratch.w of a 16-bit layer that the model does not
@@ -104,26 +171,15 @@ void sched_geom_init(sched_geom *g, const sched_model *m, size_t es, const sched
      * bytes; a layer widens into w_wide once per block before its compute */
     g->wh = !g->wq && es > 2 && (sh->weight_fmt == KERN_H16_F16 ||
                                  sh->weight_fmt == KERN_H16_BF16) ? sh->weight_fmt : 0;
-    size_t off[SCHED_MAX_TENSORS];
-    double mid[SCHED_MAX_TENSORS];
     for (int pass = 0; pass < 2; pass++) {
         g->wes = g->wh ? 2 : es;
-        g->blob = sched_weight_mids(m, g->wes, g->wq, off, mid);
-        g->w_gpu = 0;
-        g->w_cpu = 0;
-        for (int t = 0; t < m->n_tensors; t++) {
-            size_t end = t + 1 < m->n_tensors ? off[t + 1] : g->blob;
-            if (mid[t] < p->wg)
-                g->w_gpu = g->w_cpu = end;
-            else if (mid[t] < p->wg + p->wc)
-                g->w_cpu = end;
-        }
+        weight_cuts(m, p, g);
         /* every layer wholly on the GPU tier: nothing moves, so 16 bits
          * would save only memory, and widening each layer every block
          * costs more than it reads (measured: decode 2.8 -> 1.8 tok/s on
          * opt-1.3b): the layers stay in the storage type, unless the
          * backend computes from the 16 bits themselves */
-        if (!g->wh || g->w_gpu < g->blob || sh->weight_direct)
+        if (!g->wh || g->w_gpu_min < g->blob || sh->weight_direct)
             break;
         g->wh = 0;
     }
@@ -140,8 +196,15 @@ void sched_geom_init(sched_geom *g, const sched_model *m, size_t es, const sched
     /* the weight slot: the CPU share and the disk share, or on a backend
      * reading the CPU home in place (sched_shape.host_visible) the disk
      * share only */
-    g->w_stage_from = (sh->host_visible && g->w_cpu > g->w_gpu ? g->w_cpu : g->w_gpu) &
-                      ~(size_t)(OFF_ALIGN - 1);
+    g->w_stage_from = SIZE_MAX;
+    g->w_disk_span = 0;
+    for (int l = 0; l < g->L; l++) {
+        size_t wg = sched_w_gpu(g, l), wc = sched_w_cpu(g, l), span = sched_w_span(g, l);
+        size_t from = (sh->host_visible && wc > wg ? wc : wg) & ~(size_t)(OFF_ALIGN - 1);
+        g->w_stage_from = from < g->w_stage_from ? from : g->w_stage_from;
+        g->w_disk_all += span;
+        g->w_disk_span = span > g->w_disk_span ? span : g->w_disk_span;
+    }
     size_t d = (size_t)m->hidden;
     g->head_es = sh->weight_direct ? 2 : es;
     g->globals = (m->globals - m->globals_mat) * es + m->globals_mat * g->head_es;
@@ -158,8 +221,6 @@ void sched_geom_init(sched_geom *g, const sched_model *m, size_t es, const sched
     g->act_tier = p->hg >= 100 ? SCHED_GPU : p->hc >= 100 ? SCHED_CPU : SCHED_DISK;
     g->x_bytes = A256((size_t)sh->max_rows * d * es);
     g->x_disk_stride = off_align_up(g->x_bytes);
-    g->w_disk_span = g->w_cpu < g->blob
-                         ? off_align_up(g->blob) - (g->w_cpu & ~(size_t)(OFF_ALIGN - 1)) : 0;
     size_t st = g->w_disk_span;
     if (g->kv_disk_stride > st)
         st = g->kv_disk_stride;
@@ -181,6 +242,8 @@ int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
     FORWARD_IF(sched_policy_check(p));
     RETURN_IF(sh->max_rows < 1 || sh->cap < 1, -EINVAL,
               "internal: plan for %d rows and %d KV slots", sh->max_rows, sh->cap);
+    RETURN_IF(m->n_layer < 1 || m->n_layer > SCHED_MAX_LAYERS, -EINVAL, "internal: a model "
+              "of %d layers (at most %d)", m->n_layer, SCHED_MAX_LAYERS);
     RETURN_IF(m->n_tensors < 1 || m->n_tensors > SCHED_MAX_TENSORS || m->n_kv_head < 1 ||
               m->n_head % m->n_kv_head, -EINVAL, "internal: a model of %d layer tensors and "
               "%d heads over %d KV heads", m->n_tensors, m->n_head, m->n_kv_head);
@@ -188,26 +251,32 @@ int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
     const sched_geom g = *gp;
     memset(out, 0, sizeof *out);
     out->block = g.block;
+    out->L = g.L;
     out->weight_fmt = g.wh;
     out->weight_direct = g.wdirect;
     out->kv_fmt = g.kv_fmt;
     out->widen = g.w_scr ? A256(g.w_scr) : 0;
+    const size_t cuts[2][2] = {{g.w_gpu, g.w_gpu_up}, {g.w_cpu, g.w_cpu_up}};
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++)
+            out->w_cut[i][j] = 100.0 * (double)cuts[i][j] / (double)g.blob;
+    out->w_up[0] = g.n_gpu_up;
+    out->w_up[1] = g.n_cpu_up;
     uint64_t L = (uint64_t)g.L, K = (uint64_t)g.K;
     uint64_t(*b)[SCHED_PARTS] = out->bytes;
     int cpu_attn = p->cpu_attention;
 
-    b[SCHED_GPU][SCHED_WEIGHTS] = L * g.w_gpu + g.globals;
-    b[SCHED_CPU][SCHED_WEIGHTS] = L * (g.w_cpu - g.w_gpu);
-    b[SCHED_DISK][SCHED_WEIGHTS] = g.w_cpu < g.blob && !sh->weights_on_disk_already
-                                       ? L * g.w_disk_span : 0;
-    out->w_store = g.w_cpu < g.blob && sh->weights_on_disk_already ? L * g.w_disk_span : 0;
+    b[SCHED_GPU][SCHED_WEIGHTS] = g.w_gpu_all + g.globals;
+    b[SCHED_CPU][SCHED_WEIGHTS] = g.w_cpu_all;
+    b[SCHED_DISK][SCHED_WEIGHTS] = !sh->weights_on_disk_already ? g.w_disk_all : 0;
+    out->w_store = sh->weights_on_disk_already ? g.w_disk_all : 0;
 
     for (int t = 0; t < SCHED_TIERS; t++)
         b[t][SCHED_KV] = t == SCHED_DISK ? L * K * g.kv_disk_stride : L * K * g.kv[t].bytes;
     b[g.act_tier][SCHED_ACT] = K * (g.act_tier == SCHED_DISK ? g.x_disk_stride : g.x_bytes);
 
     uint64_t stage = 0;
-    if (g.w_gpu < g.blob)
+    if (g.w_gpu_min < g.blob)
         stage += 2 * (off_align_up(g.blob) - g.w_stage_from);
     if (!cpu_attn)
         stage += 2 * (uint64_t)(g.kv[SCHED_CPU].bytes + off_align_up(g.kv[SCHED_DISK].bytes));
@@ -303,6 +372,14 @@ void sched_plan_print(FILE *f, const sched_plan *pl)
         fprintf(f, "[flexh2o] plan        weights %s on the tiers, widened per block into "
                 "%.3f GiB of the gpu tier's work\n",
                 pl->weight_fmt == KERN_H16_BF16 ? "bf16" : "fp16", gib(pl->widen));
+    if (pl->w_up[0] || pl->w_up[1]) {
+        const char *tier[2] = {"gpu", "gpu + cpu"};
+        for (int i = 0; i < 2; i++)
+            if (pl->w_up[i])
+                fprintf(f, "[flexh2o] plan        weights on the %s tier: %.2f%% of a layer in "
+                        "%d layers, %.2f%% in %d (--weight-layers)\n", tier[i],
+                        pl->w_cut[i][0], pl->L - pl->w_up[i], pl->w_cut[i][1], pl->w_up[i]);
+    }
     if (pl->w_store)
         fprintf(f, "[flexh2o] plan        weights' disk share read from the weight store: "
                 "%.3f GiB (not in the disk tier's total)\n", gib(pl->w_store));

@@ -21,6 +21,9 @@
 
 /* ------------------------------------------------------------ policy */
 
+/* The most layers a model may have (model_config.c's limit). */
+#define SCHED_MAX_LAYERS 1024
+
 typedef struct sched_policy {
     int gpu_batch_size;   /* sequences per GPU batch (default 8) */
     int num_gpu_batches;  /* GPU batches per block (default 1) */
@@ -28,6 +31,14 @@ typedef struct sched_policy {
      * activations (h) on the GPU and on the CPU; the rest is on disk.
      * Default 100 0 100 0 100 0 (everything on the GPU). */
     double wg, wc, cg, cc, hg, hc;
+    int weight_layers;    /* 0 (default, FlexGen's rule): each layer puts tensor t on
+                           * the GPU tier when its midpoint lies below wg percent of
+                           * the layer, on the CPU tier below wg + wc, so every
+                           * layer is cut alike and a tier's share moves a tensor at
+                           * a time; 1: wg and wg + wc are shares of all the layers'
+                           * bytes, each layer cut at the tensor boundary at or below
+                           * them or at the next one, the two mixed over the layers
+                           * (spread evenly) to come as near as they can from below */
     int overlap;          /* 1 (default): I/O threads overlap compute */
     int pin_weight;       /* 1 (default): CPU-tier weights in pinned memory */
     int cpu_attention;    /* 0 (default): decode attention over CPU-tier KV
@@ -63,7 +74,7 @@ int sched_policy_parse_percent(const char *const *args, int n, sched_policy *p);
  *   {"gpu_batch_size": 32, "num_gpu_batches": 4,
  *    "percent": [20, 80, 0, 100, 0, 100],
  *    "overlap": true, "pin_weight": true, "cpu_attention": true,
- *    "compress_weight": false, "compress_cache": false,
+ *    "compress_weight": false, "compress_cache": false, "weight_layers": false,
  *    "gpu_mem": "16G" | 17179869184, "cpu_mem": "200G", "offload_dir": "/nvme/x"}
  * An unknown field, a wrong type or a bad value is refused naming the file
  * and the field. @return 0 or -errno. */
@@ -84,7 +95,8 @@ enum sched_policy_field {
     SCHED_POLICY_CPU_ATTENTION = 1u << 8,
     SCHED_POLICY_COMPRESS_WEIGHT = 1u << 9,
     SCHED_POLICY_COMPRESS_CACHE = 1u << 10,
-    SCHED_POLICY_ALL = (1u << 11) - 1,
+    SCHED_POLICY_WEIGHT_LAYERS = 1u << 11,
+    SCHED_POLICY_ALL = (1u << 12) - 1,
 };
 
 /* Copy the fields of flags named by given (enum sched_policy_field bits)
@@ -372,6 +384,7 @@ typedef struct sched_plan {
     uint64_t bytes[SCHED_TIERS][SCHED_PARTS]; /* what each tier holds, by part */
     uint64_t total[SCHED_TIERS];
     int block;                                /* gpu_batch_size x num_gpu_batches */
+    int L;                                    /* layers */
     int weight_fmt;  /* the 16-bit type (kern_h16) the tiers keep the layers in, or 0:
                       * the storage type (sched_shape.weight_fmt where it applies) */
     int weight_direct; /* sched_shape.weight_direct applied: read by bf16 matmuls */
@@ -380,6 +393,11 @@ typedef struct sched_plan {
     uint64_t w_store; /* the layers' disk share read from a weight store as it is
                        * (sched_shape.weights_on_disk_already): on disk, but not in
                        * bytes[SCHED_DISK], which is what offload_dir must hold */
+    /* the layers' weight cuts in percent of a layer's blob: [0] the GPU
+     * share, [1] GPU + CPU; every layer at cut[i][0] but up[i] of them at
+     * cut[i][1] (policy weight_layers; up 0 under FlexGen's rule) */
+    double w_cut[2][2];
+    int w_up[2];
 } sched_plan;
 
 /* Rows of a GPU batch's prefill pass: whole prompts packed up to

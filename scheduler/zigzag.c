@@ -66,11 +66,12 @@ static int load_weights(sched *s, int l, int step)
                     .layer = l, .batch = -1, .step = step};
     int64_t ticket = 0;
     s->w_async[v] = 0;
-    if (g->w_cpu > g->w_gpu && !s->w_cpu_direct) { /* else the views read the CPU home */
+    size_t wg = sched_w_gpu(g, l), wc = sched_w_cpu(g, l);
+    if (wc > wg && !s->w_cpu_direct) { /* else the views read the CPU home */
         t.tier = SCHED_CPU;
-        t.stage = (char *)s->w_stage[v] + (g->w_gpu - g->w_stage_from);
-        t.host = (char *)s->w_cpu_arena + (size_t)l * (g->w_cpu - g->w_gpu);
-        t.bytes = g->w_cpu - g->w_gpu;
+        t.stage = (char *)s->w_stage[v] + (wg - g->w_stage_from);
+        t.host = (char *)s->w_cpu_arena + s->w_cpu_at[l];
+        t.bytes = wc - wg;
         if (s->dev_order) {
             FORWARD_IF(issue_async(s, &t, EV_LOAD_W(v), 0));
             s->w_async[v] = 1;
@@ -79,14 +80,14 @@ static int load_weights(sched *s, int l, int step)
             FORWARD_IF((int)(ticket < 0 ? ticket : 0));
         }
     }
-    if (g->w_cpu < g->blob) {
-        size_t from = g->w_cpu & ~(size_t)(OFF_ALIGN - 1);
+    if (wc < g->blob) {
+        size_t from = wc & ~(size_t)(OFF_ALIGN - 1);
         t.tier = SCHED_DISK;
-        t.stage = (char *)s->w_stage[v] + (g->w_cpu - g->w_stage_from);
+        t.stage = (char *)s->w_stage[v] + (wc - g->w_stage_from);
         t.fd = s->w_fd;
         t.file_off = s->w_off[l];
-        t.delta = g->w_cpu - from; /* the bytes before w_cpu are the blob's own */
-        t.bytes = g->blob - g->w_cpu;
+        t.delta = wc - from; /* the bytes before w_cpu are the blob's own */
+        t.bytes = g->blob - wc;
         ticket = sched_lane_submit(&s->lane[0], &t);
         FORWARD_IF((int)(ticket < 0 ? ticket : 0));
     }
@@ -107,7 +108,7 @@ static int weights_slot(sched *s, int l, int step)
 static int weights_of(sched *s, int l, int step, const sched_layer **out)
 {
     const sched_geom *g = &s->g;
-    if (g->w_gpu == g->blob) {
+    if (g->w_gpu_min == g->blob) { /* every layer resident */
         *out = &s->w_view[0][l];
         return 0;
     }
@@ -342,7 +343,7 @@ int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
         const batch_desc *b = &bs[i % nb];
         /* the next layer's weights start loading with the first batch of a
          * layer; during the last layer, layer 0 of the next pass */
-        if (i % nb == 0 && g->w_gpu < g->blob) {
+        if (i % nb == 0 && g->w_gpu_min < g->blob) {
             rc = weights_slot(s, l, step);
             if (rc >= 0)
                 rc = weights_slot(s, l + 1 < g->L ? l + 1 : 0, step);
@@ -371,7 +372,7 @@ int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
             rc = compute_item(s, l, b, v, kind, ids, pos, last_rows, step);
         if (rc == 0)
             rc = o->event_record(ctx, BACKEND_Q_COMPUTE, EV_COMPUTE_IO(v));
-        if (rc == 0 && i % nb == nb - 1 && g->w_gpu < g->blob)
+        if (rc == 0 && i % nb == nb - 1 && g->w_gpu_min < g->blob)
             rc = o->event_record(ctx, BACKEND_Q_COMPUTE,
                                  EV_COMPUTE_W(s->w_slot_of[0] == l ? 0 : 1));
         if (rc == 0)

@@ -279,7 +279,8 @@ Test(policy, load_overrides_only_given_fields)
     char path[128];
     snprintf(path, sizeof path, "%s/p.json", scratch);
     write_text(path, "{\"_comment\": \"x\", \"num_gpu_batches\": 4, \"gpu_mem\": 17179869184,"
-                     " \"cpu_mem\": \"1.5G\", \"overlap\": false, \"offload_dir\": \"/nvme/x\"}");
+                     " \"cpu_mem\": \"1.5G\", \"overlap\": false, \"offload_dir\": \"/nvme/x\","
+                     " \"weight_layers\": true}");
     sched_policy p;
     sched_policy_default(&p);
     p.gpu_batch_size = 3;
@@ -291,6 +292,7 @@ Test(policy, load_overrides_only_given_fields)
     cr_assert_eq(p.overlap, 0);
     cr_assert_eq(p.pin_weight, 1);
     cr_assert_str_eq(p.offload_dir, "/nvme/x");
+    cr_assert_eq(p.weight_layers, 1);
     assert_pct(&p, 100, 0, 100, 0, 100, 0);
 }
 
@@ -302,6 +304,7 @@ static int same_policy(const sched_policy *a, const sched_policy *b)
            a->hg == b->hg && a->hc == b->hc && a->overlap == b->overlap &&
            a->pin_weight == b->pin_weight && a->cpu_attention == b->cpu_attention &&
            a->compress_weight == b->compress_weight && a->compress_cache == b->compress_cache &&
+           a->weight_layers == b->weight_layers &&
            a->gpu_mem == b->gpu_mem && a->cpu_mem == b->cpu_mem &&
            strcmp(a->offload_dir, b->offload_dir) == 0;
 }
@@ -327,6 +330,7 @@ Test(policy, apply_overrides_only_the_fields_given)
     flags.overlap = 1;
     flags.pin_weight = 0;
     flags.cpu_attention = flags.compress_weight = flags.compress_cache = 1;
+    flags.weight_layers = 1;
     snprintf(flags.offload_dir, sizeof flags.offload_dir, "/nvme/flag");
 
     sched_policy p = file;
@@ -357,7 +361,7 @@ Test(policy, apply_overrides_only_the_fields_given)
         SCHED_POLICY_GPU_BATCH_SIZE, SCHED_POLICY_NUM_GPU_BATCHES, SCHED_POLICY_PERCENT,
         SCHED_POLICY_GPU_MEM, SCHED_POLICY_CPU_MEM, SCHED_POLICY_OFFLOAD_DIR,
         SCHED_POLICY_OVERLAP, SCHED_POLICY_PIN_WEIGHT, SCHED_POLICY_CPU_ATTENTION,
-        SCHED_POLICY_COMPRESS_WEIGHT, SCHED_POLICY_COMPRESS_CACHE};
+        SCHED_POLICY_COMPRESS_WEIGHT, SCHED_POLICY_COMPRESS_CACHE, SCHED_POLICY_WEIGHT_LAYERS};
     unsigned all = 0;
     for (size_t i = 0; i < sizeof bits / sizeof bits[0]; i++) {
         all |= bits[i];
@@ -457,6 +461,11 @@ Test(policy, describe)
     sched_policy_describe(&p, buf, sizeof buf);
     cr_assert_str_eq(buf, "block 32x4, weights 33.3/33.3/33.4, KV 0/100/0, act 100/0/0, "
                           "no overlap, unpinned weights");
+
+    p.weight_layers = 1;
+    sched_policy_describe(&p, buf, sizeof buf);
+    cr_assert_str_eq(buf, "block 32x4, weights 33.3/33.3/33.4 of all layers, KV 0/100/0, "
+                          "act 100/0/0, no overlap, unpinned weights");
 
     /* a short buffer is cut, not overrun */
     char small[12];

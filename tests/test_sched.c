@@ -86,6 +86,10 @@ Test(sched, every_placement_equals_all_resident)
         "--percent 100 0 100 0 0 100",    /* activations on the CPU */
         "--percent 100 0 100 0 0 0",      /* activations on disk */
         "--percent 20 30 34 33 0 100",    /* everything split */
+        /* layers cut at different tensors (weight_layers): some wholly on
+         * the GPU tier, some over three tiers */
+        "--percent 55 30 100 0 100 0 --weight-layers",
+        "--percent 12 50 34 33 0 100 --weight-layers",
     };
     static const char *modes[] = {"--overlap", "--no-overlap", "--cpu-attention",
                                   "--cpu-attention --no-overlap --no-pin-weight"};
@@ -117,6 +121,7 @@ Test(sched, device_ordered_transfers_equal_all_resident)
         "--percent 100 0 34 33 0 100",   /* KV over three tiers, activations on the CPU */
         "--percent 20 30 34 33 0 100 --cpu-attention",
         "--percent 0 50 0 100 0 100 --no-overlap --kv-policy h2o --kv-ratio 0.5 --sinks 1",
+        "--percent 40 35 100 0 100 0 --weight-layers",
     };
     const char *shape = "--gpu-batch-size 2 --num-gpu-batches 2";
     char base[64];
@@ -635,6 +640,87 @@ Test(policy, plan_of_16_bit_layers_holds_a_widened_layer_only_when_one_is_made)
             cr_assert_leq(d, w);
             cr_assert_lt(d, A256(blob4) / 2, "K %d rows %d", K, rows);
         }
+}
+
+/* weight_layers: the GPU share of every layer is a tensor boundary, the
+ * layers at the boundary at or below wg percent of a layer or at the next
+ * one, so that the sum is as near wg percent of all the layers as one
+ * layer's step allows, from below (likewise GPU + CPU for wg + wc); under
+ * FlexGen's rule (no weight_layers) the share is the level every layer
+ * takes, which sits a whole tensor (a quarter of an OPT layer) apart. */
+Test(policy, weight_layers_cut_each_layer_at_a_tensor_and_come_near_the_share)
+{
+    model_config c;
+    sched_policy p;
+    opt13_split(&c, &p, 0, 0);
+    const sched_model *m = shape_of(&c);
+    uint64_t L = (uint64_t)c.n_layer, off[SCHED_MAX_TENSORS], bytes[SCHED_MAX_TENSORS];
+    size_t offz[SCHED_MAX_TENSORS], bytesz[SCHED_MAX_TENSORS];
+    uint64_t blob = sched_blob_layout(m, 4, 0, offz, bytesz);
+    uint64_t glob = (uint64_t)m->globals * 4;
+    int nb = 0;
+    uint64_t bound[SCHED_MAX_TENSORS + 1];
+    for (int t = 0; t < m->n_tensors; t++) {
+        off[t] = offz[t], bytes[t] = bytesz[t];
+        if (bytes[t] && (nb == 0 || bound[nb - 1] != off[t]))
+            bound[nb++] = off[t];
+    }
+    bound[nb++] = blob;
+    /* the sum of L layers each at bound[a] or bound[a + 1]: which a, and how many up */
+    static const double shares[][2] = {{0, 0},  {5, 20},  {12.5, 40}, {30, 30}, {47, 53},
+                                       {55, 0}, {99, 1},  {100, 0},   {3, 96.5}, {63.3, 20},
+                                       {26, 4}, {40, 2},  {34.5, 3.1}, {70, 29.9}};
+    for (size_t i = 0; i < sizeof shares / sizeof *shares; i++) {
+        sched_shape sh = {.max_rows = 64, .cap = 96, .scores = 0};
+        p.wg = shares[i][0];
+        p.wc = shares[i][1];
+        p.weight_layers = 1;
+        sched_plan w, f;
+        cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &w), 0, "%s", err_msg());
+        p.weight_layers = 0;
+        cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &f), 0, "%s", err_msg());
+        uint64_t sum[2] = {w.bytes[SCHED_GPU][SCHED_WEIGHTS] - glob,
+                           w.bytes[SCHED_GPU][SCHED_WEIGHTS] - glob +
+                               w.bytes[SCHED_CPU][SCHED_WEIGHTS]};
+        double pct[2] = {p.wg, p.wg + p.wc};
+        for (int k = 0; k < 2; k++) {
+            double want = pct[k] / 100 * (double)(L * blob);
+            cr_assert_leq((double)sum[k], want + 1, "%g%%: %llu over %g", pct[k],
+                          (unsigned long long)sum[k], want);
+            int found = 0;
+            for (int a = 0; a < nb && !found; a++)
+                for (uint64_t up = 0; up < L && !found; up++) {
+                    uint64_t hi = a + 1 < nb ? bound[a + 1] : bound[a];
+                    if ((L - up) * bound[a] + up * hi != sum[k])
+                        continue;
+                    found = 1;
+                    /* nearest from below: one more layer up would pass the share */
+                    if (a + 1 < nb)
+                        cr_assert_gt((double)((L - up - 1) * bound[a] + (up + 1) * hi), want,
+                                     "%g%%: %llu layers up of %llu, one more fits",
+                                     pct[k], (unsigned long long)up, (unsigned long long)L);
+                    cr_assert_eq(w.w_up[k], (int)up, "%g%%", pct[k]);
+                    cr_assert_float_eq(w.w_cut[k][0], 100.0 * bound[a] / blob, 1e-9);
+                }
+            cr_assert(found, "%g%%: %llu bytes is no mix of two neighbouring cuts", pct[k],
+                      (unsigned long long)sum[k]);
+            cr_assert_eq(f.w_up[k], 0);
+        }
+        /* the disk share: each layer's aligned span past its CPU share */
+        cr_assert_eq(w.bytes[SCHED_DISK][SCHED_WEIGHTS] == 0, pct[1] >= 100, "%g%%", pct[1]);
+    }
+    /* between two levels, the mix holds more on the GPU tier than the level
+     * below that FlexGen's rule would take there or fewer bytes than its
+     * level above */
+    p.wg = 30, p.wc = 0;
+    sched_shape sh = {.max_rows = 64, .cap = 96, .scores = 0};
+    sched_plan w, f;
+    p.weight_layers = 1;
+    cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &w), 0, "%s", err_msg());
+    p.weight_layers = 0;
+    cr_assert_eq(sched_plan_compute(m, 4, &p, &sh, &f), 0, "%s", err_msg());
+    cr_assert_neq(w.bytes[SCHED_GPU][SCHED_WEIGHTS], f.bytes[SCHED_GPU][SCHED_WEIGHTS]);
+    cr_assert_gt(w.w_up[0], 0);
 }
 
 /* The plan of 16-bit weights on the CPU backend (storage type fp32): each

@@ -627,6 +627,14 @@ Test(search, policy_file_round_trip)
               p.cpu_attention == q.cpu_attention);
     cr_assert(p.gpu_mem == q.gpu_mem && p.cpu_mem == q.cpu_mem);
     cr_assert_str_eq(q.offload_dir, p.offload_dir);
+    cr_assert_eq(q.weight_layers, 0);
+    /* weight_layers is written only where set (a FlexGen policy file stays one) */
+    p.weight_layers = 1;
+    p.wg = 47.25;
+    cr_assert_eq(sched_policy_write(path, &p), 0, "%s", err_msg());
+    sched_policy_default(&q);
+    cr_assert_eq(sched_policy_load(path, &q), 0, "%s", err_msg());
+    cr_assert(q.weight_layers == 1 && q.wg == 47.25);
     err_clear();
     cr_assert(sched_policy_write("/nonexistent/dir/p.json", &p) < 0);
     cr_assert(strstr(err_msg(), "cannot write the policy"), "%s", err_msg());

@@ -349,6 +349,7 @@ static const cli_opt shared_opts[] = {
     CLI_SWITCH("cpu-attention", C(pol.cpu_attention), 1, SCHED_POLICY_CPU_ATTENTION),
     CLI_SWITCH("compress-weight", C(pol.compress_weight), 1, SCHED_POLICY_COMPRESS_WEIGHT),
     CLI_SWITCH("compress-cache", C(pol.compress_cache), 1, SCHED_POLICY_COMPRESS_CACHE),
+    CLI_SWITCH("weight-layers", C(pol.weight_layers), 1, SCHED_POLICY_WEIGHT_LAYERS),
     {"help", no_argument, set_help, 0, 0, 0, 0, 0},
 };
 #undef C

@@ -107,6 +107,9 @@ static const char generate_help[] =
     "  --compress-weight    keep and move the weight matrices as 4-bit groups (64 values,\n"
     "                       fp16 scale + min); each expands just before its GEMM\n"
     "  --compress-cache     keep and move the KV cache as 4-bit groups\n"
+    "  --weight-layers      WG and WC are shares of all the layers' bytes: each layer cut at\n"
+    "                       a tensor boundary, the two nearest the share mixed over the\n"
+    "                       layers (default: FlexGen's rule, every layer cut alike)\n"
     "  --plan               print the memory plan of every tier and exit\n"
     "  --trace FILE         Chrome trace-event JSON of every load, store and compute\n"
     "                       (open in https://ui.perfetto.dev)\n";
