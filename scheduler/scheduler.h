@@ -641,6 +641,7 @@ typedef struct sched_search_opts {
     const int *gbs_list;     /* GPU batch sizes to try; NULL: 1, 2, 4, 8, 12, 16, 24, ... */
     int n_gbs;
     int cpu_attention;       /* -1: try both, 0 / 1: only that */
+    int weight_layers;       /* sched_policy.weight_layers: -1 try both, 0 / 1 only that */
     uint64_t gpu_cap, cpu_cap; /* bytes; both required */
     uint64_t disk_cap;       /* bytes free in offload_dir; 0: no disk tier */
     int weight_fmt;          /* sched_shape.weight_fmt: the source's 16 bits, kept on

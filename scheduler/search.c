@@ -46,6 +46,7 @@ typedef struct lp_in {
     double W_file;             /* W_al, or 0 when the disk share is a weight store's */
     double x_step, x_pre, x_step_disk, x_pre_disk, cross_row;
     int act, attn, disk, np, gen, s;
+    int host;          /* sched_shape.host_visible: the slot holds the disk share only */
     double gpu_cap, cpu_cap, disk_cap;
     double ts_min, tp_min;     /* the terms that do not depend on placement */
     int fix_w;                 /* weights placed already: fwg, fwc */
@@ -124,6 +125,8 @@ static int lp_solve(const lp_in *in, lp_out *o)
     /* GPU tier */
     memset(a, 0, sizeof a);
     a[V_WG] = in->W - 2 * in->blob_al;
+    if (in->host) /* the CPU share is read where it lies, not staged */
+        a[V_WC] = -2 * in->blob_al;
     a[V_CG] = in->kv_all - (in->attn ? 0 : 2 * in->kvrec);
     double cst = in->globals + 2 * in->blob_al + (in->attn ? 0 : 2 * in->kvrec) +
                  (in->act == SCHED_GPU ? in->x_res : 2 * in->x_stage) + in->work_gpu;
@@ -276,7 +279,8 @@ static int same_policy(const sched_policy *a, const sched_policy *b)
 {
     return a->gpu_batch_size == b->gpu_batch_size && a->num_gpu_batches == b->num_gpu_batches &&
            a->wg == b->wg && a->wc == b->wc && a->cg == b->cg && a->cc == b->cc &&
-           a->hg == b->hg && a->hc == b->hc && a->cpu_attention == b->cpu_attention;
+           a->hg == b->hg && a->hc == b->hc && a->cpu_attention == b->cpu_attention &&
+           a->weight_layers == b->weight_layers;
 }
 
 /* ---- discrete placements ----
@@ -419,6 +423,50 @@ static int search_fits_unlimited(const search_ctx *x)
     return y.n > 0;
 }
 
+/* The placement of weight_layers (sched_policy): the weights' shares as
+ * the LP wants them, not held to the levels every layer can take alike,
+ * each layer then cut at a tensor boundary near the share (sched_plan.c).
+ * Solved with the weights free, planned exactly, and re-solved with the
+ * caps tightened by what overflowed (alignment, staging), as for the
+ * levels. */
+static void mixed_cuts(search_ctx *x, const lp_in *in, const sched_policy *base,
+                       const sched_shape *sh, sched_candidate *best, int *has_best)
+{
+    lp_in fin = *in;
+    sched_policy p = *base;
+    p.weight_layers = 1;
+    for (int iter = 0; iter < 6; iter++) {
+        lp_out lo;
+        if (lp_solve(&fin, &lo) < 0)
+            return;
+        /* whole hundredths of a percent, rounded down: a share the file
+         * holds as written and that fits what the LP fitted */
+        p.wg = floor(lo.f[V_WG] * 1e4) / 100;
+        p.wc = floor((lo.f[V_WG] + lo.f[V_WC]) * 1e4) / 100 - p.wg;
+        if (p.wc < 0)
+            p.wc = 0;
+        double cg[4], cc[4], over[SCHED_TIERS], worst[SCHED_TIERS] = {0};
+        int nk = kv_roundings(lo.f[V_CG], lo.f[V_CC], p.gpu_batch_size, fin.disk, cg, cc);
+        int fitted = 0;
+        for (int k = 0; k < nk; k++) {
+            p.cg = cg[k];
+            p.cc = cc[k];
+            if (p.cpu_attention && p.cg >= 100)
+                continue;
+            fitted |= try_exact(x, &p, sh, best, has_best, over);
+            for (int t = 0; t < SCHED_TIERS; t++)
+                if (over[t] > worst[t])
+                    worst[t] = over[t];
+        }
+        if (fitted)
+            return;
+        double *caps[SCHED_TIERS] = {&fin.gpu_cap, &fin.cpu_cap, &fin.disk_cap};
+        for (int t = 0; t < SCHED_TIERS; t++)
+            if (worst[t] > 0)
+                *caps[t] -= worst[t] + (double)(1 << 20) * (iter + 1);
+    }
+}
+
 /* One block shape, activation tier and CPU-attention choice: the LP over
  * all placements first (a bound: a shape that cannot beat the candidates
  * kept is dropped), then every weight cut with the KV placed by the LP and
@@ -483,6 +531,7 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
         .act = act,
         .attn = attn,
         .disk = o->disk_cap > 0,
+        .host = o->host_visible,
         .np = sched_prefill_passes(&sh, gbs, o->prompt_len),
         .gen = o->gen_len,
         .s = o->prompt_len,
@@ -511,7 +560,9 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
     const wlevels *wl = &x->wl;
     sched_candidate best;
     int has_best = 0;
-    for (int a = 0; a < wl->n; a++)
+    if (o->weight_layers != 0)
+        mixed_cuts(x, &in, &p, &sh, &best, &has_best);
+    for (int a = 0; o->weight_layers != 1 && a < wl->n; a++)
         for (int b = a; b < wl->n; b++) {
             if (!in.disk && b != wl->n - 1)
                 continue; /* no disk: every weight on the GPU or the CPU */
@@ -648,9 +699,10 @@ void sched_search_print(FILE *f, const sched_candidate *c, int n)
         const sched_policy *p = &c[i].pol;
         const sched_cost *q = &c[i].cost;
         fprintf(f, " %4d  %4d x %-3d %6d %6.4g %6.4g %6.4g %6.4g %4g %4g  %-8s  %11.2f  "
-                "%7.3f  %9.2f  %s\n",
+                "%7.3f  %9.2f  %s%s\n",
                 i + 1, p->gpu_batch_size, p->num_gpu_batches, c[i].plan.block, p->wg, p->wc,
                 p->cg, p->cc, p->hg, p->hc, p->cpu_attention ? "yes" : "no", q->tok_s,
-                q->step_s, q->prefill_s, sched_cost_term_name(q->step_limit));
+                q->step_s, q->prefill_s, sched_cost_term_name(q->step_limit),
+                p->weight_layers ? "; wg, wc of all layers (--weight-layers)" : "");
     }
 }

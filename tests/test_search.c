@@ -428,6 +428,57 @@ Test(search, plans_16_bit_weights_on_a_wider_backend)
     err_clear();
 }
 
+/* Caps that hold every weight, but not with every layer cut alike: the
+ * GPU tier takes half the layers' bytes and the CPU tier the other half,
+ * where OPT's levels (a quarter of a layer per projection pair, a third
+ * per MLP matrix) leave a tensor of every layer on disk. The search then
+ * offers the mixed cuts of weight_layers, which read nothing from disk and
+ * do better; --no-weight-layers (0) keeps FlexGen's rule, and the policy
+ * it writes is the FlexGen one. */
+Test(search, weight_layers_keep_on_the_tiers_what_the_levels_cannot)
+{
+    model_config c = opt("opt-1.3b");
+    const sched_model *m = shape_of(&c);
+    sched_calib hw = {.device = "cpu", .h2d = 20, .d2h = 20, .dram = 20, .dev_mem = 20,
+                      .gemm = 0.2, .disk_read = 1, .disk_write = 1, .disk_kind = "io_uring"};
+    sched_policy base = pol(1, 1, 100, 0, 100, 0, 100, 0, 0);
+    /* the caps: those of the 50 / 50 mixed policy at 8 x 1, plus a little */
+    sched_policy mix = pol(8, 1, 50, 50, 100, 0, 100, 0, 0);
+    mix.weight_layers = 1;
+    sched_shape sh = {.max_rows = sched_prefill_rows(4096, 32, 8), .cap = 40, .host_visible = 1};
+    sched_plan mp;
+    cr_assert_eq(sched_plan_compute(m, 4, &mix, &sh, &mp), 0, "%s", err_msg());
+    cr_assert_eq(mp.bytes[SCHED_DISK][SCHED_WEIGHTS], 0);
+    sched_search_opts o = {.prompt_len = 32, .gen_len = 8, .prefill_rows = 4096,
+                           .kv_cap = 40, .max_block = 8, .max_gpu_batches = 1,
+                           .cpu_attention = 0, .weight_layers = -1,
+                           .gpu_cap = mp.total[SCHED_GPU] + 8 * MiB,
+                           .cpu_cap = mp.total[SCHED_CPU] + 8 * MiB, .disk_cap = 64 * GiB,
+                           .host_visible = 1, .gbs_list = (const int[]){8}, .n_gbs = 1};
+    sched_candidate both, flex, only;
+    int n = 0;
+    cr_assert_eq(sched_search(m, 4, &base, &o, &hw, &both, 1, &n), 0, "%s", err_msg());
+    o.weight_layers = 0;
+    cr_assert_eq(sched_search(m, 4, &base, &o, &hw, &flex, 1, &n), 0, "%s", err_msg());
+    o.weight_layers = 1;
+    cr_assert_eq(sched_search(m, 4, &base, &o, &hw, &only, 1, &n), 0, "%s", err_msg());
+    cr_assert_eq(both.pol.weight_layers, 1);
+    cr_assert_eq(both.plan.bytes[SCHED_DISK][SCHED_WEIGHTS], 0, "%g %g", both.pol.wg,
+                 both.pol.wc);
+    cr_assert_eq(flex.pol.weight_layers, 0);
+    cr_assert_gt(flex.plan.bytes[SCHED_DISK][SCHED_WEIGHTS], 0);
+    cr_assert_gt(both.cost.tok_s, flex.cost.tok_s, "%g vs %g", both.cost.tok_s,
+                 flex.cost.tok_s);
+    cr_assert_eq(only.pol.weight_layers, 1);
+    cr_assert_float_eq(only.cost.tok_s, both.cost.tok_s, 1e-9 * both.cost.tok_s);
+    /* within the caps, and the plan generate computes for it */
+    cr_assert_leq(both.plan.total[SCHED_GPU], o.gpu_cap);
+    cr_assert_leq(both.plan.total[SCHED_CPU], o.cpu_cap);
+    sched_plan again;
+    cr_assert_eq(sched_plan_compute(m, 4, &both.pol, &sh, &again), 0, "%s", err_msg());
+    cr_assert_eq(memcmp(again.total, both.plan.total, sizeof again.total), 0);
+}
+
 Test(search, h2o_budget_raises_the_bound)
 {
     /* KV-bound: OPT-1.3B with 512 + 32 tokens, no disk; H2O keeps 20 % */

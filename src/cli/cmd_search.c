@@ -109,6 +109,7 @@ static const cli_opt search_opts[] = {
     CLI_INT("max-prefill-seconds", S(max_prefill), 0, 1 << 30, 0),
     CLI_INT("max-gpu-batches", S(so.max_gpu_batches), 1, 1024, 0),
     CLI_SWITCH("no-cpu-attention", S(c.pol.cpu_attention), 0, SCHED_POLICY_CPU_ATTENTION),
+    CLI_SWITCH("no-weight-layers", S(c.pol.weight_layers), 0, SCHED_POLICY_WEIGHT_LAYERS),
     CLI_INT("ranks", S(ranks), 1, 1 << 16, 0),
     CLI_INT("ranks-per-node", S(per_node), 1, 1 << 16, 0),
     CLI_STR("chat-template", S(chat_template_name)),
@@ -160,6 +161,7 @@ static int search_parse(int argc, char **argv, search_args *a)
     so->prefill_rows = c->prefill_rows;
     so->scores = kv_policy_needs_scores(&c->kv);
     so->cpu_attention = c->given & SCHED_POLICY_CPU_ATTENTION ? c->pol.cpu_attention : -1;
+    so->weight_layers = c->given & SCHED_POLICY_WEIGHT_LAYERS ? c->pol.weight_layers : -1;
     so->gpu_cap = c->pol.gpu_mem;
     a->host_cpu = c->pol.cpu_mem ? c->pol.cpu_mem : off_mem_available();
     so->cpu_cap = a->host_cpu / (uint64_t)a->per_node;
