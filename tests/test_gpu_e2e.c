@@ -136,6 +136,8 @@ Test(gpu_e2e, tiny_model_greedy_tokens_equal_cpu)
         "--gpu-batch-size 2 --num-gpu-batches 2 --percent 30 30 0 50 100 0 --cpu-attention",
         ("--gpu-batch-size 2 --num-gpu-batches 2 --percent 100 0 0 100 100 0 --cpu-attention "
          "--kv-policy h2o --kv-ratio 0.5"),
+        /* layers cut at different tensors: some resident, some over three tiers */
+        "--gpu-batch-size 2 --num-gpu-batches 2 --percent 55 30 34 33 0 100 --weight-layers",
     };
     const char *dev[] = {"cpu", "cuda"};
     for (size_t v = 0; v < sizeof variants / sizeof *variants; v++) {
@@ -181,6 +183,7 @@ Test(gpu_e2e, tiny_model_4bit_placements_equal_all_resident)
         "--percent 0 100 0 100 100 0 --no-overlap",
         "--percent 50 50 0 100 100 0 --cpu-attention",
         "--percent 30 30 34 33 0 100 --warm-up", /* the warm-up writes nothing */
+        "--percent 55 30 34 33 0 100 --weight-layers", /* 4-bit blobs cut per layer */
     };
     char *want = NULL;
     for (size_t v = 0; v < sizeof variants / sizeof *variants; v++) {
