@@ -467,6 +467,33 @@ static void mixed_cuts(search_ctx *x, const lp_in *in, const sched_policy *base,
     }
 }
 
+/* A weight_layers candidate whose layers all took the same cuts is a
+ * FlexGen policy: written as one (a percentage of each level, the
+ * midpoint rule's) where those cuts are levels and the plan is the same,
+ * so that a policy file says weight_layers only where it matters. */
+static void as_levels(const search_ctx *x, const sched_shape *sh, sched_candidate *c)
+{
+    const sched_plan *pl = &c->plan;
+    if (pl->w_up[0] || pl->w_up[1])
+        return;
+    double pct[2] = {-1, -1};
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < x->wl.n; j++)
+            if (fabs(100.0 * x->wl.f[j] - pl->w_cut[i][0]) < 1e-9)
+                pct[i] = x->wl.pct[j];
+    if (pct[0] < 0 || pct[1] < 0 || pct[1] < pct[0])
+        return;
+    sched_policy p = c->pol;
+    p.weight_layers = 0;
+    p.wg = pct[0];
+    p.wc = pct[1] - pct[0];
+    sched_plan again;
+    if (sched_plan_compute(x->c, x->es, &p, sh, &again) < 0 ||
+        memcmp(again.bytes, pl->bytes, sizeof again.bytes) != 0)
+        return;
+    c->pol = p;
+}
+
 /* One block shape, activation tier and CPU-attention choice: the LP over
  * all placements first (a bound: a shape that cannot beat the candidates
  * kept is dropped), then every weight cut with the KV placed by the LP and
@@ -607,6 +634,8 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
         }
     if (!has_best)
         return;
+    if (best.pol.weight_layers)
+        as_levels(x, &sh, &best);
     if (!o->disk_cap)
         best.pol.offload_dir[0] = '\0';
     else

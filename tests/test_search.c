@@ -477,6 +477,14 @@ Test(search, weight_layers_keep_on_the_tiers_what_the_levels_cannot)
     sched_plan again;
     cr_assert_eq(sched_plan_compute(m, 4, &both.pol, &sh, &again), 0, "%s", err_msg());
     cr_assert_eq(memcmp(again.total, both.plan.total, sizeof again.total), 0);
+    /* every layer cut alike (all on the GPU tier here): the FlexGen policy,
+     * whichever way the search found it */
+    o.gpu_cap = 64 * GiB;
+    o.weight_layers = 1;
+    cr_assert_eq(sched_search(m, 4, &base, &o, &hw, &only, 1, &n), 0, "%s", err_msg());
+    cr_assert_eq(only.pol.weight_layers, 0);
+    cr_assert_eq(only.pol.wg, 100);
+    cr_assert_eq(only.plan.bytes[SCHED_CPU][SCHED_WEIGHTS], 0);
 }
 
 Test(search, h2o_budget_raises_the_bound)
