@@ -423,6 +423,36 @@ static int search_fits_unlimited(const search_ctx *x)
     return y.n > 0;
 }
 
+/* Plan p with each whole-sequence rounding of the LP's KV split lo (try_
+ * exact keeps the best that fits); when none fits, tighten fin's caps by
+ * what overflowed (and a little more, growing with iter) for the next
+ * solve. @return 1 when one fitted. */
+static int try_roundings(search_ctx *x, sched_policy *p, const sched_shape *sh,
+                         const lp_out *lo, lp_in *fin, int iter, sched_candidate *best,
+                         int *has_best)
+{
+    double cg[4], cc[4], over[SCHED_TIERS], worst[SCHED_TIERS] = {0};
+    int nk = kv_roundings(lo->f[V_CG], lo->f[V_CC], p->gpu_batch_size, fin->disk, cg, cc);
+    int fitted = 0;
+    for (int k = 0; k < nk; k++) {
+        p->cg = cg[k];
+        p->cc = cc[k];
+        if (p->cpu_attention && p->cg >= 100)
+            continue; /* no host KV: the policy without CPU attention */
+        fitted |= try_exact(x, p, sh, best, has_best, over);
+        for (int t = 0; t < SCHED_TIERS; t++)
+            if (over[t] > worst[t])
+                worst[t] = over[t];
+    }
+    if (fitted)
+        return 1;
+    double *caps[SCHED_TIERS] = {&fin->gpu_cap, &fin->cpu_cap, &fin->disk_cap};
+    for (int t = 0; t < SCHED_TIERS; t++)
+        if (worst[t] > 0)
+            *caps[t] -= worst[t] + (double)(1 << 20) * (iter + 1);
+    return 0;
+}
+
 /* The placement of weight_layers (sched_policy): the weights' shares as
  * the LP wants them, not held to the levels every layer can take alike,
  * each layer then cut at a tensor boundary near the share (sched_plan.c).
@@ -445,25 +475,8 @@ static void mixed_cuts(search_ctx *x, const lp_in *in, const sched_policy *base,
         p.wc = floor((lo.f[V_WG] + lo.f[V_WC]) * 1e4) / 100 - p.wg;
         if (p.wc < 0)
             p.wc = 0;
-        double cg[4], cc[4], over[SCHED_TIERS], worst[SCHED_TIERS] = {0};
-        int nk = kv_roundings(lo.f[V_CG], lo.f[V_CC], p.gpu_batch_size, fin.disk, cg, cc);
-        int fitted = 0;
-        for (int k = 0; k < nk; k++) {
-            p.cg = cg[k];
-            p.cc = cc[k];
-            if (p.cpu_attention && p.cg >= 100)
-                continue;
-            fitted |= try_exact(x, &p, sh, best, has_best, over);
-            for (int t = 0; t < SCHED_TIERS; t++)
-                if (over[t] > worst[t])
-                    worst[t] = over[t];
-        }
-        if (fitted)
+        if (try_roundings(x, &p, sh, &lo, &fin, iter, best, has_best))
             return;
-        double *caps[SCHED_TIERS] = {&fin.gpu_cap, &fin.cpu_cap, &fin.disk_cap};
-        for (int t = 0; t < SCHED_TIERS; t++)
-            if (worst[t] > 0)
-                *caps[t] -= worst[t] + (double)(1 << 20) * (iter + 1);
     }
 }
 
@@ -610,26 +623,8 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
                     err_log("search: gbs %d K %d act %d attn %d w %g/%g iter %d: cg %.4f "
                             "cc %.4f tp %.4g ts %.4g", gbs, K, act, attn, p.wg, p.wc, iter,
                             lo.f[V_CG], lo.f[V_CC], lo.f[V_TP], lo.f[V_TS]);
-                double cg[4], cc[4], over[SCHED_TIERS], worst[SCHED_TIERS] = {0};
-                int nk = kv_roundings(lo.f[V_CG], lo.f[V_CC], gbs, in.disk, cg, cc);
-                int fitted = 0;
-                for (int k = 0; k < nk; k++) {
-                    p.cg = cg[k];
-                    p.cc = cc[k];
-                    if (attn && p.cg >= 100)
-                        continue; /* no host KV: the policy without CPU attention */
-                    fitted |= try_exact(x, &p, &sh, &best, &has_best, over);
-                    for (int t = 0; t < SCHED_TIERS; t++)
-                        if (over[t] > worst[t])
-                            worst[t] = over[t];
-                }
-                if (fitted)
+                if (try_roundings(x, &p, &sh, &lo, &fin, iter, &best, &has_best))
                     break;
-                /* tighten what overflowed by the overflow (and a little more) */
-                double *caps[SCHED_TIERS] = {&fin.gpu_cap, &fin.cpu_cap, &fin.disk_cap};
-                for (int t = 0; t < SCHED_TIERS; t++)
-                    if (worst[t] > 0)
-                        *caps[t] -= worst[t] + (double)(1 << 20) * (iter + 1);
             }
         }
     if (!has_best)
