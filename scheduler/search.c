@@ -600,8 +600,6 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
     const wlevels *wl = &x->wl;
     sched_candidate best;
     int has_best = 0;
-    if (o->weight_layers != 0)
-        mixed_cuts(x, &in, &p, &sh, &best, &has_best);
     for (int a = 0; o->weight_layers != 1 && a < wl->n; a++)
         for (int b = a; b < wl->n; b++) {
             if (!in.disk && b != wl->n - 1)
@@ -627,6 +625,10 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
                     break;
             }
         }
+    /* after the levels: where it scores the same (better() ties), the
+     * FlexGen policy found first stays */
+    if (o->weight_layers != 0)
+        mixed_cuts(x, &in, &p, &sh, &best, &has_best);
     if (!has_best)
         return;
     if (best.pol.weight_layers)
