@@ -58,9 +58,13 @@ static void cut_share(const sched_model *m, const size_t *off, const double *mid
     }
 }
 
-/* The layers' weight cuts of policy p (sched_geom's w_gpu ... w_cpu_min)
- * for blobs of g->wes bytes per element. */
-static void weight_cuts(const sched_model *m, const sched_policy *p, sched_geom *g)
+/* The layers' weight cuts of policy p for blobs of g->wes bytes per
+ * element, and their sums over the layers (sched_geom's w_gpu ...
+ * w_stage_from, w_disk_span): the weight slot holds the CPU share and the
+ * disk share, or on a backend reading the CPU home in place (host_visible)
+ * the disk share only. */
+static void weight_cuts(const sched_model *m, const sched_policy *p, int host_visible,
+                        sched_geom *g)
 {
     size_t off[SCHED_MAX_TENSORS];
     double mid[SCHED_MAX_TENSORS];
@@ -81,14 +85,19 @@ static void weight_cuts(const sched_model *m, const sched_policy *p, sched_geom 
               &g->n_gpu_up);
     cut_share(m, off, mid, g->blob, g->L, p->wg + p->wc, p->weight_layers, &g->w_cpu,
               &g->w_cpu_up, &g->n_cpu_up);
-    g->w_gpu_all = g->w_cpu_all = 0;
+    g->w_gpu_all = g->w_cpu_all = g->w_disk_all = g->w_disk_span = 0;
     g->w_gpu_min = g->w_cpu_min = g->blob;
+    g->w_stage_from = SIZE_MAX;
     for (int l = 0; l < g->L; l++) {
-        size_t wg = sched_w_gpu(g, l), wc = sched_w_cpu(g, l);
+        size_t wg = sched_w_gpu(g, l), wc = sched_w_cpu(g, l), span = sched_w_span(g, l);
+        size_t from = (host_visible && wc > wg ? wc : wg) & ~(size_t)(OFF_ALIGN - 1);
         g->w_gpu_all += wg;
         g->w_cpu_all += wc - wg;
+        g->w_disk_all += span;
         g->w_gpu_min = wg < g->w_gpu_min ? wg : g->w_gpu_min;
         g->w_cpu_min = wc < g->w_cpu_min ? wc : g->w_cpu_min;
+        g->w_stage_from = from < g->w_stage_from ? from : g->w_stage_from;
+        g->w_disk_span = span > g->w_disk_span ? span : g->w_disk_span;
     }
 }
 
@@ -173,7 +182,7 @@ void sched_geom_init(sched_geom *g, const sched_model *m, size_t es, const sched
                                  sh->weight_fmt == KERN_H16_BF16) ? sh->weight_fmt : 0;
     for (int pass = 0; pass < 2; pass++) {
         g->wes = g->wh ? 2 : es;
-        weight_cuts(m, p, g);
+        weight_cuts(m, p, sh->host_visible, g);
         /* every layer wholly on the GPU tier: nothing moves, so 16 bits
          * would save only memory, and widening each layer every block
          * costs more than it reads (measured: decode 2.8 -> 1.8 tok/s on
@@ -193,18 +202,6 @@ void sched_geom_init(sched_geom *g, const sched_model *m, size_t es, const sched
      * batch only the matrix of the GEMM at hand is */
     size_t largest, all = sched_blob_matrix_elems(m, &largest);
     g->w_exp = !g->wq ? 0 : g->K > 1 ? all : largest;
-    /* the weight slot: the CPU share and the disk share, or on a backend
-     * reading the CPU home in place (sched_shape.host_visible) the disk
-     * share only */
-    g->w_stage_from = SIZE_MAX;
-    g->w_disk_span = 0;
-    for (int l = 0; l < g->L; l++) {
-        size_t wg = sched_w_gpu(g, l), wc = sched_w_cpu(g, l), span = sched_w_span(g, l);
-        size_t from = (sh->host_visible && wc > wg ? wc : wg) & ~(size_t)(OFF_ALIGN - 1);
-        g->w_stage_from = from < g->w_stage_from ? from : g->w_stage_from;
-        g->w_disk_all += span;
-        g->w_disk_span = span > g->w_disk_span ? span : g->w_disk_span;
-    }
     size_t d = (size_t)m->hidden;
     g->head_es = sh->weight_direct ? 2 : es;
     g->globals = (m->globals - m->globals_mat) * es + m->globals_mat * g->head_es;
