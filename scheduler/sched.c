@@ -512,6 +512,7 @@ int sched_attach(sched *s, const sched_model *m)
 }
 const sched_policy *sched_get_policy(const sched *s) { return &s->pol; }
 int sched_weight_fmt(const sched *s) { return s->g.wh; }
+int sched_table_fmt(const sched *s) { return s->sh.weight_direct ? KERN_H16_BF16 : 0; }
 const void *sched_logits(const sched *s) { return s->logits; }
 int sched_max_rows(const sched *s) { return s->sh.max_rows; }
 int sched_block(const sched *s) { return s->g.block; }

@@ -251,6 +251,7 @@ int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
     out->L = g.L;
     out->weight_fmt = g.wh;
     out->weight_direct = g.wdirect;
+    out->tables16 = g.head_es == 2 && es > 2 ? KERN_H16_BF16 : 0;
     out->kv_fmt = g.kv_fmt;
     out->widen = g.w_scr ? A256(g.w_scr) : 0;
     const size_t cuts[2][2] = {{g.w_gpu, g.w_gpu_up}, {g.w_cpu, g.w_cpu_up}};
@@ -363,6 +364,10 @@ void sched_plan_print(FILE *f, const sched_plan *pl)
                 gib(pl->bytes[t][SCHED_WORK]), gib(pl->total[t]));
     if (pl->weight_direct)
         fprintf(f, "[flexh2o] plan        weights bf16 on the tiers, read by bf16 matmuls; "
+                "embedding, head%s bf16 (--cpu-matmul bf16)\n",
+                pl->kv_fmt == KERN_KV_FMT_BF16 ? " and KV cache" : "");
+    else if (pl->tables16)
+        fprintf(f, "[flexh2o] plan        4-bit weights expanded into bf16 for bf16 matmuls; "
                 "embedding, head%s bf16 (--cpu-matmul bf16)\n",
                 pl->kv_fmt == KERN_KV_FMT_BF16 ? " and KV cache" : "");
     else if (pl->weight_fmt)

@@ -358,12 +358,13 @@ typedef struct sched_shape {
                      * widened per block into the storage type just before the
                      * compute. Only where the storage type is wider (the CPU
                      * backend's fp32) and without compress_weight; else ignored */
-    int weight_direct; /* 1: the backend computes from those 16 bits themselves
-                        * (backend_ops.h16_direct: bf16 matmuls), so they stay 16-bit
-                        * even when every layer is resident on the GPU tier, and the
-                        * model keeps its embedding and head in them too
-                        * (sched_model.globals_mat); the KV cache is bf16 rows
-                        * (KERN_KV_FMT_BF16) unless compress_cache */
+    int weight_direct; /* 1: the source is bf16 and the backend computes from bf16
+                        * itself (backend_ops.h16_direct: bf16 matmuls), so the layers
+                        * stay bf16 even when every layer is resident on the GPU tier
+                        * (4-bit under compress_weight, expanded into bf16 per tile),
+                        * and the model keeps its embedding and head in bf16 too
+                        * (sched_model.globals_mat, sched_table_fmt); the KV cache is
+                        * bf16 rows (KERN_KV_FMT_BF16) unless compress_cache */
     int host_visible; /* the backend's buffers are host memory (backend_ops.host_visible:
                        * the CPU backend): its compute reads the CPU tier's weights where
                        * they lie, so a weight slot holds the disk share only and no
@@ -388,6 +389,8 @@ typedef struct sched_plan {
     int weight_fmt;  /* the 16-bit type (kern_h16) the tiers keep the layers in, or 0:
                       * the storage type (sched_shape.weight_fmt where it applies) */
     int weight_direct; /* sched_shape.weight_direct applied: read by bf16 matmuls */
+    int tables16;      /* sched_table_fmt: the embedding and head bf16 (KERN_H16_BF16;
+                        * with the layers bf16, or 4-bit expanded into bf16), or 0 */
     int kv_fmt;        /* the KV rows' format (kern_kv_fmt) */
     uint64_t widen;  /* of the GPU tier's work: the scratch a layer widens into */
     uint64_t w_store; /* the layers' disk share read from a weight store as it is
@@ -455,6 +458,10 @@ const sched_policy *sched_get_policy(const sched *s);
  * takes them in: KERN_H16_F16 or KERN_H16_BF16 (sched_shape.weight_fmt,
  * where it applies), or 0: the backend's storage type. */
 int sched_weight_fmt(const sched *s);
+/* The 16-bit type the plan counts the embedding and head in:
+ * KERN_H16_BF16 under sched_shape.weight_direct (also with 4-bit layers),
+ * or 0: the backend's storage type (model_load_store's t16). */
+int sched_table_fmt(const sched *s);
 
 /* One forward pass over a block of n_seq (<= block) sequences: rows (ids,
  * pos) packed per sequence as seqs describe them (n_new may be 0: idle this

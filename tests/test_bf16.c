@@ -550,20 +550,23 @@ static void bf16_run_setup(void)
     cr_assert_eq(cli_run("convert --model " TINY " --out stb --dtype bf16"), 0, "%s", cli_err);
 }
 
-/* generate over a bf16 store with --cpu-matmul bf16, all resident and with
+/* generate over a bf16 store with --cpu-matmul bf16, all resident, with
  * the layers streamed from the disk tier over two GPU batches (the case
- * that widens a layer for its batches without the option): the greedy
- * tokens of the fp32 run on this model for the first steps, logprobs within
- * 0.05 of it and not all equal (the activations are rounded); --plan says
- * the layers stay bf16 even when resident. --cpu-matmul on CUDA and a bad
- * value are usage errors. */
+ * that widens a layer for its batches without the option), and with 4-bit
+ * layers (expanded into bf16; the embedding and head still bf16): the
+ * greedy tokens of the fp32 run of the same policy on this model for the
+ * first steps, logprobs within 0.05 of it and not all equal (the
+ * activations are rounded); --plan says the layers stay bf16 even when
+ * resident, and the tables bf16 beside 4-bit layers. --cpu-matmul on CUDA
+ * and a bad value are usage errors. */
 Test(bf16_cli, generate_with_bf16_matmuls_is_near_the_fp32_run)
 {
     bf16_run_setup();
     static const char *const placements[] = {
         "--percent 100 0 100 0 100 0 --gpu-batch-size 4",
-        "--percent 0 0 100 0 100 0 --offload-dir off --gpu-batch-size 2 --num-gpu-batches 2"};
-    for (int p = 0; p < 2; p++) {
+        "--percent 0 0 100 0 100 0 --offload-dir off --gpu-batch-size 2 --num-gpu-batches 2",
+        "--percent 100 0 100 0 100 0 --gpu-batch-size 4 --compress-weight"};
+    for (int p = 0; p < 3; p++) {
         cr_assert_eq(cli_run("generate --model stb --prompts prompts.jsonl --out f%d.jsonl "
                              "--max-new-tokens 4 --ignore-eos %s", p, placements[p]),
                      0, "%s", cli_err);
@@ -605,6 +608,13 @@ Test(bf16_cli, generate_with_bf16_matmuls_is_near_the_fp32_run)
                  cli_err);
     char *plan = cli_read("stdout.txt");
     cr_assert(strstr(plan, "weights bf16 on the tiers, read by bf16 matmuls; embedding, head "
+                           "and KV cache bf16"), "%s", plan);
+    free(plan);
+    cr_assert_eq(cli_run("generate --model stb --prompts prompts.jsonl --out p.jsonl "
+                         "--percent 100 0 100 0 100 0 --cpu-matmul bf16 --compress-weight "
+                         "--plan"), 0, "%s", cli_err);
+    plan = cli_read("stdout.txt");
+    cr_assert(strstr(plan, "4-bit weights expanded into bf16 for bf16 matmuls; embedding, head "
                            "and KV cache bf16"), "%s", plan);
     free(plan);
     /* an fp16 store: the fp32 path, told so, the same output */
@@ -779,12 +789,22 @@ Test(bf16_cli, embedding_and_head_stay_bf16_with_the_layers)
         char st[512];
         bf16_store(f, "st", st, sizeof st);
         model *m16, *m32, *mp;
-        cr_assert_eq(model_load_store(st, &bbe, NULL, KERN_H16_BF16, discard_layer, NULL, &m16),
+        cr_assert_eq(model_load_store(st, &bbe, NULL, KERN_H16_BF16, 0, discard_layer, NULL, &m16),
                      0, "%s", err_msg());
-        cr_assert_eq(model_load_store(st, &bbe, NULL, 0, discard_layer, NULL, &m32), 0, "%s",
+        cr_assert_eq(model_load_store(st, &bbe, NULL, 0, 0, discard_layer, NULL, &m32), 0, "%s",
                      err_msg());
-        cr_assert_eq(model_load_store(st, &plain, NULL, KERN_H16_BF16, discard_layer, NULL, &mp),
+        cr_assert_eq(model_load_store(st, &plain, NULL, KERN_H16_BF16, 0, discard_layer, NULL, &mp),
                      0, "%s", err_msg());
+        /* 4-bit layers of the bf16 store (they go in fp32, to be
+         * quantized): the tables bf16 as asked (t16), not without bf16
+         * matmuls */
+        model *mq, *mqp;
+        cr_assert_eq(model_load_store(st, &bbe, NULL, 0, KERN_H16_BF16, discard_layer, NULL, &mq),
+                     0, "%s", err_msg());
+        cr_assert_eq(model_load_store(st, &plain, NULL, 0, KERN_H16_BF16, discard_layer, NULL,
+                                      &mqp), 0, "%s", err_msg());
+        cr_assert_eq(mq->g16, KERN_H16_BF16, "%s: t16", fams[f]);
+        cr_assert_eq(mqp->g16, 0, "no bf16 matmuls: t16 asks in vain");
         const model_config *c = &m16->cfg;
         int V = c->vocab_size, d = c->hidden;
         size_t n_emb = (size_t)V * d;
@@ -797,7 +817,11 @@ Test(bf16_cli, embedding_and_head_stay_bf16_with_the_layers)
             const void *h = t ? m16->lm_head : m16->tok_emb, *w = t ? mp->lm_head : mp->tok_emb;
             kern_widen_ref(wide, h, n_emb, KERN_H16_BF16);
             cr_assert_eq(memcmp(wide, w, n_emb * sizeof(float)), 0, "%s table %d", fams[f], t);
+            cr_assert_eq(memcmp(t ? mq->lm_head : mq->tok_emb, h, n_emb * sizeof(uint16_t)), 0,
+                         "%s table %d of the 4-bit load", fams[f], t);
         }
+        model_destroy(mq);
+        model_destroy(mqp);
         sched_model s16, s32;
         model_sched_bind(m16, &s16);
         model_sched_bind(mp, &s32);
@@ -878,12 +902,12 @@ Test(bf16_cli, packed_tables_give_the_same_embedding_and_logits)
         char st[512];
         bf16_store(f, "pk", st, sizeof st);
         model *m, *mp;
-        cr_assert_eq(model_load_store(st, &bbe, NULL, KERN_H16_BF16, discard_layer, NULL, &m),
+        cr_assert_eq(model_load_store(st, &bbe, NULL, KERN_H16_BF16, 0, discard_layer, NULL, &m),
                      0, "%s", err_msg());
         if (kern_bf16_pack(NULL, m->cfg.vocab_size, m->cfg.hidden) != 1)
             cli_skip("oneDNN keeps a %d x %d bf16 table plain here", m->cfg.vocab_size,
                      m->cfg.hidden);
-        cr_assert_eq(model_load_store(st, &plain, NULL, KERN_H16_BF16, discard_layer, NULL, &mp),
+        cr_assert_eq(model_load_store(st, &plain, NULL, KERN_H16_BF16, 0, discard_layer, NULL, &mp),
                      0, "%s", err_msg());
         cr_assert_eq(model_pack_tables(mp), 0, "no bf16 matmuls: nothing to pack");
         const model_config *c = &m->cfg;
@@ -942,7 +966,8 @@ static void shape_and_policy(const char *name, model_config *c, sched_model *sm,
  * value instead of 4, the layers at 2 (as with fp32 matmuls over bf16
  * layers, which the plan widens), and the KV rows at 2 bytes a value, their
  * positions and scores still 4; with --compress-cache the 4-bit rows
- * whatever the matmul. */
+ * whatever the matmul; with --compress-weight the tables and KV still
+ * bf16 under bf16 matmuls. */
 Test(bf16, plan_counts_bf16_tables_and_kv)
 {
     model_config c;
@@ -977,6 +1002,20 @@ Test(bf16, plan_counts_bf16_tables_and_kv)
     cr_assert_eq(q4.kv_fmt, KERN_KV_FMT_Q4);
     cr_assert_eq(q4.bytes[SCHED_GPU][SCHED_KV],
                  L * (2 * A256(slots * kern_q4_row_bytes(c.head_dim)) + 2 * A256(slots * 4)));
+    /* 4-bit layers of the bf16 source: the same 4-bit bytes either way,
+     * the tables at 2 bytes a value under bf16 matmuls, the KV bf16 */
+    p.compress_cache = 0;
+    p.compress_weight = 1;
+    sched_plan w4f, w4b;
+    cr_assert_eq(sched_plan_compute(&sm, 4, &p, &sh, &w4b), 0, "%s", err_msg());
+    sh.weight_direct = 0;
+    cr_assert_eq(sched_plan_compute(&sm, 4, &p, &sh, &w4f), 0, "%s", err_msg());
+    cr_assert(!w4b.weight_direct && !w4b.weight_fmt && !w4f.weight_fmt);
+    cr_assert(w4b.tables16 == KERN_H16_BF16 && !w4f.tables16 && !f32.tables16);
+    cr_assert_eq(b16.tables16, KERN_H16_BF16);
+    cr_assert(w4b.kv_fmt == KERN_KV_FMT_BF16 && w4f.kv_fmt == KERN_KV_FMT_PLAIN);
+    cr_assert_eq(w4f.bytes[SCHED_GPU][SCHED_WEIGHTS] - w4b.bytes[SCHED_GPU][SCHED_WEIGHTS],
+                 sm.globals_mat * 2);
 #undef A256
 }
 

@@ -254,7 +254,7 @@ Test(model, f16_and_bf16_checkpoints_load_as_16_bit_layers_exactly)
         keep_blobs b = {.bytes = model_layer_layout(&c, 2, off2, NULL)};
         model *ma, *mb;
         cr_assert_eq(model_load_hf_sink(tmpdir, &be, keep_sink, &a, &ma), 0, "%s", err_msg());
-        cr_assert_eq(model_load_hf_h16(tmpdir, &be, v[i].h16, keep_sink, &b, &mb), 0, "%s",
+        cr_assert_eq(model_load_hf_h16(tmpdir, &be, v[i].h16, 0, keep_sink, &b, &mb), 0, "%s",
                      err_msg());
         for (int l = 0; l < c.n_layer; l++) {
             for (int t = 0; t < MT_COUNT; t++) {
@@ -329,12 +329,12 @@ Test(model, bf16_store_keeps_a_bf16_checkpoint_exactly)
     keep_blobs hf32 = {.bytes = model_layer_layout(&c, 4, off4, NULL)};
     keep_blobs st32 = {.bytes = hf32.bytes};
     model *a, *b, *x, *y;
-    cr_assert_eq(model_load_hf_h16(tmpdir, &be, KERN_H16_BF16, keep_sink, &hf16, &a), 0, "%s",
+    cr_assert_eq(model_load_hf_h16(tmpdir, &be, KERN_H16_BF16, 0, keep_sink, &hf16, &a), 0, "%s",
                  err_msg());
-    cr_assert_eq(model_load_store(st, &be, NULL, KERN_H16_BF16, keep_sink, &st16, &b), 0, "%s",
+    cr_assert_eq(model_load_store(st, &be, NULL, KERN_H16_BF16, 0, keep_sink, &st16, &b), 0, "%s",
                  err_msg());
     cr_assert_eq(model_load_hf_sink(tmpdir, &be, keep_sink, &hf32, &x), 0, "%s", err_msg());
-    cr_assert_eq(model_load_store(st, &be, NULL, 0, keep_sink, &st32, &y), 0, "%s", err_msg());
+    cr_assert_eq(model_load_store(st, &be, NULL, 0, 0, keep_sink, &st32, &y), 0, "%s", err_msg());
     for (int l = 0; l < c.n_layer; l++) {
         for (int t = 0; t < MT_COUNT; t++) {
             cr_assert_eq(memcmp(hf16.blob[l] + off2[t], st16.blob[l] + off2[t], n[t] * 2), 0,
@@ -635,7 +635,7 @@ static void store_edit_config(const char *dir, const char *from, const char *to)
 
 static int load_store(const char *dir, model **m)
 {
-    return model_load_store(dir, &be, NULL, 0, discard_sink, NULL, m);
+    return model_load_store(dir, &be, NULL, 0, 0, discard_sink, NULL, m);
 }
 
 /* A store's segments are checked against its config before anything is

@@ -60,13 +60,21 @@ int cli_model_open(const char *dir, const char *dummy, cli_model_src *src)
     return 0;
 }
 
+int cli_model_h16(const cli_model_src *src)
+{
+    uint32_t base = src->store_dtype & ~OFF_DTYPE_Q4;
+    return src->is_store && base == OFF_DTYPE_F16  ? KERN_H16_F16
+         : src->is_store && base == OFF_DTYPE_BF16 ? KERN_H16_BF16
+         : src->dir && !src->is_store              ? src->hf_h16
+                                                   : 0;
+}
+
 void cli_model_tiers_for(const cli_model_src *src, size_t elem_size, int widens,
                          const sched_policy *pol, sched_shape *sh)
 {
-    int h16 = src->is_store && src->store_dtype == OFF_DTYPE_F16  ? KERN_H16_F16
-            : src->is_store && src->store_dtype == OFF_DTYPE_BF16 ? KERN_H16_BF16
-            : src->dir && !src->is_store                          ? src->hf_h16
-                                                                  : 0;
+    /* (a 4-bit store's layers are never 16-bit: compress_weight, or the
+     * policy refuses it) */
+    int h16 = src->store_dtype & OFF_DTYPE_Q4 ? 0 : cli_model_h16(src);
     sh->weight_fmt = h16 && !pol->compress_weight && elem_size > 2 && widens ? h16 : 0;
     /* the store's layers go to the tiers as they are: in the backend's own
      * type (a bf16 store on an fp16 backend is converted), or kept 16-bit */
@@ -81,7 +89,7 @@ void cli_model_tiers(const cli_model_src *src, const backend *be, const sched_po
 {
     cli_model_tiers_for(src, be->ops->elem_size, be->ops->widen != NULL, pol, sh);
     int bf16 = be->ops->h16_direct && be->ops->h16_direct(be->ctx, KERN_H16_BF16);
-    sh->weight_direct = bf16 && sh->weight_fmt == KERN_H16_BF16;
+    sh->weight_direct = bf16 && cli_model_h16(src) == KERN_H16_BF16;
     sh->host_visible = be->ops->host_visible;
     /* 4-bit matrices take bf16 matmuls in prefills (backend.h linear_q4) */
     static int told;
@@ -94,10 +102,11 @@ void cli_model_tiers(const cli_model_src *src, const backend *be, const sched_po
 int cli_model_load(const cli_model_src *src, backend *be, sched *sc, model **m)
 {
     int rc = src->is_store
-                 ? model_load_store(src->dir, be, NULL, sched_weight_fmt(sc), sched_layer_sink,
-                                    sc, m)
+                 ? model_load_store(src->dir, be, NULL, sched_weight_fmt(sc),
+                                    sched_table_fmt(sc), sched_layer_sink, sc, m)
              : src->dir
-                 ? model_load_hf_h16(src->dir, be, sched_weight_fmt(sc), sched_layer_sink, sc, m)
+                 ? model_load_hf_h16(src->dir, be, sched_weight_fmt(sc), sched_table_fmt(sc),
+                                     sched_layer_sink, sc, m)
                  : model_create_dummy_sink(&src->cfg, be, 1234, sched_layer_sink, sc, m);
     FORWARD_IF(rc);
     rc = model_pack_tables(*m); /* the bf16 head, for the matmuls */

@@ -27,10 +27,16 @@ typedef struct cli_model_src {
  * or -errno; the caller destroys src->t. */
 int cli_model_open(const char *dir, const char *dummy, cli_model_src *src);
 
+/* The 16-bit type (kern_h16) of src's values: an fp16 or bf16 store (4-bit
+ * or not: its tables and scales), a checkpoint all in one of them, or 0. */
+int cli_model_h16(const cli_model_src *src);
+
 /* How the tiers keep the weights of src for a run with policy pol on
  * backend be: sh->weight_fmt (an fp16 store, or an fp16 or bf16
  * checkpoint, stays 16-bit on a backend whose storage type is wider,
- * widened per block before the compute) and
+ * widened per block before the compute), sh->weight_direct (a bf16 source
+ * on a backend computing from bf16: its layers, or their 4-bit expansion,
+ * meet bf16 matmuls, and its embedding and head stay bf16) and
  * sh->weights_on_disk_already (the disk share then streams from the store
  * as it is, with no weights.bin written). */
 void cli_model_tiers(const cli_model_src *src, const backend *be, const sched_policy *pol,

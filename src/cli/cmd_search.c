@@ -355,7 +355,7 @@ static int search_run(search_args *a, const cli_model_src *src, const sched_cali
      * 16-bit checkpoint stays 16-bit on the CPU backend's tiers */
     sched_shape sh = {0};
     cli_model_tiers_for(src, es, cpu, &a->base, &sh);
-    sh.weight_direct = sh.weight_fmt == KERN_H16_BF16 && a->c.bf16_matmul;
+    sh.weight_direct = cli_model_h16(src) == KERN_H16_BF16 && a->c.bf16_matmul;
     a->so.weight_fmt = sh.weight_fmt;
     a->so.weight_direct = sh.weight_direct;
     a->so.host_visible = cpu;

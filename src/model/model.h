@@ -104,6 +104,8 @@ typedef struct model {
     model_layer blob_view;/* its tensors */
     int h16;              /* 0: layers go to the sink in the storage type; KERN_H16_*:
                            * in those 16 bits (the sink keeps them so) */
+    int t16;              /* KERN_H16_BF16: the tables (g16) bf16 though the layers are
+                           * not 16-bit (4-bit layers of a bf16 source), or 0 */
     struct off_store *store; /* the weight store streamed from, or NULL (owned) */
 } model;
 
@@ -111,9 +113,10 @@ typedef struct model {
 void **model_global(model *m, int g);
 /* The 16-bit format (kern_h16) global tensor g is held in, or 0: the
  * storage type. The (V, d) matrices (token embedding, head) are bf16 when
- * the layers are (h16) and the backend computes from bf16 itself
+ * the layers are (h16), or the loader was asked so (t16: 4-bit layers of
+ * a bf16 source), and the backend computes from bf16 itself
  * (backend_ops.h16_direct, embed_h16 on a host-visible backend): what the
- * plan assumes under sched_shape.weight_direct. */
+ * plan assumes under sched_shape.weight_direct (sched_table_fmt). */
 int model_global_h16(const model *m, int g);
 /* Once the model is loaded: a bf16 LM head (g16) goes into the layout the
  * backend's bf16 matmul reads fastest (backend_ops.pack_h16), a tied one
@@ -140,9 +143,10 @@ int model_load_hf_sink(const char *dir, backend *be, model_layer_sink sink, void
 /* The same with the layers handed to sink as 16-bit blobs of format h16
  * (kern_h16; 0: the storage type), for a sink that keeps them so
  * (sched_weight_fmt): exact for a checkpoint of that dtype
- * (model_hf_h16). */
-int model_load_hf_h16(const char *dir, backend *be, int h16, model_layer_sink sink, void *ud,
-                      model **out);
+ * (model_hf_h16). t16 KERN_H16_BF16: the embedding and head in bf16 on a
+ * backend computing from bf16 whatever h16 (sched_table_fmt), else 0. */
+int model_load_hf_h16(const char *dir, backend *be, int h16, int t16, model_layer_sink sink,
+                      void *ud, model **out);
 /* The 16-bit format every layer tensor of the Hugging Face checkpoint in
  * dir has: KERN_H16_F16 (all fp16), KERN_H16_BF16 (all bf16), or 0 (fp32,
  * or mixed). @return that, or -errno. */
@@ -158,9 +162,10 @@ int model_create_dummy_sink(const model_config *cfg, backend *be, uint64_t seed,
  * dtype is the backend's storage type, or h16 == KERN_H16_F16 and the
  * store is fp16 (the sink keeps 16-bit layers, sched_weight_fmt; then the
  * blobs are fp16 whatever the storage type). h16 0: layers in the storage
- * type. disk: the engine to read with (NULL: pread). */
+ * type. t16: as model_load_hf_h16's. disk: the engine to read with (NULL:
+ * pread). */
 struct off_disk;
-int model_load_store(const char *path, backend *be, struct off_disk *disk, int h16,
+int model_load_store(const char *path, backend *be, struct off_disk *disk, int h16, int t16,
                      model_layer_sink sink, void *ud, model **out);
 /* Convert a Hugging Face directory into a weight store of dtype
  * OFF_DTYPE_F16 or OFF_DTYPE_F32, or'ed with OFF_DTYPE_Q4 for 4-bit layer

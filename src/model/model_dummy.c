@@ -54,7 +54,7 @@ int model_create_dummy_sink(const model_config *cfg, backend *be, uint64_t seed,
     model *m = NULL;
     model_hf_tensor *w = NULL;
     int n = 0;
-    int rc = model_begin(&c, be, 0, sink, ud, &m, &w, &n);
+    int rc = model_begin(&c, be, 0, 0, sink, ud, &m, &w, &n);
     /* Upload in chunks so a big model needs no second full copy. */
     size_t chunk = (size_t)1 << 22;
     float *buf = rc == 0 ? malloc(sizeof(float) * chunk) : NULL;

@@ -74,7 +74,7 @@ static int load_tensor(loader *ld, const model_hf_tensor *w)
 int model_load_hf_sink(const char *dir, backend *be, model_layer_sink sink, void *ud,
                        model **out)
 {
-    return model_load_hf_h16(dir, be, 0, sink, ud, out);
+    return model_load_hf_h16(dir, be, 0, 0, sink, ud, out);
 }
 
 int model_hf_h16(const char *dir)
@@ -104,8 +104,8 @@ int model_hf_h16(const char *dir)
     return fmt < 0 ? 0 : fmt;
 }
 
-int model_load_hf_h16(const char *dir, backend *be, int h16, model_layer_sink sink, void *ud,
-                      model **out)
+int model_load_hf_h16(const char *dir, backend *be, int h16, int t16, model_layer_sink sink,
+                      void *ud, model **out)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -120,7 +120,7 @@ int model_load_hf_h16(const char *dir, backend *be, int h16, model_layer_sink si
     model *m = NULL;
     model_hf_tensor *w = NULL;
     int n = 0;
-    int rc = model_begin(&cfg, be, h16, sink, ud, &m, &w, &n);
+    int rc = model_begin(&cfg, be, h16, t16, sink, ud, &m, &w, &n);
     loader ld = {m, sts, 0, NULL, NULL};
     if (rc == 0) {
         /* some checkpoints (OPT's, saved from the bare decoder) name their

@@ -275,7 +275,7 @@ static int check_segments(const off_store *st, const model_config *c, const int 
     return 0;
 }
 
-int model_load_store(const char *dir, backend *be, struct off_disk *disk, int h16,
+int model_load_store(const char *dir, backend *be, struct off_disk *disk, int h16, int t16,
                      model_layer_sink sink, void *ud, model **out)
 {
     char path[4096];
@@ -312,6 +312,7 @@ int model_load_store(const char *dir, backend *be, struct off_disk *disk, int h1
     if (rc == 0) {
         m->be = be;
         m->h16 = h16;
+        m->t16 = t16;
         m->sink = sink;
         m->sink_ud = ud;
         rc = model_alloc_weights(m);

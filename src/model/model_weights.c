@@ -105,7 +105,7 @@ int model_alloc_weights(model *m)
     int direct = o->h16_direct && o->h16_direct(ctx, KERN_H16_BF16);
     RETURN_IF(direct && (!o->embed_h16 || !o->host_visible), -EINVAL, "internal: the %s "
               "backend computes from bf16 but has no bf16 embedding or host memory", o->name);
-    m->g16 = m->h16 == KERN_H16_BF16 && direct ? KERN_H16_BF16 : 0;
+    m->g16 = (m->h16 == KERN_H16_BF16 || m->t16 == KERN_H16_BF16) && direct ? KERN_H16_BF16 : 0;
     /* the global tensors, as the family's checkpoint table has them */
     model_hf_tensor *w;
     int n = model_hf_tensors(c, &w), rc = 0;
@@ -187,14 +187,15 @@ int model_put_f32(model *m, const model_hf_tensor *w, size_t offset, const float
 }
 
 /* A new model of config c loading into sink, with its tensor table. */
-int model_begin(const model_config *c, backend *be, int h16, model_layer_sink sink, void *ud,
-                       model **out, model_hf_tensor **w, int *n)
+int model_begin(const model_config *c, backend *be, int h16, int t16, model_layer_sink sink,
+                void *ud, model **out, model_hf_tensor **w, int *n)
 {
     model *m = calloc(1, sizeof *m);
     RETURN_IF(!m, -ENOMEM, "out of memory");
     m->cfg = *c;
     m->be = be;
     m->h16 = h16;
+    m->t16 = t16;
     m->sink = sink;
     m->sink_ud = ud;
     *out = m;

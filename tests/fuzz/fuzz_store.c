@@ -98,7 +98,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (model_config_of(fuzz_dir(), &c) < 0 || model_config_params(&c) > 1000000)
         return 0;
     model *m = NULL;
-    if (model_load_store(fuzz_dir(), &be, NULL, 0, sink, NULL, &m) == 0)
+    if (model_load_store(fuzz_dir(), &be, NULL, 0, 0, sink, NULL, &m) == 0)
         model_destroy(m);
     return 0;
 }
