@@ -10,8 +10,10 @@
 
 const char *sched_cost_term_name(int t)
 {
-    static const char *names[COST_TERMS] = {"h2d",         "d2h",     "disk read",
-                                            "disk write",  "host memory (CPU attention)",
+    static const char *names[COST_TERMS] = {"h2d",         "d2h",
+                                            "disk read",   "disk write",
+                                            "disk reads + writes",
+                                            "host memory (CPU attention)",
                                             "compute",     "device memory"};
     return t >= 0 && t < COST_TERMS ? names[t] : "?";
 }
@@ -154,6 +156,9 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
                         : INFINITY;
     q[COST_DEV_MEM] = secs(np * (K * W_all + W_widen) + kv_g + kv_c + kv_d, hw->dev_mem);
 
+    /* (after its parts: a disk that only reads is limited by "disk read") */
+    t[COST_DISK] = t[COST_DISK_READ] + t[COST_DISK_WRITE];
+    q[COST_DISK] = q[COST_DISK_READ] + q[COST_DISK_WRITE];
     take_max(out->step, &out->step_s, &out->step_limit);
     take_max(out->prefill, &out->prefill_s, &out->prefill_limit);
     double total = out->prefill_s + (gen_len - 1) * out->step_s;

@@ -239,6 +239,15 @@ struct sched {
     int w_slot_of[2];      /* layer in each slot, -1: none */
     uint64_t w_ticket[2];  /* loader ticket of each slot's load */
     int w_next;            /* slot the next weight load goes to */
+    /* the disk read of a weight slot's layer, issued a piece per item of the
+     * layer before (zigzag.c): t the whole read, [at, end) the bytes from
+     * its aligned start still to issue, pieces how many more issues to
+     * split them over; pieces 0: none pending */
+    struct {
+        sched_task t;
+        size_t at, end;
+        int v, pieces;
+    } w_pend;
 
     /* KV */
     void **kv_gpu;         /* (L * K) GPU homes */

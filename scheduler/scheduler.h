@@ -595,13 +595,18 @@ int sched_calib_share(sched_calib *hw, int k);
  * (KV and activations stored to disk every step), the q/k/v rows and
  * attention outputs that cross the link with CPU attention, activations
  * moved when they live off the GPU, and device memory counted as every
- * weight byte read by every GPU batch plus the KV computed on the device.
+ * weight byte read by every GPU batch plus the KV computed on the device,
+ * and the disk's reads and writes in turn: one device, whose rates were
+ * measured one direction at a time (on the Xeon VM of 2026-12-06 a run
+ * reading 45.6 GiB and writing 24.4 GiB took the sum of the two times at
+ * the calibrated rates, not the larger).
  */
 enum sched_cost_term {
     COST_H2D,        /* host -> GPU link */
     COST_D2H,        /* GPU -> host link */
     COST_DISK_READ,
     COST_DISK_WRITE,
+    COST_DISK,       /* the two above together: the disk does one, then the other */
     COST_DRAM,       /* CPU attention reading host KV */
     COST_FLOPS,      /* 2 x params x rows / gemm rate (prefill: the head's last rows only) */
     COST_DEV_MEM,    /* device memory traffic */

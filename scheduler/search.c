@@ -88,6 +88,21 @@ static void time_row(glp_prob *lp, int tvar, double rate, double cst, const doub
     add_row(lp, GLP_UP, 0, -cst * k, a);
 }
 
+/* The disk's row: its reads (const cr + cr_f . f at rate r) and writes (cw
+ * + cw_f . f at rate w) in turn, at most t (cost.c COST_DISK). */
+static void disk_row(glp_prob *lp, int tvar, double r, double cr, const double *cr_f, double w,
+                     double cw, const double *cw_f)
+{
+    if (!(r > 0) || !(w > 0))
+        return;
+    double a[N_VARS + 1] = {0};
+    double kr = 1.0 / (r * 1e9), kw = 1.0 / (w * 1e9);
+    for (int j = 1; j <= N_VARS; j++)
+        a[j] = cr_f[j] * kr + cw_f[j] * kw;
+    a[tvar] = -1;
+    add_row(lp, GLP_UP, 0, -(cr * kr + cw * kw), a);
+}
+
 static int lp_solve(const lp_in *in, lp_out *o)
 {
     const sched_calib *hw = in->hw;
@@ -184,6 +199,8 @@ static int lp_solve(const lp_in *in, lp_out *o)
         time_row(lp, V_TS, hw->disk_read, in->W_al + in->kv_all + in->x_step_disk, c_dr);
         c_dw[V_CG] = c_dw[V_CC] = -in->kv_all;
         time_row(lp, V_TS, hw->disk_write, in->kv_all + in->x_step_disk, c_dw);
+        disk_row(lp, V_TS, hw->disk_read, in->W_al + in->kv_all + in->x_step_disk, c_dr,
+                 hw->disk_write, in->kv_all + in->x_step_disk, c_dw);
     }
     if (in->attn) {
         c_dram[V_CG] = -in->kv_all;
@@ -206,6 +223,8 @@ static int lp_solve(const lp_in *in, lp_out *o)
         time_row(lp, V_TP, hw->disk_read, np * in->W_al + in->x_pre_disk, p_dr);
         p_dw[V_CG] = p_dw[V_CC] = -in->kv_all;
         time_row(lp, V_TP, hw->disk_write, in->kv_all + in->x_pre_disk, p_dw);
+        disk_row(lp, V_TP, hw->disk_read, np * in->W_al + in->x_pre_disk, p_dr,
+                 hw->disk_write, in->kv_all + in->x_pre_disk, p_dw);
     }
 
     glp_smcp parm;
@@ -247,7 +266,8 @@ static double busy(const sched_cost *c)
 {
     double b = 0;
     for (int i = 0; i < COST_TERMS; i++)
-        b += c->step[i] + c->prefill[i];
+        if (i != COST_DISK) /* (the sum of two others) */
+            b += c->step[i] + c->prefill[i];
     return b;
 }
 

@@ -55,10 +55,48 @@ static int issue_async(sched *s, const sched_task *t, int ev, int after_stores)
     return 0;
 }
 
-/* Issue the load of the weights of layer l into the next slot. */
-static int load_weights(sched *s, int l, int step)
+/* Issue the next of the pending weight read's pieces (all of them with
+ * all set): an equal share of what is left, in whole OFF_ALIGN blocks, as
+ * one lane task. A load queued behind it waits for that piece only, not
+ * for the whole layer: with several GPU batches the next layer's weights
+ * load a piece per batch, after that batch's KV (FlexGen's order, where
+ * they go with the layer's last batch, leaves the disk idle before). */
+static int w_issue(sched *s, int all)
+{
+    const sched_task *w = &s->w_pend.t;
+    while (s->w_pend.pieces) {
+        size_t at = s->w_pend.at, left = s->w_pend.end - at;
+        size_t n = s->w_pend.pieces == 1 ? left : left / (size_t)s->w_pend.pieces;
+        n = (n + OFF_ALIGN - 1) & ~(size_t)(OFF_ALIGN - 1);
+        if (n > left)
+            n = left;
+        s->w_pend.at += n;
+        s->w_pend.pieces = s->w_pend.at == s->w_pend.end ? 0 : s->w_pend.pieces - 1;
+        /* bytes [at, at + n) of the aligned span; the payload starts delta in */
+        size_t p0 = at < w->delta ? w->delta : at;
+        if (at + n > p0) {
+            sched_task t = *w;
+            t.delta = p0 - at;
+            t.stage = (char *)w->stage + (p0 - w->delta);
+            t.file_off = w->file_off + at;
+            t.bytes = at + n - p0;
+            int64_t ticket = sched_lane_submit(&s->lane[0], &t);
+            FORWARD_IF((int)(ticket < 0 ? ticket : 0));
+            s->w_ticket[s->w_pend.v] = (uint64_t)ticket;
+        }
+        if (!all)
+            break;
+    }
+    return 0;
+}
+
+/* Issue the load of the weights of layer l into the next slot: its CPU
+ * share now, its disk read in `pieces` parts that w_issue sends (0: all
+ * now). */
+static int load_weights(sched *s, int l, int step, int pieces)
 {
     const sched_geom *g = &s->g;
+    FORWARD_IF(w_issue(s, 1)); /* (the other slot's, should any be left) */
     int v = s->w_next;
     s->w_next ^= 1;
     s->w_slot_of[v] = l;
@@ -80,6 +118,7 @@ static int load_weights(sched *s, int l, int step)
             FORWARD_IF((int)(ticket < 0 ? ticket : 0));
         }
     }
+    s->w_ticket[v] = (uint64_t)ticket;
     if (wc < g->blob) {
         size_t from = wc & ~(size_t)(OFF_ALIGN - 1);
         t.tier = SCHED_DISK;
@@ -88,19 +127,24 @@ static int load_weights(sched *s, int l, int step)
         t.file_off = s->w_off[l];
         t.delta = wc - from; /* the bytes before w_cpu are the blob's own */
         t.bytes = g->blob - wc;
-        ticket = sched_lane_submit(&s->lane[0], &t);
-        FORWARD_IF((int)(ticket < 0 ? ticket : 0));
+        s->w_pend.t = t;
+        s->w_pend.at = 0;
+        s->w_pend.end = t.delta + t.bytes;
+        s->w_pend.v = v;
+        s->w_pend.pieces = pieces < 1 ? 1 : pieces;
+        if (pieces < 1)
+            FORWARD_IF(w_issue(s, 1));
     }
-    s->w_ticket[v] = (uint64_t)ticket;
     return 0;
 }
 
 /* The weight slot holding (or loading) layer l, issuing its load when no
- * slot has it. @return the slot or -errno. */
-static int weights_slot(sched *s, int l, int step)
+ * slot has it (its disk read in `pieces`, load_weights). @return the slot
+ * or -errno. */
+static int weights_slot(sched *s, int l, int step, int pieces)
 {
     if (s->w_slot_of[0] != l && s->w_slot_of[1] != l)
-        FORWARD_IF(load_weights(s, l, step));
+        FORWARD_IF(load_weights(s, l, step, pieces));
     return s->w_slot_of[0] == l ? 0 : 1;
 }
 
@@ -112,8 +156,10 @@ static int weights_of(sched *s, int l, int step, const sched_layer **out)
         *out = &s->w_view[0][l];
         return 0;
     }
-    int v = weights_slot(s, l, step);
+    int v = weights_slot(s, l, step, 0);
     FORWARD_IF(v);
+    if (s->w_pend.pieces && s->w_pend.v == v)
+        FORWARD_IF(w_issue(s, 1));
     FORWARD_IF(sched_lane_wait(&s->lane[0], s->w_ticket[v]));
     if (s->w_async[v])
         FORWARD_IF(s->be->ops->event_wait(s->be->ctx, BACKEND_Q_COMPUTE, EV_LOAD_W(v)));
@@ -342,11 +388,12 @@ int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
         int l = i / nb, v = i % 2;
         const batch_desc *b = &bs[i % nb];
         /* the next layer's weights start loading with the first batch of a
-         * layer; during the last layer, layer 0 of the next pass */
+         * layer, their disk read a piece after each batch's loads (w_issue);
+         * during the last layer, layer 0 of the next pass */
         if (i % nb == 0 && g->w_gpu_min < g->blob) {
-            rc = weights_slot(s, l, step);
+            rc = weights_slot(s, l, step, 0);
             if (rc >= 0)
-                rc = weights_slot(s, l + 1 < g->L ? l + 1 : 0, step);
+                rc = weights_slot(s, l + 1 < g->L ? l + 1 : 0, step, nb);
             rc = rc < 0 ? rc : 0;
         }
         if (rc == 0)
@@ -362,6 +409,8 @@ int sched_forward(sched *s, const int32_t *ids, const int32_t *pos, int n_rows,
         if (rc == 0 && i + 1 < n_items && !late)
             rc = load_item(s, (i + 1) / nb, &bs[(i + 1) % nb], v ^ 1, step, &io[v ^ 1],
                            &io[v ^ 1]);
+        if (rc == 0)
+            rc = w_issue(s, i % nb == nb - 1);
         /* device-ordered: the compute waits for its loads and for the
          * stores that empty its slot, on the device */
         if (rc == 0 && s->dev_order)

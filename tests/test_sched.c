@@ -369,6 +369,92 @@ Test(sched, trace_shows_loads_overlapping_compute)
     cr_assert_eq(without, 0, "%d loads overlapped compute with --no-overlap", without);
 }
 
+/* A lane-0 load of a trace: what, (layer, batch, step), when. */
+typedef struct lane_load {
+    char name[16];
+    int layer, batch, step;
+    double t0, t1, bytes;
+} lane_load;
+
+static int lane_loads(const char *file, lane_load *out, int max)
+{
+    char *text = cli_read(file);
+    cr_assert(text, "%s missing", file);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    cr_assert(root, "%s is not JSON", file);
+    int n = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(root, "traceEvents")) {
+        const cJSON *ph = cJSON_GetObjectItem(e, "ph"), *args = cJSON_GetObjectItem(e, "args");
+        if (!cJSON_IsString(ph) || strcmp(ph->valuestring, "X") != 0 ||
+            cJSON_GetObjectItem(e, "tid")->valueint != 2 || n >= max)
+            continue;
+        const cJSON *b = cJSON_GetObjectItem(args, "batch");
+        lane_load *x = &out[n++];
+        snprintf(x->name, sizeof x->name, "%s", cJSON_GetObjectItem(e, "name")->valuestring);
+        x->layer = cJSON_GetObjectItem(args, "layer")->valueint;
+        x->batch = b ? b->valueint : -1;
+        x->step = cJSON_GetObjectItem(args, "step")->valueint;
+        x->t0 = cJSON_GetObjectItem(e, "ts")->valuedouble;
+        x->t1 = x->t0 + cJSON_GetObjectItem(e, "dur")->valuedouble;
+        x->bytes = cJSON_GetObjectItem(args, "bytes")->valuedouble;
+    }
+    cJSON_Delete(root);
+    return n;
+}
+
+/* With two GPU batches and the weights and KV on disk, the loader lane
+ * reads the next layer's weights in two pieces, the first after the KV of
+ * the layer's second batch (which then never waits behind a whole layer of
+ * weights), the pieces of every layer alike; the output is the
+ * all-resident run's (every_placement_equals_all_resident). */
+Test(sched, next_layer_weights_load_a_piece_per_batch_after_its_kv)
+{
+    setup_files();
+    /* one block: the steps of one pass each */
+    cli_write("p4.jsonl", "{\"id\": 1, \"prompt\": \"Hello there, how are you\"}\n"
+                          "{\"id\": 2, \"prompt\": \"x\"}\n"
+                          "{\"id\": 3, \"prompt\": \"The quick brown fox jumps\"}\n"
+                          "{\"id\": 4, \"prompt\": \"one two\"}\n");
+    cr_assert_eq(cli_run("generate --model " TINY " --prompts p4.jsonl --out tw.jsonl "
+                         "--max-new-tokens 6 --gpu-batch-size 2 --num-gpu-batches 2 "
+                         "--percent 0 0 0 0 0 100 --offload-dir off --trace tw.json --quiet"),
+                 0, "%s", cli_err);
+    static lane_load ev[20000];
+    int n = lane_loads("tw.json", ev, 20000), checked = 0;
+    cr_assert(n > 0 && n < 20000, "%d lane loads", n);
+    int L = 0;
+    for (int i = 0; i < n; i++)
+        L = ev[i].layer + 1 > L ? ev[i].layer + 1 : L;
+    double piece_bytes[2] = {-1, -1};
+    for (int step = 1; step < 4; step++) /* decode steps: every batch loads its KV */
+        for (int l = 0; l + 1 < L; l++) {
+            const lane_load *kv1 = NULL, *w[3] = {NULL};
+            int nw = 0;
+            for (int i = 0; i < n; i++) {
+                if (ev[i].step != step)
+                    continue;
+                if (!strcmp(ev[i].name, "KV") && ev[i].layer == l && ev[i].batch == 1)
+                    kv1 = &ev[i];
+                if (!strcmp(ev[i].name, "weights") && ev[i].layer == l + 1 && nw < 3)
+                    w[nw++] = &ev[i];
+            }
+            cr_assert(kv1, "step %d layer %d: no KV load of batch 1", step, l);
+            cr_assert_eq(nw, 2, "step %d: layer %d's weights in %d loads", step, l + 1, nw);
+            cr_assert_geq(w[0]->t0, kv1->t1, "step %d: layer %d's weights before the KV of "
+                          "(%d, 1)", step, l + 1, l);
+            for (int p = 0; p < 2; p++) {
+                if (piece_bytes[p] < 0)
+                    piece_bytes[p] = w[p]->bytes;
+                cr_assert_eq(w[p]->bytes, piece_bytes[p], "layer %d piece %d", l + 1, p);
+            }
+            checked++;
+        }
+    cr_assert_gt(checked, 0);
+    cr_assert(piece_bytes[0] > 0 && piece_bytes[1] > 0);
+}
+
 Test(sched, weight_store_streams_and_detects_corruption)
 {
     setup_files();

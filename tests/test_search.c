@@ -131,6 +131,13 @@ Test(search, cost_terms_from_plan_bytes)
     double wr = (double)kd.bytes[SCHED_DISK][SCHED_KV] / (hw.disk_write * 1e9);
     cr_assert(fabs(ck.step[COST_DISK_WRITE] - wr) < 1e-9 * wr, "%g vs %g",
               ck.step[COST_DISK_WRITE], wr);
+    /* one disk reads the KV and writes it back in turn: the two times add
+     * up (a disk that only reads is limited by its reads) */
+    cr_assert(ck.step[COST_DISK_READ] > 0);
+    cr_assert_eq(ck.step[COST_DISK], ck.step[COST_DISK_READ] + ck.step[COST_DISK_WRITE]);
+    cr_assert_eq(ck.prefill[COST_DISK], ck.prefill[COST_DISK_READ] + ck.prefill[COST_DISK_WRITE]);
+    cr_assert_eq(ck.step_limit, COST_DISK, "got %s", sched_cost_term_name(ck.step_limit));
+    cr_assert_eq(cd.step[COST_DISK], cd.step[COST_DISK_READ]);
     /* with CPU attention, CPU-tier KV does not cross the link but is read
      * from host memory */
     sched_policy pc = pol(8, 2, 100, 0, 0, 100, 100, 0, 1);
