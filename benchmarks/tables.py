@@ -773,18 +773,27 @@ def grid_table(grid, g, mach, by):
     return out
 
 
+def current_rows(grid, mach, by):
+    """The measured rows of by that are cells of the grid as it is now: this machine, and
+    each model's current caps (a grid whose caps changed keeps its older rows in the CSV
+    under their own cap key; the tables look cells up by that key, the plots use these)."""
+    g = GRIDS[grid]
+    return [r for r in by.values() if r["status"] == "ok" and r["machine"] == mach and
+            r["model"] in g["caps"] and r["cap"] == cap_str(g["caps"][r["model"]])]
+
+
 def plots(grid, mach, by, outdir):
     """throughput per system, tok/s against block size (full vs H2O), efficiency; PNGs
     by gnuplot. @return the file names written."""
     if not shutil.which("gnuplot"):
         print("gnuplot not found (apt-get install -y gnuplot-nox): no PNGs", file=sys.stderr)
         return []
-    ok = [r for r in by.values() if r["status"] == "ok"]
+    g = GRIDS[grid]
+    ok = current_rows(grid, mach, by)
     if not ok:
         return []
     tag = grid + "-" + re.sub(r"[^\w]+", "_", mach).strip("_").lower()[:40]
     tmp = tempfile.mkdtemp()
-    g = GRIDS[grid]
     cols = [(m, p, n) for p, n in g["sizes"] for m in g["models"]]
     cols = [c for c in cols if any((r["model"], r["prompt_len"], r["gen_len"]) ==
                                    (c[0], str(c[1]), str(c[2])) for r in ok)]

@@ -5,7 +5,8 @@
  *   for layer j:                          weights of j: resident, or in slot w
  *     for GPU batch k (active ones):
  *        wait: weights of j, KV + activations of (j, k) in stage slot i % 2
- *        issue: weights of j + 1 (once per layer, into the other weight slot)
+ *        issue: weights of j + 1 (once per layer, into the other weight slot;
+ *               their disk read a piece per batch, after that batch's loads)
  *               KV + activations of the next item into slot (i + 1) % 2
  *        compute layer j on batch k (embedding before layer 0, head after L-1)
  *        mark the compute; issue: store KV + activations of (j, k) home

@@ -48,6 +48,22 @@ class PeerTries(unittest.TestCase):
             tables.peer_tries(64, "x")
 
 
+class CurrentRows(unittest.TestCase):
+    def test_plots_take_only_the_grid_s_current_caps_and_machine(self):
+        # the cpu-bf16 grid's small models got halved caps in session 31: their rows under
+        # the fp32 caps stay in the CSV but are no cells of the grid any more
+        g = tables.GRIDS["cpu-bf16"]
+        now, old = tables.cap_str(g["caps"]["opt-1.3b"]), tables.cap_str(
+            tables.GRIDS["cpu"]["caps"]["opt-1.3b"])
+        self.assertNotEqual(now, old)
+        row = dict(system="HF Accelerate", model="opt-1.3b", prompt_len="32", gen_len="8",
+                   machine="m", status="ok", tok_s="1")
+        by = {1: dict(row, cap=old, tok_s="113"), 2: dict(row, cap=now, tok_s="57"),
+              3: dict(row, cap=now, machine="other"), 4: dict(row, cap=now, status="failed")}
+        got = tables.current_rows("cpu-bf16", "m", by)
+        self.assertEqual([r["tok_s"] for r in got], ["57"])
+
+
 class Held(unittest.TestCase):
     def test_old_rule_note_is_marked(self):
         r = {"status": "ok", "note": "batch 8: 0.378 tok/s; batch 16 not run (batch 8 took 169 s)"}
