@@ -89,14 +89,17 @@ static void time_row(glp_prob *lp, int tvar, double rate, double cst, const doub
 }
 
 /* The disk's row: its reads (const cr + cr_f . f at rate r) and writes (cw
- * + cw_f . f at rate w) in turn, at most t (cost.c COST_DISK). */
+ * + cw_f . f at rate w) in turn, at most t (cost.c COST_DISK). Each time is
+ * never negative where the shares are, so the row also bounds reads and
+ * writes alone (COST_DISK_READ, COST_DISK_WRITE). Without a rate, as in
+ * time_row, that direction's bytes must be zero and it adds nothing. */
 static void disk_row(glp_prob *lp, int tvar, double r, double cr, const double *cr_f, double w,
                      double cw, const double *cw_f)
 {
-    if (!(r > 0) || !(w > 0))
+    if (!(r > 0) && !(w > 0))
         return;
     double a[N_VARS + 1] = {0};
-    double kr = 1.0 / (r * 1e9), kw = 1.0 / (w * 1e9);
+    double kr = r > 0 ? 1.0 / (r * 1e9) : 0, kw = w > 0 ? 1.0 / (w * 1e9) : 0;
     for (int j = 1; j <= N_VARS; j++)
         a[j] = cr_f[j] * kr + cw_f[j] * kw;
     a[tvar] = -1;
@@ -196,9 +199,7 @@ static int lp_solve(const lp_in *in, lp_out *o)
     if (in->disk) {
         c_dr[V_WG] = c_dr[V_WC] = -in->W_al;
         c_dr[V_CG] = c_dr[V_CC] = -in->kv_all;
-        time_row(lp, V_TS, hw->disk_read, in->W_al + in->kv_all + in->x_step_disk, c_dr);
         c_dw[V_CG] = c_dw[V_CC] = -in->kv_all;
-        time_row(lp, V_TS, hw->disk_write, in->kv_all + in->x_step_disk, c_dw);
         disk_row(lp, V_TS, hw->disk_read, in->W_al + in->kv_all + in->x_step_disk, c_dr,
                  hw->disk_write, in->kv_all + in->x_step_disk, c_dw);
     }
@@ -220,9 +221,7 @@ static int lp_solve(const lp_in *in, lp_out *o)
     time_row(lp, V_TP, hw->d2h, kv_pre + in->x_pre, p_d2h);
     if (in->disk) {
         p_dr[V_WG] = p_dr[V_WC] = -np * in->W_al;
-        time_row(lp, V_TP, hw->disk_read, np * in->W_al + in->x_pre_disk, p_dr);
         p_dw[V_CG] = p_dw[V_CC] = -in->kv_all;
-        time_row(lp, V_TP, hw->disk_write, in->kv_all + in->x_pre_disk, p_dw);
         disk_row(lp, V_TP, hw->disk_read, np * in->W_al + in->x_pre_disk, p_dr,
                  hw->disk_write, in->kv_all + in->x_pre_disk, p_dw);
     }
