@@ -333,14 +333,21 @@ static int track_events(const cJSON *evs, int tid, const char *cat, double (*iv)
     return n;
 }
 
-/* Loads (track 2) whose interval intersects some compute (track 1). */
-static int overlapping_loads(const char *file)
+/* A --trace file, parsed (the caller deletes it). */
+static cJSON *trace_root(const char *file)
 {
     char *text = cli_read(file);
     cr_assert(text, "%s missing", file);
     cJSON *root = cJSON_Parse(text);
     free(text);
     cr_assert(root, "%s is not JSON", file);
+    return root;
+}
+
+/* Loads (track 2) whose interval intersects some compute (track 1). */
+static int overlapping_loads(const char *file)
+{
+    cJSON *root = trace_root(file);
     const cJSON *evs = cJSON_GetObjectItem(root, "traceEvents");
     cr_assert(cJSON_IsArray(evs));
     static double comp[20000][2], load[20000][2];
@@ -378,11 +385,7 @@ typedef struct lane_load {
 
 static int lane_loads(const char *file, lane_load *out, int max)
 {
-    char *text = cli_read(file);
-    cr_assert(text, "%s missing", file);
-    cJSON *root = cJSON_Parse(text);
-    free(text);
-    cr_assert(root, "%s is not JSON", file);
+    cJSON *root = trace_root(file);
     int n = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, cJSON_GetObjectItem(root, "traceEvents")) {
