@@ -136,7 +136,9 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
     t[COST_D2H] = secs(kv_link + (attn ? 3 * L * host_seqs * row : 0) + x.step, hw->d2h);
     t[COST_DISK_READ] = secs(w_disk + (g.kv_n[SCHED_DISK] ? kv_d_io : 0) + x.step_disk,
                              hw->disk_read);
-    t[COST_DISK_WRITE] = secs((g.kv_n[SCHED_DISK] ? kv_d_io : 0) + x.step_disk, hw->disk_write);
+    /* a step writes back the pages of a disk record that it changed */
+    t[COST_DISK_WRITE] = secs(L * K * (double)sched_kv_step_store_bytes(&g, sh->cap) + x.step_disk,
+                              hw->disk_write);
     t[COST_DRAM] = attn ? secs(kv_c + kv_d, hw->dram) : 0;
     t[COST_FLOPS] = f_step > 0 ? 2 * params * N / f_step : INFINITY;
     t[COST_DEV_MEM] = secs(K * W_all + W_widen + kv_g + kv_link, hw->dev_mem);

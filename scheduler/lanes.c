@@ -91,8 +91,19 @@ static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
             sched_link_add(s, SCHED_LINK_GPU_CPU, t->bytes, sched_trace_now() - t0);
             memset((char *)l->stage + t->bytes, 0, span - t->bytes);
         }
+        /* a decode step writes back the pages it changed */
+        const off_io *ios = &io;
+        int n = 1;
+        if (t->kv_seqs > 0) {
+            n = sched_kv_dirty_runs(s, t->batch, t->kv_seqs, io.buf, t->fd, t->file_off, l->runs,
+                                    l->pages);
+            ios = l->runs;
+            span = 0;
+            for (int i = 0; i < n; i++)
+                span += ios[i].len;
+        }
         double t1 = sched_trace_now();
-        FORWARD_IF(off_disk_rw(s->disk, &io, 1, what));
+        FORWARD_IF(off_disk_rw(s->disk, ios, n, what));
         sched_link_add(s, SCHED_LINK_CPU_DISK, span, sched_trace_now() - t1);
         trace_task(s, t, TRACK_DISK, "disk write", cat, tier, span, t1);
     }
@@ -140,6 +151,12 @@ int sched_lanes_start(struct sched *s)
             RETURN_IF(((uintptr_t)l->stage & (OFF_ALIGN - 1)) != 0, -EINVAL,
                       "internal: host staging buffer is not %u-aligned", OFF_ALIGN);
         }
+        size_t n_pages = s->g.kv_disk_stride / OFF_ALIGN;
+        if (i == 1 && n_pages) {
+            l->pages = malloc(n_pages);
+            l->runs = malloc(sizeof(off_io) * ((n_pages + 1) / 2));
+            RETURN_IF(!l->pages || !l->runs, -ENOMEM, "out of memory");
+        }
         if (s->pol.overlap) {
             int e = pthread_create(&l->thread, NULL, lane_main, l);
             RETURN_IF(e != 0, -e, "cannot start an I/O thread (%s)", strerror(e));
@@ -165,6 +182,10 @@ void sched_lanes_stop(struct sched *s)
         }
         s->be->ops->host_free(s->be->ctx, l->stage);
         l->stage = NULL;
+        free(l->pages);
+        free(l->runs);
+        l->pages = NULL;
+        l->runs = NULL;
         pthread_mutex_destroy(&l->mu);
         pthread_cond_destroy(&l->cv);
         l->s = NULL;

@@ -185,6 +185,9 @@ typedef struct sched_task {
     uint64_t file_off;     /* OFF_ALIGN-aligned; the payload starts delta bytes in */
     size_t delta;
     size_t bytes;          /* payload */
+    int kv_seqs;           /* a decode step's store of a disk KV record: how many of its
+                            * sequences are in the pass (only what they changed is
+                            * written, sched_kv_dirty_runs); 0: the whole payload */
     int mark;              /* compute event to wait for first (EV_COMPUTE_*), -1: none */
     int dep_lane;          /* wait for that lane's task dep_ticket first, -1: none */
     uint64_t dep_ticket;
@@ -207,6 +210,8 @@ typedef struct sched_lane {
     int stop, failed;
     char msg[1024];
     void *stage;            /* host staging for disk transfers (aligned) */
+    uint8_t *pages;         /* (lane 1, disk KV) a flag per page of a KV record */
+    off_io *runs;           /* (lane 1, disk KV) the record's changed pages as requests */
 } sched_lane;
 
 struct sched {
@@ -288,6 +293,26 @@ void sched_kv_where(const sched_geom *g, int seq, int *k, int *t, int *j);
 
 /* Account bytes moved over link (SCHED_LINK_*) in secs (0: not timed). */
 void sched_link_add(struct sched *s, int link, uint64_t bytes, double secs);
+
+/* Clean pages a write-back request takes in between dirty ones rather
+ * than splitting: a request costs about as much as 32 KiB more of it does
+ * (this VM's disk, fio 4 KiB random writes at depth 64: 144k IOPS, against
+ * 2.6 GB/s in large ones: 18 KiB; our engine reached half that rate while
+ * both cores computed). Records of short caches so write nearly whole. */
+#define KV_MERGE_GAP 8
+
+/* The requests that write back what a decode step changed in GPU batch k's
+ * disk KV record (n_seq of its sequences in the pass, computed at rec, host
+ * memory, going to fd at file_off): runs of whole OFF_ALIGN pages holding
+ * the new tokens' K and V rows and positions and the scores of the slots in
+ * use; the whole record where a new token's slot cannot be found. ios:
+ * room for (pages + 1) / 2 requests; pages: kv_disk_stride / OFF_ALIGN
+ * bytes of scratch. @return the number of requests (kv_dirty.c). */
+int sched_kv_dirty_runs(const struct sched *s, int k, int n_seq, const char *rec, int fd,
+                        uint64_t file_off, off_io *ios, uint8_t *pages);
+/* About how many bytes of a disk KV record a decode step writes back,
+ * counting each request's own cost as KV_MERGE_GAP pages (cost.c). */
+size_t sched_kv_step_store_bytes(const sched_geom *g, int cap);
 
 int sched_lanes_start(struct sched *s);
 void sched_lanes_stop(struct sched *s);

@@ -214,12 +214,17 @@ static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch
         t->host = tier == SCHED_CPU ? sched_kv_home(s, tier, l, b->k) : NULL;
         t->fd = s->kv_fd;
         t->file_off = ((uint64_t)l * g->K + b->k) * g->kv_disk_stride;
+        /* a decode step stores what it changed in a disk record (lanes.c) */
+        int in_pass = b->n_seq - g->kv_seq0[tier];
+        t->kv_seqs = tier == SCHED_DISK && lane == 1 && s->pass_kind == SCHED_PASS_DECODE
+                         ? (in_pass < g->kv_n[tier] ? in_pass : g->kv_n[tier]) : 0;
         int rc = submit_one(s, lane, t, v, &ticket);
         if (rc < 0)
             return rc;
     }
     if (g->act_tier != SCHED_GPU && want_act) {
         t->name = "activations";
+        t->kv_seqs = 0;
         t->tier = g->act_tier;
         t->stage = s->x_stage[v];
         t->stage_host = 0;

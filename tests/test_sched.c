@@ -21,6 +21,7 @@
 #include "gen_harness.h"
 #include "kv_copy_harness.h"
 #include "model_config.h"
+#include "sched_impl.h"
 #include "scheduler.h"
 
 #define TINY FH_SOURCE_ROOT "/tests/fixtures/tiny-opt"
@@ -1115,3 +1116,199 @@ Test(policy, sizes_percent_split_and_presets)
     cr_assert_str_eq(d, "block 48x3, weights 20/80/0, KV 0/100/0, act 0/100/0, overlap, "
                         "cpu-attention");
 }
+
+/* One decode step of the CPU kernels (attention adding to the scores,
+ * then the insert) over a disk record of n_seq sequences: every byte the
+ * step changed lies in a run of sched_kv_dirty_runs, and the runs write
+ * `less` (1: fewer bytes than the record, 0: any). Sequences: idle, filling
+ * (n_slots < budget) and evicting (H2O with scores, window without). */
+static void dirty_step(int n_seq, int kvh, int hd, int cap, int scores, int less)
+{
+    sched s;
+    memset(&s, 0, sizeof s);
+    sched_geom *g = &s.g;
+    g->KVH = kvh;
+    g->H = 2 * kvh; /* two query heads a KV head */
+    g->hd = hd;
+    g->gbs = n_seq + 1;
+    g->kv_seq0[SCHED_DISK] = 1; /* the batch's first sequence elsewhere */
+    g->kv_n[SCHED_DISK] = n_seq;
+    g->kv_row = (size_t)hd * sizeof(float);
+    g->kv[SCHED_DISK] = sched_kv_layout(g, n_seq, cap, scores);
+    g->kv_disk_stride = off_align_up(g->kv[SCHED_DISK].bytes);
+    s.sh.cap = cap;
+    const kv_layout *kl = &g->kv[SCHED_DISK];
+    size_t stride = g->kv_disk_stride, n_pages = stride / OFF_ALIGN;
+    kern_seq *bseq = calloc((size_t)2 * g->gbs, sizeof(kern_seq)); /* batch k = 1 */
+    s.bseq = bseq;
+    kern_seq *seqs = bseq + g->gbs + 1;
+    char *before = off_alloc_aligned(stride), *after = off_alloc_aligned(stride);
+    cr_assert(bseq && before && after);
+    uint64_t r = 12345;
+    for (size_t i = 0; i < stride; i++)
+        before[i] = (char)((r = r * 6364136223846793005ULL + 1442695040888963407ULL) >> 56);
+    for (int j = 0; j < n_seq; j++) {
+        kern_seq *q = &seqs[j];
+        q->budget = cap - j % 3;
+        q->n_past = j % 3 == 2 ? cap + 5 + j : 1 + j % (cap - 2); /* evicting, or filling */
+        q->n_slots = q->n_past < q->budget ? q->n_past : q->budget;
+        q->n_new = j % 4 != 3; /* every fourth idle */
+        q->row = j;
+        q->sinks = 1;
+        q->recent = 2;
+        for (int h = 0; h < kvh; h++) { /* distinct positions, the newest last but shuffled */
+            int32_t *pos = (int32_t *)(before + kl->pos) + ((size_t)j * kvh + h) * cap;
+            for (int i = 0; i < q->n_slots; i++)
+                pos[i] = q->n_past - q->n_slots + i;
+            for (int i = q->n_slots - 1; i > 1; i--) {
+                int k = (int)((r = r * 6364136223846793005ULL + 1) >> 33) % i;
+                int32_t t = pos[i];
+                pos[i] = pos[k];
+                pos[k] = t;
+            }
+            if (scores)
+                for (int i = 0; i < cap; i++)
+                    ((float *)(before + kl->scores))[((size_t)j * kvh + h) * cap + i] =
+                        (float)(i % 7);
+        }
+    }
+    memcpy(after, before, stride);
+    size_t ld = (size_t)g->H * hd;
+    float *q = calloc((size_t)n_seq * ld, sizeof(float)), *kv = calloc((size_t)n_seq * ld,
+                                                                        sizeof(float));
+    float *out = calloc((size_t)n_seq * ld, sizeof(float)), *self_p = calloc((size_t)n_seq * kvh,
+                                                                             sizeof(float));
+    size_t sb = kern_attn_decode_scratch_bytes(cap, kern_cpu_threads());
+    void *scr = malloc(sb);
+    cr_assert(q && kv && out && self_p && scr);
+    for (size_t i = 0; i < (size_t)n_seq * ld; i++)
+        q[i] = kv[i] = (float)((i * 37) % 11) / 11.0f;
+    float *kc = (float *)(after + kl->kc), *vc = (float *)(after + kl->vc);
+    float *sc = scores ? (float *)(after + kl->scores) : NULL;
+    cr_assert_eq(kern_attn_decode_ref(out, (int)ld, q, kv, kv, (int)ld, kc, vc, seqs, n_seq,
+                                      g->H, kvh, hd, cap, 0.125f, sc, self_p, scr, sb), 0);
+    kern_kv_insert_ref(kc, vc, sc, (int32_t *)(after + kl->pos), kv, kv, (int)ld, self_p, seqs,
+                       n_seq, g->H, kvh, hd, cap, NULL);
+    off_io *ios = malloc(sizeof(off_io) * ((n_pages + 1) / 2));
+    uint8_t *pages = malloc(n_pages);
+    cr_assert(ios && pages);
+    int n = sched_kv_dirty_runs(&s, 1, n_seq, after, 7, 4096 * 3, ios, pages);
+    cr_assert(n >= 1 && (size_t)n <= (n_pages + 1) / 2, "%d runs", n);
+    size_t written = 0, changed = 0;
+    for (int i = 0; i < n; i++) {
+        size_t at = (size_t)((char *)ios[i].buf - after);
+        cr_assert(ios[i].fd == 7 && ios[i].write && at % OFF_ALIGN == 0 &&
+                  ios[i].len % OFF_ALIGN == 0 && at + ios[i].len <= stride &&
+                  ios[i].offset == 4096 * 3 + at, "run %d: %zu + %zu", i, at, ios[i].len);
+        cr_assert(i == 0 || (char *)ios[i].buf > (char *)ios[i - 1].buf + ios[i - 1].len);
+        written += ios[i].len;
+    }
+    for (size_t b = 0; b < kl->bytes; b++) {
+        if (before[b] == after[b])
+            continue;
+        changed++;
+        int in = 0;
+        for (int i = 0; i < n && !in; i++) {
+            size_t at = (size_t)((char *)ios[i].buf - after);
+            in = b >= at && b < at + ios[i].len;
+        }
+        cr_assert(in, "byte %zu changed (kc %zu vc %zu pos %zu scores %zu) but is not written",
+                  b, kl->kc, kl->vc, kl->pos, kl->scores);
+    }
+    cr_assert_gt(changed, 0);
+    if (less)
+        cr_assert_lt(written, stride / 2, "%zu of %zu bytes written", written, stride);
+    /* a new token whose position no slot holds: the whole record */
+    memcpy(after, before, stride);
+    seqs[2].n_past += 1000;
+    n = sched_kv_dirty_runs(&s, 1, n_seq, after, 7, 0, ios, pages);
+    cr_assert(n == 1 && ios[0].buf == after && ios[0].len == stride);
+    free(ios);
+    free(pages);
+    free(q);
+    free(kv);
+    free(out);
+    free(self_p);
+    free(scr);
+    free(bseq);
+    free(before);
+    free(after);
+}
+
+Test(sched, a_decode_step_writes_back_every_kv_byte_it_changed)
+{
+    dirty_step(9, 2, 64, 300, 1, 1);  /* H2O: long rows of a pair, requests apart */
+    dirty_step(9, 2, 64, 300, 0, 1);  /* full / window: no scores */
+    dirty_step(6, 4, 128, 97, 1, 1);  /* rows of 512 bytes, four KV heads */
+    dirty_step(5, 1, 16, 20, 1, 0);   /* a short cache: merged into nearly the whole */
+}
+
+/* Bytes of the "disk write" events (track 4) of a trace: at the prefill
+ * (step 0) and the most at any decode step. @return the events. */
+static int disk_writes(const char *file, double *prefill, double *decode_max)
+{
+    cJSON *root = trace_root(file);
+    int n = 0;
+    *prefill = *decode_max = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(root, "traceEvents")) {
+        const cJSON *name = cJSON_GetObjectItem(e, "name"), *args = cJSON_GetObjectItem(e, "args");
+        if (!cJSON_IsString(name) || strcmp(name->valuestring, "disk write") != 0)
+            continue;
+        double b = cJSON_GetObjectItem(args, "bytes")->valuedouble;
+        int step = cJSON_GetObjectItem(args, "step")->valueint;
+        double *to = step == 0 ? prefill : decode_max;
+        *to = b > *to ? b : *to;
+        n++;
+    }
+    cJSON_Delete(root);
+    return n;
+}
+
+/* With the KV cache on disk and rows long enough (a model of head_dim
+ * 128, 209 slots: a sequence and head's K rows span 26 pages, 13 under
+ * H2O's half), a decode step writes
+ * back a fraction of each record, and the run equals the all-resident one,
+ * for the full cache (the next slot) and H2O (the victims, the scores). */
+Test(sched, a_decode_step_writes_back_a_fraction_of_a_disk_kv_record)
+{
+    setup_files();
+    cli_write("wide.json", "{\"architectures\": [\"OPTForCausalLM\"], \"model_type\": \"opt\", "
+              "\"activation_function\": \"relu\", \"do_layer_norm_before\": true, "
+              "\"enable_bias\": true, \"ffn_dim\": 128, \"hidden_size\": 256, "
+              "\"num_attention_heads\": 2, \"num_hidden_layers\": 2, "
+              "\"max_position_embeddings\": 256, \"vocab_size\": 512, "
+              "\"word_embed_proj_dim\": 256, \"bos_token_id\": 2, \"eos_token_id\": 2, "
+              "\"pad_token_id\": 1, \"dtype\": \"float32\", \"tie_word_embeddings\": true}\n");
+    cr_assert_eq(cli_run("make-model --config wide.json --out wide"), 0, "%s", cli_err);
+    cli_write("pw.jsonl", "{\"id\": 1, \"prompt_ids\": [5, 6, 7]}\n"
+                          "{\"id\": 2, \"prompt_ids\": [9]}\n"
+                          "{\"id\": 3, \"prompt_ids\": [11, 12, 13, 14, 15, 16, 17, 18, 19]}\n"
+                          "{\"id\": 4, \"prompt_ids\": [20, 21, 22, 23, 24]}\n");
+    static const char *kv[] = {"", "--kv-policy h2o --kv-ratio 0.5 --sinks 1"};
+    for (int i = 0; i < 2; i++) {
+        const char *run = "generate --model wide --prompts pw.jsonl --max-new-tokens 200 "
+                          "--ignore-eos --gpu-batch-size 2 --num-gpu-batches 2 --quiet";
+        cr_assert_eq(cli_run("%s %s --out wa%d.jsonl --trace-evictions ea%d.jsonl", run, kv[i],
+                             i, i), 0, "%s", cli_err);
+        cr_assert_eq(cli_run("%s %s --out wb%d.jsonl --trace-evictions eb%d.jsonl --percent 100 "
+                             "0 0 0 100 0 --offload-dir off --trace wt%d.json", run, kv[i], i, i,
+                             i), 0, "%s", cli_err);
+        char a[32], b[32], t[32];
+        snprintf(a, sizeof a, "wa%d.jsonl", i);
+        snprintf(b, sizeof b, "wb%d.jsonl", i);
+        assert_same(a, b, kv[i][0] ? kv[i] : "full cache, KV on disk");
+        snprintf(a, sizeof a, "ea%d.jsonl", i);
+        snprintf(b, sizeof b, "eb%d.jsonl", i);
+        if (i == 1)
+            assert_same(a, b, "evictions, KV on disk");
+        snprintf(t, sizeof t, "wt%d.json", i);
+        double pre, dec;
+        int n = disk_writes(t, &pre, &dec);
+        /* 2 layers x 2 batches, a prefill and 199 decode steps */
+        cr_assert_eq(n, 2 * 2 * 200, "%s: %d disk writes", t, n);
+        cr_assert(dec > 0 && dec < pre / 4, "%s: a decode step wrote %.0f bytes of a record of "
+                  "%.0f", kv[i], dec, pre);
+    }
+}
+

@@ -138,6 +138,21 @@ Test(search, cost_terms_from_plan_bytes)
     cr_assert_eq(ck.prefill[COST_DISK], ck.prefill[COST_DISK_READ] + ck.prefill[COST_DISK_WRITE]);
     cr_assert_eq(ck.step_limit, COST_DISK, "got %s", sched_cost_term_name(ck.step_limit));
     cr_assert_eq(cd.step[COST_DISK], cd.step[COST_DISK_READ]);
+    /* a long cache writes back the pages of the new rows (kv_dirty.c), each
+     * request charged KV_MERGE_GAP pages more: 2 x 256 (sequence, head)
+     * pairs of 9 pages a layer and batch, and the positions, against rows
+     * of 68 KiB a pair */
+    sched_shape sl = shape(8, 512, 544, 0);
+    sched_plan kl;
+    sched_cost cl;
+    cr_assert_eq(sched_plan_compute(shape_of(&c), 2, &pk, &sl, &kl), 0);
+    cr_assert_eq(sched_cost_eval(shape_of(&c), 2, &pk, &sl, 512, n, &hw, &cl), 0);
+    double whole = (double)kl.bytes[SCHED_DISK][SCHED_KV], new_rows = 24 * 2 * 2 * 256 * 128.0;
+    double step_w = cl.step[COST_DISK_WRITE] * hw.disk_write * 1e9;
+    cr_assert(step_w > new_rows && step_w < 0.6 * whole, "a step writes %.0f of %.0f bytes",
+              step_w, whole);
+    cr_assert(fabs(cl.prefill[COST_DISK_WRITE] * hw.disk_write * 1e9 - whole) < 1e-6 * whole,
+              "the prefill writes the records whole");
     /* with CPU attention, CPU-tier KV does not cross the link but is read
      * from host memory */
     sched_policy pc = pol(8, 2, 100, 0, 0, 100, 100, 0, 1);

@@ -1,0 +1,111 @@
+/* kv_dirty.c: what a decode step changed in a disk-tier KV record.
+ *
+ * A decode step adds one token per (sequence, KV head) of the sequences
+ * that decoded: its K and V rows and its position go to one slot (the next
+ * free one while the cache fills, the H2O / window victim after), and the
+ * H2O scores of the slots in use change. Everything else in the record is
+ * what the step read. Writing back only the OFF_ALIGN pages that hold
+ * those bytes instead of the whole record (FlexGen stores only the new
+ * token's KV too) takes most of the writes off the disk, which reads and
+ * writes in turn: a record of 544 slots of 128-byte rows has 17 pages per
+ * (sequence, head) of K, of which one changes. A request costs about what
+ * KV_MERGE_GAP pages do, so runs take in shorter gaps: a short cache's
+ * record still goes nearly whole.
+ *
+ * The victim is chosen on the device (kern_kv_insert); here it is found
+ * again as the one slot of the sequence holding the new token's position
+ * n_past (positions in a cache are distinct, and slots [n_slots, cap)
+ * are never read, so only [0, n_slots) is searched). A step this cannot
+ * account for writes the whole record.
+ */
+#include <string.h>
+
+#include "sched_impl.h"
+
+static void mark(uint8_t *pages, size_t from, size_t len)
+{
+    for (size_t p = from / OFF_ALIGN; p <= (from + len - 1) / OFF_ALIGN; p++)
+        pages[p] = 1;
+}
+
+/* The slot the step's token of pair (sequence q, head) went to, whose
+ * positions are pos[0, cap): n_slots while the cache fills, else the slot
+ * holding position n_past. @return the slot or -1. */
+static int new_slot(const kern_seq *q, const int32_t *pos)
+{
+    if (q->n_slots < q->budget)
+        return q->n_slots;
+    for (int i = 0; i < q->n_slots; i++)
+        if (pos[i] == q->n_past)
+            return i;
+    return -1;
+}
+
+int sched_kv_dirty_runs(const sched *s, int k, int n_seq, const char *rec, int fd,
+                        uint64_t file_off, off_io *ios, uint8_t *pages)
+{
+    const sched_geom *g = &s->g;
+    const kv_layout *kl = &g->kv[SCHED_DISK];
+    size_t n_pages = g->kv_disk_stride / OFF_ALIGN, row = g->kv_row;
+    int cap = s->sh.cap, whole = 0;
+    const kern_seq *seqs = s->bseq + (size_t)k * g->gbs + g->kv_seq0[SCHED_DISK];
+    memset(pages, 0, n_pages);
+    for (int j = 0; j < n_seq && !whole; j++) {
+        const kern_seq *q = &seqs[j];
+        if (q->n_new == 0)
+            continue;
+        for (int h = 0; h < g->KVH; h++) {
+            size_t base = ((size_t)j * g->KVH + h) * cap;
+            int slot = new_slot(q, (const int32_t *)(rec + kl->pos) + base);
+            if (slot < 0) {
+                whole = 1;
+                break;
+            }
+            mark(pages, kl->kc + (base + slot) * row, row);
+            mark(pages, kl->vc + (base + slot) * row, row);
+            mark(pages, kl->pos + (base + slot) * 4, 4);
+            if (kl->scores != SIZE_MAX) /* the slots in use, the new one included */
+                mark(pages, kl->scores + base * 4,
+                     4 * (size_t)(slot == q->n_slots ? q->n_slots + 1 : q->n_slots));
+        }
+    }
+    if (whole)
+        memset(pages, 1, n_pages);
+    int n = 0;
+    for (size_t p = 0; p < n_pages;) {
+        if (!pages[p]) {
+            p++;
+            continue;
+        }
+        /* a run takes in gaps shorter than KV_MERGE_GAP clean pages */
+        size_t e = p + 1, gap = 0;
+        for (size_t i = e; i < n_pages && gap < KV_MERGE_GAP; i++) {
+            gap = pages[i] ? 0 : gap + 1;
+            if (pages[i])
+                e = i + 1;
+        }
+        ios[n++] = (off_io){fd, 1, (char *)rec + p * OFF_ALIGN, (e - p) * OFF_ALIGN,
+                            file_off + p * OFF_ALIGN};
+        p = e;
+    }
+    return n;
+}
+
+size_t sched_kv_step_store_bytes(const sched_geom *g, int cap)
+{
+    if (!g->kv_n[SCHED_DISK])
+        return 0;
+    size_t pairs = (size_t)g->kv_n[SCHED_DISK] * g->KVH, row = g->kv_row;
+    /* a row's pages: one more where rows do not tile a page (some straddle two) */
+    size_t row_pages = (row + OFF_ALIGN - 1) / OFF_ALIGN + (OFF_ALIGN % row != 0);
+    /* a (sequence, head)'s rows span about cap * row / OFF_ALIGN + 1 pages:
+     * with gaps shorter than KV_MERGE_GAP pages between its new rows (and
+     * those of the next pair) the runs merge into the whole record */
+    if ((size_t)cap * row / OFF_ALIGN + 1 <= row_pages + KV_MERGE_GAP)
+        return g->kv_disk_stride;
+    /* else a request per new K and V row, each costing about KV_MERGE_GAP
+     * pages more (kv_dirty.c), and the positions and scores whole */
+    size_t b = 2 * pairs * (row_pages + KV_MERGE_GAP) * OFF_ALIGN +
+               off_align_up(pairs * cap * 4) * (g->kv[SCHED_DISK].scores != SIZE_MAX ? 2 : 1);
+    return b < g->kv_disk_stride ? b : g->kv_disk_stride;
+}
