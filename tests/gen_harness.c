@@ -1,8 +1,11 @@
 /* gen_harness.c: see gen_harness.h. */
 #include "gen_harness.h"
 
+#include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 
 #include "cli_harness.h"
@@ -84,3 +87,43 @@ uint64_t gen_harness_run(backend *be, const char *percent, int cpu_attention, co
     job_reader_close(rd);
     return during;
 }
+
+void gen_harness_wide_model(void)
+{
+    cli_write("wide.json", "{\"architectures\": [\"OPTForCausalLM\"], \"model_type\": \"opt\", "
+              "\"activation_function\": \"relu\", \"do_layer_norm_before\": true, "
+              "\"enable_bias\": true, \"ffn_dim\": 128, \"hidden_size\": 256, "
+              "\"num_attention_heads\": 2, \"num_hidden_layers\": 2, "
+              "\"max_position_embeddings\": 256, \"vocab_size\": 512, "
+              "\"word_embed_proj_dim\": 256, \"bos_token_id\": 2, \"eos_token_id\": 2, "
+              "\"pad_token_id\": 1, \"dtype\": \"float32\", \"tie_word_embeddings\": true}\n");
+    cr_assert_eq(cli_run("make-model --config wide.json --out wide"), 0, "%s", cli_err);
+    cli_write("pw.jsonl", "{\"id\": 1, \"prompt_ids\": [5, 6, 7]}\n"
+                          "{\"id\": 2, \"prompt_ids\": [9]}\n"
+                          "{\"id\": 3, \"prompt_ids\": [11, 12, 13, 14, 15, 16, 17, 18, 19]}\n"
+                          "{\"id\": 4, \"prompt_ids\": [20, 21, 22, 23, 24]}\n");
+}
+
+int gen_harness_disk_writes(const char *trace, double *prefill, double *decode_max)
+{
+    char *text = cli_read(trace);
+    cr_assert(text, "%s missing", trace);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    cr_assert(root, "%s is not JSON", trace);
+    int n = 0;
+    *prefill = *decode_max = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(root, "traceEvents")) {
+        const cJSON *name = cJSON_GetObjectItem(e, "name"), *args = cJSON_GetObjectItem(e, "args");
+        if (!cJSON_IsString(name) || strcmp(name->valuestring, "disk write") != 0)
+            continue;
+        double b = cJSON_GetObjectItem(args, "bytes")->valuedouble;
+        double *to = cJSON_GetObjectItem(args, "step")->valueint == 0 ? prefill : decode_max;
+        *to = b > *to ? b : *to;
+        n++;
+    }
+    cJSON_Delete(root);
+    return n;
+}
+

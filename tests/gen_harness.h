@@ -33,4 +33,15 @@ void gen_harness_job(void);
 uint64_t gen_harness_run(backend *be, const char *percent, int cpu_attention, const char *out,
                          const char *trace);
 
+/* make-model's model of head_dim 128 (OPT: two heads of 128, two layers)
+ * in cli_dir/wide and four prompt_ids prompts of 1-9 tokens in
+ * cli_dir/pw.jsonl: with 200 new tokens a (sequence, head)'s K rows span
+ * 26 pages of a disk KV record (13 under H2O at ratio 0.5). */
+void gen_harness_wide_model(void);
+
+/* The bytes of the "disk write" events of a --trace file of cli_dir: the
+ * most at the prefill (step 0) and at any decode step. @return how many
+ * such events. */
+int gen_harness_disk_writes(const char *trace, double *prefill, double *decode_max);
+
 #endif

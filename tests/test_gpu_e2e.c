@@ -213,6 +213,36 @@ Test(gpu_e2e, tiny_model_4bit_placements_equal_all_resident)
 /* fp16 K/V and another summation order change the scores a little, so h2o
  * may break a near-tie the other way; window and streaming evict by
  * position alone and must trace exactly what the CPU traces. */
+/* Disk KV on CUDA (records staged through the store lane's host buffer):
+ * a decode step writes back a fraction of each record, and the tokens are
+ * the all-resident run's, for the full cache and H2O (test_sched's
+ * a_decode_step_writes_back_a_fraction_of_a_disk_kv_record on the CPU;
+ * here the rows are fp16, so H2O keeps 0.8 of the cache: 10 pages of K a
+ * sequence and head, evicting for the last 40 steps). */
+Test(gpu_e2e, disk_kv_write_back_on_cuda, .timeout = GPU_TIMEOUT(120))
+{
+    gen_harness_wide_model();
+    static const char *kv[] = {"", "--kv-policy h2o --kv-ratio 0.8 --sinks 1"};
+    for (int i = 0; i < 2; i++) {
+        const char *run = "generate --model wide --prompts pw.jsonl --max-new-tokens 200 "
+                          "--ignore-eos --gpu-batch-size 2 --num-gpu-batches 2 --quiet "
+                          "--device cuda";
+        cr_assert_eq(cli_run("%s %s --out wa%d.jsonl", run, kv[i], i), 0, "%s", cli_err);
+        cr_assert_eq(cli_run("%s %s --out wb%d.jsonl --percent 100 0 0 0 100 0 --offload-dir . "
+                             "--trace wt%d.json", run, kv[i], i, i), 0, "%s", cli_err);
+        char a[32], b[32], t[32];
+        snprintf(a, sizeof a, "wa%d.jsonl", i);
+        snprintf(b, sizeof b, "wb%d.jsonl", i);
+        snprintf(t, sizeof t, "wt%d.json", i);
+        assert_same_tokens(a, b, 4, kv[i][0] ? kv[i] : "full cache, KV on disk");
+        double pre, dec;
+        int n = gen_harness_disk_writes(t, &pre, &dec);
+        cr_assert_eq(n, 2 * 2 * 200, "%s: %d disk writes", t, n);
+        cr_assert(dec > 0 && dec < pre / 4, "%s: a decode step wrote %.0f bytes of a record of "
+                  "%.0f", kv[i], dec, pre);
+    }
+}
+
 Test(gpu_e2e, cuda_backend_follows_the_same_policies, .timeout = GPU_TIMEOUT(120))
 {
     model_config mc;

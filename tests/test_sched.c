@@ -1243,28 +1243,6 @@ Test(sched, a_decode_step_writes_back_every_kv_byte_it_changed)
     dirty_step(5, 1, 16, 20, 1, 0);   /* a short cache: merged into nearly the whole */
 }
 
-/* Bytes of the "disk write" events (track 4) of a trace: at the prefill
- * (step 0) and the most at any decode step. @return the events. */
-static int disk_writes(const char *file, double *prefill, double *decode_max)
-{
-    cJSON *root = trace_root(file);
-    int n = 0;
-    *prefill = *decode_max = 0;
-    const cJSON *e;
-    cJSON_ArrayForEach(e, cJSON_GetObjectItem(root, "traceEvents")) {
-        const cJSON *name = cJSON_GetObjectItem(e, "name"), *args = cJSON_GetObjectItem(e, "args");
-        if (!cJSON_IsString(name) || strcmp(name->valuestring, "disk write") != 0)
-            continue;
-        double b = cJSON_GetObjectItem(args, "bytes")->valuedouble;
-        int step = cJSON_GetObjectItem(args, "step")->valueint;
-        double *to = step == 0 ? prefill : decode_max;
-        *to = b > *to ? b : *to;
-        n++;
-    }
-    cJSON_Delete(root);
-    return n;
-}
-
 /* With the KV cache on disk and rows long enough (a model of head_dim
  * 128, 209 slots: a sequence and head's K rows span 26 pages, 13 under
  * H2O's half), a decode step writes
@@ -1273,18 +1251,7 @@ static int disk_writes(const char *file, double *prefill, double *decode_max)
 Test(sched, a_decode_step_writes_back_a_fraction_of_a_disk_kv_record)
 {
     setup_files();
-    cli_write("wide.json", "{\"architectures\": [\"OPTForCausalLM\"], \"model_type\": \"opt\", "
-              "\"activation_function\": \"relu\", \"do_layer_norm_before\": true, "
-              "\"enable_bias\": true, \"ffn_dim\": 128, \"hidden_size\": 256, "
-              "\"num_attention_heads\": 2, \"num_hidden_layers\": 2, "
-              "\"max_position_embeddings\": 256, \"vocab_size\": 512, "
-              "\"word_embed_proj_dim\": 256, \"bos_token_id\": 2, \"eos_token_id\": 2, "
-              "\"pad_token_id\": 1, \"dtype\": \"float32\", \"tie_word_embeddings\": true}\n");
-    cr_assert_eq(cli_run("make-model --config wide.json --out wide"), 0, "%s", cli_err);
-    cli_write("pw.jsonl", "{\"id\": 1, \"prompt_ids\": [5, 6, 7]}\n"
-                          "{\"id\": 2, \"prompt_ids\": [9]}\n"
-                          "{\"id\": 3, \"prompt_ids\": [11, 12, 13, 14, 15, 16, 17, 18, 19]}\n"
-                          "{\"id\": 4, \"prompt_ids\": [20, 21, 22, 23, 24]}\n");
+    gen_harness_wide_model();
     static const char *kv[] = {"", "--kv-policy h2o --kv-ratio 0.5 --sinks 1"};
     for (int i = 0; i < 2; i++) {
         const char *run = "generate --model wide --prompts pw.jsonl --max-new-tokens 200 "
@@ -1304,7 +1271,7 @@ Test(sched, a_decode_step_writes_back_a_fraction_of_a_disk_kv_record)
             assert_same(a, b, "evictions, KV on disk");
         snprintf(t, sizeof t, "wt%d.json", i);
         double pre, dec;
-        int n = disk_writes(t, &pre, &dec);
+        int n = gen_harness_disk_writes(t, &pre, &dec);
         /* 2 layers x 2 batches, a prefill and 199 decode steps */
         cr_assert_eq(n, 2 * 2 * 200, "%s: %d disk writes", t, n);
         cr_assert(dec > 0 && dec < pre / 4, "%s: a decode step wrote %.0f bytes of a record of "
