@@ -43,7 +43,10 @@ typedef struct backend_ops {
     const char *name;  /* "cpu" or "cuda" */
     size_t elem_size;  /* bytes per stored activation/weight element */
     int host_visible;  /* 1: backend buffers are host memory (CPU backend), so
-                        * the disk engine may read and write them directly */
+                        * the disk engine reads and writes them directly: a
+                        * buffer of 4096 bytes or more is then 4096-aligned
+                        * (O_DIRECT), and the scheduler gives its I/O lanes
+                        * no host stages of their own */
     unsigned kv_formats; /* the KV cache formats the KV ops take: bit
                           * (1u << f) for each kern_kv_fmt f (backend_kv_fmt_has) */
 

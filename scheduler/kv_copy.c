@@ -17,8 +17,10 @@
  *
  * The lanes' host stages are aligned, registered with the disk engine and
  * at least one disk record long (sched_geom.host_stage): the plan already
- * has them, so the copy allocates nothing. They are idle between passes
- * once the lanes have drained, which the copy waits for first.
+ * has them, so the copy allocates nothing (a backend computing on host
+ * memory has no lane stages: the two disk KV staging buffers serve). They
+ * are idle between passes once the lanes have drained, which the copy
+ * waits for first.
  */
 #include <assert.h>
 #include <stdio.h>
@@ -164,10 +166,15 @@ int sched_kv_copy(sched *s, int src, const int *dst, int n_dst, int n_slots)
 
     int ks, ts, js;
     sched_kv_where(g, src, &ks, &ts, &js);
+    /* a disk tier of KV gives the lanes host stages of a record at least;
+     * a backend computing on host memory has none, and its own KV staging
+     * buffers are a record each, host memory and aligned */
     char *stage[2] = {s->lane[0].stage, s->lane[1].stage};
-    /* a disk tier of KV gives the lanes host stages of a record at least */
+    if (!g->host_stage)
+        for (int v = 0; v < 2; v++)
+            stage[v] = s->kv_stage[v][SCHED_DISK];
     assert(g->kv_n[SCHED_DISK] == 0 ||
-           (stage[0] && stage[1] && g->host_stage >= g->kv_disk_stride));
+           (stage[0] && stage[1] && (g->host_stage >= g->kv_disk_stride || !g->host_stage)));
     for (int l = 0; l < g->L; l++) {
         double t0 = sched_trace_now();
         int64_t bytes = 0, b;

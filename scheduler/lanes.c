@@ -66,8 +66,8 @@ static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
     char *direct = (char *)t->stage - t->delta;
     if (!(t->stage_host || o->host_visible) || ((uintptr_t)direct & (OFF_ALIGN - 1)))
         direct = NULL;
-    RETURN_IF(t->stage_host && !direct, -EINVAL,
-              "internal: host staging buffer is not %u-aligned", OFF_ALIGN);
+    RETURN_IF((t->stage_host || !l->stage) && !direct, -EINVAL,
+              "internal: staging buffer of %s is not %u-aligned", t->name, OFF_ALIGN);
     off_io io = {t->fd, t->kind == TASK_STORE, direct ? direct : l->stage, span, t->file_off};
     char what[96];
     if (t->batch >= 0)

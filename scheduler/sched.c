@@ -382,9 +382,33 @@ int sched_create(backend *be, const sched_model *m, const sched_policy *p,
     if (rc == 0)
         rc = sched_lanes_start(s);
     if (rc == 0 && s->disk) {
-        void *bufs[2] = {s->lane[0].stage, s->lane[1].stage};
-        size_t lens[2] = {s->g.host_stage, s->g.host_stage};
-        rc = off_disk_register(s->disk, bufs, lens, s->g.host_stage ? 2 : 0);
+        /* the buffers disk requests use: the lanes' host stages, or where
+         * the backend computes on host memory (no lane stages: lanes.c reads
+         * and writes the staging buffers themselves) those */
+        const sched_geom *g = &s->g;
+        void *bufs[6] = {0};
+        size_t lens[6] = {0};
+        int n = 0;
+        for (int v = 0; v < 2; v++) {
+            if (g->host_stage) {
+                bufs[n] = s->lane[v].stage;
+                lens[n++] = g->host_stage;
+                continue;
+            }
+            if (s->w_stage[v] && s->w_fd >= 0) {
+                bufs[n] = s->w_stage[v];
+                lens[n++] = off_align_up(g->blob) - g->w_stage_from;
+            }
+            if (s->kv_fd >= 0) {
+                bufs[n] = s->kv_stage[v][SCHED_DISK];
+                lens[n++] = g->kv_disk_stride;
+            }
+            if (s->x_fd >= 0) {
+                bufs[n] = s->x_stage[v];
+                lens[n++] = g->x_disk_stride;
+            }
+        }
+        rc = off_disk_register(s->disk, bufs, lens, n);
     }
     if (rc < 0) {
         sched_destroy(s);

@@ -223,7 +223,9 @@ void sched_geom_init(sched_geom *g, const sched_model *m, size_t es, const sched
         st = g->kv_disk_stride;
     if (g->act_tier == SCHED_DISK && g->x_disk_stride > st)
         st = g->x_disk_stride;
-    g->host_stage = st;
+    /* a backend computing on host memory reads and writes its staging
+     * buffers directly (lanes.c): no host stages for the lanes */
+    g->host_stage = sh->host_visible ? 0 : st;
 }
 
 int sched_plan_compute(const sched_model *m, size_t es, const sched_policy *p,

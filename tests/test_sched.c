@@ -915,7 +915,8 @@ Test(policy, plan_counts_fp16_weights_and_the_widening_scratch)
 /* On a backend whose buffers are host memory (sched_shape.host_visible: the
  * CPU backend) the compute reads the CPU share in its home, so a weight
  * slot holds the disk share only: the two slots shrink by the CPU share
- * (cut at 4096-byte boundaries) and nothing else in the plan changes. With
+ * (cut at 4096-byte boundaries), the I/O lanes keep no host stages (the
+ * disk reads go into the slots) and nothing else in the plan changes. With
  * no disk share there is no slot either way; the cost model charges the
  * host-visible backend no weight crossing h2d. */
 Test(policy, a_host_visible_weight_slot_holds_the_disk_share_only)
@@ -939,9 +940,16 @@ Test(policy, a_host_visible_weight_slot_holds_the_disk_share_only)
     uint64_t blob = sched_blob_layout(m, 4, 0, NULL, NULL);
     cr_assert_geq(host.bytes[SCHED_GPU][SCHED_STAGE], 2 * (blob - w_cpu),
                   "the slots hold the disk share");
+    /* and the I/O lanes have no host stages there: the disk share goes
+     * straight into the slots */
+    cr_assert_eq(host.bytes[SCHED_CPU][SCHED_STAGE], 0);
+    cr_assert_geq(dev.bytes[SCHED_CPU][SCHED_STAGE], 2 * (blob - w_cpu),
+                  "two lane stages of a layer's disk share");
     host.bytes[SCHED_GPU][SCHED_STAGE] = dev.bytes[SCHED_GPU][SCHED_STAGE];
+    host.bytes[SCHED_CPU][SCHED_STAGE] = dev.bytes[SCHED_CPU][SCHED_STAGE];
     host.total[SCHED_GPU] = dev.total[SCHED_GPU];
-    cr_assert(memcmp(&host, &dev, sizeof host) == 0, "only the slots differ");
+    host.total[SCHED_CPU] = dev.total[SCHED_CPU];
+    cr_assert(memcmp(&host, &dev, sizeof host) == 0, "only the slots and stages differ");
     /* the cost model: a step's h2d carries the offloaded weights only off
      * the host-visible backend */
     sched_calib hw = {.h2d = 10, .d2h = 10, .dram = 20, .disk_read = 2, .disk_write = 1,

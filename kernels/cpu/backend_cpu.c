@@ -70,10 +70,11 @@ static int cpu_alloc(void *ctx, size_t n, void **out)
 {
     cpu_ctx *c = ctx;
     c->allocs++;
-    /* 64-byte alignment for vector loads, 4096 for big buffers (the disk
-     * engine reads O_DIRECT straight into staging buffers); zeroed like the
-     * CUDA side. */
-    size_t align = n * sizeof(float) >= (64u << 10) ? 4096 : 64;
+    /* 64-byte alignment for vector loads, 4096 for buffers of a page or
+     * more (the disk engine reads O_DIRECT straight into the scheduler's
+     * staging buffers, each whole pages: backend.h host_visible); zeroed
+     * like the CUDA side. */
+    size_t align = n * sizeof(float) >= 4096 ? 4096 : 64;
     size_t bytes = (n * sizeof(float) + align - 1) & ~(align - 1);
     void *p = aligned_alloc(align, bytes ? bytes : align);
     RETURN_IF(!p, -ENOMEM, "cannot allocate %.2f GiB of host memory; lower "
