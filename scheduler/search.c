@@ -7,8 +7,9 @@
  *
  *   GPU  fwg W + globals + fcg KV + 2 (1 - fwg) blob [weight slots]
  *        + 2 (1 - fcg) kvrec [KV slots, without CPU attention] + act + work
- *   CPU  fwc W + fcc KV + 2 hs [I/O lanes' stages] + 2 (1-fcg-fcc) kvrec
- *        [disk KV stages, with CPU attention] + act
+ *   CPU  fwc W + fcc KV + 2 hs [I/O lanes' stages, none on a host-visible
+ *        backend] + 2 (1-fcg-fcc) kvrec [disk KV stages, with CPU attention]
+ *        + act
  *        hs >= (1-fwg-fwc) blob, (1-fcg-fcc) kvrec, activations on disk
  *   disk (1 - fwg - fwc) W + (1 - fcg - fcc) KV + act
  *   T_step >= every per-step term of sched_cost_eval (each linear in f),
@@ -44,6 +45,7 @@ typedef struct lp_in {
      * prefill (link, disk), one d-row per (layer, sequence) */
     double W, W_al, blob_al, kv_all, kvrec, globals, work_gpu, work_cpu, x_res, x_stage;
     double W_file;             /* W_al, or 0 when the disk share is a weight store's */
+    double kv_wfrac;           /* what a decode step writes of a disk record, a fraction */
     double x_step, x_pre, x_step_disk, x_pre_disk, cross_row;
     int act, attn, disk, np, gen, s;
     int host;          /* sched_shape.host_visible: the slot holds the disk share only */
@@ -154,7 +156,7 @@ static int lp_solve(const lp_in *in, lp_out *o)
     memset(a, 0, sizeof a);
     a[V_WC] = in->W;
     a[V_CC] = in->kv_all;
-    a[V_HS] = 2;
+    a[V_HS] = in->host ? 0 : 2; /* (a host-visible backend's lanes have no stages) */
     cst = (in->act == SCHED_CPU ? in->x_res : 0) + in->work_cpu;
     if (in->attn) { /* + 2 (1 - fcg - fcc) kvrec */
         a[V_CG] -= 2 * in->kvrec;
@@ -199,9 +201,10 @@ static int lp_solve(const lp_in *in, lp_out *o)
     if (in->disk) {
         c_dr[V_WG] = c_dr[V_WC] = -in->W_al;
         c_dr[V_CG] = c_dr[V_CC] = -in->kv_all;
-        c_dw[V_CG] = c_dw[V_CC] = -in->kv_all;
+        /* a step writes back the pages of its records that it changed */
+        c_dw[V_CG] = c_dw[V_CC] = -in->kv_wfrac * in->kv_all;
         disk_row(lp, V_TS, hw->disk_read, in->W_al + in->kv_all + in->x_step_disk, c_dr,
-                 hw->disk_write, in->kv_all + in->x_step_disk, c_dw);
+                 hw->disk_write, in->kv_wfrac * in->kv_all + in->x_step_disk, c_dw);
     }
     if (in->attn) {
         c_dram[V_CG] = -in->kv_all;
@@ -571,12 +574,17 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
     double L = g.L, row = (double)g.d * es;
     act_io xm = sched_act_moves(&g, o->prompt_len);
     kv_layout rec = sched_kv_layout(&g, g.gbs, sh.cap, sh.scores);
+    sched_geom gd = g; /* a GPU batch's record wholly on disk */
+    gd.kv_n[SCHED_DISK] = g.gbs;
+    gd.kv[SCHED_DISK] = rec;
+    gd.kv_disk_stride = off_align_up(rec.bytes);
     lp_in in = {
         .W = L * g.blob,
         .W_al = L * off_align_up(g.blob),
         .blob_al = (double)off_align_up(g.blob),
         .kv_all = L * K * (double)rec.bytes,
         .kvrec = (double)off_align_up(rec.bytes),
+        .kv_wfrac = (double)sched_kv_step_store_bytes(&gd, sh.cap) / (double)gd.kv_disk_stride,
         .globals = (double)g.globals,
         .work_gpu = (double)pl.bytes[SCHED_GPU][SCHED_WORK],
         .work_cpu = attn ? (double)pl_attn.bytes[SCHED_CPU][SCHED_WORK] : 0,

@@ -210,6 +210,7 @@ typedef struct scenario {
     const char *model;
     int s, n, cap, scores;
     uint64_t gpu, cpu, disk;
+    int host; /* sched_shape.host_visible */
 } scenario;
 
 static const int grid_gbs[] = {4, 16};
@@ -223,6 +224,7 @@ static double grid_best(const scenario *sc, const sched_calib *hw, sched_policy 
         for (int K = 1; K <= 2; K++) {
             int gbs = grid_gbs[gi];
             sched_shape sh = shape(gbs, sc->s, sc->cap, sc->scores);
+            sh.host_visible = sc->host;
             for (int act = 0; act < (sc->disk ? 3 : 2); act++)
                 for (int attn = 0; attn <= 1; attn++)
                     for (int wg = 0; wg <= 100; wg += 5)
@@ -264,7 +266,7 @@ static void check_against_grid(const scenario *sc)
                            .kv_cap = sc->cap, .scores = sc->scores, .max_block = 64,
                            .max_gpu_batches = 2, .gbs_list = grid_gbs, .n_gbs = 2,
                            .cpu_attention = -1, .gpu_cap = sc->gpu, .cpu_cap = sc->cpu,
-                           .disk_cap = sc->disk};
+                           .disk_cap = sc->disk, .host_visible = sc->host};
     sched_candidate cand[4];
     int n = 0;
     cr_assert_eq(sched_search(shape_of(&c), 2, &base, &o, &hw, cand, 4, &n), 0, "%s", err_msg());
@@ -278,6 +280,7 @@ static void check_against_grid(const scenario *sc)
     sched_policy_describe(&gp, want, sizeof want);
     /* the pick fits, is scored by the model, and is as good as brute force */
     sched_shape sh = shape(b->pol.gpu_batch_size, sc->s, sc->cap, sc->scores);
+    sh.host_visible = sc->host;
     sched_plan pl;
     sched_cost q;
     cr_assert_eq(sched_plan_compute(shape_of(&c), 2, &b->pol, &sh, &pl), 0);
@@ -294,25 +297,34 @@ static void check_against_grid(const scenario *sc)
 Test(search, matches_brute_force_gpu_tight)
 {
     /* opt-125m fp16 (0.25 GB): half of it fits beside the KV */
-    scenario sc = {"opt-125m", 128, 32, 160, 0, 200 * MiB, 4 * GiB, 64 * GiB};
+    scenario sc = {"opt-125m", 128, 32, 160, 0, 200 * MiB, 4 * GiB, 64 * GiB, 0};
     check_against_grid(&sc);
 }
 
 Test(search, matches_brute_force_gpu_and_cpu_tight)
 {
-    scenario sc = {"opt-1.3b", 256, 32, 288, 0, 1 * GiB, 1536 * MiB, 64 * GiB};
+    scenario sc = {"opt-1.3b", 256, 32, 288, 0, 1 * GiB, 1536 * MiB, 64 * GiB, 0};
+    check_against_grid(&sc);
+}
+
+/* A backend computing on host memory (the CPU backend): its weight slots
+ * hold the disk share only and its I/O lanes no stages, which the LP's
+ * tiers must count as the plan does */
+Test(search, matches_brute_force_host_visible)
+{
+    scenario sc = {"opt-1.3b", 256, 32, 288, 0, 1 * GiB, 1 * GiB, 64 * GiB, 1};
     check_against_grid(&sc);
 }
 
 Test(search, matches_brute_force_without_disk)
 {
-    scenario sc = {"opt-125m", 128, 64, 192, 0, 160 * MiB, 1 * GiB, 0};
+    scenario sc = {"opt-125m", 128, 64, 192, 0, 160 * MiB, 1 * GiB, 0, 0};
     check_against_grid(&sc);
 }
 
 Test(search, matches_brute_force_h2o)
 {
-    scenario sc = {"opt-1.3b", 256, 32, 58, 1, 1 * GiB, 2 * GiB, 64 * GiB};
+    scenario sc = {"opt-1.3b", 256, 32, 58, 1, 1 * GiB, 2 * GiB, 64 * GiB, 0};
     check_against_grid(&sc);
 }
 
