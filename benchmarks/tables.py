@@ -301,7 +301,8 @@ class Runner:
         self.py = a.hf_python
 
     def calibration(self):
-        if not os.path.exists(self.hw):
+        if not os.path.exists(self.hw) or self.a.recalibrate:
+            self.a.recalibrate = False  # once per sitting, before its first cell
             os.makedirs(self.off, exist_ok=True)
             calibrate(self.a.flexh2o, self.device, self.off, out=self.hw, extra=self.mm)
         return json.load(open(self.hw))
@@ -875,6 +876,9 @@ def main():
     ap.add_argument("--redo", action="store_true", help="rerun the failed and skipped cells")
     ap.add_argument("--rerun", action="store_true",
                     help="rerun the cells --only picks, measured ones too (a method changed)")
+    ap.add_argument("--recalibrate", action="store_true",
+                    help="measure the machine's rates again before the first cell (a VM's "
+                    "bf16 GEMM rate moved 3x between sittings: the bound must use this one's)")
     ap.add_argument("--peer-batches", default=None,
                     help="the peers' batches to try, comma-separated (default: 8, 16, 32, ... "
                     "up to the full-cache cell's block)")
