@@ -163,7 +163,11 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
     q[COST_DISK] = q[COST_DISK_READ] + q[COST_DISK_WRITE];
     take_max(out->step, &out->step_s, &out->step_limit);
     take_max(out->prefill, &out->prefill_s, &out->prefill_limit);
-    double total = out->prefill_s + (gen_len - 1) * out->step_s;
+    double total = out->prefill_s + (gen_len - 1) * out->step_s, busy = 0;
     out->tok_s = total > 0 && isfinite(total) ? N * gen_len / total : 0;
+    for (int i = 0; i < COST_TERMS; i++)
+        if (i != COST_DISK) /* (the sum of two others) */
+            busy += out->prefill[i] + (gen_len - 1) * out->step[i];
+    out->busy_tok = busy / (N * gen_len);
     return 0;
 }

@@ -140,13 +140,13 @@ static int load_bool(const char *path, const cJSON *it, int *out)
     return 0;
 }
 
-static int load_int(const char *path, const cJSON *it, int *out)
+static int load_int(const char *path, const cJSON *it, int hi, int *out)
 {
     RETURN_IF(!cJSON_IsNumber(it), -EINVAL, "%s: field \"%s\" is %s; expected an integer "
-              "in [1, 65536]", path, it->string, json_kind(it));
+              "in [1, %d]", path, it->string, json_kind(it), hi);
     double v = it->valuedouble;
-    RETURN_IF(!(v >= 1 && v <= 65536) || v != floor(v), -EINVAL, "%s: field \"%s\" is %g; "
-              "expected an integer in [1, 65536]", path, it->string, v);
+    RETURN_IF(!(v >= 1 && v <= hi) || v != floor(v), -EINVAL, "%s: field \"%s\" is %g; "
+              "expected an integer in [1, %d]", path, it->string, v, hi);
     *out = (int)v;
     return 0;
 }
@@ -201,9 +201,9 @@ static int load_field(const char *path, const cJSON *it, sched_policy *q)
 {
     const char *k = it->string;
     if (strcmp(k, "gpu_batch_size") == 0)
-        return load_int(path, it, &q->gpu_batch_size);
+        return load_int(path, it, 65536, &q->gpu_batch_size);
     if (strcmp(k, "num_gpu_batches") == 0)
-        return load_int(path, it, &q->num_gpu_batches);
+        return load_int(path, it, 65536, &q->num_gpu_batches);
     if (strcmp(k, "percent") == 0)
         return load_percent(path, it, q);
     if (strcmp(k, "overlap") == 0)
@@ -224,12 +224,14 @@ static int load_field(const char *path, const cJSON *it, sched_policy *q)
         return load_size(path, it, &q->cpu_mem);
     if (strcmp(k, "offload_dir") == 0)
         return load_dir(path, it, q->offload_dir, sizeof q->offload_dir);
+    if (strcmp(k, "prefill_rows") == 0)
+        return load_int(path, it, SCHED_PREFILL_ROWS_MAX, &q->prefill_rows);
     if (k[0] == '_') /* "_comment" and the like: notes for the reader */
         return 0;
     RETURN_IF(1, -EINVAL, "%s: unknown field \"%s\"; expected one of gpu_batch_size, "
               "num_gpu_batches, percent, overlap, pin_weight, cpu_attention, "
-              "compress_weight, compress_cache, weight_layers, gpu_mem, cpu_mem, offload_dir (or a "
-              "\"_comment\")", path, k);
+              "compress_weight, compress_cache, weight_layers, gpu_mem, cpu_mem, offload_dir, "
+              "prefill_rows (or a \"_comment\")", path, k);
 }
 
 int sched_policy_load(const char *path, sched_policy *p)
@@ -295,6 +297,8 @@ int sched_policy_apply(sched_policy *p, const sched_policy *flags, unsigned give
         p->compress_cache = flags->compress_cache;
     if (given & SCHED_POLICY_WEIGHT_LAYERS)
         p->weight_layers = flags->weight_layers;
+    if (given & SCHED_POLICY_PREFILL_ROWS)
+        p->prefill_rows = flags->prefill_rows;
     return 0;
 }
 
@@ -306,6 +310,9 @@ int sched_policy_check(const sched_policy *p)
               p->gpu_batch_size);
     RETURN_IF(p->num_gpu_batches < 1, -EINVAL, "--num-gpu-batches must be at least 1, got %d",
               p->num_gpu_batches);
+    RETURN_IF(p->prefill_rows < 0 || p->prefill_rows > SCHED_PREFILL_ROWS_MAX, -EINVAL,
+              "--prefill-rows must be in [1, %d], got %d", SCHED_PREFILL_ROWS_MAX,
+              p->prefill_rows);
     RETURN_IF((long long)p->gpu_batch_size * p->num_gpu_batches > INT_MAX, -EINVAL,
               "block %dx%d is too large; lower --gpu-batch-size or --num-gpu-batches",
               p->gpu_batch_size, p->num_gpu_batches);
@@ -344,7 +351,10 @@ static double disk_share(double g, double c)
 
 void sched_policy_describe(const sched_policy *p, char *buf, size_t len)
 {
-    snprintf(buf, len, "block %dx%d, weights %g/%g/%g%s, KV %g/%g/%g, act %g/%g/%g%s%s%s%s%s",
+    char rows[48] = "";
+    if (p->prefill_rows > 0)
+        snprintf(rows, sizeof rows, ", prefill %d rows", p->prefill_rows);
+    snprintf(buf, len, "block %dx%d, weights %g/%g/%g%s, KV %g/%g/%g, act %g/%g/%g%s%s%s%s%s%s",
              p->gpu_batch_size, p->num_gpu_batches, p->wg, p->wc, disk_share(p->wg, p->wc),
              p->weight_layers ? " of all layers" : "",
              p->cg, p->cc, disk_share(p->cg, p->cc), p->hg, p->hc, disk_share(p->hg, p->hc),
@@ -352,7 +362,7 @@ void sched_policy_describe(const sched_policy *p, char *buf, size_t len)
              p->cpu_attention ? ", cpu-attention" : "",
              p->wc > 0 && !p->pin_weight ? ", unpinned weights" : "",
              p->compress_weight ? ", 4-bit weights" : "",
-             p->compress_cache ? ", 4-bit KV" : "");
+             p->compress_cache ? ", 4-bit KV" : "", rows);
 }
 
 /* Rounding a cumulative share (GPU, then GPU + CPU) rather than each share
@@ -418,7 +428,8 @@ int sched_policy_write(const char *path, const sched_policy *p)
               cJSON_AddItemToObject(r, "gpu_mem", exact_number((double)p->gpu_mem))) &&
              (!p->cpu_mem ||
               cJSON_AddItemToObject(r, "cpu_mem", exact_number((double)p->cpu_mem))) &&
-             (!p->offload_dir[0] || cJSON_AddStringToObject(r, "offload_dir", p->offload_dir));
+             (!p->offload_dir[0] || cJSON_AddStringToObject(r, "offload_dir", p->offload_dir)) &&
+             (!p->prefill_rows || cJSON_AddNumberToObject(r, "prefill_rows", p->prefill_rows));
     char *js = ok ? cJSON_Print(r) : NULL;
     cJSON_Delete(r);
     RETURN_IF(!js, -ENOMEM, "out of memory writing the policy %s", path);

@@ -53,7 +53,21 @@ typedef struct sched_policy {
                            * (on the CPU backend: no cap) */
     uint64_t cpu_mem;     /* CPU-tier cap in bytes; 0 = MemAvailable */
     char offload_dir[1024]; /* disk tier; "" = none given */
+    int prefill_rows;     /* 0 (default): SCHED_PREFILL_ROWS; else the most prompt
+                           * tokens of a GPU batch in one prefill pass (fewer
+                           * rows: smaller work buffers, more passes over the
+                           * weights; search picks it for the caps) */
 } sched_policy;
+
+/* The prompt tokens of a GPU batch a prefill pass takes by default
+ * (generate's --prefill-rows). */
+#define SCHED_PREFILL_ROWS 4096
+#define SCHED_PREFILL_ROWS_MAX (1 << 24)
+/* p's prefill_rows, or the default. */
+static inline int sched_policy_prefill_rows(const sched_policy *p)
+{
+    return p->prefill_rows > 0 ? p->prefill_rows : SCHED_PREFILL_ROWS;
+}
 
 /* The defaults above. */
 void sched_policy_default(sched_policy *p);
@@ -96,7 +110,8 @@ enum sched_policy_field {
     SCHED_POLICY_COMPRESS_WEIGHT = 1u << 9,
     SCHED_POLICY_COMPRESS_CACHE = 1u << 10,
     SCHED_POLICY_WEIGHT_LAYERS = 1u << 11,
-    SCHED_POLICY_ALL = (1u << 12) - 1,
+    SCHED_POLICY_PREFILL_ROWS = 1u << 12,
+    SCHED_POLICY_ALL = (1u << 13) - 1,
 };
 
 /* Copy the fields of flags named by given (enum sched_policy_field bits)
@@ -620,6 +635,9 @@ typedef struct sched_cost {
     double step_s, prefill_s;   /* the largest term of each */
     int step_limit, prefill_limit; /* which term that is */
     double tok_s;               /* block x gen / (prefill_s + (gen - 1) x step_s) */
+    double busy_tok;            /* every term's seconds (COST_DISK's parts once) over
+                                 * the prefill and gen - 1 steps, per generated token:
+                                 * what a policy moves and computes, hidden or not */
 } sched_cost;
 
 /* Evaluate policy p (block shape sh, prompts of prompt_len tokens, gen_len
@@ -643,6 +661,9 @@ int sched_cost_eval(const sched_model *m, size_t es, const sched_policy *p,
 typedef struct sched_search_opts {
     int prompt_len, gen_len;
     int prefill_rows;        /* generate's --prefill-rows (default 4096) */
+    int pick_prefill_rows;   /* 1: try prefill_rows and its halves down to a prompt
+                              * (smaller work buffers against more passes over the
+                              * weights; sched_policy.prefill_rows says which won) */
     int kv_cap;              /* KV slots per sequence: the budget (prompt + gen for full) */
     int scores;              /* the KV policy keeps H2O scores */
     int max_block;           /* largest block tried (e.g. the number of prompts) */
@@ -663,6 +684,16 @@ typedef struct sched_search_opts {
     int weights_on_disk_already; /* sched_shape's: the disk share streams from a weight
                               * store, so it takes no room in offload_dir */
 } sched_search_opts;
+
+/* Bounds this close count as equal in the search's ranking (a fraction of
+ * the larger), the candidate that moves and computes less per token
+ * (sched_cost.busy_tok) going first: the bound takes every term but the
+ * largest as hidden, which a machine whose cores compute does not quite
+ * manage (opt-1.3b 4-bit on the 2-core Xeon VM: a policy reading 70% of the
+ * layers from disk each step, 1.3% ahead by the bound with 13% of the
+ * weights on the GPU tier, ran 7% behind the same policy with the CPU tier
+ * holding the rest). */
+#define SCHED_SEARCH_NEAR 0.015
 
 typedef struct sched_candidate {
     sched_policy pol;

@@ -248,11 +248,12 @@ static const int default_gbs[] = {1,   2,   4,   8,   12,  16,  20,  24,  28,  3
                                   40,  48,  56,  64,  80,  96,  112, 128, 160, 192,
                                   224, 256, 320, 384, 448, 512, 640, 768, 896, 1024};
 
-/* The shape generate plans for a GPU batch of gbs (gen_plan.c gen_shape). */
-static sched_shape search_shape(const sched_search_opts *o, int gbs)
+/* The shape generate plans for a GPU batch of gbs taking up to rows prompt
+ * tokens a prefill pass (gen_plan.c gen_shape). */
+static sched_shape search_shape(const sched_search_opts *o, int gbs, int rows)
 {
     sched_shape sh = {0};
-    sh.max_rows = sched_prefill_rows(o->prefill_rows, o->prompt_len, gbs);
+    sh.max_rows = sched_prefill_rows(rows, o->prompt_len, gbs);
     sh.cap = o->kv_cap;
     sh.scores = o->scores;
     sh.weight_fmt = o->weight_fmt;
@@ -262,24 +263,17 @@ static sched_shape search_shape(const sched_search_opts *o, int gbs)
     return sh;
 }
 
-/* Seconds of transfers and compute of a candidate, summed over the
- * terms: among equal bounds, the one that moves less is the safer bet. */
-static double busy(const sched_cost *c)
-{
-    double b = 0;
-    for (int i = 0; i < COST_TERMS; i++)
-        if (i != COST_DISK) /* (the sum of two others) */
-            b += c->step[i] + c->prefill[i];
-    return b;
-}
-
-/* a ranks before b */
+/* a ranks before b: the higher bound, or among near-equal bounds the one
+ * that moves less (the safer bet), then the higher bound */
 static int better(const sched_candidate *a, const sched_candidate *b)
 {
     double ta = a->cost.tok_s, tb = b->cost.tok_s;
-    if (fabs(ta - tb) > 1e-9 * (ta > tb ? ta : tb))
+    if (fabs(ta - tb) > SCHED_SEARCH_NEAR * (ta > tb ? ta : tb))
         return ta > tb;
-    return busy(&a->cost) < busy(&b->cost);
+    double ba = a->cost.busy_tok, bb = b->cost.busy_tok;
+    if (fabs(ba - bb) > 1e-9 * (ba > bb ? ba : bb))
+        return ba < bb;
+    return ta > tb;
 }
 
 /* Insert cand into the best-first list out (n of cap). */
@@ -302,7 +296,7 @@ static int same_policy(const sched_policy *a, const sched_policy *b)
     return a->gpu_batch_size == b->gpu_batch_size && a->num_gpu_batches == b->num_gpu_batches &&
            a->wg == b->wg && a->wc == b->wc && a->cg == b->cg && a->cc == b->cc &&
            a->hg == b->hg && a->hc == b->hc && a->cpu_attention == b->cpu_attention &&
-           a->weight_layers == b->weight_layers;
+           a->weight_layers == b->weight_layers && a->prefill_rows == b->prefill_rows;
 }
 
 /* ---- discrete placements ----
@@ -424,7 +418,7 @@ static int kv_roundings(double fg, double fc, int gbs, int disk, double cg[4], d
     return n;
 }
 
-static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn);
+static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn, int rows);
 
 /* After a search under max_prefill_s found nothing: whether one sequence
  * fits without the limit (then the limit is what refused every block). */
@@ -441,7 +435,7 @@ static int search_fits_unlimited(const search_ctx *x)
     for (int act = SCHED_GPU; act <= (o.disk_cap ? SCHED_DISK : SCHED_CPU) && !y.n; act++)
         for (int attn = 0; attn <= 1 && !y.n; attn++)
             if (o.cpu_attention < 0 || attn == o.cpu_attention)
-                solve_shape(&y, 1, 1, act, attn);
+                solve_shape(&y, 1, 1, act, attn, o.prefill_rows);
     return y.n > 0;
 }
 
@@ -533,15 +527,16 @@ static void as_levels(const search_ctx *x, const sched_shape *sh, sched_candidat
  * all placements first (a bound: a shape that cannot beat the candidates
  * kept is dropped), then every weight cut with the KV placed by the LP and
  * rounded to whole sequences, each planned exactly. */
-static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
+static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn, int rows)
 {
     const sched_model *c = x->c;
     const sched_search_opts *o = x->o;
     size_t es = x->es;
-    sched_shape sh = search_shape(o, gbs);
+    sched_shape sh = search_shape(o, gbs, rows);
     sched_policy p = *x->base;
     p.gpu_batch_size = gbs;
     p.num_gpu_batches = K;
+    p.prefill_rows = rows == SCHED_PREFILL_ROWS && !o->pick_prefill_rows ? 0 : rows;
     p.cpu_attention = attn;
     p.hg = act == SCHED_GPU ? 100 : 0;
     p.hc = act == SCHED_CPU ? 100 : 0;
@@ -645,8 +640,9 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn)
                 if (lp_solve(&fin, &lo) < 0)
                     break;
                 if (getenv("FLEXH2O_SEARCH_DEBUG"))
-                    err_log("search: gbs %d K %d act %d attn %d w %g/%g iter %d: cg %.4f "
-                            "cc %.4f tp %.4g ts %.4g", gbs, K, act, attn, p.wg, p.wc, iter,
+                    err_log("search: gbs %d K %d act %d attn %d rows %d w %g/%g iter %d: "
+                            "cg %.4f cc %.4f tp %.4g ts %.4g", gbs, K, act, attn,
+                            sh.max_rows, p.wg, p.wc, iter,
                             lo.f[V_CG], lo.f[V_CC], lo.f[V_TP], lo.f[V_TS]);
                 if (try_roundings(x, &p, &sh, &lo, &fin, iter, &best, &has_best))
                     break;
@@ -709,10 +705,21 @@ int sched_search(const sched_model *c, size_t es, const sched_policy *base,
         for (int K = maxk; K >= 1; K--) {
             if ((long long)gbs * K > max_block)
                 continue;
-            for (int act = SCHED_GPU; act <= (o->disk_cap ? SCHED_DISK : SCHED_CPU); act++)
-                for (int attn = 0; attn <= 1; attn++)
-                    if (o->cpu_attention < 0 || attn == o->cpu_attention)
-                        solve_shape(&x, gbs, K, act, attn);
+            /* the prefill pass: the rows given, or (pick_prefill_rows) those
+             * and their halves while they make another pass shape */
+            for (int rows = o->prefill_rows, last = 0; rows >= 1; rows /= 2) {
+                int mr = sched_prefill_rows(rows, o->prompt_len, gbs);
+                if (mr == last)
+                    break;
+                last = mr;
+                for (int act = SCHED_GPU; act <= (o->disk_cap ? SCHED_DISK : SCHED_CPU);
+                     act++)
+                    for (int attn = 0; attn <= 1; attn++)
+                        if (o->cpu_attention < 0 || attn == o->cpu_attention)
+                            solve_shape(&x, gbs, K, act, attn, rows);
+                if (!o->pick_prefill_rows || rows / 2 < 1)
+                    break;
+            }
         }
     }
     if (quiet)
@@ -728,7 +735,7 @@ int sched_search(const sched_model *c, size_t es, const sched_policy *base,
         p.wc = p.cc = p.hc = o->disk_cap ? 0 : 100;
         if (!p.offload_dir[0])
             snprintf(p.offload_dir, sizeof p.offload_dir, ".");
-        sched_shape sh = search_shape(o, 1);
+        sched_shape sh = search_shape(o, 1, o->prefill_rows);
         sched_plan pl;
         FORWARD_IF(sched_plan_compute(c, es, &p, &sh, &pl));
         RETURN_IF(1, -ENOSPC, "no policy fits: even one sequence with %s offloaded needs "
@@ -751,11 +758,14 @@ void sched_search_print(FILE *f, const sched_candidate *c, int n)
     for (int i = 0; i < n; i++) {
         const sched_policy *p = &c[i].pol;
         const sched_cost *q = &c[i].cost;
+        char rows[48] = "";
+        if (sched_policy_prefill_rows(p) != SCHED_PREFILL_ROWS)
+            snprintf(rows, sizeof rows, "; prefill passes of %d rows", p->prefill_rows);
         fprintf(f, " %4d  %4d x %-3d %6d %6.4g %6.4g %6.4g %6.4g %4g %4g  %-8s  %11.2f  "
-                "%7.3f  %9.2f  %s%s\n",
+                "%7.3f  %9.2f  %s%s%s\n",
                 i + 1, p->gpu_batch_size, p->num_gpu_batches, c[i].plan.block, p->wg, p->wc,
                 p->cg, p->cc, p->hg, p->hc, p->cpu_attention ? "yes" : "no", q->tok_s,
                 q->step_s, q->prefill_s, sched_cost_term_name(q->step_limit),
-                p->weight_layers ? "; wg, wc of all layers (--weight-layers)" : "");
+                p->weight_layers ? "; wg, wc of all layers (--weight-layers)" : "", rows);
     }
 }

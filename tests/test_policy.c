@@ -304,7 +304,7 @@ static int same_policy(const sched_policy *a, const sched_policy *b)
            a->hg == b->hg && a->hc == b->hc && a->overlap == b->overlap &&
            a->pin_weight == b->pin_weight && a->cpu_attention == b->cpu_attention &&
            a->compress_weight == b->compress_weight && a->compress_cache == b->compress_cache &&
-           a->weight_layers == b->weight_layers &&
+           a->weight_layers == b->weight_layers && a->prefill_rows == b->prefill_rows &&
            a->gpu_mem == b->gpu_mem && a->cpu_mem == b->cpu_mem &&
            strcmp(a->offload_dir, b->offload_dir) == 0;
 }
@@ -331,6 +331,7 @@ Test(policy, apply_overrides_only_the_fields_given)
     flags.pin_weight = 0;
     flags.cpu_attention = flags.compress_weight = flags.compress_cache = 1;
     flags.weight_layers = 1;
+    flags.prefill_rows = 1024;
     snprintf(flags.offload_dir, sizeof flags.offload_dir, "/nvme/flag");
 
     sched_policy p = file;
@@ -361,7 +362,8 @@ Test(policy, apply_overrides_only_the_fields_given)
         SCHED_POLICY_GPU_BATCH_SIZE, SCHED_POLICY_NUM_GPU_BATCHES, SCHED_POLICY_PERCENT,
         SCHED_POLICY_GPU_MEM, SCHED_POLICY_CPU_MEM, SCHED_POLICY_OFFLOAD_DIR,
         SCHED_POLICY_OVERLAP, SCHED_POLICY_PIN_WEIGHT, SCHED_POLICY_CPU_ATTENTION,
-        SCHED_POLICY_COMPRESS_WEIGHT, SCHED_POLICY_COMPRESS_CACHE, SCHED_POLICY_WEIGHT_LAYERS};
+        SCHED_POLICY_COMPRESS_WEIGHT, SCHED_POLICY_COMPRESS_CACHE, SCHED_POLICY_WEIGHT_LAYERS,
+        SCHED_POLICY_PREFILL_ROWS};
     unsigned all = 0;
     for (size_t i = 0; i < sizeof bits / sizeof bits[0]; i++) {
         all |= bits[i];

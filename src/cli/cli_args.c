@@ -322,7 +322,7 @@ int cli_run_policy(const char *verb, const cli_run *run, const cli_common *c,
 
 void cli_common_init(cli_common *c)
 {
-    *c = (cli_common){.max_new = 32, .prefill_rows = 4096, .kv = {.hh_share = NAN}};
+    *c = (cli_common){.max_new = 32, .kv = {.hh_share = NAN}};
     sched_policy_default(&c->pol);
 }
 
@@ -335,7 +335,8 @@ static const cli_opt shared_opts[] = {
     CLI_STR("device", C(device)),
     {"cpu-matmul", required_argument, set_matmul, C(bf16_matmul), 0, 0, 0, 0},
     CLI_INT("max-new-tokens", C(max_new), 0, 1 << 20, 0),
-    CLI_INT("prefill-rows", C(prefill_rows), 1, 1 << 24, 0),
+    CLI_INT("prefill-rows", C(pol.prefill_rows), 1, SCHED_PREFILL_ROWS_MAX,
+            SCHED_POLICY_PREFILL_ROWS),
     {"kv-policy", required_argument, set_kv_policy, C(kv.kind), 0, 0, 0, 0},
     {"kv-ratio", required_argument, cli_set_exact, C(kv.ratio), 1e-9, 1, 0, 0},
     CLI_INT("kv-budget", C(kv.budget), 1, 1 << 24, 0),

@@ -88,7 +88,6 @@ typedef struct cli_common {
     const char *device;     /* --device cpu|cuda, or NULL */
     int bf16_matmul;        /* --cpu-matmul bf16 */
     int max_new;            /* --max-new-tokens (default 32) */
-    int prefill_rows;       /* --prefill-rows (default 4096) */
     kv_policy kv;           /* --kv-policy, --kv-ratio, --kv-budget, --sinks, --hh-share */
     sched_policy pol;       /* the policy flags; only the fields in given were set */
     unsigned given;         /* enum sched_policy_field bits: the policy flags given */

@@ -560,7 +560,7 @@ int cli_eval(int argc, char **argv)
     if (a.context == 0)
         a.context = j.src.cfg.max_pos < 1024 ? j.src.cfg.max_pos : 1024;
     eval_opts eo = {.kv = a.c.kv, .compare_full = a.compare_full,
-                    .prefill_rows = a.c.prefill_rows, .progress = !a.run.quiet};
+                    .prefill_rows = sched_policy_prefill_rows(&pol), .progress = !a.run.quiet};
     rc = dist_agree(eval_windows(&j, a.text, a.context, a.max_windows));
     if (rc == 0 && a.c.out && !a.run.plan_only)
         rc = windows_open(&j, a.c.out, a.resume, &eo);
@@ -687,7 +687,7 @@ int cli_score(int argc, char **argv)
         run_free(&j);
         return rc == CLI_HELP ? 0 : rc;
     }
-    eval_opts eo = {.kv = a.c.kv, .prefill_rows = a.c.prefill_rows, .progress = !a.run.quiet,
+    eval_opts eo = {.kv = a.c.kv, .prefill_rows = sched_policy_prefill_rows(&pol), .progress = !a.run.quiet,
                     .on_block = score_block, .ud = &j};
     j.score = 1;
     rc = score_requests(&j, a.c.prompts, a.c.kv.kind == KV_POLICY_FULL);

@@ -67,7 +67,8 @@ static const char generate_help[] =
     "                       the libraries' one-time costs (kernels loaded on first use,\n"
     "                       GEMM plans) are then not in the rates (benchmarks)\n"
     "  --threads N          CPU threads (default: all cores)\n"
-    "  --prefill-rows N     most prompt tokens of a GPU batch in one prefill pass (default 4096)\n"
+    "  --prefill-rows N     most prompt tokens of a GPU batch in one prefill pass (default:\n"
+    "                       the policy file's \"prefill_rows\", else 4096)\n"
     "  --window N           requests read and tokenized at a time (default 8192): memory is\n"
     "                       bounded by N, not by the size of the prompt file\n"
     "  --shard I/N          run shard I (0 .. N-1) of the job split N ways by cost, as\n"
@@ -182,7 +183,6 @@ static int generate_parse(int argc, char **argv, gen_args *a)
     a->go.seed = (uint64_t)a->seed;
     a->go.progress = !a->run.quiet;
     a->go.max_new = a->c.max_new;
-    a->go.prefill_rows = a->c.prefill_rows;
     a->go.kv = a->c.kv;
     if (kv_policy_check(&a->go.kv) < 0)
         return cli_usage_err("generate");
@@ -196,6 +196,7 @@ static int generate_policy(gen_args *a, sched_policy *pol)
 {
     int rc = cli_run_policy("generate", &a->run, &a->c, pol);
     a->go.batch_size = pol->gpu_batch_size;
+    a->go.prefill_rows = sched_policy_prefill_rows(pol); /* --prefill-rows, or the file's */
     if (rc == 0 && (dist_active() || a->shard_n > 1))
         rc = cli_rank_dir("generate", pol, dist_active() ? dist_get()->rank : a->shard_i);
     return rc;

@@ -67,7 +67,8 @@ static const char search_help[] =
     "                       its first records come after one block; with --prompts: no limit;\n"
     "                       0: no limit)\n"
     "  --max-gpu-batches N  largest --num-gpu-batches tried (default 16)\n"
-    "  --prefill-rows N     as for generate (default 4096)\n"
+    "  --prefill-rows N     as for generate; without it search tries 4096 and its halves\n"
+    "                       down to a prompt and writes the pick as \"prefill_rows\"\n"
     "  --cpu-attention | --no-cpu-attention  only policies with / without it (default:\n"
     "                       both are tried)\n"
     "  --weight-layers | --no-weight-layers  only weights cut per layer (generate\n"
@@ -162,7 +163,9 @@ static int search_parse(int argc, char **argv, search_args *a)
     if (a->per_node > a->ranks)
         return cli_usage("search", "--ranks-per-node %d is more than the job's --ranks %d; "
                          "give --ranks N with N >= K", a->per_node, a->ranks);
-    so->prefill_rows = c->prefill_rows;
+    /* --prefill-rows fixes the prefill pass; else search picks it */
+    so->prefill_rows = sched_policy_prefill_rows(&c->pol);
+    so->pick_prefill_rows = !(c->given & SCHED_POLICY_PREFILL_ROWS);
     so->scores = kv_policy_needs_scores(&c->kv);
     so->cpu_attention = c->given & SCHED_POLICY_CPU_ATTENTION ? c->pol.cpu_attention : -1;
     so->weight_layers = c->given & SCHED_POLICY_WEIGHT_LAYERS ? c->pol.weight_layers : -1;
