@@ -616,6 +616,8 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn, int ro
     if (lp_solve(&in, &lo) < 0)
         return;
     double bound = (double)g.block * o->gen_len / (lo.f[V_TP] + (o->gen_len - 1) * lo.f[V_TS]);
+    /* (0.98 of the last kept: a candidate within SCHED_SEARCH_NEAR of it could
+     * still rank before it) */
     if (x->n == x->n_out && bound < 0.98 * x->out[x->n - 1].cost.tok_s)
         return;
 
