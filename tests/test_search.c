@@ -44,6 +44,15 @@ static sched_calib t4_like(void)
     return hw;
 }
 
+/* A CPU backend's rates in round numbers: GEMM TFLOP/s and disk GB/s given */
+static sched_calib cpu_like(double gemm, double disk)
+{
+    sched_calib hw = {.device = "cpu", .h2d = 20, .d2h = 20, .dram = 20, .dev_mem = 20,
+                      .gemm = gemm, .disk_read = disk, .disk_write = disk,
+                      .disk_kind = "io_uring"};
+    return hw;
+}
+
 static model_config opt(const char *name)
 {
     model_config c;
@@ -424,8 +433,7 @@ Test(search, cpu_too_small_spills_weights_to_disk)
 Test(search, plans_16_bit_weights_on_a_wider_backend)
 {
     model_config c = opt("opt-1.3b");
-    sched_calib hw = {.device = "cpu", .h2d = 20, .d2h = 20, .dram = 20, .dev_mem = 20,
-                      .gemm = 0.2, .disk_read = 1, .disk_write = 1, .disk_kind = "io_uring"};
+    sched_calib hw = cpu_like(0.2, 1);
     sched_policy base = pol(1, 1, 100, 0, 100, 0, 100, 0, 0);
     sched_search_opts o = {.prompt_len = 32, .gen_len = 8, .prefill_rows = 4096,
                            .kv_cap = 40, .max_block = 8, .max_gpu_batches = 1,
@@ -531,8 +539,7 @@ Test(search, tight_gpu_tier_picks_shorter_prefill_passes)
 {
     model_config c = opt("opt-1.3b");
     const sched_model *m = shape_of(&c);
-    sched_calib hw = {.device = "cpu", .h2d = 20, .d2h = 20, .dram = 20, .dev_mem = 20,
-                      .gemm = 1, .disk_read = 2, .disk_write = 2, .disk_kind = "io_uring"};
+    sched_calib hw = cpu_like(1, 2);
     sched_policy base = pol(1, 1, 100, 0, 100, 0, 100, 0, 0);
     /* the GPU cap: a block of 64 with 1024-row passes, its weights and KV off the
      * tier (the embedding, the work buffers and the KV staging stay) */
