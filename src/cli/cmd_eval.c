@@ -687,8 +687,8 @@ int cli_score(int argc, char **argv)
         run_free(&j);
         return rc == CLI_HELP ? 0 : rc;
     }
-    eval_opts eo = {.kv = a.c.kv, .prefill_rows = sched_policy_prefill_rows(&pol), .progress = !a.run.quiet,
-                    .on_block = score_block, .ud = &j};
+    eval_opts eo = {.kv = a.c.kv, .prefill_rows = sched_policy_prefill_rows(&pol),
+                    .progress = !a.run.quiet, .on_block = score_block, .ud = &j};
     j.score = 1;
     rc = score_requests(&j, a.c.prompts, a.c.kv.kind == KV_POLICY_FULL);
     /* never over results already written (--resume appends to them);
