@@ -708,18 +708,17 @@ int sched_search(const sched_model *c, size_t es, const sched_policy *base,
             if ((long long)gbs * K > max_block)
                 continue;
             /* the prefill pass: the rows given, or (pick_prefill_rows) those
-             * and their halves while they make another pass shape */
-            for (int rows = o->prefill_rows, last = 0; rows >= 1; rows /= 2) {
-                int mr = sched_prefill_rows(rows, o->prompt_len, gbs);
-                if (mr == last)
-                    break;
-                last = mr;
-                for (int act = SCHED_GPU; act <= (o->disk_cap ? SCHED_DISK : SCHED_CPU);
+             * and their halves down to a prompt, each pass shape once (a
+             * GPU batch of fewer rows than given takes them in one) */
+            for (int rows = o->prefill_rows, last = 0;; rows /= 2) {
+                int mr = sched_prefill_rows(rows, o->prompt_len, gbs), fresh = mr != last;
+                for (int act = SCHED_GPU; fresh && act <= (o->disk_cap ? SCHED_DISK : SCHED_CPU);
                      act++)
                     for (int attn = 0; attn <= 1; attn++)
                         if (o->cpu_attention < 0 || attn == o->cpu_attention)
                             solve_shape(&x, gbs, K, act, attn, rows);
-                if (!o->pick_prefill_rows || rows / 2 < 1)
+                last = mr;
+                if (!o->pick_prefill_rows || rows <= o->prompt_len || rows < 2)
                     break;
             }
         }

@@ -577,6 +577,23 @@ Test(search, tight_gpu_tier_picks_shorter_prefill_passes)
     char line[256];
     sched_policy_describe(&pick.pol, line, sizeof line);
     cr_assert(strstr(line, "prefill") && strstr(line, "rows"), "%s", line);
+
+    /* a GPU batch whose prompts are fewer rows than a pass takes (8 x 128 =
+     * 1024 < 4096, 2048): the halves go on below its own rows, down to a
+     * prompt; here only 256-row passes fit */
+    sched_policy small = want;
+    small.gpu_batch_size = 8;
+    small.prefill_rows = 256;
+    sh.max_rows = sched_prefill_rows(256, 128, 8);
+    cr_assert_eq(sched_plan_compute(m, 4, &small, &sh, &wp), 0, "%s", err_msg());
+    o.gpu_cap = wp.total[SCHED_GPU] + 1 * MiB;
+    o.gbs_list = (const int[]){8};
+    o.n_gbs = 1;
+    o.pick_prefill_rows = 1;
+    cr_assert_eq(sched_search(m, 4, &base, &o, &hw, &pick, 1, &n), 0, "%s", err_msg());
+    cr_assert(pick.pol.prefill_rows >= 128 && pick.pol.prefill_rows <= 256, "rows %d",
+              pick.pol.prefill_rows);
+    cr_assert_leq(pick.plan.total[SCHED_GPU], o.gpu_cap);
 }
 
 Test(search, h2o_budget_raises_the_bound)
