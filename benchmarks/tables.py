@@ -299,10 +299,11 @@ class Runner:
         self.off = os.path.join(a.offload_dir, "flexh2o")
         self.blocks = {}  # (model, p, n, cap) -> N of the full-cache search, HF's batch
         self.py = a.hf_python
+        self.recalibrate = a.recalibrate  # once per sitting, before its first cell
 
     def calibration(self):
-        if not os.path.exists(self.hw) or self.a.recalibrate:
-            self.a.recalibrate = False  # once per sitting, before its first cell
+        if not os.path.exists(self.hw) or self.recalibrate:
+            self.recalibrate = False
             os.makedirs(self.off, exist_ok=True)
             calibrate(self.a.flexh2o, self.device, self.off, out=self.hw, extra=self.mm)
         return json.load(open(self.hw))
