@@ -134,8 +134,9 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
     double *t = out->step;
     t[COST_H2D] = secs(w_off + kv_link + (attn ? L * host_seqs * row : 0) + x.step, hw->h2d);
     t[COST_D2H] = secs(kv_link + (attn ? 3 * L * host_seqs * row : 0) + x.step, hw->d2h);
-    t[COST_DISK_READ] = secs(w_disk + (g.kv_n[SCHED_DISK] ? kv_d_io : 0) + x.step_disk,
-                             hw->disk_read);
+    /* a step reads the slots in use of a disk record */
+    double kv_d_step = L * K * sched_kv_step_load_bytes(&g, sh->cap, prompt_len, gen_len);
+    t[COST_DISK_READ] = secs(w_disk + kv_d_step + x.step_disk, hw->disk_read);
     /* a step writes back the pages of a disk record that it changed */
     t[COST_DISK_WRITE] = secs(L * K * (double)sched_kv_step_store_bytes(&g, sh->cap) + x.step_disk,
                               hw->disk_write);

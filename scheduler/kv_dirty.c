@@ -41,6 +41,30 @@ static int new_slot(const kern_seq *q, const int32_t *pos)
     return -1;
 }
 
+/* The flagged pages of a record at rec (fd at file_off) as requests, a
+ * run taking in gaps of fewer than KV_MERGE_GAP unflagged pages. */
+static int runs_of(const uint8_t *pages, size_t n_pages, int write, char *rec, int fd,
+                   uint64_t file_off, off_io *ios)
+{
+    int n = 0;
+    for (size_t p = 0; p < n_pages;) {
+        if (!pages[p]) {
+            p++;
+            continue;
+        }
+        size_t e = p + 1, gap = 0;
+        for (size_t i = e; i < n_pages && gap < KV_MERGE_GAP; i++) {
+            gap = pages[i] ? 0 : gap + 1;
+            if (pages[i])
+                e = i + 1;
+        }
+        ios[n++] = (off_io){fd, write, rec + p * OFF_ALIGN, (e - p) * OFF_ALIGN,
+                            file_off + p * OFF_ALIGN};
+        p = e;
+    }
+    return n;
+}
+
 int sched_kv_dirty_runs(const sched *s, int k, int n_seq, const char *rec, int fd,
                         uint64_t file_off, off_io *ios, uint8_t *pages)
 {
@@ -69,26 +93,36 @@ int sched_kv_dirty_runs(const sched *s, int k, int n_seq, const char *rec, int f
                      4 * (size_t)(slot == q->n_slots ? q->n_slots + 1 : q->n_slots));
         }
     }
+    /* (what a decode load left unread is never read: the whole record
+     * carries the live slots that sched_kv_live_runs loaded) */
     if (whole)
         memset(pages, 1, n_pages);
-    int n = 0;
-    for (size_t p = 0; p < n_pages;) {
-        if (!pages[p]) {
-            p++;
+    return runs_of(pages, n_pages, 1, (char *)rec, fd, file_off, ios);
+}
+
+int sched_kv_live_runs(const sched *s, int k, char *rec, int fd, uint64_t file_off,
+                       off_io *ios, uint8_t *pages)
+{
+    const sched_geom *g = &s->g;
+    const kv_layout *kl = &g->kv[SCHED_DISK];
+    size_t n_pages = g->kv_disk_stride / OFF_ALIGN, row = g->kv_row;
+    int cap = s->sh.cap;
+    const kern_seq *seqs = s->bseq + (size_t)k * g->gbs + g->kv_seq0[SCHED_DISK];
+    memset(pages, 0, n_pages);
+    for (int j = 0; j < g->kv_n[SCHED_DISK]; j++) {
+        int n = seqs[j].n_slots; /* idle ones too: a whole write-back keeps them */
+        if (n <= 0)
             continue;
+        for (int h = 0; h < g->KVH; h++) {
+            size_t base = ((size_t)j * g->KVH + h) * cap;
+            mark(pages, kl->kc + base * row, (size_t)n * row);
+            mark(pages, kl->vc + base * row, (size_t)n * row);
+            mark(pages, kl->pos + base * 4, (size_t)n * 4);
+            if (kl->scores != SIZE_MAX)
+                mark(pages, kl->scores + base * 4, (size_t)n * 4);
         }
-        /* a run takes in gaps shorter than KV_MERGE_GAP clean pages */
-        size_t e = p + 1, gap = 0;
-        for (size_t i = e; i < n_pages && gap < KV_MERGE_GAP; i++) {
-            gap = pages[i] ? 0 : gap + 1;
-            if (pages[i])
-                e = i + 1;
-        }
-        ios[n++] = (off_io){fd, 1, (char *)rec + p * OFF_ALIGN, (e - p) * OFF_ALIGN,
-                            file_off + p * OFF_ALIGN};
-        p = e;
     }
-    return n;
+    return runs_of(pages, n_pages, 0, rec, fd, file_off, ios);
 }
 
 size_t sched_kv_step_store_bytes(const sched_geom *g, int cap)
@@ -108,4 +142,34 @@ size_t sched_kv_step_store_bytes(const sched_geom *g, int cap)
     size_t b = 2 * pairs * (row_pages + KV_MERGE_GAP) * OFF_ALIGN +
                off_align_up(pairs * cap * 4) * (g->kv[SCHED_DISK].scores != SIZE_MAX ? 2 : 1);
     return b < g->kv_disk_stride ? b : g->kv_disk_stride;
+}
+
+/* Bytes of an array of pairs x span bytes read when each pair's first live
+ * bytes are live: a run per pair and its request's cost, or the whole
+ * array where the clean gaps between runs are too short to split them. */
+static double live_bytes(size_t pairs, size_t span, size_t live)
+{
+    if (live >= span || (span - live) / OFF_ALIGN < KV_MERGE_GAP)
+        return (double)pairs * span;
+    double run = (double)live + (1 + KV_MERGE_GAP) * OFF_ALIGN;
+    return (double)pairs * (run < span ? run : span);
+}
+
+double sched_kv_step_load_bytes(const sched_geom *g, int cap, int prompt_len, int gen_len)
+{
+    if (!g->kv_n[SCHED_DISK])
+        return 0;
+    size_t pairs = (size_t)g->kv_n[SCHED_DISK] * g->KVH, row = g->kv_row;
+    double whole = (double)g->kv_disk_stride, sum = 0;
+    int steps = gen_len - 1 > 0 ? gen_len - 1 : 1;
+    /* decode step i (1..) reads prompt_len + i - 1 slots, at most cap */
+    for (int i = 1; i <= steps; i++) {
+        size_t n = (size_t)prompt_len + i - 1 < (size_t)cap ? (size_t)prompt_len + i - 1
+                                                             : (size_t)cap;
+        double b = 2 * live_bytes(pairs, cap * row, n * row) +
+                   live_bytes(pairs, (size_t)cap * 4, n * 4) *
+                       (g->kv[SCHED_DISK].scores != SIZE_MAX ? 2 : 1);
+        sum += b < whole ? b : whole;
+    }
+    return sum / steps;
 }

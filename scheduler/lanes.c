@@ -75,7 +75,18 @@ static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
     else /* a layer's weights serve every batch of the block */
         snprintf(what, sizeof what, "%s of layer %d", t->name, t->layer);
     if (t->kind == TASK_LOAD) {
-        FORWARD_IF(off_disk_rw(s->disk, &io, 1, what));
+        /* a decode step reads the slots in use of a disk KV record */
+        const off_io *ios = &io;
+        int n = 1;
+        if (t->kv_seqs > 0) {
+            n = sched_kv_live_runs(s, t->batch, io.buf, t->fd, t->file_off, l->runs, l->pages);
+            ios = l->runs;
+            span = 0;
+            for (int i = 0; i < n; i++)
+                span += ios[i].len;
+        }
+        if (n > 0)
+            FORWARD_IF(off_disk_rw(s->disk, ios, n, what));
         double t1 = sched_trace_now();
         sched_link_add(s, SCHED_LINK_DISK_CPU, span, t1 - t0);
         trace_task(s, t, TRACK_DISK, "disk read", cat, tier, span, t0);
@@ -152,7 +163,7 @@ int sched_lanes_start(struct sched *s)
                       "internal: host staging buffer is not %u-aligned", OFF_ALIGN);
         }
         size_t n_pages = s->g.kv_disk_stride / OFF_ALIGN;
-        if (i == 1 && n_pages) {
+        if (n_pages) {
             l->pages = malloc(n_pages);
             l->runs = malloc(sizeof(off_io) * ((n_pages + 1) / 2));
             RETURN_IF(!l->pages || !l->runs, -ENOMEM, "out of memory");

@@ -185,9 +185,11 @@ typedef struct sched_task {
     uint64_t file_off;     /* OFF_ALIGN-aligned; the payload starts delta bytes in */
     size_t delta;
     size_t bytes;          /* payload */
-    int kv_seqs;           /* a decode step's store of a disk KV record: how many of its
-                            * sequences are in the pass (only what they changed is
-                            * written, sched_kv_dirty_runs); 0: the whole payload */
+    int kv_seqs;           /* a decode step's transfer of a disk KV record: a store, how
+                            * many of its sequences are in the pass (only what they
+                            * changed is written, sched_kv_dirty_runs); a load, > 0 when
+                            * all of them are (only their slots in use are read,
+                            * sched_kv_live_runs); 0: the whole payload */
     int mark;              /* compute event to wait for first (EV_COMPUTE_*), -1: none */
     int dep_lane;          /* wait for that lane's task dep_ticket first, -1: none */
     uint64_t dep_ticket;
@@ -210,8 +212,8 @@ typedef struct sched_lane {
     int stop, failed;
     char msg[1024];
     void *stage;            /* host staging for disk transfers (aligned) */
-    uint8_t *pages;         /* (lane 1, disk KV) a flag per page of a KV record */
-    off_io *runs;           /* (lane 1, disk KV) the record's changed pages as requests */
+    uint8_t *pages;         /* (disk KV) a flag per page of a KV record */
+    off_io *runs;           /* (disk KV) the record's pages to move as requests */
 } sched_lane;
 
 struct sched {
@@ -310,6 +312,19 @@ void sched_link_add(struct sched *s, int link, uint64_t bytes, double secs);
  * bytes of scratch. @return the number of requests (kv_dirty.c). */
 int sched_kv_dirty_runs(const struct sched *s, int k, int n_seq, const char *rec, int fd,
                         uint64_t file_off, off_io *ios, uint8_t *pages);
+/* The requests that load what a decode step reads of GPU batch k's disk
+ * KV record into rec (host memory; fd at file_off): runs of whole
+ * OFF_ALIGN pages holding the slots in use, [0, n_slots), of each of the
+ * record's sequences (every one of them in the pass), idle ones included:
+ * a whole write-back (sched_kv_dirty_runs) then keeps them. The rest of
+ * rec is left as it was; slots past n_slots are never read, and the step
+ * writes its new ones. ios, pages: as sched_kv_dirty_runs's. @return the
+ * number of requests (kv_dirty.c). */
+int sched_kv_live_runs(const struct sched *s, int k, char *rec, int fd, uint64_t file_off,
+                       off_io *ios, uint8_t *pages);
+/* About how many bytes of a disk KV record a decode step loads, on average
+ * over the gen_len - 1 steps of prompts of prompt_len (cost.c). */
+double sched_kv_step_load_bytes(const sched_geom *g, int cap, int prompt_len, int gen_len);
 /* About how many bytes of a disk KV record a decode step writes back,
  * counting each request's own cost as KV_MERGE_GAP pages (cost.c). */
 size_t sched_kv_step_store_bytes(const sched_geom *g, int cap);

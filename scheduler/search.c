@@ -45,6 +45,7 @@ typedef struct lp_in {
      * prefill (link, disk), one d-row per (layer, sequence) */
     double W, W_al, blob_al, kv_all, kvrec, globals, work_gpu, work_cpu, x_res, x_stage;
     double W_file;             /* W_al, or 0 when the disk share is a weight store's */
+    double kv_rfrac;           /* what a decode step reads of a disk record, a fraction */
     double kv_wfrac;           /* what a decode step writes of a disk record, a fraction */
     double x_step, x_pre, x_step_disk, x_pre_disk, cross_row;
     int act, attn, disk, np, gen, s;
@@ -200,10 +201,12 @@ static int lp_solve(const lp_in *in, lp_out *o)
     time_row(lp, V_TS, hw->d2h, kv_link_c + down + in->x_step, c_d2h);
     if (in->disk) {
         c_dr[V_WG] = c_dr[V_WC] = -in->W_al;
-        c_dr[V_CG] = c_dr[V_CC] = -in->kv_all;
-        /* a step writes back the pages of its records that it changed */
+        /* a step reads the slots in use of its records and writes back
+         * the pages it changed */
+        c_dr[V_CG] = c_dr[V_CC] = -in->kv_rfrac * in->kv_all;
         c_dw[V_CG] = c_dw[V_CC] = -in->kv_wfrac * in->kv_all;
-        disk_row(lp, V_TS, hw->disk_read, in->W_al + in->kv_all + in->x_step_disk, c_dr,
+        disk_row(lp, V_TS, hw->disk_read,
+                 in->W_al + in->kv_rfrac * in->kv_all + in->x_step_disk, c_dr,
                  hw->disk_write, in->kv_wfrac * in->kv_all + in->x_step_disk, c_dw);
     }
     if (in->attn) {
@@ -579,6 +582,8 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn, int ro
         .blob_al = (double)off_align_up(g.blob),
         .kv_all = L * K * (double)rec.bytes,
         .kvrec = (double)off_align_up(rec.bytes),
+        .kv_rfrac = sched_kv_step_load_bytes(&gd, sh.cap, o->prompt_len, o->gen_len) /
+                    (double)gd.kv_disk_stride,
         .kv_wfrac = (double)sched_kv_step_store_bytes(&gd, sh.cap) / (double)gd.kv_disk_stride,
         .globals = (double)g.globals,
         .work_gpu = (double)pl.bytes[SCHED_GPU][SCHED_WORK],

@@ -214,10 +214,13 @@ static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch
         t->host = tier == SCHED_CPU ? sched_kv_home(s, tier, l, b->k) : NULL;
         t->fd = s->kv_fd;
         t->file_off = ((uint64_t)l * g->K + b->k) * g->kv_disk_stride;
-        /* a decode step stores what it changed in a disk record (lanes.c) */
+        /* a decode step loads the slots in use of a disk record whose
+         * sequences are all in the pass and stores what it changed (lanes.c) */
         int in_pass = b->n_seq - g->kv_seq0[tier];
-        t->kv_seqs = tier == SCHED_DISK && lane == 1 && s->pass_kind == SCHED_PASS_DECODE
-                         ? (in_pass < g->kv_n[tier] ? in_pass : g->kv_n[tier]) : 0;
+        t->kv_seqs = 0;
+        if (tier == SCHED_DISK && s->pass_kind == SCHED_PASS_DECODE)
+            t->kv_seqs = lane == 1 ? (in_pass < g->kv_n[tier] ? in_pass : g->kv_n[tier])
+                                   : (in_pass >= g->kv_n[tier] ? in_pass : 0);
         int rc = submit_one(s, lane, t, v, &ticket);
         if (rc < 0)
             return rc;

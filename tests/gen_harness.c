@@ -104,26 +104,31 @@ void gen_harness_wide_model(void)
                           "{\"id\": 4, \"prompt_ids\": [20, 21, 22, 23, 24]}\n");
 }
 
-int gen_harness_disk_writes(const char *trace, double *prefill, double *decode_max)
+gen_disk_io gen_harness_disk_io(const char *trace, const char *event)
 {
     char *text = cli_read(trace);
     cr_assert(text, "%s missing", trace);
     cJSON *root = cJSON_Parse(text);
     free(text);
     cr_assert(root, "%s is not JSON", trace);
-    int n = 0;
-    *prefill = *decode_max = 0;
+    gen_disk_io io = {0};
     const cJSON *e;
     cJSON_ArrayForEach(e, cJSON_GetObjectItem(root, "traceEvents")) {
         const cJSON *name = cJSON_GetObjectItem(e, "name"), *args = cJSON_GetObjectItem(e, "args");
-        if (!cJSON_IsString(name) || strcmp(name->valuestring, "disk write") != 0)
+        if (!cJSON_IsString(name) || strcmp(name->valuestring, event) != 0)
             continue;
         double b = cJSON_GetObjectItem(args, "bytes")->valuedouble;
-        double *to = cJSON_GetObjectItem(args, "step")->valueint == 0 ? prefill : decode_max;
-        *to = b > *to ? b : *to;
-        n++;
+        if (cJSON_GetObjectItem(args, "step")->valueint == 0) {
+            io.prefill = b > io.prefill ? b : io.prefill;
+        } else {
+            io.decode_max = b > io.decode_max ? b : io.decode_max;
+            io.decode_min = io.n_decode == 0 || b < io.decode_min ? b : io.decode_min;
+            io.decode_sum += b;
+            io.n_decode++;
+        }
+        io.n++;
     }
     cJSON_Delete(root);
-    return n;
+    return io;
 }
 

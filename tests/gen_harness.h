@@ -39,9 +39,16 @@ uint64_t gen_harness_run(backend *be, const char *percent, int cpu_attention, co
  * 26 pages of a disk KV record (13 under H2O at ratio 0.5). */
 void gen_harness_wide_model(void);
 
-/* The bytes of the "disk write" events of a --trace file of cli_dir: the
- * most at the prefill (step 0) and at any decode step. @return how many
- * such events. */
-int gen_harness_disk_writes(const char *trace, double *prefill, double *decode_max);
+/* What the "disk write" or "disk read" events of a --trace file moved. */
+typedef struct gen_disk_io {
+    int n;                  /* events */
+    double prefill;         /* the most bytes at the prefill (step 0) */
+    double decode_max, decode_min, decode_sum; /* bytes at a decode step, in all */
+    int n_decode;
+} gen_disk_io;
+
+/* The disk events named event ("disk write", "disk read") of a --trace
+ * file of cli_dir. */
+gen_disk_io gen_harness_disk_io(const char *trace, const char *event);
 
 #endif

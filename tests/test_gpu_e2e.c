@@ -213,10 +213,11 @@ Test(gpu_e2e, tiny_model_4bit_placements_equal_all_resident)
 /* fp16 K/V and another summation order change the scores a little, so h2o
  * may break a near-tie the other way; window and streaming evict by
  * position alone and must trace exactly what the CPU traces. */
-/* Disk KV on CUDA (records staged through the store lane's host buffer):
- * a decode step writes back a fraction of each record, and the tokens are
- * the all-resident run's, for the full cache and H2O (test_sched's
- * a_decode_step_writes_back_a_fraction_of_a_disk_kv_record on the CPU;
+/* Disk KV on CUDA (records staged through the lanes' host buffers): a
+ * decode step reads the slots in use of each record and writes back a
+ * fraction of it, and the tokens are the all-resident run's, for the full
+ * cache and H2O (test_sched's a_decode_step_moves_a_fraction_of_a_disk_kv_
+ * record on the CPU;
  * here the rows are fp16, so H2O keeps 0.8 of the cache: 10 pages of K a
  * sequence and head, evicting for the last 40 steps). */
 Test(gpu_e2e, disk_kv_write_back_on_cuda, .timeout = GPU_TIMEOUT(120))
@@ -235,11 +236,16 @@ Test(gpu_e2e, disk_kv_write_back_on_cuda, .timeout = GPU_TIMEOUT(120))
         snprintf(b, sizeof b, "wb%d.jsonl", i);
         snprintf(t, sizeof t, "wt%d.json", i);
         assert_same_tokens(a, b, 4, kv[i][0] ? kv[i] : "full cache, KV on disk");
-        double pre, dec;
-        int n = gen_harness_disk_writes(t, &pre, &dec);
-        cr_assert_eq(n, 2 * 2 * 200, "%s: %d disk writes", t, n);
-        cr_assert(dec > 0 && dec < pre / 4, "%s: a decode step wrote %.0f bytes of a record of "
-                  "%.0f", kv[i], dec, pre);
+        gen_disk_io w = gen_harness_disk_io(t, "disk write");
+        gen_disk_io r = gen_harness_disk_io(t, "disk read");
+        cr_assert_eq(w.n, 2 * 2 * 200, "%s: %d disk writes", t, w.n);
+        cr_assert(w.decode_max > 0 && w.decode_max < w.prefill / 4,
+                  "%s: a decode step wrote %.0f bytes of a record of %.0f", kv[i], w.decode_max,
+                  w.prefill);
+        cr_assert_eq(r.n, 2 * 2 * 199, "%s: %d disk reads", t, r.n);
+        cr_assert(r.decode_min > 0 && r.decode_min < w.prefill / 4,
+                  "%s: the first decode step read %.0f bytes of a record of %.0f", kv[i],
+                  r.decode_min, w.prefill);
     }
 }
 

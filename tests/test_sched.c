@@ -1125,10 +1125,54 @@ Test(policy, sizes_percent_split_and_presets)
                         "cpu-attention");
 }
 
-/* One decode step of the CPU kernels (attention adding to the scores,
- * then the insert) over a disk record of n_seq sequences: every byte the
- * step changed lies in a run of sched_kv_dirty_runs, and the runs write
- * `less` (1: fewer bytes than the record, 0: any). Sequences: idle, filling
+/* One decode step of the CPU kernels over the disk record rec of s's batch
+ * 1 (attention adding to the scores, then the insert) from the rows q and
+ * kv: its output and self probabilities into out and self_p. */
+static void decode_on_record(const sched *s, char *rec, const float *q, const float *kv,
+                             float *out, float *self_p)
+{
+    const sched_geom *g = &s->g;
+    const kv_layout *kl = &g->kv[SCHED_DISK];
+    int n_seq = g->kv_n[SCHED_DISK], cap = s->sh.cap;
+    const kern_seq *seqs = s->bseq + g->gbs + g->kv_seq0[SCHED_DISK];
+    size_t ld = (size_t)g->H * g->hd;
+    size_t sb = kern_attn_decode_scratch_bytes(cap, kern_cpu_threads());
+    void *scr = malloc(sb);
+    cr_assert(scr);
+    float *kc = (float *)(rec + kl->kc), *vc = (float *)(rec + kl->vc);
+    float *sc = kl->scores != SIZE_MAX ? (float *)(rec + kl->scores) : NULL;
+    cr_assert_eq(kern_attn_decode_ref(out, (int)ld, q, kv, kv, (int)ld, kc, vc, seqs, n_seq,
+                                      g->H, g->KVH, g->hd, cap, 0.125f, sc, self_p, scr, sb), 0);
+    kern_kv_insert_ref(kc, vc, sc, (int32_t *)(rec + kl->pos), kv, kv, (int)ld, self_p, seqs,
+                       n_seq, g->H, g->KVH, g->hd, cap, NULL);
+    free(scr);
+}
+
+/* Whether runs ios[0, n) of rec (fd 7 at file offset off, write or read)
+ * are ordered, aligned, apart and inside a record of stride bytes.
+ * @return the bytes they move. */
+static size_t check_runs(const off_io *ios, int n, const char *rec, size_t stride, int write,
+                         uint64_t off)
+{
+    size_t moved = 0;
+    for (int i = 0; i < n; i++) {
+        size_t at = (size_t)((const char *)ios[i].buf - rec);
+        cr_assert(ios[i].fd == 7 && ios[i].write == write && at % OFF_ALIGN == 0 &&
+                  ios[i].len % OFF_ALIGN == 0 && at + ios[i].len <= stride &&
+                  ios[i].offset == off + at, "run %d: %zu + %zu", i, at, ios[i].len);
+        cr_assert(i == 0 || (char *)ios[i].buf > (char *)ios[i - 1].buf + ios[i - 1].len);
+        moved += ios[i].len;
+    }
+    return moved;
+}
+
+/* One decode step of the CPU kernels over a disk record of n_seq
+ * sequences, as the lanes move it: the step loads the runs of
+ * sched_kv_live_runs into a stage of garbage (NaN) and computes exactly
+ * what it computes over the whole record; every byte the step changed lies
+ * in a run of sched_kv_dirty_runs; and the record on disk after those runs
+ * holds every slot the next step reads as the whole record would. Both
+ * move `less` (1: under half the record, 0: any). Sequences: idle, filling
  * (n_slots < budget) and evicting (H2O with scores, window without). */
 static void dirty_step(int n_seq, int kvh, int hd, int cap, int scores, int less)
 {
@@ -1151,7 +1195,8 @@ static void dirty_step(int n_seq, int kvh, int hd, int cap, int scores, int less
     s.bseq = bseq;
     kern_seq *seqs = bseq + g->gbs + 1;
     char *before = off_alloc_aligned(stride), *after = off_alloc_aligned(stride);
-    cr_assert(bseq && before && after);
+    char *stage = off_alloc_aligned(stride), *disk = off_alloc_aligned(stride);
+    cr_assert(bseq && before && after && stage && disk);
     uint64_t r = 12345;
     for (size_t i = 0; i < stride; i++)
         before[i] = (char)((r = r * 6364136223846793005ULL + 1442695040888963407ULL) >> 56);
@@ -1181,36 +1226,35 @@ static void dirty_step(int n_seq, int kvh, int hd, int cap, int scores, int less
         }
     }
     memcpy(after, before, stride);
-    size_t ld = (size_t)g->H * hd;
-    float *q = calloc((size_t)n_seq * ld, sizeof(float)), *kv = calloc((size_t)n_seq * ld,
-                                                                        sizeof(float));
-    float *out = calloc((size_t)n_seq * ld, sizeof(float)), *self_p = calloc((size_t)n_seq * kvh,
-                                                                             sizeof(float));
-    size_t sb = kern_attn_decode_scratch_bytes(cap, kern_cpu_threads());
-    void *scr = malloc(sb);
-    cr_assert(q && kv && out && self_p && scr);
-    for (size_t i = 0; i < (size_t)n_seq * ld; i++)
+    size_t ld = (size_t)g->H * hd, nv = (size_t)n_seq * ld;
+    float *q = calloc(nv, sizeof(float)), *kv = calloc(nv, sizeof(float));
+    float *out = calloc(nv, sizeof(float)), *out2 = calloc(nv, sizeof(float));
+    float *self_p = calloc((size_t)n_seq * kvh, sizeof(float));
+    float *self_p2 = calloc((size_t)n_seq * kvh, sizeof(float));
+    cr_assert(q && kv && out && out2 && self_p && self_p2);
+    for (size_t i = 0; i < nv; i++)
         q[i] = kv[i] = (float)((i * 37) % 11) / 11.0f;
-    float *kc = (float *)(after + kl->kc), *vc = (float *)(after + kl->vc);
-    float *sc = scores ? (float *)(after + kl->scores) : NULL;
-    cr_assert_eq(kern_attn_decode_ref(out, (int)ld, q, kv, kv, (int)ld, kc, vc, seqs, n_seq,
-                                      g->H, kvh, hd, cap, 0.125f, sc, self_p, scr, sb), 0);
-    kern_kv_insert_ref(kc, vc, sc, (int32_t *)(after + kl->pos), kv, kv, (int)ld, self_p, seqs,
-                       n_seq, g->H, kvh, hd, cap, NULL);
+    decode_on_record(&s, after, q, kv, out, self_p);
     off_io *ios = malloc(sizeof(off_io) * ((n_pages + 1) / 2));
     uint8_t *pages = malloc(n_pages);
     cr_assert(ios && pages);
-    int n = sched_kv_dirty_runs(&s, 1, n_seq, after, 7, 4096 * 3, ios, pages);
+
+    /* the load: only the live runs reach a stage of NaNs */
+    memset(stage, 0xff, stride);
+    int n = sched_kv_live_runs(&s, 1, stage, 7, 4096 * 3, ios, pages);
     cr_assert(n >= 1 && (size_t)n <= (n_pages + 1) / 2, "%d runs", n);
-    size_t written = 0, changed = 0;
-    for (int i = 0; i < n; i++) {
-        size_t at = (size_t)((char *)ios[i].buf - after);
-        cr_assert(ios[i].fd == 7 && ios[i].write && at % OFF_ALIGN == 0 &&
-                  ios[i].len % OFF_ALIGN == 0 && at + ios[i].len <= stride &&
-                  ios[i].offset == 4096 * 3 + at, "run %d: %zu + %zu", i, at, ios[i].len);
-        cr_assert(i == 0 || (char *)ios[i].buf > (char *)ios[i - 1].buf + ios[i - 1].len);
-        written += ios[i].len;
-    }
+    size_t read = check_runs(ios, n, stage, stride, 0, 4096 * 3);
+    for (int i = 0; i < n; i++)
+        memcpy(ios[i].buf, before + ((char *)ios[i].buf - stage), ios[i].len);
+    if (less)
+        cr_assert_lt(read, stride / 2, "%zu of %zu bytes read", read, stride);
+    decode_on_record(&s, stage, q, kv, out2, self_p2);
+    cr_assert(memcmp(out, out2, nv * sizeof(float)) == 0, "the step read past the live runs");
+    cr_assert(memcmp(self_p, self_p2, (size_t)n_seq * kvh * sizeof(float)) == 0);
+
+    n = sched_kv_dirty_runs(&s, 1, n_seq, after, 7, 4096 * 3, ios, pages);
+    cr_assert(n >= 1 && (size_t)n <= (n_pages + 1) / 2, "%d runs", n);
+    size_t written = check_runs(ios, n, after, stride, 1, 4096 * 3), changed = 0;
     for (size_t b = 0; b < kl->bytes; b++) {
         if (before[b] == after[b])
             continue;
@@ -1226,6 +1270,33 @@ static void dirty_step(int n_seq, int kvh, int hd, int cap, int scores, int less
     cr_assert_gt(changed, 0);
     if (less)
         cr_assert_lt(written, stride / 2, "%zu of %zu bytes written", written, stride);
+
+    /* the write-back from the partly loaded stage, and the whole one that
+     * a step the runs cannot account for makes: the record on disk holds
+     * what the next step reads */
+    for (int whole = 0; whole < 2; whole++) {
+        memcpy(disk, before, stride);
+        n = whole ? 1 : sched_kv_dirty_runs(&s, 1, n_seq, stage, 7, 0, ios, pages);
+        if (whole)
+            ios[0] = (off_io){7, 1, stage, stride, 0};
+        for (int i = 0; i < n; i++)
+            memcpy(disk + ((char *)ios[i].buf - stage), ios[i].buf, ios[i].len);
+        for (int j = 0; j < n_seq; j++) {
+            int nn = seqs[j].n_slots + seqs[j].n_new;
+            nn = nn < seqs[j].budget ? nn : seqs[j].budget;
+            for (int h = 0; h < kvh; h++) {
+                size_t base = ((size_t)j * kvh + h) * cap;
+                size_t at[4] = {kl->kc + base * g->kv_row, kl->vc + base * g->kv_row,
+                                kl->pos + base * 4, scores ? kl->scores + base * 4 : 0};
+                size_t len[4] = {nn * g->kv_row, nn * g->kv_row, nn * 4u, scores ? nn * 4u : 0};
+                for (int a = 0; a < 4; a++)
+                    cr_assert(memcmp(disk + at[a], after + at[a], len[a]) == 0,
+                              "sequence %d head %d: part %d on disk differs%s", j, h, a,
+                              whole ? " (whole write-back)" : "");
+            }
+        }
+    }
+
     /* a new token whose position no slot holds: the whole record */
     memcpy(after, before, stride);
     seqs[2].n_past += 1000;
@@ -1236,14 +1307,17 @@ static void dirty_step(int n_seq, int kvh, int hd, int cap, int scores, int less
     free(q);
     free(kv);
     free(out);
+    free(out2);
     free(self_p);
-    free(scr);
+    free(self_p2);
     free(bseq);
     free(before);
     free(after);
+    free(stage);
+    free(disk);
 }
 
-Test(sched, a_decode_step_writes_back_every_kv_byte_it_changed)
+Test(sched, a_decode_step_reads_the_live_slots_and_writes_back_what_it_changed)
 {
     dirty_step(9, 2, 64, 300, 1, 1);  /* H2O: long rows of a pair, requests apart */
     dirty_step(9, 2, 64, 300, 0, 1);  /* full / window: no scores */
@@ -1253,10 +1327,10 @@ Test(sched, a_decode_step_writes_back_every_kv_byte_it_changed)
 
 /* With the KV cache on disk and rows long enough (a model of head_dim
  * 128, 209 slots: a sequence and head's K rows span 26 pages, 13 under
- * H2O's half), a decode step writes
- * back a fraction of each record, and the run equals the all-resident one,
+ * H2O's half), a decode step reads the slots in use of each record and
+ * writes back a fraction of it, and the run equals the all-resident one,
  * for the full cache (the next slot) and H2O (the victims, the scores). */
-Test(sched, a_decode_step_writes_back_a_fraction_of_a_disk_kv_record)
+Test(sched, a_decode_step_moves_a_fraction_of_a_disk_kv_record)
 {
     setup_files();
     gen_harness_wide_model();
@@ -1278,12 +1352,23 @@ Test(sched, a_decode_step_writes_back_a_fraction_of_a_disk_kv_record)
         if (i == 1)
             assert_same(a, b, "evictions, KV on disk");
         snprintf(t, sizeof t, "wt%d.json", i);
-        double pre, dec;
-        int n = gen_harness_disk_writes(t, &pre, &dec);
         /* 2 layers x 2 batches, a prefill and 199 decode steps */
-        cr_assert_eq(n, 2 * 2 * 200, "%s: %d disk writes", t, n);
-        cr_assert(dec > 0 && dec < pre / 4, "%s: a decode step wrote %.0f bytes of a record of "
-                  "%.0f", kv[i], dec, pre);
+        gen_disk_io w = gen_harness_disk_io(t, "disk write");
+        gen_disk_io r = gen_harness_disk_io(t, "disk read");
+        cr_assert_eq(w.n, 2 * 2 * 200, "%s: %d disk writes", t, w.n);
+        cr_assert(w.decode_max > 0 && w.decode_max < w.prefill / 4,
+                  "%s: a decode step wrote %.0f bytes of a record of %.0f", kv[i], w.decode_max,
+                  w.prefill);
+        /* the prefill writes records whole; a decode step reads the slots
+         * in use: a few at the first step, all (less the ones that never
+         * fill) at the last */
+        cr_assert_eq(r.n, 2 * 2 * 199, "%s: %d disk reads", t, r.n);
+        cr_assert(r.decode_min > 0 && r.decode_min < w.prefill / 4 &&
+                  r.decode_max <= w.prefill, "%s: decode reads of %.0f-%.0f bytes of a record of "
+                  "%.0f", kv[i], r.decode_min, r.decode_max, w.prefill);
+        if (i == 0)
+            cr_assert_lt(r.decode_sum / r.n_decode, 0.7 * w.prefill, "%.0f bytes a read",
+                         r.decode_sum / r.n_decode);
     }
 }
 

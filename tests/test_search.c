@@ -162,6 +162,25 @@ Test(search, cost_terms_from_plan_bytes)
               step_w, whole);
     cr_assert(fabs(cl.prefill[COST_DISK_WRITE] * hw.disk_write * 1e9 - whole) < 1e-6 * whole,
               "the prefill writes the records whole");
+    /* a step reads the slots in use (kv_dirty.c): the whole record at the
+     * end of a 512 + 32 cache; of 2048 slots (rows of 256 KiB a pair), on
+     * average about half plus a request's cost a pair over 32 + 2016, and
+     * nearly all over 2000 + 48 */
+    double step_r = cl.step[COST_DISK_READ] * hw.disk_read * 1e9;
+    cr_assert(step_r > 0.9 * whole && step_r <= whole, "a step reads %.0f of %.0f bytes", step_r,
+              whole);
+    sched_shape s2k = shape(8, 512, 2048, 0);
+    cr_assert_eq(sched_plan_compute(shape_of(&c), 2, &pk, &s2k, &kl), 0);
+    whole = (double)kl.bytes[SCHED_DISK][SCHED_KV];
+    int lens[2][2] = {{32, 2016}, {2000, 48}};
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(sched_cost_eval(shape_of(&c), 2, &pk, &s2k, lens[i][0], lens[i][1], &hw, &cl),
+                     0);
+        step_r = cl.step[COST_DISK_READ] * hw.disk_read * 1e9;
+        double lo = i ? 0.97 : 0.5, hi = i ? 1 : 0.75;
+        cr_assert(step_r > lo * whole && step_r < hi * whole + 1,
+                  "%d + %d: a step reads %.0f of %.0f bytes", lens[i][0], lens[i][1], step_r, whole);
+    }
     /* with CPU attention, CPU-tier KV does not cross the link but is read
      * from host memory */
     sched_policy pc = pol(8, 2, 100, 0, 0, 100, 100, 0, 1);
