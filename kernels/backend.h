@@ -241,6 +241,13 @@ typedef struct backend_ops {
      * host memory must stay as it is until an event recorded after the copy
      * has completed (pinned host memory makes it truly asynchronous). */
     int (*copy_async)(void *ctx, int queue, void *dst, const void *src, size_t bytes);
+    /* A strided copy: rows rows of width bytes, dpitch bytes apart in dst
+     * and spitch in src, host -> dev on queue BACKEND_Q_H2D or dev -> host
+     * on BACKEND_Q_D2H; wait 1 blocks as copy_h2d / copy_d2h, 0 returns at
+     * once as copy_async. (A KV record's slots in use: one row of slots per
+     * (sequence, head), scheduler/kv_dirty.c.) */
+    int (*copy_2d)(void *ctx, int queue, void *dst, size_t dpitch, const void *src,
+                   size_t spitch, size_t width, size_t rows, int wait);
     /* Events, ordered on the device (CUDA events; ggml's event_record /
      * event_wait): event_record records event `ev` (0 .. BACKEND_EVENTS-1)
      * after everything issued so far to `queue`; event_wait makes `queue`

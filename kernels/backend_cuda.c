@@ -1187,6 +1187,22 @@ static int cuda_copy_async(void *ctx, int queue, void *dst, const void *src, siz
     return 0;
 }
 
+static int cuda_copy_2d(void *ctx, int queue, void *dst, size_t dpitch, const void *src,
+                        size_t spitch, size_t width, size_t rows, int wait)
+{
+    cuda_ctx *c = ctx;
+    if (width == 0 || rows == 0)
+        return 0;
+    cudaStream_t st = cuda_queue(c, queue);
+    CK(cudaSetDevice(c->device));
+    CK(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, rows,
+                         queue == BACKEND_Q_D2H ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice,
+                         st));
+    if (wait)
+        CK(cudaStreamSynchronize(st));
+    return 0;
+}
+
 static int cuda_event_record(void *ctx, int queue, int ev)
 {
     cuda_ctx *c = ctx;
@@ -1247,6 +1263,7 @@ static const backend_ops cuda_ops = {
     .copy_d2h = cuda_copy_d2h,
     .copy_d2d = cuda_copy_d2d,
     .copy_async = cuda_copy_async,
+    .copy_2d = cuda_copy_2d,
     .event_record = cuda_event_record,
     .event_wait = cuda_event_wait,
     .event_sync = cuda_event_sync,

@@ -125,7 +125,8 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
     double host_seqs = K * (g.kv_n[SCHED_CPU] + g.kv_n[SCHED_DISK]);
     double row = (double)g.d * es;
     act_io x = sched_act_moves(&g, prompt_len);
-    double kv_link = attn ? 0 : kv_c + kv_d;
+    /* a decode step moves the slots in use of the records off the GPU */
+    double kv_link = attn ? 0 : (kv_c + kv_d) * sched_kv_live_frac(sh->cap, prompt_len, gen_len);
     double params = sched_matmul_params(c), head = sched_head_params(c);
     int np = sched_prefill_passes(sh, g.gbs, prompt_len);
     double f_step = gemm_rate(hw, gbs);

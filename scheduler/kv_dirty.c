@@ -20,6 +20,7 @@
  */
 #include <string.h>
 
+#include "err.h"
 #include "sched_impl.h"
 
 static void mark(uint8_t *pages, size_t from, size_t len)
@@ -172,4 +173,48 @@ double sched_kv_step_load_bytes(const sched_geom *g, int cap, int prompt_len, in
         sum += b < whole ? b : whole;
     }
     return sum / steps;
+}
+
+int sched_kv_live_slots(const sched *s, int t, int k, int store)
+{
+    const sched_geom *g = &s->g;
+    const kern_seq *seqs = s->bseq + (size_t)k * g->gbs + g->kv_seq0[t];
+    int n = 0;
+    for (int j = 0; j < g->kv_n[t]; j++)
+        if (seqs[j].n_slots > n)
+            n = seqs[j].n_slots;
+    n += store;
+    return n < s->sh.cap ? n : s->sh.cap;
+}
+
+int64_t sched_kv_copy_live(const sched *s, int t, int queue, void *dst, const void *src, int n,
+                           int wait)
+{
+    const sched_geom *g = &s->g;
+    const kv_layout *kl = &g->kv[t];
+    const backend_ops *o = s->be->ops;
+    size_t rows = (size_t)g->kv_n[t] * g->KVH, cap = (size_t)s->sh.cap;
+    size_t at[4] = {kl->kc, kl->vc, kl->pos, kl->scores}, es[4] = {g->kv_row, g->kv_row, 4, 4};
+    int64_t moved = 0;
+    for (int a = 0; a < 4; a++) {
+        if (at[a] == SIZE_MAX)
+            continue;
+        FORWARD_IF(o->copy_2d(s->be->ctx, queue, (char *)dst + at[a], cap * es[a],
+                              (const char *)src + at[a], cap * es[a], (size_t)n * es[a], rows,
+                              wait));
+        moved += (int64_t)(rows * n * es[a]);
+    }
+    return moved;
+}
+
+double sched_kv_live_frac(int cap, int prompt_len, int gen_len)
+{
+    int steps = gen_len - 1 > 0 ? gen_len - 1 : 1;
+    double sum = 0;
+    /* decode step i (1..) loads prompt_len + i - 1 slots and stores one more */
+    for (int i = 1; i <= steps; i++) {
+        double n = prompt_len + i - 0.5;
+        sum += n < cap ? n : cap;
+    }
+    return cap > 0 ? sum / steps / cap : 1;
 }

@@ -50,13 +50,20 @@ static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
     const char *tier = t->tier == SCHED_CPU ? "cpu" : "disk";
     double t0 = sched_trace_now();
     if (t->tier == SCHED_CPU) { /* (CPU attention computes CPU-tier KV in place: no task) */
-        if (t->kind == TASK_LOAD)
+        int load = t->kind == TASK_LOAD;
+        int64_t bytes = (int64_t)t->bytes;
+        if (t->kv_live) /* a decode step's slots in use */
+            bytes = sched_kv_copy_live(s, SCHED_CPU, load ? BACKEND_Q_H2D : BACKEND_Q_D2H,
+                                       load ? t->stage : t->host, load ? t->host : t->stage,
+                                       sched_kv_live_slots(s, SCHED_CPU, t->batch, !load), 1);
+        else if (load)
             FORWARD_IF(o->copy_h2d(ctx, t->stage, t->host, t->bytes));
         else
             FORWARD_IF(o->copy_d2h(ctx, t->host, t->stage, t->bytes));
-        sched_link_add(s, t->kind == TASK_LOAD ? SCHED_LINK_CPU_GPU : SCHED_LINK_GPU_CPU,
-                       t->bytes, sched_trace_now() - t0);
-        trace_task(s, t, l->track, t->name, cat, tier, t->bytes, t0);
+        FORWARD_IF((int)(bytes < 0 ? bytes : 0));
+        sched_link_add(s, load ? SCHED_LINK_CPU_GPU : SCHED_LINK_GPU_CPU, (uint64_t)bytes,
+                       sched_trace_now() - t0);
+        trace_task(s, t, l->track, t->name, cat, tier, (uint64_t)bytes, t0);
         return 0;
     }
     /* disk: straight into / out of the stage where it is host memory and
@@ -78,7 +85,7 @@ static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
         /* a decode step reads the slots in use of a disk KV record */
         const off_io *ios = &io;
         int n = 1;
-        if (t->kv_seqs > 0) {
+        if (t->kv_live) {
             n = sched_kv_live_runs(s, t->batch, io.buf, t->fd, t->file_off, l->runs, l->pages);
             ios = l->runs;
             span = 0;
@@ -91,15 +98,29 @@ static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
         sched_link_add(s, SCHED_LINK_DISK_CPU, span, t1 - t0);
         trace_task(s, t, TRACK_DISK, "disk read", cat, tier, span, t0);
         if (!direct) {
-            FORWARD_IF(o->copy_h2d(ctx, t->stage, (char *)l->stage + t->delta, t->bytes));
-            sched_link_add(s, SCHED_LINK_CPU_GPU, t->bytes, sched_trace_now() - t1);
+            int64_t b = (int64_t)t->bytes;
+            if (t->kv_live)
+                b = sched_kv_copy_live(s, SCHED_DISK, BACKEND_Q_H2D, t->stage, l->stage,
+                                       sched_kv_live_slots(s, SCHED_DISK, t->batch, 0), 1);
+            else
+                FORWARD_IF(o->copy_h2d(ctx, t->stage, (char *)l->stage + t->delta, t->bytes));
+            FORWARD_IF((int)(b < 0 ? b : 0));
+            sched_link_add(s, SCHED_LINK_CPU_GPU, (uint64_t)b, sched_trace_now() - t1);
         }
     } else {
         /* stores are whole records (delta 0); the stage buffers are padded
          * to OFF_ALIGN, and what the padding holds is never read back */
         if (!direct) {
-            FORWARD_IF(o->copy_d2h(ctx, l->stage, t->stage, t->bytes));
-            sched_link_add(s, SCHED_LINK_GPU_CPU, t->bytes, sched_trace_now() - t0);
+            /* (a decode step's slots in use: what the write-back below
+             * writes of the rest is never read) */
+            int64_t b = (int64_t)t->bytes;
+            if (t->kv_live)
+                b = sched_kv_copy_live(s, SCHED_DISK, BACKEND_Q_D2H, l->stage, t->stage,
+                                       sched_kv_live_slots(s, SCHED_DISK, t->batch, 1), 1);
+            else
+                FORWARD_IF(o->copy_d2h(ctx, l->stage, t->stage, t->bytes));
+            FORWARD_IF((int)(b < 0 ? b : 0));
+            sched_link_add(s, SCHED_LINK_GPU_CPU, (uint64_t)b, sched_trace_now() - t0);
             memset((char *)l->stage + t->bytes, 0, span - t->bytes);
         }
         /* a decode step writes back the pages it changed */

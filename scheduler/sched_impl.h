@@ -185,11 +185,12 @@ typedef struct sched_task {
     uint64_t file_off;     /* OFF_ALIGN-aligned; the payload starts delta bytes in */
     size_t delta;
     size_t bytes;          /* payload */
-    int kv_seqs;           /* a decode step's transfer of a disk KV record: a store, how
-                            * many of its sequences are in the pass (only what they
-                            * changed is written, sched_kv_dirty_runs); a load, > 0 when
-                            * all of them are (only their slots in use are read,
-                            * sched_kv_live_runs); 0: the whole payload */
+    int kv_seqs;           /* a decode step's store of a disk KV record: how many of its
+                            * sequences are in the pass (only what they changed is
+                            * written, sched_kv_dirty_runs); 0: the whole payload */
+    int kv_live;           /* a decode step's KV record whose sequences are all in the
+                            * pass: only their slots in use move (disk reads
+                            * sched_kv_live_runs, copies sched_kv_copy_live) */
     int mark;              /* compute event to wait for first (EV_COMPUTE_*), -1: none */
     int dep_lane;          /* wait for that lane's task dep_ticket first, -1: none */
     uint64_t dep_ticket;
@@ -322,6 +323,19 @@ int sched_kv_dirty_runs(const struct sched *s, int k, int n_seq, const char *rec
  * number of requests (kv_dirty.c). */
 int sched_kv_live_runs(const struct sched *s, int k, char *rec, int fd, uint64_t file_off,
                        off_io *ios, uint8_t *pages);
+/* The slots a decode step moves of GPU batch k's KV record on tier t: the
+ * most its sequences have in use, one more for a store (the slot a filling
+ * cache takes), at most cap. */
+int sched_kv_live_slots(const struct sched *s, int t, int k, int store);
+/* Copy slots [0, n) of every (sequence, head) of a KV record on tier t
+ * between src and dst (the home and its stage: the same layout), K, V,
+ * positions and scores, with the backend's copy_2d on queue (wait as it
+ * takes). @return the bytes copied, or -errno. */
+int64_t sched_kv_copy_live(const struct sched *s, int t, int queue, void *dst, const void *src,
+                           int n, int wait);
+/* What a decode step copies of a KV record that it moves by its slots in
+ * use, a fraction, on average over the gen_len - 1 steps (cost.c). */
+double sched_kv_live_frac(int cap, int prompt_len, int gen_len);
 /* About how many bytes of a disk KV record a decode step loads, on average
  * over the gen_len - 1 steps of prompts of prompt_len (cost.c). */
 double sched_kv_step_load_bytes(const sched_geom *g, int cap, int prompt_len, int gen_len);

@@ -45,6 +45,7 @@ typedef struct lp_in {
      * prefill (link, disk), one d-row per (layer, sequence) */
     double W, W_al, blob_al, kv_all, kvrec, globals, work_gpu, work_cpu, x_res, x_stage;
     double W_file;             /* W_al, or 0 when the disk share is a weight store's */
+    double kv_lfrac;           /* what a decode step copies of a record off the GPU */
     double kv_rfrac;           /* what a decode step reads of a disk record, a fraction */
     double kv_wfrac;           /* what a decode step writes of a disk record, a fraction */
     double x_step, x_pre, x_step_disk, x_pre_disk, cross_row;
@@ -190,7 +191,8 @@ static int lp_solve(const lp_in *in, lp_out *o)
     }
 
     /* decode step terms (bytes as const + coef . f) */
-    double kv_link_c = in->attn ? 0 : in->kv_all; /* (1 - fcg) KV crosses */
+    /* (1 - fcg) KV crosses, the slots in use of it */
+    double kv_link_c = in->attn ? 0 : in->kv_lfrac * in->kv_all;
     double up = in->attn ? in->cross_row : 0, down = in->attn ? 3 * in->cross_row : 0;
     double c_h2d[N_VARS + 1] = {0}, c_d2h[N_VARS + 1] = {0}, c_dr[N_VARS + 1] = {0},
            c_dw[N_VARS + 1] = {0}, c_dram[N_VARS + 1] = {0};
@@ -582,6 +584,7 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn, int ro
         .blob_al = (double)off_align_up(g.blob),
         .kv_all = L * K * (double)rec.bytes,
         .kvrec = (double)off_align_up(rec.bytes),
+        .kv_lfrac = sched_kv_live_frac(sh.cap, o->prompt_len, o->gen_len),
         .kv_rfrac = sched_kv_step_load_bytes(&gd, sh.cap, o->prompt_len, o->gen_len) /
                     (double)gd.kv_disk_stride,
         .kv_wfrac = (double)sched_kv_step_store_bytes(&gd, sh.cap) / (double)gd.kv_disk_stride,

@@ -47,12 +47,19 @@ static int issue_async(sched *s, const sched_task *t, int ev, int after_stores)
         FORWARD_IF(o->event_wait(ctx, q, t->mark));
     if (load && after_stores)
         FORWARD_IF(o->event_wait(ctx, q, EV_STORED));
-    FORWARD_IF(load ? o->copy_async(ctx, q, t->stage, t->host, t->bytes)
-                    : o->copy_async(ctx, q, t->host, t->stage, t->bytes));
+    int64_t bytes = (int64_t)t->bytes;
+    void *dst = load ? t->stage : t->host;
+    const void *src = load ? t->host : t->stage;
+    if (t->kv_live) /* a decode step's slots in use */
+        bytes = sched_kv_copy_live(s, t->tier, q, dst, src,
+                                   sched_kv_live_slots(s, t->tier, t->batch, !load), 0);
+    else
+        FORWARD_IF(o->copy_async(ctx, q, dst, src, t->bytes));
+    FORWARD_IF((int)(bytes < 0 ? bytes : 0));
     FORWARD_IF(o->event_record(ctx, q, ev));
     if (!load)
         FORWARD_IF(o->event_record(ctx, q, EV_STORED));
-    sched_link_add(s, load ? SCHED_LINK_CPU_GPU : SCHED_LINK_GPU_CPU, t->bytes, 0);
+    sched_link_add(s, load ? SCHED_LINK_CPU_GPU : SCHED_LINK_GPU_CPU, (uint64_t)bytes, 0);
     return 0;
 }
 
@@ -214,20 +221,20 @@ static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch
         t->host = tier == SCHED_CPU ? sched_kv_home(s, tier, l, b->k) : NULL;
         t->fd = s->kv_fd;
         t->file_off = ((uint64_t)l * g->K + b->k) * g->kv_disk_stride;
-        /* a decode step loads the slots in use of a disk record whose
-         * sequences are all in the pass and stores what it changed (lanes.c) */
-        int in_pass = b->n_seq - g->kv_seq0[tier];
-        t->kv_seqs = 0;
-        if (tier == SCHED_DISK && s->pass_kind == SCHED_PASS_DECODE)
-            t->kv_seqs = lane == 1 ? (in_pass < g->kv_n[tier] ? in_pass : g->kv_n[tier])
-                                   : (in_pass >= g->kv_n[tier] ? in_pass : 0);
+        /* a decode step moves the slots in use of a record whose sequences
+         * are all in the pass, and writes back what it changed on disk
+         * (lanes.c) */
+        int in_pass = b->n_seq - g->kv_seq0[tier], decode = s->pass_kind == SCHED_PASS_DECODE;
+        t->kv_live = decode && in_pass >= g->kv_n[tier];
+        t->kv_seqs = tier == SCHED_DISK && lane == 1 && decode
+                         ? (in_pass < g->kv_n[tier] ? in_pass : g->kv_n[tier]) : 0;
         int rc = submit_one(s, lane, t, v, &ticket);
         if (rc < 0)
             return rc;
     }
     if (g->act_tier != SCHED_GPU && want_act) {
         t->name = "activations";
-        t->kv_seqs = 0;
+        t->kv_seqs = t->kv_live = 0;
         t->tier = g->act_tier;
         t->stage = s->x_stage[v];
         t->stage_host = 0;

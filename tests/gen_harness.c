@@ -104,18 +104,20 @@ void gen_harness_wide_model(void)
                           "{\"id\": 4, \"prompt_ids\": [20, 21, 22, 23, 24]}\n");
 }
 
-gen_disk_io gen_harness_disk_io(const char *trace, const char *event)
+gen_trace_io gen_harness_trace_io(const char *trace, const char *event, const char *cat)
 {
     char *text = cli_read(trace);
     cr_assert(text, "%s missing", trace);
     cJSON *root = cJSON_Parse(text);
     free(text);
     cr_assert(root, "%s is not JSON", trace);
-    gen_disk_io io = {0};
+    gen_trace_io io = {0};
     const cJSON *e;
     cJSON_ArrayForEach(e, cJSON_GetObjectItem(root, "traceEvents")) {
         const cJSON *name = cJSON_GetObjectItem(e, "name"), *args = cJSON_GetObjectItem(e, "args");
-        if (!cJSON_IsString(name) || strcmp(name->valuestring, event) != 0)
+        const cJSON *c = cJSON_GetObjectItem(e, "cat");
+        if (!cJSON_IsString(name) || strcmp(name->valuestring, event) != 0 ||
+            (cat && (!cJSON_IsString(c) || strcmp(c->valuestring, cat) != 0)))
             continue;
         double b = cJSON_GetObjectItem(args, "bytes")->valuedouble;
         if (cJSON_GetObjectItem(args, "step")->valueint == 0) {

@@ -39,16 +39,17 @@ uint64_t gen_harness_run(backend *be, const char *percent, int cpu_attention, co
  * 26 pages of a disk KV record (13 under H2O at ratio 0.5). */
 void gen_harness_wide_model(void);
 
-/* What the "disk write" or "disk read" events of a --trace file moved. */
-typedef struct gen_disk_io {
+/* What the transfer events of one name of a --trace file moved. */
+typedef struct gen_trace_io {
     int n;                  /* events */
     double prefill;         /* the most bytes at the prefill (step 0) */
     double decode_max, decode_min, decode_sum; /* bytes at a decode step, in all */
     int n_decode;
-} gen_disk_io;
+} gen_trace_io;
 
-/* The disk events named event ("disk write", "disk read") of a --trace
- * file of cli_dir. */
-gen_disk_io gen_harness_disk_io(const char *trace, const char *event);
+/* The transfer events named event ("disk write", "disk read"; "KV": a
+ * lane's load or store of a KV record, whichever tier) of a --trace file
+ * of cli_dir, with a "load" or "store" category where cat is not NULL. */
+gen_trace_io gen_harness_trace_io(const char *trace, const char *event, const char *cat);
 
 #endif

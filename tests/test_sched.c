@@ -1173,8 +1173,9 @@ static size_t check_runs(const off_io *ios, int n, const char *rec, size_t strid
  * in a run of sched_kv_dirty_runs; and the record on disk after those runs
  * holds every slot the next step reads as the whole record would. Both
  * move `less` (1: under half the record, 0: any). Sequences: idle, filling
- * (n_slots < budget) and evicting (H2O with scores, window without). */
-static void dirty_step(int n_seq, int kvh, int hd, int cap, int scores, int less)
+ * (n_slots < budget) and, with evict, evicting (H2O with scores, window
+ * without). */
+static void dirty_step(int n_seq, int kvh, int hd, int cap, int scores, int less, int evict)
 {
     sched s;
     memset(&s, 0, sizeof s);
@@ -1203,7 +1204,7 @@ static void dirty_step(int n_seq, int kvh, int hd, int cap, int scores, int less
     for (int j = 0; j < n_seq; j++) {
         kern_seq *q = &seqs[j];
         q->budget = cap - j % 3;
-        q->n_past = j % 3 == 2 ? cap + 5 + j : 1 + j % (cap - 2); /* evicting, or filling */
+        q->n_past = evict && j % 3 == 2 ? cap + 5 + j : 1 + j % (cap - 2); /* evicting, filling */
         q->n_slots = q->n_past < q->budget ? q->n_past : q->budget;
         q->n_new = j % 4 != 3; /* every fourth idle */
         q->row = j;
@@ -1297,11 +1298,77 @@ static void dirty_step(int n_seq, int kvh, int hd, int cap, int scores, int less
         }
     }
 
-    /* a new token whose position no slot holds: the whole record */
+    /* the staged path (CUDA): the live runs into the lane's host stage,
+     * the slots in use copied on into a device stage of NaNs, the step,
+     * its slots in use (one more) copied back into the store lane's host
+     * stage of NaNs and written back from there; and a CPU-tier record,
+     * copied from its home into the stage and back */
+    backend be;
+    cr_assert_eq(backend_cpu_create(1, &be), 0);
+    s.be = &be;
+    char *dev = off_alloc_aligned(stride), *host2 = off_alloc_aligned(stride);
+    cr_assert(dev && host2);
+    int n_ld = sched_kv_live_slots(&s, SCHED_DISK, 1, 0);
+    int n_st = sched_kv_live_slots(&s, SCHED_DISK, 1, 1);
+    int most = 0;
+    for (int j = 0; j < n_seq; j++)
+        most = seqs[j].n_slots > most ? seqs[j].n_slots : most;
+    cr_assert(n_ld == most && n_st == (most + 1 < cap ? most + 1 : cap), "%d %d of %d", n_ld,
+              n_st, most);
+    for (int home = 0; home < 2; home++) {
+        memset(stage, 0xff, stride);
+        memset(dev, 0xff, stride);
+        memset(host2, 0xff, stride);
+        if (home) { /* a CPU-tier record: its home is the record itself */
+            memcpy(stage, before, stride);
+        } else {
+            n = sched_kv_live_runs(&s, 1, stage, 7, 0, ios, pages);
+            for (int i = 0; i < n; i++)
+                memcpy(ios[i].buf, before + ((char *)ios[i].buf - stage), ios[i].len);
+        }
+        int64_t b = sched_kv_copy_live(&s, SCHED_DISK, BACKEND_Q_H2D, dev, stage, n_ld, 1);
+        cr_assert(b > 0 && (size_t)b < kl->bytes, "%lld bytes copied", (long long)b);
+        decode_on_record(&s, dev, q, kv, out2, self_p2);
+        cr_assert(memcmp(out, out2, nv * sizeof(float)) == 0, "the step read past the copy");
+        b = sched_kv_copy_live(&s, SCHED_DISK, BACKEND_Q_D2H, home ? stage : host2, dev, n_st, 1);
+        cr_assert(b > 0);
+        memcpy(disk, before, stride);
+        if (home) {
+            memcpy(disk, stage, stride);
+        } else {
+            n = sched_kv_dirty_runs(&s, 1, n_seq, host2, 7, 0, ios, pages);
+            for (int i = 0; i < n; i++)
+                memcpy(disk + ((char *)ios[i].buf - host2), ios[i].buf, ios[i].len);
+        }
+        for (int j = 0; j < n_seq; j++) {
+            int nn = seqs[j].n_slots + seqs[j].n_new;
+            nn = nn < seqs[j].budget ? nn : seqs[j].budget;
+            for (int h = 0; h < kvh; h++) {
+                size_t base = ((size_t)j * kvh + h) * cap;
+                size_t at[3] = {kl->kc + base * g->kv_row, kl->vc + base * g->kv_row,
+                                kl->pos + base * 4};
+                size_t len[3] = {nn * g->kv_row, nn * g->kv_row, nn * 4u};
+                for (int a = 0; a < 3; a++)
+                    cr_assert(memcmp(disk + at[a], after + at[a], len[a]) == 0,
+                              "sequence %d head %d: part %d differs after the %s path", j, h, a,
+                              home ? "CPU-tier" : "staged disk");
+                if (scores)
+                    cr_assert(memcmp(disk + kl->scores + base * 4, after + kl->scores + base * 4,
+                                     nn * 4u) == 0);
+            }
+        }
+    }
+    s.be = NULL;
+    backend_destroy(&be);
+    free(dev);
+    free(host2);
+
+    /* a new token whose position no slot holds: the whole record (an
+     * evicting sequence's; a filling one's goes to slot n_slots) */
     memcpy(after, before, stride);
     seqs[2].n_past += 1000;
     n = sched_kv_dirty_runs(&s, 1, n_seq, after, 7, 0, ios, pages);
-    cr_assert(n == 1 && ios[0].buf == after && ios[0].len == stride);
+    cr_assert(!evict || (n == 1 && ios[0].buf == after && ios[0].len == stride));
     free(ios);
     free(pages);
     free(q);
@@ -1319,10 +1386,12 @@ static void dirty_step(int n_seq, int kvh, int hd, int cap, int scores, int less
 
 Test(sched, a_decode_step_reads_the_live_slots_and_writes_back_what_it_changed)
 {
-    dirty_step(9, 2, 64, 300, 1, 1);  /* H2O: long rows of a pair, requests apart */
-    dirty_step(9, 2, 64, 300, 0, 1);  /* full / window: no scores */
-    dirty_step(6, 4, 128, 97, 1, 1);  /* rows of 512 bytes, four KV heads */
-    dirty_step(5, 1, 16, 20, 1, 0);   /* a short cache: merged into nearly the whole */
+    dirty_step(9, 2, 64, 300, 1, 1, 1); /* H2O: long rows of a pair, requests apart */
+    dirty_step(9, 2, 64, 300, 0, 1, 1); /* window: no scores */
+    dirty_step(9, 2, 64, 300, 0, 1, 0); /* full: every cache filling */
+    dirty_step(6, 4, 128, 97, 1, 1, 1); /* rows of 512 bytes, four KV heads */
+    dirty_step(5, 1, 16, 20, 1, 0, 1);  /* a short cache: merged into nearly the whole */
+    dirty_step(5, 1, 16, 20, 0, 0, 0);
 }
 
 /* With the KV cache on disk and rows long enough (a model of head_dim
@@ -1353,8 +1422,8 @@ Test(sched, a_decode_step_moves_a_fraction_of_a_disk_kv_record)
             assert_same(a, b, "evictions, KV on disk");
         snprintf(t, sizeof t, "wt%d.json", i);
         /* 2 layers x 2 batches, a prefill and 199 decode steps */
-        gen_disk_io w = gen_harness_disk_io(t, "disk write");
-        gen_disk_io r = gen_harness_disk_io(t, "disk read");
+        gen_trace_io w = gen_harness_trace_io(t, "disk write", NULL);
+        gen_trace_io r = gen_harness_trace_io(t, "disk read", NULL);
         cr_assert_eq(w.n, 2 * 2 * 200, "%s: %d disk writes", t, w.n);
         cr_assert(w.decode_max > 0 && w.decode_max < w.prefill / 4,
                   "%s: a decode step wrote %.0f bytes of a record of %.0f", kv[i], w.decode_max,
@@ -1369,6 +1438,22 @@ Test(sched, a_decode_step_moves_a_fraction_of_a_disk_kv_record)
         if (i == 0)
             cr_assert_lt(r.decode_sum / r.n_decode, 0.7 * w.prefill, "%.0f bytes a read",
                          r.decode_sum / r.n_decode);
+        /* on the CPU tier, without CPU attention: a decode step copies the
+         * slots in use into the stage and back (the prefill stores whole) */
+        cr_assert_eq(cli_run("%s %s --out wc%d.jsonl --percent 100 0 0 100 100 0 --trace "
+                             "wc%d.json", run, kv[i], i, i), 0, "%s", cli_err);
+        snprintf(b, sizeof b, "wc%d.jsonl", i);
+        snprintf(a, sizeof a, "wa%d.jsonl", i);
+        assert_same(a, b, "KV on the CPU tier");
+        snprintf(t, sizeof t, "wc%d.json", i);
+        gen_trace_io cl = gen_harness_trace_io(t, "KV", "load");
+        gen_trace_io cs = gen_harness_trace_io(t, "KV", "store");
+        cr_assert(cl.n == 2 * 2 * 199 && cs.n == 2 * 2 * 200, "%s: %d loads, %d stores", t, cl.n,
+                  cs.n);
+        cr_assert(cl.decode_min > 0 && cl.decode_min < cs.prefill / 4 &&
+                  cs.decode_min < cs.prefill / 4 && cs.decode_max <= cs.prefill,
+                  "%s: decode copies of %.0f (load), %.0f-%.0f (store) bytes of a record of %.0f",
+                  kv[i], cl.decode_min, cs.decode_min, cs.decode_max, cs.prefill);
     }
 }
 

@@ -492,6 +492,15 @@ static int cpu_copy_async(void *ctx, int queue, void *dst, const void *src, size
     return cpu_copy_bytes(ctx, dst, src, bytes);
 }
 
+static int cpu_copy_2d(void *ctx, int queue, void *dst, size_t dpitch, const void *src,
+                       size_t spitch, size_t width, size_t rows, int wait)
+{
+    (void)ctx, (void)queue, (void)wait;
+    for (size_t r = 0; r < rows; r++)
+        memcpy((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+    return 0;
+}
+
 /* Compute and copies run synchronously in the calling thread: once an op
  * returned, its results are in memory, so there is nothing to record or
  * wait for. */
@@ -551,6 +560,7 @@ static const backend_ops cpu_ops = {
     .copy_d2h = cpu_copy_bytes,
     .copy_d2d = cpu_copy_bytes,
     .copy_async = cpu_copy_async,
+    .copy_2d = cpu_copy_2d,
     .event_record = cpu_event,
     .event_wait = cpu_event,
     .event_sync = cpu_event_sync,

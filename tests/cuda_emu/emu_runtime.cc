@@ -277,6 +277,23 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaM
     return cudaSuccess;
 }
 
+/* Row by row, each as cudaMemcpyAsync: the same ordering on st, and the
+ * same checks of the kinds of memory (real CUDA does one DMA). */
+cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch,
+                              size_t width, size_t height, enum cudaMemcpyKind kind,
+                              cudaStream_t st)
+{
+    if (width > dpitch || width > spitch)
+        return cudaErrorInvalidValue;
+    for (size_t r = 0; r < height; r++) {
+        cudaError_t e = cudaMemcpyAsync((char *)dst + r * dpitch, (const char *)src + r * spitch,
+                                        width, kind, st);
+        if (e != cudaSuccess)
+            return e;
+    }
+    return cudaSuccess;
+}
+
 cudaError_t cudaMemset(void *p, int v, size_t bytes)
 {
     std::lock_guard<std::recursive_mutex> g(big_lock);
