@@ -2,6 +2,7 @@
 prompts every benchmark feeds (the same ids for the same index and length,
 so runs compare), and the end-of-run summary line."""
 import json
+import math
 import os
 import re
 import subprocess
@@ -84,17 +85,33 @@ def lowest_tier(tiers):
     return "gpu"
 
 
+def live_frac(prompt_len, gen_len, cap):
+    """The share of a sequence's cap KV slots that a decode step reads, and moves where
+    the cache is off the GPU, on average over the gen_len - 1 steps: step i (1..) reads
+    the prompt_len + i - 1 slots in use and stores one more (scheduler/kv_dirty.c)."""
+    steps = max(gen_len - 1, 1)
+    return sum(min(prompt_len + i - 0.5, cap) for i in range(1, steps + 1)) / steps / cap
+
+
+def kv_cap(prompt_len, gen_len, ratio=None):
+    """The KV slots of a sequence: prompt + gen, or H2O's budget at --kv-ratio ratio
+    (scheduler/kv_policy.c: ceil(ratio * (prompt + gen)))."""
+    total = prompt_len + gen_len
+    return total if ratio is None else min(total, math.ceil(ratio * total - 1e-9))
+
+
 def bound(tiers, cal, N, n, cpu_attention, compute_step, compute_prefill, extra_step=None,
-          host_visible=False):
+          host_visible=False, live=1.0):
     """DESIGN.md "Throughput bound" of a block of N sequences generating n tokens under
     the plan `tiers` (plan_tiers) with the link rates of `cal` (calibrate).
 
     compute_step / compute_prefill: the compute term, in seconds, of one decode step and
     of the prefill of the block (bench_offload.py: a measured all-resident run;
     tables.py: 2*params*N / the calibrated GEMM rate, the LM head once per sequence in
-    the prefill). The KV terms count the cache of
-    the whole block (a decode step reads all of it); with CPU attention the KV does not
-    cross the link. extra_step: further {name: seconds} terms of a decode step.
+    the prefill). The KV terms count the slots in use of the whole block's cache: live
+    (live_frac) of it on average; with CPU attention the KV does not cross the link.
+    extra_step: further {name: seconds} terms of a decode step (the caller scales
+    their KV by live).
     host_visible: the CPU backend, whose compute reads the CPU tier's weights where they
     lie and whose disk share is read straight into the weight slot (scheduler/cost.c):
     no weights cross the h2d link.
@@ -104,11 +121,11 @@ def bound(tiers, cal, N, n, cpu_attention, compute_step, compute_prefill, extra_
     kv_cpu, kv_disk = tiers["cpu"]["kv"], tiers["disk"]["kv"]
     bw_h2d, bw_d2h = cal["h2d_GBps"] * 1e9, cal["d2h_GBps"] * 1e9
     bw_disk = cal["disk_read_GBps"] * 1e9
-    kv_link_in = 0 if cpu_attention else kv_cpu + kv_disk
+    kv_link_in = 0 if cpu_attention else (kv_cpu + kv_disk) * live
     terms = {
         "h2d (W_cpu+W_disk+KV in)": (w_link + kv_link_in) / bw_h2d,
         "d2h (KV out)": kv_link_in / bw_d2h,
-        "disk (W_disk+KV_disk)": (w_disk + kv_disk) / bw_disk,
+        "disk (W_disk+KV_disk)": (w_disk + kv_disk * live) / bw_disk,
         "compute": compute_step,
     }
     terms.update(extra_step or {})

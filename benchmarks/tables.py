@@ -71,8 +71,8 @@ import sys
 import tempfile
 import time
 
-from benchlib import FLEXH2O, ROOT, bound, calibrate, lowest_tier, plan_tiers, sh, summary, \
-    write_prompts
+from benchlib import FLEXH2O, ROOT, bound, calibrate, kv_cap, live_frac, lowest_tier, \
+    plan_tiers, sh, summary, write_prompts
 
 COLUMNS = ["machine", "date", "commit", "grid", "system", "model", "prompt_len", "gen_len",
            "cap", "block", "lowest_tier", "tok_s", "bound_tok_s", "efficiency", "load",
@@ -468,16 +468,20 @@ class Runner:
         if params:
             gemm = cal["gemm_TFLOPs"] * 1e12
             layers, head = params
-            extra = {"device memory": (tiers["gpu"]["weights"] + tiers["gpu"]["kv"]) /
+            ratio = float(flags[flags.index("--kv-ratio") + 1]) if "--kv-ratio" in flags \
+                else None
+            live = live_frac(c["prompt_len"], n, kv_cap(c["prompt_len"], n, ratio))
+            extra = {"device memory": (tiers["gpu"]["weights"] + tiers["gpu"]["kv"] * live) /
                      (cal["dev_mem_GBps"] * 1e9)}
             if p.get("cpu_attention"):
-                extra["cpu attention (KV_cpu)"] = tiers["cpu"]["kv"] / (cal["dram_GBps"] * 1e9)
+                extra["cpu attention (KV_cpu)"] = tiers["cpu"]["kv"] * live / \
+                    (cal["dram_GBps"] * 1e9)
             # DESIGN.md's 2 params N (s), less what a prefill skips: the LM head
             # multiplies each sequence's last row only (scheduler/cost.c)
             b = bound(tiers, cal, N, n, p.get("cpu_attention", False),
                       2 * (layers + head) * N / gemm,
                       2 * (layers * c["prompt_len"] + head) * N / gemm, extra,
-                      host_visible=self.device == "cpu")
+                      host_visible=self.device == "cpu", live=live)
         # the bound above when there is one (the search's own bound takes the GEMM rate
         # at the block's row count, far below it on a loaded CPU), else the search's
         pb, which = (b["tps"], "bound") if b else (pred, "search's bound")

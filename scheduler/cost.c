@@ -125,8 +125,10 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
     double host_seqs = K * (g.kv_n[SCHED_CPU] + g.kv_n[SCHED_DISK]);
     double row = (double)g.d * es;
     act_io x = sched_act_moves(&g, prompt_len);
-    /* a decode step moves the slots in use of the records off the GPU */
-    double kv_link = attn ? 0 : (kv_c + kv_d) * sched_kv_live_frac(sh->cap, prompt_len, gen_len);
+    /* a decode step's attention reads the slots in use, and it moves those
+     * of the records off the GPU */
+    double live = sched_kv_live_frac(sh->cap, prompt_len, gen_len);
+    double kv_link = attn ? 0 : (kv_c + kv_d) * live;
     double params = sched_matmul_params(c), head = sched_head_params(c);
     int np = sched_prefill_passes(sh, g.gbs, prompt_len);
     double f_step = gemm_rate(hw, gbs);
@@ -141,9 +143,9 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
     /* a step writes back the pages of a disk record that it changed */
     t[COST_DISK_WRITE] = secs(L * K * (double)sched_kv_step_store_bytes(&g, sh->cap) + x.step_disk,
                               hw->disk_write);
-    t[COST_DRAM] = attn ? secs(kv_c + kv_d, hw->dram) : 0;
+    t[COST_DRAM] = attn ? secs((kv_c + kv_d) * live, hw->dram) : 0;
     t[COST_FLOPS] = f_step > 0 ? 2 * params * N / f_step : INFINITY;
-    t[COST_DEV_MEM] = secs(K * W_all + W_widen + kv_g + kv_link, hw->dev_mem);
+    t[COST_DEV_MEM] = secs(K * W_all + W_widen + kv_g * live + kv_link, hw->dev_mem);
 
     double *q = out->prefill;
     q[COST_H2D] = secs(np * w_off + x.pre, hw->h2d);

@@ -45,7 +45,8 @@ typedef struct lp_in {
      * prefill (link, disk), one d-row per (layer, sequence) */
     double W, W_al, blob_al, kv_all, kvrec, globals, work_gpu, work_cpu, x_res, x_stage;
     double W_file;             /* W_al, or 0 when the disk share is a weight store's */
-    double kv_lfrac;           /* what a decode step copies of a record off the GPU */
+    double kv_lfrac;           /* what a decode step reads (and copies, off the GPU) of a
+                                * record: its slots in use */
     double kv_rfrac;           /* what a decode step reads of a disk record, a fraction */
     double kv_wfrac;           /* what a decode step writes of a disk record, a fraction */
     double x_step, x_pre, x_step_disk, x_pre_disk, cross_row;
@@ -211,9 +212,9 @@ static int lp_solve(const lp_in *in, lp_out *o)
                  in->W_al + in->kv_rfrac * in->kv_all + in->x_step_disk, c_dr,
                  hw->disk_write, in->kv_wfrac * in->kv_all + in->x_step_disk, c_dw);
     }
-    if (in->attn) {
-        c_dram[V_CG] = -in->kv_all;
-        time_row(lp, V_TS, hw->dram, in->kv_all, c_dram);
+    if (in->attn) { /* the slots in use */
+        c_dram[V_CG] = -in->kv_lfrac * in->kv_all;
+        time_row(lp, V_TS, hw->dram, in->kv_lfrac * in->kv_all, c_dram);
     }
 
     /* prefill terms */

@@ -181,26 +181,25 @@ Test(search, cost_terms_from_plan_bytes)
         cr_assert(step_r > lo * whole && step_r < hi * whole + 1,
                   "%d + %d: a step reads %.0f of %.0f bytes", lens[i][0], lens[i][1], step_r, whole);
     }
-    /* with CPU attention, CPU-tier KV does not cross the link but is read
-     * from host memory */
+    /* a step reads the slots in use of each record: step i of n - 1 reads
+     * s + i - 1 of the s + n slots and stores one more. With CPU attention,
+     * CPU-tier KV does not cross the link but is read from host memory */
+    double live = 0;
+    for (int i = 1; i < n; i++)
+        live += (s + i - 0.5) / (s + n);
+    live /= n - 1;
     sched_policy pc = pol(8, 2, 100, 0, 0, 100, 100, 0, 1);
     sched_plan kc;
     sched_cost cc;
     cr_assert_eq(sched_plan_compute(shape_of(&c), 2, &pc, &sh, &kc), 0);
     cr_assert_eq(sched_cost_eval(shape_of(&c), 2, &pc, &sh, s, n, &hw, &cc), 0);
-    double host = (double)kc.bytes[SCHED_CPU][SCHED_KV] / (hw.dram * 1e9);
+    double host = live * (double)kc.bytes[SCHED_CPU][SCHED_KV] / (hw.dram * 1e9);
     cr_assert(fabs(cc.step[COST_DRAM] - host) < 1e-9 * host, "%g vs %g", cc.step[COST_DRAM],
               host);
     pc.cpu_attention = 0;
     cr_assert_eq(sched_cost_eval(shape_of(&c), 2, &pc, &sh, s, n, &hw, &cc), 0);
     cr_assert_eq(cc.step[COST_DRAM], 0);
-    /* without it, a step copies the slots in use of each record to the
-     * GPU and back: step i of n - 1 loads s + i - 1 of the s + n slots and
-     * stores one more */
-    double live = 0;
-    for (int i = 1; i < n; i++)
-        live += (s + i - 0.5) / (s + n);
-    live /= n - 1;
+    /* without it, a step copies those slots to the GPU and back */
     double kv_up = live * (double)kc.bytes[SCHED_CPU][SCHED_KV] / (hw.h2d * 1e9);
     cr_assert(fabs(cc.step[COST_H2D] - kv_up) < 1e-9 * kv_up, "%g vs %g", cc.step[COST_H2D],
               kv_up);

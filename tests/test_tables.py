@@ -13,6 +13,7 @@ import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import benchlib  # noqa: E402
 import tables  # noqa: E402
 
 
@@ -30,6 +31,26 @@ class Projection(unittest.TestCase):
     def test_a_faster_larger_batch_projects_no_faster(self):
         # noise can make the larger batch quicker; the next is then no quicker still
         self.assertAlmostEqual(tables.projected([(8, 120.0), (16, 110.0)], 32), 110.0)
+
+
+class LiveSlots(unittest.TestCase):
+    """The bound counts the KV slots a decode step reads, as the engine moves them."""
+
+    def test_full_cache_reads_the_filled_slots_and_h2o_its_whole_budget(self):
+        self.assertAlmostEqual(benchlib.live_frac(512, 1024, benchlib.kv_cap(512, 1024)),
+                               (512 + 1023 / 2) / 1536, places=9)
+        self.assertEqual(benchlib.kv_cap(32, 32, 0.2), 13)
+        self.assertEqual(benchlib.kv_cap(50, 0, 0.2), 10)  # 0.2 * 50 rounds to 10, not 11
+        self.assertEqual(benchlib.live_frac(32, 32, benchlib.kv_cap(32, 32, 0.2)), 1.0)
+
+    def test_the_kv_terms_scale_with_the_live_share(self):
+        tiers = {t: dict(weights=0.0, kv=0.0) for t in ("gpu", "cpu", "disk")}
+        tiers["cpu"]["kv"], tiers["disk"]["kv"] = 4e9, 2e9
+        cal = dict(h2d_GBps=1.0, d2h_GBps=1.0, disk_read_GBps=1.0)
+        whole = benchlib.bound(tiers, cal, 8, 16, False, 0.0, 0.0)
+        half = benchlib.bound(tiers, cal, 8, 16, False, 0.0, 0.0, live=0.5)
+        for term in ("h2d (W_cpu+W_disk+KV in)", "d2h (KV out)", "disk (W_disk+KV_disk)"):
+            self.assertAlmostEqual(half["terms"][term], whole["terms"][term] / 2, places=9)
 
 
 class PeerTries(unittest.TestCase):
