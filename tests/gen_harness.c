@@ -134,3 +134,20 @@ gen_trace_io gen_harness_trace_io(const char *trace, const char *event, const ch
     return io;
 }
 
+
+gen_trace_io gen_harness_disk_kv_moves(const char *trace, const char *what)
+{
+    gen_trace_io w = gen_harness_trace_io(trace, "disk write", NULL);
+    gen_trace_io r = gen_harness_trace_io(trace, "disk read", NULL);
+    /* 2 layers x 2 batches, a prefill and 199 decode steps; the prefill
+     * reads nothing (it writes its records whole) */
+    cr_assert_eq(w.n, 2 * 2 * 200, "%s: %d disk writes", what, w.n);
+    cr_assert(w.decode_max > 0 && w.decode_max < w.prefill / 4,
+              "%s: a decode step wrote %.0f bytes of a record of %.0f", what, w.decode_max,
+              w.prefill);
+    cr_assert_eq(r.n, 2 * 2 * 199, "%s: %d disk reads", what, r.n);
+    cr_assert(r.decode_min > 0 && r.decode_min < w.prefill / 4 && r.decode_max <= w.prefill,
+              "%s: decode reads of %.0f-%.0f bytes of a record of %.0f", what, r.decode_min,
+              r.decode_max, w.prefill);
+    return r;
+}

@@ -52,4 +52,12 @@ typedef struct gen_trace_io {
  * of cli_dir, with a "load" or "store" category where cat is not NULL. */
 gen_trace_io gen_harness_trace_io(const char *trace, const char *event, const char *cat);
 
+/* That a --trace file of cli_dir of gen_harness_wide_model's job (2 layers,
+ * 2 GPU batches, 200 new tokens) with its KV on disk shows a prefill
+ * writing each record whole and every decode step moving a part of it:
+ * writes under a quarter of a record, reads of the slots in use (from
+ * under a quarter at the first step to at most the record). what: the run,
+ * for the messages. @return the disk reads. */
+gen_trace_io gen_harness_disk_kv_moves(const char *trace, const char *what);
+
 #endif
