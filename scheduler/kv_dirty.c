@@ -1,4 +1,16 @@
-/* kv_dirty.c: what a decode step changed in a disk-tier KV record.
+/* kv_dirty.c: what a decode step reads and changes of a KV record off the
+ * GPU, so that only that moves.
+ *
+ * A sequence's cache uses slots [0, n_slots) of its cap per (layer, KV
+ * head); the kernels read no other, and a step's new token goes to slot
+ * n_slots or to a victim below it. So a decode step loads the slots in use
+ * of each record whose sequences are all in the pass (sched_kv_live_runs:
+ * the disk pages holding them; sched_kv_copy_live: a strided copy between
+ * a record's home or host stage and its GPU stage), one more on the way
+ * back; what the stage holds past them is never read, and is written back
+ * only where a page or a whole record takes it along. A full cache of
+ * 512 + 1024 tokens so moves about two thirds of its records a step, as
+ * FlexGen copies the filled prefix.
  *
  * A decode step adds one token per (sequence, KV head) of the sequences
  * that decoded: its K and V rows and its position go to one slot (the next

@@ -108,8 +108,9 @@ static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
             sched_link_add(s, SCHED_LINK_CPU_GPU, (uint64_t)b, sched_trace_now() - t1);
         }
     } else {
-        /* stores are whole records (delta 0); the stage buffers are padded
-         * to OFF_ALIGN, and what the padding holds is never read back */
+        /* stores are whole records (delta 0) or a decode step's pages; the
+         * stage buffers are padded to OFF_ALIGN, and what the padding holds
+         * is never read back */
         if (!direct) {
             /* (a decode step's slots in use: what the write-back below
              * writes of the rest is never read) */
