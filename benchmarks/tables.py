@@ -184,12 +184,23 @@ def machine(device):
         if r.returncode == 0 and r.stdout.strip():
             return r.stdout.strip().splitlines()[0]
         return "no GPU"
-    model = "?"
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{model} ({os.cpu_count()} cores)"
+    return cpu_machine(open("/proc/cpuinfo").read(), os.cpu_count())
+
+
+def cpu_machine(cpuinfo, cores):
+    """The name of a CPU machine from /proc/cpuinfo's text: its model name, cores, and
+    family / model numbers, which tell apart VMs that report one model name (session
+    33's Xeon VM, model 167, and sessions 25-32's, model 207, both "Intel(R) Xeon(R)
+    Processor"): rows, and the calibration file named after the machine, stay apart.
+    Rows before 2026-12-06 carry the name without the numbers."""
+    f = {}
+    for line in cpuinfo.splitlines():
+        k, _, v = line.partition(":")
+        f.setdefault(k.strip(), v.strip())
+    num = ""
+    if f.get("cpu family") and f.get("model"):
+        num = f", family {f['cpu family']} model {f['model']}"
+    return f"{f.get('model name', '?')} ({cores} cores{num})"
 
 
 def commit():

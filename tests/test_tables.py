@@ -53,6 +53,22 @@ class LiveSlots(unittest.TestCase):
             self.assertAlmostEqual(half["terms"][term], whole["terms"][term] / 2, places=9)
 
 
+class Machine(unittest.TestCase):
+    INFO = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: {m}\n"
+            "model name\t: Intel(R) Xeon(R) Processor\nstepping\t: 1\n\n"
+            "processor\t: 1\ncpu family\t: 6\nmodel\t\t: {m}\n"
+            "model name\t: Intel(R) Xeon(R) Processor\n")
+
+    def test_vms_of_one_model_name_stay_apart(self):
+        a = tables.cpu_machine(self.INFO.format(m=207), 2)
+        b = tables.cpu_machine(self.INFO.format(m=167), 2)
+        self.assertEqual(a, "Intel(R) Xeon(R) Processor (2 cores, family 6 model 207)")
+        self.assertNotEqual(a, b)
+
+    def test_no_numbers_no_suffix(self):
+        self.assertEqual(tables.cpu_machine("model name : Some CPU\n", 4), "Some CPU (4 cores)")
+
+
 class PeerTries(unittest.TestCase):
     def test_powers_of_two_from_8_then_the_full_cache_block(self):
         self.assertEqual(tables.peer_tries(64), [8, 16, 32, 64])
