@@ -206,15 +206,23 @@ int64_t sched_kv_copy_live(const sched *s, int t, int queue, void *dst, const vo
     const kv_layout *kl = &g->kv[t];
     const backend_ops *o = s->be->ops;
     size_t rows = (size_t)g->kv_n[t] * g->KVH, cap = (size_t)s->sh.cap;
-    size_t at[4] = {kl->kc, kl->vc, kl->pos, kl->scores}, es[4] = {g->kv_row, g->kv_row, 4, 4};
+    size_t at[4] = {kl->kc, kl->vc, kl->pos, kl->scores};
     int64_t moved = 0;
     for (int a = 0; a < 4; a++) {
         if (at[a] == SIZE_MAX)
             continue;
-        FORWARD_IF(o->copy_2d(s->be->ctx, queue, (char *)dst + at[a], cap * es[a],
-                              (const char *)src + at[a], cap * es[a], (size_t)n * es[a], rows,
-                              wait));
-        moved += (int64_t)(rows * n * es[a]);
+        /* K and V: a row of n slots per (sequence, head); the positions and
+         * scores (4 bytes a slot, small beside a K and a V row) whole, in
+         * one piece rather than as rows of a few hundred bytes */
+        size_t width = rows * cap * 4, pitch = width, n_rows = 1;
+        if (a < 2) {
+            width = (size_t)n * g->kv_row;
+            pitch = cap * g->kv_row;
+            n_rows = rows;
+        }
+        FORWARD_IF(o->copy_2d(s->be->ctx, queue, (char *)dst + at[a], pitch,
+                              (const char *)src + at[a], pitch, width, n_rows, wait));
+        moved += (int64_t)(width * n_rows);
     }
     return moved;
 }

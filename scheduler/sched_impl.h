@@ -328,9 +328,9 @@ int sched_kv_live_runs(const struct sched *s, int k, char *rec, int fd, uint64_t
  * cache takes), at most cap. */
 int sched_kv_live_slots(const struct sched *s, int t, int k, int store);
 /* Copy slots [0, n) of every (sequence, head) of a KV record on tier t
- * between src and dst (the home and its stage: the same layout), K, V,
- * positions and scores, with the backend's copy_2d on queue (wait as it
- * takes). @return the bytes copied, or -errno. */
+ * between src and dst (the home and its stage: the same layout): the K and
+ * V rows, with the backend's copy_2d on queue (wait as it takes), and the
+ * positions and scores whole. @return the bytes copied, or -errno. */
 int64_t sched_kv_copy_live(const struct sched *s, int t, int queue, void *dst, const void *src,
                            int n, int wait);
 /* What a decode step copies of a KV record that it moves by its slots in
