@@ -36,6 +36,29 @@ static void trace_task(struct sched *s, const sched_task *t, int track, const ch
     sched_trace_add(s->trace, &e);
 }
 
+int64_t sched_task_copy(struct sched *s, const sched_task *t, void *dst, const void *src,
+                        int wait)
+{
+    const backend_ops *o = s->be->ops;
+    int load = t->kind == TASK_LOAD, queue = load ? BACKEND_Q_H2D : BACKEND_Q_D2H;
+    if (t->kv_live) /* a decode step's slots in use */
+        return sched_kv_copy_live(s, t->tier, queue, dst, src,
+                                  sched_kv_live_slots(s, t->tier, t->batch, !load), wait);
+    int rc = !wait ? o->copy_async(s->be->ctx, queue, dst, src, t->bytes)
+           : load  ? o->copy_h2d(s->be->ctx, dst, src, t->bytes)
+                   : o->copy_d2h(s->be->ctx, dst, src, t->bytes);
+    return rc < 0 ? rc : (int64_t)t->bytes;
+}
+
+/* The bytes requests ios[0, n) move. */
+static size_t ios_bytes(const off_io *ios, int n)
+{
+    size_t b = 0;
+    for (int i = 0; i < n; i++)
+        b += ios[i].len;
+    return b;
+}
+
 /* Run one task in the calling thread (a lane's, or the compute thread's
  * without overlap). */
 static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
@@ -51,15 +74,8 @@ static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
     double t0 = sched_trace_now();
     if (t->tier == SCHED_CPU) { /* (CPU attention computes CPU-tier KV in place: no task) */
         int load = t->kind == TASK_LOAD;
-        int64_t bytes = (int64_t)t->bytes;
-        if (t->kv_live) /* a decode step's slots in use */
-            bytes = sched_kv_copy_live(s, SCHED_CPU, load ? BACKEND_Q_H2D : BACKEND_Q_D2H,
-                                       load ? t->stage : t->host, load ? t->host : t->stage,
-                                       sched_kv_live_slots(s, SCHED_CPU, t->batch, !load), 1);
-        else if (load)
-            FORWARD_IF(o->copy_h2d(ctx, t->stage, t->host, t->bytes));
-        else
-            FORWARD_IF(o->copy_d2h(ctx, t->host, t->stage, t->bytes));
+        int64_t bytes = sched_task_copy(s, t, load ? t->stage : t->host,
+                                        load ? t->host : t->stage, 1);
         FORWARD_IF((int)(bytes < 0 ? bytes : 0));
         sched_link_add(s, load ? SCHED_LINK_CPU_GPU : SCHED_LINK_GPU_CPU, (uint64_t)bytes,
                        sched_trace_now() - t0);
@@ -88,9 +104,7 @@ static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
         if (t->kv_live) {
             n = sched_kv_live_runs(s, t->batch, io.buf, t->fd, t->file_off, l->runs, l->pages);
             ios = l->runs;
-            span = 0;
-            for (int i = 0; i < n; i++)
-                span += ios[i].len;
+            span = ios_bytes(ios, n);
         }
         if (n > 0)
             FORWARD_IF(off_disk_rw(s->disk, ios, n, what));
@@ -98,12 +112,7 @@ static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
         sched_link_add(s, SCHED_LINK_DISK_CPU, span, t1 - t0);
         trace_task(s, t, TRACK_DISK, "disk read", cat, tier, span, t0);
         if (!direct) {
-            int64_t b = (int64_t)t->bytes;
-            if (t->kv_live)
-                b = sched_kv_copy_live(s, SCHED_DISK, BACKEND_Q_H2D, t->stage, l->stage,
-                                       sched_kv_live_slots(s, SCHED_DISK, t->batch, 0), 1);
-            else
-                FORWARD_IF(o->copy_h2d(ctx, t->stage, (char *)l->stage + t->delta, t->bytes));
+            int64_t b = sched_task_copy(s, t, t->stage, (char *)l->stage + t->delta, 1);
             FORWARD_IF((int)(b < 0 ? b : 0));
             sched_link_add(s, SCHED_LINK_CPU_GPU, (uint64_t)b, sched_trace_now() - t1);
         }
@@ -114,12 +123,7 @@ static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
         if (!direct) {
             /* (a decode step's slots in use: what the write-back below
              * writes of the rest is never read) */
-            int64_t b = (int64_t)t->bytes;
-            if (t->kv_live)
-                b = sched_kv_copy_live(s, SCHED_DISK, BACKEND_Q_D2H, l->stage, t->stage,
-                                       sched_kv_live_slots(s, SCHED_DISK, t->batch, 1), 1);
-            else
-                FORWARD_IF(o->copy_d2h(ctx, l->stage, t->stage, t->bytes));
+            int64_t b = sched_task_copy(s, t, l->stage, t->stage, 1);
             FORWARD_IF((int)(b < 0 ? b : 0));
             sched_link_add(s, SCHED_LINK_GPU_CPU, (uint64_t)b, sched_trace_now() - t0);
             memset((char *)l->stage + t->bytes, 0, span - t->bytes);
@@ -131,9 +135,7 @@ static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
             n = sched_kv_dirty_runs(s, t->batch, t->kv_seqs, io.buf, t->fd, t->file_off, l->runs,
                                     l->pages);
             ios = l->runs;
-            span = 0;
-            for (int i = 0; i < n; i++)
-                span += ios[i].len;
+            span = ios_bytes(ios, n);
         }
         double t1 = sched_trace_now();
         FORWARD_IF(off_disk_rw(s->disk, ios, n, what));

@@ -343,6 +343,14 @@ double sched_kv_step_load_bytes(const sched_geom *g, int cap, int prompt_len, in
  * counting each request's own cost as KV_MERGE_GAP pages (cost.c). */
 size_t sched_kv_step_store_bytes(const sched_geom *g, int cap);
 
+/* Copy task t's payload (t->bytes; of a decode step's KV record with
+ * t->kv_live, its slots in use, sched_kv_copy_live) from src to dst: host
+ * to its GPU stage for a load, back for a store, on that direction's
+ * queue; wait 1 blocks until the bytes are there, 0 only enqueues (as
+ * copy_async). @return the bytes copied, or -errno (lanes.c). */
+int64_t sched_task_copy(struct sched *s, const sched_task *t, void *dst, const void *src,
+                        int wait);
+
 int sched_lanes_start(struct sched *s);
 void sched_lanes_stop(struct sched *s);
 /* Queue t on lane (or run it now without overlap). @return its ticket or

@@ -47,14 +47,7 @@ static int issue_async(sched *s, const sched_task *t, int ev, int after_stores)
         FORWARD_IF(o->event_wait(ctx, q, t->mark));
     if (load && after_stores)
         FORWARD_IF(o->event_wait(ctx, q, EV_STORED));
-    int64_t bytes = (int64_t)t->bytes;
-    void *dst = load ? t->stage : t->host;
-    const void *src = load ? t->host : t->stage;
-    if (t->kv_live) /* a decode step's slots in use */
-        bytes = sched_kv_copy_live(s, t->tier, q, dst, src,
-                                   sched_kv_live_slots(s, t->tier, t->batch, !load), 0);
-    else
-        FORWARD_IF(o->copy_async(ctx, q, dst, src, t->bytes));
+    int64_t bytes = sched_task_copy(s, t, load ? t->stage : t->host, load ? t->host : t->stage, 0);
     FORWARD_IF((int)(bytes < 0 ? bytes : 0));
     FORWARD_IF(o->event_record(ctx, q, ev));
     if (!load)
