@@ -39,8 +39,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchlib import FLEXH2O, bound, calibrate, kv_cap, live_frac, plan_tiers, sh, summary, \
-    write_prompts
+from benchlib import FLEXH2O, bound, calibrate, live_of, plan_tiers, sh, summary, write_prompts
 
 
 def run(base, percent, extra, env=None):
@@ -121,11 +120,8 @@ def main():
     t_step_res = N / res["decode_tps"]
     t_pre = off["prefill_tokens"] / off["prefill_tps"]
     t_pre_res = res["prefill_tokens"] / res["prefill_tps"]
-    kv = a.kv.split()
-    ratio = float(kv[kv.index("--kv-ratio") + 1]) if "--kv-ratio" in kv else None
     b = bound(tiers, cal, N, n, a.cpu_attention, t_step_res, t_pre_res,
-              host_visible=a.device == "cpu",
-              live=live_frac(a.prompt_len, n, kv_cap(a.prompt_len, n, ratio)))
+              host_visible=a.device == "cpu", live=live_of(a.kv.split(), a.prompt_len, n))
     terms = {k.replace("compute", "compute (all-resident step)"): v
              for k, v in b["terms"].items()}
     bound_step, bound_pre, bound_tps = b["step"], b["prefill"], b["tps"]

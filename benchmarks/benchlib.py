@@ -100,6 +100,13 @@ def kv_cap(prompt_len, gen_len, ratio=None):
     return total if ratio is None else min(total, math.ceil(ratio * total - 1e-9))
 
 
+def live_of(flags, prompt_len, gen_len):
+    """live_frac of a job run with the flexh2o flags `flags` (a list): H2O's budget
+    where they give --kv-ratio, else the full cache."""
+    ratio = float(flags[flags.index("--kv-ratio") + 1]) if "--kv-ratio" in flags else None
+    return live_frac(prompt_len, gen_len, kv_cap(prompt_len, gen_len, ratio))
+
+
 def bound(tiers, cal, N, n, cpu_attention, compute_step, compute_prefill, extra_step=None,
           host_visible=False, live=1.0):
     """DESIGN.md "Throughput bound" of a block of N sequences generating n tokens under

@@ -71,8 +71,8 @@ import sys
 import tempfile
 import time
 
-from benchlib import FLEXH2O, ROOT, bound, calibrate, kv_cap, live_frac, lowest_tier, \
-    plan_tiers, sh, summary, write_prompts
+from benchlib import FLEXH2O, ROOT, bound, calibrate, live_of, lowest_tier, plan_tiers, sh, \
+    summary, write_prompts
 
 COLUMNS = ["machine", "date", "commit", "grid", "system", "model", "prompt_len", "gen_len",
            "cap", "block", "lowest_tier", "tok_s", "bound_tok_s", "efficiency", "load",
@@ -479,9 +479,7 @@ class Runner:
         if params:
             gemm = cal["gemm_TFLOPs"] * 1e12
             layers, head = params
-            ratio = float(flags[flags.index("--kv-ratio") + 1]) if "--kv-ratio" in flags \
-                else None
-            live = live_frac(c["prompt_len"], n, kv_cap(c["prompt_len"], n, ratio))
+            live = live_of(flags, c["prompt_len"], n)
             extra = {"device memory": (tiers["gpu"]["weights"] + tiers["gpu"]["kv"] * live) /
                      (cal["dev_mem_GBps"] * 1e9)}
             if p.get("cpu_attention"):

@@ -42,6 +42,9 @@ class LiveSlots(unittest.TestCase):
         self.assertEqual(benchlib.kv_cap(32, 32, 0.2), 13)
         self.assertEqual(benchlib.kv_cap(50, 0, 0.2), 10)  # 0.2 * 50 rounds to 10, not 11
         self.assertEqual(benchlib.live_frac(32, 32, benchlib.kv_cap(32, 32, 0.2)), 1.0)
+        self.assertEqual(benchlib.live_of(["--kv-policy", "h2o", "--kv-ratio", "0.2"], 32, 32),
+                         1.0)
+        self.assertEqual(benchlib.live_of([], 32, 32), benchlib.live_frac(32, 32, 64))
 
     def test_the_kv_terms_scale_with_the_live_share(self):
         tiers = {t: dict(weights=0.0, kv=0.0) for t in ("gpu", "cpu", "disk")}
