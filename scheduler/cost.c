@@ -141,7 +141,8 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
     double kv_d_step = L * K * sched_kv_step_load_bytes(&g, sh->cap, prompt_len, gen_len);
     t[COST_DISK_READ] = secs(w_disk + kv_d_step + x.step_disk, hw->disk_read);
     /* a step writes back the pages of a disk record that it changed */
-    t[COST_DISK_WRITE] = secs(L * K * (double)sched_kv_step_store_bytes(&g, sh->cap) + x.step_disk,
+    t[COST_DISK_WRITE] = secs(L * K * sched_kv_step_store_bytes(&g, sh->cap, prompt_len, gen_len) +
+                                  x.step_disk,
                               hw->disk_write);
     t[COST_DRAM] = attn ? secs((kv_c + kv_d) * live, hw->dram) : 0;
     t[COST_FLOPS] = f_step > 0 ? 2 * params * N / f_step : INFINITY;

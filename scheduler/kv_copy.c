@@ -111,13 +111,20 @@ static int64_t copy_seq(sched *s, const kv_at *d, const kv_at *f, int n)
 static int disk_record(sched *s, int write, void *buf, int l, int k)
 {
     const sched_geom *g = &s->g;
-    off_io io = {s->kv_fd, write, buf, g->kv_disk_stride,
-                 ((uint64_t)l * g->K + k) * g->kv_disk_stride};
     char what[64];
     snprintf(what, sizeof what, "KV copy of layer %d, batch %d", l, k);
     double t0 = sched_trace_now();
-    FORWARD_IF(off_disk_rw(s->disk, &io, 1, what));
-    sched_link_add(s, write ? SCHED_LINK_CPU_DISK : SCHED_LINK_DISK_CPU, io.len,
+    int64_t bytes = g->kv_disk_stride;
+    if (write) { /* whole: the record's row log starts over */
+        off_io io = {s->kv_fd, 1, buf, g->kv_disk_stride,
+                     ((uint64_t)l * g->K + k) * g->kv_disk_stride};
+        FORWARD_IF(off_disk_rw(s->disk, &io, 1, what));
+        s->kv_log_n[(size_t)l * g->K + k] = 0;
+    } else { /* with its row log (into lane 0's, idle) applied */
+        bytes = sched_kv_read_record(s, l, k, buf, s->lane[0].log, what);
+        FORWARD_IF((int)(bytes < 0 ? bytes : 0));
+    }
+    sched_link_add(s, write ? SCHED_LINK_CPU_DISK : SCHED_LINK_DISK_CPU, (uint64_t)bytes,
                    sched_trace_now() - t0);
     return 0;
 }

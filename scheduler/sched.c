@@ -162,8 +162,17 @@ static int alloc_kv(sched *s)
         rc = alloc_gpu(s, g->kv[SCHED_GPU].bytes, &s->kv_gpu[i]);
     if (rc == 0)
         rc = alloc_host(s, (size_t)L * K * g->kv[SCHED_CPU].bytes, 1, &s->kv_cpu_arena);
-    if (rc == 0 && g->kv_n[SCHED_DISK] > 0)
-        rc = open_disk_file(s, "kv.bin", (uint64_t)L * K * g->kv_disk_stride, &s->kv_fd);
+    if (rc == 0 && g->kv_n[SCHED_DISK] > 0) {
+        /* the records, then their row logs (kv_dirty.c) */
+        rc = open_disk_file(s, "kv.bin",
+                            (uint64_t)L * K * (g->kv_disk_stride + sched_kv_log_bytes(g)),
+                            &s->kv_fd);
+        s->kv_log_n = calloc((size_t)L * K, 1);
+        if (rc == 0 && !s->kv_log_n) {
+            err_set(__FILE__, __LINE__, "out of memory");
+            rc = -ENOMEM;
+        }
+    }
     for (int v = 0; rc == 0 && v < 2; v++) {
         if (!p->cpu_attention)
             rc = alloc_gpu(s, g->kv[SCHED_CPU].bytes, &s->kv_stage[v][SCHED_CPU]);
@@ -386,10 +395,14 @@ int sched_create(backend *be, const sched_model *m, const sched_policy *p,
          * the backend computes on host memory (no lane stages: lanes.c reads
          * and writes the staging buffers themselves) those */
         const sched_geom *g = &s->g;
-        void *bufs[6] = {0};
-        size_t lens[6] = {0};
+        void *bufs[8] = {0};
+        size_t lens[8] = {0};
         int n = 0;
         for (int v = 0; v < 2; v++) {
+            if (s->lane[v].log) { /* a disk KV record's row log */
+                bufs[n] = s->lane[v].log;
+                lens[n++] = sched_kv_log_bytes(g);
+            }
             if (g->host_stage) {
                 bufs[n] = s->lane[v].stage;
                 lens[n++] = g->host_stage;
@@ -470,6 +483,7 @@ void sched_destroy(sched *s)
     free(s->w_view[0]);
     free(s->w_view[1]);
     free(s->kv_gpu);
+    free(s->kv_log_n);
     free(s->bseq);
     free(s->bdesc);
     free(s->blast);
@@ -596,15 +610,16 @@ int sched_read_kv(sched *s, int l, int seq, int what, void *out)
         memcpy(out, (char *)sched_kv_home(s, t, l, k) + at, per);
         return 0;
     }
-    uint64_t foff = ((uint64_t)l * g->K + k) * g->kv_disk_stride;
     void *buf = off_alloc_aligned(g->kv_disk_stride);
-    RETURN_IF(!buf, -ENOMEM, "out of memory");
-    off_io io = {s->kv_fd, 0, buf, g->kv_disk_stride, foff};
-    int rc = off_disk_rw(s->disk, &io, 1, "KV read back");
-    if (rc == 0)
+    void *log = off_alloc_aligned(sched_kv_log_bytes(g) + OFF_ALIGN);
+    int64_t rc = buf && log ? sched_kv_read_record(s, l, k, buf, log, "KV read back") : -ENOMEM;
+    if (!buf || !log)
+        err_set(__FILE__, __LINE__, "out of memory");
+    if (rc >= 0)
         memcpy(out, (char *)buf + at, per);
     free(buf);
-    return rc;
+    free(log);
+    return rc < 0 ? (int)rc : 0;
 }
 
 int sched_read_evicted(sched *s, int32_t *out)

@@ -87,6 +87,11 @@ typedef struct sched_geom {
     int kv_seq0[SCHED_TIERS];
     kv_layout kv[SCHED_TIERS];
     size_t kv_disk_stride; /* bytes per (l, k) record in kv.bin (aligned) */
+    size_t kv_log_entry;   /* bytes of a decode step's entry in a disk record's row log
+                            * (aligned, kv_dirty.c) */
+    int kv_log_cap;        /* entries a record's row log holds; 0: no log */
+    uint64_t kv_log_at;    /* where the records' row logs start in kv.bin: after the
+                            * records, kv_log_cap entries each */
     int act_tier;
     size_t x_bytes;        /* (max_rows, d) */
     size_t x_disk_stride;
@@ -190,7 +195,9 @@ typedef struct sched_task {
                             * written, sched_kv_dirty_runs); 0: the whole payload */
     int kv_live;           /* a decode step's KV record whose sequences are all in the
                             * pass: only their slots in use move (disk reads
-                            * sched_kv_live_runs, copies sched_kv_copy_live) */
+                            * sched_kv_load_runs, copies sched_kv_copy_live) */
+    int kv_disk;           /* a disk KV record (of layer, batch): its row log goes
+                            * along (sched_kv_load_runs, sched_kv_store_runs) */
     int mark;              /* compute event to wait for first (EV_COMPUTE_*), -1: none */
     int dep_lane;          /* wait for that lane's task dep_ticket first, -1: none */
     uint64_t dep_ticket;
@@ -214,7 +221,9 @@ typedef struct sched_lane {
     char msg[1024];
     void *stage;            /* host staging for disk transfers (aligned) */
     uint8_t *pages;         /* (disk KV) a flag per page of a KV record */
-    off_io *runs;           /* (disk KV) the record's pages to move as requests */
+    off_io *runs;           /* (disk KV) the record's pages to move as requests, and its
+                            * row log's */
+    void *log;              /* (disk KV) a record's row log (aligned) */
 } sched_lane;
 
 struct sched {
@@ -261,6 +270,7 @@ struct sched {
     void **kv_gpu;         /* (L * K) GPU homes */
     void *kv_cpu_arena;    /* (L * K) CPU homes */
     int kv_fd;
+    uint8_t *kv_log_n;     /* (L * K) entries in each disk record's row log */
     void *kv_stage[2][SCHED_TIERS]; /* per slot: staging of the CPU / disk segments */
 
     /* activations */
@@ -304,25 +314,50 @@ void sched_link_add(struct sched *s, int link, uint64_t bytes, double secs);
  * both cores computed). Records of short caches so write nearly whole. */
 #define KV_MERGE_GAP 8
 
-/* The requests that write back what a decode step changed in GPU batch k's
- * disk KV record (n_seq of its sequences in the pass, computed at rec, host
- * memory, going to fd at file_off): runs of whole OFF_ALIGN pages holding
- * the new tokens' K and V rows and positions and the scores of the slots in
- * use; the whole record where a new token's slot cannot be found. ios:
- * room for (pages + 1) / 2 requests; pages: kv_disk_stride / OFF_ALIGN
- * bytes of scratch. @return the number of requests (kv_dirty.c). */
-int sched_kv_dirty_runs(const struct sched *s, int k, int n_seq, const char *rec, int fd,
-                        uint64_t file_off, off_io *ios, uint8_t *pages);
-/* The requests that load what a decode step reads of GPU batch k's disk
- * KV record into rec (host memory; fd at file_off): runs of whole
- * OFF_ALIGN pages holding the slots in use, [0, n_slots), of each of the
- * record's sequences (every one of them in the pass), idle ones included:
- * a whole write-back (sched_kv_dirty_runs) then keeps them. The rest of
- * rec is left as it was; slots past n_slots are never read, and the step
- * writes its new ones. ios, pages: as sched_kv_dirty_runs's. @return the
- * number of requests (kv_dirty.c). */
-int sched_kv_live_runs(const struct sched *s, int k, char *rec, int fd, uint64_t file_off,
+/* The row log of disk KV records (kv_log_cap entries of kv_log_entry
+ * bytes): its sizes from the record's (kv_n, KVH, kv_row, kv_disk_stride;
+ * kv_log_at is the caller's). kv_dirty.c. */
+void sched_kv_log_geom(sched_geom *g);
+/* Bytes of a disk record's row log. */
+static inline size_t sched_kv_log_bytes(const sched_geom *g)
+{
+    return (size_t)g->kv_log_cap * g->kv_log_entry;
+}
+/* Requests a record's load or store takes at most, with its row log's. */
+static inline size_t sched_kv_max_runs(const sched_geom *g)
+{
+    return g->kv_disk_stride / OFF_ALIGN / 2 + 2;
+}
+
+/* The requests that load GPU batch k's disk KV record of layer l into rec
+ * (host memory, aligned, a record long): the record whole, or with live
+ * (a decode step whose pass holds all of the record's sequences) runs of
+ * whole OFF_ALIGN pages holding the slots in use, [0, n_slots), of each
+ * of its sequences, idle ones included (a store keeps them); and the
+ * entries of its row log into log. The rest of rec is left as it was:
+ * slots past n_slots are never read, and the step writes its new ones.
+ * Once they are done, sched_kv_log_apply brings rec up to date. ios: room
+ * for sched_kv_max_runs; pages: kv_disk_stride / OFF_ALIGN bytes of
+ * scratch. @return the number of requests (kv_dirty.c). */
+int sched_kv_load_runs(const struct sched *s, int l, int k, int live, char *rec, void *log,
                        off_io *ios, uint8_t *pages);
+/* Apply the row log that sched_kv_load_runs read into log to rec. */
+void sched_kv_log_apply(const struct sched *s, int l, int k, char *rec, const void *log);
+/* The requests that store what a decode step (n_seq of the record's
+ * sequences in its pass) changed of GPU batch k's disk KV record of layer
+ * l, computed at rec (host memory): an entry of its row log (built in log:
+ * the new token's K and V rows and position per (sequence, KV head)) and
+ * the pages of the scores in use; or, when the log is full, the pages of
+ * the slots in use, the log then empty; or the whole record where a new
+ * token's slot cannot be found. *log_n: the entries of the record's row
+ * log once they are done. ios, pages: as sched_kv_load_runs's. @return the
+ * number of requests (kv_dirty.c). */
+int sched_kv_store_runs(const struct sched *s, int l, int k, int n_seq, const char *rec,
+                        void *log, off_io *ios, uint8_t *pages, int *log_n);
+/* Read GPU batch k's disk KV record of layer l whole into rec, its row log
+ * (read into log, room for kv_log_cap entries) applied. @return the bytes
+ * read, or -errno (kv_dirty.c). */
+int64_t sched_kv_read_record(struct sched *s, int l, int k, char *rec, void *log, const char *what);
 /* The slots a decode step moves of GPU batch k's KV record on tier t: the
  * most its sequences have in use, one more for a store (the slot a filling
  * cache takes), at most cap. */
@@ -334,14 +369,16 @@ int sched_kv_live_slots(const struct sched *s, int t, int k, int store);
 int64_t sched_kv_copy_live(const struct sched *s, int t, int queue, void *dst, const void *src,
                            int n, int wait);
 /* What a decode step copies of a KV record that it moves by its slots in
- * use, a fraction, on average over the gen_len - 1 steps (cost.c). */
+ * use, a fraction, on average over the gen_len - 1 steps (kv_dirty.c). */
 double sched_kv_live_frac(int cap, int prompt_len, int gen_len);
-/* About how many bytes of a disk KV record a decode step loads, on average
- * over the gen_len - 1 steps of prompts of prompt_len (cost.c). */
+/* About how many bytes of a disk KV record a decode step loads, its row
+ * log's included, on average over the gen_len - 1 steps of prompts of
+ * prompt_len (kv_dirty.c). */
 double sched_kv_step_load_bytes(const sched_geom *g, int cap, int prompt_len, int gen_len);
-/* About how many bytes of a disk KV record a decode step writes back,
- * counting each request's own cost as KV_MERGE_GAP pages (cost.c). */
-size_t sched_kv_step_store_bytes(const sched_geom *g, int cap);
+/* About how many bytes of a disk KV record a decode step writes back, on
+ * average over the gen_len - 1 steps, counting each request's own cost as
+ * KV_MERGE_GAP pages (kv_dirty.c). */
+double sched_kv_step_store_bytes(const sched_geom *g, int cap, int prompt_len, int gen_len);
 
 /* Copy task t's payload (t->bytes; of a decode step's KV record with
  * t->kv_live, its slots in use, sched_kv_copy_live) from src to dst: host

@@ -215,6 +215,8 @@ void sched_geom_init(sched_geom *g, const sched_model *m, size_t es, const sched
         g->kv[t] = sched_kv_layout(g, nt[t], sh->cap, sh->scores);
     }
     g->kv_disk_stride = off_align_up(g->kv[SCHED_DISK].bytes);
+    sched_kv_log_geom(g);
+    g->kv_log_at = (uint64_t)g->L * g->K * g->kv_disk_stride;
     g->act_tier = p->hg >= 100 ? SCHED_GPU : p->hc >= 100 ? SCHED_CPU : SCHED_DISK;
     g->x_bytes = A256((size_t)sh->max_rows * d * es);
     g->x_disk_stride = off_align_up(g->x_bytes);
@@ -272,7 +274,8 @@ int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
     out->w_store = sh->weights_on_disk_already ? g.w_disk_all : 0;
 
     for (int t = 0; t < SCHED_TIERS; t++)
-        b[t][SCHED_KV] = t == SCHED_DISK ? L * K * g.kv_disk_stride : L * K * g.kv[t].bytes;
+        b[t][SCHED_KV] = t == SCHED_DISK ? L * K * (g.kv_disk_stride + sched_kv_log_bytes(&g))
+                                         : L * K * g.kv[t].bytes;
     b[g.act_tier][SCHED_ACT] = K * (g.act_tier == SCHED_DISK ? g.x_disk_stride : g.x_bytes);
 
     uint64_t stage = 0;
@@ -283,7 +286,7 @@ int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
     if (g.act_tier != SCHED_GPU)
         stage += 2 * off_align_up(g.x_bytes);
     b[SCHED_GPU][SCHED_STAGE] = stage;
-    b[SCHED_CPU][SCHED_STAGE] = 2 * (uint64_t)g.host_stage +
+    b[SCHED_CPU][SCHED_STAGE] = 2 * (uint64_t)(g.host_stage + sched_kv_log_bytes(&g)) +
                                 (cpu_attn ? 2 * off_align_up(g.kv[SCHED_DISK].bytes) : 0);
 
     size_t R = (size_t)sh->max_rows, d = (size_t)m->hidden, H = (size_t)m->n_head;

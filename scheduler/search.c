@@ -579,6 +579,7 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn, int ro
     gd.kv_n[SCHED_DISK] = g.gbs;
     gd.kv[SCHED_DISK] = rec;
     gd.kv_disk_stride = off_align_up(rec.bytes);
+    sched_kv_log_geom(&gd);
     lp_in in = {
         .W = L * g.blob,
         .W_al = L * off_align_up(g.blob),
@@ -588,7 +589,8 @@ static void solve_shape(search_ctx *x, int gbs, int K, int act, int attn, int ro
         .kv_lfrac = sched_kv_live_frac(sh.cap, o->prompt_len, o->gen_len),
         .kv_rfrac = sched_kv_step_load_bytes(&gd, sh.cap, o->prompt_len, o->gen_len) /
                     (double)gd.kv_disk_stride,
-        .kv_wfrac = (double)sched_kv_step_store_bytes(&gd, sh.cap) / (double)gd.kv_disk_stride,
+        .kv_wfrac = sched_kv_step_store_bytes(&gd, sh.cap, o->prompt_len, o->gen_len) /
+                    (double)gd.kv_disk_stride,
         .globals = (double)g.globals,
         .work_gpu = (double)pl.bytes[SCHED_GPU][SCHED_WORK],
         .work_cpu = attn ? (double)pl_attn.bytes[SCHED_CPU][SCHED_WORK] : 0,

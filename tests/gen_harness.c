@@ -3,6 +3,7 @@
 
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,22 +114,29 @@ gen_trace_io gen_harness_trace_io(const char *trace, const char *event, const ch
     cr_assert(root, "%s is not JSON", trace);
     gen_trace_io io = {0};
     const cJSON *e;
-    cJSON_ArrayForEach(e, cJSON_GetObjectItem(root, "traceEvents")) {
-        const cJSON *name = cJSON_GetObjectItem(e, "name"), *args = cJSON_GetObjectItem(e, "args");
-        const cJSON *c = cJSON_GetObjectItem(e, "cat");
-        if (!cJSON_IsString(name) || strcmp(name->valuestring, event) != 0 ||
-            (cat && (!cJSON_IsString(c) || strcmp(c->valuestring, cat) != 0)))
-            continue;
-        double b = cJSON_GetObjectItem(args, "bytes")->valuedouble;
-        if (cJSON_GetObjectItem(args, "step")->valueint == 0) {
-            io.prefill = b > io.prefill ? b : io.prefill;
-        } else {
-            io.decode_max = b > io.decode_max ? b : io.decode_max;
-            io.decode_min = io.n_decode == 0 || b < io.decode_min ? b : io.decode_min;
-            io.decode_sum += b;
-            io.n_decode++;
+    for (int pass = 0; pass < 2; pass++) { /* (the second counts the large decode events) */
+        cJSON_ArrayForEach(e, cJSON_GetObjectItem(root, "traceEvents")) {
+            const cJSON *name = cJSON_GetObjectItem(e, "name");
+            const cJSON *args = cJSON_GetObjectItem(e, "args"), *c = cJSON_GetObjectItem(e, "cat");
+            if (!cJSON_IsString(name) || strcmp(name->valuestring, event) != 0 ||
+                (cat && (!cJSON_IsString(c) || strcmp(c->valuestring, cat) != 0)))
+                continue;
+            double b = cJSON_GetObjectItem(args, "bytes")->valuedouble;
+            int step = cJSON_GetObjectItem(args, "step")->valueint;
+            if (pass == 1) {
+                io.n_large += step != 0 && b > io.prefill / 4;
+                continue;
+            }
+            if (step == 0) {
+                io.prefill = b > io.prefill ? b : io.prefill;
+            } else {
+                io.decode_max = b > io.decode_max ? b : io.decode_max;
+                io.decode_min = io.n_decode == 0 || b < io.decode_min ? b : io.decode_min;
+                io.decode_sum += b;
+                io.n_decode++;
+            }
+            io.n++;
         }
-        io.n++;
     }
     cJSON_Delete(root);
     return io;
@@ -142,11 +150,16 @@ gen_trace_io gen_harness_disk_kv_moves(const char *trace, const char *what)
     /* 2 layers x 2 batches, a prefill and 199 decode steps; the prefill
      * reads nothing (it writes its records whole) */
     cr_assert_eq(w.n, 2 * 2 * 200, "%s: %d disk writes", what, w.n);
-    cr_assert(w.decode_max > 0 && w.decode_max < w.prefill / 4,
-              "%s: a decode step wrote %.0f bytes of a record of %.0f", what, w.decode_max,
-              w.prefill);
+    cr_assert(w.decode_min > 0 && w.decode_min <= w.prefill / 16 && w.n_large <= w.n_decode / 8 &&
+                  w.decode_sum / w.n_decode < w.prefill / 4,
+              "%s: decode steps wrote %.0f-%.0f bytes (%.0f on average, %d of %d steps over a "
+              "quarter) of a record of %.0f", what, w.decode_min, w.decode_max,
+              w.decode_sum / w.n_decode, w.n_large, w.n_decode, w.prefill);
     cr_assert_eq(r.n, 2 * 2 * 199, "%s: %d disk reads", what, r.n);
-    cr_assert(r.decode_min > 0 && r.decode_min < w.prefill / 4 && r.decode_max <= w.prefill,
+    /* (at most the record and a full log: sqrt(2 record / entry) entries, an
+     * entry what a decode step writes at least) */
+    cr_assert(r.decode_min > 0 && r.decode_min < w.prefill / 4 &&
+                  r.decode_max <= w.prefill + sqrt(2 * w.prefill * w.decode_min),
               "%s: decode reads of %.0f-%.0f bytes of a record of %.0f", what, r.decode_min,
               r.decode_max, w.prefill);
     return r;

@@ -45,6 +45,7 @@ typedef struct gen_trace_io {
     double prefill;         /* the most bytes at the prefill (step 0) */
     double decode_max, decode_min, decode_sum; /* bytes at a decode step, in all */
     int n_decode;
+    int n_large;            /* decode events of more than a quarter of prefill */
 } gen_trace_io;
 
 /* The transfer events named event ("disk write", "disk read"; "KV": a
@@ -55,9 +56,11 @@ gen_trace_io gen_harness_trace_io(const char *trace, const char *event, const ch
 /* That a --trace file of cli_dir of gen_harness_wide_model's job (2 layers,
  * 2 GPU batches, 200 new tokens) with its KV on disk shows a prefill
  * writing each record whole and every decode step moving a part of it:
- * writes under a quarter of a record, reads of the slots in use (from
- * under a quarter at the first step to at most the record). what: the run,
- * for the messages. @return the disk reads. */
+ * writes of a row log's entry (a sixteenth of a record at most) but where
+ * a full log writes back the slots in use (at most one step in eight),
+ * reads of the slots in use (from under a quarter at the first step to at
+ * most the record). what: the run, for the messages. @return the disk
+ * reads. */
 gen_trace_io gen_harness_disk_kv_moves(const char *trace, const char *what);
 
 #endif

@@ -418,7 +418,7 @@ static const fault_case pass_cases[] = {
     {"op=write,nth=150,errno=EIO,path=kv.bin", "off/kv.bin: write of", "Input/output error", 0},
     {"op=write,nth=300,times=0,errno=ENOSPC,path=kv.bin", "off/kv.bin: write of",
      "No space left on device", 0},
-    {"op=write,nth=100,short=0,path=kv.bin", "off/kv.bin: write of", "Input/output error", 0},
+    {"op=write,nth=200,short=0,path=kv.bin", "off/kv.bin: write of", "Input/output error", 0},
     {"op=read,nth=250,errno=EIO,path=kv.bin", "off/kv.bin: read of", "Input/output error", 0},
     {"op=read,nth=200,errno=EIO,path=weights.bin", "off/weights.bin: read of",
      "Input/output error", 0},

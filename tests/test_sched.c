@@ -1148,24 +1148,6 @@ static void decode_on_record(const sched *s, char *rec, const float *q, const fl
     free(scr);
 }
 
-/* Whether runs ios[0, n) of rec (fd 7 at file offset off, write or read)
- * are ordered, aligned, apart and inside a record of stride bytes.
- * @return the bytes they move. */
-static size_t check_runs(const off_io *ios, int n, const char *rec, size_t stride, int write,
-                         uint64_t off)
-{
-    size_t moved = 0;
-    for (int i = 0; i < n; i++) {
-        size_t at = (size_t)((const char *)ios[i].buf - rec);
-        cr_assert(ios[i].fd == 7 && ios[i].write == write && at % OFF_ALIGN == 0 &&
-                  ios[i].len % OFF_ALIGN == 0 && at + ios[i].len <= stride &&
-                  ios[i].offset == off + at, "run %d: %zu + %zu", i, at, ios[i].len);
-        cr_assert(i == 0 || (char *)ios[i].buf > (char *)ios[i - 1].buf + ios[i - 1].len);
-        moved += ios[i].len;
-    }
-    return moved;
-}
-
 /* That the record disk holds what the next step reads: the K, V,
  * positions and (where kept) scores of the slots that s's batch-1
  * sequences use after this step, as in after (the step over the whole
@@ -1193,16 +1175,41 @@ static void assert_next_step_reads(const sched *s, const char *disk, const char 
     }
 }
 
-/* One decode step of the CPU kernels over a disk record of n_seq
- * sequences, as the lanes move it: the step loads the runs of
- * sched_kv_live_runs into a stage of garbage (NaN) and computes exactly
- * what it computes over the whole record; every byte the step changed lies
- * in a run of sched_kv_dirty_runs; and the record on disk after those runs
- * holds every slot the next step reads as the whole record would. Both
- * move `less` (1: under half the record, 0: any). Sequences: idle, filling
- * (n_slots < budget) and, with evict, evicting (H2O with scores, window
- * without). */
-static void dirty_step(int n_seq, int kvh, int hd, int cap, int scores, int less, int evict)
+/* The requests ios[0, n) against a file image: a read copies the image's
+ * bytes into its buffer, a write the other way. Each is aligned, on fd 7
+ * and inside the image of size bytes. @return the bytes they move. */
+static size_t image_rw(char *image, size_t size, const off_io *ios, int n, int write)
+{
+    size_t moved = 0;
+    for (int i = 0; i < n; i++) {
+        const off_io *io = &ios[i];
+        cr_assert(io->fd == 7 && io->write == write && io->offset % OFF_ALIGN == 0 &&
+                  io->len % OFF_ALIGN == 0 && (uintptr_t)io->buf % OFF_ALIGN == 0 &&
+                  io->offset + io->len <= size, "request %d: %zu at %llu", i, io->len,
+                  (unsigned long long)io->offset);
+        if (write)
+            memcpy(image + io->offset, io->buf, io->len);
+        else
+            memcpy(io->buf, image + io->offset, io->len);
+        moved += io->len;
+    }
+    return moved;
+}
+
+/* Decode steps of the CPU kernels over GPU batch 1's disk record of layer
+ * 0 (n_seq sequences), moved as the lanes move it, against the same steps
+ * over a record that never leaves memory (truth): each step loads
+ * (sched_kv_load_runs: the live runs, every third step the whole record,
+ * and the row log's entries) into a stage of garbage (NaN), applies the
+ * log, and computes bit for bit what the truth's step computes; its store
+ * (sched_kv_store_runs) goes to a file image. So whatever the appends and
+ * the write-backs of a full log leave on "disk", the next step reads what
+ * it would read in memory. staged: the CUDA path between (the slots in use
+ * copied on into a device stage of NaNs and back into another host stage
+ * of NaNs). Steps run past two full logs, and append a fraction of the
+ * record. Sequences: idle, filling (n_slots < budget) and, with evict,
+ * evicting (H2O with scores, window without). */
+static void log_steps(int n_seq, int kvh, int hd, int cap, int scores, int evict, int staged)
 {
     sched s;
     memset(&s, 0, sizeof s);
@@ -1210,35 +1217,47 @@ static void dirty_step(int n_seq, int kvh, int hd, int cap, int scores, int less
     g->KVH = kvh;
     g->H = 2 * kvh; /* two query heads a KV head */
     g->hd = hd;
+    g->L = 1;
+    g->K = 2;
     g->gbs = n_seq + 1;
     g->kv_seq0[SCHED_DISK] = 1; /* the batch's first sequence elsewhere */
     g->kv_n[SCHED_DISK] = n_seq;
     g->kv_row = (size_t)hd * sizeof(float);
     g->kv[SCHED_DISK] = sched_kv_layout(g, n_seq, cap, scores);
     g->kv_disk_stride = off_align_up(g->kv[SCHED_DISK].bytes);
+    sched_kv_log_geom(g);
+    cr_assert(g->kv_log_cap >= 2 && g->kv_log_entry % OFF_ALIGN == 0 &&
+              g->kv_log_entry < g->kv_disk_stride / 4, "a log of %d entries of %zu bytes",
+              g->kv_log_cap, g->kv_log_entry);
+    g->kv_log_at = 2 * g->kv_disk_stride;
     s.sh.cap = cap;
+    s.kv_fd = 7;
+    uint8_t log_n[2] = {0, 0};
+    s.kv_log_n = log_n;
     const kv_layout *kl = &g->kv[SCHED_DISK];
     size_t stride = g->kv_disk_stride, n_pages = stride / OFF_ALIGN;
+    size_t log_bytes = sched_kv_log_bytes(g), size = 2 * (stride + log_bytes);
     kern_seq *bseq = calloc((size_t)2 * g->gbs, sizeof(kern_seq)); /* batch k = 1 */
     s.bseq = bseq;
     kern_seq *seqs = bseq + g->gbs + 1;
-    char *before = off_alloc_aligned(stride), *after = off_alloc_aligned(stride);
-    char *stage = off_alloc_aligned(stride), *disk = off_alloc_aligned(stride);
-    cr_assert(bseq && before && after && stage && disk);
+    char *truth = off_alloc_aligned(stride), *stage = off_alloc_aligned(stride);
+    char *dev = off_alloc_aligned(stride), *host2 = off_alloc_aligned(stride);
+    char *image = off_alloc_aligned(size), *whole = off_alloc_aligned(stride);
+    void *log_ld = off_alloc_aligned(log_bytes), *log_st = off_alloc_aligned(log_bytes);
+    cr_assert(bseq && truth && stage && dev && host2 && image && whole && log_ld && log_st);
     uint64_t r = 12345;
     for (size_t i = 0; i < stride; i++)
-        before[i] = (char)((r = r * 6364136223846793005ULL + 1442695040888963407ULL) >> 56);
+        truth[i] = (char)((r = r * 6364136223846793005ULL + 1442695040888963407ULL) >> 56);
     for (int j = 0; j < n_seq; j++) {
         kern_seq *q = &seqs[j];
         q->budget = cap - j % 3;
-        q->n_past = evict && j % 3 == 2 ? cap + 5 + j : 1 + j % (cap - 2); /* evicting, filling */
+        q->n_past = evict && j % 3 == 2 ? cap + 5 + j : 1 + j % (cap / 2); /* evicting, filling */
         q->n_slots = q->n_past < q->budget ? q->n_past : q->budget;
-        q->n_new = j % 4 != 3; /* every fourth idle */
         q->row = j;
         q->sinks = 1;
         q->recent = 2;
         for (int h = 0; h < kvh; h++) { /* distinct positions, the newest last but shuffled */
-            int32_t *pos = (int32_t *)(before + kl->pos) + ((size_t)j * kvh + h) * cap;
+            int32_t *pos = (int32_t *)(truth + kl->pos) + ((size_t)j * kvh + h) * cap;
             for (int i = 0; i < q->n_slots; i++)
                 pos[i] = q->n_past - q->n_slots + i;
             for (int i = q->n_slots - 1; i > 1; i--) {
@@ -1249,124 +1268,113 @@ static void dirty_step(int n_seq, int kvh, int hd, int cap, int scores, int less
             }
             if (scores)
                 for (int i = 0; i < cap; i++)
-                    ((float *)(before + kl->scores))[((size_t)j * kvh + h) * cap + i] =
+                    ((float *)(truth + kl->scores))[((size_t)j * kvh + h) * cap + i] =
                         (float)(i % 7);
         }
     }
-    memcpy(after, before, stride);
+    memcpy(image + stride, truth, stride); /* the prefill's whole store */
     size_t ld = (size_t)g->H * hd, nv = (size_t)n_seq * ld;
     float *q = calloc(nv, sizeof(float)), *kv = calloc(nv, sizeof(float));
     float *out = calloc(nv, sizeof(float)), *out2 = calloc(nv, sizeof(float));
     float *self_p = calloc((size_t)n_seq * kvh, sizeof(float));
     float *self_p2 = calloc((size_t)n_seq * kvh, sizeof(float));
-    cr_assert(q && kv && out && out2 && self_p && self_p2);
-    for (size_t i = 0; i < nv; i++)
-        q[i] = kv[i] = (float)((i * 37) % 11) / 11.0f;
-    decode_on_record(&s, after, q, kv, out, self_p);
-    off_io *ios = malloc(sizeof(off_io) * ((n_pages + 1) / 2));
+    off_io *ios = malloc(sizeof(off_io) * sched_kv_max_runs(g));
     uint8_t *pages = malloc(n_pages);
-    cr_assert(ios && pages);
-
-    /* the load: only the live runs reach a stage of NaNs */
-    memset(stage, 0xff, stride);
-    int n = sched_kv_live_runs(&s, 1, stage, 7, 4096 * 3, ios, pages);
-    cr_assert(n >= 1 && (size_t)n <= (n_pages + 1) / 2, "%d runs", n);
-    size_t read = check_runs(ios, n, stage, stride, 0, 4096 * 3);
-    for (int i = 0; i < n; i++)
-        memcpy(ios[i].buf, before + ((char *)ios[i].buf - stage), ios[i].len);
-    if (less)
-        cr_assert_lt(read, stride / 2, "%zu of %zu bytes read", read, stride);
-    decode_on_record(&s, stage, q, kv, out2, self_p2);
-    cr_assert(memcmp(out, out2, nv * sizeof(float)) == 0, "the step read past the live runs");
-    cr_assert(memcmp(self_p, self_p2, (size_t)n_seq * kvh * sizeof(float)) == 0);
-
-    n = sched_kv_dirty_runs(&s, 1, n_seq, after, 7, 4096 * 3, ios, pages);
-    cr_assert(n >= 1 && (size_t)n <= (n_pages + 1) / 2, "%d runs", n);
-    size_t written = check_runs(ios, n, after, stride, 1, 4096 * 3), changed = 0;
-    for (size_t b = 0; b < kl->bytes; b++) {
-        if (before[b] == after[b])
-            continue;
-        changed++;
-        int in = 0;
-        for (int i = 0; i < n && !in; i++) {
-            size_t at = (size_t)((char *)ios[i].buf - after);
-            in = b >= at && b < at + ios[i].len;
-        }
-        cr_assert(in, "byte %zu changed (kc %zu vc %zu pos %zu scores %zu) but is not written",
-                  b, kl->kc, kl->vc, kl->pos, kl->scores);
-    }
-    cr_assert_gt(changed, 0);
-    if (less)
-        cr_assert_lt(written, stride / 2, "%zu of %zu bytes written", written, stride);
-
-    /* the write-back from the partly loaded stage, and the whole one that
-     * a step the runs cannot account for makes: the record on disk holds
-     * what the next step reads */
-    for (int whole = 0; whole < 2; whole++) {
-        memcpy(disk, before, stride);
-        n = whole ? 1 : sched_kv_dirty_runs(&s, 1, n_seq, stage, 7, 0, ios, pages);
-        if (whole)
-            ios[0] = (off_io){7, 1, stage, stride, 0};
-        for (int i = 0; i < n; i++)
-            memcpy(disk + ((char *)ios[i].buf - stage), ios[i].buf, ios[i].len);
-        assert_next_step_reads(&s, disk, after, whole ? "whole write-back" : "write-back");
-    }
-
-    /* the staged path (CUDA): the live runs into the lane's host stage,
-     * the slots in use copied on into a device stage of NaNs, the step,
-     * its slots in use (one more) copied back into the store lane's host
-     * stage of NaNs and written back from there; and a CPU-tier record,
-     * copied from its home into the stage and back */
+    cr_assert(q && kv && out && out2 && self_p && self_p2 && ios && pages);
     backend be;
     cr_assert_eq(backend_cpu_create(1, &be), 0);
     s.be = &be;
-    char *dev = off_alloc_aligned(stride), *host2 = off_alloc_aligned(stride);
-    cr_assert(dev && host2);
-    int n_ld = sched_kv_live_slots(&s, SCHED_DISK, 1, 0);
-    int n_st = sched_kv_live_slots(&s, SCHED_DISK, 1, 1);
-    int most = 0;
-    for (int j = 0; j < n_seq; j++)
-        most = seqs[j].n_slots > most ? seqs[j].n_slots : most;
-    cr_assert(n_ld == most && n_st == (most + 1 < cap ? most + 1 : cap), "%d %d of %d", n_ld,
-              n_st, most);
-    for (int home = 0; home < 2; home++) {
+
+    int steps = 2 * (g->kv_log_cap + 1) + 3, appends = 0, write_backs = 0;
+    for (int step = 0; step < steps; step++) {
+        for (int j = 0; j < n_seq; j++) /* every fourth idle, another each step */
+            seqs[j].n_new = (j + step) % 4 != 3;
+        for (size_t i = 0; i < nv; i++)
+            q[i] = kv[i] = (float)((i * 37 + (size_t)step * 5) % 11) / 11.0f;
+        int e = log_n[1];
         memset(stage, 0xff, stride);
-        memset(dev, 0xff, stride);
-        memset(host2, 0xff, stride);
-        if (home) { /* a CPU-tier record: its home is the record itself */
-            memcpy(stage, before, stride);
-        } else {
-            n = sched_kv_live_runs(&s, 1, stage, 7, 0, ios, pages);
-            for (int i = 0; i < n; i++)
-                memcpy(ios[i].buf, before + ((char *)ios[i].buf - stage), ios[i].len);
+        int live = step % 3 != 2;
+        int n = sched_kv_load_runs(&s, 0, 1, live, stage, log_ld, ios, pages);
+        cr_assert(n >= 1 && (size_t)n <= sched_kv_max_runs(g), "%d requests", n);
+        size_t read = image_rw(image, size, ios, n, 0);
+        cr_assert(ios[n - 1].offset + ios[n - 1].len <= (e ? size : 2 * stride),
+                  "the record's requests end in its log");
+        cr_assert(!e || (ios[n - 1].buf == log_ld && ios[n - 1].len == e * g->kv_log_entry),
+                  "step %d: the log's %d entries", step, e);
+        if (live && step == 0)
+            cr_assert_lt(read, stride / 2, "%zu of %zu bytes read", read, stride);
+        sched_kv_log_apply(&s, 0, 1, stage, log_ld);
+        char *rec = stage; /* what the step computes on and stores from */
+        if (staged) {
+            memset(dev, 0xff, stride);
+            memset(host2, 0xff, stride);
+            int64_t b = sched_kv_copy_live(&s, SCHED_DISK, BACKEND_Q_H2D, dev, stage,
+                                           sched_kv_live_slots(&s, SCHED_DISK, 1, 0), 1);
+            cr_assert(b > 0 && (size_t)b <= kl->bytes, "%lld bytes copied", (long long)b);
+            rec = dev;
         }
-        int64_t b = sched_kv_copy_live(&s, SCHED_DISK, BACKEND_Q_H2D, dev, stage, n_ld, 1);
-        cr_assert(b > 0 && (size_t)b < kl->bytes, "%lld bytes copied", (long long)b);
-        decode_on_record(&s, dev, q, kv, out2, self_p2);
-        cr_assert(memcmp(out, out2, nv * sizeof(float)) == 0, "the step read past the copy");
-        b = sched_kv_copy_live(&s, SCHED_DISK, BACKEND_Q_D2H, home ? stage : host2, dev, n_st, 1);
-        cr_assert(b > 0);
-        memcpy(disk, before, stride);
-        if (home) {
-            memcpy(disk, stage, stride);
-        } else {
-            n = sched_kv_dirty_runs(&s, 1, n_seq, host2, 7, 0, ios, pages);
-            for (int i = 0; i < n; i++)
-                memcpy(disk + ((char *)ios[i].buf - host2), ios[i].buf, ios[i].len);
+        decode_on_record(&s, truth, q, kv, out, self_p);
+        decode_on_record(&s, rec, q, kv, out2, self_p2);
+        cr_assert(memcmp(out, out2, nv * sizeof(float)) == 0,
+                  "step %d (%d entries in the log): the step read other keys or values", step, e);
+        cr_assert(memcmp(self_p, self_p2, (size_t)n_seq * kvh * sizeof(float)) == 0);
+        if (staged) {
+            int64_t b = sched_kv_copy_live(&s, SCHED_DISK, BACKEND_Q_D2H, host2, dev,
+                                           sched_kv_live_slots(&s, SCHED_DISK, 1, 1), 1);
+            cr_assert(b > 0);
+            rec = host2;
         }
-        assert_next_step_reads(&s, disk, after, home ? "CPU-tier path" : "staged disk path");
+        int next = -1;
+        n = sched_kv_store_runs(&s, 0, 1, n_seq, rec, log_st, ios, pages, &next);
+        size_t written = image_rw(image, size, ios, n, 1);
+        if (e < g->kv_log_cap) { /* an entry at the log's end, the scores' pages before it */
+            cr_assert(next == e + 1 && ios[n - 1].buf == log_st &&
+                      ios[n - 1].len == g->kv_log_entry &&
+                      ios[n - 1].offset == g->kv_log_at + log_bytes + e * g->kv_log_entry,
+                      "step %d: the entry after %d", step, e);
+            cr_assert(n <= (scores ? 3 : 1), "step %d: %d requests", step, n);
+            cr_assert_lt(written, stride / 4, "%zu of %zu bytes written", written, stride);
+            appends++;
+        } else { /* a full log: the slots in use written back, the log empty */
+            cr_assert(next == 0 && ios[n - 1].offset + ios[n - 1].len <= 2 * stride);
+            write_backs++;
+        }
+        log_n[1] = (uint8_t)next;
+        for (int j = 0; j < n_seq; j++) {
+            kern_seq *sq = &seqs[j];
+            sq->n_past += sq->n_new;
+            sq->n_slots = sq->n_past < sq->budget ? sq->n_past : sq->budget;
+        }
+    }
+    cr_assert(appends >= 2 * g->kv_log_cap && write_backs == 2, "%d appends, %d write-backs",
+              appends, write_backs);
+
+    /* the record read whole (a prefill's or a KV copy's read) holds what
+     * the next step reads; so does it after a step that the runs cannot
+     * account for writes it whole and empties the log */
+    for (int lost = 0; lost < 2; lost++) {
+        for (int j = 0; j < n_seq; j++) /* (the slots in use as they are) */
+            seqs[j].n_new = 0;
+        memset(whole, 0xff, stride);
+        int n = sched_kv_load_runs(&s, 0, 1, 0, whole, log_ld, ios, pages);
+        image_rw(image, size, ios, n, 0);
+        sched_kv_log_apply(&s, 0, 1, whole, log_ld);
+        assert_next_step_reads(&s, whole, truth, lost ? "whole write-back" : "whole read");
+        if (lost || !evict)
+            break;
+        for (int j = 0; j < n_seq; j++)
+            seqs[j].n_new = 1;
+        seqs[2].n_past += 1000; /* an evicting sequence's token that no slot holds */
+        int next = -1;
+        n = sched_kv_store_runs(&s, 0, 1, n_seq, whole, log_st, ios, pages, &next);
+        cr_assert(n == 1 && ios[0].buf == whole && ios[0].len == stride && next == 0,
+                  "%d requests", n);
+        image_rw(image, size, ios, n, 1);
+        log_n[1] = 0;
+        seqs[2].n_past -= 1000;
     }
     s.be = NULL;
     backend_destroy(&be);
-    free(dev);
-    free(host2);
-
-    /* a new token whose position no slot holds: the whole record (an
-     * evicting sequence's; a filling one's goes to slot n_slots) */
-    memcpy(after, before, stride);
-    seqs[2].n_past += 1000;
-    n = sched_kv_dirty_runs(&s, 1, n_seq, after, 7, 0, ios, pages);
-    cr_assert(!evict || (n == 1 && ios[0].buf == after && ios[0].len == stride));
     free(ios);
     free(pages);
     free(q);
@@ -1376,20 +1384,24 @@ static void dirty_step(int n_seq, int kvh, int hd, int cap, int scores, int less
     free(self_p);
     free(self_p2);
     free(bseq);
-    free(before);
-    free(after);
+    free(truth);
     free(stage);
-    free(disk);
+    free(dev);
+    free(host2);
+    free(image);
+    free(whole);
+    free(log_ld);
+    free(log_st);
 }
 
-Test(sched, a_decode_step_reads_the_live_slots_and_writes_back_what_it_changed)
+Test(sched, a_decode_step_reads_the_live_slots_and_logs_what_it_changed)
 {
-    dirty_step(9, 2, 64, 300, 1, 1, 1); /* H2O: long rows of a pair, requests apart */
-    dirty_step(9, 2, 64, 300, 0, 1, 1); /* window: no scores */
-    dirty_step(9, 2, 64, 300, 0, 1, 0); /* full: every cache filling */
-    dirty_step(6, 4, 128, 97, 1, 1, 1); /* rows of 512 bytes, four KV heads */
-    dirty_step(5, 1, 16, 20, 1, 0, 1);  /* a short cache: merged into nearly the whole */
-    dirty_step(5, 1, 16, 20, 0, 0, 0);
+    log_steps(9, 2, 64, 300, 1, 1, 0); /* H2O: long rows of a pair, requests apart */
+    log_steps(9, 2, 64, 300, 0, 1, 0); /* window: no scores */
+    log_steps(9, 2, 64, 300, 0, 0, 0); /* full: every cache filling */
+    log_steps(6, 4, 128, 97, 1, 1, 0); /* rows of 512 bytes, four KV heads */
+    log_steps(9, 2, 64, 300, 1, 1, 1); /* the staged (CUDA) path */
+    log_steps(9, 2, 64, 300, 0, 0, 1);
 }
 
 /* With the KV cache on disk and rows long enough (a model of head_dim
