@@ -140,7 +140,8 @@ int sched_cost_eval(const sched_model *c, size_t es, const sched_policy *p,
     /* a step reads the slots in use of a disk record */
     double kv_d_step = L * K * sched_kv_step_load_bytes(&g, sh->cap, prompt_len, gen_len);
     t[COST_DISK_READ] = secs(w_disk + kv_d_step + x.step_disk, hw->disk_read);
-    /* a step writes back the pages of a disk record that it changed */
+    /* a step appends to a disk record's row log, and writes back its slots in
+     * use where the log is full */
     t[COST_DISK_WRITE] = secs(L * K * sched_kv_step_store_bytes(&g, sh->cap, prompt_len, gen_len) +
                                   x.step_disk,
                               hw->disk_write);

@@ -192,7 +192,7 @@ typedef struct sched_task {
     size_t bytes;          /* payload */
     int kv_seqs;           /* a decode step's store of a disk KV record: how many of its
                             * sequences are in the pass (only what they changed is
-                            * written, sched_kv_dirty_runs); 0: the whole payload */
+                            * written, sched_kv_store_runs); 0: the whole payload */
     int kv_live;           /* a decode step's KV record whose sequences are all in the
                             * pass: only their slots in use move (disk reads
                             * sched_kv_load_runs, copies sched_kv_copy_live) */
@@ -307,8 +307,9 @@ void sched_kv_where(const sched_geom *g, int seq, int *k, int *t, int *j);
 /* Account bytes moved over link (SCHED_LINK_*) in secs (0: not timed). */
 void sched_link_add(struct sched *s, int link, uint64_t bytes, double secs);
 
-/* Clean pages a write-back request takes in between dirty ones rather
- * than splitting: a request costs about as much as 32 KiB more of it does
+/* Pages a request of a disk KV record's pages (a load's slots in use, a
+ * write-back) takes in between the ones it needs rather than splitting:
+ * a request costs about as much as 32 KiB more of it does
  * (this VM's disk, fio 4 KiB random writes at depth 64: 144k IOPS, against
  * 2.6 GB/s in large ones: 18 KiB; our engine reached half that rate while
  * both cores computed). Records of short caches so write nearly whole. */
