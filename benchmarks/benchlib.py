@@ -57,14 +57,19 @@ def plan_tiers(cmd):
     """Bytes per tier of `flexh2o generate ... --plan` (cmd without --plan):
     {tier: {weights, kv, act, stage, work, total}} for tier in gpu, cpu, disk. The
     disk share of the weights read from a weight store as it is counts in the disk
-    tier's weights (it is read from disk each step) and alone in disk["store"]."""
+    tier's weights (it is read from disk each step) and alone in disk["store"]; the
+    disk KV's row logs (scheduler/kv_dirty.c: new rows not yet written back, not KV
+    of their own) are left out of its kv and alone in disk["kv_log"]."""
     r = sh(cmd + ["--plan"])
     tiers = {}
-    store = 0.0
+    store = kv_log = 0.0
     for line in r.stdout.splitlines():
         m = re.search(r"disk share read from the weight store: ([\d.]+) GiB", line)
         if m:
             store = float(m.group(1)) * 2**30
+        m = re.search(r"disk KV: ([\d.]+) GiB of it the records' row logs", line)
+        if m:
+            kv_log = float(m.group(1)) * 2**30
         m = re.match(r"\[flexh2o\] plan\s+(gpu|cpu|disk)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+"
                      r"([\d.]+)\s+([\d.]+)\s+([\d.]+)", line)
         if m:
@@ -74,6 +79,8 @@ def plan_tiers(cmd):
     if "disk" in tiers:
         tiers["disk"]["weights"] += store
         tiers["disk"]["store"] = store
+        tiers["disk"]["kv"] -= kv_log
+        tiers["disk"]["kv_log"] = kv_log
     return tiers
 
 

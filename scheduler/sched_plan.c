@@ -276,6 +276,7 @@ int sched_plan_geom(const sched_model *m, size_t es, const sched_policy *p,
     for (int t = 0; t < SCHED_TIERS; t++)
         b[t][SCHED_KV] = t == SCHED_DISK ? L * K * (g.kv_disk_stride + sched_kv_log_bytes(&g))
                                          : L * K * g.kv[t].bytes;
+    out->kv_log = L * K * sched_kv_log_bytes(&g);
     b[g.act_tier][SCHED_ACT] = K * (g.act_tier == SCHED_DISK ? g.x_disk_stride : g.x_bytes);
 
     uint64_t stage = 0;
@@ -387,6 +388,9 @@ void sched_plan_print(FILE *f, const sched_plan *pl)
                         "%d layers, %.2f%% in %d (--weight-layers)\n", tier[i],
                         pl->w_cut[i][0], pl->L - pl->w_up[i], pl->w_cut[i][1], pl->w_up[i]);
     }
+    if (pl->kv_log)
+        fprintf(f, "[flexh2o] plan        disk KV: %.3f GiB of it the records' row logs\n",
+                gib(pl->kv_log));
     if (pl->w_store)
         fprintf(f, "[flexh2o] plan        weights' disk share read from the weight store: "
                 "%.3f GiB (not in the disk tier's total)\n", gib(pl->w_store));

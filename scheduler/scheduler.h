@@ -408,6 +408,8 @@ typedef struct sched_plan {
                         * with the layers bf16, or 4-bit expanded into bf16), or 0 */
     int kv_fmt;        /* the KV rows' format (kern_kv_fmt) */
     uint64_t widen;  /* of the GPU tier's work: the scratch a layer widens into */
+    uint64_t kv_log;  /* of the disk tier's KV: the records' row logs (a decode step's
+                       * new rows until they are written back, scheduler/kv_dirty.c) */
     uint64_t w_store; /* the layers' disk share read from a weight store as it is
                        * (sched_shape.weights_on_disk_already): on disk, but not in
                        * bytes[SCHED_DISK], which is what offload_dir must hold */

@@ -1432,6 +1432,13 @@ Test(sched, a_decode_step_moves_a_fraction_of_a_disk_kv_record)
             assert_same(a, b, "evictions, KV on disk");
         snprintf(t, sizeof t, "wt%d.json", i);
         gen_trace_io r = gen_harness_disk_kv_moves(t, kv[i][0] ? kv[i] : "full cache");
+        /* --plan counts the records' row logs in the disk tier's KV, and says so */
+        cr_assert_eq(cli_run("%s %s --out wp.jsonl --percent 100 0 0 0 100 0 --offload-dir off "
+                             "--plan", run, kv[i]), 0, "%s", cli_err);
+        char *plan = cli_read("stdout.txt");
+        cr_assert(strstr(plan, "[flexh2o] plan        disk KV: 0.000 GiB of it the records' "
+                               "row logs"), "%s", plan);
+        free(plan);
         double record = gen_harness_trace_io(t, "disk write", NULL).prefill;
         if (i == 0) /* slots 1-9 to 208 of 209 */
             cr_assert_lt(r.decode_sum / r.n_decode, 0.7 * record, "%.0f bytes a read",

@@ -56,6 +56,26 @@ class LiveSlots(unittest.TestCase):
             self.assertAlmostEqual(half["terms"][term], whole["terms"][term] / 2, places=9)
 
 
+class PlanTiers(unittest.TestCase):
+    """--plan's disk KV holds the records' row logs; the bound's KV bytes do not."""
+
+    def test_row_logs_leave_the_disk_kv(self):
+        out = ("[flexh2o] plan (GiB)  tier    weights       KV      act  staging     work    total\n"
+               "[flexh2o] plan        gpu       0.500    0.000    0.010    0.100    0.200    0.810\n"
+               "[flexh2o] plan        cpu       1.000    0.000    0.000    0.050    0.000    1.050\n"
+               "[flexh2o] plan        disk      0.000    2.200    0.000    0.000    0.000    2.200\n"
+               "[flexh2o] plan        disk KV: 0.200 GiB of it the records' row logs\n")
+        real = benchlib.sh
+        benchlib.sh = lambda cmd: subprocess.CompletedProcess(cmd, 0, out, "")
+        try:
+            tiers = benchlib.plan_tiers(["flexh2o", "generate"])
+        finally:
+            benchlib.sh = real
+        self.assertAlmostEqual(tiers["disk"]["kv"], 2.0 * 2**30, places=3)
+        self.assertAlmostEqual(tiers["disk"]["kv_log"], 0.2 * 2**30, places=3)
+        self.assertAlmostEqual(tiers["disk"]["total"], 2.2 * 2**30, places=3)
+
+
 class Machine(unittest.TestCase):
     INFO = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: {m}\n"
             "model name\t: Intel(R) Xeon(R) Processor\nstepping\t: 1\n\n"
