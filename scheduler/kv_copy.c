@@ -120,8 +120,8 @@ static int disk_record(sched *s, int write, void *buf, int l, int k)
                      ((uint64_t)l * g->K + k) * g->kv_disk_stride};
         FORWARD_IF(off_disk_rw(s->disk, &io, 1, what));
         s->kv_log_n[(size_t)l * g->K + k] = 0;
-    } else { /* with its row log (into stage slot 0's, idle) applied */
-        bytes = sched_kv_read_record(s, l, k, buf, s->kv_log[0], what);
+    } else { /* with its row log (into lane 0's, idle) applied */
+        bytes = sched_kv_read_record(s, l, k, buf, s->lane[0].log, what);
         FORWARD_IF((int)(bytes < 0 ? bytes : 0));
     }
     sched_link_add(s, write ? SCHED_LINK_CPU_DISK : SCHED_LINK_DISK_CPU, (uint64_t)bytes,

@@ -31,17 +31,13 @@
  * side, as FlexGen stores only the new token) and the pages of the scores
  * in use (a run: they change wholesale); a load reads the slots in use and
  * the log's entries, and applies the entries in order (the last write of a
- * slot wins). When the log is full, the store writes back the pages
- * holding the slots that its entries and this step wrote instead (the
- * load read the entries into the stage slot's log buffer, which the slot's
- * next load waits for this store to free), and the log starts over: a
- * filling cache's c + 1 new rows of a (sequence, head) lie side by side,
- * a page or two. A log of c entries adds c / 2 of them to a load on
- * average, so c is about sqrt(2 record / entry) (sched_kv_log_geom: the
- * write-backs cost at most the record once every c + 1 steps; 33 entries
- * of 68 KiB beside a record of 37 MiB for opt-1.3b's 8 sequences of 544
- * slots). The log's length lives in memory (sched.kv_log_n): kv.bin is
- * scratch that no run reads back.
+ * slot wins). When the log is full, the store writes the pages of the
+ * slots in use instead, and the log starts over. A log of c entries adds
+ * c / 2 of them to a load on average and writes the slots in use once
+ * every c + 1 steps, so c is about sqrt(2 record / entry) (sched_kv_log_geom;
+ * 33 entries of 68 KiB beside a record of 37 MiB for opt-1.3b's 8
+ * sequences of 544 slots). The log's length lives in memory
+ * (sched.kv_log_n): kv.bin is scratch that no run reads back.
  *
  * The victim is chosen on the device (kern_kv_insert); here it is found
  * again as the one slot of the sequence holding the new token's position
@@ -152,19 +148,10 @@ void sched_kv_log_geom(sched_geom *g)
     g->kv_log_cap = c > KV_LOG_MAX ? KV_LOG_MAX : (int)c;
 }
 
-/* Flag the pages holding slot i (of all pairs' cap slots) of a disk
- * record: its K and V rows and its position. */
-static void mark_slot(const sched_geom *g, uint8_t *pages, size_t i)
-{
-    const kv_layout *kl = &g->kv[SCHED_DISK];
-    mark(pages, kl->kc + i * g->kv_row, g->kv_row);
-    mark(pages, kl->vc + i * g->kv_row, g->kv_row);
-    mark(pages, kl->pos + i * 4, 4);
-}
-
 /* Flag the pages holding the slots in use of GPU batch k's disk record:
- * [0, n_slots) of each of its sequences, idle ones included. */
-static void mark_live(const sched *s, int k, uint8_t *pages)
+ * [0, n_slots) of each of its sequences, idle ones included, one more for
+ * each of the first n_seq that decoded in the pass. */
+static void mark_live(const sched *s, int k, int n_seq, uint8_t *pages)
 {
     const sched_geom *g = &s->g;
     const kv_layout *kl = &g->kv[SCHED_DISK];
@@ -172,7 +159,8 @@ static void mark_live(const sched *s, int k, uint8_t *pages)
     int cap = s->sh.cap;
     const kern_seq *seqs = s->bseq + (size_t)k * g->gbs + g->kv_seq0[SCHED_DISK];
     for (int j = 0; j < g->kv_n[SCHED_DISK]; j++) {
-        int n = seqs[j].n_slots < cap ? seqs[j].n_slots : cap;
+        int n = seqs[j].n_slots + (j < n_seq && seqs[j].n_new > 0);
+        n = n < cap ? n : cap;
         if (n <= 0)
             continue;
         for (int h = 0; h < g->KVH; h++) {
@@ -195,7 +183,7 @@ int sched_kv_load_runs(const sched *s, int l, int k, int live, char *rec, void *
     int n = 1;
     if (live) {
         memset(pages, 0, n_pages);
-        mark_live(s, k, pages);
+        mark_live(s, k, 0, pages);
         n = runs_of(pages, n_pages, 0, rec, s->kv_fd, at, ios);
     } else {
         ios[0] = (off_io){s->kv_fd, 0, rec, g->kv_disk_stride, at};
@@ -255,22 +243,14 @@ int sched_kv_store_runs(const sched *s, int l, int k, int n_seq, const char *rec
                 en.pos[p] = ((const int32_t *)(rec + kl->pos))[base + slot];
                 memcpy(en.k + p * row, rec + kl->kc + (base + slot) * row, row);
                 memcpy(en.v + p * row, rec + kl->vc + (base + slot) * row, row);
-            } else {
-                mark_slot(g, pages, base + slot);
             }
             if (kl->scores != SIZE_MAX) /* the slots in use, the new one included */
                 mark(pages, kl->scores + base * 4,
                      4 * (size_t)(slot == q->n_slots ? q->n_slots + 1 : q->n_slots));
         }
     }
-    if (!append) { /* the log is full: the pages of the slots its entries (as the
-                    * load read them into log) and this step wrote; it starts over */
-        for (int x = 0; x < e; x++) {
-            log_entry le = entry_at(g, log, x);
-            for (size_t p = 0; p < log_pairs(g); p++)
-                if (le.slot[p] >= 0)
-                    mark_slot(g, pages, p * cap + (size_t)le.slot[p]);
-        }
+    if (!append) { /* the log is full: the slots in use, and it starts over */
+        mark_live(s, k, n_seq, pages);
         *log_n = 0;
         return runs_of(pages, n_pages, 1, (char *)rec, s->kv_fd, at, ios);
     }
@@ -311,20 +291,6 @@ static double live_record(const sched_geom *g, int cap, size_t n)
     return b < (double)g->kv_disk_stride ? b : (double)g->kv_disk_stride;
 }
 
-/* Bytes of the pages holding n changed rows of each pair's span of an
- * array of pairs x span bytes, rows of row bytes: side by side (a cache
- * filling) or a page apart each (victims), a request's cost a run; the
- * whole array where the gaps between them are too short to split it. */
-static double changed_bytes(size_t pairs, size_t span, size_t row, size_t n, int side_by_side)
-{
-    double span_pages = (double)span / OFF_ALIGN;
-    double pages = side_by_side ? (double)n * row / OFF_ALIGN + 1 : (double)n;
-    double runs = side_by_side ? 1 : (double)n;
-    if (span_pages - pages < runs * KV_MERGE_GAP)
-        return (double)pairs * span;
-    return (double)pairs * (pages + runs * KV_MERGE_GAP) * OFF_ALIGN;
-}
-
 /* The slots in use at decode step i (1..) of prompts of prompt_len. */
 static size_t slots_at(int i, int cap, int prompt_len)
 {
@@ -356,19 +322,11 @@ double sched_kv_step_store_bytes(const sched_geom *g, int cap, int prompt_len, i
     int scores = g->kv[SCHED_DISK].scores != SIZE_MAX;
     for (int i = 1; i <= steps; i++) {
         size_t n = slots_at(i, cap, prompt_len), n1 = n + 1 < (size_t)cap ? n + 1 : (size_t)cap;
-        double sc = scores ? live_bytes(log_pairs(g), (size_t)cap * 4, n1 * 4) + req : 0;
-        if (c && (i - 1) % (c + 1) < c) { /* an entry, and the scores in use */
-            sum += g->kv_log_entry + req + sc;
-            continue;
-        }
-        /* the log is full (or none): the pages of the c + 1 slots the log
-         * and this step wrote per pair, and the scores */
-        size_t P = log_pairs(g), row = g->kv_row, w = (size_t)c + 1;
-        int filling = n < (size_t)cap;
-        double b = 2 * changed_bytes(P, (size_t)cap * row, row, w, filling) +
-                   changed_bytes(P, (size_t)cap * 4, 4, w, filling) + sc;
-        double live = live_record(g, cap, n1);
-        sum += b < live ? b : live;
+        if (c && (i - 1) % (c + 1) < c) /* an entry, and the scores in use */
+            sum += g->kv_log_entry + req +
+                   (scores ? live_bytes(log_pairs(g), (size_t)cap * 4, n1 * 4) + req : 0);
+        else /* the log is full: the slots in use */
+            sum += live_record(g, cap, n1);
     }
     return sum / steps;
 }

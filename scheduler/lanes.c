@@ -103,7 +103,7 @@ static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
         const off_io *ios = &io;
         int n = 1;
         if (t->kv_disk) {
-            n = sched_kv_load_runs(s, t->layer, t->batch, t->kv_live, io.buf, t->log, l->runs,
+            n = sched_kv_load_runs(s, t->layer, t->batch, t->kv_live, io.buf, l->log, l->runs,
                                    l->pages);
             ios = l->runs;
             span = ios_bytes(ios, n);
@@ -111,7 +111,7 @@ static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
         if (n > 0)
             FORWARD_IF(off_disk_rw(s->disk, ios, n, what));
         if (t->kv_disk)
-            sched_kv_log_apply(s, t->layer, t->batch, io.buf, t->log);
+            sched_kv_log_apply(s, t->layer, t->batch, io.buf, l->log);
         double t1 = sched_trace_now();
         sched_link_add(s, SCHED_LINK_DISK_CPU, span, t1 - t0);
         trace_task(s, t, TRACK_DISK, "disk read", cat, tier, span, t0);
@@ -137,7 +137,7 @@ static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
         const off_io *ios = &io;
         int n = 1, log_n = 0;
         if (t->kv_seqs > 0) {
-            n = sched_kv_store_runs(s, t->layer, t->batch, t->kv_seqs, io.buf, t->log, l->runs,
+            n = sched_kv_store_runs(s, t->layer, t->batch, t->kv_seqs, io.buf, l->log, l->runs,
                                     l->pages, &log_n);
             ios = l->runs;
             span = ios_bytes(ios, n);
@@ -193,11 +193,16 @@ int sched_lanes_start(struct sched *s)
             RETURN_IF(((uintptr_t)l->stage & (OFF_ALIGN - 1)) != 0, -EINVAL,
                       "internal: host staging buffer is not %u-aligned", OFF_ALIGN);
         }
-        size_t n_pages = s->g.kv_disk_stride / OFF_ALIGN;
+        size_t n_pages = s->g.kv_disk_stride / OFF_ALIGN, log = sched_kv_log_bytes(&s->g);
         if (n_pages) {
             l->pages = malloc(n_pages);
             l->runs = malloc(sizeof(off_io) * sched_kv_max_runs(&s->g));
             RETURN_IF(!l->pages || !l->runs, -ENOMEM, "out of memory");
+        }
+        if (log) { /* (zeroed: an entry's unused rows are written as they are) */
+            l->log = off_alloc_aligned(log);
+            RETURN_IF(!l->log, -ENOMEM, "out of memory");
+            memset(l->log, 0, log);
         }
         if (s->pol.overlap) {
             int e = pthread_create(&l->thread, NULL, lane_main, l);
@@ -226,8 +231,10 @@ void sched_lanes_stop(struct sched *s)
         l->stage = NULL;
         free(l->pages);
         free(l->runs);
+        free(l->log);
         l->pages = NULL;
         l->runs = NULL;
+        l->log = NULL;
         pthread_mutex_destroy(&l->mu);
         pthread_cond_destroy(&l->cv);
         l->s = NULL;

@@ -167,13 +167,8 @@ static int alloc_kv(sched *s)
         rc = open_disk_file(s, "kv.bin",
                             (uint64_t)L * K * (g->kv_disk_stride + sched_kv_log_bytes(g)),
                             &s->kv_fd);
-        /* (the logs' buffers zeroed: an entry's unused rows go out as they are) */
-        size_t log = sched_kv_log_bytes(g);
         s->kv_log_n = calloc((size_t)L * K, 1);
-        for (int v = 0; v < 2 && log; v++)
-            if ((s->kv_log[v] = off_alloc_aligned(log)))
-                memset(s->kv_log[v], 0, log);
-        if (rc == 0 && (!s->kv_log_n || (log && (!s->kv_log[0] || !s->kv_log[1])))) {
+        if (rc == 0 && !s->kv_log_n) {
             err_set(__FILE__, __LINE__, "out of memory");
             rc = -ENOMEM;
         }
@@ -404,8 +399,8 @@ int sched_create(backend *be, const sched_model *m, const sched_policy *p,
         size_t lens[8] = {0};
         int n = 0;
         for (int v = 0; v < 2; v++) {
-            if (s->kv_log[v]) { /* a disk KV record's row log */
-                bufs[n] = s->kv_log[v];
+            if (s->lane[v].log) { /* a disk KV record's row log */
+                bufs[n] = s->lane[v].log;
                 lens[n++] = sched_kv_log_bytes(g);
             }
             if (g->host_stage) {
@@ -489,8 +484,6 @@ void sched_destroy(sched *s)
     free(s->w_view[1]);
     free(s->kv_gpu);
     free(s->kv_log_n);
-    free(s->kv_log[0]);
-    free(s->kv_log[1]);
     free(s->bseq);
     free(s->bdesc);
     free(s->blast);

@@ -198,7 +198,6 @@ typedef struct sched_task {
                             * sched_kv_load_runs, copies sched_kv_copy_live) */
     int kv_disk;           /* a disk KV record (of layer, batch): its row log goes
                             * along (sched_kv_load_runs, sched_kv_store_runs) */
-    void *log;             /* kv_disk: the stage slot's row log buffer (sched.kv_log) */
     int mark;              /* compute event to wait for first (EV_COMPUTE_*), -1: none */
     int dep_lane;          /* wait for that lane's task dep_ticket first, -1: none */
     uint64_t dep_ticket;
@@ -224,6 +223,7 @@ typedef struct sched_lane {
     uint8_t *pages;         /* (disk KV) a flag per page of a KV record */
     off_io *runs;           /* (disk KV) the record's pages to move as requests, and its
                             * row log's */
+    void *log;              /* (disk KV) a record's row log (aligned) */
 } sched_lane;
 
 struct sched {
@@ -271,9 +271,6 @@ struct sched {
     void *kv_cpu_arena;    /* (L * K) CPU homes */
     int kv_fd;
     uint8_t *kv_log_n;     /* (L * K) entries in each disk record's row log */
-    void *kv_log[2];       /* per stage slot: the row log of the disk record in it, as
-                            * its load read it (the store of a full log needs its
-                            * slots), then the store's entry; aligned */
     void *kv_stage[2][SCHED_TIERS]; /* per slot: staging of the CPU / disk segments */
 
     /* activations */
@@ -352,11 +349,10 @@ void sched_kv_log_apply(const struct sched *s, int l, int k, char *rec, const vo
  * l, computed at rec (host memory): an entry of its row log (built in log:
  * the new token's K and V rows and position per (sequence, KV head)) and
  * the pages of the scores in use; or, when the log is full, the pages of
- * the slots its entries (in log, as sched_kv_load_runs read them) and
- * this step wrote and of the scores, the log then empty; or the whole
- * record where a new token's slot cannot be found. *log_n: the entries of
- * the record's row log once they are done. ios, pages: as
- * sched_kv_load_runs's. @return the number of requests (kv_dirty.c). */
+ * the slots in use, the log then empty; or the whole record where a new
+ * token's slot cannot be found. *log_n: the entries of the record's row
+ * log once they are done. ios, pages: as sched_kv_load_runs's. @return the
+ * number of requests (kv_dirty.c). */
 int sched_kv_store_runs(const struct sched *s, int l, int k, int n_seq, const char *rec,
                         void *log, off_io *ios, uint8_t *pages, int *log_n);
 /* Read GPU batch k's disk KV record of layer l whole into rec, its row log

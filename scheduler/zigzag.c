@@ -220,7 +220,6 @@ static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch
         int in_pass = b->n_seq - g->kv_seq0[tier], decode = s->pass_kind == SCHED_PASS_DECODE;
         t->kv_live = decode && in_pass >= g->kv_n[tier];
         t->kv_disk = tier == SCHED_DISK;
-        t->log = s->kv_log[v];
         t->kv_seqs = tier == SCHED_DISK && lane == 1 && decode
                          ? (in_pass < g->kv_n[tier] ? in_pass : g->kv_n[tier]) : 0;
         int rc = submit_one(s, lane, t, v, &ticket);
@@ -230,7 +229,6 @@ static int64_t submit_item(sched *s, int lane, sched_task *t, int l, const batch
     if (g->act_tier != SCHED_GPU && want_act) {
         t->name = "activations";
         t->kv_seqs = t->kv_live = t->kv_disk = 0;
-        t->log = NULL;
         t->tier = g->act_tier;
         t->stage = s->x_stage[v];
         t->stage_host = 0;
