@@ -228,7 +228,7 @@ int sched_kv_store_runs(const sched *s, int l, int k, int n_seq, const char *rec
         const kern_seq *q = &seqs[j];
         for (int h = 0; h < g->KVH; h++) {
             size_t p = (size_t)j * g->KVH + h, base = p * cap;
-            int slot = j < n_seq && q->n_new > 0
+            int slot = j < n_seq && q->n_new > 0 /* (-2: no new token) */
                            ? new_slot(q, (const int32_t *)(rec + kl->pos) + base) : -2;
             if (slot == -1) { /* not found: the whole record */
                 ios[0] = (off_io){s->kv_fd, 1, (char *)rec, g->kv_disk_stride, at};
