@@ -382,6 +382,12 @@ Test(sampling, what_a_new_user_hits_first)
                          "--no-summary"), 0, "%s", cli_err);
     cr_assert_null(strstr(cli_err, "prompts on cpu"), "%s", cli_err);
     cr_assert_null(strstr(cli_err, "ETA > "), "%s", cli_err);
+    /* n completions that a block cannot hold: the line, n and the block, in English */
+    cli_write("n2.jsonl", "{\"id\": 1, \"prompt_ids\": [2, 100], \"n\": 2}\n");
+    cr_assert_eq(cli_run("generate --model m --prompts n2.jsonl --out o3.jsonl --quiet "
+                         "--batch-size 1 --strict"), 2, "%s", cli_err);
+    cr_assert(strstr(cli_err, "line 1: n = 2 completions, but a block holds 1 sequence; lower n "
+                              "or raise --batch-size"), "%s", cli_err);
 }
 
 /* Each out-of-range sampling control is named with the range it must be

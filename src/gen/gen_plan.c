@@ -88,8 +88,8 @@ static int check_request(const model_config *c, const tok *t, const job_prompt *
     FORWARD_IF(gen_split(c, &o->kv, p->n_ids, gen_max_new(p, o), p->line, &sp));
     *param = "n";
     RETURN_IF(block > 0 && p->par.n > block, -EINVAL,
-              "line %d: n = %d completions, but a block holds %d sequences; lower n or raise "
-              "--batch-size / --num-gpu-batches", p->line, p->par.n, block);
+              "line %d: n = %d completions, but a block holds %d sequence%s; lower n or raise "
+              "--batch-size / --num-gpu-batches", p->line, p->par.n, block, block == 1 ? "" : "s");
     *param = "stop";
     RETURN_IF(p->par.n_stop > 0 && !t, -EINVAL,
               "line %d: stop strings need the model's tokenizer (this model has none); use "
