@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """tests/test_placements.py: random jobs run twice, all-resident and under a random
 placement (weights, KV cache and activations over the GPU, CPU and disk tiers, block
-shapes, CPU attention, no overlap), must write byte-identical records: tokens,
-logprobs and all. Each job draws a fixture model of every family, prompts of random ids
-and lengths, n completions (the KV copy), a KV policy (full, H2O, window, streaming)
-and 4-bit KV. A property test beside sched/every_placement_equals_all_resident's fixed
-list: it explores the combinations. Seeded: the same jobs every run.
+shapes, CPU attention, no overlap, weights cut per layer), must write byte-identical
+records: tokens, logprobs and all. Each job draws a fixture model of every family,
+prompts of random ids and lengths, n completions (the KV copy), a KV policy (full, H2O,
+window, streaming), 4-bit KV and weights, greedy or sampled. A property test beside
+sched/every_placement_equals_all_resident's fixed list: it explores the combinations.
+Seeded: the same jobs every run.
 
     FLEXH2O_BIN=build/src/flexh2o python3 tests/test_placements.py [FIRST [COUNT]]
 
 (default: seeds 0-11; a session's wider sweep: e.g. 1000 100). Exit 1 on a difference
-or a failed run, naming the seed and the flags to repeat it."""
+or a failed run, naming the seed and how to repeat it."""
 import json
 import os
 import random
@@ -45,6 +46,10 @@ def job(seed, work):
     with open(prompts, "w") as f:
         f.write("\n".join(lines) + "\n")
     kv = r.choice(KV) + (" --compress-cache" if r.random() < 0.3 else "")
+    if r.random() < 0.25:
+        kv += " --compress-weight"
+    if r.random() < 0.3:  # sampled: the same draws wherever the caches live
+        kv += f" --temperature 0.8 --top-p 0.9 --seed {r.randint(0, 99)}"
     cg = r.choice([0, 0, 30, 50])
     cc = r.choice([0, 0, 40, 100 - cg])
     wg = r.choice([100, 50, 0])
@@ -54,7 +59,8 @@ def job(seed, work):
     common = (f"generate --model {os.path.join(FIX, model)} --prompts {prompts} --ignore-eos "
               f"--quiet --no-summary --gpu-batch-size {gbs} --num-gpu-batches {k} {kv}")
     placed = (f"--percent {wg} {wc} {cg} {cc} {hg} {hc} --offload-dir {work}/off "
-              + r.choice(["", "--no-overlap", "--cpu-attention"]))
+              + r.choice(["", "--no-overlap", "--cpu-attention"])
+              + r.choice(["", "", " --weight-layers"]))
     return common, placed
 
 
