@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """tests/test_placements.py: random jobs run twice, all-resident and under a random
 placement (weights, KV cache and activations over the GPU, CPU and disk tiers, block
-shapes, CPU attention, no overlap, weights cut per layer), must write byte-identical
-records: tokens, logprobs and all. Each job draws a fixture model of every family,
-prompts of random ids and lengths, n completions (the KV copy), a KV policy (full, H2O,
-window, streaming), 4-bit KV and weights, greedy or sampled. A property test beside
-sched/every_placement_equals_all_resident's fixed list: it explores the combinations.
-Seeded: the same jobs every run.
+shapes, CPU attention, no overlap, weights cut per layer, weights read from a weight
+store), must write byte-identical records: tokens, logprobs and all. Each job draws a
+fixture model of every family, prompts of random ids and lengths, n completions (the KV
+copy), a KV policy (full, H2O, window, streaming), 4-bit KV and weights, greedy or
+sampled. A property test beside sched/every_placement_equals_all_resident's fixed
+list: it explores the combinations. Seeded: the same jobs every run.
 
     FLEXH2O_BIN=build/src/flexh2o python3 tests/test_placements.py [FIRST [COUNT]]
 
@@ -26,6 +26,22 @@ FIX = os.path.join(ROOT, "tests", "fixtures")
 MODELS = ["tiny-opt", "tiny-llama", "tiny-qwen2", "tiny-neox", "tiny-mistral"]
 KV = ["", "--kv-policy h2o --kv-ratio 0.5 --sinks 1", "--kv-policy window --kv-budget 9",
       "--kv-policy streaming --kv-budget 10 --sinks 2", "--kv-policy h2o --kv-budget 7 --recent 2"]
+
+
+STORE_DIR = None
+
+
+def stores(model):
+    """A weight store of model (made once per run)."""
+    global STORE_DIR
+    if STORE_DIR is None:
+        STORE_DIR = tempfile.mkdtemp(prefix="fh_placements_stores_")
+    out = os.path.join(STORE_DIR, model)
+    if not os.path.exists(out):
+        binary = os.environ.get("FLEXH2O_BIN", os.path.join(ROOT, "build", "src", "flexh2o"))
+        subprocess.run([binary, "convert", "--model", os.path.join(FIX, model), "--out", out,
+                        "--dtype", "f32"], check=True, capture_output=True)
+    return out
 
 
 def job(seed, work):
@@ -56,12 +72,15 @@ def job(seed, work):
     wc = r.choice([0, 100 - wg])
     hg = r.choice([100, 0])
     hc = r.choice([0, 100 - hg])
-    common = (f"generate --model {os.path.join(FIX, model)} --prompts {prompts} --ignore-eos "
-              f"--quiet --no-summary --gpu-batch-size {gbs} --num-gpu-batches {k} {kv}")
-    placed = (f"--percent {wg} {wc} {cg} {cc} {hg} {hc} --offload-dir {work}/off "
+    common = (f"generate --prompts {prompts} --ignore-eos --quiet --no-summary "
+              f"--gpu-batch-size {gbs} --num-gpu-batches {k} {kv}")
+    # the placed run reads its weights from the checkpoint or from a weight store
+    # (`convert --dtype f32`, the fixtures' type), whose disk share streams as it lies
+    source = f"--model {os.path.join(FIX, model)}"
+    placed = (("--model " + stores(model)) if r.random() < 0.3 else source) + (f" --percent {wg} {wc} {cg} {cc} {hg} {hc} --offload-dir {work}/off "
               + r.choice(["", "--no-overlap", "--cpu-attention"])
               + r.choice(["", "", " --weight-layers"]))
-    return common, placed
+    return f"{common} {source}", f"{common} {placed}"
 
 
 def main():
@@ -74,9 +93,9 @@ def main():
         os.mkdir(os.path.join(work, "off"))
         common, placed = job(seed, work)
         outs = []
-        for name, extra in (("a", ""), ("b", placed)):
+        for name, flags in (("a", common), ("b", placed)):
             out = os.path.join(work, name + ".jsonl")
-            cmd = [binary] + shlex.split(f"{common} {extra} --out {out}")
+            cmd = [binary] + shlex.split(f"{flags} --out {out}")
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
                 print(f"seed {seed}: exit {r.returncode}: {' '.join(cmd)}\n{r.stderr.strip()}")
@@ -88,9 +107,11 @@ def main():
             continue
         if len(outs) == 2:
             print(f"seed {seed}: {work}/b.jsonl differs from the all-resident a.jsonl: "
-                  f"{common} {placed}")
+                  f"{placed}")
         print(f"  (kept {work}; repeat: python3 tests/test_placements.py {seed} 1)")
         bad += 1
+    if STORE_DIR:
+        shutil.rmtree(STORE_DIR)
     print(f"{count} random jobs from seed {first}: {bad} failed")
     return 1 if bad else 0
 
