@@ -119,7 +119,7 @@ static int disk_record(sched *s, int write, void *buf, int l, int k)
         off_io io = {s->kv_fd, 1, buf, g->kv_disk_stride,
                      ((uint64_t)l * g->K + k) * g->kv_disk_stride};
         FORWARD_IF(off_disk_rw(s->disk, &io, 1, what));
-        s->kv_log_n[(size_t)l * g->K + k] = 0;
+        sched_kv_log_set(s, l, k, 0);
     } else { /* with its row log (into lane 0's, idle) applied */
         bytes = sched_kv_read_record(s, l, k, buf, s->lane[0].log, what);
         FORWARD_IF((int)(bytes < 0 ? bytes : 0));

@@ -133,6 +133,19 @@ static int log_len(const sched *s, int l, int k)
     return s->g.kv_log_cap ? s->kv_log_n[rec_index(s, l, k)] : 0;
 }
 
+void sched_kv_log_set(sched *s, int l, int k, int n)
+{
+    s->kv_log_n[rec_index(s, l, k)] = (uint8_t)n;
+}
+
+/* The entries a record's log of c holds when decode step i (1..) loads it:
+ * the prefill's whole store left it empty, each step appends one, and the
+ * step that finds it full writes back and empties it. */
+static int log_at_step(int i, int c)
+{
+    return c ? (i - 1) % (c + 1) : 0;
+}
+
 void sched_kv_log_geom(sched_geom *g)
 {
     size_t P = log_pairs(g);
@@ -306,7 +319,7 @@ double sched_kv_step_load_bytes(const sched_geom *g, int cap, int prompt_len, in
     double sum = 0;
     for (int i = 1; i <= steps; i++) {
         sum += live_record(g, cap, slots_at(i, cap, prompt_len));
-        int e = c ? (i - 1) % (c + 1) : 0; /* the entries in the log */
+        int e = log_at_step(i, c);
         if (e)
             sum += (double)e * g->kv_log_entry + KV_MERGE_GAP * OFF_ALIGN;
     }
@@ -322,7 +335,7 @@ double sched_kv_step_store_bytes(const sched_geom *g, int cap, int prompt_len, i
     int scores = g->kv[SCHED_DISK].scores != SIZE_MAX;
     for (int i = 1; i <= steps; i++) {
         size_t n = slots_at(i, cap, prompt_len), n1 = n + 1 < (size_t)cap ? n + 1 : (size_t)cap;
-        if (c && (i - 1) % (c + 1) < c) /* an entry, and the scores in use */
+        if (log_at_step(i, c) < c) /* an entry, and the scores in use */
             sum += g->kv_log_entry + req +
                    (scores ? live_bytes(log_pairs(g), (size_t)cap * 4, n1 * 4) + req : 0);
         else /* the log is full: the slots in use */

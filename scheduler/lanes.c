@@ -145,7 +145,7 @@ static int sched_task_run(struct sched *s, sched_lane *l, const sched_task *t)
         double t1 = sched_trace_now();
         FORWARD_IF(off_disk_rw(s->disk, ios, n, what));
         if (t->kv_disk) /* (the next load of the record waits for this store) */
-            s->kv_log_n[(size_t)t->layer * s->g.K + t->batch] = (uint8_t)log_n;
+            sched_kv_log_set(s, t->layer, t->batch, log_n);
         sched_link_add(s, SCHED_LINK_CPU_DISK, span, sched_trace_now() - t1);
         trace_task(s, t, TRACK_DISK, "disk write", cat, tier, span, t1);
     }

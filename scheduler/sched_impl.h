@@ -355,6 +355,10 @@ void sched_kv_log_apply(const struct sched *s, int l, int k, char *rec, const vo
  * number of requests (kv_dirty.c). */
 int sched_kv_store_runs(const struct sched *s, int l, int k, int n_seq, const char *rec,
                         void *log, off_io *ios, uint8_t *pages, int *log_n);
+/* GPU batch k's disk KV record of layer l: its row log holds n entries now
+ * (a store of it is done: sched_kv_store_runs's *log_n, 0 after a whole
+ * record). kv_dirty.c. */
+void sched_kv_log_set(struct sched *s, int l, int k, int n);
 /* Read GPU batch k's disk KV record of layer l whole into rec, its row log
  * (read into log, room for kv_log_cap entries) applied. @return the bytes
  * read, or -errno (kv_dirty.c). */

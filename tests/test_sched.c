@@ -1339,7 +1339,7 @@ static void log_steps(int n_seq, int kvh, int hd, int cap, int scores, int evict
             cr_assert(next == 0 && ios[n - 1].offset + ios[n - 1].len <= 2 * stride);
             write_backs++;
         }
-        log_n[1] = (uint8_t)next;
+        sched_kv_log_set(&s, 0, 1, next);
         for (int j = 0; j < n_seq; j++) {
             kern_seq *sq = &seqs[j];
             sq->n_past += sq->n_new;
@@ -1370,7 +1370,7 @@ static void log_steps(int n_seq, int kvh, int hd, int cap, int scores, int evict
         cr_assert(n == 1 && ios[0].buf == whole && ios[0].len == stride && next == 0,
                   "%d requests", n);
         image_rw(image, size, ios, n, 1);
-        log_n[1] = 0;
+        sched_kv_log_set(&s, 0, 1, next);
         seqs[2].n_past -= 1000;
     }
     s.be = NULL;
